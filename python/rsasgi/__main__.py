@@ -1,0 +1,5 @@
+import sys
+
+from rsasgi import main
+
+sys.exit(main())

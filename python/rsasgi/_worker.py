@@ -1,0 +1,330 @@
+"""One worker's lifetime, driven from Python around the Rust ``Worker``.
+
+Loads the app, runs the lifespan protocol, starts the reactor, serves until
+SIGINT/SIGTERM, then shuts down gracefully. The per-request hot path
+(scope building, ``receive``/``send``) lives in Rust; this module only wraps
+each request in a task that reports how the app ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import os
+import signal
+import sys
+import traceback
+
+from rsasgi._rsasgi import log
+
+#: Exit code when the lifespan startup fails (as uvicorn uses).
+EXIT_STARTUP_FAILED = 3
+
+
+class AppLoadError(Exception):
+    """The APP argument does not name a usable application."""
+
+
+def run(worker) -> int:
+    """Runs the worker until shutdown; returns the process exit code."""
+    app_dir = os.path.abspath(worker.app_dir)
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    try:
+        app = load_app(worker.app, worker.factory)
+        interface = detect_interface(app, worker.interface)
+    except AppLoadError as exc:
+        log("error", str(exc))
+        return 1
+    if interface == "wsgi":
+        log(
+            "error",
+            f"{worker.app} is a WSGI application; this version of rsasgi serves ASGI only "
+            "(WSGI support is coming). Use an ASGI entry point such as Django's asgi.py.",
+        )
+        return 1
+    if interface == "asgi2":
+        app = _asgi2_to_asgi3(app)
+    try:
+        loop, loop_name = new_event_loop(worker.event_loop)
+    except AppLoadError as exc:
+        log("error", str(exc))
+        return 1
+    log(
+        "info",
+        f"Starting rsasgi {worker.version} (pid {os.getpid()}): app {worker.app}, "
+        f"interface {interface}, loop {loop_name}, Python {sys.version.split()[0]}",
+    )
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_serve(worker, app, loop))
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def load_app(target: str, factory: bool):
+    """Imports ``module:attr.attr`` and returns the object (called if ``factory``)."""
+    module_name, _, attr_path = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise AppLoadError(
+                f'Could not import module "{module_name}" (looked in the current directory '
+                "and --app-dir; is the name right?)"
+            ) from None
+        raise AppLoadError(_import_failure(module_name)) from None
+    except Exception:
+        raise AppLoadError(_import_failure(module_name)) from None
+    app = module
+    for attr in attr_path.split("."):
+        try:
+            app = getattr(app, attr)
+        except AttributeError:
+            raise AppLoadError(
+                f'Attribute "{attr_path}" not found in module "{module_name}".'
+            ) from None
+    if factory:
+        if not callable(app):
+            raise AppLoadError(f'--factory: "{target}" is not callable.')
+        try:
+            app = app()
+        except Exception:
+            raise AppLoadError(
+                f'--factory: calling "{target}" raised:\n{traceback.format_exc().rstrip()}'
+            ) from None
+    if not callable(app):
+        raise AppLoadError(
+            f'"{target}" is not callable (it is a {type(app).__name__}); '
+            "APP must name an ASGI application."
+        )
+    return app
+
+
+def _import_failure(module_name: str) -> str:
+    return (
+        f'Error while importing module "{module_name}":\n'
+        + traceback.format_exc().rstrip()
+    )
+
+
+def detect_interface(app, requested: str) -> str:
+    """Returns "asgi3", "asgi2" or "wsgi" for ``app`` (``requested`` unless "auto")."""
+    if requested != "auto":
+        return requested
+    if inspect.isclass(app):
+        # A class is ASGI 2 when calling it with the scope builds the instance.
+        return "asgi3" if hasattr(app, "__await__") else "asgi2"
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else type(app).__call__
+    if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(app):
+        return "asgi3"
+    try:
+        params = [
+            p
+            for p in inspect.signature(app).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return "asgi3"
+    if len(params) == 2:
+        return "wsgi"
+    if len(params) == 1:
+        return "asgi2"
+    return "asgi3"
+
+
+def _asgi2_to_asgi3(app):
+    async def asgi3(scope, receive, send):
+        instance = app(scope)
+        await instance(receive, send)
+
+    return asgi3
+
+
+def new_event_loop(choice: str):
+    """Creates the event loop ``--loop`` asks for; returns (loop, name)."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise AppLoadError(
+                    "--loop uvloop: uvloop is not installed (pip install uvloop)"
+                ) from None
+        else:
+            return uvloop.new_event_loop(), "uvloop"
+    return asyncio.new_event_loop(), "asyncio"
+
+
+async def _serve(worker, app, loop) -> int:
+    state: dict = {}
+    lifespan = None
+    if worker.lifespan != "off":
+        lifespan = Lifespan(app, state, required=worker.lifespan == "on")
+        if not await lifespan.startup():
+            return EXIT_STARTUP_FAILED
+
+    create_task = loop.create_task
+
+    async def run_http(scope, receive, send):
+        try:
+            await app(scope, receive, send)
+        except BaseException as exc:  # noqa: BLE001 - reported, and the worker lives on
+            send._finish(exc)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+        else:
+            send._finish()
+
+    def spawn(scope, receive, send):
+        create_task(run_http(scope, receive, send))
+
+    stop = asyncio.Event()
+    signals_seen = []
+
+    def on_signal(signum: int) -> None:
+        signals_seen.append(signum)
+        name = signal.Signals(signum).name
+        if len(signals_seen) == 1:
+            log("info", f"Received {name}: shutting down gracefully (send it again to force)")
+            stop.set()
+        else:
+            log("warning", f"Received {name} again: closing every connection now")
+            worker.shutdown(0.0)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    stopped = loop.create_future()
+    fd = worker.start(loop, spawn, state, stopped)
+    loop.add_reader(fd, worker.drain)
+    try:
+        await asyncio.wait(
+            [asyncio.ensure_future(stop.wait()), stopped], return_when=asyncio.FIRST_COMPLETED
+        )
+        if not stop.is_set():
+            log("error", "The server stopped unexpectedly; exiting")
+        worker.shutdown(0.0 if len(signals_seen) > 1 else worker.timeout_graceful_shutdown)
+        await stopped
+        # The reactor has closed every connection; let apps see their
+        # disconnects, then cancel what still runs.
+        worker.drain()
+        await _cancel_request_tasks(lifespan)
+    finally:
+        loop.remove_reader(fd)
+        worker.join()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    if lifespan is not None:
+        await lifespan.shutdown()
+    log("info", "Stopped")
+    return 0
+
+
+async def _cancel_request_tasks(lifespan) -> None:
+    current = asyncio.current_task()
+    keep = {current, lifespan.task if lifespan else None}
+    tasks = [t for t in asyncio.all_tasks() if t not in keep and not t.done()]
+    if not tasks:
+        return
+    await asyncio.wait(tasks, timeout=1.0)
+    remaining = [t for t in tasks if not t.done()]
+    if remaining:
+        log("warning", f"Cancelling {len(remaining)} request task(s) still running after shutdown")
+        for task in remaining:
+            task.cancel()
+        await asyncio.wait(remaining, timeout=5.0)
+
+
+class Lifespan:
+    """Runs the ASGI lifespan protocol in a task of its own."""
+
+    def __init__(self, app, state: dict, required: bool):
+        self.app = app
+        self.state = state
+        self.required = required
+        self.task: asyncio.Task | None = None
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.startup_done = asyncio.Event()
+        self.shutdown_done = asyncio.Event()
+        self.startup_failed: str | None = None
+        self.shutdown_failed: str | None = None
+        self.unsupported = False
+        self.error = False
+
+    async def startup(self) -> bool:
+        """Sends lifespan.startup; returns False when the server must not start."""
+        self.task = asyncio.get_running_loop().create_task(self._main())
+        await self.events.put({"type": "lifespan.startup"})
+        await self.startup_done.wait()
+        if self.startup_failed is not None:
+            log("error", f"Application startup failed: {self.startup_failed}")
+            return False
+        if self.error and self.required:
+            log("error", "Application startup failed: the app raised in the lifespan protocol")
+            return False
+        if not self.unsupported and not self.error:
+            log("info", "Application startup complete")
+        return True
+
+    async def shutdown(self) -> None:
+        if self.unsupported or self.error or self.task is None or self.task.done():
+            return
+        await self.events.put({"type": "lifespan.shutdown"})
+        await self.shutdown_done.wait()
+        if self.shutdown_failed is not None:
+            log("error", f"Application shutdown failed: {self.shutdown_failed}")
+        else:
+            log("info", "Application shutdown complete")
+
+    async def _main(self) -> None:
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.0"},
+            "state": self.state,
+        }
+        try:
+            await self.app(scope, self._receive, self._send)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            if self.startup_failed is not None or self.shutdown_failed is not None:
+                return
+            self.error = True
+            if not self.required and not self.startup_done.is_set():
+                self.unsupported = True
+                log(
+                    "info",
+                    "ASGI 'lifespan' protocol appears unsupported by the app "
+                    f"({type(exc).__name__}: {exc}); carrying on without it",
+                )
+            else:
+                log(
+                    "error",
+                    "Exception in 'lifespan' protocol\n" + traceback.format_exc().rstrip(),
+                )
+        finally:
+            self.startup_done.set()
+            self.shutdown_done.set()
+
+    async def _receive(self):
+        return await self.events.get()
+
+    async def _send(self, message) -> None:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "lifespan.startup.complete" and not self.startup_done.is_set():
+            self.startup_done.set()
+        elif kind == "lifespan.startup.failed" and not self.startup_done.is_set():
+            self.startup_failed = message.get("message", "") or "(no message)"
+            self.startup_done.set()
+        elif kind == "lifespan.shutdown.complete" and self.startup_done.is_set():
+            self.shutdown_done.set()
+        elif kind == "lifespan.shutdown.failed" and self.startup_done.is_set():
+            self.shutdown_failed = message.get("message", "") or "(no message)"
+            self.shutdown_done.set()
+        else:
+            raise RuntimeError(f"unexpected ASGI lifespan message {message!r}")

@@ -1,0 +1,129 @@
+//! Building the `http` connection scope (ASGI 3, spec version 2.4).
+
+use std::net::SocketAddr;
+
+use http::{Method, Version};
+use percent_encoding::percent_decode;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use super::http::Exchange;
+
+/// The ASGI spec version this server implements.
+pub(crate) const SPEC_VERSION: &str = "2.4";
+
+/// What every scope of a worker shares.
+pub(crate) struct ScopeContext {
+    pub root_path: String,
+    /// The lifespan state; each request gets a shallow copy.
+    pub state: Py<PyDict>,
+}
+
+fn http_version(py: Python<'_>, version: Version) -> Bound<'_, PyString> {
+    match version {
+        Version::HTTP_10 => intern!(py, "1.0").clone(),
+        Version::HTTP_2 => intern!(py, "2").clone(),
+        Version::HTTP_3 => intern!(py, "3").clone(),
+        _ => intern!(py, "1.1").clone(),
+    }
+}
+
+fn method<'py>(py: Python<'py>, method: &Method) -> Bound<'py, PyString> {
+    match *method {
+        Method::GET => intern!(py, "GET").clone(),
+        Method::POST => intern!(py, "POST").clone(),
+        Method::HEAD => intern!(py, "HEAD").clone(),
+        Method::PUT => intern!(py, "PUT").clone(),
+        Method::DELETE => intern!(py, "DELETE").clone(),
+        Method::OPTIONS => intern!(py, "OPTIONS").clone(),
+        Method::PATCH => intern!(py, "PATCH").clone(),
+        _ => PyString::new(py, method.as_str()),
+    }
+}
+
+/// `(host, port)` as the scope's `client` and `server` keys want it.
+pub(crate) fn address(py: Python<'_>, addr: Option<SocketAddr>) -> PyResult<Bound<'_, PyAny>> {
+    match addr {
+        Some(addr) => Ok(PyTuple::new(
+            py,
+            [
+                addr.ip().to_string().into_pyobject(py)?.into_any(),
+                addr.port().into_pyobject(py)?.into_any(),
+            ],
+        )?
+        .into_any()),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
+/// Percent-decodes a request path into the scope's `path` (invalid UTF-8 is
+/// replaced, as `urllib.parse.unquote` does).
+pub(crate) fn decode_path(raw: &str) -> String {
+    percent_decode(raw.as_bytes()).decode_utf8_lossy().into_owned()
+}
+
+/// The scope dict of one HTTP request.
+pub(crate) fn http_scope<'py>(
+    py: Python<'py>,
+    ctx: &ScopeContext,
+    exchange: &Exchange,
+    headers: &http::HeaderMap,
+) -> PyResult<Bound<'py, PyDict>> {
+    let scope = PyDict::new(py);
+    scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+    let asgi = PyDict::new(py);
+    asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
+    asgi.set_item(intern!(py, "spec_version"), intern!(py, SPEC_VERSION))?;
+    scope.set_item(intern!(py, "asgi"), asgi)?;
+    scope.set_item(intern!(py, "http_version"), http_version(py, exchange.version))?;
+    scope.set_item(intern!(py, "method"), method(py, &exchange.method))?;
+    scope.set_item(intern!(py, "scheme"), intern!(py, "http"))?;
+
+    let raw_path = exchange.uri.path();
+    let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
+    let path = decode_path(raw_path);
+    if ctx.root_path.is_empty() {
+        scope.set_item(intern!(py, "path"), path)?;
+        scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, raw_path.as_bytes()))?;
+    } else {
+        scope.set_item(intern!(py, "path"), format!("{}{}", ctx.root_path, path))?;
+        let mut full = Vec::with_capacity(ctx.root_path.len() + raw_path.len());
+        full.extend_from_slice(ctx.root_path.as_bytes());
+        full.extend_from_slice(raw_path.as_bytes());
+        scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, &full))?;
+    }
+    let query = exchange.uri.query().unwrap_or("");
+    scope.set_item(intern!(py, "query_string"), PyBytes::new(py, query.as_bytes()))?;
+    scope.set_item(intern!(py, "root_path"), ctx.root_path.as_str())?;
+
+    let list = PyList::empty(py);
+    for (name, value) in headers {
+        let pair = PyTuple::new(
+            py,
+            [
+                PyBytes::new(py, name.as_str().as_bytes()),
+                PyBytes::new(py, value.as_bytes()),
+            ],
+        )?;
+        list.append(pair)?;
+    }
+    scope.set_item(intern!(py, "headers"), list)?;
+    scope.set_item(intern!(py, "client"), address(py, exchange.client)?)?;
+    scope.set_item(intern!(py, "server"), address(py, exchange.server)?)?;
+    scope.set_item(intern!(py, "state"), ctx.state.bind(py).copy()?)?;
+    Ok(scope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_percent_decoded_as_utf8() {
+        assert_eq!(decode_path("/caf%C3%A9/a%20b"), "/café/a b");
+        assert_eq!(decode_path("/a%2Fb"), "/a/b");
+        assert_eq!(decode_path("/bad%FF"), "/bad\u{FFFD}");
+        assert_eq!(decode_path("/100%"), "/100%");
+    }
+}

@@ -1,0 +1,202 @@
+//! The bridge between the reactor thread (tokio + hyper) and the Python thread
+//! (the asyncio loop running the app). This is the hot path of every request.
+//!
+//! What crosses, and who wakes whom:
+//!
+//! * **reactor → Python.** The reactor pushes an [`Event`] (a new request, a
+//!   waiting future that can now complete, the reactor having stopped) onto one
+//!   lock-free queue per worker. It writes the worker's eventfd only when the
+//!   Python side has said it is asleep ([`Bridge::push`]), so a burst of events
+//!   costs one wake-up. The asyncio loop watches the eventfd with
+//!   `loop.add_reader` and drains the whole queue in a batch per wake-up
+//!   ([`Bridge::drain`]). The reactor never takes the GIL: events carry plain
+//!   Rust data, and Python objects (asyncio futures) only ever travel back to
+//!   the Python thread inside an event, moved, never cloned or dropped here.
+//! * **Python → reactor.** `send()` stores response parts in the request's
+//!   [`Exchange`](crate::asgi::http::Exchange) and wakes the reactor with the
+//!   tokio waker the reactor left there. No GIL is needed on the other side.
+//! * **Awaitables.** `receive()` and `send()` return a [`Ready`] awaitable that
+//!   completes at once when the answer is already there (body buffered, room in
+//!   the response buffer). Only a real wait creates an asyncio future, which the
+//!   reactor hands back through the queue when it can complete.
+
+mod awaitable;
+
+pub(crate) use awaitable::Ready;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_queue::SegQueue;
+use pyo3::prelude::*;
+
+use crate::asgi::http::{Exchange, RequestStart};
+
+/// How many events one drain handles before yielding to the asyncio loop, so
+/// a flood of requests cannot starve tasks that are already running.
+const DRAIN_BATCH_LIMIT: usize = 512;
+
+/// Something the reactor tells the Python side.
+pub(crate) enum Event {
+    /// A request arrived: build its scope and start the app.
+    Request(Box<RequestStart>),
+    /// A future the app awaits (in `receive()` or `send()`) can complete.
+    Resolve(Waiter),
+    /// The reactor has finished: every connection is closed.
+    Stopped,
+}
+
+/// Which awaitable a parked future belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitKind {
+    Receive,
+    Send,
+}
+
+/// An asyncio future parked in an exchange, on its way back to Python.
+pub(crate) struct Waiter {
+    pub future: Py<PyAny>,
+    pub exchange: Arc<Exchange>,
+    pub kind: WaitKind,
+}
+
+/// The queue and the eventfd shared by the reactor and the Python thread.
+pub(crate) struct Bridge {
+    queue: SegQueue<Event>,
+    eventfd: OwnedFd,
+    /// True while the Python side is not draining: the next push must write the eventfd.
+    asleep: AtomicBool,
+}
+
+impl Bridge {
+    pub(crate) fn new() -> std::io::Result<Bridge> {
+        // SAFETY: eventfd returns a new descriptor we own, or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Bridge {
+            queue: SegQueue::new(),
+            // SAFETY: fd is a fresh, valid descriptor owned by nobody else.
+            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            asleep: AtomicBool::new(true),
+        })
+    }
+
+    /// The descriptor the asyncio loop watches.
+    pub(crate) fn fileno(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    /// Queues an event; wakes the Python side only if it is not draining already.
+    pub(crate) fn push(&self, event: Event) {
+        self.queue.push(event);
+        if self.asleep.swap(false, Ordering::SeqCst) {
+            self.signal();
+        }
+    }
+
+    fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our own eventfd. A full
+        // counter (EAGAIN) still leaves the descriptor readable, which is all we need.
+        unsafe {
+            libc::write(
+                self.eventfd.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+    }
+
+    fn clear_signal(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64 from our own non-blocking eventfd.
+        unsafe {
+            libc::read(
+                self.eventfd.as_raw_fd(),
+                (&mut count as *mut u64).cast(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+    }
+
+    /// Hands every queued event to `handle`, then marks the Python side asleep.
+    ///
+    /// Called on the Python thread when the eventfd is readable. Stops after
+    /// [`DRAIN_BATCH_LIMIT`] events and re-signals itself so the asyncio loop
+    /// runs other callbacks in between.
+    pub(crate) fn drain(&self, mut handle: impl FnMut(Event)) {
+        self.clear_signal();
+        let mut handled = 0;
+        loop {
+            while let Some(event) = self.queue.pop() {
+                handle(event);
+                handled += 1;
+                if handled >= DRAIN_BATCH_LIMIT {
+                    // Still awake (asleep is false): pushes do not signal, so we do.
+                    self.signal();
+                    return;
+                }
+            }
+            self.asleep.store(true, Ordering::SeqCst);
+            if self.queue.is_empty() {
+                return;
+            }
+            // An event arrived after the last pop. If its producer has not yet
+            // seen us asleep, take the wake-up back and keep draining; if it
+            // has, it signalled the eventfd and we will be called again.
+            if !self.asleep.swap(false, Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readable(bridge: &Bridge) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: bridge.fileno(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn a_burst_of_events_signals_once_and_drains_in_order() {
+        let bridge = Bridge::new().unwrap();
+        assert!(!readable(&bridge));
+        bridge.push(Event::Stopped);
+        assert!(readable(&bridge));
+        bridge.push(Event::Stopped);
+        let mut seen = 0;
+        bridge.drain(|event| {
+            assert!(matches!(event, Event::Stopped));
+            seen += 1;
+        });
+        assert_eq!(seen, 2);
+        assert!(!readable(&bridge), "drain clears the eventfd");
+        bridge.push(Event::Stopped);
+        assert!(readable(&bridge), "asleep again after a drain, so the next push signals");
+    }
+
+    #[test]
+    fn a_long_queue_is_drained_in_batches() {
+        let bridge = Bridge::new().unwrap();
+        for _ in 0..DRAIN_BATCH_LIMIT + 3 {
+            bridge.push(Event::Stopped);
+        }
+        let mut seen = 0;
+        bridge.drain(|_| seen += 1);
+        assert_eq!(seen, DRAIN_BATCH_LIMIT);
+        assert!(readable(&bridge), "re-signalled for the rest");
+        bridge.drain(|_| seen += 1);
+        assert_eq!(seen, DRAIN_BATCH_LIMIT + 3);
+    }
+}

@@ -1,0 +1,96 @@
+//! The response body handed to hyper: the app's chunks as they arrive, or a
+//! fixed body for responses the server writes itself.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+use super::access_log::AccessRecord;
+use crate::asgi::http::{Aborted, Exchange};
+
+pub(crate) enum Source {
+    /// Chunks the app sends; ends with `more_body=False`.
+    App(Arc<Exchange>),
+    /// A HEAD response: hyper sends no body, the app's chunks are discarded.
+    Head,
+    /// A body written by the server (error pages), sent once.
+    Fixed(Option<Bytes>),
+}
+
+pub(crate) struct ResponseBody {
+    source: Source,
+    log: Option<AccessRecord>,
+}
+
+impl ResponseBody {
+    pub(crate) fn new(source: Source, log: Option<AccessRecord>) -> ResponseBody {
+        ResponseBody { source, log }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Aborted;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.source {
+            Source::App(exchange) => exchange.poll_response_chunk(cx),
+            Source::Head => Poll::Ready(None),
+            Source::Fixed(body) => Poll::Ready(body.take().map(Ok)),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(log) = &mut this.log {
+                    log.bytes += chunk.len() as u64;
+                }
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Poll::Ready(Some(Err(aborted))) => {
+                if let Some(log) = &mut this.log {
+                    log.incomplete = true;
+                }
+                Poll::Ready(Some(Err(aborted)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::App(_) => false,
+            Source::Head => true,
+            Source::Fixed(body) => body.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Fixed(Some(body)) => SizeHint::with_exact(body.len() as u64),
+            Source::Fixed(None) | Source::Head => SizeHint::with_exact(0),
+            Source::App(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Source::App(exchange) = &self.source {
+            if !exchange.response_finished() {
+                if let Some(log) = &mut self.log {
+                    log.incomplete = true;
+                }
+            }
+            // The response is over either way: wake an app still waiting in
+            // receive() or send(), and stop reading a body nobody will read.
+            exchange.close();
+        }
+    }
+}

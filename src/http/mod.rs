@@ -1,0 +1,9 @@
+//! The reactor's HTTP side: the accept loop, hyper connections, the service
+//! that turns each request into an ASGI exchange, and the access log.
+
+mod access_log;
+mod body;
+mod server;
+mod service;
+
+pub(crate) use server::{serve, ServerState};

@@ -1,0 +1,155 @@
+//! The accept loop and hyper's connection builder, with graceful shutdown.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use super::service::{handle, Peers};
+use crate::bridge::Bridge;
+use crate::config::Config;
+use crate::net::Listener;
+
+/// How long the accept loop pauses after an accept error such as running out
+/// of file descriptors, so it does not spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// What every connection of a worker shares.
+pub(crate) struct ServerState {
+    pub bridge: Arc<Bridge>,
+    pub in_flight: AtomicUsize,
+    pub limit_concurrency: Option<usize>,
+    pub limit_request_body: Option<u64>,
+    pub access_log: bool,
+    pub server_header: bool,
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ServerState {
+    pub(crate) fn new(config: &Config, bridge: Arc<Bridge>) -> ServerState {
+        ServerState {
+            bridge,
+            in_flight: AtomicUsize::new(0),
+            limit_concurrency: config.limit_concurrency,
+            limit_request_body: config.limit_request_body,
+            access_log: config.access_log,
+            server_header: config.server_header,
+            extra_headers: config.headers.clone(),
+        }
+    }
+}
+
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(config.timeout_keep_alive)
+        .max_buf_size(config.limit_request_head)
+        .auto_date_header(config.date_header);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.limit_request_head).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Accepts connections until `shutdown` carries a grace period, then lets
+/// in-flight requests finish for at most that long.
+pub(crate) async fn serve(
+    listener: Listener,
+    config: Arc<Config>,
+    state: Arc<ServerState>,
+    mut shutdown: watch::Receiver<Option<Duration>>,
+) {
+    let builder = connection_builder(&config);
+    let graceful = GracefulShutdown::new();
+    match listener {
+        Listener::Tcp(std_listener) => {
+            let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::error!("Cannot use the listening socket: {err}");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, client)) => {
+                            let _ = stream.set_nodelay(true);
+                            let peers = Peers { client: Some(client), server: stream.local_addr().ok() };
+                            spawn_connection(&builder, &graceful, stream, peers, &state);
+                        }
+                        Err(err) => accept_failed(err).await,
+                    },
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+        Listener::Unix(std_listener, _) => {
+            let listener = match tokio::net::UnixListener::from_std(std_listener) {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::error!("Cannot use the listening socket: {err}");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            let peers = Peers { client: None, server: None };
+                            spawn_connection(&builder, &graceful, stream, peers, &state);
+                        }
+                        Err(err) => accept_failed(err).await,
+                    },
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    let grace = (*shutdown.borrow()).unwrap_or_default();
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::debug!("all connections closed"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(
+            "Requests still running after --timeout-graceful-shutdown {}s; closing their connections",
+            grace.as_secs_f64()
+        ),
+    }
+}
+
+async fn accept_failed(err: std::io::Error) {
+    tracing::error!("accept() failed: {err}; retrying (raise the open-file limit if this says 'Too many open files')");
+    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+}
+
+fn spawn_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    io: I,
+    peers: Peers,
+    state: &Arc<ServerState>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::clone(state);
+    let service = service_fn(move |request| handle(request, peers, Arc::clone(&state)));
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(client = ?peers.client, "connection ended: {err}");
+        }
+    });
+}

@@ -1,0 +1,270 @@
+//! The hyper service: checks a request against the server's limits, hands it
+//! to the app through the bridge, and turns the app's response into hyper's.
+
+use std::convert::Infallible;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::access_log::AccessRecord;
+use super::body::{ResponseBody, Source};
+use super::server::ServerState;
+use crate::asgi::http::{Exchange, Refusal, RequestStart};
+use crate::bridge::Event;
+
+/// The two ends of one connection, as the scope reports them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peers {
+    pub client: Option<SocketAddr>,
+    pub server: Option<SocketAddr>,
+}
+
+/// Closes the exchange if hyper drops the service future before the response
+/// head is ready: the client went away while the app was working.
+struct CloseOnDrop(Option<Arc<Exchange>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(exchange) = self.0.take() {
+            exchange.close();
+        }
+    }
+}
+
+/// Counts a request in flight for `--limit-concurrency`.
+struct InFlight(Arc<ServerState>);
+
+impl InFlight {
+    fn acquire(state: &Arc<ServerState>) -> Option<InFlight> {
+        let now = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let guard = InFlight(Arc::clone(state));
+        match state.limit_concurrency {
+            Some(limit) if now > limit => None,
+            _ => Some(guard),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) async fn handle(
+    request: Request<Incoming>,
+    peers: Peers,
+    state: Arc<ServerState>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started_at = std::time::Instant::now();
+    let record = |status| {
+        state.access_log.then(|| {
+            AccessRecord::new(
+                peers.client,
+                request.method(),
+                request.uri(),
+                request.version(),
+                request.headers(),
+                status,
+                started_at,
+            )
+        })
+    };
+
+    // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host header.
+    if request.version() == Version::HTTP_11 {
+        let hosts = request.headers().get_all(header::HOST).iter().count();
+        if hosts != 1 {
+            let reason = if hosts == 0 {
+                "missing Host header"
+            } else {
+                "more than one Host header"
+            };
+            tracing::debug!(client = ?peers.client, "400 Bad Request: {reason}");
+            let status = StatusCode::BAD_REQUEST;
+            return Ok(state.error_response(status, record(status), true));
+        }
+    }
+
+    let Some(in_flight) = InFlight::acquire(&state) else {
+        tracing::warn!(
+            "503: more than --limit-concurrency {} requests in flight",
+            state.limit_concurrency.unwrap_or_default()
+        );
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        return Ok(state.error_response(status, record(status), false));
+    };
+
+    let body_limit = state.limit_request_body;
+    if let (Some(limit), Some(length)) = (body_limit, request.body().size_hint().exact()) {
+        if length > limit {
+            tracing::info!("413: request body of {length} bytes is over --limit-request-body {limit}");
+            let status = StatusCode::PAYLOAD_TOO_LARGE;
+            return Ok(state.error_response(status, record(status), true));
+        }
+    }
+
+    let (head, body) = request.into_parts();
+    let body_complete = body.is_end_stream();
+    let exchange = Arc::new(Exchange::new(
+        Arc::clone(&state.bridge),
+        &head,
+        peers.client,
+        peers.server,
+        body_complete,
+    ));
+    if !body_complete {
+        let expects_continue = head
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !expects_continue {
+            // Read ahead so the app's first receive() finds the body waiting;
+            // with 100-continue, wait until the app asks for it.
+            exchange.want_body();
+        }
+        tokio::spawn(pump_body(body, Arc::clone(&exchange), body_limit));
+    }
+    let mut log = state.access_log.then(|| {
+        AccessRecord::new(
+            peers.client,
+            &head.method,
+            &head.uri,
+            head.version,
+            &head.headers,
+            StatusCode::OK,
+            started_at,
+        )
+    });
+    let is_head = head.method == Method::HEAD;
+    state.bridge.push(Event::Request(Box::new(RequestStart {
+        exchange: Arc::clone(&exchange),
+        head,
+    })));
+
+    let mut closer = CloseOnDrop(Some(Arc::clone(&exchange)));
+    let start = poll_fn(|cx| exchange.poll_response_start(cx)).await;
+    closer.0 = None;
+    let start = match start {
+        Ok(start) => start,
+        Err(Refusal::Status(status)) => {
+            let close = status != StatusCode::INTERNAL_SERVER_ERROR;
+            log = log.map(|log| log.with_status(status));
+            return Ok(state.error_response(status, log, close));
+        }
+        Err(Refusal::Closed) => {
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            log = log.map(|log| log.with_status(status));
+            return Ok(state.error_response(status, log, true));
+        }
+    };
+    drop(in_flight);
+
+    let mut response = Response::new(ResponseBody::new(
+        if is_head {
+            Source::Head
+        } else {
+            Source::App(exchange)
+        },
+        log.map(|log| log.with_status(start.status)),
+    ));
+    *response.status_mut() = start.status;
+    let headers = response.headers_mut();
+    *headers = start.headers;
+    state.add_server_headers(headers);
+    Ok(response)
+}
+
+/// Reads the request body into the exchange as the app consumes it, never
+/// more than a high-water mark ahead.
+async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u64>) {
+    let mut received: u64 = 0;
+    loop {
+        if !poll_fn(|cx| exchange.poll_body_room(cx)).await {
+            return;
+        }
+        match body.frame().await {
+            None => {
+                exchange.push_body(Bytes::new(), true);
+                return;
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers: not part of the ASGI http scope
+                };
+                received += data.len() as u64;
+                if let Some(limit) = limit.filter(|&limit| received > limit) {
+                    tracing::info!(
+                        "413: request body of {} is over --limit-request-body {limit}",
+                        exchange.request_line()
+                    );
+                    exchange.refuse_body(StatusCode::PAYLOAD_TOO_LARGE);
+                    return;
+                }
+                let last = body.is_end_stream();
+                exchange.push_body(data, last);
+                if last {
+                    return;
+                }
+            }
+            Some(Err(err)) => {
+                if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
+                    tracing::debug!("client went away during the body of {}", exchange.request_line());
+                    exchange.close();
+                } else {
+                    tracing::info!(
+                        "400: malformed body in {}: {err}",
+                        exchange.request_line()
+                    );
+                    exchange.refuse_body(StatusCode::BAD_REQUEST);
+                }
+                return;
+            }
+        }
+    }
+}
+
+impl ServerState {
+    /// A short plain-text response written by the server itself.
+    pub(crate) fn error_response(
+        &self,
+        status: StatusCode,
+        log: Option<AccessRecord>,
+        close: bool,
+    ) -> Response<ResponseBody> {
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let mut response = Response::new(ResponseBody::new(
+            Source::Fixed(Some(Bytes::from(reason))),
+            log,
+        ));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(reason.len()));
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        self.add_server_headers(headers);
+        response
+    }
+
+    fn add_server_headers(&self, headers: &mut http::HeaderMap) {
+        if self.server_header && !headers.contains_key(header::SERVER) {
+            headers.insert(header::SERVER, HeaderValue::from_static("rsasgi"));
+        }
+        for (name, value) in self.extra_headers.iter() {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}

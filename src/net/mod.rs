@@ -1,0 +1,167 @@
+//! Listening sockets: TCP, Unix domain sockets, and inherited descriptors.
+//!
+//! Sockets are bound on the Python thread before the reactor starts, so a
+//! taken port is reported as a startup error with a clear message.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::config::Bind;
+
+/// A bound, listening, non-blocking socket not yet handed to the reactor.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    /// How a user reaches this socket, for the startup log line.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(listener) => match listener.local_addr() {
+                Ok(SocketAddr::V6(addr)) => format!("http://[{}]:{}", addr.ip(), addr.port()),
+                Ok(addr) => format!("http://{addr}"),
+                Err(_) => "an unknown TCP address".into(),
+            },
+            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+}
+
+/// Binds the socket `bind` names, with a one-line error a user can act on.
+pub(crate) fn bind(bind: &Bind, backlog: u32) -> Result<Listener, String> {
+    match bind {
+        Bind::Tcp { host, port } => bind_tcp(host, *port, backlog),
+        Bind::Unix(path) => bind_unix(path, backlog),
+        Bind::Fd(fd) => inherit(*fd),
+    }
+}
+
+fn bind_tcp(host: &str, port: u16, backlog: u32) -> Result<Listener, String> {
+    let host_for_lookup = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = (host_for_lookup, port)
+        .to_socket_addrs()
+        .map_err(|err| format!("Cannot resolve --host {host:?}: {err}"))?
+        .next()
+        .ok_or_else(|| format!("--host {host:?} resolves to no address"))?;
+    let fail = |what: &str, err: std::io::Error| {
+        let hint = match err.kind() {
+            std::io::ErrorKind::AddrInUse => " (is another server running? pick another --port)",
+            std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
+            std::io::ErrorKind::AddrNotAvailable => " (no interface has this address)",
+            _ => "",
+        };
+        format!("Could not {what} {addr}: {err}{hint}")
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+        .map_err(|err| fail("create a socket for", err))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|err| fail("configure", err))?;
+    if addr.is_ipv6() {
+        // "::" serves IPv6 only; use "0.0.0.0" for IPv4.
+        let _ = socket.set_only_v6(true);
+    }
+    socket.bind(&addr.into()).map_err(|err| fail("bind to", err))?;
+    socket
+        .listen(backlog_of(backlog))
+        .map_err(|err| fail("listen on", err))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|err| fail("configure", err))?;
+    Ok(Listener::Tcp(socket.into()))
+}
+
+fn backlog_of(backlog: u32) -> i32 {
+    i32::try_from(backlog).unwrap_or(i32::MAX)
+}
+
+fn bind_unix(path: &Path, backlog: u32) -> Result<Listener, String> {
+    let shown = path.display();
+    // A socket file left by a previous run would make bind fail; anything
+    // else at that path is not ours to remove.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path)
+                .map_err(|err| format!("Could not remove stale socket {shown}: {err}"))?;
+        } else {
+            return Err(format!("Cannot bind --uds {shown}: a file that is not a socket is there"));
+        }
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
+        .map_err(|err| format!("Could not create a Unix socket: {err}"))?;
+    let addr = socket2::SockAddr::unix(path)
+        .map_err(|err| format!("Invalid --uds path {shown}: {err}"))?;
+    socket
+        .bind(&addr)
+        .map_err(|err| format!("Could not bind to {shown}: {err}"))?;
+    socket
+        .listen(backlog_of(backlog))
+        .map_err(|err| format!("Could not listen on {shown}: {err}"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|err| format!("Could not configure {shown}: {err}"))?;
+    Ok(Listener::Unix(socket.into(), path.to_path_buf()))
+}
+
+fn inherit(fd: i32) -> Result<Listener, String> {
+    // SAFETY: fstat only reads the descriptor's metadata; it fails cleanly
+    // (EBADF) when nothing is open there.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if fd < 0 || unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return Err(format!("--fd {fd}: no open file descriptor with that number"));
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(format!("--fd {fd} is not a socket"));
+    }
+    // SAFETY: fd is an open socket that the parent process handed to us to own.
+    let socket = unsafe { Socket::from_raw_fd(fd) };
+    let local = socket
+        .local_addr()
+        .map_err(|err| format!("--fd {fd}: cannot read its address: {err}"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|err| format!("--fd {fd}: {err}"))?;
+    if local.as_socket().is_some() {
+        Ok(Listener::Tcp(socket.into()))
+    } else {
+        let path = local
+            .as_pathname()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(format!("fd:{fd}")));
+        Ok(Listener::Unix(socket.into(), path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_picks_a_free_port() {
+        let listener = bind_tcp("127.0.0.1", 0, 16).unwrap();
+        let described = listener.describe();
+        assert!(described.starts_with("http://127.0.0.1:"), "{described}");
+        assert!(!described.ends_with(":0"));
+    }
+
+    #[test]
+    fn a_taken_port_says_so() {
+        let first = bind_tcp("127.0.0.1", 0, 16).unwrap();
+        let Listener::Tcp(tcp) = &first else { panic!() };
+        let port = tcp.local_addr().unwrap().port();
+        let err = bind_tcp("127.0.0.1", port, 16).unwrap_err();
+        assert!(err.contains("another server"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_fd_is_refused() {
+        assert!(inherit(987_654).unwrap_err().contains("no open file descriptor"));
+    }
+}

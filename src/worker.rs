@@ -1,0 +1,216 @@
+//! One worker: the reactor thread plus the Python side that runs the app.
+//!
+//! The worker's lifetime (load the app, run lifespan, serve until a signal,
+//! shut down) is driven from `python/rsasgi/_worker.py`, which calls into the
+//! [`Worker`] object below. A supervisor that runs several workers only has
+//! to start several processes, each building its own `Worker`.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use tokio::sync::watch;
+
+use crate::asgi::http::{Exchange, HttpReceive, HttpSend, CREATE_FUTURE};
+use crate::asgi::scope::{http_scope, ScopeContext};
+use crate::bridge::{Bridge, Event};
+use crate::config::{Config, EventLoop, Interface, Lifespan};
+use crate::http::{serve, ServerState};
+use crate::net::Listener;
+
+/// Python objects the drain needs, set once the loop is running.
+struct PythonSide {
+    spawn: Py<PyAny>,
+    scope: ScopeContext,
+    stopped: Option<Py<PyAny>>,
+}
+
+#[pyclass(module = "rsasgi", frozen)]
+pub(crate) struct Worker {
+    config: Arc<Config>,
+    bridge: Arc<Bridge>,
+    listener: Mutex<Option<Listener>>,
+    shutdown: watch::Sender<Option<Duration>>,
+    reactor: Mutex<Option<JoinHandle<()>>>,
+    python: Mutex<Option<PythonSide>>,
+}
+
+impl Worker {
+    pub(crate) fn new(config: Config, listener: Listener) -> std::io::Result<Worker> {
+        Ok(Worker {
+            config: Arc::new(config),
+            bridge: Arc::new(Bridge::new()?),
+            listener: Mutex::new(Some(listener)),
+            shutdown: watch::channel(None).0,
+            reactor: Mutex::new(None),
+            python: Mutex::new(None),
+        })
+    }
+
+    fn handle(&self, py: Python<'_>, event: Event) -> PyResult<()> {
+        match event {
+            Event::Request(start) => {
+                let guard = self.python.lock();
+                let Some(side) = guard.as_ref() else {
+                    return Ok(());
+                };
+                let exchange: Arc<Exchange> = start.exchange;
+                let scope = http_scope(py, &side.scope, &exchange, &start.head.headers)?;
+                let receive = Py::new(py, HttpReceive::new(Arc::clone(&exchange)))?;
+                let send = Py::new(py, HttpSend::new(exchange))?;
+                let spawn = side.spawn.clone_ref(py);
+                drop(guard);
+                spawn.call1(py, (scope, receive, send))?;
+            }
+            Event::Resolve(waiter) => Exchange::resolve_waiter(py, waiter)?,
+            Event::Stopped => {
+                let stopped = self.python.lock().as_mut().and_then(|side| side.stopped.take());
+                if let Some(stopped) = stopped {
+                    let stopped = stopped.bind(py);
+                    if !stopped.call_method0(intern!(py, "done"))?.is_truthy()? {
+                        stopped.call_method1(intern!(py, "set_result"), (py.None(),))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn name_of<T: clap::ValueEnum>(value: T) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
+}
+
+#[pymethods]
+impl Worker {
+    #[getter]
+    fn app(&self) -> &str {
+        &self.config.app
+    }
+
+    #[getter]
+    fn factory(&self) -> bool {
+        self.config.factory
+    }
+
+    #[getter]
+    fn app_dir(&self) -> String {
+        self.config.app_dir.to_string_lossy().into_owned()
+    }
+
+    #[getter]
+    fn interface(&self) -> String {
+        name_of::<Interface>(self.config.interface)
+    }
+
+    #[getter]
+    fn lifespan(&self) -> String {
+        name_of::<Lifespan>(self.config.lifespan)
+    }
+
+    #[getter]
+    fn event_loop(&self) -> String {
+        name_of::<EventLoop>(self.config.event_loop)
+    }
+
+    #[getter]
+    fn timeout_graceful_shutdown(&self) -> f64 {
+        self.config.timeout_graceful_shutdown.as_secs_f64()
+    }
+
+    #[getter]
+    fn version(&self) -> &'static str {
+        env!("CARGO_PKG_VERSION")
+    }
+
+    /// Starts the reactor thread. `spawn(scope, receive, send)` is called on
+    /// this thread for each request; `state` is the lifespan state; `stopped`
+    /// (an asyncio future) completes when the reactor has exited. Returns the
+    /// eventfd the loop must watch and call `drain()` on.
+    fn start(
+        &self,
+        py: Python<'_>,
+        event_loop: &Bound<'_, PyAny>,
+        spawn: Py<PyAny>,
+        state: Bound<'_, PyDict>,
+        stopped: Py<PyAny>,
+    ) -> PyResult<i32> {
+        let listener = self
+            .listener
+            .lock()
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("the worker is already started"))?;
+        let create_future = event_loop.getattr(intern!(py, "create_future"))?.unbind();
+        let _ = CREATE_FUTURE.set(py, create_future);
+        *self.python.lock() = Some(PythonSide {
+            spawn,
+            scope: ScopeContext {
+                root_path: self.config.root_path.clone(),
+                state: state.unbind(),
+            },
+            stopped: Some(stopped),
+        });
+
+        let address = listener.describe();
+        let config = Arc::clone(&self.config);
+        let bridge = Arc::clone(&self.bridge);
+        let state = Arc::new(ServerState::new(&config, Arc::clone(&bridge)));
+        let shutdown = self.shutdown.subscribe();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("rsasgi-reactor")
+            .build()
+            .map_err(|err| PyRuntimeError::new_err(format!("cannot start the reactor: {err}")))?;
+        let handle = std::thread::Builder::new()
+            .name("rsasgi-reactor".into())
+            .spawn(move || {
+                runtime.block_on(serve(listener, config, state, shutdown));
+                // Dropping the runtime drops every connection still open, which
+                // closes their exchanges before Python hears that we stopped.
+                drop(runtime);
+                bridge.push(Event::Stopped);
+            })
+            .map_err(|err| PyRuntimeError::new_err(format!("cannot start the reactor: {err}")))?;
+        *self.reactor.lock() = Some(handle);
+        tracing::info!(
+            "Listening on {address} (pid {}; press CTRL+C to quit)",
+            std::process::id()
+        );
+        Ok(self.bridge.fileno())
+    }
+
+    /// Handles every event the reactor queued; the loop calls this when the
+    /// eventfd is readable.
+    fn drain(&self, py: Python<'_>) {
+        self.bridge.drain(|event| {
+            if let Err(err) = self.handle(py, event) {
+                tracing::error!("rsasgi internal error while dispatching an event: {err}");
+            }
+        });
+    }
+
+    /// Stops accepting, lets requests run up to `grace` seconds, then closes
+    /// every connection; the `stopped` future given to `start` completes after that.
+    fn shutdown(&self, grace: f64) {
+        let grace = Duration::try_from_secs_f64(grace).unwrap_or_default();
+        self.shutdown.send_replace(Some(grace));
+    }
+
+    /// Waits for the reactor thread to exit (after `stopped` completed).
+    fn join(&self, py: Python<'_>) {
+        let handle = self.reactor.lock().take();
+        if let Some(handle) = handle {
+            py.detach(|| {
+                let _ = handle.join();
+            });
+        }
+    }
+}

@@ -1,0 +1,89 @@
+"""App for tests/test_app_errors.py: one path per way an app can go wrong.
+
+Every invalid `send()` is wrapped so the exception the server raises is recorded
+(readable at /observed) and then re-raised, as a real app would let it escape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+observed: dict[str, str] = {}
+
+
+async def _respond(send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+INVALID = {
+    "/bad-type": [{"type": "http.response.bogus"}],
+    "/status-str": [{"type": "http.response.start", "status": "200", "headers": []}],
+    "/status-1000": [{"type": "http.response.start", "status": 1000, "headers": []}],
+    "/headers-str": [
+        {"type": "http.response.start", "status": 200, "headers": [("x-err", "value")]}
+    ],
+    "/header-crlf": [
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"x-err", b"a\r\nx-injected: 1")],
+        }
+    ],
+    "/body-before-start": [{"type": "http.response.body", "body": b"too early"}],
+}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    if path == "/ok":
+        await _respond(send, 200, b"ok")
+    elif path == "/slow":
+        await asyncio.sleep(1.0)
+        await _respond(send, 200, b"slow-done")
+    elif path == "/observed":
+        await _respond(send, 200, json.dumps(observed).encode())
+    elif path == "/raise-before":
+        raise ValueError("err-boom-before-start")
+    elif path == "/raise-after":
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"partial-body", "more_body": True})
+        # Let the reactor put the chunk on the wire before the app fails.
+        await asyncio.sleep(0.3)
+        raise RuntimeError("err-boom-after-start")
+    elif path == "/no-response":
+        return
+    elif path in INVALID:
+        for message in INVALID[path]:
+            try:
+                await send(message)
+            except Exception as exc:
+                observed[path] = f"{type(exc).__name__}: {exc}"
+                raise
+        observed[path] = "NO-EXCEPTION"
+    else:
+        await _respond(send, 404, b"not found")

@@ -1,0 +1,81 @@
+"""An ordinary Starlette application, written as its users write them, for test_frameworks.py."""
+
+import asyncio
+import contextlib
+import hashlib
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+STREAM_CHUNKS = 8
+STREAM_CHUNK = b"0123456789abcdef" * 64
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    yield {"greeting": "hello from lifespan"}
+
+
+async def items(request: Request) -> JSONResponse:
+    return JSONResponse(
+        {
+            "item_id": request.path_params["item_id"],
+            "q": request.query_params.getlist("q"),
+            "greeting": request.state.greeting,
+            "user_agent": request.headers.get("user-agent"),
+        }
+    )
+
+
+async def echo_json(request: Request) -> JSONResponse:
+    return JSONResponse({"received": await request.json()}, status_code=201)
+
+
+async def stream(request: Request) -> StreamingResponse:
+    """STREAM_CHUNKS numbered chunks with a pause between them, so each leaves on its own."""
+
+    async def chunks():
+        for number in range(STREAM_CHUNKS):
+            yield b"%d:" % number + STREAM_CHUNK + b"\n"
+            await asyncio.sleep(0.02)
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+
+async def upload(request: Request) -> JSONResponse:
+    async with request.form() as form:
+        uploaded = form["file"]
+        data = await uploaded.read()
+        return JSONResponse(
+            {
+                "name": uploaded.filename,
+                "content_type": uploaded.content_type,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "note": form.get("note"),
+            }
+        )
+
+
+async def login(request: Request) -> PlainTextResponse:
+    form = await request.form()
+    return PlainTextResponse(f"user={form['user']} remember={form.get('remember', 'no')}")
+
+
+async def boom(request: Request) -> PlainTextResponse:
+    raise RuntimeError("fw_starlette boom")
+
+
+app = Starlette(
+    routes=[
+        Route("/items/{item_id:int}", items),
+        Route("/echo", echo_json, methods=["POST"]),
+        Route("/stream", stream),
+        Route("/upload", upload, methods=["POST"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/boom", boom),
+    ],
+    lifespan=lifespan,
+)

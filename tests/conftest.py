@@ -1,0 +1,129 @@
+"""Fixtures that start a real rsasgi process and talk to it over the network."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+APPS = Path(__file__).parent / "apps"
+LISTENING = re.compile(r"Listening on http://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One rsasgi process; its combined stdout/stderr goes to a log file."""
+
+    def __init__(self, args: list[str], cwd: Path, log_path: Path, env: dict | None):
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        full_env = dict(os.environ)
+        full_env.setdefault("PYTHONUNBUFFERED", "1")
+        if env:
+            full_env.update(env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rsasgi", *args],
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+        )
+        self.host = "127.0.0.1"
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_listening(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = LISTENING.search(self.output())
+            if match:
+                self.port = int(match.group(2))
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"rsasgi exited with {self.proc.returncode} before listening:\n{self.output()}"
+                )
+            time.sleep(0.02)
+        raise RuntimeError(f"rsasgi did not start listening in {timeout}s:\n{self.output()}")
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.wait_exit(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=10)
+        return sock
+
+
+@pytest.fixture
+def run_rsasgi(tmp_path):
+    """Start rsasgi with the given arguments; returns a `Server`.
+
+    `wait=True` waits for the "Listening on" line. The app directory defaults to
+    tests/apps so `run_rsasgi("scope_app:app")` finds tests/apps/scope_app.py.
+    """
+    servers: list[Server] = []
+
+    def start(*args: str, env: dict | None = None, wait: bool = True, cwd: Path | None = None):
+        argv = list(args)
+        if "--app-dir" not in argv:
+            argv += ["--app-dir", str(APPS)]
+        if "--port" not in argv and "--uds" not in argv and "--fd" not in argv:
+            argv += ["--port", "0"]
+        server = Server(argv, cwd or tmp_path, tmp_path / f"server-{len(servers)}.log", env)
+        servers.append(server)
+        if wait:
+            server.wait_listening()
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Read from `sock` until the peer closes it."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)

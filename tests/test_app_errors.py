@@ -1,0 +1,146 @@
+"""An app that fails, in every way the ASGI spec allows, never takes the worker down."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+APP = "err_app:app"
+
+
+def recv_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Read until the server closes the connection; fail if it is still open after `timeout`."""
+    deadline = time.monotonic() + timeout
+    chunks = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(
+                f"connection still open after {timeout}s; got {b''.join(chunks)!r}"
+            )
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        except socket.timeout:
+            continue
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def assert_worker_alive(server) -> None:
+    assert server.proc.poll() is None, server.output()
+    response = httpx.get(server.url + "/ok", timeout=10)
+    assert response.status_code == 200
+    assert response.text == "ok"
+
+
+def test_raise_before_start_gives_500_and_logs_traceback(run_rsasgi):
+    server = run_rsasgi(APP, "--no-access-log")
+    response = httpx.get(server.url + "/raise-before", timeout=10)
+    assert response.status_code == 500
+    assert response.text == "Internal Server Error"
+    assert response.headers["content-type"].startswith("text/plain")
+    time.sleep(0.2)
+    log = server.output()
+    assert "Exception in ASGI application" in log
+    # Access log is off, so the request line can only come from the error report.
+    assert any("GET" in line and "/raise-before" in line for line in log.splitlines()), log
+    assert "Traceback (most recent call last)" in log
+    assert "ValueError: err-boom-before-start" in log
+    assert_worker_alive(server)
+
+
+def test_raise_after_start_aborts_chunked_response(run_rsasgi):
+    server = run_rsasgi(APP)
+    with server.connect() as sock:
+        sock.sendall(b"GET /raise-after HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        data = recv_until_closed(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data
+    assert b"transfer-encoding: chunked" in head.lower(), data
+    assert b"partial-body" in body, data
+    # The terminating zero-length chunk must never be sent: the client has to see
+    # a truncated response, not a complete one.
+    assert not body.endswith(b"0\r\n\r\n"), data
+    assert b"\r\n0\r\n\r\n" not in body, data
+    time.sleep(0.2)
+    log = server.output()
+    assert "Exception in ASGI application" in log
+    assert "RuntimeError: err-boom-after-start" in log
+    assert_worker_alive(server)
+
+
+def test_return_without_response_gives_500(run_rsasgi):
+    server = run_rsasgi(APP)
+    response = httpx.get(server.url + "/no-response", timeout=10)
+    assert response.status_code == 500
+    assert response.text == "Internal Server Error"
+    assert_worker_alive(server)
+
+
+# path -> (words the exception message must contain, case-insensitively)
+INVALID_CASES = {
+    "/bad-type": ["http.response.bogus"],
+    "/status-str": ["status"],
+    "/status-1000": ["status"],
+    "/headers-str": ["header"],
+    "/header-crlf": ["header"],
+    "/body-before-start": ["start"],
+}
+
+
+@pytest.mark.parametrize("path", list(INVALID_CASES))
+def test_invalid_message_raises_in_send_gives_500_and_is_logged(run_rsasgi, path):
+    server = run_rsasgi(APP)
+    response = httpx.get(server.url + path, timeout=10)
+    assert response.status_code == 500
+    assert response.text == "Internal Server Error"
+    assert "x-injected" not in response.headers
+
+    observed = httpx.get(server.url + "/observed", timeout=10).json()
+    error = observed.get(path)
+    assert error is not None and error != "NO-EXCEPTION", f"send() did not raise: {observed}"
+    exc_type, _, message = error.partition(": ")
+    assert exc_type in ("TypeError", "ValueError", "RuntimeError"), error
+    for word in INVALID_CASES[path]:
+        assert word in message.lower(), error
+
+    time.sleep(0.2)
+    log = server.output()
+    assert "Exception in ASGI application" in log
+    assert error in log, log
+    assert_worker_alive(server)
+
+
+def test_errors_do_not_disturb_a_concurrent_request(run_rsasgi):
+    server = run_rsasgi(APP)
+    result: dict = {}
+
+    def slow_request():
+        try:
+            response = httpx.get(server.url + "/slow", timeout=20)
+            result["status"] = response.status_code
+            result["text"] = response.text
+        except Exception as exc:  # reported by the assertion below
+            result["error"] = repr(exc)
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    time.sleep(0.2)
+    with httpx.Client(timeout=10) as client:
+        for path in ["/raise-before", "/no-response", *INVALID_CASES]:
+            assert client.get(server.url + path).status_code == 500, path
+    with server.connect() as sock:
+        sock.sendall(b"GET /raise-after HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        recv_until_closed(sock)
+    thread.join(20)
+    assert result == {"status": 200, "text": "slow-done"}
+    assert_worker_alive(server)

@@ -1,0 +1,240 @@
+"""The command line: options, environment variables, and every startup error."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+from conftest import APPS, Server, free_port
+
+APP = "err_cli_app:app"
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run `python -m rsasgi ARGS` for a command that must exit by itself."""
+    return subprocess.run(
+        [sys.executable, "-m", "rsasgi", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_one_clear_line(output: str, *needles: str) -> None:
+    """Exactly one line mentions all `needles`; no traceback, no Rust panic, never listened."""
+    lines = [line for line in output.splitlines() if all(n in line for n in needles)]
+    assert len(lines) == 1, output
+    assert "Traceback" not in output, output
+    assert "panicked" not in output, output
+    assert "Listening on" not in output, output
+
+
+def test_version():
+    result = cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert importlib.metadata.version("rsasgi") in result.stdout
+    assert "rsasgi" in result.stdout.lower()
+
+
+OPTIONS = [
+    "--factory",
+    "--app-dir",
+    "--host",
+    "--port",
+    "--uds",
+    "--fd",
+    "--interface",
+    "--lifespan",
+    "--loop",
+    "--root-path",
+    "--log-level",
+    "--access-log",
+    "--no-access-log",
+    "--server-header",
+    "--no-server-header",
+    "--date-header",
+    "--no-date-header",
+    "--header",
+    "--timeout-keep-alive",
+    "--timeout-graceful-shutdown",
+    "--limit-concurrency",
+    "--limit-request-body",
+    "--limit-request-head",
+    "--backlog",
+    "--env-file",
+    "--version",
+    "--help",
+]
+
+
+def test_help_lists_every_option():
+    result = cli("--help")
+    assert result.returncode == 0, result.stderr
+    missing = [
+        option
+        for option in OPTIONS
+        if not re.search(r"(?<![\w-])" + re.escape(option) + r"(?![\w-])", result.stdout)
+    ]
+    assert missing == [], result.stdout
+
+
+def test_missing_app_argument_exits_2():
+    result = cli("--port", "0")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() != ""
+    assert "Traceback" not in result.stderr
+    assert "panicked" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, bad",
+    [
+        (["--port", "abc"], "abc"),
+        (["--interface", "bogus"], "bogus"),
+        (["--lifespan", "sometimes"], "sometimes"),
+        (["--no-such-option"], "--no-such-option"),
+    ],
+    ids=["port", "interface", "lifespan", "unknown-option"],
+)
+def test_bad_option_value_exits_2(args, bad):
+    result = cli(*args, "--app-dir", str(APPS), APP)
+    assert result.returncode == 2, result.stderr
+    assert_one_clear_line(result.stderr, bad)
+
+
+@pytest.mark.parametrize(
+    "app, needle",
+    [
+        ("err_no_such_module_xyz:app", "err_no_such_module_xyz"),
+        ("err_cli_app:nope", "nope"),
+        ("err_cli_app:some_int", "some_int"),
+        ("err_cli_app", "err_cli_app"),
+    ],
+    ids=["module-missing", "attribute-missing", "not-callable", "no-colon"],
+)
+def test_unloadable_app_exits_1_with_one_line(run_rsasgi, app, needle):
+    server = run_rsasgi(app, wait=False)
+    assert server.wait_exit() == 1
+    assert_one_clear_line(server.output(), needle)
+
+
+def test_module_raising_on_import_shows_its_traceback(run_rsasgi):
+    server = run_rsasgi("err_cli_import_raises:app", wait=False)
+    assert server.wait_exit() == 1
+    log = server.output()
+    assert "Traceback (most recent call last)" in log
+    assert "err_cli_import_raises.py" in log
+    assert "RuntimeError: err-import-boom-77" in log
+    assert "Listening on" not in log
+    assert "panicked" not in log
+
+
+def test_module_with_missing_dependency_names_the_dependency(run_rsasgi):
+    server = run_rsasgi("err_cli_nested_import:app", wait=False)
+    assert server.wait_exit() == 1
+    log = server.output()
+    assert "err_no_such_dependency_xyz" in log
+    assert "Listening on" not in log
+    assert "panicked" not in log
+
+
+def test_port_taken_exits_1_naming_the_address(run_rsasgi):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = run_rsasgi(APP, "--port", str(port), wait=False)
+        assert server.wait_exit() == 1
+    log = server.output()
+    lines = [line for line in log.splitlines() if "127.0.0.1" in line and str(port) in line]
+    assert len(lines) == 1, log
+    assert "Traceback" not in log
+    assert "panicked" not in log
+
+
+def test_missing_env_file_exits_1(run_rsasgi, tmp_path):
+    server = run_rsasgi(APP, "--env-file", str(tmp_path / "err-missing.env"), wait=False)
+    assert server.wait_exit() == 1
+    assert_one_clear_line(server.output(), "err-missing.env")
+
+
+def test_env_file_values_reach_the_app(run_rsasgi, tmp_path):
+    env_file = tmp_path / "app.env"
+    env_file.write_text('# a comment\nERR_CLI_FOO=bar\nERR_CLI_QUOTED="hello world"\n')
+    server = run_rsasgi(APP, "--env-file", str(env_file))
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get("/", params={"name": "ERR_CLI_FOO"}).text == "bar"
+        assert client.get("/", params={"name": "ERR_CLI_QUOTED"}).text == "hello world"
+        assert client.get("/", params={"name": "ERR_CLI_UNSET"}).text == "<unset>"
+
+
+@pytest.fixture
+def bare_server(tmp_path):
+    """Start rsasgi with exactly the given arguments (no --port added)."""
+    servers: list[Server] = []
+
+    def start(*args: str, env: dict | None = None) -> Server:
+        server = Server(list(args), tmp_path, tmp_path / f"bare-{len(servers)}.log", env)
+        servers.append(server)
+        server.wait_listening()
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+def test_rsasgi_port_env_var_is_honoured(bare_server):
+    port = free_port()
+    server = bare_server("--app-dir", str(APPS), APP, env={"RSASGI_PORT": str(port)})
+    assert server.port == port
+    response = httpx.get(f"http://127.0.0.1:{port}/", params={"name": "RSASGI_PORT"}, timeout=10)
+    assert response.status_code == 200
+
+
+def test_command_line_beats_env_var(bare_server):
+    env_port = free_port()
+    server = bare_server(
+        "--app-dir", str(APPS), "--port", "0", APP, env={"RSASGI_PORT": str(env_port)}
+    )
+    assert server.port != env_port
+
+
+def test_interface_wsgi_is_refused(run_rsasgi):
+    server = run_rsasgi(APP, "--interface", "wsgi", wait=False)
+    returncode = server.wait_exit()
+    assert returncode != 0
+    log = server.output()
+    assert any("wsgi" in line.lower() for line in log.splitlines()), log
+    assert "Listening on" not in log
+    assert "Traceback" not in log
+    assert "panicked" not in log
+
+
+def test_factory(run_rsasgi):
+    server = run_rsasgi("err_cli_app:make_app", "--factory")
+    response = httpx.get(server.url + "/", timeout=10)
+    assert response.status_code == 200
+    assert response.text == "from-factory"
+
+
+def test_dotted_attribute(run_rsasgi):
+    server = run_rsasgi("err_cli_app:holder.inner.app")
+    response = httpx.get(server.url + "/", timeout=10)
+    assert response.status_code == 200
+    assert response.text == "from-dotted"
+
+
+def test_app_dir_env_var(bare_server):
+    env = {"RSASGI_APP_DIR": str(APPS), "RSASGI_PORT": "0"}
+    server = bare_server("err_cli_app:holder.inner.app", env=env)
+    assert httpx.get(server.url + "/", timeout=10).text == "from-dotted"
+    assert os.environ.get("RSASGI_APP_DIR") is None

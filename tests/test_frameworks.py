@@ -1,0 +1,340 @@
+"""Real frameworks run unchanged on rsasgi: Starlette, Django's ASGI handler, the examples."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+# --------------------------------------------------------------------------- Starlette
+
+# What tests/apps/fw_starlette.py streams from /stream.
+STREAM_CHUNKS = 8
+STREAM_CHUNK = b"0123456789abcdef" * 64
+
+
+@pytest.fixture
+def starlette_url(run_rsasgi) -> str:
+    return run_rsasgi("fw_starlette:app").url
+
+
+def test_starlette_json_route(starlette_url):
+    response = httpx.get(
+        f"{starlette_url}/items/42",
+        params=[("q", "a b"), ("q", "é")],
+        headers={"user-agent": "fw-test/1.0"},
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "item_id": 42,
+        "q": ["a b", "é"],
+        "greeting": "hello from lifespan",
+        "user_agent": "fw-test/1.0",
+    }
+
+
+def test_starlette_unknown_route_is_404(starlette_url):
+    response = httpx.get(f"{starlette_url}/items/not-a-number")
+    assert response.status_code == 404
+    assert response.text == "Not Found"
+
+
+def test_starlette_json_body(starlette_url):
+    payload = {"name": "rsasgi", "tags": ["asgi", "rust"], "n": 3}
+    response = httpx.post(f"{starlette_url}/echo", json=payload)
+    assert response.status_code == 201
+    assert response.json() == {"received": payload}
+
+
+def test_starlette_streaming_response(starlette_url):
+    expected = b"".join(b"%d:" % number + STREAM_CHUNK + b"\n" for number in range(STREAM_CHUNKS))
+    pieces = []
+    with httpx.stream("GET", f"{starlette_url}/stream", timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/octet-stream"
+        assert response.headers.get("transfer-encoding") == "chunked"
+        assert "content-length" not in response.headers
+        pieces = list(response.iter_raw())
+    assert b"".join(pieces) == expected
+    # The app pauses between chunks, so a streaming server delivers them in several reads.
+    assert len(pieces) > 1, "the response arrived in one piece; it was buffered, not streamed"
+
+
+@pytest.mark.parametrize("size", [1, 300_000, 5 * 1024 * 1024])
+def test_starlette_multipart_file_upload(starlette_url, size):
+    data = os.urandom(size)
+    response = httpx.post(
+        f"{starlette_url}/upload",
+        files={"file": ("report ü.bin", data, "application/x-test")},
+        data={"note": "first upload"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "name": "report ü.bin",
+        "content_type": "application/x-test",
+        "size": size,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "note": "first upload",
+    }
+
+
+def test_starlette_urlencoded_form(starlette_url):
+    response = httpx.post(f"{starlette_url}/login", data={"user": "ann & bob", "remember": "yes"})
+    assert response.status_code == 200
+    assert response.text == "user=ann & bob remember=yes"
+
+
+def test_starlette_under_root_path(run_rsasgi):
+    """--root-path is for a proxy that strips the prefix: /items/5 arrives, /api/items/5 shown."""
+    server = run_rsasgi("fw_starlette:app", "--root-path", "/api")
+    response = httpx.get(f"{server.url}/items/5")
+    assert response.status_code == 200
+    assert response.json()["item_id"] == 5
+
+
+def test_starlette_error_response_is_delivered_whole(run_rsasgi):
+    """Starlette answers 500 itself, then re-raises; the finished response must still arrive."""
+    server = run_rsasgi("fw_starlette:app")
+    response = httpx.get(f"{server.url}/boom")
+    assert response.status_code == 500
+    assert response.text == "Internal Server Error"
+    # The server may close that connection (uvicorn does); a new one is served.
+    assert httpx.get(f"{server.url}/items/1").status_code == 200
+    assert "fw_starlette boom" in server.output()
+
+
+# --------------------------------------------------------------------------- Django
+
+DJANGO_VIEWS = '''
+"""Views added to the generated project by tests/test_frameworks.py."""
+
+import asyncio
+
+from django.contrib.auth.models import User
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+
+def hello(request):
+    names = ", ".join(User.objects.order_by("username").values_list("username", flat=True))
+    return HttpResponse(
+        f"<html><body><h1>Hello from Django</h1><p>users: {names}</p>"
+        f"<p>path: {request.path}</p></body></html>"
+    )
+
+
+async def about(request):
+    return JsonResponse(
+        {
+            "view": "async",
+            "name": request.GET.get("name"),
+            "method": request.method,
+            "script_name": request.META.get("SCRIPT_NAME"),
+            "header": request.headers.get("X-Custom"),
+        }
+    )
+
+
+@csrf_exempt
+def body_digest(request):
+    import hashlib
+
+    return JsonResponse(
+        {"size": len(request.body), "sha256": hashlib.sha256(request.body).hexdigest()}
+    )
+
+
+async def countdown(request):
+    async def lines():
+        for number in range(5, 0, -1):
+            yield f"{number}\\n"
+            await asyncio.sleep(0.01)
+        yield "liftoff\\n"
+
+    return StreamingHttpResponse(lines(), content_type="text/plain")
+'''
+
+DJANGO_URLS = """
+from mysite import views
+
+urlpatterns += [
+    path("hello/", views.hello),
+    path("about/", views.about),
+    path("digest/", views.body_digest),
+    path("countdown/", views.countdown),
+]
+"""
+
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def django_project(tmp_path_factory) -> Path:
+    """A project made by `django-admin startproject mysite`, with views added and migrated."""
+    pytest.importorskip("django")
+    project = tmp_path_factory.mktemp("django_project")
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+
+    def manage(*args: str) -> None:
+        subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=project, env=env, check=True, timeout=120
+        )
+
+    # `python -m django` is django-admin, run by the interpreter that runs the tests.
+    subprocess.run(
+        [sys.executable, "-m", "django", "startproject", "mysite", str(project)],
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    (project / "mysite" / "views.py").write_text(textwrap.dedent(DJANGO_VIEWS))
+    with open(project / "mysite" / "urls.py", "a") as urls:
+        urls.write(DJANGO_URLS)
+    manage("migrate", "--noinput", "-v", "0")
+    manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        "User.objects.create_user('alice'); "
+        f"User.objects.create_superuser('admin', 'admin@example.com', {ADMIN_PASSWORD!r})",
+    )
+    return project
+
+
+@pytest.fixture
+def django_server(run_rsasgi, django_project):
+    env = {"DJANGO_SETTINGS_MODULE": "mysite.settings"}
+    return run_rsasgi("mysite.asgi:application", "--app-dir", str(django_project), env=env)
+
+
+def test_django_page(django_server):
+    response = httpx.get(f"{django_server.url}/hello/")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert "<h1>Hello from Django</h1>" in response.text
+    assert "users: admin, alice" in response.text
+    assert "path: /hello/" in response.text
+
+
+def test_django_unknown_path_is_404(django_server):
+    response = httpx.get(f"{django_server.url}/no/such/page/")
+    assert response.status_code == 404
+    assert "no/such/page/" in response.text
+
+
+def test_django_async_view(django_server):
+    response = httpx.get(
+        f"{django_server.url}/about/", params={"name": "Zoë"}, headers={"X-Custom": "yes"}
+    )
+    assert response.status_code == 200
+    assert response.json() == {
+        "view": "async",
+        "name": "Zoë",
+        "method": "GET",
+        "script_name": "",
+        "header": "yes",
+    }
+
+
+def test_django_under_root_path(run_rsasgi, django_project):
+    server = run_rsasgi(
+        "mysite.asgi:application", "--app-dir", str(django_project), "--root-path", "/site"
+    )
+    response = httpx.get(f"{server.url}/about/")
+    assert response.status_code == 200
+    assert response.json()["script_name"] == "/site"
+    page = httpx.get(f"{server.url}/hello/")
+    assert page.status_code == 200
+    assert "path: /site/hello/" in page.text
+
+
+def test_django_request_body(django_server):
+    data = os.urandom(2 * 1024 * 1024 + 7)
+    response = httpx.post(f"{django_server.url}/digest/", content=data, timeout=60)
+    assert response.status_code == 200
+    assert response.json() == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_django_streaming_response(django_server):
+    with httpx.stream("GET", f"{django_server.url}/countdown/") as response:
+        assert response.status_code == 200
+        body = response.read()
+    assert body == b"5\n4\n3\n2\n1\nliftoff\n"
+
+
+def test_django_admin_login_with_csrf_and_session(django_server):
+    """The admin login: templates, CSRF cookie and token, a POST form, the session, a redirect."""
+    with httpx.Client(base_url=django_server.url) as client:
+        page = client.get("/admin/login/", params={"next": "/admin/"})
+        assert page.status_code == 200
+        assert "csrftoken" in client.cookies
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+
+        wrong = client.post(
+            "/admin/login/?next=/admin/",
+            data={"csrfmiddlewaretoken": token, "username": "admin", "password": "nope"},
+        )
+        assert wrong.status_code == 200
+        assert "Please enter the correct username and password" in wrong.text
+
+        login = client.post(
+            "/admin/login/?next=/admin/",
+            data={"csrfmiddlewaretoken": token, "username": "admin", "password": ADMIN_PASSWORD},
+        )
+        assert login.status_code == 302
+        assert login.headers["location"] == "/admin/"
+        assert "sessionid" in client.cookies
+
+        admin = client.get("/admin/")
+        assert admin.status_code == 200
+        assert "Site administration" in admin.text
+
+
+def test_django_post_without_csrf_token_is_403(django_server):
+    response = httpx.post(
+        f"{django_server.url}/admin/login/", data={"username": "admin", "password": "x"}
+    )
+    assert response.status_code == 403
+
+
+# --------------------------------------------------------------------------- examples/
+
+
+def test_example_hello(run_rsasgi):
+    server = run_rsasgi("hello:app", "--app-dir", str(EXAMPLES))
+    response = httpx.get(server.url)
+    assert response.status_code == 200
+    assert response.text == "Hello, world!\n"
+
+
+def test_example_starlette_app(run_rsasgi):
+    server = run_rsasgi("starlette_app:app", "--app-dir", str(EXAMPLES))
+    with httpx.Client(base_url=server.url) as client:
+        index = client.get("/")
+        assert index.status_code == 200
+        assert index.json()["started_by"] == "lifespan"
+
+        stream = client.get("/stream", params={"count": 3, "delay": 0})
+        assert stream.text == "line 0\nline 1\nline 2\n"
+
+        assert "multipart/form-data" in client.get("/upload").text
+        upload = client.post("/upload", files={"upload": ("notes.txt", b"some notes\n")})
+        assert upload.status_code == 200
+        assert json.loads(upload.text) == {
+            "filename": "notes.txt",
+            "size": 11,
+            "sha256": hashlib.sha256(b"some notes\n").hexdigest(),
+        }

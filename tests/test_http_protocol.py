@@ -1,0 +1,445 @@
+"""HTTP/1.x protocol behaviour seen from real clients: framing, HEAD, HTTP/1.0, keep-alive,
+pipelining, 100-continue, default response headers, limits, keep-alive timeout and the ways
+of binding (--port 0, --uds, --fd). App: tests/apps/proto_http.py.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+from apps.proto_raw import RawConn, request, wait_for_file
+
+APP = "proto_http:app"
+APPS = Path(__file__).parent / "apps"
+DATE_RE = re.compile(
+    r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"\d{4} \d\d:\d\d:\d\d GMT$"
+)
+
+
+@pytest.fixture
+def server(run_rsasgi):
+    return run_rsasgi(APP)
+
+
+def raw(server) -> RawConn:
+    return RawConn(server.connect())
+
+
+def get(server, path: str, **kw) -> httpx.Response:
+    return httpx.get(f"{server.url}{path}", timeout=10, **kw)
+
+
+# --- HEAD ------------------------------------------------------------------------------------
+
+
+def test_head_sends_no_body_and_keeps_content_length(server):
+    conn = raw(server)
+    conn.send(request("HEAD", "/"))
+    head = conn.read_response("HEAD")
+    assert head.status == 200
+    assert head.header("content-length") == "11"
+    assert head.header("transfer-encoding") is None
+    # If the server leaked the app's body after the HEAD response, this next response would not
+    # parse (its status line would start with "hello world").
+    conn.send(request("GET", "/"))
+    resp = conn.read_response()
+    assert resp.status_line.startswith(b"HTTP/1.1 200"), resp.status_line
+    assert resp.body == b"hello world"
+
+
+def test_head_without_content_length_sends_no_body(server):
+    conn = raw(server)
+    conn.send(request("HEAD", "/nolength"))
+    head = conn.read_response("HEAD")
+    assert head.status == 200
+    conn.send(request("GET", "/"))
+    resp = conn.read_response()
+    assert resp.status_line.startswith(b"HTTP/1.1 200"), resp.status_line
+    assert resp.body == b"hello world"
+
+
+def test_head_via_httpx(server):
+    r = httpx.head(f"{server.url}/", timeout=10)
+    assert r.status_code == 200
+    assert r.headers["content-length"] == "11"
+    assert r.content == b""
+
+
+# --- HTTP/1.0 --------------------------------------------------------------------------------
+
+
+def test_http10_streamed_body_is_not_chunked_and_connection_closes(server):
+    conn = raw(server)
+    conn.send(request("GET", "/nolength", version="HTTP/1.0", host=False))
+    resp = conn.read_head()
+    assert resp.status == 200
+    assert resp.version in ("HTTP/1.0", "HTTP/1.1")
+    assert resp.header("transfer-encoding") is None, resp.headers
+    start = time.monotonic()
+    body = b"".join(conn.iter_body(resp))  # by Content-Length if given, else up to EOF
+    assert body == b"hello world"
+    if resp.header("content-length") is not None:
+        assert resp.header("content-length") == "11"
+        assert conn.is_closed_by_peer(5), "HTTP/1.0 connection without keep-alive stayed open"
+    assert time.monotonic() - start < 5
+
+
+def test_http10_with_content_length_closes(server):
+    conn = raw(server)
+    conn.send(request("GET", "/", version="HTTP/1.0", host=False))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.header("content-length") == "11"
+    assert resp.body == b"hello world"
+    assert conn.is_closed_by_peer(5), "HTTP/1.0 connection without keep-alive stayed open"
+
+
+def test_http10_post_body(server):
+    conn = raw(server)
+    conn.send(request("POST", "/echo", body=b"ten-bytes!", version="HTTP/1.0", host=False))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.body == b"ten-bytes!"
+    assert conn.is_closed_by_peer(5)
+
+
+# --- keep-alive and pipelining ---------------------------------------------------------------
+
+
+def test_keep_alive_reuses_the_connection(server):
+    conn = raw(server)
+    conn.send(request("GET", "/"))
+    first = conn.read_response()
+    assert first.status == 200 and first.body == b"hello world"
+    assert (first.header("connection") or "").lower() != "close"
+    conn.send(request("POST", "/echo", body=b"second body"))
+    second = conn.read_response()
+    assert second.status == 200 and second.body == b"second body"
+    conn.send(request("GET", "/nolength"))
+    third = conn.read_response()
+    assert third.status == 200 and third.body == b"hello world"
+    conn.send(request("GET", "/length-parts"))
+    fourth = conn.read_response()
+    assert fourth.body == b"hello world"
+
+
+def test_keep_alive_with_httpx_client(server):
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        bodies = [client.get("/").content for _ in range(5)]
+    assert bodies == [b"hello world"] * 5
+
+
+def test_connection_close_is_honoured(server):
+    conn = raw(server)
+    conn.send(request("GET", "/", headers=[("Connection", "close")]))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.body == b"hello world"
+    assert conn.is_closed_by_peer(5)
+
+
+def test_pipelined_requests_answered_in_order(server):
+    conn = raw(server)
+    conn.send(
+        request("GET", "/sleep?ms=400&tag=first")
+        + request("GET", "/sleep?ms=0&tag=second")
+        + request("POST", "/echo", body=b"third")
+    )
+    responses = [conn.read_response() for _ in range(3)]
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert [r.body for r in responses] == [b"first", b"second", b"third"]
+    # and the connection is still usable
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"hello world"
+
+
+def test_pipelined_head_and_chunked(server):
+    conn = raw(server)
+    conn.send(request("HEAD", "/nolength") + request("GET", "/nolength") + request("GET", "/"))
+    head = conn.read_response("HEAD")
+    chunked = conn.read_response()
+    plain = conn.read_response()
+    assert head.status == 200
+    assert chunked.body == b"hello world"
+    assert plain.body == b"hello world"
+
+
+# --- Expect: 100-continue --------------------------------------------------------------------
+
+
+def test_expect_100_continue(server):
+    conn = raw(server)
+    conn.send(
+        b"POST /echo HTTP/1.1\r\nHost: testserver\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    interim = conn.read_head()
+    assert interim.status_line == b"HTTP/1.1 100 Continue", interim.status_line
+    conn.send(b"hello")
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.body == b"hello"
+    # keep-alive still works afterwards
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"hello world"
+
+
+# --- framing chosen from the app's headers ---------------------------------------------------
+
+
+def test_content_length_kept_when_app_gives_it(server):
+    conn = raw(server)
+    conn.send(request("GET", "/length-parts"))
+    resp = conn.read_response()
+    assert resp.header("content-length") == "11"
+    assert resp.header("transfer-encoding") is None
+    assert resp.body == b"hello world"
+
+
+def test_chunked_when_app_gives_no_length(server):
+    conn = raw(server)
+    conn.send(request("GET", "/nolength"))
+    resp = conn.read_response()
+    assert resp.header("transfer-encoding") == "chunked"
+    assert resp.header("content-length") is None
+    assert resp.chunked
+    assert resp.body == b"hello world"
+
+
+def test_empty_body_with_content_length_zero(server):
+    conn = raw(server)
+    conn.send(request("GET", "/empty"))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.header("content-length") == "0"
+    assert resp.body == b""
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"hello world"
+
+
+# --- default and extra response headers ------------------------------------------------------
+
+
+def test_server_and_date_headers_by_default(server):
+    r = get(server, "/")
+    assert r.headers.get_list("server") and "rsasgi" in r.headers["server"].lower()
+    assert len(r.headers.get_list("date")) == 1
+    date = r.headers["date"]
+    assert DATE_RE.match(date), date
+    sent = email.utils.parsedate_to_datetime(date)
+    assert abs((datetime.now(timezone.utc) - sent).total_seconds()) < 10
+
+
+def test_no_server_header(run_rsasgi):
+    server = run_rsasgi("--no-server-header", APP)
+    r = get(server, "/")
+    assert "server" not in r.headers
+    assert "date" in r.headers
+    r = get(server, "/app-server")
+    assert r.headers.get_list("server") == ["custom-app"]
+
+
+def test_server_header_explicit_flag(run_rsasgi):
+    server = run_rsasgi("--server-header", APP)
+    assert "rsasgi" in get(server, "/").headers["server"].lower()
+
+
+def test_no_date_header(run_rsasgi):
+    server = run_rsasgi("--no-date-header", APP)
+    r = get(server, "/")
+    assert "date" not in r.headers
+    assert "server" in r.headers
+
+
+def test_date_header_explicit_flag(run_rsasgi):
+    server = run_rsasgi("--date-header", APP)
+    assert DATE_RE.match(get(server, "/").headers["date"])
+
+
+def test_extra_headers_on_every_response(run_rsasgi):
+    server = run_rsasgi("--header", "X-Foo:bar", "--header", "X-Other: two words", APP)
+    for path in ("/", "/nolength", "/missing"):
+        r = get(server, path)
+        assert r.headers.get_list("x-foo") == ["bar"], (path, r.headers)
+        assert r.headers.get_list("x-other") == ["two words"], (path, r.headers)
+    assert get(server, "/missing").status_code == 404
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+def test_limit_concurrency_answers_503_beyond_the_limit(run_rsasgi, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    server = run_rsasgi("--limit-concurrency", "1", APP, env={"PROTO_MARKER_DIR": str(markers)})
+    slow = raw(server)
+    slow.send(request("GET", "/sleep?ms=2500&tag=slow"))
+    wait_for_file(markers / "slow.started")
+    r = get(server, "/")
+    assert r.status_code == 503, (r.status_code, r.text)
+    resp = slow.read_response()
+    assert resp.status == 200 and resp.body == b"slow"
+    # the slot is free again
+    deadline = time.monotonic() + 5
+    while True:
+        r = get(server, "/")
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 200 and r.content == b"hello world"
+
+
+def test_limit_request_body(run_rsasgi):
+    server = run_rsasgi("--limit-request-body", "100", APP)
+    ok = httpx.post(f"{server.url}/echo", content=b"a" * 100, timeout=10)
+    assert ok.status_code == 200 and ok.content == b"a" * 100
+    too_big = httpx.post(f"{server.url}/echo", content=b"a" * 101, timeout=10)
+    assert too_big.status_code == 413
+
+    def chunks():
+        for _ in range(4):
+            yield b"b" * 50
+
+    chunked = httpx.post(f"{server.url}/echo", content=chunks(), timeout=10)
+    assert chunked.status_code == 413
+    # the server keeps serving
+    assert get(server, "/").content == b"hello world"
+
+
+def test_timeout_keep_alive_closes_idle_connection(run_rsasgi):
+    server = run_rsasgi("--timeout-keep-alive", "1", APP)
+    conn = raw(server)
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"hello world"
+    start = time.monotonic()
+    assert conn.is_closed_by_peer(5), "idle keep-alive connection not closed within 5 s"
+    elapsed = time.monotonic() - start
+    assert elapsed > 0.5, f"closed after {elapsed:.2f}s, before the 1 s keep-alive timeout"
+
+
+def test_default_keep_alive_outlives_two_seconds(server):
+    conn = raw(server)
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"hello world"
+    assert not conn.is_closed_by_peer(2), "closed before the default 5 s keep-alive timeout"
+    conn.sock.settimeout(10)
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"hello world"
+
+
+# --- binding ---------------------------------------------------------------------------------
+
+
+def test_port_zero_logs_the_real_port(server):
+    assert server.port and server.port != 0
+    assert f"Listening on http://127.0.0.1:{server.port}" in server.output()
+    assert "127.0.0.1:0 " not in server.output()
+    r = get(server, "/port")
+    assert r.content == str(server.port).encode()
+
+
+def test_explicit_port(run_rsasgi):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = run_rsasgi("--port", str(port), APP)
+    assert server.port == port
+    assert get(server, "/port").content == str(port).encode()
+
+
+def test_uds(run_rsasgi, tmp_path):
+    path = tmp_path / "rsasgi.sock"
+    server = run_rsasgi("--uds", str(path), APP, wait=False)
+    transport = httpx.HTTPTransport(uds=str(path))
+    deadline = time.monotonic() + 20
+    with httpx.Client(transport=transport, timeout=10) as client:
+        while True:
+            assert server.proc.poll() is None, server.output()
+            try:
+                r = client.get("http://localhost/")
+                break
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                assert time.monotonic() < deadline, f"no answer on {path}: {server.output()}"
+                time.sleep(0.05)
+        assert r.status_code == 200
+        assert r.content == b"hello world"
+        r = client.post("http://localhost/echo", content=b"over a unix socket")
+        assert r.content == b"over a unix socket"
+
+
+def test_fd(tmp_path):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    log_path = tmp_path / "fd-server.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rsasgi", "--fd", str(fd), "--app-dir", str(APPS), APP],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            pass_fds=[fd],
+        )
+    listener.close()  # the child holds its own copy
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, log_path.read_text(errors="replace")
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/port", timeout=2)
+                break
+            except (httpx.ConnectError, httpx.ReadTimeout, httpx.RemoteProtocolError):
+                assert time.monotonic() < deadline, log_path.read_text(errors="replace")
+                time.sleep(0.05)
+        assert r.status_code == 200
+        assert r.content == str(port).encode()
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).content == b"hello world"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_many_concurrent_keep_alive_clients(server):
+    errors = []
+
+    def worker(n):
+        try:
+            conn = raw(server)
+            for i in range(20):
+                body = f"{n}-{i}".encode()
+                conn.send(request("POST", "/echo", body=body))
+                resp = conn.read_response()
+                assert resp.body == body, (resp.body, body)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []

@@ -1,0 +1,77 @@
+"""Lifespan protocol: startup/shutdown events, state, failures, and the auto/on/off modes."""
+
+from __future__ import annotations
+
+import httpx
+
+APP = "err_lifespan:app"
+
+
+def events(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_startup_and_shutdown_run(run_rsasgi, tmp_path):
+    record = tmp_path / "events.txt"
+    server = run_rsasgi(APP, env={"ERR_LIFESPAN_FILE": str(record)})
+    # "Listening on" is logged only after startup completed.
+    assert events(record) == ["startup"]
+    response = httpx.get(server.url + "/lifespan-asgi", timeout=10)
+    assert response.json()["version"] == "3.0"
+    assert events(record) == ["startup"]
+    assert server.stop() == 0
+    assert events(record) == ["startup", "shutdown"]
+
+
+def test_state_is_a_shallow_copy_per_request(run_rsasgi):
+    server = run_rsasgi(APP)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get("/state").json() == {
+            "has_state": True,
+            "state": {"greeting": "hello-from-startup", "shared_list": []},
+        }
+        assert client.get("/mutate").status_code == 200
+        # Rebinding keys in one request's state must not leak into the next request,
+        # but the values are shared (shallow copy), so the appended item is visible.
+        assert client.get("/state").json() == {
+            "has_state": True,
+            "state": {"greeting": "hello-from-startup", "shared_list": ["appended"]},
+        }
+
+
+def test_startup_failure_logs_message_and_exits_3(run_rsasgi):
+    server = run_rsasgi("err_lifespan_fail:app", wait=False)
+    assert server.wait_exit() == 3
+    log = server.output()
+    lines = [line for line in log.splitlines() if "err-db-unreachable-4711" in line]
+    assert len(lines) == 1, log
+    assert "Listening on" not in log
+    assert "Traceback" not in log
+    assert "panicked" not in log
+
+
+def test_app_without_lifespan_support_is_served_in_auto_mode(run_rsasgi):
+    server = run_rsasgi("err_lifespan_raise:app")
+    response = httpx.get(server.url + "/", timeout=10)
+    assert response.status_code == 200
+    assert response.text == "ok-no-lifespan"
+    assert server.stop() == 0
+
+
+def test_app_raising_in_lifespan_with_lifespan_on_fails_startup(run_rsasgi):
+    server = run_rsasgi("err_lifespan_raise:app", "--lifespan", "on", wait=False)
+    assert server.wait_exit() == 3
+    log = server.output()
+    assert "err-lifespan-unsupported-99" in log
+    assert "Listening on" not in log
+    assert "panicked" not in log
+
+
+def test_lifespan_off_never_calls_app_with_lifespan(run_rsasgi, tmp_path):
+    record = tmp_path / "events.txt"
+    server = run_rsasgi(APP, "--lifespan", "off", env={"ERR_LIFESPAN_FILE": str(record)})
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.get("/other").status_code == 200
+        assert client.get("/types").json() == ["http", "http"]
+    assert server.stop() == 0
+    assert events(record) == []

@@ -1,0 +1,326 @@
+"""Streaming request and response bodies, disconnects and flow control.
+
+App: tests/apps/proto_stream.py; it reports what it saw through marker files in a temporary
+directory (PROTO_MARKER_DIR) so the test can check it after the client has gone away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from apps.proto_raw import RawConn, request, rss_kib, wait_for_file
+
+APP = "proto_stream:app"
+MiB = 1 << 20
+
+
+def block(i: int, size: int) -> bytes:
+    """Same as proto_stream.block: the i-th message of /download."""
+    unit = i.to_bytes(4, "big")
+    return (unit * (size // 4 + 1))[:size]
+
+
+def download_sha(size: int, chunk: int) -> str:
+    digest = hashlib.sha256()
+    sent = i = 0
+    while sent < size:
+        n = min(chunk, size - sent)
+        digest.update(block(i, n))
+        sent += n
+        i += 1
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def markers(tmp_path):
+    path = tmp_path / "markers"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def server(run_rsasgi, markers):
+    return run_rsasgi(APP, env={"PROTO_MARKER_DIR": str(markers)})
+
+
+def still_serving(server):
+    r = httpx.get(f"{server.url}/", timeout=10)
+    assert r.status_code == 200 and r.content == b"ok"
+    out = server.output()
+    assert "panicked" not in out, out[-3000:]
+
+
+# --- uploads ---------------------------------------------------------------------------------
+
+
+def test_chunked_upload_10mb_is_streamed(server):
+    rng = random.Random(1234)
+    pieces = [rng.randbytes(64 * 1024) for _ in range(160)]
+    expected = hashlib.sha256(b"".join(pieces)).hexdigest()
+
+    def gen():
+        yield from pieces
+
+    r = httpx.post(f"{server.url}/upload", content=gen(), timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.request.headers.get("transfer-encoding") == "chunked"
+    result = r.json()
+    assert result["bytes"] == 10 * MiB
+    assert result["sha256"] == expected
+    assert result["messages"] > 1, result
+    assert result["max_message"] < 10 * MiB, result
+
+
+def test_content_length_upload_10mb_is_streamed(server):
+    data = random.Random(99).randbytes(10 * MiB)
+    r = httpx.post(f"{server.url}/upload", content=data, timeout=60)
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert result["bytes"] == len(data)
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    assert result["messages"] > 1, result
+    assert result["max_message"] < len(data), result
+
+
+def test_raw_chunked_upload_with_odd_chunk_sizes(server):
+    rng = random.Random(7)
+    sizes = [1, 2, 15, 16, 17, 4095, 65536, 100_000, 3]
+    pieces = [rng.randbytes(n) for n in sizes]
+    wire = b"".join(b"%X\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    conn = RawConn(server.connect())
+    conn.send(request("POST", "/upload", headers=[("Transfer-Encoding", "chunked")]) + wire)
+    resp = conn.read_response()
+    assert resp.status == 200, resp.body
+    result = json.loads(resp.body)
+    assert result["bytes"] == sum(sizes)
+    assert result["sha256"] == hashlib.sha256(b"".join(pieces)).hexdigest()
+    # keep-alive after a chunked request body
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"ok"
+
+
+def test_empty_upload_is_one_message(server):
+    r = httpx.post(f"{server.url}/upload", content=b"", timeout=10)
+    result = r.json()
+    assert result == {
+        "sha256": hashlib.sha256(b"").hexdigest(),
+        "bytes": 0,
+        "messages": 1,
+        "max_message": 0,
+    }
+
+
+# --- downloads -------------------------------------------------------------------------------
+
+
+def test_download_10mb_streamed(server):
+    size = 10 * MiB
+    digest = hashlib.sha256()
+    total = 0
+    with httpx.stream("GET", f"{server.url}/download?size={size}&chunk=65536", timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers.get("transfer-encoding") == "chunked"
+        assert "content-length" not in r.headers
+        for data in r.iter_raw():
+            digest.update(data)
+            total += len(data)
+    assert total == size
+    assert digest.hexdigest() == download_sha(size, 65536)
+
+
+def test_download_raw_chunk_framing(server):
+    size = 3 * MiB + 12345
+    conn = RawConn(server.connect())
+    conn.send(request("GET", f"/download?size={size}&chunk=10000"))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.chunked
+    assert len(resp.body) == size
+    assert hashlib.sha256(resp.body).hexdigest() == download_sha(size, 10000)
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"ok"
+
+
+# --- both ways -------------------------------------------------------------------------------
+
+
+def test_echo_streams_both_ways_interleaved(server):
+    """Each request chunk comes back before the next one is sent: true full-duplex streaming."""
+    conn = RawConn(server.connect())
+    conn.send(request("POST", "/echo", headers=[("Transfer-Encoding", "chunked")]))
+    resp = None
+    for i in range(5):
+        piece = f"ping-{i}-".encode() * (i + 1)
+        conn.send(b"%X\r\n%s\r\n" % (len(piece), piece))
+        if resp is None:
+            resp = conn.read_head()
+            assert resp.status == 200
+            assert resp.header("transfer-encoding") == "chunked"
+        got = b""
+        while len(got) < len(piece):
+            chunk = conn.read_chunk()
+            assert chunk, "response ended early"
+            got += chunk
+        assert got == piece
+    conn.send(b"0\r\n\r\n")
+    assert conn.read_chunk() == b""
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"ok"
+
+
+@pytest.mark.timeout(90)
+def test_echo_10mb_full_duplex(server):
+    rng = random.Random(5)
+    pieces = [rng.randbytes(64 * 1024) for _ in range(160)]
+    expected = hashlib.sha256(b"".join(pieces)).hexdigest()
+    conn = RawConn(server.connect(), timeout=30)
+    errors = []
+
+    def writer():
+        try:
+            conn.send(request("POST", "/echo", headers=[("Transfer-Encoding", "chunked")]))
+            for p in pieces:
+                conn.send(b"%X\r\n%s\r\n" % (len(p), p))
+            conn.send(b"0\r\n\r\n")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+
+    t = threading.Thread(target=writer)
+    t.start()
+    resp = conn.read_head()
+    digest = hashlib.sha256()
+    total = 0
+    for data in conn.iter_body(resp):
+        digest.update(data)
+        total += len(data)
+    t.join(30)
+    assert errors == []
+    assert resp.status == 200
+    assert total == 10 * MiB
+    assert digest.hexdigest() == expected
+
+
+# --- disconnects -----------------------------------------------------------------------------
+
+
+def test_disconnect_delivered_while_app_waits_in_receive(server, markers):
+    sock = server.connect()
+    sock.sendall(request("GET", "/wait-disconnect?tag=idle"))
+    wait_for_file(markers / "idle.started")
+    time.sleep(0.2)
+    sock.close()
+    types = json.loads(wait_for_file(markers / "idle.disconnect", timeout=10))
+    assert types == ["http.request", "http.disconnect"]
+    still_serving(server)
+
+
+def test_disconnect_delivered_in_the_middle_of_the_body(server, markers):
+    sock = server.connect()
+    sock.sendall(request("POST", "/wait-disconnect?tag=mid", headers=[("Content-Length", "100")]))
+    sock.sendall(b"0123456789")
+    wait_for_file(markers / "mid.begun")
+    time.sleep(0.3)
+    sock.close()
+    types = json.loads(wait_for_file(markers / "mid.disconnect", timeout=10))
+    assert types[-1] == "http.disconnect", types
+    assert set(types[:-1]) <= {"http.request"}, types
+    assert not (markers / "mid.started").exists(), "a truncated body was reported as complete"
+    still_serving(server)
+
+
+def test_send_after_disconnect_raises_oserror(server, markers):
+    sock = server.connect()
+    sock.sendall(request("GET", "/send-after-disconnect?tag=late"))
+    wait_for_file(markers / "late.started")
+    time.sleep(0.2)
+    sock.close()
+    result = wait_for_file(markers / "late.result", timeout=10)
+    assert result != "no exception", "send() after http.disconnect did not raise"
+    info = json.loads(result)
+    assert info["oserror"], f"send() after disconnect raised {info}, not an OSError"
+    still_serving(server)
+
+
+def test_send_raises_oserror_when_client_leaves_mid_stream(server, markers):
+    conn = RawConn(server.connect())
+    conn.send(request("GET", "/stream-until-error?tag=gone"))
+    resp = conn.read_head()
+    assert resp.status == 200
+    conn.read_chunk()
+    wait_for_file(markers / "gone.started")
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    conn.sock.close()
+    result = wait_for_file(markers / "gone.result", timeout=15)
+    assert result != "no exception", "send() kept succeeding after the client left"
+    info = json.loads(result)
+    assert info["oserror"], f"send() to a vanished client raised {info}, not an OSError"
+    still_serving(server)
+
+
+# --- flow control ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_slow_reader_keeps_memory_bounded(server, markers):
+    size = 200 * MiB
+    chunk = 64 * 1024
+    # warm up: imports, first allocations
+    with httpx.stream("GET", f"{server.url}/download?size={MiB}", timeout=30) as r:
+        assert sum(len(d) for d in r.iter_raw()) == MiB
+    pid = server.proc.pid
+    baseline = rss_kib(pid)
+    assert baseline > 0
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", server.port))
+    conn = RawConn(sock, timeout=30)
+    conn.send(request("GET", f"/download?size={size}&chunk={chunk}&tag=slow"))
+    peak = baseline
+
+    # Phase 1: do not read at all for 3 s.
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        peak = max(peak, rss_kib(pid))
+        time.sleep(0.1)
+    progress = int(wait_for_file(markers / "slow.progress"))
+    assert progress < 64 * MiB, (
+        f"the app handed {progress} bytes to send() while the client read nothing: "
+        "send() does not wait for the client"
+    )
+
+    # Phase 2: read slowly for 2 s.
+    digest = hashlib.sha256()
+    resp = conn.read_head()
+    assert resp.status == 200
+    body = conn.iter_body(resp)
+    total = 0
+    end = time.monotonic() + 2
+    while time.monotonic() < end:
+        data = next(body)
+        digest.update(data)
+        total += len(data)
+        peak = max(peak, rss_kib(pid))
+        time.sleep(0.02)
+
+    # Phase 3: read the rest as fast as possible.
+    n = 0
+    for data in body:
+        digest.update(data)
+        total += len(data)
+        n += 1
+        if n % 200 == 0:
+            peak = max(peak, rss_kib(pid))
+    growth_mib = (peak - baseline) / 1024
+    assert growth_mib < 100, f"server RSS grew by {growth_mib:.0f} MiB (baseline {baseline} KiB)"
+    assert total == size
+    assert digest.hexdigest() == download_sha(size, chunk)
+    still_serving(server)
