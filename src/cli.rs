@@ -38,15 +38,31 @@ struct Args {
     app_dir: PathBuf,
 
     /// Address to bind.
-    #[arg(long, env = "RSASGI_HOST", default_value = "127.0.0.1", help_heading = "Socket")]
+    #[arg(
+        long,
+        env = "RSASGI_HOST",
+        default_value = "127.0.0.1",
+        help_heading = "Socket"
+    )]
     host: String,
 
     /// Port to bind; 0 picks a free port and logs it.
-    #[arg(long, env = "RSASGI_PORT", default_value_t = 8000, help_heading = "Socket")]
+    #[arg(
+        long,
+        env = "RSASGI_PORT",
+        default_value_t = 8000,
+        help_heading = "Socket"
+    )]
     port: u16,
 
     /// Bind to a Unix domain socket at PATH instead of host and port.
-    #[arg(long, env = "RSASGI_UDS", value_name = "PATH", conflicts_with = "fd", help_heading = "Socket")]
+    #[arg(
+        long,
+        env = "RSASGI_UDS",
+        value_name = "PATH",
+        conflicts_with = "fd",
+        help_heading = "Socket"
+    )]
     uds: Option<PathBuf>,
 
     /// Serve on an already-listening socket inherited as file descriptor N.
@@ -54,19 +70,42 @@ struct Args {
     fd: Option<i32>,
 
     /// Maximum number of connections waiting to be accepted.
-    #[arg(long, env = "RSASGI_BACKLOG", default_value_t = 2048, help_heading = "Socket")]
+    #[arg(
+        long,
+        env = "RSASGI_BACKLOG",
+        default_value_t = 2048,
+        help_heading = "Socket"
+    )]
     backlog: u32,
 
     /// Application interface; "auto" inspects the callable.
-    #[arg(long, env = "RSASGI_INTERFACE", value_enum, default_value = "auto", help_heading = "Application")]
+    #[arg(
+        long,
+        env = "RSASGI_INTERFACE",
+        value_enum,
+        default_value = "auto",
+        help_heading = "Application"
+    )]
     interface: Interface,
 
     /// ASGI lifespan protocol; "auto" carries on if the app does not support it.
-    #[arg(long, env = "RSASGI_LIFESPAN", value_enum, default_value = "auto", help_heading = "Application")]
+    #[arg(
+        long,
+        env = "RSASGI_LIFESPAN",
+        value_enum,
+        default_value = "auto",
+        help_heading = "Application"
+    )]
     lifespan: Lifespan,
 
     /// Event loop for the app; "auto" uses uvloop when it is installed.
-    #[arg(long = "loop", env = "RSASGI_LOOP", value_enum, default_value = "auto", help_heading = "Application")]
+    #[arg(
+        long = "loop",
+        env = "RSASGI_LOOP",
+        value_enum,
+        default_value = "auto",
+        help_heading = "Application"
+    )]
     event_loop: EventLoop,
 
     /// ASGI root_path (WSGI SCRIPT_NAME) for apps mounted below a sub-path by a proxy.
@@ -74,16 +113,27 @@ struct Args {
     root_path: String,
 
     /// Load environment variables for the app from this file (KEY=VALUE lines).
-    #[arg(long, env = "RSASGI_ENV_FILE", value_name = "PATH", help_heading = "Application")]
+    #[arg(
+        long,
+        env = "RSASGI_ENV_FILE",
+        value_name = "PATH",
+        help_heading = "Application"
+    )]
     env_file: Option<PathBuf>,
 
     /// Log level.
-    #[arg(long, env = "RSASGI_LOG_LEVEL", value_enum, default_value = "info", help_heading = "Logging")]
+    #[arg(
+        long,
+        env = "RSASGI_LOG_LEVEL",
+        value_enum,
+        default_value = "info",
+        help_heading = "Logging"
+    )]
     log_level: LogLevel,
 
     /// Log one line per request [default].
     #[arg(long, env = "RSASGI_ACCESS_LOG", action = ArgAction::Set, num_args = 0..=1,
-          default_value_t = true, default_missing_value = "true", value_name = "BOOL",
+          default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
           hide_possible_values = true, help_heading = "Logging")]
     access_log: bool,
 
@@ -93,7 +143,7 @@ struct Args {
 
     /// Send "server: rsasgi" [default].
     #[arg(long, env = "RSASGI_SERVER_HEADER", action = ArgAction::Set, num_args = 0..=1,
-          default_value_t = true, default_missing_value = "true", value_name = "BOOL",
+          default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
           help_heading = "HTTP")]
     server_header: bool,
 
@@ -103,7 +153,7 @@ struct Args {
 
     /// Send a date header [default].
     #[arg(long, env = "RSASGI_DATE_HEADER", action = ArgAction::Set, num_args = 0..=1,
-          default_value_t = true, default_missing_value = "true", value_name = "BOOL",
+          default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
           help_heading = "HTTP")]
     date_header: bool,
 
@@ -133,7 +183,12 @@ struct Args {
     limit_concurrency: Option<u64>,
 
     /// Answer 413 to request bodies larger than this many bytes [default: no limit].
-    #[arg(long, env = "RSASGI_LIMIT_REQUEST_BODY", value_name = "BYTES", help_heading = "Limits")]
+    #[arg(
+        long,
+        env = "RSASGI_LIMIT_REQUEST_BODY",
+        value_name = "BYTES",
+        help_heading = "Limits"
+    )]
     limit_request_body: Option<u64>,
 
     /// Answer 431 to request lines plus headers larger than this many bytes (at least 8192).

@@ -101,14 +101,6 @@ pub(crate) struct Config {
     pub env_file: Option<PathBuf>,
 }
 
-impl Config {
-    /// A config with every default and the given app, as the CLI would build it.
-    #[cfg(test)]
-    pub(crate) fn for_app(app: &str) -> Config {
-        crate::cli::parse(["rsasgi", app]).expect("default arguments parse")
-    }
-}
-
 /// Parses `NAME:VALUE` into a response header, as `--header` takes it.
 pub(crate) fn parse_header(raw: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = raw

@@ -27,10 +27,13 @@ fn load_env_file(py: Python<'_>, path: &std::path::Path) -> Result<(), String> {
         .and_then(|os| os.getattr("environ"))
         .map_err(|err| err.to_string())?;
     for entry in entries {
-        let (key, value) = entry.map_err(|err| format!("Cannot parse --env-file {shown}: {err}"))?;
+        let (key, value) =
+            entry.map_err(|err| format!("Cannot parse --env-file {shown}: {err}"))?;
         let present = environ.contains(&key).map_err(|err| err.to_string())?;
         if !present {
-            environ.set_item(key, value).map_err(|err| err.to_string())?;
+            environ
+                .set_item(key, value)
+                .map_err(|err| err.to_string())?;
         }
     }
     Ok(())

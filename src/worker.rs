@@ -69,7 +69,11 @@ impl Worker {
             }
             Event::Resolve(waiter) => Exchange::resolve_waiter(py, waiter)?,
             Event::Stopped => {
-                let stopped = self.python.lock().as_mut().and_then(|side| side.stopped.take());
+                let stopped = self
+                    .python
+                    .lock()
+                    .as_mut()
+                    .and_then(|side| side.stopped.take());
                 if let Some(stopped) = stopped {
                     let stopped = stopped.bind(py);
                     if !stopped.call_method0(intern!(py, "done"))?.is_truthy()? {

@@ -88,16 +88,16 @@ def test_header_over_default_head_limit_gives_431(run_rsasgi):
 
 
 def test_limit_request_head_option(run_rsasgi):
-    server = run_rsasgi(APP, "--limit-request-head", "2048")
+    server = run_rsasgi(APP, "--limit-request-head", "16384")
     small = (
         b"GET /small HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: "
-        + b"a" * 1000
+        + b"a" * 12_000
         + b"\r\n\r\n"
     )
     assert status_of(exchange(server, small)) == 200
     large = (
         b"GET /large HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: "
-        + b"a" * 4000
+        + b"a" * 20_000
         + b"\r\n\r\n"
     )
     response = exchange(server, large)

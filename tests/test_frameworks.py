@@ -317,7 +317,7 @@ def test_example_hello(run_rsasgi):
     server = run_rsasgi("hello:app", "--app-dir", str(EXAMPLES))
     response = httpx.get(server.url)
     assert response.status_code == 200
-    assert response.text == "Hello, world!\n"
+    assert response.text == "Hello, world!"
 
 
 def test_example_starlette_app(run_rsasgi):

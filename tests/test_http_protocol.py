@@ -107,6 +107,36 @@ def test_http10_with_content_length_closes(server):
     assert conn.is_closed_by_peer(5), "HTTP/1.0 connection without keep-alive stayed open"
 
 
+def test_http10_keep_alive_with_content_length(server):
+    """HTTP/1.0 clients such as ApacheBench -k ask for keep-alive explicitly."""
+    conn = raw(server)
+    ka = [("Connection", "keep-alive")]
+    conn.send(request("GET", "/", headers=ka, version="HTTP/1.0", host=False))
+    first = conn.read_response()
+    assert first.body == b"hello world"
+    assert (first.header("connection") or "").lower() == "keep-alive", first.headers
+    conn.send(request("GET", "/", headers=ka, version="HTTP/1.0", host=False))
+    assert conn.read_response().body == b"hello world"
+
+
+def test_http10_keep_alive_without_length_does_not_claim_keep_alive(server):
+    """A close-delimited body ends the connection, so the response must not promise keep-alive."""
+    conn = raw(server)
+    ka = [("Connection", "keep-alive")]
+    conn.send(request("GET", "/nolength", headers=ka, version="HTTP/1.0", host=False))
+    resp = conn.read_head()
+    assert resp.header("transfer-encoding") is None, resp.headers
+    body = b"".join(conn.iter_body(resp))
+    assert body == b"hello world"
+    if resp.header("content-length") is None:
+        assert (resp.header("connection") or "").lower() != "keep-alive", (
+            f"close-delimited HTTP/1.0 response announces keep-alive: {resp.headers}"
+        )
+    else:
+        conn.send(request("GET", "/", headers=ka, version="HTTP/1.0", host=False))
+        assert conn.read_response().body == b"hello world"
+
+
 def test_http10_post_body(server):
     conn = raw(server)
     conn.send(request("POST", "/echo", body=b"ten-bytes!", version="HTTP/1.0", host=False))

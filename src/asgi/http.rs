@@ -14,10 +14,10 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
-use pyo3::intern;
 
 use super::ClientDisconnected;
 use crate::bridge::{Bridge, Event, Ready, WaitKind, Waiter};
@@ -500,7 +500,9 @@ fn bytes_of(value: &Bound<'_, PyAny>) -> Option<Bytes> {
 }
 
 fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
-    if status.is_instance_of::<pyo3::types::PyBool>() || !status.is_instance_of::<pyo3::types::PyInt>() {
+    if status.is_instance_of::<pyo3::types::PyBool>()
+        || !status.is_instance_of::<pyo3::types::PyInt>()
+    {
         return Err(PyTypeError::new_err(format!(
             "http.response.start 'status' must be an int, got {} {}",
             type_name(status),
@@ -612,7 +614,10 @@ impl HttpSend {
                         st.chunks.push_back(data);
                     }
                     st.complete = !more;
-                    (st.reactor.take(), st.response_buffered > RESPONSE_HIGH_WATER)
+                    (
+                        st.reactor.take(),
+                        st.response_buffered > RESPONSE_HIGH_WATER,
+                    )
                 }
             }
         };

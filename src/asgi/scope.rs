@@ -60,7 +60,9 @@ pub(crate) fn address(py: Python<'_>, addr: Option<SocketAddr>) -> PyResult<Boun
 /// Percent-decodes a request path into the scope's `path` (invalid UTF-8 is
 /// replaced, as `urllib.parse.unquote` does).
 pub(crate) fn decode_path(raw: &str) -> String {
-    percent_decode(raw.as_bytes()).decode_utf8_lossy().into_owned()
+    percent_decode(raw.as_bytes())
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The scope dict of one HTTP request.
@@ -76,7 +78,10 @@ pub(crate) fn http_scope<'py>(
     asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
     asgi.set_item(intern!(py, "spec_version"), intern!(py, SPEC_VERSION))?;
     scope.set_item(intern!(py, "asgi"), asgi)?;
-    scope.set_item(intern!(py, "http_version"), http_version(py, exchange.version))?;
+    scope.set_item(
+        intern!(py, "http_version"),
+        http_version(py, exchange.version),
+    )?;
     scope.set_item(intern!(py, "method"), method(py, &exchange.method))?;
     scope.set_item(intern!(py, "scheme"), intern!(py, "http"))?;
 
@@ -85,7 +90,10 @@ pub(crate) fn http_scope<'py>(
     let path = decode_path(raw_path);
     if ctx.root_path.is_empty() {
         scope.set_item(intern!(py, "path"), path)?;
-        scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, raw_path.as_bytes()))?;
+        scope.set_item(
+            intern!(py, "raw_path"),
+            PyBytes::new(py, raw_path.as_bytes()),
+        )?;
     } else {
         scope.set_item(intern!(py, "path"), format!("{}{}", ctx.root_path, path))?;
         let mut full = Vec::with_capacity(ctx.root_path.len() + raw_path.len());
@@ -94,7 +102,10 @@ pub(crate) fn http_scope<'py>(
         scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, &full))?;
     }
     let query = exchange.uri.query().unwrap_or("");
-    scope.set_item(intern!(py, "query_string"), PyBytes::new(py, query.as_bytes()))?;
+    scope.set_item(
+        intern!(py, "query_string"),
+        PyBytes::new(py, query.as_bytes()),
+    )?;
     scope.set_item(intern!(py, "root_path"), ctx.root_path.as_str())?;
 
     let list = PyList::empty(py);

@@ -183,7 +183,10 @@ mod tests {
         assert_eq!(seen, 2);
         assert!(!readable(&bridge), "drain clears the eventfd");
         bridge.push(Event::Stopped);
-        assert!(readable(&bridge), "asleep again after a drain, so the next push signals");
+        assert!(
+            readable(&bridge),
+            "asleep again after a drain, so the next push signals"
+        );
     }
 
     #[test]

@@ -106,7 +106,9 @@ pub(crate) async fn handle(
     let body_limit = state.limit_request_body;
     if let (Some(limit), Some(length)) = (body_limit, request.body().size_hint().exact()) {
         if length > limit {
-            tracing::info!("413: request body of {length} bytes is over --limit-request-body {limit}");
+            tracing::info!(
+                "413: request body of {length} bytes is over --limit-request-body {limit}"
+            );
             let status = StatusCode::PAYLOAD_TOO_LARGE;
             return Ok(state.error_response(status, record(status), true));
         }
@@ -145,6 +147,7 @@ pub(crate) async fn handle(
         )
     });
     let is_head = head.method == Method::HEAD;
+    let is_http10 = head.version == Version::HTTP_10;
     state.bridge.push(Event::Request(Box::new(RequestStart {
         exchange: Arc::clone(&exchange),
         head,
@@ -179,6 +182,11 @@ pub(crate) async fn handle(
     *response.status_mut() = start.status;
     let headers = response.headers_mut();
     *headers = start.headers;
+    if is_http10 && !is_head && !headers.contains_key(header::CONTENT_LENGTH) {
+        // The body will be delimited by closing the connection; hyper would
+        // otherwise echo the client's "keep-alive" and then close anyway.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     state.add_server_headers(headers);
     Ok(response)
 }
@@ -217,13 +225,13 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u6
             }
             Some(Err(err)) => {
                 if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
-                    tracing::debug!("client went away during the body of {}", exchange.request_line());
-                    exchange.close();
-                } else {
-                    tracing::info!(
-                        "400: malformed body in {}: {err}",
+                    tracing::debug!(
+                        "client went away during the body of {}",
                         exchange.request_line()
                     );
+                    exchange.close();
+                } else {
+                    tracing::info!("400: malformed body in {}: {err}", exchange.request_line());
                     exchange.refuse_body(StatusCode::BAD_REQUEST);
                 }
                 return;

@@ -68,7 +68,9 @@ fn bind_tcp(host: &str, port: u16, backlog: u32) -> Result<Listener, String> {
         // "::" serves IPv6 only; use "0.0.0.0" for IPv4.
         let _ = socket.set_only_v6(true);
     }
-    socket.bind(&addr.into()).map_err(|err| fail("bind to", err))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|err| fail("bind to", err))?;
     socket
         .listen(backlog_of(backlog))
         .map_err(|err| fail("listen on", err))?;
@@ -91,7 +93,9 @@ fn bind_unix(path: &Path, backlog: u32) -> Result<Listener, String> {
             std::fs::remove_file(path)
                 .map_err(|err| format!("Could not remove stale socket {shown}: {err}"))?;
         } else {
-            return Err(format!("Cannot bind --uds {shown}: a file that is not a socket is there"));
+            return Err(format!(
+                "Cannot bind --uds {shown}: a file that is not a socket is there"
+            ));
         }
     }
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
@@ -115,7 +119,9 @@ fn inherit(fd: i32) -> Result<Listener, String> {
     // (EBADF) when nothing is open there.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     if fd < 0 || unsafe { libc::fstat(fd, &mut stat) } != 0 {
-        return Err(format!("--fd {fd}: no open file descriptor with that number"));
+        return Err(format!(
+            "--fd {fd}: no open file descriptor with that number"
+        ));
     }
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(format!("--fd {fd} is not a socket"));
@@ -162,6 +168,8 @@ mod tests {
 
     #[test]
     fn a_bad_fd_is_refused() {
-        assert!(inherit(987_654).unwrap_err().contains("no open file descriptor"));
+        assert!(inherit(987_654)
+            .unwrap_err()
+            .contains("no open file descriptor"));
     }
 }

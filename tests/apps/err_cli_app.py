@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from urllib.parse import parse_qs
 
 some_int = 42
@@ -43,12 +44,4 @@ def make_app():
     return _text_app(lambda scope: "from-factory")
 
 
-class _Inner:
-    app = _text_app(lambda scope: "from-dotted")
-
-
-class _Holder:
-    inner = _Inner()
-
-
-holder = _Holder()
+holder = SimpleNamespace(inner=SimpleNamespace(app=_text_app(lambda scope: "from-dotted")))

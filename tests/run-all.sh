@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything the tests need into .venv and runs every test:
+# lint (cargo fmt, clippy, ruff), Rust unit tests, and the end-to-end suite
+# against a release build of rsasgi installed with pip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -r tests/requirements.txt
+echo "== building and installing rsasgi (release)"
+.venv/bin/python -m pip install -q --force-reinstall --no-deps .
+
+echo "== lint"
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+.venv/bin/ruff check python tests examples benches
+.venv/bin/ruff format --check python tests examples benches
+
+echo "== Rust unit tests"
+PYO3_PYTHON="$PWD/.venv/bin/python" cargo test --quiet
+
+echo "== end-to-end tests"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
