@@ -19,10 +19,13 @@ pub(crate) enum Bind {
 /// Which calling convention the application uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Interface {
-    /// Inspect the callable: a class taking only `scope` is ASGI 2, otherwise ASGI 3.
+    /// Inspect the callable to tell which of the others it is.
     Auto,
+    /// `async def app(scope, receive, send)`.
     Asgi3,
+    /// `app(scope)` returns an instance awaited as `instance(receive, send)`.
     Asgi2,
+    /// PEP 3333 `app(environ, start_response)`; not served by this version yet.
     Wsgi,
 }
 
@@ -33,6 +36,7 @@ pub(crate) enum Lifespan {
     Auto,
     /// Run it; an app that fails it stops the server.
     On,
+    /// Never send lifespan events.
     Off,
 }
 
@@ -41,7 +45,9 @@ pub(crate) enum Lifespan {
 pub(crate) enum EventLoop {
     /// uvloop when it is importable, asyncio otherwise.
     Auto,
+    /// The standard library's loop.
     Asyncio,
+    /// uvloop (pip install uvloop); an error when it is not installed.
     Uvloop,
 }
 

@@ -62,8 +62,9 @@ def test_signal_lets_in_flight_request_finish(run_rsasgi, tmp_path, sig):
     assert refused_while_running, "new connections still accepted 1.5 s after the signal"
 
     thread.join(20)
-    assert result == {"status": 200, "text": "slept"}
-    assert server.wait_exit() == 0
+    returncode = server.wait_exit()
+    assert result == {"status": 200, "text": "slept"}, server.output()
+    assert returncode == 0, server.output()
     assert events(record) == ["startup", "request-start", "request-done", "shutdown"]
 
 

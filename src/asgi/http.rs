@@ -630,7 +630,7 @@ impl HttpSend {
                 return Ok(future);
             }
         }
-        Ok(Py::new(py, Ready::new(py.None()))?.into_any())
+        Ready::none(py)
     }
 
     /// Called by the task wrapper when the app returns (`exc` is None) or raises.

@@ -1,21 +1,31 @@
-//! An awaitable that is already complete.
+//! Awaitables that are already complete.
 //!
 //! `await receive()` and `await send(...)` usually need no waiting: the body is
-//! buffered, or there is room for the response. Returning a `Ready` avoids
+//! buffered, or there is room for the response. Returning one of these avoids
 //! creating an asyncio Future and scheduling a loop callback for those calls.
 
 use pyo3::exceptions::PyStopIteration;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 
 /// Completes the first time it is resumed, with `value` as the result of `await`.
 #[pyclass(module = "rsasgi", frozen)]
 pub(crate) struct Ready {
-    value: Py<PyAny>,
+    value: Option<Py<PyAny>>,
 }
+
+static DONE: PyOnceLock<Py<Ready>> = PyOnceLock::new();
 
 impl Ready {
     pub(crate) fn new(value: Py<PyAny>) -> Ready {
-        Ready { value }
+        Ready { value: Some(value) }
+    }
+
+    /// An awaitable whose result is `None`. It holds no state, so one shared
+    /// instance serves every `send()`.
+    pub(crate) fn none(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let done = DONE.get_or_try_init(py, || Py::new(py, Ready { value: None }))?;
+        Ok(done.clone_ref(py).into_any())
     }
 }
 
@@ -29,14 +39,20 @@ impl Ready {
         slf
     }
 
-    fn __next__(&self, py: Python<'_>) -> PyResult<()> {
-        // The value travels in StopIteration's args; wrapping it in a 1-tuple
-        // keeps a tuple result from being unpacked into several args.
-        Err(PyStopIteration::new_err((self.value.clone_ref(py),)))
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<()>> {
+        match &self.value {
+            // Exhausting the iterator without an exception object is the
+            // cheap way to make `await` evaluate to None.
+            None => Ok(None),
+            // The value travels in StopIteration's args; wrapping it in a
+            // 1-tuple keeps a tuple result from being unpacked into several args.
+            Some(value) => Err(PyStopIteration::new_err((value.clone_ref(py),))),
+        }
     }
 
     fn send(&self, py: Python<'_>, _value: Py<PyAny>) -> PyResult<()> {
-        self.__next__(py)
+        self.__next__(py)?;
+        Err(PyStopIteration::new_err(()))
     }
 
     #[pyo3(signature = (exc, _value=None, _traceback=None))]
