@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::asgi::http::{Exchange, HttpReceive, HttpSend, CREATE_FUTURE};
 use crate::asgi::scope::{http_scope, ScopeContext};
-use crate::bridge::{Bridge, Event};
+use crate::bridge::{deliver_wakes, mark_reactor_thread, Bridge, Event, CALL_SOON};
 use crate::config::{Config, EventLoop, Interface, Lifespan};
 use crate::http::{serve, ServerState};
 use crate::net::Listener;
@@ -154,6 +154,9 @@ impl Worker {
             .ok_or_else(|| PyRuntimeError::new_err("the worker is already started"))?;
         let create_future = event_loop.getattr(intern!(py, "create_future"))?.unbind();
         let _ = CREATE_FUTURE.set(py, create_future);
+        let call_soon = event_loop.getattr(intern!(py, "call_soon"))?.unbind();
+        let deliver = wrap_pyfunction!(deliver_wakes, py)?.into_any().unbind();
+        let _ = CALL_SOON.set(py, (call_soon, deliver));
         *self.python.lock() = Some(PythonSide {
             spawn,
             scope: ScopeContext {
@@ -168,19 +171,23 @@ impl Worker {
         let bridge = Arc::clone(&self.bridge);
         let state = Arc::new(ServerState::new(&config, Arc::clone(&bridge)));
         let shutdown = self.shutdown.subscribe();
+        let park_bridge = Arc::clone(&bridge);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(move || park_bridge.flush())
             .thread_name("rsasgi-reactor")
             .build()
             .map_err(|err| PyRuntimeError::new_err(format!("cannot start the reactor: {err}")))?;
         let handle = std::thread::Builder::new()
             .name("rsasgi-reactor".into())
             .spawn(move || {
+                mark_reactor_thread();
                 runtime.block_on(serve(listener, config, state, shutdown));
                 // Dropping the runtime drops every connection still open, which
                 // closes their exchanges before Python hears that we stopped.
                 drop(runtime);
                 bridge.push(Event::Stopped);
+                bridge.flush();
             })
             .map_err(|err| PyRuntimeError::new_err(format!("cannot start the reactor: {err}")))?;
         *self.reactor.lock() = Some(handle);

@@ -129,9 +129,11 @@ def test_http10_keep_alive_without_length_does_not_claim_keep_alive(server):
     body = b"".join(conn.iter_body(resp))
     assert body == b"hello world"
     if resp.header("content-length") is None:
-        assert (resp.header("connection") or "").lower() != "keep-alive", (
+        tokens = {t.strip().lower() for v in resp.header_all("connection") for t in v.split(",")}
+        assert "keep-alive" not in tokens, (
             f"close-delimited HTTP/1.0 response announces keep-alive: {resp.headers}"
         )
+        assert conn.is_closed_by_peer(5)
     else:
         conn.send(request("GET", "/", headers=ka, version="HTTP/1.0", host=False))
         assert conn.read_response().body == b"hello world"
@@ -247,6 +249,18 @@ def test_chunked_when_app_gives_no_length(server):
     assert resp.header("content-length") is None
     assert resp.chunked
     assert resp.body == b"hello world"
+
+
+def test_length_computed_when_app_finished_before_the_head_was_written(server):
+    """A response the app completed at once is sent with Content-Length, not chunked."""
+    conn = raw(server)
+    conn.send(request("GET", "/nolength-fast"))
+    resp = conn.read_response()
+    assert resp.header("transfer-encoding") is None
+    assert resp.header("content-length") == "11"
+    assert resp.body == b"hello world"
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"hello world"
 
 
 def test_empty_body_with_content_length_zero(server):

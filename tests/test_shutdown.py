@@ -63,8 +63,9 @@ def test_signal_lets_in_flight_request_finish(run_rsasgi, tmp_path, sig):
 
     thread.join(20)
     returncode = server.wait_exit()
-    assert result == {"status": 200, "text": "slept"}, server.output()
-    assert returncode == 0, server.output()
+    report = f"exit code {returncode}, events {events(record)}\n{server.output()}"
+    assert result == {"status": 200, "text": "slept"}, report
+    assert returncode == 0, report
     assert events(record) == ["startup", "request-start", "request-done", "shutdown"]
 
 

@@ -20,7 +20,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
 
 use super::ClientDisconnected;
-use crate::bridge::{Bridge, Event, Ready, WaitKind, Waiter};
+use crate::bridge::{wake, Bridge, Event, Ready, WaitKind, Waiter};
 
 /// Request body buffered ahead of the app before the reactor stops reading
 /// the socket: enough for one read, small enough that a large upload is
@@ -227,12 +227,8 @@ impl Exchange {
         };
         self.resolve(receiver, WaitKind::Receive);
         self.resolve(sender, WaitKind::Send);
-        if let Some(waker) = reactor {
-            waker.wake();
-        }
-        if let Some(waker) = pump {
-            waker.wake();
-        }
+        reactor.map(wake);
+        pump.map(wake);
     }
 
     /// Ready with the app's response head, or with the reason there is none.
@@ -285,6 +281,13 @@ impl Exchange {
         };
         self.resolve(sender, WaitKind::Send);
         Poll::Ready(Some(Ok(chunk)))
+    }
+
+    /// The length of the whole response body when the app has already sent
+    /// all of it, so hyper can send Content-Length instead of chunking.
+    pub(crate) fn complete_body_len(&self) -> Option<u64> {
+        let st = self.state.lock();
+        st.complete.then_some(st.response_buffered as u64)
     }
 
     /// True once the app has sent its whole response and all of it was taken.
@@ -345,9 +348,7 @@ impl Exchange {
                     }
                     (received, st.pump.take())
                 };
-                if let Some(waker) = pump {
-                    waker.wake();
-                }
+                pump.map(wake);
                 if let Some(received) = received {
                     let message = received_message(py, received)?;
                     future.call_method1(intern!(py, "set_result"), (message,))?;
@@ -415,9 +416,7 @@ impl HttpReceive {
                 }
             }
         };
-        if let Some(waker) = pump {
-            waker.wake();
-        }
+        pump.map(wake);
         match (received, future) {
             (Some(received), _) => {
                 let message = received_message(py, received)?.into_any().unbind();
@@ -570,9 +569,7 @@ impl HttpSend {
     }
 
     fn wake_reactor(waker: Option<Waker>) {
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        waker.map(wake);
     }
 }
 

@@ -6,8 +6,12 @@
 //! * **reactor → Python.** The reactor pushes an [`Event`] (a new request, a
 //!   waiting future that can now complete, the reactor having stopped) onto one
 //!   lock-free queue per worker. It writes the worker's eventfd only when the
-//!   Python side has said it is asleep ([`Bridge::push`]), so a burst of events
-//!   costs one wake-up. The asyncio loop watches the eventfd with
+//!   Python side has said it is asleep, and only once it has run out of ready
+//!   work and is about to park ([`Bridge::flush`], a tokio park hook) or has
+//!   queued [`SIGNAL_BATCH`] events. Both threads usually share a core, and a
+//!   wake-up makes the kernel switch threads at once; signalling per event
+//!   would ping-pong between them for every request instead of handing over a
+//!   batch. The asyncio loop watches the eventfd with
 //!   `loop.add_reader` and drains the whole queue in a batch per wake-up
 //!   ([`Bridge::drain`]). The reactor never takes the GIL: events carry plain
 //!   Rust data, and Python objects (asyncio futures) only ever travel back to
@@ -15,6 +19,9 @@
 //! * **Python → reactor.** `send()` stores response parts in the request's
 //!   [`Exchange`](crate::asgi::http::Exchange) and wakes the reactor with the
 //!   tokio waker the reactor left there. No GIL is needed on the other side.
+//!   For the same reason as above, wakes made on the Python thread are
+//!   collected and delivered together by one `loop.call_soon` callback
+//!   ([`wake`]), after the tasks that are ready in this loop iteration ran.
 //! * **Awaitables.** `receive()` and `send()` return a [`Ready`] awaitable that
 //!   completes at once when the answer is already there (body buffered, room in
 //!   the response buffer). Only a real wait creates an asyncio future, which the
@@ -24,18 +31,69 @@ mod awaitable;
 
 pub(crate) use awaitable::Ready;
 
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 
 use crossbeam_queue::SegQueue;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 
 use crate::asgi::http::{Exchange, RequestStart};
 
 /// How many events one drain handles before yielding to the asyncio loop, so
 /// a flood of requests cannot starve tasks that are already running.
 const DRAIN_BATCH_LIMIT: usize = 512;
+
+/// Events the reactor queues before it signals Python without waiting to park,
+/// so a reactor that never runs out of work still hands requests over.
+const SIGNAL_BATCH: usize = 64;
+
+thread_local! {
+    static ON_REACTOR: Cell<bool> = const { Cell::new(false) };
+    static DEFERRED_WAKES: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `loop.call_soon` and the callback that delivers deferred wakes.
+pub(crate) static CALL_SOON: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+/// Marks the current thread as the reactor (called once, when it starts).
+pub(crate) fn mark_reactor_thread() {
+    ON_REACTOR.set(true);
+}
+
+/// Wakes a reactor task. On the reactor thread this happens at once; on the
+/// Python thread the wake is deferred to a `call_soon` callback shared by
+/// every wake of this loop iteration.
+pub(crate) fn wake(waker: Waker) {
+    if ON_REACTOR.get() {
+        waker.wake();
+        return;
+    }
+    let first = DEFERRED_WAKES.with_borrow_mut(|wakes| {
+        wakes.push(waker);
+        wakes.len() == 1
+    });
+    if first {
+        let scheduled = Python::attach(|py| match CALL_SOON.get(py) {
+            Some((call_soon, callback)) => call_soon.call1(py, (callback,)).is_ok(),
+            None => false,
+        });
+        if !scheduled {
+            deliver_wakes();
+        }
+    }
+}
+
+/// Delivers the wakes deferred on this thread (the `call_soon` callback).
+#[pyfunction]
+pub(crate) fn deliver_wakes() {
+    for waker in DEFERRED_WAKES.take() {
+        waker.wake();
+    }
+}
 
 /// Something the reactor tells the Python side.
 pub(crate) enum Event {
@@ -64,6 +122,8 @@ pub(crate) struct Waiter {
 /// The queue and the eventfd shared by the reactor and the Python thread.
 pub(crate) struct Bridge {
     queue: SegQueue<Event>,
+    /// Events pushed by the reactor since it last signalled.
+    unsignalled: AtomicUsize,
     eventfd: OwnedFd,
     /// True while the Python side is not draining: the next push must write the eventfd.
     asleep: AtomicBool,
@@ -78,6 +138,7 @@ impl Bridge {
         }
         Ok(Bridge {
             queue: SegQueue::new(),
+            unsignalled: AtomicUsize::new(0),
             // SAFETY: fd is a fresh, valid descriptor owned by nobody else.
             eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
             asleep: AtomicBool::new(true),
@@ -89,10 +150,20 @@ impl Bridge {
         self.eventfd.as_raw_fd()
     }
 
-    /// Queues an event; wakes the Python side only if it is not draining already.
+    /// Queues an event. On the reactor thread the wake-up waits for
+    /// [`Bridge::flush`] unless a batch is full; elsewhere it happens now.
     pub(crate) fn push(&self, event: Event) {
         self.queue.push(event);
-        if self.asleep.swap(false, Ordering::SeqCst) {
+        if ON_REACTOR.get() && self.unsignalled.fetch_add(1, Ordering::Relaxed) + 1 < SIGNAL_BATCH {
+            return;
+        }
+        self.flush();
+    }
+
+    /// Wakes the Python side if events wait and it is not draining already.
+    pub(crate) fn flush(&self) {
+        self.unsignalled.store(0, Ordering::Relaxed);
+        if !self.queue.is_empty() && self.asleep.swap(false, Ordering::SeqCst) {
             self.signal();
         }
     }
@@ -187,6 +258,22 @@ mod tests {
             readable(&bridge),
             "asleep again after a drain, so the next push signals"
         );
+    }
+
+    #[test]
+    fn the_reactor_signals_at_flush_or_when_a_batch_is_full() {
+        let bridge = Bridge::new().unwrap();
+        mark_reactor_thread();
+        bridge.push(Event::Stopped);
+        assert!(!readable(&bridge), "deferred until the reactor parks");
+        bridge.flush();
+        assert!(readable(&bridge));
+        bridge.drain(|_| {});
+        for _ in 0..SIGNAL_BATCH {
+            bridge.push(Event::Stopped);
+        }
+        assert!(readable(&bridge), "a full batch signals without waiting");
+        ON_REACTOR.set(false);
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl http_body::Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
-            Source::App(_) => false,
+            Source::App(exchange) => exchange.complete_body_len() == Some(0),
             Source::Head => true,
             Source::Fixed(body) => body.is_none(),
         }
@@ -75,7 +75,12 @@ impl http_body::Body for ResponseBody {
         match &self.source {
             Source::Fixed(Some(body)) => SizeHint::with_exact(body.len() as u64),
             Source::Fixed(None) | Source::Head => SizeHint::with_exact(0),
-            Source::App(_) => SizeHint::default(),
+            // Asked once, when the head is written: a response the app has
+            // finished by then is sent with a Content-Length.
+            Source::App(exchange) => match exchange.complete_body_len() {
+                Some(len) => SizeHint::with_exact(len),
+                None => SizeHint::default(),
+            },
         }
     }
 }

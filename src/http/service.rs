@@ -148,6 +148,12 @@ pub(crate) async fn handle(
     });
     let is_head = head.method == Method::HEAD;
     let is_http10 = head.version == Version::HTTP_10;
+    let http10_keep_alive = is_http10
+        && head
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|value| value.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
     state.bridge.push(Event::Request(Box::new(RequestStart {
         exchange: Arc::clone(&exchange),
         head,
@@ -171,6 +177,9 @@ pub(crate) async fn handle(
     };
     drop(in_flight);
 
+    // A response the app finished before its head is written goes out with a
+    // Content-Length (see ResponseBody::size_hint).
+    let body_len_known = exchange.complete_body_len().is_some();
     let mut response = Response::new(ResponseBody::new(
         if is_head {
             Source::Head
@@ -182,12 +191,17 @@ pub(crate) async fn handle(
     *response.status_mut() = start.status;
     let headers = response.headers_mut();
     *headers = start.headers;
-    if is_http10 && !is_head && !headers.contains_key(header::CONTENT_LENGTH) {
-        // The body will be delimited by closing the connection; hyper would
-        // otherwise echo the client's "keep-alive" and then close anyway.
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
     state.add_server_headers(headers);
+    if is_http10 {
+        // Answer in the client's version: hyper then closes the connection
+        // after the response unless it says keep-alive, which it may only do
+        // when the body has a length.
+        let has_length = headers.contains_key(header::CONTENT_LENGTH) || body_len_known;
+        if http10_keep_alive && (has_length || is_head) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        }
+        *response.version_mut() = Version::HTTP_10;
+    }
     Ok(response)
 }
 

@@ -2,7 +2,8 @@
 
 Routes:
   /               "hello world" with Content-Length: 11 (the body is sent for HEAD too)
-  /nolength       "hello world" in three body messages, no Content-Length
+  /nolength       "hello world" in three body messages 10 ms apart, no Content-Length
+  /nolength-fast  the same three messages sent back to back
   /length-parts   Content-Length: 11, body in two messages
   /empty          empty 200 body with Content-Length: 0
   /sleep?ms=N&tag=T   writes marker T.started, sleeps N ms, answers "T"
@@ -53,10 +54,12 @@ async def app(scope, receive, send):
     if path == "/":
         await read_body(receive)
         await respond(send, b"hello world", text)
-    elif path == "/nolength":
+    elif path in ("/nolength", "/nolength-fast"):
         await read_body(receive)
         await send({"type": "http.response.start", "status": 200, "headers": text})
         for part in (b"hel", b"lo ", b"world"):
+            if path == "/nolength":
+                await asyncio.sleep(0.01)
             await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     elif path == "/length-parts":
