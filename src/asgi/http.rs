@@ -227,8 +227,12 @@ impl Exchange {
         };
         self.resolve(receiver, WaitKind::Receive);
         self.resolve(sender, WaitKind::Send);
-        reactor.map(wake);
-        pump.map(wake);
+        if let Some(waker) = reactor {
+            wake(waker);
+        }
+        if let Some(waker) = pump {
+            wake(waker);
+        }
     }
 
     /// Ready with the app's response head, or with the reason there is none.
@@ -348,7 +352,9 @@ impl Exchange {
                     }
                     (received, st.pump.take())
                 };
-                pump.map(wake);
+                if let Some(waker) = pump {
+                    wake(waker);
+                }
                 if let Some(received) = received {
                     let message = received_message(py, received)?;
                     future.call_method1(intern!(py, "set_result"), (message,))?;
@@ -416,7 +422,9 @@ impl HttpReceive {
                 }
             }
         };
-        pump.map(wake);
+        if let Some(waker) = pump {
+            wake(waker);
+        }
         match (received, future) {
             (Some(received), _) => {
                 let message = received_message(py, received)?.into_any().unbind();
@@ -569,7 +577,9 @@ impl HttpSend {
     }
 
     fn wake_reactor(waker: Option<Waker>) {
-        waker.map(wake);
+        if let Some(waker) = waker {
+            wake(waker);
+        }
     }
 }
 
