@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 use super::access_log::AccessRecord;
+use super::service::InFlight;
 use crate::asgi::http::{Aborted, Exchange};
 
 pub(crate) enum Source {
@@ -23,11 +24,23 @@ pub(crate) enum Source {
 pub(crate) struct ResponseBody {
     source: Source,
     log: Option<AccessRecord>,
+    /// Released when the body is done, so streaming responses count against
+    /// `--limit-concurrency` until they end.
+    in_flight: Option<InFlight>,
 }
 
 impl ResponseBody {
     pub(crate) fn new(source: Source, log: Option<AccessRecord>) -> ResponseBody {
-        ResponseBody { source, log }
+        ResponseBody {
+            source,
+            log,
+            in_flight: None,
+        }
+    }
+
+    pub(crate) fn holding(mut self, in_flight: InFlight) -> ResponseBody {
+        self.in_flight = Some(in_flight);
+        self
     }
 }
 

@@ -39,8 +39,9 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// Counts a request in flight for `--limit-concurrency`.
-struct InFlight(Arc<ServerState>);
+/// Counts a request in flight for `--limit-concurrency`, from its arrival
+/// until its response body is done.
+pub(crate) struct InFlight(Arc<ServerState>);
 
 impl InFlight {
     fn acquire(state: &Arc<ServerState>) -> Option<InFlight> {
@@ -175,19 +176,21 @@ pub(crate) async fn handle(
             return Ok(state.error_response(status, log, true));
         }
     };
-    drop(in_flight);
 
     // A response the app finished before its head is written goes out with a
     // Content-Length (see ResponseBody::size_hint).
     let body_len_known = exchange.complete_body_len().is_some();
-    let mut response = Response::new(ResponseBody::new(
-        if is_head {
-            Source::Head
-        } else {
-            Source::App(exchange)
-        },
-        log.map(|log| log.with_status(start.status)),
-    ));
+    let mut response = Response::new(
+        ResponseBody::new(
+            if is_head {
+                Source::Head
+            } else {
+                Source::App(exchange)
+            },
+            log.map(|log| log.with_status(start.status)),
+        )
+        .holding(in_flight),
+    );
     *response.status_mut() = start.status;
     let headers = response.headers_mut();
     *headers = start.headers;
