@@ -121,6 +121,11 @@ struct Args {
     )]
     env_file: Option<PathBuf>,
 
+    /// Threads per worker that run a WSGI app (requests beyond them wait).
+    #[arg(long, env = "RSASGI_THREADS", value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = "Application")]
+    threads: u64,
+
     /// Log level.
     #[arg(
         long,
@@ -234,6 +239,7 @@ where
         limit_request_head: args.limit_request_head as usize,
         backlog: args.backlog,
         env_file: args.env_file,
+        threads: usize::try_from(args.threads).unwrap_or(usize::MAX),
     })
 }
 
@@ -256,6 +262,7 @@ mod tests {
         assert!(config.access_log && config.server_header && config.date_header);
         assert_eq!(config.interface, Interface::Auto);
         assert_eq!(config.limit_concurrency, None);
+        assert_eq!(config.threads, 8);
     }
 
     #[test]
@@ -290,6 +297,7 @@ mod tests {
             vec!["rsasgi", "main:app", "--interface", "bogus"],
             vec!["rsasgi", "main:app", "--limit-request-head", "100"],
             vec!["rsasgi", "main:app", "--limit-concurrency", "0"],
+            vec!["rsasgi", "main:app", "--threads", "0"],
         ] {
             let err = parse(argv.clone()).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{argv:?}");

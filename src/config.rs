@@ -25,7 +25,7 @@ pub(crate) enum Interface {
     Asgi3,
     /// `app(scope)` returns an instance awaited as `instance(receive, send)`.
     Asgi2,
-    /// PEP 3333 `app(environ, start_response)`; not served by this version yet.
+    /// PEP 3333 `app(environ, start_response)`, run on a thread pool (--threads).
     Wsgi,
 }
 
@@ -105,6 +105,8 @@ pub(crate) struct Config {
     pub limit_request_head: usize,
     pub backlog: u32,
     pub env_file: Option<PathBuf>,
+    /// Threads per worker running a WSGI app.
+    pub threads: usize,
 }
 
 /// Parses `NAME:VALUE` into a response header, as `--header` takes it.

@@ -7,10 +7,12 @@ mod asgi;
 mod bridge;
 mod cli;
 mod config;
+mod exchange;
 mod http;
 mod logging;
 mod net;
 mod worker;
+mod wsgi;
 
 use pyo3::prelude::*;
 
@@ -105,6 +107,7 @@ fn _rsasgi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<asgi::http::HttpReceive>()?;
     m.add_class::<asgi::http::HttpSend>()?;
     m.add_class::<bridge::Ready>()?;
+    m.add_class::<wsgi::FileWrapper>()?;
     m.add(
         "ClientDisconnected",
         m.py().get_type::<asgi::ClientDisconnected>(),

@@ -16,16 +16,20 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::watch;
 
-use crate::asgi::http::{Exchange, HttpReceive, HttpSend, CREATE_FUTURE};
+use crate::asgi::http::{resolve_waiter, HttpReceive, HttpSend, CREATE_FUTURE};
 use crate::asgi::scope::{http_scope, ScopeContext};
-use crate::bridge::{deliver_wakes, mark_reactor_thread, Bridge, Event, CALL_SOON};
+use crate::bridge::{
+    deliver_wakes, mark_loop_thread, mark_reactor_thread, Bridge, Event, CALL_SOON,
+};
 use crate::config::{Config, EventLoop, Interface, Lifespan};
+use crate::exchange::Exchange;
 use crate::http::{serve, ServerState};
 use crate::net::Listener;
+use crate::wsgi::{start_pool, THREADS_WARNING};
 
 /// Python objects the drain needs, set once the loop is running.
 struct PythonSide {
-    spawn: Py<PyAny>,
+    spawn: Option<Py<PyAny>>,
     scope: ScopeContext,
     stopped: Option<Py<PyAny>>,
 }
@@ -37,6 +41,7 @@ pub(crate) struct Worker {
     listener: Mutex<Option<Listener>>,
     shutdown: watch::Sender<Option<Duration>>,
     reactor: Mutex<Option<JoinHandle<()>>>,
+    wsgi_threads: Mutex<Vec<JoinHandle<()>>>,
     python: Mutex<Option<PythonSide>>,
 }
 
@@ -48,6 +53,7 @@ impl Worker {
             listener: Mutex::new(Some(listener)),
             shutdown: watch::channel(None).0,
             reactor: Mutex::new(None),
+            wsgi_threads: Mutex::new(Vec::new()),
             python: Mutex::new(None),
         })
     }
@@ -63,11 +69,13 @@ impl Worker {
                 let scope = http_scope(py, &side.scope, &exchange, &start.head.headers)?;
                 let receive = Py::new(py, HttpReceive::new(Arc::clone(&exchange)))?;
                 let send = Py::new(py, HttpSend::new(exchange))?;
-                let spawn = side.spawn.clone_ref(py);
+                let Some(spawn) = side.spawn.as_ref().map(|spawn| spawn.clone_ref(py)) else {
+                    return Ok(());
+                };
                 drop(guard);
                 spawn.call1(py, (scope, receive, send))?;
             }
-            Event::Resolve(waiter) => Exchange::resolve_waiter(py, waiter)?,
+            Event::Resolve(waiter) => resolve_waiter(py, waiter)?,
             Event::Stopped => {
                 let stopped = self
                     .python
@@ -135,17 +143,25 @@ impl Worker {
         env!("CARGO_PKG_VERSION")
     }
 
-    /// Starts the reactor thread. `spawn(scope, receive, send)` is called on
-    /// this thread for each request; `state` is the lifespan state; `stopped`
-    /// (an asyncio future) completes when the reactor has exited. Returns the
-    /// eventfd the loop must watch and call `drain()` on.
+    #[getter]
+    fn threads(&self) -> usize {
+        self.config.threads
+    }
+
+    /// Starts the reactor thread. For an ASGI app, `spawn(scope, receive,
+    /// send)` is called on this thread for each request and `state` is the
+    /// lifespan state; a WSGI app (`wsgi_app`) runs on its own thread pool.
+    /// `stopped` (an asyncio future) completes when the reactor has exited.
+    /// Returns the eventfd the loop must watch and call `drain()` on.
+    #[pyo3(signature = (event_loop, stopped, spawn=None, state=None, wsgi_app=None))]
     fn start(
         &self,
         py: Python<'_>,
         event_loop: &Bound<'_, PyAny>,
-        spawn: Py<PyAny>,
-        state: Bound<'_, PyDict>,
         stopped: Py<PyAny>,
+        spawn: Option<Py<PyAny>>,
+        state: Option<Bound<'_, PyDict>>,
+        wsgi_app: Option<Bound<'_, PyAny>>,
     ) -> PyResult<i32> {
         let listener = self
             .listener
@@ -157,11 +173,15 @@ impl Worker {
         let call_soon = event_loop.getattr(intern!(py, "call_soon"))?.unbind();
         let deliver = wrap_pyfunction!(deliver_wakes, py)?.into_any().unbind();
         let _ = CALL_SOON.set(py, (call_soon, deliver));
+        mark_loop_thread();
         *self.python.lock() = Some(PythonSide {
             spawn,
             scope: ScopeContext {
                 root_path: self.config.root_path.clone(),
-                state: state.unbind(),
+                state: match state {
+                    Some(state) => state.unbind(),
+                    None => PyDict::new(py).unbind(),
+                },
             },
             stopped: Some(stopped),
         });
@@ -169,7 +189,23 @@ impl Worker {
         let address = listener.describe();
         let config = Arc::clone(&self.config);
         let bridge = Arc::clone(&self.bridge);
-        let state = Arc::new(ServerState::new(&config, Arc::clone(&bridge)));
+        let jobs = match wsgi_app {
+            Some(app) => {
+                if config.threads > THREADS_WARNING {
+                    tracing::warn!(
+                        "--threads {} is a lot for one worker: the GIL lets one run Python at a time, \
+                         and each may hold a database connection; consider more workers instead",
+                        config.threads
+                    );
+                }
+                let (jobs, threads) =
+                    start_pool(py, &app, config.threads, config.root_path.clone())?;
+                *self.wsgi_threads.lock() = threads;
+                Some(jobs)
+            }
+            None => None,
+        };
+        let state = Arc::new(ServerState::new(&config, Arc::clone(&bridge), jobs));
         let shutdown = self.shutdown.subscribe();
         let park_bridge = Arc::clone(&bridge);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -215,13 +251,25 @@ impl Worker {
         self.shutdown.send_replace(Some(grace));
     }
 
-    /// Waits for the reactor thread to exit (after `stopped` completed).
-    fn join(&self, py: Python<'_>) {
-        let handle = self.reactor.lock().take();
-        if let Some(handle) = handle {
-            py.detach(|| {
-                let _ = handle.join();
-            });
-        }
+    /// Waits for the reactor thread to exit (after `stopped` completed), then
+    /// up to `timeout` seconds for WSGI threads to finish their requests.
+    /// Returns false when some are still running.
+    fn join(&self, py: Python<'_>, timeout: f64) -> bool {
+        let reactor = self.reactor.lock().take();
+        let threads = std::mem::take(&mut *self.wsgi_threads.lock());
+        py.detach(|| {
+            if let Some(reactor) = reactor {
+                let _ = reactor.join();
+            }
+            let deadline = std::time::Instant::now()
+                + Duration::try_from_secs_f64(timeout).unwrap_or_default();
+            while threads.iter().any(|thread| !thread.is_finished()) {
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            true
+        })
     }
 }

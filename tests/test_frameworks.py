@@ -6,13 +6,11 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import httpx
 import pytest
+from django_support import ADMIN_PASSWORD, DJANGO_ENV, build_django_project
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -118,106 +116,16 @@ def test_starlette_error_response_is_delivered_whole(run_rsasgi):
 
 # --------------------------------------------------------------------------- Django
 
-DJANGO_VIEWS = '''
-"""Views added to the generated project by tests/test_frameworks.py."""
-
-import asyncio
-
-from django.contrib.auth.models import User
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
-from django.views.decorators.csrf import csrf_exempt
-
-
-def hello(request):
-    names = ", ".join(User.objects.order_by("username").values_list("username", flat=True))
-    return HttpResponse(
-        f"<html><body><h1>Hello from Django</h1><p>users: {names}</p>"
-        f"<p>path: {request.path}</p></body></html>"
-    )
-
-
-async def about(request):
-    return JsonResponse(
-        {
-            "view": "async",
-            "name": request.GET.get("name"),
-            "method": request.method,
-            "script_name": request.META.get("SCRIPT_NAME"),
-            "header": request.headers.get("X-Custom"),
-        }
-    )
-
-
-@csrf_exempt
-def body_digest(request):
-    import hashlib
-
-    return JsonResponse(
-        {"size": len(request.body), "sha256": hashlib.sha256(request.body).hexdigest()}
-    )
-
-
-async def countdown(request):
-    async def lines():
-        for number in range(5, 0, -1):
-            yield f"{number}\\n"
-            await asyncio.sleep(0.01)
-        yield "liftoff\\n"
-
-    return StreamingHttpResponse(lines(), content_type="text/plain")
-'''
-
-DJANGO_URLS = """
-from mysite import views
-
-urlpatterns += [
-    path("hello/", views.hello),
-    path("about/", views.about),
-    path("digest/", views.body_digest),
-    path("countdown/", views.countdown),
-]
-"""
-
-ADMIN_PASSWORD = "correct horse battery staple"
-
 
 @pytest.fixture(scope="session")
 def django_project(tmp_path_factory) -> Path:
     """A project made by `django-admin startproject mysite`, with views added and migrated."""
-    pytest.importorskip("django")
-    project = tmp_path_factory.mktemp("django_project")
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-
-    def manage(*args: str) -> None:
-        subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=project, env=env, check=True, timeout=120
-        )
-
-    # `python -m django` is django-admin, run by the interpreter that runs the tests.
-    subprocess.run(
-        [sys.executable, "-m", "django", "startproject", "mysite", str(project)],
-        env=env,
-        check=True,
-        timeout=60,
-    )
-    (project / "mysite" / "views.py").write_text(textwrap.dedent(DJANGO_VIEWS))
-    with open(project / "mysite" / "urls.py", "a") as urls:
-        urls.write(DJANGO_URLS)
-    manage("migrate", "--noinput", "-v", "0")
-    manage(
-        "shell",
-        "-c",
-        "from django.contrib.auth.models import User; "
-        "User.objects.create_user('alice'); "
-        f"User.objects.create_superuser('admin', 'admin@example.com', {ADMIN_PASSWORD!r})",
-    )
-    return project
+    return build_django_project(tmp_path_factory)
 
 
 @pytest.fixture
 def django_server(run_rsasgi, django_project):
-    env = {"DJANGO_SETTINGS_MODULE": "mysite.settings"}
-    return run_rsasgi("mysite.asgi:application", "--app-dir", str(django_project), env=env)
+    return run_rsasgi("mysite.asgi:application", "--app-dir", str(django_project), env=DJANGO_ENV)
 
 
 def test_django_page(django_server):

@@ -21,6 +21,10 @@ from rsasgi._rsasgi import log
 #: Exit code when the lifespan startup fails (as uvicorn uses).
 EXIT_STARTUP_FAILED = 3
 
+#: Seconds WSGI threads get to finish after every connection has closed
+#: (their clients are gone, so they stop at their next write).
+WSGI_THREADS_GRACE = 5.0
+
 
 class AppLoadError(Exception):
     """The APP argument does not name a usable application."""
@@ -37,13 +41,6 @@ def run(worker) -> int:
     except AppLoadError as exc:
         log("error", str(exc))
         return 1
-    if interface == "wsgi":
-        log(
-            "error",
-            f"{worker.app} is a WSGI application; this version of rsasgi serves ASGI only "
-            "(WSGI support is coming). Use an ASGI entry point such as Django's asgi.py.",
-        )
-        return 1
     if interface == "asgi2":
         app = _asgi2_to_asgi3(app)
     try:
@@ -54,11 +51,13 @@ def run(worker) -> int:
     log(
         "info",
         f"Starting rsasgi {worker.version} (pid {os.getpid()}): app {worker.app}, "
-        f"interface {interface}, loop {loop_name}, Python {sys.version.split()[0]}",
+        f"interface {interface}"
+        + (f" ({worker.threads} threads)" if interface == "wsgi" else "")
+        + f", loop {loop_name}, Python {sys.version.split()[0]}",
     )
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve(worker, app, loop))
+        return loop.run_until_complete(_serve(worker, app, interface, loop))
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -108,10 +107,7 @@ def load_app(target: str, factory: bool):
 
 
 def _import_failure(module_name: str) -> str:
-    return (
-        f'Error while importing module "{module_name}":\n'
-        + traceback.format_exc().rstrip()
-    )
+    return f'Error while importing module "{module_name}":\n' + traceback.format_exc().rstrip()
 
 
 def detect_interface(app, requested: str) -> str:
@@ -162,10 +158,11 @@ def new_event_loop(choice: str):
     return asyncio.new_event_loop(), "asyncio"
 
 
-async def _serve(worker, app, loop) -> int:
+async def _serve(worker, app, interface, loop) -> int:
     state: dict = {}
     lifespan = None
-    if worker.lifespan != "off":
+    wsgi = interface == "wsgi"
+    if worker.lifespan != "off" and not wsgi:
         lifespan = Lifespan(app, state, required=worker.lifespan == "on")
         if not await lifespan.startup():
             return EXIT_STARTUP_FAILED
@@ -202,7 +199,10 @@ async def _serve(worker, app, loop) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
 
     stopped = loop.create_future()
-    fd = worker.start(loop, spawn, state, stopped)
+    if wsgi:
+        fd = worker.start(loop, stopped, wsgi_app=app)
+    else:
+        fd = worker.start(loop, stopped, spawn=spawn, state=state)
     loop.add_reader(fd, worker.drain)
     try:
         await asyncio.wait(
@@ -218,9 +218,13 @@ async def _serve(worker, app, loop) -> int:
         await _cancel_request_tasks(lifespan)
     finally:
         loop.remove_reader(fd)
-        worker.join()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+    if not await loop.run_in_executor(None, worker.join, WSGI_THREADS_GRACE):
+        # A WSGI thread is stuck in the app; the interpreter cannot finalise
+        # under it, so leave without finalising.
+        log("warning", "WSGI threads still running after shutdown; exiting without waiting")
+        os._exit(0)
     if lifespan is not None:
         await lifespan.shutdown()
     log("info", "Stopped")

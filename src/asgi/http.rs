@@ -1,18 +1,14 @@
-//! One HTTP request/response exchange, shared by the reactor and the app.
+//! The ASGI `receive` and `send` callables of an `http` scope.
 //!
-//! The reactor fills the request body and drains the response; the app calls
-//! `receive()` ([`HttpReceive`]) and `send()` ([`HttpSend`]). Both sides meet
-//! in [`Exchange`], whose state sits behind a plain mutex that never needs the
-//! GIL. See `bridge` for how each side wakes the other.
+//! Both work on the request's [`Exchange`]: they complete at once when the
+//! body is buffered or the response buffer has room, and otherwise park an
+//! asyncio future there for the reactor to hand back through the bridge.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
-use parking_lot::Mutex;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -20,100 +16,12 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
 
 use super::ClientDisconnected;
-use crate::bridge::{wake, Bridge, Event, Ready, WaitKind, Waiter};
-
-/// Request body buffered ahead of the app before the reactor stops reading
-/// the socket: enough for one read, small enough that a large upload is
-/// never held whole.
-pub(crate) const REQUEST_BODY_HIGH_WATER: usize = 64 * 1024;
-
-/// Response body buffered behind a slow client before `send()` waits.
-const RESPONSE_HIGH_WATER: usize = 64 * 1024;
-
-/// `send()` waiting on a full buffer resumes once the buffer drains below this.
-const RESPONSE_LOW_WATER: usize = 16 * 1024;
+use crate::bridge::{wake, Ready, WaitKind, Waiter};
+use crate::exchange::{Exchange, ResponseStart, State, RESPONSE_HIGH_WATER, RESPONSE_LOW_WATER};
 
 /// `loop.create_future` of the worker's event loop, used when an awaitable
 /// really has to wait.
 pub(crate) static CREATE_FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// What the reactor hands over when a request arrives.
-pub(crate) struct RequestStart {
-    pub exchange: Arc<Exchange>,
-    pub head: http::request::Parts,
-}
-
-/// The status line and headers the app sent in `http.response.start`.
-pub(crate) struct ResponseStart {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-}
-
-/// Why the reactor could not send the app's response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    /// The app failed before starting a response: answer with this status.
-    Status(StatusCode),
-    /// The client is gone.
-    Closed,
-}
-
-/// The response body ended without `more_body=False`: the app failed midway.
-#[derive(Debug)]
-pub(crate) struct Aborted;
-
-impl std::fmt::Display for Aborted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("response aborted by the application")
-    }
-}
-
-impl std::error::Error for Aborted {}
-
-#[derive(Default)]
-struct State {
-    // Request body: reactor → app.
-    body: VecDeque<Bytes>,
-    body_buffered: usize,
-    /// The last body chunk has arrived from the client.
-    body_complete: bool,
-    /// The app has seen `more_body=False`.
-    body_delivered: bool,
-    /// The app has called `receive()` at least once (hyper sends
-    /// `100 Continue` only once the body is read).
-    body_wanted: bool,
-    pump: Option<Waker>,
-    receiver: Option<Py<PyAny>>,
-
-    // Response: app → reactor.
-    start: Option<ResponseStart>,
-    started: bool,
-    chunks: VecDeque<Bytes>,
-    response_buffered: usize,
-    /// The app sent `more_body=False`.
-    complete: bool,
-    /// The app ended before completing its response.
-    aborted: bool,
-    sender: Option<Py<PyAny>>,
-    reactor: Option<Waker>,
-
-    /// The client went away, or the reactor ended the exchange on a bad body.
-    closed: bool,
-    /// The reactor refused the request body (malformed, too large) before the
-    /// response started: answer with this status instead of the app's.
-    refused: Option<StatusCode>,
-}
-
-/// The state of one request shared between the reactor and the app.
-pub(crate) struct Exchange {
-    state: Mutex<State>,
-    bridge: Arc<Bridge>,
-    pub method: Method,
-    pub uri: Uri,
-    pub version: Version,
-    pub client: Option<SocketAddr>,
-    pub server: Option<SocketAddr>,
-}
 
 /// What `receive()` returns when it does not have to wait.
 enum Received {
@@ -121,256 +29,74 @@ enum Received {
     Disconnect,
 }
 
-impl Exchange {
-    pub(crate) fn new(
-        bridge: Arc<Bridge>,
-        head: &http::request::Parts,
-        client: Option<SocketAddr>,
-        server: Option<SocketAddr>,
-        body_complete: bool,
-    ) -> Exchange {
-        Exchange {
-            state: Mutex::new(State {
-                body_complete,
-                ..State::default()
-            }),
-            bridge,
-            method: head.method.clone(),
-            uri: head.uri.clone(),
-            version: head.version,
-            client,
-            server,
-        }
+fn try_receive(st: &mut State) -> Option<Received> {
+    if st.closed && !st.body_complete {
+        return Some(Received::Disconnect);
     }
-
-    /// "GET /path?q HTTP/1.1", for log lines.
-    pub(crate) fn request_line(&self) -> String {
-        let target = self
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        format!("{} {} {:?}", self.method, target, self.version)
-    }
-
-    fn resolve(self: &Arc<Self>, future: Option<Py<PyAny>>, kind: WaitKind) {
-        if let Some(future) = future {
-            self.bridge.push(Event::Resolve(Waiter {
-                future,
-                exchange: Arc::clone(self),
-                kind,
-            }));
-        }
-    }
-
-    // ---- reactor side -------------------------------------------------
-
-    /// Ready when the body pump may read more: the app wants the body and the
-    /// buffer has room. `false` means stop: the exchange is over.
-    pub(crate) fn poll_body_room(&self, cx: &mut Context<'_>) -> Poll<bool> {
-        let mut st = self.state.lock();
-        if st.closed {
-            return Poll::Ready(false);
-        }
-        if st.body_wanted && st.body_buffered < REQUEST_BODY_HIGH_WATER {
-            return Poll::Ready(true);
-        }
-        st.pump = Some(cx.waker().clone());
-        Poll::Pending
-    }
-
-    /// Starts reading the body without waiting for the app's first `receive()`.
-    pub(crate) fn want_body(&self) {
-        self.state.lock().body_wanted = true;
-    }
-
-    /// A chunk of request body arrived (`last` when it is the final one).
-    pub(crate) fn push_body(self: &Arc<Self>, data: Bytes, last: bool) {
-        let receiver = {
-            let mut st = self.state.lock();
-            if !data.is_empty() {
-                st.body_buffered += data.len();
-                st.body.push_back(data);
+    if !st.body.is_empty() {
+        let data = if st.body.len() == 1 {
+            st.body.pop_front().unwrap_or_default()
+        } else {
+            let mut joined = BytesMut::with_capacity(st.body_buffered);
+            for chunk in st.body.drain(..) {
+                joined.extend_from_slice(&chunk);
             }
-            st.body_complete |= last;
-            st.receiver.take()
+            joined.freeze()
         };
-        self.resolve(receiver, WaitKind::Receive);
+        st.body_buffered = 0;
+        let more = !st.body_complete;
+        st.body_delivered = !more;
+        return Some(Received::Body { data, more });
     }
-
-    /// The request body was bad (`status` is 400 or 413): the app sees a
-    /// disconnect and the client gets `status` if no response started yet.
-    pub(crate) fn refuse_body(self: &Arc<Self>, status: StatusCode) {
-        {
-            let mut st = self.state.lock();
-            if !st.started {
-                st.refused = Some(status);
-            }
-        }
-        self.close();
+    if st.body_complete && !st.body_delivered {
+        st.body_delivered = true;
+        return Some(Received::Body {
+            data: Bytes::new(),
+            more: false,
+        });
     }
-
-    /// The client went away or the connection ended: wake everyone waiting.
-    pub(crate) fn close(self: &Arc<Self>) {
-        let (receiver, sender, reactor, pump) = {
-            let mut st = self.state.lock();
-            if st.closed {
-                return;
-            }
-            st.closed = true;
-            (
-                st.receiver.take(),
-                st.sender.take(),
-                st.reactor.take(),
-                st.pump.take(),
-            )
-        };
-        self.resolve(receiver, WaitKind::Receive);
-        self.resolve(sender, WaitKind::Send);
-        if let Some(waker) = reactor {
-            wake(waker);
-        }
-        if let Some(waker) = pump {
-            wake(waker);
-        }
+    if st.closed || st.complete {
+        return Some(Received::Disconnect);
     }
+    None
+}
 
-    /// Ready with the app's response head, or with the reason there is none.
-    pub(crate) fn poll_response_start(
-        &self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<ResponseStart, Refusal>> {
-        let mut st = self.state.lock();
-        if let Some(status) = st.refused {
-            return Poll::Ready(Err(Refusal::Status(status)));
-        }
-        if let Some(start) = st.start.take() {
-            return Poll::Ready(Ok(start));
-        }
-        if st.aborted {
-            return Poll::Ready(Err(Refusal::Status(StatusCode::INTERNAL_SERVER_ERROR)));
-        }
-        if st.closed {
-            return Poll::Ready(Err(Refusal::Closed));
-        }
-        st.reactor = Some(cx.waker().clone());
-        Poll::Pending
+/// Completes a parked future once the reactor says it can proceed.
+pub(crate) fn resolve_waiter(py: Python<'_>, waiter: Waiter) -> PyResult<()> {
+    let future = waiter.future.bind(py);
+    if future.call_method0(intern!(py, "done"))?.is_truthy()? {
+        // Cancelled meanwhile; nothing was taken for it.
+        return Ok(());
     }
-
-    /// Ready with the next response chunk, `None` at the end, or an error when
-    /// the app ended without finishing its response.
-    pub(crate) fn poll_response_chunk(
-        self: &Arc<Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Aborted>>> {
-        let (chunk, sender) = {
-            let mut st = self.state.lock();
-            match st.chunks.pop_front() {
-                Some(chunk) => {
-                    st.response_buffered -= chunk.len();
-                    let sender = if st.response_buffered <= RESPONSE_LOW_WATER {
-                        st.sender.take()
-                    } else {
-                        None
-                    };
-                    (chunk, sender)
+    let exchange = &waiter.exchange;
+    match waiter.kind {
+        WaitKind::Receive => {
+            let (received, pump) = {
+                let mut st = exchange.lock();
+                let received = try_receive(&mut st);
+                if received.is_none() {
+                    st.receiver = Some(waiter.future.clone_ref(py));
                 }
-                None if st.complete => return Poll::Ready(None),
-                None if st.aborted || st.closed => return Poll::Ready(Some(Err(Aborted))),
-                None => {
-                    st.reactor = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-            }
-        };
-        self.resolve(sender, WaitKind::Send);
-        Poll::Ready(Some(Ok(chunk)))
-    }
-
-    /// The length of the whole response body when the app has already sent
-    /// all of it, so hyper can send Content-Length instead of chunking.
-    pub(crate) fn complete_body_len(&self) -> Option<u64> {
-        let st = self.state.lock();
-        st.complete.then_some(st.response_buffered as u64)
-    }
-
-    /// True once the app has sent its whole response and all of it was taken.
-    pub(crate) fn response_finished(&self) -> bool {
-        let st = self.state.lock();
-        st.complete && st.chunks.is_empty()
-    }
-
-    // ---- Python side ----------------------------------------------------
-
-    fn try_receive(st: &mut State) -> Option<Received> {
-        if st.closed && !st.body_complete {
-            return Some(Received::Disconnect);
-        }
-        if !st.body.is_empty() {
-            let data = if st.body.len() == 1 {
-                st.body.pop_front().unwrap_or_default()
-            } else {
-                let mut joined = BytesMut::with_capacity(st.body_buffered);
-                for chunk in st.body.drain(..) {
-                    joined.extend_from_slice(&chunk);
-                }
-                joined.freeze()
+                (received, st.pump.take())
             };
-            st.body_buffered = 0;
-            let more = !st.body_complete;
-            st.body_delivered = !more;
-            return Some(Received::Body { data, more });
-        }
-        if st.body_complete && !st.body_delivered {
-            st.body_delivered = true;
-            return Some(Received::Body {
-                data: Bytes::new(),
-                more: false,
-            });
-        }
-        if st.closed || st.complete {
-            return Some(Received::Disconnect);
-        }
-        None
-    }
-
-    /// Completes a parked future once the reactor says it can proceed.
-    pub(crate) fn resolve_waiter(py: Python<'_>, waiter: Waiter) -> PyResult<()> {
-        let future = waiter.future.bind(py);
-        if future.call_method0(intern!(py, "done"))?.is_truthy()? {
-            // Cancelled meanwhile; nothing was taken for it.
-            return Ok(());
-        }
-        let exchange = &waiter.exchange;
-        match waiter.kind {
-            WaitKind::Receive => {
-                let (received, pump) = {
-                    let mut st = exchange.state.lock();
-                    let received = Exchange::try_receive(&mut st);
-                    if received.is_none() {
-                        st.receiver = Some(waiter.future.clone_ref(py));
-                    }
-                    (received, st.pump.take())
-                };
-                if let Some(waker) = pump {
-                    wake(waker);
-                }
-                if let Some(received) = received {
-                    let message = received_message(py, received)?;
-                    future.call_method1(intern!(py, "set_result"), (message,))?;
-                }
+            if let Some(waker) = pump {
+                wake(waker);
             }
-            WaitKind::Send => {
-                if exchange.state.lock().closed {
-                    let error = ClientDisconnected::new_err("client disconnected");
-                    future.call_method1(intern!(py, "set_exception"), (error.value(py),))?;
-                } else {
-                    future.call_method1(intern!(py, "set_result"), (py.None(),))?;
-                }
+            if let Some(received) = received {
+                let message = received_message(py, received)?;
+                future.call_method1(intern!(py, "set_result"), (message,))?;
             }
         }
-        Ok(())
+        WaitKind::Send => {
+            if exchange.lock().closed {
+                let error = ClientDisconnected::new_err("client disconnected");
+                future.call_method1(intern!(py, "set_exception"), (error.value(py),))?;
+            } else {
+                future.call_method1(intern!(py, "set_result"), (py.None(),))?;
+            }
+        }
     }
+    Ok(())
 }
 
 fn new_future(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
@@ -411,8 +137,8 @@ impl HttpReceive {
 impl HttpReceive {
     fn __call__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let (received, pump, future) = {
-            let mut st = self.exchange.state.lock();
-            match Exchange::try_receive(&mut st) {
+            let mut st = self.exchange.lock();
+            match try_receive(&mut st) {
                 Some(received) => (Some(received), st.pump.take(), None),
                 None => {
                     st.body_wanted = true;
@@ -590,7 +316,7 @@ impl HttpSend {
         let exchange = &self.exchange;
         let is_head = exchange.method == Method::HEAD;
         let (reactor, wait) = {
-            let mut st = exchange.state.lock();
+            let mut st = exchange.lock();
             if st.closed {
                 return Err(ClientDisconnected::new_err("client disconnected"));
             }
@@ -631,7 +357,7 @@ impl HttpSend {
         HttpSend::wake_reactor(reactor);
         if wait {
             let future = new_future(py)?.unbind();
-            let mut st = exchange.state.lock();
+            let mut st = exchange.lock();
             if st.response_buffered > RESPONSE_LOW_WATER && !st.closed {
                 st.sender = Some(future.clone_ref(py));
                 return Ok(future);
@@ -646,7 +372,7 @@ impl HttpSend {
     fn _finish(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let exchange = &self.exchange;
         let (started, complete, closed, reactor) = {
-            let mut st = exchange.state.lock();
+            let mut st = exchange.lock();
             let outcome = (st.started, st.complete, st.closed);
             if !st.complete {
                 st.aborted = true;

@@ -8,7 +8,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use super::http::Exchange;
+use crate::exchange::Exchange;
 
 /// The ASGI spec version this server implements.
 pub(crate) const SPEC_VERSION: &str = "2.4";

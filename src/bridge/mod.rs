@@ -41,7 +41,7 @@ use crossbeam_queue::SegQueue;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use crate::asgi::http::{Exchange, RequestStart};
+use crate::exchange::{Exchange, RequestStart};
 
 /// How many events one drain handles before yielding to the asyncio loop, so
 /// a flood of requests cannot starve tasks that are already running.
@@ -53,6 +53,7 @@ const SIGNAL_BATCH: usize = 64;
 
 thread_local! {
     static ON_REACTOR: Cell<bool> = const { Cell::new(false) };
+    static ON_LOOP: Cell<bool> = const { Cell::new(false) };
     static DEFERRED_WAKES: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -64,11 +65,16 @@ pub(crate) fn mark_reactor_thread() {
     ON_REACTOR.set(true);
 }
 
-/// Wakes a reactor task. On the reactor thread this happens at once; on the
-/// Python thread the wake is deferred to a `call_soon` callback shared by
-/// every wake of this loop iteration.
+/// Marks the current thread as the one running the asyncio loop.
+pub(crate) fn mark_loop_thread() {
+    ON_LOOP.set(true);
+}
+
+/// Wakes a reactor task. On the asyncio loop's thread the wake is deferred to
+/// a `call_soon` callback shared by every wake of this loop iteration;
+/// anywhere else (the reactor, WSGI pool threads) it happens at once.
 pub(crate) fn wake(waker: Waker) {
-    if ON_REACTOR.get() {
+    if !ON_LOOP.get() {
         waker.wake();
         return;
     }

@@ -10,7 +10,7 @@ use http_body::{Frame, SizeHint};
 
 use super::access_log::AccessRecord;
 use super::service::InFlight;
-use crate::asgi::http::{Aborted, Exchange};
+use crate::exchange::{Aborted, Exchange};
 
 pub(crate) enum Source {
     /// Chunks the app sends; ends with `more_body=False`.

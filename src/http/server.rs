@@ -16,6 +16,7 @@ use super::service::{handle, Peers};
 use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::net::Listener;
+use crate::wsgi::Jobs;
 
 /// How long the accept loop pauses after an accept error such as running out
 /// of file descriptors, so it does not spin while the condition lasts.
@@ -24,6 +25,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// What every connection of a worker shares.
 pub(crate) struct ServerState {
     pub bridge: Arc<Bridge>,
+    /// The WSGI pool's queue when the app is WSGI; ASGI requests go to the bridge.
+    pub wsgi: Option<Jobs>,
     pub in_flight: AtomicUsize,
     pub limit_concurrency: Option<usize>,
     pub limit_request_body: Option<u64>,
@@ -33,9 +36,10 @@ pub(crate) struct ServerState {
 }
 
 impl ServerState {
-    pub(crate) fn new(config: &Config, bridge: Arc<Bridge>) -> ServerState {
+    pub(crate) fn new(config: &Config, bridge: Arc<Bridge>, wsgi: Option<Jobs>) -> ServerState {
         ServerState {
             bridge,
+            wsgi,
             in_flight: AtomicUsize::new(0),
             limit_concurrency: config.limit_concurrency,
             limit_request_body: config.limit_request_body,

@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use super::access_log::AccessRecord;
 use super::body::{ResponseBody, Source};
 use super::server::ServerState;
-use crate::asgi::http::{Exchange, Refusal, RequestStart};
 use crate::bridge::Event;
+use crate::exchange::{Exchange, Refusal, RequestStart};
 
 /// The two ends of one connection, as the scope reports them.
 #[derive(Debug, Clone, Copy)]
@@ -155,10 +155,19 @@ pub(crate) async fn handle(
             .get_all(header::CONNECTION)
             .iter()
             .any(|value| value.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
-    state.bridge.push(Event::Request(Box::new(RequestStart {
+    let start = Box::new(RequestStart {
         exchange: Arc::clone(&exchange),
         head,
-    })));
+    });
+    match &state.wsgi {
+        Some(jobs) => {
+            if jobs.send(start).is_err() {
+                let status = StatusCode::SERVICE_UNAVAILABLE;
+                return Ok(state.error_response(status, log.map(|l| l.with_status(status)), true));
+            }
+        }
+        None => state.bridge.push(Event::Request(start)),
+    }
 
     let mut closer = CloseOnDrop(Some(Arc::clone(&exchange)));
     let start = poll_fn(|cx| exchange.poll_response_start(cx)).await;

@@ -1,0 +1,148 @@
+//! Building the PEP 3333 `environ` dict of one request.
+
+use std::sync::Arc;
+
+use http::{header, HeaderMap, Version};
+use percent_encoding::percent_decode;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+use super::errors::WsgiErrors;
+use super::input::WsgiInput;
+use crate::exchange::Exchange;
+
+/// What every environ of a worker shares.
+pub(crate) struct EnvironContext {
+    pub script_name: String,
+    pub file_wrapper: Py<PyAny>,
+    pub multiprocess: bool,
+}
+
+/// Bytes as a PEP 3333 "native string": each byte one code point (latin-1).
+pub(crate) fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
+    if bytes.is_ascii() {
+        // SAFETY-free fast path: ASCII is valid UTF-8 with the same code points.
+        return PyString::new(py, std::str::from_utf8(bytes).unwrap_or_default());
+    }
+    let text: String = bytes.iter().map(|&b| char::from(b)).collect();
+    PyString::new(py, &text)
+}
+
+/// `HTTP_` + the header name upper-cased with `-` as `_`; `None` for names
+/// containing `_`, which could otherwise pose as another header (a client
+/// sending `X_Forwarded_For` to spoof `X-Forwarded-For`), as gunicorn and
+/// nginx drop them.
+pub(crate) fn cgi_name(name: &str) -> Option<String> {
+    if name.contains('_') {
+        return None;
+    }
+    let mut key = String::with_capacity(5 + name.len());
+    key.push_str("HTTP_");
+    key.extend(name.chars().map(|c| match c {
+        '-' => '_',
+        c => c.to_ascii_uppercase(),
+    }));
+    Some(key)
+}
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+pub(crate) fn build<'py>(
+    py: Python<'py>,
+    ctx: &EnvironContext,
+    exchange: &Arc<Exchange>,
+    headers: &HeaderMap,
+) -> PyResult<Bound<'py, PyDict>> {
+    let environ = PyDict::new(py);
+    environ.set_item(intern!(py, "REQUEST_METHOD"), exchange.method.as_str())?;
+    environ.set_item(intern!(py, "SCRIPT_NAME"), ctx.script_name.as_str())?;
+    let raw_path = exchange.uri.path();
+    let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
+    let path: Vec<u8> = percent_decode(raw_path.as_bytes()).collect();
+    environ.set_item(intern!(py, "PATH_INFO"), latin1(py, &path))?;
+    let query = exchange.uri.query().unwrap_or("");
+    environ.set_item(intern!(py, "QUERY_STRING"), latin1(py, query.as_bytes()))?;
+    environ.set_item(intern!(py, "SERVER_PROTOCOL"), protocol(exchange.version))?;
+    match exchange.server {
+        Some(addr) => {
+            environ.set_item(intern!(py, "SERVER_NAME"), addr.ip().to_string())?;
+            environ.set_item(intern!(py, "SERVER_PORT"), addr.port().to_string())?;
+        }
+        None => {
+            environ.set_item(intern!(py, "SERVER_NAME"), "localhost")?;
+            environ.set_item(intern!(py, "SERVER_PORT"), "")?;
+        }
+    }
+    if let Some(addr) = exchange.client {
+        environ.set_item(intern!(py, "REMOTE_ADDR"), addr.ip().to_string())?;
+        environ.set_item(intern!(py, "REMOTE_PORT"), addr.port().to_string())?;
+    }
+
+    for name in headers.keys() {
+        let mut values = headers.get_all(name).iter();
+        let Some(first) = values.next() else { continue };
+        let mut joined = first.as_bytes().to_vec();
+        for value in values {
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(value.as_bytes());
+        }
+        let value = latin1(py, &joined);
+        if name == header::CONTENT_TYPE {
+            environ.set_item(intern!(py, "CONTENT_TYPE"), value)?;
+        } else if name == header::CONTENT_LENGTH {
+            environ.set_item(intern!(py, "CONTENT_LENGTH"), value)?;
+        } else if let Some(key) = cgi_name(name.as_str()) {
+            environ.set_item(key, value)?;
+        }
+    }
+
+    environ.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
+    environ.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "http"))?;
+    environ.set_item(
+        intern!(py, "wsgi.input"),
+        Py::new(py, WsgiInput::new(Arc::clone(exchange)))?,
+    )?;
+    environ.set_item(
+        intern!(py, "wsgi.errors"),
+        Py::new(py, WsgiErrors::default())?,
+    )?;
+    environ.set_item(intern!(py, "wsgi.multithread"), true)?;
+    environ.set_item(intern!(py, "wsgi.multiprocess"), ctx.multiprocess)?;
+    environ.set_item(intern!(py, "wsgi.run_once"), false)?;
+    environ.set_item(intern!(py, "wsgi.file_wrapper"), ctx.file_wrapper.bind(py))?;
+    environ.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+    Ok(environ)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_become_cgi_keys() {
+        assert_eq!(
+            cgi_name("x-forwarded-for").as_deref(),
+            Some("HTTP_X_FORWARDED_FOR")
+        );
+        assert_eq!(cgi_name("accept").as_deref(), Some("HTTP_ACCEPT"));
+        assert_eq!(cgi_name("x_forwarded_for"), None);
+    }
+
+    #[test]
+    fn native_strings_are_latin1() {
+        Python::initialize();
+        Python::attach(|py| {
+            assert_eq!(latin1(py, b"/a b").to_string(), "/a b");
+            assert_eq!(latin1(py, b"/caf\xc3\xa9").to_string(), "/caf\u{c3}\u{a9}");
+        });
+    }
+}

@@ -1,0 +1,51 @@
+//! `wsgi.errors`: a text stream whose lines go to the server log.
+
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+
+/// Collects writes and logs each complete line at error level.
+#[pyclass(module = "rsasgi", frozen)]
+#[derive(Default)]
+pub(crate) struct WsgiErrors {
+    pending: Mutex<String>,
+}
+
+fn emit(line: &str) {
+    tracing::error!(target: "rsasgi::wsgi_errors", "{line}");
+}
+
+#[pymethods]
+impl WsgiErrors {
+    fn write(&self, text: &str) -> usize {
+        let mut pending = self.pending.lock();
+        pending.push_str(text);
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            emit(line.trim_end_matches(['\r', '\n']));
+        }
+        text.chars().count()
+    }
+
+    fn writelines(&self, lines: Vec<String>) {
+        for line in lines {
+            self.write(&line);
+        }
+    }
+
+    fn flush(&self) {
+        let mut pending = self.pending.lock();
+        if !pending.is_empty() {
+            emit(&pending);
+            pending.clear();
+        }
+    }
+}
+
+impl Drop for WsgiErrors {
+    fn drop(&mut self) {
+        let pending = self.pending.get_mut();
+        if !pending.is_empty() {
+            emit(pending);
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! `start_response`, `write()`, and sending the response iterable.
+//!
+//! Headers wait until the first non-empty body chunk (PEP 3333), so an app
+//! may still replace them with `exc_info` until then. Sending waits (with the
+//! GIL released) while a slow client has a high-water mark of data buffered.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
+
+use super::file_wrapper::FileWrapper;
+use crate::exchange::{Exchange, ResponseStart};
+
+/// What `start_response` recorded, shared with the `write` callable.
+#[derive(Default)]
+pub(crate) struct ResponseState {
+    /// Status and headers not yet sent.
+    pending: Option<ResponseStart>,
+    headers_sent: bool,
+    called: bool,
+}
+
+pub(crate) type SharedResponse = Arc<Mutex<ResponseState>>;
+
+fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
+    let status = status.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "start_response() status must be a str like \"200 OK\", got {}",
+            status.repr().map(|r| r.to_string()).unwrap_or_default()
+        ))
+    })?;
+    let text = status.to_str()?;
+    let code = text
+        .get(..3)
+        .filter(|code| code.bytes().all(|b| b.is_ascii_digit()));
+    let well_formed = code.is_some() && (text.len() == 3 || text.as_bytes()[3] == b' ');
+    match code
+        .filter(|_| well_formed)
+        .and_then(|code| code.parse::<u16>().ok())
+        .filter(|code| (200..=599).contains(code))
+        .and_then(|code| StatusCode::from_u16(code).ok())
+    {
+        Some(status) => Ok(status),
+        None => Err(PyValueError::new_err(format!(
+            "start_response() status must be \"NNN Reason\" with NNN from 200 to 599, got {text:?}"
+        ))),
+    }
+}
+
+fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
+    let mut map = HeaderMap::new();
+    let list = headers.cast::<PyList>().map_err(|_| {
+        PyTypeError::new_err("start_response() headers must be a list of (name, value) tuples")
+    })?;
+    for item in list.iter() {
+        let pair = item
+            .cast::<PyTuple>()
+            .ok()
+            .filter(|t| t.len() == 2)
+            .ok_or_else(|| {
+                PyTypeError::new_err(format!(
+                    "each response header must be a (name, value) tuple of str, got {}",
+                    item.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })?;
+        let (name, value) = (pair.get_item(0)?, pair.get_item(1)?);
+        let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
+            return Err(PyTypeError::new_err(
+                "response header names and values must be str (PEP 3333 native strings)",
+            ));
+        };
+        let name = name.to_str()?;
+        let value = value.to_str()?;
+        let header_name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| PyValueError::new_err(format!("invalid response header name {name:?}")))?;
+        let latin1: Option<Vec<u8>> = value
+            .chars()
+            .map(|c| u8::try_from(u32::from(c)).ok())
+            .collect();
+        let header_value = latin1
+            .and_then(|bytes| HeaderValue::from_bytes(&bytes).ok())
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "invalid value for response header {name:?}: {value:?} (control characters such as CR, LF, NUL, \
+                     or characters outside latin-1 are not allowed)"
+                ))
+            })?;
+        map.append(header_name, header_value);
+    }
+    Ok(map)
+}
+
+/// The `start_response` callable of one request.
+#[pyclass(module = "rsasgi", frozen)]
+pub(crate) struct StartResponse {
+    exchange: Arc<Exchange>,
+    state: SharedResponse,
+}
+
+impl StartResponse {
+    pub(crate) fn new(exchange: Arc<Exchange>, state: SharedResponse) -> StartResponse {
+        StartResponse { exchange, state }
+    }
+}
+
+#[pymethods]
+impl StartResponse {
+    #[pyo3(signature = (status, headers, exc_info=None))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        status: &Bound<'_, PyAny>,
+        headers: &Bound<'_, PyAny>,
+        exc_info: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<WsgiWrite>> {
+        let exc_info = exc_info.filter(|info| !info.is_none());
+        {
+            let st = self.state.lock();
+            match exc_info {
+                Some(info) if st.headers_sent => {
+                    // PEP 3333: too late to change anything; re-raise the original error.
+                    let exc = info.get_item(1)?;
+                    return Err(PyErr::from_value(exc));
+                }
+                None if st.called => {
+                    return Err(PyRuntimeError::new_err(
+                        "start_response() called a second time without exc_info",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let status = parse_status(status)?;
+        let headers = parse_headers(headers)?;
+        let mut st = self.state.lock();
+        st.called = true;
+        st.pending = Some(ResponseStart { status, headers });
+        drop(st);
+        Py::new(
+            py,
+            WsgiWrite {
+                exchange: Arc::clone(&self.exchange),
+                state: Arc::clone(&self.state),
+            },
+        )
+    }
+}
+
+/// The `write(data)` callable returned by `start_response`.
+#[pyclass(module = "rsasgi", frozen)]
+pub(crate) struct WsgiWrite {
+    exchange: Arc<Exchange>,
+    state: SharedResponse,
+}
+
+#[pymethods]
+impl WsgiWrite {
+    fn __call__(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = bytes_of(data)?;
+        if !send(py, &self.exchange, &self.state, data, true)? {
+            return Err(crate::asgi::ClientDisconnected::new_err(
+                "client disconnected",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn bytes_of(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    if let Ok(bytes) = value.cast::<PyBytes>() {
+        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
+    }
+    if let Ok(array) = value.cast::<PyByteArray>() {
+        return Ok(Bytes::from(array.to_vec()));
+    }
+    Err(PyTypeError::new_err(format!(
+        "WSGI response data must be bytes, got {}",
+        value
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default()
+    )))
+}
+
+/// Sends `data` (and the headers first, if they are still pending). Returns
+/// false when the client has gone away.
+fn send(
+    py: Python<'_>,
+    exchange: &Arc<Exchange>,
+    state: &SharedResponse,
+    data: Bytes,
+    more: bool,
+) -> PyResult<bool> {
+    let start = {
+        let mut st = state.lock();
+        if st.headers_sent {
+            None
+        } else if data.is_empty() && more {
+            return Ok(true);
+        } else {
+            let start = st.pending.take().ok_or_else(|| {
+                PyRuntimeError::new_err(
+                    "the WSGI app sent body data before calling start_response()",
+                )
+            })?;
+            st.headers_sent = true;
+            Some(start)
+        }
+    };
+    let exchange = Arc::clone(exchange);
+    Ok(py
+        .detach(move || exchange.send_blocking(start, data, more))
+        .is_ok())
+}
+
+/// Sends the app's response iterable, then calls its `close()`.
+pub(crate) fn respond(
+    py: Python<'_>,
+    exchange: &Arc<Exchange>,
+    state: &SharedResponse,
+    iterable: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let sent = stream(py, exchange, state, iterable);
+    let closed = if iterable.hasattr(intern!(py, "close"))? {
+        iterable.call_method0(intern!(py, "close")).map(drop)
+    } else {
+        Ok(())
+    };
+    sent.and(closed)
+}
+
+fn stream(
+    py: Python<'_>,
+    exchange: &Arc<Exchange>,
+    state: &SharedResponse,
+    iterable: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
+        if let Some(done) = send_file(py, exchange, state, wrapper.get())? {
+            return done;
+        }
+    }
+    if let Ok(list) = iterable.cast::<PyList>() {
+        if list.len() == 1 {
+            // The whole body is known: send it with the head, so it goes out
+            // with a Content-Length.
+            let data = bytes_of(&list.get_item(0)?)?;
+            return finish(py, exchange, state, data);
+        }
+    }
+    for item in iterable.try_iter()? {
+        let data = bytes_of(&item?)?;
+        if !send(py, exchange, state, data, true)? {
+            tracing::debug!("client went away during {}", exchange.request_line());
+            return Ok(());
+        }
+    }
+    finish(py, exchange, state, Bytes::new())
+}
+
+fn finish(
+    py: Python<'_>,
+    exchange: &Arc<Exchange>,
+    state: &SharedResponse,
+    data: Bytes,
+) -> PyResult<()> {
+    if !state.lock().called {
+        return Err(PyRuntimeError::new_err(
+            "the WSGI app returned without calling start_response()",
+        ));
+    }
+    send(py, exchange, state, data, false)?;
+    Ok(())
+}
+
+/// Sends a `FileWrapper` around a real file by reading its descriptor with
+/// the GIL released. `None` when the file has no descriptor: iterate it instead.
+fn send_file(
+    py: Python<'_>,
+    exchange: &Arc<Exchange>,
+    state: &SharedResponse,
+    wrapper: &FileWrapper,
+) -> PyResult<Option<PyResult<()>>> {
+    let filelike = wrapper.filelike.bind(py);
+    let Some(fd) = filelike
+        .call_method0(intern!(py, "fileno"))
+        .and_then(|fd| fd.extract::<i32>())
+        .ok()
+    else {
+        return Ok(None);
+    };
+    if filelike.hasattr(intern!(py, "flush"))? {
+        let _ = filelike.call_method0(intern!(py, "flush"));
+    }
+    let offset: u64 = filelike
+        .call_method0(intern!(py, "tell"))
+        .and_then(|pos| pos.extract())
+        .unwrap_or(0);
+    // SAFETY: dup gives us our own descriptor for the same open file; the
+    // app keeps (and closes) its own.
+    let dup = unsafe { libc::dup(fd) };
+    if dup < 0 {
+        return Ok(None);
+    }
+    // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(dup) });
+    let Ok(meta) = file.metadata() else {
+        return Ok(None);
+    };
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let available = meta.len().saturating_sub(offset);
+
+    let mut start = {
+        let mut st = state.lock();
+        match st.pending.take() {
+            Some(start) if !st.headers_sent => {
+                st.headers_sent = true;
+                start
+            }
+            _ => {
+                return Ok(Some(Err(PyRuntimeError::new_err(
+                    "wsgi.file_wrapper returned without calling start_response()",
+                ))))
+            }
+        }
+    };
+    let declared = start
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok());
+    let length = match declared {
+        Some(declared) => declared.min(available),
+        None => {
+            start
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(available));
+            available
+        }
+    };
+    let blksize = wrapper.blksize;
+    let exchange = Arc::clone(exchange);
+    let result = py.detach(move || -> std::io::Result<()> {
+        if exchange.method == Method::HEAD || length == 0 {
+            let _ = exchange.send_blocking(Some(start), Bytes::new(), false);
+            return Ok(());
+        }
+        let mut start = Some(start);
+        let mut position = offset;
+        let end = offset + length;
+        let mut buffer = vec![0u8; blksize.min(1 << 20)];
+        while position < end {
+            let want = buffer.len().min((end - position) as usize);
+            let read = file.read_at(&mut buffer[..want], position)?;
+            if read == 0 {
+                break; // the file shrank
+            }
+            position += read as u64;
+            let data = Bytes::copy_from_slice(&buffer[..read]);
+            if exchange.send_blocking(start.take(), data, true).is_err() {
+                return Ok(());
+            }
+        }
+        let _ = exchange.send_blocking(start.take(), Bytes::new(), false);
+        Ok(())
+    });
+    Ok(Some(result.map_err(|err| {
+        PyRuntimeError::new_err(format!(
+            "reading the file for wsgi.file_wrapper failed: {err}"
+        ))
+    })))
+}

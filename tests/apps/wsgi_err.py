@@ -1,0 +1,184 @@
+"""Plain PEP 3333 app that gets things wrong (tests/test_wsgi_errors.py).
+
+Markers go to $WSGI_MARKER_DIR. Routes (by PATH_INFO):
+  /ok                       "ok"
+  /raise-before             raises before start_response
+  /raise-after-start        calls start_response, then raises before returning
+  /raise-first-yield        generator raising before its first chunk
+  /raise-midway             generator: yields b"partial-body", then raises
+  /return-none              start_response, then returns None
+  /no-start-response        returns [b"never started"] without calling start_response
+  /yield-str                start_response, then yields a str
+  /write-str                start_response, then write("a str")
+  /header?case=C            start_response with one bad header (see BAD_HEADERS)
+  /status?case=C            start_response with a bad status (see BAD_STATUS)
+  /exc-before               start_response(200, X-First), then on an exception a second call with
+                            exc_info: "500 Internal Server Error" and the page b"error page"
+  /exc-after?tag=T          generator: yields b"partial-body", then calls start_response with
+                            exc_info; T.log records whether it re-raised
+  /exc-after-write?tag=T    write(b"written-body"), then start_response with exc_info
+  /twice?tag=T              start_response twice without exc_info; T.log records the second call
+  /stderr-line              writes a line to wsgi.errors, raises
+"""
+
+from __future__ import annotations
+
+import sys
+
+from wsgi_common import mark, query
+
+BAD_HEADERS = {
+    "name-space": ("Bad Name", "value"),
+    "name-colon": ("X-Colon:", "value"),
+    "name-empty": ("", "value"),
+    "name-newline": ("X-New\r\nInjected", "value"),
+    "value-crlf": ("X-Evil", "one\r\nInjected: yes"),
+    "value-lf": ("X-Evil-Lf", "one\nInjected: yes"),
+    "value-cr": ("X-Evil-Cr", "one\rInjected: yes"),
+    "value-nul": ("X-Nul", "a\x00b"),
+    "name-bytes": (b"X-Bytes-Name", "value"),
+    "value-bytes": ("X-Bytes-Value", b"value"),
+    "value-int": ("X-Int-Value", 5),
+}
+
+BAD_STATUS = {
+    "bytes": b"200 OK",
+    "int": 200,
+    "no-code": "OK",
+    "short-code": "20 OK",
+    "long-code": "2000 OK",
+    "letters": "abc Fine",
+    "empty": "",
+    "crlf": "200 OK\r\nInjected: yes",
+}
+
+
+def ok(start_response, body: bytes = b"ok"):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    q = query(environ)
+    tag = q.get("tag", "t")
+
+    if path == "/ok":
+        return ok(start_response)
+
+    if path == "/raise-before":
+        raise ValueError("wsgi-boom-before-start")
+
+    if path == "/raise-after-start":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Started", "yes")])
+        raise ValueError("wsgi-boom-after-start-response")
+
+    if path == "/raise-first-yield":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Started", "yes")])
+
+        def gen():
+            raise ValueError("wsgi-boom-first-yield")
+            yield b"never"  # pragma: no cover
+
+        return gen()
+
+    if path == "/raise-midway":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def gen():
+            yield b"partial-body"
+            raise RuntimeError("wsgi-boom-midway")
+
+        return gen()
+
+    if path == "/return-none":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return None
+
+    if path == "/no-start-response":
+        return [b"never started"]
+
+    if path == "/yield-str":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return ["a str, not bytes"]
+
+    if path == "/write-str":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write("a str, not bytes")
+        return []
+
+    if path == "/header":
+        name, value = BAD_HEADERS[q["case"]]
+        start_response("200 OK", [("Content-Type", "text/plain"), (name, value)])
+        return [b"must not be sent"]
+
+    if path == "/status":
+        start_response(BAD_STATUS[q["case"]], [("Content-Type", "text/plain")])
+        return [b"must not be sent"]
+
+    if path == "/exc-before":
+        start_response(
+            "200 OK",
+            [("Content-Type", "application/json"), ("X-First", "yes"), ("Content-Length", "99")],
+        )
+        try:
+            raise KeyError("handled-by-error-handler")
+        except KeyError:
+            start_response(
+                "500 Internal Server Error",
+                [("Content-Type", "text/plain"), ("X-Error-Page", "yes")],
+                sys.exc_info(),
+            )
+            return [b"error page"]
+
+    if path == "/exc-after":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def gen():
+            yield b"partial-body"
+            try:
+                raise KeyError("wsgi-exc-after-sent")
+            except KeyError:
+                try:
+                    start_response(
+                        "500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info()
+                    )
+                except KeyError as exc:
+                    mark(f"{tag}.log", f"reraised {type(exc).__name__} {exc}")
+                    raise
+                mark(f"{tag}.log", "not reraised")
+                yield b"error page after headers"
+
+        return gen()
+
+    if path == "/exc-after-write":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written-body")
+        try:
+            raise KeyError("wsgi-exc-after-write")
+        except KeyError:
+            try:
+                start_response(
+                    "500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info()
+                )
+            except KeyError as exc:
+                mark(f"{tag}.log", f"reraised {type(exc).__name__} {exc}")
+                raise
+            mark(f"{tag}.log", "not reraised")
+            return [b"error page after write"]
+
+    if path == "/twice":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        try:
+            start_response("201 Created", [("Content-Type", "text/plain")])
+        except Exception as exc:
+            mark(f"{tag}.log", f"second call raised {type(exc).__name__}")
+            raise
+        mark(f"{tag}.log", "second call accepted")
+        return [b"twice"]
+
+    if path == "/stderr-line":
+        environ["wsgi.errors"].write("wsgi-errors-before-raise\n")
+        raise LookupError("wsgi-boom-after-stderr")
+
+    return ok(start_response, b"not found")

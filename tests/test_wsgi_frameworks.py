@@ -1,0 +1,353 @@
+"""Real WSGI frameworks run unchanged on rsasgi: Flask, Django's WSGI handler, the Flask example.
+
+Nothing is passed to rsasgi but the application: `--interface auto` must recognise a Flask app
+and Django's `WSGIHandler` as WSGI. The Django project is the one tests/test_frameworks.py
+serves over ASGI (tests/django_support.py builds it); the admin walk runs under both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from django_support import DJANGO_ENV, admin_walk, build_django_project
+
+pytest.importorskip("flask")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# What tests/apps/wsgifw_flask.py streams from /stream.
+STREAM_CHUNKS = 8
+STREAM_CHUNK = b"0123456789abcdef" * 64
+
+
+def served_as_wsgi(server) -> bool:
+    """The startup line names the interface ("interface wsgi")."""
+    return re.search(r"interface wsgi\b", server.output()) is not None
+
+
+# --------------------------------------------------------------------------- Flask
+
+
+@pytest.fixture
+def flask_server(run_rsasgi):
+    return run_rsasgi("wsgifw_flask:app")
+
+
+def test_flask_app_is_detected_as_wsgi(flask_server):
+    response = httpx.get(f"{flask_server.url}/")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert response.headers["content-length"] == "16"
+    assert response.text == "Hello from Flask"
+    assert served_as_wsgi(flask_server), flask_server.output()
+
+
+def test_flask_route_with_converter_and_query(flask_server):
+    response = httpx.get(
+        f"{flask_server.url}/items/42",
+        params=[("q", "a b"), ("q", "é"), ("q", "x&y=z")],
+        headers={"user-agent": "wsgifw-test/1.0"},
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {
+        "item_id": 42,
+        "q": ["a b", "é", "x&y=z"],
+        "user_agent": "wsgifw-test/1.0",
+        "script_root": "",
+        "path": "/items/42",
+        "url": "/items/42",
+    }
+
+
+def test_flask_non_ascii_path(flask_server):
+    """PATH_INFO is latin-1 decoded bytes (PEP 3333); Werkzeug turns it back into UTF-8."""
+    response = httpx.get(f"{flask_server.url}/greet/caf%C3%A9%20cr%C3%A8me")
+    assert response.status_code == 200
+    assert response.text == "Hello, café crème!"
+
+
+def test_flask_unknown_route_is_404(flask_server):
+    response = httpx.get(f"{flask_server.url}/no/such/page")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert "<h1>Not Found</h1>" in response.text
+    # The converter rejects a non-number: also a 404, from the router.
+    assert httpx.get(f"{flask_server.url}/items/forty-two").status_code == 404
+
+
+def test_flask_abort_status(flask_server):
+    response = httpx.get(f"{flask_server.url}/teapot")
+    assert response.status_code == 418
+    assert response.reason_phrase == "I'M A TEAPOT"
+
+
+def test_flask_wrong_method_is_405(flask_server):
+    response = httpx.get(f"{flask_server.url}/echo")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "OPTIONS, POST"
+
+
+def test_flask_json_in_and_out(flask_server):
+    payload = {"name": "rsasgi", "tags": ["wsgi", "rust"], "n": 3, "ünï": "cødé"}
+    response = httpx.post(f"{flask_server.url}/echo", json=payload)
+    assert response.status_code == 201
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"received": payload}
+
+
+def test_flask_bad_json_is_400(flask_server):
+    response = httpx.post(
+        f"{flask_server.url}/echo",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+
+
+def test_flask_chunked_request_body(flask_server):
+    """No Content-Length: Werkzeug reads to the end because wsgi.input_terminated is set."""
+    pieces = [os.urandom(size) for size in (1, 1000, 65536, 300_000, 7)]
+
+    def body():
+        yield from pieces
+
+    response = httpx.post(f"{flask_server.url}/digest", content=body(), timeout=30)
+    assert response.status_code == 200
+    data = b"".join(pieces)
+    assert response.json() == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@pytest.mark.parametrize("size", [0, 1, 300_000, 5 * 1024 * 1024])
+def test_flask_multipart_file_upload(flask_server, size):
+    data = os.urandom(size)
+    response = httpx.post(
+        f"{flask_server.url}/upload",
+        files={"file": ("report.bin", data, "application/x-test")},
+        data={"note": "first upload ü"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "name": "report.bin",
+        "content_type": "application/x-test",
+        "size": size,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "note": "first upload ü",
+    }
+
+
+def test_flask_streaming_response(flask_server):
+    expected = b"".join(b"%d:" % number + STREAM_CHUNK + b"\n" for number in range(STREAM_CHUNKS))
+    with httpx.stream("GET", f"{flask_server.url}/stream", timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/octet-stream"
+        assert response.headers.get("transfer-encoding") == "chunked"
+        assert "content-length" not in response.headers
+        pieces = list(response.iter_raw())
+    assert b"".join(pieces) == expected
+    # The generator pauses between chunks, so a streaming server delivers them in several reads.
+    assert len(pieces) > 1, "the response arrived in one piece; it was buffered, not streamed"
+
+
+def test_flask_streaming_response_reads_the_request(flask_server):
+    """stream_with_context keeps `request` alive while the server iterates the response."""
+    response = httpx.get(f"{flask_server.url}/stream", params={"count": 3})
+    assert response.status_code == 200
+    assert response.content == b"".join(b"%d:" % n + STREAM_CHUNK + b"\n" for n in range(3))
+
+
+def test_flask_session_cookie_and_redirect(flask_server):
+    with httpx.Client(base_url=flask_server.url, follow_redirects=False) as client:
+        login = client.get("/login", params={"user": "zoë"})
+        assert login.status_code == 302
+        assert login.headers["location"] == "/whoami"
+        assert "session" in client.cookies
+        assert client.get("/whoami").json() == {"user": "zoë"}
+
+
+def test_flask_head_request(flask_server):
+    response = httpx.head(f"{flask_server.url}/")
+    assert response.status_code == 200
+    assert response.headers["content-length"] == "16"
+    assert response.content == b""
+
+
+def test_flask_exception_is_500_and_logged(flask_server):
+    """Flask answers 500 itself and logs the traceback to wsgi.errors; the server lives on."""
+    response = httpx.get(f"{flask_server.url}/boom")
+    assert response.status_code == 500
+    assert "Internal Server Error" in response.text
+    assert httpx.get(f"{flask_server.url}/items/1").status_code == 200
+    log = flask_server.output()
+    assert "wsgifw_flask boom" in log
+    assert "Traceback" in log
+
+
+def test_flask_keep_alive_many_requests(flask_server):
+    with httpx.Client(base_url=flask_server.url) as client:
+        for number in range(50):
+            response = client.get(f"/items/{number}")
+            assert response.status_code == 200
+            assert response.json()["item_id"] == number
+
+
+def test_flask_under_root_path(run_rsasgi):
+    """--root-path is for a proxy that strips the prefix: SCRIPT_NAME carries it, url_for uses it."""
+    server = run_rsasgi("wsgifw_flask:app", "--root-path", "/api")
+    response = httpx.get(f"{server.url}/items/5")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["item_id"] == 5
+    assert body["script_root"] == "/api"
+    assert body["path"] == "/items/5"
+    assert body["url"] == "/api/items/5"
+
+
+def test_flask_forced_interface(run_rsasgi):
+    server = run_rsasgi("wsgifw_flask:app", "--interface", "wsgi")
+    assert httpx.get(f"{server.url}/").text == "Hello from Flask"
+
+
+# --------------------------------------------------------------------------- Django
+
+
+@pytest.fixture(scope="session")
+def django_project(tmp_path_factory) -> Path:
+    return build_django_project(tmp_path_factory)
+
+
+@pytest.fixture
+def django_wsgi(run_rsasgi, django_project):
+    return run_rsasgi(
+        "mysite.wsgi:application", "--app-dir", str(django_project), env=DJANGO_ENV
+    )
+
+
+def test_django_admin_walk_under_wsgi(django_wsgi):
+    admin_walk(django_wsgi.url)
+    assert served_as_wsgi(django_wsgi), django_wsgi.output()
+
+
+def test_django_admin_walk_under_asgi(run_rsasgi, django_project):
+    server = run_rsasgi(
+        "mysite.asgi:application", "--app-dir", str(django_project), env=DJANGO_ENV
+    )
+    admin_walk(server.url)
+    assert not served_as_wsgi(server)
+
+
+def test_django_wsgi_settings_module_from_wsgi_py(run_rsasgi, django_project):
+    """The generated wsgi.py sets DJANGO_SETTINGS_MODULE itself; no environment is needed."""
+    if "DJANGO_SETTINGS_MODULE" in os.environ:
+        pytest.skip("DJANGO_SETTINGS_MODULE is set in the environment of the tests")
+    server = run_rsasgi("mysite.wsgi:application", "--app-dir", str(django_project))
+    admin_walk(server.url)
+
+
+def test_django_wsgi_bad_password_and_missing_csrf(django_wsgi):
+    with httpx.Client(base_url=django_wsgi.url, follow_redirects=False) as client:
+        page = client.get("/admin/login/", params={"next": "/admin/"})
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        wrong = client.post(
+            "/admin/login/?next=/admin/",
+            data={"csrfmiddlewaretoken": token, "username": "admin", "password": "nope"},
+        )
+        assert wrong.status_code == 200
+        assert "Please enter the correct username and password" in wrong.text
+        assert "sessionid" not in client.cookies
+    response = httpx.post(
+        f"{django_wsgi.url}/admin/login/", data={"username": "admin", "password": "x"}
+    )
+    assert response.status_code == 403
+
+
+def test_django_wsgi_page_and_404(django_wsgi):
+    response = httpx.get(f"{django_wsgi.url}/hello/")
+    assert response.status_code == 200, response.text
+    assert "<h1>Hello from Django</h1>" in response.text
+    assert "users: admin, alice" in response.text
+    assert "path: /hello/" in response.text
+    missing = httpx.get(f"{django_wsgi.url}/no/such/page/")
+    assert missing.status_code == 404
+    assert "no/such/page/" in missing.text
+
+
+def test_django_wsgi_async_view(django_wsgi):
+    response = httpx.get(
+        f"{django_wsgi.url}/about/", params={"name": "Zoë"}, headers={"X-Custom": "yes"}
+    )
+    assert response.status_code == 200
+    assert response.json() == {
+        "view": "async",
+        "name": "Zoë",
+        "method": "GET",
+        "script_name": "",
+        "header": "yes",
+    }
+
+
+def test_django_wsgi_request_body(django_wsgi):
+    data = os.urandom(2 * 1024 * 1024 + 7)
+    response = httpx.post(f"{django_wsgi.url}/digest/", content=data, timeout=60)
+    assert response.status_code == 200
+    assert response.json() == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_django_wsgi_streaming_response(django_wsgi):
+    with httpx.stream("GET", f"{django_wsgi.url}/sync-countdown/") as response:
+        assert response.status_code == 200
+        assert response.headers.get("transfer-encoding") == "chunked"
+        body = response.read()
+    assert body == b"5\n4\n3\n2\n1\nliftoff\n"
+
+
+def test_django_wsgi_under_root_path(run_rsasgi, django_project):
+    server = run_rsasgi(
+        "mysite.wsgi:application",
+        "--app-dir",
+        str(django_project),
+        "--root-path",
+        "/site",
+        env=DJANGO_ENV,
+    )
+    response = httpx.get(f"{server.url}/about/")
+    assert response.status_code == 200
+    assert response.json()["script_name"] == "/site"
+    page = httpx.get(f"{server.url}/hello/")
+    assert page.status_code == 200
+    assert "path: /site/hello/" in page.text
+    # The admin redirects to its login page under the prefix.
+    first = httpx.get(f"{server.url}/admin/")
+    assert first.status_code == 302
+    assert first.headers["location"] == "/site/admin/login/?next=/site/admin/"
+
+
+# --------------------------------------------------------------------------- examples/
+
+
+def test_example_flask_app(run_rsasgi):
+    server = run_rsasgi("flask_app:app", "--app-dir", str(EXAMPLES))
+    with httpx.Client(base_url=server.url) as client:
+        index = client.get("/")
+        assert index.status_code == 200
+        assert index.json()["hello"] == "world"
+        assert index.json()["multithread"] is True
+
+        stream = client.get("/stream", params={"count": 3, "delay": 0})
+        assert stream.text == "line 0\nline 1\nline 2\n"
+
+        assert "multipart/form-data" in client.get("/upload").text
+        upload = client.post("/upload", files={"upload": ("notes.txt", b"some notes\n")})
+        assert upload.status_code == 200
+        assert json.loads(upload.text) == {
+            "filename": "notes.txt",
+            "size": 11,
+            "sha256": hashlib.sha256(b"some notes\n").hexdigest(),
+        }
