@@ -62,3 +62,27 @@ async def hello(scope, receive, send):
         await _respond(send, 200, BINARY, await _read_body(receive))
     else:
         await _respond(send, 404, TEXT, b"Not Found")
+
+
+# --------------------------------------------------------------------------- WSGI
+
+_WSGI_TEXT = [("Content-Type", "text/plain")]
+_WSGI_BINARY = [("Content-Type", "application/octet-stream")]
+
+
+def wsgi_hello(environ, start_response):
+    """The same three routes as `hello`, for WSGI servers (PEP 3333)."""
+    path = environ.get("PATH_INFO", "")
+    if path == "/":
+        start_response("200 OK", [*_WSGI_TEXT, ("Content-Length", "13")])
+        return [HELLO]
+    if path == "/10k":
+        start_response("200 OK", [*_WSGI_TEXT, ("Content-Length", str(len(TEN_KIB)))])
+        return [TEN_KIB]
+    if path == "/echo":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        start_response("200 OK", [*_WSGI_BINARY, ("Content-Length", str(len(body)))])
+        return [body]
+    start_response("404 Not Found", [*_WSGI_TEXT, ("Content-Length", "9")])
+    return [b"Not Found"]

@@ -1,13 +1,17 @@
-"""Benchmark rsasgi against uvicorn, granian and hypercorn with wrk, side by side.
+"""Benchmark rsasgi against its peers with wrk, side by side, over ASGI and over WSGI.
 
-Each server runs one worker pinned to one CPU core; wrk runs pinned to another. Every server
-serves the same plain ASGI app (benches/apps.py) on three scenarios, and the script prints
-requests/s and p99 latency per server, then rsasgi's requests/s divided by each peer's.
+Each server runs one worker pinned to one CPU core; wrk runs pinned to another. Every server in
+a group serves the same plain app (benches/apps.py: `hello` for ASGI, `wsgi_hello` for WSGI) on
+three scenarios, and the script prints requests/s and p99 latency per server, then rsasgi's
+requests/s divided by each peer's, one table per group.
+
+    ASGI: rsasgi, uvicorn, granian, hypercorn
+    WSGI: rsasgi, granian, gunicorn (gthread), uwsgi, waitress
 
     pip install -r benches/requirements.txt     # the peers; this script installs nothing
     apt-get install wrk
-    python benches/run.py                        # from the repository root
-    python benches/run.py --duration 5 --servers rsasgi uvicorn --scenarios hello
+    python benches/run.py                        # from the repository root; both groups
+    python benches/run.py --group wsgi --duration 5 --servers rsasgi granian --scenarios hello
 
 Results also go to benches/results/latest.json.
 """
@@ -34,12 +38,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-APP = "benches.apps:hello"
+ASGI_APP = "benches.apps:hello"
+WSGI_APP = "benches.apps:wsgi_hello"
 RESULTS = REPO / "benches" / "results" / "latest.json"
 HOST = "127.0.0.1"
 
-# The bar set for rsasgi on the hello-world scenario (issue 2): its req/s over each peer's.
-BAR = {"granian": 1.0, "uvicorn": 1.3}
+GROUPS = ("asgi", "wsgi")
+
+# The bars set for rsasgi on the hello-world scenario (issues 2 and 3): its req/s over each peer's.
+BAR = {"asgi": {"granian": 1.0, "uvicorn": 1.3}, "wsgi": {"granian": 1.0}}
+
+# Pool size of the WSGI peers: rsasgi's default --threads, so every server gets the same pool.
+WSGI_THREADS = 8
 
 ECHO_BODY_SIZE = 10 * 1024
 
@@ -81,21 +91,44 @@ SCENARIOS = {
 
 @dataclass
 class ServerSpec:
-    """How to start one server on a port; `requires` are the modules it needs importable."""
+    """How to start one server on a port.
+
+    `requires` are the modules it needs importable, `programs` the executables it needs (looked
+    up next to the Python interpreter first, then on PATH); `install` says how to get them.
+    """
 
     name: str
+    group: str
     requires: tuple[str, ...]
     argv: Callable[[int], list[str]] = field(repr=False)
     notes: str = ""
+    programs: tuple[str, ...] = ()
+    install: str = "pip install -r benches/requirements.txt"
+
+    def missing(self) -> list[str]:
+        modules = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        programs = [p for p in self.programs if program(p) is None]
+        return modules + programs
+
+
+def program(name: str) -> str | None:
+    """The executable `name` from the interpreter's bin directory (a venv), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
 
 
 def _has_uvloop() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
+# ---- ASGI
+
+
 def _rsasgi_argv(port: int) -> list[str]:
     return [
-        sys.executable, "-m", "rsasgi", APP,
+        sys.executable, "-m", "rsasgi", ASGI_APP,
         "--host", HOST, "--port", str(port),
         "--no-access-log",
     ]  # fmt: skip
@@ -103,7 +136,7 @@ def _rsasgi_argv(port: int) -> list[str]:
 
 def _uvicorn_argv(port: int) -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", APP,
+        sys.executable, "-m", "uvicorn", ASGI_APP,
         "--host", HOST, "--port", str(port),
         "--loop", "uvloop", "--http", "httptools",
         "--no-access-log", "--log-level", "warning",
@@ -117,30 +150,108 @@ def _granian_argv(port: int) -> list[str]:
         "--host", HOST, "--port", str(port),
         "--workers", "1", "--runtime-threads", "1", "--no-ws", *loop,
         "--no-access-log", "--log-level", "warning",
-        APP,
+        ASGI_APP,
     ]  # fmt: skip
 
 
 def _hypercorn_argv(port: int) -> list[str]:
     worker_class = ["--worker-class", "uvloop"] if _has_uvloop() else []
     return [
-        sys.executable, "-m", "hypercorn", APP,
+        sys.executable, "-m", "hypercorn", ASGI_APP,
         "--bind", f"{HOST}:{port}", "--workers", "1", *worker_class,
         "--log-level", "warning",
     ]  # fmt: skip
 
 
-SERVERS = {
-    spec.name: spec
-    for spec in [
-        ServerSpec("rsasgi", ("rsasgi",), _rsasgi_argv, "loop auto: uvloop when installed"),
-        ServerSpec(
-            "uvicorn", ("uvicorn", "uvloop", "httptools"), _uvicorn_argv, "uvloop + httptools"
-        ),
-        ServerSpec("granian", ("granian",), _granian_argv, "asgi, 1 runtime thread, uvloop"),
-        ServerSpec("hypercorn", ("hypercorn",), _hypercorn_argv, "uvloop worker"),
-    ]
-}
+# ---- WSGI
+
+
+def _rsasgi_wsgi_argv(port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "rsasgi", WSGI_APP, "--interface", "wsgi",
+        "--host", HOST, "--port", str(port),
+        "--no-access-log",
+    ]  # fmt: skip
+
+
+def _granian_wsgi_argv(port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "granian", "--interface", "wsgi",
+        "--host", HOST, "--port", str(port),
+        "--workers", "1", "--runtime-threads", "1", "--blocking-threads", str(WSGI_THREADS),
+        "--no-ws", "--no-access-log", "--log-level", "warning",
+        WSGI_APP,
+    ]  # fmt: skip
+
+
+def _gunicorn_argv(port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "gunicorn", WSGI_APP,
+        "--bind", f"{HOST}:{port}", "--workers", "1",
+        "--worker-class", "gthread", "--threads", str(WSGI_THREADS),
+        "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def _uwsgi_argv(port: int) -> list[str]:
+    # --http11-socket: the worker speaks HTTP/1.1 with keep-alive itself. The `--http` router
+    # (a second process relaying to the worker) stalls ~40 ms per 10 KiB response on a
+    # keep-alive connection (about 1,400 req/s here), which would measure the router, not uWSGI.
+    return [
+        program("uwsgi") or "uwsgi",
+        "--http11-socket", f"{HOST}:{port}",
+        "--module", WSGI_APP, "--pythonpath", str(REPO),
+        "--master", "--processes", "1", "--threads", str(WSGI_THREADS),
+        "--disable-logging", "--die-on-term", "--need-app",
+    ]  # fmt: skip
+
+
+def _waitress_argv(port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "waitress",
+        f"--listen={HOST}:{port}", f"--threads={WSGI_THREADS}",
+        WSGI_APP,
+    ]  # fmt: skip
+
+
+SERVER_SPECS = [
+    ServerSpec(
+        "rsasgi", "asgi", ("rsasgi",), _rsasgi_argv, "loop auto: uvloop when installed",
+        install="pip install .",
+    ),
+    ServerSpec(
+        "uvicorn", "asgi", ("uvicorn", "uvloop", "httptools"), _uvicorn_argv,
+        "uvloop + httptools",
+    ),
+    ServerSpec("granian", "asgi", ("granian",), _granian_argv, "asgi, 1 runtime thread, uvloop"),
+    ServerSpec("hypercorn", "asgi", ("hypercorn",), _hypercorn_argv, "uvloop worker"),
+    ServerSpec(
+        "rsasgi", "wsgi", ("rsasgi",), _rsasgi_wsgi_argv, "wsgi, default --threads",
+        install="pip install .",
+    ),
+    ServerSpec(
+        "granian", "wsgi", ("granian",), _granian_wsgi_argv,
+        f"wsgi, 1 runtime thread, {WSGI_THREADS} blocking threads",
+    ),
+    ServerSpec(
+        "gunicorn", "wsgi", ("gunicorn",), _gunicorn_argv,
+        f"1 gthread worker, {WSGI_THREADS} threads",
+    ),
+    ServerSpec(
+        "uwsgi", "wsgi", (), _uwsgi_argv,
+        f"--http11-socket, 1 process, {WSGI_THREADS} threads",
+        programs=("uwsgi",),
+        install="pip install uwsgi; it compiles C: needs gcc and the Python headers, "
+        "e.g. apt-get install build-essential python3-dev",
+    ),
+    ServerSpec(
+        "waitress", "wsgi", ("waitress",), _waitress_argv, f"{WSGI_THREADS} threads",
+    ),
+]  # fmt: skip
+
+# {group: {name: spec}}
+SERVERS = {group: {s.name: s for s in SERVER_SPECS if s.group == group} for group in GROUPS}
+SERVER_NAMES = list(dict.fromkeys(spec.name for spec in SERVER_SPECS))
 
 
 # --------------------------------------------------------------------------- wrk output
@@ -209,7 +320,7 @@ class RunningServer:
     def __init__(self, spec: ServerSpec, cpu: str, log_dir: Path):
         self.spec = spec
         self.port = free_port()
-        self.log_path = log_dir / f"{spec.name}.log"
+        self.log_path = log_dir / f"{spec.group}-{spec.name}.log"
         self._log = open(self.log_path, "wb")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -338,11 +449,15 @@ def _error_note(result: dict) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def print_table(results: dict, servers: list[str], scenarios: list[Scenario]) -> dict:
-    """Prints req/s and p99 per scenario and server, then rsasgi's ratios; returns the ratios."""
+def print_table(group: str, results: dict, servers: list[str], scenarios: list[Scenario]) -> dict:
+    """Prints one group's req/s and p99 per scenario and server, then rsasgi's ratios.
+
+    Returns the ratios, {scenario: {peer: rsasgi req/s / peer req/s}}.
+    """
     width = 22
+    label = group.upper()
     print()
-    print("Requests/s (p99 latency)")
+    print(f"{label}: requests/s (p99 latency)")
     print(f"{'scenario':<10}" + "".join(f"{name:>{width}}" for name in servers))
     for scenario in scenarios:
         cells = []
@@ -360,7 +475,7 @@ def print_table(results: dict, servers: list[str], scenarios: list[Scenario]) ->
     if "rsasgi" not in servers or not peers:
         return ratios
     print()
-    print("rsasgi req/s ÷ peer req/s (above 1.00x: rsasgi is faster)")
+    print(f"{label}: rsasgi req/s ÷ peer req/s (above 1.00x: rsasgi is faster)")
     print(f"{'scenario':<10}" + "".join(f"{name:>{width}}" for name in peers))
     for scenario in scenarios:
         ours = results["rsasgi"].get(scenario.name, {}).get("requests_per_sec")
@@ -375,15 +490,20 @@ def print_table(results: dict, servers: list[str], scenarios: list[Scenario]) ->
                 cells.append("-")
         print(f"{scenario.name:<10}" + "".join(f"{cell:>{width}}" for cell in cells))
 
-    hello = ratios.get("hello", {})
-    checks = [
-        f"{'met' if hello[peer] >= bar else 'MISSED'}: {hello[peer]:.2f}x {peer} (bar {bar:.2f}x)"
-        for peer, bar in BAR.items()
-        if peer in hello
-    ]
-    if checks:
-        print()
-        print("hello-world bar: " + "; ".join(checks))
+    if any(scenario.name == "hello" for scenario in scenarios):
+        hello = ratios.get("hello", {})
+        checks = []
+        for peer, bar in BAR[group].items():
+            if peer not in servers:
+                continue
+            if peer in hello:
+                verdict = "met" if hello[peer] >= bar else "MISSED"
+                checks.append(f"{verdict}: {hello[peer]:.2f}x {peer} (bar {bar:.2f}x)")
+            else:
+                checks.append(f"NOT MEASURED: {peer} (bar {bar:.2f}x; a run failed)")
+        if checks:
+            print()
+            print(f"{label} hello-world bar (rsasgi ≥ bar × peer): " + "; ".join(checks))
     if any(_error_note(r) for per in results.values() for r in per.values()):
         print("! = wrk saw non-2xx/3xx responses or socket errors in that run (see the JSON)")
     return ratios
@@ -414,7 +534,7 @@ def cpu_model() -> str:
 # --------------------------------------------------------------------------- main
 
 
-def _names(values: list[str], known: dict, what: str) -> list[str]:
+def _names(values: list[str], known: list[str], what: str) -> list[str]:
     names = [name for value in values for name in value.split(",") if name]
     unknown = [name for name in names if name not in known]
     if unknown:
@@ -424,9 +544,14 @@ def _names(values: list[str], known: dict, what: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Benchmark rsasgi against uvicorn, granian and hypercorn with wrk.",
+        description="Benchmark rsasgi against its ASGI and WSGI peers with wrk.",
         epilog="Peers: pip install -r benches/requirements.txt; wrk: apt-get install wrk.",
     )
+    parser.add_argument(
+        "--group", choices=[*GROUPS, "all"], default="all",
+        help="asgi: rsasgi, uvicorn, granian, hypercorn; wsgi: rsasgi, granian, gunicorn, "
+        "uwsgi, waitress (all)",
+    )  # fmt: skip
     parser.add_argument("--duration", type=int, default=10, help="seconds per run (10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
@@ -434,8 +559,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup", type=int, default=2, help="seconds of unmeasured load before each run (2)"
     )
     parser.add_argument(
-        "--servers", nargs="+", default=list(SERVERS), metavar="NAME",
-        help=f"subset of: {', '.join(SERVERS)} (all)",
+        "--servers", nargs="+", default=SERVER_NAMES, metavar="NAME",
+        help=f"subset of: {', '.join(SERVER_NAMES)}; each group runs those it has (all)",
     )  # fmt: skip
     parser.add_argument(
         "--scenarios", nargs="+", default=list(SCENARIOS), metavar="NAME",
@@ -446,9 +571,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file ({RESULTS})")
     parser.add_argument("--timeout-margin", type=float, default=30, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.servers = _names(args.servers, SERVERS, "server")
-    args.scenarios = _names(args.scenarios, SCENARIOS, "scenario")
+    args.groups = list(GROUPS) if args.group == "all" else [args.group]
+    args.servers = _names(args.servers, SERVER_NAMES, "server")
+    args.scenarios = _names(args.scenarios, list(SCENARIOS), "scenario")
     return args
+
+
+def available_servers(group: str, names: list[str]) -> list[str]:
+    """The servers of `group` among `names` that can run here; prints why others are skipped."""
+    servers = []
+    for name in names:
+        spec = SERVERS[group].get(name)
+        if spec is None:
+            continue
+        missing = spec.missing()
+        if missing:
+            print(f"skipping {group} {name}: {', '.join(missing)} not found ({spec.install})")
+        else:
+            servers.append(name)
+    return servers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -466,15 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) < 2:
         print("note: fewer than two CPUs, the server and wrk share a core", file=sys.stderr)
 
-    servers = []
-    for name in args.servers:
-        missing = [m for m in SERVERS[name].requires if importlib.util.find_spec(m) is None]
-        if missing:
-            how = "pip install ." if name == "rsasgi" else "pip install -r benches/requirements.txt"
-            print(f"skipping {name}: {', '.join(missing)} not importable ({how})")
-        else:
-            servers.append(name)
-    if not servers:
+    plan = {group: available_servers(group, args.servers) for group in args.groups}
+    plan = {group: servers for group, servers in plan.items() if servers}
+    if not plan:
         print("no server to benchmark", file=sys.stderr)
         return 1
     scenarios = [SCENARIOS[name] for name in args.scenarios]
@@ -484,26 +619,36 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.wrk_cpu}; each server one worker on core {args.server_cpu}; "
         f"{args.warmup}s warm-up"
     )
-    results: dict[str, dict] = {}
-    commands: dict[str, list[str]] = {}
+    results: dict[str, dict[str, dict]] = {}
+    commands: dict[str, dict[str, list[str]]] = {}
     with tempfile.TemporaryDirectory(prefix="rsasgi-bench-") as work:
-        for name in servers:
-            spec = SERVERS[name]
-            print(f"\n{name} ({spec.notes})", flush=True)
-            commands[name], results[name] = bench_server(args, spec, scenarios, Path(work))
+        for group, servers in plan.items():
+            results[group], commands[group] = {}, {}
+            for name in servers:
+                spec = SERVERS[group][name]
+                print(f"\n{group} {name} ({spec.notes})", flush=True)
+                commands[group][name], results[group][name] = bench_server(
+                    args, spec, scenarios, Path(work)
+                )
 
-    ratios = print_table(results, servers, scenarios)
+    ratios = {
+        group: print_table(group, results[group], servers, scenarios)
+        for group, servers in plan.items()
+    }
 
+    all_servers = list(dict.fromkeys(name for servers in plan.values() for name in servers))
     report = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
         "settings": {
+            "groups": list(plan),
             "duration_s": args.duration,
             "connections": args.connections,
             "wrk_threads": args.threads,
             "warmup_s": args.warmup,
             "server_cpu": args.server_cpu,
             "wrk_cpu": args.wrk_cpu,
+            "wsgi_peer_threads": WSGI_THREADS,
         },
         "machine": {
             "cpu": cpu_model(),
@@ -511,11 +656,12 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "versions": versions(servers),
+        "versions": versions(all_servers),
         "server_commands": commands,
         "scenarios": {s.name: s.description for s in scenarios},
         "results": results,
         "rsasgi_ratio": ratios,
+        "bar": {group: BAR[group] for group in plan},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

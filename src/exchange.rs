@@ -316,46 +316,59 @@ impl Exchange {
         std::thread::park();
     }
 
+    /// Up to `max` bytes of request body if some is buffered, or the end,
+    /// without waiting: `None` means a read would have to wait.
+    pub(crate) fn try_read_body(&self, max: usize) -> Option<BodyRead> {
+        let mut st = self.state.lock();
+        if st.closed && !st.body_complete {
+            return Some(BodyRead::Closed);
+        }
+        if let Some(front) = st.body.front_mut() {
+            let data = if front.len() <= max {
+                st.body.pop_front().unwrap_or_default()
+            } else {
+                front.split_to(max)
+            };
+            st.body_buffered -= data.len();
+            if let Some(waker) = st.pump.take() {
+                drop(st);
+                wake(waker);
+            }
+            return Some(BodyRead::Data(data));
+        }
+        if st.body_complete {
+            return Some(BodyRead::End);
+        }
+        st.body_wanted = true;
+        if let Some(waker) = st.pump.take() {
+            drop(st);
+            wake(waker);
+        }
+        None
+    }
+
     /// Up to `max` bytes of request body, waiting for them if needed.
     pub(crate) fn read_body_blocking(&self, max: usize) -> BodyRead {
         loop {
-            let mut st = self.state.lock();
-            if st.closed && !st.body_complete {
-                return BodyRead::Closed;
+            if let Some(read) = self.try_read_body(max) {
+                return read;
             }
-            if let Some(front) = st.body.front_mut() {
-                let data = if front.len() <= max {
-                    st.body.pop_front().unwrap_or_default()
-                } else {
-                    front.split_to(max)
-                };
-                st.body_buffered -= data.len();
-                if let Some(waker) = st.pump.take() {
-                    drop(st);
-                    wake(waker);
-                }
-                return BodyRead::Data(data);
+            let st = self.state.lock();
+            if st.body.is_empty() && !st.body_complete && !st.closed {
+                Exchange::park(st);
             }
-            if st.body_complete {
-                return BodyRead::End;
-            }
-            st.body_wanted = true;
-            if let Some(waker) = st.pump.take() {
-                wake(waker);
-            }
-            Exchange::park(st);
         }
     }
 
-    /// Queues the response head (once) and a body chunk, then waits while
-    /// more than the high-water mark is buffered behind a slow client.
-    /// `Err(())` means the client is gone.
-    pub(crate) fn send_blocking(
+    /// Queues the response head (once) and a body chunk. Returns whether the
+    /// client is still there and whether the buffer is now over its
+    /// high-water mark (then call [`Exchange::wait_for_room`]).
+    pub(crate) fn queue_response(
         &self,
         start: Option<ResponseStart>,
         data: Bytes,
         more: bool,
-    ) -> Result<(), ()> {
+    ) -> Result<bool, ()> {
         let mut st = self.state.lock();
         if st.closed {
             return Err(());
@@ -372,12 +385,34 @@ impl Exchange {
         if let Some(waker) = st.reactor.take() {
             wake(waker);
         }
-        while st.response_buffered > RESPONSE_HIGH_WATER {
-            Exchange::park(st);
-            st = self.state.lock();
+        Ok(st.response_buffered > RESPONSE_HIGH_WATER)
+    }
+
+    /// Waits while a slow client has more than the high-water mark buffered.
+    /// `Err(())` means the client is gone.
+    pub(crate) fn wait_for_room(&self) -> Result<(), ()> {
+        let mut st = self.state.lock();
+        loop {
             if st.closed {
                 return Err(());
             }
+            if st.response_buffered <= RESPONSE_HIGH_WATER {
+                return Ok(());
+            }
+            Exchange::park(st);
+            st = self.state.lock();
+        }
+    }
+
+    /// [`Exchange::queue_response`], then [`Exchange::wait_for_room`] if needed.
+    pub(crate) fn send_blocking(
+        &self,
+        start: Option<ResponseStart>,
+        data: Bytes,
+        more: bool,
+    ) -> Result<(), ()> {
+        if self.queue_response(start, data, more)? {
+            self.wait_for_room()?;
         }
         Ok(())
     }

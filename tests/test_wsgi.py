@@ -184,7 +184,9 @@ def test_content_type_and_length_only_when_sent(server):
 
     out = env_over(
         conn,
-        request("POST", "/typed", headers=[("Content-Type", "text/plain; charset=utf-8")], body=b"abc"),
+        request(
+            "POST", "/typed", headers=[("Content-Type", "text/plain; charset=utf-8")], body=b"abc"
+        ),
     )
     env = out["environ"]
     assert env["CONTENT_TYPE"] == "text/plain; charset=utf-8"
@@ -208,7 +210,8 @@ def test_chunked_upload_has_no_content_length(server):
     conn = raw(server)
     data = (
         b"POST /chunked HTTP/1.1\r\nHost: testserver\r\nTransfer-Encoding: chunked\r\n"
-        b"Content-Type: application/octet-stream\r\n\r\n" + chunked([b"hello ", b"chunked ", b"world"])
+        b"Content-Type: application/octet-stream\r\n\r\n"
+        + chunked([b"hello ", b"chunked ", b"world"])
     )
     out = env_over(conn, data)
     env = out["environ"]
@@ -474,7 +477,8 @@ def random_lines(seed: int, size: int) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "op, n", [("readline", 0), ("readline_limit", 100), ("read_n", 65536), ("read_n", 1000), ("iter", 0)]
+    "op, n",
+    [("readline", 0), ("readline_limit", 100), ("read_n", 65536), ("read_n", 1000), ("iter", 0)],
 )
 def test_input_methods_on_a_1mb_chunked_upload(server, op, n):
     body = random_lines(7, 1 << 20)
@@ -492,7 +496,11 @@ def test_read_content_length_returns_the_whole_body_sent_slowly(server):
     """`read(int(CONTENT_LENGTH))` (what most apps do) gets every byte, not the first packet."""
     body = bytes(range(256)) * 40
     conn = raw(server)
-    conn.send(request("POST", f"/input?op=read_cl&n={len(body)}", headers=[("Content-Length", str(len(body)))]))
+    conn.send(
+        request(
+            "POST", f"/input?op=read_cl&n={len(body)}", headers=[("Content-Length", str(len(body)))]
+        )
+    )
     for i in range(0, len(body), 2000):
         time.sleep(0.1)
         conn.send(body[i : i + 2000])
@@ -530,6 +538,10 @@ def test_unread_body_is_discarded_before_the_next_request(server, use_chunked):
     conn.send(data + request("GET", "/next"))
     first = conn.read_response()
     assert first.status == 200 and first.body == b"ignored"
+    if (first.header("connection") or "").lower() == "close":
+        # allowed: the server closes instead of draining what the app left unread
+        assert conn.is_closed_by_peer(5)
+        return
     second = conn.read_response()
     assert second.status == 200, second.status_line
     assert json.loads(second.body)["environ"]["PATH_INFO"] == "/next"

@@ -425,6 +425,15 @@ impl HttpSend {
     }
 }
 
+/// The traceback of a Rust-side `PyErr` as Python prints it.
+pub(crate) fn format_error(py: Python<'_>, err: &PyErr) -> String {
+    let value = err.value(py);
+    if let Some(traceback) = err.traceback(py) {
+        let _ = value.setattr(intern!(py, "__traceback__"), traceback);
+    }
+    format_exception(py, value.as_any())
+}
+
 /// The traceback of `exc` as Python prints it.
 pub(crate) fn format_exception(py: Python<'_>, exc: &Bound<'_, PyAny>) -> String {
     let formatted = py

@@ -27,6 +27,9 @@ pub(crate) struct ResponseBody {
     /// Released when the body is done, so streaming responses count against
     /// `--limit-concurrency` until they end.
     in_flight: Option<InFlight>,
+    /// The abort has been held back for one poll so hyper flushes what the
+    /// app did send before the connection is cut.
+    abort_flushed: bool,
 }
 
 impl ResponseBody {
@@ -35,6 +38,7 @@ impl ResponseBody {
             source,
             log,
             in_flight: None,
+            abort_flushed: false,
         }
     }
 
@@ -64,6 +68,13 @@ impl http_body::Body for ResponseBody {
                     log.bytes += chunk.len() as u64;
                 }
                 Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Poll::Ready(Some(Err(_))) if !this.abort_flushed => {
+                // hyper drops its write buffer when a body fails: give it one
+                // turn to flush the head and chunks the client should see.
+                this.abort_flushed = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
             Poll::Ready(Some(Err(aborted))) => {
                 if let Some(log) = &mut this.log {

@@ -37,8 +37,14 @@ impl WsgiInput {
                 return Ok(leftover.split_to(take));
             }
         }
-        let exchange = Arc::clone(&self.exchange);
-        match py.detach(move || exchange.read_body_blocking(max)) {
+        let read = match self.exchange.try_read_body(max) {
+            Some(read) => read,
+            None => {
+                let exchange = Arc::clone(&self.exchange);
+                py.detach(move || exchange.read_body_blocking(max))
+            }
+        };
+        match read {
             BodyRead::Data(data) => Ok(data),
             BodyRead::End => Ok(Bytes::new()),
             BodyRead::Closed => Err(ClientDisconnected::new_err(

@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
-use crate::asgi::http::format_exception;
+use crate::asgi::http::format_error;
 use crate::asgi::ClientDisconnected;
 use crate::exchange::RequestStart;
 use environ::EnvironContext;
@@ -58,7 +58,15 @@ pub(crate) fn start_pool(
             .name(format!("rsasgi-wsgi-{index}"))
             .spawn(move || {
                 while let Ok(job) = receiver.recv() {
-                    Python::attach(|py| run(py, &app, &ctx, job));
+                    // Keep the GIL for requests already queued: handing it
+                    // to another pool thread per request costs more than
+                    // the request.
+                    Python::attach(|py| {
+                        run(py, &app, &ctx, job);
+                        while let Ok(job) = receiver.try_recv() {
+                            run(py, &app, &ctx, job);
+                        }
+                    });
                 }
                 Python::attach(move |_py| drop((app, ctx)));
             })
@@ -95,7 +103,7 @@ fn run(py: Python<'_>, app: &Py<PyAny>, ctx: &EnvironContext, job: Box<RequestSt
             } else {
                 "sent 500"
             };
-            let traceback = format_exception(py, err.value(py).as_any());
+            let traceback = format_error(py, &err);
             tracing::error!(
                 "Exception in WSGI application while handling \"{request}\" ({outcome})\n{traceback}"
             );

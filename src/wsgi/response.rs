@@ -41,7 +41,10 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
     let code = text
         .get(..3)
         .filter(|code| code.bytes().all(|b| b.is_ascii_digit()));
-    let well_formed = code.is_some() && (text.len() == 3 || text.as_bytes()[3] == b' ');
+    // A reason phrase with CR/LF could inject headers: refuse control characters.
+    let well_formed = code.is_some()
+        && (text.len() == 3 || text.as_bytes()[3] == b' ')
+        && !text.chars().any(char::is_control);
     match code
         .filter(|_| well_formed)
         .and_then(|code| code.parse::<u16>().ok())
@@ -73,9 +76,19 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
             })?;
         let (name, value) = (pair.get_item(0)?, pair.get_item(1)?);
         let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
-            return Err(PyTypeError::new_err(
-                "response header names and values must be str (PEP 3333 native strings)",
-            ));
+            return Err(PyTypeError::new_err(format!(
+                "response header {} must be a pair of str (PEP 3333 native strings), got ({}, {})",
+                pair.repr().map(|r| r.to_string()).unwrap_or_default(),
+                name.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+                value
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+            )));
         };
         let name = name.to_str()?;
         let value = value.to_str()?;

@@ -80,7 +80,7 @@ OPS = (
 
 
 def apply_op(stream, op: str, n: int) -> list:
-    """Apply `op` to wsgi.input (in the app) or to io.BytesIO (in the tests, for the expected parts)."""
+    """Apply `op` to wsgi.input (app) or to io.BytesIO (tests: the expected parts)."""
     parts: list = []
     if op == "read_n":
         for _ in range(1_000_000):
@@ -131,7 +131,6 @@ def apply_op(stream, op: str, n: int) -> list:
     else:
         raise ValueError(op)
     return parts
-
 
 
 # --- used by the tests -----------------------------------------------------------------------

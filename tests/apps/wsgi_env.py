@@ -26,6 +26,7 @@ import time
 
 from wsgi_common import apply_op, put, query
 
+
 def describe(environ) -> dict:
     env = {}
     types = {}
@@ -41,7 +42,9 @@ def describe(environ) -> dict:
         "environ": env,
         "types": types,
         "key_types": sorted({type(k).__name__ for k in environ}),
-        "input": sorted(m for m in ("read", "readline", "readlines", "__iter__") if hasattr(inp, m)),
+        "input": sorted(
+            m for m in ("read", "readline", "readlines", "__iter__") if hasattr(inp, m)
+        ),
         "errors": sorted(m for m in ("write", "writelines", "flush") if hasattr(err, m)),
         "file_wrapper_callable": callable(environ.get("wsgi.file_wrapper")),
     }
@@ -103,7 +106,9 @@ def app(environ, start_response):
                 next_report = size + (1 << 20)
         if tag:
             put(f"{tag}.progress", str(size))
-        return send_json(start_response, {"sha256": digest.hexdigest(), "size": size, "reads": reads})
+        return send_json(
+            start_response, {"sha256": digest.hexdigest(), "size": size, "reads": reads}
+        )
 
     if path == "/ignore-body":
         return simple(start_response, b"ignored")

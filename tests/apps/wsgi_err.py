@@ -141,7 +141,9 @@ def app(environ, start_response):
             except KeyError:
                 try:
                     start_response(
-                        "500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info()
+                        "500 Internal Server Error",
+                        [("Content-Type", "text/plain")],
+                        sys.exc_info(),
                     )
                 except KeyError as exc:
                     mark(f"{tag}.log", f"reraised {type(exc).__name__} {exc}")

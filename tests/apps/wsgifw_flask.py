@@ -4,6 +4,8 @@ Nothing here knows about rsasgi: the server must recognise `app` as WSGI by itse
 """
 
 import hashlib
+import os
+import tempfile
 import time
 
 from flask import (
@@ -13,6 +15,7 @@ from flask import (
     jsonify,
     redirect,
     request,
+    send_file,
     session,
     stream_with_context,
     url_for,
@@ -88,6 +91,23 @@ def stream():
     return Response(stream_with_context(generate()), mimetype="application/octet-stream")
 
 
+def download_content(size: int) -> bytes:
+    """What /download/<size> serves; test_wsgi_frameworks.py computes the same bytes."""
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+@app.get("/download/<int:size>")
+def download(size):
+    # send_file hands an open file to wsgi.file_wrapper; conditional=True answers Range and
+    # If-None-Match requests.
+    path = os.path.join(tempfile.gettempdir(), f"wsgifw-download-{os.getpid()}-{size}.bin")
+    if not os.path.exists(path):
+        with open(path + ".part", "wb") as file:
+            file.write(download_content(size))
+        os.replace(path + ".part", path)
+    return send_file(path, mimetype="application/octet-stream", conditional=True)
+
+
 @app.get("/login")
 def login():
     session["user"] = request.args["user"]
@@ -107,3 +127,19 @@ def teapot():
 @app.get("/boom")
 def boom():
     raise RuntimeError("wsgifw_flask boom")
+
+
+# A second app that lets exceptions out to the server, as Flask does with PROPAGATE_EXCEPTIONS
+# (or in testing mode): the server itself must answer 500 and log the traceback.
+strict_app = Flask(__name__ + ".strict")
+strict_app.config["PROPAGATE_EXCEPTIONS"] = True
+
+
+@strict_app.get("/")
+def strict_index():
+    return "strict"
+
+
+@strict_app.get("/boom")
+def strict_boom():
+    raise ValueError("wsgifw_flask strict boom")

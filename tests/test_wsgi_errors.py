@@ -1,0 +1,292 @@
+"""A WSGI app that fails in any of the ways PEP 3333 forbids never takes the worker down, never
+puts an invalid header on the wire, and gets a 500 while nothing has been sent (an aborted
+connection afterwards). Also start_response's exc_info semantics.
+
+App: tests/apps/wsgi_err.py. Markers in $WSGI_MARKER_DIR.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+from apps.proto_raw import RawConn, request
+from apps.wsgi_common import wait_for_line
+
+APP = "wsgi_err:app"
+
+
+@pytest.fixture
+def markers(tmp_path):
+    path = tmp_path / "markers"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def server(run_rsasgi, markers):
+    return run_rsasgi(APP, "--no-access-log", env={"WSGI_MARKER_DIR": str(markers)})
+
+
+def raw(server) -> RawConn:
+    return RawConn(server.connect())
+
+
+def assert_worker_alive(server) -> None:
+    assert server.proc.poll() is None, server.output()[-3000:]
+    r = httpx.get(f"{server.url}/ok", timeout=10)
+    assert (r.status_code, r.content) == (200, b"ok")
+    assert "panicked" not in server.output(), server.output()[-3000:]
+
+
+def wait_log(server, *needles: str, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        log = server.output()
+        if all(n in log for n in needles):
+            return log
+        if time.monotonic() > deadline:
+            missing = [n for n in needles if n not in log]
+            raise AssertionError(f"log lacks {missing!r}:\n{log[-4000:]}")
+        time.sleep(0.05)
+
+
+def recv_until_closed(conn: RawConn, timeout: float = 10.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    data = bytearray(conn.buf)
+    conn.buf.clear()
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"connection still open after {timeout}s; got {bytes(data)!r}"
+        conn.sock.settimeout(remaining)
+        try:
+            piece = conn.sock.recv(65536)
+        except ConnectionResetError:
+            return bytes(data)
+        except (TimeoutError, socket.timeout):
+            continue
+        if not piece:
+            return bytes(data)
+        data += piece
+
+
+def get_500(server, path: str):
+    """GET `path` over a raw socket; the response must be a complete, well-framed 500."""
+    conn = raw(server)
+    conn.send(request("GET", path))
+    resp = conn.read_response()
+    assert resp.status == 500, (resp.status_line, resp.headers, resp.body)
+    assert resp.body == b"Internal Server Error"
+    assert (resp.header("content-type") or "").startswith("text/plain"), resp.headers
+    return resp
+
+
+def assert_aborted(data: bytes, partial: bytes) -> bytes:
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data
+    assert b"transfer-encoding: chunked" in head.lower(), data
+    assert partial in body, data
+    # the terminating zero-length chunk is never sent: the client sees a truncated response
+    assert not body.endswith(b"0\r\n\r\n"), data
+    assert b"\r\n0\r\n\r\n" not in body, data
+    return body
+
+
+# --- exceptions ------------------------------------------------------------------------------
+
+
+def test_raise_before_start_response(server):
+    r = httpx.get(f"{server.url}/raise-before", timeout=10)
+    assert r.status_code == 500
+    assert r.text == "Internal Server Error"
+    assert r.headers["content-type"].startswith("text/plain")
+    log = wait_log(
+        server,
+        "Exception in WSGI application",
+        "Traceback (most recent call last)",
+        "ValueError: wsgi-boom-before-start",
+    )
+    # the access log is off, so the request line can only come from the error report
+    assert any("GET" in ln and "/raise-before" in ln for ln in log.splitlines()), log[-3000:]
+    assert "wsgi_err.py" in log, "the traceback does not show the app's frame"
+    assert_worker_alive(server)
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/raise-after-start", "ValueError: wsgi-boom-after-start-response"),
+        ("/raise-first-yield", "ValueError: wsgi-boom-first-yield"),
+    ],
+)
+def test_raise_before_anything_was_sent_is_a_500(server, path, message):
+    resp = get_500(server, path)
+    # the headers of the failed start_response are dropped
+    assert resp.header("x-started") is None, resp.headers
+    wait_log(server, "Exception in WSGI application", message, "Traceback (most recent call last)")
+    assert_worker_alive(server)
+
+
+def test_raise_after_the_first_chunk_aborts_the_response(server):
+    conn = raw(server)
+    conn.send(request("GET", "/raise-midway"))
+    data = recv_until_closed(conn)
+    assert_aborted(data, b"partial-body")
+    wait_log(server, "Exception in WSGI application", "RuntimeError: wsgi-boom-midway")
+    assert_worker_alive(server)
+
+
+def test_raise_after_the_first_chunk_via_httpx(server):
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(f"{server.url}/raise-midway", timeout=10)
+    assert_worker_alive(server)
+
+
+@pytest.mark.parametrize("path", ["/return-none", "/no-start-response", "/yield-str", "/write-str"])
+def test_protocol_misuse_is_a_500(server, path):
+    get_500(server, path)
+    log = wait_log(server, path)
+    assert "Exception in WSGI application" in log or "Error" in log, log[-3000:]
+    assert_worker_alive(server)
+
+
+def test_head_of_a_failing_app_has_no_body(server):
+    conn = raw(server)
+    conn.send(request("HEAD", "/raise-before") + request("GET", "/ok"))
+    head = conn.read_response("HEAD")
+    assert head.status == 500
+    if (head.header("connection") or "").lower() == "close":
+        assert conn.is_closed_by_peer(5)
+        return
+    # a body leaked after the HEAD response would break the parse of this one
+    after = conn.read_response()
+    assert after.status_line.startswith(b"HTTP/1.1 200"), after.status_line
+    assert after.body == b"ok"
+
+
+def test_wsgi_errors_written_before_a_crash_are_logged(server):
+    r = httpx.get(f"{server.url}/stderr-line", timeout=10)
+    assert r.status_code == 500
+    wait_log(server, "wsgi-errors-before-raise", "LookupError: wsgi-boom-after-stderr")
+
+
+def test_worker_survives_many_failures(server):
+    paths = ["/raise-before", "/raise-midway", "/header?case=name-space", "/status?case=int"]
+    for i in range(25):
+        conn = raw(server)
+        conn.send(request("GET", paths[i % len(paths)], headers=[("Connection", "close")]))
+        recv_until_closed(conn)
+        conn.sock.close()
+    assert_worker_alive(server)
+
+
+# --- invalid headers and status --------------------------------------------------------------
+
+# case -> strings of which the log must contain at least one (naming the offending header)
+HEADER_CASES = {
+    "name-space": ("Bad Name",),
+    "name-colon": ("X-Colon",),
+    "name-empty": (),
+    "name-newline": ("X-New",),
+    "value-crlf": ("X-Evil",),
+    "value-lf": ("X-Evil-Lf",),
+    "value-cr": ("X-Evil-Cr",),
+    "value-nul": ("X-Nul",),
+    # wrong types: the name, or the offending value
+    "name-bytes": ("X-Bytes-Name",),
+    "value-bytes": ("X-Bytes-Value", "b'value'"),
+    "value-int": ("X-Int-Value", "5 is not"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADER_CASES))
+def test_invalid_response_header_is_a_500_never_sent(server, case):
+    conn = raw(server)
+    conn.send(request("GET", f"/header?case={case}"))
+    head = conn.read_until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500"), head
+    lowered = head.lower()
+    for leaked in (b"injected", b"bad name", b"x-evil", b"x-nul", b"x-colon", b"x-new", b"x-bytes"):
+        assert leaked not in lowered, f"{leaked!r} reached the wire: {head!r}"
+    assert b"x-int-value" not in lowered
+    conn.buf[:0] = head
+    resp = conn.read_response()
+    assert resp.body == b"Internal Server Error"
+    needles = HEADER_CASES[case]
+    log = wait_log(server, f"case={case}")
+    if needles:
+        deadline = time.monotonic() + 5
+        while not any(n in log for n in needles) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            log = server.output()
+        assert any(n in log for n in needles), f"log does not name {needles}:\n{log[-3000:]}"
+    assert_worker_alive(server)
+
+
+@pytest.mark.parametrize(
+    "case", ["bytes", "int", "no-code", "short-code", "long-code", "letters", "empty", "crlf"]
+)
+def test_invalid_status_is_a_500(server, case):
+    conn = raw(server)
+    conn.send(request("GET", f"/status?case={case}"))
+    resp = conn.read_response()
+    assert resp.status_line == b"HTTP/1.1 500 Internal Server Error", resp.status_line
+    assert resp.body == b"Internal Server Error"
+    assert all(n != "injected" for n, _ in resp.headers), resp.headers
+    wait_log(server, f"/status?case={case}")
+    assert_worker_alive(server)
+
+
+# --- start_response called twice -------------------------------------------------------------
+
+
+def test_second_start_response_with_exc_info_before_sending_replaces_the_status(server):
+    conn = raw(server)
+    conn.send(request("GET", "/exc-before"))
+    resp = conn.read_response()
+    assert resp.status_line == b"HTTP/1.1 500 Internal Server Error", resp.status_line
+    assert resp.body == b"error page"
+    assert resp.header("x-error-page") == "yes"
+    assert resp.header("x-first") is None, resp.headers
+    assert resp.header("content-length") in (None, "10"), resp.headers
+    assert resp.header("content-type") == "text/plain"
+    conn.send(request("GET", "/ok"))
+    assert conn.read_response().body == b"ok"
+
+
+def test_exc_info_after_the_first_chunk_is_reraised_and_aborts(server, markers):
+    conn = raw(server)
+    conn.send(request("GET", "/exc-after?tag=after"))
+    data = recv_until_closed(conn)
+    body = assert_aborted(data, b"partial-body")
+    assert b"error page after headers" not in body
+    assert wait_for_line(markers / "after.log", "reraised KeyError 'wsgi-exc-after-sent'")
+    wait_log(server, "wsgi-exc-after-sent")
+    assert_worker_alive(server)
+
+
+def test_exc_info_after_write_is_reraised_and_aborts(server, markers):
+    conn = raw(server)
+    conn.send(request("GET", "/exc-after-write?tag=w"))
+    data = recv_until_closed(conn)
+    body = assert_aborted(data, b"written-body")
+    assert b"error page after write" not in body
+    assert wait_for_line(markers / "w.log", "reraised KeyError 'wsgi-exc-after-write'")
+    wait_log(server, "wsgi-exc-after-write")
+    assert_worker_alive(server)
+
+
+def test_start_response_twice_without_exc_info_is_a_500(server, markers):
+    resp = get_500(server, "/twice?tag=twice")
+    assert resp.status == 500
+    text = ""
+    deadline = time.monotonic() + 5
+    while not text and time.monotonic() < deadline:
+        if (markers / "twice.log").exists():
+            text = (markers / "twice.log").read_text()
+        time.sleep(0.05)
+    assert text.startswith("second call raised "), f"second start_response was accepted: {text!r}"
+    wait_log(server, "/twice")
+    assert_worker_alive(server)

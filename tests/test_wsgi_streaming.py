@@ -1,0 +1,606 @@
+"""WSGI responses and uploads in motion: write(), close(), wsgi.file_wrapper, large generator
+responses to slow clients, large uploads, and the thread pool under load.
+
+Apps: tests/apps/wsgi_stream.py and tests/apps/wsgi_env.py (/sha256). Apps report through
+marker files in $WSGI_MARKER_DIR (see tests/apps/wsgi_common.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import socket
+import struct
+import threading
+import time
+
+import httpx
+import pytest
+from apps.proto_raw import RawConn, request, rss_kib
+from apps.wsgi_common import block, read_lines, wait_for_line
+
+APP = "wsgi_stream:app"
+MiB = 1 << 20
+
+
+@pytest.fixture
+def markers(tmp_path):
+    path = tmp_path / "markers"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def server(run_rsasgi, markers):
+    return run_rsasgi(APP, env={"WSGI_MARKER_DIR": str(markers)})
+
+
+def raw(server, timeout: float = 10.0) -> RawConn:
+    return RawConn(server.connect(), timeout=timeout)
+
+
+def still_serving(server) -> None:
+    r = httpx.get(f"{server.url}/", timeout=10)
+    assert r.status_code == 200 and r.content == b"ok", (r.status_code, r.content)
+    out = server.output()
+    assert "panicked" not in out, out[-3000:]
+
+
+def stable_lines(path, settle: float = 0.5) -> list[str]:
+    """The marker file's lines once nothing has been added for `settle` s."""
+    lines = read_lines(path)
+    while True:
+        time.sleep(settle)
+        again = read_lines(path)
+        if again == lines:
+            return lines
+        lines = again
+
+
+def recv_until_closed(conn: RawConn, timeout: float = 10.0) -> bytes:
+    """Everything until the server closes; fails if it stays open for `timeout` s."""
+    deadline = time.monotonic() + timeout
+    data = bytearray(conn.buf)
+    conn.buf.clear()
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"connection still open after {timeout}s; got {bytes(data[-300:])!r}"
+        conn.sock.settimeout(remaining)
+        try:
+            piece = conn.sock.recv(65536)
+        except ConnectionResetError:
+            return bytes(data)
+        except (TimeoutError, socket.timeout):
+            continue
+        if not piece:
+            return bytes(data)
+        data += piece
+
+
+# --- write() ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mode, body",
+    [
+        ("only", b"hello world"),
+        ("mixed", b"one-two-three-four"),
+        ("cl", b"hello world"),
+        ("empty-then", b"after empty write"),
+    ],
+)
+def test_write_callable(server, mode, body):
+    conn = raw(server)
+    conn.send(request("GET", f"/write?mode={mode}"))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.body == body
+    if mode == "cl":
+        assert resp.header("content-length") == "11"
+        assert resp.header("transfer-encoding") is None
+    # framing was right: the connection is still in sync
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"ok"
+
+
+def test_write_callable_via_httpx(server):
+    r = httpx.get(f"{server.url}/write?mode=mixed", timeout=10)
+    assert r.status_code == 200
+    assert r.content == b"one-two-three-four"
+
+
+@pytest.mark.parametrize("route", ["/write-wait", "/yield-wait"])
+def test_first_chunk_reaches_the_client_before_the_app_continues(server, markers, route):
+    """write() and each yielded chunk go out at once, not when the app returns."""
+    conn = raw(server, timeout=5)
+    conn.send(request("GET", f"{route}?tag=w"))
+    resp = conn.read_head()
+    assert resp.status == 200
+    assert resp.header("transfer-encoding") == "chunked", resp.headers
+    body = conn.iter_body(resp)
+    assert next(body) == b"first"
+    (markers / "w.go").write_text("go")
+    rest = b"".join(body)
+    assert rest == b"second", "the app timed out waiting: the client saw nothing before"
+
+
+# --- close() ---------------------------------------------------------------------------------
+
+
+def test_close_called_after_a_full_response(server, markers):
+    conn = raw(server)
+    conn.send(request("GET", "/close?mode=full&tag=full"))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.body == b"part0;part1;part2;part3;"
+    wait_for_line(markers / "full.log", "close")
+    assert stable_lines(markers / "full.log") == [
+        "yield 0",
+        "yield 1",
+        "yield 2",
+        "yield 3",
+        "close",
+    ]
+
+
+def test_close_called_on_a_list_subclass(server, markers):
+    r = httpx.get(f"{server.url}/close-list?tag=lst", timeout=10)
+    assert r.content == b"list-body"
+    wait_for_line(markers / "lst.log", "close")
+    assert stable_lines(markers / "lst.log") == ["close"]
+
+
+def test_close_called_after_head(server, markers):
+    conn = raw(server)
+    conn.send(request("HEAD", "/close?mode=head&tag=head"))
+    resp = conn.read_response("HEAD")
+    assert resp.status == 200
+    assert resp.header("content-length") == "11"
+    wait_for_line(markers / "head.log", "close")
+    assert stable_lines(markers / "head.log")[-1] == "close"
+    assert stable_lines(markers / "head.log").count("close") == 1
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"ok"
+
+
+def test_close_called_when_the_iterable_raises_midway(server, markers):
+    conn = raw(server)
+    conn.send(request("GET", "/close?mode=raise&tag=mid"))
+    data = recv_until_closed(conn)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data
+    assert b"transfer-encoding: chunked" in head.lower(), data
+    assert b"part0;" in body and b"part1;" in body, data
+    assert not body.endswith(b"0\r\n\r\n"), f"aborted response was terminated: {data!r}"
+    wait_for_line(markers / "mid.log", "close")
+    assert stable_lines(markers / "mid.log") == ["yield 0", "yield 1", "raising", "close"]
+    still_serving(server)
+
+
+def test_close_called_when_the_iterable_raises_before_the_first_chunk(server, markers):
+    r = httpx.get(f"{server.url}/close?mode=raise-first&tag=first", timeout=10)
+    assert r.status_code == 500
+    wait_for_line(markers / "first.log", "close")
+    assert stable_lines(markers / "first.log") == ["raising", "close"]
+    still_serving(server)
+
+
+def test_close_called_when_the_client_disconnects_mid_response(server, markers):
+    conn = raw(server)
+    conn.send(request("GET", "/close?mode=disconnect&tag=gone"))
+    resp = conn.read_head()
+    assert resp.status == 200
+    body = conn.iter_body(resp)
+    got = 0
+    while got < 256 * 1024:
+        got += len(next(body))
+    # abortive close (RST), as a browser tab being closed often does
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.sock.close()
+    lines = wait_for_line(markers / "gone.log", "close", timeout=15)
+    assert "gave up" not in lines
+    final = stable_lines(markers / "gone.log")
+    assert final[-1] == "close", final[-5:]
+    assert final.count("close") == 1
+    still_serving(server)
+
+
+def test_close_called_when_the_client_disconnects_gracefully(server, markers):
+    conn = raw(server)
+    conn.send(request("GET", "/close?mode=disconnect&tag=fin"))
+    resp = conn.read_head()
+    assert resp.status == 200
+    next(conn.iter_body(resp))
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.sock.close()
+    wait_for_line(markers / "fin.log", "close", timeout=15)
+    final = stable_lines(markers / "fin.log")
+    assert final[-1] == "close" and final.count("close") == 1
+    assert "gave up" not in final
+    still_serving(server)
+
+
+# --- wsgi.file_wrapper -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def big_file(tmp_path):
+    rng = random.Random(2024)
+    path = tmp_path / "big.bin"
+    data = rng.randbytes(20 * MiB)
+    path.write_bytes(data)
+    return path, data
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("with_length", [True, False])
+def test_file_wrapper_sends_a_20mb_file(server, markers, big_file, with_length):
+    path, data = big_file
+    tag = "fw-cl" if with_length else "fw-nocl"
+    conn = raw(server, timeout=30)
+    conn.send(request("GET", f"/file?path={path}&cl={int(with_length)}&tag={tag}"))
+    resp = conn.read_head()
+    assert resp.status == 200
+    digest = hashlib.sha256()
+    total = 0
+    for piece in conn.iter_body(resp):
+        digest.update(piece)
+        total += len(piece)
+    assert total == len(data)
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    if with_length:
+        assert resp.header("content-length") == str(len(data))
+        assert resp.header("transfer-encoding") is None
+    else:
+        assert resp.header("content-length") in (None, str(len(data)))
+        if resp.header("content-length") is None:
+            assert resp.header("transfer-encoding") == "chunked", resp.headers
+    # the wrapper's close() closed the file, and the connection is still in sync
+    wait_for_line(markers / f"{tag}.log", "file-close")
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"ok"
+
+
+def test_file_wrapper_via_httpx(server, big_file):
+    path, data = big_file
+    r = httpx.get(f"{server.url}/file", params={"path": str(path), "cl": "1"}, timeout=30)
+    assert r.status_code == 200
+    assert len(r.content) == len(data)
+    assert hashlib.sha256(r.content).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_file_wrapper_starts_at_the_current_file_position(server, big_file):
+    path, data = big_file
+    seek = 1_000_003
+    conn = raw(server, timeout=30)
+    conn.send(request("GET", f"/file?path={path}&cl=1&seek={seek}&tag=seek"))
+    resp = conn.read_response()
+    assert resp.header("content-length") == str(len(data) - seek)
+    assert len(resp.body) == len(data) - seek
+    assert resp.body == data[seek:]
+
+
+def test_file_wrapper_honours_a_shorter_content_length(server, markers, big_file):
+    path, data = big_file
+    conn = raw(server)
+    conn.send(request("GET", f"/file?path={path}&cl=1000&tag=short"))
+    resp = conn.read_response()
+    assert resp.header("content-length") == "1000"
+    assert resp.body == data[:1000]
+    # not one byte more: the next response parses
+    conn.send(request("GET", "/"))
+    after = conn.read_response()
+    assert after.status_line.startswith(b"HTTP/1.1 200"), after.status_line
+    assert after.body == b"ok"
+    wait_for_line(markers / "short.log", "file-close")
+
+
+def test_file_wrapper_with_a_block_size(server, big_file):
+    path, data = big_file
+    conn = raw(server, timeout=30)
+    conn.send(request("GET", f"/file?path={path}&cl=1&blk=1000&tag=blk"))
+    resp = conn.read_response()
+    assert hashlib.sha256(resp.body).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_file_wrapper_over_an_object_without_fileno(server):
+    size = MiB + 17
+    conn = raw(server)
+    conn.send(request("GET", f"/file-bytesio?size={size}"))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.header("content-length") == str(size)
+    assert resp.body == block(0, size)
+
+
+def test_file_wrapper_head_has_no_body(server, markers, big_file):
+    path, data = big_file
+    conn = raw(server)
+    conn.send(request("HEAD", f"/file?path={path}&cl=1&tag=fwhead"))
+    resp = conn.read_response("HEAD")
+    assert resp.status == 200
+    assert resp.header("content-length") == str(len(data))
+    conn.send(request("GET", "/"))
+    after = conn.read_response()
+    assert after.status_line.startswith(b"HTTP/1.1 200"), after.status_line
+    wait_for_line(markers / "fwhead.log", "file-close")
+
+
+# --- large generator responses and slow clients ----------------------------------------------
+
+
+def gen_sha(size: int, chunk: int) -> str:
+    digest = hashlib.sha256()
+    sent = i = 0
+    while sent < size:
+        n = min(chunk, size - sent)
+        digest.update(block(i, n))
+        sent += n
+        i += 1
+    return digest.hexdigest()
+
+
+@pytest.mark.timeout(120)
+def test_slow_reader_of_a_200mb_generator_keeps_memory_bounded(server, markers):
+    size = 200 * MiB
+    chunk = 64 * 1024
+    with httpx.stream("GET", f"{server.url}/gen?size={MiB}&tag=warm", timeout=30) as r:
+        assert sum(len(d) for d in r.iter_raw()) == MiB
+    pid = server.proc.pid
+    baseline = rss_kib(pid)
+    assert baseline > 0
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", server.port))
+    conn = RawConn(sock, timeout=30)
+    conn.send(request("GET", f"/gen?size={size}&chunk={chunk}&tag=slow"))
+    peak = baseline
+
+    # Phase 1: read nothing for 3 s; the pool thread must wait, not the server buffer.
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        peak = max(peak, rss_kib(pid))
+        time.sleep(0.1)
+    progress = int((markers / "slow.progress").read_text())
+    assert progress < 64 * MiB, (
+        f"the generator produced {progress} bytes while the client read nothing: "
+        "no backpressure on the WSGI thread"
+    )
+
+    # Phase 2: read slowly for 2 s.
+    digest = hashlib.sha256()
+    resp = conn.read_head()
+    assert resp.status == 200
+    body = conn.iter_body(resp)
+    total = 0
+    end = time.monotonic() + 2
+    while time.monotonic() < end:
+        data = next(body)
+        digest.update(data)
+        total += len(data)
+        peak = max(peak, rss_kib(pid))
+        time.sleep(0.02)
+
+    # Phase 3: the rest as fast as possible.
+    n = 0
+    for data in body:
+        digest.update(data)
+        total += len(data)
+        n += 1
+        if n % 200 == 0:
+            peak = max(peak, rss_kib(pid))
+    growth_mib = (peak - baseline) / 1024
+    assert growth_mib < 100, f"server RSS grew by {growth_mib:.0f} MiB (baseline {baseline} KiB)"
+    assert total == size
+    assert digest.hexdigest() == gen_sha(size, chunk)
+    still_serving(server)
+
+
+# --- large uploads ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env_server(run_rsasgi, markers):
+    return run_rsasgi("wsgi_env:app", env={"WSGI_MARKER_DIR": str(markers)})
+
+
+class RssSampler:
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.baseline = rss_kib(pid)
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak - self.baseline) / 1024
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("use_chunked", [True, False])
+def test_10mb_upload_hashed_by_the_app(env_server, use_chunked):
+    rng = random.Random(99)
+    pieces = [rng.randbytes(64 * 1024) for _ in range(160)]
+    payload = b"".join(pieces)
+    expected = hashlib.sha256(payload).hexdigest()
+    httpx.post(f"{env_server.url}/sha256", content=b"warm-up", timeout=10)
+    with RssSampler(env_server.proc.pid) as rss:
+        if use_chunked:
+            r = httpx.post(f"{env_server.url}/sha256?chunk=65536", content=iter(pieces), timeout=30)
+        else:
+            r = httpx.post(f"{env_server.url}/sha256?chunk=65536", content=payload, timeout=30)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["size"] == 10 * MiB
+    assert out["sha256"] == expected
+    assert out["reads"] >= 160
+    assert rss.growth_mib < 50, f"server RSS grew by {rss.growth_mib:.0f} MiB for a 10 MiB upload"
+
+
+@pytest.mark.timeout(90)
+def test_upload_is_not_buffered_before_the_app_reads(env_server, markers):
+    """The app sleeps 3 s before reading a 96 MiB body: the client must be held back."""
+    size = 96 * MiB
+    unit = hashlib.sha256(b"unit").digest() * 2048  # 64 KiB
+    expected = hashlib.sha256(unit * (size // len(unit))).hexdigest()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sock.connect(("127.0.0.1", env_server.port))
+    conn = RawConn(sock, timeout=30)
+    conn.send(request("POST", "/sha256?delay=3&tag=up", headers=[("Content-Length", str(size))]))
+    pid = env_server.proc.pid
+    baseline = rss_kib(pid)
+    peak = baseline
+    sent = 0
+    view = memoryview(unit)
+    sock.settimeout(0.05)
+    end = time.monotonic() + 2.5
+    while time.monotonic() < end and sent < size:
+        try:
+            n = sock.send(view[sent % len(unit) :])
+            sent += n
+        except (TimeoutError, socket.timeout, BlockingIOError):
+            peak = max(peak, rss_kib(pid))
+    peak = max(peak, rss_kib(pid))
+    assert not (markers / "up.progress").exists(), "the app read before its 3 s delay ended"
+    assert sent < 64 * MiB, f"the client could push {sent >> 20} MiB before the app read anything"
+    growth = (peak - baseline) / 1024
+    assert growth < 50, f"server RSS grew by {growth:.0f} MiB holding an unread upload"
+    sock.settimeout(30)
+    while sent < size:
+        off = sent % len(unit)
+        n = sock.send(view[off:])
+        sent += n
+    resp = conn.read_response()
+    assert resp.status == 200, (resp.status_line, resp.body)
+    out = json.loads(resp.body)
+    assert out["size"] == size
+    assert out["sha256"] == expected
+
+
+# --- the thread pool -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_50_concurrent_slow_requests_with_4_threads(run_rsasgi, markers):
+    server = run_rsasgi("--threads", "4", APP, env={"WSGI_MARKER_DIR": str(markers)})
+    results: dict[int, tuple[int, bytes]] = {}
+    errors: list[str] = []
+
+    def one(i: int) -> None:
+        try:
+            r = httpx.get(f"{server.url}/sleep?s=0.2&tag=r{i}", timeout=30)
+            results[i] = (r.status_code, r.content)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{i}: {exc!r}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+    elapsed = time.monotonic() - start
+    assert errors == []
+    assert sorted(results) == list(range(50))
+    bad = {i: r for i, r in results.items() if r != (200, f"r{i}".encode())}
+    assert bad == {}
+    stats = httpx.get(f"{server.url}/stats", timeout=10).json()
+    assert stats["count"] == 50
+    assert stats["inflight"] == 0
+    assert stats["max_inflight"] == 4, stats
+    assert stats["threads"] <= 4, stats
+    # 50 requests of 0.2 s on 4 threads take at least ceil(50 / 4) * 0.2 s = 2.6 s
+    assert elapsed >= 2.4, f"50 x 0.2 s finished in {elapsed:.2f}s: more than 4 threads ran"
+    assert elapsed < 20, f"50 x 0.2 s on 4 threads took {elapsed:.2f}s"
+
+
+def wait_started(markers, tag: str, timeout: float = 10.0) -> float:
+    path = markers / f"{tag}.started"
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{tag} never started"
+        time.sleep(0.01)
+    return float(path.read_text())
+
+
+@pytest.mark.timeout(60)
+def test_busy_pool_queues_requests_but_the_reactor_answers_503(run_rsasgi, markers):
+    server = run_rsasgi(
+        "--threads", "2", "--limit-concurrency", "3", APP, env={"WSGI_MARKER_DIR": str(markers)}
+    )
+    sleepers = []
+    for tag in ("s1", "s2"):
+        conn = raw(server)
+        conn.send(request("GET", f"/sleep?s=2&tag={tag}"))
+        sleepers.append(conn)
+    started = [wait_started(markers, t) for t in ("s1", "s2")]
+    queued = raw(server)
+    queued.send(request("GET", "/sleep?s=0&tag=q"))
+    time.sleep(0.3)
+    assert not (markers / "q.started").exists(), "a third request ran with --threads 2"
+
+    t0 = time.monotonic()
+    r = httpx.get(f"{server.url}/", timeout=5)
+    took = time.monotonic() - t0
+    assert r.status_code == 503, (r.status_code, r.content)
+    assert took < 1.0, f"503 took {took:.2f}s: the reactor waited for the pool"
+    assert not (markers / "q.started").exists()
+
+    for conn, tag in zip(sleepers, ("s1", "s2")):
+        resp = conn.read_response()
+        assert (resp.status, resp.body) == (200, tag.encode())
+    resp = queued.read_response()
+    assert (resp.status, resp.body) == (200, b"q")
+    q_started = float((markers / "q.started").read_text())
+    assert q_started >= min(started) + 1.9, "the queued request ran before a thread was free"
+    still_serving(server)
+
+
+@pytest.mark.timeout(60)
+def test_sleeping_app_does_not_block_the_reactor(run_rsasgi, markers):
+    server = run_rsasgi("--threads", "1", APP, env={"WSGI_MARKER_DIR": str(markers)})
+    sleeper = raw(server)
+    sleeper.send(request("GET", "/sleep?s=2&tag=busy"))
+    wait_started(markers, "busy")
+    # the reactor still accepts and parses: a malformed request is answered at once
+    t0 = time.monotonic()
+    bad = raw(server)
+    bad.send(b"THIS IS NOT HTTP\r\n\r\n")
+    data = recv_until_closed(bad, timeout=5)
+    assert data.startswith(b"HTTP/1.1 400"), data[:200]
+    assert time.monotonic() - t0 < 1.0
+    # a valid request waits for the only thread, then gets its answer
+    waiting = raw(server)
+    waiting.send(request("GET", "/sleep?s=0&tag=after"))
+    first = sleeper.read_response()
+    assert (first.status, first.body) == (200, b"busy")
+    second = waiting.read_response()
+    assert (second.status, second.body) == (200, b"after")
+
+
+def test_pool_threads_are_reused(run_rsasgi, markers):
+    server = run_rsasgi("--threads", "2", APP, env={"WSGI_MARKER_DIR": str(markers)})
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for i in range(20):
+            assert client.get(f"/sleep?s=0&tag=n{i}").content == f"n{i}".encode()
+    stats = httpx.get(f"{server.url}/stats", timeout=10).json()
+    assert stats["count"] == 20
+    assert stats["threads"] <= 2, stats
