@@ -42,6 +42,9 @@ pub(crate) struct RequestStart {
 pub(crate) struct ResponseStart {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    /// A reason phrase other than the status code's standard one (WSGI apps
+    /// choose theirs, e.g. Werkzeug's "418 I'M A TEAPOT").
+    pub reason: Option<hyper::ext::ReasonPhrase>,
 }
 
 /// Why the reactor could not send the app's response.

@@ -189,7 +189,11 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
             if let Some(raw) = message.get_item(intern!(py, "headers"))? {
                 parse_headers(&raw, &mut headers)?;
             }
-            Ok(Outgoing::Start(ResponseStart { status, headers }))
+            Ok(Outgoing::Start(ResponseStart {
+                status,
+                headers,
+                reason: None,
+            }))
         }
         "http.response.body" => {
             let data = match message.get_item(intern!(py, "body"))? {

@@ -201,6 +201,9 @@ pub(crate) async fn handle(
         .holding(in_flight),
     );
     *response.status_mut() = start.status;
+    if let Some(reason) = start.reason {
+        response.extensions_mut().insert(reason);
+    }
     let headers = response.headers_mut();
     *headers = start.headers;
     state.add_server_headers(headers);

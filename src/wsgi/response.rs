@@ -30,7 +30,10 @@ pub(crate) struct ResponseState {
 
 pub(crate) type SharedResponse = Arc<Mutex<ResponseState>>;
 
-fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
+/// The status code and, when it is not the standard one, the reason phrase.
+fn parse_status(
+    status: &Bound<'_, PyAny>,
+) -> PyResult<(StatusCode, Option<hyper::ext::ReasonPhrase>)> {
     let status = status.cast::<PyString>().map_err(|_| {
         PyTypeError::new_err(format!(
             "start_response() status must be a str like \"200 OK\", got {}",
@@ -51,7 +54,14 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
         .filter(|code| (200..=599).contains(code))
         .and_then(|code| StatusCode::from_u16(code).ok())
     {
-        Some(status) => Ok(status),
+        Some(status) => {
+            let reason = text.get(4..).unwrap_or("").trim();
+            let custom = !reason.is_empty() && Some(reason) != status.canonical_reason();
+            let reason = custom
+                .then(|| hyper::ext::ReasonPhrase::try_from(reason.as_bytes().to_vec()).ok())
+                .flatten();
+            Ok((status, reason))
+        }
         None => Err(PyValueError::new_err(format!(
             "start_response() status must be \"NNN Reason\" with NNN from 200 to 599, got {text:?}"
         ))),
@@ -151,11 +161,15 @@ impl StartResponse {
                 _ => {}
             }
         }
-        let status = parse_status(status)?;
+        let (status, reason) = parse_status(status)?;
         let headers = parse_headers(headers)?;
         let mut st = self.state.lock();
         st.called = true;
-        st.pending = Some(ResponseStart { status, headers });
+        st.pending = Some(ResponseStart {
+            status,
+            headers,
+            reason,
+        });
         drop(st);
         Py::new(
             py,
