@@ -13,8 +13,9 @@ use http::header::{HeaderName, HeaderValue};
 
 use crate::config::{
     parse_app, parse_header, parse_root_path, parse_seconds, Bind, Config, EventLoop, Interface,
-    Lifespan, LogLevel, MIN_REQUEST_HEAD,
+    Lifespan, LogLevel, WsMode, MIN_REQUEST_HEAD,
 };
+use crate::ws::WsSettings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -125,6 +126,37 @@ struct Args {
     #[arg(long, env = "RSASGI_THREADS", value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u64).range(1..), help_heading = "Application")]
     threads: u64,
+
+    /// WebSocket support; "none" passes upgrade requests to the app as plain HTTP.
+    #[arg(
+        long,
+        env = "RSASGI_WS",
+        value_enum,
+        default_value = "auto",
+        help_heading = "WebSockets"
+    )]
+    ws: WsMode,
+
+    /// Largest WebSocket message accepted, in bytes; a larger one closes the connection with 1009.
+    #[arg(long, env = "RSASGI_WS_MAX_SIZE", value_name = "BYTES", default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = "WebSockets")]
+    ws_max_size: u64,
+
+    /// Incoming WebSocket messages buffered for an app that is not reading;
+    /// beyond it the server stops reading the socket.
+    #[arg(long, env = "RSASGI_WS_MAX_QUEUE", value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = "WebSockets")]
+    ws_max_queue: u64,
+
+    /// Seconds between keep-alive pings to WebSocket clients (0 disables them).
+    #[arg(long, env = "RSASGI_WS_PING_INTERVAL", value_name = "SECONDS", default_value = "20",
+          value_parser = parse_seconds, help_heading = "WebSockets")]
+    ws_ping_interval: Duration,
+
+    /// Close a WebSocket (1011) whose client does not answer a ping within this many seconds.
+    #[arg(long, env = "RSASGI_WS_PING_TIMEOUT", value_name = "SECONDS", default_value = "20",
+          value_parser = parse_seconds, help_heading = "WebSockets")]
+    ws_ping_timeout: Duration,
 
     /// Log level.
     #[arg(
@@ -240,6 +272,12 @@ where
         backlog: args.backlog,
         env_file: args.env_file,
         threads: usize::try_from(args.threads).unwrap_or(usize::MAX),
+        ws: (args.ws == WsMode::Auto).then(|| WsSettings {
+            max_size: usize::try_from(args.ws_max_size).unwrap_or(usize::MAX),
+            max_queue: usize::try_from(args.ws_max_queue).unwrap_or(usize::MAX),
+            ping_interval: (!args.ws_ping_interval.is_zero()).then_some(args.ws_ping_interval),
+            ping_timeout: args.ws_ping_timeout,
+        }),
     })
 }
 

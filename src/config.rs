@@ -107,6 +107,17 @@ pub(crate) struct Config {
     pub env_file: Option<PathBuf>,
     /// Threads per worker running a WSGI app.
     pub threads: usize,
+    /// WebSocket settings; `None` with `--ws none`.
+    pub ws: Option<crate::ws::WsSettings>,
+}
+
+/// Whether WebSocket upgrades are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum WsMode {
+    /// Serve WebSockets (RFC 6455) to ASGI apps.
+    Auto,
+    /// Treat upgrade requests as plain HTTP requests.
+    None,
 }
 
 /// Parses `NAME:VALUE` into a response header, as `--header` takes it.

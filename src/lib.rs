@@ -12,6 +12,7 @@ mod http;
 mod logging;
 mod net;
 mod worker;
+mod ws;
 mod wsgi;
 
 use pyo3::prelude::*;
@@ -107,6 +108,8 @@ fn _rsasgi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<asgi::http::HttpReceive>()?;
     m.add_class::<asgi::http::HttpSend>()?;
     m.add_class::<bridge::Ready>()?;
+    m.add_class::<asgi::websocket::WebSocketReceive>()?;
+    m.add_class::<asgi::websocket::WebSocketSend>()?;
     m.add_class::<wsgi::FileWrapper>()?;
     m.add(
         "ClientDisconnected",

@@ -17,7 +17,8 @@ use pyo3::types::PyDict;
 use tokio::sync::watch;
 
 use crate::asgi::http::{resolve_waiter, HttpReceive, HttpSend, CREATE_FUTURE};
-use crate::asgi::scope::{http_scope, ScopeContext};
+use crate::asgi::scope::{http_scope, websocket_scope, ScopeContext};
+use crate::asgi::websocket::{resolve_ws_waiter, WebSocketReceive, WebSocketSend};
 use crate::bridge::{
     deliver_wakes, mark_loop_thread, mark_reactor_thread, Bridge, Event, CALL_SOON,
 };
@@ -75,7 +76,22 @@ impl Worker {
                 drop(guard);
                 spawn.call1(py, (scope, receive, send))?;
             }
+            Event::WebSocket(start) => {
+                let guard = self.python.lock();
+                let Some(side) = guard.as_ref() else {
+                    return Ok(());
+                };
+                let scope = websocket_scope(py, &side.scope, &start)?;
+                let receive = Py::new(py, WebSocketReceive::new(Arc::clone(&start.session)))?;
+                let send = Py::new(py, WebSocketSend::new(Arc::clone(&start.session)))?;
+                let Some(spawn) = side.spawn.as_ref().map(|spawn| spawn.clone_ref(py)) else {
+                    return Ok(());
+                };
+                drop(guard);
+                spawn.call1(py, (scope, receive, send))?;
+            }
             Event::Resolve(waiter) => resolve_waiter(py, waiter)?,
+            Event::WsResolve(waiter) => resolve_ws_waiter(py, waiter)?,
             Event::Stopped => {
                 let stopped = self
                     .python

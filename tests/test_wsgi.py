@@ -547,6 +547,24 @@ def test_unread_body_is_discarded_before_the_next_request(server, use_chunked):
     assert json.loads(second.body)["environ"]["PATH_INFO"] == "/next"
 
 
+def test_waiting_for_body_data_does_not_block_other_requests(run_rsasgi):
+    """An app blocked in wsgi.input.read() on a slow upload leaves the GIL to the others."""
+    server = run_rsasgi("--threads", "2", APP)
+    slow = raw(server)
+    slow.send(request("POST", "/sha256", headers=[("Content-Length", "10")]) + b"12345")
+    time.sleep(0.5)  # the app is now waiting for the other 5 bytes
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        t0 = time.monotonic()
+        for _ in range(10):
+            assert client.get("/framing/cl").content == b"hello world"
+        took = time.monotonic() - t0
+    assert took < 3, f"10 requests took {took:.2f}s while a thread waited for body data"
+    slow.send(b"67890")
+    out = json.loads(slow.read_response().body)
+    assert out["size"] == 10
+    assert out["sha256"] == hashlib.sha256(b"1234567890").hexdigest()
+
+
 # --- framing ---------------------------------------------------------------------------------
 
 

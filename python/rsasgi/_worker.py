@@ -169,7 +169,7 @@ async def _serve(worker, app, interface, loop) -> int:
 
     create_task = loop.create_task
 
-    async def run_http(scope, receive, send):
+    async def run_app(scope, receive, send):
         try:
             await app(scope, receive, send)
         except BaseException as exc:  # noqa: BLE001 - reported, and the worker lives on
@@ -180,7 +180,7 @@ async def _serve(worker, app, interface, loop) -> int:
             send._finish()
 
     def spawn(scope, receive, send):
-        create_task(run_http(scope, receive, send))
+        create_task(run_app(scope, receive, send))
 
     stop = asyncio.Event()
     signals_seen = []

@@ -99,7 +99,7 @@ pub(crate) fn resolve_waiter(py: Python<'_>, waiter: Waiter) -> PyResult<()> {
     Ok(())
 }
 
-fn new_future(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+pub(crate) fn new_future(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     let create = CREATE_FUTURE
         .get(py)
         .ok_or_else(|| PyRuntimeError::new_err("rsasgi: no event loop is running"))?;
@@ -226,7 +226,7 @@ fn type_name(value: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn bytes_of(value: &Bound<'_, PyAny>) -> Option<Bytes> {
+pub(crate) fn bytes_of(value: &Bound<'_, PyAny>) -> Option<Bytes> {
     if let Ok(bytes) = value.cast::<PyBytes>() {
         return Some(Bytes::copy_from_slice(bytes.as_bytes()));
     }
@@ -236,7 +236,7 @@ fn bytes_of(value: &Bound<'_, PyAny>) -> Option<Bytes> {
     None
 }
 
-fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
+pub(crate) fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
     if status.is_instance_of::<pyo3::types::PyBool>()
         || !status.is_instance_of::<pyo3::types::PyInt>()
     {
@@ -259,7 +259,7 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
     }
 }
 
-fn parse_headers(raw: &Bound<'_, PyAny>, headers: &mut HeaderMap) -> PyResult<()> {
+pub(crate) fn parse_headers(raw: &Bound<'_, PyAny>, headers: &mut HeaderMap) -> PyResult<()> {
     let iter = raw.try_iter().map_err(|_| {
         PyTypeError::new_err("http.response.start 'headers' must be an iterable of [name, value]")
     })?;

@@ -3,6 +3,7 @@
 
 pub(crate) mod http;
 pub(crate) mod scope;
+pub(crate) mod websocket;
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyOSError;

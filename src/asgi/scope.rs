@@ -9,6 +9,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::exchange::Exchange;
+use crate::ws::offered_subprotocols;
+use crate::ws::session::WsStart;
 
 /// The ASGI spec version this server implements.
 pub(crate) const SPEC_VERSION: &str = "2.4";
@@ -65,27 +67,23 @@ pub(crate) fn decode_path(raw: &str) -> String {
         .into_owned()
 }
 
-/// The scope dict of one HTTP request.
-pub(crate) fn http_scope<'py>(
+/// The keys an `http` and a `websocket` scope share (path, query, headers,
+/// addresses, state).
+fn fill_request_keys<'py>(
     py: Python<'py>,
+    scope: &Bound<'py, PyDict>,
     ctx: &ScopeContext,
-    exchange: &Exchange,
+    uri: &http::Uri,
     headers: &http::HeaderMap,
-) -> PyResult<Bound<'py, PyDict>> {
-    let scope = PyDict::new(py);
-    scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+    client: Option<SocketAddr>,
+    server: Option<SocketAddr>,
+) -> PyResult<()> {
     let asgi = PyDict::new(py);
     asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
     asgi.set_item(intern!(py, "spec_version"), intern!(py, SPEC_VERSION))?;
     scope.set_item(intern!(py, "asgi"), asgi)?;
-    scope.set_item(
-        intern!(py, "http_version"),
-        http_version(py, exchange.version),
-    )?;
-    scope.set_item(intern!(py, "method"), method(py, &exchange.method))?;
-    scope.set_item(intern!(py, "scheme"), intern!(py, "http"))?;
 
-    let raw_path = exchange.uri.path();
+    let raw_path = uri.path();
     let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
     let path = decode_path(raw_path);
     if ctx.root_path.is_empty() {
@@ -101,7 +99,7 @@ pub(crate) fn http_scope<'py>(
         full.extend_from_slice(raw_path.as_bytes());
         scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, &full))?;
     }
-    let query = exchange.uri.query().unwrap_or("");
+    let query = uri.query().unwrap_or("");
     scope.set_item(
         intern!(py, "query_string"),
         PyBytes::new(py, query.as_bytes()),
@@ -120,9 +118,66 @@ pub(crate) fn http_scope<'py>(
         list.append(pair)?;
     }
     scope.set_item(intern!(py, "headers"), list)?;
-    scope.set_item(intern!(py, "client"), address(py, exchange.client)?)?;
-    scope.set_item(intern!(py, "server"), address(py, exchange.server)?)?;
+    scope.set_item(intern!(py, "client"), address(py, client)?)?;
+    scope.set_item(intern!(py, "server"), address(py, server)?)?;
     scope.set_item(intern!(py, "state"), ctx.state.bind(py).copy()?)?;
+    Ok(())
+}
+
+/// The scope dict of one HTTP request.
+pub(crate) fn http_scope<'py>(
+    py: Python<'py>,
+    ctx: &ScopeContext,
+    exchange: &Exchange,
+    headers: &http::HeaderMap,
+) -> PyResult<Bound<'py, PyDict>> {
+    let scope = PyDict::new(py);
+    scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+    scope.set_item(
+        intern!(py, "http_version"),
+        http_version(py, exchange.version),
+    )?;
+    scope.set_item(intern!(py, "method"), method(py, &exchange.method))?;
+    scope.set_item(intern!(py, "scheme"), intern!(py, "http"))?;
+    fill_request_keys(
+        py,
+        &scope,
+        ctx,
+        &exchange.uri,
+        headers,
+        exchange.client,
+        exchange.server,
+    )?;
+    Ok(scope)
+}
+
+/// The scope dict of one WebSocket connection.
+pub(crate) fn websocket_scope<'py>(
+    py: Python<'py>,
+    ctx: &ScopeContext,
+    start: &WsStart,
+) -> PyResult<Bound<'py, PyDict>> {
+    let scope = PyDict::new(py);
+    scope.set_item(intern!(py, "type"), intern!(py, "websocket"))?;
+    scope.set_item(
+        intern!(py, "http_version"),
+        http_version(py, start.head.version),
+    )?;
+    scope.set_item(intern!(py, "scheme"), intern!(py, "ws"))?;
+    fill_request_keys(
+        py,
+        &scope,
+        ctx,
+        &start.head.uri,
+        &start.head.headers,
+        start.session.client,
+        start.session.server,
+    )?;
+    let subprotocols = PyList::new(py, offered_subprotocols(&start.head.headers))?;
+    scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
+    let extensions = PyDict::new(py);
+    extensions.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
+    scope.set_item(intern!(py, "extensions"), extensions)?;
     Ok(scope)
 }
 

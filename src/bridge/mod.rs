@@ -42,6 +42,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
 use crate::exchange::{Exchange, RequestStart};
+use crate::ws::session::{WsSession, WsStart};
 
 /// How many events one drain handles before yielding to the asyncio loop, so
 /// a flood of requests cannot starve tasks that are already running.
@@ -105,8 +106,12 @@ pub(crate) fn deliver_wakes() {
 pub(crate) enum Event {
     /// A request arrived: build its scope and start the app.
     Request(Box<RequestStart>),
+    /// A client opened a WebSocket: build its scope and start the app.
+    WebSocket(Box<WsStart>),
     /// A future the app awaits (in `receive()` or `send()`) can complete.
     Resolve(Waiter),
+    /// The same, for a WebSocket connection.
+    WsResolve(WsWaiter),
     /// The reactor has finished: every connection is closed.
     Stopped,
 }
@@ -122,6 +127,13 @@ pub(crate) enum WaitKind {
 pub(crate) struct Waiter {
     pub future: Py<PyAny>,
     pub exchange: Arc<Exchange>,
+    pub kind: WaitKind,
+}
+
+/// An asyncio future parked in a WebSocket session, on its way back to Python.
+pub(crate) struct WsWaiter {
+    pub future: Py<PyAny>,
+    pub session: Arc<WsSession>,
     pub kind: WaitKind,
 }
 

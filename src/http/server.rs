@@ -16,11 +16,18 @@ use super::service::{handle, Peers};
 use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::net::Listener;
+use crate::ws::{Registry, WsSettings};
 use crate::wsgi::Jobs;
 
 /// How long the accept loop pauses after an accept error such as running out
 /// of file descriptors, so it does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// How often shutdown checks whether the last WebSocket has closed.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
+
+/// How long WebSockets get to exchange close frames (1012) at shutdown.
+const WEBSOCKET_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// What every connection of a worker shares.
 pub(crate) struct ServerState {
@@ -33,10 +40,14 @@ pub(crate) struct ServerState {
     pub access_log: bool,
     pub server_header: bool,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    /// WebSocket settings when upgrades are served (ASGI apps, `--ws auto`).
+    pub ws: Option<WsSettings>,
+    pub websockets: Arc<Registry>,
 }
 
 impl ServerState {
     pub(crate) fn new(config: &Config, bridge: Arc<Bridge>, wsgi: Option<Jobs>) -> ServerState {
+        let wsgi_is_none = wsgi.is_none();
         ServerState {
             bridge,
             wsgi,
@@ -46,6 +57,8 @@ impl ServerState {
             access_log: config.access_log,
             server_header: config.server_header,
             extra_headers: config.headers.clone(),
+            ws: config.ws.clone().filter(|_| wsgi_is_none),
+            websockets: Arc::new(Registry::default()),
         }
     }
 }
@@ -122,12 +135,28 @@ pub(crate) async fn serve(
         }
     }
     let grace = (*shutdown.borrow()).unwrap_or_default();
+    let websockets = Arc::clone(&state.websockets);
+    let drained = async {
+        graceful.shutdown().await;
+        while websockets.open_count() > 0 {
+            tokio::time::sleep(SHUTDOWN_POLL).await;
+        }
+    };
     tokio::select! {
-        _ = graceful.shutdown() => tracing::debug!("all connections closed"),
+        _ = drained => tracing::debug!("all connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!(
-            "Requests still running after --timeout-graceful-shutdown {}s; closing their connections",
+            "Connections still open after --timeout-graceful-shutdown {}s; closing them",
             grace.as_secs_f64()
         ),
+    }
+    if websockets.open_count() > 0 {
+        websockets.close_all();
+        let closed = async {
+            while websockets.open_count() > 0 {
+                tokio::time::sleep(SHUTDOWN_POLL).await;
+            }
+        };
+        let _ = tokio::time::timeout(WEBSOCKET_CLOSE_WAIT, closed).await;
     }
 }
 

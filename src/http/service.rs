@@ -19,6 +19,8 @@ use super::body::{ResponseBody, Source};
 use super::server::ServerState;
 use crate::bridge::Event;
 use crate::exchange::{Exchange, Refusal, RequestStart};
+use crate::ws::session::{Handshake, WsSession, WsStart};
+use crate::ws::{self, WsSettings};
 
 /// The two ends of one connection, as the scope reports them.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +94,14 @@ pub(crate) async fn handle(
             tracing::debug!(client = ?peers.client, "400 Bad Request: {reason}");
             let status = StatusCode::BAD_REQUEST;
             return Ok(state.error_response(status, record(status), true));
+        }
+    }
+
+    if let Some(settings) = &state.ws {
+        if ws::is_upgrade(request.method(), request.headers()) {
+            let log = record(StatusCode::SWITCHING_PROTOCOLS);
+            let settings = settings.clone();
+            return Ok(open_websocket(request, peers, Arc::clone(&state), settings, log).await);
         }
     }
 
@@ -218,6 +228,108 @@ pub(crate) async fn handle(
         *response.version_mut() = Version::HTTP_10;
     }
     Ok(response)
+}
+
+/// Marks a WebSocket session over if hyper drops the handshake (the client left).
+struct FinishOnDrop(Option<Arc<WsSession>>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        if let Some(session) = self.0.take() {
+            session.finish(ws::code::ABNORMAL, "");
+        }
+    }
+}
+
+/// Hands a WebSocket handshake to the app and answers it as the app says:
+/// 101 and the connection loop, 403, or the app's own HTTP response.
+async fn open_websocket(
+    request: Request<Incoming>,
+    peers: Peers,
+    state: Arc<ServerState>,
+    settings: WsSettings,
+    log: Option<AccessRecord>,
+) -> Response<ResponseBody> {
+    let accept = match ws::accept_key(request.headers()) {
+        Ok(accept) => accept,
+        Err(reason) => {
+            tracing::debug!(client = ?peers.client, "400 Bad Request: websocket handshake: {reason}");
+            let status = StatusCode::BAD_REQUEST;
+            return state.error_response(status, log.map(|l| l.with_status(status)), true);
+        }
+    };
+    let (mut head, _body) = request.into_parts();
+    let on_upgrade = head.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let path = head
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let session = Arc::new(WsSession::new(
+        Arc::clone(&state.bridge),
+        settings.max_queue,
+        path,
+        peers.client,
+        peers.server,
+    ));
+    state.bridge.push(Event::WebSocket(Box::new(WsStart {
+        session: Arc::clone(&session),
+        head,
+    })));
+    let mut finisher = FinishOnDrop(Some(Arc::clone(&session)));
+    let handshake = poll_fn(|cx| session.poll_handshake(cx)).await;
+    finisher.0 = None;
+    match handshake {
+        Some(Handshake::Accept {
+            subprotocol,
+            headers,
+        }) => {
+            let Some(on_upgrade) = on_upgrade else {
+                session.finish(ws::code::ABNORMAL, "");
+                let status = StatusCode::INTERNAL_SERVER_ERROR;
+                return state.error_response(status, log.map(|l| l.with_status(status)), true);
+            };
+            let mut response = Response::new(ResponseBody::new(Source::Fixed(None), log));
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let response_headers = response.headers_mut();
+            *response_headers = headers;
+            response_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            response_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            response_headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            if let Some(protocol) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+                response_headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+            }
+            state.add_server_headers(response_headers);
+            let registry = Arc::clone(&state.websockets);
+            tokio::spawn(async move {
+                match on_upgrade.await {
+                    Ok(upgraded) => ws::serve(upgraded, session, settings, registry).await,
+                    Err(err) => {
+                        tracing::debug!("websocket upgrade failed: {err}");
+                        session.finish(ws::code::ABNORMAL, "");
+                    }
+                }
+            });
+            response
+        }
+        Some(Handshake::Reject(status)) => {
+            state.error_response(status, log.map(|l| l.with_status(status)), true)
+        }
+        Some(Handshake::Respond(start, body)) => {
+            let mut response = Response::new(ResponseBody::new(
+                Source::Fixed(Some(body)),
+                log.map(|l| l.with_status(start.status)),
+            ));
+            *response.status_mut() = start.status;
+            *response.headers_mut() = start.headers;
+            state.add_server_headers(response.headers_mut());
+            response
+        }
+        None => {
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            state.error_response(status, log.map(|l| l.with_status(status)), true)
+        }
+    }
 }
 
 /// Reads the request body into the exchange as the app consumes it, never

@@ -1,0 +1,285 @@
+//! WebSockets (RFC 6455) over HTTP/1.1 upgrades.
+//!
+//! The protocol engine is tokio-tungstenite, used only in this module so it
+//! can be replaced (or extended with permessage-deflate, or WebSockets over
+//! HTTP/2) without touching the ASGI side. The ASGI side talks to a
+//! connection through its [`WsSession`].
+
+pub(crate) mod session;
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::Method;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+pub(crate) use session::WsSession;
+use session::{AppEvent, AppMessage, PeerMessage};
+
+/// How long to wait for the peer's close frame after sending ours.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Close codes the server sends (RFC 6455 §7.4.1).
+pub(crate) mod code {
+    pub const NORMAL: u16 = 1000;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const NO_STATUS: u16 = 1005;
+    pub const ABNORMAL: u16 = 1006;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+    pub const SERVICE_RESTART: u16 = 1012;
+}
+
+/// WebSocket settings from the command line.
+#[derive(Debug, Clone)]
+pub(crate) struct WsSettings {
+    pub max_size: usize,
+    pub max_queue: usize,
+    /// `None` disables keep-alive pings.
+    pub ping_interval: Option<Duration>,
+    pub ping_timeout: Duration,
+}
+
+/// Open connections, so shutdown can wait for them and then close them.
+#[derive(Default)]
+pub(crate) struct Registry {
+    open: AtomicUsize,
+    closing: watch::Sender<bool>,
+}
+
+impl Registry {
+    pub(crate) fn open_count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Tells every open connection to close with 1012 (service restart).
+    pub(crate) fn close_all(&self) {
+        self.closing.send_replace(true);
+    }
+}
+
+struct Registered<'a>(&'a Registry);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// True when the request asks to open a WebSocket (RFC 6455 §4.2.1).
+pub(crate) fn is_upgrade(method: &Method, headers: &HeaderMap) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    method == Method::GET
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+}
+
+/// Checks the handshake headers; returns the `Sec-WebSocket-Accept` value.
+pub(crate) fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, &'static str> {
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err("Sec-WebSocket-Version must be 13");
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or("missing Sec-WebSocket-Key")?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    HeaderValue::from_str(&accept).map_err(|_| "invalid Sec-WebSocket-Key")
+}
+
+/// The subprotocols a client offers, in its order of preference.
+pub(crate) fn offered_subprotocols(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|proto| proto.trim().to_string())
+        .filter(|proto| !proto.is_empty())
+        .collect()
+}
+
+fn close_code_of(error: &WsError) -> (u16, &'static str) {
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            (code::TOO_BIG, "message too big")
+        }
+        WsError::Capacity(_) => (code::TOO_BIG, "frame too big"),
+        WsError::Utf8(_) => (code::INVALID_DATA, "invalid UTF-8 in text message"),
+        WsError::Protocol(_) | WsError::AttackAttempt => (code::PROTOCOL_ERROR, "protocol error"),
+        _ => (code::ABNORMAL, ""),
+    }
+}
+
+fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_string().into(),
+    }))
+}
+
+/// Runs an upgraded connection until it closes.
+pub(crate) async fn serve(
+    upgraded: Upgraded,
+    session: Arc<WsSession>,
+    settings: WsSettings,
+    registry: Arc<Registry>,
+) {
+    registry.open.fetch_add(1, Ordering::Relaxed);
+    let _registered = Registered(&registry);
+    let mut closing = registry.closing.subscribe();
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(settings.max_size))
+        .max_frame_size(Some(settings.max_size));
+    let stream =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let (mut sink, mut stream) = stream.split();
+
+    let mut ping = settings.ping_interval.map(|every| {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
+    let mut awaiting_pong: Option<Instant> = None;
+    // The close code and reason the app will see.
+    let mut outcome: Option<(u16, String)> = None;
+    // Set once we sent a close frame: wait (bounded) for the peer's reply.
+    let mut close_sent_at: Option<tokio::time::Instant> = None;
+
+    loop {
+        let room = close_sent_at.is_none() && session.has_room();
+        let read_wanted = room || close_sent_at.is_some();
+        let close_deadline = close_sent_at.map(|at| at + CLOSE_TIMEOUT);
+        tokio::select! {
+            event = poll_fn(|cx| session.poll_app(cx, !room)), if close_sent_at.is_none() => {
+                match event {
+                    AppEvent::Room => {}
+                    AppEvent::Send(messages) => {
+                        let mut failed = false;
+                        for message in messages {
+                            let frame = match message {
+                                AppMessage::Text(text) => Message::text(text),
+                                AppMessage::Binary(data) => Message::binary(data),
+                                AppMessage::Close(code, reason) => {
+                                    outcome.get_or_insert((code, reason.clone()));
+                                    close_sent_at = Some(tokio::time::Instant::now());
+                                    close_message(code, &reason)
+                                }
+                            };
+                            if sink.feed(frame).await.is_err() {
+                                failed = true;
+                                break;
+                            }
+                        }
+                        if failed || sink.flush().await.is_err() {
+                            outcome.get_or_insert((code::ABNORMAL, String::new()));
+                            break;
+                        }
+                    }
+                }
+            }
+            message = stream.next(), if read_wanted => match message {
+                Some(Ok(Message::Text(text))) => {
+                    session.push_incoming(PeerMessage::Text(text.as_str().to_string()));
+                }
+                Some(Ok(Message::Binary(data))) => {
+                    session.push_incoming(PeerMessage::Binary(data));
+                }
+                Some(Ok(Message::Pong(_))) => awaiting_pong = None,
+                Some(Ok(Message::Ping(_))) => {
+                    // tungstenite queued the pong; send it now.
+                    if sink.flush().await.is_err() {
+                        outcome.get_or_insert((code::ABNORMAL, String::new()));
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = match &frame {
+                        Some(frame) => (u16::from(frame.code), frame.reason.as_str().to_string()),
+                        None => (code::NO_STATUS, String::new()),
+                    };
+                    outcome.get_or_insert((code, reason));
+                    // Send tungstenite's queued close reply.
+                    let _ = sink.flush().await;
+                    break;
+                }
+                Some(Ok(Message::Frame(_))) => {}
+                Some(Err(error)) => {
+                    let (code, reason) = close_code_of(&error);
+                    if code != code::ABNORMAL && close_sent_at.is_none() {
+                        tracing::info!(
+                            "closing websocket {} with {code}: {error}",
+                            session.path
+                        );
+                        let _ = sink.send(close_message(code, reason)).await;
+                    }
+                    outcome.get_or_insert((code, reason.to_string()));
+                    break;
+                }
+                None => {
+                    outcome.get_or_insert((code::ABNORMAL, String::new()));
+                    break;
+                }
+            },
+            _ = async {
+                match ping.as_mut() {
+                    Some(interval) => { interval.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            }, if close_sent_at.is_none() => {
+                if awaiting_pong.is_some_and(|sent| sent.elapsed() >= settings.ping_timeout) {
+                    tracing::info!("websocket {} did not answer a ping; closing", session.path);
+                    let reason = "keepalive ping timeout";
+                    let _ = sink.send(close_message(code::INTERNAL_ERROR, reason)).await;
+                    outcome.get_or_insert((code::INTERNAL_ERROR, reason.to_string()));
+                    break;
+                }
+                if awaiting_pong.is_none() {
+                    awaiting_pong = Some(Instant::now());
+                }
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    outcome.get_or_insert((code::ABNORMAL, String::new()));
+                    break;
+                }
+            }
+            _ = async { closing.wait_for(|closing| *closing).await.map(drop) }, if close_sent_at.is_none() => {
+                let reason = "server shutting down";
+                let _ = sink.send(close_message(code::SERVICE_RESTART, reason)).await;
+                outcome.get_or_insert((code::SERVICE_RESTART, reason.to_string()));
+                close_sent_at = Some(tokio::time::Instant::now());
+            }
+            _ = async {
+                match close_deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending::<()>().await,
+                }
+            } => break,
+        }
+    }
+    let (code, reason) = outcome.unwrap_or((code::ABNORMAL, String::new()));
+    session.finish(code, &reason);
+    let _ = sink.close().await;
+}

@@ -1,0 +1,335 @@
+"""A plain ASGI 3 application with one WebSocket behaviour per path, for tests/test_websocket.py.
+
+Endpoints that report what they saw (the disconnect message, the exception raised by a late
+send()) write it as JSON to `$WS_MARKER_DIR/<name>.json`, where <name> is the query string's
+`id` parameter (default: the endpoint's name). The file is written to a temporary name and
+renamed, so a test that sees it sees all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from urllib.parse import parse_qs
+
+
+def _text(value):
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return value
+
+
+def describe_scope(scope: dict) -> dict:
+    """The scope as JSON-able data, plus the Python types of the interesting values."""
+    headers = scope.get("headers")
+    return {
+        "keys": sorted(scope),
+        "type": scope["type"],
+        "asgi": scope.get("asgi"),
+        "http_version": scope.get("http_version"),
+        "scheme": scope.get("scheme"),
+        "path": scope.get("path"),
+        "raw_path": _text(scope.get("raw_path")),
+        "raw_path_type": type(scope.get("raw_path")).__name__,
+        "query_string": _text(scope.get("query_string")),
+        "query_string_type": type(scope.get("query_string")).__name__,
+        "root_path": scope.get("root_path"),
+        "headers": [[_text(name), _text(value)] for name, value in headers or []],
+        "headers_are_byte_pairs": isinstance(headers, (list, tuple))
+        and all(
+            isinstance(pair, (list, tuple))
+            and len(pair) == 2
+            and isinstance(pair[0], bytes)
+            and isinstance(pair[1], bytes)
+            for pair in headers
+        ),
+        "client": list(scope["client"]) if scope.get("client") else None,
+        "server": list(scope["server"]) if scope.get("server") else None,
+        "subprotocols": scope.get("subprotocols"),
+        "subprotocols_type": type(scope.get("subprotocols")).__name__,
+        "state": dict(scope["state"]) if isinstance(scope.get("state"), dict) else None,
+        "state_type": type(scope.get("state")).__name__,
+        "extensions": scope.get("extensions"),
+    }
+
+
+def record(scope: dict, default_name: str, data) -> None:
+    directory = os.environ.get("WS_MARKER_DIR")
+    if not directory:
+        return
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    name = query.get("id", [default_name])[0]
+    path = os.path.join(directory, f"{name}.json")
+    with open(path + ".tmp", "w") as out:
+        json.dump(data, out)
+    os.replace(path + ".tmp", path)
+
+
+async def lifespan(scope, receive, send):
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            if "state" in scope:
+                scope["state"]["started_by"] = "ws_app lifespan"
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def http(scope, receive, send):
+    """Plain HTTP: /ping answers "pong"; anything else answers with the scope as JSON."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            break
+    if scope["path"] == "/ping":
+        body = b"pong"
+        content_type = b"text/plain"
+    else:
+        body = json.dumps(describe_scope(scope), default=repr).encode()
+        content_type = b"application/json"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def wait_disconnect(receive) -> dict:
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return message
+
+
+async def ws_scope(scope, receive, send):
+    """Accept, send the scope as JSON text, then wait for the client to go."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": json.dumps(describe_scope(scope), default=repr)})
+    await wait_disconnect(receive)
+
+
+async def ws_echo(scope, receive, send):
+    """Echo every message back as it came (text as text, bytes as bytes)."""
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
+
+
+async def ws_describe(scope, receive, send):
+    """Echo a description of each message: its keys and which of text/bytes is set, and lengths."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text, data = message.get("text"), message.get("bytes")
+        await send(
+            {
+                "type": "websocket.send",
+                "text": json.dumps(
+                    {
+                        "type": message["type"],
+                        "text": text,
+                        "bytes_len": None if data is None else len(data),
+                        "bytes_type": type(data).__name__,
+                    }
+                ),
+            }
+        )
+
+
+async def ws_subprotocol(scope, receive, send):
+    """Pick "b" when the client offers it; tell the client what was offered."""
+    await receive()
+    offered = scope.get("subprotocols") or []
+    chosen = "b" if "b" in offered else None
+    await send({"type": "websocket.accept", "subprotocol": chosen})
+    await send({"type": "websocket.send", "text": json.dumps(offered)})
+    await wait_disconnect(receive)
+
+
+async def ws_accept_headers(scope, receive, send):
+    await receive()
+    await send(
+        {
+            "type": "websocket.accept",
+            "headers": [(b"x-ws-extra", b"yes"), (b"set-cookie", b"session=abc; Path=/")],
+        }
+    )
+    await send({"type": "websocket.send", "text": "accepted"})
+    await wait_disconnect(receive)
+
+
+async def ws_app_close(scope, receive, send):
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": "closing soon"})
+    await send({"type": "websocket.close", "code": 4321, "reason": "custom reason"})
+
+
+async def ws_deny(scope, receive, send):
+    await receive()
+    await send({"type": "websocket.close"})
+
+
+async def ws_http_response(scope, receive, send):
+    """The websocket.http.response extension: answer the upgrade with a 401 of our own."""
+    await receive()
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1000})
+        return
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"www-authenticate", b'Bearer realm="ws"'),
+            ],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": b"auth ", "more_body": True})
+    await send({"type": "websocket.http.response.body", "body": b"required"})
+
+
+async def ws_raise_after_accept(scope, receive, send):
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": "about to fail"})
+    raise RuntimeError("ws_app boom after accept")
+
+
+async def ws_raise_before_accept(scope, receive, send):
+    await receive()
+    raise RuntimeError("ws_app boom before accept")
+
+
+async def ws_return_after_accept(scope, receive, send):
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": "bye"})
+
+
+async def ws_record_disconnect(scope, receive, send):
+    """Accept, echo until the client goes, then record the disconnect message."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            record(scope, "record_disconnect", message)
+            return
+        await send({"type": "websocket.send", "text": message.get("text") or "bytes"})
+
+
+def _exception_info(exc: BaseException | None) -> dict:
+    if exc is None:
+        return {"raised": False}
+    return {
+        "raised": True,
+        "type": type(exc).__name__,
+        "module": type(exc).__module__,
+        "is_oserror": isinstance(exc, OSError),
+        "message": str(exc),
+    }
+
+
+async def ws_send_after_disconnect(scope, receive, send):
+    """Wait for websocket.disconnect, then send(); record what send() raised."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    message = await wait_disconnect(receive)
+    try:
+        await send({"type": "websocket.send", "text": "too late"})
+    except BaseException as exc:  # noqa: BLE001 - recording whatever it is
+        record(scope, "send_after_disconnect", {"disconnect": message, **_exception_info(exc)})
+        return
+    record(scope, "send_after_disconnect", {"disconnect": message, **_exception_info(None)})
+
+
+async def ws_send_until_error(scope, receive, send):
+    """Never receive; keep sending every 50 ms for up to 10 s and record the first error."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    error = None
+    for number in range(200):
+        try:
+            await send({"type": "websocket.send", "text": f"tick {number}"})
+        except BaseException as exc:  # noqa: BLE001 - recording whatever it is
+            error = exc
+            break
+        await asyncio.sleep(0.05)
+    record(scope, "send_until_error", _exception_info(error))
+
+
+async def ws_never_read(scope, receive, send):
+    """Accept and then never call receive() again (for a bounded time)."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    await asyncio.sleep(120)
+
+
+async def ws_hold(scope, receive, send):
+    """Accept and wait for the disconnect, recording it (used for the shutdown test)."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": "holding"})
+    message = await wait_disconnect(receive)
+    record(scope, "hold", message)
+
+
+WEBSOCKET_ROUTES = {
+    "/echo": ws_echo,
+    "/describe": ws_describe,
+    "/subprotocol": ws_subprotocol,
+    "/accept-headers": ws_accept_headers,
+    "/app-close": ws_app_close,
+    "/deny": ws_deny,
+    "/http-response": ws_http_response,
+    "/raise-after-accept": ws_raise_after_accept,
+    "/raise-before-accept": ws_raise_before_accept,
+    "/return-after-accept": ws_return_after_accept,
+    "/record-disconnect": ws_record_disconnect,
+    "/send-after-disconnect": ws_send_after_disconnect,
+    "/send-until-error": ws_send_until_error,
+    "/never-read": ws_never_read,
+    "/hold": ws_hold,
+}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await lifespan(scope, receive, send)
+    elif scope["type"] == "http":
+        await http(scope, receive, send)
+    elif scope["type"] == "websocket":
+        root = scope.get("root_path", "")
+        path = scope["path"]
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if path.startswith("/scope"):
+            await ws_scope(scope, receive, send)
+            return
+        handler = WEBSOCKET_ROUTES.get(path)
+        if handler is None:
+            print(f"ws_app: no websocket route for {path!r}", file=sys.stderr)
+            await receive()
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        await handler(scope, receive, send)

@@ -1,0 +1,857 @@
+"""WebSockets end to end: the `websockets` client (asyncio API) and raw sockets against
+tests/apps/ws_app.py served by rsasgi.
+
+Every network wait is bounded: client coroutines run under `asyncio.wait_for`, raw sockets have
+timeouts, and files the app writes are polled with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import signal
+import socket
+import struct
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+APP = "ws_app:app"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run(coro, timeout: float = 30.0):
+    """Run one client coroutine to completion, failing if it takes longer than `timeout`."""
+
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+def ws_url(server, path: str) -> str:
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+def ws_connect(server, path: str, **kwargs):
+    kwargs.setdefault("open_timeout", 10)
+    kwargs.setdefault("close_timeout", 5)
+    kwargs.setdefault("max_size", 8 * 1024 * 1024)
+    return connect(ws_url(server, path), **kwargs)
+
+
+async def expect_close(ws, timeout: float = 10.0) -> tuple[int | None, str | None]:
+    """Read until the server closes; return the code and reason of the close frame it sent
+    (None, None when the connection ended without a close frame)."""
+
+    async def drain():
+        while True:
+            await ws.recv()
+
+    try:
+        await asyncio.wait_for(drain(), timeout)
+    except ConnectionClosed as closed:
+        if closed.rcvd is None:
+            return None, None
+        return closed.rcvd.code, closed.rcvd.reason
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def marker_dir(tmp_path) -> Path:
+    directory = tmp_path / "markers"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def ws_server(run_rsasgi, marker_dir):
+    """rsasgi serving ws_app with default options."""
+    return run_rsasgi(APP, env={"WS_MARKER_DIR": str(marker_dir)})
+
+
+def wait_marker(directory: Path, name: str, timeout: float = 10.0) -> dict:
+    path = directory / f"{name}.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return json.loads(path.read_text())
+        time.sleep(0.02)
+    raise AssertionError(f"the app did not write {path.name} within {timeout}s")
+
+
+# Raw sockets: an RFC 6455 client written out by hand, for what `websockets` will not send.
+
+
+def raw_handshake(server, path: str, extra: bytes = b"") -> tuple[socket.socket, FrameReader]:
+    """Open a TCP connection, upgrade it, check the 101 answer; return the socket and a reader
+    holding whatever arrived after the response head."""
+    sock = server.connect()
+    sock.settimeout(10)
+    key = base64.b64encode(os.urandom(16))
+    sock.sendall(
+        b"GET " + path.encode() + b" HTTP/1.1\r\n"
+        b"Host: 127.0.0.1:%d\r\n" % server.port + b"Upgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\n"
+        b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed during the handshake; got {data!r}"
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    assert lines[0].startswith(b"HTTP/1.1 101"), head
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    expected = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+    assert headers.get(b"sec-websocket-accept") == expected, head
+    assert headers.get(b"upgrade", b"").lower() == b"websocket", head
+    assert b"upgrade" in headers.get(b"connection", b"").lower(), head
+    return sock, FrameReader(sock, rest)
+
+
+def encode_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv: int = 0
+) -> bytes:
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    mask_bit = 0x80 if mask else 0
+    length = len(payload)
+    if length < 126:
+        header = bytes([first, mask_bit | length])
+    elif length < 65536:
+        header = bytes([first, mask_bit | 126]) + struct.pack("!H", length)
+    else:
+        header = bytes([first, mask_bit | 127]) + struct.pack("!Q", length)
+    if not mask:
+        return header + payload
+    key = os.urandom(4)
+    masked = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+    return header + key + masked
+
+
+class FrameReader:
+    """Reads server frames (which must not be masked) from a socket."""
+
+    def __init__(self, sock: socket.socket, buffer: bytes = b""):
+        self.sock = sock
+        self.buffer = buffer
+
+    def _take(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("the server closed the TCP connection")
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def frame(self) -> tuple[int, bool, bytes]:
+        first, second = self._take(2)
+        assert not second & 0x80, "the server masked a frame"
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", self._take(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self._take(8))
+        return first & 0x0F, bool(first & 0x80), self._take(length)
+
+    def close_code(self) -> tuple[int | None, list[int]]:
+        """Skip frames until a close frame; return its code (None if the TCP connection ended
+        first) and the opcodes seen before it."""
+        seen = []
+        try:
+            while True:
+                opcode, _, payload = self.frame()
+                if opcode == OP_CLOSE:
+                    if len(payload) >= 2:
+                        return struct.unpack("!H", payload[:2])[0], seen
+                    return 1005, seen
+                seen.append(opcode)
+        except (EOFError, ConnectionResetError):
+            return None, seen
+
+
+def read_http_response(sock: socket.socket) -> tuple[int, dict, bytes]:
+    """One HTTP/1.1 response with a Content-Length (or read to EOF without one)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before the response head; got {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower().decode()] = value.strip().decode("latin-1")
+    if "content-length" in headers:
+        length = int(headers["content-length"])
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed inside the body"
+            body += chunk
+    else:
+        while chunk := sock.recv(65536):
+            body += chunk
+    return status, headers, body
+
+
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (rsasgi may run worker processes)."""
+    pids, index = [pid], 0
+    while index < len(pids):
+        for task in Path(f"/proc/{pids[index]}/task").iterdir():
+            children = (task / "children").read_text().split()
+            pids.extend(int(child) for child in children)
+        index += 1
+    return pids
+
+
+def tree_memory_kib(pid: int, field: str = "VmRSS") -> int:
+    return sum(memory_kib(p, field) for p in process_tree(pid))
+
+
+# --------------------------------------------------------------------------- scope
+
+
+def test_scope(ws_server):
+    async def client():
+        async with ws_connect(
+            ws_server,
+            "/scope/x%20y?a=1&b=%C3%A9",
+            subprotocols=["chat", "superchat"],
+            additional_headers={"X-Custom": "yes"},
+        ) as ws:
+            # The app accepted without a subprotocol, so the client got none.
+            assert ws.subprotocol is None
+            return json.loads(await ws.recv())
+
+    scope = run(client())
+    assert scope["type"] == "websocket"
+    assert scope["asgi"]["version"] == "3.0"
+    assert scope["asgi"].get("spec_version") == "2.4"
+    assert scope["http_version"] == "1.1"
+    assert scope["scheme"] == "ws"
+    assert scope["path"] == "/scope/x y"
+    assert scope["raw_path"] == "/scope/x%20y"
+    assert scope["raw_path_type"] == "bytes"
+    assert scope["query_string"] == "a=1&b=%C3%A9"
+    assert scope["query_string_type"] == "bytes"
+    assert scope["root_path"] == ""
+    assert scope["headers_are_byte_pairs"] is True
+    headers = scope["headers"]
+    assert all(name == name.lower() for name, _ in headers), headers
+    header_map = dict(headers)
+    assert header_map["x-custom"] == "yes"
+    assert header_map["host"] == f"127.0.0.1:{ws_server.port}"
+    assert header_map["upgrade"].lower() == "websocket"
+    assert header_map["sec-websocket-version"] == "13"
+    assert "sec-websocket-key" in header_map
+    assert header_map["sec-websocket-protocol"] == "chat, superchat"
+    assert scope["client"][0] == "127.0.0.1"
+    assert isinstance(scope["client"][1], int) and scope["client"][1] > 0
+    assert scope["server"] == ["127.0.0.1", ws_server.port]
+    assert scope["subprotocols"] == ["chat", "superchat"]
+    assert scope["subprotocols_type"] == "list"
+    assert scope["state"] == {"started_by": "ws_app lifespan"}
+    assert "websocket.http.response" in scope["extensions"]
+    for key in ("type", "asgi", "http_version", "scheme", "path", "raw_path", "query_string"):
+        assert key in scope["keys"]
+    for key in ("root_path", "headers", "client", "server", "subprotocols", "state"):
+        assert key in scope["keys"]
+
+
+def test_scope_under_root_path(run_rsasgi):
+    server = run_rsasgi(APP, "--root-path", "/api")
+
+    async def client():
+        async with ws_connect(server, "/scope/here") as ws:
+            return json.loads(await ws.recv())
+
+    scope = run(client())
+    assert scope["root_path"] == "/api"
+    assert scope["path"] == "/api/scope/here"
+    assert scope["raw_path"] == "/api/scope/here"
+    assert scope["subprotocols"] == []
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def test_echo_text_and_bytes(ws_server):
+    big_text = "".join(chr(0x20 + (i % 90)) for i in range(1024 * 1024 - 3)) + "é✓"
+    big_bytes = os.urandom(1024 * 1024)
+
+    async def client():
+        async with ws_connect(ws_server, "/echo") as ws:
+            for message in ["hello", "héllo ✓ 😀", "", b"\x00\x01\xff", b"", big_text, big_bytes]:
+                await ws.send(message)
+                echoed = await ws.recv()
+                assert type(echoed) is type(message), (type(echoed), type(message))
+                assert echoed == message, f"echo of a {len(message)}-long message differs"
+            await ws.close()
+            return ws.close_code
+
+    assert run(client()) == 1000
+
+
+def test_message_type_reaches_the_app(ws_server):
+    async def client():
+        async with ws_connect(ws_server, "/describe") as ws:
+            await ws.send("text here")
+            as_text = json.loads(await ws.recv())
+            await ws.send(b"12345")
+            as_bytes = json.loads(await ws.recv())
+            return as_text, as_bytes
+
+    as_text, as_bytes = run(client())
+    assert as_text["type"] == "websocket.receive"
+    assert as_text["text"] == "text here"
+    assert as_text["bytes_len"] is None
+    assert as_bytes["type"] == "websocket.receive"
+    assert as_bytes["text"] is None
+    assert as_bytes["bytes_len"] == 5
+    assert as_bytes["bytes_type"] == "bytes"
+
+
+def test_fragmented_messages_are_reassembled(ws_server):
+    async def client():
+        async with ws_connect(ws_server, "/describe") as ws:
+            # An iterable makes `websockets` send one message as several frames.
+            await ws.send(["frag-1 ", "frag-2 ", "frag-3 é"])
+            text = json.loads(await ws.recv())
+            await ws.send([b"a" * 1000, b"b" * 70000, b"c"])
+            data = json.loads(await ws.recv())
+            return text, data
+
+    text, data = run(client())
+    assert text["text"] == "frag-1 frag-2 frag-3 é"
+    assert data["bytes_len"] == 71001
+
+
+def test_fragmented_message_over_raw_socket_with_ping_between(ws_server):
+    """A text message in three frames with a ping between them arrives whole; the ping is
+    answered in the middle of it."""
+    sock, reader = raw_handshake(ws_server, "/echo")
+    with sock:
+        sock.sendall(
+            encode_frame(OP_TEXT, "hé".encode()[:2], fin=False)
+            + encode_frame(OP_PING, b"mid", fin=True)
+            + encode_frame(OP_CONT, "hé".encode()[2:] + b"l", fin=False)
+            + encode_frame(OP_CONT, b"lo", fin=True)
+        )
+        frames = [reader.frame(), reader.frame()]
+        assert (OP_PONG, True, b"mid") in frames, frames
+        assert (OP_TEXT, True, "héllo".encode()) in frames, frames
+        sock.sendall(encode_frame(OP_CLOSE, struct.pack("!H", 1000)))
+        code, _ = reader.close_code()
+        assert code == 1000
+
+
+# --------------------------------------------------------------------------- handshake
+
+
+def test_subprotocol_negotiation(ws_server):
+    async def client():
+        async with ws_connect(ws_server, "/subprotocol", subprotocols=["a", "b"]) as ws:
+            offered = json.loads(await ws.recv())
+            return ws.subprotocol, offered, ws.response.headers.get("sec-websocket-protocol")
+
+    chosen, offered, header = run(client())
+    assert offered == ["a", "b"]
+    assert chosen == "b"
+    assert header == "b"
+
+
+def test_no_subprotocol_header_when_app_picks_none(ws_server):
+    async def client():
+        async with ws_connect(ws_server, "/subprotocol", subprotocols=["x"]) as ws:
+            await ws.recv()
+            return ws.subprotocol, ws.response.headers.get("sec-websocket-protocol")
+
+    assert run(client()) == (None, None)
+
+
+def test_accept_headers(ws_server):
+    async def client():
+        async with ws_connect(ws_server, "/accept-headers") as ws:
+            assert await ws.recv() == "accepted"
+            return ws.response.status_code, ws.response.headers
+
+    status, headers = run(client())
+    assert status == 101
+    assert headers.get("x-ws-extra") == "yes"
+    assert headers.get("set-cookie") == "session=abc; Path=/"
+    assert headers.get("upgrade", "").lower() == "websocket"
+
+
+def test_close_before_accept_is_403(ws_server):
+    async def client():
+        with pytest.raises(InvalidStatus) as info:
+            async with ws_connect(ws_server, "/deny"):
+                pass
+        return info.value.response
+
+    response = run(client())
+    assert response.status_code == 403
+    # The server still serves HTTP after the denial.
+    assert httpx.get(f"{ws_server.url}/ping", timeout=10).text == "pong"
+
+
+def test_http_response_extension(ws_server):
+    async def client():
+        with pytest.raises(InvalidStatus) as info:
+            async with ws_connect(ws_server, "/http-response"):
+                pass
+        return info.value.response
+
+    response = run(client())
+    assert response.status_code == 401
+    assert response.headers.get("www-authenticate") == 'Bearer realm="ws"'
+    assert response.headers.get("content-type") == "text/plain"
+    assert response.body == b"auth required"
+
+
+def test_app_exception_before_accept_is_500(ws_server):
+    async def client():
+        with pytest.raises(InvalidStatus) as info:
+            async with ws_connect(ws_server, "/raise-before-accept"):
+                pass
+        return info.value.response
+
+    assert run(client()).status_code == 500
+    deadline = time.monotonic() + 5
+    while "ws_app boom before accept" not in ws_server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "ws_app boom before accept" in ws_server.output()
+
+
+def test_upgrade_handshake_over_raw_socket(ws_server):
+    """Sec-WebSocket-Accept is computed from the key (checked in raw_handshake), and frames
+    flow right after the 101."""
+    sock, reader = raw_handshake(ws_server, "/echo")
+    with sock:
+        sock.sendall(encode_frame(OP_TEXT, b"raw hello") + encode_frame(OP_BINARY, b"\x00raw"))
+        assert reader.frame() == (OP_TEXT, True, b"raw hello")
+        assert reader.frame() == (OP_BINARY, True, b"\x00raw")
+        sock.sendall(encode_frame(OP_CLOSE, struct.pack("!H", 1000) + b"done"))
+        code, seen = reader.close_code()
+        assert code == 1000, seen
+
+
+# --------------------------------------------------------------------------- closing
+
+
+def test_app_close_code_and_reason(ws_server):
+    async def client():
+        async with ws_connect(ws_server, "/app-close") as ws:
+            assert await ws.recv() == "closing soon"
+            return await expect_close(ws)
+
+    assert run(client()) == (4321, "custom reason")
+
+
+def test_app_exception_after_accept_is_1011(ws_server):
+    async def client():
+        async with ws_connect(ws_server, "/raise-after-accept") as ws:
+            assert await ws.recv() == "about to fail"
+            return await expect_close(ws)
+
+    code, _ = run(client())
+    assert code == 1011
+    deadline = time.monotonic() + 5
+    while "ws_app boom after accept" not in ws_server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "ws_app boom after accept" in ws_server.output()
+    # The server is still serving.
+    assert httpx.get(f"{ws_server.url}/ping", timeout=10).text == "pong"
+
+
+def test_app_returning_without_close_is_1000(ws_server):
+    async def client():
+        async with ws_connect(ws_server, "/return-after-accept") as ws:
+            assert await ws.recv() == "bye"
+            return await expect_close(ws)
+
+    code, _ = run(client())
+    assert code == 1000
+
+
+@pytest.mark.parametrize("code, reason", [(4001, "bye"), (1000, ""), (1001, "going away é")])
+def test_client_close_code_seen_by_app(ws_server, marker_dir, code, reason):
+    name = f"client-close-{code}"
+
+    async def client():
+        async with ws_connect(ws_server, f"/record-disconnect?id={name}") as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            await ws.close(code, reason)
+            # The server answers the close handshake with the same code.
+            return ws.close_code
+
+    assert run(client()) == code
+    message = wait_marker(marker_dir, name)
+    assert message["type"] == "websocket.disconnect"
+    assert message["code"] == code
+    assert message.get("reason", "") == reason
+
+
+@pytest.mark.parametrize("how", ["fin", "rst", "abort"])
+def test_abrupt_tcp_drop_is_disconnect_1006(ws_server, marker_dir, how):
+    name = f"drop-{how}"
+    if how == "abort":
+
+        async def client():
+            ws = await ws_connect(ws_server, f"/record-disconnect?id={name}")
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            ws.transport.abort()
+
+        run(client())
+    else:
+        sock, reader = raw_handshake(ws_server, f"/record-disconnect?id={name}")
+        sock.sendall(encode_frame(OP_TEXT, b"hi"))
+        assert reader.frame() == (OP_TEXT, True, b"hi")
+        if how == "rst":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    message = wait_marker(marker_dir, name)
+    assert message["type"] == "websocket.disconnect"
+    assert message["code"] == 1006
+
+
+def test_send_after_disconnect_raises_oserror(ws_server, marker_dir):
+    async def client():
+        async with ws_connect(ws_server, "/send-after-disconnect") as ws:
+            await ws.close(1000)
+
+    run(client())
+    info = wait_marker(marker_dir, "send_after_disconnect")
+    assert info["disconnect"]["code"] == 1000
+    assert info["raised"], "send() after websocket.disconnect did not raise"
+    assert info["is_oserror"], info
+    assert "Exception in ASGI application" not in ws_server.output()
+
+
+@pytest.mark.parametrize("how", ["close-frame", "tcp-drop"])
+def test_send_to_gone_client_raises_oserror(ws_server, marker_dir, how):
+    """The app never calls receive(); it keeps sending after the client went away."""
+    name = f"gone-{how}"
+    sock, reader = raw_handshake(ws_server, f"/send-until-error?id={name}")
+    opcode, _, payload = reader.frame()
+    assert (opcode, payload) == (OP_TEXT, b"tick 0")
+    if how == "close-frame":
+        sock.sendall(encode_frame(OP_CLOSE, struct.pack("!H", 1000)))
+        code, _ = reader.close_code()
+        assert code == 1000
+    sock.close()
+    info = wait_marker(marker_dir, name, timeout=15)
+    assert info["raised"], "send() kept succeeding for 10 s after the client went away"
+    assert info["is_oserror"], info
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_max_size_closes_with_1009(run_rsasgi):
+    server = run_rsasgi(APP, "--ws-max-size", "1024")
+
+    async def client():
+        async with ws_connect(server, "/echo") as ws:
+            exact = b"x" * 1024
+            await ws.send(exact)
+            assert await ws.recv() == exact
+            await ws.send(b"y" * 2048)
+            return await expect_close(ws)
+
+    code, _ = run(client())
+    assert code == 1009
+
+
+def test_max_size_counts_the_whole_fragmented_message(run_rsasgi):
+    server = run_rsasgi(APP, "--ws-max-size", "1024")
+
+    async def client():
+        async with ws_connect(server, "/echo") as ws:
+            await ws.send(["a" * 600, "b" * 600])
+            return await expect_close(ws)
+
+    code, _ = run(client())
+    assert code == 1009
+
+
+def test_default_max_size_is_16_mib(ws_server):
+    async def client():
+        async with ws_connect(ws_server, "/describe", max_size=None) as ws:
+            await ws.send(b"z" * (16 * 1024 * 1024))
+            assert json.loads(await ws.recv())["bytes_len"] == 16 * 1024 * 1024
+            await ws.send(b"z" * (16 * 1024 * 1024 + 1))
+            return await expect_close(ws, timeout=20)
+
+    code, _ = run(client(), timeout=60)
+    assert code == 1009
+
+
+def test_100_concurrent_connections(ws_server):
+    count = 100
+
+    async def client():
+        connections = await asyncio.gather(*(ws_connect(ws_server, "/echo") for _ in range(count)))
+        try:
+            # All 100 are open at once; each echoes its own messages.
+            async def exchange(index, ws):
+                for round_ in range(5):
+                    message = f"conn {index} round {round_}"
+                    await ws.send(message)
+                    assert await ws.recv() == message
+                await ws.send(index.to_bytes(4, "big") * 1000)
+                assert await ws.recv() == index.to_bytes(4, "big") * 1000
+
+            await asyncio.gather(*(exchange(i, ws) for i, ws in enumerate(connections)))
+        finally:
+            await asyncio.gather(*(ws.close() for ws in connections), return_exceptions=True)
+        return [ws.close_code for ws in connections]
+
+    assert run(client(), timeout=60) == [1000] * count
+
+
+def test_app_that_never_reads_keeps_memory_bounded(run_rsasgi):
+    """The client floods 256 MiB at an app that never reads. With --ws-max-queue 4 the server
+    must stop reading the socket, so the client's sends stall, and the server's memory grows
+    by far less than what the client tried to send. Other connections are still served."""
+    server = run_rsasgi(APP, "--ws-max-queue", "4")
+    pid = server.proc.pid
+    chunk_size, chunks = 64 * 1024, 4096
+    chunk = os.urandom(chunk_size)
+
+    async def warm_up():
+        async with ws_connect(server, "/echo") as ws:
+            await ws.send(chunk)
+            assert await ws.recv() == chunk
+
+    run(warm_up())
+    baseline = tree_memory_kib(pid)
+
+    async def flood():
+        ws = await ws_connect(server, "/never-read", compression=None, ping_interval=None)
+        sent, stalled = 0, False
+        started = time.monotonic()
+        try:
+            for _ in range(chunks):
+                try:
+                    await asyncio.wait_for(ws.send(chunk), 3)
+                except asyncio.TimeoutError:
+                    stalled = True
+                    break
+                sent += 1
+                if time.monotonic() - started > 40:
+                    break
+            await asyncio.sleep(1)  # let the server take in whatever it is going to take
+            peak = max(tree_memory_kib(pid), tree_memory_kib(pid, "VmHWM"))
+            # The server still serves other clients while this one is stuck.
+            async with httpx.AsyncClient(timeout=10) as http:
+                assert (await http.get(f"{server.url}/ping")).text == "pong"
+            async with ws_connect(server, "/echo") as other:
+                await other.send("still there?")
+                assert await asyncio.wait_for(other.recv(), 10) == "still there?"
+            return sent, stalled, peak
+        finally:
+            ws.transport.abort()
+
+    sent, stalled, peak = run(flood(), timeout=90)
+    growth_mb = (peak - baseline) / 1024
+    assert stalled, (
+        f"all {sent} x 64 KiB messages were taken by the server: it kept reading the socket "
+        f"for an app that never reads (memory growth {growth_mb:.0f} MB)"
+    )
+    assert sent < chunks // 2, f"{sent} x 64 KiB messages were accepted before the stall"
+    assert growth_mb < 150, f"server memory grew by {growth_mb:.0f} MB (sent {sent} messages)"
+    assert server.proc.poll() is None
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def test_invalid_utf8_text_closes_with_1007(ws_server):
+    sock, reader = raw_handshake(ws_server, "/echo")
+    with sock:
+        sock.sendall(encode_frame(OP_TEXT, b"valid then \xff\xfe invalid"))
+        code, seen = reader.close_code()
+    assert code == 1007, f"expected close 1007, got {code} after frames {seen}"
+
+
+def test_invalid_utf8_split_across_fragments_closes_with_1007(ws_server):
+    sock, reader = raw_handshake(ws_server, "/echo")
+    with sock:
+        # "é" is C3 A9: the first fragment ends inside it, which is fine; the second fragment
+        # continues with a byte that is not a continuation byte.
+        sock.sendall(
+            encode_frame(OP_TEXT, b"ok \xc3", fin=False) + encode_frame(OP_CONT, b"(", fin=True)
+        )
+        code, seen = reader.close_code()
+    assert code == 1007, f"expected close 1007, got {code} after frames {seen}"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(encode_frame(OP_TEXT, b"unmasked", mask=False), id="unmasked"),
+        pytest.param(encode_frame(0x3, b"reserved opcode"), id="reserved-opcode"),
+        pytest.param(encode_frame(OP_TEXT, b"rsv1", rsv=4), id="rsv-bit"),
+        pytest.param(encode_frame(OP_CONT, b"nothing to continue"), id="orphan-continuation"),
+        pytest.param(encode_frame(OP_PING, b"p" * 126), id="long-control-frame"),
+        pytest.param(encode_frame(OP_PING, b"frag", fin=False), id="fragmented-control-frame"),
+    ],
+)
+def test_protocol_violation_closes_with_1002(ws_server, frame):
+    sock, reader = raw_handshake(ws_server, "/echo")
+    with sock:
+        sock.sendall(frame)
+        code, seen = reader.close_code()
+    assert code == 1002, f"expected close 1002, got {code} after frames {seen}"
+
+
+def test_client_ping_gets_pong(ws_server):
+    async def client():
+        async with ws_connect(ws_server, "/echo") as ws:
+            pong = await ws.ping(b"ping payload")
+            latency = await asyncio.wait_for(pong, 5)
+            await ws.send("after ping")
+            assert await ws.recv() == "after ping"
+            return latency
+
+    assert run(client()) >= 0
+
+
+def test_raw_ping_gets_pong_with_same_payload(ws_server):
+    sock, reader = raw_handshake(ws_server, "/echo")
+    with sock:
+        sock.sendall(encode_frame(OP_PING, b"are you there?"))
+        assert reader.frame() == (OP_PONG, True, b"are you there?")
+        sock.sendall(encode_frame(OP_PING, b""))
+        assert reader.frame() == (OP_PONG, True, b"")
+
+
+def test_server_pings_and_closes_a_silent_peer_with_1011(run_rsasgi):
+    """A raw client that never answers pings: the server pings it, then gives up with 1011."""
+    server = run_rsasgi(APP, "--ws-ping-interval", "1", "--ws-ping-timeout", "1")
+    sock, reader = raw_handshake(server, "/never-read")
+    started = time.monotonic()
+    with sock:
+        code, seen = reader.close_code()
+    elapsed = time.monotonic() - started
+    assert OP_PING in seen, f"no ping frame before the close; frames: {seen}"
+    assert code == 1011, f"expected close 1011, got {code}"
+    assert elapsed < 8, f"closed after {elapsed:.1f}s"
+
+
+def test_server_pings_keep_a_live_peer_open(run_rsasgi):
+    server = run_rsasgi(APP, "--ws-ping-interval", "1", "--ws-ping-timeout", "1")
+
+    async def client():
+        # The websockets client answers pings by itself; its own pings are off.
+        async with ws_connect(server, "/echo", ping_interval=None) as ws:
+            await asyncio.sleep(3.5)
+            await ws.send("still open")
+            return await ws.recv()
+
+    assert run(client()) == "still open"
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+def test_sigterm_closes_open_websocket_with_1012(run_rsasgi, marker_dir):
+    server = run_rsasgi(
+        APP, "--timeout-graceful-shutdown", "1", env={"WS_MARKER_DIR": str(marker_dir)}
+    )
+
+    async def client():
+        async with ws_connect(server, "/hold") as ws:
+            assert await ws.recv() == "holding"
+            started = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            code, reason = await expect_close(ws, timeout=15)
+            return code, time.monotonic() - started
+
+    code, elapsed = run(client())
+    assert code == 1012, f"expected close 1012 on shutdown, got {code}"
+    assert elapsed < 10
+    assert server.wait_exit(20) == 0, server.output()
+    assert wait_marker(marker_dir, "hold", timeout=2)["code"] == 1012
+
+
+def test_sigterm_with_idle_websocket_does_not_hang(run_rsasgi):
+    """An app that never reads: shutdown still closes the connection and exits."""
+    server = run_rsasgi(APP, "--timeout-graceful-shutdown", "1")
+
+    async def client():
+        async with ws_connect(server, "/never-read") as ws:
+            server.proc.send_signal(signal.SIGTERM)
+            return await expect_close(ws, timeout=15)
+
+    code, _ = run(client())
+    assert code == 1012
+    assert server.wait_exit(20) == 0, server.output()
+
+
+# --------------------------------------------------------------------------- --ws none
+
+
+def test_ws_none_gives_the_app_an_http_scope(run_rsasgi):
+    server = run_rsasgi(APP, "--ws", "none")
+    sock = server.connect()
+    with sock:
+        sock.sendall(
+            b"GET /upgrade-check HTTP/1.1\r\n"
+            b"Host: 127.0.0.1\r\n"
+            b"Upgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        status, headers, body = read_http_response(sock)
+    assert status == 200, body
+    scope = json.loads(body)
+    assert scope["type"] == "http"
+    assert scope["path"] == "/upgrade-check"
+    assert dict(scope["headers"])["upgrade"] == "websocket"
+
+    async def client():
+        with pytest.raises(InvalidStatus) as info:
+            async with ws_connect(server, "/echo"):
+                pass
+        return info.value.response.status_code
+
+    assert run(client()) == 200
+
+
+def test_ws_auto_still_serves_plain_http(ws_server):
+    response = httpx.get(f"{ws_server.url}/ping", timeout=10)
+    assert response.status_code == 200
+    assert response.text == "pong"
