@@ -165,14 +165,21 @@ impl Exchange {
     // ---- reactor side -------------------------------------------------
 
     /// Ready when the body pump may read more: the app wants the body and the
-    /// buffer has room. `false` means stop: the exchange is over.
-    pub(crate) fn poll_body_room(&self, cx: &mut Context<'_>) -> Poll<bool> {
+    /// buffer has room, or the app finished without reading it all.
+    pub(crate) fn poll_body_room(&self, cx: &mut Context<'_>) -> Poll<BodyRoom> {
         let mut st = self.state.lock();
         if st.closed {
-            return Poll::Ready(false);
+            // A complete response with the body still unread: read and
+            // discard the rest so the connection can carry the next request.
+            let drain = st.complete && !st.aborted && !st.body_complete;
+            return Poll::Ready(if drain {
+                BodyRoom::Drain
+            } else {
+                BodyRoom::Stop
+            });
         }
         if st.body_wanted && st.body_buffered < REQUEST_BODY_HIGH_WATER {
-            return Poll::Ready(true);
+            return Poll::Ready(BodyRoom::Read);
         }
         st.pump = Some(cx.waker().clone());
         Poll::Pending
@@ -208,6 +215,18 @@ impl Exchange {
             if !st.started {
                 st.refused = Some(status);
             }
+        }
+        self.close();
+    }
+
+    /// The app is done with the exchange. A request body it left unread is
+    /// read and discarded (up to [`MAX_BODY_DRAIN`]) so the connection can
+    /// carry the next request.
+    pub(crate) fn finish_app(self: &Arc<Self>) {
+        {
+            let mut st = self.state.lock();
+            st.body.clear();
+            st.body_buffered = 0;
         }
         self.close();
     }
@@ -435,6 +454,20 @@ impl Exchange {
         }
     }
 }
+
+/// What the body pump may do next.
+pub(crate) enum BodyRoom {
+    /// Read and hand the data to the app.
+    Read,
+    /// Read and discard: the app is done, the connection may be reused.
+    Drain,
+    /// Stop reading.
+    Stop,
+}
+
+/// Request body an app left unread that the server still reads and discards
+/// to keep the connection; beyond it, the connection is closed instead.
+pub(crate) const MAX_BODY_DRAIN: u64 = 1024 * 1024;
 
 /// What a blocking body read found.
 pub(crate) enum BodyRead {

@@ -26,7 +26,7 @@ use crate::config::{Config, EventLoop, Interface, Lifespan};
 use crate::exchange::Exchange;
 use crate::http::{serve, ServerState};
 use crate::net::Listener;
-use crate::wsgi::{start_pool, THREADS_WARNING};
+use crate::wsgi::{Pool, THREADS_WARNING};
 
 /// Python objects the drain needs, set once the loop is running.
 struct PythonSide {
@@ -42,7 +42,7 @@ pub(crate) struct Worker {
     listener: Mutex<Option<Listener>>,
     shutdown: watch::Sender<Option<Duration>>,
     reactor: Mutex<Option<JoinHandle<()>>>,
-    wsgi_threads: Mutex<Vec<JoinHandle<()>>>,
+    wsgi_pool: Mutex<Option<Arc<Pool>>>,
     python: Mutex<Option<PythonSide>>,
 }
 
@@ -54,7 +54,7 @@ impl Worker {
             listener: Mutex::new(Some(listener)),
             shutdown: watch::channel(None).0,
             reactor: Mutex::new(None),
-            wsgi_threads: Mutex::new(Vec::new()),
+            wsgi_pool: Mutex::new(None),
             python: Mutex::new(None),
         })
     }
@@ -214,10 +214,12 @@ impl Worker {
                         config.threads
                     );
                 }
-                let (jobs, threads) =
-                    start_pool(py, &app, config.threads, config.root_path.clone())?;
-                *self.wsgi_threads.lock() = threads;
-                Some(jobs)
+                let pool = Pool::start(py, &app, config.threads, config.root_path.clone())
+                    .map_err(|err| {
+                        PyRuntimeError::new_err(format!("cannot start a WSGI thread: {err}"))
+                    })?;
+                *self.wsgi_pool.lock() = Some(Arc::clone(&pool));
+                Some(pool)
             }
             None => None,
         };
@@ -272,20 +274,13 @@ impl Worker {
     /// Returns false when some are still running.
     fn join(&self, py: Python<'_>, timeout: f64) -> bool {
         let reactor = self.reactor.lock().take();
-        let threads = std::mem::take(&mut *self.wsgi_threads.lock());
+        let pool = self.wsgi_pool.lock().take();
         py.detach(|| {
             if let Some(reactor) = reactor {
                 let _ = reactor.join();
             }
-            let deadline = std::time::Instant::now()
-                + Duration::try_from_secs_f64(timeout).unwrap_or_default();
-            while threads.iter().any(|thread| !thread.is_finished()) {
-                if std::time::Instant::now() >= deadline {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            true
+            let timeout = Duration::try_from_secs_f64(timeout).unwrap_or_default();
+            pool.is_none_or(|pool| pool.shutdown(timeout))
         })
     }
 }

@@ -116,14 +116,20 @@ def test_bad_option_value_exits_2(args, bad):
         ("err_no_such_module_xyz:app", "err_no_such_module_xyz"),
         ("err_cli_app:nope", "nope"),
         ("err_cli_app:some_int", "some_int"),
-        ("err_cli_app", "err_cli_app"),
     ],
-    ids=["module-missing", "attribute-missing", "not-callable", "no-colon"],
+    ids=["module-missing", "attribute-missing", "not-callable"],
 )
 def test_unloadable_app_exits_1_with_one_line(run_rsasgi, app, needle):
     server = run_rsasgi(app, wait=False)
     assert server.wait_exit() == 1
     assert_one_clear_line(server.output(), needle)
+
+
+def test_app_without_colon_is_a_usage_error(run_rsasgi):
+    """APP must be module:attribute; anything else is a bad command line (exit 2)."""
+    server = run_rsasgi("err_cli_app", wait=False)
+    assert server.wait_exit() == 2
+    assert_one_clear_line(server.output(), "module:attribute")
 
 
 def test_module_raising_on_import_shows_its_traceback(run_rsasgi):
@@ -206,17 +212,6 @@ def test_command_line_beats_env_var(bare_server):
         "--app-dir", str(APPS), "--port", "0", APP, env={"RSASGI_PORT": str(env_port)}
     )
     assert server.port != env_port
-
-
-def test_interface_wsgi_is_refused(run_rsasgi):
-    server = run_rsasgi(APP, "--interface", "wsgi", wait=False)
-    returncode = server.wait_exit()
-    assert returncode != 0
-    log = server.output()
-    assert any("wsgi" in line.lower() for line in log.splitlines()), log
-    assert "Listening on" not in log
-    assert "Traceback" not in log
-    assert "panicked" not in log
 
 
 def test_factory(run_rsasgi):

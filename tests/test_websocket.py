@@ -69,6 +69,19 @@ async def expect_close(ws, timeout: float = 10.0) -> tuple[int | None, str | Non
     raise AssertionError("unreachable")
 
 
+async def send_expect_close(ws, message, timeout: float = 10.0) -> tuple[int | None, str | None]:
+    """Send a message the server must refuse, then return its close code and reason. The
+    server may close before the client has finished writing a big message, so send() itself
+    may see the close."""
+    try:
+        await ws.send(message)
+    except ConnectionClosed as closed:
+        if closed.rcvd is None:
+            return None, None
+        return closed.rcvd.code, closed.rcvd.reason
+    return await expect_close(ws, timeout)
+
+
 @pytest.fixture
 def marker_dir(tmp_path) -> Path:
     directory = tmp_path / "markers"
@@ -451,6 +464,55 @@ def test_app_exception_before_accept_is_500(ws_server):
     assert "ws_app boom before accept" in ws_server.output()
 
 
+def test_upgrade_after_a_keep_alive_request_on_the_same_connection(ws_server):
+    sock = ws_server.connect()
+    with sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status, _, body = read_http_response(sock)
+        assert (status, body) == (200, b"pong")
+        key = base64.b64encode(os.urandom(16))
+        sock.sendall(
+            b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        head, rest = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        reader = FrameReader(sock, rest)
+        sock.sendall(encode_frame(OP_TEXT, b"same connection"))
+        assert reader.frame() == (OP_TEXT, True, b"same connection")
+
+
+def test_frames_sent_together_with_the_handshake_are_not_lost(ws_server):
+    """The client writes the upgrade request and its first frames in one go; bytes the server
+    read past the request head belong to the websocket."""
+    sock = ws_server.connect()
+    with sock:
+        key = base64.b64encode(os.urandom(16))
+        sock.sendall(
+            b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+            + encode_frame(OP_TEXT, b"early one")
+            + encode_frame(OP_BINARY, b"early two")
+        )
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        head, rest = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        reader = FrameReader(sock, rest)
+        assert reader.frame() == (OP_TEXT, True, b"early one")
+        assert reader.frame() == (OP_BINARY, True, b"early two")
+
+
 def test_upgrade_handshake_over_raw_socket(ws_server):
     """Sec-WebSocket-Accept is computed from the key (checked in raw_handshake), and frames
     flow right after the 101."""
@@ -586,8 +648,7 @@ def test_max_size_closes_with_1009(run_rsasgi):
             exact = b"x" * 1024
             await ws.send(exact)
             assert await ws.recv() == exact
-            await ws.send(b"y" * 2048)
-            return await expect_close(ws)
+            return await send_expect_close(ws, b"y" * 2048)
 
     code, _ = run(client())
     assert code == 1009
@@ -598,8 +659,7 @@ def test_max_size_counts_the_whole_fragmented_message(run_rsasgi):
 
     async def client():
         async with ws_connect(server, "/echo") as ws:
-            await ws.send(["a" * 600, "b" * 600])
-            return await expect_close(ws)
+            return await send_expect_close(ws, ["a" * 600, "b" * 600])
 
     code, _ = run(client())
     assert code == 1009
@@ -610,8 +670,7 @@ def test_default_max_size_is_16_mib(ws_server):
         async with ws_connect(ws_server, "/describe", max_size=None) as ws:
             await ws.send(b"z" * (16 * 1024 * 1024))
             assert json.loads(await ws.recv())["bytes_len"] == 16 * 1024 * 1024
-            await ws.send(b"z" * (16 * 1024 * 1024 + 1))
-            return await expect_close(ws, timeout=20)
+            return await send_expect_close(ws, b"z" * (16 * 1024 * 1024 + 1), timeout=20)
 
     code, _ = run(client(), timeout=60)
     assert code == 1009
@@ -694,6 +753,103 @@ def test_app_that_never_reads_keeps_memory_bounded(run_rsasgi):
     assert server.proc.poll() is None
 
 
+def test_backpressure_loses_nothing(run_rsasgi):
+    """With --ws-max-queue 4 the app reads nothing for 1.5 s while the client sends 300
+    messages; when it starts reading, every message arrives, in order."""
+    server = run_rsasgi(APP, "--ws-max-queue", "4")
+    messages = [os.urandom(1000 + index) for index in range(300)]
+
+    async def client():
+        async with ws_connect(server, "/slow-reader") as ws:
+            for message in messages:
+                await ws.send(message)
+            await ws.send("end")
+            return json.loads(await asyncio.wait_for(ws.recv(), 20))
+
+    count, digest = run(client())
+    assert count == len(messages)
+    assert digest == hashlib.sha256(b"".join(messages)).hexdigest()
+
+
+def test_many_pipelined_messages_echo_in_order(ws_server):
+    count = 5000
+
+    async def client():
+        async with ws_connect(ws_server, "/echo") as ws:
+
+            async def sender():
+                for index in range(count):
+                    await ws.send(f"message {index}" if index % 2 else b"%d" % index)
+
+            async def receiver():
+                return [await ws.recv() for _ in range(count)]
+
+            _, received = await asyncio.gather(sender(), receiver())
+            return received
+
+    received = run(client(), timeout=60)
+    expected = [f"message {index}" if index % 2 else b"%d" % index for index in range(count)]
+    assert received == expected
+
+
+def test_ws_options_from_environment(run_rsasgi):
+    server = run_rsasgi(APP, env={"RSASGI_WS_MAX_SIZE": "1024"})
+
+    async def client():
+        async with ws_connect(server, "/echo") as ws:
+            await ws.send(b"x" * 1024)
+            assert await ws.recv() == b"x" * 1024
+            return await send_expect_close(ws, b"y" * 1025)
+
+    code, _ = run(client())
+    assert code == 1009
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--ws", "bogus"],
+        ["--ws-max-size", "lots"],
+        ["--ws-max-queue", "many"],
+        ["--ws-ping-interval", "soon"],
+    ],
+)
+def test_bad_ws_option_values_exit_2(run_rsasgi, args):
+    server = run_rsasgi(APP, *args, wait=False)
+    assert server.wait_exit(20) == 2, server.output()
+    output = server.output()
+    assert "Traceback" not in output and "panicked" not in output, output
+    assert args[0] in output, output
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+            id="no-key",
+        ),
+        pytest.param(
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n",
+            id="version-8",
+        ),
+    ],
+)
+def test_bad_upgrade_request_is_refused(ws_server, headers):
+    """RFC 6455 4.2.1/4.4: a handshake the server cannot complete is answered with an HTTP
+    error, never 101."""
+    sock = ws_server.connect()
+    with sock:
+        sock.sendall(
+            b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"Content-Length: 0\r\n\r\n"
+        )
+        status, response_headers, body = read_http_response(sock)
+    assert 400 <= status < 500, (status, response_headers, body)
+    if b"Version: 8" in headers and status == 426:
+        assert response_headers.get("sec-websocket-version") == "13"
+
+
 # --------------------------------------------------------------------------- protocol
 
 
@@ -726,6 +882,9 @@ def test_invalid_utf8_split_across_fragments_closes_with_1007(ws_server):
         pytest.param(encode_frame(OP_CONT, b"nothing to continue"), id="orphan-continuation"),
         pytest.param(encode_frame(OP_PING, b"p" * 126), id="long-control-frame"),
         pytest.param(encode_frame(OP_PING, b"frag", fin=False), id="fragmented-control-frame"),
+        pytest.param(encode_frame(OP_CLOSE, b"\x03"), id="one-byte-close-payload"),
+        pytest.param(encode_frame(OP_CLOSE, struct.pack("!H", 1005)), id="close-code-1005"),
+        pytest.param(encode_frame(OP_CLOSE, struct.pack("!H", 999)), id="close-code-999"),
     ],
 )
 def test_protocol_violation_closes_with_1002(ws_server, frame):

@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from apps.proto_raw import RawConn, request
+from apps.proto_raw import Closed, RawConn, request
 from apps.wsgi_common import apply_op
 
 APP = "wsgi_env:app"
@@ -528,23 +528,30 @@ def test_pipelined_request_behind_a_body_is_not_read_as_body(server):
 
 @pytest.mark.parametrize("use_chunked", [False, True])
 def test_unread_body_is_discarded_before_the_next_request(server, use_chunked):
+    """The app ignores a 100 KB body: the server drains it and answers the pipelined request,
+    or says "Connection: close" and closes. Repeated, since the outcome can depend on timing."""
     body = b"z" * 100_000
-    conn = raw(server)
     if use_chunked:
         data = request("POST", "/ignore-body", headers=[("Transfer-Encoding", "chunked")])
         data += chunked([body[:50_000], body[50_000:]])
     else:
         data = request("POST", "/ignore-body", body=body)
-    conn.send(data + request("GET", "/next"))
-    first = conn.read_response()
-    assert first.status == 200 and first.body == b"ignored"
-    if (first.header("connection") or "").lower() == "close":
-        # allowed: the server closes instead of draining what the app left unread
-        assert conn.is_closed_by_peer(5)
-        return
-    second = conn.read_response()
-    assert second.status == 200, second.status_line
-    assert json.loads(second.body)["environ"]["PATH_INFO"] == "/next"
+    outcomes = []
+    for _ in range(30):
+        conn = raw(server)
+        conn.send(data + request("GET", "/next"))
+        first = conn.read_response()
+        assert first.status == 200 and first.body == b"ignored"
+        announced_close = (first.header("connection") or "").lower() == "close"
+        try:
+            second = conn.read_response()
+            outcome = ("answered", json.loads(second.body)["environ"]["PATH_INFO"])
+        except Closed:
+            outcome = ("closed", "announced" if announced_close else "without Connection: close")
+        conn.sock.close()
+        outcomes.append(outcome)
+    bad = [o for o in outcomes if o not in (("answered", "/next"), ("closed", "announced"))]
+    assert bad == [], f"{len(bad)} of 30 connections: {sorted(set(bad))}"
 
 
 def test_waiting_for_body_data_does_not_block_other_requests(run_rsasgi):

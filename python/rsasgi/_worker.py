@@ -199,10 +199,16 @@ async def _serve(worker, app, interface, loop) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
 
     stopped = loop.create_future()
-    if wsgi:
-        fd = worker.start(loop, stopped, wsgi_app=app)
-    else:
-        fd = worker.start(loop, stopped, spawn=spawn, state=state)
+    try:
+        if wsgi:
+            fd = worker.start(loop, stopped, wsgi_app=app)
+        else:
+            fd = worker.start(loop, stopped, spawn=spawn, state=state)
+    except RuntimeError as exc:
+        log("error", f"Could not start serving: {exc}")
+        if lifespan is not None:
+            await lifespan.shutdown()
+        return 1
     loop.add_reader(fd, worker.drain)
     try:
         await asyncio.wait(

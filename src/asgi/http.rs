@@ -385,7 +385,7 @@ impl HttpSend {
         };
         HttpSend::wake_reactor(reactor);
         // The app is done with this exchange: release a body reader still waiting for it.
-        exchange.close();
+        exchange.finish_app();
         let request = exchange.request_line();
         match exc {
             None if !started && !closed => {

@@ -17,7 +17,7 @@ use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::net::Listener;
 use crate::ws::{Registry, WsSettings};
-use crate::wsgi::Jobs;
+use crate::wsgi::Pool;
 
 /// How long the accept loop pauses after an accept error such as running out
 /// of file descriptors, so it does not spin while the condition lasts.
@@ -33,7 +33,7 @@ const WEBSOCKET_CLOSE_WAIT: Duration = Duration::from_secs(2);
 pub(crate) struct ServerState {
     pub bridge: Arc<Bridge>,
     /// The WSGI pool's queue when the app is WSGI; ASGI requests go to the bridge.
-    pub wsgi: Option<Jobs>,
+    pub wsgi: Option<Arc<Pool>>,
     pub in_flight: AtomicUsize,
     pub limit_concurrency: Option<usize>,
     pub limit_request_body: Option<u64>,
@@ -46,7 +46,11 @@ pub(crate) struct ServerState {
 }
 
 impl ServerState {
-    pub(crate) fn new(config: &Config, bridge: Arc<Bridge>, wsgi: Option<Jobs>) -> ServerState {
+    pub(crate) fn new(
+        config: &Config,
+        bridge: Arc<Bridge>,
+        wsgi: Option<Arc<Pool>>,
+    ) -> ServerState {
         let wsgi_is_none = wsgi.is_none();
         ServerState {
             bridge,

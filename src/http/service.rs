@@ -18,7 +18,7 @@ use super::access_log::AccessRecord;
 use super::body::{ResponseBody, Source};
 use super::server::ServerState;
 use crate::bridge::Event;
-use crate::exchange::{Exchange, Refusal, RequestStart};
+use crate::exchange::{BodyRoom, Exchange, Refusal, RequestStart, MAX_BODY_DRAIN};
 use crate::ws::session::{Handshake, WsSession, WsStart};
 use crate::ws::{self, WsSettings};
 
@@ -170,8 +170,8 @@ pub(crate) async fn handle(
         head,
     });
     match &state.wsgi {
-        Some(jobs) => {
-            if jobs.send(start).is_err() {
+        Some(pool) => {
+            if pool.dispatch(start).is_err() {
                 let status = StatusCode::SERVICE_UNAVAILABLE;
                 return Ok(state.error_response(status, log.map(|l| l.with_status(status)), true));
             }
@@ -336,8 +336,10 @@ async fn open_websocket(
 /// more than a high-water mark ahead.
 async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u64>) {
     let mut received: u64 = 0;
+    let mut drained: u64 = 0;
     loop {
-        if !poll_fn(|cx| exchange.poll_body_room(cx)).await {
+        let room = poll_fn(|cx| exchange.poll_body_room(cx)).await;
+        if matches!(room, BodyRoom::Stop) || drained > MAX_BODY_DRAIN {
             return;
         }
         match body.frame().await {
@@ -349,6 +351,10 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u6
                 let Ok(data) = frame.into_data() else {
                     continue; // trailers: not part of the ASGI http scope
                 };
+                if matches!(room, BodyRoom::Drain) {
+                    drained += data.len() as u64;
+                    continue;
+                }
                 received += data.len() as u64;
                 if let Some(limit) = limit.filter(|&limit| received > limit) {
                     tracing::info!(

@@ -15,8 +15,10 @@ mod response;
 
 pub(crate) use file_wrapper::FileWrapper;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
@@ -32,52 +34,109 @@ use response::{respond, ResponseState, StartResponse};
 /// (GIL contention, database connections) than a plan.
 pub(crate) const THREADS_WARNING: usize = 256;
 
-/// Where the reactor sends WSGI requests.
-pub(crate) type Jobs = Sender<Box<RequestStart>>;
+/// The WSGI thread pool of a worker. Threads are started as requests need
+/// them, up to `--threads`, so a large setting costs nothing until used.
+pub(crate) struct Pool {
+    /// Taken at shutdown: with it gone, idle threads see the channel close.
+    sender: Mutex<Option<Sender<Box<RequestStart>>>>,
+    receiver: Receiver<Box<RequestStart>>,
+    app: Arc<Py<PyAny>>,
+    ctx: Arc<EnvironContext>,
+    max_threads: usize,
+    idle: Arc<AtomicUsize>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
 
-/// Starts `threads` pool threads running `app`; returns the channel the
-/// reactor feeds and the threads (they exit when the channel closes).
-pub(crate) fn start_pool(
-    py: Python<'_>,
-    app: &Bound<'_, PyAny>,
-    threads: usize,
-    script_name: String,
-) -> PyResult<(Jobs, Vec<JoinHandle<()>>)> {
-    let (sender, receiver) = crossbeam_channel::unbounded();
-    let ctx = Arc::new(EnvironContext {
-        script_name,
-        file_wrapper: py.get_type::<FileWrapper>().into_any().unbind(),
-        multiprocess: false,
-    });
-    let mut handles = Vec::with_capacity(threads);
-    for index in 0..threads {
-        let app = app.clone().unbind();
-        let ctx = Arc::clone(&ctx);
-        let receiver: Receiver<Box<RequestStart>> = receiver.clone();
+impl Pool {
+    /// A pool for `app` with one thread started (so a failure shows at startup).
+    pub(crate) fn start(
+        py: Python<'_>,
+        app: &Bound<'_, PyAny>,
+        max_threads: usize,
+        script_name: String,
+    ) -> std::io::Result<Arc<Pool>> {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let pool = Arc::new(Pool {
+            sender: Mutex::new(Some(sender)),
+            receiver,
+            app: Arc::new(app.clone().unbind()),
+            ctx: Arc::new(EnvironContext {
+                script_name,
+                file_wrapper: py.get_type::<FileWrapper>().into_any().unbind(),
+                multiprocess: false,
+            }),
+            max_threads,
+            idle: Arc::new(AtomicUsize::new(0)),
+            threads: Mutex::new(Vec::new()),
+        });
+        pool.spawn_thread()?;
+        Ok(pool)
+    }
+
+    fn spawn_thread(&self) -> std::io::Result<()> {
+        let mut threads = self.threads.lock();
+        let index = threads.len();
+        let receiver = self.receiver.clone();
+        let app = Arc::clone(&self.app);
+        let ctx = Arc::clone(&self.ctx);
+        let idle = Arc::clone(&self.idle);
         let handle = std::thread::Builder::new()
             .name(format!("rsasgi-wsgi-{index}"))
-            .spawn(move || {
-                while let Ok(job) = receiver.recv() {
-                    // Keep the GIL for requests already queued: handing it
-                    // to another pool thread per request costs more than
-                    // the request.
-                    Python::attach(|py| {
+            .spawn(move || loop {
+                idle.fetch_add(1, Ordering::SeqCst);
+                let job = receiver.recv();
+                idle.fetch_sub(1, Ordering::SeqCst);
+                let Ok(job) = job else { return };
+                // Keep the GIL for requests already queued: handing it to
+                // another pool thread per request costs more than the request.
+                Python::attach(|py| {
+                    run(py, &app, &ctx, job);
+                    while let Ok(job) = receiver.try_recv() {
                         run(py, &app, &ctx, job);
-                        while let Ok(job) = receiver.try_recv() {
-                            run(py, &app, &ctx, job);
-                        }
-                    });
-                }
-                Python::attach(move |_py| drop((app, ctx)));
-            })
-            .map_err(|err| {
-                pyo3::exceptions::PyRuntimeError::new_err(format!(
-                    "cannot start WSGI thread: {err}"
-                ))
+                    }
+                });
             })?;
-        handles.push(handle);
+        threads.push(handle);
+        Ok(())
     }
-    Ok((sender, handles))
+
+    /// Queues a request (from the reactor), starting another thread when
+    /// every thread is busy and the pool may grow. Err when the pool is gone.
+    pub(crate) fn dispatch(&self, job: Box<RequestStart>) -> Result<(), ()> {
+        {
+            let sender = self.sender.lock();
+            let sender = sender.as_ref().ok_or(())?;
+            sender.send(job).map_err(drop)?;
+        }
+        if self.receiver.len() > self.idle.load(Ordering::SeqCst) {
+            let started = self.threads.lock().len();
+            if started < self.max_threads {
+                if let Err(err) = self.spawn_thread() {
+                    tracing::warn!(
+                        "cannot start WSGI thread {} of --threads {}: {err}; carrying on with {started}",
+                        started + 1,
+                        self.max_threads
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops taking requests and waits up to `timeout` for the threads to
+    /// finish; false when some are still running.
+    pub(crate) fn shutdown(&self, timeout: Duration) -> bool {
+        drop(self.sender.lock().take());
+        let threads = std::mem::take(&mut *self.threads.lock());
+        let deadline = std::time::Instant::now() + timeout;
+        while threads.iter().any(|thread| !thread.is_finished()) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
 }
 
 /// Runs the app for one request on the current (pool) thread.
@@ -111,5 +170,5 @@ fn run(py: Python<'_>, app: &Py<PyAny>, ctx: &EnvironContext, job: Box<RequestSt
         exchange.abort();
     }
     // The app is done with this exchange: release a body reader still waiting for it.
-    exchange.close();
+    exchange.finish_app();
 }

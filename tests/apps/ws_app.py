@@ -285,6 +285,30 @@ async def ws_never_read(scope, receive, send):
     await asyncio.sleep(120)
 
 
+async def ws_slow_reader(scope, receive, send):
+    """Accept, do not read for 1.5 s, then read every message until the text "end" and
+    answer with how many arrived and a digest of them in order."""
+    import hashlib
+
+    await receive()
+    await send({"type": "websocket.accept"})
+    await asyncio.sleep(1.5)
+    digest, count = hashlib.sha256(), 0
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") == "end":
+            break
+        data = message.get("bytes")
+        if data is None:
+            data = message["text"].encode()
+        digest.update(data)
+        count += 1
+    await send({"type": "websocket.send", "text": json.dumps([count, digest.hexdigest()])})
+    await wait_disconnect(receive)
+
+
 async def ws_hold(scope, receive, send):
     """Accept and wait for the disconnect, recording it (used for the shutdown test)."""
     await receive()
@@ -310,6 +334,7 @@ WEBSOCKET_ROUTES = {
     "/send-until-error": ws_send_until_error,
     "/never-read": ws_never_read,
     "/hold": ws_hold,
+    "/slow-reader": ws_slow_reader,
 }
 
 

@@ -94,6 +94,11 @@ def summarise_agent(outdir: Path, agent: str, cases: dict, ignore_close: bool, s
     sections = sorted(by_section, key=case_key)
     print("  cases per section: " + ", ".join(f"{s}.*: {by_section[s]}" for s in sections))
 
+    for name in ("NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED"):
+        ids = [c for c in sorted(cases, key=case_key) if cases[c].get("behavior") == name]
+        if ids:
+            print(f"  {name.lower()}: {', '.join(ids)}")
+
     if not failed:
         print(f"  PASS: no failed case ({agent})")
         return 0
