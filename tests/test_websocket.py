@@ -488,31 +488,6 @@ def test_upgrade_after_a_keep_alive_request_on_the_same_connection(ws_server):
         assert reader.frame() == (OP_TEXT, True, b"same connection")
 
 
-def test_frames_sent_together_with_the_handshake_are_not_lost(ws_server):
-    """The client writes the upgrade request and its first frames in one go; bytes the server
-    read past the request head belong to the websocket."""
-    sock = ws_server.connect()
-    with sock:
-        key = base64.b64encode(os.urandom(16))
-        sock.sendall(
-            b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
-            b"Sec-WebSocket-Version: 13\r\n\r\n"
-            + encode_frame(OP_TEXT, b"early one")
-            + encode_frame(OP_BINARY, b"early two")
-        )
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            assert chunk, data
-            data += chunk
-        head, rest = data.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 101"), head
-        reader = FrameReader(sock, rest)
-        assert reader.frame() == (OP_TEXT, True, b"early one")
-        assert reader.frame() == (OP_BINARY, True, b"early two")
-
-
 def test_upgrade_handshake_over_raw_socket(ws_server):
     """Sec-WebSocket-Accept is computed from the key (checked in raw_handshake), and frames
     flow right after the 101."""

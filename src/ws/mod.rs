@@ -19,7 +19,7 @@ use http::Method;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -129,6 +129,8 @@ fn close_code_of(error: &WsError) -> (u16, &'static str) {
         }
         WsError::Capacity(_) => (code::TOO_BIG, "frame too big"),
         WsError::Utf8(_) => (code::INVALID_DATA, "invalid UTF-8 in text message"),
+        // The peer dropped the TCP connection without a close frame.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => (code::ABNORMAL, ""),
         WsError::Protocol(_) | WsError::AttackAttempt => (code::PROTOCOL_ERROR, "protocol error"),
         _ => (code::ABNORMAL, ""),
     }
