@@ -263,6 +263,13 @@ def test_length_computed_when_app_finished_before_the_head_was_written(server):
     assert conn.read_response().body == b"hello world"
 
 
+def test_response_headers_may_be_lists(server):
+    response = httpx.get(f"{server.url}/list-headers")
+    assert response.status_code == 200
+    assert response.text == "lists"
+    assert response.headers.get_list("x-list") == ["1", "2"]
+
+
 def test_empty_body_with_content_length_zero(server):
     conn = raw(server)
     conn.send(request("GET", "/empty"))

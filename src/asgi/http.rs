@@ -265,12 +265,17 @@ pub(crate) fn parse_headers(raw: &Bound<'_, PyAny>, headers: &mut HeaderMap) -> 
     })?;
     for pair in iter {
         let pair = pair?;
-        let (name, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = pair.extract().map_err(|_| {
-            PyTypeError::new_err(format!(
+        // Any two-item iterable will do: the spec's examples use lists and tuples.
+        let items: Option<Vec<Bound<'_, PyAny>>> = pair
+            .try_iter()
+            .ok()
+            .and_then(|items| items.take(3).collect::<PyResult<Vec<_>>>().ok());
+        let Some([name, value]) = items.and_then(|items| <[_; 2]>::try_from(items).ok()) else {
+            return Err(PyTypeError::new_err(format!(
                 "each response header must be a [name, value] pair of bytes, got {}",
                 pair.repr().map(|r| r.to_string()).unwrap_or_default()
-            ))
-        })?;
+            )));
+        };
         let (Ok(name), Ok(value)) = (name.cast::<PyBytes>(), value.cast::<PyBytes>()) else {
             return Err(PyTypeError::new_err(format!(
                 "response header names and values must be bytes, got ({}, {})",
@@ -453,5 +458,81 @@ pub(crate) fn format_exception(py: Python<'_>, exc: &Bound<'_, PyAny>) -> String
             .repr()
             .map(|r| r.to_string())
             .unwrap_or_else(|_| "<unprintable exception>".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_py<T>(f: impl FnOnce(Python<'_>) -> T) -> T {
+        Python::initialize();
+        Python::attach(f)
+    }
+
+    #[test]
+    fn status_must_be_an_int_in_range() {
+        with_py(|py| {
+            let ok = 204i64.into_pyobject(py).unwrap().into_any();
+            assert_eq!(parse_status(&ok).unwrap(), StatusCode::NO_CONTENT);
+            for bad in ["'200'", "True", "1000", "99", "101", "200.0"] {
+                let value = py
+                    .eval(&std::ffi::CString::new(bad).unwrap(), None, None)
+                    .unwrap();
+                assert!(parse_status(&value).is_err(), "{bad} accepted");
+            }
+        });
+    }
+
+    #[test]
+    fn headers_must_be_valid_byte_pairs() {
+        with_py(|py| {
+            let eval = |code: &str| {
+                py.eval(&std::ffi::CString::new(code).unwrap(), None, None)
+                    .unwrap()
+            };
+            let mut headers = HeaderMap::new();
+            parse_headers(&eval("[(b'x-a', b'1'), [b'x-a', b'2']]"), &mut headers).unwrap();
+            let values: Vec<_> = headers.get_all("x-a").iter().collect();
+            assert_eq!(values, ["1", "2"], "duplicates kept in order");
+            for bad in [
+                "[('x-a', b'1')]",
+                "[(b'x-a', 'v')]",
+                "[(b'bad name', b'1')]",
+                "[(b'x-a', b'a\\r\\nb: c')]",
+                "[(b'x-a', b'a\\x00')]",
+                "[(b'x-a',)]",
+                "5",
+            ] {
+                let mut headers = HeaderMap::new();
+                assert!(
+                    parse_headers(&eval(bad), &mut headers).is_err(),
+                    "{bad} accepted"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn messages_are_checked_by_type() {
+        with_py(|py| {
+            let eval = |code: &str| {
+                py.eval(&std::ffi::CString::new(code).unwrap(), None, None)
+                    .unwrap()
+            };
+            assert!(matches!(
+                parse_message(&eval(
+                    "{'type': 'http.response.body', 'body': b'x', 'more_body': True}"
+                ))
+                .unwrap(),
+                Outgoing::Body { more: true, .. }
+            ));
+            assert!(parse_message(&eval("{'type': 'http.response.bogus'}")).is_err());
+            assert!(
+                parse_message(&eval("{'type': 'http.response.body', 'body': 'text'}")).is_err()
+            );
+            assert!(parse_message(&eval("{'status': 200}")).is_err());
+            assert!(parse_message(&eval("[('type', 'http.response.start')]")).is_err());
+        });
     }
 }

@@ -285,3 +285,79 @@ pub(crate) async fn serve(
     session.finish(code, &reason);
     let _ = sink.close().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn upgrade_needs_get_and_both_tokens() {
+        let h = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ]);
+        assert!(is_upgrade(&Method::GET, &h));
+        assert!(!is_upgrade(&Method::POST, &h));
+        assert!(!is_upgrade(
+            &Method::GET,
+            &headers(&[("upgrade", "websocket")])
+        ));
+        assert!(!is_upgrade(
+            &Method::GET,
+            &headers(&[("connection", "upgrade"), ("upgrade", "h2c")])
+        ));
+    }
+
+    #[test]
+    fn accept_key_is_rfc6455s() {
+        // The example from RFC 6455 §1.3.
+        let h = headers(&[
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+        ]);
+        assert_eq!(accept_key(&h).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let old = headers(&[
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "8"),
+        ]);
+        assert!(accept_key(&old).is_err());
+        assert!(accept_key(&headers(&[("sec-websocket-version", "13")])).is_err());
+    }
+
+    #[test]
+    fn subprotocols_keep_the_clients_order() {
+        let h = headers(&[
+            ("sec-websocket-protocol", "chat, superchat"),
+            ("sec-websocket-protocol", "v2"),
+        ]);
+        assert_eq!(offered_subprotocols(&h), ["chat", "superchat", "v2"]);
+    }
+
+    #[test]
+    fn errors_map_to_close_codes() {
+        let too_big = WsError::Capacity(CapacityError::MessageTooLong {
+            size: 2,
+            max_size: 1,
+        });
+        assert_eq!(close_code_of(&too_big).0, code::TOO_BIG);
+        assert_eq!(
+            close_code_of(&WsError::Utf8(String::new())).0,
+            code::INVALID_DATA
+        );
+        let reset = WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake);
+        assert_eq!(close_code_of(&reset).0, code::ABNORMAL);
+        let bad = WsError::Protocol(ProtocolError::NonZeroReservedBits);
+        assert_eq!(close_code_of(&bad).0, code::PROTOCOL_ERROR);
+    }
+}

@@ -407,3 +407,61 @@ fn send_file(
         ))
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval<'py>(py: Python<'py>, code: &str) -> Bound<'py, PyAny> {
+        py.eval(&std::ffi::CString::new(code).unwrap(), None, None)
+            .unwrap()
+    }
+
+    #[test]
+    fn status_lines_are_checked_and_custom_reasons_kept() {
+        Python::initialize();
+        Python::attach(|py| {
+            let (status, reason) = parse_status(&eval(py, "'200 OK'")).unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert!(reason.is_none(), "the standard phrase needs no override");
+            let (status, reason) = parse_status(&eval(py, "\"418 I'M A TEAPOT\"")).unwrap();
+            assert_eq!(status.as_u16(), 418);
+            assert_eq!(reason.unwrap().as_bytes(), b"I'M A TEAPOT");
+            for bad in [
+                "b'200 OK'",
+                "200",
+                "'OK'",
+                "'20 OK'",
+                "'2000 OK'",
+                "'200 OK\\r\\nX: y'",
+                "''",
+            ] {
+                assert!(parse_status(&eval(py, bad)).is_err(), "{bad} accepted");
+            }
+        });
+    }
+
+    #[test]
+    fn headers_are_native_string_pairs() {
+        Python::initialize();
+        Python::attach(|py| {
+            let map = parse_headers(&eval(
+                py,
+                "[('Content-Type', 'text/plain'), ('X-Caf', 'caf\\xe9')]",
+            ))
+            .unwrap();
+            assert_eq!(map["content-type"], "text/plain");
+            assert_eq!(map["x-caf"].as_bytes(), b"caf\xe9", "latin-1 encoded");
+            for bad in [
+                "[(b'X', 'v')]",
+                "[('X', 5)]",
+                "[('Bad Name', 'v')]",
+                "[('X', 'a\\r\\nb')]",
+                "[('X', '\\u20ac')]",
+                "(('X', 'v'),)",
+            ] {
+                assert!(parse_headers(&eval(py, bad)).is_err(), "{bad} accepted");
+            }
+        });
+    }
+}

@@ -5,6 +5,7 @@ Routes:
   /nolength       "hello world" in three body messages 10 ms apart, no Content-Length
   /nolength-fast  the same three messages sent back to back
   /length-parts   Content-Length: 11, body in two messages
+  /list-headers   response headers given as [name, value] lists, x-list twice
   /empty          empty 200 body with Content-Length: 0
   /sleep?ms=N&tag=T   writes marker T.started, sleeps N ms, answers "T"
   /echo           reads the whole request body, answers it with Content-Length
@@ -68,6 +69,12 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"hello ", "more_body": True})
         await send({"type": "http.response.body", "body": b"world", "more_body": False})
+    elif path == "/list-headers":
+        # The spec types headers as Iterable[[bytes, bytes]]: lists work as well as tuples.
+        await read_body(receive)
+        headers = [[b"content-type", b"text/plain"], [b"x-list", b"1"], [b"x-list", b"2"]]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"lists"})
     elif path == "/empty":
         await read_body(receive)
         await respond(send, b"", text)
