@@ -83,6 +83,61 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// A listening socket the accept loop can take connections from.
+trait Accept {
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    async fn accept_one(&self) -> std::io::Result<(Self::Io, Peers)>;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept_one(&self) -> std::io::Result<(Self::Io, Peers)> {
+        let (stream, client) = self.accept().await?;
+        // Responses are written whole; waiting to coalesce them only adds latency.
+        let _ = stream.set_nodelay(true);
+        let server = stream.local_addr().ok();
+        let peers = Peers {
+            client: Some(client),
+            server,
+        };
+        Ok((stream, peers))
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+
+    async fn accept_one(&self) -> std::io::Result<(Self::Io, Peers)> {
+        let (stream, _) = self.accept().await?;
+        let peers = Peers {
+            client: None,
+            server: None,
+        };
+        Ok((stream, peers))
+    }
+}
+
+/// Accepts connections until `shutdown` changes.
+async fn accept_loop<A: Accept>(
+    listener: A,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    state: &Arc<ServerState>,
+    shutdown: &mut watch::Receiver<Option<Duration>>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept_one() => match accepted {
+                Ok((io, peers)) => spawn_connection(builder, graceful, io, peers, state),
+                Err(err) => accept_failed(err).await,
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` carries a grace period, then lets
 /// in-flight requests finish for at most that long.
 pub(crate) async fn serve(
@@ -94,49 +149,14 @@ pub(crate) async fn serve(
     let builder = connection_builder(&config);
     let graceful = GracefulShutdown::new();
     match listener {
-        Listener::Tcp(std_listener) => {
-            let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                Ok(listener) => listener,
-                Err(err) => {
-                    tracing::error!("Cannot use the listening socket: {err}");
-                    return;
-                }
-            };
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, client)) => {
-                            let _ = stream.set_nodelay(true);
-                            let peers = Peers { client: Some(client), server: stream.local_addr().ok() };
-                            spawn_connection(&builder, &graceful, stream, peers, &state);
-                        }
-                        Err(err) => accept_failed(err).await,
-                    },
-                    _ = shutdown.changed() => break,
-                }
-            }
-        }
-        Listener::Unix(std_listener, _) => {
-            let listener = match tokio::net::UnixListener::from_std(std_listener) {
-                Ok(listener) => listener,
-                Err(err) => {
-                    tracing::error!("Cannot use the listening socket: {err}");
-                    return;
-                }
-            };
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => {
-                            let peers = Peers { client: None, server: None };
-                            spawn_connection(&builder, &graceful, stream, peers, &state);
-                        }
-                        Err(err) => accept_failed(err).await,
-                    },
-                    _ = shutdown.changed() => break,
-                }
-            }
-        }
+        Listener::Tcp(listener) => match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => accept_loop(listener, &builder, &graceful, &state, &mut shutdown).await,
+            Err(err) => return unusable_listener(err),
+        },
+        Listener::Unix(listener, _) => match tokio::net::UnixListener::from_std(listener) {
+            Ok(listener) => accept_loop(listener, &builder, &graceful, &state, &mut shutdown).await,
+            Err(err) => return unusable_listener(err),
+        },
     }
     let grace = (*shutdown.borrow()).unwrap_or_default();
     let websockets = Arc::clone(&state.websockets);
@@ -162,6 +182,10 @@ pub(crate) async fn serve(
         };
         let _ = tokio::time::timeout(WEBSOCKET_CLOSE_WAIT, closed).await;
     }
+}
+
+fn unusable_listener(err: std::io::Error) {
+    tracing::error!("Cannot use the listening socket: {err}");
 }
 
 async fn accept_failed(err: std::io::Error) {
