@@ -194,12 +194,15 @@ def _gunicorn_argv(port: int) -> list[str]:
 
 
 def _uwsgi_argv(port: int) -> list[str]:
-    # --http11-socket: the worker speaks HTTP/1.1 with keep-alive itself. The `--http` router
-    # (a second process relaying to the worker) stalls ~40 ms per 10 KiB response on a
-    # keep-alive connection (about 1,400 req/s here), which would measure the router, not uWSGI.
+    # --http: uWSGI's HTTP router (a second process, pinned to the same core) in front of the
+    # worker, which is how uWSGI serves HTTP clients directly. --http-keepalive lets wrk reuse
+    # its connections; with the default page-size router buffer a 10 KiB response stalls ~40 ms
+    # on a keep-alive connection (Nagle + delayed ACK: ~1,400 req/s), hence the 64 KiB buffer.
+    # Not --http11-socket: there each of the 8 threads holds one keep-alive connection and the
+    # other 56 of wrk's 64 connections wait unserved for the whole run.
     return [
         program("uwsgi") or "uwsgi",
-        "--http11-socket", f"{HOST}:{port}",
+        "--http", f"{HOST}:{port}", "--http-keepalive", "--http-buffer-size", "65536",
         "--module", WSGI_APP, "--pythonpath", str(REPO),
         "--master", "--processes", "1", "--threads", str(WSGI_THREADS),
         "--disable-logging", "--die-on-term", "--need-app",
@@ -239,7 +242,7 @@ SERVER_SPECS = [
     ),
     ServerSpec(
         "uwsgi", "wsgi", (), _uwsgi_argv,
-        f"--http11-socket, 1 process, {WSGI_THREADS} threads",
+        f"--http router + 1 process, {WSGI_THREADS} threads",
         programs=("uwsgi",),
         install="pip install uwsgi; it compiles C: needs gcc and the Python headers, "
         "e.g. apt-get install build-essential python3-dev",
@@ -274,6 +277,7 @@ def parse_wrk(output: str) -> dict:
     p99 = re.search(r"^\s*99%\s+(\S+)", output, re.MULTILINE)
     if not rps or not p99:
         raise ValueError("could not find Requests/sec and the 99% latency in wrk's output")
+    average = re.search(r"^\s*Latency\s+(\S+)", output, re.MULTILINE)
     requests = re.search(r"(\d+) requests in", output)
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     socket_errors = re.search(
@@ -285,6 +289,7 @@ def parse_wrk(output: str) -> dict:
     return {
         "requests_per_sec": float(rps.group(1)),
         "p99_ms": parse_duration_ms(p99.group(1)),
+        "average_ms": parse_duration_ms(average.group(1)) if average else None,
         "requests": int(requests.group(1)) if requests else None,
         "non_2xx_3xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": errors,
@@ -418,6 +423,12 @@ def bench_server(args, spec: ServerSpec, scenarios: list[Scenario], work: Path):
                     print(f"  server log:\n{_indent(server.log_tail())}", flush=True)
                     break
                 continue
+            # Little's law: how many connections had a request in flight, on average. Far
+            # below wrk's connection count means the server left connections waiting.
+            if result["average_ms"]:
+                busy = result["requests_per_sec"] * result["average_ms"] / 1000
+                result["connections_served"] = round(busy, 1)
+            result["connections"] = args.connections
             result["wrk_output"] = output
             results[scenario.name] = result
             print(
@@ -443,6 +454,9 @@ def _error_note(result: dict) -> str:
     errors = {k: v for k, v in result.get("socket_errors", {}).items() if v}
     if errors:
         notes.append("socket errors " + ", ".join(f"{k} {v}" for k, v in errors.items()))
+    served, connections = result.get("connections_served"), result.get("connections")
+    if served is not None and connections and served < connections / 2:
+        notes.append(f"only ~{served:.0f} of {connections} connections served at a time")
     return "   !! " + "; ".join(notes) if notes else ""
 
 
@@ -470,7 +484,8 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
                 cells.append("failed")
         print(f"{scenario.name:<10}" + "".join(f"{cell:>{width}}" for cell in cells))
 
-    ratios: dict[str, dict[str, float]] = {}
+    ratios: dict[str, dict[str, float]] = {}  # rounded, for the JSON
+    exact: dict[str, dict[str, float]] = {}  # as printed in the table and the bar line
     peers = [name for name in servers if name != "rsasgi"]
     if "rsasgi" not in servers or not peers:
         return ratios
@@ -485,13 +500,14 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
             if ours and theirs:
                 ratio = ours / theirs
                 ratios.setdefault(scenario.name, {})[peer] = round(ratio, 3)
+                exact.setdefault(scenario.name, {})[peer] = ratio
                 cells.append(f"{ratio:.2f}x")
             else:
                 cells.append("-")
         print(f"{scenario.name:<10}" + "".join(f"{cell:>{width}}" for cell in cells))
 
     if any(scenario.name == "hello" for scenario in scenarios):
-        hello = ratios.get("hello", {})
+        hello = exact.get("hello", {})
         checks = []
         for peer, bar in BAR[group].items():
             if peer not in servers:
@@ -505,7 +521,10 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
             print()
             print(f"{label} hello-world bar (rsasgi ≥ bar × peer): " + "; ".join(checks))
     if any(_error_note(r) for per in results.values() for r in per.values()):
-        print("! = wrk saw non-2xx/3xx responses or socket errors in that run (see the JSON)")
+        print(
+            "! = wrk saw non-2xx/3xx responses or socket errors in that run, or the server "
+            "left most connections waiting (see the JSON)"
+        )
     return ratios
 
 
