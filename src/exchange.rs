@@ -19,7 +19,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::prelude::*;
 
-use crate::bridge::{wake, Bridge, Event, WaitKind, Waiter};
+use crate::bridge::{wake, wake_when_idle, Bridge, Event, WaitKind, Waiter};
 
 /// Request body buffered ahead of the app before the reactor stops reading
 /// the socket: enough for one read, small enough that a large upload is
@@ -405,7 +405,11 @@ impl Exchange {
         }
         st.complete = !more;
         if let Some(waker) = st.reactor.take() {
-            wake(waker);
+            if more {
+                wake(waker);
+            } else {
+                wake_when_idle(waker);
+            }
         }
         Ok(st.response_buffered > RESPONSE_HIGH_WATER)
     }

@@ -6,11 +6,15 @@ use http::{header, HeaderMap, Version};
 use percent_encoding::percent_decode;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use super::errors::WsgiErrors;
 use super::input::WsgiInput;
 use crate::exchange::Exchange;
+
+/// `(1, 0)`, shared by every environ (tuples are immutable).
+static WSGI_VERSION: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
 
 /// What every environ of a worker shares.
 pub(crate) struct EnvironContext {
@@ -46,6 +50,30 @@ pub(crate) fn cgi_name(name: &str) -> Option<String> {
     Some(key)
 }
 
+/// The environ key of a request header, interned for the headers most
+/// requests carry so each request does not build the same strings again.
+fn header_key<'py>(py: Python<'py>, name: &str) -> Option<Bound<'py, PyString>> {
+    let common = match name {
+        "host" => intern!(py, "HTTP_HOST"),
+        "user-agent" => intern!(py, "HTTP_USER_AGENT"),
+        "accept" => intern!(py, "HTTP_ACCEPT"),
+        "accept-encoding" => intern!(py, "HTTP_ACCEPT_ENCODING"),
+        "accept-language" => intern!(py, "HTTP_ACCEPT_LANGUAGE"),
+        "connection" => intern!(py, "HTTP_CONNECTION"),
+        "cookie" => intern!(py, "HTTP_COOKIE"),
+        "referer" => intern!(py, "HTTP_REFERER"),
+        "origin" => intern!(py, "HTTP_ORIGIN"),
+        "cache-control" => intern!(py, "HTTP_CACHE_CONTROL"),
+        "authorization" => intern!(py, "HTTP_AUTHORIZATION"),
+        "x-forwarded-for" => intern!(py, "HTTP_X_FORWARDED_FOR"),
+        "x-forwarded-proto" => intern!(py, "HTTP_X_FORWARDED_PROTO"),
+        "x-requested-with" => intern!(py, "HTTP_X_REQUESTED_WITH"),
+        "upgrade-insecure-requests" => intern!(py, "HTTP_UPGRADE_INSECURE_REQUESTS"),
+        other => return cgi_name(other).map(|key| PyString::new(py, &key)),
+    };
+    Some(common.clone())
+}
+
 fn protocol(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "HTTP/0.9",
@@ -63,7 +91,13 @@ pub(crate) fn build<'py>(
     headers: &HeaderMap,
 ) -> PyResult<Bound<'py, PyDict>> {
     let environ = PyDict::new(py);
-    environ.set_item(intern!(py, "REQUEST_METHOD"), exchange.method.as_str())?;
+    let method = match exchange.method.as_str() {
+        "GET" => intern!(py, "GET").clone(),
+        "POST" => intern!(py, "POST").clone(),
+        "HEAD" => intern!(py, "HEAD").clone(),
+        other => PyString::new(py, other),
+    };
+    environ.set_item(intern!(py, "REQUEST_METHOD"), method)?;
     environ.set_item(intern!(py, "SCRIPT_NAME"), ctx.script_name.as_str())?;
     let raw_path = exchange.uri.path();
     let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
@@ -71,7 +105,11 @@ pub(crate) fn build<'py>(
     environ.set_item(intern!(py, "PATH_INFO"), latin1(py, &path))?;
     let query = exchange.uri.query().unwrap_or("");
     environ.set_item(intern!(py, "QUERY_STRING"), latin1(py, query.as_bytes()))?;
-    environ.set_item(intern!(py, "SERVER_PROTOCOL"), protocol(exchange.version))?;
+    let protocol = match exchange.version {
+        Version::HTTP_11 => intern!(py, "HTTP/1.1").clone(),
+        other => PyString::new(py, protocol(other)),
+    };
+    environ.set_item(intern!(py, "SERVER_PROTOCOL"), protocol)?;
     match exchange.server {
         Some(addr) => {
             environ.set_item(intern!(py, "SERVER_NAME"), addr.ip().to_string())?;
@@ -100,12 +138,14 @@ pub(crate) fn build<'py>(
             environ.set_item(intern!(py, "CONTENT_TYPE"), value)?;
         } else if name == header::CONTENT_LENGTH {
             environ.set_item(intern!(py, "CONTENT_LENGTH"), value)?;
-        } else if let Some(key) = cgi_name(name.as_str()) {
+        } else if let Some(key) = header_key(py, name.as_str()) {
             environ.set_item(key, value)?;
         }
     }
 
-    environ.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
+    let version =
+        WSGI_VERSION.get_or_try_init(py, || PyTuple::new(py, [1, 0]).map(Bound::unbind))?;
+    environ.set_item(intern!(py, "wsgi.version"), version.bind(py))?;
     environ.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "http"))?;
     environ.set_item(
         intern!(py, "wsgi.input"),

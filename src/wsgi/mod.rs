@@ -15,36 +15,108 @@ mod response;
 
 pub(crate) use file_wrapper::FileWrapper;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
 use crate::asgi::http::format_error;
 use crate::asgi::ClientDisconnected;
+use crate::bridge::{deliver_wakes, mark_pool_thread};
 use crate::exchange::RequestStart;
 use environ::EnvironContext;
 use response::{respond, ResponseState, StartResponse};
+
+/// Finished responses a pool thread holds before waking the reactor, when
+/// requests keep arriving (it wakes it anyway once its queue is empty).
+const WAKE_BATCH: usize = 16;
+
+/// How many times an idle pool thread yields to other threads, checking
+/// for new requests, before it parks.
+const IDLE_YIELDS: usize = 3;
 
 /// Above this many threads per worker the pool is more likely a mistake
 /// (GIL contention, database connections) than a plan.
 pub(crate) const THREADS_WARNING: usize = 256;
 
-/// The WSGI thread pool of a worker. Threads are started as requests need
-/// them, up to `--threads`, so a large setting costs nothing until used.
-pub(crate) struct Pool {
-    /// Taken at shutdown: with it gone, idle threads see the channel close.
-    sender: Mutex<Option<Sender<Box<RequestStart>>>>,
-    receiver: Receiver<Box<RequestStart>>,
-    app: Arc<Py<PyAny>>,
-    ctx: Arc<EnvironContext>,
+/// A parked idle pool thread.
+struct IdleSlot {
+    thread: Thread,
+    /// Set by the dispatcher that took this slot off the idle list.
+    woken: AtomicBool,
+}
+
+/// What the reactor and the pool threads share.
+struct Shared {
+    jobs: SegQueue<Box<RequestStart>>,
+    idle: Mutex<Vec<Arc<IdleSlot>>>,
+    /// Threads woken (or started) for queued requests that do not hold the
+    /// GIL yet. While one is on its way, new requests wake nobody else.
+    searching: AtomicUsize,
+    closed: AtomicBool,
+    app: Py<PyAny>,
+    ctx: EnvironContext,
     max_threads: usize,
-    idle: Arc<AtomicUsize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Makes sure some thread will come for the queued requests: one is
+    /// already on its way, an idle one is woken, or the pool grows.
+    fn ensure_searcher(self: &Arc<Self>) {
+        if self.searching.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        let slot = self.idle.lock().pop();
+        if let Some(slot) = slot {
+            self.searching.fetch_add(1, Ordering::SeqCst);
+            slot.woken.store(true, Ordering::SeqCst);
+            slot.thread.unpark();
+            return;
+        }
+        // Every thread is busy in the app: grow the pool if allowed.
+        let started = self.threads.lock().len();
+        if started < self.max_threads {
+            self.searching.fetch_add(1, Ordering::SeqCst);
+            if let Err(err) = self.spawn_thread() {
+                self.searching.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(
+                    "cannot start WSGI thread {} of --threads {}: {err}; carrying on with {started}",
+                    started + 1,
+                    self.max_threads
+                );
+            }
+        }
+    }
+
+    /// Starts a thread, which counts as searching until it holds the GIL.
+    fn spawn_thread(self: &Arc<Self>) -> std::io::Result<()> {
+        let mut threads = self.threads.lock();
+        let shared = Arc::clone(self);
+        let handle = std::thread::Builder::new()
+            .name(format!("rsasgi-wsgi-{}", threads.len()))
+            .spawn(move || thread_main(&shared))?;
+        threads.push(handle);
+        Ok(())
+    }
+}
+
+/// The WSGI thread pool of a worker.
+///
+/// Requests are taken from the queue only by the thread holding the GIL,
+/// which runs them one after another. Another thread is woken only when none
+/// is already waiting for the GIL: if the running app releases the GIL (a
+/// database query, a sleep), that thread carries on with the queue; if it
+/// does not, at most one thread waits. So a CPU-bound app does not have
+/// eight threads fighting over the GIL, and an I/O-bound one still gets up
+/// to `--threads` requests in flight. Threads are started as needed, so a
+/// large `--threads` costs nothing until used.
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
 }
 
 impl Pool {
@@ -55,79 +127,47 @@ impl Pool {
         max_threads: usize,
         script_name: String,
     ) -> std::io::Result<Arc<Pool>> {
-        let (sender, receiver) = crossbeam_channel::unbounded();
         let pool = Arc::new(Pool {
-            sender: Mutex::new(Some(sender)),
-            receiver,
-            app: Arc::new(app.clone().unbind()),
-            ctx: Arc::new(EnvironContext {
-                script_name,
-                file_wrapper: py.get_type::<FileWrapper>().into_any().unbind(),
-                multiprocess: false,
+            shared: Arc::new(Shared {
+                jobs: SegQueue::new(),
+                idle: Mutex::new(Vec::new()),
+                searching: AtomicUsize::new(0),
+                closed: AtomicBool::new(false),
+                app: app.clone().unbind(),
+                ctx: EnvironContext {
+                    script_name,
+                    file_wrapper: py.get_type::<FileWrapper>().into_any().unbind(),
+                    multiprocess: false,
+                },
+                max_threads,
+                threads: Mutex::new(Vec::new()),
             }),
-            max_threads,
-            idle: Arc::new(AtomicUsize::new(0)),
-            threads: Mutex::new(Vec::new()),
         });
-        pool.spawn_thread()?;
+        pool.shared.searching.fetch_add(1, Ordering::SeqCst);
+        pool.shared.spawn_thread()?;
         Ok(pool)
     }
 
-    fn spawn_thread(&self) -> std::io::Result<()> {
-        let mut threads = self.threads.lock();
-        let index = threads.len();
-        let receiver = self.receiver.clone();
-        let app = Arc::clone(&self.app);
-        let ctx = Arc::clone(&self.ctx);
-        let idle = Arc::clone(&self.idle);
-        let handle = std::thread::Builder::new()
-            .name(format!("rsasgi-wsgi-{index}"))
-            .spawn(move || loop {
-                idle.fetch_add(1, Ordering::SeqCst);
-                let job = receiver.recv();
-                idle.fetch_sub(1, Ordering::SeqCst);
-                let Ok(job) = job else { return };
-                // Keep the GIL for requests already queued: handing it to
-                // another pool thread per request costs more than the request.
-                Python::attach(|py| {
-                    run(py, &app, &ctx, job);
-                    while let Ok(job) = receiver.try_recv() {
-                        run(py, &app, &ctx, job);
-                    }
-                });
-            })?;
-        threads.push(handle);
-        Ok(())
-    }
-
-    /// Queues a request (from the reactor), starting another thread when
-    /// every thread is busy and the pool may grow. Err when the pool is gone.
+    /// Queues a request (from the reactor) and makes sure a thread will take
+    /// it. Err when the pool has shut down.
     pub(crate) fn dispatch(&self, job: Box<RequestStart>) -> Result<(), ()> {
-        {
-            let sender = self.sender.lock();
-            let sender = sender.as_ref().ok_or(())?;
-            sender.send(job).map_err(drop)?;
+        let shared = &self.shared;
+        if shared.closed.load(Ordering::SeqCst) {
+            return Err(());
         }
-        if self.receiver.len() > self.idle.load(Ordering::SeqCst) {
-            let started = self.threads.lock().len();
-            if started < self.max_threads {
-                if let Err(err) = self.spawn_thread() {
-                    tracing::warn!(
-                        "cannot start WSGI thread {} of --threads {}: {err}; carrying on with {started}",
-                        started + 1,
-                        self.max_threads
-                    );
-                }
-            }
-        }
+        shared.jobs.push(job);
+        shared.ensure_searcher();
         Ok(())
     }
 
     /// Stops taking requests and waits up to `timeout` for the threads to
     /// finish; false when some are still running.
     pub(crate) fn shutdown(&self, timeout: Duration) -> bool {
-        drop(self.sender.lock().take());
-        let threads = std::mem::take(&mut *self.threads.lock());
+        self.shared.closed.store(true, Ordering::SeqCst);
+        for slot in self.shared.idle.lock().drain(..) {
+            slot.thread.unpark();
+        }
+        let threads = std::mem::take(&mut *self.shared.threads.lock());
         let deadline = std::time::Instant::now() + timeout;
         while threads.iter().any(|thread| !thread.is_finished()) {
             if std::time::Instant::now() >= deadline {
@@ -137,6 +177,74 @@ impl Pool {
         }
         true
     }
+}
+
+/// A pool thread: run queued requests while holding the GIL, park (with the
+/// GIL released) when there are none. The thread keeps one Python thread
+/// state for its whole life rather than creating one per batch.
+fn thread_main(shared: &Arc<Shared>) {
+    mark_pool_thread();
+    Python::attach(|py| {
+        let mut searching = true;
+        loop {
+            if !shared.jobs.is_empty() {
+                if std::mem::take(&mut searching) {
+                    shared.searching.fetch_sub(1, Ordering::SeqCst);
+                }
+                let mut batch = 0;
+                while let Some(job) = shared.jobs.pop() {
+                    // If this request blocks in the app, the ones behind it
+                    // need another thread.
+                    if !shared.jobs.is_empty() {
+                        shared.ensure_searcher();
+                    }
+                    run(py, &shared.app, &shared.ctx, job);
+                    batch += 1;
+                    if batch % WAKE_BATCH == 0 {
+                        deliver_wakes();
+                    }
+                }
+                deliver_wakes();
+                continue;
+            }
+            if std::mem::take(&mut searching) {
+                shared.searching.fetch_sub(1, Ordering::SeqCst);
+            }
+            if shared.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            // Wait without the GIL; true when a dispatcher woke us for work
+            // (and counted us as searching until we hold the GIL again).
+            searching = py.detach(|| wait_for_work(shared));
+        }
+    });
+}
+
+/// Parks an idle pool thread until a request may be waiting.
+fn wait_for_work(shared: &Shared) -> bool {
+    // Let the reactor run before parking: under load it is about to queue
+    // the next requests, and finding them here is cheaper than being
+    // unparked for them.
+    if (0..IDLE_YIELDS).any(|_| {
+        std::thread::yield_now();
+        !shared.jobs.is_empty()
+    }) {
+        return false;
+    }
+    let slot = Arc::new(IdleSlot {
+        thread: std::thread::current(),
+        woken: AtomicBool::new(false),
+    });
+    shared.idle.lock().push(Arc::clone(&slot));
+    // A request queued before we were on the idle list woke nobody.
+    if shared.jobs.is_empty() && !shared.closed.load(Ordering::SeqCst) {
+        std::thread::park();
+    }
+    shared
+        .idle
+        .lock()
+        .retain(|other| !Arc::ptr_eq(other, &slot));
+    slot.woken.load(Ordering::SeqCst)
 }
 
 /// Runs the app for one request on the current (pool) thread.
