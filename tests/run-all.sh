@@ -31,3 +31,6 @@ PYO3_PYTHON="$PWD/.venv/bin/python" cargo test --quiet
 
 echo "== end-to-end tests"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+
+echo "== Autobahn|Testsuite (WebSocket conformance, cases 1-10)"
+VENV="$PWD/.venv" bash tests/autobahn/run.sh
