@@ -380,15 +380,12 @@ impl HttpSend {
     #[pyo3(signature = (exc=None))]
     fn _finish(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let exchange = &self.exchange;
-        let (started, complete, closed, reactor) = {
-            let mut st = exchange.lock();
-            let outcome = (st.started, st.complete, st.closed);
-            if !st.complete {
-                st.aborted = true;
-            }
-            (outcome.0, outcome.1, outcome.2, st.reactor.take())
+        let (started, complete, closed) = {
+            let st = exchange.lock();
+            (st.started, st.complete, st.closed)
         };
-        HttpSend::wake_reactor(reactor);
+        // A response left incomplete becomes a 500, or an aborted connection.
+        exchange.abort();
         // The app is done with this exchange: release a body reader still waiting for it.
         exchange.finish_app();
         let request = exchange.request_line();
