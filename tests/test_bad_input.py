@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import httpx
 import pytest
+from apps.proto_raw import recv_until_closed
 
 APP = "err_count:app"
-
-
-def recv_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """Read until the server closes the connection; fail if it is still open after `timeout`."""
-    deadline = time.monotonic() + timeout
-    chunks = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(
-                f"connection still open after {timeout}s; got {b''.join(chunks)!r}"
-            )
-        sock.settimeout(remaining)
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        except socket.timeout:
-            continue
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
 
 
 def exchange(server, request: bytes) -> bytes:

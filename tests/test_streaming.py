@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from apps.proto_raw import RawConn, request, rss_kib, wait_for_file
+from apps.proto_raw import RawConn, read_slowly_then_fast, request, rss_kib, wait_for_file
 
 APP = "proto_stream:app"
 MiB = 1 << 20
@@ -297,30 +297,12 @@ def test_slow_reader_keeps_memory_bounded(server, markers):
         "send() does not wait for the client"
     )
 
-    # Phase 2: read slowly for 2 s.
-    digest = hashlib.sha256()
+    # Phase 2: read slowly for 2 s; phase 3: the rest as fast as possible.
     resp = conn.read_head()
     assert resp.status == 200
-    body = conn.iter_body(resp)
-    total = 0
-    end = time.monotonic() + 2
-    while time.monotonic() < end:
-        data = next(body)
-        digest.update(data)
-        total += len(data)
-        peak = max(peak, rss_kib(pid))
-        time.sleep(0.02)
-
-    # Phase 3: read the rest as fast as possible.
-    n = 0
-    for data in body:
-        digest.update(data)
-        total += len(data)
-        n += 1
-        if n % 200 == 0:
-            peak = max(peak, rss_kib(pid))
+    sha, total, peak = read_slowly_then_fast(conn, resp, pid, peak)
     growth_mib = (peak - baseline) / 1024
     assert growth_mib < 100, f"server RSS grew by {growth_mib:.0f} MiB (baseline {baseline} KiB)"
     assert total == size
-    assert digest.hexdigest() == download_sha(size, chunk)
+    assert sha == download_sha(size, chunk)
     still_serving(server)

@@ -7,7 +7,6 @@ App: tests/apps/wsgi_err.py. Markers in $WSGI_MARKER_DIR.
 
 from __future__ import annotations
 
-import socket
 import time
 
 import httpx
@@ -51,25 +50,6 @@ def wait_log(server, *needles: str, timeout: float = 5.0) -> str:
             missing = [n for n in needles if n not in log]
             raise AssertionError(f"log lacks {missing!r}:\n{log[-4000:]}")
         time.sleep(0.05)
-
-
-def recv_until_closed(conn: RawConn, timeout: float = 10.0) -> bytes:
-    deadline = time.monotonic() + timeout
-    data = bytearray(conn.buf)
-    conn.buf.clear()
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"connection still open after {timeout}s; got {bytes(data)!r}"
-        conn.sock.settimeout(remaining)
-        try:
-            piece = conn.sock.recv(65536)
-        except ConnectionResetError:
-            return bytes(data)
-        except (TimeoutError, socket.timeout):
-            continue
-        if not piece:
-            return bytes(data)
-        data += piece
 
 
 def get_500(server, path: str):
@@ -132,7 +112,7 @@ def test_raise_before_anything_was_sent_is_a_500(server, path, message):
 def test_raise_after_the_first_chunk_aborts_the_response(server):
     conn = raw(server)
     conn.send(request("GET", "/raise-midway"))
-    data = recv_until_closed(conn)
+    data = conn.read_until_closed()
     assert_aborted(data, b"partial-body")
     wait_log(server, "Exception in WSGI application", "RuntimeError: wsgi-boom-midway")
     assert_worker_alive(server)
@@ -177,7 +157,7 @@ def test_worker_survives_many_failures(server):
     for i in range(25):
         conn = raw(server)
         conn.send(request("GET", paths[i % len(paths)], headers=[("Connection", "close")]))
-        recv_until_closed(conn)
+        conn.read_until_closed()
         conn.sock.close()
     assert_worker_alive(server)
 
@@ -259,7 +239,7 @@ def test_second_start_response_with_exc_info_before_sending_replaces_the_status(
 def test_exc_info_after_the_first_chunk_is_reraised_and_aborts(server, markers):
     conn = raw(server)
     conn.send(request("GET", "/exc-after?tag=after"))
-    data = recv_until_closed(conn)
+    data = conn.read_until_closed()
     body = assert_aborted(data, b"partial-body")
     assert b"error page after headers" not in body
     assert wait_for_line(markers / "after.log", "reraised KeyError 'wsgi-exc-after-sent'")
@@ -270,7 +250,7 @@ def test_exc_info_after_the_first_chunk_is_reraised_and_aborts(server, markers):
 def test_exc_info_after_write_is_reraised_and_aborts(server, markers):
     conn = raw(server)
     conn.send(request("GET", "/exc-after-write?tag=w"))
-    data = recv_until_closed(conn)
+    data = conn.read_until_closed()
     body = assert_aborted(data, b"written-body")
     assert b"error page after write" not in body
     assert wait_for_line(markers / "w.log", "reraised KeyError 'wsgi-exc-after-write'")

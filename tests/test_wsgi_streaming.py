@@ -17,7 +17,7 @@ import time
 
 import httpx
 import pytest
-from apps.proto_raw import RawConn, request, rss_kib
+from apps.proto_raw import RawConn, read_slowly_then_fast, request, rss_kib
 from apps.wsgi_common import block, read_lines, wait_for_line
 
 APP = "wsgi_stream:app"
@@ -56,26 +56,6 @@ def stable_lines(path, settle: float = 0.5) -> list[str]:
         if again == lines:
             return lines
         lines = again
-
-
-def recv_until_closed(conn: RawConn, timeout: float = 10.0) -> bytes:
-    """Everything until the server closes; fails if it stays open for `timeout` s."""
-    deadline = time.monotonic() + timeout
-    data = bytearray(conn.buf)
-    conn.buf.clear()
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"connection still open after {timeout}s; got {bytes(data[-300:])!r}"
-        conn.sock.settimeout(remaining)
-        try:
-            piece = conn.sock.recv(65536)
-        except ConnectionResetError:
-            return bytes(data)
-        except (TimeoutError, socket.timeout):
-            continue
-        if not piece:
-            return bytes(data)
-        data += piece
 
 
 # --- write() ---------------------------------------------------------------------------------
@@ -167,7 +147,7 @@ def test_close_called_after_head(server, markers):
 def test_close_called_when_the_iterable_raises_midway(server, markers):
     conn = raw(server)
     conn.send(request("GET", "/close?mode=raise&tag=mid"))
-    data = recv_until_closed(conn)
+    data = conn.read_until_closed()
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), data
     assert b"transfer-encoding: chunked" in head.lower(), data
@@ -370,32 +350,14 @@ def test_slow_reader_of_a_200mb_generator_keeps_memory_bounded(server, markers):
         "no backpressure on the WSGI thread"
     )
 
-    # Phase 2: read slowly for 2 s.
-    digest = hashlib.sha256()
+    # Phase 2: read slowly for 2 s; phase 3: the rest as fast as possible.
     resp = conn.read_head()
     assert resp.status == 200
-    body = conn.iter_body(resp)
-    total = 0
-    end = time.monotonic() + 2
-    while time.monotonic() < end:
-        data = next(body)
-        digest.update(data)
-        total += len(data)
-        peak = max(peak, rss_kib(pid))
-        time.sleep(0.02)
-
-    # Phase 3: the rest as fast as possible.
-    n = 0
-    for data in body:
-        digest.update(data)
-        total += len(data)
-        n += 1
-        if n % 200 == 0:
-            peak = max(peak, rss_kib(pid))
+    sha, total, peak = read_slowly_then_fast(conn, resp, pid, peak)
     growth_mib = (peak - baseline) / 1024
     assert growth_mib < 100, f"server RSS grew by {growth_mib:.0f} MiB (baseline {baseline} KiB)"
     assert total == size
-    assert digest.hexdigest() == gen_sha(size, chunk)
+    assert sha == gen_sha(size, chunk)
     still_serving(server)
 
 
@@ -584,7 +546,7 @@ def test_sleeping_app_does_not_block_the_reactor(run_rsasgi, markers):
     # the reactor still accepts and parses: a malformed request is answered at once
     bad = raw(server)
     bad.send(b"THIS IS NOT HTTP\r\n\r\n")
-    data = recv_until_closed(bad, timeout=5)
+    data = bad.read_until_closed(timeout=5)
     late = time.time() - started
     assert data.startswith(b"HTTP/1.1 400"), data[:200]
     assert late < 1.9, f"400 came {late:.2f}s after the app began its 2 s sleep"

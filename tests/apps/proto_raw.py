@@ -7,6 +7,7 @@ Imported by tests/test_http_protocol.py, tests/test_streaming.py and tests/test_
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -36,6 +37,25 @@ class Response:
     def header_all(self, name: str) -> list[str]:
         name = name.lower()
         return [v for k, v in self.headers if k == name]
+
+
+def recv_until_closed(sock: socket.socket, timeout: float = 10.0, received: bytes = b"") -> bytes:
+    """Read until the server closes the connection; fail if it is still open after `timeout`."""
+    deadline = time.monotonic() + timeout
+    data = bytearray(received)
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"connection still open after {timeout}s; got {bytes(data[-300:])!r}"
+        sock.settimeout(remaining)
+        try:
+            piece = sock.recv(65536)
+        except ConnectionResetError:
+            return bytes(data)
+        except (TimeoutError, socket.timeout):
+            continue
+        if not piece:
+            return bytes(data)
+        data += piece
 
 
 class RawConn:
@@ -82,6 +102,12 @@ class RawConn:
         out = bytes(self.buf)
         self.buf.clear()
         return out
+
+    def read_until_closed(self, timeout: float = 10.0) -> bytes:
+        """Everything until the server closes; fails if it stays open for `timeout` s."""
+        received = bytes(self.buf)
+        self.buf.clear()
+        return recv_until_closed(self.sock, timeout, received)
 
     def is_closed_by_peer(self, timeout: float) -> bool:
         """True when the peer closes within `timeout` s and sent nothing more before that."""
@@ -223,3 +249,24 @@ def rss_kib(pid: int) -> int:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total
+
+
+def read_slowly_then_fast(conn: RawConn, resp: Response, pid: int, peak: int):
+    """Reads `resp`'s body slowly for 2 s, then the rest at full speed, sampling the server's
+    RSS as it goes. Returns (sha256 hex of the body, its length, the highest RSS in KiB)."""
+    digest = hashlib.sha256()
+    body = conn.iter_body(resp)
+    total = 0
+    end = time.monotonic() + 2
+    while time.monotonic() < end:
+        data = next(body)
+        digest.update(data)
+        total += len(data)
+        peak = max(peak, rss_kib(pid))
+        time.sleep(0.02)
+    for n, data in enumerate(body, 1):
+        digest.update(data)
+        total += len(data)
+        if n % 200 == 0:
+            peak = max(peak, rss_kib(pid))
+    return digest.hexdigest(), total, peak
