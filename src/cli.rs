@@ -13,7 +13,8 @@ use http::header::{HeaderName, HeaderValue};
 
 use crate::config::{
     parse_app, parse_header, parse_root_path, parse_seconds, Bind, Config, EventLoop, Interface,
-    Lifespan, LogLevel, WsMode, MIN_REQUEST_HEAD,
+    Lifespan, LogLevel, WsMode, DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL,
+    DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT, MIN_REQUEST_HEAD,
 };
 use crate::ws::WsSettings;
 
@@ -209,6 +210,16 @@ struct Args {
           value_parser = parse_seconds, help_heading = "Limits")]
     timeout_keep_alive: Duration,
 
+    /// Seconds between PING frames on HTTP/2 connections (0 disables them).
+    #[arg(long, env = "RSASGI_HTTP2_KEEP_ALIVE_INTERVAL", value_name = "SECONDS",
+          default_value = DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL, value_parser = parse_seconds, help_heading = "Limits")]
+    http2_keep_alive_interval: Duration,
+
+    /// Close an HTTP/2 connection whose peer does not answer a PING within this many seconds.
+    #[arg(long, env = "RSASGI_HTTP2_KEEP_ALIVE_TIMEOUT", value_name = "SECONDS",
+          default_value = DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT, value_parser = parse_seconds, help_heading = "Limits")]
+    http2_keep_alive_timeout: Duration,
+
     /// On SIGTERM/SIGINT, let in-flight requests run this long before closing them.
     #[arg(long, env = "RSASGI_TIMEOUT_GRACEFUL_SHUTDOWN", value_name = "SECONDS",
           default_value = "30", value_parser = parse_seconds, help_heading = "Limits")]
@@ -266,6 +277,11 @@ where
         headers: args.headers,
         timeout_keep_alive: args.timeout_keep_alive,
         timeout_graceful_shutdown: args.timeout_graceful_shutdown,
+        timeout_request_header: Duration::from_secs(10),
+        uds_permissions: 0o666,
+        http2_keep_alive_interval: (!args.http2_keep_alive_interval.is_zero())
+            .then_some(args.http2_keep_alive_interval),
+        http2_keep_alive_timeout: args.http2_keep_alive_timeout,
         limit_concurrency: args.limit_concurrency.map(|n| n as usize),
         limit_request_body: args.limit_request_body,
         limit_request_head: args.limit_request_head as usize,

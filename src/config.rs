@@ -95,6 +95,14 @@ pub(crate) struct Config {
     /// An idle keep-alive connection is closed after this long; a request head
     /// must also arrive within it.
     pub timeout_keep_alive: Duration,
+    /// A new connection must complete its first request head within this.
+    pub timeout_request_header: Duration,
+    /// HTTP/2 PING frames are sent this often (`None`: never); a peer that
+    /// does not answer one within `http2_keep_alive_timeout` is closed.
+    pub http2_keep_alive_interval: Option<Duration>,
+    pub http2_keep_alive_timeout: Duration,
+    /// Mode of the socket file `--uds` creates.
+    pub uds_permissions: u32,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub timeout_graceful_shutdown: Duration,
     /// Requests in flight beyond this get 503.
@@ -110,6 +118,12 @@ pub(crate) struct Config {
     /// WebSocket settings; `None` with `--ws none`.
     pub ws: Option<crate::ws::WsSettings>,
 }
+
+/// How often HTTP/2 connections are pinged, and how long an answer may take:
+/// a peer that vanished without closing (a laptop put to sleep, a dropped
+/// NAT mapping) is found within a minute rather than never.
+pub(crate) const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL: &str = "20";
+pub(crate) const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: &str = "20";
 
 /// Whether WebSocket upgrades are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

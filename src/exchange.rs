@@ -9,7 +9,6 @@
 //! bridge), or a parked thread for a WSGI app.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
@@ -20,6 +19,7 @@ use parking_lot::{Mutex, MutexGuard};
 use pyo3::prelude::*;
 
 use crate::bridge::{wake, wake_when_idle, Bridge, Event, WaitKind, Waiter};
+use crate::net::ConnectionInfo;
 
 /// Request body buffered ahead of the app before the reactor stops reading
 /// the socket: enough for one read, small enough that a large upload is
@@ -111,16 +111,14 @@ pub(crate) struct Exchange {
     pub method: Method,
     pub uri: Uri,
     pub version: Version,
-    pub client: Option<SocketAddr>,
-    pub server: Option<SocketAddr>,
+    pub connection: ConnectionInfo,
 }
 
 impl Exchange {
     pub(crate) fn new(
         bridge: Arc<Bridge>,
         head: &http::request::Parts,
-        client: Option<SocketAddr>,
-        server: Option<SocketAddr>,
+        connection: ConnectionInfo,
         body_complete: bool,
     ) -> Exchange {
         Exchange {
@@ -132,8 +130,7 @@ impl Exchange {
             method: head.method.clone(),
             uri: head.uri.clone(),
             version: head.version,
-            client,
-            server,
+            connection,
         }
     }
 

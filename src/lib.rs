@@ -76,13 +76,20 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
         }
     };
     logging::init(config.log_level);
+    let code = serve(py, config);
+    logging::flush();
+    code
+}
+
+/// Binds the socket and runs one worker until it stops; returns the exit code.
+fn serve(py: Python<'_>, config: config::Config) -> PyResult<i32> {
     if let Some(path) = &config.env_file {
         if let Err(message) = load_env_file(py, path) {
             tracing::error!("{message}");
             return Ok(1);
         }
     }
-    let listener = match net::bind(&config.bind, config.backlog) {
+    let listener = match net::bind(&config.bind, config.backlog, config.uds_permissions) {
         Ok(listener) => listener,
         Err(message) => {
             tracing::error!("{message}");

@@ -1,19 +1,104 @@
 //! Server logging through `tracing`, and the bridge that lets the Python side
 //! of the worker log into the same stream.
+//!
+//! Log lines are handed to a writer thread (tracing-appender's non-blocking
+//! writer) instead of being written where they happen. Whoever reads our
+//! stderr can stall (a paused pager, a busy log shipper) or die (`rsasgi app
+//! 2>&1 | head`); a write from the reactor would then block every connection,
+//! and `eprintln!`-style writes panic on a closed pipe. Here a full queue
+//! drops the line and counts it, a failed write is dropped by the writer
+//! thread, and neither the reactor nor the Python thread ever waits.
 
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 use pyo3::prelude::*;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogLevel;
 
+/// Log lines queued for the writer thread before new ones are dropped. At
+/// about 200 bytes a line this bounds the queue near 3 MiB, and it absorbs a
+/// burst of access-log lines while the reader catches up.
+const QUEUED_LINES_LIMIT: usize = 16 * 1024;
+
+/// Keeps the writer thread alive; dropped by [`flush`] so that queued lines
+/// are written before the process exits.
+static GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+
+/// The non-blocking writer, plus what it takes to report dropped lines once
+/// logging gets through again.
+struct Output {
+    writer: NonBlocking,
+    dropped: ErrorCounter,
+    reported: AtomicUsize,
+}
+
+static OUTPUT: OnceLock<Output> = OnceLock::new();
+
+/// What the fmt layer writes each event into: the shared non-blocking writer,
+/// preceded by a note when lines were dropped since the last one got through.
+#[derive(Clone, Copy)]
+struct LogWriter;
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = NonBlocking;
+
+    fn make_writer(&'a self) -> NonBlocking {
+        let Some(output) = OUTPUT.get() else {
+            unreachable!("LogWriter is installed only after OUTPUT is set");
+        };
+        let dropped = output.dropped.dropped_lines();
+        let reported = output.reported.load(Ordering::Relaxed);
+        if dropped > reported
+            && output
+                .reported
+                .compare_exchange(reported, dropped, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let mut writer = output.writer.clone();
+            let _ = writeln!(
+                writer,
+                "rsasgi: {} log line(s) dropped because the process reading this log was not keeping up",
+                dropped - reported
+            );
+        }
+        output.writer.clone()
+    }
+}
+
 /// Installs the stderr subscriber at `level`. Safe to call more than once.
 pub(crate) fn init(level: LogLevel) {
+    OUTPUT.get_or_init(|| {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(QUEUED_LINES_LIMIT)
+            .thread_name("rsasgi-log")
+            .finish(std::io::stderr());
+        *GUARD.lock() = Some(guard);
+        Output {
+            dropped: writer.error_counter(),
+            writer,
+            reported: AtomicUsize::new(0),
+        }
+    });
     let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(LogWriter)
         .with_max_level(LevelFilter::from_level(level.as_tracing()))
         .with_target(true)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
         .try_init();
+}
+
+/// Writes out the lines still queued (waiting at most about a second for a
+/// slow reader) and stops the writer thread. Called once, before exiting.
+pub(crate) fn flush() {
+    drop(GUARD.lock().take());
 }
 
 /// Logs `message` at `level` ("debug", "info", "warning", "error") from Python.

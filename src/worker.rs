@@ -16,16 +16,17 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::watch;
 
-use crate::asgi::http::{resolve_waiter, HttpReceive, HttpSend, CREATE_FUTURE};
+use crate::asgi::http::{format_error, resolve_waiter, HttpReceive, HttpSend, CREATE_FUTURE};
 use crate::asgi::scope::{http_scope, websocket_scope, ScopeContext};
 use crate::asgi::websocket::{resolve_ws_waiter, WebSocketReceive, WebSocketSend};
 use crate::bridge::{
     deliver_wakes, mark_loop_thread, mark_reactor_thread, Bridge, Event, CALL_SOON,
 };
 use crate::config::{Config, EventLoop, Interface, Lifespan};
-use crate::exchange::Exchange;
+use crate::exchange::{Exchange, RequestStart};
 use crate::http::{serve, ServerState};
 use crate::net::Listener;
+use crate::ws::session::WsStart;
 use crate::wsgi::{Pool, THREADS_WARNING};
 
 /// Python objects the drain needs, set once the loop is running.
@@ -59,36 +60,58 @@ impl Worker {
         })
     }
 
+    /// Builds the scope and starts the app's task for one request.
+    fn start_request(&self, py: Python<'_>, start: &RequestStart) -> PyResult<()> {
+        let (scope, spawn) = {
+            let guard = self.python.lock();
+            let side = guard.as_ref().ok_or_else(not_started)?;
+            let spawn = side.spawn.as_ref().ok_or_else(not_started)?.clone_ref(py);
+            let scope = http_scope(py, &side.scope, &start.exchange, &start.head.headers)?;
+            (scope, spawn)
+        };
+        let receive = Py::new(py, HttpReceive::new(Arc::clone(&start.exchange)))?;
+        let send = Py::new(py, HttpSend::new(Arc::clone(&start.exchange)))?;
+        spawn.call1(py, (scope, receive, send))?;
+        Ok(())
+    }
+
+    /// Builds the scope and starts the app's task for one WebSocket.
+    fn start_websocket(&self, py: Python<'_>, start: &WsStart) -> PyResult<()> {
+        let (scope, spawn) = {
+            let guard = self.python.lock();
+            let side = guard.as_ref().ok_or_else(not_started)?;
+            let spawn = side.spawn.as_ref().ok_or_else(not_started)?.clone_ref(py);
+            (websocket_scope(py, &side.scope, start)?, spawn)
+        };
+        let receive = Py::new(py, WebSocketReceive::new(Arc::clone(&start.session)))?;
+        let send = Py::new(py, WebSocketSend::new(Arc::clone(&start.session)))?;
+        spawn.call1(py, (scope, receive, send))?;
+        Ok(())
+    }
+
     fn handle(&self, py: Python<'_>, event: Event) -> PyResult<()> {
         match event {
             Event::Request(start) => {
-                let guard = self.python.lock();
-                let Some(side) = guard.as_ref() else {
-                    return Ok(());
-                };
-                let exchange: Arc<Exchange> = start.exchange;
-                let scope = http_scope(py, &side.scope, &exchange, &start.head.headers)?;
-                let receive = Py::new(py, HttpReceive::new(Arc::clone(&exchange)))?;
-                let send = Py::new(py, HttpSend::new(exchange))?;
-                let Some(spawn) = side.spawn.as_ref().map(|spawn| spawn.clone_ref(py)) else {
-                    return Ok(());
-                };
-                drop(guard);
-                spawn.call1(py, (scope, receive, send))?;
+                if let Err(err) = self.start_request(py, &start) {
+                    let exchange: &Arc<Exchange> = &start.exchange;
+                    tracing::error!(
+                        "Could not start the application for \"{}\" (sent 500)\n{}",
+                        exchange.request_line(),
+                        format_error(py, &err)
+                    );
+                    exchange.abort();
+                    exchange.finish_app();
+                }
             }
             Event::WebSocket(start) => {
-                let guard = self.python.lock();
-                let Some(side) = guard.as_ref() else {
-                    return Ok(());
-                };
-                let scope = websocket_scope(py, &side.scope, &start)?;
-                let receive = Py::new(py, WebSocketReceive::new(Arc::clone(&start.session)))?;
-                let send = Py::new(py, WebSocketSend::new(Arc::clone(&start.session)))?;
-                let Some(spawn) = side.spawn.as_ref().map(|spawn| spawn.clone_ref(py)) else {
-                    return Ok(());
-                };
-                drop(guard);
-                spawn.call1(py, (scope, receive, send))?;
+                if let Err(err) = self.start_websocket(py, &start) {
+                    tracing::error!(
+                        "Could not start the application for websocket \"{}\" (sent 500)\n{}",
+                        start.session.path,
+                        format_error(py, &err)
+                    );
+                    start.session.fail_handshake();
+                }
             }
             Event::Resolve(waiter) => resolve_waiter(py, waiter)?,
             Event::WsResolve(waiter) => resolve_ws_waiter(py, waiter)?,
@@ -108,6 +131,10 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+fn not_started() -> PyErr {
+    PyRuntimeError::new_err("the worker's Python side is not running")
 }
 
 fn name_of<T: clap::ValueEnum>(value: T) -> String {

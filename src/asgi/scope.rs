@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::exchange::Exchange;
+use crate::net::{ConnectionInfo, ServerAddr};
 use crate::ws::offered_subprotocols;
 use crate::ws::session::WsStart;
 
@@ -28,6 +29,16 @@ fn http_version(py: Python<'_>, version: Version) -> Bound<'_, PyString> {
         Version::HTTP_2 => intern!(py, "2").clone(),
         Version::HTTP_3 => intern!(py, "3").clone(),
         _ => intern!(py, "1.1").clone(),
+    }
+}
+
+fn intern_scheme<'py>(py: Python<'py>, scheme: &'static str) -> Bound<'py, PyString> {
+    match scheme {
+        "http" => intern!(py, "http").clone(),
+        "https" => intern!(py, "https").clone(),
+        "ws" => intern!(py, "ws").clone(),
+        "wss" => intern!(py, "wss").clone(),
+        other => PyString::new(py, other),
     }
 }
 
@@ -59,6 +70,22 @@ pub(crate) fn address(py: Python<'_>, addr: Option<SocketAddr>) -> PyResult<Boun
     }
 }
 
+/// The scope's `server`: `(host, port)`, or `(path, None)` on a Unix socket
+/// as the spec allows.
+fn server_address<'py>(py: Python<'py>, server: &ServerAddr) -> PyResult<Bound<'py, PyAny>> {
+    match server {
+        ServerAddr::Tcp(addr) => address(py, Some(*addr)),
+        ServerAddr::Unix(path) => Ok(PyTuple::new(
+            py,
+            [
+                path.to_string_lossy().into_pyobject(py)?.into_any(),
+                py.None().into_bound(py),
+            ],
+        )?
+        .into_any()),
+    }
+}
+
 /// Percent-decodes a request path into the scope's `path` (invalid UTF-8 is
 /// replaced, as `urllib.parse.unquote` does).
 pub(crate) fn decode_path(raw: &str) -> String {
@@ -75,8 +102,7 @@ fn fill_request_keys<'py>(
     ctx: &ScopeContext,
     uri: &http::Uri,
     headers: &http::HeaderMap,
-    client: Option<SocketAddr>,
-    server: Option<SocketAddr>,
+    connection: &ConnectionInfo,
 ) -> PyResult<()> {
     let asgi = PyDict::new(py);
     asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
@@ -118,8 +144,11 @@ fn fill_request_keys<'py>(
         list.append(pair)?;
     }
     scope.set_item(intern!(py, "headers"), list)?;
-    scope.set_item(intern!(py, "client"), address(py, client)?)?;
-    scope.set_item(intern!(py, "server"), address(py, server)?)?;
+    scope.set_item(intern!(py, "client"), address(py, connection.client)?)?;
+    scope.set_item(
+        intern!(py, "server"),
+        server_address(py, &connection.server)?,
+    )?;
     scope.set_item(intern!(py, "state"), ctx.state.bind(py).copy()?)?;
     Ok(())
 }
@@ -138,15 +167,15 @@ pub(crate) fn http_scope<'py>(
         http_version(py, exchange.version),
     )?;
     scope.set_item(intern!(py, "method"), method(py, &exchange.method))?;
-    scope.set_item(intern!(py, "scheme"), intern!(py, "http"))?;
+    let scheme = exchange.connection.scheme.http();
+    scope.set_item(intern!(py, "scheme"), intern_scheme(py, scheme))?;
     fill_request_keys(
         py,
         &scope,
         ctx,
         &exchange.uri,
         headers,
-        exchange.client,
-        exchange.server,
+        &exchange.connection,
     )?;
     Ok(scope)
 }
@@ -163,15 +192,16 @@ pub(crate) fn websocket_scope<'py>(
         intern!(py, "http_version"),
         http_version(py, start.head.version),
     )?;
-    scope.set_item(intern!(py, "scheme"), intern!(py, "ws"))?;
+    let connection = &start.session.connection;
+    let scheme = connection.scheme.websocket();
+    scope.set_item(intern!(py, "scheme"), intern_scheme(py, scheme))?;
     fill_request_keys(
         py,
         &scope,
         ctx,
         &start.head.uri,
         &start.head.headers,
-        start.session.client,
-        start.session.server,
+        connection,
     )?;
     let subprotocols = PyList::new(py, offered_subprotocols(&start.head.headers))?;
     scope.set_item(intern!(py, "subprotocols"), subprotocols)?;

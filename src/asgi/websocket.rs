@@ -2,12 +2,14 @@
 //!
 //! They work on the connection's [`WsSession`] the way the `http` callables
 //! work on an exchange: complete at once when they can, otherwise park an
-//! asyncio future that the reactor hands back through the bridge.
+//! asyncio future that the reactor hands back through the bridge. Messages
+//! are read and checked (Python work) before the session is touched, and the
+//! session's methods never call back into Python under its lock.
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use http::HeaderMap;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -17,28 +19,10 @@ use super::http::{bytes_of, format_exception, new_future, parse_headers, parse_s
 use super::ClientDisconnected;
 use crate::bridge::{Ready, WaitKind, WsWaiter};
 use crate::exchange::ResponseStart;
-use crate::ws::session::{AppMessage, Handshake, PeerMessage, WsState};
+use crate::ws::session::{
+    is_sendable_close_code, AppMessage, Misuse, PeerMessage, Received, MAX_CLOSE_REASON,
+};
 use crate::ws::{code, WsSession};
-
-/// What `receive()` returns when it does not have to wait.
-enum Received {
-    Connect,
-    Message(PeerMessage),
-    Disconnect(u16, String),
-}
-
-fn try_receive(session: &WsSession, st: &mut WsState) -> Option<Received> {
-    if !st.connect_delivered {
-        st.connect_delivered = true;
-        return Some(Received::Connect);
-    }
-    if let Some(message) = session.pop_incoming(st) {
-        return Some(Received::Message(message));
-    }
-    st.disconnect
-        .as_ref()
-        .map(|(code, reason)| Received::Disconnect(*code, reason.clone()))
-}
 
 fn received_message(py: Python<'_>, received: Received) -> PyResult<Bound<'_, PyDict>> {
     let message = PyDict::new(py);
@@ -67,34 +51,41 @@ fn received_message(py: Python<'_>, received: Received) -> PyResult<Bound<'_, Py
     Ok(message)
 }
 
+fn ready(py: Python<'_>, received: Received) -> PyResult<Py<PyAny>> {
+    let message = received_message(py, received)?.into_any().unbind();
+    Ok(Py::new(py, Ready::new(message))?.into_any())
+}
+
 /// Completes a parked future once the reactor says it can proceed.
 pub(crate) fn resolve_ws_waiter(py: Python<'_>, waiter: WsWaiter) -> PyResult<()> {
-    let future = waiter.future.bind(py);
-    if future.call_method0(intern!(py, "done"))?.is_truthy()? {
+    let WsWaiter {
+        future,
+        session,
+        kind,
+    } = waiter;
+    if future
+        .bind(py)
+        .call_method0(intern!(py, "done"))?
+        .is_truthy()?
+    {
         return Ok(());
     }
-    let session = &waiter.session;
-    match waiter.kind {
+    match kind {
         WaitKind::Receive => {
-            let received = {
-                let mut st = session.lock();
-                let received = try_receive(session, &mut st);
-                if received.is_none() {
-                    st.receiver = Some(waiter.future.clone_ref(py));
-                }
-                received
-            };
-            if let Some(received) = received {
+            if let Err((future, received)) = session.park_receiver(future) {
                 let message = received_message(py, received)?;
-                future.call_method1(intern!(py, "set_result"), (message,))?;
+                future
+                    .bind(py)
+                    .call_method1(intern!(py, "set_result"), (message,))?;
             }
         }
         WaitKind::Send => {
-            if session.lock().disconnect.is_some() {
+            let future = future.bind(py);
+            if session.is_open() {
+                future.call_method1(intern!(py, "set_result"), (py.None(),))?;
+            } else {
                 let error = ClientDisconnected::new_err("websocket connection closed");
                 future.call_method1(intern!(py, "set_exception"), (error.value(py),))?;
-            } else {
-                future.call_method1(intern!(py, "set_result"), (py.None(),))?;
             }
         }
     }
@@ -116,15 +107,171 @@ impl WebSocketReceive {
 #[pymethods]
 impl WebSocketReceive {
     fn __call__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let mut st = self.session.lock();
-        if let Some(received) = try_receive(&self.session, &mut st) {
-            drop(st);
-            let message = received_message(py, received)?.into_any().unbind();
-            return Ok(Py::new(py, Ready::new(message))?.into_any());
+        if let Some(received) = self.session.try_receive() {
+            return ready(py, received);
         }
         let future = new_future(py)?.unbind();
-        st.receiver = Some(future.clone_ref(py));
-        Ok(future)
+        match self.session.park_receiver(future.clone_ref(py)) {
+            Ok(()) => Ok(future),
+            Err((_, received)) => ready(py, received),
+        }
+    }
+}
+
+/// One checked `send()` message.
+enum Outgoing {
+    Accept {
+        subprotocol: Option<String>,
+        headers: HeaderMap,
+    },
+    Send(AppMessage),
+    Close {
+        code: u16,
+        reason: String,
+    },
+    DenyStart(ResponseStart),
+    DenyBody {
+        body: Bytes,
+        more: bool,
+    },
+}
+
+fn optional_str(
+    message: &Bound<'_, PyDict>,
+    key: &Bound<'_, PyString>,
+) -> PyResult<Option<String>> {
+    match message.get_item(key)? {
+        Some(value) if !value.is_none() => Ok(Some(value.extract::<String>().map_err(|_| {
+            PyTypeError::new_err(format!("websocket message {key} must be a str"))
+        })?)),
+        _ => Ok(None),
+    }
+}
+
+fn more_body(message: &Bound<'_, PyDict>) -> PyResult<bool> {
+    match message.get_item(intern!(message.py(), "more_body"))? {
+        Some(more) => more.is_truthy(),
+        None => Ok(false),
+    }
+}
+
+/// The close code of `websocket.close`, checked against RFC 6455 §7.4.
+fn close_code(message: &Bound<'_, PyDict>) -> PyResult<u16> {
+    let Some(value) = message
+        .get_item(intern!(message.py(), "code"))?
+        .filter(|value| !value.is_none())
+    else {
+        return Ok(code::NORMAL);
+    };
+    let raw: i64 = value
+        .extract()
+        .map_err(|_| PyTypeError::new_err("websocket.close 'code' must be an int"))?;
+    match u16::try_from(raw) {
+        Ok(code) if is_sendable_close_code(code) => Ok(code),
+        _ => Err(PyValueError::new_err(format!(
+            "websocket.close 'code' {raw} may not be sent: RFC 6455 §7.4 allows 1000-1003, \
+             1007-1014 and 3000-4999 (1005, 1006 and 1015 only report a closure, 1004 and \
+             1016-2999 are reserved)"
+        ))),
+    }
+}
+
+fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
+    let py = message.py();
+    let message = message
+        .cast::<PyDict>()
+        .map_err(|_| PyTypeError::new_err("ASGI messages must be dicts"))?;
+    let kind: String = message
+        .get_item(intern!(py, "type"))?
+        .ok_or_else(|| PyValueError::new_err("ASGI message has no 'type' key"))?
+        .extract()
+        .map_err(|_| PyTypeError::new_err("ASGI message 'type' must be a str"))?;
+    match kind.as_str() {
+        "websocket.accept" => {
+            let subprotocol = optional_str(message, intern!(py, "subprotocol"))?;
+            let mut headers = HeaderMap::new();
+            if let Some(raw) = message.get_item(intern!(py, "headers"))? {
+                parse_headers(&raw, &mut headers)?;
+            }
+            Ok(Outgoing::Accept {
+                subprotocol,
+                headers,
+            })
+        }
+        "websocket.send" => {
+            let text = optional_str(message, intern!(py, "text"))?;
+            let data =
+                match message.get_item(intern!(py, "bytes"))? {
+                    Some(value) if !value.is_none() => Some(bytes_of(&value).ok_or_else(|| {
+                        PyTypeError::new_err("websocket.send 'bytes' must be bytes")
+                    })?),
+                    _ => None,
+                };
+            match (text, data) {
+                (Some(text), None) => Ok(Outgoing::Send(AppMessage::Text(text))),
+                (None, Some(data)) => Ok(Outgoing::Send(AppMessage::Binary(data))),
+                _ => Err(PyValueError::new_err(
+                    "websocket.send needs exactly one of 'bytes' and 'text'",
+                )),
+            }
+        }
+        "websocket.close" => {
+            let code = close_code(message)?;
+            let reason = optional_str(message, intern!(py, "reason"))?.unwrap_or_default();
+            if reason.len() > MAX_CLOSE_REASON {
+                return Err(PyValueError::new_err(format!(
+                    "websocket.close 'reason' is {} bytes of UTF-8; RFC 6455 §5.5 allows at most \
+                     {MAX_CLOSE_REASON} in a close frame",
+                    reason.len()
+                )));
+            }
+            Ok(Outgoing::Close { code, reason })
+        }
+        "websocket.http.response.start" => {
+            let status = message.get_item(intern!(py, "status"))?.ok_or_else(|| {
+                PyValueError::new_err("websocket.http.response.start has no 'status'")
+            })?;
+            let status = parse_status(&status)?;
+            let mut headers = HeaderMap::new();
+            if let Some(raw) = message.get_item(intern!(py, "headers"))? {
+                parse_headers(&raw, &mut headers)?;
+            }
+            Ok(Outgoing::DenyStart(ResponseStart {
+                status,
+                headers,
+                reason: None,
+            }))
+        }
+        "websocket.http.response.body" => {
+            let body = match message.get_item(intern!(py, "body"))? {
+                Some(body) => bytes_of(&body).ok_or_else(|| {
+                    PyTypeError::new_err("websocket.http.response.body 'body' must be bytes")
+                })?,
+                None => Bytes::new(),
+            };
+            Ok(Outgoing::DenyBody {
+                body,
+                more: more_body(message)?,
+            })
+        }
+        other => Err(PyRuntimeError::new_err(format!(
+            "unexpected ASGI message type {other:?} for a websocket scope"
+        ))),
+    }
+}
+
+fn misuse_error(misuse: Misuse) -> PyErr {
+    match misuse {
+        Misuse::HandshakeAnswered => PyRuntimeError::new_err(
+            "the websocket handshake was already answered (accept, close or http.response sent)",
+        ),
+        Misuse::SendBeforeAccept => {
+            PyRuntimeError::new_err("websocket.send before websocket.accept")
+        }
+        Misuse::DenialBodyBeforeStart => PyRuntimeError::new_err(
+            "websocket.http.response.body before websocket.http.response.start",
+        ),
+        Misuse::Closed => ClientDisconnected::new_err("websocket connection closed"),
     }
 }
 
@@ -140,166 +287,27 @@ impl WebSocketSend {
     }
 }
 
-fn optional_str(
-    message: &Bound<'_, PyDict>,
-    key: &Bound<'_, PyString>,
-) -> PyResult<Option<String>> {
-    match message.get_item(key)? {
-        Some(value) if !value.is_none() => Ok(Some(value.extract::<String>().map_err(|_| {
-            PyTypeError::new_err(format!("websocket message {key} must be a str"))
-        })?)),
-        _ => Ok(None),
-    }
-}
-
-fn handshake_answered() -> PyErr {
-    PyRuntimeError::new_err(
-        "the websocket handshake was already answered (accept, close or http.response sent)",
-    )
-}
-
 #[pymethods]
 impl WebSocketSend {
     fn __call__(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let message = message
-            .cast::<PyDict>()
-            .map_err(|_| PyTypeError::new_err("ASGI messages must be dicts"))?;
-        let kind: String = message
-            .get_item(intern!(py, "type"))?
-            .ok_or_else(|| PyValueError::new_err("ASGI message has no 'type' key"))?
-            .extract()
-            .map_err(|_| PyTypeError::new_err("ASGI message 'type' must be a str"))?;
         let session = &self.session;
-        let mut st = session.lock();
-        let wait = match kind.as_str() {
-            "websocket.accept" => {
-                if st.handshake_done {
-                    return Err(handshake_answered());
-                }
-                let subprotocol = optional_str(message, intern!(py, "subprotocol"))?;
-                let mut headers = HeaderMap::new();
-                if let Some(raw) = message.get_item(intern!(py, "headers"))? {
-                    parse_headers(&raw, &mut headers)?;
-                }
-                st.handshake = Some(Handshake::Accept {
-                    subprotocol,
-                    headers,
-                });
-                st.handshake_done = true;
-                st.accepted = true;
-                WsSession::wake_reactor(&mut st);
-                false
-            }
-            "websocket.send" => {
-                if !st.accepted {
-                    return Err(PyRuntimeError::new_err(
-                        "websocket.send before websocket.accept",
-                    ));
-                }
-                if st.app_closed || st.disconnect.is_some() {
-                    return Err(ClientDisconnected::new_err("websocket connection closed"));
-                }
-                let text = optional_str(message, intern!(py, "text"))?;
-                let data = match message.get_item(intern!(py, "bytes"))? {
-                    Some(value) if !value.is_none() => Some(bytes_of(&value).ok_or_else(|| {
-                        PyTypeError::new_err("websocket.send 'bytes' must be bytes")
-                    })?),
-                    _ => None,
-                };
-                let outgoing = match (text, data) {
-                    (Some(text), None) => AppMessage::Text(text),
-                    (None, Some(data)) => AppMessage::Binary(data),
-                    _ => {
-                        return Err(PyValueError::new_err(
-                            "websocket.send needs exactly one of 'bytes' and 'text'",
-                        ))
-                    }
-                };
-                WsSession::queue(&mut st, outgoing)
-            }
-            "websocket.close" => {
-                let code: u16 = match message.get_item(intern!(py, "code"))? {
-                    Some(value) if !value.is_none() => value.extract().map_err(|_| {
-                        PyValueError::new_err(
-                            "websocket.close 'code' must be an int from 1000 to 4999",
-                        )
-                    })?,
-                    _ => code::NORMAL,
-                };
-                let reason = optional_str(message, intern!(py, "reason"))?.unwrap_or_default();
-                if !st.handshake_done {
-                    st.handshake = Some(Handshake::Reject(StatusCode::FORBIDDEN));
-                    st.handshake_done = true;
-                    st.app_closed = true;
-                    WsSession::wake_reactor(&mut st);
-                    false
-                } else if st.app_closed || st.disconnect.is_some() {
-                    // Closing twice, or after the peer left: nothing to send.
-                    false
-                } else {
-                    st.app_closed = true;
-                    WsSession::queue(&mut st, AppMessage::Close(code, reason))
-                }
-            }
-            "websocket.http.response.start" => {
-                if st.handshake_done || st.denial.is_some() {
-                    return Err(handshake_answered());
-                }
-                let status = message.get_item(intern!(py, "status"))?.ok_or_else(|| {
-                    PyValueError::new_err("websocket.http.response.start has no 'status'")
-                })?;
-                let status = parse_status(&status)?;
-                let mut headers = HeaderMap::new();
-                if let Some(raw) = message.get_item(intern!(py, "headers"))? {
-                    parse_headers(&raw, &mut headers)?;
-                }
-                let start = ResponseStart {
-                    status,
-                    headers,
-                    reason: None,
-                };
-                st.denial = Some((start, BytesMut::new()));
-                false
-            }
-            "websocket.http.response.body" => {
-                let body = match message.get_item(intern!(py, "body"))? {
-                    Some(body) => bytes_of(&body).ok_or_else(|| {
-                        PyTypeError::new_err("websocket.http.response.body 'body' must be bytes")
-                    })?,
-                    None => Bytes::new(),
-                };
-                let more = match message.get_item(intern!(py, "more_body"))? {
-                    Some(more) => more.is_truthy()?,
-                    None => false,
-                };
-                let Some((_, collected)) = st.denial.as_mut() else {
-                    return Err(PyRuntimeError::new_err(
-                        "websocket.http.response.body before websocket.http.response.start",
-                    ));
-                };
-                collected.extend_from_slice(&body);
-                if !more {
-                    if let Some((start, body)) = st.denial.take() {
-                        st.handshake = Some(Handshake::Respond(start, body.freeze()));
-                        st.handshake_done = true;
-                        st.app_closed = true;
-                        WsSession::wake_reactor(&mut st);
-                    }
-                }
-                false
-            }
-            other => {
-                return Err(PyRuntimeError::new_err(format!(
-                    "unexpected ASGI message type {other:?} for a websocket scope"
-                )))
-            }
-        };
-        if wait && st.disconnect.is_none() {
-            let future = new_future(py)?.unbind();
-            st.sender = Some(future.clone_ref(py));
-            return Ok(future);
+        let wait = match parse_message(message)? {
+            Outgoing::Accept {
+                subprotocol,
+                headers,
+            } => session.accept(subprotocol, headers).map(|()| false),
+            Outgoing::Send(message) => session.send(message),
+            Outgoing::Close { code, reason } => session.close(code, reason),
+            Outgoing::DenyStart(start) => session.deny_start(start).map(|()| false),
+            Outgoing::DenyBody { body, more } => session.deny_body(&body, more).map(|()| false),
         }
-        drop(st);
+        .map_err(misuse_error)?;
+        if wait {
+            let future = new_future(py)?.unbind();
+            if session.park_sender(future.clone_ref(py)).is_none() {
+                return Ok(future);
+            }
+        }
         Ready::none(py)
     }
 
@@ -308,30 +316,7 @@ impl WebSocketSend {
     #[pyo3(signature = (exc=None))]
     fn _finish(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let session = &self.session;
-        let failed = exc.is_some();
-        let accepted = {
-            let mut st = session.lock();
-            if !st.handshake_done {
-                let status = if failed {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                } else {
-                    StatusCode::FORBIDDEN
-                };
-                st.handshake = Some(Handshake::Reject(status));
-                st.handshake_done = true;
-                st.app_closed = true;
-                WsSession::wake_reactor(&mut st);
-            } else if st.accepted && !st.app_closed && st.disconnect.is_none() {
-                let (code, reason) = if failed {
-                    (code::INTERNAL_ERROR, "internal server error")
-                } else {
-                    (code::NORMAL, "")
-                };
-                st.app_closed = true;
-                WsSession::queue(&mut st, AppMessage::Close(code, reason.to_string()));
-            }
-            st.accepted
-        };
+        let accepted = session.finish_app(exc.is_some());
         if let Some(exc) = exc {
             let disconnected = exc.is_instance_of::<ClientDisconnected>();
             let cancelled = exc.is_instance(

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 use super::access_log::AccessRecord;
+use super::connection::ActiveRequest;
 use super::service::InFlight;
 use crate::exchange::{Aborted, Exchange};
 
@@ -27,6 +28,8 @@ pub(crate) struct ResponseBody {
     /// Released when the body is done, so streaming responses count against
     /// `--limit-concurrency` until they end.
     in_flight: Option<InFlight>,
+    /// Marks the connection busy until the body is done (see `connection`).
+    active: Option<ActiveRequest>,
     /// The abort has been held back for one poll so hyper flushes what the
     /// app did send before the connection is cut.
     abort_flushed: bool,
@@ -38,12 +41,18 @@ impl ResponseBody {
             source,
             log,
             in_flight: None,
+            active: None,
             abort_flushed: false,
         }
     }
 
     pub(crate) fn holding(mut self, in_flight: InFlight) -> ResponseBody {
         self.in_flight = Some(in_flight);
+        self
+    }
+
+    pub(crate) fn tracking(mut self, active: ActiveRequest) -> ResponseBody {
+        self.active = Some(active);
         self
     }
 }

@@ -3,6 +3,7 @@
 
 mod access_log;
 mod body;
+mod connection;
 mod server;
 mod service;
 

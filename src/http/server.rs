@@ -1,4 +1,5 @@
-//! The accept loop and hyper's connection builder, with graceful shutdown.
+//! The accept loop, hyper's connection builder, and the worker's shutdown:
+//! stop accepting, drain, then close what is left.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -8,14 +9,15 @@ use http::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use super::service::{handle, Peers};
+use super::access_log;
+use super::connection::{self, Activity, Deadlines, OpenConnections};
+use super::service::handle;
 use crate::bridge::Bridge;
 use crate::config::Config;
-use crate::net::Listener;
+use crate::net::{ConnectionInfo, Listener, Scheme, ServerAddr};
 use crate::ws::{Registry, WsSettings};
 use crate::wsgi::Pool;
 
@@ -73,12 +75,17 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(config.timeout_keep_alive)
+        // Our own deadlines (see `connection`) close idle connections and
+        // those slow to send their first head; hyper's timer bounds a slow
+        // head on a kept-alive connection too, measured from when it went idle.
+        .header_read_timeout(config.timeout_keep_alive.max(config.timeout_request_header))
         .max_buf_size(config.limit_request_head)
         .auto_date_header(config.date_header);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(config.http2_keep_alive_interval)
+        .keep_alive_timeout(config.http2_keep_alive_timeout)
         .max_header_list_size(u32::try_from(config.limit_request_head).unwrap_or(u32::MAX));
     builder
 }
@@ -87,50 +94,65 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 trait Accept {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
-    async fn accept_one(&self) -> std::io::Result<(Self::Io, Peers)>;
+    async fn accept_one(&self) -> std::io::Result<(Self::Io, ConnectionInfo)>;
 }
 
 impl Accept for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
 
-    async fn accept_one(&self) -> std::io::Result<(Self::Io, Peers)> {
+    async fn accept_one(&self) -> std::io::Result<(Self::Io, ConnectionInfo)> {
         let (stream, client) = self.accept().await?;
         // Responses are written whole; waiting to coalesce them only adds latency.
         let _ = stream.set_nodelay(true);
-        let server = stream.local_addr().ok();
-        let peers = Peers {
+        let server = stream.local_addr()?;
+        let info = ConnectionInfo {
+            scheme: Scheme::Http,
             client: Some(client),
-            server,
+            server: ServerAddr::Tcp(server),
         };
-        Ok((stream, peers))
+        Ok((stream, info))
     }
 }
 
-impl Accept for tokio::net::UnixListener {
+/// A Unix listener with the path it is bound to, which the scope reports.
+struct UnixAcceptor {
+    listener: tokio::net::UnixListener,
+    path: Arc<std::path::Path>,
+}
+
+impl Accept for UnixAcceptor {
     type Io = tokio::net::UnixStream;
 
-    async fn accept_one(&self) -> std::io::Result<(Self::Io, Peers)> {
-        let (stream, _) = self.accept().await?;
-        let peers = Peers {
+    async fn accept_one(&self) -> std::io::Result<(Self::Io, ConnectionInfo)> {
+        let (stream, _) = self.listener.accept().await?;
+        let info = ConnectionInfo {
+            scheme: Scheme::Http,
             client: None,
-            server: None,
+            server: ServerAddr::Unix(Arc::clone(&self.path)),
         };
-        Ok((stream, peers))
+        Ok((stream, info))
     }
+}
+
+/// What the accept loop hands every connection it starts.
+struct ConnectionContext {
+    builder: auto::Builder<TokioExecutor>,
+    deadlines: Deadlines,
+    open: Arc<OpenConnections>,
+    draining: watch::Receiver<Option<Duration>>,
+    state: Arc<ServerState>,
 }
 
 /// Accepts connections until `shutdown` changes.
 async fn accept_loop<A: Accept>(
     listener: A,
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    state: &Arc<ServerState>,
+    context: &ConnectionContext,
     shutdown: &mut watch::Receiver<Option<Duration>>,
 ) {
     loop {
         tokio::select! {
             accepted = listener.accept_one() => match accepted {
-                Ok((io, peers)) => spawn_connection(builder, graceful, io, peers, state),
+                Ok((io, info)) => spawn_connection(context, io, info),
                 Err(err) => accept_failed(err).await,
             },
             _ = shutdown.changed() => break,
@@ -139,49 +161,79 @@ async fn accept_loop<A: Accept>(
 }
 
 /// Accepts connections until `shutdown` carries a grace period, then lets
-/// in-flight requests finish for at most that long.
+/// in-flight requests finish for at most that long; a second change of
+/// `shutdown` (a second signal) ends the wait at once. Connections still
+/// open when this returns are closed by dropping the runtime.
 pub(crate) async fn serve(
     listener: Listener,
     config: Arc<Config>,
     state: Arc<ServerState>,
     mut shutdown: watch::Receiver<Option<Duration>>,
 ) {
-    let builder = connection_builder(&config);
-    let graceful = GracefulShutdown::new();
+    let context = ConnectionContext {
+        builder: connection_builder(&config),
+        deadlines: Deadlines {
+            request_header: config.timeout_request_header,
+            keep_alive: config.timeout_keep_alive,
+        },
+        open: Arc::new(OpenConnections::default()),
+        draining: shutdown.clone(),
+        state: Arc::clone(&state),
+    };
     match listener {
         Listener::Tcp(listener) => match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => accept_loop(listener, &builder, &graceful, &state, &mut shutdown).await,
+            Ok(listener) => accept_loop(listener, &context, &mut shutdown).await,
             Err(err) => return unusable_listener(err),
         },
-        Listener::Unix(listener, _) => match tokio::net::UnixListener::from_std(listener) {
-            Ok(listener) => accept_loop(listener, &builder, &graceful, &state, &mut shutdown).await,
+        Listener::Unix(listener, unix) => match tokio::net::UnixListener::from_std(listener) {
+            Ok(listener) => {
+                let acceptor = UnixAcceptor {
+                    listener,
+                    path: Arc::clone(&unix.path),
+                };
+                accept_loop(acceptor, &context, &mut shutdown).await;
+                // The listening socket is closed now: nothing can connect
+                // through the file any more.
+                unix.remove_created();
+            }
             Err(err) => return unusable_listener(err),
         },
     }
-    let grace = (*shutdown.borrow()).unwrap_or_default();
+    let grace = (*shutdown.borrow_and_update()).unwrap_or_default();
     let websockets = Arc::clone(&state.websockets);
     let drained = async {
-        graceful.shutdown().await;
+        context.open.all_closed().await;
         while websockets.open_count() > 0 {
             tokio::time::sleep(SHUTDOWN_POLL).await;
         }
     };
-    tokio::select! {
-        _ = drained => tracing::debug!("all connections closed"),
-        _ = tokio::time::sleep(grace) => tracing::warn!(
-            "Connections still open after --timeout-graceful-shutdown {}s; closing them",
-            grace.as_secs_f64()
-        ),
-    }
-    if websockets.open_count() > 0 {
+    let forced = tokio::select! {
+        _ = drained => {
+            tracing::debug!("all connections closed");
+            false
+        }
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(
+                "Connections still open after --timeout-graceful-shutdown {}s; closing them",
+                grace.as_secs_f64()
+            );
+            false
+        }
+        _ = shutdown.changed() => true,
+    };
+    if !forced && websockets.open_count() > 0 {
         websockets.close_all();
         let closed = async {
             while websockets.open_count() > 0 {
                 tokio::time::sleep(SHUTDOWN_POLL).await;
             }
         };
-        let _ = tokio::time::timeout(WEBSOCKET_CLOSE_WAIT, closed).await;
+        tokio::select! {
+            _ = tokio::time::timeout(WEBSOCKET_CLOSE_WAIT, closed) => {}
+            _ = shutdown.changed() => {}
+        }
     }
+    access_log::connections_cut_off();
 }
 
 fn unusable_listener(err: std::io::Error) {
@@ -193,24 +245,43 @@ async fn accept_failed(err: std::io::Error) {
     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
 }
 
-fn spawn_connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    io: I,
-    peers: Peers,
-    state: &Arc<ServerState>,
-) where
+fn spawn_connection<I>(context: &ConnectionContext, io: I, info: ConnectionInfo)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::clone(state);
-    let service = service_fn(move |request| handle(request, peers, Arc::clone(&state)));
-    let connection = builder
+    let open = context.open.open();
+    let activity = Activity::new();
+    let service = {
+        let state = Arc::clone(&context.state);
+        let activity = Arc::clone(&activity);
+        let info = info.clone();
+        service_fn(move |request| {
+            let active = activity.begin();
+            let response = handle(request, info.clone(), Arc::clone(&state));
+            async move {
+                let response = response.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| body.tracking(active)))
+            }
+        })
+    };
+    let connection = context
+        .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
-    let connection = graceful.watch(connection);
+    let deadlines = context.deadlines;
+    let draining = context.draining.clone();
     tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::debug!(client = ?peers.client, "connection ended: {err}");
+        let _open = open;
+        let ended = connection::drive(
+            connection,
+            |connection| connection.graceful_shutdown(),
+            activity,
+            deadlines,
+            draining,
+        )
+        .await;
+        if let Some(Err(err)) = ended {
+            tracing::debug!(client = ?info.client, "connection ended: {err}");
         }
     });
 }

@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::future::poll_fn;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,15 +18,9 @@ use super::body::{ResponseBody, Source};
 use super::server::ServerState;
 use crate::bridge::Event;
 use crate::exchange::{BodyRoom, Exchange, Refusal, RequestStart, MAX_BODY_DRAIN};
+use crate::net::ConnectionInfo;
 use crate::ws::session::{Handshake, WsSession, WsStart};
 use crate::ws::{self, WsSettings};
-
-/// The two ends of one connection, as the scope reports them.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Peers {
-    pub client: Option<SocketAddr>,
-    pub server: Option<SocketAddr>,
-}
 
 /// Closes the exchange if hyper drops the service future before the response
 /// head is ready: the client went away while the app was working.
@@ -63,24 +56,26 @@ impl Drop for InFlight {
 }
 
 pub(crate) async fn handle(
-    request: Request<Incoming>,
-    peers: Peers,
+    mut request: Request<Incoming>,
+    info: ConnectionInfo,
     state: Arc<ServerState>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started_at = std::time::Instant::now();
-    let record = |status| {
+    add_host_from_authority(&mut request);
+    // The access log record of this request, before a response is chosen.
+    let pending = || {
         state.access_log.then(|| {
             AccessRecord::new(
-                peers.client,
+                info.client_for_log(),
                 request.method(),
                 request.uri(),
                 request.version(),
                 request.headers(),
-                status,
                 started_at,
             )
         })
     };
+    let record = |status| pending().map(|log| log.with_status(status));
 
     // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host header.
     if request.version() == Version::HTTP_11 {
@@ -91,17 +86,25 @@ pub(crate) async fn handle(
             } else {
                 "more than one Host header"
             };
-            tracing::debug!(client = ?peers.client, "400 Bad Request: {reason}");
+            tracing::debug!(client = ?info.client, "400 Bad Request: {reason}");
             let status = StatusCode::BAD_REQUEST;
             return Ok(state.error_response(status, record(status), true));
         }
     }
 
+    // RFC 9110 §9.3.7: `OPTIONS *` asks about the server, not a resource, and
+    // its asterisk is no path an app could route (nor a valid PEP 3333
+    // PATH_INFO), so the server answers it.
+    if request.method() == Method::OPTIONS && request.uri() == "*" {
+        let status = StatusCode::OK;
+        return Ok(state.options_asterisk_response(record(status)));
+    }
+
     if let Some(settings) = &state.ws {
         if ws::is_upgrade(request.method(), request.headers()) {
-            let log = record(StatusCode::SWITCHING_PROTOCOLS);
+            let log = pending();
             let settings = settings.clone();
-            return Ok(open_websocket(request, peers, Arc::clone(&state), settings, log).await);
+            return Ok(open_websocket(request, info, Arc::clone(&state), settings, log).await);
         }
     }
 
@@ -127,11 +130,20 @@ pub(crate) async fn handle(
 
     let (head, body) = request.into_parts();
     let body_complete = body.is_end_stream();
+    let mut log = state.access_log.then(|| {
+        AccessRecord::new(
+            info.client_for_log(),
+            &head.method,
+            &head.uri,
+            head.version,
+            &head.headers,
+            started_at,
+        )
+    });
     let exchange = Arc::new(Exchange::new(
         Arc::clone(&state.bridge),
         &head,
-        peers.client,
-        peers.server,
+        info,
         body_complete,
     ));
     if !body_complete {
@@ -146,17 +158,6 @@ pub(crate) async fn handle(
         }
         tokio::spawn(pump_body(body, Arc::clone(&exchange), body_limit));
     }
-    let mut log = state.access_log.then(|| {
-        AccessRecord::new(
-            peers.client,
-            &head.method,
-            &head.uri,
-            head.version,
-            &head.headers,
-            StatusCode::OK,
-            started_at,
-        )
-    });
     let is_head = head.method == Method::HEAD;
     let is_http10 = head.version == Version::HTTP_10;
     let http10_keep_alive = is_http10
@@ -245,7 +246,7 @@ impl Drop for FinishOnDrop {
 /// 101 and the connection loop, 403, or the app's own HTTP response.
 async fn open_websocket(
     request: Request<Incoming>,
-    peers: Peers,
+    info: ConnectionInfo,
     state: Arc<ServerState>,
     settings: WsSettings,
     log: Option<AccessRecord>,
@@ -253,7 +254,7 @@ async fn open_websocket(
     let accept = match ws::accept_key(request.headers()) {
         Ok(accept) => accept,
         Err(reason) => {
-            tracing::debug!(client = ?peers.client, "400 Bad Request: websocket handshake: {reason}");
+            tracing::debug!(client = ?info.client, "400 Bad Request: websocket handshake: {reason}");
             let status = StatusCode::BAD_REQUEST;
             return state.error_response(status, log.map(|l| l.with_status(status)), true);
         }
@@ -269,8 +270,7 @@ async fn open_websocket(
         Arc::clone(&state.bridge),
         settings.max_queue,
         path,
-        peers.client,
-        peers.server,
+        info,
     ));
     state.bridge.push(Event::WebSocket(Box::new(WsStart {
         session: Arc::clone(&session),
@@ -289,6 +289,7 @@ async fn open_websocket(
                 let status = StatusCode::INTERNAL_SERVER_ERROR;
                 return state.error_response(status, log.map(|l| l.with_status(status)), true);
             };
+            let log = log.map(|l| l.with_status(StatusCode::SWITCHING_PROTOCOLS));
             let mut response = Response::new(ResponseBody::new(Source::Fixed(None), log));
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let response_headers = response.headers_mut();
@@ -371,9 +372,9 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u6
                 }
             }
             Some(Err(err)) => {
-                if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
+                if is_disconnect(&err) {
                     tracing::debug!(
-                        "client went away during the body of {}",
+                        "client disconnected during the request body of {}",
                         exchange.request_line()
                     );
                     exchange.close();
@@ -387,7 +388,55 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u6
     }
 }
 
+/// HTTP/2 carries the host in the `:authority` pseudo-header, which hyper
+/// keeps in the URI; ASGI apps (Django, Starlette) and WSGI's `HTTP_HOST`
+/// expect a `host` header, which the ASGI spec says servers should add.
+fn add_host_from_authority(request: &mut Request<Incoming>) {
+    if request.version() != Version::HTTP_2 || request.headers().contains_key(header::HOST) {
+        return;
+    }
+    let host = request
+        .uri()
+        .authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
+    if let Some(host) = host {
+        request.headers_mut().insert(header::HOST, host);
+    }
+}
+
+/// Whether a body read failed because the client went away (closed or reset
+/// its connection mid-body) rather than because the body was malformed.
+fn is_disconnect(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() || err.is_canceled() || err.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
 impl ServerState {
+    /// The server's own answer to `OPTIONS *`: 200 with no body.
+    fn options_asterisk_response(&self, log: Option<AccessRecord>) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::new(Source::Fixed(None), log));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        self.add_server_headers(response.headers_mut());
+        response
+    }
+
     /// A short plain-text response written by the server itself.
     pub(crate) fn error_response(
         &self,

@@ -1,13 +1,19 @@
-//! Listening sockets: TCP, Unix domain sockets, and inherited descriptors.
+//! Listening sockets: TCP, Unix domain sockets, and inherited descriptors,
+//! and what the server knows of each accepted connection.
 //!
 //! Sockets are bound on the Python thread before the reactor starts, so a
 //! taken port is reported as a startup error with a clear message.
 
+mod connection_info;
+
+pub(crate) use connection_info::{ConnectionInfo, Scheme, ServerAddr};
+
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use socket2::{Domain, Socket, Type};
 
@@ -17,7 +23,32 @@ use crate::config::Bind;
 #[derive(Debug)]
 pub(crate) enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    Unix(UnixListener, UnixPath),
+}
+
+/// The path of a listening Unix socket, and whether it is ours to remove.
+#[derive(Debug)]
+pub(crate) struct UnixPath {
+    pub path: Arc<Path>,
+    /// Device and inode of the socket file we created with `--uds`; an
+    /// inherited socket (`--fd`) has none and is left alone.
+    created: Option<(u64, u64)>,
+}
+
+impl UnixPath {
+    /// Removes the socket file at shutdown, unless it is no longer the one we
+    /// created (another server may have bound the same path since).
+    pub(crate) fn remove_created(&self) {
+        let Some(created) = self.created else { return };
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == created => {
+                if let Err(err) = std::fs::remove_file(&self.path) {
+                    tracing::warn!("Could not remove {}: {err}", self.path.display());
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Listener {
@@ -29,16 +60,17 @@ impl Listener {
                 Ok(addr) => format!("http://{addr}"),
                 Err(_) => "an unknown TCP address".into(),
             },
-            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+            Listener::Unix(_, unix) => format!("unix:{}", unix.path.display()),
         }
     }
 }
 
 /// Binds the socket `bind` names, with a one-line error a user can act on.
-pub(crate) fn bind(bind: &Bind, backlog: u32) -> Result<Listener, String> {
+/// A Unix socket file gets `uds_permissions` (see `--uds-permissions`).
+pub(crate) fn bind(bind: &Bind, backlog: u32, uds_permissions: u32) -> Result<Listener, String> {
     match bind {
         Bind::Tcp { host, port } => bind_tcp(host, *port, backlog),
-        Bind::Unix(path) => bind_unix(path, backlog),
+        Bind::Unix(path) => bind_unix(path, backlog, uds_permissions),
         Bind::Fd(fd) => inherit(*fd),
     }
 }
@@ -84,7 +116,7 @@ fn backlog_of(backlog: u32) -> i32 {
     i32::try_from(backlog).unwrap_or(i32::MAX)
 }
 
-fn bind_unix(path: &Path, backlog: u32) -> Result<Listener, String> {
+fn bind_unix(path: &Path, backlog: u32, permissions: u32) -> Result<Listener, String> {
     let shown = path.display();
     // A socket file left by a previous run would make bind fail; anything
     // else at that path is not ours to remove.
@@ -105,13 +137,23 @@ fn bind_unix(path: &Path, backlog: u32) -> Result<Listener, String> {
     socket
         .bind(&addr)
         .map_err(|err| format!("Could not bind to {shown}: {err}"))?;
+    // bind() created the file with the umask applied; a proxy running as
+    // another user (nginx as www-data) needs write permission to connect.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(permissions))
+        .map_err(|err| format!("Could not set --uds-permissions on {shown}: {err}"))?;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|err| format!("Could not stat {shown} after binding it: {err}"))?;
     socket
         .listen(backlog_of(backlog))
         .map_err(|err| format!("Could not listen on {shown}: {err}"))?;
     socket
         .set_nonblocking(true)
         .map_err(|err| format!("Could not configure {shown}: {err}"))?;
-    Ok(Listener::Unix(socket.into(), path.to_path_buf()))
+    let unix = UnixPath {
+        path: Arc::from(path),
+        created: Some((meta.dev(), meta.ino())),
+    };
+    Ok(Listener::Unix(socket.into(), unix))
 }
 
 fn inherit(fd: i32) -> Result<Listener, String> {
@@ -141,7 +183,11 @@ fn inherit(fd: i32) -> Result<Listener, String> {
             .as_pathname()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from(format!("fd:{fd}")));
-        Ok(Listener::Unix(socket.into(), path))
+        let unix = UnixPath {
+            path: Arc::from(path),
+            created: None,
+        };
+        Ok(Listener::Unix(socket.into(), unix))
     }
 }
 

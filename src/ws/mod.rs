@@ -5,6 +5,7 @@
 //! HTTP/2) without touching the ASGI side. The ASGI side talks to a
 //! connection through its [`WsSession`].
 
+mod progress;
 pub(crate) mod session;
 
 use std::future::poll_fn;
@@ -25,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use progress::{ProgressIo, Stalled, WriteProgress};
 pub(crate) use session::WsSession;
 use session::{AppEvent, AppMessage, PeerMessage};
 
@@ -143,6 +145,26 @@ fn close_message(code: u16, reason: &str) -> Message {
     }))
 }
 
+/// How long a write may make no progress when `--ws-ping-timeout` is 0.
+const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(20);
+
+/// Why a write did not go through.
+enum WriteFailed {
+    /// The peer read nothing for the stall limit.
+    Stalled,
+    /// The connection is gone.
+    Closed,
+}
+
+/// Whether a bounded write went through.
+fn written<E>(result: Result<Result<(), E>, Stalled>) -> Result<(), WriteFailed> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteFailed::Closed),
+        Err(Stalled) => Err(WriteFailed::Stalled),
+    }
+}
+
 /// Runs an upgraded connection until it closes.
 pub(crate) async fn serve(
     upgraded: Upgraded,
@@ -156,8 +178,15 @@ pub(crate) async fn serve(
     let config = WebSocketConfig::default()
         .max_message_size(Some(settings.max_size))
         .max_frame_size(Some(settings.max_size));
-    let stream =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let progress = WriteProgress::new();
+    // A peer that reads nothing for this long while we write is dropped.
+    let stall_limit = if settings.ping_timeout.is_zero() {
+        DEFAULT_STALL_LIMIT
+    } else {
+        settings.ping_timeout
+    };
+    let io = ProgressIo::new(TokioIo::new(upgraded), Arc::clone(&progress));
+    let stream = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (mut sink, mut stream) = stream.split();
 
     let mut ping = settings.ping_interval.map(|every| {
@@ -170,19 +199,23 @@ pub(crate) async fn serve(
     let mut outcome: Option<(u16, String)> = None;
     // Set once we sent a close frame: wait (bounded) for the peer's reply.
     let mut close_sent_at: Option<tokio::time::Instant> = None;
+    // Set when the peer stopped reading: nothing more can be written.
+    let mut stalled = false;
 
     loop {
         let room = close_sent_at.is_none() && session.has_room();
         let read_wanted = room || close_sent_at.is_some();
         let close_deadline = close_sent_at.map(|at| at + CLOSE_TIMEOUT);
-        tokio::select! {
+        // Every write below goes through `progress.bounded`: a write that
+        // makes no progress for `stall_limit` ends the connection.
+        let result: Result<(), WriteFailed> = tokio::select! {
             event = poll_fn(|cx| session.poll_app(cx, !room)), if close_sent_at.is_none() => {
                 match event {
-                    AppEvent::Room => {}
+                    AppEvent::Room => Ok(()),
                     AppEvent::Send(messages) => {
-                        let mut failed = false;
+                        let mut frames = Vec::with_capacity(messages.len());
                         for message in messages {
-                            let frame = match message {
+                            frames.push(match message {
                                 AppMessage::Text(text) => Message::text(text),
                                 AppMessage::Binary(data) => Message::binary(data),
                                 AppMessage::Close(code, reason) => {
@@ -190,34 +223,33 @@ pub(crate) async fn serve(
                                     close_sent_at = Some(tokio::time::Instant::now());
                                     close_message(code, &reason)
                                 }
-                            };
-                            if sink.feed(frame).await.is_err() {
-                                failed = true;
-                                break;
+                            });
+                        }
+                        let send_all = async {
+                            for frame in frames {
+                                sink.feed(frame).await?;
                             }
-                        }
-                        if failed || sink.flush().await.is_err() {
-                            outcome.get_or_insert((code::ABNORMAL, String::new()));
-                            break;
-                        }
+                            sink.flush().await
+                        };
+                        written(progress.bounded(stall_limit, send_all).await)
                     }
                 }
             }
             message = stream.next(), if read_wanted => match message {
                 Some(Ok(Message::Text(text))) => {
                     session.push_incoming(PeerMessage::Text(text.as_str().to_string()));
+                    Ok(())
                 }
                 Some(Ok(Message::Binary(data))) => {
                     session.push_incoming(PeerMessage::Binary(data));
+                    Ok(())
                 }
-                Some(Ok(Message::Pong(_))) => awaiting_pong = None,
-                Some(Ok(Message::Ping(_))) => {
-                    // tungstenite queued the pong; send it now.
-                    if sink.flush().await.is_err() {
-                        outcome.get_or_insert((code::ABNORMAL, String::new()));
-                        break;
-                    }
+                Some(Ok(Message::Pong(_))) => {
+                    awaiting_pong = None;
+                    Ok(())
                 }
+                // tungstenite queued the pong; send it now.
+                Some(Ok(Message::Ping(_))) => written(progress.bounded(stall_limit, sink.flush()).await),
                 Some(Ok(Message::Close(frame))) => {
                     let (code, reason) = match &frame {
                         Some(frame) => (u16::from(frame.code), frame.reason.as_str().to_string()),
@@ -225,10 +257,10 @@ pub(crate) async fn serve(
                     };
                     outcome.get_or_insert((code, reason));
                     // Send tungstenite's queued close reply.
-                    let _ = sink.flush().await;
+                    let _ = progress.bounded(stall_limit, sink.flush()).await;
                     break;
                 }
-                Some(Ok(Message::Frame(_))) => {}
+                Some(Ok(Message::Frame(_))) => Ok(()),
                 Some(Err(error)) => {
                     let (code, reason) = close_code_of(&error);
                     if code != code::ABNORMAL && close_sent_at.is_none() {
@@ -236,7 +268,8 @@ pub(crate) async fn serve(
                             "closing websocket {} with {code}: {error}",
                             session.path
                         );
-                        let _ = sink.send(close_message(code, reason)).await;
+                        let close = sink.send(close_message(code, reason));
+                        let _ = progress.bounded(stall_limit, close).await;
                     }
                     outcome.get_or_insert((code, reason.to_string()));
                     break;
@@ -255,23 +288,22 @@ pub(crate) async fn serve(
                 if awaiting_pong.is_some_and(|sent| sent.elapsed() >= settings.ping_timeout) {
                     tracing::info!("websocket {} did not answer a ping; closing", session.path);
                     let reason = "keepalive ping timeout";
-                    let _ = sink.send(close_message(code::INTERNAL_ERROR, reason)).await;
+                    let close = sink.send(close_message(code::INTERNAL_ERROR, reason));
+                    let _ = progress.bounded(stall_limit, close).await;
                     outcome.get_or_insert((code::INTERNAL_ERROR, reason.to_string()));
                     break;
                 }
                 if awaiting_pong.is_none() {
                     awaiting_pong = Some(Instant::now());
                 }
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    outcome.get_or_insert((code::ABNORMAL, String::new()));
-                    break;
-                }
+                written(progress.bounded(stall_limit, sink.send(Message::Ping(Bytes::new()))).await)
             }
             _ = async { closing.wait_for(|closing| *closing).await.map(drop) }, if close_sent_at.is_none() => {
                 let reason = "server shutting down";
-                let _ = sink.send(close_message(code::SERVICE_RESTART, reason)).await;
                 outcome.get_or_insert((code::SERVICE_RESTART, reason.to_string()));
                 close_sent_at = Some(tokio::time::Instant::now());
+                let close = sink.send(close_message(code::SERVICE_RESTART, reason));
+                written(progress.bounded(stall_limit, close).await)
             }
             _ = async {
                 match close_deadline {
@@ -279,11 +311,25 @@ pub(crate) async fn serve(
                     None => std::future::pending::<()>().await,
                 }
             } => break,
+        };
+        if let Err(failed) = result {
+            if let WriteFailed::Stalled = failed {
+                tracing::info!(
+                    "websocket {} closed: the client read nothing for {}s while the server was sending",
+                    session.path,
+                    stall_limit.as_secs_f64()
+                );
+            }
+            outcome = Some((code::ABNORMAL, String::new()));
+            stalled = true;
+            break;
         }
     }
     let (code, reason) = outcome.unwrap_or((code::ABNORMAL, String::new()));
     session.finish(code, &reason);
-    let _ = sink.close().await;
+    if !stalled {
+        let _ = progress.bounded(stall_limit, sink.close()).await;
+    }
 }
 
 #[cfg(test)]

@@ -6,17 +6,18 @@
 //! needs the GIL.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 
 use crate::bridge::{wake, Bridge, Event, WaitKind, WsWaiter};
 use crate::exchange::ResponseStart;
+use crate::net::ConnectionInfo;
+use crate::ws::code;
 
 /// Bytes of app messages queued for a slow peer before `send()` waits.
 pub(crate) const OUTGOING_HIGH_WATER: usize = 256 * 1024;
@@ -65,28 +66,81 @@ pub(crate) enum AppEvent {
 }
 
 #[derive(Default)]
-pub(crate) struct WsState {
-    pub connect_delivered: bool,
-    pub handshake: Option<Handshake>,
+struct WsState {
+    connect_delivered: bool,
+    handshake: Option<Handshake>,
     /// The app has answered the handshake (accept, close or a response).
-    pub handshake_done: bool,
-    pub accepted: bool,
+    handshake_done: bool,
+    accepted: bool,
     /// A `websocket.http.response` being collected.
-    pub denial: Option<(ResponseStart, BytesMut)>,
+    denial: Option<(ResponseStart, BytesMut)>,
 
-    pub incoming: VecDeque<PeerMessage>,
+    incoming: VecDeque<PeerMessage>,
     /// Set once the connection is over: the close code and reason the app sees.
-    pub disconnect: Option<(u16, String)>,
-    pub receiver: Option<Py<PyAny>>,
+    disconnect: Option<(u16, String)>,
+    receiver: Option<Py<PyAny>>,
 
-    pub outgoing: VecDeque<AppMessage>,
-    pub outgoing_bytes: usize,
-    pub sender: Option<Py<PyAny>>,
+    outgoing: VecDeque<AppMessage>,
+    outgoing_bytes: usize,
+    sender: Option<Py<PyAny>>,
     /// The app has sent (or been given) its close: no more sends.
-    pub app_closed: bool,
-    pub reactor: Option<Waker>,
+    app_closed: bool,
+    reactor: Option<Waker>,
     /// The reactor waits for the app to read before reading the socket.
-    pub reactor_wants_room: bool,
+    reactor_wants_room: bool,
+}
+
+impl WsState {
+    /// Queues a message for the peer; true when the app should now wait for
+    /// the queue to drain.
+    fn queue(&mut self, message: AppMessage) -> bool {
+        self.outgoing_bytes += message.weight();
+        self.outgoing.push_back(message);
+        self.outgoing_bytes > OUTGOING_HIGH_WATER
+    }
+
+    /// Ends the handshake without a connection.
+    fn refuse(&mut self, handshake: Handshake) {
+        self.handshake = Some(handshake);
+        self.handshake_done = true;
+        self.app_closed = true;
+    }
+
+    /// The next thing `receive()` returns, if it need not wait. Taking a
+    /// message makes room in the queue: the reactor, if it stopped reading
+    /// at a full queue, may read again (the caller wakes it).
+    fn try_receive(&mut self) -> Option<Received> {
+        if !self.connect_delivered {
+            self.connect_delivered = true;
+            return Some(Received::Connect);
+        }
+        if let Some(message) = self.incoming.pop_front() {
+            self.reactor_wants_room = false;
+            return Some(Received::Message(message));
+        }
+        self.disconnect
+            .as_ref()
+            .map(|(code, reason)| Received::Disconnect(*code, reason.clone()))
+    }
+}
+
+/// What `receive()` returns.
+pub(crate) enum Received {
+    Connect,
+    Message(PeerMessage),
+    Disconnect(u16, String),
+}
+
+/// Why the app may not do what it asked; turned into a Python exception by
+/// the ASGI side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Misuse {
+    /// Accept, close or a denial response after the handshake was answered.
+    HandshakeAnswered,
+    SendBeforeAccept,
+    DenialBodyBeforeStart,
+    /// The connection is closed (by the peer, or by the app's own close).
+    Closed,
 }
 
 /// What the reactor hands over when a client asks to open a WebSocket.
@@ -95,13 +149,13 @@ pub(crate) struct WsStart {
     pub head: http::request::Parts,
 }
 
+/// One WebSocket connection's state; every step of the protocol is a method.
 pub(crate) struct WsSession {
     state: Mutex<WsState>,
     bridge: Arc<Bridge>,
     max_queue: usize,
     pub path: String,
-    pub client: Option<SocketAddr>,
-    pub server: Option<SocketAddr>,
+    pub connection: ConnectionInfo,
 }
 
 impl WsSession {
@@ -109,24 +163,18 @@ impl WsSession {
         bridge: Arc<Bridge>,
         max_queue: usize,
         path: String,
-        client: Option<SocketAddr>,
-        server: Option<SocketAddr>,
+        connection: ConnectionInfo,
     ) -> WsSession {
         WsSession {
             state: Mutex::new(WsState::default()),
             bridge,
             max_queue: max_queue.max(1),
             path,
-            client,
-            server,
+            connection,
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, WsState> {
-        self.state.lock()
-    }
-
-    pub(crate) fn resolve(self: &Arc<Self>, future: Option<Py<PyAny>>, kind: WaitKind) {
+    fn resolve(self: &Arc<Self>, future: Option<Py<PyAny>>, kind: WaitKind) {
         if let Some(future) = future {
             self.bridge.push(Event::WsResolve(WsWaiter {
                 future,
@@ -136,11 +184,26 @@ impl WsSession {
         }
     }
 
-    /// Wakes the reactor's connection loop (from the app side).
-    pub(crate) fn wake_reactor(st: &mut WsState) {
-        if let Some(waker) = st.reactor.take() {
+    /// Applies `change` to the state under the lock, then wakes the reactor
+    /// if it asked to: a wake on the Python thread schedules a loop callback
+    /// (Python code), which must not run under a lock the reactor takes.
+    fn update<T>(&self, change: impl FnOnce(&mut WsState) -> (T, bool)) -> T {
+        let (result, waker) = {
+            let mut st = self.state.lock();
+            let (result, wake_reactor) = change(&mut st);
+            (
+                result,
+                if wake_reactor {
+                    st.reactor.take()
+                } else {
+                    None
+                },
+            )
+        };
+        if let Some(waker) = waker {
             wake(waker);
         }
+        result
     }
 
     // ---- reactor side -------------------------------------------------
@@ -215,24 +278,308 @@ impl WsSession {
         self.resolve(sender, WaitKind::Send);
     }
 
-    // ---- app side -------------------------------------------------------
-
-    /// Queues a message for the peer; true when the app should now wait for
-    /// the queue to drain.
-    pub(crate) fn queue(st: &mut WsState, message: AppMessage) -> bool {
-        st.outgoing_bytes += message.weight();
-        st.outgoing.push_back(message);
-        WsSession::wake_reactor(st);
-        st.outgoing_bytes > OUTGOING_HIGH_WATER
+    /// The app could not be started for this handshake: refuse it with 500.
+    pub(crate) fn fail_handshake(&self) {
+        self.update(|st| {
+            let answer = !st.handshake_done;
+            if answer {
+                st.refuse(Handshake::Reject(StatusCode::INTERNAL_SERVER_ERROR));
+            }
+            ((), answer)
+        });
     }
 
-    /// Pops the next peer message, waking the reactor if it waits for room.
-    pub(crate) fn pop_incoming(&self, st: &mut WsState) -> Option<PeerMessage> {
-        let message = st.incoming.pop_front()?;
-        if st.reactor_wants_room {
-            st.reactor_wants_room = false;
-            WsSession::wake_reactor(st);
+    // ---- app side (the Python thread; never calls Python under the lock) --
+
+    /// `receive()` without waiting: the next message, or `None` when the app
+    /// must wait (then park a future with [`WsSession::park_receiver`]).
+    pub(crate) fn try_receive(&self) -> Option<Received> {
+        self.update(|st| {
+            let wanted_room = st.reactor_wants_room;
+            let received = st.try_receive();
+            (received, wanted_room && !st.reactor_wants_room)
+        })
+    }
+
+    /// Parks `future` for the reactor to hand back when a message arrives;
+    /// when one arrived meanwhile, returns it with the future instead.
+    pub(crate) fn park_receiver(&self, future: Py<PyAny>) -> Result<(), (Py<PyAny>, Received)> {
+        self.update(|st| {
+            let wanted_room = st.reactor_wants_room;
+            let result = match st.try_receive() {
+                Some(received) => Err((future, received)),
+                None => {
+                    st.receiver = Some(future);
+                    Ok(())
+                }
+            };
+            (result, wanted_room && !st.reactor_wants_room)
+        })
+    }
+
+    /// `websocket.accept`.
+    pub(crate) fn accept(
+        &self,
+        subprotocol: Option<String>,
+        headers: HeaderMap,
+    ) -> Result<(), Misuse> {
+        self.update(|st| {
+            if st.handshake_done {
+                return (Err(Misuse::HandshakeAnswered), false);
+            }
+            st.handshake = Some(Handshake::Accept {
+                subprotocol,
+                headers,
+            });
+            st.handshake_done = true;
+            st.accepted = true;
+            (Ok(()), true)
+        })
+    }
+
+    /// `websocket.send`; `Ok(true)` when the app should wait for the queue
+    /// to drain ([`WsSession::park_sender`]).
+    pub(crate) fn send(&self, message: AppMessage) -> Result<bool, Misuse> {
+        self.update(|st| {
+            if !st.accepted {
+                return (Err(Misuse::SendBeforeAccept), false);
+            }
+            if st.app_closed || st.disconnect.is_some() {
+                return (Err(Misuse::Closed), false);
+            }
+            (Ok(st.queue(message)), true)
+        })
+    }
+
+    /// `websocket.close`: refuses the handshake (403) before accept, else
+    /// queues the close frame. `Ok(true)` when the app should wait.
+    pub(crate) fn close(&self, code: u16, reason: String) -> Result<bool, Misuse> {
+        self.update(|st| {
+            if !st.handshake_done {
+                st.refuse(Handshake::Reject(StatusCode::FORBIDDEN));
+                return (Ok(false), true);
+            }
+            if st.app_closed || st.disconnect.is_some() {
+                // Closing twice, or after the peer left: nothing to send.
+                return (Ok(false), false);
+            }
+            st.app_closed = true;
+            (Ok(st.queue(AppMessage::Close(code, reason))), true)
+        })
+    }
+
+    /// `websocket.http.response.start` (the denial response extension).
+    pub(crate) fn deny_start(&self, start: ResponseStart) -> Result<(), Misuse> {
+        self.update(|st| {
+            if st.handshake_done || st.denial.is_some() {
+                return (Err(Misuse::HandshakeAnswered), false);
+            }
+            st.denial = Some((start, BytesMut::new()));
+            (Ok(()), false)
+        })
+    }
+
+    /// `websocket.http.response.body`; the last one answers the handshake.
+    pub(crate) fn deny_body(&self, body: &[u8], more: bool) -> Result<(), Misuse> {
+        self.update(|st| {
+            let Some((_, collected)) = st.denial.as_mut() else {
+                return (Err(Misuse::DenialBodyBeforeStart), false);
+            };
+            collected.extend_from_slice(body);
+            if more {
+                return (Ok(()), false);
+            }
+            match st.denial.take() {
+                Some((start, body)) => {
+                    st.refuse(Handshake::Respond(start, body.freeze()));
+                    (Ok(()), true)
+                }
+                None => (Ok(()), false),
+            }
+        })
+    }
+
+    /// Parks `future` until the outgoing queue drains; hands it back when
+    /// the app need not wait after all (the connection is over).
+    pub(crate) fn park_sender(&self, future: Py<PyAny>) -> Option<Py<PyAny>> {
+        let mut st = self.state.lock();
+        if st.disconnect.is_some() || st.outgoing_bytes <= OUTGOING_HIGH_WATER {
+            return Some(future);
         }
-        Some(message)
+        st.sender = Some(future);
+        None
+    }
+
+    /// Whether a `send()` that waited may go on; false when the connection
+    /// closed meanwhile (then it raises).
+    pub(crate) fn is_open(&self) -> bool {
+        self.state.lock().disconnect.is_none()
+    }
+
+    /// The app returned or raised: answer the handshake (403, or 500 when it
+    /// failed) or close the connection (1000, or 1011 when it failed).
+    /// Returns whether the handshake had been accepted.
+    pub(crate) fn finish_app(&self, failed: bool) -> bool {
+        self.update(|st| {
+            if !st.handshake_done {
+                let status = if failed {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                st.refuse(Handshake::Reject(status));
+                return (false, true);
+            }
+            if st.accepted && !st.app_closed && st.disconnect.is_none() {
+                let (code, reason) = if failed {
+                    (code::INTERNAL_ERROR, "internal server error")
+                } else {
+                    (code::NORMAL, "")
+                };
+                st.app_closed = true;
+                st.queue(AppMessage::Close(code, reason.to_string()));
+                return (true, true);
+            }
+            (st.accepted, false)
+        })
+    }
+}
+
+/// Whether an endpoint may send `code` in a close frame (RFC 6455 §7.4.1,
+/// §7.4.2 and IANA's registry): 1004 is reserved, 1005, 1006 and 1015 are
+/// for reporting only, 1016-2999 belong to future protocol revisions, and
+/// nothing below 1000 or above 4999 is a close code.
+pub(crate) fn is_sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// The longest close reason: a control frame carries at most 125 bytes, two
+/// of which are the code (RFC 6455 §5.5).
+pub(crate) const MAX_CLOSE_REASON: usize = 123;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{Scheme, ServerAddr};
+
+    fn session(max_queue: usize) -> Arc<WsSession> {
+        Arc::new(WsSession::new(
+            Arc::new(Bridge::new().unwrap()),
+            max_queue,
+            "/ws".into(),
+            ConnectionInfo {
+                scheme: Scheme::Http,
+                client: None,
+                server: ServerAddr::Tcp("127.0.0.1:80".parse().unwrap()),
+            },
+        ))
+    }
+
+    #[test]
+    fn close_codes_follow_rfc6455() {
+        for code in [1000, 1001, 1003, 1007, 1011, 1012, 1014, 3000, 4999] {
+            assert!(is_sendable_close_code(code), "{code}");
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            assert!(!is_sendable_close_code(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn connect_comes_first_then_messages_then_disconnect() {
+        let session = session(4);
+        assert!(matches!(session.try_receive(), Some(Received::Connect)));
+        assert!(session.try_receive().is_none());
+        session.push_incoming(PeerMessage::Text("hi".into()));
+        assert!(matches!(
+            session.try_receive(),
+            Some(Received::Message(PeerMessage::Text(_)))
+        ));
+        session.finish(code::NORMAL, "bye");
+        assert!(matches!(
+            session.try_receive(),
+            Some(Received::Disconnect(1000, _))
+        ));
+    }
+
+    #[test]
+    fn send_needs_accept_and_an_open_connection() {
+        let session = session(4);
+        assert_eq!(
+            session.send(AppMessage::Text("x".into())),
+            Err(Misuse::SendBeforeAccept)
+        );
+        session.accept(None, HeaderMap::new()).unwrap();
+        assert_eq!(
+            session.accept(None, HeaderMap::new()),
+            Err(Misuse::HandshakeAnswered)
+        );
+        assert_eq!(session.send(AppMessage::Text("x".into())), Ok(false));
+        assert_eq!(session.close(code::NORMAL, String::new()), Ok(false));
+        assert_eq!(
+            session.send(AppMessage::Text("x".into())),
+            Err(Misuse::Closed)
+        );
+    }
+
+    #[test]
+    fn a_large_send_asks_the_app_to_wait() {
+        let session = session(4);
+        session.accept(None, HeaderMap::new()).unwrap();
+        let big = Bytes::from(vec![0; OUTGOING_HIGH_WATER + 1]);
+        assert_eq!(session.send(AppMessage::Binary(big)), Ok(true));
+    }
+
+    #[test]
+    fn close_before_accept_refuses_the_handshake() {
+        let session = session(4);
+        assert_eq!(session.close(code::NORMAL, String::new()), Ok(false));
+        let st = session.state.lock();
+        assert!(matches!(
+            st.handshake,
+            Some(Handshake::Reject(StatusCode::FORBIDDEN))
+        ));
+    }
+
+    #[test]
+    fn the_app_ending_closes_with_1000_or_1011() {
+        let ok = session(4);
+        ok.accept(None, HeaderMap::new()).unwrap();
+        assert!(ok.finish_app(false));
+        assert!(matches!(
+            ok.state.lock().outgoing.back(),
+            Some(AppMessage::Close(code::NORMAL, _))
+        ));
+        let failed = session(4);
+        failed.accept(None, HeaderMap::new()).unwrap();
+        failed.finish_app(true);
+        assert!(matches!(
+            failed.state.lock().outgoing.back(),
+            Some(AppMessage::Close(code::INTERNAL_ERROR, _))
+        ));
+    }
+
+    #[test]
+    fn denial_response_is_collected_until_the_last_body() {
+        let session = session(4);
+        assert_eq!(
+            session.deny_body(b"x", false),
+            Err(Misuse::DenialBodyBeforeStart)
+        );
+        let start = ResponseStart {
+            status: StatusCode::UNAUTHORIZED,
+            headers: HeaderMap::new(),
+            reason: None,
+        };
+        session.deny_start(start).unwrap();
+        session.deny_body(b"no ", true).unwrap();
+        session.deny_body(b"entry", false).unwrap();
+        match &session.state.lock().handshake {
+            Some(Handshake::Respond(start, body)) => {
+                assert_eq!(start.status, StatusCode::UNAUTHORIZED);
+                assert_eq!(&body[..], b"no entry");
+            }
+            _ => panic!("expected the denial response"),
+        };
     }
 }

@@ -12,6 +12,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use super::errors::WsgiErrors;
 use super::input::WsgiInput;
 use crate::exchange::Exchange;
+use crate::net::ServerAddr;
 
 /// `(1, 0)`, shared by every environ (tuples are immutable).
 static WSGI_VERSION: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
@@ -74,6 +75,34 @@ fn header_key<'py>(py: Python<'py>, name: &str) -> Option<Bound<'py, PyString>> 
     Some(common.clone())
 }
 
+/// `PATH_INFO`: the decoded path without the `SCRIPT_NAME` (`--root-path`)
+/// in front when it starts with it, on a segment boundary, as gunicorn does.
+fn path_info<'a>(path: &'a [u8], script_name: &[u8]) -> &'a [u8] {
+    match path.strip_prefix(script_name) {
+        Some(rest) if !script_name.is_empty() && (rest.is_empty() || rest[0] == b'/') => rest,
+        _ => path,
+    }
+}
+
+/// `SERVER_NAME` and `SERVER_PORT` from a Host header, for requests that
+/// arrive on a Unix socket: the port defaults to the scheme's, and with no
+/// Host header both are empty.
+fn server_from_host<'a>(host: &'a [u8], scheme: &str) -> (&'a [u8], &'a [u8]) {
+    if host.is_empty() {
+        return (b"", b"");
+    }
+    let default_port: &'static [u8] = if scheme == "https" { b"443" } else { b"80" };
+    // An IPv6 literal keeps its colons inside brackets.
+    let port_colon = match host.iter().rposition(|&b| b == b']') {
+        Some(end) => host[end..].iter().position(|&b| b == b':').map(|i| i + end),
+        None => host.iter().rposition(|&b| b == b':'),
+    };
+    match port_colon {
+        Some(i) => (&host[..i], &host[i + 1..]),
+        None => (host, default_port),
+    }
+}
+
 fn protocol(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "HTTP/0.9",
@@ -102,7 +131,8 @@ pub(crate) fn build<'py>(
     let raw_path = exchange.uri.path();
     let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
     let path: Vec<u8> = percent_decode(raw_path.as_bytes()).collect();
-    environ.set_item(intern!(py, "PATH_INFO"), latin1(py, &path))?;
+    let path = path_info(&path, ctx.script_name.as_bytes());
+    environ.set_item(intern!(py, "PATH_INFO"), latin1(py, path))?;
     let query = exchange.uri.query().unwrap_or("");
     environ.set_item(intern!(py, "QUERY_STRING"), latin1(py, query.as_bytes()))?;
     let protocol = match exchange.version {
@@ -110,19 +140,31 @@ pub(crate) fn build<'py>(
         other => PyString::new(py, protocol(other)),
     };
     environ.set_item(intern!(py, "SERVER_PROTOCOL"), protocol)?;
-    match exchange.server {
-        Some(addr) => {
+    let connection = &exchange.connection;
+    match &connection.server {
+        ServerAddr::Tcp(addr) => {
             environ.set_item(intern!(py, "SERVER_NAME"), addr.ip().to_string())?;
             environ.set_item(intern!(py, "SERVER_PORT"), addr.port().to_string())?;
         }
-        None => {
-            environ.set_item(intern!(py, "SERVER_NAME"), "localhost")?;
-            environ.set_item(intern!(py, "SERVER_PORT"), "")?;
+        ServerAddr::Unix(_) => {
+            // A Unix socket has no host or port; like gunicorn, take them
+            // from the Host header the proxy sent.
+            let host = headers
+                .get(header::HOST)
+                .map(|value| value.as_bytes())
+                .unwrap_or_default();
+            let (name, port) = server_from_host(host, connection.scheme.http());
+            environ.set_item(intern!(py, "SERVER_NAME"), latin1(py, name))?;
+            environ.set_item(intern!(py, "SERVER_PORT"), latin1(py, port))?;
         }
     }
-    if let Some(addr) = exchange.client {
-        environ.set_item(intern!(py, "REMOTE_ADDR"), addr.ip().to_string())?;
-        environ.set_item(intern!(py, "REMOTE_PORT"), addr.port().to_string())?;
+    match connection.client {
+        Some(addr) => {
+            environ.set_item(intern!(py, "REMOTE_ADDR"), addr.ip().to_string())?;
+            environ.set_item(intern!(py, "REMOTE_PORT"), addr.port().to_string())?;
+        }
+        // Peers of a Unix socket are unnamed: gunicorn sets an empty REMOTE_ADDR.
+        None => environ.set_item(intern!(py, "REMOTE_ADDR"), intern!(py, ""))?,
     }
 
     for name in headers.keys() {
@@ -146,7 +188,11 @@ pub(crate) fn build<'py>(
     let version =
         WSGI_VERSION.get_or_try_init(py, || PyTuple::new(py, [1, 0]).map(Bound::unbind))?;
     environ.set_item(intern!(py, "wsgi.version"), version.bind(py))?;
-    environ.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "http"))?;
+    let scheme = match connection.scheme.http() {
+        "https" => intern!(py, "https"),
+        _ => intern!(py, "http"),
+    };
+    environ.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
     environ.set_item(
         intern!(py, "wsgi.input"),
         Py::new(py, WsgiInput::new(Arc::clone(exchange)))?,
@@ -175,6 +221,36 @@ mod tests {
         );
         assert_eq!(cgi_name("accept").as_deref(), Some("HTTP_ACCEPT"));
         assert_eq!(cgi_name("x_forwarded_for"), None);
+    }
+
+    #[test]
+    fn root_path_is_stripped_from_path_info_on_a_segment_boundary() {
+        assert_eq!(path_info(b"/api/x", b"/api"), b"/x");
+        assert_eq!(path_info(b"/api", b"/api"), b"");
+        assert_eq!(path_info(b"/apix", b"/api"), b"/apix");
+        assert_eq!(path_info(b"/other", b"/api"), b"/other");
+        assert_eq!(path_info(b"/x", b""), b"/x");
+    }
+
+    #[test]
+    fn unix_socket_server_name_comes_from_host() {
+        assert_eq!(
+            server_from_host(b"example.com", "http"),
+            (&b"example.com"[..], &b"80"[..])
+        );
+        assert_eq!(
+            server_from_host(b"example.com:8080", "http"),
+            (&b"example.com"[..], &b"8080"[..])
+        );
+        assert_eq!(
+            server_from_host(b"[::1]:9000", "http"),
+            (&b"[::1]"[..], &b"9000"[..])
+        );
+        assert_eq!(
+            server_from_host(b"[::1]", "https"),
+            (&b"[::1]"[..], &b"443"[..])
+        );
+        assert_eq!(server_from_host(b"", "http"), (&b""[..], &b""[..]));
     }
 
     #[test]
