@@ -1,14 +1,16 @@
 """One worker's lifetime, driven from Python around the Rust ``Worker``.
 
 Loads the app, runs the lifespan protocol, starts the reactor, serves until
-SIGINT/SIGTERM, then shuts down gracefully. The per-request hot path
-(scope building, ``receive``/``send``) lives in Rust; this module only wraps
-each request in a task that reports how the app ended.
+SIGINT/SIGTERM, then shuts down gracefully (at once on a second signal). The
+per-request hot path (scope building, ``receive``/``send``) lives in Rust; this
+module only wraps each request in a task, held until it ends, that reports how
+the app ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import os
@@ -36,7 +38,7 @@ def run(worker) -> int:
     if app_dir not in sys.path:
         sys.path.insert(0, app_dir)
     try:
-        app = load_app(worker.app, worker.factory)
+        app = load_app(worker.app, worker.factory, app_dir)
         interface = detect_interface(app, worker.interface)
     except AppLoadError as exc:
         log("error", str(exc))
@@ -66,21 +68,23 @@ def run(worker) -> int:
             loop.close()
 
 
-def load_app(target: str, factory: bool):
-    """Imports ``module:attr.attr`` and returns the object (called if ``factory``)."""
+def load_app(target: str, factory: bool, app_dir: str):
+    """Imports ``module:attr.attr`` and returns the object (called if ``factory``).
+
+    ``app_dir`` is the directory searched first, named when the module is not found.
+    """
     module_name, _, attr_path = target.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if module_name == missing or module_name.startswith(missing + "."):
+    except Exception as exc:
+        if _is_the_module_itself(exc, module_name):
             raise AppLoadError(
-                f'Could not import module "{module_name}" (looked in the current directory '
-                "and --app-dir; is the name right?)"
+                f'Could not import module "{module_name}" from {app_dir} (--app-dir); '
+                "is the name right?"
             ) from None
-        raise AppLoadError(_import_failure(module_name)) from None
-    except Exception:
-        raise AppLoadError(_import_failure(module_name)) from None
+        raise AppLoadError(
+            _failure(f'Error while importing module "{module_name}": ', exc)
+        ) from None
     app = module
     for attr in attr_path.split("."):
         try:
@@ -94,10 +98,8 @@ def load_app(target: str, factory: bool):
             raise AppLoadError(f'--factory: "{target}" is not callable.')
         try:
             app = app()
-        except Exception:
-            raise AppLoadError(
-                f'--factory: calling "{target}" raised:\n{traceback.format_exc().rstrip()}'
-            ) from None
+        except Exception as exc:
+            raise AppLoadError(_failure(f'--factory: calling "{target}" raised ', exc)) from None
     if not callable(app):
         raise AppLoadError(
             f'"{target}" is not callable (it is a {type(app).__name__}); '
@@ -106,8 +108,54 @@ def load_app(target: str, factory: bool):
     return app
 
 
-def _import_failure(module_name: str) -> str:
-    return f'Error while importing module "{module_name}":\n' + traceback.format_exc().rstrip()
+def _is_the_module_itself(exc: Exception, module_name: str) -> bool:
+    """True when ``exc`` says ``module_name`` (or a package above it) does not exist,
+    rather than that something the module imports is missing."""
+    missing = getattr(exc, "name", None)
+    return (
+        isinstance(exc, ModuleNotFoundError)
+        and missing is not None
+        and (module_name == missing or module_name.startswith(missing + "."))
+    )
+
+
+def _failure(intro: str, exc: BaseException) -> str:
+    """``intro`` and ``Type: message`` on one line, then the traceback of the user's code."""
+    kind = type(exc)
+    name = kind.__qualname__
+    if kind.__module__ != "builtins":
+        name = f"{kind.__module__}.{name}"
+    message = str(exc)
+    headline = f"{intro}{name}: {message}" if message else intro + name
+    report = traceback.TracebackException.from_exception(exc)
+    _drop_loader_frames(report)
+    return headline + "\n" + "".join(report.format()).rstrip()
+
+
+#: Frames of Python's import machinery (which Python itself hides from import
+#: tracebacks) and of rsasgi: neither tells the user anything about their app.
+_LOADER_FRAMES = ("<frozen importlib._bootstrap", importlib.__file__)
+_RSASGI_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _drop_loader_frames(report: traceback.TracebackException) -> None:
+    """Removes loader frames from ``report`` and from every exception chained to it."""
+    pending = [report]
+    seen = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = traceback.StackSummary.from_list(
+            [frame for frame in current.stack if not _is_loader_frame(frame.filename)]
+        )
+        pending += [current.__cause__, current.__context__]
+        pending += getattr(current, "exceptions", None) or []
+
+
+def _is_loader_frame(filename: str) -> bool:
+    return filename.startswith(_LOADER_FRAMES) or filename.startswith(_RSASGI_DIR)
 
 
 def detect_interface(app, requested: str) -> str:
@@ -168,10 +216,19 @@ async def _serve(worker, app, interface, loop) -> int:
             return EXIT_STARTUP_FAILED
 
     create_task = loop.create_task
+    # The loop holds tasks only weakly: a request task waiting on a future
+    # that nothing else references would be garbage-collected mid-request.
+    request_tasks: set[asyncio.Task] = set()
+    hold = request_tasks.add
+    release = request_tasks.discard
 
     async def run_app(scope, receive, send):
         try:
             await app(scope, receive, send)
+        except GeneratorExit:
+            # The task is destroyed unfinished (one that ignored its cancellation,
+            # at exit): nothing the app did wrong, and no client to answer.
+            raise
         except BaseException as exc:  # noqa: BLE001 - reported, and the worker lives on
             send._finish(exc)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -180,76 +237,125 @@ async def _serve(worker, app, interface, loop) -> int:
             send._finish()
 
     def spawn(scope, receive, send):
-        create_task(run_app(scope, receive, send))
+        task = create_task(run_app(scope, receive, send))
+        hold(task)
+        task.add_done_callback(release)
 
     stop = asyncio.Event()
-    signals_seen = []
+    forced = asyncio.Event()
+    if wsgi:
+        forcing = "closing every connection now, not waiting for WSGI threads"
+    else:
+        forcing = "closing every connection and cancelling requests now"
+        if lifespan is not None:
+            forcing += ", skipping the lifespan shutdown"
 
     def on_signal(signum: int) -> None:
-        signals_seen.append(signum)
         name = signal.Signals(signum).name
-        if len(signals_seen) == 1:
+        if not stop.is_set():
             log("info", f"Received {name}: shutting down gracefully (send it again to force)")
             stop.set()
-        else:
-            log("warning", f"Received {name} again: closing every connection now")
+        elif not forced.is_set():
+            log("warning", f"Received {name} again: forcing the shutdown ({forcing})")
+            forced.set()
             worker.shutdown(0.0)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-
-    stopped = loop.create_future()
+    # The handlers stay until the very end, so that a second signal can cut
+    # short any step of the shutdown, the lifespan shutdown included.
     try:
-        if wsgi:
-            fd = worker.start(loop, stopped, wsgi_app=app)
+        stopped = loop.create_future()
+        try:
+            if wsgi:
+                fd = worker.start(loop, stopped, wsgi_app=app)
+            else:
+                fd = worker.start(loop, stopped, spawn=spawn, state=state)
+        except RuntimeError as exc:
+            log("error", f"Could not start serving: {exc}")
+            if lifespan is not None:
+                await lifespan.shutdown(forced)
+            return 1
+        loop.add_reader(fd, worker.drain)
+        try:
+            await asyncio.wait(
+                [asyncio.ensure_future(stop.wait()), stopped], return_when=asyncio.FIRST_COMPLETED
+            )
+            if not stop.is_set():
+                log("error", "The server stopped unexpectedly; exiting")
+            worker.shutdown(0.0 if forced.is_set() else worker.timeout_graceful_shutdown)
+            await stopped
+            # The reactor has closed every connection; let apps see their
+            # disconnects, then cancel what still runs.
+            worker.drain()
+            await _cancel_request_tasks(request_tasks, forced)
+        finally:
+            loop.remove_reader(fd)
+        if wsgi and not forced.is_set():
+            joined = loop.run_in_executor(None, worker.join, WSGI_THREADS_GRACE)
+            threads_done = await _unless_forced(joined, forced) and joined.result()
         else:
-            fd = worker.start(loop, stopped, spawn=spawn, state=state)
-    except RuntimeError as exc:
-        log("error", f"Could not start serving: {exc}")
+            # `stopped` is done, so the reactor thread is ending and this
+            # returns at once; WSGI threads get no time when forced.
+            threads_done = worker.join(0.0)
+        if not threads_done:
+            # A WSGI thread is stuck in the app; the interpreter cannot finalise
+            # under it, so leave without finalising.
+            log("warning", "WSGI threads still running after shutdown; exiting without waiting")
+            _exit_now()
         if lifespan is not None:
-            await lifespan.shutdown()
-        return 1
-    loop.add_reader(fd, worker.drain)
-    try:
-        await asyncio.wait(
-            [asyncio.ensure_future(stop.wait()), stopped], return_when=asyncio.FIRST_COMPLETED
-        )
-        if not stop.is_set():
-            log("error", "The server stopped unexpectedly; exiting")
-        worker.shutdown(0.0 if len(signals_seen) > 1 else worker.timeout_graceful_shutdown)
-        await stopped
-        # The reactor has closed every connection; let apps see their
-        # disconnects, then cancel what still runs.
-        worker.drain()
-        await _cancel_request_tasks(lifespan)
+            await lifespan.shutdown(forced)
+        if forced.is_set():
+            # What was cancelled gets one step to run its except and finally blocks.
+            await asyncio.sleep(0)
+        log("info", "Stopped")
+        return 0
     finally:
-        loop.remove_reader(fd)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-    if not await loop.run_in_executor(None, worker.join, WSGI_THREADS_GRACE):
-        # A WSGI thread is stuck in the app; the interpreter cannot finalise
-        # under it, so leave without finalising.
-        log("warning", "WSGI threads still running after shutdown; exiting without waiting")
-        os._exit(0)
-    if lifespan is not None:
-        await lifespan.shutdown()
-    log("info", "Stopped")
-    return 0
 
 
-async def _cancel_request_tasks(lifespan) -> None:
-    current = asyncio.current_task()
-    keep = {current, lifespan.task if lifespan else None}
-    tasks = [t for t in asyncio.all_tasks() if t not in keep and not t.done()]
-    if not tasks:
+async def _cancel_request_tasks(tasks: set, forced: asyncio.Event) -> None:
+    """Gives request tasks still running a second to end, then cancels them and waits up
+    to 5 s more; once ``forced`` is set, cancels them without waiting."""
+    running = [task for task in tasks if not task.done()]
+    if not running:
         return
-    await asyncio.wait(tasks, timeout=1.0)
-    remaining = [t for t in tasks if not t.done()]
-    if remaining:
-        log("warning", f"Cancelling {len(remaining)} request task(s) still running after shutdown")
-        for task in remaining:
-            task.cancel()
-        await asyncio.wait(remaining, timeout=5.0)
+    if not forced.is_set():
+        await _unless_forced(asyncio.wait(running, timeout=1.0), forced)
+    remaining = [task for task in running if not task.done()]
+    if not remaining:
+        return
+    log("warning", f"Cancelling {len(remaining)} request task(s) still running after shutdown")
+    for task in remaining:
+        task.cancel()
+    if not forced.is_set():
+        await _unless_forced(asyncio.wait(remaining, timeout=5.0), forced)
+
+
+async def _unless_forced(awaitable, forced: asyncio.Event) -> bool:
+    """Awaits ``awaitable`` until it ends or ``forced`` is set, whichever comes first;
+    returns False (and cancels it) in the second case."""
+    work = asyncio.ensure_future(awaitable)
+    interrupt = asyncio.ensure_future(forced.wait())
+    try:
+        await asyncio.wait((work, interrupt), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        interrupt.cancel()
+    if work.done():
+        return True
+    work.cancel()
+    return False
+
+
+def _exit_now() -> None:
+    """Ends the process with code 0 without finalising, once Python's own buffered
+    output is written (the server's log lines are not buffered)."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+    os._exit(0)
 
 
 class Lifespan:
@@ -267,6 +373,7 @@ class Lifespan:
         self.shutdown_failed: str | None = None
         self.unsupported = False
         self.error = False
+        self.cancelled = False
 
     async def startup(self) -> bool:
         """Sends lifespan.startup; returns False when the server must not start."""
@@ -283,15 +390,22 @@ class Lifespan:
             log("info", "Application startup complete")
         return True
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, forced: asyncio.Event) -> None:
+        """Sends lifespan.shutdown and waits for the app's answer. A forced shutdown
+        (``forced`` set before or during the wait) cancels the app's lifespan task
+        instead, and does not report that as an error."""
         if self.unsupported or self.error or self.task is None or self.task.done():
             return
-        await self.events.put({"type": "lifespan.shutdown"})
-        await self.shutdown_done.wait()
-        if self.shutdown_failed is not None:
-            log("error", f"Application shutdown failed: {self.shutdown_failed}")
-        else:
-            log("info", "Application shutdown complete")
+        if not forced.is_set():
+            await self.events.put({"type": "lifespan.shutdown"})
+            if await _unless_forced(self.shutdown_done.wait(), forced):
+                if self.shutdown_failed is not None:
+                    log("error", f"Application shutdown failed: {self.shutdown_failed}")
+                else:
+                    log("info", "Application shutdown complete")
+                return
+        self.cancelled = True
+        self.task.cancel()
 
     async def _main(self) -> None:
         scope = {
@@ -302,7 +416,11 @@ class Lifespan:
         try:
             await self.app(scope, self._receive, self._send)
         except BaseException as exc:  # noqa: BLE001 - reported below
-            if self.startup_failed is not None or self.shutdown_failed is not None:
+            if (
+                self.cancelled
+                or self.startup_failed is not None
+                or self.shutdown_failed is not None
+            ):
                 return
             self.error = True
             if not self.required and not self.startup_done.is_set():

@@ -1,0 +1,11 @@
+"""A --factory whose call raises, two calls deep."""
+
+from __future__ import annotations
+
+
+def _settings() -> dict:
+    return {"debug": True}
+
+
+def make_app():
+    return _settings()["database_url"]

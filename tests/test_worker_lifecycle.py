@@ -1,0 +1,224 @@
+"""The worker's life around the requests: request tasks that nothing else holds, a second
+signal that forces the shutdown, and what the log shows when the app cannot be loaded.
+
+Apps: tests/apps/life_*.py. Events go to the file named by $LIFE_EVENTS.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import traceback
+
+import httpx
+import pytest
+from apps.proto_raw import recv_until_closed
+from conftest import Server
+
+APP = "life_app:app"
+SHUTTING_DOWN = "shutting down gracefully"
+FORCED = "again: forcing the shutdown"
+
+
+def events(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_for_event(path, event: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if event in events(path):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{event!r} not recorded in {timeout}s: {events(path)}")
+
+
+def wait_for_log(server, needle: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in server.output():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{needle!r} not logged in {timeout}s:\n{server.output()}")
+
+
+def exit_code(server, timeout: float = 10.0) -> int:
+    """The exit code, or a failure naming what the process logged if it is still running."""
+    try:
+        return server.wait_exit(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running {timeout}s later:\n{server.output()}") from None
+
+
+def test_request_task_survives_garbage_collection(run_rsasgi):
+    """The worker holds each request task, so a task waiting on a future that only it
+    references is not collected mid-request."""
+    server = run_rsasgi(APP)
+    response = httpx.get(server.url + "/unreferenced", timeout=10)
+    assert (response.status_code, response.content) == (200, b"resumed"), server.output()
+    assert "Task was destroyed" not in server.output()
+
+
+# The second signal here arrives while the reactor is still inside its 60 s grace period:
+# these need the reactor to honour a second `shutdown(0.0)` at once.
+@pytest.mark.parametrize(
+    "app, expected_events",
+    [(APP, ["startup", "request-start"]), ("life_wsgi:app", ["request-start"])],
+    ids=["asgi", "wsgi"],
+)
+def test_second_signal_closes_requests_in_flight(run_rsasgi, tmp_path, app, expected_events):
+    """The client sees its connection closed, the worker exits 0 without waiting for the
+    request, and the lifespan shutdown is skipped."""
+    record = tmp_path / "events.txt"
+    server = run_rsasgi(app, "--timeout-graceful-shutdown", "60", env={"LIFE_EVENTS": str(record)})
+    client = server.connect()
+    client.sendall(b"GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for_event(record, "request-start")
+
+    server.proc.send_signal(signal.SIGTERM)
+    wait_for_log(server, SHUTTING_DOWN)
+    server.proc.send_signal(signal.SIGTERM)
+
+    assert exit_code(server) == 0, server.output()
+    assert recv_until_closed(client) == b""
+    client.close()
+    assert events(record) == expected_events
+    assert server.output().count(FORCED) == 1, server.output()
+
+
+def test_second_signal_during_lifespan_shutdown_ends_the_process(run_rsasgi, tmp_path):
+    record = tmp_path / "events.txt"
+    server = run_rsasgi(APP, env={"LIFE_EVENTS": str(record), "LIFE_SHUTDOWN_HANGS": "1"})
+    server.proc.send_signal(signal.SIGTERM)
+    wait_for_event(record, "shutdown-start")
+    server.proc.send_signal(signal.SIGTERM)
+
+    assert exit_code(server) == 0, server.output()
+    assert server.output().count(FORCED) == 1, server.output()
+    assert events(record) == ["startup", "shutdown-start"]
+
+
+def test_second_signal_while_cancelling_a_stubborn_request(run_rsasgi, tmp_path):
+    """A request that ignores its cancellation does not hold up a forced shutdown, and the
+    lifespan shutdown (which would hang) is skipped."""
+    record = tmp_path / "events.txt"
+    server = run_rsasgi(
+        APP,
+        "--timeout-graceful-shutdown",
+        "0",
+        env={"LIFE_EVENTS": str(record), "LIFE_SHUTDOWN_HANGS": "1"},
+    )
+    client = server.connect()
+    client.sendall(b"GET /stubborn HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for_event(record, "request-start")
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert recv_until_closed(client) == b""
+    client.close()
+    wait_for_event(record, "cancel-ignored")
+    server.proc.send_signal(signal.SIGTERM)
+
+    assert exit_code(server) == 0, server.output()
+    assert server.output().count(FORCED) == 1, server.output()
+    assert "shutdown-start" not in events(record)
+
+
+def log_lines_after(output: str, first: str) -> list[str]:
+    """The log from the line containing `first` on; fails if no line contains it."""
+    lines = output.splitlines()
+    starts = [i for i, line in enumerate(lines) if first in line]
+    assert len(starts) == 1, output
+    return lines[starts[0] :]
+
+
+def assert_only_user_frames(lines: list[str], output: str) -> None:
+    frames = [line for line in lines if line.lstrip().startswith("File ")]
+    assert frames, output
+    for frame in frames:
+        assert "importlib" not in frame, output
+        assert "rsasgi" not in frame, output
+
+
+def test_import_error_shows_the_error_then_the_user_frames(run_rsasgi):
+    server = run_rsasgi("life_import_raises:app", wait=False)
+    assert server.wait_exit() == 1
+    output = server.output()
+    lines = log_lines_after(
+        output,
+        'Error while importing module "life_import_raises": ZeroDivisionError: division by zero',
+    )
+    assert lines[1] == "Traceback (most recent call last):", output
+    assert_only_user_frames(lines, output)
+    assert [line.split(", in ")[-1] for line in lines if ", in " in line] == [
+        "<module>",
+        "_configure",
+        "_ratio",
+    ], output
+    assert lines[-1] == "ZeroDivisionError: division by zero", output
+    assert "Listening on" not in output
+
+
+def test_syntax_error_shows_file_line_and_caret(run_rsasgi, tmp_path):
+    source = tmp_path / "life_syntax.py"
+    source.write_text("async def app(scope, receive, send):\n    pass\n\n\nx = ]\n")
+    with pytest.raises(SyntaxError) as raised:
+        compile(source.read_text(), str(source), "exec")
+    as_python_prints_it = "".join(traceback.format_exception_only(raised.value)).splitlines()
+    server = run_rsasgi("life_syntax:app", "--app-dir", str(tmp_path), wait=False)
+    assert server.wait_exit() == 1
+    output = server.output()
+    lines = log_lines_after(
+        output,
+        'Error while importing module "life_syntax": '
+        "SyntaxError: unmatched ']' (life_syntax.py, line 5)",
+    )
+    assert lines[1:] == as_python_prints_it, output
+    assert f'  File "{source}", line 5' in as_python_prints_it
+
+
+def test_missing_dependency_shows_the_users_import_line(run_rsasgi):
+    server = run_rsasgi("err_cli_nested_import:app", wait=False)
+    assert server.wait_exit() == 1
+    output = server.output()
+    lines = log_lines_after(
+        output,
+        'Error while importing module "err_cli_nested_import": ModuleNotFoundError: '
+        "No module named 'err_no_such_dependency_xyz'",
+    )
+    assert_only_user_frames(lines, output)
+    assert "    import err_no_such_dependency_xyz  # noqa: F401" in lines, output
+
+
+def assert_names_directory_searched(server, searched) -> None:
+    assert server.wait_exit() == 1
+    message = f'Could not import module "life_mian" from {searched} (--app-dir); is the name right?'
+    lines = [line for line in server.output().splitlines() if "life_mian" in line]
+    assert len(lines) == 1 and lines[0].endswith(message), server.output()
+
+
+def test_module_not_found_names_the_app_dir_searched(run_rsasgi, tmp_path):
+    (tmp_path / "srv").mkdir()
+    server = run_rsasgi("life_mian:app", "--app-dir", "srv", wait=False, cwd=tmp_path)
+    assert_names_directory_searched(server, tmp_path / "srv")
+
+
+def test_module_not_found_names_the_current_directory_by_default(tmp_path):
+    server = Server(["life_mian:app", "--port", "0"], tmp_path, tmp_path / "server.log", None)
+    try:
+        assert_names_directory_searched(server, tmp_path)
+    finally:
+        server.kill()
+
+
+def test_factory_error_shows_the_error_then_the_user_frames(run_rsasgi):
+    server = run_rsasgi("life_factory:make_app", "--factory", wait=False)
+    assert server.wait_exit() == 1
+    output = server.output()
+    lines = log_lines_after(
+        output, "--factory: calling \"life_factory:make_app\" raised KeyError: 'database_url'"
+    )
+    assert lines[1] == "Traceback (most recent call last):", output
+    assert_only_user_frames(lines, output)
+    assert [line.split(", in ")[-1] for line in lines if ", in " in line] == ["make_app"], output
+    assert lines[-1] == "KeyError: 'database_url'", output
