@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::prelude::*;
@@ -69,39 +69,108 @@ impl std::fmt::Display for Aborted {
 impl std::error::Error for Aborted {}
 
 #[derive(Default)]
-pub(crate) struct State {
+struct State {
     // Request body: reactor → app.
-    pub(crate) body: VecDeque<Bytes>,
-    pub(crate) body_buffered: usize,
+    body: VecDeque<Bytes>,
+    body_buffered: usize,
     /// The last body chunk has arrived from the client.
-    pub(crate) body_complete: bool,
+    body_complete: bool,
     /// The app has seen `more_body=False`.
-    pub(crate) body_delivered: bool,
+    body_delivered: bool,
     /// The app has called `receive()` at least once (hyper sends
     /// `100 Continue` only once the body is read).
-    pub(crate) body_wanted: bool,
-    pub(crate) pump: Option<Waker>,
-    pub(crate) receiver: Option<Py<PyAny>>,
+    body_wanted: bool,
+    pump: Option<Waker>,
+    receiver: Option<Py<PyAny>>,
 
     // Response: app → reactor.
-    pub(crate) start: Option<ResponseStart>,
-    pub(crate) started: bool,
-    pub(crate) chunks: VecDeque<Bytes>,
-    pub(crate) response_buffered: usize,
+    start: Option<ResponseStart>,
+    started: bool,
+    chunks: VecDeque<Bytes>,
+    response_buffered: usize,
     /// The app sent `more_body=False`.
-    pub(crate) complete: bool,
+    complete: bool,
     /// The app ended before completing its response.
-    pub(crate) aborted: bool,
-    pub(crate) sender: Option<Py<PyAny>>,
-    pub(crate) reactor: Option<Waker>,
+    aborted: bool,
+    sender: Option<Py<PyAny>>,
+    reactor: Option<Waker>,
     /// A WSGI pool thread blocked on this exchange (for body or buffer room).
-    pub(crate) parked: Option<Thread>,
+    parked: Option<Thread>,
 
     /// The client went away, or the reactor ended the exchange on a bad body.
-    pub(crate) closed: bool,
+    closed: bool,
     /// The reactor refused the request body (malformed, too large) before the
     /// response started: answer with this status instead of the app's.
-    pub(crate) refused: Option<StatusCode>,
+    refused: Option<StatusCode>,
+}
+
+impl State {
+    /// The next thing `receive()` returns, if it need not wait: the buffered
+    /// body (joined), the end of it, or a disconnect.
+    fn try_receive(&mut self) -> Option<Received> {
+        if self.closed && !self.body_complete {
+            return Some(Received::Disconnect);
+        }
+        if !self.body.is_empty() {
+            let data = if self.body.len() == 1 {
+                self.body.pop_front().unwrap_or_default()
+            } else {
+                let mut joined = BytesMut::with_capacity(self.body_buffered);
+                for chunk in self.body.drain(..) {
+                    joined.extend_from_slice(&chunk);
+                }
+                joined.freeze()
+            };
+            self.body_buffered = 0;
+            let more = !self.body_complete;
+            self.body_delivered = !more;
+            return Some(Received::Body { data, more });
+        }
+        if self.body_complete && !self.body_delivered {
+            self.body_delivered = true;
+            return Some(Received::Body {
+                data: Bytes::new(),
+                more: false,
+            });
+        }
+        if self.closed || self.complete {
+            return Some(Received::Disconnect);
+        }
+        None
+    }
+
+    /// Queues a response body chunk (dropped for HEAD, whose body hyper never sends).
+    fn push_chunk(&mut self, data: Bytes, more: bool, is_head: bool) {
+        if !data.is_empty() && !is_head {
+            self.response_buffered += data.len();
+            self.chunks.push_back(data);
+        }
+        self.complete = !more;
+    }
+}
+
+/// What ASGI `receive()` returns when it does not have to wait.
+pub(crate) enum Received {
+    Body { data: Bytes, more: bool },
+    Disconnect,
+}
+
+/// A `send()` the protocol does not allow at this point of the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendMisuse {
+    /// The client is gone.
+    Closed,
+    AlreadyStarted,
+    BodyBeforeStart,
+    AlreadyComplete,
+}
+
+/// How far the app got with its response, for the log line when it ends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Progress {
+    pub started: bool,
+    pub complete: bool,
+    pub closed: bool,
 }
 
 /// The state of one request shared between the reactor and the app.
@@ -144,9 +213,19 @@ impl Exchange {
         format!("{} {} {:?}", self.method, target, self.version)
     }
 
-    /// The shared state; held briefly, never across a wait or a Python call.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock()
+    /// How far the app got with its response.
+    pub(crate) fn progress(&self) -> Progress {
+        let st = self.state.lock();
+        Progress {
+            started: st.started,
+            complete: st.complete,
+            closed: st.closed,
+        }
+    }
+
+    /// Whether the exchange is over (the client left, or the response ended).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().closed
     }
 
     fn resolve(self: &Arc<Self>, future: Option<Py<PyAny>>, kind: WaitKind) {
@@ -324,7 +403,106 @@ impl Exchange {
         st.complete && st.chunks.is_empty()
     }
 
-    // ---- Python side ----------------------------------------------------
+    // ---- ASGI side (the Python thread) ---------------------------------
+    //
+    // Wakes happen after the lock is released: on the Python thread a wake
+    // schedules a loop callback, Python code that must not run under a lock
+    // the reactor takes.
+
+    /// `receive()` without waiting; `None` means park a future with
+    /// [`Exchange::park_receiver`]. Lets the body pump read on.
+    pub(crate) fn receive(&self) -> Option<Received> {
+        let (received, pump) = {
+            let mut st = self.state.lock();
+            let received = st.try_receive();
+            if received.is_none() {
+                st.body_wanted = true;
+            }
+            (received, st.pump.take())
+        };
+        if let Some(waker) = pump {
+            wake(waker);
+        }
+        received
+    }
+
+    /// Parks `future` for the reactor to hand back when body arrives; when
+    /// some arrived meanwhile, returns it with the future instead.
+    pub(crate) fn park_receiver(&self, future: Py<PyAny>) -> Result<(), (Py<PyAny>, Received)> {
+        let (result, pump) = {
+            let mut st = self.state.lock();
+            let result = match st.try_receive() {
+                Some(received) => Err((future, received)),
+                None => {
+                    st.body_wanted = true;
+                    st.receiver = Some(future);
+                    Ok(())
+                }
+            };
+            (result, st.pump.take())
+        };
+        if let Some(waker) = pump {
+            wake(waker);
+        }
+        result
+    }
+
+    /// `http.response.start`.
+    pub(crate) fn send_start(&self, start: ResponseStart) -> Result<(), SendMisuse> {
+        let reactor = {
+            let mut st = self.state.lock();
+            if st.closed {
+                return Err(SendMisuse::Closed);
+            }
+            if st.started {
+                return Err(SendMisuse::AlreadyStarted);
+            }
+            st.started = true;
+            st.start = Some(start);
+            st.reactor.take()
+        };
+        if let Some(waker) = reactor {
+            wake(waker);
+        }
+        Ok(())
+    }
+
+    /// `http.response.body`; `Ok(true)` when the buffer is over its
+    /// high-water mark and the app should wait ([`Exchange::park_sender`]).
+    pub(crate) fn send_body(&self, data: Bytes, more: bool) -> Result<bool, SendMisuse> {
+        let (reactor, full) = {
+            let mut st = self.state.lock();
+            if st.closed {
+                return Err(SendMisuse::Closed);
+            }
+            if !st.started {
+                return Err(SendMisuse::BodyBeforeStart);
+            }
+            if st.complete {
+                return Err(SendMisuse::AlreadyComplete);
+            }
+            st.push_chunk(data, more, self.method == Method::HEAD);
+            (
+                st.reactor.take(),
+                st.response_buffered > RESPONSE_HIGH_WATER,
+            )
+        };
+        if let Some(waker) = reactor {
+            wake(waker);
+        }
+        Ok(full)
+    }
+
+    /// Parks `future` until the client has read most of the buffer; hands it
+    /// back when the app need not wait after all.
+    pub(crate) fn park_sender(&self, future: Py<PyAny>) -> Option<Py<PyAny>> {
+        let mut st = self.state.lock();
+        if st.closed || st.response_buffered <= RESPONSE_LOW_WATER {
+            return Some(future);
+        }
+        st.sender = Some(future);
+        None
+    }
 
     // ---- blocking side, for WSGI pool threads (call with the GIL released) --
 
@@ -388,27 +566,27 @@ impl Exchange {
         data: Bytes,
         more: bool,
     ) -> Result<bool, ()> {
-        let mut st = self.state.lock();
-        if st.closed {
-            return Err(());
-        }
-        if let Some(start) = start {
-            st.started = true;
-            st.start = Some(start);
-        }
-        if !data.is_empty() && self.method != Method::HEAD {
-            st.response_buffered += data.len();
-            st.chunks.push_back(data);
-        }
-        st.complete = !more;
-        if let Some(waker) = st.reactor.take() {
-            if more {
-                wake(waker);
-            } else {
-                wake_when_idle(waker);
+        let (reactor, full) = {
+            let mut st = self.state.lock();
+            if st.closed {
+                return Err(());
             }
+            if let Some(start) = start {
+                st.started = true;
+                st.start = Some(start);
+            }
+            st.push_chunk(data, more, self.method == Method::HEAD);
+            (
+                st.reactor.take(),
+                st.response_buffered > RESPONSE_HIGH_WATER,
+            )
+        };
+        match reactor {
+            Some(waker) if more => wake(waker),
+            Some(waker) => wake_when_idle(waker),
+            None => {}
         }
-        Ok(st.response_buffered > RESPONSE_HIGH_WATER)
+        Ok(full)
     }
 
     /// Waits while a slow client has more than the high-water mark buffered.
@@ -477,4 +655,211 @@ pub(crate) enum BodyRead {
     End,
     /// The client went away before the end of the body.
     Closed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{Scheme, ServerAddr};
+
+    fn exchange(method: Method, body_complete: bool) -> Arc<Exchange> {
+        let (head, ()) = http::Request::builder()
+            .method(method)
+            .uri("/path?q")
+            .body(())
+            .unwrap()
+            .into_parts();
+        Arc::new(Exchange::new(
+            Arc::new(Bridge::new().unwrap()),
+            &head,
+            ConnectionInfo {
+                scheme: Scheme::Http,
+                client: None,
+                server: ServerAddr::Tcp("127.0.0.1:80".parse().unwrap()),
+            },
+            body_complete,
+        ))
+    }
+
+    fn ok_start() -> ResponseStart {
+        ResponseStart {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            reason: None,
+        }
+    }
+
+    fn poll<T>(f: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+        f(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_bodyless_request_receives_one_empty_chunk_then_disconnect() {
+        let exchange = exchange(Method::GET, true);
+        assert!(matches!(
+            exchange.receive(),
+            Some(Received::Body { ref data, more: false }) if data.is_empty()
+        ));
+        assert!(
+            exchange.receive().is_none(),
+            "waits until the response ends"
+        );
+        exchange.send_start(ok_start()).unwrap();
+        exchange.send_body(Bytes::new(), false).unwrap();
+        assert!(matches!(exchange.receive(), Some(Received::Disconnect)));
+    }
+
+    #[test]
+    fn body_chunks_are_joined_and_the_last_says_no_more() {
+        let exchange = exchange(Method::POST, false);
+        assert!(exchange.receive().is_none());
+        exchange.push_body(Bytes::from_static(b"ab"), false);
+        exchange.push_body(Bytes::from_static(b"cd"), false);
+        assert!(matches!(
+            exchange.receive(),
+            Some(Received::Body { ref data, more: true }) if &data[..] == b"abcd"
+        ));
+        exchange.push_body(Bytes::from_static(b"e"), true);
+        assert!(matches!(
+            exchange.receive(),
+            Some(Received::Body { more: false, .. })
+        ));
+    }
+
+    #[test]
+    fn a_client_leaving_mid_body_is_a_disconnect() {
+        let exchange = exchange(Method::POST, false);
+        exchange.close();
+        assert!(matches!(exchange.receive(), Some(Received::Disconnect)));
+        assert_eq!(
+            exchange.send_start(ok_start()),
+            Err(SendMisuse::Closed),
+            "send() after a disconnect raises"
+        );
+    }
+
+    #[test]
+    fn send_follows_the_asgi_order() {
+        let exchange = exchange(Method::GET, true);
+        assert_eq!(
+            exchange.send_body(Bytes::new(), false),
+            Err(SendMisuse::BodyBeforeStart)
+        );
+        exchange.send_start(ok_start()).unwrap();
+        assert_eq!(
+            exchange.send_start(ok_start()),
+            Err(SendMisuse::AlreadyStarted)
+        );
+        assert_eq!(
+            exchange.send_body(Bytes::from_static(b"x"), false),
+            Ok(false)
+        );
+        assert_eq!(
+            exchange.send_body(Bytes::new(), false),
+            Err(SendMisuse::AlreadyComplete)
+        );
+        assert_eq!(exchange.complete_body_len(), Some(1));
+    }
+
+    #[test]
+    fn a_full_buffer_asks_the_app_to_wait_until_the_reactor_drains_it() {
+        let exchange = exchange(Method::GET, true);
+        exchange.send_start(ok_start()).unwrap();
+        let big = Bytes::from(vec![0; RESPONSE_HIGH_WATER + 1]);
+        assert_eq!(exchange.send_body(big, true), Ok(true));
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_start(cx)),
+            Poll::Ready(Ok(_))
+        ));
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_chunk(cx)),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_chunk(cx)),
+            Poll::Pending
+        ));
+        exchange.send_body(Bytes::new(), false).unwrap();
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_chunk(cx)),
+            Poll::Ready(None)
+        ));
+        assert!(exchange.response_finished());
+    }
+
+    #[test]
+    fn head_responses_keep_no_body() {
+        let exchange = exchange(Method::HEAD, true);
+        exchange.send_start(ok_start()).unwrap();
+        exchange
+            .send_body(Bytes::from_static(b"ignored"), false)
+            .unwrap();
+        assert_eq!(exchange.complete_body_len(), Some(0));
+    }
+
+    #[test]
+    fn an_app_ending_without_a_response_is_a_500() {
+        let exchange = exchange(Method::GET, true);
+        exchange.abort();
+        exchange.finish_app();
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_start(cx)),
+            Poll::Ready(Err(Refusal::Status(StatusCode::INTERNAL_SERVER_ERROR)))
+        ));
+    }
+
+    #[test]
+    fn an_app_ending_mid_response_aborts_it() {
+        let exchange = exchange(Method::GET, true);
+        exchange.send_start(ok_start()).unwrap();
+        exchange
+            .send_body(Bytes::from_static(b"part"), true)
+            .unwrap();
+        exchange.abort();
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_start(cx)),
+            Poll::Ready(Ok(_))
+        ));
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_chunk(cx)),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_chunk(cx)),
+            Poll::Ready(Some(Err(Aborted)))
+        ));
+    }
+
+    #[test]
+    fn a_refused_body_answers_with_its_status_before_the_response_starts() {
+        let exchange = exchange(Method::POST, false);
+        exchange.refuse_body(StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_start(cx)),
+            Poll::Ready(Err(Refusal::Status(StatusCode::PAYLOAD_TOO_LARGE)))
+        ));
+    }
+
+    #[test]
+    fn wsgi_reads_are_bounded_and_see_the_end() {
+        let exchange = exchange(Method::POST, false);
+        assert!(exchange.try_read_body(10).is_none());
+        exchange.push_body(Bytes::from_static(b"0123456789abc"), true);
+        assert!(matches!(exchange.try_read_body(10), Some(BodyRead::Data(d)) if d.len() == 10));
+        assert!(matches!(exchange.try_read_body(10), Some(BodyRead::Data(d)) if &d[..] == b"abc"));
+        assert!(matches!(exchange.try_read_body(10), Some(BodyRead::End)));
+    }
+
+    #[test]
+    fn an_unread_body_is_drained_after_a_complete_response() {
+        let exchange = exchange(Method::POST, false);
+        exchange
+            .queue_response(Some(ok_start()), Bytes::new(), false)
+            .unwrap();
+        exchange.finish_app();
+        assert!(matches!(
+            poll(|cx| exchange.poll_body_room(cx)),
+            Poll::Ready(BodyRoom::Drain)
+        ));
+    }
 }

@@ -111,6 +111,7 @@ fn serve(py: Python<'_>, config: config::Config) -> PyResult<i32> {
 fn _rsasgi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(main, m)?)?;
     m.add_function(wrap_pyfunction!(logging::log, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::flush_logs, m)?)?;
     m.add_class::<Worker>()?;
     m.add_class::<asgi::http::HttpReceive>()?;
     m.add_class::<asgi::http::HttpSend>()?;

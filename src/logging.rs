@@ -96,9 +96,16 @@ pub(crate) fn init(level: LogLevel) {
 }
 
 /// Writes out the lines still queued (waiting at most about a second for a
-/// slow reader) and stops the writer thread. Called once, before exiting.
+/// slow reader) and stops the writer thread. Called once, before exiting;
+/// later lines are dropped.
 pub(crate) fn flush() {
     drop(GUARD.lock().take());
+}
+
+/// [`flush`], for the Python side before it leaves with `os._exit`.
+#[pyfunction]
+pub(crate) fn flush_logs(py: Python<'_>) {
+    py.detach(flush);
 }
 
 /// Logs `message` at `level` ("debug", "info", "warning", "error") from Python.

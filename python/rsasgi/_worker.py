@@ -18,7 +18,7 @@ import signal
 import sys
 import traceback
 
-from rsasgi._rsasgi import log
+from rsasgi._rsasgi import flush_logs, log
 
 #: Exit code when the lifespan startup fails (as uvicorn uses).
 EXIT_STARTUP_FAILED = 3
@@ -350,11 +350,12 @@ async def _unless_forced(awaitable, forced: asyncio.Event) -> bool:
 
 def _exit_now() -> None:
     """Ends the process with code 0 without finalising, once Python's own buffered
-    output is written (the server's log lines are not buffered)."""
+    output and the server's queued log lines are written."""
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
+    flush_logs()
     os._exit(0)
 
 

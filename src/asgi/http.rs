@@ -5,10 +5,9 @@
 //! asyncio future there for the reactor to hand back through the bridge.
 
 use std::sync::Arc;
-use std::task::Waker;
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -16,79 +15,40 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
 
 use super::ClientDisconnected;
-use crate::bridge::{wake, Ready, WaitKind, Waiter};
-use crate::exchange::{Exchange, ResponseStart, State, RESPONSE_HIGH_WATER, RESPONSE_LOW_WATER};
+use crate::bridge::{Ready, WaitKind, Waiter};
+use crate::exchange::{Exchange, Progress, Received, ResponseStart, SendMisuse};
 
 /// `loop.create_future` of the worker's event loop, used when an awaitable
 /// really has to wait.
 pub(crate) static CREATE_FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-/// What `receive()` returns when it does not have to wait.
-enum Received {
-    Body { data: Bytes, more: bool },
-    Disconnect,
-}
-
-fn try_receive(st: &mut State) -> Option<Received> {
-    if st.closed && !st.body_complete {
-        return Some(Received::Disconnect);
-    }
-    if !st.body.is_empty() {
-        let data = if st.body.len() == 1 {
-            st.body.pop_front().unwrap_or_default()
-        } else {
-            let mut joined = BytesMut::with_capacity(st.body_buffered);
-            for chunk in st.body.drain(..) {
-                joined.extend_from_slice(&chunk);
-            }
-            joined.freeze()
-        };
-        st.body_buffered = 0;
-        let more = !st.body_complete;
-        st.body_delivered = !more;
-        return Some(Received::Body { data, more });
-    }
-    if st.body_complete && !st.body_delivered {
-        st.body_delivered = true;
-        return Some(Received::Body {
-            data: Bytes::new(),
-            more: false,
-        });
-    }
-    if st.closed || st.complete {
-        return Some(Received::Disconnect);
-    }
-    None
-}
-
 /// Completes a parked future once the reactor says it can proceed.
 pub(crate) fn resolve_waiter(py: Python<'_>, waiter: Waiter) -> PyResult<()> {
-    let future = waiter.future.bind(py);
-    if future.call_method0(intern!(py, "done"))?.is_truthy()? {
+    let Waiter {
+        future,
+        exchange,
+        kind,
+    } = waiter;
+    if future
+        .bind(py)
+        .call_method0(intern!(py, "done"))?
+        .is_truthy()?
+    {
         // Cancelled meanwhile; nothing was taken for it.
         return Ok(());
     }
-    let exchange = &waiter.exchange;
-    match waiter.kind {
+    match kind {
         WaitKind::Receive => {
-            let (received, pump) = {
-                let mut st = exchange.lock();
-                let received = try_receive(&mut st);
-                if received.is_none() {
-                    st.receiver = Some(waiter.future.clone_ref(py));
-                }
-                (received, st.pump.take())
-            };
-            if let Some(waker) = pump {
-                wake(waker);
-            }
-            if let Some(received) = received {
+            if let Err((future, received)) = exchange.park_receiver(future) {
                 let message = received_message(py, received)?;
-                future.call_method1(intern!(py, "set_result"), (message,))?;
+                future
+                    .bind(py)
+                    .call_method1(intern!(py, "set_result"), (message,))?;
             }
         }
         WaitKind::Send => {
-            if exchange.lock().closed {
+            let future = future.bind(py);
+            if exchange.is_closed() {
                 let error = ClientDisconnected::new_err("client disconnected");
                 future.call_method1(intern!(py, "set_exception"), (error.value(py),))?;
             } else {
@@ -136,30 +96,20 @@ impl HttpReceive {
 #[pymethods]
 impl HttpReceive {
     fn __call__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let (received, pump, future) = {
-            let mut st = self.exchange.lock();
-            match try_receive(&mut st) {
-                Some(received) => (Some(received), st.pump.take(), None),
-                None => {
-                    st.body_wanted = true;
-                    let future = new_future(py)?.unbind();
-                    st.receiver = Some(future.clone_ref(py));
-                    (None, st.pump.take(), Some(future))
-                }
-            }
-        };
-        if let Some(waker) = pump {
-            wake(waker);
+        if let Some(received) = self.exchange.receive() {
+            return ready(py, received);
         }
-        match (received, future) {
-            (Some(received), _) => {
-                let message = received_message(py, received)?.into_any().unbind();
-                Ok(Py::new(py, Ready::new(message))?.into_any())
-            }
-            (None, Some(future)) => Ok(future),
-            (None, None) => unreachable!("either a message or a future"),
+        let future = new_future(py)?.unbind();
+        match self.exchange.park_receiver(future.clone_ref(py)) {
+            Ok(()) => Ok(future),
+            Err((_, received)) => ready(py, received),
         }
     }
+}
+
+fn ready(py: Python<'_>, received: Received) -> PyResult<Py<PyAny>> {
+    let message = received_message(py, received)?.into_any().unbind();
+    Ok(Py::new(py, Ready::new(message))?.into_any())
 }
 
 /// One validated `send()` message.
@@ -310,65 +260,35 @@ impl HttpSend {
     pub(crate) fn new(exchange: Arc<Exchange>) -> HttpSend {
         HttpSend { exchange }
     }
+}
 
-    fn wake_reactor(waker: Option<Waker>) {
-        if let Some(waker) = waker {
-            wake(waker);
-        }
+fn misuse_error(misuse: SendMisuse) -> PyErr {
+    match misuse {
+        SendMisuse::Closed => ClientDisconnected::new_err("client disconnected"),
+        SendMisuse::AlreadyStarted => PyRuntimeError::new_err(
+            "unexpected ASGI message 'http.response.start': the response has already started",
+        ),
+        SendMisuse::BodyBeforeStart => PyRuntimeError::new_err(
+            "unexpected ASGI message 'http.response.body' before 'http.response.start'",
+        ),
+        SendMisuse::AlreadyComplete => PyRuntimeError::new_err(
+            "unexpected ASGI message 'http.response.body': the response is already complete",
+        ),
     }
 }
 
 #[pymethods]
 impl HttpSend {
     fn __call__(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let outgoing = parse_message(message)?;
         let exchange = &self.exchange;
-        let is_head = exchange.method == Method::HEAD;
-        let (reactor, wait) = {
-            let mut st = exchange.lock();
-            if st.closed {
-                return Err(ClientDisconnected::new_err("client disconnected"));
-            }
-            match outgoing {
-                Outgoing::Start(start) => {
-                    if st.started {
-                        return Err(PyRuntimeError::new_err(
-                            "unexpected ASGI message 'http.response.start': the response has already started",
-                        ));
-                    }
-                    st.started = true;
-                    st.start = Some(start);
-                    (st.reactor.take(), false)
-                }
-                Outgoing::Body { data, more } => {
-                    if !st.started {
-                        return Err(PyRuntimeError::new_err(
-                            "unexpected ASGI message 'http.response.body' before 'http.response.start'",
-                        ));
-                    }
-                    if st.complete {
-                        return Err(PyRuntimeError::new_err(
-                            "unexpected ASGI message 'http.response.body': the response is already complete",
-                        ));
-                    }
-                    if !data.is_empty() && !is_head {
-                        st.response_buffered += data.len();
-                        st.chunks.push_back(data);
-                    }
-                    st.complete = !more;
-                    (
-                        st.reactor.take(),
-                        st.response_buffered > RESPONSE_HIGH_WATER,
-                    )
-                }
-            }
-        };
-        HttpSend::wake_reactor(reactor);
+        let wait = match parse_message(message)? {
+            Outgoing::Start(start) => exchange.send_start(start).map(|()| false),
+            Outgoing::Body { data, more } => exchange.send_body(data, more),
+        }
+        .map_err(misuse_error)?;
         if wait {
             let future = new_future(py)?.unbind();
-            let mut st = exchange.lock();
-            if st.response_buffered > RESPONSE_LOW_WATER && !st.closed {
-                st.sender = Some(future.clone_ref(py));
+            if exchange.park_sender(future.clone_ref(py)).is_none() {
                 return Ok(future);
             }
         }
@@ -380,10 +300,11 @@ impl HttpSend {
     #[pyo3(signature = (exc=None))]
     fn _finish(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let exchange = &self.exchange;
-        let (started, complete, closed) = {
-            let st = exchange.lock();
-            (st.started, st.complete, st.closed)
-        };
+        let Progress {
+            started,
+            complete,
+            closed,
+        } = exchange.progress();
         // A response left incomplete becomes a 500, or an aborted connection.
         exchange.abort();
         // The app is done with this exchange: release a body reader still waiting for it.

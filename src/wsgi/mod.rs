@@ -264,7 +264,7 @@ fn run(py: Python<'_>, app: &Py<PyAny>, ctx: &EnvironContext, job: Box<RequestSt
         if err.is_instance_of::<ClientDisconnected>(py) {
             tracing::debug!("client disconnected while the app handled \"{request}\"");
         } else {
-            let started = exchange.lock().started;
+            let started = exchange.progress().started;
             let outcome = if started {
                 "connection aborted"
             } else {
