@@ -18,8 +18,9 @@ use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::prelude::*;
 
-use crate::bridge::{wake, wake_when_idle, Bridge, Event, WaitKind, Waiter};
+use crate::asgi::{Event, EventBridge, WaitKind, Waiter};
 use crate::net::ConnectionInfo;
+use crate::wake::{wake, wake_when_idle};
 
 /// Request body buffered ahead of the app before the reactor stops reading
 /// the socket: enough for one read, small enough that a large upload is
@@ -176,7 +177,7 @@ pub(crate) struct Progress {
 /// The state of one request shared between the reactor and the app.
 pub(crate) struct Exchange {
     state: Mutex<State>,
-    bridge: Arc<Bridge>,
+    bridge: Arc<EventBridge>,
     pub method: Method,
     pub uri: Uri,
     pub version: Version,
@@ -185,7 +186,7 @@ pub(crate) struct Exchange {
 
 impl Exchange {
     pub(crate) fn new(
-        bridge: Arc<Bridge>,
+        bridge: Arc<EventBridge>,
         head: &http::request::Parts,
         connection: ConnectionInfo,
         body_complete: bool,
@@ -670,7 +671,7 @@ mod tests {
             .unwrap()
             .into_parts();
         Arc::new(Exchange::new(
-            Arc::new(Bridge::new().unwrap()),
+            Arc::new(EventBridge::new().unwrap()),
             &head,
             ConnectionInfo {
                 scheme: Scheme::Http,

@@ -11,6 +11,7 @@ mod exchange;
 mod http;
 mod logging;
 mod net;
+mod wake;
 mod worker;
 mod ws;
 mod wsgi;
@@ -115,7 +116,7 @@ fn _rsasgi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Worker>()?;
     m.add_class::<asgi::http::HttpReceive>()?;
     m.add_class::<asgi::http::HttpSend>()?;
-    m.add_class::<bridge::Ready>()?;
+    m.add_class::<asgi::Ready>()?;
     m.add_class::<asgi::websocket::WebSocketReceive>()?;
     m.add_class::<asgi::websocket::WebSocketSend>()?;
     m.add_class::<wsgi::FileWrapper>()?;

@@ -19,13 +19,13 @@ use tokio::sync::watch;
 use crate::asgi::http::{format_error, resolve_waiter, HttpReceive, HttpSend, CREATE_FUTURE};
 use crate::asgi::scope::{http_scope, websocket_scope, ScopeContext};
 use crate::asgi::websocket::{resolve_ws_waiter, WebSocketReceive, WebSocketSend};
-use crate::bridge::{
-    deliver_wakes, mark_loop_thread, mark_reactor_thread, Bridge, Event, CALL_SOON,
-};
+use crate::asgi::{Event, EventBridge};
+use crate::bridge::mark_reactor_thread;
 use crate::config::{Config, EventLoop, Interface, Lifespan};
 use crate::exchange::{Exchange, RequestStart};
 use crate::http::{serve, ServerState};
 use crate::net::Listener;
+use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON};
 use crate::ws::session::WsStart;
 use crate::wsgi::{Pool, THREADS_WARNING};
 
@@ -39,7 +39,7 @@ struct PythonSide {
 #[pyclass(module = "rsasgi", frozen)]
 pub(crate) struct Worker {
     config: Arc<Config>,
-    bridge: Arc<Bridge>,
+    bridge: Arc<EventBridge>,
     listener: Mutex<Option<Listener>>,
     shutdown: watch::Sender<Option<Duration>>,
     reactor: Mutex<Option<JoinHandle<()>>>,
@@ -51,7 +51,7 @@ impl Worker {
     pub(crate) fn new(config: Config, listener: Listener) -> std::io::Result<Worker> {
         Ok(Worker {
             config: Arc::new(config),
-            bridge: Arc::new(Bridge::new()?),
+            bridge: Arc::new(EventBridge::new()?),
             listener: Mutex::new(Some(listener)),
             shutdown: watch::channel(None).0,
             reactor: Mutex::new(None),

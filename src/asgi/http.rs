@@ -15,7 +15,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
 
 use super::ClientDisconnected;
-use crate::bridge::{Ready, WaitKind, Waiter};
+use super::{Ready, WaitKind, Waiter};
 use crate::exchange::{Exchange, Progress, Received, ResponseStart, SendMisuse};
 
 /// `loop.create_future` of the worker's event loop, used when an awaitable

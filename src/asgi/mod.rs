@@ -1,9 +1,14 @@
-//! The ASGI side of a worker: scopes, the `receive`/`send` callables, and the
-//! Python-side handling of bridge events.
+//! The ASGI side of a worker: scopes, the `receive`/`send` callables and
+//! their awaitables, and the events the reactor sends the Python thread.
 
+mod awaitable;
+mod events;
 pub(crate) mod http;
 pub(crate) mod scope;
 pub(crate) mod websocket;
+
+pub(crate) use awaitable::{Ready, WaitKind, Waiter, WsWaiter};
+pub(crate) use events::{Event, EventBridge};
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyOSError;

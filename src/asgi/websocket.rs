@@ -17,7 +17,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 
 use super::http::{bytes_of, format_exception, new_future, parse_headers, parse_status};
 use super::ClientDisconnected;
-use crate::bridge::{Ready, WaitKind, WsWaiter};
+use super::{Ready, WaitKind, WsWaiter};
 use crate::exchange::ResponseStart;
 use crate::ws::session::{
     is_sendable_close_code, AppMessage, Misuse, PeerMessage, Received, MAX_CLOSE_REASON,

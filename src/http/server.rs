@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::access_log;
 use super::connection::{self, Activity, Deadlines, OpenConnections};
 use super::service::handle;
-use crate::bridge::Bridge;
+use crate::asgi::EventBridge;
 use crate::config::Config;
 use crate::net::{ConnectionInfo, Listener, Scheme, ServerAddr};
 use crate::ws::{Registry, WsSettings};
@@ -33,7 +33,7 @@ const WEBSOCKET_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// What every connection of a worker shares.
 pub(crate) struct ServerState {
-    pub bridge: Arc<Bridge>,
+    pub bridge: Arc<EventBridge>,
     /// The WSGI pool's queue when the app is WSGI; ASGI requests go to the bridge.
     pub wsgi: Option<Arc<Pool>>,
     pub in_flight: AtomicUsize,
@@ -50,7 +50,7 @@ pub(crate) struct ServerState {
 impl ServerState {
     pub(crate) fn new(
         config: &Config,
-        bridge: Arc<Bridge>,
+        bridge: Arc<EventBridge>,
         wsgi: Option<Arc<Pool>>,
     ) -> ServerState {
         let wsgi_is_none = wsgi.is_none();

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use super::access_log::AccessRecord;
 use super::body::{ResponseBody, Source};
 use super::server::ServerState;
-use crate::bridge::Event;
+use crate::asgi::Event;
 use crate::exchange::{BodyRoom, Exchange, Refusal, RequestStart, MAX_BODY_DRAIN};
 use crate::net::ConnectionInfo;
 use crate::ws::session::{Handshake, WsSession, WsStart};

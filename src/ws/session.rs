@@ -14,9 +14,10 @@ use http::{HeaderMap, StatusCode};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
-use crate::bridge::{wake, Bridge, Event, WaitKind, WsWaiter};
+use crate::asgi::{Event, EventBridge, WaitKind, WsWaiter};
 use crate::exchange::ResponseStart;
 use crate::net::ConnectionInfo;
+use crate::wake::wake;
 use crate::ws::code;
 
 /// Bytes of app messages queued for a slow peer before `send()` waits.
@@ -152,7 +153,7 @@ pub(crate) struct WsStart {
 /// One WebSocket connection's state; every step of the protocol is a method.
 pub(crate) struct WsSession {
     state: Mutex<WsState>,
-    bridge: Arc<Bridge>,
+    bridge: Arc<EventBridge>,
     max_queue: usize,
     pub path: String,
     pub connection: ConnectionInfo,
@@ -160,7 +161,7 @@ pub(crate) struct WsSession {
 
 impl WsSession {
     pub(crate) fn new(
-        bridge: Arc<Bridge>,
+        bridge: Arc<EventBridge>,
         max_queue: usize,
         path: String,
         connection: ConnectionInfo,
@@ -464,7 +465,7 @@ mod tests {
 
     fn session(max_queue: usize) -> Arc<WsSession> {
         Arc::new(WsSession::new(
-            Arc::new(Bridge::new().unwrap()),
+            Arc::new(EventBridge::new().unwrap()),
             max_queue,
             "/ws".into(),
             ConnectionInfo {

@@ -26,8 +26,8 @@ use pyo3::prelude::*;
 
 use crate::asgi::http::format_error;
 use crate::asgi::ClientDisconnected;
-use crate::bridge::{deliver_wakes, mark_pool_thread};
 use crate::exchange::RequestStart;
+use crate::wake::{deliver_wakes, mark_pool_thread};
 use environ::EnvironContext;
 use response::{respond, ResponseState, StartResponse};
 

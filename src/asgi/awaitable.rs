@@ -1,12 +1,40 @@
-//! Awaitables that are already complete.
+//! What `receive()` and `send()` return.
 //!
 //! `await receive()` and `await send(...)` usually need no waiting: the body is
-//! buffered, or there is room for the response. Returning one of these avoids
+//! buffered, or there is room for the response. Returning a [`Ready`] avoids
 //! creating an asyncio Future and scheduling a loop callback for those calls.
+//! Only a real wait creates a future, parked in the exchange (or WebSocket
+//! session) until the reactor hands it back as a [`Waiter`].
+
+use std::sync::Arc;
 
 use pyo3::exceptions::PyStopIteration;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+
+use crate::exchange::Exchange;
+use crate::ws::WsSession;
+
+/// Which awaitable a parked future belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitKind {
+    Receive,
+    Send,
+}
+
+/// An asyncio future parked in an exchange, on its way back to Python.
+pub(crate) struct Waiter {
+    pub future: Py<PyAny>,
+    pub exchange: Arc<Exchange>,
+    pub kind: WaitKind,
+}
+
+/// An asyncio future parked in a WebSocket session, on its way back to Python.
+pub(crate) struct WsWaiter {
+    pub future: Py<PyAny>,
+    pub session: Arc<WsSession>,
+    pub kind: WaitKind,
+}
 
 /// Completes the first time it is resumed, with `value` as the result of `await`.
 #[pyclass(module = "rsasgi", frozen)]
