@@ -60,15 +60,7 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
         Err(err) => {
             let code = err.exit_code();
             if err.use_stderr() {
-                // One line: clap's message without its usage block.
-                let rendered = err.render().to_string();
-                let message: Vec<&str> = rendered
-                    .lines()
-                    .map(str::trim)
-                    .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"))
-                    .filter(|line| !line.is_empty())
-                    .collect();
-                eprintln!("{} (see 'rsasgi --help')", message.join(" "));
+                eprintln!("{}", cli::usage_line(&err));
             } else {
                 let _ = err.print();
             }
