@@ -5,26 +5,253 @@
 //! through an `RSASGI_<NAME>` environment variable.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Arg, ArgAction, Command, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use http::header::{HeaderName, HeaderValue};
 
 use crate::config::{
-    parse_app, parse_header, parse_root_path, parse_seconds, Bind, Config, EventLoop, Interface,
-    Lifespan, LogLevel, WsMode, DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL,
-    DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT, MIN_REQUEST_HEAD,
+    self, parse_app, parse_count, parse_header, parse_mode, parse_positive_seconds,
+    parse_root_path, parse_seconds, Bind, Config, EventLoop, HttpEngine, Interface, Lifespan,
+    LogLevel, WsMode,
 };
 use crate::ws::WsSettings;
+
+/// Shown after the options by `--help`; every line fits 80 columns.
+const AFTER_HELP: &str = "\
+Examples:
+  Django, ASGI   rsasgi myproject.asgi:application
+  Django, WSGI   rsasgi myproject.wsgi:application --threads 16
+  Flask          rsasgi app:app
+  FastAPI        rsasgi main:app --host 0.0.0.0 --port 8080
+  Behind nginx   rsasgi myproject.asgi:application --uds /run/rsasgi.sock
+                 (nginx.conf: proxy_pass http://unix:/run/rsasgi.sock;)
+
+Every option can also be set as an environment variable named after it:
+--port as RSASGI_PORT, --timeout-keep-alive as RSASGI_TIMEOUT_KEEP_ALIVE.";
+
+/// Options of uvicorn, gunicorn, granian and hypercorn that rsasgi does not
+/// have, so a user switching servers hears that instead of an unknown option
+/// or a clap guess at a similar name (`--reload` is not `--threads`).
+const UNSUPPORTED: &[&str] = &[
+    // Processes: workers, reloading, daemons, privileges.
+    "--workers",
+    "-w",
+    "--reload",
+    "--reload-dir",
+    "--reload-include",
+    "--reload-exclude",
+    "--reload-delay",
+    "--reload-engine",
+    "--reload-extra-file",
+    "--reload-paths",
+    "--reload-ignore-dirs",
+    "--reload-ignore-patterns",
+    "--reload-ignore-paths",
+    "--reload-tick",
+    "--reload-ignore-worker-failure",
+    "--limit-max-requests",
+    "--limit-max-requests-jitter",
+    "--max-requests",
+    "--max-requests-jitter",
+    "--timeout",
+    "-t",
+    "--timeout-worker-healthcheck",
+    "--worker-class",
+    "-k",
+    "--worker-connections",
+    "--worker-tmp-dir",
+    "--workers-lifetime",
+    "--workers-kill-timeout",
+    "--workers-max-rss",
+    "--rss-sample-interval",
+    "--rss-samples",
+    "--blocking-threads-idle-timeout",
+    "--respawn-failed-workers",
+    "--respawn-interval",
+    "--runtime-threads",
+    "--runtime-blocking-threads",
+    "--runtime-mode",
+    "--task-impl",
+    "--threading-mode",
+    "--preload",
+    "--daemon",
+    "-D",
+    "--pid",
+    "--pid-file",
+    "-p",
+    "--user",
+    "-u",
+    "--group",
+    "-g",
+    "--umask",
+    "-m",
+    "--initgroups",
+    "--chdir",
+    "--working-dir",
+    "--pythonpath",
+    "--env",
+    "-e",
+    "--name",
+    "-n",
+    "--process-name",
+    "--config",
+    "-c",
+    "--check-config",
+    "--print-config",
+    "--paste",
+    "--paster",
+    "--paste-global",
+    "--spew",
+    "--debug",
+    // Sockets.
+    "--bind",
+    "-b",
+    "--insecure-bind",
+    "--quic-bind",
+    "--reuse-port",
+    "--server-name",
+    // Proxies.
+    "--proxy-headers",
+    "--no-proxy-headers",
+    "--forwarded-allow-ips",
+    "--proxy-protocol",
+    "--proxy-allow-from",
+    // TLS.
+    "--ssl-keyfile",
+    "--ssl-certfile",
+    "--ssl-keyfile-password",
+    "--ssl-version",
+    "--ssl-cert-reqs",
+    "--ssl-ca-certs",
+    "--ssl-ciphers",
+    "--ssl-certificate",
+    "--ssl-ca",
+    "--ssl-crl",
+    "--ssl-client-verify",
+    "--ssl-protocol-min",
+    "--certfile",
+    "--keyfile",
+    "--keyfile-password",
+    "--ca-certs",
+    "--cert-reqs",
+    "--ciphers",
+    "--verify-mode",
+    "--suppress-ragged-eofs",
+    "--do-handshake-on-connect",
+    // HTTP and WebSocket tuning.
+    "--http2",
+    "--h11-max-incomplete-event-size",
+    "--ws-per-message-deflate",
+    "--limit-request-line",
+    "--limit-request-fields",
+    "--limit-request-field_size",
+    "--read-timeout",
+    "--backpressure",
+    "--http1-keep-alive",
+    "--no-http1-keep-alive",
+    "--http1-pipeline-flush",
+    "--http2-adaptive-window",
+    "--http2-initial-connection-window-size",
+    "--http2-initial-stream-window-size",
+    "--http2-max-concurrent-streams",
+    "--http2-max-frame-size",
+    "--http2-max-headers-size",
+    "--http2-max-send-buffer-size",
+    "--reset-contextvars",
+    "--static-path-route",
+    "--static-path-mount",
+    "--static-path-expires",
+    "--no-sendfile",
+    // Logging.
+    "--log-config",
+    "--log-config-dict",
+    "--log-config-json",
+    "--use-colors",
+    "--no-use-colors",
+    "--access-logfile",
+    "--access-logformat",
+    "--access-log-fmt",
+    "--log-access-fmt",
+    "--error-logfile",
+    "--error-log",
+    "--log-file",
+    "--log",
+    "--no-log",
+    "--capture-output",
+    "--logger-class",
+    "--log-syslog",
+    "--log-syslog-to",
+    "--log-syslog-prefix",
+    "--log-syslog-facility",
+    "--disable-redirect-access-to-syslog",
+    "--enable-stdio-inheritance",
+    "-R",
+    "--metrics",
+    "--metrics-address",
+    "--metrics-port",
+    "--metrics-scrape-interval",
+    "--statsd-host",
+    "--statsd-prefix",
+    "--dogstatsd-tags",
+];
+
+/// Options of the same servers that rsasgi has under another name:
+/// (theirs, ours).
+const RENAMED: &[(&str, &str)] = &[
+    ("--keep-alive", "--timeout-keep-alive"),
+    ("--graceful-timeout", "--timeout-graceful-shutdown"),
+    ("--http1-header-read-timeout", "--timeout-request-header"),
+    ("--http1-buffer-size", "--limit-request-head"),
+    ("--websocket-ping-interval", "--ws-ping-interval"),
+    ("--url-path-prefix", "--root-path"),
+    ("--blocking-threads", "--threads"),
+    ("--env-files", "--env-file"),
+    ("--no-ws", "--ws none"),
+];
+
+/// A duration as the command line writes it: seconds, fractions allowed.
+#[derive(Debug, Clone, Copy)]
+struct Seconds(Duration);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
+}
+
+fn seconds(raw: &str) -> Result<Seconds, String> {
+    parse_seconds(raw).map(Seconds)
+}
+
+fn positive_seconds(raw: &str) -> Result<Seconds, String> {
+    parse_positive_seconds(raw).map(Seconds)
+}
+
+/// A file mode as the command line writes it: octal, like chmod.
+#[derive(Debug, Clone, Copy)]
+struct Octal(u32);
+
+impl fmt::Display for Octal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:o}", self.0)
+    }
+}
+
+fn octal(raw: &str) -> Result<Octal, String> {
+    parse_mode(raw).map(Octal)
+}
 
 #[derive(Debug, Parser)]
 #[command(
     name = "rsasgi",
     version,
-    about = "Serve an ASGI application (Django, Starlette, FastAPI, ...) over HTTP.",
+    about = "Serve ASGI and WSGI apps (Django, FastAPI, Flask, Starlette, ...) over HTTP.",
     long_about = None,
-    after_help = "Examples:\n  rsasgi myproject.asgi:application\n  rsasgi main:app --host 0.0.0.0 --port 8080\n  rsasgi main:create_app --factory --lifespan on\n\nEvery option can also be set as an environment variable, e.g. RSASGI_PORT=8080."
+    after_help = AFTER_HELP
 )]
 struct Args {
     /// The application, as "module:attribute" (e.g. "myproject.asgi:application").
@@ -36,28 +263,18 @@ struct Args {
     factory: bool,
 
     /// Directory added to sys.path before importing APP.
-    #[arg(long, env = "RSASGI_APP_DIR", value_name = "DIR", default_value = ".")]
+    #[arg(long, env = "RSASGI_APP_DIR", value_name = "DIR", default_value = config::DEFAULT_APP_DIR)]
     app_dir: PathBuf,
 
     /// Address to bind.
-    #[arg(
-        long,
-        env = "RSASGI_HOST",
-        default_value = "127.0.0.1",
-        help_heading = "Socket"
-    )]
+    #[arg(long, env = "RSASGI_HOST", default_value = config::DEFAULT_HOST, help_heading = "Socket")]
     host: String,
 
     /// Port to bind; 0 picks a free port and logs it.
-    #[arg(
-        long,
-        env = "RSASGI_PORT",
-        default_value_t = 8000,
-        help_heading = "Socket"
-    )]
+    #[arg(long, env = "RSASGI_PORT", default_value_t = config::DEFAULT_PORT, help_heading = "Socket")]
     port: u16,
 
-    /// Bind to a Unix domain socket at PATH instead of host and port.
+    /// Listen on a Unix domain socket at PATH instead of host and port.
     #[arg(
         long,
         env = "RSASGI_UDS",
@@ -67,51 +284,40 @@ struct Args {
     )]
     uds: Option<PathBuf>,
 
+    /// Permissions of the --uds socket file, in octal.
+    #[arg(long, env = "RSASGI_UDS_PERMISSIONS", value_name = "OCTAL",
+          default_value_t = Octal(config::DEFAULT_UDS_PERMISSIONS), value_parser = octal,
+          help_heading = "Socket")]
+    uds_permissions: Octal,
+
     /// Serve on an already-listening socket inherited as file descriptor N.
-    #[arg(long, env = "RSASGI_FD", value_name = "N", help_heading = "Socket")]
+    #[arg(long, env = "RSASGI_FD", value_name = "N",
+          value_parser = |raw: &str| parse_count(raw, 0, i32::MAX), help_heading = "Socket")]
     fd: Option<i32>,
 
-    /// Maximum number of connections waiting to be accepted.
-    #[arg(
-        long,
-        env = "RSASGI_BACKLOG",
-        default_value_t = 2048,
-        help_heading = "Socket"
-    )]
+    /// Connections the kernel queues before they are accepted.
+    #[arg(long, env = "RSASGI_BACKLOG", value_name = "N", default_value_t = config::DEFAULT_BACKLOG,
+          value_parser = |raw: &str| parse_count(raw, 0, config::MAX_BACKLOG), help_heading = "Socket")]
     backlog: u32,
 
     /// Application interface; "auto" inspects the callable.
-    #[arg(
-        long,
-        env = "RSASGI_INTERFACE",
-        value_enum,
-        default_value = "auto",
-        help_heading = "Application"
-    )]
+    #[arg(long, env = "RSASGI_INTERFACE", value_enum, default_value_t = Interface::Auto,
+          help_heading = "Application")]
     interface: Interface,
 
     /// ASGI lifespan protocol; "auto" carries on if the app does not support it.
-    #[arg(
-        long,
-        env = "RSASGI_LIFESPAN",
-        value_enum,
-        default_value = "auto",
-        help_heading = "Application"
-    )]
+    #[arg(long, env = "RSASGI_LIFESPAN", value_enum, default_value_t = Lifespan::Auto,
+          help_heading = "Application")]
     lifespan: Lifespan,
 
     /// Event loop for the app; "auto" uses uvloop when it is installed.
-    #[arg(
-        long = "loop",
-        env = "RSASGI_LOOP",
-        value_enum,
-        default_value = "auto",
-        help_heading = "Application"
-    )]
+    #[arg(long = "loop", env = "RSASGI_LOOP", value_name = "LOOP", value_enum,
+          default_value_t = EventLoop::Auto, help_heading = "Application")]
     event_loop: EventLoop,
 
-    /// ASGI root_path (WSGI SCRIPT_NAME) for apps mounted below a sub-path by a proxy.
-    #[arg(long, env = "RSASGI_ROOT_PATH", default_value = "", value_parser = parse_root_path, help_heading = "Application")]
+    /// Sub-path a proxy mounts the app under (ASGI root_path, WSGI SCRIPT_NAME).
+    #[arg(long, env = "RSASGI_ROOT_PATH", value_name = "PATH", default_value = "",
+          value_parser = parse_root_path, help_heading = "Application")]
     root_path: String,
 
     /// Load environment variables for the app from this file (KEY=VALUE lines).
@@ -124,52 +330,49 @@ struct Args {
     env_file: Option<PathBuf>,
 
     /// Threads per worker that run a WSGI app (requests beyond them wait).
-    #[arg(long, env = "RSASGI_THREADS", value_name = "N", default_value_t = 8,
-          value_parser = clap::value_parser!(u64).range(1..), help_heading = "Application")]
-    threads: u64,
+    #[arg(long, env = "RSASGI_THREADS", value_name = "N", default_value_t = config::DEFAULT_THREADS,
+          value_parser = |raw: &str| parse_count(raw, 1, config::MAX_THREADS),
+          help_heading = "Application")]
+    threads: usize,
 
     /// WebSocket support; "none" passes upgrade requests to the app as plain HTTP.
-    #[arg(
-        long,
-        env = "RSASGI_WS",
-        value_enum,
-        default_value = "auto",
-        help_heading = "WebSockets"
-    )]
+    #[arg(long, env = "RSASGI_WS", value_enum, default_value_t = WsMode::Auto,
+          help_heading = "WebSockets")]
     ws: WsMode,
 
-    /// Largest WebSocket message accepted, in bytes; a larger one closes the connection with 1009.
-    #[arg(long, env = "RSASGI_WS_MAX_SIZE", value_name = "BYTES", default_value_t = 16 * 1024 * 1024,
-          value_parser = clap::value_parser!(u64).range(1..), help_heading = "WebSockets")]
-    ws_max_size: u64,
+    /// Largest message accepted; a larger one closes the connection with 1009.
+    #[arg(long, env = "RSASGI_WS_MAX_SIZE", value_name = "BYTES",
+          default_value_t = config::DEFAULT_WS_MAX_SIZE,
+          value_parser = |raw: &str| parse_count(raw, 1, config::MAX_WS_MESSAGE_SIZE),
+          help_heading = "WebSockets")]
+    ws_max_size: usize,
 
-    /// Incoming WebSocket messages buffered for an app that is not reading;
-    /// beyond it the server stops reading the socket.
-    #[arg(long, env = "RSASGI_WS_MAX_QUEUE", value_name = "N", default_value_t = 32,
-          value_parser = clap::value_parser!(u64).range(1..), help_heading = "WebSockets")]
-    ws_max_queue: u64,
+    /// Messages buffered for an app that is not reading; beyond them the
+    /// server stops reading the socket.
+    #[arg(long, env = "RSASGI_WS_MAX_QUEUE", value_name = "N",
+          default_value_t = config::DEFAULT_WS_MAX_QUEUE,
+          value_parser = |raw: &str| parse_count(raw, 1, config::MAX_WS_QUEUE),
+          help_heading = "WebSockets")]
+    ws_max_queue: usize,
 
-    /// Seconds between keep-alive pings to WebSocket clients (0 disables them).
-    #[arg(long, env = "RSASGI_WS_PING_INTERVAL", value_name = "SECONDS", default_value = "20",
-          value_parser = parse_seconds, help_heading = "WebSockets")]
-    ws_ping_interval: Duration,
+    /// Seconds between pings to clients (0 disables them).
+    #[arg(long, env = "RSASGI_WS_PING_INTERVAL", value_name = "SECONDS",
+          default_value_t = Seconds(config::DEFAULT_WS_PING_INTERVAL), value_parser = seconds,
+          help_heading = "WebSockets")]
+    ws_ping_interval: Seconds,
 
-    /// Close a WebSocket (1011) whose client does not answer a ping within this many seconds.
-    #[arg(long, env = "RSASGI_WS_PING_TIMEOUT", value_name = "SECONDS", default_value = "20",
-          value_parser = parse_seconds, help_heading = "WebSockets")]
-    ws_ping_timeout: Duration,
+    /// Close (1011) a client that does not answer a ping within this many seconds.
+    #[arg(long, env = "RSASGI_WS_PING_TIMEOUT", value_name = "SECONDS",
+          default_value_t = Seconds(config::DEFAULT_WS_PING_TIMEOUT), value_parser = seconds,
+          help_heading = "WebSockets")]
+    ws_ping_timeout: Seconds,
 
-    /// Log level.
-    #[arg(
-        long,
-        env = "RSASGI_LOG_LEVEL",
-        value_enum,
-        default_value = "info",
-        help_heading = "Logging"
-    )]
+    /// Log level (any case; "warn" means warning).
+    #[arg(long, env = "RSASGI_LOG_LEVEL", value_name = "LEVEL", value_enum, ignore_case = true,
+          default_value_t = LogLevel::Info, help_heading = "Logging")]
     log_level: LogLevel,
 
-    /// Log one line per request [default].
+    /// Log one line per request.
     #[arg(long, env = "RSASGI_ACCESS_LOG", action = ArgAction::Set, num_args = 0..=1,
           default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
           hide_possible_values = true, help_heading = "Logging")]
@@ -179,20 +382,20 @@ struct Args {
     #[arg(long, help_heading = "Logging")]
     no_access_log: bool,
 
-    /// Send "server: rsasgi" [default].
+    /// Send "server: rsasgi".
     #[arg(long, env = "RSASGI_SERVER_HEADER", action = ArgAction::Set, num_args = 0..=1,
           default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
-          help_heading = "HTTP")]
+          hide_possible_values = true, help_heading = "HTTP")]
     server_header: bool,
 
     /// Do not send a server header.
     #[arg(long, help_heading = "HTTP")]
     no_server_header: bool,
 
-    /// Send a date header [default].
+    /// Send a date header.
     #[arg(long, env = "RSASGI_DATE_HEADER", action = ArgAction::Set, num_args = 0..=1,
           default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
-          help_heading = "HTTP")]
+          hide_possible_values = true, help_heading = "HTTP")]
     date_header: bool,
 
     /// Do not send a date header.
@@ -204,46 +407,82 @@ struct Args {
           value_parser = parse_header, value_delimiter = '\n', help_heading = "HTTP")]
     headers: Vec<(HeaderName, HeaderValue)>,
 
-    /// Close idle keep-alive connections after this many seconds; a request's
-    /// headers must also arrive within it.
-    #[arg(long, env = "RSASGI_TIMEOUT_KEEP_ALIVE", value_name = "SECONDS", default_value = "5",
-          value_parser = parse_seconds, help_heading = "Limits")]
-    timeout_keep_alive: Duration,
+    // Hidden: it exists only so that uvicorn command lines keep working.
+    /// uvicorn's HTTP engine; rsasgi always uses hyper.
+    #[arg(long, env = "RSASGI_HTTP", value_enum, hide = true)]
+    http: Option<HttpEngine>,
 
-    /// Seconds between PING frames on HTTP/2 connections (0 disables them).
+    /// Close idle keep-alive connections after this many seconds.
+    #[arg(long, env = "RSASGI_TIMEOUT_KEEP_ALIVE", value_name = "SECONDS",
+          default_value_t = Seconds(config::DEFAULT_TIMEOUT_KEEP_ALIVE), value_parser = seconds,
+          help_heading = "Limits")]
+    timeout_keep_alive: Seconds,
+
+    /// Close a new connection whose request head has not fully arrived within
+    /// this many seconds.
+    #[arg(long, env = "RSASGI_TIMEOUT_REQUEST_HEADER", value_name = "SECONDS",
+          default_value_t = Seconds(config::DEFAULT_TIMEOUT_REQUEST_HEADER),
+          value_parser = positive_seconds, help_heading = "Limits")]
+    timeout_request_header: Seconds,
+
+    /// Seconds between PINGs on idle-looking HTTP/2 connections (0: none).
     #[arg(long, env = "RSASGI_HTTP2_KEEP_ALIVE_INTERVAL", value_name = "SECONDS",
-          default_value = DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL, value_parser = parse_seconds, help_heading = "Limits")]
-    http2_keep_alive_interval: Duration,
+          default_value_t = Seconds(config::DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL),
+          value_parser = seconds, help_heading = "Limits")]
+    http2_keep_alive_interval: Seconds,
 
-    /// Close an HTTP/2 connection whose peer does not answer a PING within this many seconds.
+    /// Close an HTTP/2 connection whose peer does not answer a PING in time.
     #[arg(long, env = "RSASGI_HTTP2_KEEP_ALIVE_TIMEOUT", value_name = "SECONDS",
-          default_value = DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT, value_parser = parse_seconds, help_heading = "Limits")]
-    http2_keep_alive_timeout: Duration,
+          default_value_t = Seconds(config::DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT),
+          value_parser = positive_seconds, help_heading = "Limits")]
+    http2_keep_alive_timeout: Seconds,
 
     /// On SIGTERM/SIGINT, let in-flight requests run this long before closing them.
     #[arg(long, env = "RSASGI_TIMEOUT_GRACEFUL_SHUTDOWN", value_name = "SECONDS",
-          default_value = "30", value_parser = parse_seconds, help_heading = "Limits")]
-    timeout_graceful_shutdown: Duration,
+          default_value_t = Seconds(config::DEFAULT_TIMEOUT_GRACEFUL_SHUTDOWN),
+          value_parser = seconds, help_heading = "Limits")]
+    timeout_graceful_shutdown: Seconds,
 
     /// Answer 503 to requests beyond this many in flight.
     #[arg(long, env = "RSASGI_LIMIT_CONCURRENCY", value_name = "N",
-          value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
-    limit_concurrency: Option<u64>,
+          value_parser = |raw: &str| parse_count(raw, 1, config::MAX_CONCURRENCY),
+          help_heading = "Limits")]
+    limit_concurrency: Option<usize>,
 
-    /// Answer 413 to request bodies larger than this many bytes [default: no limit].
-    #[arg(
-        long,
-        env = "RSASGI_LIMIT_REQUEST_BODY",
-        value_name = "BYTES",
-        help_heading = "Limits"
-    )]
+    /// Answer 413 to request bodies larger than this [default: no limit].
+    #[arg(long, env = "RSASGI_LIMIT_REQUEST_BODY", value_name = "BYTES",
+          value_parser = |raw: &str| parse_count(raw, 0, config::MAX_REQUEST_BODY),
+          help_heading = "Limits")]
     limit_request_body: Option<u64>,
 
-    /// Answer 431 to request lines plus headers larger than this many bytes (at least 8192).
-    #[arg(long, env = "RSASGI_LIMIT_REQUEST_HEAD", value_name = "BYTES", default_value_t = 65536,
-          value_parser = clap::value_parser!(u64).range(MIN_REQUEST_HEAD as u64..),
+    /// Answer 431 to larger request heads (line + headers).
+    #[arg(long, env = "RSASGI_LIMIT_REQUEST_HEAD", value_name = "BYTES",
+          default_value_t = config::DEFAULT_LIMIT_REQUEST_HEAD,
+          value_parser = |raw: &str| parse_count(raw, config::MIN_REQUEST_HEAD, config::MAX_REQUEST_HEAD),
           help_heading = "Limits")]
-    limit_request_head: u64,
+    limit_request_head: usize,
+}
+
+/// The clap command behind [`parse`], with the presentation settings the
+/// derive cannot express.
+fn command() -> Command {
+    Args::command()
+        // `--help` prints the same compact help as `-h`: the long form spends
+        // five lines on each option and no group fits a screen.
+        .disable_help_flag(true)
+        .arg(
+            Arg::new("help")
+                .short('h')
+                .long("help")
+                .action(ArgAction::HelpShort)
+                .help("Print help"),
+        )
+        // "--timeout-keep-alive -1" should say that -1 is out of range, not
+        // that -1 is an unknown option.
+        .mut_args(|arg| {
+            let takes_value = arg.get_action().takes_values();
+            arg.allow_negative_numbers(takes_value).hide_env(true)
+        })
 }
 
 /// Parses a command line (program name first) into a [`Config`].
@@ -252,7 +491,23 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let args = Args::try_parse_from(argv)?;
+    let mut command = command();
+    let matches = command.try_get_matches_from_mut(argv)?;
+    let args = Args::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+
+    let mut compat_notes = Vec::new();
+    if args.ws.is_peer_engine() {
+        compat_notes.push(format!(
+            "--ws {}: rsasgi has one WebSocket engine (tokio-tungstenite); using it",
+            value_name(args.ws)
+        ));
+    }
+    if let Some(engine) = args.http {
+        compat_notes.push(format!(
+            "--http {}: rsasgi has one HTTP engine (hyper); using it",
+            value_name(engine)
+        ));
+    }
     let bind = match (args.uds, args.fd) {
         (Some(path), _) => Bind::Unix(path),
         (None, Some(fd)) => Bind::Fd(fd),
@@ -261,6 +516,7 @@ where
             port: args.port,
         },
     };
+    let ping_interval = args.ws_ping_interval.0;
     Ok(Config {
         app: args.app,
         factory: args.factory,
@@ -275,31 +531,85 @@ where
         server_header: args.server_header && !args.no_server_header,
         date_header: args.date_header && !args.no_date_header,
         headers: args.headers,
-        timeout_keep_alive: args.timeout_keep_alive,
-        timeout_graceful_shutdown: args.timeout_graceful_shutdown,
-        timeout_request_header: Duration::from_secs(10),
-        uds_permissions: 0o666,
-        http2_keep_alive_interval: (!args.http2_keep_alive_interval.is_zero())
-            .then_some(args.http2_keep_alive_interval),
-        http2_keep_alive_timeout: args.http2_keep_alive_timeout,
-        limit_concurrency: args.limit_concurrency.map(|n| n as usize),
+        timeout_keep_alive: args.timeout_keep_alive.0,
+        timeout_request_header: args.timeout_request_header.0,
+        timeout_graceful_shutdown: args.timeout_graceful_shutdown.0,
+        http2_keep_alive_interval: (!args.http2_keep_alive_interval.0.is_zero())
+            .then_some(args.http2_keep_alive_interval.0),
+        http2_keep_alive_timeout: args.http2_keep_alive_timeout.0,
+        limit_concurrency: args.limit_concurrency,
         limit_request_body: args.limit_request_body,
-        limit_request_head: args.limit_request_head as usize,
+        limit_request_head: args.limit_request_head,
         backlog: args.backlog,
+        uds_permissions: args.uds_permissions.0,
         env_file: args.env_file,
-        threads: usize::try_from(args.threads).unwrap_or(usize::MAX),
-        ws: (args.ws == WsMode::Auto).then(|| WsSettings {
-            max_size: usize::try_from(args.ws_max_size).unwrap_or(usize::MAX),
-            max_queue: usize::try_from(args.ws_max_queue).unwrap_or(usize::MAX),
-            ping_interval: (!args.ws_ping_interval.is_zero()).then_some(args.ws_ping_interval),
-            ping_timeout: args.ws_ping_timeout,
+        threads: args.threads,
+        ws: args.ws.serves().then(|| WsSettings {
+            max_size: args.ws_max_size,
+            max_queue: args.ws_max_queue,
+            ping_interval: (!ping_interval.is_zero()).then_some(ping_interval),
+            ping_timeout: args.ws_ping_timeout.0,
         }),
+        compat_notes,
     })
+}
+
+/// The name the command line uses for an enum value.
+fn value_name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|possible| possible.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+/// One line for a usage error: "rsasgi: what is wrong (see 'rsasgi --help')".
+pub(crate) fn usage_line(err: &clap::Error) -> String {
+    let what = match (err.kind(), err.get(ContextKind::InvalidArg)) {
+        (ErrorKind::UnknownArgument, Some(ContextValue::String(arg))) if arg.starts_with('-') => {
+            unknown_option(arg)
+        }
+        _ => clap_message(err),
+    };
+    format!("rsasgi: {what} (see 'rsasgi --help')")
+}
+
+/// Names what an unknown option is, without clap's guess at a similar one:
+/// for `--reload` that guess is `--threads`.
+fn unknown_option(arg: &str) -> String {
+    let name = arg.split_once('=').map_or(arg, |(name, _)| name);
+    if let Some((_, ours)) = RENAMED.iter().find(|(theirs, _)| *theirs == name) {
+        format!("{name} is {ours} in rsasgi")
+    } else if UNSUPPORTED.contains(&name) {
+        format!("{name} is not supported yet by this version of rsasgi")
+    } else {
+        format!("unknown option '{name}'")
+    }
+}
+
+/// clap's message on one line, without its usage block and "error:" prefix.
+fn clap_message(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let lines: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"))
+        .filter(|line| !line.is_empty())
+        .collect();
+    let message = lines.join(" ");
+    match message.strip_prefix("error: ") {
+        Some(rest) => rest.to_owned(),
+        None => message,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn error_line(args: &[&str]) -> String {
+        let argv = ["rsasgi", "main:app"].iter().chain(args);
+        usage_line(&parse(argv).unwrap_err())
+    }
 
     #[test]
     fn defaults_are_uvicorns() {
@@ -312,11 +622,22 @@ mod tests {
             }
         );
         assert_eq!(config.timeout_keep_alive, Duration::from_secs(5));
+        assert_eq!(config.timeout_request_header, Duration::from_secs(10));
+        assert_eq!(config.timeout_graceful_shutdown, Duration::from_secs(30));
         assert_eq!(config.backlog, 2048);
+        assert_eq!(config.uds_permissions, 0o666);
         assert!(config.access_log && config.server_header && config.date_header);
         assert_eq!(config.interface, Interface::Auto);
+        assert_eq!(config.log_level, LogLevel::Info);
         assert_eq!(config.limit_concurrency, None);
+        assert_eq!(config.limit_request_head, 65536);
         assert_eq!(config.threads, 8);
+        let ws = config.ws.unwrap();
+        assert_eq!(ws.max_size, 16 * 1024 * 1024);
+        assert_eq!(ws.max_queue, 32);
+        assert_eq!(ws.ping_interval, Some(Duration::from_secs(20)));
+        assert_eq!(ws.ping_timeout, Duration::from_secs(20));
+        assert!(config.compat_notes.is_empty());
     }
 
     #[test]
@@ -343,6 +664,15 @@ mod tests {
     }
 
     #[test]
+    fn booleans_take_a_value_only_with_equals() {
+        let config = parse(["rsasgi", "--access-log=false", "main:app"]).unwrap();
+        assert!(!config.access_log);
+        let config = parse(["rsasgi", "--server-header", "main:app"]).unwrap();
+        assert!(config.server_header);
+        assert_eq!(config.app, "main:app");
+    }
+
+    #[test]
     fn bad_values_are_usage_errors() {
         for argv in [
             vec!["rsasgi"],
@@ -356,5 +686,221 @@ mod tests {
             let err = parse(argv.clone()).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{argv:?}");
         }
+    }
+
+    #[test]
+    fn every_duration_is_at_most_a_day() {
+        for option in [
+            "--timeout-keep-alive",
+            "--timeout-request-header",
+            "--timeout-graceful-shutdown",
+            "--ws-ping-interval",
+            "--ws-ping-timeout",
+        ] {
+            assert!(
+                parse(["rsasgi", "main:app", option, "86400"]).is_ok(),
+                "{option}"
+            );
+            for value in ["86401", "1e19", "1e20", "-1"] {
+                let err = parse(["rsasgi", "main:app", option, value]).unwrap_err();
+                assert_eq!(err.exit_code(), 2, "{option} {value}");
+                let line = usage_line(&err);
+                assert!(
+                    line.contains(option) && line.contains(value) && line.contains("86400"),
+                    "{line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_request_header_timeout_is_set_and_never_zero() {
+        let config = parse(["rsasgi", "main:app", "--timeout-request-header", "2.5"]).unwrap();
+        assert_eq!(config.timeout_request_header, Duration::from_millis(2500));
+        assert_eq!(
+            error_line(&["--timeout-request-header", "0"]),
+            "rsasgi: invalid value '0' for '--timeout-request-header <SECONDS>': \
+             expected seconds above 0, up to 86400 (see 'rsasgi --help')"
+        );
+    }
+
+    #[test]
+    fn every_size_and_count_is_bounded() {
+        for (option, largest, too_large) in [
+            ("--limit-request-body", "1099511627776", "1099511627777"),
+            ("--limit-request-head", "1048576", "1048577"),
+            ("--ws-max-size", "1073741824", "18446744073709551616"),
+            ("--ws-max-queue", "4096", "4097"),
+            ("--backlog", "65535", "4294967295"),
+            ("--threads", "4096", "100000"),
+            ("--limit-concurrency", "1048576", "1048577"),
+        ] {
+            assert!(
+                parse(["rsasgi", "main:app", option, largest]).is_ok(),
+                "{option}"
+            );
+            let err = parse(["rsasgi", "main:app", option, too_large]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{option}");
+            let line = usage_line(&err);
+            assert!(
+                line.contains(option) && line.contains(too_large) && line.contains(largest),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn uds_permissions_are_octal() {
+        for raw in ["660", "0660", "0o660"] {
+            let config = parse(["rsasgi", "main:app", "--uds-permissions", raw]).unwrap();
+            assert_eq!(config.uds_permissions, 0o660, "{raw}");
+        }
+        assert_eq!(
+            error_line(&["--uds-permissions", "1777"]),
+            "rsasgi: invalid value '1777' for '--uds-permissions <OCTAL>': \
+             expected an octal mode from 0 to 777, like 660 (see 'rsasgi --help')"
+        );
+    }
+
+    #[test]
+    fn other_servers_words_are_understood() {
+        let config = parse(["rsasgi", "main:app", "--interface", "asgi"]).unwrap();
+        assert_eq!(config.interface, Interface::Asgi3);
+        for (raw, level) in [
+            ("WARNING", LogLevel::Warning),
+            ("warn", LogLevel::Warning),
+            ("Info", LogLevel::Info),
+            ("DEBUG", LogLevel::Debug),
+        ] {
+            let config = parse(["rsasgi", "main:app", "--log-level", raw]).unwrap();
+            assert_eq!(config.log_level, level, "{raw}");
+        }
+    }
+
+    #[test]
+    fn peer_engines_are_served_by_ours_and_noted() {
+        for engine in ["websockets", "websockets-sansio", "wsproto"] {
+            let config = parse(["rsasgi", "main:app", "--ws", engine]).unwrap();
+            assert!(config.ws.is_some(), "{engine}");
+            assert_eq!(
+                config.compat_notes,
+                [format!(
+                    "--ws {engine}: rsasgi has one WebSocket engine (tokio-tungstenite); using it"
+                )]
+            );
+        }
+        for engine in ["auto", "h11", "httptools"] {
+            let config = parse(["rsasgi", "main:app", "--http", engine]).unwrap();
+            assert_eq!(
+                config.compat_notes,
+                [format!(
+                    "--http {engine}: rsasgi has one HTTP engine (hyper); using it"
+                )]
+            );
+        }
+        let config = parse(["rsasgi", "main:app", "--ws", "none"]).unwrap();
+        assert!(config.ws.is_none() && config.compat_notes.is_empty());
+        assert_eq!(
+            parse(["rsasgi", "main:app", "--loop", "none"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn peer_options_rsasgi_lacks_say_so() {
+        for (args, name) in [
+            (&["--workers", "4"][..], "--workers"),
+            (&["--workers=4"], "--workers"),
+            (&["-w", "4"], "-w"),
+            (&["-w4"], "-w"),
+        ] {
+            assert_eq!(
+                error_line(args),
+                format!(
+                    "rsasgi: {name} is not supported yet by this version of rsasgi \
+                     (see 'rsasgi --help')"
+                ),
+                "{args:?}"
+            );
+        }
+        for option in [
+            "--reload",
+            "--forwarded-allow-ips",
+            "--timeout",
+            "--bind",
+            "-k",
+        ] {
+            assert_eq!(
+                error_line(&[option]),
+                format!(
+                    "rsasgi: {option} is not supported yet by this version of rsasgi \
+                     (see 'rsasgi --help')"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn renamed_peer_options_point_to_ours() {
+        assert_eq!(
+            error_line(&["--keep-alive", "5"]),
+            "rsasgi: --keep-alive is --timeout-keep-alive in rsasgi (see 'rsasgi --help')"
+        );
+        assert_eq!(
+            error_line(&["--no-ws"]),
+            "rsasgi: --no-ws is --ws none in rsasgi (see 'rsasgi --help')"
+        );
+    }
+
+    #[test]
+    fn unknown_options_get_no_suggestion() {
+        for args in [
+            &["--foo"][..],
+            &["--foo=1"],
+            &["--timeout-keep-alivex", "3"],
+        ] {
+            let name = args[0].split('=').next().unwrap();
+            assert_eq!(
+                error_line(args),
+                format!("rsasgi: unknown option '{name}' (see 'rsasgi --help')")
+            );
+        }
+    }
+
+    #[test]
+    fn other_errors_keep_clap_message_on_one_line() {
+        assert_eq!(
+            error_line(&["--port", "abc"]),
+            "rsasgi: invalid value 'abc' for '--port <PORT>': invalid digit found in string \
+             (see 'rsasgi --help')"
+        );
+    }
+
+    #[test]
+    fn unsupported_and_renamed_options_are_not_ours() {
+        let ours: Vec<String> = command()
+            .get_arguments()
+            .flat_map(|arg| {
+                let long = arg.get_long().map(|long| format!("--{long}"));
+                let short = arg.get_short().map(|short| format!("-{short}"));
+                long.into_iter().chain(short)
+            })
+            .collect();
+        let theirs = UNSUPPORTED
+            .iter()
+            .chain(RENAMED.iter().map(|(theirs, _)| theirs));
+        for option in theirs {
+            assert!(
+                !ours.contains(&option.to_string()),
+                "{option} is an rsasgi option"
+            );
+        }
+    }
+
+    #[test]
+    fn the_command_is_well_formed() {
+        command().debug_assert();
     }
 }

@@ -3,10 +3,112 @@
 //! `cli.rs` turns the command line (and `RSASGI_*` environment variables) into
 //! a [`Config`]; the rest of the server only ever reads a `Config`.
 
+use std::fmt::Display;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
+
+/// Loopback only, as uvicorn does: exposing the app to the network is a choice
+/// the user makes with `--host 0.0.0.0`.
+pub(crate) const DEFAULT_HOST: &str = "127.0.0.1";
+
+/// The port uvicorn, gunicorn and Django's `runserver` use, so proxy
+/// configurations and habits written for them carry over.
+pub(crate) const DEFAULT_PORT: u16 = 8000;
+
+/// The current directory, where `python -m` would look for the app too.
+pub(crate) const DEFAULT_APP_DIR: &str = ".";
+
+/// uvicorn's and gunicorn's backlog; the kernel lowers it to
+/// `net.core.somaxconn` anyway.
+pub(crate) const DEFAULT_BACKLOG: u32 = 2048;
+
+/// The largest `--backlog`. `listen(2)` takes an int and Linux silently lowers
+/// the value to `net.core.somaxconn` (4096 by default), so anything above the
+/// 16-bit range is a typo rather than a plan.
+pub(crate) const MAX_BACKLOG: u32 = 65_535;
+
+/// WSGI threads per worker: enough to overlap the I/O waits (database, HTTP
+/// calls) of typical Django or Flask views; more mostly adds GIL contention.
+pub(crate) const DEFAULT_THREADS: usize = 8;
+
+/// The largest `--threads`. Each thread reserves its own stack and Python
+/// thread state; thousands already contend on the GIL far more than they help.
+pub(crate) const MAX_THREADS: usize = 4096;
+
+/// The largest `--limit-concurrency`: every request in flight holds a socket,
+/// and Linux caps a process at 1,048,576 open files (`fs.nr_open`), so a
+/// larger limit could never be reached.
+pub(crate) const MAX_CONCURRENCY: usize = 1 << 20;
+
+/// The largest `--limit-request-body`, 1 TiB: a limit is there to refuse
+/// something, and above this it refuses nothing a client could upload, so a
+/// larger number is a typo.
+pub(crate) const MAX_REQUEST_BODY: u64 = 1 << 40;
+
+/// The smallest request-head limit hyper accepts (its read buffer minimum).
+pub(crate) const MIN_REQUEST_HEAD: usize = 8192;
+
+/// Room for heavy cookies and tracing headers: twice what nginx accepts by
+/// default (4 buffers of 8 KiB), so whatever nginx forwards fits.
+pub(crate) const DEFAULT_LIMIT_REQUEST_HEAD: usize = 64 * 1024;
+
+/// The largest `--limit-request-head`, 1 MiB: hyper buffers the whole head in
+/// memory for each connection, so a larger limit only lets clients make the
+/// server hold more memory.
+pub(crate) const MAX_REQUEST_HEAD: usize = 1024 * 1024;
+
+/// uvicorn's idle keep-alive timeout: short enough that idle clients do not
+/// pin sockets, long enough for a browser's next request on the same page.
+pub(crate) const DEFAULT_TIMEOUT_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// A new connection must send a complete request head within this long, else
+/// it is closed. Real clients send a head in one packet even on slow mobile
+/// links; only a slowloris-style client needs longer.
+pub(crate) const DEFAULT_TIMEOUT_REQUEST_HEADER: Duration = Duration::from_secs(10);
+
+/// gunicorn's graceful timeout, and how long Kubernetes waits after SIGTERM
+/// before it kills a pod by default.
+pub(crate) const DEFAULT_TIMEOUT_GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(30);
+
+/// The longest any timeout or interval may be: one day. No server timeout is
+/// meaningful beyond that, and the bound keeps every `Instant::now() + timeout`
+/// far from overflowing (with 1e19 seconds the first request would panic).
+pub(crate) const MAX_SECONDS: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// uvicorn's (and the `websockets` library's) largest message, 16 MiB.
+pub(crate) const DEFAULT_WS_MAX_SIZE: usize = 16 * 1024 * 1024;
+
+/// The largest `--ws-max-size`, 1 GiB: a message is held whole in memory and
+/// copied into Python, so beyond this one client could exhaust the worker.
+/// It also fits `usize` on 32-bit platforms.
+pub(crate) const MAX_WS_MESSAGE_SIZE: usize = 1 << 30;
+
+/// uvicorn's queue of unread WebSocket messages.
+pub(crate) const DEFAULT_WS_MAX_QUEUE: usize = 32;
+
+/// The largest `--ws-max-queue`. Each queued message may be `--ws-max-size`
+/// bytes; an app thousands of messages behind is not keeping up, and reading
+/// the socket further only hides that while memory grows.
+pub(crate) const MAX_WS_QUEUE: usize = 4096;
+
+/// uvicorn's ping interval; also well inside nginx's default 60 s
+/// `proxy_read_timeout`, so pings keep proxied WebSockets open.
+pub(crate) const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// uvicorn's ping timeout: a client that misses it is gone or far too slow.
+pub(crate) const DEFAULT_WS_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Read and write for everyone, so that nginx running as www-data on the same
+/// host can connect to `--uds`; uvicorn also uses 0666. Restrict access with
+/// the socket's directory or a tighter mode such as 660.
+pub(crate) const DEFAULT_UDS_PERMISSIONS: u32 = 0o666;
+
+/// The largest `--uds-permissions`: read, write and execute for all; the
+/// setuid, setgid and sticky bits mean nothing on a socket.
+pub(crate) const MAX_UDS_PERMISSIONS: u32 = 0o777;
 
 /// Where the worker listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +123,8 @@ pub(crate) enum Bind {
 pub(crate) enum Interface {
     /// Inspect the callable to tell which of the others it is.
     Auto,
-    /// `async def app(scope, receive, send)`.
+    /// `async def app(scope, receive, send)`; "asgi" is granian's word for it.
+    #[value(alias = "asgi")]
     Asgi3,
     /// `app(scope)` returns an instance awaited as `instance(receive, send)`.
     Asgi2,
@@ -51,10 +154,13 @@ pub(crate) enum EventLoop {
     Uvloop,
 }
 
+/// How much the server logs; Python's level names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum LogLevel {
     Critical,
     Error,
+    /// "warn" as Python's `logging.WARN` and Rust's `tracing` spell it.
+    #[value(alias = "warn")]
     Warning,
     Info,
     Debug,
@@ -73,9 +179,6 @@ impl LogLevel {
     }
 }
 
-/// The smallest request-head limit hyper accepts (its read buffer minimum).
-pub(crate) const MIN_REQUEST_HEAD: usize = 8192;
-
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub app: String,
@@ -92,17 +195,15 @@ pub(crate) struct Config {
     pub date_header: bool,
     /// Added to every response, after the app's own headers.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// An idle keep-alive connection is closed after this long; a request head
-    /// must also arrive within it.
+    /// An idle keep-alive connection is closed after this long.
     pub timeout_keep_alive: Duration,
-    /// A new connection must complete its first request head within this.
+    /// A new connection must send a complete request head within this long,
+    /// else it is closed.
     pub timeout_request_header: Duration,
     /// HTTP/2 PING frames are sent this often (`None`: never); a peer that
     /// does not answer one within `http2_keep_alive_timeout` is closed.
     pub http2_keep_alive_interval: Option<Duration>,
     pub http2_keep_alive_timeout: Duration,
-    /// Mode of the socket file `--uds` creates.
-    pub uds_permissions: u32,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub timeout_graceful_shutdown: Duration,
     /// Requests in flight beyond this get 503.
@@ -112,26 +213,64 @@ pub(crate) struct Config {
     /// Request line plus headers larger than this get 431.
     pub limit_request_head: usize,
     pub backlog: u32,
+    /// Mode of the `--uds` socket file (e.g. 0o660).
+    pub uds_permissions: u32,
     pub env_file: Option<PathBuf>,
     /// Threads per worker running a WSGI app.
     pub threads: usize,
     /// WebSocket settings; `None` with `--ws none`.
     pub ws: Option<crate::ws::WsSettings>,
+    /// What a value borrowed from another server (`--ws wsproto`,
+    /// `--http h11`) means here, for the debug log.
+    pub compat_notes: Vec<String>,
 }
 
 /// How often HTTP/2 connections are pinged, and how long an answer may take:
 /// a peer that vanished without closing (a laptop put to sleep, a dropped
 /// NAT mapping) is found within a minute rather than never.
-pub(crate) const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL: &str = "20";
-pub(crate) const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: &str = "20";
+pub(crate) const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+pub(crate) const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Whether WebSocket upgrades are handled.
+///
+/// The hidden values name uvicorn's engines; they are accepted so uvicorn
+/// command lines work unchanged, and rsasgi serves them with its one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum WsMode {
     /// Serve WebSockets (RFC 6455) to ASGI apps.
     Auto,
     /// Treat upgrade requests as plain HTTP requests.
     None,
+    /// uvicorn's default engine, the `websockets` library.
+    #[value(hide = true)]
+    Websockets,
+    /// uvicorn's engine on the `websockets` library's Sans-I/O core.
+    #[value(hide = true)]
+    WebsocketsSansio,
+    /// uvicorn's engine on the `wsproto` library.
+    #[value(hide = true)]
+    Wsproto,
+}
+
+impl WsMode {
+    /// Whether upgrades are served (every value but `none`).
+    pub(crate) fn serves(self) -> bool {
+        self != WsMode::None
+    }
+
+    /// Whether this names another server's WebSocket engine.
+    pub(crate) fn is_peer_engine(self) -> bool {
+        !matches!(self, WsMode::Auto | WsMode::None)
+    }
+}
+
+/// uvicorn's `--http` engines; rsasgi always uses hyper, so every value
+/// means the same and is accepted only so uvicorn command lines work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum HttpEngine {
+    Auto,
+    H11,
+    Httptools,
 }
 
 /// Parses `NAME:VALUE` into a response header, as `--header` takes it.
@@ -167,15 +306,54 @@ pub(crate) fn parse_app(raw: &str) -> Result<String, String> {
     }
 }
 
-/// Parses a duration in seconds (fractions allowed).
+/// Parses a duration in seconds (fractions allowed), from 0 to [`MAX_SECONDS`].
 pub(crate) fn parse_seconds(raw: &str) -> Result<Duration, String> {
-    let secs: f64 = raw
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a number of seconds"))?;
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{raw:?} must be zero or more seconds"));
+    seconds_from(raw).ok_or_else(|| format!("expected seconds from 0 to {}", MAX_SECONDS.as_secs()))
+}
+
+/// Like [`parse_seconds`], but refuses zero: for timeouts where zero would
+/// close every connection at once.
+pub(crate) fn parse_positive_seconds(raw: &str) -> Result<Duration, String> {
+    seconds_from(raw)
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| format!("expected seconds above 0, up to {}", MAX_SECONDS.as_secs()))
+}
+
+fn seconds_from(raw: &str) -> Option<Duration> {
+    let secs: f64 = raw.trim().parse().ok()?;
+    // The range check also refuses NaN and the infinities.
+    if !(0.0..=MAX_SECONDS.as_secs_f64()).contains(&secs) {
+        return None;
     }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// Parses a whole number from `min` to `max`, for size and count options.
+pub(crate) fn parse_count<T>(raw: &str, min: T, max: T) -> Result<T, String>
+where
+    T: FromStr + PartialOrd + Display,
+{
+    match raw.trim().parse::<T>() {
+        Ok(n) if min <= n && n <= max => Ok(n),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
+    }
+}
+
+/// Parses a Unix permission mode written in octal, as chmod takes it: "660",
+/// "0660" or "0o660", at most [`MAX_UDS_PERMISSIONS`].
+pub(crate) fn parse_mode(raw: &str) -> Result<u32, String> {
+    let trimmed = raw.trim();
+    let digits = trimmed
+        .strip_prefix("0o")
+        .or_else(|| trimmed.strip_prefix("0O"))
+        .unwrap_or(trimmed);
+    let octal = !digits.is_empty() && digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if octal && mode <= MAX_UDS_PERMISSIONS => Ok(mode),
+        _ => Err(format!(
+            "expected an octal mode from 0 to {MAX_UDS_PERMISSIONS:o}, like 660"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -215,7 +393,83 @@ mod tests {
     #[test]
     fn seconds_accept_fractions_and_reject_negatives() {
         assert_eq!(parse_seconds("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_seconds("0").unwrap(), Duration::ZERO);
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
+    }
+
+    #[test]
+    fn seconds_stop_at_one_day() {
+        assert_eq!(parse_seconds("86400").unwrap(), MAX_SECONDS);
+        for raw in ["86400.5", "1e19", "1e20", "1e400", "inf", "NaN", "-0.5"] {
+            assert_eq!(
+                parse_seconds(raw).unwrap_err(),
+                "expected seconds from 0 to 86400",
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn positive_seconds_refuse_zero() {
+        assert_eq!(
+            parse_positive_seconds("0.25").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(parse_positive_seconds("86400").unwrap(), MAX_SECONDS);
+        for raw in ["0", "0.0", "-0", "86401", "soon"] {
+            assert_eq!(
+                parse_positive_seconds(raw).unwrap_err(),
+                "expected seconds above 0, up to 86400",
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn counts_are_whole_numbers_within_bounds() {
+        assert_eq!(parse_count("1", 1, MAX_THREADS), Ok(1));
+        assert_eq!(parse_count("4096", 1, MAX_THREADS), Ok(4096));
+        for raw in [
+            "0",
+            "4097",
+            "-1",
+            "1.5",
+            "1e3",
+            "99999999999999999999999",
+            "",
+        ] {
+            assert_eq!(
+                parse_count(raw, 1, MAX_THREADS).unwrap_err(),
+                "expected a whole number from 1 to 4096",
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn modes_are_octal_up_to_0777() {
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("0o660"), Ok(0o660));
+        assert_eq!(parse_mode("777"), Ok(0o777));
+        assert_eq!(parse_mode("0"), Ok(0));
+        for raw in [
+            "1777",
+            "8",
+            "69",
+            "0x1ff",
+            "+660",
+            "-1",
+            "",
+            "0o",
+            "rw-rw----",
+        ] {
+            assert_eq!(
+                parse_mode(raw).unwrap_err(),
+                "expected an octal mode from 0 to 777, like 660",
+                "{raw}"
+            );
+        }
     }
 }

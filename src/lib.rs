@@ -16,6 +16,8 @@ mod worker;
 mod ws;
 mod wsgi;
 
+use std::io::Write;
+
 use pyo3::prelude::*;
 
 use crate::worker::Worker;
@@ -61,15 +63,8 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
         Err(err) => {
             let code = err.exit_code();
             if err.use_stderr() {
-                // One line: clap's message without its usage block.
-                let rendered = err.render().to_string();
-                let message: Vec<&str> = rendered
-                    .lines()
-                    .map(str::trim)
-                    .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more"))
-                    .filter(|line| !line.is_empty())
-                    .collect();
-                eprintln!("{} (see 'rsasgi --help')", message.join(" "));
+                // A closed stderr must not turn a usage error into a panic.
+                let _ = writeln!(std::io::stderr(), "{}", cli::usage_line(&err));
             } else {
                 let _ = err.print();
             }
@@ -77,6 +72,9 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
         }
     };
     logging::init(config.log_level);
+    for note in &config.compat_notes {
+        tracing::debug!("{note}");
+    }
     let code = serve(py, config);
     logging::flush();
     code

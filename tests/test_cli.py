@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from conftest import APPS, Server, free_port
 APP = "err_cli_app:app"
 
 
-def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m rsasgi ARGS` for a command that must exit by itself."""
     return subprocess.run(
         [sys.executable, "-m", "rsasgi", *args],
@@ -25,6 +26,7 @@ def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         timeout=30,
         cwd=cwd,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -50,6 +52,7 @@ OPTIONS = [
     "--host",
     "--port",
     "--uds",
+    "--uds-permissions",
     "--fd",
     "--interface",
     "--lifespan",
@@ -64,12 +67,19 @@ OPTIONS = [
     "--no-date-header",
     "--header",
     "--timeout-keep-alive",
+    "--timeout-request-header",
     "--timeout-graceful-shutdown",
     "--limit-concurrency",
     "--limit-request-body",
     "--limit-request-head",
     "--backlog",
     "--env-file",
+    "--threads",
+    "--ws",
+    "--ws-max-size",
+    "--ws-max-queue",
+    "--ws-ping-interval",
+    "--ws-ping-timeout",
     "--version",
     "--help",
 ]
@@ -84,6 +94,44 @@ def test_help_lists_every_option():
         if not re.search(r"(?<![\w-])" + re.escape(option) + r"(?![\w-])", result.stdout)
     ]
     assert missing == [], result.stdout
+
+
+# What one screen of a terminal holds; each group of `--help` fits in it.
+SCREEN_LINES = 24
+SCREEN_COLUMNS = 80
+
+
+def help_groups(text: str) -> dict[str, list[str]]:
+    """The lines of each group of `--help` output ("Socket:", "Examples:"...), by name."""
+    groups: dict[str, list[str]] = {}
+    name = None
+    for line in text.splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):
+            name = line[:-1]
+            groups[name] = []
+        if name is not None:
+            groups[name].append(line)
+    return {name: "\n".join(lines).rstrip().splitlines() for name, lines in groups.items()}
+
+
+def test_help_groups_each_fit_one_screen():
+    result = cli("--help", env={"COLUMNS": str(SCREEN_COLUMNS)})
+    assert result.returncode == 0, result.stderr
+    groups = help_groups(result.stdout)
+    assert {"Options", "Socket", "Application", "WebSockets", "Limits", "Examples"} <= set(groups)
+    too_wide = [line for line in result.stdout.splitlines() if len(line) > SCREEN_COLUMNS]
+    too_tall = {name: len(lines) for name, lines in groups.items() if len(lines) > SCREEN_LINES}
+    assert (too_wide, too_tall) == ([], {}), result.stdout
+
+
+def test_help_says_asgi_and_wsgi_and_shows_examples_for_real_frameworks():
+    result = cli("--help")
+    assert result.returncode == 0, result.stderr
+    first_line = result.stdout.splitlines()[0]
+    assert "ASGI" in first_line and "WSGI" in first_line, first_line
+    examples = "\n".join(help_groups(result.stdout)["Examples"])
+    for needle in ["Django, ASGI", "Django, WSGI", "Flask", "FastAPI", "--uds /run/rsasgi.sock"]:
+        assert needle in examples, examples
 
 
 def test_missing_app_argument_exits_2():
@@ -108,6 +156,150 @@ def test_bad_option_value_exits_2(args, bad):
     result = cli(*args, "--app-dir", str(APPS), APP)
     assert result.returncode == 2, result.stderr
     assert_one_clear_line(result.stderr, bad)
+
+
+@pytest.mark.parametrize(
+    "option, value, allowed",
+    [
+        ("--timeout-keep-alive", "1e20", "86400"),
+        ("--timeout-keep-alive", "1e19", "86400"),
+        ("--timeout-keep-alive", "-1", "86400"),
+        ("--timeout-request-header", "0", "86400"),
+        ("--timeout-request-header", "1e20", "86400"),
+        ("--timeout-graceful-shutdown", "1e20", "86400"),
+        ("--ws-ping-interval", "1e20", "86400"),
+        ("--ws-ping-timeout", "inf", "86400"),
+        ("--limit-request-body", "99999999999999999999", "1099511627776"),
+        ("--limit-request-head", "2000000", "1048576"),
+        ("--ws-max-size", "18446744073709551616", "1073741824"),
+        ("--ws-max-queue", "100000", "4096"),
+        ("--backlog", "4294967296", "65535"),
+        ("--threads", "100000", "4096"),
+        ("--limit-concurrency", "99999999", "1048576"),
+        ("--uds-permissions", "1777", "777"),
+        ("--uds-permissions", "rw-rw----", "777"),
+    ],
+)
+def test_out_of_range_value_is_a_usage_error_naming_the_range(option, value, allowed):
+    result = cli(option, value, "--app-dir", str(APPS), APP)
+    assert result.returncode == 2, result.stderr
+    assert_one_clear_line(result.stderr, option, f"'{value}'", allowed)
+
+
+def test_out_of_range_env_var_is_a_usage_error_naming_the_option():
+    result = cli("--app-dir", str(APPS), APP, env={"RSASGI_TIMEOUT_KEEP_ALIVE": "1e20"})
+    assert result.returncode == 2, result.stderr
+    assert_one_clear_line(result.stderr, "--timeout-keep-alive", "1e20", "86400")
+
+
+def test_largest_allowed_values_start_and_serve(run_rsasgi):
+    """No value the range checks let through panics later, on a request."""
+    server = run_rsasgi(
+        APP,
+        *("--timeout-keep-alive", "86400", "--timeout-request-header", "86400"),
+        *("--timeout-graceful-shutdown", "86400"),
+        *("--ws-ping-interval", "86400", "--ws-ping-timeout", "86400"),
+        *("--limit-request-body", "1099511627776", "--limit-request-head", "1048576"),
+        *("--ws-max-size", "1073741824", "--ws-max-queue", "4096"),
+        *("--backlog", "65535", "--threads", "4096", "--limit-concurrency", "1048576"),
+    )
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        statuses = [client.get("/", params={"name": "X"}).status_code for _ in range(2)]
+    assert statuses == [200, 200], server.output()
+    assert "panicked" not in server.output()
+
+
+def test_request_header_timeout_option_is_accepted(run_rsasgi):
+    server = run_rsasgi(APP, "--timeout-request-header", "2.5")
+    assert httpx.get(server.url + "/", timeout=10).status_code == 200
+
+
+def get_over_uds(server: Server, path, timeout: float = 20.0) -> httpx.Response:
+    """GET / over the Unix socket at `path` once the server listens there."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=10) as client:
+        while True:
+            assert server.proc.poll() is None, server.output()
+            try:
+                return client.get("http://localhost/")
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                assert time.monotonic() < deadline, f"no answer on {path}: {server.output()}"
+                time.sleep(0.05)
+
+
+@pytest.mark.parametrize("mode", ["660", "0660", "0o660"])
+def test_uds_permissions_are_taken_in_octal(run_rsasgi, tmp_path, mode):
+    path = tmp_path / "cli.sock"
+    server = run_rsasgi(APP, "--uds", str(path), "--uds-permissions", mode, wait=False)
+    assert get_over_uds(server, path).status_code == 200
+
+
+@pytest.mark.parametrize("level", ["WARNING", "warn"])
+def test_log_level_in_any_case_or_as_warn_is_honoured(run_rsasgi, tmp_path, level):
+    """Warning level: the server serves, and its info line "Listening on" is not logged."""
+    path = tmp_path / "cli.sock"
+    server = run_rsasgi(APP, "--uds", str(path), "--log-level", level, wait=False)
+    assert get_over_uds(server, path).status_code == 200
+    assert "Listening on" not in server.output()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--interface", "asgi"],
+        ["--log-level", "Info"],
+        ["--ws", "websockets"],
+        ["--ws", "websockets-sansio"],
+        ["--ws", "wsproto"],
+        ["--http", "auto"],
+        ["--http", "h11"],
+        ["--http", "httptools"],
+    ],
+    ids=" ".join,
+)
+def test_other_servers_values_are_accepted(run_rsasgi, args):
+    server = run_rsasgi(APP, *args)
+    assert httpx.get(server.url + "/", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        (["--workers", "4"], "--workers"),
+        (["--workers=4"], "--workers"),
+        (["-w", "4"], "-w"),
+        (["--reload"], "--reload"),
+        (["--forwarded-allow-ips", "*"], "--forwarded-allow-ips"),
+        (["--proxy-headers"], "--proxy-headers"),
+        (["--timeout", "30"], "--timeout"),
+        (["--bind", "0.0.0.0:8000"], "--bind"),
+        (["-k", "uvicorn.workers.UvicornWorker"], "-k"),
+        (["--ssl-certfile=cert.pem"], "--ssl-certfile"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else " ".join(value),
+)
+def test_other_servers_options_rsasgi_lacks_are_named(args, name):
+    result = cli(*args, "--app-dir", str(APPS), APP)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"rsasgi: {name} is not supported yet by this version of rsasgi (see 'rsasgi --help')"
+    )
+
+
+def test_other_servers_option_under_another_name_points_to_ours():
+    result = cli("--keep-alive", "5", "--app-dir", str(APPS), APP)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "rsasgi: --keep-alive is --timeout-keep-alive in rsasgi (see 'rsasgi --help')"
+    )
+
+
+@pytest.mark.parametrize("arg", ["--foo", "--foo=1", "--timeout-keep-alivex"])
+def test_unknown_option_gets_no_guess(arg):
+    result = cli(arg, "--app-dir", str(APPS), APP)
+    assert result.returncode == 2, result.stderr
+    name = arg.split("=")[0]
+    assert result.stderr.strip() == f"rsasgi: unknown option '{name}' (see 'rsasgi --help')"
 
 
 @pytest.mark.parametrize(
