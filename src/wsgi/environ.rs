@@ -85,11 +85,11 @@ fn path_info<'a>(path: &'a [u8], script_name: &[u8]) -> &'a [u8] {
 }
 
 /// `SERVER_NAME` and `SERVER_PORT` from a Host header, for requests that
-/// arrive on a Unix socket: the port defaults to the scheme's, and with no
-/// Host header both are empty.
-fn server_from_host<'a>(host: &'a [u8], scheme: &str) -> (&'a [u8], &'a [u8]) {
+/// arrive on a Unix socket: the port defaults to the scheme's; `None` with
+/// no Host header.
+fn server_from_host<'a>(host: &'a [u8], scheme: &str) -> Option<(&'a [u8], &'a [u8])> {
     if host.is_empty() {
-        return (b"", b"");
+        return None;
     }
     let default_port: &'static [u8] = if scheme == "https" { b"443" } else { b"80" };
     // An IPv6 literal keeps its colons inside brackets.
@@ -97,10 +97,10 @@ fn server_from_host<'a>(host: &'a [u8], scheme: &str) -> (&'a [u8], &'a [u8]) {
         Some(end) => host[end..].iter().position(|&b| b == b':').map(|i| i + end),
         None => host.iter().rposition(|&b| b == b':'),
     };
-    match port_colon {
+    Some(match port_colon {
         Some(i) => (&host[..i], &host[i + 1..]),
         None => (host, default_port),
-    }
+    })
 }
 
 fn protocol(version: Version) -> &'static str {
@@ -146,16 +146,22 @@ pub(crate) fn build<'py>(
             environ.set_item(intern!(py, "SERVER_NAME"), addr.ip().to_string())?;
             environ.set_item(intern!(py, "SERVER_PORT"), addr.port().to_string())?;
         }
-        ServerAddr::Unix(_) => {
+        ServerAddr::Unix(path) => {
             // A Unix socket has no host or port; like gunicorn, take them
-            // from the Host header the proxy sent.
+            // from the Host header the proxy sent, else name the socket.
             let host = headers
                 .get(header::HOST)
                 .map(|value| value.as_bytes())
                 .unwrap_or_default();
-            let (name, port) = server_from_host(host, connection.scheme.http());
-            environ.set_item(intern!(py, "SERVER_NAME"), latin1(py, name))?;
-            environ.set_item(intern!(py, "SERVER_PORT"), latin1(py, port))?;
+            let (name, port) = match server_from_host(host, connection.scheme.http()) {
+                Some((name, port)) => (latin1(py, name), latin1(py, port)),
+                None => (
+                    PyString::new(py, &path.to_string_lossy()),
+                    intern!(py, "").clone(),
+                ),
+            };
+            environ.set_item(intern!(py, "SERVER_NAME"), name)?;
+            environ.set_item(intern!(py, "SERVER_PORT"), port)?;
         }
     }
     match connection.client {
@@ -236,21 +242,21 @@ mod tests {
     fn unix_socket_server_name_comes_from_host() {
         assert_eq!(
             server_from_host(b"example.com", "http"),
-            (&b"example.com"[..], &b"80"[..])
+            Some((&b"example.com"[..], &b"80"[..]))
         );
         assert_eq!(
             server_from_host(b"example.com:8080", "http"),
-            (&b"example.com"[..], &b"8080"[..])
+            Some((&b"example.com"[..], &b"8080"[..]))
         );
         assert_eq!(
             server_from_host(b"[::1]:9000", "http"),
-            (&b"[::1]"[..], &b"9000"[..])
+            Some((&b"[::1]"[..], &b"9000"[..]))
         );
         assert_eq!(
             server_from_host(b"[::1]", "https"),
-            (&b"[::1]"[..], &b"443"[..])
+            Some((&b"[::1]"[..], &b"443"[..]))
         );
-        assert_eq!(server_from_host(b"", "http"), (&b""[..], &b""[..]));
+        assert_eq!(server_from_host(b"", "http"), None);
     }
 
     #[test]
