@@ -1,4 +1,4 @@
-//! rsasgi: an ASGI application server written in Rust.
+//! rsasgi: an ASGI and WSGI application server written in Rust.
 //!
 //! This crate builds the `rsasgi._rsasgi` extension module. Its entry point is
 //! [`main`], which the `rsasgi` command calls with `sys.argv`.
@@ -19,31 +19,6 @@ mod wsgi;
 use std::io::Write;
 
 use pyo3::prelude::*;
-
-use crate::worker::Worker;
-
-/// Loads `--env-file` into `os.environ` (Python's copy of the environment),
-/// leaving variables that are already set alone.
-fn load_env_file(py: Python<'_>, path: &std::path::Path) -> Result<(), String> {
-    let shown = path.display();
-    let entries = dotenvy::from_path_iter(path)
-        .map_err(|err| format!("Cannot read --env-file {shown}: {err}"))?;
-    let environ = py
-        .import("os")
-        .and_then(|os| os.getattr("environ"))
-        .map_err(|err| err.to_string())?;
-    for entry in entries {
-        let (key, value) =
-            entry.map_err(|err| format!("Cannot parse --env-file {shown}: {err}"))?;
-        let present = environ.contains(&key).map_err(|err| err.to_string())?;
-        if !present {
-            environ
-                .set_item(key, value)
-                .map_err(|err| err.to_string())?;
-        }
-    }
-    Ok(())
-}
 
 /// Runs the server with `argv` (default: `sys.argv`); returns the exit code.
 #[pyfunction]
@@ -75,35 +50,9 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
     for note in &config.compat_notes {
         tracing::debug!("{note}");
     }
-    let code = serve(py, config);
+    let code = worker::run(py, config);
     logging::flush();
     code
-}
-
-/// Binds the socket and runs one worker until it stops; returns the exit code.
-fn serve(py: Python<'_>, config: config::Config) -> PyResult<i32> {
-    if let Some(path) = &config.env_file {
-        if let Err(message) = load_env_file(py, path) {
-            tracing::error!("{message}");
-            return Ok(1);
-        }
-    }
-    let listener = match net::bind(&config.bind, config.backlog, config.uds_permissions) {
-        Ok(listener) => listener,
-        Err(message) => {
-            tracing::error!("{message}");
-            return Ok(1);
-        }
-    };
-    let worker = match Worker::new(config, listener) {
-        Ok(worker) => Py::new(py, worker)?,
-        Err(err) => {
-            tracing::error!("Cannot create the worker's event channel: {err}");
-            return Ok(1);
-        }
-    };
-    let run = py.import("rsasgi._worker")?.getattr("run")?;
-    run.call1((worker,))?.extract()
 }
 
 #[pymodule]
@@ -111,7 +60,7 @@ fn _rsasgi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(main, m)?)?;
     m.add_function(wrap_pyfunction!(logging::log, m)?)?;
     m.add_function(wrap_pyfunction!(logging::flush_logs, m)?)?;
-    m.add_class::<Worker>()?;
+    m.add_class::<worker::Worker>()?;
     m.add_class::<asgi::http::HttpReceive>()?;
     m.add_class::<asgi::http::HttpSend>()?;
     m.add_class::<asgi::Ready>()?;

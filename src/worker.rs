@@ -5,7 +5,7 @@
 //! [`Worker`] object below. A supervisor that runs several workers only has
 //! to start several processes, each building its own `Worker`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -16,24 +16,63 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::sync::watch;
 
-use crate::asgi::http::{format_error, resolve_waiter, HttpReceive, HttpSend, CREATE_FUTURE};
-use crate::asgi::scope::{http_scope, websocket_scope, ScopeContext};
-use crate::asgi::websocket::{resolve_ws_waiter, WebSocketReceive, WebSocketSend};
-use crate::asgi::{Event, EventBridge};
+use crate::asgi::http::CREATE_FUTURE;
+use crate::asgi::scope::ScopeContext;
+use crate::asgi::{Dispatcher, Event, EventBridge};
 use crate::bridge::mark_reactor_thread;
 use crate::config::{Config, EventLoop, Interface, Lifespan};
-use crate::exchange::{Exchange, RequestStart};
 use crate::http::{serve, ServerState};
-use crate::net::Listener;
+use crate::net::{self, Listener};
 use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON};
-use crate::ws::session::WsStart;
 use crate::wsgi::{Pool, THREADS_WARNING};
 
-/// Python objects the drain needs, set once the loop is running.
-struct PythonSide {
-    spawn: Option<Py<PyAny>>,
-    scope: ScopeContext,
-    stopped: Option<Py<PyAny>>,
+/// Loads `--env-file` into `os.environ` (Python's copy of the environment),
+/// leaving variables that are already set alone.
+fn load_env_file(py: Python<'_>, path: &std::path::Path) -> Result<(), String> {
+    let shown = path.display();
+    let entries = dotenvy::from_path_iter(path)
+        .map_err(|err| format!("Cannot read --env-file {shown}: {err}"))?;
+    let environ = py
+        .import("os")
+        .and_then(|os| os.getattr("environ"))
+        .map_err(|err| err.to_string())?;
+    for entry in entries {
+        let (key, value) =
+            entry.map_err(|err| format!("Cannot parse --env-file {shown}: {err}"))?;
+        let present = environ.contains(&key).map_err(|err| err.to_string())?;
+        if !present {
+            environ
+                .set_item(key, value)
+                .map_err(|err| err.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds the socket and runs one worker until it stops; returns the exit code.
+pub(crate) fn run(py: Python<'_>, config: Config) -> PyResult<i32> {
+    if let Some(path) = &config.env_file {
+        if let Err(message) = load_env_file(py, path) {
+            tracing::error!("{message}");
+            return Ok(1);
+        }
+    }
+    let listener = match net::bind(&config.bind, config.backlog, config.uds_permissions) {
+        Ok(listener) => listener,
+        Err(message) => {
+            tracing::error!("{message}");
+            return Ok(1);
+        }
+    };
+    let worker = match Worker::new(config, listener) {
+        Ok(worker) => Py::new(py, worker)?,
+        Err(err) => {
+            tracing::error!("Cannot create the worker's event channel: {err}");
+            return Ok(1);
+        }
+    };
+    let run = py.import("rsasgi._worker")?.getattr("run")?;
+    run.call1((worker,))?.extract()
 }
 
 #[pyclass(module = "rsasgi", frozen)]
@@ -44,7 +83,8 @@ pub(crate) struct Worker {
     shutdown: watch::Sender<Option<Duration>>,
     reactor: Mutex<Option<JoinHandle<()>>>,
     wsgi_pool: Mutex<Option<Arc<Pool>>>,
-    python: Mutex<Option<PythonSide>>,
+    /// Set once the loop is running; handles what the reactor sends.
+    dispatcher: OnceLock<Dispatcher>,
 }
 
 impl Worker {
@@ -56,85 +96,9 @@ impl Worker {
             shutdown: watch::channel(None).0,
             reactor: Mutex::new(None),
             wsgi_pool: Mutex::new(None),
-            python: Mutex::new(None),
+            dispatcher: OnceLock::new(),
         })
     }
-
-    /// Builds the scope and starts the app's task for one request.
-    fn start_request(&self, py: Python<'_>, start: &RequestStart) -> PyResult<()> {
-        let (scope, spawn) = {
-            let guard = self.python.lock();
-            let side = guard.as_ref().ok_or_else(not_started)?;
-            let spawn = side.spawn.as_ref().ok_or_else(not_started)?.clone_ref(py);
-            let scope = http_scope(py, &side.scope, &start.exchange, &start.head.headers)?;
-            (scope, spawn)
-        };
-        let receive = Py::new(py, HttpReceive::new(Arc::clone(&start.exchange)))?;
-        let send = Py::new(py, HttpSend::new(Arc::clone(&start.exchange)))?;
-        spawn.call1(py, (scope, receive, send))?;
-        Ok(())
-    }
-
-    /// Builds the scope and starts the app's task for one WebSocket.
-    fn start_websocket(&self, py: Python<'_>, start: &WsStart) -> PyResult<()> {
-        let (scope, spawn) = {
-            let guard = self.python.lock();
-            let side = guard.as_ref().ok_or_else(not_started)?;
-            let spawn = side.spawn.as_ref().ok_or_else(not_started)?.clone_ref(py);
-            (websocket_scope(py, &side.scope, start)?, spawn)
-        };
-        let receive = Py::new(py, WebSocketReceive::new(Arc::clone(&start.session)))?;
-        let send = Py::new(py, WebSocketSend::new(Arc::clone(&start.session)))?;
-        spawn.call1(py, (scope, receive, send))?;
-        Ok(())
-    }
-
-    fn handle(&self, py: Python<'_>, event: Event) -> PyResult<()> {
-        match event {
-            Event::Request(start) => {
-                if let Err(err) = self.start_request(py, &start) {
-                    let exchange: &Arc<Exchange> = &start.exchange;
-                    tracing::error!(
-                        "Could not start the application for \"{}\" (sent 500)\n{}",
-                        exchange.request_line(),
-                        format_error(py, &err)
-                    );
-                    exchange.abort();
-                    exchange.finish_app();
-                }
-            }
-            Event::WebSocket(start) => {
-                if let Err(err) = self.start_websocket(py, &start) {
-                    tracing::error!(
-                        "Could not start the application for websocket \"{}\" (sent 500)\n{}",
-                        start.session.path,
-                        format_error(py, &err)
-                    );
-                    start.session.fail_handshake();
-                }
-            }
-            Event::Resolve(waiter) => resolve_waiter(py, waiter)?,
-            Event::WsResolve(waiter) => resolve_ws_waiter(py, waiter)?,
-            Event::Stopped => {
-                let stopped = self
-                    .python
-                    .lock()
-                    .as_mut()
-                    .and_then(|side| side.stopped.take());
-                if let Some(stopped) = stopped {
-                    let stopped = stopped.bind(py);
-                    if !stopped.call_method0(intern!(py, "done"))?.is_truthy()? {
-                        stopped.call_method1(intern!(py, "set_result"), (py.None(),))?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn not_started() -> PyErr {
-    PyRuntimeError::new_err("the worker's Python side is not running")
 }
 
 fn name_of<T: clap::ValueEnum>(value: T) -> String {
@@ -217,17 +181,20 @@ impl Worker {
         let deliver = wrap_pyfunction!(deliver_wakes, py)?.into_any().unbind();
         let _ = CALL_SOON.set(py, (call_soon, deliver));
         mark_loop_thread();
-        *self.python.lock() = Some(PythonSide {
-            spawn,
-            scope: ScopeContext {
-                root_path: self.config.root_path.clone(),
-                state: match state {
-                    Some(state) => state.unbind(),
-                    None => PyDict::new(py).unbind(),
-                },
+        let scope = ScopeContext {
+            root_path: self.config.root_path.clone(),
+            state: match state {
+                Some(state) => state.unbind(),
+                None => PyDict::new(py).unbind(),
             },
-            stopped: Some(stopped),
-        });
+        };
+        if self
+            .dispatcher
+            .set(Dispatcher::new(spawn, scope, stopped))
+            .is_err()
+        {
+            return Err(PyRuntimeError::new_err("the worker is already started"));
+        }
 
         let address = listener.describe();
         let config = Arc::clone(&self.config);
@@ -282,8 +249,11 @@ impl Worker {
     /// Handles every event the reactor queued; the loop calls this when the
     /// eventfd is readable.
     fn drain(&self, py: Python<'_>) {
+        let Some(dispatcher) = self.dispatcher.get() else {
+            return;
+        };
         self.bridge.drain(|event| {
-            if let Err(err) = self.handle(py, event) {
+            if let Err(err) = dispatcher.handle(py, event) {
                 tracing::error!("rsasgi internal error while dispatching an event: {err}");
             }
         });

@@ -2,12 +2,14 @@
 //! their awaitables, and the events the reactor sends the Python thread.
 
 mod awaitable;
+mod dispatch;
 mod events;
 pub(crate) mod http;
 pub(crate) mod scope;
 pub(crate) mod websocket;
 
 pub(crate) use awaitable::{Ready, WaitKind, Waiter, WsWaiter};
+pub(crate) use dispatch::Dispatcher;
 pub(crate) use events::{Event, EventBridge};
 
 use pyo3::create_exception;
