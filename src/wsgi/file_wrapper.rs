@@ -4,6 +4,9 @@
 use pyo3::intern;
 use pyo3::prelude::*;
 
+/// PEP 3333's example block size for `wsgi.file_wrapper(filelike, blksize)`.
+const DEFAULT_BLOCK_SIZE: usize = 8192;
+
 /// Wraps a file-like object. The server reads a real file's descriptor
 /// directly; anything else (or a middleware iterating it) gets `blksize`
 /// reads through Python.
@@ -16,7 +19,7 @@ pub(crate) struct FileWrapper {
 #[pymethods]
 impl FileWrapper {
     #[new]
-    #[pyo3(signature = (filelike, blksize=8192))]
+    #[pyo3(signature = (filelike, blksize=DEFAULT_BLOCK_SIZE))]
     fn new(filelike: Py<PyAny>, blksize: usize) -> FileWrapper {
         FileWrapper {
             filelike,

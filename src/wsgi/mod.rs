@@ -31,6 +31,9 @@ use crate::wake::{deliver_wakes, mark_pool_thread};
 use environ::EnvironContext;
 use response::{respond, ResponseState, StartResponse};
 
+/// How often shutdown checks whether the pool's threads have finished.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
+
 /// Finished responses a pool thread holds before waking the reactor, when
 /// requests keep arriving (it wakes it anyway once its queue is empty).
 const WAKE_BATCH: usize = 16;
@@ -173,7 +176,7 @@ impl Pool {
             if std::time::Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(SHUTDOWN_POLL);
         }
         true
     }

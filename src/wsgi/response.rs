@@ -19,6 +19,10 @@ use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
 use super::file_wrapper::FileWrapper;
 use crate::exchange::{Exchange, ResponseStart};
 
+/// The largest read buffer a `wsgi.file_wrapper` block size gets: an app
+/// asking for more would only make the server hold more of the file at once.
+const MAX_FILE_BLOCK: usize = 1024 * 1024;
+
 /// What `start_response` recorded, shared with the `write` callable.
 #[derive(Default)]
 pub(crate) struct ResponseState {
@@ -385,7 +389,7 @@ fn send_file(
         let mut start = Some(start);
         let mut position = offset;
         let end = offset + length;
-        let mut buffer = vec![0u8; blksize.min(1 << 20)];
+        let mut buffer = vec![0u8; blksize.min(MAX_FILE_BLOCK)];
         while position < end {
             let want = buffer.len().min((end - position) as usize);
             let read = file.read_at(&mut buffer[..want], position)?;
