@@ -19,6 +19,17 @@ T = TypeVar("T")
 
 APPS = Path(__file__).parent / "apps"
 LISTENING = re.compile(r"Listening on http://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
+# One access log line (src/http/access_log.rs): client - "METHOD TARGET VERSION" STATUS BYTES ...
+ACCESS_LINE = re.compile(
+    r'rsasgi::access: (?P<client>\S+) - "(?P<method>\S+) (?P<target>\S+) (?P<version>[^"]+)" '
+    r"(?P<status>\d{3}) (?P<bytes>\d+)"
+)
+
+
+def access_log(output: str, target: str | None = None) -> list[dict[str, str]]:
+    """The access log lines in `output` (for request target `target` only, when given)."""
+    records = [m.groupdict() for m in map(ACCESS_LINE.search, output.splitlines()) if m]
+    return [r for r in records if target is None or r["target"] == target]
 
 
 def kill_process_group(proc: subprocess.Popen) -> None:

@@ -1,6 +1,6 @@
 """HTTP/1.x protocol behaviour seen from real clients: framing, HEAD, HTTP/1.0, keep-alive,
 pipelining, 100-continue, default response headers, limits, keep-alive timeout and the ways
-of binding (--port 0, --uds, --fd). App: tests/apps/proto_http.py.
+of binding (--port 0, --fd; --uds is in test_unix_socket.py). App: tests/apps/proto_http.py.
 """
 
 from __future__ import annotations
@@ -409,26 +409,6 @@ def test_explicit_port(run_rsasgi):
     server = run_rsasgi("--port", str(port), APP)
     assert server.port == port
     assert get(server, "/port").content == str(port).encode()
-
-
-def test_uds(run_rsasgi, tmp_path):
-    path = tmp_path / "rsasgi.sock"
-    server = run_rsasgi("--uds", str(path), APP, wait=False)
-    transport = httpx.HTTPTransport(uds=str(path))
-    deadline = time.monotonic() + 20
-    with httpx.Client(transport=transport, timeout=10) as client:
-        while True:
-            assert server.proc.poll() is None, server.output()
-            try:
-                r = client.get("http://localhost/")
-                break
-            except (httpx.ConnectError, httpx.RemoteProtocolError):
-                assert time.monotonic() < deadline, f"no answer on {path}: {server.output()}"
-                time.sleep(0.05)
-        assert r.status_code == 200
-        assert r.content == b"hello world"
-        r = client.post("http://localhost/echo", content=b"over a unix socket")
-        assert r.content == b"over a unix socket"
 
 
 def test_fd(tmp_path):
