@@ -17,9 +17,11 @@ import socket
 import struct
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+from apps.proto_raw import recv_until_closed
 from apps.ws_raw import (
     OP_BINARY,
     OP_CLOSE,
@@ -426,6 +428,58 @@ def test_app_returning_without_close_is_1000(ws_server):
     assert code == 1000
 
 
+# RFC 6455 7.4: 1004-1006 and 1015 are reserved and never sent; 1016-2999 belong to future
+# versions of the protocol; a close code is 1000-4999. 7.1.6 / 5.5: the reason fits in a
+# control frame, 125 bytes less the two of the code.
+REFUSED_CLOSE_CODES = [999, 1004, 1005, 1006, 1015, 2999, 5000]
+SENT_CLOSE_CODES = [1000, 1001, 1011, 3000, 4999]
+LONGEST_REASON = "é" * 61 + "r"  # 123 bytes in UTF-8
+TOO_LONG_REASON = "é" * 62  # 124 bytes in UTF-8, only 62 characters
+
+
+def close_attempts(server, marker_dir, name: str, attempts: list[tuple[int, str]]):
+    """Have /close-attempts try each (code, reason) in turn; return what the client received
+    and what the app recorded for each attempt."""
+    query = urlencode([("id", name)] + [("try", f"{code}:{reason}") for code, reason in attempts])
+
+    async def client():
+        async with ws_connect(server, f"/close-attempts?{query}") as ws:
+            return await expect_close(ws)
+
+    received = run(client())
+    return received, wait_marker(marker_dir, name)
+
+
+@pytest.mark.parametrize(
+    "code, then",
+    [
+        (code, SENT_CLOSE_CODES[n % len(SENT_CLOSE_CODES)])
+        for n, code in enumerate(REFUSED_CLOSE_CODES)
+    ],
+)
+def test_close_with_a_code_rfc_6455_forbids_raises_value_error(ws_server, marker_dir, code, then):
+    """The refused close leaves the connection open: a valid close after it reaches the client."""
+    received, outcomes = close_attempts(
+        ws_server, marker_dir, f"refused-{code}", [(code, ""), (then, LONGEST_REASON)]
+    )
+    refused, *after = outcomes
+    assert refused.get("type") == "ValueError", outcomes
+    assert "RFC 6455" in refused["message"], outcomes
+    assert after == [{"raised": False}], outcomes
+    assert received == (then, LONGEST_REASON)
+
+
+def test_close_reason_over_123_bytes_raises_value_error(ws_server, marker_dir):
+    received, outcomes = close_attempts(
+        ws_server, marker_dir, "long-reason", [(1000, TOO_LONG_REASON), (1000, LONGEST_REASON)]
+    )
+    refused, *after = outcomes
+    assert refused.get("type") == "ValueError", outcomes
+    assert "RFC 6455" in refused["message"], outcomes
+    assert after == [{"raised": False}], outcomes
+    assert received == (1000, LONGEST_REASON)
+
+
 @pytest.mark.parametrize("code, reason", [(4001, "bye"), (1000, ""), (1001, "going away é")])
 def test_client_close_code_seen_by_app(ws_server, marker_dir, code, reason):
     name = f"client-close-{code}"
@@ -497,6 +551,26 @@ def test_send_to_gone_client_raises_oserror(ws_server, marker_dir, how):
     info = wait_marker(marker_dir, name, timeout=15)
     assert info["raised"], "send() kept succeeding for 10 s after the client went away"
     assert info["is_oserror"], info
+
+
+def test_client_that_stops_reading_is_closed_and_the_pending_send_raises(run_rsasgi, marker_dir):
+    """The client completes the handshake and never reads again: the TCP buffers fill, the
+    app's send() waits, and the client cannot answer pings. The ping timeout ends it: the
+    pending send() raises rsasgi.ClientDisconnected and the server closes the connection."""
+    server = run_rsasgi(
+        APP,
+        "--ws-ping-interval",
+        "1",
+        "--ws-ping-timeout",
+        "1",
+        env={"WS_MARKER_DIR": str(marker_dir)},
+    )
+    sock, _ = raw_handshake(server, "/flood")
+    with sock:
+        info = wait_marker(marker_dir, "flood", timeout=20)
+        assert info["client_disconnected"], info
+        # Draining what the server had sent before it gave up reaches the end of the stream.
+        recv_until_closed(sock, timeout=10)
 
 
 # --------------------------------------------------------------------------- limits

@@ -274,6 +274,21 @@ def test_root_path_is_script_name(run_rsasgi):
     assert env["QUERY_STRING"] == "x=1"
 
 
+def test_root_path_prefix_is_taken_out_of_path_info(run_rsasgi):
+    """Behind a proxy that passes the prefix on, /api/x is the app's /x: SCRIPT_NAME +
+    PATH_INFO is the whole path (PEP 3333). A path outside the prefix keeps its PATH_INFO."""
+    server = run_rsasgi("--root-path", "/api", APP)
+    targets = ["/api/x", "/api/", "/other", "/apiary"]
+    environs = {target: env_raw(server, request("GET", target))["environ"] for target in targets}
+    assert {target: env["PATH_INFO"] for target, env in environs.items()} == {
+        "/api/x": "/x",
+        "/api/": "/",
+        "/other": "/other",
+        "/apiary": "/apiary",
+    }
+    assert environs["/api/x"]["SCRIPT_NAME"] == "/api"
+
+
 def test_root_path_from_env_var(run_rsasgi):
     server = run_rsasgi(APP, env={"RSASGI_ROOT_PATH": "/mounted"})
     env = httpx.get(f"{server.url}/a%20b", timeout=10).json()["environ"]
