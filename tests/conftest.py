@@ -70,6 +70,16 @@ def wait_for(
         time.sleep(interval)
 
 
+def wait_for_log(server: Server, *needles: str, timeout: float = 10.0) -> str:
+    """Wait until the server's log holds every one of `needles`; return the log."""
+
+    def found() -> str:
+        log = server.output()
+        return log if all(needle in log for needle in needles) else ""
+
+    return wait_for(found, timeout, message=f"{list(needles)!r} in the log", server=server)
+
+
 class Server:
     """One rsasgi process; its combined stdout/stderr goes to a log file.
 

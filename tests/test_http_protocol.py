@@ -86,15 +86,11 @@ def test_http10_streamed_body_is_not_chunked_and_connection_closes(server):
     conn.send(request("GET", "/nolength", version="HTTP/1.0", host=False))
     resp = conn.read_head()
     assert resp.status == 200
-    assert resp.version in ("HTTP/1.0", "HTTP/1.1")
+    assert resp.version == "HTTP/1.0"
     assert resp.header("transfer-encoding") is None, resp.headers
-    start = time.monotonic()
-    body = b"".join(conn.iter_body(resp))  # by Content-Length if given, else up to EOF
-    assert body == b"hello world"
-    if resp.header("content-length") is not None:
-        assert resp.header("content-length") == "11"
-        assert conn.is_closed_by_peer(5), "HTTP/1.0 connection without keep-alive stayed open"
-    assert time.monotonic() - start < 5
+    # No length is known when the head leaves, so the body ends where the connection does.
+    assert resp.header("content-length") is None, resp.headers
+    assert conn.read_until_closed() == b"hello world"
 
 
 def test_http10_with_content_length_closes(server):

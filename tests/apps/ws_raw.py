@@ -11,6 +11,7 @@ import hashlib
 import os
 import socket
 import struct
+import time
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -94,12 +95,14 @@ class FrameReader:
             (length,) = struct.unpack("!Q", self._take(8))
         return first & 0x0F, bool(first & 0x80), self._take(length)
 
-    def close_code(self) -> tuple[int | None, list[int]]:
+    def close_code(self, timeout: float = 10.0) -> tuple[int | None, list[int]]:
         """Skip frames until a close frame; return its code (None if the TCP connection ended
-        first) and the opcodes seen before it."""
+        first) and the opcodes seen before it. Fails if neither comes within `timeout` s."""
+        deadline = time.monotonic() + timeout
         seen = []
         try:
             while True:
+                assert time.monotonic() < deadline, f"no close within {timeout}s; saw {seen}"
                 opcode, _, payload = self.frame()
                 if opcode == OP_CLOSE:
                     if len(payload) >= 2:
