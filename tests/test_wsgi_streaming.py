@@ -1,5 +1,6 @@
-"""WSGI responses and uploads in motion: write(), close(), wsgi.file_wrapper, large generator
-responses to slow clients, large uploads, and the thread pool under load.
+"""WSGI responses and uploads in motion: write(), close(), wsgi.file_wrapper, large uploads,
+and the thread pool under load. (A large generator response to a slow client is tested with its
+ASGI twin in tests/test_streaming.py.)
 
 Apps: tests/apps/wsgi_stream.py and tests/apps/wsgi_env.py (/sha256). Apps report through
 marker files in $WSGI_MARKER_DIR (see tests/apps/wsgi_common.py).
@@ -17,7 +18,7 @@ import time
 
 import httpx
 import pytest
-from apps.proto_raw import RawConn, read_slowly_then_fast, request, rss_kib
+from apps.proto_raw import RawConn, request, rss_kib
 from apps.wsgi_common import block, read_lines, wait_for_line
 from conftest import wait_for
 
@@ -306,60 +307,6 @@ def test_file_wrapper_head_has_no_body(server, markers, big_file):
     after = conn.read_response()
     assert after.status_line.startswith(b"HTTP/1.1 200"), after.status_line
     wait_for_line(markers / "fwhead.log", "file-close")
-
-
-# --- large generator responses and slow clients ----------------------------------------------
-
-
-def gen_sha(size: int, chunk: int) -> str:
-    digest = hashlib.sha256()
-    sent = i = 0
-    while sent < size:
-        n = min(chunk, size - sent)
-        digest.update(block(i, n))
-        sent += n
-        i += 1
-    return digest.hexdigest()
-
-
-@pytest.mark.timeout(120)
-def test_slow_reader_of_a_200mb_generator_keeps_memory_bounded(server, markers):
-    size = 200 * MiB
-    chunk = 64 * 1024
-    with httpx.stream("GET", f"{server.url}/gen?size={MiB}&tag=warm", timeout=30) as r:
-        assert sum(len(d) for d in r.iter_raw()) == MiB
-    pid = server.proc.pid
-    baseline = rss_kib(pid)
-    assert baseline > 0
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.settimeout(30)
-    sock.connect(("127.0.0.1", server.port))
-    conn = RawConn(sock, timeout=30)
-    conn.send(request("GET", f"/gen?size={size}&chunk={chunk}&tag=slow"))
-    peak = baseline
-
-    # Phase 1: read nothing for 3 s; the pool thread must wait, not the server buffer.
-    end = time.monotonic() + 3
-    while time.monotonic() < end:
-        peak = max(peak, rss_kib(pid))
-        time.sleep(0.1)
-    progress = int((markers / "slow.progress").read_text())
-    assert progress < 64 * MiB, (
-        f"the generator produced {progress} bytes while the client read nothing: "
-        "no backpressure on the WSGI thread"
-    )
-
-    # Phase 2: read slowly for 2 s; phase 3: the rest as fast as possible.
-    resp = conn.read_head()
-    assert resp.status == 200
-    sha, total, peak = read_slowly_then_fast(conn, resp, pid, peak)
-    growth_mib = (peak - baseline) / 1024
-    assert growth_mib < 100, f"server RSS grew by {growth_mib:.0f} MiB (baseline {baseline} KiB)"
-    assert total == size
-    assert sha == gen_sha(size, chunk)
-    still_serving(server)
 
 
 # --- large uploads ---------------------------------------------------------------------------
