@@ -175,6 +175,14 @@ def run_rsasgi(tmp_path):
         server.kill()
 
 
+@pytest.fixture
+def markers(tmp_path) -> Path:
+    """An empty directory where apps leave marker files for the test to wait for."""
+    path = tmp_path / "markers"
+    path.mkdir()
+    return path
+
+
 def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:
     """Read from `sock` until the peer closes it."""
     sock.settimeout(timeout)

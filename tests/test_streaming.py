@@ -40,13 +40,6 @@ def download_sha(size: int, chunk: int) -> str:
 
 
 @pytest.fixture
-def markers(tmp_path):
-    path = tmp_path / "markers"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def server(run_rsasgi, markers):
     return run_rsasgi(APP, env={"PROTO_MARKER_DIR": str(markers)})
 

@@ -95,16 +95,9 @@ async def send_expect_close(ws, message, timeout: float = 10.0) -> tuple[int | N
 
 
 @pytest.fixture
-def marker_dir(tmp_path) -> Path:
-    directory = tmp_path / "markers"
-    directory.mkdir()
-    return directory
-
-
-@pytest.fixture
-def ws_server(run_rsasgi, marker_dir):
+def ws_server(run_rsasgi, markers):
     """rsasgi serving ws_app with default options."""
-    return run_rsasgi(APP, env={"WS_MARKER_DIR": str(marker_dir)})
+    return run_rsasgi(APP, env={"WS_MARKER_DIR": str(markers)})
 
 
 def wait_marker(directory: Path, name: str, timeout: float = 10.0) -> dict:
@@ -428,7 +421,7 @@ LONGEST_REASON = "é" * 61 + "r"  # 123 bytes in UTF-8
 TOO_LONG_REASON = "é" * 62  # 124 bytes in UTF-8, only 62 characters
 
 
-def close_attempts(server, marker_dir, name: str, attempts: list[tuple[int, str]]):
+def close_attempts(server, markers, name: str, attempts: list[tuple[int, str]]):
     """Have /close-attempts try each (code, reason) in turn; return what the client received
     and what the app recorded for each attempt."""
     query = urlencode([("id", name)] + [("try", f"{code}:{reason}") for code, reason in attempts])
@@ -438,7 +431,7 @@ def close_attempts(server, marker_dir, name: str, attempts: list[tuple[int, str]
             return await expect_close(ws)
 
     received = run(client())
-    return received, wait_marker(marker_dir, name)
+    return received, wait_marker(markers, name)
 
 
 @pytest.mark.parametrize(
@@ -448,10 +441,10 @@ def close_attempts(server, marker_dir, name: str, attempts: list[tuple[int, str]
         for n, code in enumerate(REFUSED_CLOSE_CODES)
     ],
 )
-def test_close_with_a_code_rfc_6455_forbids_raises_value_error(ws_server, marker_dir, code, then):
+def test_close_with_a_code_rfc_6455_forbids_raises_value_error(ws_server, markers, code, then):
     """The refused close leaves the connection open: a valid close after it reaches the client."""
     received, outcomes = close_attempts(
-        ws_server, marker_dir, f"refused-{code}", [(code, ""), (then, LONGEST_REASON)]
+        ws_server, markers, f"refused-{code}", [(code, ""), (then, LONGEST_REASON)]
     )
     refused, *after = outcomes
     assert refused.get("type") == "ValueError", outcomes
@@ -460,9 +453,9 @@ def test_close_with_a_code_rfc_6455_forbids_raises_value_error(ws_server, marker
     assert received == (then, LONGEST_REASON)
 
 
-def test_close_reason_over_123_bytes_raises_value_error(ws_server, marker_dir):
+def test_close_reason_over_123_bytes_raises_value_error(ws_server, markers):
     received, outcomes = close_attempts(
-        ws_server, marker_dir, "long-reason", [(1000, TOO_LONG_REASON), (1000, LONGEST_REASON)]
+        ws_server, markers, "long-reason", [(1000, TOO_LONG_REASON), (1000, LONGEST_REASON)]
     )
     refused, *after = outcomes
     assert refused.get("type") == "ValueError", outcomes
@@ -472,7 +465,7 @@ def test_close_reason_over_123_bytes_raises_value_error(ws_server, marker_dir):
 
 
 @pytest.mark.parametrize("code, reason", [(4001, "bye"), (1000, ""), (1001, "going away é")])
-def test_client_close_code_seen_by_app(ws_server, marker_dir, code, reason):
+def test_client_close_code_seen_by_app(ws_server, markers, code, reason):
     name = f"client-close-{code}"
 
     async def client():
@@ -484,14 +477,14 @@ def test_client_close_code_seen_by_app(ws_server, marker_dir, code, reason):
             return ws.close_code
 
     assert run(client()) == code
-    message = wait_marker(marker_dir, name)
+    message = wait_marker(markers, name)
     assert message["type"] == "websocket.disconnect"
     assert message["code"] == code
     assert message.get("reason", "") == reason
 
 
 @pytest.mark.parametrize("how", ["fin", "rst", "abort"])
-def test_abrupt_tcp_drop_is_disconnect_1006(ws_server, marker_dir, how):
+def test_abrupt_tcp_drop_is_disconnect_1006(ws_server, markers, how):
     name = f"drop-{how}"
     if how == "abort":
 
@@ -509,18 +502,18 @@ def test_abrupt_tcp_drop_is_disconnect_1006(ws_server, marker_dir, how):
         if how == "rst":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-    message = wait_marker(marker_dir, name)
+    message = wait_marker(markers, name)
     assert message["type"] == "websocket.disconnect"
     assert message["code"] == 1006
 
 
-def test_send_after_disconnect_raises_oserror(ws_server, marker_dir):
+def test_send_after_disconnect_raises_oserror(ws_server, markers):
     async def client():
         async with ws_connect(ws_server, "/send-after-disconnect") as ws:
             await ws.close(1000)
 
     run(client())
-    info = wait_marker(marker_dir, "send_after_disconnect")
+    info = wait_marker(markers, "send_after_disconnect")
     assert info["disconnect"]["code"] == 1000
     assert info["raised"], "send() after websocket.disconnect did not raise"
     assert info["is_oserror"], info
@@ -528,7 +521,7 @@ def test_send_after_disconnect_raises_oserror(ws_server, marker_dir):
 
 
 @pytest.mark.parametrize("how", ["close-frame", "tcp-drop"])
-def test_send_to_gone_client_raises_oserror(ws_server, marker_dir, how):
+def test_send_to_gone_client_raises_oserror(ws_server, markers, how):
     """The app never calls receive(); it keeps sending after the client went away."""
     name = f"gone-{how}"
     sock, reader = raw_handshake(ws_server, f"/send-until-error?id={name}")
@@ -539,12 +532,12 @@ def test_send_to_gone_client_raises_oserror(ws_server, marker_dir, how):
         code, _ = reader.close_code()
         assert code == 1000
     sock.close()
-    info = wait_marker(marker_dir, name, timeout=15)
+    info = wait_marker(markers, name, timeout=15)
     assert info["raised"], "send() kept succeeding for 10 s after the client went away"
     assert info["is_oserror"], info
 
 
-def test_client_that_stops_reading_is_closed_and_the_pending_send_raises(run_rsasgi, marker_dir):
+def test_client_that_stops_reading_is_closed_and_the_pending_send_raises(run_rsasgi, markers):
     """The client completes the handshake and never reads again: the TCP buffers fill, the
     app's send() waits, and the client cannot answer pings. The ping timeout ends it: the
     pending send() raises rsasgi.ClientDisconnected and the server closes the connection."""
@@ -554,11 +547,11 @@ def test_client_that_stops_reading_is_closed_and_the_pending_send_raises(run_rsa
         "1",
         "--ws-ping-timeout",
         "1",
-        env={"WS_MARKER_DIR": str(marker_dir)},
+        env={"WS_MARKER_DIR": str(markers)},
     )
     sock, _ = raw_handshake(server, "/flood")
     with sock:
-        info = wait_marker(marker_dir, "flood", timeout=20)
+        info = wait_marker(markers, "flood", timeout=20)
         assert info["client_disconnected"], info
         # Draining what the server had sent before it gave up reaches the end of the stream.
         recv_until_closed(sock, timeout=10)
@@ -877,9 +870,9 @@ def test_server_pings_keep_a_live_peer_open(run_rsasgi):
 # --------------------------------------------------------------------------- shutdown
 
 
-def test_sigterm_closes_open_websocket_with_1012(run_rsasgi, marker_dir):
+def test_sigterm_closes_open_websocket_with_1012(run_rsasgi, markers):
     server = run_rsasgi(
-        APP, "--timeout-graceful-shutdown", "1", env={"WS_MARKER_DIR": str(marker_dir)}
+        APP, "--timeout-graceful-shutdown", "1", env={"WS_MARKER_DIR": str(markers)}
     )
 
     async def client():
@@ -892,7 +885,7 @@ def test_sigterm_closes_open_websocket_with_1012(run_rsasgi, marker_dir):
     code = run(client())
     assert code == 1012, f"expected close 1012 on shutdown, got {code}"
     assert server.wait_exit(20) == 0, server.output()
-    assert wait_marker(marker_dir, "hold", timeout=2)["code"] == 1012
+    assert wait_marker(markers, "hold", timeout=2)["code"] == 1012
 
 
 def test_sigterm_with_idle_websocket_does_not_hang(run_rsasgi):

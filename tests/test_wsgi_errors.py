@@ -17,13 +17,6 @@ APP = "wsgi_err:app"
 
 
 @pytest.fixture
-def markers(tmp_path):
-    path = tmp_path / "markers"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def server(run_rsasgi, markers):
     return run_rsasgi(APP, "--no-access-log", env={"WSGI_MARKER_DIR": str(markers)})
 

@@ -27,13 +27,6 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def markers(tmp_path):
-    path = tmp_path / "markers"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def server(run_rsasgi, markers):
     return run_rsasgi(APP, env={"WSGI_MARKER_DIR": str(markers)})
 
