@@ -461,11 +461,10 @@ def test_input_without_body_returns_eof_at_once(server, how, op, n):
     else:
         data = request("POST", target, headers=[("Content-Length", "0")])
     conn = raw(server)
-    start = time.monotonic()
     conn.send(data)
+    # A read that blocked would leave the response out past the connection's 10 s timeout.
     resp = conn.read_response()
     assert resp.status == 200
-    assert time.monotonic() - start < 5, "reading an empty wsgi.input blocked"
     check_op(json.loads(resp.body), op, n, b"")
 
 
