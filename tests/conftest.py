@@ -9,12 +9,36 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
+T = TypeVar("T")
+
 APPS = Path(__file__).parent / "apps"
 LISTENING = re.compile(r"Listening on http://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
+# One access log line (src/http/access_log.rs): client - "METHOD TARGET VERSION" STATUS BYTES ...
+ACCESS_LINE = re.compile(
+    r'rsasgi::access: (?P<client>\S+) - "(?P<method>\S+) (?P<target>\S+) (?P<version>[^"]+)" '
+    r"(?P<status>\d{3}) (?P<bytes>\d+)"
+)
+
+
+def access_log(output: str, target: str | None = None) -> list[dict[str, str]]:
+    """The access log lines in `output` (for request target `target` only, when given)."""
+    records = [m.groupdict() for m in map(ACCESS_LINE.search, output.splitlines()) if m]
+    return [r for r in records if target is None or r["target"] == target]
+
+
+def kill_process_group(proc: subprocess.Popen) -> None:
+    """SIGKILL every process in `proc`'s group (it was started with start_new_session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def free_port() -> int:
@@ -23,8 +47,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(
+    condition: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+    server: Server | None = None,
+) -> T:
+    """Call `condition` until it returns something truthy, and return that.
+
+    Raises AssertionError naming `message` (and showing the server's log when `server` is
+    given) if it is still falsy after `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            log = f"\n--- server log ---\n{server.output()}" if server is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}{log}")
+        time.sleep(interval)
+
+
+def wait_for_log(server: Server, *needles: str, timeout: float = 10.0) -> str:
+    """Wait until the server's log holds every one of `needles`; return the log."""
+
+    def found() -> str:
+        log = server.output()
+        return log if all(needle in log for needle in needles) else ""
+
+    return wait_for(found, timeout, message=f"{list(needles)!r} in the log", server=server)
+
+
 class Server:
-    """One rsasgi process; its combined stdout/stderr goes to a log file."""
+    """One rsasgi process; its combined stdout/stderr goes to a log file.
+
+    The process leads its own session, so `kill()` can end it together with any worker
+    processes it starts; `stop()` signals the main process only, as an operator would.
+    """
 
     def __init__(self, args: list[str], cwd: Path, log_path: Path, env: dict | None):
         self.args = args
@@ -41,6 +102,7 @@ class Server:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=full_env,
+            start_new_session=True,
         )
         self.host = "127.0.0.1"
         self.port: int | None = None
@@ -78,9 +140,8 @@ class Server:
         return self.wait_exit(timeout)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """End the whole process group (the server and any workers it started)."""
+        kill_process_group(self.proc)
         self._log.close()
 
     def connect(self) -> socket.socket:
@@ -112,6 +173,14 @@ def run_rsasgi(tmp_path):
     yield start
     for server in servers:
         server.kill()
+
+
+@pytest.fixture
+def markers(tmp_path) -> Path:
+    """An empty directory where apps leave marker files for the test to wait for."""
+    path = tmp_path / "markers"
+    path.mkdir()
+    return path
 
 
 def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:

@@ -69,6 +69,9 @@ OPTIONS = [
     "--timeout-keep-alive",
     "--timeout-request-header",
     "--timeout-graceful-shutdown",
+    "--uds-permissions",
+    "--http2-keep-alive-interval",
+    "--http2-keep-alive-timeout",
     "--limit-concurrency",
     "--limit-request-body",
     "--limit-request-head",
@@ -149,8 +152,24 @@ def test_missing_app_argument_exits_2():
         (["--interface", "bogus"], "bogus"),
         (["--lifespan", "sometimes"], "sometimes"),
         (["--no-such-option"], "--no-such-option"),
+        # Seconds beyond what a timer can count (Duration holds u64 seconds, about 1.8e19;
+        # an Instant that far ahead overflows). --port 0: a server that starts anyway must
+        # not take port 8000.
+        (["--timeout-keep-alive", "1e20", "--port", "0"], "1e20"),
+        (["--timeout-keep-alive", "1e19", "--port", "0"], "1e19"),
+        (["--ws-ping-timeout", "1e20", "--port", "0"], "1e20"),
+        (["--ws-ping-timeout", "1e19", "--port", "0"], "1e19"),
     ],
-    ids=["port", "interface", "lifespan", "unknown-option"],
+    ids=[
+        "port",
+        "interface",
+        "lifespan",
+        "unknown-option",
+        "keep-alive-1e20",
+        "keep-alive-1e19",
+        "ws-ping-timeout-1e20",
+        "ws-ping-timeout-1e19",
+    ],
 )
 def test_bad_option_value_exits_2(args, bad):
     result = cli(*args, "--app-dir", str(APPS), APP)

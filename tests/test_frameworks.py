@@ -1,4 +1,11 @@
-"""Real frameworks run unchanged on rsasgi: Starlette, Django's ASGI handler, the examples."""
+"""Real frameworks run unchanged on rsasgi: Starlette, Flask and Django (through both its ASGI
+and its WSGI handler), and the examples.
+
+What ASGI and WSGI apps must do alike is tested once, parametrized over both: Starlette and
+Flask serve the same /echo, /stream and /upload routes (tests/apps/fw_starlette.py and
+tests/apps/wsgifw_flask.py), and the Django project is served through each handler.
+Flask-only behaviour is in tests/test_wsgi_frameworks.py.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +22,59 @@ from django_support import ADMIN_PASSWORD, DJANGO_ENV, build_django_project
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-# --------------------------------------------------------------------------- Starlette
+# --------------------------------------------------------------------------- Starlette and Flask
 
-# What tests/apps/fw_starlette.py streams from /stream.
+# What tests/apps/fw_starlette.py and tests/apps/wsgifw_flask.py stream from /stream.
 STREAM_CHUNKS = 8
 STREAM_CHUNK = b"0123456789abcdef" * 64
+
+
+@pytest.fixture(params=["fw_starlette:app", "wsgifw_flask:app"], ids=["starlette", "flask"])
+def framework_url(request, run_rsasgi) -> str:
+    return run_rsasgi(request.param).url
+
+
+def test_json_body_in_and_out(framework_url):
+    payload = {"name": "rsasgi", "tags": ["asgi", "wsgi", "rust"], "n": 3, "ünï": "cødé"}
+    response = httpx.post(f"{framework_url}/echo", json=payload)
+    assert response.status_code == 201
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"received": payload}
+
+
+def test_streaming_response(framework_url):
+    expected = b"".join(b"%d:" % number + STREAM_CHUNK + b"\n" for number in range(STREAM_CHUNKS))
+    with httpx.stream("GET", f"{framework_url}/stream", timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/octet-stream"
+        assert response.headers.get("transfer-encoding") == "chunked"
+        assert "content-length" not in response.headers
+        pieces = list(response.iter_raw())
+    assert b"".join(pieces) == expected
+    # The app pauses between chunks, so a streaming server delivers them in several reads.
+    assert len(pieces) > 1, "the response arrived in one piece; it was buffered, not streamed"
+
+
+@pytest.mark.parametrize("size", [0, 1, 300_000, 5 * 1024 * 1024])
+def test_multipart_file_upload(framework_url, size):
+    data = os.urandom(size)
+    response = httpx.post(
+        f"{framework_url}/upload",
+        files={"file": ("report ü.bin", data, "application/x-test")},
+        data={"note": "first upload ü"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "name": "report ü.bin",
+        "content_type": "application/x-test",
+        "size": size,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "note": "first upload ü",
+    }
+
+
+# --------------------------------------------------------------------------- Starlette
 
 
 @pytest.fixture
@@ -49,46 +104,6 @@ def test_starlette_unknown_route_is_404(starlette_url):
     assert response.text == "Not Found"
 
 
-def test_starlette_json_body(starlette_url):
-    payload = {"name": "rsasgi", "tags": ["asgi", "rust"], "n": 3}
-    response = httpx.post(f"{starlette_url}/echo", json=payload)
-    assert response.status_code == 201
-    assert response.json() == {"received": payload}
-
-
-def test_starlette_streaming_response(starlette_url):
-    expected = b"".join(b"%d:" % number + STREAM_CHUNK + b"\n" for number in range(STREAM_CHUNKS))
-    pieces = []
-    with httpx.stream("GET", f"{starlette_url}/stream", timeout=30) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"] == "application/octet-stream"
-        assert response.headers.get("transfer-encoding") == "chunked"
-        assert "content-length" not in response.headers
-        pieces = list(response.iter_raw())
-    assert b"".join(pieces) == expected
-    # The app pauses between chunks, so a streaming server delivers them in several reads.
-    assert len(pieces) > 1, "the response arrived in one piece; it was buffered, not streamed"
-
-
-@pytest.mark.parametrize("size", [1, 300_000, 5 * 1024 * 1024])
-def test_starlette_multipart_file_upload(starlette_url, size):
-    data = os.urandom(size)
-    response = httpx.post(
-        f"{starlette_url}/upload",
-        files={"file": ("report ü.bin", data, "application/x-test")},
-        data={"note": "first upload"},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
-    assert response.json() == {
-        "name": "report ü.bin",
-        "content_type": "application/x-test",
-        "size": size,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "note": "first upload",
-    }
-
-
 def test_starlette_urlencoded_form(starlette_url):
     response = httpx.post(f"{starlette_url}/login", data={"user": "ann & bob", "remember": "yes"})
     assert response.status_code == 200
@@ -116,6 +131,8 @@ def test_starlette_error_response_is_delivered_whole(run_rsasgi):
 
 # --------------------------------------------------------------------------- Django
 
+DJANGO_HANDLERS = {"asgi": "mysite.asgi:application", "wsgi": "mysite.wsgi:application"}
+
 
 @pytest.fixture(scope="session")
 def django_project(tmp_path_factory) -> Path:
@@ -123,9 +140,15 @@ def django_project(tmp_path_factory) -> Path:
     return build_django_project(tmp_path_factory)
 
 
+@pytest.fixture(params=sorted(DJANGO_HANDLERS))
+def django_interface(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def django_server(run_rsasgi, django_project):
-    return run_rsasgi("mysite.asgi:application", "--app-dir", str(django_project), env=DJANGO_ENV)
+def django_server(run_rsasgi, django_project, django_interface):
+    app = DJANGO_HANDLERS[django_interface]
+    return run_rsasgi(app, "--app-dir", str(django_project), env=DJANGO_ENV)
 
 
 def test_django_page(django_server):
@@ -157,9 +180,14 @@ def test_django_async_view(django_server):
     }
 
 
-def test_django_under_root_path(run_rsasgi, django_project):
+def test_django_under_root_path(run_rsasgi, django_project, django_interface):
     server = run_rsasgi(
-        "mysite.asgi:application", "--app-dir", str(django_project), "--root-path", "/site"
+        DJANGO_HANDLERS[django_interface],
+        "--app-dir",
+        str(django_project),
+        "--root-path",
+        "/site",
+        env=DJANGO_ENV,
     )
     response = httpx.get(f"{server.url}/about/")
     assert response.status_code == 200
@@ -167,6 +195,10 @@ def test_django_under_root_path(run_rsasgi, django_project):
     page = httpx.get(f"{server.url}/hello/")
     assert page.status_code == 200
     assert "path: /site/hello/" in page.text
+    # The admin redirects to its login page under the prefix.
+    first = httpx.get(f"{server.url}/admin/")
+    assert first.status_code == 302
+    assert first.headers["location"] == "/site/admin/login/?next=/site/admin/"
 
 
 def test_django_request_body(django_server):
@@ -176,9 +208,12 @@ def test_django_request_body(django_server):
     assert response.json() == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def test_django_streaming_response(django_server):
-    with httpx.stream("GET", f"{django_server.url}/countdown/") as response:
+def test_django_streaming_response(django_server, django_interface):
+    # An async iterator under ASGI; under WSGI Django wants a plain one.
+    path = {"asgi": "/countdown/", "wsgi": "/sync-countdown/"}[django_interface]
+    with httpx.stream("GET", f"{django_server.url}{path}") as response:
         assert response.status_code == 200
+        assert response.headers.get("transfer-encoding") == "chunked"
         body = response.read()
     assert body == b"5\n4\n3\n2\n1\nliftoff\n"
 
@@ -197,6 +232,7 @@ def test_django_admin_login_with_csrf_and_session(django_server):
         )
         assert wrong.status_code == 200
         assert "Please enter the correct username and password" in wrong.text
+        assert "sessionid" not in client.cookies
 
         login = client.post(
             "/admin/login/?next=/admin/",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import signal
 import socket
 import threading
-import time
 
 import httpx
 import pytest
+from conftest import wait_for
 
 APP = "err_slow:app"
 
@@ -17,13 +17,21 @@ def events(path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def wait_for_event(path, event: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if event in events(path):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{event!r} not recorded in {timeout}s: {events(path)}")
+def wait_for_event(path, event: str) -> None:
+    wait_for(lambda: event in events(path), message=f"{event!r} in {path.name}")
+
+
+def refused(server) -> bool:
+    """True when a new connection to the server is refused."""
+    try:
+        probe = socket.create_connection((server.host, server.port), timeout=1)
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:
+        # Reached the backlog just as the listener closed; try again.
+        return False
+    probe.close()
+    return False
 
 
 def start_request(url: str, result: dict) -> threading.Thread:
@@ -49,21 +57,9 @@ def test_signal_lets_in_flight_request_finish(run_rsasgi, tmp_path, sig):
     wait_for_event(record, "request-start")
 
     server.proc.send_signal(sig)
-    signalled = time.monotonic()
-    refused_while_running = False
-    while time.monotonic() - signalled < 1.5:
-        try:
-            probe = socket.create_connection((server.host, server.port), timeout=1)
-        except ConnectionRefusedError:
-            refused_while_running = server.proc.poll() is None
-            break
-        except ConnectionResetError:
-            # Reached the backlog just as the listener closed; try again.
-            time.sleep(0.05)
-            continue
-        probe.close()
-        time.sleep(0.05)
-    assert refused_while_running, "new connections still accepted 1.5 s after the signal"
+    # The in-flight request keeps the server running for 2 s; within that, the listener closes.
+    wait_for(lambda: refused(server), timeout=1.5, message="new connections to be refused")
+    assert server.proc.poll() is None, "exited while a request was in flight"
 
     thread.join(20)
     returncode = server.wait_exit()
@@ -80,14 +76,10 @@ def test_graceful_shutdown_timeout_bounds_the_wait(run_rsasgi, tmp_path):
     thread = start_request(server.url + "/sleep?s=30", result)
     wait_for_event(record, "request-start")
 
-    signalled = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
-    returncode = server.wait_exit(timeout=15)
-    elapsed = time.monotonic() - signalled
-    assert elapsed < 10, elapsed
-    # It did wait for the in-flight request before giving up on it.
-    assert elapsed >= 0.9, elapsed
-    assert returncode == 0
+    assert server.wait_exit(timeout=15) == 0
+    # It waited for the in-flight request for the grace period, then gave up on it.
+    assert "Connections still open after --timeout-graceful-shutdown 1s" in server.output()
     thread.join(15)
     assert result.get("text") != "slept", result
     assert "request-done" not in events(record)

@@ -17,16 +17,28 @@ import socket
 import struct
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+from apps.proto_raw import recv_until_closed
+from apps.ws_raw import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameReader,
+    encode_frame,
+    raw_handshake,
+    read_http_response,
+)
+from conftest import wait_for, wait_for_log
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 APP = "ws_app:app"
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 # --------------------------------------------------------------------------- helpers
@@ -83,148 +95,15 @@ async def send_expect_close(ws, message, timeout: float = 10.0) -> tuple[int | N
 
 
 @pytest.fixture
-def marker_dir(tmp_path) -> Path:
-    directory = tmp_path / "markers"
-    directory.mkdir()
-    return directory
-
-
-@pytest.fixture
-def ws_server(run_rsasgi, marker_dir):
+def ws_server(run_rsasgi, markers):
     """rsasgi serving ws_app with default options."""
-    return run_rsasgi(APP, env={"WS_MARKER_DIR": str(marker_dir)})
+    return run_rsasgi(APP, env={"WS_MARKER_DIR": str(markers)})
 
 
 def wait_marker(directory: Path, name: str, timeout: float = 10.0) -> dict:
     path = directory / f"{name}.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return json.loads(path.read_text())
-        time.sleep(0.02)
-    raise AssertionError(f"the app did not write {path.name} within {timeout}s")
-
-
-# Raw sockets: an RFC 6455 client written out by hand, for what `websockets` will not send.
-
-
-def raw_handshake(server, path: str, extra: bytes = b"") -> tuple[socket.socket, FrameReader]:
-    """Open a TCP connection, upgrade it, check the 101 answer; return the socket and a reader
-    holding whatever arrived after the response head."""
-    sock = server.connect()
-    sock.settimeout(10)
-    key = base64.b64encode(os.urandom(16))
-    sock.sendall(
-        b"GET " + path.encode() + b" HTTP/1.1\r\n"
-        b"Host: 127.0.0.1:%d\r\n" % server.port + b"Upgrade: websocket\r\n"
-        b"Connection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: " + key + b"\r\n"
-        b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
-    )
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed during the handshake; got {data!r}"
-        data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
-    lines = head.split(b"\r\n")
-    assert lines[0].startswith(b"HTTP/1.1 101"), head
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    expected = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
-    assert headers.get(b"sec-websocket-accept") == expected, head
-    assert headers.get(b"upgrade", b"").lower() == b"websocket", head
-    assert b"upgrade" in headers.get(b"connection", b"").lower(), head
-    return sock, FrameReader(sock, rest)
-
-
-def encode_frame(
-    opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True, rsv: int = 0
-) -> bytes:
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    mask_bit = 0x80 if mask else 0
-    length = len(payload)
-    if length < 126:
-        header = bytes([first, mask_bit | length])
-    elif length < 65536:
-        header = bytes([first, mask_bit | 126]) + struct.pack("!H", length)
-    else:
-        header = bytes([first, mask_bit | 127]) + struct.pack("!Q", length)
-    if not mask:
-        return header + payload
-    key = os.urandom(4)
-    masked = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
-    return header + key + masked
-
-
-class FrameReader:
-    """Reads server frames (which must not be masked) from a socket."""
-
-    def __init__(self, sock: socket.socket, buffer: bytes = b""):
-        self.sock = sock
-        self.buffer = buffer
-
-    def _take(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError("the server closed the TCP connection")
-            self.buffer += chunk
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-    def frame(self) -> tuple[int, bool, bytes]:
-        first, second = self._take(2)
-        assert not second & 0x80, "the server masked a frame"
-        length = second & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", self._take(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", self._take(8))
-        return first & 0x0F, bool(first & 0x80), self._take(length)
-
-    def close_code(self) -> tuple[int | None, list[int]]:
-        """Skip frames until a close frame; return its code (None if the TCP connection ended
-        first) and the opcodes seen before it."""
-        seen = []
-        try:
-            while True:
-                opcode, _, payload = self.frame()
-                if opcode == OP_CLOSE:
-                    if len(payload) >= 2:
-                        return struct.unpack("!H", payload[:2])[0], seen
-                    return 1005, seen
-                seen.append(opcode)
-        except (EOFError, ConnectionResetError):
-            return None, seen
-
-
-def read_http_response(sock: socket.socket) -> tuple[int, dict, bytes]:
-    """One HTTP/1.1 response with a Content-Length (or read to EOF without one)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before the response head; got {data!r}"
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower().decode()] = value.strip().decode("latin-1")
-    if "content-length" in headers:
-        length = int(headers["content-length"])
-        while len(body) < length:
-            chunk = sock.recv(65536)
-            assert chunk, "connection closed inside the body"
-            body += chunk
-    else:
-        while chunk := sock.recv(65536):
-            body += chunk
-    return status, headers, body
+    wait_for(path.exists, timeout, message=f"the app to write {path.name}")
+    return json.loads(path.read_text())
 
 
 def memory_kib(pid: int, field: str = "VmRSS") -> int:
@@ -458,10 +337,7 @@ def test_app_exception_before_accept_is_500(ws_server):
         return info.value.response
 
     assert run(client()).status_code == 500
-    deadline = time.monotonic() + 5
-    while "ws_app boom before accept" not in ws_server.output() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "ws_app boom before accept" in ws_server.output()
+    wait_for_log(ws_server, "ws_app boom before accept")
 
 
 def test_upgrade_after_a_keep_alive_request_on_the_same_connection(ws_server):
@@ -521,10 +397,7 @@ def test_app_exception_after_accept_is_1011(ws_server):
 
     code, _ = run(client())
     assert code == 1011
-    deadline = time.monotonic() + 5
-    while "ws_app boom after accept" not in ws_server.output() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "ws_app boom after accept" in ws_server.output()
+    wait_for_log(ws_server, "ws_app boom after accept")
     # The server is still serving.
     assert httpx.get(f"{ws_server.url}/ping", timeout=10).text == "pong"
 
@@ -539,8 +412,60 @@ def test_app_returning_without_close_is_1000(ws_server):
     assert code == 1000
 
 
+# RFC 6455 7.4: 1004-1006 and 1015 are reserved and never sent; 1016-2999 belong to future
+# versions of the protocol; a close code is 1000-4999. 7.1.6 / 5.5: the reason fits in a
+# control frame, 125 bytes less the two of the code.
+REFUSED_CLOSE_CODES = [999, 1004, 1005, 1006, 1015, 2999, 5000]
+SENT_CLOSE_CODES = [1000, 1001, 1011, 3000, 4999]
+LONGEST_REASON = "é" * 61 + "r"  # 123 bytes in UTF-8
+TOO_LONG_REASON = "é" * 62  # 124 bytes in UTF-8, only 62 characters
+
+
+def close_attempts(server, markers, name: str, attempts: list[tuple[int, str]]):
+    """Have /close-attempts try each (code, reason) in turn; return what the client received
+    and what the app recorded for each attempt."""
+    query = urlencode([("id", name)] + [("try", f"{code}:{reason}") for code, reason in attempts])
+
+    async def client():
+        async with ws_connect(server, f"/close-attempts?{query}") as ws:
+            return await expect_close(ws)
+
+    received = run(client())
+    return received, wait_marker(markers, name)
+
+
+@pytest.mark.parametrize(
+    "code, then",
+    [
+        (code, SENT_CLOSE_CODES[n % len(SENT_CLOSE_CODES)])
+        for n, code in enumerate(REFUSED_CLOSE_CODES)
+    ],
+)
+def test_close_with_a_code_rfc_6455_forbids_raises_value_error(ws_server, markers, code, then):
+    """The refused close leaves the connection open: a valid close after it reaches the client."""
+    received, outcomes = close_attempts(
+        ws_server, markers, f"refused-{code}", [(code, ""), (then, LONGEST_REASON)]
+    )
+    refused, *after = outcomes
+    assert refused.get("type") == "ValueError", outcomes
+    assert "RFC 6455" in refused["message"], outcomes
+    assert after == [{"raised": False}], outcomes
+    assert received == (then, LONGEST_REASON)
+
+
+def test_close_reason_over_123_bytes_raises_value_error(ws_server, markers):
+    received, outcomes = close_attempts(
+        ws_server, markers, "long-reason", [(1000, TOO_LONG_REASON), (1000, LONGEST_REASON)]
+    )
+    refused, *after = outcomes
+    assert refused.get("type") == "ValueError", outcomes
+    assert "RFC 6455" in refused["message"], outcomes
+    assert after == [{"raised": False}], outcomes
+    assert received == (1000, LONGEST_REASON)
+
+
 @pytest.mark.parametrize("code, reason", [(4001, "bye"), (1000, ""), (1001, "going away é")])
-def test_client_close_code_seen_by_app(ws_server, marker_dir, code, reason):
+def test_client_close_code_seen_by_app(ws_server, markers, code, reason):
     name = f"client-close-{code}"
 
     async def client():
@@ -552,14 +477,14 @@ def test_client_close_code_seen_by_app(ws_server, marker_dir, code, reason):
             return ws.close_code
 
     assert run(client()) == code
-    message = wait_marker(marker_dir, name)
+    message = wait_marker(markers, name)
     assert message["type"] == "websocket.disconnect"
     assert message["code"] == code
     assert message.get("reason", "") == reason
 
 
 @pytest.mark.parametrize("how", ["fin", "rst", "abort"])
-def test_abrupt_tcp_drop_is_disconnect_1006(ws_server, marker_dir, how):
+def test_abrupt_tcp_drop_is_disconnect_1006(ws_server, markers, how):
     name = f"drop-{how}"
     if how == "abort":
 
@@ -577,18 +502,18 @@ def test_abrupt_tcp_drop_is_disconnect_1006(ws_server, marker_dir, how):
         if how == "rst":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-    message = wait_marker(marker_dir, name)
+    message = wait_marker(markers, name)
     assert message["type"] == "websocket.disconnect"
     assert message["code"] == 1006
 
 
-def test_send_after_disconnect_raises_oserror(ws_server, marker_dir):
+def test_send_after_disconnect_raises_oserror(ws_server, markers):
     async def client():
         async with ws_connect(ws_server, "/send-after-disconnect") as ws:
             await ws.close(1000)
 
     run(client())
-    info = wait_marker(marker_dir, "send_after_disconnect")
+    info = wait_marker(markers, "send_after_disconnect")
     assert info["disconnect"]["code"] == 1000
     assert info["raised"], "send() after websocket.disconnect did not raise"
     assert info["is_oserror"], info
@@ -596,7 +521,7 @@ def test_send_after_disconnect_raises_oserror(ws_server, marker_dir):
 
 
 @pytest.mark.parametrize("how", ["close-frame", "tcp-drop"])
-def test_send_to_gone_client_raises_oserror(ws_server, marker_dir, how):
+def test_send_to_gone_client_raises_oserror(ws_server, markers, how):
     """The app never calls receive(); it keeps sending after the client went away."""
     name = f"gone-{how}"
     sock, reader = raw_handshake(ws_server, f"/send-until-error?id={name}")
@@ -607,9 +532,29 @@ def test_send_to_gone_client_raises_oserror(ws_server, marker_dir, how):
         code, _ = reader.close_code()
         assert code == 1000
     sock.close()
-    info = wait_marker(marker_dir, name, timeout=15)
+    info = wait_marker(markers, name, timeout=15)
     assert info["raised"], "send() kept succeeding for 10 s after the client went away"
     assert info["is_oserror"], info
+
+
+def test_client_that_stops_reading_is_closed_and_the_pending_send_raises(run_rsasgi, markers):
+    """The client completes the handshake and never reads again: the TCP buffers fill, the
+    app's send() waits, and the client cannot answer pings. The ping timeout ends it: the
+    pending send() raises rsasgi.ClientDisconnected and the server closes the connection."""
+    server = run_rsasgi(
+        APP,
+        "--ws-ping-interval",
+        "1",
+        "--ws-ping-timeout",
+        "1",
+        env={"WS_MARKER_DIR": str(markers)},
+    )
+    sock, _ = raw_handshake(server, "/flood")
+    with sock:
+        info = wait_marker(markers, "flood", timeout=20)
+        assert info["client_disconnected"], info
+        # Draining what the server had sent before it gave up reaches the end of the stream.
+        recv_until_closed(sock, timeout=10)
 
 
 # --------------------------------------------------------------------------- limits
@@ -798,31 +743,35 @@ def test_bad_ws_option_values_exit_2(run_rsasgi, args):
 
 
 @pytest.mark.parametrize(
-    "headers",
+    "headers, status, version_header",
     [
         pytest.param(
             b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+            400,
+            None,
             id="no-key",
         ),
         pytest.param(
             b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n",
+            426,
+            "13",
             id="version-8",
         ),
     ],
 )
-def test_bad_upgrade_request_is_refused(ws_server, headers):
+def test_bad_upgrade_request_is_refused(ws_server, headers, status, version_header):
     """RFC 6455 4.2.1/4.4: a handshake the server cannot complete is answered with an HTTP
-    error, never 101."""
+    error, never 101; a version it does not speak gets 426 Upgrade Required and the version it
+    does speak (4.2.2 step 4: the Sec-WebSocket-Version header is a MUST)."""
     sock = ws_server.connect()
     with sock:
         sock.sendall(
             b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"Content-Length: 0\r\n\r\n"
         )
-        status, response_headers, body = read_http_response(sock)
-    assert 400 <= status < 500, (status, response_headers, body)
-    if b"Version: 8" in headers and status == 426:
-        assert response_headers.get("sec-websocket-version") == "13"
+        got_status, response_headers, body = read_http_response(sock)
+    assert got_status == status, (got_status, response_headers, body)
+    assert response_headers.get("sec-websocket-version") == version_header, response_headers
 
 
 # --------------------------------------------------------------------------- protocol
@@ -895,49 +844,48 @@ def test_server_pings_and_closes_a_silent_peer_with_1011(run_rsasgi):
     """A raw client that never answers pings: the server pings it, then gives up with 1011."""
     server = run_rsasgi(APP, "--ws-ping-interval", "1", "--ws-ping-timeout", "1")
     sock, reader = raw_handshake(server, "/never-read")
-    started = time.monotonic()
     with sock:
-        code, seen = reader.close_code()
-    elapsed = time.monotonic() - started
+        code, seen = reader.close_code(timeout=10)
     assert OP_PING in seen, f"no ping frame before the close; frames: {seen}"
     assert code == 1011, f"expected close 1011, got {code}"
-    assert elapsed < 8, f"closed after {elapsed:.1f}s"
 
 
 def test_server_pings_keep_a_live_peer_open(run_rsasgi):
+    """A raw client that answers every ping: after three of them the connection still echoes."""
     server = run_rsasgi(APP, "--ws-ping-interval", "1", "--ws-ping-timeout", "1")
-
-    async def client():
-        # The websockets client answers pings by itself; its own pings are off.
-        async with ws_connect(server, "/echo", ping_interval=None) as ws:
-            await asyncio.sleep(3.5)
-            await ws.send("still open")
-            return await ws.recv()
-
-    assert run(client()) == "still open"
+    sock, reader = raw_handshake(server, "/echo")
+    pings = 0
+    with sock:
+        while pings < 3:
+            opcode, _, payload = reader.frame()
+            assert opcode == OP_PING, f"expected a ping, got opcode {opcode}"
+            sock.sendall(encode_frame(OP_PONG, payload))
+            pings += 1
+        sock.sendall(encode_frame(OP_TEXT, b"still open"))
+        while (frame := reader.frame())[0] == OP_PING:
+            sock.sendall(encode_frame(OP_PONG, frame[2]))
+    assert frame == (OP_TEXT, True, b"still open")
 
 
 # --------------------------------------------------------------------------- shutdown
 
 
-def test_sigterm_closes_open_websocket_with_1012(run_rsasgi, marker_dir):
+def test_sigterm_closes_open_websocket_with_1012(run_rsasgi, markers):
     server = run_rsasgi(
-        APP, "--timeout-graceful-shutdown", "1", env={"WS_MARKER_DIR": str(marker_dir)}
+        APP, "--timeout-graceful-shutdown", "1", env={"WS_MARKER_DIR": str(markers)}
     )
 
     async def client():
         async with ws_connect(server, "/hold") as ws:
             assert await ws.recv() == "holding"
-            started = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
-            code, reason = await expect_close(ws, timeout=15)
-            return code, time.monotonic() - started
+            code, _ = await expect_close(ws, timeout=15)
+            return code
 
-    code, elapsed = run(client())
+    code = run(client())
     assert code == 1012, f"expected close 1012 on shutdown, got {code}"
-    assert elapsed < 10
     assert server.wait_exit(20) == 0, server.output()
-    assert wait_marker(marker_dir, "hold", timeout=2)["code"] == 1012
+    assert wait_marker(markers, "hold", timeout=2)["code"] == 1012
 
 
 def test_sigterm_with_idle_websocket_does_not_hang(run_rsasgi):

@@ -7,21 +7,13 @@ App: tests/apps/wsgi_err.py. Markers in $WSGI_MARKER_DIR.
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 from apps.proto_raw import RawConn, request
 from apps.wsgi_common import wait_for_line
+from conftest import wait_for, wait_for_log
 
 APP = "wsgi_err:app"
-
-
-@pytest.fixture
-def markers(tmp_path):
-    path = tmp_path / "markers"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -38,18 +30,6 @@ def assert_worker_alive(server) -> None:
     r = httpx.get(f"{server.url}/ok", timeout=10)
     assert (r.status_code, r.content) == (200, b"ok")
     assert "panicked" not in server.output(), server.output()[-3000:]
-
-
-def wait_log(server, *needles: str, timeout: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        log = server.output()
-        if all(n in log for n in needles):
-            return log
-        if time.monotonic() > deadline:
-            missing = [n for n in needles if n not in log]
-            raise AssertionError(f"log lacks {missing!r}:\n{log[-4000:]}")
-        time.sleep(0.05)
 
 
 def get_500(server, path: str):
@@ -82,7 +62,7 @@ def test_raise_before_start_response(server):
     assert r.status_code == 500
     assert r.text == "Internal Server Error"
     assert r.headers["content-type"].startswith("text/plain")
-    log = wait_log(
+    log = wait_for_log(
         server,
         "Exception in WSGI application",
         "Traceback (most recent call last)",
@@ -105,7 +85,9 @@ def test_raise_before_anything_was_sent_is_a_500(server, path, message):
     resp = get_500(server, path)
     # the headers of the failed start_response are dropped
     assert resp.header("x-started") is None, resp.headers
-    wait_log(server, "Exception in WSGI application", message, "Traceback (most recent call last)")
+    wait_for_log(
+        server, "Exception in WSGI application", message, "Traceback (most recent call last)"
+    )
     assert_worker_alive(server)
 
 
@@ -114,7 +96,7 @@ def test_raise_after_the_first_chunk_aborts_the_response(server):
     conn.send(request("GET", "/raise-midway"))
     data = conn.read_until_closed()
     assert_aborted(data, b"partial-body")
-    wait_log(server, "Exception in WSGI application", "RuntimeError: wsgi-boom-midway")
+    wait_for_log(server, "Exception in WSGI application", "RuntimeError: wsgi-boom-midway")
     assert_worker_alive(server)
 
 
@@ -127,8 +109,8 @@ def test_raise_after_the_first_chunk_via_httpx(server):
 @pytest.mark.parametrize("path", ["/return-none", "/no-start-response", "/yield-str", "/write-str"])
 def test_protocol_misuse_is_a_500(server, path):
     get_500(server, path)
-    log = wait_log(server, path)
-    assert "Exception in WSGI application" in log or "Error" in log, log[-3000:]
+    log = wait_for_log(server, path)
+    assert f'Exception in WSGI application while handling "GET {path} HTTP/1.1"' in log, log
     assert_worker_alive(server)
 
 
@@ -149,7 +131,7 @@ def test_head_of_a_failing_app_has_no_body(server):
 def test_wsgi_errors_written_before_a_crash_are_logged(server):
     r = httpx.get(f"{server.url}/stderr-line", timeout=10)
     assert r.status_code == 500
-    wait_log(server, "wsgi-errors-before-raise", "LookupError: wsgi-boom-after-stderr")
+    wait_for_log(server, "wsgi-errors-before-raise", "LookupError: wsgi-boom-after-stderr")
 
 
 def test_worker_survives_many_failures(server):
@@ -164,20 +146,19 @@ def test_worker_survives_many_failures(server):
 
 # --- invalid headers and status --------------------------------------------------------------
 
-# case -> strings of which the log must contain at least one (naming the offending header)
+# case -> the offending header's name, which the log must show (None: an empty name)
 HEADER_CASES = {
-    "name-space": ("Bad Name",),
-    "name-colon": ("X-Colon",),
-    "name-empty": (),
-    "name-newline": ("X-New",),
-    "value-crlf": ("X-Evil",),
-    "value-lf": ("X-Evil-Lf",),
-    "value-cr": ("X-Evil-Cr",),
-    "value-nul": ("X-Nul",),
-    # wrong types: the name, or the offending value
-    "name-bytes": ("X-Bytes-Name",),
-    "value-bytes": ("X-Bytes-Value", "b'value'"),
-    "value-int": ("X-Int-Value", "5 is not"),
+    "name-space": "Bad Name",
+    "name-colon": "X-Colon",
+    "name-empty": None,
+    "name-newline": "X-New",
+    "value-crlf": "X-Evil",
+    "value-lf": "X-Evil-Lf",
+    "value-cr": "X-Evil-Cr",
+    "value-nul": "X-Nul",
+    "name-bytes": "X-Bytes-Name",
+    "value-bytes": "X-Bytes-Value",
+    "value-int": "X-Int-Value",
 }
 
 
@@ -194,14 +175,8 @@ def test_invalid_response_header_is_a_500_never_sent(server, case):
     conn.buf[:0] = head
     resp = conn.read_response()
     assert resp.body == b"Internal Server Error"
-    needles = HEADER_CASES[case]
-    log = wait_log(server, f"case={case}")
-    if needles:
-        deadline = time.monotonic() + 5
-        while not any(n in log for n in needles) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            log = server.output()
-        assert any(n in log for n in needles), f"log does not name {needles}:\n{log[-3000:]}"
+    name = HEADER_CASES[case]
+    wait_for_log(server, f"case={case}", *([name] if name else []))
     assert_worker_alive(server)
 
 
@@ -215,7 +190,7 @@ def test_invalid_status_is_a_500(server, case):
     assert resp.status_line == b"HTTP/1.1 500 Internal Server Error", resp.status_line
     assert resp.body == b"Internal Server Error"
     assert all(n != "injected" for n, _ in resp.headers), resp.headers
-    wait_log(server, f"/status?case={case}")
+    wait_for_log(server, f"/status?case={case}")
     assert_worker_alive(server)
 
 
@@ -230,7 +205,8 @@ def test_second_start_response_with_exc_info_before_sending_replaces_the_status(
     assert resp.body == b"error page"
     assert resp.header("x-error-page") == "yes"
     assert resp.header("x-first") is None, resp.headers
-    assert resp.header("content-length") in (None, "10"), resp.headers
+    # A one-item list has a known length, so the server frames it with Content-Length.
+    assert resp.header("content-length") == "10", resp.headers
     assert resp.header("content-type") == "text/plain"
     conn.send(request("GET", "/ok"))
     assert conn.read_response().body == b"ok"
@@ -243,7 +219,7 @@ def test_exc_info_after_the_first_chunk_is_reraised_and_aborts(server, markers):
     body = assert_aborted(data, b"partial-body")
     assert b"error page after headers" not in body
     assert wait_for_line(markers / "after.log", "reraised KeyError 'wsgi-exc-after-sent'")
-    wait_log(server, "wsgi-exc-after-sent")
+    wait_for_log(server, "wsgi-exc-after-sent")
     assert_worker_alive(server)
 
 
@@ -254,19 +230,15 @@ def test_exc_info_after_write_is_reraised_and_aborts(server, markers):
     body = assert_aborted(data, b"written-body")
     assert b"error page after write" not in body
     assert wait_for_line(markers / "w.log", "reraised KeyError 'wsgi-exc-after-write'")
-    wait_log(server, "wsgi-exc-after-write")
+    wait_for_log(server, "wsgi-exc-after-write")
     assert_worker_alive(server)
 
 
 def test_start_response_twice_without_exc_info_is_a_500(server, markers):
     resp = get_500(server, "/twice?tag=twice")
     assert resp.status == 500
-    text = ""
-    deadline = time.monotonic() + 5
-    while not text and time.monotonic() < deadline:
-        if (markers / "twice.log").exists():
-            text = (markers / "twice.log").read_text()
-        time.sleep(0.05)
+    log = markers / "twice.log"
+    text = wait_for(lambda: log.exists() and log.read_text(), message="the app to write twice.log")
     assert text.startswith("second call raised "), f"second start_response was accepted: {text!r}"
-    wait_log(server, "/twice")
+    wait_for_log(server, "/twice")
     assert_worker_alive(server)

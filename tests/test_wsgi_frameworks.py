@@ -1,8 +1,10 @@
 """Real WSGI frameworks run unchanged on rsasgi: Flask, Django's WSGI handler, the Flask example.
 
 Nothing is passed to rsasgi but the application: `--interface auto` must recognise a Flask app
-and Django's `WSGIHandler` as WSGI. The Django project is the one tests/test_frameworks.py
-serves over ASGI (tests/django_support.py builds it); the admin walk runs under both.
+and Django's `WSGIHandler` as WSGI. What ASGI and WSGI frameworks must do alike (JSON bodies,
+streaming, uploads, the Django pages, admin login and root path) is tested once for both in
+tests/test_frameworks.py; this file holds what is particular to Flask and to Django's WSGI
+handler (the admin walk runs under both handlers).
 """
 
 from __future__ import annotations
@@ -95,14 +97,6 @@ def test_flask_wrong_method_is_405(flask_server):
     assert sorted(response.headers["allow"].split(", ")) == ["OPTIONS", "POST"]
 
 
-def test_flask_json_in_and_out(flask_server):
-    payload = {"name": "rsasgi", "tags": ["wsgi", "rust"], "n": 3, "ünï": "cødé"}
-    response = httpx.post(f"{flask_server.url}/echo", json=payload)
-    assert response.status_code == 201
-    assert response.headers["content-type"] == "application/json"
-    assert response.json() == {"received": payload}
-
-
 def test_flask_bad_json_is_400(flask_server):
     response = httpx.post(
         f"{flask_server.url}/echo",
@@ -123,38 +117,6 @@ def test_flask_chunked_request_body(flask_server):
     assert response.status_code == 200
     data = b"".join(pieces)
     assert response.json() == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-@pytest.mark.parametrize("size", [0, 1, 300_000, 5 * 1024 * 1024])
-def test_flask_multipart_file_upload(flask_server, size):
-    data = os.urandom(size)
-    response = httpx.post(
-        f"{flask_server.url}/upload",
-        files={"file": ("report.bin", data, "application/x-test")},
-        data={"note": "first upload ü"},
-        timeout=60,
-    )
-    assert response.status_code == 200, response.text
-    assert response.json() == {
-        "name": "report.bin",
-        "content_type": "application/x-test",
-        "size": size,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "note": "first upload ü",
-    }
-
-
-def test_flask_streaming_response(flask_server):
-    expected = b"".join(b"%d:" % number + STREAM_CHUNK + b"\n" for number in range(STREAM_CHUNKS))
-    with httpx.stream("GET", f"{flask_server.url}/stream", timeout=30) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"] == "application/octet-stream"
-        assert response.headers.get("transfer-encoding") == "chunked"
-        assert "content-length" not in response.headers
-        pieces = list(response.iter_raw())
-    assert b"".join(pieces) == expected
-    # The generator pauses between chunks, so a streaming server delivers them in several reads.
-    assert len(pieces) > 1, "the response arrived in one piece; it was buffered, not streamed"
 
 
 def test_flask_streaming_response_reads_the_request(flask_server):
@@ -305,34 +267,6 @@ def test_django_wsgi_settings_module_from_wsgi_py(run_rsasgi, django_project):
     admin_walk(server.url)
 
 
-def test_django_wsgi_bad_password_and_missing_csrf(django_wsgi):
-    with httpx.Client(base_url=django_wsgi.url, follow_redirects=False) as client:
-        page = client.get("/admin/login/", params={"next": "/admin/"})
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-        wrong = client.post(
-            "/admin/login/?next=/admin/",
-            data={"csrfmiddlewaretoken": token, "username": "admin", "password": "nope"},
-        )
-        assert wrong.status_code == 200
-        assert "Please enter the correct username and password" in wrong.text
-        assert "sessionid" not in client.cookies
-    response = httpx.post(
-        f"{django_wsgi.url}/admin/login/", data={"username": "admin", "password": "x"}
-    )
-    assert response.status_code == 403
-
-
-def test_django_wsgi_page_and_404(django_wsgi):
-    response = httpx.get(f"{django_wsgi.url}/hello/")
-    assert response.status_code == 200, response.text
-    assert "<h1>Hello from Django</h1>" in response.text
-    assert "users: admin, alice" in response.text
-    assert "path: /hello/" in response.text
-    missing = httpx.get(f"{django_wsgi.url}/no/such/page/")
-    assert missing.status_code == 404
-    assert "no/such/page/" in missing.text
-
-
 def test_django_wsgi_concurrent_requests(django_wsgi):
     """Pages hitting sqlite from several pool threads at once all come back right."""
 
@@ -349,56 +283,6 @@ def test_django_wsgi_concurrent_requests(django_wsgi):
             assert "users: admin, alice" in text
         else:
             assert "csrfmiddlewaretoken" in text
-
-
-def test_django_wsgi_async_view(django_wsgi):
-    response = httpx.get(
-        f"{django_wsgi.url}/about/", params={"name": "Zoë"}, headers={"X-Custom": "yes"}
-    )
-    assert response.status_code == 200
-    assert response.json() == {
-        "view": "async",
-        "name": "Zoë",
-        "method": "GET",
-        "script_name": "",
-        "header": "yes",
-    }
-
-
-def test_django_wsgi_request_body(django_wsgi):
-    data = os.urandom(2 * 1024 * 1024 + 7)
-    response = httpx.post(f"{django_wsgi.url}/digest/", content=data, timeout=60)
-    assert response.status_code == 200
-    assert response.json() == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def test_django_wsgi_streaming_response(django_wsgi):
-    with httpx.stream("GET", f"{django_wsgi.url}/sync-countdown/") as response:
-        assert response.status_code == 200
-        assert response.headers.get("transfer-encoding") == "chunked"
-        body = response.read()
-    assert body == b"5\n4\n3\n2\n1\nliftoff\n"
-
-
-def test_django_wsgi_under_root_path(run_rsasgi, django_project):
-    server = run_rsasgi(
-        "mysite.wsgi:application",
-        "--app-dir",
-        str(django_project),
-        "--root-path",
-        "/site",
-        env=DJANGO_ENV,
-    )
-    response = httpx.get(f"{server.url}/about/")
-    assert response.status_code == 200
-    assert response.json()["script_name"] == "/site"
-    page = httpx.get(f"{server.url}/hello/")
-    assert page.status_code == 200
-    assert "path: /site/hello/" in page.text
-    # The admin redirects to its login page under the prefix.
-    first = httpx.get(f"{server.url}/admin/")
-    assert first.status_code == 302
-    assert first.headers["location"] == "/site/admin/login/?next=/site/admin/"
 
 
 # --------------------------------------------------------------------------- examples/

@@ -1,5 +1,6 @@
-"""WSGI responses and uploads in motion: write(), close(), wsgi.file_wrapper, large generator
-responses to slow clients, large uploads, and the thread pool under load.
+"""WSGI responses and uploads in motion: write(), close(), wsgi.file_wrapper, large uploads,
+and the thread pool under load. (A large generator response to a slow client is tested with its
+ASGI twin in tests/test_streaming.py.)
 
 Apps: tests/apps/wsgi_stream.py and tests/apps/wsgi_env.py (/sha256). Apps report through
 marker files in $WSGI_MARKER_DIR (see tests/apps/wsgi_common.py).
@@ -17,18 +18,12 @@ import time
 
 import httpx
 import pytest
-from apps.proto_raw import RawConn, read_slowly_then_fast, request, rss_kib
+from apps.proto_raw import RawConn, request, rss_kib
 from apps.wsgi_common import block, read_lines, wait_for_line
+from conftest import wait_for
 
 APP = "wsgi_stream:app"
 MiB = 1 << 20
-
-
-@pytest.fixture
-def markers(tmp_path):
-    path = tmp_path / "markers"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -233,9 +228,9 @@ def test_file_wrapper_sends_a_20mb_file(server, markers, big_file, with_length):
         assert resp.header("content-length") == str(len(data))
         assert resp.header("transfer-encoding") is None
     else:
-        assert resp.header("content-length") in (None, str(len(data)))
-        if resp.header("content-length") is None:
-            assert resp.header("transfer-encoding") == "chunked", resp.headers
+        # The server knows the file's size, so it sends Content-Length itself.
+        assert resp.header("content-length") == str(len(data)), resp.headers
+        assert resp.header("transfer-encoding") is None
     # the wrapper's close() closed the file, and the connection is still in sync
     wait_for_line(markers / f"{tag}.log", "file-close")
     conn.send(request("GET", "/"))
@@ -305,60 +300,6 @@ def test_file_wrapper_head_has_no_body(server, markers, big_file):
     after = conn.read_response()
     assert after.status_line.startswith(b"HTTP/1.1 200"), after.status_line
     wait_for_line(markers / "fwhead.log", "file-close")
-
-
-# --- large generator responses and slow clients ----------------------------------------------
-
-
-def gen_sha(size: int, chunk: int) -> str:
-    digest = hashlib.sha256()
-    sent = i = 0
-    while sent < size:
-        n = min(chunk, size - sent)
-        digest.update(block(i, n))
-        sent += n
-        i += 1
-    return digest.hexdigest()
-
-
-@pytest.mark.timeout(120)
-def test_slow_reader_of_a_200mb_generator_keeps_memory_bounded(server, markers):
-    size = 200 * MiB
-    chunk = 64 * 1024
-    with httpx.stream("GET", f"{server.url}/gen?size={MiB}&tag=warm", timeout=30) as r:
-        assert sum(len(d) for d in r.iter_raw()) == MiB
-    pid = server.proc.pid
-    baseline = rss_kib(pid)
-    assert baseline > 0
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    sock.settimeout(30)
-    sock.connect(("127.0.0.1", server.port))
-    conn = RawConn(sock, timeout=30)
-    conn.send(request("GET", f"/gen?size={size}&chunk={chunk}&tag=slow"))
-    peak = baseline
-
-    # Phase 1: read nothing for 3 s; the pool thread must wait, not the server buffer.
-    end = time.monotonic() + 3
-    while time.monotonic() < end:
-        peak = max(peak, rss_kib(pid))
-        time.sleep(0.1)
-    progress = int((markers / "slow.progress").read_text())
-    assert progress < 64 * MiB, (
-        f"the generator produced {progress} bytes while the client read nothing: "
-        "no backpressure on the WSGI thread"
-    )
-
-    # Phase 2: read slowly for 2 s; phase 3: the rest as fast as possible.
-    resp = conn.read_head()
-    assert resp.status == 200
-    sha, total, peak = read_slowly_then_fast(conn, resp, pid, peak)
-    growth_mib = (peak - baseline) / 1024
-    assert growth_mib < 100, f"server RSS grew by {growth_mib:.0f} MiB (baseline {baseline} KiB)"
-    assert total == size
-    assert sha == gen_sha(size, chunk)
-    still_serving(server)
 
 
 # --- large uploads ---------------------------------------------------------------------------
@@ -474,12 +415,10 @@ def test_50_concurrent_slow_requests_with_4_threads(run_rsasgi, markers):
             errors.append(f"{i}: {exc!r}")
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
-    start = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join(40)
-    elapsed = time.monotonic() - start
     assert errors == []
     assert sorted(results) == list(range(50))
     bad = {i: r for i, r in results.items() if r != (200, f"r{i}".encode())}
@@ -489,71 +428,68 @@ def test_50_concurrent_slow_requests_with_4_threads(run_rsasgi, markers):
     assert stats["inflight"] == 0
     assert stats["max_inflight"] == 4, stats
     assert stats["threads"] <= 4, stats
-    # 50 requests of 0.2 s on 4 threads take at least ceil(50 / 4) * 0.2 s = 2.6 s
-    assert elapsed >= 2.4, f"50 x 0.2 s finished in {elapsed:.2f}s: more than 4 threads ran"
-    assert elapsed < 20, f"50 x 0.2 s on 4 threads took {elapsed:.2f}s"
 
 
-def wait_started(markers, tag: str, timeout: float = 10.0) -> float:
-    path = markers / f"{tag}.started"
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{tag} never started"
-        time.sleep(0.01)
-    return float(path.read_text())
+def wait_started(markers, tag: str) -> None:
+    wait_for((markers / f"{tag}.started").exists, message=f"{tag} to start")
+
+
+def release(markers, tag: str) -> None:
+    (markers / f"{tag}.go").touch()
 
 
 @pytest.mark.timeout(60)
 def test_busy_pool_queues_requests_but_the_reactor_answers_503(run_rsasgi, markers):
+    """Both pool threads are held by the app; a third request waits for one, and a fourth,
+    over --limit-concurrency, is answered 503 by the reactor at once."""
     server = run_rsasgi(
         "--threads", "2", "--limit-concurrency", "3", APP, env={"WSGI_MARKER_DIR": str(markers)}
     )
-    sleepers = []
+    holders = []
     for tag in ("s1", "s2"):
         conn = raw(server)
-        conn.send(request("GET", f"/sleep?s=2&tag={tag}"))
-        sleepers.append(conn)
-    started = [wait_started(markers, t) for t in ("s1", "s2")]
+        conn.send(request("GET", f"/hold?tag={tag}"))
+        holders.append(conn)
+    for tag in ("s1", "s2"):
+        wait_started(markers, tag)
     queued = raw(server)
-    queued.send(request("GET", "/sleep?s=0&tag=q"))
-    time.sleep(0.3)
+    queued.send(request("GET", "/hold?tag=q"))
+
+    # The 503 also shows the queued request is in flight: it is the third of the three.
+    r = httpx.get(f"{server.url}/", timeout=10)
+    assert r.status_code == 503, (r.status_code, r.content)
     assert not (markers / "q.started").exists(), "a third request ran with --threads 2"
 
-    r = httpx.get(f"{server.url}/", timeout=5)
-    answered = time.time()
-    assert r.status_code == 503, (r.status_code, r.content)
-    # answered while both pool threads were still asleep (they sleep 2 s)
-    late = answered - max(started)
-    assert late < 1.9, f"503 came {late:.2f}s after the sleepers started: it waited for the pool"
-    assert not (markers / "q.started").exists()
-
-    for conn, tag in zip(sleepers, ("s1", "s2")):
-        resp = conn.read_response()
-        assert (resp.status, resp.body) == (200, tag.encode())
+    release(markers, "s1")
+    resp = holders[0].read_response()
+    assert (resp.status, resp.body) == (200, b"s1")
+    wait_started(markers, "q")
+    release(markers, "q")
     resp = queued.read_response()
     assert (resp.status, resp.body) == (200, b"q")
-    q_started = float((markers / "q.started").read_text())
-    assert q_started >= min(started) + 1.9, "the queued request ran before a thread was free"
+    release(markers, "s2")
+    resp = holders[1].read_response()
+    assert (resp.status, resp.body) == (200, b"s2")
     still_serving(server)
 
 
 @pytest.mark.timeout(60)
 def test_sleeping_app_does_not_block_the_reactor(run_rsasgi, markers):
     server = run_rsasgi("--threads", "1", APP, env={"WSGI_MARKER_DIR": str(markers)})
-    sleeper = raw(server)
-    sleeper.send(request("GET", "/sleep?s=2&tag=busy"))
-    started = wait_started(markers, "busy")
-    # the reactor still accepts and parses: a malformed request is answered at once
+    holder = raw(server)
+    holder.send(request("GET", "/hold?tag=busy"))
+    wait_started(markers, "busy")
+    # The only thread is held, yet the reactor still accepts and parses: a malformed request
+    # is answered.
     bad = raw(server)
     bad.send(b"THIS IS NOT HTTP\r\n\r\n")
-    data = bad.read_until_closed(timeout=5)
-    late = time.time() - started
+    data = bad.read_until_closed(timeout=10)
     assert data.startswith(b"HTTP/1.1 400"), data[:200]
-    assert late < 1.9, f"400 came {late:.2f}s after the app began its 2 s sleep"
-    # a valid request waits for the only thread, then gets its answer
+    # A valid request waits for the only thread, then gets its answer.
     waiting = raw(server)
     waiting.send(request("GET", "/sleep?s=0&tag=after"))
-    first = sleeper.read_response()
+    release(markers, "busy")
+    first = holder.read_response()
     assert (first.status, first.body) == (200, b"busy")
     second = waiting.read_response()
     assert (second.status, second.body) == (200, b"after")
@@ -577,17 +513,18 @@ def test_slow_client_does_not_hold_the_gil(run_rsasgi, markers):
     sock.connect(("127.0.0.1", server.port))
     stuck = RawConn(sock, timeout=30)
     stuck.send(request("GET", f"/gen?size={512 * MiB}&tag=stuck"))
-    deadline = time.monotonic() + 10
-    while not (markers / "stuck.progress").exists():
-        assert time.monotonic() < deadline, "the generator never started"
-        time.sleep(0.02)
-    time.sleep(1.0)  # by now the generator is blocked on the full socket
+    progress = markers / "stuck.progress"
+    seen: list[str] = []
+
+    def blocked() -> bool:
+        """The generator's progress has stopped moving: its thread waits on the full socket."""
+        seen.append(progress.read_text() if progress.exists() else "")
+        return len(seen) >= 2 and seen[-1] != "" and seen[-1] == seen[-2]
+
+    wait_for(blocked, timeout=20, interval=0.5, message="the generator to block", server=server)
     with httpx.Client(base_url=server.url, timeout=5) as client:
-        t0 = time.monotonic()
         for i in range(10):
             assert client.get(f"/sleep?s=0&tag=g{i}").content == f"g{i}".encode()
-        took = time.monotonic() - t0
-    assert took < 3, f"10 requests took {took:.2f}s while another thread waited on a slow client"
     sock.close()
     still_serving(server)
 

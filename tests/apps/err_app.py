@@ -1,7 +1,8 @@
 """App for tests/test_app_errors.py: one path per way an app can go wrong.
 
 Every invalid `send()` is wrapped so the exception the server raises is recorded
-(readable at /observed) and then re-raised, as a real app would let it escape.
+(readable at /observed) and then re-raised, as a real app would let it escape. /slow notes
+there that it has started, then sleeps 1 s.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ async def app(scope, receive, send):
     if path == "/ok":
         await _respond(send, 200, b"ok")
     elif path == "/slow":
+        observed["/slow"] = "started"
         await asyncio.sleep(1.0)
         await _respond(send, 200, b"slow-done")
     elif path == "/observed":

@@ -14,6 +14,8 @@ import os
 import sys
 from urllib.parse import parse_qs
 
+import rsasgi
+
 
 def _text(value):
     if isinstance(value, bytes):
@@ -278,6 +280,46 @@ async def ws_send_until_error(scope, receive, send):
     record(scope, "send_until_error", _exception_info(error))
 
 
+async def ws_flood(scope, receive, send):
+    """Never receive; send 64 KiB binary messages as fast as send() returns (for up to 60 s)
+    and record what the first failing send() raised."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    message = {"type": "websocket.send", "bytes": b"\x00" * 65536}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    error, sent = None, 0
+    while loop.time() < deadline:
+        try:
+            await send(message)
+        except BaseException as exc:  # noqa: BLE001 - recording whatever it is
+            error = exc
+            break
+        sent += 1
+    info = _exception_info(error)
+    info["client_disconnected"] = isinstance(error, rsasgi.ClientDisconnected)
+    info["sent"] = sent
+    record(scope, "flood", info)
+
+
+async def ws_close_attempts(scope, receive, send):
+    """Accept, then send websocket.close for each ?try=CODE:REASON in order until one is
+    taken; record, per attempt, whether send() raised and what."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    outcomes = []
+    for attempt in parse_qs(scope["query_string"].decode())["try"]:
+        code, _, reason = attempt.partition(":")
+        try:
+            await send({"type": "websocket.close", "code": int(code), "reason": reason})
+        except BaseException as exc:  # noqa: BLE001 - recording whatever it is
+            outcomes.append(_exception_info(exc))
+            continue
+        outcomes.append(_exception_info(None))
+        break
+    record(scope, "close_attempts", outcomes)
+
+
 async def ws_never_read(scope, receive, send):
     """Accept and then never call receive() again (for a bounded time)."""
     await receive()
@@ -332,6 +374,8 @@ WEBSOCKET_ROUTES = {
     "/record-disconnect": ws_record_disconnect,
     "/send-after-disconnect": ws_send_after_disconnect,
     "/send-until-error": ws_send_until_error,
+    "/flood": ws_flood,
+    "/close-attempts": ws_close_attempts,
     "/never-read": ws_never_read,
     "/hold": ws_hold,
     "/slow-reader": ws_slow_reader,

@@ -22,6 +22,8 @@ Routes (by PATH_INFO):
                         Content-Length; T.progress holds the bytes yielded so far (every MiB)
   /sleep?s=S&tag=T      sleeps S s, answers T; tracks in-flight requests and pool threads;
                         T.started is written on entry
+  /hold?tag=T           writes T.started, waits (up to 30 s) for the marker T.go, answers T
+                        (or "timeout"); holds a pool thread for as long as the test wants
   /stats                JSON {"max_inflight", "inflight", "threads", "count"}
   /                     "ok"
 """
@@ -219,6 +221,11 @@ def app(environ, start_response):
             with _lock:
                 _stats["inflight"] -= 1
         return text(start_response, tag.encode())
+
+    if path == "/hold":
+        put(f"{tag}.started", str(time.time()))
+        released = wait_marker(f"{tag}.go", timeout=30)
+        return text(start_response, tag.encode() if released else b"timeout")
 
     if path == "/stats":
         with _lock:

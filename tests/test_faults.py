@@ -1,0 +1,120 @@
+"""Faults around the server that must not take it down or mislabel what happened: a log pipe
+nobody reads any more, a client that leaves before its response, an upload cut short."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from conftest import APPS, LISTENING, access_log, kill_process_group, wait_for
+
+
+def read_until_listening(pipe, timeout: float = 20.0) -> int:
+    """Read `pipe` (the server's stdout) until the "Listening on" line; return the port."""
+    deadline = time.monotonic() + timeout
+    output = b""
+    while True:
+        match = LISTENING.search(output.decode(errors="replace"))
+        if match:
+            return int(match.group(2))
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no 'Listening on' line within {timeout}s: {output!r}"
+        ready, _, _ = select.select([pipe], [], [], remaining)
+        if ready:
+            data = os.read(pipe.fileno(), 65536)
+            assert data, f"the server closed its stdout before listening: {output!r}"
+            output += data
+
+
+@pytest.fixture
+def piped_server(tmp_path):
+    """rsasgi serving proto_http, its stdout and stderr going into one pipe (the access log
+    is on, so every request writes to it); yields (process, port) once it listens."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rsasgi", "proto_http:app", "--app-dir", str(APPS), "--port", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        yield proc, read_until_listening(proc.stdout)
+    finally:
+        kill_process_group(proc)
+        if not proc.stdout.closed:
+            proc.stdout.close()
+
+
+def test_requests_are_served_after_the_log_pipe_breaks(piped_server):
+    """Whoever read the log is gone (a crashed log shipper, `rsasgi ... | head`): log lines
+    are lost, requests are still answered, and SIGTERM still stops the server cleanly."""
+    proc, port = piped_server
+    proc.stdout.close()
+    for number in range(5):
+        response = httpx.get(f"http://127.0.0.1:{port}/?n={number}", timeout=10)
+        assert response.status_code == 200, number
+        assert response.text == "hello world"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
+def test_client_gone_before_the_response_is_logged_as_499(run_rsasgi, tmp_path):
+    """nginx's 499: the client closed the connection while the app was still working."""
+    events = tmp_path / "events.txt"
+    server = run_rsasgi("err_slow:app", env={"ERR_SLOW_FILE": str(events)})
+    target = "/sleep?s=2"
+    with server.connect() as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: testserver\r\n\r\n".encode())
+        wait_for(
+            lambda: events.exists() and "request-start" in events.read_text().split(),
+            message="the app to start the request",
+            server=server,
+        )
+    lines = wait_for(
+        lambda: access_log(server.output(), target),
+        timeout=15,
+        message=f"an access log line for {target}",
+        server=server,
+    )
+    assert [line["status"] for line in lines] == ["499"], server.output()
+
+
+@pytest.mark.parametrize(
+    "app, target, marker",
+    [
+        ("proto_stream:app", "/wait-disconnect?tag=upload", "upload.begun"),
+        ("wsgi_env:app", "/sha256?chunk=1000&tag=upload", "upload.progress"),
+    ],
+    ids=["asgi", "wsgi"],
+)
+def test_upload_cut_short_is_a_client_disconnect_not_a_bad_request(
+    run_rsasgi, tmp_path, app, target, marker
+):
+    """Content-Length promises 100000 bytes; the client sends 1000 and closes. That is the
+    client leaving, not a malformed request: no 400 in the log, a debug line saying so."""
+    markers = {"PROTO_MARKER_DIR": str(tmp_path), "WSGI_MARKER_DIR": str(tmp_path)}
+    server = run_rsasgi(app, "--log-level", "debug", env=markers)
+    with server.connect() as sock:
+        sock.sendall(
+            f"POST {target} HTTP/1.1\r\nHost: testserver\r\n".encode()
+            + b"Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
+            + b"x" * 1000
+        )
+        wait_for((tmp_path / marker).exists, message=f"the app to write {marker}", server=server)
+    wait_for(
+        lambda: "client disconnected" in server.output(),
+        message="a log line saying the client disconnected",
+        server=server,
+    )
+    log = server.output()
+    assert "malformed body" not in log, log
+    assert "400" not in [line["status"] for line in access_log(log)], log

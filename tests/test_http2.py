@@ -1,0 +1,148 @@
+"""HTTP/2 over cleartext TCP with prior knowledge (RFC 9113 3.3): what the app sees, and how
+the server ends connections that are idle or whose peer has stopped answering.
+
+Clients: httpx with `http1=False, http2=True` for ordinary requests, and a raw socket that
+sends frames made by the `h2` library and parses what comes back with `hyperframe`, so the
+test decides which frames (SETTINGS acknowledgements, PING acknowledgements) go out.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import h2.config
+import h2.connection
+import httpx
+import pytest
+from conftest import wait_for
+from hyperframe.frame import Frame, GoAwayFrame, PingFrame, SettingsFrame
+
+FRAME_HEADER = 9
+
+
+def h2_client() -> httpx.Client:
+    return httpx.Client(http1=False, http2=True, timeout=10)
+
+
+class FrameReader:
+    """Reads HTTP/2 frames from a socket. It acknowledges the server's SETTINGS, and its PINGs
+    only when `answer_pings` is true."""
+
+    def __init__(self, sock: socket.socket, answer_pings: bool):
+        self.sock = sock
+        self.answer_pings = answer_pings
+        self.buffer = b""
+        self.frames: list[Frame] = []
+
+    def _fill(self, deadline: float) -> bool:
+        """Read more bytes; False when the server closed the connection."""
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"connection still open; frames so far: {self.frames}"
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except (TimeoutError, socket.timeout):
+            return True
+        except ConnectionResetError:
+            return False
+        self.buffer += data
+        return bool(data)
+
+    def read_until_closed(self, timeout: float) -> list[Frame]:
+        """Every frame until the server closes the connection; fails after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while len(self.buffer) >= FRAME_HEADER:
+                frame, length = Frame.parse_frame_header(memoryview(self.buffer[:FRAME_HEADER]))
+                end = FRAME_HEADER + length
+                if len(self.buffer) < end:
+                    break
+                frame.parse_body(memoryview(self.buffer[FRAME_HEADER:end]))
+                self.buffer = self.buffer[end:]
+                self.frames.append(frame)
+                if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+                    self.sock.sendall(SettingsFrame(0, flags=["ACK"]).serialize())
+                if isinstance(frame, PingFrame) and "ACK" not in frame.flags and self.answer_pings:
+                    ack = PingFrame(0, flags=["ACK"], opaque_data=frame.opaque_data)
+                    self.sock.sendall(ack.serialize())
+            if not self._fill(deadline):
+                return self.frames
+
+
+def open_h2(
+    server, *requests: tuple[str, str], answer_pings: bool
+) -> tuple[socket.socket, FrameReader]:
+    """Connect, send the connection preface and SETTINGS, then one GET per (path, authority);
+    from then on nothing is sent but acknowledgements (see FrameReader)."""
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    for path, authority in requests:
+        stream_id = connection.get_next_available_stream_id()
+        connection.send_headers(
+            stream_id,
+            [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", authority)],
+            end_stream=True,
+        )
+    sock = server.connect()
+    sock.sendall(connection.data_to_send())
+    return sock, FrameReader(sock, answer_pings)
+
+
+@pytest.mark.parametrize(
+    "app, host_of",
+    [
+        ("ws_app:app", lambda body: [value for name, value in body["headers"] if name == "host"]),
+        ("wsgi_env:app", lambda body: [body["environ"].get("HTTP_HOST")]),
+    ],
+    ids=["asgi", "wsgi"],
+)
+def test_authority_is_the_host_header(run_rsasgi, app, host_of):
+    """An HTTP/2 request names its host in :authority, not in a Host header; apps and
+    frameworks read the host header (ASGI) or HTTP_HOST (WSGI), so the server provides it."""
+    server = run_rsasgi(app)
+    with h2_client() as client:
+        response = client.get(f"{server.url}/scope")
+    assert response.http_version == "HTTP/2"
+    assert response.status_code == 200
+    assert host_of(response.json()) == [f"127.0.0.1:{server.port}"]
+
+
+def test_idle_connection_gets_goaway_after_the_keep_alive_timeout(run_rsasgi):
+    """Preface and SETTINGS exchanged, no stream ever opened: the connection is idle, so the
+    keep-alive timeout governs it (the request-header one is set high to show which acts)."""
+    server = run_rsasgi(
+        "proto_http:app", "--timeout-keep-alive", "1", "--timeout-request-header", "60"
+    )
+    # An ordinary client: it answers PINGs (a graceful GOAWAY may be followed by one).
+    sock, reader = open_h2(server, answer_pings=True)
+    with sock:
+        frames = reader.read_until_closed(timeout=10)
+    goaways = [frame for frame in frames if isinstance(frame, GoAwayFrame)]
+    assert goaways, frames
+    assert goaways[-1].error_code == 0, frames
+
+
+def test_peer_that_never_acknowledges_pings_is_closed(run_rsasgi, tmp_path):
+    """A request is in flight (the app sleeps 30 s), so the connection is not idle; the
+    client has stopped answering, and the server's keep-alive PINGs find that out."""
+    events = tmp_path / "events.txt"
+    server = run_rsasgi(
+        "err_slow:app",
+        "--http2-keep-alive-interval",
+        "1",
+        "--http2-keep-alive-timeout",
+        "1",
+        env={"ERR_SLOW_FILE": str(events)},
+    )
+    sock, reader = open_h2(server, ("/sleep?s=30", f"127.0.0.1:{server.port}"), answer_pings=False)
+    with sock:
+        wait_for(
+            lambda: events.exists() and "request-start" in events.read_text().split(),
+            message="the app to start the request",
+            server=server,
+        )
+        frames = reader.read_until_closed(timeout=15)
+    pings = [frame for frame in frames if isinstance(frame, PingFrame) and "ACK" not in frame.flags]
+    assert pings, f"no PING before the server closed the connection; frames: {frames}"
+    assert "request-done" not in events.read_text().split()

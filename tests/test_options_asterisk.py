@@ -1,0 +1,35 @@
+"""`OPTIONS * HTTP/1.1` (RFC 9110 9.3.7, RFC 9112 3.2.4) asks about the server, not about a
+resource: the server answers it and the app is never called, since an app given a PATH_INFO or
+path that does not start with "/" breaks (wsgiref's validator fails the request outright)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from apps.proto_raw import RawConn, request
+
+
+@pytest.mark.parametrize(
+    "app, calls_path, one_call",
+    [
+        # validator() returns a `(*args, **kw)` function, which no inspection can tell apart.
+        (["wsgi_validated:app", "--interface", "wsgi"], "/calls", ["GET /x"]),
+        (["err_count:app"], "/count", {"/x": 1}),
+    ],
+    ids=["wsgi-validated", "asgi"],
+)
+def test_options_asterisk_is_answered_by_the_server(run_rsasgi, app, calls_path, one_call):
+    server = run_rsasgi(*app)
+    with server.connect() as sock:
+        conn = RawConn(sock)
+        conn.send(request("OPTIONS", "*"))
+        response = conn.read_response()
+        assert response.status == 200, (response, server.output())
+        # The same connection goes on; the app sees the next request and only that one.
+        conn.send(request("GET", "/x"))
+        assert conn.read_response().status == 200
+        conn.send(request("GET", calls_path))
+        calls = conn.read_response()
+    assert calls.status == 200
+    assert json.loads(calls.body) == one_call

@@ -1,0 +1,119 @@
+"""Serving on a Unix domain socket (--uds): the socket file's life and permissions, and what
+the app and the access log say about addresses that have no host and port.
+
+On a Unix socket the WSGI environ follows gunicorn (gunicorn/http/wsgi.py `create`): the peer
+address Python's accept() gives for an unnamed client socket is "", so REMOTE_ADDR is "" and
+there is no REMOTE_PORT; SERVER_NAME and SERVER_PORT come from the Host header (port 80 for
+http when it names none), and without a Host header they are the socket path and "".
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import httpx
+import pytest
+from apps.proto_raw import RawConn, request
+from conftest import access_log, wait_for
+
+
+@pytest.fixture
+def uds(run_rsasgi, tmp_path):
+    """Start rsasgi on tmp_path/rsasgi.sock with the given arguments; returns (server, path)
+    once it says it listens there."""
+
+    def start(*args: str, env: dict | None = None):
+        path = tmp_path / "rsasgi.sock"
+        server = run_rsasgi("--uds", str(path), *args, env=env, wait=False)
+        wait_for(
+            lambda: f"Listening on unix:{path}" in server.output() or server.proc.poll(),
+            timeout=20,
+            message=f"rsasgi to listen on {path}",
+            server=server,
+        )
+        assert server.proc.poll() is None, server.output()
+        return server, path
+
+    return start
+
+
+def uds_client(path: Path) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=10)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_requests_over_a_unix_socket(uds):
+    _, path = uds("proto_http:app")
+    with uds_client(path) as client:
+        response = client.get("http://localhost/")
+        assert response.status_code == 200
+        assert response.content == b"hello world"
+        response = client.post("http://localhost/echo", content=b"over a unix socket")
+        assert response.content == b"over a unix socket"
+
+
+def test_socket_file_is_read_write_for_everyone_by_default(uds):
+    """Like uvicorn and granian: the web server in front usually runs as another user."""
+    _, path = uds("proto_http:app")
+    assert mode(path) == 0o666
+
+
+def test_uds_permissions_sets_the_socket_file_mode(uds):
+    _, path = uds("proto_http:app", "--uds-permissions", "600")
+    assert mode(path) == 0o600
+
+
+def test_socket_file_is_removed_on_sigterm(uds):
+    server, path = uds("proto_http:app")
+    assert server.stop(signal.SIGTERM) == 0, server.output()
+    assert not path.exists()
+
+
+def test_asgi_scope_server_is_the_socket_path_and_client_is_none(uds):
+    """ASGI: `server` is [path, None] for a Unix socket; `client` is None when unknown."""
+    _, path = uds("proto_scope:app")
+    with uds_client(path) as client:
+        scope = client.get("http://localhost/").json()["scope"]
+    assert scope["server"] == [str(path), None]
+    assert scope["client"] is None
+
+
+@pytest.mark.parametrize(
+    "host, server_name, server_port",
+    [
+        pytest.param("rsasgi.test", "rsasgi.test", "80", id="host"),
+        pytest.param("rsasgi.test:8080", "rsasgi.test", "8080", id="host-and-port"),
+        pytest.param(None, "SOCKET", "", id="no-host"),
+    ],
+)
+def test_wsgi_environ_addresses_are_gunicorns(uds, host, server_name, server_port):
+    _, path = uds("wsgi_env:app")
+    headers = [("Host", host)] if host else []
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+        conn = RawConn(sock)
+        conn.send(request("GET", "/env", headers, version="HTTP/1.0", host=False))
+        response = conn.read_response()
+    assert response.status == 200, response
+    environ = json.loads(response.body)["environ"]
+    assert environ["REMOTE_ADDR"] == ""
+    assert "REMOTE_PORT" not in environ
+    assert environ["SERVER_NAME"] == (str(path) if server_name == "SOCKET" else server_name)
+    assert environ["SERVER_PORT"] == server_port
+
+
+def test_access_log_names_the_unix_socket_as_the_client(uds):
+    server, path = uds("proto_http:app")
+    with uds_client(path) as client:
+        assert client.get("http://localhost/").status_code == 200
+    lines = wait_for(
+        lambda: access_log(server.output(), "/"), message="the access log line", server=server
+    )
+    assert [line["client"][: len("unix:")] for line in lines] == ["unix:"], server.output()
