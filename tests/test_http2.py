@@ -16,7 +16,7 @@ import h2.connection
 import httpx
 import pytest
 from conftest import wait_for
-from hyperframe.frame import Frame, GoAwayFrame, PingFrame, SettingsFrame
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, PingFrame, SettingsFrame
 
 FRAME_HEADER = 9
 
@@ -108,16 +108,32 @@ def test_authority_is_the_host_header(run_rsasgi, app, host_of):
     assert host_of(response.json()) == [f"127.0.0.1:{server.port}"]
 
 
-def test_idle_connection_gets_goaway_after_the_keep_alive_timeout(run_rsasgi):
-    """Preface and SETTINGS exchanged, no stream ever opened: the connection is idle, so the
-    keep-alive timeout governs it (the request-header one is set high to show which acts)."""
+def test_connection_that_never_sends_a_request_gets_goaway(run_rsasgi):
+    """Preface and SETTINGS exchanged, no stream ever opened: no request head arrived, so
+    the request-header timeout governs it (the keep-alive one is set high to show which)."""
     server = run_rsasgi(
-        "proto_http:app", "--timeout-keep-alive", "1", "--timeout-request-header", "60"
+        "proto_http:app", "--timeout-request-header", "1", "--timeout-keep-alive", "60"
     )
     # An ordinary client: it answers PINGs (a graceful GOAWAY may be followed by one).
     sock, reader = open_h2(server, answer_pings=True)
     with sock:
         frames = reader.read_until_closed(timeout=10)
+    goaways = [frame for frame in frames if isinstance(frame, GoAwayFrame)]
+    assert goaways, frames
+    assert goaways[-1].error_code == 0, frames
+
+
+def test_idle_connection_gets_goaway_after_the_keep_alive_timeout(run_rsasgi):
+    """One request answered, then nothing: the connection is idle, so the keep-alive
+    timeout governs it (the request-header one is set high to show which acts)."""
+    server = run_rsasgi(
+        "proto_http:app", "--timeout-keep-alive", "1", "--timeout-request-header", "60"
+    )
+    sock, reader = open_h2(server, ("/", f"127.0.0.1:{server.port}"), answer_pings=True)
+    with sock:
+        frames = reader.read_until_closed(timeout=10)
+    answered = [frame for frame in frames if isinstance(frame, HeadersFrame)]
+    assert answered, frames
     goaways = [frame for frame in frames if isinstance(frame, GoAwayFrame)]
     assert goaways, frames
     assert goaways[-1].error_code == 0, frames

@@ -20,7 +20,7 @@ use crate::asgi::Event;
 use crate::exchange::{BodyRoom, Exchange, Refusal, RequestStart, MAX_BODY_DRAIN};
 use crate::net::ConnectionInfo;
 use crate::ws::session::{Handshake, WsSession, WsStart};
-use crate::ws::{self, WsSettings};
+use crate::ws::{self, BadHandshake, WsSettings};
 
 /// Closes the exchange if hyper drops the service future before the response
 /// head is ready: the client went away while the app was working.
@@ -253,7 +253,18 @@ async fn open_websocket(
 ) -> Response<ResponseBody> {
     let accept = match ws::accept_key(request.headers()) {
         Ok(accept) => accept,
-        Err(reason) => {
+        Err(BadHandshake::UnsupportedVersion) => {
+            tracing::debug!(client = ?info.client, "426 Upgrade Required: websocket version is not 13");
+            let status = StatusCode::UPGRADE_REQUIRED;
+            let mut response =
+                state.error_response(status, log.map(|l| l.with_status(status)), true);
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static(ws::VERSION),
+            );
+            return response;
+        }
+        Err(BadHandshake::Invalid(reason)) => {
             tracing::debug!(client = ?info.client, "400 Bad Request: websocket handshake: {reason}");
             let status = StatusCode::BAD_REQUEST;
             return state.error_response(status, log.map(|l| l.with_status(status)), true);

@@ -96,20 +96,32 @@ pub(crate) fn is_upgrade(method: &Method, headers: &HeaderMap) -> bool {
         && has_token(header::UPGRADE, "websocket")
 }
 
+/// The one WebSocket protocol version there is (RFC 6455 §4.1).
+pub(crate) const VERSION: &str = "13";
+
+/// Why an upgrade request is not a handshake we can complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadHandshake {
+    /// A version other than 13: answer 426 naming ours (RFC 6455 §4.2.2).
+    UnsupportedVersion,
+    /// A malformed handshake: answer 400.
+    Invalid(&'static str),
+}
+
 /// Checks the handshake headers; returns the `Sec-WebSocket-Accept` value.
-pub(crate) fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, &'static str> {
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
-        return Err("Sec-WebSocket-Version must be 13");
+pub(crate) fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, BadHandshake> {
+    match headers.get(header::SEC_WEBSOCKET_VERSION) {
+        None => return Err(BadHandshake::Invalid("missing Sec-WebSocket-Version")),
+        Some(version) if version.as_bytes() != VERSION.as_bytes() => {
+            return Err(BadHandshake::UnsupportedVersion)
+        }
+        Some(_) => {}
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or("missing Sec-WebSocket-Key")?;
+        .ok_or(BadHandshake::Invalid("missing Sec-WebSocket-Key"))?;
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    HeaderValue::from_str(&accept).map_err(|_| "invalid Sec-WebSocket-Key")
+    HeaderValue::from_str(&accept).map_err(|_| BadHandshake::Invalid("invalid Sec-WebSocket-Key"))
 }
 
 /// The subprotocols a client offers, in its order of preference.
@@ -377,8 +389,11 @@ mod tests {
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
             ("sec-websocket-version", "8"),
         ]);
-        assert!(accept_key(&old).is_err());
-        assert!(accept_key(&headers(&[("sec-websocket-version", "13")])).is_err());
+        assert_eq!(accept_key(&old), Err(BadHandshake::UnsupportedVersion));
+        assert!(matches!(
+            accept_key(&headers(&[("sec-websocket-version", "13")])),
+            Err(BadHandshake::Invalid(_))
+        ));
     }
 
     #[test]
