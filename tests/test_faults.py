@@ -67,6 +67,41 @@ def test_requests_are_served_after_the_log_pipe_breaks(piped_server):
     assert proc.wait(20) == 0
 
 
+def test_requests_are_served_while_nobody_reads_the_log(piped_server):
+    """Whoever reads the log has stalled (a paused pager, a busy log shipper): the pipe fills
+    up, log lines wait or are dropped, and requests are still answered."""
+    proc, port = piped_server
+    # About 150 bytes of access log each: 2000 requests overfill a 64 KiB pipe many times.
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        for number in range(2000):
+            response = client.get(f"/?n={number}")
+            assert response.status_code == 200, number
+    proc.send_signal(signal.SIGTERM)
+    # Reading the log again lets the server write its last lines and exit.
+    proc.stdout.read()
+    assert proc.wait(20) == 0
+
+
+def test_request_cut_off_at_shutdown_is_logged_as_444(run_rsasgi, tmp_path):
+    """nginx's 444: the server closed the connection (the grace period ran out) while the
+    app was still working, so no response was sent."""
+    events = tmp_path / "events.txt"
+    server = run_rsasgi(
+        "err_slow:app", "--timeout-graceful-shutdown", "1", env={"ERR_SLOW_FILE": str(events)}
+    )
+    target = "/sleep?s=30"
+    with server.connect() as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: testserver\r\n\r\n".encode())
+        wait_for(
+            lambda: events.exists() and "request-start" in events.read_text().split(),
+            message="the app to start the request",
+            server=server,
+        )
+        assert server.stop() == 0, server.output()
+    lines = access_log(server.output(), target)
+    assert [line["status"] for line in lines] == ["444"], server.output()
+
+
 def test_client_gone_before_the_response_is_logged_as_499(run_rsasgi, tmp_path):
     """nginx's 499: the client closed the connection while the app was still working."""
     events = tmp_path / "events.txt"
