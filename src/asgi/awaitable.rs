@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use pyo3::exceptions::PyStopIteration;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
@@ -34,6 +35,34 @@ pub(crate) struct WsWaiter {
     pub future: Py<PyAny>,
     pub session: Arc<WsSession>,
     pub kind: WaitKind,
+}
+
+/// Whether an asyncio future is done already (the app cancelled its wait).
+pub(crate) fn is_done(py: Python<'_>, future: &Py<PyAny>) -> PyResult<bool> {
+    future
+        .bind(py)
+        .call_method0(intern!(py, "done"))?
+        .is_truthy()
+}
+
+/// Completes an asyncio future with `value`.
+pub(crate) fn set_result<'py>(
+    py: Python<'py>,
+    future: &Py<PyAny>,
+    value: impl IntoPyObject<'py>,
+) -> PyResult<()> {
+    future
+        .bind(py)
+        .call_method1(intern!(py, "set_result"), (value,))?;
+    Ok(())
+}
+
+/// Completes an asyncio future with the exception of `error`.
+pub(crate) fn set_exception(py: Python<'_>, future: &Py<PyAny>, error: PyErr) -> PyResult<()> {
+    future
+        .bind(py)
+        .call_method1(intern!(py, "set_exception"), (error.value(py),))?;
+    Ok(())
 }
 
 /// Completes the first time it is resumed, with `value` as the result of `await`.

@@ -5,13 +5,12 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::http::{format_error, resolve_waiter, HttpReceive, HttpSend};
 use super::scope::{http_scope, websocket_scope, ScopeContext};
 use super::websocket::{resolve_ws_waiter, WebSocketReceive, WebSocketSend};
-use super::Event;
+use super::{is_done, set_result, Event};
 use crate::exchange::RequestStart;
 use crate::ws::session::WsStart;
 
@@ -93,9 +92,8 @@ impl Dispatcher {
             Event::Stopped => {
                 let stopped = self.stopped.lock().take();
                 if let Some(stopped) = stopped {
-                    let stopped = stopped.bind(py);
-                    if !stopped.call_method0(intern!(py, "done"))?.is_truthy()? {
-                        stopped.call_method1(intern!(py, "set_result"), (py.None(),))?;
+                    if !is_done(py, &stopped)? {
+                        set_result(py, &stopped, py.None())?;
                     }
                 }
             }

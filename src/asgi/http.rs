@@ -15,7 +15,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
 
 use super::ClientDisconnected;
-use super::{Ready, WaitKind, Waiter};
+use super::{is_done, set_exception, set_result, Ready, WaitKind, Waiter};
 use crate::exchange::{Exchange, Progress, Received, ResponseStart, SendMisuse};
 
 /// `loop.create_future` of the worker's event loop, used when an awaitable
@@ -29,34 +29,22 @@ pub(crate) fn resolve_waiter(py: Python<'_>, waiter: Waiter) -> PyResult<()> {
         exchange,
         kind,
     } = waiter;
-    if future
-        .bind(py)
-        .call_method0(intern!(py, "done"))?
-        .is_truthy()?
-    {
+    if is_done(py, &future)? {
         // Cancelled meanwhile; nothing was taken for it.
         return Ok(());
     }
     match kind {
-        WaitKind::Receive => {
-            if let Err((future, received)) = exchange.park_receiver(future) {
-                let message = received_message(py, received)?;
-                future
-                    .bind(py)
-                    .call_method1(intern!(py, "set_result"), (message,))?;
-            }
-        }
-        WaitKind::Send => {
-            let future = future.bind(py);
-            if exchange.is_closed() {
-                let error = ClientDisconnected::new_err("client disconnected");
-                future.call_method1(intern!(py, "set_exception"), (error.value(py),))?;
-            } else {
-                future.call_method1(intern!(py, "set_result"), (py.None(),))?;
-            }
-        }
+        WaitKind::Receive => match exchange.park_receiver(future) {
+            Ok(()) => Ok(()),
+            Err((future, received)) => set_result(py, &future, received_message(py, received)?),
+        },
+        WaitKind::Send if exchange.is_closed() => set_exception(
+            py,
+            &future,
+            ClientDisconnected::new_err("client disconnected"),
+        ),
+        WaitKind::Send => set_result(py, &future, py.None()),
     }
-    Ok(())
 }
 
 pub(crate) fn new_future(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {

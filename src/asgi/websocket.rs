@@ -17,7 +17,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 
 use super::http::{bytes_of, format_exception, new_future, parse_headers, parse_status};
 use super::ClientDisconnected;
-use super::{Ready, WaitKind, WsWaiter};
+use super::{is_done, set_exception, set_result, Ready, WaitKind, WsWaiter};
 use crate::exchange::ResponseStart;
 use crate::ws::session::{
     is_sendable_close_code, AppMessage, Misuse, PeerMessage, Received, MAX_CLOSE_REASON,
@@ -63,33 +63,21 @@ pub(crate) fn resolve_ws_waiter(py: Python<'_>, waiter: WsWaiter) -> PyResult<()
         session,
         kind,
     } = waiter;
-    if future
-        .bind(py)
-        .call_method0(intern!(py, "done"))?
-        .is_truthy()?
-    {
+    if is_done(py, &future)? {
         return Ok(());
     }
     match kind {
-        WaitKind::Receive => {
-            if let Err((future, received)) = session.park_receiver(future) {
-                let message = received_message(py, received)?;
-                future
-                    .bind(py)
-                    .call_method1(intern!(py, "set_result"), (message,))?;
-            }
-        }
-        WaitKind::Send => {
-            let future = future.bind(py);
-            if session.is_open() {
-                future.call_method1(intern!(py, "set_result"), (py.None(),))?;
-            } else {
-                let error = ClientDisconnected::new_err("websocket connection closed");
-                future.call_method1(intern!(py, "set_exception"), (error.value(py),))?;
-            }
-        }
+        WaitKind::Receive => match session.park_receiver(future) {
+            Ok(()) => Ok(()),
+            Err((future, received)) => set_result(py, &future, received_message(py, received)?),
+        },
+        WaitKind::Send if session.is_open() => set_result(py, &future, py.None()),
+        WaitKind::Send => set_exception(
+            py,
+            &future,
+            ClientDisconnected::new_err("websocket connection closed"),
+        ),
     }
-    Ok(())
 }
 
 /// The `receive` callable of a `websocket` scope.
