@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests need into .venv and runs every test:
 # lint (cargo fmt, clippy, ruff), Rust unit tests, and the end-to-end suite
-# against a release build of rsasgi installed with pip.
+# against a release build of rsasgi installed with pip; then a representative
+# part of the suite on each supported CPython (tests/python-versions.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,3 +35,6 @@ echo "== end-to-end tests"
 
 echo "== Autobahn|Testsuite (WebSocket conformance, cases 1-10)"
 VENV="$PWD/.venv" bash tests/autobahn/run.sh
+
+echo "== CPython 3.10 to 3.13 (ASGI scope, WSGI, WebSocket, lifespan on each)"
+bash tests/python-versions.sh
