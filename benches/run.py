@@ -285,7 +285,7 @@ def parse_wrk(output: str) -> dict:
     )
     errors = dict.fromkeys(("connect", "read", "write", "timeout"), 0)
     if socket_errors:
-        errors = dict(zip(errors, map(int, socket_errors.groups())))
+        errors = dict(zip(errors, map(int, socket_errors.groups()), strict=True))
     return {
         "requests_per_sec": float(rps.group(1)),
         "p99_ms": parse_duration_ms(p99.group(1)),

@@ -42,7 +42,7 @@ class FrameReader:
         self.sock.settimeout(remaining)
         try:
             data = self.sock.recv(65536)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return True
         except ConnectionResetError:
             return False

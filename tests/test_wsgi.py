@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import random
 import time
@@ -412,7 +413,7 @@ def check_op(out: dict, op: str, n: int, body: bytes) -> None:
 def send_in_pieces(conn: RawConn, head: bytes, body: bytes, use_chunked: bool) -> None:
     """Send the body in odd-sized pieces with pauses, so reads straddle network packets."""
     cuts = [0, 1, 4, 11, 12, 30, 31, 200, 333, 334, 400, len(body)]
-    pieces = [body[a:b] for a, b in zip(cuts, cuts[1:]) if body[a:b]]
+    pieces = [body[a:b] for a, b in itertools.pairwise(cuts) if body[a:b]]
     assert b"".join(pieces) == body
     conn.send(head)
     for piece in pieces:

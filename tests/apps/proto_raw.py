@@ -51,7 +51,7 @@ def recv_until_closed(sock: socket.socket, timeout: float = 10.0, received: byte
             piece = sock.recv(65536)
         except ConnectionResetError:
             return bytes(data)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             continue
         if not piece:
             return bytes(data)
@@ -116,7 +116,7 @@ class RawConn:
             data = self.sock.recv(65536)
         except ConnectionResetError:
             return True
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return False
         if data:
             raise AssertionError(f"unexpected bytes instead of close: {data[:200]!r}")
