@@ -218,9 +218,11 @@ async def _serve(worker, app, interface, loop) -> int:
     create_task = loop.create_task
     # The loop holds tasks only weakly: a request task waiting on a future
     # that nothing else references would be garbage-collected mid-request.
-    request_tasks: set[asyncio.Task] = set()
-    hold = request_tasks.add
-    release = request_tasks.discard
+    # Each is held here, keyed by its `send`, until its last step lets go of
+    # it (cheaper per request than a done-callback, which costs a call_soon).
+    request_tasks: dict[object, asyncio.Task] = {}
+    hold = request_tasks.__setitem__
+    release = request_tasks.pop
 
     async def run_app(scope, receive, send):
         try:
@@ -235,11 +237,11 @@ async def _serve(worker, app, interface, loop) -> int:
                 raise
         else:
             send._finish()
+        finally:
+            release(send, None)
 
     def spawn(scope, receive, send):
-        task = create_task(run_app(scope, receive, send))
-        hold(task)
-        task.add_done_callback(release)
+        hold(send, create_task(run_app(scope, receive, send)))
 
     stop = asyncio.Event()
     forced = asyncio.Event()
@@ -288,7 +290,7 @@ async def _serve(worker, app, interface, loop) -> int:
             # The reactor has closed every connection; let apps see their
             # disconnects, then cancel what still runs.
             worker.drain()
-            await _cancel_request_tasks(request_tasks, forced)
+            await _cancel_request_tasks(list(request_tasks.values()), forced)
         finally:
             loop.remove_reader(fd)
         if wsgi and not forced.is_set():
@@ -315,7 +317,7 @@ async def _serve(worker, app, interface, loop) -> int:
             loop.remove_signal_handler(signum)
 
 
-async def _cancel_request_tasks(tasks: set, forced: asyncio.Event) -> None:
+async def _cancel_request_tasks(tasks: list, forced: asyncio.Event) -> None:
     """Gives request tasks still running a second to end, then cancels them and waits up
     to 5 s more; once ``forced`` is set, cancels them without waiting."""
     running = [task for task in tasks if not task.done()]

@@ -182,6 +182,8 @@ where
     let mut closing = false;
     loop {
         tokio::select! {
+            // The connection first: it is what wakes this task on almost every poll.
+            biased;
             result = connection.as_mut() => return Some(result),
             why = activity.idle(deadlines), if !closing => {
                 match why {

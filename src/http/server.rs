@@ -256,12 +256,7 @@ where
         let activity = Arc::clone(&activity);
         let info = info.clone();
         service_fn(move |request| {
-            let active = activity.begin();
-            let response = handle(request, info.clone(), Arc::clone(&state));
-            async move {
-                let response = response.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|body| body.tracking(active)))
-            }
+            handle(request, info.clone(), Arc::clone(&state), activity.begin())
         })
     };
     let connection = context

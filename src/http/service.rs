@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 
 use super::access_log::AccessRecord;
 use super::body::{ResponseBody, Source};
+use super::connection::ActiveRequest;
 use super::server::ServerState;
 use crate::asgi::Event;
 use crate::exchange::{BodyRoom, Exchange, Refusal, RequestStart, MAX_BODY_DRAIN};
@@ -55,180 +56,193 @@ impl Drop for InFlight {
     }
 }
 
+/// Answers one request; `active` marks its connection busy until the
+/// response body is done (see `connection`).
 pub(crate) async fn handle(
     mut request: Request<Incoming>,
     info: ConnectionInfo,
     state: Arc<ServerState>,
+    active: ActiveRequest,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let started_at = std::time::Instant::now();
-    add_host_from_authority(&mut request);
-    // The access log record of this request, before a response is chosen.
-    let pending = || {
-        state.access_log.then(|| {
-            AccessRecord::new(
-                info.client_for_log(),
-                request.method(),
-                request.uri(),
-                request.version(),
-                request.headers(),
-                started_at,
-            )
-        })
-    };
-    let record = |status| pending().map(|log| log.with_status(status));
+    // One labelled block rather than an inner async fn: a nested future
+    // would be moved (copied whole) once more per request.
+    let response = 'respond: {
+        let started_at = std::time::Instant::now();
+        add_host_from_authority(&mut request);
+        // The access log record of this request, before a response is chosen.
+        let pending = || {
+            state.access_log.then(|| {
+                AccessRecord::new(
+                    info.client_for_log(),
+                    request.method(),
+                    request.uri(),
+                    request.version(),
+                    request.headers(),
+                    started_at,
+                )
+            })
+        };
+        let record = |status| pending().map(|log| log.with_status(status));
 
-    // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host header.
-    if request.version() == Version::HTTP_11 {
-        let hosts = request.headers().get_all(header::HOST).iter().count();
-        if hosts != 1 {
-            let reason = if hosts == 0 {
-                "missing Host header"
-            } else {
-                "more than one Host header"
-            };
-            tracing::debug!(client = ?info.client, "400 Bad Request: {reason}");
-            let status = StatusCode::BAD_REQUEST;
-            return Ok(state.error_response(status, record(status), true));
-        }
-    }
-
-    // RFC 9110 §9.3.7: `OPTIONS *` asks about the server, not a resource, and
-    // its asterisk is no path an app could route (nor a valid PEP 3333
-    // PATH_INFO), so the server answers it.
-    if request.method() == Method::OPTIONS && request.uri() == "*" {
-        let status = StatusCode::OK;
-        return Ok(state.options_asterisk_response(record(status)));
-    }
-
-    if let Some(settings) = &state.ws {
-        if ws::is_upgrade(request.method(), request.headers()) {
-            let log = pending();
-            let settings = settings.clone();
-            return Ok(open_websocket(request, info, Arc::clone(&state), settings, log).await);
-        }
-    }
-
-    let Some(in_flight) = InFlight::acquire(&state) else {
-        tracing::warn!(
-            "503: more than --limit-concurrency {} requests in flight",
-            state.limit_concurrency.unwrap_or_default()
-        );
-        let status = StatusCode::SERVICE_UNAVAILABLE;
-        return Ok(state.error_response(status, record(status), false));
-    };
-
-    let body_limit = state.limit_request_body;
-    if let (Some(limit), Some(length)) = (body_limit, request.body().size_hint().exact()) {
-        if length > limit {
-            tracing::info!(
-                "413: request body of {length} bytes is over --limit-request-body {limit}"
-            );
-            let status = StatusCode::PAYLOAD_TOO_LARGE;
-            return Ok(state.error_response(status, record(status), true));
-        }
-    }
-
-    let (head, body) = request.into_parts();
-    let body_complete = body.is_end_stream();
-    let mut log = state.access_log.then(|| {
-        AccessRecord::new(
-            info.client_for_log(),
-            &head.method,
-            &head.uri,
-            head.version,
-            &head.headers,
-            started_at,
-        )
-    });
-    let exchange = Arc::new(Exchange::new(
-        Arc::clone(&state.bridge),
-        &head,
-        info,
-        body_complete,
-    ));
-    if !body_complete {
-        let expects_continue = head
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if !expects_continue {
-            // Read ahead so the app's first receive() finds the body waiting;
-            // with 100-continue, wait until the app asks for it.
-            exchange.want_body();
-        }
-        tokio::spawn(pump_body(body, Arc::clone(&exchange), body_limit));
-    }
-    let is_head = head.method == Method::HEAD;
-    let is_http10 = head.version == Version::HTTP_10;
-    let http10_keep_alive = is_http10
-        && head
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|value| value.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
-    let start = Box::new(RequestStart {
-        exchange: Arc::clone(&exchange),
-        head,
-    });
-    match &state.wsgi {
-        Some(pool) => {
-            if pool.dispatch(start).is_err() {
-                let status = StatusCode::SERVICE_UNAVAILABLE;
-                return Ok(state.error_response(status, log.map(|l| l.with_status(status)), true));
+        // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host header.
+        if request.version() == Version::HTTP_11 {
+            let hosts = request.headers().get_all(header::HOST).iter().count();
+            if hosts != 1 {
+                let reason = if hosts == 0 {
+                    "missing Host header"
+                } else {
+                    "more than one Host header"
+                };
+                tracing::debug!(client = ?info.client, "400 Bad Request: {reason}");
+                let status = StatusCode::BAD_REQUEST;
+                break 'respond state.error_response(status, record(status), true);
             }
         }
-        None => state.bridge.push(Event::Request(start)),
-    }
 
-    let mut closer = CloseOnDrop(Some(Arc::clone(&exchange)));
-    let start = poll_fn(|cx| exchange.poll_response_start(cx)).await;
-    closer.0 = None;
-    let start = match start {
-        Ok(start) => start,
-        Err(Refusal::Status(status)) => {
-            let close = status != StatusCode::INTERNAL_SERVER_ERROR;
-            log = log.map(|log| log.with_status(status));
-            return Ok(state.error_response(status, log, close));
+        // RFC 9110 §9.3.7: `OPTIONS *` asks about the server, not a resource, and
+        // its asterisk is no path an app could route (nor a valid PEP 3333
+        // PATH_INFO), so the server answers it.
+        if request.method() == Method::OPTIONS && request.uri() == "*" {
+            let status = StatusCode::OK;
+            break 'respond state.options_asterisk_response(record(status));
         }
-        Err(Refusal::Closed) => {
+
+        if let Some(settings) = &state.ws {
+            if ws::is_upgrade(request.method(), request.headers()) {
+                let log = pending();
+                let settings = settings.clone();
+                break 'respond open_websocket(request, info, Arc::clone(&state), settings, log)
+                    .await;
+            }
+        }
+
+        let Some(in_flight) = InFlight::acquire(&state) else {
+            tracing::warn!(
+                "503: more than --limit-concurrency {} requests in flight",
+                state.limit_concurrency.unwrap_or_default()
+            );
             let status = StatusCode::SERVICE_UNAVAILABLE;
-            log = log.map(|log| log.with_status(status));
-            return Ok(state.error_response(status, log, true));
-        }
-    };
+            break 'respond state.error_response(status, record(status), false);
+        };
 
-    // A response the app finished before its head is written goes out with a
-    // Content-Length (see ResponseBody::size_hint).
-    let body_len_known = exchange.complete_body_len().is_some();
-    let mut response = Response::new(
-        ResponseBody::new(
-            if is_head {
-                Source::Head
-            } else {
-                Source::App(exchange)
-            },
-            log.map(|log| log.with_status(start.status)),
-        )
-        .holding(in_flight),
-    );
-    *response.status_mut() = start.status;
-    if let Some(reason) = start.reason {
-        response.extensions_mut().insert(reason);
-    }
-    let headers = response.headers_mut();
-    *headers = start.headers;
-    state.add_server_headers(headers);
-    if is_http10 {
-        // Answer in the client's version: hyper then closes the connection
-        // after the response unless it says keep-alive, which it may only do
-        // when the body has a length.
-        let has_length = headers.contains_key(header::CONTENT_LENGTH) || body_len_known;
-        if http10_keep_alive && (has_length || is_head) {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        let body_limit = state.limit_request_body;
+        if let (Some(limit), Some(length)) = (body_limit, request.body().size_hint().exact()) {
+            if length > limit {
+                tracing::info!(
+                    "413: request body of {length} bytes is over --limit-request-body {limit}"
+                );
+                let status = StatusCode::PAYLOAD_TOO_LARGE;
+                break 'respond state.error_response(status, record(status), true);
+            }
         }
-        *response.version_mut() = Version::HTTP_10;
-    }
-    Ok(response)
+
+        let (head, body) = request.into_parts();
+        let body_complete = body.is_end_stream();
+        let mut log = state.access_log.then(|| {
+            AccessRecord::new(
+                info.client_for_log(),
+                &head.method,
+                &head.uri,
+                head.version,
+                &head.headers,
+                started_at,
+            )
+        });
+        let exchange = Arc::new(Exchange::new(
+            Arc::clone(&state.bridge),
+            &head,
+            info,
+            body_complete,
+        ));
+        if !body_complete {
+            let expects_continue = head
+                .headers
+                .get(header::EXPECT)
+                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if !expects_continue {
+                // Read ahead so the app's first receive() finds the body waiting;
+                // with 100-continue, wait until the app asks for it.
+                exchange.want_body();
+            }
+            tokio::spawn(pump_body(body, Arc::clone(&exchange), body_limit));
+        }
+        let is_head = head.method == Method::HEAD;
+        let is_http10 = head.version == Version::HTTP_10;
+        let http10_keep_alive = is_http10
+            && head
+                .headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|value| value.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
+        let start = Box::new(RequestStart {
+            exchange: Arc::clone(&exchange),
+            head,
+        });
+        match &state.wsgi {
+            Some(pool) => {
+                if pool.dispatch(start).is_err() {
+                    let status = StatusCode::SERVICE_UNAVAILABLE;
+                    break 'respond state.error_response(
+                        status,
+                        log.map(|l| l.with_status(status)),
+                        true,
+                    );
+                }
+            }
+            None => state.bridge.push(Event::Request(start)),
+        }
+
+        let mut closer = CloseOnDrop(Some(Arc::clone(&exchange)));
+        let start = poll_fn(|cx| exchange.poll_response_start(cx)).await;
+        closer.0 = None;
+        let start = match start {
+            Ok(start) => start,
+            Err(Refusal::Status(status)) => {
+                let close = status != StatusCode::INTERNAL_SERVER_ERROR;
+                log = log.map(|log| log.with_status(status));
+                break 'respond state.error_response(status, log, close);
+            }
+            Err(Refusal::Closed) => {
+                let status = StatusCode::SERVICE_UNAVAILABLE;
+                log = log.map(|log| log.with_status(status));
+                break 'respond state.error_response(status, log, true);
+            }
+        };
+
+        // A response the app finished before its head is written goes out with a
+        // Content-Length (see ResponseBody::size_hint).
+        let body_len_known = exchange.complete_body_len().is_some();
+        let mut response = Response::new(
+            ResponseBody::new(
+                if is_head {
+                    Source::Head
+                } else {
+                    Source::App(exchange)
+                },
+                log.map(|log| log.with_status(start.status)),
+            )
+            .holding(in_flight),
+        );
+        *response.status_mut() = start.status;
+        if let Some(reason) = start.reason {
+            response.extensions_mut().insert(reason);
+        }
+        let headers = response.headers_mut();
+        *headers = start.headers;
+        state.add_server_headers(headers);
+        if is_http10 {
+            // Answer in the client's version: hyper then closes the connection
+            // after the response unless it says keep-alive, which it may only do
+            // when the body has a length.
+            let has_length = headers.contains_key(header::CONTENT_LENGTH) || body_len_known;
+            if http10_keep_alive && (has_length || is_head) {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+            }
+            *response.version_mut() = Version::HTTP_10;
+        }
+        response
+    };
+    Ok(response.map(|body| body.tracking(active)))
 }
 
 /// Marks a WebSocket session over if hyper drops the handshake (the client left).
