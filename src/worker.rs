@@ -22,7 +22,7 @@ use crate::asgi::{Dispatcher, Event, EventBridge};
 use crate::bridge::mark_reactor_thread;
 use crate::config::{Config, EventLoop, Interface, Lifespan};
 use crate::http::{serve, ServerState};
-use crate::net::{self, Listener};
+use crate::net::{self, Listener, Scheme};
 use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON};
 use crate::wsgi::{Pool, THREADS_WARNING};
 
@@ -196,7 +196,7 @@ impl Worker {
             return Err(PyRuntimeError::new_err("the worker is already started"));
         }
 
-        let address = listener.describe();
+        let address = listener.describe(Scheme::Http);
         let config = Arc::clone(&self.config);
         let bridge = Arc::clone(&self.bridge);
         let jobs = match wsgi_app {

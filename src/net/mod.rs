@@ -52,12 +52,13 @@ impl UnixPath {
 }
 
 impl Listener {
-    /// How a user reaches this socket, for the startup log line.
-    pub(crate) fn describe(&self) -> String {
+    /// How a user reaches this socket with `scheme`, for the startup log line.
+    pub(crate) fn describe(&self, scheme: Scheme) -> String {
+        let scheme = scheme.http();
         match self {
             Listener::Tcp(listener) => match listener.local_addr() {
-                Ok(SocketAddr::V6(addr)) => format!("http://[{}]:{}", addr.ip(), addr.port()),
-                Ok(addr) => format!("http://{addr}"),
+                Ok(SocketAddr::V6(addr)) => format!("{scheme}://[{}]:{}", addr.ip(), addr.port()),
+                Ok(addr) => format!("{scheme}://{addr}"),
                 Err(_) => "an unknown TCP address".into(),
             },
             Listener::Unix(_, unix) => format!("unix:{}", unix.path.display()),
@@ -198,7 +199,7 @@ mod tests {
     #[test]
     fn port_zero_picks_a_free_port() {
         let listener = bind_tcp("127.0.0.1", 0, 16).unwrap();
-        let described = listener.describe();
+        let described = listener.describe(Scheme::Http);
         assert!(described.starts_with("http://127.0.0.1:"), "{described}");
         assert!(!described.ends_with(":0"));
     }
