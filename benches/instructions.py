@@ -1,0 +1,122 @@
+"""Count the instructions rsasgi spends per request, with valgrind's callgrind.
+
+wrk's requests/s on a shared 2-core machine move by 10-15% from run to run, more than most
+changes to the hot path cost. Instruction counts do not depend on what else the machine is
+doing, so they answer "did this change make a request cheaper or dearer?" repeatably.
+
+The whole server process runs under `valgrind --tool=callgrind`, once serving no requests
+(start and stop only) and once serving exactly N keep-alive `GET /` requests over C
+connections; the difference divided by N is the cost of one request, reactor and Python
+together. Compare two builds by running this with each build's interpreter:
+
+    python benches/instructions.py                        # ASGI and WSGI hello, this venv
+    /other/venv/bin/python benches/instructions.py --apps hello --requests 4000
+
+Needs valgrind (apt-get install valgrind). Expect a minute or two per app: the server runs
+about 50 times slower under valgrind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = {"hello": "benches.apps:hello", "wsgi_hello": "benches.apps:wsgi_hello"}
+LISTENING = re.compile(r"Listening on http://127\.0\.0\.1:(\d+)")
+#: How long the server may take to start under valgrind.
+START_TIMEOUT = 300.0
+
+
+async def _connection(port: int, count: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    for _ in range(count):
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"unexpected response: {head!r}")
+        length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+        if length is None:
+            raise RuntimeError(f"no Content-Length in {head!r}")
+        await reader.readexactly(int(length.group(1)))
+    writer.close()
+    await writer.wait_closed()
+
+
+async def _send(port: int, requests: int, connections: int) -> None:
+    share, extra = divmod(requests, connections)
+    counts = [share + (1 if i < extra else 0) for i in range(connections)]
+    await asyncio.gather(*(_connection(port, count) for count in counts if count))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def measure(app: str, requests: int, connections: int) -> int:
+    """Total instructions of one server run that serves `requests` requests."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        log = Path(tmp) / "server.log"
+        argv = [
+            "valgrind", "--tool=callgrind", "--trace-children=no",
+            f"--callgrind-out-file={out}",
+            sys.executable, "-m", "rsasgi", app, "--no-access-log",
+            "--port", str(_free_port()),
+        ]  # fmt: skip
+        with open(log, "wb") as sink:
+            server = subprocess.Popen(argv, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while not (match := LISTENING.search(log.read_text(errors="replace"))):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start:\n{log.read_text()}")
+                time.sleep(0.2)
+            if requests:
+                asyncio.run(_send(int(match.group(1)), requests, connections))
+            server.send_signal(signal.SIGINT)
+            server.wait(START_TIMEOUT)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+        summary = re.search(r"^summary:\s+(\d+)", out.read_text(), re.MULTILINE)
+        if summary is None:
+            raise RuntimeError(f"no summary line in {out}")
+        return int(summary.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--apps", nargs="+", choices=list(APPS), default=list(APPS))
+    parser.add_argument("--requests", type=int, default=2000, help="requests per run (2000)")
+    parser.add_argument("--connections", type=int, default=16, help="connections (16)")
+    args = parser.parse_args()
+    if args.requests < 1 or args.connections < 1:
+        parser.error("--requests and --connections must be at least 1")
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    for name in args.apps:
+        idle = measure(APPS[name], 0, args.connections)
+        busy = measure(APPS[name], args.requests, args.connections)
+        per_request = (busy - idle) / args.requests
+        print(
+            f"{name:<11} {per_request:>10,.0f} instructions/request "
+            f"({args.requests} requests over {args.connections} connections)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
