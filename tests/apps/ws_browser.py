@@ -1,6 +1,30 @@
 """A plain ASGI app for tests/test_browser.py: GET / is an HTML page whose script opens a
 websocket to /ws, sends "hello", and writes the reply into the page; /ws answers each text
-message with "server echo: <message>" (so the reply cannot come from the page itself)."""
+message with "server echo: <message>" (so the reply cannot come from the page itself).
+
+The page also fetches /wait, which the app answers only once the page has shown the echo
+and fetched /done (or after 10 s). Headless Chromium's --virtual-time-budget does not count
+an open websocket as pending network activity, so without that fetch it may dump the page
+before the echo arrived; a pending fetch holds virtual time until the exchange is over.
+Chromium sometimes holds the page's later network activity (the /done fetch, the websocket
+close) while virtual time waits, so /wait then answers after its limit: the page is dumped
+after the echo either way.
+"""
+
+import asyncio
+
+#: Seconds /wait holds its answer at most, should the websocket never close.
+WAIT_LIMIT = 10.0
+
+_shown: asyncio.Event | None = None
+
+
+def _echo_shown() -> asyncio.Event:
+    global _shown
+    if _shown is None:
+        _shown = asyncio.Event()
+    return _shown
+
 
 PAGE = b"""<!DOCTYPE html>
 <html>
@@ -11,12 +35,14 @@ PAGE = b"""<!DOCTYPE html>
 <script>
   const status = document.getElementById("status");
   const out = document.getElementById("out");
+  fetch("/wait");
   status.textContent = "connecting";
   const ws = new WebSocket(`ws://${location.host}/ws?from=browser`);
   ws.onopen = () => { status.textContent = "open"; ws.send("hello"); };
   ws.onmessage = (event) => {
     out.textContent = event.data;
     status.textContent = "received";
+    fetch("/done");
     ws.close(1000, "done");
   };
   ws.onerror = () => { status.textContent = "error"; };
@@ -37,6 +63,17 @@ async def app(scope, receive, send):
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     elif scope["type"] == "http":
+        if scope["path"] == "/done":
+            _echo_shown().set()
+        if scope["path"] in ("/wait", "/done"):
+            if scope["path"] == "/wait":
+                try:
+                    await asyncio.wait_for(_echo_shown().wait(), WAIT_LIMIT)
+                except TimeoutError:
+                    pass
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         await send(
             {
                 "type": "http.response.start",
