@@ -82,6 +82,16 @@ def test_requests_are_served_while_nobody_reads_the_log(piped_server):
     assert proc.wait(20) == 0
 
 
+def start_slow_request(server, sock, target: str, events) -> None:
+    """Send GET `target` to err_slow on `sock` and wait until the app has started it."""
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: testserver\r\n\r\n".encode())
+    wait_for(
+        lambda: events.exists() and "request-start" in events.read_text().split(),
+        message="the app to start the request",
+        server=server,
+    )
+
+
 def test_request_cut_off_at_shutdown_is_logged_as_444(run_rsasgi, tmp_path):
     """nginx's 444: the server closed the connection (the grace period ran out) while the
     app was still working, so no response was sent."""
@@ -91,12 +101,7 @@ def test_request_cut_off_at_shutdown_is_logged_as_444(run_rsasgi, tmp_path):
     )
     target = "/sleep?s=30"
     with server.connect() as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: testserver\r\n\r\n".encode())
-        wait_for(
-            lambda: events.exists() and "request-start" in events.read_text().split(),
-            message="the app to start the request",
-            server=server,
-        )
+        start_slow_request(server, sock, target, events)
         assert server.stop() == 0, server.output()
     lines = access_log(server.output(), target)
     assert [line["status"] for line in lines] == ["444"], server.output()
@@ -108,12 +113,7 @@ def test_client_gone_before_the_response_is_logged_as_499(run_rsasgi, tmp_path):
     server = run_rsasgi("err_slow:app", env={"ERR_SLOW_FILE": str(events)})
     target = "/sleep?s=2"
     with server.connect() as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: testserver\r\n\r\n".encode())
-        wait_for(
-            lambda: events.exists() and "request-start" in events.read_text().split(),
-            message="the app to start the request",
-            server=server,
-        )
+        start_slow_request(server, sock, target, events)
     lines = wait_for(
         lambda: access_log(server.output(), target),
         timeout=15,
