@@ -16,7 +16,7 @@ use http::header::{HeaderName, HeaderValue};
 use crate::config::{
     self, parse_app, parse_count, parse_header, parse_mode, parse_positive_seconds,
     parse_root_path, parse_seconds, Bind, Config, EventLoop, HttpEngine, Interface, Lifespan,
-    LogLevel, WsMode,
+    LogLevel, Supervision, Workers, WsMode,
 };
 use crate::ws::WsSettings;
 
@@ -38,8 +38,6 @@ Every option can also be set as an environment variable named after it:
 /// or a clap guess at a similar name (`--reload` is not `--threads`).
 const UNSUPPORTED: &[&str] = &[
     // Processes: workers, reloading, daemons, privileges.
-    "--workers",
-    "-w",
     "--reload",
     "--reload-dir",
     "--reload-include",
@@ -53,20 +51,11 @@ const UNSUPPORTED: &[&str] = &[
     "--reload-ignore-paths",
     "--reload-tick",
     "--reload-ignore-worker-failure",
-    "--limit-max-requests",
-    "--limit-max-requests-jitter",
-    "--max-requests",
-    "--max-requests-jitter",
-    "--timeout",
-    "-t",
-    "--timeout-worker-healthcheck",
     "--worker-class",
     "-k",
     "--worker-connections",
     "--worker-tmp-dir",
-    "--workers-lifetime",
     "--workers-kill-timeout",
-    "--workers-max-rss",
     "--rss-sample-interval",
     "--rss-samples",
     "--blocking-threads-idle-timeout",
@@ -108,11 +97,8 @@ const UNSUPPORTED: &[&str] = &[
     "--spew",
     "--debug",
     // Sockets.
-    "--bind",
-    "-b",
     "--insecure-bind",
     "--quic-bind",
-    "--reuse-port",
     "--server-name",
     // Proxies.
     "--proxy-headers",
@@ -203,7 +189,6 @@ const UNSUPPORTED: &[&str] = &[
 /// (theirs, ours).
 const RENAMED: &[(&str, &str)] = &[
     ("--keep-alive", "--timeout-keep-alive"),
-    ("--graceful-timeout", "--timeout-graceful-shutdown"),
     ("--http1-header-read-timeout", "--timeout-request-header"),
     ("--http1-buffer-size", "--limit-request-head"),
     ("--websocket-ping-interval", "--ws-ping-interval"),
@@ -266,6 +251,16 @@ struct Args {
     #[arg(long, env = "RSASGI_APP_DIR", value_name = "DIR", default_value = config::DEFAULT_APP_DIR)]
     app_dir: PathBuf,
 
+    /// Listen on ADDRESS: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N;
+    /// repeat for several sockets (overrides --host and --port).
+    #[arg(long, short = 'b', env = "RSASGI_BIND", value_name = "ADDRESS",
+          value_parser = Bind::parse, help_heading = "Socket")]
+    bind: Vec<Bind>,
+
+    /// Set SO_REUSEPORT on TCP sockets, so another server can bind the same port.
+    #[arg(long, env = "RSASGI_REUSE_PORT", help_heading = "Socket")]
+    reuse_port: bool,
+
     /// Address to bind.
     #[arg(long, env = "RSASGI_HOST", default_value = config::DEFAULT_HOST, help_heading = "Socket")]
     host: String,
@@ -279,7 +274,6 @@ struct Args {
         long,
         env = "RSASGI_UDS",
         value_name = "PATH",
-        conflicts_with = "fd",
         help_heading = "Socket"
     )]
     uds: Option<PathBuf>,
@@ -334,6 +328,43 @@ struct Args {
           value_parser = |raw: &str| parse_count(raw, 1, config::MAX_THREADS),
           help_heading = "Application")]
     threads: usize,
+
+    /// Worker processes, or "auto" for the CPUs this process may use (affinity
+    /// and container quota); a supervisor restarts any that dies
+    /// [default: one process, no supervisor; WEB_CONCURRENCY is honoured].
+    #[arg(long, short = 'w', env = "RSASGI_WORKERS", value_name = "N",
+          value_parser = Workers::parse, help_heading = "Workers")]
+    workers: Option<Workers>,
+
+    /// Replace a worker whose event loop has not run for this many seconds,
+    /// logging every thread's Python stack first.
+    #[arg(long, visible_alias = "timeout", short_alias = 't', env = "RSASGI_TIMEOUT_WORKER_HEALTHCHECK",
+          value_name = "SECONDS", default_value_t = Seconds(config::DEFAULT_TIMEOUT_WORKER_HEALTHCHECK),
+          value_parser = positive_seconds, help_heading = "Workers")]
+    timeout_worker_healthcheck: Seconds,
+
+    /// Replace a worker gracefully after it has served this many requests.
+    #[arg(long, visible_alias = "max-requests", env = "RSASGI_LIMIT_MAX_REQUESTS", value_name = "N",
+          value_parser = |raw: &str| parse_count(raw, 1, u64::MAX), help_heading = "Workers")]
+    limit_max_requests: Option<u64>,
+
+    /// Add up to this many requests (random per worker) to --limit-max-requests,
+    /// so that workers are not all replaced at once.
+    #[arg(long, visible_alias = "max-requests-jitter", env = "RSASGI_LIMIT_MAX_REQUESTS_JITTER",
+          value_name = "N", default_value_t = 0,
+          value_parser = |raw: &str| parse_count(raw, 0, u64::MAX), help_heading = "Workers")]
+    limit_max_requests_jitter: u64,
+
+    /// Replace a worker gracefully after it has run this many seconds.
+    #[arg(long, alias = "workers-lifetime", env = "RSASGI_LIMIT_WORKER_LIFETIME",
+          value_name = "SECONDS", value_parser = positive_seconds, help_heading = "Workers")]
+    limit_worker_lifetime: Option<Seconds>,
+
+    /// Replace a worker gracefully once its resident memory exceeds this many MiB.
+    #[arg(long, alias = "workers-max-rss", env = "RSASGI_LIMIT_WORKER_MEMORY", value_name = "MIB",
+          value_parser = |raw: &str| parse_count(raw, 1, config::MAX_WORKER_MEMORY_MIB),
+          help_heading = "Workers")]
+    limit_worker_memory: Option<u64>,
 
     /// WebSocket support; "none" passes upgrade requests to the app as plain HTTP.
     #[arg(long, env = "RSASGI_WS", value_enum, default_value_t = WsMode::Auto,
@@ -438,7 +469,7 @@ struct Args {
     http2_keep_alive_timeout: Seconds,
 
     /// On SIGTERM/SIGINT, let in-flight requests run this long before closing them.
-    #[arg(long, env = "RSASGI_TIMEOUT_GRACEFUL_SHUTDOWN", value_name = "SECONDS",
+    #[arg(long, visible_alias = "graceful-timeout", env = "RSASGI_TIMEOUT_GRACEFUL_SHUTDOWN", value_name = "SECONDS",
           default_value_t = Seconds(config::DEFAULT_TIMEOUT_GRACEFUL_SHUTDOWN),
           value_parser = seconds, help_heading = "Limits")]
     timeout_graceful_shutdown: Seconds,
@@ -508,20 +539,34 @@ where
             value_name(engine)
         ));
     }
-    let bind = match (args.uds, args.fd) {
-        (Some(path), _) => Bind::Unix(path),
-        (None, Some(fd)) => Bind::Fd(fd),
-        (None, None) => Bind::Tcp {
+    let mut binds = args.bind;
+    binds.extend(args.uds.map(Bind::Unix));
+    binds.extend(args.fd.map(Bind::Fd));
+    if binds.is_empty() {
+        binds.push(Bind::Tcp {
             host: args.host,
             port: args.port,
-        },
+        });
+    }
+    let workers = match args.workers {
+        Some(workers) => Some(workers),
+        None => web_concurrency(&mut command)?,
     };
     let ping_interval = args.ws_ping_interval.0;
     Ok(Config {
         app: args.app,
         factory: args.factory,
         app_dir: args.app_dir,
-        bind,
+        binds,
+        reuse_port: args.reuse_port,
+        supervision: Supervision {
+            workers,
+            timeout_worker_healthcheck: args.timeout_worker_healthcheck.0,
+            max_requests: args.limit_max_requests,
+            max_requests_jitter: args.limit_max_requests_jitter,
+            worker_lifetime: args.limit_worker_lifetime.map(|seconds| seconds.0),
+            worker_memory_mib: args.limit_worker_memory,
+        },
         interface: args.interface,
         lifespan: args.lifespan,
         event_loop: args.event_loop,
@@ -552,6 +597,20 @@ where
         }),
         compat_notes,
     })
+}
+
+/// `WEB_CONCURRENCY`, the worker count Heroku and other platforms set, which
+/// uvicorn and gunicorn read when no `--workers` is given.
+fn web_concurrency(command: &mut Command) -> Result<Option<Workers>, clap::Error> {
+    match std::env::var("WEB_CONCURRENCY") {
+        Ok(raw) if !raw.trim().is_empty() => Workers::parse(&raw).map(Some).map_err(|err| {
+            command.error(
+                ErrorKind::ValueValidation,
+                format!("invalid value {raw:?} in WEB_CONCURRENCY: {err}"),
+            )
+        }),
+        _ => Ok(None),
+    }
 }
 
 /// The name the command line uses for an enum value.
@@ -615,12 +674,13 @@ mod tests {
     fn defaults_are_uvicorns() {
         let config = parse(["rsasgi", "main:app"]).unwrap();
         assert_eq!(
-            config.bind,
-            Bind::Tcp {
+            config.binds,
+            [Bind::Tcp {
                 host: "127.0.0.1".into(),
                 port: 8000
-            }
+            }]
         );
+        assert!(!config.supervision.supervised());
         assert_eq!(config.timeout_keep_alive, Duration::from_secs(5));
         assert_eq!(config.timeout_request_header, Duration::from_secs(10));
         assert_eq!(config.timeout_graceful_shutdown, Duration::from_secs(30));
@@ -660,7 +720,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.headers.len(), 2);
-        assert_eq!(config.bind, Bind::Unix("/tmp/s".into()));
+        assert_eq!(config.binds, [Bind::Unix("/tmp/s".into())]);
     }
 
     #[test]
@@ -811,10 +871,9 @@ mod tests {
     #[test]
     fn peer_options_rsasgi_lacks_say_so() {
         for (args, name) in [
-            (&["--workers", "4"][..], "--workers"),
-            (&["--workers=4"], "--workers"),
-            (&["-w", "4"], "-w"),
-            (&["-w4"], "-w"),
+            (&["--reload-dir", "x"][..], "--reload-dir"),
+            (&["--pid=x"], "--pid"),
+            (&["-k", "gthread"], "-k"),
         ] {
             assert_eq!(
                 error_line(args),
@@ -828,8 +887,7 @@ mod tests {
         for option in [
             "--reload",
             "--forwarded-allow-ips",
-            "--timeout",
-            "--bind",
+            "--daemon",
             "-k",
         ] {
             assert_eq!(
@@ -840,6 +898,54 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn workers_binds_and_peer_spellings() {
+        let config = parse([
+            "rsasgi",
+            "main:app",
+            "-w",
+            "3",
+            "-b",
+            "0.0.0.0:80",
+            "--bind",
+            "unix:/tmp/a.sock",
+            "--uds",
+            "/tmp/b.sock",
+            "--max-requests",
+            "1000",
+            "--max-requests-jitter=50",
+            "-t",
+            "60",
+            "--graceful-timeout",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.binds,
+            [
+                Bind::Tcp {
+                    host: "0.0.0.0".into(),
+                    port: 80
+                },
+                Bind::Unix("/tmp/a.sock".into()),
+                Bind::Unix("/tmp/b.sock".into()),
+            ]
+        );
+        let supervision = &config.supervision;
+        assert_eq!(supervision.workers, Some(Workers::Count(3)));
+        assert_eq!(supervision.max_requests, Some(1000));
+        assert_eq!(supervision.max_requests_jitter, 50);
+        assert_eq!(supervision.timeout_worker_healthcheck, Duration::from_secs(60));
+        assert_eq!(config.timeout_graceful_shutdown, Duration::from_secs(7));
+        let config = parse(["rsasgi", "main:app", "--limit-max-requests", "5"]).unwrap();
+        assert!(config.supervision.supervised());
+        assert_eq!(
+            error_line(&["--workers", "0"]),
+            "rsasgi: invalid value '0' for '--workers <N>': expected a whole number from 1 \
+             to 1024, or auto (see 'rsasgi --help')"
+        );
     }
 
     #[test]

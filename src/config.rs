@@ -110,12 +110,133 @@ pub(crate) const DEFAULT_UDS_PERMISSIONS: u32 = 0o666;
 /// setuid, setgid and sticky bits mean nothing on a socket.
 pub(crate) const MAX_UDS_PERMISSIONS: u32 = 0o777;
 
-/// Where the worker listens.
+/// gunicorn's worker timeout: an event loop that has not run for this long
+/// is stuck (a blocking call in an async view, an endless loop), and its
+/// worker is replaced.
+pub(crate) const DEFAULT_TIMEOUT_WORKER_HEALTHCHECK: Duration = Duration::from_secs(30);
+
+/// The largest `--workers`. Each worker is a Python interpreter of tens of
+/// megabytes; far beyond the core count they only contend.
+pub(crate) const MAX_WORKERS: usize = 1024;
+
+/// The largest `--limit-worker-memory`, 1 TiB in MiB.
+pub(crate) const MAX_WORKER_MEMORY_MIB: u64 = 1 << 20;
+
+/// Where the server listens: one `--bind` (or `--host/--port`, `--uds`, `--fd`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Bind {
     Tcp { host: String, port: u16 },
     Unix(PathBuf),
     Fd(i32),
+}
+
+impl Bind {
+    /// Parses `--bind` in gunicorn's forms: `HOST:PORT`, `[IPV6]:PORT`,
+    /// `HOST` (port 8000), `unix:PATH` and `fd://N`.
+    pub(crate) fn parse(raw: &str) -> Result<Bind, String> {
+        if let Some(path) = raw.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a path, as in unix:/run/rsasgi.sock".into());
+            }
+            return Ok(Bind::Unix(PathBuf::from(path)));
+        }
+        if let Some(fd) = raw.strip_prefix("fd://") {
+            return match fd.parse::<i32>() {
+                Ok(fd) if fd >= 0 => Ok(Bind::Fd(fd)),
+                _ => Err(format!("{raw:?}: fd:// needs a descriptor number, as in fd://3")),
+            };
+        }
+        let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+            let (ip, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("{raw:?}: an IPv6 address needs its closing ']'"))?;
+            match after {
+                "" => (ip, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (ip, Some(port)),
+                    None => return Err(format!("{raw:?}: expected [IPV6]:PORT")),
+                },
+            }
+        } else if raw.matches(':').count() > 1 {
+            return Err(format!("{raw:?}: write an IPv6 address in brackets, as in [::1]:8000"));
+        } else {
+            match raw.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (raw, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{raw:?} names no host; use 0.0.0.0:PORT for every interface"));
+        }
+        let port = match port {
+            None => DEFAULT_PORT,
+            Some(port) => port
+                .parse()
+                .map_err(|_| format!("{raw:?}: {port:?} is not a port number (0-65535)"))?,
+        };
+        Ok(Bind::Tcp {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// `--workers`: a number, or `auto` for the CPUs this process may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Workers {
+    Count(usize),
+    /// The CPUs the scheduler lets this process use: its affinity mask and
+    /// the CPU quota of its cgroup (a container limited to 2 CPUs gets 2).
+    Auto,
+}
+
+impl Workers {
+    pub(crate) fn parse(raw: &str) -> Result<Workers, String> {
+        if raw.trim().eq_ignore_ascii_case("auto") {
+            return Ok(Workers::Auto);
+        }
+        parse_count(raw, 1, MAX_WORKERS)
+            .map(Workers::Count)
+            .map_err(|err| format!("{err}, or auto"))
+    }
+
+    /// How many worker processes to run.
+    pub(crate) fn resolve(self) -> usize {
+        match self {
+            Workers::Count(n) => n,
+            // std reads both sched_getaffinity and the cgroup (v1 and v2) quota.
+            Workers::Auto => std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(MAX_WORKERS),
+        }
+    }
+}
+
+/// What the supervisor watches and when it replaces a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Supervision {
+    /// `None`: no supervisor, this process is the one worker.
+    pub workers: Option<Workers>,
+    /// A worker whose event loop has not run for this long is replaced.
+    pub timeout_worker_healthcheck: Duration,
+    /// A worker is recycled after this many requests, plus up to `jitter`.
+    pub max_requests: Option<u64>,
+    pub max_requests_jitter: u64,
+    /// A worker is recycled after running this long.
+    pub worker_lifetime: Option<Duration>,
+    /// A worker is recycled when its resident memory exceeds this many MiB.
+    pub worker_memory_mib: Option<u64>,
+}
+
+impl Supervision {
+    /// Whether a supervisor process runs: asked for with `--workers`, or
+    /// needed by an option only a supervisor can carry out.
+    pub(crate) fn supervised(&self) -> bool {
+        self.workers.is_some()
+            || self.max_requests.is_some()
+            || self.worker_lifetime.is_some()
+            || self.worker_memory_mib.is_some()
+    }
 }
 
 /// Which calling convention the application uses.
@@ -184,7 +305,11 @@ pub(crate) struct Config {
     pub app: String,
     pub factory: bool,
     pub app_dir: PathBuf,
-    pub bind: Bind,
+    /// Every socket to listen on, in the order given.
+    pub binds: Vec<Bind>,
+    /// Set SO_REUSEPORT on TCP sockets.
+    pub reuse_port: bool,
+    pub supervision: Supervision,
     pub interface: Interface,
     pub lifespan: Lifespan,
     pub event_loop: EventLoop,
@@ -223,6 +348,16 @@ pub(crate) struct Config {
     /// What a value borrowed from another server (`--ws wsproto`,
     /// `--http h11`) means here, for the debug log.
     pub compat_notes: Vec<String>,
+}
+
+impl Config {
+    pub(crate) fn bind_options(&self) -> crate::net::BindOptions {
+        crate::net::BindOptions {
+            backlog: self.backlog,
+            uds_permissions: self.uds_permissions,
+            reuse_port: self.reuse_port,
+        }
+    }
 }
 
 /// How often HTTP/2 connections are pinged, and how long an answer may take:
@@ -359,6 +494,38 @@ pub(crate) fn parse_mode(raw: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bind_takes_gunicorns_forms() {
+        let tcp = |host: &str, port| Bind::Tcp {
+            host: host.into(),
+            port,
+        };
+        assert_eq!(Bind::parse("0.0.0.0:80"), Ok(tcp("0.0.0.0", 80)));
+        assert_eq!(Bind::parse("localhost"), Ok(tcp("localhost", 8000)));
+        assert_eq!(Bind::parse("[::1]:9000"), Ok(tcp("::1", 9000)));
+        assert_eq!(Bind::parse("[::]"), Ok(tcp("::", 8000)));
+        assert_eq!(
+            Bind::parse("unix:/run/a.sock"),
+            Ok(Bind::Unix("/run/a.sock".into()))
+        );
+        assert_eq!(Bind::parse("fd://3"), Ok(Bind::Fd(3)));
+        for bad in [
+            "unix:", "fd://x", "fd://-1", "::1:80", "[::1", "[::1]80", ":8000", "a:99999", "a:",
+        ] {
+            assert!(Bind::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn workers_are_a_count_or_auto() {
+        assert_eq!(Workers::parse("4"), Ok(Workers::Count(4)));
+        assert_eq!(Workers::parse("AUTO"), Ok(Workers::Auto));
+        assert!(Workers::Auto.resolve() >= 1);
+        for bad in ["0", "-1", "many", "1025"] {
+            assert!(Workers::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn header_option_splits_on_first_colon() {

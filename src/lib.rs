@@ -11,6 +11,7 @@ mod exchange;
 mod http;
 mod logging;
 mod net;
+mod supervisor;
 mod wake;
 mod worker;
 mod ws;
@@ -33,7 +34,7 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
     } else {
         argv[0] = "rsasgi".into();
     }
-    let config = match cli::parse(argv) {
+    let config = match cli::parse(argv.clone()) {
         Ok(config) => config,
         Err(err) => {
             let code = err.exit_code();
@@ -46,11 +47,19 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
             return Ok(code);
         }
     };
-    logging::init(config.log_level);
+    let handoff = supervisor::Handoff::take_from_env();
+    let label = handoff
+        .as_ref()
+        .map(|handoff| format!("worker {} pid {}", handoff.number, std::process::id()));
+    logging::init(config.log_level, label);
     for note in &config.compat_notes {
         tracing::debug!("{note}");
     }
-    let code = worker::run(py, config);
+    let code = match handoff {
+        Some(handoff) => worker::run(py, config, Some(handoff)),
+        None if config.supervision.supervised() => supervisor::run(py, config, argv),
+        None => worker::run(py, config, None),
+    };
     logging::flush();
     code
 }

@@ -15,9 +15,13 @@ use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
+use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
 use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogLevel;
 
@@ -71,8 +75,57 @@ impl<'a> MakeWriter<'a> for LogWriter {
     }
 }
 
-/// Installs the stderr subscriber at `level`. Safe to call more than once.
-pub(crate) fn init(level: LogLevel) {
+/// One log line: time, level, the worker's label when there is one, target,
+/// message. tracing-subscriber's own format has no place for a label, and
+/// with several workers writing to one stream every line must say whose it is.
+struct LineFormat {
+    /// "worker 2 pid 1234" in a supervised worker.
+    label: Option<String>,
+}
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let ansi = writer.has_ansi_escapes();
+        SystemTime.format_time(&mut writer)?;
+        let level = *meta.level();
+        if ansi {
+            let color = match level {
+                Level::ERROR => "31",
+                Level::WARN => "33",
+                Level::INFO => "32",
+                Level::DEBUG => "34",
+                Level::TRACE => "35",
+            };
+            write!(writer, " \x1b[{color}m{level:>5}\x1b[0m ")?;
+        } else {
+            write!(writer, " {level:>5} ")?;
+        }
+        if let Some(label) = &self.label {
+            write!(writer, "[{label}] ")?;
+        }
+        if ansi {
+            write!(writer, "\x1b[2m{}:\x1b[0m ", meta.target())?;
+        } else {
+            write!(writer, "{}: ", meta.target())?;
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// Installs the stderr subscriber at `level`, each line marked with `label`
+/// when given. Safe to call more than once.
+pub(crate) fn init(level: LogLevel, label: Option<String>) {
     OUTPUT.get_or_init(|| {
         let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(true)
@@ -89,9 +142,9 @@ pub(crate) fn init(level: LogLevel) {
     let _ = tracing_subscriber::fmt()
         .with_writer(LogWriter)
         .with_max_level(LevelFilter::from_level(level.as_tracing()))
-        .with_target(true)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false)
+        .event_format(LineFormat { label })
         .try_init();
 }
 

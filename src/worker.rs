@@ -23,8 +23,12 @@ use crate::bridge::mark_reactor_thread;
 use crate::config::{Config, EventLoop, Interface, Lifespan};
 use crate::http::{serve, ServerState};
 use crate::net::{self, Listener, Scheme};
+use crate::supervisor::{handoff, Handoff, Slot};
 use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON};
 use crate::wsgi::{Pool, THREADS_WARNING};
+
+/// The longest gap between two heartbeats of a supervised worker's event loop.
+const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Loads `--env-file` into `os.environ` (Python's copy of the environment),
 /// leaving variables that are already set alone.
@@ -49,22 +53,49 @@ fn load_env_file(py: Python<'_>, path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Binds the socket and runs one worker until it stops; returns the exit code.
-pub(crate) fn run(py: Python<'_>, config: Config) -> PyResult<i32> {
+/// Runs one worker until it stops; returns the exit code. Under a
+/// supervisor (`handoff`) it serves the sockets it inherited; on its own it
+/// binds them.
+pub(crate) fn run(py: Python<'_>, config: Config, handoff: Option<Handoff>) -> PyResult<i32> {
+    if handoff.is_some() {
+        // Python copied the environment at startup; a subprocess the app
+        // starts must not inherit the handoff either.
+        py.import("os")?
+            .getattr("environ")?
+            .call_method1("pop", (handoff::VARIABLE, py.None()))?;
+    }
     if let Some(path) = &config.env_file {
         if let Err(message) = load_env_file(py, path) {
             tracing::error!("{message}");
             return Ok(1);
         }
     }
-    let listener = match net::bind(&config.bind, config.backlog, config.uds_permissions) {
-        Ok(listener) => listener,
+    let listeners = match &handoff {
+        Some(handoff) => net::inherit_all(&handoff.listener_fds),
+        None => net::bind_all(&config.binds, config.bind_options()),
+    };
+    let listeners = match listeners {
+        Ok(listeners) => listeners,
         Err(message) => {
             tracing::error!("{message}");
             return Ok(1);
         }
     };
-    let worker = match Worker::new(config, listener) {
+    let supervised = match handoff {
+        Some(handoff) => match Slot::inherit(handoff.slot_fd) {
+            Ok(slot) => Some(Supervised {
+                slot: Arc::new(slot),
+                supervisor_pid: handoff.supervisor_pid,
+                workers: handoff.workers,
+            }),
+            Err(err) => {
+                tracing::error!("Cannot map the slot the supervisor handed down: {err}");
+                return Ok(1);
+            }
+        },
+        None => None,
+    };
+    let worker = match Worker::new(config, listeners, supervised) {
         Ok(worker) => Py::new(py, worker)?,
         Err(err) => {
             tracing::error!("Cannot create the worker's event channel: {err}");
@@ -75,11 +106,19 @@ pub(crate) fn run(py: Python<'_>, config: Config) -> PyResult<i32> {
     run.call1((worker,))?.extract()
 }
 
+/// What a worker started by a supervisor has beyond its config.
+struct Supervised {
+    slot: Arc<Slot>,
+    supervisor_pid: u32,
+    workers: usize,
+}
+
 #[pyclass(module = "rsasgi", frozen)]
 pub(crate) struct Worker {
     config: Arc<Config>,
     bridge: Arc<EventBridge>,
-    listener: Mutex<Option<Listener>>,
+    listeners: Mutex<Option<Vec<Listener>>>,
+    supervised: Option<Supervised>,
     shutdown: watch::Sender<Option<Duration>>,
     reactor: Mutex<Option<JoinHandle<()>>>,
     wsgi_pool: Mutex<Option<Arc<Pool>>>,
@@ -88,11 +127,16 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(config: Config, listener: Listener) -> std::io::Result<Worker> {
+    fn new(
+        config: Config,
+        listeners: Vec<Listener>,
+        supervised: Option<Supervised>,
+    ) -> std::io::Result<Worker> {
         Ok(Worker {
             config: Arc::new(config),
             bridge: Arc::new(EventBridge::new()?),
-            listener: Mutex::new(Some(listener)),
+            listeners: Mutex::new(Some(listeners)),
+            supervised,
             shutdown: watch::channel(None).0,
             reactor: Mutex::new(None),
             wsgi_pool: Mutex::new(None),
@@ -155,6 +199,29 @@ impl Worker {
         self.config.threads
     }
 
+    /// The supervisor's pid when a supervisor started this worker, else None.
+    #[getter]
+    fn supervisor_pid(&self) -> Option<u32> {
+        self.supervised.as_ref().map(|s| s.supervisor_pid)
+    }
+
+    /// Seconds between heartbeats: often enough that a quarter of the
+    /// health-check timeout never passes without one.
+    #[getter]
+    fn heartbeat_interval(&self) -> f64 {
+        let timeout = self.config.supervision.timeout_worker_healthcheck;
+        (timeout / 4).min(MAX_HEARTBEAT_INTERVAL).as_secs_f64()
+    }
+
+    /// Tells the supervisor that the event loop runs; the loop calls this
+    /// every `heartbeat_interval` seconds. A loop blocked by the app stops calling
+    /// it, which is what the supervisor's health check looks for.
+    fn heartbeat(&self) {
+        if let Some(supervised) = &self.supervised {
+            supervised.slot.beat();
+        }
+    }
+
     /// Starts the reactor thread. For an ASGI app, `spawn(scope, receive,
     /// send)` is called on this thread for each request and `state` is the
     /// lifespan state; a WSGI app (`wsgi_app`) runs on its own thread pool.
@@ -170,8 +237,8 @@ impl Worker {
         state: Option<Bound<'_, PyDict>>,
         wsgi_app: Option<Bound<'_, PyAny>>,
     ) -> PyResult<i32> {
-        let listener = self
-            .listener
+        let listeners = self
+            .listeners
             .lock()
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("the worker is already started"))?;
@@ -196,7 +263,10 @@ impl Worker {
             return Err(PyRuntimeError::new_err("the worker is already started"));
         }
 
-        let address = listener.describe(Scheme::Http);
+        let addresses: Vec<String> = listeners
+            .iter()
+            .map(|listener| listener.describe(Scheme::Http))
+            .collect();
         let config = Arc::clone(&self.config);
         let bridge = Arc::clone(&self.bridge);
         let jobs = match wsgi_app {
@@ -208,7 +278,14 @@ impl Worker {
                         config.threads
                     );
                 }
-                let pool = Pool::start(py, &app, config.threads, config.root_path.clone())
+                let multiprocess = self.supervised.as_ref().is_some_and(|s| s.workers > 1);
+                let pool = Pool::start(
+                    py,
+                    &app,
+                    config.threads,
+                    config.root_path.clone(),
+                    multiprocess,
+                )
                     .map_err(|err| {
                         PyRuntimeError::new_err(format!("cannot start a WSGI thread: {err}"))
                     })?;
@@ -217,7 +294,13 @@ impl Worker {
             }
             None => None,
         };
-        let state = Arc::new(ServerState::new(&config, Arc::clone(&bridge), jobs));
+        let slot = self.supervised.as_ref().map(|s| Arc::clone(&s.slot));
+        let state = Arc::new(ServerState::new(
+            &config,
+            Arc::clone(&bridge),
+            jobs,
+            slot.clone(),
+        ));
         let shutdown = self.shutdown.subscribe();
         let park_bridge = Arc::clone(&bridge);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -230,7 +313,7 @@ impl Worker {
             .name("rsasgi-reactor".into())
             .spawn(move || {
                 mark_reactor_thread();
-                runtime.block_on(serve(listener, config, state, shutdown));
+                runtime.block_on(serve(listeners, config, state, shutdown));
                 // Dropping the runtime drops every connection still open, which
                 // closes their exchanges before Python hears that we stopped.
                 drop(runtime);
@@ -239,10 +322,17 @@ impl Worker {
             })
             .map_err(|err| PyRuntimeError::new_err(format!("cannot start the reactor: {err}")))?;
         *self.reactor.lock() = Some(handle);
-        tracing::info!(
-            "Listening on {address} (pid {}; press CTRL+C to quit)",
-            std::process::id()
-        );
+        let addresses = addresses.join(", ");
+        match &slot {
+            Some(slot) => {
+                slot.mark_serving();
+                tracing::info!("Serving on {addresses}");
+            }
+            None => tracing::info!(
+                "Listening on {addresses} (pid {}; press CTRL+C to quit)",
+                std::process::id()
+            ),
+        }
         Ok(self.bridge.fileno())
     }
 

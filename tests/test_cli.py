@@ -330,9 +330,9 @@ def test_unknown_option_gets_no_guess(arg):
     ],
     ids=["module-missing", "attribute-missing", "not-callable"],
 )
-def test_unloadable_app_exits_1_with_one_line(run_rsasgi, app, needle):
+def test_unloadable_app_exits_3_with_one_line(run_rsasgi, app, needle):
     server = run_rsasgi(app, wait=False)
-    assert server.wait_exit() == 1
+    assert server.wait_exit() == 3
     assert_one_clear_line(server.output(), needle)
 
 
@@ -345,7 +345,7 @@ def test_app_without_colon_is_a_usage_error(run_rsasgi):
 
 def test_module_raising_on_import_shows_its_traceback(run_rsasgi):
     server = run_rsasgi("err_cli_import_raises:app", wait=False)
-    assert server.wait_exit() == 1
+    assert server.wait_exit() == 3
     log = server.output()
     assert "Traceback (most recent call last)" in log
     assert "err_cli_import_raises.py" in log
@@ -356,7 +356,7 @@ def test_module_raising_on_import_shows_its_traceback(run_rsasgi):
 
 def test_module_with_missing_dependency_names_the_dependency(run_rsasgi):
     server = run_rsasgi("err_cli_nested_import:app", wait=False)
-    assert server.wait_exit() == 1
+    assert server.wait_exit() == 3
     log = server.output()
     assert "err_no_such_dependency_xyz" in log
     assert "Listening on" not in log

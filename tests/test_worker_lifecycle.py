@@ -142,7 +142,7 @@ def assert_only_user_frames(lines: list[str], output: str) -> None:
 
 def test_import_error_shows_the_error_then_the_user_frames(run_rsasgi):
     server = run_rsasgi("life_import_raises:app", wait=False)
-    assert server.wait_exit() == 1
+    assert server.wait_exit() == 3
     output = server.output()
     lines = log_lines_after(
         output,
@@ -166,7 +166,7 @@ def test_syntax_error_shows_file_line_and_caret(run_rsasgi, tmp_path):
         compile(source.read_text(), str(source), "exec")
     as_python_prints_it = "".join(traceback.format_exception_only(raised.value)).splitlines()
     server = run_rsasgi("life_syntax:app", "--app-dir", str(tmp_path), wait=False)
-    assert server.wait_exit() == 1
+    assert server.wait_exit() == 3
     output = server.output()
     lines = log_lines_after(
         output,
@@ -179,7 +179,7 @@ def test_syntax_error_shows_file_line_and_caret(run_rsasgi, tmp_path):
 
 def test_missing_dependency_shows_the_users_import_line(run_rsasgi):
     server = run_rsasgi("err_cli_nested_import:app", wait=False)
-    assert server.wait_exit() == 1
+    assert server.wait_exit() == 3
     output = server.output()
     lines = log_lines_after(
         output,
@@ -191,7 +191,7 @@ def test_missing_dependency_shows_the_users_import_line(run_rsasgi):
 
 
 def assert_names_directory_searched(server, searched) -> None:
-    assert server.wait_exit() == 1
+    assert server.wait_exit() == 3
     message = f'Could not import module "life_mian" from {searched} (--app-dir); is the name right?'
     lines = [line for line in server.output().splitlines() if "life_mian" in line]
     assert len(lines) == 1 and lines[0].endswith(message), server.output()
@@ -213,7 +213,7 @@ def test_module_not_found_names_the_current_directory_by_default(tmp_path):
 
 def test_factory_error_shows_the_error_then_the_user_frames(run_rsasgi):
     server = run_rsasgi("life_factory:make_app", "--factory", wait=False)
-    assert server.wait_exit() == 1
+    assert server.wait_exit() == 3
     output = server.output()
     lines = log_lines_after(
         output, "--factory: calling \"life_factory:make_app\" raised KeyError: 'database_url'"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import importlib
 import inspect
 import os
@@ -20,8 +21,13 @@ import traceback
 
 from rsasgi._rsasgi import flush_logs, log
 
-#: Exit code when the lifespan startup fails (as uvicorn uses).
-EXIT_STARTUP_FAILED = 3
+#: Exit code when the app cannot be loaded or its lifespan startup fails (as
+#: gunicorn and uvicorn use): a supervisor stops instead of restarting it.
+EXIT_BOOT_FAILURE = 3
+
+#: The signal a supervisor sends a worker whose event loop is stuck, to have
+#: it write the Python stack of every thread before it is killed.
+STACK_DUMP_SIGNAL = signal.SIGUSR2
 
 #: Seconds WSGI threads get to finish after every connection has closed
 #: (their clients are gone, so they stop at their next write).
@@ -34,6 +40,10 @@ class AppLoadError(Exception):
 
 def run(worker) -> int:
     """Runs the worker until shutdown; returns the process exit code."""
+    if worker.supervisor_pid is not None:
+        # Written from the signal handler in C, so it works while the app
+        # blocks the loop (which is when the supervisor asks).
+        faulthandler.register(STACK_DUMP_SIGNAL, file=sys.stderr, all_threads=True)
     app_dir = os.path.abspath(worker.app_dir)
     if app_dir not in sys.path:
         sys.path.insert(0, app_dir)
@@ -42,14 +52,14 @@ def run(worker) -> int:
         interface = detect_interface(app, worker.interface)
     except AppLoadError as exc:
         log("error", str(exc))
-        return 1
+        return EXIT_BOOT_FAILURE
     if interface == "asgi2":
         app = _asgi2_to_asgi3(app)
     try:
         loop, loop_name = new_event_loop(worker.event_loop)
     except AppLoadError as exc:
         log("error", str(exc))
-        return 1
+        return EXIT_BOOT_FAILURE
     log(
         "info",
         f"Starting rsasgi {worker.version} (pid {os.getpid()}): app {worker.app}, "
@@ -206,14 +216,36 @@ def new_event_loop(choice: str):
     return asyncio.new_event_loop(), "asyncio"
 
 
+def _start_heartbeat(worker, loop, stop: asyncio.Event) -> None:
+    """Tells the supervisor, from the loop itself, that the loop runs; a loop the app
+    blocks stops the heartbeat, and the supervisor replaces the worker. Also notices a
+    supervisor that is gone (killed with -9) and shuts down."""
+    supervisor = worker.supervisor_pid
+    if supervisor is None:
+        return
+    interval = worker.heartbeat_interval
+
+    def beat() -> None:
+        worker.heartbeat()
+        if os.getppid() != supervisor and not stop.is_set():
+            log("warning", f"The supervisor (pid {supervisor}) is gone; shutting down")
+            stop.set()
+        loop.call_later(interval, beat)
+
+    beat()
+
+
 async def _serve(worker, app, interface, loop) -> int:
     state: dict = {}
     lifespan = None
     wsgi = interface == "wsgi"
+    stop = asyncio.Event()
+    forced = asyncio.Event()
+    _start_heartbeat(worker, loop, stop)
     if worker.lifespan != "off" and not wsgi:
         lifespan = Lifespan(app, state, required=worker.lifespan == "on")
         if not await lifespan.startup():
-            return EXIT_STARTUP_FAILED
+            return EXIT_BOOT_FAILURE
 
     create_task = loop.create_task
     # The loop holds tasks only weakly: a request task waiting on a future
@@ -243,8 +275,6 @@ async def _serve(worker, app, interface, loop) -> int:
     def spawn(scope, receive, send):
         hold(send, create_task(run_app(scope, receive, send)))
 
-    stop = asyncio.Event()
-    forced = asyncio.Event()
     if wsgi:
         forcing = "closing every connection now, not waiting for WSGI threads"
     else:
@@ -252,18 +282,30 @@ async def _serve(worker, app, interface, loop) -> int:
         if lifespan is not None:
             forcing += ", skipping the lifespan shutdown"
 
+    # Under a supervisor, a terminal's CTRL+C reaches the workers as well as the
+    # supervisor, which then sends SIGTERM: a repeat is not a request to force.
+    # The supervisor forces with SIGQUIT.
+    supervised = worker.supervisor_pid is not None
+
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
         if not stop.is_set():
-            log("info", f"Received {name}: shutting down gracefully (send it again to force)")
+            again = "" if supervised else " (send it again to force)"
+            log("info", f"Received {name}: shutting down gracefully{again}")
             stop.set()
-        elif not forced.is_set():
-            log("warning", f"Received {name} again: forcing the shutdown ({forcing})")
+        elif not forced.is_set() and (signum == signal.SIGQUIT or not supervised):
+            again = "" if signum == signal.SIGQUIT else " again"
+            log("warning", f"Received {name}{again}: forcing the shutdown ({forcing})")
             forced.set()
             worker.shutdown(0.0)
 
+    def on_quit() -> None:
+        stop.set()
+        on_signal(signal.SIGQUIT)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGQUIT, on_quit)
     # The handlers stay until the very end, so that a second signal can cut
     # short any step of the shutdown, the lifespan shutdown included.
     try:
@@ -313,7 +355,7 @@ async def _serve(worker, app, interface, loop) -> int:
         log("info", "Stopped")
         return 0
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
             loop.remove_signal_handler(signum)
 
 

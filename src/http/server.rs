@@ -18,6 +18,7 @@ use super::service::handle;
 use crate::asgi::EventBridge;
 use crate::config::Config;
 use crate::net::{ConnectionInfo, Listener, Scheme, ServerAddr};
+use crate::supervisor::Slot;
 use crate::ws::{Registry, WsSettings};
 use crate::wsgi::Pool;
 
@@ -45,6 +46,8 @@ pub(crate) struct ServerState {
     /// WebSocket settings when upgrades are served (ASGI apps, `--ws auto`).
     pub ws: Option<WsSettings>,
     pub websockets: Arc<Registry>,
+    /// The slot shared with the supervisor, which counts requests.
+    pub slot: Option<Arc<Slot>>,
 }
 
 impl ServerState {
@@ -52,6 +55,7 @@ impl ServerState {
         config: &Config,
         bridge: Arc<EventBridge>,
         wsgi: Option<Arc<Pool>>,
+        slot: Option<Arc<Slot>>,
     ) -> ServerState {
         let wsgi_is_none = wsgi.is_none();
         ServerState {
@@ -65,6 +69,7 @@ impl ServerState {
             extra_headers: config.headers.clone(),
             ws: config.ws.clone().filter(|_| wsgi_is_none),
             websockets: Arc::new(Registry::default()),
+            slot,
         }
     }
 }
@@ -165,7 +170,7 @@ async fn accept_loop<A: Accept>(
 /// `shutdown` (a second signal) ends the wait at once. Connections still
 /// open when this returns are closed by dropping the runtime.
 pub(crate) async fn serve(
-    listener: Listener,
+    listeners: Vec<Listener>,
     config: Arc<Config>,
     state: Arc<ServerState>,
     mut shutdown: watch::Receiver<Option<Duration>>,
@@ -180,25 +185,12 @@ pub(crate) async fn serve(
         draining: shutdown.clone(),
         state: Arc::clone(&state),
     };
-    match listener {
-        Listener::Tcp(listener) => match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => accept_loop(listener, &context, &mut shutdown).await,
-            Err(err) => return unusable_listener(err),
-        },
-        Listener::Unix(listener, unix) => match tokio::net::UnixListener::from_std(listener) {
-            Ok(listener) => {
-                let acceptor = UnixAcceptor {
-                    listener,
-                    path: Arc::clone(&unix.path),
-                };
-                accept_loop(acceptor, &context, &mut shutdown).await;
-                // The listening socket is closed now: nothing can connect
-                // through the file any more.
-                unix.remove_created();
-            }
-            Err(err) => return unusable_listener(err),
-        },
-    }
+    let accepting = listeners.into_iter().map(|listener| {
+        let mut shutdown = shutdown.clone();
+        let context = &context;
+        async move { accept_from(listener, context, &mut shutdown).await }
+    });
+    futures_util::future::join_all(accepting).await;
     let grace = (*shutdown.borrow_and_update()).unwrap_or_default();
     let websockets = Arc::clone(&state.websockets);
     let drained = async {
@@ -234,6 +226,33 @@ pub(crate) async fn serve(
         }
     }
     access_log::connections_cut_off();
+}
+
+/// Runs the accept loop of one listening socket until `shutdown` changes.
+async fn accept_from(
+    listener: Listener,
+    context: &ConnectionContext,
+    shutdown: &mut watch::Receiver<Option<Duration>>,
+) {
+    match listener {
+        Listener::Tcp(listener) => match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => accept_loop(listener, context, shutdown).await,
+            Err(err) => unusable_listener(err),
+        },
+        Listener::Unix(listener, unix) => match tokio::net::UnixListener::from_std(listener) {
+            Ok(listener) => {
+                let acceptor = UnixAcceptor {
+                    listener,
+                    path: Arc::clone(&unix.path),
+                };
+                accept_loop(acceptor, context, shutdown).await;
+                // The listening socket is closed now: nothing can connect
+                // through the file any more.
+                unix.remove_created();
+            }
+            Err(err) => unusable_listener(err),
+        },
+    }
 }
 
 fn unusable_listener(err: std::io::Error) {

@@ -68,6 +68,9 @@ pub(crate) async fn handle(
     // would be moved (copied whole) once more per request.
     let response = 'respond: {
         let started_at = std::time::Instant::now();
+        if let Some(slot) = &state.slot {
+            slot.count_request();
+        }
         add_host_from_authority(&mut request);
         // The access log record of this request, before a response is chosen.
         let pending = || {

@@ -9,7 +9,7 @@ mod connection_info;
 pub(crate) use connection_info::{ConnectionInfo, Scheme, ServerAddr};
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -66,17 +66,45 @@ impl Listener {
     }
 }
 
-/// Binds the socket `bind` names, with a one-line error a user can act on.
-/// A Unix socket file gets `uds_permissions` (see `--uds-permissions`).
-pub(crate) fn bind(bind: &Bind, backlog: u32, uds_permissions: u32) -> Result<Listener, String> {
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Tcp(listener) => listener.as_raw_fd(),
+            Listener::Unix(listener, _) => listener.as_raw_fd(),
+        }
+    }
+}
+
+/// How the sockets are bound.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BindOptions {
+    pub backlog: u32,
+    /// Mode of a Unix socket file (see `--uds-permissions`).
+    pub uds_permissions: u32,
+    /// SO_REUSEPORT on TCP sockets.
+    pub reuse_port: bool,
+}
+
+/// Binds every socket `binds` names, in order, with a one-line error a user
+/// can act on.
+pub(crate) fn bind_all(binds: &[Bind], options: BindOptions) -> Result<Vec<Listener>, String> {
+    binds.iter().map(|bind| self::bind(bind, options)).collect()
+}
+
+fn bind(bind: &Bind, options: BindOptions) -> Result<Listener, String> {
     match bind {
-        Bind::Tcp { host, port } => bind_tcp(host, *port, backlog),
-        Bind::Unix(path) => bind_unix(path, backlog, uds_permissions),
+        Bind::Tcp { host, port } => bind_tcp(host, *port, options),
+        Bind::Unix(path) => bind_unix(path, options.backlog, options.uds_permissions),
         Bind::Fd(fd) => inherit(*fd),
     }
 }
 
-fn bind_tcp(host: &str, port: u16, backlog: u32) -> Result<Listener, String> {
+/// Takes over the listening sockets a supervisor handed down, as descriptors.
+pub(crate) fn inherit_all(fds: &[RawFd]) -> Result<Vec<Listener>, String> {
+    fds.iter().map(|&fd| inherit(fd)).collect()
+}
+
+fn bind_tcp(host: &str, port: u16, options: BindOptions) -> Result<Listener, String> {
     let host_for_lookup = host.trim_start_matches('[').trim_end_matches(']');
     let addr = (host_for_lookup, port)
         .to_socket_addrs()
@@ -97,6 +125,11 @@ fn bind_tcp(host: &str, port: u16, backlog: u32) -> Result<Listener, String> {
     socket
         .set_reuse_address(true)
         .map_err(|err| fail("configure", err))?;
+    if options.reuse_port {
+        socket
+            .set_reuse_port(true)
+            .map_err(|err| fail("set SO_REUSEPORT on", err))?;
+    }
     if addr.is_ipv6() {
         // "::" serves IPv6 only; use "0.0.0.0" for IPv4.
         let _ = socket.set_only_v6(true);
@@ -105,7 +138,7 @@ fn bind_tcp(host: &str, port: u16, backlog: u32) -> Result<Listener, String> {
         .bind(&addr.into())
         .map_err(|err| fail("bind to", err))?;
     socket
-        .listen(backlog_of(backlog))
+        .listen(backlog_of(options.backlog))
         .map_err(|err| fail("listen on", err))?;
     socket
         .set_nonblocking(true)
@@ -196,9 +229,15 @@ fn inherit(fd: i32) -> Result<Listener, String> {
 mod tests {
     use super::*;
 
+    const TEST_OPTIONS: BindOptions = BindOptions {
+        backlog: 16,
+        uds_permissions: 0o666,
+        reuse_port: false,
+    };
+
     #[test]
     fn port_zero_picks_a_free_port() {
-        let listener = bind_tcp("127.0.0.1", 0, 16).unwrap();
+        let listener = bind_tcp("127.0.0.1", 0, TEST_OPTIONS).unwrap();
         let described = listener.describe(Scheme::Http);
         assert!(described.starts_with("http://127.0.0.1:"), "{described}");
         assert!(!described.ends_with(":0"));
@@ -206,10 +245,10 @@ mod tests {
 
     #[test]
     fn a_taken_port_says_so() {
-        let first = bind_tcp("127.0.0.1", 0, 16).unwrap();
+        let first = bind_tcp("127.0.0.1", 0, TEST_OPTIONS).unwrap();
         let Listener::Tcp(tcp) = &first else { panic!() };
         let port = tcp.local_addr().unwrap().port();
-        let err = bind_tcp("127.0.0.1", port, 16).unwrap_err();
+        let err = bind_tcp("127.0.0.1", port, TEST_OPTIONS).unwrap_err();
         assert!(err.contains("another server"), "{err}");
     }
 

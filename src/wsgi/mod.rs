@@ -129,6 +129,7 @@ impl Pool {
         app: &Bound<'_, PyAny>,
         max_threads: usize,
         script_name: String,
+        multiprocess: bool,
     ) -> std::io::Result<Arc<Pool>> {
         let pool = Arc::new(Pool {
             shared: Arc::new(Shared {
@@ -140,7 +141,7 @@ impl Pool {
                 ctx: EnvironContext {
                     script_name,
                     file_wrapper: py.get_type::<FileWrapper>().into_any().unbind(),
-                    multiprocess: false,
+                    multiprocess,
                 },
                 max_threads,
                 threads: Mutex::new(Vec::new()),

@@ -1,0 +1,670 @@
+//! The supervisor: binds the sockets once, runs `--workers` worker processes
+//! on them, and keeps that many serving.
+//!
+//! It never imports the app. It replaces a worker that dies, one whose event
+//! loop stops beating (after logging its stacks), and, gracefully, one that
+//! reaches `--limit-max-requests`, `--limit-worker-lifetime` or
+//! `--limit-worker-memory`; a replacement serves before its predecessor is
+//! told to stop. Signals: TERM/INT stop gracefully (a second one, or QUIT,
+//! at once), HUP replaces every worker with fresh code one by one, TTIN and
+//! TTOU add or remove a worker.
+//!
+//! What a worker may rely on, and what it owes the supervisor, is in
+//! [`handoff`] and [`slot`].
+
+pub(crate) mod handoff;
+mod process;
+mod slot;
+
+pub(crate) use handoff::Handoff;
+pub(crate) use slot::Slot;
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::config::{Config, MAX_WORKERS};
+use crate::net::{self, Listener, Scheme};
+use process::{describe_exit, Retirement, State, WorkerCommand, WorkerProcess};
+
+/// How often the supervisor looks at its workers' slots: how soon a new
+/// worker's readiness or a stalled heartbeat is noticed. A few system calls
+/// per worker each time.
+const TICK: Duration = Duration::from_millis(50);
+
+/// How often resident memory is read for `--limit-worker-memory`.
+const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a hung worker gets to write its stacks before it is killed.
+const STACK_DUMP_WAIT: Duration = Duration::from_secs(1);
+
+/// Beyond `--timeout-graceful-shutdown`, what a stopping worker gets for its
+/// lifespan shutdown and exit before it is killed.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// After a forced stop (a second signal, SIGQUIT), how long workers get to
+/// exit before they are killed.
+const FORCED_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Crashes counted for the backoff are those within this window.
+const CRASH_WINDOW: Duration = Duration::from_secs(60);
+
+/// The first repeated crash waits this long before the next start; each one
+/// after doubles it, up to [`MAX_RESPAWN_DELAY`].
+const FIRST_RESPAWN_DELAY: Duration = Duration::from_millis(500);
+const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(30);
+
+/// The exit code of a worker that could not load the app or whose lifespan
+/// startup failed, and the supervisor's own exit code then.
+pub(crate) const EXIT_BOOT_FAILURE: i32 = 3;
+
+/// Binds the sockets and supervises workers until stopped; returns the exit code.
+pub(crate) fn run(py: Python<'_>, config: Config, argv: Vec<String>) -> PyResult<i32> {
+    let program: String = py.import("sys")?.getattr("executable")?.extract()?;
+    if program.is_empty() {
+        tracing::error!("Cannot start workers: Python does not know its own executable (sys.executable is empty)");
+        return Ok(1);
+    }
+    let listeners = match net::bind_all(&config.binds, config.bind_options()) {
+        Ok(listeners) => listeners,
+        Err(message) => {
+            tracing::error!("{message}");
+            return Ok(1);
+        }
+    };
+    let mut args = vec!["-m".to_string(), "rsasgi".to_string()];
+    args.extend(argv.into_iter().skip(1));
+    let command = WorkerCommand {
+        program,
+        args,
+        listener_fds: listeners.iter().map(AsRawFd::as_raw_fd).collect(),
+    };
+    // Python's own SIGINT handler would raise KeyboardInterrupt once we
+    // return; the supervisor handles SIGINT itself.
+    let signal_module = py.import("signal")?;
+    signal_module.call_method1(
+        "signal",
+        (
+            signal_module.getattr("SIGINT")?,
+            signal_module.getattr("SIG_DFL")?,
+        ),
+    )?;
+    let addresses: Vec<String> = listeners
+        .iter()
+        .map(|listener| listener.describe(Scheme::Http))
+        .collect();
+    let config = Arc::new(config);
+    let code = py.detach(|| {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                tracing::error!("Cannot start the supervisor's event loop: {err}");
+                return 1;
+            }
+        };
+        tracing::info!(
+            "Listening on {} (supervisor pid {}; press CTRL+C to quit)",
+            addresses.join(", "),
+            std::process::id()
+        );
+        runtime.block_on(Supervisor::new(config, command).run())
+    });
+    for listener in &listeners {
+        if let Listener::Unix(_, path) = listener {
+            path.remove_created();
+        }
+    }
+    Ok(code)
+}
+
+/// A stop under way.
+#[derive(Debug, Clone, Copy)]
+struct Stop {
+    forced: bool,
+}
+
+struct Supervisor {
+    config: Arc<Config>,
+    command: WorkerCommand,
+    /// Workers wanted now (`--workers`, changed by TTIN and TTOU).
+    target: usize,
+    workers: Vec<WorkerProcess>,
+    stop: Option<Stop>,
+    exit_code: i32,
+    /// Bumped by each SIGHUP; workers of an older generation are replaced.
+    generation: u64,
+    /// Whether a rolling restart is under way.
+    reloading: bool,
+    /// Recent crashes of serving workers, for the backoff.
+    crashes: VecDeque<Instant>,
+    /// No worker is started before this (backoff after repeated crashes).
+    respawn_at: Option<Instant>,
+    /// Whether every worker has served once since startup (for the log).
+    all_served_once: bool,
+    next_memory_check: Instant,
+}
+
+/// The signals the supervisor acts on.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    quit: Signal,
+    hup: Signal,
+    ttin: Signal,
+    ttou: Signal,
+    usr1: Signal,
+    child: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            hup: signal(SignalKind::hangup())?,
+            ttin: signal(SignalKind::from_raw(libc::SIGTTIN))?,
+            ttou: signal(SignalKind::from_raw(libc::SIGTTOU))?,
+            usr1: signal(SignalKind::user_defined1())?,
+            child: signal(SignalKind::child())?,
+        })
+    }
+}
+
+impl Supervisor {
+    fn new(config: Arc<Config>, command: WorkerCommand) -> Supervisor {
+        let target = config
+            .supervision
+            .workers
+            .map_or(1, |workers| workers.resolve());
+        Supervisor {
+            config,
+            command,
+            target,
+            workers: Vec::new(),
+            stop: None,
+            exit_code: 0,
+            generation: 0,
+            reloading: false,
+            crashes: VecDeque::new(),
+            respawn_at: None,
+            all_served_once: false,
+            next_memory_check: Instant::now(),
+        }
+    }
+
+    async fn run(mut self) -> i32 {
+        let mut signals = match Signals::install() {
+            Ok(signals) => signals,
+            Err(err) => {
+                tracing::error!("Cannot install the supervisor's signal handlers: {err}");
+                return 1;
+            }
+        };
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(
+            "Starting {} worker{}",
+            self.target,
+            if self.target == 1 { "" } else { "s" }
+        );
+        loop {
+            self.reap();
+            if self.stop.is_some() && self.workers.is_empty() {
+                tracing::info!("Stopped");
+                return self.exit_code;
+            }
+            self.check_workers();
+            self.maintain();
+            tokio::select! {
+                _ = signals.term.recv() => self.handle_stop("SIGTERM"),
+                _ = signals.int.recv() => self.handle_stop("SIGINT"),
+                _ = signals.quit.recv() => self.handle_quit(),
+                _ = signals.hup.recv() => self.handle_hup(),
+                _ = signals.ttin.recv() => self.handle_ttin(),
+                _ = signals.ttou.recv() => self.handle_ttou(),
+                _ = signals.usr1.recv() => self.handle_usr1(),
+                _ = signals.child.recv() => {}
+                _ = tick.tick() => {}
+            }
+        }
+    }
+
+    // Signals, one handler each.
+
+    fn handle_stop(&mut self, name: &str) {
+        if self.stop.is_some() {
+            tracing::warn!("Received {name} again: stopping the workers now");
+            self.stop_workers(true);
+        } else {
+            tracing::info!(
+                "Received {name}: stopping the workers gracefully (send it again to force)"
+            );
+            self.stop_workers(false);
+        }
+    }
+
+    fn handle_quit(&mut self) {
+        tracing::warn!("Received SIGQUIT: stopping the workers now");
+        self.stop_workers(true);
+    }
+
+    fn handle_hup(&mut self) {
+        if self.stop.is_some() {
+            return;
+        }
+        self.generation += 1;
+        self.reloading = true;
+        tracing::info!(
+            "Received SIGHUP: replacing the workers one by one with fresh ones \
+             (each new worker serves before an old one stops)"
+        );
+    }
+
+    fn handle_ttin(&mut self) {
+        if self.stop.is_some() || self.target >= MAX_WORKERS {
+            return;
+        }
+        self.target += 1;
+        tracing::info!("Received SIGTTIN: now {} workers", self.target);
+    }
+
+    fn handle_ttou(&mut self) {
+        if self.stop.is_some() {
+            return;
+        }
+        if self.target <= 1 {
+            tracing::info!("Received SIGTTOU: keeping the last worker");
+            return;
+        }
+        self.target -= 1;
+        tracing::info!("Received SIGTTOU: now {} workers", self.target);
+    }
+
+    fn handle_usr1(&mut self) {
+        tracing::info!("Received SIGUSR1: no log file to reopen (logs go to stderr)");
+    }
+
+    // The workers.
+
+    /// Sends every worker SIGTERM (graceful) or SIGQUIT (`forced`).
+    fn stop_workers(&mut self, forced: bool) {
+        self.stop = Some(Stop { forced });
+        let wait = if forced {
+            FORCED_STOP_WAIT
+        } else {
+            self.config.timeout_graceful_shutdown + STOP_MARGIN
+        };
+        let deadline = Instant::now() + wait;
+        for worker in &mut self.workers {
+            if matches!(worker.state, State::Killed) {
+                continue;
+            }
+            worker.signal(if forced { libc::SIGQUIT } else { libc::SIGTERM });
+            worker.state = State::Stopping { deadline };
+        }
+    }
+
+    /// Stops everything because the app cannot boot; exits with `code`.
+    fn halt(&mut self, code: i32) {
+        self.exit_code = code;
+        if self.stop.is_none() {
+            self.stop_workers(false);
+        }
+    }
+
+    /// Collects the workers that exited and decides what each exit means.
+    fn reap(&mut self) {
+        let mut index = 0;
+        while index < self.workers.len() {
+            match self.workers[index].try_wait() {
+                Some(status) => {
+                    let worker = self.workers.swap_remove(index);
+                    self.exited(worker, status);
+                }
+                None => index += 1,
+            }
+        }
+    }
+
+    fn exited(&mut self, worker: WorkerProcess, status: ExitStatus) {
+        let how = describe_exit(status);
+        let name = worker.name();
+        if let Some(stop) = self.stop {
+            if status.success() || (stop.forced && status.code().is_some()) {
+                tracing::info!("{name} stopped");
+            } else {
+                tracing::warn!("{name} {how} while stopping");
+            }
+            return;
+        }
+        match worker.state {
+            State::Stopping { .. } => {
+                if status.success() {
+                    tracing::info!("{name} stopped");
+                } else {
+                    tracing::warn!("{name} {how} while stopping");
+                }
+            }
+            State::Hung { .. } | State::Killed => {
+                tracing::warn!("{name} {how}; replacing it");
+            }
+            State::Booting => self.boot_failed(&worker, status, &how),
+            State::Serving | State::Retiring(_) => {
+                tracing::error!("{name} {how}; replacing it");
+                self.crashed();
+            }
+        }
+    }
+
+    /// A worker exited before it served.
+    fn boot_failed(&mut self, worker: &WorkerProcess, status: ExitStatus, how: &str) {
+        let name = worker.name();
+        if let Some(old_pid) = worker.replaces {
+            // A replacement failed: its predecessor keeps serving.
+            let retry_at = Instant::now() + MAX_RESPAWN_DELAY;
+            if let Some(old) = self.workers.iter_mut().find(|w| w.pid == old_pid) {
+                if let State::Retiring(reason) = old.state {
+                    old.state = State::Serving;
+                    old.retire_not_before = Some(retry_at);
+                    if reason == Retirement::Reload {
+                        self.reloading = false;
+                        tracing::error!(
+                            "Reload failed: the new {name} {how} before serving; the old workers \
+                             keep serving the code they loaded. Fix the app and send SIGHUP again."
+                        );
+                    } else {
+                        tracing::error!(
+                            "The new {name} {how} before serving; {} keeps serving and is \
+                             retried in {}s",
+                            old.name(),
+                            MAX_RESPAWN_DELAY.as_secs()
+                        );
+                    }
+                }
+            }
+            return;
+        }
+        if status.code() == Some(EXIT_BOOT_FAILURE) {
+            tracing::error!(
+                "{name} could not load the app ({how}, the error is above); stopping (exit code \
+                 {EXIT_BOOT_FAILURE})"
+            );
+            self.halt(EXIT_BOOT_FAILURE);
+        } else {
+            tracing::error!("{name} {how} before serving");
+            self.crashed();
+        }
+    }
+
+    /// Counts a crash; repeated crashes delay the next start, doubling.
+    fn crashed(&mut self) {
+        let now = Instant::now();
+        self.crashes.push_back(now);
+        while self
+            .crashes
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > CRASH_WINDOW)
+        {
+            self.crashes.pop_front();
+        }
+        let repeated = self.crashes.len().saturating_sub(1);
+        if repeated == 0 {
+            return;
+        }
+        let delay = FIRST_RESPAWN_DELAY
+            .saturating_mul(1 << (repeated - 1).min(16))
+            .min(MAX_RESPAWN_DELAY);
+        self.respawn_at = Some(now + delay);
+        tracing::warn!(
+            "{} worker crashes in the last {}s; starting the next worker in {:.1}s",
+            self.crashes.len(),
+            CRASH_WINDOW.as_secs(),
+            delay.as_secs_f64()
+        );
+    }
+
+    /// Looks at each worker's slot and clock: readiness, heartbeat, limits,
+    /// and the deadlines of those on their way out.
+    fn check_workers(&mut self) {
+        let now = Instant::now();
+        let check_memory = now >= self.next_memory_check;
+        if check_memory {
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL;
+        }
+        let supervision = self.config.supervision.clone();
+        let mut retire = Vec::new();
+        let mut serving_now = Vec::new();
+        for worker in &mut self.workers {
+            match worker.state {
+                State::Booting if worker.slot.is_serving() => {
+                    worker.state = State::Serving;
+                    tracing::info!(
+                        "{} is serving (booted in {:.1}s)",
+                        worker.name(),
+                        worker.age().as_secs_f64()
+                    );
+                    serving_now.push(worker.replaces);
+                }
+                State::Stopping { deadline } | State::Hung { kill_at: deadline }
+                    if now >= deadline =>
+                {
+                    let why = match worker.state {
+                        State::Hung { .. } => "after writing its stacks",
+                        _ => "still running after its stop deadline",
+                    };
+                    tracing::warn!("Killing {} ({why})", worker.name());
+                    worker.signal(libc::SIGKILL);
+                    worker.state = State::Killed;
+                }
+                _ => {}
+            }
+            if worker.is_active() {
+                let silent = worker.slot.since_beat();
+                if silent > supervision.timeout_worker_healthcheck {
+                    let doing = if matches!(worker.state, State::Booting) {
+                        "has not finished booting and its event loop has not run"
+                    } else {
+                        "is stuck: its event loop has not run"
+                    };
+                    tracing::error!(
+                        "{} {doing} for {:.1}s (--timeout-worker-healthcheck {}s); the Python \
+                         stack of each of its threads follows, then it is killed and replaced",
+                        worker.name(),
+                        silent.as_secs_f64(),
+                        supervision.timeout_worker_healthcheck.as_secs_f64()
+                    );
+                    // The worker registered faulthandler for SIGUSR2, which
+                    // writes the stacks even while the loop is blocked.
+                    worker.signal(libc::SIGUSR2);
+                    worker.state = State::Hung {
+                        kill_at: now + STACK_DUMP_WAIT,
+                    };
+                    continue;
+                }
+            }
+            if worker.state != State::Serving
+                || worker.retire_not_before.is_some_and(|at| now < at)
+                || self.stop.is_some()
+            {
+                continue;
+            }
+            let requests = worker.slot.requests();
+            let reason = if worker.max_requests.is_some_and(|limit| requests >= limit) {
+                Some((
+                    Retirement::MaxRequests,
+                    format!("served {requests} requests (--limit-max-requests)"),
+                ))
+            } else if let Some(lifetime) = supervision
+                .worker_lifetime
+                .filter(|lifetime| worker.age() >= *lifetime)
+            {
+                Some((
+                    Retirement::Lifetime,
+                    format!(
+                        "has run for {}s (--limit-worker-lifetime)",
+                        lifetime.as_secs()
+                    ),
+                ))
+            } else if let Some(limit) = supervision.worker_memory_mib.filter(|_| check_memory) {
+                worker
+                    .resident_bytes()
+                    .map(|bytes| bytes / (1024 * 1024))
+                    .filter(|mib| *mib > limit)
+                    .map(|mib| {
+                        (
+                            Retirement::Memory,
+                            format!("uses {mib} MiB (--limit-worker-memory {limit})"),
+                        )
+                    })
+            } else if self.reloading && worker.generation < self.generation {
+                Some((Retirement::Reload, "runs the old code (SIGHUP)".to_string()))
+            } else {
+                None
+            };
+            if let Some((reason, why)) = reason {
+                retire.push((worker.pid, reason, why));
+            }
+        }
+        for replaced in serving_now.into_iter().flatten() {
+            self.retire_replaced(replaced);
+        }
+        if !self.all_served_once
+            && self.workers.len() >= self.target
+            && self.workers.iter().all(|w| w.state == State::Serving)
+        {
+            self.all_served_once = true;
+            tracing::info!("All {} workers are serving", self.workers.len());
+        }
+        let reload_in_progress = self
+            .workers
+            .iter()
+            .any(|w| w.state == State::Retiring(Retirement::Reload));
+        let mut reload_started = reload_in_progress;
+        for (pid, reason, why) in retire {
+            if reason == Retirement::Reload {
+                // One at a time, so capacity never drops below the target.
+                if reload_started {
+                    continue;
+                }
+                reload_started = true;
+            }
+            self.replace(pid, reason, &why);
+        }
+        if self.reloading
+            && !reload_started
+            && self
+                .workers
+                .iter()
+                .all(|w| w.generation == self.generation || !w.is_active())
+        {
+            self.reloading = false;
+            tracing::info!("Reload complete: every worker runs fresh code");
+        }
+    }
+
+    /// Starts a replacement for the serving worker `pid`, which keeps serving
+    /// until the replacement does.
+    fn replace(&mut self, pid: u32, reason: Retirement, why: &str) {
+        let Some(index) = self.workers.iter().position(|w| w.pid == pid) else {
+            return;
+        };
+        let number = self.workers[index].number;
+        match self.spawn(number) {
+            Some(mut replacement) => {
+                replacement.replaces = Some(pid);
+                let old = &mut self.workers[index];
+                old.state = State::Retiring(reason);
+                tracing::info!(
+                    "{} {why}; replacing it with pid {}",
+                    old.name(),
+                    replacement.pid
+                );
+                self.workers.push(replacement);
+            }
+            None => {
+                self.workers[index].retire_not_before = Some(Instant::now() + MAX_RESPAWN_DELAY);
+            }
+        }
+    }
+
+    /// A replacement serves: its predecessor stops gracefully.
+    fn retire_replaced(&mut self, pid: u32) {
+        let deadline = Instant::now() + self.config.timeout_graceful_shutdown + STOP_MARGIN;
+        if let Some(old) = self.workers.iter_mut().find(|w| w.pid == pid) {
+            if old.is_active() {
+                tracing::info!("Stopping {} gracefully: its replacement serves", old.name());
+                old.signal(libc::SIGTERM);
+                old.state = State::Stopping { deadline };
+            }
+        }
+    }
+
+    /// Starts workers missing from 1..=target, stops those above it.
+    fn maintain(&mut self) {
+        if self.stop.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let deadline = now + self.config.timeout_graceful_shutdown + STOP_MARGIN;
+        for worker in &mut self.workers {
+            if worker.number > self.target && worker.is_active() {
+                tracing::info!("Stopping {} gracefully (SIGTTOU)", worker.name());
+                worker.signal(libc::SIGTERM);
+                worker.state = State::Stopping { deadline };
+            }
+        }
+        if self.respawn_at.is_some_and(|at| now < at) {
+            return;
+        }
+        self.respawn_at = None;
+        for number in 1..=self.target {
+            let present = self
+                .workers
+                .iter()
+                .any(|w| w.number == number && (w.is_active() || matches!(w.state, State::Hung { .. })));
+            if !present {
+                if let Some(worker) = self.spawn(number) {
+                    self.workers.push(worker);
+                } else {
+                    self.respawn_at = Some(now + FIRST_RESPAWN_DELAY);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, number: usize) -> Option<WorkerProcess> {
+        let supervision = &self.config.supervision;
+        let max_requests = supervision
+            .max_requests
+            .map(|limit| (limit, supervision.max_requests_jitter));
+        match WorkerProcess::spawn(
+            &self.command,
+            number,
+            self.target,
+            self.generation,
+            max_requests,
+        ) {
+            Ok(worker) => {
+                tracing::info!("Started {}", worker.name());
+                Some(worker)
+            }
+            Err(err) => {
+                tracing::error!(
+                    "Cannot start worker {number} ({} -m rsasgi): {err}",
+                    self.command.program
+                );
+                None
+            }
+        }
+    }
+}
