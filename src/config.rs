@@ -115,6 +115,9 @@ pub(crate) const MAX_UDS_PERMISSIONS: u32 = 0o777;
 /// worker is replaced.
 pub(crate) const DEFAULT_TIMEOUT_WORKER_HEALTHCHECK: Duration = Duration::from_secs(30);
 
+/// The longest gap between two heartbeats of a supervised worker's event loop.
+pub(crate) const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The largest `--workers`. Each worker is a Python interpreter of tens of
 /// megabytes; far beyond the core count they only contend.
 pub(crate) const MAX_WORKERS: usize = 1024;
@@ -229,6 +232,12 @@ pub(crate) struct Supervision {
 }
 
 impl Supervision {
+    /// Seconds between a supervised worker's heartbeats: often enough that a
+    /// quarter of the health-check timeout never passes without one.
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        (self.timeout_worker_healthcheck / 4).min(MAX_HEARTBEAT_INTERVAL)
+    }
+
     /// Whether a supervisor process runs: asked for with `--workers`, or
     /// needed by an option only a supervisor can carry out.
     pub(crate) fn supervised(&self) -> bool {

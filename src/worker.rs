@@ -27,9 +27,6 @@ use crate::supervisor::{handoff, Handoff, Slot};
 use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON};
 use crate::wsgi::{Pool, THREADS_WARNING};
 
-/// The longest gap between two heartbeats of a supervised worker's event loop.
-const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Loads `--env-file` into `os.environ` (Python's copy of the environment),
 /// leaving variables that are already set alone.
 fn load_env_file(py: Python<'_>, path: &std::path::Path) -> Result<(), String> {
@@ -205,12 +202,10 @@ impl Worker {
         self.supervised.as_ref().map(|s| s.supervisor_pid)
     }
 
-    /// Seconds between heartbeats: often enough that a quarter of the
-    /// health-check timeout never passes without one.
+    /// Seconds between heartbeats (see `Supervision::heartbeat_interval`).
     #[getter]
     fn heartbeat_interval(&self) -> f64 {
-        let timeout = self.config.supervision.timeout_worker_healthcheck;
-        (timeout / 4).min(MAX_HEARTBEAT_INTERVAL).as_secs_f64()
+        self.config.supervision.heartbeat_interval().as_secs_f64()
     }
 
     /// Tells the supervisor that the event loop runs; the loop calls this

@@ -1,7 +1,7 @@
 //! The accept loop, hyper's connection builder, and the worker's shutdown:
 //! stop accepting, drain, then close what is left.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,8 +139,46 @@ impl Accept for UnixAcceptor {
     }
 }
 
+/// Stops a supervised ASGI worker from accepting while its event loop is
+/// blocked (a blocking call in async code): connections it accepted then
+/// would wait for the loop, while the other workers, which accept from the
+/// same socket, can serve them now. Read from the heartbeat the loop writes
+/// into the slot it shares with the supervisor.
+struct AcceptGate {
+    slot: Arc<Slot>,
+    /// A loop whose heartbeat is this late is blocked.
+    stalled_after: Duration,
+    paused: AtomicBool,
+}
+
+/// How often a worker whose loop is blocked checks whether it runs again,
+/// and how often the accept loop checks the heartbeat while idle.
+const ACCEPT_GATE_POLL: Duration = Duration::from_millis(100);
+
+impl AcceptGate {
+    /// Whether accepting is paused; logs when that changes (once, whichever
+    /// listener notices first).
+    fn paused(&self) -> bool {
+        let silent = self.slot.since_beat();
+        let stalled = silent > self.stalled_after;
+        if self.paused.swap(stalled, Ordering::Relaxed) != stalled {
+            if stalled {
+                tracing::warn!(
+                    "The event loop has not run for {:.1}s (a blocking call in async code?); \
+                     not accepting new connections until it does, so that other workers take them",
+                    silent.as_secs_f64()
+                );
+            } else {
+                tracing::info!("The event loop runs again; accepting connections");
+            }
+        }
+        stalled
+    }
+}
+
 /// What the accept loop hands every connection it starts.
 struct ConnectionContext {
+    gate: Option<AcceptGate>,
     builder: auto::Builder<TokioExecutor>,
     deadlines: Deadlines,
     open: Arc<OpenConnections>,
@@ -154,12 +192,29 @@ async fn accept_loop<A: Accept>(
     context: &ConnectionContext,
     shutdown: &mut watch::Receiver<Option<Duration>>,
 ) {
+    let Some(gate) = &context.gate else {
+        loop {
+            tokio::select! {
+                accepted = listener.accept_one() => match accepted {
+                    Ok((io, info)) => spawn_connection(context, io, info),
+                    Err(err) => accept_failed(err).await,
+                },
+                _ = shutdown.changed() => break,
+            }
+        }
+        return;
+    };
+    let mut poll = tokio::time::interval(ACCEPT_GATE_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let open = !gate.paused();
         tokio::select! {
-            accepted = listener.accept_one() => match accepted {
+            // Accept is cancel-safe: a tick that wins loses no connection.
+            accepted = listener.accept_one(), if open => match accepted {
                 Ok((io, info)) => spawn_connection(context, io, info),
                 Err(err) => accept_failed(err).await,
             },
+            _ = poll.tick() => {}
             _ = shutdown.changed() => break,
         }
     }
@@ -175,7 +230,17 @@ pub(crate) async fn serve(
     state: Arc<ServerState>,
     mut shutdown: watch::Receiver<Option<Duration>>,
 ) {
+    let gate = match (&state.slot, &state.wsgi) {
+        // A WSGI app runs on its own threads; the loop plays no part.
+        (Some(slot), None) => Some(AcceptGate {
+            slot: Arc::clone(slot),
+            stalled_after: config.supervision.heartbeat_interval() * 2,
+            paused: AtomicBool::new(false),
+        }),
+        _ => None,
+    };
     let context = ConnectionContext {
+        gate,
         builder: connection_builder(&config),
         deadlines: Deadlines {
             request_header: config.timeout_request_header,
