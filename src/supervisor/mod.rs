@@ -15,6 +15,7 @@
 pub(crate) mod handoff;
 mod process;
 mod slot;
+pub(crate) mod systemd;
 
 pub(crate) use handoff::Handoff;
 pub(crate) use slot::Slot;
