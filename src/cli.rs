@@ -270,12 +270,7 @@ struct Args {
     port: u16,
 
     /// Listen on a Unix domain socket at PATH instead of host and port.
-    #[arg(
-        long,
-        env = "RSASGI_UDS",
-        value_name = "PATH",
-        help_heading = "Socket"
-    )]
+    #[arg(long, env = "RSASGI_UDS", value_name = "PATH", help_heading = "Socket")]
     uds: Option<PathBuf>,
 
     /// Permissions of the --uds socket file, in octal.
@@ -884,12 +879,7 @@ mod tests {
                 "{args:?}"
             );
         }
-        for option in [
-            "--reload",
-            "--forwarded-allow-ips",
-            "--daemon",
-            "-k",
-        ] {
+        for option in ["--reload", "--forwarded-allow-ips", "--daemon", "-k"] {
             assert_eq!(
                 error_line(&[option]),
                 format!(
@@ -937,7 +927,10 @@ mod tests {
         assert_eq!(supervision.workers, Some(Workers::Count(3)));
         assert_eq!(supervision.max_requests, Some(1000));
         assert_eq!(supervision.max_requests_jitter, 50);
-        assert_eq!(supervision.timeout_worker_healthcheck, Duration::from_secs(60));
+        assert_eq!(
+            supervision.timeout_worker_healthcheck,
+            Duration::from_secs(60)
+        );
         assert_eq!(config.timeout_graceful_shutdown, Duration::from_secs(7));
         let config = parse(["rsasgi", "main:app", "--limit-max-requests", "5"]).unwrap();
         assert!(config.supervision.supervised());

@@ -146,7 +146,9 @@ impl Bind {
         if let Some(fd) = raw.strip_prefix("fd://") {
             return match fd.parse::<i32>() {
                 Ok(fd) if fd >= 0 => Ok(Bind::Fd(fd)),
-                _ => Err(format!("{raw:?}: fd:// needs a descriptor number, as in fd://3")),
+                _ => Err(format!(
+                    "{raw:?}: fd:// needs a descriptor number, as in fd://3"
+                )),
             };
         }
         let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
@@ -161,7 +163,9 @@ impl Bind {
                 },
             }
         } else if raw.matches(':').count() > 1 {
-            return Err(format!("{raw:?}: write an IPv6 address in brackets, as in [::1]:8000"));
+            return Err(format!(
+                "{raw:?}: write an IPv6 address in brackets, as in [::1]:8000"
+            ));
         } else {
             match raw.split_once(':') {
                 Some((host, port)) => (host, Some(port)),
@@ -169,7 +173,9 @@ impl Bind {
             }
         };
         if host.is_empty() {
-            return Err(format!("{raw:?} names no host; use 0.0.0.0:PORT for every interface"));
+            return Err(format!(
+                "{raw:?} names no host; use 0.0.0.0:PORT for every interface"
+            ));
         }
         let port = match port {
             None => DEFAULT_PORT,

@@ -48,6 +48,10 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
         }
     };
     let handoff = supervisor::Handoff::take_from_env();
+    // Both read and clear their environment variables: before any thread
+    // (the log writer is one) starts.
+    let activated = supervisor::systemd::listen_fds();
+    let notifier = supervisor::systemd::Notifier::from_env();
     let label = handoff
         .as_ref()
         .map(|handoff| format!("worker {} pid {}", handoff.number, std::process::id()));
@@ -55,10 +59,29 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
     for note in &config.compat_notes {
         tracing::debug!("{note}");
     }
+    let activated: Vec<_> = match activated {
+        Ok(activated) => activated
+            .into_iter()
+            .map(|socket| {
+                tracing::debug!(
+                    "systemd passed socket {:?} (socket activation)",
+                    socket.name
+                );
+                socket.fd
+            })
+            .collect(),
+        Err(message) => {
+            tracing::error!("Socket activation: {message}");
+            logging::flush();
+            return Ok(1);
+        }
+    };
     let code = match handoff {
-        Some(handoff) => worker::run(py, config, Some(handoff)),
-        None if config.supervision.supervised() => supervisor::run(py, config, argv),
-        None => worker::run(py, config, None),
+        Some(handoff) => worker::run(py, config, worker::Sockets::Handoff(handoff), notifier),
+        None if config.supervision.supervised() => {
+            supervisor::run(py, config, argv, activated, notifier)
+        }
+        None => worker::run(py, config, worker::Sockets::Own(activated), notifier),
     };
     logging::flush();
     code

@@ -5,9 +5,10 @@
 //! [`Worker`] object below. A supervisor that runs several workers only has
 //! to start several processes, each building its own `Worker`.
 
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use pyo3::exceptions::PyRuntimeError;
@@ -23,6 +24,7 @@ use crate::bridge::mark_reactor_thread;
 use crate::config::{Config, EventLoop, Interface, Lifespan};
 use crate::http::{serve, ServerState};
 use crate::net::{self, Listener, Scheme};
+use crate::supervisor::systemd::Notifier;
 use crate::supervisor::{handoff, Handoff, Slot};
 use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON};
 use crate::wsgi::{Pool, THREADS_WARNING};
@@ -50,10 +52,27 @@ fn load_env_file(py: Python<'_>, path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one worker until it stops; returns the exit code. Under a
-/// supervisor (`handoff`) it serves the sockets it inherited; on its own it
-/// binds them.
-pub(crate) fn run(py: Python<'_>, config: Config, handoff: Option<Handoff>) -> PyResult<i32> {
+/// Where a worker's listening sockets come from.
+pub(crate) enum Sockets {
+    /// Started by a supervisor: the sockets it inherited.
+    Handoff(Handoff),
+    /// On its own: those systemd passed (if any), else bound from the config.
+    Own(Vec<OwnedFd>),
+}
+
+/// Runs one worker until it stops; returns the exit code. `notifier` tells
+/// systemd when it serves and stops (it does nothing under a supervisor,
+/// whose workers are started without `NOTIFY_SOCKET`).
+pub(crate) fn run(
+    py: Python<'_>,
+    config: Config,
+    sockets: Sockets,
+    notifier: Notifier,
+) -> PyResult<i32> {
+    let (handoff, activated) = match sockets {
+        Sockets::Handoff(handoff) => (Some(handoff), Vec::new()),
+        Sockets::Own(activated) => (None, activated),
+    };
     if handoff.is_some() {
         // Python copied the environment at startup; a subprocess the app
         // starts must not inherit the handoff either.
@@ -69,7 +88,7 @@ pub(crate) fn run(py: Python<'_>, config: Config, handoff: Option<Handoff>) -> P
     }
     let listeners = match &handoff {
         Some(handoff) => net::inherit_all(&handoff.listener_fds),
-        None => net::bind_all(&config.binds, config.bind_options()),
+        None => net::listen(&config.binds, config.bind_options(), activated),
     };
     let listeners = match listeners {
         Ok(listeners) => listeners,
@@ -92,7 +111,7 @@ pub(crate) fn run(py: Python<'_>, config: Config, handoff: Option<Handoff>) -> P
         },
         None => None,
     };
-    let worker = match Worker::new(config, listeners, supervised) {
+    let worker = match Worker::new(config, listeners, supervised, notifier) {
         Ok(worker) => Py::new(py, worker)?,
         Err(err) => {
             tracing::error!("Cannot create the worker's event channel: {err}");
@@ -116,6 +135,9 @@ pub(crate) struct Worker {
     bridge: Arc<EventBridge>,
     listeners: Mutex<Option<Vec<Listener>>>,
     supervised: Option<Supervised>,
+    notifier: Notifier,
+    /// When the systemd watchdog was last told we are alive.
+    watchdog_sent: Mutex<Option<Instant>>,
     shutdown: watch::Sender<Option<Duration>>,
     reactor: Mutex<Option<JoinHandle<()>>>,
     wsgi_pool: Mutex<Option<Arc<Pool>>>,
@@ -128,12 +150,15 @@ impl Worker {
         config: Config,
         listeners: Vec<Listener>,
         supervised: Option<Supervised>,
+        notifier: Notifier,
     ) -> std::io::Result<Worker> {
         Ok(Worker {
             config: Arc::new(config),
             bridge: Arc::new(EventBridge::new()?),
             listeners: Mutex::new(Some(listeners)),
             supervised,
+            notifier,
+            watchdog_sent: Mutex::new(None),
             shutdown: watch::channel(None).0,
             reactor: Mutex::new(None),
             wsgi_pool: Mutex::new(None),
@@ -202,10 +227,24 @@ impl Worker {
         self.supervised.as_ref().map(|s| s.supervisor_pid)
     }
 
-    /// Seconds between heartbeats (see `Supervision::heartbeat_interval`).
+    /// Seconds between heartbeats of the event loop, or None when nobody
+    /// listens to them (no supervisor, no systemd watchdog).
     #[getter]
-    fn heartbeat_interval(&self) -> f64 {
-        self.config.supervision.heartbeat_interval().as_secs_f64()
+    fn heartbeat_interval(&self) -> Option<f64> {
+        let supervisor = self
+            .supervised
+            .as_ref()
+            .map(|_| self.config.supervision.heartbeat_interval());
+        // systemd asks for a ping at least every half of its interval.
+        let watchdog = self
+            .notifier
+            .watchdog_interval()
+            .map(|interval| interval / 4);
+        let interval = match (supervisor, watchdog) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(interval.as_secs_f64())
     }
 
     /// Tells the supervisor that the event loop runs; the loop calls this
@@ -214,6 +253,13 @@ impl Worker {
     fn heartbeat(&self) {
         if let Some(supervised) = &self.supervised {
             supervised.slot.beat();
+        }
+        if let Some(interval) = self.notifier.watchdog_interval() {
+            let mut sent = self.watchdog_sent.lock();
+            if sent.is_none_or(|at| at.elapsed() >= interval / 2) {
+                self.notifier.watchdog();
+                *sent = Some(Instant::now());
+            }
         }
     }
 
@@ -281,9 +327,9 @@ impl Worker {
                     config.root_path.clone(),
                     multiprocess,
                 )
-                    .map_err(|err| {
-                        PyRuntimeError::new_err(format!("cannot start a WSGI thread: {err}"))
-                    })?;
+                .map_err(|err| {
+                    PyRuntimeError::new_err(format!("cannot start a WSGI thread: {err}"))
+                })?;
                 *self.wsgi_pool.lock() = Some(Arc::clone(&pool));
                 Some(pool)
             }
@@ -323,10 +369,13 @@ impl Worker {
                 slot.mark_serving();
                 tracing::info!("Serving on {addresses}");
             }
-            None => tracing::info!(
-                "Listening on {addresses} (pid {}; press CTRL+C to quit)",
-                std::process::id()
-            ),
+            None => {
+                tracing::info!(
+                    "Listening on {addresses} (pid {}; press CTRL+C to quit)",
+                    std::process::id()
+                );
+                self.notifier.ready(&format!("Serving on {addresses}"));
+            }
         }
         Ok(self.bridge.fileno())
     }
@@ -347,6 +396,7 @@ impl Worker {
     /// Stops accepting, lets requests run up to `grace` seconds, then closes
     /// every connection; the `stopped` future given to `start` completes after that.
     fn shutdown(&self, grace: f64) {
+        self.notifier.stopping();
         let grace = Duration::try_from_secs_f64(grace).unwrap_or_default();
         self.shutdown.send_replace(Some(grace));
     }

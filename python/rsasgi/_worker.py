@@ -217,17 +217,17 @@ def new_event_loop(choice: str):
 
 
 def _start_heartbeat(worker, loop, stop: asyncio.Event) -> None:
-    """Tells the supervisor, from the loop itself, that the loop runs; a loop the app
-    blocks stops the heartbeat, and the supervisor replaces the worker. Also notices a
-    supervisor that is gone (killed with -9) and shuts down."""
+    """Tells the supervisor (and systemd's watchdog), from the loop itself, that the loop
+    runs; a loop the app blocks stops the heartbeat, and the supervisor replaces the
+    worker. Also notices a supervisor that is gone (killed with -9) and shuts down."""
     supervisor = worker.supervisor_pid
-    if supervisor is None:
-        return
     interval = worker.heartbeat_interval
+    if interval is None:
+        return
 
     def beat() -> None:
         worker.heartbeat()
-        if os.getppid() != supervisor and not stop.is_set():
+        if supervisor is not None and os.getppid() != supervisor and not stop.is_set():
             log("warning", f"The supervisor (pid {supervisor}) is gone; shutting down")
             stop.set()
         loop.call_later(interval, beat)
@@ -357,6 +357,11 @@ async def _serve(worker, app, interface, loop) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
             loop.remove_signal_handler(signum)
+        if supervised:
+            # A late copy of the stop signal (CTRL+C reaches the whole process
+            # group, then the supervisor sends SIGTERM) must not cut the exit short.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
 
 
 async def _cancel_request_tasks(tasks: list, forced: asyncio.Event) -> None:

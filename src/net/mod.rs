@@ -9,7 +9,7 @@ mod connection_info;
 pub(crate) use connection_info::{ConnectionInfo, Scheme, ServerAddr};
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -97,6 +97,26 @@ fn bind(bind: &Bind, options: BindOptions) -> Result<Listener, String> {
         Bind::Unix(path) => bind_unix(path, options.backlog, options.uds_permissions),
         Bind::Fd(fd) => inherit(*fd),
     }
+}
+
+/// The sockets to serve: those systemd passed (socket activation), else
+/// those `binds` name.
+pub(crate) fn listen(
+    binds: &[Bind],
+    options: BindOptions,
+    activated: Vec<OwnedFd>,
+) -> Result<Vec<Listener>, String> {
+    if activated.is_empty() {
+        return bind_all(binds, options);
+    }
+    tracing::info!(
+        "Serving the {} socket(s) systemd passed (socket activation) instead of --bind/--host/--port",
+        activated.len()
+    );
+    activated
+        .into_iter()
+        .map(|fd| inherit(fd.into_raw_fd()))
+        .collect()
 }
 
 /// Takes over the listening sockets a supervisor handed down, as descriptors.

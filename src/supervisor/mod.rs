@@ -21,7 +21,7 @@ pub(crate) use handoff::Handoff;
 pub(crate) use slot::Slot;
 
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +32,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::config::{Config, MAX_WORKERS};
 use crate::net::{self, Listener, Scheme};
 use process::{describe_exit, Retirement, State, WorkerCommand, WorkerProcess};
+use systemd::Notifier;
 
 /// How often the supervisor looks at its workers' slots: how soon a new
 /// worker's readiness or a stalled heartbeat is noticed. A few system calls
@@ -60,18 +61,29 @@ const CRASH_WINDOW: Duration = Duration::from_secs(60);
 const FIRST_RESPAWN_DELAY: Duration = Duration::from_millis(500);
 const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(30);
 
+/// How often the status line systemd shows (`systemctl status`) is updated.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The exit code of a worker that could not load the app or whose lifespan
 /// startup failed, and the supervisor's own exit code then.
 pub(crate) const EXIT_BOOT_FAILURE: i32 = 3;
 
 /// Binds the sockets and supervises workers until stopped; returns the exit code.
-pub(crate) fn run(py: Python<'_>, config: Config, argv: Vec<String>) -> PyResult<i32> {
+/// `activated`: the sockets systemd passed, if any; `notifier` tells systemd
+/// how the service is doing.
+pub(crate) fn run(
+    py: Python<'_>,
+    config: Config,
+    argv: Vec<String>,
+    activated: Vec<OwnedFd>,
+    notifier: Notifier,
+) -> PyResult<i32> {
     let program: String = py.import("sys")?.getattr("executable")?.extract()?;
     if program.is_empty() {
         tracing::error!("Cannot start workers: Python does not know its own executable (sys.executable is empty)");
         return Ok(1);
     }
-    let listeners = match net::bind_all(&config.binds, config.bind_options()) {
+    let listeners = match net::listen(&config.binds, config.bind_options(), activated) {
         Ok(listeners) => listeners,
         Err(message) => {
             tracing::error!("{message}");
@@ -116,7 +128,7 @@ pub(crate) fn run(py: Python<'_>, config: Config, argv: Vec<String>) -> PyResult
             addresses.join(", "),
             std::process::id()
         );
-        runtime.block_on(Supervisor::new(config, command).run())
+        runtime.block_on(Supervisor::new(config, command, notifier).run())
     });
     for listener in &listeners {
         if let Listener::Unix(_, path) = listener {
@@ -151,6 +163,11 @@ struct Supervisor {
     /// Whether every worker has served once since startup (for the log).
     all_served_once: bool,
     next_memory_check: Instant,
+    notifier: Notifier,
+    next_status: Instant,
+    next_watchdog: Instant,
+    /// Requests served by workers that have exited, for the status line.
+    past_requests: u64,
 }
 
 /// The signals the supervisor acts on.
@@ -181,7 +198,7 @@ impl Signals {
 }
 
 impl Supervisor {
-    fn new(config: Arc<Config>, command: WorkerCommand) -> Supervisor {
+    fn new(config: Arc<Config>, command: WorkerCommand, notifier: Notifier) -> Supervisor {
         let target = config
             .supervision
             .workers
@@ -199,6 +216,10 @@ impl Supervisor {
             respawn_at: None,
             all_served_once: false,
             next_memory_check: Instant::now(),
+            notifier,
+            next_status: Instant::now(),
+            next_watchdog: Instant::now(),
+            past_requests: 0,
         }
     }
 
@@ -225,6 +246,7 @@ impl Supervisor {
             }
             self.check_workers();
             self.maintain();
+            self.notify_systemd();
             tokio::select! {
                 _ = signals.term.recv() => self.handle_stop("SIGTERM"),
                 _ = signals.int.recv() => self.handle_stop("SIGINT"),
@@ -264,6 +286,7 @@ impl Supervisor {
         }
         self.generation += 1;
         self.reloading = true;
+        self.notifier.reloading();
         tracing::info!(
             "Received SIGHUP: replacing the workers one by one with fresh ones \
              (each new worker serves before an old one stops)"
@@ -298,6 +321,9 @@ impl Supervisor {
 
     /// Sends every worker SIGTERM (graceful) or SIGQUIT (`forced`).
     fn stop_workers(&mut self, forced: bool) {
+        if self.stop.is_none() {
+            self.notifier.stopping();
+        }
         self.stop = Some(Stop { forced });
         let wait = if forced {
             FORCED_STOP_WAIT
@@ -337,10 +363,17 @@ impl Supervisor {
     }
 
     fn exited(&mut self, worker: WorkerProcess, status: ExitStatus) {
+        self.past_requests += worker.slot.requests();
         let how = describe_exit(status);
         let name = worker.name();
         if let Some(stop) = self.stop {
-            if status.success() || (stop.forced && status.code().is_some()) {
+            // Killed by the stop signal itself: before the worker's handlers
+            // were installed (it was booting) or after they were removed.
+            let by_stop_signal = matches!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(libc::SIGTERM | libc::SIGINT | libc::SIGQUIT)
+            );
+            if status.success() || by_stop_signal || (stop.forced && status.code().is_some()) {
                 tracing::info!("{name} stopped");
             } else {
                 tracing::warn!("{name} {how} while stopping");
@@ -378,6 +411,7 @@ impl Supervisor {
                     old.retire_not_before = Some(retry_at);
                     if reason == Retirement::Reload {
                         self.reloading = false;
+                        self.notifier.ready(&self.status());
                         tracing::error!(
                             "Reload failed: the new {name} {how} before serving; the old workers \
                              keep serving the code they loaded. Fix the app and send SIGHUP again."
@@ -394,12 +428,24 @@ impl Supervisor {
             }
             return;
         }
-        if status.code() == Some(EXIT_BOOT_FAILURE) {
+        let others_serve = self
+            .workers
+            .iter()
+            .any(|w| matches!(w.state, State::Serving | State::Retiring(_)));
+        if status.code() == Some(EXIT_BOOT_FAILURE) && !others_serve {
             tracing::error!(
                 "{name} could not load the app ({how}, the error is above); stopping (exit code \
                  {EXIT_BOOT_FAILURE})"
             );
             self.halt(EXIT_BOOT_FAILURE);
+        } else if status.code() == Some(EXIT_BOOT_FAILURE) {
+            // The app's files changed under running workers: stopping them
+            // would turn one failed start into an outage.
+            tracing::error!(
+                "{name} could not load the app ({how}, the error is above); the other workers \
+                 keep serving the code they loaded, and it is retried"
+            );
+            self.crashed();
         } else {
             tracing::error!("{name} {how} before serving");
             self.crashed();
@@ -544,6 +590,7 @@ impl Supervisor {
         {
             self.all_served_once = true;
             tracing::info!("All {} workers are serving", self.workers.len());
+            self.notifier.ready(&self.status());
         }
         let reload_in_progress = self
             .workers
@@ -569,6 +616,38 @@ impl Supervisor {
         {
             self.reloading = false;
             tracing::info!("Reload complete: every worker runs fresh code");
+            self.notifier.ready(&self.status());
+        }
+    }
+
+    /// What `systemctl status` shows: workers serving, requests served.
+    fn status(&self) -> String {
+        let serving = self
+            .workers
+            .iter()
+            .filter(|w| matches!(w.state, State::Serving | State::Retiring(_)))
+            .count();
+        let requests: u64 =
+            self.past_requests + self.workers.iter().map(|w| w.slot.requests()).sum::<u64>();
+        format!(
+            "{serving} of {} workers serving; {requests} requests",
+            self.target
+        )
+    }
+
+    /// Keeps systemd's status line current and its watchdog fed (from this
+    /// loop, so a stuck supervisor stops feeding it).
+    fn notify_systemd(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_status {
+            self.next_status = now + STATUS_INTERVAL;
+            self.notifier.status(&self.status());
+        }
+        if let Some(interval) = self.notifier.watchdog_interval() {
+            if now >= self.next_watchdog {
+                self.next_watchdog = now + interval / 2;
+                self.notifier.watchdog();
+            }
         }
     }
 
@@ -628,10 +707,9 @@ impl Supervisor {
         }
         self.respawn_at = None;
         for number in 1..=self.target {
-            let present = self
-                .workers
-                .iter()
-                .any(|w| w.number == number && (w.is_active() || matches!(w.state, State::Hung { .. })));
+            let present = self.workers.iter().any(|w| {
+                w.number == number && (w.is_active() || matches!(w.state, State::Hung { .. }))
+            });
             if !present {
                 if let Some(worker) = self.spawn(number) {
                     self.workers.push(worker);

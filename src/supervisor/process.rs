@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::handoff::{self, Handoff};
 use super::slot::Slot;
+use super::systemd;
 
 /// How the supervisor starts a worker: a fresh interpreter running
 /// `python -m rsasgi` with the user's own arguments, never a fork of the
@@ -39,9 +40,13 @@ pub(super) enum State {
     /// Serving until its replacement serves.
     Retiring(Retirement),
     /// Sent SIGTERM (or SIGQUIT); killed if still there at `deadline`.
-    Stopping { deadline: Instant },
+    Stopping {
+        deadline: Instant,
+    },
     /// Its event loop stopped beating; asked for its stacks, killed at `kill_at`.
-    Hung { kill_at: Instant },
+    Hung {
+        kill_at: Instant,
+    },
     /// Sent SIGKILL; only its exit is awaited.
     Killed,
 }
@@ -87,6 +92,9 @@ impl WorkerProcess {
         process
             .args(&command.args)
             .env(handoff::VARIABLE, handoff.encode());
+        for variable in systemd::NOTIFY_VARS {
+            process.env_remove(variable);
+        }
         // SAFETY: the closure runs in the child between fork and exec and
         // only makes async-signal-safe system calls on descriptors and on
         // the process itself; it allocates nothing.
@@ -115,7 +123,8 @@ impl WorkerProcess {
             state: State::Booting,
             generation,
             replaces: None,
-            max_requests: max_requests.map(|(limit, jitter)| limit.saturating_add(random_up_to(jitter))),
+            max_requests: max_requests
+                .map(|(limit, jitter)| limit.saturating_add(random_up_to(jitter))),
             retire_not_before: None,
         })
     }

@@ -6,9 +6,6 @@
 //! environment its workers inherit, and that crate reads the variable anew on
 //! every call; it also cannot reach abstract socket addresses.
 
-// Until the supervisor uses it.
-#![allow(dead_code)]
-
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -27,8 +24,10 @@ const UNNAMED_FD: &str = "unknown";
 /// The variables systemd sets for socket activation.
 const LISTEN_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
-/// The variables that let a process notify systemd; workers must not see them.
-const NOTIFY_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+/// The variables that let a process notify systemd. Workers are started
+/// without them: one that saw them could tell systemd it is ready before the
+/// supervisor is.
+pub(crate) const NOTIFY_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 /// One socket passed by systemd.
 #[derive(Debug)]
@@ -141,17 +140,6 @@ fn env_var(name: &str) -> Result<Option<String>, String> {
         Ok(value) => Ok(Some(value)),
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not valid UTF-8")),
-    }
-}
-
-/// Removes `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` from the
-/// environment. Call before spawning workers (after [`Notifier::from_env`],
-/// before any thread starts): a worker that saw them could tell systemd it is
-/// ready before the supervisor is. Python's `os.environ` is a copy taken at
-/// start-up and keeps them: spawn workers with `std::process::Command`.
-pub(crate) fn unset_notify_env() {
-    for name in NOTIFY_VARS {
-        std::env::remove_var(name);
     }
 }
 
