@@ -11,6 +11,7 @@ mod exchange;
 mod http;
 mod logging;
 mod net;
+mod supervisor;
 mod wake;
 mod worker;
 mod ws;
