@@ -15,6 +15,7 @@
 pub(crate) mod handoff;
 mod process;
 mod slot;
+mod reload;
 pub(crate) mod systemd;
 
 pub(crate) use handoff::Handoff;

@@ -1,0 +1,332 @@
+//! The file watcher behind `--reload`: tells the supervisor when the app's
+//! source changed, so it can restart the worker.
+//!
+//! notify's inotify backend runs its own thread. Its callback filters each
+//! event there and passes only what matters over a tokio channel, so the
+//! runtime never waits on the file system and ignored files never cross.
+
+// Until the supervisor uses it.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::RecommendedWatcher;
+use parking_lot::Mutex;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::time::{timeout_at, Instant};
+
+use filter::Filter;
+use watches::{on_event, watch_tree, Notice};
+
+mod filter;
+mod watches;
+
+/// Files watched when `--reload-include` adds nothing (uvicorn's default).
+pub(crate) const DEFAULT_INCLUDE: &[&str] = &["*.py"];
+
+/// Files ignored when `--reload-exclude` adds nothing (uvicorn's defaults:
+/// hidden files and directories, bytecode, vim swap files, backups).
+pub(crate) const DEFAULT_EXCLUDE: &[&str] = &[".*", ".py[cod]", ".sw.*", "~*"];
+
+/// How long to wait after the last change before restarting (uvicorn's
+/// `--reload-delay`): a save or a `git checkout` touches several files in a
+/// burst, which should cost one restart.
+pub(crate) const DEFAULT_DELAY: Duration = Duration::from_millis(250);
+
+/// The longest a batch keeps growing (or the delay, if longer): a file
+/// rewritten without pause must not hold the restart back for ever.
+const MAX_BATCH: Duration = Duration::from_secs(2);
+
+/// What `--reload` watches; the CLI fills it.
+#[derive(Clone, Debug)]
+pub(crate) struct ReloadSettings {
+    /// Directories watched with everything below them; none means `.`.
+    pub(crate) dirs: Vec<PathBuf>,
+    /// Glob patterns of the files whose changes restart the worker.
+    pub(crate) include: Vec<String>,
+    /// Glob patterns of files and directories ignored even when included.
+    pub(crate) exclude: Vec<String>,
+    /// Quiet time after the last change before the restart.
+    pub(crate) delay: Duration,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        Self {
+            dirs: vec![PathBuf::from(".")],
+            include: DEFAULT_INCLUDE.iter().map(|p| p.to_string()).collect(),
+            exclude: DEFAULT_EXCLUDE.iter().map(|p| p.to_string()).collect(),
+            delay: DEFAULT_DELAY,
+        }
+    }
+}
+
+impl ReloadSettings {
+    /// Adds `--reload-include` and `--reload-exclude` patterns to the current
+    /// (default) ones as uvicorn does: a pattern named on one side is dropped
+    /// from the other, so `--reload-exclude '*.py'` stops watching Python.
+    pub(crate) fn add_patterns(&mut self, include: &[String], exclude: &[String]) {
+        self.include.retain(|p| !exclude.contains(p));
+        self.exclude.retain(|p| !include.contains(p));
+        for (list, added) in [(&mut self.include, include), (&mut self.exclude, exclude)] {
+            for pattern in added {
+                if !list.contains(pattern) {
+                    list.push(pattern.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Watches the `--reload-dir` trees and reports changes to wanted files.
+pub(crate) struct ReloadWatcher {
+    watcher: Arc<Mutex<RecommendedWatcher>>,
+    filter: Arc<Filter>,
+    notices: UnboundedReceiver<Notice>,
+    /// Lets tree walks report the files they find; also keeps `notices` open.
+    sender: UnboundedSender<Notice>,
+    /// The include patterns as given, for `describe`.
+    include: Vec<String>,
+    delay: Duration,
+    /// Changes seen and not yet returned: kept here so that a `changed()`
+    /// dropped by `select!` loses nothing.
+    pending: BTreeSet<PathBuf>,
+}
+
+impl ReloadWatcher {
+    /// Starts watching; an Err is one line naming the bad directory or
+    /// pattern. Walks the trees once, on the calling thread.
+    pub(crate) fn new(settings: &ReloadSettings) -> Result<Self, String> {
+        let default_dir = [PathBuf::from(".")];
+        let dirs = if settings.dirs.is_empty() {
+            &default_dir[..]
+        } else {
+            &settings.dirs
+        };
+        let mut roots = Vec::new();
+        for dir in dirs {
+            match dir.canonicalize() {
+                Ok(root) if root.is_dir() => roots.push(root),
+                _ => return Err(format!("--reload-dir {}: no such directory", dir.display())),
+            }
+        }
+        let filter = Arc::new(Filter::new(roots, &settings.include, &settings.exclude)?);
+        let (sender, notices) = unbounded_channel();
+        let watcher = notify::recommended_watcher({
+            let (filter, sender) = (Arc::clone(&filter), sender.clone());
+            move |event| on_event(&filter, &sender, event)
+        })
+        .map_err(|err| format!("--reload: cannot start the file watcher: {err}"))?;
+        let watcher = Arc::new(Mutex::new(watcher));
+        for root in &filter.roots {
+            watch_tree(&watcher, &filter, root, None);
+        }
+        Ok(Self {
+            watcher,
+            filter,
+            notices,
+            sender,
+            include: settings.include.clone(),
+            delay: settings.delay,
+            pending: BTreeSet::new(),
+        })
+    }
+
+    /// For the startup log, e.g. "Watching for changes in /srv/app (*.py)".
+    pub(crate) fn describe(&self) -> String {
+        let dirs: Vec<_> = self
+            .filter
+            .roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect();
+        format!(
+            "Watching for changes in {} ({})",
+            dirs.join(", "),
+            self.include.join(", ")
+        )
+    }
+
+    /// Waits for a change to a wanted file, then collects more until none has
+    /// come for the delay (for [`MAX_BATCH`] at most); returns the changed
+    /// paths, sorted, each once, never none. Cancel-safe: what a dropped call had seen, the next call returns.
+    pub(crate) async fn changed(&mut self) -> Vec<PathBuf> {
+        while self.pending.is_empty() {
+            let notice = self.next_notice().await;
+            self.take(notice);
+        }
+        let last = Instant::now() + self.delay.max(MAX_BATCH);
+        loop {
+            let quiet = Instant::now() + self.delay;
+            match timeout_at(quiet.min(last), self.next_notice()).await {
+                Ok(notice) => self.take(notice),
+                Err(_elapsed) => break,
+            }
+        }
+        std::mem::take(&mut self.pending).into_iter().collect()
+    }
+
+    async fn next_notice(&mut self) -> Notice {
+        match self.notices.recv().await {
+            Some(notice) => notice,
+            // `self.sender` keeps the channel open, so this never happens;
+            // if it did, no change could come any more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn take(&mut self, notice: Notice) {
+        match notice {
+            Notice::Changed(path) => {
+                self.pending.insert(path);
+            }
+            Notice::NewDir(dir) => self.spawn_walk(dir, true),
+            Notice::Lost => {
+                tracing::warn!("--reload: the inotify event queue overflowed and changes were lost; restarting to be safe (raise fs.inotify.max_queued_events if this repeats)");
+                for root in self.filter.roots.clone() {
+                    self.spawn_walk(root.clone(), false);
+                    self.pending.insert(root);
+                }
+            }
+        }
+    }
+
+    /// Watches a new tree from the blocking pool, since a `git checkout`
+    /// can create many directories; with `report`, its wanted files count
+    /// as changed, as they may have been written before the watch was set.
+    fn spawn_walk(&self, top: PathBuf, report: bool) {
+        let (watcher, filter) = (Arc::clone(&self.watcher), Arc::clone(&self.filter));
+        let sender = self.sender.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            watch_tree(&watcher, &filter, &top, report.then_some(&mut found));
+            for path in found {
+                // Fails only once the watcher is dropped: nobody is waiting.
+                let _ = sender.send(Notice::Changed(path));
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::path::Path;
+
+    /// Long enough that only a missed event reaches it: it fails the test
+    /// instead of hanging it.
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// A fresh directory and its canonical path, as the watcher reports it.
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().canonicalize().expect("canonical temp dir");
+        (dir, root)
+    }
+
+    fn settings(root: &Path) -> ReloadSettings {
+        ReloadSettings {
+            dirs: vec![root.to_path_buf()],
+            delay: Duration::from_millis(50),
+            ..ReloadSettings::default()
+        }
+    }
+
+    async fn next_batch(watcher: &mut ReloadWatcher) -> Vec<PathBuf> {
+        let batch = tokio::time::timeout(DEADLINE, watcher.changed()).await;
+        batch.expect("no change reported before the deadline")
+    }
+
+    fn write(path: PathBuf) -> PathBuf {
+        fs::write(&path, "x = 1\n").expect("write");
+        path
+    }
+
+    #[tokio::test]
+    async fn a_written_python_file_is_reported() {
+        let (_dir, root) = tree();
+        let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+        let app = write(root.join("app.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![app]);
+    }
+
+    // Each "not reported" test writes a wanted file last: the unwanted
+    // changes came first, so were they reported, the batch would show them.
+    #[tokio::test]
+    async fn a_text_file_is_not_reported_by_default() {
+        let (_dir, root) = tree();
+        let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+        write(root.join("notes.txt"));
+        let app = write(root.join("app.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![app]);
+    }
+
+    #[tokio::test]
+    async fn reload_include_adds_text_files() {
+        let (_dir, root) = tree();
+        let mut settings = settings(&root);
+        settings.add_patterns(&["*.txt".into()], &[]);
+        let mut watcher = ReloadWatcher::new(&settings).expect("watcher");
+        let notes = write(root.join("notes.txt"));
+        assert_eq!(next_batch(&mut watcher).await, vec![notes]);
+    }
+
+    #[tokio::test]
+    async fn files_in_excluded_directories_are_not_reported() {
+        let (_dir, root) = tree();
+        fs::create_dir_all(root.join(".git/hooks")).expect("mkdir");
+        fs::create_dir(root.join("__pycache__")).expect("mkdir");
+        let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+        fs::create_dir_all(root.join(".venv/lib")).expect("mkdir");
+        write(root.join(".git/hooks/hook.py"));
+        write(root.join("__pycache__/app.py"));
+        write(root.join(".venv/lib/site.py"));
+        let app = write(root.join("app.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![app]);
+    }
+
+    #[tokio::test]
+    async fn writes_within_the_delay_come_as_one_batch() {
+        let (_dir, root) = tree();
+        let mut settings = settings(&root);
+        settings.delay = Duration::from_secs(1);
+        let mut watcher = ReloadWatcher::new(&settings).expect("watcher");
+        let written: Vec<_> = ["c.py", "a.py", "b.py"].map(|n| write(root.join(n))).into();
+        let mut sorted = written.clone();
+        sorted.sort();
+        assert_eq!(next_batch(&mut watcher).await, sorted);
+    }
+
+    #[tokio::test]
+    async fn directories_created_after_start_are_watched() {
+        let (_dir, root) = tree();
+        let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+        fs::create_dir_all(root.join("pkg/sub")).expect("mkdir");
+        let module = write(root.join("pkg/sub/mod.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![module.clone()]);
+        let other = write(root.join("pkg/sub/other.py"));
+        assert!(next_batch(&mut watcher).await.contains(&other));
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_naming_it() {
+        let (_dir, root) = tree();
+        let missing = root.join("nowhere");
+        let Err(message) = ReloadWatcher::new(&settings(&missing)) else {
+            panic!("a missing directory was accepted");
+        };
+        assert!(message.contains(&*missing.to_string_lossy()), "{message}");
+    }
+
+    #[test]
+    fn add_patterns_drops_defaults_the_command_line_contradicts() {
+        let mut settings = ReloadSettings::default();
+        settings.add_patterns(&["*.txt".into(), ".*".into()], &["*.py".into()]);
+        assert_eq!(settings.include, ["*.txt", ".*"]);
+        assert_eq!(settings.exclude, [".py[cod]", ".sw.*", "~*", "*.py"]);
+    }
+}

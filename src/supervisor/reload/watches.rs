@@ -1,0 +1,116 @@
+//! The kernel side of `--reload`: one inotify watch per wanted directory,
+//! and the callback that turns notify's events into notices for the
+//! watcher's async side.
+
+use std::path::{Path, PathBuf};
+
+use notify::event::{EventKind, ModifyKind, RenameMode};
+use notify::{ErrorKind, Event, RecommendedWatcher, RecursiveMode, Watcher};
+use parking_lot::Mutex;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::filter::Filter;
+
+/// What notify's thread passes to the async side.
+pub(super) enum Notice {
+    /// A wanted file was created, written, renamed or removed.
+    Changed(PathBuf),
+    /// A directory appeared in a watched tree and needs watches of its own.
+    NewDir(PathBuf),
+    /// The kernel's event queue overflowed, so changes were lost.
+    Lost,
+}
+
+/// Runs on notify's thread for every event. It must neither block nor call
+/// into the watcher (whose thread this is), so new directories go to the
+/// async side to be watched.
+pub(super) fn on_event(
+    filter: &Filter,
+    sender: &UnboundedSender<Notice>,
+    event: notify::Result<Event>,
+) {
+    let event = match event {
+        Ok(event) => event,
+        Err(err) => return warn_watch_error(&err),
+    };
+    if event.need_rescan() {
+        let _ = sender.send(Notice::Lost);
+        return;
+    }
+    let appeared = match event.kind {
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => true,
+        EventKind::Modify(_) | EventKind::Remove(_) => false,
+        // Opening and reading files (the app importing itself) is no change.
+        _ => return,
+    };
+    let gone = matches!(
+        event.kind,
+        EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From))
+    );
+    for path in event.paths {
+        if gone && filter.roots.contains(&path) {
+            tracing::warn!("--reload: watched directory {} was removed or moved; changes there are no longer seen until rsasgi restarts", path.display());
+        }
+        // A link to a directory is not followed: a link loop would trap the walk.
+        let is_dir = appeared && path.symlink_metadata().is_ok_and(|m| m.is_dir());
+        let notice = if is_dir {
+            if !filter.watches_dir(&path) {
+                continue;
+            }
+            Notice::NewDir(path)
+        } else if filter.wants(&path) {
+            Notice::Changed(path)
+        } else {
+            continue;
+        };
+        // Fails only once the watcher is dropped: nobody is waiting.
+        let _ = sender.send(notice);
+    }
+}
+
+/// Watches `top` and every directory below it that the filter keeps, one
+/// non-recursive watch each: notify's recursive mode would also watch
+/// `.git`, `.venv` and `node_modules`, and a big tree runs out of inotify
+/// watches. With `found`, collects the wanted files already there.
+pub(super) fn watch_tree(
+    watcher: &Mutex<RecommendedWatcher>,
+    filter: &Filter,
+    top: &Path,
+    mut found: Option<&mut Vec<PathBuf>>,
+) {
+    let mut dirs = vec![top.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        if let Err(err) = watcher.lock().watch(&dir, RecursiveMode::NonRecursive) {
+            match err.kind {
+                // Every further watch would fail the same way.
+                ErrorKind::MaxFilesWatch => return warn_watch_error(&err),
+                // Gone since it was listed; its removal is an event of its own.
+                ErrorKind::PathNotFound => continue,
+                _ => warn_watch_error(&err),
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if filter.watches_dir(&path) {
+                    dirs.push(path);
+                }
+            } else if let Some(found) = found.as_deref_mut() {
+                if filter.wants(&path) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+}
+
+fn warn_watch_error(err: &notify::Error) {
+    if let ErrorKind::MaxFilesWatch = err.kind {
+        tracing::warn!("--reload: inotify watch limit reached at {:?}, changes below are not seen; raise it (sysctl fs.inotify.max_user_watches=524288) or narrow --reload-dir / --reload-exclude", err.paths);
+    } else {
+        tracing::warn!("--reload: file watcher: {err}");
+    }
+}
