@@ -18,6 +18,7 @@ use crate::config::{
     parse_root_path, parse_seconds, Bind, Config, EventLoop, HttpEngine, Interface, Lifespan,
     LogLevel, Supervision, Workers, WsMode,
 };
+use crate::supervisor::reload::{self, ReloadSettings};
 use crate::ws::WsSettings;
 
 /// Shown after the options by `--help`; every line fits 80 columns.
@@ -38,11 +39,6 @@ Every option can also be set as an environment variable named after it:
 /// or a clap guess at a similar name (`--reload` is not `--threads`).
 const UNSUPPORTED: &[&str] = &[
     // Processes: workers, reloading, daemons, privileges.
-    "--reload",
-    "--reload-dir",
-    "--reload-include",
-    "--reload-exclude",
-    "--reload-delay",
     "--reload-engine",
     "--reload-extra-file",
     "--reload-paths",
@@ -361,6 +357,43 @@ struct Args {
           help_heading = "Workers")]
     limit_worker_memory: Option<u64>,
 
+    /// Restart the workers when a watched file changes (for development).
+    #[arg(long, env = "RSASGI_RELOAD", help_heading = "Development")]
+    reload: bool,
+
+    /// Directory to watch with --reload (repeatable) [default: the current directory].
+    #[arg(
+        long = "reload-dir",
+        value_name = "DIR",
+        requires = "reload",
+        help_heading = "Development"
+    )]
+    reload_dirs: Vec<PathBuf>,
+
+    /// Also watch files matching GLOB (repeatable) [default: *.py].
+    #[arg(
+        long = "reload-include",
+        value_name = "GLOB",
+        requires = "reload",
+        help_heading = "Development"
+    )]
+    reload_include: Vec<String>,
+
+    /// Ignore files and directories matching GLOB (repeatable)
+    /// [default: .*, .py[cod], .sw.*, ~*].
+    #[arg(
+        long = "reload-exclude",
+        value_name = "GLOB",
+        requires = "reload",
+        help_heading = "Development"
+    )]
+    reload_exclude: Vec<String>,
+
+    /// Seconds to wait for more changes before restarting.
+    #[arg(long, value_name = "SECONDS", default_value_t = Seconds(reload::DEFAULT_DELAY),
+          value_parser = seconds, requires = "reload", help_heading = "Development")]
+    reload_delay: Seconds,
+
     /// WebSocket support; "none" passes upgrade requests to the app as plain HTTP.
     #[arg(long, env = "RSASGI_WS", value_enum, default_value_t = WsMode::Auto,
           help_heading = "WebSockets")]
@@ -561,6 +594,15 @@ where
             max_requests_jitter: args.limit_max_requests_jitter,
             worker_lifetime: args.limit_worker_lifetime.map(|seconds| seconds.0),
             worker_memory_mib: args.limit_worker_memory,
+            reload: args.reload.then(|| {
+                let mut settings = ReloadSettings::default();
+                if !args.reload_dirs.is_empty() {
+                    settings.dirs = args.reload_dirs;
+                }
+                settings.add_patterns(&args.reload_include, &args.reload_exclude);
+                settings.delay = args.reload_delay.0;
+                settings
+            }),
         },
         interface: args.interface,
         lifespan: args.lifespan,
@@ -866,7 +908,7 @@ mod tests {
     #[test]
     fn peer_options_rsasgi_lacks_say_so() {
         for (args, name) in [
-            (&["--reload-dir", "x"][..], "--reload-dir"),
+            (&["--reload-paths", "x"][..], "--reload-paths"),
             (&["--pid=x"], "--pid"),
             (&["-k", "gthread"], "-k"),
         ] {

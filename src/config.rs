@@ -235,6 +235,8 @@ pub(crate) struct Supervision {
     pub worker_lifetime: Option<Duration>,
     /// A worker is recycled when its resident memory exceeds this many MiB.
     pub worker_memory_mib: Option<u64>,
+    /// `--reload`: workers are replaced when a watched file changes.
+    pub reload: Option<crate::supervisor::reload::ReloadSettings>,
 }
 
 impl Supervision {
@@ -248,6 +250,7 @@ impl Supervision {
     /// needed by an option only a supervisor can carry out.
     pub(crate) fn supervised(&self) -> bool {
         self.workers.is_some()
+            || self.reload.is_some()
             || self.max_requests.is_some()
             || self.worker_lifetime.is_some()
             || self.worker_memory_mib.is_some()

@@ -14,8 +14,8 @@
 
 pub(crate) mod handoff;
 mod process;
+pub(crate) mod reload;
 mod slot;
-mod reload;
 pub(crate) mod systemd;
 
 pub(crate) use handoff::Handoff;
@@ -23,16 +23,19 @@ pub(crate) use slot::Slot;
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 
 use crate::config::{Config, MAX_WORKERS};
 use crate::net::{self, Listener, Scheme};
 use process::{describe_exit, Retirement, State, WorkerCommand, WorkerProcess};
+use reload::ReloadWatcher;
 use systemd::Notifier;
 
 /// How often the supervisor looks at its workers' slots: how soon a new
@@ -139,6 +142,32 @@ pub(crate) fn run(
     Ok(code)
 }
 
+/// Runs `watcher` in a task of its own: its debounce must run to the end,
+/// which the supervisor's loop, woken every [`TICK`], would keep cutting short.
+fn watch_changes(mut watcher: ReloadWatcher) -> mpsc::Receiver<Vec<PathBuf>> {
+    let (sender, receiver) = mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            let changed = watcher.changed().await;
+            if sender.send(changed).await.is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
+/// The next batch of changed files, or never without `--reload`.
+async fn next_change(changes: &mut Option<mpsc::Receiver<Vec<PathBuf>>>) -> Vec<PathBuf> {
+    match changes {
+        Some(changes) => match changes.recv().await {
+            Some(changed) => changed,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// A stop under way.
 #[derive(Debug, Clone, Copy)]
 struct Stop {
@@ -157,6 +186,8 @@ struct Supervisor {
     generation: u64,
     /// Whether a rolling restart is under way.
     reloading: bool,
+    /// `--reload` and the app failed to boot: nothing starts until a file changes.
+    waiting_for_change: bool,
     /// Recent crashes of serving workers, for the backoff.
     crashes: VecDeque<Instant>,
     /// No worker is started before this (backoff after repeated crashes).
@@ -213,6 +244,7 @@ impl Supervisor {
             exit_code: 0,
             generation: 0,
             reloading: false,
+            waiting_for_change: false,
             crashes: VecDeque::new(),
             respawn_at: None,
             all_served_once: false,
@@ -231,6 +263,19 @@ impl Supervisor {
                 tracing::error!("Cannot install the supervisor's signal handlers: {err}");
                 return 1;
             }
+        };
+        let mut changes = match &self.config.supervision.reload {
+            Some(settings) => match ReloadWatcher::new(settings) {
+                Ok(watcher) => {
+                    tracing::info!("{}", watcher.describe());
+                    Some(watch_changes(watcher))
+                }
+                Err(message) => {
+                    tracing::error!("{message}");
+                    return 1;
+                }
+            },
+            None => None,
         };
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -257,6 +302,7 @@ impl Supervisor {
                 _ = signals.ttou.recv() => self.handle_ttou(),
                 _ = signals.usr1.recv() => self.handle_usr1(),
                 _ = signals.child.recv() => {}
+                changed = next_change(&mut changes) => self.handle_change(&changed),
                 _ = tick.tick() => {}
             }
         }
@@ -285,13 +331,46 @@ impl Supervisor {
         if self.stop.is_some() {
             return;
         }
-        self.generation += 1;
-        self.reloading = true;
-        self.notifier.reloading();
         tracing::info!(
             "Received SIGHUP: replacing the workers one by one with fresh ones \
              (each new worker serves before an old one stops)"
         );
+        self.restart_all();
+    }
+
+    /// `--reload`: a watched file changed.
+    fn handle_change(&mut self, paths: &[PathBuf]) {
+        if self.stop.is_some() {
+            return;
+        }
+        const SHOWN: usize = 5;
+        let mut names: Vec<String> = paths
+            .iter()
+            .take(SHOWN)
+            .map(|path| path.display().to_string())
+            .collect();
+        if paths.len() > SHOWN {
+            names.push(format!("and {} more", paths.len() - SHOWN));
+        }
+        tracing::info!("Changes in {}; restarting the workers", names.join(", "));
+        if self.waiting_for_change {
+            self.waiting_for_change = false;
+            self.respawn_at = None;
+            self.crashes.clear();
+        } else {
+            self.restart_all();
+        }
+    }
+
+    /// Replaces every worker, one at a time, with one of a new generation.
+    fn restart_all(&mut self) {
+        self.generation += 1;
+        self.reloading = true;
+        self.notifier.reloading();
+        // A replacement that failed before does not delay this attempt.
+        for worker in &mut self.workers {
+            worker.retire_not_before = None;
+        }
     }
 
     fn handle_ttin(&mut self) {
@@ -326,6 +405,7 @@ impl Supervisor {
             self.notifier.stopping();
         }
         self.stop = Some(Stop { forced });
+        self.reloading = false;
         let wait = if forced {
             FORCED_STOP_WAIT
         } else {
@@ -413,9 +493,14 @@ impl Supervisor {
                     if reason == Retirement::Reload {
                         self.reloading = false;
                         self.notifier.ready(&self.status());
+                        let retry = if self.config.supervision.reload.is_some() {
+                            "they are replaced at the next change to the files"
+                        } else {
+                            "fix the app and send SIGHUP again"
+                        };
                         tracing::error!(
                             "Reload failed: the new {name} {how} before serving; the old workers \
-                             keep serving the code they loaded. Fix the app and send SIGHUP again."
+                             keep serving the code they loaded ({retry})"
                         );
                     } else {
                         tracing::error!(
@@ -433,7 +518,16 @@ impl Supervisor {
             .workers
             .iter()
             .any(|w| matches!(w.state, State::Serving | State::Retiring(_)));
-        if status.code() == Some(EXIT_BOOT_FAILURE) && !others_serve {
+        if status.code() == Some(EXIT_BOOT_FAILURE)
+            && !others_serve
+            && self.config.supervision.reload.is_some()
+        {
+            tracing::error!(
+                "{name} could not load the app ({how}, the error is above); waiting for a \
+                 change to the files to try again (--reload)"
+            );
+            self.waiting_for_change = true;
+        } else if status.code() == Some(EXIT_BOOT_FAILURE) && !others_serve {
             tracing::error!(
                 "{name} could not load the app ({how}, the error is above); stopping (exit code \
                  {EXIT_BOOT_FAILURE})"
@@ -574,7 +668,7 @@ impl Supervisor {
                         )
                     })
             } else if self.reloading && worker.generation < self.generation {
-                Some((Retirement::Reload, "runs the old code (SIGHUP)".to_string()))
+                Some((Retirement::Reload, "runs the old code".to_string()))
             } else {
                 None
             };
@@ -691,7 +785,7 @@ impl Supervisor {
 
     /// Starts workers missing from 1..=target, stops those above it.
     fn maintain(&mut self) {
-        if self.stop.is_some() {
+        if self.stop.is_some() || self.waiting_for_change {
             return;
         }
         let now = Instant::now();

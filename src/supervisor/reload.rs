@@ -5,9 +5,6 @@
 //! event there and passes only what matters over a tokio channel, so the
 //! runtime never waits on the file system and ignored files never cross.
 
-// Until the supervisor uses it.
-#![allow(dead_code)]
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +38,7 @@ pub(crate) const DEFAULT_DELAY: Duration = Duration::from_millis(250);
 const MAX_BATCH: Duration = Duration::from_secs(2);
 
 /// What `--reload` watches; the CLI fills it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ReloadSettings {
     /// Directories watched with everything below them; none means `.`.
     pub(crate) dirs: Vec<PathBuf>,
@@ -152,7 +149,10 @@ impl ReloadWatcher {
 
     /// Waits for a change to a wanted file, then collects more until none has
     /// come for the delay (for [`MAX_BATCH`] at most); returns the changed
-    /// paths, sorted, each once, never none. Cancel-safe: what a dropped call had seen, the next call returns.
+    /// paths, sorted, each once, never none. Cancel-safe (what a dropped call
+    /// had seen, the next call returns), but each call starts the quiet period
+    /// anew: polled in a `select!` that another branch wins more often than
+    /// the delay, it never returns. Give it a task of its own.
     pub(crate) async fn changed(&mut self) -> Vec<PathBuf> {
         while self.pending.is_empty() {
             let notice = self.next_notice().await;
