@@ -65,15 +65,6 @@ const UNSUPPORTED: &[&str] = &[
     "--preload",
     "--daemon",
     "-D",
-    "--pid",
-    "--pid-file",
-    "-p",
-    "--user",
-    "-u",
-    "--group",
-    "-g",
-    "--umask",
-    "-m",
     "--initgroups",
     "--chdir",
     "--working-dir",
@@ -357,6 +348,42 @@ struct Args {
           help_heading = "Workers")]
     limit_worker_memory: Option<u64>,
 
+    /// Write the main process's pid to FILE (removed at exit).
+    #[arg(
+        long = "pid",
+        short = 'p',
+        visible_alias = "pid-file",
+        env = "RSASGI_PID",
+        value_name = "FILE",
+        help_heading = "Process"
+    )]
+    pid_file: Option<PathBuf>,
+
+    /// Run the workers as USER (name or uid) once the sockets are bound; needs root.
+    #[arg(
+        long,
+        short = 'u',
+        env = "RSASGI_USER",
+        value_name = "USER",
+        help_heading = "Process"
+    )]
+    user: Option<String>,
+
+    /// Run the workers with GROUP (name or gid) [default: USER's group]; needs root.
+    #[arg(
+        long,
+        short = 'g',
+        env = "RSASGI_GROUP",
+        value_name = "GROUP",
+        help_heading = "Process"
+    )]
+    group: Option<String>,
+
+    /// File mode creation mask, in octal (e.g. 027), for the server and the app.
+    #[arg(long, short = 'm', env = "RSASGI_UMASK", value_name = "OCTAL", value_parser = octal,
+          help_heading = "Process")]
+    umask: Option<Octal>,
+
     /// Restart the workers when a watched file changes (for development).
     #[arg(long, env = "RSASGI_RELOAD", help_heading = "Development")]
     reload: bool,
@@ -587,6 +614,10 @@ where
         app_dir: args.app_dir,
         binds,
         reuse_port: args.reuse_port,
+        pid_file: args.pid_file,
+        user: args.user,
+        group: args.group,
+        umask: args.umask.map(|mode| mode.0),
         supervision: Supervision {
             workers,
             timeout_worker_healthcheck: args.timeout_worker_healthcheck.0,
@@ -909,7 +940,7 @@ mod tests {
     fn peer_options_rsasgi_lacks_say_so() {
         for (args, name) in [
             (&["--reload-paths", "x"][..], "--reload-paths"),
-            (&["--pid=x"], "--pid"),
+            (&["--chdir=x"], "--chdir"),
             (&["-k", "gthread"], "-k"),
         ] {
             assert_eq!(

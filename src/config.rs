@@ -327,6 +327,12 @@ pub(crate) struct Config {
     pub binds: Vec<Bind>,
     /// Set SO_REUSEPORT on TCP sockets.
     pub reuse_port: bool,
+    /// Where the main process writes its pid.
+    pub pid_file: Option<PathBuf>,
+    /// The account workers switch to after binding (`--user`, `--group`).
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub umask: Option<u32>,
     pub supervision: Supervision,
     pub interface: Interface,
     pub lifespan: Lifespan,

@@ -76,12 +76,35 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
             return Ok(1);
         }
     };
+    if let Some(mask) = config.umask {
+        // SAFETY: umask has no preconditions.
+        unsafe { libc::umask(mask) };
+    }
     let code = match handoff {
         Some(handoff) => worker::run(py, config, worker::Sockets::Handoff(handoff), notifier),
-        None if config.supervision.supervised() => {
-            supervisor::run(py, config, argv, activated, notifier)
+        None => {
+            // A worker inherits its account from the supervisor's spawn.
+            let credentials = match supervisor::privileges::Credentials::resolve(
+                config.user.as_deref(),
+                config.group.as_deref(),
+            ) {
+                Ok(credentials) => credentials,
+                Err(message) => {
+                    tracing::error!("{message}");
+                    logging::flush();
+                    return Ok(2);
+                }
+            };
+            let own = worker::Own {
+                activated,
+                credentials,
+            };
+            if config.supervision.supervised() {
+                supervisor::run(py, config, argv, own, notifier)
+            } else {
+                worker::run(py, config, worker::Sockets::Own(own), notifier)
+            }
         }
-        None => worker::run(py, config, worker::Sockets::Own(activated), notifier),
     };
     logging::flush();
     code

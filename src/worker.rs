@@ -24,6 +24,8 @@ use crate::bridge::mark_reactor_thread;
 use crate::config::{Config, EventLoop, Interface, Lifespan};
 use crate::http::{serve, ServerState};
 use crate::net::{self, Listener, Scheme};
+use crate::supervisor::pid_file::PidFile;
+use crate::supervisor::privileges::Credentials;
 use crate::supervisor::systemd::Notifier;
 use crate::supervisor::{handoff, Handoff, Slot};
 use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON};
@@ -56,8 +58,16 @@ fn load_env_file(py: Python<'_>, path: &std::path::Path) -> Result<(), String> {
 pub(crate) enum Sockets {
     /// Started by a supervisor: the sockets it inherited.
     Handoff(Handoff),
-    /// On its own: those systemd passed (if any), else bound from the config.
-    Own(Vec<OwnedFd>),
+    /// On its own (or for a supervisor): binds them itself.
+    Own(Own),
+}
+
+/// What the main process starts with: the sockets systemd passed (if any;
+/// else they are bound from the config), and the account to switch to once
+/// they are bound.
+pub(crate) struct Own {
+    pub activated: Vec<OwnedFd>,
+    pub credentials: Option<Credentials>,
 }
 
 /// Runs one worker until it stops; returns the exit code. `notifier` tells
@@ -69,11 +79,7 @@ pub(crate) fn run(
     sockets: Sockets,
     notifier: Notifier,
 ) -> PyResult<i32> {
-    let (handoff, activated) = match sockets {
-        Sockets::Handoff(handoff) => (Some(handoff), Vec::new()),
-        Sockets::Own(activated) => (None, activated),
-    };
-    if handoff.is_some() {
+    if let Sockets::Handoff(_) = sockets {
         // Python copied the environment at startup; a subprocess the app
         // starts must not inherit the handoff either.
         py.import("os")?
@@ -86,9 +92,29 @@ pub(crate) fn run(
             return Ok(1);
         }
     }
-    let listeners = match &handoff {
-        Some(handoff) => net::inherit_all(&handoff.listener_fds),
-        None => net::listen(&config.binds, config.bind_options(), activated),
+    let mut pid_file = None;
+    let (listeners, handoff) = match sockets {
+        Sockets::Handoff(handoff) => (net::inherit_all(&handoff.listener_fds), Some(handoff)),
+        Sockets::Own(own) => (
+            net::listen(&config.binds, config.bind_options(), own.activated).and_then(
+                |listeners| {
+                    if let Some(path) = &config.pid_file {
+                        pid_file = Some(PidFile::write(path)?);
+                    }
+                    if let Some(credentials) = &own.credentials {
+                        credentials.apply().map_err(|err| {
+                            format!(
+                                "Cannot switch to --user/--group {}: {err}",
+                                credentials.description
+                            )
+                        })?;
+                        tracing::info!("Running as {}", credentials.description);
+                    }
+                    Ok(listeners)
+                },
+            ),
+            None,
+        ),
     };
     let listeners = match listeners {
         Ok(listeners) => listeners,
@@ -119,7 +145,9 @@ pub(crate) fn run(
         }
     };
     let run = py.import("rsasgi._worker")?.getattr("run")?;
-    run.call1((worker,))?.extract()
+    let code = run.call1((worker,))?.extract();
+    drop(pid_file);
+    code
 }
 
 /// What a worker started by a supervisor has beyond its config.

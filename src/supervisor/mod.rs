@@ -13,6 +13,8 @@
 //! [`handoff`] and [`slot`].
 
 pub(crate) mod handoff;
+pub(crate) mod pid_file;
+pub(crate) mod privileges;
 mod process;
 pub(crate) mod reload;
 mod slot;
@@ -22,7 +24,7 @@ pub(crate) use handoff::Handoff;
 pub(crate) use slot::Slot;
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -34,6 +36,8 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, MAX_WORKERS};
 use crate::net::{self, Listener, Scheme};
+use crate::worker::Own;
+use pid_file::PidFile;
 use process::{describe_exit, Retirement, State, WorkerCommand, WorkerProcess};
 use reload::ReloadWatcher;
 use systemd::Notifier;
@@ -73,13 +77,13 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) const EXIT_BOOT_FAILURE: i32 = 3;
 
 /// Binds the sockets and supervises workers until stopped; returns the exit code.
-/// `activated`: the sockets systemd passed, if any; `notifier` tells systemd
-/// how the service is doing.
+/// `own`: the sockets systemd passed (if any) and the account workers run
+/// as; `notifier` tells systemd how the service is doing.
 pub(crate) fn run(
     py: Python<'_>,
     config: Config,
     argv: Vec<String>,
-    activated: Vec<OwnedFd>,
+    own: Own,
     notifier: Notifier,
 ) -> PyResult<i32> {
     let program: String = py.import("sys")?.getattr("executable")?.extract()?;
@@ -87,19 +91,30 @@ pub(crate) fn run(
         tracing::error!("Cannot start workers: Python does not know its own executable (sys.executable is empty)");
         return Ok(1);
     }
-    let listeners = match net::listen(&config.binds, config.bind_options(), activated) {
+    let listeners = match net::listen(&config.binds, config.bind_options(), own.activated) {
         Ok(listeners) => listeners,
         Err(message) => {
             tracing::error!("{message}");
             return Ok(1);
         }
     };
+    let pid_file = match config.pid_file.as_deref().map(PidFile::write).transpose() {
+        Ok(pid_file) => pid_file,
+        Err(message) => {
+            tracing::error!("{message}");
+            return Ok(1);
+        }
+    };
+    if let Some(credentials) = &own.credentials {
+        tracing::info!("Workers run as {}", credentials.description);
+    }
     let mut args = vec!["-m".to_string(), "rsasgi".to_string()];
     args.extend(argv.into_iter().skip(1));
     let command = WorkerCommand {
         program,
         args,
         listener_fds: listeners.iter().map(AsRawFd::as_raw_fd).collect(),
+        credentials: own.credentials,
     };
     // Python's own SIGINT handler would raise KeyboardInterrupt once we
     // return; the supervisor handles SIGINT itself.
@@ -139,6 +154,7 @@ pub(crate) fn run(
             path.remove_created();
         }
     }
+    drop(pid_file);
     Ok(code)
 }
 
@@ -808,8 +824,12 @@ impl Supervisor {
             if !present {
                 if let Some(worker) = self.spawn(number) {
                     self.workers.push(worker);
+                } else if self.workers.iter().any(WorkerProcess::is_active) {
+                    self.crashed();
+                    return;
                 } else {
-                    self.respawn_at = Some(now + FIRST_RESPAWN_DELAY);
+                    // Nothing serves and nothing can: say so and stop.
+                    self.halt(1);
                     return;
                 }
             }
@@ -833,8 +853,17 @@ impl Supervisor {
                 Some(worker)
             }
             Err(err) => {
+                let hint = match &self.command.credentials {
+                    Some(credentials) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                        format!(
+                            " ({} must be able to run it and read every directory above it)",
+                            credentials.description
+                        )
+                    }
+                    _ => String::new(),
+                };
                 tracing::error!(
-                    "Cannot start worker {number} ({} -m rsasgi): {err}",
+                    "Cannot start worker {number} ({} -m rsasgi): {err}{hint}",
                     self.command.program
                 );
                 None

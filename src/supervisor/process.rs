@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use super::handoff::{self, Handoff};
+use super::privileges::Credentials;
 use super::slot::Slot;
 use super::systemd;
 
@@ -20,6 +21,8 @@ pub(super) struct WorkerCommand {
     pub args: Vec<String>,
     /// The listening sockets every worker inherits, at the same numbers.
     pub listener_fds: Vec<RawFd>,
+    /// `--user`/`--group`, taken on in the child before it runs Python.
+    pub credentials: Option<Credentials>,
 }
 
 /// Why a serving worker is being replaced.
@@ -88,6 +91,7 @@ impl WorkerProcess {
         };
         let mut inherited = command.listener_fds.clone();
         inherited.push(slot.fd());
+        let credentials = command.credentials.clone();
         let mut process = Command::new(&command.program);
         process
             .args(&command.args)
@@ -107,6 +111,10 @@ impl WorkerProcess {
                 }
                 // A supervisor killed with -9 cannot stop its workers; the
                 // kernel tells them instead, and they shut down gracefully.
+                if let Some(credentials) = &credentials {
+                    credentials.apply()?;
+                }
+                // After the switch: changing credentials clears the setting.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(io::Error::last_os_error());
                 }
