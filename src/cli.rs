@@ -63,8 +63,6 @@ const UNSUPPORTED: &[&str] = &[
     "--task-impl",
     "--threading-mode",
     "--preload",
-    "--daemon",
-    "-D",
     "--initgroups",
     "--chdir",
     "--working-dir",
@@ -149,9 +147,7 @@ const UNSUPPORTED: &[&str] = &[
     "--access-logformat",
     "--access-log-fmt",
     "--log-access-fmt",
-    "--error-logfile",
     "--error-log",
-    "--log-file",
     "--log",
     "--no-log",
     "--capture-output",
@@ -384,6 +380,10 @@ struct Args {
           help_heading = "Process")]
     umask: Option<Octal>,
 
+    /// Detach from the terminal and run in the background (use with --log-file).
+    #[arg(long, short = 'D', env = "RSASGI_DAEMON", help_heading = "Process")]
+    daemon: bool,
+
     /// Restart the workers when a watched file changes (for development).
     #[arg(long, env = "RSASGI_RELOAD", help_heading = "Development")]
     reload: bool,
@@ -457,6 +457,17 @@ struct Args {
     #[arg(long, env = "RSASGI_LOG_LEVEL", value_name = "LEVEL", value_enum, ignore_case = true,
           default_value_t = LogLevel::Info, help_heading = "Logging")]
     log_level: LogLevel,
+
+    /// Append the server's log (and the app's output) to FILE instead of
+    /// stderr; SIGUSR1 reopens it, after logrotate has moved it.
+    #[arg(
+        long,
+        visible_alias = "error-logfile",
+        env = "RSASGI_LOG_FILE",
+        value_name = "FILE",
+        help_heading = "Logging"
+    )]
+    log_file: Option<PathBuf>,
 
     /// Log one line per request.
     #[arg(long, env = "RSASGI_ACCESS_LOG", action = ArgAction::Set, num_args = 0..=1,
@@ -615,6 +626,8 @@ where
         binds,
         reuse_port: args.reuse_port,
         pid_file: args.pid_file,
+        daemon: args.daemon,
+        log_file: args.log_file,
         user: args.user,
         group: args.group,
         umask: args.umask.map(|mode| mode.0),
@@ -952,7 +965,7 @@ mod tests {
                 "{args:?}"
             );
         }
-        for option in ["--reload", "--forwarded-allow-ips", "--daemon", "-k"] {
+        for option in ["--reload-engine", "--forwarded-allow-ips", "--paste", "-k"] {
             assert_eq!(
                 error_line(&[option]),
                 format!(

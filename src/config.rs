@@ -329,6 +329,10 @@ pub(crate) struct Config {
     pub reuse_port: bool,
     /// Where the main process writes its pid.
     pub pid_file: Option<PathBuf>,
+    /// Detach from the terminal (`--daemon`).
+    pub daemon: bool,
+    /// Where stdout and stderr go instead of the terminal.
+    pub log_file: Option<PathBuf>,
     /// The account workers switch to after binding (`--user`, `--group`).
     pub user: Option<String>,
     pub group: Option<String>,

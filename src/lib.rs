@@ -52,6 +52,12 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
     // (the log writer is one) starts.
     let activated = supervisor::systemd::listen_fds();
     let notifier = supervisor::systemd::Notifier::from_env();
+    if handoff.is_none() {
+        if let Err(message) = detach(py, &config) {
+            let _ = writeln!(std::io::stderr(), "rsasgi: {message}");
+            return Ok(1);
+        }
+    }
     let label = handoff
         .as_ref()
         .map(|handoff| format!("worker {} pid {}", handoff.number, std::process::id()));
@@ -108,6 +114,53 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
     };
     logging::flush();
     code
+}
+
+/// `--daemon` and `--log-file`, before any thread starts: a fork keeps only
+/// the thread that calls it.
+fn detach(py: Python<'_>, config: &config::Config) -> Result<(), String> {
+    if config.daemon {
+        if config.log_file.is_none() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "rsasgi: --daemon without --log-file: the log is discarded"
+            );
+        }
+        daemonize(py).map_err(|err| format!("Cannot run as a daemon: {err}"))?;
+    }
+    if let Some(path) = &config.log_file {
+        logging::redirect_output(path)
+            .map_err(|err| format!("Cannot open --log-file {}: {err}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Detaches from the terminal the classic way: fork (the parent returns to
+/// the shell), start a session, fork again (so no terminal can be acquired),
+/// and read nothing from stdin. Python's own `os.fork` keeps the
+/// interpreter's state consistent in the child.
+fn daemonize(py: Python<'_>) -> PyResult<()> {
+    let os = py.import("os")?;
+    let fork_and_leave_parent = || -> PyResult<()> {
+        if os.call_method0("fork")?.extract::<i32>()? > 0 {
+            os.call_method1("_exit", (0,))?;
+        }
+        Ok(())
+    };
+    fork_and_leave_parent()?;
+    os.call_method0("setsid")?;
+    fork_and_leave_parent()?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 onto the standard descriptors; `null` is open.
+        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) } < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    Ok(())
 }
 
 #[pymodule]

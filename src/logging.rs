@@ -10,6 +10,8 @@
 //! thread, and neither the reactor nor the Python thread ever waits.
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -146,6 +148,23 @@ pub(crate) fn init(level: LogLevel, label: Option<String>) {
         .log_internal_errors(false)
         .event_format(LineFormat { label })
         .try_init();
+}
+
+/// Points stdout and stderr at `path`, appending, for `--log-file`: the
+/// server's log, the app's prints and the stacks of a stuck worker all go
+/// there. Called again on SIGUSR1, after logrotate has moved the file away.
+pub(crate) fn redirect_output(path: &Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 onto the standard descriptors; `file` is open.
+        if unsafe { libc::dup2(file.as_raw_fd(), fd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Writes out the lines still queued (waiting at most about a second for a

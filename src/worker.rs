@@ -421,6 +421,21 @@ impl Worker {
         });
     }
 
+    /// SIGUSR1: reopens `--log-file` (after logrotate moved it away).
+    fn reopen_log_file(&self) {
+        let Some(path) = &self.config.log_file else {
+            tracing::info!("Received SIGUSR1: no --log-file to reopen (the log goes to stderr)");
+            return;
+        };
+        match crate::logging::redirect_output(path) {
+            Ok(()) => tracing::info!("Received SIGUSR1: reopened --log-file {}", path.display()),
+            Err(err) => tracing::error!(
+                "Received SIGUSR1 but cannot reopen --log-file {}: {err}; still writing to the old file",
+                path.display()
+            ),
+        }
+    }
+
     /// Stops accepting, lets requests run up to `grace` seconds, then closes
     /// every connection; the `stopped` future given to `start` completes after that.
     fn shutdown(&self, grace: f64) {

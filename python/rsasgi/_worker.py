@@ -306,6 +306,7 @@ async def _serve(worker, app, interface, loop) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGQUIT, on_quit)
+    loop.add_signal_handler(signal.SIGUSR1, worker.reopen_log_file)
     # The handlers stay until the very end, so that a second signal can cut
     # short any step of the shutdown, the lifespan shutdown included.
     try:
@@ -355,7 +356,7 @@ async def _serve(worker, app, interface, loop) -> int:
         log("info", "Stopped")
         return 0
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
         if supervised:
             # A late copy of the stop signal (CTRL+C reaches the whole process

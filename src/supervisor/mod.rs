@@ -35,6 +35,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, MAX_WORKERS};
+use crate::logging;
 use crate::net::{self, Listener, Scheme};
 use crate::worker::Own;
 use pid_file::PidFile;
@@ -410,7 +411,24 @@ impl Supervisor {
     }
 
     fn handle_usr1(&mut self) {
-        tracing::info!("Received SIGUSR1: no log file to reopen (logs go to stderr)");
+        let Some(path) = &self.config.log_file else {
+            tracing::info!("Received SIGUSR1: no --log-file to reopen (the log goes to stderr)");
+            return;
+        };
+        match logging::redirect_output(path) {
+            Ok(()) => tracing::info!("Received SIGUSR1: reopened --log-file {}", path.display()),
+            Err(err) => tracing::error!(
+                "Received SIGUSR1 but cannot reopen --log-file {}: {err}; still writing to the old file",
+                path.display()
+            ),
+        }
+        // Booting workers have no handler yet (SIGUSR1 would kill them);
+        // they reopen nothing and keep the file they inherited.
+        for worker in &self.workers {
+            if matches!(worker.state, State::Serving | State::Retiring(_)) {
+                worker.signal(libc::SIGUSR1);
+            }
+        }
     }
 
     // The workers.
