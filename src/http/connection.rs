@@ -10,7 +10,8 @@
 //!   GOAWAY), so an idle peer cannot hold it either.
 //! * On shutdown each connection is asked to finish gracefully: HTTP/1 closes
 //!   after the response in flight, HTTP/2 sends GOAWAY and finishes its
-//!   streams.
+//!   streams. One with nothing in flight first gets a moment to start the
+//!   request its client may already have sent.
 //!
 //! The deadlines are checked lazily: requests only record when they start
 //! and end ([`Activity`]), and one timer per connection wakes when a deadline
@@ -30,6 +31,16 @@ use tokio::time::Instant;
 /// take to finish by itself before it is dropped, when no request is in
 /// flight on it: enough for an HTTP/2 GOAWAY to reach the peer.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// When the server starts draining, how long a connection with no request in
+/// flight gets to start one before it is closed. A client may have sent a
+/// request that is in the socket but not read yet (on a new connection, or
+/// the next one on a kept-alive connection); closing at once would drop it
+/// unanswered. Such a request is served, with `Connection: close`.
+const DRAIN_REQUEST_WAIT: Duration = Duration::from_millis(500);
+
+/// How often a draining connection looks for a request that started.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// The shortest re-check of a deadline while requests are in flight, so a
 /// zero keep-alive timeout cannot make the timer spin.
@@ -87,6 +98,10 @@ impl Activity {
 
     fn in_flight(&self) -> usize {
         self.state.lock().in_flight
+    }
+
+    fn requests(&self) -> u64 {
+        self.state.lock().requests
     }
 
     /// When the connection will have been idle too long, and which deadline
@@ -180,6 +195,9 @@ where
 {
     tokio::pin!(connection);
     let mut closing = false;
+    // Draining with nothing in flight: the request count then, and until when
+    // a new request may still start.
+    let mut drain_wait: Option<(u64, Instant)> = None;
     loop {
         tokio::select! {
             // The connection first: it is what wakes this task on almost every poll.
@@ -196,9 +214,21 @@ where
                 graceful_shutdown(connection.as_mut());
                 closing = true;
             }
-            _ = draining.wait_for(Option::is_some), if !closing => {
-                graceful_shutdown(connection.as_mut());
-                closing = true;
+            _ = draining.wait_for(Option::is_some), if !closing && drain_wait.is_none() => {
+                if activity.in_flight() > 0 {
+                    graceful_shutdown(connection.as_mut());
+                    closing = true;
+                } else {
+                    drain_wait = Some((activity.requests(), Instant::now() + DRAIN_REQUEST_WAIT));
+                }
+            }
+            _ = tokio::time::sleep(DRAIN_POLL), if !closing && drain_wait.is_some() => {
+                if let Some((requests, until)) = drain_wait {
+                    if activity.requests() > requests || Instant::now() >= until {
+                        graceful_shutdown(connection.as_mut());
+                        closing = true;
+                    }
+                }
             }
             _ = tokio::time::sleep(CLOSE_GRACE), if closing => {
                 // A graceful close waits for the peer on a connection still

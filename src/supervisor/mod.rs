@@ -174,6 +174,14 @@ fn watch_changes(mut watcher: ReloadWatcher) -> mpsc::Receiver<Vec<PathBuf>> {
     receiver
 }
 
+/// "1 worker", "4 workers".
+fn workers(count: usize) -> String {
+    match count {
+        1 => "1 worker".into(),
+        _ => format!("{count} workers"),
+    }
+}
+
 /// The next batch of changed files, or never without `--reload`.
 async fn next_change(changes: &mut Option<mpsc::Receiver<Vec<PathBuf>>>) -> Vec<PathBuf> {
     match changes {
@@ -296,11 +304,7 @@ impl Supervisor {
         };
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tracing::info!(
-            "Starting {} worker{}",
-            self.target,
-            if self.target == 1 { "" } else { "s" }
-        );
+        tracing::info!("Starting {}", workers(self.target));
         loop {
             self.reap();
             if self.stop.is_some() && self.workers.is_empty() {
@@ -395,7 +399,7 @@ impl Supervisor {
             return;
         }
         self.target += 1;
-        tracing::info!("Received SIGTTIN: now {} workers", self.target);
+        tracing::info!("Received SIGTTIN: now {}", workers(self.target));
     }
 
     fn handle_ttou(&mut self) {
@@ -407,7 +411,7 @@ impl Supervisor {
             return;
         }
         self.target -= 1;
-        tracing::info!("Received SIGTTOU: now {} workers", self.target);
+        tracing::info!("Received SIGTTOU: now {}", workers(self.target));
     }
 
     fn handle_usr1(&mut self) {
@@ -505,6 +509,11 @@ impl Supervisor {
             }
             State::Hung { .. } | State::Killed => {
                 tracing::warn!("{name} {how}; replacing it");
+            }
+            // Serving already, though the last look at its slot was earlier.
+            State::Booting if worker.slot.is_serving() => {
+                tracing::error!("{name} {how}; replacing it");
+                self.crashed();
             }
             State::Booting => self.boot_failed(&worker, status, &how),
             State::Serving | State::Retiring(_) => {
@@ -718,7 +727,7 @@ impl Supervisor {
             && self.workers.iter().all(|w| w.state == State::Serving)
         {
             self.all_served_once = true;
-            tracing::info!("All {} workers are serving", self.workers.len());
+            tracing::info!("All {} serving", workers(self.workers.len()));
             self.notifier.ready(&self.status());
         }
         let reload_in_progress = self
@@ -836,8 +845,10 @@ impl Supervisor {
         }
         self.respawn_at = None;
         for number in 1..=self.target {
+            // A hung worker is replaced once it is gone.
             let present = self.workers.iter().any(|w| {
-                w.number == number && (w.is_active() || matches!(w.state, State::Hung { .. }))
+                w.number == number
+                    && (w.is_active() || matches!(w.state, State::Hung { .. } | State::Killed))
             });
             if !present {
                 if let Some(worker) = self.spawn(number) {
