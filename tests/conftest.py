@@ -87,7 +87,14 @@ class Server:
     processes it starts; `stop()` signals the main process only, as an operator would.
     """
 
-    def __init__(self, args: list[str], cwd: Path, log_path: Path, env: dict | None):
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        log_path: Path,
+        env: dict | None,
+        prefix: list[str] | None = None,
+    ):
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "wb")
@@ -96,7 +103,7 @@ class Server:
         if env:
             full_env.update(env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rsasgi", *args],
+            [*(prefix or []), sys.executable, "-m", "rsasgi", *args],
             cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -154,17 +161,25 @@ def run_rsasgi(tmp_path):
     """Start rsasgi with the given arguments; returns a `Server`.
 
     `wait=True` waits for the "Listening on" line. The app directory defaults to
-    tests/apps so `run_rsasgi("scope_app:app")` finds tests/apps/scope_app.py.
+    tests/apps so `run_rsasgi("scope_app:app")` finds tests/apps/scope_app.py. `prefix`
+    is a command that runs rsasgi (e.g. `["taskset", "-c", "0"]`).
     """
     servers: list[Server] = []
 
-    def start(*args: str, env: dict | None = None, wait: bool = True, cwd: Path | None = None):
+    def start(
+        *args: str,
+        env: dict | None = None,
+        wait: bool = True,
+        cwd: Path | None = None,
+        prefix: list[str] | None = None,
+    ):
         argv = list(args)
         if "--app-dir" not in argv:
             argv += ["--app-dir", str(APPS)]
-        if "--port" not in argv and "--uds" not in argv and "--fd" not in argv:
+        if not any(arg in argv for arg in ("--port", "--uds", "--fd", "--bind", "-b")):
             argv += ["--port", "0"]
-        server = Server(argv, cwd or tmp_path, tmp_path / f"server-{len(servers)}.log", env)
+        log_path = tmp_path / f"server-{len(servers)}.log"
+        server = Server(argv, cwd or tmp_path, log_path, env, prefix)
         servers.append(server)
         if wait:
             server.wait_listening()

@@ -1,0 +1,614 @@
+"""The supervisor (`--workers N`): workers that answer, die, hang, reload, scale and stop,
+seen from outside: the process tree, the log, and clients over new connections.
+
+Apps: tests/apps/sup_app.py (each answer is "VERSION PID") and tests/apps/sup_wsgi.py.
+Load is a few clients on 127.0.0.1 for a few seconds at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import APPS, Server, free_port, read_response, wait_for, wait_for_log
+
+APP = "sup_app:app"
+STARTED = re.compile(r"Started worker (\d+) \(pid (\d+)\)")
+# A log line: timestamp, level, the worker tag on a worker's lines, then the target.
+LOG_LINE = re.compile(
+    r"^\S+\s+(?:TRACE|DEBUG|INFO|WARN|ERROR)\s+(?:\[worker (\d+) pid (\d+)\]\s+)?([\w:]+):"
+)
+#: Concurrent clients of a `Load`.
+CLIENTS = 8
+
+
+# Reading the log.
+
+
+def started_workers(log: str) -> dict[int, int]:
+    """pid -> worker number, for every worker the supervisor has started."""
+    return {int(pid): int(number) for number, pid in STARTED.findall(log)}
+
+
+def start_supervised(run_rsasgi, *args: str, workers: int, **kwargs) -> Server:
+    """Starts `sup_app` (unless `args` names another app) under a supervisor and waits
+    until all `workers` serve (the supervisor handles signals from then on)."""
+    if not args or args[0].startswith("-"):
+        args = (APP, *args)
+    server = run_rsasgi(*args, "--workers", str(workers), **kwargs)
+    wait_for_log(server, f"All {workers} worker")
+    return server
+
+
+def exit_code(server: Server, timeout: float = 15.0) -> int:
+    """The exit code, or a failure showing the log if the process is still running."""
+    try:
+        return server.wait_exit(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running {timeout}s later:\n{server.output()}") from None
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_gone(pids, server: Server, timeout: float = 10.0) -> None:
+    wait_for(
+        lambda: not any(alive(pid) for pid in pids),
+        timeout,
+        message=f"pids {sorted(pids)} to exit",
+        server=server,
+    )
+
+
+# Clients.
+
+
+def get(url: str, timeout: float = 10.0) -> httpx.Response:
+    """GET over a connection of its own."""
+    return httpx.get(url, headers={"Connection": "close"}, timeout=timeout)
+
+
+@dataclass
+class Outcome:
+    started: float  # time.monotonic() when the request was sent
+    body: str | None  # the answer to a 200
+    error: str | None  # what went wrong otherwise
+
+
+class Load:
+    """`clients` clients in a thread, each sending GET `url` over a new connection per
+    request, until stopped or `limit` seconds have passed."""
+
+    def __init__(self, url: str, clients: int = CLIENTS, limit: float = 10.0):
+        self.url = url
+        self.clients = clients
+        self.limit = limit
+        self.outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def stop(self) -> list[Outcome]:
+        self._stop.set()
+        self._thread.join(15)
+        return list(self.outcomes)
+
+    def answers(self, after: float = 0.0) -> list[tuple[int, int]]:
+        """(VERSION, PID) of each answered request sent after `after`."""
+        return [
+            tuple(map(int, o.body.split()))
+            for o in list(self.outcomes)
+            if o.body is not None and o.started > after
+        ]
+
+    def wait(self, condition: Callable[[Load], object], message: str, server: Server) -> None:
+        wait_for(condition=lambda: condition(self), message=message, server=server)
+
+    def wait_answers(self, count: int, server: Server, after: float = 0.0) -> None:
+        self.wait(
+            lambda load: len(load.answers(after)) >= count,
+            f"{count} answers under load",
+            server,
+        )
+
+    async def _main(self) -> None:
+        deadline = time.monotonic() + self.limit
+        async with httpx.AsyncClient(
+            headers={"Connection": "close"},
+            limits=httpx.Limits(max_keepalive_connections=0),
+            timeout=10,
+        ) as client:
+            await asyncio.gather(*(self._client(client, deadline) for _ in range(self.clients)))
+
+    async def _client(self, client: httpx.AsyncClient, deadline: float) -> None:
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            try:
+                response = await client.get(self.url)
+            except httpx.HTTPError as exc:
+                self.outcomes.append(Outcome(started, None, repr(exc)))
+                continue
+            if response.status_code == 200:
+                self.outcomes.append(Outcome(started, response.text, None))
+            else:
+                self.outcomes.append(Outcome(started, None, f"status {response.status_code}"))
+
+
+def failed(outcomes: list[Outcome]) -> list[Outcome]:
+    return [o for o in outcomes if o.error is not None]
+
+
+def pids_answering(server: Server, count: int, answers: int = 20) -> set[int]:
+    """The pids that answer requests over new connections, once `count` different ones
+    and at least `answers` answers have come."""
+    with Load(server.url + "/", clients=4) as load:
+        load.wait(
+            lambda load: (
+                len(load.answers()) >= answers and len({pid for _, pid in load.answers()}) >= count
+            ),
+            f"{count} different pids to answer",
+            server,
+        )
+    assert failed(load.outcomes) == []
+    return {pid for _, pid in load.answers()}
+
+
+# Several workers serve.
+
+
+def test_two_workers_answer_and_tag_their_log_lines(run_rsasgi):
+    server = start_supervised(run_rsasgi, workers=2)
+    workers = started_workers(server.output())
+    assert len(workers) == 2
+
+    assert pids_answering(server, 2) == set(workers)
+
+    log = server.output()
+    tagged = 0
+    for line in log.splitlines():
+        match = LOG_LINE.match(line)
+        assert match, f"not a log line: {line!r}\n{log}"
+        number, pid, target = match.groups()
+        if target == "rsasgi::supervisor":
+            assert number is None, line
+            continue
+        assert number is not None, f"worker line without its tag: {line!r}"
+        assert workers.get(int(pid)) == int(number), line
+        tagged += 1
+    assert tagged > 0
+    served_by = {int(pid) for pid in re.findall(r"\[worker \d+ pid (\d+)\] rsasgi::access", log)}
+    assert served_by == set(workers)
+
+
+def test_wsgi_multiprocess_is_true_with_several_workers(run_rsasgi):
+    server = start_supervised(run_rsasgi, "sup_wsgi:app", workers=2)
+    assert get(server.url).text == "True"
+
+
+def test_wsgi_multiprocess_is_false_without_workers(run_rsasgi):
+    server = run_rsasgi("sup_wsgi:app")
+    assert get(server.url).text == "False"
+
+
+# Workers that die or hang.
+
+
+def test_worker_killed_under_load_is_replaced(run_rsasgi):
+    server = start_supervised(run_rsasgi, workers=2)
+    old = set(started_workers(server.output()))
+    victim = min(old)
+
+    with Load(server.url + "/") as load:
+        load.wait_answers(50, server)
+        os.kill(victim, signal.SIGKILL)
+        wait_for_log(
+            server,
+            f"(pid {victim}) was killed by SIGKILL (the OOM killer, or kill -9); replacing it",
+        )
+        noticed = time.monotonic()
+        new = wait_for(
+            lambda: set(started_workers(server.output())) - old,
+            message="a replacement to start",
+            server=server,
+        )
+        load.wait(
+            lambda load: any(pid in new for _, pid in load.answers()),
+            "the replacement to answer",
+            server,
+        )
+        load.wait_answers(50, server, after=noticed)
+    outcomes = load.stop()
+
+    # Only requests on connections the killed worker had accepted can fail.
+    failures = failed(outcomes)
+    assert len(failures) <= CLIENTS, failures
+    assert [o for o in failures if o.started > noticed] == []
+    assert victim not in {pid for _, pid in load.answers(after=noticed)}
+
+
+def test_worker_blocking_its_event_loop_is_killed_after_its_stacks_are_logged(run_rsasgi, markers):
+    server = start_supervised(
+        run_rsasgi,
+        "--timeout-worker-healthcheck",
+        "2",
+        workers=2,
+        env={"SUP_MARKERS": str(markers)},
+    )
+    workers = started_workers(server.output())
+    blocker = server.connect()
+    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+    marker = wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
+    stuck = int(marker[0].name)
+    number = workers[stuck]
+    (other,) = set(workers) - {stuck}
+
+    with Load(server.url + "/") as load:
+        load.wait(
+            lambda load: other in {pid for _, pid in load.answers()},
+            "the other worker to answer",
+            server,
+        )
+        log = wait_for_log(
+            server,
+            f"worker {number} (pid {stuck}) is stuck: its event loop has not run for",
+            f"Killing worker {number} (pid {stuck}) (after writing its stacks)",
+            f"worker {number} (pid {stuck}) was killed by SIGKILL",
+        )
+        killed = time.monotonic()
+        replacement = wait_for(
+            lambda: set(started_workers(server.output())) - set(workers),
+            message="a replacement to start",
+            server=server,
+        )
+        load.wait(
+            lambda load: replacement & {pid for _, pid in load.answers()},
+            "the replacement to answer",
+            server,
+        )
+        load.wait_answers(30, server, after=killed)
+    outcomes = load.stop()
+
+    stack = log[log.index(f"(pid {stuck}) is stuck") :]
+    assert re.search(
+        r"^(Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):$", stack, re.M
+    )
+    app_file = re.escape(str(APPS / "sup_app.py"))
+    assert re.search(rf'^  File "{app_file}", line \d+ in block_the_event_loop$', stack, re.M)
+    assert read_response(blocker) == b""
+    # The blocked worker's reactor still accepts connections, which fail when it is
+    # killed; each client waits on one at a time. Once it is gone, none fails.
+    failures = failed(outcomes)
+    assert len(failures) <= CLIENTS, failures
+    assert [o for o in failures if o.started > killed] == []
+    assert stuck not in {pid for _, pid in load.answers(after=killed)}
+
+
+def test_worker_crashing_after_boot_is_replaced_with_backoff(run_rsasgi):
+    server = start_supervised(run_rsasgi, workers=2)
+    for _ in range(3):
+        with pytest.raises(httpx.TransportError):
+            get(server.url + "/crash")
+
+    log = wait_for_log(server, "3 worker crashes in the last 60s; starting the next worker in")
+    # A worker that crashes within a tick of becoming ready is logged as exiting "before
+    # serving" (the supervisor had not yet seen it ready); it is replaced all the same.
+    crashed = re.findall(r"worker \d+ \(pid (\d+)\) exited with code 1", log)
+    assert len(set(crashed)) == 3, log
+    assert "2 worker crashes in the last 60s; starting the next worker in" in log
+    answering = pids_answering(server, 2)
+    assert answering.isdisjoint(int(pid) for pid in crashed)
+
+
+@pytest.mark.parametrize(
+    "app, error",
+    [
+        ("sup_no_such_module:app", 'Could not import module "sup_no_such_module"'),
+        ("err_lifespan_fail:app", "Application startup failed: err-db-unreachable-4711"),
+    ],
+    ids=["missing-module", "lifespan-startup-failed"],
+)
+def test_app_that_cannot_boot_stops_the_supervisor_with_exit_3(run_rsasgi, app, error):
+    server = run_rsasgi(app, "--workers", "2", wait=False)
+    assert exit_code(server) == 3, server.output()
+    log = server.output()
+    assert error in log
+    assert "could not load the app (exited with code 3, the error is above); stopping" in log
+    assert len(STARTED.findall(log)) <= 2, log
+    assert log.rstrip().endswith("rsasgi::supervisor: Stopped"), log
+
+
+# Replacing workers on purpose.
+
+
+def reloadable_app(tmp_path) -> Path:
+    """A copy of sup_app.py (VERSION = 1) in a directory of its own, to rewrite."""
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    module = app_dir / "sup_app.py"
+    shutil.copy(APPS / "sup_app.py", module)
+    return module
+
+
+def start_reloadable(run_rsasgi, module: Path) -> Server:
+    # A rewrite that keeps the file's size within its mtime second would leave a cached
+    # .pyc looking fresh.
+    return start_supervised(
+        run_rsasgi,
+        "--app-dir",
+        str(module.parent),
+        workers=2,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+
+
+def set_version(module: Path, version: int) -> None:
+    module.write_text(
+        (APPS / "sup_app.py").read_text().replace("VERSION = 1", f"VERSION = {version}")
+    )
+
+
+def test_sighup_reloads_new_code_without_failing_a_request(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    server = start_reloadable(run_rsasgi, module)
+    running = set(started_workers(server.output()))
+    started = set(running)
+
+    with Load(server.url + "/") as load:
+        load.wait_answers(30, server)
+        # Two deploys in a row: each is a chance for a request to be lost.
+        for reloads, version in enumerate((2, 3), start=1):
+            set_version(module, version)
+            server.proc.send_signal(signal.SIGHUP)
+            wait_for(
+                lambda reloads=reloads: server.output().count("Reload complete") == reloads,
+                message=f"reload {reloads} to complete",
+                server=server,
+            )
+            wait_gone(running, server)
+            reloaded = time.monotonic()
+            load.wait_answers(30, server, after=reloaded)
+            running = set(started_workers(server.output())) - started
+            started |= running
+            assert len(running) == 2, server.output()
+            assert {served for served, _ in load.answers(after=reloaded)} == {version}
+            assert {pid for _, pid in load.answers(after=reloaded)} <= running
+    outcomes = load.stop()
+
+    assert pids_answering(server, 2) == running
+    failures = failed(outcomes)
+    assert failures == [], f"{len(failures)} of {len(outcomes)} requests failed"
+
+
+def test_sighup_with_broken_code_keeps_the_old_workers_serving(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    server = start_reloadable(run_rsasgi, module)
+    workers = set(started_workers(server.output()))
+
+    module.write_text("VERSION = (\n")
+    server.proc.send_signal(signal.SIGHUP)
+    log = wait_for_log(server, "Reload failed: the new worker")
+    assert "SyntaxError" in log
+    assert "exited with code 3 before serving; the old workers keep serving" in log
+
+    with Load(server.url + "/", clients=4) as load:
+        load.wait(
+            lambda load: {pid for _, pid in load.answers()} == workers,
+            "both workers to answer",
+            server,
+        )
+    assert failed(load.outcomes) == []
+    assert {version for version, _ in load.answers()} == {1}
+    assert {pid for _, pid in load.answers()} == workers
+
+
+def test_sighup_after_a_failed_reload_loads_the_fixed_code(run_rsasgi, tmp_path):
+    """The failed reload's log says "Fix the app and send SIGHUP again": doing that
+    replaces every worker at once, the one whose replacement failed included (not only
+    once the retry delay of a failed replacement has passed)."""
+    module = reloadable_app(tmp_path)
+    server = start_reloadable(run_rsasgi, module)
+    old = set(started_workers(server.output()))
+    module.write_text("VERSION = (\n")
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for_log(server, "Reload failed: the new worker")
+
+    set_version(module, 2)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for_log(server, "Reload complete")
+    wait_gone(old, server)
+    with Load(server.url + "/", clients=4) as load:
+        load.wait(
+            lambda load: len({pid for _, pid in load.answers()}) == 2,
+            "both workers to answer",
+            server,
+        )
+    assert {version for version, _ in load.answers()} == {2}
+
+
+def test_workers_reaching_max_requests_are_replaced_without_failing_a_request(run_rsasgi):
+    server = start_supervised(run_rsasgi, "--limit-max-requests", "50", workers=2)
+    old = set(started_workers(server.output()))
+
+    def replaced_and_stopped() -> set[int]:
+        log = server.output()
+        retired = re.findall(r"Stopping worker \d+ \(pid (\d+)\) gracefully: its replacement", log)
+        return {int(pid) for pid in retired if re.search(rf"\(pid {pid}\) stopped", log)}
+
+    with Load(server.url + "/") as load:
+        # Several rounds: each is a chance for a request to be lost.
+        wait_for(
+            lambda: len(replaced_and_stopped()) >= 6,
+            message="six workers replaced and stopped",
+            server=server,
+        )
+        load.wait(
+            lambda load: {pid for _, pid in load.answers()} - old,
+            "a replacement to answer",
+            server,
+        )
+    outcomes = load.stop()
+
+    assert old <= replaced_and_stopped()
+    assert len(re.findall(r"\(--limit-max-requests\); replacing it", server.output())) >= 6
+    failures = failed(outcomes)
+    assert failures == [], f"{len(failures)} of {len(outcomes)} requests failed"
+
+
+def test_ttin_adds_a_worker_and_ttou_removes_it_but_never_the_last(run_rsasgi):
+    server = start_supervised(run_rsasgi, workers=1)
+    first = set(started_workers(server.output()))
+
+    server.proc.send_signal(signal.SIGTTIN)
+    wait_for_log(server, "Received SIGTTIN: now 2 workers", "worker 2 (pid")
+    added = set(started_workers(server.output())) - first
+    assert len(added) == 1
+    (second,) = added
+    wait_for_log(server, f"worker 2 (pid {second}) is serving")
+    assert pids_answering(server, 2) == first | added
+
+    server.proc.send_signal(signal.SIGTTOU)
+    wait_for_log(
+        server,
+        "Received SIGTTOU: now 1 worker",
+        f"Stopping worker 2 (pid {second}) gracefully (SIGTTOU)",
+        f"worker 2 (pid {second}) stopped",
+    )
+    wait_gone(added, server)
+    assert pids_answering(server, 1) == first
+
+    server.proc.send_signal(signal.SIGTTOU)
+    wait_for_log(server, "Received SIGTTOU: keeping the last worker")
+    assert pids_answering(server, 1) == first
+    assert set(started_workers(server.output())) == first | added
+
+
+# Stopping.
+
+
+def test_sigterm_stops_the_workers_and_exits_0(run_rsasgi):
+    server = start_supervised(run_rsasgi, workers=2)
+    workers = started_workers(server.output())
+
+    assert server.stop(signal.SIGTERM) == 0
+    log = server.output()
+    assert "Received SIGTERM: stopping the workers gracefully" in log
+    for pid, number in workers.items():
+        assert f"worker {number} (pid {pid}) stopped" in log
+    assert log.rstrip().endswith("rsasgi::supervisor: Stopped"), log
+    wait_gone(workers, server)
+
+
+@pytest.mark.parametrize(
+    "signals, forced",
+    [
+        ([signal.SIGTERM, signal.SIGTERM], "Received SIGTERM again: stopping the workers now"),
+        ([signal.SIGQUIT], "Received SIGQUIT: stopping the workers now"),
+    ],
+    ids=["sigterm-twice", "sigquit"],
+)
+def test_forced_stop_does_not_wait_for_requests_in_flight(run_rsasgi, markers, signals, forced):
+    server = start_supervised(
+        run_rsasgi,
+        "--timeout-graceful-shutdown",
+        "60",
+        workers=2,
+        env={"SUP_MARKERS": str(markers)},
+    )
+    workers = started_workers(server.output())
+    client = server.connect()
+    client.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: list(markers.iterdir()), message="/slow to start", server=server)
+
+    for sig in signals:
+        server.proc.send_signal(sig)
+        if sig == signal.SIGTERM:
+            wait_for_log(server, "Received SIGTERM")
+    # The request sleeps 30 s and the graceful stop would wait 60 s for it.
+    assert exit_code(server, timeout=15) == 0
+    log = server.output()
+    assert forced in log
+    assert log.rstrip().endswith("rsasgi::supervisor: Stopped"), log
+    assert read_response(client) == b""
+    wait_gone(workers, server)
+
+
+def test_workers_exit_when_the_supervisor_is_killed(run_rsasgi):
+    server = start_supervised(run_rsasgi, workers=2)
+    workers = started_workers(server.output())
+
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    wait_gone(workers, server)
+
+
+# How many workers, and where they listen.
+
+
+def test_workers_auto_counts_the_cpus_the_process_may_use(run_rsasgi):
+    server = run_rsasgi(APP, "--workers", "auto", prefix=["taskset", "-c", "0"])
+    log = wait_for_log(server, "All 1 worker")
+    assert "Starting 1 worker\n" in log
+    assert len(started_workers(log)) == 1
+
+
+def test_web_concurrency_sets_the_worker_count(run_rsasgi):
+    server = run_rsasgi(APP, env={"WEB_CONCURRENCY": "2"})
+    log = wait_for_log(server, "All 2 workers are serving")
+    assert "Starting 2 workers\n" in log
+    assert pids_answering(server, 2) == set(started_workers(log))
+
+
+@pytest.mark.parametrize("value", ["0", "x"])
+def test_bad_worker_count_is_a_usage_error(value):
+    result = subprocess.run(
+        [sys.executable, "-m", "rsasgi", "--app-dir", str(APPS), APP, "--workers", value],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "--workers" in lines[0] and f"'{value}'" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "supervisor"])
+def test_every_bound_address_answers(run_rsasgi, tmp_path, workers):
+    ports = [free_port(), free_port()]
+    uds = tmp_path / "s.sock"
+    binds = [f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}", f"unix:{uds}"]
+    server = run_rsasgi(APP, *workers, *(arg for bind in binds for arg in ("--bind", bind)))
+    addresses = ", ".join([f"http://{binds[0]}", f"http://{binds[1]}", binds[2]])
+    log = wait_for_log(server, f"Listening on {addresses} (")
+    if workers:
+        wait_for_log(server, "All 2 workers are serving")
+
+    for port in ports:
+        assert get(f"http://127.0.0.1:{port}/").status_code == 200, log
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(uds))) as client:
+        assert client.get("http://localhost/").status_code == 200
