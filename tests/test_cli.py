@@ -284,14 +284,12 @@ def test_other_servers_values_are_accepted(run_rsasgi, args):
 @pytest.mark.parametrize(
     "args, name",
     [
-        (["--workers", "4"], "--workers"),
-        (["--workers=4"], "--workers"),
-        (["-w", "4"], "-w"),
-        (["--reload"], "--reload"),
+        (["--chdir", "/srv"], "--chdir"),
+        (["--preload"], "--preload"),
+        (["--reload-engine", "watchfiles"], "--reload-engine"),
         (["--forwarded-allow-ips", "*"], "--forwarded-allow-ips"),
         (["--proxy-headers"], "--proxy-headers"),
-        (["--timeout", "30"], "--timeout"),
-        (["--bind", "0.0.0.0:8000"], "--bind"),
+        (["--worker-class=gthread"], "--worker-class"),
         (["-k", "uvicorn.workers.UvicornWorker"], "-k"),
         (["--ssl-certfile=cert.pem"], "--ssl-certfile"),
     ],

@@ -577,7 +577,7 @@ def test_workers_auto_counts_the_cpus_the_process_may_use(run_rsasgi):
 
 def test_web_concurrency_sets_the_worker_count(run_rsasgi):
     server = run_rsasgi(APP, env={"WEB_CONCURRENCY": "2"})
-    log = wait_for_log(server, "All 2 workers are serving")
+    log = wait_for_log(server, "All 2 workers serving")
     assert "Starting 2 workers\n" in log
     assert pids_answering(server, 2) == set(started_workers(log))
 
@@ -606,7 +606,7 @@ def test_every_bound_address_answers(run_rsasgi, tmp_path, workers):
     addresses = ", ".join([f"http://{binds[0]}", f"http://{binds[1]}", binds[2]])
     log = wait_for_log(server, f"Listening on {addresses} (")
     if workers:
-        wait_for_log(server, "All 2 workers are serving")
+        wait_for_log(server, "All 2 workers serving")
 
     for port in ports:
         assert get(f"http://127.0.0.1:{port}/").status_code == 200, log
