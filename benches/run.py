@@ -1,17 +1,31 @@
 """Benchmark rsasgi against its peers with wrk, side by side, over ASGI and over WSGI.
 
-Each server runs one worker pinned to one CPU core; wrk runs pinned to another. Every server in
-a group serves the same plain app (benches/apps.py: `hello` for ASGI, `wsgi_hello` for WSGI) on
-three scenarios, and the script prints requests/s and p99 latency per server, then rsasgi's
-requests/s divided by each peer's, one table per group.
+By default each server runs one worker pinned to one CPU core; wrk runs pinned to another.
+Every server in a group serves the same plain app (benches/apps.py: `hello` for ASGI,
+`wsgi_hello` for WSGI) on three scenarios, and the script prints requests/s and p99 latency per
+server, then rsasgi's requests/s divided by each peer's, one table per group.
 
-    ASGI: rsasgi, uvicorn, granian, hypercorn
+    ASGI: rsasgi, uvicorn, granian, hypercorn, h2corn, gunicorn-uvicorn
     WSGI: rsasgi, granian, gunicorn (gthread), uwsgi, waitress
 
     pip install -r benches/requirements.txt     # the peers; this script installs nothing
     apt-get install wrk
     python benches/run.py                        # from the repository root; both groups
     python benches/run.py --group wsgi --duration 5 --servers rsasgi granian --scenarios hello
+    python benches/run.py --workers 2            # every server with 2 worker processes
+    python benches/run.py --memory-only          # idle resident memory only, no wrk
+
+`--workers N` starts every server with N worker processes (rsasgi and h2corn: their
+supervisor; uvicorn, granian, hypercorn: --workers; gunicorn: its arbiter; uWSGI: --processes;
+waitress has none and is skipped when N > 1). With N > 1 the server gets N cores and wrk the
+next one when the machine has N + 1 cores; with fewer (2 workers on 2 cores) nothing is
+pinned and wrk shares the cores with the workers, so the numbers measure the server and the
+load generator together.
+
+`--memory` adds a memory report: once a server answers and has served a few requests, the
+resident memory (RSS and PSS from /proc/PID/smaps_rollup) of its main process (rsasgi's
+supervisor, gunicorn's arbiter, uWSGI's master, ...) and of each child process separately,
+idle, before the load, and again after the runs. `--memory-only` reports memory without wrk.
 
 Results also go to benches/results/latest.json.
 """
@@ -34,6 +48,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,19 +106,22 @@ SCENARIOS = {
 
 @dataclass
 class ServerSpec:
-    """How to start one server on a port.
+    """How to start one server on a port with a number of worker processes.
 
-    `requires` are the modules it needs importable, `programs` the executables it needs (looked
-    up next to the Python interpreter first, then on PATH); `install` says how to get them.
+    `argv(port, workers)` is its command line. `requires` are the modules it needs importable,
+    `programs` the executables it needs (looked up next to the Python interpreter first, then
+    on PATH); `install` says how to get them. `multiprocess` is False for a server that has no
+    worker processes (it runs only with --workers 1).
     """
 
     name: str
     group: str
     requires: tuple[str, ...]
-    argv: Callable[[int], list[str]] = field(repr=False)
+    argv: Callable[[int, int], list[str]] = field(repr=False)
     notes: str = ""
     programs: tuple[str, ...] = ()
     install: str = "pip install -r benches/requirements.txt"
+    multiprocess: bool = True
 
     def missing(self) -> list[str]:
         modules = [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -126,39 +144,66 @@ def _has_uvloop() -> bool:
 # ---- ASGI
 
 
-def _rsasgi_argv(port: int) -> list[str]:
+def _rsasgi_argv(port: int, workers: int) -> list[str]:
+    # One worker: a single process, no supervisor (rsasgi's default). More: the supervisor.
+    supervisor = ["--workers", str(workers)] if workers > 1 else []
     return [
         sys.executable, "-m", "rsasgi", ASGI_APP,
-        "--host", HOST, "--port", str(port),
+        "--host", HOST, "--port", str(port), *supervisor,
         "--no-access-log",
     ]  # fmt: skip
 
 
-def _uvicorn_argv(port: int) -> list[str]:
+def _uvicorn_argv(port: int, workers: int) -> list[str]:
+    processes = ["--workers", str(workers)] if workers > 1 else []
     return [
         sys.executable, "-m", "uvicorn", ASGI_APP,
-        "--host", HOST, "--port", str(port),
+        "--host", HOST, "--port", str(port), *processes,
         "--loop", "uvloop", "--http", "httptools",
         "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
 
 
-def _granian_argv(port: int) -> list[str]:
+def _granian_argv(port: int, workers: int) -> list[str]:
     loop = ["--loop", "uvloop"] if _has_uvloop() else []
     return [
         sys.executable, "-m", "granian", "--interface", "asgi",
         "--host", HOST, "--port", str(port),
-        "--workers", "1", "--runtime-threads", "1", "--no-ws", *loop,
+        "--workers", str(workers), "--runtime-threads", "1", "--no-ws", *loop,
         "--no-access-log", "--log-level", "warning",
         ASGI_APP,
     ]  # fmt: skip
 
 
-def _hypercorn_argv(port: int) -> list[str]:
+def _hypercorn_argv(port: int, workers: int) -> list[str]:
     worker_class = ["--worker-class", "uvloop"] if _has_uvloop() else []
     return [
         sys.executable, "-m", "hypercorn", ASGI_APP,
-        "--bind", f"{HOST}:{port}", "--workers", "1", *worker_class,
+        "--bind", f"{HOST}:{port}", "--workers", str(workers), *worker_class,
+        "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def _h2corn_argv(port: int, workers: int) -> list[str]:
+    # One Tokio runtime thread per worker, as granian gets (h2corn's default is 2); no access
+    # log, like the others. h2corn has no log-level option.
+    loop = ["--loop", "uvloop"] if _has_uvloop() else []
+    return [
+        sys.executable, "-m", "h2corn", ASGI_APP,
+        "--host", HOST, "--port", str(port),
+        "--workers", str(workers), "--runtime-threads", "1", *loop,
+        "--no-access-log",
+    ]  # fmt: skip
+
+
+def _gunicorn_uvicorn_argv(port: int, workers: int) -> list[str]:
+    # uvicorn-worker's UvicornWorker picks uvloop and httptools when installed (loop/http auto).
+    # No access log: without --access-logfile gunicorn gives uvicorn's access logger no handler,
+    # and uvicorn skips access logging when that logger has none.
+    return [
+        sys.executable, "-m", "gunicorn", ASGI_APP,
+        "--bind", f"{HOST}:{port}", "--workers", str(workers),
+        "--worker-class", "uvicorn_worker.UvicornWorker",
         "--log-level", "warning",
     ]  # fmt: skip
 
@@ -166,34 +211,36 @@ def _hypercorn_argv(port: int) -> list[str]:
 # ---- WSGI
 
 
-def _rsasgi_wsgi_argv(port: int) -> list[str]:
+def _rsasgi_wsgi_argv(port: int, workers: int) -> list[str]:
+    supervisor = ["--workers", str(workers)] if workers > 1 else []
     return [
         sys.executable, "-m", "rsasgi", WSGI_APP, "--interface", "wsgi",
-        "--host", HOST, "--port", str(port),
+        "--host", HOST, "--port", str(port), *supervisor,
         "--no-access-log",
     ]  # fmt: skip
 
 
-def _granian_wsgi_argv(port: int) -> list[str]:
+def _granian_wsgi_argv(port: int, workers: int) -> list[str]:
     return [
         sys.executable, "-m", "granian", "--interface", "wsgi",
         "--host", HOST, "--port", str(port),
-        "--workers", "1", "--runtime-threads", "1", "--blocking-threads", str(WSGI_THREADS),
+        "--workers", str(workers), "--runtime-threads", "1",
+        "--blocking-threads", str(WSGI_THREADS),
         "--no-ws", "--no-access-log", "--log-level", "warning",
         WSGI_APP,
     ]  # fmt: skip
 
 
-def _gunicorn_argv(port: int) -> list[str]:
+def _gunicorn_argv(port: int, workers: int) -> list[str]:
     return [
         sys.executable, "-m", "gunicorn", WSGI_APP,
-        "--bind", f"{HOST}:{port}", "--workers", "1",
+        "--bind", f"{HOST}:{port}", "--workers", str(workers),
         "--worker-class", "gthread", "--threads", str(WSGI_THREADS),
         "--log-level", "warning",
     ]  # fmt: skip
 
 
-def _uwsgi_argv(port: int) -> list[str]:
+def _uwsgi_argv(port: int, workers: int) -> list[str]:
     # --http: uWSGI's HTTP router (a second process, pinned to the same core) in front of the
     # worker, which is how uWSGI serves HTTP clients directly. --http-keepalive lets wrk reuse
     # its connections; with the default page-size router buffer a 10 KiB response stalls ~40 ms
@@ -204,12 +251,13 @@ def _uwsgi_argv(port: int) -> list[str]:
         program("uwsgi") or "uwsgi",
         "--http", f"{HOST}:{port}", "--http-keepalive", "--http-buffer-size", "65536",
         "--module", WSGI_APP, "--pythonpath", str(REPO),
-        "--master", "--processes", "1", "--threads", str(WSGI_THREADS),
+        "--master", "--processes", str(workers), "--threads", str(WSGI_THREADS),
         "--disable-logging", "--die-on-term", "--need-app",
     ]  # fmt: skip
 
 
-def _waitress_argv(port: int) -> list[str]:
+def _waitress_argv(port: int, workers: int) -> list[str]:
+    # One process only: waitress has no worker processes (available_servers skips it for N > 1).
     return [
         sys.executable, "-m", "waitress",
         f"--listen={HOST}:{port}", f"--threads={WSGI_THREADS}",
@@ -219,7 +267,8 @@ def _waitress_argv(port: int) -> list[str]:
 
 SERVER_SPECS = [
     ServerSpec(
-        "rsasgi", "asgi", ("rsasgi",), _rsasgi_argv, "loop auto: uvloop when installed",
+        "rsasgi", "asgi", ("rsasgi",), _rsasgi_argv,
+        "loop auto: uvloop when installed; --workers N > 1: its supervisor",
         install="pip install .",
     ),
     ServerSpec(
@@ -229,26 +278,36 @@ SERVER_SPECS = [
     ServerSpec("granian", "asgi", ("granian",), _granian_argv, "asgi, 1 runtime thread, uvloop"),
     ServerSpec("hypercorn", "asgi", ("hypercorn",), _hypercorn_argv, "uvloop worker"),
     ServerSpec(
+        "h2corn", "asgi", ("h2corn",), _h2corn_argv, "1 runtime thread per worker, uvloop",
+        install="pip install h2corn",
+    ),
+    ServerSpec(
+        "gunicorn-uvicorn", "asgi", ("gunicorn", "uvicorn_worker"), _gunicorn_uvicorn_argv,
+        "gunicorn arbiter + uvicorn_worker.UvicornWorker (uvloop + httptools)",
+        install="pip install gunicorn uvicorn-worker",
+    ),
+    ServerSpec(
         "rsasgi", "wsgi", ("rsasgi",), _rsasgi_wsgi_argv, "wsgi, default --threads",
         install="pip install .",
     ),
     ServerSpec(
         "granian", "wsgi", ("granian",), _granian_wsgi_argv,
-        f"wsgi, 1 runtime thread, {WSGI_THREADS} blocking threads",
+        f"wsgi, 1 runtime thread, {WSGI_THREADS} blocking threads per worker",
     ),
     ServerSpec(
         "gunicorn", "wsgi", ("gunicorn",), _gunicorn_argv,
-        f"1 gthread worker, {WSGI_THREADS} threads",
+        f"gthread workers, {WSGI_THREADS} threads each",
     ),
     ServerSpec(
         "uwsgi", "wsgi", (), _uwsgi_argv,
-        f"--http router + 1 process, {WSGI_THREADS} threads",
+        f"--http router + master + processes, {WSGI_THREADS} threads each",
         programs=("uwsgi",),
         install="pip install uwsgi; it compiles C: needs gcc and the Python headers, "
         "e.g. apt-get install build-essential python3-dev",
     ),
     ServerSpec(
         "waitress", "wsgi", ("waitress",), _waitress_argv, f"{WSGI_THREADS} threads",
+        multiprocess=False,
     ),
 ]  # fmt: skip
 
@@ -319,17 +378,28 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> N
     raise RuntimeError(f"not listening on port {port} after {timeout:.0f}s")
 
 
-class RunningServer:
-    """A server process in its own session, pinned with taskset; its log goes to a temp file."""
+def pinned(cpus: str | None, command: list[str]) -> list[str]:
+    """`command` under `taskset -c cpus`, or as it is when `cpus` is None (not pinned)."""
+    return ["taskset", "-c", cpus, *command] if cpus else command
 
-    def __init__(self, spec: ServerSpec, cpu: str, log_dir: Path):
+
+class RunningServer:
+    """A server process in its own session, pinned with taskset; its log goes to a temp file.
+
+    taskset execs the server, so `proc.pid` is the server's main process (rsasgi's supervisor,
+    gunicorn's arbiter, uWSGI's master, ...) and its workers are that process's descendants.
+    """
+
+    def __init__(self, spec: ServerSpec, cpu: str | None, workers: int, log_dir: Path):
         self.spec = spec
         self.port = free_port()
         self.log_path = log_dir / f"{spec.group}-{spec.name}.log"
         self._log = open(self.log_path, "wb")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        self.command = ["taskset", "-c", cpu, *spec.argv(self.port)]
+        # rsasgi, uvicorn and gunicorn read a worker count from it: the command line decides.
+        env.pop("WEB_CONCURRENCY", None)
+        self.command = pinned(cpu, spec.argv(self.port, workers))
         self.proc = subprocess.Popen(
             self.command,
             cwd=REPO,
@@ -378,10 +448,10 @@ def check_answer(port: int, scenario: Scenario) -> None:
 
 
 def run_wrk(args, port: int, scenario: Scenario, duration: int, script_dir: Path) -> str:
-    command = [
-        "taskset", "-c", args.wrk_cpu,
-        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency",
-    ]  # fmt: skip
+    command = pinned(
+        args.wrk_cpu,
+        ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency"],
+    )
     if scenario.lua:
         script = script_dir / f"{scenario.name}.lua"
         script.write_text(scenario.lua)
@@ -396,51 +466,239 @@ def run_wrk(args, port: int, scenario: Scenario, duration: int, script_dir: Path
     return result.stdout
 
 
-def bench_server(args, spec: ServerSpec, scenarios: list[Scenario], work: Path):
-    """Starts `spec` once and runs every scenario against it.
+# --------------------------------------------------------------------------- memory
 
-    Returns the command that started the server and {scenario name: result}; a scenario that
-    fails gets {"error": ...} and the run goes on, unless the server has exited.
+# Requests sent (all at once, each on its own connection, so that several workers get some)
+# per scenario before the idle memory is read.
+MEMORY_REQUESTS = 8
+MIB = 1024 * 1024
+
+
+def _parents() -> dict[int, int]:
+    """{pid: parent pid} of every process, from /proc/PID/stat."""
+    parents = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def descendants(root: int) -> list[int]:
+    """The pids under `root` (children, grandchildren, ...), parents before their children."""
+    children: dict[int, list[int]] = {}
+    for pid, parent in _parents().items():
+        children.setdefault(parent, []).append(pid)
+    found, queue = [], sorted(children.get(root, []))
+    while queue:
+        pid = queue.pop(0)
+        found.append(pid)
+        queue.extend(sorted(children.get(pid, [])))
+    return found
+
+
+def process_memory(pid: int) -> dict | None:
+    """RSS and PSS (bytes), threads, name and command line of `pid`; None once it has exited.
+
+    RSS counts every page the process maps, shared ones included (forked workers share the
+    interpreter's pages with their parent until they write to them); PSS divides each shared
+    page among the processes that map it, so PSS adds up to what the processes cost together.
+    """
+    proc = Path("/proc", str(pid))
+    try:
+        status = dict(
+            line.split(":", 1) for line in (proc / "status").read_text().splitlines() if ":" in line
+        )
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        rss = pss = None
+        try:
+            for line in (proc / "smaps_rollup").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    kib = int(value.split()[0]) * 1024
+                    rss, pss = (kib, pss) if key == "Rss" else (rss, kib)
+        except OSError:  # no smaps_rollup (old kernel): VmRSS, no PSS
+            pass
+        if rss is None:
+            rss = int(status.get("VmRSS", "0 kB").split()[0]) * 1024
+    except (OSError, ValueError):
+        return None
+    return {
+        "pid": pid,
+        "ppid": int(status.get("PPid", "0").strip() or 0),
+        "name": status.get("Name", "").strip(),
+        "cmdline": cmdline.strip()[:300],
+        "threads": int(status.get("Threads", "0").strip() or 0),
+        "rss_mib": round(rss / MIB, 2),
+        "pss_mib": round(pss / MIB, 2) if pss is not None else None,
+    }
+
+
+def memory_snapshot(root: int) -> dict:
+    """The memory of `root` and of each of its descendants, and their totals (MiB)."""
+    main = process_memory(root)
+    if main is None:
+        raise RuntimeError("the server's main process has exited")
+    children = [m for m in map(process_memory, descendants(root)) if m is not None]
+    everyone = [main, *children]
+    pss = [m["pss_mib"] for m in everyone]
+    return {
+        "main": main,
+        "children": children,
+        "total_rss_mib": round(sum(m["rss_mib"] for m in everyone), 2),
+        "total_pss_mib": round(sum(pss), 2) if None not in pss else None,
+    }
+
+
+def settled_memory(
+    server: RunningServer, workers: int, timeout: float = 20.0, quiet: float = 1.0
+) -> dict:
+    """A memory snapshot once the process tree has settled.
+
+    Settled: with N > 1 workers at least N children exist, and for `quiet` seconds no process
+    came or went and the total RSS moved by less than 1 % (a worker still importing the app
+    grows). After `timeout` seconds the last snapshot is taken as it is, flagged unsettled.
+    """
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while True:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"exited with code {server.proc.returncode}")
+        snapshot = memory_snapshot(server.proc.pid)
+        pids = [server.proc.pid, *(child["pid"] for child in snapshot["children"])]
+        now = time.monotonic()
+        steady = (
+            last is not None
+            and pids == last[0]
+            and abs(snapshot["total_rss_mib"] - last[1]) <= 0.01 * last[1]
+            and (workers == 1 or len(snapshot["children"]) >= workers)
+        )
+        if not steady:
+            since = now
+        elif now - since >= quiet:
+            snapshot["settled"] = True
+            return snapshot
+        if now >= deadline:
+            snapshot["settled"] = False
+            return snapshot
+        last = (pids, snapshot["total_rss_mib"])
+        time.sleep(0.25)
+
+
+def idle_memory(server: RunningServer, workers: int, scenarios: list[Scenario]) -> dict:
+    """Waits until the server answers, sends it a few requests, and reads its memory, idle."""
+    wait_for_port(server.port, server.proc)
+    requests = [s for s in scenarios for _ in range(MEMORY_REQUESTS)]
+    with ThreadPoolExecutor(max_workers=MEMORY_REQUESTS) as pool:
+        list(pool.map(lambda scenario: check_answer(server.port, scenario), requests))
+    snapshot = settled_memory(server, workers)
+    snapshot["requests"] = len(requests)
+    return snapshot
+
+
+def _child(child: dict) -> str:
+    """A child's RSS, tagged when it is not a worker but a multiprocessing helper."""
+    helper = re.search(r"multiprocessing\.(resource_tracker|forkserver)", child["cmdline"])
+    return f"{child['rss_mib']:.1f}" + (f" ({helper.group(1)})" if helper else "")
+
+
+def _children(snapshot: dict) -> str:
+    return ", ".join(map(_child, snapshot["children"])) or "-"
+
+
+def _memory_line(snapshot: dict) -> str:
+    children = _children(snapshot)
+    pss = snapshot["total_pss_mib"]
+    unsettled = "" if snapshot.get("settled", True) else "  (still changing)"
+    return (
+        f"main {snapshot['main']['rss_mib']:.1f}, children {children}; "
+        f"total RSS {snapshot['total_rss_mib']:.1f}"
+        + (f", PSS {pss:.1f}" if pss is not None else "")
+        + f" MiB{unsettled}"
+    )
+
+
+# --------------------------------------------------------------------------- one server
+
+
+def bench_server(args, spec: ServerSpec, scenarios: list[Scenario], work: Path):
+    """Starts `spec` once, reads its idle memory (--memory), and runs every scenario against it.
+
+    Returns the command that started the server, {scenario name: result} (empty with
+    --memory-only) and the memory report ({} without --memory); a scenario that fails gets
+    {"error": ...} and the run goes on, unless the server has exited.
     """
     results: dict[str, dict] = {}
-    server = RunningServer(spec, args.server_cpu, work)
+    memory: dict[str, dict] = {}
+    server = RunningServer(spec, args.server_cpu, args.workers, work)
     try:
-        for scenario in scenarios:
+        if args.memory:
             try:
-                wait_for_port(server.port, server.proc)
-                check_answer(server.port, scenario)
-                if args.warmup > 0:
-                    run_wrk(args, server.port, scenario, args.warmup, work)
-                wait_for_port(server.port, server.proc)
-                output = run_wrk(args, server.port, scenario, args.duration, work)
-                if server.proc.poll() is not None:
-                    raise RuntimeError(f"exited with code {server.proc.returncode} during the run")
-                result = parse_wrk(output)
-            except Exception as error:  # one failure must not end the whole benchmark
-                results[scenario.name] = {"error": str(error), "log_tail": server.log_tail()}
-                print(f"  {scenario.name:<6} FAILED: {error}", flush=True)
+                memory["idle"] = idle_memory(server, args.workers, scenarios)
+                print(f"  memory {_memory_line(memory['idle'])}", flush=True)
+            except Exception as error:
+                memory["error"] = str(error)
+                print(f"  memory FAILED: {error}", flush=True)
                 if server.proc.poll() is not None:
                     print(f"  server log:\n{_indent(server.log_tail())}", flush=True)
-                    break
-                continue
-            # Little's law: how many connections had a request in flight, on average. Far
-            # below wrk's connection count means the server left connections waiting.
-            if result["average_ms"]:
-                busy = result["requests_per_sec"] * result["average_ms"] / 1000
-                result["connections_served"] = round(busy, 1)
-            result["connections"] = args.connections
-            result["wrk_output"] = output
-            results[scenario.name] = result
-            print(
-                f"  {scenario.name:<6} {result['requests_per_sec']:>12,.0f} req/s"
-                f"   p99 {result['p99_ms']:8.2f} ms{_error_note(result)}",
-                flush=True,
-            )
+        if not args.memory_only:
+            run_scenarios(args, server, scenarios, work, results)
+            if args.memory and "idle" in memory and server.proc.poll() is None:
+                try:
+                    memory["after_load"] = settled_memory(server, args.workers, timeout=5)
+                    print(f"  memory after the runs: {_memory_line(memory['after_load'])}")
+                except Exception as error:
+                    memory["after_load_error"] = str(error)
     finally:
         server.stop()
+    if not args.memory_only:
+        for scenario in scenarios:
+            results.setdefault(scenario.name, {"error": "not run: the server had exited"})
+    return server.command, results, memory
+
+
+def run_scenarios(
+    args, server: RunningServer, scenarios: list[Scenario], work: Path, results: dict
+) -> None:
     for scenario in scenarios:
-        results.setdefault(scenario.name, {"error": "not run: the server had exited"})
-    return server.command, results
+        if server.proc.poll() is not None:
+            break
+        try:
+            wait_for_port(server.port, server.proc)
+            check_answer(server.port, scenario)
+            if args.warmup > 0:
+                run_wrk(args, server.port, scenario, args.warmup, work)
+            wait_for_port(server.port, server.proc)
+            output = run_wrk(args, server.port, scenario, args.duration, work)
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"exited with code {server.proc.returncode} during the run")
+            result = parse_wrk(output)
+        except Exception as error:  # one failure must not end the whole benchmark
+            results[scenario.name] = {"error": str(error), "log_tail": server.log_tail()}
+            print(f"  {scenario.name:<6} FAILED: {error}", flush=True)
+            if server.proc.poll() is not None:
+                print(f"  server log:\n{_indent(server.log_tail())}", flush=True)
+                break
+            continue
+        # Little's law: how many connections had a request in flight, on average. Far
+        # below wrk's connection count means the server left connections waiting.
+        if result["average_ms"]:
+            busy = result["requests_per_sec"] * result["average_ms"] / 1000
+            result["connections_served"] = round(busy, 1)
+        result["connections"] = args.connections
+        result["workers"] = args.workers
+        result["wrk_output"] = output
+        results[scenario.name] = result
+        print(
+            f"  {scenario.name:<6} {result['requests_per_sec']:>12,.0f} req/s"
+            f"   p99 {result['p99_ms']:8.2f} ms{_error_note(result)}",
+            flush=True,
+        )
 
 
 def _indent(text: str) -> str:
@@ -528,15 +786,57 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
     return ratios
 
 
-def versions(servers: list[str]) -> dict:
+def print_memory(group: str, memory: dict, servers: list[str], key: str, when: str) -> None:
+    """One group's memory table: main process, each child, totals, one row per server (MiB)."""
+    rows = []
+    for name in servers:
+        report = memory.get(name, {})
+        snapshot = report.get(key)
+        if snapshot is None:
+            error = report.get("error") or report.get(f"{key}_error") or "not measured"
+            rows.append((name, "failed", error, "", ""))
+            continue
+        children = _children(snapshot)
+        if not snapshot.get("settled", True):
+            children += " (still changing)"
+        pss = snapshot["total_pss_mib"]
+        rows.append(
+            (
+                name,
+                f"{snapshot['main']['rss_mib']:.1f}",
+                children,
+                f"{snapshot['total_rss_mib']:.1f}",
+                f"{pss:.1f}" if pss is not None else "-",
+            )
+        )
+    if not rows:
+        return
+    head = ("server", "main", "children, each", "RSS total", "PSS total")
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(5)]
+    print()
+    print(f"{group.upper()}: resident memory in MiB, {when}")
+    for row in [head, *rows]:
+        print(
+            f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}"
+            f"  {row[3]:>{widths[3]}}  {row[4]:>{widths[4]}}"
+        )
+
+
+# Packages whose versions go in the report, for servers whose name is not a package.
+PACKAGES = {"gunicorn-uvicorn": ("gunicorn", "uvicorn", "uvicorn-worker")}
+
+
+def versions(servers: list[str], wrk: bool = True) -> dict:
     found = {}
-    for name in [*servers, "uvloop", "httptools"]:
+    names = [package for name in servers for package in PACKAGES.get(name, (name,))]
+    for name in dict.fromkeys([*names, "uvloop", "httptools"]):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             pass
-    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
-    found["wrk"] = (wrk.stdout or wrk.stderr).split("\n")[0].strip()
+    if wrk:
+        wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+        found["wrk"] = (wrk_version.stdout or wrk_version.stderr).split("\n")[0].strip()
     return found
 
 
@@ -568,8 +868,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--group", choices=[*GROUPS, "all"], default="all",
-        help="asgi: rsasgi, uvicorn, granian, hypercorn; wsgi: rsasgi, granian, gunicorn, "
-        "uwsgi, waitress (all)",
+        help="asgi: rsasgi, uvicorn, granian, hypercorn, h2corn, gunicorn-uvicorn; wsgi: rsasgi, "
+        "granian, gunicorn, uwsgi, waitress (all)",
     )  # fmt: skip
     parser.add_argument("--duration", type=int, default=10, help="seconds per run (10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
@@ -578,6 +878,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup", type=int, default=2, help="seconds of unmeasured load before each run (2)"
     )
     parser.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="worker processes per server (1); with N > 1 waitress, which has none, is skipped",
+    )  # fmt: skip
+    parser.add_argument(
+        "--memory", action="store_true",
+        help="also report each server's resident memory (main process and each child), idle "
+        "after a few requests before the load, and again after the runs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--memory-only", action="store_true",
+        help="report the idle memory only: start each server, send a few requests, read its "
+        "memory, stop it (no wrk)",
+    )  # fmt: skip
+    parser.add_argument(
         "--servers", nargs="+", default=SERVER_NAMES, metavar="NAME",
         help=f"subset of: {', '.join(SERVER_NAMES)}; each group runs those it has (all)",
     )  # fmt: skip
@@ -585,18 +899,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scenarios", nargs="+", default=list(SCENARIOS), metavar="NAME",
         help=f"subset of: {', '.join(SCENARIOS)} (all)",
     )  # fmt: skip
-    parser.add_argument("--server-cpu", default="0", help="core the server is pinned to (0)")
-    parser.add_argument("--wrk-cpu", default="1", help="core wrk is pinned to (1)")
+    parser.add_argument(
+        "--server-cpu",
+        help="cores the server is pinned to, a taskset list (0; with --workers N > 1: the first "
+        "N cores, or not pinned when there are not N + 1)",
+    )
+    parser.add_argument(
+        "--wrk-cpu",
+        help="core wrk is pinned to (1; with --workers N > 1: core N, or not pinned when there "
+        "are not N + 1 cores)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file ({RESULTS})")
     parser.add_argument("--timeout-margin", type=float, default=30, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    args.memory = args.memory or args.memory_only
     args.groups = list(GROUPS) if args.group == "all" else [args.group]
     args.servers = _names(args.servers, SERVER_NAMES, "server")
     args.scenarios = _names(args.scenarios, list(SCENARIOS), "scenario")
     return args
 
 
-def available_servers(group: str, names: list[str]) -> list[str]:
+def assign_cpus(args) -> str | None:
+    """Fills in the cores of the server and of wrk; returns a note when they share cores.
+
+    One worker: the server on core 0 and wrk on core 1. N > 1 workers: the server on the
+    first N cores this process may use and wrk on the next, when there are N + 1; otherwise
+    neither is pinned (pinning the server to fewer cores than it has workers would defeat
+    them) and wrk competes with the workers for the cores. --server-cpu/--wrk-cpu win.
+    """
+    if args.workers == 1:
+        args.server_cpu = args.server_cpu or "0"
+        args.wrk_cpu = args.wrk_cpu or "1"
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    note = None
+    if len(cores) > args.workers:
+        server_cpu = ",".join(map(str, cores[: args.workers]))
+        wrk_cpu = str(cores[args.workers])
+    else:
+        server_cpu = wrk_cpu = None
+        note = (
+            f"note: {args.workers} workers and only {len(cores)} cores: the server is not "
+            "pinned"
+            + ("" if args.wrk_cpu else " and neither is wrk")
+            + "; wrk shares the cores with the workers, so these numbers measure the server "
+            "with its load generator competing for the same CPUs"
+        )
+    args.server_cpu = args.server_cpu or server_cpu
+    args.wrk_cpu = args.wrk_cpu or wrk_cpu
+    return note
+
+
+def available_servers(group: str, names: list[str], workers: int) -> list[str]:
     """The servers of `group` among `names` that can run here; prints why others are skipped."""
     servers = []
     for name in names:
@@ -606,54 +962,91 @@ def available_servers(group: str, names: list[str]) -> list[str]:
         missing = spec.missing()
         if missing:
             print(f"skipping {group} {name}: {', '.join(missing)} not found ({spec.install})")
+        elif workers > 1 and not spec.multiprocess:
+            print(
+                f"skipping {group} {name}: it has no worker processes (one process, threads "
+                f"only), so it does not run with --workers {workers}"
+            )
         else:
             servers.append(name)
     return servers
 
 
+def _where(cpus: str | None) -> str:
+    if cpus is None:
+        return ", not pinned"
+    return f" on core{'s' if any(c in cpus for c in ',-') else ''} {cpus}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("wrk") is None:
+    if not args.memory_only and shutil.which("wrk") is None:
         print(
             "wrk is not installed; install it with `apt-get install wrk` (Debian/Ubuntu) "
             "or `brew install wrk` (macOS).",
             file=sys.stderr,
         )
         return 1
-    if shutil.which("taskset") is None:
+    note = assign_cpus(args)
+    if args.memory_only:
+        args.wrk_cpu = None
+    if (args.server_cpu or args.wrk_cpu) and shutil.which("taskset") is None:
         print("taskset is not installed; it comes with util-linux.", file=sys.stderr)
         return 1
     if (os.cpu_count() or 1) < 2:
         print("note: fewer than two CPUs, the server and wrk share a core", file=sys.stderr)
+    if note and not args.memory_only:
+        print(note)
 
-    plan = {group: available_servers(group, args.servers) for group in args.groups}
+    plan = {group: available_servers(group, args.servers, args.workers) for group in args.groups}
     plan = {group: servers for group, servers in plan.items() if servers}
     if not plan:
         print("no server to benchmark", file=sys.stderr)
         return 1
     scenarios = [SCENARIOS[name] for name in args.scenarios]
 
-    print(
-        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency on core "
-        f"{args.wrk_cpu}; each server one worker on core {args.server_cpu}; "
-        f"{args.warmup}s warm-up"
-    )
+    workers = "one worker" if args.workers == 1 else f"{args.workers} workers"
+    if args.memory_only:
+        print(f"memory only: each server {workers}{_where(args.server_cpu)}")
+    else:
+        print(
+            f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency"
+            f"{_where(args.wrk_cpu)}; each server {workers}{_where(args.server_cpu)}; "
+            f"{args.warmup}s warm-up"
+        )
     results: dict[str, dict[str, dict]] = {}
     commands: dict[str, dict[str, list[str]]] = {}
+    memory: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="rsasgi-bench-") as work:
         for group, servers in plan.items():
-            results[group], commands[group] = {}, {}
+            results[group], commands[group], memory[group] = {}, {}, {}
             for name in servers:
                 spec = SERVERS[group][name]
                 print(f"\n{group} {name} ({spec.notes})", flush=True)
-                commands[group][name], results[group][name] = bench_server(
+                commands[group][name], results[group][name], memory[group][name] = bench_server(
                     args, spec, scenarios, Path(work)
                 )
 
-    ratios = {
-        group: print_table(group, results[group], servers, scenarios)
-        for group, servers in plan.items()
-    }
+    ratios = {}
+    if not args.memory_only:
+        ratios = {
+            group: print_table(group, results[group], servers, scenarios)
+            for group, servers in plan.items()
+        }
+    if args.memory:
+        each = f"{args.workers} worker{'s' if args.workers > 1 else ''} per server"
+        for group, servers in plan.items():
+            idle = f"idle after {MEMORY_REQUESTS} requests per scenario, {each}"
+            print_memory(group, memory[group], servers, "idle", idle)
+            if not args.memory_only:
+                after = f"after the runs, {each}"
+                print_memory(group, memory[group], servers, "after_load", after)
+        print(
+            "main: the process started (supervisor, arbiter, master; the whole server when it "
+            "has no children); children: each process under it. RSS counts shared pages in "
+            "every process that maps them; PSS splits them, so its total is what they cost "
+            "together."
+        )
 
     all_servers = list(dict.fromkeys(name for servers in plan.values() for name in servers))
     report = {
@@ -661,12 +1054,16 @@ def main(argv: list[str] | None = None) -> int:
         "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
         "settings": {
             "groups": list(plan),
+            "workers": args.workers,
+            "memory": args.memory,
+            "memory_only": args.memory_only,
             "duration_s": args.duration,
             "connections": args.connections,
             "wrk_threads": args.threads,
             "warmup_s": args.warmup,
-            "server_cpu": args.server_cpu,
+            "server_cpu": args.server_cpu,  # None: not pinned
             "wrk_cpu": args.wrk_cpu,
+            "shared_cores_note": note,
             "wsgi_peer_threads": WSGI_THREADS,
         },
         "machine": {
@@ -675,13 +1072,15 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "versions": versions(all_servers),
+        "versions": versions(all_servers, wrk=not args.memory_only),
         "server_commands": commands,
         "scenarios": {s.name: s.description for s in scenarios},
         "results": results,
         "rsasgi_ratio": ratios,
         "bar": {group: BAR[group] for group in plan},
     }
+    if args.memory:
+        report["memory"] = memory
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.output}")
