@@ -625,7 +625,8 @@ impl Supervisor {
         if check_memory {
             self.next_memory_check = now + MEMORY_CHECK_INTERVAL;
         }
-        let supervision = self.config.supervision.clone();
+        let config = Arc::clone(&self.config);
+        let supervision = &config.supervision;
         let mut retire = Vec::new();
         let mut serving_now = Vec::new();
         for worker in &mut self.workers {
