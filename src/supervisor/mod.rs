@@ -174,6 +174,21 @@ fn watch_changes(mut watcher: ReloadWatcher) -> mpsc::Receiver<Vec<PathBuf>> {
     receiver
 }
 
+/// `CLOCK_MONOTONIC`, the one clock every process of the machine shares
+/// (std's `Instant` reads it too, but cannot say its value).
+pub(crate) fn monotonic_now() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec we pass, and
+    // CLOCK_MONOTONIC exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(now.tv_nsec).unwrap_or(0);
+    Duration::new(secs, nanos)
+}
+
 /// "1 worker", "4 workers".
 fn workers(count: usize) -> String {
     match count {

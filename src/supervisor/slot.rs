@@ -135,16 +135,7 @@ impl Slot {
 /// `CLOCK_MONOTONIC` in milliseconds: unlike `Instant`, comparable between
 /// processes, and unlike the wall clock, never set back.
 fn monotonic_ms() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec we pass; CLOCK_MONOTONIC
-    // always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
-    let millis = u64::try_from(now.tv_nsec / 1_000_000).unwrap_or(0);
-    secs * 1000 + millis
+    u64::try_from(super::monotonic_now().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

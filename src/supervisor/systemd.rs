@@ -281,17 +281,8 @@ fn one_line(status: &str) -> String {
 }
 
 /// CLOCK_MONOTONIC in microseconds, the clock `MONOTONIC_USEC=` is read on.
-fn monotonic_usec() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec we pass, and
-    // CLOCK_MONOTONIC exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
-    secs * 1_000_000 + nanos / 1_000
+fn monotonic_usec() -> u128 {
+    super::monotonic_now().as_micros()
 }
 
 #[cfg(test)]
@@ -417,7 +408,7 @@ mod tests {
         let after = monotonic_usec();
         let message = receive(&systemd);
         let usec = message.strip_prefix("RELOADING=1\nMONOTONIC_USEC=");
-        let usec: u64 = usec.and_then(|v| v.parse().ok()).expect(&message);
+        let usec: u128 = usec.and_then(|v| v.parse().ok()).expect(&message);
         assert!(
             before <= usec && usec <= after,
             "{before} <= {usec} <= {after}"
