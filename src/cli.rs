@@ -540,6 +540,13 @@ struct Args {
           value_parser = seconds, help_heading = "Limits")]
     timeout_graceful_shutdown: Seconds,
 
+    /// Answer 504 to a request still running after this many seconds (or close
+    /// its connection if the response has started) and cancel it; a WSGI
+    /// worker, whose thread cannot be stopped, is replaced gracefully.
+    #[arg(long, alias = "harakiri", env = "RSASGI_TIMEOUT_REQUEST", value_name = "SECONDS",
+          value_parser = positive_seconds, help_heading = "Limits")]
+    timeout_request: Option<Seconds>,
+
     /// Answer 503 to requests beyond this many in flight.
     #[arg(long, env = "RSASGI_LIMIT_CONCURRENCY", value_name = "N",
           value_parser = |raw: &str| parse_count(raw, 1, config::MAX_CONCURRENCY),
@@ -660,6 +667,7 @@ where
         timeout_keep_alive: args.timeout_keep_alive.0,
         timeout_request_header: args.timeout_request_header.0,
         timeout_graceful_shutdown: args.timeout_graceful_shutdown.0,
+        timeout_request: args.timeout_request.map(|seconds| seconds.0),
         http2_keep_alive_interval: (!args.http2_keep_alive_interval.0.is_zero())
             .then_some(args.http2_keep_alive_interval.0),
         http2_keep_alive_timeout: args.http2_keep_alive_timeout.0,

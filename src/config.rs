@@ -357,6 +357,9 @@ pub(crate) struct Config {
     /// does not answer one within `http2_keep_alive_timeout` is closed.
     pub http2_keep_alive_interval: Option<Duration>,
     pub http2_keep_alive_timeout: Duration,
+    /// A request still running after this long is answered 504 (or its
+    /// connection closed) and its app task cancelled.
+    pub timeout_request: Option<Duration>,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub timeout_graceful_shutdown: Duration,
     /// Requests in flight beyond this get 503.

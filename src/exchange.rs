@@ -103,6 +103,9 @@ struct State {
     /// The reactor refused the request body (malformed, too large) before the
     /// response started: answer with this status instead of the app's.
     refused: Option<StatusCode>,
+    /// The app's asyncio task, kept only with `--timeout-request`, so that a
+    /// request past its deadline can be cancelled.
+    task: Option<Py<PyAny>>,
 }
 
 impl State {
@@ -617,6 +620,27 @@ impl Exchange {
             self.wait_for_room()?;
         }
         Ok(())
+    }
+
+    /// Keeps the app's task, to cancel it if the request outlives
+    /// `--timeout-request`.
+    pub(crate) fn keep_task(&self, task: Py<PyAny>) {
+        self.state.lock().task = Some(task);
+    }
+
+    /// The app's task, if kept and not taken yet.
+    pub(crate) fn take_task(&self) -> Option<Py<PyAny>> {
+        self.state.lock().task.take()
+    }
+
+    /// Past `--timeout-request`: the response is ended where it stands (an
+    /// aborted connection once it has started), the app's `receive()` and
+    /// `send()` see a disconnect, and its task is cancelled on the Python
+    /// thread.
+    pub(crate) fn time_out(self: &Arc<Self>) {
+        self.abort();
+        self.close();
+        self.bridge.push(Event::Cancel(Arc::clone(self)));
     }
 
     /// Ends the response without completing it: a 500 when nothing was sent

@@ -249,6 +249,12 @@ impl Worker {
         self.config.threads
     }
 
+    /// `--timeout-request` in seconds, or None.
+    #[getter]
+    fn timeout_request(&self) -> Option<f64> {
+        self.config.timeout_request.map(|t| t.as_secs_f64())
+    }
+
     /// The supervisor's pid when a supervisor started this worker, else None.
     #[getter]
     fn supervisor_pid(&self) -> Option<u32> {
@@ -326,7 +332,12 @@ impl Worker {
         };
         if self
             .dispatcher
-            .set(Dispatcher::new(spawn, scope, stopped))
+            .set(Dispatcher::new(
+                spawn,
+                scope,
+                stopped,
+                self.config.timeout_request.is_some(),
+            ))
             .is_err()
         {
             return Err(PyRuntimeError::new_err("the worker is already started"));

@@ -40,9 +40,10 @@ class AppLoadError(Exception):
 
 def run(worker) -> int:
     """Runs the worker until shutdown; returns the process exit code."""
-    if worker.supervisor_pid is not None:
+    if worker.supervisor_pid is not None or worker.timeout_request is not None:
         # Written from the signal handler in C, so it works while the app
-        # blocks the loop (which is when the supervisor asks).
+        # blocks the loop (when the supervisor asks) or a WSGI thread is
+        # stuck past --timeout-request (when the reactor asks).
         faulthandler.register(STACK_DUMP_SIGNAL, file=sys.stderr, all_threads=True)
     app_dir = os.path.abspath(worker.app_dir)
     if app_dir not in sys.path:
@@ -273,7 +274,9 @@ async def _serve(worker, app, interface, loop) -> int:
             release(send, None)
 
     def spawn(scope, receive, send):
-        hold(send, create_task(run_app(scope, receive, send)))
+        task = create_task(run_app(scope, receive, send))
+        hold(send, task)
+        return task
 
     if wsgi:
         forcing = "closing every connection now, not waiting for WSGI threads"

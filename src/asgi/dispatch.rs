@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use pyo3::intern;
 use pyo3::prelude::*;
 
 use super::http::{format_error, resolve_waiter, HttpReceive, HttpSend};
@@ -22,6 +23,9 @@ pub(crate) struct Dispatcher {
     scope: ScopeContext,
     /// The asyncio future completed when the reactor has stopped.
     stopped: Mutex<Option<Py<PyAny>>>,
+    /// Whether each request's task is kept on its exchange (for
+    /// `--timeout-request`, which cancels it).
+    keep_tasks: bool,
 }
 
 impl Dispatcher {
@@ -29,11 +33,13 @@ impl Dispatcher {
         spawn: Option<Py<PyAny>>,
         scope: ScopeContext,
         stopped: Py<PyAny>,
+        keep_tasks: bool,
     ) -> Dispatcher {
         Dispatcher {
             spawn,
             scope,
             stopped: Mutex::new(Some(stopped)),
+            keep_tasks,
         }
     }
 
@@ -48,7 +54,10 @@ impl Dispatcher {
         let scope = http_scope(py, &self.scope, &start.exchange, &start.head.headers)?;
         let receive = Py::new(py, HttpReceive::new(Arc::clone(&start.exchange)))?;
         let send = Py::new(py, HttpSend::new(Arc::clone(&start.exchange)))?;
-        self.spawn()?.call1(py, (scope, receive, send))?;
+        let task = self.spawn()?.call1(py, (scope, receive, send))?;
+        if self.keep_tasks {
+            start.exchange.keep_task(task);
+        }
         Ok(())
     }
 
@@ -85,6 +94,11 @@ impl Dispatcher {
                         format_error(py, &err)
                     );
                     start.session.fail_handshake();
+                }
+            }
+            Event::Cancel(exchange) => {
+                if let Some(task) = exchange.take_task() {
+                    task.call_method0(py, intern!(py, "cancel"))?;
                 }
             }
             Event::Resolve(waiter) => resolve_waiter(py, waiter)?,

@@ -15,6 +15,8 @@ pub(crate) enum Event {
     Resolve(Waiter),
     /// The same, for a WebSocket connection.
     WsResolve(WsWaiter),
+    /// The request outlived `--timeout-request`: cancel the app's task.
+    Cancel(std::sync::Arc<crate::exchange::Exchange>),
     /// The reactor has finished: every connection is closed.
     Stopped,
 }

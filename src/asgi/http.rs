@@ -319,6 +319,8 @@ impl HttpSend {
                 )?;
                 if disconnected {
                     tracing::debug!("client disconnected while the app handled \"{request}\"");
+                } else if cancelled && closed {
+                    tracing::debug!("request \"{request}\" was cancelled after it ended");
                 } else if cancelled {
                     tracing::warn!("request \"{request}\" was cancelled at shutdown");
                 } else {

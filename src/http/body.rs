@@ -1,16 +1,19 @@
 //! The response body handed to hyper: the app's chunks as they arrive, or a
 //! fixed body for responses the server writes itself.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use super::access_log::AccessRecord;
 use super::connection::ActiveRequest;
-use super::service::InFlight;
+use super::server::ServerState;
+use super::service::{request_timed_out, InFlight};
 use crate::exchange::{Aborted, Exchange};
 
 pub(crate) enum Source {
@@ -33,6 +36,9 @@ pub(crate) struct ResponseBody {
     /// The abort has been held back for one poll so hyper flushes what the
     /// app did send before the connection is cut.
     abort_flushed: bool,
+    /// `--timeout-request`: when the response must be done, and the state
+    /// that says what to do then.
+    deadline: Option<(Pin<Box<Sleep>>, Arc<ServerState>)>,
 }
 
 impl ResponseBody {
@@ -43,7 +49,14 @@ impl ResponseBody {
             in_flight: None,
             active: None,
             abort_flushed: false,
+            deadline: None,
         }
+    }
+
+    /// Ends the response (an aborted connection) if it is not done by `deadline`.
+    pub(crate) fn until(mut self, deadline: Instant, state: Arc<ServerState>) -> ResponseBody {
+        self.deadline = Some((Box::pin(tokio::time::sleep_until(deadline)), state));
+        self
     }
 
     pub(crate) fn holding(mut self, in_flight: InFlight) -> ResponseBody {
@@ -66,6 +79,13 @@ impl http_body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
         let this = self.get_mut();
+        if let (Source::App(exchange), Some((sleep, _))) = (&this.source, &mut this.deadline) {
+            if sleep.as_mut().poll(cx).is_ready() {
+                if let Some((_, state)) = this.deadline.take() {
+                    request_timed_out(&state, exchange, true);
+                }
+            }
+        }
         let polled = match &mut this.source {
             Source::App(exchange) => exchange.poll_response_chunk(cx),
             Source::Head => Poll::Ready(None),

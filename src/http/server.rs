@@ -48,6 +48,7 @@ pub(crate) struct ServerState {
     pub websockets: Arc<Registry>,
     /// The slot shared with the supervisor, which counts requests.
     pub slot: Option<Arc<Slot>>,
+    pub timeout_request: Option<Duration>,
 }
 
 impl ServerState {
@@ -70,6 +71,7 @@ impl ServerState {
             ws: config.ws.clone().filter(|_| wsgi_is_none),
             websockets: Arc::new(Registry::default()),
             slot,
+            timeout_request: config.timeout_request,
         }
     }
 }

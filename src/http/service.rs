@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -195,8 +196,23 @@ pub(crate) async fn handle(
             None => state.bridge.push(Event::Request(start)),
         }
 
+        let deadline = state
+            .timeout_request
+            .map(|limit| tokio::time::Instant::from_std(started_at + limit));
         let mut closer = CloseOnDrop(Some(Arc::clone(&exchange)));
-        let start = poll_fn(|cx| exchange.poll_response_start(cx)).await;
+        let response_start = poll_fn(|cx| exchange.poll_response_start(cx));
+        let start = match deadline {
+            None => response_start.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, response_start).await {
+                Ok(start) => start,
+                Err(_elapsed) => {
+                    request_timed_out(&state, &exchange, false);
+                    let status = StatusCode::GATEWAY_TIMEOUT;
+                    log = log.map(|log| log.with_status(status));
+                    break 'respond state.error_response(status, log, true);
+                }
+            },
+        };
         closer.0 = None;
         let start = match start {
             Ok(start) => start,
@@ -215,17 +231,19 @@ pub(crate) async fn handle(
         // A response the app finished before its head is written goes out with a
         // Content-Length (see ResponseBody::size_hint).
         let body_len_known = exchange.complete_body_len().is_some();
-        let mut response = Response::new(
-            ResponseBody::new(
-                if is_head {
-                    Source::Head
-                } else {
-                    Source::App(exchange)
-                },
-                log.map(|log| log.with_status(start.status)),
-            )
-            .holding(in_flight),
-        );
+        let mut body = ResponseBody::new(
+            if is_head {
+                Source::Head
+            } else {
+                Source::App(exchange)
+            },
+            log.map(|log| log.with_status(start.status)),
+        )
+        .holding(in_flight);
+        if let Some(deadline) = deadline {
+            body = body.until(deadline, Arc::clone(&state));
+        }
+        let mut response = Response::new(body);
         *response.status_mut() = start.status;
         if let Some(reason) = start.reason {
             response.extensions_mut().insert(reason);
@@ -246,6 +264,51 @@ pub(crate) async fn handle(
         response
     };
     Ok(response.map(|body| body.tracking(active)))
+}
+
+/// How long the stacks of a worker with a stuck WSGI thread wait for the log
+/// line that announces them to be written.
+const STACK_DUMP_DELAY: Duration = Duration::from_millis(100);
+
+/// A request outlived `--timeout-request`: end it (504 when `started` is
+/// false, else the connection is cut), cancel the ASGI task, and for a WSGI
+/// app, whose thread cannot be stopped, log every thread's stack and ask the
+/// supervisor for a graceful replacement.
+pub(super) fn request_timed_out(state: &ServerState, exchange: &Arc<Exchange>, started: bool) {
+    let limit = state.timeout_request.unwrap_or_default().as_secs_f64();
+    let request = exchange.request_line();
+    let answered = if started {
+        "its connection is closed"
+    } else {
+        "sent 504"
+    };
+    exchange.time_out();
+    if state.wsgi.is_none() {
+        tracing::error!(
+            "\"{request}\" ran longer than --timeout-request {limit}s; {answered} and the app's task cancelled"
+        );
+        return;
+    }
+    let next = if state.slot.is_some() {
+        "this worker is replaced gracefully"
+    } else {
+        "the thread stays busy until the app returns (run with --workers to have such a worker replaced)"
+    };
+    tracing::error!(
+        "\"{request}\" ran longer than --timeout-request {limit}s; {answered}. A WSGI thread cannot \
+         be stopped: the Python stack of each thread follows, and {next}"
+    );
+    // faulthandler is registered for SIGUSR2 whenever --timeout-request is
+    // set, and writes the stacks straight to stderr from the signal handler:
+    // a moment later, so that the line above is out first.
+    tokio::spawn(async {
+        tokio::time::sleep(STACK_DUMP_DELAY).await;
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
+    });
+    if let Some(slot) = &state.slot {
+        slot.request_retirement();
+    }
 }
 
 /// Marks a WebSocket session over if hyper drops the handshake (the client left).

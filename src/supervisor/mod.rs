@@ -699,7 +699,13 @@ impl Supervisor {
                 continue;
             }
             let requests = worker.slot.requests();
-            let reason = if worker.max_requests.is_some_and(|limit| requests >= limit) {
+            let reason = if worker.slot.retirement_requested() {
+                Some((
+                    Retirement::StuckRequest,
+                    "has a WSGI thread stuck past --timeout-request (threads cannot be stopped)"
+                        .to_string(),
+                ))
+            } else if worker.max_requests.is_some_and(|limit| requests >= limit) {
                 Some((
                     Retirement::MaxRequests,
                     format!("served {requests} requests (--limit-max-requests)"),

@@ -29,6 +29,8 @@ pub(super) struct WorkerCommand {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Retirement {
     MaxRequests,
+    /// A WSGI thread ran past `--timeout-request`.
+    StuckRequest,
     Lifetime,
     Memory,
     /// SIGHUP: a rolling restart onto fresh code.

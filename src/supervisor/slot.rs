@@ -32,6 +32,9 @@ struct Shared {
     state: AtomicU64,
     /// Requests the worker has started, HTTP and WebSocket alike.
     requests: AtomicU64,
+    /// Non-zero once the worker asks to be replaced (a WSGI thread stuck
+    /// past `--timeout-request`).
+    retire: AtomicU64,
 }
 
 /// One worker's shared slot, as either side sees it.
@@ -129,6 +132,15 @@ impl Slot {
 
     pub(crate) fn requests(&self) -> u64 {
         self.shared().requests.load(Ordering::Relaxed)
+    }
+
+    /// Worker side: replace me gracefully.
+    pub(crate) fn request_retirement(&self) {
+        self.shared().retire.store(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn retirement_requested(&self) -> bool {
+        self.shared().retire.load(Ordering::Relaxed) != 0
     }
 }
 
