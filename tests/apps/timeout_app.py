@@ -1,0 +1,56 @@
+"""Apps for tests/test_timeout_request.py: requests that outlive --timeout-request.
+
+ASGI `app`:  GET /late    answers after 30 s (the server must answer 504 first)
+             GET /stream  starts a response, then stalls for 30 s
+             GET /        "ok PID" at once
+Each stalled ASGI request records, in the directory $TIMEOUT_MARKERS, "started-PATH" when it
+begins and "cancelled-PATH" when its task is cancelled.
+
+WSGI `wsgi`: GET /stuck   a thread busy for 30 s in `stuck_in_a_loop` (cannot be stopped)
+             GET /        "ok PID" at once
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+
+def mark(name: str) -> None:
+    directory = os.environ.get("TIMEOUT_MARKERS")
+    if directory:
+        (Path(directory) / name.replace("/", "")).touch()
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path in ("/late", "/stream"):
+        mark("started-" + path)
+        if path == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"first part", "more_body": True})
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            mark("cancelled-" + path)
+            raise
+    body = f"ok {os.getpid()}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def stuck_in_a_loop() -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def wsgi(environ, start_response):
+    if environ["PATH_INFO"] == "/stuck":
+        stuck_in_a_loop()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"ok {os.getpid()}".encode()]

@@ -1,0 +1,79 @@
+"""--timeout-request (uWSGI's harakiri): a request that runs too long is answered 504, or its
+connection cut when its response has started; an ASGI app's task is cancelled; a WSGI thread,
+which cannot be stopped, gets its stack logged and its worker replaced gracefully.
+
+App: tests/apps/timeout_app.py.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+from conftest import read_response, wait_for, wait_for_log
+
+
+def test_asgi_request_past_the_limit_gets_504_and_its_task_is_cancelled(run_rsasgi, markers):
+    server = run_rsasgi(
+        "timeout_app:app", "--timeout-request", "1", env={"TIMEOUT_MARKERS": str(markers)}
+    )
+    response = httpx.get(f"{server.url}/late", timeout=10)
+    assert response.status_code == 504
+    wait_for(lambda: (markers / "cancelled-late").exists(), message="the task cancelled")
+    log = wait_for_log(server, '"GET /late HTTP/1.1" 504')
+    assert "ran longer than --timeout-request 1s; sent 504 and the app's task cancelled" in log
+    # The worker carries on.
+    assert httpx.get(server.url, timeout=5).text.startswith("ok ")
+
+
+def test_asgi_response_already_started_has_its_connection_cut(run_rsasgi, markers):
+    server = run_rsasgi(
+        "timeout_app:app", "--timeout-request", "1", env={"TIMEOUT_MARKERS": str(markers)}
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = read_response(sock)
+    assert raw.startswith(b"HTTP/1.1 200 OK"), raw
+    assert b"first part" in raw
+    # Chunked, and cut before the terminating chunk: the client can tell it is incomplete.
+    assert not raw.endswith(b"0\r\n\r\n"), raw
+    wait_for(lambda: (markers / "cancelled-stream").exists(), message="the task cancelled")
+    log = wait_for_log(server, "its connection is closed and the app's task cancelled")
+    assert '"GET /stream HTTP/1.1" 200' in log and "(incomplete)" in log
+
+
+def test_requests_within_the_limit_are_untouched(run_rsasgi):
+    server = run_rsasgi("timeout_app:app", "--timeout-request", "5")
+    for _ in range(20):
+        assert httpx.get(server.url, timeout=5).status_code == 200
+    assert "--timeout-request" not in server.output()
+
+
+@pytest.mark.parametrize("workers", [None, "1"], ids=["alone", "supervised"])
+def test_stuck_wsgi_thread_gets_504_its_stack_logged_and_with_workers_a_new_worker(
+    run_rsasgi, workers
+):
+    args = ["timeout_app:wsgi", "--timeout-request", "1"]
+    if workers:
+        args += ["--workers", workers]
+    server = run_rsasgi(*args)
+    if workers:
+        wait_for_log(server, "All 1 worker serving")
+    first = httpx.get(server.url, timeout=5).text
+    response = httpx.get(f"{server.url}/stuck", timeout=10)
+    assert response.status_code == 504
+    log = wait_for_log(server, "A WSGI thread cannot be stopped", "in stuck_in_a_loop")
+    assert "timeout_app.py" in log
+    if workers:
+        wait_for_log(server, "has a WSGI thread stuck past --timeout-request")
+        old_pid = first.split()[1]
+        wait_for(
+            lambda: httpx.get(server.url, timeout=5).text.split()[1] != old_pid,
+            message="a new worker answering",
+            server=server,
+        )
+    else:
+        assert "run with --workers to have such a worker replaced" in log
+        # The other threads serve on.
+        assert httpx.get(server.url, timeout=5).status_code == 200
