@@ -1,0 +1,658 @@
+"""What an operator runs rsasgi with, seen from outside: `--reload`, `--pid`, `--user`,
+`--umask`, `--daemon` with `--log-file`, systemd socket activation and notifications,
+`--limit-worker-lifetime` and `--reuse-port`.
+
+App: tests/apps/ops_app.py (GET / answers "VERSION PID"). Load is a few clients on
+127.0.0.1 for a few seconds at most.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from conftest import APPS, LISTENING, Server, access_log, free_port, wait_for, wait_for_log
+from test_supervisor import Load, alive, exit_code, failed, get, started_workers, wait_gone
+
+APP = "ops_app:app"
+WORKERS = [[], ["--workers", "2"]]
+WORKER_IDS = ["one-process", "supervisor"]
+
+
+def answer(server: Server) -> tuple[int, int]:
+    """(VERSION, PID) of the process that answers GET / over a new connection."""
+    response = get(server.url + "/")
+    assert response.status_code == 200, server.output()
+    version, pid = map(int, response.text.split())
+    return version, pid
+
+
+def run_to_exit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Runs `python -m rsasgi ARGS` to its end; stdout and stderr together."""
+    return subprocess.run(
+        [sys.executable, "-m", "rsasgi", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+    )
+
+
+def wait_all_serving(server: Server, workers: list[str]) -> None:
+    """With `--workers N` in `workers`, waits until all N serve."""
+    if workers:
+        wait_for_log(server, f"All {workers[-1]} workers serving")
+
+
+# --reload: a change to a watched file replaces the worker with one running the new code.
+
+
+def reloadable_app(tmp_path) -> Path:
+    """A copy of ops_app.py (VERSION = 1) in a directory of its own, to rewrite."""
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    module = app_dir / "ops_app.py"
+    shutil.copy(APPS / "ops_app.py", module)
+    return module.resolve()
+
+
+def set_version(module: Path, version: int) -> None:
+    module.write_text(
+        (APPS / "ops_app.py").read_text().replace("VERSION = 1", f"VERSION = {version}")
+    )
+
+
+def start_reloading(run_rsasgi, module: Path, *args: str) -> Server:
+    """rsasgi --reload watching (and importing from) the module's directory."""
+    # A rewrite that keeps the file's size within its mtime second would leave a
+    # cached .pyc looking fresh.
+    return run_rsasgi(
+        APP,
+        "--reload",
+        "--reload-dir",
+        str(module.parent),
+        "--app-dir",
+        str(module.parent),
+        *args,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+
+
+def changes_lines(log: str) -> list[str]:
+    return re.findall(r"Changes in .*; restarting the workers", log)
+
+
+def wait_version(server: Server, version: int) -> int:
+    """Waits until GET / answers `version`; returns the pid that answered."""
+
+    def answered() -> int | None:
+        got_version, pid = answer(server)
+        return pid if got_version == version else None
+
+    return wait_for(answered, message=f"version {version} to answer", server=server)
+
+
+def test_reload_serves_the_edited_module_from_a_new_worker(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    server = start_reloading(run_rsasgi, module)
+    wait_for_log(server, "All 1 worker serving")
+    assert answer(server)[0] == 1
+    first = set(started_workers(server.output()))
+
+    set_version(module, 2)
+    wait_for_log(server, f"Changes in {module}; restarting the workers")
+    pid = wait_version(server, 2)
+
+    assert pid in set(started_workers(server.output())) - first
+    wait_for_log(server, "Reload complete")
+    wait_gone(first, server)
+
+
+def test_reload_with_a_syntax_error_keeps_the_old_code_serving_until_fixed(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    server = start_reloading(run_rsasgi, module)
+    wait_for_log(server, "All 1 worker serving")
+    old = answer(server)
+
+    module.write_text("VERSION = (\n")
+    log = wait_for_log(server, "Reload failed")
+    assert "SyntaxError" in log
+    assert "they are replaced at the next change to the files" in log
+    assert answer(server) == old
+
+    set_version(module, 3)
+    wait_for(
+        lambda: len(changes_lines(server.output())) == 2,
+        message="the fix to be noticed",
+        server=server,
+    )
+    assert wait_version(server, 3) != old[1]
+
+
+def test_reload_waits_for_a_fix_when_the_module_is_broken_at_start(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    module.write_text("VERSION = (\n")
+    server = start_reloading(run_rsasgi, module)
+    log = wait_for_log(server, "waiting for a change to the files to try again (--reload)")
+    assert "SyntaxError" in log
+    assert server.proc.poll() is None, log
+
+    set_version(module, 2)
+    wait_for_log(server, f"Changes in {module}; restarting the workers", "All 1 worker serving")
+    assert answer(server)[0] == 2
+
+
+def test_reload_ignores_files_other_than_python_by_default(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    server = start_reloading(run_rsasgi, module)
+    wait_for_log(server, "All 1 worker serving")
+
+    # Written just before the module: were it watched, it would be named in the same
+    # restart, or in one before it.
+    (module.parent / "notes.txt").write_text("a note\n")
+    set_version(module, 2)
+    wait_for(
+        lambda: any(str(module) in line for line in changes_lines(server.output())),
+        message="the change to the module to be noticed",
+        server=server,
+    )
+
+    assert changes_lines(server.output()) == [f"Changes in {module}; restarting the workers"]
+
+
+def test_reload_include_watches_the_files_it_names(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    server = start_reloading(run_rsasgi, module, "--reload-include", "*.txt")
+    wait_for_log(server, "All 1 worker serving")
+    first = set(started_workers(server.output()))
+
+    notes = module.parent / "notes.txt"
+    notes.write_text("a note\n")
+    wait_for_log(server, f"Changes in {notes}; restarting the workers", "Reload complete")
+
+    assert answer(server)[1] in set(started_workers(server.output())) - first
+
+
+# --pid FILE.
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_pid_file_holds_the_main_pid_and_is_removed_at_exit(run_rsasgi, tmp_path, workers):
+    pid_file = tmp_path / "rsasgi.pid"
+    server = run_rsasgi(APP, "--pid", str(pid_file), *workers)
+    wait_all_serving(server, workers)
+
+    assert pid_file.read_text() == f"{server.proc.pid}\n"
+    assert server.stop(signal.SIGTERM) == 0
+    assert not pid_file.exists()
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_pid_file_that_cannot_be_written_is_one_line_and_exit_1(tmp_path, workers):
+    pid_file = tmp_path / "missing" / "rsasgi.pid"
+    result = run_to_exit(
+        APP, "--app-dir", str(APPS), "--port", "0", "--pid", str(pid_file), *workers
+    )
+
+    assert result.returncode == 1, result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    assert f"Cannot write --pid {pid_file}" in lines[0]
+
+
+# --user: the sockets are bound as root, the app runs as the user.
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="--user needs rsasgi started as root")
+
+
+@functools.cache
+def nobody_can_run_python() -> bool:
+    """Whether `nobody` may execute this interpreter (not when it lives under a mode-700
+    home directory, as pyenv's does under /root)."""
+    result = subprocess.run(
+        ["runuser", "-u", "nobody", "--", sys.executable, "-c", "pass"],
+        capture_output=True,
+        timeout=30,
+    )
+    return result.returncode == 0
+
+
+@pytest.fixture
+def public_app_dir():
+    """A copy of ops_app.py in a directory everyone may read (tmp_path is root's alone)."""
+    directory = Path(tempfile.mkdtemp(prefix="rsasgi-ops-"))
+    directory.chmod(0o755)
+    module = directory / "ops_app.py"
+    shutil.copy(APPS / "ops_app.py", module)
+    module.chmod(0o644)
+    yield directory
+    shutil.rmtree(directory)
+
+
+def uids(pid: int) -> set[int]:
+    """The real, effective, saved and filesystem uids of process `pid`."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    return set(map(int, line.split()[1:]))
+
+
+@needs_root
+def test_workers_run_as_the_user_and_the_supervisor_stays_root(run_rsasgi, public_app_dir):
+    if not nobody_can_run_python():
+        pytest.skip(f"nobody cannot run {sys.executable}")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    server = run_rsasgi(
+        APP, "--app-dir", str(public_app_dir), "--user", "nobody", "-w", "2", cwd=public_app_dir
+    )
+    log = wait_for_log(server, "All 2 workers serving")
+
+    assert "Workers run as nobody:" in log
+    assert get(server.url + "/uid").text == f"{nobody} {nobody}"
+    for pid in started_workers(log):
+        assert uids(pid) == {nobody}
+    assert uids(server.proc.pid) == {0}
+
+
+@needs_root
+def test_worker_the_user_cannot_run_stops_the_supervisor_with_exit_1(run_rsasgi, public_app_dir):
+    """The worker's exec fails after the switch to the user: privileges were dropped
+    before the interpreter ran. The supervisor says so once and stops."""
+    if nobody_can_run_python():
+        pytest.skip(f"nobody can run {sys.executable}")
+    server = run_rsasgi(
+        APP,
+        "--app-dir",
+        str(public_app_dir),
+        "--user",
+        "nobody",
+        "-w",
+        "2",
+        cwd=public_app_dir,
+        wait=False,
+    )
+
+    assert exit_code(server) == 1
+    log = server.output()
+    failures = [line for line in log.splitlines() if "Cannot start worker" in line]
+    assert 1 <= len(failures) <= 2, log
+    assert "Cannot start worker 1" in failures[0]
+    assert "(nobody:" in failures[0] and "must be able to run it" in failures[0]
+    assert log.rstrip().endswith("rsasgi::supervisor: Stopped"), log
+
+
+@needs_root
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_unknown_user_is_a_usage_error(workers):
+    result = run_to_exit(APP, "--app-dir", str(APPS), "--user", "no-such-user-xyz", *workers)
+
+    assert result.returncode == 2, result.stdout
+    assert "--user no-such-user-xyz: no such user on this system" in result.stdout
+
+
+@needs_root
+def test_one_process_runs_the_app_as_the_user(run_rsasgi, public_app_dir):
+    """Without a supervisor, the process binds as root, then switches to the user and
+    imports the app."""
+    if not nobody_can_run_python():
+        pytest.skip(f"nobody cannot run {sys.executable}, so cannot import the app with it")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    server = run_rsasgi(
+        APP, "--app-dir", str(public_app_dir), "--user", "nobody", cwd=public_app_dir
+    )
+
+    assert "Running as nobody:" in server.output()
+    assert get(server.url + "/uid").text == f"{nobody} {nobody}"
+    assert uids(server.proc.pid) == {nobody}
+
+
+@needs_root
+def test_one_process_switches_to_the_user_before_it_imports_the_app(run_rsasgi, public_app_dir):
+    """A user who may not read this Python installation cannot import the app (nor the
+    modules the server loads lazily): the switch came first, so the process exits 1."""
+    if nobody_can_run_python():
+        pytest.skip(f"nobody can run {sys.executable}")
+    server = run_rsasgi(
+        APP,
+        "--app-dir",
+        str(public_app_dir),
+        "--user",
+        "nobody",
+        cwd=public_app_dir,
+        wait=False,
+    )
+
+    assert exit_code(server) == 1
+    log = server.output()
+    assert "Running as nobody:" in log
+    assert "Application startup complete" not in log
+
+
+# --umask.
+
+
+@pytest.mark.parametrize("umask, mode", [("077", 0o600), ("022", 0o644)])
+def test_umask_sets_the_mode_of_files_the_app_creates(run_rsasgi, tmp_path, umask, mode):
+    server = run_rsasgi(APP, "--umask", umask)
+    created = tmp_path / "created"
+
+    assert get(f"{server.url}/create?{quote(str(created))}").text == "created"
+    assert stat.S_IMODE(created.stat().st_mode) == mode
+
+
+# --daemon with --log-file and --pid.
+
+
+def rsasgi_pids_in(text: str) -> set[int]:
+    """The pids `text` names that are rsasgi processes now."""
+    pids = set()
+    for pid in map(int, re.findall(r"pid (\d+)", text)):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"rsasgi" in cmdline:
+            pids.add(pid)
+    return pids
+
+
+@pytest.fixture
+def daemon_files(tmp_path):
+    """(log file, pid file) of a daemon; at the end, its whole process group is killed
+    (it left the test's session, so `run_rsasgi` cannot reach it)."""
+    log, pid_file = tmp_path / "rsasgi.log", tmp_path / "rsasgi.pid"
+    yield log, pid_file
+    pids = rsasgi_pids_in(
+        "".join(
+            path.read_text(errors="replace")
+            for path in tmp_path.glob("rsasgi.log*")
+            if path.exists()
+        )
+    )
+    if pid_file.exists():
+        pids.add(int(pid_file.read_text()))
+    for pid in pids:
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def wait_in_file(path: Path, *needles: str) -> str:
+    def found() -> str:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text if all(needle in text for needle in needles) else ""
+
+    return wait_for(found, message=f"{list(needles)!r} in {path}")
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_daemon_logs_to_its_file_reopens_it_on_usr1_and_stops_on_sigterm(
+    tmp_path, daemon_files, workers
+):
+    log, pid_file = daemon_files
+    result = run_to_exit(
+        APP,
+        "--app-dir",
+        str(APPS),
+        "--port",
+        "0",
+        "--daemon",
+        "--log-file",
+        str(log),
+        "--pid",
+        str(pid_file),
+        *workers,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout
+    assert result.stdout == ""
+    pid = wait_for(lambda: read_pid(pid_file), message="the pid file")
+    text = wait_in_file(log, "Listening on")
+    port = int(LISTENING.search(text).group(2))
+    url = f"http://127.0.0.1:{port}/"
+    if workers:
+        text = wait_in_file(log, "All 2 workers serving")
+    processes = {pid, *started_workers(text)}
+
+    for _ in range(3):
+        assert get(url).status_code == 200
+    wait_for(lambda: len(access_log(log.read_text(), "/")) == 3, message="3 access lines")
+
+    rotated = tmp_path / "rsasgi.log.1"
+    log.rename(rotated)
+    os.kill(pid, signal.SIGUSR1)
+    wait_for(
+        lambda: (
+            log.exists() and log.read_text().count(f"reopened --log-file {log}") == len(processes)
+        ),
+        message=f"{len(processes)} processes to reopen the log file",
+    )
+    for _ in range(2):
+        assert get(url).status_code == 200
+    wait_for(lambda: len(access_log(log.read_text(), "/")) == 2, message="2 new access lines")
+    assert len(access_log(rotated.read_text(), "/")) == 3
+
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pid_file.exists(), message="the pid file to be removed")
+    wait_for(
+        lambda: not any(alive(p) for p in processes), message="the daemon and its workers to exit"
+    )
+    assert "Stopped" in log.read_text()
+
+
+# systemd: socket activation.
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_socket_activation_serves_the_socket_systemd_passed(run_rsasgi, workers):
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        pytest.skip("systemd-socket-activate is not installed (Debian package systemd)")
+    port = free_port()
+    # It passes the listening socket to the command on the first connection; the same
+    # --port bound again would fail, so only the passed socket can serve.
+    server = run_rsasgi(
+        APP,
+        *workers,
+        "--port",
+        str(port),
+        prefix=[activate, "-l", f"127.0.0.1:{port}"],
+        wait=False,
+    )
+    server.port = port
+    wait_for_log(server, f"Listening on 127.0.0.1:{port} as 3.")
+
+    version, pid = answer(server)
+    log = wait_for_log(server, "Serving the 1 socket(s) systemd passed (socket activation)")
+    if workers:
+        wait_all_serving(server, workers)
+        assert pid in started_workers(log)
+    else:
+        assert pid == server.proc.pid
+    assert {answer(server)[0] for _ in range(4)} == {1}
+
+
+# systemd: notifications (sd_notify).
+
+
+class NotifySocket:
+    """Stands in for systemd's notification socket: collects each datagram with the pid of
+    the process that sent it (SO_PASSCRED)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._socket.bind(str(path))
+        self._socket.setblocking(False)
+        self._messages: list[tuple[int, dict[str, str]]] = []
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def messages(self) -> list[tuple[int, dict[str, str]]]:
+        """(sender pid, {KEY: value}) of every datagram so far, in order."""
+        credentials = struct.Struct("iII")  # struct ucred: pid, uid, gid
+        while True:
+            try:
+                data, ancillary, _, _ = self._socket.recvmsg(
+                    4096, socket.CMSG_SPACE(credentials.size)
+                )
+            except BlockingIOError:
+                return list(self._messages)
+            sender = -1
+            for level, kind, payload in ancillary:
+                if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS):
+                    sender = credentials.unpack(payload[: credentials.size])[0]
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
+            self._messages.append((sender, fields))
+
+    def with_field(self, key: str, value: str = "1") -> list[tuple[int, dict[str, str]]]:
+        return [(pid, fields) for pid, fields in self.messages() if fields.get(key) == value]
+
+    def wait(self, key: str, server: Server, count: int = 1) -> list[tuple[int, dict[str, str]]]:
+        """Waits until `count` datagrams have set KEY=1; returns them."""
+
+        def arrived() -> list[tuple[int, dict[str, str]]]:
+            got = self.with_field(key)
+            return got if len(got) >= count else []
+
+        return wait_for(arrived, message=f"{count} datagram(s) with {key}=1", server=server)
+
+    def keys_in_order(self) -> list[str]:
+        """The state changes, in the order they came (status lines and pings left out)."""
+        wanted = ("READY", "RELOADING", "STOPPING")
+        return [key for _, fields in self.messages() for key in fields if key in wanted]
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    notify = NotifySocket(tmp_path / "notify.sock")
+    yield notify
+    notify.close()
+
+
+def test_sd_notify_supervisor_is_ready_reloads_and_stops(run_rsasgi, notify_socket):
+    server = run_rsasgi(APP, "-w", "2", env={"NOTIFY_SOCKET": str(notify_socket.path)})
+    wait_for_log(server, "All 2 workers serving")
+    ((sender, ready),) = notify_socket.wait("READY", server)
+    assert "2 of 2 workers serving" in ready["STATUS"]
+    assert ready["MAINPID"] == str(server.proc.pid)
+
+    server.proc.send_signal(signal.SIGHUP)
+    ((_, reloading),) = notify_socket.wait("RELOADING", server)
+    assert int(reloading["MONOTONIC_USEC"]) > 0
+    wait_for_log(server, "Reload complete")
+    notify_socket.wait("READY", server, count=2)
+
+    assert server.stop(signal.SIGTERM) == 0
+    notify_socket.wait("STOPPING", server)
+    assert notify_socket.keys_in_order() == ["READY", "RELOADING", "READY", "STOPPING"]
+    # The workers were started without NOTIFY_SOCKET: every datagram is the supervisor's.
+    assert {pid for pid, _ in notify_socket.messages()} == {server.proc.pid}
+
+
+def test_sd_notify_one_process_is_ready_once_listening_and_stops(run_rsasgi, notify_socket):
+    server = run_rsasgi(APP, env={"NOTIFY_SOCKET": str(notify_socket.path)})
+    ((_, ready),) = notify_socket.wait("READY", server)
+    assert ready["STATUS"] == f"Serving on {server.url}"
+    assert ready["MAINPID"] == str(server.proc.pid)
+
+    assert server.stop(signal.SIGTERM) == 0
+    notify_socket.wait("STOPPING", server)
+    assert notify_socket.keys_in_order() == ["READY", "STOPPING"]
+    assert {pid for pid, _ in notify_socket.messages()} == {server.proc.pid}
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_sd_notify_watchdog_is_fed(run_rsasgi, notify_socket, workers):
+    server = run_rsasgi(
+        APP,
+        *workers,
+        env={"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"},
+    )
+    notify_socket.wait("WATCHDOG", server, count=4)
+
+    assert {pid for pid, _ in notify_socket.with_field("WATCHDOG")} == {server.proc.pid}
+
+
+# --limit-worker-lifetime.
+
+
+def test_workers_past_their_lifetime_are_replaced_without_failing_a_request(run_rsasgi):
+    server = run_rsasgi(APP, "--limit-worker-lifetime", "2", "-w", "2")
+    wait_for_log(server, "All 2 workers serving")
+    first = set(started_workers(server.output()))
+
+    def stopped(pid: int) -> bool:
+        return f"(pid {pid}) stopped" in server.output()
+
+    with Load(server.url + "/", clients=2, limit=30) as load:
+        wait_for(
+            lambda: all(stopped(pid) for pid in first),
+            timeout=20,
+            message="both first workers to be replaced and stop",
+            server=server,
+        )
+        load.wait(
+            lambda load: {pid for _, pid in load.answers()} - first,
+            "a replacement to answer",
+            server,
+        )
+    outcomes = load.stop()
+
+    log = server.output()
+    for pid in first:
+        assert re.search(
+            rf"\(pid {pid}\) has run for 2s \(--limit-worker-lifetime\); replacing it", log
+        ), log
+    failures = failed(outcomes)
+    assert failures == [], f"{len(failures)} of {len(outcomes)} requests failed"
+
+
+# --reuse-port.
+
+
+def test_reuse_port_lets_two_servers_share_a_port(run_rsasgi):
+    first = run_rsasgi(APP, "--reuse-port")
+    second = run_rsasgi(APP, "--reuse-port", "--port", str(first.port))
+    assert second.port == first.port
+
+    with Load(first.url + "/", clients=4) as load:
+        load.wait(
+            lambda load: {pid for _, pid in load.answers()} == {first.proc.pid, second.proc.pid},
+            "both servers to answer",
+            first,
+        )
+    assert failed(load.outcomes) == []
+
+
+def test_without_reuse_port_the_second_server_exits_1(run_rsasgi):
+    first = run_rsasgi(APP)
+    second = run_rsasgi(APP, "--port", str(first.port), wait=False)
+
+    assert exit_code(second) == 1
+    assert "another server" in second.output()
+    assert answer(first)[1] == first.proc.pid
