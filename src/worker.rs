@@ -92,6 +92,9 @@ pub(crate) fn run(
             return Ok(1);
         }
     }
+    // Imported before --user takes effect: the account the app runs as may
+    // not be able to read the interpreter's own files.
+    let run = py.import("rsasgi._worker")?.getattr("run")?;
     let mut pid_file = None;
     let (listeners, handoff) = match sockets {
         Sockets::Handoff(handoff) => (net::inherit_all(&handoff.listener_fds), Some(handoff)),
@@ -144,7 +147,6 @@ pub(crate) fn run(
             return Ok(1);
         }
     };
-    let run = py.import("rsasgi._worker")?.getattr("run")?;
     let code = run.call1((worker,))?.extract();
     drop(pid_file);
     code
