@@ -323,7 +323,7 @@ def test_one_process_runs_the_app_as_the_user(run_rsasgi, public_app_dir):
 @needs_root
 def test_one_process_switches_to_the_user_before_it_imports_the_app(run_rsasgi, public_app_dir):
     """A user who may not read this Python installation cannot import the app (nor the
-    modules the server loads lazily): the switch came first, so the process exits 1."""
+    modules it needs): the switch came first, so the import fails (exit 3, a boot failure)."""
     if nobody_can_run_python():
         pytest.skip(f"nobody can run {sys.executable}")
     server = run_rsasgi(
@@ -336,9 +336,10 @@ def test_one_process_switches_to_the_user_before_it_imports_the_app(run_rsasgi, 
         wait=False,
     )
 
-    assert exit_code(server) == 1
+    assert exit_code(server) == 3
     log = server.output()
     assert "Running as nobody:" in log
+    assert 'Error while importing module "ops_app"' in log
     assert "Application startup complete" not in log
 
 
