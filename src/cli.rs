@@ -540,9 +540,8 @@ struct Args {
           value_parser = seconds, help_heading = "Limits")]
     timeout_graceful_shutdown: Seconds,
 
-    /// Answer 504 to a request still running after this many seconds (or close
-    /// its connection if the response has started) and cancel it; a WSGI
-    /// worker, whose thread cannot be stopped, is replaced gracefully.
+    /// Answer 504 to a request still running after this many seconds (cut it
+    /// if its response has started) and cancel it.
     #[arg(long, alias = "harakiri", env = "RSASGI_TIMEOUT_REQUEST", value_name = "SECONDS",
           value_parser = positive_seconds, help_heading = "Limits")]
     timeout_request: Option<Seconds>,

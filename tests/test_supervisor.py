@@ -377,7 +377,8 @@ def test_sighup_reloads_new_code_without_failing_a_request(run_rsasgi, tmp_path)
     running = set(started_workers(server.output()))
     started = set(running)
 
-    with Load(server.url + "/") as load:
+    # Two reloads take a few seconds on a loaded machine: the load lasts long enough.
+    with Load(server.url + "/", limit=40.0) as load:
         load.wait_answers(30, server)
         # Two deploys in a row: each is a chance for a request to be lost.
         for reloads, version in enumerate((2, 3), start=1):

@@ -51,6 +51,10 @@ const TICK: Duration = Duration::from_millis(50);
 /// How often resident memory is read for `--limit-worker-memory`.
 const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long after announcing a hung worker's stacks they are asked for: the
+/// announcement goes through the log writer thread, the stacks do not.
+const STACK_DUMP_DELAY: Duration = Duration::from_millis(200);
+
 /// How long a hung worker gets to write its stacks before it is killed.
 const STACK_DUMP_WAIT: Duration = Duration::from_secs(1);
 
@@ -655,9 +659,24 @@ impl Supervisor {
                     );
                     serving_now.push(worker.replaces);
                 }
-                State::Stopping { deadline } | State::Hung { kill_at: deadline }
-                    if now >= deadline =>
-                {
+                State::Hung {
+                    stacks_at,
+                    stacks_asked: false,
+                    kill_at,
+                } if now >= stacks_at => {
+                    // The worker registered faulthandler for SIGUSR2, which
+                    // writes the stacks even while the loop is blocked.
+                    worker.signal(libc::SIGUSR2);
+                    worker.state = State::Hung {
+                        stacks_at,
+                        stacks_asked: true,
+                        kill_at,
+                    };
+                }
+                State::Stopping { deadline }
+                | State::Hung {
+                    kill_at: deadline, ..
+                } if now >= deadline => {
                     let why = match worker.state {
                         State::Hung { .. } => "after writing its stacks",
                         _ => "still running after its stop deadline",
@@ -683,11 +702,13 @@ impl Supervisor {
                         silent.as_secs_f64(),
                         supervision.timeout_worker_healthcheck.as_secs_f64()
                     );
-                    // The worker registered faulthandler for SIGUSR2, which
-                    // writes the stacks even while the loop is blocked.
-                    worker.signal(libc::SIGUSR2);
+                    // The stacks are asked for a moment later, so that the
+                    // line above is written before them.
+                    let stacks_at = now + STACK_DUMP_DELAY;
                     worker.state = State::Hung {
-                        kill_at: now + STACK_DUMP_WAIT,
+                        stacks_at,
+                        stacks_asked: false,
+                        kill_at: stacks_at + STACK_DUMP_WAIT,
                     };
                     continue;
                 }

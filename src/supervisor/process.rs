@@ -48,8 +48,11 @@ pub(super) enum State {
     Stopping {
         deadline: Instant,
     },
-    /// Its event loop stopped beating; asked for its stacks, killed at `kill_at`.
+    /// Its event loop stopped beating: asked for its stacks at `stacks_at`
+    /// (unless `stacks_asked`), killed at `kill_at`.
     Hung {
+        stacks_at: Instant,
+        stacks_asked: bool,
         kill_at: Instant,
     },
     /// Sent SIGKILL; only its exit is awaited.
