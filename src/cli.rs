@@ -18,6 +18,7 @@ use crate::config::{
     parse_root_path, parse_seconds, Bind, Config, EventLoop, HttpEngine, Interface, Lifespan,
     LogLevel, Supervision, Workers, WsMode,
 };
+use crate::http::proxy_headers::{self, TrustedProxies};
 use crate::supervisor::reload::{self, ReloadSettings};
 use crate::ws::WsSettings;
 
@@ -86,9 +87,6 @@ const UNSUPPORTED: &[&str] = &[
     "--quic-bind",
     "--server-name",
     // Proxies.
-    "--proxy-headers",
-    "--no-proxy-headers",
-    "--forwarded-allow-ips",
     "--proxy-protocol",
     "--proxy-allow-from",
     // TLS.
@@ -479,6 +477,22 @@ struct Args {
     #[arg(long, help_heading = "Logging")]
     no_access_log: bool,
 
+    /// Believe X-Forwarded-For/-Proto and Forwarded from --forwarded-allow-ips peers.
+    #[arg(long, env = "RSASGI_PROXY_HEADERS", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
+          hide_possible_values = true, help_heading = "Proxy")]
+    proxy_headers: bool,
+
+    /// Ignore proxy headers: the client is the peer.
+    #[arg(long, help_heading = "Proxy")]
+    no_proxy_headers: bool,
+
+    /// Peers whose proxy headers are believed: addresses, networks (10.0.0.0/8),
+    /// '*', 'unix' [default: 127.0.0.1,::1,unix; FORWARDED_ALLOW_IPS is honoured].
+    #[arg(long, env = "RSASGI_FORWARDED_ALLOW_IPS", value_name = "LIST",
+          value_parser = TrustedProxies::parse, help_heading = "Proxy")]
+    forwarded_allow_ips: Option<TrustedProxies>,
+
     /// Send "server: rsasgi".
     #[arg(long, env = "RSASGI_SERVER_HEADER", action = ArgAction::Set, num_args = 0..=1,
           default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
@@ -620,6 +634,10 @@ where
             port: args.port,
         });
     }
+    let trusted = match args.forwarded_allow_ips {
+        Some(trusted) => trusted,
+        None => forwarded_allow_ips(&mut command)?,
+    };
     let workers = match args.workers {
         Some(workers) => Some(workers),
         None => web_concurrency(&mut command)?,
@@ -661,6 +679,7 @@ where
         log_level: args.log_level,
         access_log: args.access_log && !args.no_access_log,
         server_header: args.server_header && !args.no_server_header,
+        proxy: (args.proxy_headers && !args.no_proxy_headers).then_some(trusted),
         date_header: args.date_header && !args.no_date_header,
         headers: args.headers,
         timeout_keep_alive: args.timeout_keep_alive.0,
@@ -699,6 +718,19 @@ fn web_concurrency(command: &mut Command) -> Result<Option<Workers>, clap::Error
         }),
         _ => Ok(None),
     }
+}
+
+/// `FORWARDED_ALLOW_IPS`, which uvicorn and gunicorn read when the option is
+/// not given, else their default: proxies on this host.
+fn forwarded_allow_ips(command: &mut Command) -> Result<TrustedProxies, clap::Error> {
+    let raw = std::env::var("FORWARDED_ALLOW_IPS")
+        .unwrap_or_else(|_| proxy_headers::DEFAULT_FORWARDED_ALLOW_IPS.into());
+    TrustedProxies::parse(&raw).map_err(|err| {
+        command.error(
+            ErrorKind::ValueValidation,
+            format!("invalid value {raw:?} in FORWARDED_ALLOW_IPS: {err}"),
+        )
+    })
 }
 
 /// The name the command line uses for an enum value.
@@ -972,7 +1004,7 @@ mod tests {
                 "{args:?}"
             );
         }
-        for option in ["--reload-engine", "--forwarded-allow-ips", "--paste", "-k"] {
+        for option in ["--reload-engine", "--proxy-protocol", "--paste", "-k"] {
             assert_eq!(
                 error_line(&[option]),
                 format!(

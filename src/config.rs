@@ -345,6 +345,8 @@ pub(crate) struct Config {
     pub log_level: LogLevel,
     pub access_log: bool,
     pub server_header: bool,
+    /// The peers whose proxy headers are believed; `None` with `--no-proxy-headers`.
+    pub proxy: Option<crate::http::proxy_headers::TrustedProxies>,
     pub date_header: bool,
     /// Added to every response, after the app's own headers.
     pub headers: Vec<(HeaderName, HeaderValue)>,

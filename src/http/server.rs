@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::access_log;
 use super::connection::{self, Activity, Deadlines, OpenConnections};
+use super::proxy_headers::TrustedProxies;
 use super::service::handle;
 use crate::asgi::EventBridge;
 use crate::config::Config;
@@ -49,6 +50,8 @@ pub(crate) struct ServerState {
     /// The slot shared with the supervisor, which counts requests.
     pub slot: Option<Arc<Slot>>,
     pub timeout_request: Option<Duration>,
+    /// Whose proxy headers are believed (`None`: nobody's).
+    pub proxy: Option<TrustedProxies>,
 }
 
 impl ServerState {
@@ -72,6 +75,7 @@ impl ServerState {
             websockets: Arc::new(Registry::default()),
             slot,
             timeout_request: config.timeout_request,
+            proxy: config.proxy.clone(),
         }
     }
 }

@@ -61,7 +61,7 @@ impl Drop for InFlight {
 /// response body is done (see `connection`).
 pub(crate) async fn handle(
     mut request: Request<Incoming>,
-    info: ConnectionInfo,
+    mut info: ConnectionInfo,
     state: Arc<ServerState>,
     active: ActiveRequest,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -73,6 +73,9 @@ pub(crate) async fn handle(
             slot.count_request();
         }
         add_host_from_authority(&mut request);
+        if let Some(trusted) = &state.proxy {
+            trusted.apply(&mut info, request.headers_mut());
+        }
         // The access log record of this request, before a response is chosen.
         let pending = || {
             state.access_log.then(|| {

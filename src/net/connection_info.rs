@@ -10,6 +10,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scheme {
     Http,
+    /// TLS, or plain HTTP behind a proxy that terminates TLS and says so.
+    Https,
 }
 
 impl Scheme {
@@ -17,6 +19,7 @@ impl Scheme {
     pub(crate) fn http(self) -> &'static str {
         match self {
             Scheme::Http => "http",
+            Scheme::Https => "https",
         }
     }
 
@@ -24,6 +27,7 @@ impl Scheme {
     pub(crate) fn websocket(self) -> &'static str {
         match self {
             Scheme::Http => "ws",
+            Scheme::Https => "wss",
         }
     }
 }

@@ -12,7 +12,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use super::errors::WsgiErrors;
 use super::input::WsgiInput;
 use crate::exchange::Exchange;
-use crate::net::ServerAddr;
+use crate::net::{Scheme, ServerAddr};
 
 /// `(1, 0)`, shared by every environ (tuples are immutable).
 static WSGI_VERSION: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
@@ -199,6 +199,9 @@ pub(crate) fn build<'py>(
         _ => intern!(py, "http"),
     };
     environ.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
+    if connection.scheme == Scheme::Https {
+        environ.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
+    }
     environ.set_item(
         intern!(py, "wsgi.input"),
         Py::new(py, WsgiInput::new(Arc::clone(exchange)))?,

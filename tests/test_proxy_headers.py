@@ -1,0 +1,168 @@
+"""Proxy headers: a trusted proxy (by default, one on this host or on a Unix socket) tells the
+app who the client is and which scheme it used, through X-Forwarded-For, X-Forwarded-Proto or
+RFC 7239 Forwarded; anyone else's headers change nothing.
+
+Apps: tests/apps/proto_scope.py (the ASGI scope as JSON), wsgi_env.py (the WSGI environ as
+JSON), ws_app.py (the WebSocket scope). Clients connect from 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+from conftest import APPS, access_log, wait_for_log
+from websockets.asyncio.client import connect
+
+FORWARDED_BY_NGINX = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+
+
+def scope_of(server, headers: dict, path: str = "/") -> dict:
+    response = httpx.get(server.url + path, headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["scope"]
+
+
+def header_values(scope: dict, name: bytes) -> list[bytes]:
+    """The values of header `name` in a scope proto_scope reported (bytes as base64)."""
+    decoded = [[base64.b64decode(part["b64"]) for part in item] for item in scope["headers"]]
+    return [value for key, value in decoded if key == name]
+
+
+def environ_of(server, headers: dict) -> dict:
+    response = httpx.get(server.url + "/env", headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["environ"]
+
+
+def test_a_local_proxy_is_believed_by_default(run_rsasgi):
+    server = run_rsasgi("proto_scope:app")
+    scope = scope_of(server, FORWARDED_BY_NGINX, "/seen")
+    assert scope["client"] == ["203.0.113.9", 0]
+    assert scope["scheme"] == "https"
+    # The access log names the real client too.
+    wait_for_log(server, '"GET /seen HTTP/1.1" 200')
+    (record,) = access_log(server.output(), "/seen")
+    assert record["client"] == "203.0.113.9:0"
+
+
+def test_x_forwarded_for_is_walked_past_trusted_hops(run_rsasgi):
+    server = run_rsasgi("proto_scope:app", "--forwarded-allow-ips", "127.0.0.1,10.0.0.0/8")
+    # The leftmost entry came from the client itself and may be forged.
+    scope = scope_of(server, {"X-Forwarded-For": "6.6.6.6, 198.51.100.7, 10.1.2.3"})
+    assert scope["client"] == ["198.51.100.7", 0]
+
+
+@pytest.mark.parametrize(
+    "args, env",
+    [
+        (["--forwarded-allow-ips", "10.0.0.1"], None),
+        ([], {"FORWARDED_ALLOW_IPS": "10.0.0.1"}),
+        (["--no-proxy-headers"], None),
+        (["--proxy-headers=false"], None),
+    ],
+    ids=["untrusted-peer", "env-FORWARDED_ALLOW_IPS", "no-proxy-headers", "proxy-headers-false"],
+)
+def test_headers_change_nothing_when_not_believed(run_rsasgi, args, env):
+    server = run_rsasgi("proto_scope:app", *args, env=env)
+    headers = {**FORWARDED_BY_NGINX, "Forwarded": "for=198.51.100.7;proto=https;host=evil"}
+    scope = scope_of(server, headers)
+    assert scope["client"][0] == "127.0.0.1"
+    assert scope["scheme"] == "http"
+    assert header_values(scope, b"host") == [f"127.0.0.1:{server.port}".encode()]
+
+
+def test_forwarded_takes_precedence_with_quoted_ipv6_and_host(run_rsasgi):
+    server = run_rsasgi("proto_scope:app")
+    headers = {
+        "X-Forwarded-For": "198.51.100.1",
+        "Forwarded": 'for="[2001:db8:cafe::17]:4711";proto=https;host=shop.example',
+    }
+    response = httpx.get(server.url + "/", headers=headers, timeout=10)
+    scope = response.json()["scope"]
+    assert scope["client"] == ["2001:db8:cafe::17", 4711]
+    assert scope["scheme"] == "https"
+    assert header_values(scope, b"host") == [b"shop.example"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-For": "not an address", "X-Forwarded-Proto": "gopher"},
+        {"X-Forwarded-For": ",,,"},
+        {"Forwarded": 'for="[::1'},
+        {"Forwarded": "for=unknown;proto=https"},
+        {"Forwarded": ";;;=;"},
+    ],
+    ids=["garbage", "empty-items", "unterminated-quote", "unknown", "no-pairs"],
+)
+def test_malformed_values_are_ignored(run_rsasgi, headers):
+    server = run_rsasgi("proto_scope:app")
+    scope = scope_of(server, headers)
+    assert scope["client"][0] == "127.0.0.1"
+    assert scope["scheme"] == "http"
+
+
+def test_wsgi_environ_sees_the_client_and_https(run_rsasgi):
+    server = run_rsasgi("wsgi_env:app")
+    environ = environ_of(server, FORWARDED_BY_NGINX)
+    assert environ["REMOTE_ADDR"] == "203.0.113.9"
+    assert environ["REMOTE_PORT"] == "0"
+    assert environ["wsgi.url_scheme"] == "https"
+    assert environ["HTTPS"] == "on"
+    plain = environ_of(server, {})
+    assert plain["REMOTE_ADDR"] == "127.0.0.1"
+    assert plain["wsgi.url_scheme"] == "http"
+    assert "HTTPS" not in plain
+
+
+def test_websocket_scope_says_wss(run_rsasgi):
+    server = run_rsasgi("ws_app:app")
+
+    async def client():
+        url = f"ws://127.0.0.1:{server.port}/scope/x"
+        async with connect(url, additional_headers=FORWARDED_BY_NGINX, open_timeout=10) as ws:
+            return json.loads(await ws.recv())
+
+    scope = asyncio.run(asyncio.wait_for(client(), 30))
+    assert scope["scheme"] == "wss"
+    assert scope["client"] == ["203.0.113.9", 0]
+
+
+def test_unix_socket_peers_are_trusted_by_default(run_rsasgi, tmp_path):
+    path = tmp_path / "rsasgi.sock"
+    server = run_rsasgi("proto_scope:app", "--uds", str(path), wait=False)
+    wait_for_log(server, f"Listening on unix:{path}")
+    transport = httpx.HTTPTransport(uds=str(path))
+    with httpx.Client(transport=transport, base_url="http://localhost") as client:
+        scope = client.get("/", headers=FORWARDED_BY_NGINX, timeout=10).json()["scope"]
+    assert scope["client"] == ["203.0.113.9", 0]
+    assert scope["scheme"] == "https"
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/33", "nginx", "1.2.3"])
+def test_a_bad_allow_list_is_a_usage_error(value):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rsasgi",
+            "proto_scope:app",
+            "--app-dir",
+            str(APPS),
+            "--forwarded-allow-ips",
+            value,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not an IP address" in lines[0], result.stderr
