@@ -41,6 +41,19 @@ def kill_process_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def cli(*args: str, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m rsasgi ARGS` for a command that must exit by itself."""
+    return subprocess.run(
+        [sys.executable, "-m", "rsasgi", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

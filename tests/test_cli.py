@@ -6,28 +6,13 @@ import importlib.metadata
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
-from conftest import APPS, Server, free_port
+from conftest import APPS, Server, cli, free_port
 
 APP = "err_cli_app:app"
-
-
-def cli(*args: str, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m rsasgi ARGS` for a command that must exit by itself."""
-    return subprocess.run(
-        [sys.executable, "-m", "rsasgi", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def assert_one_clear_line(output: str, *needles: str) -> None:

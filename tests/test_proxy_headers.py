@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 
 import httpx
 import pytest
-from conftest import APPS, access_log, wait_for_log
+from conftest import APPS, access_log, cli, wait_for_log
 from websockets.asyncio.client import connect
 
 FORWARDED_BY_NGINX = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
@@ -147,22 +145,7 @@ def test_unix_socket_peers_are_trusted_by_default(run_rsasgi, tmp_path):
 
 @pytest.mark.parametrize("value", ["10.0.0.0/33", "nginx", "1.2.3"])
 def test_a_bad_allow_list_is_a_usage_error(value):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rsasgi",
-            "proto_scope:app",
-            "--app-dir",
-            str(APPS),
-            "--forwarded-allow-ips",
-            value,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
+    result = cli("proto_scope:app", "--app-dir", str(APPS), "--forwarded-allow-ips", value)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "is not an IP address" in lines[0], result.stderr

@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import APPS, Server, free_port, read_response, wait_for, wait_for_log
+from conftest import APPS, Server, cli, free_port, read_response, wait_for, wait_for_log
 
 APP = "sup_app:app"
 STARTED = re.compile(r"Started worker (\d+) \(pid (\d+)\)")
@@ -585,13 +584,7 @@ def test_web_concurrency_sets_the_worker_count(run_rsasgi):
 
 @pytest.mark.parametrize("value", ["0", "x"])
 def test_bad_worker_count_is_a_usage_error(value):
-    result = subprocess.run(
-        [sys.executable, "-m", "rsasgi", "--app-dir", str(APPS), APP, "--workers", value],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
+    result = cli("--app-dir", str(APPS), APP, "--workers", value)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -94,44 +94,46 @@ struct Account {
 const LOOKUP_BUFFER: usize = 16 * 1024;
 const MAX_LOOKUP_BUFFER: usize = 1 << 20;
 
-fn lookup_user(user: &str) -> Result<Account, String> {
-    let name = CString::new(user).map_err(|_| format!("--user {user:?}: not a valid name"))?;
+/// Calls a reentrant lookup (`getpwnam_r` and the like) with a buffer that
+/// grows while the entry does not fit (`ERANGE`); `call` returns its code and
+/// what it took from the entry while the buffer was alive.
+fn with_lookup_buffer<T>(
+    mut call: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, Option<T>),
+) -> Option<T> {
     let mut size = LOOKUP_BUFFER;
     loop {
         let mut buffer = vec![0 as libc::c_char; size];
-        // SAFETY: an all-zero passwd is valid; getpwnam_r/getpwuid_r fill
-        // it with pointers into `buffer`, which outlives every use below.
-        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::passwd = std::ptr::null_mut();
-        let code = match user.parse::<libc::uid_t>() {
-            Ok(uid) => unsafe {
-                libc::getpwuid_r(uid, &mut entry, buffer.as_mut_ptr(), size, &mut found)
-            },
-            Err(_) => unsafe {
-                libc::getpwnam_r(
-                    name.as_ptr(),
-                    &mut entry,
-                    buffer.as_mut_ptr(),
-                    size,
-                    &mut found,
-                )
-            },
-        };
+        let (code, found) = call(&mut buffer);
         if code == libc::ERANGE && size < MAX_LOOKUP_BUFFER {
             size *= 4;
             continue;
         }
-        if found.is_null() {
-            return Err(format!("--user {user}: no such user on this system"));
-        }
-        // SAFETY: found points at `entry`, whose pw_name points into `buffer`.
-        let account_name = unsafe { CStr::from_ptr(entry.pw_name) }.to_owned();
-        return Ok(Account {
-            name: account_name,
+        return found;
+    }
+}
+
+fn lookup_user(user: &str) -> Result<Account, String> {
+    let name = CString::new(user).map_err(|_| format!("--user {user:?}: not a valid name"))?;
+    let uid = user.parse::<libc::uid_t>().ok();
+    with_lookup_buffer(|buffer| {
+        // SAFETY: an all-zero passwd is valid; getpwnam_r/getpwuid_r fill
+        // it with pointers into `buffer`, which outlives every use below.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let (data, size) = (buffer.as_mut_ptr(), buffer.len());
+        let code = match uid {
+            Some(uid) => unsafe { libc::getpwuid_r(uid, &mut entry, data, size, &mut found) },
+            None => unsafe { libc::getpwnam_r(name.as_ptr(), &mut entry, data, size, &mut found) },
+        };
+        let account = (!found.is_null()).then(|| Account {
+            // SAFETY: found points at `entry`, whose pw_name points into `buffer`.
+            name: unsafe { CStr::from_ptr(entry.pw_name) }.to_owned(),
             uid: entry.pw_uid,
             gid: entry.pw_gid,
         });
-    }
+        (code, account)
+    })
+    .ok_or_else(|| format!("--user {user}: no such user on this system"))
 }
 
 fn lookup_group(group: &str) -> Result<libc::gid_t, String> {
@@ -139,30 +141,15 @@ fn lookup_group(group: &str) -> Result<libc::gid_t, String> {
         return Ok(gid);
     }
     let name = CString::new(group).map_err(|_| format!("--group {group:?}: not a valid name"))?;
-    let mut size = LOOKUP_BUFFER;
-    loop {
-        let mut buffer = vec![0 as libc::c_char; size];
+    with_lookup_buffer(|buffer| {
         // SAFETY: as in lookup_user.
         let mut entry: libc::group = unsafe { std::mem::zeroed() };
         let mut found: *mut libc::group = std::ptr::null_mut();
-        let code = unsafe {
-            libc::getgrnam_r(
-                name.as_ptr(),
-                &mut entry,
-                buffer.as_mut_ptr(),
-                size,
-                &mut found,
-            )
-        };
-        if code == libc::ERANGE && size < MAX_LOOKUP_BUFFER {
-            size *= 4;
-            continue;
-        }
-        if found.is_null() {
-            return Err(format!("--group {group}: no such group on this system"));
-        }
-        return Ok(entry.gr_gid);
-    }
+        let (data, size) = (buffer.as_mut_ptr(), buffer.len());
+        let code = unsafe { libc::getgrnam_r(name.as_ptr(), &mut entry, data, size, &mut found) };
+        (code, (!found.is_null()).then_some(entry.gr_gid))
+    })
+    .ok_or_else(|| format!("--group {group}: no such group on this system"))
 }
 
 /// The groups `user` belongs to, with `gid` first.
