@@ -63,7 +63,8 @@ def alive(pid: int) -> bool:
     """Whether process `pid` runs (a zombie waiting for its parent to reap it does not)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # ProcessLookupError: reaped between opening the file and reading it.
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
