@@ -19,6 +19,10 @@ use crate::config::{
     LogLevel, Supervision, Workers, WsMode,
 };
 use crate::http::proxy_headers::{self, TrustedProxies};
+use crate::http::static_files::{StaticMount, StaticSettings};
+
+/// The longest `--static-max-age`: ten years (a year is the usual maximum).
+const MAX_STATIC_MAX_AGE: u64 = 10 * 365 * 24 * 3600;
 use crate::supervisor::reload::{self, ReloadSettings};
 use crate::ws::WsSettings;
 
@@ -493,6 +497,17 @@ struct Args {
           value_parser = TrustedProxies::parse, help_heading = "Proxy")]
     forwarded_allow_ips: Option<TrustedProxies>,
 
+    /// Serve the files in DIR under the URL prefix, e.g. /static=/srv/app/static
+    /// (repeatable). Missing files and other methods than GET/HEAD go to the app.
+    #[arg(long, env = "RSASGI_STATIC_MAP", value_name = "PREFIX=DIR",
+          value_parser = StaticMount::parse, value_delimiter = '\n', help_heading = "Static files")]
+    static_map: Vec<StaticMount>,
+
+    /// Cache-Control max-age of static files, in seconds.
+    #[arg(long, env = "RSASGI_STATIC_MAX_AGE", value_name = "SECONDS", default_value_t = 60,
+          value_parser = |raw: &str| parse_count(raw, 0, MAX_STATIC_MAX_AGE), help_heading = "Static files")]
+    static_max_age: u64,
+
     /// Send "server: rsasgi".
     #[arg(long, env = "RSASGI_SERVER_HEADER", action = ArgAction::Set, num_args = 0..=1,
           default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
@@ -680,6 +695,10 @@ where
         access_log: args.access_log && !args.no_access_log,
         server_header: args.server_header && !args.no_server_header,
         proxy: (args.proxy_headers && !args.no_proxy_headers).then_some(trusted),
+        static_files: (!args.static_map.is_empty()).then(|| StaticSettings {
+            mounts: args.static_map,
+            max_age: Duration::from_secs(args.static_max_age),
+        }),
         date_header: args.date_header && !args.no_date_header,
         headers: args.headers,
         timeout_keep_alive: args.timeout_keep_alive.0,

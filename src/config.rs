@@ -347,6 +347,8 @@ pub(crate) struct Config {
     pub server_header: bool,
     /// The peers whose proxy headers are believed; `None` with `--no-proxy-headers`.
     pub proxy: Option<crate::http::proxy_headers::TrustedProxies>,
+    /// `--static-map`: directories served without the app.
+    pub static_files: Option<crate::http::static_files::StaticSettings>,
     pub date_header: bool,
     /// Added to every response, after the app's own headers.
     pub headers: Vec<(HeaderName, HeaderValue)>,

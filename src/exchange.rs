@@ -9,6 +9,8 @@
 //! bridge), or a parked thread for a WSGI app.
 
 use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
@@ -57,6 +59,69 @@ pub(crate) enum Refusal {
     Closed,
 }
 
+/// Part of a file the response sends from its descriptor (ASGI
+/// `http.response.pathsend` and `http.response.zerocopy`, WSGI's
+/// `wsgi.file_wrapper`): read by the reactor as the client takes it, never
+/// copied through Python.
+#[derive(Debug)]
+pub(crate) struct FileSpan {
+    pub file: File,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl FileSpan {
+    /// From `offset`, `count` bytes (else to the end) of the regular file
+    /// open as `fd`, through a descriptor of our own: the app may close its
+    /// file as soon as it has handed it over.
+    pub(crate) fn from_descriptor(
+        fd: i32,
+        offset: u64,
+        count: Option<u64>,
+    ) -> std::io::Result<FileSpan> {
+        // SAFETY: fcntl has no memory-safety preconditions; on success the
+        // new descriptor is ours alone.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(dup) });
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        let available = meta.len().saturating_sub(offset);
+        Ok(FileSpan {
+            file,
+            offset,
+            len: count.map_or(available, |count| count.min(available)),
+        })
+    }
+}
+
+/// A piece of the response body.
+#[derive(Debug)]
+pub(crate) enum Chunk {
+    Data(Bytes),
+    File(FileSpan),
+}
+
+impl From<Bytes> for Chunk {
+    fn from(data: Bytes) -> Chunk {
+        Chunk::Data(data)
+    }
+}
+
+impl Chunk {
+    fn len(&self) -> u64 {
+        match self {
+            Chunk::Data(data) => data.len() as u64,
+            Chunk::File(span) => span.len,
+        }
+    }
+}
+
 /// The response body ended without `more_body=False`: the app failed midway.
 #[derive(Debug)]
 pub(crate) struct Aborted;
@@ -87,8 +152,11 @@ struct State {
     // Response: app → reactor.
     start: Option<ResponseStart>,
     started: bool,
-    chunks: VecDeque<Bytes>,
+    chunks: VecDeque<Chunk>,
+    /// Bytes of `Data` chunks queued: memory, which backpressure bounds.
     response_buffered: usize,
+    /// Bytes of `File` chunks queued: not in memory, so not bounded.
+    response_file_bytes: u64,
     /// The app sent `more_body=False`.
     complete: bool,
     /// The app ended before completing its response.
@@ -144,10 +212,13 @@ impl State {
     }
 
     /// Queues a response body chunk (dropped for HEAD, whose body hyper never sends).
-    fn push_chunk(&mut self, data: Bytes, more: bool, is_head: bool) {
-        if !data.is_empty() && !is_head {
-            self.response_buffered += data.len();
-            self.chunks.push_back(data);
+    fn push_chunk(&mut self, chunk: Chunk, more: bool, is_head: bool) {
+        if chunk.len() > 0 && !is_head {
+            match &chunk {
+                Chunk::Data(data) => self.response_buffered += data.len(),
+                Chunk::File(span) => self.response_file_bytes += span.len,
+            }
+            self.chunks.push_back(chunk);
         }
         self.complete = !more;
     }
@@ -366,11 +437,15 @@ impl Exchange {
     pub(crate) fn poll_response_chunk(
         self: &Arc<Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Aborted>>> {
+    ) -> Poll<Option<Result<Chunk, Aborted>>> {
         let (chunk, sender) = {
             let mut st = self.state.lock();
             match st.chunks.pop_front() {
-                Some(chunk) => {
+                Some(Chunk::File(span)) => {
+                    st.response_file_bytes -= span.len;
+                    return Poll::Ready(Some(Ok(Chunk::File(span))));
+                }
+                Some(Chunk::Data(chunk)) => {
                     st.response_buffered -= chunk.len();
                     let sender = if st.response_buffered <= RESPONSE_LOW_WATER {
                         if let Some(thread) = st.parked.take() {
@@ -391,14 +466,15 @@ impl Exchange {
             }
         };
         self.resolve(sender, WaitKind::Send);
-        Poll::Ready(Some(Ok(chunk)))
+        Poll::Ready(Some(Ok(Chunk::Data(chunk))))
     }
 
     /// The length of the whole response body when the app has already sent
     /// all of it, so hyper can send Content-Length instead of chunking.
     pub(crate) fn complete_body_len(&self) -> Option<u64> {
         let st = self.state.lock();
-        st.complete.then_some(st.response_buffered as u64)
+        st.complete
+            .then_some(st.response_buffered as u64 + st.response_file_bytes)
     }
 
     /// True once the app has sent its whole response and all of it was taken.
@@ -473,7 +549,7 @@ impl Exchange {
 
     /// `http.response.body`; `Ok(true)` when the buffer is over its
     /// high-water mark and the app should wait ([`Exchange::park_sender`]).
-    pub(crate) fn send_body(&self, data: Bytes, more: bool) -> Result<bool, SendMisuse> {
+    pub(crate) fn send_body(&self, data: impl Into<Chunk>, more: bool) -> Result<bool, SendMisuse> {
         let (reactor, full) = {
             let mut st = self.state.lock();
             if st.closed {
@@ -485,7 +561,7 @@ impl Exchange {
             if st.complete {
                 return Err(SendMisuse::AlreadyComplete);
             }
-            st.push_chunk(data, more, self.method == Method::HEAD);
+            st.push_chunk(data.into(), more, self.method == Method::HEAD);
             (
                 st.reactor.take(),
                 st.response_buffered > RESPONSE_HIGH_WATER,
@@ -567,7 +643,7 @@ impl Exchange {
     pub(crate) fn queue_response(
         &self,
         start: Option<ResponseStart>,
-        data: Bytes,
+        data: impl Into<Chunk>,
         more: bool,
     ) -> Result<bool, ()> {
         let (reactor, full) = {
@@ -579,7 +655,7 @@ impl Exchange {
                 st.started = true;
                 st.start = Some(start);
             }
-            st.push_chunk(data, more, self.method == Method::HEAD);
+            st.push_chunk(data.into(), more, self.method == Method::HEAD);
             (
                 st.reactor.take(),
                 st.response_buffered > RESPONSE_HIGH_WATER,
@@ -613,7 +689,7 @@ impl Exchange {
     pub(crate) fn send_blocking(
         &self,
         start: Option<ResponseStart>,
-        data: Bytes,
+        data: impl Into<Chunk>,
         more: bool,
     ) -> Result<(), ()> {
         if self.queue_response(start, data, more)? {

@@ -377,12 +377,10 @@ impl Worker {
             None => None,
         };
         let slot = self.supervised.as_ref().map(|s| Arc::clone(&s.slot));
-        let state = Arc::new(ServerState::new(
-            &config,
-            Arc::clone(&bridge),
-            jobs,
-            slot.clone(),
-        ));
+        let state = Arc::new(
+            ServerState::new(&config, Arc::clone(&bridge), jobs, slot.clone())
+                .map_err(|err| PyRuntimeError::new_err(format!("cannot start serving: {err}")))?,
+        );
         let shutdown = self.shutdown.subscribe();
         let park_bridge = Arc::clone(&bridge);
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -16,7 +16,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
 
 use super::ClientDisconnected;
 use super::{is_done, set_exception, set_result, Ready, WaitKind, Waiter};
-use crate::exchange::{Exchange, Progress, Received, ResponseStart, SendMisuse};
+use crate::exchange::{Chunk, Exchange, FileSpan, Progress, Received, ResponseStart, SendMisuse};
 
 /// `loop.create_future` of the worker's event loop, used when an awaitable
 /// really has to wait.
@@ -103,7 +103,15 @@ fn ready(py: Python<'_>, received: Received) -> PyResult<Py<PyAny>> {
 /// One validated `send()` message.
 enum Outgoing {
     Start(ResponseStart),
-    Body { data: Bytes, more: bool },
+    Body {
+        data: Bytes,
+        more: bool,
+    },
+    /// `http.response.pathsend` (always the last) or `http.response.zerocopy`.
+    File {
+        span: FileSpan,
+        more: bool,
+    },
 }
 
 fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
@@ -149,11 +157,121 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
             };
             Ok(Outgoing::Body { data, more })
         }
+        "http.response.pathsend" => {
+            let path = message
+                .get_item(intern!(py, "path"))?
+                .ok_or_else(|| PyValueError::new_err("http.response.pathsend has no 'path'"))?;
+            let path: std::path::PathBuf = path.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "http.response.pathsend 'path' must be a str, got {}",
+                    type_name(&path)
+                ))
+            })?;
+            Ok(Outgoing::File {
+                span: open_path(&path)?,
+                more: false,
+            })
+        }
+        "http.response.zerocopy" => {
+            let more = match message.get_item(intern!(py, "more_body"))? {
+                None => false,
+                Some(more) => more.is_truthy()?,
+            };
+            Ok(Outgoing::File {
+                span: zerocopy_span(message)?,
+                more,
+            })
+        }
         other => Err(PyRuntimeError::new_err(format!(
-            "unexpected ASGI message type {other:?} for an http scope \
-             (expected 'http.response.start' or 'http.response.body')"
+            "unexpected ASGI message type {other:?} for an http scope (expected \
+             'http.response.start', 'http.response.body', 'http.response.pathsend' \
+             or 'http.response.zerocopy')"
         ))),
     }
+}
+
+/// The file of an `http.response.pathsend`, whole.
+fn open_path(path: &std::path::Path) -> PyResult<FileSpan> {
+    if !path.is_absolute() {
+        return Err(PyValueError::new_err(format!(
+            "http.response.pathsend 'path' must be absolute, got {:?}",
+            path.display().to_string()
+        )));
+    }
+    let fail = |err: std::io::Error| os_error(err, path);
+    let file = std::fs::File::open(path).map_err(fail)?;
+    let meta = file.metadata().map_err(fail)?;
+    if !meta.is_file() {
+        return Err(fail(std::io::Error::from_raw_os_error(if meta.is_dir() {
+            libc::EISDIR
+        } else {
+            libc::EINVAL
+        })));
+    }
+    Ok(FileSpan {
+        file,
+        offset: 0,
+        len: meta.len(),
+    })
+}
+
+/// Python's `OSError(errno, strerror, filename)`, which Python turns into
+/// the matching subclass (FileNotFoundError, PermissionError…).
+fn os_error(err: std::io::Error, path: &std::path::Path) -> PyErr {
+    let errno = err.raw_os_error().unwrap_or(libc::EIO);
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text).to_owned();
+    pyo3::exceptions::PyOSError::new_err((errno, text, path.to_path_buf()))
+}
+
+/// The region of an `http.response.zerocopy`: `file` (a file object with a
+/// descriptor), from `offset` (else its current position, which then
+/// advances past what is sent, as `os.sendfile` without an offset would),
+/// `count` bytes (else to the end).
+fn zerocopy_span(message: &Bound<'_, PyDict>) -> PyResult<FileSpan> {
+    let py = message.py();
+    let file = message
+        .get_item(intern!(py, "file"))?
+        .ok_or_else(|| PyValueError::new_err("http.response.zerocopy has no 'file'"))?;
+    let fd: i32 = file
+        .call_method0(intern!(py, "fileno"))
+        .and_then(|fd| fd.extract())
+        .map_err(|_| {
+            PyTypeError::new_err(format!(
+                "http.response.zerocopy 'file' must be a file object with a descriptor, got {}",
+                type_name(&file)
+            ))
+        })?;
+    let number = |key: &Bound<'_, PyString>| -> PyResult<Option<u64>> {
+        match message.get_item(key)? {
+            Some(value) if !value.is_none() => value.extract().map(Some).map_err(|_| {
+                PyValueError::new_err(format!(
+                    "http.response.zerocopy '{key}' must be a non-negative int, got {}",
+                    type_name(&value)
+                ))
+            }),
+            _ => Ok(None),
+        }
+    };
+    let offset = number(intern!(py, "offset"))?;
+    let count = number(intern!(py, "count"))?;
+    // Buffered writes must reach the descriptor first.
+    if file.hasattr(intern!(py, "flush"))? {
+        let _ = file.call_method0(intern!(py, "flush"));
+    }
+    let start = match offset {
+        Some(offset) => offset,
+        None => file.call_method0(intern!(py, "tell"))?.extract()?,
+    };
+    let span = FileSpan::from_descriptor(fd, start, count).map_err(|err| {
+        PyValueError::new_err(format!(
+            "http.response.zerocopy 'file' cannot be sent: {err}"
+        ))
+    })?;
+    if offset.is_none() {
+        file.call_method1(intern!(py, "seek"), (span.offset + span.len,))?;
+    }
+    Ok(span)
 }
 
 fn type_name(value: &Bound<'_, PyAny>) -> String {
@@ -272,6 +390,7 @@ impl HttpSend {
         let wait = match parse_message(message)? {
             Outgoing::Start(start) => exchange.send_start(start).map(|()| false),
             Outgoing::Body { data, more } => exchange.send_body(data, more),
+            Outgoing::File { span, more } => exchange.send_body(Chunk::File(span), more),
         }
         .map_err(misuse_error)?;
         if wait {

@@ -177,6 +177,11 @@ pub(crate) fn http_scope<'py>(
         headers,
         &exchange.connection,
     )?;
+    // Both send a file from its descriptor (see `http::body::FileStream`).
+    let extensions = PyDict::new(py);
+    extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
+    extensions.set_item(intern!(py, "http.response.zerocopy"), PyDict::new(py))?;
+    scope.set_item(intern!(py, "extensions"), extensions)?;
     Ok(scope)
 }
 

@@ -1,20 +1,25 @@
-//! The response body handed to hyper: the app's chunks as they arrive, or a
-//! fixed body for responses the server writes itself.
+//! The response body handed to hyper: the app's chunks as they arrive, a
+//! fixed body for responses the server writes itself, or a file.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
 use super::access_log::AccessRecord;
 use super::connection::ActiveRequest;
 use super::server::ServerState;
 use super::service::{request_timed_out, InFlight};
-use crate::exchange::{Aborted, Exchange};
+use super::static_files::CHUNK;
+use crate::exchange::{Aborted, Chunk, Exchange};
 
 pub(crate) enum Source {
     /// Chunks the app sends; ends with `more_body=False`.
@@ -23,6 +28,82 @@ pub(crate) enum Source {
     Head,
     /// A body written by the server (error pages), sent once.
     Fixed(Option<Bytes>),
+    /// A file, or part of one (`--static-map`).
+    File(FileStream),
+}
+
+/// Part of a file, read in chunks of [`static_files::CHUNK`] on tokio's
+/// blocking pool, one chunk ahead of the socket: memory stays bounded
+/// whatever the file's size, and a slow disk stalls this response rather
+/// than the reactor.
+pub(crate) struct FileStream {
+    file: Arc<File>,
+    position: u64,
+    remaining: u64,
+    reading: Option<JoinHandle<std::io::Result<Bytes>>>,
+}
+
+impl FileStream {
+    pub(crate) fn new(file: File, offset: u64, len: u64) -> FileStream {
+        FileStream {
+            file: Arc::new(file),
+            position: offset,
+            remaining: len,
+            reading: None,
+        }
+    }
+
+    /// The next chunk; an error if the file cannot be read or has shrunk
+    /// (the response is then cut short: its length was promised).
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Aborted>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let reading = self.reading.get_or_insert_with(|| {
+            let file = Arc::clone(&self.file);
+            let (position, want) = (self.position, self.remaining.min(CHUNK as u64) as usize);
+            tokio::task::spawn_blocking(move || read_chunk(&file, position, want))
+        });
+        let read = match Pin::new(reading).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(joined) => joined.unwrap_or_else(|err| Err(std::io::Error::other(err))),
+        };
+        self.reading = None;
+        match read {
+            Ok(chunk) if !chunk.is_empty() => {
+                self.position += chunk.len() as u64;
+                self.remaining -= chunk.len() as u64;
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    "a file shrank while it was being sent ({} bytes short); the response is cut",
+                    self.remaining
+                );
+                Poll::Ready(Some(Err(Aborted)))
+            }
+            Err(err) => {
+                tracing::warn!("reading a file being sent failed: {err}; the response is cut");
+                Poll::Ready(Some(Err(Aborted)))
+            }
+        }
+    }
+}
+
+/// Reads up to `want` bytes at `position`; fewer only at the end of the file.
+pub(crate) fn read_chunk(file: &File, position: u64, want: usize) -> std::io::Result<Bytes> {
+    let mut buffer = BytesMut::zeroed(want);
+    let mut filled = 0;
+    while filled < want {
+        match file.read_at(&mut buffer[filled..], position + filled as u64) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    buffer.truncate(filled);
+    Ok(buffer.freeze())
 }
 
 pub(crate) struct ResponseBody {
@@ -39,6 +120,9 @@ pub(crate) struct ResponseBody {
     /// `--timeout-request`: when the response must be done, and the state
     /// that says what to do then.
     deadline: Option<(Pin<Box<Sleep>>, Arc<ServerState>)>,
+    /// The file the app's response is sending now (pathsend, zerocopy,
+    /// wsgi.file_wrapper), before the exchange's next chunk.
+    file: Option<FileStream>,
 }
 
 impl ResponseBody {
@@ -50,6 +134,7 @@ impl ResponseBody {
             active: None,
             abort_flushed: false,
             deadline: None,
+            file: None,
         }
     }
 
@@ -87,9 +172,27 @@ impl http_body::Body for ResponseBody {
             }
         }
         let polled = match &mut this.source {
-            Source::App(exchange) => exchange.poll_response_chunk(cx),
+            Source::App(exchange) => loop {
+                if let Some(stream) = &mut this.file {
+                    match stream.poll_chunk(cx) {
+                        Poll::Ready(None) => this.file = None,
+                        polled => break polled,
+                    }
+                }
+                break match exchange.poll_response_chunk(cx) {
+                    Poll::Ready(Some(Ok(Chunk::File(span)))) => {
+                        this.file = Some(FileStream::new(span.file, span.offset, span.len));
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(Chunk::Data(data)))) => Poll::Ready(Some(Ok(data))),
+                    Poll::Ready(Some(Err(aborted))) => Poll::Ready(Some(Err(aborted))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                };
+            },
             Source::Head => Poll::Ready(None),
             Source::Fixed(body) => Poll::Ready(body.take().map(Ok)),
+            Source::File(stream) => stream.poll_chunk(cx),
         };
         match polled {
             Poll::Ready(Some(Ok(chunk))) => {
@@ -118,9 +221,10 @@ impl http_body::Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
-            Source::App(exchange) => exchange.complete_body_len() == Some(0),
+            Source::App(exchange) => self.file.is_none() && exchange.complete_body_len() == Some(0),
             Source::Head => true,
             Source::Fixed(body) => body.is_none(),
+            Source::File(stream) => stream.remaining == 0,
         }
     }
 
@@ -128,8 +232,10 @@ impl http_body::Body for ResponseBody {
         match &self.source {
             Source::Fixed(Some(body)) => SizeHint::with_exact(body.len() as u64),
             Source::Fixed(None) | Source::Head => SizeHint::with_exact(0),
+            Source::File(stream) => SizeHint::with_exact(stream.remaining),
             // Asked once, when the head is written: a response the app has
             // finished by then is sent with a Content-Length.
+            Source::App(_) if self.file.is_some() => SizeHint::default(),
             Source::App(exchange) => match exchange.complete_body_len() {
                 Some(len) => SizeHint::with_exact(len),
                 None => SizeHint::default(),
@@ -141,7 +247,8 @@ impl http_body::Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Source::App(exchange) = &self.source {
-            if !exchange.response_finished() {
+            let file_left = self.file.as_ref().is_some_and(|file| file.remaining > 0);
+            if !exchange.response_finished() || file_left {
                 if let Some(log) = &mut self.log {
                     log.incomplete = true;
                 }

@@ -7,5 +7,6 @@ mod connection;
 pub(crate) mod proxy_headers;
 mod server;
 mod service;
+pub(crate) mod static_files;
 
 pub(crate) use server::{serve, ServerState};

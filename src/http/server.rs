@@ -16,6 +16,7 @@ use super::access_log;
 use super::connection::{self, Activity, Deadlines, OpenConnections};
 use super::proxy_headers::TrustedProxies;
 use super::service::handle;
+use super::static_files::StaticFiles;
 use crate::asgi::EventBridge;
 use crate::config::Config;
 use crate::net::{ConnectionInfo, Listener, Scheme, ServerAddr};
@@ -52,6 +53,8 @@ pub(crate) struct ServerState {
     pub timeout_request: Option<Duration>,
     /// Whose proxy headers are believed (`None`: nobody's).
     pub proxy: Option<TrustedProxies>,
+    /// `--static-map`: files served without the app.
+    pub static_files: Option<StaticFiles>,
 }
 
 impl ServerState {
@@ -60,9 +63,13 @@ impl ServerState {
         bridge: Arc<EventBridge>,
         wsgi: Option<Arc<Pool>>,
         slot: Option<Arc<Slot>>,
-    ) -> ServerState {
+    ) -> std::io::Result<ServerState> {
         let wsgi_is_none = wsgi.is_none();
-        ServerState {
+        let static_files = match &config.static_files {
+            Some(settings) => Some(StaticFiles::open(settings)?),
+            None => None,
+        };
+        Ok(ServerState {
             bridge,
             wsgi,
             in_flight: AtomicUsize::new(0),
@@ -76,7 +83,8 @@ impl ServerState {
             slot,
             timeout_request: config.timeout_request,
             proxy: config.proxy.clone(),
-        }
+            static_files,
+        })
     }
 }
 

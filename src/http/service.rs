@@ -15,9 +15,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::access_log::AccessRecord;
-use super::body::{ResponseBody, Source};
+use super::body::{read_chunk, FileStream, ResponseBody, Source};
 use super::connection::ActiveRequest;
 use super::server::ServerState;
+use super::static_files::{Lookup, CHUNK};
 use crate::asgi::Event;
 use crate::exchange::{BodyRoom, Exchange, Refusal, RequestStart, MAX_BODY_DRAIN};
 use crate::net::ConnectionInfo;
@@ -132,6 +133,14 @@ pub(crate) async fn handle(
             break 'respond state.error_response(status, record(status), false);
         };
 
+        if let Some(files) = &state.static_files {
+            let lookup = files.lookup(request.method(), request.uri().path(), request.headers());
+            if !matches!(lookup, Lookup::App) {
+                let log = pending();
+                break 'respond state.static_response(lookup, &request, log, in_flight);
+            }
+        }
+
         let body_limit = state.limit_request_body;
         if let (Some(limit), Some(length)) = (body_limit, request.body().size_hint().exact()) {
             if length > limit {
@@ -174,13 +183,7 @@ pub(crate) async fn handle(
             tokio::spawn(pump_body(body, Arc::clone(&exchange), body_limit));
         }
         let is_head = head.method == Method::HEAD;
-        let is_http10 = head.version == Version::HTTP_10;
-        let http10_keep_alive = is_http10
-            && head
-                .headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .any(|value| value.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
+        let http10 = Http10::of(head.version, &head.headers);
         let start = Box::new(RequestStart {
             exchange: Arc::clone(&exchange),
             head,
@@ -254,19 +257,41 @@ pub(crate) async fn handle(
         let headers = response.headers_mut();
         *headers = start.headers;
         state.add_server_headers(headers);
-        if is_http10 {
-            // Answer in the client's version: hyper then closes the connection
-            // after the response unless it says keep-alive, which it may only do
-            // when the body has a length.
-            let has_length = headers.contains_key(header::CONTENT_LENGTH) || body_len_known;
-            if http10_keep_alive && (has_length || is_head) {
-                headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-            }
-            *response.version_mut() = Version::HTTP_10;
+        if let Some(http10) = http10 {
+            http10.answer(&mut response, body_len_known || is_head);
         }
         response
     };
     Ok(response.map(|body| body.tracking(active)))
+}
+
+/// An HTTP/1.0 request: whether it asked to keep the connection alive.
+#[derive(Clone, Copy)]
+struct Http10 {
+    keep_alive: bool,
+}
+
+impl Http10 {
+    fn of(version: Version, headers: &http::HeaderMap) -> Option<Http10> {
+        (version == Version::HTTP_10).then(|| Http10 {
+            keep_alive: headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(|value| value.as_bytes().eq_ignore_ascii_case(b"keep-alive")),
+        })
+    }
+
+    /// Answers in the client's version: hyper then closes the connection
+    /// after the response unless it says keep-alive, which it may only do
+    /// when the body has a length (`length_known`, or a Content-Length).
+    fn answer(self, response: &mut Response<ResponseBody>, length_known: bool) {
+        let headers = response.headers_mut();
+        let has_length = length_known || headers.contains_key(header::CONTENT_LENGTH);
+        if self.keep_alive && has_length {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        }
+        *response.version_mut() = Version::HTTP_10;
+    }
 }
 
 /// How long the stacks of a worker with a stuck WSGI thread wait for the log
@@ -521,6 +546,69 @@ fn is_disconnect(err: &hyper::Error) -> bool {
 }
 
 impl ServerState {
+    /// The answer to a request `--static-map` took: a file, or a status of
+    /// the server's own (304, 403, 404, 412, 416).
+    fn static_response(
+        &self,
+        lookup: Lookup,
+        request: &Request<Incoming>,
+        log: Option<AccessRecord>,
+        in_flight: InFlight,
+    ) -> Response<ResponseBody> {
+        let is_head = request.method() == Method::HEAD;
+        let mut response = match lookup {
+            Lookup::App => unreachable!("the app answers"),
+            Lookup::Status(status, headers) if status == StatusCode::NOT_MODIFIED => {
+                let log = log.map(|log| log.with_status(status));
+                let mut response = Response::new(ResponseBody::new(Source::Fixed(None), log));
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                self.add_server_headers(response.headers_mut());
+                response
+            }
+            Lookup::Status(status, headers) => {
+                let mut response =
+                    self.error_response(status, log.map(|log| log.with_status(status)), false);
+                response.headers_mut().extend(headers);
+                response
+            }
+            Lookup::File(served) => {
+                let source = if is_head {
+                    Source::Head
+                } else if served.len <= CHUNK as u64 {
+                    match read_chunk(&served.file, served.offset, served.len as usize) {
+                        Ok(body) if body.len() as u64 == served.len => Source::Fixed(Some(body)),
+                        Ok(_) | Err(_) => {
+                            tracing::warn!(
+                                "{} {}: the file changed or could not be read while being sent",
+                                request.method(),
+                                request.uri().path()
+                            );
+                            let status = StatusCode::INTERNAL_SERVER_ERROR;
+                            return self.error_response(
+                                status,
+                                log.map(|log| log.with_status(status)),
+                                false,
+                            );
+                        }
+                    }
+                } else {
+                    Source::File(FileStream::new(served.file, served.offset, served.len))
+                };
+                let log = log.map(|log| log.with_status(served.status));
+                let mut response = Response::new(ResponseBody::new(source, log).holding(in_flight));
+                *response.status_mut() = served.status;
+                *response.headers_mut() = served.headers;
+                self.add_server_headers(response.headers_mut());
+                response
+            }
+        };
+        if let Some(http10) = Http10::of(request.version(), request.headers()) {
+            http10.answer(&mut response, true);
+        }
+        response
+    }
+
     /// The server's own answer to `OPTIONS *`: 200 with no body.
     fn options_asterisk_response(&self, log: Option<AccessRecord>) -> Response<ResponseBody> {
         let mut response = Response::new(ResponseBody::new(Source::Fixed(None), log));

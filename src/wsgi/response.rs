@@ -4,12 +4,10 @@
 //! may still replace them with `exc_info` until then. Sending waits (with the
 //! GIL released) while a slow client has a high-water mark of data buffered.
 
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
@@ -17,11 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
 
 use super::file_wrapper::FileWrapper;
-use crate::exchange::{Exchange, ResponseStart};
-
-/// The largest read buffer a `wsgi.file_wrapper` block size gets: an app
-/// asking for more would only make the server hold more of the file at once.
-const MAX_FILE_BLOCK: usize = 1024 * 1024;
+use crate::exchange::{Chunk, Exchange, FileSpan, ResponseStart};
 
 /// What `start_response` recorded, shared with the `write` callable.
 #[derive(Default)]
@@ -313,8 +307,11 @@ fn finish(
     Ok(())
 }
 
-/// Sends a `FileWrapper` around a real file by reading its descriptor with
-/// the GIL released. `None` when the file has no descriptor: iterate it instead.
+/// Sends a `FileWrapper` around a real file from its descriptor: the reactor
+/// reads it as the client takes it (the same code as `--static-map` and
+/// ASGI's pathsend), so neither Python nor this thread copies it. `None`
+/// when the file has no descriptor or is not a regular file: iterate it
+/// instead.
 fn send_file(
     py: Python<'_>,
     exchange: &Arc<Exchange>,
@@ -336,21 +333,9 @@ fn send_file(
         .call_method0(intern!(py, "tell"))
         .and_then(|pos| pos.extract())
         .unwrap_or(0);
-    // SAFETY: dup gives us our own descriptor for the same open file; the
-    // app keeps (and closes) its own.
-    let dup = unsafe { libc::dup(fd) };
-    if dup < 0 {
-        return Ok(None);
-    }
-    // SAFETY: `dup` is a fresh descriptor owned by nobody else.
-    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(dup) });
-    let Ok(meta) = file.metadata() else {
+    let Ok(mut span) = FileSpan::from_descriptor(fd, offset, None) else {
         return Ok(None);
     };
-    if !meta.is_file() {
-        return Ok(None);
-    }
-    let available = meta.len().saturating_sub(offset);
 
     let mut start = {
         let mut st = state.lock();
@@ -370,46 +355,20 @@ fn send_file(
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok());
-    let length = match declared {
-        Some(declared) => declared.min(available),
+    match declared {
+        // The app's length wins when it asks for less than the file has.
+        Some(declared) => span.len = span.len.min(declared),
         None => {
             start
                 .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(available));
-            available
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(span.len));
         }
-    };
-    let blksize = wrapper.blksize;
+    }
     let exchange = Arc::clone(exchange);
-    let result = py.detach(move || -> std::io::Result<()> {
-        if exchange.method == Method::HEAD || length == 0 {
-            let _ = exchange.send_blocking(Some(start), Bytes::new(), false);
-            return Ok(());
-        }
-        let mut start = Some(start);
-        let mut position = offset;
-        let end = offset + length;
-        let mut buffer = vec![0u8; blksize.min(MAX_FILE_BLOCK)];
-        while position < end {
-            let want = buffer.len().min((end - position) as usize);
-            let read = file.read_at(&mut buffer[..want], position)?;
-            if read == 0 {
-                break; // the file shrank
-            }
-            position += read as u64;
-            let data = Bytes::copy_from_slice(&buffer[..read]);
-            if exchange.send_blocking(start.take(), data, true).is_err() {
-                return Ok(());
-            }
-        }
-        let _ = exchange.send_blocking(start.take(), Bytes::new(), false);
-        Ok(())
+    py.detach(move || {
+        let _ = exchange.send_blocking(Some(start), Chunk::File(span), false);
     });
-    Ok(Some(result.map_err(|err| {
-        PyRuntimeError::new_err(format!(
-            "reading the file for wsgi.file_wrapper failed: {err}"
-        ))
-    })))
+    Ok(Some(Ok(())))
 }
 
 #[cfg(test)]
