@@ -6,6 +6,7 @@ use http::{Method, Version};
 use percent_encoding::percent_decode;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::exchange::Exchange;
@@ -177,12 +178,23 @@ pub(crate) fn http_scope<'py>(
         headers,
         &exchange.connection,
     )?;
-    // Both send a file from its descriptor (see `http::body::FileStream`).
-    let extensions = PyDict::new(py);
-    extensions.set_item(intern!(py, "http.response.pathsend"), PyDict::new(py))?;
-    extensions.set_item(intern!(py, "http.response.zerocopy"), PyDict::new(py))?;
-    scope.set_item(intern!(py, "extensions"), extensions)?;
+    scope.set_item(intern!(py, "extensions"), http_extensions(py)?)?;
     Ok(scope)
+}
+
+/// The `extensions` of an `http` scope: pathsend and zerocopy, which both
+/// send a file from its descriptor (see `http::body::FileStream`). Built
+/// once and copied per request (a middleware may add its own keys); the
+/// empty settings dicts inside are shared.
+fn http_extensions(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    static EXTENSIONS: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+    let template = EXTENSIONS.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
+        let extensions = PyDict::new(py);
+        extensions.set_item("http.response.pathsend", PyDict::new(py))?;
+        extensions.set_item("http.response.zerocopy", PyDict::new(py))?;
+        Ok(extensions.unbind())
+    })?;
+    template.bind(py).copy()
 }
 
 /// The scope dict of one WebSocket connection.
