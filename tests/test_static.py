@@ -835,3 +835,23 @@ def test_a_bad_static_map_is_a_usage_error(site, value, named):
     result = cli("--app-dir", str(APPS), APP, "--port", "0", "--static-map", value)
     assert result.returncode == 2, result.stderr
     assert_one_clear_line(result.stderr, "--static-map", named)
+
+
+# --- HTTP/2 ------------------------------------------------------------------------------------
+
+
+def test_files_are_served_over_http2(run_rsasgi, site):
+    # Cleartext HTTP/2 with prior knowledge; the same code answers each stream.
+    data = random_file(site.path("big.bin"), 2 * MiB, 7)
+    server = serve(run_rsasgi, site)
+    with httpx.Client(http1=False, http2=True, timeout=20) as client:
+        small = client.get(server.url + "/static/style.css")
+        assert small.http_version == "HTTP/2"
+        assert (small.status_code, small.content) == (200, FILES["style.css"])
+        assert small.headers["content-type"] == "text/css; charset=utf-8"
+        big = client.get(server.url + "/static/big.bin", headers={"Range": "bytes=10-"})
+        assert (big.status_code, big.content) == (206, data[10:])
+        tag = small.headers["etag"]
+        again = client.get(server.url + "/static/style.css", headers={"If-None-Match": tag})
+        assert (again.status_code, again.content) == (304, b"")
+        assert client.get(server.url + "/static/missing.css").headers.get("x-app") == "static_app"
