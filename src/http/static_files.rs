@@ -25,7 +25,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
@@ -35,7 +38,7 @@ use http::{Method, StatusCode};
 pub(crate) struct StaticMount {
     /// `/static` (no trailing slash); empty for `/`, which maps every path.
     pub prefix: String,
-    /// The directory, made absolute and free of symlinks at startup.
+    /// The directory, made absolute (symlinks kept: see [`Root::current`]).
     pub dir: PathBuf,
 }
 
@@ -61,14 +64,16 @@ impl StaticMount {
         if dir.is_empty() {
             return Err(format!("no directory after '=' in {raw:?}"));
         }
-        let canonical = std::fs::canonicalize(dir)
+        let meta = std::fs::metadata(dir)
             .map_err(|err| format!("cannot use the directory {dir:?}: {err}"))?;
-        if !canonical.is_dir() {
+        if !meta.is_dir() {
             return Err(format!("{dir:?} is not a directory"));
         }
+        let dir = std::path::absolute(dir)
+            .map_err(|err| format!("cannot use the directory {dir:?}: {err}"))?;
         Ok(StaticMount {
             prefix: prefix.trim_end_matches('/').to_owned(),
-            dir: canonical,
+            dir,
         })
     }
 }
@@ -89,11 +94,77 @@ pub(crate) const CHUNK: usize = 64 * 1024;
 /// The precompressed siblings looked for, best first: (coding, file suffix).
 const ENCODINGS: [(&str, &str); 2] = [("br", ".br"), ("gzip", ".gz")];
 
-/// A mounted directory, open.
+/// How often a mounted directory's path is checked for a new directory.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// A mounted directory.
 struct Root {
     prefix: String,
-    dir: PathBuf,
+    /// As configured: a deploy may point it at another directory.
+    path: PathBuf,
+    state: Mutex<RootState>,
+}
+
+struct RootState {
+    dir: Arc<OpenDir>,
+    checked_at: Instant,
+}
+
+/// The directory a mount's path named when it was last checked, open.
+struct OpenDir {
     fd: OwnedFd,
+    /// Its path with every symlink resolved (for the realpath check).
+    dir: PathBuf,
+    /// Device and inode, to notice that the path names another directory.
+    id: (u64, u64),
+}
+
+impl OpenDir {
+    fn open(path: &Path) -> std::io::Result<OpenDir> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_dir() {
+            return Err(std::io::Error::other("not a directory"));
+        }
+        Ok(OpenDir {
+            fd: OwnedFd::from(file),
+            dir: std::fs::canonicalize(path)?,
+            id: (meta.dev(), meta.ino()),
+        })
+    }
+}
+
+impl Root {
+    /// The directory to serve from. A deploy that replaces the directory
+    /// (a new release behind a symlink, or a directory deleted and made
+    /// anew) is noticed within [`RECHECK`], as nginx, which opens paths
+    /// afresh, notices it at once; files changed in place are seen at once.
+    fn current(&self) -> Arc<OpenDir> {
+        let mut state = self.state.lock();
+        if state.checked_at.elapsed() >= RECHECK {
+            state.checked_at = Instant::now();
+            let moved = std::fs::metadata(&self.path)
+                .is_ok_and(|meta| (meta.dev(), meta.ino()) != state.dir.id);
+            if moved {
+                match OpenDir::open(&self.path) {
+                    Ok(dir) => {
+                        tracing::info!(
+                            "--static-map {}: the directory was replaced; serving the new one ({})",
+                            self.path.display(),
+                            dir.dir.display()
+                        );
+                        state.dir = Arc::new(dir);
+                    }
+                    Err(err) => tracing::warn!(
+                        "--static-map {}: the directory was replaced, but cannot be opened \
+                         ({err}); still serving the old one",
+                        self.path.display()
+                    ),
+                }
+            }
+        }
+        Arc::clone(&state.dir)
+    }
 }
 
 /// The worker's static file server.
@@ -140,7 +211,7 @@ impl StaticFiles {
             .mounts
             .iter()
             .map(|mount| {
-                let dir = File::open(&mount.dir).map_err(|err| {
+                let dir = OpenDir::open(&mount.dir).map_err(|err| {
                     std::io::Error::new(
                         err.kind(),
                         format!("--static-map {}: {err}", mount.dir.display()),
@@ -148,14 +219,17 @@ impl StaticFiles {
                 })?;
                 Ok(Root {
                     prefix: mount.prefix.clone(),
-                    dir: mount.dir.clone(),
-                    fd: OwnedFd::from(dir),
+                    path: mount.dir.clone(),
+                    state: Mutex::new(RootState {
+                        dir: Arc::new(dir),
+                        checked_at: Instant::now(),
+                    }),
                 })
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         roots.sort_by_key(|root| std::cmp::Reverse(root.prefix.len()));
         let fallback = match roots.first() {
-            Some(root) => !openat2_works(&root.fd),
+            Some(root) => !openat2_works(&root.current().fd),
             None => false,
         };
         if fallback {
@@ -186,6 +260,8 @@ impl StaticFiles {
         }) else {
             return Lookup::App;
         };
+        let root = root.current();
+        let root = &*root;
         let relative = match safe_relative_path(rest) {
             Ok(Some(relative)) => relative,
             Ok(None) => return Lookup::App,
@@ -216,7 +292,7 @@ impl StaticFiles {
     /// checks the request's conditions and range, and writes the headers.
     fn respond(
         &self,
-        root: &Root,
+        root: &OpenDir,
         relative: &[u8],
         file: File,
         meta: Metadata,
@@ -298,7 +374,7 @@ impl StaticFiles {
     }
 
     /// Opens `relative` below `root`: a regular file, or why not.
-    fn open_file(&self, root: &Root, relative: &[u8]) -> Result<(File, Metadata), Refused> {
+    fn open_file(&self, root: &OpenDir, relative: &[u8]) -> Result<(File, Metadata), Refused> {
         let file = if self.fallback.load(Ordering::Relaxed) {
             open_by_realpath(root, relative)?
         } else {
@@ -377,7 +453,7 @@ fn openat2_works(dir: &OwnedFd) -> bool {
 
 /// The `openat2`-less way: resolve every symlink, then check that the result
 /// is still inside the (already resolved) directory.
-fn open_by_realpath(root: &Root, relative: &[u8]) -> Result<File, Refused> {
+fn open_by_realpath(root: &OpenDir, relative: &[u8]) -> Result<File, Refused> {
     let joined = root.dir.join(OsStr::from_bytes(relative));
     let resolved = match std::fs::canonicalize(&joined) {
         Ok(resolved) => resolved,
@@ -700,7 +776,7 @@ mod tests {
         let raw = format!("/static/={}", dir.path().display());
         let mount = StaticMount::parse(&raw).unwrap();
         assert_eq!(mount.prefix, "/static");
-        assert_eq!(mount.dir, std::fs::canonicalize(dir.path()).unwrap());
+        assert_eq!(mount.dir, dir.path());
         let root = StaticMount::parse(&format!("/={}", dir.path().display())).unwrap();
         assert_eq!(root.prefix, "");
         assert!(StaticMount::parse("static")
@@ -957,6 +1033,36 @@ mod tests {
                 Lookup::App
             ));
         }
+    }
+
+    #[test]
+    fn a_replaced_directory_is_noticed() {
+        let outer = tempfile::tempdir().unwrap();
+        let releases = [outer.path().join("r1"), outer.path().join("r2")];
+        for (n, release) in releases.iter().enumerate() {
+            std::fs::create_dir(release).unwrap();
+            std::fs::write(release.join("v.txt"), format!("release {n}")).unwrap();
+        }
+        let current = outer.path().join("current");
+        std::os::unix::fs::symlink(&releases[0], &current).unwrap();
+        let settings = StaticSettings {
+            mounts: vec![StaticMount::parse(&format!("/s={}", current.display())).unwrap()],
+            max_age: Duration::from_secs(60),
+        };
+        let files = StaticFiles::open(&settings).unwrap();
+        let length = || served(files.lookup(&Method::GET, "/s/v.txt", &HeaderMap::new())).len;
+        assert_eq!(length(), 9);
+        // A deploy points the symlink at a new release with a longer file.
+        std::fs::write(releases[1].join("v.txt"), "release 1 (new)").unwrap();
+        let swap = outer.path().join("swap");
+        std::os::unix::fs::symlink(&releases[1], &swap).unwrap();
+        std::fs::rename(&swap, &current).unwrap();
+        assert_eq!(length(), 9, "checked at most once per RECHECK");
+        files.roots[0].state.lock().checked_at -= RECHECK;
+        assert_eq!(length(), 15);
+        // The realpath check follows the new directory too.
+        files.fallback.store(true, Ordering::Relaxed);
+        assert_eq!(length(), 15);
     }
 
     #[test]
