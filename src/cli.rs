@@ -497,6 +497,11 @@ struct Args {
           value_parser = TrustedProxies::parse, help_heading = "Proxy")]
     forwarded_allow_ips: Option<TrustedProxies>,
 
+    /// Also believe X-Forwarded-Host, -Port and -Prefix: the host, port and path
+    /// prefix the client used (instead of Django's USE_X_FORWARDED_HOST and _PORT).
+    #[arg(long, env = "RSASGI_FORWARDED_HOST_HEADERS", help_heading = "Proxy")]
+    forwarded_host_headers: bool,
+
     /// Serve the files in DIR under the URL prefix, e.g. /static=/srv/app/static
     /// (repeatable). Missing files and other methods than GET/HEAD go to the app.
     #[arg(long, env = "RSASGI_STATIC_MAP", value_name = "PREFIX=DIR",
@@ -653,6 +658,13 @@ where
         Some(trusted) => trusted,
         None => forwarded_allow_ips(&mut command)?,
     };
+    let proxy_headers = args.proxy_headers && !args.no_proxy_headers;
+    if args.forwarded_host_headers && !proxy_headers {
+        return Err(command.error(
+            ErrorKind::ArgumentConflict,
+            "--forwarded-host-headers needs the proxy headers, which --no-proxy-headers turns off",
+        ));
+    }
     let workers = match args.workers {
         Some(workers) => Some(workers),
         None => web_concurrency(&mut command)?,
@@ -694,7 +706,8 @@ where
         log_level: args.log_level,
         access_log: args.access_log && !args.no_access_log,
         server_header: args.server_header && !args.no_server_header,
-        proxy: (args.proxy_headers && !args.no_proxy_headers).then_some(trusted),
+        proxy: proxy_headers.then_some(trusted),
+        forwarded_host_headers: args.forwarded_host_headers,
         static_files: (!args.static_map.is_empty()).then(|| StaticSettings {
             mounts: args.static_map,
             max_age: Duration::from_secs(args.static_max_age),
@@ -1094,6 +1107,19 @@ mod tests {
         assert_eq!(
             error_line(&["--no-ws"]),
             "rsasgi: --no-ws is --ws none in rsasgi (see 'rsasgi --help')"
+        );
+    }
+
+    #[test]
+    fn host_headers_are_off_unless_asked_for() {
+        let config = parse(["rsasgi", "main:app"]).unwrap();
+        assert!(!config.forwarded_host_headers);
+        let config = parse(["rsasgi", "main:app", "--forwarded-host-headers"]).unwrap();
+        assert!(config.forwarded_host_headers && config.proxy.is_some());
+        assert_eq!(
+            error_line(&["--forwarded-host-headers", "--proxy-headers=false"]),
+            "rsasgi: --forwarded-host-headers needs the proxy headers, which --no-proxy-headers \
+             turns off (see 'rsasgi --help')"
         );
     }
 

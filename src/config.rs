@@ -347,6 +347,8 @@ pub(crate) struct Config {
     pub server_header: bool,
     /// The peers whose proxy headers are believed; `None` with `--no-proxy-headers`.
     pub proxy: Option<crate::http::proxy_headers::TrustedProxies>,
+    /// `--forwarded-host-headers`: believe X-Forwarded-Host, -Port and -Prefix too.
+    pub forwarded_host_headers: bool,
     /// `--static-map`: directories served without the app.
     pub static_files: Option<crate::http::static_files::StaticSettings>,
     pub date_header: bool,

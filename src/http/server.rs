@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::access_log;
 use super::connection::{self, Activity, Deadlines, OpenConnections};
-use super::proxy_headers::TrustedProxies;
+use super::proxy_headers::ProxyHeaders;
 use super::service::handle;
 use super::static_files::StaticFiles;
 use crate::asgi::EventBridge;
@@ -51,8 +51,8 @@ pub(crate) struct ServerState {
     /// The slot shared with the supervisor, which counts requests.
     pub slot: Option<Arc<Slot>>,
     pub timeout_request: Option<Duration>,
-    /// Whose proxy headers are believed (`None`: nobody's).
-    pub proxy: Option<TrustedProxies>,
+    /// Whose proxy headers are believed, and which (`None`: nobody's).
+    pub proxy: Option<ProxyHeaders>,
     /// `--static-map`: files served without the app.
     pub static_files: Option<StaticFiles>,
 }
@@ -82,7 +82,10 @@ impl ServerState {
             websockets: Arc::new(Registry::default()),
             slot,
             timeout_request: config.timeout_request,
-            proxy: config.proxy.clone(),
+            proxy: config
+                .proxy
+                .clone()
+                .map(|trusted| ProxyHeaders::new(trusted, config.forwarded_host_headers)),
             static_files,
         })
     }
@@ -128,6 +131,7 @@ impl Accept for tokio::net::TcpListener {
             scheme: Scheme::Http,
             client: Some(client),
             server: ServerAddr::Tcp(server),
+            forwarded_prefix: None,
         };
         Ok((stream, info))
     }
@@ -148,6 +152,7 @@ impl Accept for UnixAcceptor {
             scheme: Scheme::Http,
             client: None,
             server: ServerAddr::Unix(Arc::clone(&self.path)),
+            forwarded_prefix: None,
         };
         Ok((stream, info))
     }

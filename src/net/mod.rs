@@ -6,7 +6,7 @@
 
 mod connection_info;
 
-pub(crate) use connection_info::{ConnectionInfo, Scheme, ServerAddr};
+pub(crate) use connection_info::{ConnectionInfo, ForwardedPrefix, Scheme, ServerAddr};
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
