@@ -20,6 +20,7 @@ use crate::config::{
 };
 use crate::http::proxy_headers::{self, TrustedProxies};
 use crate::http::static_files::{StaticMount, StaticSettings};
+use crate::net::proxy_protocol::ProxyProtocol;
 
 /// The longest `--static-max-age`: ten years (a year is the usual maximum).
 const MAX_STATIC_MAX_AGE: u64 = 10 * 365 * 24 * 3600;
@@ -90,9 +91,6 @@ const UNSUPPORTED: &[&str] = &[
     "--insecure-bind",
     "--quic-bind",
     "--server-name",
-    // Proxies.
-    "--proxy-protocol",
-    "--proxy-allow-from",
     // TLS.
     "--ssl-keyfile",
     "--ssl-certfile",
@@ -181,6 +179,8 @@ const RENAMED: &[(&str, &str)] = &[
     ("--blocking-threads", "--threads"),
     ("--env-files", "--env-file"),
     ("--no-ws", "--ws none"),
+    // gunicorn's peers allowed to send a PROXY header.
+    ("--proxy-allow-from", "--forwarded-allow-ips"),
 ];
 
 /// A duration as the command line writes it: seconds, fractions allowed.
@@ -502,6 +502,12 @@ struct Args {
     #[arg(long, env = "RSASGI_FORWARDED_HOST_HEADERS", help_heading = "Proxy")]
     forwarded_host_headers: bool,
 
+    /// Every connection opens with a PROXY protocol header (HAProxy send-proxy,
+    /// AWS NLB), v1 or v2 (either is accepted); believed from --forwarded-allow-ips peers.
+    #[arg(long, env = "RSASGI_PROXY_PROTOCOL", value_name = "VERSION", value_enum,
+          default_value_t = ProxyProtocol::Off, help_heading = "Proxy")]
+    proxy_protocol: ProxyProtocol,
+
     /// Serve the files in DIR under the URL prefix, e.g. /static=/srv/app/static
     /// (repeatable). Missing files and other methods than GET/HEAD go to the app.
     #[arg(long, env = "RSASGI_STATIC_MAP", value_name = "PREFIX=DIR",
@@ -706,6 +712,7 @@ where
         log_level: args.log_level,
         access_log: args.access_log && !args.no_access_log,
         server_header: args.server_header && !args.no_server_header,
+        proxy_protocol: (args.proxy_protocol != ProxyProtocol::Off).then(|| trusted.clone()),
         proxy: proxy_headers.then_some(trusted),
         forwarded_host_headers: args.forwarded_host_headers,
         static_files: (!args.static_map.is_empty()).then(|| StaticSettings {
@@ -1036,7 +1043,7 @@ mod tests {
                 "{args:?}"
             );
         }
-        for option in ["--reload-engine", "--proxy-protocol", "--paste", "-k"] {
+        for option in ["--reload-engine", "--preload", "--paste", "-k"] {
             assert_eq!(
                 error_line(&[option]),
                 format!(
@@ -1111,15 +1118,35 @@ mod tests {
     }
 
     #[test]
-    fn host_headers_are_off_unless_asked_for() {
+    fn proxy_protocol_and_host_headers_are_off_unless_asked_for() {
         let config = parse(["rsasgi", "main:app"]).unwrap();
-        assert!(!config.forwarded_host_headers);
+        assert!(config.proxy_protocol.is_none() && !config.forwarded_host_headers);
+        let config = parse([
+            "rsasgi",
+            "main:app",
+            "--proxy-protocol",
+            "v2",
+            "--forwarded-allow-ips",
+            "10.0.0.0/8",
+            "--no-proxy-headers",
+        ])
+        .unwrap();
+        assert!(config.proxy.is_none(), "--no-proxy-headers");
+        assert_eq!(
+            config.proxy_protocol,
+            Some(TrustedProxies::parse("10.0.0.0/8").unwrap()),
+            "the PROXY header is believed from the same peers"
+        );
         let config = parse(["rsasgi", "main:app", "--forwarded-host-headers"]).unwrap();
         assert!(config.forwarded_host_headers && config.proxy.is_some());
         assert_eq!(
             error_line(&["--forwarded-host-headers", "--proxy-headers=false"]),
             "rsasgi: --forwarded-host-headers needs the proxy headers, which --no-proxy-headers \
              turns off (see 'rsasgi --help')"
+        );
+        assert_eq!(
+            error_line(&["--proxy-allow-from", "10.0.0.1"]),
+            "rsasgi: --proxy-allow-from is --forwarded-allow-ips in rsasgi (see 'rsasgi --help')"
         );
     }
 

@@ -349,6 +349,9 @@ pub(crate) struct Config {
     pub proxy: Option<crate::http::proxy_headers::TrustedProxies>,
     /// `--forwarded-host-headers`: believe X-Forwarded-Host, -Port and -Prefix too.
     pub forwarded_host_headers: bool,
+    /// The peers whose PROXY protocol header is believed (`--forwarded-allow-ips`,
+    /// whatever `--proxy-headers` says); `None` with `--proxy-protocol off`.
+    pub proxy_protocol: Option<crate::http::proxy_headers::TrustedProxies>,
     /// `--static-map`: directories served without the app.
     pub static_files: Option<crate::http::static_files::StaticSettings>,
     pub date_header: bool,
