@@ -18,6 +18,19 @@ if ! command -v systemd-socket-activate >/dev/null 2>&1 && [ "$(id -u)" = 0 ] &&
     echo "== installing systemd (systemd-socket-activate) for the socket-activation tests"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
+# The nginx tests run Debian's nginx in front of rsasgi (package `nginx`, in bookworm and
+# later; the tests start their own nginx on ephemeral ports). The package would also start the
+# system's nginx on port 80 unless a policy-rc.d forbids it, as containers' usually does; where
+# none is there, one is for the install.
+if ! command -v nginx >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing nginx for the reverse-proxy tests"
+    policy=/usr/sbin/policy-rc.d
+    if [ -e "$policy" ]; then policy=; else printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"; fi
+    status=0
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } || status=$?
+    if [ -n "$policy" ]; then rm -f "$policy"; fi
+    [ "$status" = 0 ]
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
