@@ -3,7 +3,7 @@ fills in ports and paths): TLS terminated by nginx, the client and scheme rsasgi
 nginx's forwarded headers (ASGI scope, WSGI environ, WebSocket scope), upstream keep-alive over
 TCP and over a Unix socket, WebSockets, /static/ served by nginx, and the Django admin deployed
 as the Django checklist says. Last, the same admin walk with rsasgi alone serving the static
-files (--static-map), which is skipped while that option does not exist.
+files (--static-map).
 
 nginx is the Debian package `nginx` (tests/run-all.sh installs it as root). When it is missing
 the tests that need it are skipped, except in CI (CI=true) or as root, where they fail: there
@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
-from conftest import Server, access_log, cli, free_port, wait_for, wait_for_log
+from conftest import Server, access_log, free_port, wait_for, wait_for_log
 from django_support import (
     DJANGO_DEPLOY_ENV,
     DJANGO_HTTPS_ENV,
@@ -341,16 +341,8 @@ def test_django_admin_behind_nginx_with_tls(interface, run_rsasgi, start_proxy, 
     assert assets
 
 
-def rsasgi_has_static_map() -> bool:
-    result = cli("--help")
-    assert result.returncode == 0, result.stderr
-    return "--static-map" in result.stdout
-
-
 @pytest.mark.parametrize("interface", sorted(DJANGO_HANDLERS))
 def test_django_admin_alone_with_static_map(interface, run_rsasgi, deployed_django):
-    if not rsasgi_has_static_map():
-        pytest.skip("needs --static-map (in progress)")
     project, static_root = deployed_django
     server = run_rsasgi(
         DJANGO_HANDLERS[interface],
