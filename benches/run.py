@@ -1,26 +1,31 @@
-"""Benchmark rsasgi against its peers with wrk, side by side, over ASGI and over WSGI.
+"""Benchmark rsasgi against its peers with wrk, side by side: ASGI, WSGI and static files.
 
 By default each server runs one worker pinned to one CPU core; wrk runs pinned to another.
-Every server in a group serves the same plain app (benches/apps.py: `hello` for ASGI,
-`wsgi_hello` for WSGI) on three scenarios, and the script prints requests/s and p99 latency per
-server, then rsasgi's requests/s divided by each peer's, one table per group.
+Every server in the ASGI and WSGI groups serves the same plain app (benches/apps.py: `hello`
+for ASGI, `wsgi_hello` for WSGI) on three scenarios; the static group has every server send
+the same two files (10 KiB and 1 MiB of random bytes, written to a temporary directory) from
+its own static file serving: rsasgi's --static-map, granian's --static-path-mount, and nginx,
+the limit. The script prints requests/s and p99 latency per server, then rsasgi's requests/s
+divided by each peer's, one table per group (and MiB/s for the files).
 
-    ASGI: rsasgi, uvicorn, granian, hypercorn, h2corn, gunicorn-uvicorn
-    WSGI: rsasgi, granian, gunicorn (gthread), uwsgi, waitress
+    ASGI:   rsasgi, uvicorn, granian, hypercorn, h2corn, gunicorn-uvicorn
+    WSGI:   rsasgi, granian, gunicorn (gthread), uwsgi, waitress
+    static: rsasgi, granian, nginx
 
     pip install -r benches/requirements.txt     # the peers; this script installs nothing
-    apt-get install wrk
-    python benches/run.py                        # from the repository root; both groups
+    apt-get install wrk nginx-light              # nginx only for the static group
+    python benches/run.py                        # from the repository root; every group
+    python benches/run.py --group static --duration 5
     python benches/run.py --group wsgi --duration 5 --servers rsasgi granian --scenarios hello
     python benches/run.py --workers 2            # every server with 2 worker processes
     python benches/run.py --memory-only          # idle resident memory only, no wrk
 
 `--workers N` starts every server with N worker processes (rsasgi and h2corn: their
 supervisor; uvicorn, granian, hypercorn: --workers; gunicorn: its arbiter; uWSGI: --processes;
-waitress has none and is skipped when N > 1). With N > 1 the server gets N cores and wrk the
-next one when the machine has N + 1 cores; with fewer (2 workers on 2 cores) nothing is
-pinned and wrk shares the cores with the workers, so the numbers measure the server and the
-load generator together.
+nginx: worker_processes; waitress has none and is skipped when N > 1). With N > 1 the server
+gets N cores and wrk the next one when the machine has N + 1 cores; with fewer (2 workers on
+2 cores) nothing is pinned and wrk shares the cores with the workers, so the numbers measure
+the server and the load generator together.
 
 `--memory` adds a memory report: once a server answers and has served a few requests, the
 resident memory (RSS and PSS from /proc/PID/smaps_rollup) of its main process (rsasgi's
@@ -38,7 +43,9 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -58,20 +65,42 @@ WSGI_APP = "benches.apps:wsgi_hello"
 RESULTS = REPO / "benches" / "results" / "latest.json"
 HOST = "127.0.0.1"
 
-GROUPS = ("asgi", "wsgi")
+GROUPS = ("asgi", "wsgi", "static")
 
 # The bars set for rsasgi on the hello-world scenario (issues 2 and 3): its req/s over each peer's.
-BAR = {"asgi": {"granian": 1.0, "uvicorn": 1.3}, "wsgi": {"granian": 1.0}}
+# The static group has none: nginx is the limit it is measured against (issue 9).
+BAR = {"asgi": {"granian": 1.0, "uvicorn": 1.3}, "wsgi": {"granian": 1.0}, "static": {}}
 
 # Pool size of the WSGI peers: rsasgi's default --threads, so every server gets the same pool.
 WSGI_THREADS = 8
 
 ECHO_BODY_SIZE = 10 * 1024
+MIB = 1024 * 1024
+
+# The URL prefix the static group's servers serve the files under, and the Cache-Control
+# max-age all three send (rsasgi's default is 60 s, granian's 86400 s, nginx sends none).
+STATIC_PREFIX = "/static"
+STATIC_MAX_AGE = 3600
+
+
+def static_dir(work: Path) -> Path:
+    """Where the files of the static scenarios are written, in the run's temporary directory."""
+    return work / "static"
+
+
+def _random_bytes(size: int) -> bytes:
+    """`size` incompressible bytes, the same in every run (seeded)."""
+    return random.Random(size).randbytes(size)
 
 
 @dataclass
 class Scenario:
-    """One wrk workload: a path, an optional wrk Lua script, and a check of the app's answer."""
+    """One wrk workload: a path, an optional wrk Lua script, and a check of the app's answer.
+
+    `groups` are the groups that run it. A scenario with a `file` is a static file: run.py
+    writes `expected_body` to that name in the static directory, and the servers serve it
+    under STATIC_PREFIX.
+    """
 
     name: str
     description: str
@@ -80,6 +109,21 @@ class Scenario:
     method: str = "GET"
     request_body: bytes | None = None
     expected_body: bytes = b""
+    groups: tuple[str, ...] = ("asgi", "wsgi")
+    file: str | None = None
+
+
+def _static_file(name: str, description: str, file: str, size: int) -> Scenario:
+    # .bin: every server answers application/octet-stream for it without a MIME table, so the
+    # headers are alike and none of them could think of compressing it (nor do they, here).
+    return Scenario(
+        name,
+        description,
+        f"{STATIC_PREFIX}/{file}",
+        expected_body=_random_bytes(size),
+        groups=("static",),
+        file=file,
+    )
 
 
 SCENARIOS = {
@@ -100,6 +144,8 @@ SCENARIOS = {
             request_body=b"e" * ECHO_BODY_SIZE,
             expected_body=b"e" * ECHO_BODY_SIZE,
         ),
+        _static_file("static-10k", "GET a 10 KiB static file", "10k.bin", 10 * 1024),
+        _static_file("static-1m", "GET a 1 MiB static file", "1m.bin", 1024 * 1024),
     ]
 }
 
@@ -108,16 +154,17 @@ SCENARIOS = {
 class ServerSpec:
     """How to start one server on a port with a number of worker processes.
 
-    `argv(port, workers)` is its command line. `requires` are the modules it needs importable,
-    `programs` the executables it needs (looked up next to the Python interpreter first, then
-    on PATH); `install` says how to get them. `multiprocess` is False for a server that has no
+    `argv(port, workers, work)` is its command line; `work` is the run's temporary directory
+    (the static files are in it, nginx writes its configuration there). `requires` are the
+    modules it needs importable, `programs` the executables it needs (see `program`);
+    `install` says how to get them. `multiprocess` is False for a server that has no
     worker processes (it runs only with --workers 1).
     """
 
     name: str
     group: str
     requires: tuple[str, ...]
-    argv: Callable[[int, int], list[str]] = field(repr=False)
+    argv: Callable[[int, int, Path], list[str]] = field(repr=False)
     notes: str = ""
     programs: tuple[str, ...] = ()
     install: str = "pip install -r benches/requirements.txt"
@@ -129,12 +176,17 @@ class ServerSpec:
         return modules + programs
 
 
+# nginx lives in /usr/sbin, which an unprivileged user's PATH may lack.
+SBIN = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin"])
+
+
 def program(name: str) -> str | None:
-    """The executable `name` from the interpreter's bin directory (a venv), else from PATH."""
+    """The executable `name` from the interpreter's bin directory (a venv), else from PATH,
+    else from the sbin directories."""
     beside = Path(sys.executable).parent / name
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    return shutil.which(name)
+    return shutil.which(name) or shutil.which(name, path=SBIN)
 
 
 def _has_uvloop() -> bool:
@@ -144,7 +196,7 @@ def _has_uvloop() -> bool:
 # ---- ASGI
 
 
-def _rsasgi_argv(port: int, workers: int) -> list[str]:
+def _rsasgi_argv(port: int, workers: int, work: Path) -> list[str]:
     # One worker: a single process, no supervisor (rsasgi's default). More: the supervisor.
     supervisor = ["--workers", str(workers)] if workers > 1 else []
     return [
@@ -154,7 +206,7 @@ def _rsasgi_argv(port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _uvicorn_argv(port: int, workers: int) -> list[str]:
+def _uvicorn_argv(port: int, workers: int, work: Path) -> list[str]:
     processes = ["--workers", str(workers)] if workers > 1 else []
     return [
         sys.executable, "-m", "uvicorn", ASGI_APP,
@@ -164,7 +216,7 @@ def _uvicorn_argv(port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _granian_argv(port: int, workers: int) -> list[str]:
+def _granian_argv(port: int, workers: int, work: Path) -> list[str]:
     loop = ["--loop", "uvloop"] if _has_uvloop() else []
     return [
         sys.executable, "-m", "granian", "--interface", "asgi",
@@ -175,7 +227,7 @@ def _granian_argv(port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _hypercorn_argv(port: int, workers: int) -> list[str]:
+def _hypercorn_argv(port: int, workers: int, work: Path) -> list[str]:
     worker_class = ["--worker-class", "uvloop"] if _has_uvloop() else []
     return [
         sys.executable, "-m", "hypercorn", ASGI_APP,
@@ -184,7 +236,7 @@ def _hypercorn_argv(port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _h2corn_argv(port: int, workers: int) -> list[str]:
+def _h2corn_argv(port: int, workers: int, work: Path) -> list[str]:
     # One Tokio runtime thread per worker, as granian gets (h2corn's default is 2); no access
     # log, like the others. h2corn has no log-level option.
     loop = ["--loop", "uvloop"] if _has_uvloop() else []
@@ -196,7 +248,7 @@ def _h2corn_argv(port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _gunicorn_uvicorn_argv(port: int, workers: int) -> list[str]:
+def _gunicorn_uvicorn_argv(port: int, workers: int, work: Path) -> list[str]:
     # uvicorn-worker's UvicornWorker picks uvloop and httptools when installed (loop/http auto).
     # No access log: without --access-logfile gunicorn gives uvicorn's access logger no handler,
     # and uvicorn skips access logging when that logger has none.
@@ -211,7 +263,7 @@ def _gunicorn_uvicorn_argv(port: int, workers: int) -> list[str]:
 # ---- WSGI
 
 
-def _rsasgi_wsgi_argv(port: int, workers: int) -> list[str]:
+def _rsasgi_wsgi_argv(port: int, workers: int, work: Path) -> list[str]:
     supervisor = ["--workers", str(workers)] if workers > 1 else []
     return [
         sys.executable, "-m", "rsasgi", WSGI_APP, "--interface", "wsgi",
@@ -220,7 +272,7 @@ def _rsasgi_wsgi_argv(port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _granian_wsgi_argv(port: int, workers: int) -> list[str]:
+def _granian_wsgi_argv(port: int, workers: int, work: Path) -> list[str]:
     return [
         sys.executable, "-m", "granian", "--interface", "wsgi",
         "--host", HOST, "--port", str(port),
@@ -231,7 +283,7 @@ def _granian_wsgi_argv(port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _gunicorn_argv(port: int, workers: int) -> list[str]:
+def _gunicorn_argv(port: int, workers: int, work: Path) -> list[str]:
     return [
         sys.executable, "-m", "gunicorn", WSGI_APP,
         "--bind", f"{HOST}:{port}", "--workers", str(workers),
@@ -240,7 +292,7 @@ def _gunicorn_argv(port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _uwsgi_argv(port: int, workers: int) -> list[str]:
+def _uwsgi_argv(port: int, workers: int, work: Path) -> list[str]:
     # --http: uWSGI's HTTP router (a second process, pinned to the same core) in front of the
     # worker, which is how uWSGI serves HTTP clients directly. --http-keepalive lets wrk reuse
     # its connections; with the default page-size router buffer a 10 KiB response stalls ~40 ms
@@ -256,12 +308,99 @@ def _uwsgi_argv(port: int, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _waitress_argv(port: int, workers: int) -> list[str]:
+def _waitress_argv(port: int, workers: int, work: Path) -> list[str]:
     # One process only: waitress has no worker processes (available_servers skips it for N > 1).
     return [
         sys.executable, "-m", "waitress",
         f"--listen={HOST}:{port}", f"--threads={WSGI_THREADS}",
         WSGI_APP,
+    ]  # fmt: skip
+
+
+# ---- static files
+
+
+def _rsasgi_static_argv(port: int, workers: int, work: Path) -> list[str]:
+    # The files come from the reactor; any other path would go to the ASGI app.
+    supervisor = ["--workers", str(workers)] if workers > 1 else []
+    return [
+        sys.executable, "-m", "rsasgi", ASGI_APP,
+        "--host", HOST, "--port", str(port), *supervisor,
+        "--static-map", f"{STATIC_PREFIX}={static_dir(work)}",
+        "--static-max-age", str(STATIC_MAX_AGE),
+        "--no-access-log",
+    ]  # fmt: skip
+
+
+def _granian_static_argv(port: int, workers: int, work: Path) -> list[str]:
+    loop = ["--loop", "uvloop"] if _has_uvloop() else []
+    return [
+        sys.executable, "-m", "granian", "--interface", "asgi",
+        "--host", HOST, "--port", str(port),
+        "--workers", str(workers), "--runtime-threads", "1", "--no-ws", *loop,
+        "--static-path-route", STATIC_PREFIX, "--static-path-mount", str(static_dir(work)),
+        "--static-path-expires", str(STATIC_MAX_AGE),
+        "--no-access-log", "--log-level", "warning",
+        ASGI_APP,
+    ]  # fmt: skip
+
+
+def nginx_config(port: int, workers: int, root: Path, files: Path) -> str:
+    """A minimal nginx.conf serving `files` under STATIC_PREFIX, with its own files in `root`.
+
+    A master and `workers` worker processes (taskset pins them all: the workers inherit the
+    master's affinity; the master only waits). As root, nginx runs its workers as `nobody`,
+    so `files` must be readable by all. open_file_cache stays off (nginx's default): rsasgi
+    and granian open the file for every request too.
+    """
+    temp_paths = "\n".join(
+        f"    {kind}_temp_path {root}/temp-{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""\
+# benches/run.py, static group: nginx as the limit for serving files.
+daemon off;
+worker_processes {workers};
+pid {root}/nginx.pid;
+error_log stderr warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    default_type application/octet-stream;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    open_file_cache off;
+    # nginx closes a keep-alive connection after 1000 requests by default; rsasgi and granian
+    # have no such limit, and wrk would pay a reconnect for every 1000 requests to nginx alone.
+    keepalive_requests 1000000;
+{temp_paths}
+
+    server {{
+        listen {HOST}:{port};
+        location {STATIC_PREFIX}/ {{
+            alias {files}/;
+            expires {STATIC_MAX_AGE}s;
+        }}
+    }}
+}}
+"""
+
+
+def _nginx_argv(port: int, workers: int, work: Path) -> list[str]:
+    # Writes the configuration first: nginx's files go in their own directory per start.
+    root = work / f"nginx-{port}"
+    root.mkdir()
+    conf = root / "nginx.conf"
+    conf.write_text(nginx_config(port, workers, root, static_dir(work)))
+    # The error log goes to stderr, into the server's log like the others'; -e from the start,
+    # before the configuration is read (nginx 1.19.5+), instead of /var/log/nginx/error.log.
+    return [
+        program("nginx") or "nginx",
+        "-p", f"{root}/", "-e", "stderr", "-c", str(conf),
     ]  # fmt: skip
 
 
@@ -309,6 +448,21 @@ SERVER_SPECS = [
         "waitress", "wsgi", ("waitress",), _waitress_argv, f"{WSGI_THREADS} threads",
         multiprocess=False,
     ),
+    ServerSpec(
+        "rsasgi", "static", ("rsasgi",), _rsasgi_static_argv,
+        f"--static-map {STATIC_PREFIX}=DIR, served by the reactor",
+        install="pip install .",
+    ),
+    ServerSpec(
+        "granian", "static", ("granian",), _granian_static_argv,
+        "--static-path-mount DIR, 1 runtime thread",
+    ),
+    ServerSpec(
+        "nginx", "static", (), _nginx_argv,
+        "master + worker_processes N, sendfile, no open_file_cache",
+        programs=("nginx",),
+        install="apt-get install nginx-light (or nginx)",
+    ),
 ]  # fmt: skip
 
 # {group: {name: spec}}
@@ -319,6 +473,8 @@ SERVER_NAMES = list(dict.fromkeys(spec.name for spec in SERVER_SPECS))
 # --------------------------------------------------------------------------- wrk output
 
 
+# wrk prints Transfer/sec in powers of 1024.
+_BYTES = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 
 
@@ -339,6 +495,7 @@ def parse_wrk(output: str) -> dict:
     average = re.search(r"^\s*Latency\s+(\S+)", output, re.MULTILINE)
     requests = re.search(r"(\d+) requests in", output)
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)([KMGT]?B)", output)
     socket_errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
     )
@@ -350,6 +507,9 @@ def parse_wrk(output: str) -> dict:
         "p99_ms": parse_duration_ms(p99.group(1)),
         "average_ms": parse_duration_ms(average.group(1)) if average else None,
         "requests": int(requests.group(1)) if requests else None,
+        "transfer_mib_per_sec": (
+            float(transfer.group(1)) * _BYTES[transfer.group(2)] / MIB if transfer else None
+        ),
         "non_2xx_3xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": errors,
     }
@@ -390,16 +550,16 @@ class RunningServer:
     gunicorn's arbiter, uWSGI's master, ...) and its workers are that process's descendants.
     """
 
-    def __init__(self, spec: ServerSpec, cpu: str | None, workers: int, log_dir: Path):
+    def __init__(self, spec: ServerSpec, cpu: str | None, workers: int, work: Path):
         self.spec = spec
         self.port = free_port()
-        self.log_path = log_dir / f"{spec.group}-{spec.name}.log"
+        self.log_path = work / f"{spec.group}-{spec.name}.log"
         self._log = open(self.log_path, "wb")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         # rsasgi, uvicorn and gunicorn read a worker count from it: the command line decides.
         env.pop("WEB_CONCURRENCY", None)
-        self.command = pinned(cpu, spec.argv(self.port, workers))
+        self.command = pinned(cpu, spec.argv(self.port, workers, work))
         self.proc = subprocess.Popen(
             self.command,
             cwd=REPO,
@@ -430,8 +590,10 @@ class RunningServer:
         self._log.close()
 
 
-def check_answer(port: int, scenario: Scenario) -> None:
-    """Raises unless the server answers the scenario's request with 200 and the right body."""
+def check_answer(port: int, scenario: Scenario) -> dict[str, str]:
+    """Raises unless the server answers the scenario's request with 200 and the right body, and
+    with a Content-Length that is the body's length when it sends one (granian sends its files
+    chunked). Returns the response's headers, names in lower case."""
     request = urllib.request.Request(
         f"http://{HOST}:{port}{scenario.path}",
         data=scenario.request_body,
@@ -440,14 +602,25 @@ def check_answer(port: int, scenario: Scenario) -> None:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         body = response.read()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        expected = len(scenario.expected_body)
         if response.status != 200 or body != scenario.expected_body:
             raise RuntimeError(
                 f"{scenario.method} {scenario.path} -> {response.status}, {len(body)} bytes"
-                f" (expected 200, {len(scenario.expected_body)} bytes)"
+                f" (expected 200, {expected} bytes)"
             )
+        if headers.get("content-length", str(expected)) != str(expected):
+            raise RuntimeError(
+                f"{scenario.method} {scenario.path} -> Content-Length "
+                f"{headers['content-length']} for a body of {expected} bytes"
+            )
+    return headers
 
 
-def run_wrk(args, port: int, scenario: Scenario, duration: int, script_dir: Path) -> str:
+def run_wrk(
+    args, port: int, scenario: Scenario, duration: int, script_dir: Path
+) -> tuple[str, float, float]:
+    """wrk's output, the CPU seconds wrk used (user + system) and the seconds it ran."""
     command = pinned(
         args.wrk_cpu,
         ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency"],
@@ -457,13 +630,34 @@ def run_wrk(args, port: int, scenario: Scenario, duration: int, script_dir: Path
         script.write_text(scenario.lua)
         command += ["-s", str(script)]
     command.append(f"http://{HOST}:{port}{scenario.path}")
+    # wrk is the only child this process waits for while it runs (taskset execs it, and the
+    # server is waited for only when it stops), so the children's usage grows by wrk's alone.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=duration + args.timeout_margin
     )
+    elapsed = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         message = (result.stderr or result.stdout).strip()
         raise RuntimeError(f"wrk failed with exit code {result.returncode}: {message}")
-    return result.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return result.stdout, cpu, elapsed
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system, every thread) used so far by `root` and the processes under
+    it that are alive."""
+    total = 0
+    for pid in [root, *descendants(root)]:
+        try:
+            stat = Path("/proc", str(pid), "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- memory
@@ -471,7 +665,6 @@ def run_wrk(args, port: int, scenario: Scenario, duration: int, script_dir: Path
 # Requests sent (all at once, each on its own connection, so that several workers get some)
 # per scenario before the idle memory is read.
 MEMORY_REQUESTS = 8
-MIB = 1024 * 1024
 
 
 def _parents() -> dict[int, int]:
@@ -670,17 +863,19 @@ def run_scenarios(
             break
         try:
             wait_for_port(server.port, server.proc)
-            check_answer(server.port, scenario)
+            headers = check_answer(server.port, scenario)
             if args.warmup > 0:
                 run_wrk(args, server.port, scenario, args.warmup, work)
             wait_for_port(server.port, server.proc)
-            output = run_wrk(args, server.port, scenario, args.duration, work)
+            server_cpu = tree_cpu_seconds(server.proc.pid)
+            output, wrk_cpu, elapsed = run_wrk(args, server.port, scenario, args.duration, work)
+            server_cpu = tree_cpu_seconds(server.proc.pid) - server_cpu
             if server.proc.poll() is not None:
                 raise RuntimeError(f"exited with code {server.proc.returncode} during the run")
             result = parse_wrk(output)
         except Exception as error:  # one failure must not end the whole benchmark
             results[scenario.name] = {"error": str(error), "log_tail": server.log_tail()}
-            print(f"  {scenario.name:<6} FAILED: {error}", flush=True)
+            print(f"  {scenario.name:<10} FAILED: {error}", flush=True)
             if server.proc.poll() is not None:
                 print(f"  server log:\n{_indent(server.log_tail())}", flush=True)
                 break
@@ -692,13 +887,26 @@ def run_scenarios(
             result["connections_served"] = round(busy, 1)
         result["connections"] = args.connections
         result["workers"] = args.workers
+        # Cores used during the measured run: the server's processes together, and wrk's.
+        # One wrk thread near a full core means wrk, not the server, may set the number.
+        result["server_cores"] = round(server_cpu / elapsed, 3)
+        result["wrk_cores"] = round(wrk_cpu / elapsed, 3)
+        result["wrk_threads"] = args.threads
+        result["response_headers"] = headers
         result["wrk_output"] = output
         results[scenario.name] = result
+        transfer = f"   {result['transfer_mib_per_sec']:,.0f} MiB/s" if scenario.file else ""
         print(
-            f"  {scenario.name:<6} {result['requests_per_sec']:>12,.0f} req/s"
-            f"   p99 {result['p99_ms']:8.2f} ms{_error_note(result)}",
+            f"  {scenario.name:<10} {result['requests_per_sec']:>12,.0f} req/s"
+            f"   p99 {result['p99_ms']:8.2f} ms{transfer}"
+            f"   cpu: server {result['server_cores']:.0%}, wrk {result['wrk_cores']:.0%}"
+            f"{_error_note(result)}",
             flush=True,
         )
+
+
+# Above this share of its core, one wrk thread is flagged as possibly the limit of a run.
+WRK_BOUND = 0.9
 
 
 def _indent(text: str) -> str:
@@ -712,6 +920,8 @@ def _error_note(result: dict) -> str:
     errors = {k: v for k, v in result.get("socket_errors", {}).items() if v}
     if errors:
         notes.append("socket errors " + ", ".join(f"{k} {v}" for k, v in errors.items()))
+    if result.get("wrk_threads") == 1 and result.get("wrk_cores", 0) > WRK_BOUND:
+        notes.append(f"wrk used {result['wrk_cores']:.0%} of its core: it may be the limit")
     served, connections = result.get("connections_served"), result.get("connections")
     if served is not None and connections and served < connections / 2:
         notes.append(f"only ~{served:.0f} of {connections} connections served at a time")
@@ -742,6 +952,19 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
                 cells.append("failed")
         print(f"{scenario.name:<10}" + "".join(f"{cell:>{width}}" for cell in cells))
 
+    files = [scenario for scenario in scenarios if scenario.file]
+    if files:
+        # For a large file the bytes moved per second, not the requests, are what a client sees.
+        print()
+        print(f"{label}: MiB/s received by wrk (bodies and headers)")
+        print(f"{'scenario':<10}" + "".join(f"{name:>{width}}" for name in servers))
+        for scenario in files:
+            cells = []
+            for name in servers:
+                mib = results[name].get(scenario.name, {}).get("transfer_mib_per_sec")
+                cells.append(f"{mib:,.0f}" if mib is not None else "-")
+            print(f"{scenario.name:<10}" + "".join(f"{cell:>{width}}" for cell in cells))
+
     ratios: dict[str, dict[str, float]] = {}  # rounded, for the JSON
     exact: dict[str, dict[str, float]] = {}  # as printed in the table and the bar line
     peers = [name for name in servers if name != "rsasgi"]
@@ -767,7 +990,7 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
     if any(scenario.name == "hello" for scenario in scenarios):
         hello = exact.get("hello", {})
         checks = []
-        for peer, bar in BAR[group].items():
+        for peer, bar in BAR.get(group, {}).items():
             if peer not in servers:
                 continue
             if peer in hello:
@@ -780,8 +1003,8 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
             print(f"{label} hello-world bar (rsasgi ≥ bar × peer): " + "; ".join(checks))
     if any(_error_note(r) for per in results.values() for r in per.values()):
         print(
-            "! = wrk saw non-2xx/3xx responses or socket errors in that run, or the server "
-            "left most connections waiting (see the JSON)"
+            "! = wrk saw non-2xx/3xx responses or socket errors in that run, the server "
+            "left most connections waiting, or wrk used most of its core (see the JSON)"
         )
     return ratios
 
@@ -823,7 +1046,8 @@ def print_memory(group: str, memory: dict, servers: list[str], key: str, when: s
 
 
 # Packages whose versions go in the report, for servers whose name is not a package.
-PACKAGES = {"gunicorn-uvicorn": ("gunicorn", "uvicorn", "uvicorn-worker")}
+# nginx is a program, not a package: its version comes from `nginx -v`.
+PACKAGES = {"gunicorn-uvicorn": ("gunicorn", "uvicorn", "uvicorn-worker"), "nginx": ()}
 
 
 def versions(servers: list[str], wrk: bool = True) -> dict:
@@ -834,6 +1058,10 @@ def versions(servers: list[str], wrk: bool = True) -> dict:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             pass
+    nginx = program("nginx") if "nginx" in servers else None
+    if nginx:
+        nginx_version = subprocess.run([nginx, "-v"], capture_output=True, text=True)
+        found["nginx"] = nginx_version.stderr.strip().removeprefix("nginx version: nginx/")
     if wrk:
         wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
         found["wrk"] = (wrk_version.stdout or wrk_version.stderr).split("\n")[0].strip()
@@ -863,13 +1091,15 @@ def _names(values: list[str], known: list[str], what: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Benchmark rsasgi against its ASGI and WSGI peers with wrk.",
-        epilog="Peers: pip install -r benches/requirements.txt; wrk: apt-get install wrk.",
+        description="Benchmark rsasgi against its ASGI and WSGI peers, and its static file "
+        "serving against granian's and nginx, with wrk.",
+        epilog="Peers: pip install -r benches/requirements.txt; wrk and nginx: "
+        "apt-get install wrk nginx-light.",
     )
     parser.add_argument(
         "--group", choices=[*GROUPS, "all"], default="all",
         help="asgi: rsasgi, uvicorn, granian, hypercorn, h2corn, gunicorn-uvicorn; wsgi: rsasgi, "
-        "granian, gunicorn, uwsgi, waitress (all)",
+        "granian, gunicorn, uwsgi, waitress; static: rsasgi, granian, nginx (all)",
     )  # fmt: skip
     parser.add_argument("--duration", type=int, default=10, help="seconds per run (10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
@@ -897,7 +1127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--scenarios", nargs="+", default=list(SCENARIOS), metavar="NAME",
-        help=f"subset of: {', '.join(SCENARIOS)} (all)",
+        help=f"subset of: {', '.join(SCENARIOS)}; each group runs those it has (all)",
     )  # fmt: skip
     parser.add_argument(
         "--server-cpu",
@@ -972,6 +1202,24 @@ def available_servers(group: str, names: list[str], workers: int) -> list[str]:
     return servers
 
 
+def write_static_files(work: Path, scenarios: list[Scenario]) -> None:
+    """Writes the files of the static scenarios where the servers will find them.
+
+    Readable by all, the directories above them included: nginx started as root runs its
+    workers as `nobody`, and the temporary directory is made private (0700).
+    """
+    files = [scenario for scenario in scenarios if scenario.file]
+    if not files:
+        return
+    work.chmod(0o755)
+    directory = static_dir(work)
+    directory.mkdir(mode=0o755, exist_ok=True)
+    for scenario in files:
+        path = directory / scenario.file
+        path.write_bytes(scenario.expected_body)
+        path.chmod(0o644)
+
+
 def _where(cpus: str | None) -> str:
     if cpus is None:
         return ", not pinned"
@@ -998,12 +1246,20 @@ def main(argv: list[str] | None = None) -> int:
     if note and not args.memory_only:
         print(note)
 
-    plan = {group: available_servers(group, args.servers, args.workers) for group in args.groups}
+    chosen = [SCENARIOS[name] for name in args.scenarios]
+    scenarios = {group: [s for s in chosen if group in s.groups] for group in args.groups}
+    for group in args.groups:
+        if not scenarios[group]:
+            print(f"skipping the {group} group: none of its scenarios was chosen")
+    plan = {
+        group: available_servers(group, args.servers, args.workers)
+        for group in args.groups
+        if scenarios[group]
+    }
     plan = {group: servers for group, servers in plan.items() if servers}
     if not plan:
         print("no server to benchmark", file=sys.stderr)
         return 1
-    scenarios = [SCENARIOS[name] for name in args.scenarios]
 
     workers = "one worker" if args.workers == 1 else f"{args.workers} workers"
     if args.memory_only:
@@ -1018,19 +1274,20 @@ def main(argv: list[str] | None = None) -> int:
     commands: dict[str, dict[str, list[str]]] = {}
     memory: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="rsasgi-bench-") as work:
+        write_static_files(Path(work), [s for group in plan for s in scenarios[group]])
         for group, servers in plan.items():
             results[group], commands[group], memory[group] = {}, {}, {}
             for name in servers:
                 spec = SERVERS[group][name]
                 print(f"\n{group} {name} ({spec.notes})", flush=True)
                 commands[group][name], results[group][name], memory[group][name] = bench_server(
-                    args, spec, scenarios, Path(work)
+                    args, spec, scenarios[group], Path(work)
                 )
 
     ratios = {}
     if not args.memory_only:
         ratios = {
-            group: print_table(group, results[group], servers, scenarios)
+            group: print_table(group, results[group], servers, scenarios[group])
             for group, servers in plan.items()
         }
     if args.memory:
@@ -1074,11 +1331,17 @@ def main(argv: list[str] | None = None) -> int:
         },
         "versions": versions(all_servers, wrk=not args.memory_only),
         "server_commands": commands,
-        "scenarios": {s.name: s.description for s in scenarios},
+        "scenarios": {s.name: s.description for group in plan for s in scenarios[group]},
         "results": results,
         "rsasgi_ratio": ratios,
         "bar": {group: BAR[group] for group in plan},
     }
+    if "static" in plan:
+        report["static_files"] = {
+            "prefix": STATIC_PREFIX,
+            "max_age_s": STATIC_MAX_AGE,
+            "sizes": {s.file: len(s.expected_body) for s in scenarios["static"]},
+        }
     if args.memory:
         report["memory"] = memory
     args.output.parent.mkdir(parents=True, exist_ok=True)
