@@ -660,6 +660,26 @@ def tree_cpu_seconds(root: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def core_seconds() -> dict[str, float]:
+    """User + system CPU seconds spent so far on each core, from /proc/stat ({"0": ...}).
+
+    Like a process's own time, it leaves out interrupts and softirqs (the loopback's TCP work
+    is largely softirq time on the sending core).
+    """
+    found = {}
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return found
+    tick = os.sysconf("SC_CLK_TCK")
+    for line in lines:
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            user, nice, system = (int(v) for v in values[:3])
+            found[name[3:]] = (user + nice + system) / tick
+    return found
+
+
 # --------------------------------------------------------------------------- memory
 
 # Requests sent (all at once, each on its own connection, so that several workers get some)
@@ -867,9 +887,10 @@ def run_scenarios(
             if args.warmup > 0:
                 run_wrk(args, server.port, scenario, args.warmup, work)
             wait_for_port(server.port, server.proc)
-            server_cpu = tree_cpu_seconds(server.proc.pid)
+            server_cpu, cores = tree_cpu_seconds(server.proc.pid), core_seconds()
             output, wrk_cpu, elapsed = run_wrk(args, server.port, scenario, args.duration, work)
             server_cpu = tree_cpu_seconds(server.proc.pid) - server_cpu
+            cores = {core: t - cores.get(core, t) for core, t in core_seconds().items()}
             if server.proc.poll() is not None:
                 raise RuntimeError(f"exited with code {server.proc.returncode} during the run")
             result = parse_wrk(output)
@@ -892,6 +913,12 @@ def run_scenarios(
         result["server_cores"] = round(server_cpu / elapsed, 3)
         result["wrk_cores"] = round(wrk_cpu / elapsed, 3)
         result["wrk_threads"] = args.threads
+        # What other processes took of the server's core and of wrk's (when each has one).
+        others = {}
+        for core, ours in ((args.server_cpu, server_cpu), (args.wrk_cpu, wrk_cpu)):
+            if core in cores:
+                others[core] = round(max(0.0, cores[core] - ours) / elapsed, 3)
+        result["other_cores"] = others
         result["response_headers"] = headers
         result["wrk_output"] = output
         results[scenario.name] = result
@@ -900,13 +927,17 @@ def run_scenarios(
             f"  {scenario.name:<10} {result['requests_per_sec']:>12,.0f} req/s"
             f"   p99 {result['p99_ms']:8.2f} ms{transfer}"
             f"   cpu: server {result['server_cores']:.0%}, wrk {result['wrk_cores']:.0%}"
-            f"{_error_note(result)}",
+            + "".join(f", others on core {c} {v:.0%}" for c, v in others.items())
+            + _error_note(result),
             flush=True,
         )
 
 
 # Above this share of its core, one wrk thread is flagged as possibly the limit of a run.
 WRK_BOUND = 0.9
+# Other processes that take this share of the server's or wrk's core make a run not worth
+# comparing (flagged "busy machine").
+BUSY = 0.10
 
 
 def _indent(text: str) -> str:
@@ -922,6 +953,11 @@ def _error_note(result: dict) -> str:
         notes.append("socket errors " + ", ".join(f"{k} {v}" for k, v in errors.items()))
     if result.get("wrk_threads") == 1 and result.get("wrk_cores", 0) > WRK_BOUND:
         notes.append(f"wrk used {result['wrk_cores']:.0%} of its core: it may be the limit")
+    busy = {core: share for core, share in result.get("other_cores", {}).items() if share >= BUSY}
+    if busy:
+        notes.append(
+            "busy machine: " + ", ".join(f"others {v:.0%} of core {c}" for c, v in busy.items())
+        )
     served, connections = result.get("connections_served"), result.get("connections")
     if served is not None and connections and served < connections / 2:
         notes.append(f"only ~{served:.0f} of {connections} connections served at a time")
@@ -1004,7 +1040,8 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
     if any(_error_note(r) for per in results.values() for r in per.values()):
         print(
             "! = wrk saw non-2xx/3xx responses or socket errors in that run, the server "
-            "left most connections waiting, or wrk used most of its core (see the JSON)"
+            "left most connections waiting, wrk used most of its core, or other processes took "
+            f"{BUSY:.0%} or more of the server's or wrk's core (see the JSON)"
         )
     return ratios
 
