@@ -5,6 +5,7 @@
 //! taken port is reported as a startup error with a clear message.
 
 mod connection_info;
+pub(crate) mod tls;
 
 pub(crate) use connection_info::{ConnectionInfo, Scheme, ServerAddr};
 
