@@ -20,6 +20,7 @@ use crate::config::{
 };
 use crate::http::proxy_headers::{self, TrustedProxies};
 use crate::http::static_files::{StaticMount, StaticSettings};
+use crate::net::tls::{ClientCerts, MinVersion, TlsSettings};
 
 /// The longest `--static-max-age`: ten years (a year is the usual maximum).
 const MAX_STATIC_MAX_AGE: u64 = 10 * 365 * 24 * 3600;
@@ -94,25 +95,7 @@ const UNSUPPORTED: &[&str] = &[
     "--proxy-protocol",
     "--proxy-allow-from",
     // TLS.
-    "--ssl-keyfile",
-    "--ssl-certfile",
-    "--ssl-keyfile-password",
-    "--ssl-version",
-    "--ssl-cert-reqs",
-    "--ssl-ca-certs",
-    "--ssl-ciphers",
-    "--ssl-certificate",
-    "--ssl-ca",
     "--ssl-crl",
-    "--ssl-client-verify",
-    "--ssl-protocol-min",
-    "--certfile",
-    "--keyfile",
-    "--keyfile-password",
-    "--ca-certs",
-    "--cert-reqs",
-    "--ciphers",
-    "--verify-mode",
     "--suppress-ragged-eofs",
     "--do-handshake-on-connect",
     // HTTP and WebSocket tuning.
@@ -181,6 +164,12 @@ const RENAMED: &[(&str, &str)] = &[
     ("--blocking-threads", "--threads"),
     ("--env-files", "--env-file"),
     ("--no-ws", "--ws none"),
+    ("--ssl-certificate", "--ssl-certfile"),
+    ("--ssl-ca", "--ssl-ca-certs"),
+    ("--ssl-client-verify", "--ssl-cert-reqs"),
+    ("--verify-mode", "--ssl-cert-reqs"),
+    ("--ssl-protocol-min", "--ssl-min-version"),
+    ("--ssl-version", "--ssl-min-version"),
 ];
 
 /// A duration as the command line writes it: seconds, fractions allowed.
@@ -497,6 +486,45 @@ struct Args {
           value_parser = TrustedProxies::parse, help_heading = "Proxy")]
     forwarded_allow_ips: Option<TrustedProxies>,
 
+    /// Serve HTTPS with this certificate (PEM; the chain after it). Alias: --certfile.
+    #[arg(long, visible_alias = "certfile", env = "RSASGI_SSL_CERTFILE", value_name = "FILE",
+          help_heading = "TLS")]
+    ssl_certfile: Option<PathBuf>,
+
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1) [default: in the certificate file].
+    /// Alias: --keyfile.
+    #[arg(long, visible_alias = "keyfile", env = "RSASGI_SSL_KEYFILE", value_name = "FILE",
+          requires = "ssl_certfile", help_heading = "TLS")]
+    ssl_keyfile: Option<PathBuf>,
+
+    /// The password of an encrypted (PKCS#8) key.
+    #[arg(long, visible_alias = "keyfile-password", env = "RSASGI_SSL_KEYFILE_PASSWORD",
+          value_name = "PASSWORD", hide_env_values = true, requires = "ssl_certfile",
+          help_heading = "TLS")]
+    ssl_keyfile_password: Option<String>,
+
+    /// CA certificates (PEM) that client certificates must chain to.
+    #[arg(long, visible_alias = "ca-certs", env = "RSASGI_SSL_CA_CERTS", value_name = "FILE",
+          requires = "ssl_certfile", help_heading = "TLS")]
+    ssl_ca_certs: Option<PathBuf>,
+
+    /// Client certificates: none, optional or required (gunicorn: 0, 1, 2).
+    #[arg(long, visible_alias = "cert-reqs", env = "RSASGI_SSL_CERT_REQS", value_name = "WHICH",
+          value_parser = ClientCerts::parse, default_value = "none", requires = "ssl_certfile",
+          help_heading = "TLS")]
+    ssl_cert_reqs: ClientCerts,
+
+    /// Cipher suites to allow, by rustls name, separated by ':' [default: rustls's].
+    #[arg(long, visible_alias = "ciphers", env = "RSASGI_SSL_CIPHERS", value_name = "SUITES",
+          requires = "ssl_certfile", help_heading = "TLS")]
+    ssl_ciphers: Option<String>,
+
+    /// Oldest TLS version accepted: 1.2 or 1.3.
+    #[arg(long, env = "RSASGI_SSL_MIN_VERSION", value_name = "VERSION",
+          value_parser = MinVersion::parse, default_value = "1.2", requires = "ssl_certfile",
+          help_heading = "TLS")]
+    ssl_min_version: MinVersion,
+
     /// Serve the files in DIR under the URL prefix, e.g. /static=/srv/app/static
     /// (repeatable). Missing files and other methods than GET/HEAD go to the app.
     #[arg(long, env = "RSASGI_STATIC_MAP", value_name = "PREFIX=DIR",
@@ -695,6 +723,15 @@ where
         access_log: args.access_log && !args.no_access_log,
         server_header: args.server_header && !args.no_server_header,
         proxy: (args.proxy_headers && !args.no_proxy_headers).then_some(trusted),
+        tls: args.ssl_certfile.map(|certfile| TlsSettings {
+            certfile,
+            keyfile: args.ssl_keyfile,
+            password: args.ssl_keyfile_password,
+            ca_certs: args.ssl_ca_certs,
+            client_certs: args.ssl_cert_reqs,
+            ciphers: args.ssl_ciphers,
+            min_version: args.ssl_min_version,
+        }),
         static_files: (!args.static_map.is_empty()).then(|| StaticSettings {
             mounts: args.static_map,
             max_age: Duration::from_secs(args.static_max_age),

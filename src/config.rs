@@ -347,6 +347,8 @@ pub(crate) struct Config {
     pub server_header: bool,
     /// The peers whose proxy headers are believed; `None` with `--no-proxy-headers`.
     pub proxy: Option<crate::http::proxy_headers::TrustedProxies>,
+    /// HTTPS: the certificate, key and client-certificate settings.
+    pub tls: Option<crate::net::tls::TlsSettings>,
     /// `--static-map`: directories served without the app.
     pub static_files: Option<crate::http::static_files::StaticSettings>,
     pub date_header: bool,
@@ -386,6 +388,11 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// The protocols TLS offers by ALPN, best first.
+    pub(crate) fn alpn_protocols(&self) -> Vec<&'static [u8]> {
+        vec![crate::net::tls::ALPN_H2, crate::net::tls::ALPN_HTTP11]
+    }
+
     pub(crate) fn bind_options(&self) -> crate::net::BindOptions {
         crate::net::BindOptions {
             backlog: self.backlog,
