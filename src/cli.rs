@@ -487,25 +487,48 @@ struct Args {
     forwarded_allow_ips: Option<TrustedProxies>,
 
     /// Serve HTTPS with this certificate (PEM; the chain after it). Alias: --certfile.
-    #[arg(long, visible_alias = "certfile", env = "RSASGI_SSL_CERTFILE", value_name = "FILE",
-          help_heading = "TLS")]
+    #[arg(
+        long,
+        visible_alias = "certfile",
+        env = "RSASGI_SSL_CERTFILE",
+        value_name = "FILE",
+        help_heading = "TLS"
+    )]
     ssl_certfile: Option<PathBuf>,
 
     /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1) [default: in the certificate file].
     /// Alias: --keyfile.
-    #[arg(long, visible_alias = "keyfile", env = "RSASGI_SSL_KEYFILE", value_name = "FILE",
-          requires = "ssl_certfile", help_heading = "TLS")]
+    #[arg(
+        long,
+        visible_alias = "keyfile",
+        env = "RSASGI_SSL_KEYFILE",
+        value_name = "FILE",
+        requires = "ssl_certfile",
+        help_heading = "TLS"
+    )]
     ssl_keyfile: Option<PathBuf>,
 
     /// The password of an encrypted (PKCS#8) key.
-    #[arg(long, visible_alias = "keyfile-password", env = "RSASGI_SSL_KEYFILE_PASSWORD",
-          value_name = "PASSWORD", hide_env_values = true, requires = "ssl_certfile",
-          help_heading = "TLS")]
+    #[arg(
+        long,
+        visible_alias = "keyfile-password",
+        env = "RSASGI_SSL_KEYFILE_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true,
+        requires = "ssl_certfile",
+        help_heading = "TLS"
+    )]
     ssl_keyfile_password: Option<String>,
 
     /// CA certificates (PEM) that client certificates must chain to.
-    #[arg(long, visible_alias = "ca-certs", env = "RSASGI_SSL_CA_CERTS", value_name = "FILE",
-          requires = "ssl_certfile", help_heading = "TLS")]
+    #[arg(
+        long,
+        visible_alias = "ca-certs",
+        env = "RSASGI_SSL_CA_CERTS",
+        value_name = "FILE",
+        requires = "ssl_certfile",
+        help_heading = "TLS"
+    )]
     ssl_ca_certs: Option<PathBuf>,
 
     /// Client certificates: none, optional or required (gunicorn: 0, 1, 2).
@@ -515,8 +538,14 @@ struct Args {
     ssl_cert_reqs: ClientCerts,
 
     /// Cipher suites to allow, by rustls name, separated by ':' [default: rustls's].
-    #[arg(long, visible_alias = "ciphers", env = "RSASGI_SSL_CIPHERS", value_name = "SUITES",
-          requires = "ssl_certfile", help_heading = "TLS")]
+    #[arg(
+        long,
+        visible_alias = "ciphers",
+        env = "RSASGI_SSL_CIPHERS",
+        value_name = "SUITES",
+        requires = "ssl_certfile",
+        help_heading = "TLS"
+    )]
     ssl_ciphers: Option<String>,
 
     /// Oldest TLS version accepted: 1.2 or 1.3.

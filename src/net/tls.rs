@@ -184,6 +184,63 @@ impl TlsSettings {
     }
 }
 
+/// What a TLS connection negotiated, for the ASGI `tls` extension and the
+/// WSGI environ's mod_ssl names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsInfo {
+    /// The server's certificate, PEM.
+    pub server_cert: Option<Arc<str>>,
+    /// The client's certificate chain, PEM, its own first.
+    pub client_cert_chain: Vec<String>,
+    /// The client certificate's subject, RFC 4514 (`CN=alice,O=Example`).
+    pub client_cert_name: Option<String>,
+    /// 0x0303 for TLS 1.2, 0x0304 for TLS 1.3.
+    pub tls_version: u16,
+    /// The IANA number of the cipher suite.
+    pub cipher_suite: u16,
+    pub cipher_name: String,
+}
+
+impl TlsInfo {
+    pub(crate) fn of(
+        connection: &rustls::ServerConnection,
+        server_cert: Option<Arc<str>>,
+    ) -> TlsInfo {
+        let peer = connection.peer_certificates().unwrap_or_default();
+        let suite = connection.negotiated_cipher_suite();
+        TlsInfo {
+            server_cert,
+            client_cert_chain: peer.iter().map(|cert| pem_of(cert)).collect(),
+            client_cert_name: peer.first().and_then(|cert| subject_of(cert)),
+            tls_version: connection.protocol_version().map_or(0, u16::from),
+            cipher_suite: suite.map_or(0, |suite| u16::from(suite.suite())),
+            cipher_name: suite.as_ref().map(suite_name).unwrap_or_default(),
+        }
+    }
+
+    /// mod_ssl's `SSL_PROTOCOL`.
+    pub(crate) fn protocol_name(&self) -> &'static str {
+        match self.tls_version {
+            0x0304 => "TLSv1.3",
+            0x0303 => "TLSv1.2",
+            _ => "",
+        }
+    }
+}
+
+/// A certificate as PEM text.
+pub(crate) fn pem_of(cert: &CertificateDer<'_>) -> String {
+    pkcs8::der::pem::encode_string("CERTIFICATE", pkcs8::der::pem::LineEnding::LF, cert)
+        .unwrap_or_default()
+}
+
+/// A certificate's subject as RFC 4514 text; `None` if it does not parse.
+fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_cert::der::Decode;
+    let parsed = x509_cert::Certificate::from_der(cert).ok()?;
+    Some(parsed.tbs_certificate.subject.to_string())
+}
+
 /// A suite's IANA name, as rustls spells it (TLS13_AES_128_GCM_SHA256).
 pub(crate) fn suite_name(suite: &SupportedCipherSuite) -> String {
     let id = suite.suite();
@@ -269,7 +326,9 @@ fn decrypt_pkcs8(text: &[u8], password: &str) -> Result<PrivateKeyDer<'static>, 
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle)
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }
 
 fn describe_pem_error(err: &pem::Error) -> String {
@@ -347,7 +406,10 @@ mod tests {
         let config = settings(&files)
             .server_config(&[ALPN_H2, ALPN_HTTP11])
             .unwrap();
-        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
     }
 
     #[test]
@@ -362,7 +424,10 @@ mod tests {
         let mut missing = settings(&files);
         missing.certfile = "/does/not/exist.pem".into();
         let err = error(&missing);
-        assert!(err.starts_with("--ssl-certfile /does/not/exist.pem: "), "{err}");
+        assert!(
+            err.starts_with("--ssl-certfile /does/not/exist.pem: "),
+            "{err}"
+        );
 
         let mut swapped = settings(&files);
         swapped.certfile = files.key.clone();
@@ -396,11 +461,91 @@ mod tests {
         some.server_config(&[]).unwrap();
         some.ciphers = Some("ECDHE-RSA-AES128-GCM-SHA256".into());
         let err = error(&some);
-        assert!(err.contains("unknown cipher suite") && err.contains("TLS13_AES_256_GCM_SHA384"), "{err}");
+        assert!(
+            err.contains("unknown cipher suite") && err.contains("TLS13_AES_256_GCM_SHA384"),
+            "{err}"
+        );
         // TLS 1.2 suites only, but TLS 1.3 required.
         some.ciphers = Some("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".into());
         some.min_version = MinVersion::Tls13;
-        assert!(error(&some).contains("no suite for TLS 1.3"), "{}", error(&some));
+        assert!(
+            error(&some).contains("no suite for TLS 1.3"),
+            "{}",
+            error(&some)
+        );
+    }
+
+    /// A client certificate signed by a CA the server trusts, and the
+    /// server's settings asking for it.
+    fn mutual(files: &Files, reqs: ClientCerts) -> (TlsSettings, rustls::ClientConfig) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let mut client_params = rcgen::CertificateParams::new(vec![]).unwrap();
+        client_params.distinguished_name = rcgen::DistinguishedName::new();
+        client_params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example, Inc");
+        client_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        let client = client_params.signed_by(&client_key, &issuer).unwrap();
+        let ca_path = files.cert.with_file_name("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        let mut settings = settings(files);
+        settings.ca_certs = Some(ca_path);
+        settings.client_certs = reqs;
+
+        let mut roots = RootCertStore::empty();
+        let server_cert = CertificateDer::from_pem_file(&files.cert).unwrap();
+        roots.add(server_cert).unwrap();
+        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![client.der().clone()],
+            PrivateKeyDer::from_pem_slice(client_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        (settings, client_config)
+    }
+
+    #[tokio::test]
+    async fn a_handshake_reports_what_was_negotiated() {
+        let files = files();
+        let (settings, client_config) = mutual(&files, ClientCerts::Required);
+        let acceptor = tokio_rustls::TlsAcceptor::from(settings.server_config(&[ALPN_H2]).unwrap());
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (client, server) = tokio::join!(
+            connector.connect(name, client_io),
+            acceptor.accept(server_io)
+        );
+        client.unwrap();
+        let server = server.unwrap();
+        let info = TlsInfo::of(server.get_ref().1, Some(Arc::from("PEM")));
+        assert_eq!(info.tls_version, 0x0304);
+        assert_eq!(info.protocol_name(), "TLSv1.3");
+        assert!(
+            info.cipher_name.starts_with("TLS13_"),
+            "{}",
+            info.cipher_name
+        );
+        assert_ne!(info.cipher_suite, 0);
+        assert_eq!(info.client_cert_chain.len(), 1);
+        assert!(info.client_cert_chain[0].starts_with("-----BEGIN CERTIFICATE-----\n"));
+        // RFC 4514: the last RDN first, special characters escaped.
+        assert_eq!(
+            info.client_cert_name.as_deref(),
+            Some("CN=alice,O=Example\\, Inc")
+        );
     }
 
     #[test]
