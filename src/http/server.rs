@@ -18,7 +18,7 @@ use super::proxy_headers::TrustedProxies;
 use super::service::handle;
 use super::static_files::StaticFiles;
 use crate::asgi::EventBridge;
-use crate::config::Config;
+use crate::config::{Config, HttpEngine};
 use crate::net::{ConnectionInfo, Listener, Scheme, ServerAddr};
 use crate::supervisor::Slot;
 use crate::ws::{Registry, WsSettings};
@@ -100,12 +100,25 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(config.timeout_keep_alive.max(config.timeout_request_header))
         .max_buf_size(config.limit_request_head)
         .auto_date_header(config.date_header);
+    let http2 = &config.http2;
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(config.http2_keep_alive_interval)
         .keep_alive_timeout(config.http2_keep_alive_timeout)
-        .max_header_list_size(u32::try_from(config.limit_request_head).unwrap_or(u32::MAX));
+        .max_concurrent_streams(http2.max_concurrent_streams)
+        .initial_stream_window_size(http2.initial_stream_window_size)
+        .initial_connection_window_size(http2.initial_connection_window_size)
+        .max_header_list_size(
+            http2
+                .max_header_list_size
+                .unwrap_or(u32::try_from(config.limit_request_head).unwrap_or(u32::MAX)),
+        );
+    match config.http {
+        HttpEngine::Http1 => builder = builder.http1_only(),
+        HttpEngine::Http2 => builder = builder.http2_only(),
+        _ => {}
+    }
     builder
 }
 
