@@ -141,6 +141,7 @@ impl Accept for tokio::net::TcpListener {
             scheme: Scheme::Http,
             client: Some(client),
             server: ServerAddr::Tcp(server),
+            tls: None,
         };
         Ok((stream, info))
     }
@@ -161,6 +162,7 @@ impl Accept for UnixAcceptor {
             scheme: Scheme::Http,
             client: None,
             server: ServerAddr::Unix(Arc::clone(&self.path)),
+            tls: None,
         };
         Ok((stream, info))
     }
