@@ -13,10 +13,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::access_log;
-use super::connection::{self, Activity, Deadlines, OpenConnections};
+use super::connection::{self, Activity, Deadlines, OpenConnection, OpenConnections};
 use super::proxy_headers::TrustedProxies;
 use super::service::handle;
 use super::static_files::StaticFiles;
+use crate::net::tls::{TlsInfo, TlsServer};
 use crate::asgi::EventBridge;
 use crate::config::{Config, HttpEngine};
 use crate::net::{ConnectionInfo, Listener, Scheme, ServerAddr};
@@ -55,6 +56,8 @@ pub(crate) struct ServerState {
     pub proxy: Option<TrustedProxies>,
     /// `--static-map`: files served without the app.
     pub static_files: Option<StaticFiles>,
+    /// HTTPS, when a certificate is configured.
+    pub tls: Option<TlsServer>,
 }
 
 impl ServerState {
@@ -67,6 +70,14 @@ impl ServerState {
         let wsgi_is_none = wsgi.is_none();
         let static_files = match &config.static_files {
             Some(settings) => Some(StaticFiles::open(settings)?),
+            None => None,
+        };
+        let tls = match &config.tls {
+            Some(settings) => Some(
+                settings
+                    .load(&config.alpn_protocols())
+                    .map_err(std::io::Error::other)?,
+            ),
             None => None,
         };
         Ok(ServerState {
@@ -84,6 +95,7 @@ impl ServerState {
             timeout_request: config.timeout_request,
             proxy: config.proxy.clone(),
             static_files,
+            tls,
         })
     }
 }
@@ -213,6 +225,20 @@ struct ConnectionContext {
     open: Arc<OpenConnections>,
     draining: watch::Receiver<Option<Duration>>,
     state: Arc<ServerState>,
+}
+
+impl ConnectionContext {
+    /// What a connection task needs to serve after its TLS handshake.
+    fn for_handshake(&self) -> ConnectionContext {
+        ConnectionContext {
+            gate: None,
+            builder: self.builder.clone(),
+            deadlines: self.deadlines,
+            open: Arc::clone(&self.open),
+            draining: self.draining.clone(),
+            state: Arc::clone(&self.state),
+        }
+    }
 }
 
 /// Accepts connections until `shutdown` changes.
@@ -362,7 +388,61 @@ fn spawn_connection<I>(context: &ConnectionContext, io: I, info: ConnectionInfo)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if context.state.tls.is_some() {
+        spawn_tls_connection(context, io, info);
+        return;
+    }
+    serve_connection(context, io, info, context.open.open());
+}
+
+/// Completes the TLS handshake (within `--timeout-request-header`, like a
+/// first request head), then serves the connection. A client that fails the
+/// handshake or never finishes it costs a debug line.
+fn spawn_tls_connection<I>(context: &ConnectionContext, io: I, mut info: ConnectionInfo)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let open = context.open.open();
+    let limit = context.deadlines.request_header;
+    let context = context.for_handshake();
+    tokio::spawn(async move {
+        let Some(tls) = &context.state.tls else {
+            return;
+        };
+        let stream = match tokio::time::timeout(limit, tls.acceptor.accept(io)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(client = ?info.client, "TLS handshake failed: {err}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(
+                    client = ?info.client,
+                    "TLS handshake not done within --timeout-request-header {}s; closed",
+                    limit.as_secs_f64()
+                );
+                return;
+            }
+        };
+        info.scheme = Scheme::Https;
+        info.tls = Some(Arc::new(TlsInfo::of(
+            stream.get_ref().1,
+            Some(Arc::clone(&tls.server_cert)),
+        )));
+        serve_connection(&context, stream, info, open);
+    });
+}
+
+/// Serves HTTP on an accepted (and, with TLS, handshaken) connection.
+fn serve_connection<I>(
+    context: &ConnectionContext,
+    io: I,
+    info: ConnectionInfo,
+    open: OpenConnection,
+)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Activity::new();
     let service = {
         let state = Arc::clone(&context.state);

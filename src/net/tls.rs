@@ -79,12 +79,33 @@ pub(crate) struct TlsSettings {
 pub(crate) const ALPN_H2: &[u8] = b"h2";
 pub(crate) const ALPN_HTTP11: &[u8] = b"http/1.1";
 
+/// A worker's TLS side: rustls's configuration and the certificate the
+/// ASGI `tls` extension reports.
+pub(crate) struct TlsServer {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub server_cert: Arc<str>,
+}
+
 impl TlsSettings {
+    /// Reads the files, for a worker.
+    pub(crate) fn load(&self, alpn: &[&[u8]]) -> Result<TlsServer, String> {
+        let (config, server_cert) = self.build(alpn)?;
+        Ok(TlsServer {
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+            server_cert: Arc::from(server_cert),
+        })
+    }
+
     /// Reads the files and builds rustls's configuration; the error is one
     /// line naming the option, the file and what is wrong with it.
     pub(crate) fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, String> {
+        self.build(alpn).map(|(config, _)| config)
+    }
+
+    fn build(&self, alpn: &[&[u8]]) -> Result<(Arc<ServerConfig>, String), String> {
         let provider = Arc::new(self.provider()?);
         let chain = load_certificates(&self.certfile, "--ssl-certfile")?;
+        let server_cert = pem_of(&chain[0]);
         let (key_path, key_option) = match &self.keyfile {
             Some(path) => (path.as_path(), "--ssl-keyfile"),
             // A PEM bundle with both, as gunicorn and uvicorn accept.
@@ -142,7 +163,7 @@ impl TlsSettings {
         config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
         // One TLS 1.3 ticket: resumption without a stateful cache per worker.
         config.send_tls13_tickets = 1;
-        Ok(Arc::new(config))
+        Ok((Arc::new(config), server_cert))
     }
 
     /// ring's provider, with only the suites `--ssl-ciphers` names.
