@@ -24,6 +24,7 @@ use crate::net::tls::{ClientCerts, MinVersion, TlsSettings};
 
 /// The largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
 const MAX_WINDOW: u32 = (1 << 31) - 1;
+use crate::net::proxy_protocol::ProxyProtocol;
 
 /// The longest `--static-max-age`: ten years (a year is the usual maximum).
 const MAX_STATIC_MAX_AGE: u64 = 10 * 365 * 24 * 3600;
@@ -94,9 +95,6 @@ const UNSUPPORTED: &[&str] = &[
     "--insecure-bind",
     "--quic-bind",
     "--server-name",
-    // Proxies.
-    "--proxy-protocol",
-    "--proxy-allow-from",
     // TLS.
     "--ssl-crl",
     "--suppress-ragged-eofs",
@@ -169,6 +167,8 @@ const RENAMED: &[(&str, &str)] = &[
     ("--verify-mode", "--ssl-cert-reqs"),
     ("--ssl-protocol-min", "--ssl-min-version"),
     ("--ssl-version", "--ssl-min-version"),
+    // gunicorn's peers allowed to send a PROXY header.
+    ("--proxy-allow-from", "--forwarded-allow-ips"),
 ];
 
 /// A duration as the command line writes it: seconds, fractions allowed.
@@ -552,6 +552,16 @@ struct Args {
           value_parser = MinVersion::parse, default_value = "1.2", requires = "ssl_certfile",
           help_heading = "TLS")]
     ssl_min_version: MinVersion,
+    /// Also believe X-Forwarded-Host, -Port and -Prefix: the host, port and path
+    /// prefix the client used (instead of Django's USE_X_FORWARDED_HOST and _PORT).
+    #[arg(long, env = "RSASGI_FORWARDED_HOST_HEADERS", help_heading = "Proxy")]
+    forwarded_host_headers: bool,
+
+    /// Every connection opens with a PROXY protocol header (HAProxy send-proxy,
+    /// AWS NLB), v1 or v2 (either is accepted); believed from --forwarded-allow-ips peers.
+    #[arg(long, env = "RSASGI_PROXY_PROTOCOL", value_name = "VERSION", value_enum,
+          default_value_t = ProxyProtocol::Off, help_heading = "Proxy")]
+    proxy_protocol: ProxyProtocol,
 
     /// Serve the files in DIR under the URL prefix, e.g. /static=/srv/app/static
     /// (repeatable). Missing files and other methods than GET/HEAD go to the app.
@@ -740,6 +750,13 @@ where
         Some(trusted) => trusted,
         None => forwarded_allow_ips(&mut command)?,
     };
+    let proxy_headers = args.proxy_headers && !args.no_proxy_headers;
+    if args.forwarded_host_headers && !proxy_headers {
+        return Err(command.error(
+            ErrorKind::ArgumentConflict,
+            "--forwarded-host-headers needs the proxy headers, which --no-proxy-headers turns off",
+        ));
+    }
     let workers = match args.workers {
         Some(workers) => Some(workers),
         None => web_concurrency(&mut command)?,
@@ -781,7 +798,6 @@ where
         log_level: args.log_level,
         access_log: args.access_log && !args.no_access_log,
         server_header: args.server_header && !args.no_server_header,
-        proxy: (args.proxy_headers && !args.no_proxy_headers).then_some(trusted),
         http: args.http,
         http2: Http2Settings {
             max_concurrent_streams: args.http2_max_concurrent_streams,
@@ -798,6 +814,9 @@ where
             ciphers: args.ssl_ciphers,
             min_version: args.ssl_min_version,
         }),
+        proxy_protocol: (args.proxy_protocol != ProxyProtocol::Off).then(|| trusted.clone()),
+        proxy: proxy_headers.then_some(trusted),
+        forwarded_host_headers: args.forwarded_host_headers,
         static_files: (!args.static_map.is_empty()).then(|| StaticSettings {
             mounts: args.static_map,
             max_age: Duration::from_secs(args.static_max_age),
@@ -1136,7 +1155,7 @@ mod tests {
                 "{args:?}"
             );
         }
-        for option in ["--reload-engine", "--proxy-protocol", "--paste", "-k"] {
+        for option in ["--reload-engine", "--preload", "--paste", "-k"] {
             assert_eq!(
                 error_line(&[option]),
                 format!(
@@ -1207,6 +1226,39 @@ mod tests {
         assert_eq!(
             error_line(&["--no-ws"]),
             "rsasgi: --no-ws is --ws none in rsasgi (see 'rsasgi --help')"
+        );
+    }
+
+    #[test]
+    fn proxy_protocol_and_host_headers_are_off_unless_asked_for() {
+        let config = parse(["rsasgi", "main:app"]).unwrap();
+        assert!(config.proxy_protocol.is_none() && !config.forwarded_host_headers);
+        let config = parse([
+            "rsasgi",
+            "main:app",
+            "--proxy-protocol",
+            "v2",
+            "--forwarded-allow-ips",
+            "10.0.0.0/8",
+            "--no-proxy-headers",
+        ])
+        .unwrap();
+        assert!(config.proxy.is_none(), "--no-proxy-headers");
+        assert_eq!(
+            config.proxy_protocol,
+            Some(TrustedProxies::parse("10.0.0.0/8").unwrap()),
+            "the PROXY header is believed from the same peers"
+        );
+        let config = parse(["rsasgi", "main:app", "--forwarded-host-headers"]).unwrap();
+        assert!(config.forwarded_host_headers && config.proxy.is_some());
+        assert_eq!(
+            error_line(&["--forwarded-host-headers", "--proxy-headers=false"]),
+            "rsasgi: --forwarded-host-headers needs the proxy headers, which --no-proxy-headers \
+             turns off (see 'rsasgi --help')"
+        );
+        assert_eq!(
+            error_line(&["--proxy-allow-from", "10.0.0.1"]),
+            "rsasgi: --proxy-allow-from is --forwarded-allow-ips in rsasgi (see 'rsasgi --help')"
         );
     }
 

@@ -352,6 +352,11 @@ pub(crate) struct Config {
     pub http2: Http2Settings,
     /// HTTPS: the certificate, key and client-certificate settings.
     pub tls: Option<crate::net::tls::TlsSettings>,
+    /// `--forwarded-host-headers`: believe X-Forwarded-Host, -Port and -Prefix too.
+    pub forwarded_host_headers: bool,
+    /// The peers whose PROXY protocol header is believed (`--forwarded-allow-ips`,
+    /// whatever `--proxy-headers` says); `None` with `--proxy-protocol off`.
+    pub proxy_protocol: Option<crate::http::proxy_headers::TrustedProxies>,
     /// `--static-map`: directories served without the app.
     pub static_files: Option<crate::http::static_files::StaticSettings>,
     pub date_header: bool,

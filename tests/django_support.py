@@ -67,6 +67,20 @@ async def countdown(request):
     return StreamingHttpResponse(lines(), content_type="text/plain")
 
 
+def where(request):
+    """What Django makes of the URL the client used: links and redirects are built from it."""
+    from django.urls import reverse
+
+    return JsonResponse(
+        {
+            "absolute": request.build_absolute_uri(),
+            "reverse": reverse("where"),
+            "host": request.get_host(),
+            "secure": request.is_secure(),
+        }
+    )
+
+
 def sync_countdown(request):
     import time
 
@@ -88,6 +102,7 @@ urlpatterns += [
     path("digest/", views.body_digest),
     path("countdown/", views.countdown),
     path("sync-countdown/", views.sync_countdown),
+    path("where/", views.where, name="where"),
 ]
 """
 

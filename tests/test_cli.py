@@ -272,7 +272,7 @@ def test_other_servers_values_are_accepted(run_rsasgi, args):
         (["--chdir", "/srv"], "--chdir"),
         (["--preload"], "--preload"),
         (["--reload-engine", "watchfiles"], "--reload-engine"),
-        (["--proxy-protocol", "v1"], "--proxy-protocol"),
+        (["--paste", "development.ini"], "--paste"),
         (["--static-path-mount", "/srv/static"], "--static-path-mount"),
         (["--worker-class=gthread"], "--worker-class"),
         (["-k", "uvicorn.workers.UvicornWorker"], "-k"),

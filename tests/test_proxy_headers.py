@@ -1,9 +1,11 @@
 """Proxy headers: a trusted proxy (by default, one on this host or on a Unix socket) tells the
 app who the client is and which scheme it used, through X-Forwarded-For, X-Forwarded-Proto or
-RFC 7239 Forwarded; anyone else's headers change nothing.
+RFC 7239 Forwarded, and with --forwarded-host-headers the host, port and path prefix it used,
+through X-Forwarded-Host, -Port and -Prefix; anyone else's headers change nothing.
 
 Apps: tests/apps/proto_scope.py (the ASGI scope as JSON), wsgi_env.py (the WSGI environ as
-JSON), ws_app.py (the WebSocket scope). Clients connect from 127.0.0.1.
+JSON), ws_app.py (the WebSocket scope), and the Django project of tests/django_support.py.
+Clients connect from 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import httpx
 import pytest
 from conftest import APPS, access_log, cli, wait_for_log
+from django_support import DJANGO_ENV, build_django_project
 from websockets.asyncio.client import connect
 
 FORWARDED_BY_NGINX = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
@@ -32,8 +35,8 @@ def header_values(scope: dict, name: bytes) -> list[bytes]:
     return [value for key, value in decoded if key == name]
 
 
-def environ_of(server, headers: dict) -> dict:
-    response = httpx.get(server.url + "/env", headers=headers, timeout=10)
+def environ_of(server, headers: dict, path: str = "/env") -> dict:
+    response = httpx.get(server.url + path, headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     return response.json()["environ"]
 
@@ -149,3 +152,163 @@ def test_a_bad_allow_list_is_a_usage_error(value):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "is not an IP address" in lines[0], result.stderr
+
+
+# ------------------------------------------------------------------- --forwarded-host-headers
+
+# What a proxy that serves https://shop.example:8443/shop/ sends, having stripped /shop.
+FORWARDED_URL = {
+    "X-Forwarded-For": "203.0.113.9",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "shop.example",
+    "X-Forwarded-Port": "8443",
+    "X-Forwarded-Prefix": "/shop",
+}
+
+
+def test_host_headers_are_ignored_by_default(run_rsasgi):
+    server = run_rsasgi("proto_scope:app")
+    scope = scope_of(server, FORWARDED_URL, "/cart")
+    assert scope["client"] == ["203.0.113.9", 0]
+    assert header_values(scope, b"host") == [f"127.0.0.1:{server.port}".encode()]
+    assert scope["server"] == ["127.0.0.1", server.port]
+    assert scope["root_path"] == ""
+    assert scope["path"] == "/cart"
+
+
+def test_asgi_scope_tells_the_url_the_client_used(run_rsasgi):
+    server = run_rsasgi("proto_scope:app", "--forwarded-host-headers")
+    scope = scope_of(server, FORWARDED_URL, "/cart?x=1")
+    assert scope["scheme"] == "https"
+    assert header_values(scope, b"host") == [b"shop.example:8443"]
+    assert scope["server"] == ["127.0.0.1", 8443]
+    # ASGI's path includes root_path.
+    assert scope["root_path"] == "/shop"
+    assert scope["path"] == "/shop/cart"
+    assert base64.b64decode(scope["raw_path"]["b64"]) == b"/shop/cart"
+    assert base64.b64decode(scope["query_string"]["b64"]) == b"x=1"
+
+
+def test_the_prefix_goes_in_front_of_root_path_and_is_not_doubled(run_rsasgi):
+    server = run_rsasgi("proto_scope:app", "--forwarded-host-headers", "--root-path", "/api")
+    scope = scope_of(server, {"X-Forwarded-Prefix": "/shop"}, "/cart")
+    assert scope["root_path"] == "/shop/api"
+    assert scope["path"] == "/shop/api/cart"
+    # A proxy that passed the prefix on rather than stripping it.
+    scope = scope_of(server, {"X-Forwarded-Prefix": "/shop"}, "/shop/cart")
+    assert scope["path"] == "/shop/api/cart"
+
+
+def test_wsgi_environ_tells_the_url_the_client_used(run_rsasgi):
+    server = run_rsasgi("wsgi_env:app", "--forwarded-host-headers")
+    environ = environ_of(server, FORWARDED_URL, "/cart")
+    assert environ["wsgi.url_scheme"] == "https"
+    assert environ["HTTP_HOST"] == "shop.example:8443"
+    assert environ["SERVER_PORT"] == "8443"
+    assert environ["SCRIPT_NAME"] == "/shop"
+    assert environ["PATH_INFO"] == "/cart"
+    # The port the scheme implies is not written into Host.
+    environ = environ_of(server, {**FORWARDED_URL, "X-Forwarded-Port": "443"}, "/shop/cart")
+    assert environ["HTTP_HOST"] == "shop.example"
+    assert environ["SERVER_PORT"] == "443"
+    assert environ["SCRIPT_NAME"] == "/shop"
+    assert environ["PATH_INFO"] == "/cart"
+
+
+def test_websocket_scope_gets_host_and_prefix(run_rsasgi):
+    server = run_rsasgi("ws_app:app", "--forwarded-host-headers")
+
+    async def client():
+        url = f"ws://127.0.0.1:{server.port}/scope/x"
+        async with connect(url, additional_headers=FORWARDED_URL, open_timeout=10) as ws:
+            return json.loads(await ws.recv())
+
+    scope = asyncio.run(asyncio.wait_for(client(), 30))
+    assert scope["scheme"] == "wss"
+    assert scope["root_path"] == "/shop"
+    assert scope["path"] == "/shop/scope/x"
+    assert ["host", "shop.example:8443"] in scope["headers"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-Host": "evil.example/path"},
+        {"X-Forwarded-Host": "user@evil.example"},
+        {"X-Forwarded-Host": "evil.example:port"},
+        {"X-Forwarded-Port": "http"},
+        {"X-Forwarded-Port": "99999"},
+        {"X-Forwarded-Prefix": "shop"},
+        {"X-Forwarded-Prefix": "/shop/../admin"},
+        {"X-Forwarded-Prefix": "//evil.example"},
+        {"X-Forwarded-Prefix": "/a\tb"},
+        {"X-Forwarded-Prefix": b"/caf\xe9"},
+    ],
+    ids=[
+        "host-path",
+        "host-userinfo",
+        "host-bad-port",
+        "port-word",
+        "port-too-big",
+        "prefix-relative",
+        "prefix-dotdot",
+        "prefix-protocol-relative",
+        "prefix-control",
+        "prefix-latin1",
+    ],
+)
+def test_malformed_host_headers_are_ignored(run_rsasgi, headers):
+    server = run_rsasgi("proto_scope:app", "--forwarded-host-headers")
+    scope = scope_of(server, headers, "/cart")
+    assert header_values(scope, b"host") == [f"127.0.0.1:{server.port}".encode()]
+    assert scope["server"] == ["127.0.0.1", server.port]
+    assert scope["root_path"] == ""
+    assert scope["path"] == "/cart"
+
+
+def test_host_headers_from_an_untrusted_peer_change_nothing(run_rsasgi):
+    server = run_rsasgi(
+        "proto_scope:app", "--forwarded-host-headers", "--forwarded-allow-ips", "10.0.0.1"
+    )
+    scope = scope_of(server, FORWARDED_URL, "/cart")
+    assert header_values(scope, b"host") == [f"127.0.0.1:{server.port}".encode()]
+    assert scope["server"] == ["127.0.0.1", server.port]
+    assert scope["root_path"] == ""
+
+
+def test_host_headers_need_the_proxy_headers():
+    result = cli(
+        "proto_scope:app",
+        "--app-dir",
+        str(APPS),
+        "--forwarded-host-headers",
+        "--no-proxy-headers",
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "rsasgi: --forwarded-host-headers needs the proxy headers, which --no-proxy-headers "
+        "turns off (see 'rsasgi --help')"
+    )
+
+
+@pytest.fixture(scope="module")
+def django_project(tmp_path_factory):
+    return build_django_project(tmp_path_factory)
+
+
+@pytest.mark.parametrize("handler", ["mysite.asgi:application", "mysite.wsgi:application"])
+def test_django_builds_links_to_the_url_the_client_used(run_rsasgi, django_project, handler):
+    """Without USE_X_FORWARDED_HOST or SECURE_PROXY_SSL_HEADER in its settings."""
+    server = run_rsasgi(
+        handler, "--app-dir", str(django_project), "--forwarded-host-headers", env=DJANGO_ENV
+    )
+    # DEBUG's ALLOWED_HOSTS takes *.localhost.
+    headers = {**FORWARDED_URL, "X-Forwarded-Host": "shop.localhost"}
+    response = httpx.get(server.url + "/where/?x=1", headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "absolute": "https://shop.localhost:8443/shop/where/?x=1",
+        "reverse": "/shop/where/",
+        "host": "shop.localhost:8443",
+        "secure": True,
+    }

@@ -1,5 +1,6 @@
 //! Building the `http` connection scope (ASGI 3, spec version 2.4).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use http::{Method, Version};
@@ -113,17 +114,27 @@ fn fill_request_keys<'py>(
 
     let raw_path = uri.path();
     let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
+    // A prefix a trusted proxy forwarded goes in front of --root-path; a
+    // path that still carries it has it taken off first, so that it is not
+    // there twice.
+    let (root_path, raw_path) = match &connection.forwarded_prefix {
+        None => (Cow::Borrowed(ctx.root_path.as_str()), raw_path),
+        Some(prefix) => (
+            Cow::Owned(format!("{}{}", prefix.as_str(), ctx.root_path)),
+            prefix.strip_from(raw_path),
+        ),
+    };
     let path = decode_path(raw_path);
-    if ctx.root_path.is_empty() {
+    if root_path.is_empty() {
         scope.set_item(intern!(py, "path"), path)?;
         scope.set_item(
             intern!(py, "raw_path"),
             PyBytes::new(py, raw_path.as_bytes()),
         )?;
     } else {
-        scope.set_item(intern!(py, "path"), format!("{}{}", ctx.root_path, path))?;
-        let mut full = Vec::with_capacity(ctx.root_path.len() + raw_path.len());
-        full.extend_from_slice(ctx.root_path.as_bytes());
+        scope.set_item(intern!(py, "path"), format!("{root_path}{path}"))?;
+        let mut full = Vec::with_capacity(root_path.len() + raw_path.len());
+        full.extend_from_slice(root_path.as_bytes());
         full.extend_from_slice(raw_path.as_bytes());
         scope.set_item(intern!(py, "raw_path"), PyBytes::new(py, &full))?;
     }
@@ -132,7 +143,7 @@ fn fill_request_keys<'py>(
         intern!(py, "query_string"),
         PyBytes::new(py, query.as_bytes()),
     )?;
-    scope.set_item(intern!(py, "root_path"), ctx.root_path.as_str())?;
+    scope.set_item(intern!(py, "root_path"), &*root_path)?;
 
     let list = PyList::empty(py);
     for (name, value) in headers {

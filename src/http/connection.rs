@@ -37,7 +37,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// request that is in the socket but not read yet (on a new connection, or
 /// the next one on a kept-alive connection); closing at once would drop it
 /// unanswered. Such a request is served, with `Connection: close`.
-const DRAIN_REQUEST_WAIT: Duration = Duration::from_millis(500);
+pub(super) const DRAIN_REQUEST_WAIT: Duration = Duration::from_millis(500);
 
 /// How often a draining connection looks for a request that started.
 const DRAIN_POLL: Duration = Duration::from_millis(5);

@@ -11,6 +11,14 @@
 //! may be forged. A value that does not parse ends the walk, and a request
 //! whose headers say nothing usable keeps the peer's address: proxy headers
 //! never fail a request.
+//!
+//! With `--forwarded-host-headers`, `X-Forwarded-Host`, `X-Forwarded-Port` and
+//! `X-Forwarded-Prefix` are believed too: the host, port and path prefix the
+//! client used, so the links and redirects the app builds point there. They
+//! are off by default because, unlike `X-Forwarded-For`, which a proxy
+//! appends to, these are only safe when the proxy sets them: one that passes a
+//! client's `X-Forwarded-Host` through would let it choose the host of a
+//! password-reset link (the reason Django's `USE_X_FORWARDED_HOST` is off).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
@@ -18,7 +26,7 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use crate::net::{ConnectionInfo, Scheme};
+use crate::net::{ConnectionInfo, ForwardedPrefix, Scheme, ServerAddr};
 
 /// The word `--forwarded-allow-ips` uses for peers on a Unix socket, which
 /// have no address (uWSGI and gunicorn trust them by default too).
@@ -30,6 +38,115 @@ pub(crate) const DEFAULT_FORWARDED_ALLOW_IPS: &str = "127.0.0.1,::1,unix";
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+
+/// The proxy headers a worker believes, and from whom.
+#[derive(Debug, Clone)]
+pub(crate) struct ProxyHeaders {
+    trusted: TrustedProxies,
+    /// `--forwarded-host-headers`: `X-Forwarded-Host`, `-Port` and `-Prefix`.
+    host_headers: bool,
+}
+
+impl ProxyHeaders {
+    pub(crate) fn new(trusted: TrustedProxies, host_headers: bool) -> ProxyHeaders {
+        ProxyHeaders {
+            trusted,
+            host_headers,
+        }
+    }
+
+    /// Applies what a trusted peer's headers say to `info` (the client, the
+    /// scheme, the server port and the path prefix) and to the request's
+    /// `Host`.
+    pub(crate) fn apply(&self, info: &mut ConnectionInfo, headers: &mut HeaderMap) {
+        // Most requests carry none: one pass over the names (no hashing)
+        // settles that before any lookup.
+        let mentioned = headers.keys().any(|name| {
+            let name = name.as_str();
+            name == "forwarded" || name.starts_with("x-forwarded-")
+        });
+        if !mentioned || !self.trusted.trusts(info.client.map(|client| client.ip())) {
+            return;
+        }
+        // `Forwarded` wins wherever it has a say: the client, the scheme and
+        // the host (with its port). It has no word for a prefix.
+        let (said, position) = match headers.get(&FORWARDED) {
+            Some(_) => (self.trusted.read_forwarded(headers), None),
+            None => {
+                let (said, position) = self.trusted.read_x_forwarded(headers);
+                (said, Some(position))
+            }
+        };
+        if let Some(client) = said.client {
+            info.client = Some(client);
+        }
+        if let Some(scheme) = said.scheme {
+            info.scheme = scheme;
+        }
+        let mut host = said.host;
+        if self.host_headers {
+            apply_host_headers(headers, position, info, &mut host);
+        }
+        if let Some(host) = host {
+            headers.insert(HOST, host);
+        }
+    }
+}
+
+/// `X-Forwarded-Host` and `X-Forwarded-Port` (unless `Forwarded` was read:
+/// `position` is `None` then) and `X-Forwarded-Prefix`, applied to `info`
+/// and to `host`, the `Host` the request will carry when it is `Some`.
+fn apply_host_headers(
+    headers: &HeaderMap,
+    position: Option<Position>,
+    info: &mut ConnectionInfo,
+    host: &mut Option<HeaderValue>,
+) {
+    if let Some(position) = position {
+        let forwarded_host = position.pick(headers, &X_FORWARDED_HOST);
+        if let Some(forwarded) = forwarded_host.and_then(parse_host) {
+            *host = Some(forwarded);
+        }
+        let forwarded_port = position.pick(headers, &X_FORWARDED_PORT);
+        if let Some(port) = forwarded_port.and_then(parse_port) {
+            // On a Unix socket the app reads the port from Host.
+            if let ServerAddr::Tcp(server) = &mut info.server {
+                server.set_port(port);
+            }
+            let current = host.take().or_else(|| headers.get(HOST).cloned());
+            *host = current.map(|current| with_port(current, port, info.scheme));
+        }
+    }
+    let prefix = position
+        .unwrap_or_default()
+        .pick(headers, &X_FORWARDED_PREFIX);
+    if let Some(prefix) = prefix.and_then(ForwardedPrefix::parse) {
+        info.forwarded_prefix = Some(prefix);
+    }
+}
+
+/// Where the client's entry sits in the `X-Forwarded-*` lists, which a chain
+/// of proxies extends hop by hop: a list as long as `X-Forwarded-For` is read
+/// at the client's index, any other (a proxy that sets rather than appends)
+/// at its last entry.
+#[derive(Debug, Clone, Copy, Default)]
+struct Position {
+    index: Option<usize>,
+    hops: usize,
+}
+
+impl Position {
+    fn pick<'a>(self, headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+        let values = list(headers, name);
+        match self.index {
+            Some(index) if values.len() == self.hops => values.get(index).copied(),
+            _ => values.last().copied(),
+        }
+    }
+}
 
 /// The peers whose proxy headers are believed (`--forwarded-allow-ips`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +190,7 @@ impl TrustedProxies {
     }
 
     /// Whether `peer` (`None`: a Unix-socket peer) is a trusted proxy.
-    fn trusts(&self, peer: Option<IpAddr>) -> bool {
+    pub(crate) fn trusts(&self, peer: Option<IpAddr>) -> bool {
         match peer {
             _ if self.any => true,
             None => self.unix,
@@ -86,56 +203,28 @@ impl TrustedProxies {
         }
     }
 
-    /// Applies what a trusted peer's headers say to `info` (the client and
-    /// the scheme) and to the request's `Host` (RFC 7239 `host=`).
-    pub(crate) fn apply(&self, info: &mut ConnectionInfo, headers: &mut HeaderMap) {
-        // Most requests carry none: one pass over the names (no hashing)
-        // settles that before any lookup.
-        let mentioned = headers.keys().any(|name| {
-            let name = name.as_str();
-            name == "forwarded" || name.starts_with("x-forwarded-")
-        });
-        if !mentioned || !self.trusts(info.client.map(|client| client.ip())) {
-            return;
-        }
-        let said = match headers.get(&FORWARDED) {
-            Some(_) => self.read_forwarded(headers),
-            None => self.read_x_forwarded(headers),
-        };
-        if let Some(client) = said.client {
-            info.client = Some(client);
-        }
-        if let Some(scheme) = said.scheme {
-            info.scheme = scheme;
-        }
-        if let Some(host) = said.host {
-            headers.insert(HOST, host);
-        }
-    }
-
-    /// `X-Forwarded-For` and `X-Forwarded-Proto`; a proto list as long as
-    /// the address list is read at the client's position, else its last value.
-    fn read_x_forwarded(&self, headers: &HeaderMap) -> Said {
+    /// `X-Forwarded-For` and `X-Forwarded-Proto`, and where the client's
+    /// entry is for the other `X-Forwarded-*` lists.
+    fn read_x_forwarded(&self, headers: &HeaderMap) -> (Said, Position) {
         let mut said = Said::default();
         let hops: Vec<&str> = list(headers, &X_FORWARDED_FOR);
-        let mut position = None;
+        let mut position = Position {
+            index: None,
+            hops: hops.len(),
+        };
         for (index, hop) in hops.iter().enumerate().rev() {
             let Some(address) = parse_node(hop) else {
                 break;
             };
-            position = Some(index);
+            position.index = Some(index);
             said.client = Some(address);
             if !self.trusts(Some(address.ip())) {
                 break;
             }
         }
-        let protos = list(headers, &X_FORWARDED_PROTO);
-        let proto = match position {
-            Some(index) if protos.len() == hops.len() => protos.get(index),
-            _ => protos.last(),
-        };
-        said.scheme = proto.and_then(|proto| parse_scheme(proto));
-        said
+        let proto = position.pick(headers, &X_FORWARDED_PROTO);
+        said.scheme = proto.and_then(parse_scheme);
+        (said, position)
     }
 
     /// RFC 7239 `Forwarded`: one element per hop, each `for=`, `proto=`,
@@ -275,6 +364,65 @@ fn parse_node(node: &str) -> Option<SocketAddr> {
         .map(|address| SocketAddr::new(IpAddr::V6(address).to_canonical(), 0))
 }
 
+/// An `X-Forwarded-Host` value as a `Host` header: `host` or `host:port`,
+/// the host a DNS name, an IPv4 address or a bracketed IPv6 one. Anything
+/// else (user info, a path, a bad port, spaces) is `None`.
+fn parse_host(raw: &str) -> Option<HeaderValue> {
+    let (host, port) = split_port(raw);
+    let host_ok = match host.strip_prefix('[') {
+        Some(inner) => inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<Ipv6Addr>().is_ok()),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        }
+    };
+    let port_ok = port.is_none_or(|port| parse_port(port).is_some());
+    if host_ok && port_ok {
+        HeaderValue::from_str(raw).ok()
+    } else {
+        None
+    }
+}
+
+/// `host` and the port after its last colon, unless that colon is inside an
+/// IPv6 literal's brackets.
+fn split_port(host: &str) -> (&str, Option<&str>) {
+    match host.rfind(':') {
+        Some(colon) if !host[colon..].contains(']') => (&host[..colon], Some(&host[colon + 1..])),
+        _ => (host, None),
+    }
+}
+
+/// A port number from 1 to 65535, digits only.
+fn parse_port(raw: &str) -> Option<u16> {
+    if raw.is_empty() || raw.len() > 5 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    raw.parse().ok().filter(|&port| port != 0)
+}
+
+/// `host` with `:port` added when it names no port and `port` is not the
+/// scheme's default, as a browser would write the URL (and Django's
+/// `get_host()` builds it from `SERVER_PORT`). A port `host` names is the one
+/// the client used, and stays.
+fn with_port(host: HeaderValue, port: u16, scheme: Scheme) -> HeaderValue {
+    let default = match scheme {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    };
+    let Ok(text) = host.to_str() else {
+        return host;
+    };
+    if port == default || split_port(text).1.is_some() {
+        return host;
+    }
+    HeaderValue::from_str(&format!("{text}:{port}")).unwrap_or(host)
+}
+
 fn parse_scheme(proto: &str) -> Option<Scheme> {
     match proto.trim().to_ascii_lowercase().as_str() {
         "https" | "wss" => Some(Scheme::Https),
@@ -286,8 +434,9 @@ fn parse_scheme(proto: &str) -> Option<Scheme> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::ServerAddr;
     use std::net::Ipv4Addr;
+    use std::path::Path;
+    use std::sync::Arc;
 
     /// The proxy's own address, which the client keeps when nothing is forwarded.
     const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50_000);
@@ -298,15 +447,11 @@ mod tests {
             client,
             server: ServerAddr::Tcp("127.0.0.1:8000".parse().unwrap()),
             tls: None,
+            forwarded_prefix: None,
         }
     }
 
-    fn applied(
-        trusted: &str,
-        client: Option<SocketAddr>,
-        headers: &[(&str, &str)],
-    ) -> (ConnectionInfo, HeaderMap) {
-        let trusted = TrustedProxies::parse(trusted).unwrap();
+    fn header_map(headers: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.append(
@@ -314,9 +459,46 @@ mod tests {
                 HeaderValue::from_str(value).unwrap(),
             );
         }
+        map
+    }
+
+    fn applied(
+        trusted: &str,
+        client: Option<SocketAddr>,
+        headers: &[(&str, &str)],
+    ) -> (ConnectionInfo, HeaderMap) {
+        let proxy = ProxyHeaders::new(TrustedProxies::parse(trusted).unwrap(), false);
+        let mut map = header_map(headers);
         let mut info = info(client);
-        trusted.apply(&mut info, &mut map);
+        proxy.apply(&mut info, &mut map);
         (info, map)
+    }
+
+    /// With `--forwarded-host-headers`, from a trusted local proxy.
+    fn applied_with_host_headers(headers: &[(&str, &str)]) -> (ConnectionInfo, HeaderMap) {
+        let trusted = TrustedProxies::parse("127.0.0.1,10.0.0.0/8").unwrap();
+        let proxy = ProxyHeaders::new(trusted, true);
+        let mut map = header_map(headers);
+        let mut info = info(Some(PEER));
+        proxy.apply(&mut info, &mut map);
+        (info, map)
+    }
+
+    fn host_of(map: &HeaderMap) -> &str {
+        map.get(HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn server_port(info: &ConnectionInfo) -> u16 {
+        match info.server {
+            ServerAddr::Tcp(addr) => addr.port(),
+            ServerAddr::Unix(_) => 0,
+        }
+    }
+
+    fn prefix_of(info: &ConnectionInfo) -> Option<&str> {
+        info.forwarded_prefix.as_ref().map(ForwardedPrefix::as_str)
     }
 
     fn client_of(info: &ConnectionInfo) -> String {
@@ -454,5 +636,171 @@ mod tests {
             Scheme::Https,
             "wss means a secure connection too"
         );
+    }
+
+    #[test]
+    fn host_headers_are_ignored_unless_asked_for() {
+        let headers = [
+            ("host", "127.0.0.1:8000"),
+            ("x-forwarded-host", "shop.example"),
+            ("x-forwarded-port", "8443"),
+            ("x-forwarded-prefix", "/shop"),
+        ];
+        let (untouched, map) = applied("127.0.0.1", Some(PEER), &headers);
+        assert_eq!(host_of(&map), "127.0.0.1:8000");
+        assert_eq!(server_port(&untouched), 8000);
+        assert_eq!(prefix_of(&untouched), None);
+        // Asked for, but from an untrusted peer.
+        let proxy = ProxyHeaders::new(TrustedProxies::parse("10.0.0.1").unwrap(), true);
+        let mut map = header_map(&headers);
+        let mut untrusted = info(Some(PEER));
+        proxy.apply(&mut untrusted, &mut map);
+        assert_eq!(host_of(&map), "127.0.0.1:8000");
+        assert_eq!(server_port(&untrusted), 8000);
+        assert_eq!(prefix_of(&untrusted), None);
+    }
+
+    #[test]
+    fn x_forwarded_host_port_and_prefix_tell_the_url_the_client_used() {
+        let (info, map) = applied_with_host_headers(&[
+            ("host", "127.0.0.1:8000"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example"),
+            ("x-forwarded-port", "8443"),
+            ("x-forwarded-prefix", "/shop/"),
+        ]);
+        assert_eq!(host_of(&map), "shop.example:8443");
+        assert_eq!(server_port(&info), 8443);
+        assert_eq!(prefix_of(&info), Some("/shop"));
+        assert_eq!(info.scheme, Scheme::Https);
+    }
+
+    #[test]
+    fn the_forwarded_port_joins_host_only_when_it_is_not_the_default() {
+        let port_and_host = |proto: &str, host: &str, port: &str| {
+            let (info, map) = applied_with_host_headers(&[
+                ("host", "127.0.0.1:8000"),
+                ("x-forwarded-proto", proto),
+                ("x-forwarded-host", host),
+                ("x-forwarded-port", port),
+            ]);
+            (server_port(&info), host_of(&map).to_string())
+        };
+        assert_eq!(
+            port_and_host("https", "shop.example", "443"),
+            (443, "shop.example".into())
+        );
+        assert_eq!(
+            port_and_host("http", "shop.example", "80"),
+            (80, "shop.example".into())
+        );
+        assert_eq!(
+            port_and_host("http", "shop.example", "443"),
+            (443, "shop.example:443".into())
+        );
+        // A port the host names is the one the client used.
+        assert_eq!(
+            port_and_host("https", "shop.example:9443", "443"),
+            (443, "shop.example:9443".into())
+        );
+        assert_eq!(
+            port_and_host("https", "[2001:db8::1]", "8443"),
+            (8443, "[2001:db8::1]:8443".into())
+        );
+        // Without X-Forwarded-Host the port joins the Host the proxy sent.
+        let (info, map) =
+            applied_with_host_headers(&[("host", "shop.example"), ("x-forwarded-port", "8080")]);
+        assert_eq!(
+            (server_port(&info), host_of(&map)),
+            (8080, "shop.example:8080")
+        );
+    }
+
+    #[test]
+    fn host_lists_align_with_the_address_list_or_take_the_last() {
+        let (_, map) = applied_with_host_headers(&[
+            ("x-forwarded-for", "203.0.113.9, 10.0.0.2"),
+            ("x-forwarded-proto", "https, http"),
+            ("x-forwarded-host", "shop.example, inner.internal"),
+            ("x-forwarded-port", "443, 8000"),
+        ]);
+        assert_eq!(host_of(&map), "shop.example");
+        let (info, map) = applied_with_host_headers(&[
+            ("x-forwarded-for", "203.0.113.9, 10.0.0.2"),
+            (
+                "x-forwarded-host",
+                "evil.example, shop.example, inner.internal",
+            ),
+            ("x-forwarded-port", "8443"),
+        ]);
+        assert_eq!(host_of(&map), "inner.internal:8443");
+        assert_eq!(server_port(&info), 8443);
+    }
+
+    #[test]
+    fn malformed_host_port_and_prefix_are_ignored() {
+        for host in [
+            "evil.example/path",
+            "user@evil.example",
+            "evil.example:http",
+            "evil.example:99999",
+            "evil.example:0",
+            "evil example",
+            "2001:db8::1",
+            "[2001:db8::zz]",
+            ":8000",
+            "",
+        ] {
+            let (_, map) = applied_with_host_headers(&[
+                ("host", "127.0.0.1:8000"),
+                ("x-forwarded-host", host),
+            ]);
+            assert_eq!(host_of(&map), "127.0.0.1:8000", "{host:?}");
+        }
+        for port in ["", "http", "-1", "0", "65536", "8443x", "+80", "123456"] {
+            let (info, map) =
+                applied_with_host_headers(&[("host", "shop.example"), ("x-forwarded-port", port)]);
+            assert_eq!(
+                (server_port(&info), host_of(&map)),
+                (8000, "shop.example"),
+                "{port:?}"
+            );
+        }
+        for prefix in [
+            "shop",
+            "/shop/../admin",
+            "//evil.example",
+            "/a\tb",
+            "/shop?next=x",
+        ] {
+            let (info, _) = applied_with_host_headers(&[("x-forwarded-prefix", prefix)]);
+            assert_eq!(prefix_of(&info), None, "{prefix:?}");
+        }
+    }
+
+    #[test]
+    fn forwarded_wins_for_the_host_and_the_prefix_still_applies() {
+        let (info, map) = applied_with_host_headers(&[
+            ("forwarded", "for=203.0.113.9;host=shop.example;proto=https"),
+            ("x-forwarded-host", "other.example"),
+            ("x-forwarded-port", "8443"),
+            ("x-forwarded-prefix", "/shop"),
+        ]);
+        assert_eq!(host_of(&map), "shop.example");
+        assert_eq!(server_port(&info), 8000);
+        assert_eq!(prefix_of(&info), Some("/shop"));
+    }
+
+    #[test]
+    fn on_a_unix_socket_the_forwarded_port_reaches_the_app_through_host() {
+        let proxy = ProxyHeaders::new(TrustedProxies::parse("unix").unwrap(), true);
+        let mut map = header_map(&[("host", "shop.example"), ("x-forwarded-port", "8080")]);
+        let mut info = ConnectionInfo {
+            server: ServerAddr::Unix(Arc::from(Path::new("/run/app.sock"))),
+            ..info(None)
+        };
+        proxy.apply(&mut info, &mut map);
+        assert_eq!(host_of(&map), "shop.example:8080");
+        assert!(matches!(info.server, ServerAddr::Unix(_)));
     }
 }

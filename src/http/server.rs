@@ -14,13 +14,14 @@ use tokio::sync::watch;
 
 use super::access_log;
 use super::connection::{self, Activity, Deadlines, OpenConnection, OpenConnections};
-use super::proxy_headers::TrustedProxies;
+use super::proxy_headers::{ProxyHeaders, TrustedProxies};
 use super::service::handle;
 use super::static_files::StaticFiles;
-use crate::net::tls::{TlsInfo, TlsServer};
 use crate::asgi::EventBridge;
 use crate::config::{Config, HttpEngine};
-use crate::net::{ConnectionInfo, Listener, Scheme, ServerAddr};
+use crate::net::proxy_protocol::{self, Refused};
+use crate::net::tls::{TlsInfo, TlsServer};
+use crate::net::{ConnectionInfo, Listener, Prefixed, Scheme, ServerAddr};
 use crate::supervisor::Slot;
 use crate::ws::{Registry, WsSettings};
 use crate::wsgi::Pool;
@@ -52,8 +53,11 @@ pub(crate) struct ServerState {
     /// The slot shared with the supervisor, which counts requests.
     pub slot: Option<Arc<Slot>>,
     pub timeout_request: Option<Duration>,
-    /// Whose proxy headers are believed (`None`: nobody's).
-    pub proxy: Option<TrustedProxies>,
+    /// Whose proxy headers are believed, and which (`None`: nobody's).
+    pub proxy: Option<ProxyHeaders>,
+    /// `--proxy-protocol`: whose PROXY header is believed (`None`: connections
+    /// carry none).
+    pub proxy_protocol: Option<TrustedProxies>,
     /// `--static-map`: files served without the app.
     pub static_files: Option<StaticFiles>,
     /// HTTPS, when a certificate is configured.
@@ -93,7 +97,11 @@ impl ServerState {
             websockets: Arc::new(Registry::default()),
             slot,
             timeout_request: config.timeout_request,
-            proxy: config.proxy.clone(),
+            proxy: config
+                .proxy
+                .clone()
+                .map(|trusted| ProxyHeaders::new(trusted, config.forwarded_host_headers)),
+            proxy_protocol: config.proxy_protocol.clone(),
             static_files,
             tls,
         })
@@ -153,6 +161,7 @@ impl Accept for tokio::net::TcpListener {
             scheme: Scheme::Http,
             client: Some(client),
             server: ServerAddr::Tcp(server),
+            forwarded_prefix: None,
             tls: None,
         };
         Ok((stream, info))
@@ -174,6 +183,7 @@ impl Accept for UnixAcceptor {
             scheme: Scheme::Http,
             client: None,
             server: ServerAddr::Unix(Arc::clone(&self.path)),
+            forwarded_prefix: None,
             tls: None,
         };
         Ok((stream, info))
@@ -227,24 +237,10 @@ struct ConnectionContext {
     state: Arc<ServerState>,
 }
 
-impl ConnectionContext {
-    /// What a connection task needs to serve after its TLS handshake.
-    fn for_handshake(&self) -> ConnectionContext {
-        ConnectionContext {
-            gate: None,
-            builder: self.builder.clone(),
-            deadlines: self.deadlines,
-            open: Arc::clone(&self.open),
-            draining: self.draining.clone(),
-            state: Arc::clone(&self.state),
-        }
-    }
-}
-
 /// Accepts connections until `shutdown` changes.
 async fn accept_loop<A: Accept>(
     listener: A,
-    context: &ConnectionContext,
+    context: &Arc<ConnectionContext>,
     shutdown: &mut watch::Receiver<Option<Duration>>,
 ) {
     let Some(gate) = &context.gate else {
@@ -294,7 +290,7 @@ pub(crate) async fn serve(
         }),
         _ => None,
     };
-    let context = ConnectionContext {
+    let context = Arc::new(ConnectionContext {
         gate,
         builder: connection_builder(&config),
         deadlines: Deadlines {
@@ -304,7 +300,7 @@ pub(crate) async fn serve(
         open: Arc::new(OpenConnections::default()),
         draining: shutdown.clone(),
         state: Arc::clone(&state),
-    };
+    });
     let accepting = listeners.into_iter().map(|listener| {
         let mut shutdown = shutdown.clone();
         let context = &context;
@@ -351,7 +347,7 @@ pub(crate) async fn serve(
 /// Runs the accept loop of one listening socket until `shutdown` changes.
 async fn accept_from(
     listener: Listener,
-    context: &ConnectionContext,
+    context: &Arc<ConnectionContext>,
     shutdown: &mut watch::Receiver<Option<Duration>>,
 ) {
     match listener {
@@ -384,66 +380,94 @@ async fn accept_failed(err: std::io::Error) {
     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
 }
 
-fn spawn_connection<I>(context: &ConnectionContext, io: I, info: ConnectionInfo)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    if context.state.tls.is_some() {
-        spawn_tls_connection(context, io, info);
-        return;
-    }
-    serve_connection(context, io, info, context.open.open());
-}
-
-/// Completes the TLS handshake (within `--timeout-request-header`, like a
-/// first request head), then serves the connection. A client that fails the
-/// handshake or never finishes it costs a debug line.
-fn spawn_tls_connection<I>(context: &ConnectionContext, io: I, mut info: ConnectionInfo)
+fn spawn_connection<I>(context: &Arc<ConnectionContext>, mut io: I, mut info: ConnectionInfo)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let open = context.open.open();
-    let limit = context.deadlines.request_header;
-    let context = context.for_handshake();
+    // Counts from accept: --timeout-request-header bounds a PROXY header and
+    // the first request head together.
+    let activity = Activity::new();
+    let state = &context.state;
+    if state.proxy_protocol.is_none() && state.tls.is_none() {
+        tokio::spawn(serve_connection(context, open, activity, io, info));
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + context.deadlines.request_header;
+    let context = Arc::clone(context);
     tokio::spawn(async move {
-        let Some(tls) = &context.state.tls else {
-            return;
+        if context.state.proxy_protocol.is_none() {
+            return serve_tls(&context, open, activity, io, info, deadline).await;
+        }
+        let (header, rest) = match read_proxy_header(&context, &mut io, deadline).await {
+            Ok(read) => read,
+            Err(why) => return refused_connection(&info, &why),
         };
-        let stream = match tokio::time::timeout(limit, tls.acceptor.accept(io)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => {
-                tracing::debug!(client = ?info.client, "TLS handshake failed: {err}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(
-                    client = ?info.client,
-                    "TLS handshake not done within --timeout-request-header {}s; closed",
-                    limit.as_secs_f64()
-                );
-                return;
-            }
-        };
-        info.scheme = Scheme::Https;
-        info.tls = Some(Arc::new(TlsInfo::of(
-            stream.get_ref().1,
-            Some(Arc::clone(&tls.server_cert)),
-        )));
-        serve_connection(&context, stream, info, open);
+        let peer = info.client.map(|client| client.ip());
+        match &context.state.proxy_protocol {
+            Some(trusted) if trusted.trusts(peer) => header.apply(&mut info),
+            _ => untrusted_proxy_header(&info),
+        }
+        // HAProxy sends its header before the TLS ClientHello.
+        let io = Prefixed::new(rest, io);
+        if context.state.tls.is_some() {
+            serve_tls(&context, open, activity, io, info, deadline).await;
+        } else {
+            serve_connection(&context, open, activity, io, info).await;
+        }
     });
 }
 
-/// Serves HTTP on an accepted (and, with TLS, handshaken) connection.
+/// Completes the TLS handshake (by `deadline`, which `--timeout-request-header`
+/// sets from accept, like a first request head), then serves the connection.
+/// A client that fails the handshake or never finishes it costs a debug line.
+async fn serve_tls<I>(
+    context: &ConnectionContext,
+    open: OpenConnection,
+    activity: Arc<Activity>,
+    io: I,
+    mut info: ConnectionInfo,
+    deadline: tokio::time::Instant,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = &context.state.tls else {
+        return serve_connection(context, open, activity, io, info).await;
+    };
+    let stream = match tokio::time::timeout_at(deadline, tls.acceptor.accept(io)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            tracing::debug!(client = ?info.client, "TLS handshake failed: {err}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                client = ?info.client,
+                "no TLS handshake within --timeout-request-header {}s; closed",
+                context.deadlines.request_header.as_secs_f64()
+            );
+            return;
+        }
+    };
+    info.scheme = Scheme::Https;
+    info.tls = Some(Arc::new(TlsInfo::of(
+        stream.get_ref().1,
+        Some(Arc::clone(&tls.server_cert)),
+    )));
+    serve_connection(context, open, activity, stream, info).await;
+}
+
+/// Hands `io` to hyper; the returned future serves it until it closes.
 fn serve_connection<I>(
     context: &ConnectionContext,
+    open: OpenConnection,
+    activity: Arc<Activity>,
     io: I,
     info: ConnectionInfo,
-    open: OpenConnection,
-)
+) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Activity::new();
     let service = {
         let state = Arc::clone(&context.state);
         let activity = Arc::clone(&activity);
@@ -458,7 +482,7 @@ where
         .into_owned();
     let deadlines = context.deadlines;
     let draining = context.draining.clone();
-    tokio::spawn(async move {
+    async move {
         let _open = open;
         let ended = connection::drive(
             connection,
@@ -471,5 +495,100 @@ where
         if let Some(Err(err)) = ended {
             tracing::debug!(client = ?info.client, "connection ended: {err}");
         }
-    });
+    }
+}
+
+/// Why a connection's PROXY header was not read: [`Refused`], or the two
+/// deadlines the server sets.
+enum NoHeader {
+    Refused(Refused),
+    /// None within `--timeout-request-header`.
+    TimedOut(Duration),
+    /// None by the time the server, shutting down, stopped waiting.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for NoHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoHeader::Refused(refused) => write!(f, "{refused}"),
+            NoHeader::TimedOut(limit) => write!(
+                f,
+                "no PROXY header within --timeout-request-header {}s",
+                limit.as_secs_f64()
+            ),
+            NoHeader::ShuttingDown => {
+                write!(f, "no PROXY header yet, and the server is shutting down")
+            }
+        }
+    }
+}
+
+/// Reads the PROXY header `io` begins with, by `deadline`; returns it and
+/// the bytes that followed it. The server shutting down waits for it as for
+/// a request not started yet (see `connection`), not for the whole deadline.
+async fn read_proxy_header<I>(
+    context: &ConnectionContext,
+    io: &mut I,
+    deadline: tokio::time::Instant,
+) -> Result<(proxy_protocol::ProxyHeader, bytes::Bytes), NoHeader>
+where
+    I: AsyncRead + Unpin,
+{
+    let mut draining = context.draining.clone();
+    let shutting_down = async move {
+        // An error means the worker is gone; nothing is left to wait for.
+        let _ = draining.wait_for(Option::is_some).await;
+        tokio::time::sleep(connection::DRAIN_REQUEST_WAIT).await;
+    };
+    tokio::select! {
+        read = tokio::time::timeout_at(deadline, proxy_protocol::read_header(io)) => match read {
+            Ok(header) => header.map_err(NoHeader::Refused),
+            Err(_elapsed) => Err(NoHeader::TimedOut(context.deadlines.request_header)),
+        },
+        _ = shutting_down => Err(NoHeader::ShuttingDown),
+    }
+}
+
+/// Set once a worker has warned that a connection sent no PROXY header, or
+/// a header from a peer not trusted: each such warning is a misconfiguration
+/// worth one line, and its repeats go to the debug log.
+static WARNED_NO_HEADER: AtomicBool = AtomicBool::new(false);
+static WARNED_UNTRUSTED: AtomicBool = AtomicBool::new(false);
+
+/// Logs a connection closed for want of a PROXY header. Bytes that are not
+/// one are worth a warning the first time (the proxy is likely not set to
+/// send it); a peer that closes or stays silent is what health checks and
+/// scanners do, and is logged at debug level only.
+fn refused_connection(info: &ConnectionInfo, why: &NoHeader) {
+    let peer = info.client_for_log();
+    match why {
+        NoHeader::Refused(Refused::Invalid(_))
+            if !WARNED_NO_HEADER.swap(true, Ordering::Relaxed) =>
+        {
+            tracing::warn!(
+                "Closed a connection from {peer}: {why} (--proxy-protocol is on: is the proxy \
+                 set to send one, as HAProxy's send-proxy or nginx's proxy_protocol do?); \
+                 further ones are logged at debug level"
+            );
+        }
+        _ => tracing::debug!("closing a connection from {peer}: {why}"),
+    }
+}
+
+/// Logs a PROXY header whose addresses are ignored because the peer that
+/// sent it is not in `--forwarded-allow-ips`.
+fn untrusted_proxy_header(info: &ConnectionInfo) {
+    let peer = info.client_for_log();
+    if WARNED_UNTRUSTED.swap(true, Ordering::Relaxed) {
+        tracing::debug!(
+            "ignoring the PROXY header of {peer}, which is not in --forwarded-allow-ips"
+        );
+    } else {
+        tracing::warn!(
+            "Ignoring the PROXY header of {peer}, which is not in --forwarded-allow-ips: its \
+             requests are served as coming from it (add the proxy's address to \
+             --forwarded-allow-ips); further ones are logged at debug level"
+        );
+    }
 }

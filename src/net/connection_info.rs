@@ -51,6 +51,45 @@ pub(crate) struct ConnectionInfo {
     pub server: ServerAddr,
     /// What TLS negotiated, on a TLS connection.
     pub tls: Option<Arc<TlsInfo>>,
+    /// The path prefix a trusted proxy says the app is mounted under
+    /// (`X-Forwarded-Prefix`); set per request, `None` for almost all.
+    pub forwarded_prefix: Option<ForwardedPrefix>,
+}
+
+/// A path prefix a trusted proxy says it removed before passing a request
+/// on (`X-Forwarded-Prefix`): `/` and plain path characters only, no empty,
+/// `.` or `..` segment, no trailing `/`. It goes in front of `--root-path`
+/// in the ASGI `root_path` and the WSGI `SCRIPT_NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ForwardedPrefix(Arc<str>);
+
+impl ForwardedPrefix {
+    /// `raw` as a prefix, or `None` when it is not a safe one: a value that
+    /// could climb out of the mount point (`..`), start a protocol-relative
+    /// URL (`//host`) in the links the app builds, or smuggle a query.
+    pub(crate) fn parse(raw: &str) -> Option<ForwardedPrefix> {
+        let prefix = raw.trim().trim_end_matches('/');
+        let plain = |c: char| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@".contains(c);
+        let safe = prefix.starts_with('/')
+            && prefix[1..]
+                .split('/')
+                .all(|segment| !matches!(segment, "" | "." | "..") && segment.chars().all(plain));
+        safe.then(|| ForwardedPrefix(Arc::from(prefix)))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `path` without the prefix when the proxy passed it on after all (it
+    /// starts with it, on a segment boundary), else `path` as it is: either
+    /// way of mounting an app then gives it the same path.
+    pub(crate) fn strip_from<'a>(&self, path: &'a str) -> &'a str {
+        match path.strip_prefix(self.as_str()) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
+            _ => path,
+        }
+    }
 }
 
 impl ConnectionInfo {
@@ -76,6 +115,7 @@ mod tests {
             client: Some("127.0.0.1:5000".parse().unwrap()),
             server: ServerAddr::Tcp("127.0.0.1:8000".parse().unwrap()),
             tls: None,
+            forwarded_prefix: None,
         };
         assert_eq!(tcp.client_for_log(), "127.0.0.1:5000");
         let unix = ConnectionInfo {
@@ -83,7 +123,45 @@ mod tests {
             client: None,
             server: ServerAddr::Unix(Arc::from(Path::new("/run/app.sock"))),
             tls: None,
+            forwarded_prefix: None,
         };
         assert_eq!(unix.client_for_log(), "unix:/run/app.sock");
+    }
+
+    #[test]
+    fn a_forwarded_prefix_is_a_plain_path() {
+        let prefix = |raw| ForwardedPrefix::parse(raw).map(|p| p.as_str().to_string());
+        assert_eq!(prefix("/shop").as_deref(), Some("/shop"));
+        assert_eq!(prefix(" /shop/v2/ ").as_deref(), Some("/shop/v2"));
+        assert_eq!(prefix("/a-b_c.d~e@f:1").as_deref(), Some("/a-b_c.d~e@f:1"));
+        for bad in [
+            "",
+            "/",
+            "shop",
+            "//evil.example",
+            "/shop//x",
+            "/shop/../admin",
+            "/..",
+            "/./x",
+            "/shop?x=1",
+            "/shop#x",
+            "/caf%C3%A9",
+            "/a b",
+            "/a\tb",
+            "/a\\b",
+            "/café",
+            "http://x/",
+        ] {
+            assert_eq!(prefix(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_forwarded_prefix_is_taken_off_a_path_that_still_has_it() {
+        let prefix = ForwardedPrefix::parse("/shop").unwrap();
+        assert_eq!(prefix.strip_from("/shop/cart"), "/cart");
+        assert_eq!(prefix.strip_from("/shop"), "");
+        assert_eq!(prefix.strip_from("/cart"), "/cart");
+        assert_eq!(prefix.strip_from("/shopping"), "/shopping");
     }
 }

@@ -1,13 +1,17 @@
 //! Listening sockets: TCP, Unix domain sockets, and inherited descriptors,
-//! and what the server knows of each accepted connection.
+//! what the server knows of each accepted connection, and the PROXY protocol
+//! header a load balancer may open it with.
 //!
 //! Sockets are bound on the Python thread before the reactor starts, so a
 //! taken port is reported as a startup error with a clear message.
 
 mod connection_info;
+mod prefixed;
+pub(crate) mod proxy_protocol;
 pub(crate) mod tls;
 
-pub(crate) use connection_info::{ConnectionInfo, Scheme, ServerAddr};
+pub(crate) use connection_info::{ConnectionInfo, ForwardedPrefix, Scheme, ServerAddr};
+pub(crate) use prefixed::Prefixed;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};

@@ -473,6 +473,7 @@ mod tests {
                 client: None,
                 server: ServerAddr::Tcp("127.0.0.1:80".parse().unwrap()),
                 tls: None,
+                forwarded_prefix: None,
             },
         ))
     }

@@ -127,9 +127,22 @@ pub(crate) fn build<'py>(
         other => PyString::new(py, other),
     };
     environ.set_item(intern!(py, "REQUEST_METHOD"), method)?;
-    environ.set_item(intern!(py, "SCRIPT_NAME"), ctx.script_name.as_str())?;
     let raw_path = exchange.uri.path();
     let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
+    let connection = &exchange.connection;
+    // As the ASGI scope's root_path: a prefix a trusted proxy forwarded
+    // goes in front of --root-path, and off a path that still carries it.
+    let raw_path = match &connection.forwarded_prefix {
+        None => {
+            environ.set_item(intern!(py, "SCRIPT_NAME"), ctx.script_name.as_str())?;
+            raw_path
+        }
+        Some(prefix) => {
+            let script_name = format!("{}{}", prefix.as_str(), ctx.script_name);
+            environ.set_item(intern!(py, "SCRIPT_NAME"), script_name)?;
+            prefix.strip_from(raw_path)
+        }
+    };
     let path: Vec<u8> = percent_decode(raw_path.as_bytes()).collect();
     let path = path_info(&path, ctx.script_name.as_bytes());
     environ.set_item(intern!(py, "PATH_INFO"), latin1(py, path))?;
@@ -140,7 +153,6 @@ pub(crate) fn build<'py>(
         other => PyString::new(py, protocol(other)),
     };
     environ.set_item(intern!(py, "SERVER_PROTOCOL"), protocol)?;
-    let connection = &exchange.connection;
     match &connection.server {
         ServerAddr::Tcp(addr) => {
             environ.set_item(intern!(py, "SERVER_NAME"), addr.ip().to_string())?;
