@@ -396,6 +396,14 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// The scheme the listeners serve, as the startup line shows them.
+    pub(crate) fn listening_scheme(&self) -> crate::net::Scheme {
+        match self.tls {
+            Some(_) => crate::net::Scheme::Https,
+            None => crate::net::Scheme::Http,
+        }
+    }
+
     /// The protocols TLS offers by ALPN, best first.
     pub(crate) fn alpn_protocols(&self) -> Vec<&'static [u8]> {
         let mut protocols = Vec::new();
