@@ -14,13 +14,14 @@ use tokio::sync::watch;
 
 use super::access_log;
 use super::connection::{self, Activity, Deadlines, OpenConnection, OpenConnections};
+use super::preface::{self, BadPreface};
 use super::proxy_headers::{ProxyHeaders, TrustedProxies};
 use super::service::handle;
 use super::static_files::StaticFiles;
 use crate::asgi::EventBridge;
 use crate::config::{Config, HttpEngine};
 use crate::net::proxy_protocol::{self, Refused};
-use crate::net::tls::{TlsInfo, TlsServer};
+use crate::net::tls::{TlsInfo, TlsServer, ALPN_H2};
 use crate::net::{ConnectionInfo, Listener, Prefixed, Scheme, ServerAddr};
 use crate::supervisor::Slot;
 use crate::ws::{Registry, WsSettings};
@@ -62,6 +63,8 @@ pub(crate) struct ServerState {
     pub static_files: Option<StaticFiles>,
     /// HTTPS, when a certificate is configured.
     pub tls: Option<TlsServer>,
+    /// `--http 2`: every connection must open with the HTTP/2 preface.
+    pub http2_only: bool,
 }
 
 impl ServerState {
@@ -104,6 +107,7 @@ impl ServerState {
             proxy_protocol: config.proxy_protocol.clone(),
             static_files,
             tls,
+            http2_only: config.http == HttpEngine::Http2,
         })
     }
 }
@@ -389,7 +393,8 @@ where
     // the first request head together.
     let activity = Activity::new();
     let state = &context.state;
-    if state.proxy_protocol.is_none() && state.tls.is_none() {
+    let http2_only = state.http2_only;
+    if state.proxy_protocol.is_none() && state.tls.is_none() && !http2_only {
         tokio::spawn(serve_connection(context, open, activity, io, info));
         return;
     }
@@ -410,11 +415,7 @@ where
         }
         // HAProxy sends its header before the TLS ClientHello.
         let io = Prefixed::new(rest, io);
-        if context.state.tls.is_some() {
-            serve_tls(&context, open, activity, io, info, deadline).await;
-        } else {
-            serve_connection(&context, open, activity, io, info).await;
-        }
+        serve_tls(&context, open, activity, io, info, deadline).await;
     });
 }
 
@@ -432,7 +433,7 @@ async fn serve_tls<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(tls) = &context.state.tls else {
-        return serve_connection(context, open, activity, io, info).await;
+        return serve_http2_checked(context, open, activity, io, info, deadline).await;
     };
     let stream = match tokio::time::timeout_at(deadline, tls.acceptor.accept(io)).await {
         Ok(Ok(stream)) => stream,
@@ -450,11 +451,50 @@ async fn serve_tls<I>(
         }
     };
     info.scheme = Scheme::Https;
+    let session = stream.get_ref().1;
+    let http2 = session.alpn_protocol() == Some(ALPN_H2);
     info.tls = Some(Arc::new(TlsInfo::of(
-        stream.get_ref().1,
+        session,
         Some(Arc::clone(&tls.server_cert)),
     )));
-    serve_connection(context, open, activity, stream, info).await;
+    if http2 {
+        serve_http2_checked(context, open, activity, stream, info, deadline).await;
+    } else {
+        serve_connection(context, open, activity, stream, info).await;
+    }
+}
+
+/// Serves a connection known to speak HTTP/2 (ALPN `h2`, or `--http 2`) once
+/// its preface has arrived (by `deadline`); a wrong one gets GOAWAY.
+async fn serve_http2_checked<I>(
+    context: &ConnectionContext,
+    open: OpenConnection,
+    activity: Arc<Activity>,
+    mut io: I,
+    info: ConnectionInfo,
+    deadline: tokio::time::Instant,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if !context.state.http2_only && info.tls.is_none() {
+        return serve_connection(context, open, activity, io, info).await;
+    }
+    match tokio::time::timeout_at(deadline, preface::check(&mut io)).await {
+        Ok(Ok(read)) => {
+            serve_connection(context, open, activity, Prefixed::new(read, io), info).await;
+        }
+        Ok(Err(BadPreface::Invalid)) => {
+            tracing::debug!(client = ?info.client, "not an HTTP/2 connection preface; sent GOAWAY");
+        }
+        Ok(Err(BadPreface::Closed)) => {
+            tracing::debug!(client = ?info.client, "closed before its HTTP/2 connection preface");
+        }
+        Err(_) => tracing::debug!(
+            client = ?info.client,
+            "no HTTP/2 connection preface within --timeout-request-header {}s; closed",
+            context.deadlines.request_header.as_secs_f64()
+        ),
+    }
 }
 
 /// Hands `io` to hyper; the returned future serves it until it closes.
