@@ -73,7 +73,10 @@ pub(crate) async fn handle(
         if let Some(slot) = &state.slot {
             slot.count_request();
         }
-        add_host_from_authority(&mut request);
+        if request.version() == Version::HTTP_2 {
+            add_host_from_authority(&mut request);
+            join_cookies(request.headers_mut());
+        }
         if let Some(trusted) = &state.proxy {
             trusted.apply(&mut info, request.headers_mut());
         }
@@ -511,7 +514,7 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u6
 /// keeps in the URI; ASGI apps (Django, Starlette) and WSGI's `HTTP_HOST`
 /// expect a `host` header, which the ASGI spec says servers should add.
 fn add_host_from_authority(request: &mut Request<Incoming>) {
-    if request.version() != Version::HTTP_2 || request.headers().contains_key(header::HOST) {
+    if request.headers().contains_key(header::HOST) {
         return;
     }
     let host = request
@@ -520,6 +523,26 @@ fn add_host_from_authority(request: &mut Request<Incoming>) {
         .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
     if let Some(host) = host {
         request.headers_mut().insert(header::HOST, host);
+    }
+}
+
+/// HTTP/2 clients may split the `cookie` header into one field per cookie
+/// (RFC 9113 §8.2.3, for better header compression); before an HTTP/1.1
+/// application sees them they are joined with "; ", as that section says.
+/// Django and Flask read one cookie header (and WSGI would otherwise join
+/// them with ", ", which breaks cookie parsing).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for cookie in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
     }
 }
 
@@ -652,5 +675,23 @@ impl ServerState {
         for (name, value) in self.extra_headers.iter() {
             headers.append(name.clone(), value.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut headers = http::HeaderMap::new();
+        super::join_cookies(&mut headers);
+        assert!(headers.is_empty());
+        headers.append(http::header::COOKIE, "a=1".parse().unwrap());
+        super::join_cookies(&mut headers);
+        assert_eq!(headers[http::header::COOKIE], "a=1");
+        headers.append(http::header::COOKIE, "b=2".parse().unwrap());
+        headers.append(http::header::COOKIE, "c=3".parse().unwrap());
+        super::join_cookies(&mut headers);
+        let all: Vec<_> = headers.get_all(http::header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
     }
 }
