@@ -131,6 +131,8 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(config.http2_keep_alive_interval)
         .keep_alive_timeout(config.http2_keep_alive_timeout)
         .max_concurrent_streams(http2.max_concurrent_streams)
+        // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
+        .enable_connect_protocol()
         .initial_stream_window_size(http2.initial_stream_window_size)
         .initial_connection_window_size(http2.initial_connection_window_size)
         .max_header_list_size(

@@ -119,7 +119,9 @@ pub(crate) async fn handle(
         }
 
         if let Some(settings) = &state.ws {
-            if ws::is_upgrade(request.method(), request.headers()) {
+            if ws::is_upgrade(request.method(), request.headers())
+                || ws::is_extended_connect(&request)
+            {
                 let log = pending();
                 let settings = settings.clone();
                 break 'respond open_websocket(request, info, Arc::clone(&state), settings, log)
@@ -362,7 +364,14 @@ async fn open_websocket(
     settings: WsSettings,
     log: Option<AccessRecord>,
 ) -> Response<ResponseBody> {
-    let accept = match ws::accept_key(request.headers()) {
+    // RFC 8441: over HTTP/2 there is no key to answer, and success is a 200.
+    let http2 = request.version() == Version::HTTP_2;
+    let accept = if http2 {
+        ws::check_version(request.headers()).map(|()| None)
+    } else {
+        ws::accept_key(request.headers()).map(Some)
+    };
+    let accept = match accept {
         Ok(accept) => accept,
         Err(BadHandshake::UnsupportedVersion) => {
             tracing::debug!(client = ?info.client, "426 Upgrade Required: websocket version is not 13");
@@ -411,14 +420,20 @@ async fn open_websocket(
                 let status = StatusCode::INTERNAL_SERVER_ERROR;
                 return state.error_response(status, log.map(|l| l.with_status(status)), true);
             };
-            let log = log.map(|l| l.with_status(StatusCode::SWITCHING_PROTOCOLS));
+            let status = match accept {
+                Some(_) => StatusCode::SWITCHING_PROTOCOLS,
+                None => StatusCode::OK,
+            };
+            let log = log.map(|l| l.with_status(status));
             let mut response = Response::new(ResponseBody::new(Source::Fixed(None), log));
-            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            *response.status_mut() = status;
             let response_headers = response.headers_mut();
             *response_headers = headers;
-            response_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            response_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-            response_headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            if let Some(accept) = accept {
+                response_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                response_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+                response_headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            }
             if let Some(protocol) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
                 response_headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
             }
