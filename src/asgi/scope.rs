@@ -228,6 +228,7 @@ fn http_extensions(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         let extensions = PyDict::new(py);
         extensions.set_item("http.response.pathsend", PyDict::new(py))?;
         extensions.set_item("http.response.zerocopy", PyDict::new(py))?;
+        extensions.set_item("http.response.trailers", PyDict::new(py))?;
         Ok(extensions.unbind())
     })?;
     template.bind(py).copy()
