@@ -485,7 +485,7 @@ struct Args {
           value_parser = TrustedProxies::parse, help_heading = "Proxy")]
     forwarded_allow_ips: Option<TrustedProxies>,
 
-    /// Serve HTTPS with this certificate (PEM; the chain after it). Alias: --certfile.
+    /// Serve HTTPS with this certificate (PEM; the chain after it).
     #[arg(
         long,
         visible_alias = "certfile",
@@ -496,7 +496,6 @@ struct Args {
     ssl_certfile: Option<PathBuf>,
 
     /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1) [default: in the certificate file].
-    /// Alias: --keyfile.
     #[arg(
         long,
         visible_alias = "keyfile",
@@ -614,25 +613,25 @@ struct Args {
     /// Streams one HTTP/2 connection may have open at once.
     #[arg(long, env = "RSASGI_HTTP2_MAX_CONCURRENT_STREAMS", value_name = "N",
           default_value_t = config::DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
-          value_parser = |raw: &str| parse_count(raw, 1, u32::MAX), help_heading = "HTTP")]
+          value_parser = |raw: &str| parse_count(raw, 1, u32::MAX), help_heading = "HTTP/2")]
     http2_max_concurrent_streams: u32,
 
     /// HTTP/2 flow-control window of each stream, in bytes.
     #[arg(long, env = "RSASGI_HTTP2_INITIAL_STREAM_WINDOW_SIZE", value_name = "BYTES",
           default_value_t = config::DEFAULT_HTTP2_STREAM_WINDOW,
-          value_parser = |raw: &str| parse_count(raw, 65_535, MAX_WINDOW), help_heading = "HTTP")]
+          value_parser = |raw: &str| parse_count(raw, 65_535, MAX_WINDOW), help_heading = "HTTP/2")]
     http2_initial_stream_window_size: u32,
 
     /// HTTP/2 flow-control window of each connection, in bytes.
     #[arg(long, env = "RSASGI_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE", value_name = "BYTES",
           default_value_t = config::DEFAULT_HTTP2_CONNECTION_WINDOW,
-          value_parser = |raw: &str| parse_count(raw, 65_535, MAX_WINDOW), help_heading = "HTTP")]
+          value_parser = |raw: &str| parse_count(raw, 65_535, MAX_WINDOW), help_heading = "HTTP/2")]
     http2_initial_connection_window_size: u32,
 
     /// Largest HTTP/2 header block, decoded, in bytes [default: --limit-request-head].
     #[arg(long, visible_alias = "http2-max-headers-size",
           env = "RSASGI_HTTP2_MAX_HEADER_LIST_SIZE", value_name = "BYTES",
-          value_parser = |raw: &str| parse_count(raw, 1024, u32::MAX), help_heading = "HTTP")]
+          value_parser = |raw: &str| parse_count(raw, 1024, u32::MAX), help_heading = "HTTP/2")]
     http2_max_header_list_size: Option<u32>,
 
     /// Close idle keep-alive connections after this many seconds.

@@ -616,11 +616,6 @@ def served_http2(tls: ssl.SSLSocket) -> bool:
         tls.sendall(connection.data_to_send())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--http 1 only narrows ALPN: hyper-util's auto builder ignores http1_only() under "
-    "serve_connection_with_upgrades, so an HTTP/2 preface is served as HTTP/2",
-)
 @pytest.mark.parametrize("alpn", [None, ["http/1.1"]], ids=["no-alpn", "alpn-http1.1"])
 def test_http_1_never_serves_http2(serve_tls, pki, alpn):
     """--http 1 serves HTTP/1.1 only: not to a client that did not use ALPN, nor to one that
@@ -630,11 +625,6 @@ def test_http_1_never_serves_http2(serve_tls, pki, alpn):
         assert not served_http2(tls)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--http 2 over TLS checks the HTTP/2 preface only after ALPN h2: a client without "
-    "ALPN is served HTTP/1.1 (200)",
-)
 def test_http_2_answers_http11_without_alpn_with_goaway(serve_tls, pki):
     """--http 2 serves HTTP/2 only: a client that did not use ALPN is taken to speak HTTP/2
     by prior knowledge, and an HTTP/1.1 request is a wrong preface, as in cleartext."""
@@ -1089,3 +1079,17 @@ def test_django_knows_the_request_is_secure(serve_tls, pki, django_project, app)
     where = response.json()
     assert where["secure"] is True
     assert where["absolute"] == f"https://127.0.0.1:{server.port}/where/"
+
+
+def test_http_1_in_cleartext_never_serves_http2(run_rsasgi):
+    """Without TLS too, --http 1 does not take up an HTTP/2 preface: hyper's HTTP/1 server
+    closes the connection (no SETTINGS frame comes back), and the next client is served."""
+    server = run_rsasgi("proto_scope:app", "--http", "1")
+    with server.connect() as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9))
+        sock.settimeout(10)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 "), answer[:80]
+    assert httpx.get(server.url + "/", timeout=10).status_code == 200

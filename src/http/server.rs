@@ -5,10 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::{HeaderName, HeaderValue};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -21,7 +24,7 @@ use super::static_files::StaticFiles;
 use crate::asgi::EventBridge;
 use crate::config::{Config, HttpEngine};
 use crate::net::proxy_protocol::{self, Refused};
-use crate::net::tls::{TlsInfo, TlsServer, ALPN_H2};
+use crate::net::tls::{TlsInfo, TlsServer, ALPN_H2, ALPN_HTTP11};
 use crate::net::{ConnectionInfo, Listener, Prefixed, Scheme, ServerAddr};
 use crate::supervisor::Slot;
 use crate::ws::{Registry, WsSettings};
@@ -63,8 +66,8 @@ pub(crate) struct ServerState {
     pub static_files: Option<StaticFiles>,
     /// HTTPS, when a certificate is configured.
     pub tls: Option<TlsServer>,
-    /// `--http 2`: every connection must open with the HTTP/2 preface.
-    pub http2_only: bool,
+    /// `--http`: the HTTP versions served.
+    pub http: HttpEngine,
 }
 
 impl ServerState {
@@ -107,7 +110,7 @@ impl ServerState {
             proxy_protocol: config.proxy_protocol.clone(),
             static_files,
             tls,
-            http2_only: config.http == HttpEngine::Http2,
+            http: config.http,
         })
     }
 }
@@ -140,12 +143,44 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
                 .max_header_list_size
                 .unwrap_or(u32::try_from(config.limit_request_head).unwrap_or(u32::MAX)),
         );
-    match config.http {
-        HttpEngine::Http1 => builder = builder.http1_only(),
-        HttpEngine::Http2 => builder = builder.http2_only(),
-        _ => {}
-    }
     builder
+}
+
+/// hyper's HTTP/1 server alone, configured as the auto builder's, for
+/// connections that must not be served HTTP/2 (`--http 1`, or ALPN
+/// `http/1.1`): the auto builder would answer an HTTP/2 preface.
+fn http1_builder(config: &Config) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(config.timeout_keep_alive.max(config.timeout_request_header))
+        .max_buf_size(config.limit_request_head)
+        .auto_date_header(config.date_header);
+    builder
+}
+
+/// Which HTTP a connection is served with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// HTTP/1.1, or HTTP/2 when the connection opens with its preface.
+    Either,
+    Http1,
+    /// HTTP/2, its preface checked first.
+    Http2,
+}
+
+impl Served {
+    /// What `--http` allows, narrowed by what ALPN agreed, if anything.
+    fn choose(http: HttpEngine, alpn: Option<&[u8]>) -> Served {
+        match alpn {
+            Some(ALPN_H2) => Served::Http2,
+            Some(ALPN_HTTP11) => Served::Http1,
+            _ if !http.serves_http2() => Served::Http1,
+            _ if !http.serves_http1() => Served::Http2,
+            _ => Served::Either,
+        }
+    }
 }
 
 /// A listening socket the accept loop can take connections from.
@@ -241,6 +276,8 @@ struct ConnectionContext {
     open: Arc<OpenConnections>,
     draining: watch::Receiver<Option<Duration>>,
     state: Arc<ServerState>,
+    /// For connections served HTTP/1.1 only.
+    http1: http1::Builder,
 }
 
 /// Accepts connections until `shutdown` changes.
@@ -299,6 +336,7 @@ pub(crate) async fn serve(
     let context = Arc::new(ConnectionContext {
         gate,
         builder: connection_builder(&config),
+        http1: http1_builder(&config),
         deadlines: Deadlines {
             request_header: config.timeout_request_header,
             keep_alive: config.timeout_keep_alive,
@@ -395,9 +433,9 @@ where
     // the first request head together.
     let activity = Activity::new();
     let state = &context.state;
-    let http2_only = state.http2_only;
-    if state.proxy_protocol.is_none() && state.tls.is_none() && !http2_only {
-        tokio::spawn(serve_connection(context, open, activity, io, info));
+    let served = Served::choose(state.http, None);
+    if state.proxy_protocol.is_none() && state.tls.is_none() && served != Served::Http2 {
+        tokio::spawn(serve_connection(context, open, activity, io, info, served));
         return;
     }
     let deadline = tokio::time::Instant::now() + context.deadlines.request_header;
@@ -435,7 +473,8 @@ async fn serve_tls<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(tls) = &context.state.tls else {
-        return serve_http2_checked(context, open, activity, io, info, deadline).await;
+        let served = Served::choose(context.state.http, None);
+        return serve_as(context, open, activity, io, info, deadline, served).await;
     };
     let stream = match tokio::time::timeout_at(deadline, tls.acceptor.accept(io)).await {
         Ok(Ok(stream)) => stream,
@@ -454,36 +493,36 @@ async fn serve_tls<I>(
     };
     info.scheme = Scheme::Https;
     let session = stream.get_ref().1;
-    let http2 = session.alpn_protocol() == Some(ALPN_H2);
+    let served = Served::choose(context.state.http, session.alpn_protocol());
     info.tls = Some(Arc::new(TlsInfo::of(
         session,
         Some(Arc::clone(&tls.server_cert)),
     )));
-    if http2 {
-        serve_http2_checked(context, open, activity, stream, info, deadline).await;
-    } else {
-        serve_connection(context, open, activity, stream, info).await;
-    }
+    serve_as(context, open, activity, stream, info, deadline, served).await;
 }
 
-/// Serves a connection known to speak HTTP/2 (ALPN `h2`, or `--http 2`) once
-/// its preface has arrived (by `deadline`); a wrong one gets GOAWAY.
-async fn serve_http2_checked<I>(
+/// Serves a connection as `served` says. One that must speak HTTP/2 (ALPN
+/// `h2`, or `--http 2`) is served once its preface has arrived (by
+/// `deadline`); a wrong one gets GOAWAY(PROTOCOL_ERROR), as RFC 9113 §3.4
+/// asks and hyper's HTTP/2 server does not do.
+async fn serve_as<I>(
     context: &ConnectionContext,
     open: OpenConnection,
     activity: Arc<Activity>,
     mut io: I,
     info: ConnectionInfo,
     deadline: tokio::time::Instant,
+    served: Served,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if !context.state.http2_only && info.tls.is_none() {
-        return serve_connection(context, open, activity, io, info).await;
+    if served != Served::Http2 {
+        return serve_connection(context, open, activity, io, info, served).await;
     }
     match tokio::time::timeout_at(deadline, preface::check(&mut io)).await {
         Ok(Ok(read)) => {
-            serve_connection(context, open, activity, Prefixed::new(read, io), info).await;
+            let io = Prefixed::new(read, io);
+            serve_connection(context, open, activity, io, info, served).await;
         }
         Ok(Err(BadPreface::Invalid)) => {
             tracing::debug!(client = ?info.client, "not an HTTP/2 connection preface; sent GOAWAY");
@@ -506,6 +545,7 @@ fn serve_connection<I>(
     activity: Arc<Activity>,
     io: I,
     info: ConnectionInfo,
+    served: Served,
 ) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -518,23 +558,41 @@ where
             handle(request, info.clone(), Arc::clone(&state), activity.begin())
         })
     };
-    let connection = context
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
     let deadlines = context.deadlines;
     let draining = context.draining.clone();
+    let driven = if served == Served::Http1 {
+        let connection = context
+            .http1
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        Either::Left(async move {
+            let graceful = |connection: Pin<&mut _>| {
+                hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(connection)
+            };
+            connection::drive(connection, graceful, activity, deadlines, draining)
+                .await
+                .map(|ended| ended.map_err(|err| err.to_string()))
+        })
+    } else {
+        let connection = context
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        Either::Right(async move {
+            connection::drive(
+                connection,
+                |connection| connection.graceful_shutdown(),
+                activity,
+                deadlines,
+                draining,
+            )
+            .await
+            .map(|ended| ended.map_err(|err| err.to_string()))
+        })
+    };
     async move {
         let _open = open;
-        let ended = connection::drive(
-            connection,
-            |connection| connection.graceful_shutdown(),
-            activity,
-            deadlines,
-            draining,
-        )
-        .await;
-        if let Some(Err(err)) = ended {
+        if let Some(Err(err)) = driven.await {
             tracing::debug!(client = ?info.client, "connection ended: {err}");
         }
     }
