@@ -22,8 +22,7 @@ What the defences are, where they live:
 Not held yet, each an xfail with its reason: app tasks of reset streams run on outside
 every limit (paced rapid reset); a peer that answers PINGs but never opens its window, or
 never finishes its request body, holds its connection for good; `--timeout-request` does
-not cut a response stalled on flow control; a body cut short with NO_ERROR reaches the app
-as complete.
+not cut a response stalled on flow control.
 """
 
 from __future__ import annotations
@@ -701,28 +700,17 @@ def leave_the_pings_unanswered(client: RawClient) -> None:
     """Nothing more: the client never reads, so the keep-alive PING closes the connection."""
 
 
-NO_ERROR_IS_AN_END = (
-    "hyper ends an HTTP/2 request body cleanly (poll_frame -> None) when the stream dies "
-    "with NO_ERROR, as a client's RST_STREAM(NO_ERROR) and hyper's own keep-alive shutdown "
-    "(abrupt_shutdown(NO_ERROR)) make it; rsasgi's pump_body then hands the app the "
-    "truncated body as complete (more_body false) instead of http.disconnect"
-)
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "end",
     [
         cancel_the_stream,
         close_the_socket,
-        pytest.param(
-            reset_the_stream_with_no_error,
-            marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=NO_ERROR_IS_AN_END),
-        ),
-        pytest.param(
-            leave_the_pings_unanswered,
-            marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=NO_ERROR_IS_AN_END),
-        ),
+        # hyper ends the body with None whether END_STREAM arrived or the stream was
+        # reset with NO_ERROR (by the client, or by hyper's keep-alive shutdown);
+        # pump_body tells them apart with is_end_stream().
+        reset_the_stream_with_no_error,
+        leave_the_pings_unanswered,
     ],
 )
 def test_a_body_that_never_ends_is_a_disconnect_for_the_app(run_rsasgi, end):

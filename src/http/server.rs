@@ -134,6 +134,13 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(config.http2_keep_alive_interval)
         .keep_alive_timeout(config.http2_keep_alive_timeout)
         .max_concurrent_streams(http2.max_concurrent_streams)
+        // hyper's defaults, pinned so an upgrade cannot loosen them: streams a
+        // peer may reset before they are served (rapid reset, CVE-2023-44487),
+        // streams it may make us reset ("MadeYouReset", CVE-2025-8671), and
+        // the bytes buffered per stream for a peer that does not read.
+        .max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_ACCEPT_RESETS))
+        .max_local_error_reset_streams(Some(HTTP2_MAX_LOCAL_ERROR_RESETS))
+        .max_send_buf_size(HTTP2_MAX_SEND_BUFFER)
         // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
         .enable_connect_protocol()
         .initial_stream_window_size(http2.initial_stream_window_size)
@@ -145,6 +152,15 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         );
     builder
 }
+
+/// Streams an HTTP/2 peer may open and reset before they are served; past it
+/// the connection is closed with ENHANCE_YOUR_CALM.
+const HTTP2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the server may reset for a peer's errors before it closes the
+/// connection.
+const HTTP2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Bytes buffered per HTTP/2 stream for a peer that is not reading.
+const HTTP2_MAX_SEND_BUFFER: usize = 400 * 1024;
 
 /// hyper's HTTP/1 server alone, configured as the auto builder's, for
 /// connections that must not be served HTTP/2 (`--http 1`, or ALPN

@@ -185,7 +185,8 @@ pub(crate) async fn handle(
                 // with 100-continue, wait until the app asks for it.
                 exchange.want_body();
             }
-            tokio::spawn(pump_body(body, Arc::clone(&exchange), body_limit));
+            let http2 = head.version == Version::HTTP_2;
+            tokio::spawn(pump_body(body, Arc::clone(&exchange), body_limit, http2));
         }
         let is_head = head.method == Method::HEAD;
         let http10 = Http10::of(head.version, &head.headers);
@@ -472,7 +473,7 @@ async fn open_websocket(
 
 /// Reads the request body into the exchange as the app consumes it, never
 /// more than a high-water mark ahead.
-async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u64>) {
+async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u64>, http2: bool) {
     let mut received: u64 = 0;
     let mut drained: u64 = 0;
     loop {
@@ -481,6 +482,17 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u6
             return;
         }
         match body.frame().await {
+            // hyper ends an HTTP/2 body the same way when the stream is reset
+            // with NO_ERROR (by the client, or by hyper's own shutdown) as
+            // when END_STREAM arrives; only the latter is the whole body.
+            None if http2 && !body.is_end_stream() => {
+                tracing::debug!(
+                    "the stream of {} ended before its body did",
+                    exchange.request_line()
+                );
+                exchange.close();
+                return;
+            }
             None => {
                 exchange.push_body(Bytes::new(), true);
                 return;
