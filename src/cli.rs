@@ -15,11 +15,15 @@ use http::header::{HeaderName, HeaderValue};
 
 use crate::config::{
     self, parse_app, parse_count, parse_header, parse_mode, parse_positive_seconds,
-    parse_root_path, parse_seconds, Bind, Config, EventLoop, HttpEngine, Interface, Lifespan,
-    LogLevel, Supervision, Workers, WsMode,
+    parse_root_path, parse_seconds, Bind, Config, EventLoop, Http2Settings, HttpEngine, Interface,
+    Lifespan, LogLevel, Supervision, Workers, WsMode,
 };
 use crate::http::proxy_headers::{self, TrustedProxies};
 use crate::http::static_files::{StaticMount, StaticSettings};
+use crate::net::tls::{ClientCerts, MinVersion, TlsSettings};
+
+/// The largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
+const MAX_WINDOW: u32 = (1 << 31) - 1;
 use crate::net::proxy_protocol::ProxyProtocol;
 
 /// The longest `--static-max-age`: ten years (a year is the usual maximum).
@@ -92,25 +96,7 @@ const UNSUPPORTED: &[&str] = &[
     "--quic-bind",
     "--server-name",
     // TLS.
-    "--ssl-keyfile",
-    "--ssl-certfile",
-    "--ssl-keyfile-password",
-    "--ssl-version",
-    "--ssl-cert-reqs",
-    "--ssl-ca-certs",
-    "--ssl-ciphers",
-    "--ssl-certificate",
-    "--ssl-ca",
     "--ssl-crl",
-    "--ssl-client-verify",
-    "--ssl-protocol-min",
-    "--certfile",
-    "--keyfile",
-    "--keyfile-password",
-    "--ca-certs",
-    "--cert-reqs",
-    "--ciphers",
-    "--verify-mode",
     "--suppress-ragged-eofs",
     "--do-handshake-on-connect",
     // HTTP and WebSocket tuning.
@@ -126,11 +112,7 @@ const UNSUPPORTED: &[&str] = &[
     "--no-http1-keep-alive",
     "--http1-pipeline-flush",
     "--http2-adaptive-window",
-    "--http2-initial-connection-window-size",
-    "--http2-initial-stream-window-size",
-    "--http2-max-concurrent-streams",
     "--http2-max-frame-size",
-    "--http2-max-headers-size",
     "--http2-max-send-buffer-size",
     "--reset-contextvars",
     "--static-path-route",
@@ -179,6 +161,12 @@ const RENAMED: &[(&str, &str)] = &[
     ("--blocking-threads", "--threads"),
     ("--env-files", "--env-file"),
     ("--no-ws", "--ws none"),
+    ("--ssl-certificate", "--ssl-certfile"),
+    ("--ssl-ca", "--ssl-ca-certs"),
+    ("--ssl-client-verify", "--ssl-cert-reqs"),
+    ("--verify-mode", "--ssl-cert-reqs"),
+    ("--ssl-protocol-min", "--ssl-min-version"),
+    ("--ssl-version", "--ssl-min-version"),
     // gunicorn's peers allowed to send a PROXY header.
     ("--proxy-allow-from", "--forwarded-allow-ips"),
 ];
@@ -497,6 +485,72 @@ struct Args {
           value_parser = TrustedProxies::parse, help_heading = "Proxy")]
     forwarded_allow_ips: Option<TrustedProxies>,
 
+    /// Serve HTTPS with this certificate (PEM; the chain after it).
+    #[arg(
+        long,
+        visible_alias = "certfile",
+        env = "RSASGI_SSL_CERTFILE",
+        value_name = "FILE",
+        help_heading = "TLS"
+    )]
+    ssl_certfile: Option<PathBuf>,
+
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1) [default: in the certificate file].
+    #[arg(
+        long,
+        visible_alias = "keyfile",
+        env = "RSASGI_SSL_KEYFILE",
+        value_name = "FILE",
+        requires = "ssl_certfile",
+        help_heading = "TLS"
+    )]
+    ssl_keyfile: Option<PathBuf>,
+
+    /// The password of an encrypted (PKCS#8) key.
+    #[arg(
+        long,
+        visible_alias = "keyfile-password",
+        env = "RSASGI_SSL_KEYFILE_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true,
+        requires = "ssl_certfile",
+        help_heading = "TLS"
+    )]
+    ssl_keyfile_password: Option<String>,
+
+    /// CA certificates (PEM) that client certificates must chain to.
+    #[arg(
+        long,
+        visible_alias = "ca-certs",
+        env = "RSASGI_SSL_CA_CERTS",
+        value_name = "FILE",
+        requires = "ssl_certfile",
+        help_heading = "TLS"
+    )]
+    ssl_ca_certs: Option<PathBuf>,
+
+    /// Client certificates: none, optional or required (gunicorn: 0, 1, 2).
+    #[arg(long, visible_alias = "cert-reqs", env = "RSASGI_SSL_CERT_REQS", value_name = "WHICH",
+          value_parser = ClientCerts::parse, default_value = "none", requires = "ssl_certfile",
+          help_heading = "TLS")]
+    ssl_cert_reqs: ClientCerts,
+
+    /// Cipher suites to allow, by rustls name, separated by ':' [default: rustls's].
+    #[arg(
+        long,
+        visible_alias = "ciphers",
+        env = "RSASGI_SSL_CIPHERS",
+        value_name = "SUITES",
+        requires = "ssl_certfile",
+        help_heading = "TLS"
+    )]
+    ssl_ciphers: Option<String>,
+
+    /// Oldest TLS version accepted: 1.2 or 1.3.
+    #[arg(long, env = "RSASGI_SSL_MIN_VERSION", value_name = "VERSION",
+          value_parser = MinVersion::parse, default_value = "1.2", requires = "ssl_certfile",
+          help_heading = "TLS")]
+    ssl_min_version: MinVersion,
     /// Also believe X-Forwarded-Host, -Port and -Prefix: the host, port and path
     /// prefix the client used (instead of Django's USE_X_FORWARDED_HOST and _PORT).
     #[arg(long, env = "RSASGI_FORWARDED_HOST_HEADERS", help_heading = "Proxy")]
@@ -544,10 +598,41 @@ struct Args {
           value_parser = parse_header, value_delimiter = '\n', help_heading = "HTTP")]
     headers: Vec<(HeaderName, HeaderValue)>,
 
-    // Hidden: it exists only so that uvicorn command lines keep working.
-    /// uvicorn's HTTP engine; rsasgi always uses hyper.
-    #[arg(long, env = "RSASGI_HTTP", value_enum, hide = true)]
-    http: Option<HttpEngine>,
+    /// HTTP versions served: auto (HTTP/1.1 and HTTP/2: by ALPN over TLS, by
+    /// prior knowledge in cleartext), 1 or 2.
+    #[arg(
+        long,
+        env = "RSASGI_HTTP",
+        value_enum,
+        default_value = "auto",
+        value_name = "VERSIONS",
+        help_heading = "HTTP"
+    )]
+    http: HttpEngine,
+
+    /// Streams one HTTP/2 connection may have open at once.
+    #[arg(long, env = "RSASGI_HTTP2_MAX_CONCURRENT_STREAMS", value_name = "N",
+          default_value_t = config::DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+          value_parser = |raw: &str| parse_count(raw, 1, u32::MAX), help_heading = "HTTP/2")]
+    http2_max_concurrent_streams: u32,
+
+    /// HTTP/2 flow-control window of each stream, in bytes.
+    #[arg(long, env = "RSASGI_HTTP2_INITIAL_STREAM_WINDOW_SIZE", value_name = "BYTES",
+          default_value_t = config::DEFAULT_HTTP2_STREAM_WINDOW,
+          value_parser = |raw: &str| parse_count(raw, 65_535, MAX_WINDOW), help_heading = "HTTP/2")]
+    http2_initial_stream_window_size: u32,
+
+    /// HTTP/2 flow-control window of each connection, in bytes.
+    #[arg(long, env = "RSASGI_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE", value_name = "BYTES",
+          default_value_t = config::DEFAULT_HTTP2_CONNECTION_WINDOW,
+          value_parser = |raw: &str| parse_count(raw, 65_535, MAX_WINDOW), help_heading = "HTTP/2")]
+    http2_initial_connection_window_size: u32,
+
+    /// Largest HTTP/2 header block, decoded, in bytes [default: --limit-request-head].
+    #[arg(long, visible_alias = "http2-max-headers-size",
+          env = "RSASGI_HTTP2_MAX_HEADER_LIST_SIZE", value_name = "BYTES",
+          value_parser = |raw: &str| parse_count(raw, 1024, u32::MAX), help_heading = "HTTP/2")]
+    http2_max_header_list_size: Option<u32>,
 
     /// Close idle keep-alive connections after this many seconds.
     #[arg(long, env = "RSASGI_TIMEOUT_KEEP_ALIVE", value_name = "SECONDS",
@@ -645,10 +730,10 @@ where
             value_name(args.ws)
         ));
     }
-    if let Some(engine) = args.http {
+    if args.http.is_peer_engine() {
         compat_notes.push(format!(
-            "--http {}: rsasgi has one HTTP engine (hyper); using it",
-            value_name(engine)
+            "--http {}: rsasgi has one HTTP engine (hyper); serving HTTP/1.1 and HTTP/2 with it",
+            value_name(args.http)
         ));
     }
     let mut binds = args.bind;
@@ -712,6 +797,22 @@ where
         log_level: args.log_level,
         access_log: args.access_log && !args.no_access_log,
         server_header: args.server_header && !args.no_server_header,
+        http: args.http,
+        http2: Http2Settings {
+            max_concurrent_streams: args.http2_max_concurrent_streams,
+            initial_stream_window_size: args.http2_initial_stream_window_size,
+            initial_connection_window_size: args.http2_initial_connection_window_size,
+            max_header_list_size: args.http2_max_header_list_size,
+        },
+        tls: args.ssl_certfile.map(|certfile| TlsSettings {
+            certfile,
+            keyfile: args.ssl_keyfile,
+            password: args.ssl_keyfile_password,
+            ca_certs: args.ssl_ca_certs,
+            client_certs: args.ssl_cert_reqs,
+            ciphers: args.ssl_ciphers,
+            min_version: args.ssl_min_version,
+        }),
         proxy_protocol: (args.proxy_protocol != ProxyProtocol::Off).then(|| trusted.clone()),
         proxy: proxy_headers.then_some(trusted),
         forwarded_host_headers: args.forwarded_host_headers,
@@ -1008,15 +1109,25 @@ mod tests {
                 )]
             );
         }
-        for engine in ["auto", "h11", "httptools"] {
+        for engine in ["h11", "httptools"] {
             let config = parse(["rsasgi", "main:app", "--http", engine]).unwrap();
+            assert!(config.http.serves_http1() && config.http.serves_http2());
             assert_eq!(
                 config.compat_notes,
                 [format!(
-                    "--http {engine}: rsasgi has one HTTP engine (hyper); using it"
+                    "--http {engine}: rsasgi has one HTTP engine (hyper); serving HTTP/1.1 and \
+                     HTTP/2 with it"
                 )]
             );
         }
+        let versions = |http: &str| {
+            let config = parse(["rsasgi", "main:app", "--http", http]).unwrap();
+            assert!(config.compat_notes.is_empty());
+            (config.http.serves_http1(), config.http.serves_http2())
+        };
+        assert_eq!(versions("auto"), (true, true));
+        assert_eq!(versions("1"), (true, false));
+        assert_eq!(versions("2"), (false, true));
         let config = parse(["rsasgi", "main:app", "--ws", "none"]).unwrap();
         assert!(config.ws.is_none() && config.compat_notes.is_empty());
         assert_eq!(

@@ -347,6 +347,11 @@ pub(crate) struct Config {
     pub server_header: bool,
     /// The peers whose proxy headers are believed; `None` with `--no-proxy-headers`.
     pub proxy: Option<crate::http::proxy_headers::TrustedProxies>,
+    /// The HTTP versions served.
+    pub http: HttpEngine,
+    pub http2: Http2Settings,
+    /// HTTPS: the certificate, key and client-certificate settings.
+    pub tls: Option<crate::net::tls::TlsSettings>,
     /// `--forwarded-host-headers`: believe X-Forwarded-Host, -Port and -Prefix too.
     pub forwarded_host_headers: bool,
     /// The peers whose PROXY protocol header is believed (`--forwarded-allow-ips`,
@@ -391,6 +396,26 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// The scheme the listeners serve, as the startup line shows them.
+    pub(crate) fn listening_scheme(&self) -> crate::net::Scheme {
+        match self.tls {
+            Some(_) => crate::net::Scheme::Https,
+            None => crate::net::Scheme::Http,
+        }
+    }
+
+    /// The protocols TLS offers by ALPN, best first.
+    pub(crate) fn alpn_protocols(&self) -> Vec<&'static [u8]> {
+        let mut protocols = Vec::new();
+        if self.http.serves_http2() {
+            protocols.push(crate::net::tls::ALPN_H2);
+        }
+        if self.http.serves_http1() {
+            protocols.push(crate::net::tls::ALPN_HTTP11);
+        }
+        protocols
+    }
+
     pub(crate) fn bind_options(&self) -> crate::net::BindOptions {
         crate::net::BindOptions {
             backlog: self.backlog,
@@ -439,14 +464,55 @@ impl WsMode {
     }
 }
 
-/// uvicorn's `--http` engines; rsasgi always uses hyper, so every value
-/// means the same and is accepted only so uvicorn command lines work.
+/// `--http`: which HTTP versions are served (granian's spelling). uvicorn's
+/// engine names are accepted too and mean `auto`: rsasgi has one engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum HttpEngine {
+    /// HTTP/1.1 and HTTP/2 (by ALPN over TLS, by prior knowledge in cleartext).
     Auto,
+    /// HTTP/1.1 only.
+    #[value(name = "1")]
+    Http1,
+    /// HTTP/2 only.
+    #[value(name = "2")]
+    Http2,
+    #[value(hide = true)]
     H11,
+    #[value(hide = true)]
     Httptools,
 }
+
+impl HttpEngine {
+    pub(crate) fn serves_http1(self) -> bool {
+        self != HttpEngine::Http2
+    }
+
+    pub(crate) fn serves_http2(self) -> bool {
+        self != HttpEngine::Http1
+    }
+
+    /// uvicorn's name for its HTTP implementation.
+    pub(crate) fn is_peer_engine(self) -> bool {
+        matches!(self, HttpEngine::H11 | HttpEngine::Httptools)
+    }
+}
+
+/// HTTP/2 settings (granian's option names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Http2Settings {
+    pub max_concurrent_streams: u32,
+    pub initial_stream_window_size: u32,
+    pub initial_connection_window_size: u32,
+    pub max_header_list_size: Option<u32>,
+}
+
+/// Streams one HTTP/2 connection may have open at once: RFC 9113 §6.5.2
+/// recommends no fewer than 100.
+pub(crate) const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Flow-control windows (hyper's defaults): how much a peer may send
+/// before the app reads it.
+pub(crate) const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 1024 * 1024;
+pub(crate) const DEFAULT_HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// Parses `NAME:VALUE` into a response header, as `--header` takes it.
 pub(crate) fn parse_header(raw: &str) -> Result<(HeaderName, HeaderValue), String> {

@@ -105,6 +105,9 @@ impl FileSpan {
 pub(crate) enum Chunk {
     Data(Bytes),
     File(FileSpan),
+    /// The trailer fields, after the last of the body (ASGI's
+    /// `http.response.trailers` extension).
+    Trailers(HeaderMap),
 }
 
 impl From<Bytes> for Chunk {
@@ -118,6 +121,7 @@ impl Chunk {
         match self {
             Chunk::Data(data) => data.len() as u64,
             Chunk::File(span) => span.len,
+            Chunk::Trailers(_) => 0,
         }
     }
 }
@@ -157,8 +161,15 @@ struct State {
     response_buffered: usize,
     /// Bytes of `File` chunks queued: not in memory, so not bounded.
     response_file_bytes: u64,
-    /// The app sent `more_body=False`.
+    /// The app sent `more_body=False` (and, when it announced trailers,
+    /// `more_trailers=False`).
     complete: bool,
+    /// The app announced trailers (`"trailers": True` in its start).
+    trailers_expected: bool,
+    /// With trailers announced: the body is over, the trailers are not.
+    body_done: bool,
+    /// Trailer fields received so far (`more_trailers=True`).
+    trailers: HeaderMap,
     /// The app ended before completing its response.
     aborted: bool,
     sender: Option<Py<PyAny>>,
@@ -213,12 +224,22 @@ impl State {
 
     /// Queues a response body chunk (dropped for HEAD, whose body hyper never sends).
     fn push_chunk(&mut self, chunk: Chunk, more: bool, is_head: bool) {
-        if chunk.len() > 0 && !is_head {
+        let keep = match &chunk {
+            Chunk::Trailers(_) => true,
+            other => other.len() > 0,
+        };
+        if keep && !is_head {
             match &chunk {
                 Chunk::Data(data) => self.response_buffered += data.len(),
                 Chunk::File(span) => self.response_file_bytes += span.len,
+                Chunk::Trailers(_) => {}
             }
             self.chunks.push_back(chunk);
+        }
+        if !more && self.trailers_expected && !self.body_done {
+            // The body is over; the response ends with the trailers.
+            self.body_done = true;
+            return;
         }
         self.complete = !more;
     }
@@ -238,6 +259,10 @@ pub(crate) enum SendMisuse {
     AlreadyStarted,
     BodyBeforeStart,
     AlreadyComplete,
+    /// `http.response.trailers` without `"trailers": True` in the start.
+    TrailersNotAnnounced,
+    /// `http.response.trailers` before the body's `more_body=False`.
+    TrailersBeforeBodyEnd,
 }
 
 /// How far the app got with its response, for the log line when it ends.
@@ -445,6 +470,7 @@ impl Exchange {
                     st.response_file_bytes -= span.len;
                     return Poll::Ready(Some(Ok(Chunk::File(span))));
                 }
+                Some(trailers @ Chunk::Trailers(_)) => return Poll::Ready(Some(Ok(trailers))),
                 Some(Chunk::Data(chunk)) => {
                     st.response_buffered -= chunk.len();
                     let sender = if st.response_buffered <= RESPONSE_LOW_WATER {
@@ -473,7 +499,8 @@ impl Exchange {
     /// all of it, so hyper can send Content-Length instead of chunking.
     pub(crate) fn complete_body_len(&self) -> Option<u64> {
         let st = self.state.lock();
-        st.complete
+        // Trailers need a chunked (HTTP/1.1) or framed (HTTP/2) body.
+        (st.complete && !st.trailers_expected)
             .then_some(st.response_buffered as u64 + st.response_file_bytes)
     }
 
@@ -558,7 +585,7 @@ impl Exchange {
             if !st.started {
                 return Err(SendMisuse::BodyBeforeStart);
             }
-            if st.complete {
+            if st.complete || st.body_done {
                 return Err(SendMisuse::AlreadyComplete);
             }
             st.push_chunk(data.into(), more, self.method == Method::HEAD);
@@ -571,6 +598,44 @@ impl Exchange {
             wake(waker);
         }
         Ok(full)
+    }
+
+    /// `"trailers": True` in `http.response.start`: the response ends with
+    /// `http.response.trailers`, not with the last body message.
+    pub(crate) fn expect_trailers(&self) {
+        self.state.lock().trailers_expected = true;
+    }
+
+    /// `http.response.trailers`: fields gathered until `more=false`, then
+    /// sent after the body.
+    pub(crate) fn send_trailers(&self, fields: HeaderMap, more: bool) -> Result<(), SendMisuse> {
+        let reactor = {
+            let mut st = self.state.lock();
+            if st.closed {
+                return Err(SendMisuse::Closed);
+            }
+            if !st.trailers_expected {
+                return Err(SendMisuse::TrailersNotAnnounced);
+            }
+            if st.complete {
+                return Err(SendMisuse::AlreadyComplete);
+            }
+            if !st.body_done {
+                return Err(SendMisuse::TrailersBeforeBodyEnd);
+            }
+            st.trailers.extend(fields);
+            if more {
+                return Ok(());
+            }
+            let trailers = std::mem::take(&mut st.trailers);
+            let is_head = self.method == Method::HEAD;
+            st.push_chunk(Chunk::Trailers(trailers), false, is_head);
+            st.reactor.take()
+        };
+        if let Some(waker) = reactor {
+            wake(waker);
+        }
+        Ok(())
     }
 
     /// Parks `future` until the client has read most of the buffer; hands it
@@ -777,6 +842,7 @@ mod tests {
                 scheme: Scheme::Http,
                 client: None,
                 server: ServerAddr::Tcp("127.0.0.1:80".parse().unwrap()),
+                tls: None,
                 forwarded_prefix: None,
             },
             body_complete,

@@ -65,6 +65,15 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
     for note in &config.compat_notes {
         tracing::debug!("{note}");
     }
+    if let (Some(tls), None) = (&config.tls, &handoff) {
+        // Checked once here, so a bad file is one line and exit 1 before
+        // anything listens; each worker then loads the files itself.
+        if let Err(message) = tls.server_config(&config.alpn_protocols()) {
+            tracing::error!("{message}");
+            logging::flush();
+            return Ok(1);
+        }
+    }
     let activated: Vec<_> = match activated {
         Ok(activated) => activated
             .into_iter()

@@ -23,7 +23,7 @@ use crate::asgi::{Dispatcher, Event, EventBridge};
 use crate::bridge::mark_reactor_thread;
 use crate::config::{Config, EventLoop, Interface, Lifespan};
 use crate::http::{serve, ServerState};
-use crate::net::{self, Listener, Scheme};
+use crate::net::{self, Listener};
 use crate::supervisor::pid_file::PidFile;
 use crate::supervisor::privileges::Credentials;
 use crate::supervisor::systemd::Notifier;
@@ -347,7 +347,7 @@ impl Worker {
 
         let addresses: Vec<String> = listeners
             .iter()
-            .map(|listener| listener.describe(Scheme::Http))
+            .map(|listener| listener.describe(self.config.listening_scheme()))
             .collect();
         let config = Arc::clone(&self.config);
         let bridge = Arc::clone(&self.bridge);

@@ -18,7 +18,7 @@ import pytest
 T = TypeVar("T")
 
 APPS = Path(__file__).parent / "apps"
-LISTENING = re.compile(r"Listening on http://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
+LISTENING = re.compile(r"Listening on https?://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
 # One access log line (src/http/access_log.rs): client - "METHOD TARGET VERSION" STATUS BYTES ...
 ACCESS_LINE = re.compile(
     r'rsasgi::access: (?P<client>\S+) - "(?P<method>\S+) (?P<target>\S+) (?P<version>[^"]+)" '

@@ -276,7 +276,7 @@ def test_other_servers_values_are_accepted(run_rsasgi, args):
         (["--static-path-mount", "/srv/static"], "--static-path-mount"),
         (["--worker-class=gthread"], "--worker-class"),
         (["-k", "uvicorn.workers.UvicornWorker"], "-k"),
-        (["--ssl-certfile=cert.pem"], "--ssl-certfile"),
+        (["--ssl-crl", "crl.pem"], "--ssl-crl"),
     ],
     ids=lambda value: value if isinstance(value, str) else " ".join(value),
 )

@@ -8,11 +8,13 @@ test decides which frames (SETTINGS acknowledgements, PING acknowledgements) go 
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
 import h2.config
 import h2.connection
+import h2.events
 import httpx
 import pytest
 from conftest import wait_for
@@ -162,3 +164,48 @@ def test_peer_that_never_acknowledges_pings_is_closed(run_rsasgi, tmp_path):
     pings = [frame for frame in frames if isinstance(frame, PingFrame) and "ACK" not in frame.flags]
     assert pings, f"no PING before the server closed the connection; frames: {frames}"
     assert "request-done" not in events.read_text().split()
+
+
+def h2_get(server, path: str, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
+    """One GET over a fresh HTTP/2 connection, header fields sent exactly as given."""
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    authority = f"127.0.0.1:{server.port}"
+    request = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", authority)]
+    connection.send_headers(1, request + headers, end_stream=True)
+    status, body = 0, b""
+    with server.connect() as sock:
+        sock.sendall(connection.data_to_send())
+        while True:
+            data = sock.recv(65536)
+            assert data, "the server closed the connection before the response ended"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    connection.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, h2.events.StreamEnded):
+                    return status, body
+            sock.sendall(connection.data_to_send())
+
+
+@pytest.mark.parametrize(
+    "app, cookies_of",
+    [
+        (
+            "ws_app:app",
+            lambda body: [value for name, value in body["headers"] if name == "cookie"],
+        ),
+        ("wsgi_env:app", lambda body: [body["environ"].get("HTTP_COOKIE")]),
+    ],
+    ids=["asgi", "wsgi"],
+)
+def test_split_cookie_fields_are_joined(run_rsasgi, app, cookies_of):
+    """RFC 9113 8.2.3: an HTTP/2 client may send each cookie in a field of its own; the app
+    gets them as one header joined with "; ", which is what Django and Flask parse."""
+    server = run_rsasgi(app)
+    cookies = [("cookie", "sessionid=abc"), ("cookie", "csrftoken=x1"), ("cookie", "theme=dark")]
+    status, body = h2_get(server, "/scope", cookies)
+    assert status == 200, body
+    assert cookies_of(json.loads(body)) == ["sessionid=abc; csrftoken=x1; theme=dark"]

@@ -102,7 +102,12 @@ fn ready(py: Python<'_>, received: Received) -> PyResult<Py<PyAny>> {
 
 /// One validated `send()` message.
 enum Outgoing {
-    Start(ResponseStart),
+    /// The start, and whether trailers will follow the body.
+    Start(ResponseStart, bool),
+    Trailers {
+        fields: HeaderMap,
+        more: bool,
+    },
     Body {
         data: Bytes,
         more: bool,
@@ -135,11 +140,18 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
             if let Some(raw) = message.get_item(intern!(py, "headers"))? {
                 parse_headers(&raw, &mut headers)?;
             }
-            Ok(Outgoing::Start(ResponseStart {
-                status,
-                headers,
-                reason: None,
-            }))
+            let trailers = match message.get_item(intern!(py, "trailers"))? {
+                None => false,
+                Some(trailers) => trailers.is_truthy()?,
+            };
+            Ok(Outgoing::Start(
+                ResponseStart {
+                    status,
+                    headers,
+                    reason: None,
+                },
+                trailers,
+            ))
         }
         "http.response.body" => {
             let data = match message.get_item(intern!(py, "body"))? {
@@ -156,6 +168,17 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
                 Some(more) => more.is_truthy()?,
             };
             Ok(Outgoing::Body { data, more })
+        }
+        "http.response.trailers" => {
+            let mut fields = HeaderMap::new();
+            if let Some(raw) = message.get_item(intern!(py, "headers"))? {
+                parse_headers(&raw, &mut fields)?;
+            }
+            let more = match message.get_item(intern!(py, "more_trailers"))? {
+                None => false,
+                Some(more) => more.is_truthy()?,
+            };
+            Ok(Outgoing::Trailers { fields, more })
         }
         "http.response.pathsend" => {
             let path = message
@@ -380,6 +403,14 @@ fn misuse_error(misuse: SendMisuse) -> PyErr {
         SendMisuse::AlreadyComplete => PyRuntimeError::new_err(
             "unexpected ASGI message 'http.response.body': the response is already complete",
         ),
+        SendMisuse::TrailersNotAnnounced => PyRuntimeError::new_err(
+            "unexpected ASGI message 'http.response.trailers': 'http.response.start' did not \
+             set 'trailers': True",
+        ),
+        SendMisuse::TrailersBeforeBodyEnd => PyRuntimeError::new_err(
+            "unexpected ASGI message 'http.response.trailers' before the last \
+             'http.response.body' (more_body=False)",
+        ),
     }
 }
 
@@ -388,7 +419,15 @@ impl HttpSend {
     fn __call__(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let exchange = &self.exchange;
         let wait = match parse_message(message)? {
-            Outgoing::Start(start) => exchange.send_start(start).map(|()| false),
+            Outgoing::Start(start, trailers) => {
+                if trailers {
+                    exchange.expect_trailers();
+                }
+                exchange.send_start(start).map(|()| false)
+            }
+            Outgoing::Trailers { fields, more } => {
+                exchange.send_trailers(fields, more).map(|()| false)
+            }
             Outgoing::Body { data, more } => exchange.send_body(data, more),
             Outgoing::File { span, more } => exchange.send_body(Chunk::File(span), more),
         }

@@ -11,6 +11,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::exchange::Exchange;
+use crate::net::tls::TlsInfo;
 use crate::net::{ConnectionInfo, ServerAddr};
 use crate::ws::offered_subprotocols;
 use crate::ws::session::WsStart;
@@ -189,8 +190,32 @@ pub(crate) fn http_scope<'py>(
         headers,
         &exchange.connection,
     )?;
-    scope.set_item(intern!(py, "extensions"), http_extensions(py)?)?;
+    let extensions = http_extensions(py)?;
+    if let Some(tls) = &exchange.connection.tls {
+        extensions.set_item(intern!(py, "tls"), tls_extension(py, tls)?)?;
+    }
+    scope.set_item(intern!(py, "extensions"), extensions)?;
     Ok(scope)
+}
+
+/// asgiref's TLS extension: what the connection negotiated.
+fn tls_extension<'py>(py: Python<'py>, tls: &TlsInfo) -> PyResult<Bound<'py, PyDict>> {
+    let info = PyDict::new(py);
+    info.set_item(intern!(py, "server_cert"), tls.server_cert.as_deref())?;
+    info.set_item(
+        intern!(py, "client_cert_chain"),
+        PyList::new(py, &tls.client_cert_chain)?,
+    )?;
+    info.set_item(
+        intern!(py, "client_cert_name"),
+        tls.client_cert_name.as_deref(),
+    )?;
+    // A certificate that fails verification fails the handshake: a
+    // connection that reaches the app has none to report.
+    info.set_item(intern!(py, "client_cert_error"), py.None())?;
+    info.set_item(intern!(py, "tls_version"), tls.tls_version)?;
+    info.set_item(intern!(py, "cipher_suite"), tls.cipher_suite)?;
+    Ok(info)
 }
 
 /// The `extensions` of an `http` scope: pathsend and zerocopy, which both
@@ -203,6 +228,7 @@ fn http_extensions(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         let extensions = PyDict::new(py);
         extensions.set_item("http.response.pathsend", PyDict::new(py))?;
         extensions.set_item("http.response.zerocopy", PyDict::new(py))?;
+        extensions.set_item("http.response.trailers", PyDict::new(py))?;
         Ok(extensions.unbind())
     })?;
     template.bind(py).copy()
@@ -235,6 +261,9 @@ pub(crate) fn websocket_scope<'py>(
     scope.set_item(intern!(py, "subprotocols"), subprotocols)?;
     let extensions = PyDict::new(py);
     extensions.set_item(intern!(py, "websocket.http.response"), PyDict::new(py))?;
+    if let Some(tls) = &connection.tls {
+        extensions.set_item(intern!(py, "tls"), tls_extension(py, tls)?)?;
+    }
     scope.set_item(intern!(py, "extensions"), extensions)?;
     Ok(scope)
 }

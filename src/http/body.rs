@@ -185,6 +185,9 @@ impl http_body::Body for ResponseBody {
                         continue;
                     }
                     Poll::Ready(Some(Ok(Chunk::Data(data)))) => Poll::Ready(Some(Ok(data))),
+                    Poll::Ready(Some(Ok(Chunk::Trailers(fields)))) => {
+                        return Poll::Ready(Some(Ok(Frame::trailers(fields))));
+                    }
                     Poll::Ready(Some(Err(aborted))) => Poll::Ready(Some(Err(aborted))),
                     Poll::Ready(None) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,

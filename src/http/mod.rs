@@ -4,6 +4,7 @@
 mod access_log;
 mod body;
 mod connection;
+mod preface;
 pub(crate) mod proxy_headers;
 mod server;
 mod service;

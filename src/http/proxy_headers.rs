@@ -446,6 +446,7 @@ mod tests {
             scheme: Scheme::Http,
             client,
             server: ServerAddr::Tcp("127.0.0.1:8000".parse().unwrap()),
+            tls: None,
             forwarded_prefix: None,
         }
     }

@@ -5,21 +5,26 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::{HeaderName, HeaderValue};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::access_log;
 use super::connection::{self, Activity, Deadlines, OpenConnection, OpenConnections};
+use super::preface::{self, BadPreface};
 use super::proxy_headers::{ProxyHeaders, TrustedProxies};
 use super::service::handle;
 use super::static_files::StaticFiles;
 use crate::asgi::EventBridge;
-use crate::config::Config;
+use crate::config::{Config, HttpEngine};
 use crate::net::proxy_protocol::{self, Refused};
+use crate::net::tls::{TlsInfo, TlsServer, ALPN_H2, ALPN_HTTP11};
 use crate::net::{ConnectionInfo, Listener, Prefixed, Scheme, ServerAddr};
 use crate::supervisor::Slot;
 use crate::ws::{Registry, WsSettings};
@@ -59,6 +64,10 @@ pub(crate) struct ServerState {
     pub proxy_protocol: Option<TrustedProxies>,
     /// `--static-map`: files served without the app.
     pub static_files: Option<StaticFiles>,
+    /// HTTPS, when a certificate is configured.
+    pub tls: Option<TlsServer>,
+    /// `--http`: the HTTP versions served.
+    pub http: HttpEngine,
 }
 
 impl ServerState {
@@ -71,6 +80,14 @@ impl ServerState {
         let wsgi_is_none = wsgi.is_none();
         let static_files = match &config.static_files {
             Some(settings) => Some(StaticFiles::open(settings)?),
+            None => None,
+        };
+        let tls = match &config.tls {
+            Some(settings) => Some(
+                settings
+                    .load(&config.alpn_protocols())
+                    .map_err(std::io::Error::other)?,
+            ),
             None => None,
         };
         Ok(ServerState {
@@ -92,6 +109,8 @@ impl ServerState {
                 .map(|trusted| ProxyHeaders::new(trusted, config.forwarded_host_headers)),
             proxy_protocol: config.proxy_protocol.clone(),
             static_files,
+            tls,
+            http: config.http,
         })
     }
 }
@@ -108,13 +127,76 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(config.timeout_keep_alive.max(config.timeout_request_header))
         .max_buf_size(config.limit_request_head)
         .auto_date_header(config.date_header);
+    let http2 = &config.http2;
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(config.http2_keep_alive_interval)
         .keep_alive_timeout(config.http2_keep_alive_timeout)
-        .max_header_list_size(u32::try_from(config.limit_request_head).unwrap_or(u32::MAX));
+        .max_concurrent_streams(http2.max_concurrent_streams)
+        // hyper's defaults, pinned so an upgrade cannot loosen them: streams a
+        // peer may reset before they are served (rapid reset, CVE-2023-44487),
+        // streams it may make us reset ("MadeYouReset", CVE-2025-8671), and
+        // the bytes buffered per stream for a peer that does not read.
+        .max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_ACCEPT_RESETS))
+        .max_local_error_reset_streams(Some(HTTP2_MAX_LOCAL_ERROR_RESETS))
+        .max_send_buf_size(HTTP2_MAX_SEND_BUFFER)
+        // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
+        .enable_connect_protocol()
+        .initial_stream_window_size(http2.initial_stream_window_size)
+        .initial_connection_window_size(http2.initial_connection_window_size)
+        .max_header_list_size(
+            http2
+                .max_header_list_size
+                .unwrap_or(u32::try_from(config.limit_request_head).unwrap_or(u32::MAX)),
+        );
     builder
+}
+
+/// Streams an HTTP/2 peer may open and reset before they are served; past it
+/// the connection is closed with ENHANCE_YOUR_CALM.
+const HTTP2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the server may reset for a peer's errors before it closes the
+/// connection.
+const HTTP2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Bytes buffered per HTTP/2 stream for a peer that is not reading.
+const HTTP2_MAX_SEND_BUFFER: usize = 400 * 1024;
+
+/// hyper's HTTP/1 server alone, configured as the auto builder's, for
+/// connections that must not be served HTTP/2 (`--http 1`, or ALPN
+/// `http/1.1`): the auto builder would answer an HTTP/2 preface.
+fn http1_builder(config: &Config) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(config.timeout_keep_alive.max(config.timeout_request_header))
+        .max_buf_size(config.limit_request_head)
+        .auto_date_header(config.date_header);
+    builder
+}
+
+/// Which HTTP a connection is served with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// HTTP/1.1, or HTTP/2 when the connection opens with its preface.
+    Either,
+    Http1,
+    /// HTTP/2, its preface checked first.
+    Http2,
+}
+
+impl Served {
+    /// What `--http` allows, narrowed by what ALPN agreed, if anything.
+    fn choose(http: HttpEngine, alpn: Option<&[u8]>) -> Served {
+        match alpn {
+            Some(ALPN_H2) => Served::Http2,
+            Some(ALPN_HTTP11) => Served::Http1,
+            _ if !http.serves_http2() => Served::Http1,
+            _ if !http.serves_http1() => Served::Http2,
+            _ => Served::Either,
+        }
+    }
 }
 
 /// A listening socket the accept loop can take connections from.
@@ -137,6 +219,7 @@ impl Accept for tokio::net::TcpListener {
             client: Some(client),
             server: ServerAddr::Tcp(server),
             forwarded_prefix: None,
+            tls: None,
         };
         Ok((stream, info))
     }
@@ -158,6 +241,7 @@ impl Accept for UnixAcceptor {
             client: None,
             server: ServerAddr::Unix(Arc::clone(&self.path)),
             forwarded_prefix: None,
+            tls: None,
         };
         Ok((stream, info))
     }
@@ -208,6 +292,8 @@ struct ConnectionContext {
     open: Arc<OpenConnections>,
     draining: watch::Receiver<Option<Duration>>,
     state: Arc<ServerState>,
+    /// For connections served HTTP/1.1 only.
+    http1: http1::Builder,
 }
 
 /// Accepts connections until `shutdown` changes.
@@ -266,6 +352,7 @@ pub(crate) async fn serve(
     let context = Arc::new(ConnectionContext {
         gate,
         builder: connection_builder(&config),
+        http1: http1_builder(&config),
         deadlines: Deadlines {
             request_header: config.timeout_request_header,
             keep_alive: config.timeout_keep_alive,
@@ -361,13 +448,18 @@ where
     // Counts from accept: --timeout-request-header bounds a PROXY header and
     // the first request head together.
     let activity = Activity::new();
-    if context.state.proxy_protocol.is_none() {
-        tokio::spawn(serve_connection(context, open, activity, io, info));
+    let state = &context.state;
+    let served = Served::choose(state.http, None);
+    if state.proxy_protocol.is_none() && state.tls.is_none() && served != Served::Http2 {
+        tokio::spawn(serve_connection(context, open, activity, io, info, served));
         return;
     }
     let deadline = tokio::time::Instant::now() + context.deadlines.request_header;
     let context = Arc::clone(context);
     tokio::spawn(async move {
+        if context.state.proxy_protocol.is_none() {
+            return serve_tls(&context, open, activity, io, info, deadline).await;
+        }
         let (header, rest) = match read_proxy_header(&context, &mut io, deadline).await {
             Ok(read) => read,
             Err(why) => return refused_connection(&info, &why),
@@ -377,8 +469,89 @@ where
             Some(trusted) if trusted.trusts(peer) => header.apply(&mut info),
             _ => untrusted_proxy_header(&info),
         }
-        serve_connection(&context, open, activity, Prefixed::new(rest, io), info).await;
+        // HAProxy sends its header before the TLS ClientHello.
+        let io = Prefixed::new(rest, io);
+        serve_tls(&context, open, activity, io, info, deadline).await;
     });
+}
+
+/// Completes the TLS handshake (by `deadline`, which `--timeout-request-header`
+/// sets from accept, like a first request head), then serves the connection.
+/// A client that fails the handshake or never finishes it costs a debug line.
+async fn serve_tls<I>(
+    context: &ConnectionContext,
+    open: OpenConnection,
+    activity: Arc<Activity>,
+    io: I,
+    mut info: ConnectionInfo,
+    deadline: tokio::time::Instant,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = &context.state.tls else {
+        let served = Served::choose(context.state.http, None);
+        return serve_as(context, open, activity, io, info, deadline, served).await;
+    };
+    let stream = match tokio::time::timeout_at(deadline, tls.acceptor.accept(io)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            tracing::debug!(client = ?info.client, "TLS handshake failed: {err}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                client = ?info.client,
+                "no TLS handshake within --timeout-request-header {}s; closed",
+                context.deadlines.request_header.as_secs_f64()
+            );
+            return;
+        }
+    };
+    info.scheme = Scheme::Https;
+    let session = stream.get_ref().1;
+    let served = Served::choose(context.state.http, session.alpn_protocol());
+    info.tls = Some(Arc::new(TlsInfo::of(
+        session,
+        Some(Arc::clone(&tls.server_cert)),
+    )));
+    serve_as(context, open, activity, stream, info, deadline, served).await;
+}
+
+/// Serves a connection as `served` says. One that must speak HTTP/2 (ALPN
+/// `h2`, or `--http 2`) is served once its preface has arrived (by
+/// `deadline`); a wrong one gets GOAWAY(PROTOCOL_ERROR), as RFC 9113 §3.4
+/// asks and hyper's HTTP/2 server does not do.
+async fn serve_as<I>(
+    context: &ConnectionContext,
+    open: OpenConnection,
+    activity: Arc<Activity>,
+    mut io: I,
+    info: ConnectionInfo,
+    deadline: tokio::time::Instant,
+    served: Served,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if served != Served::Http2 {
+        return serve_connection(context, open, activity, io, info, served).await;
+    }
+    match tokio::time::timeout_at(deadline, preface::check(&mut io)).await {
+        Ok(Ok(read)) => {
+            let io = Prefixed::new(read, io);
+            serve_connection(context, open, activity, io, info, served).await;
+        }
+        Ok(Err(BadPreface::Invalid)) => {
+            tracing::debug!(client = ?info.client, "not an HTTP/2 connection preface; sent GOAWAY");
+        }
+        Ok(Err(BadPreface::Closed)) => {
+            tracing::debug!(client = ?info.client, "closed before its HTTP/2 connection preface");
+        }
+        Err(_) => tracing::debug!(
+            client = ?info.client,
+            "no HTTP/2 connection preface within --timeout-request-header {}s; closed",
+            context.deadlines.request_header.as_secs_f64()
+        ),
+    }
 }
 
 /// Hands `io` to hyper; the returned future serves it until it closes.
@@ -388,6 +561,7 @@ fn serve_connection<I>(
     activity: Arc<Activity>,
     io: I,
     info: ConnectionInfo,
+    served: Served,
 ) -> impl std::future::Future<Output = ()> + Send + 'static
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -400,23 +574,41 @@ where
             handle(request, info.clone(), Arc::clone(&state), activity.begin())
         })
     };
-    let connection = context
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
     let deadlines = context.deadlines;
     let draining = context.draining.clone();
+    let driven = if served == Served::Http1 {
+        let connection = context
+            .http1
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        Either::Left(async move {
+            let graceful = |connection: Pin<&mut _>| {
+                hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(connection)
+            };
+            connection::drive(connection, graceful, activity, deadlines, draining)
+                .await
+                .map(|ended| ended.map_err(|err| err.to_string()))
+        })
+    } else {
+        let connection = context
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        Either::Right(async move {
+            connection::drive(
+                connection,
+                |connection| connection.graceful_shutdown(),
+                activity,
+                deadlines,
+                draining,
+            )
+            .await
+            .map(|ended| ended.map_err(|err| err.to_string()))
+        })
+    };
     async move {
         let _open = open;
-        let ended = connection::drive(
-            connection,
-            |connection| connection.graceful_shutdown(),
-            activity,
-            deadlines,
-            draining,
-        )
-        .await;
-        if let Some(Err(err)) = ended {
+        if let Some(Err(err)) = driven.await {
             tracing::debug!(client = ?info.client, "connection ended: {err}");
         }
     }

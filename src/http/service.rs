@@ -73,7 +73,10 @@ pub(crate) async fn handle(
         if let Some(slot) = &state.slot {
             slot.count_request();
         }
-        add_host_from_authority(&mut request);
+        if request.version() == Version::HTTP_2 {
+            add_host_from_authority(&mut request);
+            join_cookies(request.headers_mut());
+        }
         if let Some(trusted) = &state.proxy {
             trusted.apply(&mut info, request.headers_mut());
         }
@@ -116,7 +119,9 @@ pub(crate) async fn handle(
         }
 
         if let Some(settings) = &state.ws {
-            if ws::is_upgrade(request.method(), request.headers()) {
+            if ws::is_upgrade(request.method(), request.headers())
+                || ws::is_extended_connect(&request)
+            {
                 let log = pending();
                 let settings = settings.clone();
                 break 'respond open_websocket(request, info, Arc::clone(&state), settings, log)
@@ -180,7 +185,8 @@ pub(crate) async fn handle(
                 // with 100-continue, wait until the app asks for it.
                 exchange.want_body();
             }
-            tokio::spawn(pump_body(body, Arc::clone(&exchange), body_limit));
+            let http2 = head.version == Version::HTTP_2;
+            tokio::spawn(pump_body(body, Arc::clone(&exchange), body_limit, http2));
         }
         let is_head = head.method == Method::HEAD;
         let http10 = Http10::of(head.version, &head.headers);
@@ -359,7 +365,14 @@ async fn open_websocket(
     settings: WsSettings,
     log: Option<AccessRecord>,
 ) -> Response<ResponseBody> {
-    let accept = match ws::accept_key(request.headers()) {
+    // RFC 8441: over HTTP/2 there is no key to answer, and success is a 200.
+    let http2 = request.version() == Version::HTTP_2;
+    let accept = if http2 {
+        ws::check_version(request.headers()).map(|()| None)
+    } else {
+        ws::accept_key(request.headers()).map(Some)
+    };
+    let accept = match accept {
         Ok(accept) => accept,
         Err(BadHandshake::UnsupportedVersion) => {
             tracing::debug!(client = ?info.client, "426 Upgrade Required: websocket version is not 13");
@@ -408,14 +421,20 @@ async fn open_websocket(
                 let status = StatusCode::INTERNAL_SERVER_ERROR;
                 return state.error_response(status, log.map(|l| l.with_status(status)), true);
             };
-            let log = log.map(|l| l.with_status(StatusCode::SWITCHING_PROTOCOLS));
+            let status = match accept {
+                Some(_) => StatusCode::SWITCHING_PROTOCOLS,
+                None => StatusCode::OK,
+            };
+            let log = log.map(|l| l.with_status(status));
             let mut response = Response::new(ResponseBody::new(Source::Fixed(None), log));
-            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            *response.status_mut() = status;
             let response_headers = response.headers_mut();
             *response_headers = headers;
-            response_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            response_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-            response_headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            if let Some(accept) = accept {
+                response_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                response_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+                response_headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            }
             if let Some(protocol) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
                 response_headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
             }
@@ -454,7 +473,7 @@ async fn open_websocket(
 
 /// Reads the request body into the exchange as the app consumes it, never
 /// more than a high-water mark ahead.
-async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u64>) {
+async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u64>, http2: bool) {
     let mut received: u64 = 0;
     let mut drained: u64 = 0;
     loop {
@@ -463,6 +482,17 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u6
             return;
         }
         match body.frame().await {
+            // hyper ends an HTTP/2 body the same way when the stream is reset
+            // with NO_ERROR (by the client, or by hyper's own shutdown) as
+            // when END_STREAM arrives; only the latter is the whole body.
+            None if http2 && !body.is_end_stream() => {
+                tracing::debug!(
+                    "the stream of {} ended before its body did",
+                    exchange.request_line()
+                );
+                exchange.close();
+                return;
+            }
             None => {
                 exchange.push_body(Bytes::new(), true);
                 return;
@@ -511,7 +541,7 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u6
 /// keeps in the URI; ASGI apps (Django, Starlette) and WSGI's `HTTP_HOST`
 /// expect a `host` header, which the ASGI spec says servers should add.
 fn add_host_from_authority(request: &mut Request<Incoming>) {
-    if request.version() != Version::HTTP_2 || request.headers().contains_key(header::HOST) {
+    if request.headers().contains_key(header::HOST) {
         return;
     }
     let host = request
@@ -520,6 +550,26 @@ fn add_host_from_authority(request: &mut Request<Incoming>) {
         .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok());
     if let Some(host) = host {
         request.headers_mut().insert(header::HOST, host);
+    }
+}
+
+/// HTTP/2 clients may split the `cookie` header into one field per cookie
+/// (RFC 9113 §8.2.3, for better header compression); before an HTTP/1.1
+/// application sees them they are joined with "; ", as that section says.
+/// Django and Flask read one cookie header (and WSGI would otherwise join
+/// them with ", ", which breaks cookie parsing).
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for cookie in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
     }
 }
 
@@ -652,5 +702,23 @@ impl ServerState {
         for (name, value) in self.extra_headers.iter() {
             headers.append(name.clone(), value.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut headers = http::HeaderMap::new();
+        super::join_cookies(&mut headers);
+        assert!(headers.is_empty());
+        headers.append(http::header::COOKIE, "a=1".parse().unwrap());
+        super::join_cookies(&mut headers);
+        assert_eq!(headers[http::header::COOKIE], "a=1");
+        headers.append(http::header::COOKIE, "b=2".parse().unwrap());
+        headers.append(http::header::COOKIE, "c=3".parse().unwrap());
+        super::join_cookies(&mut headers);
+        let all: Vec<_> = headers.get_all(http::header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
     }
 }

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::tls::TlsInfo;
+
 /// The URL scheme of requests on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scheme {
@@ -47,6 +49,8 @@ pub(crate) struct ConnectionInfo {
     /// The peer's address; `None` on a Unix socket, whose peers are unnamed.
     pub client: Option<SocketAddr>,
     pub server: ServerAddr,
+    /// What TLS negotiated, on a TLS connection.
+    pub tls: Option<Arc<TlsInfo>>,
     /// The path prefix a trusted proxy says the app is mounted under
     /// (`X-Forwarded-Prefix`); set per request, `None` for almost all.
     pub forwarded_prefix: Option<ForwardedPrefix>,
@@ -110,6 +114,7 @@ mod tests {
             scheme: Scheme::Http,
             client: Some("127.0.0.1:5000".parse().unwrap()),
             server: ServerAddr::Tcp("127.0.0.1:8000".parse().unwrap()),
+            tls: None,
             forwarded_prefix: None,
         };
         assert_eq!(tcp.client_for_log(), "127.0.0.1:5000");
@@ -117,6 +122,7 @@ mod tests {
             scheme: Scheme::Http,
             client: None,
             server: ServerAddr::Unix(Arc::from(Path::new("/run/app.sock"))),
+            tls: None,
             forwarded_prefix: None,
         };
         assert_eq!(unix.client_for_log(), "unix:/run/app.sock");

@@ -8,6 +8,7 @@
 mod connection_info;
 mod prefixed;
 pub(crate) mod proxy_protocol;
+pub(crate) mod tls;
 
 pub(crate) use connection_info::{ConnectionInfo, ForwardedPrefix, Scheme, ServerAddr};
 pub(crate) use prefixed::Prefixed;

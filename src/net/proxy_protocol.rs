@@ -520,6 +520,7 @@ mod tests {
             client: Some("127.0.0.1:40000".parse().unwrap()),
             server: ServerAddr::Unix(Arc::from(Path::new("/run/app.sock"))),
             forwarded_prefix: None,
+            tls: None,
         };
         let mut info = socket.clone();
         ProxyHeader {

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, MAX_WORKERS};
 use crate::logging;
-use crate::net::{self, Listener, Scheme};
+use crate::net::{self, Listener};
 use crate::worker::Own;
 use pid_file::PidFile;
 use process::{describe_exit, Retirement, State, WorkerCommand, WorkerProcess};
@@ -133,7 +133,7 @@ pub(crate) fn run(
     )?;
     let addresses: Vec<String> = listeners
         .iter()
-        .map(|listener| listener.describe(Scheme::Http))
+        .map(|listener| listener.describe(config.listening_scheme()))
         .collect();
     let config = Arc::new(config);
     let code = py.detach(|| {

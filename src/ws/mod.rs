@@ -96,6 +96,29 @@ pub(crate) fn is_upgrade(method: &Method, headers: &HeaderMap) -> bool {
         && has_token(header::UPGRADE, "websocket")
 }
 
+/// Whether `request` opens a WebSocket over HTTP/2: an extended CONNECT
+/// with `:protocol websocket` (RFC 8441 §4).
+pub(crate) fn is_extended_connect<B>(request: &http::Request<B>) -> bool {
+    request.version() == http::Version::HTTP_2
+        && request.method() == Method::CONNECT
+        && request
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|protocol| protocol.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Checks an RFC 8441 handshake, which has no key to answer: only the
+/// version matters.
+pub(crate) fn check_version(headers: &HeaderMap) -> Result<(), BadHandshake> {
+    match headers.get(header::SEC_WEBSOCKET_VERSION) {
+        None => Err(BadHandshake::Invalid("missing Sec-WebSocket-Version")),
+        Some(version) if version.as_bytes() != VERSION.as_bytes() => {
+            Err(BadHandshake::UnsupportedVersion)
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// The one WebSocket protocol version there is (RFC 6455 §4.1).
 pub(crate) const VERSION: &str = "13";
 
@@ -110,13 +133,7 @@ pub(crate) enum BadHandshake {
 
 /// Checks the handshake headers; returns the `Sec-WebSocket-Accept` value.
 pub(crate) fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, BadHandshake> {
-    match headers.get(header::SEC_WEBSOCKET_VERSION) {
-        None => return Err(BadHandshake::Invalid("missing Sec-WebSocket-Version")),
-        Some(version) if version.as_bytes() != VERSION.as_bytes() => {
-            return Err(BadHandshake::UnsupportedVersion)
-        }
-        Some(_) => {}
-    }
+    check_version(headers)?;
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or(BadHandshake::Invalid("missing Sec-WebSocket-Key"))?;

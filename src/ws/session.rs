@@ -472,6 +472,7 @@ mod tests {
                 scheme: Scheme::Http,
                 client: None,
                 server: ServerAddr::Tcp("127.0.0.1:80".parse().unwrap()),
+                tls: None,
                 forwarded_prefix: None,
             },
         ))

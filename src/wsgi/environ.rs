@@ -214,6 +214,23 @@ pub(crate) fn build<'py>(
     if connection.scheme == Scheme::Https {
         environ.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
     }
+    if let Some(tls) = &connection.tls {
+        // mod_ssl's names, so apps written for Apache keep working.
+        environ.set_item(intern!(py, "SSL_PROTOCOL"), tls.protocol_name())?;
+        environ.set_item(intern!(py, "SSL_CIPHER"), tls.cipher_name.as_str())?;
+        let verify = match tls.client_cert_chain.first() {
+            Some(cert) => {
+                environ.set_item(intern!(py, "SSL_CLIENT_CERT"), cert.as_str())?;
+                if let Some(name) = &tls.client_cert_name {
+                    environ.set_item(intern!(py, "SSL_CLIENT_S_DN"), name.as_str())?;
+                }
+                // A certificate that fails verification fails the handshake.
+                intern!(py, "SUCCESS")
+            }
+            None => intern!(py, "NONE"),
+        };
+        environ.set_item(intern!(py, "SSL_CLIENT_VERIFY"), verify)?;
+    }
     environ.set_item(
         intern!(py, "wsgi.input"),
         Py::new(py, WsgiInput::new(Arc::clone(exchange)))?,

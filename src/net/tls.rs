@@ -1,0 +1,581 @@
+//! TLS with rustls: the server's certificate and key, client certificates,
+//! cipher suites and protocol versions, checked once at startup so that a
+//! wrong file or password is one clear line before anything listens.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
+
+/// Whether clients must present a certificate (`--ssl-cert-reqs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum ClientCerts {
+    #[default]
+    None,
+    Optional,
+    Required,
+}
+
+impl ClientCerts {
+    /// Parses uvicorn's names or gunicorn's numbers (Python's `ssl.CERT_*`).
+    pub(crate) fn parse(raw: &str) -> Result<ClientCerts, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "none" | "0" | "cert_none" => Ok(ClientCerts::None),
+            "optional" | "1" | "cert_optional" => Ok(ClientCerts::Optional),
+            "required" | "2" | "cert_required" => Ok(ClientCerts::Required),
+            _ => Err(format!(
+                "expected none, optional or required (or 0, 1, 2), got {raw:?}"
+            )),
+        }
+    }
+}
+
+/// The oldest TLS version accepted (`--ssl-min-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum MinVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+impl MinVersion {
+    pub(crate) fn parse(raw: &str) -> Result<MinVersion, String> {
+        match raw.trim().to_ascii_lowercase().trim_start_matches("tlsv") {
+            "1.2" => Ok(MinVersion::Tls12),
+            "1.3" => Ok(MinVersion::Tls13),
+            _ => Err(format!("expected 1.2 or 1.3, got {raw:?}")),
+        }
+    }
+}
+
+impl fmt::Display for MinVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MinVersion::Tls12 => "1.2",
+            MinVersion::Tls13 => "1.3",
+        })
+    }
+}
+
+/// The TLS options as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsSettings {
+    pub certfile: PathBuf,
+    pub keyfile: Option<PathBuf>,
+    pub password: Option<String>,
+    pub ca_certs: Option<PathBuf>,
+    pub client_certs: ClientCerts,
+    /// rustls suite names; `None`: rustls's defaults.
+    pub ciphers: Option<String>,
+    pub min_version: MinVersion,
+}
+
+/// Protocols offered by ALPN, best first.
+pub(crate) const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// A worker's TLS side: rustls's configuration and the certificate the
+/// ASGI `tls` extension reports.
+pub(crate) struct TlsServer {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub server_cert: Arc<str>,
+}
+
+impl TlsSettings {
+    /// Reads the files, for a worker.
+    pub(crate) fn load(&self, alpn: &[&[u8]]) -> Result<TlsServer, String> {
+        let (config, server_cert) = self.build(alpn)?;
+        Ok(TlsServer {
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+            server_cert: Arc::from(server_cert),
+        })
+    }
+
+    /// Reads the files and builds rustls's configuration; the error is one
+    /// line naming the option, the file and what is wrong with it.
+    pub(crate) fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, String> {
+        self.build(alpn).map(|(config, _)| config)
+    }
+
+    fn build(&self, alpn: &[&[u8]]) -> Result<(Arc<ServerConfig>, String), String> {
+        let provider = Arc::new(self.provider()?);
+        let chain = load_certificates(&self.certfile, "--ssl-certfile")?;
+        let server_cert = pem_of(&chain[0]);
+        let (key_path, key_option) = match &self.keyfile {
+            Some(path) => (path.as_path(), "--ssl-keyfile"),
+            // A PEM bundle with both, as gunicorn and uvicorn accept.
+            None => (self.certfile.as_path(), "--ssl-certfile"),
+        };
+        let key = load_key(key_path, key_option, self.password.as_deref())?;
+        let versions: &[&SupportedProtocolVersion] = match self.min_version {
+            MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            MinVersion::Tls13 => &[&rustls::version::TLS13],
+        };
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(versions)
+            .map_err(|err| {
+                format!(
+                    "--ssl-ciphers {:?} has no suite for TLS {} or newer: {err}",
+                    self.ciphers.as_deref().unwrap_or_default(),
+                    self.min_version
+                )
+            })?;
+        let builder = match (&self.ca_certs, self.client_certs) {
+            (_, ClientCerts::None) => builder.with_no_client_auth(),
+            (None, _) => {
+                return Err(
+                    "--ssl-cert-reqs optional or required needs --ssl-ca-certs, the CA that signs client certificates"
+                        .into(),
+                )
+            }
+            (Some(ca), reqs) => {
+                let mut roots = RootCertStore::empty();
+                for cert in load_certificates(ca, "--ssl-ca-certs")? {
+                    roots.add(cert).map_err(|err| {
+                        format!("--ssl-ca-certs {}: a certificate is not usable as a CA: {err}", ca.display())
+                    })?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = match reqs {
+                    ClientCerts::Optional => verifier.allow_unauthenticated(),
+                    _ => verifier,
+                };
+                let verifier = verifier
+                    .build()
+                    .map_err(|err| format!("--ssl-ca-certs {}: {err}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(chain, key).map_err(|err| {
+            format!(
+                "--ssl-certfile {} and {key_option} {}: {}",
+                self.certfile.display(),
+                key_path.display(),
+                describe_key_error(&err)
+            )
+        })?;
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        // One TLS 1.3 ticket: resumption without a stateful cache per worker.
+        config.send_tls13_tickets = 1;
+        Ok((Arc::new(config), server_cert))
+    }
+
+    /// ring's provider, with only the suites `--ssl-ciphers` names.
+    fn provider(&self) -> Result<CryptoProvider, String> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        let Some(names) = &self.ciphers else {
+            return Ok(provider);
+        };
+        let names: Vec<&str> = names
+            .split([':', ',', ' '])
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .collect();
+        // uvicorn's default value is OpenSSL's "TLSv1": everything.
+        if names
+            .iter()
+            .all(|name| ["tlsv1", "default", "all"].contains(&name.to_ascii_lowercase().as_str()))
+        {
+            return Ok(provider);
+        }
+        let known = provider.cipher_suites.clone();
+        let mut chosen: Vec<SupportedCipherSuite> = Vec::new();
+        for name in names {
+            let suite = known
+                .iter()
+                .find(|suite| suite_name(suite).eq_ignore_ascii_case(name))
+                .ok_or_else(|| {
+                    format!(
+                        "--ssl-ciphers: unknown cipher suite {name:?}; rsasgi (rustls) has {}",
+                        known.iter().map(suite_name).collect::<Vec<_>>().join(", ")
+                    )
+                })?;
+            if !chosen.contains(suite) {
+                chosen.push(*suite);
+            }
+        }
+        provider.cipher_suites = chosen;
+        Ok(provider)
+    }
+}
+
+/// What a TLS connection negotiated, for the ASGI `tls` extension and the
+/// WSGI environ's mod_ssl names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsInfo {
+    /// The server's certificate, PEM.
+    pub server_cert: Option<Arc<str>>,
+    /// The client's certificate chain, PEM, its own first.
+    pub client_cert_chain: Vec<String>,
+    /// The client certificate's subject, RFC 4514 (`CN=alice,O=Example`).
+    pub client_cert_name: Option<String>,
+    /// 0x0303 for TLS 1.2, 0x0304 for TLS 1.3.
+    pub tls_version: u16,
+    /// The IANA number of the cipher suite.
+    pub cipher_suite: u16,
+    pub cipher_name: String,
+}
+
+impl TlsInfo {
+    pub(crate) fn of(
+        connection: &rustls::ServerConnection,
+        server_cert: Option<Arc<str>>,
+    ) -> TlsInfo {
+        let peer = connection.peer_certificates().unwrap_or_default();
+        let suite = connection.negotiated_cipher_suite();
+        TlsInfo {
+            server_cert,
+            client_cert_chain: peer.iter().map(|cert| pem_of(cert)).collect(),
+            client_cert_name: peer.first().and_then(|cert| subject_of(cert)),
+            tls_version: connection.protocol_version().map_or(0, u16::from),
+            cipher_suite: suite.map_or(0, |suite| u16::from(suite.suite())),
+            cipher_name: suite.as_ref().map(suite_name).unwrap_or_default(),
+        }
+    }
+
+    /// mod_ssl's `SSL_PROTOCOL`.
+    pub(crate) fn protocol_name(&self) -> &'static str {
+        match self.tls_version {
+            0x0304 => "TLSv1.3",
+            0x0303 => "TLSv1.2",
+            _ => "",
+        }
+    }
+}
+
+/// A certificate as PEM text.
+pub(crate) fn pem_of(cert: &CertificateDer<'_>) -> String {
+    pkcs8::der::pem::encode_string("CERTIFICATE", pkcs8::der::pem::LineEnding::LF, cert)
+        .unwrap_or_default()
+}
+
+/// A certificate's subject as RFC 4514 text; `None` if it does not parse.
+fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_cert::der::Decode;
+    let parsed = x509_cert::Certificate::from_der(cert).ok()?;
+    Some(parsed.tbs_certificate.subject.to_string())
+}
+
+/// A suite's IANA name, as rustls spells it (TLS13_AES_128_GCM_SHA256).
+pub(crate) fn suite_name(suite: &SupportedCipherSuite) -> String {
+    let id = suite.suite();
+    id.as_str().map_or_else(|| format!("{id:?}"), str::to_owned)
+}
+
+/// Every certificate in a PEM file, in order (the server's first, then the
+/// intermediates).
+fn load_certificates(path: &Path, option: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let where_ = || format!("{option} {}", path.display());
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|err| format!("{}: {}", where_(), describe_pem_error(&err)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("{}: {}", where_(), describe_pem_error(&err)))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no certificate in it (expected PEM, '-----BEGIN CERTIFICATE-----')",
+            where_()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), or
+/// PKCS#8 encrypted with `password`.
+fn load_key(
+    path: &Path,
+    option: &str,
+    password: Option<&str>,
+) -> Result<PrivateKeyDer<'static>, String> {
+    let where_ = || format!("{option} {}", path.display());
+    let text = std::fs::read(path).map_err(|err| format!("{}: {err}", where_()))?;
+    if contains(&text, b"-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        let Some(password) = password else {
+            return Err(format!(
+                "{}: the key is encrypted; give its password with --ssl-keyfile-password",
+                where_()
+            ));
+        };
+        return decrypt_pkcs8(&text, password).map_err(|err| format!("{}: {err}", where_()));
+    }
+    if contains(&text, b"Proc-Type: 4,ENCRYPTED") {
+        return Err(format!(
+            "{}: the key is encrypted the legacy OpenSSL way, which rsasgi does not read; \
+             convert it with 'openssl pkcs8 -topk8 -in KEY -out KEY.p8' (PKCS#8, with a password \
+             or with -nocrypt)",
+            where_()
+        ));
+    }
+    PrivateKeyDer::from_pem_slice(&text).map_err(|err| match err {
+        pem::Error::NoItemsFound => format!(
+            "{}: no private key in it (expected PEM, '-----BEGIN PRIVATE KEY-----', \
+             'RSA PRIVATE KEY' or 'EC PRIVATE KEY')",
+            where_()
+        ),
+        err => format!("{}: {}", where_(), describe_pem_error(&err)),
+    })
+}
+
+fn decrypt_pkcs8(text: &[u8], password: &str) -> Result<PrivateKeyDer<'static>, String> {
+    use pkcs8::der::Document;
+    let text = std::str::from_utf8(text).map_err(|_| "the file is not PEM text".to_owned())?;
+    let start = text
+        .find("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        .unwrap_or_default();
+    let end_marker = "-----END ENCRYPTED PRIVATE KEY-----";
+    let end = text[start..]
+        .find(end_marker)
+        .map(|at| start + at + end_marker.len())
+        .ok_or_else(|| "the encrypted key has no END line".to_owned())?;
+    let (_, document) = Document::from_pem(&text[start..end])
+        .map_err(|err| format!("the encrypted key is not valid PEM: {err}"))?;
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(document.as_bytes())
+        .map_err(|err| format!("the encrypted key cannot be read: {err}"))?;
+    let decrypted = info.decrypt(password).map_err(|_| {
+        "cannot decrypt the key: wrong --ssl-keyfile-password (or an unsupported cipher; \
+         PBES2 with AES is supported)"
+            .to_owned()
+    })?;
+    Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        decrypted.as_bytes().to_vec(),
+    )))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+fn describe_pem_error(err: &pem::Error) -> String {
+    match err {
+        pem::Error::Io(err) => err.to_string(),
+        pem::Error::NoItemsFound => "nothing in PEM format in it".into(),
+        pem::Error::MissingSectionEnd { .. } => "a PEM section has no END line".into(),
+        pem::Error::IllegalSectionStart { .. } => "a malformed PEM BEGIN line".into(),
+        pem::Error::Base64Decode(_) => "invalid base64 in a PEM section".into(),
+        other => format!("not valid PEM ({other:?})"),
+    }
+}
+
+fn describe_key_error(err: &rustls::Error) -> String {
+    match err {
+        rustls::Error::InconsistentKeys(_) => {
+            "the private key does not belong to the certificate".into()
+        }
+        rustls::Error::General(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Files {
+        _dir: tempfile::TempDir,
+        cert: PathBuf,
+        key: PathBuf,
+        other_key: PathBuf,
+    }
+
+    fn files() -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let path = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        Files {
+            cert: path("cert.pem", cert.pem()),
+            key: path("key.pem", key.serialize_pem()),
+            other_key: path("other.pem", other.serialize_pem()),
+            _dir: dir,
+        }
+    }
+
+    fn settings(files: &Files) -> TlsSettings {
+        TlsSettings {
+            certfile: files.cert.clone(),
+            keyfile: Some(files.key.clone()),
+            password: None,
+            ca_certs: None,
+            client_certs: ClientCerts::None,
+            ciphers: None,
+            min_version: MinVersion::Tls12,
+        }
+    }
+
+    fn error(settings: &TlsSettings) -> String {
+        settings.server_config(&[ALPN_H2]).unwrap_err()
+    }
+
+    #[test]
+    fn a_certificate_and_its_key_make_a_config() {
+        let files = files();
+        let config = settings(&files)
+            .server_config(&[ALPN_H2, ALPN_HTTP11])
+            .unwrap();
+        assert_eq!(
+            config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+
+    #[test]
+    fn bad_files_are_one_line_naming_them() {
+        let files = files();
+        let mut wrong = settings(&files);
+        wrong.keyfile = Some(files.other_key.clone());
+        let err = error(&wrong);
+        assert!(err.contains("does not belong to the certificate"), "{err}");
+        assert!(err.contains("--ssl-keyfile"), "{err}");
+
+        let mut missing = settings(&files);
+        missing.certfile = "/does/not/exist.pem".into();
+        let err = error(&missing);
+        assert!(
+            err.starts_with("--ssl-certfile /does/not/exist.pem: "),
+            "{err}"
+        );
+
+        let mut swapped = settings(&files);
+        swapped.certfile = files.key.clone();
+        let err = error(&swapped);
+        assert!(err.contains("no certificate in it"), "{err}");
+
+        let mut no_key = settings(&files);
+        no_key.keyfile = Some(files.cert.clone());
+        let err = error(&no_key);
+        assert!(err.contains("no private key in it"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn client_certificates_need_a_ca() {
+        let files = files();
+        let mut optional = settings(&files);
+        optional.client_certs = ClientCerts::Optional;
+        assert!(error(&optional).contains("needs --ssl-ca-certs"));
+        optional.ca_certs = Some(files.cert.clone());
+        optional.server_config(&[ALPN_H2]).unwrap();
+    }
+
+    #[test]
+    fn ciphers_by_name() {
+        let files = files();
+        let mut some = settings(&files);
+        some.ciphers = Some("TLS13_AES_128_GCM_SHA256:tls13_chacha20_poly1305_sha256".into());
+        some.server_config(&[]).unwrap();
+        some.ciphers = Some("TLSv1".into());
+        some.server_config(&[]).unwrap();
+        some.ciphers = Some("ECDHE-RSA-AES128-GCM-SHA256".into());
+        let err = error(&some);
+        assert!(
+            err.contains("unknown cipher suite") && err.contains("TLS13_AES_256_GCM_SHA384"),
+            "{err}"
+        );
+        // TLS 1.2 suites only, but TLS 1.3 required.
+        some.ciphers = Some("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".into());
+        some.min_version = MinVersion::Tls13;
+        assert!(
+            error(&some).contains("no suite for TLS 1.3"),
+            "{}",
+            error(&some)
+        );
+    }
+
+    /// A client certificate signed by a CA the server trusts, and the
+    /// server's settings asking for it.
+    fn mutual(files: &Files, reqs: ClientCerts) -> (TlsSettings, rustls::ClientConfig) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(vec![]).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let mut client_params = rcgen::CertificateParams::new(vec![]).unwrap();
+        client_params.distinguished_name = rcgen::DistinguishedName::new();
+        client_params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example, Inc");
+        client_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        let client = client_params.signed_by(&client_key, &issuer).unwrap();
+        let ca_path = files.cert.with_file_name("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        let mut settings = settings(files);
+        settings.ca_certs = Some(ca_path);
+        settings.client_certs = reqs;
+
+        let mut roots = RootCertStore::empty();
+        let server_cert = CertificateDer::from_pem_file(&files.cert).unwrap();
+        roots.add(server_cert).unwrap();
+        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![client.der().clone()],
+            PrivateKeyDer::from_pem_slice(client_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        (settings, client_config)
+    }
+
+    #[tokio::test]
+    async fn a_handshake_reports_what_was_negotiated() {
+        let files = files();
+        let (settings, client_config) = mutual(&files, ClientCerts::Required);
+        let acceptor = tokio_rustls::TlsAcceptor::from(settings.server_config(&[ALPN_H2]).unwrap());
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (client, server) = tokio::join!(
+            connector.connect(name, client_io),
+            acceptor.accept(server_io)
+        );
+        client.unwrap();
+        let server = server.unwrap();
+        let info = TlsInfo::of(server.get_ref().1, Some(Arc::from("PEM")));
+        assert_eq!(info.tls_version, 0x0304);
+        assert_eq!(info.protocol_name(), "TLSv1.3");
+        assert!(
+            info.cipher_name.starts_with("TLS13_"),
+            "{}",
+            info.cipher_name
+        );
+        assert_ne!(info.cipher_suite, 0);
+        assert_eq!(info.client_cert_chain.len(), 1);
+        assert!(info.client_cert_chain[0].starts_with("-----BEGIN CERTIFICATE-----\n"));
+        // RFC 4514: the last RDN first, special characters escaped.
+        assert_eq!(
+            info.client_cert_name.as_deref(),
+            Some("CN=alice,O=Example\\, Inc")
+        );
+    }
+
+    #[test]
+    fn option_values() {
+        assert_eq!(ClientCerts::parse("2"), Ok(ClientCerts::Required));
+        assert_eq!(ClientCerts::parse("Optional"), Ok(ClientCerts::Optional));
+        assert!(ClientCerts::parse("maybe").is_err());
+        assert_eq!(MinVersion::parse("1.3"), Ok(MinVersion::Tls13));
+        assert_eq!(MinVersion::parse("TLSv1.2"), Ok(MinVersion::Tls12));
+        assert!(MinVersion::parse("1.1").is_err());
+    }
+}

@@ -1,0 +1,193 @@
+"""WebSockets over HTTP/2 (RFC 8441): an extended CONNECT with `:protocol websocket` on a
+cleartext HTTP/2 connection opens the same `websocket` scope as an HTTP/1.1 upgrade, with
+http_version "2", answered 200 instead of 101; the WebSocket frames then travel in the
+stream's DATA frames.
+
+The client is the `h2` state machine on a raw socket, with WebSocket frames built by hand
+(masked, as a client's must be); app: tests/apps/ws_app.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+
+class H2WebSocket:
+    """One WebSocket over an HTTP/2 stream."""
+
+    def __init__(self, server, path: str, headers: list[tuple[str, str]] | None = None):
+        self.sock = server.connect()
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+        self.events: list = []
+        self.data = b""
+        self.ended = False
+        # The server must allow extended CONNECT in its SETTINGS first.
+        self._pump_until(lambda: self._first(h2.events.RemoteSettingsChanged))
+        assert self.conn.remote_settings.enable_connect_protocol == 1
+        self.stream = self.conn.get_next_available_stream_id()
+        request = [
+            (":method", "CONNECT"),
+            (":protocol", "websocket"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", f"127.0.0.1:{server.port}"),
+            ("sec-websocket-version", "13"),
+            *(headers or []),
+        ]
+        self.conn.send_headers(self.stream, request)
+        self.sock.sendall(self.conn.data_to_send())
+        response = self._pump_until(lambda: self._first(h2.events.ResponseReceived))
+        self.headers = {name.decode(): value.decode() for name, value in response.headers}
+
+    def _first(self, kind):
+        return next((event for event in self.events if isinstance(event, kind)), None)
+
+    def _pump_until(self, done, limit: int = 200):
+        for _ in range(limit):
+            found = done()
+            if found:
+                return found
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            for event in self.conn.receive_data(chunk):
+                self.events.append(event)
+                if isinstance(event, h2.events.DataReceived):
+                    self.data += event.data
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, self.stream)
+                if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    self.ended = True
+            self.sock.sendall(self.conn.data_to_send())
+        raise AssertionError("no progress")
+
+    def send_frame(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        length = len(payload)
+        if length < 126:
+            head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+        elif length < 65536:
+            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        frame = head + mask + masked
+        step = self.conn.max_outbound_frame_size
+        for start in range(0, len(frame), step):
+            self.conn.send_data(self.stream, frame[start : start + step])
+            self.sock.sendall(self.conn.data_to_send())
+
+    def recv_frame(self) -> tuple[int, bytes]:
+        def whole():
+            if len(self.data) < 2:
+                return None
+            length = self.data[1] & 0x7F
+            offset = 2
+            if length == 126:
+                (length,) = struct.unpack("!H", self.data[2:4])
+                offset = 4
+            elif length == 127:
+                (length,) = struct.unpack("!Q", self.data[2:10])
+                offset = 10
+            return len(self.data) >= offset + length and (offset, length)
+
+        offset, length = self._pump_until(whole)
+        opcode = self.data[0] & 0x0F
+        payload = self.data[offset : offset + length]
+        self.data = self.data[offset + length :]
+        return opcode, payload
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_echo_over_http2(run_rsasgi):
+    server = run_rsasgi("ws_app:app")
+    ws = H2WebSocket(server, "/echo")
+    try:
+        assert ws.headers[":status"] == "200"
+        assert "sec-websocket-accept" not in ws.headers
+        for message in ["hello", "x" * 70_000]:
+            ws.send_frame(0x1, message.encode())
+            assert ws.recv_frame() == (0x1, message.encode())
+        ws.send_frame(0x8, struct.pack("!H", 1000))
+        opcode, payload = ws.recv_frame()
+        assert opcode == 0x8 and struct.unpack("!H", payload[:2])[0] == 1000
+    finally:
+        ws.close()
+
+
+def test_the_scope_is_a_websocket_scope_with_http_version_2(run_rsasgi):
+    server = run_rsasgi("ws_app:app")
+    ws = H2WebSocket(server, "/scope?x=1", [("sec-websocket-protocol", "chat, superchat")])
+    try:
+        assert ws.headers[":status"] == "200"
+        opcode, payload = ws.recv_frame()
+        scope = json.loads(payload)
+        assert scope["type"] == "websocket"
+        assert scope["http_version"] == "2"
+        assert scope["scheme"] == "ws"
+        assert scope["path"] == "/scope"
+        assert scope["query_string"] == "x=1"
+        assert scope["subprotocols"] == ["chat", "superchat"]
+        assert ["host", f"127.0.0.1:{server.port}"] in scope["headers"]
+    finally:
+        ws.close()
+
+
+def test_a_denied_websocket_is_a_403_on_its_stream_only(run_rsasgi):
+    server = run_rsasgi("ws_app:app")
+    ws = H2WebSocket(server, "/deny")
+    try:
+        assert ws.headers[":status"] == "403"
+        assert "connection" not in ws.headers
+        # The connection still serves other streams.
+        other = H2WebSocket(server, "/echo")
+        other.send_frame(0x1, b"still here")
+        assert other.recv_frame() == (0x1, b"still here")
+        other.close()
+    finally:
+        ws.close()
+
+
+@pytest.mark.parametrize("version, status", [("8", "426"), (None, "400")])
+def test_a_bad_version_is_refused(run_rsasgi, version, status):
+    server = run_rsasgi("ws_app:app")
+    sock = server.connect()
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    request = [
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "http"),
+        (":path", "/echo"),
+        (":authority", f"127.0.0.1:{server.port}"),
+    ]
+    if version:
+        request.append(("sec-websocket-version", version))
+    try:
+        sock.sendall(conn.data_to_send())
+        # SETTINGS first, so that the server's ENABLE_CONNECT_PROTOCOL is known.
+        settings = None
+        while settings is None:
+            for event in conn.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.RemoteSettingsChanged):
+                    settings = event
+        conn.send_headers(1, request)
+        sock.sendall(conn.data_to_send())
+        while True:
+            for event in conn.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.ResponseReceived):
+                    assert dict(event.headers)[b":status"] == status.encode()
+                    return
+            sock.sendall(conn.data_to_send())
+    finally:
+        sock.close()
