@@ -185,6 +185,13 @@ struct State {
     /// The app's asyncio task, kept only with `--timeout-request`, so that a
     /// request past its deadline can be cancelled.
     task: Option<Py<PyAny>>,
+    /// Counted as long as the exchange lives, that is until both the
+    /// response is done and the app has let go of it (see [`Exchange::hold`]).
+    held: Vec<Box<dyn Send>>,
+    /// The app has returned (or failed).
+    app_finished: bool,
+    /// The reactor is done with the response (sent, or the client left).
+    response_released: bool,
 }
 
 impl State {
@@ -399,12 +406,35 @@ impl Exchange {
     /// read and discarded (up to [`MAX_BODY_DRAIN`]) so the connection can
     /// carry the next request.
     pub(crate) fn finish_app(self: &Arc<Self>) {
-        {
+        let held = {
             let mut st = self.state.lock();
             st.body.clear();
             st.body_buffered = 0;
-        }
+            st.app_finished = true;
+            if st.response_released {
+                std::mem::take(&mut st.held)
+            } else {
+                Vec::new()
+            }
+        };
+        drop(held);
         self.close();
+    }
+
+    /// The reactor is done with the response: what [`Exchange::hold`] keeps
+    /// is let go of once the app is done too (else when the exchange is
+    /// dropped).
+    pub(crate) fn release_response(&self) {
+        let held = {
+            let mut st = self.state.lock();
+            st.response_released = true;
+            if st.app_finished {
+                std::mem::take(&mut st.held)
+            } else {
+                Vec::new()
+            }
+        };
+        drop(held);
     }
 
     /// The client went away or the connection ended: wake everyone waiting.
@@ -761,6 +791,14 @@ impl Exchange {
             self.wait_for_room()?;
         }
         Ok(())
+    }
+
+    /// Keeps `guard` (a count of requests or tasks in flight) until both the
+    /// response is done and the app has returned. A client that resets its
+    /// stream ends the response early, but the app's work goes on, and
+    /// still counts.
+    pub(crate) fn hold(&self, guard: impl Send + 'static) {
+        self.state.lock().held.push(Box::new(guard));
     }
 
     /// Keeps the app's task, to cancel it if the request outlives

@@ -259,6 +259,7 @@ impl Drop for ResponseBody {
             // The response is over either way: wake an app still waiting in
             // receive() or send(), and stop reading a body nobody will read.
             exchange.close();
+            exchange.release_response();
         }
     }
 }

@@ -74,6 +74,9 @@ struct ActivityState {
 /// The requests in flight on one connection, and since when it is idle.
 pub(crate) struct Activity {
     state: Mutex<ActivityState>,
+    /// App tasks of this connection still running, whether or not their
+    /// request is: an HTTP/2 stream the client reset leaves its task behind.
+    app_tasks: AtomicUsize,
 }
 
 impl Activity {
@@ -84,6 +87,7 @@ impl Activity {
                 requests: 0,
                 idle_since: Instant::now(),
             }),
+            app_tasks: AtomicUsize::new(0),
         })
     }
 
@@ -132,6 +136,29 @@ impl Activity {
 
 /// One request in flight on a connection; see [`Activity::begin`].
 pub(crate) struct ActiveRequest(Arc<Activity>);
+
+impl ActiveRequest {
+    /// App tasks of this connection still running.
+    pub(crate) fn app_tasks(&self) -> usize {
+        self.0.app_tasks.load(Ordering::Relaxed)
+    }
+
+    /// Counts an app task of this connection until the guard is dropped
+    /// (with the request's exchange, once the app is done with it).
+    pub(crate) fn app_task(&self) -> AppTask {
+        self.0.app_tasks.fetch_add(1, Ordering::Relaxed);
+        AppTask(Arc::clone(&self.0))
+    }
+}
+
+/// One app task of a connection, counted until dropped.
+pub(crate) struct AppTask(Arc<Activity>);
+
+impl Drop for AppTask {
+    fn drop(&mut self) {
+        self.0.app_tasks.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {

@@ -68,6 +68,9 @@ pub(crate) struct ServerState {
     pub tls: Option<TlsServer>,
     /// `--http`: the HTTP versions served.
     pub http: HttpEngine,
+    /// App tasks one HTTP/2 connection may have running at once
+    /// (`--http2-max-concurrent-streams`).
+    pub http2_max_streams: usize,
 }
 
 impl ServerState {
@@ -111,6 +114,7 @@ impl ServerState {
             static_files,
             tls,
             http: config.http,
+            http2_max_streams: config.http2.max_concurrent_streams as usize,
         })
     }
 }

@@ -146,6 +146,21 @@ pub(crate) async fn handle(
             }
         }
 
+        // A client that resets its HTTP/2 streams once their heads arrive frees
+        // its stream slots while the app goes on working for them: a paced
+        // rapid reset. Such a connection gets no more app tasks than it may
+        // have streams.
+        if request.version() == Version::HTTP_2 && active.app_tasks() >= state.http2_max_streams {
+            tracing::debug!(
+                client = ?info.client,
+                "503: {} app tasks of this HTTP/2 connection are still running \
+                 (streams reset while the app worked on them)",
+                active.app_tasks()
+            );
+            let status = StatusCode::SERVICE_UNAVAILABLE;
+            break 'respond state.error_response(status, record(status), false);
+        }
+
         let body_limit = state.limit_request_body;
         if let (Some(limit), Some(length)) = (body_limit, request.body().size_hint().exact()) {
             if length > limit {
@@ -175,6 +190,10 @@ pub(crate) async fn handle(
             info,
             body_complete,
         ));
+        // Both count until the app is done, not only until the response is:
+        // the app may work on after its client has gone.
+        exchange.hold(in_flight);
+        exchange.hold(active.app_task());
         if !body_complete {
             let expects_continue = head
                 .headers
@@ -243,6 +262,9 @@ pub(crate) async fn handle(
         // A response the app finished before its head is written goes out with a
         // Content-Length (see ResponseBody::size_hint).
         let body_len_known = exchange.complete_body_len().is_some();
+        if is_head {
+            exchange.release_response();
+        }
         let mut body = ResponseBody::new(
             if is_head {
                 Source::Head
@@ -250,8 +272,7 @@ pub(crate) async fn handle(
                 Source::App(exchange)
             },
             log.map(|log| log.with_status(start.status)),
-        )
-        .holding(in_flight);
+        );
         if let Some(deadline) = deadline {
             body = body.until(deadline, Arc::clone(&state));
         }
