@@ -13,6 +13,11 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     echo "== installing chromium for the browser test"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+# The HTTP/2 load test drives h2load, from Debian's nghttp2-client.
+if ! command -v h2load >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing nghttp2-client (h2load) for the HTTP/2 load test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null
+fi
 # The socket-activation tests run rsasgi under systemd-socket-activate.
 if ! command -v systemd-socket-activate >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing systemd (systemd-socket-activate) for the socket-activation tests"
