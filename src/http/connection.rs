@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// How long a connection asked to close (idle, or the server draining) may
@@ -77,6 +77,10 @@ pub(crate) struct Activity {
     /// App tasks of this connection still running, whether or not their
     /// request is: an HTTP/2 stream the client reset leaves its task behind.
     app_tasks: AtomicUsize,
+    /// Wakes [`Activity::idle`] when the last request in flight ends: the
+    /// deadline it sleeps towards may have been the first request's, and
+    /// the keep-alive one is now due sooner.
+    went_idle: Notify,
 }
 
 impl Activity {
@@ -88,6 +92,7 @@ impl Activity {
                 idle_since: Instant::now(),
             }),
             app_tasks: AtomicUsize::new(0),
+            went_idle: Notify::new(),
         })
     }
 
@@ -127,7 +132,12 @@ impl Activity {
         loop {
             match self.deadline(deadlines) {
                 Some((deadline, why)) if deadline <= Instant::now() => return why,
-                Some((deadline, _)) => tokio::time::sleep_until(deadline).await,
+                Some((deadline, _)) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = self.went_idle.notified() => {}
+                    }
+                }
                 None => tokio::time::sleep(deadlines.keep_alive.max(MIN_RECHECK)).await,
             }
         }
@@ -166,6 +176,8 @@ impl Drop for ActiveRequest {
         st.in_flight -= 1;
         if st.in_flight == 0 {
             st.idle_since = Instant::now();
+            drop(st);
+            self.0.went_idle.notify_one();
         }
     }
 }
@@ -276,6 +288,25 @@ mod tests {
         request_header: Duration::from_secs(10),
         keep_alive: Duration::from_secs(5),
     };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_ends_brings_the_keep_alive_deadline_forward() {
+        // The wait began before the first request (towards the request-header
+        // deadline, 10 s); the request ends at 1 s, so the connection is idle
+        // at 1 + 5 s, not at 10 s.
+        let activity = Activity::new();
+        let started = Instant::now();
+        let waiting = {
+            let activity = Arc::clone(&activity);
+            tokio::spawn(async move { activity.idle(DEADLINES).await })
+        };
+        tokio::task::yield_now().await;
+        let request = activity.begin();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(request);
+        assert_eq!(waiting.await.unwrap(), Idle::KeepAlive);
+        assert_eq!(started.elapsed(), Duration::from_secs(6));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_idle_after_the_request_header_timeout() {

@@ -602,6 +602,10 @@ fn is_disconnect(err: &hyper::Error) -> bool {
     }
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
+        // An HTTP/2 stream the client reset, or a connection it ended.
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.is_reset() || h2.is_go_away() || h2.is_io();
+        }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             return matches!(
                 io.kind(),
