@@ -1,21 +1,28 @@
-"""Benchmark rsasgi against its peers with wrk, side by side: ASGI, WSGI and static files.
+"""Benchmark rsasgi against its peers with wrk and h2load, side by side: ASGI, WSGI, static
+files, and TLS and HTTP/2.
 
-By default each server runs one worker pinned to one CPU core; wrk runs pinned to another.
-Every server in the ASGI and WSGI groups serves the same plain app (benches/apps.py: `hello`
-for ASGI, `wsgi_hello` for WSGI) on three scenarios; the static group has every server send
-the same two files (10 KiB and 1 MiB of random bytes, written to a temporary directory) from
-its own static file serving: rsasgi's --static-map, granian's --static-path-mount, and nginx,
-the limit. The script prints requests/s and p99 latency per server, then rsasgi's requests/s
-divided by each peer's, one table per group (and MiB/s for the files).
+By default each server runs one worker pinned to one CPU core; the load generator (wrk, or
+h2load for HTTP/2) runs pinned to another. Every server in the ASGI and WSGI groups serves the
+same plain app (benches/apps.py: `hello` for ASGI, `wsgi_hello` for WSGI) on three scenarios;
+the static group has every server send the same two files (10 KiB and 1 MiB of random bytes,
+written to a temporary directory) from its own static file serving: rsasgi's --static-map,
+granian's --static-path-mount, and nginx, the limit. The tls group serves the ASGI hello world
+over cleartext HTTP/2 (h2load, prior knowledge), HTTP/2 over TLS (h2load, ALPN h2) and
+HTTP/1.1 over TLS (wrk), with a certificate made for the run by trustme. The script prints
+requests/s and p99 latency per server, then rsasgi's requests/s divided by each peer's, one
+table per group (and MiB/s for the files).
 
     ASGI:   rsasgi, uvicorn, granian, hypercorn, h2corn, gunicorn-uvicorn
     WSGI:   rsasgi, granian, gunicorn (gthread), uwsgi, waitress
     static: rsasgi, granian, nginx
+    tls:    rsasgi, granian, h2corn, hypercorn, uvicorn (HTTP/1.1 over TLS only)
 
-    pip install -r benches/requirements.txt     # the peers; this script installs nothing
+    pip install -r benches/requirements.txt     # the peers, trustme; this script installs nothing
     apt-get install wrk nginx-light              # nginx only for the static group
+    apt-get install nghttp2-client curl          # h2load and curl, for the tls group
     python benches/run.py                        # from the repository root; every group
     python benches/run.py --group static --duration 5
+    python benches/run.py --group tls --duration 5
     python benches/run.py --group wsgi --duration 5 --servers rsasgi granian --scenarios hello
     python benches/run.py --workers 2            # every server with 2 worker processes
     python benches/run.py --memory-only          # idle resident memory only, no wrk
@@ -31,6 +38,7 @@ the server and the load generator together.
 resident memory (RSS and PSS from /proc/PID/smaps_rollup) of its main process (rsasgi's
 supervisor, gunicorn's arbiter, uWSGI's master, ...) and of each child process separately,
 idle, before the load, and again after the runs. `--memory-only` reports memory without wrk.
+The tls group has no memory report (its servers are the ASGI group's).
 
 Results also go to benches/results/latest.json.
 """
@@ -41,6 +49,7 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
 import random
@@ -65,17 +74,29 @@ WSGI_APP = "benches.apps:wsgi_hello"
 RESULTS = REPO / "benches" / "results" / "latest.json"
 HOST = "127.0.0.1"
 
-GROUPS = ("asgi", "wsgi", "static")
+GROUPS = ("asgi", "wsgi", "static", "tls")
 
-# The bars set for rsasgi on the hello-world scenario (issues 2 and 3): its req/s over each peer's.
-# The static group has none: nginx is the limit it is measured against (issue 9).
-BAR = {"asgi": {"granian": 1.0, "uvicorn": 1.3}, "wsgi": {"granian": 1.0}, "static": {}}
+# The bars set for rsasgi (issues 2, 3 and 10): its req/s over each peer's on one scenario of
+# the group, BAR_SCENARIO. BEST_PEER stands for whichever peer served the most on it. The
+# static group has none: nginx is the limit it is measured against (issue 9).
+BEST_PEER = "best peer"
+BAR = {
+    "asgi": {"granian": 1.0, "uvicorn": 1.3},
+    "wsgi": {"granian": 1.0},
+    "static": {},
+    "tls": {BEST_PEER: 1.2},
+}
+BAR_SCENARIO = {"asgi": "hello", "wsgi": "hello", "static": None, "tls": "h2c-hello"}
 
 # Pool size of the WSGI peers: rsasgi's default --threads, so every server gets the same pool.
 WSGI_THREADS = 8
 
 ECHO_BODY_SIZE = 10 * 1024
 MIB = 1024 * 1024
+
+# h2load's load for the HTTP/2 scenarios: connections, and streams in flight on each.
+H2_CLIENTS = 16
+H2_STREAMS = 10
 
 # The URL prefix the static group's servers serve the files under, and the Cache-Control
 # max-age all three send (rsasgi's default is 60 s, granian's 86400 s, nginx sends none).
@@ -88,6 +109,37 @@ def static_dir(work: Path) -> Path:
     return work / "static"
 
 
+def tls_dir(work: Path) -> Path:
+    """Where the tls group's CA, certificate and key are written, in the run's temporary
+    directory."""
+    return work / "tls"
+
+
+def write_tls_files(work: Path) -> None:
+    """A CA and a certificate for 127.0.0.1 signed by it (trustme), and the certificate's key.
+
+    The key is written as PKCS#8 (`BEGIN PRIVATE KEY`): granian reads no other form, and the
+    other servers read it too. trustme's default key type, ECDSA P-256, serves everyone.
+    """
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    directory = tls_dir(work)
+    directory.mkdir(exist_ok=True)
+    ca = trustme.CA()
+    leaf = ca.issue_cert(HOST, "localhost")
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    leaf.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
 def _random_bytes(size: int) -> bytes:
     """`size` incompressible bytes, the same in every run (seeded)."""
     return random.Random(size).randbytes(size)
@@ -95,11 +147,13 @@ def _random_bytes(size: int) -> bytes:
 
 @dataclass
 class Scenario:
-    """One wrk workload: a path, an optional wrk Lua script, and a check of the app's answer.
+    """One workload: a path, an optional wrk Lua script, and a check of the app's answer.
 
     `groups` are the groups that run it. A scenario with a `file` is a static file: run.py
     writes `expected_body` to that name in the static directory, and the servers serve it
-    under STATIC_PREFIX.
+    under STATIC_PREFIX. `tls` scenarios go to the server started with the run's certificate;
+    `http2` ones are loaded by h2load instead of wrk (cleartext: prior knowledge, h2c; over
+    TLS: ALPN h2).
     """
 
     name: str
@@ -111,6 +165,23 @@ class Scenario:
     expected_body: bytes = b""
     groups: tuple[str, ...] = ("asgi", "wsgi")
     file: str | None = None
+    tls: bool = False
+    http2: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def protocol(self) -> str:
+        """The protocol the client must end up speaking, in ALPN's words (h2load's too)."""
+        if self.http2:
+            return "h2" if self.tls else "h2c"
+        return "http/1.1"
+
+    @property
+    def client(self) -> str:
+        return "h2load" if self.http2 else "wrk"
 
 
 def _static_file(name: str, description: str, file: str, size: int) -> Scenario:
@@ -146,8 +217,36 @@ SCENARIOS = {
         ),
         _static_file("static-10k", "GET a 10 KiB static file", "10k.bin", 10 * 1024),
         _static_file("static-1m", "GET a 1 MiB static file", "1m.bin", 1024 * 1024),
+        Scenario(
+            "h2c-hello",
+            "GET hello world over cleartext HTTP/2 (prior knowledge), h2load",
+            "/",
+            expected_body=b"Hello, world!",
+            groups=("tls",),
+            http2=True,
+        ),
+        Scenario(
+            "h2-tls-hello",
+            "GET hello world over HTTP/2 over TLS (ALPN h2), h2load",
+            "/",
+            expected_body=b"Hello, world!",
+            groups=("tls",),
+            tls=True,
+            http2=True,
+        ),
+        Scenario(
+            "https1-hello",
+            "GET hello world over HTTP/1.1 over TLS, wrk",
+            "/",
+            expected_body=b"Hello, world!",
+            groups=("tls",),
+            tls=True,
+        ),
     ]
 }
+
+# Width of the scenario column in what the script prints.
+NAME_WIDTH = max(map(len, SCENARIOS))
 
 
 @dataclass
@@ -158,7 +257,10 @@ class ServerSpec:
     (the static files are in it, nginx writes its configuration there). `requires` are the
     modules it needs importable, `programs` the executables it needs (see `program`);
     `install` says how to get them. `multiprocess` is False for a server that has no
-    worker processes (it runs only with --workers 1).
+    worker processes (it runs only with --workers 1). `tls_options` name the server's options
+    for a certificate file and its key: the server of the `tls` scenarios gets them, with the
+    run's files, after the rest of its command line. `lacks` are the scenarios it cannot serve,
+    with the reason printed in their place.
     """
 
     name: str
@@ -169,11 +271,24 @@ class ServerSpec:
     programs: tuple[str, ...] = ()
     install: str = "pip install -r benches/requirements.txt"
     multiprocess: bool = True
+    tls_options: tuple[str, str] | None = None
+    lacks: dict[str, str] = field(default_factory=dict)
 
     def missing(self) -> list[str]:
         modules = [m for m in self.requires if importlib.util.find_spec(m) is None]
         programs = [p for p in self.programs if program(p) is None]
         return modules + programs
+
+    def command(self, port: int, workers: int, work: Path, tls: bool) -> list[str]:
+        """The command line, serving TLS with the run's certificate when `tls` is true."""
+        argv = self.argv(port, workers, work)
+        if not tls:
+            return argv
+        if self.tls_options is None:
+            raise RuntimeError(f"{self.name} has no TLS options in run.py")
+        cert, key = self.tls_options
+        files = tls_dir(work)
+        return [*argv, cert, str(files / "cert.pem"), key, str(files / "key.pem")]
 
 
 # nginx lives in /usr/sbin, which an unprivileged user's PATH may lack.
@@ -463,6 +578,42 @@ SERVER_SPECS = [
         programs=("nginx",),
         install="apt-get install nginx-light (or nginx)",
     ),
+    # The tls group: the ASGI group's commands, cleartext for h2c and with a certificate for
+    # the TLS scenarios. Every server serves HTTP/1.1 and HTTP/2 on one port, as each does by
+    # default: by the connection preface in cleartext and by ALPN (h2, http/1.1) over TLS.
+    ServerSpec(
+        "rsasgi", "tls", ("rsasgi",), _rsasgi_argv,
+        "--http auto: h2c by prior knowledge, ALPN h2/http/1.1 over TLS (rustls)",
+        install="pip install .",
+        tls_options=("--ssl-certfile", "--ssl-keyfile"),
+    ),
+    ServerSpec(
+        "granian", "tls", ("granian",), _granian_argv,
+        "--http auto: h2c by prior knowledge, ALPN h2/http/1.1 over TLS (rustls); "
+        "1 runtime thread, uvloop",
+        tls_options=("--ssl-certificate", "--ssl-keyfile"),
+    ),
+    ServerSpec(
+        "h2corn", "tls", ("h2corn",), _h2corn_argv,
+        "HTTP/1.1 and HTTP/2: h2c by prior knowledge, ALPN over TLS; 1 runtime thread, uvloop",
+        install="pip install h2corn",
+        tls_options=("--certfile", "--keyfile"),
+    ),
+    ServerSpec(
+        "hypercorn", "tls", ("hypercorn",), _hypercorn_argv,
+        "h2c by prior knowledge, ALPN h2/http/1.1 over TLS (Python's ssl); uvloop worker",
+        tls_options=("--certfile", "--keyfile"),
+    ),
+    ServerSpec(
+        "uvicorn", "tls", ("uvicorn", "uvloop", "httptools"), _uvicorn_argv,
+        "HTTP/1.1 (httptools) over TLS (Python's ssl), uvloop",
+        tls_options=("--ssl-certfile", "--ssl-keyfile"),
+        lacks=dict.fromkeys(
+            ("h2c-hello", "h2-tls-hello"),
+            "uvicorn with httptools serves HTTP/1.1 only (its HTTP/2 needs the optional "
+            "zttp parser, --http zttp --http2, not compared here)",
+        ),
+    ),
 ]  # fmt: skip
 
 # {group: {name: spec}}
@@ -515,6 +666,73 @@ def parse_wrk(output: str) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- h2load output
+
+
+def parse_h2load(output: str, log: Path) -> dict:
+    """Requests/s, latency and errors from h2load's output, percentiles from its --log-file.
+
+    h2load prints min, max, mean and standard deviation of "time for request" but no
+    percentiles; its --log-file has one line per request (start in microseconds since the
+    epoch, status, microseconds until the response ended), from which the percentiles come.
+    Raises when the output lacks the summary (h2load could not connect or negotiate).
+    """
+    finished = re.search(r"finished in \S+, ([\d.]+) req/s, ([\d.]+)([KMGT]?B)/s", output)
+    requests = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        output,
+    )
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    timing = re.search(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", output, re.MULTILINE)
+    if not finished or not requests or not codes or not timing:
+        raise ValueError("could not find h2load's summary (req/s, requests, status codes)")
+    minimum, maximum, mean, sd = (parse_duration_ms(value) for value in timing.groups())
+    _, _, done, _, failed, errored, timeout = map(int, requests.groups())
+    status = dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, codes.groups()), strict=True))
+    found = {
+        "requests_per_sec": float(finished.group(1)),
+        "transfer_mib_per_sec": float(finished.group(2)) * _BYTES[finished.group(3)] / MIB,
+        "average_ms": mean,
+        "min_ms": minimum,
+        "max_ms": maximum,
+        "sd_ms": sd,
+        "requests": done,
+        "status_codes": status,
+        "non_2xx_3xx": status["4xx"] + status["5xx"],
+        "request_errors": {"failed": failed, "errored": errored, "timeout": timeout},
+        "application_protocol": _h2load_field(output, "Application protocol"),
+        "tls_protocol": _h2load_field(output, "TLS Protocol"),
+        "cipher": _h2load_field(output, "Cipher"),
+    }
+    percentiles = _percentiles(log)
+    if not percentiles:
+        raise ValueError("h2load's --log-file holds no request")
+    return found | percentiles
+
+
+def _h2load_field(output: str, name: str) -> str | None:
+    match = re.search(rf"^{name}: (.+)$", output, re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
+def _percentiles(log: Path) -> dict:
+    """p50, p90 and p99 (ms) of the request times in an h2load --log-file (nearest rank);
+    {} when it holds none."""
+    if not log.exists():
+        return {}
+    times = sorted(
+        int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.count("\t") >= 2
+    )
+    if not times:
+        return {}
+
+    def rank(share: float) -> float:
+        return times[max(0, math.ceil(share * len(times)) - 1)] / 1000
+
+    return {"p50_ms": rank(0.50), "p90_ms": rank(0.90), "p99_ms": rank(0.99)}
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -550,16 +768,18 @@ class RunningServer:
     gunicorn's arbiter, uWSGI's master, ...) and its workers are that process's descendants.
     """
 
-    def __init__(self, spec: ServerSpec, cpu: str | None, workers: int, work: Path):
+    def __init__(
+        self, spec: ServerSpec, cpu: str | None, workers: int, work: Path, tls: bool = False
+    ):
         self.spec = spec
         self.port = free_port()
-        self.log_path = work / f"{spec.group}-{spec.name}.log"
+        self.log_path = work / f"{spec.group}-{spec.name}{'-tls' if tls else ''}.log"
         self._log = open(self.log_path, "wb")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         # rsasgi, uvicorn and gunicorn read a worker count from it: the command line decides.
         env.pop("WEB_CONCURRENCY", None)
-        self.command = pinned(cpu, spec.argv(self.port, workers, work))
+        self.command = pinned(cpu, spec.command(self.port, workers, work, tls))
         self.proc = subprocess.Popen(
             self.command,
             cwd=REPO,
@@ -617,21 +837,96 @@ def check_answer(port: int, scenario: Scenario) -> dict[str, str]:
     return headers
 
 
-def run_wrk(
-    args, port: int, scenario: Scenario, duration: int, script_dir: Path
-) -> tuple[str, float, float]:
-    """wrk's output, the CPU seconds wrk used (user + system) and the seconds it ran."""
-    command = pinned(
-        args.wrk_cpu,
-        ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency"],
-    )
+# The curl options that make it speak a scenario's protocol the way its load generator does:
+# h2c by prior knowledge as h2load does; over TLS it offers h2 by ALPN (h2load --npn-list=h2);
+# HTTP/1.1 over TLS without ALPN, as wrk sends none.
+CURL_PROTOCOL = {
+    "h2c": ["--http2-prior-knowledge"],
+    "h2": ["--http2"],
+    "http/1.1": ["--http1.1", "--no-alpn"],
+}
+# curl's %{http_version} for each protocol.
+CURL_VERSION = {"h2c": "2", "h2": "2", "http/1.1": "1.1"}
+
+
+def check_answer_curl(port: int, scenario: Scenario, work: Path) -> tuple[dict[str, str], dict]:
+    """Like check_answer, with curl speaking the scenario's protocol (HTTP/2, TLS): raises
+    unless the answer is 200 with the right body, over that protocol, and over TLS with the
+    run's certificate (curl verifies it against the run's CA). Returns the response's headers
+    and the handshake curl saw (TLS version and cipher; None in cleartext)."""
+    marker = "\n--curl-status--"
+    command = [
+        "curl", "-sS", "-v", "--max-time", "10", "-D", "-",
+        *CURL_PROTOCOL[scenario.protocol],
+        "-w", marker + "%{http_code} %{http_version}",
+        f"{scenario.scheme}://{HOST}:{port}{scenario.path}",
+    ]  # fmt: skip
+    if scenario.tls:
+        command[1:1] = ["--cacert", str(tls_dir(work) / "ca.pem")]
+    result = subprocess.run(command, capture_output=True, timeout=30)
+    if result.returncode != 0:
+        error = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        raise RuntimeError(f"curl failed with exit code {result.returncode}: {' '.join(error)}")
+    response, _, status = result.stdout.rpartition(marker.encode())
+    code, version = status.decode().split()
+    head, _, body = response.partition(b"\r\n\r\n")
+    headers = {}
+    for line in head.decode(errors="replace").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    expected = CURL_VERSION[scenario.protocol]
+    if code != "200" or version != expected or body != scenario.expected_body:
+        raise RuntimeError(
+            f"{scenario.method} {scenario.path} over {scenario.protocol} -> {code}, "
+            f"HTTP/{version}, {len(body)} bytes (expected 200, HTTP/{expected}, "
+            f"{len(scenario.expected_body)} bytes)"
+        )
+    handshake = None
+    if scenario.tls:
+        found = re.search(rb"SSL connection using (\S+) / (\S+)", result.stderr)
+        handshake = {
+            "tls_protocol": found.group(1).decode() if found else None,
+            "cipher": found.group(2).decode() if found else None,
+        }
+    return headers, handshake
+
+
+def load_command(
+    args, port: int, scenario: Scenario, duration: int, script_dir: Path, log: Path | None
+) -> list[str]:
+    """The load generator's command line, pinned to its core: wrk for HTTP/1.1 (https:// over
+    TLS), h2load for HTTP/2 (`log`: its --log-file, for the percentiles)."""
+    url = f"{scenario.scheme}://{HOST}:{port}{scenario.path}"
+    if scenario.client == "h2load":
+        command = [
+            "h2load", f"-t{args.threads}", f"-c{args.h2_clients}", f"-m{args.h2_streams}",
+            "-D", str(duration),
+        ]  # fmt: skip
+        if scenario.tls:
+            # h2 only: a server that cannot negotiate it fails instead of falling back.
+            command.append("--npn-list=h2")
+        if log is not None:
+            command += ["--log-file", str(log)]
+        return pinned(args.wrk_cpu, [*command, url])
+    command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{duration}s", "--latency"]
     if scenario.lua:
         script = script_dir / f"{scenario.name}.lua"
         script.write_text(scenario.lua)
         command += ["-s", str(script)]
-    command.append(f"http://{HOST}:{port}{scenario.path}")
-    # wrk is the only child this process waits for while it runs (taskset execs it, and the
-    # server is waited for only when it stops), so the children's usage grows by wrk's alone.
+    return pinned(args.wrk_cpu, [*command, url])
+
+
+def run_load(
+    args, port: int, scenario: Scenario, duration: int, script_dir: Path, log: Path | None = None
+) -> tuple[str, float, float]:
+    """The load generator's output, the CPU seconds it used (user + system) and the seconds it
+    ran."""
+    if log is not None:
+        log.unlink(missing_ok=True)  # h2load appends to its --log-file
+    command = load_command(args, port, scenario, duration, script_dir, log)
+    # The load generator is the only child this process waits for while it runs (taskset
+    # execs it, and the server is waited for only when it stops), so the children's usage
+    # grows by its alone.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     result = subprocess.run(
@@ -641,7 +936,9 @@ def run_wrk(
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         message = (result.stderr or result.stdout).strip()
-        raise RuntimeError(f"wrk failed with exit code {result.returncode}: {message}")
+        raise RuntimeError(
+            f"{scenario.client} failed with exit code {result.returncode}: {message}"
+        )
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return result.stdout, cpu, elapsed
 
@@ -839,40 +1136,57 @@ def _memory_line(snapshot: dict) -> str:
 # --------------------------------------------------------------------------- one server
 
 
-def bench_server(args, spec: ServerSpec, scenarios: list[Scenario], work: Path):
-    """Starts `spec` once, reads its idle memory (--memory), and runs every scenario against it.
+# Groups without a memory report: the tls group's servers are the ASGI group's.
+NO_MEMORY_GROUPS = ("tls",)
 
-    Returns the command that started the server, {scenario name: result} (empty with
-    --memory-only) and the memory report ({} without --memory); a scenario that fails gets
-    {"error": ...} and the run goes on, unless the server has exited.
+
+def bench_server(args, spec: ServerSpec, scenarios: list[Scenario], work: Path):
+    """Starts `spec`, reads its idle memory (--memory), and runs every scenario against it.
+
+    The server is started once for the cleartext scenarios and once more, with the run's
+    certificate, for the TLS ones. Returns the commands that started it ({"cleartext": argv,
+    "tls": argv}, those it needed), {scenario name: result} (empty with --memory-only) and the
+    memory report ({} without --memory; it is read from the first start). A scenario that fails
+    gets {"error": ...}, one the server lacks {"skipped": why}, and the run goes on, unless the
+    server has exited.
     """
     results: dict[str, dict] = {}
     memory: dict[str, dict] = {}
-    server = RunningServer(spec, args.server_cpu, args.workers, work)
-    try:
-        if args.memory:
-            try:
-                memory["idle"] = idle_memory(server, args.workers, scenarios)
-                print(f"  memory {_memory_line(memory['idle'])}", flush=True)
-            except Exception as error:
-                memory["error"] = str(error)
-                print(f"  memory FAILED: {error}", flush=True)
-                if server.proc.poll() is not None:
-                    print(f"  server log:\n{_indent(server.log_tail())}", flush=True)
-        if not args.memory_only:
-            run_scenarios(args, server, scenarios, work, results)
-            if args.memory and "idle" in memory and server.proc.poll() is None:
+    commands: dict[str, list[str]] = {}
+    measure_memory = args.memory and spec.group not in NO_MEMORY_GROUPS
+    for scenario in scenarios:
+        if scenario.name in spec.lacks and not args.memory_only:
+            results[scenario.name] = {"skipped": spec.lacks[scenario.name]}
+            print(f"  {scenario.name:<{NAME_WIDTH}} skipped: {spec.lacks[scenario.name]}")
+    runnable = [s for s in scenarios if s.name not in spec.lacks]
+    for tls in sorted({scenario.tls for scenario in runnable}):  # cleartext first
+        batch = [scenario for scenario in runnable if scenario.tls == tls]
+        server = RunningServer(spec, args.server_cpu, args.workers, work, tls)
+        commands["tls" if tls else "cleartext"] = server.command
+        try:
+            if measure_memory and not memory:
                 try:
-                    memory["after_load"] = settled_memory(server, args.workers, timeout=5)
-                    print(f"  memory after the runs: {_memory_line(memory['after_load'])}")
+                    memory["idle"] = idle_memory(server, args.workers, batch)
+                    print(f"  memory {_memory_line(memory['idle'])}", flush=True)
                 except Exception as error:
-                    memory["after_load_error"] = str(error)
-    finally:
-        server.stop()
+                    memory["error"] = str(error)
+                    print(f"  memory FAILED: {error}", flush=True)
+                    if server.proc.poll() is not None:
+                        print(f"  server log:\n{_indent(server.log_tail())}", flush=True)
+            if not args.memory_only:
+                run_scenarios(args, server, batch, work, results)
+                if "idle" in memory and "after_load" not in memory and server.proc.poll() is None:
+                    try:
+                        memory["after_load"] = settled_memory(server, args.workers, timeout=5)
+                        print(f"  memory after the runs: {_memory_line(memory['after_load'])}")
+                    except Exception as error:
+                        memory["after_load_error"] = str(error)
+        finally:
+            server.stop()
     if not args.memory_only:
         for scenario in scenarios:
             results.setdefault(scenario.name, {"error": "not run: the server had exited"})
-    return server.command, results, memory
+    return commands, results, memory
 
 
 def run_scenarios(
@@ -881,52 +1195,88 @@ def run_scenarios(
     for scenario in scenarios:
         if server.proc.poll() is not None:
             break
+        log = work / "h2load.log" if scenario.client == "h2load" else None
         try:
             wait_for_port(server.port, server.proc)
-            headers = check_answer(server.port, scenario)
+            if scenario.tls or scenario.http2:
+                headers, handshake = check_answer_curl(server.port, scenario, work)
+            else:
+                headers, handshake = check_answer(server.port, scenario), None
             if args.warmup > 0:
-                run_wrk(args, server.port, scenario, args.warmup, work)
+                run_load(args, server.port, scenario, args.warmup, work)
             wait_for_port(server.port, server.proc)
             server_cpu, cores = tree_cpu_seconds(server.proc.pid), core_seconds()
-            output, wrk_cpu, elapsed = run_wrk(args, server.port, scenario, args.duration, work)
+            output, client_cpu, elapsed = run_load(
+                args, server.port, scenario, args.duration, work, log
+            )
             server_cpu = tree_cpu_seconds(server.proc.pid) - server_cpu
             cores = {core: t - cores.get(core, t) for core, t in core_seconds().items()}
             if server.proc.poll() is not None:
                 raise RuntimeError(f"exited with code {server.proc.returncode} during the run")
-            result = parse_wrk(output)
+            result = parse_h2load(output, log) if log else parse_wrk(output)
         except Exception as error:  # one failure must not end the whole benchmark
             results[scenario.name] = {"error": str(error), "log_tail": server.log_tail()}
-            print(f"  {scenario.name:<10} FAILED: {error}", flush=True)
+            print(f"  {scenario.name:<{NAME_WIDTH}} FAILED: {error}", flush=True)
             if server.proc.poll() is not None:
                 print(f"  server log:\n{_indent(server.log_tail())}", flush=True)
                 break
             continue
-        # Little's law: how many connections had a request in flight, on average. Far
-        # below wrk's connection count means the server left connections waiting.
+        finally:
+            if log is not None:
+                log.unlink(missing_ok=True)
+        client = scenario.client
+        result["client"] = client
+        if client == "h2load":
+            # h2load names the protocol the connections used; a server that fell back to
+            # another (HTTP/1.1 instead of h2) served a different benchmark.
+            if result["application_protocol"] != scenario.protocol:
+                error = (
+                    f"h2load spoke {result['application_protocol']!r}, not {scenario.protocol!r}"
+                )
+                results[scenario.name] = {"error": error, "h2load_output": output}
+                print(f"  {scenario.name:<{NAME_WIDTH}} FAILED: {error}", flush=True)
+                continue
+            result["connections"] = args.h2_clients
+            result["streams_per_connection"] = args.h2_streams
+            in_flight = args.h2_clients * args.h2_streams
+        else:
+            result["application_protocol"] = scenario.protocol
+            result["connections"] = args.connections
+            in_flight = args.connections
+        if handshake and client == "wrk":
+            # wrk reports no handshake: curl's (no ALPN, OpenSSL's default suites, as wrk's)
+            # stands for it. h2load reports its own.
+            result.update(handshake)
+        # Little's law: how many requests were in flight, on average. Far below what the
+        # client keeps in flight (wrk: one per connection; h2load: its streams) means the
+        # server left connections or streams waiting.
         if result["average_ms"]:
             busy = result["requests_per_sec"] * result["average_ms"] / 1000
-            result["connections_served"] = round(busy, 1)
-        result["connections"] = args.connections
+            result["requests_in_flight"] = round(busy, 1)
+        result["max_in_flight"] = in_flight
         result["workers"] = args.workers
-        # Cores used during the measured run: the server's processes together, and wrk's.
-        # One wrk thread near a full core means wrk, not the server, may set the number.
+        # Cores used during the measured run: the server's processes together, and the load
+        # generator's. One client thread near a full core means it, not the server, may set
+        # the number.
         result["server_cores"] = round(server_cpu / elapsed, 3)
-        result["wrk_cores"] = round(wrk_cpu / elapsed, 3)
-        result["wrk_threads"] = args.threads
-        # What other processes took of the server's core and of wrk's (when each has one).
+        result[f"{client}_cores"] = round(client_cpu / elapsed, 3)
+        result[f"{client}_threads"] = args.threads
+        # What other processes took of the server's core and of the client's (when each has one).
         others = {}
-        for core, ours in ((args.server_cpu, server_cpu), (args.wrk_cpu, wrk_cpu)):
+        for core, ours in ((args.server_cpu, server_cpu), (args.wrk_cpu, client_cpu)):
             if core in cores:
                 others[core] = round(max(0.0, cores[core] - ours) / elapsed, 3)
         result["other_cores"] = others
         result["response_headers"] = headers
-        result["wrk_output"] = output
+        result[f"{client}_output"] = output
         results[scenario.name] = result
         transfer = f"   {result['transfer_mib_per_sec']:,.0f} MiB/s" if scenario.file else ""
+        protocol = f"   {_protocol(result)}" if scenario.tls or scenario.http2 else ""
         print(
-            f"  {scenario.name:<10} {result['requests_per_sec']:>12,.0f} req/s"
-            f"   p99 {result['p99_ms']:8.2f} ms{transfer}"
-            f"   cpu: server {result['server_cores']:.0%}, wrk {result['wrk_cores']:.0%}"
+            f"  {scenario.name:<{NAME_WIDTH}} {result['requests_per_sec']:>12,.0f} req/s"
+            f"   p99 {result['p99_ms']:8.2f} ms{transfer}{protocol}"
+            f"   cpu: server {result['server_cores']:.0%}, {client} "
+            f"{result[f'{client}_cores']:.0%}"
             + "".join(f", others on core {c} {v:.0%}" for c, v in others.items())
             + _error_note(result),
             flush=True,
@@ -944,6 +1294,12 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
+def _protocol(result: dict) -> str:
+    """The protocol a run spoke, and over TLS the version and cipher: 'h2 TLSv1.3 TLS_...'."""
+    parts = [result.get("application_protocol"), result.get("tls_protocol"), result.get("cipher")]
+    return " ".join(part for part in parts if part)
+
+
 def _error_note(result: dict) -> str:
     notes = []
     if result.get("non_2xx_3xx"):
@@ -951,16 +1307,21 @@ def _error_note(result: dict) -> str:
     errors = {k: v for k, v in result.get("socket_errors", {}).items() if v}
     if errors:
         notes.append("socket errors " + ", ".join(f"{k} {v}" for k, v in errors.items()))
-    if result.get("wrk_threads") == 1 and result.get("wrk_cores", 0) > WRK_BOUND:
-        notes.append(f"wrk used {result['wrk_cores']:.0%} of its core: it may be the limit")
+    failed = {k: v for k, v in result.get("request_errors", {}).items() if v}
+    if failed:
+        notes.append("requests " + ", ".join(f"{k} {v}" for k, v in failed.items()))
+    client = result.get("client", "wrk")
+    cores = result.get(f"{client}_cores", 0)
+    if result.get(f"{client}_threads") == 1 and cores > WRK_BOUND:
+        notes.append(f"{client} used {cores:.0%} of its core: it may be the limit")
     busy = {core: share for core, share in result.get("other_cores", {}).items() if share >= BUSY}
     if busy:
         notes.append(
             "busy machine: " + ", ".join(f"others {v:.0%} of core {c}" for c, v in busy.items())
         )
-    served, connections = result.get("connections_served"), result.get("connections")
-    if served is not None and connections and served < connections / 2:
-        notes.append(f"only ~{served:.0f} of {connections} connections served at a time")
+    busy, most = result.get("requests_in_flight"), result.get("max_in_flight")
+    if busy is not None and most and busy < most / 2:
+        notes.append(f"only ~{busy:.0f} of {most} requests in flight at a time")
     return "   !! " + "; ".join(notes) if notes else ""
 
 
@@ -974,9 +1335,11 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
     """
     width = 22
     label = group.upper()
+    head = f"{'scenario':<{NAME_WIDTH}}"
     print()
     print(f"{label}: requests/s (p99 latency)")
-    print(f"{'scenario':<10}" + "".join(f"{name:>{width}}" for name in servers))
+    print(head + "".join(f"{name:>{width}}" for name in servers))
+    skipped: dict[str, str] = {}
     for scenario in scenarios:
         cells = []
         for name in servers:
@@ -984,22 +1347,27 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
             if "requests_per_sec" in result:
                 flag = "!" if _error_note(result) else ""
                 cells.append(f"{result['requests_per_sec']:,.0f} ({result['p99_ms']:.2f} ms){flag}")
+            elif "skipped" in result:
+                skipped[name] = result["skipped"]
+                cells.append("n/a")
             else:
                 cells.append("failed")
-        print(f"{scenario.name:<10}" + "".join(f"{cell:>{width}}" for cell in cells))
+        print(f"{scenario.name:<{NAME_WIDTH}}" + "".join(f"{cell:>{width}}" for cell in cells))
+    for name, why in skipped.items():
+        print(f"n/a: {name}: {why}")
 
     files = [scenario for scenario in scenarios if scenario.file]
     if files:
         # For a large file the bytes moved per second, not the requests, are what a client sees.
         print()
         print(f"{label}: MiB/s received by wrk (bodies and headers)")
-        print(f"{'scenario':<10}" + "".join(f"{name:>{width}}" for name in servers))
+        print(head + "".join(f"{name:>{width}}" for name in servers))
         for scenario in files:
             cells = []
             for name in servers:
                 mib = results[name].get(scenario.name, {}).get("transfer_mib_per_sec")
                 cells.append(f"{mib:,.0f}" if mib is not None else "-")
-            print(f"{scenario.name:<10}" + "".join(f"{cell:>{width}}" for cell in cells))
+            print(f"{scenario.name:<{NAME_WIDTH}}" + "".join(f"{cell:>{width}}" for cell in cells))
 
     ratios: dict[str, dict[str, float]] = {}  # rounded, for the JSON
     exact: dict[str, dict[str, float]] = {}  # as printed in the table and the bar line
@@ -1008,42 +1376,74 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
         return ratios
     print()
     print(f"{label}: rsasgi req/s ÷ peer req/s (above 1.00x: rsasgi is faster)")
-    print(f"{'scenario':<10}" + "".join(f"{name:>{width}}" for name in peers))
+    print(head + "".join(f"{name:>{width}}" for name in peers))
     for scenario in scenarios:
         ours = results["rsasgi"].get(scenario.name, {}).get("requests_per_sec")
         cells = []
         for peer in peers:
-            theirs = results[peer].get(scenario.name, {}).get("requests_per_sec")
-            if ours and theirs:
-                ratio = ours / theirs
+            theirs = results[peer].get(scenario.name, {})
+            if ours and theirs.get("requests_per_sec"):
+                ratio = ours / theirs["requests_per_sec"]
                 ratios.setdefault(scenario.name, {})[peer] = round(ratio, 3)
                 exact.setdefault(scenario.name, {})[peer] = ratio
                 cells.append(f"{ratio:.2f}x")
             else:
-                cells.append("-")
-        print(f"{scenario.name:<10}" + "".join(f"{cell:>{width}}" for cell in cells))
+                cells.append("n/a" if "skipped" in theirs else "-")
+        print(f"{scenario.name:<{NAME_WIDTH}}" + "".join(f"{cell:>{width}}" for cell in cells))
 
-    if any(scenario.name == "hello" for scenario in scenarios):
-        hello = exact.get("hello", {})
-        checks = []
-        for peer, bar in BAR.get(group, {}).items():
-            if peer not in servers:
-                continue
-            if peer in hello:
-                verdict = "met" if hello[peer] >= bar else "MISSED"
-                checks.append(f"{verdict}: {hello[peer]:.2f}x {peer} (bar {bar:.2f}x)")
-            else:
-                checks.append(f"NOT MEASURED: {peer} (bar {bar:.2f}x; a run failed)")
-        if checks:
-            print()
-            print(f"{label} hello-world bar (rsasgi ≥ bar × peer): " + "; ".join(checks))
+    checks = bar_checks(group, results, servers, scenarios, exact)
+    if checks:
+        print()
+        print(f"{label} {BAR_SCENARIO[group]} bar (rsasgi ≥ bar × peer): " + "; ".join(checks))
     if any(_error_note(r) for per in results.values() for r in per.values()):
         print(
-            "! = wrk saw non-2xx/3xx responses or socket errors in that run, the server "
-            "left most connections waiting, wrk used most of its core, or other processes took "
-            f"{BUSY:.0%} or more of the server's or wrk's core (see the JSON)"
+            "! = the load generator saw non-2xx/3xx responses, socket or request errors in that "
+            "run, the server left most connections or streams waiting, the load generator used "
+            f"most of its core, or other processes took {BUSY:.0%} or more of the server's or "
+            "the load generator's core (see the JSON)"
         )
     return ratios
+
+
+def bar_checks(
+    group: str,
+    results: dict,
+    servers: list[str],
+    scenarios: list[Scenario],
+    exact: dict[str, dict[str, float]],
+) -> list[str]:
+    """The verdicts on the group's bars, met or MISSED, one per peer the bar names.
+
+    A BEST_PEER bar compares rsasgi with the peer that served the most requests/s among those
+    measured (the smallest ratio); peers whose run failed are named, since one of them might
+    have been the best.
+    """
+    scenario = BAR_SCENARIO.get(group)
+    if scenario not in [s.name for s in scenarios]:
+        return []
+    ratios = exact.get(scenario, {})
+    checks = []
+    for peer, bar in BAR.get(group, {}).items():
+        if peer == BEST_PEER:
+            lacking = {name for name in servers if "skipped" in results[name].get(scenario, {})}
+            failed = [n for n in servers if n != "rsasgi" and n not in ratios and n not in lacking]
+            if not ratios:
+                checks.append(f"NOT MEASURED: {BEST_PEER} (bar {bar:.2f}x; no run to compare)")
+                continue
+            best = min(ratios, key=ratios.get)
+            verdict = "met" if ratios[best] >= bar else "MISSED"
+            unmeasured = f"; not measured: {', '.join(failed)}" if failed else ""
+            checks.append(
+                f"{verdict}: {ratios[best]:.2f}x {best}, the best peer (bar {bar:.2f}x{unmeasured})"
+            )
+        elif peer not in servers:
+            continue
+        elif peer in ratios:
+            verdict = "met" if ratios[peer] >= bar else "MISSED"
+            checks.append(f"{verdict}: {ratios[peer]:.2f}x {peer} (bar {bar:.2f}x)")
+        else:
+            checks.append(f"NOT MEASURED: {peer} (bar {bar:.2f}x; a run failed)")
+    return checks
 
 
 def print_memory(group: str, memory: dict, servers: list[str], key: str, when: str) -> None:
@@ -1087,14 +1487,20 @@ def print_memory(group: str, memory: dict, servers: list[str], key: str, when: s
 PACKAGES = {"gunicorn-uvicorn": ("gunicorn", "uvicorn", "uvicorn-worker"), "nginx": ()}
 
 
-def versions(servers: list[str], wrk: bool = True) -> dict:
+def versions(servers: list[str], wrk: bool = True, tls: bool = False) -> dict:
+    """Versions of the servers' packages, of nginx, wrk, and with `tls` of h2load, curl and
+    the packages that make the certificate."""
     found = {}
     names = [package for name in servers for package in PACKAGES.get(name, (name,))]
-    for name in dict.fromkeys([*names, "uvloop", "httptools"]):
+    helpers = ["trustme", "cryptography"] if tls else []
+    for name in dict.fromkeys([*names, "uvloop", "httptools", *helpers]):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             pass
+    if "rsasgi" in servers and (rsasgi := importlib.util.find_spec("rsasgi")) and rsasgi.origin:
+        # Where the rsasgi that ran came from: PYTHONPATH may put another build first.
+        found["rsasgi_path"] = str(Path(rsasgi.origin).parent)
     nginx = program("nginx") if "nginx" in servers else None
     if nginx:
         nginx_version = subprocess.run([nginx, "-v"], capture_output=True, text=True)
@@ -1102,6 +1508,10 @@ def versions(servers: list[str], wrk: bool = True) -> dict:
     if wrk:
         wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
         found["wrk"] = (wrk_version.stdout or wrk_version.stderr).split("\n")[0].strip()
+    if tls:
+        for command in (["h2load", "--version"], ["curl", "--version"]):
+            output = subprocess.run(command, capture_output=True, text=True).stdout
+            found[command[0]] = output.split("\n")[0].strip()
     return found
 
 
@@ -1136,11 +1546,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--group", choices=[*GROUPS, "all"], default="all",
         help="asgi: rsasgi, uvicorn, granian, hypercorn, h2corn, gunicorn-uvicorn; wsgi: rsasgi, "
-        "granian, gunicorn, uwsgi, waitress; static: rsasgi, granian, nginx (all)",
+        "granian, gunicorn, uwsgi, waitress; static: rsasgi, granian, nginx; tls (HTTP/2 and "
+        "TLS): rsasgi, granian, h2corn, hypercorn, uvicorn (all)",
     )  # fmt: skip
     parser.add_argument("--duration", type=int, default=10, help="seconds per run (10)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk and h2load threads (1)")
+    parser.add_argument(
+        "--h2-clients", type=int, default=H2_CLIENTS,
+        help=f"h2load connections, for the HTTP/2 scenarios ({H2_CLIENTS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--h2-streams", type=int, default=H2_STREAMS,
+        help=f"h2load streams in flight per connection ({H2_STREAMS})",
+    )  # fmt: skip
     parser.add_argument(
         "--warmup", type=int, default=2, help="seconds of unmeasured load before each run (2)"
     )
@@ -1173,8 +1592,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--wrk-cpu",
-        help="core wrk is pinned to (1; with --workers N > 1: core N, or not pinned when there "
-        "are not N + 1 cores)",
+        help="core wrk and h2load are pinned to (1; with --workers N > 1: core N, or not pinned "
+        "when there are not N + 1 cores)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file ({RESULTS})")
     parser.add_argument("--timeout-margin", type=float, default=30, help=argparse.SUPPRESS)
@@ -1239,6 +1658,19 @@ def available_servers(group: str, names: list[str], workers: int) -> list[str]:
     return servers
 
 
+def tools_missing(scenarios: list[Scenario]) -> list[str]:
+    """What the chosen scenarios need beyond wrk and is not here, each with how to get it:
+    h2load for HTTP/2, curl to check HTTP/2 and TLS answers, trustme for the certificate."""
+    missing = []
+    if any(s.http2 for s in scenarios) and shutil.which("h2load") is None:
+        missing.append("h2load not found (apt-get install nghttp2-client)")
+    if any(s.http2 or s.tls for s in scenarios) and shutil.which("curl") is None:
+        missing.append("curl not found (apt-get install curl)")
+    if any(s.tls for s in scenarios) and importlib.util.find_spec("trustme") is None:
+        missing.append("trustme not found (pip install trustme)")
+    return missing
+
+
 def write_static_files(work: Path, scenarios: list[Scenario]) -> None:
     """Writes the files of the static scenarios where the servers will find them.
 
@@ -1288,6 +1720,12 @@ def main(argv: list[str] | None = None) -> int:
     for group in args.groups:
         if not scenarios[group]:
             print(f"skipping the {group} group: none of its scenarios was chosen")
+        elif group in NO_MEMORY_GROUPS and args.memory_only:
+            print(f"skipping the {group} group: it has no memory report")
+            scenarios[group] = []
+        elif missing := tools_missing(scenarios[group]):
+            print(f"skipping the {group} group: {'; '.join(missing)}")
+            scenarios[group] = []
     plan = {
         group: available_servers(group, args.servers, args.workers)
         for group in args.groups
@@ -1302,24 +1740,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_only:
         print(f"memory only: each server {workers}{_where(args.server_cpu)}")
     else:
+        h2load = ""
+        if any(s.http2 for group in plan for s in scenarios[group]):
+            h2load = (
+                f" (HTTP/2: h2load -t{args.threads} -c{args.h2_clients} -m{args.h2_streams}"
+                f" -D {args.duration})"
+            )
         print(
-            f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency"
+            f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency{h2load}"
             f"{_where(args.wrk_cpu)}; each server {workers}{_where(args.server_cpu)}; "
             f"{args.warmup}s warm-up"
         )
     results: dict[str, dict[str, dict]] = {}
-    commands: dict[str, dict[str, list[str]]] = {}
+    commands: dict[str, dict[str, list[str] | dict[str, list[str]]]] = {}
     memory: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="rsasgi-bench-") as work:
-        write_static_files(Path(work), [s for group in plan for s in scenarios[group]])
+        planned = [s for group in plan for s in scenarios[group]]
+        write_static_files(Path(work), planned)
+        if any(s.tls for s in planned):
+            write_tls_files(Path(work))
         for group, servers in plan.items():
             results[group], commands[group], memory[group] = {}, {}, {}
             for name in servers:
                 spec = SERVERS[group][name]
                 print(f"\n{group} {name} ({spec.notes})", flush=True)
-                commands[group][name], results[group][name], memory[group][name] = bench_server(
+                started, results[group][name], memory[group][name] = bench_server(
                     args, spec, scenarios[group], Path(work)
                 )
+                # One command per server, or in the tls group one per transport it served.
+                commands[group][name] = started if group == "tls" else started["cleartext"]
 
     ratios = {}
     if not args.memory_only:
@@ -1327,9 +1776,11 @@ def main(argv: list[str] | None = None) -> int:
             group: print_table(group, results[group], servers, scenarios[group])
             for group, servers in plan.items()
         }
-    if args.memory:
+    if args.memory and any(group not in NO_MEMORY_GROUPS for group in plan):
         each = f"{args.workers} worker{'s' if args.workers > 1 else ''} per server"
         for group, servers in plan.items():
+            if group in NO_MEMORY_GROUPS:
+                continue
             idle = f"idle after {MEMORY_REQUESTS} requests per scenario, {each}"
             print_memory(group, memory[group], servers, "idle", idle)
             if not args.memory_only:
@@ -1354,6 +1805,11 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "connections": args.connections,
             "wrk_threads": args.threads,
+            "h2load": {
+                "threads": args.threads,
+                "clients": args.h2_clients,
+                "streams_per_client": args.h2_streams,
+            },
             "warmup_s": args.warmup,
             "server_cpu": args.server_cpu,  # None: not pinned
             "wrk_cpu": args.wrk_cpu,
@@ -1366,12 +1822,13 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "versions": versions(all_servers, wrk=not args.memory_only),
+        "versions": versions(all_servers, wrk=not args.memory_only, tls="tls" in plan),
         "server_commands": commands,
         "scenarios": {s.name: s.description for group in plan for s in scenarios[group]},
         "results": results,
         "rsasgi_ratio": ratios,
         "bar": {group: BAR[group] for group in plan},
+        "bar_scenario": {group: BAR_SCENARIO[group] for group in plan},
     }
     if "static" in plan:
         report["static_files"] = {
@@ -1379,8 +1836,18 @@ def main(argv: list[str] | None = None) -> int:
             "max_age_s": STATIC_MAX_AGE,
             "sizes": {s.file: len(s.expected_body) for s in scenarios["static"]},
         }
+    if "tls" in plan:
+        report["tls"] = {
+            "certificate": "trustme CA and leaf for 127.0.0.1 (ECDSA P-256), key as PKCS#8",
+            "protocols": {s.name: s.protocol for s in scenarios["tls"]},
+            "lacking": {
+                name: SERVERS["tls"][name].lacks
+                for name in plan["tls"]
+                if SERVERS["tls"][name].lacks
+            },
+        }
     if args.memory:
-        report["memory"] = memory
+        report["memory"] = {g: m for g, m in memory.items() if g not in NO_MEMORY_GROUPS}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.output}")
