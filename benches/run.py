@@ -595,7 +595,7 @@ SERVER_SPECS = [
     ),
     ServerSpec(
         "h2corn", "tls", ("h2corn",), _h2corn_argv,
-        "HTTP/1.1 and HTTP/2: h2c by prior knowledge, ALPN over TLS; 1 runtime thread, uvloop",
+        "h2c by prior knowledge, ALPN h2/http/1.1 over TLS (rustls); 1 runtime thread, uvloop",
         install="pip install h2corn",
         tls_options=("--certfile", "--keyfile"),
     ),
