@@ -229,6 +229,16 @@ impl State {
         None
     }
 
+    /// What [`Exchange::hold`] kept, once both the app and the reactor are
+    /// done (dropped by the caller, outside the lock).
+    fn take_held(&mut self) -> Vec<Box<dyn Send>> {
+        if self.app_finished && self.response_released {
+            std::mem::take(&mut self.held)
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Queues a response body chunk (dropped for HEAD, whose body hyper never sends).
     fn push_chunk(&mut self, chunk: Chunk, more: bool, is_head: bool) {
         let keep = match &chunk {
@@ -411,11 +421,7 @@ impl Exchange {
             st.body.clear();
             st.body_buffered = 0;
             st.app_finished = true;
-            if st.response_released {
-                std::mem::take(&mut st.held)
-            } else {
-                Vec::new()
-            }
+            st.take_held()
         };
         drop(held);
         self.close();
@@ -428,11 +434,7 @@ impl Exchange {
         let held = {
             let mut st = self.state.lock();
             st.response_released = true;
-            if st.app_finished {
-                std::mem::take(&mut st.held)
-            } else {
-                Vec::new()
-            }
+            st.take_held()
         };
         drop(held);
     }

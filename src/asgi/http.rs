@@ -140,10 +140,7 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
             if let Some(raw) = message.get_item(intern!(py, "headers"))? {
                 parse_headers(&raw, &mut headers)?;
             }
-            let trailers = match message.get_item(intern!(py, "trailers"))? {
-                None => false,
-                Some(trailers) => trailers.is_truthy()?,
-            };
+            let trailers = flag(message, intern!(py, "trailers"))?;
             Ok(Outgoing::Start(
                 ResponseStart {
                     status,
@@ -163,10 +160,7 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
                     ))
                 })?,
             };
-            let more = match message.get_item(intern!(py, "more_body"))? {
-                None => false,
-                Some(more) => more.is_truthy()?,
-            };
+            let more = flag(message, intern!(py, "more_body"))?;
             Ok(Outgoing::Body { data, more })
         }
         "http.response.trailers" => {
@@ -174,10 +168,7 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
             if let Some(raw) = message.get_item(intern!(py, "headers"))? {
                 parse_headers(&raw, &mut fields)?;
             }
-            let more = match message.get_item(intern!(py, "more_trailers"))? {
-                None => false,
-                Some(more) => more.is_truthy()?,
-            };
+            let more = flag(message, intern!(py, "more_trailers"))?;
             Ok(Outgoing::Trailers { fields, more })
         }
         "http.response.pathsend" => {
@@ -196,10 +187,7 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
             })
         }
         "http.response.zerocopy" => {
-            let more = match message.get_item(intern!(py, "more_body"))? {
-                None => false,
-                Some(more) => more.is_truthy()?,
-            };
+            let more = flag(message, intern!(py, "more_body"))?;
             Ok(Outgoing::File {
                 span: zerocopy_span(message)?,
                 more,
@@ -295,6 +283,14 @@ fn zerocopy_span(message: &Bound<'_, PyDict>) -> PyResult<FileSpan> {
         file.call_method1(intern!(py, "seek"), (span.offset + span.len,))?;
     }
     Ok(span)
+}
+
+/// A boolean key of a message (`more_body`, `trailers`…): false when absent.
+fn flag(message: &Bound<'_, PyDict>, key: &Bound<'_, PyString>) -> PyResult<bool> {
+    match message.get_item(key)? {
+        None => Ok(false),
+        Some(value) => value.is_truthy(),
+    }
 }
 
 fn type_name(value: &Bound<'_, PyAny>) -> String {
