@@ -671,6 +671,22 @@ struct Args {
           value_parser = positive_seconds, help_heading = "Limits")]
     timeout_request: Option<Seconds>,
 
+    /// Cut a response the client takes no bytes of for this many seconds (it
+    /// stopped reading, or keeps its HTTP/2 window shut): HTTP/1 closes the
+    /// connection, HTTP/2 resets the stream (0: never).
+    #[arg(long, env = "RSASGI_TIMEOUT_SEND", value_name = "SECONDS",
+          default_value_t = Seconds(config::DEFAULT_TIMEOUT_SEND), value_parser = seconds,
+          help_heading = "Limits")]
+    timeout_send: Seconds,
+
+    /// Answer 408 when a request body brings no bytes for this many seconds
+    /// while the app waits for it; once the response has started, the app
+    /// sees a disconnect instead (0: never).
+    #[arg(long, env = "RSASGI_TIMEOUT_REQUEST_BODY", value_name = "SECONDS",
+          default_value_t = Seconds(config::DEFAULT_TIMEOUT_REQUEST_BODY), value_parser = seconds,
+          help_heading = "Limits")]
+    timeout_request_body: Seconds,
+
     /// Answer 503 to requests beyond this many in flight.
     #[arg(long, env = "RSASGI_LIMIT_CONCURRENCY", value_name = "N",
           value_parser = |raw: &str| parse_count(raw, 1, config::MAX_CONCURRENCY),
@@ -826,6 +842,9 @@ where
         timeout_request_header: args.timeout_request_header.0,
         timeout_graceful_shutdown: args.timeout_graceful_shutdown.0,
         timeout_request: args.timeout_request.map(|seconds| seconds.0),
+        timeout_send: (!args.timeout_send.0.is_zero()).then_some(args.timeout_send.0),
+        timeout_request_body: (!args.timeout_request_body.0.is_zero())
+            .then_some(args.timeout_request_body.0),
         http2_keep_alive_interval: (!args.http2_keep_alive_interval.0.is_zero())
             .then_some(args.http2_keep_alive_interval.0),
         http2_keep_alive_timeout: args.http2_keep_alive_timeout.0,

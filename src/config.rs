@@ -69,6 +69,12 @@ pub(crate) const DEFAULT_TIMEOUT_KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// links; only a slowloris-style client needs longer.
 pub(crate) const DEFAULT_TIMEOUT_REQUEST_HEADER: Duration = Duration::from_secs(10);
 
+/// `--timeout-send` and `--timeout-request-body`: how long a response or a
+/// request body may make no progress on the client's side (nginx's
+/// `send_timeout` and `client_body_timeout` are 60 s too).
+pub(crate) const DEFAULT_TIMEOUT_SEND: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TIMEOUT_REQUEST_BODY: Duration = Duration::from_secs(60);
+
 /// gunicorn's graceful timeout, and how long Kubernetes waits after SIGTERM
 /// before it kills a pod by default.
 pub(crate) const DEFAULT_TIMEOUT_GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(30);
@@ -374,6 +380,13 @@ pub(crate) struct Config {
     /// A request still running after this long is answered 504 (or its
     /// connection closed) and its app task cancelled.
     pub timeout_request: Option<Duration>,
+    /// A response the client takes nothing of for this long is cut (`None`:
+    /// never).
+    pub timeout_send: Option<Duration>,
+    /// A request body that brings nothing for this long while the app waits
+    /// for it ends with 408, or a disconnect once the response has started
+    /// (`None`: never).
+    pub timeout_request_body: Option<Duration>,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub timeout_graceful_shutdown: Duration,
     /// Requests in flight beyond this get 503.

@@ -23,9 +23,9 @@ A paced rapid reset (streams reset once their heads arrive, while their app task
 is held too: a connection gets no more live app tasks than --http2-max-concurrent-streams,
 and --limit-concurrency counts a task until it returns.
 
-Not held yet, each an xfail with its reason: a peer that answers PINGs but never opens its
-window, or never finishes its request body, holds its connection for good; `--timeout-request` does
-not cut a response stalled on flow control.
+A peer that answers PINGs but never opens its window has its stream reset at --timeout-send;
+one that never finishes its request body gets 408 at --timeout-request-body; --timeout-request cuts
+a response stalled on flow control.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import hpack
 import httpx
 import pytest
 from apps.proto_raw import rss_kib
-from conftest import wait_for
+from conftest import wait_for, wait_for_log
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -612,33 +612,35 @@ def test_a_peer_that_never_opens_its_window_nor_answers_pings_is_closed(run_rsas
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="no deadline covers a response that makes no progress: the peer answers the "
-    "keep-alive PINGs, a request is in flight so the idle deadlines do not apply, and there "
-    "is no send timeout; only --timeout-request (off by default) ends it",
-)
-def test_a_peer_that_never_opens_its_window_is_closed(run_rsasgi):
-    server = start(run_rsasgi)
-    client = stalled_download(server, 0, answer_pings=True)
-    client.read_until_closed()
+@pytest.mark.parametrize("window", [0, None], ids=["window-0", "default-window-never-updated"])
+def test_a_peer_that_never_opens_its_window_has_its_stream_reset_at_the_send_timeout(
+    run_rsasgi, window
+):
+    """The peer answers the keep-alive PINGs, so only --timeout-send ends the response: its
+    stream is reset with CANCEL, the app's pending send() fails, other clients are served
+    meanwhile, and the connection, idle then, is closed with GOAWAY."""
+    server = start(run_rsasgi, "--timeout-send", "2")
+    with Bystander(server) as bystander:
+        client = stalled_download(server, window, answer_pings=True)
+        bystander.wait_answered(3, server)
+        client.read_until_closed()
+    resets = client.of_type(RstStreamFrame)
+    assert [(frame.stream_id, frame.error_code) for frame in resets] == [(1, CANCEL)]
+    assert goaway_code(client) == 0, client.of_type(GoAwayFrame)
+    wait_for_log(server, "the client took no bytes of the response for --timeout-send 2s")
+    sent = settled(lambda: stats(server)["sent"], server)
+    assert sent < 4 * MIB
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="--timeout-request is checked in ResponseBody::poll_frame, and hyper polls the "
-    "body only when the stream has send window: a response stalled on flow control is never "
-    "cut, and its app stays blocked in send()",
-)
 def test_timeout_request_cuts_a_response_whose_window_never_opens(run_rsasgi):
-    """--timeout-request cuts a response that has started by resetting its stream."""
+    """--timeout-request cuts a response that has started by resetting its stream, though
+    hyper never polls its body (no window): the connection's timer does it."""
     server = start(run_rsasgi, "--timeout-request", "2")
     client = stalled_download(server, 0, answer_pings=True)
     client.read_until(lambda: client.of_type(RstStreamFrame), CLOSE_DEADLINE, "RST_STREAM")
     assert [frame.stream_id for frame in client.of_type(RstStreamFrame)] == [1]
+    wait_for_log(server, "ran longer than --timeout-request 2s; its response is cut")
 
 
 # ---------------------------------------------------------------------------------------
@@ -668,17 +670,18 @@ def test_a_silent_request_whose_peer_does_not_answer_pings_is_closed(run_rsasgi)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="no request-body read timeout: a request in flight keeps the idle deadlines "
-    "away, the peer answers the keep-alive PINGs, and the app waits in receive() for good; "
-    "only --timeout-request (off by default) ends it",
-)
-def test_a_silent_request_is_closed(run_rsasgi):
-    server = start(run_rsasgi)
+def test_a_silent_request_body_is_answered_408_at_the_request_body_timeout(run_rsasgi):
+    """The peer answers PINGs but sends no body: --timeout-request-body answers 408 on the
+    stream, the app's receive() gets http.disconnect, and the connection, idle then, is
+    closed with GOAWAY."""
+    server = start(run_rsasgi, "--timeout-request-body", "2")
     client = headers_only(server, answer_pings=True)
     client.read_until_closed()
+    assert client.responses[1][":status"] == "408"
+    assert goaway_code(client) == 0, client.of_type(GoAwayFrame)
+    wait_for(lambda: stats(server)["running"] == 0, message="the app to end", server=server)
+    assert stats(server)["hold"] == ["http.disconnect"]
+    wait_for_log(server, "408: no bytes of the request body of")
 
 
 @pytest.mark.timeout(60)

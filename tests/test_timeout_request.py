@@ -39,7 +39,7 @@ def test_asgi_response_already_started_has_its_connection_cut(run_rsasgi, marker
     # Chunked, and cut before the terminating chunk: the client can tell it is incomplete.
     assert not raw.endswith(b"0\r\n\r\n"), raw
     wait_for(lambda: (markers / "cancelled-stream").exists(), message="the task cancelled")
-    log = wait_for_log(server, "its connection is closed and the app's task cancelled")
+    log = wait_for_log(server, "its response is cut and the app's task cancelled")
     assert '"GET /stream HTTP/1.1" 200' in log and "(incomplete)" in log
 
 

@@ -1,11 +1,17 @@
 """How long the server waits for a client: for the head of a request
 (--timeout-request-header) and for the next request on a kept-alive connection
-(--timeout-keep-alive). Each test sets the other timeout high, so the one under test is the
-one that acts. App: tests/apps/proto_http.py."""
+(--timeout-keep-alive), and for a client that stops reading the response (--timeout-send) or
+sending its request body (--timeout-request-body). Each test sets the other timeouts high, so
+the one under test is the one that acts. Apps: tests/apps/proto_http.py, tests/apps/h2_abuse.py."""
 
 from __future__ import annotations
 
+import socket
+import time
+
+import httpx
 from apps.proto_raw import RawConn, recv_until_closed, request
+from conftest import wait_for_log
 
 APP = "proto_http:app"
 
@@ -43,3 +49,112 @@ def test_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(run_r
         assert response.status == 200
         assert (response.header("connection") or "").lower() != "close", response.headers
         assert conn.read_until_closed(timeout=10) == b""
+
+
+# ---------------------------------------------------------------------------------------
+# A client that stops taking the response (--timeout-send), or stops sending its request
+# body (--timeout-request-body). App: tests/apps/h2_abuse.py, whose /stats reports what its
+# routes did. HTTP/2's side of both is in tests/test_http2_abuse.py.
+# ---------------------------------------------------------------------------------------
+
+COUNTING_APP = "h2_abuse:app"
+MIB = 1024 * 1024
+
+
+def app_stats(server) -> dict:
+    return httpx.get(f"{server.url}/stats", timeout=10).json()
+
+
+def small_receive_buffer(server) -> socket.socket:
+    """A connection whose receive buffer is small, so a client that stops reading stops
+    the server's writes soon."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.connect(("127.0.0.1", server.port))
+    return sock
+
+
+def test_client_that_stops_reading_is_cut_at_the_send_timeout(run_rsasgi):
+    """The response is cut and the connection closed after --timeout-send without progress;
+    the app's pending send() fails, so it stops producing; other clients are served."""
+    server = run_rsasgi(COUNTING_APP, "--timeout-send", "2")
+    with small_receive_buffer(server) as sock:
+        conn = RawConn(sock)
+        conn.send(request("GET", f"/download?size={50 * MIB}"))
+        assert conn.read_head().status == 200
+        # Read nothing more: the socket buffers fill and hyper waits to write.
+        log = wait_for_log(
+            server, "the client took no bytes of the response for --timeout-send 2s", timeout=20
+        )
+        assert '"GET /download?size=52428800 HTTP/1.1"' in log
+        # Everything the kernel still holds, then the end of the connection.
+        received = conn.read_until_closed(timeout=20)
+        assert len(received) < 10 * MIB
+    assert httpx.get(f"{server.url}/", timeout=10).text == "ok"
+    sent = app_stats(server)["sent"]
+    time.sleep(0.5)
+    assert app_stats(server)["sent"] == sent < 10 * MIB, "the app went on sending"
+
+
+def test_slow_but_steady_reader_is_not_cut(run_rsasgi):
+    """A client that reads a little every half second makes progress within every
+    --timeout-send window, however long the whole response takes."""
+    server = run_rsasgi(COUNTING_APP, "--timeout-send", "2")
+    size = 2 * MIB
+    with small_receive_buffer(server) as sock:
+        conn = RawConn(sock)
+        conn.send(request("GET", f"/download?size={size}"))
+        response = conn.read_head()
+        assert response.status == 200
+        body = bytearray()
+        started = time.monotonic()
+        while True:
+            chunk = conn.read_chunk()
+            if not chunk:
+                break
+            body += chunk
+            if time.monotonic() - started < 5:
+                time.sleep(0.25)
+    assert len(body) == size
+    assert time.monotonic() - started >= 5, "too fast to show anything"
+    assert "--timeout-send" not in server.output()
+
+
+def test_request_body_that_stops_is_answered_408_at_the_request_body_timeout(run_rsasgi):
+    """Ten of the hundred promised bytes, then silence: 408 and Connection: close, and the
+    app, waiting in receive(), gets http.disconnect."""
+    server = run_rsasgi(COUNTING_APP, "--timeout-request-body", "2")
+    with server.connect() as sock:
+        conn = RawConn(sock)
+        conn.send(request("POST", "/hold", [("Content-Length", "100")]) + b"x" * 10)
+        response = conn.read_response()
+        assert response.status == 408
+        assert (response.header("connection") or "").lower() == "close"
+        assert conn.read_until_closed(timeout=10) == b""
+    assert app_stats(server)["hold"] == ["http.request", "http.disconnect"]
+    log = wait_for_log(server, "408: no bytes of the request body of")
+    assert "--timeout-request-body 2s" in log
+
+
+def test_slow_but_steady_upload_is_not_cut(run_rsasgi):
+    """A byte every half second for five seconds: never two seconds without one."""
+    server = run_rsasgi(COUNTING_APP, "--timeout-request-body", "2")
+    with server.connect() as sock:
+        conn = RawConn(sock)
+        conn.send(request("POST", "/hold", [("Content-Length", "10")]))
+        for _ in range(10):
+            time.sleep(0.5)
+            conn.send(b"x")
+        response = conn.read_response()
+    assert (response.status, response.body) == (200, b"done")
+    assert "--timeout-request-body" not in server.output()
+
+
+def test_send_and_request_body_timeouts_of_0_never_cut(run_rsasgi):
+    server = run_rsasgi(COUNTING_APP, "--timeout-send", "0", "--timeout-request-body", "0")
+    with server.connect() as sock:
+        conn = RawConn(sock)
+        conn.send(request("POST", "/hold", [("Content-Length", "2")]) + b"x")
+        assert not conn.is_closed_by_peer(3)
+        conn.send(b"y")
+        assert conn.read_response().status == 200

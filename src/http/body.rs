@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
 use super::access_log::AccessRecord;
-use super::connection::ActiveRequest;
+use super::connection::{ActiveRequest, Cut};
 use super::server::ServerState;
 use super::service::{request_timed_out, InFlight};
 use super::static_files::CHUNK;
@@ -149,21 +149,18 @@ impl ResponseBody {
         self
     }
 
+    /// Marks the connection busy until the body is done. hyper has the
+    /// head now: the client's turn, for `--timeout-send`.
     pub(crate) fn tracking(mut self, active: ActiveRequest) -> ResponseBody {
+        active.waiting(true);
         self.active = Some(active);
         self
     }
-}
 
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Aborted;
+    /// The next frame for hyper.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
+        let this = self;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
-        let this = self.get_mut();
         if let (Source::App(exchange), Some((sleep, _))) = (&this.source, &mut this.deadline) {
             if sleep.as_mut().poll(cx).is_ready() {
                 if let Some((_, state)) = this.deadline.take() {
@@ -222,6 +219,50 @@ impl http_body::Body for ResponseBody {
         }
     }
 
+    /// Says in the log why the connection's timer cut this response.
+    fn report_cut(&mut self, cut: Cut) {
+        let what = match &self.source {
+            Source::App(exchange) => format!("\"{}\"", exchange.request_line()),
+            Source::File(_) => "a file response".to_string(),
+            Source::Head | Source::Fixed(_) => "a response".to_string(),
+        };
+        match cut {
+            Cut::Stalled(limit) => tracing::info!(
+                "{what}: the client took no bytes of the response for --timeout-send {}s \
+                 (it stopped reading, or keeps its HTTP/2 window shut); the response is cut",
+                limit.as_secs_f64()
+            ),
+            Cut::TimedOut => match (&self.source, self.deadline.take()) {
+                (Source::App(exchange), Some((_, state))) => {
+                    request_timed_out(&state, exchange, true);
+                }
+                _ => tracing::info!(
+                    "{what} ran longer than --timeout-request while its client took none of it; \
+                     the response is cut"
+                ),
+            },
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Aborted;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
+        let this = self.get_mut();
+        let polled = this.poll_next(cx);
+        if let Some(active) = &this.active {
+            // hyper asked: what it had is on its way. A frame it gets now it
+            // has yet to send, which is the client's turn again.
+            active.waiting(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        }
+        polled
+    }
+
     fn is_end_stream(&self) -> bool {
         match &self.source {
             Source::App(exchange) => self.file.is_none() && exchange.complete_body_len() == Some(0),
@@ -249,6 +290,9 @@ impl http_body::Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        if let Some(cut) = self.active.as_ref().and_then(ActiveRequest::cut) {
+            self.report_cut(cut);
+        }
         if let Source::App(exchange) = &self.source {
             let file_left = self.file.as_ref().is_some_and(|file| file.remaining > 0);
             if !exchange.response_finished() || file_left {

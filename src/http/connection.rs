@@ -8,22 +8,34 @@
 //! * A connection with no request in flight is closed after
 //!   `--timeout-keep-alive`, on HTTP/1 and HTTP/2 alike (HTTP/2 with a
 //!   GOAWAY), so an idle peer cannot hold it either.
+//! * A response the client takes no bytes of for `--timeout-send` (hyper
+//!   holds its head or its last chunk and does not ask for more: the client
+//!   stopped reading, or an HTTP/2 peer keeps its window shut while it
+//!   answers PINGs), or one so stalled past `--timeout-request`, is cut:
+//!   its HTTP/2 stream is reset (see [`StreamExecutor`]), an HTTP/1
+//!   connection closed. hyper polls a response body only when it can send,
+//!   so the body alone cannot notice.
 //! * On shutdown each connection is asked to finish gracefully: HTTP/1 closes
 //!   after the response in flight, HTTP/2 sends GOAWAY and finishes its
 //!   streams. One with nothing in flight first gets a moment to start the
 //!   request its client may already have sent.
 //!
 //! The deadlines are checked lazily: requests only record when they start
-//! and end ([`Activity`]), and one timer per connection wakes when a deadline
-//! could have passed, so the per-request cost is two uncontended locks.
+//! and end and when their response waits for the client ([`Activity`]), and
+//! one timer per connection wakes when a deadline could have passed, so the
+//! per-request cost is a few uncontended locks.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
+use slab::Slab;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -53,19 +65,81 @@ pub(crate) struct Deadlines {
     pub request_header: Duration,
     /// With no request in flight, the connection closes after this long.
     pub keep_alive: Duration,
+    /// A response the client takes nothing of for this long is cut
+    /// (`--timeout-send`; `None`: never).
+    pub send: Option<Duration>,
+    /// `--timeout-request`, for responses stalled on the client.
+    pub request: Option<Duration>,
 }
 
-/// Why a connection was closed for being idle.
+impl Deadlines {
+    /// How often the timer of a busy connection looks again: a request that
+    /// starts while it sleeps is checked no later than this.
+    fn recheck(&self) -> Duration {
+        [self.send, self.request]
+            .into_iter()
+            .flatten()
+            .fold(self.keep_alive, Duration::min)
+            .max(MIN_RECHECK)
+    }
+}
+
+/// Why the timer ends a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Idle {
+pub(crate) enum Close {
     /// No complete request head arrived within `--timeout-request-header`.
     NoRequest,
     /// No new request arrived within `--timeout-keep-alive`.
     KeepAlive,
+    /// An HTTP/1 response was cut: the connection goes with it.
+    Cut(Cut),
+}
+
+/// Why the timer cut a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// The client took none of it for this long (`--timeout-send`).
+    Stalled(Duration),
+    /// It was still waiting for the client at `--timeout-request`.
+    TimedOut,
+}
+
+/// What the timer watches of one request in flight.
+struct Watched {
+    /// Since when hyper has held the response's head or last chunk without
+    /// asking for more; `None` while hyper waits for the app, or asks.
+    waiting_since: Option<Instant>,
+    /// `--timeout-request`: when the response must be done.
+    deadline: Option<Instant>,
+    /// Resets the request's HTTP/2 stream; `None` on HTTP/1.
+    stream: Option<Arc<StreamCut>>,
+    /// Set once the timer has cut the response.
+    cut: Option<Cut>,
+}
+
+impl Watched {
+    /// When the timer must cut this response, and why, as things stand.
+    fn due(&self, deadlines: Deadlines) -> Option<(Instant, Cut)> {
+        if self.cut.is_some() {
+            return None;
+        }
+        let since = self.waiting_since?;
+        let stalled = deadlines
+            .send
+            .map(|limit| (since + limit, Cut::Stalled(limit)));
+        let timed_out = self
+            .deadline
+            .map(|deadline| (deadline.max(since), Cut::TimedOut));
+        match (stalled, timed_out) {
+            (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 struct ActivityState {
-    in_flight: usize,
+    /// The requests in flight.
+    watched: Slab<Watched>,
     requests: u64,
     /// When the connection last had no request in flight (or was accepted).
     idle_since: Instant,
@@ -87,7 +161,7 @@ impl Activity {
     pub(crate) fn new() -> Arc<Activity> {
         Arc::new(Activity {
             state: Mutex::new(ActivityState {
-                in_flight: 0,
+                watched: Slab::new(),
                 requests: 0,
                 idle_since: Instant::now(),
             }),
@@ -97,16 +171,25 @@ impl Activity {
     }
 
     /// A request head arrived; the returned guard ends the request when
-    /// dropped (when its response body is done).
-    pub(crate) fn begin(self: &Arc<Self>) -> ActiveRequest {
+    /// dropped (when its response body is done). `deadline`: when
+    /// `--timeout-request` says it must be done.
+    pub(crate) fn begin(self: &Arc<Self>, deadline: Option<Instant>) -> ActiveRequest {
         let mut st = self.state.lock();
-        st.in_flight += 1;
         st.requests += 1;
-        ActiveRequest(Arc::clone(self))
+        let key = st.watched.insert(Watched {
+            waiting_since: None,
+            deadline,
+            stream: None,
+            cut: None,
+        });
+        ActiveRequest {
+            activity: Arc::clone(self),
+            key,
+        }
     }
 
     fn in_flight(&self) -> usize {
-        self.state.lock().in_flight
+        self.state.lock().watched.len()
     }
 
     fn requests(&self) -> u64 {
@@ -115,49 +198,115 @@ impl Activity {
 
     /// When the connection will have been idle too long, and which deadline
     /// that is; `None` while requests are in flight.
-    fn deadline(&self, deadlines: Deadlines) -> Option<(Instant, Idle)> {
+    fn deadline(&self, deadlines: Deadlines) -> Option<(Instant, Close)> {
         let st = self.state.lock();
-        if st.in_flight > 0 {
+        if !st.watched.is_empty() {
             return None;
         }
         Some(if st.requests == 0 {
-            (st.idle_since + deadlines.request_header, Idle::NoRequest)
+            (st.idle_since + deadlines.request_header, Close::NoRequest)
         } else {
-            (st.idle_since + deadlines.keep_alive, Idle::KeepAlive)
+            (st.idle_since + deadlines.keep_alive, Close::KeepAlive)
         })
     }
 
-    /// Completes once the connection has been idle past its deadline.
-    pub(crate) async fn idle(&self, deadlines: Deadlines) -> Idle {
+    /// Cuts the responses that are due (HTTP/2 streams are reset here; an
+    /// HTTP/1 one is returned, for the connection to be closed), and says
+    /// until when nothing else is.
+    fn cut_due(&self, deadlines: Deadlines, now: Instant) -> Result<Instant, Cut> {
+        let mut next = now + deadlines.recheck();
+        let mut st = self.state.lock();
+        for (_, watched) in st.watched.iter_mut() {
+            match watched.due(deadlines) {
+                Some((at, why)) if at <= now => {
+                    watched.cut = Some(why);
+                    match &watched.stream {
+                        Some(stream) => stream.cut(),
+                        None => return Err(why),
+                    }
+                }
+                Some((at, _)) => next = next.min(at),
+                None => {}
+            }
+        }
+        Ok(next)
+    }
+
+    /// Completes once the connection must be closed: idle past its
+    /// deadline, or an HTTP/1 response cut. Resets HTTP/2 streams whose
+    /// responses are due to be cut as it goes.
+    pub(crate) async fn watch(&self, deadlines: Deadlines) -> Close {
         loop {
+            let now = Instant::now();
             match self.deadline(deadlines) {
-                Some((deadline, why)) if deadline <= Instant::now() => return why,
+                Some((deadline, why)) if deadline <= now => return why,
                 Some((deadline, _)) => {
+                    // A request that starts meanwhile is looked at by the recheck.
+                    let until = deadline.min(now + deadlines.recheck());
                     tokio::select! {
-                        _ = tokio::time::sleep_until(deadline) => {}
+                        _ = tokio::time::sleep_until(until) => {}
                         _ = self.went_idle.notified() => {}
                     }
                 }
-                None => tokio::time::sleep(deadlines.keep_alive.max(MIN_RECHECK)).await,
+                None => match self.cut_due(deadlines, now) {
+                    Ok(next) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(next) => {}
+                            _ = self.went_idle.notified() => {}
+                        }
+                    }
+                    Err(cut) => return Close::Cut(cut),
+                },
             }
         }
     }
 }
 
 /// One request in flight on a connection; see [`Activity::begin`].
-pub(crate) struct ActiveRequest(Arc<Activity>);
+pub(crate) struct ActiveRequest {
+    activity: Arc<Activity>,
+    key: usize,
+}
 
 impl ActiveRequest {
     /// App tasks of this connection still running.
     pub(crate) fn app_tasks(&self) -> usize {
-        self.0.app_tasks.load(Ordering::Relaxed)
+        self.activity.app_tasks.load(Ordering::Relaxed)
     }
 
     /// Counts an app task of this connection until the guard is dropped
     /// (with the request's exchange, once the app is done with it).
     pub(crate) fn app_task(&self) -> AppTask {
-        self.0.app_tasks.fetch_add(1, Ordering::Relaxed);
-        AppTask(Arc::clone(&self.0))
+        self.activity.app_tasks.fetch_add(1, Ordering::Relaxed);
+        AppTask(Arc::clone(&self.activity))
+    }
+
+    /// Ties the request to the HTTP/2 stream whose task is being polled, so
+    /// the timer can reset it; nothing on HTTP/1. Call from the request's
+    /// service future, on its first poll.
+    pub(crate) fn attach_stream(&self) {
+        if let Some(stream) = STARTING_STREAM.with_borrow(Option::clone) {
+            if let Some(watched) = self.activity.state.lock().watched.get_mut(self.key) {
+                watched.stream = Some(stream);
+            }
+        }
+    }
+
+    /// Records whether hyper now holds part of the response (its head or a
+    /// chunk) and waits to send it: `true` starts the `--timeout-send`
+    /// clock, `false` (hyper asked for more, or the app has nothing yet)
+    /// stops it.
+    pub(crate) fn waiting(&self, waiting: bool) {
+        let since = waiting.then(Instant::now);
+        if let Some(watched) = self.activity.state.lock().watched.get_mut(self.key) {
+            watched.waiting_since = since;
+        }
+    }
+
+    /// Whether the timer cut this response, and why.
+    pub(crate) fn cut(&self) -> Option<Cut> {
+        let st = self.activity.state.lock();
+        st.watched.get(self.key).and_then(|watched| watched.cut)
     }
 }
 
@@ -172,13 +321,82 @@ impl Drop for AppTask {
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        let mut st = self.0.state.lock();
-        st.in_flight -= 1;
-        if st.in_flight == 0 {
+        let mut st = self.activity.state.lock();
+        st.watched.try_remove(self.key);
+        if st.watched.is_empty() {
             st.idle_since = Instant::now();
             drop(st);
-            self.0.went_idle.notify_one();
+            self.activity.went_idle.notify_one();
         }
+    }
+}
+
+thread_local! {
+    /// The stream of the HTTP/2 stream task in its first poll on this thread.
+    static STARTING_STREAM: RefCell<Option<Arc<StreamCut>>> = const { RefCell::new(None) };
+}
+
+/// Resets one HTTP/2 stream from outside its task: the task ends, and h2
+/// answers the dropped stream with RST_STREAM(CANCEL).
+#[derive(Default)]
+pub(crate) struct StreamCut {
+    cut: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl StreamCut {
+    fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// hyper's executor for HTTP/2 streams: each stream is a tokio task, as with
+/// `TokioExecutor`, that its [`StreamCut`] can end. A stream's service
+/// future finds the handle with [`ActiveRequest::attach_stream`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StreamExecutor;
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        tokio::spawn(Cuttable {
+            stream,
+            cut: Arc::new(StreamCut::default()),
+            started: false,
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream's task, ended early once its [`StreamCut`] says so.
+    struct Cuttable<F> {
+        #[pin]
+        stream: F,
+        cut: Arc<StreamCut>,
+        started: bool,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Cuttable<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        this.cut.task.register(cx.waker());
+        if this.cut.cut.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if *this.started {
+            return this.stream.poll(cx);
+        }
+        *this.started = true;
+        STARTING_STREAM.set(Some(Arc::clone(this.cut)));
+        let polled = this.stream.poll(cx);
+        STARTING_STREAM.set(None);
+        polled
     }
 }
 
@@ -242,13 +460,15 @@ where
             // The connection first: it is what wakes this task on almost every poll.
             biased;
             result = connection.as_mut() => return Some(result),
-            why = activity.idle(deadlines), if !closing => {
+            why = activity.watch(deadlines), if !closing => {
                 match why {
-                    Idle::NoRequest => tracing::debug!(
+                    Close::NoRequest => tracing::debug!(
                         "closing a connection that sent no complete request head within --timeout-request-header {}s",
                         deadlines.request_header.as_secs_f64()
                     ),
-                    Idle::KeepAlive => tracing::trace!("closing an idle keep-alive connection"),
+                    Close::KeepAlive => tracing::trace!("closing an idle keep-alive connection"),
+                    // Its response says why, as it is dropped with the connection.
+                    Close::Cut(_) => return None,
                 }
                 graceful_shutdown(connection.as_mut());
                 closing = true;
@@ -287,6 +507,8 @@ mod tests {
     const DEADLINES: Deadlines = Deadlines {
         request_header: Duration::from_secs(10),
         keep_alive: Duration::from_secs(5),
+        send: Some(Duration::from_secs(60)),
+        request: None,
     };
 
     #[tokio::test(start_paused = true)]
@@ -298,13 +520,13 @@ mod tests {
         let started = Instant::now();
         let waiting = {
             let activity = Arc::clone(&activity);
-            tokio::spawn(async move { activity.idle(DEADLINES).await })
+            tokio::spawn(async move { activity.watch(DEADLINES).await })
         };
         tokio::task::yield_now().await;
-        let request = activity.begin();
+        let request = activity.begin(None);
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(request);
-        assert_eq!(waiting.await.unwrap(), Idle::KeepAlive);
+        assert_eq!(waiting.await.unwrap(), Close::KeepAlive);
         assert_eq!(started.elapsed(), Duration::from_secs(6));
     }
 
@@ -312,28 +534,111 @@ mod tests {
     async fn a_silent_connection_is_idle_after_the_request_header_timeout() {
         let activity = Activity::new();
         let started = Instant::now();
-        assert_eq!(activity.idle(DEADLINES).await, Idle::NoRequest);
+        assert_eq!(activity.watch(DEADLINES).await, Close::NoRequest);
         assert_eq!(started.elapsed(), DEADLINES.request_header);
     }
 
     #[tokio::test(start_paused = true)]
     async fn keep_alive_counts_from_the_end_of_the_last_request() {
         let activity = Activity::new();
-        let request = activity.begin();
+        let request = activity.begin(None);
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(activity.deadline(DEADLINES).is_none(), "busy, not idle");
         drop(request);
         let ended = Instant::now();
-        assert_eq!(activity.idle(DEADLINES).await, Idle::KeepAlive);
+        assert_eq!(activity.watch(DEADLINES).await, Close::KeepAlive);
         assert_eq!(ended.elapsed(), DEADLINES.keep_alive);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_long_request_is_never_idle() {
         let activity = Activity::new();
-        let _request = activity.begin();
-        let idle = tokio::time::timeout(Duration::from_secs(3600), activity.idle(DEADLINES)).await;
+        let _request = activity.begin(None);
+        let idle = tokio::time::timeout(Duration::from_secs(3600), activity.watch(DEADLINES)).await;
         assert!(idle.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_the_client_takes_nothing_of_is_cut_after_the_send_timeout() {
+        let activity = Activity::new();
+        let request = activity.begin(None);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        // Waiting on the app costs nothing; waiting on the client is timed.
+        request.waiting(true);
+        let started = Instant::now();
+        let closed = activity.watch(DEADLINES).await;
+        assert_eq!(closed, Close::Cut(Cut::Stalled(Duration::from_secs(60))));
+        assert_eq!(request.cut(), Some(Cut::Stalled(Duration::from_secs(60))));
+        // Within a recheck (the keep-alive timeout) of the deadline.
+        assert!(started.elapsed() >= Duration::from_secs(60));
+        assert!(started.elapsed() <= Duration::from_secs(65));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_that_makes_progress_is_never_cut() {
+        let activity = Activity::new();
+        let request = activity.begin(None);
+        let watching = {
+            let activity = Arc::clone(&activity);
+            tokio::spawn(async move { activity.watch(DEADLINES).await })
+        };
+        for _ in 0..100 {
+            request.waiting(true);
+            tokio::time::sleep(Duration::from_secs(59)).await;
+            request.waiting(false);
+        }
+        assert!(!watching.is_finished());
+        assert_eq!(request.cut(), None);
+        drop(request);
+        assert_eq!(watching.await.unwrap(), Close::KeepAlive);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_response_is_cut_at_the_request_deadline() {
+        let deadlines = Deadlines {
+            request: Some(Duration::from_secs(2)),
+            ..DEADLINES
+        };
+        let activity = Activity::new();
+        let started = Instant::now();
+        let request = activity.begin(Some(started + Duration::from_secs(2)));
+        request.waiting(true);
+        assert_eq!(activity.watch(deadlines).await, Close::Cut(Cut::TimedOut));
+        assert!(started.elapsed() >= Duration::from_secs(2));
+        assert!(started.elapsed() <= Duration::from_secs(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_stream_is_reset_and_the_connection_goes_on() {
+        use hyper::rt::Executor;
+        let activity = Activity::new();
+        let (attached, attached_rx) = tokio::sync::oneshot::channel();
+        let (ended, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        {
+            let activity = Arc::clone(&activity);
+            // What hyper hands the executor: the stream's service future and
+            // response; it holds `ended` until the task is dropped.
+            StreamExecutor.execute(async move {
+                let _ended = ended;
+                let request = activity.begin(None);
+                request.attach_stream();
+                request.waiting(true);
+                let _ = attached.send(());
+                std::future::pending::<()>().await;
+                drop(request);
+            });
+        }
+        attached_rx.await.unwrap();
+        let watching = {
+            let activity = Arc::clone(&activity);
+            tokio::spawn(async move { activity.watch(DEADLINES).await })
+        };
+        // The stream's task ends (dropping what it held) once cut, and the
+        // connection, idle then, closes at the keep-alive deadline.
+        assert!(ended_rx.await.is_err());
+        let cut_at = Instant::now();
+        assert_eq!(watching.await.unwrap(), Close::KeepAlive);
+        assert_eq!(cut_at.elapsed(), DEADLINES.keep_alive);
     }
 
     #[tokio::test]

@@ -9,14 +9,16 @@ use futures_util::future::Either;
 use http::{HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::access_log;
-use super::connection::{self, Activity, Deadlines, OpenConnection, OpenConnections};
+use super::connection::{
+    self, Activity, Deadlines, OpenConnection, OpenConnections, StreamExecutor,
+};
 use super::preface::{self, BadPreface};
 use super::proxy_headers::{ProxyHeaders, TrustedProxies};
 use super::service::handle;
@@ -57,6 +59,8 @@ pub(crate) struct ServerState {
     /// The slot shared with the supervisor, which counts requests.
     pub slot: Option<Arc<Slot>>,
     pub timeout_request: Option<Duration>,
+    /// `--timeout-request-body`.
+    pub timeout_request_body: Option<Duration>,
     /// Whose proxy headers are believed, and which (`None`: nobody's).
     pub proxy: Option<ProxyHeaders>,
     /// `--proxy-protocol`: whose PROXY header is believed (`None`: connections
@@ -106,6 +110,7 @@ impl ServerState {
             websockets: Arc::new(Registry::default()),
             slot,
             timeout_request: config.timeout_request,
+            timeout_request_body: config.timeout_request_body,
             proxy: config
                 .proxy
                 .clone()
@@ -119,8 +124,8 @@ impl ServerState {
     }
 }
 
-fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn connection_builder(config: &Config) -> auto::Builder<StreamExecutor> {
+    let mut builder = auto::Builder::new(StreamExecutor);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -291,7 +296,7 @@ impl AcceptGate {
 /// What the accept loop hands every connection it starts.
 struct ConnectionContext {
     gate: Option<AcceptGate>,
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<StreamExecutor>,
     deadlines: Deadlines,
     open: Arc<OpenConnections>,
     draining: watch::Receiver<Option<Duration>>,
@@ -360,6 +365,8 @@ pub(crate) async fn serve(
         deadlines: Deadlines {
             request_header: config.timeout_request_header,
             keep_alive: config.timeout_keep_alive,
+            send: config.timeout_send,
+            request: config.timeout_request,
         },
         open: Arc::new(OpenConnections::default()),
         draining: shutdown.clone(),
@@ -575,7 +582,11 @@ where
         let activity = Arc::clone(&activity);
         let info = info.clone();
         service_fn(move |request| {
-            handle(request, info.clone(), Arc::clone(&state), activity.begin())
+            let deadline = state
+                .timeout_request
+                .map(|limit| tokio::time::Instant::now() + limit);
+            let active = activity.begin(deadline);
+            handle(request, info.clone(), Arc::clone(&state), active)
         })
     };
     let deadlines = context.deadlines;

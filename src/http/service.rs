@@ -68,6 +68,7 @@ pub(crate) async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     // One labelled block rather than an inner async fn: a nested future
     // would be moved (copied whole) once more per request.
+    active.attach_stream();
     let response = 'respond: {
         let started_at = std::time::Instant::now();
         if let Some(slot) = &state.slot {
@@ -204,8 +205,12 @@ pub(crate) async fn handle(
                 // with 100-continue, wait until the app asks for it.
                 exchange.want_body();
             }
-            let http2 = head.version == Version::HTTP_2;
-            tokio::spawn(pump_body(body, Arc::clone(&exchange), body_limit, http2));
+            let pump = Pump {
+                limit: body_limit,
+                timeout: state.timeout_request_body,
+                http2: head.version == Version::HTTP_2,
+            };
+            tokio::spawn(pump_body(body, Arc::clone(&exchange), pump));
         }
         let is_head = head.method == Method::HEAD;
         let http10 = Http10::of(head.version, &head.headers);
@@ -333,7 +338,7 @@ pub(super) fn request_timed_out(state: &ServerState, exchange: &Arc<Exchange>, s
     let limit = state.timeout_request.unwrap_or_default().as_secs_f64();
     let request = exchange.request_line();
     let answered = if started {
-        "its connection is closed"
+        "its response is cut"
     } else {
         "sent 504"
     };
@@ -492,9 +497,22 @@ async fn open_websocket(
     }
 }
 
+/// How a request body is read: `--limit-request-body`,
+/// `--timeout-request-body`, and whether it comes over HTTP/2.
+struct Pump {
+    limit: Option<u64>,
+    timeout: Option<Duration>,
+    http2: bool,
+}
+
 /// Reads the request body into the exchange as the app consumes it, never
 /// more than a high-water mark ahead.
-async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u64>, http2: bool) {
+async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
+    let Pump {
+        limit,
+        timeout,
+        http2,
+    } = pump;
     let mut received: u64 = 0;
     let mut drained: u64 = 0;
     loop {
@@ -502,7 +520,25 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, limit: Option<u6
         if matches!(room, BodyRoom::Stop) || drained > MAX_BODY_DRAIN {
             return;
         }
-        match body.frame().await {
+        // The clock runs only while the body is awaited from the client, not
+        // while the app takes its time reading it.
+        let frame = match timeout {
+            None => body.frame().await,
+            Some(limit) => match tokio::time::timeout(limit, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_elapsed) => {
+                    tracing::info!(
+                        "408: no bytes of the request body of {} for --timeout-request-body {}s \
+                         (the app sees a disconnect if its response has started)",
+                        exchange.request_line(),
+                        limit.as_secs_f64()
+                    );
+                    exchange.refuse_body(StatusCode::REQUEST_TIMEOUT);
+                    return;
+                }
+            },
+        };
+        match frame {
             // hyper ends an HTTP/2 body the same way when the stream is reset
             // with NO_ERROR (by the client, or by hyper's own shutdown) as
             // when END_STREAM arrives; only the latter is the whole body.
