@@ -637,38 +637,38 @@ struct Args {
     /// Close idle keep-alive connections after this many seconds.
     #[arg(long, env = "RSASGI_TIMEOUT_KEEP_ALIVE", value_name = "SECONDS",
           default_value_t = Seconds(config::DEFAULT_TIMEOUT_KEEP_ALIVE), value_parser = seconds,
-          help_heading = "Limits")]
+          help_heading = "Timeouts")]
     timeout_keep_alive: Seconds,
 
     /// Close a new connection whose request head has not fully arrived within
     /// this many seconds.
     #[arg(long, env = "RSASGI_TIMEOUT_REQUEST_HEADER", value_name = "SECONDS",
           default_value_t = Seconds(config::DEFAULT_TIMEOUT_REQUEST_HEADER),
-          value_parser = positive_seconds, help_heading = "Limits")]
+          value_parser = positive_seconds, help_heading = "Timeouts")]
     timeout_request_header: Seconds,
 
     /// Seconds between PINGs on idle-looking HTTP/2 connections (0: none).
     #[arg(long, env = "RSASGI_HTTP2_KEEP_ALIVE_INTERVAL", value_name = "SECONDS",
           default_value_t = Seconds(config::DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL),
-          value_parser = seconds, help_heading = "Limits")]
+          value_parser = seconds, help_heading = "HTTP/2")]
     http2_keep_alive_interval: Seconds,
 
     /// Close an HTTP/2 connection whose peer does not answer a PING in time.
     #[arg(long, env = "RSASGI_HTTP2_KEEP_ALIVE_TIMEOUT", value_name = "SECONDS",
           default_value_t = Seconds(config::DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT),
-          value_parser = positive_seconds, help_heading = "Limits")]
+          value_parser = positive_seconds, help_heading = "HTTP/2")]
     http2_keep_alive_timeout: Seconds,
 
     /// On SIGTERM/SIGINT, let in-flight requests run this long before closing them.
     #[arg(long, visible_alias = "graceful-timeout", env = "RSASGI_TIMEOUT_GRACEFUL_SHUTDOWN", value_name = "SECONDS",
           default_value_t = Seconds(config::DEFAULT_TIMEOUT_GRACEFUL_SHUTDOWN),
-          value_parser = seconds, help_heading = "Limits")]
+          value_parser = seconds, help_heading = "Timeouts")]
     timeout_graceful_shutdown: Seconds,
 
     /// Answer 504 to a request still running after this many seconds (cut it
     /// if its response has started) and cancel it.
     #[arg(long, alias = "harakiri", env = "RSASGI_TIMEOUT_REQUEST", value_name = "SECONDS",
-          value_parser = positive_seconds, help_heading = "Limits")]
+          value_parser = positive_seconds, help_heading = "Timeouts")]
     timeout_request: Option<Seconds>,
 
     /// Cut a response the client takes no bytes of for this many seconds (it
@@ -676,7 +676,7 @@ struct Args {
     /// connection, HTTP/2 resets the stream (0: never).
     #[arg(long, env = "RSASGI_TIMEOUT_SEND", value_name = "SECONDS",
           default_value_t = Seconds(config::DEFAULT_TIMEOUT_SEND), value_parser = seconds,
-          help_heading = "Limits")]
+          help_heading = "Timeouts")]
     timeout_send: Seconds,
 
     /// Answer 408 when a request body brings no bytes for this many seconds
@@ -684,7 +684,7 @@ struct Args {
     /// sees a disconnect instead (0: never).
     #[arg(long, env = "RSASGI_TIMEOUT_REQUEST_BODY", value_name = "SECONDS",
           default_value_t = Seconds(config::DEFAULT_TIMEOUT_REQUEST_BODY), value_parser = seconds,
-          help_heading = "Limits")]
+          help_heading = "Timeouts")]
     timeout_request_body: Seconds,
 
     /// Answer 503 to requests beyond this many in flight.
