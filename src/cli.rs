@@ -535,7 +535,8 @@ struct Args {
           help_heading = "TLS")]
     ssl_cert_reqs: ClientCerts,
 
-    /// Cipher suites to allow, by rustls name, separated by ':' [default: rustls's].
+    /// Cipher suites to allow, by rustls or OpenSSL name, separated by ':'
+    /// [default: rustls's].
     #[arg(
         long,
         visible_alias = "ciphers",

@@ -459,11 +459,11 @@ BAD_FILES = {
         ["--ssl-keyfile", f.legacy_rsa, "openssl pkcs8"],
     ),
     "unknown-cipher": lambda f: (
-        ["--ssl-certfile", f.cert, "--ssl-keyfile", f.key]
-        + ["--ssl-ciphers", "ECDHE-RSA-AES128-GCM-SHA256"],
-        # The known ones are listed.
-        ["--ssl-ciphers", "ECDHE-RSA-AES128-GCM-SHA256"]
-        + ["TLS13_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"],
+        ["--ssl-certfile", f.cert, "--ssl-keyfile", f.key] + ["--ssl-ciphers", "HIGH:!aNULL"],
+        # The known ones are listed, by rustls's names and OpenSSL's.
+        ["--ssl-ciphers", '"HIGH"']
+        + ["TLS13_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]
+        + ["ECDHE-RSA-AES128-GCM-SHA256"],
     ),
     "required-without-ca-certs": lambda f: (
         ["--ssl-certfile", f.cert, "--ssl-keyfile", f.key, "--ssl-cert-reqs", "required"],
@@ -699,7 +699,8 @@ def test_wsgi_environ_over_tls(serve_tls, pki):
     assert environ["wsgi.url_scheme"] == "https"
     assert environ["HTTPS"] == "on"
     assert environ["SSL_PROTOCOL"] == "TLSv1.3"
-    assert environ["SSL_CIPHER"] == TLS13_SUITES[seen.cipher][1]
+    # OpenSSL's name, as mod_ssl gives it (IANA's, for TLS 1.3).
+    assert environ["SSL_CIPHER"] == seen.cipher
     assert environ["SSL_CLIENT_VERIFY"] == "NONE"
     assert "SSL_CLIENT_CERT" not in environ
     assert "SSL_CLIENT_S_DN" not in environ
@@ -719,7 +720,7 @@ def test_tls12_is_accepted_by_default(serve_tls, pki):
 def test_tls12_in_the_wsgi_environ(serve_tls, pki):
     server = serve_tls(app="wsgi_env:app")
     environ = exchange(server, pki.client(tls12=True), "/env").body["environ"]
-    assert (environ["SSL_PROTOCOL"], environ["SSL_CIPHER"]) == ("TLSv1.2", TLS12_SUITE[1])
+    assert (environ["SSL_PROTOCOL"], environ["SSL_CIPHER"]) == ("TLSv1.2", TLS12_CIPHER)
 
 
 def test_min_version_13_refuses_a_tls12_client(serve_tls, pki):
@@ -738,8 +739,11 @@ def test_min_version_13_refuses_a_tls12_client(serve_tls, pki):
             ssl.TLSVersion.TLSv1_2,
             TLS12_SUITE[0],
         ),
+        # OpenSSL's names, as uvicorn's --ssl-ciphers takes them.
+        ("TLS_AES_128_GCM_SHA256", ssl.TLSVersion.TLSv1_3, 0x1301),
+        (TLS12_CIPHER, ssl.TLSVersion.TLSv1_2, TLS12_SUITE[0]),
     ],
-    ids=["tls13-suite", "tls12-suite-after-a-colon"],
+    ids=["tls13-suite", "tls12-suite-after-a-colon", "openssl-tls13-name", "openssl-tls12-name"],
 )
 def test_ssl_ciphers_chooses_the_suite(serve_tls, pki, ciphers, version, suite):
     """The client offers OpenSSL's default suites, which put AES-256 before AES-128; the
@@ -849,16 +853,11 @@ def test_an_unfinished_handshake_is_closed_at_the_request_header_timeout(serve_t
     assert warnings_and_errors(log) == []
 
 
-@pytest.mark.parametrize(
-    "sent",
-    [request("GET", "/"), b"\x00 not TLS at all \xff" * 4],
-    ids=["plain-http", "garbage"],
-)
-def test_a_client_not_speaking_tls_gets_an_alert_and_is_closed(serve_tls, pki, sent):
+def test_a_client_not_speaking_tls_gets_an_alert_and_is_closed(serve_tls, pki):
     server = serve_tls("--log-level", "debug")
     conn = RawConn(server.connect())
     try:
-        conn.send(sent)
+        conn.send(b"\x00 not TLS at all \xff" * 4)
         assert conn.read_until_closed(timeout=20) == DECODE_ERROR_ALERT
     finally:
         conn.sock.close()
@@ -866,6 +865,27 @@ def test_a_client_not_speaking_tls_gets_an_alert_and_is_closed(serve_tls, pki, s
     # The server is fine: the next client is served.
     assert exchange(server, pki.client()).body["scope"]["scheme"] == "https"
     assert warnings_and_errors(server.output()) == []
+
+
+@pytest.mark.parametrize("proxy", [False, True], ids=["direct", "behind-proxy-protocol"])
+def test_plain_http_to_the_tls_port_gets_a_readable_400(serve_tls, pki, proxy):
+    """As nginx does: a page saying to use https://, not a TLS alert; then the connection
+    is closed."""
+    server = serve_tls("--log-level", "debug", *(["--proxy-protocol", "v1"] if proxy else []))
+    with server.connect() as sock:
+        conn = RawConn(sock)
+        conn.send((V1_TCP4 if proxy else b"") + request("GET", "/"))
+        response = conn.read_response()
+        assert conn.read_until_closed(timeout=20) == b""
+    assert response.status == 400
+    assert response.header("connection") == "close"
+    assert response.header("content-type") == "text/plain; charset=utf-8"
+    assert b"this port speaks HTTPS. Use an https:// address" in response.body
+    wait_for_log(server, "plain HTTP sent to the TLS port; answered 400")
+    assert warnings_and_errors(server.output()) == []
+    if not proxy:
+        # The server is fine: the next client is served.
+        assert exchange(server, pki.client()).body["scope"]["scheme"] == "https"
 
 
 # Behind a load balancer speaking the PROXY protocol.

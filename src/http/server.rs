@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::pin::Pin;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::access_log;
@@ -486,14 +486,27 @@ where
     });
 }
 
+/// The first byte of a TLS connection: a handshake record (RFC 8446 §5.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The answer to plain HTTP sent to a TLS port: a page the user can read
+/// (as nginx gives), rather than a TLS alert their browser shows as a
+/// garbled download or a protocol error.
+const PLAIN_HTTP_TO_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 74\r\n\
+Connection: close\r\n\r\n\
+400 Bad Request: this port speaks HTTPS. Use an https:// address instead.\n";
+
 /// Completes the TLS handshake (by `deadline`, which `--timeout-request-header`
 /// sets from accept, like a first request head), then serves the connection.
-/// A client that fails the handshake or never finishes it costs a debug line.
+/// A client that fails the handshake or never finishes it costs a debug line;
+/// one that speaks plain HTTP is answered 400.
 async fn serve_tls<I>(
     context: &ConnectionContext,
     open: OpenConnection,
     activity: Arc<Activity>,
-    io: I,
+    mut io: I,
     mut info: ConnectionInfo,
     deadline: tokio::time::Instant,
 ) where
@@ -503,6 +516,32 @@ async fn serve_tls<I>(
         let served = Served::choose(context.state.http, None);
         return serve_as(context, open, activity, io, info, deadline, served).await;
     };
+    let mut first = bytes::BytesMut::with_capacity(4096);
+    match tokio::time::timeout_at(deadline, io.read_buf(&mut first)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {
+            tracing::debug!(client = ?info.client, "closed before its TLS handshake");
+            return;
+        }
+        Ok(Ok(_)) => {}
+        Err(_) => {
+            tracing::debug!(
+                client = ?info.client,
+                "no TLS handshake within --timeout-request-header {}s; closed",
+                context.deadlines.request_header.as_secs_f64()
+            );
+            return;
+        }
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD && first[0].is_ascii_uppercase() {
+        tracing::debug!(client = ?info.client, "plain HTTP sent to the TLS port; answered 400");
+        let answered = async {
+            io.write_all(PLAIN_HTTP_TO_TLS).await?;
+            io.shutdown().await
+        };
+        let _ = tokio::time::timeout_at(deadline, answered).await;
+        return;
+    }
+    let io = Prefixed::new(first.freeze(), io);
     let stream = match tokio::time::timeout_at(deadline, tls.acceptor.accept(io)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {

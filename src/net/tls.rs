@@ -10,7 +10,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion};
+use rustls::{
+    CipherSuite, RootCertStore, ServerConfig, SupportedCipherSuite, SupportedProtocolVersion,
+};
 
 /// Whether clients must present a certificate (`--ssl-cert-reqs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -189,11 +191,17 @@ impl TlsSettings {
         for name in names {
             let suite = known
                 .iter()
-                .find(|suite| suite_name(suite).eq_ignore_ascii_case(name))
+                .find(|suite| names_suite(name, suite))
                 .ok_or_else(|| {
                     format!(
-                        "--ssl-ciphers: unknown cipher suite {name:?}; rsasgi (rustls) has {}",
-                        known.iter().map(suite_name).collect::<Vec<_>>().join(", ")
+                        "--ssl-ciphers: unknown cipher suite {name:?}; rsasgi (rustls) has {} \
+                         (OpenSSL's names work too: {})",
+                        known.iter().map(suite_name).collect::<Vec<_>>().join(", "),
+                        known
+                            .iter()
+                            .map(openssl_name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 })?;
             if !chosen.contains(suite) {
@@ -219,6 +227,7 @@ pub(crate) struct TlsInfo {
     pub tls_version: u16,
     /// The IANA number of the cipher suite.
     pub cipher_suite: u16,
+    /// OpenSSL's name of the cipher suite (mod_ssl's `SSL_CIPHER`).
     pub cipher_name: String,
 }
 
@@ -235,7 +244,7 @@ impl TlsInfo {
             client_cert_name: peer.first().and_then(|cert| subject_of(cert)),
             tls_version: connection.protocol_version().map_or(0, u16::from),
             cipher_suite: suite.map_or(0, |suite| u16::from(suite.suite())),
-            cipher_name: suite.as_ref().map(suite_name).unwrap_or_default(),
+            cipher_name: suite.as_ref().map(openssl_name).unwrap_or_default(),
         }
     }
 
@@ -266,6 +275,63 @@ fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
 pub(crate) fn suite_name(suite: &SupportedCipherSuite) -> String {
     let id = suite.suite();
     id.as_str().map_or_else(|| format!("{id:?}"), str::to_owned)
+}
+
+/// OpenSSL's name for each suite of ring's provider: what mod_ssl's
+/// `SSL_CIPHER` holds and what uvicorn's `--ssl-ciphers` takes. TLS 1.3
+/// suites have their IANA names there.
+const OPENSSL_NAMES: [(CipherSuite, &str); 9] = [
+    (
+        CipherSuite::TLS13_AES_128_GCM_SHA256,
+        "TLS_AES_128_GCM_SHA256",
+    ),
+    (
+        CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "TLS_AES_256_GCM_SHA384",
+    ),
+    (
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256,
+        "TLS_CHACHA20_POLY1305_SHA256",
+    ),
+    (
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+    ),
+    (
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+    ),
+    (
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ),
+    (
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        "ECDHE-RSA-AES128-GCM-SHA256",
+    ),
+    (
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        "ECDHE-RSA-AES256-GCM-SHA384",
+    ),
+    (
+        CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ),
+];
+
+/// OpenSSL's name of a suite, or rustls's when OpenSSL has none listed.
+pub(crate) fn openssl_name(suite: &SupportedCipherSuite) -> String {
+    let id = suite.suite();
+    OPENSSL_NAMES
+        .iter()
+        .find(|(known, _)| *known == id)
+        .map_or_else(|| suite_name(suite), |(_, name)| (*name).to_string())
+}
+
+/// Whether `name` (from `--ssl-ciphers`) names `suite`, by rustls's name or
+/// OpenSSL's, in any case.
+fn names_suite(name: &str, suite: &SupportedCipherSuite) -> bool {
+    suite_name(suite).eq_ignore_ascii_case(name) || openssl_name(suite).eq_ignore_ascii_case(name)
 }
 
 /// Every certificate in a PEM file, in order (the server's first, then the
@@ -480,10 +546,15 @@ mod tests {
         some.server_config(&[]).unwrap();
         some.ciphers = Some("TLSv1".into());
         some.server_config(&[]).unwrap();
-        some.ciphers = Some("ECDHE-RSA-AES128-GCM-SHA256".into());
+        // OpenSSL's names, as uvicorn's --ssl-ciphers takes them.
+        some.ciphers = Some("ECDHE-RSA-AES128-GCM-SHA256:TLS_AES_256_GCM_SHA384".into());
+        some.server_config(&[]).unwrap();
+        some.ciphers = Some("HIGH:!aNULL".into());
         let err = error(&some);
         assert!(
-            err.contains("unknown cipher suite") && err.contains("TLS13_AES_256_GCM_SHA384"),
+            err.contains("unknown cipher suite \"HIGH\"")
+                && err.contains("TLS13_AES_256_GCM_SHA384")
+                && err.contains("ECDHE-ECDSA-CHACHA20-POLY1305"),
             "{err}"
         );
         // TLS 1.2 suites only, but TLS 1.3 required.
@@ -555,7 +626,7 @@ mod tests {
         assert_eq!(info.tls_version, 0x0304);
         assert_eq!(info.protocol_name(), "TLSv1.3");
         assert!(
-            info.cipher_name.starts_with("TLS13_"),
+            info.cipher_name.starts_with("TLS_") && !info.cipher_name.starts_with("TLS13_"),
             "{}",
             info.cipher_name
         );
