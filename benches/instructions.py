@@ -11,8 +11,10 @@ together. Compare two builds by running this with each build's interpreter:
 
     python benches/instructions.py                        # ASGI and WSGI hello, this venv
     /other/venv/bin/python benches/instructions.py --apps hello --requests 4000
+    python benches/instructions.py --apps hello --http2   # h2c: h2load, 10 streams a connection
 
-Needs valgrind (apt-get install valgrind). Expect a minute or two per app: the server runs
+Needs valgrind (apt-get install valgrind), and h2load for --http2 (apt-get install
+nghttp2-client). Expect a minute or two per app: the server runs
 about 50 times slower under valgrind.
 """
 
@@ -65,7 +67,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def measure(app: str, requests: int, connections: int) -> int:
+#: Streams in flight on each HTTP/2 connection with --http2 (h2load -m), as in run.py.
+H2_STREAMS = 10
+
+
+def _send_http2(port: int, requests: int, connections: int) -> None:
+    """`requests` GET / over cleartext HTTP/2 (prior knowledge), with h2load."""
+    argv = [
+        "h2load", "-n", str(requests), "-c", str(connections), "-m", str(H2_STREAMS),
+        f"http://127.0.0.1:{port}/",
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT)
+    if f"{requests} succeeded" not in done.stdout:
+        raise RuntimeError(f"h2load did not get {requests} answers:\n{done.stdout}{done.stderr}")
+
+
+def measure(app: str, requests: int, connections: int, http2: bool = False) -> int:
     """Total instructions of one server run that serves `requests` requests."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -84,7 +101,9 @@ def measure(app: str, requests: int, connections: int) -> int:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the server did not start:\n{log.read_text()}")
                 time.sleep(0.2)
-            if requests:
+            if requests and http2:
+                _send_http2(int(match.group(1)), requests, connections)
+            elif requests:
                 asyncio.run(_send(int(match.group(1)), requests, connections))
             server.send_signal(signal.SIGINT)
             server.wait(START_TIMEOUT)
@@ -103,17 +122,21 @@ def main() -> int:
     parser.add_argument("--apps", nargs="+", choices=list(APPS), default=list(APPS))
     parser.add_argument("--requests", type=int, default=2000, help="requests per run (2000)")
     parser.add_argument("--connections", type=int, default=16, help="connections (16)")
+    parser.add_argument(
+        "--http2", action="store_true", help=f"h2c with h2load, {H2_STREAMS} streams a connection"
+    )
     args = parser.parse_args()
     if args.requests < 1 or args.connections < 1:
         parser.error("--requests and --connections must be at least 1")
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     for name in args.apps:
         idle = measure(APPS[name], 0, args.connections)
-        busy = measure(APPS[name], args.requests, args.connections)
+        busy = measure(APPS[name], args.requests, args.connections, args.http2)
         per_request = (busy - idle) / args.requests
+        protocol = "h2c" if args.http2 else "HTTP/1.1"
         print(
             f"{name:<11} {per_request:>10,.0f} instructions/request "
-            f"({args.requests} requests over {args.connections} connections)"
+            f"({args.requests} {protocol} requests over {args.connections} connections)"
         )
     return 0
 

@@ -125,8 +125,17 @@ pub(crate) async fn handle(
             {
                 let log = pending();
                 let settings = settings.clone();
-                break 'respond open_websocket(request, info, Arc::clone(&state), settings, log)
-                    .await;
+                // Boxed: the handshake's future is large, and inline it would
+                // make every request's future as large, copied whole each
+                // time hyper or tokio moves it.
+                let opening = Box::pin(open_websocket(
+                    request,
+                    info,
+                    Arc::clone(&state),
+                    settings,
+                    log,
+                ));
+                break 'respond opening.await;
             }
         }
 
