@@ -48,7 +48,10 @@ Examples:
                  (nginx.conf: proxy_pass http://unix:/run/rsasgi.sock;)
 
 Every option can also be set as an environment variable named after it:
---port as RSASGI_PORT, --timeout-keep-alive as RSASGI_TIMEOUT_KEEP_ALIVE.";
+--port as RSASGI_PORT, --timeout-keep-alive as RSASGI_TIMEOUT_KEEP_ALIVE;
+or as a key of a TOML file (--config, else [tool.rsasgi] in pyproject.toml):
+port = 8000, header = [\"X-Frame-Options: DENY\"], reload = true.
+The command line wins over the environment, and both over the file.";
 
 /// Options of uvicorn, gunicorn, granian and hypercorn that rsasgi does not
 /// have, so a user switching servers hears that instead of an unknown option
@@ -881,27 +884,35 @@ fn read_config_file(
 }
 
 /// clap's error about a value the file gave, reworded to name the file and
-/// its key instead of the option.
+/// its key instead of the option; an error about how options go together
+/// (`--reload-dir` needs `--reload`) says that the file's settings count.
 fn blame_file(command: &mut Command, err: clap::Error, file: Option<&ConfigFile>) -> clap::Error {
-    let (Some(file), Some(ContextValue::String(culprit))) =
-        (file, err.get(ContextKind::InvalidArg))
-    else {
+    let Some(file) = file.filter(|file| !file.settings.is_empty()) else {
         return err;
+    };
+    let message = clap_message(&err);
+    let culprit = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(culprit)) => Some(culprit),
+        _ => None,
     };
     let from_file = file.settings.iter().find(|setting| {
         command
             .get_arguments()
-            .any(|arg| arg.get_id() == setting.id.as_str() && arg.to_string() == *culprit)
+            .any(|arg| arg.get_id() == setting.id.as_str() && culprit == Some(&arg.to_string()))
     });
-    let Some(setting) = from_file else {
-        return err;
-    };
-    let place = format!("key '{}' in {}", setting.key, Shown(&file.path));
-    let message = clap_message(&err);
-    let message = if message.contains(&format!("'{culprit}'")) {
-        message.replacen(&format!("'{culprit}'"), &place, 1)
-    } else {
-        format!("{message} ({place})")
+    let message = match (from_file, culprit) {
+        (Some(setting), Some(culprit)) if message.contains(&format!("'{culprit}'")) => {
+            let place = format!("key '{}' in {}", setting.key, Shown(&file.path));
+            message.replacen(&format!("'{culprit}'"), &place, 1)
+        }
+        _ if matches!(
+            err.kind(),
+            ErrorKind::MissingRequiredArgument | ErrorKind::ArgumentConflict
+        ) =>
+        {
+            format!("{message} (with the settings of {})", Shown(&file.path))
+        }
+        _ => return err,
     };
     command.error(err.kind(), message)
 }

@@ -152,7 +152,9 @@ pub(crate) fn load(
     explicit: Option<&Path>,
     app_dir: &Path,
 ) -> Result<Option<ConfigFile>, String> {
-    let (path, table) = match explicit {
+    // Named in full in messages and listings, wherever rsasgi was started.
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let (path, table) = match explicit.map(absolute) {
         Some(path) => {
             if path.extension().is_some_and(|ext| ext == "py") {
                 return Err(format!(
@@ -161,16 +163,16 @@ pub(crate) fn load(
                     path.display()
                 ));
             }
-            let table = read_table(path)?;
-            let table = if is_pyproject(path) {
-                tool_table(path, table)?.unwrap_or_default()
+            let table = read_table(&path)?;
+            let table = if is_pyproject(&path) {
+                tool_table(&path, table)?.unwrap_or_default()
             } else {
                 table
             };
-            (path.to_path_buf(), table)
+            (path, table)
         }
         None => {
-            let path = app_dir.join(PYPROJECT);
+            let path = absolute(&app_dir.join(PYPROJECT));
             if !path.is_file() {
                 return Ok(None);
             }
@@ -180,8 +182,6 @@ pub(crate) fn load(
             }
         }
     };
-    // Named in full in messages and listings, wherever rsasgi was started.
-    let path = std::path::absolute(&path).unwrap_or(path);
     let settings = settings(command, &table, &Shown(&path).to_string())?;
     Ok(Some(ConfigFile { path, settings }))
 }
