@@ -1658,7 +1658,10 @@ mod tests {
         let line = |key: &str| {
             listing
                 .lines()
-                .find(|line| line.starts_with(&format!("{key} = ")))
+                .find(|line| {
+                    line.trim_start_matches("# ")
+                        .starts_with(&format!("{key} = "))
+                })
                 .unwrap_or_else(|| panic!("no {key} in {listing}"))
                 .split_whitespace()
                 .collect::<Vec<_>>()
@@ -1669,15 +1672,15 @@ mod tests {
         assert_eq!(line("threads"), format!("threads = 3 {from_file}"));
         assert_eq!(line("header"), format!("header = [\"X-A: 1\"] {from_file}"));
         assert_eq!(line("port"), "port = 9001 # command line");
-        assert_eq!(line("host"), "host = \"127.0.0.1\" # default");
+        assert_eq!(line("host"), "# host = \"127.0.0.1\" # default");
         assert_eq!(
             line("timeout-keep-alive"),
-            "timeout-keep-alive = 5 # default"
+            "# timeout-keep-alive = 5 # default"
         );
-        assert_eq!(line("reload-delay"), "reload-delay = 0.25 # default");
+        assert_eq!(line("reload-delay"), "# reload-delay = 0.25 # default");
         assert_eq!(
             line("uds-permissions"),
-            "uds-permissions = \"666\" # default"
+            "# uds-permissions = \"666\" # default"
         );
         assert!(listing.contains("\n# uds is not set\n"), "{listing}");
     }
@@ -1707,5 +1710,10 @@ mod tests {
         config_file::settings(&command(), &table, "listing").expect("every key is valid");
         assert_eq!(table["timeout-keep-alive"].as_float(), Some(0.5));
         assert_eq!(table["workers"].as_str(), Some("auto"));
+        assert!(!table.contains_key("reload-delay"), "defaults are comments");
+        let again = with_file(&listing, &[]).expect("the listing reads back");
+        assert_eq!(again.config.app, "main:app");
+        assert_eq!(again.config.timeout_keep_alive, Duration::from_millis(500));
+        assert_eq!(again.config.supervision.workers, Some(Workers::Auto));
     }
 }

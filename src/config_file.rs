@@ -202,10 +202,8 @@ fn read_table(path: &Path) -> Result<Table, String> {
                 format!(", line {line}, column {column}")
             })
             .unwrap_or_default();
-        format!(
-            "{shown}{place}: not valid TOML: {}",
-            err.message().trim_end()
-        )
+        let message: Vec<&str> = err.message().lines().map(str::trim).collect();
+        format!("{shown}{place}: not valid TOML: {}", message.join("; "))
     })
 }
 

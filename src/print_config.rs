@@ -2,8 +2,8 @@
 //! command line, an `RSASGI_*` environment variable, the configuration file,
 //! or the default).
 //!
-//! The listing is TOML, one key per line with its source in a comment, so it
-//! can be pasted into a configuration file as it is.
+//! The listing is TOML, one key per line with its source in a comment, and
+//! the defaults commented out, so it can start a configuration file as it is.
 
 use std::fmt;
 use std::path::Path;
@@ -93,7 +93,10 @@ fn line(arg: &Arg, matches: &ArgMatches, file: Option<&ConfigFile>) -> String {
     } else {
         return format!("# {key} is not set");
     };
-    let setting = format!("{key} = {value}");
+    // A default is shown commented out: written into a file, it would count
+    // as set (and `reload-delay` alone would then need `reload`).
+    let comment = if source == Source::Default { "# " } else { "" };
+    let setting = format!("{comment}{key} = {value}");
     format!("{setting:<width$} # {source}", width = SOURCE_COLUMN - 1)
 }
 
