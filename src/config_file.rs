@@ -103,6 +103,7 @@ impl Kind {
             ArgAction::SetTrue => Kind::Flag,
             ArgAction::Append => Kind::List,
             _ if is_boolean(arg) => Kind::Switch,
+            // `--uds-permissions` and `--umask` name their value OCTAL.
             _ if arg
                 .get_value_names()
                 .is_some_and(|names| names == ["OCTAL"]) =>
@@ -233,7 +234,7 @@ fn tool_table(path: &Path, mut table: Table) -> Result<Option<Table>, String> {
         Some(other) => Err(format!(
             "{}: tool.rsasgi must be a table ([tool.rsasgi]), not {}",
             path.display(),
-            a(other.type_str())
+            with_article(other.type_str())
         )),
     }
 }
@@ -267,7 +268,7 @@ pub(crate) fn settings(
             format!(
                 "key '{key}' in {file}: expected {}, got {}",
                 kind.expected(),
-                a(value.type_str())
+                with_article(value.type_str())
             )
         })?;
         settings.push(FileSetting {
@@ -334,7 +335,7 @@ fn scalar(value: &Value) -> Option<String> {
 }
 
 /// "a string", "an integer", "an array"...
-fn a(type_name: &str) -> String {
+fn with_article(type_name: &str) -> String {
     let article = if type_name.starts_with(['a', 'e', 'i', 'o', 'u']) {
         "an"
     } else {
