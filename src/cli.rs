@@ -9,7 +9,11 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::collections::HashSet;
+use std::path::Path;
+
 use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, Command, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use http::header::{HeaderName, HeaderValue};
 
@@ -18,9 +22,11 @@ use crate::config::{
     parse_root_path, parse_seconds, Bind, Config, EventLoop, Http2Settings, HttpEngine, Interface,
     Lifespan, LogLevel, Supervision, Workers, WsMode,
 };
+use crate::config_file::{self, ConfigFile, Shown};
 use crate::http::proxy_headers::{self, TrustedProxies};
 use crate::http::static_files::{StaticMount, StaticSettings};
 use crate::net::tls::{ClientCerts, MinVersion, TlsSettings};
+use crate::print_config;
 
 /// The largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
 const MAX_WINDOW: u32 = (1 << 31) - 1;
@@ -42,7 +48,10 @@ Examples:
                  (nginx.conf: proxy_pass http://unix:/run/rsasgi.sock;)
 
 Every option can also be set as an environment variable named after it:
---port as RSASGI_PORT, --timeout-keep-alive as RSASGI_TIMEOUT_KEEP_ALIVE.";
+--port as RSASGI_PORT, --timeout-keep-alive as RSASGI_TIMEOUT_KEEP_ALIVE;
+or as a key of a TOML file (--config, else [tool.rsasgi] in pyproject.toml):
+port = 8000, header = [\"X-Frame-Options: DENY\"], reload = true.
+The command line wins over the environment, and both over the file.";
 
 /// Options of uvicorn, gunicorn, granian and hypercorn that rsasgi does not
 /// have, so a user switching servers hears that instead of an unknown option
@@ -82,10 +91,6 @@ const UNSUPPORTED: &[&str] = &[
     "--name",
     "-n",
     "--process-name",
-    "--config",
-    "-c",
-    "--check-config",
-    "--print-config",
     "--paste",
     "--paster",
     "--paste-global",
@@ -706,11 +711,30 @@ struct Args {
           value_parser = |raw: &str| parse_count(raw, config::MIN_REQUEST_HEAD, config::MAX_REQUEST_HEAD),
           help_heading = "Limits")]
     limit_request_head: usize,
+
+    /// Read settings from this TOML file: keys are the long options
+    /// [default: [tool.rsasgi] in pyproject.toml of --app-dir].
+    #[arg(
+        long,
+        short = 'c',
+        env = "RSASGI_CONFIG",
+        value_name = "FILE",
+        help_heading = "Configuration"
+    )]
+    config: Option<PathBuf>,
+
+    /// Print the settings in effect and where each comes from, then exit.
+    #[arg(long, conflicts_with = "check_config", help_heading = "Configuration")]
+    print_config: bool,
+
+    /// Check the settings, the TLS files and that APP loads, then exit.
+    #[arg(long, help_heading = "Configuration")]
+    check_config: bool,
 }
 
 /// The clap command behind [`parse`], with the presentation settings the
 /// derive cannot express.
-fn command() -> Command {
+pub(crate) fn command() -> Command {
     Args::command()
         // `--help` prints the same compact help as `-h`: the long form spends
         // five lines on each option and no group fits a screen.
@@ -730,16 +754,172 @@ fn command() -> Command {
         })
 }
 
-/// Parses a command line (program name first) into a [`Config`].
+/// Where the configuration file's settings come from.
+pub(crate) enum FileSettings {
+    /// `--config FILE`, else `[tool.rsasgi]` in `pyproject.toml` of `--app-dir`.
+    Discover,
+    /// A worker's: the words its supervisor read from the file.
+    Inherited(Vec<String>),
+}
+
+/// What the command line asks rsasgi to do.
+#[derive(Debug)]
+pub(crate) enum Action {
+    Serve,
+    /// `--print-config`, with the listing to print.
+    PrintConfig(String),
+    /// `--check-config`.
+    CheckConfig,
+}
+
+/// A parsed command line, with what the configuration file added to it.
+#[derive(Debug)]
+pub(crate) struct Invocation {
+    pub config: Config,
+    pub action: Action,
+    /// The configuration file read, if any.
+    pub config_file: Option<PathBuf>,
+    /// The file's settings as command-line words, handed to the workers.
+    pub file_args: Vec<String>,
+}
+
+/// Parses a command line (program name first), and the configuration file
+/// it names or implies, into an [`Invocation`].
+///
+/// Precedence: the command line, then `RSASGI_*` environment variables,
+/// then the file, then the defaults. The file's settings become command-line
+/// words put before the real ones, without those the command line or the
+/// environment sets, so clap reads them all with the same checks.
+pub(crate) fn parse_invocation<I, T>(
+    argv: I,
+    files: FileSettings,
+) -> Result<Invocation, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let mut command = command();
+    let (file, file_args) = match files {
+        FileSettings::Inherited(args) => (None, args),
+        FileSettings::Discover => {
+            let file = read_config_file(&command, &argv)?;
+            let args = file
+                .as_ref()
+                .map(|file| config_file::args_of(&file.settings))
+                .unwrap_or_default();
+            (file, args)
+        }
+    };
+    let mut full: Vec<OsString> = argv.iter().take(1).cloned().collect();
+    full.extend(file_args.iter().map(OsString::from));
+    full.extend(argv.iter().skip(1).cloned());
+    let matches = command
+        .try_get_matches_from_mut(full)
+        .map_err(|err| blame_file(&mut command, err, file.as_ref()))?;
+    let args = Args::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+    let (print_config, check_config) = (args.print_config, args.check_config);
+    let config = config_of(args, &mut command)?;
+    let action = if print_config {
+        Action::PrintConfig(print_config::listing(&command, &matches, file.as_ref()))
+    } else if check_config {
+        Action::CheckConfig
+    } else {
+        Action::Serve
+    };
+    Ok(Invocation {
+        config,
+        action,
+        config_file: file.map(|file| file.path),
+        file_args,
+    })
+}
+
+/// Parses a command line alone, reading no configuration file.
+#[cfg(test)]
 pub(crate) fn parse<I, T>(argv: I) -> Result<Config, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let mut command = command();
-    let matches = command.try_get_matches_from_mut(argv)?;
-    let args = Args::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+    parse_invocation(argv, FileSettings::Inherited(Vec::new())).map(|invocation| invocation.config)
+}
 
+/// Reads the configuration file `argv` names or implies, keeping only the
+/// settings that neither `argv` nor the environment decides.
+fn read_config_file(
+    command: &Command,
+    argv: &[OsString],
+) -> Result<Option<ConfigFile>, clap::Error> {
+    // A first look at the command line alone, forgiving what the file may
+    // still complete (APP, say): which file to read, and what it may set.
+    let first = command
+        .clone()
+        .ignore_errors(true)
+        .try_get_matches_from(argv)?;
+    let explicit = first.get_one::<PathBuf>("config").map(PathBuf::as_path);
+    let app_dir = first
+        .get_one::<PathBuf>("app_dir")
+        .map_or(Path::new(config::DEFAULT_APP_DIR), PathBuf::as_path);
+    let file = config_file::load(command, explicit, app_dir)
+        .map_err(|message| command.clone().error(ErrorKind::ValueValidation, message))?;
+    let Some(mut file) = file else {
+        return Ok(None);
+    };
+    let decided: HashSet<String> = command
+        .get_arguments()
+        .filter(|arg| {
+            let on_command_line =
+                first.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine);
+            // clap reads an option's variable whenever it is set, even empty.
+            let in_environment = arg
+                .get_env()
+                .is_some_and(|name| std::env::var_os(name).is_some());
+            on_command_line || in_environment
+        })
+        .map(|arg| arg.get_id().to_string())
+        .collect();
+    file.settings = config_file::without_overridden(file.settings, &decided);
+    Ok(Some(file))
+}
+
+/// clap's error about a value the file gave, reworded to name the file and
+/// its key instead of the option; an error about how options go together
+/// (`--reload-dir` needs `--reload`) says that the file's settings count.
+fn blame_file(command: &mut Command, err: clap::Error, file: Option<&ConfigFile>) -> clap::Error {
+    let Some(file) = file.filter(|file| !file.settings.is_empty()) else {
+        return err;
+    };
+    let message = clap_message(&err);
+    let culprit = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(culprit)) => Some(culprit),
+        _ => None,
+    };
+    let from_file = file.settings.iter().find(|setting| {
+        command
+            .get_arguments()
+            .any(|arg| arg.get_id() == setting.id.as_str() && culprit == Some(&arg.to_string()))
+    });
+    let message = match (from_file, culprit) {
+        (Some(setting), Some(culprit)) if message.contains(&format!("'{culprit}'")) => {
+            let place = format!("key '{}' in {}", setting.key, Shown(&file.path));
+            message.replacen(&format!("'{culprit}'"), &place, 1)
+        }
+        _ if matches!(
+            err.kind(),
+            ErrorKind::MissingRequiredArgument | ErrorKind::ArgumentConflict
+        ) =>
+        {
+            format!("{message} (with the settings of {})", Shown(&file.path))
+        }
+        _ => return err,
+    };
+    command.error(err.kind(), message)
+}
+
+/// Turns what clap parsed into a [`Config`], with the checks that span
+/// several options.
+fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
     let mut compat_notes = Vec::new();
     if args.ws.is_peer_engine() {
         compat_notes.push(format!(
@@ -764,7 +944,7 @@ where
     }
     let trusted = match args.forwarded_allow_ips {
         Some(trusted) => trusted,
-        None => forwarded_allow_ips(&mut command)?,
+        None => forwarded_allow_ips(command)?,
     };
     let proxy_headers = args.proxy_headers && !args.no_proxy_headers;
     if args.forwarded_host_headers && !proxy_headers {
@@ -775,7 +955,7 @@ where
     }
     let workers = match args.workers {
         Some(workers) => Some(workers),
-        None => web_concurrency(&mut command)?,
+        None => web_concurrency(command)?,
     };
     let ping_interval = args.ws_ping_interval.0;
     Ok(Config {
@@ -916,12 +1096,20 @@ pub(crate) fn usage_line(err: &clap::Error) -> String {
 /// for `--reload` that guess is `--threads`.
 fn unknown_option(arg: &str) -> String {
     let name = arg.split_once('=').map_or(arg, |(name, _)| name);
+    peer_option(name).unwrap_or_else(|| format!("unknown option '{name}'"))
+}
+
+/// What another server's option `name` is here: ours under another name, or
+/// not supported yet; `None` when no server we know of has it.
+pub(crate) fn peer_option(name: &str) -> Option<String> {
     if let Some((_, ours)) = RENAMED.iter().find(|(theirs, _)| *theirs == name) {
-        format!("{name} is {ours} in rsasgi")
+        Some(format!("{name} is {ours} in rsasgi"))
     } else if UNSUPPORTED.contains(&name) {
-        format!("{name} is not supported yet by this version of rsasgi")
+        Some(format!(
+            "{name} is not supported yet by this version of rsasgi"
+        ))
     } else {
-        format!("unknown option '{name}'")
+        None
     }
 }
 
@@ -1329,5 +1517,203 @@ mod tests {
     #[test]
     fn the_command_is_well_formed() {
         command().debug_assert();
+    }
+
+    /// Parses `args` after `--config` naming a file that holds `toml`.
+    fn with_file(toml: &str, args: &[&str]) -> Result<Invocation, clap::Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rsasgi.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut argv = vec!["rsasgi", "--config", path.to_str().unwrap()];
+        argv.extend(args);
+        parse_invocation(argv, FileSettings::Discover)
+    }
+
+    #[test]
+    fn the_file_sets_what_the_command_line_does_not() {
+        let invocation = with_file(
+            "app = \"main:app\"\nport = 9000\nheader = [\"X-A: 1\"]\nserver-header = false\n",
+            &[],
+        )
+        .unwrap();
+        let config = invocation.config;
+        assert_eq!(config.app, "main:app");
+        assert_eq!(
+            config.binds,
+            [Bind::Tcp {
+                host: "127.0.0.1".into(),
+                port: 9000
+            }]
+        );
+        assert_eq!(config.headers.len(), 1);
+        assert!(!config.server_header);
+        assert!(matches!(invocation.action, Action::Serve));
+        assert_eq!(
+            invocation.file_args,
+            [
+                "main:app",
+                "--port=9000",
+                "--header=X-A: 1",
+                "--server-header=false"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_command_line_wins_over_the_file() {
+        let toml =
+            "app = \"main:app\"\nport = 9000\nthreads = 3\nheader = [\"X-A: 1\", \"X-B: 2\"]\n";
+        let invocation =
+            with_file(toml, &["other:app", "--port", "9001", "--header", "X-C: 3"]).unwrap();
+        let config = invocation.config;
+        assert_eq!(config.app, "other:app");
+        assert_eq!(
+            config.binds,
+            [Bind::Tcp {
+                host: "127.0.0.1".into(),
+                port: 9001
+            }]
+        );
+        assert_eq!(
+            config.threads, 3,
+            "what the command line leaves, the file sets"
+        );
+        let names: Vec<&str> = config
+            .headers
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["x-c"],
+            "the command line's list replaces the file's"
+        );
+        assert_eq!(invocation.file_args, ["--threads=3"]);
+    }
+
+    #[test]
+    fn a_negation_on_the_command_line_beats_the_files_switch() {
+        let config = with_file("access-log = true", &["main:app", "--no-access-log"])
+            .unwrap()
+            .config;
+        assert!(!config.access_log);
+        let config = with_file("no-access-log = true", &["main:app", "--access-log=true"])
+            .unwrap()
+            .config;
+        assert!(config.access_log);
+    }
+
+    #[test]
+    fn a_bad_value_in_the_file_names_its_key_and_the_file() {
+        let err = with_file("port = \"abc\"", &["main:app"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let line = usage_line(&err);
+        assert!(
+            line.starts_with("rsasgi: invalid value 'abc' for key 'port' in /")
+                && line
+                    .ends_with("rsasgi.toml: invalid digit found in string (see 'rsasgi --help')"),
+            "{line}"
+        );
+        let line = usage_line(&with_file("timeout-keep-alive = 1e20", &["main:app"]).unwrap_err());
+        assert!(
+            line.contains("key 'timeout-keep-alive' in /") && line.contains("86400"),
+            "{line}"
+        );
+        let line = usage_line(&with_file("app = \"main\"", &[]).unwrap_err());
+        assert!(line.contains("key 'app' in /"), "{line}");
+    }
+
+    #[test]
+    fn a_bad_key_is_a_usage_error() {
+        let err = with_file("timeout-keepalive = 5", &["main:app"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let line = usage_line(&err);
+        assert!(
+            line.starts_with("rsasgi: unknown key 'timeout-keepalive' in /")
+                && line.contains("did you mean 'timeout-keep-alive'?"),
+            "{line}"
+        );
+        let err = with_file("port = true", &["main:app"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_worker_takes_the_settings_its_supervisor_read() {
+        let inherited = FileSettings::Inherited(vec!["main:app".into(), "--threads=5".into()]);
+        // The worker's own --config is not read again.
+        let invocation =
+            parse_invocation(["rsasgi", "--config", "/nonexistent.toml"], inherited).unwrap();
+        assert_eq!(invocation.config.app, "main:app");
+        assert_eq!(invocation.config.threads, 5);
+    }
+
+    #[test]
+    fn print_config_lists_every_setting_with_its_source() {
+        let toml = "app = \"main:app\"\nthreads = 3\nheader = [\"X-A: 1\"]\n";
+        let invocation = with_file(toml, &["--print-config", "--port", "9001"]).unwrap();
+        let Action::PrintConfig(listing) = invocation.action else {
+            panic!("{:?}", invocation.action);
+        };
+        let file = invocation.config_file.unwrap();
+        let line = |key: &str| {
+            listing
+                .lines()
+                .find(|line| {
+                    line.trim_start_matches("# ")
+                        .starts_with(&format!("{key} = "))
+                })
+                .unwrap_or_else(|| panic!("no {key} in {listing}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let from_file = format!("# file {}", file.display());
+        assert_eq!(line("app"), format!("app = \"main:app\" {from_file}"));
+        assert_eq!(line("threads"), format!("threads = 3 {from_file}"));
+        assert_eq!(line("header"), format!("header = [\"X-A: 1\"] {from_file}"));
+        assert_eq!(line("port"), "port = 9001 # command line");
+        assert_eq!(line("host"), "# host = \"127.0.0.1\" # default");
+        assert_eq!(
+            line("timeout-keep-alive"),
+            "# timeout-keep-alive = 5 # default"
+        );
+        assert_eq!(line("reload-delay"), "# reload-delay = 0.25 # default");
+        assert_eq!(
+            line("uds-permissions"),
+            "# uds-permissions = \"666\" # default"
+        );
+        assert!(listing.contains("\n# uds is not set\n"), "{listing}");
+    }
+
+    #[test]
+    fn print_config_is_a_configuration_file_itself() {
+        let invocation = with_file(
+            "app = \"main:app\"\nssl-certfile = \"/c.pem\"\nssl-keyfile-password = \"secret\"\n",
+            &[
+                "--print-config",
+                "--timeout-keep-alive",
+                "0.5",
+                "--workers",
+                "auto",
+            ],
+        )
+        .unwrap();
+        let Action::PrintConfig(listing) = invocation.action else {
+            panic!("{:?}", invocation.action);
+        };
+        assert!(!listing.contains("secret"), "{listing}");
+        assert!(
+            listing.contains("ssl-keyfile-password = \"(hidden)\""),
+            "{listing}"
+        );
+        let table: toml::Table = listing.parse().expect("the listing is TOML");
+        config_file::settings(&command(), &table, "listing").expect("every key is valid");
+        assert_eq!(table["timeout-keep-alive"].as_float(), Some(0.5));
+        assert_eq!(table["workers"].as_str(), Some("auto"));
+        assert!(!table.contains_key("reload-delay"), "defaults are comments");
+        let again = with_file(&listing, &[]).expect("the listing reads back");
+        assert_eq!(again.config.app, "main:app");
+        assert_eq!(again.config.timeout_keep_alive, Duration::from_millis(500));
+        assert_eq!(again.config.supervision.workers, Some(Workers::Auto));
     }
 }

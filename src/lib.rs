@@ -5,12 +5,15 @@
 
 mod asgi;
 mod bridge;
+mod check_config;
 mod cli;
 mod config;
+mod config_file;
 mod exchange;
 mod http;
 mod logging;
 mod net;
+mod print_config;
 mod supervisor;
 mod wake;
 mod worker;
@@ -34,8 +37,15 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
     } else {
         argv[0] = "rsasgi".into();
     }
-    let config = match cli::parse(argv.clone()) {
-        Ok(config) => config,
+    // Read and cleared before any thread (the log writer is one) starts.
+    let handoff = supervisor::Handoff::take_from_env();
+    let inherited = config_file::take_inherited();
+    let files = match (&handoff, inherited) {
+        (Some(_), inherited) => cli::FileSettings::Inherited(inherited.unwrap_or_default()),
+        (None, _) => cli::FileSettings::Discover,
+    };
+    let invocation = match cli::parse_invocation(argv.clone(), files) {
+        Ok(invocation) => invocation,
         Err(err) => {
             let code = err.exit_code();
             if err.use_stderr() {
@@ -47,9 +57,18 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
             return Ok(code);
         }
     };
-    let handoff = supervisor::Handoff::take_from_env();
-    // Both read and clear their environment variables: before any thread
-    // (the log writer is one) starts.
+    let config = match invocation.action {
+        cli::Action::Serve => invocation.config,
+        cli::Action::PrintConfig(listing) => {
+            let _ = write!(std::io::stdout(), "{listing}");
+            return Ok(0);
+        }
+        cli::Action::CheckConfig => {
+            let file = invocation.config_file.as_deref();
+            return Ok(check_config::run(py, &invocation.config, file));
+        }
+    };
+    // These too read and clear their environment variables.
     let activated = supervisor::systemd::listen_fds();
     let notifier = supervisor::systemd::Notifier::from_env();
     if handoff.is_none() {
@@ -115,7 +134,11 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
                 credentials,
             };
             if config.supervision.supervised() {
-                supervisor::run(py, config, argv, own, notifier)
+                let workers = supervisor::WorkerArgs {
+                    argv,
+                    file_args: invocation.file_args,
+                };
+                supervisor::run(py, config, workers, own, notifier)
             } else {
                 worker::run(py, config, worker::Sockets::Own(own), notifier)
             }

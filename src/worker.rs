@@ -22,6 +22,7 @@ use crate::asgi::scope::ScopeContext;
 use crate::asgi::{Dispatcher, Event, EventBridge};
 use crate::bridge::mark_reactor_thread;
 use crate::config::{Config, EventLoop, Interface, Lifespan};
+use crate::config_file;
 use crate::http::{serve, ServerState};
 use crate::net::{self, Listener};
 use crate::supervisor::pid_file::PidFile;
@@ -33,7 +34,7 @@ use crate::wsgi::{Pool, THREADS_WARNING};
 
 /// Loads `--env-file` into `os.environ` (Python's copy of the environment),
 /// leaving variables that are already set alone.
-fn load_env_file(py: Python<'_>, path: &std::path::Path) -> Result<(), String> {
+pub(crate) fn load_env_file(py: Python<'_>, path: &std::path::Path) -> Result<(), String> {
     let shown = path.display();
     let entries = dotenvy::from_path_iter(path)
         .map_err(|err| format!("Cannot read --env-file {shown}: {err}"))?;
@@ -79,12 +80,11 @@ pub(crate) fn run(
     sockets: Sockets,
     notifier: Notifier,
 ) -> PyResult<i32> {
-    if let Sockets::Handoff(_) = sockets {
-        // Python copied the environment at startup; a subprocess the app
-        // starts must not inherit the handoff either.
-        py.import("os")?
-            .getattr("environ")?
-            .call_method1("pop", (handoff::VARIABLE, py.None()))?;
+    // Python copied the environment at startup; the app must not see what
+    // the supervisor handed down, nor a subprocess it starts inherit it.
+    let environ = py.import("os")?.getattr("environ")?;
+    for variable in [handoff::VARIABLE, config_file::INHERITED_VARIABLE] {
+        environ.call_method1("pop", (variable, py.None()))?;
     }
     if let Some(path) = &config.env_file {
         if let Err(message) = load_env_file(py, path) {
@@ -197,7 +197,7 @@ impl Worker {
     }
 }
 
-fn name_of<T: clap::ValueEnum>(value: T) -> String {
+pub(crate) fn name_of<T: clap::ValueEnum>(value: T) -> String {
     value
         .to_possible_value()
         .map(|v| v.get_name().to_string())

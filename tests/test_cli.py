@@ -68,6 +68,9 @@ OPTIONS = [
     "--ws-max-queue",
     "--ws-ping-interval",
     "--ws-ping-timeout",
+    "--config",
+    "--print-config",
+    "--check-config",
     "--version",
     "--help",
 ]

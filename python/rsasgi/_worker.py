@@ -45,9 +45,7 @@ def run(worker) -> int:
         # blocks the loop (when the supervisor asks) or a WSGI thread is
         # stuck past --timeout-request (when the reactor asks).
         faulthandler.register(STACK_DUMP_SIGNAL, file=sys.stderr, all_threads=True)
-    app_dir = os.path.abspath(worker.app_dir)
-    if app_dir not in sys.path:
-        sys.path.insert(0, app_dir)
+    app_dir = _add_to_path(worker.app_dir)
     try:
         app = load_app(worker.app, worker.factory, app_dir)
         interface = detect_interface(app, worker.interface)
@@ -77,6 +75,24 @@ def run(worker) -> int:
         finally:
             asyncio.set_event_loop(None)
             loop.close()
+
+
+def check_app(target: str, factory: bool, app_dir: str, interface: str, loop_choice: str) -> str:
+    """Loads the app and makes its event loop as ``run`` would, without serving
+    (``--check-config``); returns the interface. Raises ``AppLoadError``."""
+    app = load_app(target, factory, _add_to_path(app_dir))
+    interface = detect_interface(app, interface)
+    loop, _ = new_event_loop(loop_choice)
+    loop.close()
+    return interface
+
+
+def _add_to_path(app_dir: str) -> str:
+    """Puts ``app_dir`` first on ``sys.path``; returns it as an absolute path."""
+    app_dir = os.path.abspath(app_dir)
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    return app_dir
 
 
 def load_app(target: str, factory: bool, app_dir: str):

@@ -35,6 +35,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, MAX_WORKERS};
+use crate::config_file;
 use crate::logging;
 use crate::net::{self, Listener};
 use crate::worker::Own;
@@ -81,13 +82,22 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 /// startup failed, and the supervisor's own exit code then.
 pub(crate) const EXIT_BOOT_FAILURE: i32 = 3;
 
+/// What each worker is started with.
+pub(crate) struct WorkerArgs {
+    /// The supervisor's own command line, program name first.
+    pub argv: Vec<String>,
+    /// The configuration file's settings as command-line words: handed down
+    /// in the environment, so a worker runs with what the supervisor read.
+    pub file_args: Vec<String>,
+}
+
 /// Binds the sockets and supervises workers until stopped; returns the exit code.
 /// `own`: the sockets systemd passed (if any) and the account workers run
 /// as; `notifier` tells systemd how the service is doing.
 pub(crate) fn run(
     py: Python<'_>,
     config: Config,
-    argv: Vec<String>,
+    worker_args: WorkerArgs,
     own: Own,
     notifier: Notifier,
 ) -> PyResult<i32> {
@@ -114,10 +124,12 @@ pub(crate) fn run(
         tracing::info!("Workers run as {}", credentials.description);
     }
     let mut args = vec!["-m".to_string(), "rsasgi".to_string()];
-    args.extend(argv.into_iter().skip(1));
+    args.extend(worker_args.argv.into_iter().skip(1));
     let command = WorkerCommand {
         program,
         args,
+        file_settings: (!worker_args.file_args.is_empty())
+            .then(|| config_file::encode_inherited(&worker_args.file_args)),
         listener_fds: listeners.iter().map(AsRawFd::as_raw_fd).collect(),
         credentials: own.credentials,
     };

@@ -12,6 +12,7 @@ use super::handoff::{self, Handoff};
 use super::privileges::Credentials;
 use super::slot::Slot;
 use super::systemd;
+use crate::config_file;
 
 /// How the supervisor starts a worker: a fresh interpreter running
 /// `python -m rsasgi` with the user's own arguments, never a fork of the
@@ -19,6 +20,8 @@ use super::systemd;
 pub(super) struct WorkerCommand {
     pub program: String,
     pub args: Vec<String>,
+    /// The configuration file's settings, for [`config_file::INHERITED_VARIABLE`].
+    pub file_settings: Option<String>,
     /// The listening sockets every worker inherits, at the same numbers.
     pub listener_fds: Vec<RawFd>,
     /// `--user`/`--group`, taken on in the child before it runs Python.
@@ -101,6 +104,9 @@ impl WorkerProcess {
         process
             .args(&command.args)
             .env(handoff::VARIABLE, handoff.encode());
+        if let Some(settings) = &command.file_settings {
+            process.env(config_file::INHERITED_VARIABLE, settings);
+        }
         for variable in systemd::NOTIFY_VARS {
             process.env_remove(variable);
         }

@@ -1,0 +1,82 @@
+//! `--check-config`: what startup checks, without binding a socket or
+//! serving: the options (already parsed), the TLS files, `--user` and
+//! `--group`, `--env-file`, and that APP loads as a worker would load it
+//! (its module is imported, so its top-level code runs, as with gunicorn's
+//! `--check-config`).
+
+use std::io::Write;
+use std::path::Path;
+
+use pyo3::prelude::*;
+
+use crate::config::Config;
+use crate::config_file::Shown;
+use crate::supervisor::privileges::Credentials;
+use crate::supervisor::EXIT_BOOT_FAILURE;
+
+/// Exit status of a check that failed as startup would fail: the same code
+/// the server would exit with.
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+/// Runs the checks; prints one "configuration OK" line on stdout, or the
+/// error on stderr. Returns the exit code.
+pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> i32 {
+    match check(py, config) {
+        Ok(interface) => {
+            let settings = match file {
+                Some(path) => format!("settings from {}", Shown(path)),
+                None => "no configuration file".to_owned(),
+            };
+            let _ = writeln!(
+                std::io::stdout(),
+                "rsasgi: configuration OK: {} ({interface}), {settings}",
+                config.app
+            );
+            0
+        }
+        Err(failure) => {
+            let _ = writeln!(std::io::stderr(), "rsasgi: {}", failure.message);
+            failure.code
+        }
+    }
+}
+
+/// Each check in the order startup makes them; returns the app's interface.
+fn check(py: Python<'_>, config: &Config) -> Result<String, Failure> {
+    let fail = |code: i32| move |message: String| Failure { code, message };
+    if let Some(tls) = &config.tls {
+        tls.server_config(&config.alpn_protocols())
+            .map_err(fail(1))?;
+    }
+    Credentials::resolve(config.user.as_deref(), config.group.as_deref()).map_err(fail(2))?;
+    if let Some(path) = &config.env_file {
+        crate::worker::load_env_file(py, path).map_err(fail(1))?;
+    }
+    load_app(py, config).map_err(fail(EXIT_BOOT_FAILURE))
+}
+
+/// Loads APP as a worker does (`rsasgi._worker.check_app`); returns its interface.
+fn load_app(py: Python<'_>, config: &Config) -> Result<String, String> {
+    let worker = py
+        .import("rsasgi._worker")
+        .map_err(|err| format!("cannot import rsasgi._worker: {err}"))?;
+    let app_dir = config.app_dir.to_string_lossy().into_owned();
+    let interface = crate::worker::name_of(config.interface);
+    let event_loop = crate::worker::name_of(config.event_loop);
+    worker
+        .getattr("check_app")
+        .and_then(|check| {
+            check.call1((
+                config.app.as_str(),
+                config.factory,
+                app_dir,
+                interface,
+                event_loop,
+            ))
+        })
+        .and_then(|interface| interface.extract::<String>())
+        .map_err(|err| err.value(py).to_string())
+}

@@ -1,0 +1,160 @@
+//! `--print-config`: every setting in effect and where it comes from (the
+//! command line, an `RSASGI_*` environment variable, the configuration file,
+//! or the default).
+//!
+//! The listing is TOML, one key per line with its source in a comment, and
+//! the defaults commented out, so it can start a configuration file as it is.
+
+use std::fmt;
+use std::path::Path;
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Command};
+
+use crate::config_file::{self, ConfigFile, Kind, Shown};
+use crate::http::proxy_headers::DEFAULT_FORWARDED_ALLOW_IPS;
+
+/// The column where sources start, so that they line up.
+const SOURCE_COLUMN: usize = 44;
+
+/// Shown instead of a secret's value.
+const HIDDEN: &str = "(hidden)";
+
+/// Where a setting's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source<'a> {
+    Default,
+    File(&'a Path),
+    /// The environment variable that set it.
+    Environment(&'a str),
+    CommandLine,
+}
+
+impl fmt::Display for Source<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(path) => write!(f, "file {}", path.display()),
+            Source::Environment(name) => write!(f, "environment {name}"),
+            Source::CommandLine => f.write_str("command line"),
+        }
+    }
+}
+
+/// The listing `--print-config` prints: `matches` is what clap parsed with
+/// the file's settings in it, `file` the file they came from.
+pub(crate) fn listing(
+    command: &Command,
+    matches: &ArgMatches,
+    file: Option<&ConfigFile>,
+) -> String {
+    let mut out = String::from(
+        "# rsasgi --print-config: the settings in effect, each with where it comes from\n",
+    );
+    match file {
+        Some(file) => out += &format!("# configuration file: {}\n", Shown(&file.path)),
+        None => out += "# configuration file: none\n",
+    }
+    for arg in command
+        .get_arguments()
+        .filter(|arg| config_file::is_setting(arg))
+    {
+        out += &line(arg, matches, file);
+        out.push('\n');
+    }
+    out
+}
+
+/// One setting's line: `key = value  # source`, or a comment when unset.
+fn line(arg: &Arg, matches: &ArgMatches, file: Option<&ConfigFile>) -> String {
+    let id = arg.get_id().as_str();
+    let key = config_file::key_of(arg);
+    let kind = Kind::of(arg);
+    let source = source_of(arg, matches, file);
+    let raw: Vec<String> = matches
+        .get_raw(id)
+        .map(|values| {
+            values
+                .map(|value| value.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (raw, source) = match (raw.is_empty(), fallback(id)) {
+        (true, Some((value, fallback_source))) => (vec![value], fallback_source),
+        _ => (raw, source),
+    };
+    let value = if arg.is_hide_env_values_set() && !raw.is_empty() {
+        toml_string(HIDDEN)
+    } else if kind == Kind::List {
+        let items: Vec<String> = raw.iter().map(|item| toml_string(item)).collect();
+        format!("[{}]", items.join(", "))
+    } else if let Some(first) = raw.first() {
+        toml_scalar(arg, kind, first)
+    } else {
+        return format!("# {key} is not set");
+    };
+    // A default is shown commented out: written into a file, it would count
+    // as set (and `reload-delay` alone would then need `reload`).
+    let comment = if source == Source::Default { "# " } else { "" };
+    let setting = format!("{comment}{key} = {value}");
+    format!("{setting:<width$} # {source}", width = SOURCE_COLUMN - 1)
+}
+
+fn source_of<'a>(arg: &'a Arg, matches: &ArgMatches, file: Option<&'a ConfigFile>) -> Source<'a> {
+    let id = arg.get_id().as_str();
+    if let Some(file) = file.filter(|file| file.settings.iter().any(|setting| setting.id == id)) {
+        return Source::File(&file.path);
+    }
+    match (matches.value_source(id), arg.get_env()) {
+        (Some(ValueSource::CommandLine), _) => Source::CommandLine,
+        (Some(ValueSource::EnvVariable), Some(name)) => {
+            Source::Environment(name.to_str().unwrap_or("RSASGI_*"))
+        }
+        _ => Source::Default,
+    }
+}
+
+/// What an option that no source sets falls back to when it is not a clap
+/// default: the variables uvicorn and gunicorn read too.
+fn fallback(id: &str) -> Option<(String, Source<'static>)> {
+    let from_env = |name: &'static str| {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| (value, Source::Environment(name)))
+    };
+    match id {
+        "workers" => from_env("WEB_CONCURRENCY"),
+        "forwarded_allow_ips" => from_env("FORWARDED_ALLOW_IPS")
+            .or_else(|| Some((DEFAULT_FORWARDED_ALLOW_IPS.to_owned(), Source::Default))),
+        _ => None,
+    }
+}
+
+/// A value as TOML writes it: booleans and numbers bare where the option
+/// takes them, everything else a string.
+fn toml_scalar(arg: &Arg, kind: Kind, raw: &str) -> String {
+    let numeric = match kind {
+        Kind::Flag | Kind::Switch if raw == "true" || raw == "false" => return raw.to_owned(),
+        Kind::Value | Kind::List => true,
+        _ => false,
+    };
+    let whole_number = !raw.is_empty()
+        && raw.bytes().all(|b| b.is_ascii_digit())
+        && (raw == "0" || !raw.starts_with('0'));
+    if numeric && whole_number {
+        return raw.to_owned();
+    }
+    let takes_seconds = arg
+        .get_value_names()
+        .is_some_and(|names| names == ["SECONDS"]);
+    match raw.trim().parse::<f64>() {
+        // Display writes no exponent and no bare '.', so TOML reads it back.
+        Ok(seconds) if numeric && takes_seconds && seconds.is_finite() => seconds.to_string(),
+        _ => toml_string(raw),
+    }
+}
+
+fn toml_string(raw: &str) -> String {
+    toml::Value::String(raw.to_owned()).to_string()
+}
