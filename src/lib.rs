@@ -3,6 +3,7 @@
 //! This crate builds the `rsasgi._rsasgi` extension module. Its entry point is
 //! [`main`], which the `rsasgi` command calls with `sys.argv`.
 
+mod allocator;
 mod asgi;
 mod bridge;
 mod check_config;
@@ -197,6 +198,7 @@ fn daemonize(py: Python<'_>) -> PyResult<()> {
 
 #[pymodule]
 fn _rsasgi(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    allocator::configure();
     m.add_function(wrap_pyfunction!(main, m)?)?;
     m.add_function(wrap_pyfunction!(logging::log, m)?)?;
     m.add_function(wrap_pyfunction!(logging::flush_logs, m)?)?;

@@ -393,7 +393,10 @@ impl Worker {
             .name("rsasgi-reactor".into())
             .spawn(move || {
                 mark_reactor_thread();
-                runtime.block_on(serve(listeners, config, state, shutdown));
+                runtime.block_on(async {
+                    tokio::spawn(crate::allocator::give_back_memory());
+                    serve(listeners, config, state, shutdown).await;
+                });
                 // Dropping the runtime drops every connection still open, which
                 // closes their exchanges before Python hears that we stopped.
                 drop(runtime);
