@@ -1,0 +1,53 @@
+"""Memory a worker gives back: after a burst of connections has closed, its resident size
+returns near what it was before (the allocator purges what it freed; see src/allocator.rs).
+App: tests/apps/proto_http.py."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from apps.proto_raw import rss_kib
+
+APP = "proto_http:app"
+#: Connections in a burst: below the 1024 open files a default limit allows.
+BURST = 900
+
+
+def burst(server) -> None:
+    """BURST connections open at once, each answered once, then all closed."""
+    socks = []
+    try:
+        for _ in range(BURST):
+            sock = socket.create_connection((server.host, server.port), timeout=10)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: testserver\r\n\r\n")
+            socks.append(sock)
+        for sock in socks:
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200"), "a request of the burst failed"
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_worker_returns_to_its_size_after_bursts_of_connections(run_rsasgi):
+    """Within a quarter of its size before the first burst (code, interned names and
+    pools a first burst warms up stay)."""
+    server = run_rsasgi(APP, "--timeout-keep-alive", "60")
+    for _ in range(20):
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: testserver\r\nConnection: close\r\n\r\n")
+            while sock.recv(65536):
+                pass
+    time.sleep(2)
+    start = rss_kib(server.proc.pid)
+    limit = start * 1.25
+    for _ in range(3):
+        before = rss_kib(server.proc.pid)
+        burst(server)
+        grown = rss_kib(server.proc.pid) - before
+        deadline = time.monotonic() + 15
+        while rss_kib(server.proc.pid) > limit and time.monotonic() < deadline:
+            time.sleep(0.5)
+        after = rss_kib(server.proc.pid)
+        print(f"start {start} KiB, grown by {grown} KiB in the burst, {after} KiB after it")
+        assert after <= limit, f"{after} KiB after a burst of {BURST}, {start} KiB before any"
