@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::ClientDisconnected;
 use super::{is_done, set_exception, set_result, Ready, WaitKind, Waiter};
@@ -334,18 +334,38 @@ pub(crate) fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
     }
 }
 
+/// The two items of a header pair. Any two-item iterable will do (the
+/// spec's examples use lists and tuples); tuples and lists, which apps send,
+/// are read without the iterator protocol.
+fn header_pair<'py>(pair: &Bound<'py, PyAny>) -> Option<[Bound<'py, PyAny>; 2]> {
+    if let Ok(tuple) = pair.cast::<PyTuple>() {
+        return match tuple.len() {
+            2 => Some([tuple.get_item(0).ok()?, tuple.get_item(1).ok()?]),
+            _ => None,
+        };
+    }
+    if let Ok(list) = pair.cast::<PyList>() {
+        return match list.len() {
+            2 => Some([list.get_item(0).ok()?, list.get_item(1).ok()?]),
+            _ => None,
+        };
+    }
+    let items = pair
+        .try_iter()
+        .ok()?
+        .take(3)
+        .collect::<PyResult<Vec<_>>>()
+        .ok()?;
+    <[_; 2]>::try_from(items).ok()
+}
+
 pub(crate) fn parse_headers(raw: &Bound<'_, PyAny>, headers: &mut HeaderMap) -> PyResult<()> {
     let iter = raw.try_iter().map_err(|_| {
         PyTypeError::new_err("http.response.start 'headers' must be an iterable of [name, value]")
     })?;
     for pair in iter {
         let pair = pair?;
-        // Any two-item iterable will do: the spec's examples use lists and tuples.
-        let items: Option<Vec<Bound<'_, PyAny>>> = pair
-            .try_iter()
-            .ok()
-            .and_then(|items| items.take(3).collect::<PyResult<Vec<_>>>().ok());
-        let Some([name, value]) = items.and_then(|items| <[_; 2]>::try_from(items).ok()) else {
+        let Some([name, value]) = header_pair(&pair) else {
             return Err(PyTypeError::new_err(format!(
                 "each response header must be a [name, value] pair of bytes, got {}",
                 pair.repr().map(|r| r.to_string()).unwrap_or_default()
