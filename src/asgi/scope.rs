@@ -206,8 +206,7 @@ pub(crate) fn http_scope<'py>(
     exchange: &Exchange,
     headers: &http::HeaderMap,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let scope = PyDict::new(py);
-    scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+    let scope = http_scope_template(py)?;
     scope.set_item(
         intern!(py, "http_version"),
         http_version(py, exchange.version),
@@ -229,6 +228,37 @@ pub(crate) fn http_scope<'py>(
     }
     scope.set_item(intern!(py, "extensions"), extensions)?;
     Ok(scope)
+}
+
+/// A new `http` scope with every key in place (`type` set, the others
+/// `None` until [`http_scope`] fills them): a copy of one built once. Setting
+/// keys a dict already has never grows it, where filling an empty dict
+/// resizes it twice per request.
+fn http_scope_template(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    static TEMPLATE: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+    let template = TEMPLATE.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
+        let scope = PyDict::new(py);
+        scope.set_item(intern!(py, "type"), intern!(py, "http"))?;
+        for key in [
+            intern!(py, "http_version"),
+            intern!(py, "method"),
+            intern!(py, "scheme"),
+            intern!(py, "asgi"),
+            intern!(py, "path"),
+            intern!(py, "raw_path"),
+            intern!(py, "query_string"),
+            intern!(py, "root_path"),
+            intern!(py, "headers"),
+            intern!(py, "client"),
+            intern!(py, "server"),
+            intern!(py, "state"),
+            intern!(py, "extensions"),
+        ] {
+            scope.set_item(key, py.None())?;
+        }
+        Ok(scope.unbind())
+    })?;
+    template.bind(py).copy()
 }
 
 /// asgiref's TLS extension: what the connection negotiated.
