@@ -29,7 +29,7 @@ use crate::supervisor::pid_file::PidFile;
 use crate::supervisor::privileges::Credentials;
 use crate::supervisor::systemd::Notifier;
 use crate::supervisor::{handoff, Handoff, Slot};
-use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON};
+use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON, REACTOR_WAKES};
 use crate::wsgi::{Pool, THREADS_WARNING};
 
 /// Loads `--env-file` into `os.environ` (Python's copy of the environment),
@@ -393,6 +393,9 @@ impl Worker {
             .name("rsasgi-reactor".into())
             .spawn(move || {
                 mark_reactor_thread();
+                // Polled only inside block_on, on this thread: the wakes it
+                // delivers are local to the runtime.
+                runtime.spawn(REACTOR_WAKES.deliver());
                 runtime.block_on(async {
                     tokio::spawn(crate::allocator::give_back_memory());
                     serve(listeners, config, state, shutdown).await;
