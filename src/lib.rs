@@ -58,10 +58,12 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
             return Ok(1);
         }
     }
-    let label = handoff
-        .as_ref()
-        .map(|handoff| format!("worker {} pid {}", handoff.number, std::process::id()));
-    logging::init(config.log_level, label);
+    let process = match &handoff {
+        Some(handoff) => logging::Process::Worker(handoff.number),
+        None if config.supervision.supervised() => logging::Process::Supervisor,
+        None => logging::Process::Single,
+    };
+    logging::init(config.log_level, process);
     for note in &config.compat_notes {
         tracing::debug!("{note}");
     }

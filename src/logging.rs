@@ -27,6 +27,50 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogLevel;
 
+/// The access log's logger: one line per response (and per WebSocket).
+pub(crate) const ACCESS: &str = "rsasgi.access";
+
+/// The server's own log, as gunicorn's `gunicorn.error` and uvicorn's
+/// `uvicorn.error` name it: every line that is not an access line, the
+/// supervisor's included (gunicorn's arbiter logs there too).
+pub(crate) const SERVER: &str = "rsasgi.error";
+
+/// What WSGI apps write to `environ["wsgi.errors"]`, named after that key.
+pub(crate) const WSGI_ERRORS: &str = "wsgi.errors";
+
+/// The logger a line shows for an event's target: rsasgi's module paths
+/// (`rsasgi::http::service`) are implementation details, so they all become
+/// [`SERVER`]; other crates' events keep their own target.
+fn logger_name(target: &str) -> &str {
+    match target {
+        ACCESS | WSGI_ERRORS => target,
+        _ if target == "rsasgi" || target.starts_with("rsasgi::") => SERVER,
+        _ => target,
+    }
+}
+
+/// Which process writes the log, for the label on each line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Process {
+    /// The only process: no supervisor, nothing to tell apart.
+    Single,
+    Supervisor,
+    /// A supervised worker, by its number.
+    Worker(usize),
+}
+
+impl Process {
+    /// "worker 2 pid 1234", "supervisor pid 1200"; none for a single process.
+    fn label(self) -> Option<String> {
+        let pid = std::process::id();
+        match self {
+            Process::Single => None,
+            Process::Supervisor => Some(format!("supervisor pid {pid}")),
+            Process::Worker(number) => Some(format!("worker {number} pid {pid}")),
+        }
+    }
+}
+
 /// Log lines queued for the writer thread before new ones are dropped. At
 /// about 200 bytes a line this bounds the queue near 3 MiB, and it absorbs a
 /// burst of access-log lines while the reader catches up.
@@ -77,7 +121,7 @@ impl<'a> MakeWriter<'a> for LogWriter {
     }
 }
 
-/// One log line: time, level, the worker's label when there is one, target,
+/// One log line: time, level, the process's label when there is one, logger,
 /// message. tracing-subscriber's own format has no place for a label, and
 /// with several workers writing to one stream every line must say whose it is.
 struct LineFormat {
@@ -115,19 +159,20 @@ where
         if let Some(label) = &self.label {
             write!(writer, "[{label}] ")?;
         }
+        let logger = logger_name(meta.target());
         if ansi {
-            write!(writer, "\x1b[2m{}:\x1b[0m ", meta.target())?;
+            write!(writer, "\x1b[2m{logger}:\x1b[0m ")?;
         } else {
-            write!(writer, "{}: ", meta.target())?;
+            write!(writer, "{logger}: ")?;
         }
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
 }
 
-/// Installs the stderr subscriber at `level`, each line marked with `label`
-/// when given. Safe to call more than once.
-pub(crate) fn init(level: LogLevel, label: Option<String>) {
+/// Installs the stderr subscriber at `level`, each line marked with the
+/// label of `process`. Safe to call more than once.
+pub(crate) fn init(level: LogLevel, process: Process) {
     OUTPUT.get_or_init(|| {
         let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(true)
@@ -146,7 +191,9 @@ pub(crate) fn init(level: LogLevel, label: Option<String>) {
         .with_max_level(LevelFilter::from_level(level.as_tracing()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false)
-        .event_format(LineFormat { label })
+        .event_format(LineFormat {
+            label: process.label(),
+        })
         .try_init();
 }
 
@@ -184,10 +231,40 @@ pub(crate) fn flush_logs(py: Python<'_>) {
 #[pyfunction]
 pub(crate) fn log(level: &str, message: &str) {
     match level {
-        "trace" => tracing::trace!(target: "rsasgi", "{message}"),
-        "debug" => tracing::debug!(target: "rsasgi", "{message}"),
-        "info" => tracing::info!(target: "rsasgi", "{message}"),
-        "warning" => tracing::warn!(target: "rsasgi", "{message}"),
-        _ => tracing::error!(target: "rsasgi", "{message}"),
+        "trace" => tracing::trace!(target: SERVER, "{message}"),
+        "debug" => tracing::debug!(target: SERVER, "{message}"),
+        "info" => tracing::info!(target: SERVER, "{message}"),
+        "warning" => tracing::warn!(target: SERVER, "{message}"),
+        _ => tracing::error!(target: SERVER, "{message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_paths_become_the_server_logger() {
+        assert_eq!(logger_name("rsasgi::http::service"), "rsasgi.error");
+        assert_eq!(logger_name("rsasgi::supervisor"), "rsasgi.error");
+        assert_eq!(logger_name("rsasgi"), "rsasgi.error");
+        assert_eq!(logger_name(ACCESS), "rsasgi.access");
+        assert_eq!(logger_name(WSGI_ERRORS), "wsgi.errors");
+        assert_eq!(logger_name("rustls::server::hs"), "rustls::server::hs");
+        assert_eq!(logger_name("rsasgix"), "rsasgix");
+    }
+
+    #[test]
+    fn workers_and_the_supervisor_are_labelled() {
+        let pid = std::process::id();
+        assert_eq!(Process::Single.label(), None);
+        assert_eq!(
+            Process::Supervisor.label(),
+            Some(format!("supervisor pid {pid}"))
+        );
+        assert_eq!(
+            Process::Worker(2).label(),
+            Some(format!("worker 2 pid {pid}"))
+        );
     }
 }

@@ -104,7 +104,7 @@ impl Drop for AccessRecord {
         let latency_ms = self.started_at.elapsed().as_secs_f64() * 1000.0;
         let (status, note) = self.outcome();
         tracing::info!(
-            target: "rsasgi::access",
+            target: crate::logging::ACCESS,
             "{} - \"{} {target} {:?}\" {status} {} \"{}\" \"{}\" {latency_ms:.3}ms{note}",
             self.client,
             self.method,
