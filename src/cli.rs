@@ -18,6 +18,7 @@ use crate::config::{
     parse_root_path, parse_seconds, Bind, Config, EventLoop, Http2Settings, HttpEngine, Interface,
     Lifespan, LogLevel, Supervision, Workers, WsMode,
 };
+use crate::http::access_format::AccessFormat;
 use crate::http::proxy_headers::{self, TrustedProxies};
 use crate::http::static_files::{StaticMount, StaticSettings};
 use crate::net::tls::{ClientCerts, MinVersion, TlsSettings};
@@ -126,7 +127,6 @@ const UNSUPPORTED: &[&str] = &[
     "--use-colors",
     "--no-use-colors",
     "--access-logfile",
-    "--access-logformat",
     "--access-log-fmt",
     "--log-access-fmt",
     "--error-log",
@@ -468,6 +468,13 @@ struct Args {
     /// Do not log requests.
     #[arg(long, help_heading = "Logging")]
     no_access_log: bool,
+
+    /// The access line, in gunicorn's atoms (%(h)s %(t)s "%(r)s" %(s)s %(D)s
+    /// %({header}i)s ...), or common, or combined; the line is then only
+    /// that [default: rsasgi's line, with the latency].
+    #[arg(long, visible_alias = "access-logformat", env = "RSASGI_ACCESS_LOG_FORMAT",
+          value_name = "FORMAT", value_parser = AccessFormat::parse, help_heading = "Logging")]
+    access_log_format: Option<AccessFormat>,
 
     /// Believe X-Forwarded-For/-Proto and Forwarded from --forwarded-allow-ips peers.
     #[arg(long, env = "RSASGI_PROXY_HEADERS", action = ArgAction::Set, num_args = 0..=1,
@@ -813,6 +820,7 @@ where
         root_path: args.root_path,
         log_level: args.log_level,
         access_log: args.access_log && !args.no_access_log,
+        access_log_format: args.access_log_format.unwrap_or(AccessFormat::Default),
         server_header: args.server_header && !args.no_server_header,
         http: args.http,
         http2: Http2Settings {
@@ -1324,6 +1332,22 @@ mod tests {
                 "{option} is an rsasgi option"
             );
         }
+    }
+
+    #[test]
+    fn an_access_log_format_is_parsed_once_and_checked() {
+        let config = parse(["rsasgi", "main:app"]).unwrap();
+        assert_eq!(config.access_log_format, AccessFormat::Default);
+        let config = parse(["rsasgi", "main:app", "--access-logformat", "%(s)s %(D)s"]).unwrap();
+        assert!(
+            matches!(config.access_log_format, AccessFormat::Custom(pieces) if pieces.len() == 3)
+        );
+        assert_eq!(
+            error_line(&["--access-log-format", "%(h)s %(x)s"]),
+            "rsasgi: invalid value '%(h)s %(x)s' for '--access-log-format <FORMAT>': unknown \
+             atom %(x)s; the atoms are h l u t r m U q H s B b f a T D M L p {header}i \
+             {header}o {variable}e (see 'rsasgi --help')"
+        );
     }
 
     #[test]

@@ -350,6 +350,8 @@ pub(crate) struct Config {
     pub root_path: String,
     pub log_level: LogLevel,
     pub access_log: bool,
+    /// `--access-log-format`: rsasgi's line, or the user's atoms.
+    pub access_log_format: crate::http::access_format::AccessFormat,
     pub server_header: bool,
     /// The peers whose proxy headers are believed; `None` with `--no-proxy-headers`.
     pub proxy: Option<crate::http::proxy_headers::TrustedProxies>,

@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
+use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
 use tracing_subscriber::filter::LevelFilter;
@@ -124,9 +125,15 @@ impl<'a> MakeWriter<'a> for LogWriter {
 /// One log line: time, level, the process's label when there is one, logger,
 /// message. tracing-subscriber's own format has no place for a label, and
 /// with several workers writing to one stream every line must say whose it is.
+///
+/// Access lines show their message only: their fields are for JSON. With an
+/// `--access-log-format` the line is nothing but that message, as gunicorn
+/// writes its access log, so log analysers can read it.
 struct LineFormat {
     /// "worker 2 pid 1234" in a supervised worker.
     label: Option<String>,
+    /// Access lines are the access format's alone.
+    bare_access_lines: bool,
 }
 
 impl<S, N> FormatEvent<S, N> for LineFormat
@@ -141,6 +148,11 @@ where
         event: &Event<'_>,
     ) -> std::fmt::Result {
         let meta = event.metadata();
+        let access = meta.target() == ACCESS;
+        if access && self.bare_access_lines {
+            write_message(&mut writer, event)?;
+            return writeln!(writer);
+        }
         let ansi = writer.has_ansi_escapes();
         SystemTime.format_time(&mut writer)?;
         let level = *meta.level();
@@ -165,14 +177,40 @@ where
         } else {
             write!(writer, "{logger}: ")?;
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        if access {
+            write_message(&mut writer, event)?;
+        } else {
+            ctx.field_format().format_fields(writer.by_ref(), event)?;
+        }
         writeln!(writer)
     }
 }
 
+/// Writes an event's message, without its other fields.
+fn write_message(writer: &mut Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+    struct Message<'a, 'w> {
+        writer: &'a mut Writer<'w>,
+        result: std::fmt::Result,
+    }
+    impl Visit for Message<'_, '_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.result = write!(self.writer, "{value:?}");
+            }
+        }
+    }
+    let mut message = Message {
+        writer,
+        result: Ok(()),
+    };
+    event.record(&mut message);
+    message.result
+}
+
 /// Installs the stderr subscriber at `level`, each line marked with the
-/// label of `process`. Safe to call more than once.
-pub(crate) fn init(level: LogLevel, process: Process) {
+/// label of `process`; `bare_access_lines` with a custom access format.
+/// Safe to call more than once.
+pub(crate) fn init(level: LogLevel, process: Process, bare_access_lines: bool) {
     OUTPUT.get_or_init(|| {
         let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(true)
@@ -193,6 +231,7 @@ pub(crate) fn init(level: LogLevel, process: Process) {
         .log_internal_errors(false)
         .event_format(LineFormat {
             label: process.label(),
+            bare_access_lines,
         })
         .try_init();
 }

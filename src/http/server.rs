@@ -15,7 +15,7 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::access_log;
+use super::access_log::{self, AccessLog};
 use super::connection::{
     self, Activity, Deadlines, OpenConnection, OpenConnections, StreamExecutor,
 };
@@ -50,7 +50,8 @@ pub(crate) struct ServerState {
     pub in_flight: AtomicUsize,
     pub limit_concurrency: Option<usize>,
     pub limit_request_body: Option<u64>,
-    pub access_log: bool,
+    /// `None` with `--no-access-log`.
+    pub access_log: Option<&'static AccessLog>,
     pub server_header: bool,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// WebSocket settings when upgrades are served (ASGI apps, `--ws auto`).
@@ -103,7 +104,9 @@ impl ServerState {
             in_flight: AtomicUsize::new(0),
             limit_concurrency: config.limit_concurrency,
             limit_request_body: config.limit_request_body,
-            access_log: config.access_log,
+            access_log: config
+                .access_log
+                .then(|| AccessLog::leak(&config.access_log_format, None)),
             server_header: config.server_header,
             extra_headers: config.headers.clone(),
             ws: config.ws.clone().filter(|_| wsgi_is_none),

@@ -14,7 +14,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::access_log::AccessRecord;
+use super::access_log::{AccessLog, AccessRecord};
 use super::body::{read_chunk, FileStream, ResponseBody, Source};
 use super::connection::ActiveRequest;
 use super::server::ServerState;
@@ -83,8 +83,9 @@ pub(crate) async fn handle(
         }
         // The access log record of this request, before a response is chosen.
         let pending = || {
-            state.access_log.then(|| {
+            state.access_log.map(|log| {
                 AccessRecord::new(
+                    log,
                     info.client_for_log(),
                     request.method(),
                     request.uri(),
@@ -175,8 +176,9 @@ pub(crate) async fn handle(
 
         let (head, body) = request.into_parts();
         let body_complete = body.is_end_stream();
-        let mut log = state.access_log.then(|| {
+        let mut log = state.access_log.map(|access_log| {
             AccessRecord::new(
+                access_log,
                 info.client_for_log(),
                 &head.method,
                 &head.uri,
@@ -294,6 +296,15 @@ pub(crate) async fn handle(
         }
         response
     };
+    let mut response = response;
+    if state
+        .access_log
+        .is_some_and(AccessLog::shows_response_headers)
+    {
+        let (head, mut body) = response.into_parts();
+        body.keep_response_headers(&head.headers);
+        response = Response::from_parts(head, body);
+    }
     Ok(response.map(|body| body.tracking(active)))
 }
 
