@@ -16,7 +16,7 @@ use http::header::{HeaderName, HeaderValue};
 use crate::config::{
     self, parse_app, parse_count, parse_header, parse_mode, parse_positive_seconds,
     parse_root_path, parse_seconds, Bind, Config, EventLoop, Http2Settings, HttpEngine, Interface,
-    Lifespan, LogLevel, Supervision, Workers, WsMode,
+    Lifespan, LogFormat, LogLevel, Supervision, Workers, WsMode,
 };
 use crate::http::access_format::AccessFormat;
 use crate::http::proxy_headers::{self, TrustedProxies};
@@ -448,6 +448,12 @@ struct Args {
           default_value_t = LogLevel::Info, help_heading = "Logging")]
     log_level: LogLevel,
 
+    /// How log lines are written: text, or json (one object per line, an access
+    /// line's fields as keys).
+    #[arg(long, env = "RSASGI_LOG_FORMAT", value_name = "FORMAT", value_enum,
+          default_value_t = LogFormat::Text, help_heading = "Logging")]
+    log_format: LogFormat,
+
     /// Append the server's log (and the app's output) to FILE instead of
     /// stderr; SIGUSR1 reopens it, after logrotate has moved it.
     #[arg(
@@ -819,6 +825,7 @@ where
         event_loop: args.event_loop,
         root_path: args.root_path,
         log_level: args.log_level,
+        log_format: args.log_format,
         access_log: args.access_log && !args.no_access_log,
         access_log_format: args.access_log_format.unwrap_or(AccessFormat::Default),
         server_header: args.server_header && !args.no_server_header,

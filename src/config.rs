@@ -312,6 +312,15 @@ pub(crate) enum LogLevel {
     Trace,
 }
 
+/// `--log-format`: how log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One line of text per event: time, level, process, logger, message.
+    Text,
+    /// One JSON object per line, with the access line's fields as keys.
+    Json,
+}
+
 impl LogLevel {
     pub(crate) fn as_tracing(self) -> tracing::Level {
         match self {
@@ -349,6 +358,7 @@ pub(crate) struct Config {
     pub event_loop: EventLoop,
     pub root_path: String,
     pub log_level: LogLevel,
+    pub log_format: LogFormat,
     pub access_log: bool,
     /// `--access-log-format`: rsasgi's line, or the user's atoms.
     pub access_log_format: crate::http::access_format::AccessFormat,

@@ -63,8 +63,7 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
         None if config.supervision.supervised() => logging::Process::Supervisor,
         None => logging::Process::Single,
     };
-    let bare_access_lines = config.access_log_format != http::access_format::AccessFormat::Default;
-    logging::init(config.log_level, process, bare_access_lines);
+    logging::init(&config, process);
     for note in &config.compat_notes {
         tracing::debug!("{note}");
     }

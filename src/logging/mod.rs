@@ -17,16 +17,17 @@ use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
 use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, MakeWriter};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::fmt::MakeWriter;
 
-use crate::config::LogLevel;
+use crate::config::{Config, LogFormat};
+use crate::http::access_format::AccessFormat;
+use json::JsonFormat;
+use line::LineFormat;
+
+mod json;
+mod line;
 
 /// The access log's logger: one line per response (and per WebSocket).
 pub(crate) const ACCESS: &str = "rsasgi.access";
@@ -87,6 +88,8 @@ struct Output {
     writer: NonBlocking,
     dropped: ErrorCounter,
     reported: AtomicUsize,
+    /// The line that says how many were dropped, in the log's format.
+    note: Box<dyn Fn(usize) -> String + Send + Sync>,
 }
 
 static OUTPUT: OnceLock<Output> = OnceLock::new();
@@ -112,105 +115,31 @@ impl<'a> MakeWriter<'a> for LogWriter {
                 .is_ok()
         {
             let mut writer = output.writer.clone();
-            let _ = writeln!(
-                writer,
-                "rsasgi: {} log line(s) dropped because the process reading this log was not keeping up",
-                dropped - reported
-            );
+            let _ = writer.write_all((output.note)(dropped - reported).as_bytes());
         }
         output.writer.clone()
     }
 }
 
-/// One log line: time, level, the process's label when there is one, logger,
-/// message. tracing-subscriber's own format has no place for a label, and
-/// with several workers writing to one stream every line must say whose it is.
-///
-/// Access lines show their message only: their fields are for JSON. With an
-/// `--access-log-format` the line is nothing but that message, as gunicorn
-/// writes its access log, so log analysers can read it.
-struct LineFormat {
-    /// "worker 2 pid 1234" in a supervised worker.
-    label: Option<String>,
-    /// Access lines are the access format's alone.
-    bare_access_lines: bool,
-}
-
-impl<S, N> FormatEvent<S, N> for LineFormat
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> std::fmt::Result {
-        let meta = event.metadata();
-        let access = meta.target() == ACCESS;
-        if access && self.bare_access_lines {
-            write_message(&mut writer, event)?;
-            return writeln!(writer);
-        }
-        let ansi = writer.has_ansi_escapes();
-        SystemTime.format_time(&mut writer)?;
-        let level = *meta.level();
-        if ansi {
-            let color = match level {
-                Level::ERROR => "31",
-                Level::WARN => "33",
-                Level::INFO => "32",
-                Level::DEBUG => "34",
-                Level::TRACE => "35",
-            };
-            write!(writer, " \x1b[{color}m{level:>5}\x1b[0m ")?;
-        } else {
-            write!(writer, " {level:>5} ")?;
-        }
-        if let Some(label) = &self.label {
-            write!(writer, "[{label}] ")?;
-        }
-        let logger = logger_name(meta.target());
-        if ansi {
-            write!(writer, "\x1b[2m{logger}:\x1b[0m ")?;
-        } else {
-            write!(writer, "{logger}: ")?;
-        }
-        if access {
-            write_message(&mut writer, event)?;
-        } else {
-            ctx.field_format().format_fields(writer.by_ref(), event)?;
-        }
-        writeln!(writer)
-    }
-}
-
-/// Writes an event's message, without its other fields.
-fn write_message(writer: &mut Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
-    struct Message<'a, 'w> {
-        writer: &'a mut Writer<'w>,
-        result: std::fmt::Result,
-    }
-    impl Visit for Message<'_, '_> {
-        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-            if field.name() == "message" {
-                self.result = write!(self.writer, "{value:?}");
-            }
-        }
-    }
-    let mut message = Message {
-        writer,
-        result: Ok(()),
+/// Installs the subscriber that writes to stderr: `--log-level`,
+/// `--log-format`, each line marked with the label of `process`. Safe to call
+/// more than once.
+pub(crate) fn init(config: &Config, process: Process) {
+    let text = || LineFormat {
+        label: process.label(),
+        bare_access_lines: config.access_log_format != AccessFormat::Default,
+        access_apart: false,
     };
-    event.record(&mut message);
-    message.result
-}
-
-/// Installs the stderr subscriber at `level`, each line marked with the
-/// label of `process`; `bare_access_lines` with a custom access format.
-/// Safe to call more than once.
-pub(crate) fn init(level: LogLevel, process: Process, bare_access_lines: bool) {
+    let note: Box<dyn Fn(usize) -> String + Send + Sync> = match config.log_format {
+        LogFormat::Text => {
+            let text = text();
+            Box::new(move |count| text.dropped_note(count))
+        }
+        LogFormat::Json => {
+            let json = JsonFormat { process };
+            Box::new(move |count| json.dropped_note(count))
+        }
+    };
     OUTPUT.get_or_init(|| {
         let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(true)
@@ -222,18 +151,23 @@ pub(crate) fn init(level: LogLevel, process: Process, bare_access_lines: bool) {
             dropped: writer.error_counter(),
             writer,
             reported: AtomicUsize::new(0),
+            note,
         }
     });
-    let _ = tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_writer(LogWriter)
-        .with_max_level(LevelFilter::from_level(level.as_tracing()))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .log_internal_errors(false)
-        .event_format(LineFormat {
-            label: process.label(),
-            bare_access_lines,
-        })
-        .try_init();
+        .with_max_level(LevelFilter::from_level(config.log_level.as_tracing()))
+        .log_internal_errors(false);
+    let _ = match config.log_format {
+        LogFormat::Text => subscriber
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .event_format(text())
+            .try_init(),
+        LogFormat::Json => subscriber
+            .with_ansi(false)
+            .event_format(JsonFormat { process })
+            .try_init(),
+    };
 }
 
 /// Points stdout and stderr at `path`, appending, for `--log-file`: the
@@ -279,8 +213,41 @@ pub(crate) fn log(level: &str, message: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use std::sync::Arc;
+
+    use tracing_subscriber::fmt::format::{DefaultFields, FormatEvent};
+    use tracing_subscriber::Registry;
+
     use super::*;
+
+    /// What `format` writes for the events `log` emits.
+    pub(crate) fn capture<F>(format: F, log: impl FnOnce()) -> String
+    where
+        F: FormatEvent<Registry, DefaultFields> + Send + Sync + 'static,
+    {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .event_format(format)
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let bytes = captured.0.lock().clone();
+        String::from_utf8(bytes).unwrap()
+    }
 
     #[test]
     fn module_paths_become_the_server_logger() {
