@@ -21,6 +21,7 @@ use crate::config::{
 use crate::http::access_format::AccessFormat;
 use crate::http::proxy_headers::{self, TrustedProxies};
 use crate::http::static_files::{StaticMount, StaticSettings};
+use crate::logging::AccessDestination;
 use crate::net::tls::{ClientCerts, MinVersion, TlsSettings};
 
 /// The largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
@@ -126,7 +127,6 @@ const UNSUPPORTED: &[&str] = &[
     "--log-config-json",
     "--use-colors",
     "--no-use-colors",
-    "--access-logfile",
     "--access-log-fmt",
     "--log-access-fmt",
     "--error-log",
@@ -455,7 +455,7 @@ struct Args {
     log_format: LogFormat,
 
     /// Append the server's log (and the app's output) to FILE instead of
-    /// stderr; SIGUSR1 reopens it, after logrotate has moved it.
+    /// stderr ("-"); SIGUSR1 reopens it, after logrotate has moved it.
     #[arg(
         long,
         visible_alias = "error-logfile",
@@ -464,6 +464,12 @@ struct Args {
         help_heading = "Logging"
     )]
     log_file: Option<PathBuf>,
+
+    /// Append access lines to FILE ("-": stdout) instead of the server's log;
+    /// SIGUSR1 reopens it.
+    #[arg(long, env = "RSASGI_ACCESS_LOGFILE", value_name = "FILE",
+          value_parser = AccessDestination::parse, help_heading = "Logging")]
+    access_logfile: Option<AccessDestination>,
 
     /// Log one line per request.
     #[arg(long, env = "RSASGI_ACCESS_LOG", action = ArgAction::Set, num_args = 0..=1,
@@ -799,7 +805,9 @@ where
         reuse_port: args.reuse_port,
         pid_file: args.pid_file,
         daemon: args.daemon,
-        log_file: args.log_file,
+        // gunicorn's "-": stderr, where the log goes anyway.
+        log_file: args.log_file.filter(|path| path.as_os_str() != "-"),
+        access_log_file: args.access_logfile,
         user: args.user,
         group: args.group,
         umask: args.umask.map(|mode| mode.0),
@@ -1354,6 +1362,41 @@ mod tests {
             "rsasgi: invalid value '%(h)s %(x)s' for '--access-log-format <FORMAT>': unknown \
              atom %(x)s; the atoms are h l u t r m U q H s B b f a T D M L p {header}i \
              {header}o {variable}e (see 'rsasgi --help')"
+        );
+    }
+
+    #[test]
+    fn log_files_take_gunicorns_names_and_dash() {
+        let config = parse(["rsasgi", "main:app"]).unwrap();
+        assert_eq!((config.log_file, config.access_log_file), (None, None));
+        assert_eq!(config.log_format, LogFormat::Text);
+        let config = parse([
+            "rsasgi",
+            "main:app",
+            "--error-logfile",
+            "-",
+            "--access-logfile",
+            "-",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(config.log_file, None);
+        assert_eq!(config.access_log_file, Some(AccessDestination::Stdout));
+        assert_eq!(config.log_format, LogFormat::Json);
+        let config = parse([
+            "rsasgi",
+            "main:app",
+            "--error-logfile",
+            "/var/log/e.log",
+            "--access-logfile",
+            "/var/log/a.log",
+        ])
+        .unwrap();
+        assert_eq!(config.log_file, Some(PathBuf::from("/var/log/e.log")));
+        assert_eq!(
+            config.access_log_file,
+            Some(AccessDestination::File("/var/log/a.log".into()))
         );
     }
 

@@ -346,8 +346,11 @@ pub(crate) struct Config {
     pub pid_file: Option<PathBuf>,
     /// Detach from the terminal (`--daemon`).
     pub daemon: bool,
-    /// Where stdout and stderr go instead of the terminal.
+    /// `--error-logfile` (`--log-file`): where stdout and stderr go instead
+    /// of the terminal; `None` for stderr.
     pub log_file: Option<PathBuf>,
+    /// `--access-logfile`: where access lines go; `None`: with the server log.
+    pub access_log_file: Option<crate::logging::AccessDestination>,
     /// The account workers switch to after binding (`--user`, `--group`).
     pub user: Option<String>,
     pub group: Option<String>,

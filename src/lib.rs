@@ -63,7 +63,13 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
         None if config.supervision.supervised() => logging::Process::Supervisor,
         None => logging::Process::Single,
     };
-    logging::init(&config, process);
+    if let Err(message) = logging::init(&config, process) {
+        tracing::error!("{message}");
+        logging::flush();
+        // In a worker, a boot failure: the supervisor opened the file, but
+        // the account the worker runs as may not.
+        return Ok(if handoff.is_some() { 3 } else { 1 });
+    }
     for note in &config.compat_notes {
         tracing::debug!("{note}");
     }

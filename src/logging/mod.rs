@@ -1,33 +1,24 @@
-//! Server logging through `tracing`, and the bridge that lets the Python side
-//! of the worker log into the same stream.
-//!
-//! Log lines are handed to a writer thread (tracing-appender's non-blocking
-//! writer) instead of being written where they happen. Whoever reads our
-//! stderr can stall (a paused pager, a busy log shipper) or die (`rsasgi app
-//! 2>&1 | head`); a write from the reactor would then block every connection,
-//! and `eprintln!`-style writes panic on a closed pipe. Here a full queue
-//! drops the line and counts it, a failed write is dropped by the writer
-//! thread, and neither the reactor nor the Python thread ever waits.
+//! Server logging through `tracing`: logger names, the process label, text
+//! or JSON lines (`line`, `json`), where they go (`output`: never blocking
+//! the reactor), reopening on SIGUSR1, and the bridge that lets the Python
+//! side of the worker log into the same stream.
 
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use parking_lot::Mutex;
 use pyo3::prelude::*;
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
 use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{Config, LogFormat};
 use crate::http::access_format::AccessFormat;
 use json::JsonFormat;
 use line::LineFormat;
+pub(crate) use output::AccessDestination;
+use output::{DroppedNote, Output, Outputs};
 
 mod json;
 mod line;
+mod output;
 
 /// The access log's logger: one line per response (and per WebSocket).
 pub(crate) const ACCESS: &str = "rsasgi.access";
@@ -73,89 +64,55 @@ impl Process {
     }
 }
 
-/// Log lines queued for the writer thread before new ones are dropped. At
-/// about 200 bytes a line this bounds the queue near 3 MiB, and it absorbs a
-/// burst of access-log lines while the reader catches up.
-const QUEUED_LINES_LIMIT: usize = 16 * 1024;
+static OUTPUTS: OnceLock<Outputs> = OnceLock::new();
 
-/// Keeps the writer thread alive; dropped by [`flush`] so that queued lines
-/// are written before the process exits.
-static GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
-
-/// The non-blocking writer, plus what it takes to report dropped lines once
-/// logging gets through again.
-struct Output {
-    writer: NonBlocking,
-    dropped: ErrorCounter,
-    reported: AtomicUsize,
-    /// The line that says how many were dropped, in the log's format.
-    note: Box<dyn Fn(usize) -> String + Send + Sync>,
-}
-
-static OUTPUT: OnceLock<Output> = OnceLock::new();
-
-/// What the fmt layer writes each event into: the shared non-blocking writer,
-/// preceded by a note when lines were dropped since the last one got through.
-#[derive(Clone, Copy)]
-struct LogWriter;
-
-impl<'a> MakeWriter<'a> for LogWriter {
-    type Writer = NonBlocking;
-
-    fn make_writer(&'a self) -> NonBlocking {
-        let Some(output) = OUTPUT.get() else {
-            unreachable!("LogWriter is installed only after OUTPUT is set");
-        };
-        let dropped = output.dropped.dropped_lines();
-        let reported = output.reported.load(Ordering::Relaxed);
-        if dropped > reported
-            && output
-                .reported
-                .compare_exchange(reported, dropped, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let mut writer = output.writer.clone();
-            let _ = writer.write_all((output.note)(dropped - reported).as_bytes());
-        }
-        output.writer.clone()
-    }
-}
-
-/// Installs the subscriber that writes to stderr: `--log-level`,
-/// `--log-format`, each line marked with the label of `process`. Safe to call
-/// more than once.
-pub(crate) fn init(config: &Config, process: Process) {
+/// Installs the subscriber: `--log-level`, `--log-format`, each line marked
+/// with the label of `process`, written to stderr, access lines to
+/// `--access-logfile` when given. Safe to call more than once. An error when
+/// the access log cannot be opened (logging to stderr works then).
+pub(crate) fn init(config: &Config, process: Process) -> Result<(), String> {
+    let access_destination = config
+        .access_log_file
+        .as_ref()
+        .filter(|_| config.access_log);
     let text = || LineFormat {
         label: process.label(),
         bare_access_lines: config.access_log_format != AccessFormat::Default,
-        access_apart: false,
+        access_apart: access_destination.is_some(),
     };
-    let note: Box<dyn Fn(usize) -> String + Send + Sync> = match config.log_format {
-        LogFormat::Text => {
-            let text = text();
-            Box::new(move |count| text.dropped_note(count))
-        }
-        LogFormat::Json => {
-            let json = JsonFormat { process };
-            Box::new(move |count| json.dropped_note(count))
+    let note = || -> DroppedNote {
+        match config.log_format {
+            LogFormat::Text => {
+                let text = text();
+                Box::new(move |count| text.dropped_note(count))
+            }
+            LogFormat::Json => {
+                let json = JsonFormat { process };
+                Box::new(move |count| json.dropped_note(count))
+            }
         }
     };
-    OUTPUT.get_or_init(|| {
-        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(true)
-            .buffered_lines_limit(QUEUED_LINES_LIMIT)
-            .thread_name("rsasgi-log")
-            .finish(std::io::stderr());
-        *GUARD.lock() = Some(guard);
-        Output {
-            dropped: writer.error_counter(),
-            writer,
-            reported: AtomicUsize::new(0),
-            note,
+    let mut result = Ok(());
+    let outputs = OUTPUTS.get_or_init(|| {
+        let access =
+            access_destination.and_then(|destination| match Output::access(destination, note()) {
+                Ok(output) => Some(output),
+                Err(err) => {
+                    let name = match destination {
+                        AccessDestination::File(path) => path.display().to_string(),
+                        AccessDestination::Stdout => "-".into(),
+                    };
+                    result = Err(format!("Cannot open --access-logfile {name}: {err}"));
+                    None
+                }
+            });
+        Outputs {
+            server: Output::stderr(note()),
+            access,
         }
     });
     let subscriber = tracing_subscriber::fmt()
-        .with_writer(LogWriter)
+        .with_writer(outputs)
         .with_max_level(LevelFilter::from_level(config.log_level.as_tracing()))
         .log_internal_errors(false);
     let _ = match config.log_format {
@@ -168,30 +125,79 @@ pub(crate) fn init(config: &Config, process: Process) {
             .event_format(JsonFormat { process })
             .try_init(),
     };
+    result
 }
 
-/// Points stdout and stderr at `path`, appending, for `--log-file`: the
-/// server's log, the app's prints and the stacks of a stuck worker all go
-/// there. Called again on SIGUSR1, after logrotate has moved the file away.
+/// Points stdout and stderr at `path`, appending, for `--error-logfile`
+/// (`--log-file`): the server's log, the app's prints and the stacks of a
+/// stuck worker all go there. Called again on SIGUSR1, after logrotate has
+/// moved the file away.
 pub(crate) fn redirect_output(path: &Path) -> std::io::Result<()> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-        // SAFETY: dup2 onto the standard descriptors; `file` is open.
-        if unsafe { libc::dup2(file.as_raw_fd(), fd) } < 0 {
-            return Err(std::io::Error::last_os_error());
+    let file = output::open_appending(path)?;
+    output::put_in_place(&file, libc::STDOUT_FILENO)?;
+    output::put_in_place(&file, libc::STDERR_FILENO)
+}
+
+/// SIGUSR1: opens `--error-logfile` and `--access-logfile` again (logrotate
+/// has moved them away), and says so in the log, in the new files.
+pub(crate) fn reopen(config: &Config) {
+    let mut reopened = Vec::new();
+    let mut failed = Vec::new();
+    if let Some(path) = &config.log_file {
+        match redirect_output(path) {
+            Ok(()) => reopened.push(format!("--log-file {}", path.display())),
+            Err(err) => failed.push(format!("--log-file {}: {err}", path.display())),
         }
     }
-    Ok(())
+    let access = OUTPUTS.get().and_then(|outputs| outputs.access.as_ref());
+    if let Some((path, result)) = access.and_then(Output::reopen) {
+        match result {
+            Ok(()) => reopened.push(format!("--access-logfile {}", path.display())),
+            Err(err) => failed.push(format!("--access-logfile {}: {err}", path.display())),
+        }
+    }
+    if reopened.is_empty() && failed.is_empty() {
+        tracing::info!("Received SIGUSR1: no log file to reopen (the log goes to stderr)");
+    }
+    if !reopened.is_empty() {
+        tracing::info!("Received SIGUSR1: reopened {}", reopened.join(" and "));
+    }
+    for failure in failed {
+        tracing::error!(
+            "Received SIGUSR1 but cannot reopen {failure}; still writing to the old file"
+        );
+    }
+}
+
+/// Gives the log files to the account the app runs as (`--user`), so that
+/// its workers can open them again on SIGUSR1, as gunicorn does. A file the
+/// account could not write to anyway (`/dev/null`, another owner's) is left
+/// as it is.
+pub(crate) fn hand_files_to(config: &Config, uid: libc::uid_t, gid: libc::gid_t) {
+    if let Some(path) = &config.log_file {
+        // SAFETY: fchown on stderr, which --error-logfile made the file.
+        if unsafe { libc::fchown(libc::STDERR_FILENO, uid, gid) } != 0 {
+            let err = std::io::Error::last_os_error();
+            tracing::debug!(
+                "cannot give --log-file {} to the app's account: {err}",
+                path.display()
+            );
+        }
+    }
+    let access = OUTPUTS.get().and_then(|outputs| outputs.access.as_ref());
+    if let Some((path, Err(err))) = access.and_then(|access| access.chown(uid, gid)) {
+        tracing::debug!(
+            "cannot give --access-logfile {} to the app's account: {err}",
+            path.display()
+        );
+    }
 }
 
 /// Writes out the lines still queued (waiting at most about a second for a
 /// slow reader) and stops the writer thread. Called once, before exiting;
 /// later lines are dropped.
 pub(crate) fn flush() {
-    drop(GUARD.lock().take());
+    drop(std::mem::take(&mut *output::GUARDS.lock()));
 }
 
 /// [`flush`], for the Python side before it leaves with `os._exit`.
@@ -216,6 +222,7 @@ pub(crate) fn log(level: &str, message: &str) {
 pub(super) mod tests {
     use std::sync::Arc;
 
+    use parking_lot::Mutex;
     use tracing_subscriber::fmt::format::{DefaultFields, FormatEvent};
     use tracing_subscriber::Registry;
 
