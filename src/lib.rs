@@ -146,7 +146,7 @@ fn detach(py: Python<'_>, config: &config::Config) -> Result<(), String> {
         daemonize(py).map_err(|err| format!("Cannot run as a daemon: {err}"))?;
     }
     if let Some(path) = &config.log_file {
-        logging::redirect_output(path)
+        logging::redirect_output(path, config)
             .map_err(|err| format!("Cannot open --log-file {}: {err}", path.display()))?;
     }
     Ok(())

@@ -128,13 +128,16 @@ pub(crate) fn init(config: &Config, process: Process) -> Result<(), String> {
     result
 }
 
-/// Points stdout and stderr at `path`, appending, for `--error-logfile`
+/// Points stderr and stdout at `path`, appending, for `--error-logfile`
 /// (`--log-file`): the server's log, the app's prints and the stacks of a
-/// stuck worker all go there. Called again on SIGUSR1, after logrotate has
+/// stuck worker all go there. Stdout stays as it is when `--access-logfile -`
+/// claims it for access lines. Called again on SIGUSR1, after logrotate has
 /// moved the file away.
-pub(crate) fn redirect_output(path: &Path) -> std::io::Result<()> {
+pub(crate) fn redirect_output(path: &Path, config: &Config) -> std::io::Result<()> {
     let file = output::open_appending(path)?;
-    output::put_in_place(&file, libc::STDOUT_FILENO)?;
+    if config.access_log_file != Some(AccessDestination::Stdout) {
+        output::put_in_place(&file, libc::STDOUT_FILENO)?;
+    }
     output::put_in_place(&file, libc::STDERR_FILENO)
 }
 
@@ -144,7 +147,7 @@ pub(crate) fn reopen(config: &Config) {
     let mut reopened = Vec::new();
     let mut failed = Vec::new();
     if let Some(path) = &config.log_file {
-        match redirect_output(path) {
+        match redirect_output(path, config) {
             Ok(()) => reopened.push(format!("--log-file {}", path.display())),
             Err(err) => failed.push(format!("--log-file {}: {err}", path.display())),
         }
