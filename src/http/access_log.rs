@@ -19,6 +19,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use super::access_format::{clf_time, write_escaped, AccessFormat, Atom, Piece};
 use crate::net::LoggedClient;
+use crate::ws::Closed;
 
 /// nginx's "client closed request": the client left before the response.
 const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -178,6 +179,59 @@ impl AccessRecord {
     /// The request target as sent: path and query.
     fn target(&self) -> &str {
         self.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    }
+
+    /// What the closing line of the WebSocket this request opens needs.
+    pub(crate) fn websocket(&self) -> WebSocketRecord {
+        WebSocketRecord {
+            client: self.client.clone(),
+            uri: self.uri.clone(),
+            request_id: self.request_id.clone(),
+            opened_at: Instant::now(),
+        }
+    }
+}
+
+/// A WebSocket's second access line, written when it closes: who closed it,
+/// with which code, after how long. (The first is its handshake's, 101.)
+pub(crate) struct WebSocketRecord {
+    client: LoggedClient,
+    uri: Uri,
+    request_id: Option<HeaderValue>,
+    opened_at: Instant,
+}
+
+impl WebSocketRecord {
+    /// Writes the line: `127.0.0.1:5000 - WebSocket /chat closed by the
+    /// client with 1000 after 12.503s`.
+    pub(crate) fn closed(self, closed: Closed) {
+        let duration = self.opened_at.elapsed().as_secs_f64();
+        let request_id = self.request_id.as_ref().map(text);
+        let target = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let by = closed.by.as_str();
+        let code = closed.code;
+        tracing::info!(
+            target: crate::logging::ACCESS,
+            path = self.uri.path(),
+            query = self.uri.query(),
+            client = %self.client,
+            close_code = code,
+            closed_by = by,
+            duration,
+            request_id = request_id.as_deref(),
+            "{} - WebSocket {} closed by the {by} with {code} after {duration:.3}s",
+            self.client,
+            Escaped(target.as_bytes()),
+        );
+    }
+}
+
+/// Bytes written escaped (see [`write_escaped`]).
+struct Escaped<'a>(&'a [u8]);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_escaped(f, self.0)
     }
 }
 
@@ -474,6 +528,32 @@ mod tests {
         assert_eq!(basic_user(b"Bearer YWxpY2U6c2VjcmV0"), None);
         assert_eq!(basic_user(b"Basic !!!"), None);
         assert_eq!(basic_user(b"Basic"), None);
+    }
+
+    #[test]
+    fn a_websocket_close_line_says_who_and_how() {
+        use crate::logging::tests::capture;
+        use crate::ws::ClosedBy;
+        let websocket = record(default_log(), &[]).websocket();
+        let format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_target(false);
+        let out = capture(format, || {
+            websocket.closed(Closed {
+                code: 1001,
+                by: ClosedBy::Client,
+            })
+        });
+        assert!(
+            out.contains(
+                "127.0.0.1:5000 - WebSocket /a/b?x=1 closed by the client with 1001 after 0.0"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("close_code=1001 closed_by=\"client\""),
+            "{out}"
+        );
     }
 
     #[test]

@@ -463,6 +463,7 @@ async fn open_websocket(
                 None => StatusCode::OK,
             };
             let log = log.map(|l| l.with_status(status));
+            let closing_line = log.as_ref().map(AccessRecord::websocket);
             let mut response = Response::new(ResponseBody::new(Source::Fixed(None), log));
             *response.status_mut() = status;
             let response_headers = response.headers_mut();
@@ -479,7 +480,12 @@ async fn open_websocket(
             let registry = Arc::clone(&state.websockets);
             tokio::spawn(async move {
                 match on_upgrade.await {
-                    Ok(upgraded) => ws::serve(upgraded, session, settings, registry).await,
+                    Ok(upgraded) => {
+                        let closed = ws::serve(upgraded, session, settings, registry).await;
+                        if let Some(line) = closing_line {
+                            line.closed(closed);
+                        }
+                    }
                     Err(err) => {
                         tracing::debug!("websocket upgrade failed: {err}");
                         session.finish(ws::code::ABNORMAL, "");
