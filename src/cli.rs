@@ -20,6 +20,7 @@ use crate::config::{
 };
 use crate::http::access_format::AccessFormat;
 use crate::http::proxy_headers::{self, TrustedProxies};
+use crate::http::request_id;
 use crate::http::static_files::{StaticMount, StaticSettings};
 use crate::logging::AccessDestination;
 use crate::net::tls::{ClientCerts, MinVersion, TlsSettings};
@@ -187,6 +188,12 @@ fn seconds(raw: &str) -> Result<Seconds, String> {
 
 fn positive_seconds(raw: &str) -> Result<Seconds, String> {
     parse_positive_seconds(raw).map(Seconds)
+}
+
+/// A header name for `--request-id-header`.
+fn request_id_header(raw: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(raw.trim().as_bytes())
+        .map_err(|_| format!("{raw:?} is not a header name"))
 }
 
 /// A file mode as the command line writes it: octal, like chmod.
@@ -487,6 +494,16 @@ struct Args {
     #[arg(long, visible_alias = "access-logformat", env = "RSASGI_ACCESS_LOG_FORMAT",
           value_name = "FORMAT", value_parser = AccessFormat::parse, help_heading = "Logging")]
     access_log_format: Option<AccessFormat>,
+
+    /// Give every request an ID in the X-Request-ID header: the one the proxy
+    /// or client sent (up to 200 visible ASCII characters), else a new one.
+    #[arg(long, env = "RSASGI_REQUEST_ID", help_heading = "Logging")]
+    request_id: bool,
+
+    /// The request ID's header instead of X-Request-ID (implies --request-id).
+    #[arg(long, env = "RSASGI_REQUEST_ID_HEADER", value_name = "NAME",
+          value_parser = request_id_header, help_heading = "Logging")]
+    request_id_header: Option<HeaderName>,
 
     /// Believe X-Forwarded-For/-Proto and Forwarded from --forwarded-allow-ips peers.
     #[arg(long, env = "RSASGI_PROXY_HEADERS", action = ArgAction::Set, num_args = 0..=1,
@@ -836,6 +853,12 @@ where
         log_format: args.log_format,
         access_log: args.access_log && !args.no_access_log,
         access_log_format: args.access_log_format.unwrap_or(AccessFormat::Default),
+        request_id: match args.request_id_header {
+            Some(name) => Some(name),
+            None => args
+                .request_id
+                .then(|| HeaderName::from_static(request_id::DEFAULT_HEADER)),
+        },
         server_header: args.server_header && !args.no_server_header,
         http: args.http,
         http2: Http2Settings {
@@ -1397,6 +1420,25 @@ mod tests {
         assert_eq!(
             config.access_log_file,
             Some(AccessDestination::File("/var/log/a.log".into()))
+        );
+    }
+
+    #[test]
+    fn request_ids_are_off_unless_asked_for() {
+        let id = |args: &[&str]| {
+            let argv = ["rsasgi", "main:app"].iter().chain(args);
+            parse(argv).unwrap().request_id
+        };
+        assert_eq!(id(&[]), None);
+        assert_eq!(id(&["--request-id"]).unwrap(), "x-request-id");
+        assert_eq!(
+            id(&["--request-id-header", "X-Correlation-ID"]).unwrap(),
+            "x-correlation-id"
+        );
+        assert_eq!(
+            error_line(&["--request-id-header", "bad name"]),
+            "rsasgi: invalid value 'bad name' for '--request-id-header <NAME>': \"bad name\" is \
+             not a header name (see 'rsasgi --help')"
         );
     }
 

@@ -363,6 +363,8 @@ pub(crate) struct Config {
     pub log_level: LogLevel,
     pub log_format: LogFormat,
     pub access_log: bool,
+    /// `--request-id`: the header every request's ID travels in (`None`: off).
+    pub request_id: Option<HeaderName>,
     /// `--access-log-format`: rsasgi's line, or the user's atoms.
     pub access_log_format: crate::http::access_format::AccessFormat,
     pub server_header: bool,

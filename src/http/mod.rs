@@ -7,6 +7,7 @@ mod body;
 mod connection;
 mod preface;
 pub(crate) mod proxy_headers;
+pub(crate) mod request_id;
 mod server;
 mod service;
 pub(crate) mod static_files;

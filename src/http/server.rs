@@ -52,6 +52,8 @@ pub(crate) struct ServerState {
     pub limit_request_body: Option<u64>,
     /// `None` with `--no-access-log`.
     pub access_log: Option<&'static AccessLog>,
+    /// `--request-id`: the header every request's ID travels in.
+    pub request_id: Option<HeaderName>,
     pub server_header: bool,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// WebSocket settings when upgrades are served (ASGI apps, `--ws auto`).
@@ -106,7 +108,8 @@ impl ServerState {
             limit_request_body: config.limit_request_body,
             access_log: config
                 .access_log
-                .then(|| AccessLog::leak(&config.access_log_format, None)),
+                .then(|| AccessLog::leak(&config.access_log_format, config.request_id.clone())),
+            request_id: config.request_id.clone(),
             server_header: config.server_header,
             extra_headers: config.headers.clone(),
             ws: config.ws.clone().filter(|_| wsgi_is_none),

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use super::access_log::{AccessLog, AccessRecord};
 use super::body::{read_chunk, FileStream, ResponseBody, Source};
 use super::connection::ActiveRequest;
+use super::request_id;
 use super::server::ServerState;
 use super::static_files::{Lookup, CHUNK};
 use crate::asgi::Event;
@@ -80,6 +81,9 @@ pub(crate) async fn handle(
         }
         if let Some(trusted) = &state.proxy {
             trusted.apply(&mut info, request.headers_mut());
+        }
+        if let Some(name) = &state.request_id {
+            request_id::ensure(request.headers_mut(), name);
         }
         // The access log record of this request, before a response is chosen.
         let pending = || {
