@@ -28,7 +28,8 @@ STARTED = re.compile(r"Started worker (\d+) \(pid (\d+)\)")
 # A log line: timestamp, level, the process's label (a worker's number, or "supervisor", and
 # its pid), then the logger.
 LOG_LINE = re.compile(
-    r"^\S+\s+(?:TRACE|DEBUG|INFO|WARN|ERROR)\s+\[(?:worker (\d+)|supervisor) pid (\d+)\]\s+([\w.:]+):"
+    r"^\S+\s+(?:TRACE|DEBUG|INFO|WARN|ERROR)\s+"
+    r"\[(?:worker (\d+)|supervisor) pid (\d+)\]\s+([\w.:]+):"
 )
 #: Concurrent clients of a `Load`.
 CLIENTS = 8
