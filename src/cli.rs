@@ -455,8 +455,7 @@ struct Args {
           default_value_t = LogLevel::Info, help_heading = "Logging")]
     log_level: LogLevel,
 
-    /// How log lines are written: text, or json (one object per line, an access
-    /// line's fields as keys).
+    /// Log lines as text, or as json: one object per line.
     #[arg(long, env = "RSASGI_LOG_FORMAT", value_name = "FORMAT", value_enum,
           default_value_t = LogFormat::Text, help_heading = "Logging")]
     log_format: LogFormat,
@@ -472,37 +471,36 @@ struct Args {
     )]
     log_file: Option<PathBuf>,
 
-    /// Append access lines to FILE ("-": stdout) instead of the server's log;
-    /// SIGUSR1 reopens it.
+    /// Append access lines to FILE ("-": stdout); SIGUSR1 reopens it
+    /// [default: with the server's log].
     #[arg(long, env = "RSASGI_ACCESS_LOGFILE", value_name = "FILE",
-          value_parser = AccessDestination::parse, help_heading = "Logging")]
+          value_parser = AccessDestination::parse, help_heading = "Access log")]
     access_logfile: Option<AccessDestination>,
 
     /// Log one line per request.
     #[arg(long, env = "RSASGI_ACCESS_LOG", action = ArgAction::Set, num_args = 0..=1,
           default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
-          hide_possible_values = true, help_heading = "Logging")]
+          hide_possible_values = true, help_heading = "Access log")]
     access_log: bool,
 
     /// Do not log requests.
-    #[arg(long, help_heading = "Logging")]
+    #[arg(long, help_heading = "Access log")]
     no_access_log: bool,
 
-    /// The access line, in gunicorn's atoms (%(h)s %(t)s "%(r)s" %(s)s %(D)s
-    /// %({header}i)s ...), or common, or combined; the line is then only
-    /// that [default: rsasgi's line, with the latency].
+    /// The line in gunicorn's atoms (%(h)s "%(r)s" %(s)s %({header}i)s ...),
+    /// or common, or combined [default: rsasgi's line, with the latency].
     #[arg(long, visible_alias = "access-logformat", env = "RSASGI_ACCESS_LOG_FORMAT",
-          value_name = "FORMAT", value_parser = AccessFormat::parse, help_heading = "Logging")]
+          value_name = "FORMAT", value_parser = AccessFormat::parse, help_heading = "Access log")]
     access_log_format: Option<AccessFormat>,
 
-    /// Give every request an ID in the X-Request-ID header: the one the proxy
-    /// or client sent (up to 200 visible ASCII characters), else a new one.
-    #[arg(long, env = "RSASGI_REQUEST_ID", help_heading = "Logging")]
+    /// Give each request an ID in X-Request-ID: the one sent (up to 200
+    /// visible ASCII characters), else a new one.
+    #[arg(long, env = "RSASGI_REQUEST_ID", help_heading = "Access log")]
     request_id: bool,
 
-    /// The request ID's header instead of X-Request-ID (implies --request-id).
+    /// The request ID's header, instead of X-Request-ID (implies --request-id).
     #[arg(long, env = "RSASGI_REQUEST_ID_HEADER", value_name = "NAME",
-          value_parser = request_id_header, help_heading = "Logging")]
+          value_parser = request_id_header, help_heading = "Access log")]
     request_id_header: Option<HeaderName>,
 
     /// Believe X-Forwarded-For/-Proto and Forwarded from --forwarded-allow-ips peers.
