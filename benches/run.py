@@ -311,16 +311,13 @@ def _has_uvloop() -> bool:
 
 
 # rsasgi's logging options: no access log, like every peer here, unless --rsasgi-access-log asks
-# for one (written to rsasgi-access.log in the work directory); then --rsasgi-arg options.
+# for one (its lines go with the rest of the server's log, to a file in the work directory);
+# then the --rsasgi-arg options.
 RSASGI_LOGGING = {"access_log": False, "extra": []}
 
 
 def _rsasgi_logging(work: Path) -> list[str]:
-    access = (
-        ["--access-logfile", str(work / "rsasgi-access.log")]
-        if RSASGI_LOGGING["access_log"]
-        else ["--no-access-log"]
-    )
+    access = [] if RSASGI_LOGGING["access_log"] else ["--no-access-log"]
     return [*access, *RSASGI_LOGGING["extra"]]
 
 
@@ -1613,8 +1610,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rsasgi-access-log", action="store_true",
-        help="rsasgi logs every request, to rsasgi-access.log in the work directory (the peers "
-        "still log none): what the access log costs",
+        help="rsasgi logs every request, with the rest of its log to a file in the work "
+        "directory (the peers still log none): what the access log costs",
     )  # fmt: skip
     parser.add_argument(
         "--rsasgi-arg", action="append", default=[], metavar="ARG",
