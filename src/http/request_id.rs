@@ -77,7 +77,7 @@ mod tests {
         let id = b"req-1234_abc+/=:.~";
         assert_eq!(ensured(&[id]), [id.to_vec()]);
         let longest = vec![b'a'; MAX_LEN];
-        assert_eq!(ensured(&[&longest]), [longest.clone()]);
+        assert_eq!(ensured(&[&longest]), [longest]);
     }
 
     #[test]
