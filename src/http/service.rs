@@ -70,7 +70,7 @@ pub(crate) async fn handle(
     // One labelled block rather than an inner async fn: a nested future
     // would be moved (copied whole) once more per request.
     active.attach_stream();
-    let response = 'respond: {
+    let mut response = 'respond: {
         let started_at = std::time::Instant::now();
         if let Some(slot) = &state.slot {
             slot.count_request();
@@ -300,7 +300,6 @@ pub(crate) async fn handle(
         }
         response
     };
-    let mut response = response;
     if state
         .access_log
         .is_some_and(AccessLog::shows_response_headers)
