@@ -14,6 +14,7 @@ use std::io;
 use serde::Serialize;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::FmtContext;
@@ -40,7 +41,9 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
+        // Records of the `log` crate (rustls's) carry their own target.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         self.start(&mut writer, *meta.level(), logger_name(meta.target()))?;
         let mut message = Fields {
             out: Json(&mut writer),
@@ -157,7 +160,8 @@ impl Fields<'_, '_> {
             self.found = true;
             self.out.value(value)
         } else {
-            if KEYS.contains(&name) {
+            // `log.target` and the like: the `log` crate's metadata, used above.
+            if KEYS.contains(&name) || name.starts_with("log.") {
                 return;
             }
             self.out
@@ -299,6 +303,25 @@ mod tests {
         ));
         assert_eq!(line["message"], serde_json::Value::Null);
         assert_eq!(line["answer"], 42);
+    }
+
+    #[test]
+    fn a_record_of_the_log_crate_keeps_its_target() {
+        let format = JsonFormat {
+            process: Process::Single,
+        };
+        let out = capture(format, || {
+            let record = log::Record::builder()
+                .args(format_args!("handshake done"))
+                .level(log::Level::Warn)
+                .target("rustls::server::hs")
+                .build();
+            tracing_log::format_trace(&record).unwrap();
+        });
+        let line = parse(&out);
+        assert_eq!(line["logger"], "rustls::server::hs");
+        assert_eq!(line["message"], "handshake done");
+        assert!(line.keys().all(|key| !key.starts_with("log.")), "{out}");
     }
 
     #[test]

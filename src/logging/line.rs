@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::FmtContext;
@@ -39,7 +40,9 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
-        let meta = event.metadata();
+        // Records of the `log` crate (rustls's) carry their own target.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let access = meta.target() == ACCESS;
         if access && self.bare_access_lines {
             write_message(&mut writer, event)?;
@@ -156,6 +159,22 @@ mod tests {
             " INFO [worker 2 pid 7] rsasgi.access: the line\n"
         );
         assert_eq!(capture(format(true), access), "the line\n");
+    }
+
+    #[test]
+    fn a_record_of_the_log_crate_keeps_its_target() {
+        let out = capture(format(false), || {
+            let record = log::Record::builder()
+                .args(format_args!("handshake done"))
+                .level(log::Level::Warn)
+                .target("rustls::server::hs")
+                .build();
+            tracing_log::format_trace(&record).unwrap();
+        });
+        assert_eq!(
+            untimed(&out),
+            " WARN [worker 2 pid 7] rustls::server::hs: handshake done\n"
+        );
     }
 
     #[test]
