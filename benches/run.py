@@ -26,6 +26,8 @@ table per group (and MiB/s for the files).
     python benches/run.py --group wsgi --duration 5 --servers rsasgi granian --scenarios hello
     python benches/run.py --workers 2            # every server with 2 worker processes
     python benches/run.py --memory-only          # idle resident memory only, no wrk
+    python benches/run.py --group asgi --servers rsasgi --scenarios hello --rsasgi-access-log \
+        --rsasgi-arg=--access-log-format=combined   # what rsasgi's access log costs
 
 `--workers N` starts every server with N worker processes (rsasgi and h2corn: their
 supervisor; uvicorn, granian, hypercorn: --workers; gunicorn: its arbiter; uWSGI: --processes;
@@ -308,6 +310,17 @@ def _has_uvloop() -> bool:
     return importlib.util.find_spec("uvloop") is not None
 
 
+# rsasgi's logging options: no access log, like every peer here, unless --rsasgi-access-log asks
+# for one (its lines go with the rest of the server's log, to a file in the work directory);
+# then the --rsasgi-arg options.
+RSASGI_LOGGING = {"access_log": False, "extra": []}
+
+
+def _rsasgi_logging(work: Path) -> list[str]:
+    access = [] if RSASGI_LOGGING["access_log"] else ["--no-access-log"]
+    return [*access, *RSASGI_LOGGING["extra"]]
+
+
 # ---- ASGI
 
 
@@ -317,7 +330,7 @@ def _rsasgi_argv(port: int, workers: int, work: Path) -> list[str]:
     return [
         sys.executable, "-m", "rsasgi", ASGI_APP,
         "--host", HOST, "--port", str(port), *supervisor,
-        "--no-access-log",
+        *_rsasgi_logging(work),
     ]  # fmt: skip
 
 
@@ -383,7 +396,7 @@ def _rsasgi_wsgi_argv(port: int, workers: int, work: Path) -> list[str]:
     return [
         sys.executable, "-m", "rsasgi", WSGI_APP, "--interface", "wsgi",
         "--host", HOST, "--port", str(port), *supervisor,
-        "--no-access-log",
+        *_rsasgi_logging(work),
     ]  # fmt: skip
 
 
@@ -443,7 +456,7 @@ def _rsasgi_static_argv(port: int, workers: int, work: Path) -> list[str]:
         "--host", HOST, "--port", str(port), *supervisor,
         "--static-map", f"{STATIC_PREFIX}={static_dir(work)}",
         "--static-max-age", str(STATIC_MAX_AGE),
-        "--no-access-log",
+        *_rsasgi_logging(work),
     ]  # fmt: skip
 
 
@@ -1595,6 +1608,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="core wrk and h2load are pinned to (1; with --workers N > 1: core N, or not pinned "
         "when there are not N + 1 cores)",
     )
+    parser.add_argument(
+        "--rsasgi-access-log", action="store_true",
+        help="rsasgi logs every request, with the rest of its log to a file in the work "
+        "directory (the peers still log none): what the access log costs",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rsasgi-arg", action="append", default=[], metavar="ARG",
+        help="one more argument for rsasgi, repeatable: --rsasgi-arg=--log-format=json",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file ({RESULTS})")
     parser.add_argument("--timeout-margin", type=float, default=30, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1603,6 +1625,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.memory = args.memory or args.memory_only
     args.groups = list(GROUPS) if args.group == "all" else [args.group]
     args.servers = _names(args.servers, SERVER_NAMES, "server")
+    RSASGI_LOGGING["access_log"] = args.rsasgi_access_log
+    RSASGI_LOGGING["extra"] = list(args.rsasgi_arg)
     args.scenarios = _names(args.scenarios, list(SCENARIOS), "scenario")
     return args
 

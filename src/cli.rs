@@ -20,11 +20,14 @@ use http::header::{HeaderName, HeaderValue};
 use crate::config::{
     self, parse_app, parse_count, parse_header, parse_mode, parse_positive_seconds,
     parse_root_path, parse_seconds, Bind, Config, EventLoop, Http2Settings, HttpEngine, Interface,
-    Lifespan, LogLevel, Supervision, Workers, WsMode,
+    Lifespan, LogFormat, LogLevel, Supervision, Workers, WsMode,
 };
 use crate::config_file::{self, ConfigFile, Shown};
+use crate::http::access_format::AccessFormat;
 use crate::http::proxy_headers::{self, TrustedProxies};
+use crate::http::request_id;
 use crate::http::static_files::{StaticMount, StaticSettings};
+use crate::logging::AccessDestination;
 use crate::net::tls::{ClientCerts, MinVersion, TlsSettings};
 use crate::print_config;
 
@@ -130,8 +133,6 @@ const UNSUPPORTED: &[&str] = &[
     "--log-config-json",
     "--use-colors",
     "--no-use-colors",
-    "--access-logfile",
-    "--access-logformat",
     "--access-log-fmt",
     "--log-access-fmt",
     "--error-log",
@@ -192,6 +193,12 @@ fn seconds(raw: &str) -> Result<Seconds, String> {
 
 fn positive_seconds(raw: &str) -> Result<Seconds, String> {
     parse_positive_seconds(raw).map(Seconds)
+}
+
+/// A header name for `--request-id-header`.
+fn request_id_header(raw: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(raw.trim().as_bytes())
+        .map_err(|_| format!("{raw:?} is not a header name"))
 }
 
 /// A file mode as the command line writes it: octal, like chmod.
@@ -453,8 +460,13 @@ struct Args {
           default_value_t = LogLevel::Info, help_heading = "Logging")]
     log_level: LogLevel,
 
+    /// Log lines as text, or as json: one object per line.
+    #[arg(long, env = "RSASGI_LOG_FORMAT", value_name = "FORMAT", value_enum,
+          default_value_t = LogFormat::Text, help_heading = "Logging")]
+    log_format: LogFormat,
+
     /// Append the server's log (and the app's output) to FILE instead of
-    /// stderr; SIGUSR1 reopens it, after logrotate has moved it.
+    /// stderr ("-"); SIGUSR1 reopens it, after logrotate has moved it.
     #[arg(
         long,
         visible_alias = "error-logfile",
@@ -464,15 +476,37 @@ struct Args {
     )]
     log_file: Option<PathBuf>,
 
+    /// Append access lines to FILE ("-": stdout); SIGUSR1 reopens it
+    /// [default: with the server's log].
+    #[arg(long, env = "RSASGI_ACCESS_LOGFILE", value_name = "FILE",
+          value_parser = AccessDestination::parse, help_heading = "Access log")]
+    access_logfile: Option<AccessDestination>,
+
     /// Log one line per request.
     #[arg(long, env = "RSASGI_ACCESS_LOG", action = ArgAction::Set, num_args = 0..=1,
           default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
-          hide_possible_values = true, help_heading = "Logging")]
+          hide_possible_values = true, help_heading = "Access log")]
     access_log: bool,
 
     /// Do not log requests.
-    #[arg(long, help_heading = "Logging")]
+    #[arg(long, help_heading = "Access log")]
     no_access_log: bool,
+
+    /// The line in gunicorn's atoms (%(h)s "%(r)s" %(s)s %({header}i)s ...),
+    /// or common, or combined [default: rsasgi's line, with the latency].
+    #[arg(long, visible_alias = "access-logformat", env = "RSASGI_ACCESS_LOG_FORMAT",
+          value_name = "FORMAT", value_parser = AccessFormat::parse, help_heading = "Access log")]
+    access_log_format: Option<AccessFormat>,
+
+    /// Give each request an ID in X-Request-ID: the one sent (up to 200
+    /// visible ASCII characters), else a new one.
+    #[arg(long, env = "RSASGI_REQUEST_ID", help_heading = "Access log")]
+    request_id: bool,
+
+    /// The request ID's header, instead of X-Request-ID (implies --request-id).
+    #[arg(long, env = "RSASGI_REQUEST_ID_HEADER", value_name = "NAME",
+          value_parser = request_id_header, help_heading = "Access log")]
+    request_id_header: Option<HeaderName>,
 
     /// Believe X-Forwarded-For/-Proto and Forwarded from --forwarded-allow-ips peers.
     #[arg(long, env = "RSASGI_PROXY_HEADERS", action = ArgAction::Set, num_args = 0..=1,
@@ -966,7 +1000,9 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         reuse_port: args.reuse_port,
         pid_file: args.pid_file,
         daemon: args.daemon,
-        log_file: args.log_file,
+        // gunicorn's "-": stderr, where the log goes anyway.
+        log_file: args.log_file.filter(|path| path.as_os_str() != "-"),
+        access_log_file: args.access_logfile,
         user: args.user,
         group: args.group,
         umask: args.umask.map(|mode| mode.0),
@@ -992,7 +1028,15 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         event_loop: args.event_loop,
         root_path: args.root_path,
         log_level: args.log_level,
+        log_format: args.log_format,
         access_log: args.access_log && !args.no_access_log,
+        access_log_format: args.access_log_format.unwrap_or(AccessFormat::Default),
+        request_id: match args.request_id_header {
+            Some(name) => Some(name),
+            None => args
+                .request_id
+                .then(|| HeaderName::from_static(request_id::DEFAULT_HEADER)),
+        },
         server_header: args.server_header && !args.no_server_header,
         http: args.http,
         http2: Http2Settings {
@@ -1512,6 +1556,76 @@ mod tests {
                 "{option} is an rsasgi option"
             );
         }
+    }
+
+    #[test]
+    fn an_access_log_format_is_parsed_once_and_checked() {
+        let config = parse(["rsasgi", "main:app"]).unwrap();
+        assert_eq!(config.access_log_format, AccessFormat::Default);
+        let config = parse(["rsasgi", "main:app", "--access-logformat", "%(s)s %(D)s"]).unwrap();
+        assert!(
+            matches!(config.access_log_format, AccessFormat::Custom(pieces) if pieces.len() == 3)
+        );
+        assert_eq!(
+            error_line(&["--access-log-format", "%(h)s %(x)s"]),
+            "rsasgi: invalid value '%(h)s %(x)s' for '--access-log-format <FORMAT>': unknown \
+             atom %(x)s; the atoms are h l u t r m U q H s B b f a T D M L p {header}i \
+             {header}o {variable}e (see 'rsasgi --help')"
+        );
+    }
+
+    #[test]
+    fn log_files_take_gunicorns_names_and_dash() {
+        let config = parse(["rsasgi", "main:app"]).unwrap();
+        assert_eq!((config.log_file, config.access_log_file), (None, None));
+        assert_eq!(config.log_format, LogFormat::Text);
+        let config = parse([
+            "rsasgi",
+            "main:app",
+            "--error-logfile",
+            "-",
+            "--access-logfile",
+            "-",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(config.log_file, None);
+        assert_eq!(config.access_log_file, Some(AccessDestination::Stdout));
+        assert_eq!(config.log_format, LogFormat::Json);
+        let config = parse([
+            "rsasgi",
+            "main:app",
+            "--error-logfile",
+            "/var/log/e.log",
+            "--access-logfile",
+            "/var/log/a.log",
+        ])
+        .unwrap();
+        assert_eq!(config.log_file, Some(PathBuf::from("/var/log/e.log")));
+        assert_eq!(
+            config.access_log_file,
+            Some(AccessDestination::File("/var/log/a.log".into()))
+        );
+    }
+
+    #[test]
+    fn request_ids_are_off_unless_asked_for() {
+        let id = |args: &[&str]| {
+            let argv = ["rsasgi", "main:app"].iter().chain(args);
+            parse(argv).unwrap().request_id
+        };
+        assert_eq!(id(&[]), None);
+        assert_eq!(id(&["--request-id"]).unwrap(), "x-request-id");
+        assert_eq!(
+            id(&["--request-id-header", "X-Correlation-ID"]).unwrap(),
+            "x-correlation-id"
+        );
+        assert_eq!(
+            error_line(&["--request-id-header", "bad name"]),
+            "rsasgi: invalid value 'bad name' for '--request-id-header <NAME>': \"bad name\" is \
+             not a header name (see 'rsasgi --help')"
+        );
     }
 
     #[test]

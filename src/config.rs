@@ -312,6 +312,15 @@ pub(crate) enum LogLevel {
     Trace,
 }
 
+/// `--log-format`: how log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One line of text per event: time, level, process, logger, message.
+    Text,
+    /// One JSON object per line, with the access line's fields as keys.
+    Json,
+}
+
 impl LogLevel {
     pub(crate) fn as_tracing(self) -> tracing::Level {
         match self {
@@ -337,8 +346,11 @@ pub(crate) struct Config {
     pub pid_file: Option<PathBuf>,
     /// Detach from the terminal (`--daemon`).
     pub daemon: bool,
-    /// Where stdout and stderr go instead of the terminal.
+    /// `--error-logfile` (`--log-file`): where stdout and stderr go instead
+    /// of the terminal; `None` for stderr.
     pub log_file: Option<PathBuf>,
+    /// `--access-logfile`: where access lines go; `None`: with the server log.
+    pub access_log_file: Option<crate::logging::AccessDestination>,
     /// The account workers switch to after binding (`--user`, `--group`).
     pub user: Option<String>,
     pub group: Option<String>,
@@ -349,7 +361,12 @@ pub(crate) struct Config {
     pub event_loop: EventLoop,
     pub root_path: String,
     pub log_level: LogLevel,
+    pub log_format: LogFormat,
     pub access_log: bool,
+    /// `--request-id`: the header every request's ID travels in (`None`: off).
+    pub request_id: Option<HeaderName>,
+    /// `--access-log-format`: rsasgi's line, or the user's atoms.
+    pub access_log_format: crate::http::access_format::AccessFormat,
     pub server_header: bool,
     /// The peers whose proxy headers are believed; `None` with `--no-proxy-headers`.
     pub proxy: Option<crate::http::proxy_headers::TrustedProxies>,

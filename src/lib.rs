@@ -78,10 +78,18 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
             return Ok(1);
         }
     }
-    let label = handoff
-        .as_ref()
-        .map(|handoff| format!("worker {} pid {}", handoff.number, std::process::id()));
-    logging::init(config.log_level, label);
+    let process = match &handoff {
+        Some(handoff) => logging::Process::Worker(handoff.number),
+        None if config.supervision.supervised() => logging::Process::Supervisor,
+        None => logging::Process::Single,
+    };
+    if let Err(message) = logging::init(&config, process) {
+        tracing::error!("{message}");
+        logging::flush();
+        // In a worker, a boot failure: the supervisor opened the file, but
+        // the account the worker runs as may not.
+        return Ok(if handoff.is_some() { 3 } else { 1 });
+    }
     for note in &config.compat_notes {
         tracing::debug!("{note}");
     }
@@ -162,7 +170,7 @@ fn detach(py: Python<'_>, config: &config::Config) -> Result<(), String> {
         daemonize(py).map_err(|err| format!("Cannot run as a daemon: {err}"))?;
     }
     if let Some(path) = &config.log_file {
-        logging::redirect_output(path)
+        logging::redirect_output(path, config)
             .map_err(|err| format!("Cannot open --log-file {}: {err}", path.display()))?;
     }
     Ok(())

@@ -105,6 +105,7 @@ pub(crate) fn run(
                         pid_file = Some(PidFile::write(path)?);
                     }
                     if let Some(credentials) = &own.credentials {
+                        crate::logging::hand_files_to(&config, credentials.uid, credentials.gid);
                         credentials.apply().map_err(|err| {
                             format!(
                                 "Cannot switch to --user/--group {}: {err}",
@@ -438,19 +439,9 @@ impl Worker {
         });
     }
 
-    /// SIGUSR1: reopens `--log-file` (after logrotate moved it away).
+    /// SIGUSR1: reopens the log files (after logrotate moved them away).
     fn reopen_log_file(&self) {
-        let Some(path) = &self.config.log_file else {
-            tracing::info!("Received SIGUSR1: no --log-file to reopen (the log goes to stderr)");
-            return;
-        };
-        match crate::logging::redirect_output(path) {
-            Ok(()) => tracing::info!("Received SIGUSR1: reopened --log-file {}", path.display()),
-            Err(err) => tracing::error!(
-                "Received SIGUSR1 but cannot reopen --log-file {}: {err}; still writing to the old file",
-                path.display()
-            ),
-        }
+        crate::logging::reopen(&self.config);
     }
 
     /// Stops accepting, lets requests run up to `grace` seconds, then closes

@@ -21,7 +21,7 @@ APPS = Path(__file__).parent / "apps"
 LISTENING = re.compile(r"Listening on https?://([\d.]+|\[[0-9a-f:]+\]):(\d+)")
 # One access log line (src/http/access_log.rs): client - "METHOD TARGET VERSION" STATUS BYTES ...
 ACCESS_LINE = re.compile(
-    r'rsasgi::access: (?P<client>\S+) - "(?P<method>\S+) (?P<target>\S+) (?P<version>[^"]+)" '
+    r'rsasgi\.access: (?P<client>\S+) - "(?P<method>\S+) (?P<target>\S+) (?P<version>[^"]+)" '
     r"(?P<status>\d{3}) (?P<bytes>\d+)"
 )
 

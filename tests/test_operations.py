@@ -292,7 +292,7 @@ def test_worker_the_user_cannot_run_stops_the_supervisor_with_exit_1(run_rsasgi,
     assert 1 <= len(failures) <= 2, log
     assert "Cannot start worker 1" in failures[0]
     assert "(nobody:" in failures[0] and "must be able to run it" in failures[0]
-    assert log.rstrip().endswith("rsasgi::supervisor: Stopped"), log
+    assert log.rstrip().endswith("rsasgi.error: Stopped"), log
 
 
 @needs_root

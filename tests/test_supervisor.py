@@ -25,9 +25,11 @@ from conftest import APPS, Server, cli, free_port, read_response, wait_for, wait
 
 APP = "sup_app:app"
 STARTED = re.compile(r"Started worker (\d+) \(pid (\d+)\)")
-# A log line: timestamp, level, the worker tag on a worker's lines, then the target.
+# A log line: timestamp, level, the process's label (a worker's number, or "supervisor", and
+# its pid), then the logger.
 LOG_LINE = re.compile(
-    r"^\S+\s+(?:TRACE|DEBUG|INFO|WARN|ERROR)\s+(?:\[worker (\d+) pid (\d+)\]\s+)?([\w:]+):"
+    r"^\S+\s+(?:TRACE|DEBUG|INFO|WARN|ERROR)\s+"
+    r"\[(?:worker (\d+)|supervisor) pid (\d+)\]\s+([\w.:]+):"
 )
 #: Concurrent clients of a `Load`.
 CLIENTS = 8
@@ -192,15 +194,16 @@ def test_two_workers_answer_and_tag_their_log_lines(run_rsasgi):
     for line in log.splitlines():
         match = LOG_LINE.match(line)
         assert match, f"not a log line: {line!r}\n{log}"
-        number, pid, target = match.groups()
-        if target == "rsasgi::supervisor":
-            assert number is None, line
+        number, pid, logger = match.groups()
+        assert logger in ("rsasgi.error", "rsasgi.access"), line
+        if number is None:
+            assert int(pid) == server.proc.pid, f"supervisor line from another pid: {line!r}"
+            assert logger == "rsasgi.error", line
             continue
-        assert number is not None, f"worker line without its tag: {line!r}"
         assert workers.get(int(pid)) == int(number), line
         tagged += 1
     assert tagged > 0
-    served_by = {int(pid) for pid in re.findall(r"\[worker \d+ pid (\d+)\] rsasgi::access", log)}
+    served_by = {int(pid) for pid in re.findall(r"\[worker \d+ pid (\d+)\] rsasgi\.access", log)}
     assert served_by == set(workers)
 
 
@@ -338,7 +341,7 @@ def test_app_that_cannot_boot_stops_the_supervisor_with_exit_3(run_rsasgi, app, 
     assert error in log
     assert "could not load the app (exited with code 3, the error is above); stopping" in log
     assert len(STARTED.findall(log)) <= 2, log
-    assert log.rstrip().endswith("rsasgi::supervisor: Stopped"), log
+    assert log.rstrip().endswith("rsasgi.error: Stopped"), log
 
 
 # Replacing workers on purpose.
@@ -519,7 +522,7 @@ def test_sigterm_stops_the_workers_and_exits_0(run_rsasgi):
     assert "Received SIGTERM: stopping the workers gracefully" in log
     for pid, number in workers.items():
         assert f"worker {number} (pid {pid}) stopped" in log
-    assert log.rstrip().endswith("rsasgi::supervisor: Stopped"), log
+    assert log.rstrip().endswith("rsasgi.error: Stopped"), log
     wait_gone(workers, server)
 
 
@@ -552,7 +555,7 @@ def test_forced_stop_does_not_wait_for_requests_in_flight(run_rsasgi, markers, s
     assert exit_code(server, timeout=15) == 0
     log = server.output()
     assert forced in log
-    assert log.rstrip().endswith("rsasgi::supervisor: Stopped"), log
+    assert log.rstrip().endswith("rsasgi.error: Stopped"), log
     assert read_response(client) == b""
     wait_gone(workers, server)
 

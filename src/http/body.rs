@@ -149,6 +149,13 @@ impl ResponseBody {
         self
     }
 
+    /// Keeps what the access log shows of the response head.
+    pub(crate) fn keep_response_headers(&mut self, headers: &http::HeaderMap) {
+        if let Some(log) = &mut self.log {
+            log.keep_response_headers(headers);
+        }
+    }
+
     /// Marks the connection busy until the body is done. hyper has the
     /// head now: the client's turn, for `--timeout-send`.
     pub(crate) fn tracking(mut self, active: ActiveRequest) -> ResponseBody {

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::access_log;
+use super::access_log::{self, AccessLog};
 use super::connection::{
     self, Activity, Deadlines, OpenConnection, OpenConnections, StreamExecutor,
 };
@@ -50,7 +50,10 @@ pub(crate) struct ServerState {
     pub in_flight: AtomicUsize,
     pub limit_concurrency: Option<usize>,
     pub limit_request_body: Option<u64>,
-    pub access_log: bool,
+    /// `None` with `--no-access-log`.
+    pub access_log: Option<&'static AccessLog>,
+    /// `--request-id`: the header every request's ID travels in.
+    pub request_id: Option<HeaderName>,
     pub server_header: bool,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// WebSocket settings when upgrades are served (ASGI apps, `--ws auto`).
@@ -103,7 +106,10 @@ impl ServerState {
             in_flight: AtomicUsize::new(0),
             limit_concurrency: config.limit_concurrency,
             limit_request_body: config.limit_request_body,
-            access_log: config.access_log,
+            access_log: config
+                .access_log
+                .then(|| AccessLog::leak(&config.access_log_format, config.request_id.clone())),
+            request_id: config.request_id.clone(),
             server_header: config.server_header,
             extra_headers: config.headers.clone(),
             ws: config.ws.clone().filter(|_| wsgi_is_none),

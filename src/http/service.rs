@@ -14,9 +14,10 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::access_log::AccessRecord;
+use super::access_log::{AccessLog, AccessRecord};
 use super::body::{read_chunk, FileStream, ResponseBody, Source};
 use super::connection::ActiveRequest;
+use super::request_id;
 use super::server::ServerState;
 use super::static_files::{Lookup, CHUNK};
 use crate::asgi::Event;
@@ -69,7 +70,7 @@ pub(crate) async fn handle(
     // One labelled block rather than an inner async fn: a nested future
     // would be moved (copied whole) once more per request.
     active.attach_stream();
-    let response = 'respond: {
+    let mut response = 'respond: {
         let started_at = std::time::Instant::now();
         if let Some(slot) = &state.slot {
             slot.count_request();
@@ -81,10 +82,14 @@ pub(crate) async fn handle(
         if let Some(trusted) = &state.proxy {
             trusted.apply(&mut info, request.headers_mut());
         }
+        if let Some(name) = &state.request_id {
+            request_id::ensure(request.headers_mut(), name);
+        }
         // The access log record of this request, before a response is chosen.
         let pending = || {
-            state.access_log.then(|| {
+            state.access_log.map(|log| {
                 AccessRecord::new(
+                    log,
                     info.client_for_log(),
                     request.method(),
                     request.uri(),
@@ -184,8 +189,9 @@ pub(crate) async fn handle(
 
         let (head, body) = request.into_parts();
         let body_complete = body.is_end_stream();
-        let mut log = state.access_log.then(|| {
+        let mut log = state.access_log.map(|access_log| {
             AccessRecord::new(
+                access_log,
                 info.client_for_log(),
                 &head.method,
                 &head.uri,
@@ -303,6 +309,14 @@ pub(crate) async fn handle(
         }
         response
     };
+    if state
+        .access_log
+        .is_some_and(AccessLog::shows_response_headers)
+    {
+        let (head, mut body) = response.into_parts();
+        body.keep_response_headers(&head.headers);
+        response = Response::from_parts(head, body);
+    }
     Ok(response.map(|body| body.tracking(active)))
 }
 
@@ -461,6 +475,7 @@ async fn open_websocket(
                 None => StatusCode::OK,
             };
             let log = log.map(|l| l.with_status(status));
+            let closing_line = log.as_ref().map(AccessRecord::websocket);
             let mut response = Response::new(ResponseBody::new(Source::Fixed(None), log));
             *response.status_mut() = status;
             let response_headers = response.headers_mut();
@@ -477,7 +492,12 @@ async fn open_websocket(
             let registry = Arc::clone(&state.websockets);
             tokio::spawn(async move {
                 match on_upgrade.await {
-                    Ok(upgraded) => ws::serve(upgraded, session, settings, registry).await,
+                    Ok(upgraded) => {
+                        let closed = ws::serve(upgraded, session, settings, registry).await;
+                        if let Some(line) = closing_line {
+                            line.closed(closed);
+                        }
+                    }
                     Err(err) => {
                         tracing::debug!("websocket upgrade failed: {err}");
                         session.finish(ws::code::ABNORMAL, "");

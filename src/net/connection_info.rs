@@ -95,11 +95,41 @@ impl ForwardedPrefix {
 impl ConnectionInfo {
     /// The client as an access log line shows it: the peer's address, or the
     /// socket's path on a Unix socket (until proxy headers say who it is).
-    pub(crate) fn client_for_log(&self) -> String {
+    pub(crate) fn client_for_log(&self) -> LoggedClient {
         match (&self.client, &self.server) {
-            (Some(client), _) => client.to_string(),
-            (None, ServerAddr::Unix(path)) => format!("unix:{}", path.display()),
-            (None, ServerAddr::Tcp(_)) => "-".into(),
+            (Some(client), _) => LoggedClient::Address(*client),
+            (None, ServerAddr::Unix(path)) => LoggedClient::Socket(Arc::clone(path)),
+            (None, ServerAddr::Tcp(_)) => LoggedClient::Unknown,
+        }
+    }
+}
+
+/// The client of a request as the log shows it; kept as it is (no string
+/// made) until a line is written.
+#[derive(Debug, Clone)]
+pub(crate) enum LoggedClient {
+    Address(SocketAddr),
+    /// An unnamed peer of the Unix socket at this path.
+    Socket(Arc<Path>),
+    Unknown,
+}
+
+impl LoggedClient {
+    /// The client's IP address, when it has one.
+    pub(crate) fn ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            LoggedClient::Address(address) => Some(address.ip()),
+            LoggedClient::Socket(_) | LoggedClient::Unknown => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LoggedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoggedClient::Address(address) => address.fmt(f),
+            LoggedClient::Socket(path) => write!(f, "unix:{}", path.display()),
+            LoggedClient::Unknown => f.write_str("-"),
         }
     }
 }
@@ -117,7 +147,8 @@ mod tests {
             tls: None,
             forwarded_prefix: None,
         };
-        assert_eq!(tcp.client_for_log(), "127.0.0.1:5000");
+        assert_eq!(tcp.client_for_log().to_string(), "127.0.0.1:5000");
+        assert_eq!(tcp.client_for_log().ip(), Some([127, 0, 0, 1].into()));
         let unix = ConnectionInfo {
             scheme: Scheme::Http,
             client: None,
@@ -125,7 +156,8 @@ mod tests {
             tls: None,
             forwarded_prefix: None,
         };
-        assert_eq!(unix.client_for_log(), "unix:/run/app.sock");
+        assert_eq!(unix.client_for_log().to_string(), "unix:/run/app.sock");
+        assert_eq!(unix.client_for_log().ip(), None);
     }
 
     #[test]

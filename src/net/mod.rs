@@ -10,7 +10,9 @@ mod prefixed;
 pub(crate) mod proxy_protocol;
 pub(crate) mod tls;
 
-pub(crate) use connection_info::{ConnectionInfo, ForwardedPrefix, Scheme, ServerAddr};
+pub(crate) use connection_info::{
+    ConnectionInfo, ForwardedPrefix, LoggedClient, Scheme, ServerAddr,
+};
 pub(crate) use prefixed::Prefixed;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};

@@ -122,6 +122,7 @@ pub(crate) fn run(
     };
     if let Some(credentials) = &own.credentials {
         tracing::info!("Workers run as {}", credentials.description);
+        logging::hand_files_to(&config, credentials.uid, credentials.gid);
     }
     let mut args = vec!["-m".to_string(), "rsasgi".to_string()];
     args.extend(worker_args.argv.into_iter().skip(1));
@@ -446,17 +447,7 @@ impl Supervisor {
     }
 
     fn handle_usr1(&mut self) {
-        let Some(path) = &self.config.log_file else {
-            tracing::info!("Received SIGUSR1: no --log-file to reopen (the log goes to stderr)");
-            return;
-        };
-        match logging::redirect_output(path) {
-            Ok(()) => tracing::info!("Received SIGUSR1: reopened --log-file {}", path.display()),
-            Err(err) => tracing::error!(
-                "Received SIGUSR1 but cannot reopen --log-file {}: {err}; still writing to the old file",
-                path.display()
-            ),
-        }
+        logging::reopen(&self.config);
         // Booting workers have no handler yet (SIGUSR1 would kill them);
         // they reopen nothing and keep the file they inherited.
         for worker in &self.workers {

@@ -194,13 +194,43 @@ fn written<E>(result: Result<Result<(), E>, Stalled>) -> Result<(), WriteFailed>
     }
 }
 
-/// Runs an upgraded connection until it closes.
+/// Who ended a WebSocket connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClosedBy {
+    /// The client sent a close frame, or its connection went away (1006).
+    Client,
+    /// The app sent `websocket.close`, or returned (1000) or raised (1011).
+    App,
+    /// The server: a protocol violation (1002, 1007, 1009), a missed ping
+    /// (1011), shutdown (1012), or a client that stopped reading (1006).
+    Server,
+}
+
+impl ClosedBy {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ClosedBy::Client => "client",
+            ClosedBy::App => "app",
+            ClosedBy::Server => "server",
+        }
+    }
+}
+
+/// How a WebSocket connection ended: the close code the app saw, and who
+/// closed it first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Closed {
+    pub code: u16,
+    pub by: ClosedBy,
+}
+
+/// Runs an upgraded connection until it closes; says how it ended.
 pub(crate) async fn serve(
     upgraded: Upgraded,
     session: Arc<WsSession>,
     settings: WsSettings,
     registry: Arc<Registry>,
-) {
+) -> Closed {
     registry.open.fetch_add(1, Ordering::Relaxed);
     let _registered = Registered(&registry);
     let mut closing = registry.closing.subscribe();
@@ -224,8 +254,9 @@ pub(crate) async fn serve(
         interval
     });
     let mut awaiting_pong: Option<Instant> = None;
-    // The close code and reason the app will see.
+    // The close code and reason the app will see, and who closed first.
     let mut outcome: Option<(u16, String)> = None;
+    let mut closed_by: Option<ClosedBy> = None;
     // Set once we sent a close frame: wait (bounded) for the peer's reply.
     let mut close_sent_at: Option<tokio::time::Instant> = None;
     // Set when the peer stopped reading: nothing more can be written.
@@ -249,6 +280,7 @@ pub(crate) async fn serve(
                                 AppMessage::Binary(data) => Message::binary(data),
                                 AppMessage::Close(code, reason) => {
                                     outcome.get_or_insert((code, reason.clone()));
+                                    closed_by.get_or_insert(ClosedBy::App);
                                     close_sent_at = Some(tokio::time::Instant::now());
                                     close_message(code, &reason)
                                 }
@@ -285,6 +317,7 @@ pub(crate) async fn serve(
                         None => (code::NO_STATUS, String::new()),
                     };
                     outcome.get_or_insert((code, reason));
+                    closed_by.get_or_insert(ClosedBy::Client);
                     // Send tungstenite's queued close reply.
                     let _ = progress.bounded(stall_limit, sink.flush()).await;
                     break;
@@ -301,10 +334,16 @@ pub(crate) async fn serve(
                         let _ = progress.bounded(stall_limit, close).await;
                     }
                     outcome.get_or_insert((code, reason.to_string()));
+                    closed_by.get_or_insert(if code == code::ABNORMAL {
+                        ClosedBy::Client
+                    } else {
+                        ClosedBy::Server
+                    });
                     break;
                 }
                 None => {
                     outcome.get_or_insert((code::ABNORMAL, String::new()));
+                    closed_by.get_or_insert(ClosedBy::Client);
                     break;
                 }
             },
@@ -320,6 +359,7 @@ pub(crate) async fn serve(
                     let close = sink.send(close_message(code::INTERNAL_ERROR, reason));
                     let _ = progress.bounded(stall_limit, close).await;
                     outcome.get_or_insert((code::INTERNAL_ERROR, reason.to_string()));
+                    closed_by.get_or_insert(ClosedBy::Server);
                     break;
                 }
                 if awaiting_pong.is_none() {
@@ -330,6 +370,7 @@ pub(crate) async fn serve(
             _ = async { closing.wait_for(|closing| *closing).await.map(drop) }, if close_sent_at.is_none() => {
                 let reason = "server shutting down";
                 outcome.get_or_insert((code::SERVICE_RESTART, reason.to_string()));
+                closed_by.get_or_insert(ClosedBy::Server);
                 close_sent_at = Some(tokio::time::Instant::now());
                 let close = sink.send(close_message(code::SERVICE_RESTART, reason));
                 written(progress.bounded(stall_limit, close).await)
@@ -342,12 +383,18 @@ pub(crate) async fn serve(
             } => break,
         };
         if let Err(failed) = result {
-            if let WriteFailed::Stalled = failed {
-                tracing::info!(
-                    "websocket {} closed: the client read nothing for {}s while the server was sending",
-                    session.path,
-                    stall_limit.as_secs_f64()
-                );
+            match failed {
+                WriteFailed::Stalled => {
+                    tracing::info!(
+                        "websocket {} closed: the client read nothing for {}s while the server was sending",
+                        session.path,
+                        stall_limit.as_secs_f64()
+                    );
+                    closed_by = Some(ClosedBy::Server);
+                }
+                WriteFailed::Closed => {
+                    closed_by.get_or_insert(ClosedBy::Client);
+                }
             }
             outcome = Some((code::ABNORMAL, String::new()));
             stalled = true;
@@ -358,6 +405,10 @@ pub(crate) async fn serve(
     session.finish(code, &reason);
     if !stalled {
         let _ = progress.bounded(stall_limit, sink.close()).await;
+    }
+    Closed {
+        code,
+        by: closed_by.unwrap_or(ClosedBy::Client),
     }
 }
 

@@ -11,7 +11,7 @@ pub(crate) struct WsgiErrors {
 }
 
 fn emit(line: &str) {
-    tracing::error!(target: "rsasgi::wsgi_errors", "{line}");
+    tracing::error!(target: crate::logging::WSGI_ERRORS, "{line}");
 }
 
 #[pymethods]

@@ -1,0 +1,415 @@
+"""Logs end to end: logger names, --access-log-format with gunicorn's atoms, --log-format json,
+--access-logfile and --error-logfile with logrotate's rename + SIGUSR1, request IDs, and the
+closing line of a WebSocket; against tests/apps/logs_app.py (ASGI) and logs_wsgi.py (WSGI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import APPS, LISTENING, cli, kill_process_group, wait_for, wait_for_log
+from websockets.asyncio.client import connect
+
+APP = "logs_app:app"
+WSGI_APP = "logs_wsgi:app"
+
+#: Every atom, separated by bars so that a value cannot run into the next.
+EVERY_ATOM = (
+    "%(h)s|%(l)s|%(u)s|%(t)s|%(r)s|%(m)s|%(U)s|%(q)s|%(H)s|%(s)s|%(B)s|%(b)s|%(f)s|%(a)s|"
+    "%(T)s|%(M)s|%(D)s|%(L)s|%(p)s|%({X-Custom}i)s|%({missing}i)s|%({x-served-by}o)s|"
+    "%({content-type}o)s|%({LOGS_TEST_VARIABLE}e)s"
+)
+#: Gunicorn's %(t)s: [10/Oct/2000:13:55:36 -0700].
+CLF_TIME = r"\[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\]"
+
+
+def lines_with(text: str, needle: str) -> list[str]:
+    return [line for line in text.splitlines() if needle in line]
+
+
+def json_lines(text: str) -> list[dict]:
+    """Every line of `text` as JSON; fails on one that is not an object."""
+    records = []
+    for line in text.splitlines():
+        record = json.loads(line)
+        assert isinstance(record, dict), line
+        records.append(record)
+    return records
+
+
+def wait_for_file(path: Path, needle: str, count: int = 1) -> str:
+    def found() -> str:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text if text.count(needle) >= count else ""
+
+    return wait_for(found, message=f"{needle!r} x{count} in {path}")
+
+
+# Logger names and labels.
+
+
+def test_access_and_server_lines_are_named_as_gunicorns(run_rsasgi):
+    server = run_rsasgi(APP)
+    assert httpx.get(f"{server.url}/hello").status_code == 200
+    log = wait_for_log(server, '"GET /hello HTTP/1.1"')
+    (access,) = lines_with(log, '"GET /hello HTTP/1.1"')
+    assert re.search(
+        r"^\S+\s+INFO rsasgi\.access: 127\.0\.0\.1:\d+ - \"GET /hello HTTP/1\.1\" 200 5 \"-\" "
+        r"\"python-httpx/[\d.]+\" \d+\.\d{3}ms$",
+        access,
+    ), access
+    (listening,) = lines_with(log, "Listening on")
+    assert re.search(r"^\S+\s+INFO rsasgi\.error: Listening on http://", listening), listening
+
+
+def test_wsgi_errors_lines_are_named_after_the_key(run_rsasgi):
+    server = run_rsasgi(WSGI_APP)
+    assert httpx.get(f"{server.url}/errors").text == "logged"
+    log = wait_for_log(server, "a line for wsgi.errors")
+    (line,) = lines_with(log, "a line for wsgi.errors")
+    assert re.search(r"^\S+\s+ERROR wsgi\.errors: a line for wsgi\.errors$", line), line
+
+
+# --access-log-format.
+
+
+def test_every_atom_of_a_custom_format(run_rsasgi):
+    server = run_rsasgi(
+        APP,
+        "--access-log-format",
+        EVERY_ATOM,
+        env={"LOGS_TEST_VARIABLE": "from-the-environment"},
+    )
+    response = httpx.get(
+        f"{server.url}/hello?x=1",
+        auth=("alice", "secret"),
+        headers={"Referer": "https://example.com/", "User-Agent": "logs-test", "X-Custom": "c-1"},
+    )
+    assert response.status_code == 200
+    log = wait_for_log(server, "|GET /hello?x=1 HTTP/1.1|")
+    (line,) = lines_with(log, "|GET /hello?x=1 HTTP/1.1|")
+    # The line is the format's alone: no time, level or logger in front.
+    match = re.fullmatch(
+        rf"127\.0\.0\.1\|-\|alice\|(?P<t>{CLF_TIME})\|GET /hello\?x=1 HTTP/1\.1\|GET\|/hello\|x=1\|"
+        rf"HTTP/1\.1\|200\|5\|5\|https://example\.com/\|logs-test\|(?P<T>\d+)\|(?P<M>\d+)\|"
+        rf"(?P<D>\d+)\|(?P<L>\d+\.\d{{6}})\|<{server.proc.pid}>\|c-1\|-\|logs-app\|text/plain\|"
+        r"from-the-environment",
+        line,
+    )
+    assert match, line
+    micros = int(match["D"])
+    assert int(match["M"]) == micros // 1000 and int(match["T"]) == micros // 1_000_000
+    assert match["L"] == f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+    arrived = datetime.strptime(match["t"], "[%d/%b/%Y:%H:%M:%S %z]")
+    assert abs(datetime.now(timezone.utc) - arrived) < timedelta(minutes=5), match["t"]
+
+
+def test_b_is_a_dash_for_an_empty_body_and_quotes_are_escaped(run_rsasgi):
+    server = run_rsasgi(APP, "--access-log-format", '%(U)s %(s)s %(B)s %(b)s "%(a)s"')
+    assert httpx.get(f"{server.url}/empty", headers={"User-Agent": 'a "b"'}).status_code == 204
+    log = wait_for_log(server, "/empty 204")
+    assert lines_with(log, "/empty 204") == [r'/empty 204 0 - "a \x22b\x22"']
+
+
+def test_combined_format(run_rsasgi):
+    server = run_rsasgi(APP, "--access-log-format", "combined")
+    headers = {"Referer": "https://example.com/from", "User-Agent": "Mozilla/5.0 (X11)"}
+    assert httpx.get(f"{server.url}/hello", headers=headers).status_code == 200
+    log = wait_for_log(server, '"GET /hello HTTP/1.1"')
+    (line,) = lines_with(log, '"GET /hello HTTP/1.1"')
+    assert re.fullmatch(
+        rf'127\.0\.0\.1 - - {CLF_TIME} "GET /hello HTTP/1\.1" 200 5 "https://example\.com/from" '
+        r'"Mozilla/5\.0 \(X11\)"',
+        line,
+    ), line
+
+
+def test_an_unknown_atom_is_one_line_and_exit_2():
+    result = cli(APP, "--access-log-format", '%(h)s "%(r)s" %(z)s')
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "unknown atom %(z)s" in result.stderr, result.stderr
+
+
+# --log-format json.
+
+
+def test_json_lines_for_server_and_access(run_rsasgi):
+    server = run_rsasgi(APP, "--log-format", "json")
+    headers = {"Referer": "https://example.com/", "User-Agent": "logs-test"}
+    assert httpx.get(f"{server.url}/hello?x=1", headers=headers).status_code == 200
+    wait_for_log(server, '"logger":"rsasgi.access"')
+    records = json_lines(server.output())
+    (access,) = [r for r in records if r["logger"] == "rsasgi.access"]
+    assert {
+        key: access[key]
+        for key in (
+            "level",
+            "method",
+            "path",
+            "query",
+            "status",
+            "bytes",
+            "protocol",
+            "user_agent",
+            "referer",
+            "worker",
+            "pid",
+        )
+    } == {
+        "level": "INFO",
+        "method": "GET",
+        "path": "/hello",
+        "query": "x=1",
+        "status": 200,
+        "bytes": 5,
+        "protocol": "HTTP/1.1",
+        "user_agent": "logs-test",
+        "referer": "https://example.com/",
+        "worker": None,
+        "pid": server.proc.pid,
+    }
+    assert isinstance(access["duration"], float) and access["duration"] >= 0
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", access["client"]), access
+    assert '"GET /hello?x=1 HTTP/1.1" 200 5' in access["message"]
+    (listening,) = [r for r in records if r["message"].startswith("Listening on")]
+    assert listening["logger"] == "rsasgi.error" and listening["level"] == "INFO"
+    for record in records:
+        stamp = datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00"))
+        assert stamp.tzinfo is not None, record
+
+
+def test_json_wsgi_errors_line(run_rsasgi):
+    server = run_rsasgi(WSGI_APP, "--log-format", "json")
+    assert httpx.get(f"{server.url}/errors").text == "logged"
+    wait_for_log(server, "a line for wsgi.errors")
+    (line,) = [r for r in json_lines(server.output()) if r["logger"] == "wsgi.errors"]
+    assert line["level"] == "ERROR" and line["message"] == "a line for wsgi.errors"
+
+
+def test_json_lines_with_two_workers(run_rsasgi):
+    server = run_rsasgi(APP, "--log-format", "json", "--workers", "2")
+    wait_for(lambda: server.output().count("Serving on") == 2, server=server, message="2 workers")
+
+    def workers_seen() -> set[int]:
+        httpx.get(f"{server.url}/hello")
+        records = json_lines(server.output())
+        return {r["worker"] for r in records if r["logger"] == "rsasgi.access"} == {1, 2}
+
+    wait_for(workers_seen, timeout=20, server=server, message="access lines from both workers")
+    records = json_lines(server.output())
+    started = {
+        int(match[1]): int(match[2])
+        for r in records
+        if (match := re.match(r"Started worker (\d+) \(pid (\d+)\)", r["message"]))
+    }
+    assert set(started) == {1, 2}
+    for record in records:
+        if record["worker"] is None:
+            assert record["pid"] == server.proc.pid, record
+            assert record["logger"] == "rsasgi.error", record
+        else:
+            assert started[record["worker"]] == record["pid"], record
+
+
+# --access-logfile and --error-logfile.
+
+
+class SplitServer:
+    """rsasgi with stdout and stderr in separate files."""
+
+    def __init__(self, tmp_path: Path, *args: str):
+        self.stdout = tmp_path / "stdout.txt"
+        self.stderr = tmp_path / "stderr.txt"
+        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rsasgi", APP, "--app-dir", str(APPS), "--port", "0", *args],
+                cwd=tmp_path,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def url(self, log: Path) -> str:
+        text = wait_for_file(log, "Listening on")
+        return f"http://127.0.0.1:{LISTENING.search(text).group(2)}"
+
+
+@pytest.fixture
+def split_server(tmp_path):
+    servers = []
+
+    def start(*args: str) -> SplitServer:
+        servers.append(SplitServer(tmp_path, *args))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        kill_process_group(server.proc)
+
+
+def test_access_log_on_stdout_and_server_log_on_stderr(split_server):
+    server = split_server("--access-logfile", "-")
+    url = server.url(server.stderr)
+    assert httpx.get(f"{url}/hello").status_code == 200
+    out = wait_for_file(server.stdout, '"GET /hello HTTP/1.1" 200 5')
+    assert "rsasgi.access" in out and "Listening on" not in out
+    assert "rsasgi.access" not in server.stderr.read_text()
+
+
+def test_error_logfile_takes_the_server_log(split_server, tmp_path):
+    error_log = tmp_path / "error.log"
+    server = split_server("--error-logfile", str(error_log), "--access-logfile", "-")
+    url = server.url(error_log)
+    assert httpx.get(f"{url}/hello").status_code == 200
+    wait_for_file(server.stdout, '"GET /hello HTTP/1.1" 200 5')
+    assert "rsasgi.access" not in error_log.read_text()
+    assert server.stderr.read_text() == ""
+
+
+@pytest.mark.parametrize("workers", [None, 2], ids=["single", "workers-2"])
+def test_access_logfile_is_reopened_on_usr1_after_a_rename(run_rsasgi, tmp_path, workers):
+    access_log = tmp_path / "access.log"
+    extra = ["--workers", str(workers)] if workers else []
+    server = run_rsasgi(APP, "--access-logfile", str(access_log), *extra)
+    processes = 1 + (workers or 0)
+    if workers:
+        wait_for(lambda: server.output().count("Serving on") == workers, server=server)
+    assert httpx.get(f"{server.url}/hello?before").status_code == 200
+    wait_for_file(access_log, "GET /hello?before ")
+    assert "rsasgi.access" not in server.output()
+
+    rotated = tmp_path / "access.log.1"
+    access_log.rename(rotated)
+    os.kill(server.proc.pid, signal.SIGUSR1)
+    wait_for(
+        lambda: server.output().count(f"reopened --access-logfile {access_log}") == processes,
+        server=server,
+        message=f"{processes} processes to reopen the access log",
+    )
+    for _ in range(4):
+        assert httpx.get(f"{server.url}/hello?after").status_code == 200
+    wait_for_file(access_log, "GET /hello?after ", count=4)
+    assert "?after" not in rotated.read_text()
+
+
+def test_an_access_logfile_that_cannot_be_opened_is_one_line(tmp_path):
+    result = cli(APP, "--app-dir", str(APPS), "--access-logfile", str(tmp_path / "no" / "a.log"))
+    assert result.returncode == 1
+    assert "Cannot open --access-logfile" in result.stderr
+    assert "No such file or directory" in result.stderr
+
+
+# The closing line of a WebSocket.
+
+
+def run(coro, timeout: float = 30.0):
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+async def echo_then_close(url: str) -> None:
+    async with connect(url) as ws:
+        await ws.send("hi")
+        assert await ws.recv() == "hi"
+
+
+async def app_closes(url: str) -> int | None:
+    async with connect(url) as ws:
+        await ws.send("bye")
+        await ws.wait_closed()
+        return ws.close_code
+
+
+def test_a_websocket_closed_by_the_client_gets_a_closing_line(run_rsasgi):
+    server = run_rsasgi(APP)
+    run(echo_then_close(f"ws://127.0.0.1:{server.port}/ws/echo?room=1"))
+    log = wait_for_log(server, "WebSocket /ws/echo?room=1 closed")
+    (handshake,) = lines_with(log, '"GET /ws/echo?room=1 HTTP/1.1" 101')
+    (closing,) = lines_with(log, "WebSocket /ws/echo?room=1 closed")
+    assert re.search(
+        r"INFO rsasgi\.access: 127\.0\.0\.1:\d+ - WebSocket /ws/echo\?room=1 closed by the "
+        r"client with 1000 after \d+\.\d{3}s$",
+        closing,
+    ), closing
+    assert log.index(handshake) < log.index(closing)
+
+
+def test_a_websocket_closed_by_the_app_says_so_in_json(run_rsasgi):
+    server = run_rsasgi(APP, "--log-format", "json")
+    assert run(app_closes(f"ws://127.0.0.1:{server.port}/ws/app-close")) == 4001
+    wait_for_log(server, '"closed_by":')
+    (closing,) = [r for r in json_lines(server.output()) if "closed_by" in r]
+    assert closing["logger"] == "rsasgi.access"
+    assert (closing["close_code"], closing["closed_by"], closing["path"]) == (
+        4001,
+        "app",
+        "/ws/app-close",
+    )
+    assert isinstance(closing["duration"], float) and closing["duration"] >= 0
+    assert "closed by the app with 4001" in closing["message"]
+
+
+# Request IDs.
+
+GENERATED_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def test_request_ids_are_off_by_default(run_rsasgi):
+    server = run_rsasgi(APP)
+    assert "x-request-id" not in httpx.get(f"{server.url}/headers").json()
+
+
+def test_a_sound_request_id_is_passed_to_the_app_and_logged(run_rsasgi):
+    server = run_rsasgi(
+        APP, "--request-id", "--access-log-format", "%({x-request-id}i)s %(U)s %(s)s"
+    )
+    sent = "proxy-7f3a/2024=+_.~:"
+    seen = httpx.get(f"{server.url}/headers", headers={"X-Request-ID": sent}).json()
+    assert seen["x-request-id"] == sent
+    assert lines_with(wait_for_log(server, "/headers 200"), "/headers 200") == [
+        f"{sent} /headers 200"
+    ]
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [None, "x" * 201, "has space", ""],
+    ids=["missing", "too-long", "not-visible-ascii", "empty"],
+)
+def test_a_request_id_is_generated_when_missing_or_unsound(run_rsasgi, sent):
+    server = run_rsasgi(APP, "--request-id", "--log-format", "json")
+    headers = {} if sent is None else {"X-Request-ID": sent}
+    seen = httpx.get(f"{server.url}/headers", headers=headers).json()["x-request-id"]
+    assert GENERATED_ID.fullmatch(seen), seen
+    wait_for_log(server, '"logger":"rsasgi.access"')
+    (access,) = [r for r in json_lines(server.output()) if r["logger"] == "rsasgi.access"]
+    assert access["request_id"] == seen
+
+
+def test_a_wsgi_app_gets_http_x_request_id_new_for_each_request(run_rsasgi):
+    server = run_rsasgi(WSGI_APP, "--request-id")
+    ids = {httpx.get(f"{server.url}/request-id").text for _ in range(3)}
+    assert len(ids) == 3 and all(GENERATED_ID.fullmatch(i) for i in ids), ids
+    kept = httpx.get(f"{server.url}/request-id", headers={"X-Request-ID": "abc"}).text
+    assert kept == "abc"
+
+
+def test_a_custom_request_id_header_reaches_an_asgi_app(run_rsasgi):
+    server = run_rsasgi(APP, "--request-id-header", "X-Correlation-ID")
+    seen = httpx.get(f"{server.url}/headers").json()
+    assert GENERATED_ID.fullmatch(seen["x-correlation-id"]) and "x-request-id" not in seen
