@@ -169,8 +169,25 @@ class Server:
         return sock
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the output of every rsasgi it started (the tail of
+    each log), so a failure seen only in CI can be read from the CI log alone."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for server in getattr(item, "rsasgi_servers", ()):
+            try:
+                text = server.output()
+            except OSError as error:
+                text = f"(log unreadable: {error})"
+            if len(text) > 20_000:
+                text = "[... earlier output cut ...]\n" + text[-20_000:]
+            report.sections.append((f"rsasgi output ({server.log_path.name})", text))
+
+
 @pytest.fixture
-def run_rsasgi(tmp_path):
+def run_rsasgi(tmp_path, request):
     """Start rsasgi with the given arguments; returns a `Server`.
 
     `wait=True` waits for the "Listening on" line. The app directory defaults to
@@ -178,6 +195,7 @@ def run_rsasgi(tmp_path):
     is a command that runs rsasgi (e.g. `["taskset", "-c", "0"]`).
     """
     servers: list[Server] = []
+    request.node.rsasgi_servers = servers
 
     def start(
         *args: str,

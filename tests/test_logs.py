@@ -37,6 +37,12 @@ def lines_with(text: str, needle: str) -> list[str]:
     return [line for line in text.splitlines() if needle in line]
 
 
+def logged_line(server, needle: str) -> str:
+    """Waits for `needle` in the server's output; the one line that has it."""
+    (line,) = lines_with(wait_for_log(server, needle), needle)
+    return line
+
+
 def json_lines(text: str) -> list[dict]:
     """Every line of `text` as JSON; fails on one that is not an object."""
     records = []
@@ -61,22 +67,20 @@ def wait_for_file(path: Path, needle: str, count: int = 1) -> str:
 def test_access_and_server_lines_are_named_as_gunicorns(run_rsasgi):
     server = run_rsasgi(APP)
     assert httpx.get(f"{server.url}/hello").status_code == 200
-    log = wait_for_log(server, '"GET /hello HTTP/1.1"')
-    (access,) = lines_with(log, '"GET /hello HTTP/1.1"')
+    access = logged_line(server, '"GET /hello HTTP/1.1"')
     assert re.search(
         r"^\S+\s+INFO rsasgi\.access: 127\.0\.0\.1:\d+ - \"GET /hello HTTP/1\.1\" 200 5 \"-\" "
         r"\"python-httpx/[\d.]+\" \d+\.\d{3}ms$",
         access,
     ), access
-    (listening,) = lines_with(log, "Listening on")
+    listening = logged_line(server, "Listening on")
     assert re.search(r"^\S+\s+INFO rsasgi\.error: Listening on http://", listening), listening
 
 
 def test_wsgi_errors_lines_are_named_after_the_key(run_rsasgi):
     server = run_rsasgi(WSGI_APP)
     assert httpx.get(f"{server.url}/errors").text == "logged"
-    log = wait_for_log(server, "a line for wsgi.errors")
-    (line,) = lines_with(log, "a line for wsgi.errors")
+    line = logged_line(server, "a line for wsgi.errors")
     assert re.search(r"^\S+\s+ERROR wsgi\.errors: a line for wsgi\.errors$", line), line
 
 
@@ -96,8 +100,7 @@ def test_every_atom_of_a_custom_format(run_rsasgi):
         headers={"Referer": "https://example.com/", "User-Agent": "logs-test", "X-Custom": "c-1"},
     )
     assert response.status_code == 200
-    log = wait_for_log(server, "|GET /hello?x=1 HTTP/1.1|")
-    (line,) = lines_with(log, "|GET /hello?x=1 HTTP/1.1|")
+    line = logged_line(server, "|GET /hello?x=1 HTTP/1.1|")
     # The line is the format's alone: no time, level or logger in front.
     match = re.fullmatch(
         rf"127\.0\.0\.1\|-\|alice\|(?P<t>{CLF_TIME})\|GET /hello\?x=1 HTTP/1\.1\|GET\|/hello\|x=1\|"
@@ -125,8 +128,7 @@ def test_combined_format(run_rsasgi):
     server = run_rsasgi(APP, "--access-log-format", "combined")
     headers = {"Referer": "https://example.com/from", "User-Agent": "Mozilla/5.0 (X11)"}
     assert httpx.get(f"{server.url}/hello", headers=headers).status_code == 200
-    log = wait_for_log(server, '"GET /hello HTTP/1.1"')
-    (line,) = lines_with(log, '"GET /hello HTTP/1.1"')
+    line = logged_line(server, '"GET /hello HTTP/1.1"')
     assert re.fullmatch(
         rf'127\.0\.0\.1 - - {CLF_TIME} "GET /hello HTTP/1\.1" 200 5 "https://example\.com/from" '
         r'"Mozilla/5\.0 \(X11\)"',

@@ -529,14 +529,7 @@ async fn serve_tls<I>(
             return;
         }
         Ok(Ok(_)) => {}
-        Err(_) => {
-            tracing::debug!(
-                client = ?info.client,
-                "no TLS handshake within --timeout-request-header {}s; closed",
-                context.deadlines.request_header.as_secs_f64()
-            );
-            return;
-        }
+        Err(_) => return handshake_timed_out(&info, context),
     }
     if first[0] != TLS_HANDSHAKE_RECORD && first[0].is_ascii_uppercase() {
         tracing::debug!(client = ?info.client, "plain HTTP sent to the TLS port; answered 400");
@@ -554,14 +547,7 @@ async fn serve_tls<I>(
             tracing::debug!(client = ?info.client, "TLS handshake failed: {err}");
             return;
         }
-        Err(_) => {
-            tracing::debug!(
-                client = ?info.client,
-                "no TLS handshake within --timeout-request-header {}s; closed",
-                context.deadlines.request_header.as_secs_f64()
-            );
-            return;
-        }
+        Err(_) => return handshake_timed_out(&info, context),
     };
     info.scheme = Scheme::Https;
     let session = stream.get_ref().1;
@@ -571,6 +557,15 @@ async fn serve_tls<I>(
         Some(Arc::clone(&tls.server_cert)),
     )));
     serve_as(context, open, activity, stream, info, deadline, served).await;
+}
+
+/// The debug line for a client that did not finish its TLS handshake in time.
+fn handshake_timed_out(info: &ConnectionInfo, context: &ConnectionContext) {
+    tracing::debug!(
+        client = ?info.client,
+        "no TLS handshake within --timeout-request-header {}s; closed",
+        context.deadlines.request_header.as_secs_f64()
+    );
 }
 
 /// Serves a connection as `served` says. One that must speak HTTP/2 (ALPN
