@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -226,7 +227,7 @@ def write_marker(name: str, content: str) -> None:
     directory = os.environ.get("PROTO_MARKER_DIR")
     if not directory:
         return
-    tmp = os.path.join(directory, f".{name}.tmp")
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as f:
         f.write(content)
     os.replace(tmp, os.path.join(directory, name))

@@ -64,9 +64,10 @@ def record(scope: dict, default_name: str, data) -> None:
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     name = query.get("id", [default_name])[0]
     path = os.path.join(directory, f"{name}.json")
-    with open(path + ".tmp", "w") as out:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as out:
         json.dump(data, out)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
 
 
 async def lifespan(scope, receive, send):

@@ -8,6 +8,7 @@ one line to a file, `put()` replaces a file atomically.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from urllib.parse import parse_qs
 
@@ -38,7 +39,9 @@ def put(name: str, content: str) -> None:
     directory = marker_dir()
     if not directory:
         return
-    tmp = os.path.join(directory, f".{name}.tmp")
+    # Its own temporary name: two threads putting the same marker must not share one (the
+    # second os.replace would find it gone).
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as f:
         f.write(content)
     os.replace(tmp, os.path.join(directory, name))
