@@ -1,6 +1,6 @@
 //! `--check-config`: what startup checks, without binding a socket or
 //! serving: the options (already parsed), the TLS files, `--user` and
-//! `--group`, `--env-file`, and that APP loads as a worker would load it
+//! `--group`, `--env-file`, `--log-config`, and that APP loads as a worker would load it
 //! (its module is imported, so its top-level code runs, as with gunicorn's
 //! `--check-config`).
 
@@ -52,6 +52,9 @@ fn check(py: Python<'_>, config: &Config) -> Result<String, Failure> {
             .map_err(fail(1))?;
     }
     Credentials::resolve(config.user.as_deref(), config.group.as_deref()).map_err(fail(2))?;
+    if let Some(path) = &config.log_config {
+        crate::logging::forward::configure(py, path).map_err(fail(2))?;
+    }
     if let Some(path) = &config.env_file {
         crate::worker::load_env_file(py, path).map_err(fail(1))?;
     }

@@ -201,6 +201,20 @@ fn request_id_header(raw: &str) -> Result<HeaderName, String> {
         .map_err(|_| format!("{raw:?} is not a header name"))
 }
 
+/// `--log-config`: a file that can be read, made absolute so that every
+/// process finds the same one.
+fn log_config_file(raw: &str) -> Result<PathBuf, String> {
+    let path = std::path::absolute(raw).map_err(|err| format!("{raw}: {err}"))?;
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => {
+            std::fs::File::open(&path).map_err(|err| format!("cannot read {raw}: {err}"))?;
+            Ok(path)
+        }
+        Ok(_) => Err(format!("{raw} is not a file")),
+        Err(err) => Err(format!("cannot read {raw}: {err}")),
+    }
+}
+
 /// A file mode as the command line writes it: octal, like chmod.
 #[derive(Debug, Clone, Copy)]
 struct Octal(u32);
@@ -464,6 +478,14 @@ struct Args {
     #[arg(long, env = "RSASGI_LOG_FORMAT", value_name = "FORMAT", value_enum,
           default_value_t = LogFormat::Text, help_heading = "Logging")]
     log_format: LogFormat,
+
+    /// Python logging configuration (JSON, YAML or INI, as uvicorn reads
+    /// it), applied in every process: rsasgi's lines (loggers rsasgi.error,
+    /// rsasgi.access, wsgi.errors) then go through its handlers, and
+    /// --log-format and --access-logfile give way to it.
+    #[arg(long, env = "RSASGI_LOG_CONFIG", value_name = "FILE",
+          value_parser = log_config_file, help_heading = "Logging")]
+    log_config: Option<PathBuf>,
 
     /// Append the server's log (and the app's output) to FILE instead of
     /// stderr ("-"); SIGUSR1 reopens it, after logrotate has moved it.
@@ -1029,6 +1051,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         root_path: args.root_path,
         log_level: args.log_level,
         log_format: args.log_format,
+        log_config: args.log_config,
         access_log: args.access_log && !args.no_access_log,
         access_log_format: args.access_log_format.unwrap_or(AccessFormat::Default),
         request_id: match args.request_id_header {

@@ -362,6 +362,8 @@ pub(crate) struct Config {
     pub root_path: String,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
+    /// `--log-config`: Python's logging takes the server's lines.
+    pub log_config: Option<PathBuf>,
     pub access_log: bool,
     /// `--request-id`: the header every request's ID travels in (`None`: off).
     pub request_id: Option<HeaderName>,

@@ -90,6 +90,22 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
         // the account the worker runs as may not.
         return Ok(if handoff.is_some() { 3 } else { 1 });
     }
+    if let Some(path) = &config.log_config {
+        if let Err(message) = logging::forward::start(py, path) {
+            let _ = writeln!(std::io::stderr(), "rsasgi: {message}");
+            return Ok(if handoff.is_some() {
+                supervisor::EXIT_BOOT_FAILURE
+            } else {
+                2
+            });
+        }
+        if config.log_format == config::LogFormat::Json || config.access_log_file.is_some() {
+            tracing::warn!(
+                "--log-config decides where and how lines are written: \
+                 --log-format and --access-logfile are ignored"
+            );
+        }
+    }
     for note in &config.compat_notes {
         tracing::debug!("{note}");
     }
@@ -154,6 +170,11 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
         }
     };
     logging::flush();
+    if logging::forward::stuck() {
+        // Python's own exit would wait for the stuck handler's lock
+        // (logging.shutdown), for ever: leave without it.
+        std::process::exit(*code.as_ref().unwrap_or(&1));
+    }
     code
 }
 
@@ -210,6 +231,8 @@ fn _rsasgi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(main, m)?)?;
     m.add_function(wrap_pyfunction!(logging::log, m)?)?;
     m.add_function(wrap_pyfunction!(logging::flush_logs, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::forward::next_log_records, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::forward::log_records_finished, m)?)?;
     m.add_class::<worker::Worker>()?;
     m.add_class::<asgi::http::HttpReceive>()?;
     m.add_class::<asgi::http::HttpSend>()?;

@@ -8,6 +8,9 @@ use std::sync::OnceLock;
 
 use pyo3::prelude::*;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 use crate::config::{Config, LogFormat};
 use crate::http::access_format::AccessFormat;
@@ -16,6 +19,7 @@ use line::LineFormat;
 pub(crate) use output::AccessDestination;
 use output::{DroppedNote, Output, Outputs};
 
+pub(crate) mod forward;
 mod json;
 mod line;
 mod output;
@@ -71,6 +75,15 @@ static OUTPUTS: OnceLock<Outputs> = OnceLock::new();
 /// `--access-logfile` when given. Safe to call more than once. An error when
 /// the access log cannot be opened (logging to stderr works then).
 pub(crate) fn init(config: &Config, process: Process) -> Result<(), String> {
+    let level = LevelFilter::from_level(config.log_level.as_tracing());
+    if config.log_config.is_some() {
+        // Every line goes to Python's logging (see `forward`), which
+        // [`forward::start`] sets up next; until then lines wait in its queue.
+        let _ = tracing_subscriber::registry()
+            .with(forward::ForwardLayer.with_filter(level))
+            .try_init();
+        return Ok(());
+    }
     let access_destination = config
         .access_log_file
         .as_ref()
@@ -113,7 +126,7 @@ pub(crate) fn init(config: &Config, process: Process) -> Result<(), String> {
     });
     let subscriber = tracing_subscriber::fmt()
         .with_writer(outputs)
-        .with_max_level(LevelFilter::from_level(config.log_level.as_tracing()))
+        .with_max_level(level)
         .log_internal_errors(false);
     let _ = match config.log_format {
         LogFormat::Text => subscriber
@@ -200,6 +213,7 @@ pub(crate) fn hand_files_to(config: &Config, uid: libc::uid_t, gid: libc::gid_t)
 /// slow reader) and stops the writer thread. Called once, before exiting;
 /// later lines are dropped.
 pub(crate) fn flush() {
+    forward::stop();
     drop(std::mem::take(&mut *output::GUARDS.lock()));
 }
 

@@ -1,0 +1,138 @@
+"""``--log-config FILE``: Python's ``logging.config`` in every rsasgi process.
+
+The file is read as uvicorn reads it: ``.json`` and ``.yaml``/``.yml`` files hold a
+``dictConfig`` dictionary (YAML needs PyYAML), any other file is an INI file for
+``fileConfig``. Loggers the file does not name keep working (``disable_existing_loggers``
+is false unless the file says otherwise).
+
+rsasgi's own lines (``rsasgi.error``, ``rsasgi.access``, ``wsgi.errors``) are then made into
+``logging`` records and handed to the configured handlers by one thread, ``rsasgi-log``, which
+takes them from a queue the Rust side fills: the reactor never waits for the GIL or for a
+handler. An access record carries the line's fields as attributes (``method``, ``path``,
+``status``, ``bytes``, ``duration``, ``client``, ``request_id``…) for formatters to use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import sys
+import threading
+import traceback
+
+from rsasgi._rsasgi import log_records_finished, next_log_records
+
+#: Python's numbers for tracing's levels, TRACE first.
+LEVELS = (5, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
+
+#: What a LogRecord already has: an event field by one of these names is left out rather
+#: than overwrite it (makeRecord refuses "message" and "asctime" outright).
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+#: The fields of access records: a record that lacks one (no query string, a WebSocket's
+#: closing line with no status) has it as None, so one format serves them all.
+ACCESS_FIELDS = dict.fromkeys(
+    (
+        "method",
+        "path",
+        "query",
+        "status",
+        "bytes",
+        "duration",
+        "client",
+        "protocol",
+        "user_agent",
+        "referer",
+        "request_id",
+        "incomplete",
+        "close_code",
+        "closed_by",
+    )
+)
+
+
+class LogConfigError(Exception):
+    """The file cannot be read or applied; the message says why, in one line."""
+
+
+def configure(path: str) -> None:
+    """Applies the logging configuration in `path`."""
+    try:
+        if path.endswith(".json"):
+            with open(path, encoding="utf-8") as file:
+                logging.config.dictConfig(_with_defaults(json.load(file)))
+        elif path.endswith((".yaml", ".yml")):
+            try:
+                import yaml
+            except ImportError:
+                raise LogConfigError(
+                    "a YAML log config needs PyYAML: pip install pyyaml (or use JSON or INI)"
+                ) from None
+            with open(path, encoding="utf-8") as file:
+                logging.config.dictConfig(_with_defaults(yaml.safe_load(file)))
+        else:
+            with open(path, encoding="utf-8") as file:
+                logging.config.fileConfig(file, disable_existing_loggers=False)
+    except LogConfigError:
+        raise
+    except Exception as exc:  # every failure is one line for the operator
+        raise LogConfigError(_describe(exc)) from None
+
+
+def _with_defaults(config) -> dict:
+    if not isinstance(config, dict):
+        raise LogConfigError(f"the file holds a {type(config).__name__}, not a dictConfig mapping")
+    config.setdefault("disable_existing_loggers", False)
+    return config
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    # dictConfig wraps the real cause: "Unable to configure handler 'x'" from ... .
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text}: {' '.join(str(cause).split())}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def start() -> threading.Thread:
+    """Starts the thread that hands rsasgi's lines to the configured handlers."""
+    thread = threading.Thread(target=_pump, name="rsasgi-log", daemon=True)
+    thread.start()
+    return thread
+
+
+def _pump() -> None:
+    while (batch := next_log_records()) is not None:
+        for created, level, name, message, fields in batch:
+            try:
+                _emit(created, LEVELS[level], name, message, fields)
+            except Exception:  # a broken filter must not stop the lines after it
+                traceback.print_exc(file=sys.stderr)
+    # The process is about to leave (with os._exit in a worker): flush what handlers hold.
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            try:
+                handler.flush()
+            except Exception:  # a closed stream: nothing more to do
+                pass
+    log_records_finished()
+
+
+def _emit(created: float, level: int, name: str, message: str, fields) -> None:
+    logger = logging.getLogger(name)
+    if not logger.isEnabledFor(level):
+        return
+    record = logger.makeRecord(name, level, "(rsasgi)", 0, message, (), None)
+    record.created = created
+    record.msecs = (created - int(created)) * 1000
+    record.threadName = "rsasgi"
+    if name == "rsasgi.access":
+        record.__dict__.update(ACCESS_FIELDS)
+    for key, value in fields:
+        if key not in _RESERVED:
+            setattr(record, key, value)
+    logger.handle(record)

@@ -1,0 +1,285 @@
+"""--log-config end to end: Python's logging.config (JSON, YAML, INI) applied in every rsasgi
+process, rsasgi's own lines (rsasgi.error, rsasgi.access, wsgi.errors) reaching its handlers as
+logging records with the access line's fields, bad files refused in one line, and a handler
+that blocks never holding up requests. Apps: tests/apps/log_config_app.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import cli, wait_for
+
+APP = "log_config_app:app"
+WSGI_APP = "log_config_app:wsgi_app"
+
+#: A console handler on stderr: the tests' Server finds "Listening on" there.
+CONSOLE = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+
+
+def dict_config(server_log: Path, access_log: Path | None = None) -> dict:
+    """Server lines (and everything else) to `server_log` as name|levelname|message; access
+    lines to `access_log` with their fields, when given."""
+    config = {
+        "version": 1,
+        "formatters": {
+            "plain": {"format": "%(name)s|%(levelname)s|%(process)d|%(message)s"},
+            "access": {
+                "format": "%(name)s|%(method)s|%(path)s|%(query)s|%(status)s|%(bytes)s|"
+                "%(protocol)s|%(client)s|%(duration)s|%(message)s"
+            },
+        },
+        "handlers": {
+            "console": CONSOLE,
+            "file": {
+                "class": "logging.FileHandler",
+                "filename": str(server_log),
+                "formatter": "plain",
+            },
+        },
+        "root": {"handlers": ["console", "file"], "level": "INFO"},
+    }
+    if access_log is not None:
+        config["handlers"]["access"] = {
+            "class": "logging.FileHandler",
+            "filename": str(access_log),
+            "formatter": "access",
+        }
+        config["loggers"] = {
+            "rsasgi.access": {"handlers": ["access"], "level": "INFO", "propagate": False}
+        }
+    return config
+
+
+def write_json(path: Path, config: dict) -> Path:
+    path.write_text(json.dumps(config))
+    return path
+
+
+def lines_of(path: Path, needle: str, count: int = 1) -> list[str]:
+    """Waits until `path` has `count` lines holding `needle`; returns those lines."""
+
+    def found():
+        text = path.read_text(errors="replace") if path.exists() else ""
+        lines = [line for line in text.splitlines() if needle in line]
+        return lines if len(lines) >= count else None
+
+    return wait_for(found, message=f"{count} line(s) with {needle!r} in {path}")
+
+
+def test_json_config_takes_server_access_and_app_lines(run_rsasgi, tmp_path):
+    server_log, access_log = tmp_path / "server.log", tmp_path / "access.log"
+    config = write_json(tmp_path / "logging.json", dict_config(server_log, access_log))
+    server = run_rsasgi(APP, "--log-config", str(config))
+    assert httpx.get(f"{server.url}/hello?x=1").text == "hello"
+    assert httpx.get(f"{server.url}/app-log").text == "logged"
+
+    (access,) = lines_of(access_log, "/hello")
+    name, method, path, query, status, size, protocol, client, duration, message = access.split("|")
+    assert (name, method, path, query, status, size, protocol) == (
+        "rsasgi.access",
+        "GET",
+        "/hello",
+        "x=1",
+        "200",
+        "5",
+        "HTTP/1.1",
+    ), access
+    assert re.fullmatch(r"127\.0\.0\.1(:\d+)?", client), access
+    assert float(duration) >= 0, access
+    assert '"GET /hello?x=1 HTTP/1.1" 200' in message, access
+
+    pid = server.proc.pid
+    (listening,) = lines_of(server_log, "Listening on")
+    assert listening.startswith(f"rsasgi.error|INFO|{pid}|Listening on http://127.0.0.1:")
+    (app_line,) = lines_of(server_log, "a line from the app")
+    assert app_line == f"app|WARNING|{pid}|a line from the app"
+    # Access lines went to their own handler only (propagate is false).
+    assert "rsasgi.access" not in server_log.read_text()
+
+
+def test_a_logger_level_in_the_file_filters_rsasgi_lines(run_rsasgi, tmp_path):
+    server_log = tmp_path / "server.log"
+    config = dict_config(server_log)
+    config["loggers"] = {"rsasgi.access": {"level": "WARNING"}}
+    server = run_rsasgi(APP, "--log-config", str(write_json(tmp_path / "logging.json", config)))
+    assert httpx.get(f"{server.url}/hello").status_code == 200
+    assert httpx.get(f"{server.url}/app-log").status_code == 200
+    lines_of(server_log, "a line from the app")
+    # The access line of /hello came before the app's line, and was filtered out.
+    assert "/hello" not in server_log.read_text()
+
+
+def test_ini_config_in_every_worker_and_the_supervisor(run_rsasgi, tmp_path):
+    server_log = tmp_path / "server.log"
+    config = tmp_path / "logging.ini"
+    config.write_text(
+        f"""\
+[loggers]
+keys = root
+
+[handlers]
+keys = console, file
+
+[formatters]
+keys = plain
+
+[logger_root]
+level = INFO
+handlers = console, file
+
+[handler_console]
+class = StreamHandler
+formatter = plain
+args = (sys.stderr,)
+
+[handler_file]
+class = FileHandler
+formatter = plain
+args = ({str(server_log)!r},)
+
+[formatter_plain]
+format = %(name)s|%(levelname)s|%(process)d|%(message)s
+"""
+    )
+    server = run_rsasgi(WSGI_APP, "--log-config", str(config), "--workers", "2")
+    booted = lines_of(server_log, "Started worker", count=2)
+    supervisor_pid = server.proc.pid
+    worker_pids = {int(line.split("|")[2]) for line in lines_of(server_log, "Starting rsasgi", 2)}
+    assert len(worker_pids) == 2 and supervisor_pid not in worker_pids, worker_pids
+    # The supervisor's own lines come from its own process.
+    assert all(line.split("|")[2] == str(supervisor_pid) for line in booted), booted
+
+    for _ in range(4):
+        assert httpx.get(f"{server.url}/errors").text == "logged"
+    errors = lines_of(server_log, "a line for wsgi.errors", count=4)
+    assert all(line.startswith("wsgi.errors|ERROR|") for line in errors), errors
+    access = lines_of(server_log, "rsasgi.access|INFO|", count=4)
+    assert {int(line.split("|")[2]) for line in access} <= worker_pids
+
+
+def test_yaml_config(run_rsasgi, tmp_path):
+    pytest.importorskip("yaml")
+    server_log = tmp_path / "server.log"
+    config = tmp_path / "logging.yaml"
+    config.write_text(
+        f"""\
+version: 1
+formatters:
+  plain:
+    format: "%(name)s|%(levelname)s|%(message)s"
+handlers:
+  console: {{class: logging.StreamHandler, formatter: plain, stream: ext://sys.stderr}}
+  file: {{class: logging.FileHandler, formatter: plain, filename: {json.dumps(str(server_log))}}}
+root:
+  level: INFO
+  handlers: [console, file]
+"""
+    )
+    server = run_rsasgi(APP, "--log-config", str(config))
+    assert httpx.get(f"{server.url}/hello").status_code == 200
+    (line,) = lines_of(server_log, '"GET /hello HTTP/1.1" 200')
+    assert line.startswith("rsasgi.access|INFO|"), line
+
+
+def test_a_handler_that_blocks_holds_up_no_request(run_rsasgi, tmp_path):
+    """The first access record blocks its handler for good, as a handler writing to a
+    log reader that stopped reading would: requests are still answered (the app's own logging
+    through that handler would block, as in any Python process), and the process still stops
+    in time on SIGTERM."""
+    stuck_log = tmp_path / "stuck.log"
+    config = {
+        "version": 1,
+        "formatters": {"plain": {"format": "%(name)s|%(levelname)s|%(message)s"}},
+        "handlers": {
+            "console": CONSOLE,
+            "stuck": {
+                "()": "log_config_app.StuckOnAccess",
+                "filename": str(stuck_log),
+                "formatter": "plain",
+            },
+        },
+        "root": {"handlers": ["console", "stuck"], "level": "INFO"},
+    }
+    # The handler's class is in the app directory, which the log config needs on sys.path.
+    server = run_rsasgi(
+        APP,
+        "--log-config",
+        str(write_json(tmp_path / "logging.json", config)),
+        env={"PYTHONPATH": str(Path(__file__).parent / "apps")},
+    )
+    lines_of(stuck_log, "Listening on")
+    with httpx.Client(base_url=server.url) as client:
+        for _ in range(200):
+            assert client.get("/hello").status_code == 200
+    assert server.proc.poll() is None
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=20) == 0
+
+
+def test_bad_files_are_one_line_and_exit_2(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"version": 1, "handlers": ')
+    unknown_class = write_json(
+        tmp_path / "unknown.json",
+        {"version": 1, "handlers": {"h": {"class": "logging.NoSuchHandler"}}},
+    )
+    not_a_mapping = write_json(tmp_path / "list.json", [1, 2])
+    cases = [
+        (broken, "JSONDecodeError"),
+        (unknown_class, "logging.NoSuchHandler"),
+        (not_a_mapping, "not a dictConfig mapping"),
+    ]
+    for path, reason in cases:
+        for check in ([], ["--check-config"]):
+            result = cli(
+                APP,
+                "--app-dir",
+                str(Path(__file__).parent / "apps"),
+                *check,
+                "--log-config",
+                str(path),
+                "--port",
+                "0",
+            )
+            assert result.returncode == 2, (path, check, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, result.stderr
+            assert lines[0].startswith(f"rsasgi: Cannot apply --log-config {path}: "), lines
+            assert reason in lines[0], lines
+
+    missing = cli(APP, "--log-config", str(tmp_path / "missing.json"))
+    assert missing.returncode == 2
+    assert "--log-config" in missing.stderr and "missing.json" in missing.stderr
+
+
+def test_check_config_accepts_a_good_file(tmp_path):
+    config = write_json(tmp_path / "logging.json", dict_config(tmp_path / "server.log"))
+    result = cli(
+        APP,
+        "--app-dir",
+        str(Path(__file__).parent / "apps"),
+        "--check-config",
+        "--log-config",
+        str(config),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK" in result.stdout
+
+
+def test_lines_logged_just_before_exit_reach_the_handlers(run_rsasgi, tmp_path):
+    """The shutdown lines are written before the process leaves (the queue is drained)."""
+    server_log = tmp_path / "server.log"
+    config = write_json(tmp_path / "logging.json", dict_config(server_log))
+    server = run_rsasgi(APP, "--log-config", str(config))
+    assert httpx.get(f"{server.url}/hello").status_code == 200
+    os.kill(server.proc.pid, signal.SIGTERM)
+    assert server.wait_exit(timeout=20) == 0
+    text = server_log.read_text()
+    assert "shutting down gracefully" in text and text.rstrip().endswith("|Stopped"), text
