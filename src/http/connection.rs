@@ -440,8 +440,13 @@ impl Drop for OpenConnection {
 /// Drives `connection` to its end, closing it (with `graceful_shutdown`)
 /// when it is idle past its deadline or when `draining` says the server is
 /// shutting down. `None` when it was dropped rather than finished.
+///
+/// The connection comes boxed: an async fn keeps its arguments beside its
+/// own state, so an unboxed hyper connection would be held twice in every
+/// idle connection's task (and the callers' futures would hold this one
+/// twice again: 11.9 KB a connection where the box makes it about 2 KB).
 pub(crate) async fn drive<C>(
-    connection: C,
+    mut connection: Pin<Box<C>>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
     activity: Arc<Activity>,
     deadlines: Deadlines,
@@ -450,7 +455,6 @@ pub(crate) async fn drive<C>(
 where
     C: Future,
 {
-    tokio::pin!(connection);
     let mut closing = false;
     // Draining with nothing in flight: the request count then, and until when
     // a new request may still start.

@@ -1,7 +1,15 @@
-//! The HTTP/2 connection preface on connections known to speak HTTP/2
-//! (ALPN `h2`, or `--http 2`): RFC 9113 §3.4 makes a wrong one a connection
-//! error, answered with GOAWAY(PROTOCOL_ERROR). hyper's HTTP/2 server closes
-//! such a connection without a word, so the preface is checked here first.
+//! The HTTP/2 connection preface.
+//!
+//! On connections known to speak HTTP/2 (ALPN `h2`, or `--http 2`), RFC 9113
+//! §3.4 makes a wrong one a connection error, answered with
+//! GOAWAY(PROTOCOL_ERROR). hyper's HTTP/2 server closes such a connection
+//! without a word, so the preface is checked here first ([`check`]).
+//!
+//! On cleartext connections that may speak either (`--http auto`), the first
+//! bytes tell HTTP/2 by prior knowledge from HTTP/1.1 ([`sniff`]), so that
+//! each connection holds only its own protocol's server: hyper-util's auto
+//! connection, which holds room for both, cost about 5 KB more for every
+//! idle keep-alive connection.
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -52,6 +60,43 @@ where
     }
 }
 
+/// The protocol a cleartext connection speaks, by its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// How much [`sniff`] reads at once: a whole request head usually, which
+/// hyper then takes in one copy, rather than a second read.
+const SNIFF_READ: usize = 4096;
+
+/// Reads until the bytes are the whole preface or stop being a prefix of it;
+/// returns every byte read (for hyper) and the protocol they begin. An error
+/// when the peer closes (or the socket fails) first.
+pub(crate) async fn sniff<I>(io: &mut I) -> Result<(Bytes, Protocol), BadPreface>
+where
+    I: AsyncRead + Unpin,
+{
+    let mut read = BytesMut::with_capacity(SNIFF_READ);
+    loop {
+        match io.read_buf(&mut read).await {
+            Ok(0) | Err(_) => return Err(BadPreface::Closed),
+            Ok(_) => {}
+        }
+        let seen = read.len().min(PREFACE.len());
+        if read[..seen] != PREFACE[..seen] {
+            return Ok((read.freeze(), Protocol::Http1));
+        }
+        if seen == PREFACE.len() {
+            return Ok((read.freeze(), Protocol::Http2));
+        }
+        if read.capacity() == read.len() {
+            read.reserve(SNIFF_READ);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +111,36 @@ mod tests {
         client.write_all(b"\x00\x00\x00\x04").await.unwrap();
         let read = checking.await.unwrap().unwrap();
         assert!(read.starts_with(PREFACE));
+    }
+
+    #[tokio::test]
+    async fn sniffing_tells_the_protocols_apart() {
+        let (mut client, mut server) = tokio::io::duplex(8192);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (read, protocol) = sniff(&mut server).await.unwrap();
+        assert_eq!(protocol, Protocol::Http1);
+        assert_eq!(&read[..], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+
+        // The preface in pieces, and a piece that only starts like it.
+        let (mut client, mut server) = tokio::io::duplex(8192);
+        let sniffing = tokio::spawn(async move { sniff(&mut server).await });
+        client.write_all(&PREFACE[..3]).await.unwrap();
+        tokio::task::yield_now().await;
+        client.write_all(&PREFACE[3..]).await.unwrap();
+        let (read, protocol) = sniffing.await.unwrap().unwrap();
+        assert_eq!((&read[..], protocol), (PREFACE, Protocol::Http2));
+
+        let (mut client, mut server) = tokio::io::duplex(8192);
+        client.write_all(b"PRI * HTTP/1.1\r\n").await.unwrap();
+        let (_, protocol) = sniff(&mut server).await.unwrap();
+        assert_eq!(protocol, Protocol::Http1);
+
+        let (client, mut server) = tokio::io::duplex(8192);
+        drop(client);
+        assert_eq!(sniff(&mut server).await, Err(BadPreface::Closed));
     }
 
     #[tokio::test]

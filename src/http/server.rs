@@ -19,7 +19,7 @@ use super::access_log::{self, AccessLog};
 use super::connection::{
     self, Activity, Deadlines, OpenConnection, OpenConnections, StreamExecutor,
 };
-use super::preface::{self, BadPreface};
+use super::preface::{self, BadPreface, Protocol};
 use super::proxy_headers::{ProxyHeaders, TrustedProxies};
 use super::service::handle;
 use super::static_files::StaticFiles;
@@ -467,12 +467,20 @@ where
     let activity = Activity::new();
     let state = &context.state;
     let served = Served::choose(state.http, None);
-    if state.proxy_protocol.is_none() && state.tls.is_none() && served != Served::Http2 {
+    if state.proxy_protocol.is_none() && state.tls.is_none() && served == Served::Http1 {
         tokio::spawn(serve_connection(context, open, activity, io, info, served));
         return;
     }
     let deadline = tokio::time::Instant::now() + context.deadlines.request_header;
     let context = Arc::clone(context);
+    if state.proxy_protocol.is_none() && state.tls.is_none() {
+        // Cleartext HTTP/1.1 or HTTP/2: a small task to tell which (without
+        // room for a TLS handshake), then the connection's own.
+        tokio::spawn(async move {
+            serve_as(&context, open, activity, io, info, deadline, served).await;
+        });
+        return;
+    }
     tokio::spawn(async move {
         if context.state.proxy_protocol.is_none() {
             return serve_tls(&context, open, activity, io, info, deadline).await;
@@ -571,7 +579,12 @@ fn handshake_timed_out(info: &ConnectionInfo, context: &ConnectionContext) {
 /// Serves a connection as `served` says. One that must speak HTTP/2 (ALPN
 /// `h2`, or `--http 2`) is served once its preface has arrived (by
 /// `deadline`); a wrong one gets GOAWAY(PROTOCOL_ERROR), as RFC 9113 §3.4
-/// asks and hyper's HTTP/2 server does not do.
+/// asks and hyper's HTTP/2 server does not do. One that may speak either is
+/// served as its first bytes say.
+///
+/// The connection is served by a task of its own: the one that got it ready
+/// (PROXY header, TLS handshake, preface) ends, and with it the memory its
+/// futures held, which an idle keep-alive connection would otherwise keep.
 async fn serve_as<I>(
     context: &ConnectionContext,
     open: OpenConnection,
@@ -583,13 +596,42 @@ async fn serve_as<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if served != Served::Http2 {
-        return serve_connection(context, open, activity, io, info, served).await;
+    match served {
+        Served::Http1 => {
+            tokio::spawn(serve_connection(context, open, activity, io, info, served));
+            return;
+        }
+        Served::Either => {
+            match ready_by(context, deadline, preface::sniff(&mut io)).await {
+                Ok(Ok((read, protocol))) => {
+                    let served = match protocol {
+                        Protocol::Http1 => Served::Http1,
+                        Protocol::Http2 => Served::Http2,
+                    };
+                    let io = Prefixed::new(read, io);
+                    tokio::spawn(serve_connection(context, open, activity, io, info, served));
+                }
+                Ok(Err(_)) => {
+                    tracing::debug!(client = ?info.client, "closed before its first request");
+                }
+                Err(NotReady::TimedOut) => tracing::debug!(
+                    client = ?info.client,
+                    "no request within --timeout-request-header {}s; closed",
+                    context.deadlines.request_header.as_secs_f64()
+                ),
+                Err(NotReady::ShuttingDown) => tracing::debug!(
+                    client = ?info.client,
+                    "no request yet, and the server is shutting down; closed"
+                ),
+            }
+            return;
+        }
+        Served::Http2 => {}
     }
     match tokio::time::timeout_at(deadline, preface::check(&mut io)).await {
         Ok(Ok(read)) => {
             let io = Prefixed::new(read, io);
-            serve_connection(context, open, activity, io, info, served).await;
+            tokio::spawn(serve_connection(context, open, activity, io, info, served));
         }
         Ok(Err(BadPreface::Invalid)) => {
             tracing::debug!(client = ?info.client, "not an HTTP/2 connection preface; sent GOAWAY");
@@ -632,10 +674,12 @@ where
     let deadlines = context.deadlines;
     let draining = context.draining.clone();
     let driven = if served == Served::Http1 {
-        let connection = context
-            .http1
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
+        let connection = Box::pin(
+            context
+                .http1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
         Either::Left(async move {
             let graceful = |connection: Pin<&mut _>| {
                 hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(connection)
@@ -645,10 +689,12 @@ where
                 .map(|ended| ended.map_err(|err| err.to_string()))
         })
     } else {
-        let connection = context
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
+        let connection = Box::pin(
+            context
+                .builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .into_owned(),
+        );
         Either::Right(async move {
             connection::drive(
                 connection,
@@ -706,6 +752,29 @@ async fn read_proxy_header<I>(
 where
     I: AsyncRead + Unpin,
 {
+    match ready_by(context, deadline, proxy_protocol::read_header(io)).await {
+        Ok(header) => header.map_err(NoHeader::Refused),
+        Err(NotReady::TimedOut) => Err(NoHeader::TimedOut(context.deadlines.request_header)),
+        Err(NotReady::ShuttingDown) => Err(NoHeader::ShuttingDown),
+    }
+}
+
+/// Why a connection's first bytes were not waited for any longer.
+enum NotReady {
+    /// `--timeout-request-header` ran out.
+    TimedOut,
+    /// The server is shutting down, and has waited as long for them as it
+    /// waits for a new request on an idle connection.
+    ShuttingDown,
+}
+
+/// `reading`'s output, if it is ready by `deadline` and before the server,
+/// shutting down, stops waiting.
+async fn ready_by<F: std::future::Future>(
+    context: &ConnectionContext,
+    deadline: tokio::time::Instant,
+    reading: F,
+) -> Result<F::Output, NotReady> {
     let mut draining = context.draining.clone();
     let shutting_down = async move {
         // An error means the worker is gone; nothing is left to wait for.
@@ -713,11 +782,8 @@ where
         tokio::time::sleep(connection::DRAIN_REQUEST_WAIT).await;
     };
     tokio::select! {
-        read = tokio::time::timeout_at(deadline, proxy_protocol::read_header(io)) => match read {
-            Ok(header) => header.map_err(NoHeader::Refused),
-            Err(_elapsed) => Err(NoHeader::TimedOut(context.deadlines.request_header)),
-        },
-        _ = shutting_down => Err(NoHeader::ShuttingDown),
+        read = tokio::time::timeout_at(deadline, reading) => read.map_err(|_| NotReady::TimedOut),
+        _ = shutting_down => Err(NotReady::ShuttingDown),
     }
 }
 
