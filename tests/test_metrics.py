@@ -194,6 +194,34 @@ def test_a_killed_worker_is_a_crash_restart_and_its_counts_stay(run_rsasgi, mark
     }
 
 
+def test_a_hung_worker_is_a_health_check_restart(run_rsasgi, markers):
+    server, base = start(run_rsasgi, markers, "--timeout-worker-healthcheck", "1", workers=1)
+
+    def block():
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{server.url}/block", timeout=30)
+
+    blocked = threading.Thread(target=block)
+    blocked.start()
+    try:
+        wait_for(
+            lambda: scrape(base).value("rsasgi_worker_restarts_total", reason="health_check") == 1,
+            message="a health check restart counted",
+        )
+    finally:
+        blocked.join()
+    assert scrape(base).value("rsasgi_worker_restarts_total", reason="crash") == 0
+
+
+def test_sighup_counts_a_reload_restart_per_worker(run_rsasgi, markers):
+    server, base = start(run_rsasgi, markers, workers=2)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for_log(server, "Reload complete")
+    metrics = scrape(base)
+    assert metrics.value("rsasgi_worker_restarts_total", reason="reload") == 2
+    assert metrics.value("rsasgi_workers", state="serving") == 2
+
+
 # Gauges.
 
 
@@ -246,6 +274,36 @@ def test_open_websocket_and_h2_connections_are_shown_by_protocol(run_rsasgi, mar
     metrics = scrape(base)
     assert metrics.value("rsasgi_requests_total", method="GET", status="1xx") == 1
     assert metrics.value("rsasgi_requests_total", method="GET", status="2xx") == 2
+
+
+def test_busy_wsgi_threads_are_shown_per_worker(run_rsasgi, markers):
+    metrics_port = free_port()
+    base = f"http://127.0.0.1:{metrics_port}"
+    server = run_rsasgi(
+        "metrics_wsgi:app",
+        "--workers",
+        "2",
+        "--threads",
+        "4",
+        "--metrics-bind",
+        f"127.0.0.1:{metrics_port}",
+        env={"METRICS_MARKERS": str(markers)},
+    )
+    wait_for_log(server, "All 2 worker")
+    held = threading.Thread(target=lambda: httpx.get(f"{server.url}/hold", timeout=30))
+    held.start()
+    try:
+        wait_for(lambda: (markers / "held").exists(), message="the request reached the app")
+        wait_for(
+            lambda: scrape(base).total("rsasgi_wsgi_threads_busy") == 1,
+            message="one WSGI thread busy",
+        )
+    finally:
+        (markers / "release").touch()
+        held.join()
+    metrics = wait_for_count(base, "rsasgi_requests_total", 1)
+    assert metrics.total("rsasgi_wsgi_threads_busy") == 0
+    assert metrics.value("rsasgi_requests_total", method="GET", status="2xx") == 1
 
 
 # Health and readiness.

@@ -5,6 +5,7 @@ any /missing            404
 any /error              500
 GET /hold               creates $METRICS_MARKERS/held, then answers 200 once the file
                         $METRICS_MARKERS/release exists
+GET /block              blocks the event loop (time.sleep) until $METRICS_MARKERS/release exists
 websocket /ws           echoes text messages until the client closes
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 
@@ -49,6 +51,9 @@ async def app(scope, receive, send):
                 return
             await send({"type": "websocket.send", "text": message.get("text") or ""})
     path = scope["path"]
+    if path == "/block":
+        while not (Path(os.environ["METRICS_MARKERS"]) / "release").exists():
+            time.sleep(0.02)
     if path == "/missing":
         await respond(send, 404, b"missing")
     elif path == "/error":
