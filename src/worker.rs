@@ -149,10 +149,12 @@ pub(crate) fn run(
         },
         None => None,
     };
-    let metrics = match (&supervised, &metrics_listener) {
+    // Under a supervisor the counters go in the slot it reads; on its own
+    // this process keeps them in a slot of its own, read by itself.
+    let metrics = match &supervised {
         _ if config.metrics_bind.is_none() => None,
-        (Some(supervised), _) => Some(Arc::clone(&supervised.slot)),
-        (None, _) => match Slot::create() {
+        Some(supervised) => Some(Arc::clone(&supervised.slot)),
+        None => match Slot::create() {
             Ok(slot) => Some(Arc::new(slot)),
             Err(err) => {
                 tracing::error!("Cannot create the memory for --metrics-bind: {err}");
@@ -333,7 +335,9 @@ impl Worker {
             let now = Instant::now();
             let last = self.metrics.last_beat.lock().replace(now);
             if let Some(last) = last {
-                let interval = self.config.supervision.heartbeat_interval();
+                let interval = self
+                    .heartbeat_interval()
+                    .map_or(Duration::ZERO, Duration::from_secs_f64);
                 let lag = now.duration_since(last).saturating_sub(interval);
                 slot.counters().set_event_loop_lag(lag);
             }
