@@ -579,7 +579,10 @@ impl Supervisor {
             State::Booting => self.boot_failed(&worker, status, &how),
             State::Serving | State::Retiring(_) => {
                 tracing::error!("{name} {how}; replacing it");
-                self.count_restart(Restart::Crash);
+                // A retiring worker's replacement is counted already.
+                if worker.state == State::Serving {
+                    self.count_restart(Restart::Crash);
+                }
                 self.crashed();
             }
         }
