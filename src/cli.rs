@@ -28,6 +28,7 @@ use crate::http::proxy_headers::{self, TrustedProxies};
 use crate::http::request_id;
 use crate::http::static_files::{StaticMount, StaticSettings};
 use crate::logging::AccessDestination;
+use crate::metrics::MetricsBind;
 use crate::net::tls::{ClientCerts, MinVersion, TlsSettings};
 use crate::print_config;
 
@@ -147,9 +148,6 @@ const UNSUPPORTED: &[&str] = &[
     "--disable-redirect-access-to-syslog",
     "--enable-stdio-inheritance",
     "-R",
-    "--metrics",
-    "--metrics-address",
-    "--metrics-port",
     "--metrics-scrape-interval",
     "--statsd-host",
     "--statsd-prefix",
@@ -175,6 +173,10 @@ const RENAMED: &[(&str, &str)] = &[
     ("--ssl-version", "--ssl-min-version"),
     // gunicorn's peers allowed to send a PROXY header.
     ("--proxy-allow-from", "--forwarded-allow-ips"),
+    // granian's metrics listener.
+    ("--metrics", "--metrics-bind"),
+    ("--metrics-address", "--metrics-bind"),
+    ("--metrics-port", "--metrics-bind"),
 ];
 
 /// A duration as the command line writes it: seconds, fractions allowed.
@@ -768,6 +770,12 @@ struct Args {
           help_heading = "Limits")]
     limit_request_head: usize,
 
+    /// Serve Prometheus metrics (/metrics) and health probes (/healthz,
+    /// /readyz) on HOST:PORT, from the supervisor with --workers [default: off].
+    #[arg(long, env = "RSASGI_METRICS_BIND", value_name = "HOST:PORT",
+          value_parser = MetricsBind::parse, help_heading = "Metrics")]
+    metrics_bind: Option<MetricsBind>,
+
     /// Read settings from this TOML file: keys are the long options
     /// [default: [tool.rsasgi] in pyproject.toml of --app-dir].
     #[arg(
@@ -1109,6 +1117,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
             ping_interval: (!ping_interval.is_zero()).then_some(ping_interval),
             ping_timeout: args.ws_ping_timeout.0,
         }),
+        metrics_bind: args.metrics_bind,
         compat_notes,
     })
 }

@@ -422,6 +422,8 @@ pub(crate) struct Config {
     pub threads: usize,
     /// WebSocket settings; `None` with `--ws none`.
     pub ws: Option<crate::ws::WsSettings>,
+    /// `--metrics-bind`: where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_bind: Option<crate::metrics::MetricsBind>,
     /// What a value borrowed from another server (`--ws wsproto`,
     /// `--http h11`) means here, for the debug log.
     pub compat_notes: Vec<String>,

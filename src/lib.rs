@@ -13,6 +13,7 @@ mod config_file;
 mod exchange;
 mod http;
 mod logging;
+mod metrics;
 mod net;
 mod print_config;
 mod supervisor;

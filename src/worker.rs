@@ -24,6 +24,8 @@ use crate::bridge::mark_reactor_thread;
 use crate::config::{Config, EventLoop, Interface, Lifespan};
 use crate::config_file;
 use crate::http::{serve, ServerState};
+use crate::metrics::process::ProcessStats;
+use crate::metrics::{self, Health, Report, Scrape, WorkerReport};
 use crate::net::{self, Listener};
 use crate::supervisor::pid_file::PidFile;
 use crate::supervisor::privileges::Credentials;
@@ -96,6 +98,7 @@ pub(crate) fn run(
     // not be able to read the interpreter's own files.
     let run = py.import("rsasgi._worker")?.getattr("run")?;
     let mut pid_file = None;
+    let mut metrics_listener = None;
     let (listeners, handoff) = match sockets {
         Sockets::Handoff(handoff) => (net::inherit_all(&handoff.listener_fds), Some(handoff)),
         Sockets::Own(own) => (
@@ -103,6 +106,11 @@ pub(crate) fn run(
                 |listeners| {
                     if let Some(path) = &config.pid_file {
                         pid_file = Some(PidFile::write(path)?);
+                    }
+                    // Without --workers this process answers the scrapes;
+                    // bound before --user, like the other sockets.
+                    if let Some(bind) = &config.metrics_bind {
+                        metrics_listener = Some(bind.listen()?);
                     }
                     if let Some(credentials) = &own.credentials {
                         crate::logging::hand_files_to(&config, credentials.uid, credentials.gid);
@@ -141,7 +149,25 @@ pub(crate) fn run(
         },
         None => None,
     };
-    let worker = match Worker::new(config, listeners, supervised, notifier) {
+    // Under a supervisor the counters go in the slot it reads; on its own
+    // this process keeps them in a slot of its own, read by itself.
+    let metrics = match &supervised {
+        _ if config.metrics_bind.is_none() => None,
+        Some(supervised) => Some(Arc::clone(&supervised.slot)),
+        None => match Slot::create() {
+            Ok(slot) => Some(Arc::new(slot)),
+            Err(err) => {
+                tracing::error!("Cannot create the memory for --metrics-bind: {err}");
+                return Ok(1);
+            }
+        },
+    };
+    let metrics = Metrics {
+        slot: metrics,
+        listener: Mutex::new(metrics_listener),
+        last_beat: Mutex::new(None),
+    };
+    let worker = match Worker::new(config, listeners, supervised, notifier, metrics) {
         Ok(worker) => Py::new(py, worker)?,
         Err(err) => {
             tracing::error!("Cannot create the worker's event channel: {err}");
@@ -151,6 +177,17 @@ pub(crate) fn run(
     let code = run.call1((worker,))?.extract();
     drop(pid_file);
     code
+}
+
+/// `--metrics-bind` in a worker.
+struct Metrics {
+    /// The slot whose counters this worker keeps.
+    slot: Option<Arc<Slot>>,
+    /// Without `--workers`: the listener this process serves the scrapes
+    /// on, until the reactor takes it.
+    listener: Mutex<Option<std::net::TcpListener>>,
+    /// When the event loop last ran its heartbeat, for its lag.
+    last_beat: Mutex<Option<Instant>>,
 }
 
 /// What a worker started by a supervisor has beyond its config.
@@ -174,6 +211,7 @@ pub(crate) struct Worker {
     wsgi_pool: Mutex<Option<Arc<Pool>>>,
     /// Set once the loop is running; handles what the reactor sends.
     dispatcher: OnceLock<Dispatcher>,
+    metrics: Metrics,
 }
 
 impl Worker {
@@ -182,6 +220,7 @@ impl Worker {
         listeners: Vec<Listener>,
         supervised: Option<Supervised>,
         notifier: Notifier,
+        metrics: Metrics,
     ) -> std::io::Result<Worker> {
         Ok(Worker {
             config: Arc::new(config),
@@ -194,6 +233,7 @@ impl Worker {
             reactor: Mutex::new(None),
             wsgi_pool: Mutex::new(None),
             dispatcher: OnceLock::new(),
+            metrics,
         })
     }
 }
@@ -268,10 +308,10 @@ impl Worker {
     /// listens to them (no supervisor, no systemd watchdog).
     #[getter]
     fn heartbeat_interval(&self) -> Option<f64> {
-        let supervisor = self
-            .supervised
-            .as_ref()
-            .map(|_| self.config.supervision.heartbeat_interval());
+        // The supervisor's health check, or this process's own /metrics,
+        // which shows the loop's lag.
+        let supervisor = (self.supervised.is_some() || self.metrics.slot.is_some())
+            .then(|| self.config.supervision.heartbeat_interval());
         // systemd asks for a ping at least every half of its interval.
         let watchdog = self
             .notifier
@@ -290,6 +330,17 @@ impl Worker {
     fn heartbeat(&self) {
         if let Some(supervised) = &self.supervised {
             supervised.slot.beat();
+        }
+        if let Some(slot) = &self.metrics.slot {
+            let now = Instant::now();
+            let last = self.metrics.last_beat.lock().replace(now);
+            if let Some(last) = last {
+                let interval = self
+                    .heartbeat_interval()
+                    .map_or(Duration::ZERO, Duration::from_secs_f64);
+                let lag = now.duration_since(last).saturating_sub(interval);
+                slot.counters().set_event_loop_lag(lag);
+            }
         }
         if let Some(interval) = self.notifier.watchdog_interval() {
             let mut sent = self.watchdog_sent.lock();
@@ -368,6 +419,7 @@ impl Worker {
                     config.threads,
                     config.root_path.clone(),
                     multiprocess,
+                    self.metrics.slot.clone(),
                 )
                 .map_err(|err| {
                     PyRuntimeError::new_err(format!("cannot start a WSGI thread: {err}"))
@@ -379,10 +431,26 @@ impl Worker {
         };
         let slot = self.supervised.as_ref().map(|s| Arc::clone(&s.slot));
         let state = Arc::new(
-            ServerState::new(&config, Arc::clone(&bridge), jobs, slot.clone())
-                .map_err(|err| PyRuntimeError::new_err(format!("cannot start serving: {err}")))?,
+            ServerState::new(
+                &config,
+                Arc::clone(&bridge),
+                jobs,
+                slot.clone(),
+                self.metrics.slot.clone(),
+            )
+            .map_err(|err| PyRuntimeError::new_err(format!("cannot start serving: {err}")))?,
         );
         let shutdown = self.shutdown.subscribe();
+        let scrapes = match (self.metrics.listener.lock().take(), &self.metrics.slot) {
+            (Some(listener), Some(slot)) => Some((
+                listener,
+                Arc::new(SingleProcess {
+                    slot: Arc::clone(slot),
+                    shutdown: self.shutdown.subscribe(),
+                }) as Arc<dyn Scrape>,
+            )),
+            _ => None,
+        };
         let park_bridge = Arc::clone(&bridge);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -397,6 +465,10 @@ impl Worker {
                 // Polled only inside block_on, on this thread: the wakes it
                 // delivers are local to the runtime.
                 runtime.spawn(REACTOR_WAKES.deliver());
+                if let Some((listener, scrape)) = scrapes {
+                    // Served while the connections drain, so /readyz says 503 then.
+                    runtime.spawn(metrics::serve(listener, scrape));
+                }
                 runtime.block_on(async {
                     tokio::spawn(crate::allocator::give_back_memory());
                     serve(listeners, config, state, shutdown).await;
@@ -465,5 +537,42 @@ impl Worker {
             let timeout = Duration::try_from_secs_f64(timeout).unwrap_or_default();
             pool.is_none_or(|pool| pool.shutdown(timeout))
         })
+    }
+}
+
+/// What `--metrics-bind` shows without `--workers`: this process is the
+/// only worker, and it serves until its graceful shutdown starts.
+struct SingleProcess {
+    slot: Arc<Slot>,
+    shutdown: watch::Receiver<Option<Duration>>,
+}
+
+impl Scrape for SingleProcess {
+    fn health(&self) -> Health {
+        // The listener runs on the reactor, which starts once the app is
+        // loaded and stops when the connections have drained.
+        let draining = self.shutdown.borrow().is_some();
+        Health {
+            alive: true,
+            not_ready: draining.then_some("shutting down"),
+        }
+    }
+
+    fn report(&self) -> Report {
+        let counters = self.slot.counters().snapshot();
+        let process = ProcessStats::current();
+        let draining = self.shutdown.borrow().is_some();
+        Report {
+            totals: counters.clone(),
+            workers: vec![WorkerReport {
+                number: 1,
+                pid: std::process::id(),
+                state: if draining { "stopping" } else { "serving" },
+                resident_bytes: Some(process.resident_bytes),
+                counters,
+            }],
+            restarts: Default::default(),
+            process,
+        }
     }
 }

@@ -20,6 +20,7 @@ use super::server::ServerState;
 use super::service::{request_timed_out, InFlight};
 use super::static_files::CHUNK;
 use crate::exchange::{Aborted, Chunk, Exchange};
+use crate::metrics::meter::RequestMeter;
 
 pub(crate) enum Source {
     /// Chunks the app sends; ends with `more_body=False`.
@@ -123,6 +124,8 @@ pub(crate) struct ResponseBody {
     /// The file the app's response is sending now (pathsend, zerocopy,
     /// wsgi.file_wrapper), before the exchange's next chunk.
     file: Option<FileStream>,
+    /// With `--metrics-bind`: counts the request once its body is done.
+    meter: Option<RequestMeter>,
 }
 
 impl ResponseBody {
@@ -135,12 +138,19 @@ impl ResponseBody {
             abort_flushed: false,
             deadline: None,
             file: None,
+            meter: None,
         }
     }
 
     /// Ends the response (an aborted connection) if it is not done by `deadline`.
     pub(crate) fn until(mut self, deadline: Instant, state: Arc<ServerState>) -> ResponseBody {
         self.deadline = Some((Box::pin(tokio::time::sleep_until(deadline)), state));
+        self
+    }
+
+    /// Holds the request's meter until the body is done.
+    pub(crate) fn metered(mut self, meter: RequestMeter) -> ResponseBody {
+        self.meter = Some(meter);
         self
     }
 

@@ -25,6 +25,7 @@ use super::service::handle;
 use super::static_files::StaticFiles;
 use crate::asgi::EventBridge;
 use crate::config::{Config, HttpEngine};
+use crate::metrics::meter::MeteredIo;
 use crate::net::proxy_protocol::{self, Refused};
 use crate::net::tls::{TlsInfo, TlsServer, ALPN_H2, ALPN_HTTP11};
 use crate::net::{ConnectionInfo, Listener, Prefixed, Scheme, ServerAddr};
@@ -61,6 +62,9 @@ pub(crate) struct ServerState {
     pub websockets: Arc<Registry>,
     /// The slot shared with the supervisor, which counts requests.
     pub slot: Option<Arc<Slot>>,
+    /// With `--metrics-bind`: the slot whose counters this worker keeps (the
+    /// supervisor's, or without `--workers` one of its own).
+    pub metrics: Option<Arc<Slot>>,
     pub timeout_request: Option<Duration>,
     /// `--timeout-request-body`.
     pub timeout_request_body: Option<Duration>,
@@ -86,6 +90,7 @@ impl ServerState {
         bridge: Arc<EventBridge>,
         wsgi: Option<Arc<Pool>>,
         slot: Option<Arc<Slot>>,
+        metrics: Option<Arc<Slot>>,
     ) -> std::io::Result<ServerState> {
         let wsgi_is_none = wsgi.is_none();
         let static_files = match &config.static_files {
@@ -115,6 +120,7 @@ impl ServerState {
             ws: config.ws.clone().filter(|_| wsgi_is_none),
             websockets: Arc::new(Registry::default()),
             slot,
+            metrics,
             timeout_request: config.timeout_request,
             timeout_request_body: config.timeout_request_body,
             proxy: config
@@ -673,6 +679,7 @@ where
     };
     let deadlines = context.deadlines;
     let draining = context.draining.clone();
+    let io = MeteredIo::new(io, context.state.metrics.clone());
     let driven = if served == Served::Http1 {
         let connection = Box::pin(
             context

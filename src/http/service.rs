@@ -22,6 +22,7 @@ use super::server::ServerState;
 use super::static_files::{Lookup, CHUNK};
 use crate::asgi::Event;
 use crate::exchange::{BodyRoom, Exchange, Refusal, RequestStart, MAX_BODY_DRAIN};
+use crate::metrics::meter::{RequestMeter, WebSocketOpen};
 use crate::net::ConnectionInfo;
 use crate::ws::session::{Handshake, WsSession, WsStart};
 use crate::ws::{self, BadHandshake, WsSettings};
@@ -70,8 +71,12 @@ pub(crate) async fn handle(
     // One labelled block rather than an inner async fn: a nested future
     // would be moved (copied whole) once more per request.
     active.attach_stream();
+    let started_at = std::time::Instant::now();
+    let meter = state
+        .metrics
+        .as_ref()
+        .map(|slot| RequestMeter::start(slot, request.method(), started_at));
     let mut response = 'respond: {
-        let started_at = std::time::Instant::now();
         if let Some(slot) = &state.slot {
             slot.count_request();
         }
@@ -317,6 +322,10 @@ pub(crate) async fn handle(
         body.keep_response_headers(&head.headers);
         response = Response::from_parts(head, body);
     }
+    if let Some(mut meter) = meter {
+        meter.answered(response.status());
+        response = response.map(|body| body.metered(meter));
+    }
     Ok(response.map(|body| body.tracking(active)))
 }
 
@@ -490,9 +499,11 @@ async fn open_websocket(
             }
             state.add_server_headers(response_headers);
             let registry = Arc::clone(&state.websockets);
+            let metrics = state.metrics.clone();
             tokio::spawn(async move {
                 match on_upgrade.await {
                     Ok(upgraded) => {
+                        let _open = metrics.as_ref().map(|slot| WebSocketOpen::new(slot, http2));
                         let closed = ws::serve(upgraded, session, settings, registry).await;
                         if let Some(line) = closing_line {
                             line.closed(closed);

@@ -13,6 +13,7 @@
 //! [`handoff`] and [`slot`].
 
 pub(crate) mod handoff;
+mod metrics;
 pub(crate) mod pid_file;
 pub(crate) mod privileges;
 mod process;
@@ -37,8 +38,10 @@ use tokio::sync::mpsc;
 use crate::config::{Config, MAX_WORKERS};
 use crate::config_file;
 use crate::logging;
+use crate::metrics::{MetricsBind, Restart, Scrape};
 use crate::net::{self, Listener};
 use crate::worker::Own;
+use metrics::Board;
 use pid_file::PidFile;
 use process::{describe_exit, Retirement, State, WorkerCommand, WorkerProcess};
 use reload::ReloadWatcher;
@@ -148,6 +151,15 @@ pub(crate) fn run(
         .iter()
         .map(|listener| listener.describe(config.listening_scheme()))
         .collect();
+    let scrapes = match config.metrics_bind.as_ref().map(MetricsBind::listen) {
+        None => None,
+        Some(Ok(listener)) => Some(listener),
+        Some(Err(message)) => {
+            tracing::error!("{message}");
+            return Ok(1);
+        }
+    };
+    let board = scrapes.as_ref().map(|_| Arc::new(Board::default()));
     let config = Arc::new(config);
     let code = py.detach(|| {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -165,7 +177,19 @@ pub(crate) fn run(
             addresses.join(", "),
             std::process::id()
         );
-        runtime.block_on(Supervisor::new(config, command, notifier).run())
+        runtime.block_on(async {
+            if let (Some(listener), Some(board)) = (scrapes, &board) {
+                // A task of this thread: it keeps answering (/readyz 503)
+                // while the workers drain, and stops when the loop returns.
+                tokio::spawn(crate::metrics::serve(
+                    listener,
+                    Arc::clone(board) as Arc<dyn Scrape>,
+                ));
+            }
+            Supervisor::new(config, command, notifier, board)
+                .run()
+                .await
+        })
     });
     for listener in &listeners {
         if let Listener::Unix(_, path) = listener {
@@ -257,6 +281,8 @@ struct Supervisor {
     next_watchdog: Instant,
     /// Requests served by workers that have exited, for the status line.
     past_requests: u64,
+    /// With `--metrics-bind`: what the metrics listener shows.
+    board: Option<Arc<Board>>,
 }
 
 /// The signals the supervisor acts on.
@@ -287,7 +313,12 @@ impl Signals {
 }
 
 impl Supervisor {
-    fn new(config: Arc<Config>, command: WorkerCommand, notifier: Notifier) -> Supervisor {
+    fn new(
+        config: Arc<Config>,
+        command: WorkerCommand,
+        notifier: Notifier,
+        board: Option<Arc<Board>>,
+    ) -> Supervisor {
         let target = config
             .supervision
             .workers
@@ -310,6 +341,7 @@ impl Supervisor {
             next_status: Instant::now(),
             next_watchdog: Instant::now(),
             past_requests: 0,
+            board,
         }
     }
 
@@ -346,6 +378,9 @@ impl Supervisor {
             self.check_workers();
             self.maintain();
             self.notify_systemd();
+            if let Some(board) = &self.board {
+                board.publish(&self.workers, self.target, self.stop.is_some());
+            }
             tokio::select! {
                 _ = signals.term.recv() => self.handle_stop("SIGTERM"),
                 _ = signals.int.recv() => self.handle_stop("SIGINT"),
@@ -505,6 +540,9 @@ impl Supervisor {
 
     fn exited(&mut self, worker: WorkerProcess, status: ExitStatus) {
         self.past_requests += worker.slot.requests();
+        if let Some(board) = &self.board {
+            board.exited(&worker);
+        }
         let how = describe_exit(status);
         let name = worker.name();
         if let Some(stop) = self.stop {
@@ -535,11 +573,16 @@ impl Supervisor {
             // Serving already, though the last look at its slot was earlier.
             State::Booting if worker.slot.is_serving() => {
                 tracing::error!("{name} {how}; replacing it");
+                self.count_restart(Restart::Crash);
                 self.crashed();
             }
             State::Booting => self.boot_failed(&worker, status, &how),
             State::Serving | State::Retiring(_) => {
                 tracing::error!("{name} {how}; replacing it");
+                // A retiring worker's replacement is counted already.
+                if worker.state == State::Serving {
+                    self.count_restart(Restart::Crash);
+                }
                 self.crashed();
             }
         }
@@ -609,6 +652,13 @@ impl Supervisor {
         } else {
             tracing::error!("{name} {how} before serving");
             self.crashed();
+        }
+    }
+
+    /// Counts a replacement for `/metrics`.
+    fn count_restart(&self, reason: Restart) {
+        if let Some(board) = &self.board {
+            board.restarting(reason);
         }
     }
 
@@ -705,6 +755,9 @@ impl Supervisor {
                         silent.as_secs_f64(),
                         supervision.timeout_worker_healthcheck.as_secs_f64()
                     );
+                    if let Some(board) = &self.board {
+                        board.restarting(Restart::HealthCheck);
+                    }
                     // The stacks are asked for a moment later, so that the
                     // line above is written before them.
                     let stacks_at = now + STACK_DUMP_DELAY;
@@ -845,6 +898,9 @@ impl Supervisor {
         match self.spawn(number) {
             Some(mut replacement) => {
                 replacement.replaces = Some(pid);
+                if let Some(board) = &self.board {
+                    board.retiring(reason);
+                }
                 let old = &mut self.workers[index];
                 old.state = State::Retiring(reason);
                 tracing::info!(

@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::handoff::{self, Handoff};
@@ -67,7 +68,7 @@ pub(super) struct WorkerProcess {
     pub number: usize,
     pub pid: u32,
     child: Child,
-    pub slot: Slot,
+    pub slot: Arc<Slot>,
     pub started: Instant,
     pub state: State,
     /// Which rolling restart (SIGHUP) started it.
@@ -137,7 +138,7 @@ impl WorkerProcess {
             number,
             pid: child.id(),
             child,
-            slot,
+            slot: Arc::new(slot),
             started: Instant::now(),
             state: State::Booting,
             generation,
@@ -178,16 +179,21 @@ impl WorkerProcess {
 
     /// Resident memory, from `/proc/PID/statm`.
     pub(super) fn resident_bytes(&self) -> Option<u64> {
-        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
-        Some(pages * page_size)
+        resident_bytes_of(self.pid)
     }
 
     pub(super) fn age(&self) -> Duration {
         self.started.elapsed()
     }
+}
+
+/// Resident memory of process `pid`, from `/proc/PID/statm`.
+pub(super) fn resident_bytes_of(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    Some(pages * page_size)
 }
 
 /// How a process ended, in words: "exited with code 1", "was killed by SIGKILL".

@@ -1,5 +1,6 @@
 //! The memory a worker shares with its supervisor: its heartbeat, whether it
-//! serves yet, and how many requests it has taken.
+//! serves yet, how many requests it has taken, and its counters for
+//! `--metrics-bind`.
 //!
 //! The supervisor creates one slot per worker (an anonymous `memfd`, mapped
 //! shared) and hands its descriptor down; the worker maps the same pages.
@@ -15,6 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use memmap2::MmapRaw;
+
+use crate::metrics::Counters;
 
 /// The worker is importing the app or running the lifespan startup.
 const BOOTING: u64 = 0;
@@ -35,6 +38,8 @@ struct Shared {
     /// Non-zero once the worker asks to be replaced (a WSGI thread stuck
     /// past `--timeout-request`).
     retire: AtomicU64,
+    /// What `/metrics` shows of this worker.
+    counters: Counters,
 }
 
 /// One worker's shared slot, as either side sees it.
@@ -141,6 +146,11 @@ impl Slot {
 
     pub(crate) fn retirement_requested(&self) -> bool {
         self.shared().retire.load(Ordering::Relaxed) != 0
+    }
+
+    /// The worker's metrics: written by the worker, read by the supervisor.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.shared().counters
     }
 }
 

@@ -27,6 +27,7 @@ use pyo3::prelude::*;
 use crate::asgi::http::format_error;
 use crate::asgi::ClientDisconnected;
 use crate::exchange::RequestStart;
+use crate::supervisor::Slot;
 use crate::wake::{deliver_wakes, mark_pool_thread};
 use environ::EnvironContext;
 use response::{respond, ResponseState, StartResponse};
@@ -65,6 +66,8 @@ struct Shared {
     ctx: EnvironContext,
     max_threads: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// With `--metrics-bind`: where busy threads are counted.
+    metrics: Option<Arc<Slot>>,
 }
 
 impl Shared {
@@ -130,6 +133,7 @@ impl Pool {
         max_threads: usize,
         script_name: String,
         multiprocess: bool,
+        metrics: Option<Arc<Slot>>,
     ) -> std::io::Result<Arc<Pool>> {
         let pool = Arc::new(Pool {
             shared: Arc::new(Shared {
@@ -145,6 +149,7 @@ impl Pool {
                 },
                 max_threads,
                 threads: Mutex::new(Vec::new()),
+                metrics,
             }),
         });
         pool.shared.searching.fetch_add(1, Ordering::SeqCst);
@@ -202,7 +207,14 @@ fn thread_main(shared: &Arc<Shared>) {
                     if !shared.jobs.is_empty() {
                         shared.ensure_searcher();
                     }
+                    let counters = shared.metrics.as_deref().map(Slot::counters);
+                    if let Some(counters) = counters {
+                        counters.wsgi_thread_busy();
+                    }
                     run(py, &shared.app, &shared.ctx, job);
+                    if let Some(counters) = counters {
+                        counters.wsgi_thread_idle();
+                    }
                     batch += 1;
                     if batch % WAKE_BATCH == 0 {
                         deliver_wakes();
