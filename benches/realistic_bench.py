@@ -56,6 +56,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -377,25 +378,35 @@ def ensure_oha() -> str:
 
 def run_oha(
     oha: str, url: str, duration: float, cpus: str | None, rate: float | None = None
-) -> dict:
-    """oha's JSON summary of one run: saturation, or `rate` requests/s offered (open loop,
-    latency counted from each request's due time)."""
+) -> tuple[dict, float]:
+    """oha's JSON summary of one run (saturation, or `rate` requests/s offered: open loop,
+    latency counted from each request's due time) and the CPU seconds oha used."""
     command = [
         oha, "--no-tui", "--output-format", "json", "-z", f"{duration}s",
         "-c", str(CONNECTIONS),
     ]  # fmt: skip
     if rate is not None:
         command += ["-q", str(rate), "--latency-correction"]
+    # oha is the only child waited for while it runs (the server is waited for when it stops),
+    # so the children's usage grows by oha's alone.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(
         pinned(cpus, [*command, url]), capture_output=True, text=True, timeout=duration + 60
     )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise RuntimeError(f"oha failed ({result.returncode}): {result.stderr.strip()[-500:]}")
-    return json.loads(result.stdout)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return json.loads(result.stdout), cpu
+
+
+ABORTED = "aborted due to deadline"
 
 
 def summarize(report: dict, seconds: float) -> dict:
+    """Requests/s (answered 200), latency percentiles and errors from oha's JSON."""
     summary = report["summary"]
+    seconds = summary.get("total") or seconds
     percentiles = report.get("latencyPercentiles") or {}
     codes = {str(k): v for k, v in (report.get("statusCodeDistribution") or {}).items()}
     ok = codes.get("200", 0)
@@ -411,7 +422,14 @@ def summarize(report: dict, seconds: float) -> dict:
         "p99_ms": ms(percentiles.get("p99")),
         "max_ms": ms(summary.get("slowest")),
         "status_codes": codes,
-        "errors": report.get("errorDistribution") or {},
+        # oha ends a timed run by aborting the requests in flight (one per connection at
+        # saturation): not the server's errors.
+        "aborted_at_deadline": (report.get("errorDistribution") or {}).get(ABORTED, 0),
+        "errors": {
+            name: count
+            for name, count in (report.get("errorDistribution") or {}).items()
+            if name != ABORTED
+        },
     }
 
 
@@ -511,15 +529,24 @@ def measure(
         wait_for_port(running.port, running.proc, timeout=60)
         size = check_page(running.port, path)
         run_oha(oha, url, args.warmup, place.others, rate)
+        postmaster = postgres.postmaster()
         cpu_before, cores_before = tree_cpu_seconds(running.proc.pid), core_seconds()
+        db_before = tree_cpu_seconds(postmaster)
         started = time.monotonic()
-        report = run_oha(oha, url, args.duration, place.others, rate)
+        report, oha_cpu = run_oha(oha, url, args.duration, place.others, rate)
         elapsed = time.monotonic() - started
         cpu = tree_cpu_seconds(running.proc.pid) - cpu_before
+        db_cpu = tree_cpu_seconds(postmaster) - db_before
         cores_after = core_seconds()
+        busy = sum(cores_after.values()) - sum(cores_before.values())
         result = summarize(report, args.duration)
         result |= {
+            # CPU seconds per second: the server's processes, oha, PostgreSQL, and everything
+            # else on the machine (other people's work: the noise).
             "server_cpu": round(cpu / elapsed, 2),
+            "oha_cpu": round(oha_cpu / elapsed, 2),
+            "postgres_cpu": round(db_cpu / elapsed, 2),
+            "other_cpu": round(max(0.0, busy - cpu - oha_cpu - db_cpu) / elapsed, 2),
             "cores_busy": {
                 core: round((cores_after[core] - cores_before.get(core, 0)) / elapsed, 2)
                 for core in cores_after
@@ -552,9 +579,18 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+LEGEND = f"""
+sat: saturation ({CONNECTIONS} connections); cpu: the server's CPU seconds per second; other: CPU
+seconds per second used meanwhile by processes other than the server, oha and PostgreSQL (the
+noise); rsasgi ÷: rsasgi's saturation req/s over the server's; rate: the offered rate; got: the
+rate served at it; p50 and p99 at the fixed rate count from when each request was due.
+"""
+
+
 def print_table(results: list[dict]) -> None:
     header = (
         f"{'group':<5} {'w':>1} {'server':<9} {'sat req/s':>10} {'sat p99':>9} {'cpu':>5} "
+        f"{'other':>5} "
         f"{'rsasgi ÷':>8} | {'rate':>6} {'got':>7} {'p50':>8} {'p99':>9} {'errors':>6}"
     )
     print(header)
@@ -572,7 +608,8 @@ def print_table(results: list[dict]) -> None:
         print(
             f"{row['group']:<5} {row['workers']:>1} {row['server']:<9} "
             f"{fmt(sat.get('requests_per_sec'), 0):>10} {fmt(sat.get('p99_ms'), 2):>7}ms "
-            f"{fmt(sat.get('server_cpu'), 2):>5} {fmt(ratio, 2):>8} | "
+            f"{fmt(sat.get('server_cpu'), 2):>5} {fmt(sat.get('other_cpu'), 2):>5} "
+            f"{fmt(ratio, 2):>8} | "
             f"{fmt(row.get('rate'), 0):>6} {fmt(fixed.get('requests_per_sec'), 0):>7} "
             f"{fmt(fixed.get('p50_ms'), 2):>6}ms {fmt(fixed.get('p99_ms'), 2):>7}ms {errors:>6}"
         )
@@ -641,8 +678,9 @@ def main() -> int:
                         sat = row["saturation"]
                         print(f"  {server.name:<9} saturation {sat['requests_per_sec']:>8,.0f} "
                               f"req/s  p99 {sat['p99_ms']:.2f} ms  server cpu "
-                              f"{sat['server_cpu']:.2f}  db connections "
-                              f"{sat['db_connections']}", flush=True)  # fmt: skip
+                              f"{sat['server_cpu']:.2f} postgres {sat['postgres_cpu']:.2f} "
+                              f"oha {sat['oha_cpu']:.2f} other {sat['other_cpu']:.2f}  "
+                              f"db connections {sat['db_connections']}", flush=True)  # fmt: skip
                     except Exception as error:  # noqa: BLE001 (reported, the run goes on)
                         row["error"] = str(error)
                         print(f"  {server.name:<9} FAILED: {error}", flush=True)
@@ -667,7 +705,8 @@ def main() -> int:
                         print(f"  {server.name:<9} at {rate:,.0f} req/s: got "
                               f"{fixed['requests_per_sec']:,.0f}  p50 {fixed['p50_ms']:.2f} ms"
                               f"  p99 {fixed['p99_ms']:.2f} ms  server cpu "
-                              f"{fixed['server_cpu']:.2f}", flush=True)  # fmt: skip
+                              f"{fixed['server_cpu']:.2f} other {fixed['other_cpu']:.2f}",
+                              flush=True)  # fmt: skip
                     except Exception as error:  # noqa: BLE001
                         row["error"] = str(error)
                         print(f"  {server.name:<9} FAILED: {error}", flush=True)
@@ -681,10 +720,7 @@ def main() -> int:
 
     load = os.getloadavg()
     print(f"\nload average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"\n'sat': saturation, {CONNECTIONS} connections; 'cpu': the server's CPU seconds per "
-          "second; 'rsasgi ÷': rsasgi's saturation req/s over the server's; 'rate': the "
-          "offered rate, 'got': the rate served (latencies corrected for coordinated "
-          "omission).\n")  # fmt: skip
+    print(LEGEND)
     print_table(results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
