@@ -415,6 +415,7 @@ def summarize(report: dict, seconds: float) -> dict:
         return None if value is None else round(value * 1000, 3)
 
     return {
+        "requests": ok,
         "requests_per_sec": round(ok / seconds, 1),
         "oha_requests_per_sec": summary.get("requestsPerSec"),
         "success_rate": summary.get("successRate"),
@@ -544,6 +545,11 @@ def measure(
             # CPU seconds per second: the server's processes, oha, PostgreSQL, and everything
             # else on the machine (other people's work: the noise).
             "server_cpu": round(cpu / elapsed, 2),
+            # The server's CPU time per request served: less at the mercy of other processes
+            # taking the server's CPU than requests/s is.
+            "cpu_ms_per_request": (
+                round(cpu * 1000 / result["requests"], 3) if result["requests"] else None
+            ),
             "oha_cpu": round(oha_cpu / elapsed, 2),
             "postgres_cpu": round(db_cpu / elapsed, 2),
             "other_cpu": round(max(0.0, busy - cpu - oha_cpu - db_cpu) / elapsed, 2),
@@ -580,17 +586,18 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 LEGEND = f"""
-sat: saturation ({CONNECTIONS} connections); cpu: the server's CPU seconds per second; other: CPU
-seconds per second used meanwhile by processes other than the server, oha and PostgreSQL (the
-noise); rsasgi ÷: rsasgi's saturation req/s over the server's; rate: the offered rate; got: the
-rate served at it; p50 and p99 at the fixed rate count from when each request was due.
+sat: saturation ({CONNECTIONS} connections); cpu: the server's CPU seconds per second; ms/req:
+its CPU milliseconds per request served (all its processes and threads); other: CPU seconds per
+second used meanwhile by processes other than the server, oha and PostgreSQL (the noise);
+rsasgi ÷: rsasgi's saturation req/s over the server's; rate: the offered rate; got: the rate
+served at it; p50 and p99 at the fixed rate count from when each request was due.
 """
 
 
 def print_table(results: list[dict]) -> None:
     header = (
         f"{'group':<5} {'w':>1} {'server':<9} {'sat req/s':>10} {'sat p99':>9} {'cpu':>5} "
-        f"{'other':>5} "
+        f"{'ms/req':>6} {'other':>5} "
         f"{'rsasgi ÷':>8} | {'rate':>6} {'got':>7} {'p50':>8} {'p99':>9} {'errors':>6}"
     )
     print(header)
@@ -608,7 +615,8 @@ def print_table(results: list[dict]) -> None:
         print(
             f"{row['group']:<5} {row['workers']:>1} {row['server']:<9} "
             f"{fmt(sat.get('requests_per_sec'), 0):>10} {fmt(sat.get('p99_ms'), 2):>7}ms "
-            f"{fmt(sat.get('server_cpu'), 2):>5} {fmt(sat.get('other_cpu'), 2):>5} "
+            f"{fmt(sat.get('server_cpu'), 2):>5} {fmt(sat.get('cpu_ms_per_request'), 2):>6} "
+            f"{fmt(sat.get('other_cpu'), 2):>5} "
             f"{fmt(ratio, 2):>8} | "
             f"{fmt(row.get('rate'), 0):>6} {fmt(fixed.get('requests_per_sec'), 0):>7} "
             f"{fmt(fixed.get('p50_ms'), 2):>6}ms {fmt(fixed.get('p99_ms'), 2):>7}ms {errors:>6}"
