@@ -401,6 +401,8 @@ def run_oha(
 
 
 ABORTED = "aborted due to deadline"
+# The table's name for the in-process baseline (benches/realistic/baseline.py).
+NO_SERVER = "no server"
 
 
 def summarize(report: dict, seconds: float) -> dict:
@@ -570,6 +572,29 @@ def measure(
         running.stop()
 
 
+def baseline(args, group: str, place: Layout, postgres: Postgres) -> dict:
+    """The page's CPU cost without a server (benches/realistic/baseline.py: the Django app
+    called in-process, one request after another), on the server's CPU."""
+    postgres.pin(
+        set(map(int, place.others.split(","))) if place.others else os.sched_getaffinity(0)
+    )
+    command = pinned(
+        place.server.split(",")[0] if place.server else None,
+        [sys.executable, "-m", "benches.realistic.baseline", group, str(args.duration)],
+    )
+    result = subprocess.run(
+        command, cwd=REPO, env=server_env(group, postgres), capture_output=True, text=True,
+        timeout=args.duration + 120, check=True,
+    )  # fmt: skip
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    return {
+        "requests": found["requests"],
+        "cpu_ms_per_request": round(found["cpu_seconds"] * 1000 / found["requests"], 3),
+        "requests_per_cpu_second": round(found["requests"] / found["cpu_seconds"], 1),
+        "command": command,
+    }
+
+
 def versions() -> dict:
     found = {}
     for name in ("rsasgi", "Django", "psycopg", "psycopg-pool", "granian", "gunicorn", "uWSGI",
@@ -591,6 +616,8 @@ its CPU milliseconds per request served (all its processes and threads); other: 
 second used meanwhile by processes other than the server, oha and PostgreSQL (the noise);
 rsasgi ÷: rsasgi's saturation req/s over the server's; rate: the offered rate; got: the rate
 served at it; p50 and p99 at the fixed rate count from when each request was due.
+{NO_SERVER}: the Django app called in-process one request at a time, no HTTP: requests per CPU
+second and CPU ms per request, the floor under every server's.
 """
 
 
@@ -603,6 +630,14 @@ def print_table(results: list[dict]) -> None:
     print(header)
     print("-" * len(header))
     for row in results:
+        if "baseline" in row:
+            floor = row["baseline"]
+            print(
+                f"{row['group']:<5} {row['workers']:>1} {row['server']:<9} "
+                f"{fmt(floor['requests_per_cpu_second'], 0):>10} {'':>9} {'':>5} "
+                f"{fmt(floor['cpu_ms_per_request'], 2):>6}   (in-process, per CPU second)"
+            )
+            continue
         sat, fixed = row.get("saturation") or {}, row.get("fixed") or {}
         if "error" in row:
             print(f"{row['group']:<5} {row['workers']:>1} {row['server']:<9} failed: "
@@ -630,6 +665,9 @@ def main() -> int:
     parser.add_argument("--servers", nargs="+", help="only these (names as in the table)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the in-process run (no server)"
+    )
     parser.add_argument(
         "--rate", type=float, help="the fixed offered rate (default: 70%% of the slowest)"
     )
@@ -674,6 +712,17 @@ def main() -> int:
                 chosen = [s for s in servers if s.group == group]
                 print(f"\n== {group}, {workers} worker(s): {place.note}", flush=True)
                 rows = {}
+                if workers == 1 and not args.no_baseline:
+                    try:
+                        floor = baseline(args, group, place, postgres)
+                        results.append({"group": group, "workers": workers,
+                                        "server": NO_SERVER, "baseline": floor})  # fmt: skip
+                        print(f"  {NO_SERVER:<9} {floor['cpu_ms_per_request']:.2f} CPU ms per "
+                              f"request, the Django app called in-process (no server, no "
+                              f"HTTP): {floor['requests_per_cpu_second']:,.0f} requests per "
+                              "CPU second", flush=True)  # fmt: skip
+                    except (subprocess.SubprocessError, ValueError, KeyError) as error:
+                        print(f"  {NO_SERVER} baseline failed: {error}", flush=True)
                 for server in chosen:
                     row = {"group": group, "workers": workers, "server": server.name,
                            "notes": server.notes}  # fmt: skip
