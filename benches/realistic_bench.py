@@ -377,10 +377,16 @@ def ensure_oha() -> str:
 
 
 def run_oha(
-    oha: str, url: str, duration: float, cpus: str | None, rate: float | None = None
-) -> tuple[dict, float]:
+    oha: str,
+    url: str,
+    duration: float,
+    cpus: str | None,
+    rate: float | None = None,
+    midway: Callable[[], object] | None = None,
+) -> tuple[dict, float, object]:
     """oha's JSON summary of one run (saturation, or `rate` requests/s offered: open loop,
-    latency counted from each request's due time) and the CPU seconds oha used."""
+    latency counted from each request's due time), the CPU seconds oha used, and what
+    `midway()` returned when called halfway through the run (None without it)."""
     command = [
         oha, "--no-tui", "--output-format", "json", "-z", f"{duration}s",
         "-c", str(CONNECTIONS),
@@ -390,14 +396,26 @@ def run_oha(
     # oha is the only child waited for while it runs (the server is waited for when it stops),
     # so the children's usage grows by oha's alone.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run(
-        pinned(cpus, [*command, url]), capture_output=True, text=True, timeout=duration + 60
-    )
+    with subprocess.Popen(
+        pinned(cpus, [*command, url]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        seen = None
+        if midway is not None:
+            time.sleep(duration / 2)
+            seen = midway()
+        try:
+            out, err = proc.communicate(timeout=duration + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        raise RuntimeError(f"oha failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    if proc.returncode != 0:
+        raise RuntimeError(f"oha failed ({proc.returncode}): {err.strip()[-500:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return json.loads(result.stdout), cpu
+    return json.loads(out), cpu, seen
 
 
 ABORTED = "aborted due to deadline"
@@ -536,7 +554,9 @@ def measure(
         cpu_before, cores_before = tree_cpu_seconds(running.proc.pid), core_seconds()
         db_before = tree_cpu_seconds(postmaster)
         started = time.monotonic()
-        report, oha_cpu = run_oha(oha, url, args.duration, place.others, rate)
+        report, oha_cpu, connections = run_oha(
+            oha, url, args.duration, place.others, rate, midway=postgres.connections
+        )
         elapsed = time.monotonic() - started
         cpu = tree_cpu_seconds(running.proc.pid) - cpu_before
         db_cpu = tree_cpu_seconds(postmaster) - db_before
@@ -559,7 +579,8 @@ def measure(
                 core: round((cores_after[core] - cores_before.get(core, 0)) / elapsed, 2)
                 for core in cores_after
             },
-            "db_connections": postgres.connections(),
+            # Counted halfway through the measured run.
+            "db_connections": connections,
             "page_bytes": size,
             "command": running.command,
         }
