@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Autobahn|Testsuite (fuzzingclient mode) against rsasgi serving tests/autobahn/echo_app.py:app.
 #
-#   bash tests/autobahn/run.sh                     # rsasgi, cases 1.* to 10.* (no 12.*, 13.*)
+#   bash tests/autobahn/run.sh                     # rsasgi, cases 1.* to 13.* (all of them)
 #   bash tests/autobahn/run.sh --server uvicorn    # the same run against uvicorn, for comparison
 #   bash tests/autobahn/run.sh --cases '5.*,9.1.*' # a subset
 #
@@ -26,8 +26,8 @@ VENV=${VENV:-$ROOT/.venv}
 PY3=$VENV/bin/python
 
 SERVER=rsasgi
-CASES="1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*"
-EXCLUDE="12.*,13.*"
+CASES="1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*,12.*,13.*"
+EXCLUDE=""
 TIMEOUT=600
 WS_MAX_SIZE=$((32 * 1024 * 1024)) # 9.* sends messages of up to 16 MiB
 
