@@ -34,6 +34,9 @@ use progress::{ProgressIo, Stalled, WriteProgress};
 pub(crate) use session::WsSession;
 use session::{AppEvent, AppMessage};
 
+/// The largest payload of a control frame (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -344,8 +347,9 @@ pub(crate) async fn serve(
     let mut closed_by: Option<ClosedBy> = None;
     // Set once we sent a close frame: wait (bounded) for the peer's reply.
     let mut close_sent_at: Option<tokio::time::Instant> = None;
-    // Set when the peer stopped reading: nothing more can be written.
-    let mut stalled = false;
+    // Set when nothing more may be written: the peer stopped reading, or
+    // broke the protocol in a way the engine would answer wrongly.
+    let mut abandoned = false;
 
     loop {
         let room = close_sent_at.is_none() && session.has_room();
@@ -407,6 +411,18 @@ pub(crate) async fn serve(
                     OpCode::Pong => {
                         awaiting_pong = None;
                         Ok(())
+                    }
+                    OpCode::Close if frame.payload().len() > MAX_CONTROL_PAYLOAD => {
+                        // The engine would echo this invalid frame back as
+                        // its close reply: drop the connection instead.
+                        tracing::info!(
+                            "websocket {}: a close frame over 125 bytes; dropping the connection",
+                            session.path
+                        );
+                        outcome.get_or_insert((code::PROTOCOL_ERROR, "protocol error".into()));
+                        closed_by.get_or_insert(ClosedBy::Server);
+                        abandoned = true;
+                        break;
                     }
                     OpCode::Close => {
                         let (code, reason) = match frame.close_code() {
@@ -500,13 +516,13 @@ pub(crate) async fn serve(
                 }
             }
             outcome = Some((code::ABNORMAL, String::new()));
-            stalled = true;
+            abandoned = true;
             break;
         }
     }
     let (code, reason) = outcome.unwrap_or((code::ABNORMAL, String::new()));
     session.finish(code, &reason);
-    if !stalled {
+    if !abandoned {
         let _ = progress.bounded(stall_limit, ws.close()).await;
     }
     Closed {
