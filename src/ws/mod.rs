@@ -251,9 +251,10 @@ pub(crate) struct Closed {
 const COMPRESSION_LEVEL: u32 = 1;
 
 /// The largest window the server compresses with, whatever the client allows:
-/// 4 KiB instead of 32 KiB takes zlib's compressor state from about 260 KiB
-/// to about 150 KiB per connection (the `websockets` library also uses 12). A smaller
-/// window than agreed is always valid: the client's decompressor reads any.
+/// 4 KiB instead of 32 KiB keeps zlib's window buffers small (the `websockets`
+/// library also uses 12; its memory level, which flate2 does not expose, is
+/// the rest of the compressor's state). A smaller window than agreed is
+/// always valid: the client's decompressor reads any.
 const ENGINE_SERVER_WINDOW_BITS: u8 = 12;
 
 /// The engine's settings for one connection: the size limit of a frame,
