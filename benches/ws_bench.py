@@ -5,7 +5,7 @@ with one worker pinned to one core; the load client runs pinned to another core.
 opens 64 websockets and on each one sends a small text message, waits for the echo, and sends
 the next, for a fixed time; the result is completed round trips (messages echoed) per second.
 
-    ASGI: rsasgi, uvicorn (websockets), uvicorn-wsproto, granian, hypercorn, daphne
+    ASGI: rsasgi, uvicorn (websockets), uvicorn-wsproto, granian, h2corn, hypercorn, daphne
 
     pip install -r benches/requirements.txt     # the peers and picows; this installs nothing
     python benches/ws_bench.py                   # from the repository root
@@ -151,6 +151,17 @@ def _hypercorn_argv(port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def _h2corn_argv(port: int) -> list[str]:
+    # One Tokio runtime thread, as granian gets (h2corn's default is 2), as in benches/run.py.
+    loop = ["--loop", "uvloop"] if _has_uvloop() else []
+    return [
+        sys.executable, "-m", "h2corn", APP,
+        "--host", HOST, "--port", str(port),
+        "--workers", "1", "--runtime-threads", "1", *loop,
+        "--no-access-log",
+    ]  # fmt: skip
+
+
 def _daphne_argv(port: int) -> list[str]:
     return [
         sys.executable, "-m", "daphne", "-b", HOST, "-p", str(port),
@@ -170,6 +181,10 @@ SERVER_SPECS = [
         "--ws wsproto, uvloop + httptools", package="uvicorn",
     ),
     ServerSpec("granian", ("granian",), _granian_argv, "asgi, 1 runtime thread, uvloop"),
+    ServerSpec(
+        "h2corn", ("h2corn",), _h2corn_argv, "1 runtime thread, uvloop",
+        install="pip install h2corn",
+    ),
     ServerSpec("hypercorn", ("hypercorn",), _hypercorn_argv, "uvloop worker"),
     ServerSpec("daphne", ("daphne",), _daphne_argv, "Twisted, single process"),
 ]  # fmt: skip

@@ -111,7 +111,6 @@ const UNSUPPORTED: &[&str] = &[
     // HTTP and WebSocket tuning.
     "--http2",
     "--h11-max-incomplete-event-size",
-    "--ws-per-message-deflate",
     "--limit-request-line",
     "--limit-request-fields",
     "--limit-request-field_size",
@@ -458,6 +457,12 @@ struct Args {
           value_parser = |raw: &str| parse_count(raw, 1, config::MAX_WS_QUEUE),
           help_heading = "WebSockets")]
     ws_max_queue: usize,
+
+    /// Compress messages (permessage-deflate, RFC 7692) with clients that offer it.
+    #[arg(long, env = "RSASGI_WS_PER_MESSAGE_DEFLATE", action = ArgAction::Set,
+          default_value_t = true, value_name = "BOOL", hide_possible_values = true,
+          help_heading = "WebSockets")]
+    ws_per_message_deflate: bool,
 
     /// Seconds between pings to clients (0 disables them).
     #[arg(long, env = "RSASGI_WS_PING_INTERVAL", value_name = "SECONDS",
@@ -987,7 +992,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
     let mut compat_notes = Vec::new();
     if args.ws.is_peer_engine() {
         compat_notes.push(format!(
-            "--ws {}: rsasgi has one WebSocket engine (tokio-tungstenite); using it",
+            "--ws {}: rsasgi has one WebSocket engine (yawc); using it",
             value_name(args.ws)
         ));
     }
@@ -1116,6 +1121,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
             max_queue: args.ws_max_queue,
             ping_interval: (!ping_interval.is_zero()).then_some(ping_interval),
             ping_timeout: args.ws_ping_timeout.0,
+            per_message_deflate: args.ws_per_message_deflate,
         }),
         metrics_bind: args.metrics_bind,
         compat_notes,
@@ -1389,7 +1395,7 @@ mod tests {
             assert_eq!(
                 config.compat_notes,
                 [format!(
-                    "--ws {engine}: rsasgi has one WebSocket engine (tokio-tungstenite); using it"
+                    "--ws {engine}: rsasgi has one WebSocket engine (yawc); using it"
                 )]
             );
         }

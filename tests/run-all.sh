@@ -56,7 +56,7 @@ PYO3_PYTHON="$PWD/.venv/bin/python" cargo test --quiet
 echo "== end-to-end tests"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 
-echo "== Autobahn|Testsuite (WebSocket conformance, cases 1-10)"
+echo "== Autobahn|Testsuite (WebSocket conformance, cases 1-13, permessage-deflate included)"
 VENV="$PWD/.venv" bash tests/autobahn/run.sh
 
 echo "== CPython 3.10 to 3.13 (ASGI scope, WSGI, WebSocket, lifespan on each)"

@@ -68,6 +68,7 @@ OPTIONS = [
     "--ws-max-queue",
     "--ws-ping-interval",
     "--ws-ping-timeout",
+    "--ws-per-message-deflate",
     "--config",
     "--print-config",
     "--check-config",

@@ -801,7 +801,6 @@ def test_invalid_utf8_split_across_fragments_closes_with_1007(ws_server):
     "frame",
     [
         pytest.param(encode_frame(OP_TEXT, b"unmasked", mask=False), id="unmasked"),
-        pytest.param(encode_frame(0x3, b"reserved opcode"), id="reserved-opcode"),
         pytest.param(encode_frame(OP_TEXT, b"rsv1", rsv=4), id="rsv-bit"),
         pytest.param(encode_frame(OP_CONT, b"nothing to continue"), id="orphan-continuation"),
         pytest.param(encode_frame(OP_PING, b"p" * 126), id="long-control-frame"),
@@ -817,6 +816,26 @@ def test_protocol_violation_closes_with_1002(ws_server, frame):
         sock.sendall(frame)
         code, seen = reader.close_code()
     assert code == 1002, f"expected close 1002, got {code} after frames {seen}"
+
+
+def test_close_frame_over_125_bytes_drops_the_connection(ws_server):
+    """A control frame carries at most 125 bytes (RFC 6455 §5.5); echoing such a close back
+    would be invalid too, so the server drops the TCP connection without a close frame."""
+    sock, reader = raw_handshake(ws_server, "/echo")
+    with sock:
+        sock.sendall(encode_frame(OP_CLOSE, struct.pack("!H", 1000) + b"r" * 124))
+        code, seen = reader.close_code()
+    assert (code, seen) == (None, [])
+
+
+def test_reserved_opcode_closes_with_1003(ws_server):
+    """RFC 6455 §5.2 leaves the code open; the engine (yawc) answers a frame type it cannot
+    accept with 1003, as §7.4.1 describes that code."""
+    sock, reader = raw_handshake(ws_server, "/echo")
+    with sock:
+        sock.sendall(encode_frame(0x3, b"reserved opcode"))
+        code, seen = reader.close_code()
+    assert code == 1003, f"expected close 1003, got {code} after frames {seen}"
 
 
 def test_client_ping_gets_pong(ws_server):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zlib
 
 import h2.config
 import h2.connection
@@ -121,6 +122,24 @@ def test_echo_over_http2(run_rsasgi):
         ws.send_frame(0x8, struct.pack("!H", 1000))
         opcode, payload = ws.recv_frame()
         assert opcode == 0x8 and struct.unpack("!H", payload[:2])[0] == 1000
+    finally:
+        ws.close()
+
+
+def test_permessage_deflate_over_http2(run_rsasgi):
+    """RFC 8441 carries the same extension negotiation (§5): the server compresses its echo."""
+    server = run_rsasgi("ws_app:app")
+    offer = "permessage-deflate; server_max_window_bits=10"
+    ws = H2WebSocket(server, "/echo", [("sec-websocket-extensions", offer)])
+    try:
+        assert ws.headers[":status"] == "200"
+        assert ws.headers["sec-websocket-extensions"] == offer
+        message = b"compress me over HTTP/2 " * 200
+        ws.send_frame(0x2, message)
+        opcode, payload = ws.recv_frame()
+        assert opcode == 0x2 and len(payload) < len(message) // 10
+        inflated = zlib.decompressobj(wbits=-10).decompress(payload + b"\x00\x00\xff\xff")
+        assert inflated == message
     finally:
         ws.close()
 

@@ -449,6 +449,11 @@ async fn open_websocket(
             return state.error_response(status, log.map(|l| l.with_status(status)), true);
         }
     };
+    let deflate = if settings.per_message_deflate {
+        ws::deflate::negotiate(request.headers())
+    } else {
+        None
+    };
     let (mut head, _body) = request.into_parts();
     let on_upgrade = head.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let path = head
@@ -497,6 +502,14 @@ async fn open_websocket(
             if let Some(protocol) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
                 response_headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
             }
+            // The server answers extensions itself: an app's own header would
+            // promise what the engine does not do.
+            response_headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+            if let Some(agreement) = &deflate {
+                if let Ok(value) = HeaderValue::from_str(&agreement.header_value()) {
+                    response_headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+                }
+            }
             state.add_server_headers(response_headers);
             let registry = Arc::clone(&state.websockets);
             let metrics = state.metrics.clone();
@@ -504,7 +517,8 @@ async fn open_websocket(
                 match on_upgrade.await {
                     Ok(upgraded) => {
                         let _open = metrics.as_ref().map(|slot| WebSocketOpen::new(slot, http2));
-                        let closed = ws::serve(upgraded, session, settings, registry).await;
+                        let closed =
+                            ws::serve(upgraded, session, settings, deflate, registry).await;
                         if let Some(line) = closing_line {
                             line.closed(closed);
                         }

@@ -1,10 +1,13 @@
 //! WebSockets (RFC 6455) over HTTP/1.1 upgrades.
 //!
-//! The protocol engine is tokio-tungstenite, used only in this module so it
-//! can be replaced (or extended with permessage-deflate, or WebSockets over
-//! HTTP/2) without touching the ASGI side. The ASGI side talks to a
+//! The protocol engine is yawc (framing, masking, fragments, UTF-8 checks,
+//! control frames and permessage-deflate), used only in this module so it
+//! can be replaced without touching the ASGI side; which permessage-deflate
+//! offer to accept is decided in [`deflate`]. The ASGI side talks to a
 //! connection through its [`WsSession`].
 
+pub(crate) mod deflate;
+mod message;
 mod progress;
 pub(crate) mod session;
 
@@ -13,22 +16,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64ct::{Base64, Encoding};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::Method;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use sha1::{Digest, Sha1};
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use yawc::close::CloseCode;
+use yawc::{CompressionLevel, Frame, OpCode, Options, Role, WebSocket, WebSocketError as WsError};
 
+use deflate::Agreement;
+use message::Assembler;
 use progress::{ProgressIo, Stalled, WriteProgress};
 pub(crate) use session::WsSession;
-use session::{AppEvent, AppMessage, PeerMessage};
+use session::{AppEvent, AppMessage};
+
+/// The largest payload of a control frame (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,6 +44,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) mod code {
     pub const NORMAL: u16 = 1000;
     pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
     pub const NO_STATUS: u16 = 1005;
     pub const ABNORMAL: u16 = 1006;
     pub const INVALID_DATA: u16 = 1007;
@@ -53,6 +61,8 @@ pub(crate) struct WsSettings {
     /// `None` disables keep-alive pings.
     pub ping_interval: Option<Duration>,
     pub ping_timeout: Duration,
+    /// Accept permessage-deflate (RFC 7692) when the client offers it.
+    pub per_message_deflate: bool,
 }
 
 /// Open connections, so shutdown can wait for them and then close them.
@@ -137,7 +147,11 @@ pub(crate) fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, BadHandshak
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or(BadHandshake::Invalid("missing Sec-WebSocket-Key"))?;
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    // RFC 6455 §4.2.2: base64 of the SHA-1 of the key and this GUID.
+    let mut sha1 = Sha1::new();
+    sha1.update(key.as_bytes());
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = Base64::encode_string(&sha1.finalize());
     HeaderValue::from_str(&accept).map_err(|_| BadHandshake::Invalid("invalid Sec-WebSocket-Key"))
 }
 
@@ -153,25 +167,33 @@ pub(crate) fn offered_subprotocols(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// The close code a read error ends the connection with (the one the
+/// engine sends the peer), and the reason logged.
 fn close_code_of(error: &WsError) -> (u16, &'static str) {
     match error {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-            (code::TOO_BIG, "message too big")
+        WsError::FrameTooLarge => (code::TOO_BIG, "message too big"),
+        WsError::InvalidUTF8 => (code::INVALID_DATA, "invalid UTF-8 in text message"),
+        WsError::InvalidOpCode(_) => (code::UNSUPPORTED_DATA, "unknown opcode"),
+        WsError::ReservedBitsNotZero
+        | WsError::ControlFrameFragmented
+        | WsError::PingFrameTooLarge
+        | WsError::InvalidFragment
+        | WsError::InvalidCloseFrame
+        | WsError::InvalidCloseCode
+        | WsError::FragmentTimeout
+        | WsError::InvalidContinuationFrame
+        | WsError::CompressionNotSupported => (code::PROTOCOL_ERROR, "protocol error"),
+        // The engine reports a corrupt deflate stream as invalid input.
+        WsError::IoError(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
+            (code::INTERNAL_ERROR, "undecodable compressed message")
         }
-        WsError::Capacity(_) => (code::TOO_BIG, "frame too big"),
-        WsError::Utf8(_) => (code::INVALID_DATA, "invalid UTF-8 in text message"),
         // The peer dropped the TCP connection without a close frame.
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => (code::ABNORMAL, ""),
-        WsError::Protocol(_) | WsError::AttackAttempt => (code::PROTOCOL_ERROR, "protocol error"),
         _ => (code::ABNORMAL, ""),
     }
 }
 
-fn close_message(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.to_string().into(),
-    }))
+fn close_frame(code: u16, reason: &str) -> Frame {
+    Frame::close(CloseCode::from(code), reason)
 }
 
 /// How long a write may make no progress when `--ws-ping-timeout` is 0.
@@ -224,19 +246,68 @@ pub(crate) struct Closed {
     pub by: ClosedBy,
 }
 
+/// The deflate level the server compresses with: the fastest, since the
+/// reactor thread does the work (see [`serve`]).
+const COMPRESSION_LEVEL: u32 = 1;
+
+/// The largest window the server compresses with, whatever the client allows:
+/// 4 KiB instead of 32 KiB keeps zlib's window buffers small (the `websockets`
+/// library also uses 12; its memory level, which flate2 does not expose, is
+/// the rest of the compressor's state). A smaller window than agreed is
+/// always valid: the client's decompressor reads any.
+const ENGINE_SERVER_WINDOW_BITS: u8 = 12;
+
+/// The engine's settings for one connection: the size limit of a frame,
+/// and compression when the handshake agreed on it (with the terms the
+/// engine applies).
+fn engine_options(settings: &WsSettings, deflate: Option<&Agreement>) -> (Options, Option<String>) {
+    // The engine's limits are exclusive; ours is inclusive.
+    let limit = settings.max_size.saturating_add(1);
+    let options = Options::default().with_limits(limit, limit);
+    match deflate {
+        None => (options.without_compression(), None),
+        Some(agreement) => {
+            let engine_terms = Agreement {
+                // yawc 0.4's compressor spins forever on an empty message
+                // that follows another one when it keeps its context (a
+                // second sync flush with no input makes no progress); reset
+                // after every message, which any client can read, it cannot.
+                server_no_context_takeover: true,
+                server_max_window_bits: Some(
+                    agreement
+                        .server_max_window_bits
+                        .map_or(ENGINE_SERVER_WINDOW_BITS, |bits| {
+                            bits.min(ENGINE_SERVER_WINDOW_BITS)
+                        }),
+                ),
+                ..*agreement
+            };
+            (
+                options.with_compression_level(CompressionLevel::new(COMPRESSION_LEVEL)),
+                Some(engine_terms.header_value()),
+            )
+        }
+    }
+}
+
 /// Runs an upgraded connection until it closes; says how it ended.
+///
+/// `deflate` holds the permessage-deflate terms the handshake answered with.
+/// Compression and decompression run here, on the reactor thread, at the
+/// fastest level: moving a message to another thread costs more than
+/// compressing the small messages WebSockets mostly carry, and a large one is
+/// bounded by `--ws-max-size` in both directions (decompression stops at the
+/// limit, so a small compressed message cannot grow past it).
 pub(crate) async fn serve(
     upgraded: Upgraded,
     session: Arc<WsSession>,
     settings: WsSettings,
+    deflate: Option<Agreement>,
     registry: Arc<Registry>,
 ) -> Closed {
     registry.open.fetch_add(1, Ordering::Relaxed);
     let _registered = Registered(&registry);
     let mut closing = registry.closing.subscribe();
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(settings.max_size))
-        .max_frame_size(Some(settings.max_size));
     let progress = WriteProgress::new();
     // A peer that reads nothing for this long while we write is dropped.
     let stall_limit = if settings.ping_timeout.is_zero() {
@@ -245,22 +316,41 @@ pub(crate) async fn serve(
         settings.ping_timeout
     };
     let io = ProgressIo::new(TokioIo::new(upgraded), Arc::clone(&progress));
-    let stream = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    let (mut sink, mut stream) = stream.split();
+    let (options, extensions) = engine_options(&settings, deflate.as_ref());
+    // The engine's streaming layer: frames one by one (control frames
+    // answered, data frames decompressed), joined into messages here.
+    let mut ws = match WebSocket::from_stream_with_extensions(
+        io,
+        Role::Server,
+        extensions.as_deref(),
+        options,
+    ) {
+        Ok(ws) => ws.into_streaming(),
+        Err(error) => {
+            tracing::error!("websocket {}: {error}", session.path);
+            session.finish(code::INTERNAL_ERROR, "");
+            return Closed {
+                code: code::INTERNAL_ERROR,
+                by: ClosedBy::Server,
+            };
+        }
+    };
 
     let mut ping = settings.ping_interval.map(|every| {
         let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval
     });
+    let mut assembler = Assembler::new(settings.max_size);
     let mut awaiting_pong: Option<Instant> = None;
     // The close code and reason the app will see, and who closed first.
     let mut outcome: Option<(u16, String)> = None;
     let mut closed_by: Option<ClosedBy> = None;
     // Set once we sent a close frame: wait (bounded) for the peer's reply.
     let mut close_sent_at: Option<tokio::time::Instant> = None;
-    // Set when the peer stopped reading: nothing more can be written.
-    let mut stalled = false;
+    // Set when nothing more may be written: the peer stopped reading, or
+    // broke the protocol in a way the engine would answer wrongly.
+    let mut abandoned = false;
 
     loop {
         let room = close_sent_at.is_none() && session.has_room();
@@ -276,61 +366,96 @@ pub(crate) async fn serve(
                         let mut frames = Vec::with_capacity(messages.len());
                         for message in messages {
                             frames.push(match message {
-                                AppMessage::Text(text) => Message::text(text),
-                                AppMessage::Binary(data) => Message::binary(data),
+                                AppMessage::Text(text) => Frame::text(text),
+                                AppMessage::Binary(data) => Frame::binary(data),
                                 AppMessage::Close(code, reason) => {
                                     outcome.get_or_insert((code, reason.clone()));
                                     closed_by.get_or_insert(ClosedBy::App);
                                     close_sent_at = Some(tokio::time::Instant::now());
-                                    close_message(code, &reason)
+                                    close_frame(code, &reason)
                                 }
                             });
                         }
                         let send_all = async {
                             for frame in frames {
-                                sink.feed(frame).await?;
+                                ws.feed(frame).await?;
                             }
-                            sink.flush().await
+                            ws.flush().await
                         };
                         written(progress.bounded(stall_limit, send_all).await)
                     }
                 }
             }
-            message = stream.next(), if read_wanted => match message {
-                Some(Ok(Message::Text(text))) => {
-                    session.push_incoming(PeerMessage::Text(text.as_str().to_string()));
-                    Ok(())
-                }
-                Some(Ok(Message::Binary(data))) => {
-                    session.push_incoming(PeerMessage::Binary(data));
-                    Ok(())
-                }
-                Some(Ok(Message::Pong(_))) => {
-                    awaiting_pong = None;
-                    Ok(())
-                }
-                // tungstenite queued the pong; send it now.
-                Some(Ok(Message::Ping(_))) => written(progress.bounded(stall_limit, sink.flush()).await),
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = match &frame {
-                        Some(frame) => (u16::from(frame.code), frame.reason.as_str().to_string()),
-                        None => (code::NO_STATUS, String::new()),
-                    };
-                    outcome.get_or_insert((code, reason));
-                    closed_by.get_or_insert(ClosedBy::Client);
-                    // Send tungstenite's queued close reply.
-                    let _ = progress.bounded(stall_limit, sink.flush()).await;
-                    break;
-                }
-                Some(Ok(Message::Frame(_))) => Ok(()),
-                Some(Err(error)) => {
+            frame = poll_fn(|cx| ws.poll_next_frame(cx)), if read_wanted => match frame {
+                Ok(frame) => match frame.opcode() {
+                    OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                        match assembler.push(frame) {
+                            Ok(Some(message)) => {
+                                session.push_incoming(message);
+                                Ok(())
+                            }
+                            Ok(None) => Ok(()),
+                            Err(error) => {
+                                let (code, reason) = error.close_code();
+                                tracing::info!(
+                                    "closing websocket {} with {code}: {reason}",
+                                    session.path
+                                );
+                                let close = ws.send(close_frame(code, reason));
+                                let _ = progress.bounded(stall_limit, close).await;
+                                outcome.get_or_insert((code, reason.to_string()));
+                                closed_by.get_or_insert(ClosedBy::Server);
+                                break;
+                            }
+                        }
+                    }
+                    OpCode::Pong => {
+                        awaiting_pong = None;
+                        Ok(())
+                    }
+                    OpCode::Close if frame.payload().len() > MAX_CONTROL_PAYLOAD => {
+                        // The engine would echo this invalid frame back as
+                        // its close reply: drop the connection instead.
+                        tracing::info!(
+                            "websocket {}: a close frame over 125 bytes; dropping the connection",
+                            session.path
+                        );
+                        outcome.get_or_insert((code::PROTOCOL_ERROR, "protocol error".into()));
+                        closed_by.get_or_insert(ClosedBy::Server);
+                        abandoned = true;
+                        break;
+                    }
+                    OpCode::Close => {
+                        let (code, reason) = match frame.close_code() {
+                            Some(code) => (
+                                u16::from(code),
+                                frame.close_reason().ok().flatten().unwrap_or("").to_string(),
+                            ),
+                            None => (code::NO_STATUS, String::new()),
+                        };
+                        outcome.get_or_insert((code, reason));
+                        closed_by.get_or_insert(ClosedBy::Client);
+                        if close_sent_at.is_none() {
+                            // The engine queued the close reply; reading once
+                            // more sends it and reports the end.
+                            let reply = poll_fn(|cx| ws.poll_next_frame(cx));
+                            let _ = progress.bounded(stall_limit, reply).await;
+                        }
+                        break;
+                    }
+                    // The engine queued the pong; it goes out with the next read.
+                    OpCode::Ping => Ok(()),
+                },
+                Err(error) => {
                     let (code, reason) = close_code_of(&error);
                     if code != code::ABNORMAL && close_sent_at.is_none() {
                         tracing::info!(
                             "closing websocket {} with {code}: {error}",
                             session.path
                         );
-                        let close = sink.send(close_message(code, reason));
+                        // The engine queued its close frame; reading once
+                        // more sends it.
+                        let close = poll_fn(|cx| ws.poll_next_frame(cx));
                         let _ = progress.bounded(stall_limit, close).await;
                     }
                     outcome.get_or_insert((code, reason.to_string()));
@@ -339,11 +464,6 @@ pub(crate) async fn serve(
                     } else {
                         ClosedBy::Server
                     });
-                    break;
-                }
-                None => {
-                    outcome.get_or_insert((code::ABNORMAL, String::new()));
-                    closed_by.get_or_insert(ClosedBy::Client);
                     break;
                 }
             },
@@ -356,7 +476,7 @@ pub(crate) async fn serve(
                 if awaiting_pong.is_some_and(|sent| sent.elapsed() >= settings.ping_timeout) {
                     tracing::info!("websocket {} did not answer a ping; closing", session.path);
                     let reason = "keepalive ping timeout";
-                    let close = sink.send(close_message(code::INTERNAL_ERROR, reason));
+                    let close = ws.send(close_frame(code::INTERNAL_ERROR, reason));
                     let _ = progress.bounded(stall_limit, close).await;
                     outcome.get_or_insert((code::INTERNAL_ERROR, reason.to_string()));
                     closed_by.get_or_insert(ClosedBy::Server);
@@ -365,14 +485,14 @@ pub(crate) async fn serve(
                 if awaiting_pong.is_none() {
                     awaiting_pong = Some(Instant::now());
                 }
-                written(progress.bounded(stall_limit, sink.send(Message::Ping(Bytes::new()))).await)
+                written(progress.bounded(stall_limit, ws.send(Frame::ping(Bytes::new()))).await)
             }
             _ = async { closing.wait_for(|closing| *closing).await.map(drop) }, if close_sent_at.is_none() => {
                 let reason = "server shutting down";
                 outcome.get_or_insert((code::SERVICE_RESTART, reason.to_string()));
                 closed_by.get_or_insert(ClosedBy::Server);
                 close_sent_at = Some(tokio::time::Instant::now());
-                let close = sink.send(close_message(code::SERVICE_RESTART, reason));
+                let close = ws.send(close_frame(code::SERVICE_RESTART, reason));
                 written(progress.bounded(stall_limit, close).await)
             }
             _ = async {
@@ -397,14 +517,14 @@ pub(crate) async fn serve(
                 }
             }
             outcome = Some((code::ABNORMAL, String::new()));
-            stalled = true;
+            abandoned = true;
             break;
         }
     }
     let (code, reason) = outcome.unwrap_or((code::ABNORMAL, String::new()));
     session.finish(code, &reason);
-    if !stalled {
-        let _ = progress.bounded(stall_limit, sink.close()).await;
+    if !abandoned {
+        let _ = progress.bounded(stall_limit, ws.close()).await;
     }
     Closed {
         code,
@@ -475,18 +595,48 @@ mod tests {
 
     #[test]
     fn errors_map_to_close_codes() {
-        let too_big = WsError::Capacity(CapacityError::MessageTooLong {
-            size: 2,
-            max_size: 1,
-        });
-        assert_eq!(close_code_of(&too_big).0, code::TOO_BIG);
+        assert_eq!(close_code_of(&WsError::FrameTooLarge).0, code::TOO_BIG);
+        assert_eq!(close_code_of(&WsError::InvalidUTF8).0, code::INVALID_DATA);
+        assert_eq!(close_code_of(&WsError::ConnectionClosed).0, code::ABNORMAL);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(close_code_of(&WsError::IoError(reset)).0, code::ABNORMAL);
+        let corrupt = std::io::Error::from(std::io::ErrorKind::InvalidInput);
         assert_eq!(
-            close_code_of(&WsError::Utf8(String::new())).0,
-            code::INVALID_DATA
+            close_code_of(&WsError::IoError(corrupt)).0,
+            code::INTERNAL_ERROR
         );
-        let reset = WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake);
-        assert_eq!(close_code_of(&reset).0, code::ABNORMAL);
-        let bad = WsError::Protocol(ProtocolError::NonZeroReservedBits);
-        assert_eq!(close_code_of(&bad).0, code::PROTOCOL_ERROR);
+        assert_eq!(
+            close_code_of(&WsError::ReservedBitsNotZero).0,
+            code::PROTOCOL_ERROR
+        );
+    }
+
+    #[test]
+    fn the_engine_compresses_each_message_alone_with_at_most_a_4k_window() {
+        let settings = WsSettings {
+            max_size: 1024,
+            max_queue: 1,
+            ping_interval: None,
+            ping_timeout: Duration::ZERO,
+            per_message_deflate: true,
+        };
+        assert_eq!(engine_options(&settings, None).1, None);
+        let plain = Agreement::default();
+        assert_eq!(
+            engine_options(&settings, Some(&plain)).1.as_deref(),
+            Some("permessage-deflate; server_no_context_takeover; server_max_window_bits=12")
+        );
+        let small = Agreement {
+            server_max_window_bits: Some(10),
+            client_no_context_takeover: true,
+            ..Agreement::default()
+        };
+        assert_eq!(
+            engine_options(&settings, Some(&small)).1.as_deref(),
+            Some(
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
+                 server_max_window_bits=10"
+            )
+        );
     }
 }

@@ -37,6 +37,7 @@ pub(crate) enum Handshake {
 }
 
 /// A data message from the peer.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum PeerMessage {
     Text(String),
     Binary(Bytes),

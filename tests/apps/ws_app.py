@@ -179,6 +179,19 @@ async def ws_accept_headers(scope, receive, send):
     await wait_disconnect(receive)
 
 
+async def ws_accept_extension(scope, receive, send):
+    """Accepts naming an extension itself, which only the server may answer."""
+    await receive()
+    await send(
+        {
+            "type": "websocket.accept",
+            "headers": [(b"sec-websocket-extensions", b"x-made-up-extension")],
+        }
+    )
+    await send({"type": "websocket.send", "text": "accepted"})
+    await wait_disconnect(receive)
+
+
 async def ws_app_close(scope, receive, send):
     await receive()
     await send({"type": "websocket.accept"})
@@ -366,6 +379,7 @@ WEBSOCKET_ROUTES = {
     "/describe": ws_describe,
     "/subprotocol": ws_subprotocol,
     "/accept-headers": ws_accept_headers,
+    "/accept-extension": ws_accept_extension,
     "/app-close": ws_app_close,
     "/deny": ws_deny,
     "/http-response": ws_http_response,

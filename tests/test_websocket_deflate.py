@@ -1,0 +1,382 @@
+"""permessage-deflate (RFC 7692) end to end: the `websockets` client (which offers it by default)
+and raw sockets with hand-made offers and hand-compressed frames, against tests/apps/ws_app.py
+served by rsasgi.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import struct
+import zlib
+
+import pytest
+from apps.ws_raw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, WS_GUID, FrameReader, encode_frame
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+APP = "ws_app:app"
+
+# Text that compresses well, and bytes that do not compress at all.
+COMPRESSIBLE = "the quick brown fox jumps over the lazy dog; " * 2000
+INCOMPRESSIBLE = os.urandom(64 * 1024)
+
+
+def run(coro, timeout: float = 30.0):
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+def ws_connect(server, path: str = "/echo", **kwargs):
+    kwargs.setdefault("open_timeout", 10)
+    kwargs.setdefault("close_timeout", 5)
+    kwargs.setdefault("max_size", 8 * 1024 * 1024)
+    return connect(f"ws://127.0.0.1:{server.port}{path}", **kwargs)
+
+
+@pytest.fixture
+def ws_server(run_rsasgi):
+    return run_rsasgi(APP)
+
+
+# --------------------------------------------------------------------------- raw client
+
+
+def offer_handshake(server, offer: str | None, path: str = "/echo"):
+    """Upgrade a raw connection offering `offer` in Sec-WebSocket-Extensions; return the
+    socket, a frame reader and the response's Sec-WebSocket-Extensions (None when absent)."""
+    sock = server.connect()
+    sock.settimeout(10)
+    key = base64.b64encode(os.urandom(16))
+    extra = b"" if offer is None else b"Sec-WebSocket-Extensions: " + offer.encode() + b"\r\n"
+    sock.sendall(
+        b"GET " + path.encode() + b" HTTP/1.1\r\n"
+        b"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
+    )
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed during the handshake; got {data!r}"
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    assert lines[0].startswith(b"HTTP/1.1 101"), head
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip().decode()
+    assert (
+        headers[b"sec-websocket-accept"]
+        == base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+    )
+    return sock, RsvFrameReader(sock, rest), headers.get(b"sec-websocket-extensions")
+
+
+class RsvFrameReader(FrameReader):
+    """A frame reader that also reports RSV1, the "compressed" bit (RFC 7692 §6)."""
+
+    def frame_rsv1(self) -> tuple[int, bool, bool, bytes]:
+        first, second = self._take(2)
+        assert not second & 0x80, "the server masked a frame"
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", self._take(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self._take(8))
+        return first & 0x0F, bool(first & 0x80), bool(first & 0x40), self._take(length)
+
+
+def deflate(data: bytes, compressor=None) -> bytes:
+    """A message's payload as RFC 7692 §7.2.1 has it: raw deflate, flushed, without the
+    trailing empty block's 00 00 ff ff."""
+    compressor = compressor or zlib.compressobj(wbits=-15)
+    out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def inflate(payload: bytes, decompressor) -> bytes:
+    return decompressor.decompress(payload + b"\x00\x00\xff\xff")
+
+
+def window_probe() -> bytes:
+    """2 KiB of noise, twice: a compressor with a window over 1 KiB refers the second copy back
+    2 KiB, which a decompressor with a 1 KiB window (server_max_window_bits=10) cannot read."""
+    noise = os.urandom(2048)
+    return noise + noise
+
+
+# --------------------------------------------------------------------------- websockets client
+
+
+def test_websockets_client_negotiates_deflate_and_round_trips(ws_server):
+    async def client():
+        async with ws_connect(ws_server) as ws:
+            agreed = ws.response.headers.get("Sec-WebSocket-Extensions")
+            names = [type(extension).__name__ for extension in ws.protocol.extensions]
+            echoes = []
+            for message in (COMPRESSIBLE, INCOMPRESSIBLE, COMPRESSIBLE[:10], b"", "é" * 500):
+                await ws.send(message)
+                echoes.append(await ws.recv())
+            return agreed, names, echoes
+
+    agreed, names, echoes = run(client())
+    # websockets offers client_max_window_bits without a value: the server need not limit it.
+    assert agreed == "permessage-deflate"
+    assert names == ["PerMessageDeflate"]
+    assert echoes == [COMPRESSIBLE, INCOMPRESSIBLE, COMPRESSIBLE[:10], b"", "é" * 500]
+
+
+def test_fragmented_compressed_messages_round_trip(ws_server):
+    async def client():
+        async with ws_connect(ws_server) as ws:
+            await ws.send([COMPRESSIBLE[:3000], COMPRESSIBLE[3000:6000], COMPRESSIBLE[6000:]])
+            text = await ws.recv()
+            await ws.send([INCOMPRESSIBLE[:1000], INCOMPRESSIBLE[1000:]])
+            return text, await ws.recv()
+
+    assert run(client()) == (COMPRESSIBLE, INCOMPRESSIBLE)
+
+
+def test_client_without_deflate_gets_no_extension(ws_server):
+    async def client():
+        async with ws_connect(ws_server, compression=None) as ws:
+            await ws.send(COMPRESSIBLE)
+            return ws.response.headers.get("Sec-WebSocket-Extensions"), await ws.recv()
+
+    assert run(client()) == (None, COMPRESSIBLE)
+
+
+def test_option_off_declines_every_offer(run_rsasgi):
+    server = run_rsasgi(APP, "--ws-per-message-deflate", "false")
+
+    async def client():
+        async with ws_connect(server) as ws:
+            await ws.send(COMPRESSIBLE)
+            return ws.response.headers.get("Sec-WebSocket-Extensions"), await ws.recv()
+
+    assert run(client()) == (None, COMPRESSIBLE)
+
+
+def test_option_off_from_environment(run_rsasgi):
+    server = run_rsasgi(APP, env={"RSASGI_WS_PER_MESSAGE_DEFLATE": "false"})
+    _, _, agreed = offer_handshake(server, "permessage-deflate")
+    assert agreed is None
+
+
+# --------------------------------------------------------------------------- negotiation
+
+
+@pytest.mark.parametrize(
+    "offer, answer",
+    [
+        ("permessage-deflate", "permessage-deflate"),
+        ("permessage-deflate; client_max_window_bits", "permessage-deflate"),
+        (
+            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate; server_max_window_bits=10",
+        ),
+        (
+            "permessage-deflate; client_no_context_takeover",
+            "permessage-deflate; client_no_context_takeover",
+        ),
+        (
+            "permessage-deflate; server_no_context_takeover; client_max_window_bits=9",
+            "permessage-deflate; server_no_context_takeover; client_max_window_bits=9",
+        ),
+        # A window of 8 bits is not one deflate can produce: declined, the next offer taken.
+        ("permessage-deflate; server_max_window_bits=8, permessage-deflate", "permessage-deflate"),
+        ("permessage-deflate; server_max_window_bits=8", None),
+        ("permessage-deflate; x_unknown_parameter", None),
+        ("permessage-deflate; server_max_window_bits=16", None),
+        ("permessage-deflate; server_max_window_bits=ten", None),
+        ("permessage-deflate; client_no_context_takeover=yes", None),
+        ("permessage-deflate; server_no_context_takeover; server_no_context_takeover", None),
+        ("x-webkit-deflate-frame", None),
+    ],
+)
+def test_offer_is_answered_as_rfc_7692_says(ws_server, offer, answer):
+    sock, reader, agreed = offer_handshake(ws_server, offer)
+    with sock:
+        assert agreed == answer
+        # The connection works either way: uncompressed messages are always allowed, and the
+        # server compresses its own when the offer was accepted.
+        sock.sendall(encode_frame(OP_TEXT, b"plain"))
+        opcode, fin, rsv1, payload = reader.frame_rsv1()
+        if rsv1:
+            payload = inflate(payload, zlib.decompressobj(wbits=-15))
+        assert (opcode, fin, rsv1, payload) == (OP_TEXT, True, answer is not None, b"plain")
+
+
+@pytest.mark.parametrize(
+    "offer, answer", [(None, None), ("permessage-deflate", "permessage-deflate")]
+)
+def test_the_server_alone_answers_extensions(ws_server, offer, answer):
+    """An app's own Sec-WebSocket-Extensions would promise what the server does not run."""
+    sock, reader, agreed = offer_handshake(ws_server, offer, "/accept-extension")
+    with sock:
+        assert agreed == answer
+        _, _, rsv1, payload = reader.frame_rsv1()
+        if rsv1:
+            payload = inflate(payload, zlib.decompressobj(wbits=-15))
+        assert (rsv1, payload) == (answer is not None, b"accepted")
+
+
+# --------------------------------------------------------------------------- raw frames
+
+
+def test_compressed_frames_both_ways(ws_server):
+    sock, reader, agreed = offer_handshake(ws_server, "permessage-deflate")
+    assert agreed == "permessage-deflate"
+    compressor = zlib.compressobj(wbits=-15)
+    decompressor = zlib.decompressobj(wbits=-15)
+    with sock:
+        for message in (COMPRESSIBLE.encode(), COMPRESSIBLE.encode()):
+            sock.sendall(encode_frame(OP_TEXT, deflate(message, compressor), rsv=4))
+            opcode, fin, rsv1, payload = reader.frame_rsv1()
+            assert (opcode, fin, rsv1) == (OP_TEXT, True, True)
+            assert len(payload) < len(message) // 10
+            assert inflate(payload, decompressor) == message
+
+
+def test_fragmented_compressed_frames_from_a_raw_client(ws_server):
+    """RSV1 is set on the first frame of a message only (RFC 7692 §6.1)."""
+    sock, reader, _ = offer_handshake(ws_server, "permessage-deflate")
+    compressed = deflate(COMPRESSIBLE.encode())
+    third = len(compressed) // 3
+    with sock:
+        sock.sendall(
+            encode_frame(OP_TEXT, compressed[:third], fin=False, rsv=4)
+            + encode_frame(OP_CONT, compressed[third : 2 * third], fin=False)
+            + encode_frame(OP_CONT, compressed[2 * third :])
+        )
+        opcode, _, rsv1, payload = reader.frame_rsv1()
+        assert (opcode, rsv1) == (OP_TEXT, True)
+        assert inflate(payload, zlib.decompressobj(wbits=-15)) == COMPRESSIBLE.encode()
+
+
+def test_server_max_window_bits_is_honoured(ws_server):
+    sock, reader, agreed = offer_handshake(
+        ws_server, "permessage-deflate; server_max_window_bits=10"
+    )
+    assert agreed == "permessage-deflate; server_max_window_bits=10"
+    probe = window_probe()
+    with sock:
+        sock.sendall(encode_frame(OP_BINARY, probe))
+        opcode, _, rsv1, payload = reader.frame_rsv1()
+        assert (opcode, rsv1) == (OP_BINARY, True)
+        assert inflate(payload, zlib.decompressobj(wbits=-10)) == probe
+
+
+def test_server_no_context_takeover_is_honoured(ws_server):
+    """Each message decompresses on its own: none refers back to an earlier one."""
+    sock, reader, agreed = offer_handshake(
+        ws_server, "permessage-deflate; server_no_context_takeover"
+    )
+    assert agreed == "permessage-deflate; server_no_context_takeover"
+    message = os.urandom(1024)
+    with sock:
+        for _ in range(3):
+            sock.sendall(encode_frame(OP_BINARY, message))
+            _, _, rsv1, payload = reader.frame_rsv1()
+            assert rsv1
+            assert inflate(payload, zlib.decompressobj(wbits=-15)) == message
+
+
+def test_client_no_context_takeover_messages_are_read(ws_server):
+    sock, reader, agreed = offer_handshake(
+        ws_server, "permessage-deflate; client_no_context_takeover"
+    )
+    assert agreed == "permessage-deflate; client_no_context_takeover"
+    decompressor = zlib.decompressobj(wbits=-15)
+    with sock:
+        for index in range(3):
+            message = b"message %d " % index + COMPRESSIBLE.encode()
+            sock.sendall(encode_frame(OP_BINARY, deflate(message), rsv=4))
+            _, _, _, payload = reader.frame_rsv1()
+            assert inflate(payload, decompressor) == message
+
+
+def test_compressed_frame_without_negotiation_is_a_protocol_error(ws_server):
+    sock, reader, agreed = offer_handshake(ws_server, None)
+    assert agreed is None
+    with sock:
+        sock.sendall(encode_frame(OP_TEXT, deflate(b"hello"), rsv=4))
+        code, _ = reader.close_code()
+    assert code == 1002
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_zip_bomb_is_refused_with_1009_and_the_worker_lives_on(run_rsasgi):
+    """64 MiB of zeros compress to about 64 KiB: the server stops inflating at --ws-max-size."""
+    server = run_rsasgi(APP, "--ws-max-size", "1048576")
+    bomb = deflate(bytes(64 * 1024 * 1024))
+    assert len(bomb) < 128 * 1024
+
+    async def bystander_echo(ws, message):
+        await ws.send(message)
+        return await ws.recv()
+
+    async def client():
+        async with ws_connect(server) as bystander:
+            assert await bystander_echo(bystander, "before") == "before"
+            sock, reader, agreed = offer_handshake(server, "permessage-deflate")
+            with sock:
+                assert agreed == "permessage-deflate"
+                sock.sendall(encode_frame(OP_BINARY, bomb, rsv=4))
+                code, _ = await asyncio.to_thread(reader.close_code)
+            after = await bystander_echo(bystander, COMPRESSIBLE)
+        async with ws_connect(server) as newcomer:
+            fresh = await bystander_echo(newcomer, "new connection")
+        return code, after, fresh
+
+    assert run(client(), timeout=60) == (1009, COMPRESSIBLE, "new connection")
+
+
+def test_compressed_message_over_the_limit_closes_with_1009(run_rsasgi):
+    server = run_rsasgi(APP, "--ws-max-size", "4096")
+
+    async def client():
+        async with ws_connect(server) as ws:
+            exact = "x" * 4096
+            await ws.send(exact)
+            assert await ws.recv() == exact
+            try:
+                await ws.send("y" * 8192)
+                await asyncio.wait_for(ws.recv(), 10)
+            except ConnectionClosed as closed:
+                return closed.rcvd.code if closed.rcvd else None
+        return None
+
+    assert run(client()) == 1009
+
+
+def test_fragmented_compressed_message_over_the_limit_closes_with_1009(ws_server, run_rsasgi):
+    server = run_rsasgi(APP, "--ws-max-size", "4096")
+    sock, reader, _ = offer_handshake(server, "permessage-deflate")
+    compressed = deflate(bytes(10_000))
+    half = len(compressed) // 2
+    with sock:
+        sock.sendall(
+            encode_frame(OP_BINARY, compressed[:half], fin=False, rsv=4)
+            + encode_frame(OP_CONT, compressed[half:])
+        )
+        code, _ = reader.close_code()
+    assert code == 1009
+
+
+def test_close_after_compressed_traffic_is_clean(ws_server):
+    sock, reader, _ = offer_handshake(ws_server, "permessage-deflate")
+    with sock:
+        sock.sendall(encode_frame(OP_TEXT, deflate(b"bye soon"), rsv=4))
+        assert reader.frame_rsv1()[0] == OP_TEXT
+        sock.sendall(encode_frame(OP_CLOSE, struct.pack("!H", 1000)))
+        code, _ = reader.close_code()
+    assert code == 1000
