@@ -128,9 +128,7 @@ const UNSUPPORTED: &[&str] = &[
     "--static-path-expires",
     "--no-sendfile",
     // Logging.
-    "--log-config",
     "--log-config-dict",
-    "--log-config-json",
     "--use-colors",
     "--no-use-colors",
     "--access-log-fmt",
@@ -172,6 +170,8 @@ const RENAMED: &[(&str, &str)] = &[
     ("--ssl-version", "--ssl-min-version"),
     // gunicorn's peers allowed to send a PROXY header.
     ("--proxy-allow-from", "--forwarded-allow-ips"),
+    // gunicorn's JSON logging configuration.
+    ("--log-config-json", "--log-config"),
     // granian's metrics listener.
     ("--metrics", "--metrics-bind"),
     ("--metrics-address", "--metrics-bind"),
