@@ -6,14 +6,12 @@ served by rsasgi.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import os
 import struct
 import zlib
 
 import pytest
-from apps.ws_raw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, WS_GUID, FrameReader, encode_frame
+from apps.ws_raw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, FrameReader, encode_frame, upgrade
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -49,32 +47,10 @@ def ws_server(run_rsasgi):
 def offer_handshake(server, offer: str | None, path: str = "/echo"):
     """Upgrade a raw connection offering `offer` in Sec-WebSocket-Extensions; return the
     socket, a frame reader and the response's Sec-WebSocket-Extensions (None when absent)."""
-    sock = server.connect()
-    sock.settimeout(10)
-    key = base64.b64encode(os.urandom(16))
     extra = b"" if offer is None else b"Sec-WebSocket-Extensions: " + offer.encode() + b"\r\n"
-    sock.sendall(
-        b"GET " + path.encode() + b" HTTP/1.1\r\n"
-        b"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
-    )
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed during the handshake; got {data!r}"
-        data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
-    lines = head.split(b"\r\n")
-    assert lines[0].startswith(b"HTTP/1.1 101"), head
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip().decode()
-    assert (
-        headers[b"sec-websocket-accept"]
-        == base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
-    )
-    return sock, RsvFrameReader(sock, rest), headers.get(b"sec-websocket-extensions")
+    sock, rest, headers = upgrade(server, path, extra)
+    agreed = headers.get(b"sec-websocket-extensions")
+    return sock, RsvFrameReader(sock, rest), None if agreed is None else agreed.decode()
 
 
 class RsvFrameReader(FrameReader):

@@ -21,6 +21,13 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x
 def raw_handshake(server, path: str, extra: bytes = b"") -> tuple[socket.socket, FrameReader]:
     """Open a TCP connection, upgrade it, check the 101 answer; return the socket and a reader
     holding whatever arrived after the response head."""
+    sock, rest, _ = upgrade(server, path, extra)
+    return sock, FrameReader(sock, rest)
+
+
+def upgrade(server, path: str, extra: bytes = b"") -> tuple[socket.socket, bytes, dict]:
+    """Open a TCP connection, upgrade it, check the 101 answer; return the socket, whatever
+    arrived after the response head, and the response's headers (lower-case names, bytes)."""
     sock = server.connect()
     sock.settimeout(10)
     key = base64.b64encode(os.urandom(16))
@@ -47,7 +54,7 @@ def raw_handshake(server, path: str, extra: bytes = b"") -> tuple[socket.socket,
     assert headers.get(b"sec-websocket-accept") == expected, head
     assert headers.get(b"upgrade", b"").lower() == b"websocket", head
     assert b"upgrade" in headers.get(b"connection", b"").lower(), head
-    return sock, FrameReader(sock, rest)
+    return sock, rest, headers
 
 
 def encode_frame(
