@@ -73,6 +73,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benches.run import (  # noqa: E402  (the repository root goes on sys.path first)
+    RunningServer,
     core_seconds,
     descendants,
     free_port,
@@ -469,8 +470,9 @@ def check_page(port: int, path: str) -> int:
     return len(body)
 
 
-class Running:
-    """One server process (its own session), pinned; its output goes to a log file."""
+class Running(RunningServer):
+    """One server process (its own session), pinned; its output goes to a log file. Started
+    from this script's `Server`; stopped (and its log read) as run.py's servers are."""
 
     def __init__(self, server: Server, workers: int, cpus: str | None, work: Path, env: dict):
         self.port = free_port()
@@ -486,24 +488,6 @@ class Running:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-    def log_tail(self, lines: int = 15) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """SIGINT for a graceful exit, then SIGKILL to the whole group (workers included)."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGINT)
-                self.proc.wait(timeout=10)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self._log.close()
 
 
 @dataclass
