@@ -20,6 +20,7 @@ Django project of django_support.py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -28,7 +29,6 @@ import re
 import shutil
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,37 +331,52 @@ def test_echo_streams_both_ways_on_several_streams_at_once(stream_server):
 @pytest.mark.timeout(120)
 def test_concurrent_uploads_and_downloads_on_one_connection_are_byte_identical(stream_server):
     """httpx, one HTTP/2 connection: three 8 MiB uploads without a length (the app reads
-    them message by message) and three 8 MiB streamed downloads at the same time."""
+    them message by message) and three 8 MiB streamed downloads at the same time.
+
+    The client is httpx's AsyncClient on one event loop. A sync Client shared by threads
+    is not safe on HTTP/2: httpcore can hand two threads the same stream ID, and the
+    connection then fails on the client's side (h2 raises SEND_HEADERS in HALF_CLOSED_LOCAL).
+    """
     size, piece = 8 * MiB, 64 * 1024
 
-    def upload(seed: int) -> tuple[str, dict]:
+    async def upload(client: httpx.AsyncClient, seed: int) -> tuple[str, dict]:
         rng = random.Random(seed)
         pieces = [rng.randbytes(piece) for _ in range(size // piece)]
-        response = client.post("/upload", content=iter(pieces))
+
+        async def body():
+            for data in pieces:
+                yield data
+
+        response = await client.post("/upload", content=body())
         assert (response.http_version, response.status_code) == ("HTTP/2", 200), response.text
         return sha256(b"".join(pieces)), response.json()
 
-    def download(_: int) -> str:
+    async def download(client: httpx.AsyncClient) -> str:
         digest, total = hashlib.sha256(), 0
-        with client.stream("GET", f"/download?size={size}&chunk={piece}") as response:
+        async with client.stream("GET", f"/download?size={size}&chunk={piece}") as response:
             assert (response.http_version, response.status_code) == ("HTTP/2", 200)
-            for data in response.iter_raw():
+            async for data in response.aiter_raw():
                 digest.update(data)
                 total += len(data)
         assert total == size
         return digest.hexdigest()
 
-    with h2_client(base_url=stream_server.url) as client:
-        assert client.get("/").content == b"ok"  # the connection the others share
-        with ThreadPoolExecutor(6) as pool:
-            uploads = [pool.submit(upload, seed) for seed in range(3)]
-            downloads = [pool.submit(download, n) for n in range(3)]
-            for future in uploads:
-                expected, result = future.result(timeout=90)
-                assert (result["sha256"], result["bytes"]) == (expected, size)
-                assert result["messages"] > 1, result
-            for future in downloads:
-                assert future.result(timeout=90) == download_sha(size, piece)
+    async def exchange() -> tuple[list, list]:
+        async with httpx.AsyncClient(
+            http1=False, http2=True, timeout=30, base_url=stream_server.url
+        ) as client:
+            assert (await client.get("/")).content == b"ok"  # the connection the others share
+            work = asyncio.gather(
+                asyncio.gather(*(upload(client, seed) for seed in range(3))),
+                asyncio.gather(*(download(client) for _ in range(3))),
+            )
+            return tuple(await asyncio.wait_for(work, 90))
+
+    uploads, downloads = asyncio.run(exchange())
+    for expected, result in uploads:
+        assert (result["sha256"], result["bytes"]) == (expected, size)
+        assert result["messages"] > 1, result
+    assert downloads == [download_sha(size, piece)] * 3
 
     records = wait_for(
         lambda: (records := access_log(stream_server.output())) and len(records) == 7 and records,
