@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,9 +40,9 @@ LISTENING = re.compile(r"Listening on http://127\.0\.0\.1:(\d+)")
 START_TIMEOUT = 300.0
 
 
-async def _connection(port: int, count: int) -> None:
+async def _connection(port: int, count: int, path: str) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
     for _ in range(count):
         writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
@@ -55,10 +56,10 @@ async def _connection(port: int, count: int) -> None:
     await writer.wait_closed()
 
 
-async def _send(port: int, requests: int, connections: int) -> None:
+async def _send(port: int, requests: int, connections: int, path: str) -> None:
     share, extra = divmod(requests, connections)
     counts = [share + (1 if i < extra else 0) for i in range(connections)]
-    await asyncio.gather(*(_connection(port, count) for count in counts if count))
+    await asyncio.gather(*(_connection(port, count, path) for count in counts if count))
 
 
 def _free_port() -> int:
@@ -71,18 +72,25 @@ def _free_port() -> int:
 H2_STREAMS = 10
 
 
-def _send_http2(port: int, requests: int, connections: int) -> None:
-    """`requests` GET / over cleartext HTTP/2 (prior knowledge), with h2load."""
+def _send_http2(port: int, requests: int, connections: int, path: str) -> None:
+    """`requests` GET `path` over cleartext HTTP/2 (prior knowledge), with h2load."""
     argv = [
         "h2load", "-n", str(requests), "-c", str(connections), "-m", str(H2_STREAMS),
-        f"http://127.0.0.1:{port}/",
+        f"http://127.0.0.1:{port}{path}",
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT)
     if f"{requests} succeeded" not in done.stdout:
         raise RuntimeError(f"h2load did not get {requests} answers:\n{done.stdout}{done.stderr}")
 
 
-def measure(app: str, requests: int, connections: int, http2: bool = False) -> int:
+def measure(
+    app: str,
+    requests: int,
+    connections: int,
+    http2: bool = False,
+    path: str = "/",
+    keep: str | None = None,
+) -> int:
     """Total instructions of one server run that serves `requests` requests."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -102,15 +110,18 @@ def measure(app: str, requests: int, connections: int, http2: bool = False) -> i
                     raise RuntimeError(f"the server did not start:\n{log.read_text()}")
                 time.sleep(0.2)
             if requests and http2:
-                _send_http2(int(match.group(1)), requests, connections)
+                _send_http2(int(match.group(1)), requests, connections, path)
             elif requests:
-                asyncio.run(_send(int(match.group(1)), requests, connections))
+                asyncio.run(_send(int(match.group(1)), requests, connections, path))
             server.send_signal(signal.SIGINT)
             server.wait(START_TIMEOUT)
         finally:
             if server.poll() is None:
                 server.kill()
                 server.wait()
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(out, Path(keep) / f"callgrind.{app.rsplit(':', 1)[-1]}.out")
         summary = re.search(r"^summary:\s+(\d+)", out.read_text(), re.MULTILINE)
         if summary is None:
             raise RuntimeError(f"no summary line in {out}")
@@ -125,18 +136,26 @@ def main() -> int:
     parser.add_argument(
         "--http2", action="store_true", help=f"h2c with h2load, {H2_STREAMS} streams a connection"
     )
+    parser.add_argument(
+        "--path", default="/", help="what to GET: / (13 bytes, default), /10k (10 KiB)"
+    )
+    parser.add_argument(
+        "--keep", metavar="DIR", help="keep the busy run's callgrind.out here, to annotate"
+    )
     args = parser.parse_args()
     if args.requests < 1 or args.connections < 1:
         parser.error("--requests and --connections must be at least 1")
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     for name in args.apps:
         idle = measure(APPS[name], 0, args.connections)
-        busy = measure(APPS[name], args.requests, args.connections, args.http2)
+        busy = measure(
+            APPS[name], args.requests, args.connections, args.http2, args.path, args.keep
+        )
         per_request = (busy - idle) / args.requests
         protocol = "h2c" if args.http2 else "HTTP/1.1"
         print(
             f"{name:<11} {per_request:>10,.0f} instructions/request "
-            f"({args.requests} {protocol} requests over {args.connections} connections)"
+            f"({args.requests} {protocol} GET {args.path} over {args.connections} connections)"
         )
     return 0
 

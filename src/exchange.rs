@@ -22,7 +22,7 @@ use pyo3::prelude::*;
 
 use crate::asgi::{Event, EventBridge, WaitKind, Waiter};
 use crate::net::ConnectionInfo;
-use crate::wake::{wake, wake_when_idle};
+use crate::wake::wake;
 
 /// Request body buffered ahead of the app before the reactor stops reading
 /// the socket: enough for one read, small enough that a large upload is
@@ -758,10 +758,8 @@ impl Exchange {
                 st.response_buffered > RESPONSE_HIGH_WATER,
             )
         };
-        match reactor {
-            Some(waker) if more => wake(waker),
-            Some(waker) => wake_when_idle(waker),
-            None => {}
+        if let Some(waker) = reactor {
+            wake(waker);
         }
         Ok(full)
     }

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
+import pytest
 from apps.proto_raw import rss_kib
+from conftest import wait_for
 
 APP = "proto_http:app"
 #: Connections in a burst: below the 1024 open files a default limit allows.
@@ -51,3 +55,33 @@ def test_a_worker_returns_to_its_size_after_bursts_of_connections(run_rsasgi):
         after = rss_kib(server.proc.pid)
         print(f"start {start} KiB, grown by {grown} KiB in the burst, {after} KiB after it")
         assert after <= limit, f"{after} KiB after a burst of {BURST}, {start} KiB before any"
+
+
+@pytest.mark.parametrize("app", ["lent_body:app", "lent_body:wsgi_app"], ids=["asgi", "wsgi"])
+def test_a_large_body_is_sent_intact_and_released_once_written(run_rsasgi, app):
+    """A body of 1 KiB or more is written from the app's own `bytes` object, not a copy
+    (src/asgi/http.rs, bytes_of). Every response is intact, including while several
+    connections read at once, and once they are written the server holds no reference to
+    the object: its reference count returns to what it was before.
+
+    For WSGI the body is larger than the response high-water mark: the pool thread waits
+    for room after queueing it, and must first hand the reactor the wake it deferred for
+    it. It used to keep it, and the response sat until the connection's keep-alive timer
+    fired (120 s here, past the client's timeout)."""
+    server = run_rsasgi(app, "--timeout-keep-alive", "120")
+    expected = bytes(range(256)) * 1024
+
+    def refs() -> int:
+        return int(httpx.get(f"{server.url}/refs", timeout=10).text)
+
+    before = refs()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for _ in range(50):
+            assert client.get("/big").content == expected
+    with ThreadPoolExecutor(8) as pool:
+        bodies = list(
+            pool.map(lambda _: httpx.get(f"{server.url}/big", timeout=30).content, range(64))
+        )
+    assert all(body == expected for body in bodies)
+    # The last release is applied when the Python side next calls into rsasgi: /refs does.
+    wait_for(lambda: refs() == before, 10, message=f"references back to {before}", server=server)

@@ -586,3 +586,32 @@ def test_interface_wsgi_forced(run_rsasgi):
     server = run_rsasgi("--interface", "wsgi", APP)
     r = httpx.get(f"{server.url}/", timeout=10)
     assert (r.status_code, r.content) == (200, b"ok")
+
+
+@pytest.mark.timeout(60)
+def test_a_finished_response_is_not_held_back_by_the_next_request(run_rsasgi, markers):
+    """One pool thread, three requests queued on it: the first two finish and the third
+    blocks in the app. The first two answers reach their clients while the third is still
+    blocked, not after it: a pool thread batches the reactor wake-ups of responses it
+    finishes only while the requests it runs are quick. (A held-back answer used to go out
+    only when the connection's keep-alive timer fired: 120 s here, past the reads' 10 s.)"""
+    server = run_rsasgi(
+        "--threads", "1", "--timeout-keep-alive", "120", APP, env={"WSGI_MARKER_DIR": str(markers)}
+    )
+    first = raw(server)
+    first.send(request("GET", "/hold?tag=first"))
+    wait_started(markers, "first")
+    quick, blocked = raw(server), raw(server)
+    quick.send(request("GET", "/sleep?s=0&tag=quick"))
+    blocked.send(request("GET", "/hold?tag=blocked"))
+    # Both wait for the only thread, behind `first`; give the reactor a moment to queue
+    # them (if it has not, the thread finds its queue empty and the test proves nothing).
+    time.sleep(0.3)
+    release(markers, "first")
+    wait_started(markers, "blocked")
+    answered = first.read_response(), quick.read_response()
+    assert [(r.status, r.body) for r in answered] == [(200, b"first"), (200, b"quick")]
+    assert not (markers / "blocked.go").exists()
+    release(markers, "blocked")
+    resp = blocked.read_response()
+    assert (resp.status, resp.body) == (200, b"blocked")

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
 
@@ -301,9 +302,30 @@ fn type_name(value: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Bodies from this size up are lent to the reactor rather than copied (see
+/// [`bytes_of`]). Below it a copy costs less than handing the object back:
+/// a small copy is a few dozen instructions, a release through pyo3's
+/// reference pool takes a lock on each side.
+const LEND_FROM: usize = 1024;
+
+/// The data of a `bytes` or `bytearray` the app sent, as `Bytes` the reactor
+/// can write from after the GIL is released.
+///
+/// A `bytes` object is immutable, and its buffer stays where it is for as
+/// long as the object lives, so a large one is not copied: the `Bytes` holds
+/// a reference to the object (pyo3's `PyBackedBytes`) and reads its buffer
+/// in place. The reactor drops that reference once the data is written,
+/// without the GIL; pyo3 then queues the decref in its reference pool, and
+/// the Python thread applies it the next time it calls into rsasgi (every
+/// request and every drain does). A `bytearray` can change under us, so it
+/// is always copied.
 pub(crate) fn bytes_of(value: &Bound<'_, PyAny>) -> Option<Bytes> {
     if let Ok(bytes) = value.cast::<PyBytes>() {
-        return Some(Bytes::copy_from_slice(bytes.as_bytes()));
+        let data = bytes.as_bytes();
+        if data.len() < LEND_FROM {
+            return Some(Bytes::copy_from_slice(data));
+        }
+        return Some(Bytes::from_owner(PyBackedBytes::from(bytes.clone())));
     }
     if let Ok(array) = value.cast::<PyByteArray>() {
         return Some(Bytes::from(array.to_vec()));

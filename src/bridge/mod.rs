@@ -14,6 +14,9 @@
 //! ([`Bridge::drain`]). The reactor never takes the GIL: events carry plain
 //! Rust data, and Python objects (asyncio futures) only ever travel back to
 //! the Python thread inside an event, moved, never cloned or dropped here.
+//! The one exception is a large response body, which the reactor writes from
+//! the app's `bytes` object in place and then drops (`asgi::http::bytes_of`):
+//! pyo3 queues that decref, without the GIL, for the Python thread.
 //! The way back (Python to reactor) is a tokio waker: see `crate::wake`.
 
 use std::cell::Cell;

@@ -28,16 +28,12 @@ use crate::asgi::http::format_error;
 use crate::asgi::ClientDisconnected;
 use crate::exchange::RequestStart;
 use crate::supervisor::Slot;
-use crate::wake::{deliver_wakes, mark_pool_thread};
+use crate::wake::mark_pool_thread;
 use environ::EnvironContext;
 use response::{respond, ResponseState, StartResponse};
 
 /// How often shutdown checks whether the pool's threads have finished.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
-
-/// Finished responses a pool thread holds before waking the reactor, when
-/// requests keep arriving (it wakes it anyway once its queue is empty).
-const WAKE_BATCH: usize = 16;
 
 /// How many times an idle pool thread yields to other threads, checking
 /// for new requests, before it parks.
@@ -200,7 +196,6 @@ fn thread_main(shared: &Arc<Shared>) {
                 if std::mem::take(&mut searching) {
                     shared.searching.fetch_sub(1, Ordering::SeqCst);
                 }
-                let mut batch = 0;
                 while let Some(job) = shared.jobs.pop() {
                     // If this request blocks in the app, the ones behind it
                     // need another thread.
@@ -215,12 +210,7 @@ fn thread_main(shared: &Arc<Shared>) {
                     if let Some(counters) = counters {
                         counters.wsgi_thread_idle();
                     }
-                    batch += 1;
-                    if batch % WAKE_BATCH == 0 {
-                        deliver_wakes();
-                    }
                 }
-                deliver_wakes();
                 continue;
             }
             if std::mem::take(&mut searching) {

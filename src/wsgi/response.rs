@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyList, PyString, PyTuple};
 
 use super::file_wrapper::FileWrapper;
 use crate::exchange::{Chunk, Exchange, FileSpan, ResponseStart};
@@ -200,20 +200,16 @@ impl WsgiWrite {
 }
 
 fn bytes_of(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
-    if let Ok(bytes) = value.cast::<PyBytes>() {
-        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
-    }
-    if let Ok(array) = value.cast::<PyByteArray>() {
-        return Ok(Bytes::from(array.to_vec()));
-    }
-    Err(PyTypeError::new_err(format!(
-        "WSGI response data must be bytes, got {}",
-        value
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_default()
-    )))
+    crate::asgi::http::bytes_of(value).ok_or_else(|| {
+        PyTypeError::new_err(format!(
+            "WSGI response data must be bytes, got {}",
+            value
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })
 }
 
 /// Sends `data` (and the headers first, if they are still pending). Returns
