@@ -1272,6 +1272,12 @@ def run_scenarios(
         # generator's. One client thread near a full core means it, not the server, may set
         # the number.
         result["server_cores"] = round(server_cpu / elapsed, 3)
+        # The server's CPU time per request served: what other processes on the machine move
+        # least (they take the server's core away, not its work), so the steadier comparison
+        # on a shared machine.
+        served = result["requests_per_sec"] * elapsed
+        per_request = round(server_cpu / served * 1e6, 2) if served else None
+        result["server_cpu_us_per_request"] = per_request
         result[f"{client}_cores"] = round(client_cpu / elapsed, 3)
         result[f"{client}_threads"] = args.threads
         # What other processes took of the server's core and of the client's (when each has one).
@@ -1288,12 +1294,36 @@ def run_scenarios(
         print(
             f"  {scenario.name:<{NAME_WIDTH}} {result['requests_per_sec']:>12,.0f} req/s"
             f"   p99 {result['p99_ms']:8.2f} ms{transfer}{protocol}"
-            f"   cpu: server {result['server_cores']:.0%}, {client} "
+            f"   cpu: server {result['server_cores']:.0%}"
+            f" ({_us_per_request(result)}), {client} "
             f"{result[f'{client}_cores']:.0%}"
             + "".join(f", others on core {c} {v:.0%}" for c, v in others.items())
             + _error_note(result),
             flush=True,
         )
+
+
+def median_runs(runs: list[dict]) -> dict:
+    """One server's results over the rounds: per scenario, the run with the median req/s
+    (the lower middle one for an even count), with every round's req/s beside it."""
+    if len(runs) == 1:
+        return runs[0]
+    merged: dict[str, dict] = {}
+    for scenario in runs[0]:
+        measured = [run[scenario] for run in runs if "requests_per_sec" in run.get(scenario, {})]
+        if not measured:
+            merged[scenario] = runs[0][scenario]
+            continue
+        ordered = sorted(measured, key=lambda result: result["requests_per_sec"])
+        median = dict(ordered[(len(ordered) - 1) // 2])
+        median["rounds_requests_per_sec"] = [result["requests_per_sec"] for result in measured]
+        merged[scenario] = median
+    return merged
+
+
+def _us_per_request(result: dict) -> str:
+    value = result.get("server_cpu_us_per_request")
+    return "-" if value is None else f"{value:.1f} µs/request"
 
 
 # Above this share of its core, one wrk thread is flagged as possibly the limit of a run.
@@ -1402,6 +1432,20 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
                 cells.append(f"{ratio:.2f}x")
             else:
                 cells.append("n/a" if "skipped" in theirs else "-")
+        print(f"{scenario.name:<{NAME_WIDTH}}" + "".join(f"{cell:>{width}}" for cell in cells))
+
+    print()
+    print(
+        f"{label}: peer CPU per request ÷ rsasgi's (above 1.00x: rsasgi spends less; the "
+        "server's processes only, steadier than req/s on a shared machine)"
+    )
+    print(head + "".join(f"{name:>{width}}" for name in peers))
+    for scenario in scenarios:
+        ours = results["rsasgi"].get(scenario.name, {}).get("server_cpu_us_per_request")
+        cells = []
+        for peer in peers:
+            theirs = results[peer].get(scenario.name, {}).get("server_cpu_us_per_request")
+            cells.append(f"{theirs / ours:.2f}x" if ours and theirs else "-")
         print(f"{scenario.name:<{NAME_WIDTH}}" + "".join(f"{cell:>{width}}" for cell in cells))
 
     checks = bar_checks(group, results, servers, scenarios, exact)
@@ -1576,6 +1620,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup", type=int, default=2, help="seconds of unmeasured load before each run (2)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, metavar="N",
+        help="run every server N times, taking turns, and report each one's median run (1); "
+        "on a shared machine a single run can be off by 20%% or more",
+    )  # fmt: skip
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N",
         help="worker processes per server (1); with N > 1 waitress, which has none, is skipped",
@@ -1785,14 +1834,20 @@ def main(argv: list[str] | None = None) -> int:
             write_tls_files(Path(work))
         for group, servers in plan.items():
             results[group], commands[group], memory[group] = {}, {}, {}
+            rounds: dict[str, list[dict]] = {name: [] for name in servers}
+            for round_number in range(args.rounds):
+                for name in servers:
+                    spec = SERVERS[group][name]
+                    of = f", round {round_number + 1} of {args.rounds}" if args.rounds > 1 else ""
+                    print(f"\n{group} {name} ({spec.notes}{of})", flush=True)
+                    started, result, memory[group][name] = bench_server(
+                        args, spec, scenarios[group], Path(work)
+                    )
+                    rounds[name].append(result)
+                    # One command per server, or in the tls group one per transport it served.
+                    commands[group][name] = started if group == "tls" else started["cleartext"]
             for name in servers:
-                spec = SERVERS[group][name]
-                print(f"\n{group} {name} ({spec.notes})", flush=True)
-                started, results[group][name], memory[group][name] = bench_server(
-                    args, spec, scenarios[group], Path(work)
-                )
-                # One command per server, or in the tls group one per transport it served.
-                commands[group][name] = started if group == "tls" else started["cleartext"]
+                results[group][name] = median_runs(rounds[name])
 
     ratios = {}
     if not args.memory_only:
@@ -1827,6 +1882,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory": args.memory,
             "memory_only": args.memory_only,
             "duration_s": args.duration,
+            "rounds": args.rounds,
             "connections": args.connections,
             "wrk_threads": args.threads,
             "h2load": {
