@@ -33,6 +33,10 @@ STACK_DUMP_SIGNAL = signal.SIGUSR2
 #: (their clients are gone, so they stop at their next write).
 WSGI_THREADS_GRACE = 5.0
 
+#: The name of every request's asyncio task (what `Task.get_name()` returns
+#: and asyncio's debug output shows).
+REQUEST_TASK_NAME = "rsasgi.request"
+
 
 class AppLoadError(Exception):
     """The APP argument does not name a usable application."""
@@ -289,10 +293,23 @@ async def _serve(worker, app, interface, loop) -> int:
         finally:
             release(send, None)
 
-    def spawn(scope, receive, send):
-        task = create_task(run_app(scope, receive, send))
-        hold(send, task)
-        return task
+    if loop.get_task_factory() is None:
+        # What create_task does without a task factory (uvloop's too), but with a name
+        # given: an unnamed task gets "Task-N" formatted for it (uvloop's create_task
+        # formats one before setting a name), some 1,400 instructions per request.
+        Task = asyncio.Task
+
+        def spawn(scope, receive, send):
+            task = Task(run_app(scope, receive, send), loop=loop, name=REQUEST_TASK_NAME)
+            hold(send, task)
+            return task
+
+    else:
+
+        def spawn(scope, receive, send):
+            task = create_task(run_app(scope, receive, send))
+            hold(send, task)
+            return task
 
     if wsgi:
         forcing = "closing every connection now, not waiting for WSGI threads"
