@@ -493,16 +493,19 @@ impl HttpSend {
         exchange.abort();
         // The app is done with this exchange: release a body reader still waiting for it.
         exchange.finish_app();
-        let request = exchange.request_line();
+        // Formatted only for a log line: most requests end well and log nothing here.
+        let request = || exchange.request_line();
         match exc {
             None if !started && !closed => {
                 tracing::error!(
-                    "ASGI callable returned without starting a response while handling \"{request}\"; sent 500"
+                    "ASGI callable returned without starting a response while handling \"{}\"; sent 500",
+                    request()
                 );
             }
             None if !complete && !closed => {
                 tracing::error!(
-                    "ASGI callable returned without completing the response to \"{request}\"; connection aborted"
+                    "ASGI callable returned without completing the response to \"{}\"; connection aborted",
+                    request()
                 );
             }
             None => {}
@@ -514,11 +517,14 @@ impl HttpSend {
                         .getattr(intern!(py, "CancelledError"))?,
                 )?;
                 if disconnected {
-                    tracing::debug!("client disconnected while the app handled \"{request}\"");
+                    tracing::debug!(
+                        "client disconnected while the app handled \"{}\"",
+                        request()
+                    );
                 } else if cancelled && closed {
-                    tracing::debug!("request \"{request}\" was cancelled after it ended");
+                    tracing::debug!("request \"{}\" was cancelled after it ended", request());
                 } else if cancelled {
-                    tracing::warn!("request \"{request}\" was cancelled at shutdown");
+                    tracing::warn!("request \"{}\" was cancelled at shutdown", request());
                 } else {
                     let traceback = format_exception(py, &exc);
                     let outcome = if !started {
@@ -529,7 +535,8 @@ impl HttpSend {
                         "response was already complete"
                     };
                     tracing::error!(
-                        "Exception in ASGI application while handling \"{request}\" ({outcome})\n{traceback}"
+                        "Exception in ASGI application while handling \"{}\" ({outcome})\n{traceback}",
+                        request()
                     );
                 }
             }

@@ -1,6 +1,7 @@
 //! Building the `http` connection scope (ASGI 3, spec version 2.4).
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use http::{Method, Version};
@@ -106,11 +107,31 @@ pub(crate) fn address(py: Python<'_>, addr: Option<SocketAddr>) -> PyResult<Boun
     }
 }
 
+thread_local! {
+    /// The last `server` tuple made on this thread and the address it is
+    /// for: a worker's requests nearly all come in on one listener, and a
+    /// tuple cannot change, so the next request shares it rather than making
+    /// a string, an int and a tuple again.
+    static LAST_SERVER: RefCell<Option<(SocketAddr, Py<PyAny>)>> = const { RefCell::new(None) };
+}
+
 /// The scope's `server`: `(host, port)`, or `(path, None)` on a Unix socket
 /// as the spec allows.
 fn server_address<'py>(py: Python<'py>, server: &ServerAddr) -> PyResult<Bound<'py, PyAny>> {
     match server {
-        ServerAddr::Tcp(addr) => address(py, Some(*addr)),
+        ServerAddr::Tcp(addr) => {
+            let cached = LAST_SERVER.with_borrow(|last| match last {
+                Some((made_for, tuple)) if made_for == addr => Some(tuple.clone_ref(py)),
+                _ => None,
+            });
+            if let Some(tuple) = cached {
+                return Ok(tuple.into_bound(py));
+            }
+            let tuple = address(py, Some(*addr))?;
+            let previous = LAST_SERVER.replace(Some((*addr, tuple.clone().unbind())));
+            drop(previous);
+            Ok(tuple)
+        }
         ServerAddr::Unix(path) => Ok(PyTuple::new(
             py,
             [
