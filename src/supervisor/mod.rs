@@ -483,10 +483,17 @@ impl Supervisor {
 
     fn handle_usr1(&mut self) {
         logging::reopen(&self.config);
-        // Booting workers have no handler yet (SIGUSR1 would kill them);
-        // they reopen nothing and keep the file they inherited.
+        // A worker still booting has no handler yet (SIGUSR1 would kill it);
+        // it reopens nothing and keeps the file it inherited. One that has
+        // just marked its slot serving has one (it installs it first), even
+        // if this loop has not seen it serving yet.
         for worker in &self.workers {
-            if matches!(worker.state, State::Serving | State::Retiring(_)) {
+            let handles_usr1 = match worker.state {
+                State::Serving | State::Retiring(_) => true,
+                State::Booting => worker.slot.is_serving(),
+                _ => false,
+            };
+            if handles_usr1 {
                 worker.signal(libc::SIGUSR1);
             }
         }
