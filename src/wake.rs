@@ -58,10 +58,7 @@ pub(crate) fn mark_pool_thread() {
 /// On the reactor itself a wake is a push onto its run queue.
 pub(crate) fn wake(waker: Waker) {
     if ON_POOL.get() {
-        DEFERRED_WAKES.with_borrow_mut(|wakes| {
-            wakes.push(waker);
-            REACTOR_WAKES.hand_over(wakes);
-        });
+        REACTOR_WAKES.hand_over_one(waker);
         return;
     }
     if !ON_LOOP.get() {
@@ -115,6 +112,12 @@ impl WakeQueue {
             return;
         }
         self.wakers.lock().append(batch);
+        self.ready.notify_one();
+    }
+
+    /// [`WakeQueue::hand_over`] for a single wake.
+    pub(crate) fn hand_over_one(&self, waker: Waker) {
+        self.wakers.lock().push(waker);
         self.ready.notify_one();
     }
 

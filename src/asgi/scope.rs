@@ -128,8 +128,7 @@ fn server_address<'py>(py: Python<'py>, server: &ServerAddr) -> PyResult<Bound<'
                 return Ok(tuple.into_bound(py));
             }
             let tuple = address(py, Some(*addr))?;
-            let previous = LAST_SERVER.replace(Some((*addr, tuple.clone().unbind())));
-            drop(previous);
+            LAST_SERVER.replace(Some((*addr, tuple.clone().unbind())));
             Ok(tuple)
         }
         ServerAddr::Unix(path) => Ok(PyTuple::new(

@@ -203,11 +203,7 @@ fn bytes_of(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     crate::asgi::http::bytes_of(value).ok_or_else(|| {
         PyTypeError::new_err(format!(
             "WSGI response data must be bytes, got {}",
-            value
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default()
+            crate::asgi::http::type_name(value)
         ))
     })
 }
