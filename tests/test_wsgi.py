@@ -347,6 +347,22 @@ def test_environ_is_fresh_on_a_keep_alive_connection(server):
     assert env["REMOTE_PORT"] == first["environ"]["REMOTE_PORT"]
 
 
+def test_changes_an_app_makes_to_its_environ_do_not_reach_later_requests(server):
+    # Every environ starts as a copy of one the worker keeps: a change must
+    # stay in the request that made it, on its connection and on others.
+    before = env_raw(server, request("GET", "/before"))["environ"]
+    conn = raw(server)
+    conn.send(request("GET", "/scribble"))
+    assert conn.read_response("GET").body == b"scribbled"
+    again = env_over(conn, request("GET", "/after"))["environ"]
+    other = env_raw(server, request("GET", "/after"))["environ"]
+    for env in (again, other):
+        assert env["SERVER_NAME"] == before["SERVER_NAME"] == "127.0.0.1"
+        assert env["wsgi.url_scheme"] == "http"
+        assert "app.note" not in env
+        assert CGI_KEYS <= env.keys()
+
+
 def test_wsgi_errors_lines_appear_in_the_log(server):
     r = httpx.get(f"{server.url}/errors", timeout=10)
     assert r.status_code == 200 and r.content == b"logged"

@@ -85,7 +85,7 @@ fn ipv4_text(ip: Ipv4Addr, buf: &mut [u8; 15]) -> &str {
 }
 
 /// An address's host part as a Python string.
-fn host_text(py: Python<'_>, ip: IpAddr) -> Bound<'_, PyString> {
+pub(crate) fn host_text(py: Python<'_>, ip: IpAddr) -> Bound<'_, PyString> {
     match ip {
         IpAddr::V4(ip) => PyString::new(py, ipv4_text(ip, &mut [0; 15])),
         IpAddr::V6(ip) => PyString::new(py, &ip.to_string()),

@@ -1,8 +1,10 @@
 //! Building the PEP 3333 `environ` dict of one request.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{header, HeaderMap, Version};
+use parking_lot::Mutex;
 use percent_encoding::percent_decode;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -11,8 +13,9 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 
 use super::errors::WsgiErrors;
 use super::input::WsgiInput;
+use crate::asgi::scope::host_text;
 use crate::exchange::Exchange;
-use crate::net::{Scheme, ServerAddr};
+use crate::net::{ConnectionInfo, Scheme, ServerAddr};
 
 /// `(1, 0)`, shared by every environ (tuples are immutable).
 static WSGI_VERSION: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
@@ -22,6 +25,8 @@ pub(crate) struct EnvironContext {
     pub script_name: String,
     pub file_wrapper: Py<PyAny>,
     pub multiprocess: bool,
+    /// The base environs made so far, by what they were made for.
+    bases: Mutex<Vec<(BaseKey, Py<PyDict>)>>,
 }
 
 /// Bytes as a PEP 3333 "native string": each byte one code point (latin-1).
@@ -113,13 +118,149 @@ fn protocol(version: Version) -> &'static str {
     }
 }
 
+/// What a base environ depends on besides the worker's settings: the local
+/// address a request came in on (`SERVER_NAME`, `SERVER_PORT`; none on a
+/// Unix socket, where they come from each request's Host) and its scheme.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BaseKey {
+    server: Option<SocketAddr>,
+    https: bool,
+}
+
+/// The most base environs a pool keeps: one per local address and scheme
+/// that requests arrive on, which a worker has few of. Past it (a listener
+/// on a wildcard address of a host with many addresses), environs are built
+/// from a fresh base each time.
+const MAX_BASES: usize = 16;
+
+/// A base environ is padded to this many entries, then the padding removed,
+/// so its hash table (and each copy's) has grown to 64 slots: room for the
+/// request's own keys and a browser's dozen headers without the copy
+/// resizing itself on the way. (A dict holds at most 21 keys in 32 slots.)
+const BASE_PADDED_LEN: usize = 22;
+
+/// The keys every request sets, given a placeholder in the base so that a
+/// request replaces a value rather than inserting a key.
+const PER_REQUEST: [&str; 6] = [
+    "REQUEST_METHOD",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "REMOTE_ADDR",
+    "wsgi.input",
+    "wsgi.errors",
+];
+
+impl EnvironContext {
+    pub(crate) fn new(script_name: String, file_wrapper: Py<PyAny>, multiprocess: bool) -> Self {
+        EnvironContext {
+            script_name,
+            file_wrapper,
+            multiprocess,
+            bases: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A new environ holding what every request on `connection` shares:
+    /// a copy of a base built once, which costs a memory copy of its table
+    /// where setting each key costs a hash-table insertion.
+    fn environ_for<'py>(
+        &self,
+        py: Python<'py>,
+        connection: &ConnectionInfo,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let key = BaseKey {
+            server: match connection.server {
+                ServerAddr::Tcp(addr) => Some(addr),
+                ServerAddr::Unix(_) => None,
+            },
+            https: connection.scheme == Scheme::Https,
+        };
+        let cached = self
+            .bases
+            .lock()
+            .iter()
+            .find(|(made_for, _)| *made_for == key)
+            .map(|(_, base)| base.clone_ref(py));
+        let base = match cached {
+            Some(base) => base.into_bound(py),
+            None => {
+                let base = self.make_base(py, key)?;
+                let mut bases = self.bases.lock();
+                if bases.len() < MAX_BASES {
+                    bases.push((key, base.clone().unbind()));
+                }
+                base
+            }
+        };
+        base.copy()
+    }
+
+    fn make_base<'py>(&self, py: Python<'py>, key: BaseKey) -> PyResult<Bound<'py, PyDict>> {
+        let base = PyDict::new(py);
+        for name in PER_REQUEST {
+            base.set_item(name, py.None())?;
+        }
+        base.set_item(intern!(py, "SCRIPT_NAME"), self.script_name.as_str())?;
+        base.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.1"))?;
+        if let Some(addr) = key.server {
+            base.set_item(intern!(py, "SERVER_NAME"), host_text(py, addr.ip()))?;
+            base.set_item(
+                intern!(py, "SERVER_PORT"),
+                port_text(addr.port(), &mut [0; 5]),
+            )?;
+        }
+        let version =
+            WSGI_VERSION.get_or_try_init(py, || PyTuple::new(py, [1, 0]).map(Bound::unbind))?;
+        base.set_item(intern!(py, "wsgi.version"), version.bind(py))?;
+        if key.https {
+            base.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "https"))?;
+            base.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
+        } else {
+            base.set_item(intern!(py, "wsgi.url_scheme"), intern!(py, "http"))?;
+        }
+        base.set_item(intern!(py, "wsgi.multithread"), true)?;
+        base.set_item(intern!(py, "wsgi.multiprocess"), self.multiprocess)?;
+        base.set_item(intern!(py, "wsgi.run_once"), false)?;
+        base.set_item(intern!(py, "wsgi.file_wrapper"), self.file_wrapper.bind(py))?;
+        base.set_item(intern!(py, "wsgi.input_terminated"), true)?;
+        let padding: Vec<String> = (base.len()..BASE_PADDED_LEN)
+            .map(|i| format!("rsasgi.padding.{i}"))
+            .collect();
+        for name in &padding {
+            base.set_item(name, py.None())?;
+        }
+        for name in &padding {
+            base.del_item(name)?;
+        }
+        Ok(base)
+    }
+}
+
+/// A port as text, digit by digit (`u16`'s `Display` goes through the
+/// formatting machinery).
+fn port_text(port: u16, buf: &mut [u8; 5]) -> &str {
+    let mut rest = port;
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[start..]).unwrap_or_default()
+}
+
 pub(crate) fn build<'py>(
     py: Python<'py>,
     ctx: &EnvironContext,
     exchange: &Arc<Exchange>,
     headers: &HeaderMap,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let environ = PyDict::new(py);
+    let connection = &exchange.connection;
+    let environ = ctx.environ_for(py, connection)?;
     let method = match exchange.method.as_str() {
         "GET" => intern!(py, "GET").clone(),
         "POST" => intern!(py, "POST").clone(),
@@ -129,14 +270,11 @@ pub(crate) fn build<'py>(
     environ.set_item(intern!(py, "REQUEST_METHOD"), method)?;
     let raw_path = exchange.uri.path();
     let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
-    let connection = &exchange.connection;
     // As the ASGI scope's root_path: a prefix a trusted proxy forwarded
     // goes in front of --root-path, and off a path that still carries it.
+    // Without one, the base has SCRIPT_NAME.
     let raw_path = match &connection.forwarded_prefix {
-        None => {
-            environ.set_item(intern!(py, "SCRIPT_NAME"), ctx.script_name.as_str())?;
-            raw_path
-        }
+        None => raw_path,
         Some(prefix) => {
             let script_name = format!("{}{}", prefix.as_str(), ctx.script_name);
             environ.set_item(intern!(py, "SCRIPT_NAME"), script_name)?;
@@ -148,38 +286,36 @@ pub(crate) fn build<'py>(
     environ.set_item(intern!(py, "PATH_INFO"), latin1(py, path))?;
     let query = exchange.uri.query().unwrap_or("");
     environ.set_item(intern!(py, "QUERY_STRING"), latin1(py, query.as_bytes()))?;
-    let protocol = match exchange.version {
-        Version::HTTP_11 => intern!(py, "HTTP/1.1").clone(),
-        other => PyString::new(py, protocol(other)),
-    };
-    environ.set_item(intern!(py, "SERVER_PROTOCOL"), protocol)?;
-    match &connection.server {
-        ServerAddr::Tcp(addr) => {
-            environ.set_item(intern!(py, "SERVER_NAME"), addr.ip().to_string())?;
-            environ.set_item(intern!(py, "SERVER_PORT"), addr.port().to_string())?;
-        }
-        ServerAddr::Unix(path) => {
-            // A Unix socket has no host or port; like gunicorn, take them
-            // from the Host header the proxy sent, else name the socket.
-            let host = headers
-                .get(header::HOST)
-                .map(|value| value.as_bytes())
-                .unwrap_or_default();
-            let (name, port) = match server_from_host(host, connection.scheme.http()) {
-                Some((name, port)) => (latin1(py, name), latin1(py, port)),
-                None => (
-                    PyString::new(py, &path.to_string_lossy()),
-                    intern!(py, "").clone(),
-                ),
-            };
-            environ.set_item(intern!(py, "SERVER_NAME"), name)?;
-            environ.set_item(intern!(py, "SERVER_PORT"), port)?;
-        }
+    if exchange.version != Version::HTTP_11 {
+        environ.set_item(
+            intern!(py, "SERVER_PROTOCOL"),
+            PyString::new(py, protocol(exchange.version)),
+        )?;
+    }
+    if let ServerAddr::Unix(path) = &connection.server {
+        // A Unix socket has no host or port; like gunicorn, take them
+        // from the Host header the proxy sent, else name the socket.
+        let host = headers
+            .get(header::HOST)
+            .map(|value| value.as_bytes())
+            .unwrap_or_default();
+        let (name, port) = match server_from_host(host, connection.scheme.http()) {
+            Some((name, port)) => (latin1(py, name), latin1(py, port)),
+            None => (
+                PyString::new(py, &path.to_string_lossy()),
+                intern!(py, "").clone(),
+            ),
+        };
+        environ.set_item(intern!(py, "SERVER_NAME"), name)?;
+        environ.set_item(intern!(py, "SERVER_PORT"), port)?;
     }
     match connection.client {
         Some(addr) => {
-            environ.set_item(intern!(py, "REMOTE_ADDR"), addr.ip().to_string())?;
-            environ.set_item(intern!(py, "REMOTE_PORT"), addr.port().to_string())?;
+            environ.set_item(intern!(py, "REMOTE_ADDR"), host_text(py, addr.ip()))?;
+            environ.set_item(
+                intern!(py, "REMOTE_PORT"),
+                port_text(addr.port(), &mut [0; 5]),
+            )?;
         }
         // Peers of a Unix socket are unnamed: gunicorn sets an empty REMOTE_ADDR.
         None => environ.set_item(intern!(py, "REMOTE_ADDR"), intern!(py, ""))?,
@@ -188,12 +324,17 @@ pub(crate) fn build<'py>(
     for name in headers.keys() {
         let mut values = headers.get_all(name).iter();
         let Some(first) = values.next() else { continue };
-        let mut joined = first.as_bytes().to_vec();
-        for value in values {
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(value.as_bytes());
-        }
-        let value = latin1(py, &joined);
+        let value = match values.next() {
+            None => latin1(py, first.as_bytes()),
+            Some(second) => {
+                let mut joined = first.as_bytes().to_vec();
+                for value in std::iter::once(second).chain(values) {
+                    joined.extend_from_slice(b", ");
+                    joined.extend_from_slice(value.as_bytes());
+                }
+                latin1(py, &joined)
+            }
+        };
         if name == header::CONTENT_TYPE {
             environ.set_item(intern!(py, "CONTENT_TYPE"), value)?;
         } else if name == header::CONTENT_LENGTH {
@@ -203,17 +344,6 @@ pub(crate) fn build<'py>(
         }
     }
 
-    let version =
-        WSGI_VERSION.get_or_try_init(py, || PyTuple::new(py, [1, 0]).map(Bound::unbind))?;
-    environ.set_item(intern!(py, "wsgi.version"), version.bind(py))?;
-    let scheme = match connection.scheme.http() {
-        "https" => intern!(py, "https"),
-        _ => intern!(py, "http"),
-    };
-    environ.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
-    if connection.scheme == Scheme::Https {
-        environ.set_item(intern!(py, "HTTPS"), intern!(py, "on"))?;
-    }
     if let Some(tls) = &connection.tls {
         // mod_ssl's names, so apps written for Apache keep working.
         environ.set_item(intern!(py, "SSL_PROTOCOL"), tls.protocol_name())?;
@@ -239,11 +369,6 @@ pub(crate) fn build<'py>(
         intern!(py, "wsgi.errors"),
         Py::new(py, WsgiErrors::default())?,
     )?;
-    environ.set_item(intern!(py, "wsgi.multithread"), true)?;
-    environ.set_item(intern!(py, "wsgi.multiprocess"), ctx.multiprocess)?;
-    environ.set_item(intern!(py, "wsgi.run_once"), false)?;
-    environ.set_item(intern!(py, "wsgi.file_wrapper"), ctx.file_wrapper.bind(py))?;
-    environ.set_item(intern!(py, "wsgi.input_terminated"), true)?;
     Ok(environ)
 }
 
@@ -289,6 +414,13 @@ mod tests {
             Some((&b"[::1]"[..], &b"443"[..]))
         );
         assert_eq!(server_from_host(b"", "http"), None);
+    }
+
+    #[test]
+    fn ports_are_written_as_display_writes_them() {
+        for port in [0, 7, 10, 99, 443, 5000, 8000, 9999, 10000, 65535] {
+            assert_eq!(port_text(port, &mut [0; 5]), port.to_string());
+        }
     }
 
     #[test]

@@ -138,11 +138,11 @@ impl Pool {
                 searching: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
                 app: app.clone().unbind(),
-                ctx: EnvironContext {
+                ctx: EnvironContext::new(
                     script_name,
-                    file_wrapper: py.get_type::<FileWrapper>().into_any().unbind(),
+                    py.get_type::<FileWrapper>().into_any().unbind(),
                     multiprocess,
-                },
+                ),
                 max_threads,
                 threads: Mutex::new(Vec::new()),
                 metrics,

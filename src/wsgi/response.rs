@@ -247,7 +247,11 @@ pub(crate) fn respond(
     iterable: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let sent = stream(py, exchange, state, iterable);
-    let closed = if iterable.hasattr(intern!(py, "close"))? {
+    // A list or tuple has no close(), and asking costs an AttributeError
+    // made and dropped on each request.
+    let plain =
+        iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<PyTuple>();
+    let closed = if !plain && iterable.hasattr(intern!(py, "close"))? {
         iterable.call_method0(intern!(py, "close")).map(drop)
     } else {
         Ok(())

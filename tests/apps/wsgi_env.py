@@ -12,6 +12,8 @@ Routes (by PATH_INFO, anything not listed below is /env):
                         sleeps S s, then reads wsgi.input with read(N) until EOF; JSON
                         {"sha256", "size", "reads"}; T.progress holds the bytes read so far
   /ignore-body          answers "ignored" without reading the body
+  /scribble             changes its environ (removes SERVER_NAME, replaces wsgi.url_scheme,
+                        adds app.note), then answers "scribbled"
   /errors               writes two lines to wsgi.errors (one with write, one with writelines)
   /framing/cl           "hello world" with Content-Length
   /framing/nolength     "hello world" in two chunks, no Content-Length
@@ -112,6 +114,12 @@ def app(environ, start_response):
 
     if path == "/ignore-body":
         return simple(start_response, b"ignored")
+
+    if path == "/scribble":
+        del environ["SERVER_NAME"]
+        environ["wsgi.url_scheme"] = "gopher"
+        environ["app.note"] = "left behind"
+        return simple(start_response, b"scribbled")
 
     if path == "/errors":
         errors = environ["wsgi.errors"]
