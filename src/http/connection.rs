@@ -151,14 +151,19 @@ pub(crate) struct Activity {
     /// App tasks of this connection still running, whether or not their
     /// request is: an HTTP/2 stream the client reset leaves its task behind.
     app_tasks: AtomicUsize,
-    /// Wakes [`Activity::idle`] when the last request in flight ends: the
-    /// deadline it sleeps towards may have been the first request's, and
-    /// the keep-alive one is now due sooner.
+    /// Wakes [`Activity::watch`] when the last request in flight ends, if
+    /// `wake_on_idle`.
     went_idle: Notify,
+    /// Whether the watcher must be woken when the connection goes idle.
+    /// It never sleeps longer than a recheck, so when the recheck is no
+    /// longer than the keep-alive timeout it wakes by the keep-alive
+    /// deadline anyway: a connection going idle then costs nothing, where a
+    /// wake would poll the whole connection task again after each request.
+    wake_on_idle: bool,
 }
 
 impl Activity {
-    pub(crate) fn new() -> Arc<Activity> {
+    pub(crate) fn new(deadlines: &Deadlines) -> Arc<Activity> {
         Arc::new(Activity {
             state: Mutex::new(ActivityState {
                 watched: Slab::new(),
@@ -167,6 +172,7 @@ impl Activity {
             }),
             app_tasks: AtomicUsize::new(0),
             went_idle: Notify::new(),
+            wake_on_idle: deadlines.recheck() > deadlines.keep_alive,
         })
     }
 
@@ -238,25 +244,23 @@ impl Activity {
     pub(crate) async fn watch(&self, deadlines: Deadlines) -> Close {
         loop {
             let now = Instant::now();
-            match self.deadline(deadlines) {
+            let until = match self.deadline(deadlines) {
                 Some((deadline, why)) if deadline <= now => return why,
-                Some((deadline, _)) => {
-                    // A request that starts meanwhile is looked at by the recheck.
-                    let until = deadline.min(now + deadlines.recheck());
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => {}
-                        _ = self.went_idle.notified() => {}
-                    }
-                }
+                // A request that starts meanwhile is looked at by the recheck.
+                Some((deadline, _)) => deadline.min(now + deadlines.recheck()),
                 None => match self.cut_due(deadlines, now) {
-                    Ok(next) => {
-                        tokio::select! {
-                            _ = tokio::time::sleep_until(next) => {}
-                            _ = self.went_idle.notified() => {}
-                        }
-                    }
+                    Ok(next) => next,
                     Err(cut) => return Close::Cut(cut),
                 },
+            };
+            if self.wake_on_idle {
+                tokio::select! {
+                    biased;
+                    _ = self.went_idle.notified() => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+            } else {
+                tokio::time::sleep_until(until).await;
             }
         }
     }
@@ -326,7 +330,9 @@ impl Drop for ActiveRequest {
         if st.watched.is_empty() {
             st.idle_since = Instant::now();
             drop(st);
-            self.activity.went_idle.notify_one();
+            if self.activity.wake_on_idle {
+                self.activity.went_idle.notify_one();
+            }
         }
     }
 }
@@ -520,7 +526,7 @@ mod tests {
         // The wait began before the first request (towards the request-header
         // deadline, 10 s); the request ends at 1 s, so the connection is idle
         // at 1 + 5 s, not at 10 s.
-        let activity = Activity::new();
+        let activity = Activity::new(&DEADLINES);
         let started = Instant::now();
         let waiting = {
             let activity = Arc::clone(&activity);
@@ -535,8 +541,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_shorter_than_a_recheck_counts_from_the_end_of_the_request() {
+        // The watcher sleeps at most a recheck (100 ms) at a time; a 20 ms
+        // keep-alive needs it woken when the request ends, not at its next
+        // recheck.
+        let deadlines = Deadlines {
+            keep_alive: Duration::from_millis(20),
+            ..DEADLINES
+        };
+        let activity = Activity::new(&deadlines);
+        let waiting = {
+            let activity = Arc::clone(&activity);
+            tokio::spawn(async move { activity.watch(deadlines).await })
+        };
+        tokio::task::yield_now().await;
+        let request = activity.begin(None);
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        drop(request);
+        let ended = Instant::now();
+        assert_eq!(waiting.await.unwrap(), Close::KeepAlive);
+        assert_eq!(ended.elapsed(), deadlines.keep_alive);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_idle_after_the_request_header_timeout() {
-        let activity = Activity::new();
+        let activity = Activity::new(&DEADLINES);
         let started = Instant::now();
         assert_eq!(activity.watch(DEADLINES).await, Close::NoRequest);
         assert_eq!(started.elapsed(), DEADLINES.request_header);
@@ -544,7 +573,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn keep_alive_counts_from_the_end_of_the_last_request() {
-        let activity = Activity::new();
+        let activity = Activity::new(&DEADLINES);
         let request = activity.begin(None);
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(activity.deadline(DEADLINES).is_none(), "busy, not idle");
@@ -556,7 +585,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_long_request_is_never_idle() {
-        let activity = Activity::new();
+        let activity = Activity::new(&DEADLINES);
         let _request = activity.begin(None);
         let idle = tokio::time::timeout(Duration::from_secs(3600), activity.watch(DEADLINES)).await;
         assert!(idle.is_err());
@@ -564,7 +593,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_response_the_client_takes_nothing_of_is_cut_after_the_send_timeout() {
-        let activity = Activity::new();
+        let activity = Activity::new(&DEADLINES);
         let request = activity.begin(None);
         tokio::time::sleep(Duration::from_secs(100)).await;
         // Waiting on the app costs nothing; waiting on the client is timed.
@@ -580,7 +609,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_response_that_makes_progress_is_never_cut() {
-        let activity = Activity::new();
+        let activity = Activity::new(&DEADLINES);
         let request = activity.begin(None);
         let watching = {
             let activity = Arc::clone(&activity);
@@ -603,7 +632,7 @@ mod tests {
             request: Some(Duration::from_secs(2)),
             ..DEADLINES
         };
-        let activity = Activity::new();
+        let activity = Activity::new(&DEADLINES);
         let started = Instant::now();
         let request = activity.begin(Some(started + Duration::from_secs(2)));
         request.waiting(true);
@@ -615,7 +644,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_http2_stream_is_reset_and_the_connection_goes_on() {
         use hyper::rt::Executor;
-        let activity = Activity::new();
+        let activity = Activity::new(&DEADLINES);
         let (attached, attached_rx) = tokio::sync::oneshot::channel();
         let (ended, ended_rx) = tokio::sync::oneshot::channel::<()>();
         {

@@ -470,7 +470,7 @@ where
     let open = context.open.open();
     // Counts from accept: --timeout-request-header bounds a PROXY header and
     // the first request head together.
-    let activity = Activity::new();
+    let activity = Activity::new(&context.deadlines);
     let state = &context.state;
     let served = Served::choose(state.http, None);
     if state.proxy_protocol.is_none() && state.tls.is_none() && served == Served::Http1 {
