@@ -51,6 +51,22 @@ def test_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(run_r
         assert conn.read_until_closed(timeout=10) == b""
 
 
+def test_partial_head_on_a_kept_alive_connection_is_closed_after_the_keep_alive_timeout(
+    run_rsasgi,
+):
+    """After a first request, half of the next head and then silence: the connection is idle
+    until a head is whole, so --timeout-keep-alive bounds it (here far below
+    --timeout-request-header)."""
+    server = run_rsasgi(APP, "--timeout-keep-alive", "1", "--timeout-request-header", "60")
+    with server.connect() as sock:
+        conn = RawConn(sock)
+        conn.send(request("GET", "/"))
+        assert conn.read_response().status == 200
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: testserver\r\n")
+        # Well before the request-header timeout.
+        assert conn.read_until_closed(timeout=20) == b""
+
+
 # ---------------------------------------------------------------------------------------
 # A client that stops taking the response (--timeout-send), or stops sending its request
 # body (--timeout-request-body). App: tests/apps/h2_abuse.py, whose /stats reports what its

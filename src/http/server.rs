@@ -142,10 +142,13 @@ fn connection_builder(config: &Config) -> auto::Builder<StreamExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        // Our own deadlines (see `connection`) close idle connections and
-        // those slow to send their first head; hyper's timer bounds a slow
-        // head on a kept-alive connection too, measured from when it went idle.
-        .header_read_timeout(config.timeout_keep_alive.max(config.timeout_request_header))
+        // Our own deadlines (see `connection`) bound a head: the first by
+        // --timeout-request-header from accept, later ones by
+        // --timeout-keep-alive from the end of the request before, as the
+        // connection is idle until a head is whole. hyper's own header timer
+        // would only repeat them, at the cost of a timer set and cancelled
+        // on every request.
+        .header_read_timeout(None)
         .max_buf_size(config.limit_request_head)
         .auto_date_header(config.date_header);
     let http2 = &config.http2;
@@ -191,7 +194,7 @@ fn http1_builder(config: &Config) -> http1::Builder {
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(config.timeout_keep_alive.max(config.timeout_request_header))
+        .header_read_timeout(None)
         .max_buf_size(config.limit_request_head)
         .auto_date_header(config.date_header);
     builder
