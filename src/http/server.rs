@@ -668,17 +668,18 @@ fn serve_connection<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = {
+    // Each request's future, which the service returns.
+    let request = {
         let state = Arc::clone(&context.state);
         let activity = Arc::clone(&activity);
         let info = info.clone();
-        service_fn(move |request| {
+        move |request| {
             let deadline = state
                 .timeout_request
                 .map(|limit| tokio::time::Instant::now() + limit);
             let active = activity.begin(deadline);
             handle(request, info.clone(), Arc::clone(&state), active)
-        })
+        }
     };
     let deadlines = context.deadlines;
     let draining = context.draining.clone();
@@ -687,7 +688,7 @@ where
         let connection = Box::pin(
             context
                 .http1
-                .serve_connection(TokioIo::new(io), service)
+                .serve_connection(TokioIo::new(io), service_fn(request))
                 .with_upgrades(),
         );
         Either::Left(async move {
@@ -699,6 +700,11 @@ where
                 .map(|ended| ended.map_err(|err| err.to_string()))
         })
     } else {
+        // Boxed here: hyper spawns each HTTP/2 stream as a task that holds
+        // the request's future (some 1.5 KB) and moves it whole several times
+        // on the way; a box moves as a pointer. (HTTP/1 keeps one in-flight
+        // future in a box of hyper's own, filled once per request.)
+        let service = service_fn(move |head| Box::pin(request(head)));
         let connection = Box::pin(
             context
                 .builder
