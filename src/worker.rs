@@ -377,13 +377,14 @@ impl Worker {
         let deliver = wrap_pyfunction!(deliver_wakes, py)?.into_any().unbind();
         let _ = CALL_SOON.set(py, (call_soon, deliver));
         mark_loop_thread();
-        let scope = ScopeContext {
-            root_path: self.config.root_path.clone(),
-            state: match state {
+        let scope = ScopeContext::new(
+            py,
+            self.config.root_path.clone(),
+            match state {
                 Some(state) => state.unbind(),
                 None => PyDict::new(py).unbind(),
             },
-        };
+        );
         if self
             .dispatcher
             .set(Dispatcher::new(

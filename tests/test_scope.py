@@ -247,9 +247,12 @@ def test_state_from_lifespan_is_copied_per_request(server):
     for _ in range(3):
         r = httpx.get(f"{server.url}/state", timeout=10)
         scope = parse(r.content)["scope"]
-        # The app adds "mutated_by_request" to its scope["state"] after answering: a shallow
-        # copy per request means the next request never sees it.
+        # The app adds "mutated_by_request" to its scope["state"], ["asgi"] and
+        # ["extensions"] after answering: a copy per request means the next request never
+        # sees it.
         assert scope["state"] == {"from_lifespan": "yes"}
+        assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+        assert "mutated_by_request" not in scope["extensions"]
 
 
 def test_scope_on_keep_alive_connection(server):

@@ -23,8 +23,21 @@ pub(crate) const SPEC_VERSION: &str = "2.4";
 /// What every scope of a worker shares.
 pub(crate) struct ScopeContext {
     pub root_path: String,
+    /// `root_path` as the Python string every scope without a forwarded
+    /// prefix shares.
+    root_path_text: Py<PyString>,
     /// The lifespan state; each request gets a shallow copy.
     pub state: Py<PyDict>,
+}
+
+impl ScopeContext {
+    pub(crate) fn new(py: Python<'_>, root_path: String, state: Py<PyDict>) -> ScopeContext {
+        ScopeContext {
+            root_path_text: PyString::new(py, &root_path).unbind(),
+            root_path,
+            state,
+        }
+    }
 }
 
 fn http_version(py: Python<'_>, version: Version) -> Bound<'_, PyString> {
@@ -160,10 +173,7 @@ fn fill_request_keys<'py>(
     headers: &http::HeaderMap,
     connection: &ConnectionInfo,
 ) -> PyResult<()> {
-    let asgi = PyDict::new(py);
-    asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
-    asgi.set_item(intern!(py, "spec_version"), intern!(py, SPEC_VERSION))?;
-    scope.set_item(intern!(py, "asgi"), asgi)?;
+    scope.set_item(intern!(py, "asgi"), asgi_info(py)?)?;
 
     let raw_path = uri.path();
     let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
@@ -196,7 +206,12 @@ fn fill_request_keys<'py>(
         intern!(py, "query_string"),
         PyBytes::new(py, query.as_bytes()),
     )?;
-    scope.set_item(intern!(py, "root_path"), &*root_path)?;
+    match root_path {
+        Cow::Borrowed(_) => {
+            scope.set_item(intern!(py, "root_path"), ctx.root_path_text.bind(py))?
+        }
+        Cow::Owned(root_path) => scope.set_item(intern!(py, "root_path"), root_path)?,
+    }
 
     let list = PyList::empty(py);
     for (name, value) in headers {
@@ -217,6 +232,19 @@ fn fill_request_keys<'py>(
     )?;
     scope.set_item(intern!(py, "state"), ctx.state.bind(py).copy()?)?;
     Ok(())
+}
+
+/// The scope's `asgi` dict, `{"version": "3.0", "spec_version": ...}`: a
+/// copy of one built once (each scope gets its own, as an app may change it).
+fn asgi_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    static ASGI: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+    let template = ASGI.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
+        let asgi = PyDict::new(py);
+        asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
+        asgi.set_item(intern!(py, "spec_version"), intern!(py, SPEC_VERSION))?;
+        Ok(asgi.unbind())
+    })?;
+    template.bind(py).copy()
 }
 
 /// The scope dict of one HTTP request.

@@ -68,8 +68,10 @@ async def app(scope, receive, send):
     out = describe(scope)
     out["body"] = jsonable(body)
     payload = json.dumps(out).encode()
-    if isinstance(scope.get("state"), dict):
-        scope["state"]["mutated_by_request"] = True
+    # Changes to what the scope holds must stay in this request (each gets its own copies).
+    for key in ("state", "asgi", "extensions"):
+        if isinstance(scope.get(key), dict):
+            scope[key]["mutated_by_request"] = True
     await send(
         {
             "type": "http.response.start",
