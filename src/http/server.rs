@@ -701,7 +701,7 @@ where
         })
     } else {
         // Boxed here: hyper spawns each HTTP/2 stream as a task that holds
-        // the request's future (some 1.5 KB) and moves it whole several times
+        // the request's future (about 1.7 KB) and moves it whole several times
         // on the way; a box moves as a pointer. (HTTP/1 keeps one in-flight
         // future in a box of hyper's own, filled once per request.)
         let service = service_fn(move |head| Box::pin(request(head)));
