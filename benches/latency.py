@@ -4,13 +4,14 @@ offered rate, the same for every server of a group.
 wrk measures at saturation, where each server's latency is set by how far behind it falls; a
 p99 compared there says little. Here every server is offered the same rate, open loop (oha
 `-q RATE --latency-correction`: a request is timed from when it was due, so a server that
-stalls pays for the queue it builds), at a share of the slowest server's own saturation rate
-(70% by default), measured first in the same run. Rounds take turns between the servers, and
-each server's median round is reported.
+stalls pays for the queue it builds), at a share of the slowest server's saturation rate as
+oha measures it first in the same run (30% by default: oha on one core saturates near 30-35k
+requests/s and falls behind a `-q` rate well before that, so a higher share measures oha).
+Rounds take turns between the servers, and each server's median round is reported.
 
     python benches/latency.py                      # ASGI and WSGI groups
     python benches/latency.py --group asgi --servers rsasgi h2corn granian --rounds 5
-    python benches/latency.py --rate 20000          # a rate of your choosing
+    python benches/latency.py --rate 8000           # a rate of your choosing
 
 The servers are started as benches/run.py starts them (one worker, on core 0; oha on core 1).
 Needs oha (`cargo install oha --locked`) and the peers (`pip install -r
@@ -53,7 +54,7 @@ DEFAULT_SERVERS = {
     "wsgi": ["rsasgi", "granian", "gunicorn", "uwsgi"],
 }
 SCENARIO = SCENARIOS["hello"]
-RATE_SHARE = 0.7
+RATE_SHARE = 0.3
 PERCENTILES = {"p50": "p50", "p99": "p99", "p99.9": "p99.9"}
 
 
