@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benches.realistic_bench import oha_path  # noqa: E402
 from benches.run import (  # noqa: E402  (the repository root goes on sys.path first)
     HOST,
     SCENARIOS,
@@ -42,7 +42,6 @@ from benches.run import (  # noqa: E402  (the repository root goes on sys.path f
     check_answer,
     cpu_model,
     pinned,
-    program,
     versions,
     wait_for_port,
 )
@@ -56,10 +55,6 @@ DEFAULT_SERVERS = {
 SCENARIO = SCENARIOS["hello"]
 RATE_SHARE = 0.3
 PERCENTILES = {"p50": "p50", "p99": "p99", "p99.9": "p99.9"}
-
-
-def find_oha() -> str | None:
-    return program("oha") or shutil.which("oha", path=str(Path.home() / ".cargo" / "bin"))
 
 
 def run_oha(args, oha: str, port: int, seconds: float, rate: float | None) -> dict:
@@ -236,7 +231,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    oha = find_oha()
+    oha = oha_path()
     if oha is None:
         print("oha not found: cargo install oha --locked", file=sys.stderr)
         return 2

@@ -514,6 +514,15 @@ where
 mod tests {
     use super::*;
 
+    /// Runs `activity.watch(deadlines)` as a task of its own.
+    fn spawn_watch(
+        activity: &Arc<Activity>,
+        deadlines: Deadlines,
+    ) -> tokio::task::JoinHandle<Close> {
+        let activity = Arc::clone(activity);
+        tokio::spawn(async move { activity.watch(deadlines).await })
+    }
+
     const DEADLINES: Deadlines = Deadlines {
         request_header: Duration::from_secs(10),
         keep_alive: Duration::from_secs(5),
@@ -528,10 +537,7 @@ mod tests {
         // at 1 + 5 s, not at 10 s.
         let activity = Activity::new(&DEADLINES);
         let started = Instant::now();
-        let waiting = {
-            let activity = Arc::clone(&activity);
-            tokio::spawn(async move { activity.watch(DEADLINES).await })
-        };
+        let waiting = spawn_watch(&activity, DEADLINES);
         tokio::task::yield_now().await;
         let request = activity.begin(None);
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -550,10 +556,7 @@ mod tests {
             ..DEADLINES
         };
         let activity = Activity::new(&deadlines);
-        let waiting = {
-            let activity = Arc::clone(&activity);
-            tokio::spawn(async move { activity.watch(deadlines).await })
-        };
+        let waiting = spawn_watch(&activity, deadlines);
         tokio::task::yield_now().await;
         let request = activity.begin(None);
         tokio::time::sleep(Duration::from_millis(1050)).await;
@@ -611,10 +614,7 @@ mod tests {
     async fn a_response_that_makes_progress_is_never_cut() {
         let activity = Activity::new(&DEADLINES);
         let request = activity.begin(None);
-        let watching = {
-            let activity = Arc::clone(&activity);
-            tokio::spawn(async move { activity.watch(DEADLINES).await })
-        };
+        let watching = spawn_watch(&activity, DEADLINES);
         for _ in 0..100 {
             request.waiting(true);
             tokio::time::sleep(Duration::from_secs(59)).await;
@@ -662,10 +662,7 @@ mod tests {
             });
         }
         attached_rx.await.unwrap();
-        let watching = {
-            let activity = Arc::clone(&activity);
-            tokio::spawn(async move { activity.watch(DEADLINES).await })
-        };
+        let watching = spawn_watch(&activity, DEADLINES);
         // The stream's task ends (dropping what it held) once cut, and the
         // connection, idle then, closes at the keep-alive deadline.
         assert!(ended_rx.await.is_err());
