@@ -11,6 +11,13 @@ gets back to its idle size.
 
     python benches/connections.py                         # 5,000 connections, every server
     python benches/connections.py --connections 2000 --servers rsasgi granian
+    python benches/connections.py --websocket deflate --connections 1000
+
+With `--websocket plain` or `--websocket deflate` the connections are WebSockets instead, to
+benches/ws_bench.py's echo app (started with ws_bench.py's commands): each one upgrades (offering
+permessage-deflate with `deflate`, as browsers do), sends one 1 KiB text message (compressed
+when the server agreed to deflate) and reads its echo, then stays open. Whether each server
+agreed to deflate is printed with its figures: a server that declines it is measured plain.
 
 Servers: rsasgi, uvicorn, granian, hypercorn, h2corn (those installed; see run.py). Each
 server's keep-alive timeout must outlast the measurement: rsasgi's and uvicorn's are 5 s by
@@ -21,16 +28,21 @@ to serve every connection at once (see KEEP_ALIVE).
 from __future__ import annotations
 
 import argparse
+import base64
+import os
 import resource
 import socket
+import struct
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run  # noqa: E402  (benches/run.py: the server commands and the memory readings)
+import ws_bench  # noqa: E402  (benches/ws_bench.py: the websocket servers' commands)
 
 #: Options that keep N idle connections open through the measurement, per server. granian
 #: serves at most --backpressure connections at once (by default its backlog, 1024): the rest
@@ -43,6 +55,14 @@ KEEP_ALIVE = {
     "h2corn": [],
 }
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+#: Options that keep idle WebSockets open through the measurement: the raw client never
+#: answers a ping, so servers that ping are told not to where they can be.
+WS_KEEP_OPEN = {
+    "rsasgi": ["--ws-ping-interval", "0"],
+}
+#: The one message each WebSocket sends: 1 KiB of text that compresses well.
+WS_MESSAGE = b'{"user": "ada", "text": "hello there", "seq": 1}\n' * 21
 
 
 def tree_rss_kib(pid: int) -> int:
@@ -68,6 +88,80 @@ def open_connections(port: int, count: int) -> list[socket.socket]:
     return sockets
 
 
+def ws_frame(opcode: int, payload: bytes, rsv1: bool) -> bytes:
+    """A client frame (masked, as RFC 6455 §5.3 requires), FIN set."""
+    first = 0x80 | (0x40 if rsv1 else 0) | opcode
+    if len(payload) < 126:
+        head = struct.pack("!BB", first, 0x80 | len(payload))
+    else:
+        head = struct.pack("!BBH", first, 0x80 | 126, len(payload))
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def recv_exactly(sock: socket.socket, count: int, buffer: bytearray) -> bytes:
+    while len(buffer) < count:
+        data = sock.recv(65536)
+        if not data:
+            raise RuntimeError(f"connection closed after {bytes(buffer[:200])!r}")
+        buffer += data
+    taken = bytes(buffer[:count])
+    del buffer[:count]
+    return taken
+
+
+def open_websockets(port: int, count: int, deflate: bool) -> tuple[list[socket.socket], bool]:
+    """`count` WebSockets that each echoed one message; and whether the server agreed to
+    permessage-deflate."""
+    offer = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection((run.HOST, port))
+        key = base64.b64encode(os.urandom(16))
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: "
+            + key
+            + b"\r\nSec-WebSocket-Version: 13\r\n"
+            + (offer if deflate else b"")
+            + b"\r\n"
+        )
+        sockets.append(sock)
+    agreed = False
+    for sock in sockets:
+        sock.settimeout(10)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            data = sock.recv(4096)
+            if not data:
+                raise RuntimeError(f"connection closed after {received[:200]!r}")
+            received += data
+        head, _, rest = received.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise RuntimeError(f"no upgrade: {head[:200]!r}")
+        agreed = b"permessage-deflate" in head.lower()
+        # Each message on its own (no context kept), which every agreement allows.
+        if agreed:
+            compressor = zlib.compressobj(wbits=-15)
+            payload = compressor.compress(WS_MESSAGE) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            sock.sendall(ws_frame(0x1, payload[:-4], rsv1=True))
+        else:
+            sock.sendall(ws_frame(0x1, WS_MESSAGE, rsv1=False))
+        buffer = bytearray(rest)
+        first, second = recv_exactly(sock, 2, buffer)
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", recv_exactly(sock, 2, buffer))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", recv_exactly(sock, 8, buffer))
+        payload = recv_exactly(sock, length, buffer)
+        if first & 0x40:
+            payload = zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
+        if payload != WS_MESSAGE:
+            raise RuntimeError(f"bad echo: {payload[:100]!r}")
+    return sockets, agreed
+
+
 def settle(pid: int, seconds: float) -> int:
     """The tree's RSS once it has not moved by more than 1% for a second (at most `seconds`)."""
     deadline = time.monotonic() + seconds
@@ -88,36 +182,69 @@ def measure(spec: run.ServerSpec, args, work: Path) -> dict:
     server = run.RunningServer(spec, "0", 1, work)
     try:
         run.wait_for_port(server.port, server.proc)
-        for sock in open_connections(server.port, 20):
-            sock.close()
-        idle = settle(server.proc.pid, 10)
-        sockets = open_connections(server.port, args.connections)
-        held = settle(server.proc.pid, 5)
-        for sock in sockets:
-            sock.close()
-        for _ in range(args.bursts):
-            settle(server.proc.pid, 3)
-            for sock in open_connections(server.port, args.connections):
-                sock.close()
-        after = settle(server.proc.pid, 15)
-        return {
-            "idle_mib": idle / 1024,
-            "held_mib": held / 1024,
-            "per_connection_kib": (held - idle) / args.connections,
-            "after_bursts_mib": after / 1024,
-            "after_vs_idle": after / idle,
-        }
+        return measure_rss(
+            server.proc.pid, lambda count: (open_connections(server.port, count), None), args
+        )
     finally:
         server.stop()
         spec.argv = original
+
+
+def measure_websockets(spec: ws_bench.ServerSpec, args, work: Path) -> dict:
+    deflate = args.websocket == "deflate"
+    extra = WS_KEEP_OPEN.get(spec.name, [])
+    original = spec.argv
+    spec.argv = lambda port: [*original(port), *extra]
+    server = ws_bench.RunningServer(spec, "0", work)
+    try:
+        ws_bench.wait_for_port(server.port, server.proc)
+        return measure_rss(
+            server.proc.pid, lambda count: open_websockets(server.port, count, deflate), args
+        )
+    finally:
+        server.stop()
+        spec.argv = original
+
+
+def measure_rss(pid: int, connect, args) -> dict:
+    """RSS idle, with `args.connections` connections open, and after the bursts; `connect(n)`
+    opens n connections and says whether they agreed to deflate (None for HTTP)."""
+    sockets, _ = connect(20)
+    for sock in sockets:
+        sock.close()
+    idle = settle(pid, 10)
+    sockets, agreed = connect(args.connections)
+    held = settle(pid, 5)
+    for sock in sockets:
+        sock.close()
+    for _ in range(args.bursts):
+        settle(pid, 3)
+        for sock in connect(args.connections)[0]:
+            sock.close()
+    after = settle(pid, 15)
+    return {
+        "idle_mib": idle / 1024,
+        "held_mib": held / 1024,
+        "per_connection_kib": (held - idle) / args.connections,
+        "after_bursts_mib": after / 1024,
+        "after_vs_idle": after / idle,
+        "deflate": agreed,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--bursts", type=int, default=3)
-    parser.add_argument("--servers", nargs="+", default=list(KEEP_ALIVE))
+    parser.add_argument("--servers", nargs="+")
+    parser.add_argument(
+        "--websocket",
+        choices=["plain", "deflate"],
+        help="WebSockets to ws_bench.py's echo app instead of HTTP keep-alive connections",
+    )
     args = parser.parse_args()
+    if args.servers is None:
+        args.servers = ["rsasgi", "uvicorn", "granian", "hypercorn", "h2corn"]
     limit = args.connections + 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < limit:
@@ -125,9 +252,12 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="rsasgi-connections-") as tmp:
         for name in args.servers:
-            spec = run.SERVERS["asgi"].get(name)
+            if args.websocket:
+                spec = ws_bench.SERVERS.get(name)
+            else:
+                spec = run.SERVERS["asgi"].get(name)
             if spec is None:
-                print(f"{name}: not an ASGI server of run.py", file=sys.stderr)
+                print(f"{name}: not a server of this benchmark", file=sys.stderr)
                 continue
             missing = spec.missing()
             if missing:
@@ -135,19 +265,23 @@ def main() -> int:
                 continue
             print(f"{name}: {args.connections} connections ...", flush=True)
             try:
-                results[name] = measure(spec, args, Path(tmp))
+                if args.websocket:
+                    results[name] = measure_websockets(spec, args, Path(tmp))
+                else:
+                    results[name] = measure(spec, args, Path(tmp))
             except Exception as exc:  # one server failing must not end the run
                 print(f"{name}: failed: {exc}")
     print()
     print(
         f"{'server':<10} {'idle MiB':>9} {'held MiB':>9} {'KiB/conn':>9} "
-        f"{'after MiB':>10} {'after/idle':>10}"
+        f"{'after MiB':>10} {'after/idle':>10}" + ("  deflate" if args.websocket else "")
     )
     for name, r in results.items():
         print(
             f"{name:<10} {r['idle_mib']:>9.1f} {r['held_mib']:>9.1f} "
             f"{r['per_connection_kib']:>9.2f} {r['after_bursts_mib']:>10.1f} "
             f"{r['after_vs_idle']:>10.2f}"
+            + (f"  {'agreed' if r['deflate'] else 'declined'}" if args.websocket else "")
         )
     return 0
 

@@ -20,6 +20,8 @@ APP = "ws_app:app"
 # Text that compresses well, and bytes that do not compress at all.
 COMPRESSIBLE = "the quick brown fox jumps over the lazy dog; " * 2000
 INCOMPRESSIBLE = os.urandom(64 * 1024)
+# A message just long enough for the server to compress (it sends shorter ones as they are).
+PLAIN = b"plain text " * 12
 
 
 def run(coro, timeout: float = 30.0):
@@ -95,16 +97,19 @@ def test_websockets_client_negotiates_deflate_and_round_trips(ws_server):
         async with ws_connect(ws_server) as ws:
             agreed = ws.response.headers.get("Sec-WebSocket-Extensions")
             names = [type(extension).__name__ for extension in ws.protocol.extensions]
+            no_context = ws.protocol.extensions[0].local_no_context_takeover
             echoes = []
             for message in (COMPRESSIBLE, INCOMPRESSIBLE, COMPRESSIBLE[:10], b"", "é" * 500):
                 await ws.send(message)
                 echoes.append(await ws.recv())
-            return agreed, names, echoes
+            return agreed, names, no_context, echoes
 
-    agreed, names, echoes = run(client())
+    agreed, names, no_context, echoes = run(client())
     # websockets offers client_max_window_bits without a value: the server need not limit it.
-    assert agreed == "permessage-deflate"
+    # The server imposes client_no_context_takeover (RFC 7692 §7.1.1.2), and the client obeys.
+    assert agreed == "permessage-deflate; client_no_context_takeover"
     assert names == ["PerMessageDeflate"]
+    assert no_context is True
     assert echoes == [COMPRESSIBLE, INCOMPRESSIBLE, COMPRESSIBLE[:10], b"", "é" * 500]
 
 
@@ -151,11 +156,14 @@ def test_option_off_from_environment(run_rsasgi):
 @pytest.mark.parametrize(
     "offer, answer",
     [
-        ("permessage-deflate", "permessage-deflate"),
-        ("permessage-deflate; client_max_window_bits", "permessage-deflate"),
+        ("permessage-deflate", "permessage-deflate; client_no_context_takeover"),
+        (
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; client_no_context_takeover",
+        ),
         (
             "permessage-deflate; server_max_window_bits=10",
-            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=10",
         ),
         (
             "permessage-deflate; client_no_context_takeover",
@@ -163,10 +171,14 @@ def test_option_off_from_environment(run_rsasgi):
         ),
         (
             "permessage-deflate; server_no_context_takeover; client_max_window_bits=9",
-            "permessage-deflate; server_no_context_takeover; client_max_window_bits=9",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
+            "client_max_window_bits=9",
         ),
         # A window of 8 bits is not one deflate can produce: declined, the next offer taken.
-        ("permessage-deflate; server_max_window_bits=8, permessage-deflate", "permessage-deflate"),
+        (
+            "permessage-deflate; server_max_window_bits=8, permessage-deflate",
+            "permessage-deflate; client_no_context_takeover",
+        ),
         ("permessage-deflate; server_max_window_bits=8", None),
         ("permessage-deflate; x_unknown_parameter", None),
         ("permessage-deflate; server_max_window_bits=16", None),
@@ -181,26 +193,25 @@ def test_offer_is_answered_as_rfc_7692_says(ws_server, offer, answer):
     with sock:
         assert agreed == answer
         # The connection works either way: uncompressed messages are always allowed, and the
-        # server compresses its own when the offer was accepted.
-        sock.sendall(encode_frame(OP_TEXT, b"plain"))
+        # server compresses its own (of 128 bytes or more) when the offer was accepted.
+        sock.sendall(encode_frame(OP_TEXT, PLAIN))
         opcode, fin, rsv1, payload = reader.frame_rsv1()
         if rsv1:
             payload = inflate(payload, zlib.decompressobj(wbits=-15))
-        assert (opcode, fin, rsv1, payload) == (OP_TEXT, True, answer is not None, b"plain")
+        assert (opcode, fin, rsv1, payload) == (OP_TEXT, True, answer is not None, PLAIN)
 
 
 @pytest.mark.parametrize(
-    "offer, answer", [(None, None), ("permessage-deflate", "permessage-deflate")]
+    "offer, answer",
+    [(None, None), ("permessage-deflate", "permessage-deflate; client_no_context_takeover")],
 )
 def test_the_server_alone_answers_extensions(ws_server, offer, answer):
     """An app's own Sec-WebSocket-Extensions would promise what the server does not run."""
     sock, reader, agreed = offer_handshake(ws_server, offer, "/accept-extension")
     with sock:
         assert agreed == answer
-        _, _, rsv1, payload = reader.frame_rsv1()
-        if rsv1:
-            payload = inflate(payload, zlib.decompressobj(wbits=-15))
-        assert (rsv1, payload) == (answer is not None, b"accepted")
+        # b"accepted" is under the compression threshold: it goes out as it is.
+        assert reader.frame_rsv1()[2:] == (False, b"accepted")
 
 
 # --------------------------------------------------------------------------- raw frames
@@ -208,12 +219,12 @@ def test_the_server_alone_answers_extensions(ws_server, offer, answer):
 
 def test_compressed_frames_both_ways(ws_server):
     sock, reader, agreed = offer_handshake(ws_server, "permessage-deflate")
-    assert agreed == "permessage-deflate"
-    compressor = zlib.compressobj(wbits=-15)
+    assert agreed == "permessage-deflate; client_no_context_takeover"
     decompressor = zlib.decompressobj(wbits=-15)
     with sock:
         for message in (COMPRESSIBLE.encode(), COMPRESSIBLE.encode()):
-            sock.sendall(encode_frame(OP_TEXT, deflate(message, compressor), rsv=4))
+            # Each message compressed on its own, as client_no_context_takeover asks.
+            sock.sendall(encode_frame(OP_TEXT, deflate(message), rsv=4))
             opcode, fin, rsv1, payload = reader.frame_rsv1()
             assert (opcode, fin, rsv1) == (OP_TEXT, True, True)
             assert len(payload) < len(message) // 10
@@ -240,7 +251,7 @@ def test_server_max_window_bits_is_honoured(ws_server):
     sock, reader, agreed = offer_handshake(
         ws_server, "permessage-deflate; server_max_window_bits=10"
     )
-    assert agreed == "permessage-deflate; server_max_window_bits=10"
+    assert agreed == "permessage-deflate; client_no_context_takeover; server_max_window_bits=10"
     probe = window_probe()
     with sock:
         sock.sendall(encode_frame(OP_BINARY, probe))
@@ -254,7 +265,7 @@ def test_server_no_context_takeover_is_honoured(ws_server):
     sock, reader, agreed = offer_handshake(
         ws_server, "permessage-deflate; server_no_context_takeover"
     )
-    assert agreed == "permessage-deflate; server_no_context_takeover"
+    assert agreed == "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
     message = os.urandom(1024)
     with sock:
         for _ in range(3):
@@ -276,6 +287,47 @@ def test_client_no_context_takeover_messages_are_read(ws_server):
             sock.sendall(encode_frame(OP_BINARY, deflate(message), rsv=4))
             _, _, _, payload = reader.frame_rsv1()
             assert inflate(payload, decompressor) == message
+
+
+def test_messages_under_128_bytes_go_out_uncompressed(ws_server):
+    """Deflate saves little on a short message: the server sends those as they are."""
+    sock, reader, _ = offer_handshake(ws_server, "permessage-deflate")
+    with sock:
+        for size, compressed in ((127, False), (128, True), (0, False), (4096, True)):
+            message = b"a" * size
+            sock.sendall(encode_frame(OP_BINARY, message))
+            opcode, _, rsv1, payload = reader.frame_rsv1()
+            assert (opcode, rsv1) == (OP_BINARY, compressed), size
+            if rsv1:
+                payload = inflate(payload, zlib.decompressobj(wbits=-15))
+            assert payload == message
+
+
+def test_a_client_keeping_its_context_against_the_agreement_is_closed(ws_server):
+    """The server answered client_no_context_takeover: a message that refers back to the
+    previous one cannot be decompressed. That connection is failed (1011, the engine's code for
+    an undecodable message); the others go on."""
+    sock, reader, agreed = offer_handshake(ws_server, "permessage-deflate")
+    assert agreed == "permessage-deflate; client_no_context_takeover"
+    compressor = zlib.compressobj(wbits=-15)
+    message = os.urandom(1024)
+
+    async def bystander():
+        async with ws_connect(ws_server) as ws:
+            await ws.send(COMPRESSIBLE)
+            return await ws.recv()
+
+    with sock:
+        sock.sendall(encode_frame(OP_BINARY, deflate(message, compressor), rsv=4))
+        assert inflate(reader.frame_rsv1()[3], zlib.decompressobj(wbits=-15)) == message
+        # The same bytes again, from the same compressor: a back-reference 1 KiB into the
+        # first message, which the server's fresh decompressor does not hold.
+        second = deflate(message, compressor)
+        assert len(second) < 100
+        sock.sendall(encode_frame(OP_BINARY, second, rsv=4))
+        code, _ = reader.close_code()
+    assert code == 1011
+    assert run(bystander()) == COMPRESSIBLE
 
 
 def test_compressed_frame_without_negotiation_is_a_protocol_error(ws_server):
@@ -305,7 +357,7 @@ def test_zip_bomb_is_refused_with_1009_and_the_worker_lives_on(run_rsasgi):
             assert await bystander_echo(bystander, "before") == "before"
             sock, reader, agreed = offer_handshake(server, "permessage-deflate")
             with sock:
-                assert agreed == "permessage-deflate"
+                assert agreed == "permessage-deflate; client_no_context_takeover"
                 sock.sendall(encode_frame(OP_BINARY, bomb, rsv=4))
                 code, _ = await asyncio.to_thread(reader.close_code)
             after = await bystander_echo(bystander, COMPRESSIBLE)

@@ -6,8 +6,11 @@
 //! offer's parameters as it will apply them (§5, §7.1). An offer with an
 //! unknown parameter, a repeated one or a bad value is declined (§7.1), and
 //! so is one asking the server for a window of 8 bits, which deflate
-//! implementations do not produce (zlib silently uses 9). Compression itself
-//! is the engine's; this module only settles the terms.
+//! implementations do not produce (zlib silently uses 9). The server always
+//! answers `client_no_context_takeover`, which §7.1.1.2 lets it add to any
+//! offer: the client then compresses each message on its own, so the server
+//! keeps no decompressor between messages (see `ws::engine_options`).
+//! Compression itself is the engine's; this module only settles the terms.
 
 use http::header::{self, HeaderMap};
 
@@ -70,7 +73,11 @@ pub(crate) fn negotiate(headers: &HeaderMap) -> Option<Agreement> {
             if !name.eq_ignore_ascii_case(NAME) {
                 return None;
             }
-            accept_offer(parts)
+            let mut agreement = accept_offer(parts)?;
+            // The server may impose this whether or not the client offered
+            // it (§7.1.1.2); every client must honour it.
+            agreement.client_no_context_takeover = true;
+            Some(agreement)
         })
 }
 
@@ -175,15 +182,15 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_offer_is_accepted_as_is() {
+    fn a_plain_offer_is_accepted_with_client_no_context_takeover() {
         assert_eq!(
             answer(&["permessage-deflate"]).as_deref(),
-            Some("permessage-deflate")
+            Some("permessage-deflate; client_no_context_takeover")
         );
         // What browsers and the websockets library send.
         assert_eq!(
             answer(&["permessage-deflate; client_max_window_bits"]).as_deref(),
-            Some("permessage-deflate")
+            Some("permessage-deflate; client_no_context_takeover")
         );
     }
 
@@ -205,7 +212,8 @@ mod tests {
         assert_eq!(agreement.client_max_window_bits, Some(12));
         assert_eq!(
             agreement.header_value(),
-            "permessage-deflate; server_max_window_bits=10; client_max_window_bits=12"
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=10; \
+             client_max_window_bits=12"
         );
         assert_eq!(
             offer(&["permessage-deflate; server_max_window_bits=\"15\""])
@@ -249,7 +257,7 @@ mod tests {
                 "permessage-deflate",
             ])
             .as_deref(),
-            Some("permessage-deflate; server_max_window_bits=9")
+            Some("permessage-deflate; client_no_context_takeover; server_max_window_bits=9")
         );
         assert_eq!(
             answer(&["foo; bar=\"a,b\", permessage-deflate; client_no_context_takeover"])
@@ -262,7 +270,7 @@ mod tests {
     fn names_are_case_insensitive() {
         assert_eq!(
             answer(&["PerMessage-Deflate; Server_No_Context_Takeover"]).as_deref(),
-            Some("permessage-deflate; server_no_context_takeover")
+            Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
         );
     }
 }

@@ -13,7 +13,7 @@ pub(crate) mod session;
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use base64ct::{Base64, Encoding};
@@ -26,7 +26,10 @@ use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use tokio::sync::watch;
 use yawc::close::CloseCode;
-use yawc::{CompressionLevel, Frame, OpCode, Options, Role, WebSocket, WebSocketError as WsError};
+use yawc::{
+    CompressionLevel, DeflatePool, Frame, OpCode, Options, Role, WebSocket,
+    WebSocketError as WsError,
+};
 
 use deflate::Agreement;
 use message::Assembler;
@@ -183,7 +186,10 @@ fn close_code_of(error: &WsError) -> (u16, &'static str) {
         | WsError::FragmentTimeout
         | WsError::InvalidContinuationFrame
         | WsError::CompressionNotSupported => (code::PROTOCOL_ERROR, "protocol error"),
-        // The engine reports a corrupt deflate stream as invalid input.
+        // The engine reports a corrupt deflate stream as invalid input: a
+        // client that compressed badly, or kept its context against the
+        // agreed client_no_context_takeover. The engine answers those with
+        // 1011, as for any error it does not name.
         WsError::IoError(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
             (code::INTERNAL_ERROR, "undecodable compressed message")
         }
@@ -257,6 +263,26 @@ const COMPRESSION_LEVEL: u32 = 1;
 /// always valid: the client's decompressor reads any.
 const ENGINE_SERVER_WINDOW_BITS: u8 = 12;
 
+/// Messages shorter than this go out uncompressed (RSV1 is per message, so a
+/// client reads either): deflate's block header and the sync flush's four
+/// bytes leave little or nothing saved on a short message, for the CPU spent.
+const COMPRESSION_THRESHOLD: usize = 128;
+
+/// Idle compressors and decompressors kept for reuse, per window size. The
+/// reactor is one thread, so only a message being compressed or a compressed
+/// message still arriving in fragments holds one; more are built when needed
+/// and dropped when returned to a full pool.
+const DEFLATE_POOL_CAPACITY: usize = 8;
+
+/// The worker's deflate state between messages. Neither side keeps context
+/// (the server resets after each message on its own side, and imposes
+/// `client_no_context_takeover` on the client's, see [`deflate`]), so a
+/// connection borrows zlib's state for one message at a time and an idle
+/// compressed connection holds none: about 150 KiB of compressor and 40 KiB
+/// of decompressor would otherwise stay with each one.
+static DEFLATE_POOL: LazyLock<DeflatePool> =
+    LazyLock::new(|| DeflatePool::new(DEFLATE_POOL_CAPACITY));
+
 /// The engine's settings for one connection: the size limit of a frame,
 /// and compression when the handshake agreed on it (with the terms the
 /// engine applies).
@@ -268,10 +294,9 @@ fn engine_options(settings: &WsSettings, deflate: Option<&Agreement>) -> (Option
         None => (options.without_compression(), None),
         Some(agreement) => {
             let engine_terms = Agreement {
-                // yawc 0.4's compressor spins forever on an empty message
-                // that follows another one when it keeps its context (a
-                // second sync flush with no input makes no progress); reset
-                // after every message, which any client can read, it cannot.
+                // Each message compressed on its own, which any client can
+                // read, so the compressor goes back to the pool between
+                // messages.
                 server_no_context_takeover: true,
                 server_max_window_bits: Some(
                     agreement
@@ -283,7 +308,10 @@ fn engine_options(settings: &WsSettings, deflate: Option<&Agreement>) -> (Option
                 ..*agreement
             };
             (
-                options.with_compression_level(CompressionLevel::new(COMPRESSION_LEVEL)),
+                options
+                    .with_compression_level(CompressionLevel::new(COMPRESSION_LEVEL))
+                    .with_compression_threshold(COMPRESSION_THRESHOLD)
+                    .with_deflate_pool(DEFLATE_POOL.clone()),
                 Some(engine_terms.header_value()),
             )
         }
