@@ -163,16 +163,19 @@ def open_websockets(port: int, count: int, deflate: bool) -> tuple[list[socket.s
 
 
 def settle(pid: int, seconds: float) -> int:
-    """The tree's RSS once it has not moved by more than 1% for a second (at most `seconds`)."""
+    """The tree's RSS once it has not moved by more than 1% for three seconds (at most
+    `seconds`). Three, not one: rsasgi gives freed memory back after it has been free for a
+    second, checked once a second, so for up to two seconds after a burst it sits still at its
+    peak."""
     deadline = time.monotonic() + seconds
-    last = tree_rss_kib(pid)
+    readings = [tree_rss_kib(pid)]
     while time.monotonic() < deadline:
         time.sleep(1)
-        now = tree_rss_kib(pid)
-        if abs(now - last) <= 0.01 * last:
-            return now
-        last = now
-    return last
+        readings.append(tree_rss_kib(pid))
+        window = readings[-4:]
+        if len(window) == 4 and max(window) - min(window) <= 0.01 * window[-1]:
+            return window[-1]
+    return readings[-1]
 
 
 def measure(spec: run.ServerSpec, args, work: Path) -> dict:
@@ -214,14 +217,14 @@ def measure_rss(pid: int, connect, args) -> dict:
         sock.close()
     idle = settle(pid, 10)
     sockets, agreed = connect(args.connections)
-    held = settle(pid, 5)
+    held = settle(pid, 10)
     for sock in sockets:
         sock.close()
     for _ in range(args.bursts):
-        settle(pid, 3)
+        settle(pid, 5)
         for sock in connect(args.connections)[0]:
             sock.close()
-    after = settle(pid, 15)
+    after = settle(pid, 20)
     return {
         "idle_mib": idle / 1024,
         "held_mib": held / 1024,
