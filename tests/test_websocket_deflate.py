@@ -68,6 +68,14 @@ class RsvFrameReader(FrameReader):
             (length,) = struct.unpack("!Q", self._take(8))
         return first & 0x0F, bool(first & 0x80), bool(first & 0x40), self._take(length)
 
+    def message_rsv1(self) -> tuple[int, bool, bytes]:
+        """A whole message, joined from its fragments: its opcode, RSV1 and payload."""
+        opcode, fin, rsv1, payload = self.frame_rsv1()
+        while not fin:
+            _, fin, _, more = self.frame_rsv1()
+            payload += more
+        return opcode, rsv1, payload
+
 
 def deflate(data: bytes, compressor=None) -> bytes:
     """A message's payload as RFC 7692 §7.2.1 has it: raw deflate, flushed, without the
@@ -225,8 +233,8 @@ def test_compressed_frames_both_ways(ws_server):
         for message in (COMPRESSIBLE.encode(), COMPRESSIBLE.encode()):
             # Each message compressed on its own, as client_no_context_takeover asks.
             sock.sendall(encode_frame(OP_TEXT, deflate(message), rsv=4))
-            opcode, fin, rsv1, payload = reader.frame_rsv1()
-            assert (opcode, fin, rsv1) == (OP_TEXT, True, True)
+            opcode, rsv1, payload = reader.message_rsv1()
+            assert (opcode, rsv1) == (OP_TEXT, True)
             assert len(payload) < len(message) // 10
             assert inflate(payload, decompressor) == message
 
@@ -242,7 +250,7 @@ def test_fragmented_compressed_frames_from_a_raw_client(ws_server):
             + encode_frame(OP_CONT, compressed[third : 2 * third], fin=False)
             + encode_frame(OP_CONT, compressed[2 * third :])
         )
-        opcode, _, rsv1, payload = reader.frame_rsv1()
+        opcode, rsv1, payload = reader.message_rsv1()
         assert (opcode, rsv1) == (OP_TEXT, True)
         assert inflate(payload, zlib.decompressobj(wbits=-15)) == COMPRESSIBLE.encode()
 
@@ -285,7 +293,7 @@ def test_client_no_context_takeover_messages_are_read(ws_server):
         for index in range(3):
             message = b"message %d " % index + COMPRESSIBLE.encode()
             sock.sendall(encode_frame(OP_BINARY, deflate(message), rsv=4))
-            _, _, _, payload = reader.frame_rsv1()
+            payload = reader.message_rsv1()[2]
             assert inflate(payload, decompressor) == message
 
 
@@ -328,6 +336,39 @@ def test_a_client_keeping_its_context_against_the_agreement_is_closed(ws_server)
         code, _ = reader.close_code()
     assert code == 1011
     assert run(bystander()) == COMPRESSIBLE
+
+
+def test_a_large_compressed_message_goes_out_in_64k_fragments(ws_server):
+    """The server compresses a long message 64 KiB at a time, letting its other connections run
+    between fragments: RSV1 on the first frame only, one deflate stream across them (§6.1)."""
+    sock, reader, _ = offer_handshake(ws_server, "permessage-deflate")
+    message = (COMPRESSIBLE.encode() * 3)[: 200 * 1024]
+    with sock:
+        sock.sendall(encode_frame(OP_BINARY, message))
+        frames = []
+        while not frames or not frames[-1][1]:
+            frames.append(reader.frame_rsv1())
+    shape = [(opcode, fin, rsv1) for opcode, fin, rsv1, _ in frames]
+    assert shape == [
+        (OP_BINARY, False, True),
+        (OP_CONT, False, False),
+        (OP_CONT, False, False),
+        (OP_CONT, True, False),
+    ]
+    payload = b"".join(payload for *_, payload in frames)
+    assert inflate(payload, zlib.decompressobj(wbits=-15)) == message
+
+
+def test_large_compressed_messages_round_trip_with_the_websockets_client(ws_server):
+    text = COMPRESSIBLE * 20  # 1.8 MB of text, 28 fragments
+
+    async def client():
+        async with ws_connect(ws_server, max_size=None) as ws:
+            await ws.send(text)
+            await ws.send(INCOMPRESSIBLE * 4)
+            return await ws.recv(), await ws.recv()
+
+    assert run(client()) == (text, INCOMPRESSIBLE * 4)
 
 
 def test_compressed_frame_without_negotiation_is_a_protocol_error(ws_server):

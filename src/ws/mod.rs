@@ -198,6 +198,37 @@ fn close_code_of(error: &WsError) -> (u16, &'static str) {
     }
 }
 
+/// Adds a text or binary message to `frames`: one frame, or fragments of
+/// `fragment` bytes when that is set and the message is longer (a text
+/// message may be cut inside a character: UTF-8 is checked on the whole
+/// message, RFC 6455 §5.6).
+fn push_data(frames: &mut Vec<Frame>, opcode: OpCode, payload: Bytes, fragment: Option<usize>) {
+    let whole = |payload: Bytes| match opcode {
+        OpCode::Text => Frame::text(payload),
+        _ => Frame::binary(payload),
+    };
+    let size = match fragment {
+        Some(size) if payload.len() > size => size,
+        _ => {
+            frames.push(whole(payload));
+            return;
+        }
+    };
+    let mut rest = payload;
+    let mut first = true;
+    while !rest.is_empty() {
+        let chunk = rest.split_to(size.min(rest.len()));
+        let last = rest.is_empty();
+        let frame = if first {
+            whole(chunk)
+        } else {
+            Frame::continuation(chunk)
+        };
+        frames.push(frame.with_fin(last));
+        first = false;
+    }
+}
+
 fn close_frame(code: u16, reason: &str) -> Frame {
     Frame::close(CloseCode::from(code), reason)
 }
@@ -273,6 +304,18 @@ const COMPRESSION_THRESHOLD: usize = 128;
 /// message still arriving in fragments holds one; more are built when needed
 /// and dropped when returned to a full pool.
 const DEFLATE_POOL_CAPACITY: usize = 8;
+
+/// With permessage-deflate, a message over this size goes out in fragments
+/// of this size, and its connection yields to the others between them: the
+/// engine compresses a frame as it takes it, on the reactor thread, so a
+/// message of many megabytes compressed in one go would hold every other
+/// connection of the worker for that long. At the fastest level 64 KiB take
+/// well under a millisecond.
+const DEFLATE_FRAGMENT: usize = 64 * 1024;
+
+/// On a compressed connection, the connection yields to the others after
+/// reading a data frame that decompressed to at least this much.
+const YIELD_AFTER: usize = 16 * 1024;
 
 /// The worker's deflate state between messages. Neither side keeps context
 /// (the server resets after each message on its own side, and imposes
@@ -370,6 +413,8 @@ pub(crate) async fn serve(
         interval
     });
     let mut assembler = Assembler::new(settings.max_size);
+    // Compressed messages over this size go out in fragments of it.
+    let fragment = deflate.is_some().then_some(DEFLATE_FRAGMENT);
     let mut awaiting_pong: Option<Instant> = None;
     // The close code and reason the app will see, and who closed first.
     let mut outcome: Option<(u16, String)> = None;
@@ -384,6 +429,7 @@ pub(crate) async fn serve(
         let room = close_sent_at.is_none() && session.has_room();
         let read_wanted = room || close_sent_at.is_some();
         let close_deadline = close_sent_at.map(|at| at + CLOSE_TIMEOUT);
+        let mut inflated = false;
         // Every write below goes through `progress.bounded`: a write that
         // makes no progress for `stall_limit` ends the connection.
         let result: Result<(), WriteFailed> = tokio::select! {
@@ -393,20 +439,31 @@ pub(crate) async fn serve(
                     AppEvent::Send(messages) => {
                         let mut frames = Vec::with_capacity(messages.len());
                         for message in messages {
-                            frames.push(match message {
-                                AppMessage::Text(text) => Frame::text(text),
-                                AppMessage::Binary(data) => Frame::binary(data),
+                            match message {
+                                AppMessage::Text(text) => {
+                                    push_data(&mut frames, OpCode::Text, text.into(), fragment);
+                                }
+                                AppMessage::Binary(data) => {
+                                    push_data(&mut frames, OpCode::Binary, data, fragment);
+                                }
                                 AppMessage::Close(code, reason) => {
                                     outcome.get_or_insert((code, reason.clone()));
                                     closed_by.get_or_insert(ClosedBy::App);
                                     close_sent_at = Some(tokio::time::Instant::now());
-                                    close_frame(code, &reason)
+                                    frames.push(close_frame(code, &reason));
                                 }
-                            });
+                            }
                         }
                         let send_all = async {
                             for frame in frames {
+                                let step = !frame.is_fin();
                                 ws.feed(frame).await?;
+                                if step {
+                                    // Each fragment was compressed as it was
+                                    // fed: let the other connections run.
+                                    session.hand_over_events();
+                                    tokio::task::yield_now().await;
+                                }
                             }
                             ws.flush().await
                         };
@@ -417,6 +474,7 @@ pub(crate) async fn serve(
             frame = poll_fn(|cx| ws.poll_next_frame(cx)), if read_wanted => match frame {
                 Ok(frame) => match frame.opcode() {
                     OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                        inflated = fragment.is_some() && frame.payload().len() >= YIELD_AFTER;
                         match assembler.push(frame) {
                             Ok(Some(message)) => {
                                 session.push_incoming(message);
@@ -548,6 +606,13 @@ pub(crate) async fn serve(
             abandoned = true;
             break;
         }
+        if inflated {
+            // The engine decompressed a large frame here; the next may be in
+            // its buffer already, and reading it would not yield: let the
+            // other connections run first.
+            session.hand_over_events();
+            tokio::task::yield_now().await;
+        }
     }
     let (code, reason) = outcome.unwrap_or((code::ABNORMAL, String::new()));
     session.finish(code, &reason);
@@ -636,6 +701,46 @@ mod tests {
         assert_eq!(
             close_code_of(&WsError::ReservedBitsNotZero).0,
             code::PROTOCOL_ERROR
+        );
+    }
+
+    #[test]
+    fn large_compressed_messages_go_out_in_fragments() {
+        let shape = |frames: &[Frame]| {
+            frames
+                .iter()
+                .map(|f| (f.opcode(), f.payload().len(), f.is_fin()))
+                .collect::<Vec<_>>()
+        };
+        let mut frames = Vec::new();
+        push_data(
+            &mut frames,
+            OpCode::Binary,
+            Bytes::from(vec![7; 10]),
+            Some(4),
+        );
+        assert_eq!(
+            shape(&frames),
+            [
+                (OpCode::Binary, 4, false),
+                (OpCode::Continuation, 4, false),
+                (OpCode::Continuation, 2, true),
+            ]
+        );
+        let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload().to_vec()).collect();
+        assert_eq!(joined, vec![7; 10]);
+
+        // Exactly one fragment's size, or no fragmenting: one frame.
+        for fragment in [Some(5), None] {
+            let mut frames = Vec::new();
+            push_data(&mut frames, OpCode::Text, Bytes::from("hello"), fragment);
+            assert_eq!(shape(&frames), [(OpCode::Text, 5, true)]);
+        }
+        let mut frames = Vec::new();
+        push_data(&mut frames, OpCode::Text, Bytes::from("abcdef"), Some(3));
+        assert_eq!(
+            shape(&frames),
+            [(OpCode::Text, 3, false), (OpCode::Continuation, 3, true)]
         );
     }
 
