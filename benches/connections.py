@@ -57,9 +57,12 @@ KEEP_ALIVE = {
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 #: Options that keep idle WebSockets open through the measurement: the raw client never
-#: answers a ping, so servers that ping are told not to where they can be.
+#: answers a ping, so servers that ping are told not to where they can be (uvicorn's pings,
+#: every 20 s with 20 s to answer, leave a connection open for 40 s: enough for 1,000
+#: connections, not always for 5,000); granian gets room for every connection, as above.
 WS_KEEP_OPEN = {
     "rsasgi": ["--ws-ping-interval", "0"],
+    "granian": ["--backlog", "{connections}", "--backpressure", "{connections}"],
 }
 #: The one message each WebSocket sends: 1 KiB of text that compresses well.
 WS_MESSAGE = b'{"user": "ada", "text": "hello there", "seq": 1}\n' * 21
@@ -112,11 +115,21 @@ def recv_exactly(sock: socket.socket, count: int, buffer: bytearray) -> bytes:
 
 def open_websockets(port: int, count: int, deflate: bool) -> tuple[list[socket.socket], bool]:
     """`count` WebSockets that each echoed one message; and whether the server agreed to
-    permessage-deflate."""
+    permessage-deflate on every one. On an error the ones opened are closed."""
+    sockets: list[socket.socket] = []
+    try:
+        return sockets, _upgrade_and_echo(port, count, deflate, sockets)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+
+
+def _upgrade_and_echo(port: int, count: int, deflate: bool, sockets: list) -> bool:
     offer = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-    sockets = []
     for _ in range(count):
         sock = socket.create_connection((run.HOST, port))
+        sockets.append(sock)
         key = base64.b64encode(os.urandom(16))
         sock.sendall(
             b"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -126,8 +139,7 @@ def open_websockets(port: int, count: int, deflate: bool) -> tuple[list[socket.s
             + (offer if deflate else b"")
             + b"\r\n"
         )
-        sockets.append(sock)
-    agreed = False
+    every_agreed = True
     for sock in sockets:
         sock.settimeout(10)
         received = b""
@@ -140,6 +152,7 @@ def open_websockets(port: int, count: int, deflate: bool) -> tuple[list[socket.s
         if not head.startswith(b"HTTP/1.1 101"):
             raise RuntimeError(f"no upgrade: {head[:200]!r}")
         agreed = b"permessage-deflate" in head.lower()
+        every_agreed = every_agreed and agreed
         # Each message on its own (no context kept), which every agreement allows.
         if agreed:
             compressor = zlib.compressobj(wbits=-15)
@@ -159,7 +172,7 @@ def open_websockets(port: int, count: int, deflate: bool) -> tuple[list[socket.s
             payload = zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
         if payload != WS_MESSAGE:
             raise RuntimeError(f"bad echo: {payload[:100]!r}")
-    return sockets, agreed
+    return every_agreed
 
 
 def settle(pid: int, seconds: float) -> int:
@@ -195,7 +208,7 @@ def measure(spec: run.ServerSpec, args, work: Path) -> dict:
 
 def measure_websockets(spec: ws_bench.ServerSpec, args, work: Path) -> dict:
     deflate = args.websocket == "deflate"
-    extra = WS_KEEP_OPEN.get(spec.name, [])
+    extra = [o.format(connections=args.connections) for o in WS_KEEP_OPEN.get(spec.name, [])]
     original = spec.argv
     spec.argv = lambda port: [*original(port), *extra]
     server = ws_bench.RunningServer(spec, "0", work)
@@ -217,9 +230,11 @@ def measure_rss(pid: int, connect, args) -> dict:
         sock.close()
     idle = settle(pid, 10)
     sockets, agreed = connect(args.connections)
-    held = settle(pid, 10)
-    for sock in sockets:
-        sock.close()
+    try:
+        held = settle(pid, 10)
+    finally:
+        for sock in sockets:
+            sock.close()
     for _ in range(args.bursts):
         settle(pid, 5)
         for sock in connect(args.connections)[0]:

@@ -198,6 +198,18 @@ fn close_code_of(error: &WsError) -> (u16, &'static str) {
     }
 }
 
+/// Lets the worker's other connections run, in the middle of a long stretch
+/// of compression work. The reactor signals the Python thread about queued
+/// events only when it runs out of work and parks, and a task that yields
+/// keeps it from running out (tokio's yield checks for I/O without parking):
+/// so the events go over before the yield, for what the others queued
+/// earlier, and after it, for what they queued while they ran.
+async fn yield_to_others(session: &WsSession) {
+    session.hand_over_events();
+    tokio::task::yield_now().await;
+    session.hand_over_events();
+}
+
 /// Adds a text or binary message to `frames`: one frame, or fragments of
 /// `fragment` bytes when that is set and the message is longer (a text
 /// message may be cut inside a character: UTF-8 is checked on the whole
@@ -299,18 +311,20 @@ const ENGINE_SERVER_WINDOW_BITS: u8 = 12;
 /// bytes leave little or nothing saved on a short message, for the CPU spent.
 const COMPRESSION_THRESHOLD: usize = 128;
 
-/// Idle compressors and decompressors kept for reuse, per window size. The
-/// reactor is one thread, so only a message being compressed or a compressed
-/// message still arriving in fragments holds one; more are built when needed
-/// and dropped when returned to a full pool.
+/// Idle compressors and decompressors kept for reuse, per window size. Only
+/// a message part way through holds one: one being sent in fragments (its
+/// connection yields between them, so a few may be under way at once) or one
+/// still arriving in fragments. More are built when needed and dropped when
+/// returned to a full pool.
 const DEFLATE_POOL_CAPACITY: usize = 8;
 
 /// With permessage-deflate, a message over this size goes out in fragments
-/// of this size, and its connection yields to the others between them: the
-/// engine compresses a frame as it takes it, on the reactor thread, so a
-/// message of many megabytes compressed in one go would hold every other
-/// connection of the worker for that long. At the fastest level 64 KiB take
-/// well under a millisecond.
+/// of this size, and its connection yields to the others whenever it has fed
+/// the engine this much since it last did: the engine compresses a frame as
+/// it takes it, on the reactor thread, so a message of many megabytes
+/// compressed in one go would hold every other connection of the worker for
+/// that long. 64 KiB take about a millisecond here at the fastest level
+/// (text that compresses poorly; `benches/ws_stall.py`).
 const DEFLATE_FRAGMENT: usize = 64 * 1024;
 
 /// On a compressed connection, the connection yields to the others after
@@ -455,14 +469,15 @@ pub(crate) async fn serve(
                             }
                         }
                         let send_all = async {
+                            let mut fed = 0;
                             for frame in frames {
-                                let step = !frame.is_fin();
+                                fed += frame.payload().len();
                                 ws.feed(frame).await?;
-                                if step {
-                                    // Each fragment was compressed as it was
-                                    // fed: let the other connections run.
-                                    session.hand_over_events();
-                                    tokio::task::yield_now().await;
+                                if fragment.is_some_and(|size| fed >= size) {
+                                    // What was fed was compressed as it was
+                                    // taken: let the other connections run.
+                                    yield_to_others(&session).await;
+                                    fed = 0;
                                 }
                             }
                             ws.flush().await
@@ -610,8 +625,7 @@ pub(crate) async fn serve(
             // The engine decompressed a large frame here; the next may be in
             // its buffer already, and reading it would not yield: let the
             // other connections run first.
-            session.hand_over_events();
-            tokio::task::yield_now().await;
+            yield_to_others(&session).await;
         }
     }
     let (code, reason) = outcome.unwrap_or((code::ABNORMAL, String::new()));

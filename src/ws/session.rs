@@ -178,9 +178,9 @@ impl WsSession {
 
     /// Signals the Python thread about the events every connection queued.
     /// The reactor signals by itself only when it runs out of work and
-    /// parks, so a connection about to yield in the middle of a long stretch
-    /// of work (see `ws::serve`) calls this first, or the others' messages
-    /// would wait for the end of that stretch.
+    /// parks, so a connection that yields in the middle of a long stretch of
+    /// work (see `ws::serve`) calls this around the yield, or the others'
+    /// messages would wait for the end of that stretch.
     pub(crate) fn hand_over_events(&self) {
         self.bridge.flush();
     }

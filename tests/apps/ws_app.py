@@ -180,7 +180,8 @@ async def ws_accept_headers(scope, receive, send):
 
 
 async def ws_accept_extension(scope, receive, send):
-    """Accepts naming an extension itself, which only the server may answer."""
+    """Accepts naming an extension itself, which only the server may answer; then says
+    "accepted" and echoes text until the client goes."""
     await receive()
     await send(
         {
@@ -189,7 +190,8 @@ async def ws_accept_extension(scope, receive, send):
         }
     )
     await send({"type": "websocket.send", "text": "accepted"})
-    await wait_disconnect(receive)
+    while (message := await receive())["type"] != "websocket.disconnect":
+        await send({"type": "websocket.send", "text": message.get("text") or ""})
 
 
 async def ws_app_close(scope, receive, send):
