@@ -323,9 +323,11 @@ const DEFLATE_POOL_CAPACITY: usize = 8;
 /// the engine this much since it last did: the engine compresses a frame as
 /// it takes it, on the reactor thread, so a message of many megabytes
 /// compressed in one go would hold every other connection of the worker for
-/// that long. 64 KiB take about a millisecond here at the fastest level
-/// (text that compresses poorly; `benches/ws_stall.py`).
-const DEFLATE_FRAGMENT: usize = 64 * 1024;
+/// that long. 16 KiB take about a quarter of a millisecond here at the
+/// fastest level, text that compresses poorly (`benches/ws_stall.py`: with
+/// 64 KiB the other connections waited 1 ms at the median, with 16 KiB
+/// 0.45 ms, and the large message took 8% longer).
+const DEFLATE_FRAGMENT: usize = 16 * 1024;
 
 /// On a compressed connection, the connection yields to the others after
 /// reading a data frame that decompressed to at least this much.
