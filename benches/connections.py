@@ -28,7 +28,6 @@ to serve every connection at once (see KEEP_ALIVE).
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import resource
 import socket
@@ -126,32 +125,14 @@ def open_websockets(port: int, count: int, deflate: bool) -> tuple[list[socket.s
 
 
 def _upgrade_and_echo(port: int, count: int, deflate: bool, sockets: list) -> bool:
-    offer = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
     for _ in range(count):
         sock = socket.create_connection((run.HOST, port))
         sockets.append(sock)
-        key = base64.b64encode(os.urandom(16))
-        sock.sendall(
-            b"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: "
-            + key
-            + b"\r\nSec-WebSocket-Version: 13\r\n"
-            + (offer if deflate else b"")
-            + b"\r\n"
-        )
+        sock.sendall(ws_bench.upgrade_request(deflate))
     every_agreed = True
     for sock in sockets:
         sock.settimeout(10)
-        received = b""
-        while b"\r\n\r\n" not in received:
-            data = sock.recv(4096)
-            if not data:
-                raise RuntimeError(f"connection closed after {received[:200]!r}")
-            received += data
-        head, _, rest = received.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 101"):
-            raise RuntimeError(f"no upgrade: {head[:200]!r}")
-        agreed = b"permessage-deflate" in head.lower()
+        rest, agreed = ws_bench.read_upgrade(sock)
         every_agreed = every_agreed and agreed
         # Each message on its own (no context kept), which every agreement allows.
         if agreed:

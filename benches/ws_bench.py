@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import importlib.metadata
 import importlib.util
 import json
@@ -189,6 +190,36 @@ SERVER_SPECS = [
     ServerSpec("daphne", ("daphne",), _daphne_argv, "Twisted, single process"),
 ]  # fmt: skip
 SERVERS = {spec.name: spec for spec in SERVER_SPECS}
+
+
+def upgrade_request(offer_deflate: bool) -> bytes:
+    """A raw client's upgrade request for `/`, offering permessage-deflate (as browsers do)
+    when asked."""
+    key = base64.b64encode(os.urandom(16))
+    offer = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    return (
+        b"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: "
+        + key
+        + b"\r\nSec-WebSocket-Version: 13\r\n"
+        + (offer if offer_deflate else b"")
+        + b"\r\n"
+    )
+
+
+def read_upgrade(sock: socket.socket) -> tuple[bytes, bool]:
+    """Reads the answer to `upgrade_request` and checks it is a 101; returns the bytes read
+    past its head and whether the server agreed to permessage-deflate."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        data = sock.recv(65536)
+        if not data:
+            raise RuntimeError(f"closed during the handshake: {received[:200]!r}")
+        received += data
+    head, _, rest = received.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(f"no upgrade: {head[:200]!r}")
+    return rest, b"permessage-deflate" in head.lower()
 
 
 def free_port() -> int:

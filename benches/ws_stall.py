@@ -78,22 +78,8 @@ def handshake(port: int, offer_deflate: bool) -> tuple[socket.socket, bytes, boo
     """A raw WebSocket: the socket, bytes read past the response head, and whether the
     server agreed to permessage-deflate."""
     sock = socket.create_connection((ws_bench.HOST, port))
-    key = base64.b64encode(os.urandom(16))
-    offer = b"Sec-WebSocket-Extensions: permessage-deflate\r\n" if offer_deflate else b""
-    sock.sendall(
-        b"GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n" + offer + b"\r\n"
-    )
-    received = b""
-    while b"\r\n\r\n" not in received:
-        data = sock.recv(65536)
-        if not data:
-            raise RuntimeError(f"closed during the handshake: {received[:200]!r}")
-        received += data
-    head, _, rest = received.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise RuntimeError(f"no upgrade: {head[:200]!r}")
-    return sock, rest, b"permessage-deflate" in head.lower()
+    sock.sendall(ws_bench.upgrade_request(offer_deflate))
+    return sock, *ws_bench.read_upgrade(sock)
 
 
 def big_client(port: int, size: int, rounds: int, fragment: int, ready, go, agreed) -> None:
