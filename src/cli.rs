@@ -324,6 +324,12 @@ struct Args {
           help_heading = "Application")]
     threads: usize,
 
+    /// Once the app has started, move what it holds out of the garbage
+    /// collector's reach (gc.freeze): full collections skip it.
+    #[arg(long, env = "RSASGI_GC_FREEZE", action = ArgAction::Set, default_value_t = true,
+          value_name = "BOOL", hide_possible_values = true, help_heading = "Application")]
+    gc_freeze: bool,
+
     /// Worker processes, or "auto" for the CPUs this process may use (affinity
     /// and container quota); a supervisor restarts any that dies
     /// [default: one process, no supervisor; WEB_CONCURRENCY is honoured].
@@ -1116,6 +1122,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         uds_permissions: args.uds_permissions.0,
         env_file: args.env_file,
         threads: args.threads,
+        gc_freeze: args.gc_freeze,
         ws: args.ws.serves().then(|| WsSettings {
             max_size: args.ws_max_size,
             max_queue: args.ws_max_queue,

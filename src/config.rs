@@ -420,6 +420,8 @@ pub(crate) struct Config {
     pub env_file: Option<PathBuf>,
     /// Threads per worker running a WSGI app.
     pub threads: usize,
+    /// `--gc-freeze`: `gc.freeze()` once the app has started.
+    pub gc_freeze: bool,
     /// WebSocket settings; `None` with `--ws none`.
     pub ws: Option<crate::ws::WsSettings>,
     /// `--metrics-bind`: where `/metrics`, `/healthz` and `/readyz` are served.

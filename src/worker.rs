@@ -292,6 +292,11 @@ impl Worker {
         self.config.threads
     }
 
+    #[getter]
+    fn gc_freeze(&self) -> bool {
+        self.config.gc_freeze
+    }
+
     /// `--timeout-request` in seconds, or None.
     #[getter]
     fn timeout_request(&self) -> Option<f64> {

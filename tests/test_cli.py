@@ -63,6 +63,7 @@ OPTIONS = [
     "--backlog",
     "--env-file",
     "--threads",
+    "--gc-freeze",
     "--ws",
     "--ws-max-size",
     "--ws-max-queue",

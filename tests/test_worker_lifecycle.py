@@ -1,5 +1,6 @@
 """The worker's life around the requests: request tasks that nothing else holds, a second
-signal that forces the shutdown, and what the log shows when the app cannot be loaded.
+signal that forces the shutdown, what the log shows when the app cannot be loaded, and the
+started app's objects frozen out of garbage collection (--gc-freeze).
 
 Apps: tests/apps/life_*.py. Events go to the file named by $LIFE_EVENTS.
 """
@@ -222,3 +223,26 @@ def test_factory_error_shows_the_error_then_the_user_frames(run_rsasgi):
     assert_only_user_frames(lines, output)
     assert [line.split(", in ")[-1] for line in lines if ", in " in line] == ["make_app"], output
     assert lines[-1] == "KeyError: 'database_url'", output
+
+
+@pytest.mark.parametrize("target", ["life_gc:app", "life_gc:wsgi_app"])
+def test_objects_of_the_started_app_are_frozen_out_of_garbage_collection(run_rsasgi, target):
+    """By default what the app holds once started (at import, in the lifespan startup)
+    is moved out of the collector's reach; garbage cycles made by requests are still
+    collected."""
+    server = run_rsasgi(target, "--log-level", "debug")
+    report = httpx.get(server.url + "/", timeout=10).json()
+    assert report["freeze_count"] > 0, server.output()
+    assert report["startup_frozen"], report
+    assert report["request_cycle_collected"], report
+    assert "out of garbage collection (gc.freeze" in server.output()
+
+
+def test_gc_freeze_false_leaves_every_object_to_the_collector(run_rsasgi):
+    server = run_rsasgi("life_gc:app", "--gc-freeze", "false")
+    report = httpx.get(server.url + "/", timeout=10).json()
+    assert report == {
+        "freeze_count": 0,
+        "startup_frozen": False,
+        "request_cycle_collected": True,
+    }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import gc
 import importlib
 import inspect
 import os
@@ -237,6 +238,26 @@ def new_event_loop(choice: str):
     return asyncio.new_event_loop(), "asyncio"
 
 
+def _freeze_startup_objects() -> None:
+    """Moves what the app holds once it has started (modules, classes, settings, caches
+    filled at import) out of the garbage collector's reach (``--gc-freeze``).
+
+    A full collection walks every object the collector tracks; for a Django app that is
+    some 10 ms with the loop (or, under WSGI, the GIL) held, a few times a second under
+    load. After ``gc.freeze`` it walks only what was made since. What is frozen is still
+    freed when its last reference goes; only a reference cycle among these objects, once
+    dropped, is never collected, so the most that can be kept is what the app held at
+    startup. Garbage from the import is collected first.
+    """
+    gc.collect()
+    gc.freeze()
+    log(
+        "debug",
+        f"Left {gc.get_freeze_count()} objects that exist after startup out of garbage "
+        "collection (gc.freeze; --gc-freeze false keeps them in)",
+    )
+
+
 def _start_heartbeat(worker, loop, stop: asyncio.Event) -> None:
     """Tells the supervisor (and systemd's watchdog), from the loop itself, that the loop
     runs; a loop the app blocks stops the heartbeat, and the supervisor replaces the
@@ -339,6 +360,8 @@ async def _serve(worker, app, interface, loop) -> int:
         stop.set()
         on_signal(signal.SIGQUIT)
 
+    if worker.gc_freeze:
+        _freeze_startup_objects()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGQUIT, on_quit)
