@@ -108,16 +108,29 @@ pub(crate) fn host_text(py: Python<'_>, ip: IpAddr) -> Bound<'_, PyString> {
 /// `(host, port)` as the scope's `client` and `server` keys want it.
 pub(crate) fn address(py: Python<'_>, addr: Option<SocketAddr>) -> PyResult<Bound<'_, PyAny>> {
     match addr {
-        Some(addr) => Ok(PyTuple::new(
+        Some(addr) => Ok(untracked(PyTuple::new(
             py,
             [
                 host_text(py, addr.ip()).into_any(),
                 addr.port().into_pyobject(py)?.into_any(),
             ],
-        )?
+        )?)
         .into_any()),
         None => Ok(py.None().into_bound(py)),
     }
+}
+
+/// `tuple`, taken off the garbage collector's lists. Its items must be
+/// atomic (`bytes`, `str`, `int`, `None`): such a tuple can never be part of
+/// a reference cycle, and CPython's collector untracks it anyway the first
+/// time it walks it. Untracked from the start, it is not walked at all: a
+/// request's header tuples stay alive across the young collections that
+/// many requests in flight set off.
+pub(crate) fn untracked(tuple: Bound<'_, PyTuple>) -> Bound<'_, PyTuple> {
+    // SAFETY: `tuple` is a live object; untracking only takes it off the
+    // collector's lists (PyObject_GC_UnTrack checks that it is tracked).
+    unsafe { pyo3::ffi::PyObject_GC_UnTrack(tuple.as_ptr().cast()) };
+    tuple
 }
 
 thread_local! {
@@ -144,13 +157,13 @@ fn server_address<'py>(py: Python<'py>, server: &ServerAddr) -> PyResult<Bound<'
             LAST_SERVER.replace(Some((*addr, tuple.clone().unbind())));
             Ok(tuple)
         }
-        ServerAddr::Unix(path) => Ok(PyTuple::new(
+        ServerAddr::Unix(path) => Ok(untracked(PyTuple::new(
             py,
             [
                 path.to_string_lossy().into_pyobject(py)?.into_any(),
                 py.None().into_bound(py),
             ],
-        )?
+        )?)
         .into_any()),
     }
 }
@@ -222,7 +235,7 @@ fn fill_request_keys<'py>(
                 PyBytes::new(py, value.as_bytes()),
             ],
         )?;
-        list.append(pair)?;
+        list.append(untracked(pair))?;
     }
     scope.set_item(intern!(py, "headers"), list)?;
     scope.set_item(intern!(py, "client"), address(py, connection.client)?)?;

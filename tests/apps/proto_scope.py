@@ -9,6 +9,7 @@ own scope["state"] after serialising it, so a leak between requests shows up.
 from __future__ import annotations
 
 import base64
+import gc
 import json
 
 
@@ -39,6 +40,11 @@ def describe(scope) -> dict:
             "header_item": sorted(item_types),
             "header_part": sorted(part_types),
             "header_item_len": sorted({len(item) for item in headers or []}),
+            # Whether the garbage collector tracks the header and address tuples.
+            "tuples_tracked": sorted(
+                {gc.is_tracked(item) for item in headers or []}
+                | {gc.is_tracked(scope[key]) for key in ("client", "server") if scope.get(key)}
+            ),
         },
     }
 
