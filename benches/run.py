@@ -990,6 +990,32 @@ def core_seconds() -> dict[str, float]:
     return found
 
 
+def core_steal_seconds() -> dict[str, float]:
+    """Seconds so far in which the hypervisor ran another guest on each of this virtual
+    machine's cores ("steal" in /proc/stat; 0 on bare metal). No process on the core sees
+    that time: a server then just serves less, whatever its own merit."""
+    found = {}
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return found
+    tick = os.sysconf("SC_CLK_TCK")
+    for line in lines:
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and len(values) > 7:
+            found[name[3:]] = int(values[7]) / tick
+    return found
+
+
+def stolen_share(before: dict, after: dict, cores: str | None, elapsed: float) -> float:
+    """The share of the run's time the hypervisor took from the cores the server is pinned
+    to (their average); 0 when it is not pinned or the kernel does not say."""
+    names = [core for core in (cores or "").split(",") if core in before and core in after]
+    if not names or elapsed <= 0:
+        return 0.0
+    return sum(after[core] - before[core] for core in names) / len(names) / elapsed
+
+
 # --------------------------------------------------------------------------- memory
 
 # Requests sent (all at once, each on its own connection, so that several workers get some)
@@ -1218,14 +1244,27 @@ def run_scenarios(
             if args.warmup > 0:
                 run_load(args, server.port, scenario, args.warmup, work)
             wait_for_port(server.port, server.proc)
-            server_cpu, cores = tree_cpu_seconds(server.proc.pid), core_seconds()
-            output, client_cpu, elapsed = run_load(
-                args, server.port, scenario, args.duration, work, log
-            )
-            server_cpu = tree_cpu_seconds(server.proc.pid) - server_cpu
-            cores = {core: t - cores.get(core, t) for core, t in core_seconds().items()}
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"exited with code {server.proc.returncode} during the run")
+            rerun = 0
+            while True:
+                server_cpu, cores = tree_cpu_seconds(server.proc.pid), core_seconds()
+                steal = core_steal_seconds()
+                output, client_cpu, elapsed = run_load(
+                    args, server.port, scenario, args.duration, work, log
+                )
+                server_cpu = tree_cpu_seconds(server.proc.pid) - server_cpu
+                cores = {core: t - cores.get(core, t) for core, t in core_seconds().items()}
+                stolen = stolen_share(steal, core_steal_seconds(), args.server_cpu, elapsed)
+                if server.proc.poll() is not None:
+                    raise RuntimeError(f"exited with code {server.proc.returncode} during the run")
+                if stolen <= args.max_steal or rerun >= args.steal_reruns:
+                    break
+                rerun += 1
+                print(
+                    f"  {scenario.name:<{NAME_WIDTH}} not counted: the hypervisor took"
+                    f" {stolen:.0%} of the server's core (steal); run again"
+                    f" ({rerun} of at most {args.steal_reruns})",
+                    flush=True,
+                )
             result = parse_h2load(output, log) if log else parse_wrk(output)
         except Exception as error:  # one failure must not end the whole benchmark
             results[scenario.name] = {"error": str(error), "log_tail": server.log_tail()}
@@ -1286,6 +1325,8 @@ def run_scenarios(
             if core in cores:
                 others[core] = round(max(0.0, cores[core] - ours) / elapsed, 3)
         result["other_cores"] = others
+        result["server_core_steal"] = round(stolen, 3)
+        result["steal_reruns"] = rerun
         result["response_headers"] = headers
         result[f"{client}_output"] = output
         results[scenario.name] = result
@@ -1298,6 +1339,7 @@ def run_scenarios(
             f" ({_us_per_request(result)}), {client} "
             f"{result[f'{client}_cores']:.0%}"
             + "".join(f", others on core {c} {v:.0%}" for c, v in others.items())
+            + (f", steal {stolen:.0%}" if stolen >= 0.005 else "")
             + _error_note(result),
             flush=True,
         )
@@ -1624,6 +1666,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rounds", type=int, default=1, metavar="N",
         help="run every server N times, taking turns, and report each one's median run (1); "
         "on a shared machine a single run can be off by 20%% or more",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-steal", type=float, default=0.05, metavar="SHARE",
+        help="a run in which the hypervisor took more than this share of the server's core "
+        "(steal time, /proc/stat) is not counted but run again (0.05)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--steal-reruns", type=int, default=3, metavar="N",
+        help="how many times one run is repeated for --max-steal before it counts anyway (3)",
     )  # fmt: skip
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N",
