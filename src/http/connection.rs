@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use slab::Slab;
@@ -357,9 +358,11 @@ impl StreamCut {
     }
 }
 
-/// hyper's executor for HTTP/2 streams: each stream is a tokio task, as with
-/// `TokioExecutor`, that its [`StreamCut`] can end. A stream's service
-/// future finds the handle with [`ActiveRequest::attach_stream`].
+/// hyper's executor for HTTP/2 streams. A stream hyper starts while
+/// [`drive`] polls its connection runs in the connection's own task, beside
+/// it (see [`WithStreams`]); one started elsewhere is a tokio task of its own,
+/// as with `TokioExecutor`. Either way its [`StreamCut`] can end it, and its
+/// service future finds the handle with [`ActiveRequest::attach_stream`].
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct StreamExecutor;
 
@@ -368,11 +371,88 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, stream: F) {
-        tokio::spawn(Cuttable {
+        let task = Cuttable {
             stream,
             cut: Arc::new(StreamCut::default()),
             started: false,
+        };
+        let spawned = SPAWNED.with_borrow_mut(|spawned| match spawned {
+            Some(spawned) => {
+                spawned.push(Box::pin(task));
+                None
+            }
+            None => Some(task),
         });
+        if let Some(task) = spawned {
+            tokio::spawn(task);
+        }
+    }
+}
+
+/// A stream's future, run by its connection's task.
+type StreamTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+thread_local! {
+    /// The streams hyper has started during the connection poll under way
+    /// on this thread, for [`WithStreams`] to take over.
+    static SPAWNED: RefCell<Option<Vec<StreamTask>>> = const { RefCell::new(None) };
+}
+
+/// Takes back the streams started during a connection poll, and ends the
+/// collecting even if the poll panics.
+struct Collecting<'a>(&'a mut Vec<StreamTask>);
+
+impl Drop for Collecting<'_> {
+    fn drop(&mut self) {
+        if let Some(spawned) = SPAWNED.take() {
+            *self.0 = spawned;
+        }
+    }
+}
+
+/// A connection polled together with its HTTP/2 streams, in one task.
+///
+/// hyper starts a task per stream; here the streams run in the connection's
+/// task instead, in a `FuturesUnordered` that polls only those that were
+/// woken. That saves spawning, scheduling and freeing a tokio task for every
+/// request, and a response's frames reach the connection without waking
+/// another task. The streams end with the connection: by then their client
+/// is gone (hyper finishes a connection only once its streams are closed, or
+/// when it is broken), and dropping a stream tells its app so.
+struct WithStreams<'a, C> {
+    connection: Pin<&'a mut C>,
+    /// Created for the first stream: an HTTP/1 connection never has one.
+    streams: &'a mut Option<FuturesUnordered<StreamTask>>,
+    /// Reused between polls, to collect new streams without allocating.
+    spawned: &'a mut Vec<StreamTask>,
+}
+
+impl<C: Future> Future for WithStreams<'_, C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = self.get_mut();
+        let polled = {
+            let collecting = Collecting(this.spawned);
+            SPAWNED.set(Some(std::mem::take(collecting.0)));
+            this.connection.as_mut().poll(cx)
+        };
+        if polled.is_ready() {
+            return polled;
+        }
+        if !this.spawned.is_empty() {
+            let streams = this.streams.get_or_insert_with(FuturesUnordered::new);
+            for stream in this.spawned.drain(..) {
+                streams.push(stream);
+            }
+        }
+        if let Some(streams) = this.streams {
+            // Polls the woken streams (new ones are woken); Pending once none
+            // is left to poll, or after a round if they keep waking (it then
+            // wakes this task again, as a yield).
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        }
+        Poll::Pending
     }
 }
 
@@ -465,11 +545,17 @@ where
     // Draining with nothing in flight: the request count then, and until when
     // a new request may still start.
     let mut drain_wait: Option<(u64, Instant)> = None;
+    let mut streams = None;
+    let mut spawned = Vec::new();
     loop {
         tokio::select! {
             // The connection first: it is what wakes this task on almost every poll.
             biased;
-            result = connection.as_mut() => return Some(result),
+            result = WithStreams {
+                connection: connection.as_mut(),
+                streams: &mut streams,
+                spawned: &mut spawned,
+            } => return Some(result),
             why = activity.watch(deadlines), if !closing => {
                 match why {
                     Close::NoRequest => tracing::debug!(
@@ -639,6 +725,60 @@ mod tests {
         assert_eq!(activity.watch(deadlines).await, Close::Cut(Cut::TimedOut));
         assert!(started.elapsed() >= Duration::from_secs(2));
         assert!(started.elapsed() <= Duration::from_secs(4));
+    }
+
+    #[tokio::test]
+    async fn streams_started_in_a_connection_poll_run_in_its_task_and_end_with_it() {
+        use hyper::rt::Executor;
+        let stream_ran = Arc::new(AtomicBool::new(false));
+        let (held, dropped) = tokio::sync::oneshot::channel::<()>();
+        let mut held = Some(held);
+        let mut polls = 0;
+        let connection = {
+            let stream_ran = Arc::clone(&stream_ran);
+            std::future::poll_fn(move |_cx| {
+                polls += 1;
+                if let Some(held) = held.take() {
+                    // What hyper does for a new stream, from inside the poll.
+                    let stream_ran = Arc::clone(&stream_ran);
+                    StreamExecutor.execute(async move {
+                        let _held = held;
+                        stream_ran.store(true, Ordering::SeqCst);
+                        std::future::pending::<()>().await;
+                    });
+                    return Poll::Pending;
+                }
+                // The stream ran in the same task poll, right after this one.
+                assert!(stream_ran.load(Ordering::SeqCst));
+                Poll::Ready(polls)
+            })
+        };
+        tokio::pin!(connection);
+        let (mut streams, mut spawned) = (None, Vec::new());
+        let mut with_streams = WithStreams {
+            connection: connection.as_mut(),
+            streams: &mut streams,
+            spawned: &mut spawned,
+        };
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut with_streams).poll(&mut cx).is_pending());
+        assert!(stream_ran.load(Ordering::SeqCst));
+        assert_eq!(Pin::new(&mut with_streams).poll(&mut cx), Poll::Ready(2));
+        // The stream is the connection's: it ends when the connection's task lets go.
+        assert_eq!(streams.as_ref().map(FuturesUnordered::len), Some(1));
+        drop(streams);
+        assert!(dropped.await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stream_started_outside_a_connection_poll_is_a_task_of_its_own() {
+        use hyper::rt::Executor;
+        let (done, finished) = tokio::sync::oneshot::channel();
+        StreamExecutor.execute(async move {
+            done.send(()).unwrap();
+        });
+        finished.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
