@@ -700,10 +700,11 @@ where
                 .map(|ended| ended.map_err(|err| err.to_string()))
         })
     } else {
-        // Boxed here: hyper spawns each HTTP/2 stream as a task that holds
-        // the request's future (about 1.7 KB) and moves it whole several times
-        // on the way; a box moves as a pointer. (HTTP/1 keeps one in-flight
-        // future in a box of hyper's own, filled once per request.)
+        // Boxed here: hyper hands each HTTP/2 stream, which holds the
+        // request's future (about 1.7 KB), to the executor (see
+        // `connection::WithStreams`) and moves it whole several times on the
+        // way; a box moves as a pointer. (HTTP/1 keeps one in-flight future
+        // in a box of hyper's own, filled once per request.)
         let service = service_fn(move |head| Box::pin(request(head)));
         let connection = Box::pin(
             context
