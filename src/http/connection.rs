@@ -547,16 +547,53 @@ where
     let mut drain_wait: Option<(u64, Instant)> = None;
     let mut streams = None;
     let mut spawned = Vec::new();
+    let watchers_woken = Arc::new(Woken::default());
     loop {
-        tokio::select! {
-            // The connection first: it is what wakes this task on almost every poll.
-            biased;
-            result = WithStreams {
-                connection: connection.as_mut(),
-                streams: &mut streams,
-                spawned: &mut spawned,
-            } => return Some(result),
-            why = activity.watch(deadlines), if !closing => {
+        let (was_closing, drain_waiting) = (closing, drain_wait.is_some());
+        let next = {
+            let watchers = async {
+                tokio::select! {
+                    biased;
+                    why = activity.watch(deadlines), if !was_closing => Woke::Deadline(why),
+                    _ = draining.wait_for(Option::is_some), if !was_closing && !drain_waiting => {
+                        Woke::Draining
+                    }
+                    _ = tokio::time::sleep(DRAIN_POLL), if !was_closing && drain_waiting => {
+                        Woke::DrainPoll
+                    }
+                    _ = tokio::time::sleep(CLOSE_GRACE), if was_closing => Woke::CloseGrace,
+                }
+            };
+            let mut watchers = std::pin::pin!(watchers);
+            let watchers_waker = futures_util::task::waker(Arc::clone(&watchers_woken));
+            watchers_woken.woken.store(true, Ordering::Relaxed);
+            // The connection is polled on every wake of this task, which it causes
+            // almost always; the deadline and shutdown watchers only when one of
+            // them was woken, with a waker of their own.
+            std::future::poll_fn(|cx| {
+                let polled = Pin::new(&mut WithStreams {
+                    connection: connection.as_mut(),
+                    streams: &mut streams,
+                    spawned: &mut spawned,
+                })
+                .poll(cx);
+                if let Poll::Ready(result) = polled {
+                    return Poll::Ready(Err(result));
+                }
+                watchers_woken.task.register(cx.waker());
+                if watchers_woken.woken.swap(false, Ordering::AcqRel) {
+                    let mut watchers_cx = Context::from_waker(&watchers_waker);
+                    if let Poll::Ready(woke) = watchers.as_mut().poll(&mut watchers_cx) {
+                        return Poll::Ready(Ok(woke));
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match next {
+            Err(result) => return Some(result),
+            Ok(Woke::Deadline(why)) => {
                 match why {
                     Close::NoRequest => tracing::debug!(
                         "closing a connection that sent no complete request head within --timeout-request-header {}s",
@@ -569,7 +606,7 @@ where
                 graceful_shutdown(connection.as_mut());
                 closing = true;
             }
-            _ = draining.wait_for(Option::is_some), if !closing && drain_wait.is_none() => {
+            Ok(Woke::Draining) => {
                 if activity.in_flight() > 0 {
                     graceful_shutdown(connection.as_mut());
                     closing = true;
@@ -577,7 +614,7 @@ where
                     drain_wait = Some((activity.requests(), Instant::now() + DRAIN_REQUEST_WAIT));
                 }
             }
-            _ = tokio::time::sleep(DRAIN_POLL), if !closing && drain_wait.is_some() => {
+            Ok(Woke::DrainPoll) => {
                 if let Some((requests, until)) = drain_wait {
                     if activity.requests() > requests || Instant::now() >= until {
                         graceful_shutdown(connection.as_mut());
@@ -585,7 +622,7 @@ where
                     }
                 }
             }
-            _ = tokio::time::sleep(CLOSE_GRACE), if closing => {
+            Ok(Woke::CloseGrace) => {
                 // A graceful close waits for the peer on a connection still
                 // reading its first head; with nothing in flight, end it.
                 if activity.in_flight() == 0 {
@@ -593,6 +630,33 @@ where
                 }
             }
         }
+    }
+}
+
+/// What woke [`drive`] other than its connection.
+enum Woke {
+    /// A deadline of the connection's passed.
+    Deadline(Close),
+    /// The server began shutting down.
+    Draining,
+    /// Time to look again whether a request started while draining.
+    DrainPoll,
+    /// A closing connection has had its grace.
+    CloseGrace,
+}
+
+/// The waker [`drive`] gives its watchers: it notes that one of them was
+/// woken, then wakes the connection's task.
+#[derive(Default)]
+struct Woken {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl futures_util::task::ArcWake for Woken {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.woken.store(true, Ordering::Release);
+        arc_self.task.wake();
     }
 }
 
