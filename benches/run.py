@@ -970,41 +970,37 @@ def tree_cpu_seconds(root: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _core_seconds_by_column() -> dict[str, list[float]]:
+    """Each core's line of /proc/stat ({"0": [user, nice, system, idle, ...]}) in seconds;
+    empty when the file cannot be read."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        name[3:]: [int(value) / tick for value in values]
+        for name, *values in (line.split() for line in lines)
+        if name.startswith("cpu") and name[3:].isdigit()
+    }
+
+
 def core_seconds() -> dict[str, float]:
     """User + system CPU seconds spent so far on each core, from /proc/stat ({"0": ...}).
 
     Like a process's own time, it leaves out interrupts and softirqs (the loopback's TCP work
     is largely softirq time on the sending core).
     """
-    found = {}
-    try:
-        lines = Path("/proc/stat").read_text().splitlines()
-    except OSError:
-        return found
-    tick = os.sysconf("SC_CLK_TCK")
-    for line in lines:
-        name, *values = line.split()
-        if name.startswith("cpu") and name[3:].isdigit():
-            user, nice, system = (int(v) for v in values[:3])
-            found[name[3:]] = (user + nice + system) / tick
-    return found
+    return {core: sum(columns[:3]) for core, columns in _core_seconds_by_column().items()}
 
 
 def core_steal_seconds() -> dict[str, float]:
     """Seconds so far in which the hypervisor ran another guest on each of this virtual
     machine's cores ("steal" in /proc/stat; 0 on bare metal). No process on the core sees
     that time: a server then just serves less, whatever its own merit."""
-    found = {}
-    try:
-        lines = Path("/proc/stat").read_text().splitlines()
-    except OSError:
-        return found
-    tick = os.sysconf("SC_CLK_TCK")
-    for line in lines:
-        name, *values = line.split()
-        if name.startswith("cpu") and name[3:].isdigit() and len(values) > 7:
-            found[name[3:]] = int(values[7]) / tick
-    return found
+    return {
+        core: columns[7] for core, columns in _core_seconds_by_column().items() if len(columns) > 7
+    }
 
 
 def stolen_share(before: dict, after: dict, cores: str | None, elapsed: float) -> float:

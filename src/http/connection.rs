@@ -442,9 +442,7 @@ impl<C: Future> Future for WithStreams<'_, C> {
         }
         if !this.spawned.is_empty() {
             let streams = this.streams.get_or_insert_with(FuturesUnordered::new);
-            for stream in this.spawned.drain(..) {
-                streams.push(stream);
-            }
+            streams.extend(this.spawned.drain(..));
         }
         if let Some(streams) = this.streams {
             // Polls the woken streams (new ones are woken); Pending once none
