@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::asgi::http::CREATE_FUTURE;
 use crate::asgi::scope::ScopeContext;
-use crate::asgi::{Dispatcher, Event, EventBridge};
+use crate::asgi::{Dispatcher, Event, EventBridge, Spawn};
 use crate::bridge::mark_reactor_thread;
 use crate::config::{Config, EventLoop, Interface, Lifespan};
 use crate::config_file;
@@ -359,9 +359,13 @@ impl Worker {
     /// Starts the reactor thread. For an ASGI app, `spawn(scope, receive,
     /// send)` is called on this thread for each request and `state` is the
     /// lifespan state; a WSGI app (`wsgi_app`) runs on its own thread pool.
+    /// `task_parts`, `(Task, run_app, kwargs, held)`, is what `spawn` does
+    /// without a task factory, taken apart so that the dispatcher can do it
+    /// without a Python frame: when given, it is used instead of `spawn`.
     /// `stopped` (an asyncio future) completes when the reactor has exited.
     /// Returns the eventfd the loop must watch and call `drain()` on.
-    #[pyo3(signature = (event_loop, stopped, spawn=None, state=None, wsgi_app=None))]
+    #[pyo3(signature = (event_loop, stopped, spawn=None, state=None, wsgi_app=None, task_parts=None))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn start(
         &self,
         py: Python<'_>,
@@ -370,6 +374,7 @@ impl Worker {
         spawn: Option<Py<PyAny>>,
         state: Option<Bound<'_, PyDict>>,
         wsgi_app: Option<Bound<'_, PyAny>>,
+        task_parts: Option<(Py<PyAny>, Py<PyAny>, Py<PyDict>, Py<PyDict>)>,
     ) -> PyResult<i32> {
         let listeners = self
             .listeners
@@ -393,7 +398,16 @@ impl Worker {
         if self
             .dispatcher
             .set(Dispatcher::new(
-                spawn,
+                match (task_parts, spawn) {
+                    (Some((task_type, run_app, kwargs, held)), _) => Spawn::Direct {
+                        task_type,
+                        run_app,
+                        kwargs,
+                        held,
+                    },
+                    (None, Some(spawn)) => Spawn::Call(spawn),
+                    (None, None) => Spawn::None,
+                },
                 scope,
                 stopped,
                 self.config.timeout_request.is_some(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use super::http::{format_error, resolve_waiter, HttpReceive, HttpSend};
 use super::scope::{http_scope, websocket_scope, ScopeContext};
@@ -15,11 +16,59 @@ use super::{is_done, set_result, Event};
 use crate::exchange::RequestStart;
 use crate::ws::session::WsStart;
 
+/// How the app's task for a request or a WebSocket is started.
+pub(crate) enum Spawn {
+    /// A WSGI app: its requests go to its thread pool instead.
+    None,
+    /// `spawn(scope, receive, send)`, a Python function that creates the
+    /// task (through the loop's task factory) and holds it.
+    Call(Py<PyAny>),
+    /// What that function does without a task factory, done here without
+    /// its Python frame and with one keyword dict for every task:
+    /// `held[send] = task_type(run_app(scope, receive, send), **kwargs)`.
+    /// `Task.__init__` only reads the dict, so sharing it is safe.
+    Direct {
+        task_type: Py<PyAny>,
+        run_app: Py<PyAny>,
+        kwargs: Py<PyDict>,
+        held: Py<PyDict>,
+    },
+}
+
+impl Spawn {
+    /// Starts the app's task; returns it.
+    fn start<'py>(
+        &self,
+        py: Python<'py>,
+        scope: Bound<'py, PyDict>,
+        receive: Bound<'py, PyAny>,
+        send: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            Spawn::None => Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "no ASGI application is running",
+            )),
+            Spawn::Call(spawn) => spawn.bind(py).call1((scope, receive, send)),
+            Spawn::Direct {
+                task_type,
+                run_app,
+                kwargs,
+                held,
+            } => {
+                let coroutine = run_app.bind(py).call1((scope, receive, &send))?;
+                let task = task_type
+                    .bind(py)
+                    .call((coroutine,), Some(kwargs.bind(py)))?;
+                held.bind(py).set_item(send, &task)?;
+                Ok(task)
+            }
+        }
+    }
+}
+
 /// Handles bridge events on the Python thread, once the loop is running.
 pub(crate) struct Dispatcher {
-    /// `spawn(scope, receive, send)` starts the app's task; `None` for a
-    /// WSGI app, whose requests go to its thread pool instead.
-    spawn: Option<Py<PyAny>>,
+    spawn: Spawn,
     scope: ScopeContext,
     /// The asyncio future completed when the reactor has stopped.
     stopped: Mutex<Option<Py<PyAny>>>,
@@ -30,7 +79,7 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     pub(crate) fn new(
-        spawn: Option<Py<PyAny>>,
+        spawn: Spawn,
         scope: ScopeContext,
         stopped: Py<PyAny>,
         keep_tasks: bool,
@@ -43,20 +92,16 @@ impl Dispatcher {
         }
     }
 
-    fn spawn(&self) -> PyResult<&Py<PyAny>> {
-        self.spawn.as_ref().ok_or_else(|| {
-            pyo3::exceptions::PyRuntimeError::new_err("no ASGI application is running")
-        })
-    }
-
     /// Builds the scope and starts the app's task for one request.
     fn start_request(&self, py: Python<'_>, start: &RequestStart) -> PyResult<()> {
         let scope = http_scope(py, &self.scope, &start.exchange, &start.head.headers)?;
-        let receive = Py::new(py, HttpReceive::new(Arc::clone(&start.exchange)))?;
-        let send = Py::new(py, HttpSend::new(Arc::clone(&start.exchange)))?;
-        let task = self.spawn()?.call1(py, (scope, receive, send))?;
+        let receive = Bound::new(py, HttpReceive::new(Arc::clone(&start.exchange)))?;
+        let send = Bound::new(py, HttpSend::new(Arc::clone(&start.exchange)))?;
+        let task = self
+            .spawn
+            .start(py, scope, receive.into_any(), send.into_any())?;
         if self.keep_tasks {
-            start.exchange.keep_task(task);
+            start.exchange.keep_task(task.unbind());
         }
         Ok(())
     }
@@ -64,9 +109,10 @@ impl Dispatcher {
     /// Builds the scope and starts the app's task for one WebSocket.
     fn start_websocket(&self, py: Python<'_>, start: &WsStart) -> PyResult<()> {
         let scope = websocket_scope(py, &self.scope, start)?;
-        let receive = Py::new(py, WebSocketReceive::new(Arc::clone(&start.session)))?;
-        let send = Py::new(py, WebSocketSend::new(Arc::clone(&start.session)))?;
-        self.spawn()?.call1(py, (scope, receive, send))?;
+        let receive = Bound::new(py, WebSocketReceive::new(Arc::clone(&start.session)))?;
+        let send = Bound::new(py, WebSocketSend::new(Arc::clone(&start.session)))?;
+        self.spawn
+            .start(py, scope, receive.into_any(), send.into_any())?;
         Ok(())
     }
 

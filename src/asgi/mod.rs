@@ -9,7 +9,7 @@ pub(crate) mod scope;
 pub(crate) mod websocket;
 
 pub(crate) use awaitable::{is_done, set_exception, set_result, Ready, WaitKind, Waiter, WsWaiter};
-pub(crate) use dispatch::Dispatcher;
+pub(crate) use dispatch::{Dispatcher, Spawn};
 pub(crate) use events::{Event, EventBridge};
 
 use pyo3::create_exception;
