@@ -8,6 +8,7 @@ App: tests/apps/timeout_app.py.
 from __future__ import annotations
 
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -41,6 +42,32 @@ def test_asgi_response_already_started_has_its_connection_cut(run_rsasgi, marker
     wait_for(lambda: (markers / "cancelled-stream").exists(), message="the task cancelled")
     log = wait_for_log(server, "its response is cut and the app's task cancelled")
     assert '"GET /stream HTTP/1.1" 200' in log and "(incomplete)" in log
+
+
+def test_a_request_timed_out_before_its_task_ran_gives_back_its_place(run_rsasgi, markers):
+    """A request that arrives while the app blocks the event loop, and times out before
+    the loop gets to it, is cancelled before its task has run a step: its place under
+    --limit-concurrency must still be given back. Twice over, a leak would leave no place."""
+    server = run_rsasgi(
+        "timeout_app:app",
+        "--timeout-request", "1", "--limit-concurrency", "2",
+        env={"TIMEOUT_MARKERS": str(markers)},
+    )  # fmt: skip
+    started = markers / "started-block"
+    for _ in range(2):
+        started.unlink(missing_ok=True)
+        with ThreadPoolExecutor(1) as pool:
+            blocking = pool.submit(httpx.get, f"{server.url}/block", timeout=10)
+            wait_for(started.exists, message="the app blocking the loop")
+            # 503 here would mean no place was left: one leaked in the round before.
+            assert httpx.get(server.url, timeout=10).status_code == 504
+            assert blocking.result().status_code == 504
+        # Once the loop is free again, a request is served.
+        wait_for(
+            lambda: httpx.get(server.url, timeout=10).status_code == 200,
+            message="a request served after the loop was unblocked",
+            server=server,
+        )
 
 
 def test_requests_within_the_limit_are_untouched(run_rsasgi):

@@ -14,6 +14,7 @@ use super::scope::{http_scope, websocket_scope, ScopeContext};
 use super::websocket::{resolve_ws_waiter, WebSocketReceive, WebSocketSend};
 use super::{is_done, set_result, Event};
 use crate::exchange::RequestStart;
+use crate::wake::CALL_SOON;
 use crate::ws::session::WsStart;
 
 /// How the app's task for a request or a WebSocket is started.
@@ -144,7 +145,19 @@ impl Dispatcher {
             }
             Event::Cancel(exchange) => {
                 if let Some(task) = exchange.take_task() {
-                    task.call_method0(py, intern!(py, "cancel"))?;
+                    // On the loop's next turn, not now: a task started by this
+                    // same drain (its request timed out while the loop was
+                    // blocked) has not run a step yet, and cancelling it now
+                    // would throw into a coroutine that never began, skipping
+                    // `run_app`'s `finally`. Its held entry, and with it the
+                    // exchange and its place under --limit-concurrency, would
+                    // stay for good. The loop runs its callbacks in order, so
+                    // the task's first step comes before this.
+                    let cancel = task.bind(py).getattr(intern!(py, "cancel"))?;
+                    match CALL_SOON.get(py) {
+                        Some((call_soon, _)) => call_soon.call1(py, (cancel,))?,
+                        None => cancel.call0()?.unbind(),
+                    };
                 }
             }
             Event::Resolve(waiter) => resolve_waiter(py, waiter)?,

@@ -2,6 +2,7 @@
 
 ASGI `app`:  GET /late    answers after 30 s (the server must answer 504 first)
              GET /stream  starts a response, then stalls for 30 s
+             GET /block   blocks the event loop for 2 s (time.sleep), then answers
              GET /        "ok PID" at once
 Each stalled ASGI request records, in the directory $TIMEOUT_MARKERS, "started-PATH" when it
 begins and "cancelled-PATH" when its task is cancelled.
@@ -38,6 +39,9 @@ async def app(scope, receive, send):
         except asyncio.CancelledError:
             mark("cancelled-" + path)
             raise
+    if path == "/block":
+        mark("started-" + path)
+        time.sleep(2)
     body = f"ok {os.getpid()}".encode()
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})
