@@ -245,9 +245,10 @@ def _freeze_startup_objects() -> None:
     A full collection walks every object the collector tracks; for a Django app that is
     some 10 ms with the loop (or, under WSGI, the GIL) held, a few times a second under
     load. After ``gc.freeze`` it walks only what was made since. What is frozen is still
-    freed when its last reference goes; only a reference cycle among these objects, once
-    dropped, is never collected, so the most that can be kept is what the app held at
-    startup. Garbage from the import is collected first.
+    freed when its last reference goes; but a reference cycle that runs through a frozen
+    object is never collected once dropped, with any newer objects in it. That takes a
+    startup object that the app lets go of later, which is rare: modules, classes and
+    settings live as long as the worker. Garbage from the import is collected first.
     """
     gc.collect()
     gc.freeze()

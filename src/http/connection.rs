@@ -27,6 +27,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -473,14 +474,24 @@ impl<F: Future<Output = ()>> Future for Cuttable<F> {
         if this.cut.cut.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        if *this.started {
-            return this.stream.poll(cx);
+        let first = !std::mem::replace(this.started, true);
+        if first {
+            STARTING_STREAM.set(Some(Arc::clone(this.cut)));
         }
-        *this.started = true;
-        STARTING_STREAM.set(Some(Arc::clone(this.cut)));
-        let polled = this.stream.poll(cx);
-        STARTING_STREAM.set(None);
-        polled
+        // A panic (a bug) ends this stream alone, as it would a task of its
+        // own, rather than the connection task it shares with its siblings;
+        // the stream is dropped, which resets it.
+        let mut stream = this.stream;
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll(cx)));
+        if first {
+            STARTING_STREAM.set(None);
+        }
+        polled.unwrap_or_else(|_| {
+            tracing::error!(
+                "an HTTP/2 stream's task panicked; the stream is reset, its connection carries on"
+            );
+            Poll::Ready(())
+        })
     }
 }
 
@@ -562,7 +573,10 @@ where
                     _ = tokio::time::sleep(CLOSE_GRACE), if was_closing => Woke::CloseGrace,
                 }
             };
-            let mut watchers = std::pin::pin!(watchers);
+            // Unconstrained by tokio's budget: the connection and its streams,
+            // polled first, may have spent it, and the watchers would then be
+            // put off to the next poll, where the same could happen again.
+            let mut watchers = std::pin::pin!(tokio::task::unconstrained(watchers));
             let watchers_waker = futures_util::task::waker(Arc::clone(&watchers_woken));
             watchers_woken.woken.store(true, Ordering::Relaxed);
             // The connection is polled on every wake of this task, which it causes
@@ -831,6 +845,43 @@ mod tests {
         assert_eq!(streams.as_ref().map(FuturesUnordered::len), Some(1));
         drop(streams);
         assert!(dropped.await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_panics_ends_alone_not_its_connection_or_siblings() {
+        use hyper::rt::Executor;
+        let sibling_ran = Arc::new(AtomicUsize::new(0));
+        let mut started = false;
+        let connection = {
+            let sibling_ran = Arc::clone(&sibling_ran);
+            std::future::poll_fn(move |_cx| {
+                if !std::mem::replace(&mut started, true) {
+                    StreamExecutor.execute(async { panic!("a bug in a stream") });
+                    let sibling_ran = Arc::clone(&sibling_ran);
+                    StreamExecutor.execute(async move {
+                        sibling_ran.fetch_add(1, Ordering::SeqCst);
+                        std::future::pending::<()>().await;
+                    });
+                }
+                Poll::<()>::Pending
+            })
+        };
+        tokio::pin!(connection);
+        let (mut streams, mut spawned) = (None, Vec::new());
+        let mut with_streams = WithStreams {
+            connection: connection.as_mut(),
+            streams: &mut streams,
+            spawned: &mut spawned,
+        };
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut with_streams).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut with_streams).poll(&mut cx).is_pending());
+        assert_eq!(sibling_ran.load(Ordering::SeqCst), 1);
+        // The panicked stream is gone; its sibling is still there.
+        assert_eq!(streams.as_ref().map(FuturesUnordered::len), Some(1));
+        // And the next stream's first poll does not see the dead one's handle.
+        assert!(STARTING_STREAM.with_borrow(Option::is_none));
     }
 
     #[tokio::test]
