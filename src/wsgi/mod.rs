@@ -73,18 +73,27 @@ impl Shared {
         if self.searching.load(Ordering::SeqCst) > 0 {
             return;
         }
-        let slot = self.idle.lock().pop();
-        if let Some(slot) = slot {
+        let mut idle = self.idle.lock();
+        if let Some(slot) = idle.pop() {
+            // Counted and flagged before the lock is let go: the thread reads
+            // its flag under the same lock once off the list, and must see it
+            // set whenever it was taken, or it would carry on without taking
+            // itself off the count, and no thread would be woken again.
             self.searching.fetch_add(1, Ordering::SeqCst);
             slot.woken.store(true, Ordering::SeqCst);
+            drop(idle);
             slot.thread.unpark();
             return;
         }
-        // Every thread is busy in the app: grow the pool if allowed.
-        let started = self.threads.lock().len();
-        if started < self.max_threads {
+        drop(idle);
+        // Every thread is busy in the app: grow the pool if allowed, counted
+        // under the lock so two callers cannot both take the last place, and
+        // never once shutting down (shutdown waits for the threads it found).
+        let mut threads = self.threads.lock();
+        let started = threads.len();
+        if started < self.max_threads && !self.closed.load(Ordering::SeqCst) {
             self.searching.fetch_add(1, Ordering::SeqCst);
-            if let Err(err) = self.spawn_thread() {
+            if let Err(err) = self.spawn_thread(&mut threads) {
                 self.searching.fetch_sub(1, Ordering::SeqCst);
                 tracing::warn!(
                     "cannot start WSGI thread {} of --threads {}: {err}; carrying on with {started}",
@@ -96,8 +105,7 @@ impl Shared {
     }
 
     /// Starts a thread, which counts as searching until it holds the GIL.
-    fn spawn_thread(self: &Arc<Self>) -> std::io::Result<()> {
-        let mut threads = self.threads.lock();
+    fn spawn_thread(self: &Arc<Self>, threads: &mut Vec<JoinHandle<()>>) -> std::io::Result<()> {
         let shared = Arc::clone(self);
         let handle = std::thread::Builder::new()
             .name(format!("rsasgi-wsgi-{}", threads.len()))
@@ -149,7 +157,7 @@ impl Pool {
             }),
         });
         pool.shared.searching.fetch_add(1, Ordering::SeqCst);
-        pool.shared.spawn_thread()?;
+        pool.shared.spawn_thread(&mut pool.shared.threads.lock())?;
         Ok(pool)
     }
 
@@ -246,10 +254,10 @@ fn wait_for_work(shared: &Shared) -> bool {
     if shared.jobs.is_empty() && !shared.closed.load(Ordering::SeqCst) {
         std::thread::park();
     }
-    shared
-        .idle
-        .lock()
-        .retain(|other| !Arc::ptr_eq(other, &slot));
+    // Off the list, and the flag read, under the lock a dispatcher that took
+    // this slot held while it set the flag (see `ensure_searcher`).
+    let mut idle = shared.idle.lock();
+    idle.retain(|other| !Arc::ptr_eq(other, &slot));
     slot.woken.load(Ordering::SeqCst)
 }
 
