@@ -124,3 +124,15 @@ def test_errors_do_not_disturb_a_concurrent_request(run_rsasgi):
     thread.join(20)
     assert result == {"status": 200, "text": "slow-done"}
     assert_worker_alive(server)
+
+
+@pytest.mark.parametrize("app", ["err_cycle:app", "err_cycle:wsgi"], ids=["asgi", "wsgi"])
+def test_a_failed_request_held_in_a_reference_cycle_gives_back_its_place(run_rsasgi, app):
+    """The 500 ends the request for --limit-concurrency once the app is done, even though
+    the app's objects (and so the request's) live on in a cycle the collector never frees."""
+    server = run_rsasgi(app, "--limit-concurrency", "1")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in range(3):
+            assert client.get("/raise").status_code == 500
+            # 503 here: the failed request still counted as in flight.
+            assert client.get("/").status_code == 200

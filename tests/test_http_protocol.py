@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from apps.proto_raw import RawConn, request, wait_for_file
-from conftest import wait_for
+from conftest import wait_for, wait_for_log
 
 APP = "proto_http:app"
 APPS = Path(__file__).parent / "apps"
@@ -52,6 +52,40 @@ def test_head_via_httpx(server):
     assert r.status_code == 200
     assert r.headers["content-length"] == "11"
     assert r.content == b""
+
+
+# --- a Content-Length the body disagrees with --------------------------------------------------
+
+
+@pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
+def test_a_body_longer_than_its_content_length_is_cut_to_it(run_rsasgi, app):
+    """The declared length frames the response (PEP 3333, RFC 9112 6.3): the extra bytes are
+    not sent, so the next response on the keep-alive connection is whole."""
+    server = run_rsasgi(app)
+    conn = raw(server)
+    conn.send(request("GET", "/long") + request("GET", "/"))
+    head = conn.read_head()
+    assert (head.status, head.header("content-length")) == (200, "5")
+    assert conn.read_exact(5) == b"hello"
+    head = conn.read_head()
+    assert (head.status, head.header("content-length")) == (200, "2"), head.status_line
+    assert conn.read_exact(2) == b"ok"
+    wait_for_log(server, "the app's Content-Length is 5 but its body 12 bytes; sent the first 5")
+
+
+@pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
+def test_a_body_shorter_than_its_content_length_closes_the_connection(run_rsasgi, app):
+    """The client must be able to tell the response is short: it gets what there is, then
+    the connection closes, rather than waiting for bytes that never come."""
+    server = run_rsasgi(app)
+    conn = raw(server)
+    conn.send(request("GET", "/short"))
+    head = conn.read_head()
+    assert (head.status, head.header("content-length")) == (200, "20")
+    assert conn.read_until_closed() == b"hello world!"
+    wait_for_log(server, "the app's Content-Length is 20 but its body only 12 bytes")
+    # The worker carries on.
+    assert get(server, "/").text == "ok"
 
 
 # --- HTTP/1.0 --------------------------------------------------------------------------------

@@ -126,6 +126,10 @@ pub(crate) struct ResponseBody {
     file: Option<FileStream>,
     /// With `--metrics-bind`: counts the request once its body is done.
     meter: Option<RequestMeter>,
+    /// Whether a body the app finished before its head is written may give
+    /// hyper its exact length; not when the app's own Content-Length says
+    /// otherwise (see [`ResponseBody::length_from_header`]).
+    exact_length: bool,
 }
 
 impl ResponseBody {
@@ -138,8 +142,19 @@ impl ResponseBody {
             abort_flushed: false,
             deadline: None,
             file: None,
+            exact_length: true,
             meter: None,
         }
+    }
+
+    /// The app's Content-Length, not the length of the body it finished
+    /// early, frames the response: for a body longer than the header says.
+    /// hyper writes the app's header as it is and, given an exact length,
+    /// trusts the two to agree; given none, it counts against the header and
+    /// sends no more than it says, so the extra bytes cannot pose as the
+    /// next response on a keep-alive connection.
+    pub(crate) fn length_from_header(&mut self) {
+        self.exact_length = false;
     }
 
     /// Ends the response (an aborted connection) if it is not done by `deadline`.
@@ -282,7 +297,9 @@ impl http_body::Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
-            Source::App(exchange) => self.file.is_none() && exchange.complete_body_len() == Some(0),
+            Source::App(exchange) => {
+                self.exact_length && self.file.is_none() && exchange.complete_body_len() == Some(0)
+            }
             Source::Head => true,
             Source::Fixed(body) => body.is_none(),
             Source::File(stream) => stream.remaining == 0,
@@ -296,7 +313,7 @@ impl http_body::Body for ResponseBody {
             Source::File(stream) => SizeHint::with_exact(stream.remaining),
             // Asked once, when the head is written: a response the app has
             // finished by then is sent with a Content-Length.
-            Source::App(_) if self.file.is_some() => SizeHint::default(),
+            Source::App(_) if self.file.is_some() || !self.exact_length => SizeHint::default(),
             Source::App(exchange) => match exchange.complete_body_len() {
                 Some(len) => SizeHint::with_exact(len),
                 None => SizeHint::default(),

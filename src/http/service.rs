@@ -35,6 +35,7 @@ impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         if let Some(exchange) = self.0.take() {
             exchange.close();
+            exchange.release_response();
         }
     }
 }
@@ -233,6 +234,7 @@ pub(crate) async fn handle(
             tokio::spawn(pump_body(body, Arc::clone(&exchange), pump));
         }
         let is_head = head.method == Method::HEAD;
+        let http2 = head.version == Version::HTTP_2;
         let http10 = Http10::of(head.version, &head.headers);
         let start = Box::new(RequestStart {
             exchange: Arc::clone(&exchange),
@@ -270,6 +272,13 @@ pub(crate) async fn handle(
             },
         };
         closer.0 = None;
+        if start.is_err() {
+            // No response of the app's will be sent: its place under
+            // --limit-concurrency goes as soon as the app is done too, not
+            // when Python lets go of the exchange (a reference cycle in the
+            // app may hold it until the garbage collector runs).
+            exchange.release_response();
+        }
         let start = match start {
             Ok(start) => start,
             Err(Refusal::Status(status)) => {
@@ -286,7 +295,33 @@ pub(crate) async fn handle(
 
         // A response the app finished before its head is written goes out with a
         // Content-Length (see ResponseBody::size_hint).
-        let body_len_known = exchange.complete_body_len().is_some();
+        let complete_len = exchange.complete_body_len();
+        let body_len_known = complete_len.is_some();
+        // The app's own Content-Length against the body it already finished.
+        let wrong_length = complete_len.filter(|_| !is_head).and_then(|actual| {
+            declared_length(&start.headers)
+                .filter(|&declared| declared != actual)
+                .map(|declared| (declared, actual))
+        });
+        if let Some((declared, actual)) = wrong_length {
+            let request = exchange.request_line();
+            if declared < actual {
+                tracing::warn!(
+                    "\"{request}\": the app's Content-Length is {declared} but its body {actual} bytes; sent the first {declared}"
+                );
+            } else {
+                tracing::warn!(
+                    "\"{request}\": the app's Content-Length is {declared} but its body only {actual} bytes; \
+                     closed the connection after it, so the client sees the response is short"
+                );
+            }
+        }
+        // Too long: hyper counts against the app's header and sends no more.
+        // Too short: what there is goes out, then the connection closes
+        // (HTTP/1; an HTTP/2 stream's end says where its body ends).
+        let cut_to_header = wrong_length.is_some_and(|(declared, actual)| declared < actual);
+        let close_after =
+            wrong_length.is_some_and(|(declared, actual)| declared > actual) && !http2;
         if is_head {
             exchange.release_response();
         }
@@ -298,6 +333,9 @@ pub(crate) async fn handle(
             },
             log.map(|log| log.with_status(start.status)),
         );
+        if cut_to_header {
+            body.length_from_header();
+        }
         if let Some(deadline) = deadline {
             body = body.until(deadline, Arc::clone(&state));
         }
@@ -311,6 +349,10 @@ pub(crate) async fn handle(
         state.add_server_headers(headers);
         if let Some(http10) = http10 {
             http10.answer(&mut response, body_len_known || is_head);
+        }
+        if close_after {
+            let close = HeaderValue::from_static("close");
+            response.headers_mut().insert(header::CONNECTION, close);
         }
         response
     };
@@ -327,6 +369,21 @@ pub(crate) async fn handle(
         response = response.map(|body| body.metered(meter));
     }
     Ok(response.map(|body| body.tracking(active)))
+}
+
+/// The length an app's response headers declare: one Content-Length of
+/// digits only (anything else is left for hyper to judge).
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let digits = value.as_bytes();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// An HTTP/1.0 request: whether it asked to keep the connection alive.
