@@ -156,6 +156,13 @@ struct State {
     // Response: app → reactor.
     start: Option<ResponseStart>,
     started: bool,
+    /// The app sent a body message (or its WSGI body began): until then its
+    /// head is not sent, so an app that fails between the two gets a 500
+    /// (ASGI: nothing goes out before the first `http.response.body`).
+    body_began: bool,
+    /// A 204 or 304 response: its body is dropped, as for HEAD (an HTTP/2
+    /// client takes DATA on such a response for a protocol error).
+    bodiless: bool,
     chunks: VecDeque<Chunk>,
     /// Bytes of `Data` chunks queued: memory, which backpressure bounds.
     response_buffered: usize,
@@ -239,13 +246,15 @@ impl State {
         }
     }
 
-    /// Queues a response body chunk (dropped for HEAD, whose body hyper never sends).
+    /// Queues a response body chunk (dropped for HEAD, whose body hyper never
+    /// sends, and for a 204 or 304, which have none).
     fn push_chunk(&mut self, chunk: Chunk, more: bool, is_head: bool) {
+        self.body_began = true;
         let keep = match &chunk {
             Chunk::Trailers(_) => true,
             other => other.len() > 0,
         };
-        if keep && !is_head {
+        if keep && !is_head && !self.bodiless {
             match &chunk {
                 Chunk::Data(data) => self.response_buffered += data.len(),
                 Chunk::File(span) => self.response_file_bytes += span.len,
@@ -285,7 +294,10 @@ pub(crate) enum SendMisuse {
 /// How far the app got with its response, for the log line when it ends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Progress {
+    /// The app sent its response head (`http.response.start`).
     pub started: bool,
+    /// The head went out, or goes out: the app sent a body message too.
+    pub head_sent: bool,
     pub complete: bool,
     pub closed: bool,
 }
@@ -335,6 +347,7 @@ impl Exchange {
         let st = self.state.lock();
         Progress {
             started: st.started,
+            head_sent: st.started && st.body_began,
             complete: st.complete,
             closed: st.closed,
         }
@@ -405,7 +418,8 @@ impl Exchange {
     pub(crate) fn refuse_body(self: &Arc<Self>, status: StatusCode) {
         {
             let mut st = self.state.lock();
-            if !st.started {
+            // Not once the head may have gone out (it goes with the first body).
+            if !st.body_began {
                 st.refused = Some(status);
             }
         }
@@ -476,8 +490,10 @@ impl Exchange {
         if let Some(status) = st.refused {
             return Poll::Ready(Err(Refusal::Status(status)));
         }
-        if let Some(start) = st.start.take() {
-            return Poll::Ready(Ok(start));
+        if st.body_began {
+            if let Some(start) = st.start.take() {
+                return Poll::Ready(Ok(start));
+            }
         }
         if st.aborted {
             return Poll::Ready(Err(Refusal::Status(StatusCode::INTERNAL_SERVER_ERROR)));
@@ -588,7 +604,7 @@ impl Exchange {
 
     /// `http.response.start`.
     pub(crate) fn send_start(&self, start: ResponseStart) -> Result<(), SendMisuse> {
-        let reactor = {
+        {
             let mut st = self.state.lock();
             if st.closed {
                 return Err(SendMisuse::Closed);
@@ -597,12 +613,11 @@ impl Exchange {
                 return Err(SendMisuse::AlreadyStarted);
             }
             st.started = true;
+            st.bodiless = matches!(start.status.as_u16(), 204 | 304);
             st.start = Some(start);
-            st.reactor.take()
-        };
-        if let Some(waker) = reactor {
-            wake(waker);
         }
+        // The reactor is not woken: it sends the head with the first body
+        // message, which wakes it.
         Ok(())
     }
 
@@ -750,6 +765,7 @@ impl Exchange {
             }
             if let Some(start) = start {
                 st.started = true;
+                st.bodiless = matches!(start.status.as_u16(), 204 | 304);
                 st.start = Some(start);
             }
             st.push_chunk(data.into(), more, self.method == Method::HEAD);

@@ -209,3 +209,16 @@ def test_split_cookie_fields_are_joined(run_rsasgi, app, cookies_of):
     status, body = h2_get(server, "/scope", cookies)
     assert status == 200, body
     assert cookies_of(json.loads(body)) == ["sessionid=abc; csrftoken=x1; theme=dark"]
+
+
+@pytest.mark.parametrize("path, status", [("/no-content", 204), ("/not-modified", 304)])
+def test_a_body_sent_with_204_or_304_is_dropped_not_sent_as_data(run_rsasgi, path, status):
+    """RFC 9110 6.4.1: these responses have no content; DATA frames on one would be a
+    protocol error for the client (JSONResponse(None, status_code=204) sends b"null")."""
+    server = run_rsasgi("proto_send_edges:app")
+    with h2_client() as client:
+        response = client.get(f"{server.url}{path}")
+        assert (response.http_version, response.status_code) == ("HTTP/2", status)
+        assert response.content == b""
+        # The connection goes on.
+        assert client.get(server.url).text == "ok"

@@ -17,6 +17,7 @@ import time
 import httpx
 import pytest
 from apps.proto_raw import RawConn, read_slowly_then_fast, request, rss_kib, wait_for_file
+from conftest import wait_for_log
 
 APP = "proto_stream:app"
 MiB = 1 << 20
@@ -311,3 +312,29 @@ def test_slow_reader_keeps_memory_bounded(run_rsasgi, markers, app, route):
     assert total == size
     assert sha == download_sha(size, chunk)
     still_serving(server)
+
+
+# --- edges of send() (tests/apps/proto_send_edges.py) -----------------------------------------
+
+
+def test_the_last_send_of_a_large_body_returns_once_the_body_is_taken(run_rsasgi):
+    """A last body message over the buffer's high-water mark waits for the reactor; the
+    response then ends as the reactor takes it, which is not the client leaving: send()
+    returns (code after it, such as Starlette's background tasks, runs)."""
+    server = run_rsasgi("proto_send_edges:app")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in range(3):
+            response = client.get("/large-final")
+            assert (response.status_code, len(response.content)) == (200, 200_000)
+            assert client.get("/outcome").text == "returned"
+
+
+def test_an_app_that_fails_after_its_start_but_before_any_body_gets_500(run_rsasgi):
+    """Nothing goes out before the first body message (ASGI), so the failure is a clean 500
+    rather than a 200 whose body never comes."""
+    server = run_rsasgi("proto_send_edges:app")
+    response = httpx.get(f"{server.url}/raise-after-start", timeout=10)
+    assert response.status_code == 500
+    assert response.text == "Internal Server Error"
+    wait_for_log(server, "Exception in ASGI application", "(sent 500)")
+    assert httpx.get(server.url, timeout=10).text == "ok"

@@ -317,7 +317,9 @@ async def _serve(worker, app, interface, loop) -> int:
 
     def spawn(scope, receive, send):
         task = create_task(run_app(scope, receive, send))
-        hold(send, task)
+        # An eager task factory may have run it to its end already, past its release.
+        if not task.done():
+            hold(send, task)
         return task
 
     # Without a task factory (uvloop has none either), the worker starts each task

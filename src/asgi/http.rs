@@ -39,7 +39,9 @@ pub(crate) fn resolve_waiter(py: Python<'_>, waiter: Waiter) -> PyResult<()> {
             Ok(()) => Ok(()),
             Err((future, received)) => set_result(py, &future, received_message(py, received)?),
         },
-        WaitKind::Send if exchange.is_closed() => set_exception(
+        // Closed after the reactor took the whole response (hyper ends the
+        // body as it takes the last chunk) is not a disconnect.
+        WaitKind::Send if exchange.is_closed() && !exchange.response_finished() => set_exception(
             py,
             &future,
             ClientDisconnected::new_err("client disconnected"),
@@ -457,12 +459,13 @@ impl HttpSend {
     fn __call__(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let exchange = &self.exchange;
         let wait = match parse_message(message)? {
-            Outgoing::Start(start, trailers) => {
+            Outgoing::Start(start, trailers) => exchange.send_start(start).map(|()| {
+                // Only for a start that was taken, not for a second one refused.
                 if trailers {
                     exchange.expect_trailers();
                 }
-                exchange.send_start(start).map(|()| false)
-            }
+                false
+            }),
             Outgoing::Trailers { fields, more } => {
                 exchange.send_trailers(fields, more).map(|()| false)
             }
@@ -486,6 +489,7 @@ impl HttpSend {
         let exchange = &self.exchange;
         let Progress {
             started,
+            head_sent,
             complete,
             closed,
         } = exchange.progress();
@@ -499,6 +503,13 @@ impl HttpSend {
             None if !started && !closed => {
                 tracing::error!(
                     "ASGI callable returned without starting a response while handling \"{}\"; sent 500",
+                    request()
+                );
+            }
+            None if !head_sent && !closed => {
+                tracing::error!(
+                    "ASGI callable returned after 'http.response.start' without sending the body \
+                     of the response to \"{}\"; sent 500",
                     request()
                 );
             }
@@ -527,7 +538,7 @@ impl HttpSend {
                     tracing::warn!("request \"{}\" was cancelled at shutdown", request());
                 } else {
                     let traceback = format_exception(py, &exc);
-                    let outcome = if !started {
+                    let outcome = if !head_sent {
                         "sent 500"
                     } else if !complete {
                         "connection aborted"

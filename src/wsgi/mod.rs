@@ -278,7 +278,7 @@ fn run(py: Python<'_>, app: &Py<PyAny>, ctx: &EnvironContext, job: Box<RequestSt
         if err.is_instance_of::<ClientDisconnected>(py) {
             tracing::debug!("client disconnected while the app handled \"{request}\"");
         } else {
-            let started = exchange.progress().started;
+            let started = exchange.progress().head_sent;
             let outcome = if started {
                 "connection aborted"
             } else {
