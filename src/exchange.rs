@@ -151,7 +151,10 @@ struct State {
     /// `100 Continue` only once the body is read).
     body_wanted: bool,
     pump: Option<Waker>,
-    receiver: Option<Py<PyAny>>,
+    /// The `receive()` futures waiting for body or a disconnect: every one
+    /// is handed back when something arrives (two tasks may wait at once,
+    /// e.g. a disconnect watcher beside Starlette's `is_disconnected`).
+    receivers: Vec<Py<PyAny>>,
 
     // Response: app → reactor.
     start: Option<ResponseStart>,
@@ -179,7 +182,8 @@ struct State {
     trailers: HeaderMap,
     /// The app ended before completing its response.
     aborted: bool,
-    sender: Option<Py<PyAny>>,
+    /// The `send()` futures waiting for room in the buffer.
+    senders: Vec<Py<PyAny>>,
     reactor: Option<Waker>,
     /// A WSGI pool thread blocked on this exchange (for body or buffer room).
     parked: Option<Thread>,
@@ -358,8 +362,8 @@ impl Exchange {
         self.state.lock().closed
     }
 
-    fn resolve(self: &Arc<Self>, future: Option<Py<PyAny>>, kind: WaitKind) {
-        if let Some(future) = future {
+    fn resolve(self: &Arc<Self>, futures: impl IntoIterator<Item = Py<PyAny>>, kind: WaitKind) {
+        for future in futures {
             self.bridge.push(Event::Resolve(Waiter {
                 future,
                 exchange: Arc::clone(self),
@@ -408,7 +412,7 @@ impl Exchange {
             if let Some(thread) = st.parked.take() {
                 thread.unpark();
             }
-            st.receiver.take()
+            std::mem::take(&mut st.receivers)
         };
         self.resolve(receiver, WaitKind::Receive);
     }
@@ -465,8 +469,8 @@ impl Exchange {
                 thread.unpark();
             }
             (
-                st.receiver.take(),
-                st.sender.take(),
+                std::mem::take(&mut st.receivers),
+                std::mem::take(&mut st.senders),
                 st.reactor.take(),
                 st.pump.take(),
             )
@@ -525,9 +529,9 @@ impl Exchange {
                         if let Some(thread) = st.parked.take() {
                             thread.unpark();
                         }
-                        st.sender.take()
+                        std::mem::take(&mut st.senders)
                     } else {
-                        None
+                        Vec::new()
                     };
                     (chunk, sender)
                 }
@@ -583,14 +587,18 @@ impl Exchange {
 
     /// Parks `future` for the reactor to hand back when body arrives; when
     /// some arrived meanwhile, returns it with the future instead.
-    pub(crate) fn park_receiver(&self, future: Py<PyAny>) -> Result<(), (Py<PyAny>, Received)> {
+    pub(crate) fn park_receiver(
+        &self,
+        py: Python<'_>,
+        future: Py<PyAny>,
+    ) -> Result<(), (Py<PyAny>, Received)> {
         let (result, pump) = {
             let mut st = self.state.lock();
             let result = match st.try_receive() {
                 Some(received) => Err((future, received)),
                 None => {
                     st.body_wanted = true;
-                    st.receiver = Some(future);
+                    park_future(py, &mut st.receivers, future);
                     Ok(())
                 }
             };
@@ -687,12 +695,12 @@ impl Exchange {
 
     /// Parks `future` until the client has read most of the buffer; hands it
     /// back when the app need not wait after all.
-    pub(crate) fn park_sender(&self, future: Py<PyAny>) -> Option<Py<PyAny>> {
+    pub(crate) fn park_sender(&self, py: Python<'_>, future: Py<PyAny>) -> Option<Py<PyAny>> {
         let mut st = self.state.lock();
         if st.closed || st.response_buffered <= RESPONSE_LOW_WATER {
             return Some(future);
         }
-        st.sender = Some(future);
+        park_future(py, &mut st.senders, future);
         None
     }
 
@@ -852,6 +860,14 @@ impl Exchange {
             wake(waker);
         }
     }
+}
+
+/// Adds `future` to those waiting, first dropping any already done: a
+/// `receive()` cancelled as soon as made (Starlette's `is_disconnected`
+/// polls that way) would otherwise pile up for as long as nothing arrives.
+fn park_future(py: Python<'_>, waiting: &mut Vec<Py<PyAny>>, future: Py<PyAny>) {
+    waiting.retain(|waiter| !crate::asgi::is_done(py, waiter).unwrap_or(true));
+    waiting.push(future);
 }
 
 /// What the body pump may do next.

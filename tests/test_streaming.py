@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 from apps.proto_raw import RawConn, read_slowly_then_fast, request, rss_kib, wait_for_file
-from conftest import wait_for_log
+from conftest import wait_for, wait_for_log
 
 APP = "proto_stream:app"
 MiB = 1 << 20
@@ -338,3 +338,22 @@ def test_an_app_that_fails_after_its_start_but_before_any_body_gets_500(run_rsas
     assert response.text == "Internal Server Error"
     wait_for_log(server, "Exception in ASGI application", "(sent 500)")
     assert httpx.get(server.url, timeout=10).text == "ok"
+
+
+def test_a_task_waiting_in_receive_hears_of_the_disconnect_beside_a_cancelled_receive(
+    run_rsasgi,
+):
+    """Two receive() at once: a watcher task waiting for http.disconnect, and one made and
+    cancelled at once (Starlette's Request.is_disconnected, sse-starlette's pattern). The
+    second must not take the first one's place."""
+    server = run_rsasgi("proto_send_edges:app")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        conn = RawConn(sock)
+        conn.send(request("GET", "/watch"))
+        assert conn.read_head().status == 200
+        conn.read_until(b"tick\n")
+    wait_for(
+        lambda: httpx.get(f"{server.url}/watched", timeout=10).text != "watching",
+        message="the app done with /watch",
+    )
+    assert httpx.get(f"{server.url}/watched", timeout=10).text == "disconnect seen"

@@ -35,7 +35,7 @@ pub(crate) fn resolve_waiter(py: Python<'_>, waiter: Waiter) -> PyResult<()> {
         return Ok(());
     }
     match kind {
-        WaitKind::Receive => match exchange.park_receiver(future) {
+        WaitKind::Receive => match exchange.park_receiver(py, future) {
             Ok(()) => Ok(()),
             Err((future, received)) => set_result(py, &future, received_message(py, received)?),
         },
@@ -91,7 +91,7 @@ impl HttpReceive {
             return ready(py, received);
         }
         let future = new_future(py)?.unbind();
-        match self.exchange.park_receiver(future.clone_ref(py)) {
+        match self.exchange.park_receiver(py, future.clone_ref(py)) {
             Ok(()) => Ok(future),
             Err((_, received)) => ready(py, received),
         }
@@ -475,7 +475,7 @@ impl HttpSend {
         .map_err(misuse_error)?;
         if wait {
             let future = new_future(py)?.unbind();
-            if exchange.park_sender(future.clone_ref(py)).is_none() {
+            if exchange.park_sender(py, future.clone_ref(py)).is_none() {
                 return Ok(future);
             }
         }

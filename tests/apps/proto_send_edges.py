@@ -3,6 +3,10 @@
 GET /large-final       the whole 200 kB body in its one and last `http.response.body`; records
                        whether that send() returned or raised
 GET /outcome           what the last /large-final's send() did: "returned" or the exception
+GET /watch             streams ticks while one task waits in receive() for the disconnect and
+                       another receive() is made and cancelled at once (Starlette's
+                       is_disconnected); records whether the watcher saw the disconnect
+GET /watched           what the last /watch's watcher saw
 GET /raise-after-start sends `http.response.start` (Content-Length 5), waits, then raises
                        before any body: nothing has gone out yet, so the client gets a 500
 GET /no-content        204 with a body (b"null", as JSONResponse(None, 204) sends)
@@ -14,7 +18,34 @@ from __future__ import annotations
 import asyncio
 
 LARGE = b"z" * 200_000
-OUTCOME = {"large-final": "none"}
+OUTCOME = {"large-final": "none", "watch": "none"}
+
+
+async def _watch(scope, receive, send) -> None:
+    async def watcher():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    OUTCOME["watch"] = "watching"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    watching = asyncio.ensure_future(watcher())
+    await asyncio.sleep(0.05)  # the watcher now waits in receive()
+    polled = asyncio.ensure_future(receive())
+    await asyncio.sleep(0)
+    polled.cancel()
+    try:
+        while not watching.done():
+            await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+            await asyncio.sleep(0.05)
+    except OSError:
+        pass  # the client is gone; the watcher should hear of it too
+    try:
+        await asyncio.wait_for(watching, 3)
+        OUTCOME["watch"] = "disconnect seen"
+    except asyncio.TimeoutError:
+        OUTCOME["watch"] = "the watcher never heard of the disconnect"
 
 
 async def app(scope, receive, send):
@@ -30,6 +61,9 @@ async def app(scope, receive, send):
             raise
         OUTCOME["large-final"] = "returned"
         return
+    if path == "/watch":
+        await _watch(scope, receive, send)
+        return
     if path == "/raise-after-start":
         headers = [(b"content-length", b"5")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -40,6 +74,7 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"null"})
         return
-    body = OUTCOME["large-final"].encode() if path == "/outcome" else b"ok"
+    outcome = {"/outcome": "large-final", "/watched": "watch"}.get(path)
+    body = OUTCOME[outcome].encode() if outcome else b"ok"
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})
