@@ -357,3 +357,19 @@ def test_a_task_waiting_in_receive_hears_of_the_disconnect_beside_a_cancelled_re
         message="the app done with /watch",
     )
     assert httpx.get(f"{server.url}/watched", timeout=10).text == "disconnect seen"
+
+
+def test_an_app_streaming_to_a_head_request_stops_once_the_head_is_out(run_rsasgi):
+    """HEAD gets no body: once its head is written, the app's send() raises, so a streaming
+    endpoint (SSE behind FastAPI's GET, which answers HEAD too) ends and gives back its place
+    under --limit-concurrency instead of running on for nobody."""
+    server = run_rsasgi("proto_send_edges:app", "--limit-concurrency", "2")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        conn = RawConn(sock)
+        conn.send(request("HEAD", "/ticks"))
+        assert conn.read_head().status == 200
+        wait_for(
+            lambda: httpx.get(f"{server.url}/ticked", timeout=10).text != "ticking",
+            message="the streaming app done",
+        )
+    assert httpx.get(f"{server.url}/ticked", timeout=10).text == "stopped: ClientDisconnected"

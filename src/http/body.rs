@@ -130,6 +130,10 @@ pub(crate) struct ResponseBody {
     /// hyper its exact length; not when the app's own Content-Length says
     /// otherwise (see [`ResponseBody::length_from_header`]).
     exact_length: bool,
+    /// The exchange of an app's response to HEAD, whose body hyper drops
+    /// once the head is written: the app then hears that the response is
+    /// over, as it does when a body is sent.
+    head_of: Option<Arc<Exchange>>,
 }
 
 impl ResponseBody {
@@ -143,6 +147,7 @@ impl ResponseBody {
             deadline: None,
             file: None,
             exact_length: true,
+            head_of: None,
             meter: None,
         }
     }
@@ -153,6 +158,14 @@ impl ResponseBody {
     /// trusts the two to agree; given none, it counts against the header and
     /// sends no more than it says, so the extra bytes cannot pose as the
     /// next response on a keep-alive connection.
+    /// For the response to HEAD of `exchange`'s app: the app hears the
+    /// response is over once its head is written (its `send()` then raises
+    /// and `receive()` says `http.disconnect`), so an app streaming to a
+    /// HEAD request stops rather than running on for a client long gone.
+    pub(crate) fn closes_with_head(&mut self, exchange: Arc<Exchange>) {
+        self.head_of = Some(exchange);
+    }
+
     pub(crate) fn length_from_header(&mut self) {
         self.exact_length = false;
     }
@@ -324,6 +337,9 @@ impl http_body::Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        if let Some(exchange) = self.head_of.take() {
+            exchange.close();
+        }
         if let Some(cut) = self.active.as_ref().and_then(ActiveRequest::cut) {
             self.report_cut(cut);
         }

@@ -322,17 +322,15 @@ pub(crate) async fn handle(
         let cut_to_header = wrong_length.is_some_and(|(declared, actual)| declared < actual);
         let close_after =
             wrong_length.is_some_and(|(declared, actual)| declared > actual) && !http2;
-        if is_head {
+        let log = log.map(|log| log.with_status(start.status));
+        let mut body = if is_head {
             exchange.release_response();
-        }
-        let mut body = ResponseBody::new(
-            if is_head {
-                Source::Head
-            } else {
-                Source::App(exchange)
-            },
-            log.map(|log| log.with_status(start.status)),
-        );
+            let mut body = ResponseBody::new(Source::Head, log);
+            body.closes_with_head(exchange);
+            body
+        } else {
+            ResponseBody::new(Source::App(exchange), log)
+        };
         if cut_to_header {
             body.length_from_header();
         }

@@ -7,6 +7,8 @@ GET /watch             streams ticks while one task waits in receive() for the d
                        another receive() is made and cancelled at once (Starlette's
                        is_disconnected); records whether the watcher saw the disconnect
 GET /watched           what the last /watch's watcher saw
+GET /ticks             streams ticks until send() raises (a HEAD request: once its head is out)
+GET /ticked            how the last /ticks ended
 GET /raise-after-start sends `http.response.start` (Content-Length 5), waits, then raises
                        before any body: nothing has gone out yet, so the client gets a 500
 GET /no-content        204 with a body (b"null", as JSONResponse(None, 204) sends)
@@ -18,7 +20,21 @@ from __future__ import annotations
 import asyncio
 
 LARGE = b"z" * 200_000
-OUTCOME = {"large-final": "none", "watch": "none"}
+OUTCOME = {"large-final": "none", "watch": "none", "ticks": "none"}
+
+
+async def _ticks(send) -> None:
+    OUTCOME["ticks"] = "ticking"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    try:
+        for _ in range(200):  # 10 s at most
+            await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+            await asyncio.sleep(0.05)
+    except OSError as exc:
+        OUTCOME["ticks"] = f"stopped: {type(exc).__name__}"
+        raise
+    OUTCOME["ticks"] = "ran to the end"
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _watch(scope, receive, send) -> None:
@@ -61,6 +77,9 @@ async def app(scope, receive, send):
             raise
         OUTCOME["large-final"] = "returned"
         return
+    if path == "/ticks":
+        await _ticks(send)
+        return
     if path == "/watch":
         await _watch(scope, receive, send)
         return
@@ -74,7 +93,7 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"null"})
         return
-    outcome = {"/outcome": "large-final", "/watched": "watch"}.get(path)
+    outcome = {"/outcome": "large-final", "/watched": "watch", "/ticked": "ticks"}.get(path)
     body = OUTCOME[outcome].encode() if outcome else b"ok"
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})
