@@ -75,3 +75,12 @@ def test_lifespan_off_never_calls_app_with_lifespan(run_rsasgi, tmp_path):
         assert client.get("/types").json() == ["http", "http"]
     assert server.stop() == 0
     assert events(record) == []
+
+
+def test_a_lifespan_shutdown_that_raises_is_reported_as_failed(run_rsasgi):
+    server = run_rsasgi("life_app:app", env={"LIFE_SHUTDOWN_RAISES": "1"})
+    server.stop()
+    log = server.output()
+    assert "RuntimeError: the lifespan shutdown raised" in log
+    assert "Application shutdown failed: the app raised (traceback above)" in log
+    assert "Application shutdown complete" not in log

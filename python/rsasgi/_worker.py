@@ -511,6 +511,8 @@ class Lifespan:
             if await _unless_forced(self.shutdown_done.wait(), forced):
                 if self.shutdown_failed is not None:
                     log("error", f"Application shutdown failed: {self.shutdown_failed}")
+                elif self.error:
+                    log("error", "Application shutdown failed: the app raised (traceback above)")
                 else:
                     log("info", "Application shutdown complete")
                 return

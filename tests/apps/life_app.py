@@ -3,7 +3,7 @@
 Routes: /unreferenced awaits a future that nothing but the request task holds; /sleep sleeps
 60 s; /stubborn never ends, even when cancelled. Lifespan and request events go, one per line,
 to the file named by $LIFE_EVENTS; with $LIFE_SHUTDOWN_HANGS set, the lifespan shutdown never
-completes.
+completes, and with $LIFE_SHUTDOWN_RAISES set it raises.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ async def lifespan(receive, send) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             record("shutdown-start")
+            if os.environ.get("LIFE_SHUTDOWN_RAISES"):
+                raise RuntimeError("the lifespan shutdown raised")
             if os.environ.get("LIFE_SHUTDOWN_HANGS"):
                 await asyncio.get_running_loop().create_future()
             record("shutdown")
