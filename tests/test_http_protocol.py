@@ -511,3 +511,16 @@ def test_many_concurrent_keep_alive_clients(server):
     for t in threads:
         t.join(30)
     assert errors == []
+
+
+def test_a_304_keeps_the_content_length_of_what_it_stands_for(run_rsasgi):
+    """RFC 9110 8.6: a 304 may carry the Content-Length of the representation it validates;
+    it has no body, so that is no wrong length: no warning, and the connection goes on."""
+    server = run_rsasgi("proto_send_edges:app")
+    conn = raw(server)
+    conn.send(request("GET", "/not-modified-length") + request("GET", "/"))
+    assert conn.read_head().status == 304
+    head = conn.read_head()
+    assert (head.status, head.header("content-length")) == (200, "2"), head.status_line
+    assert conn.read_exact(2) == b"ok"
+    assert "the app's Content-Length is" not in server.output()

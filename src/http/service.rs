@@ -297,8 +297,10 @@ pub(crate) async fn handle(
         // Content-Length (see ResponseBody::size_hint).
         let complete_len = exchange.complete_body_len();
         let body_len_known = complete_len.is_some();
-        // The app's own Content-Length against the body it already finished.
-        let wrong_length = complete_len.filter(|_| !is_head).and_then(|actual| {
+        // The app's own Content-Length against the body it already finished
+        // (HEAD, 204 and 304 send no body, whatever their Content-Length).
+        let bodiless = is_head || matches!(start.status.as_u16(), 204 | 304);
+        let wrong_length = complete_len.filter(|_| !bodiless).and_then(|actual| {
             declared_length(&start.headers)
                 .filter(|&declared| declared != actual)
                 .map(|declared| (declared, actual))

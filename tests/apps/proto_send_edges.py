@@ -13,6 +13,7 @@ GET /raise-after-start sends `http.response.start` (Content-Length 5), waits, th
                        before any body: nothing has gone out yet, so the client gets a 500
 GET /no-content        204 with a body (b"null", as JSONResponse(None, 204) sends)
 GET /not-modified      304 with a body
+GET /not-modified-length  304 with the Content-Length of the representation, and no body
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await asyncio.sleep(0.2)
         raise RuntimeError("failed between the head and the body")
+    if path == "/not-modified-length":
+        headers = [(b"content-length", b"1234")]
+        await send({"type": "http.response.start", "status": 304, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
     if path in ("/no-content", "/not-modified"):
         status = 204 if path == "/no-content" else 304
         await send({"type": "http.response.start", "status": status, "headers": []})
