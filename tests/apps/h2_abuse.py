@@ -59,6 +59,8 @@ class Running:
 async def slow(seconds: float, send) -> None:
     with Running():
         await send({"type": "http.response.start", "status": 200, "headers": []})
+        # The head goes out with the first body message: an empty one sends it now.
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
         await asyncio.sleep(seconds)
         try:
             await send({"type": "http.response.body", "body": b"slow"})
