@@ -803,6 +803,26 @@ mod tests {
         assert!(started.elapsed() <= Duration::from_secs(4));
     }
 
+    /// Polls `connection` with its streams `times` times, with a waker that
+    /// does nothing, and returns what each poll gave.
+    fn poll_with_streams<C: Future>(
+        connection: Pin<&mut C>,
+        streams: &mut Option<FuturesUnordered<StreamTask>>,
+        times: usize,
+    ) -> Vec<Poll<C::Output>> {
+        let mut spawned = Vec::new();
+        let mut with_streams = WithStreams {
+            connection,
+            streams,
+            spawned: &mut spawned,
+        };
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        (0..times)
+            .map(|_| Pin::new(&mut with_streams).poll(&mut cx))
+            .collect()
+    }
+
     #[tokio::test]
     async fn streams_started_in_a_connection_poll_run_in_its_task_and_end_with_it() {
         use hyper::rt::Executor;
@@ -830,17 +850,9 @@ mod tests {
             })
         };
         tokio::pin!(connection);
-        let (mut streams, mut spawned) = (None, Vec::new());
-        let mut with_streams = WithStreams {
-            connection: connection.as_mut(),
-            streams: &mut streams,
-            spawned: &mut spawned,
-        };
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut with_streams).poll(&mut cx).is_pending());
-        assert!(stream_ran.load(Ordering::SeqCst));
-        assert_eq!(Pin::new(&mut with_streams).poll(&mut cx), Poll::Ready(2));
+        let mut streams = None;
+        let polls = poll_with_streams(connection.as_mut(), &mut streams, 2);
+        assert_eq!(polls, [Poll::Pending, Poll::Ready(2)]);
         // The stream is the connection's: it ends when the connection's task lets go.
         assert_eq!(streams.as_ref().map(FuturesUnordered::len), Some(1));
         drop(streams);
@@ -867,16 +879,9 @@ mod tests {
             })
         };
         tokio::pin!(connection);
-        let (mut streams, mut spawned) = (None, Vec::new());
-        let mut with_streams = WithStreams {
-            connection: connection.as_mut(),
-            streams: &mut streams,
-            spawned: &mut spawned,
-        };
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut with_streams).poll(&mut cx).is_pending());
-        assert!(Pin::new(&mut with_streams).poll(&mut cx).is_pending());
+        let mut streams = None;
+        let polls = poll_with_streams(connection.as_mut(), &mut streams, 2);
+        assert_eq!(polls, [Poll::Pending, Poll::Pending]);
         assert_eq!(sibling_ran.load(Ordering::SeqCst), 1);
         // The panicked stream is gone; its sibling is still there.
         assert_eq!(streams.as_ref().map(FuturesUnordered::len), Some(1));
