@@ -20,7 +20,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::prelude::*;
 
-use crate::asgi::{Event, EventBridge, WaitKind, Waiter};
+use crate::asgi::{park_future, Event, EventBridge, WaitKind, Waiter};
 use crate::net::ConnectionInfo;
 use crate::wake::wake;
 
@@ -860,14 +860,6 @@ impl Exchange {
             wake(waker);
         }
     }
-}
-
-/// Adds `future` to those waiting, first dropping any already done: a
-/// `receive()` cancelled as soon as made (Starlette's `is_disconnected`
-/// polls that way) would otherwise pile up for as long as nothing arrives.
-fn park_future(py: Python<'_>, waiting: &mut Vec<Py<PyAny>>, future: Py<PyAny>) {
-    waiting.retain(|waiter| !crate::asgi::is_done(py, waiter).unwrap_or(true));
-    waiting.push(future);
 }
 
 /// What the body pump may do next.

@@ -691,6 +691,38 @@ def test_backpressure_loses_nothing(run_rsasgi):
     assert digest == hashlib.sha256(b"".join(messages)).hexdigest()
 
 
+def test_a_receive_made_and_cancelled_does_not_take_the_place_of_one_waiting(ws_server):
+    """A task waits in receive() while others are made and cancelled at once (anyio cancel
+    scopes, Starlette's disconnect polling): the waiting one still gets the next message."""
+
+    async def client():
+        async with ws_connect(ws_server, "/two-receivers") as ws:
+            assert await asyncio.wait_for(ws.recv(), 10) == "ready"
+            await ws.send("hello")
+            return await asyncio.wait_for(ws.recv(), 10)
+
+    assert run(client()) == "got hello"
+
+
+def test_two_tasks_waiting_in_send_both_go_on(ws_server):
+    """Two tasks of one app wait in send() at once for a client that is not reading yet; when
+    it reads, both finish and every message arrives."""
+    sock, reader = raw_handshake(ws_server, "/two-senders")
+    with sock:
+        time.sleep(1)  # Not reading: the server's buffers fill and both senders wait.
+        received = []
+        while True:
+            opcode, fin, payload = reader.frame()
+            assert fin
+            if opcode == OP_TEXT:
+                assert payload == b"done"
+                break
+            assert opcode == OP_BINARY, opcode
+            assert len(payload) == 1024 * 1024 and len(set(payload)) == 1
+            received.append(payload[:1])
+    assert sorted(received) == [b"a"] * 4 + [b"b"] * 4
+
+
 def test_many_pipelined_messages_echo_in_order(ws_server):
     count = 5000
 

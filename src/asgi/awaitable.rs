@@ -45,6 +45,16 @@ pub(crate) fn is_done(py: Python<'_>, future: &Py<PyAny>) -> PyResult<bool> {
         .is_truthy()
 }
 
+/// Adds `future` to those waiting, first dropping any already done: a
+/// `receive()` cancelled as soon as made (Starlette's `is_disconnected`
+/// polls that way) would otherwise pile up for as long as nothing arrives.
+/// Every one left is handed back when the wait ends, so a wait made and
+/// cancelled meanwhile does not take the place of one still waiting.
+pub(crate) fn park_future(py: Python<'_>, waiting: &mut Vec<Py<PyAny>>, future: Py<PyAny>) {
+    waiting.retain(|waiter| !is_done(py, waiter).unwrap_or(true));
+    waiting.push(future);
+}
+
 /// Completes an asyncio future with `value`.
 pub(crate) fn set_result<'py>(
     py: Python<'py>,

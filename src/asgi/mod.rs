@@ -8,7 +8,9 @@ pub(crate) mod http;
 pub(crate) mod scope;
 pub(crate) mod websocket;
 
-pub(crate) use awaitable::{is_done, set_exception, set_result, Ready, WaitKind, Waiter, WsWaiter};
+pub(crate) use awaitable::{
+    is_done, park_future, set_exception, set_result, Ready, WaitKind, Waiter, WsWaiter,
+};
 pub(crate) use dispatch::{Dispatcher, Spawn};
 pub(crate) use events::{Event, EventBridge};
 

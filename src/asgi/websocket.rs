@@ -67,7 +67,7 @@ pub(crate) fn resolve_ws_waiter(py: Python<'_>, waiter: WsWaiter) -> PyResult<()
         return Ok(());
     }
     match kind {
-        WaitKind::Receive => match session.park_receiver(future) {
+        WaitKind::Receive => match session.park_receiver(py, future) {
             Ok(()) => Ok(()),
             Err((future, received)) => set_result(py, &future, received_message(py, received)?),
         },
@@ -99,7 +99,7 @@ impl WebSocketReceive {
             return ready(py, received);
         }
         let future = new_future(py)?.unbind();
-        match self.session.park_receiver(future.clone_ref(py)) {
+        match self.session.park_receiver(py, future.clone_ref(py)) {
             Ok(()) => Ok(future),
             Err((_, received)) => ready(py, received),
         }
@@ -292,7 +292,7 @@ impl WebSocketSend {
         .map_err(misuse_error)?;
         if wait {
             let future = new_future(py)?.unbind();
-            if session.park_sender(future.clone_ref(py)).is_none() {
+            if session.park_sender(py, future.clone_ref(py)).is_none() {
                 return Ok(future);
             }
         }

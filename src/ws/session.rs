@@ -14,7 +14,7 @@ use http::{HeaderMap, StatusCode};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
-use crate::asgi::{Event, EventBridge, WaitKind, WsWaiter};
+use crate::asgi::{park_future, Event, EventBridge, WaitKind, WsWaiter};
 use crate::exchange::ResponseStart;
 use crate::net::ConnectionInfo;
 use crate::wake::wake;
@@ -80,11 +80,13 @@ struct WsState {
     incoming: VecDeque<PeerMessage>,
     /// Set once the connection is over: the close code and reason the app sees.
     disconnect: Option<(u16, String)>,
-    receiver: Option<Py<PyAny>>,
+    /// Every `receive()` waiting (tasks of one app may wait at once).
+    receivers: Vec<Py<PyAny>>,
 
     outgoing: VecDeque<AppMessage>,
     outgoing_bytes: usize,
-    sender: Option<Py<PyAny>>,
+    /// Every `send()` waiting for the queue to drain.
+    senders: Vec<Py<PyAny>>,
     /// The app has sent (or been given) its close: no more sends.
     app_closed: bool,
     reactor: Option<Waker>,
@@ -185,8 +187,8 @@ impl WsSession {
         self.bridge.flush();
     }
 
-    fn resolve(self: &Arc<Self>, future: Option<Py<PyAny>>, kind: WaitKind) {
-        if let Some(future) = future {
+    fn resolve(self: &Arc<Self>, futures: Vec<Py<PyAny>>, kind: WaitKind) {
+        for future in futures {
             self.bridge.push(Event::WsResolve(WsWaiter {
                 future,
                 session: Arc::clone(self),
@@ -258,7 +260,7 @@ impl WsSession {
             }
             let messages: Vec<AppMessage> = st.outgoing.drain(..).collect();
             st.outgoing_bytes = 0;
-            (messages, st.sender.take())
+            (messages, std::mem::take(&mut st.senders))
         };
         self.resolve(sender, WaitKind::Send);
         Poll::Ready(AppEvent::Send(messages))
@@ -269,7 +271,7 @@ impl WsSession {
         let receiver = {
             let mut st = self.state.lock();
             st.incoming.push_back(message);
-            st.receiver.take()
+            std::mem::take(&mut st.receivers)
         };
         self.resolve(receiver, WaitKind::Receive);
     }
@@ -283,7 +285,10 @@ impl WsSession {
                 st.disconnect = Some((code, reason.to_string()));
             }
             st.app_closed = true;
-            (st.receiver.take(), st.sender.take())
+            (
+                std::mem::take(&mut st.receivers),
+                std::mem::take(&mut st.senders),
+            )
         };
         self.resolve(receiver, WaitKind::Receive);
         self.resolve(sender, WaitKind::Send);
@@ -300,7 +305,8 @@ impl WsSession {
         });
     }
 
-    // ---- app side (the Python thread; never calls Python under the lock) --
+    // ---- app side (the Python thread; under the lock it asks parked
+    // futures `done()` and nothing else of Python) ----------------------
 
     /// `receive()` without waiting: the next message, or `None` when the app
     /// must wait (then park a future with [`WsSession::park_receiver`]).
@@ -314,13 +320,17 @@ impl WsSession {
 
     /// Parks `future` for the reactor to hand back when a message arrives;
     /// when one arrived meanwhile, returns it with the future instead.
-    pub(crate) fn park_receiver(&self, future: Py<PyAny>) -> Result<(), (Py<PyAny>, Received)> {
+    pub(crate) fn park_receiver(
+        &self,
+        py: Python<'_>,
+        future: Py<PyAny>,
+    ) -> Result<(), (Py<PyAny>, Received)> {
         self.update(|st| {
             let wanted_room = st.reactor_wants_room;
             let result = match st.try_receive() {
                 Some(received) => Err((future, received)),
                 None => {
-                    st.receiver = Some(future);
+                    park_future(py, &mut st.receivers, future);
                     Ok(())
                 }
             };
@@ -412,12 +422,12 @@ impl WsSession {
 
     /// Parks `future` until the outgoing queue drains; hands it back when
     /// the app need not wait after all (the connection is over).
-    pub(crate) fn park_sender(&self, future: Py<PyAny>) -> Option<Py<PyAny>> {
+    pub(crate) fn park_sender(&self, py: Python<'_>, future: Py<PyAny>) -> Option<Py<PyAny>> {
         let mut st = self.state.lock();
         if st.disconnect.is_some() || st.outgoing_bytes <= OUTGOING_HIGH_WATER {
             return Some(future);
         }
-        st.sender = Some(future);
+        park_future(py, &mut st.senders, future);
         None
     }
 

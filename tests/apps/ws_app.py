@@ -343,6 +343,40 @@ async def ws_never_read(scope, receive, send):
     await asyncio.sleep(120)
 
 
+async def ws_two_receivers(scope, receive, send):
+    """One task waits in receive() while another receive() is made and cancelled at once (how
+    anyio cancel scopes and Starlette's disconnect polling use it); then "ready". The waiting
+    task echoes the next message as "got <text>"."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    waiting = asyncio.ensure_future(receive())
+    await asyncio.sleep(0)
+    for _ in range(3):
+        polled = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)
+        polled.cancel()
+        await asyncio.sleep(0)
+    await send({"type": "websocket.send", "text": "ready"})
+    message = await waiting
+    await send({"type": "websocket.send", "text": f"got {message.get('text')}"})
+    await wait_disconnect(receive)
+
+
+async def ws_two_senders(scope, receive, send):
+    """Two tasks each send four 1 MiB messages to a client that is not reading yet, so both
+    wait in send() at once; then "done"."""
+    await receive()
+    await send({"type": "websocket.accept"})
+
+    async def sender(fill: bytes):
+        for _ in range(4):
+            await send({"type": "websocket.send", "bytes": fill * (1024 * 1024)})
+
+    await asyncio.gather(sender(b"a"), sender(b"b"))
+    await send({"type": "websocket.send", "text": "done"})
+    await wait_disconnect(receive)
+
+
 async def ws_slow_reader(scope, receive, send):
     """Accept, do not read for 1.5 s, then read every message until the text "end" and
     answer with how many arrived and a digest of them in order."""
@@ -396,6 +430,8 @@ WEBSOCKET_ROUTES = {
     "/never-read": ws_never_read,
     "/hold": ws_hold,
     "/slow-reader": ws_slow_reader,
+    "/two-receivers": ws_two_receivers,
+    "/two-senders": ws_two_senders,
 }
 
 
