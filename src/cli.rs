@@ -24,7 +24,7 @@ use crate::config::{
 };
 use crate::config_file::{self, ConfigFile, Shown};
 use crate::http::access_format::AccessFormat;
-use crate::http::proxy_headers::{self, TrustedProxies};
+use crate::http::proxy_headers::{self, ProxyHeaderFormat, TrustedProxies};
 use crate::http::request_id;
 use crate::http::static_files::{StaticMount, StaticSettings};
 use crate::logging::AccessDestination;
@@ -543,7 +543,8 @@ struct Args {
           value_parser = request_id_header, help_heading = "Access log")]
     request_id_header: Option<HeaderName>,
 
-    /// Believe X-Forwarded-For/-Proto and Forwarded from --forwarded-allow-ips peers.
+    /// Believe the client address and scheme that --forwarded-allow-ips peers report
+    /// (X-Forwarded-For and -Proto, or Forwarded: see --proxy-header-format).
     #[arg(long, env = "RSASGI_PROXY_HEADERS", action = ArgAction::Set, num_args = 0..=1,
           default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
           hide_possible_values = true, help_heading = "Proxy")]
@@ -558,6 +559,13 @@ struct Args {
     #[arg(long, env = "RSASGI_FORWARDED_ALLOW_IPS", value_name = "LIST",
           value_parser = TrustedProxies::parse, help_heading = "Proxy")]
     forwarded_allow_ips: Option<TrustedProxies>,
+
+    /// The headers your proxy sets, the only ones read: x-forwarded (X-Forwarded-For
+    /// and -Proto: nginx, HAProxy, AWS ALB, Traefik, Caddy) or forwarded (RFC 7239).
+    /// A proxy passes the other kind through from the client unchanged.
+    #[arg(long, env = "RSASGI_PROXY_HEADER_FORMAT", value_name = "FORMAT", value_enum,
+          default_value_t = ProxyHeaderFormat::XForwarded, help_heading = "Proxy")]
+    proxy_header_format: ProxyHeaderFormat,
 
     /// Serve HTTPS with this certificate (PEM; the chain after it).
     #[arg(
@@ -1098,6 +1106,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         }),
         proxy_protocol: (args.proxy_protocol != ProxyProtocol::Off).then(|| trusted.clone()),
         proxy: proxy_headers.then_some(trusted),
+        proxy_header_format: args.proxy_header_format,
         forwarded_host_headers: args.forwarded_host_headers,
         static_files: (!args.static_map.is_empty()).then(|| StaticSettings {
             mounts: args.static_map,

@@ -377,6 +377,8 @@ pub(crate) struct Config {
     pub http2: Http2Settings,
     /// HTTPS: the certificate, key and client-certificate settings.
     pub tls: Option<crate::net::tls::TlsSettings>,
+    /// `--proxy-header-format`: X-Forwarded-For/-Proto or RFC 7239 Forwarded.
+    pub proxy_header_format: crate::http::proxy_headers::ProxyHeaderFormat,
     /// `--forwarded-host-headers`: believe X-Forwarded-Host, -Port and -Prefix too.
     pub forwarded_host_headers: bool,
     /// The peers whose PROXY protocol header is believed (`--forwarded-allow-ips`,

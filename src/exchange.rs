@@ -906,6 +906,7 @@ mod tests {
                 server: ServerAddr::Tcp("127.0.0.1:80".parse().unwrap()),
                 tls: None,
                 forwarded_prefix: None,
+                relayed: false,
             },
             body_complete,
         ))

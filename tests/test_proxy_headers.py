@@ -1,7 +1,8 @@
 """Proxy headers: a trusted proxy (by default, one on this host or on a Unix socket) tells the
-app who the client is and which scheme it used, through X-Forwarded-For, X-Forwarded-Proto or
-RFC 7239 Forwarded, and with --forwarded-host-headers the host, port and path prefix it used,
-through X-Forwarded-Host, -Port and -Prefix; anyone else's headers change nothing.
+app who the client is and which scheme it used, through X-Forwarded-For and X-Forwarded-Proto
+or (with --proxy-header-format forwarded) RFC 7239 Forwarded, never both, and with
+--forwarded-host-headers the host, port and path prefix it used, through X-Forwarded-Host,
+-Port and -Prefix; anyone else's headers change nothing.
 
 Apps: tests/apps/proto_scope.py (the ASGI scope as JSON), wsgi_env.py (the WSGI environ as
 JSON), ws_app.py (the WebSocket scope), and the Django project of tests/django_support.py.
@@ -16,11 +17,16 @@ import json
 
 import httpx
 import pytest
+from apps.proto_raw import RawConn
 from conftest import APPS, access_log, cli, wait_for_log
 from django_support import DJANGO_ENV, build_django_project
 from websockets.asyncio.client import connect
 
 FORWARDED_BY_NGINX = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+
+
+def open_raw(server) -> RawConn:
+    return RawConn(server.connect())
 
 
 def scope_of(server, headers: dict, path: str = "/") -> dict:
@@ -78,8 +84,8 @@ def test_headers_change_nothing_when_not_believed(run_rsasgi, args, env):
     assert header_values(scope, b"host") == [f"127.0.0.1:{server.port}".encode()]
 
 
-def test_forwarded_takes_precedence_with_quoted_ipv6_and_host(run_rsasgi):
-    server = run_rsasgi("proto_scope:app")
+def test_forwarded_format_reads_quoted_ipv6_and_host(run_rsasgi):
+    server = run_rsasgi("proto_scope:app", "--proxy-header-format", "forwarded")
     headers = {
         "X-Forwarded-For": "198.51.100.1",
         "Forwarded": 'for="[2001:db8:cafe::17]:4711";proto=https;host=shop.example',
@@ -91,22 +97,51 @@ def test_forwarded_takes_precedence_with_quoted_ipv6_and_host(run_rsasgi):
     assert header_values(scope, b"host") == [b"shop.example"]
 
 
-@pytest.mark.parametrize(
-    "headers",
-    [
-        {"X-Forwarded-For": "not an address", "X-Forwarded-Proto": "gopher"},
-        {"X-Forwarded-For": ",,,"},
-        {"Forwarded": 'for="[::1'},
-        {"Forwarded": "for=unknown;proto=https"},
-        {"Forwarded": ";;;=;"},
-    ],
-    ids=["garbage", "empty-items", "unterminated-quote", "unknown", "no-pairs"],
-)
-def test_malformed_values_are_ignored(run_rsasgi, headers):
+def test_a_client_s_own_forwarded_header_changes_nothing_behind_nginx(run_rsasgi):
+    """nginx sets X-Forwarded-* and passes a client's Forwarded on as it came: by default that
+    Forwarded is not read, so the client cannot pick its address, its scheme or the Host."""
     server = run_rsasgi("proto_scope:app")
+    headers = {
+        "X-Forwarded-For": "203.0.113.50",
+        "X-Forwarded-Proto": "http",
+        "Forwarded": "for=1.2.3.4;proto=https;host=evil.example",
+    }
     scope = scope_of(server, headers)
-    assert scope["client"][0] == "127.0.0.1"
+    assert scope["client"] == ["203.0.113.50", 0]
     assert scope["scheme"] == "http"
+    assert header_values(scope, b"host") == [f"127.0.0.1:{server.port}".encode()]
+
+
+def test_a_proxy_s_forwarded_host_does_not_stand_in_for_a_missing_host(run_rsasgi):
+    """RFC 9112 §3.2 is checked on what the client sent: no Host is a 400 whatever the
+    proxy's Forwarded says."""
+    server = run_rsasgi("proto_scope:app", "--proxy-header-format", "forwarded")
+    conn = open_raw(server)
+    try:
+        conn.send(b"GET / HTTP/1.1\r\nForwarded: for=1.2.3.4;host=a.example\r\n\r\n")
+        assert conn.read_response().status == 400
+    finally:
+        conn.sock.close()
+
+
+@pytest.mark.parametrize(
+    "args, headers",
+    [
+        ([], {"X-Forwarded-For": "not an address", "X-Forwarded-Proto": "gopher"}),
+        ([], {"X-Forwarded-For": ",,,"}),
+        (["--proxy-header-format", "forwarded"], {"Forwarded": 'for="[::1'}),
+        (["--proxy-header-format", "forwarded"], {"Forwarded": "for=unknown;proto=gopher"}),
+        (["--proxy-header-format", "forwarded"], {"Forwarded": ";;;=;"}),
+        (["--proxy-header-format", "forwarded"], {"Forwarded": 'for=1.2.3.4;host="a/b c"'}),
+    ],
+    ids=["garbage", "empty-items", "unterminated-quote", "unknown", "no-pairs", "bad-host"],
+)
+def test_malformed_values_are_ignored(run_rsasgi, args, headers):
+    server = run_rsasgi("proto_scope:app", *args)
+    scope = scope_of(server, headers)
+    assert scope["client"][0] in ("127.0.0.1", "1.2.3.4")
+    assert scope["scheme"] == "http"
+    assert header_values(scope, b"host") == [f"127.0.0.1:{server.port}".encode()]
 
 
 def test_wsgi_environ_sees_the_client_and_https(run_rsasgi):

@@ -354,6 +354,23 @@ def test_forwarded_headers_are_believed_only_from_a_trusted_proxy_source(proxied
     assert scopes[1]["scheme"] == "http"
 
 
+def test_a_client_of_the_balancer_s_unix_socket_is_not_trusted_as_a_unix_peer(proxied):
+    """A v2 header whose source is a Unix socket (family 0x31) names a client of the balancer's
+    socket, not a peer on ours: the default `unix` entry of --forwarded-allow-ips does not make
+    its X-Forwarded-* believed."""
+    server = proxied(version="v2")
+    unix_source = V2_SIGNATURE + bytes([V2_PROXY, 0x31]) + struct.pack("!H", 216) + b"\x00" * 216
+    headers = [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "https")]
+    conn = open_conn(server)
+    try:
+        conn.send(unix_source + request("GET", "/", headers))
+        scope = json.loads(conn.read_response().body)["scope"]
+    finally:
+        conn.sock.close()
+    assert scope["client"] is None
+    assert scope["scheme"] == "http"
+
+
 def test_an_untrusted_peer_s_header_is_read_but_not_believed(proxied):
     server = proxied("--forwarded-allow-ips", "10.0.0.1")
     scope = scope_after(server, V1_TCP4)

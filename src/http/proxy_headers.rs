@@ -1,11 +1,14 @@
 //! Proxy headers: who the client really is and which scheme it used, as a
 //! trusted reverse proxy (nginx, a load balancer) reports them.
 //!
-//! Only a peer in `--forwarded-allow-ips` is believed. From it, RFC 7239
-//! `Forwarded` (when present) or else `X-Forwarded-For` and
-//! `X-Forwarded-Proto` replace the connection's client address and scheme
-//! for the request, so the ASGI scope, the WSGI environ and the access log
-//! all see the real client. The address lists are walked from the right
+//! Only a peer in `--forwarded-allow-ips` is believed. From it,
+//! `X-Forwarded-For` and `X-Forwarded-Proto`, or RFC 7239 `Forwarded` with
+//! `--proxy-header-format forwarded`, replace the connection's client address
+//! and scheme for the request, so the ASGI scope, the WSGI environ and the
+//! access log all see the real client. One family is read, never both: a
+//! proxy sets the one it speaks and passes the other through from the client
+//! as it came (nginx, HAProxy and AWS's balancers leave a client's
+//! `Forwarded` alone), so reading both would let the client pick. The address lists are walked from the right
 //! (the hop nearest to us) past every trusted proxy: the first address not
 //! trusted is the client, since anything left of it came from the client and
 //! may be forged. A value that does not parse ends the walk, and a request
@@ -42,18 +45,36 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
+/// `--proxy-header-format`: the headers the trusted proxies set, the only
+/// ones read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub(crate) enum ProxyHeaderFormat {
+    /// `X-Forwarded-For` and `X-Forwarded-Proto` (nginx, HAProxy's
+    /// `forwardfor`, AWS ALB, Traefik, Caddy).
+    #[default]
+    XForwarded,
+    /// RFC 7239 `Forwarded` (`for`, `proto`, `host`).
+    Forwarded,
+}
+
 /// The proxy headers a worker believes, and from whom.
 #[derive(Debug, Clone)]
 pub(crate) struct ProxyHeaders {
     trusted: TrustedProxies,
+    format: ProxyHeaderFormat,
     /// `--forwarded-host-headers`: `X-Forwarded-Host`, `-Port` and `-Prefix`.
     host_headers: bool,
 }
 
 impl ProxyHeaders {
-    pub(crate) fn new(trusted: TrustedProxies, host_headers: bool) -> ProxyHeaders {
+    pub(crate) fn new(
+        trusted: TrustedProxies,
+        format: ProxyHeaderFormat,
+        host_headers: bool,
+    ) -> ProxyHeaders {
         ProxyHeaders {
             trusted,
+            format,
             host_headers,
         }
     }
@@ -68,14 +89,14 @@ impl ProxyHeaders {
             let name = name.as_str();
             name == "forwarded" || name.starts_with("x-forwarded-")
         });
-        if !mentioned || !self.trusted.trusts(info.client.map(|client| client.ip())) {
+        if !mentioned || !self.trusted.trusts_peer(info) {
             return;
         }
-        // `Forwarded` wins wherever it has a say: the client, the scheme and
-        // the host (with its port). It has no word for a prefix.
-        let (said, position) = match headers.get(&FORWARDED) {
-            Some(_) => (self.trusted.read_forwarded(headers), None),
-            None => {
+        // `Forwarded` has a say on the client, the scheme and the host (with
+        // its port), and no word for a prefix.
+        let (said, position) = match self.format {
+            ProxyHeaderFormat::Forwarded => (self.trusted.read_forwarded(headers), None),
+            ProxyHeaderFormat::XForwarded => {
                 let (said, position) = self.trusted.read_x_forwarded(headers);
                 (said, Some(position))
             }
@@ -203,6 +224,16 @@ impl TrustedProxies {
         }
     }
 
+    /// Whether the connection's peer is a trusted proxy. A client a PROXY
+    /// header says came over a Unix socket is no peer on ours: only `*`
+    /// trusts it.
+    fn trusts_peer(&self, info: &ConnectionInfo) -> bool {
+        match info.client {
+            None if info.relayed => self.any,
+            client => self.trusts(client.map(|client| client.ip())),
+        }
+    }
+
     /// `X-Forwarded-For` and `X-Forwarded-Proto`, and where the client's
     /// entry is for the other `X-Forwarded-*` lists.
     fn read_x_forwarded(&self, headers: &HeaderMap) -> (Said, Position) {
@@ -229,6 +260,10 @@ impl TrustedProxies {
 
     /// RFC 7239 `Forwarded`: one element per hop, each `for=`, `proto=`,
     /// `host=` pairs; the element of the first untrusted hop is the client's.
+    /// Each element read was written by a trusted proxy (the walk stops at
+    /// the first hop that is not one), so its `proto` and `host` count even
+    /// when its `for` hides the client (`for=unknown`, `for=_hidden`), which
+    /// then stays the peer.
     fn read_forwarded(&self, headers: &HeaderMap) -> Said {
         let mut said = Said::default();
         let elements: Vec<&str> = headers
@@ -239,15 +274,12 @@ impl TrustedProxies {
             .collect();
         for element in elements.iter().rev() {
             let pairs = parse_element(element);
+            said.scheme = pairs.proto.as_deref().and_then(parse_scheme);
+            said.host = pairs.host.as_deref().and_then(parse_host);
             let Some(address) = pairs.for_.as_deref().and_then(parse_node) else {
                 break;
             };
             said.client = Some(address);
-            said.scheme = pairs.proto.as_deref().and_then(parse_scheme);
-            said.host = pairs
-                .host
-                .as_deref()
-                .and_then(|host| HeaderValue::from_str(host).ok());
             if !self.trusts(Some(address.ip())) {
                 break;
             }
@@ -448,6 +480,7 @@ mod tests {
             server: ServerAddr::Tcp("127.0.0.1:8000".parse().unwrap()),
             tls: None,
             forwarded_prefix: None,
+            relayed: false,
         }
     }
 
@@ -462,22 +495,49 @@ mod tests {
         map
     }
 
-    fn applied(
+    fn applied_as(
+        format: ProxyHeaderFormat,
         trusted: &str,
         client: Option<SocketAddr>,
         headers: &[(&str, &str)],
     ) -> (ConnectionInfo, HeaderMap) {
-        let proxy = ProxyHeaders::new(TrustedProxies::parse(trusted).unwrap(), false);
+        let proxy = ProxyHeaders::new(TrustedProxies::parse(trusted).unwrap(), format, false);
         let mut map = header_map(headers);
         let mut info = info(client);
         proxy.apply(&mut info, &mut map);
         (info, map)
     }
 
+    /// With the default `--proxy-header-format x-forwarded`.
+    fn applied(
+        trusted: &str,
+        client: Option<SocketAddr>,
+        headers: &[(&str, &str)],
+    ) -> (ConnectionInfo, HeaderMap) {
+        applied_as(ProxyHeaderFormat::XForwarded, trusted, client, headers)
+    }
+
+    /// With `--proxy-header-format forwarded`, from a trusted local proxy.
+    fn forwarded(headers: &[(&str, &str)]) -> (ConnectionInfo, HeaderMap) {
+        applied_as(
+            ProxyHeaderFormat::Forwarded,
+            "127.0.0.1,10.0.0.0/8",
+            Some(PEER),
+            headers,
+        )
+    }
+
     /// With `--forwarded-host-headers`, from a trusted local proxy.
     fn applied_with_host_headers(headers: &[(&str, &str)]) -> (ConnectionInfo, HeaderMap) {
+        host_headers_as(ProxyHeaderFormat::XForwarded, headers)
+    }
+
+    fn host_headers_as(
+        format: ProxyHeaderFormat,
+        headers: &[(&str, &str)],
+    ) -> (ConnectionInfo, HeaderMap) {
         let trusted = TrustedProxies::parse("127.0.0.1,10.0.0.0/8").unwrap();
-        let proxy = ProxyHeaders::new(trusted, true);
+        let proxy = ProxyHeaders::new(trusted, format, true);
         let mut map = header_map(headers);
         let mut info = info(Some(PEER));
         proxy.apply(&mut info, &mut map);
@@ -593,7 +653,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_wins_and_reads_quoted_ipv6_ports_and_host() {
+    fn forwarded_reads_quoted_ipv6_ports_and_host() {
         let headers = [
             ("x-forwarded-for", "198.51.100.1"),
             (
@@ -601,24 +661,95 @@ mod tests {
                 r#"for="[2001:db8:cafe::17]:4711";proto=https;host="example.com:8443", for=10.0.0.2;proto=http"#,
             ),
         ];
-        let (info, map) = applied("127.0.0.1,10.0.0.0/8", Some(PEER), &headers);
+        let (info, map) = forwarded(&headers);
         assert_eq!(client_of(&info), "[2001:db8:cafe::17]:4711");
         assert_eq!(info.scheme, Scheme::Https);
         assert_eq!(map.get(HOST).unwrap(), "example.com:8443");
-        let (info, _) = applied(
-            "127.0.0.1",
-            Some(PEER),
-            &[("forwarded", "For=192.0.2.60;Proto=HTTPS;by=203.0.113.43")],
-        );
+        let (info, _) = forwarded(&[("forwarded", "For=192.0.2.60;Proto=HTTPS;by=203.0.113.43")]);
         assert_eq!(client_of(&info), "192.0.2.60:0");
         assert_eq!(info.scheme, Scheme::Https);
-        // An obfuscated or unknown hop tells nothing: the peer stays.
-        let (info, _) = applied(
-            "127.0.0.1",
+    }
+
+    #[test]
+    fn a_hidden_client_keeps_the_peer_but_its_proxy_s_proto_and_host_count() {
+        // The element was written by the trusted proxy, which hid the client.
+        for hidden in ["_hidden", "unknown"] {
+            let value = format!("for={hidden};proto=https;host=shop.example");
+            let (info, map) = forwarded(&[("forwarded", &value)]);
+            assert_eq!(client_of(&info), PEER.to_string());
+            assert_eq!(info.scheme, Scheme::Https);
+            assert_eq!(host_of(&map), "shop.example");
+        }
+    }
+
+    #[test]
+    fn only_the_format_the_proxy_speaks_is_read() {
+        // nginx sets X-Forwarded-* and passes the client's own Forwarded on.
+        let (info, map) = applied(
+            DEFAULT_FORWARDED_ALLOW_IPS,
             Some(PEER),
-            &[("forwarded", "for=_hidden;proto=https")],
+            &[
+                ("x-forwarded-for", "203.0.113.50"),
+                ("x-forwarded-proto", "http"),
+                ("forwarded", "for=1.2.3.4;proto=https;host=evil.example"),
+            ],
         );
-        assert_eq!(client_of(&info), PEER.to_string());
+        assert_eq!(client_of(&info), "203.0.113.50:0");
+        assert_eq!(info.scheme, Scheme::Http);
+        assert!(map.get(HOST).is_none());
+        // Nor can a client hide behind a Forwarded that names no one.
+        let (info, _) = applied(
+            DEFAULT_FORWARDED_ALLOW_IPS,
+            Some(PEER),
+            &[
+                ("x-forwarded-for", "203.0.113.50"),
+                ("x-forwarded-proto", "https"),
+                ("forwarded", "for=unknown;proto=http"),
+            ],
+        );
+        assert_eq!(client_of(&info), "203.0.113.50:0");
+        assert_eq!(info.scheme, Scheme::Https);
+        // A proxy that writes Forwarded, and the client's X-Forwarded-For.
+        let (info, _) = forwarded(&[
+            ("forwarded", "for=203.0.113.50;proto=https"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        assert_eq!(client_of(&info), "203.0.113.50:0");
+        assert_eq!(info.scheme, Scheme::Https);
+    }
+
+    #[test]
+    fn a_forwarded_host_must_be_a_host() {
+        for bad in [
+            "evil.example/reset?x=1 a@b",
+            "a b",
+            "shop.example:99999",
+            "",
+        ] {
+            let value = format!("for=203.0.113.9;host=\"{bad}\"");
+            let (_, map) = forwarded(&[("forwarded", &value)]);
+            assert!(map.get(HOST).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_client_a_proxy_header_says_came_over_a_unix_socket_is_not_trusted_as_unix() {
+        let proxy = ProxyHeaders::new(
+            TrustedProxies::parse(DEFAULT_FORWARDED_ALLOW_IPS).unwrap(),
+            ProxyHeaderFormat::XForwarded,
+            false,
+        );
+        let mut map = header_map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let mut info = ConnectionInfo {
+            relayed: true,
+            ..info(None)
+        };
+        proxy.apply(&mut info, &mut map);
+        assert_eq!(info.client, None);
         assert_eq!(info.scheme, Scheme::Http);
     }
 
@@ -651,7 +782,11 @@ mod tests {
         assert_eq!(server_port(&untouched), 8000);
         assert_eq!(prefix_of(&untouched), None);
         // Asked for, but from an untrusted peer.
-        let proxy = ProxyHeaders::new(TrustedProxies::parse("10.0.0.1").unwrap(), true);
+        let proxy = ProxyHeaders::new(
+            TrustedProxies::parse("10.0.0.1").unwrap(),
+            ProxyHeaderFormat::XForwarded,
+            true,
+        );
         let mut map = header_map(&headers);
         let mut untrusted = info(Some(PEER));
         proxy.apply(&mut untrusted, &mut map);
@@ -779,13 +914,16 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_wins_for_the_host_and_the_prefix_still_applies() {
-        let (info, map) = applied_with_host_headers(&[
-            ("forwarded", "for=203.0.113.9;host=shop.example;proto=https"),
-            ("x-forwarded-host", "other.example"),
-            ("x-forwarded-port", "8443"),
-            ("x-forwarded-prefix", "/shop"),
-        ]);
+    fn with_forwarded_its_host_counts_and_the_prefix_still_applies() {
+        let (info, map) = host_headers_as(
+            ProxyHeaderFormat::Forwarded,
+            &[
+                ("forwarded", "for=203.0.113.9;host=shop.example;proto=https"),
+                ("x-forwarded-host", "other.example"),
+                ("x-forwarded-port", "8443"),
+                ("x-forwarded-prefix", "/shop"),
+            ],
+        );
         assert_eq!(host_of(&map), "shop.example");
         assert_eq!(server_port(&info), 8000);
         assert_eq!(prefix_of(&info), Some("/shop"));
@@ -793,7 +931,11 @@ mod tests {
 
     #[test]
     fn on_a_unix_socket_the_forwarded_port_reaches_the_app_through_host() {
-        let proxy = ProxyHeaders::new(TrustedProxies::parse("unix").unwrap(), true);
+        let proxy = ProxyHeaders::new(
+            TrustedProxies::parse("unix").unwrap(),
+            ProxyHeaderFormat::XForwarded,
+            true,
+        );
         let mut map = header_map(&[("host", "shop.example"), ("x-forwarded-port", "8080")]);
         let mut info = ConnectionInfo {
             server: ServerAddr::Unix(Arc::from(Path::new("/run/app.sock"))),

@@ -123,10 +123,13 @@ impl ServerState {
             metrics,
             timeout_request: config.timeout_request,
             timeout_request_body: config.timeout_request_body,
-            proxy: config
-                .proxy
-                .clone()
-                .map(|trusted| ProxyHeaders::new(trusted, config.forwarded_host_headers)),
+            proxy: config.proxy.clone().map(|trusted| {
+                ProxyHeaders::new(
+                    trusted,
+                    config.proxy_header_format,
+                    config.forwarded_host_headers,
+                )
+            }),
             proxy_protocol: config.proxy_protocol.clone(),
             static_files,
             tls,
@@ -243,6 +246,7 @@ impl Accept for tokio::net::TcpListener {
             client: Some(client),
             server: ServerAddr::Tcp(server),
             forwarded_prefix: None,
+            relayed: false,
             tls: None,
         };
         Ok((stream, info))
@@ -265,6 +269,7 @@ impl Accept for UnixAcceptor {
             client: None,
             server: ServerAddr::Unix(Arc::clone(&self.path)),
             forwarded_prefix: None,
+            relayed: false,
             tls: None,
         };
         Ok((stream, info))

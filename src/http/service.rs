@@ -85,6 +85,10 @@ pub(crate) async fn handle(
             add_host_from_authority(&mut request);
             join_cookies(request.headers_mut());
         }
+        // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host
+        // header. Counted before a proxy's `host` may replace them all.
+        let hosts = (request.version() == Version::HTTP_11)
+            .then(|| request.headers().get_all(header::HOST).iter().count());
         if let Some(trusted) = &state.proxy {
             trusted.apply(&mut info, request.headers_mut());
         }
@@ -107,9 +111,7 @@ pub(crate) async fn handle(
         };
         let record = |status| pending().map(|log| log.with_status(status));
 
-        // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host header.
-        if request.version() == Version::HTTP_11 {
-            let hosts = request.headers().get_all(header::HOST).iter().count();
+        if let Some(hosts) = hosts {
             if hosts != 1 {
                 let reason = if hosts == 0 {
                     "missing Host header"

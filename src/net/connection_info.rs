@@ -54,6 +54,10 @@ pub(crate) struct ConnectionInfo {
     /// The path prefix a trusted proxy says the app is mounted under
     /// (`X-Forwarded-Prefix`); set per request, `None` for almost all.
     pub forwarded_prefix: Option<ForwardedPrefix>,
+    /// The addresses come from a PROXY protocol header, not the socket: a
+    /// `client` of `None` is then a client of the balancer's Unix socket,
+    /// not a peer on ours.
+    pub relayed: bool,
 }
 
 /// A path prefix a trusted proxy says it removed before passing a request
@@ -146,6 +150,7 @@ mod tests {
             server: ServerAddr::Tcp("127.0.0.1:8000".parse().unwrap()),
             tls: None,
             forwarded_prefix: None,
+            relayed: false,
         };
         assert_eq!(tcp.client_for_log().to_string(), "127.0.0.1:5000");
         assert_eq!(tcp.client_for_log().ip(), Some([127, 0, 0, 1].into()));
@@ -155,6 +160,7 @@ mod tests {
             server: ServerAddr::Unix(Arc::from(Path::new("/run/app.sock"))),
             tls: None,
             forwarded_prefix: None,
+            relayed: false,
         };
         assert_eq!(unix.client_for_log().to_string(), "unix:/run/app.sock");
         assert_eq!(unix.client_for_log().ip(), None);

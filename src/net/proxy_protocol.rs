@@ -101,8 +101,12 @@ impl ProxyHeader {
             Source::Tcp { client, server } => {
                 info.client = Some(client);
                 info.server = ServerAddr::Tcp(server);
+                info.relayed = true;
             }
-            Source::Unix => info.client = None,
+            Source::Unix => {
+                info.client = None;
+                info.relayed = true;
+            }
         }
         if self.tls {
             info.scheme = Scheme::Https;
@@ -520,6 +524,7 @@ mod tests {
             client: Some("127.0.0.1:40000".parse().unwrap()),
             server: ServerAddr::Unix(Arc::from(Path::new("/run/app.sock"))),
             forwarded_prefix: None,
+            relayed: false,
             tls: None,
         };
         let mut info = socket.clone();
