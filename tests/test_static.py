@@ -361,6 +361,22 @@ def test_nothing_outside_dir_is_served(run_rsasgi, site, target):
     still_serving(server)
 
 
+@pytest.mark.parametrize(
+    "target",
+    ["/api/users/a%2Fb", "/api//x", "/api/./x", "/../secret.txt", "/%2e%2e/secret.txt"],
+)
+def test_mapped_at_the_root_a_path_no_file_can_have_is_the_app_s(run_rsasgi, site, target):
+    """`--static-map /=DIR` shares every path with the app: a path that cannot name a file (an
+    ID with an encoded slash) reaches the app's routes, and still nothing outside DIR is
+    served."""
+    server = run_rsasgi(APP, "--static-map", f"/={site.root}")
+    resp = fetch(server, target)
+    assert resp.header("x-app") == "static_app", (resp.status, resp.headers)
+    assert resp.body.startswith(b"app 404 GET /"), resp.body
+    assert SECRET not in resp.body
+    assert_serves(server, "/style.css", FILES["style.css"])
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 @pytest.mark.parametrize(
     "path", ["/static/../secret.txt", "/static/%2e%2e/secret.txt", "/static/..%2fsecret.txt"]

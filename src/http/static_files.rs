@@ -16,7 +16,8 @@
 //! hides it) get.
 //! The request path is still checked first (no `..`, `.`, empty segments,
 //! backslashes, NUL, or encoded separators), so a traversal attempt is a 404
-//! however the kernel would have answered.
+//! however the kernel would have answered; under a mapping at `/` it goes to
+//! the app, whose paths those are too.
 
 use std::ffi::{CString, OsStr};
 use std::fs::{File, Metadata};
@@ -260,11 +261,16 @@ impl StaticFiles {
         }) else {
             return Lookup::App;
         };
+        // Mapped at `/`, the directory shares every path with the app: a path
+        // that cannot name a file (an ID with an encoded '/', say) is one of
+        // the app's routes, not an attack on the directory.
+        let whole_site = root.prefix.is_empty();
         let root = root.current();
         let root = &*root;
         let relative = match safe_relative_path(rest) {
             Ok(Some(relative)) => relative,
             Ok(None) => return Lookup::App,
+            Err(_) if whole_site => return Lookup::App,
             Err(reason) => {
                 tracing::debug!("404 for {path:?}: {reason}");
                 return not_found();
@@ -278,9 +284,11 @@ impl StaticFiles {
                 return not_found();
             }
             Err(Refused::Denied) => {
+                // Debug-quoted: the decoded path is the client's bytes, and a
+                // line break in it must not start a forged log line.
                 tracing::warn!(
-                    "403 for {path:?}: this worker may not read {}",
-                    root.dir.join(OsStr::from_bytes(&relative)).display()
+                    "403 for {path:?}: this worker may not read {:?}",
+                    root.dir.join(OsStr::from_bytes(&relative))
                 );
                 return Lookup::Status(StatusCode::FORBIDDEN, HeaderMap::new());
             }
