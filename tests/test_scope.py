@@ -203,6 +203,16 @@ def test_root_path_from_env(run_rsasgi):
     assert scope["raw_path"] == b"/mounted/a%20b"
 
 
+def test_several_cookie_lines_reach_the_app_as_one_header(server):
+    """Starlette and Django read one cookie header: several Cookie lines (from a proxy that
+    turned an HTTP/2 request into HTTP/1.1 without joining them) are joined with "; "."""
+    data = b"GET /h HTTP/1.1\r\nHost: testserver\r\nCookie: a=1\r\nCookie: b=2; c=3\r\n\r\n"
+    out, sock = raw_scope(server, data)
+    sock.close()
+    cookies = [value for name, value in headers_of(out["scope"]) if name == b"cookie"]
+    assert cookies == [b"a=1; b=2; c=3"]
+
+
 def test_headers_exact(server):
     data = (
         b"GET /h HTTP/1.1\r\n"

@@ -257,6 +257,14 @@ def test_headers_map_to_http_variables(server):
     assert "CONTENT_TYPE" not in env, "a header with '_' in its name spoofed CONTENT_TYPE"
 
 
+def test_several_cookie_lines_are_joined_as_one_cookie_header(server):
+    """Cookie pairs are separated by "; " (RFC 6265): joined with ", " as other headers are,
+    Django's and Werkzeug's parsers would read the second pair into the first one's value."""
+    data = b"GET /h HTTP/1.1\r\nHost: testserver\r\nCookie: a=1\r\nCookie: b=2; c=3\r\n\r\n"
+    env = env_raw(server, data)["environ"]
+    assert env["HTTP_COOKIE"] == "a=1; b=2; c=3"
+
+
 def test_underscore_header_does_not_spoof_when_alone(server):
     data = (
         b"GET /h HTTP/1.1\r\nHost: testserver\r\nX_Forwarded_For: 6.6.6.6\r\n"

@@ -83,8 +83,8 @@ pub(crate) async fn handle(
         }
         if request.version() == Version::HTTP_2 {
             add_host_from_authority(&mut request);
-            join_cookies(request.headers_mut());
         }
+        join_cookies(request.headers_mut());
         // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host
         // header. Counted before a proxy's `host` may replace them all.
         let hosts = (request.version() == Version::HTTP_11)
@@ -726,8 +726,10 @@ fn add_host_from_authority(request: &mut Request<Incoming>) {
 /// HTTP/2 clients may split the `cookie` header into one field per cookie
 /// (RFC 9113 §8.2.3, for better header compression); before an HTTP/1.1
 /// application sees them they are joined with "; ", as that section says.
-/// Django and Flask read one cookie header (and WSGI would otherwise join
-/// them with ", ", which breaks cookie parsing).
+/// Over HTTP/1.1 several Cookie lines come from proxies that translated such
+/// a request without joining them. Django, Flask and Starlette read one
+/// cookie header (and WSGI would otherwise join them with ", ", which breaks
+/// cookie parsing).
 fn join_cookies(headers: &mut http::HeaderMap) {
     let mut cookies = headers.get_all(header::COOKIE).iter();
     let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
