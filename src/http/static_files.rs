@@ -740,11 +740,20 @@ fn parse_range(value: &[u8], size: u64) -> Range {
         return Range::Whole;
     };
     let (first, last) = (spec[..dash].trim_ascii(), spec[dash + 1..].trim_ascii());
+    // A position past u64 is still a valid one (RFC 9110 §14.1.1 sets no
+    // bound): it is beyond any file, which is what u64::MAX says too.
     let number = |digits: &[u8]| -> Option<u64> {
         if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        std::str::from_utf8(digits).ok()?.parse().ok()
+        Some(
+            digits
+                .iter()
+                .try_fold(0u64, |n, &d| {
+                    n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                })
+                .unwrap_or(u64::MAX),
+        )
     };
     match (first.is_empty(), last.is_empty()) {
         // bytes=-N: the last N bytes.
@@ -960,6 +969,22 @@ mod tests {
         assert_eq!(parse_range(b"bytes=-", 1000), Range::Whole);
         assert_eq!(parse_range(b"bytes=+1-2", 1000), Range::Whole);
         assert_eq!(parse_range(b"items=0-1", 1000), Range::Whole);
+        // Positions past u64 are past the end: clamped, or unsatisfiable.
+        let huge = b"99999999999999999999999";
+        let with = |spec: &str| [b"bytes=".as_slice(), spec.as_bytes()].concat();
+        let huge = std::str::from_utf8(huge).unwrap();
+        assert_eq!(
+            parse_range(&with(&format!("0-{huge}")), 1000),
+            Range::Part(0, 999)
+        );
+        assert_eq!(
+            parse_range(&with(&format!("-{huge}")), 1000),
+            Range::Part(0, 999)
+        );
+        assert_eq!(
+            parse_range(&with(&format!("{huge}-")), 1000),
+            Range::Unsatisfiable
+        );
     }
 
     #[test]
