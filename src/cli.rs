@@ -543,8 +543,7 @@ struct Args {
           value_parser = request_id_header, help_heading = "Access log")]
     request_id_header: Option<HeaderName>,
 
-    /// Believe the client address and scheme that --forwarded-allow-ips peers report
-    /// (X-Forwarded-For and -Proto, or Forwarded: see --proxy-header-format).
+    /// Believe the client address and scheme --forwarded-allow-ips peers report.
     #[arg(long, env = "RSASGI_PROXY_HEADERS", action = ArgAction::Set, num_args = 0..=1,
           default_value_t = true, default_missing_value = "true", value_name = "BOOL", require_equals = true,
           hide_possible_values = true, help_heading = "Proxy")]
@@ -560,11 +559,11 @@ struct Args {
           value_parser = TrustedProxies::parse, help_heading = "Proxy")]
     forwarded_allow_ips: Option<TrustedProxies>,
 
-    /// The headers your proxy sets, the only ones read: x-forwarded (X-Forwarded-For
-    /// and -Proto: nginx, HAProxy, AWS ALB, Traefik, Caddy) or forwarded (RFC 7239).
-    /// A proxy passes the other kind through from the client unchanged.
+    /// The only proxy headers read: x-forwarded (X-Forwarded-For, -Proto: nginx,
+    /// HAProxy, AWS ALB) or forwarded (RFC 7239), whichever your proxy sets.
     #[arg(long, env = "RSASGI_PROXY_HEADER_FORMAT", value_name = "FORMAT", value_enum,
-          default_value_t = ProxyHeaderFormat::XForwarded, help_heading = "Proxy")]
+          default_value_t = ProxyHeaderFormat::XForwarded, hide_possible_values = true,
+          help_heading = "Proxy")]
     proxy_header_format: ProxyHeaderFormat,
 
     /// Serve HTTPS with this certificate (PEM; the chain after it).

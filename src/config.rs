@@ -561,6 +561,23 @@ pub(crate) fn parse_header(raw: &str) -> Result<(HeaderName, HeaderValue), Strin
         .map_err(|_| format!("{:?} is not a valid header name", name.trim()))?;
     let value = HeaderValue::from_str(value.trim())
         .map_err(|_| format!("{:?} is not a valid header value", value.trim()))?;
+    // These frame each response or the connection: the server sets them per
+    // response, and a fixed one would make every response unreadable.
+    const FRAMING: &[&str] = &[
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-connection",
+    ];
+    if FRAMING.contains(&name.as_str()) {
+        return Err(format!(
+            "{name} is set by the server for each response and cannot be added to every one"
+        ));
+    }
     Ok((name, value))
 }
 
@@ -683,6 +700,9 @@ mod tests {
         assert!(parse_header("novalue").is_err());
         assert!(parse_header("bad name:1").is_err());
         assert!(parse_header("x:a\nb").is_err());
+        assert!(parse_header("Content-Length: 3").is_err());
+        assert!(parse_header("transfer-encoding: chunked").is_err());
+        assert!(parse_header("Connection: close").is_err());
     }
 
     #[test]

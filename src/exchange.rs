@@ -50,6 +50,74 @@ pub(crate) struct ResponseStart {
     pub reason: Option<hyper::ext::ReasonPhrase>,
 }
 
+impl ResponseStart {
+    /// Checks the app's headers that decide how the response is framed,
+    /// which the server owns (PEP 3333 forbids an app hop-by-hop headers;
+    /// gunicorn drops them too):
+    /// - `Content-Length` must be one number (repeats of the same number are
+    ///   made one); anything else would go out as written, next to a body of
+    ///   another length, and the client would read the rest of this
+    ///   response, or part of the next, wrongly.
+    /// - `Transfer-Encoding`, `TE`, `Upgrade`, `Keep-Alive` and
+    ///   `Proxy-Connection` are dropped (hyper frames the body itself, and
+    ///   refuses a response that has both a length and a transfer coding),
+    ///   and `Connection` is kept only as `close`, which hyper honours.
+    pub(crate) fn check_framing(headers: &mut HeaderMap) -> Result<(), String> {
+        use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
+        let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+        if let Some(first) = lengths.next() {
+            let number = |value: &http::HeaderValue| {
+                let digits = value.as_bytes();
+                !digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit)
+            };
+            let mut repeated = false;
+            for other in lengths {
+                if other != first {
+                    return Err(format!(
+                        "the response has two different Content-Length headers, {first:?} and {other:?}"
+                    ));
+                }
+                repeated = true;
+            }
+            if !number(first) {
+                return Err(format!(
+                    "the response's Content-Length must be a number of bytes, got {first:?}"
+                ));
+            }
+            if repeated {
+                let first = first.clone();
+                headers.insert(CONTENT_LENGTH, first);
+            }
+        }
+        // One pass over the names settles almost every response.
+        let hop_by_hop = |name: &http::HeaderName| {
+            name == TRANSFER_ENCODING
+                || name == CONNECTION
+                || name == TE
+                || name == UPGRADE
+                || name == "keep-alive"
+                || name == "proxy-connection"
+        };
+        if !headers.keys().any(hop_by_hop) {
+            return Ok(());
+        }
+        let close = headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+        for name in [TRANSFER_ENCODING, CONNECTION, TE, UPGRADE] {
+            headers.remove(name);
+        }
+        headers.remove("keep-alive");
+        headers.remove("proxy-connection");
+        if close {
+            headers.insert(CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        Ok(())
+    }
+}
+
 /// Why the reactor could not send the app's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {

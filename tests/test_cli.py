@@ -149,6 +149,9 @@ def test_missing_app_argument_exits_2():
         (["--timeout-keep-alive", "1e19", "--port", "0"], "1e19"),
         (["--ws-ping-timeout", "1e20", "--port", "0"], "1e20"),
         (["--ws-ping-timeout", "1e19", "--port", "0"], "1e19"),
+        # Framing is per response: a fixed length would garble every keep-alive connection.
+        (["--header", "Content-Length: 3", "--port", "0"], "content-length"),
+        (["--header", "Transfer-Encoding: chunked", "--port", "0"], "transfer-encoding"),
     ],
     ids=[
         "port",
@@ -159,6 +162,8 @@ def test_missing_app_argument_exits_2():
         "keep-alive-1e19",
         "ws-ping-timeout-1e20",
         "ws-ping-timeout-1e19",
+        "header-content-length",
+        "header-transfer-encoding",
     ],
 )
 def test_bad_option_value_exits_2(args, bad):

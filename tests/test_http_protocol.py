@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from apps.proto_length import BODY
 from apps.proto_raw import RawConn, request, wait_for_file
 from conftest import wait_for, wait_for_log
 
@@ -86,6 +87,55 @@ def test_a_body_shorter_than_its_content_length_closes_the_connection(run_rsasgi
     wait_for_log(server, "the app's Content-Length is 20 but its body only 12 bytes")
     # The worker carries on.
     assert get(server, "/").text == "ok"
+
+
+@pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
+@pytest.mark.parametrize("path", ["/cl-conflict", "/cl-text"])
+def test_a_content_length_that_is_not_one_number_is_the_app_s_error(run_rsasgi, app, path):
+    """Sent as written, it would frame the response wrongly and the client would read the
+    next response into this one: the app gets an error (a 500), the connection goes on."""
+    server = run_rsasgi(app)
+    conn = raw(server)
+    conn.send(request("GET", path) + request("GET", "/"))
+    head = conn.read_head()
+    assert head.status == 500, head.status_line
+    conn.read_exact(int(head.header("content-length")))
+    head = conn.read_head()
+    assert (head.status, head.header("content-length")) == (200, "2"), head.status_line
+    assert conn.read_exact(2) == b"ok"
+    wait_for_log(server, "Content-Length")
+
+
+@pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
+def test_a_repeated_content_length_goes_out_once(run_rsasgi, app):
+    server = run_rsasgi(app)
+    conn = raw(server)
+    conn.send(request("GET", "/cl-twice"))
+    head = conn.read_head()
+    assert head.status == 200
+    assert head.header_all("content-length") == ["12"]
+    assert conn.read_exact(12) == BODY
+
+
+@pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
+def test_the_app_s_hop_by_hop_headers_are_the_server_s(run_rsasgi, app):
+    """PEP 3333 forbids an app hop-by-hop headers: a Transfer-Encoding next to a length (which
+    hyper refuses to send: the client got nothing), Keep-Alive, Upgrade and TE are dropped;
+    Connection: close is honoured."""
+    server = run_rsasgi(app)
+    conn = raw(server)
+    conn.send(request("GET", "/te-cl") + request("GET", "/hop"))
+    head = conn.read_head()
+    assert head.status == 200, head.status_line
+    assert head.header("transfer-encoding") is None
+    assert head.header("content-length") == "12"
+    assert conn.read_exact(12) == BODY
+    head = conn.read_head()
+    assert head.status == 200, head.status_line
+    for name in ("keep-alive", "upgrade", "te", "transfer-encoding"):
+        assert head.header(name) is None, name
+    assert head.header("connection") == "close"
+    assert conn.read_until_closed() == BODY
 
 
 # --- HTTP/1.0 --------------------------------------------------------------------------------

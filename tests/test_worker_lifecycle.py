@@ -160,6 +160,52 @@ def test_import_error_shows_the_error_then_the_user_frames(run_rsasgi):
     assert "Listening on" not in output
 
 
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["alone", "supervised"])
+def test_a_module_that_exits_while_imported_fails_to_load(run_rsasgi, tmp_path, workers):
+    """sys.exit() at import is a failure to load like any other: exit 3 with a line saying so,
+    not a silent exit that a supervisor would restart again and again."""
+    (tmp_path / "life_exits.py").write_text("import sys\n\nsys.exit(4)\n")
+    server = run_rsasgi("life_exits:app", "--app-dir", str(tmp_path), *workers, wait=False)
+    assert server.wait_exit() == 3
+    assert 'Module "life_exits" called sys.exit(4) while being imported.' in server.output()
+
+
+def test_an_attribute_that_raises_fails_to_load(run_rsasgi, tmp_path):
+    (tmp_path / "life_prop.py").write_text(
+        "class Holder:\n"
+        "    @property\n"
+        "    def app(self):\n"
+        "        raise RuntimeError('no app configured')\n\n\n"
+        "holder = Holder()\n"
+    )
+    server = run_rsasgi("life_prop:holder.app", "--app-dir", str(tmp_path), wait=False)
+    assert server.wait_exit() == 3
+    assert (
+        'Error while getting "holder.app" from module "life_prop": RuntimeError: no app configured'
+    ) in server.output()
+
+
+def test_pep_3333_application_class_is_detected_as_wsgi(run_rsasgi, tmp_path):
+    """PEP 3333's own example: a class whose instances, built with environ and
+    start_response, are the iterable."""
+    (tmp_path / "life_pep_class.py").write_text(
+        "class AppClass:\n"
+        "    def __init__(self, environ, start_response):\n"
+        "        self.start = start_response\n\n"
+        "    def __iter__(self):\n"
+        "        self.start('200 OK', [('Content-Type', 'text/plain')])\n"
+        "        yield b'Hello world!\\n'\n\n\n"
+        "def app_with_default(environ, start_response, extra=None):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'default']\n"
+    )
+    for target, body in [("AppClass", "Hello world!\n"), ("app_with_default", "default")]:
+        server = run_rsasgi(f"life_pep_class:{target}", "--app-dir", str(tmp_path))
+        response = httpx.get(server.url + "/", timeout=10)
+        assert (response.status_code, response.text) == (200, body), server.output()
+        server.stop()
+
+
 def test_syntax_error_shows_file_line_and_caret(run_rsasgi, tmp_path):
     source = tmp_path / "life_syntax.py"
     source.write_text("async def app(scope, receive, send):\n    pass\n\n\nx = ]\n")

@@ -181,7 +181,18 @@ def test_invalid_response_header_is_a_500_never_sent(server, case):
 
 
 @pytest.mark.parametrize(
-    "case", ["bytes", "int", "no-code", "short-code", "long-code", "letters", "empty", "crlf"]
+    "case",
+    [
+        "bytes",
+        "int",
+        "no-code",
+        "short-code",
+        "long-code",
+        "letters",
+        "empty",
+        "crlf",
+        "beyond-latin-1",
+    ],
 )
 def test_invalid_status_is_a_500(server, case):
     conn = raw(server)

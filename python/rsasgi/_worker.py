@@ -108,6 +108,12 @@ def load_app(target: str, factory: bool, app_dir: str):
     module_name, _, attr_path = target.partition(":")
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as exc:
+        # Exiting while being imported is a failure to load like any other: said so
+        # once, and not restarted in a loop by the supervisor.
+        raise AppLoadError(
+            f'Module "{module_name}" called sys.exit({exc.code!r}) while being imported.'
+        ) from None
     except Exception as exc:
         if _is_the_module_itself(exc, module_name):
             raise AppLoadError(
@@ -124,6 +130,10 @@ def load_app(target: str, factory: bool, app_dir: str):
         except AttributeError:
             raise AppLoadError(
                 f'Attribute "{attr_path}" not found in module "{module_name}".'
+            ) from None
+        except Exception as exc:
+            raise AppLoadError(
+                _failure(f'Error while getting "{attr_path}" from module "{module_name}": ', exc)
             ) from None
     if factory:
         if not callable(app):
@@ -195,11 +205,26 @@ def detect_interface(app, requested: str) -> str:
     if requested != "auto":
         return requested
     if inspect.isclass(app):
-        # A class is ASGI 2 when calling it with the scope builds the instance.
-        return "asgi3" if hasattr(app, "__await__") else "asgi2"
+        if hasattr(app, "__await__"):
+            return "asgi3"
+        # Calling the class builds the instance: with the scope, ASGI 2; with environ and
+        # start_response, PEP 3333's own example of a WSGI application class.
+        return "wsgi" if _positional_count(app) == 2 else "asgi2"
     call = app if inspect.isfunction(app) or inspect.ismethod(app) else type(app).__call__
     if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(app):
         return "asgi3"
+    count = _positional_count(app)
+    if count == 2:
+        return "wsgi"
+    if count == 1:
+        return "asgi2"
+    return "asgi3"
+
+
+def _positional_count(app) -> int | None:
+    """How many positional arguments calling ``app`` takes: all of them, or only those
+    without a default when that makes it one or two (``def app(environ, start_response,
+    extra=None)`` is WSGI); None when Python cannot tell."""
     try:
         params = [
             p
@@ -207,12 +232,11 @@ def detect_interface(app, requested: str) -> str:
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
     except (TypeError, ValueError):
-        return "asgi3"
-    if len(params) == 2:
-        return "wsgi"
-    if len(params) == 1:
-        return "asgi2"
-    return "asgi3"
+        return None
+    required = [p for p in params if p.default is p.empty]
+    if len(params) not in (1, 2) and len(required) in (1, 2):
+        return len(required)
+    return len(params)
 
 
 def _asgi2_to_asgi3(app):

@@ -55,10 +55,20 @@ fn parse_status(
         Some(status) => {
             let reason = text.get(4..).unwrap_or("").trim();
             let custom = !reason.is_empty() && Some(reason) != status.canonical_reason();
-            let reason = custom
-                .then(|| hyper::ext::ReasonPhrase::try_from(reason.as_bytes().to_vec()).ok())
-                .flatten();
-            Ok((status, reason))
+            if !custom {
+                return Ok((status, None));
+            }
+            // A native string, like the header values: latin-1 on the wire.
+            let latin1: Option<Vec<u8>> = reason
+                .chars()
+                .map(|c| u8::try_from(u32::from(c)).ok())
+                .collect();
+            let Some(latin1) = latin1 else {
+                return Err(PyValueError::new_err(format!(
+                    "start_response() status {text:?} has characters outside latin-1 in its reason phrase"
+                )));
+            };
+            Ok((status, hyper::ext::ReasonPhrase::try_from(latin1).ok()))
         }
         None => Err(PyValueError::new_err(format!(
             "start_response() status must be \"NNN Reason\" with NNN from 200 to 599, got {text:?}"
@@ -160,7 +170,9 @@ impl StartResponse {
             }
         }
         let (status, reason) = parse_status(status)?;
-        let headers = parse_headers(headers)?;
+        let mut headers = parse_headers(headers)?;
+        ResponseStart::check_framing(&mut headers)
+            .map_err(|reason| PyValueError::new_err(format!("start_response(): {reason}")))?;
         let mut st = self.state.lock();
         st.called = true;
         st.pending = Some(ResponseStart {

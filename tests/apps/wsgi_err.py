@@ -50,6 +50,7 @@ BAD_STATUS = {
     "letters": "abc Fine",
     "empty": "",
     "crlf": "200 OK\r\nInjected: yes",
+    "beyond-latin-1": "200 Ok\u00e9\u20ac",
 }
 
 
