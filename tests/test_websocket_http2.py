@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
+import time
 import zlib
 
 import h2.config
 import h2.connection
 import h2.events
 import pytest
+from hyperframe.frame import DataFrame, Frame
 
 
 class H2WebSocket:
@@ -124,6 +127,60 @@ def test_echo_over_http2(run_rsasgi):
         assert opcode == 0x8 and struct.unpack("!H", payload[:2])[0] == 1000
     finally:
         ws.close()
+
+
+def test_an_open_websocket_keeps_its_connection_past_the_keep_alive_timeout(run_rsasgi):
+    """The WebSocket's request is answered (200) at once, but its stream lives on: the
+    connection is not idle, and is not closed under it at --timeout-keep-alive."""
+    server = run_rsasgi("ws_app:app", "--timeout-keep-alive", "1")
+    ws = H2WebSocket(server, "/echo")
+    try:
+        for index in range(4):
+            time.sleep(0.7)
+            ws.send_frame(0x1, b"hello %d" % index)
+            assert ws.recv_frame() == (0x1, b"hello %d" % index)
+        assert not any(isinstance(event, h2.events.ConnectionTerminated) for event in ws.events)
+    finally:
+        ws.close()
+
+
+def test_shutdown_closes_a_websocket_over_http2_with_1012(run_rsasgi):
+    """A drain waits for the WebSocket as for a request (before, its connection was dropped
+    as idle and the client saw no close), and the WebSocket gets the close every WebSocket
+    gets once --timeout-graceful-shutdown has passed: 1012 (service restart)."""
+    server = run_rsasgi("ws_app:app", "--timeout-graceful-shutdown", "1")
+    ws = H2WebSocket(server, "/echo")
+    try:
+        ws.send_frame(0x1, b"before")
+        assert ws.recv_frame() == (0x1, b"before")
+        server.proc.send_signal(signal.SIGTERM)
+        # The h2 package takes a GOAWAY for the end of the connection and refuses the frames
+        # after it (hyper's graceful close sends a PING next), so they are read raw here.
+        data = read_stream_data_raw(ws.sock, ws.stream)
+        close = data.find(b"\x88")  # a ping may come first
+        assert close >= 0, data[:40]
+        assert struct.unpack("!H", data[close + 2 : close + 4])[0] == 1012, data[:40]
+    finally:
+        ws.close()
+
+
+def read_stream_data_raw(sock, stream: int, timeout: float = 20.0) -> bytes:
+    """The DATA payloads of `stream` read frame by frame until the connection ends."""
+    sock.settimeout(timeout)
+    buffer, data = b"", b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        buffer += chunk
+        while len(buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
+            if len(buffer) < 9 + length:
+                break
+            frame.parse_body(memoryview(buffer[9 : 9 + length]))
+            buffer = buffer[9 + length :]
+            if isinstance(frame, DataFrame) and frame.stream_id == stream:
+                data += frame.data
 
 
 def test_permessage_deflate_over_http2(run_rsasgi):

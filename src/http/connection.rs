@@ -244,9 +244,26 @@ impl Activity {
     /// deadline, or an HTTP/1 response cut. Resets HTTP/2 streams whose
     /// responses are due to be cut as it goes.
     pub(crate) async fn watch(&self, deadlines: Deadlines) -> Close {
+        self.watch_for(deadlines, true).await
+    }
+
+    /// [`Activity::watch`] for a connection already closing: its responses
+    /// are still cut when due (a client that stops reading must not hold a
+    /// drain for all of `--timeout-graceful-shutdown`), but it is not idle
+    /// for closing again.
+    pub(crate) async fn watch_cuts(&self, deadlines: Deadlines) -> Close {
+        self.watch_for(deadlines, false).await
+    }
+
+    async fn watch_for(&self, deadlines: Deadlines, idle_too: bool) -> Close {
         loop {
             let now = Instant::now();
-            let until = match self.deadline(deadlines) {
+            let idle = if idle_too {
+                self.deadline(deadlines)
+            } else {
+                None
+            };
+            let until = match idle {
                 Some((deadline, why)) if deadline <= now => return why,
                 // A request that starts meanwhile is looked at by the recheck.
                 Some((deadline, _)) => deadline.min(now + deadlines.recheck()),
@@ -285,6 +302,24 @@ impl ActiveRequest {
     pub(crate) fn app_task(&self) -> AppTask {
         self.activity.app_tasks.fetch_add(1, Ordering::Relaxed);
         AppTask(Arc::clone(&self.activity))
+    }
+
+    /// Keeps the connection busy until the guard is dropped, with no
+    /// deadline of a request's: for a WebSocket over an HTTP/2 stream, which
+    /// lives on after its request's (empty) response is done. The connection
+    /// is then not idle (no keep-alive close under it) and a drain waits for
+    /// it, as it waits for a request.
+    pub(crate) fn keep_busy(&self) -> ActiveRequest {
+        let key = self.activity.state.lock().watched.insert(Watched {
+            waiting_since: None,
+            deadline: None,
+            stream: None,
+            cut: None,
+        });
+        ActiveRequest {
+            activity: Arc::clone(&self.activity),
+            key,
+        }
     }
 
     /// Ties the request to the HTTP/2 stream whose task is being polled, so
@@ -564,6 +599,7 @@ where
                 tokio::select! {
                     biased;
                     why = activity.watch(deadlines), if !was_closing => Woke::Deadline(why),
+                    why = activity.watch_cuts(deadlines), if was_closing => Woke::Deadline(why),
                     _ = draining.wait_for(Option::is_some), if !was_closing && !drain_waiting => {
                         Woke::Draining
                     }

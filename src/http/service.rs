@@ -138,6 +138,9 @@ pub(crate) async fn handle(
             {
                 let log = pending();
                 let settings = settings.clone();
+                // Over HTTP/2 the WebSocket is one stream of a connection
+                // that must not count as idle while it is open.
+                let busy = (request.version() == Version::HTTP_2).then(|| active.keep_busy());
                 // Boxed: the handshake's future is large, and inline it would
                 // make every request's future as large, copied whole each
                 // time hyper or tokio moves it.
@@ -147,6 +150,7 @@ pub(crate) async fn handle(
                     Arc::clone(&state),
                     settings,
                     log,
+                    busy,
                 ));
                 break 'respond opening.await;
             }
@@ -481,6 +485,7 @@ async fn open_websocket(
     state: Arc<ServerState>,
     settings: WsSettings,
     log: Option<AccessRecord>,
+    busy: Option<ActiveRequest>,
 ) -> Response<ResponseBody> {
     // RFC 8441: over HTTP/2 there is no key to answer, and success is a 200.
     let http2 = request.version() == Version::HTTP_2;
@@ -573,6 +578,7 @@ async fn open_websocket(
             let registry = Arc::clone(&state.websockets);
             let metrics = state.metrics.clone();
             tokio::spawn(async move {
+                let _busy = busy;
                 match on_upgrade.await {
                     Ok(upgraded) => {
                         let _open = metrics.as_ref().map(|slot| WebSocketOpen::new(slot, http2));
