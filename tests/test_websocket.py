@@ -691,6 +691,51 @@ def test_backpressure_loses_nothing(run_rsasgi):
     assert digest == hashlib.sha256(b"".join(messages)).hexdigest()
 
 
+def zero_key_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame with a payload over 64 KiB, masked with an all-zero key, which leaves the
+    payload as it is: no masking loop in Python over megabytes."""
+    return (
+        bytes([0x80 | opcode, 0x80 | 127]) + struct.pack("!Q", len(payload)) + b"\0\0\0\0" + payload
+    )
+
+
+def test_a_client_ignoring_the_apps_close_cannot_fill_memory(run_rsasgi, markers):
+    """The app closes and does not read; the client ignores the close frame and keeps sending
+    1 MiB messages until the server gives up waiting for its close reply. The server reads
+    them (it must, to see a close reply) but drops them: its memory does not grow with what
+    the client sent, and the app is handed none of them after its close."""
+    server = run_rsasgi(APP, env={"WS_MARKER_DIR": str(markers)})
+    pid = server.proc.pid
+    frame = zero_key_frame(OP_BINARY, os.urandom(1 << 20))
+
+    async def warm_up():
+        async with ws_connect(server, "/echo") as ws:
+            await ws.send(b"x" * (1 << 20))
+            await ws.recv()
+
+    run(warm_up())
+    baseline = tree_memory_kib(pid)
+    sock, reader = raw_handshake(server, "/close-then-count?sleep=8")
+    sent = 0
+    with sock:
+        assert reader.close_code()[0] == 1000
+        sock.settimeout(3)
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 15:
+                sock.sendall(frame)
+                sent += 1
+        except OSError:
+            pass  # the server stopped waiting for the close reply and dropped the connection
+        peak = max(tree_memory_kib(pid), tree_memory_kib(pid, "VmHWM"))
+    growth_mb = (peak - baseline) / 1024
+    assert sent >= 100, f"only {sent} MiB went out: the server stopped reading"
+    assert growth_mb < 64, f"server memory grew by {growth_mb:.0f} MB for {sent} MiB sent"
+    info = wait_marker(markers, "close_then_count", timeout=20)
+    assert info["count"] == 0, info
+    assert info["disconnect"]["code"] == 1000, info
+
+
 def test_a_receive_made_and_cancelled_does_not_take_the_place_of_one_waiting(ws_server):
     """A task waits in receive() while others are made and cancelled at once (anyio cancel
     scopes, Starlette's disconnect polling): the waiting one still gets the next message."""

@@ -490,6 +490,17 @@ pub(crate) async fn serve(
             }
             frame = poll_fn(|cx| ws.poll_next_frame(cx)), if read_wanted => match frame {
                 Ok(frame) => match frame.opcode() {
+                    OpCode::Text | OpCode::Binary | OpCode::Continuation
+                        if close_sent_at.is_some() =>
+                    {
+                        // We sent our close (the app's, or shutdown's) and read on
+                        // only to see the peer's reply: data it sends meanwhile
+                        // (RFC 6455 §5.5.1 lets it finish a message first) is
+                        // dropped. Queued, it went past --ws-max-queue, and a peer
+                        // that ignored our close filled memory until the timeout.
+                        inflated = fragment.is_some() && frame.payload().len() >= YIELD_AFTER;
+                        Ok(())
+                    }
                     OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                         inflated = fragment.is_some() && frame.payload().len() >= YIELD_AFTER;
                         match assembler.push(frame) {

@@ -266,10 +266,14 @@ impl WsSession {
         Poll::Ready(AppEvent::Send(messages))
     }
 
-    /// A data message arrived from the peer.
+    /// A data message arrived from the peer. Once the app has closed it reads
+    /// no more messages, so one that arrives after its close is dropped.
     pub(crate) fn push_incoming(self: &Arc<Self>, message: PeerMessage) {
         let receiver = {
             let mut st = self.state.lock();
+            if st.app_closed {
+                return;
+            }
             st.incoming.push_back(message);
             std::mem::take(&mut st.receivers)
         };
@@ -523,6 +527,21 @@ mod tests {
             session.try_receive(),
             Some(Received::Disconnect(1000, _))
         ));
+    }
+
+    #[test]
+    fn a_message_after_the_apps_close_is_not_queued() {
+        let session = session(4);
+        assert!(matches!(session.try_receive(), Some(Received::Connect)));
+        session.accept(None, HeaderMap::new()).unwrap();
+        session.push_incoming(PeerMessage::Text("before".into()));
+        session.close(code::NORMAL, String::new()).unwrap();
+        session.push_incoming(PeerMessage::Text("after".into()));
+        assert!(matches!(
+            session.try_receive(),
+            Some(Received::Message(PeerMessage::Text(text))) if text == "before"
+        ));
+        assert!(session.try_receive().is_none());
     }
 
     #[test]

@@ -401,6 +401,20 @@ async def ws_slow_reader(scope, receive, send):
     await wait_disconnect(receive)
 
 
+async def ws_close_then_count(scope, receive, send):
+    """Accept and close at once, wait ?sleep= seconds without reading, then count the messages
+    receive() still hands over before websocket.disconnect; record the count and the
+    disconnect."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": 1000})
+    await asyncio.sleep(float(parse_qs(scope["query_string"].decode())["sleep"][0]))
+    count = 0
+    while (message := await receive())["type"] != "websocket.disconnect":
+        count += 1
+    record(scope, "close_then_count", {"count": count, "disconnect": message})
+
+
 async def ws_hold(scope, receive, send):
     """Accept and wait for the disconnect, recording it (used for the shutdown test)."""
     await receive()
@@ -429,6 +443,7 @@ WEBSOCKET_ROUTES = {
     "/close-attempts": ws_close_attempts,
     "/never-read": ws_never_read,
     "/hold": ws_hold,
+    "/close-then-count": ws_close_then_count,
     "/slow-reader": ws_slow_reader,
     "/two-receivers": ws_two_receivers,
     "/two-senders": ws_two_senders,
