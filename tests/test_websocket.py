@@ -329,6 +329,27 @@ def test_http_response_extension(ws_server):
     assert response.body == b"auth required"
 
 
+@pytest.mark.parametrize(("how", "status"), [("close", 403), ("response", 401)])
+def test_after_a_refused_handshake_receive_is_a_disconnect_and_send_raises(
+    ws_server, markers, how, status
+):
+    """An app that refused the handshake (websocket.close before accept, or a denial response)
+    and then calls receive(), as Starlette's WebSocketEndpoint does, is told at once that the
+    connection is over (1006, as uvicorn says), and websocket.send raises an OSError, as on any
+    closed connection."""
+    sock = ws_server.connect()
+    with sock:
+        sock.sendall(
+            f"GET /refuse-then-use?how={how} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        assert read_http_response(sock)[0] == status
+    info = wait_marker(markers, "refuse_then_use")
+    assert info["received"] == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+    assert info["send"]["is_oserror"], info
+
+
 def test_app_exception_before_accept_is_500(ws_server):
     async def client():
         with pytest.raises(InvalidStatus) as info:

@@ -103,11 +103,16 @@ impl WsState {
         self.outgoing_bytes > OUTGOING_HIGH_WATER
     }
 
-    /// Ends the handshake without a connection.
+    /// Ends the handshake without a connection: from now on `receive()`
+    /// returns `websocket.disconnect` with 1006 (no connection was ever open,
+    /// as uvicorn reports it), so an app that waits for the disconnect after
+    /// refusing (Starlette's `WebSocketEndpoint`) goes on to its end.
     fn refuse(&mut self, handshake: Handshake) {
         self.handshake = Some(handshake);
         self.handshake_done = true;
         self.app_closed = true;
+        self.disconnect
+            .get_or_insert((code::ABNORMAL, String::new()));
     }
 
     /// The next thing `receive()` returns, if it need not wait. Taking a
@@ -222,17 +227,32 @@ impl WsSession {
     // ---- reactor side -------------------------------------------------
 
     /// Ready with the app's answer to the opening handshake; `None` when the
-    /// connection is already over.
-    pub(crate) fn poll_handshake(&self, cx: &mut Context<'_>) -> Poll<Option<Handshake>> {
-        let mut st = self.state.lock();
-        if let Some(handshake) = st.handshake.take() {
-            return Poll::Ready(Some(handshake));
-        }
-        if st.disconnect.is_some() {
-            return Poll::Ready(None);
-        }
-        st.reactor = Some(cx.waker().clone());
-        Poll::Pending
+    /// connection is already over. A refusal hands the disconnect to every
+    /// `receive()` that was waiting when it came (another task of the app).
+    pub(crate) fn poll_handshake(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Handshake>> {
+        let (handshake, receivers) = {
+            let mut st = self.state.lock();
+            match st.handshake.take() {
+                Some(handshake) => {
+                    let receivers = if st.accepted {
+                        Vec::new()
+                    } else {
+                        std::mem::take(&mut st.receivers)
+                    };
+                    (Some(handshake), receivers)
+                }
+                None if st.disconnect.is_some() => (None, Vec::new()),
+                None => {
+                    st.reactor = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        };
+        self.resolve(receivers, WaitKind::Receive);
+        Poll::Ready(handshake)
     }
 
     /// Whether the incoming queue has room for another peer message.
@@ -366,11 +386,13 @@ impl WsSession {
     /// to drain ([`WsSession::park_sender`]).
     pub(crate) fn send(&self, message: AppMessage) -> Result<bool, Misuse> {
         self.update(|st| {
-            if !st.accepted {
-                return (Err(Misuse::SendBeforeAccept), false);
-            }
+            // Before accept too: after a refused handshake, or a client that
+            // left during it, there is no connection to send on.
             if st.app_closed || st.disconnect.is_some() {
                 return (Err(Misuse::Closed), false);
+            }
+            if !st.accepted {
+                return (Err(Misuse::SendBeforeAccept), false);
             }
             (Ok(st.queue(message)), true)
         })
@@ -581,6 +603,21 @@ mod tests {
             st.handshake,
             Some(Handshake::Reject(StatusCode::FORBIDDEN))
         ));
+    }
+
+    #[test]
+    fn after_a_refusal_receive_is_a_disconnect_and_send_is_closed() {
+        let session = session(4);
+        assert!(matches!(session.try_receive(), Some(Received::Connect)));
+        session.close(code::NORMAL, String::new()).unwrap();
+        assert!(matches!(
+            session.try_receive(),
+            Some(Received::Disconnect(code::ABNORMAL, _))
+        ));
+        assert_eq!(
+            session.send(AppMessage::Text("x".into())),
+            Err(Misuse::Closed)
+        );
     }
 
     #[test]

@@ -415,6 +415,29 @@ async def ws_close_then_count(scope, receive, send):
     record(scope, "close_then_count", {"count": count, "disconnect": message})
 
 
+async def ws_refuse_then_use(scope, receive, send):
+    """Refuse the handshake (?how=close for a 403, ?how=response for a denial response), then
+    call receive() (bounded by 5 s) and websocket.send; record what each gave."""
+    await receive()
+    how = parse_qs(scope["query_string"].decode())["how"][0]
+    if how == "close":
+        await send({"type": "websocket.close"})
+    else:
+        await send({"type": "websocket.http.response.start", "status": 401, "headers": []})
+        await send({"type": "websocket.http.response.body", "body": b"no"})
+    try:
+        received = await asyncio.wait_for(receive(), 5)
+    except asyncio.TimeoutError:
+        received = "receive() still waiting after 5 s"
+    try:
+        await send({"type": "websocket.send", "text": "too late"})
+    except BaseException as exc:  # noqa: BLE001 - recording whatever it is
+        sent = _exception_info(exc)
+    else:
+        sent = _exception_info(None)
+    record(scope, "refuse_then_use", {"received": received, "send": sent})
+
+
 async def ws_hold(scope, receive, send):
     """Accept and wait for the disconnect, recording it (used for the shutdown test)."""
     await receive()
@@ -444,6 +467,7 @@ WEBSOCKET_ROUTES = {
     "/never-read": ws_never_read,
     "/hold": ws_hold,
     "/close-then-count": ws_close_then_count,
+    "/refuse-then-use": ws_refuse_then_use,
     "/slow-reader": ws_slow_reader,
     "/two-receivers": ws_two_receivers,
     "/two-senders": ws_two_senders,
