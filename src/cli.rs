@@ -456,8 +456,8 @@ struct Args {
           help_heading = "WebSockets")]
     ws_max_size: usize,
 
-    /// Messages buffered for an app that is not reading; beyond them the
-    /// server stops reading the socket.
+    /// Messages buffered for an app that is not reading; beyond them, or
+    /// beyond 1 MiB of them, the server stops reading the socket.
     #[arg(long, env = "RSASGI_WS_MAX_QUEUE", value_name = "N",
           default_value_t = config::DEFAULT_WS_MAX_QUEUE,
           value_parser = |raw: &str| parse_count(raw, 1, config::MAX_WS_QUEUE),

@@ -23,6 +23,15 @@ use crate::ws::code;
 /// Bytes of app messages queued for a slow peer before `send()` waits.
 pub(crate) const OUTGOING_HIGH_WATER: usize = 256 * 1024;
 
+/// Bytes of peer messages queued for an app that is not reading before the
+/// reactor stops reading the socket (as it does at `--ws-max-queue`
+/// messages). `--ws-max-queue` alone let a connection hold 32 messages of
+/// `--ws-max-size` each: 512 MiB by default, which permessage-deflate lets a
+/// client send in well under a megabyte. A message is taken whenever the
+/// queue is empty, whatever its size, so a connection queues at most this
+/// plus one message of `--ws-max-size`.
+pub(crate) const INCOMING_HIGH_WATER: usize = 1024 * 1024;
+
 /// How the app answered the opening handshake.
 pub(crate) enum Handshake {
     Accept {
@@ -41,6 +50,15 @@ pub(crate) enum Handshake {
 pub(crate) enum PeerMessage {
     Text(String),
     Binary(Bytes),
+}
+
+impl PeerMessage {
+    fn weight(&self) -> usize {
+        match self {
+            PeerMessage::Text(text) => text.len(),
+            PeerMessage::Binary(data) => data.len(),
+        }
+    }
 }
 
 /// Something the app asked the reactor to send.
@@ -78,6 +96,7 @@ struct WsState {
     denial: Option<(ResponseStart, BytesMut)>,
 
     incoming: VecDeque<PeerMessage>,
+    incoming_bytes: usize,
     /// Set once the connection is over: the close code and reason the app sees.
     disconnect: Option<(u16, String)>,
     /// Every `receive()` waiting (tasks of one app may wait at once).
@@ -103,6 +122,13 @@ impl WsState {
         self.outgoing_bytes > OUTGOING_HIGH_WATER
     }
 
+    /// Whether the incoming queue takes another peer message: under
+    /// `max_queue` messages and [`INCOMING_HIGH_WATER`] bytes, or empty.
+    fn has_room(&self, max_queue: usize) -> bool {
+        self.incoming.is_empty()
+            || (self.incoming.len() < max_queue && self.incoming_bytes < INCOMING_HIGH_WATER)
+    }
+
     /// Ends the handshake without a connection: from now on `receive()`
     /// returns `websocket.disconnect` with 1006 (no connection was ever open,
     /// as uvicorn reports it), so an app that waits for the disconnect after
@@ -124,6 +150,7 @@ impl WsState {
             return Some(Received::Connect);
         }
         if let Some(message) = self.incoming.pop_front() {
+            self.incoming_bytes -= message.weight();
             self.reactor_wants_room = false;
             return Some(Received::Message(message));
         }
@@ -257,7 +284,7 @@ impl WsSession {
 
     /// Whether the incoming queue has room for another peer message.
     pub(crate) fn has_room(&self) -> bool {
-        self.state.lock().incoming.len() < self.max_queue
+        self.state.lock().has_room(self.max_queue)
     }
 
     /// Ready when the app queued messages to send, or (when `want_room`)
@@ -270,7 +297,7 @@ impl WsSession {
         let (messages, sender) = {
             let mut st = self.state.lock();
             if st.outgoing.is_empty() {
-                if want_room && st.incoming.len() < self.max_queue {
+                if want_room && st.has_room(self.max_queue) {
                     st.reactor_wants_room = false;
                     return Poll::Ready(AppEvent::Room);
                 }
@@ -294,6 +321,7 @@ impl WsSession {
             if st.app_closed {
                 return;
             }
+            st.incoming_bytes += message.weight();
             st.incoming.push_back(message);
             std::mem::take(&mut st.receivers)
         };
@@ -564,6 +592,37 @@ mod tests {
             Some(Received::Message(PeerMessage::Text(text))) if text == "before"
         ));
         assert!(session.try_receive().is_none());
+    }
+
+    #[test]
+    fn the_incoming_queue_is_bounded_in_messages_and_in_bytes() {
+        let small = session(2);
+        small.push_incoming(PeerMessage::Text("a".into()));
+        assert!(small.has_room());
+        small.push_incoming(PeerMessage::Text("b".into()));
+        assert!(!small.has_room());
+
+        let large = session(32);
+        let half = || PeerMessage::Binary(Bytes::from(vec![0; INCOMING_HIGH_WATER / 2]));
+        large.push_incoming(half());
+        assert!(large.has_room());
+        large.push_incoming(half());
+        assert!(!large.has_room());
+        assert!(matches!(large.try_receive(), Some(Received::Connect)));
+        assert!(matches!(large.try_receive(), Some(Received::Message(_))));
+        assert!(large.has_room());
+
+        // An empty queue takes a message of any size.
+        let huge = session(32);
+        assert!(huge.has_room());
+        huge.push_incoming(PeerMessage::Binary(Bytes::from(vec![
+            0;
+            4 * INCOMING_HIGH_WATER
+        ])));
+        assert!(!huge.has_room());
+        assert!(matches!(huge.try_receive(), Some(Received::Connect)));
+        assert!(matches!(huge.try_receive(), Some(Received::Message(_))));
+        assert!(huge.has_room());
     }
 
     #[test]
