@@ -476,7 +476,9 @@ struct Args {
           help_heading = "WebSockets")]
     ws_ping_interval: Seconds,
 
-    /// Close (1011) a client that does not answer a ping within this many seconds.
+    /// Close (1011) a client that does not answer a ping within this many
+    /// seconds (not counting time the server is not reading, its buffer for
+    /// the app full).
     #[arg(long, env = "RSASGI_WS_PING_TIMEOUT", value_name = "SECONDS",
           default_value_t = Seconds(config::DEFAULT_WS_PING_TIMEOUT), value_parser = seconds,
           help_heading = "WebSockets")]

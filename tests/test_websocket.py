@@ -984,6 +984,26 @@ def test_server_pings_keep_a_live_peer_open(run_rsasgi):
     assert frame == (OP_TEXT, True, b"still open")
 
 
+def test_pings_do_not_close_a_live_client_while_the_app_is_slow_to_read(run_rsasgi):
+    """The app reads nothing for 4 s while the client sends 40 messages: the queue fills
+    (--ws-max-queue 32) and the server stops reading the socket, so the client's pongs wait
+    behind its messages. That is the app being slow, not the client: the connection stays open
+    through the 1 s ping timeout, and every message arrives."""
+    server = run_rsasgi(APP, "--ws-ping-interval", "1", "--ws-ping-timeout", "1")
+    messages = [os.urandom(100 + index) for index in range(40)]
+
+    async def client():
+        async with ws_connect(server, "/slow-reader?sleep=4", ping_interval=None) as ws:
+            for message in messages:
+                await ws.send(message)
+            await ws.send("end")
+            return json.loads(await asyncio.wait_for(ws.recv(), 20))
+
+    count, digest = run(client())
+    assert count == len(messages)
+    assert digest == hashlib.sha256(b"".join(messages)).hexdigest()
+
+
 # --------------------------------------------------------------------------- shutdown
 
 

@@ -378,13 +378,13 @@ async def ws_two_senders(scope, receive, send):
 
 
 async def ws_slow_reader(scope, receive, send):
-    """Accept, do not read for 1.5 s, then read every message until the text "end" and
-    answer with how many arrived and a digest of them in order."""
+    """Accept, do not read for 1.5 s (or ?sleep= seconds), then read every message until the
+    text "end" and answer with how many arrived and a digest of them in order."""
     import hashlib
 
     await receive()
     await send({"type": "websocket.accept"})
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(float(parse_qs(scope["query_string"].decode()).get("sleep", ["1.5"])[0]))
     digest, count = hashlib.sha256(), 0
     while True:
         message = await receive()
