@@ -872,6 +872,20 @@ def test_bad_upgrade_request_is_refused(ws_server, headers, status, version_head
     assert response_headers.get("sec-websocket-version") == version_header, response_headers
 
 
+def test_upgrade_request_over_http_1_0_is_refused_with_400(ws_server):
+    """RFC 6455 §4.1: the opening handshake is an HTTP/1.1 request. One made in HTTP/1.0 gets
+    400 before the app is started (it got a 500 after the app had accepted)."""
+    sock = ws_server.connect()
+    with sock:
+        sock.sendall(
+            b"GET /echo HTTP/1.0\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        got_status, response_headers, body = read_http_response(sock)
+    assert got_status == 400, (got_status, response_headers, body)
+
+
 # --------------------------------------------------------------------------- protocol
 
 
