@@ -541,6 +541,21 @@ def test_send_after_disconnect_raises_oserror(ws_server, markers):
     assert "Exception in ASGI application" not in ws_server.output()
 
 
+def test_close_after_disconnect_returns_quietly(ws_server, markers):
+    """websocket.close on a connection the client closed does not raise (websocket.send there
+    does): the connection is closed, as the app asks, and an app that closes in a `finally`
+    after the disconnect goes on."""
+
+    async def client():
+        async with ws_connect(ws_server, "/close-after-disconnect") as ws:
+            await ws.close(1000)
+
+    run(client())
+    info = wait_marker(markers, "close_after_disconnect")
+    assert info["disconnect"]["code"] == 1000
+    assert not info["raised"], info
+
+
 @pytest.mark.parametrize("how", ["close-frame", "tcp-drop"])
 def test_send_to_gone_client_raises_oserror(ws_server, markers, how):
     """The app never calls receive(); it keeps sending after the client went away."""

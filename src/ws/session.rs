@@ -428,6 +428,13 @@ impl WsSession {
 
     /// `websocket.close`: refuses the handshake (403) before accept, else
     /// queues the close frame. `Ok(true)` when the app should wait.
+    ///
+    /// On a connection already closed (by the app, the peer, or a refused
+    /// handshake) it returns quietly, where `websocket.send` raises: a send
+    /// there loses its message, which the app must hear of, while a close
+    /// asks for what already holds. Closing in a `finally` after the
+    /// disconnect is common (Starlette turns an `OSError` from it into
+    /// `WebSocketDisconnect`, which would then escape the app).
     pub(crate) fn close(&self, code: u16, reason: String) -> Result<bool, Misuse> {
         self.update(|st| {
             if !st.handshake_done {

@@ -281,6 +281,19 @@ async def ws_send_after_disconnect(scope, receive, send):
     record(scope, "send_after_disconnect", {"disconnect": message, **_exception_info(None)})
 
 
+async def ws_close_after_disconnect(scope, receive, send):
+    """Wait for websocket.disconnect, then send websocket.close; record what it raised."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    message = await wait_disconnect(receive)
+    try:
+        await send({"type": "websocket.close", "code": 1000})
+    except BaseException as exc:  # noqa: BLE001 - recording whatever it is
+        record(scope, "close_after_disconnect", {"disconnect": message, **_exception_info(exc)})
+        return
+    record(scope, "close_after_disconnect", {"disconnect": message, **_exception_info(None)})
+
+
 async def ws_send_until_error(scope, receive, send):
     """Never receive; keep sending every 50 ms for up to 10 s and record the first error."""
     await receive()
@@ -461,6 +474,7 @@ WEBSOCKET_ROUTES = {
     "/return-after-accept": ws_return_after_accept,
     "/record-disconnect": ws_record_disconnect,
     "/send-after-disconnect": ws_send_after_disconnect,
+    "/close-after-disconnect": ws_close_after_disconnect,
     "/send-until-error": ws_send_until_error,
     "/flood": ws_flood,
     "/close-attempts": ws_close_attempts,
