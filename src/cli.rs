@@ -456,8 +456,8 @@ struct Args {
           help_heading = "WebSockets")]
     ws_max_size: usize,
 
-    /// Messages buffered for an app that is not reading; beyond them the
-    /// server stops reading the socket.
+    /// Messages buffered for an app that is not reading; beyond them, or
+    /// beyond 1 MiB of them, the server stops reading the socket.
     #[arg(long, env = "RSASGI_WS_MAX_QUEUE", value_name = "N",
           default_value_t = config::DEFAULT_WS_MAX_QUEUE,
           value_parser = |raw: &str| parse_count(raw, 1, config::MAX_WS_QUEUE),
@@ -476,7 +476,9 @@ struct Args {
           help_heading = "WebSockets")]
     ws_ping_interval: Seconds,
 
-    /// Close (1011) a client that does not answer a ping within this many seconds.
+    /// Close (1011) a client that does not answer a ping within this many
+    /// seconds (not counting time the server is not reading, its buffer for
+    /// the app full).
     #[arg(long, env = "RSASGI_WS_PING_TIMEOUT", value_name = "SECONDS",
           default_value_t = Seconds(config::DEFAULT_WS_PING_TIMEOUT), value_parser = seconds,
           help_heading = "WebSockets")]

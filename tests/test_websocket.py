@@ -329,6 +329,27 @@ def test_http_response_extension(ws_server):
     assert response.body == b"auth required"
 
 
+@pytest.mark.parametrize(("how", "status"), [("close", 403), ("response", 401)])
+def test_after_a_refused_handshake_receive_is_a_disconnect_and_send_raises(
+    ws_server, markers, how, status
+):
+    """An app that refused the handshake (websocket.close before accept, or a denial response)
+    and then calls receive(), as Starlette's WebSocketEndpoint does, is told at once that the
+    connection is over (1006, as uvicorn says), and websocket.send raises an OSError, as on any
+    closed connection."""
+    sock = ws_server.connect()
+    with sock:
+        sock.sendall(
+            f"GET /refuse-then-use?how={how} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        assert read_http_response(sock)[0] == status
+    info = wait_marker(markers, "refuse_then_use")
+    assert info["received"] == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+    assert info["send"]["is_oserror"], info
+
+
 def test_app_exception_before_accept_is_500(ws_server):
     async def client():
         with pytest.raises(InvalidStatus) as info:
@@ -520,6 +541,21 @@ def test_send_after_disconnect_raises_oserror(ws_server, markers):
     assert "Exception in ASGI application" not in ws_server.output()
 
 
+def test_close_after_disconnect_returns_quietly(ws_server, markers):
+    """websocket.close on a connection the client closed does not raise (websocket.send there
+    does): the connection is closed, as the app asks, and an app that closes in a `finally`
+    after the disconnect goes on."""
+
+    async def client():
+        async with ws_connect(ws_server, "/close-after-disconnect") as ws:
+            await ws.close(1000)
+
+    run(client())
+    info = wait_marker(markers, "close_after_disconnect")
+    assert info["disconnect"]["code"] == 1000
+    assert not info["raised"], info
+
+
 @pytest.mark.parametrize("how", ["close-frame", "tcp-drop"])
 def test_send_to_gone_client_raises_oserror(ws_server, markers, how):
     """The app never calls receive(); it keeps sending after the client went away."""
@@ -691,6 +727,51 @@ def test_backpressure_loses_nothing(run_rsasgi):
     assert digest == hashlib.sha256(b"".join(messages)).hexdigest()
 
 
+def zero_key_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame with a payload over 64 KiB, masked with an all-zero key, which leaves the
+    payload as it is: no masking loop in Python over megabytes."""
+    return (
+        bytes([0x80 | opcode, 0x80 | 127]) + struct.pack("!Q", len(payload)) + b"\0\0\0\0" + payload
+    )
+
+
+def test_a_client_ignoring_the_apps_close_cannot_fill_memory(run_rsasgi, markers):
+    """The app closes and does not read; the client ignores the close frame and keeps sending
+    1 MiB messages until the server gives up waiting for its close reply. The server reads
+    them (it must, to see a close reply) but drops them: its memory does not grow with what
+    the client sent, and the app is handed none of them after its close."""
+    server = run_rsasgi(APP, env={"WS_MARKER_DIR": str(markers)})
+    pid = server.proc.pid
+    frame = zero_key_frame(OP_BINARY, os.urandom(1 << 20))
+
+    async def warm_up():
+        async with ws_connect(server, "/echo") as ws:
+            await ws.send(b"x" * (1 << 20))
+            await ws.recv()
+
+    run(warm_up())
+    baseline = tree_memory_kib(pid)
+    sock, reader = raw_handshake(server, "/close-then-count?sleep=8")
+    sent = 0
+    with sock:
+        assert reader.close_code()[0] == 1000
+        sock.settimeout(3)
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 15:
+                sock.sendall(frame)
+                sent += 1
+        except OSError:
+            pass  # the server stopped waiting for the close reply and dropped the connection
+        peak = max(tree_memory_kib(pid), tree_memory_kib(pid, "VmHWM"))
+    growth_mb = (peak - baseline) / 1024
+    assert sent >= 100, f"only {sent} MiB went out: the server stopped reading"
+    assert growth_mb < 64, f"server memory grew by {growth_mb:.0f} MB for {sent} MiB sent"
+    info = wait_marker(markers, "close_then_count", timeout=20)
+    assert info["count"] == 0, info
+    assert info["disconnect"]["code"] == 1000, info
+
+
 def test_a_receive_made_and_cancelled_does_not_take_the_place_of_one_waiting(ws_server):
     """A task waits in receive() while others are made and cancelled at once (anyio cancel
     scopes, Starlette's disconnect polling): the waiting one still gets the next message."""
@@ -806,6 +887,20 @@ def test_bad_upgrade_request_is_refused(ws_server, headers, status, version_head
     assert response_headers.get("sec-websocket-version") == version_header, response_headers
 
 
+def test_upgrade_request_over_http_1_0_is_refused_with_400(ws_server):
+    """RFC 6455 §4.1: the opening handshake is an HTTP/1.1 request. One made in HTTP/1.0 gets
+    400 before the app is started (it got a 500 after the app had accepted)."""
+    sock = ws_server.connect()
+    with sock:
+        sock.sendall(
+            b"GET /echo HTTP/1.0\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        got_status, response_headers, body = read_http_response(sock)
+    assert got_status == 400, (got_status, response_headers, body)
+
+
 # --------------------------------------------------------------------------- protocol
 
 
@@ -916,6 +1011,26 @@ def test_server_pings_keep_a_live_peer_open(run_rsasgi):
         while (frame := reader.frame())[0] == OP_PING:
             sock.sendall(encode_frame(OP_PONG, frame[2]))
     assert frame == (OP_TEXT, True, b"still open")
+
+
+def test_pings_do_not_close_a_live_client_while_the_app_is_slow_to_read(run_rsasgi):
+    """The app reads nothing for 4 s while the client sends 40 messages: the queue fills
+    (--ws-max-queue 32) and the server stops reading the socket, so the client's pongs wait
+    behind its messages. That is the app being slow, not the client: the connection stays open
+    through the 1 s ping timeout, and every message arrives."""
+    server = run_rsasgi(APP, "--ws-ping-interval", "1", "--ws-ping-timeout", "1")
+    messages = [os.urandom(100 + index) for index in range(40)]
+
+    async def client():
+        async with ws_connect(server, "/slow-reader?sleep=4", ping_interval=None) as ws:
+            for message in messages:
+                await ws.send(message)
+            await ws.send("end")
+            return json.loads(await asyncio.wait_for(ws.recv(), 20))
+
+    count, digest = run(client())
+    assert count == len(messages)
+    assert digest == hashlib.sha256(b"".join(messages)).hexdigest()
 
 
 # --------------------------------------------------------------------------- shutdown

@@ -462,6 +462,30 @@ def test_zip_bomb_is_refused_with_1009_and_the_worker_lives_on(run_rsasgi):
     assert run(client(), timeout=60) == (1009, COMPRESSIBLE, "new connection")
 
 
+def test_compressed_messages_for_an_app_that_never_reads_keep_memory_bounded(run_rsasgi):
+    """40 messages of 16 MiB of zeros, about 16 KiB each on the wire, for an app that never
+    reads: the queue for the app holds a few MiB of messages, not --ws-max-queue (32) whole
+    16 MiB ones, so the server's memory grows by far less than 32 x 16 MiB."""
+    server = run_rsasgi(APP)
+    bomb = deflate(bytes(16 * 1024 * 1024 - 16))
+    assert len(bomb) < 32 * 1024
+    frame = encode_frame(OP_BINARY, bomb, rsv=4)
+    baseline = rss_kib(server.proc.pid)
+    sock, _, agreed = offer_handshake(server, "permessage-deflate", "/never-read")
+    with sock:
+        assert agreed == "permessage-deflate; client_no_context_takeover"
+        sock.settimeout(5)
+        try:
+            for _ in range(40):
+                sock.sendall(frame)
+        except TimeoutError:
+            pass  # the server stopped reading
+        time.sleep(2)  # let the server take in whatever it is going to take
+        peak = max(rss_kib(server.proc.pid), rss_kib(server.proc.pid, "VmHWM"))
+    growth_mb = (peak - baseline) / 1024
+    assert growth_mb < 100, f"server memory grew by {growth_mb:.0f} MB"
+
+
 def test_compressed_message_over_the_limit_closes_with_1009(run_rsasgi):
     server = run_rsasgi(APP, "--ws-max-size", "4096")
 

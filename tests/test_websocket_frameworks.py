@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_for
 from django_support import ADMIN_PASSWORD, DJANGO_ENV, build_django_project
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -489,6 +490,25 @@ def test_starlette_denial_response(starlette_server):
     assert denied.body == b"no token"
     assert denied.headers.get("content-type", "").startswith("text/plain")
     assert welcome == "welcome"
+
+
+def test_starlette_endpoint_refusing_in_on_connect_gets_its_on_disconnect(starlette_server):
+    """A WebSocketEndpoint whose on_connect closes: the client gets a 403, and the endpoint,
+    which then waits in receive(), hears the disconnect and runs on_disconnect."""
+
+    async def client():
+        with pytest.raises(InvalidStatus) as info:
+            async with ws_connect(starlette_server, "/ws/refuse"):
+                pass
+        return info.value.response.status_code
+
+    assert run(client()) == 403
+    codes = wait_for(
+        lambda: httpx.get(f"{starlette_server.url}/refused", timeout=10).json(),
+        message="on_disconnect to run",
+        server=starlette_server,
+    )
+    assert codes == [1006]
 
 
 def test_starlette_http_and_websocket_side_by_side(starlette_server):

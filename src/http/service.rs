@@ -491,6 +491,10 @@ async fn open_websocket(
     let http2 = request.version() == Version::HTTP_2;
     let accept = if http2 {
         ws::check_version(request.headers()).map(|()| None)
+    } else if request.version() != Version::HTTP_11 {
+        // RFC 6455 §4.1: the handshake is HTTP/1.1; hyper has no upgrade
+        // for an HTTP/1.0 request, so the app must not be started for one.
+        Err(BadHandshake::Invalid("not HTTP/1.1"))
     } else {
         ws::accept_key(request.headers()).map(Some)
     };

@@ -431,7 +431,13 @@ pub(crate) async fn serve(
     let mut assembler = Assembler::new(settings.max_size);
     // Compressed messages over this size go out in fragments of it.
     let fragment = deflate.is_some().then_some(DEFLATE_FRAGMENT);
+    // When the first unanswered ping went out, moved later by the time reads
+    // were paused since: the pong deadline runs only while the server reads.
     let mut awaiting_pong: Option<Instant> = None;
+    // Set while the server does not read because the app's queue is full:
+    // the client's pong may wait in the socket behind its messages, so a slow
+    // app must not get a live client closed for a missed ping.
+    let mut reads_paused_at: Option<Instant> = None;
     // The close code and reason the app will see, and who closed first.
     let mut outcome: Option<(u16, String)> = None;
     let mut closed_by: Option<ClosedBy> = None;
@@ -444,6 +450,16 @@ pub(crate) async fn serve(
     loop {
         let room = close_sent_at.is_none() && session.has_room();
         let read_wanted = room || close_sent_at.is_some();
+        match (read_wanted, reads_paused_at) {
+            (false, None) => reads_paused_at = Some(Instant::now()),
+            (true, Some(paused_at)) => {
+                if let Some(sent) = awaiting_pong.as_mut() {
+                    *sent += paused_at.elapsed();
+                }
+                reads_paused_at = None;
+            }
+            _ => {}
+        }
         let close_deadline = close_sent_at.map(|at| at + CLOSE_TIMEOUT);
         let mut inflated = false;
         // Every write below goes through `progress.bounded`: a write that
@@ -490,6 +506,17 @@ pub(crate) async fn serve(
             }
             frame = poll_fn(|cx| ws.poll_next_frame(cx)), if read_wanted => match frame {
                 Ok(frame) => match frame.opcode() {
+                    OpCode::Text | OpCode::Binary | OpCode::Continuation
+                        if close_sent_at.is_some() =>
+                    {
+                        // We sent our close (the app's, or shutdown's) and read on
+                        // only to see the peer's reply: data it sends meanwhile
+                        // (RFC 6455 §5.5.1 lets it finish a message first) is
+                        // dropped. Queued, it went past --ws-max-queue, and a peer
+                        // that ignored our close filled memory until the timeout.
+                        inflated = fragment.is_some() && frame.payload().len() >= YIELD_AFTER;
+                        Ok(())
+                    }
                     OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                         inflated = fragment.is_some() && frame.payload().len() >= YIELD_AFTER;
                         match assembler.push(frame) {
@@ -576,8 +603,14 @@ pub(crate) async fn serve(
                     None => std::future::pending::<()>().await,
                 }
             }, if close_sent_at.is_none() => {
-                if awaiting_pong.is_some_and(|sent| sent.elapsed() >= settings.ping_timeout) {
-                    tracing::info!("websocket {} did not answer a ping; closing", session.path);
+                let pong_overdue = reads_paused_at.is_none()
+                    && awaiting_pong.is_some_and(|sent| sent.elapsed() >= settings.ping_timeout);
+                if pong_overdue {
+                    tracing::info!(
+                        "websocket {} sent no pong for {}s of reading after a ping (--ws-ping-timeout); closing with 1011",
+                        session.path,
+                        settings.ping_timeout.as_secs_f64()
+                    );
                     let reason = "keepalive ping timeout";
                     let close = ws.send(close_frame(code::INTERNAL_ERROR, reason));
                     let _ = progress.bounded(stall_limit, close).await;

@@ -23,6 +23,15 @@ use crate::ws::code;
 /// Bytes of app messages queued for a slow peer before `send()` waits.
 pub(crate) const OUTGOING_HIGH_WATER: usize = 256 * 1024;
 
+/// Bytes of peer messages queued for an app that is not reading before the
+/// reactor stops reading the socket (as it does at `--ws-max-queue`
+/// messages). `--ws-max-queue` alone let a connection hold 32 messages of
+/// `--ws-max-size` each: 512 MiB by default, which permessage-deflate lets a
+/// client send in well under a megabyte. A message is taken whenever the
+/// queue is empty, whatever its size, so a connection queues at most this
+/// plus one message of `--ws-max-size`.
+pub(crate) const INCOMING_HIGH_WATER: usize = 1024 * 1024;
+
 /// How the app answered the opening handshake.
 pub(crate) enum Handshake {
     Accept {
@@ -41,6 +50,15 @@ pub(crate) enum Handshake {
 pub(crate) enum PeerMessage {
     Text(String),
     Binary(Bytes),
+}
+
+impl PeerMessage {
+    fn weight(&self) -> usize {
+        match self {
+            PeerMessage::Text(text) => text.len(),
+            PeerMessage::Binary(data) => data.len(),
+        }
+    }
 }
 
 /// Something the app asked the reactor to send.
@@ -78,6 +96,7 @@ struct WsState {
     denial: Option<(ResponseStart, BytesMut)>,
 
     incoming: VecDeque<PeerMessage>,
+    incoming_bytes: usize,
     /// Set once the connection is over: the close code and reason the app sees.
     disconnect: Option<(u16, String)>,
     /// Every `receive()` waiting (tasks of one app may wait at once).
@@ -103,11 +122,23 @@ impl WsState {
         self.outgoing_bytes > OUTGOING_HIGH_WATER
     }
 
-    /// Ends the handshake without a connection.
+    /// Whether the incoming queue takes another peer message: under
+    /// `max_queue` messages and [`INCOMING_HIGH_WATER`] bytes, or empty.
+    fn has_room(&self, max_queue: usize) -> bool {
+        self.incoming.is_empty()
+            || (self.incoming.len() < max_queue && self.incoming_bytes < INCOMING_HIGH_WATER)
+    }
+
+    /// Ends the handshake without a connection: from now on `receive()`
+    /// returns `websocket.disconnect` with 1006 (no connection was ever open,
+    /// as uvicorn reports it), so an app that waits for the disconnect after
+    /// refusing (Starlette's `WebSocketEndpoint`) goes on to its end.
     fn refuse(&mut self, handshake: Handshake) {
         self.handshake = Some(handshake);
         self.handshake_done = true;
         self.app_closed = true;
+        self.disconnect
+            .get_or_insert((code::ABNORMAL, String::new()));
     }
 
     /// The next thing `receive()` returns, if it need not wait. Taking a
@@ -119,6 +150,7 @@ impl WsState {
             return Some(Received::Connect);
         }
         if let Some(message) = self.incoming.pop_front() {
+            self.incoming_bytes -= message.weight();
             self.reactor_wants_room = false;
             return Some(Received::Message(message));
         }
@@ -222,22 +254,37 @@ impl WsSession {
     // ---- reactor side -------------------------------------------------
 
     /// Ready with the app's answer to the opening handshake; `None` when the
-    /// connection is already over.
-    pub(crate) fn poll_handshake(&self, cx: &mut Context<'_>) -> Poll<Option<Handshake>> {
-        let mut st = self.state.lock();
-        if let Some(handshake) = st.handshake.take() {
-            return Poll::Ready(Some(handshake));
-        }
-        if st.disconnect.is_some() {
-            return Poll::Ready(None);
-        }
-        st.reactor = Some(cx.waker().clone());
-        Poll::Pending
+    /// connection is already over. A refusal hands the disconnect to every
+    /// `receive()` that was waiting when it came (another task of the app).
+    pub(crate) fn poll_handshake(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Handshake>> {
+        let (handshake, receivers) = {
+            let mut st = self.state.lock();
+            match st.handshake.take() {
+                Some(handshake) => {
+                    let receivers = if st.accepted {
+                        Vec::new()
+                    } else {
+                        std::mem::take(&mut st.receivers)
+                    };
+                    (Some(handshake), receivers)
+                }
+                None if st.disconnect.is_some() => (None, Vec::new()),
+                None => {
+                    st.reactor = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        };
+        self.resolve(receivers, WaitKind::Receive);
+        Poll::Ready(handshake)
     }
 
     /// Whether the incoming queue has room for another peer message.
     pub(crate) fn has_room(&self) -> bool {
-        self.state.lock().incoming.len() < self.max_queue
+        self.state.lock().has_room(self.max_queue)
     }
 
     /// Ready when the app queued messages to send, or (when `want_room`)
@@ -250,7 +297,7 @@ impl WsSession {
         let (messages, sender) = {
             let mut st = self.state.lock();
             if st.outgoing.is_empty() {
-                if want_room && st.incoming.len() < self.max_queue {
+                if want_room && st.has_room(self.max_queue) {
                     st.reactor_wants_room = false;
                     return Poll::Ready(AppEvent::Room);
                 }
@@ -266,10 +313,15 @@ impl WsSession {
         Poll::Ready(AppEvent::Send(messages))
     }
 
-    /// A data message arrived from the peer.
+    /// A data message arrived from the peer. Once the app has closed it reads
+    /// no more messages, so one that arrives after its close is dropped.
     pub(crate) fn push_incoming(self: &Arc<Self>, message: PeerMessage) {
         let receiver = {
             let mut st = self.state.lock();
+            if st.app_closed {
+                return;
+            }
+            st.incoming_bytes += message.weight();
             st.incoming.push_back(message);
             std::mem::take(&mut st.receivers)
         };
@@ -362,11 +414,13 @@ impl WsSession {
     /// to drain ([`WsSession::park_sender`]).
     pub(crate) fn send(&self, message: AppMessage) -> Result<bool, Misuse> {
         self.update(|st| {
-            if !st.accepted {
-                return (Err(Misuse::SendBeforeAccept), false);
-            }
+            // Before accept too: after a refused handshake, or a client that
+            // left during it, there is no connection to send on.
             if st.app_closed || st.disconnect.is_some() {
                 return (Err(Misuse::Closed), false);
+            }
+            if !st.accepted {
+                return (Err(Misuse::SendBeforeAccept), false);
             }
             (Ok(st.queue(message)), true)
         })
@@ -374,6 +428,13 @@ impl WsSession {
 
     /// `websocket.close`: refuses the handshake (403) before accept, else
     /// queues the close frame. `Ok(true)` when the app should wait.
+    ///
+    /// On a connection already closed (by the app, the peer, or a refused
+    /// handshake) it returns quietly, where `websocket.send` raises: a send
+    /// there loses its message, which the app must hear of, while a close
+    /// asks for what already holds. Closing in a `finally` after the
+    /// disconnect is common (Starlette turns an `OSError` from it into
+    /// `WebSocketDisconnect`, which would then escape the app).
     pub(crate) fn close(&self, code: u16, reason: String) -> Result<bool, Misuse> {
         self.update(|st| {
             if !st.handshake_done {
@@ -527,6 +588,52 @@ mod tests {
     }
 
     #[test]
+    fn a_message_after_the_apps_close_is_not_queued() {
+        let session = session(4);
+        assert!(matches!(session.try_receive(), Some(Received::Connect)));
+        session.accept(None, HeaderMap::new()).unwrap();
+        session.push_incoming(PeerMessage::Text("before".into()));
+        session.close(code::NORMAL, String::new()).unwrap();
+        session.push_incoming(PeerMessage::Text("after".into()));
+        assert!(matches!(
+            session.try_receive(),
+            Some(Received::Message(PeerMessage::Text(text))) if text == "before"
+        ));
+        assert!(session.try_receive().is_none());
+    }
+
+    #[test]
+    fn the_incoming_queue_is_bounded_in_messages_and_in_bytes() {
+        let small = session(2);
+        small.push_incoming(PeerMessage::Text("a".into()));
+        assert!(small.has_room());
+        small.push_incoming(PeerMessage::Text("b".into()));
+        assert!(!small.has_room());
+
+        let large = session(32);
+        let half = || PeerMessage::Binary(Bytes::from(vec![0; INCOMING_HIGH_WATER / 2]));
+        large.push_incoming(half());
+        assert!(large.has_room());
+        large.push_incoming(half());
+        assert!(!large.has_room());
+        assert!(matches!(large.try_receive(), Some(Received::Connect)));
+        assert!(matches!(large.try_receive(), Some(Received::Message(_))));
+        assert!(large.has_room());
+
+        // An empty queue takes a message of any size.
+        let huge = session(32);
+        assert!(huge.has_room());
+        huge.push_incoming(PeerMessage::Binary(Bytes::from(vec![
+            0;
+            4 * INCOMING_HIGH_WATER
+        ])));
+        assert!(!huge.has_room());
+        assert!(matches!(huge.try_receive(), Some(Received::Connect)));
+        assert!(matches!(huge.try_receive(), Some(Received::Message(_))));
+        assert!(huge.has_room());
+    }
+
+    #[test]
     fn send_needs_accept_and_an_open_connection() {
         let session = session(4);
         assert_eq!(
@@ -563,6 +670,21 @@ mod tests {
             st.handshake,
             Some(Handshake::Reject(StatusCode::FORBIDDEN))
         ));
+    }
+
+    #[test]
+    fn after_a_refusal_receive_is_a_disconnect_and_send_is_closed() {
+        let session = session(4);
+        assert!(matches!(session.try_receive(), Some(Received::Connect)));
+        session.close(code::NORMAL, String::new()).unwrap();
+        assert!(matches!(
+            session.try_receive(),
+            Some(Received::Disconnect(code::ABNORMAL, _))
+        ));
+        assert_eq!(
+            session.send(AppMessage::Text("x".into())),
+            Err(Misuse::Closed)
+        );
     }
 
     #[test]

@@ -233,8 +233,9 @@ def write_marker(name: str, content: str) -> None:
     os.replace(tmp, os.path.join(directory, name))
 
 
-def rss_kib(pid: int) -> int:
-    """VmRSS of `pid` plus all its descendants, in KiB."""
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """VmRSS (or another /proc status `field`, such as VmHWM) of `pid` plus all its
+    descendants, in KiB."""
     total = 0
     pids = [pid]
     while pids:
@@ -242,7 +243,7 @@ def rss_kib(pid: int) -> int:
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field + ":"):
                         total += int(line.split()[1])
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:

@@ -281,6 +281,19 @@ async def ws_send_after_disconnect(scope, receive, send):
     record(scope, "send_after_disconnect", {"disconnect": message, **_exception_info(None)})
 
 
+async def ws_close_after_disconnect(scope, receive, send):
+    """Wait for websocket.disconnect, then send websocket.close; record what it raised."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    message = await wait_disconnect(receive)
+    try:
+        await send({"type": "websocket.close", "code": 1000})
+    except BaseException as exc:  # noqa: BLE001 - recording whatever it is
+        record(scope, "close_after_disconnect", {"disconnect": message, **_exception_info(exc)})
+        return
+    record(scope, "close_after_disconnect", {"disconnect": message, **_exception_info(None)})
+
+
 async def ws_send_until_error(scope, receive, send):
     """Never receive; keep sending every 50 ms for up to 10 s and record the first error."""
     await receive()
@@ -378,13 +391,13 @@ async def ws_two_senders(scope, receive, send):
 
 
 async def ws_slow_reader(scope, receive, send):
-    """Accept, do not read for 1.5 s, then read every message until the text "end" and
-    answer with how many arrived and a digest of them in order."""
+    """Accept, do not read for 1.5 s (or ?sleep= seconds), then read every message until the
+    text "end" and answer with how many arrived and a digest of them in order."""
     import hashlib
 
     await receive()
     await send({"type": "websocket.accept"})
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(float(parse_qs(scope["query_string"].decode()).get("sleep", ["1.5"])[0]))
     digest, count = hashlib.sha256(), 0
     while True:
         message = await receive()
@@ -399,6 +412,43 @@ async def ws_slow_reader(scope, receive, send):
         count += 1
     await send({"type": "websocket.send", "text": json.dumps([count, digest.hexdigest()])})
     await wait_disconnect(receive)
+
+
+async def ws_close_then_count(scope, receive, send):
+    """Accept and close at once, wait ?sleep= seconds without reading, then count the messages
+    receive() still hands over before websocket.disconnect; record the count and the
+    disconnect."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": 1000})
+    await asyncio.sleep(float(parse_qs(scope["query_string"].decode())["sleep"][0]))
+    count = 0
+    while (message := await receive())["type"] != "websocket.disconnect":
+        count += 1
+    record(scope, "close_then_count", {"count": count, "disconnect": message})
+
+
+async def ws_refuse_then_use(scope, receive, send):
+    """Refuse the handshake (?how=close for a 403, ?how=response for a denial response), then
+    call receive() (bounded by 5 s) and websocket.send; record what each gave."""
+    await receive()
+    how = parse_qs(scope["query_string"].decode())["how"][0]
+    if how == "close":
+        await send({"type": "websocket.close"})
+    else:
+        await send({"type": "websocket.http.response.start", "status": 401, "headers": []})
+        await send({"type": "websocket.http.response.body", "body": b"no"})
+    try:
+        received = await asyncio.wait_for(receive(), 5)
+    except asyncio.TimeoutError:
+        received = "receive() still waiting after 5 s"
+    try:
+        await send({"type": "websocket.send", "text": "too late"})
+    except BaseException as exc:  # noqa: BLE001 - recording whatever it is
+        sent = _exception_info(exc)
+    else:
+        sent = _exception_info(None)
+    record(scope, "refuse_then_use", {"received": received, "send": sent})
 
 
 async def ws_hold(scope, receive, send):
@@ -424,11 +474,14 @@ WEBSOCKET_ROUTES = {
     "/return-after-accept": ws_return_after_accept,
     "/record-disconnect": ws_record_disconnect,
     "/send-after-disconnect": ws_send_after_disconnect,
+    "/close-after-disconnect": ws_close_after_disconnect,
     "/send-until-error": ws_send_until_error,
     "/flood": ws_flood,
     "/close-attempts": ws_close_attempts,
     "/never-read": ws_never_read,
     "/hold": ws_hold,
+    "/close-then-count": ws_close_then_count,
+    "/refuse-then-use": ws_refuse_then_use,
     "/slow-reader": ws_slow_reader,
     "/two-receivers": ws_two_receivers,
     "/two-senders": ws_two_senders,

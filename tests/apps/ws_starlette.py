@@ -6,7 +6,7 @@ import contextlib
 from starlette.applications import Starlette
 from starlette.endpoints import WebSocketEndpoint
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -36,6 +36,25 @@ class BytesEcho(WebSocketEndpoint):
 
     async def on_receive(self, websocket: WebSocket, data: bytes) -> None:
         await websocket.send_bytes(data[::-1])
+
+
+#: The close codes Refuse.on_disconnect was called with, served at /refused.
+refused_codes: list[int] = []
+
+
+class Refuse(WebSocketEndpoint):
+    """Turns every connection away in on_connect; the endpoint then waits in receive() for the
+    disconnect before it calls on_disconnect."""
+
+    async def on_connect(self, websocket: WebSocket) -> None:
+        await websocket.close()
+
+    async def on_disconnect(self, websocket: WebSocket, close_code: int) -> None:
+        refused_codes.append(close_code)
+
+
+async def refused(request: Request) -> JSONResponse:
+    return JSONResponse(refused_codes)
 
 
 async def json_room(websocket: WebSocket) -> None:
@@ -78,10 +97,12 @@ async def homepage(request: Request) -> PlainTextResponse:
 app = Starlette(
     routes=[
         Route("/", homepage),
+        Route("/refused", refused),
         WebSocketRoute("/ws/echo", Echo),
         WebSocketRoute("/ws/bytes", BytesEcho),
         WebSocketRoute("/ws/room/{room}", json_room),
         WebSocketRoute("/ws/private", private),
+        WebSocketRoute("/ws/refuse", Refuse),
     ],
     lifespan=lifespan,
 )
