@@ -649,6 +649,39 @@ def test_ttin_adds_a_worker_and_ttou_removes_it_but_never_the_last(run_rsasgi):
     assert set(started_workers(server.output())) == first | added
 
 
+def pending(pid: int, sig: int) -> bool:
+    """Whether `sig`, sent to process `pid`, waits for the kernel to deliver it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def deliver(pid: int, sig: int, timeout: float = 5.0) -> None:
+    """Sends `sig` and returns once the kernel has handed it to the process: a standard
+    signal sent again before that is merged with the first by the kernel, for any program."""
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while pending(pid, sig):
+        assert time.monotonic() < deadline, f"signal {sig} still pending for pid {pid}"
+
+
+def test_each_ttin_delivered_adds_a_worker(run_rsasgi):
+    """Three SIGTTIN add three workers, as in gunicorn, even when the later ones come
+    before the supervisor has looked at the first (it is starting a worker then)."""
+    server = start_supervised(run_rsasgi, workers=1)
+    for _ in range(3):
+        deliver(server.proc.pid, signal.SIGTTIN)
+
+    wait_for_log(server, "now 4 workers")
+    wait_for(
+        lambda: server.output().count(") is serving (booted in") == 4,
+        message="4 workers serving",
+        server=server,
+    )
+    assert len(started_workers(server.output())) == 4
+
+
 # Stopping.
 
 

@@ -29,6 +29,7 @@ use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -239,6 +240,14 @@ fn backoff(attempt: u32) -> Duration {
         .min(MAX_RESPAWN_DELAY)
 }
 
+/// "", " 3 times": how many times a signal came, after its name.
+fn times(deliveries: usize) -> String {
+    match deliveries {
+        1 => String::new(),
+        _ => format!(" {deliveries} times"),
+    }
+}
+
 /// "1 worker", "4 workers".
 fn workers(count: usize) -> String {
     match count {
@@ -294,6 +303,15 @@ struct Supervisor {
     board: Option<Arc<Board>>,
 }
 
+/// SIGTTIN and SIGTTOU deliveries not acted on yet, counted in the signal
+/// handler itself: tokio's `Signal` wakes the loop once for however many
+/// came since it last looked, so three `kill -TTIN` in a row added one
+/// worker, where gunicorn adds one for each. The kernel still merges a
+/// signal sent again before the first was delivered (standard signals are
+/// not queued), which no count can undo.
+static TTIN_DELIVERIES: AtomicUsize = AtomicUsize::new(0);
+static TTOU_DELIVERIES: AtomicUsize = AtomicUsize::new(0);
+
 /// The signals the supervisor acts on.
 struct Signals {
     term: Signal,
@@ -308,6 +326,20 @@ struct Signals {
 
 impl Signals {
     fn install() -> std::io::Result<Signals> {
+        // Registered before tokio's own handlers, so that a delivery is
+        // counted before tokio wakes the loop for it.
+        for (number, deliveries) in [
+            (libc::SIGTTIN, &TTIN_DELIVERIES),
+            (libc::SIGTTOU, &TTOU_DELIVERIES),
+        ] {
+            // SAFETY: the action only adds to an atomic, which is
+            // async-signal-safe.
+            unsafe {
+                signal_hook_registry::register(number, move || {
+                    deliveries.fetch_add(1, Ordering::Relaxed);
+                })
+            }?;
+        }
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
@@ -395,8 +427,12 @@ impl Supervisor {
                 _ = signals.int.recv() => self.handle_stop("SIGINT"),
                 _ = signals.quit.recv() => self.handle_quit(),
                 _ = signals.hup.recv() => self.handle_hup(),
-                _ = signals.ttin.recv() => self.handle_ttin(),
-                _ = signals.ttou.recv() => self.handle_ttou(),
+                _ = signals.ttin.recv() => {
+                    self.handle_ttin(TTIN_DELIVERIES.swap(0, Ordering::Relaxed));
+                }
+                _ = signals.ttou.recv() => {
+                    self.handle_ttou(TTOU_DELIVERIES.swap(0, Ordering::Relaxed));
+                }
                 _ = signals.usr1.recv() => self.handle_usr1(),
                 _ = signals.child.recv() => {}
                 changed = next_change(&mut changes) => self.handle_change(&changed),
@@ -470,24 +506,38 @@ impl Supervisor {
         }
     }
 
-    fn handle_ttin(&mut self) {
-        if self.stop.is_some() || self.target >= MAX_WORKERS {
+    /// `deliveries`: how many SIGTTIN came since the last look; one worker more each.
+    fn handle_ttin(&mut self, deliveries: usize) {
+        if self.stop.is_some() || deliveries == 0 || self.target >= MAX_WORKERS {
             return;
         }
-        self.target += 1;
-        tracing::info!("Received SIGTTIN: now {}", workers(self.target));
+        self.target = self.target.saturating_add(deliveries).min(MAX_WORKERS);
+        tracing::info!(
+            "Received SIGTTIN{}: now {}",
+            times(deliveries),
+            workers(self.target)
+        );
     }
 
-    fn handle_ttou(&mut self) {
-        if self.stop.is_some() {
+    /// `deliveries`: how many SIGTTOU came since the last look; one worker
+    /// fewer each, never below one.
+    fn handle_ttou(&mut self, deliveries: usize) {
+        if self.stop.is_some() || deliveries == 0 {
             return;
         }
         if self.target <= 1 {
-            tracing::info!("Received SIGTTOU: keeping the last worker");
+            tracing::info!(
+                "Received SIGTTOU{}: keeping the last worker",
+                times(deliveries)
+            );
             return;
         }
-        self.target -= 1;
-        tracing::info!("Received SIGTTOU: now {}", workers(self.target));
+        self.target = self.target.saturating_sub(deliveries).max(1);
+        tracing::info!(
+            "Received SIGTTOU{}: now {}",
+            times(deliveries),
+            workers(self.target)
+        );
     }
 
     fn handle_usr1(&mut self) {
