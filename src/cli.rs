@@ -344,6 +344,12 @@ struct Args {
           value_parser = positive_seconds, help_heading = "Workers")]
     timeout_worker_healthcheck: Seconds,
 
+    /// Kill a worker still booting after this many seconds (0: never)
+    /// [default: 60, or --timeout-worker-healthcheck if longer].
+    #[arg(long, env = "RSASGI_TIMEOUT_WORKER_BOOT", value_name = "SECONDS",
+          value_parser = seconds, help_heading = "Workers")]
+    timeout_worker_boot: Option<Seconds>,
+
     /// Replace a worker gracefully after it has served this many requests.
     #[arg(long, visible_alias = "max-requests", env = "RSASGI_LIMIT_MAX_REQUESTS", value_name = "N",
           value_parser = |raw: &str| parse_count(raw, 1, u64::MAX), help_heading = "Workers")]
@@ -1059,6 +1065,12 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         supervision: Supervision {
             workers,
             timeout_worker_healthcheck: args.timeout_worker_healthcheck.0,
+            timeout_worker_boot: match args.timeout_worker_boot {
+                None => {
+                    Some(config::DEFAULT_TIMEOUT_WORKER_BOOT.max(args.timeout_worker_healthcheck.0))
+                }
+                Some(Seconds(limit)) => (!limit.is_zero()).then_some(limit),
+            },
             max_requests: args.limit_max_requests,
             max_requests_jitter: args.limit_max_requests_jitter,
             worker_lifetime: args.limit_worker_lifetime.map(|seconds| seconds.0),

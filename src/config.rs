@@ -121,6 +121,12 @@ pub(crate) const MAX_UDS_PERMISSIONS: u32 = 0o777;
 /// worker is replaced.
 pub(crate) const DEFAULT_TIMEOUT_WORKER_HEALTHCHECK: Duration = Duration::from_secs(30);
 
+/// How long a supervised worker may take to boot (import the app, run the
+/// lifespan startup) unless `--timeout-worker-healthcheck` is longer: a
+/// lifespan startup that never ends keeps its event loop beating, so only a
+/// deadline catches it. hypercorn's `startup_timeout` is 60 s too.
+pub(crate) const DEFAULT_TIMEOUT_WORKER_BOOT: Duration = Duration::from_secs(60);
+
 /// The longest gap between two heartbeats of a supervised worker's event loop.
 pub(crate) const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -234,6 +240,9 @@ pub(crate) struct Supervision {
     pub workers: Option<Workers>,
     /// A worker whose event loop has not run for this long is replaced.
     pub timeout_worker_healthcheck: Duration,
+    /// A worker that does not serve this long after its start is killed;
+    /// `None`: it may take as long as it likes.
+    pub timeout_worker_boot: Option<Duration>,
     /// A worker is recycled after this many requests, plus up to `jitter`.
     pub max_requests: Option<u64>,
     pub max_requests_jitter: u64,

@@ -6,15 +6,19 @@ that blocks never holding up requests. Apps: tests/apps/log_config_app.py.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import signal
+import subprocess
+import sys
+import termios
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cli, wait_for
+from conftest import APPS, cli, free_port, kill_process_group, wait_for
 
 APP = "log_config_app:app"
 WSGI_APP = "log_config_app:wsgi_app"
@@ -221,6 +225,57 @@ def test_a_handler_that_blocks_holds_up_no_request(run_rsasgi, tmp_path):
     assert server.proc.poll() is None
     server.proc.send_signal(signal.SIGTERM)
     assert server.wait_exit(timeout=20) == 0
+
+
+def test_the_supervisor_exits_when_nobody_reads_its_stderr(tmp_path):
+    """A console handler on a pipe nobody reads blocks for good once the pipe is full: on
+    SIGTERM every process still leaves (the lines its handlers did not take are dropped,
+    and so is the note saying so when stderr takes nothing either)."""
+    config = {
+        "version": 1,
+        "handlers": {"console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["console"], "level": "INFO"},
+    }
+    port = free_port()
+    unread, stderr = os.pipe()
+    # One page: a few lines fill it.
+    fcntl.fcntl(stderr, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
+    capacity = fcntl.fcntl(stderr, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+    try:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "rsasgi", "--app-dir", str(APPS), APP),
+                *("--workers", "2", "--port", str(port), "--timeout-graceful-shutdown", "1"),
+                *("--log-config", str(write_json(tmp_path / "logging.json", config))),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    finally:
+        os.close(stderr)
+    try:
+
+        def queued() -> int:
+            count = bytearray(4)
+            fcntl.ioctl(unread, termios.FIONREAD, count)
+            return int.from_bytes(count, sys.byteorder)
+
+        def answered_with_the_pipe_full() -> bool:
+            try:
+                answered = httpx.get(f"http://127.0.0.1:{port}/hello", timeout=5).status_code
+            except httpx.TransportError:
+                return False
+            # A line longer than what is left of the pipe blocks its writer.
+            return answered == 200 and queued() > capacity - 200
+
+        wait_for(answered_with_the_pipe_full, timeout=20, message="the pipe to fill")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        kill_process_group(process)
+        os.close(unread)
 
 
 def test_bad_files_are_one_line_and_exit_2(tmp_path):

@@ -495,6 +495,39 @@ def test_socket_activation_serves_the_socket_systemd_passed(run_rsasgi, workers)
     assert {answer(server)[0] for _ in range(4)} == {1}
 
 
+# The app's own programs.
+
+#: Runs the command after it with a listening socket on descriptor 7, inheritable, as a
+#: process manager does for `--fd 7`; argv[1] is the port.
+WITH_SOCKET_ON_FD_7 = (
+    "import os, socket, sys; "
+    "listener = socket.create_server(('127.0.0.1', int(sys.argv[1]))); "
+    "os.dup2(listener.fileno(), 7); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+@pytest.mark.parametrize("how", ["supervisor", "fd"])
+def test_programs_the_app_starts_inherit_no_socket_of_the_server(run_rsasgi, how):
+    """A program the app starts in the background (`os.system("... &")`) would hold the
+    listening socket open after rsasgi stops, and a worker's slot with it: the worker
+    marks what it was handed close-on-exec once it has taken it."""
+    port = free_port()
+    if how == "supervisor":
+        server = run_rsasgi(APP, "--workers", "1", "--port", str(port))
+        wait_for_log(server, "All 1 worker serving")
+    else:
+        server = run_rsasgi(
+            APP, "--fd", "7", prefix=[sys.executable, "-c", WITH_SOCKET_ON_FD_7, str(port)]
+        )
+    server.port = port
+
+    listing = get(server.url + "/fds").text
+    assert " 0 -> " in listing, listing
+    assert "socket:" not in listing, listing
+    assert "memfd:" not in listing, listing
+
+
 # systemd: notifications (sd_notify).
 
 

@@ -453,6 +453,145 @@ def test_sighup_after_a_failed_reload_loads_the_fixed_code(run_rsasgi, tmp_path)
     assert {version for version, _ in load.answers()} == {2}
 
 
+#: An app whose import never ends: its event loop never beats.
+IMPORT_NEVER_ENDS = "import time\n\ntime.sleep(600)\n"
+
+#: An app whose lifespan startup never ends, while its event loop beats.
+STARTUP_NEVER_ENDS = """
+import asyncio
+
+
+async def app(scope, receive, send):
+    await receive()
+    await asyncio.Event().wait()
+"""
+
+#: An app that waits at import for a file named "go" beside it, then ends its process
+#: half a second after its lifespan startup, so just after it begins serving.
+DIES_AS_IT_BEGINS_SERVING = """
+import asyncio
+import os
+import time
+from pathlib import Path
+
+while not (Path(__file__).parent / "go").exists():
+    time.sleep(0.02)
+
+
+async def app(scope, receive, send):
+    await receive()
+    await send({"type": "lifespan.startup.complete"})
+    asyncio.get_running_loop().call_later(0.5, os._exit, 1)
+    await asyncio.Event().wait()
+"""
+
+
+def start_one_reloadable(run_rsasgi, module: Path, *args: str) -> Server:
+    return start_supervised(
+        run_rsasgi,
+        "--app-dir",
+        str(module.parent),
+        *args,
+        workers=1,
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+
+
+def reload_with_fixed_code(server: Server, module: Path, old: int) -> None:
+    """Version 2 on disk and SIGHUP: the reload completes and version 2 answers."""
+    set_version(module, 2)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for_log(server, "Reload complete")
+    wait_gone({old}, server)
+    assert get(server.url).text.split()[0] == "2"
+
+
+def test_sighup_whose_new_worker_hangs_booting_keeps_the_old_one(run_rsasgi, tmp_path):
+    """The health check kills a replacement whose import never ends: the reload has
+    failed, the old worker serves on, and the next SIGHUP (the code fixed) replaces it."""
+    module = reloadable_app(tmp_path)
+    server = start_one_reloadable(run_rsasgi, module, "--timeout-worker-healthcheck", "2")
+    (old,) = started_workers(server.output())
+
+    module.write_text(IMPORT_NEVER_ENDS)
+    server.proc.send_signal(signal.SIGHUP)
+    log = wait_for_log(server, "Reload failed: the new worker 1 (pid")
+    (new,) = set(started_workers(log)) - {old}
+    assert (
+        f"Reload failed: the new worker 1 (pid {new}) was killed before serving (see above); "
+        "the old workers keep serving the code they loaded (fix the app and send SIGHUP again)"
+    ) in log
+    wait_gone({new}, server)
+    assert pids_answering(server, 1) == {old}
+
+    reload_with_fixed_code(server, module, old)
+
+
+def test_sighup_whose_new_worker_dies_as_it_begins_serving_keeps_the_old_one(run_rsasgi, tmp_path):
+    """A replacement that marks itself serving and exits before the supervisor looks
+    again (the supervisor is paused here for that moment) ends the reload too."""
+    module = reloadable_app(tmp_path)
+    server = start_one_reloadable(run_rsasgi, module)
+    (old,) = started_workers(server.output())
+
+    module.write_text(DIES_AS_IT_BEGINS_SERVING)
+    server.proc.send_signal(signal.SIGHUP)
+    log = wait_for_log(server, f"worker 1 (pid {old}) runs the old code; replacing it with pid")
+    (new,) = set(started_workers(log)) - {old}
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        (module.parent / "go").touch()
+        # Its exit comes after it marked itself serving: no await lies between the
+        # lifespan startup and the start of the reactor.
+        wait_gone({new}, server)
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    wait_for_log(
+        server,
+        f"Reload failed: the new worker 1 (pid {new}) exited with code 1 as it began serving; "
+        "the old workers keep serving",
+    )
+    assert pids_answering(server, 1) == {old}
+
+    reload_with_fixed_code(server, module, old)
+
+
+def test_new_worker_whose_lifespan_startup_never_ends_is_killed_at_the_boot_deadline(
+    run_rsasgi, tmp_path
+):
+    """Recycling after --limit-max-requests: a replacement still booting at
+    --timeout-worker-boot is killed, the old worker serves on, and a new replacement is
+    tried after a backoff, which serves once the code is fixed."""
+    module = reloadable_app(tmp_path)
+    server = start_one_reloadable(
+        run_rsasgi, module, "--limit-max-requests", "5", "--timeout-worker-boot", "3"
+    )
+    (old,) = started_workers(server.output())
+
+    module.write_text(STARTUP_NEVER_ENDS)
+    for _ in range(5):
+        assert get(server.url).text == f"1 {old}"
+    log = wait_for_log(server, "keeps serving, and a new replacement is started in 0.5s")
+    (new,) = set(started_workers(log)) - {old}
+    assert (
+        f"worker 1 (pid {new}) is not serving" in log
+        and "after it started (--timeout-worker-boot 3s): its import or lifespan startup does "
+        "not end; the Python stack of each of its threads follows, then it is killed, and "
+        f"worker 1 (pid {old}), which it was to replace, keeps serving"
+        in log
+    ), log
+    assert (
+        f"The new worker 1 (pid {new}) was killed before serving (see above); worker 1 "
+        f"(pid {old}) keeps serving, and a new replacement is started in 0.5s"
+    ) in log
+    assert get(server.url).text == f"1 {old}"
+
+    set_version(module, 2)
+    wait_for_log(server, f"Stopping worker 1 (pid {old}) gracefully: its replacement serves")
+    wait_gone({old}, server)
+    assert get(server.url).text.split()[0] == "2"
+
+
 def test_workers_reaching_max_requests_are_replaced_without_failing_a_request(run_rsasgi):
     server = start_supervised(run_rsasgi, "--limit-max-requests", "50", workers=2)
     old = set(started_workers(server.output()))
@@ -508,6 +647,39 @@ def test_ttin_adds_a_worker_and_ttou_removes_it_but_never_the_last(run_rsasgi):
     wait_for_log(server, "Received SIGTTOU: keeping the last worker")
     assert pids_answering(server, 1) == first
     assert set(started_workers(server.output())) == first | added
+
+
+def pending(pid: int, sig: int) -> bool:
+    """Whether `sig`, sent to process `pid`, waits for the kernel to deliver it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def deliver(pid: int, sig: int, timeout: float = 5.0) -> None:
+    """Sends `sig` and returns once the kernel has handed it to the process: a standard
+    signal sent again before that is merged with the first by the kernel, for any program."""
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while pending(pid, sig):
+        assert time.monotonic() < deadline, f"signal {sig} still pending for pid {pid}"
+
+
+def test_each_ttin_delivered_adds_a_worker(run_rsasgi):
+    """Three SIGTTIN add three workers, as in gunicorn, even when the later ones come
+    before the supervisor has looked at the first (it is starting a worker then)."""
+    server = start_supervised(run_rsasgi, workers=1)
+    for _ in range(3):
+        deliver(server.proc.pid, signal.SIGTTIN)
+
+    wait_for_log(server, "now 4 workers")
+    wait_for(
+        lambda: server.output().count(") is serving (booted in") == 4,
+        message="4 workers serving",
+        server=server,
+    )
+    assert len(started_workers(server.output())) == 4
 
 
 # Stopping.

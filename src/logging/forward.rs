@@ -10,7 +10,6 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,6 +30,10 @@ const CAPACITY: usize = 10_000;
 
 /// How long the last flush waits for the handlers to take the queued lines.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+/// How long the note that a handler was stuck waits for stderr, which may
+/// be the very pipe the stuck handler waits on (nobody reads it).
+const NOTE_WAIT: Duration = Duration::from_secs(1);
 
 /// One event's value, as Python will see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -277,6 +280,7 @@ pub(super) fn stop() {
     if !RUNNING.swap(false, Ordering::SeqCst) {
         return;
     }
+    // Ok, or the lines still queued when the wait ended.
     let wait = || {
         let deadline = Instant::now() + FLUSH_WAIT;
         let mut queue = QUEUE.lock();
@@ -284,21 +288,50 @@ pub(super) fn stop() {
         QUEUED.notify_all();
         while !queue.finished {
             if FINISHED.wait_until(&mut queue, deadline).timed_out() {
-                return false;
+                return Err(queue.records.len() as u64 + queue.dropped);
             }
         }
-        true
+        Ok(())
     };
     // The Python thread needs the GIL, which the caller may hold.
-    if !Python::attach(|py| py.detach(wait)) {
+    if let Err(left) = Python::attach(|py| py.detach(wait)) {
         STUCK.store(true, Ordering::SeqCst);
-        let _ = writeln!(
-            std::io::stderr(),
+        write_note(format!(
             "rsasgi: the --log-config handlers did not take the last lines within {}s (one \
-             of them is stuck); \
-             leaving without them",
+             of them is stuck); leaving without them ({left} line(s) still queued)\n",
             FLUSH_WAIT.as_secs()
-        );
+        ));
+    }
+}
+
+/// Writes `note` to stderr if it can within [`NOTE_WAIT`], else leaves it:
+/// a process on its way out must not wait for a reader that reads nothing.
+/// The write happens on a thread of its own, which may stay blocked until
+/// the process exits; it writes to the descriptor, bypassing std's stderr
+/// lock, so nothing else waits behind it.
+fn write_note(note: String) {
+    let (written, wait) = std::sync::mpsc::channel();
+    let writer = std::thread::Builder::new()
+        .name("rsasgi-log-note".into())
+        .spawn(move || {
+            let mut rest = note.as_bytes();
+            while !rest.is_empty() {
+                // SAFETY: writes from a live buffer to stderr, which stays
+                // open for the life of the process.
+                let count =
+                    unsafe { libc::write(libc::STDERR_FILENO, rest.as_ptr().cast(), rest.len()) };
+                if count > 0 {
+                    rest = rest.get(count.unsigned_abs()..).unwrap_or_default();
+                } else if count == 0
+                    || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
+                    break;
+                }
+            }
+            let _ = written.send(());
+        });
+    if writer.is_ok() {
+        let _ = wait.recv_timeout(NOTE_WAIT);
     }
 }
 

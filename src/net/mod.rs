@@ -229,6 +229,10 @@ fn inherit(fd: i32) -> Result<Listener, String> {
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(format!("--fd {fd} is not a socket"));
     }
+    // The parent cleared close-on-exec to hand it down; a program the app
+    // starts (`os.system("... &")`) would otherwise hold the port open after
+    // we stop, and accept nothing on it.
+    set_cloexec(fd).map_err(|err| format!("--fd {fd}: cannot set close-on-exec: {err}"))?;
     // SAFETY: fd is an open socket that the parent process handed to us to own.
     let socket = unsafe { Socket::from_raw_fd(fd) };
     let local = socket
@@ -250,6 +254,18 @@ fn inherit(fd: i32) -> Result<Listener, String> {
         };
         Ok(Listener::Unix(socket.into(), unix))
     }
+}
+
+/// Marks `fd` close-on-exec: a descriptor this process was handed, now
+/// its own, stays out of the programs it starts.
+pub(crate) fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: F_GETFD and F_SETFD touch only the descriptor flags; a closed
+    // fd fails with EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -277,6 +293,22 @@ mod tests {
         let port = tcp.local_addr().unwrap().port();
         let err = bind_tcp("127.0.0.1", port, TEST_OPTIONS).unwrap_err();
         assert!(err.contains("another server"), "{err}");
+    }
+
+    #[test]
+    fn an_inherited_socket_is_not_passed_on() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(1).unwrap();
+        let fd = socket.into_raw_fd();
+        // SAFETY: F_SETFD on the descriptor just made.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        let listener = inherit(fd).unwrap();
+        // SAFETY: F_GETFD reads the flags of the descriptor the listener owns.
+        let flags = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! loop stops beating (after logging its stacks), and, gracefully, one that
 //! reaches `--limit-max-requests`, `--limit-worker-lifetime` or
 //! `--limit-worker-memory`; a replacement serves before its predecessor is
-//! told to stop. Signals: TERM/INT stop gracefully (a second one, or QUIT,
-//! at once), HUP replaces every worker with fresh code one by one, TTIN and
-//! TTOU add or remove a worker.
+//! told to stop, and one that never serves leaves its predecessor serving.
+//! Signals: TERM/INT stop gracefully (a second one, or QUIT, at once), HUP
+//! replaces every worker with fresh code one by one, TTIN and TTOU add or
+//! remove a worker.
 //!
 //! What a worker may rely on, and what it owes the supervisor, is in
 //! [`handoff`] and [`slot`].
@@ -28,6 +29,7 @@ use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -230,6 +232,22 @@ pub(crate) fn monotonic_now() -> Duration {
     Duration::new(secs, nanos)
 }
 
+/// The wait before retry number `attempt` (from 1) of something that keeps
+/// failing: [`FIRST_RESPAWN_DELAY`], doubling up to [`MAX_RESPAWN_DELAY`].
+fn backoff(attempt: u32) -> Duration {
+    FIRST_RESPAWN_DELAY
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(MAX_RESPAWN_DELAY)
+}
+
+/// "", " 3 times": how many times a signal came, after its name.
+fn times(deliveries: usize) -> String {
+    match deliveries {
+        1 => String::new(),
+        _ => format!(" {deliveries} times"),
+    }
+}
+
 /// "1 worker", "4 workers".
 fn workers(count: usize) -> String {
     match count {
@@ -285,6 +303,15 @@ struct Supervisor {
     board: Option<Arc<Board>>,
 }
 
+/// SIGTTIN and SIGTTOU deliveries not acted on yet, counted in the signal
+/// handler itself: tokio's `Signal` wakes the loop once for however many
+/// came since it last looked, so three `kill -TTIN` in a row added one
+/// worker, where gunicorn adds one for each. The kernel still merges a
+/// signal sent again before the first was delivered (standard signals are
+/// not queued), which no count can undo.
+static TTIN_DELIVERIES: AtomicUsize = AtomicUsize::new(0);
+static TTOU_DELIVERIES: AtomicUsize = AtomicUsize::new(0);
+
 /// The signals the supervisor acts on.
 struct Signals {
     term: Signal,
@@ -299,6 +326,20 @@ struct Signals {
 
 impl Signals {
     fn install() -> std::io::Result<Signals> {
+        // Registered before tokio's own handlers, so that a delivery is
+        // counted before tokio wakes the loop for it.
+        for (number, deliveries) in [
+            (libc::SIGTTIN, &TTIN_DELIVERIES),
+            (libc::SIGTTOU, &TTOU_DELIVERIES),
+        ] {
+            // SAFETY: the action only adds to an atomic, which is
+            // async-signal-safe.
+            unsafe {
+                signal_hook_registry::register(number, move || {
+                    deliveries.fetch_add(1, Ordering::Relaxed);
+                })
+            }?;
+        }
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
@@ -386,8 +427,12 @@ impl Supervisor {
                 _ = signals.int.recv() => self.handle_stop("SIGINT"),
                 _ = signals.quit.recv() => self.handle_quit(),
                 _ = signals.hup.recv() => self.handle_hup(),
-                _ = signals.ttin.recv() => self.handle_ttin(),
-                _ = signals.ttou.recv() => self.handle_ttou(),
+                _ = signals.ttin.recv() => {
+                    self.handle_ttin(TTIN_DELIVERIES.swap(0, Ordering::Relaxed));
+                }
+                _ = signals.ttou.recv() => {
+                    self.handle_ttou(TTOU_DELIVERIES.swap(0, Ordering::Relaxed));
+                }
                 _ = signals.usr1.recv() => self.handle_usr1(),
                 _ = signals.child.recv() => {}
                 changed = next_change(&mut changes) => self.handle_change(&changed),
@@ -461,24 +506,38 @@ impl Supervisor {
         }
     }
 
-    fn handle_ttin(&mut self) {
-        if self.stop.is_some() || self.target >= MAX_WORKERS {
+    /// `deliveries`: how many SIGTTIN came since the last look; one worker more each.
+    fn handle_ttin(&mut self, deliveries: usize) {
+        if self.stop.is_some() || deliveries == 0 || self.target >= MAX_WORKERS {
             return;
         }
-        self.target += 1;
-        tracing::info!("Received SIGTTIN: now {}", workers(self.target));
+        self.target = self.target.saturating_add(deliveries).min(MAX_WORKERS);
+        tracing::info!(
+            "Received SIGTTIN{}: now {}",
+            times(deliveries),
+            workers(self.target)
+        );
     }
 
-    fn handle_ttou(&mut self) {
-        if self.stop.is_some() {
+    /// `deliveries`: how many SIGTTOU came since the last look; one worker
+    /// fewer each, never below one.
+    fn handle_ttou(&mut self, deliveries: usize) {
+        if self.stop.is_some() || deliveries == 0 {
             return;
         }
         if self.target <= 1 {
-            tracing::info!("Received SIGTTOU: keeping the last worker");
+            tracing::info!(
+                "Received SIGTTOU{}: keeping the last worker",
+                times(deliveries)
+            );
             return;
         }
-        self.target -= 1;
-        tracing::info!("Received SIGTTOU: now {}", workers(self.target));
+        self.target = self.target.saturating_sub(deliveries).max(1);
+        tracing::info!(
+            "Received SIGTTOU{}: now {}",
+            times(deliveries),
+            workers(self.target)
+        );
     }
 
     fn handle_usr1(&mut self) {
@@ -566,6 +625,9 @@ impl Supervisor {
             }
             return;
         }
+        if self.replacement_ended(&worker, &how) {
+            return;
+        }
         match worker.state {
             State::Stopping { .. } => {
                 if status.success() {
@@ -595,40 +657,66 @@ impl Supervisor {
         }
     }
 
+    /// A replacement ended before it served, whatever ended it: a failed
+    /// boot, a crash as it began serving (before this loop saw it serve), the
+    /// health check or the boot deadline. Its predecessor, which keeps
+    /// serving until its replacement does, would otherwise wait for it for
+    /// ever (and a reload with it): it goes back to serving, and its own
+    /// replacement is tried again after a backoff, or, for a reload, at the
+    /// next one. Returns false when no predecessor waits for `worker`.
+    fn replacement_ended(&mut self, worker: &WorkerProcess, how: &str) -> bool {
+        let Some(old_pid) = worker.replaces else {
+            return false;
+        };
+        let Some(old) = self
+            .workers
+            .iter_mut()
+            .find(|w| w.pid == old_pid && w.number == worker.number)
+        else {
+            return false;
+        };
+        let State::Retiring(reason) = old.state else {
+            return false;
+        };
+        old.state = State::Serving;
+        old.replacements_failed = old.replacements_failed.saturating_add(1);
+        let delay = backoff(old.replacements_failed);
+        old.retire_not_before = Some(Instant::now() + delay);
+        let old_name = old.name();
+        let name = worker.name();
+        let ended = match worker.state {
+            State::Killed => "was killed before serving (see above)".to_string(),
+            State::Booting if worker.slot.is_serving() => format!("{how} as it began serving"),
+            _ => format!("{how} before serving"),
+        };
+        if worker.state == State::Booting && worker.slot.is_serving() {
+            self.count_restart(Restart::Crash);
+        }
+        if reason == Retirement::Reload {
+            self.reloading = false;
+            self.notifier.ready(&self.status());
+            let retry = if self.config.supervision.reload.is_some() {
+                "they are replaced at the next change to the files"
+            } else {
+                "fix the app and send SIGHUP again"
+            };
+            tracing::error!(
+                "Reload failed: the new {name} {ended}; the old workers keep serving the code \
+                 they loaded ({retry})"
+            );
+        } else {
+            tracing::error!(
+                "The new {name} {ended}; {old_name} keeps serving, and a new replacement is \
+                 started in {:.1}s",
+                delay.as_secs_f64()
+            );
+        }
+        true
+    }
+
     /// A worker exited before it served.
     fn boot_failed(&mut self, worker: &WorkerProcess, status: ExitStatus, how: &str) {
         let name = worker.name();
-        if let Some(old_pid) = worker.replaces {
-            // A replacement failed: its predecessor keeps serving.
-            let retry_at = Instant::now() + MAX_RESPAWN_DELAY;
-            if let Some(old) = self.workers.iter_mut().find(|w| w.pid == old_pid) {
-                if let State::Retiring(reason) = old.state {
-                    old.state = State::Serving;
-                    old.retire_not_before = Some(retry_at);
-                    if reason == Retirement::Reload {
-                        self.reloading = false;
-                        self.notifier.ready(&self.status());
-                        let retry = if self.config.supervision.reload.is_some() {
-                            "they are replaced at the next change to the files"
-                        } else {
-                            "fix the app and send SIGHUP again"
-                        };
-                        tracing::error!(
-                            "Reload failed: the new {name} {how} before serving; the old workers \
-                             keep serving the code they loaded ({retry})"
-                        );
-                    } else {
-                        tracing::error!(
-                            "The new {name} {how} before serving; {} keeps serving and is \
-                             retried in {}s",
-                            old.name(),
-                            MAX_RESPAWN_DELAY.as_secs()
-                        );
-                    }
-                }
-            }
-            return;
-        }
         let others_serve = self
             .workers
             .iter()
@@ -684,9 +772,7 @@ impl Supervisor {
         if repeated == 0 {
             return;
         }
-        let delay = FIRST_RESPAWN_DELAY
-            .saturating_mul(1 << (repeated - 1).min(16))
-            .min(MAX_RESPAWN_DELAY);
+        let delay = backoff(u32::try_from(repeated).unwrap_or(u32::MAX));
         self.respawn_at = Some(now + delay);
         tracing::warn!(
             "{} worker crashes in the last {}s; starting the next worker in {:.1}s",
@@ -717,7 +803,7 @@ impl Supervisor {
                         worker.name(),
                         worker.age().as_secs_f64()
                     );
-                    serving_now.push(worker.replaces);
+                    serving_now.push(worker.replaces.take());
                 }
                 State::Hung {
                     stacks_at,
@@ -749,18 +835,47 @@ impl Supervisor {
             }
             if worker.is_active() {
                 let silent = worker.slot.since_beat();
-                if silent > supervision.timeout_worker_healthcheck {
-                    let doing = if matches!(worker.state, State::Booting) {
+                let booting = worker.state == State::Booting;
+                let stuck = if silent > supervision.timeout_worker_healthcheck {
+                    let doing = if booting {
                         "has not finished booting and its event loop has not run"
                     } else {
                         "is stuck: its event loop has not run"
                     };
-                    tracing::error!(
-                        "{} {doing} for {:.1}s (--timeout-worker-healthcheck {}s); the Python \
-                         stack of each of its threads follows, then it is killed and replaced",
+                    Some(format!(
+                        "{} {doing} for {:.1}s (--timeout-worker-healthcheck {}s)",
                         worker.name(),
                         silent.as_secs_f64(),
                         supervision.timeout_worker_healthcheck.as_secs_f64()
+                    ))
+                } else {
+                    // Its loop beats, but its import or lifespan startup
+                    // does not end (waiting for a database that never
+                    // answers, a startup that loops).
+                    supervision
+                        .timeout_worker_boot
+                        .filter(|limit| booting && worker.age() > *limit)
+                        .map(|limit| {
+                            format!(
+                                "{} is not serving {:.1}s after it started (--timeout-worker-boot \
+                                 {}s): its import or lifespan startup does not end",
+                                worker.name(),
+                                worker.age().as_secs_f64(),
+                                limit.as_secs_f64()
+                            )
+                        })
+                };
+                if let Some(stuck) = stuck {
+                    let then = match worker.replaces {
+                        Some(old_pid) => format!(
+                            "then it is killed, and worker {} (pid {old_pid}), which it was \
+                             to replace, keeps serving",
+                            worker.number
+                        ),
+                        None => "then it is killed and replaced".to_string(),
+                    };
+                    tracing::error!(
+                        "{stuck}; the Python stack of each of its threads follows, {then}"
                     );
                     if let Some(board) = &self.board {
                         board.restarting(Restart::HealthCheck);
@@ -1007,5 +1122,19 @@ impl Supervisor {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_doubling_up_to_the_cap() {
+        assert_eq!(backoff(1), FIRST_RESPAWN_DELAY);
+        assert_eq!(backoff(2), FIRST_RESPAWN_DELAY * 2);
+        assert_eq!(backoff(4), FIRST_RESPAWN_DELAY * 8);
+        assert_eq!(backoff(40), MAX_RESPAWN_DELAY);
+        assert_eq!(backoff(u32::MAX), MAX_RESPAWN_DELAY);
     }
 }

@@ -52,8 +52,9 @@ pub(super) enum State {
     Stopping {
         deadline: Instant,
     },
-    /// Its event loop stopped beating: asked for its stacks at `stacks_at`
-    /// (unless `stacks_asked`), killed at `kill_at`.
+    /// Its event loop stopped beating, or it ran past its boot deadline:
+    /// asked for its stacks at `stacks_at` (unless `stacks_asked`), killed
+    /// at `kill_at`.
     Hung {
         stacks_at: Instant,
         stacks_asked: bool,
@@ -73,12 +74,15 @@ pub(super) struct WorkerProcess {
     pub state: State,
     /// Which rolling restart (SIGHUP) started it.
     pub generation: u64,
-    /// The pid of the worker this one replaces once it serves.
+    /// The pid of the worker this one replaces once it serves; taken when
+    /// it serves, so that it names a predecessor still waiting for it.
     pub replaces: Option<u32>,
     /// Its `--limit-max-requests`, jitter included.
     pub max_requests: Option<u64>,
     /// No new attempt to replace it before this (after a replacement failed).
     pub retire_not_before: Option<Instant>,
+    /// Replacements of it that ended before serving, for the backoff.
+    pub replacements_failed: u32,
 }
 
 impl WorkerProcess {
@@ -146,6 +150,7 @@ impl WorkerProcess {
             max_requests: max_requests
                 .map(|(limit, jitter)| limit.saturating_add(random_up_to(jitter))),
             retire_not_before: None,
+            replacements_failed: 0,
         })
     }
 

@@ -81,6 +81,9 @@ impl Slot {
                 "the worker slot descriptor is too small",
             ));
         }
+        // The supervisor cleared close-on-exec to hand it down: a program
+        // the app starts must not get it.
+        crate::net::set_cloexec(fd)?;
         // SAFETY: fd is open (fstat succeeded) and was handed to this process
         // to own; nothing else here uses it.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -170,6 +173,9 @@ mod tests {
         // SAFETY: dup returns a new descriptor for the worker side to own.
         let dup = unsafe { libc::dup(supervisor.fd()) };
         let worker = Slot::inherit(dup).unwrap();
+        // SAFETY: F_GETFD reads the flags of the descriptor the slot owns.
+        let flags = unsafe { libc::fcntl(worker.fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
         assert!(!supervisor.is_serving());
         worker.mark_serving();
         worker.count_request();

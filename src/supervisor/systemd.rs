@@ -123,15 +123,8 @@ fn prepare_fd(fd: RawFd) -> Result<(), String> {
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(format!("LISTEN_FDS: fd {fd} is not a socket"));
     }
-    // SAFETY: F_GETFD and F_SETFD touch only the descriptor flags of an open fd.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
-        let err = io::Error::last_os_error();
-        return Err(format!(
-            "LISTEN_FDS: fd {fd}: cannot set close-on-exec: {err}"
-        ));
-    }
-    Ok(())
+    crate::net::set_cloexec(fd)
+        .map_err(|err| format!("LISTEN_FDS: fd {fd}: cannot set close-on-exec: {err}"))
 }
 
 /// Reads one variable: `None` when absent, an error naming it when not UTF-8.

@@ -3,11 +3,14 @@
 GET /               "VERSION PID" (the test copies this file and rewrites VERSION to reload it)
 GET /uid            "UID EUID" of the process
 GET /create?PATH    creates the file PATH (open(PATH, "w"): mode 0666 before the umask), "created"
+GET /fds            what `ls -l /proc/self/fd` lists in a program the app starts, which
+                    inherits every descriptor not marked close-on-exec (as os.system would)
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from urllib.parse import unquote
 
 VERSION = 1
@@ -27,6 +30,11 @@ async def app(scope, receive, send):
         with open(unquote(scope["query_string"].decode()), "w") as file:
             file.write("x")
         body = "created"
+    elif path == "/fds":
+        listing = subprocess.run(
+            ["ls", "-l", "/proc/self/fd"], close_fds=False, capture_output=True, check=True
+        )
+        body = listing.stdout.decode()
     else:
         body = f"{VERSION} {os.getpid()}"
     data = body.encode()
