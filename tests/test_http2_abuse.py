@@ -416,6 +416,40 @@ def test_paced_rapid_reset_keeps_app_tasks_within_the_limit(run_rsasgi, limit_op
     assert peak <= limit
 
 
+@pytest.mark.timeout(90)
+def test_paced_rapid_reset_of_websocket_streams_keeps_app_tasks_within_the_limit(run_rsasgi):
+    """The same with extended CONNECT (RFC 8441): each WebSocket stream is reset while its app
+    works on the handshake. The WebSocket path also counts its app tasks against the
+    connection's streams."""
+    limit = 10
+    server = start(run_rsasgi, "--http2-max-concurrent-streams", str(limit))
+    client = RawClient(server)
+    client.read_until(lambda: client.of_type(SettingsFrame), 10, "the server's SETTINGS")
+    rounds, size = 10, 10
+    for round_ in range(rounds):
+        batch = list(streams(size * (round_ + 1)))[-size:]
+        block = client.encoder.encode(
+            [
+                (":method", "CONNECT"),
+                (":protocol", "websocket"),
+                (":scheme", "http"),
+                (":path", "/ws-slow?s=4"),
+                (":authority", client.authority),
+                ("sec-websocket-version", "13"),
+            ]
+        )
+        client.send(
+            b"".join(HeadersFrame(s, block, flags=["END_HEADERS"]).serialize() for s in batch)
+        )
+        time.sleep(0.1)  # Long enough for the app to be working on each.
+        resets = [RstStreamFrame(stream, error_code=CANCEL).serialize() for stream in batch]
+        client.send(b"".join(resets))
+    counters = wait_for(lambda: stats_if_free(server), 30, server=server)
+    peak = counters["peak_running"]
+    print(f"paced rapid reset: at most {peak} websocket app tasks during {rounds * size} streams")
+    assert 0 < peak <= limit
+
+
 # ---------------------------------------------------------------------------------------
 # CONTINUATION flood (CVE-2024-27316 and its kin)
 # ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use super::access_log::{AccessLog, AccessRecord};
 use super::body::{read_chunk, FileStream, ResponseBody, Source};
-use super::connection::ActiveRequest;
+use super::connection::{ActiveRequest, AppTask};
 use super::request_id;
 use super::server::ServerState;
 use super::static_files::{Lookup, CHUNK};
@@ -138,9 +138,14 @@ pub(crate) async fn handle(
             {
                 let log = pending();
                 let settings = settings.clone();
+                let http2 = request.version() == Version::HTTP_2;
+                if http2 && active.app_tasks() >= state.http2_max_streams {
+                    break 'respond too_many_app_tasks(&state, &info, &active, record);
+                }
                 // Over HTTP/2 the WebSocket is one stream of a connection
-                // that must not count as idle while it is open.
-                let busy = (request.version() == Version::HTTP_2).then(|| active.keep_busy());
+                // that must not count as idle while it is open, and its app
+                // counts against the connection as a request's does.
+                let busy = http2.then(|| (active.keep_busy(), active.app_task()));
                 // Boxed: the handshake's future is large, and inline it would
                 // make every request's future as large, copied whole each
                 // time hyper or tokio moves it.
@@ -178,14 +183,7 @@ pub(crate) async fn handle(
         // rapid reset. Such a connection gets no more app tasks than it may
         // have streams.
         if request.version() == Version::HTTP_2 && active.app_tasks() >= state.http2_max_streams {
-            tracing::debug!(
-                client = ?info.client,
-                "503: {} app tasks of this HTTP/2 connection are still running \
-                 (streams reset while the app worked on them)",
-                active.app_tasks()
-            );
-            let status = StatusCode::SERVICE_UNAVAILABLE;
-            break 'respond state.error_response(status, record(status), false);
+            break 'respond too_many_app_tasks(&state, &info, &active, record);
         }
 
         let body_limit = state.limit_request_body;
@@ -377,6 +375,26 @@ pub(crate) async fn handle(
     Ok(response.map(|body| body.tracking(active)))
 }
 
+/// A 503 for a request on an HTTP/2 connection that has as many app tasks
+/// running as it may have streams: a client that resets its streams once
+/// their heads arrive frees its stream slots while the app goes on working
+/// for them (a paced rapid reset).
+fn too_many_app_tasks(
+    state: &ServerState,
+    info: &ConnectionInfo,
+    active: &ActiveRequest,
+    record: impl Fn(StatusCode) -> Option<AccessRecord>,
+) -> Response<ResponseBody> {
+    tracing::debug!(
+        client = ?info.client,
+        "503: {} app tasks of this HTTP/2 connection are still running \
+         (streams reset while the app worked on them)",
+        active.app_tasks()
+    );
+    let status = StatusCode::SERVICE_UNAVAILABLE;
+    state.error_response(status, record(status), false)
+}
+
 /// The length an app's response headers declare: one Content-Length of
 /// digits only (anything else is left for hyper to judge).
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
@@ -485,7 +503,7 @@ async fn open_websocket(
     state: Arc<ServerState>,
     settings: WsSettings,
     log: Option<AccessRecord>,
-    busy: Option<ActiveRequest>,
+    busy: Option<(ActiveRequest, AppTask)>,
 ) -> Response<ResponseBody> {
     // RFC 8441: over HTTP/2 there is no key to answer, and success is a 200.
     let http2 = request.version() == Version::HTTP_2;
@@ -539,6 +557,10 @@ async fn open_websocket(
         session: Arc::clone(&session),
         head,
     })));
+    let busy = busy.map(|(busy, app_task)| {
+        session.hold(app_task);
+        busy
+    });
     let mut finisher = FinishOnDrop(Some(Arc::clone(&session)));
     let handshake = poll_fn(|cx| session.poll_handshake(cx)).await;
     finisher.0 = None;

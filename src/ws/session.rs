@@ -111,6 +111,8 @@ struct WsState {
     reactor: Option<Waker>,
     /// The reactor waits for the app to read before reading the socket.
     reactor_wants_room: bool,
+    /// Let go when the app is done (see [`WsSession::hold`]).
+    held: Option<Box<dyn Send>>,
 }
 
 impl WsState {
@@ -390,6 +392,12 @@ impl WsSession {
         })
     }
 
+    /// Keeps `guard` until the app is done with the connection (or the
+    /// session goes): what counts the app's task against its connection.
+    pub(crate) fn hold(&self, guard: impl Send + 'static) {
+        self.state.lock().held = Some(Box::new(guard));
+    }
+
     /// `websocket.accept`.
     pub(crate) fn accept(
         &self,
@@ -503,6 +511,7 @@ impl WsSession {
     /// Returns whether the handshake had been accepted.
     pub(crate) fn finish_app(&self, failed: bool) -> bool {
         self.update(|st| {
+            st.held = None;
             if !st.handshake_done {
                 let status = if failed {
                     StatusCode::INTERNAL_SERVER_ERROR

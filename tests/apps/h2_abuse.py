@@ -16,6 +16,9 @@ Routes:
                   counted; streams N bytes in 64 KiB messages, no Content-Length
   /hold           counted; reads the body until it ends or the client goes, then answers
                   "done"
+  websocket /ws-slow?s=N
+                  counted; running for N seconds before it answers the handshake (it
+                  refuses it), whatever the client does
 """
 
 from __future__ import annotations
@@ -92,6 +95,11 @@ async def app(scope, receive, send):
                 return
     path = scope["path"]
     query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+    if scope["type"] == "websocket":
+        STATS["calls"] += 1
+        with Running():
+            await asyncio.sleep(float(query.get("s", "5")))
+        return
     if path == "/stats":
         await read_body(receive)
         await respond(send, json.dumps(STATS).encode(), b"application/json")
