@@ -29,7 +29,9 @@ use pyo3::prelude::*;
 /// Runs the server with `argv` (default: `sys.argv`); returns the exit code.
 #[pyfunction]
 #[pyo3(signature = (argv=None))]
-fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
+fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> {
+    // As bytes, not text: Python decodes a command line that is not UTF-8
+    // with surrogate escapes, which clap then names as a usage error.
     let mut argv = match argv {
         Some(argv) => argv,
         None => py.import("sys")?.getattr("argv")?.extract()?,
@@ -41,6 +43,16 @@ fn main(py: Python<'_>, argv: Option<Vec<String>>) -> PyResult<i32> {
     }
     // Read and cleared before any thread (the log writer is one) starts.
     let handoff = supervisor::Handoff::take_from_env();
+    if handoff.is_some() {
+        // A hangup reaches the whole process group (a terminal closed, GNU
+        // timeout): it is the supervisor's to act on (HUP reloads the
+        // workers), not a worker's to die of.
+        // SAFETY: setting a signal's disposition to SIG_IGN, before any
+        // thread of ours starts.
+        unsafe {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        }
+    }
     let inherited = config_file::take_inherited();
     let files = match (&handoff, inherited) {
         (Some(_), inherited) => cli::FileSettings::Inherited(inherited.unwrap_or_default()),

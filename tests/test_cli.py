@@ -152,6 +152,8 @@ def test_missing_app_argument_exits_2():
         # Framing is per response: a fixed length would garble every keep-alive connection.
         (["--header", "Content-Length: 3", "--port", "0"], "content-length"),
         (["--header", "Transfer-Encoding: chunked", "--port", "0"], "transfer-encoding"),
+        # Bytes that are not UTF-8 (Python hands them on with surrogate escapes).
+        (["--header", os.fsdecode(b"X-A: \xff"), "--port", "0"], "invalid UTF-8"),
     ],
     ids=[
         "port",
@@ -164,6 +166,7 @@ def test_missing_app_argument_exits_2():
         "ws-ping-timeout-1e19",
         "header-content-length",
         "header-transfer-encoding",
+        "argument-not-utf-8",
     ],
 )
 def test_bad_option_value_exits_2(args, bad):

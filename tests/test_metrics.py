@@ -347,6 +347,8 @@ def test_a_single_process_serves_its_own_metrics_and_probes(run_rsasgi, markers)
     assert metrics.value("rsasgi_event_loop_lag_seconds", worker="1") >= 0
     assert probe(base, "/healthz") == 200
     assert probe(base, "/readyz") == 200
+    refused = httpx.post(f"{base}/metrics", timeout=10)
+    assert (refused.status_code, refused.headers.get("allow")) == (405, "GET, HEAD")
     held = threading.Thread(target=lambda: httpx.get(f"{server.url}/hold", timeout=60))
     held.start()
     try:

@@ -253,6 +253,22 @@ def test_worker_killed_under_load_is_replaced(run_rsasgi):
     assert victim not in {pid for _, pid in load.answers(after=noticed)}
 
 
+def test_a_hangup_reaching_a_worker_is_the_supervisor_s_to_act_on(run_rsasgi):
+    """A SIGHUP sent to the whole process group (a terminal closed, GNU timeout) reaches the
+    workers too: they ignore it (the supervisor's HUP is a reload), rather than die of it and
+    be logged as crashes."""
+    server = start_supervised(run_rsasgi, workers=2)
+    workers = set(started_workers(server.output()))
+    for pid in workers:
+        os.kill(pid, signal.SIGHUP)
+    time.sleep(1)
+    assert "killed by SIGHUP" not in server.output()
+    assert set(started_workers(server.output())) == workers
+    for pid in workers:
+        os.kill(pid, 0)  # still there
+    assert get(server.url).status_code == 200
+
+
 def test_worker_blocking_its_event_loop_is_killed_after_its_stacks_are_logged(run_rsasgi, markers):
     server = start_supervised(
         run_rsasgi,

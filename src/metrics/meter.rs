@@ -62,8 +62,11 @@ pub(crate) struct MeteredIo<I> {
     /// `None` without `--metrics-bind`: the wrapper only passes through.
     slot: Option<Arc<Slot>>,
     protocol: Protocol,
-    /// Whether the first bytes have been looked at.
+    /// Whether the first bytes have said which protocol this is.
     classified: bool,
+    /// How many bytes of the HTTP/2 preface's start the reads so far matched
+    /// (a first read may be one byte: "P" starts "PUT" as well as "PRI").
+    matched: usize,
 }
 
 impl<I> MeteredIo<I> {
@@ -76,6 +79,7 @@ impl<I> MeteredIo<I> {
             slot,
             protocol: Protocol::Http1,
             classified: false,
+            matched: 0,
         }
     }
 
@@ -90,12 +94,18 @@ impl<I> MeteredIo<I> {
         };
         counters.received(read.len());
         if !self.classified && !read.is_empty() {
-            self.classified = true;
-            let prefix = read.len().min(HTTP2_PREFACE_START.len());
-            if read[..prefix] == HTTP2_PREFACE_START[..prefix] {
-                counters.connection_closed(Protocol::Http1);
-                counters.connection_opened(Protocol::Http2);
-                self.protocol = Protocol::Http2;
+            let wanted = &HTTP2_PREFACE_START[self.matched..];
+            let take = read.len().min(wanted.len());
+            if read[..take] != wanted[..take] {
+                self.classified = true;
+            } else {
+                self.matched += take;
+                if self.matched == HTTP2_PREFACE_START.len() {
+                    self.classified = true;
+                    counters.connection_closed(Protocol::Http1);
+                    counters.connection_opened(Protocol::Http2);
+                    self.protocol = Protocol::Http2;
+                }
             }
         }
     }
@@ -237,6 +247,29 @@ mod tests {
         drop(websocket);
         drop(server);
         assert_eq!(slot.counters().snapshot().connections_open, [0, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_told_from_a_method_across_short_reads() {
+        for (first, rest, open) in [
+            (&b"P"[..], &b"UT / HTTP/1.1\r\n"[..], [1, 0, 0]),
+            (b"PR", b"I * HTTP/2.0\r\n", [0, 1, 0]),
+        ] {
+            let slot = Arc::new(Slot::create().unwrap());
+            let (mut client, server) = tokio::io::duplex(1024);
+            let mut server = MeteredIo::new(server, Some(Arc::clone(&slot)));
+            let mut buf = vec![0; first.len()];
+            client.write_all(first).await.unwrap();
+            server.read_exact(&mut buf).await.unwrap();
+            let mut buf = vec![0; rest.len()];
+            client.write_all(rest).await.unwrap();
+            server.read_exact(&mut buf).await.unwrap();
+            assert_eq!(
+                slot.counters().snapshot().connections_open,
+                open,
+                "{first:?}"
+            );
+        }
     }
 
     #[test]

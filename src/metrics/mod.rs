@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -155,9 +155,12 @@ pub(crate) async fn serve(listener: std::net::TcpListener, scrape: Arc<dyn Scrap
                 answer(request.method(), request.uri().path(), scrape.as_ref());
             let mut response = Response::new(Full::new(Bytes::from(body)));
             *response.status_mut() = status;
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                // RFC 9110 §15.5.6: a 405 says which methods the resource has.
+                headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
             std::future::ready(Ok::<_, Infallible>(response))
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);

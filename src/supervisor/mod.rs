@@ -90,7 +90,7 @@ pub(crate) const EXIT_BOOT_FAILURE: i32 = 3;
 /// What each worker is started with.
 pub(crate) struct WorkerArgs {
     /// The supervisor's own command line, program name first.
-    pub argv: Vec<String>,
+    pub argv: Vec<std::ffi::OsString>,
     /// The configuration file's settings as command-line words: handed down
     /// in the environment, so a worker runs with what the supervisor read.
     pub file_args: Vec<String>,
@@ -129,7 +129,7 @@ pub(crate) fn run(
         tracing::info!("Workers run as {}", credentials.description);
         logging::hand_files_to(&config, credentials.uid, credentials.gid);
     }
-    let mut args = vec!["-m".to_string(), "rsasgi".to_string()];
+    let mut args = vec!["-m".into(), "rsasgi".into()];
     args.extend(worker_args.argv.into_iter().skip(1));
     let command = WorkerCommand {
         program,

@@ -20,7 +20,7 @@ use crate::config_file;
 /// supervisor (whose threads and locks would be copied mid-state).
 pub(super) struct WorkerCommand {
     pub program: String,
-    pub args: Vec<String>,
+    pub args: Vec<std::ffi::OsString>,
     /// The configuration file's settings, for [`config_file::INHERITED_VARIABLE`].
     pub file_settings: Option<String>,
     /// The listening sockets every worker inherits, at the same numbers.
