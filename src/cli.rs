@@ -338,10 +338,10 @@ struct Args {
     workers: Option<Workers>,
 
     /// Replace a worker whose event loop has not run for this many seconds,
-    /// logging every thread's Python stack first.
+    /// logging every thread's Python stack first (0: never, as gunicorn's --timeout 0).
     #[arg(long, visible_alias = "timeout", short_alias = 't', env = "RSASGI_TIMEOUT_WORKER_HEALTHCHECK",
           value_name = "SECONDS", default_value_t = Seconds(config::DEFAULT_TIMEOUT_WORKER_HEALTHCHECK),
-          value_parser = positive_seconds, help_heading = "Workers")]
+          value_parser = seconds, help_heading = "Workers")]
     timeout_worker_healthcheck: Seconds,
 
     /// Kill a worker still booting after this many seconds (0: never)
@@ -1048,6 +1048,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         None => web_concurrency(command)?,
     };
     let ping_interval = args.ws_ping_interval.0;
+    let healthcheck = Some(args.timeout_worker_healthcheck.0).filter(|limit| !limit.is_zero());
     Ok(Config {
         app: args.app,
         factory: args.factory,
@@ -1064,11 +1065,11 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         umask: args.umask.map(|mode| mode.0),
         supervision: Supervision {
             workers,
-            timeout_worker_healthcheck: args.timeout_worker_healthcheck.0,
+            timeout_worker_healthcheck: healthcheck,
+            // With no health check (gunicorn's --timeout 0), no boot deadline
+            // unless asked for: gunicorn's one timeout covers both.
             timeout_worker_boot: match args.timeout_worker_boot {
-                None => {
-                    Some(config::DEFAULT_TIMEOUT_WORKER_BOOT.max(args.timeout_worker_healthcheck.0))
-                }
+                None => healthcheck.map(|limit| config::DEFAULT_TIMEOUT_WORKER_BOOT.max(limit)),
                 Some(Seconds(limit)) => (!limit.is_zero()).then_some(limit),
             },
             max_requests: args.limit_max_requests,
@@ -1523,7 +1524,7 @@ mod tests {
         assert_eq!(supervision.max_requests_jitter, 50);
         assert_eq!(
             supervision.timeout_worker_healthcheck,
-            Duration::from_secs(60)
+            Some(Duration::from_secs(60))
         );
         assert_eq!(config.timeout_graceful_shutdown, Duration::from_secs(7));
         let config = parse(["rsasgi", "main:app", "--limit-max-requests", "5"]).unwrap();

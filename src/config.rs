@@ -238,8 +238,9 @@ impl Workers {
 pub(crate) struct Supervision {
     /// `None`: no supervisor, this process is the one worker.
     pub workers: Option<Workers>,
-    /// A worker whose event loop has not run for this long is replaced.
-    pub timeout_worker_healthcheck: Duration,
+    /// A worker whose event loop has not run for this long is replaced;
+    /// `None` (gunicorn's `--timeout 0`): never.
+    pub timeout_worker_healthcheck: Option<Duration>,
     /// A worker that does not serve this long after its start is killed;
     /// `None`: it may take as long as it likes.
     pub timeout_worker_boot: Option<Duration>,
@@ -258,7 +259,9 @@ impl Supervision {
     /// Seconds between a supervised worker's heartbeats: often enough that a
     /// quarter of the health-check timeout never passes without one.
     pub(crate) fn heartbeat_interval(&self) -> Duration {
-        (self.timeout_worker_healthcheck / 4).min(MAX_HEARTBEAT_INTERVAL)
+        self.timeout_worker_healthcheck
+            .map_or(MAX_HEARTBEAT_INTERVAL, |limit| limit / 4)
+            .min(MAX_HEARTBEAT_INTERVAL)
     }
 
     /// Whether a supervisor process runs: asked for with `--workers`, or

@@ -269,6 +269,21 @@ def test_a_hangup_reaching_a_worker_is_the_supervisor_s_to_act_on(run_rsasgi):
     assert get(server.url).status_code == 200
 
 
+def test_timeout_0_turns_the_health_check_off_as_in_gunicorn(run_rsasgi, markers):
+    """gunicorn's --timeout 0: no worker is killed for a loop that does not run (and 0 is no
+    usage error, nor a timeout of no time at all)."""
+    server = start_supervised(
+        run_rsasgi, "--timeout", "0", workers=1, env={"SUP_MARKERS": str(markers)}
+    )
+    blocker = server.connect()
+    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
+    time.sleep(3)
+    assert "is stuck" not in server.output()
+    assert "killed" not in server.output()
+    blocker.close()
+
+
 def test_worker_blocking_its_event_loop_is_killed_after_its_stacks_are_logged(run_rsasgi, markers):
     server = start_supervised(
         run_rsasgi,

@@ -836,7 +836,8 @@ impl Supervisor {
             if worker.is_active() {
                 let silent = worker.slot.since_beat();
                 let booting = worker.state == State::Booting;
-                let stuck = if silent > supervision.timeout_worker_healthcheck {
+                let healthcheck = supervision.timeout_worker_healthcheck;
+                let stuck = if let Some(limit) = healthcheck.filter(|limit| silent > *limit) {
                     let doing = if booting {
                         "has not finished booting and its event loop has not run"
                     } else {
@@ -846,7 +847,7 @@ impl Supervisor {
                         "{} {doing} for {:.1}s (--timeout-worker-healthcheck {}s)",
                         worker.name(),
                         silent.as_secs_f64(),
-                        supervision.timeout_worker_healthcheck.as_secs_f64()
+                        limit.as_secs_f64()
                     ))
                 } else {
                     // Its loop beats, but its import or lifespan startup
