@@ -465,6 +465,12 @@ BAD_FILES = {
         + ["TLS13_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]
         + ["ECDHE-RSA-AES128-GCM-SHA256"],
     ),
+    # The test certificate's key is ECDSA: an RSA-only TLS 1.2 suite could never be used.
+    "ciphers-for-another-key": lambda f: (
+        ["--ssl-certfile", f.cert, "--ssl-keyfile", f.key]
+        + ["--ssl-ciphers", "ECDHE-RSA-AES128-GCM-SHA256"],
+        ["--ssl-ciphers", "ECDHE-RSA-AES128-GCM-SHA256", "--ssl-keyfile", f.key, "RSA key"],
+    ),
     "required-without-ca-certs": lambda f: (
         ["--ssl-certfile", f.cert, "--ssl-keyfile", f.key, "--ssl-cert-reqs", "required"],
         ["--ssl-cert-reqs", "--ssl-ca-certs"],

@@ -118,6 +118,27 @@ impl TlsSettings {
             MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             MinVersion::Tls13 => &[&rustls::version::TLS13],
         };
+        if let Some(ciphers) = &self.ciphers {
+            // A TLS 1.2 suite names the kind of key it signs with
+            // (ECDHE-RSA-…): with none that fits this key, and no TLS 1.3
+            // suite, every handshake would fail.
+            if let Ok(signing) = provider.key_provider.load_private_key(key.clone_key()) {
+                let algorithm = signing.algorithm();
+                let usable = provider.cipher_suites.iter().any(|suite| {
+                    versions
+                        .iter()
+                        .any(|version| version.version == suite.version().version)
+                        && suite.usable_for_signature_algorithm(algorithm)
+                });
+                if !usable {
+                    return Err(format!(
+                        "--ssl-ciphers {ciphers:?}: none of these suites works with the {algorithm:?} key \
+                         of {key_option} {} (an ECDHE-RSA suite needs an RSA key, ECDHE-ECDSA an ECDSA one)",
+                        key_path.display()
+                    ));
+                }
+            }
+        }
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(versions)
             .map_err(|err| {
