@@ -271,6 +271,19 @@ def test_file_wrapper_honours_a_shorter_content_length(server, markers, big_file
     wait_for_line(markers / "short.log", "file-close")
 
 
+def test_file_wrapper_after_write_sends_the_file_after_what_was_written(server, big_file):
+    """PEP 3333 lets an app write() some body, then return an iterable: a file wrapper then
+    follows what was written (it was refused with a misleading error, the response cut)."""
+    path, data = big_file
+    conn = raw(server, timeout=30)
+    conn.send(request("GET", f"/file?path={path}&write=prefix;&tag=after-write"))
+    resp = conn.read_response()
+    assert resp.status_line.startswith(b"HTTP/1.1 200"), resp.status_line
+    assert resp.body == b"prefix;" + data
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"ok"
+
+
 def test_file_wrapper_with_a_block_size(server, big_file):
     path, data = big_file
     conn = raw(server, timeout=30)

@@ -326,6 +326,11 @@ fn send_file(
     state: &SharedResponse,
     wrapper: &FileWrapper,
 ) -> PyResult<Option<PyResult<()>>> {
+    if state.lock().headers_sent {
+        // write() sent the head and some of the body already (PEP 3333
+        // allows it before the iterable): the file follows as an iterable.
+        return Ok(None);
+    }
     let filelike = wrapper.filelike.bind(py);
     let Some(fd) = filelike
         .call_method0(intern!(py, "fileno"))

@@ -15,7 +15,8 @@ Routes (by PATH_INFO):
   /file?path=P&cl=0|1|N&seek=S&blk=B&tag=T
                         wsgi.file_wrapper over the file P (an io.FileIO subclass whose close()
                         appends "file-close" to T.log), seeked to S; cl=1 sets Content-Length
-                        to the remaining size, cl=N (N > 1) sets Content-Length: N
+                        to the remaining size, cl=N (N > 1) sets Content-Length: N; write=W
+                        write()s W before returning the wrapper
   /file-bytesio?size=N  wsgi.file_wrapper over an io.BytesIO (no fileno) of block(0, N)
   /gen?size=N&chunk=C&tag=T
                         generator of N bytes (block(i, C) for the i-th chunk), no
@@ -174,7 +175,9 @@ def app(environ, start_response):
             headers.append(("Content-Length", str(remaining)))
         elif cl > 1:
             headers.append(("Content-Length", str(cl)))
-        start_response("200 OK", headers)
+        write = start_response("200 OK", headers)
+        if "write" in q:
+            write(q["write"].encode())  # PEP 3333 allows write() before the iterable
         wrapper = environ["wsgi.file_wrapper"]
         if "blk" in q:
             return wrapper(f, int(q["blk"]))
