@@ -224,6 +224,36 @@ def test_sighup_counts_a_reload_restart_per_worker(run_rsasgi, markers):
     assert metrics.value("rsasgi_workers", state="serving") == 2
 
 
+def test_a_failed_reload_counts_no_restart(run_rsasgi, tmp_path):
+    """The new worker of a reload fails to import: the old one keeps serving, and nothing was
+    restarted."""
+    module = tmp_path / "metrics_reloaded.py"
+    module.write_text(
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+    )
+    metrics_port = free_port()
+    server = run_rsasgi(
+        "metrics_reloaded:app",
+        "--app-dir",
+        str(tmp_path),
+        "--metrics-bind",
+        f"127.0.0.1:{metrics_port}",
+        "--workers",
+        "1",
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    wait_for_log(server, "All 1 worker")
+    module.write_text("raise RuntimeError('broken deploy')\n")
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for_log(server, "Reload failed")
+    metrics = scrape(f"http://127.0.0.1:{metrics_port}")
+    assert metrics.value("rsasgi_worker_restarts_total", reason="reload") == 0
+
+
 # Gauges.
 
 

@@ -1021,9 +1021,6 @@ impl Supervisor {
         match self.spawn(number) {
             Some(mut replacement) => {
                 replacement.replaces = Some(pid);
-                if let Some(board) = &self.board {
-                    board.retiring(reason);
-                }
                 let old = &mut self.workers[index];
                 old.state = State::Retiring(reason);
                 tracing::info!(
@@ -1043,6 +1040,11 @@ impl Supervisor {
     fn retire_replaced(&mut self, pid: u32) {
         let deadline = Instant::now() + self.config.timeout_graceful_shutdown + STOP_MARGIN;
         if let Some(old) = self.workers.iter_mut().find(|w| w.pid == pid) {
+            // Counted once the replacement serves: one that fails leaves the
+            // old worker serving, and nothing was restarted.
+            if let (State::Retiring(reason), Some(board)) = (old.state, &self.board) {
+                board.retiring(reason);
+            }
             if old.is_active() {
                 tracing::info!("Stopping {} gracefully: its replacement serves", old.name());
                 old.signal(libc::SIGTERM);
