@@ -157,6 +157,24 @@ def test_reload_waits_for_a_fix_when_the_module_is_broken_at_start(run_rsasgi, t
     assert answer(server)[0] == 2
 
 
+def test_sighup_while_reload_waits_for_a_fix_starts_the_workers_again(run_rsasgi, tmp_path):
+    """What the app missed at start may be outside the watched files (a setting, a service
+    that was down): HUP tries again at once."""
+    module = reloadable_app(tmp_path)
+    needed = tmp_path / "needed"  # outside the watched directory
+    module.write_text(
+        (APPS / "ops_app.py").read_text()
+        + f"\n\nimport pathlib\n\nassert pathlib.Path({str(needed)!r}).exists(), 'not yet'\n"
+    )
+    server = start_reloading(run_rsasgi, module)
+    wait_for_log(server, "waiting for a change to the files to try again (--reload)")
+    needed.touch()
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for_log(server, "Received SIGHUP: starting the workers again", "All 1 worker serving")
+    assert answer(server)[0] == 1
+    assert "Reload complete" not in server.output()
+
+
 def test_reload_ignores_files_other_than_python_by_default(run_rsasgi, tmp_path):
     module = reloadable_app(tmp_path)
     server = start_reloading(run_rsasgi, module)

@@ -464,6 +464,14 @@ impl Supervisor {
         if self.stop.is_some() {
             return;
         }
+        if self.waiting_for_change {
+            // No worker runs: --reload waits for the files to change after a
+            // start that could not load the app. HUP tries again now (what
+            // was missing may be outside the watched files).
+            tracing::info!("Received SIGHUP: starting the workers again");
+            self.try_again();
+            return;
+        }
         tracing::info!(
             "Received SIGHUP: replacing the workers one by one with fresh ones \
              (each new worker serves before an old one stops)"
@@ -487,12 +495,18 @@ impl Supervisor {
         }
         tracing::info!("Changes in {}; restarting the workers", names.join(", "));
         if self.waiting_for_change {
-            self.waiting_for_change = false;
-            self.respawn_at = None;
-            self.crashes.clear();
+            self.try_again();
         } else {
             self.restart_all();
         }
+    }
+
+    /// Ends the wait of `--reload` after a start that could not load the
+    /// app: the workers are started at once.
+    fn try_again(&mut self) {
+        self.waiting_for_change = false;
+        self.respawn_at = None;
+        self.crashes.clear();
     }
 
     /// Replaces every worker, one at a time, with one of a new generation.
