@@ -30,7 +30,16 @@ impl Drop for PidFile {
         let ours = std::fs::read_to_string(&self.path)
             .is_ok_and(|content| content.trim() == self.pid.to_string());
         if ours {
-            let _ = std::fs::remove_file(&self.path);
+            if let Err(err) = std::fs::remove_file(&self.path) {
+                // In one process with --user, the rights to the directory
+                // went with root's; a supervisor keeps them.
+                tracing::warn!(
+                    "Could not remove --pid {}: {err}; remove it by hand (with --user, run with \
+                     --workers, whose supervisor keeps root's rights, or keep the file in a \
+                     directory that user may write)",
+                    self.path.display()
+                );
+            }
         }
     }
 }
