@@ -30,6 +30,7 @@ a response stalled on flow control.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -664,6 +665,21 @@ def test_a_peer_that_never_opens_its_window_has_its_stream_reset_at_the_send_tim
     wait_for_log(server, "the client took no bytes of the response for --timeout-send 2s")
     sent = settled(lambda: stats(server)["sent"], server)
     assert sent < 4 * MIB
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_response_does_not_hold_a_shutdown_past_the_send_timeout(run_rsasgi):
+    """A connection that is closing (here: the server drains at SIGTERM) still has its stalled
+    responses cut at --timeout-send, so a client that never opens its window holds the
+    shutdown for that long, not for all of --timeout-graceful-shutdown."""
+    server = start(run_rsasgi, "--timeout-send", "2", "--timeout-graceful-shutdown", "30")
+    client = stalled_download(server, 0, answer_pings=True)
+    server.proc.send_signal(signal.SIGTERM)
+    client.read_until_closed()
+    resets = client.of_type(RstStreamFrame)
+    assert [(frame.stream_id, frame.error_code) for frame in resets] == [(1, CANCEL)]
+    assert server.wait_exit(20) == 0
+    assert "still open after --timeout-graceful-shutdown" not in server.output()
 
 
 @pytest.mark.timeout(60)
