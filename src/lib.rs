@@ -44,13 +44,17 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
     // Read and cleared before any thread (the log writer is one) starts.
     let handoff = supervisor::Handoff::take_from_env();
     if handoff.is_some() {
-        // A hangup reaches the whole process group (a terminal closed, GNU
-        // timeout): it is the supervisor's to act on (HUP reloads the
-        // workers), not a worker's to die of.
-        // SAFETY: setting a signal's disposition to SIG_IGN, before any
-        // thread of ours starts.
-        unsafe {
-            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        // Sent to the whole process group (a terminal closed, GNU timeout,
+        // `kill -TTIN -PGID`), these reach the workers too: they are the
+        // supervisor's to act on (HUP reloads, TTIN and TTOU change the
+        // number of workers), not a worker's to die or stop of (TTIN's and
+        // TTOU's default action stops the process).
+        for signal in [libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU] {
+            // SAFETY: setting a signal's disposition to SIG_IGN, before any
+            // thread of ours starts.
+            unsafe {
+                libc::signal(signal, libc::SIG_IGN);
+            }
         }
     }
     let inherited = config_file::take_inherited();

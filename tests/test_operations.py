@@ -175,6 +175,16 @@ def test_sighup_while_reload_waits_for_a_fix_starts_the_workers_again(run_rsasgi
     assert "Reload complete" not in server.output()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTTIN, signal.SIGTTOU])
+def test_ttin_to_one_process_is_a_warning_not_a_stopped_server(run_rsasgi, sig):
+    """A gunicorn habit sent to rsasgi without --workers: the default action of TTIN and TTOU
+    would stop (freeze) the process, every request hanging until SIGCONT."""
+    server = run_rsasgi(APP)
+    server.proc.send_signal(sig)
+    wait_for_log(server, f"Received {sig.name}: changing the number of workers needs --workers")
+    assert answer(server)[0] == 1
+
+
 def test_reload_ignores_files_other_than_python_by_default(run_rsasgi, tmp_path):
     module = reloadable_app(tmp_path)
     server = start_reloading(run_rsasgi, module)

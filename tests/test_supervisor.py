@@ -253,16 +253,20 @@ def test_worker_killed_under_load_is_replaced(run_rsasgi):
     assert victim not in {pid for _, pid in load.answers(after=noticed)}
 
 
-def test_a_hangup_reaching_a_worker_is_the_supervisor_s_to_act_on(run_rsasgi):
-    """A SIGHUP sent to the whole process group (a terminal closed, GNU timeout) reaches the
-    workers too: they ignore it (the supervisor's HUP is a reload), rather than die of it and
-    be logged as crashes."""
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU])
+def test_a_signal_to_the_process_group_reaching_a_worker_is_the_supervisor_s(run_rsasgi, sig):
+    """HUP, TTIN or TTOU sent to the whole process group (a terminal closed, GNU timeout,
+    kill -TTIN -PGID) reach the workers too: they ignore them (the supervisor acts on them),
+    rather than die of HUP (logged as a crash) or be stopped by TTIN/TTOU (a frozen worker)."""
     server = start_supervised(run_rsasgi, workers=2)
     workers = set(started_workers(server.output()))
     for pid in workers:
-        os.kill(pid, signal.SIGHUP)
+        os.kill(pid, sig)
     time.sleep(1)
-    assert "killed by SIGHUP" not in server.output()
+    assert f"killed by {sig.name}" not in server.output()
+    for pid in workers:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert state != "T", f"worker {pid} stopped by {sig.name}"
     assert set(started_workers(server.output())) == workers
     for pid in workers:
         os.kill(pid, 0)  # still there

@@ -390,6 +390,15 @@ async def _serve(worker, app, interface, loop) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGQUIT, on_quit)
     loop.add_signal_handler(signal.SIGUSR1, worker.reopen_log_file)
+    if not supervised:
+        # Their default action stops (freezes) the process: a gunicorn habit must not
+        # hang the server.
+        def on_resize(signum: int) -> None:
+            name = signal.Signals(signum).name
+            log("warning", f"Received {name}: changing the number of workers needs --workers")
+
+        for signum in (signal.SIGTTIN, signal.SIGTTOU):
+            loop.add_signal_handler(signum, on_resize, signum)
     # The handlers stay until the very end, so that a second signal can cut
     # short any step of the shutdown, the lifespan shutdown included.
     try:
@@ -441,6 +450,10 @@ async def _serve(worker, app, interface, loop) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
+        if not supervised:
+            for signum in (signal.SIGTTIN, signal.SIGTTOU):
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, signal.SIG_IGN)
         if supervised:
             # A late copy of the stop signal (CTRL+C reaches the whole process
             # group, then the supervisor sends SIGTERM) must not cut the exit short.
