@@ -58,16 +58,17 @@ impl ResponseStart {
     ///   made one); anything else would go out as written, next to a body of
     ///   another length, and the client would read the rest of this
     ///   response, or part of the next, wrongly.
-    /// - `Transfer-Encoding`, `TE`, `Upgrade`, `Keep-Alive` and
-    ///   `Proxy-Connection` are dropped (hyper frames the body itself, and
-    ///   refuses a response that has both a length and a transfer coding),
-    ///   and `Connection` is kept only as `close`, which hyper honours.
+    /// - `Transfer-Encoding`, `TE`, `Keep-Alive` and `Proxy-Connection` are
+    ///   dropped (hyper frames the body itself, and refuses a response that
+    ///   has both a length and a transfer coding), and `Connection` is kept
+    ///   only as `close`, which hyper honours. `Upgrade` stays: a 426 must
+    ///   carry it (RFC 9110 §15.5.22).
     pub(crate) fn check_framing(headers: &mut HeaderMap) -> Result<(), String> {
-        use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
+        use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING};
         let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
         if let Some(first) = lengths.next() {
             let number = |value: &http::HeaderValue| {
-                let digits = value.as_bytes();
+                let digits = value.as_bytes().trim_ascii();
                 !digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit)
             };
             let mut repeated = false;
@@ -84,9 +85,13 @@ impl ResponseStart {
                     "the response's Content-Length must be a number of bytes, got {first:?}"
                 ));
             }
-            if repeated {
-                let first = first.clone();
-                headers.insert(CONTENT_LENGTH, first);
+            let trimmed = first.as_bytes().trim_ascii();
+            if repeated || trimmed.len() != first.as_bytes().len() {
+                // One value, as digits only (which is what the length
+                // check against the body reads).
+                let value =
+                    http::HeaderValue::from_bytes(trimmed).unwrap_or_else(|_| first.clone());
+                headers.insert(CONTENT_LENGTH, value);
             }
         }
         // One pass over the names settles almost every response.
@@ -94,7 +99,6 @@ impl ResponseStart {
             name == TRANSFER_ENCODING
                 || name == CONNECTION
                 || name == TE
-                || name == UPGRADE
                 || name == "keep-alive"
                 || name == "proxy-connection"
         };
@@ -106,7 +110,7 @@ impl ResponseStart {
             .iter()
             .flat_map(|value| value.as_bytes().split(|&b| b == b','))
             .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
-        for name in [TRANSFER_ENCODING, CONNECTION, TE, UPGRADE] {
+        for name in [TRANSFER_ENCODING, CONNECTION, TE] {
             headers.remove(name);
         }
         headers.remove("keep-alive");

@@ -49,11 +49,13 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
         // supervisor's to act on (HUP reloads, TTIN and TTOU change the
         // number of workers), not a worker's to die or stop of (TTIN's and
         // TTOU's default action stops the process).
+        // Caught by a handler that does nothing rather than ignored: an
+        // ignored signal stays ignored across exec, in every program the app
+        // starts, while a caught one is reset to its default there.
         for signal in [libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU] {
-            // SAFETY: setting a signal's disposition to SIG_IGN, before any
-            // thread of ours starts.
-            unsafe {
-                libc::signal(signal, libc::SIG_IGN);
+            // SAFETY: the action does nothing, which is async-signal-safe.
+            if let Err(err) = unsafe { signal_hook_registry::register(signal, || {}) } {
+                tracing::warn!("Cannot install the handler of signal {signal}: {err}");
             }
         }
     }

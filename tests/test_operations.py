@@ -554,6 +554,10 @@ def test_programs_the_app_starts_inherit_no_socket_of_the_server(run_rsasgi, how
     assert " 0 -> " in listing, listing
     assert "socket:" not in listing, listing
     assert "memfd:" not in listing, listing
+    # Nor do they ignore HUP, TTIN or TTOU because a worker does (it catches them).
+    ignored = int(get(server.url + "/sigign").text.split()[1], 16)
+    for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        assert not ignored & (1 << (sig - 1)), (sig.name, hex(ignored))
 
 
 # systemd: notifications (sd_notify).

@@ -627,6 +627,29 @@ def test_new_worker_whose_lifespan_startup_never_ends_is_killed_at_the_boot_dead
     assert get(server.url).text.split()[0] == "2"
 
 
+def test_a_worker_killed_at_the_boot_deadline_again_and_again_is_restarted_with_backoff(
+    run_rsasgi, tmp_path
+):
+    """A first worker whose startup never ends: killed at --timeout-worker-boot, and each
+    new start waits longer, as after crashes, rather than a kill loop at full speed. The log
+    says it was killed by the supervisor, not by the OOM killer."""
+    module = tmp_path / "never_starts.py"
+    module.write_text(STARTUP_NEVER_ENDS)
+    server = run_rsasgi(
+        "never_starts:app",
+        "--app-dir",
+        str(tmp_path),
+        "--timeout-worker-boot",
+        "1",
+        "--workers",
+        "1",
+        wait=False,
+    )
+    log = wait_for_log(server, "worker crashes in the last", timeout=30)
+    assert "was killed (see above); replacing it" in log
+    assert "OOM killer" not in log
+
+
 def test_workers_reaching_max_requests_are_replaced_without_failing_a_request(run_rsasgi):
     server = start_supervised(run_rsasgi, "--limit-max-requests", "50", workers=2)
     old = set(started_workers(server.output()))

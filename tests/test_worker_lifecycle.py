@@ -187,7 +187,8 @@ def test_an_attribute_that_raises_fails_to_load(run_rsasgi, tmp_path):
 
 def test_pep_3333_application_class_is_detected_as_wsgi(run_rsasgi, tmp_path):
     """PEP 3333's own example: a class whose instances, built with environ and
-    start_response, are the iterable."""
+    start_response, are the iterable; an ASGI 2 class whose constructor takes an option
+    besides the scope stays ASGI 2."""
     (tmp_path / "life_pep_class.py").write_text(
         "class AppClass:\n"
         "    def __init__(self, environ, start_response):\n"
@@ -195,12 +196,17 @@ def test_pep_3333_application_class_is_detected_as_wsgi(run_rsasgi, tmp_path):
         "    def __iter__(self):\n"
         "        self.start('200 OK', [('Content-Type', 'text/plain')])\n"
         "        yield b'Hello world!\\n'\n\n\n"
-        "def app_with_default(environ, start_response, extra=None):\n"
-        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
-        "    return [b'default']\n"
+        "class Asgi2WithOption:\n"
+        "    def __init__(self, scope, config=None):\n"
+        "        self.scope = scope\n\n"
+        "    async def __call__(self, receive, send):\n"
+        "        await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "        await send({'type': 'http.response.body', 'body': b'asgi2'})\n"
     )
-    for target, body in [("AppClass", "Hello world!\n"), ("app_with_default", "default")]:
-        server = run_rsasgi(f"life_pep_class:{target}", "--app-dir", str(tmp_path))
+    for target, body in [("AppClass", "Hello world!\n"), ("Asgi2WithOption", "asgi2")]:
+        server = run_rsasgi(
+            f"life_pep_class:{target}", "--app-dir", str(tmp_path), "--lifespan", "off"
+        )
         response = httpx.get(server.url + "/", timeout=10)
         assert (response.status_code, response.text) == (200, body), server.output()
         server.stop()

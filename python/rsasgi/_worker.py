@@ -208,8 +208,9 @@ def detect_interface(app, requested: str) -> str:
         if hasattr(app, "__await__"):
             return "asgi3"
         # Calling the class builds the instance: with the scope, ASGI 2; with environ and
-        # start_response, PEP 3333's own example of a WSGI application class.
-        return "wsgi" if _positional_count(app) == 2 else "asgi2"
+        # start_response, an iterable, PEP 3333's own example of a WSGI application class.
+        wsgi_class = hasattr(app, "__iter__") and _positional_count(app) == 2
+        return "wsgi" if wsgi_class else "asgi2"
     call = app if inspect.isfunction(app) or inspect.ismethod(app) else type(app).__call__
     if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(app):
         return "asgi3"
@@ -222,9 +223,8 @@ def detect_interface(app, requested: str) -> str:
 
 
 def _positional_count(app) -> int | None:
-    """How many positional arguments calling ``app`` takes: all of them, or only those
-    without a default when that makes it one or two (``def app(environ, start_response,
-    extra=None)`` is WSGI); None when Python cannot tell."""
+    """How many positional arguments calling ``app`` takes; None when Python cannot
+    tell."""
     try:
         params = [
             p
@@ -233,9 +233,6 @@ def _positional_count(app) -> int | None:
         ]
     except (TypeError, ValueError):
         return None
-    required = [p for p in params if p.default is p.empty]
-    if len(params) not in (1, 2) and len(required) in (1, 2):
-        return len(required)
     return len(params)
 
 

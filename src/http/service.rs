@@ -553,14 +553,15 @@ async fn open_websocket(
         path,
         info,
     ));
-    state.bridge.push(Event::WebSocket(Box::new(WsStart {
-        session: Arc::clone(&session),
-        head,
-    })));
+    // Held before the app can start, so that it is let go when the app ends.
     let busy = busy.map(|(busy, app_task)| {
         session.hold(app_task);
         busy
     });
+    state.bridge.push(Event::WebSocket(Box::new(WsStart {
+        session: Arc::clone(&session),
+        head,
+    })));
     let mut finisher = FinishOnDrop(Some(Arc::clone(&session)));
     let handshake = poll_fn(|cx| session.poll_handshake(cx)).await;
     finisher.0 = None;

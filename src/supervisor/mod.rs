@@ -651,7 +651,14 @@ impl Supervisor {
                 }
             }
             State::Hung { .. } | State::Killed => {
-                tracing::warn!("{name} {how}; replacing it");
+                tracing::warn!("{name} was killed (see above); replacing it");
+                if !worker.slot.is_serving() {
+                    // Killed before it ever served (the health check or
+                    // --timeout-worker-boot while booting): the next start
+                    // would most likely end the same way, so it waits, as
+                    // after a crash.
+                    self.crashed();
+                }
             }
             // Serving already, though the last look at its slot was earlier.
             State::Booting if worker.slot.is_serving() => {
@@ -662,10 +669,7 @@ impl Supervisor {
             State::Booting => self.boot_failed(&worker, status, &how),
             State::Serving | State::Retiring(_) => {
                 tracing::error!("{name} {how}; replacing it");
-                // A retiring worker's replacement is counted already.
-                if worker.state == State::Serving {
-                    self.count_restart(Restart::Crash);
-                }
+                self.count_restart(Restart::Crash);
                 self.crashed();
             }
         }

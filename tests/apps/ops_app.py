@@ -5,6 +5,8 @@ GET /uid            "UID EUID" of the process
 GET /create?PATH    creates the file PATH (open(PATH, "w"): mode 0666 before the umask), "created"
 GET /fds            what `ls -l /proc/self/fd` lists in a program the app starts, which
                     inherits every descriptor not marked close-on-exec (as os.system would)
+GET /sigign         the SigIgn line of /proc/self/status in a program the app starts: the
+                    signals it ignores because it inherited their being ignored
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ async def app(scope, receive, send):
         with open(unquote(scope["query_string"].decode()), "w") as file:
             file.write("x")
         body = "created"
+    elif path == "/sigign":
+        status = subprocess.run(
+            ["grep", "SigIgn", "/proc/self/status"], capture_output=True, check=True
+        )
+        body = status.stdout.decode()
     elif path == "/fds":
         listing = subprocess.run(
             ["ls", "-l", "/proc/self/fd"], close_fds=False, capture_output=True, check=True

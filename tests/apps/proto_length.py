@@ -6,6 +6,7 @@ ASGI `app` and WSGI `wsgi`, both:
     GET /long          declares Content-Length 5, sends the 12 bytes b"hello world!"
     GET /short         declares Content-Length 20, sends the same 12 bytes
     GET /cl-twice      Content-Length 12 twice, the 12 bytes
+    GET /cl-space      Content-Length " 12 ", the 12 bytes
     GET /cl-conflict   Content-Length 12 and 5
     GET /cl-text       Content-Length "twelve"
     GET /te-cl         Transfer-Encoding: chunked and Content-Length 12
@@ -20,6 +21,7 @@ FRAMING = {
     "/long": [("Content-Length", "5")],
     "/short": [("Content-Length", "20")],
     "/cl-twice": [("Content-Length", "12"), ("Content-Length", "12")],
+    "/cl-space": [("Content-Length", " 12 ")],
     "/cl-conflict": [("Content-Length", "12"), ("Content-Length", "5")],
     "/cl-text": [("Content-Length", "twelve")],
     "/te-cl": [("Transfer-Encoding", "chunked"), ("Content-Length", "12")],
