@@ -764,6 +764,10 @@ fn add_host_from_authority(request: &mut Request<Incoming>) {
 /// cookie header (and WSGI would otherwise join them with ", ", which breaks
 /// cookie parsing).
 fn join_cookies(headers: &mut http::HeaderMap) {
+    // No name with two values (almost every request): settled without a lookup.
+    if headers.len() == headers.keys_len() {
+        return;
+    }
     let mut cookies = headers.get_all(header::COOKIE).iter();
     let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
         return;
