@@ -257,8 +257,10 @@ struct State {
     /// The `send()` futures waiting for room in the buffer.
     senders: Vec<Py<PyAny>>,
     reactor: Option<Waker>,
-    /// A WSGI pool thread blocked on this exchange (for body or buffer room).
-    parked: Option<Thread>,
+    /// The WSGI threads blocked on this exchange (for body or buffer room):
+    /// the app's own threads may read the body in one while another waits
+    /// in `write()`, and a wake-up for one must not be lost to the other.
+    parked: Vec<Thread>,
 
     /// The client went away, or the reactor ended the exchange on a bad body.
     closed: bool,
@@ -481,9 +483,7 @@ impl Exchange {
                 st.body.push_back(data);
             }
             st.body_complete |= last;
-            if let Some(thread) = st.parked.take() {
-                thread.unpark();
-            }
+            unpark_all(&mut st.parked);
             std::mem::take(&mut st.receivers)
         };
         self.resolve(receiver, WaitKind::Receive);
@@ -537,9 +537,7 @@ impl Exchange {
                 return;
             }
             st.closed = true;
-            if let Some(thread) = st.parked.take() {
-                thread.unpark();
-            }
+            unpark_all(&mut st.parked);
             (
                 std::mem::take(&mut st.receivers),
                 std::mem::take(&mut st.senders),
@@ -598,9 +596,7 @@ impl Exchange {
                 Some(Chunk::Data(chunk)) => {
                     st.response_buffered -= chunk.len();
                     let sender = if st.response_buffered <= RESPONSE_LOW_WATER {
-                        if let Some(thread) = st.parked.take() {
-                            thread.unpark();
-                        }
+                        unpark_all(&mut st.parked);
                         std::mem::take(&mut st.senders)
                     } else {
                         Vec::new()
@@ -780,7 +776,10 @@ impl Exchange {
 
     /// Parks the current thread until the reactor changes the state.
     fn park(mut st: MutexGuard<'_, State>) {
-        st.parked = Some(std::thread::current());
+        let current = std::thread::current();
+        if !st.parked.iter().any(|parked| parked.id() == current.id()) {
+            st.parked.push(current);
+        }
         drop(st);
         std::thread::park();
     }
@@ -931,6 +930,13 @@ impl Exchange {
         if let Some(waker) = reactor {
             wake(waker);
         }
+    }
+}
+
+/// Wakes every parked WSGI thread; each looks again at what it waits for.
+fn unpark_all(parked: &mut Vec<Thread>) {
+    for thread in parked.drain(..) {
+        thread.unpark();
     }
 }
 
@@ -1151,6 +1157,47 @@ mod tests {
         assert!(matches!(exchange.try_read_body(10), Some(BodyRead::Data(d)) if d.len() == 10));
         assert!(matches!(exchange.try_read_body(10), Some(BodyRead::Data(d)) if &d[..] == b"abc"));
         assert!(matches!(exchange.try_read_body(10), Some(BodyRead::End)));
+    }
+
+    #[test]
+    fn two_wsgi_threads_blocked_on_one_exchange_are_both_woken() {
+        // One of the app's threads reads the body while another waits in
+        // write() for a slow client: each wake-up reaches its thread.
+        let exchange = exchange(Method::POST, false);
+        exchange.send_start(ok_start()).unwrap();
+        let big = Bytes::from(vec![0; RESPONSE_HIGH_WATER + 1]);
+        assert_eq!(exchange.send_body(big, true), Ok(true));
+        let reader = {
+            let exchange = Arc::clone(&exchange);
+            std::thread::spawn(move || matches!(exchange.read_body_blocking(10), BodyRead::Data(_)))
+        };
+        let writer = {
+            let exchange = Arc::clone(&exchange);
+            std::thread::spawn(move || exchange.wait_for_room())
+        };
+        // Both are parked (or about to be) before the wake-ups come.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // Joined only once done: a lost wake-up fails the test, not hangs it.
+        fn finishes<T>(thread: &std::thread::JoinHandle<T>) -> bool {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            thread.is_finished()
+        }
+        exchange.push_body(Bytes::from_static(b"body"), true);
+        assert!(finishes(&reader), "the reader was not woken");
+        assert!(reader.join().unwrap());
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_start(cx)),
+            Poll::Ready(Ok(_))
+        ));
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_chunk(cx)),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        assert!(finishes(&writer), "the writer was not woken");
+        assert_eq!(writer.join().unwrap(), Ok(()));
     }
 
     #[test]
