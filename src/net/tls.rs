@@ -124,13 +124,21 @@ impl TlsSettings {
             // suite, every handshake would fail.
             if let Ok(signing) = provider.key_provider.load_private_key(key.clone_key()) {
                 let algorithm = signing.algorithm();
-                let usable = provider.cipher_suites.iter().any(|suite| {
-                    versions
-                        .iter()
-                        .any(|version| version.version == suite.version().version)
-                        && suite.usable_for_signature_algorithm(algorithm)
-                });
-                if !usable {
+                // Suites of none of the versions allowed are the version
+                // check's to report (below), not a matter of the key.
+                let allowed: Vec<&SupportedCipherSuite> = provider
+                    .cipher_suites
+                    .iter()
+                    .filter(|suite| {
+                        versions
+                            .iter()
+                            .any(|version| version.version == suite.version().version)
+                    })
+                    .collect();
+                let usable = allowed
+                    .iter()
+                    .any(|suite| suite.usable_for_signature_algorithm(algorithm));
+                if !allowed.is_empty() && !usable {
                     return Err(format!(
                         "--ssl-ciphers {ciphers:?}: none of these suites works with the {algorithm:?} key \
                          of {key_option} {} (an ECDHE-RSA suite needs an RSA key, ECDHE-ECDSA an ECDSA one)",
@@ -583,6 +591,14 @@ mod tests {
         some.min_version = MinVersion::Tls13;
         assert!(
             error(&some).contains("no suite for TLS 1.3"),
+            "{}",
+            error(&some)
+        );
+        // Suites that cannot sign with the key (an ECDSA one here).
+        some.ciphers = Some("ECDHE-RSA-AES128-GCM-SHA256".into());
+        some.min_version = MinVersion::Tls12;
+        assert!(
+            error(&some).contains("none of these suites works with the ECDSA key"),
             "{}",
             error(&some)
         );
