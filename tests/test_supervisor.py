@@ -314,7 +314,7 @@ def test_worker_blocking_its_event_loop_is_killed_after_its_stacks_are_logged(ru
             server,
             f"worker {number} (pid {stuck}) is stuck: its event loop has not run for",
             f"Killing worker {number} (pid {stuck}) (after writing its stacks)",
-            f"worker {number} (pid {stuck}) was killed by SIGKILL",
+            f"worker {number} (pid {stuck}) was killed (see above); replacing it",
         )
         killed = time.monotonic()
         replacement = wait_for(
