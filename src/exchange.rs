@@ -1070,12 +1070,19 @@ mod tests {
         assert_eq!(exchange.complete_body_len(), Some(1));
     }
 
-    #[test]
-    fn a_full_buffer_asks_the_app_to_wait_until_the_reactor_drains_it() {
-        let exchange = exchange(Method::GET, true);
+    /// An exchange whose app started its response and queued more than the
+    /// high-water mark of it: its `send()` is told to wait.
+    fn past_high_water(method: Method, body_complete: bool) -> Arc<Exchange> {
+        let exchange = exchange(method, body_complete);
         exchange.send_start(ok_start()).unwrap();
         let big = Bytes::from(vec![0; RESPONSE_HIGH_WATER + 1]);
         assert_eq!(exchange.send_body(big, true), Ok(true));
+        exchange
+    }
+
+    #[test]
+    fn a_full_buffer_asks_the_app_to_wait_until_the_reactor_drains_it() {
+        let exchange = past_high_water(Method::GET, true);
         assert!(matches!(
             poll(|cx| exchange.poll_response_start(cx)),
             Poll::Ready(Ok(_))
@@ -1163,10 +1170,7 @@ mod tests {
     fn two_wsgi_threads_blocked_on_one_exchange_are_both_woken() {
         // One of the app's threads reads the body while another waits in
         // write() for a slow client: each wake-up reaches its thread.
-        let exchange = exchange(Method::POST, false);
-        exchange.send_start(ok_start()).unwrap();
-        let big = Bytes::from(vec![0; RESPONSE_HIGH_WATER + 1]);
-        assert_eq!(exchange.send_body(big, true), Ok(true));
+        let exchange = past_high_water(Method::POST, false);
         let reader = {
             let exchange = Arc::clone(&exchange);
             std::thread::spawn(move || matches!(exchange.read_body_blocking(10), BodyRead::Data(_)))
