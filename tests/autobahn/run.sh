@@ -113,6 +113,9 @@ export PYTHONWARNINGS=ignore # cryptography's "Python 2 is no longer supported" 
 rm -rf "$WORK"
 mkdir -p "$WORK"
 SERVER_LOG=$WORK/server.log
+# Created here, not only by the server's redirection: that happens in the forked child, and the
+# loop below may read the log before the child has opened it (sed then fails, and set -e exits).
+: >"$SERVER_LOG"
 SERVER_PID=
 cleanup() {
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
