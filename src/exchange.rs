@@ -48,9 +48,27 @@ pub(crate) struct ResponseStart {
     /// A reason phrase other than the status code's standard one (WSGI apps
     /// choose theirs, e.g. Werkzeug's "418 I'M A TEAPOT").
     pub reason: Option<hyper::ext::ReasonPhrase>,
+    /// The number in the app's `Content-Length`, once checked.
+    pub content_length: Option<u64>,
 }
 
 impl ResponseStart {
+    /// The app's response head, once [`check_framing`](Self::check_framing)
+    /// has passed its headers.
+    pub(crate) fn new(
+        status: StatusCode,
+        mut headers: HeaderMap,
+        reason: Option<hyper::ext::ReasonPhrase>,
+    ) -> Result<Self, String> {
+        let content_length = Self::check_framing(&mut headers)?;
+        Ok(Self {
+            status,
+            headers,
+            reason,
+            content_length,
+        })
+    }
+
     /// Checks the app's headers that decide how the response is framed,
     /// which the server owns (PEP 3333 forbids an app hop-by-hop headers;
     /// gunicorn drops them too):
@@ -63,8 +81,11 @@ impl ResponseStart {
     ///   has both a length and a transfer coding), and `Connection` is kept
     ///   only as `close`, which hyper honours. `Upgrade` stays: a 426 must
     ///   carry it (RFC 9110 §15.5.22).
-    pub(crate) fn check_framing(headers: &mut HeaderMap) -> Result<(), String> {
+    ///
+    /// Returns the length the headers declare.
+    fn check_framing(headers: &mut HeaderMap) -> Result<Option<u64>, String> {
         use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING};
+        let mut length = None;
         let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
         if let Some(first) = lengths.next() {
             let number = |value: &http::HeaderValue| {
@@ -86,6 +107,10 @@ impl ResponseStart {
                 ));
             }
             let trimmed = first.as_bytes().trim_ascii();
+            // At most 19 digits: below u64::MAX.
+            length = std::str::from_utf8(trimmed)
+                .ok()
+                .and_then(|s| s.parse().ok());
             if repeated || trimmed.len() != first.as_bytes().len() {
                 // One value, as digits only (which is what the length
                 // check against the body reads).
@@ -103,7 +128,7 @@ impl ResponseStart {
                 || name == "proxy-connection"
         };
         if !headers.keys().any(hop_by_hop) {
-            return Ok(());
+            return Ok(length);
         }
         let close = headers
             .get_all(CONNECTION)
@@ -118,7 +143,7 @@ impl ResponseStart {
         if close {
             headers.insert(CONNECTION, http::HeaderValue::from_static("close"));
         }
-        Ok(())
+        Ok(length)
     }
 }
 
@@ -995,11 +1020,64 @@ mod tests {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             reason: None,
+            content_length: None,
         }
     }
 
     fn poll<T>(f: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
         f(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn head(headers: &[(&'static str, &'static str)]) -> Result<ResponseStart, String> {
+        let mut map = HeaderMap::new();
+        for &(name, value) in headers {
+            map.append(name, http::HeaderValue::from_static(value));
+        }
+        ResponseStart::new(StatusCode::OK, map, None)
+    }
+
+    #[test]
+    fn the_apps_content_length_is_checked_and_kept_as_one_number() {
+        let start = head(&[("content-length", " 12 ")]).unwrap();
+        assert_eq!(start.content_length, Some(12));
+        assert_eq!(start.headers["content-length"], "12");
+        let start = head(&[("content-length", "5"), ("content-length", "5")]).unwrap();
+        assert_eq!(start.content_length, Some(5));
+        assert_eq!(start.headers.get_all("content-length").iter().count(), 1);
+        let start = head(&[("content-length", "9999999999999999999")]).unwrap();
+        assert_eq!(start.content_length, Some(9_999_999_999_999_999_999));
+        assert_eq!(head(&[("x", "y")]).unwrap().content_length, None);
+        for bad in [
+            &[("content-length", "5"), ("content-length", "6")][..],
+            &[("content-length", "abc")],
+            &[("content-length", "")],
+            &[("content-length", "-1")],
+            &[("content-length", "1 2")],
+            &[("content-length", "10000000000000000000")],
+        ] {
+            assert!(head(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_from_the_app_are_dropped_but_close_is_kept() {
+        let start = head(&[
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("connection", "keep-alive, Close"),
+            ("upgrade", "websocket"),
+            ("content-length", "3"),
+        ])
+        .unwrap();
+        let mut names: Vec<&str> = start.headers.keys().map(|name| name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["connection", "content-length", "upgrade"]);
+        assert_eq!(start.headers["connection"], "close");
+        assert_eq!(start.content_length, Some(3));
+        let start = head(&[("connection", "keep-alive")]).unwrap();
+        assert!(start.headers.is_empty());
     }
 
     #[test]

@@ -143,18 +143,11 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
             if let Some(raw) = message.get_item(intern!(py, "headers"))? {
                 parse_headers(&raw, &mut headers)?;
             }
-            ResponseStart::check_framing(&mut headers).map_err(|reason| {
+            let start = ResponseStart::new(status, headers, None).map_err(|reason| {
                 PyValueError::new_err(format!("http.response.start: {reason}"))
             })?;
             let trailers = flag(message, intern!(py, "trailers"))?;
-            Ok(Outgoing::Start(
-                ResponseStart {
-                    status,
-                    headers,
-                    reason: None,
-                },
-                trailers,
-            ))
+            Ok(Outgoing::Start(start, trailers))
         }
         "http.response.body" => {
             let data = match message.get_item(intern!(py, "body"))? {

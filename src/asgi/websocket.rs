@@ -224,14 +224,10 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
             if let Some(raw) = message.get_item(intern!(py, "headers"))? {
                 parse_headers(&raw, &mut headers)?;
             }
-            ResponseStart::check_framing(&mut headers).map_err(|reason| {
+            let start = ResponseStart::new(status, headers, None).map_err(|reason| {
                 PyValueError::new_err(format!("websocket.http.response.start: {reason}"))
             })?;
-            Ok(Outgoing::DenyStart(ResponseStart {
-                status,
-                headers,
-                reason: None,
-            }))
+            Ok(Outgoing::DenyStart(start))
         }
         "websocket.http.response.body" => {
             let body = match message.get_item(intern!(py, "body"))? {

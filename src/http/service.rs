@@ -305,7 +305,8 @@ pub(crate) async fn handle(
         // (HEAD, 204 and 304 send no body, whatever their Content-Length).
         let bodiless = is_head || matches!(start.status.as_u16(), 204 | 304);
         let wrong_length = complete_len.filter(|_| !bodiless).and_then(|actual| {
-            declared_length(&start.headers)
+            start
+                .content_length
                 .filter(|&declared| declared != actual)
                 .map(|declared| (declared, actual))
         });
@@ -393,21 +394,6 @@ fn too_many_app_tasks(
     );
     let status = StatusCode::SERVICE_UNAVAILABLE;
     state.error_response(status, record(status), false)
-}
-
-/// The length an app's response headers declare: one Content-Length of
-/// digits only (anything else is left for hyper to judge).
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    let digits = value.as_bytes();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// An HTTP/1.0 request: whether it asked to keep the connection alive.

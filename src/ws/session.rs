@@ -725,6 +725,7 @@ mod tests {
             status: StatusCode::UNAUTHORIZED,
             headers: HeaderMap::new(),
             reason: None,
+            content_length: None,
         };
         session.deny_start(start).unwrap();
         session.deny_body(b"no ", true).unwrap();

@@ -170,16 +170,12 @@ impl StartResponse {
             }
         }
         let (status, reason) = parse_status(status)?;
-        let mut headers = parse_headers(headers)?;
-        ResponseStart::check_framing(&mut headers)
+        let headers = parse_headers(headers)?;
+        let start = ResponseStart::new(status, headers, reason)
             .map_err(|reason| PyValueError::new_err(format!("start_response(): {reason}")))?;
         let mut st = self.state.lock();
         st.called = true;
-        st.pending = Some(ResponseStart {
-            status,
-            headers,
-            reason,
-        });
+        st.pending = Some(start);
         drop(st);
         Py::new(
             py,
