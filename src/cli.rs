@@ -490,7 +490,9 @@ struct Args {
           help_heading = "WebSockets")]
     ws_ping_timeout: Seconds,
 
-    /// Log level (any case; "warn" means warning).
+    /// Log level (any case; "warn" means warning). Access lines are info:
+    /// a higher level drops them too, unless --access-logfile gives them
+    /// their own destination.
     #[arg(long, env = "RSASGI_LOG_LEVEL", value_name = "LEVEL", value_enum, ignore_case = true,
           default_value_t = LogLevel::Info, help_heading = "Logging")]
     log_level: LogLevel,
@@ -519,8 +521,8 @@ struct Args {
     )]
     log_file: Option<PathBuf>,
 
-    /// Append access lines to FILE ("-": stdout); SIGUSR1 reopens it
-    /// [default: with the server's log].
+    /// Append access lines to FILE ("-": stdout), whatever --log-level;
+    /// SIGUSR1 reopens it [default: with the server's log].
     #[arg(long, env = "RSASGI_ACCESS_LOGFILE", value_name = "FILE",
           value_parser = AccessDestination::parse, help_heading = "Access log")]
     access_logfile: Option<AccessDestination>,

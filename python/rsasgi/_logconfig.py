@@ -97,6 +97,38 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def reopen() -> tuple[list[str], list[str]]:
+    """SIGUSR1: opens every file handler's file again at its path (logrotate moved it away),
+    as gunicorn does. Returns the files reopened, and those that failed with the reason."""
+    reopened: list[str] = []
+    failed: list[str] = []
+    handlers = {
+        id(handler): handler
+        for logger in (logging.getLogger(), *logging.Logger.manager.loggerDict.values())
+        for handler in getattr(logger, "handlers", ())
+        if isinstance(handler, logging.FileHandler)
+    }
+    for handler in handlers.values():
+        handler.acquire()
+        try:
+            if handler.stream is None:
+                continue  # delay=True and nothing written yet: opened at the first record
+            try:
+                stream = handler._open()
+            except OSError as exc:
+                failed.append(f"{handler.baseFilename}: {exc.strerror or exc}")
+                continue
+            old, handler.stream = handler.stream, stream
+            try:
+                old.close()
+            except OSError:
+                pass
+            reopened.append(handler.baseFilename)
+        finally:
+            handler.release()
+    return reopened, failed
+
+
 def start() -> threading.Thread:
     """Starts the thread that hands rsasgi's lines to the configured handlers."""
     thread = threading.Thread(target=_pump, name="rsasgi-log", daemon=True)

@@ -50,6 +50,9 @@ def run(worker) -> int:
         # blocks the loop (when the supervisor asks) or a WSGI thread is
         # stuck past --timeout-request (when the reactor asks).
         faulthandler.register(STACK_DUMP_SIGNAL, file=sys.stderr, all_threads=True)
+    # SIGUSR1 (logrotate's postrotate) while the app loads would kill the process by its
+    # default action: it is remembered, and the files are reopened once serving.
+    signal.signal(signal.SIGUSR1, _remember_signal)
     app_dir = _add_to_path(worker.app_dir)
     try:
         app = load_app(worker.app, worker.factory, app_dir)
@@ -299,6 +302,13 @@ def _start_heartbeat(worker, loop, stop: asyncio.Event) -> None:
     beat()
 
 
+_early_signals: set[int] = set()
+
+
+def _remember_signal(signum: int, _frame) -> None:
+    _early_signals.add(signum)
+
+
 async def _serve(worker, app, interface, loop) -> int:
     state: dict = {}
     lifespan = None
@@ -387,6 +397,9 @@ async def _serve(worker, app, interface, loop) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
     loop.add_signal_handler(signal.SIGQUIT, on_quit)
     loop.add_signal_handler(signal.SIGUSR1, worker.reopen_log_file)
+    if signal.SIGUSR1 in _early_signals:
+        _early_signals.discard(signal.SIGUSR1)
+        worker.reopen_log_file()
     if not supervised:
         # Their default action stops (freezes) the process: a gunicorn habit must not
         # hang the server.
@@ -447,6 +460,8 @@ async def _serve(worker, app, interface, loop) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
+        # A log rotation as the process leaves must not kill it: nothing is left to reopen.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         if not supervised:
             for signum in (signal.SIGTTIN, signal.SIGTTOU):
                 loop.remove_signal_handler(signum)

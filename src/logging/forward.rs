@@ -193,6 +193,23 @@ pub(crate) fn start(py: Python<'_>, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// SIGUSR1 with `--log-config`: the file handlers it configured open their
+/// files again (`rsasgi._logconfig.reopen`). Returns the files reopened and
+/// those that failed, with why.
+pub(crate) fn reopen_files() -> (Vec<String>, Vec<String>) {
+    Python::attach(|py| {
+        py.import("rsasgi._logconfig")
+            .and_then(|module| module.call_method0("reopen"))
+            .and_then(|result| result.extract::<(Vec<String>, Vec<String>)>())
+            .unwrap_or_else(|err| {
+                (
+                    Vec::new(),
+                    vec![format!("the --log-config handlers: {err}")],
+                )
+            })
+    })
+}
+
 /// Applies the file (`--check-config` stops there); returns the module.
 pub(crate) fn configure<'py>(py: Python<'py>, path: &Path) -> Result<Bound<'py, PyModule>, String> {
     let module = py

@@ -5,9 +5,10 @@
 
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -124,18 +125,30 @@ pub(crate) fn init(config: &Config, process: Process) -> Result<(), String> {
             access,
         }
     });
+    // Access lines sent to a destination of their own are what was asked
+    // for there, as with gunicorn's --access-logfile: --log-level is the
+    // server log's. With the server log, they follow its level, as with
+    // uvicorn's.
+    let mut filter = Targets::new().with_default(level);
+    if access_destination.is_some() && level < LevelFilter::INFO {
+        filter = filter.with_target(ACCESS, LevelFilter::INFO);
+    }
     let subscriber = tracing_subscriber::fmt()
         .with_writer(outputs)
-        .with_max_level(level)
+        .with_max_level(LevelFilter::TRACE)
         .log_internal_errors(false);
     let _ = match config.log_format {
         LogFormat::Text => subscriber
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .event_format(text())
+            .finish()
+            .with(filter)
             .try_init(),
         LogFormat::Json => subscriber
             .with_ansi(false)
             .event_format(JsonFormat { process })
+            .finish()
+            .with(filter)
             .try_init(),
     };
     result
@@ -165,6 +178,11 @@ pub(crate) fn reopen(config: &Config) {
             Err(err) => failed.push(format!("--log-file {}: {err}", path.display())),
         }
     }
+    if config.log_config.is_some() {
+        let (files, failures) = forward::reopen_files();
+        reopened.extend(files);
+        failed.extend(failures);
+    }
     let access = OUTPUTS.get().and_then(|outputs| outputs.access.as_ref());
     if let Some((path, result)) = access.and_then(Output::reopen) {
         match result {
@@ -173,7 +191,12 @@ pub(crate) fn reopen(config: &Config) {
         }
     }
     if reopened.is_empty() && failed.is_empty() {
-        tracing::info!("Received SIGUSR1: no log file to reopen (the log goes to stderr)");
+        let goes_to = if config.log_config.is_some() {
+            "--log-config has no file handler with a file open"
+        } else {
+            "the log goes to stderr"
+        };
+        tracing::info!("Received SIGUSR1: no log file to reopen ({goes_to})");
     }
     if !reopened.is_empty() {
         tracing::info!("Received SIGUSR1: reopened {}", reopened.join(" and "));
@@ -209,12 +232,42 @@ pub(crate) fn hand_files_to(config: &Config, uid: libc::uid_t, gid: libc::gid_t)
     }
 }
 
+/// How long [`flush`] waits for the writer threads. Each guard waits up to
+/// 1.1 s for its thread; they are dropped at the same time.
+const FLUSH_WAIT: Duration = Duration::from_millis(1500);
+
 /// Writes out the lines still queued (waiting at most about a second for a
-/// slow reader) and stops the writer thread. Called once, before exiting;
+/// slow reader) and stops the writer threads. Called once, before exiting;
 /// later lines are dropped.
+///
+/// The guards are dropped on threads of their own: when its writer thread
+/// does not take the shutdown in time (its reader stalled with the queue
+/// full), tracing-appender's guard says so with `println!`, which blocks
+/// for good on a stalled stdout and panics on a closed one. The process
+/// must leave either way; such a thread is left behind.
 pub(crate) fn flush() {
     forward::stop();
-    drop(std::mem::take(&mut *output::GUARDS.lock()));
+    let guards = std::mem::take(&mut *output::GUARDS.lock());
+    let (dropped, wait) = std::sync::mpsc::channel();
+    let mut waiting = 0;
+    for guard in guards {
+        let dropped = dropped.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rsasgi-log-flush".into())
+            .spawn(move || {
+                drop(guard);
+                let _ = dropped.send(());
+            });
+        // If no thread could start, the guard went with the closure.
+        waiting += usize::from(spawned.is_ok());
+    }
+    let deadline = Instant::now() + FLUSH_WAIT;
+    for _ in 0..waiting {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if wait.recv_timeout(left).is_err() {
+            break;
+        }
+    }
 }
 
 /// [`flush`], for the Python side before it leaves with `os._exit`.

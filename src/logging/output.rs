@@ -118,6 +118,15 @@ impl Output {
         {
             let mut writer = self.writer.clone();
             let _ = writer.write_all((self.note)(dropped - reported).as_bytes());
+            // The queue is lossy: a note that found it still full was
+            // dropped too, and counted as a line. Its lines are then
+            // reported by a later note, and the note itself is not. (A line
+            // of another thread dropped just now also looks like this: the
+            // count is then off by one, never by the lines of a note.)
+            if self.dropped.dropped_lines() != dropped {
+                self.reported
+                    .fetch_sub(dropped - reported - 1, Ordering::Relaxed);
+            }
         }
         self.writer.clone()
     }

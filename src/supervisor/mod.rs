@@ -556,18 +556,23 @@ impl Supervisor {
 
     fn handle_usr1(&mut self) {
         logging::reopen(&self.config);
-        // A worker still booting has no handler yet (SIGUSR1 would kill it);
-        // it reopens nothing and keeps the file it inherited. One that has
-        // just marked its slot serving has one (it installs it first), even
-        // if this loop has not seen it serving yet.
-        for worker in &self.workers {
-            let handles_usr1 = match worker.state {
-                State::Serving | State::Retiring(_) => true,
-                State::Booting => worker.slot.is_serving(),
-                _ => false,
-            };
-            if handles_usr1 {
-                worker.signal(libc::SIGUSR1);
+        if let Some(credentials) = &self.command.credentials {
+            // A file the rotation left for us to create is root's: the
+            // workers must be able to open it too.
+            logging::hand_files_to(&self.config, credentials.uid, credentials.gid);
+        }
+        // A worker still booting has no handler yet (SIGUSR1 would kill it),
+        // but it has opened its files, or inherited them, before the
+        // rotation: it is sent the signal once it serves (check_workers).
+        // One that has just marked its slot serving has a handler (it
+        // installs it first), even if this loop has not seen it serving yet.
+        for worker in &mut self.workers {
+            match worker.state {
+                State::Serving | State::Retiring(_) => worker.signal(libc::SIGUSR1),
+                State::Booting if worker.slot.is_serving() => worker.signal(libc::SIGUSR1),
+                State::Booting => worker.reopen_pending = true,
+                // About to be killed, or leaving.
+                State::Hung { .. } | State::Stopping { .. } | State::Killed => {}
             }
         }
     }
@@ -821,6 +826,9 @@ impl Supervisor {
                         worker.name(),
                         worker.age().as_secs_f64()
                     );
+                    if std::mem::take(&mut worker.reopen_pending) {
+                        worker.signal(libc::SIGUSR1);
+                    }
                     serving_now.push(worker.replaces.take());
                 }
                 State::Hung {

@@ -83,6 +83,10 @@ pub(super) struct WorkerProcess {
     pub retire_not_before: Option<Instant>,
     /// Replacements of it that ended before serving, for the backoff.
     pub replacements_failed: u32,
+    /// SIGUSR1 came while it booted, before it could handle the signal: it
+    /// is sent once the worker serves (its files were opened before the
+    /// rotation).
+    pub reopen_pending: bool,
 }
 
 impl WorkerProcess {
@@ -151,6 +155,7 @@ impl WorkerProcess {
                 .map(|(limit, jitter)| limit.saturating_add(random_up_to(jitter))),
             retire_not_before: None,
             replacements_failed: 0,
+            reopen_pending: false,
         })
     }
 
