@@ -192,6 +192,29 @@ root:
     assert line.startswith("rsasgi.access|INFO|"), line
 
 
+@pytest.mark.parametrize("workers", [None, 1], ids=["single", "workers-1"])
+def test_usr1_reopens_the_file_handlers_after_a_rename(run_rsasgi, tmp_path, workers):
+    """logrotate renames the file a logging.FileHandler writes, then sends SIGUSR1: every
+    process opens it again, as gunicorn does (they used to keep writing to the rotated file,
+    and the log said there was no file to reopen)."""
+    server_log = tmp_path / "server.log"
+    config = write_json(tmp_path / "logging.json", dict_config(server_log))
+    extra = ["--workers", str(workers)] if workers else []
+    server = run_rsasgi(APP, "--log-config", str(config), *extra)
+    processes = 1 + (workers or 0)
+    assert httpx.get(f"{server.url}/hello?before").status_code == 200
+    lines_of(server_log, "/hello?before")
+
+    rotated = tmp_path / "server.log.1"
+    server_log.rename(rotated)
+    os.kill(server.proc.pid, signal.SIGUSR1)
+    lines_of(server_log, f"Received SIGUSR1: reopened {server_log}", count=processes)
+    assert httpx.get(f"{server.url}/hello?after").status_code == 200
+    (after,) = lines_of(server_log, "/hello?after")
+    assert after.startswith("rsasgi.access|INFO|"), after
+    assert "?after" not in rotated.read_text()
+
+
 def test_a_handler_that_blocks_holds_up_no_request(run_rsasgi, tmp_path):
     """The first access record blocks its handler for good, as a handler writing to a
     log reader that stopped reading would: requests are still answered (the app's own logging

@@ -1,27 +1,43 @@
 """Logs end to end: logger names, --access-log-format with gunicorn's atoms, --log-format json,
---access-logfile and --error-logfile with logrotate's rename + SIGUSR1, request IDs, and the
-closing line of a WebSocket; against tests/apps/logs_app.py (ASGI) and logs_wsgi.py (WSGI).
+--access-logfile and --error-logfile with logrotate's rename + SIGUSR1 (also while the app
+loads), --access-logfile and --log-level, a log reader that stalls, request IDs, and the closing
+line of a WebSocket; against tests/apps/logs_app.py (ASGI), logs_wsgi.py (WSGI) and
+logs_slow_import.py (logs_wsgi, imported when the test says so).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
+import pwd
 import re
+import select
 import signal
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import APPS, LISTENING, cli, kill_process_group, wait_for, wait_for_log
+from conftest import (
+    APPS,
+    LISTENING,
+    cli,
+    free_port,
+    kill_process_group,
+    wait_for,
+    wait_for_log,
+)
 from websockets.asyncio.client import connect
 
 APP = "logs_app:app"
 WSGI_APP = "logs_wsgi:app"
+SLOW_IMPORT_APP = "logs_slow_import:app"
 
 #: Every atom, separated by bars so that a value cannot run into the next.
 EVERY_ATOM = (
@@ -59,6 +75,24 @@ def wait_for_file(path: Path, needle: str, count: int = 1) -> str:
         return text if text.count(needle) >= count else ""
 
     return wait_for(found, message=f"{needle!r} x{count} in {path}")
+
+
+def get_when_up(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> httpx.Response:
+    """GET `url` once the server answers there (for a server whose log does not say when it
+    listens)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"rsasgi exited with {proc.returncode}"
+        try:
+            return httpx.get(url, timeout=10)
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, f"no answer from {url} within {timeout}s"
+            time.sleep(0.05)
+
+
+def url_in(log: Path) -> str:
+    """The server's URL, from the "Listening on" line in `log` (waited for)."""
+    return f"http://127.0.0.1:{LISTENING.search(wait_for_file(log, 'Listening on'))[2]}"
 
 
 # Logger names and labels.
@@ -231,12 +265,15 @@ def test_json_lines_with_two_workers(run_rsasgi):
 class SplitServer:
     """rsasgi with stdout and stderr in separate files."""
 
-    def __init__(self, tmp_path: Path, *args: str):
+    def __init__(self, tmp_path: Path, *args: str, port: int = 0):
         self.stdout = tmp_path / "stdout.txt"
         self.stderr = tmp_path / "stderr.txt"
         with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rsasgi", APP, "--app-dir", str(APPS), "--port", "0", *args],
+                [
+                    *(sys.executable, "-m", "rsasgi", APP, "--app-dir", str(APPS)),
+                    *("--port", str(port), *args),
+                ],
                 cwd=tmp_path,
                 stdout=out,
                 stderr=err,
@@ -253,8 +290,8 @@ class SplitServer:
 def split_server(tmp_path):
     servers = []
 
-    def start(*args: str) -> SplitServer:
-        servers.append(SplitServer(tmp_path, *args))
+    def start(*args: str, port: int = 0) -> SplitServer:
+        servers.append(SplitServer(tmp_path, *args, port=port))
         return servers[-1]
 
     yield start
@@ -312,6 +349,257 @@ def test_an_access_logfile_that_cannot_be_opened_is_one_line(tmp_path):
     assert result.returncode == 1
     assert "Cannot open --access-logfile" in result.stderr
     assert "No such file or directory" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "level, destination",
+    [("warning", "file"), ("error", "-")],
+    ids=["warning-file", "error-stdout"],
+)
+def test_access_logfile_is_written_whatever_the_log_level(
+    split_server, tmp_path, level, destination
+):
+    """--access-logfile is its own destination, as gunicorn's: a --log-level above info
+    quiets the server log, not the access lines (they used to be dropped too)."""
+    access_log = tmp_path / "access.log" if destination == "file" else None
+    port = free_port()
+    server = split_server(
+        "--log-level", level, "--access-logfile", str(access_log or destination), port=port
+    )
+    assert get_when_up(f"http://127.0.0.1:{port}/hello", server.proc).status_code == 200
+    text = wait_for_file(access_log or server.stdout, '"GET /hello HTTP/1.1" 200 5')
+    (line,) = lines_with(text, "/hello")
+    assert "rsasgi.access" in line, line
+    # The server log still follows --log-level.
+    assert "Listening on" not in server.stderr.read_text()
+    assert "rsasgi.access" not in server.stderr.read_text()
+
+
+def test_without_access_logfile_access_lines_follow_the_log_level(run_rsasgi):
+    """With the server log, access lines are info lines, as uvicorn's: --log-level warning
+    drops them."""
+    port = free_port()
+    server = run_rsasgi(APP, "--log-level", "warning", "--port", str(port), wait=False)
+    assert get_when_up(f"http://127.0.0.1:{port}/hello", server.proc).status_code == 200
+    # Every line queued is written before the process exits.
+    assert server.stop() == 0
+    assert "/hello" not in server.output()
+
+
+# SIGUSR1 while the app loads: logs_slow_import's import waits for the test.
+
+
+@pytest.fixture
+def slow_import(markers):
+    """The environment for logs_slow_import, the function that waits until its import has
+    begun, and the one that lets the import finish."""
+    importing, go = markers / "importing", markers / "go"
+    env = {"LOGS_IMPORTING": str(importing), "LOGS_IMPORT_GO": str(go)}
+
+    def wait_importing() -> None:
+        wait_for(importing.exists, timeout=20, message="the app's import to begin")
+
+    return env, wait_importing, go.touch
+
+
+def test_a_worker_booting_at_usr1_reopens_its_files_once_serving(run_rsasgi, tmp_path, slow_import):
+    """logrotate renames the files and sends SIGUSR1 while the worker is still importing the
+    app: it opened its files before the rename, and cannot take the signal yet. It is sent it
+    once it serves, and its lines go to the new files (it used to keep the rotated ones)."""
+    env, wait_importing, finish_import = slow_import
+    log_file, access_log = tmp_path / "error.log", tmp_path / "access.log"
+    server = run_rsasgi(
+        SLOW_IMPORT_APP,
+        *("--workers", "1", "--log-file", str(log_file), "--access-logfile", str(access_log)),
+        env=env,
+        wait=False,
+    )
+    url = url_in(log_file)
+    wait_importing()
+    rotated_log, rotated_access = tmp_path / "error.log.1", tmp_path / "access.log.1"
+    log_file.rename(rotated_log)
+    access_log.rename(rotated_access)
+    os.kill(server.proc.pid, signal.SIGUSR1)
+    reopened = f"Received SIGUSR1: reopened --log-file {log_file} and --access-logfile {access_log}"
+    (supervisor,) = lines_with(wait_for_file(log_file, reopened), reopened)
+    assert f"[supervisor pid {server.proc.pid}]" in supervisor, supervisor
+
+    finish_import()
+    lines = lines_with(wait_for_file(log_file, reopened, count=2), reopened)
+    assert "[worker 1 pid " in lines[1], lines
+    assert httpx.get(f"{url}/errors").text == "logged"
+    wait_for_file(log_file, "a line for wsgi.errors")
+    wait_for_file(access_log, '"GET /errors HTTP/1.1" 200')
+    assert "wsgi.errors" not in rotated_log.read_text()
+    assert "/errors" not in rotated_access.read_text()
+
+
+def test_usr1_while_the_app_loads_is_handled_once_serving(run_rsasgi, tmp_path, slow_import):
+    """One process, no supervisor: SIGUSR1 (logrotate's postrotate) while the app is still
+    being imported is remembered, and the log file reopened once serving. It used to kill the
+    process (the default action, with no handler installed yet)."""
+    env, wait_importing, finish_import = slow_import
+    log_file, rotated = tmp_path / "error.log", tmp_path / "error.log.1"
+    server = run_rsasgi(SLOW_IMPORT_APP, "--log-file", str(log_file), env=env, wait=False)
+    wait_importing()
+    log_file.rename(rotated)
+    os.kill(server.proc.pid, signal.SIGUSR1)
+    finish_import()
+
+    def listening_or_gone() -> bool:
+        text = log_file.read_text(errors="replace") if log_file.exists() else ""
+        return "Listening on" in text or server.proc.poll() is not None
+
+    wait_for(listening_or_gone, timeout=20, message=f"'Listening on' in {log_file}")
+    assert server.proc.poll() is None, f"rsasgi exited with {server.proc.returncode}"
+    assert f"Received SIGUSR1: reopened --log-file {log_file}" in log_file.read_text()
+    assert httpx.get(f"{url_in(log_file)}/errors").text == "logged"
+    wait_for_file(log_file, "a line for wsgi.errors")
+    assert "wsgi.errors" not in rotated.read_text()
+    assert server.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--group needs rsasgi started as root")
+def test_files_reopened_by_the_supervisor_go_to_the_workers_group(run_rsasgi, tmp_path):
+    """The files a SIGUSR1 reopen creates are given to the workers' account, as the first ones
+    are at start, so that the workers can open them again too (they used to stay root's).
+    --group alone: the workers stay root, so they can run this Python (under /root)."""
+    gid = pwd.getpwnam("nobody").pw_gid
+    assert gid != 0
+    log_file, access_log = tmp_path / "error.log", tmp_path / "access.log"
+    server = run_rsasgi(
+        APP,
+        *("--workers", "1", "--group", str(gid)),
+        *("--log-file", str(log_file), "--access-logfile", str(access_log)),
+        wait=False,
+    )
+    wait_for_file(log_file, "Serving on")
+    assert (log_file.stat().st_gid, access_log.stat().st_gid) == (gid, gid)
+
+    log_file.rename(tmp_path / "error.log.1")
+    access_log.rename(tmp_path / "access.log.1")
+    os.kill(server.proc.pid, signal.SIGUSR1)
+    wait_for_file(log_file, "Received SIGUSR1: reopened", count=2)
+    assert (log_file.stat().st_gid, access_log.stat().st_gid) == (gid, gid)
+    assert (log_file.stat().st_uid, access_log.stat().st_uid) == (0, 0)
+
+
+# A log reader that stalls: the queue of lines fills up, and later lines are dropped.
+
+
+def read_log(fd: int, idle: float, timeout: float = 20.0) -> str:
+    """Reads the pipe `fd` until nothing came for `idle` seconds, or it closed."""
+    deadline = time.monotonic() + timeout
+    data = bytearray()
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], idle)
+        if not ready:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace")
+
+
+def read_log_until(fd: int, needle: str, timeout: float = 20.0) -> str:
+    """Reads the pipe `fd` until `needle` came; returns all it read."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while needle not in text:
+        assert time.monotonic() < deadline, f"no {needle!r} within {timeout}s: {text[-2000:]!r}"
+        text += read_log(fd, idle=0.1, timeout=1.0)
+    return text
+
+
+@pytest.fixture
+def piped_server(tmp_path):
+    """rsasgi serving logs_wsgi, its log (stderr, and stdout unless `stdout` is given) going
+    into a one-page pipe the test reads only when it says so. `start` returns the process,
+    the pipe's reading end and the port, once the server listens."""
+    started = []
+
+    def start(stdout: int | None = None) -> tuple[subprocess.Popen, int, int]:
+        log, write = os.pipe()
+        fcntl.fcntl(write, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rsasgi", WSGI_APP, "--app-dir", str(APPS), "--port", "0"],
+                cwd=tmp_path,
+                stdout=write if stdout is None else stdout,
+                stderr=write,
+                stdin=subprocess.DEVNULL,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                start_new_session=True,
+            )
+        finally:
+            os.close(write)
+        started.append((proc, log))
+        text = read_log_until(log, "Listening on")
+        return proc, log, int(LISTENING.search(text)[2])
+
+    yield start
+    for proc, log in started:
+        kill_process_group(proc)
+        os.close(log)
+
+
+@pytest.mark.parametrize("stdout", ["with-stderr", "closed"])
+def test_the_process_leaves_on_sigterm_with_its_log_queue_full(piped_server, stdout):
+    """Nobody reads the log and its queue is full when SIGTERM comes: the process still exits
+    with 0. The writer thread cannot take the shutdown, and its guard then printed to stdout:
+    that blocked for good with stdout on the stalled pipe, and panicked with stdout a closed
+    pipe (the log is read again after a while then, so that the panic comes out)."""
+    if stdout == "closed":
+        gone, closed = os.pipe()
+        os.close(gone)
+        try:
+            proc, log, port = piped_server(stdout=closed)
+        finally:
+            os.close(closed)
+    else:
+        proc, log, port = piped_server()
+    # Far more than the queue (16384 lines) and the pipe hold.
+    assert httpx.get(f"http://127.0.0.1:{port}/lines?20000", timeout=30).text == "logged"
+    proc.send_signal(signal.SIGTERM)
+    unread_for = 20 if stdout == "with-stderr" else 5
+    try:
+        code = proc.wait(unread_for)
+    except subprocess.TimeoutExpired:
+        code = None
+    # Reading the log again lets a process blocked on it go on, and shows what it wrote.
+    written = read_log(log, idle=5)
+    if code is None and stdout == "closed":
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = proc.wait(20)
+    # What it wrote but the app's lines.
+    tail = "\n".join(line for line in written.splitlines() if "wsgi.errors line" not in line)
+    assert code is not None, f"rsasgi still running {unread_for} s after SIGTERM: {tail}"
+    assert "PanicException" not in written and "panicked" not in written, tail
+    assert code == 0, tail
+
+
+def test_the_dropped_note_counts_every_line_dropped(piped_server):
+    """Nobody reads the log while a request writes 40,000 lines: the queue keeps what it can
+    and drops the rest. Once the log is read again, the note(s) say how many were dropped:
+    with the lines that got through, every line is accounted for. (A note that found the
+    queue still full was dropped, and counted as a line: the note that got through said 2.)"""
+    proc, log, port = piped_server()
+    total = 40_000
+    assert httpx.get(f"http://127.0.0.1:{port}/lines?{total}", timeout=30).text == "logged"
+    # Until the queue is empty, then a line that brings the note.
+    text = read_log(log, idle=1.0)
+    assert httpx.get(f"http://127.0.0.1:{port}/errors", timeout=10).text == "logged"
+    text += read_log_until(log, "a line for wsgi.errors")
+    received = len(re.findall(r"wsgi\.errors: wsgi\.errors line \d+$", text, re.MULTILINE))
+    notes = re.findall(r"rsasgi\.error: (\d+) log line\(s\) dropped because", text)
+    noted = sum(map(int, notes))
+    assert received < total, received
+    # The access line of /lines was dropped too, and an extra line or two may be counted.
+    assert abs(received + noted - total) <= 5, (received, notes)
+    proc.send_signal(signal.SIGTERM)
+    read_log(log, idle=5)
+    assert proc.wait(20) == 0
 
 
 # The closing line of a WebSocket.

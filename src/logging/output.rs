@@ -121,8 +121,9 @@ impl Output {
             // The queue is lossy: a note that found it still full was
             // dropped too, and counted as a line. Its lines are then
             // reported by a later note, and the note itself is not. (A line
-            // of another thread dropped just now also looks like this: the
-            // count is then off by one, never by the lines of a note.)
+            // of another thread dropped just now looks the same: if the note
+            // got through, the next one repeats its number. The count may
+            // then be too high, never too low.)
             if self.dropped.dropped_lines() != dropped {
                 self.reported
                     .fetch_sub(dropped - reported - 1, Ordering::Relaxed);
