@@ -480,7 +480,12 @@ impl Exchange {
         if st.closed {
             // A complete response with the body still unread: read and
             // discard the rest so the connection can carry the next request.
-            let drain = st.complete && !st.aborted && !st.body_complete;
+            // Not a body the app never asked for under `Expect:
+            // 100-continue`: the client was not told to send it (reading it
+            // now would send a late 100 Continue), so it may not come, or
+            // come as the next request; hyper then closes the connection
+            // after the response (RFC 9110 §10.1.1).
+            let drain = st.complete && !st.aborted && !st.body_complete && st.body_wanted;
             return Poll::Ready(if drain {
                 BodyRoom::Drain
             } else {
@@ -1285,6 +1290,8 @@ mod tests {
     #[test]
     fn an_unread_body_is_drained_after_a_complete_response() {
         let exchange = exchange(Method::POST, false);
+        // As the service does for a request without Expect: 100-continue.
+        exchange.want_body();
         exchange
             .queue_response(Some(ok_start()), Bytes::new(), false)
             .unwrap();
@@ -1292,6 +1299,21 @@ mod tests {
         assert!(matches!(
             poll(|cx| exchange.poll_body_room(cx)),
             Poll::Ready(BodyRoom::Drain)
+        ));
+    }
+
+    #[test]
+    fn a_body_never_asked_for_under_expect_continue_is_not_drained() {
+        // Expect: 100-continue, and the app answered without receive():
+        // the client was never told to send the body.
+        let exchange = exchange(Method::POST, false);
+        exchange
+            .queue_response(Some(ok_start()), Bytes::new(), false)
+            .unwrap();
+        exchange.finish_app();
+        assert!(matches!(
+            poll(|cx| exchange.poll_body_room(cx)),
+            Poll::Ready(BodyRoom::Stop)
         ));
     }
 }

@@ -583,9 +583,10 @@ def ping_batch() -> bytes:
 def test_control_frame_flood_is_closed_in_bounded_memory(run_rsasgi, batch):
     """Frames that each demand an acknowledgement, sent without end and never read, while a
     request is in flight (so no idle deadline applies): the server stops reading while an
-    acknowledgement is unwritten, and its keep-alive PING, never answered, ends the
-    connection."""
-    server = start(run_rsasgi)
+    acknowledgement is unwritten, and its keep-alive PING, never answered, ends the request.
+    The connection, whose client takes none of its output, is then closed at --timeout-send
+    (not at --timeout-keep-alive: output the client has yet to take is not idleness)."""
+    server = start(run_rsasgi, "--timeout-send", "2")
     client = RawClient(server, answer_pings=False)
     client.send(client.request(1, "/hold", end_stream=False))
     wait_for(lambda: stats(server)["running"] == 1, message="the app to start", server=server)

@@ -275,6 +275,23 @@ def test_expect_100_continue(server):
     assert conn.read_response().body == b"hello world"
 
 
+def test_expect_100_continue_for_a_body_the_app_never_asks_for(server):
+    """The app answers without reading the body: no 100 Continue is sent, and the connection
+    closes after the response, since the client, never asked for its body, may not send it
+    (or may send its next request in its place: it must not be read as this body)."""
+    conn = raw(server)
+    conn.send(
+        b"POST /noread HTTP/1.1\r\nHost: testserver\r\nContent-Length: 20\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    resp = conn.read_response()
+    assert resp.status == 200, resp.status_line
+    assert resp.body == b"not read"
+    # The next request in place of the body: not answered on this connection.
+    conn.send(request("GET", "/"))
+    assert conn.read_until_closed(timeout=10) == b""
+
+
 # --- framing chosen from the app's headers ---------------------------------------------------
 
 # The same framing rules hold for an ASGI app (tests/apps/proto_http.py) and a WSGI app

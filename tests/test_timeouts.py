@@ -6,6 +6,7 @@ the one under test is the one that acts. Apps: tests/apps/proto_http.py, tests/a
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 
@@ -134,6 +135,69 @@ def test_slow_but_steady_reader_is_not_cut(run_rsasgi):
     assert len(body) == size
     assert time.monotonic() - started >= 5, "too fast to show anything"
     assert "--timeout-send" not in server.output()
+
+
+def read_slowly(sock: socket.socket, size: int, seconds: float) -> bytes:
+    """A response read 64 KiB at a time, spread over about `seconds`."""
+    sock.settimeout(20)
+    pause = seconds / (size / (64 * 1024))
+    received = bytearray()
+    while True:
+        chunk = sock.recv(64 * 1024)
+        if not chunk:
+            return bytes(received)
+        received += chunk
+        if b"\r\n\r\n" in received and len(received) >= size + received.index(b"\r\n\r\n") + 4:
+            return bytes(received)
+        time.sleep(pause)
+
+
+def test_a_response_sent_whole_reaches_a_slow_reader_past_the_keep_alive_timeout(run_rsasgi):
+    """The app sends its body in one message, so the request is done at once while hyper
+    still holds most of the body: the connection is busy until the client has it, not idle,
+    so --timeout-keep-alive (1 s) does not close it under the download."""
+    server = run_rsasgi(COUNTING_APP, "--timeout-keep-alive", "1", "--timeout-send", "60")
+    size = 4 * MIB
+    with small_receive_buffer(server) as sock:
+        sock.sendall(request("GET", f"/whole?size={size}"))
+        started = time.monotonic()
+        received = read_slowly(sock, size, seconds=4)
+        assert time.monotonic() - started > 3, "too fast to show anything"
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert len(body) == size
+    assert "--timeout-send" not in server.output()
+
+
+def test_shutdown_waits_for_a_slow_reader_to_take_a_response_sent_whole(run_rsasgi):
+    """SIGTERM while the client still reads the end of a finished response: the worker
+    drains it (up to --timeout-graceful-shutdown) instead of closing after a grace second."""
+    server = run_rsasgi(COUNTING_APP, "--timeout-send", "60", "--timeout-graceful-shutdown", "30")
+    size = 4 * MIB
+    with small_receive_buffer(server) as sock:
+        sock.sendall(request("GET", f"/whole?size={size}"))
+        sock.settimeout(20)
+        first = sock.recv(64 * 1024)
+        assert first.startswith(b"HTTP/1.1 200"), first[:100]
+        server.proc.send_signal(signal.SIGTERM)
+        received = first + read_slowly(sock, size, seconds=4)
+    assert len(received.partition(b"\r\n\r\n")[2]) == size
+    assert server.wait_exit(timeout=30) == 0
+
+
+def test_a_client_that_stops_taking_a_response_sent_whole_is_closed_at_the_send_timeout(
+    run_rsasgi,
+):
+    """The request is done for the app; the client takes nothing of the end that hyper
+    holds: --timeout-send closes the connection, and says why."""
+    server = run_rsasgi(COUNTING_APP, "--timeout-send", "2", "--timeout-keep-alive", "60")
+    with small_receive_buffer(server) as sock:
+        conn = RawConn(sock)
+        conn.send(request("GET", f"/whole?size={20 * MIB}"))
+        assert conn.read_head().status == 200
+        wait_for_log(server, "took no bytes of the end of its last response", timeout=20)
+        assert len(conn.read_until_closed(timeout=20)) < 20 * MIB
+    assert httpx.get(f"{server.url}/", timeout=10).text == "ok"
 
 
 def test_request_body_that_stops_is_answered_408_at_the_request_body_timeout(run_rsasgi):

@@ -15,6 +15,11 @@
 //!   its HTTP/2 stream is reset (see [`StreamExecutor`]), an HTTP/1
 //!   connection closed. hyper polls a response body only when it can send,
 //!   so the body alone cannot notice.
+//! * A response is done for the app once hyper has taken its last bytes,
+//!   but hyper may still hold them, unsent, for a client that reads slowly
+//!   (a body sent in one message is handed over whole). The connection is
+//!   busy, not idle, until the socket has taken them ([`WatchedIo`]), and a
+//!   client that takes none of them for `--timeout-send` is closed.
 //! * On shutdown each connection is asked to finish gracefully: HTTP/1 closes
 //!   after the response in flight, HTTP/2 sends GOAWAY and finishes its
 //!   streams. One with nothing in flight first gets a moment to start the
@@ -38,6 +43,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use slab::Slab;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -95,6 +101,9 @@ pub(crate) enum Close {
     KeepAlive,
     /// An HTTP/1 response was cut: the connection goes with it.
     Cut(Cut),
+    /// With no request in flight, the client took none of the output hyper
+    /// still held for `--timeout-send`.
+    Unsent(Duration),
 }
 
 /// Why the timer cut a response.
@@ -143,8 +152,12 @@ struct ActivityState {
     /// The requests in flight.
     watched: Slab<Watched>,
     requests: u64,
-    /// When the connection last had no request in flight (or was accepted).
+    /// When the connection last had no request in flight (or was accepted),
+    /// and no output left to send.
     idle_since: Instant,
+    /// Since when the socket has taken none of the output hyper holds;
+    /// `None` when it took the last write (see [`WatchedIo`]).
+    unsent_since: Option<Instant>,
 }
 
 /// The requests in flight on one connection, and since when it is idle.
@@ -156,6 +169,8 @@ pub(crate) struct Activity {
     /// Wakes [`Activity::watch`] when the last request in flight ends, if
     /// `wake_on_idle`.
     went_idle: Notify,
+    /// Whether `unsent_since` is set, read on every write without the lock.
+    output_blocked: AtomicBool,
     /// Whether the watcher must be woken when the connection goes idle.
     /// It never sleeps longer than a recheck, so when the recheck is no
     /// longer than the keep-alive timeout it wakes by the keep-alive
@@ -171,8 +186,10 @@ impl Activity {
                 watched: Slab::new(),
                 requests: 0,
                 idle_since: Instant::now(),
+                unsent_since: None,
             }),
             app_tasks: AtomicUsize::new(0),
+            output_blocked: AtomicBool::new(false),
             went_idle: Notify::new(),
             wake_on_idle: deadlines.recheck() > deadlines.keep_alive,
         })
@@ -200,6 +217,39 @@ impl Activity {
         self.state.lock().watched.len()
     }
 
+    /// Whether hyper holds output the socket has not taken.
+    fn output_unsent(&self) -> bool {
+        self.output_blocked.load(Ordering::Acquire)
+    }
+
+    /// The socket would take none of a write: hyper holds output for a
+    /// client that is not reading (now).
+    fn output_refused(&self) {
+        if !self.output_blocked.load(Ordering::Relaxed) {
+            let mut st = self.state.lock();
+            st.unsent_since.get_or_insert_with(Instant::now);
+            self.output_blocked.store(true, Ordering::Release);
+        }
+    }
+
+    /// The socket took a write (or failed, and the connection ends): the
+    /// output is moving again. A connection with no request in flight is
+    /// idle from now.
+    fn output_taken(&self) {
+        if self.output_blocked.load(Ordering::Relaxed) {
+            let mut st = self.state.lock();
+            st.unsent_since = None;
+            self.output_blocked.store(false, Ordering::Release);
+            if st.watched.is_empty() {
+                st.idle_since = Instant::now();
+                drop(st);
+                if self.wake_on_idle {
+                    self.went_idle.notify_one();
+                }
+            }
+        }
+    }
+
     fn requests(&self) -> u64 {
         self.state.lock().requests
     }
@@ -208,7 +258,7 @@ impl Activity {
     /// that is; `None` while requests are in flight.
     fn deadline(&self, deadlines: Deadlines) -> Option<(Instant, Close)> {
         let st = self.state.lock();
-        if !st.watched.is_empty() {
+        if !st.watched.is_empty() || st.unsent_since.is_some() {
             return None;
         }
         Some(if st.requests == 0 {
@@ -220,17 +270,26 @@ impl Activity {
 
     /// Cuts the responses that are due (HTTP/2 streams are reset here; an
     /// HTTP/1 one is returned, for the connection to be closed), and says
-    /// until when nothing else is.
-    fn cut_due(&self, deadlines: Deadlines, now: Instant) -> Result<Instant, Cut> {
+    /// until when nothing else is. With no request in flight, output the
+    /// client has left unsent for `--timeout-send` closes the connection.
+    fn cut_due(&self, deadlines: Deadlines, now: Instant) -> Result<Instant, Close> {
         let mut next = now + deadlines.recheck();
         let mut st = self.state.lock();
+        if let (true, Some(since), Some(limit)) =
+            (st.watched.is_empty(), st.unsent_since, deadlines.send)
+        {
+            if since + limit <= now {
+                return Err(Close::Unsent(limit));
+            }
+            next = next.min(since + limit);
+        }
         for (_, watched) in st.watched.iter_mut() {
             match watched.due(deadlines) {
                 Some((at, why)) if at <= now => {
                     watched.cut = Some(why);
                     match &watched.stream {
                         Some(stream) => stream.cut(),
-                        None => return Err(why),
+                        None => return Err(Close::Cut(why)),
                     }
                 }
                 Some((at, _)) => next = next.min(at),
@@ -269,7 +328,7 @@ impl Activity {
                 Some((deadline, _)) => deadline.min(now + deadlines.recheck()),
                 None => match self.cut_due(deadlines, now) {
                     Ok(next) => next,
-                    Err(cut) => return Close::Cut(cut),
+                    Err(close) => return close,
                 },
             };
             if self.wake_on_idle {
@@ -530,6 +589,71 @@ impl<F: Future<Output = ()>> Future for Cuttable<F> {
     }
 }
 
+/// A connection's socket, telling its [`Activity`] whether the output hyper
+/// holds is moving: hyper finishes a response (and the request stops being
+/// in flight) once it holds all of it, which is not once the client has it.
+pub(crate) struct WatchedIo<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I> WatchedIo<I> {
+    pub(crate) fn new(io: I, activity: Arc<Activity>) -> WatchedIo<I> {
+        WatchedIo { io, activity }
+    }
+
+    fn note<T>(&self, polled: Poll<T>) -> Poll<T> {
+        match polled {
+            Poll::Pending => self.activity.output_refused(),
+            Poll::Ready(_) => self.activity.output_taken(),
+        }
+        polled
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note(polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.note(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.note(polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// The connections of a worker that are still open, so shutdown can wait
 /// for the last one.
 #[derive(Default)]
@@ -650,6 +774,15 @@ where
                     Close::KeepAlive => tracing::trace!("closing an idle keep-alive connection"),
                     // Its response says why, as it is dropped with the connection.
                     Close::Cut(_) => return None,
+                    Close::Unsent(limit) => {
+                        tracing::info!(
+                            "closed a connection whose client took no bytes of the end of its \
+                             last response for --timeout-send {}s (it stopped reading); the \
+                             response is cut short",
+                            limit.as_secs_f64()
+                        );
+                        return None;
+                    }
                 }
                 graceful_shutdown(connection.as_mut());
                 closing = true;
@@ -672,8 +805,11 @@ where
             }
             Ok(Woke::CloseGrace) => {
                 // A graceful close waits for the peer on a connection still
-                // reading its first head; with nothing in flight, end it.
-                if activity.in_flight() == 0 {
+                // reading its first head; with nothing in flight, end it,
+                // unless hyper is still sending the end of a response (the
+                // timer closes it if the client takes none of it for
+                // --timeout-send).
+                if activity.in_flight() == 0 && !activity.output_unsent() {
                     return None;
                 }
             }
@@ -727,6 +863,40 @@ mod tests {
         send: Some(Duration::from_secs(60)),
         request: None,
     };
+
+    #[tokio::test(start_paused = true)]
+    async fn output_left_unsent_keeps_the_connection_busy_up_to_the_send_timeout() {
+        // The response is done for the app and hyper holds its end, which
+        // the client does not take: not idle at 5 s, closed at 60 s.
+        let activity = Activity::new(&DEADLINES);
+        let started = Instant::now();
+        drop(activity.begin(None));
+        activity.output_refused();
+        let waiting = spawn_watch(&activity, DEADLINES);
+        assert_eq!(
+            waiting.await.unwrap(),
+            Close::Unsent(Duration::from_secs(60))
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_from_when_the_client_took_its_output() {
+        let activity = Activity::new(&DEADLINES);
+        drop(activity.begin(None));
+        activity.output_refused();
+        let waiting = spawn_watch(&activity, DEADLINES);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert!(!waiting.is_finished());
+        // Refused again and taken: only the last take counts.
+        activity.output_taken();
+        activity.output_refused();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let taken = Instant::now();
+        activity.output_taken();
+        assert_eq!(waiting.await.unwrap(), Close::KeepAlive);
+        assert_eq!(taken.elapsed(), DEADLINES.keep_alive);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_that_ends_brings_the_keep_alive_deadline_forward() {

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::access_log::{self, AccessLog};
 use super::connection::{
-    self, Activity, Deadlines, OpenConnection, OpenConnections, StreamExecutor,
+    self, Activity, Deadlines, OpenConnection, OpenConnections, StreamExecutor, WatchedIo,
 };
 use super::preface::{self, BadPreface, Protocol};
 use super::proxy_headers::{ProxyHeaders, TrustedProxies};
@@ -688,7 +688,10 @@ where
     };
     let deadlines = context.deadlines;
     let draining = context.draining.clone();
-    let io = MeteredIo::new(io, context.state.metrics.clone());
+    let io = WatchedIo::new(
+        MeteredIo::new(io, context.state.metrics.clone()),
+        Arc::clone(&activity),
+    );
     let driven = if served == Served::Http1 {
         let connection = Box::pin(
             context

@@ -116,6 +116,11 @@ async def app(scope, receive, send):
         await slow(float(query.get("s", "30")), send)
     elif path == "/download":
         await download(int(query.get("size", "0")), send)
+    elif path == "/whole":
+        # The whole body in one message (Starlette's Response, a WSGI app's [body]): the
+        # response is done for the app at once, and hyper holds all of it.
+        await read_body(receive)
+        await respond(send, b"\x5a" * int(query.get("size", "0")), b"application/octet-stream")
     elif path == "/hold":
         with Running():
             STATS["hold"] = await read_body(receive)

@@ -55,6 +55,8 @@ async def app(scope, receive, send):
     if path == "/":
         await read_body(receive)
         await respond(send, b"hello world", text)
+    elif path == "/noread":
+        await respond(send, b"not read", text)
     elif path in ("/nolength", "/nolength-fast"):
         await read_body(receive)
         await send({"type": "http.response.start", "status": 200, "headers": text})
