@@ -130,12 +130,15 @@ pub(crate) fn init(config: &Config, process: Process) -> Result<(), String> {
     // server log's. With the server log, they follow its level, as with
     // uvicorn's.
     let mut filter = Targets::new().with_default(level);
+    let mut most_verbose = level;
     if access_destination.is_some() && level < LevelFilter::INFO {
         filter = filter.with_target(ACCESS, LevelFilter::INFO);
+        most_verbose = LevelFilter::INFO;
     }
+    // Also the level below which tracing's macros skip an event at once.
     let subscriber = tracing_subscriber::fmt()
         .with_writer(outputs)
-        .with_max_level(LevelFilter::TRACE)
+        .with_max_level(most_verbose)
         .log_internal_errors(false);
     let _ = match config.log_format {
         LogFormat::Text => subscriber
