@@ -16,8 +16,10 @@ import pwd
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -600,6 +602,71 @@ def test_the_dropped_note_counts_every_line_dropped(piped_server):
     proc.send_signal(signal.SIGTERM)
     read_log(log, idle=5)
     assert proc.wait(20) == 0
+
+
+def test_a_note_about_dropped_access_lines_of_a_custom_format_goes_to_the_server_log(tmp_path):
+    """Access lines in the operator's --access-log-format go to a pipe nobody reads, and many
+    are dropped: the note saying how many goes to the server log, not among those lines,
+    whose parsers it would break."""
+    log, write = os.pipe()
+    fcntl.fcntl(write, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
+    server_log = tmp_path / "stderr.txt"
+    with open(server_log, "wb") as err:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "rsasgi", WSGI_APP, "--app-dir", str(APPS)),
+                *("--port", "0", "--access-logfile", "-"),
+                *("--access-log-format", '%(h)s "%(r)s" %(s)s'),
+            ],
+            cwd=tmp_path,
+            stdout=write,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    os.close(write)
+    try:
+        port = int(LISTENING.search(wait_for_file(server_log, "Listening on"))[2])
+        # More requests than the queue holds (16384 lines), pipelined on one connection.
+        total = 20_000
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            answered = 0
+            received = b""
+
+            def read_answers() -> None:
+                nonlocal answered, received
+                while answered < total:
+                    chunk = sock.recv(1 << 20)
+                    if not chunk:
+                        return
+                    received += chunk
+                    answered += chunk.count(b"HTTP/1.1 200 OK")
+                    received = received[-20:]
+
+            reader = threading.Thread(target=read_answers, daemon=True)
+            reader.start()
+            sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n" * total)
+            reader.join(60)
+        assert answered == total
+        access = read_log(log, idle=1.0)
+        # A line that brings the note.
+        assert httpx.get(f"http://127.0.0.1:{port}/b", timeout=10).status_code == 200
+        access += read_log_until(log, '"GET /b HTTP/1.1" 200')
+        notes = re.findall(
+            r"rsasgi\.error: (\d+) access log line\(s\) dropped",
+            wait_for_file(server_log, "dropped"),
+        )
+        lines = access.splitlines()
+        assert notes, "no note in the server log"
+        assert len(lines) < total
+        assert all(re.fullmatch(r'127\.0\.0\.1 "GET /[ab] HTTP/1\.1" 200', line) for line in lines)
+        assert abs(len(lines) - 1 + sum(map(int, notes)) - total) <= 5, (len(lines), notes)
+        proc.send_signal(signal.SIGTERM)
+        read_log(log, idle=5)
+        assert proc.wait(20) == 0
+    finally:
+        kill_process_group(proc)
+        os.close(log)
 
 
 # The closing line of a WebSocket.

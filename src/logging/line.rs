@@ -105,18 +105,28 @@ fn write_message(writer: &mut Writer<'_>, event: &Event<'_>) -> std::fmt::Result
 impl LineFormat {
     /// The note written when lines were dropped, as a text line.
     pub(super) fn dropped_note(&self, count: usize) -> String {
+        self.note(format_args!(
+            "{count} log line(s) dropped because the process reading this log was not keeping up"
+        ))
+    }
+
+    /// The same, in the server log, for the lines of an access log in a
+    /// format of the operator's (`--access-log-format`).
+    pub(super) fn access_dropped_note(&self, count: usize) -> String {
+        self.note(format_args!(
+            "{count} access log line(s) dropped because the process reading the access log \
+             was not keeping up"
+        ))
+    }
+
+    fn note(&self, message: std::fmt::Arguments<'_>) -> String {
         let mut line = String::new();
         let _ = SystemTime.format_time(&mut Writer::new(&mut line));
         line.push_str("  WARN ");
         if let Some(label) = &self.label {
             let _ = write!(line, "[{label}] ");
         }
-        let _ = writeln!(
-            line,
-            "{}: {count} log line(s) dropped because the process reading this log was not \
-             keeping up",
-            super::SERVER
-        );
+        let _ = writeln!(line, "{}: {message}", super::SERVER);
         line
     }
 }

@@ -108,8 +108,16 @@ pub(crate) fn init(config: &Config, process: Process) -> Result<(), String> {
     };
     let mut result = Ok(());
     let outputs = OUTPUTS.get_or_init(|| {
+        let server = Output::stderr(note());
         let access =
             access_destination.and_then(|destination| match Output::access(destination, note()) {
+                // Lines in the operator's format: the note goes to the
+                // server log, saying what it counts.
+                Ok(output) if config.log_format == LogFormat::Text && text().bare_access_lines => {
+                    let text = text();
+                    let note: DroppedNote = Box::new(move |count| text.access_dropped_note(count));
+                    Some(output.note_to(&server, note))
+                }
                 Ok(output) => Some(output),
                 Err(err) => {
                     let name = match destination {
@@ -120,10 +128,7 @@ pub(crate) fn init(config: &Config, process: Process) -> Result<(), String> {
                     None
                 }
             });
-        Outputs {
-            server: Output::stderr(note()),
-            access,
-        }
+        Outputs { server, access }
     });
     // Access lines sent to a destination of their own are what was asked
     // for there, as with gunicorn's --access-logfile: --log-level is the

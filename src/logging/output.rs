@@ -62,6 +62,10 @@ pub(super) struct Output {
     dropped: ErrorCounter,
     reported: AtomicUsize,
     note: DroppedNote,
+    /// Where the note goes when not with the lines it reports: the server
+    /// log's writer and its drop counter (access lines in a format of the
+    /// operator's, where a note of ours would break the file's parsers).
+    note_elsewhere: Option<(NonBlocking, ErrorCounter)>,
     /// The file the writer thread appends to, by path and descriptor.
     file: Option<(PathBuf, RawFd)>,
 }
@@ -79,8 +83,17 @@ impl Output {
             writer,
             reported: AtomicUsize::new(0),
             note,
+            note_elsewhere: None,
             file: None,
         }
+    }
+
+    /// Sends the note about this output's dropped lines to `server`'s
+    /// stream instead of its own.
+    pub(super) fn note_to(mut self, server: &Output, note: DroppedNote) -> Output {
+        self.note_elsewhere = Some((server.writer.clone(), server.dropped.clone()));
+        self.note = note;
+        self
     }
 
     /// The server log: stderr.
@@ -116,17 +129,23 @@ impl Output {
                 .compare_exchange(reported, dropped, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let mut writer = self.writer.clone();
+            let (mut writer, counter) = match &self.note_elsewhere {
+                Some((writer, counter)) => (writer.clone(), counter),
+                None => (self.writer.clone(), &self.dropped),
+            };
+            let before = counter.dropped_lines();
             let _ = writer.write_all((self.note)(dropped - reported).as_bytes());
             // The queue is lossy: a note that found it still full was
-            // dropped too, and counted as a line. Its lines are then
-            // reported by a later note, and the note itself is not. (A line
-            // of another thread dropped just now looks the same: if the note
-            // got through, the next one repeats its number. The count may
-            // then be too high, never too low.)
-            if self.dropped.dropped_lines() != dropped {
+            // dropped too, and counted as a line of that queue. Its lines
+            // are then reported by a later note, and the note itself is not
+            // (when it counted as one of this output's). A line of another
+            // thread dropped just now looks the same: if the note got
+            // through, the next one repeats its number. The count may then
+            // be too high, never too low.
+            if counter.dropped_lines() != before {
+                let own = usize::from(self.note_elsewhere.is_none());
                 self.reported
-                    .fetch_sub(dropped - reported - 1, Ordering::Relaxed);
+                    .fetch_sub(dropped - reported - own, Ordering::Relaxed);
             }
         }
         self.writer.clone()
