@@ -712,11 +712,13 @@ impl Exchange {
     pub(crate) fn send_start(&self, start: ResponseStart) -> Result<(), SendMisuse> {
         {
             let mut st = self.state.lock();
-            if st.closed {
-                return Err(SendMisuse::Closed);
-            }
+            // The app's mistake first, whether or not the client is still
+            // there: the same send fails the same way (as uvicorn's).
             if st.started {
                 return Err(SendMisuse::AlreadyStarted);
+            }
+            if st.closed {
+                return Err(SendMisuse::Closed);
             }
             st.started = true;
             st.bodiless = matches!(start.status.as_u16(), 204 | 304);
@@ -732,14 +734,17 @@ impl Exchange {
     pub(crate) fn send_body(&self, data: impl Into<Chunk>, more: bool) -> Result<bool, SendMisuse> {
         let (reactor, full) = {
             let mut st = self.state.lock();
+            // A body after the last one is the app's mistake, whether the
+            // reactor has taken the last one (which closes the exchange)
+            // or not yet.
+            if st.complete || st.body_done {
+                return Err(SendMisuse::AlreadyComplete);
+            }
             if st.closed {
                 return Err(SendMisuse::Closed);
             }
             if !st.started {
                 return Err(SendMisuse::BodyBeforeStart);
-            }
-            if st.complete || st.body_done {
-                return Err(SendMisuse::AlreadyComplete);
             }
             st.push_chunk(data.into(), more, self.method == Method::HEAD);
             (
@@ -764,14 +769,15 @@ impl Exchange {
     pub(crate) fn send_trailers(&self, fields: HeaderMap, more: bool) -> Result<(), SendMisuse> {
         let reactor = {
             let mut st = self.state.lock();
-            if st.closed {
-                return Err(SendMisuse::Closed);
-            }
+            // The app's mistakes first, whether or not the client is still there.
             if !st.trailers_expected {
                 return Err(SendMisuse::TrailersNotAnnounced);
             }
             if st.complete {
                 return Err(SendMisuse::AlreadyComplete);
+            }
+            if st.closed {
+                return Err(SendMisuse::Closed);
             }
             if !st.body_done {
                 return Err(SendMisuse::TrailersBeforeBodyEnd);

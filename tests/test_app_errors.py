@@ -53,6 +53,53 @@ def test_raise_after_start_aborts_chunked_response(run_rsasgi):
     assert_worker_alive(server)
 
 
+def test_sys_exit_in_a_view_is_an_error_of_that_request_only(run_rsasgi):
+    """SystemExit from a view gives a 500 and a traceback, as any exception (uvicorn does the
+    same): the request beside it is answered, and the worker serves on. It used to end the
+    worker, dropping the other request."""
+    server = run_rsasgi(APP)
+    slow: dict = {}
+    thread = threading.Thread(
+        target=lambda: slow.update(r=httpx.get(server.url + "/slow", timeout=10)), daemon=True
+    )
+    thread.start()
+    wait_for(lambda: "/slow" in httpx.get(server.url + "/observed", timeout=10).json())
+    response = httpx.get(server.url + "/exit", timeout=10)
+    assert response.status_code == 500
+    thread.join(10)
+    assert slow["r"].text == "slow-done"
+    log = wait_for_log(server, "SystemExit: err-exit-in-a-view")
+    assert 'Exception in ASGI application while handling "GET /exit HTTP/1.1" (sent 500)' in log
+    assert_worker_alive(server)
+
+
+def test_an_oserror_after_a_complete_response_is_logged(run_rsasgi):
+    """A background task's FileNotFoundError once the response is complete is the app's
+    error, not a client that left: logged with its traceback (it was a debug line)."""
+    server = run_rsasgi(APP)
+    assert httpx.get(server.url + "/oserror-after-response", timeout=10).text == "done"
+    log = wait_for_log(server, "FileNotFoundError")
+    assert "(response was already complete)" in log
+    assert "err-background-file" in log
+    assert_worker_alive(server)
+
+
+def test_a_body_after_a_complete_response_raises_runtime_error_either_way(run_rsasgi):
+    """Whether or not the reactor has taken the last body yet, one more is a RuntimeError:
+    the second used to be a ClientDisconnected, as if the client had left."""
+    server = run_rsasgi(APP)
+    assert httpx.get(server.url + "/send-after-response", timeout=10).text == "done"
+
+    def errors() -> list | None:
+        return httpx.get(server.url + "/observed", timeout=10).json().get("/send-after-response")
+
+    wait_for(lambda: errors() is not None and len(errors()) == 2)
+    for error in errors():
+        assert error.startswith("RuntimeError: unexpected ASGI message 'http.response.body'"), (
+            errors()
+        )
+
+
 def test_return_without_response_gives_500(run_rsasgi):
     server = run_rsasgi(APP)
     response = httpx.get(server.url + "/no-response", timeout=10)

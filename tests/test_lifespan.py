@@ -50,6 +50,17 @@ def test_startup_failure_logs_message_and_exits_3(run_rsasgi):
     assert "panicked" not in log
 
 
+def test_startup_failure_of_an_app_that_then_waits_exits_3_quietly(run_rsasgi):
+    """After lifespan.startup.failed the app awaits receive() for a shutdown: its task is
+    cancelled, not left for the loop's "Task was destroyed but it is pending!" report."""
+    server = run_rsasgi("err_lifespan_fail:app", env={"ERR_LIFESPAN_WAIT": "1"}, wait=False)
+    assert server.wait_exit() == 3
+    log = server.output()
+    assert "err-db-unreachable-4711" in log
+    assert "Task was destroyed" not in log
+    assert "Traceback" not in log
+
+
 def test_app_without_lifespan_support_is_served_in_auto_mode(run_rsasgi):
     server = run_rsasgi("err_lifespan_raise:app")
     response = httpx.get(server.url + "/", timeout=10)

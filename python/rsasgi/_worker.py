@@ -338,9 +338,9 @@ async def _serve(worker, app, interface, loop) -> int:
             # at exit): nothing the app did wrong, and no client to answer.
             raise
         except BaseException as exc:  # noqa: BLE001 - reported, and the worker lives on
+            # sys.exit() in a view is the app's error like any other (as in uvicorn): it
+            # must not end the worker under the other requests.
             send._finish(exc)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
         else:
             send._finish()
         finally:
@@ -541,13 +541,23 @@ class Lifespan:
         await self.startup_done.wait()
         if self.startup_failed is not None:
             log("error", f"Application startup failed: {self.startup_failed}")
+            await self._abandon()
             return False
         if self.error and self.required:
             log("error", "Application startup failed: the app raised in the lifespan protocol")
+            await self._abandon()
             return False
         if not self.unsupported and not self.error:
             log("info", "Application startup complete")
         return True
+
+    async def _abandon(self) -> None:
+        """After a failed startup: ends the app's lifespan task if it still waits (for a
+        shutdown that will not come), so that it is not destroyed pending."""
+        if self.task is not None and not self.task.done():
+            self.cancelled = True
+            self.task.cancel()
+            await asyncio.wait([self.task], timeout=1.0)
 
     async def shutdown(self, forced: asyncio.Event) -> None:
         """Sends lifespan.shutdown and waits for the app's answer. A forced shutdown

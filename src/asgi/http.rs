@@ -517,8 +517,15 @@ impl HttpSend {
             }
             None => {}
             Some(exc) => {
+                // The client left mid-response: the app's own error for it
+                // (an OSError, or a framework's exception raised from our
+                // ClientDisconnected) is no bug. After a complete response an
+                // OSError is the app's (a background task's file or socket).
                 let disconnected = exc.is_instance_of::<ClientDisconnected>()
-                    || (closed && exc.is_instance_of::<pyo3::exceptions::PyOSError>());
+                    || (closed
+                        && !complete
+                        && (exc.is_instance_of::<pyo3::exceptions::PyOSError>()
+                            || caused_by_disconnect(&exc)));
                 let cancelled = exc.is_instance(
                     &py.import(intern!(py, "asyncio"))?
                         .getattr(intern!(py, "CancelledError"))?,
@@ -550,6 +557,28 @@ impl HttpSend {
         }
         Ok(())
     }
+}
+
+/// Whether `exc` was raised while handling (or from) a [`ClientDisconnected`]
+/// (Starlette turns it into its own `ClientDisconnect`).
+fn caused_by_disconnect(exc: &Bound<'_, PyAny>) -> bool {
+    let py = exc.py();
+    let mut link = exc.clone();
+    // A chain can loop in Python: a few links are enough.
+    for _ in 0..8 {
+        if link.is_instance_of::<ClientDisconnected>() {
+            return true;
+        }
+        let next = [intern!(py, "__cause__"), intern!(py, "__context__")]
+            .into_iter()
+            .filter_map(|name| link.getattr(name).ok())
+            .find(|value| !value.is_none());
+        match next {
+            Some(next) => link = next,
+            None => return false,
+        }
+    }
+    false
 }
 
 /// The traceback of a Rust-side `PyErr` as Python prints it.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 
 observed: dict[str, str] = {}
 
@@ -65,6 +66,25 @@ async def app(scope, receive, send):
         await _respond(send, 200, json.dumps(observed).encode())
     elif path == "/raise-before":
         raise ValueError("err-boom-before-start")
+    elif path == "/exit":
+        sys.exit("err-exit-in-a-view")
+    elif path == "/oserror-after-response":
+        # A background task's failure, after a complete response.
+        await _respond(send, 200, b"done")
+        await asyncio.sleep(0.3)
+        open("/nonexistent/err-background-file")  # noqa: ASYNC230, SIM115
+    elif path == "/send-after-response":
+        # One more body once the response is complete: at once, and once the reactor has
+        # taken the last one. Both are the app's mistake, told the same way.
+        await _respond(send, 200, b"done")
+        errors = []
+        for pause in (0, 0.3):
+            await asyncio.sleep(pause)
+            try:
+                await send({"type": "http.response.body", "body": b"more"})
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(f"{type(exc).__name__}: {exc}")
+        observed["/send-after-response"] = errors
     elif path == "/raise-after":
         await send(
             {
