@@ -73,6 +73,18 @@ def test_sys_exit_in_a_view_is_an_error_of_that_request_only(run_rsasgi):
     assert_worker_alive(server)
 
 
+def test_a_cancelled_error_the_app_raises_is_its_error(run_rsasgi):
+    """A CancelledError out of a view when nothing cancelled it is the app's error, with its
+    traceback, as uvicorn reports it: it was logged as a request "cancelled at shutdown"."""
+    server = run_rsasgi(APP)
+    response = httpx.get(server.url + "/cancel", timeout=10)
+    assert response.status_code == 500
+    log = wait_for_log(server, "CancelledError: err-cancelled-by-the-app")
+    assert 'Exception in ASGI application while handling "GET /cancel HTTP/1.1" (sent 500)' in log
+    assert "shutdown" not in log
+    assert_worker_alive(server)
+
+
 def test_an_oserror_after_a_complete_response_is_logged(run_rsasgi):
     """A background task's FileNotFoundError once the response is complete is the app's
     error, not a client that left: logged with its traceback (it was a debug line)."""

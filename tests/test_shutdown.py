@@ -79,7 +79,12 @@ def test_graceful_shutdown_timeout_bounds_the_wait(run_rsasgi, tmp_path):
     server.proc.send_signal(signal.SIGTERM)
     assert server.wait_exit(timeout=15) == 0
     # It waited for the in-flight request for the grace period, then gave up on it.
-    assert "Connections still open after --timeout-graceful-shutdown 1s" in server.output()
+    output = server.output()
+    assert "Connections still open after --timeout-graceful-shutdown 1s" in output
+    # Its task, still asleep, is cancelled, and the request named (it was a debug line,
+    # as if the app had been cancelled after its request had ended).
+    assert "Cancelling 1 request task(s) still running after shutdown" in output
+    assert 'request "GET /sleep?s=30 HTTP/1.1" was cancelled at shutdown' in output
     thread.join(15)
     assert result.get("text") != "slept", result
     assert "request-done" not in events(record)

@@ -423,6 +423,19 @@ def test_app_exception_after_accept_is_1011(ws_server):
     assert httpx.get(f"{ws_server.url}/ping", timeout=10).text == "pong"
 
 
+def test_a_cancelled_error_the_app_raises_is_logged_as_its_error(ws_server):
+    """It was not logged at all, as if a shutdown had cancelled the app."""
+
+    async def client():
+        async with ws_connect(ws_server, "/cancel-after-accept") as ws:
+            return await expect_close(ws)
+
+    code, _ = run(client())
+    assert code == 1011
+    log = wait_for_log(ws_server, "CancelledError: ws_app cancelled itself")
+    assert 'Exception in ASGI application on websocket "/cancel-after-accept"' in log
+
+
 def test_app_returning_without_close_is_1000(ws_server):
     async def client():
         async with ws_connect(ws_server, "/return-after-accept") as ws:

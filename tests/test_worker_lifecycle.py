@@ -188,7 +188,7 @@ def test_an_attribute_that_raises_fails_to_load(run_rsasgi, tmp_path):
 def test_pep_3333_application_class_is_detected_as_wsgi(run_rsasgi, tmp_path):
     """PEP 3333's own example: a class whose instances, built with environ and
     start_response, are the iterable; an ASGI 2 class whose constructor takes an option
-    besides the scope stays ASGI 2."""
+    besides the scope stays ASGI 2, and is told so in scope["asgi"]["version"]."""
     (tmp_path / "life_pep_class.py").write_text(
         "class AppClass:\n"
         "    def __init__(self, environ, start_response):\n"
@@ -201,9 +201,10 @@ def test_pep_3333_application_class_is_detected_as_wsgi(run_rsasgi, tmp_path):
         "        self.scope = scope\n\n"
         "    async def __call__(self, receive, send):\n"
         "        await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
-        "        await send({'type': 'http.response.body', 'body': b'asgi2'})\n"
+        "        version = self.scope['asgi']['version'].encode()\n"
+        "        await send({'type': 'http.response.body', 'body': b'asgi ' + version})\n"
     )
-    for target, body in [("AppClass", "Hello world!\n"), ("Asgi2WithOption", "asgi2")]:
+    for target, body in [("AppClass", "Hello world!\n"), ("Asgi2WithOption", "asgi 2.0")]:
         server = run_rsasgi(
             f"life_pep_class:{target}", "--app-dir", str(tmp_path), "--lifespan", "off"
         )

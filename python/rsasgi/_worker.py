@@ -241,6 +241,8 @@ def _positional_count(app) -> int | None:
 
 def _asgi2_to_asgi3(app):
     async def asgi3(scope, receive, send):
+        # Each scope has its own "asgi" dict: tell the app the interface it speaks.
+        scope["asgi"]["version"] = "2.0"
         instance = app(scope)
         await instance(receive, send)
 
@@ -327,6 +329,8 @@ async def _serve(worker, app, interface, loop) -> int:
     # Each is held here, keyed by its `send`, until its last step lets go of
     # it (cheaper per request than a done-callback, which costs a call_soon).
     request_tasks: dict[object, asyncio.Task] = {}
+    # The request tasks the shutdown cancelled (any other cancellation is the app's).
+    shutdown_cancels: set[asyncio.Task] = set()
     hold = request_tasks.__setitem__
     release = request_tasks.pop
 
@@ -339,8 +343,9 @@ async def _serve(worker, app, interface, loop) -> int:
             raise
         except BaseException as exc:  # noqa: BLE001 - reported, and the worker lives on
             # sys.exit() in a view is the app's error like any other (as in uvicorn): it
-            # must not end the worker under the other requests.
-            send._finish(exc)
+            # must not end the worker under the other requests. So is a CancelledError
+            # that no shutdown asked for.
+            send._finish(exc, asyncio.current_task() in shutdown_cancels)
         else:
             send._finish()
         finally:
@@ -435,7 +440,7 @@ async def _serve(worker, app, interface, loop) -> int:
             # The reactor has closed every connection; let apps see their
             # disconnects, then cancel what still runs.
             worker.drain()
-            await _cancel_request_tasks(list(request_tasks.values()), forced)
+            await _cancel_request_tasks(list(request_tasks.values()), forced, shutdown_cancels)
         finally:
             loop.remove_reader(fd)
         if wsgi and not forced.is_set():
@@ -473,9 +478,10 @@ async def _serve(worker, app, interface, loop) -> int:
                 signal.signal(signum, signal.SIG_IGN)
 
 
-async def _cancel_request_tasks(tasks: list, forced: asyncio.Event) -> None:
-    """Gives request tasks still running a second to end, then cancels them and waits up
-    to 5 s more; once ``forced`` is set, cancels them without waiting."""
+async def _cancel_request_tasks(tasks: list, forced: asyncio.Event, cancelled: set) -> None:
+    """Gives request tasks still running a second to end, then cancels them (adding each
+    to ``cancelled``) and waits up to 5 s more; once ``forced`` is set, cancels them
+    without waiting."""
     running = [task for task in tasks if not task.done()]
     if not running:
         return
@@ -485,6 +491,7 @@ async def _cancel_request_tasks(tasks: list, forced: asyncio.Event) -> None:
     if not remaining:
         return
     log("warning", f"Cancelling {len(remaining)} request task(s) still running after shutdown")
+    cancelled.update(remaining)
     for task in remaining:
         task.cancel()
     if not forced.is_set():

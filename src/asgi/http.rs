@@ -478,10 +478,16 @@ impl HttpSend {
         Ready::none(py)
     }
 
-    /// Called by the task wrapper when the app returns (`exc` is None) or raises.
-    /// Ends the response the way the spec asks and logs what went wrong.
-    #[pyo3(signature = (exc=None))]
-    fn _finish(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    /// Called by the task wrapper when the app returns (`exc` is None) or raises
+    /// (`shutdown`: a `CancelledError` the shutdown caused). Ends the response the
+    /// way the spec asks and logs what went wrong.
+    #[pyo3(signature = (exc=None, shutdown=false))]
+    fn _finish(
+        &self,
+        py: Python<'_>,
+        exc: Option<Bound<'_, PyAny>>,
+        shutdown: bool,
+    ) -> PyResult<()> {
         let exchange = &self.exchange;
         let Progress {
             started,
@@ -526,6 +532,8 @@ impl HttpSend {
                         && !complete
                         && (exc.is_instance_of::<pyo3::exceptions::PyOSError>()
                             || caused_by_disconnect(&exc)));
+                // One the app raised itself, with no shutdown and no timeout behind
+                // it, is its error like any other (uvicorn logs it so too).
                 let cancelled = exc.is_instance(
                     &py.import(intern!(py, "asyncio"))?
                         .getattr(intern!(py, "CancelledError"))?,
@@ -535,10 +543,10 @@ impl HttpSend {
                         "client disconnected while the app handled \"{}\"",
                         request()
                     );
+                } else if cancelled && shutdown {
+                    tracing::warn!("request \"{}\" was cancelled at shutdown", request());
                 } else if cancelled && closed {
                     tracing::debug!("request \"{}\" was cancelled after it ended", request());
-                } else if cancelled {
-                    tracing::warn!("request \"{}\" was cancelled at shutdown", request());
                 } else {
                     let traceback = format_exception(py, &exc);
                     let outcome = if !head_sent {

@@ -299,20 +299,29 @@ impl WebSocketSend {
     }
 
     /// Called by the task wrapper when the app returns (`exc` is None) or
-    /// raises: answers the handshake or closes the connection as the spec asks.
-    #[pyo3(signature = (exc=None))]
-    fn _finish(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    /// raises (`shutdown`: a `CancelledError` the shutdown caused): answers the
+    /// handshake or closes the connection as the spec asks.
+    #[pyo3(signature = (exc=None, shutdown=false))]
+    fn _finish(
+        &self,
+        py: Python<'_>,
+        exc: Option<Bound<'_, PyAny>>,
+        shutdown: bool,
+    ) -> PyResult<()> {
         let session = &self.session;
         let accepted = session.finish_app(exc.is_some());
         if let Some(exc) = exc {
             let disconnected = exc.is_instance_of::<ClientDisconnected>();
+            // A CancelledError the app raised itself is its error like any other.
             let cancelled = exc.is_instance(
                 &py.import(intern!(py, "asyncio"))?
                     .getattr(intern!(py, "CancelledError"))?,
             )?;
             if disconnected {
                 tracing::debug!("websocket {} went away while the app used it", session.path);
-            } else if !cancelled {
+            } else if cancelled && shutdown {
+                tracing::debug!("websocket {} was cancelled at shutdown", session.path);
+            } else {
                 let outcome = if accepted {
                     "closed with 1011"
                 } else {

@@ -68,6 +68,9 @@ async def app(scope, receive, send):
         raise ValueError("err-boom-before-start")
     elif path == "/exit":
         sys.exit("err-exit-in-a-view")
+    elif path == "/cancel":
+        # The app's own CancelledError (an anyio scope's leaking out, say), not a shutdown.
+        raise asyncio.CancelledError("err-cancelled-by-the-app")
     elif path == "/oserror-after-response":
         # A background task's failure, after a complete response.
         await _respond(send, 200, b"done")

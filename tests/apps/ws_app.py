@@ -233,6 +233,13 @@ async def ws_raise_after_accept(scope, receive, send):
     raise RuntimeError("ws_app boom after accept")
 
 
+async def ws_cancel_after_accept(scope, receive, send):
+    await receive()
+    await send({"type": "websocket.accept"})
+    # The app's own CancelledError: no shutdown asked for it.
+    raise asyncio.CancelledError("ws_app cancelled itself")
+
+
 async def ws_raise_before_accept(scope, receive, send):
     await receive()
     raise RuntimeError("ws_app boom before accept")
@@ -470,6 +477,7 @@ WEBSOCKET_ROUTES = {
     "/deny": ws_deny,
     "/http-response": ws_http_response,
     "/raise-after-accept": ws_raise_after_accept,
+    "/cancel-after-accept": ws_cancel_after_accept,
     "/raise-before-accept": ws_raise_before_accept,
     "/return-after-accept": ws_return_after_accept,
     "/record-disconnect": ws_record_disconnect,
