@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+
 import httpx
+import pytest
+from conftest import wait_for
 
 APP = "err_lifespan:app"
 
@@ -58,6 +62,24 @@ def test_startup_failure_of_an_app_that_then_waits_exits_3_quietly(run_rsasgi):
     log = server.output()
     assert "err-db-unreachable-4711" in log
     assert "Task was destroyed" not in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_ends_a_startup_that_hangs(run_rsasgi, tmp_path, sig):
+    """CTRL+C while the lifespan startup waits on something that never answers stops the
+    server, cancelling the app's lifespan task (its cleanup runs): SIGINT did nothing,
+    and SIGTERM killed the process without it."""
+    record = tmp_path / "events.txt"
+    server = run_rsasgi("life_hang:app", env={"LIFE_HANG_FILE": str(record)}, wait=False)
+    wait_for(lambda: events(record) == ["startup"], message="the startup to begin")
+    server.proc.send_signal(sig)
+    assert server.wait_exit() == 0, server.output()
+    assert events(record) == ["startup", "cancelled"]
+    log = server.output()
+    assert f"Received {sig.name} during the application's startup: stopping" in log
+    assert "Application startup cancelled" in log
+    assert "Listening on" not in log
     assert "Traceback" not in log
 
 

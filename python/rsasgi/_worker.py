@@ -304,6 +304,31 @@ def _start_heartbeat(worker, loop, stop: asyncio.Event) -> None:
     beat()
 
 
+async def _start_unless_stopped(lifespan, loop, stop: asyncio.Event) -> bool | None:
+    """Runs the lifespan startup; returns its answer, or None when a stop signal
+    (SIGINT, SIGTERM, SIGQUIT) or a vanished supervisor ends it first: a startup that
+    hangs (on a database that does not answer) must not make CTRL+C do nothing.
+
+    The app's lifespan task is cancelled then, and no lifespan shutdown is sent. A
+    signal that comes as the startup ends leaves ``stop`` set: the server then shuts
+    down gracefully as soon as it has started."""
+
+    def on_signal(signum: int) -> None:
+        if not stop.is_set():
+            name = signal.Signals(signum).name
+            log("info", f"Received {name} during the application's startup: stopping")
+            stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    startup = asyncio.ensure_future(lifespan.startup())
+    if await _unless_forced(startup, stop):
+        return startup.result()
+    await lifespan._abandon()
+    log("info", "Application startup cancelled")
+    return None
+
+
 _early_signals: set[int] = set()
 
 
@@ -320,7 +345,10 @@ async def _serve(worker, app, interface, loop) -> int:
     _start_heartbeat(worker, loop, stop)
     if worker.lifespan != "off" and not wsgi:
         lifespan = Lifespan(app, state, required=worker.lifespan == "on")
-        if not await lifespan.startup():
+        started = await _start_unless_stopped(lifespan, loop, stop)
+        if started is None:
+            return 0
+        if not started:
             return EXIT_BOOT_FAILURE
 
     create_task = loop.create_task
