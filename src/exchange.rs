@@ -437,12 +437,17 @@ impl Exchange {
 
     /// "GET /path?q HTTP/1.1", for log lines.
     pub(crate) fn request_line(&self) -> String {
+        use std::fmt::Write;
         let target = self
             .uri
             .path_and_query()
             .map(|pq| pq.as_str())
             .unwrap_or("/");
-        format!("{} {} {:?}", self.method, target, self.version)
+        let mut line = format!("{} ", self.method);
+        // As in the access log: a `"` in the path must not end the quoted field.
+        let _ = crate::http::access_format::write_escaped(&mut line, target.as_bytes());
+        let _ = write!(line, " {:?}", self.version);
+        line
     }
 
     /// How far the app got with its response.
@@ -1005,9 +1010,13 @@ mod tests {
     use crate::net::{Scheme, ServerAddr};
 
     fn exchange(method: Method, body_complete: bool) -> Arc<Exchange> {
+        exchange_for(method, "/path?q", body_complete)
+    }
+
+    fn exchange_for(method: Method, uri: &str, body_complete: bool) -> Arc<Exchange> {
         let (head, ()) = http::Request::builder()
             .method(method)
-            .uri("/path?q")
+            .uri(uri)
             .body(())
             .unwrap()
             .into_parts();
@@ -1024,6 +1033,17 @@ mod tests {
             },
             body_complete,
         ))
+    }
+
+    #[test]
+    fn request_line_escapes_what_would_end_a_quoted_field() {
+        assert_eq!(
+            exchange(Method::GET, true).request_line(),
+            "GET /path?q HTTP/1.1"
+        );
+        // The http crate takes `"` in a path (not in a query) and `\` in both.
+        let line = exchange_for(Method::POST, "/a\"b\\c?d=\\", true).request_line();
+        assert_eq!(line, r#"POST /a\x22b\x5Cc?d=\x5C HTTP/1.1"#);
     }
 
     fn ok_start() -> ResponseStart {

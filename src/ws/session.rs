@@ -192,6 +192,7 @@ pub(crate) struct WsSession {
     state: Mutex<WsState>,
     bridge: Arc<EventBridge>,
     max_queue: usize,
+    /// The request target, escaped for log lines.
     pub path: String,
     pub connection: ConnectionInfo,
 }
