@@ -534,10 +534,7 @@ impl HttpSend {
                             || caused_by_disconnect(&exc)));
                 // One the app raised itself, with no shutdown and no timeout behind
                 // it, is its error like any other (uvicorn logs it so too).
-                let cancelled = exc.is_instance(
-                    &py.import(intern!(py, "asyncio"))?
-                        .getattr(intern!(py, "CancelledError"))?,
-                )?;
+                let cancelled = is_cancelled_error(&exc)?;
                 if disconnected {
                     tracing::debug!(
                         "client disconnected while the app handled \"{}\"",
@@ -565,6 +562,15 @@ impl HttpSend {
         }
         Ok(())
     }
+}
+
+/// Whether `exc` is an `asyncio.CancelledError`.
+pub(crate) fn is_cancelled_error(exc: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = exc.py();
+    exc.is_instance(
+        &py.import(intern!(py, "asyncio"))?
+            .getattr(intern!(py, "CancelledError"))?,
+    )
 }
 
 /// Whether `exc` was raised while handling (or from) a [`ClientDisconnected`]

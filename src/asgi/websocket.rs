@@ -15,7 +15,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
-use super::http::{bytes_of, format_exception, new_future, parse_headers, parse_status};
+use super::http::{
+    bytes_of, format_exception, is_cancelled_error, new_future, parse_headers, parse_status,
+};
 use super::ClientDisconnected;
 use super::{is_done, set_exception, set_result, Ready, WaitKind, WsWaiter};
 use crate::exchange::ResponseStart;
@@ -313,10 +315,7 @@ impl WebSocketSend {
         if let Some(exc) = exc {
             let disconnected = exc.is_instance_of::<ClientDisconnected>();
             // A CancelledError the app raised itself is its error like any other.
-            let cancelled = exc.is_instance(
-                &py.import(intern!(py, "asyncio"))?
-                    .getattr(intern!(py, "CancelledError"))?,
-            )?;
+            let cancelled = is_cancelled_error(&exc)?;
             if disconnected {
                 tracing::debug!("websocket {} went away while the app used it", session.path);
             } else if cancelled && shutdown {
