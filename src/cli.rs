@@ -492,7 +492,8 @@ struct Args {
 
     /// Log level (any case; "warn" means warning). Access lines are info:
     /// a higher level drops them too, unless --access-logfile gives them
-    /// their own destination.
+    /// their own destination. rsasgi logs nothing at critical, so critical
+    /// keeps the error lines (what stops the server must stay visible).
     #[arg(long, env = "RSASGI_LOG_LEVEL", value_name = "LEVEL", value_enum, ignore_case = true,
           default_value_t = LogLevel::Info, help_heading = "Logging")]
     log_level: LogLevel,
