@@ -83,6 +83,35 @@ def test_a_stop_signal_ends_a_startup_that_hangs(run_rsasgi, tmp_path, sig):
     assert "Traceback" not in log
 
 
+def test_a_stop_signal_ends_a_startup_that_blocks_the_loop(run_rsasgi, tmp_path):
+    """A startup stuck in a synchronous call never lets the loop see the signal: the
+    process leaves a few seconds later all the same (it used to die at once by SIGTERM's
+    default action, and must not now wait for a SIGKILL)."""
+    record = tmp_path / "events.txt"
+    env = {"LIFE_HANG_FILE": str(record), "LIFE_HANG_MODE": "sync"}
+    server = run_rsasgi("life_hang:app", env=env, wait=False)
+    wait_for(lambda: events(record) == ["startup"], message="the startup to begin")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=20) == 0, server.output()
+    log = server.output()
+    assert "The application's startup has not stopped 5s after SIGTERM" in log
+    assert "Listening on" not in log
+
+
+def test_a_signal_as_the_startup_completes_leaves_a_started_app_shut_down(run_rsasgi, tmp_path):
+    """The app completes its startup just as SIGTERM arrives: its answer stands, so the
+    server starts and at once shuts down gracefully, sending the lifespan shutdown (the
+    startup must not be cancelled after the app reported it complete)."""
+    record = tmp_path / "events.txt"
+    env = {"LIFE_HANG_FILE": str(record), "LIFE_HANG_MODE": "signal"}
+    server = run_rsasgi("life_hang:app", env=env, wait=False)
+    assert server.wait_exit() == 0, server.output()
+    assert events(record) == ["startup", "shutdown"], server.output()
+    log = server.output()
+    assert "Application startup complete" in log
+    assert "Application startup cancelled" not in log
+
+
 def test_app_without_lifespan_support_is_served_in_auto_mode(run_rsasgi):
     server = run_rsasgi("err_lifespan_raise:app")
     response = httpx.get(server.url + "/", timeout=10)

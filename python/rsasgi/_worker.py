@@ -18,6 +18,7 @@ import inspect
 import os
 import signal
 import sys
+import threading
 import traceback
 
 from rsasgi._rsasgi import flush_logs, log
@@ -309,9 +310,12 @@ async def _start_unless_stopped(lifespan, loop, stop: asyncio.Event) -> bool | N
     (SIGINT, SIGTERM, SIGQUIT) or a vanished supervisor ends it first: a startup that
     hangs (on a database that does not answer) must not make CTRL+C do nothing.
 
-    The app's lifespan task is cancelled then, and no lifespan shutdown is sent. A
-    signal that comes as the startup ends leaves ``stop`` set: the server then shuts
-    down gracefully as soon as it has started."""
+    The app's lifespan task is cancelled then, and no lifespan shutdown is sent. Once
+    the app has answered, its answer stands: a signal that comes as the startup ends
+    leaves ``stop`` set, and the server shuts down gracefully as soon as it has started.
+    A startup that blocks the loop (a synchronous connect) never sees the signal: the
+    process then leaves after STARTUP_STOP_GRACE seconds, as the signal's default
+    action would have ended it at once."""
 
     def on_signal(signum: int) -> None:
         if not stop.is_set():
@@ -319,14 +323,82 @@ async def _start_unless_stopped(lifespan, loop, stop: asyncio.Event) -> bool | N
             log("info", f"Received {name} during the application's startup: stopping")
             stop.set()
 
+    watchdog = _StartupWatchdog()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         loop.add_signal_handler(signum, on_signal, signum)
+        # Runs (then the loop's own handler) even while the startup blocks the loop in
+        # a system call, where the loop's callback above would never run.
+        watchdog.watch(signum)
     startup = asyncio.ensure_future(lifespan.startup())
-    if await _unless_forced(startup, stop):
-        return startup.result()
-    await lifespan._abandon()
-    log("info", "Application startup cancelled")
-    return None
+    interrupt = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((startup, interrupt), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        interrupt.cancel()
+        watchdog.end()
+    if not startup.done() and not lifespan.startup_done.is_set():
+        startup.cancel()
+        await lifespan._abandon()
+        log("info", "Application startup cancelled")
+        _leave_before_serving(loop)
+        return None
+    started = await startup
+    if not started:
+        _leave_before_serving(loop)
+    return started
+
+
+#: Seconds a startup that blocks the event loop has to end once a stop signal came.
+STARTUP_STOP_GRACE = 5.0
+
+
+class _StartupWatchdog:
+    """Ends the process STARTUP_STOP_GRACE seconds after a stop signal that came during
+    the lifespan startup, unless the startup has ended by then."""
+
+    def __init__(self) -> None:
+        self.timer: threading.Timer | None = None
+        self.over = False
+        self.loop_handlers: dict[int, object] = {}
+
+    def watch(self, signum: int) -> None:
+        """Puts this handler in front of the loop's Python-level one for ``signum``."""
+        self.loop_handlers[signum] = signal.getsignal(signum)
+        signal.signal(signum, self.signalled)
+
+    def signalled(self, signum: int, frame) -> None:
+        if self.timer is None and not self.over:
+            self.timer = threading.Timer(STARTUP_STOP_GRACE, self._expired, (signum,))
+            self.timer.daemon = True
+            self.timer.start()
+        loop_handler = self.loop_handlers.get(signum)
+        if callable(loop_handler):
+            loop_handler(signum, frame)
+
+    def _expired(self, signum: int) -> None:
+        if self.over:
+            return
+        log(
+            "warning",
+            f"The application's startup has not stopped {STARTUP_STOP_GRACE:g}s after "
+            f"{signal.Signals(signum).name} (it blocks the event loop); exiting now",
+        )
+        _exit_now()
+
+    def end(self) -> None:
+        self.over = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def _leave_before_serving(loop) -> None:
+    """The worker leaves before it served: a late copy of a stop signal (CTRL+C reaches
+    the whole process group, then the supervisor sends SIGTERM) or a log rotation must
+    not cut its exit short, as the serving path's own exit ensures."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 _early_signals: set[int] = set()

@@ -1,10 +1,19 @@
-"""App whose lifespan startup never ends (a database that does not answer): it writes
-"startup" to $LIFE_HANG_FILE, then waits; if cancelled, it writes "cancelled"."""
+"""App whose lifespan startup does not end by itself; $LIFE_HANG_MODE says how:
+
+- "async" (the default): it awaits something that never comes (a database that does not
+  answer); if cancelled, it writes "cancelled";
+- "sync": it blocks the event loop in a system call (a synchronous connect);
+- "signal": it sends its own process SIGTERM, then completes the startup at once, before
+  the loop can act on the signal; it writes "shutdown" when asked to shut down.
+
+Each writes "startup" to $LIFE_HANG_FILE first."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import time
 
 
 def _record(event: str) -> None:
@@ -16,6 +25,16 @@ async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         await receive()
         _record("startup")
+        mode = os.environ.get("LIFE_HANG_MODE", "async")
+        if mode == "sync":
+            time.sleep(3600)
+        elif mode == "signal":
+            os.kill(os.getpid(), signal.SIGTERM)
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            _record("shutdown")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
