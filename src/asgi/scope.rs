@@ -99,10 +99,19 @@ fn ipv4_text(ip: Ipv4Addr, buf: &mut [u8; 15]) -> &str {
 
 /// An address's host part as a Python string.
 pub(crate) fn host_text(py: Python<'_>, ip: IpAddr) -> Bound<'_, PyString> {
-    match ip {
+    let cached = LAST_HOST.with_borrow(|last| match last {
+        Some((made_for, text)) if *made_for == ip => Some(text.clone_ref(py)),
+        _ => None,
+    });
+    if let Some(text) = cached {
+        return text.into_bound(py);
+    }
+    let text = match ip {
         IpAddr::V4(ip) => PyString::new(py, ipv4_text(ip, &mut [0; 15])),
         IpAddr::V6(ip) => PyString::new(py, &ip.to_string()),
-    }
+    };
+    LAST_HOST.replace(Some((ip, text.clone().unbind())));
+    text
 }
 
 /// `(host, port)` as the scope's `client` and `server` keys want it.
@@ -134,6 +143,10 @@ pub(crate) fn untracked(tuple: Bound<'_, PyTuple>) -> Bound<'_, PyTuple> {
 }
 
 thread_local! {
+    /// The last host string made on this thread and the address it is for:
+    /// behind a proxy every connection comes from the proxy's address, and
+    /// a string cannot change, so the next request shares it.
+    static LAST_HOST: RefCell<Option<(IpAddr, Py<PyString>)>> = const { RefCell::new(None) };
     /// The last `server` tuple made on this thread and the address it is
     /// for: a worker's requests nearly all come in on one listener, and a
     /// tuple cannot change, so the next request shares it rather than making
@@ -402,6 +415,26 @@ mod tests {
         assert_eq!(decode_path("/a%2Fb"), "/a/b");
         assert_eq!(decode_path("/bad%FF"), "/bad\u{FFFD}");
         assert_eq!(decode_path("/100%"), "/100%");
+    }
+
+    #[test]
+    fn host_text_shares_a_string_only_for_the_same_address() {
+        Python::initialize();
+        Python::attach(|py| {
+            let addresses: [IpAddr; 5] = [
+                "10.0.0.1".parse().unwrap(),
+                "10.0.0.1".parse().unwrap(),
+                "10.0.0.2".parse().unwrap(),
+                "::1".parse().unwrap(),
+                "10.0.0.1".parse().unwrap(),
+            ];
+            let texts: Vec<_> = addresses.iter().map(|ip| host_text(py, *ip)).collect();
+            for (ip, text) in addresses.iter().zip(&texts) {
+                assert_eq!(text.to_str().unwrap(), ip.to_string());
+            }
+            assert!(texts[0].is(&texts[1]));
+            assert!(!texts[1].is(&texts[4]));
+        });
     }
 
     #[test]
