@@ -12,6 +12,7 @@ together. Compare two builds by running this with each build's interpreter:
     python benches/instructions.py                        # ASGI and WSGI hello, this venv
     /other/venv/bin/python benches/instructions.py --apps hello --requests 4000
     python benches/instructions.py --apps hello --http2   # h2c: h2load, 10 streams a connection
+    python benches/instructions.py --apps hello --per-thread   # Python thread and reactor apart
 
 Needs valgrind (apt-get install valgrind), and h2load for --http2 (apt-get install
 nghttp2-client). Expect a minute or two per app: the server runs
@@ -90,13 +91,18 @@ def measure(
     http2: bool = False,
     path: str = "/",
     keep: str | None = None,
-) -> int:
-    """Total instructions of one server run that serves `requests` requests."""
+    per_thread: bool = False,
+) -> dict[str, int]:
+    """Instructions of one server run that serves `requests` requests: the total under
+    "all", or with `per_thread` one count per thread, keyed by callgrind's thread number
+    ("01" is the main thread, where the app's Python runs; the others follow in the order
+    they started: the reactor, the log writer, WSGI threads)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         log = Path(tmp) / "server.log"
         argv = [
             "valgrind", "--tool=callgrind", "--trace-children=no",
+            f"--separate-threads={'yes' if per_thread else 'no'}",
             f"--callgrind-out-file={out}",
             sys.executable, "-m", "rsasgi", app, "--no-access-log",
             "--port", str(_free_port()),
@@ -119,13 +125,20 @@ def measure(
             if server.poll() is None:
                 server.kill()
                 server.wait()
+        # With --separate-threads, one file per thread: callgrind.out-01, -02...
+        outputs = sorted(Path(tmp).glob("callgrind.out-*")) if per_thread else [out]
         if keep:
             Path(keep).mkdir(parents=True, exist_ok=True)
-            shutil.copy(out, Path(keep) / f"callgrind.{app.rsplit(':', 1)[-1]}.out")
-        summary = re.search(r"^summary:\s+(\d+)", out.read_text(), re.MULTILINE)
-        if summary is None:
-            raise RuntimeError(f"no summary line in {out}")
-        return int(summary.group(1))
+            for output in outputs:
+                suffix = output.name.removeprefix("callgrind.out")
+                shutil.copy(output, Path(keep) / f"callgrind.{app.rsplit(':', 1)[-1]}.out{suffix}")
+        totals = {}
+        for output in outputs:
+            summary = re.search(r"^summary:\s+(\d+)", output.read_text(), re.MULTILINE)
+            if summary is None:
+                raise RuntimeError(f"no summary line in {output}")
+            totals[output.name.rsplit("-", 1)[-1] if per_thread else "all"] = int(summary.group(1))
+        return totals
 
 
 def main() -> int:
@@ -142,21 +155,38 @@ def main() -> int:
     parser.add_argument(
         "--keep", metavar="DIR", help="keep the busy run's callgrind.out here, to annotate"
     )
+    parser.add_argument(
+        "--per-thread",
+        action="store_true",
+        help="count each thread apart (thread 01 runs the app's Python; 02 or 03 the reactor)",
+    )
     args = parser.parse_args()
     if args.requests < 1 or args.connections < 1:
         parser.error("--requests and --connections must be at least 1")
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    protocol = "h2c" if args.http2 else "HTTP/1.1"
     for name in args.apps:
-        idle = measure(APPS[name], 0, args.connections)
+        idle = measure(APPS[name], 0, args.connections, per_thread=args.per_thread)
         busy = measure(
-            APPS[name], args.requests, args.connections, args.http2, args.path, args.keep
+            APPS[name],
+            args.requests,
+            args.connections,
+            args.http2,
+            args.path,
+            args.keep,
+            args.per_thread,
         )
-        per_request = (busy - idle) / args.requests
-        protocol = "h2c" if args.http2 else "HTTP/1.1"
         print(
-            f"{name:<11} {per_request:>10,.0f} instructions/request "
-            f"({args.requests} {protocol} GET {args.path} over {args.connections} connections)"
+            f"{name:<11} {(sum(busy.values()) - sum(idle.values())) / args.requests:>10,.0f} "
+            f"instructions/request ({args.requests} {protocol} GET {args.path} over "
+            f"{args.connections} connections)"
         )
+        if args.per_thread:
+            for thread in sorted(busy):
+                per_request = (busy[thread] - idle.get(thread, 0)) / args.requests
+                # Threads that do nothing per request (the log writer) are left out.
+                if abs(per_request) >= 10:
+                    print(f"  thread {thread} {per_request:>10,.0f}")
     return 0
 
 
