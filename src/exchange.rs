@@ -437,17 +437,14 @@ impl Exchange {
 
     /// "GET /path?q HTTP/1.1", for log lines.
     pub(crate) fn request_line(&self) -> String {
-        use std::fmt::Write;
         let target = self
             .uri
             .path_and_query()
             .map(|pq| pq.as_str())
             .unwrap_or("/");
-        let mut line = format!("{} ", self.method);
         // As in the access log: a `"` in the path must not end the quoted field.
-        let _ = crate::http::access_format::write_escaped(&mut line, target.as_bytes());
-        let _ = write!(line, " {:?}", self.version);
-        line
+        let target = crate::http::access_format::Escaped(target.as_bytes());
+        format!("{} {target} {:?}", self.method, self.version)
     }
 
     /// How far the app got with its response.

@@ -241,6 +241,15 @@ pub(crate) fn write_escaped(out: &mut impl fmt::Write, bytes: &[u8]) -> fmt::Res
     out.write_str(std::str::from_utf8(&bytes[start..]).unwrap_or_default())
 }
 
+/// Bytes written escaped (see [`write_escaped`]).
+pub(crate) struct Escaped<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_escaped(f, self.0)
+    }
+}
+
 /// `[10/Oct/2000:13:55:36 -0700]` for `seconds` since the epoch, in local
 /// time: what gunicorn's and Apache's `%t` show.
 pub(crate) fn clf_time(seconds: i64) -> String {

@@ -17,7 +17,7 @@ use base64ct::{Base64, Encoding};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
-use super::access_format::{clf_time, write_escaped, AccessFormat, Atom, Piece};
+use super::access_format::{clf_time, write_escaped, AccessFormat, Atom, Escaped, Piece};
 use crate::net::LoggedClient;
 use crate::ws::Closed;
 
@@ -223,15 +223,6 @@ impl WebSocketRecord {
             self.client,
             Escaped(target.as_bytes()),
         );
-    }
-}
-
-/// Bytes written escaped (see [`write_escaped`]).
-struct Escaped<'a>(&'a [u8]);
-
-impl fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_escaped(f, self.0)
     }
 }
 

@@ -529,9 +529,8 @@ async fn open_websocket(
     let (mut head, _body) = request.into_parts();
     let on_upgrade = head.extensions.remove::<hyper::upgrade::OnUpgrade>();
     // For log lines only, escaped as the access log's: a `"` must not end a quoted field.
-    let mut path = String::new();
     let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let _ = crate::http::access_format::write_escaped(&mut path, target.as_bytes());
+    let path = super::access_format::Escaped(target.as_bytes()).to_string();
     let session = Arc::new(WsSession::new(
         Arc::clone(&state.bridge),
         settings.max_queue,
