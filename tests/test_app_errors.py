@@ -34,6 +34,21 @@ def test_raise_before_start_gives_500_and_logs_traceback(run_rsasgi):
     assert_worker_alive(server)
 
 
+def test_a_quote_in_the_path_cannot_end_the_error_lines_quoted_field(run_rsasgi):
+    """The request line in a server-log line is escaped as in the access log: a `"` in the
+    path (which HTTP parsers take) is written \\x22, so it cannot close the quoted field."""
+    server = run_rsasgi(APP, "--no-access-log")
+    with server.connect() as sock:
+        sock.sendall(
+            b'GET /raise-quoted"x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'
+        )
+        data = recv_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 500"), data
+    log = wait_for_log(server, "ValueError: err-boom-quoted-path")
+    assert 'while handling "GET /raise-quoted\\x22x HTTP/1.1" (sent 500)' in log, log
+    assert_worker_alive(server)
+
+
 def test_raise_after_start_aborts_chunked_response(run_rsasgi):
     server = run_rsasgi(APP)
     with server.connect() as sock:

@@ -66,6 +66,8 @@ async def app(scope, receive, send):
         await _respond(send, 200, json.dumps(observed).encode())
     elif path == "/raise-before":
         raise ValueError("err-boom-before-start")
+    elif path.startswith("/raise-quoted"):
+        raise ValueError("err-boom-quoted-path")
     elif path == "/exit":
         sys.exit("err-exit-in-a-view")
     elif path == "/cancel":
