@@ -913,19 +913,6 @@ impl Exchange {
         }
     }
 
-    /// [`Exchange::queue_response`], then [`Exchange::wait_for_room`] if needed.
-    pub(crate) fn send_blocking(
-        &self,
-        start: Option<ResponseStart>,
-        data: impl Into<Chunk>,
-        more: bool,
-    ) -> Result<(), ()> {
-        if self.queue_response(start, data, more)? {
-            self.wait_for_room()?;
-        }
-        Ok(())
-    }
-
     /// Keeps `guard` (a count of requests or tasks in flight) until both the
     /// response is done and the app has returned. A client that resets its
     /// stream ends the response early, but the app's work goes on, and

@@ -241,10 +241,28 @@ fn send(
             Some(start)
         }
     };
-    let exchange = Arc::clone(exchange);
-    Ok(py
-        .detach(move || exchange.send_blocking(start, data, more))
-        .is_ok())
+    Ok(queue(py, exchange, start, data, more))
+}
+
+/// Hands a response part to the reactor; false when the client has gone
+/// away. The GIL stays held: releasing it would hand it to a thread waiting
+/// for it (with another request) and switch threads on every response. It
+/// is released only to wait while a slow client has too much buffered.
+fn queue(
+    py: Python<'_>,
+    exchange: &Arc<Exchange>,
+    start: Option<ResponseStart>,
+    data: impl Into<Chunk>,
+    more: bool,
+) -> bool {
+    match exchange.queue_response(start, data, more) {
+        Err(()) => false,
+        Ok(false) => true,
+        Ok(true) => {
+            let exchange = Arc::clone(exchange);
+            py.detach(move || exchange.wait_for_room()).is_ok()
+        }
+    }
 }
 
 /// Sends the app's response iterable, then calls its `close()`.
@@ -373,10 +391,7 @@ fn send_file(
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(span.len));
         }
     }
-    let exchange = Arc::clone(exchange);
-    py.detach(move || {
-        let _ = exchange.send_blocking(Some(start), Chunk::File(span), false);
-    });
+    queue(py, exchange, Some(start), Chunk::File(span), false);
     Ok(Some(Ok(())))
 }
 
