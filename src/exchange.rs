@@ -349,28 +349,36 @@ impl State {
         }
     }
 
-    /// Queues a response body chunk (dropped for HEAD, whose body hyper never
-    /// sends, and for a 204 or 304, which have none).
-    fn push_chunk(&mut self, chunk: Chunk, more: bool, is_head: bool) {
+    /// Queues a response body chunk. A chunk with nothing to send (empty, or
+    /// the body of a HEAD, 204 or 304, which hyper never sends) is handed
+    /// back, for the caller to drop once the lock is let go: its data may be
+    /// a Python object lent to us, and releasing that with the GIL held can
+    /// run the app's code (a `__del__`), which must not run under this lock.
+    #[must_use = "drop the unsent chunk after letting go of the lock"]
+    fn push_chunk(&mut self, chunk: Chunk, more: bool, is_head: bool) -> Option<Chunk> {
         self.body_began = true;
         let keep = match &chunk {
             Chunk::Trailers(_) => true,
             other => other.len() > 0,
         };
-        if keep && !is_head && !self.bodiless {
+        let unsent = if keep && !is_head && !self.bodiless {
             match &chunk {
                 Chunk::Data(data) => self.response_buffered += data.len(),
                 Chunk::File(span) => self.response_file_bytes += span.len,
                 Chunk::Trailers(_) => {}
             }
             self.chunks.push_back(chunk);
-        }
+            None
+        } else {
+            Some(chunk)
+        };
         if !more && self.trailers_expected && !self.body_done {
             // The body is over; the response ends with the trailers.
             self.body_done = true;
-            return;
+        } else {
+            self.complete = !more;
         }
-        self.complete = !more;
+        unsent
     }
 }
 
@@ -734,7 +742,7 @@ impl Exchange {
     /// `http.response.body`; `Ok(true)` when the buffer is over its
     /// high-water mark and the app should wait ([`Exchange::park_sender`]).
     pub(crate) fn send_body(&self, data: impl Into<Chunk>, more: bool) -> Result<bool, SendMisuse> {
-        let (reactor, full) = {
+        let (reactor, full, unsent) = {
             let mut st = self.state.lock();
             // A body after the last one is the app's mistake, whether the
             // reactor has taken the last one (which closes the exchange)
@@ -748,12 +756,14 @@ impl Exchange {
             if !st.started {
                 return Err(SendMisuse::BodyBeforeStart);
             }
-            st.push_chunk(data.into(), more, self.method == Method::HEAD);
+            let unsent = st.push_chunk(data.into(), more, self.method == Method::HEAD);
             (
                 st.reactor.take(),
                 st.response_buffered > RESPONSE_HIGH_WATER,
+                unsent,
             )
         };
+        drop(unsent);
         if let Some(waker) = reactor {
             wake(waker);
         }
@@ -790,7 +800,8 @@ impl Exchange {
             }
             let trailers = std::mem::take(&mut st.trailers);
             let is_head = self.method == Method::HEAD;
-            st.push_chunk(Chunk::Trailers(trailers), false, is_head);
+            // Trailers are plain Rust data: nothing of Python's to drop later.
+            drop(st.push_chunk(Chunk::Trailers(trailers), false, is_head));
             st.reactor.take()
         };
         if let Some(waker) = reactor {
@@ -875,7 +886,7 @@ impl Exchange {
         data: impl Into<Chunk>,
         more: bool,
     ) -> Result<bool, ()> {
-        let (reactor, full) = {
+        let (reactor, full, unsent) = {
             let mut st = self.state.lock();
             if st.closed {
                 return Err(());
@@ -885,12 +896,14 @@ impl Exchange {
                 st.bodiless = matches!(start.status.as_u16(), 204 | 304);
                 st.start = Some(start);
             }
-            st.push_chunk(data.into(), more, self.method == Method::HEAD);
+            let unsent = st.push_chunk(data.into(), more, self.method == Method::HEAD);
             (
                 st.reactor.take(),
                 st.response_buffered > RESPONSE_HIGH_WATER,
+                unsent,
             )
         };
+        drop(unsent);
         if let Some(waker) = reactor {
             wake(waker);
         }

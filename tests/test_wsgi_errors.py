@@ -245,6 +245,30 @@ def test_exc_info_after_write_is_reraised_and_aborts(server, markers):
     assert_worker_alive(server)
 
 
+def test_exc_info_whose_indexing_writes_does_not_hang_the_worker(server, markers):
+    # Indexing exc_info runs the app's code, which may call back into the server (here
+    # write()): the server must not hold its own locks while it does.
+    conn = raw(server)
+    conn.send(request("GET", "/exc-reenters?tag=re"))
+    data = conn.read_until_closed()
+    body = assert_aborted(data, b"written-body")
+    assert b"-reentered" in body
+    assert wait_for_line(markers / "re.log", "reraised KeyError 'wsgi-exc-reenters'")
+    assert_worker_alive(server)
+
+
+def test_a_head_bodys_finaliser_that_calls_the_server_does_not_hang_the_worker(server, markers):
+    # For HEAD the server drops the body unsent; dropping the app's (lent) bytes object can
+    # run its __del__, which here reads wsgi.input. That must happen outside the server's locks.
+    conn = raw(server)
+    conn.send(request("HEAD", "/del-reads-input?tag=del"))
+    resp = conn.read_response("HEAD")
+    assert resp.status == 200, (resp.status_line, resp.headers)
+    assert resp.header("content-length") == "2048"
+    assert wait_for_line(markers / "del.log", "del read b''")
+    assert_worker_alive(server)
+
+
 def test_start_response_twice_without_exc_info_is_a_500(server, markers):
     resp = get_500(server, "/twice?tag=twice")
     assert resp.status == 500

@@ -153,21 +153,24 @@ impl StartResponse {
         exc_info: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<WsgiWrite>> {
         let exc_info = exc_info.filter(|info| !info.is_none());
-        {
+        // Read under the lock, acted on after it: `exc_info` is the app's
+        // object, and indexing it runs the app's code.
+        let (headers_sent, called) = {
             let st = self.state.lock();
-            match exc_info {
-                Some(info) if st.headers_sent => {
-                    // PEP 3333: too late to change anything; re-raise the original error.
-                    let exc = info.get_item(1)?;
-                    return Err(PyErr::from_value(exc));
-                }
-                None if st.called => {
-                    return Err(PyRuntimeError::new_err(
-                        "start_response() called a second time without exc_info",
-                    ));
-                }
-                _ => {}
+            (st.headers_sent, st.called)
+        };
+        match exc_info {
+            Some(info) if headers_sent => {
+                // PEP 3333: too late to change anything; re-raise the original error.
+                let exc = info.get_item(1)?;
+                return Err(PyErr::from_value(exc));
             }
+            None if called => {
+                return Err(PyRuntimeError::new_err(
+                    "start_response() called a second time without exc_info",
+                ));
+            }
+            _ => {}
         }
         let (status, reason) = parse_status(status)?;
         let headers = parse_headers(headers)?;

@@ -19,6 +19,12 @@ Markers go to $WSGI_MARKER_DIR. Routes (by PATH_INFO):
   /exc-after-write?tag=T    write(b"written-body"), then start_response with exc_info
   /twice?tag=T              start_response twice without exc_info; T.log records the second call
   /stderr-line              writes a line to wsgi.errors, raises
+  /exc-reenters?tag=T       write(b"written-body"), then start_response with an exc_info whose
+                            indexing calls write(b"-reentered") (the app's code run by the server
+                            while it handles exc_info); T.log records the re-raise
+  /del-reads-input?tag=T    generator yielding a 2 KiB bytes subclass whose __del__ reads
+                            wsgi.input and records it in T.log: for HEAD the server drops the
+                            chunk unsent, and the app's __del__ runs inside the server
 """
 
 from __future__ import annotations
@@ -52,6 +58,32 @@ BAD_STATUS = {
     "crlf": "200 OK\r\nInjected: yes",
     "beyond-latin-1": "200 Ok\u00e9\u20ac",
 }
+
+
+class ReenteringExcInfo:
+    """An exc_info that writes to the response when indexed."""
+
+    def __init__(self, info, write):
+        self.info = info
+        self.write = write
+
+    def __getitem__(self, index):
+        self.write(b"-reentered")
+        return self.info[index]
+
+
+class DelBytes(bytes):
+    """Bytes whose finaliser calls back into the server (reads wsgi.input)."""
+
+    def __del__(self):
+        read = self.environ["wsgi.input"].read()
+        mark(f"{self.tag}.log", f"del read {read!r}")
+
+
+def del_bytes(environ, tag: str) -> DelBytes:
+    chunk = DelBytes(b"d" * 2048)
+    chunk.environ, chunk.tag = environ, tag
+    return chunk
 
 
 def ok(start_response, body: bytes = b"ok"):
@@ -179,6 +211,31 @@ def app(environ, start_response):
             raise
         mark(f"{tag}.log", "second call accepted")
         return [b"twice"]
+
+    if path == "/exc-reenters":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"written-body")
+        try:
+            raise KeyError("wsgi-exc-reenters")
+        except KeyError:
+            info = ReenteringExcInfo(sys.exc_info(), write)
+            try:
+                start_response("500 Internal Server Error", [("Content-Type", "text/plain")], info)
+            except KeyError as exc:
+                mark(f"{tag}.log", f"reraised {type(exc).__name__} {exc}")
+                raise
+            mark(f"{tag}.log", "not reraised")
+            return [b"error page after write"]
+
+    if path == "/del-reads-input":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2048")])
+
+        def gen():
+            # Made in a call, so that the generator's frame keeps no reference:
+            # the server's is the last one.
+            yield del_bytes(environ, tag)
+
+        return gen()
 
     if path == "/stderr-line":
         environ["wsgi.errors"].write("wsgi-errors-before-raise\n")
