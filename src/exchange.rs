@@ -700,18 +700,18 @@ impl Exchange {
         py: Python<'_>,
         future: Py<PyAny>,
     ) -> Result<(), (Py<PyAny>, Received)> {
-        let (result, pump) = {
+        let (result, pump, finished) = {
             let mut st = self.state.lock();
-            let result = match st.try_receive() {
-                Some(received) => Err((future, received)),
+            let (result, finished) = match st.try_receive() {
+                Some(received) => (Err((future, received)), Vec::new()),
                 None => {
                     st.body_wanted = true;
-                    park_future(py, &mut st.receivers, future);
-                    Ok(())
+                    (Ok(()), park_future(py, &mut st.receivers, future))
                 }
             };
-            (result, st.pump.take())
+            (result, st.pump.take(), finished)
         };
+        drop(finished);
         if let Some(waker) = pump {
             wake(waker);
         }
@@ -813,11 +813,14 @@ impl Exchange {
     /// Parks `future` until the client has read most of the buffer; hands it
     /// back when the app need not wait after all.
     pub(crate) fn park_sender(&self, py: Python<'_>, future: Py<PyAny>) -> Option<Py<PyAny>> {
-        let mut st = self.state.lock();
-        if st.closed || st.response_buffered <= RESPONSE_LOW_WATER {
-            return Some(future);
-        }
-        park_future(py, &mut st.senders, future);
+        let finished = {
+            let mut st = self.state.lock();
+            if st.closed || st.response_buffered <= RESPONSE_LOW_WATER {
+                return Some(future);
+            }
+            park_future(py, &mut st.senders, future)
+        };
+        drop(finished);
         None
     }
 
@@ -937,7 +940,9 @@ impl Exchange {
     /// Keeps the app's task, to cancel it if the request outlives
     /// `--timeout-request`.
     pub(crate) fn keep_task(&self, task: Py<PyAny>) {
-        self.state.lock().task = Some(task);
+        // Any task kept before is let go after the lock (see `park_future`).
+        let earlier = self.state.lock().task.replace(task);
+        drop(earlier);
     }
 
     /// The app's task, if kept and not taken yet.

@@ -340,6 +340,23 @@ def test_an_app_that_fails_after_its_start_but_before_any_body_gets_500(run_rsas
     assert httpx.get(server.url, timeout=10).text == "ok"
 
 
+def test_a_cancelled_receive_released_by_the_server_may_run_app_code_that_sends(run_rsasgi):
+    """The server lets go of a cancelled receive() when the next one waits. If the app had
+    hung code on it (a weakref.finalize) and forgot it, ours is the last reference, and that
+    code runs as it goes: here it calls send(), which must not find the server holding its
+    own lock (the worker would hang)."""
+    server = run_rsasgi("proto_send_edges:app")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        conn = RawConn(sock)
+        conn.send(request("POST", "/finalizer", [("Content-Length", "5")]))
+        time.sleep(0.3)  # the app's receive() calls wait for the body
+        conn.send(b"hello")
+        response = conn.read_response("POST")
+    assert response.status == 200, response.status_line
+    assert response.body == b"from-finalizer\nbody:hello"
+    assert httpx.get(f"{server.url}/finalized", timeout=10).text == "ran"
+
+
 def test_a_task_waiting_in_receive_hears_of_the_disconnect_beside_a_cancelled_receive(
     run_rsasgi,
 ):

@@ -45,14 +45,27 @@ pub(crate) fn is_done(py: Python<'_>, future: &Py<PyAny>) -> PyResult<bool> {
         .is_truthy()
 }
 
-/// Adds `future` to those waiting, first dropping any already done: a
+/// Adds `future` to those waiting, first taking out any already done: a
 /// `receive()` cancelled as soon as made (Starlette's `is_disconnected`
 /// polls that way) would otherwise pile up for as long as nothing arrives.
 /// Every one left is handed back when the wait ends, so a wait made and
 /// cancelled meanwhile does not take the place of one still waiting.
-pub(crate) fn park_future(py: Python<'_>, waiting: &mut Vec<Py<PyAny>>, future: Py<PyAny>) {
-    waiting.retain(|waiter| !is_done(py, waiter).unwrap_or(true));
+///
+/// The ones taken out are returned for the caller to drop once it has let
+/// go of its lock: ours may be the last reference to a future the app had,
+/// and releasing that runs whatever the app hung on it (a weakref callback,
+/// a `weakref.finalize`), which may call `receive()` or `send()` again.
+#[must_use = "drop the finished futures after letting go of the lock"]
+pub(crate) fn park_future(
+    py: Python<'_>,
+    waiting: &mut Vec<Py<PyAny>>,
+    future: Py<PyAny>,
+) -> Vec<Py<PyAny>> {
+    let finished = waiting
+        .extract_if(.., |waiter| is_done(py, waiter).unwrap_or(true))
+        .collect();
     waiting.push(future);
+    finished
 }
 
 /// Completes an asyncio future with `value`.

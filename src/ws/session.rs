@@ -361,7 +361,8 @@ impl WsSession {
     }
 
     // ---- app side (the Python thread; under the lock it asks parked
-    // futures `done()` and nothing else of Python) ----------------------
+    // futures `done()` and nothing else of Python, and releases nothing of
+    // Python's) ---------------------------------------------------------
 
     /// `receive()` without waiting: the next message, or `None` when the app
     /// must wait (then park a future with [`WsSession::park_receiver`]).
@@ -380,17 +381,16 @@ impl WsSession {
         py: Python<'_>,
         future: Py<PyAny>,
     ) -> Result<(), (Py<PyAny>, Received)> {
-        self.update(|st| {
+        let (result, finished) = self.update(|st| {
             let wanted_room = st.reactor_wants_room;
-            let result = match st.try_receive() {
-                Some(received) => Err((future, received)),
-                None => {
-                    park_future(py, &mut st.receivers, future);
-                    Ok(())
-                }
+            let parked = match st.try_receive() {
+                Some(received) => (Err((future, received)), Vec::new()),
+                None => (Ok(()), park_future(py, &mut st.receivers, future)),
             };
-            (result, wanted_room && !st.reactor_wants_room)
-        })
+            (parked, wanted_room && !st.reactor_wants_room)
+        });
+        drop(finished);
+        result
     }
 
     /// Keeps `guard` until the app is done with the connection (or the
@@ -422,6 +422,9 @@ impl WsSession {
     /// `websocket.send`; `Ok(true)` when the app should wait for the queue
     /// to drain ([`WsSession::park_sender`]).
     pub(crate) fn send(&self, message: AppMessage) -> Result<bool, Misuse> {
+        // Kept out here, so that a message refused is dropped (its data may
+        // be the app's bytes) after the lock, not in the closure under it.
+        let mut message = Some(message);
         self.update(|st| {
             // Before accept too: after a refused handshake, or a client that
             // left during it, there is no connection to send on.
@@ -431,7 +434,8 @@ impl WsSession {
             if !st.accepted {
                 return (Err(Misuse::SendBeforeAccept), false);
             }
-            (Ok(st.queue(message)), true)
+            let queued = message.take().is_some_and(|message| st.queue(message));
+            (Ok(queued), true)
         })
     }
 
@@ -493,11 +497,14 @@ impl WsSession {
     /// Parks `future` until the outgoing queue drains; hands it back when
     /// the app need not wait after all (the connection is over).
     pub(crate) fn park_sender(&self, py: Python<'_>, future: Py<PyAny>) -> Option<Py<PyAny>> {
-        let mut st = self.state.lock();
-        if st.disconnect.is_some() || st.outgoing_bytes <= OUTGOING_HIGH_WATER {
-            return Some(future);
-        }
-        park_future(py, &mut st.senders, future);
+        let finished = {
+            let mut st = self.state.lock();
+            if st.disconnect.is_some() || st.outgoing_bytes <= OUTGOING_HIGH_WATER {
+                return Some(future);
+            }
+            park_future(py, &mut st.senders, future)
+        };
+        drop(finished);
         None
     }
 

@@ -14,14 +14,21 @@ GET /raise-after-start sends `http.response.start` (Content-Length 5), waits, th
 GET /no-content        204 with a body (b"null", as JSONResponse(None, 204) sends)
 GET /not-modified      304 with a body
 GET /not-modified-length  304 with the Content-Length of the representation, and no body
+POST /finalizer        a receive() made while the body has not come, with a weakref.finalize
+                       that calls send(), then cancelled and forgotten: the server's reference
+                       is the last, and the next receive() that waits releases it; the
+                       response is b"from-finalizer\n" (sent by the finalizer) then
+                       b"body:" + the request body
+GET /finalized         whether the last /finalizer's finalizer ran
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 LARGE = b"z" * 200_000
-OUTCOME = {"large-final": "none", "watch": "none", "ticks": "none"}
+OUTCOME = {"large-final": "none", "watch": "none", "ticks": "none", "finalizer": "none"}
 
 
 async def _ticks(send) -> None:
@@ -65,6 +72,27 @@ async def _watch(scope, receive, send) -> None:
         OUTCOME["watch"] = "the watcher never heard of the disconnect"
 
 
+async def _finalizer(receive, send) -> None:
+    OUTCOME["finalizer"] = "not run"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    def finalize():
+        OUTCOME["finalizer"] = "ran"
+        send({"type": "http.response.body", "body": b"from-finalizer\n", "more_body": True})
+
+    waiter = receive()  # the client holds its body back: this one waits
+    weakref.finalize(waiter, finalize)
+    waiter.cancel()
+    del waiter
+    body = b""
+    more = True
+    while more:  # the first of these waits too, and lets go of the cancelled one
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    await send({"type": "http.response.body", "body": b"body:" + body})
+
+
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
@@ -89,6 +117,9 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await asyncio.sleep(0.2)
         raise RuntimeError("failed between the head and the body")
+    if path == "/finalizer":
+        await _finalizer(receive, send)
+        return
     if path == "/not-modified-length":
         headers = [(b"content-length", b"1234")]
         await send({"type": "http.response.start", "status": 304, "headers": headers})
@@ -99,7 +130,12 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"null"})
         return
-    outcome = {"/outcome": "large-final", "/watched": "watch", "/ticked": "ticks"}.get(path)
+    outcome = {
+        "/outcome": "large-final",
+        "/watched": "watch",
+        "/ticked": "ticks",
+        "/finalized": "finalizer",
+    }.get(path)
     body = OUTCOME[outcome].encode() if outcome else b"ok"
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})
