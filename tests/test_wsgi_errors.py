@@ -249,11 +249,11 @@ def test_exc_info_whose_indexing_writes_does_not_hang_the_worker(server, markers
     # Indexing exc_info runs the app's code, which may call back into the server (here
     # write()): the server must not hold its own locks while it does.
     conn = raw(server)
-    conn.send(request("GET", "/exc-reenters?tag=re"))
+    conn.send(request("GET", "/exc-after-write?tag=re&reenter=1"))
     data = conn.read_until_closed()
     body = assert_aborted(data, b"written-body")
     assert b"-reentered" in body
-    assert wait_for_line(markers / "re.log", "reraised KeyError 'wsgi-exc-reenters'")
+    assert wait_for_line(markers / "re.log", "reraised KeyError 'wsgi-exc-after-write'")
     assert_worker_alive(server)
 
 

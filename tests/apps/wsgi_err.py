@@ -16,12 +16,11 @@ Markers go to $WSGI_MARKER_DIR. Routes (by PATH_INFO):
                             exc_info: "500 Internal Server Error" and the page b"error page"
   /exc-after?tag=T          generator: yields b"partial-body", then calls start_response with
                             exc_info; T.log records whether it re-raised
-  /exc-after-write?tag=T    write(b"written-body"), then start_response with exc_info
+  /exc-after-write?tag=T    write(b"written-body"), then start_response with exc_info; with
+                            &reenter=1 an exc_info whose indexing calls write(b"-reentered")
+                            (the app's code, run by the server as it handles exc_info)
   /twice?tag=T              start_response twice without exc_info; T.log records the second call
   /stderr-line              writes a line to wsgi.errors, raises
-  /exc-reenters?tag=T       write(b"written-body"), then start_response with an exc_info whose
-                            indexing calls write(b"-reentered") (the app's code run by the server
-                            while it handles exc_info); T.log records the re-raise
   /del-reads-input?tag=T    generator yielding a 2 KiB bytes subclass whose __del__ reads
                             wsgi.input and records it in T.log: for HEAD the server drops the
                             chunk unsent, and the app's __del__ runs inside the server
@@ -192,10 +191,11 @@ def app(environ, start_response):
         try:
             raise KeyError("wsgi-exc-after-write")
         except KeyError:
+            info = sys.exc_info()
+            if "reenter" in q:
+                info = ReenteringExcInfo(info, write)
             try:
-                start_response(
-                    "500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info()
-                )
+                start_response("500 Internal Server Error", [("Content-Type", "text/plain")], info)
             except KeyError as exc:
                 mark(f"{tag}.log", f"reraised {type(exc).__name__} {exc}")
                 raise
@@ -211,21 +211,6 @@ def app(environ, start_response):
             raise
         mark(f"{tag}.log", "second call accepted")
         return [b"twice"]
-
-    if path == "/exc-reenters":
-        write = start_response("200 OK", [("Content-Type", "text/plain")])
-        write(b"written-body")
-        try:
-            raise KeyError("wsgi-exc-reenters")
-        except KeyError:
-            info = ReenteringExcInfo(sys.exc_info(), write)
-            try:
-                start_response("500 Internal Server Error", [("Content-Type", "text/plain")], info)
-            except KeyError as exc:
-                mark(f"{tag}.log", f"reraised {type(exc).__name__} {exc}")
-                raise
-            mark(f"{tag}.log", "not reraised")
-            return [b"error page after write"]
 
     if path == "/del-reads-input":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2048")])
