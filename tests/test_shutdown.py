@@ -48,8 +48,12 @@ def start_request(url: str, result: dict) -> threading.Thread:
     return thread
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_signal_lets_in_flight_request_finish(run_rsasgi, tmp_path, sig):
+    """SIGHUP too, to one process (a terminal that closes, a reload from habit): its default
+    action would end the process mid-request, with no lifespan shutdown."""
     record = tmp_path / "events.txt"
     server = run_rsasgi(APP, env={"ERR_SLOW_FILE": str(record)})
     result: dict = {}
@@ -67,6 +71,11 @@ def test_signal_lets_in_flight_request_finish(run_rsasgi, tmp_path, sig):
     assert result == {"status": 200, "text": "slept"}, report
     assert returncode == 0, report
     assert events(record) == ["startup", "request-start", "request-done", "shutdown"]
+    if sig == signal.SIGHUP:
+        assert (
+            "Received SIGHUP: one process cannot reload, shutting down gracefully (send it "
+            "again to force); run with --workers for a rolling restart on HUP"
+        ) in server.output()
 
 
 def test_graceful_shutdown_timeout_bounds_the_wait(run_rsasgi, tmp_path):

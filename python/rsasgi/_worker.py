@@ -484,7 +484,15 @@ async def _serve(worker, app, interface, loop) -> int:
         name = signal.Signals(signum).name
         if not stop.is_set():
             again = "" if supervised else " (send it again to force)"
-            log("info", f"Received {name}: shutting down gracefully{again}")
+            if signum == signal.SIGHUP:
+                # Only when one process serves: under a supervisor, HUP is its own.
+                log(
+                    "warning",
+                    f"Received {name}: one process cannot reload, shutting down gracefully"
+                    f"{again}; run with --workers for a rolling restart on HUP",
+                )
+            else:
+                log("info", f"Received {name}: shutting down gracefully{again}")
             stop.set()
         elif not forced.is_set() and (signum == signal.SIGQUIT or not supervised):
             again = "" if signum == signal.SIGQUIT else " again"
@@ -514,6 +522,9 @@ async def _serve(worker, app, interface, loop) -> int:
 
         for signum in (signal.SIGTTIN, signal.SIGTTOU):
             loop.add_signal_handler(signum, on_resize, signum)
+        # A closed terminal, or `kill -HUP` from a gunicorn habit or a systemd unit's
+        # ExecReload: its default action would end the process at once, mid-request.
+        loop.add_signal_handler(signal.SIGHUP, on_signal, signal.SIGHUP)
     # The handlers stay until the very end, so that a second signal can cut
     # short any step of the shutdown, the lifespan shutdown included.
     try:
@@ -568,7 +579,7 @@ async def _serve(worker, app, interface, loop) -> int:
         # A log rotation as the process leaves must not kill it: nothing is left to reopen.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         if not supervised:
-            for signum in (signal.SIGTTIN, signal.SIGTTOU):
+            for signum in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, signal.SIG_IGN)
         if supervised:
