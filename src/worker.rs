@@ -27,6 +27,7 @@ use crate::http::{serve, ServerState};
 use crate::metrics::process::ProcessStats;
 use crate::metrics::{self, Health, Report, Scrape, WorkerReport};
 use crate::net::{self, Listener};
+use crate::supervisor::balance::{Balance, WorkerSeat};
 use crate::supervisor::pid_file::PidFile;
 use crate::supervisor::privileges::Credentials;
 use crate::supervisor::systemd::Notifier;
@@ -141,6 +142,17 @@ pub(crate) fn run(
                 slot: Arc::new(slot),
                 supervisor_pid: handoff.supervisor_pid,
                 workers: handoff.workers,
+                seat: handoff
+                    .balance
+                    .and_then(|(fd, index)| match Balance::inherit(fd) {
+                        Ok(table) => Arc::new(table).seat(index).map(Arc::new),
+                        Err(err) => {
+                            // Serving matters more: this worker only accepts as
+                            // connections come, as without the table.
+                            tracing::warn!("Cannot map the connection table: {err}");
+                            None
+                        }
+                    }),
             }),
             Err(err) => {
                 tracing::error!("Cannot map the slot the supervisor handed down: {err}");
@@ -195,6 +207,7 @@ struct Supervised {
     slot: Arc<Slot>,
     supervisor_pid: u32,
     workers: usize,
+    seat: Option<Arc<WorkerSeat>>,
 }
 
 #[pyclass(module = "rsasgi", frozen)]
@@ -457,6 +470,7 @@ impl Worker {
                 jobs,
                 slot.clone(),
                 self.metrics.slot.clone(),
+                self.supervised.as_ref().and_then(|s| s.seat.clone()),
             )
             .map_err(|err| PyRuntimeError::new_err(format!("cannot start serving: {err}")))?,
         );

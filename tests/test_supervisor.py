@@ -207,6 +207,37 @@ def test_two_workers_answer_and_tag_their_log_lines(run_rsasgi):
     assert served_by == set(workers)
 
 
+async def _hold_connections(server: Server, count: int) -> list[int]:
+    """Opens `count` keep-alive connections at once, one request on each, and returns the
+    pid that answered on each; all stay open until every answer is in."""
+
+    async def one() -> tuple[int, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        body = await reader.readexactly(length)
+        return int(body.split()[1]), writer
+
+    answers = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 30)
+    for _, writer in answers:
+        writer.close()
+    return [pid for pid, _ in answers]
+
+
+@pytest.mark.parametrize("app", [APP, "sup_wsgi:pid_app"], ids=["asgi", "wsgi"])
+def test_a_burst_of_keep_alive_connections_is_spread_over_the_workers(run_rsasgi, app):
+    """A load balancer's pool opened at once: the worker awake first used to win nearly every
+    accept, and splits of 64/0 or 63/1 over two workers were common; the workers now leave
+    a connection to one with fewer open."""
+    server = start_supervised(run_rsasgi, app, workers=2)
+    workers = set(started_workers(server.output()))
+    for burst in range(3):
+        pids = asyncio.run(_hold_connections(server, 60))
+        shares = {pid: pids.count(pid) for pid in workers}
+        assert min(shares.values()) >= 21, f"burst {burst}: {shares}\n{server.output()}"
+
+
 def test_wsgi_multiprocess_is_true_with_several_workers(run_rsasgi):
     server = start_supervised(run_rsasgi, "sup_wsgi:app", workers=2)
     assert get(server.url).text == "True"

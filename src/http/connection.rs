@@ -47,6 +47,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use crate::supervisor::balance::WorkerSeat;
+
 /// How long a connection asked to close (idle, or the server draining) may
 /// take to finish by itself before it is dropped, when no request is in
 /// flight on it: enough for an HTTP/2 GOAWAY to reach the peer.
@@ -660,11 +662,23 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
 pub(crate) struct OpenConnections {
     count: AtomicUsize,
     changed: tokio::sync::Notify,
+    /// Under a supervisor, where the count is published for the other workers.
+    seat: Option<Arc<WorkerSeat>>,
 }
 
 impl OpenConnections {
+    pub(crate) fn new(seat: Option<Arc<WorkerSeat>>) -> OpenConnections {
+        OpenConnections {
+            seat,
+            ..OpenConnections::default()
+        }
+    }
+
     pub(crate) fn open(self: &Arc<Self>) -> OpenConnection {
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(seat) = &self.seat {
+            seat.set_connections(count);
+        }
         OpenConnection(Arc::clone(self))
     }
 
@@ -685,7 +699,11 @@ pub(crate) struct OpenConnection(Arc<OpenConnections>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::Relaxed) == 1 {
+        let count = self.0.count.fetch_sub(1, Ordering::Relaxed) - 1;
+        if let Some(seat) = &self.0.seat {
+            seat.set_connections(count);
+        }
+        if count == 0 {
             self.0.changed.notify_waiters();
         }
     }

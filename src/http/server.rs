@@ -1,6 +1,7 @@
 //! The accept loop, hyper's connection builder, and the worker's shutdown:
 //! stop accepting, drain, then close what is left.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::pin::Pin;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::sync::watch;
 
 use super::access_log::{self, AccessLog};
@@ -29,6 +31,7 @@ use crate::metrics::meter::MeteredIo;
 use crate::net::proxy_protocol::{self, Refused};
 use crate::net::tls::{TlsInfo, TlsServer, ALPN_H2, ALPN_HTTP11};
 use crate::net::{ConnectionInfo, Listener, Prefixed, Scheme, ServerAddr};
+use crate::supervisor::balance::{WorkerSeat, DEFER_STEP, MAX_DEFER};
 use crate::supervisor::Slot;
 use crate::ws::{Registry, WsSettings};
 use crate::wsgi::Pool;
@@ -65,6 +68,9 @@ pub(crate) struct ServerState {
     /// With `--metrics-bind`: the slot whose counters this worker keeps (the
     /// supervisor's, or without `--workers` one of its own).
     pub metrics: Option<Arc<Slot>>,
+    /// Under a supervisor: this worker's seat in the table the workers
+    /// spread connections with.
+    pub seat: Option<Arc<WorkerSeat>>,
     pub timeout_request: Option<Duration>,
     /// `--timeout-request-body`.
     pub timeout_request_body: Option<Duration>,
@@ -91,6 +97,7 @@ impl ServerState {
         wsgi: Option<Arc<Pool>>,
         slot: Option<Arc<Slot>>,
         metrics: Option<Arc<Slot>>,
+        seat: Option<Arc<WorkerSeat>>,
     ) -> std::io::Result<ServerState> {
         let wsgi_is_none = wsgi.is_none();
         let static_files = match &config.static_files {
@@ -121,6 +128,7 @@ impl ServerState {
             websockets: Arc::new(Registry::default()),
             slot,
             metrics,
+            seat,
             timeout_request: config.timeout_request,
             timeout_request_body: config.timeout_request_body,
             proxy: config.proxy.clone().map(|trusted| {
@@ -230,14 +238,73 @@ impl Served {
 trait Accept {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
-    async fn accept_one(&self) -> std::io::Result<(Self::Io, ConnectionInfo)>;
+    /// The next connection; with a `seat`, one another worker with fewer
+    /// connections does not take first (see [`balance`](crate::supervisor::balance)).
+    async fn accept_one(
+        &self,
+        seat: Option<&WorkerSeat>,
+    ) -> std::io::Result<(Self::Io, ConnectionInfo)>;
 }
 
-impl Accept for tokio::net::TcpListener {
+/// Accepts from `listener` with `accept` once a connection waits; while
+/// `seat` says another worker should take it, leaves it to that one, for
+/// [`MAX_DEFER`] at most.
+async fn accept_from_waiting<L: AsRawFd, T>(
+    listener: &AsyncFd<L>,
+    seat: Option<&WorkerSeat>,
+    accept: impl Fn(&L) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let mut deferred = Duration::ZERO;
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Some(seat) = seat {
+            if deferred < MAX_DEFER && seat.should_defer() {
+                if !connection_waits(listener.as_raw_fd()) {
+                    // Another worker took it: wait for the next one.
+                    ready.clear_ready();
+                    deferred = Duration::ZERO;
+                    continue;
+                }
+                drop(ready);
+                tokio::time::sleep(DEFER_STEP).await;
+                deferred += DEFER_STEP;
+                continue;
+            }
+        }
+        match ready.try_io(|inner| accept(inner.get_ref())) {
+            Ok(accepted) => return accepted,
+            // Taken by another worker first; try_io cleared the readiness.
+            Err(_would_block) => deferred = Duration::ZERO,
+        }
+    }
+}
+
+/// Whether a connection waits in the accept queue of listening socket `fd`.
+fn connection_waits(fd: RawFd) -> bool {
+    let mut waiting = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, and a zero timeout: poll only reads the
+    // socket's state.
+    let ready = unsafe { libc::poll(&mut waiting, 1, 0) };
+    ready > 0 && waiting.revents & libc::POLLIN != 0
+}
+
+/// A TCP listening socket.
+struct TcpAcceptor(AsyncFd<std::net::TcpListener>);
+
+impl Accept for TcpAcceptor {
     type Io = tokio::net::TcpStream;
 
-    async fn accept_one(&self) -> std::io::Result<(Self::Io, ConnectionInfo)> {
-        let (stream, client) = self.accept().await?;
+    async fn accept_one(
+        &self,
+        seat: Option<&WorkerSeat>,
+    ) -> std::io::Result<(Self::Io, ConnectionInfo)> {
+        let (stream, client) = accept_from_waiting(&self.0, seat, |l| l.accept()).await?;
+        stream.set_nonblocking(true)?;
+        let stream = tokio::net::TcpStream::from_std(stream)?;
         // Responses are written whole; waiting to coalesce them only adds latency.
         let _ = stream.set_nodelay(true);
         let server = stream.local_addr()?;
@@ -255,15 +322,20 @@ impl Accept for tokio::net::TcpListener {
 
 /// A Unix listener with the path it is bound to, which the scope reports.
 struct UnixAcceptor {
-    listener: tokio::net::UnixListener,
+    listener: AsyncFd<std::os::unix::net::UnixListener>,
     path: Arc<std::path::Path>,
 }
 
 impl Accept for UnixAcceptor {
     type Io = tokio::net::UnixStream;
 
-    async fn accept_one(&self) -> std::io::Result<(Self::Io, ConnectionInfo)> {
-        let (stream, _) = self.listener.accept().await?;
+    async fn accept_one(
+        &self,
+        seat: Option<&WorkerSeat>,
+    ) -> std::io::Result<(Self::Io, ConnectionInfo)> {
+        let (stream, _) = accept_from_waiting(&self.listener, seat, |l| l.accept()).await?;
+        stream.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(stream)?;
         let info = ConnectionInfo {
             scheme: Scheme::Http,
             client: None,
@@ -331,10 +403,11 @@ async fn accept_loop<A: Accept>(
     context: &Arc<ConnectionContext>,
     shutdown: &mut watch::Receiver<Option<Duration>>,
 ) {
+    let seat = context.state.seat.as_deref();
     let Some(gate) = &context.gate else {
         loop {
             tokio::select! {
-                accepted = listener.accept_one() => match accepted {
+                accepted = listener.accept_one(seat) => match accepted {
                     Ok((io, info)) => spawn_connection(context, io, info),
                     Err(err) => accept_failed(err).await,
                 },
@@ -347,9 +420,13 @@ async fn accept_loop<A: Accept>(
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let open = !gate.paused();
+        if let Some(seat) = seat {
+            // The other workers take connections instead of leaving them to us.
+            seat.set_accepting(open);
+        }
         tokio::select! {
             // Accept is cancel-safe: a tick that wins loses no connection.
-            accepted = listener.accept_one(), if open => match accepted {
+            accepted = listener.accept_one(seat), if open => match accepted {
                 Ok((io, info)) => spawn_connection(context, io, info),
                 Err(err) => accept_failed(err).await,
             },
@@ -388,16 +465,22 @@ pub(crate) async fn serve(
             send: config.timeout_send,
             request: config.timeout_request,
         },
-        open: Arc::new(OpenConnections::default()),
+        open: Arc::new(OpenConnections::new(state.seat.clone())),
         draining: shutdown.clone(),
         state: Arc::clone(&state),
     });
+    if let Some(seat) = &state.seat {
+        seat.set_accepting(true);
+    }
     let accepting = listeners.into_iter().map(|listener| {
         let mut shutdown = shutdown.clone();
         let context = &context;
         async move { accept_from(listener, context, &mut shutdown).await }
     });
     futures_util::future::join_all(accepting).await;
+    if let Some(seat) = &state.seat {
+        seat.set_accepting(false);
+    }
     let grace = (*shutdown.borrow_and_update()).unwrap_or_default();
     let websockets = Arc::clone(&state.websockets);
     let drained = async {
@@ -442,11 +525,11 @@ async fn accept_from(
     shutdown: &mut watch::Receiver<Option<Duration>>,
 ) {
     match listener {
-        Listener::Tcp(listener) => match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => accept_loop(listener, context, shutdown).await,
+        Listener::Tcp(listener) => match watch_listener(listener) {
+            Ok(listener) => accept_loop(TcpAcceptor(listener), context, shutdown).await,
             Err(err) => unusable_listener(err),
         },
-        Listener::Unix(listener, unix) => match tokio::net::UnixListener::from_std(listener) {
+        Listener::Unix(listener, unix) => match watch_listener(listener) {
             Ok(listener) => {
                 let acceptor = UnixAcceptor {
                     listener,
@@ -460,6 +543,21 @@ async fn accept_from(
             Err(err) => unusable_listener(err),
         },
     }
+}
+
+/// A std listening socket, which owns its descriptor from creation to drop.
+trait StdListener: AsRawFd {}
+
+impl StdListener for std::net::TcpListener {}
+impl StdListener for std::os::unix::net::UnixListener {}
+
+/// Registers a listening socket with the reactor (every way of getting one,
+/// bound or inherited, has made it non-blocking).
+fn watch_listener<L: StdListener>(listener: L) -> std::io::Result<AsyncFd<L>> {
+    // SAFETY: a std listener owns its descriptor, open and the same until
+    // the listener (here, the AsyncFd that takes it) is dropped.
+    unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+        .map_err(std::io::Error::from)
 }
 
 fn unusable_listener(err: std::io::Error) {

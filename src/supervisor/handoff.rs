@@ -22,19 +22,26 @@ pub(crate) struct Handoff {
     pub listener_fds: Vec<RawFd>,
     /// Workers the supervisor runs (for `wsgi.multiprocess`).
     pub workers: usize,
+    /// The table the workers balance connections with, and this worker's
+    /// seat in it (none when every seat was taken).
+    pub balance: Option<(RawFd, usize)>,
 }
 
 impl Handoff {
     pub(crate) fn encode(&self) -> String {
         let fds: Vec<String> = self.listener_fds.iter().map(RawFd::to_string).collect();
-        format!(
+        let mut encoded = format!(
             "number={} supervisor={} slot={} listeners={} workers={}",
             self.number,
             self.supervisor_pid,
             self.slot_fd,
             fds.join(","),
             self.workers
-        )
+        );
+        if let Some((fd, seat)) = self.balance {
+            encoded.push_str(&format!(" balance={fd}:{seat}"));
+        }
+        encoded
     }
 
     pub(crate) fn decode(raw: &str) -> Option<Handoff> {
@@ -44,6 +51,7 @@ impl Handoff {
             slot_fd: -1,
             listener_fds: Vec::new(),
             workers: 0,
+            balance: None,
         };
         for field in raw.split_whitespace() {
             let (key, value) = field.split_once('=')?;
@@ -59,6 +67,10 @@ impl Handoff {
                         .ok()?;
                 }
                 "workers" => handoff.workers = value.parse().ok()?,
+                "balance" => {
+                    let (fd, seat) = value.split_once(':')?;
+                    handoff.balance = Some((fd.parse().ok()?, seat.parse().ok()?));
+                }
                 _ => return None,
             }
         }
@@ -93,8 +105,14 @@ mod tests {
             slot_fd: 7,
             listener_fds: vec![4, 5],
             workers: 4,
+            balance: None,
         };
-        assert_eq!(Handoff::decode(&handoff.encode()), Some(handoff));
+        assert_eq!(Handoff::decode(&handoff.encode()), Some(handoff.clone()));
+        let balanced = Handoff {
+            balance: Some((8, 17)),
+            ..handoff
+        };
+        assert_eq!(Handoff::decode(&balanced.encode()), Some(balanced));
     }
 
     #[test]
@@ -106,6 +124,8 @@ mod tests {
             "number=1 supervisor=1 slot=3 listeners= workers=1",
             "number=1 supervisor=1 slot=3 listeners=4 workers=1 extra=1",
             "number=0 supervisor=1 slot=3 listeners=4 workers=1",
+            "number=1 supervisor=1 slot=3 listeners=4 workers=1 balance=5",
+            "number=1 supervisor=1 slot=3 listeners=4 workers=1 balance=5:x",
         ] {
             assert_eq!(Handoff::decode(raw), None, "{raw}");
         }

@@ -13,6 +13,7 @@
 //! What a worker may rely on, and what it owes the supervisor, is in
 //! [`handoff`] and [`slot`].
 
+pub(crate) mod balance;
 pub(crate) mod handoff;
 mod metrics;
 pub(crate) mod pid_file;
@@ -43,6 +44,7 @@ use crate::logging;
 use crate::metrics::{MetricsBind, Restart, Scrape};
 use crate::net::{self, Listener};
 use crate::worker::Own;
+use balance::Balance;
 use metrics::Board;
 use pid_file::PidFile;
 use process::{describe_exit, Retirement, State, WorkerCommand, WorkerProcess};
@@ -138,6 +140,16 @@ pub(crate) fn run(
             .then(|| config_file::encode_inherited(&worker_args.file_args)),
         listener_fds: listeners.iter().map(AsRawFd::as_raw_fd).collect(),
         credentials: own.credentials,
+        balance: match Balance::create() {
+            Ok(table) => Some(Arc::new(table)),
+            Err(err) => {
+                tracing::warn!(
+                    "Cannot create the table the workers spread connections with: {err}; \
+                     each accepts connections as they come"
+                );
+                None
+            }
+        },
     };
     // Python's own SIGINT handler would raise KeyboardInterrupt once we
     // return; the supervisor handles SIGINT itself.

@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::balance::{Balance, TakenSeat};
 use super::handoff::{self, Handoff};
 use super::privileges::Credentials;
 use super::slot::Slot;
@@ -27,6 +28,9 @@ pub(super) struct WorkerCommand {
     pub listener_fds: Vec<RawFd>,
     /// `--user`/`--group`, taken on in the child before it runs Python.
     pub credentials: Option<Credentials>,
+    /// The table the workers spread connections with (none if it could not
+    /// be created: they then accept as they come).
+    pub balance: Option<Arc<Balance>>,
 }
 
 /// Why a serving worker is being replaced.
@@ -87,6 +91,8 @@ pub(super) struct WorkerProcess {
     /// is sent once the worker serves (its files were opened before the
     /// rotation).
     pub reopen_pending: bool,
+    /// Its seat in the connection table, freed with it once it is reaped.
+    _seat: Option<TakenSeat>,
 }
 
 impl WorkerProcess {
@@ -99,15 +105,23 @@ impl WorkerProcess {
         max_requests: Option<(u64, u64)>,
     ) -> io::Result<WorkerProcess> {
         let slot = Slot::create()?;
+        let seat = command.balance.as_ref().and_then(Balance::take_seat);
+        let balance = command
+            .balance
+            .as_ref()
+            .zip(seat.as_ref())
+            .map(|(table, seat)| (table.fd(), seat.index()));
         let handoff = Handoff {
             number,
             supervisor_pid: std::process::id(),
             slot_fd: slot.fd(),
             listener_fds: command.listener_fds.clone(),
             workers,
+            balance,
         };
         let mut inherited = command.listener_fds.clone();
         inherited.push(slot.fd());
+        inherited.extend(balance.map(|(fd, _)| fd));
         let credentials = command.credentials.clone();
         let mut process = Command::new(&command.program);
         process
@@ -156,6 +170,7 @@ impl WorkerProcess {
             retire_not_before: None,
             replacements_failed: 0,
             reopen_pending: false,
+            _seat: seat,
         })
     }
 
