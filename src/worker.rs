@@ -142,17 +142,18 @@ pub(crate) fn run(
                 slot: Arc::new(slot),
                 supervisor_pid: handoff.supervisor_pid,
                 workers: handoff.workers,
-                seat: handoff
-                    .balance
-                    .and_then(|(fd, index)| match Balance::inherit(fd) {
-                        Ok(table) => Arc::new(table).seat(index).map(Arc::new),
-                        Err(err) => {
-                            // Serving matters more: this worker only accepts as
-                            // connections come, as without the table.
-                            tracing::warn!("Cannot map the connection table: {err}");
-                            None
-                        }
-                    }),
+                seat: handoff.balance.and_then(|(fd, index)| {
+                    // Serving matters more: without a seat this worker
+                    // accepts connections as they come.
+                    let table = Balance::inherit(fd)
+                        .inspect_err(|err| tracing::warn!("Cannot map the connection table: {err}"))
+                        .ok()?;
+                    let seat = Arc::new(table).seat(index);
+                    if seat.is_none() {
+                        tracing::warn!("The connection table has no seat {index}");
+                    }
+                    seat.map(Arc::new)
+                }),
             }),
             Err(err) => {
                 tracing::error!("Cannot map the slot the supervisor handed down: {err}");

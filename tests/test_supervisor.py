@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import APPS, Server, cli, free_port, read_response, wait_for, wait_for_log
+from websockets.asyncio.client import connect
 
 APP = "sup_app:app"
 STARTED = re.compile(r"Started worker (\d+) \(pid (\d+)\)")
@@ -236,6 +237,28 @@ def test_a_burst_of_keep_alive_connections_is_spread_over_the_workers(run_rsasgi
         pids = asyncio.run(_hold_connections(server, 60))
         shares = {pid: pids.count(pid) for pid in workers}
         assert min(shares.values()) >= 21, f"burst {burst}: {shares}\n{server.output()}"
+
+
+def test_a_burst_of_websockets_is_spread_over_the_workers(run_rsasgi):
+    """An upgraded connection is no longer hyper's, but its WebSocket still counts for the
+    spreading: without that, each worker looked empty once its handshakes were done."""
+    server = start_supervised(run_rsasgi, workers=2)
+    workers = set(started_workers(server.output()))
+
+    async def burst() -> list[int]:
+        async def one():
+            client = await connect(f"ws://{server.host}:{server.port}/")
+            return int((await client.recv()).split()[1]), client
+
+        opened = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(60))), 30)
+        for _, client in opened:
+            await client.close()
+        return [pid for pid, _ in opened]
+
+    for round_ in range(3):
+        pids = asyncio.run(burst())
+        shares = {pid: pids.count(pid) for pid in workers}
+        assert min(shares.values()) >= 21, f"round {round_}: {shares}\n{server.output()}"
 
 
 def test_wsgi_multiprocess_is_true_with_several_workers(run_rsasgi):

@@ -47,7 +47,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::supervisor::balance::WorkerSeat;
+use crate::supervisor::balance::{HeldConnection, WorkerSeat};
 
 /// How long a connection asked to close (idle, or the server draining) may
 /// take to finish by itself before it is dropped, when no request is in
@@ -662,7 +662,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
 pub(crate) struct OpenConnections {
     count: AtomicUsize,
     changed: tokio::sync::Notify,
-    /// Under a supervisor, where the count is published for the other workers.
+    /// Under a supervisor, where the connections are counted for the other
+    /// workers too.
     seat: Option<Arc<WorkerSeat>>,
 }
 
@@ -675,11 +676,11 @@ impl OpenConnections {
     }
 
     pub(crate) fn open(self: &Arc<Self>) -> OpenConnection {
-        let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(seat) = &self.seat {
-            seat.set_connections(count);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        OpenConnection {
+            open: Arc::clone(self),
+            _held: self.seat.as_ref().map(WorkerSeat::hold),
         }
-        OpenConnection(Arc::clone(self))
     }
 
     /// Completes when no connection is open.
@@ -695,16 +696,16 @@ impl OpenConnections {
 }
 
 /// Counts one open connection until dropped.
-pub(crate) struct OpenConnection(Arc<OpenConnections>);
+pub(crate) struct OpenConnection {
+    open: Arc<OpenConnections>,
+    /// Its count in the worker's seat, let go of with it.
+    _held: Option<HeldConnection>,
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        let count = self.0.count.fetch_sub(1, Ordering::Relaxed) - 1;
-        if let Some(seat) = &self.0.seat {
-            seat.set_connections(count);
-        }
-        if count == 0 {
-            self.0.changed.notify_waiters();
+        if self.open.count.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.open.changed.notify_waiters();
         }
     }
 }

@@ -1,10 +1,10 @@
 //! The accept loop, hyper's connection builder, and the worker's shutdown:
 //! stop accepting, drain, then close what is left.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
 use http::{HeaderName, HeaderValue};
@@ -12,6 +12,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use socket2::SockRef;
 use std::pin::Pin;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
@@ -246,35 +247,42 @@ trait Accept {
     ) -> std::io::Result<(Self::Io, ConnectionInfo)>;
 }
 
-/// Accepts from `listener` with `accept` once a connection waits; while
-/// `seat` says another worker should take it, leaves it to that one, for
-/// [`MAX_DEFER`] at most.
-async fn accept_from_waiting<L: AsRawFd, T>(
+/// Accepts a connection from `listener`, non-blocking and close-on-exec,
+/// once one waits; while `seat` says another worker should take it, leaves
+/// it to that one, for [`MAX_DEFER`] at most.
+async fn accept_from_waiting<L: AsRawFd + AsFd>(
     listener: &AsyncFd<L>,
     seat: Option<&WorkerSeat>,
-    accept: impl Fn(&L) -> std::io::Result<T>,
-) -> std::io::Result<T> {
-    let mut deferred = Duration::ZERO;
+) -> std::io::Result<(socket2::Socket, socket2::SockAddr)> {
+    let mut deferring_since: Option<Instant> = None;
     loop {
         let mut ready = listener.readable().await?;
-        if let Some(seat) = seat {
-            if deferred < MAX_DEFER && seat.should_defer() {
+        if let Some(seat) = seat.filter(|seat| seat.should_defer()) {
+            let since = *deferring_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < MAX_DEFER {
                 if !connection_waits(listener.as_raw_fd()) {
                     // Another worker took it: wait for the next one.
                     ready.clear_ready();
-                    deferred = Duration::ZERO;
+                    deferring_since = None;
                     continue;
                 }
                 drop(ready);
                 tokio::time::sleep(DEFER_STEP).await;
-                deferred += DEFER_STEP;
                 continue;
             }
+            // Nobody took it: the others may be stuck while they look ready.
+            seat.peers_too_slow();
         }
-        match ready.try_io(|inner| accept(inner.get_ref())) {
-            Ok(accepted) => return accepted,
+        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        match ready.try_io(|inner| SockRef::from(inner.get_ref()).accept4(flags)) {
+            Ok(accepted) => {
+                // Lets the connections' own tasks run between the accepts of
+                // a burst (a readiness wait spends no budget by itself).
+                tokio::task::coop::consume_budget().await;
+                return accepted;
+            }
             // Taken by another worker first; try_io cleared the readiness.
-            Err(_would_block) => deferred = Duration::ZERO,
+            Err(_would_block) => deferring_since = None,
         }
     }
 }
@@ -302,9 +310,11 @@ impl Accept for TcpAcceptor {
         &self,
         seat: Option<&WorkerSeat>,
     ) -> std::io::Result<(Self::Io, ConnectionInfo)> {
-        let (stream, client) = accept_from_waiting(&self.0, seat, |l| l.accept()).await?;
-        stream.set_nonblocking(true)?;
-        let stream = tokio::net::TcpStream::from_std(stream)?;
+        let (socket, client) = accept_from_waiting(&self.0, seat).await?;
+        let stream = tokio::net::TcpStream::from_std(socket.into())?;
+        let client = client.as_socket().ok_or_else(|| {
+            std::io::Error::other("a TCP listener accepted a peer with no IP address")
+        })?;
         // Responses are written whole; waiting to coalesce them only adds latency.
         let _ = stream.set_nodelay(true);
         let server = stream.local_addr()?;
@@ -333,9 +343,8 @@ impl Accept for UnixAcceptor {
         &self,
         seat: Option<&WorkerSeat>,
     ) -> std::io::Result<(Self::Io, ConnectionInfo)> {
-        let (stream, _) = accept_from_waiting(&self.listener, seat, |l| l.accept()).await?;
-        stream.set_nonblocking(true)?;
-        let stream = tokio::net::UnixStream::from_std(stream)?;
+        let (socket, _) = accept_from_waiting(&self.listener, seat).await?;
+        let stream = tokio::net::UnixStream::from_std(OwnedFd::from(socket).into())?;
         let info = ConnectionInfo {
             scheme: Scheme::Http,
             client: None,
@@ -469,17 +478,14 @@ pub(crate) async fn serve(
         draining: shutdown.clone(),
         state: Arc::clone(&state),
     });
-    if let Some(seat) = &state.seat {
-        seat.set_accepting(true);
-    }
     let accepting = listeners.into_iter().map(|listener| {
         let mut shutdown = shutdown.clone();
         let context = &context;
         async move { accept_from(listener, context, &mut shutdown).await }
     });
-    futures_util::future::join_all(accepting).await;
-    if let Some(seat) = &state.seat {
-        seat.set_accepting(false);
+    {
+        let _accepting = state.seat.as_deref().map(Accepting::new);
+        futures_util::future::join_all(accepting).await;
     }
     let grace = (*shutdown.borrow_and_update()).unwrap_or_default();
     let websockets = Arc::clone(&state.websockets);
@@ -516,6 +522,22 @@ pub(crate) async fn serve(
         }
     }
     access_log::connections_cut_off();
+}
+
+/// Says in the worker's seat that it accepts connections, until dropped.
+struct Accepting<'a>(&'a WorkerSeat);
+
+impl<'a> Accepting<'a> {
+    fn new(seat: &'a WorkerSeat) -> Accepting<'a> {
+        seat.set_accepting(true);
+        Accepting(seat)
+    }
+}
+
+impl Drop for Accepting<'_> {
+    fn drop(&mut self) {
+        self.0.set_accepting(false);
+    }
 }
 
 /// Runs the accept loop of one listening socket until `shutdown` changes.

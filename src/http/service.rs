@@ -24,6 +24,7 @@ use crate::asgi::Event;
 use crate::exchange::{BodyRoom, Exchange, Refusal, RequestStart, MAX_BODY_DRAIN};
 use crate::metrics::meter::{RequestMeter, WebSocketOpen};
 use crate::net::ConnectionInfo;
+use crate::supervisor::balance::WorkerSeat;
 use crate::ws::session::{Handshake, WsSession, WsStart};
 use crate::ws::{self, BadHandshake, WsSettings};
 
@@ -588,11 +589,15 @@ async fn open_websocket(
             state.add_server_headers(response_headers);
             let registry = Arc::clone(&state.websockets);
             let metrics = state.metrics.clone();
+            let seat = state.seat.clone();
             tokio::spawn(async move {
                 let _busy = busy;
                 match on_upgrade.await {
                     Ok(upgraded) => {
                         let _open = metrics.as_ref().map(|slot| WebSocketOpen::new(slot, http2));
+                        // hyper has let go of the connection: the WebSocket
+                        // counts for the spreading of connections instead.
+                        let _held = seat.as_ref().map(WorkerSeat::hold);
                         let closed =
                             ws::serve(upgraded, session, settings, deflate, registry).await;
                         if let Some(line) = closing_line {

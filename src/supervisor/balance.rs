@@ -27,9 +27,10 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
+use parking_lot::Mutex;
 
 /// Seats in the table: twice the most workers, since during a rolling
 /// restart a replacement runs beside the worker it replaces.
@@ -46,6 +47,12 @@ pub(crate) const DEFER_STEP: Duration = Duration::from_millis(1);
 
 /// The longest a worker leaves a waiting connection to the others.
 pub(crate) const MAX_DEFER: Duration = Duration::from_millis(5);
+
+/// How long a worker takes connections as they come once a connection it
+/// left to the others waited [`MAX_DEFER`] untaken: a worker that looks
+/// ready but is not (frozen, out of file descriptors) must not slow every
+/// accept of the others.
+const IGNORE_PEERS_FOR: Duration = Duration::from_secs(1);
 
 #[repr(C)]
 struct Seat {
@@ -90,22 +97,17 @@ impl Balance {
     /// Worker side: maps the table handed down as descriptor `fd`, which
     /// this process then owns.
     pub(crate) fn inherit(fd: RawFd) -> io::Result<Balance> {
-        // SAFETY: fstat only reads metadata and fails with EBADF on a closed fd.
-        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(fd, &mut stat) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if stat.st_size < std::mem::size_of::<Table>() as i64 {
+        // A program the app starts must not get it, whatever follows.
+        crate::net::set_cloexec(fd)?;
+        // SAFETY: fd was handed to this process to own (set_cloexec found it
+        // open); nothing else here uses it.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if file.metadata()?.len() < std::mem::size_of::<Table>() as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the connection table descriptor is too small",
             ));
         }
-        // A program the app starts must not get it.
-        crate::net::set_cloexec(fd)?;
-        // SAFETY: fd is open (fstat succeeded) and was handed to this process
-        // to own; nothing else here uses it.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         Balance::map(file)
     }
 
@@ -155,6 +157,7 @@ impl Balance {
         (index < SEATS).then_some(WorkerSeat {
             balance: self,
             index,
+            ignore_peers_until: Mutex::new(None),
         })
     }
 }
@@ -187,6 +190,8 @@ impl Drop for TakenSeat {
 pub(crate) struct WorkerSeat {
     balance: Arc<Balance>,
     index: usize,
+    /// Set when the others let a connection wait too long.
+    ignore_peers_until: Mutex<Option<Instant>>,
 }
 
 impl WorkerSeat {
@@ -194,11 +199,11 @@ impl WorkerSeat {
         &self.balance.table().seats[self.index]
     }
 
-    /// This worker now has `count` connections open.
-    pub(crate) fn set_connections(&self, count: usize) {
-        self.seat()
-            .connections
-            .store(count as u64, Ordering::Relaxed);
+    /// Counts one more open connection (or WebSocket, whose connection
+    /// hyper has let go of) until the guard is dropped.
+    pub(crate) fn hold(self: &Arc<Self>) -> HeldConnection {
+        self.seat().connections.fetch_add(1, Ordering::Relaxed);
+        HeldConnection(Arc::clone(self))
     }
 
     /// Whether this worker takes connections now (not while its event loop
@@ -212,6 +217,11 @@ impl WorkerSeat {
     /// Whether another worker that is accepting has [`MARGIN`] or more
     /// connections fewer than this one.
     pub(crate) fn should_defer(&self) -> bool {
+        if let Some(until) = *self.ignore_peers_until.lock() {
+            if Instant::now() < until {
+                return false;
+            }
+        }
         let table = self.balance.table();
         let mine = self.seat().connections.load(Ordering::Relaxed);
         if mine < MARGIN {
@@ -227,16 +237,45 @@ impl WorkerSeat {
     }
 }
 
+impl WorkerSeat {
+    /// A connection left to the others waited [`MAX_DEFER`] and is still
+    /// there: take connections as they come for [`IGNORE_PEERS_FOR`].
+    pub(crate) fn peers_too_slow(&self) {
+        *self.ignore_peers_until.lock() = Some(Instant::now() + IGNORE_PEERS_FOR);
+        tracing::debug!(
+            "A connection left to a worker with fewer open waited {}ms untaken; \
+             accepting as connections come for {}s",
+            MAX_DEFER.as_millis(),
+            IGNORE_PEERS_FOR.as_secs()
+        );
+    }
+}
+
+/// One connection counted in its worker's seat.
+pub(crate) struct HeldConnection(Arc<WorkerSeat>);
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        self.0.seat().connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn worker_side(supervisor: &Balance, seat: &TakenSeat) -> WorkerSeat {
+    fn worker_side(supervisor: &Balance, seat: &TakenSeat) -> Arc<WorkerSeat> {
         // SAFETY: dup returns a new descriptor for the worker side to own.
         let dup = unsafe { libc::dup(supervisor.fd()) };
-        Arc::new(Balance::inherit(dup).unwrap())
-            .seat(seat.index())
-            .unwrap()
+        Arc::new(
+            Arc::new(Balance::inherit(dup).unwrap())
+                .seat(seat.index())
+                .unwrap(),
+        )
+    }
+
+    fn holding(seat: &Arc<WorkerSeat>, count: usize) -> Vec<HeldConnection> {
+        (0..count).map(|_| seat.hold()).collect()
     }
 
     #[test]
@@ -245,16 +284,33 @@ mod tests {
         let (a, b) = (table.take_seat().unwrap(), table.take_seat().unwrap());
         let (busy, idle) = (worker_side(&table, &a), worker_side(&table, &b));
         busy.set_accepting(true);
-        busy.set_connections(5);
-        idle.set_connections(3);
+        let _busy = holding(&busy, 5);
+        let mut idle_held = holding(&idle, 3);
         // The idle one is not accepting yet (booting, or its loop is blocked).
         assert!(!busy.should_defer());
         idle.set_accepting(true);
         assert!(busy.should_defer());
         assert!(!idle.should_defer());
         // A lead of one is left to the race.
-        idle.set_connections(4);
+        idle_held.push(idle.hold());
         assert!(!busy.should_defer());
+        // Connections that close count no more.
+        idle_held.truncate(1);
+        assert!(busy.should_defer());
+    }
+
+    #[test]
+    fn peers_that_let_a_connection_wait_are_ignored_for_a_while() {
+        let table = Arc::new(Balance::create().unwrap());
+        let (a, b) = (table.take_seat().unwrap(), table.take_seat().unwrap());
+        let (busy, stuck) = (worker_side(&table, &a), worker_side(&table, &b));
+        let _busy = holding(&busy, 4);
+        stuck.set_accepting(true);
+        assert!(busy.should_defer());
+        busy.peers_too_slow();
+        assert!(!busy.should_defer());
+        *busy.ignore_peers_until.lock() = Some(Instant::now());
+        assert!(busy.should_defer());
     }
 
     #[test]
@@ -264,7 +320,8 @@ mod tests {
         let busy = worker_side(&table, &a);
         let gone = worker_side(&table, &b);
         busy.set_accepting(true);
-        busy.set_connections(10);
+        let _busy = holding(&busy, 10);
+        let _gone = holding(&gone, 0);
         gone.set_accepting(true);
         assert!(busy.should_defer());
         // Killed with -9 and reaped: it never said it stopped accepting.

@@ -70,23 +70,18 @@ impl Slot {
     /// Maps the slot a supervisor handed down as descriptor `fd`, which this
     /// process then owns.
     pub(crate) fn inherit(fd: RawFd) -> io::Result<Slot> {
-        // SAFETY: fstat only reads metadata and fails with EBADF on a closed fd.
-        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(fd, &mut stat) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if stat.st_size < std::mem::size_of::<Shared>() as i64 {
+        // The supervisor cleared close-on-exec to hand it down: a program
+        // the app starts must not get it, whatever follows.
+        crate::net::set_cloexec(fd)?;
+        // SAFETY: fd was handed to this process to own (set_cloexec found it
+        // open); nothing else here uses it.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if file.metadata()?.len() < std::mem::size_of::<Shared>() as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the worker slot descriptor is too small",
             ));
         }
-        // The supervisor cleared close-on-exec to hand it down: a program
-        // the app starts must not get it.
-        crate::net::set_cloexec(fd)?;
-        // SAFETY: fd is open (fstat succeeded) and was handed to this process
-        // to own; nothing else here uses it.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         Slot::map(file)
     }
 

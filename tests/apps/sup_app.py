@@ -4,6 +4,7 @@ GET /         "VERSION PID" (the test copies this file and rewrites VERSION to r
 GET /block    blocks the worker's event loop for 30 s (time.sleep in an async view)
 GET /slow     sleeps 30 s without blocking the loop
 GET /crash    ends the worker process at once (os._exit(1))
+WebSocket     sends "VERSION PID" once accepted, then waits for the client to close
 
 /block and /slow first create the file PID in the directory named by $SUP_MARKERS.
 """
@@ -36,6 +37,13 @@ async def app(scope, receive, send):
             await send({"type": message["type"] + ".complete"})
             if message["type"] == "lifespan.shutdown":
                 return
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": f"{VERSION} {os.getpid()}"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        return
     path = scope["path"]
     if path == "/block":
         await block_the_event_loop()
