@@ -21,16 +21,15 @@
 //! worker's process is reaped; only the worker writes its counts, and only
 //! the supervisor takes and frees seats.
 
-use std::ffi::CStr;
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memmap2::MmapRaw;
 use parking_lot::Mutex;
+
+use super::shared_memory::SharedMemory;
 
 /// Seats in the table: twice the most workers, since during a rolling
 /// restart a replacement runs beside the worker it replaces.
@@ -74,46 +73,21 @@ struct Table {
 
 /// The table as one process maps it.
 pub(crate) struct Balance {
-    map: MmapRaw,
-    file: File,
+    memory: SharedMemory,
 }
 
 impl Balance {
     /// Supervisor side: a new, empty table.
     pub(crate) fn create() -> io::Result<Balance> {
-        const NAME: &CStr = c"rsasgi-balance";
-        // SAFETY: memfd_create takes a NUL-terminated name and flags, and
-        // returns a new descriptor or -1.
-        let fd = unsafe { libc::memfd_create(NAME.as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd was just created and is owned by nothing else.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        file.set_len(std::mem::size_of::<Table>() as u64)?;
-        Balance::map(file)
+        let memory = SharedMemory::create(c"rsasgi-balance", std::mem::size_of::<Table>())?;
+        Ok(Balance { memory })
     }
 
     /// Worker side: maps the table handed down as descriptor `fd`, which
     /// this process then owns.
     pub(crate) fn inherit(fd: RawFd) -> io::Result<Balance> {
-        // A program the app starts must not get it, whatever follows.
-        crate::net::set_cloexec(fd)?;
-        // SAFETY: fd was handed to this process to own (set_cloexec found it
-        // open); nothing else here uses it.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        if file.metadata()?.len() < std::mem::size_of::<Table>() as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the connection table descriptor is too small",
-            ));
-        }
-        Balance::map(file)
-    }
-
-    fn map(file: File) -> io::Result<Balance> {
-        let map = MmapRaw::map_raw(&file)?;
-        Ok(Balance { map, file })
+        let memory = SharedMemory::inherit(fd, std::mem::size_of::<Table>(), "connection table")?;
+        Ok(Balance { memory })
     }
 
     fn table(&self) -> &Table {
@@ -122,12 +96,12 @@ impl Balance {
         // zeroes is a valid Table), lives as long as self, and every field
         // read or written is an atomic, so sharing it between processes is
         // sound.
-        unsafe { &*(self.map.as_ptr() as *const Table) }
+        unsafe { &*(self.memory.as_ptr() as *const Table) }
     }
 
     /// The descriptor to hand to the workers.
     pub(crate) fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+        self.memory.fd()
     }
 
     /// Supervisor side: a free seat for a worker about to start, `None` when

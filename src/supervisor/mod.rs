@@ -20,6 +20,7 @@ pub(crate) mod pid_file;
 pub(crate) mod privileges;
 mod process;
 pub(crate) mod reload;
+mod shared_memory;
 mod slot;
 pub(crate) mod systemd;
 

@@ -8,15 +8,12 @@
 //! never takes a lock, a system call or the GIL to update it, and the
 //! supervisor reads it whenever it looks, with no message to wait for.
 
-use std::ffi::CStr;
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use memmap2::MmapRaw;
-
+use super::shared_memory::SharedMemory;
 use crate::metrics::Counters;
 
 /// The worker is importing the app or running the lifespan startup.
@@ -44,25 +41,15 @@ struct Shared {
 
 /// One worker's shared slot, as either side sees it.
 pub(crate) struct Slot {
-    map: MmapRaw,
-    file: File,
+    memory: SharedMemory,
 }
 
 impl Slot {
     /// Creates a slot for a worker about to be spawned, its heartbeat set to now
     /// (so the health check counts a worker's boot too).
     pub(crate) fn create() -> io::Result<Slot> {
-        const NAME: &CStr = c"rsasgi-worker-slot";
-        // SAFETY: memfd_create takes a NUL-terminated name and flags, and
-        // returns a new descriptor or -1.
-        let fd = unsafe { libc::memfd_create(NAME.as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd was just created and is owned by nothing else.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        file.set_len(std::mem::size_of::<Shared>() as u64)?;
-        let slot = Slot::map(file)?;
+        let memory = SharedMemory::create(c"rsasgi-worker-slot", std::mem::size_of::<Shared>())?;
+        let slot = Slot { memory };
         slot.beat();
         Ok(slot)
     }
@@ -70,24 +57,8 @@ impl Slot {
     /// Maps the slot a supervisor handed down as descriptor `fd`, which this
     /// process then owns.
     pub(crate) fn inherit(fd: RawFd) -> io::Result<Slot> {
-        // The supervisor cleared close-on-exec to hand it down: a program
-        // the app starts must not get it, whatever follows.
-        crate::net::set_cloexec(fd)?;
-        // SAFETY: fd was handed to this process to own (set_cloexec found it
-        // open); nothing else here uses it.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        if file.metadata()?.len() < std::mem::size_of::<Shared>() as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the worker slot descriptor is too small",
-            ));
-        }
-        Slot::map(file)
-    }
-
-    fn map(file: File) -> io::Result<Slot> {
-        let map = MmapRaw::map_raw(&file)?;
-        Ok(Slot { map, file })
+        let memory = SharedMemory::inherit(fd, std::mem::size_of::<Shared>(), "worker slot")?;
+        Ok(Slot { memory })
     }
 
     fn shared(&self) -> &Shared {
@@ -95,12 +66,12 @@ impl Slot {
         // or set above), page-aligned, zero-initialised by the kernel (all
         // zeroes is a valid Shared), lives as long as self, and every field
         // is an atomic, so sharing it with another process is sound.
-        unsafe { &*(self.map.as_ptr() as *const Shared) }
+        unsafe { &*(self.memory.as_ptr() as *const Shared) }
     }
 
     /// The descriptor to hand to the worker.
     pub(crate) fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+        self.memory.fd()
     }
 
     /// Worker side: the event loop ran just now.
