@@ -239,6 +239,36 @@ def test_a_burst_of_keep_alive_connections_is_spread_over_the_workers(run_rsasgi
         assert min(shares.values()) >= 21, f"burst {burst}: {shares}\n{server.output()}"
 
 
+def test_a_frozen_worker_that_looks_ready_is_not_left_connections(run_rsasgi):
+    """A worker stopped with SIGSTOP still says in the shared table that it accepts, with
+    fewer connections than the other: the other leaves it a connection only briefly, then
+    takes them all itself."""
+    server = start_supervised(run_rsasgi, workers=2)
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        async def one():
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            return int((await reader.readexactly(length)).split()[1]), writer
+
+        first = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(20))), 30)
+        frozen = first[0][0]
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            later = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(30))), 30)
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        for _, writer in first + later:
+            writer.close()
+        return [frozen], [pid for pid, _ in later]
+
+    (frozen,), later = asyncio.run(scenario())
+    assert frozen not in later
+    assert len(later) == 30
+
+
 def test_a_burst_of_websockets_is_spread_over_the_workers(run_rsasgi):
     """An upgraded connection is no longer hyper's, but its WebSocket still counts for the
     spreading: without that, each worker looked empty once its handshakes were done."""
