@@ -254,6 +254,11 @@ async fn accept_from_waiting<L: AsRawFd + AsFd>(
     listener: &AsyncFd<L>,
     seat: Option<&WorkerSeat>,
 ) -> std::io::Result<(socket2::Socket, socket2::SockAddr)> {
+    // Lets the connections' own tasks run between the accepts of a burst (a
+    // readiness wait spends no budget by itself). Before the accept, not
+    // after it: a select! that drops this future there would drop the
+    // connection with it.
+    tokio::task::coop::consume_budget().await;
     let mut deferring_since: Option<Instant> = None;
     loop {
         let mut ready = listener.readable().await?;
@@ -275,12 +280,8 @@ async fn accept_from_waiting<L: AsRawFd + AsFd>(
         }
         let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
         match ready.try_io(|inner| SockRef::from(inner.get_ref()).accept4(flags)) {
-            Ok(accepted) => {
-                // Lets the connections' own tasks run between the accepts of
-                // a burst (a readiness wait spends no budget by itself).
-                tokio::task::coop::consume_budget().await;
-                return accepted;
-            }
+            // Nothing awaited from here on: the connection cannot be lost.
+            Ok(accepted) => return accepted,
             // Taken by another worker first; try_io cleared the readiness.
             Err(_would_block) => deferring_since = None,
         }
