@@ -65,7 +65,9 @@ def test_startup_failure_of_an_app_that_then_waits_exits_3_quietly(run_rsasgi):
     assert "Traceback" not in log
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 def test_a_stop_signal_ends_a_startup_that_hangs(run_rsasgi, tmp_path, sig):
     """CTRL+C while the lifespan startup waits on something that never answers stops the
     server, cancelling the app's lifespan task (its cleanup runs): SIGINT did nothing,

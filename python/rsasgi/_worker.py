@@ -305,10 +305,13 @@ def _start_heartbeat(worker, loop, stop: asyncio.Event) -> None:
     beat()
 
 
-async def _start_unless_stopped(lifespan, loop, stop: asyncio.Event) -> bool | None:
+async def _start_unless_stopped(
+    lifespan, loop, stop: asyncio.Event, signals: tuple[int, ...]
+) -> bool | None:
     """Runs the lifespan startup; returns its answer, or None when a stop signal
-    (SIGINT, SIGTERM, SIGQUIT) or a vanished supervisor ends it first: a startup that
-    hangs (on a database that does not answer) must not make CTRL+C do nothing.
+    (``signals``: SIGINT, SIGTERM, SIGQUIT, and SIGHUP for one process) or a vanished
+    supervisor ends it first: a startup that hangs (on a database that does not answer)
+    must not make CTRL+C do nothing.
 
     The app's lifespan task is cancelled then, and no lifespan shutdown is sent. Once
     the app has answered, its answer stands: a signal that comes as the startup ends
@@ -324,7 +327,7 @@ async def _start_unless_stopped(lifespan, loop, stop: asyncio.Event) -> bool | N
             stop.set()
 
     watchdog = _StartupWatchdog()
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+    for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
         # Runs (then the loop's own handler) even while the startup blocks the loop in
         # a system call, where the loop's callback above would never run.
@@ -340,11 +343,11 @@ async def _start_unless_stopped(lifespan, loop, stop: asyncio.Event) -> bool | N
         startup.cancel()
         await lifespan._abandon()
         log("info", "Application startup cancelled")
-        _leave_before_serving(loop)
+        _leave_before_serving(loop, signals)
         return None
     started = await startup
     if not started:
-        _leave_before_serving(loop)
+        _leave_before_serving(loop, signals)
     return started
 
 
@@ -391,11 +394,11 @@ class _StartupWatchdog:
             self.timer.cancel()
 
 
-def _leave_before_serving(loop) -> None:
+def _leave_before_serving(loop, signals: tuple[int, ...]) -> None:
     """The worker leaves before it served: a late copy of a stop signal (CTRL+C reaches
     the whole process group, then the supervisor sends SIGTERM) or a log rotation must
     not cut its exit short, as the serving path's own exit ensures."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+    for signum in signals:
         loop.remove_signal_handler(signum)
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
@@ -417,7 +420,11 @@ async def _serve(worker, app, interface, loop) -> int:
     _start_heartbeat(worker, loop, stop)
     if worker.lifespan != "off" and not wsgi:
         lifespan = Lifespan(app, state, required=worker.lifespan == "on")
-        started = await _start_unless_stopped(lifespan, loop, stop)
+        # HUP is a supervisor's to act on; to one process it is a stop, as once serving.
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
+        if worker.supervisor_pid is None:
+            signals += (signal.SIGHUP,)
+        started = await _start_unless_stopped(lifespan, loop, stop, signals)
         if started is None:
             return 0
         if not started:
