@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from apps.proto_raw import recv_until_closed
+from conftest import wait_for_log
 
 APP = "err_count:app"
 
@@ -47,10 +48,15 @@ def assert_server_up(server) -> None:
 )
 def test_malformed_request_gives_400_and_close(run_rsasgi, request_bytes):
     server = run_rsasgi(APP)
-    response = exchange(server, request_bytes)
+    with server.connect() as sock:
+        client = "{}:{}".format(*sock.getsockname())
+        sock.sendall(request_bytes)
+        response = recv_until_closed(sock)
     assert status_of(response) == 400, response
     assert counts(server) == {}
     assert_server_up(server)
+    # hyper answered it, and the access log says so (as nginx logs its 400s).
+    wait_for_log(server, f'rsasgi.access: {client} - "-" 400 0 "-" "-" - (request refused: ')
 
 
 def test_header_over_default_head_limit_gives_431(run_rsasgi):
@@ -60,6 +66,24 @@ def test_header_over_default_head_limit_gives_431(run_rsasgi):
     assert status_of(response) == 431, response
     assert counts(server) == {}
     assert_server_up(server)
+    wait_for_log(server, '"-" 431 0 "-" "-" - (request refused: message head is too large)')
+
+
+def test_a_target_over_hypers_64k_gives_414_and_a_line(run_rsasgi):
+    server = run_rsasgi(APP, "--limit-request-head", "1048576")
+    target = b"/" + b"a" * 70_000
+    response = exchange(server, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(response) == 414, response
+    assert counts(server) == {}
+    assert_server_up(server)
+    wait_for_log(server, '"-" 414 0 "-" "-" - (request refused: URI too long)')
+
+
+def test_a_refused_head_follows_a_custom_access_log_format(run_rsasgi):
+    server = run_rsasgi(APP, "--access-log-format", "%(h)s [%(r)s] %(s)s %(b)s")
+    assert status_of(exchange(server, b"THIS IS NOT HTTP\r\n\r\n")) == 400
+    # A custom format is written bare, as gunicorn writes it.
+    wait_for_log(server, "\n127.0.0.1 [-] 400 -\n")
 
 
 def test_limit_request_head_option(run_rsasgi):

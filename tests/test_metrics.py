@@ -142,6 +142,20 @@ def test_requests_are_counted_by_method_and_status_over_all_workers(run_rsasgi, 
     assert metrics.value("rsasgi_sent_bytes_total") >= len(b"HTTP/1.1 200 OK\r\n") * 14
 
 
+def test_heads_hyper_refuses_count_as_other_4xx(run_rsasgi, markers):
+    server, base = start(run_rsasgi, markers)
+    for request in (
+        b"THIS IS NOT HTTP\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    ):
+        with server.connect() as sock:
+            sock.sendall(request)
+            assert sock.recv(100).startswith(b"HTTP/1.1 4")
+    metrics = wait_for_count(base, "rsasgi_requests_total", 2)
+    assert metrics.value("rsasgi_requests_total", method="other", status="4xx") == 2
+    assert metrics.value("rsasgi_request_duration_seconds_count") == 0
+
+
 def test_every_worker_shows_with_its_number_and_pid(run_rsasgi, markers):
     server, base = start(run_rsasgi, markers, workers=2)
     pids = {pid for _, pid in STARTED.findall(server.output())}

@@ -258,6 +258,77 @@ impl Drop for AccessRecord {
     }
 }
 
+/// Writes the line of a request hyper refused before it had a head (one
+/// that did not parse, or a head over `--limit-request-head`): hyper
+/// answered `status` itself and closed the connection, so neither the app
+/// nor an [`AccessRecord`] saw it. Its request fields show as `-`:
+/// `127.0.0.1:5000 - "-" 400 0 "-" "-" - (request refused: invalid URI)`.
+pub(crate) fn refused_head(
+    log: &AccessLog,
+    client: LoggedClient,
+    status: StatusCode,
+    reason: &str,
+) {
+    let line = RefusedLine {
+        log,
+        client: &client,
+        status: status.as_u16(),
+        reason,
+    };
+    tracing::info!(
+        target: crate::logging::ACCESS,
+        status = status.as_u16(),
+        bytes = 0u64,
+        client = %client,
+        error = reason,
+        "{line}"
+    );
+}
+
+/// The line of [`refused_head`].
+struct RefusedLine<'a> {
+    log: &'a AccessLog,
+    client: &'a LoggedClient,
+    status: u16,
+    reason: &'a str,
+}
+
+impl fmt::Display for RefusedLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pieces = match &self.log.format {
+            AccessFormat::Default => {
+                return write!(
+                    f,
+                    "{} - \"-\" {} 0 \"-\" \"-\" - (request refused: {})",
+                    self.client, self.status, self.reason
+                );
+            }
+            AccessFormat::Custom(pieces) => pieces,
+        };
+        for piece in pieces {
+            match piece {
+                Piece::Literal(text) => f.write_str(text)?,
+                Piece::Atom(Atom::RemoteAddress) => match self.client.ip() {
+                    Some(ip) => write!(f, "{ip}")?,
+                    None => f.write_str("-")?,
+                },
+                Piece::Atom(Atom::Time) => write_clf_time(f, SystemTime::now())?,
+                Piece::Atom(Atom::Status) => write!(f, "{}", self.status)?,
+                Piece::Atom(Atom::Bytes) => f.write_str("0")?,
+                Piece::Atom(Atom::Seconds | Atom::Milliseconds | Atom::Microseconds) => {
+                    f.write_str("0")?
+                }
+                Piece::Atom(Atom::DecimalSeconds) => f.write_str("0.000000")?,
+                Piece::Atom(Atom::Query) => {}
+                // No request line, method, path, protocol or headers were
+                // read; `b` is `-` for no body.
+                Piece::Atom(_) => f.write_str("-")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A header value as text (bytes that are not UTF-8 replaced).
 fn text(value: &HeaderValue) -> Cow<'_, str> {
     String::from_utf8_lossy(value.as_bytes())
@@ -495,6 +566,33 @@ mod tests {
                 "127.0.0.1|-|alice|GET /a/b?x=1 HTTP/1.1|GET|/a/b|x=1|HTTP/1.1|201|0|-|\
                  https://example.com/|tester|2|2003|2003004|2.003004|<{pid}>|t-1|-|text/plain"
             )
+        );
+    }
+
+    #[test]
+    fn a_refused_head_shows_dashes_for_what_was_not_read() {
+        let refused = |log, status| {
+            RefusedLine {
+                log,
+                client: &LoggedClient::Address("127.0.0.1:5000".parse().unwrap()),
+                status,
+                reason: "invalid URI",
+            }
+            .to_string()
+        };
+        assert_eq!(
+            refused(default_log(), 400),
+            r#"127.0.0.1:5000 - "-" 400 0 "-" "-" - (request refused: invalid URI)"#
+        );
+        let format = AccessFormat::parse(
+            "%(h)s|%(l)s|%(u)s|%(r)s|%(m)s|%(U)s|%(q)s|%(H)s|%(s)s|%(B)s|%(b)s|%(f)s|%(a)s|\
+             %(T)s|%(M)s|%(D)s|%(L)s|%({x-trace}i)s|%({content-type}o)s",
+        )
+        .unwrap();
+        let log = AccessLog::leak(&format, None);
+        assert_eq!(
+            refused(log, 431),
+            "127.0.0.1|-|-|-|-|-||-|431|0|-|-|-|0|0|0|0.000000|-|-"
         );
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, StatusCode};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -826,7 +826,7 @@ where
             };
             connection::drive(connection, graceful, activity, deadlines, draining)
                 .await
-                .map(|ended| ended.map_err(|err| err.to_string()))
+                .map(|ended| ended.map_err(BoxError::from))
         })
     } else {
         // Boxed here: hyper hands each HTTP/2 stream, which holds the
@@ -850,15 +850,51 @@ where
                 draining,
             )
             .await
-            .map(|ended| ended.map_err(|err| err.to_string()))
         })
     };
+    let state = Arc::clone(&context.state);
     async move {
         let _open = open;
-        if let Some(Err(err)) = driven.await {
-            tracing::debug!(client = ?info.client, "connection ended: {err}");
+        let Some(Err(err)) = driven.await else {
+            return;
+        };
+        match refused_head(&*err) {
+            Some((status, reason)) => {
+                if let Some(log) = state.access_log {
+                    access_log::refused_head(log, info.client_for_log(), status, &reason);
+                }
+                if let Some(slot) = &state.metrics {
+                    slot.counters().record_refused(status);
+                }
+            }
+            None => tracing::debug!(client = ?info.client, "connection ended: {err}"),
         }
     }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The answer hyper sent on its own to an HTTP/1 request head it refused,
+/// and why, from the error the connection ended with: 400 for a head that
+/// does not parse, 431 for one over `--limit-request-head`, 414 for a target
+/// over hyper's own 64 KiB. `None` when the connection ended some other
+/// way, hyper having sent nothing (an HTTP/2 preface on a connection served
+/// as HTTP/1 only is one).
+fn refused_head(error: &(dyn std::error::Error + 'static)) -> Option<(StatusCode, String)> {
+    let error = error.downcast_ref::<hyper::Error>()?;
+    if !error.is_parse() || error.is_parse_version_h2() || error.is_parse_status() {
+        return None;
+    }
+    let reason = error.to_string();
+    let status = if !error.is_parse_too_large() {
+        StatusCode::BAD_REQUEST
+    } else if reason == "URI too long" {
+        // hyper tells this one from a head over the limit only in its text.
+        StatusCode::URI_TOO_LONG
+    } else {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    };
+    Some((status, reason))
 }
 
 /// Why a connection's PROXY header was not read: [`Refused`], or the two

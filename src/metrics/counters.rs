@@ -126,6 +126,17 @@ impl Counters {
         );
     }
 
+    /// Reactor thread: a request head hyper refused and answered itself
+    /// (400, 414, 431) before any method was read or request began. It
+    /// counts under method "other", and not in the duration histogram:
+    /// none was measured.
+    pub(crate) fn record_refused(&self, status: StatusCode) {
+        add(
+            &self.requests[METHODS.len() - 1][status_index(Some(status))],
+            1,
+        );
+    }
+
     /// Reactor thread: bytes read from a client.
     pub(crate) fn received(&self, bytes: usize) {
         add(&self.bytes_received, bytes as u64);
@@ -275,6 +286,16 @@ mod tests {
         assert_eq!(snapshot.duration_buckets[5], 1);
         assert_eq!(snapshot.duration_sum_micros, 33_000);
         assert_eq!((snapshot.bytes_received, snapshot.bytes_sent), (100, 250));
+    }
+
+    #[test]
+    fn a_refused_head_counts_as_an_other_request_with_no_duration() {
+        let counters = counters();
+        counters.record_refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let snapshot = counters.snapshot();
+        assert_eq!(snapshot.requests[METHODS.len() - 1][3], 1);
+        assert_eq!(snapshot.requests.iter().flatten().sum::<u64>(), 1);
+        assert_eq!(snapshot.duration_buckets.iter().sum::<u64>(), 0);
     }
 
     #[test]
