@@ -63,13 +63,16 @@ def exit_code(server: Server, timeout: float = 15.0) -> int:
 
 
 def alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie waiting for its parent to reap it does not)."""
+    """Whether process `pid` runs: a zombie its parent can reap does not. A worker's main
+    thread turns zombie first while its other threads still exit, and until they have, its
+    parent can neither reap it nor learn that it ended."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        threads = len(os.listdir(f"/proc/{pid}/task"))
     except (FileNotFoundError, ProcessLookupError):
         # ProcessLookupError: reaped between opening the file and reading it.
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return stat.rsplit(")", 1)[1].split()[0] != "Z" or threads > 1
 
 
 def wait_gone(pids, server: Server, timeout: float = 10.0) -> None:

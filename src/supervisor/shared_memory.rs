@@ -17,17 +17,27 @@ pub(crate) struct SharedMemory {
 
 impl SharedMemory {
     /// Supervisor side: `size` new bytes, all zero, named `name` in
-    /// `/proc/PID/fd`.
+    /// `/proc/PID/fd`. Its size is sealed: no process that holds the
+    /// descriptor (a worker, or a program one of them wrongly handed it to)
+    /// can shrink it under the supervisor's mapping, where a read past the
+    /// end would kill the supervisor with SIGBUS.
     pub(crate) fn create(name: &CStr, size: usize) -> io::Result<SharedMemory> {
         // SAFETY: memfd_create takes a NUL-terminated name and flags, and
         // returns a new descriptor or -1.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fd was just created and is owned by nothing else.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         file.set_len(size as u64)?;
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: F_ADD_SEALS takes an open memfd and a seal mask.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
         SharedMemory::map(file)
     }
 
@@ -64,5 +74,28 @@ impl SharedMemory {
     /// The descriptor to hand to the workers.
     pub(crate) fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::IntoRawFd;
+
+    use super::*;
+
+    #[test]
+    fn its_size_is_sealed() {
+        let shared = SharedMemory::create(c"rsasgi-test", 4096).unwrap();
+        // SAFETY: dup of a descriptor this test owns.
+        let other = File::from(unsafe { OwnedFd::from_raw_fd(libc::dup(shared.fd())) });
+        for size in [0, 100, 8192] {
+            let err = other.set_len(size).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{size}: {err}");
+        }
+        assert_eq!(other.metadata().unwrap().len(), 4096);
+        // SAFETY: the mapping is 4096 bytes long and still backed.
+        assert_eq!(unsafe { *shared.as_ptr().add(4095) }, 0);
+        let inherited = SharedMemory::inherit(other.into_raw_fd(), 4096, "test");
+        assert!(inherited.is_ok());
     }
 }
