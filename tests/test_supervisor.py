@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import threading
 import time
@@ -236,10 +237,19 @@ def test_a_burst_of_keep_alive_connections_is_spread_over_the_workers(run_rsasgi
     a connection to one with fewer open."""
     server = start_supervised(run_rsasgi, app, workers=2)
     workers = set(started_workers(server.output()))
-    for burst in range(3):
-        pids = asyncio.run(_hold_connections(server, 60))
-        shares = {pid: pids.count(pid) for pid in workers}
-        assert min(shares.values()) >= 21, f"burst {burst}: {shares}\n{server.output()}"
+    fewest = [_fewest(asyncio.run(_hold_connections(server, 60)), workers) for _ in range(5)]
+    assert statistics.median(fewest) >= 27, f"fewest per burst: {fewest}\n{server.output()}"
+
+
+def _fewest(pids: list[int], workers: set[int]) -> int:
+    """How many of `pids` the worker that answered the fewest answered.
+
+    The tests take the median over five bursts: on a machine whose other core is busy a
+    worker may not run for the few milliseconds the others wait for it, and then it misses
+    much of one burst. On the build before connections were spread, a burst of 60 gave the
+    fewest 6 to 30 (mostly 17 to 24); since, 29 or 30 on an idle machine.
+    """
+    return min(pids.count(pid) for pid in workers)
 
 
 def test_a_frozen_worker_that_looks_ready_is_not_left_connections(run_rsasgi):
@@ -288,10 +298,8 @@ def test_a_burst_of_websockets_is_spread_over_the_workers(run_rsasgi):
             await client.close()
         return [pid for pid, _ in opened]
 
-    for round_ in range(3):
-        pids = asyncio.run(burst())
-        shares = {pid: pids.count(pid) for pid in workers}
-        assert min(shares.values()) >= 21, f"round {round_}: {shares}\n{server.output()}"
+    fewest = [_fewest(asyncio.run(burst()), workers) for _ in range(5)]
+    assert statistics.median(fewest) >= 27, f"fewest per burst: {fewest}\n{server.output()}"
 
 
 def test_wsgi_multiprocess_is_true_with_several_workers(run_rsasgi):
