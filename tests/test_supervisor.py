@@ -227,6 +227,7 @@ async def _hold_connections(server: Server, count: int) -> list[int]:
     answers = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 30)
     for _, writer in answers:
         writer.close()
+    await asyncio.gather(*(writer.wait_closed() for _, writer in answers))
     return [pid for pid, _ in answers]
 
 
@@ -246,6 +247,7 @@ def _burst(opened) -> list[int]:
     workers to see those connections closed: each burst starts from idle workers, where one
     still counting the last burst's connections would leave the next ones to the other."""
     pids = asyncio.run(opened)
+    # The client has closed them; the workers see it a moment later.
     time.sleep(0.2)
     return pids
 

@@ -652,8 +652,26 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        // A client that already reset the connection has nothing left to be
+        // told: its end is done. Failing here would hide the error the
+        // connection really ended with (hyper shuts down after answering a
+        // head it refused, then reports why).
+        Pin::new(&mut self.io)
+            .poll_shutdown(cx)
+            .map(|done| match done {
+                Err(err) if peer_gone(&err) => Ok(()),
+                other => other,
+            })
     }
+}
+
+/// Whether `err` says the peer has already closed or reset the connection.
+fn peer_gone(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::NotConnected | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
+    )
 }
 
 /// The connections of a worker that are still open, so shutdown can wait

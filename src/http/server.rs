@@ -860,8 +860,11 @@ where
         };
         match refused_head(&*err) {
             Some((status, reason)) => {
-                if let Some(log) = state.access_log {
-                    access_log::refused_head(log, info.client_for_log(), status, &reason);
+                match state.access_log {
+                    Some(log) => {
+                        access_log::refused_head(log, info.client_for_log(), status, &reason)
+                    }
+                    None => tracing::debug!(client = ?info.client, "answered {status}: {reason}"),
                 }
                 if let Some(slot) = &state.metrics {
                     slot.counters().record_refused(status);
@@ -886,6 +889,10 @@ fn refused_head(error: &(dyn std::error::Error + 'static)) -> Option<(StatusCode
         return None;
     }
     let reason = error.to_string();
+    // hyper's internal parse error is the one it answers nothing to.
+    if reason.starts_with("internal error") {
+        return None;
+    }
     let status = if !error.is_parse_too_large() {
         StatusCode::BAD_REQUEST
     } else if reason == "URI too long" {
