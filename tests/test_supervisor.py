@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import threading
@@ -20,6 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 from conftest import APPS, Server, cli, free_port, read_response, wait_for, wait_for_log
@@ -311,6 +315,89 @@ def test_a_burst_of_websockets_is_spread_over_the_workers(run_rsasgi):
 
     fewest = [_fewest(_burst(burst()), workers) for _ in range(5)]
     assert statistics.median(fewest) >= 27, f"fewest per burst: {fewest}\n{server.output()}"
+
+
+def test_websockets_over_http2_count_once_for_the_spreading(run_rsasgi):
+    """An HTTP/2 connection stays open under its WebSockets (RFC 8441), so it already counts
+    for the spreading; counting each of its WebSockets as well made a worker holding one such
+    connection with six WebSockets look seven connections busy, and the other worker took
+    every new connection until it had as many."""
+    server = start_supervised(run_rsasgi, workers=2)
+    sock, holder = _http2_websockets(server, 6)
+
+    async def one_after_another(count: int) -> list[int]:
+        opened = []
+        for _ in range(count):
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            opened.append((int((await reader.readexactly(length)).split()[1]), writer))
+        for _, writer in opened:
+            writer.close()
+        return [pid for pid, _ in opened]
+
+    try:
+        pids = asyncio.run(asyncio.wait_for(one_after_another(6), 30))
+    finally:
+        sock.close()
+    # Counted once, the holder has 1 connection to the other's 0 and the workers keep within
+    # two of each other, so the holder takes two of the six or more; counted seven times, it
+    # took none. One is asked, so that a worker the machine leaves unscheduled for a few
+    # milliseconds (the other then takes the connection) cannot fail the test.
+    assert pids.count(holder) >= 1, f"holder {holder} got none of {pids}\n{server.output()}"
+
+
+def _http2_websockets(server: Server, count: int) -> tuple[socket.socket, int]:
+    """Opens `count` WebSockets on one HTTP/2 connection; returns its socket and the pid of
+    the worker that holds it (sup_app sends "VERSION PID" on each)."""
+    sock = socket.create_connection((server.host, server.port), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    received: dict[int, bytes] = {}
+
+    def pump() -> list:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"the server closed the connection\n{server.output()}")
+        events = conn.receive_data(chunk)
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                received[event.stream_id] = received.get(event.stream_id, b"") + event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        sock.sendall(conn.data_to_send())
+        return events
+
+    # Extended CONNECT only once the server's SETTINGS allow it.
+    while not any(isinstance(event, h2.events.RemoteSettingsChanged) for event in pump()):
+        pass
+    streams = []
+    for _ in range(count):
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(
+            stream,
+            [
+                (":method", "CONNECT"),
+                (":protocol", "websocket"),
+                (":scheme", "http"),
+                (":path", "/"),
+                (":authority", f"{server.host}:{server.port}"),
+                ("sec-websocket-version", "13"),
+            ],
+        )
+        streams.append(stream)
+    sock.sendall(conn.data_to_send())
+
+    def whole(data: bytes) -> bool:
+        # The app's message: one unmasked text frame under 126 bytes.
+        return len(data) >= 2 and len(data) >= 2 + data[1]
+
+    while not all(whole(received.get(stream, b"")) for stream in streams):
+        pump()
+    pids = {int(received[stream][2:].split()[1]) for stream in streams}
+    assert len(pids) == 1, pids
+    return sock, pids.pop()
 
 
 def test_wsgi_multiprocess_is_true_with_several_workers(run_rsasgi):

@@ -595,9 +595,11 @@ async fn open_websocket(
                 match on_upgrade.await {
                     Ok(upgraded) => {
                         let _open = metrics.as_ref().map(|slot| WebSocketOpen::new(slot, http2));
-                        // hyper has let go of the connection: the WebSocket
-                        // counts for the spreading of connections instead.
-                        let _held = seat.as_ref().map(WorkerSeat::hold);
+                        // Over HTTP/1.1 hyper has let go of the connection:
+                        // the WebSocket counts for the spreading of
+                        // connections instead. An HTTP/2 connection stays
+                        // open under its WebSockets and counts already.
+                        let _held = seat.as_ref().filter(|_| !http2).map(WorkerSeat::hold);
                         let closed =
                             ws::serve(upgraded, session, settings, deflate, registry).await;
                         if let Some(line) = closing_line {
