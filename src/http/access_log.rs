@@ -88,7 +88,14 @@ impl AccessLog {
 /// What the access log line needs, collected when the request arrives and
 /// written when the response body is done (or dropped). Header values are
 /// kept as hyper parsed them (a reference count, no copy).
-pub(crate) struct AccessRecord {
+///
+/// Boxed: a record rides in every request's future and response body, which
+/// hyper and tokio move whole; inline its 350 bytes were copied each time,
+/// and took that room in every request's future even with the log off.
+pub(crate) struct AccessRecord(Box<Record>);
+
+/// The fields of an [`AccessRecord`]; the line is written when it drops.
+pub(crate) struct Record {
     log: &'static AccessLog,
     client: LoggedClient,
     method: Method,
@@ -119,7 +126,7 @@ impl AccessRecord {
         request_headers: &HeaderMap,
         started_at: Instant,
     ) -> AccessRecord {
-        AccessRecord {
+        AccessRecord(Box::new(Record {
             log,
             client,
             method: method.clone(),
@@ -141,14 +148,30 @@ impl AccessRecord {
             started_at,
             bytes: 0,
             incomplete: false,
-        }
+        }))
     }
 
     pub(crate) fn with_status(mut self, status: StatusCode) -> AccessRecord {
-        self.status = Some(status);
+        self.0.status = Some(status);
         self
     }
+}
 
+impl std::ops::Deref for AccessRecord {
+    type Target = Record;
+
+    fn deref(&self) -> &Record {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AccessRecord {
+    fn deref_mut(&mut self) -> &mut Record {
+        &mut self.0
+    }
+}
+
+impl Record {
     /// Keeps the response headers the format shows, from the head about to
     /// be sent.
     pub(crate) fn keep_response_headers(&mut self, headers: &HeaderMap) {
@@ -226,7 +249,7 @@ impl WebSocketRecord {
     }
 }
 
-impl Drop for AccessRecord {
+impl Drop for Record {
     fn drop(&mut self) {
         let duration = self.started_at.elapsed();
         let (status, note) = self.outcome();
@@ -341,7 +364,7 @@ fn header_bytes(value: &Option<HeaderValue>) -> &[u8] {
 
 /// One access line, written when the log formats it.
 struct Line<'a> {
-    record: &'a AccessRecord,
+    record: &'a Record,
     status: u16,
     note: &'static str,
     duration: Duration,

@@ -2,7 +2,7 @@
 //! to the app through the bridge, and turns the app's response into hyper's.
 
 use std::convert::Infallible;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,317 +64,328 @@ impl Drop for InFlight {
 
 /// Answers one request; `active` marks its connection busy until the
 /// response body is done (see `connection`).
-pub(crate) async fn handle(
+pub(crate) fn handle(
     mut request: Request<Incoming>,
     mut info: ConnectionInfo,
     state: Arc<ServerState>,
     active: ActiveRequest,
-) -> Result<Response<ResponseBody>, Infallible> {
-    // One labelled block rather than an inner async fn: a nested future
-    // would be moved (copied whole) once more per request.
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
+    // Not an async fn: its future would keep the arguments twice, as passed
+    // and as its body's locals, for its whole life (hyper moves the future
+    // whole, and every byte of it is copied each time). One labelled block
+    // rather than an inner async fn: a nested future would be moved once
+    // more per request.
     active.attach_stream();
     let started_at = std::time::Instant::now();
     let meter = state
         .metrics
         .as_ref()
         .map(|slot| RequestMeter::start(slot, request.method(), started_at));
-    let mut response = 'respond: {
-        if let Some(slot) = &state.slot {
-            slot.count_request();
-        }
-        if request.version() == Version::HTTP_2 {
-            add_host_from_authority(&mut request);
-        }
-        join_cookies(request.headers_mut());
-        // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host
-        // header. Counted before a proxy's `host` may replace them all.
-        let hosts = (request.version() == Version::HTTP_11)
-            .then(|| request.headers().get_all(header::HOST).iter().count());
-        if let Some(trusted) = &state.proxy {
-            trusted.apply(&mut info, request.headers_mut());
-        }
-        if let Some(name) = &state.request_id {
-            request_id::ensure(request.headers_mut(), name);
-        }
-        // The access log record of this request, before a response is chosen.
-        let pending = || {
-            state.access_log.map(|log| {
-                AccessRecord::new(
-                    log,
-                    info.client_for_log(),
-                    request.method(),
-                    request.uri(),
-                    request.version(),
-                    request.headers(),
-                    started_at,
-                )
-            })
-        };
-        let record = |status| pending().map(|log| log.with_status(status));
-
-        if let Some(hosts) = hosts {
-            if hosts != 1 {
-                let reason = if hosts == 0 {
-                    "missing Host header"
-                } else {
-                    "more than one Host header"
-                };
-                tracing::debug!(client = ?info.client, "400 Bad Request: {reason}");
-                let status = StatusCode::BAD_REQUEST;
-                break 'respond state.error_response(status, record(status), true);
+    async move {
+        let mut response = 'respond: {
+            if let Some(slot) = &state.slot {
+                slot.count_request();
             }
-        }
-
-        // RFC 9110 §9.3.7: `OPTIONS *` asks about the server, not a resource, and
-        // its asterisk is no path an app could route (nor a valid PEP 3333
-        // PATH_INFO), so the server answers it.
-        if request.method() == Method::OPTIONS && request.uri() == "*" {
-            let status = StatusCode::OK;
-            break 'respond state.options_asterisk_response(record(status));
-        }
-
-        if let Some(settings) = &state.ws {
-            if ws::is_upgrade(request.method(), request.headers())
-                || ws::is_extended_connect(&request)
-            {
-                let log = pending();
-                let settings = settings.clone();
-                let http2 = request.version() == Version::HTTP_2;
-                if http2 && active.app_tasks() >= state.http2_max_streams {
-                    break 'respond too_many_app_tasks(&state, &info, &active, record);
-                }
-                // Over HTTP/2 the WebSocket is one stream of a connection
-                // that must not count as idle while it is open, and its app
-                // counts against the connection as a request's does.
-                let busy = http2.then(|| (active.keep_busy(), active.app_task()));
-                // Boxed: the handshake's future is large, and inline it would
-                // make every request's future as large, copied whole each
-                // time hyper or tokio moves it.
-                let opening = Box::pin(open_websocket(
-                    request,
-                    info,
-                    Arc::clone(&state),
-                    settings,
-                    log,
-                    busy,
-                ));
-                break 'respond opening.await;
+            if request.version() == Version::HTTP_2 {
+                add_host_from_authority(&mut request);
             }
-        }
-
-        let Some(in_flight) = InFlight::acquire(&state) else {
-            tracing::warn!(
-                "503: more than --limit-concurrency {} requests in flight",
-                state.limit_concurrency.unwrap_or_default()
-            );
-            let status = StatusCode::SERVICE_UNAVAILABLE;
-            break 'respond state.error_response(status, record(status), false);
-        };
-
-        if let Some(files) = &state.static_files {
-            let lookup = files.lookup(request.method(), request.uri().path(), request.headers());
-            if !matches!(lookup, Lookup::App) {
-                let log = pending();
-                break 'respond state.static_response(lookup, &request, log, in_flight);
+            join_cookies(request.headers_mut());
+            // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host
+            // header. Counted before a proxy's `host` may replace them all.
+            let hosts = (request.version() == Version::HTTP_11)
+                .then(|| request.headers().get_all(header::HOST).iter().count());
+            if let Some(trusted) = &state.proxy {
+                trusted.apply(&mut info, request.headers_mut());
             }
-        }
-
-        // A client that resets its HTTP/2 streams once their heads arrive frees
-        // its stream slots while the app goes on working for them: a paced
-        // rapid reset. Such a connection gets no more app tasks than it may
-        // have streams.
-        if request.version() == Version::HTTP_2 && active.app_tasks() >= state.http2_max_streams {
-            break 'respond too_many_app_tasks(&state, &info, &active, record);
-        }
-
-        let body_limit = state.limit_request_body;
-        if let (Some(limit), Some(length)) = (body_limit, request.body().size_hint().exact()) {
-            if length > limit {
-                tracing::info!(
-                    "413: request body of {length} bytes is over --limit-request-body {limit}"
-                );
-                let status = StatusCode::PAYLOAD_TOO_LARGE;
-                break 'respond state.error_response(status, record(status), true);
+            if let Some(name) = &state.request_id {
+                request_id::ensure(request.headers_mut(), name);
             }
-        }
-
-        let (head, body) = request.into_parts();
-        let body_complete = body.is_end_stream();
-        let mut log = state.access_log.map(|access_log| {
-            AccessRecord::new(
-                access_log,
-                info.client_for_log(),
-                &head.method,
-                &head.uri,
-                head.version,
-                &head.headers,
-                started_at,
-            )
-        });
-        let exchange = Arc::new(Exchange::new(
-            Arc::clone(&state.bridge),
-            &head,
-            info,
-            body_complete,
-        ));
-        // Both count until the app is done, not only until the response is:
-        // the app may work on after its client has gone.
-        exchange.hold(in_flight);
-        exchange.hold(active.app_task());
-        if !body_complete {
-            let expects_continue = head
-                .headers
-                .get(header::EXPECT)
-                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-            if !expects_continue {
-                // Read ahead so the app's first receive() finds the body waiting;
-                // with 100-continue, wait until the app asks for it.
-                exchange.want_body();
-            }
-            let pump = Pump {
-                limit: body_limit,
-                timeout: state.timeout_request_body,
-                http2: head.version == Version::HTTP_2,
+            // The access log record of this request, before a response is chosen.
+            let pending = || {
+                state.access_log.map(|log| {
+                    AccessRecord::new(
+                        log,
+                        info.client_for_log(),
+                        request.method(),
+                        request.uri(),
+                        request.version(),
+                        request.headers(),
+                        started_at,
+                    )
+                })
             };
-            tokio::spawn(pump_body(body, Arc::clone(&exchange), pump));
-        }
-        let is_head = head.method == Method::HEAD;
-        let http2 = head.version == Version::HTTP_2;
-        let http10 = Http10::of(head.version, &head.headers);
-        let start = Box::new(RequestStart {
-            exchange: Arc::clone(&exchange),
-            head,
-        });
-        match &state.wsgi {
-            Some(pool) => {
-                if pool.dispatch(start).is_err() {
-                    let status = StatusCode::SERVICE_UNAVAILABLE;
-                    break 'respond state.error_response(
-                        status,
-                        log.map(|l| l.with_status(status)),
-                        true,
-                    );
+            let record = |status| pending().map(|log| log.with_status(status));
+
+            if let Some(hosts) = hosts {
+                if hosts != 1 {
+                    let reason = if hosts == 0 {
+                        "missing Host header"
+                    } else {
+                        "more than one Host header"
+                    };
+                    tracing::debug!(client = ?info.client, "400 Bad Request: {reason}");
+                    let status = StatusCode::BAD_REQUEST;
+                    break 'respond state.error_response(status, record(status), true);
                 }
             }
-            None => state.bridge.push(Event::Request(start)),
-        }
 
-        let deadline = state
-            .timeout_request
-            .map(|limit| tokio::time::Instant::from_std(started_at + limit));
-        let mut closer = CloseOnDrop(Some(Arc::clone(&exchange)));
-        let response_start = poll_fn(|cx| exchange.poll_response_start(cx));
-        let start = match deadline {
-            None => response_start.await,
-            Some(deadline) => match tokio::time::timeout_at(deadline, response_start).await {
+            // RFC 9110 §9.3.7: `OPTIONS *` asks about the server, not a resource, and
+            // its asterisk is no path an app could route (nor a valid PEP 3333
+            // PATH_INFO), so the server answers it.
+            if request.method() == Method::OPTIONS && request.uri() == "*" {
+                let status = StatusCode::OK;
+                break 'respond state.options_asterisk_response(record(status));
+            }
+
+            if let Some(settings) = &state.ws {
+                if ws::is_upgrade(request.method(), request.headers())
+                    || ws::is_extended_connect(&request)
+                {
+                    let log = pending();
+                    let settings = settings.clone();
+                    let http2 = request.version() == Version::HTTP_2;
+                    if http2 && active.app_tasks() >= state.http2_max_streams {
+                        break 'respond too_many_app_tasks(&state, &info, &active, record);
+                    }
+                    // Over HTTP/2 the WebSocket is one stream of a connection
+                    // that must not count as idle while it is open, and its app
+                    // counts against the connection as a request's does.
+                    let busy = http2.then(|| (active.keep_busy(), active.app_task()));
+                    // Boxed: the handshake's future is large, and inline it would
+                    // make every request's future as large, copied whole each
+                    // time hyper or tokio moves it.
+                    let opening = Box::pin(open_websocket(
+                        request,
+                        info,
+                        Arc::clone(&state),
+                        settings,
+                        log,
+                        busy,
+                    ));
+                    break 'respond opening.await;
+                }
+            }
+
+            let Some(in_flight) = InFlight::acquire(&state) else {
+                tracing::warn!(
+                    "503: more than --limit-concurrency {} requests in flight",
+                    state.limit_concurrency.unwrap_or_default()
+                );
+                let status = StatusCode::SERVICE_UNAVAILABLE;
+                break 'respond state.error_response(status, record(status), false);
+            };
+
+            if let Some(files) = &state.static_files {
+                let lookup =
+                    files.lookup(request.method(), request.uri().path(), request.headers());
+                if !matches!(lookup, Lookup::App) {
+                    let log = pending();
+                    break 'respond state.static_response(lookup, &request, log, in_flight);
+                }
+            }
+
+            // A client that resets its HTTP/2 streams once their heads arrive frees
+            // its stream slots while the app goes on working for them: a paced
+            // rapid reset. Such a connection gets no more app tasks than it may
+            // have streams.
+            if request.version() == Version::HTTP_2 && active.app_tasks() >= state.http2_max_streams
+            {
+                break 'respond too_many_app_tasks(&state, &info, &active, record);
+            }
+
+            let body_limit = state.limit_request_body;
+            if let (Some(limit), Some(length)) = (body_limit, request.body().size_hint().exact()) {
+                if length > limit {
+                    tracing::info!(
+                        "413: request body of {length} bytes is over --limit-request-body {limit}"
+                    );
+                    let status = StatusCode::PAYLOAD_TOO_LARGE;
+                    break 'respond state.error_response(status, record(status), true);
+                }
+            }
+
+            // The head and body end in this block: moved out, their slots would
+            // still take room in the future across its awaits.
+            let (exchange, mut log, is_head, http2, http10) = {
+                let (head, body) = request.into_parts();
+                let body_complete = body.is_end_stream();
+                let log = state.access_log.map(|access_log| {
+                    AccessRecord::new(
+                        access_log,
+                        info.client_for_log(),
+                        &head.method,
+                        &head.uri,
+                        head.version,
+                        &head.headers,
+                        started_at,
+                    )
+                });
+                let exchange = Arc::new(Exchange::new(
+                    Arc::clone(&state.bridge),
+                    &head,
+                    info,
+                    body_complete,
+                ));
+                // Both count until the app is done, not only until the response is:
+                // the app may work on after its client has gone.
+                exchange.hold(in_flight);
+                exchange.hold(active.app_task());
+                if !body_complete {
+                    let expects_continue = head.headers.get(header::EXPECT).is_some_and(|value| {
+                        value.as_bytes().eq_ignore_ascii_case(b"100-continue")
+                    });
+                    if !expects_continue {
+                        // Read ahead so the app's first receive() finds the body waiting;
+                        // with 100-continue, wait until the app asks for it.
+                        exchange.want_body();
+                    }
+                    let pump = Pump {
+                        limit: body_limit,
+                        timeout: state.timeout_request_body,
+                        http2: head.version == Version::HTTP_2,
+                    };
+                    tokio::spawn(pump_body(body, Arc::clone(&exchange), pump));
+                }
+                let is_head = head.method == Method::HEAD;
+                let http2 = head.version == Version::HTTP_2;
+                let http10 = Http10::of(head.version, &head.headers);
+                let start = Box::new(RequestStart {
+                    exchange: Arc::clone(&exchange),
+                    head,
+                });
+                match &state.wsgi {
+                    Some(pool) => {
+                        if pool.dispatch(start).is_err() {
+                            let status = StatusCode::SERVICE_UNAVAILABLE;
+                            break 'respond state.error_response(
+                                status,
+                                log.map(|l| l.with_status(status)),
+                                true,
+                            );
+                        }
+                    }
+                    None => state.bridge.push(Event::Request(start)),
+                }
+                (exchange, log, is_head, http2, http10)
+            };
+
+            let deadline = state
+                .timeout_request
+                .map(|limit| tokio::time::Instant::from_std(started_at + limit));
+            let mut closer = CloseOnDrop(Some(Arc::clone(&exchange)));
+            let response_start = poll_fn(|cx| exchange.poll_response_start(cx));
+            let start = match deadline {
+                None => response_start.await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, response_start).await {
+                    Ok(start) => start,
+                    Err(_elapsed) => {
+                        request_timed_out(&state, &exchange, false);
+                        let status = StatusCode::GATEWAY_TIMEOUT;
+                        log = log.map(|log| log.with_status(status));
+                        break 'respond state.error_response(status, log, true);
+                    }
+                },
+            };
+            closer.0 = None;
+            if start.is_err() {
+                // No response of the app's will be sent: its place under
+                // --limit-concurrency goes as soon as the app is done too, not
+                // when Python lets go of the exchange (a reference cycle in the
+                // app may hold it until the garbage collector runs).
+                exchange.release_response();
+            }
+            let start = match start {
                 Ok(start) => start,
-                Err(_elapsed) => {
-                    request_timed_out(&state, &exchange, false);
-                    let status = StatusCode::GATEWAY_TIMEOUT;
+                Err(Refusal::Status(status)) => {
+                    let close = status != StatusCode::INTERNAL_SERVER_ERROR;
+                    log = log.map(|log| log.with_status(status));
+                    break 'respond state.error_response(status, log, close);
+                }
+                Err(Refusal::Closed) => {
+                    let status = StatusCode::SERVICE_UNAVAILABLE;
                     log = log.map(|log| log.with_status(status));
                     break 'respond state.error_response(status, log, true);
                 }
-            },
-        };
-        closer.0 = None;
-        if start.is_err() {
-            // No response of the app's will be sent: its place under
-            // --limit-concurrency goes as soon as the app is done too, not
-            // when Python lets go of the exchange (a reference cycle in the
-            // app may hold it until the garbage collector runs).
-            exchange.release_response();
-        }
-        let start = match start {
-            Ok(start) => start,
-            Err(Refusal::Status(status)) => {
-                let close = status != StatusCode::INTERNAL_SERVER_ERROR;
-                log = log.map(|log| log.with_status(status));
-                break 'respond state.error_response(status, log, close);
-            }
-            Err(Refusal::Closed) => {
-                let status = StatusCode::SERVICE_UNAVAILABLE;
-                log = log.map(|log| log.with_status(status));
-                break 'respond state.error_response(status, log, true);
-            }
-        };
+            };
 
-        // A response the app finished before its head is written goes out with a
-        // Content-Length (see ResponseBody::size_hint).
-        let complete_len = exchange.complete_body_len();
-        let body_len_known = complete_len.is_some();
-        // The app's own Content-Length against the body it already finished
-        // (HEAD, 204 and 304 send no body, whatever their Content-Length).
-        let bodiless = is_head || matches!(start.status.as_u16(), 204 | 304);
-        let wrong_length = complete_len.filter(|_| !bodiless).and_then(|actual| {
-            start
-                .content_length
-                .filter(|&declared| declared != actual)
-                .map(|declared| (declared, actual))
-        });
-        if let Some((declared, actual)) = wrong_length {
-            let request = exchange.request_line();
-            if declared < actual {
-                tracing::warn!(
+            // A response the app finished before its head is written goes out with a
+            // Content-Length (see ResponseBody::size_hint).
+            let complete_len = exchange.complete_body_len();
+            let body_len_known = complete_len.is_some();
+            // The app's own Content-Length against the body it already finished
+            // (HEAD, 204 and 304 send no body, whatever their Content-Length).
+            let bodiless = is_head || matches!(start.status.as_u16(), 204 | 304);
+            let wrong_length = complete_len.filter(|_| !bodiless).and_then(|actual| {
+                start
+                    .content_length
+                    .filter(|&declared| declared != actual)
+                    .map(|declared| (declared, actual))
+            });
+            if let Some((declared, actual)) = wrong_length {
+                let request = exchange.request_line();
+                if declared < actual {
+                    tracing::warn!(
                     "\"{request}\": the app's Content-Length is {declared} but its body {actual} bytes; sent the first {declared}"
                 );
-            } else {
-                tracing::warn!(
+                } else {
+                    tracing::warn!(
                     "\"{request}\": the app's Content-Length is {declared} but its body only {actual} bytes; \
                      closed the connection after it, so the client sees the response is short"
                 );
+                }
             }
-        }
-        // Too long: hyper counts against the app's header and sends no more.
-        // Too short: what there is goes out, then the connection closes
-        // (HTTP/1; an HTTP/2 stream's end says where its body ends).
-        let cut_to_header = wrong_length.is_some_and(|(declared, actual)| declared < actual);
-        let close_after =
-            wrong_length.is_some_and(|(declared, actual)| declared > actual) && !http2;
-        let log = log.map(|log| log.with_status(start.status));
-        let mut body = if is_head {
-            exchange.release_response();
-            let mut body = ResponseBody::new(Source::Head, log);
-            body.closes_with_head(exchange);
-            body
-        } else {
-            ResponseBody::new(Source::App(exchange), log)
+            // Too long: hyper counts against the app's header and sends no more.
+            // Too short: what there is goes out, then the connection closes
+            // (HTTP/1; an HTTP/2 stream's end says where its body ends).
+            let cut_to_header = wrong_length.is_some_and(|(declared, actual)| declared < actual);
+            let close_after =
+                wrong_length.is_some_and(|(declared, actual)| declared > actual) && !http2;
+            let log = log.map(|log| log.with_status(start.status));
+            let mut body = if is_head {
+                exchange.release_response();
+                let mut body = ResponseBody::new(Source::Head, log);
+                body.closes_with_head(exchange);
+                body
+            } else {
+                ResponseBody::new(Source::App(exchange), log)
+            };
+            if cut_to_header {
+                body.length_from_header();
+            }
+            if let Some(deadline) = deadline {
+                body = body.until(deadline, Arc::clone(&state));
+            }
+            let mut response = Response::new(body);
+            *response.status_mut() = start.status;
+            if let Some(reason) = start.reason {
+                response.extensions_mut().insert(reason);
+            }
+            let headers = response.headers_mut();
+            *headers = start.headers;
+            state.add_server_headers(headers);
+            if let Some(http10) = http10 {
+                http10.answer(&mut response, body_len_known || is_head);
+            }
+            if close_after {
+                let close = HeaderValue::from_static("close");
+                response.headers_mut().insert(header::CONNECTION, close);
+            }
+            response
         };
-        if cut_to_header {
-            body.length_from_header();
+        if state
+            .access_log
+            .is_some_and(AccessLog::shows_response_headers)
+        {
+            let (head, mut body) = response.into_parts();
+            body.keep_response_headers(&head.headers);
+            response = Response::from_parts(head, body);
         }
-        if let Some(deadline) = deadline {
-            body = body.until(deadline, Arc::clone(&state));
+        if let Some(mut meter) = meter {
+            meter.answered(response.status());
+            response = response.map(|body| body.metered(meter));
         }
-        let mut response = Response::new(body);
-        *response.status_mut() = start.status;
-        if let Some(reason) = start.reason {
-            response.extensions_mut().insert(reason);
-        }
-        let headers = response.headers_mut();
-        *headers = start.headers;
-        state.add_server_headers(headers);
-        if let Some(http10) = http10 {
-            http10.answer(&mut response, body_len_known || is_head);
-        }
-        if close_after {
-            let close = HeaderValue::from_static("close");
-            response.headers_mut().insert(header::CONNECTION, close);
-        }
-        response
-    };
-    if state
-        .access_log
-        .is_some_and(AccessLog::shows_response_headers)
-    {
-        let (head, mut body) = response.into_parts();
-        body.keep_response_headers(&head.headers);
-        response = Response::from_parts(head, body);
+        Ok(response.map(|body| body.tracking(active)))
     }
-    if let Some(mut meter) = meter {
-        meter.answered(response.status());
-        response = response.map(|body| body.metered(meter));
-    }
-    Ok(response.map(|body| body.tracking(active)))
 }
 
 /// A 503 for a request on an HTTP/2 connection that has as many app tasks
@@ -565,7 +576,7 @@ async fn open_websocket(
                 None => StatusCode::OK,
             };
             let log = log.map(|l| l.with_status(status));
-            let closing_line = log.as_ref().map(AccessRecord::websocket);
+            let closing_line = log.as_ref().map(|log| log.websocket());
             let mut response = Response::new(ResponseBody::new(Source::Fixed(None), log));
             *response.status_mut() = status;
             let response_headers = response.headers_mut();
