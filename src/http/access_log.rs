@@ -358,6 +358,22 @@ fn text(value: &HeaderValue) -> Cow<'_, str> {
 }
 
 /// A header value's bytes, `-` when there is none.
+/// `12.345` for 12,345 µs: milliseconds to three places, rounded to the
+/// microsecond, in integers (a float to three places took some 1,000
+/// instructions a line).
+fn write_milliseconds(f: &mut impl fmt::Write, duration: Duration) -> fmt::Result {
+    let micros = (duration.as_nanos() + 500) / 1000;
+    let fraction = (micros % 1000) as u16;
+    let digits = [
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ];
+    f.write_str(itoa::Buffer::new().format(micros / 1000))?;
+    f.write_str(".")?;
+    f.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)
+}
+
 fn header_bytes(value: &Option<HeaderValue>) -> &[u8] {
     value.as_ref().map_or(b"-", HeaderValue::as_bytes)
 }
@@ -385,8 +401,9 @@ impl fmt::Display for Line<'_> {
                 write_escaped(f, header_bytes(&record.referer))?;
                 f.write_str("\" \"")?;
                 write_escaped(f, header_bytes(&record.user_agent))?;
-                let latency_ms = self.duration.as_secs_f64() * 1000.0;
-                return write!(f, "\" {latency_ms:.3}ms{}", self.note);
+                f.write_str("\" ")?;
+                write_milliseconds(f, self.duration)?;
+                return write!(f, "ms{}", self.note);
             }
             AccessFormat::Custom(pieces) => pieces,
         };
@@ -501,6 +518,28 @@ fn write_clf_time(f: &mut fmt::Formatter<'_>, at: SystemTime) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds_have_three_places() {
+        let ms = |nanos: u64| {
+            let mut out = String::new();
+            write_milliseconds(&mut out, Duration::from_nanos(nanos)).unwrap();
+            out
+        };
+        assert_eq!(ms(0), "0.000");
+        assert_eq!(ms(499), "0.000");
+        assert_eq!(ms(500), "0.001");
+        assert_eq!(ms(12_345_678), "12.346");
+        assert_eq!(ms(999_999_600), "1000.000");
+        assert_eq!(ms(3_600_000_000_000), "3600000.000");
+        for nanos in [1, 1_234, 45_999, 100_000, 7_654_321, 98_765_432_109] {
+            assert_eq!(
+                ms(nanos),
+                format!("{:.3}", nanos as f64 / 1e6),
+                "{nanos} ns"
+            );
+        }
+    }
 
     fn record(log: &'static AccessLog, headers: &[(&'static str, &'static str)]) -> AccessRecord {
         let mut map = HeaderMap::new();

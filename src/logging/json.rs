@@ -11,12 +11,13 @@
 use std::fmt;
 use std::io;
 
+use super::clock::Clock;
 use serde::Serialize;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
 
@@ -73,7 +74,7 @@ impl JsonFormat {
     /// `{"timestamp":…,"level":…,"logger":…` and the `"message":` key.
     fn start(&self, writer: &mut Writer<'_>, level: Level, logger: &str) -> fmt::Result {
         writer.write_str("{\"timestamp\":\"")?;
-        SystemTime.format_time(writer)?;
+        Clock.format_time(writer)?;
         write!(writer, "\",\"level\":\"{}\",\"logger\":", level_name(level))?;
         Json(writer).value(logger)?;
         writer.write_str(",\"message\":")

@@ -2,11 +2,12 @@
 
 use std::fmt::Write as _;
 
+use super::clock::Clock;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
 
@@ -49,7 +50,7 @@ where
             return writeln!(writer);
         }
         let ansi = writer.has_ansi_escapes() && !(access && self.access_apart);
-        SystemTime.format_time(&mut writer)?;
+        Clock.format_time(&mut writer)?;
         let level = *meta.level();
         if ansi {
             let color = match level {
@@ -121,7 +122,7 @@ impl LineFormat {
 
     fn note(&self, message: std::fmt::Arguments<'_>) -> String {
         let mut line = String::new();
-        let _ = SystemTime.format_time(&mut Writer::new(&mut line));
+        let _ = Clock.format_time(&mut Writer::new(&mut line));
         line.push_str("  WARN ");
         if let Some(label) = &self.label {
             let _ = write!(line, "[{label}] ");

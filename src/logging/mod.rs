@@ -20,6 +20,7 @@ use line::LineFormat;
 pub(crate) use output::AccessDestination;
 use output::{DroppedNote, Output, Outputs};
 
+mod clock;
 pub(crate) mod forward;
 mod json;
 mod line;

@@ -131,6 +131,22 @@ impl LoggedClient {
 impl std::fmt::Display for LoggedClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            // The address of nearly every access line: written digit by
+            // digit, where std's Display (octet by octet through the
+            // formatting machinery) took some 1,300 instructions a line.
+            LoggedClient::Address(SocketAddr::V4(address))
+                if f.width().is_none() && f.precision().is_none() =>
+            {
+                let mut digits = itoa::Buffer::new();
+                for (index, octet) in address.ip().octets().into_iter().enumerate() {
+                    if index > 0 {
+                        f.write_str(".")?;
+                    }
+                    f.write_str(digits.format(octet))?;
+                }
+                f.write_str(":")?;
+                f.write_str(digits.format(address.port()))
+            }
             LoggedClient::Address(address) => address.fmt(f),
             LoggedClient::Socket(path) => write!(f, "unix:{}", path.display()),
             LoggedClient::Unknown => f.write_str("-"),
@@ -153,6 +169,16 @@ mod tests {
             relayed: false,
         };
         assert_eq!(tcp.client_for_log().to_string(), "127.0.0.1:5000");
+        for address in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.20.3.100:80",
+            "[::1]:8000",
+        ] {
+            let client = LoggedClient::Address(address.parse().unwrap());
+            assert_eq!(client.to_string(), address);
+            assert_eq!(format!("{client:>24}"), format!("{address:>24}"));
+        }
         assert_eq!(tcp.client_for_log().ip(), Some([127, 0, 0, 1].into()));
         let unix = ConnectionInfo {
             scheme: Scheme::Http,
