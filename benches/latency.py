@@ -154,8 +154,11 @@ def median_run(runs: list[dict], max_steal: float) -> dict:
         return runs[0]
     clean = [run for run in good if run.get("steal", 0.0) <= max_steal]
     pool = sorted(clean or good, key=lambda run: run["p99_ms"])
-    chosen = dict(pool[(len(pool) - 1) // 2])
+    # Of two middle rounds, the worse: the same rule for every server, whatever the number
+    # of its rounds without steal, and none gains by having fewer.
+    chosen = dict(pool[len(pool) // 2])
     chosen["rounds_p99_ms"] = [run.get("p99_ms") for run in runs]
+    chosen["rounds_steal"] = [run.get("steal") for run in runs]
     chosen["clean_rounds"] = len(clean)
     return chosen
 

@@ -75,13 +75,16 @@ pub(crate) fn handle(
     // whole, and every byte of it is copied each time). One labelled block
     // rather than an inner async fn: a nested future would be moved once
     // more per request.
-    active.attach_stream();
     let started_at = std::time::Instant::now();
-    let meter = state
-        .metrics
-        .as_ref()
-        .map(|slot| RequestMeter::start(slot, request.method(), started_at));
     async move {
+        // On the first poll, not when hyper calls the service: an HTTP/2
+        // stream is known to its connection's watcher only while the
+        // executor first polls it.
+        active.attach_stream();
+        let meter = state
+            .metrics
+            .as_ref()
+            .map(|slot| RequestMeter::start(slot, request.method(), started_at));
         let mut response = 'respond: {
             if let Some(slot) = &state.slot {
                 slot.count_request();
@@ -325,13 +328,13 @@ pub(crate) fn handle(
                 let request = exchange.request_line();
                 if declared < actual {
                     tracing::warn!(
-                    "\"{request}\": the app's Content-Length is {declared} but its body {actual} bytes; sent the first {declared}"
-                );
+                        "\"{request}\": the app's Content-Length is {declared} but its body {actual} bytes; sent the first {declared}"
+                    );
                 } else {
                     tracing::warn!(
-                    "\"{request}\": the app's Content-Length is {declared} but its body only {actual} bytes; \
-                     closed the connection after it, so the client sees the response is short"
-                );
+                        "\"{request}\": the app's Content-Length is {declared} but its body only {actual} bytes; \
+                         closed the connection after it, so the client sees the response is short"
+                    );
                 }
             }
             // Too long: hyper counts against the app's header and sends no more.
