@@ -44,6 +44,7 @@ from benches.run import (  # noqa: E402  (the repository root goes on sys.path f
     SCENARIOS,
     SERVERS,
     RunningServer,
+    add_steal_options,
     available_servers,
     check_answer,
     core_steal_seconds,
@@ -266,15 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64, help="oha connections (64)")
     parser.add_argument("--server-cpu", default="0", help="the server's core (0)")
     parser.add_argument("--load-cpu", default="1", help="oha's core (1)")
-    parser.add_argument(
-        "--max-steal", type=float, default=0.005, metavar="SHARE",
-        help="a run in which the hypervisor took more than this share of the server's or the"
-        " load generator's core (steal in /proc/stat) is run again (0.005)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--steal-reruns", type=int, default=3, metavar="N",
-        help="how many times one run is repeated for --max-steal before it counts anyway (3)",
-    )  # fmt: skip
+    add_steal_options(parser, 0.005, "the server's or oha's core")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file ({RESULTS})")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or not 0 < args.share <= 1:

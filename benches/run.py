@@ -1003,6 +1003,20 @@ def core_steal_seconds() -> dict[str, float]:
     }
 
 
+def add_steal_options(parser: argparse.ArgumentParser, default: float, cores: str) -> None:
+    """`--max-steal` and `--steal-reruns`: a run in which the hypervisor took more than that
+    share of `cores` is run again, that many times at most."""
+    parser.add_argument(
+        "--max-steal", type=float, default=default, metavar="SHARE",
+        help=f"a run in which the hypervisor took more than this share of {cores} "
+        f"(steal time, /proc/stat) is not counted but run again ({default:g})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--steal-reruns", type=int, default=3, metavar="N",
+        help="how many times one run is repeated for --max-steal before it counts anyway (3)",
+    )  # fmt: skip
+
+
 def stolen_share(before: dict, after: dict, cores: str | None, elapsed: float) -> float:
     """The share of the run's time the hypervisor took from the cores the server is pinned
     to (their average); 0 when it is not pinned or the kernel does not say."""
@@ -1663,15 +1677,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run every server N times, taking turns, and report each one's median run (1); "
         "on a shared machine a single run can be off by 20%% or more",
     )  # fmt: skip
-    parser.add_argument(
-        "--max-steal", type=float, default=0.05, metavar="SHARE",
-        help="a run in which the hypervisor took more than this share of the server's core "
-        "(steal time, /proc/stat) is not counted but run again (0.05)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--steal-reruns", type=int, default=3, metavar="N",
-        help="how many times one run is repeated for --max-steal before it counts anyway (3)",
-    )  # fmt: skip
+    add_steal_options(parser, 0.05, "the server's core")
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N",
         help="worker processes per server (1); with N > 1 waitress, which has none, is skipped",
