@@ -93,6 +93,28 @@ def wait_for_log(server: Server, *needles: str, timeout: float = 10.0) -> str:
     return wait_for(found, timeout, message=f"{list(needles)!r} in the log", server=server)
 
 
+def freeze(pid: int) -> None:
+    """Stop process `pid` with SIGSTOP and wait until every one of its threads has stopped.
+
+    kill() returns once the signal is queued: one thread takes it and only then tells the
+    others to stop, so a worker's reactor thread can still accept a connection or two in
+    between. A test that opens connections right after kill() raced that."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped() -> bool:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except FileNotFoundError:
+                continue
+            # The state follows the command name, which is in parentheses.
+            if stat.rpartition(")")[2].split()[0] not in ("T", "t"):
+                return False
+        return True
+
+    wait_for(stopped, 10, 0.001, f"every thread of pid {pid} to stop")
+
+
 class Server:
     """One rsasgi process; its combined stdout/stderr goes to a log file.
 

@@ -26,7 +26,16 @@ import h2.connection
 import h2.events
 import httpx
 import pytest
-from conftest import APPS, Server, cli, free_port, read_response, wait_for, wait_for_log
+from conftest import (
+    APPS,
+    Server,
+    cli,
+    free_port,
+    freeze,
+    read_response,
+    wait_for,
+    wait_for_log,
+)
 from websockets.asyncio.client import connect
 
 APP = "sup_app:app"
@@ -283,7 +292,7 @@ def test_a_frozen_worker_that_looks_ready_is_not_left_connections(run_rsasgi):
 
         first = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(20))), 30)
         frozen = first[0][0]
-        os.kill(frozen, signal.SIGSTOP)
+        freeze(frozen)
         try:
             later = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(30))), 30)
         finally:
@@ -766,7 +775,7 @@ def test_sighup_whose_new_worker_dies_as_it_begins_serving_keeps_the_old_one(run
     server.proc.send_signal(signal.SIGHUP)
     log = wait_for_log(server, f"worker 1 (pid {old}) runs the old code; replacing it with pid")
     (new,) = set(started_workers(log)) - {old}
-    server.proc.send_signal(signal.SIGSTOP)
+    freeze(server.proc.pid)
     try:
         (module.parent / "go").touch()
         # Its exit comes after it marked itself serving: no await lies between the
