@@ -1003,6 +1003,28 @@ def core_steal_seconds() -> dict[str, float]:
     }
 
 
+# /proc/stat's columns, summed into what the server core's time went to.
+CORE_SPLIT = {
+    "user": (0, 1),  # user, nice
+    "system": (2,),
+    "softirq": (5, 6),  # irq, softirq: the loopback's TCP work lands largely here
+    "idle": (3, 4),  # idle, iowait: the server waited for the client
+    "steal": (7,),  # the hypervisor ran another guest
+}
+
+
+def core_split(before: dict, after: dict, core: str | None) -> dict[str, float]:
+    """Seconds of each [`CORE_SPLIT`] part between two `_core_seconds_by_column()` readings
+    of `core`; empty when the server is not pinned to that one core."""
+    if core not in before or core not in after:
+        return {}
+    spent = [b - a for a, b in zip(before[core], after[core], strict=True)]
+    return {
+        part: sum(spent[i] for i in columns if i < len(spent))
+        for part, columns in CORE_SPLIT.items()
+    }
+
+
 def add_steal_options(parser: argparse.ArgumentParser, default: float, cores: str) -> None:
     """`--max-steal` and `--steal-reruns`: a run in which the hypervisor took more than that
     share of `cores` is run again, that many times at most."""
@@ -1257,11 +1279,12 @@ def run_scenarios(
             rerun = 0
             while True:
                 server_cpu, cores = tree_cpu_seconds(server.proc.pid), core_seconds()
-                steal = core_steal_seconds()
+                steal, columns = core_steal_seconds(), _core_seconds_by_column()
                 output, client_cpu, elapsed = run_load(
                     args, server.port, scenario, args.duration, work, log
                 )
                 server_cpu = tree_cpu_seconds(server.proc.pid) - server_cpu
+                split = core_split(columns, _core_seconds_by_column(), args.server_cpu)
                 cores = {core: t - cores.get(core, t) for core, t in core_seconds().items()}
                 stolen = stolen_share(steal, core_steal_seconds(), args.server_cpu, elapsed)
                 if server.proc.poll() is not None:
@@ -1327,6 +1350,13 @@ def run_scenarios(
         served = result["requests_per_sec"] * elapsed
         per_request = round(server_cpu / served * 1e6, 2) if served else None
         result["server_cpu_us_per_request"] = per_request
+        # Where the server core's time went, per request: the kernel's share (system and
+        # softirq: reading the request, writing the response, the loopback's TCP) is what a
+        # server cannot spend less of by doing less itself.
+        if served and split:
+            result["server_core_us_per_request"] = {
+                part: round(seconds / served * 1e6, 2) for part, seconds in split.items()
+            }
         result[f"{client}_cores"] = round(client_cpu / elapsed, 3)
         result[f"{client}_threads"] = args.threads
         # What other processes took of the server's core and of the client's (when each has one).
@@ -1500,6 +1530,8 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
             cells.append(f"{theirs / ours:.2f}x" if ours and theirs else "-")
         print(f"{scenario.name:<{NAME_WIDTH}}" + "".join(f"{cell:>{width}}" for cell in cells))
 
+    split_table(label, results, servers, scenarios)
+
     checks = bar_checks(group, results, servers, scenarios, exact)
     if checks:
         print()
@@ -1512,6 +1544,28 @@ def print_table(group: str, results: dict, servers: list[str], scenarios: list[S
             "the load generator's core (see the JSON)"
         )
     return ratios
+
+
+def split_table(label: str, results: dict, servers: list[str], scenarios: list) -> None:
+    """Prints where the server core's time went, in µs per request, for each scenario and
+    server: user (the server's own code and the app's), system + softirq (the kernel's), and
+    idle (waiting for the client)."""
+    rows = []
+    for scenario in scenarios:
+        for name in servers:
+            split = results[name].get(scenario.name, {}).get("server_core_us_per_request")
+            if split:
+                kernel = split["system"] + split["softirq"]
+                rows.append(
+                    f"{scenario.name:<{NAME_WIDTH}}{name:>18}{split['user']:>9.2f}"
+                    f"{kernel:>9.2f}{split['idle']:>9.2f}{split['steal']:>9.2f}"
+                )
+    if rows:
+        print()
+        print(f"{label}: the server core's time per request, µs (kernel = system + softirq)")
+        print(f"{'':<{NAME_WIDTH}}{'':>18}{'user':>9}{'kernel':>9}{'idle':>9}{'steal':>9}")
+        for row in rows:
+            print(row)
 
 
 def bar_checks(

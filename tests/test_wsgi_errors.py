@@ -156,6 +156,8 @@ HEADER_CASES = {
     "value-lf": "X-Evil-Lf",
     "value-cr": "X-Evil-Cr",
     "value-nul": "X-Nul",
+    "value-del": "X-Del",
+    "value-beyond-latin-1": "X-Beyond",
     "name-bytes": "X-Bytes-Name",
     "value-bytes": "X-Bytes-Value",
     "value-int": "X-Int-Value",
@@ -169,7 +171,17 @@ def test_invalid_response_header_is_a_500_never_sent(server, case):
     head = conn.read_until(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 500"), head
     lowered = head.lower()
-    for leaked in (b"injected", b"bad name", b"x-evil", b"x-nul", b"x-colon", b"x-new", b"x-bytes"):
+    for leaked in (
+        b"injected",
+        b"bad name",
+        b"x-evil",
+        b"x-nul",
+        b"x-del",
+        b"x-beyond",
+        b"x-colon",
+        b"x-new",
+        b"x-bytes",
+    ):
         assert leaked not in lowered, f"{leaked!r} reached the wire: {head!r}"
     assert b"x-int-value" not in lowered
     conn.buf[:0] = head
@@ -178,6 +190,17 @@ def test_invalid_response_header_is_a_500_never_sent(server, case):
     name = HEADER_CASES[case]
     wait_for_log(server, f"case={case}", *([name] if name else []))
     assert_worker_alive(server)
+
+
+def test_a_latin1_response_header_value_goes_out_as_its_bytes(server):
+    """PEP 3333: header values are native strings, each character one latin-1 byte."""
+    conn = raw(server)
+    conn.send(request("GET", "/latin1-header"))
+    resp = conn.read_response()
+    assert resp.status_line == b"HTTP/1.1 200 OK", resp.status_line
+    # The raw client decodes each header byte as latin-1: one character per byte sent.
+    assert resp.header("x-latin") == "caf\xe9 \xff", resp.headers
+    assert resp.body == b"ok"
 
 
 @pytest.mark.parametrize(

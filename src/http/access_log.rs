@@ -18,6 +18,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use super::access_format::{clf_time, write_escaped, AccessFormat, Atom, Escaped, Piece};
+use crate::logging::digits::{ascii, zero_padded};
 use crate::net::LoggedClient;
 use crate::ws::Closed;
 
@@ -362,15 +363,10 @@ fn text(value: &HeaderValue) -> Cow<'_, str> {
 /// took some 1,000 instructions a line.
 fn write_milliseconds(f: &mut impl fmt::Write, duration: Duration) -> fmt::Result {
     let micros = duration.as_secs() * 1_000_000 + u64::from((duration.subsec_nanos() + 500) / 1000);
-    let fraction = (micros % 1000) as u16;
-    let digits = [
-        b'0' + (fraction / 100) as u8,
-        b'0' + (fraction / 10 % 10) as u8,
-        b'0' + (fraction % 10) as u8,
-    ];
+    let mut fraction = *b".000";
+    zero_padded(&mut fraction[1..], micros % 1000);
     f.write_str(itoa::Buffer::new().format(micros / 1000))?;
-    f.write_str(".")?;
-    f.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)
+    f.write_str(ascii(&fraction)?)
 }
 
 /// A header value's bytes, `-` when there is none.

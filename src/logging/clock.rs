@@ -14,6 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
 
+use super::digits::{ascii, zero_padded};
+
 /// `YYYY-MM-DDTHH:MM:SS`
 const SECOND_LEN: usize = 19;
 
@@ -63,14 +65,9 @@ fn write_time(out: &mut impl fmt::Write, unix: u64, micros: u32) -> fmt::Result 
         }
     };
     let mut fraction = *b".000000Z";
-    let mut rest = micros.min(999_999);
-    for digit in fraction[1..7].iter_mut().rev() {
-        *digit = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    // Both are ASCII digits and punctuation.
-    out.write_str(std::str::from_utf8(&second.text).map_err(|_| fmt::Error)?)?;
-    out.write_str(std::str::from_utf8(&fraction).map_err(|_| fmt::Error)?)
+    zero_padded(&mut fraction[1..7], u64::from(micros.min(999_999)));
+    out.write_str(ascii(&second.text)?)?;
+    out.write_str(ascii(&fraction)?)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a second since 1970 (UTC; four-digit years
@@ -82,18 +79,12 @@ fn format_second(unix: u64) -> [u8; SECOND_LEN] {
     let of_day = unix % 86_400;
     let (year, month, day) = civil_from_days(days);
     let mut text = *b"0000-00-00T00:00:00";
-    let mut put = |at: usize, width: usize, mut value: u64| {
-        for index in (at..at + width).rev() {
-            text[index] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, of_day / 3600);
-    put(14, 2, of_day / 60 % 60);
-    put(17, 2, of_day % 60);
+    zero_padded(&mut text[0..4], year);
+    zero_padded(&mut text[5..7], month);
+    zero_padded(&mut text[8..10], day);
+    zero_padded(&mut text[11..13], of_day / 3600);
+    zero_padded(&mut text[14..16], of_day / 60 % 60);
+    zero_padded(&mut text[17..19], of_day % 60);
     text
 }
 

@@ -21,6 +21,7 @@ pub(crate) use output::AccessDestination;
 use output::{DroppedNote, Output, Outputs};
 
 mod clock;
+pub(crate) mod digits;
 pub(crate) mod forward;
 mod json;
 mod line;

@@ -198,7 +198,9 @@ impl EnvironContext {
     fn make_base<'py>(&self, py: Python<'py>, key: BaseKey) -> PyResult<Bound<'py, PyDict>> {
         let base = PyDict::new(py);
         for name in PER_REQUEST {
-            base.set_item(name, py.None())?;
+            // Interned, as the keys `build` sets are: a lookup then finds the
+            // key by identity instead of comparing the text.
+            base.set_item(PyString::intern(py, name), py.None())?;
         }
         base.set_item(intern!(py, "SCRIPT_NAME"), self.script_name.as_str())?;
         base.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.1"))?;
@@ -206,7 +208,7 @@ impl EnvironContext {
             base.set_item(intern!(py, "SERVER_NAME"), host_text(py, addr.ip()))?;
             base.set_item(
                 intern!(py, "SERVER_PORT"),
-                port_text(addr.port(), &mut [0; 5]),
+                itoa::Buffer::new().format(addr.port()),
             )?;
         }
         let version =
@@ -234,23 +236,6 @@ impl EnvironContext {
         }
         Ok(base)
     }
-}
-
-/// A port as text, digit by digit (`u16`'s `Display` goes through the
-/// formatting machinery).
-fn port_text(port: u16, buf: &mut [u8; 5]) -> &str {
-    let mut rest = port;
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    std::str::from_utf8(&buf[start..]).unwrap_or_default()
 }
 
 pub(crate) fn build<'py>(
@@ -314,7 +299,7 @@ pub(crate) fn build<'py>(
             environ.set_item(intern!(py, "REMOTE_ADDR"), host_text(py, addr.ip()))?;
             environ.set_item(
                 intern!(py, "REMOTE_PORT"),
-                port_text(addr.port(), &mut [0; 5]),
+                itoa::Buffer::new().format(addr.port()),
             )?;
         }
         // Peers of a Unix socket are unnamed: gunicorn sets an empty REMOTE_ADDR.
@@ -414,13 +399,6 @@ mod tests {
             Some((&b"[::1]"[..], &b"443"[..]))
         );
         assert_eq!(server_from_host(b"", "http"), None);
-    }
-
-    #[test]
-    fn ports_are_written_as_display_writes_them() {
-        for port in [0, 7, 10, 99, 443, 5000, 8000, 9999, 10000, 65535] {
-            assert_eq!(port_text(port, &mut [0; 5]), port.to_string());
-        }
     }
 
     #[test]

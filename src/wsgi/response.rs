@@ -112,18 +112,22 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
         let value = value.to_str()?;
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| PyValueError::new_err(format!("invalid response header name {name:?}")))?;
-        let latin1: Option<Vec<u8>> = value
-            .chars()
-            .map(|c| u8::try_from(u32::from(c)).ok())
-            .collect();
-        let header_value = latin1
-            .and_then(|bytes| HeaderValue::from_bytes(&bytes).ok())
-            .ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "invalid value for response header {name:?}: {value:?} (control characters such as CR, LF, NUL, \
-                     or characters outside latin-1 are not allowed)"
-                ))
-            })?;
+        let header_value = if value.is_ascii() {
+            // Most values: the text is its own bytes, without a copy to make them.
+            HeaderValue::from_str(value).ok()
+        } else {
+            let latin1: Option<Vec<u8>> = value
+                .chars()
+                .map(|c| u8::try_from(u32::from(c)).ok())
+                .collect();
+            latin1.and_then(|bytes| HeaderValue::from_bytes(&bytes).ok())
+        };
+        let header_value = header_value.ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "invalid value for response header {name:?}: {value:?} (control characters such as CR, LF, NUL, \
+                 or characters outside latin-1 are not allowed)"
+            ))
+        })?;
         map.append(header_name, header_value);
     }
     Ok(map)

@@ -11,6 +11,7 @@ Markers go to $WSGI_MARKER_DIR. Routes (by PATH_INFO):
   /yield-str                start_response, then yields a str
   /write-str                start_response, then write("a str")
   /header?case=C            start_response with one bad header (see BAD_HEADERS)
+  /latin1-header            "ok" with X-Latin: "caf\xe9 \xff" (PEP 3333: latin-1 str)
   /status?case=C            start_response with a bad status (see BAD_STATUS)
   /exc-before               start_response(200, X-First), then on an exception a second call with
                             exc_info: "500 Internal Server Error" and the page b"error page"
@@ -41,6 +42,8 @@ BAD_HEADERS = {
     "value-lf": ("X-Evil-Lf", "one\nInjected: yes"),
     "value-cr": ("X-Evil-Cr", "one\rInjected: yes"),
     "value-nul": ("X-Nul", "a\x00b"),
+    "value-del": ("X-Del", "a\x7fb"),
+    "value-beyond-latin-1": ("X-Beyond", "caf\u00e9 \u2713"),
     "name-bytes": (b"X-Bytes-Name", "value"),
     "value-bytes": ("X-Bytes-Value", b"value"),
     "value-int": ("X-Int-Value", 5),
@@ -143,6 +146,10 @@ def app(environ, start_response):
         name, value = BAD_HEADERS[q["case"]]
         start_response("200 OK", [("Content-Type", "text/plain"), (name, value)])
         return [b"must not be sent"]
+
+    if path == "/latin1-header":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Latin", "caf\xe9 \xff")])
+        return [b"ok"]
 
     if path == "/status":
         start_response(BAD_STATUS[q["case"]], [("Content-Type", "text/plain")])
