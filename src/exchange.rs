@@ -466,6 +466,14 @@ impl Exchange {
         }
     }
 
+    /// Whether the request has no body: all of it arrived, and none of it
+    /// was bytes. Asked before the app runs; once it reads, an emptied
+    /// buffer no longer says so.
+    pub(crate) fn has_no_body(&self) -> bool {
+        let st = self.state.lock();
+        st.body_complete && st.body.is_empty()
+    }
+
     /// Whether the exchange is over (the client left, or the response ended).
     pub(crate) fn is_closed(&self) -> bool {
         self.state.lock().closed
@@ -1046,6 +1054,18 @@ mod tests {
         // The http crate takes `"` in a path (not in a query) and `\` in both.
         let line = exchange_for(Method::POST, "/a\"b\\c?d=\\", true).request_line();
         assert_eq!(line, r#"POST /a\x22b\x5Cc?d=\x5C HTTP/1.1"#);
+    }
+
+    #[test]
+    fn a_request_has_no_body_only_once_all_of_it_came_empty() {
+        assert!(exchange(Method::GET, true).has_no_body());
+        let posted = exchange(Method::POST, false);
+        assert!(!posted.has_no_body(), "its body has yet to come");
+        posted.push_body(Bytes::from_static(b"x"), true);
+        assert!(!posted.has_no_body(), "one byte came");
+        let chunked = exchange(Method::POST, false);
+        chunked.push_body(Bytes::new(), true);
+        assert!(chunked.has_no_body(), "an empty last chunk ends an empty body");
     }
 
     fn ok_start() -> ResponseStart {

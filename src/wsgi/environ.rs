@@ -348,7 +348,7 @@ pub(crate) fn build<'py>(
     }
     environ.set_item(
         intern!(py, "wsgi.input"),
-        Py::new(py, WsgiInput::new(Arc::clone(exchange)))?,
+        WsgiInput::for_request(py, exchange)?,
     )?;
     environ.set_item(
         intern!(py, "wsgi.errors"),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList};
 
 use crate::asgi::ClientDisconnected;
@@ -15,13 +16,33 @@ use crate::exchange::{BodyRead, Exchange, REQUEST_BODY_HIGH_WATER};
 
 #[pyclass(module = "rsasgi", frozen)]
 pub(crate) struct WsgiInput {
-    exchange: Arc<Exchange>,
+    /// The request whose body this reads; `None` for [`NO_BODY`].
+    exchange: Option<Arc<Exchange>>,
     /// Bytes received but not yet returned (after a readline, say).
     leftover: Mutex<Bytes>,
 }
 
+/// The `wsgi.input` of every request without a body: reads give `b""`.
+static NO_BODY: PyOnceLock<Py<WsgiInput>> = PyOnceLock::new();
+
 impl WsgiInput {
-    pub(crate) fn new(exchange: Arc<Exchange>) -> WsgiInput {
+    /// The `wsgi.input` of the request of `exchange`. A request known to
+    /// have no body (most GETs: the whole of it arrived with the head, and
+    /// it was empty) gets one input shared by all of them, which is never
+    /// anything but empty; that saves making and freeing an object for
+    /// each.
+    pub(crate) fn for_request<'py>(
+        py: Python<'py>,
+        exchange: &Arc<Exchange>,
+    ) -> PyResult<Bound<'py, WsgiInput>> {
+        if !exchange.has_no_body() {
+            return Bound::new(py, WsgiInput::reading(Some(Arc::clone(exchange))));
+        }
+        let shared = NO_BODY.get_or_try_init(py, || Py::new(py, WsgiInput::reading(None)))?;
+        Ok(shared.bind(py).clone())
+    }
+
+    fn reading(exchange: Option<Arc<Exchange>>) -> WsgiInput {
         WsgiInput {
             exchange,
             leftover: Mutex::new(Bytes::new()),
@@ -37,10 +58,13 @@ impl WsgiInput {
                 return Ok(leftover.split_to(take));
             }
         }
-        let read = match self.exchange.try_read_body(max) {
+        let Some(exchange) = &self.exchange else {
+            return Ok(Bytes::new());
+        };
+        let read = match exchange.try_read_body(max) {
             Some(read) => read,
             None => {
-                let exchange = Arc::clone(&self.exchange);
+                let exchange = Arc::clone(exchange);
                 py.detach(move || exchange.read_body_blocking(max))
             }
         };
