@@ -1065,7 +1065,10 @@ mod tests {
         assert!(!posted.has_no_body(), "one byte came");
         let chunked = exchange(Method::POST, false);
         chunked.push_body(Bytes::new(), true);
-        assert!(chunked.has_no_body(), "an empty last chunk ends an empty body");
+        assert!(
+            chunked.has_no_body(),
+            "an empty last chunk ends an empty body"
+        );
     }
 
     fn ok_start() -> ResponseStart {

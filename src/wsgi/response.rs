@@ -113,7 +113,8 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
         let header_name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| PyValueError::new_err(format!("invalid response header name {name:?}")))?;
         let header_value = if value.is_ascii() {
-            // Most values: the text is its own bytes, without a copy to make them.
+            // Most values: their text is already their bytes, so no latin-1
+            // byte vector is made on the way.
             HeaderValue::from_str(value).ok()
         } else {
             let latin1: Option<Vec<u8>> = value
