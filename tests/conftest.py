@@ -102,10 +102,12 @@ def freeze(pid: int) -> None:
     os.kill(pid, signal.SIGSTOP)
 
     def stopped() -> bool:
-        for task in Path(f"/proc/{pid}/task").iterdir():
+        tasks = Path(f"/proc/{pid}/task")
+        assert tasks.exists(), f"pid {pid} is gone"
+        for task in tasks.iterdir():
             try:
                 stat = (task / "stat").read_text()
-            except FileNotFoundError:
+            except OSError:  # the thread ended meanwhile (ENOENT or ESRCH)
                 continue
             # The state follows the command name, which is in parentheses.
             if stat.rpartition(")")[2].split()[0] not in ("T", "t"):

@@ -481,7 +481,8 @@ NO_BODY_CASES = [(op, n) for op, n in OP_CASES if op != "read_cl"]
 @pytest.mark.parametrize("op, n", NO_BODY_CASES, ids=[f"{op}-{n}" for op, n in NO_BODY_CASES])
 @pytest.mark.parametrize("how", ["get", "empty-chunked", "length-0"])
 def test_input_without_body_returns_eof_at_once(server, how, op, n):
-    """Every request known to have no body shares one input, which is always at its end."""
+    """A request without a body reads EOF at once, whichever input it gets (one shared by
+    the requests known to have none when the app starts, or its own)."""
     target = f"/input?op={op}&n={n}"
     if how == "get":
         data = request("GET", target)
