@@ -985,21 +985,24 @@ def _core_seconds_by_column() -> dict[str, list[float]]:
     }
 
 
-def core_seconds() -> dict[str, float]:
+def core_seconds(reading: dict[str, list[float]] | None = None) -> dict[str, float]:
     """User + system CPU seconds spent so far on each core, from /proc/stat ({"0": ...}).
 
     Like a process's own time, it leaves out interrupts and softirqs (the loopback's TCP work
     is largely softirq time on the sending core).
     """
-    return {core: sum(columns[:3]) for core, columns in _core_seconds_by_column().items()}
+    reading = _core_seconds_by_column() if reading is None else reading
+    return {core: sum(columns[:3]) for core, columns in reading.items()}
 
 
-def core_steal_seconds() -> dict[str, float]:
+def core_steal_seconds(reading: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Seconds so far in which the hypervisor ran another guest on each of this virtual
     machine's cores ("steal" in /proc/stat; 0 on bare metal). No process on the core sees
     that time: a server then just serves less, whatever its own merit."""
     return {
-        core: columns[7] for core, columns in _core_seconds_by_column().items() if len(columns) > 7
+        core: columns[7]
+        for core, columns in (_core_seconds_by_column() if reading is None else reading).items()
+        if len(columns) > 7
     }
 
 
@@ -1278,15 +1281,23 @@ def run_scenarios(
             wait_for_port(server.port, server.proc)
             rerun = 0
             while True:
-                server_cpu, cores = tree_cpu_seconds(server.proc.pid), core_seconds()
-                steal, columns = core_steal_seconds(), _core_seconds_by_column()
+                # One reading of /proc/stat before the run and one after serve the core
+                # shares, the steal and the split.
+                before = _core_seconds_by_column()
+                server_cpu = tree_cpu_seconds(server.proc.pid)
                 output, client_cpu, elapsed = run_load(
                     args, server.port, scenario, args.duration, work, log
                 )
                 server_cpu = tree_cpu_seconds(server.proc.pid) - server_cpu
-                split = core_split(columns, _core_seconds_by_column(), args.server_cpu)
-                cores = {core: t - cores.get(core, t) for core, t in core_seconds().items()}
-                stolen = stolen_share(steal, core_steal_seconds(), args.server_cpu, elapsed)
+                after = _core_seconds_by_column()
+                split = core_split(before, after, args.server_cpu)
+                cores_before = core_seconds(before)
+                cores = {
+                    core: t - cores_before.get(core, t) for core, t in core_seconds(after).items()
+                }
+                stolen = stolen_share(
+                    core_steal_seconds(before), core_steal_seconds(after), args.server_cpu, elapsed
+                )
                 if server.proc.poll() is not None:
                     raise RuntimeError(f"exited with code {server.proc.returncode} during the run")
                 if stolen <= args.max_steal or rerun >= args.steal_reruns:

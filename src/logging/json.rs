@@ -11,7 +11,6 @@
 use std::fmt;
 use std::io;
 
-use super::clock::Clock;
 use serde::Serialize;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -21,6 +20,7 @@ use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
 
+use super::clock::Clock;
 use super::{logger_name, Process, SERVER};
 
 /// Keys every line has; an event field by one of these names is dropped

@@ -2,7 +2,6 @@
 
 use std::fmt::Write as _;
 
-use super::clock::Clock;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_log::NormalizeEvent;
@@ -11,6 +10,7 @@ use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
 
+use super::clock::Clock;
 use super::{logger_name, ACCESS};
 
 /// One log line: time, level, the process's label when there is one, logger,
