@@ -297,7 +297,7 @@ struct State {
     task: Option<Py<PyAny>>,
     /// Counted as long as the exchange lives, that is until both the
     /// response is done and the app has let go of it (see [`Exchange::hold`]).
-    held: Vec<Box<dyn Send>>,
+    held: Option<Box<dyn Send>>,
     /// The app has returned (or failed).
     app_finished: bool,
     /// The reactor is done with the response (sent, or the client left).
@@ -341,11 +341,11 @@ impl State {
 
     /// What [`Exchange::hold`] kept, once both the app and the reactor are
     /// done (dropped by the caller, outside the lock).
-    fn take_held(&mut self) -> Vec<Box<dyn Send>> {
+    fn take_held(&mut self) -> Option<Box<dyn Send>> {
         if self.app_finished && self.response_released {
-            std::mem::take(&mut self.held)
+            self.held.take()
         } else {
-            Vec::new()
+            None
         }
     }
 
@@ -942,7 +942,11 @@ impl Exchange {
     /// stream ends the response early, but the app's work goes on, and
     /// still counts.
     pub(crate) fn hold(&self, guard: impl Send + 'static) {
-        self.state.lock().held.push(Box::new(guard));
+        let mut st = self.state.lock();
+        st.held = Some(match st.held.take() {
+            None => Box::new(guard),
+            Some(earlier) => Box::new((earlier, guard)),
+        });
     }
 
     /// Keeps the app's task, to cancel it if the request outlives

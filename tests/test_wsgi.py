@@ -377,6 +377,32 @@ def test_wsgi_errors_lines_appear_in_the_log(server):
     wait_for_log(server, "wsgi-errors-line-one from the app", "wsgi-errors-line-two via writelines")
 
 
+def test_a_partial_wsgi_errors_line_is_logged_when_its_request_ends(server):
+    r = httpx.get(f"{server.url}/errors-partial", timeout=10)
+    assert r.status_code == 200 and r.content == b"logged"
+    wait_for_log(server, "wsgi-errors-partial-line")
+
+
+def test_callables_kept_from_an_ended_request_raise_and_touch_no_other(server):
+    # The pool reuses start_response and write from request to request, but
+    # not ones the app kept: those raise, and the request using them is whole.
+    for _ in range(3):
+        r = httpx.get(f"{server.url}/keep", timeout=10)
+        assert r.status_code == 200 and r.content == b"kept"
+        conn = raw(server)
+        conn.send(request("GET", "/use-kept"))
+        resp = conn.read_response()
+        assert resp.status == 200, resp.status_line
+        out = json.loads(resp.body)
+        assert out == {
+            "same": False,
+            "write": "RuntimeError('write() called after its request ended')",
+            "start_response": "RuntimeError('start_response() called after its request ended')",
+        }
+        assert b"leak" not in resp.body
+    assert httpx.get(f"{server.url}/framing/cl", timeout=10).content == b"hello world"
+
+
 def test_access_log_line_for_a_wsgi_request(server):
     r = httpx.get(f"{server.url}/framing/cl", timeout=10)
     assert r.status_code == 200

@@ -231,8 +231,7 @@ pub(crate) fn handle(
                 ));
                 // Both count until the app is done, not only until the response is:
                 // the app may work on after its client has gone.
-                exchange.hold(in_flight);
-                exchange.hold(active.app_task());
+                exchange.hold((in_flight, active.app_task()));
                 if !body_complete {
                     let expects_continue = head.headers.get(header::EXPECT).is_some_and(|value| {
                         value.as_bytes().eq_ignore_ascii_case(b"100-continue")
@@ -914,8 +913,11 @@ impl ServerState {
     }
 
     fn add_server_headers(&self, headers: &mut http::HeaderMap) {
-        if self.server_header && !headers.contains_key(header::SERVER) {
-            headers.insert(header::SERVER, HeaderValue::from_static("rsasgi"));
+        if self.server_header {
+            // One lookup: kept when the app sent its own.
+            headers
+                .entry(header::SERVER)
+                .or_insert(HeaderValue::from_static("rsasgi"));
         }
         for (name, value) in self.extra_headers.iter() {
             headers.append(name.clone(), value.clone());

@@ -242,7 +242,8 @@ pub(crate) fn build<'py>(
     py: Python<'py>,
     ctx: &EnvironContext,
     exchange: &Arc<Exchange>,
-    headers: &HeaderMap,
+    headers: HeaderMap,
+    errors: &Py<WsgiErrors>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let connection = &exchange.connection;
     let environ = ctx.environ_for(py, connection)?;
@@ -306,19 +307,21 @@ pub(crate) fn build<'py>(
         None => environ.set_item(intern!(py, "REMOTE_ADDR"), intern!(py, ""))?,
     }
 
-    for name in headers.keys() {
-        let mut values = headers.get_all(name).iter();
-        let Some(first) = values.next() else { continue };
-        let value = match values.next() {
-            None => latin1(py, first.as_bytes()),
-            Some(second) => {
-                let mut joined = first.as_bytes().to_vec();
-                for value in std::iter::once(second).chain(values) {
-                    joined.extend_from_slice(b", ");
-                    joined.extend_from_slice(value.as_bytes());
-                }
-                latin1(py, &joined)
+    // `into_iter` yields a header's values one after another, naming the
+    // header only with the first, so each name is looked at once; a
+    // repeated header's values are joined with ", ".
+    let mut entries = headers.into_iter().peekable();
+    while let Some((name, first)) = entries.next() {
+        let Some(name) = name else { continue };
+        let value = if matches!(entries.peek(), Some((None, _))) {
+            let mut joined = first.as_bytes().to_vec();
+            while let Some((_, value)) = entries.next_if(|(name, _)| name.is_none()) {
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(value.as_bytes());
             }
+            latin1(py, &joined)
+        } else {
+            latin1(py, first.as_bytes())
         };
         if name == header::CONTENT_TYPE {
             environ.set_item(intern!(py, "CONTENT_TYPE"), value)?;
@@ -350,10 +353,7 @@ pub(crate) fn build<'py>(
         intern!(py, "wsgi.input"),
         WsgiInput::for_request(py, exchange)?,
     )?;
-    environ.set_item(
-        intern!(py, "wsgi.errors"),
-        Py::new(py, WsgiErrors::default())?,
-    )?;
+    environ.set_item(intern!(py, "wsgi.errors"), errors.bind(py))?;
     Ok(environ)
 }
 

@@ -32,7 +32,7 @@ impl WsgiErrors {
         }
     }
 
-    fn flush(&self) {
+    pub(crate) fn flush(&self) {
         let mut pending = self.pending.lock();
         if !pending.is_empty() {
             emit(&pending);

@@ -30,7 +30,7 @@ use crate::exchange::RequestStart;
 use crate::supervisor::Slot;
 use crate::wake::mark_pool_thread;
 use environ::EnvironContext;
-use response::{respond, ResponseState, StartResponse};
+use response::{respond, Callables};
 
 /// How often shutdown checks whether the pool's threads have finished.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
@@ -199,6 +199,8 @@ fn thread_main(shared: &Arc<Shared>) {
     mark_pool_thread();
     Python::attach(|py| {
         let mut searching = true;
+        // start_response, write and wsgi.errors, reused from request to request.
+        let mut callables = None;
         loop {
             if !shared.jobs.is_empty() {
                 if std::mem::take(&mut searching) {
@@ -214,7 +216,7 @@ fn thread_main(shared: &Arc<Shared>) {
                     if let Some(counters) = counters {
                         counters.wsgi_thread_busy();
                     }
-                    run(py, &shared.app, &shared.ctx, job);
+                    run(py, &shared.app, &shared.ctx, job, &mut callables);
                     if let Some(counters) = counters {
                         counters.wsgi_thread_idle();
                     }
@@ -262,16 +264,20 @@ fn wait_for_work(shared: &Shared) -> bool {
 }
 
 /// Runs the app for one request on the current (pool) thread.
-fn run(py: Python<'_>, app: &Py<PyAny>, ctx: &EnvironContext, job: Box<RequestStart>) {
-    let exchange = job.exchange;
-    let state = Arc::new(Mutex::new(ResponseState::default()));
-    let outcome = environ::build(py, ctx, &exchange, &job.head.headers).and_then(|environ| {
-        let start_response = Py::new(
-            py,
-            StartResponse::new(Arc::clone(&exchange), Arc::clone(&state)),
-        )?;
-        let iterable = app.bind(py).call1((environ, start_response))?;
-        respond(py, &exchange, &state, &iterable)
+fn run(
+    py: Python<'_>,
+    app: &Py<PyAny>,
+    ctx: &EnvironContext,
+    job: Box<RequestStart>,
+    kept: &mut Option<Callables>,
+) {
+    let RequestStart { exchange, head } = *job;
+    let outcome = Callables::bind(kept, py, &exchange).and_then(|callables| {
+        let environ = environ::build(py, ctx, &exchange, head.headers, callables.errors())?;
+        let iterable = app
+            .bind(py)
+            .call1((environ, callables.start_response(py)))?;
+        respond(py, &exchange, callables.state(), &iterable)
     });
     if let Err(err) = outcome {
         let request = exchange.request_line();
@@ -290,6 +296,9 @@ fn run(py: Python<'_>, app: &Py<PyAny>, ctx: &EnvironContext, job: Box<RequestSt
             );
         }
         exchange.abort();
+    }
+    if let Some(callables) = kept {
+        callables.release();
     }
     // The app is done with this exchange: release a body reader still waiting for it.
     exchange.finish_app();

@@ -14,12 +14,15 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
 
+use super::errors::WsgiErrors;
 use super::file_wrapper::FileWrapper;
 use crate::exchange::{Chunk, Exchange, FileSpan, ResponseStart};
 
 /// What `start_response` recorded, shared with the `write` callable.
 #[derive(Default)]
 pub(crate) struct ResponseState {
+    /// The request being answered; None between requests.
+    exchange: Option<Arc<Exchange>>,
     /// Status and headers not yet sent.
     pending: Option<ResponseStart>,
     headers_sent: bool,
@@ -27,6 +30,95 @@ pub(crate) struct ResponseState {
 }
 
 pub(crate) type SharedResponse = Arc<Mutex<ResponseState>>;
+
+/// A pool thread's `start_response` (with its `write`) and `wsgi.errors`.
+///
+/// They are made once and bound to each request in turn: making and
+/// freeing three Python objects cost about 4% of a hello-world request's
+/// instructions. Reuse is safe only while nothing but the pool holds them: an
+/// app that kept `start_response` or `write` (in a global, a leaked frame)
+/// could call it during a later request and answer that one. So a request
+/// reuses them only if their reference counts show no other holder;
+/// otherwise it gets new ones, and the kept ones, unbound, raise.
+/// `wsgi.errors` is a log stream, so sharing it is harmless: requests on
+/// one thread follow each other, and a partial line is logged when its
+/// request ends.
+pub(crate) struct Callables {
+    state: SharedResponse,
+    start_response: Py<StartResponse>,
+    errors: Py<WsgiErrors>,
+}
+
+impl Callables {
+    fn new(py: Python<'_>) -> PyResult<Callables> {
+        let state = SharedResponse::default();
+        let write = Py::new(
+            py,
+            WsgiWrite {
+                state: Arc::clone(&state),
+            },
+        )?;
+        let start_response = Py::new(
+            py,
+            StartResponse {
+                state: Arc::clone(&state),
+                write,
+            },
+        )?;
+        Ok(Callables {
+            state,
+            start_response,
+            errors: Py::new(py, WsgiErrors::default())?,
+        })
+    }
+
+    /// Whether only the pool holds `start_response` and its `write`.
+    fn unshared(&self, _py: Python<'_>) -> bool {
+        let write = &self.start_response.get().write;
+        // SAFETY: both are live objects that `self` holds a reference to,
+        // and with the GIL held (`_py`) no other thread changes their counts.
+        unsafe {
+            pyo3::ffi::Py_REFCNT(self.start_response.as_ptr()) == 1
+                && pyo3::ffi::Py_REFCNT(write.as_ptr()) == 1
+        }
+    }
+
+    /// This thread's callables bound to `exchange`: the kept ones when no
+    /// one else holds them, else new ones.
+    pub(crate) fn bind<'a>(
+        kept: &'a mut Option<Callables>,
+        py: Python<'_>,
+        exchange: &Arc<Exchange>,
+    ) -> PyResult<&'a Callables> {
+        let callables = match kept.take() {
+            Some(callables) if callables.unshared(py) => kept.insert(callables),
+            _ => kept.insert(Callables::new(py)?),
+        };
+        callables.state.lock().exchange = Some(Arc::clone(exchange));
+        Ok(callables)
+    }
+
+    pub(crate) fn start_response(&self, py: Python<'_>) -> Py<StartResponse> {
+        self.start_response.clone_ref(py)
+    }
+
+    pub(crate) fn errors(&self) -> &Py<WsgiErrors> {
+        &self.errors
+    }
+
+    pub(crate) fn state(&self) -> &SharedResponse {
+        &self.state
+    }
+
+    /// Ends the request: unbinds the callables (so one the app kept raises)
+    /// and logs what is left of a line written to `wsgi.errors`.
+    pub(crate) fn release(&self) {
+        // Taken under the lock, dropped (the exchange, a head never sent) after it.
+        let finished = std::mem::take(&mut *self.state.lock());
+        drop(finished);
+        self.errors.get().flush();
+    }
+}
 
 /// The status code and, when it is not the standard one, the reason phrase.
 fn parse_status(
@@ -134,17 +226,11 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
     Ok(map)
 }
 
-/// The `start_response` callable of one request.
+/// The `start_response` callable of a pool thread (see [`Callables`]).
 #[pyclass(module = "rsasgi", frozen)]
 pub(crate) struct StartResponse {
-    exchange: Arc<Exchange>,
     state: SharedResponse,
-}
-
-impl StartResponse {
-    pub(crate) fn new(exchange: Arc<Exchange>, state: SharedResponse) -> StartResponse {
-        StartResponse { exchange, state }
-    }
+    write: Py<WsgiWrite>,
 }
 
 #[pymethods]
@@ -162,6 +248,11 @@ impl StartResponse {
         // object, and indexing it runs the app's code.
         let (headers_sent, called) = {
             let st = self.state.lock();
+            if st.exchange.is_none() {
+                return Err(PyRuntimeError::new_err(
+                    "start_response() called after its request ended",
+                ));
+            }
             (st.headers_sent, st.called)
         };
         match exc_info {
@@ -182,23 +273,22 @@ impl StartResponse {
         let start = ResponseStart::new(status, headers, reason)
             .map_err(|reason| PyValueError::new_err(format!("start_response(): {reason}")))?;
         let mut st = self.state.lock();
+        if st.exchange.is_none() {
+            // The app kept us and called from another thread as its request ended.
+            return Err(PyRuntimeError::new_err(
+                "start_response() called after its request ended",
+            ));
+        }
         st.called = true;
         st.pending = Some(start);
         drop(st);
-        Py::new(
-            py,
-            WsgiWrite {
-                exchange: Arc::clone(&self.exchange),
-                state: Arc::clone(&self.state),
-            },
-        )
+        Ok(self.write.clone_ref(py))
     }
 }
 
 /// The `write(data)` callable returned by `start_response`.
 #[pyclass(module = "rsasgi", frozen)]
 pub(crate) struct WsgiWrite {
-    exchange: Arc<Exchange>,
     state: SharedResponse,
 }
 
@@ -206,7 +296,12 @@ pub(crate) struct WsgiWrite {
 impl WsgiWrite {
     fn __call__(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let data = bytes_of(data)?;
-        if !send(py, &self.exchange, &self.state, data, true)? {
+        let Some(exchange) = self.state.lock().exchange.clone() else {
+            return Err(PyRuntimeError::new_err(
+                "write() called after its request ended",
+            ));
+        };
+        if !send(py, &exchange, &self.state, data, true)? {
             return Err(crate::asgi::ClientDisconnected::new_err(
                 "client disconnected",
             ));

@@ -15,6 +15,11 @@ Routes (by PATH_INFO, anything not listed below is /env):
   /scribble             changes its environ (removes SERVER_NAME, replaces wsgi.url_scheme,
                         adds app.note), then answers "scribbled"
   /errors               writes two lines to wsgi.errors (one with write, one with writelines)
+  /errors-partial       writes "wsgi-errors-partial-line" to wsgi.errors: no newline, no flush
+  /keep                 keeps its start_response and write callables, answers "kept"
+  /use-kept             calls the callables /keep kept; JSON {"write": error repr or null,
+                        "start_response": error repr or null, "same": whether its own
+                        start_response is the kept one}
   /framing/cl           "hello world" with Content-Length
   /framing/nolength     "hello world" in two chunks, no Content-Length
   /framing/empty        empty body with Content-Length: 0
@@ -27,6 +32,9 @@ import json
 import time
 
 from wsgi_common import apply_op, put, query
+
+#: /keep's start_response and write, for /use-kept.
+KEPT = {}
 
 
 def describe(environ) -> dict:
@@ -127,6 +135,28 @@ def app(environ, start_response):
         errors.writelines(["wsgi-errors-line-two ", "via writelines\n"])
         errors.flush()
         return simple(start_response, b"logged")
+
+    if path == "/errors-partial":
+        environ["wsgi.errors"].write("wsgi-errors-partial-line")
+        return simple(start_response, b"logged")
+
+    if path == "/keep":
+        KEPT["start_response"] = start_response
+        KEPT["write"] = start_response("200 OK", [("Content-Length", "4")])
+        return [b"kept"]
+
+    if path == "/use-kept":
+        out = {"same": start_response is KEPT["start_response"]}
+        for name, call in [
+            ("write", lambda: KEPT["write"](b"leak")),
+            ("start_response", lambda: KEPT["start_response"]("500 Leaked", [])),
+        ]:
+            try:
+                call()
+                out[name] = None
+            except Exception as exc:  # noqa: BLE001 - reported to the test
+                out[name] = repr(exc)
+        return send_json(start_response, out)
 
     if path == "/framing/cl":
         return simple(start_response, b"hello world")
