@@ -63,6 +63,7 @@ impl Callables {
             StartResponse {
                 state: Arc::clone(&state),
                 write,
+                headers_seen: Mutex::default(),
             },
         )?;
         Ok(Callables {
@@ -168,7 +169,90 @@ fn parse_status(
     }
 }
 
-fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
+/// How many header names, and as many values, a pool thread's
+/// `start_response` remembers.
+const CACHE_SLOTS: usize = 32;
+
+/// Response header names and values already checked and converted, found by
+/// the identity of the str the app passed. Apps mostly send the same
+/// literals ("Content-Type", "text/html; charset=utf-8") on every request,
+/// so most headers skip the conversion. A str never changes, and the cache
+/// holds a reference to it, so its address cannot be taken by another
+/// object while its entry lives. Direct-mapped: a str the app makes anew
+/// each time just replaces an entry.
+#[derive(Default)]
+pub(crate) struct HeaderCache {
+    names: [Option<(Py<PyString>, HeaderName)>; CACHE_SLOTS],
+    values: [Option<(Py<PyString>, HeaderValue)>; CACHE_SLOTS],
+}
+
+fn cache_slot(text: &Bound<'_, PyString>) -> usize {
+    // Python objects are 16-byte aligned: the low bits say nothing.
+    (text.as_ptr() as usize >> 4) % CACHE_SLOTS
+}
+
+impl HeaderCache {
+    fn name(&mut self, text: &Bound<'_, PyString>) -> PyResult<HeaderName> {
+        let entry = &mut self.names[cache_slot(text)];
+        if let Some((seen, name)) = entry {
+            if seen.as_ptr() == text.as_ptr() {
+                return Ok(name.clone());
+            }
+        }
+        let name = header_name(text)?;
+        *entry = Some((text.clone().unbind(), name.clone()));
+        Ok(name)
+    }
+
+    fn value(
+        &mut self,
+        name: &Bound<'_, PyString>,
+        text: &Bound<'_, PyString>,
+    ) -> PyResult<HeaderValue> {
+        let entry = &mut self.values[cache_slot(text)];
+        if let Some((seen, value)) = entry {
+            if seen.as_ptr() == text.as_ptr() {
+                return Ok(value.clone());
+            }
+        }
+        let value = header_value(name, text)?;
+        *entry = Some((text.clone().unbind(), value.clone()));
+        Ok(value)
+    }
+}
+
+fn header_name(text: &Bound<'_, PyString>) -> PyResult<HeaderName> {
+    let name = text.to_str()?;
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| PyValueError::new_err(format!("invalid response header name {name:?}")))
+}
+
+fn header_value(name: &Bound<'_, PyString>, text: &Bound<'_, PyString>) -> PyResult<HeaderValue> {
+    let value = text.to_str()?;
+    let header_value = if value.is_ascii() {
+        // Most values: their text is already their bytes, so no latin-1
+        // byte vector is made on the way.
+        HeaderValue::from_str(value).ok()
+    } else {
+        let latin1: Option<Vec<u8>> = value
+            .chars()
+            .map(|c| u8::try_from(u32::from(c)).ok())
+            .collect();
+        latin1.and_then(|bytes| HeaderValue::from_bytes(&bytes).ok())
+    };
+    header_value.ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "invalid value for response header {:?}: {value:?} (control characters such as CR, LF, NUL, \
+             or characters outside latin-1 are not allowed)",
+            name.to_str().unwrap_or_default()
+        ))
+    })
+}
+
+fn parse_headers(
+    headers: &Bound<'_, PyAny>,
+    mut cache: Option<&mut HeaderCache>,
+) -> PyResult<HeaderMap> {
     let mut map = HeaderMap::new();
     let list = headers.cast::<PyList>().map_err(|_| {
         PyTypeError::new_err("start_response() headers must be a list of (name, value) tuples")
@@ -200,27 +284,10 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
                     .unwrap_or_default(),
             )));
         };
-        let name = name.to_str()?;
-        let value = value.to_str()?;
-        let header_name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| PyValueError::new_err(format!("invalid response header name {name:?}")))?;
-        let header_value = if value.is_ascii() {
-            // Most values: their text is already their bytes, so no latin-1
-            // byte vector is made on the way.
-            HeaderValue::from_str(value).ok()
-        } else {
-            let latin1: Option<Vec<u8>> = value
-                .chars()
-                .map(|c| u8::try_from(u32::from(c)).ok())
-                .collect();
-            latin1.and_then(|bytes| HeaderValue::from_bytes(&bytes).ok())
+        let (header_name, header_value) = match cache.as_deref_mut() {
+            Some(cache) => (cache.name(name)?, cache.value(name, value)?),
+            None => (header_name(name)?, header_value(name, value)?),
         };
-        let header_value = header_value.ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "invalid value for response header {name:?}: {value:?} (control characters such as CR, LF, NUL, \
-                 or characters outside latin-1 are not allowed)"
-            ))
-        })?;
         map.append(header_name, header_value);
     }
     Ok(map)
@@ -231,6 +298,9 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> PyResult<HeaderMap> {
 pub(crate) struct StartResponse {
     state: SharedResponse,
     write: Py<WsgiWrite>,
+    /// Taken with `try_lock`: never waited for, so a header's `__repr__`
+    /// (in an error message) calling back in cannot deadlock.
+    headers_seen: Mutex<HeaderCache>,
 }
 
 #[pymethods]
@@ -269,7 +339,7 @@ impl StartResponse {
             _ => {}
         }
         let (status, reason) = parse_status(status)?;
-        let headers = parse_headers(headers)?;
+        let headers = parse_headers(headers, self.headers_seen.try_lock().as_deref_mut())?;
         let start = ResponseStart::new(status, headers, reason)
             .map_err(|reason| PyValueError::new_err(format!("start_response(): {reason}")))?;
         let mut st = self.state.lock();
@@ -532,13 +602,45 @@ mod tests {
     }
 
     #[test]
+    fn the_header_cache_goes_by_identity_and_keeps_no_failure() {
+        Python::initialize();
+        Python::attach(|py| {
+            let mut cache = HeaderCache::default();
+            let headers = eval(
+                py,
+                "[('Content-Type', 'text/plain'), ('X-Caf', 'caf\\xe9')]",
+            );
+            let first = parse_headers(&headers, Some(&mut cache)).unwrap();
+            let again = parse_headers(&headers, Some(&mut cache)).unwrap();
+            assert_eq!(first, again);
+            assert_eq!(again["x-caf"].as_bytes(), b"caf\xe9");
+            assert_eq!(cache.names.iter().flatten().count(), 2);
+            assert_eq!(cache.values.iter().flatten().count(), 2);
+            // The same text in another str object is another entry.
+            let copy = eval(py, "[(''.join(['Content-', 'Type']), 'text/plain')]");
+            let map = parse_headers(&copy, Some(&mut cache)).unwrap();
+            assert_eq!(map["content-type"], "text/plain");
+            // A bad header fails each time, and leaves nothing behind.
+            let bad = eval(py, "[('X-Bad', 'a\\r\\nb')]");
+            let before = cache.values.iter().flatten().count();
+            for _ in 0..2 {
+                assert!(parse_headers(&bad, Some(&mut cache)).is_err());
+            }
+            assert_eq!(cache.values.iter().flatten().count(), before);
+        });
+    }
+
+    #[test]
     fn headers_are_native_string_pairs() {
         Python::initialize();
         Python::attach(|py| {
-            let map = parse_headers(&eval(
-                py,
-                "[('Content-Type', 'text/plain'), ('X-Caf', 'caf\\xe9')]",
-            ))
+            let map = parse_headers(
+                &eval(
+                    py,
+                    "[('Content-Type', 'text/plain'), ('X-Caf', 'caf\\xe9')]",
+                ),
+                None,
+            )
             .unwrap();
             assert_eq!(map["content-type"], "text/plain");
             assert_eq!(map["x-caf"].as_bytes(), b"caf\xe9", "latin-1 encoded");
@@ -550,7 +652,10 @@ mod tests {
                 "[('X', '\\u20ac')]",
                 "(('X', 'v'),)",
             ] {
-                assert!(parse_headers(&eval(py, bad)).is_err(), "{bad} accepted");
+                assert!(
+                    parse_headers(&eval(py, bad), None).is_err(),
+                    "{bad} accepted"
+                );
             }
         });
     }
