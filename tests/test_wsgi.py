@@ -377,15 +377,37 @@ def test_wsgi_errors_lines_appear_in_the_log(server):
     wait_for_log(server, "wsgi-errors-line-one from the app", "wsgi-errors-line-two via writelines")
 
 
-def test_a_partial_wsgi_errors_line_is_logged_when_its_request_ends(server):
+@pytest.fixture
+def one_thread(run_rsasgi):
+    """One pool thread: every request meets the callables the one before used."""
+    return run_rsasgi(APP, "--threads", "1")
+
+
+def test_a_partial_wsgi_errors_line_is_logged_when_its_request_ends(one_thread):
+    server = one_thread
     r = httpx.get(f"{server.url}/errors-partial", timeout=10)
     assert r.status_code == 200 and r.content == b"logged"
-    wait_for_log(server, "wsgi-errors-partial-line")
+    assert httpx.get(f"{server.url}/errors", timeout=10).status_code == 200
+    log = wait_for_log(server, "wsgi-errors-partial-line", "wsgi-errors-line-one from the app")
+    assert any(line.endswith("wsgi-errors-partial-line") for line in log.splitlines()), log
 
 
-def test_callables_kept_from_an_ended_request_raise_and_touch_no_other(server):
+def test_a_pool_thread_reuses_its_callables_and_starts_each_request_afresh(one_thread):
+    server = one_thread
+    first = httpx.get(f"{server.url}/ids", timeout=10).json()
+    # start_response called, then the app raised: none of it may reach the next request.
+    r = httpx.get(f"{server.url}/start-then-raise", timeout=10)
+    assert r.status_code == 500 and "x-stale" not in r.headers
+    r = httpx.get(f"{server.url}/framing/cl", timeout=10)
+    assert r.status_code == 200 and r.content == b"hello world"
+    assert "x-stale" not in r.headers
+    assert httpx.get(f"{server.url}/ids", timeout=10).json() == first
+
+
+def test_callables_kept_from_an_ended_request_raise_and_touch_no_other(one_thread):
     # The pool reuses start_response and write from request to request, but
     # not ones the app kept: those raise, and the request using them is whole.
+    server = one_thread
     for _ in range(3):
         r = httpx.get(f"{server.url}/keep", timeout=10)
         assert r.status_code == 200 and r.content == b"kept"

@@ -40,9 +40,10 @@ pub(crate) type SharedResponse = Arc<Mutex<ResponseState>>;
 /// could call it during a later request and answer that one. So a request
 /// reuses them only if their reference counts show no other holder;
 /// otherwise it gets new ones, and the kept ones, unbound, raise.
-/// `wsgi.errors` is a log stream, so sharing it is harmless: requests on
-/// one thread follow each other, and a partial line is logged when its
-/// request ends.
+/// `wsgi.errors` is reused on the same terms, as an app that kept it (with
+/// its environ) and wrote from another thread would otherwise run its
+/// partial lines into the next request's; the partial line left when a
+/// request ends is logged then.
 pub(crate) struct Callables {
     state: SharedResponse,
     start_response: Py<StartResponse>,
@@ -76,12 +77,7 @@ impl Callables {
     /// Whether only the pool holds `start_response` and its `write`.
     fn unshared(&self, _py: Python<'_>) -> bool {
         let write = &self.start_response.get().write;
-        // SAFETY: both are live objects that `self` holds a reference to,
-        // and with the GIL held (`_py`) no other thread changes their counts.
-        unsafe {
-            pyo3::ffi::Py_REFCNT(self.start_response.as_ptr()) == 1
-                && pyo3::ffi::Py_REFCNT(write.as_ptr()) == 1
-        }
+        only_ours(&self.start_response) && only_ours(write)
     }
 
     /// This thread's callables bound to `exchange`: the kept ones when no
@@ -95,6 +91,9 @@ impl Callables {
             Some(callables) if callables.unshared(py) => kept.insert(callables),
             _ => kept.insert(Callables::new(py)?),
         };
+        if !only_ours(&callables.errors) {
+            callables.errors = Py::new(py, WsgiErrors::default())?;
+        }
         callables.state.lock().exchange = Some(Arc::clone(exchange));
         Ok(callables)
     }
@@ -169,9 +168,20 @@ fn parse_status(
     }
 }
 
+/// Whether `object` has no holder but the one reference we have.
+fn only_ours<T>(object: &Py<T>) -> bool {
+    // SAFETY: `object` is a live object we hold a reference to. Callers
+    // hold the GIL, so no other thread changes its count meanwhile (rsasgi
+    // does not support free-threaded CPython builds).
+    unsafe { pyo3::ffi::Py_REFCNT(object.as_ptr()) == 1 }
+}
+
 /// How many header names, and as many values, a pool thread's
 /// `start_response` remembers.
 const CACHE_SLOTS: usize = 32;
+
+/// The longest str (in code points) the header cache keeps.
+const CACHE_MAX_LEN: usize = 128;
 
 /// Response header names and values already checked and converted, found by
 /// the identity of the str the app passed. Apps mostly send the same
@@ -179,7 +189,9 @@ const CACHE_SLOTS: usize = 32;
 /// so most headers skip the conversion. A str never changes, and the cache
 /// holds a reference to it, so its address cannot be taken by another
 /// object while its entry lives. Direct-mapped: a str the app makes anew
-/// each time just replaces an entry.
+/// each time just replaces an entry. Only plain `str` objects up to
+/// [`CACHE_MAX_LEN`] are kept: a subclass may carry more than its text, and
+/// a long value would be held on to for nothing.
 #[derive(Default)]
 pub(crate) struct HeaderCache {
     names: [Option<(Py<PyString>, HeaderName)>; CACHE_SLOTS],
@@ -191,6 +203,10 @@ fn cache_slot(text: &Bound<'_, PyString>) -> usize {
     (text.as_ptr() as usize >> 4) % CACHE_SLOTS
 }
 
+fn cacheable(text: &Bound<'_, PyString>) -> bool {
+    text.is_exact_instance_of::<PyString>() && text.len().is_ok_and(|len| len <= CACHE_MAX_LEN)
+}
+
 impl HeaderCache {
     fn name(&mut self, text: &Bound<'_, PyString>) -> PyResult<HeaderName> {
         let entry = &mut self.names[cache_slot(text)];
@@ -200,7 +216,9 @@ impl HeaderCache {
             }
         }
         let name = header_name(text)?;
-        *entry = Some((text.clone().unbind(), name.clone()));
+        if cacheable(text) {
+            *entry = Some((text.clone().unbind(), name.clone()));
+        }
         Ok(name)
     }
 
@@ -216,7 +234,9 @@ impl HeaderCache {
             }
         }
         let value = header_value(name, text)?;
-        *entry = Some((text.clone().unbind(), value.clone()));
+        if cacheable(text) {
+            *entry = Some((text.clone().unbind(), value.clone()));
+        }
         Ok(value)
     }
 }
@@ -611,15 +631,36 @@ mod tests {
                 "[('Content-Type', 'text/plain'), ('X-Caf', 'caf\\xe9')]",
             );
             let first = parse_headers(&headers, Some(&mut cache)).unwrap();
+            let pair = headers.get_item(1).unwrap();
+            let (name, value) = (pair.get_item(0).unwrap(), pair.get_item(1).unwrap());
+            let (name, value) = (
+                name.cast::<PyString>().unwrap(),
+                value.cast::<PyString>().unwrap(),
+            );
+            let held = |entry: Option<&Py<PyString>>, text: &Bound<'_, PyString>| {
+                entry.is_some_and(|seen| seen.as_ptr() == text.as_ptr())
+            };
+            let name_entry = cache.names[cache_slot(name)].as_ref().map(|(s, _)| s);
+            let value_entry = cache.values[cache_slot(value)].as_ref().map(|(s, _)| s);
+            assert!(held(name_entry, name) && held(value_entry, value));
             let again = parse_headers(&headers, Some(&mut cache)).unwrap();
             assert_eq!(first, again);
             assert_eq!(again["x-caf"].as_bytes(), b"caf\xe9");
-            assert_eq!(cache.names.iter().flatten().count(), 2);
-            assert_eq!(cache.values.iter().flatten().count(), 2);
-            // The same text in another str object is another entry.
-            let copy = eval(py, "[(''.join(['Content-', 'Type']), 'text/plain')]");
-            let map = parse_headers(&copy, Some(&mut cache)).unwrap();
-            assert_eq!(map["content-type"], "text/plain");
+            // A str subclass or a long value is converted, never kept.
+            let odd = eval(
+                py,
+                "[('X-Sub', type('S', (str,), {})('sub')), ('X-Long', 'v' * 200)]",
+            );
+            let map = parse_headers(&odd, Some(&mut cache)).unwrap();
+            assert_eq!(map["x-sub"], "sub");
+            assert_eq!(map["x-long"].len(), 200);
+            for index in 0..2 {
+                let pair = odd.get_item(index).unwrap();
+                let value = pair.get_item(1).unwrap();
+                let value = value.cast::<PyString>().unwrap();
+                let entry = cache.values[cache_slot(value)].as_ref().map(|(s, _)| s);
+                assert!(!held(entry, value), "value {index} kept");
+            }
             // A bad header fails each time, and leaves nothing behind.
             let bad = eval(py, "[('X-Bad', 'a\\r\\nb')]");
             let before = cache.values.iter().flatten().count();

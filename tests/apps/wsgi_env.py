@@ -16,6 +16,8 @@ Routes (by PATH_INFO, anything not listed below is /env):
                         adds app.note), then answers "scribbled"
   /errors               writes two lines to wsgi.errors (one with write, one with writelines)
   /errors-partial       writes "wsgi-errors-partial-line" to wsgi.errors: no newline, no flush
+  /ids                  JSON {"start_response": id(start_response), "errors": id(wsgi.errors)}
+  /start-then-raise     calls start_response("201 Created", [("X-Stale", "yes")]), then raises
   /keep                 keeps its start_response and write callables, answers "kept"
   /use-kept             calls the callables /keep kept; JSON {"write": error repr or null,
                         "start_response": error repr or null, "same": whether its own
@@ -139,6 +141,14 @@ def app(environ, start_response):
     if path == "/errors-partial":
         environ["wsgi.errors"].write("wsgi-errors-partial-line")
         return simple(start_response, b"logged")
+
+    if path == "/ids":
+        ids = {"start_response": id(start_response), "errors": id(environ["wsgi.errors"])}
+        return send_json(start_response, ids)
+
+    if path == "/start-then-raise":
+        start_response("201 Created", [("X-Stale", "yes")])
+        raise RuntimeError("raised after start_response")
 
     if path == "/keep":
         KEPT["start_response"] = start_response
