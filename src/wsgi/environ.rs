@@ -312,6 +312,7 @@ pub(crate) fn build<'py>(
     // repeated header's values are joined with ", ".
     let mut entries = headers.into_iter().peekable();
     while let Some((name, first)) = entries.next() {
+        // Never None here: the values after a header's first are taken below.
         let Some(name) = name else { continue };
         let value = if matches!(entries.peek(), Some((None, _))) {
             let mut joined = first.as_bytes().to_vec();
