@@ -75,9 +75,9 @@ impl Callables {
     }
 
     /// Whether only the pool holds `start_response` and its `write`.
-    fn unshared(&self, _py: Python<'_>) -> bool {
+    fn unshared(&self, py: Python<'_>) -> bool {
         let write = &self.start_response.get().write;
-        only_ours(&self.start_response) && only_ours(write)
+        only_ours(py, &self.start_response) && only_ours(py, write)
     }
 
     /// This thread's callables bound to `exchange`: the kept ones when no
@@ -91,7 +91,7 @@ impl Callables {
             Some(callables) if callables.unshared(py) => kept.insert(callables),
             _ => kept.insert(Callables::new(py)?),
         };
-        if !only_ours(&callables.errors) {
+        if !only_ours(py, &callables.errors) {
             callables.errors = Py::new(py, WsgiErrors::default())?;
         }
         callables.state.lock().exchange = Some(Arc::clone(exchange));
@@ -169,10 +169,10 @@ fn parse_status(
 }
 
 /// Whether `object` has no holder but the one reference we have.
-fn only_ours<T>(object: &Py<T>) -> bool {
-    // SAFETY: `object` is a live object we hold a reference to. Callers
-    // hold the GIL, so no other thread changes its count meanwhile (rsasgi
-    // does not support free-threaded CPython builds).
+fn only_ours<T>(_py: Python<'_>, object: &Py<T>) -> bool {
+    // SAFETY: `object` is a live object we hold a reference to, and with
+    // the GIL held (`_py`) no other thread changes its count meanwhile
+    // (rsasgi does not support free-threaded CPython builds).
     unsafe { pyo3::ffi::Py_REFCNT(object.as_ptr()) == 1 }
 }
 
@@ -209,17 +209,7 @@ fn cacheable(text: &Bound<'_, PyString>) -> bool {
 
 impl HeaderCache {
     fn name(&mut self, text: &Bound<'_, PyString>) -> PyResult<HeaderName> {
-        let entry = &mut self.names[cache_slot(text)];
-        if let Some((seen, name)) = entry {
-            if seen.as_ptr() == text.as_ptr() {
-                return Ok(name.clone());
-            }
-        }
-        let name = header_name(text)?;
-        if cacheable(text) {
-            *entry = Some((text.clone().unbind(), name.clone()));
-        }
-        Ok(name)
+        remembered(&mut self.names, text, || header_name(text))
     }
 
     fn value(
@@ -227,18 +217,28 @@ impl HeaderCache {
         name: &Bound<'_, PyString>,
         text: &Bound<'_, PyString>,
     ) -> PyResult<HeaderValue> {
-        let entry = &mut self.values[cache_slot(text)];
-        if let Some((seen, value)) = entry {
-            if seen.as_ptr() == text.as_ptr() {
-                return Ok(value.clone());
-            }
-        }
-        let value = header_value(name, text)?;
-        if cacheable(text) {
-            *entry = Some((text.clone().unbind(), value.clone()));
-        }
-        Ok(value)
+        remembered(&mut self.values, text, || header_value(name, text))
     }
+}
+
+/// What `text` converted to: from its slot when the slot holds this very
+/// str, else converted now (and kept, if [`cacheable`]).
+fn remembered<T: Clone>(
+    slots: &mut [Option<(Py<PyString>, T)>; CACHE_SLOTS],
+    text: &Bound<'_, PyString>,
+    convert: impl FnOnce() -> PyResult<T>,
+) -> PyResult<T> {
+    let entry = &mut slots[cache_slot(text)];
+    if let Some((seen, converted)) = entry {
+        if seen.as_ptr() == text.as_ptr() {
+            return Ok(converted.clone());
+        }
+    }
+    let converted = convert()?;
+    if cacheable(text) {
+        *entry = Some((text.clone().unbind(), converted.clone()));
+    }
+    Ok(converted)
 }
 
 fn header_name(text: &Bound<'_, PyString>) -> PyResult<HeaderName> {
@@ -362,13 +362,9 @@ impl StartResponse {
         let headers = parse_headers(headers, self.headers_seen.try_lock().as_deref_mut())?;
         let start = ResponseStart::new(status, headers, reason)
             .map_err(|reason| PyValueError::new_err(format!("start_response(): {reason}")))?;
+        // The GIL has been held since the check above, so the request cannot
+        // have ended (`Callables::release`) in between.
         let mut st = self.state.lock();
-        if st.exchange.is_none() {
-            // The app kept us and called from another thread as its request ended.
-            return Err(PyRuntimeError::new_err(
-                "start_response() called after its request ended",
-            ));
-        }
         st.called = true;
         st.pending = Some(start);
         drop(st);
