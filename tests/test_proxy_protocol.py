@@ -333,6 +333,30 @@ def test_wsgi_environ_names_the_client(proxied):
     assert environ["SERVER_PORT"] == "443"
 
 
+def test_wsgi_environ_of_a_client_of_the_balancer_s_unix_socket(proxied):
+    """Such a client is unnamed, as a peer of a Unix socket is: an empty REMOTE_ADDR and no
+    REMOTE_PORT, although it came over TCP, whose requests all have one."""
+    server = proxied(version="v2", app="wsgi_env:app")
+    unix_source = V2_SIGNATURE + bytes([V2_PROXY, 0x31]) + struct.pack("!H", 216) + b"\x00" * 216
+    conn = open_conn(server)
+    try:
+        conn.send(unix_source + request("GET", "/env"))
+        unnamed = json.loads(conn.read_response().body)["environ"]
+        # The next request on another connection has its port again.
+        other = open_conn(server)
+        try:
+            other.send(v2(("203.0.113.9", 51234), ("192.0.2.1", 443)) + request("GET", "/env"))
+            named = json.loads(other.read_response().body)["environ"]
+        finally:
+            other.sock.close()
+    finally:
+        conn.sock.close()
+    assert unnamed["REMOTE_ADDR"] == ""
+    assert "REMOTE_PORT" not in unnamed
+    assert named["REMOTE_ADDR"] == "203.0.113.9"
+    assert named["REMOTE_PORT"] == "51234"
+
+
 def test_forwarded_headers_are_believed_only_from_a_trusted_proxy_source(proxied):
     """HAProxy passes a CDN's connection on: the CDN's X-Forwarded-For counts when the
     PROXY header's source (the CDN) is in --forwarded-allow-ips, and not otherwise."""

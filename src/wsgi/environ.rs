@@ -1,15 +1,16 @@
 //! Building the PEP 3333 `environ` dict of one request.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{header, HeaderMap, Version};
 use parking_lot::Mutex;
 use percent_encoding::percent_decode;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::{ffi, intern};
 
 use super::errors::WsgiErrors;
 use super::input::WsgiInput;
@@ -31,12 +32,102 @@ pub(crate) struct EnvironContext {
 
 /// Bytes as a PEP 3333 "native string": each byte one code point (latin-1).
 pub(crate) fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
-    if bytes.is_ascii() {
-        // SAFETY-free fast path: ASCII is valid UTF-8 with the same code points.
-        return PyString::new(py, std::str::from_utf8(bytes).unwrap_or_default());
+    let len = ffi::Py_ssize_t::try_from(bytes.len()).expect("a slice is at most isize::MAX bytes");
+    // SAFETY: the pointer and length describe `bytes`, which outlives the
+    // call. Latin-1 decoding fails on no byte: only a failed allocation
+    // returns NULL, on which `from_owned_ptr` panics, as `PyString::new` does.
+    // The result of `PyUnicode_DecodeLatin1` is a str.
+    unsafe {
+        let text = ffi::PyUnicode_DecodeLatin1(bytes.as_ptr().cast(), len, std::ptr::null());
+        Bound::from_owned_ptr(py, text).cast_into_unchecked()
     }
-    let text: String = bytes.iter().map(|&b| char::from(b)).collect();
-    PyString::new(py, &text)
+}
+
+/// The strings a pool thread made lately for header values, paths and
+/// ports, by their bytes: most requests repeat their neighbours' `Host`,
+/// `User-Agent`, `Accept…` and the client's port on a keep-alive connection,
+/// and sharing a str (immutable) saves making and freeing it each time.
+///
+/// Direct-mapped: a string's bytes choose its one slot, and a new string
+/// takes the slot over. Values longer than [`TextCache::MAX_LEN`] bytes are
+/// not kept, nor are credentials (see [`TextCache::keeps`]), which must not
+/// outlive their request.
+pub(crate) struct TextCache {
+    slots: Vec<TextSlot>,
+}
+
+#[derive(Default)]
+struct TextSlot {
+    bytes: Vec<u8>,
+    text: Option<Py<PyString>>,
+}
+
+impl TextCache {
+    const SLOTS: usize = 64;
+    const MAX_LEN: usize = 128;
+
+    pub(crate) fn new() -> Self {
+        TextCache {
+            slots: (0..Self::SLOTS).map(|_| TextSlot::default()).collect(),
+        }
+    }
+
+    /// Whether values of this header may be kept.
+    fn keeps(name: &header::HeaderName) -> bool {
+        !matches!(
+            *name,
+            header::COOKIE | header::AUTHORIZATION | header::PROXY_AUTHORIZATION
+        )
+    }
+
+    /// `bytes` as a native string ([`latin1`]), shared with the last request
+    /// that had the same bytes when it is still in the cache.
+    pub(crate) fn latin1<'py>(&mut self, py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
+        if bytes.len() > Self::MAX_LEN {
+            return latin1(py, bytes);
+        }
+        let slot = &mut self.slots[slot_of(bytes) % Self::SLOTS];
+        if let Some(text) = &slot.text {
+            if slot.bytes == bytes {
+                return text.bind(py).clone();
+            }
+        }
+        let text = latin1(py, bytes);
+        slot.bytes.clear();
+        slot.bytes.extend_from_slice(bytes);
+        slot.text = Some(text.clone().unbind());
+        text
+    }
+
+    /// The value of header `name` as a native string: from the cache unless
+    /// the header carries credentials.
+    fn latin1_of<'py>(
+        &mut self,
+        py: Python<'py>,
+        name: &header::HeaderName,
+        bytes: &[u8],
+    ) -> Bound<'py, PyString> {
+        if Self::keeps(name) {
+            self.latin1(py, bytes)
+        } else {
+            latin1(py, bytes)
+        }
+    }
+}
+
+/// A hash of up to [`TextCache::MAX_LEN`] bytes, eight at a time.
+fn slot_of(bytes: &[u8]) -> usize {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut hash = bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().expect("chunks of eight"));
+        hash = (hash.rotate_left(5) ^ word).wrapping_mul(K);
+    }
+    let mut last = [0u8; 8];
+    last[..words.remainder().len()].copy_from_slice(words.remainder());
+    hash = (hash.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
+    (hash >> 32) as usize
 }
 
 /// `HTTP_` + the header name upper-cased with `-` as `_`; `None` for names
@@ -202,6 +293,11 @@ impl EnvironContext {
             // key by identity instead of comparing the text.
             base.set_item(PyString::intern(py, name), py.None())?;
         }
+        if key.server.is_some() {
+            // A TCP client has a port; `build` removes this for one that has
+            // none (relayed from a Unix socket).
+            base.set_item(intern!(py, "REMOTE_PORT"), py.None())?;
+        }
         base.set_item(intern!(py, "SCRIPT_NAME"), self.script_name.as_str())?;
         base.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.1"))?;
         if let Some(addr) = key.server {
@@ -244,6 +340,7 @@ pub(crate) fn build<'py>(
     exchange: &Arc<Exchange>,
     headers: HeaderMap,
     errors: &Py<WsgiErrors>,
+    texts: &mut TextCache,
 ) -> PyResult<Bound<'py, PyDict>> {
     let connection = &exchange.connection;
     let environ = ctx.environ_for(py, connection)?;
@@ -267,11 +364,15 @@ pub(crate) fn build<'py>(
             prefix.strip_from(raw_path)
         }
     };
-    let path: Vec<u8> = percent_decode(raw_path.as_bytes()).collect();
+    // Borrowed, not copied, when there is nothing to decode.
+    let path: Cow<'_, [u8]> = percent_decode(raw_path.as_bytes()).into();
     let path = path_info(&path, ctx.script_name.as_bytes());
-    environ.set_item(intern!(py, "PATH_INFO"), latin1(py, path))?;
+    environ.set_item(intern!(py, "PATH_INFO"), texts.latin1(py, path))?;
     let query = exchange.uri.query().unwrap_or("");
-    environ.set_item(intern!(py, "QUERY_STRING"), latin1(py, query.as_bytes()))?;
+    environ.set_item(
+        intern!(py, "QUERY_STRING"),
+        texts.latin1(py, query.as_bytes()),
+    )?;
     if exchange.version != Version::HTTP_11 {
         environ.set_item(
             intern!(py, "SERVER_PROTOCOL"),
@@ -298,13 +399,19 @@ pub(crate) fn build<'py>(
     match connection.client {
         Some(addr) => {
             environ.set_item(intern!(py, "REMOTE_ADDR"), host_text(py, addr.ip()))?;
-            environ.set_item(
-                intern!(py, "REMOTE_PORT"),
-                itoa::Buffer::new().format(addr.port()),
-            )?;
+            let mut port = itoa::Buffer::new();
+            let port = port.format(addr.port()).as_bytes();
+            environ.set_item(intern!(py, "REMOTE_PORT"), texts.latin1(py, port))?;
         }
-        // Peers of a Unix socket are unnamed: gunicorn sets an empty REMOTE_ADDR.
-        None => environ.set_item(intern!(py, "REMOTE_ADDR"), intern!(py, ""))?,
+        // Peers of a Unix socket are unnamed: gunicorn sets an empty
+        // REMOTE_ADDR. (A client relayed by the PROXY protocol from the
+        // balancer's Unix socket arrives on TCP, whose base has a REMOTE_PORT.)
+        None => {
+            environ.set_item(intern!(py, "REMOTE_ADDR"), intern!(py, ""))?;
+            if environ.contains(intern!(py, "REMOTE_PORT"))? {
+                environ.del_item(intern!(py, "REMOTE_PORT"))?;
+            }
+        }
     }
 
     // `into_iter` yields a header's values one after another, naming the
@@ -320,9 +427,9 @@ pub(crate) fn build<'py>(
                 joined.extend_from_slice(b", ");
                 joined.extend_from_slice(value.as_bytes());
             }
-            latin1(py, &joined)
+            texts.latin1_of(py, &name, &joined)
         } else {
-            latin1(py, first.as_bytes())
+            texts.latin1_of(py, &name, first.as_bytes())
         };
         if name == header::CONTENT_TYPE {
             environ.set_item(intern!(py, "CONTENT_TYPE"), value)?;
@@ -408,6 +515,63 @@ mod tests {
         Python::attach(|py| {
             assert_eq!(latin1(py, b"/a b").to_string(), "/a b");
             assert_eq!(latin1(py, b"/caf\xc3\xa9").to_string(), "/caf\u{c3}\u{a9}");
+            assert_eq!(latin1(py, b"\xff\x00").to_string(), "\u{ff}\u{0}");
+            assert_eq!(latin1(py, b"").to_string(), "");
+        });
+    }
+
+    #[test]
+    fn the_text_cache_shares_a_string_only_for_the_same_bytes() {
+        Python::initialize();
+        Python::attach(|py| {
+            let mut texts = TextCache::new();
+            let host = texts.latin1(py, b"example.com:8000");
+            assert_eq!(host.to_str().unwrap(), "example.com:8000");
+            assert!(texts.latin1(py, b"example.com:8000").is(&host));
+            // Many other values take slots over; each comes back with its own text.
+            let others: Vec<Vec<u8>> = (0..500)
+                .map(|i| format!("/item/{i}").into_bytes())
+                .collect();
+            for value in &others {
+                let text = texts.latin1(py, value);
+                assert_eq!(text.to_str().unwrap().as_bytes(), value.as_slice());
+            }
+            let kept = others
+                .iter()
+                .filter(|value| {
+                    let first = texts.latin1(py, value);
+                    texts.latin1(py, value).is(&first)
+                })
+                .count();
+            assert_eq!(kept, others.len());
+            // Too long to keep: equal, not shared.
+            let long = vec![b'a'; TextCache::MAX_LEN + 1];
+            let first = texts.latin1(py, &long);
+            assert_eq!(first.to_str().unwrap().len(), long.len());
+            assert!(!texts.latin1(py, &long).is(&first));
+            // Non-ASCII bytes are latin-1 code points in the cache too.
+            assert_eq!(texts.latin1(py, b"caf\xe9").to_str().unwrap(), "caf\u{e9}");
+        });
+    }
+
+    #[test]
+    fn the_text_cache_keeps_no_credentials() {
+        Python::initialize();
+        Python::attach(|py| {
+            let mut texts = TextCache::new();
+            for name in [
+                header::COOKIE,
+                header::AUTHORIZATION,
+                header::PROXY_AUTHORIZATION,
+            ] {
+                let first = texts.latin1_of(py, &name, b"secret");
+                assert!(!texts.latin1_of(py, &name, b"secret").is(&first));
+            }
+            assert!(texts.slots.iter().all(|slot| slot.text.is_none()));
+            let first = texts.latin1_of(py, &header::USER_AGENT, b"curl/8.0");
+            assert!(texts
+                .latin1_of(py, &header::USER_AGENT, b"curl/8.0")
+                .is(&first));
         });
     }
 }

@@ -29,7 +29,7 @@ use crate::asgi::ClientDisconnected;
 use crate::exchange::RequestStart;
 use crate::supervisor::Slot;
 use crate::wake::mark_pool_thread;
-use environ::EnvironContext;
+use environ::{EnvironContext, TextCache};
 use response::{respond, Callables};
 
 /// How often shutdown checks whether the pool's threads have finished.
@@ -201,6 +201,7 @@ fn thread_main(shared: &Arc<Shared>) {
         let mut searching = true;
         // start_response, write and wsgi.errors, reused from request to request.
         let mut callables = None;
+        let mut texts = TextCache::new();
         loop {
             if !shared.jobs.is_empty() {
                 if std::mem::take(&mut searching) {
@@ -216,7 +217,7 @@ fn thread_main(shared: &Arc<Shared>) {
                     if let Some(counters) = counters {
                         counters.wsgi_thread_busy();
                     }
-                    run(py, &shared.app, &shared.ctx, job, &mut callables);
+                    run(py, shared, job, &mut callables, &mut texts);
                     if let Some(counters) = counters {
                         counters.wsgi_thread_idle();
                     }
@@ -266,15 +267,23 @@ fn wait_for_work(shared: &Shared) -> bool {
 /// Runs the app for one request on the current (pool) thread.
 fn run(
     py: Python<'_>,
-    app: &Py<PyAny>,
-    ctx: &EnvironContext,
+    shared: &Shared,
     job: Box<RequestStart>,
     kept: &mut Option<Callables>,
+    texts: &mut TextCache,
 ) {
     let RequestStart { exchange, head } = *job;
     let outcome = Callables::bind(kept, py, &exchange).and_then(|callables| {
-        let environ = environ::build(py, ctx, &exchange, head.headers, callables.errors())?;
-        let iterable = app
+        let environ = environ::build(
+            py,
+            &shared.ctx,
+            &exchange,
+            head.headers,
+            callables.errors(),
+            texts,
+        )?;
+        let iterable = shared
+            .app
             .bind(py)
             .call1((environ, callables.start_response(py)))?;
         respond(py, &exchange, callables.state(), &iterable)
