@@ -223,12 +223,7 @@ pub(crate) fn handle(
                         started_at,
                     )
                 });
-                let exchange = Arc::new(Exchange::new(
-                    Arc::clone(&state.bridge),
-                    &head,
-                    info,
-                    body_complete,
-                ));
+                let exchange = Exchange::new(Arc::clone(&state.bridge), &head, info, body_complete);
                 // Both count until the app is done, not only until the response is:
                 // the app may work on after its client has gone.
                 exchange.hold((in_flight, active.app_task()));
