@@ -13,6 +13,7 @@ together. Compare two builds by running this with each build's interpreter:
     /other/venv/bin/python benches/instructions.py --apps hello --requests 4000
     python benches/instructions.py --apps hello --http2   # h2c: h2load, 10 streams a connection
     python benches/instructions.py --apps hello --per-thread   # Python thread and reactor apart
+    python benches/instructions.py --apps wsgi_hello --cache-sim  # and simulated cache misses
 
 Needs valgrind (apt-get install valgrind), and h2load for --http2 (apt-get install
 nghttp2-client). Expect a minute or two per app: the server runs
@@ -92,17 +93,20 @@ def measure(
     path: str = "/",
     keep: str | None = None,
     per_thread: bool = False,
-) -> dict[str, int]:
-    """Instructions of one server run that serves `requests` requests: the total under
-    "all", or with `per_thread` one count per thread, keyed by callgrind's thread number
-    ("01" is the main thread, where the app's Python runs; the others follow in the order
-    they started: the reactor, the log writer, WSGI threads)."""
+    cache_sim: bool = False,
+) -> dict[str, dict[str, int]]:
+    """Callgrind's counts of one server run that serves `requests` requests, by event
+    (`Ir`, instructions; with `cache_sim` also the simulated cache's misses, `D1mr`...):
+    the total under "all", or with `per_thread` one set per thread, keyed by callgrind's
+    thread number ("01" is the main thread, where the app's Python runs; the others follow
+    in the order they started: the reactor, the log writer, WSGI threads)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         log = Path(tmp) / "server.log"
         argv = [
             "valgrind", "--tool=callgrind", "--trace-children=no",
             f"--separate-threads={'yes' if per_thread else 'no'}",
+            f"--cache-sim={'yes' if cache_sim else 'no'}",
             f"--callgrind-out-file={out}",
             sys.executable, "-m", "rsasgi", app, "--no-access-log",
             "--port", str(_free_port()),
@@ -134,11 +138,30 @@ def measure(
                 shutil.copy(output, Path(keep) / f"callgrind.{app.rsplit(':', 1)[-1]}.out{suffix}")
         totals = {}
         for output in outputs:
-            summary = re.search(r"^summary:\s+(\d+)", output.read_text(), re.MULTILINE)
-            if summary is None:
-                raise RuntimeError(f"no summary line in {output}")
-            totals[output.name.rsplit("-", 1)[-1] if per_thread else "all"] = int(summary.group(1))
+            text = output.read_text()
+            events = re.search(r"^events:\s+(.+)$", text, re.MULTILINE)
+            summary = re.search(r"^summary:\s+(.+)$", text, re.MULTILINE)
+            if events is None or summary is None:
+                raise RuntimeError(f"no events or summary line in {output}")
+            # Callgrind may leave trailing zero counts out.
+            numbers = map(int, summary.group(1).split())
+            counts = dict(zip(events.group(1).split(), numbers, strict=False))
+            totals[output.name.rsplit("-", 1)[-1] if per_thread else "all"] = counts
         return totals
+
+
+#: With --cache-sim: what is printed per request, from which of callgrind's events.
+CACHE_EVENTS = {
+    "L1 data misses": ("D1mr", "D1mw"),
+    "L1 instruction misses": ("I1mr",),
+    "last-level misses": ("DLmr", "DLmw", "ILmr"),
+}
+
+
+def _per_request(
+    busy: dict[str, int], idle: dict[str, int], events: tuple[str, ...], requests: int
+) -> float:
+    return sum(busy.get(e, 0) - idle.get(e, 0) for e in events) / requests
 
 
 def main() -> int:
@@ -160,13 +183,21 @@ def main() -> int:
         action="store_true",
         help="count each thread apart (thread 01 runs the app's Python; 02 or 03 the reactor)",
     )
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="also count misses of callgrind's simulated caches (a model of this machine's L1 "
+        "and last level, all threads sharing them), which instructions alone do not show",
+    )
     args = parser.parse_args()
     if args.requests < 1 or args.connections < 1:
         parser.error("--requests and --connections must be at least 1")
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     protocol = "h2c" if args.http2 else "HTTP/1.1"
     for name in args.apps:
-        idle = measure(APPS[name], 0, args.connections, per_thread=args.per_thread)
+        idle = measure(
+            APPS[name], 0, args.connections, per_thread=args.per_thread, cache_sim=args.cache_sim
+        )
         busy = measure(
             APPS[name],
             args.requests,
@@ -175,15 +206,23 @@ def main() -> int:
             args.path,
             args.keep,
             args.per_thread,
+            args.cache_sim,
         )
+        both = [(busy[thread], idle.get(thread, {})) for thread in busy]
+        instructions = sum(_per_request(b, i, ("Ir",), args.requests) for b, i in both)
         print(
-            f"{name:<11} {(sum(busy.values()) - sum(idle.values())) / args.requests:>10,.0f} "
-            f"instructions/request ({args.requests} {protocol} GET {args.path} over "
-            f"{args.connections} connections)"
+            f"{name:<11} {instructions:>10,.0f} instructions/request ({args.requests} "
+            f"{protocol} GET {args.path} over {args.connections} connections)"
         )
+        if args.cache_sim:
+            for label, events in CACHE_EVENTS.items():
+                misses = sum(_per_request(b, i, events, args.requests) for b, i in both)
+                print(f"{'':<11} {misses:>10,.1f} {label}/request")
         if args.per_thread:
             for thread in sorted(busy):
-                per_request = (busy[thread] - idle.get(thread, 0)) / args.requests
+                per_request = _per_request(
+                    busy[thread], idle.get(thread, {}), ("Ir",), args.requests
+                )
                 # Threads that do nothing per request (the log writer) are left out.
                 if abs(per_request) >= 10:
                     print(f"  thread {thread} {per_request:>10,.0f}")
