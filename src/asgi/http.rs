@@ -139,8 +139,19 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
                 .get_item(intern!(py, "status"))?
                 .ok_or_else(|| PyValueError::new_err("http.response.start has no 'status'"))?;
             let status = parse_status(&status)?;
-            let mut headers = HeaderMap::new();
-            if let Some(raw) = message.get_item(intern!(py, "headers"))? {
+            let raw = message.get_item(intern!(py, "headers"))?;
+            // Sized for a list's headers and the `Server` header the reactor
+            // adds, as growing the map rehashes it; other iterables start
+            // with the map's first allocation (room for six).
+            let listed = raw
+                .as_ref()
+                .and_then(|raw| raw.cast::<PyList>().ok())
+                .map(|list| list.len());
+            let mut headers = match listed {
+                Some(len) => HeaderMap::with_capacity(len + 1),
+                None => HeaderMap::new(),
+            };
+            if let Some(raw) = raw {
                 parse_headers(&raw, &mut headers)?;
             }
             let start = ResponseStart::new(status, headers, None).map_err(|reason| {

@@ -273,10 +273,12 @@ fn parse_headers(
     headers: &Bound<'_, PyAny>,
     mut cache: Option<&mut HeaderCache>,
 ) -> PyResult<HeaderMap> {
-    let mut map = HeaderMap::new();
     let list = headers.cast::<PyList>().map_err(|_| {
         PyTypeError::new_err("start_response() headers must be a list of (name, value) tuples")
     })?;
+    // Room for the `Server` header the reactor adds, so that it does not
+    // make the map grow (rehashing) for an app that sends six headers.
+    let mut map = HeaderMap::with_capacity(list.len() + 1);
     for item in list.iter() {
         let pair = item
             .cast::<PyTuple>()
