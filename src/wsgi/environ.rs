@@ -49,9 +49,12 @@ pub(crate) fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString>
 /// and sharing a str (immutable) saves making and freeing it each time.
 ///
 /// Direct-mapped: a string's bytes choose its one slot, and a new string
-/// takes the slot over. Values longer than [`TextCache::MAX_LEN`] bytes are
-/// not kept, nor are credentials (see [`TextCache::keeps`]), which must not
-/// outlive their request.
+/// takes the slot over. A string is handed out again only for the very same
+/// bytes, so no request sees another's values. Values longer than
+/// [`TextCache::MAX_LEN`] bytes are not kept, nor are cookies and
+/// authorization headers ([`TextCache::keeps`]): secrets are not held past
+/// their request, and they differ from user to user, so would seldom be
+/// shared anyway.
 pub(crate) struct TextCache {
     slots: Vec<TextSlot>,
 }
