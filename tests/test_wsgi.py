@@ -112,6 +112,8 @@ def test_every_key_present_with_its_type(server):
     assert env["REMOTE_PORT"].isdigit() and 0 < int(env["REMOTE_PORT"]) < 65536
     assert env["HTTP_HOST"] == f"127.0.0.1:{server.port}"
     assert "CONTENT_TYPE" not in env and "CONTENT_LENGTH" not in env, env
+    # No placeholder of the base environ is left unset.
+    assert "NoneType" not in types.values(), types
     assert out["body"] == ""
 
 

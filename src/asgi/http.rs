@@ -148,7 +148,8 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
                 .and_then(|raw| raw.cast::<PyList>().ok())
                 .map(|list| list.len());
             let mut headers = match listed {
-                Some(len) => HeaderMap::with_capacity(len + 1),
+                // Tens of thousands of headers are too many to size for.
+                Some(len) => HeaderMap::try_with_capacity(len + 1).unwrap_or_default(),
                 None => HeaderMap::new(),
             };
             if let Some(raw) = raw {

@@ -51,10 +51,11 @@ pub(crate) fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString>
 /// Direct-mapped: a string's bytes choose its one slot, and a new string
 /// takes the slot over. A string is handed out again only for the very same
 /// bytes, so no request sees another's values. Values longer than
-/// [`TextCache::MAX_LEN`] bytes are not kept, nor are cookies and
-/// authorization headers ([`TextCache::keeps`]): secrets are not held past
-/// their request, and they differ from user to user, so would seldom be
-/// shared anyway.
+/// [`TextCache::MAX_LEN`] bytes are not kept, nor are `Cookie` and
+/// `Authorization` values ([`TextCache::keeps`]): they differ from user to
+/// user, so would seldom be shared, and they are the secrets most worth not
+/// holding on to. (Other values may carry a token too, a query string's,
+/// say: those stay until their slot is taken.)
 pub(crate) struct TextCache {
     slots: Vec<TextSlot>,
 }

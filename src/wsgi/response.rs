@@ -277,8 +277,10 @@ fn parse_headers(
         PyTypeError::new_err("start_response() headers must be a list of (name, value) tuples")
     })?;
     // Room for the `Server` header the reactor adds, so that it does not
-    // make the map grow (rehashing) for an app that sends six headers.
-    let mut map = HeaderMap::with_capacity(list.len() + 1);
+    // make the map grow (rehashing) for an app that sends six headers. A
+    // list too long to size the map for (tens of thousands of headers)
+    // starts small, as it used to, rather than panic.
+    let mut map = HeaderMap::try_with_capacity(list.len() + 1).unwrap_or_default();
     for item in list.iter() {
         let pair = item
             .cast::<PyTuple>()
