@@ -14,6 +14,7 @@ together. Compare two builds by running this with each build's interpreter:
     python benches/instructions.py --apps hello --http2   # h2c: h2load, 10 streams a connection
     python benches/instructions.py --apps hello --per-thread   # Python thread and reactor apart
     python benches/instructions.py --apps wsgi_hello --cache-sim  # and simulated cache misses
+    python benches/instructions.py --server granian --cache-sim   # granian, as run.py starts it
 
 Needs valgrind (apt-get install valgrind), and h2load for --http2 (apt-get install
 nghttp2-client). Expect a minute or two per app: the server runs
@@ -94,35 +95,48 @@ def measure(
     keep: str | None = None,
     per_thread: bool = False,
     cache_sim: bool = False,
+    server_name: str = "rsasgi",
 ) -> dict[str, dict[str, int]]:
     """Callgrind's counts of one server run that serves `requests` requests, by event
     (`Ir`, instructions; with `cache_sim` also the simulated cache's misses, `D1mr`...):
     the total under "all", or with `per_thread` one set per thread, keyed by callgrind's
     thread number ("01" is the main thread, where the app's Python runs; the others follow
-    in the order they started: the reactor, the log writer, WSGI threads)."""
+    in the order they started: the reactor, the log writer, WSGI threads).
+
+    With `server_name` "granian", granian serves the app as benches/run.py starts it, and
+    the counts are its processes' (the supervisor and its worker) added up under "all"."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         log = Path(tmp) / "server.log"
+        port = _free_port()
+        if server_name == "granian":
+            # Its worker is a child process; each process writes its own file.
+            outputs_of = "callgrind.out.*"
+            valgrind = ["--trace-children=yes", f"--callgrind-out-file={out}.%p"]
+            server_argv = _granian_argv(app, port)
+        else:
+            outputs_of = "callgrind.out-*" if per_thread else "callgrind.out"
+            valgrind = ["--trace-children=no", f"--callgrind-out-file={out}"]
+            server_argv = [sys.executable, "-m", "rsasgi", app, "--no-access-log"]
+            server_argv += ["--port", str(port)]
         argv = [
-            "valgrind", "--tool=callgrind", "--trace-children=no",
+            "valgrind", "--tool=callgrind", *valgrind,
             f"--separate-threads={'yes' if per_thread else 'no'}",
             f"--cache-sim={'yes' if cache_sim else 'no'}",
-            f"--callgrind-out-file={out}",
-            sys.executable, "-m", "rsasgi", app, "--no-access-log",
-            "--port", str(_free_port()),
+            *server_argv,
         ]  # fmt: skip
         with open(log, "wb") as sink:
             server = subprocess.Popen(argv, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + START_TIMEOUT
-            while not (match := LISTENING.search(log.read_text(errors="replace"))):
+            while not _listening(server_name, log, port):
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the server did not start:\n{log.read_text()}")
                 time.sleep(0.2)
             if requests and http2:
-                _send_http2(int(match.group(1)), requests, connections, path)
+                _send_http2(port, requests, connections, path)
             elif requests:
-                asyncio.run(_send(int(match.group(1)), requests, connections, path))
+                asyncio.run(_send(port, requests, connections, path))
             server.send_signal(signal.SIGINT)
             server.wait(START_TIMEOUT)
         finally:
@@ -130,7 +144,7 @@ def measure(
                 server.kill()
                 server.wait()
         # With --separate-threads, one file per thread: callgrind.out-01, -02...
-        outputs = sorted(Path(tmp).glob("callgrind.out-*")) if per_thread else [out]
+        outputs = sorted(Path(tmp).glob(outputs_of))
         if keep:
             Path(keep).mkdir(parents=True, exist_ok=True)
             for output in outputs:
@@ -146,8 +160,34 @@ def measure(
             # Callgrind may leave trailing zero counts out.
             numbers = map(int, summary.group(1).split())
             counts = dict(zip(events.group(1).split(), numbers, strict=False))
-            totals[output.name.rsplit("-", 1)[-1] if per_thread else "all"] = counts
+            key = output.name.rsplit("-", 1)[-1] if per_thread else "all"
+            totals[key] = {e: totals.get(key, {}).get(e, 0) + n for e, n in counts.items()}
         return totals
+
+
+def _granian_argv(app: str, port: int) -> list[str]:
+    """granian serving `app` on `port` with the settings of benches/run.py."""
+    import run
+
+    settings = run._granian_wsgi_argv if app == APPS["wsgi_hello"] else run._granian_argv
+    argv = settings(port, 1, ROOT)
+    # run.py names its own app of the interface; this one serves the app asked for.
+    return [*argv[:-1], app]
+
+
+def _listening(server_name: str, log: Path, port: int) -> bool:
+    """Whether the server has said it listens (rsasgi) or takes connections (granian, which
+    says nothing at its log level)."""
+    if server_name == "rsasgi":
+        return LISTENING.search(log.read_text(errors="replace")) is not None
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    # Under valgrind the worker accepts well before it has warmed up: let it settle, so
+    # that start-up work lands in both runs alike.
+    time.sleep(3)
+    return True
 
 
 #: With --cache-sim: what is printed per request, from which of callgrind's events.
@@ -184,6 +224,12 @@ def main() -> int:
         help="count each thread apart (thread 01 runs the app's Python; 02 or 03 the reactor)",
     )
     parser.add_argument(
+        "--server",
+        choices=("rsasgi", "granian"),
+        default="rsasgi",
+        help="the server to count (rsasgi); granian is started as benches/run.py starts it",
+    )
+    parser.add_argument(
         "--cache-sim",
         action="store_true",
         help="also count misses of callgrind's simulated caches (a model of this machine's L1 "
@@ -192,11 +238,18 @@ def main() -> int:
     args = parser.parse_args()
     if args.requests < 1 or args.connections < 1:
         parser.error("--requests and --connections must be at least 1")
+    if args.server != "rsasgi" and args.per_thread:
+        parser.error("--per-thread counts rsasgi's threads only")
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     protocol = "h2c" if args.http2 else "HTTP/1.1"
     for name in args.apps:
         idle = measure(
-            APPS[name], 0, args.connections, per_thread=args.per_thread, cache_sim=args.cache_sim
+            APPS[name],
+            0,
+            args.connections,
+            per_thread=args.per_thread,
+            cache_sim=args.cache_sim,
+            server_name=args.server,
         )
         busy = measure(
             APPS[name],
@@ -207,12 +260,13 @@ def main() -> int:
             args.keep,
             args.per_thread,
             args.cache_sim,
+            args.server,
         )
         both = [(busy[thread], idle.get(thread, {})) for thread in busy]
         instructions = sum(_per_request(b, i, ("Ir",), args.requests) for b, i in both)
         print(
-            f"{name:<11} {instructions:>10,.0f} instructions/request ({args.requests} "
-            f"{protocol} GET {args.path} over {args.connections} connections)"
+            f"{name:<11} {instructions:>10,.0f} instructions/request ({args.server}, "
+            f"{args.requests} {protocol} GET {args.path} over {args.connections} connections)"
         )
         if args.cache_sim:
             for label, events in CACHE_EVENTS.items():
