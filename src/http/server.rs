@@ -276,13 +276,19 @@ async fn accept_from_waiting<L: AsRawFd + AsFd>(
                 tokio::time::sleep(DEFER_STEP).await;
                 continue;
             }
-            // Nobody took it: the others may be stuck while they look ready.
-            seat.peers_too_slow();
+            // Nobody took it: the others may be slow to run, or stuck while
+            // they look ready.
+            seat.left_untaken();
         }
         let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
         match ready.try_io(|inner| SockRef::from(inner.get_ref()).accept4(flags)) {
             // Nothing awaited from here on: the connection cannot be lost.
-            Ok(accepted) => return accepted,
+            Ok(accepted) => {
+                if let Some(seat) = seat {
+                    seat.took_connection();
+                }
+                return accepted;
+            }
             // Taken by another worker first; try_io cleared the readiness.
             Err(_would_block) => deferring_since = None,
         }

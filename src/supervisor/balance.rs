@@ -16,6 +16,14 @@
 //! takes it anyway (the other may be slow to wake, or stuck), so deferring
 //! costs a connection a few milliseconds at worst and never strands it.
 //!
+//! A worker that leaves [`STRIKES`] connections in a row to a peer which
+//! accepts none of them in between takes that peer for stuck (stopped, or
+//! out of file descriptors while it still says it accepts) and leaves it
+//! nothing for [`IGNORE_STUCK_FOR`]. One missed connection is not enough:
+//! on a busy machine a worker that is fine can wait on the run queue for
+//! longer than [`MAX_DEFER`], and ignoring it for a second then gave the
+//! other worker every connection of that second.
+//!
 //! The supervisor creates the table (an anonymous `memfd`, as the workers'
 //! [`Slot`](super::Slot)s) and gives each worker a seat, freed when the
 //! worker's process is reaped; only the worker writes its counts, and only
@@ -47,27 +55,36 @@ pub(crate) const DEFER_STEP: Duration = Duration::from_millis(1);
 /// The longest a worker leaves a waiting connection to the others.
 pub(crate) const MAX_DEFER: Duration = Duration::from_millis(5);
 
-/// How long a worker takes connections as they come once a connection it
-/// left to the others waited [`MAX_DEFER`] untaken: a worker that looks
-/// ready but is not (frozen, out of file descriptors) must not slow every
-/// accept of the others.
-const IGNORE_PEERS_FOR: Duration = Duration::from_secs(1);
+/// Connections left in a row to a peer that accepted none of them before a
+/// worker takes that peer for stuck.
+pub(crate) const STRIKES: u32 = 3;
+
+/// How long a worker leaves nothing to a peer it takes for stuck: one that
+/// looks ready but is not (stopped, out of file descriptors) must not slow
+/// every accept of the others.
+const IGNORE_STUCK_FOR: Duration = Duration::from_secs(1);
 
 #[repr(C)]
 struct Seat {
-    /// Non-zero while a worker process holds the seat (the supervisor's).
+    /// While a worker process holds the seat, which taking of a seat this
+    /// is (counted over the table, so never 0); 0 while free. The
+    /// supervisor's.
     taken: AtomicU64,
     /// Non-zero while the worker accepts connections (the worker's).
     accepting: AtomicU64,
     /// The worker's open connections (the worker's).
     connections: AtomicU64,
-    _pad: u64,
+    /// Connections the worker has accepted (the worker's): whether it took
+    /// any lately tells a slow peer from a stuck one.
+    accepted: AtomicU64,
 }
 
 #[repr(C)]
 struct Table {
     /// One more than the highest seat ever taken: readers look no further.
     used: AtomicU64,
+    /// Seats taken so far, the last one's [`Seat::taken`].
+    takings: AtomicU64,
     seats: [Seat; SEATS],
 }
 
@@ -115,7 +132,9 @@ impl Balance {
         let seat = &table.seats[index];
         seat.accepting.store(0, Ordering::Relaxed);
         seat.connections.store(0, Ordering::Relaxed);
-        seat.taken.store(1, Ordering::Release);
+        seat.accepted.store(0, Ordering::Relaxed);
+        let taking = table.takings.fetch_add(1, Ordering::Relaxed) + 1;
+        seat.taken.store(taking, Ordering::Release);
         let used = index as u64 + 1;
         if table.used.load(Ordering::Relaxed) < used {
             table.used.store(used, Ordering::Release);
@@ -131,7 +150,7 @@ impl Balance {
         (index < SEATS).then_some(WorkerSeat {
             balance: self,
             index,
-            ignore_peers_until: Mutex::new(None),
+            missed: Mutex::new(Vec::new()),
         })
     }
 }
@@ -164,8 +183,23 @@ impl Drop for TakenSeat {
 pub(crate) struct WorkerSeat {
     balance: Arc<Balance>,
     index: usize,
-    /// Set when the others let a connection wait too long.
-    ignore_peers_until: Mutex<Option<Instant>>,
+    /// The peers that lately let a connection left to them wait untaken
+    /// (usually none, so a list).
+    missed: Mutex<Vec<Missed>>,
+}
+
+/// What a worker remembers of a peer that let connections wait untaken.
+struct Missed {
+    /// The peer's seat, and which taking of it ([`Seat::taken`]): a new
+    /// worker in the seat starts with a clean record.
+    index: usize,
+    taking: u64,
+    /// Connections left untaken in a row, and the peer's accepts when the
+    /// last one was: if those grew, the peer is alive and the row restarts.
+    strikes: u32,
+    accepted: u64,
+    /// Set once the row reached [`STRIKES`]: the peer is left nothing until then.
+    ignored_until: Option<Instant>,
 }
 
 impl WorkerSeat {
@@ -188,40 +222,105 @@ impl WorkerSeat {
             .store(u64::from(accepting), Ordering::Relaxed);
     }
 
-    /// Whether another worker that is accepting has [`MARGIN`] or more
-    /// connections fewer than this one.
+    /// Counts a connection this worker accepted.
+    pub(crate) fn took_connection(&self) {
+        self.seat().accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether another worker that is accepting, and not taken for stuck,
+    /// has [`MARGIN`] or more connections fewer than this one.
     pub(crate) fn should_defer(&self) -> bool {
-        if let Some(until) = *self.ignore_peers_until.lock() {
-            if Instant::now() < until {
-                return false;
-            }
-        }
-        let table = self.balance.table();
         let mine = self.seat().connections.load(Ordering::Relaxed);
         if mine < MARGIN {
             return false;
         }
-        let used = (table.used.load(Ordering::Acquire) as usize).min(SEATS);
-        table.seats[..used].iter().enumerate().any(|(index, seat)| {
-            index != self.index
-                && seat.taken.load(Ordering::Acquire) != 0
-                && seat.accepting.load(Ordering::Relaxed) != 0
-                && seat.connections.load(Ordering::Relaxed) + MARGIN <= mine
+        let missed = self.missed.lock();
+        let now = Instant::now();
+        self.deferring_to(mine).any(|(index, seat)| {
+            !missed
+                .iter()
+                .any(|peer| peer.is(index, seat) && peer.ignored_until.is_some_and(|t| now < t))
         })
+    }
+
+    /// The other seats of workers that accept and have [`MARGIN`] or more
+    /// connections fewer than `mine`.
+    fn deferring_to(&self, mine: u64) -> impl Iterator<Item = (usize, &Seat)> {
+        let table = self.balance.table();
+        let used = (table.used.load(Ordering::Acquire) as usize).min(SEATS);
+        table.seats[..used]
+            .iter()
+            .enumerate()
+            .filter(move |&(index, seat)| {
+                index != self.index
+                    && seat.taken.load(Ordering::Acquire) != 0
+                    && seat.accepting.load(Ordering::Relaxed) != 0
+                    && seat.connections.load(Ordering::Relaxed) + MARGIN <= mine
+            })
+    }
+
+    /// A connection left to the others waited [`MAX_DEFER`] and is still
+    /// there (this worker takes it now): counts a strike against each peer
+    /// it was left to, and leaves nothing for [`IGNORE_STUCK_FOR`] to one
+    /// that has accepted no connection over [`STRIKES`] in a row.
+    pub(crate) fn left_untaken(&self) {
+        let mine = self.seat().connections.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let mut missed = self.missed.lock();
+        let table = self.balance.table();
+        // Forget the peers whose seat changed hands, and the ignoring that ended.
+        missed.retain(|peer| {
+            let seat = &table.seats[peer.index];
+            peer.is(peer.index, seat) && peer.ignored_until.is_none_or(|t| now < t)
+        });
+        for (index, seat) in self.deferring_to(mine) {
+            let accepted = seat.accepted.load(Ordering::Relaxed);
+            let position = missed.iter().position(|peer| peer.is(index, seat));
+            let peer = match position {
+                Some(position) => &mut missed[position],
+                None => {
+                    missed.push(Missed {
+                        index,
+                        taking: seat.taken.load(Ordering::Acquire),
+                        strikes: 0,
+                        accepted,
+                        ignored_until: None,
+                    });
+                    missed.last_mut().expect("just pushed")
+                }
+            };
+            if peer.ignored_until.is_some() {
+                continue;
+            }
+            if peer.accepted != accepted {
+                // It took connections since its last miss: slow, not stuck.
+                peer.strikes = 0;
+                peer.accepted = accepted;
+            }
+            peer.strikes += 1;
+            if peer.strikes < STRIKES {
+                tracing::debug!(
+                    "A connection left to the worker in seat {index} waited {}ms untaken; \
+                     taking it here",
+                    MAX_DEFER.as_millis()
+                );
+                continue;
+            }
+            peer.ignored_until = Some(now + IGNORE_STUCK_FOR);
+            tracing::debug!(
+                "The worker in seat {index} took none of the last {STRIKES} connections \
+                 left to it within {}ms; leaving it none for {}s",
+                MAX_DEFER.as_millis(),
+                IGNORE_STUCK_FOR.as_secs()
+            );
+        }
     }
 }
 
-impl WorkerSeat {
-    /// A connection left to the others waited [`MAX_DEFER`] and is still
-    /// there: take connections as they come for [`IGNORE_PEERS_FOR`].
-    pub(crate) fn peers_too_slow(&self) {
-        *self.ignore_peers_until.lock() = Some(Instant::now() + IGNORE_PEERS_FOR);
-        tracing::debug!(
-            "A connection left to a worker with fewer open waited {}ms untaken; \
-             accepting as connections come for {}s",
-            MAX_DEFER.as_millis(),
-            IGNORE_PEERS_FOR.as_secs()
-        );
+impl Missed {
+    /// Whether this is the record of the worker now in seat `index`.
+    fn is(&self, index: usize, seat: &Seat) -> bool {
+        self.index == index && self.taking == seat.taken.load(Ordering::Acquire)
     }
 }
 
@@ -274,16 +373,84 @@ mod tests {
     }
 
     #[test]
-    fn peers_that_let_a_connection_wait_are_ignored_for_a_while() {
+    fn a_peer_that_takes_none_of_three_connections_in_a_row_is_left_none_for_a_while() {
         let table = Arc::new(Balance::create().unwrap());
         let (a, b) = (table.take_seat().unwrap(), table.take_seat().unwrap());
         let (busy, stuck) = (worker_side(&table, &a), worker_side(&table, &b));
         let _busy = holding(&busy, 4);
         stuck.set_accepting(true);
+        for _ in 1..STRIKES {
+            assert!(busy.should_defer());
+            busy.left_untaken();
+        }
         assert!(busy.should_defer());
-        busy.peers_too_slow();
+        busy.left_untaken();
         assert!(!busy.should_defer());
-        *busy.ignore_peers_until.lock() = Some(Instant::now());
+        // Once the time is up it gets connections again, and a clean record.
+        busy.missed.lock()[0].ignored_until = Some(Instant::now());
+        assert!(busy.should_defer());
+        busy.left_untaken();
+        assert!(busy.should_defer());
+        assert_eq!(busy.missed.lock()[0].strikes, 1);
+    }
+
+    #[test]
+    fn a_slow_peer_that_accepts_between_misses_is_not_taken_for_stuck() {
+        let table = Arc::new(Balance::create().unwrap());
+        let (a, b) = (table.take_seat().unwrap(), table.take_seat().unwrap());
+        let (busy, slow) = (worker_side(&table, &a), worker_side(&table, &b));
+        let _busy = holding(&busy, 4);
+        slow.set_accepting(true);
+        for _ in 0..4 {
+            for _ in 1..STRIKES {
+                busy.left_untaken();
+            }
+            // Late, but it ran and took one: the row of misses starts again.
+            slow.took_connection();
+            assert!(busy.should_defer());
+        }
+        for _ in 0..STRIKES {
+            busy.left_untaken();
+        }
+        assert!(!busy.should_defer());
+    }
+
+    #[test]
+    fn strikes_count_against_the_peers_left_the_connection_only() {
+        let table = Arc::new(Balance::create().unwrap());
+        let seats: Vec<_> = (0..3).map(|_| table.take_seat().unwrap()).collect();
+        let [busy, stuck, other] = [0, 1, 2].map(|i| worker_side(&table, &seats[i]));
+        let _busy = holding(&busy, 6);
+        let other_held = holding(&other, 5);
+        stuck.set_accepting(true);
+        other.set_accepting(true);
+        for _ in 0..STRIKES {
+            busy.left_untaken();
+        }
+        // The stuck one is left nothing. The other, never left a connection
+        // (it had too many), has no strikes, and is left them once it has fewer.
+        assert!(!busy.should_defer());
+        drop(other_held);
+        assert!(busy.should_defer());
+    }
+
+    #[test]
+    fn a_new_worker_in_a_freed_seat_starts_with_a_clean_record() {
+        let table = Arc::new(Balance::create().unwrap());
+        let (a, b) = (table.take_seat().unwrap(), table.take_seat().unwrap());
+        let (busy, stuck) = (worker_side(&table, &a), worker_side(&table, &b));
+        let _busy = holding(&busy, 4);
+        stuck.set_accepting(true);
+        for _ in 0..STRIKES {
+            busy.left_untaken();
+        }
+        assert!(!busy.should_defer());
+        // Killed and replaced: the new worker gets the same seat.
+        let index = b.index();
+        drop(b);
+        let b = table.take_seat().unwrap();
+        assert_eq!(b.index(), index);
+        worker_side(&table, &b).set_accepting(true);
         assert!(busy.should_defer());
     }
 
