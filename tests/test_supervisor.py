@@ -8,8 +8,10 @@ Load is a few clients on 127.0.0.1 for a few seconds at most.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -354,6 +356,79 @@ def test_a_frozen_worker_that_looks_ready_is_not_left_connections(run_rsasgi):
     (frozen,), later = asyncio.run(scenario())
     assert frozen not in later
     assert len(later) == 30
+
+
+def _starve_of_descriptors(pid: int) -> tuple[int, int]:
+    """Caps process `pid`'s open files at the lowest descriptor number it has free, so that
+    its next accept() fails with EMFILE; returns the limits to restore."""
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    lowest_free = next(fd for fd in itertools.count() if fd not in used)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, limits[1]))
+    return limits
+
+
+def test_a_worker_out_of_file_descriptors_is_passed_over(run_rsasgi):
+    """A worker that cannot accept (out of file descriptors, yet alive and looking ready)
+    fails each accept it tries and pauses: the other takes the connections instead of
+    leaving each to it for a few milliseconds first, and it serves again once it can."""
+    server = start_supervised(run_rsasgi, "--log-level", "debug", workers=2)
+    starved, other = started_workers(server.output())
+    limits = _starve_of_descriptors(starved)
+
+    async def one_after_another(count: int) -> list[tuple[int, asyncio.StreamWriter]]:
+        opened = []
+        for _ in range(count):
+            # Further apart than the pause after a failed accept: the starved worker tries
+            # each connection, and fails it.
+            await asyncio.sleep(0.15)
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            opened.append((int((await reader.readexactly(length)).split()[1]), writer))
+        return opened
+
+    async def starved_then_restored() -> list[int]:
+        opened = await asyncio.wait_for(one_after_another(8), 30)
+        resource.prlimit(starved, resource.RLIMIT_NOFILE, limits)
+        for _, writer in opened:
+            writer.close()
+        return [pid for pid, _ in opened]
+
+    try:
+        pids = asyncio.run(starved_then_restored())
+    finally:
+        resource.prlimit(starved, resource.RLIMIT_NOFILE, limits)
+    assert pids == [other] * 8
+    log = wait_for_log(server, "accept() failed: Too many open files")
+    failed = [line for line in log.splitlines() if "accept() failed" in line]
+    assert all(f"pid {starved}]" in line for line in failed), log
+    # Each connection the other left to it and took after waiting is one debug line. The
+    # starved worker says it does not accept while it pauses after a failed accept. Counted
+    # as alive for each accept it failed, it used to be left every one of the 8.
+    waited = log.count("untaken; took it here")
+    assert waited < 3, f"{waited} connections waited for the starved worker\n{log}"
+    time.sleep(0.2)
+    assert starved in _burst(_hold_connections(server, 40)), server.output()
+
+
+def test_a_single_worker_out_of_file_descriptors_serves_the_waiting_client_later(run_rsasgi):
+    """Without a supervisor: accept() failing for want of descriptors is logged with what to
+    do, the worker keeps running, and the client waiting meanwhile is served once the worker
+    has descriptors again."""
+    server = run_rsasgi(APP)
+    limits = _starve_of_descriptors(server.proc.pid)
+    try:
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            wait_for_log(server, "accept() failed: Too many open files", "open-file limit")
+            resource.prlimit(server.proc.pid, resource.RLIMIT_NOFILE, limits)
+            response = read_response(sock)
+    finally:
+        resource.prlimit(server.proc.pid, resource.RLIMIT_NOFILE, limits)
+    assert response.startswith(b"HTTP/1.1 200 "), response
+    assert server.proc.poll() is None
 
 
 def test_a_burst_of_websockets_is_spread_over_the_workers(run_rsasgi):

@@ -263,32 +263,41 @@ async fn accept_from_waiting<L: AsRawFd + AsFd>(
     let mut deferring_since: Option<Instant> = None;
     loop {
         let mut ready = listener.readable().await?;
-        if let Some(seat) = seat.filter(|seat| seat.should_defer()) {
+        // Whether the connection about to be taken was left to the others
+        // for MAX_DEFER.
+        let mut left_untaken = false;
+        if seat.is_some_and(WorkerSeat::should_defer) {
+            if !connection_waits(listener.as_raw_fd()) {
+                // Another worker took it: wait for the next one.
+                ready.clear_ready();
+                deferring_since = None;
+                continue;
+            }
             let since = *deferring_since.get_or_insert_with(Instant::now);
             if since.elapsed() < MAX_DEFER {
-                if !connection_waits(listener.as_raw_fd()) {
-                    // Another worker took it: wait for the next one.
-                    ready.clear_ready();
-                    deferring_since = None;
-                    continue;
-                }
                 drop(ready);
                 tokio::time::sleep(DEFER_STEP).await;
                 continue;
             }
-            // Nobody took it: the others may be slow to run, or stuck while
-            // they look ready.
-            seat.left_untaken();
+            left_untaken = true;
         }
         let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
         match ready.try_io(|inner| SockRef::from(inner.get_ref()).accept4(flags)) {
             // Nothing awaited from here on: the connection cannot be lost.
-            Ok(accepted) => {
+            Ok(Ok(accepted)) => {
                 if let Some(seat) = seat {
                     seat.took_connection();
+                    if left_untaken {
+                        // Nobody took it: the others may be slow to run, or
+                        // stuck while they look ready.
+                        seat.left_untaken();
+                    }
                 }
-                return accepted;
+                return Ok(accepted);
             }
+            // Not counted as taken: a worker out of file descriptors fails
+            // every accept, and must look stuck to the others.
+            Ok(Err(err)) => return Err(err),
             // Taken by another worker first; try_io cleared the readiness.
             Err(_would_block) => deferring_since = None,
         }
@@ -426,7 +435,7 @@ async fn accept_loop<A: Accept>(
             tokio::select! {
                 accepted = listener.accept_one(seat) => match accepted {
                     Ok((io, info)) => spawn_connection(context, io, info),
-                    Err(err) => accept_failed(err).await,
+                    Err(err) => accept_failed(err, seat).await,
                 },
                 _ = shutdown.changed() => break,
             }
@@ -445,7 +454,7 @@ async fn accept_loop<A: Accept>(
             // Accept is cancel-safe: a tick that wins loses no connection.
             accepted = listener.accept_one(seat), if open => match accepted {
                 Ok((io, info)) => spawn_connection(context, io, info),
-                Err(err) => accept_failed(err).await,
+                Err(err) => accept_failed(err, seat).await,
             },
             _ = poll.tick() => {}
             _ = shutdown.changed() => break,
@@ -594,9 +603,19 @@ fn unusable_listener(err: std::io::Error) {
     tracing::error!("Cannot use the listening socket: {err}");
 }
 
-async fn accept_failed(err: std::io::Error) {
+/// Logs a failed accept and pauses before the next. Meanwhile the worker's
+/// seat says it does not accept, so that the others take the connections
+/// instead of leaving them to it (out of file descriptors, it would fail
+/// each one).
+async fn accept_failed(err: std::io::Error, seat: Option<&WorkerSeat>) {
     tracing::error!("accept() failed: {err}; retrying (raise the open-file limit if this says 'Too many open files')");
+    if let Some(seat) = seat {
+        seat.set_accepting(false);
+    }
     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+    if let Some(seat) = seat {
+        seat.set_accepting(true);
+    }
 }
 
 fn spawn_connection<I>(context: &Arc<ConnectionContext>, mut io: I, mut info: ConnectionInfo)

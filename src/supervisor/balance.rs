@@ -16,10 +16,11 @@
 //! takes it anyway (the other may be slow to wake, or stuck), so deferring
 //! costs a connection a few milliseconds at worst and never strands it.
 //!
-//! A worker that leaves [`STRIKES`] connections in a row to a peer which
-//! accepts none of them in between takes that peer for stuck (stopped, or
-//! out of file descriptors while it still says it accepts) and leaves it
-//! nothing for [`IGNORE_STUCK_FOR`]. One missed connection is not enough:
+//! A worker that leaves [`STRIKES`] connections in a row, within
+//! [`STRIKES_WITHIN`], to a peer which accepts none of them nor any other
+//! connection meanwhile takes that peer for stuck (stopped, or out of file
+//! descriptors while it still says it accepts) and leaves it nothing for
+//! [`IGNORE_STUCK_FOR`]. One missed connection is not enough:
 //! on a busy machine a worker that is fine can wait on the run queue for
 //! longer than [`MAX_DEFER`], and ignoring it for a second then gave the
 //! other worker every connection of that second.
@@ -57,7 +58,11 @@ pub(crate) const MAX_DEFER: Duration = Duration::from_millis(5);
 
 /// Connections left in a row to a peer that accepted none of them before a
 /// worker takes that peer for stuck.
-pub(crate) const STRIKES: u32 = 3;
+const STRIKES: u32 = 3;
+
+/// How close together those connections must come: misses far apart, with
+/// no connection to take between them, say nothing of the peer.
+const STRIKES_WITHIN: Duration = Duration::from_secs(1);
 
 /// How long a worker leaves nothing to a peer it takes for stuck: one that
 /// looks ready but is not (stopped, out of file descriptors) must not slow
@@ -66,9 +71,8 @@ const IGNORE_STUCK_FOR: Duration = Duration::from_secs(1);
 
 #[repr(C)]
 struct Seat {
-    /// While a worker process holds the seat, which taking of a seat this
-    /// is (counted over the table, so never 0); 0 while free. The
-    /// supervisor's.
+    /// While a worker process holds the seat, a generation number unique
+    /// over the table's life (never 0); 0 while free. The supervisor's.
     taken: AtomicU64,
     /// Non-zero while the worker accepts connections (the worker's).
     accepting: AtomicU64,
@@ -77,14 +81,16 @@ struct Seat {
     /// Connections the worker has accepted (the worker's): whether it took
     /// any lately tells a slow peer from a stuck one.
     accepted: AtomicU64,
+    /// The worker's process id, for log lines about it (the worker's).
+    pid: AtomicU64,
 }
 
 #[repr(C)]
 struct Table {
     /// One more than the highest seat ever taken: readers look no further.
     used: AtomicU64,
-    /// Seats taken so far, the last one's [`Seat::taken`].
-    takings: AtomicU64,
+    /// Seats taken so far: the last generation given out in [`Seat::taken`].
+    generations: AtomicU64,
     seats: [Seat; SEATS],
 }
 
@@ -133,8 +139,9 @@ impl Balance {
         seat.accepting.store(0, Ordering::Relaxed);
         seat.connections.store(0, Ordering::Relaxed);
         seat.accepted.store(0, Ordering::Relaxed);
-        let taking = table.takings.fetch_add(1, Ordering::Relaxed) + 1;
-        seat.taken.store(taking, Ordering::Release);
+        seat.pid.store(0, Ordering::Relaxed);
+        let generation = table.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        seat.taken.store(generation, Ordering::Release);
         let used = index as u64 + 1;
         if table.used.load(Ordering::Relaxed) < used {
             table.used.store(used, Ordering::Release);
@@ -147,7 +154,10 @@ impl Balance {
 
     /// Worker side: the seat the supervisor gave this process.
     pub(crate) fn seat(self: Arc<Self>, index: usize) -> Option<WorkerSeat> {
-        (index < SEATS).then_some(WorkerSeat {
+        let seat = self.table().seats.get(index)?;
+        seat.pid
+            .store(u64::from(std::process::id()), Ordering::Relaxed);
+        Some(WorkerSeat {
             balance: self,
             index,
             missed: Mutex::new(Vec::new()),
@@ -190,14 +200,16 @@ pub(crate) struct WorkerSeat {
 
 /// What a worker remembers of a peer that let connections wait untaken.
 struct Missed {
-    /// The peer's seat, and which taking of it ([`Seat::taken`]): a new
-    /// worker in the seat starts with a clean record.
+    /// The peer's seat, and its generation ([`Seat::taken`]): a new worker
+    /// in the seat starts with a clean record.
     index: usize,
-    taking: u64,
-    /// Connections left untaken in a row, and the peer's accepts when the
-    /// last one was: if those grew, the peer is alive and the row restarts.
+    generation: u64,
+    /// Connections left untaken in a row, the peer's accepts when the last
+    /// one was, and when: if those accepts grew, or the last miss is older
+    /// than [`STRIKES_WITHIN`], the row starts again.
     strikes: u32,
     accepted: u64,
+    last_strike: Instant,
     /// Set once the row reached [`STRIKES`]: the peer is left nothing until then.
     ignored_until: Option<Instant>,
 }
@@ -234,12 +246,15 @@ impl WorkerSeat {
         if mine < MARGIN {
             return false;
         }
+        let table = self.balance.table();
         let missed = self.missed.lock();
         let now = Instant::now();
-        self.deferring_to(mine).any(|(index, seat)| {
-            !missed
-                .iter()
-                .any(|peer| peer.is(index, seat) && peer.ignored_until.is_some_and(|t| now < t))
+        self.deferring_to(mine).any(|(index, _)| {
+            !missed.iter().any(|peer| {
+                peer.index == index
+                    && peer.is_current(table)
+                    && peer.ignored_until.is_some_and(|until| now < until)
+            })
         })
     }
 
@@ -259,57 +274,60 @@ impl WorkerSeat {
             })
     }
 
-    /// A connection left to the others waited [`MAX_DEFER`] and is still
-    /// there (this worker takes it now): counts a strike against each peer
-    /// it was left to, and leaves nothing for [`IGNORE_STUCK_FOR`] to one
-    /// that has accepted no connection over [`STRIKES`] in a row.
+    /// This worker took a connection it had left to the others for
+    /// [`MAX_DEFER`]: counts a strike against each peer it was left to, and
+    /// leaves nothing for [`IGNORE_STUCK_FOR`] to one that accepted no
+    /// connection over [`STRIKES`] in a row.
     pub(crate) fn left_untaken(&self) {
         let mine = self.seat().connections.load(Ordering::Relaxed);
         let now = Instant::now();
-        let mut missed = self.missed.lock();
         let table = self.balance.table();
-        // Forget the peers whose seat changed hands, and the ignoring that ended.
+        let mut missed = self.missed.lock();
+        // Forget the workers that left their seat, and ignoring that ended.
         missed.retain(|peer| {
-            let seat = &table.seats[peer.index];
-            peer.is(peer.index, seat) && peer.ignored_until.is_none_or(|t| now < t)
+            peer.is_current(table) && peer.ignored_until.is_none_or(|until| now < until)
         });
         for (index, seat) in self.deferring_to(mine) {
             let accepted = seat.accepted.load(Ordering::Relaxed);
-            let position = missed.iter().position(|peer| peer.is(index, seat));
-            let peer = match position {
-                Some(position) => &mut missed[position],
+            let at = match missed.iter().position(|peer| peer.index == index) {
+                Some(at) => at,
                 None => {
                     missed.push(Missed {
                         index,
-                        taking: seat.taken.load(Ordering::Acquire),
+                        generation: seat.taken.load(Ordering::Acquire),
                         strikes: 0,
                         accepted,
+                        last_strike: now,
                         ignored_until: None,
                     });
-                    missed.last_mut().expect("just pushed")
+                    missed.len() - 1
                 }
             };
+            let peer = &mut missed[at];
             if peer.ignored_until.is_some() {
                 continue;
             }
-            if peer.accepted != accepted {
-                // It took connections since its last miss: slow, not stuck.
+            if peer.accepted != accepted || now - peer.last_strike > STRIKES_WITHIN {
+                // It took connections since its last miss (slow, not stuck),
+                // or that miss was long ago.
                 peer.strikes = 0;
                 peer.accepted = accepted;
             }
             peer.strikes += 1;
+            peer.last_strike = now;
+            let pid = seat.pid.load(Ordering::Relaxed);
             if peer.strikes < STRIKES {
                 tracing::debug!(
-                    "A connection left to the worker in seat {index} waited {}ms untaken; \
-                     taking it here",
+                    "A connection left to worker pid {pid} (it has fewer open) waited {}ms \
+                     untaken; took it here",
                     MAX_DEFER.as_millis()
                 );
                 continue;
             }
             peer.ignored_until = Some(now + IGNORE_STUCK_FOR);
             tracing::debug!(
-                "The worker in seat {index} took none of the last {STRIKES} connections \
-                 left to it within {}ms; leaving it none for {}s",
+                "Worker pid {pid} took none of the last {STRIKES} connections left to it \
+                 within {}ms each; leaving it none for {}s",
                 MAX_DEFER.as_millis(),
                 IGNORE_STUCK_FOR.as_secs()
             );
@@ -318,9 +336,9 @@ impl WorkerSeat {
 }
 
 impl Missed {
-    /// Whether this is the record of the worker now in seat `index`.
-    fn is(&self, index: usize, seat: &Seat) -> bool {
-        self.index == index && self.taking == seat.taken.load(Ordering::Acquire)
+    /// Whether the worker this record is of still holds its seat.
+    fn is_current(&self, table: &Table) -> bool {
+        table.seats[self.index].taken.load(Ordering::Acquire) == self.generation
     }
 }
 
@@ -413,6 +431,23 @@ mod tests {
             busy.left_untaken();
         }
         assert!(!busy.should_defer());
+    }
+
+    #[test]
+    fn misses_far_apart_do_not_make_a_peer_stuck() {
+        let table = Arc::new(Balance::create().unwrap());
+        let (a, b) = (table.take_seat().unwrap(), table.take_seat().unwrap());
+        let (busy, quiet) = (worker_side(&table, &a), worker_side(&table, &b));
+        let _busy = holding(&busy, 4);
+        quiet.set_accepting(true);
+        for _ in 1..STRIKES {
+            busy.left_untaken();
+        }
+        // No connection came for a while, so the quiet one took none.
+        busy.missed.lock()[0].last_strike -= STRIKES_WITHIN + Duration::from_millis(1);
+        busy.left_untaken();
+        assert!(busy.should_defer());
+        assert_eq!(busy.missed.lock()[0].strikes, 1);
     }
 
     #[test]
