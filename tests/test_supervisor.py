@@ -405,10 +405,12 @@ def test_a_worker_out_of_file_descriptors_is_passed_over(run_rsasgi):
     failed = [line for line in log.splitlines() if "accept() failed" in line]
     assert all(f"pid {starved}]" in line for line in failed), log
     # Each connection the other left to it and took after waiting is one debug line. The
-    # starved worker says it does not accept while it pauses after a failed accept. Counted
-    # as alive for each accept it failed, it used to be left every one of the 8.
+    # starved worker says it does not accept while it pauses after a failed accept, so the
+    # other waits for it only if it is slow to fail; and then, since a failed accept is not
+    # one taken, for two connections a second at most. Counted as alive for each accept it
+    # failed, it used to be left every one of the 8.
     waited = log.count("untaken; took it here")
-    assert waited < 3, f"{waited} connections waited for the starved worker\n{log}"
+    assert waited <= 4, f"{waited} connections waited for the starved worker\n{log}"
     time.sleep(0.2)
     assert starved in _burst(_hold_connections(server, 40)), server.output()
 
