@@ -369,6 +369,36 @@ mod tests {
         (0..count).map(|_| seat.hold()).collect()
     }
 
+    /// Two workers: a busy one with 4 connections open, and an accepting
+    /// peer with none, which the busy one defers to.
+    struct BusyAndPeer {
+        table: Arc<Balance>,
+        busy: Arc<WorkerSeat>,
+        peer: Arc<WorkerSeat>,
+        peer_seat: TakenSeat,
+        _busy_seat: TakenSeat,
+        _held: Vec<HeldConnection>,
+    }
+
+    fn busy_and_peer() -> BusyAndPeer {
+        let table = Arc::new(Balance::create().unwrap());
+        let (busy_seat, peer_seat) = (table.take_seat().unwrap(), table.take_seat().unwrap());
+        let (busy, peer) = (
+            worker_side(&table, &busy_seat),
+            worker_side(&table, &peer_seat),
+        );
+        let held = holding(&busy, 4);
+        peer.set_accepting(true);
+        BusyAndPeer {
+            table,
+            busy,
+            peer,
+            peer_seat,
+            _busy_seat: busy_seat,
+            _held: held,
+        }
+    }
+
     #[test]
     fn a_worker_defers_only_to_an_accepting_worker_margin_connections_below_it() {
         let table = Arc::new(Balance::create().unwrap());
@@ -392,11 +422,7 @@ mod tests {
 
     #[test]
     fn a_peer_that_takes_none_of_three_connections_in_a_row_is_left_none_for_a_while() {
-        let table = Arc::new(Balance::create().unwrap());
-        let (a, b) = (table.take_seat().unwrap(), table.take_seat().unwrap());
-        let (busy, stuck) = (worker_side(&table, &a), worker_side(&table, &b));
-        let _busy = holding(&busy, 4);
-        stuck.set_accepting(true);
+        let BusyAndPeer { busy, .. } = &busy_and_peer();
         for _ in 1..STRIKES {
             assert!(busy.should_defer());
             busy.left_untaken();
@@ -414,11 +440,9 @@ mod tests {
 
     #[test]
     fn a_slow_peer_that_accepts_between_misses_is_not_taken_for_stuck() {
-        let table = Arc::new(Balance::create().unwrap());
-        let (a, b) = (table.take_seat().unwrap(), table.take_seat().unwrap());
-        let (busy, slow) = (worker_side(&table, &a), worker_side(&table, &b));
-        let _busy = holding(&busy, 4);
-        slow.set_accepting(true);
+        let BusyAndPeer {
+            busy, peer: slow, ..
+        } = &busy_and_peer();
         for _ in 0..4 {
             for _ in 1..STRIKES {
                 busy.left_untaken();
@@ -435,11 +459,7 @@ mod tests {
 
     #[test]
     fn misses_far_apart_do_not_make_a_peer_stuck() {
-        let table = Arc::new(Balance::create().unwrap());
-        let (a, b) = (table.take_seat().unwrap(), table.take_seat().unwrap());
-        let (busy, quiet) = (worker_side(&table, &a), worker_side(&table, &b));
-        let _busy = holding(&busy, 4);
-        quiet.set_accepting(true);
+        let BusyAndPeer { busy, .. } = &busy_and_peer();
         for _ in 1..STRIKES {
             busy.left_untaken();
         }
@@ -471,18 +491,21 @@ mod tests {
 
     #[test]
     fn a_new_worker_in_a_freed_seat_starts_with_a_clean_record() {
-        let table = Arc::new(Balance::create().unwrap());
-        let (a, b) = (table.take_seat().unwrap(), table.take_seat().unwrap());
-        let (busy, stuck) = (worker_side(&table, &a), worker_side(&table, &b));
-        let _busy = holding(&busy, 4);
-        stuck.set_accepting(true);
+        // Moved out of `pair`, which keeps the busy worker's connections open.
+        let pair = busy_and_peer();
+        let BusyAndPeer {
+            table,
+            busy,
+            peer_seat,
+            ..
+        } = pair;
         for _ in 0..STRIKES {
             busy.left_untaken();
         }
         assert!(!busy.should_defer());
         // Killed and replaced: the new worker gets the same seat.
-        let index = b.index();
-        drop(b);
+        let index = peer_seat.index();
+        drop(peer_seat);
         let b = table.take_seat().unwrap();
         assert_eq!(b.index(), index);
         worker_side(&table, &b).set_accepting(true);
