@@ -51,8 +51,8 @@ CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
 echo "== lint"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
-.venv/bin/ruff check python tests examples benches
-.venv/bin/ruff format --check python tests examples benches
+.venv/bin/ruff check python tests examples benches scripts
+.venv/bin/ruff format --check python tests examples benches scripts
 
 echo "== Rust unit tests"
 PYO3_PYTHON="$PWD/.venv/bin/python" cargo test --quiet

@@ -1,0 +1,340 @@
+"""Build rsasgi's release wheel with profile-guided optimisation (PGO).
+
+    python scripts/pgo_wheel.py                          # the wheel goes to dist/
+    python scripts/pgo_wheel.py --fetch-llvm-profdata    # on Debian, without LLVM tools
+    python scripts/pgo_wheel.py --out /tmp/wheels --training-seconds 5
+
+Three builds' worth of work, about 20 minutes on 2 cores:
+
+1. An instrumented wheel: the release profile (fat LTO, one codegen unit) with
+   `-Cprofile-generate`, so every run of it counts which branches and calls it takes.
+2. Training: the instrumented rsasgi, installed into a scratch directory put first on
+   PYTHONPATH, serves the benchmark workloads one after another, rsasgi only, a few seconds
+   each: `benches/run.py`'s ASGI, WSGI, static and TLS/HTTP/2 groups and
+   `benches/ws_bench.py`'s WebSocket echo. Each server process writes its counts when it exits.
+3. `llvm-profdata merge` turns the counts into one profile, and the final wheel is built from
+   the same sources with `-Cprofile-use`: hot paths laid out together and inlined where the
+   counts say so, cold ones (errors, startup) kept small.
+
+The profile is made for this checkout and thrown away; nothing is committed. The tools the
+training needs are the benchmarks' (`pip install -r benches/requirements.txt`, `wrk`, `h2load`,
+`taskset`). `llvm-profdata` must be the LLVM major version rustc was built with (`rustc -vV`):
+it is looked for as `--llvm-profdata`, `$LLVM_PROFDATA`, rustup's `llvm-tools` component,
+`llvm-profdata-N` or `llvm-profdata` on PATH, and a copy fetched before. With
+`--fetch-llvm-profdata` on x86-64 Debian-like systems without one, the script downloads Debian's
+`llvm-N` and `libllvmN` packages (with the libraries they need, checked against the archive's
+signed index with gpgv) into ~/.cache/rsasgi/ and runs llvm-profdata from there with its own
+C library, leaving the system untouched.
+
+The wheel is a normal release wheel: `pip install dist/rsasgi-*.whl`. Its speed against a
+plain `pip install .` build is measured by the benchmarks as usual (benches/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rsasgi"
+DEBIAN = "http://deb.debian.org/debian"
+# Searched in this order for llvm-N: the newest LLVM lands in unstable first, then testing.
+DEBIAN_SUITES = ("sid", "experimental", "trixie-backports", "trixie", "bookworm-backports")
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def say(message: str) -> None:
+    print(f"== {message}", flush=True)
+
+
+def rustc_llvm_major() -> int:
+    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"^LLVM version: (\d+)", out, re.M)
+    if not match:
+        sys.exit(f"cannot tell rustc's LLVM version from `rustc -vV`:\n{out}")
+    return int(match.group(1))
+
+
+def llvm_major_of(tool: str) -> int | None:
+    """The LLVM major version `tool --version` reports, or None when it does not run."""
+    try:
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except OSError:
+        return None
+    match = re.search(r"LLVM version (\d+)", out)
+    return int(match.group(1)) if match else None
+
+
+def find_llvm_profdata(major: int, given: str | None) -> str | None:
+    candidates = []
+    if given:
+        candidates.append(given)
+    if os.environ.get("LLVM_PROFDATA"):
+        candidates.append(os.environ["LLVM_PROFDATA"])
+    sysroot = subprocess.run(
+        ["rustc", "--print", "sysroot"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    candidates += glob.glob(f"{sysroot}/lib/rustlib/*/bin/llvm-profdata")
+    for name in (f"llvm-profdata-{major}", "llvm-profdata"):
+        found = shutil.which(name)
+        if found:
+            candidates.append(found)
+    candidates.append(str(CACHE / f"llvm-{major}" / "llvm-profdata"))
+    for tool in candidates:
+        found = llvm_major_of(tool)
+        if found == major:
+            return tool
+        if found is not None:
+            print(f"   {tool} is LLVM {found}, not {major}: passed over")
+        elif tool in (given, os.environ.get("LLVM_PROFDATA")):
+            sys.exit(f"{tool} does not run (`{tool} --version` failed)")
+    return None
+
+
+# ----------------------------------------------------------------- llvm-profdata from Debian
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=300) as response:
+        return response.read()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def debian_index(suite: str, work: Path) -> dict[str, dict[str, str]] | None:
+    """The suite's main/binary-amd64 package index, its InRelease checked with gpgv against the
+    system's Debian archive keyring and the index against InRelease's checksum."""
+    try:
+        release = fetch(f"{DEBIAN}/dists/{suite}/InRelease")
+    except OSError as err:
+        print(f"   {suite}: no index ({err})")
+        return None
+    (work / "InRelease").write_bytes(release)
+    checked = subprocess.run(
+        ["gpgv", "--keyring", DEBIAN_KEYRING, str(work / "InRelease")],
+        capture_output=True,
+        text=True,
+    )
+    if checked.returncode != 0:
+        sys.exit(f"the signature of Debian's {suite} index does not check out:\n{checked.stderr}")
+    text = release.decode()
+    sha_part = text.split("SHA256:", 1)[1]
+    match = re.search(r"^ ([0-9a-f]{64}) +\d+ main/binary-amd64/Packages\.xz$", sha_part, re.M)
+    if not match:
+        return None
+    packed = fetch(f"{DEBIAN}/dists/{suite}/main/binary-amd64/Packages.xz")
+    if sha256(packed) != match.group(1):
+        sys.exit(f"Debian's {suite} Packages.xz does not match its signed checksum")
+    index: dict[str, dict[str, str]] = {}
+    for stanza in lzma.decompress(packed).decode().split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " "
+        )
+        if "Package" in fields:
+            index[fields["Package"]] = fields
+    return index
+
+
+def dependencies(fields: dict[str, str]) -> list[str]:
+    """Package names a package depends on (the first of each set of alternatives)."""
+    names = []
+    for clause in fields.get("Depends", "").split(","):
+        first = clause.split("|")[0].strip()
+        if first:
+            names.append(first.split()[0].split(":")[0])
+    return names
+
+
+def fetch_llvm_profdata(major: int) -> str:
+    """Downloads Debian's llvm-profdata for LLVM `major` into the cache; returns a wrapper that
+    runs it with the C library and libraries that came with it."""
+    if shutil.which("dpkg-deb") is None or not Path(DEBIAN_KEYRING).exists():
+        sys.exit("--fetch-llvm-profdata needs a Debian-like system (dpkg-deb, the archive keyring)")
+    home = CACHE / f"llvm-{major}"
+    with tempfile.TemporaryDirectory(prefix="rsasgi-llvm-") as tmp:
+        work = Path(tmp)
+        for suite in DEBIAN_SUITES:
+            say(f"looking for llvm-{major} in Debian {suite}")
+            index = debian_index(suite, work)
+            if index and f"llvm-{major}" in index and f"libllvm{major}" in index:
+                break
+        else:
+            sys.exit(f"no Debian suite has llvm-{major}; install LLVM {major}'s llvm-profdata")
+        # llvm-N itself (for the binary) without its dependencies (most are tools' libraries),
+        # and libLLVM with everything it needs, the C and C++ runtimes included.
+        wanted = [f"llvm-{major}"]
+        queue = [f"libllvm{major}"]
+        while queue:
+            name = queue.pop()
+            if name in wanted or name not in index:
+                continue
+            wanted.append(name)
+            queue += dependencies(index[name])
+        root = work / "root"
+        for name in wanted:
+            fields = index[name]
+            deb = fetch(f"{DEBIAN}/{fields['Filename']}")
+            if sha256(deb) != fields["SHA256"]:
+                sys.exit(f"{fields['Filename']} does not match the signed index")
+            path = work / f"{name}.deb"
+            path.write_bytes(deb)
+            subprocess.run(["dpkg-deb", "-x", str(path), str(root)], check=True)
+            print(f"   {name} {fields['Version']}")
+        if home.exists():
+            shutil.rmtree(home)
+        home.mkdir(parents=True)
+        shutil.move(str(root), str(home / "root"))
+    root = home / "root"
+    loaders = sorted(root.glob("**/ld-linux-x86-64.so.2"))
+    if not loaders:
+        sys.exit("Debian's libc6 came without ld-linux-x86-64.so.2")
+    loader = loaders[0]
+    libs = ":".join(
+        str(p)
+        for p in (
+            root / "usr/lib/x86_64-linux-gnu",
+            root / "lib/x86_64-linux-gnu",
+            root / f"usr/lib/llvm-{major}/lib",
+        )
+    )
+    tool = root / f"usr/lib/llvm-{major}/bin/llvm-profdata"
+    wrapper = home / "llvm-profdata"
+    wrapper.write_text(f'#!/bin/sh\nexec "{loader}" --library-path "{libs}" "{tool}" "$@"\n')
+    wrapper.chmod(0o755)
+    if llvm_major_of(str(wrapper)) != major:
+        sys.exit(f"the fetched llvm-profdata does not run: {wrapper} --version")
+    return str(wrapper)
+
+
+# ----------------------------------------------------------------------------- the builds
+
+
+def build_wheel(python: str, out: Path, target: Path, rustflags: str) -> Path:
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target))
+    env["RUSTFLAGS"] = " ".join(filter(None, [env.get("RUSTFLAGS"), rustflags]))
+    for name in ("CARGO_PROFILE_RELEASE_LTO", "CARGO_PROFILE_RELEASE_CODEGEN_UNITS"):
+        env.pop(name, None)  # the release profile as Cargo.toml sets it
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.glob("rsasgi-*.whl"))
+    subprocess.run(
+        [python, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
+        env=env,
+        check=True,
+    )
+    made = sorted(set(out.glob("rsasgi-*.whl")) - before) or sorted(out.glob("rsasgi-*.whl"))
+    return max(made, key=lambda p: p.stat().st_mtime)
+
+
+def train(python: str, site: Path, seconds: int, work: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    common = ["--duration", str(seconds), "--warmup", "1"]
+    runs = [
+        [
+            "benches/run.py",
+            "--group",
+            group,
+            "--servers",
+            "rsasgi",
+            "--rounds",
+            "1",
+            *common,
+            "--output",
+            str(work / f"{group}.json"),
+        ]
+        for group in ("wsgi", "asgi", "tls", "static")
+    ]
+    runs.append(
+        ["benches/ws_bench.py", "--servers", "rsasgi", *common, "--output", str(work / "ws.json")]
+    )
+    for argv in runs:
+        say("training: " + " ".join(argv[:3]))
+        subprocess.run([python, *argv], cwd=REPO, env=env, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Build rsasgi's release wheel with profile-guided optimisation.",
+        epilog="Needs what the benchmarks need: pip install -r benches/requirements.txt, "
+        "wrk, h2load (nghttp2-client), taskset.",
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "dist", help="wheel directory (dist)")
+    parser.add_argument("--llvm-profdata", help="llvm-profdata of rustc's LLVM version")
+    parser.add_argument(
+        "--fetch-llvm-profdata",
+        action="store_true",
+        help="download Debian's llvm-profdata into ~/.cache/rsasgi when none is found",
+    )
+    parser.add_argument(
+        "--training-seconds", type=int, default=3, help="seconds of load per scenario (3)"
+    )
+    parser.add_argument(
+        "--work", type=Path, help="keep the builds and profiles here (default: a temporary dir)"
+    )
+    args = parser.parse_args(argv)
+    python = sys.executable
+
+    major = rustc_llvm_major()
+    profdata = find_llvm_profdata(major, args.llvm_profdata)
+    if profdata is None:
+        if not args.fetch_llvm_profdata:
+            print(
+                f"no llvm-profdata of LLVM {major} (rustc's) found: install it (rustup component "
+                f"add llvm-tools, or your system's llvm-{major}), pass --llvm-profdata PATH, or "
+                "let --fetch-llvm-profdata download Debian's",
+                file=sys.stderr,
+            )
+            return 1
+        profdata = fetch_llvm_profdata(major)
+    say(f"llvm-profdata: {profdata}")
+    for tool in ("wrk", "h2load", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"the training needs {tool}; see benches/README.md", file=sys.stderr)
+            return 1
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="rsasgi-pgo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    raw = work / "raw"
+    say("building the instrumented wheel")
+    instrumented = build_wheel(
+        python, work / "instrumented", work / "target-generate", f"-Cprofile-generate={raw}"
+    )
+    # Build scripts ran instrumented too and left their counts: only the server's count.
+    shutil.rmtree(raw, ignore_errors=True)
+    site = work / "site"
+    shutil.rmtree(site, ignore_errors=True)
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), instrumented],
+        check=True,
+    )
+    train(python, site, args.training_seconds, work)
+    profile = work / "rsasgi.profdata"
+    say(f"merging the profiles into {profile}")
+    subprocess.run([profdata, "merge", "-o", str(profile), str(raw)], check=True)
+    say("building the optimised wheel")
+    wheel = build_wheel(
+        python,
+        args.out,
+        work / "target-use",
+        f"-Cprofile-use={profile}",
+    )
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    say(f"built {wheel}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
