@@ -32,7 +32,7 @@ use crate::config::{Config, HttpEngine};
 use crate::metrics::meter::MeteredIo;
 use crate::net::proxy_protocol::{self, Refused};
 use crate::net::tls::{TlsInfo, TlsServer, ALPN_H2, ALPN_HTTP11};
-use crate::net::{ConnectionInfo, Listener, Prefixed, Scheme, ServerAddr};
+use crate::net::{ConnectionInfo, Listener, Prefixed, Scheme, Sending, ServerAddr};
 use crate::supervisor::balance::{WorkerSeat, DEFER_STEP, MAX_DEFER};
 use crate::supervisor::Slot;
 use crate::ws::{Registry, WsSettings};
@@ -321,7 +321,7 @@ fn connection_waits(fd: RawFd) -> bool {
 struct TcpAcceptor(AsyncFd<std::net::TcpListener>);
 
 impl Accept for TcpAcceptor {
-    type Io = tokio::net::TcpStream;
+    type Io = Sending<tokio::net::TcpStream>;
 
     async fn accept_one(
         &self,
@@ -343,7 +343,7 @@ impl Accept for TcpAcceptor {
             relayed: false,
             tls: None,
         };
-        Ok((stream, info))
+        Ok((Sending::new(stream), info))
     }
 }
 
@@ -354,7 +354,7 @@ struct UnixAcceptor {
 }
 
 impl Accept for UnixAcceptor {
-    type Io = tokio::net::UnixStream;
+    type Io = Sending<tokio::net::UnixStream>;
 
     async fn accept_one(
         &self,
@@ -370,7 +370,7 @@ impl Accept for UnixAcceptor {
             relayed: false,
             tls: None,
         };
-        Ok((stream, info))
+        Ok((Sending::new(stream), info))
     }
 }
 

@@ -8,12 +8,14 @@
 mod connection_info;
 mod prefixed;
 pub(crate) mod proxy_protocol;
+mod sending;
 pub(crate) mod tls;
 
 pub(crate) use connection_info::{
     ConnectionInfo, ForwardedPrefix, LoggedClient, Scheme, ServerAddr,
 };
 pub(crate) use prefixed::Prefixed;
+pub(crate) use sending::Sending;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
