@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import json
 import lzma
 import os
 import re
@@ -52,9 +53,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rsasgi"
-DEBIAN = "http://deb.debian.org/debian"
-# Searched in this order for llvm-N: the newest LLVM lands in unstable first, then testing.
-DEBIAN_SUITES = ("sid", "experimental", "trixie-backports", "trixie", "bookworm-backports")
+DEBIAN = "https://deb.debian.org/debian"
+# Whole suites (not experimental or backports, whose indexes hold only their own uploads, so
+# the C library llvm-profdata needs would be missing): unstable has the newest LLVM first.
+DEBIAN_SUITES = ("sid", "forky", "trixie")
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
@@ -63,7 +65,9 @@ def say(message: str) -> None:
 
 
 def rustc_llvm_major() -> int:
-    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["rustc", "-vV"], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
     match = re.search(r"^LLVM version: (\d+)", out, re.M)
     if not match:
         sys.exit(f"cannot tell rustc's LLVM version from `rustc -vV`:\n{out}")
@@ -74,7 +78,7 @@ def llvm_major_of(tool: str) -> int | None:
     """The LLVM major version `tool --version` reports, or None when it does not run."""
     try:
         out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return None
     match = re.search(r"LLVM version (\d+)", out)
     return int(match.group(1)) if match else None
@@ -87,7 +91,7 @@ def find_llvm_profdata(major: int, given: str | None) -> str | None:
     if os.environ.get("LLVM_PROFDATA"):
         candidates.append(os.environ["LLVM_PROFDATA"])
     sysroot = subprocess.run(
-        ["rustc", "--print", "sysroot"], capture_output=True, text=True, check=True
+        ["rustc", "--print", "sysroot"], capture_output=True, text=True, check=True, cwd=REPO
     ).stdout.strip()
     candidates += glob.glob(f"{sysroot}/lib/rustlib/*/bin/llvm-profdata")
     for name in (f"llvm-profdata-{major}", "llvm-profdata"):
@@ -99,10 +103,15 @@ def find_llvm_profdata(major: int, given: str | None) -> str | None:
         found = llvm_major_of(tool)
         if found == major:
             return tool
+        chosen = tool in (given, os.environ.get("LLVM_PROFDATA"))
+        if found is None and chosen:
+            sys.exit(f"{tool} does not run (`{tool} --version` failed)")
+        if found is not None and chosen:
+            sys.exit(
+                f"{tool} is LLVM {found}; rustc is LLVM {major}, and its profiles need {major}"
+            )
         if found is not None:
             print(f"   {tool} is LLVM {found}, not {major}: passed over")
-        elif tool in (given, os.environ.get("LLVM_PROFDATA")):
-            sys.exit(f"{tool} does not run (`{tool} --version` failed)")
     return None
 
 
@@ -127,14 +136,20 @@ def debian_index(suite: str, work: Path) -> dict[str, dict[str, str]] | None:
         print(f"   {suite}: no index ({err})")
         return None
     (work / "InRelease").write_bytes(release)
+    verified = work / "Release"
+    verified.unlink(missing_ok=True)
+    # Only what the signature covers is read: gpgv writes the signed text out, and anything
+    # around the signed block in the downloaded file is left behind.
     checked = subprocess.run(
-        ["gpgv", "--keyring", DEBIAN_KEYRING, str(work / "InRelease")],
+        ["gpgv", "--keyring", DEBIAN_KEYRING, "--output", str(verified), str(work / "InRelease")],
         capture_output=True,
         text=True,
     )
     if checked.returncode != 0:
         sys.exit(f"the signature of Debian's {suite} index does not check out:\n{checked.stderr}")
-    text = release.decode()
+    text = verified.read_text()
+    if "SHA256:" not in text:
+        return None
     sha_part = text.split("SHA256:", 1)[1]
     match = re.search(r"^ ([0-9a-f]{64}) +\d+ main/binary-amd64/Packages\.xz$", sha_part, re.M)
     if not match:
@@ -152,13 +167,19 @@ def debian_index(suite: str, work: Path) -> dict[str, dict[str, str]] | None:
     return index
 
 
-def dependencies(fields: dict[str, str]) -> list[str]:
-    """Package names a package depends on (the first of each set of alternatives)."""
+def dependencies(fields: dict[str, str], index: dict[str, dict[str, str]]) -> list[str]:
+    """The packages a package needs (Pre-Depends and Depends): of each set of alternatives,
+    the first that `index` has. Exits when a set has none there (a virtual package, say)."""
     names = []
-    for clause in fields.get("Depends", "").split(","):
-        first = clause.split("|")[0].strip()
-        if first:
-            names.append(first.split()[0].split(":")[0])
+    clauses = ",".join(filter(None, [fields.get("Pre-Depends"), fields.get("Depends")]))
+    for clause in clauses.split(","):
+        alternatives = [a.split()[0].split(":")[0] for a in clause.split("|") if a.strip()]
+        if not alternatives:
+            continue
+        found = next((name for name in alternatives if name in index), None)
+        if found is None:
+            sys.exit(f"{fields['Package']} needs {clause.strip()}, which the index does not have")
+        names.append(found)
     return names
 
 
@@ -167,6 +188,8 @@ def fetch_llvm_profdata(major: int) -> str:
     runs it with the C library and libraries that came with it."""
     if shutil.which("dpkg-deb") is None or not Path(DEBIAN_KEYRING).exists():
         sys.exit("--fetch-llvm-profdata needs a Debian-like system (dpkg-deb, the archive keyring)")
+    if os.uname().machine != "x86_64":
+        sys.exit("--fetch-llvm-profdata fetches x86-64 packages; install llvm-profdata yourself")
     home = CACHE / f"llvm-{major}"
     with tempfile.TemporaryDirectory(prefix="rsasgi-llvm-") as tmp:
         work = Path(tmp)
@@ -183,10 +206,10 @@ def fetch_llvm_profdata(major: int) -> str:
         queue = [f"libllvm{major}"]
         while queue:
             name = queue.pop()
-            if name in wanted or name not in index:
+            if name in wanted:
                 continue
             wanted.append(name)
-            queue += dependencies(index[name])
+            queue += dependencies(index[name], index)
         root = work / "root"
         for name in wanted:
             fields = index[name]
@@ -202,7 +225,8 @@ def fetch_llvm_profdata(major: int) -> str:
         home.mkdir(parents=True)
         shutil.move(str(root), str(home / "root"))
     root = home / "root"
-    loaders = sorted(root.glob("**/ld-linux-x86-64.so.2"))
+    # The file itself: a lib64 symlink in the package points at the system's loader.
+    loaders = sorted(p for p in root.glob("**/ld-linux-x86-64.so.2") if not p.is_symlink())
     if not loaders:
         sys.exit("Debian's libc6 came without ld-linux-x86-64.so.2")
     loader = loaders[0]
@@ -216,7 +240,9 @@ def fetch_llvm_profdata(major: int) -> str:
     )
     tool = root / f"usr/lib/llvm-{major}/bin/llvm-profdata"
     wrapper = home / "llvm-profdata"
-    wrapper.write_text(f'#!/bin/sh\nexec "{loader}" --library-path "{libs}" "{tool}" "$@"\n')
+    wrapper.write_text(
+        f'#!/bin/sh\nexec "{loader}" --inhibit-cache --library-path "{libs}" "{tool}" "$@"\n'
+    )
     wrapper.chmod(0o755)
     if llvm_major_of(str(wrapper)) != major:
         sys.exit(f"the fetched llvm-profdata does not run: {wrapper} --version")
@@ -288,6 +314,39 @@ def train(python: str, site: Path, seconds: int, work: Path) -> None:
     for argv in runs:
         say("training: " + " ".join(argv[:3]))
         subprocess.run([python, *argv], cwd=REPO, env=env, check=True)
+    # A scenario that failed (the server did not answer, say) leaves no numbers but does not
+    # fail the run: a profile without it would be a profile of less than the workload.
+    for group in ("wsgi", "asgi", "tls", "static"):
+        report = json.loads((work / f"{group}.json").read_text())
+        served = report.get("results", {}).get(group, {}).get("rsasgi", {})
+        missing = [name for name, run in served.items() if not run.get("requests_per_sec")]
+        if not served or missing:
+            sys.exit(f"training: the {group} group did not serve {missing or 'anything'}")
+    echoed = json.loads((work / "ws.json").read_text()).get("results", {}).get("rsasgi", {})
+    if not echoed.get("messages_per_sec"):
+        sys.exit("training: the WebSocket echo did not run")
+
+
+def missing_prerequisites(python: str) -> list[str]:
+    """What the training needs and this machine lacks."""
+    missing = [
+        f"{tool} ({package})"
+        for tool, package in (
+            ("wrk", "apt-get install wrk"),
+            ("h2load", "apt-get install nghttp2-client"),
+            ("curl", "apt-get install curl"),
+            ("taskset", "util-linux"),
+        )
+        if shutil.which(tool) is None
+    ]
+    probe = "import importlib.util as u, sys; sys.exit(0 if u.find_spec(sys.argv[1]) else 1)"
+    for modules, package in (
+        (["trustme"], "pip install trustme"),
+        (["picows", "websockets"], "pip install picows"),
+    ):
+        if not any(subprocess.run([python, "-c", probe, m]).returncode == 0 for m in modules):
+            missing.append(f"{modules[0]} ({package})")
+    return missing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,13 +384,28 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         profdata = fetch_llvm_profdata(major)
     say(f"llvm-profdata: {profdata}")
-    for tool in ("wrk", "h2load", "taskset"):
-        if shutil.which(tool) is None:
-            print(f"the training needs {tool}; see benches/README.md", file=sys.stderr)
-            return 1
+    missing = missing_prerequisites(python)
+    if missing:
+        print(
+            "the training runs the benchmarks, which need: " + ", ".join(missing),
+            file=sys.stderr,
+        )
+        return 1
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="rsasgi-pgo-"))
+    # Absolute: the servers that write the counts run in the repository, not here.
+    out = args.out.resolve()
+    work = (args.work or Path(tempfile.mkdtemp(prefix="rsasgi-pgo-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        wheel = build(python, profdata, work, out, args.training_seconds)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    say(f"built {wheel}")
+    return 0
+
+
+def build(python: str, profdata: str, work: Path, out: Path, seconds: int) -> Path:
     raw = work / "raw"
     say("building the instrumented wheel")
     instrumented = build_wheel(
@@ -345,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         [python, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), instrumented],
         check=True,
     )
-    train(python, site, args.training_seconds, work)
+    train(python, site, seconds, work)
     merged = work / "merged.profdata"
     subprocess.run([profdata, "merge", "-o", str(merged), str(raw)], check=True)
     # Named by its content: Cargo rebuilds a crate when RUSTFLAGS change, not when the file
@@ -355,16 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     merged.rename(profile)
     say(f"merged the profiles into {profile}")
     say("building the optimised wheel")
-    wheel = build_wheel(
-        python,
-        args.out,
-        work / "target-use",
-        f"-Cprofile-use={profile}",
-    )
-    if args.work is None:
-        shutil.rmtree(work, ignore_errors=True)
-    say(f"built {wheel}")
-    return 0
+    return build_wheel(python, out, work / "target-use", f"-Cprofile-use={profile}")
 
 
 if __name__ == "__main__":

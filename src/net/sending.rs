@@ -2,7 +2,7 @@
 //!
 //! hyper writes a response as a head and body buffers in one vectored write.
 //! tokio's streams make that `writev(2)`, which goes through the file layer
-//! on its way to the socket: the file position lock, the read/write
+//! on its way to the socket: the file lookup and its checks, the read/write
 //! permission hooks, an fsnotify event. None of it applies to a socket; in
 //! a profile of the WSGI hello world it was about 3% of the server core's
 //! samples. `sendmsg` hands the same buffers to the socket directly. Reads are left alone:
@@ -20,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 pub(crate) trait StreamSocket: AsyncRead + AsyncWrite + AsFd + Unpin {
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
-    /// Runs `send` once the socket is writable; WouldBlock clears the
-    /// readiness, as tokio's own writes do.
+    /// Runs `send` if the socket was last seen writable (else WouldBlock);
+    /// a WouldBlock from `send` clears the readiness, as tokio's own writes do.
     fn try_send<R>(&self, send: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
 }
 
@@ -44,6 +44,10 @@ impl StreamSocket for tokio::net::UnixStream {
         self.try_io(Interest::WRITABLE, send)
     }
 }
+
+/// The most buffers one `sendmsg` takes (Linux's IOV_MAX); past it the call
+/// fails with EMSGSIZE, where `writev` callers cap the count and write part.
+const MAX_BUFS: usize = 1024;
 
 /// `socket`, with vectored writes made by `sendmsg`.
 pub(crate) struct Sending<S>(S);
@@ -80,6 +84,7 @@ impl<S: StreamSocket> AsyncWrite for Sending<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let socket = &self.get_mut().0;
+        let bufs = &bufs[..bufs.len().min(MAX_BUFS)];
         loop {
             ready!(socket.poll_send_ready(cx))?;
             // MSG_NOSIGNAL: a peer gone away is an EPIPE error, never a signal.
@@ -136,8 +141,9 @@ mod tests {
             let mut left = total;
             while left > 0 {
                 let part = &chunk[..left.min(chunk.len())];
+                let (head, tail) = part.split_at(part.len().min(10));
                 let sent = ours
-                    .write_vectored(&[IoSlice::new(&part[..10]), IoSlice::new(&part[10..])])
+                    .write_vectored(&[IoSlice::new(head), IoSlice::new(tail)])
                     .await
                     .unwrap();
                 assert!(sent > 0);
@@ -156,7 +162,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writing_to_a_closed_peer_is_an_error_not_a_signal() {
+    async fn more_buffers_than_one_call_takes_are_sent_in_part_not_refused() {
+        let (ours, mut theirs) = tokio::net::UnixStream::pair().unwrap();
+        let mut ours = Sending::new(ours);
+        let bufs = vec![IoSlice::new(b"x"); MAX_BUFS + 500];
+        let sent = ours.write_vectored(&bufs).await.unwrap();
+        assert_eq!(sent, MAX_BUFS);
+        let mut got = vec![0; MAX_BUFS];
+        theirs.read_exact(&mut got).await.unwrap();
+        assert!(got.iter().all(|&b| b == b'x'));
+    }
+
+    #[tokio::test]
+    async fn writing_to_a_closed_peer_is_an_error() {
         let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         drop(theirs);
         let mut ours = Sending::new(ours);
