@@ -55,7 +55,8 @@ struct Shared {
     jobs: SegQueue<Box<RequestStart>>,
     idle: Mutex<Vec<Arc<IdleSlot>>>,
     /// Threads woken (or started) for queued requests that do not hold the
-    /// GIL yet. While one is on its way, new requests wake nobody else.
+    /// GIL yet, and idle ones still looking for requests before they park.
+    /// While one is on its way, new requests wake nobody else.
     searching: AtomicUsize,
     closed: AtomicBool,
     app: Py<PyAny>,
@@ -169,6 +170,10 @@ impl Pool {
             return Err(());
         }
         shared.jobs.push(job);
+        // The push before the read of `searching` in `ensure_searcher`: a
+        // thread that stops searching reads the queue after, and one of the
+        // two must see the other (see `wait_for_work`).
+        std::sync::atomic::fence(Ordering::SeqCst);
         shared.ensure_searcher();
         Ok(())
     }
@@ -237,23 +242,35 @@ fn thread_main(shared: &Arc<Shared>) {
     });
 }
 
-/// Parks an idle pool thread until a request may be waiting.
+/// Parks an idle pool thread until a request may be waiting; true when it
+/// leaves counted as searching (see `Shared::searching`).
 fn wait_for_work(shared: &Shared) -> bool {
     // Let the reactor run before parking: under load it is about to queue
     // the next requests, and finding them here is cheaper than being
-    // unparked for them.
+    // unparked for them. Meanwhile this thread is on its way to them, so it
+    // counts as searching: a dispatcher then leaves the parked threads be,
+    // rather than waking one to wait for the GIL beside this one.
+    shared.searching.fetch_add(1, Ordering::SeqCst);
     if (0..IDLE_YIELDS).any(|_| {
         std::thread::yield_now();
         !shared.jobs.is_empty()
     }) {
-        return false;
+        return true;
     }
     let slot = Arc::new(IdleSlot {
         thread: std::thread::current(),
         woken: AtomicBool::new(false),
     });
-    shared.idle.lock().push(Arc::clone(&slot));
-    // A request queued before we were on the idle list woke nobody.
+    {
+        let mut idle = shared.idle.lock();
+        idle.push(Arc::clone(&slot));
+        shared.searching.fetch_sub(1, Ordering::SeqCst);
+    }
+    // A request queued while this thread was counted as searching woke
+    // nobody, and one queued before it was on the idle list found no one to
+    // wake: either is in the queue now. (The dispatcher queues, fences, then
+    // reads `searching`; this thread decrements `searching`, then reads the
+    // queue, both SeqCst: at least one of the two sees the other.)
     if shared.jobs.is_empty() && !shared.closed.load(Ordering::SeqCst) {
         std::thread::park();
     }
