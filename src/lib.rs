@@ -8,6 +8,7 @@ mod asgi;
 mod bridge;
 mod check_config;
 mod cli;
+mod clock;
 mod config;
 mod config_file;
 mod exchange;

@@ -47,6 +47,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use crate::clock::coarse_now;
 use crate::supervisor::balance::{HeldConnection, WorkerSeat};
 
 /// How long a connection asked to close (idle, or the server draining) may
@@ -229,7 +230,7 @@ impl Activity {
     fn output_refused(&self) {
         if !self.output_blocked.load(Ordering::Relaxed) {
             let mut st = self.state.lock();
-            st.unsent_since.get_or_insert_with(Instant::now);
+            st.unsent_since.get_or_insert_with(coarse_now);
             self.output_blocked.store(true, Ordering::Release);
         }
     }
@@ -243,7 +244,7 @@ impl Activity {
             st.unsent_since = None;
             self.output_blocked.store(false, Ordering::Release);
             if st.watched.is_empty() {
-                st.idle_since = Instant::now();
+                st.idle_since = coarse_now();
                 drop(st);
                 if self.wake_on_idle {
                     self.went_idle.notify_one();
@@ -399,7 +400,7 @@ impl ActiveRequest {
     /// clock, `false` (hyper asked for more, or the app has nothing yet)
     /// stops it.
     pub(crate) fn waiting(&self, waiting: bool) {
-        let since = waiting.then(Instant::now);
+        let since = waiting.then(coarse_now);
         if let Some(watched) = self.activity.state.lock().watched.get_mut(self.key) {
             watched.waiting_since = since;
         }
@@ -426,7 +427,7 @@ impl Drop for ActiveRequest {
         let mut st = self.activity.state.lock();
         st.watched.try_remove(self.key);
         if st.watched.is_empty() {
-            st.idle_since = Instant::now();
+            st.idle_since = coarse_now();
             drop(st);
             if self.activity.wake_on_idle {
                 self.activity.went_idle.notify_one();
