@@ -30,12 +30,31 @@ pub(crate) fn coarse_now() -> Instant {
 /// reading of both clocks taken once.
 fn from_coarse(reading: Duration) -> Instant {
     static ORIGIN: OnceLock<(Instant, Duration)> = OnceLock::new();
-    let (origin, coarse_origin) = *ORIGIN.get_or_init(|| (Instant::now(), reading));
+    let (origin, coarse_origin) = *ORIGIN.get_or_init(|| origin(reading));
     match reading.checked_sub(coarse_origin) {
         Some(since) => origin + since,
         None => origin - (coarse_origin - reading),
     }
 }
+
+/// Both clocks read together: a coarse reading between two precise ones
+/// close enough that the thread cannot have been preempted in between
+/// (which would shift every stamp by as long), or `fallback` with the
+/// precise clock read after it, if no such pair comes in a few tries.
+fn origin(fallback: Duration) -> (Instant, Duration) {
+    for _ in 0..ORIGIN_TRIES {
+        let before = Instant::now();
+        let Some(coarse) = coarse() else { break };
+        let after = Instant::now();
+        if after - before <= ORIGIN_PAIR_SPAN {
+            return (before, coarse);
+        }
+    }
+    (Instant::now(), fallback)
+}
+
+const ORIGIN_TRIES: usize = 100;
+const ORIGIN_PAIR_SPAN: Duration = Duration::from_micros(20);
 
 /// `CLOCK_MONOTONIC_COARSE`; `None` if refused (Linux has had it since 2.6.32).
 fn coarse() -> Option<Duration> {
@@ -58,12 +77,13 @@ fn coarse() -> Option<Duration> {
 mod tests {
     use super::*;
 
-    /// Generous: the tick is at most 10 ms, and the test may be descheduled.
-    const SLACK: Duration = Duration::from_millis(100);
+    /// The tick is at most 10 ms; the rest allows for the test being
+    /// descheduled between its readings.
+    const SLACK: Duration = Duration::from_millis(30);
 
     #[test]
     fn coarse_readings_track_the_monotonic_clock() {
-        for _ in 0..50 {
+        for _ in 0..100 {
             let before = Instant::now();
             let coarse = from_coarse(coarse().expect("Linux has CLOCK_MONOTONIC_COARSE"));
             let after = Instant::now();

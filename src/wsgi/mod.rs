@@ -122,7 +122,8 @@ impl Shared {
 /// which runs them one after another. Another thread is woken only when none
 /// is already waiting for the GIL: if the running app releases the GIL (a
 /// database query, a sleep), that thread carries on with the queue; if it
-/// does not, at most one thread waits. So a CPU-bound app does not have
+/// does not, at most one thread waits. (An idle thread still yielding
+/// before it parks counts as that one.) So a CPU-bound app does not have
 /// eight threads fighting over the GIL, and an I/O-bound one still gets up
 /// to `--threads` requests in flight. Threads are started as needed, so a
 /// large `--threads` costs nothing until used.
@@ -235,8 +236,9 @@ fn thread_main(shared: &Arc<Shared>) {
             if shared.closed.load(Ordering::SeqCst) {
                 return;
             }
-            // Wait without the GIL; true when a dispatcher woke us for work
-            // (and counted us as searching until we hold the GIL again).
+            // Wait without the GIL; true when a dispatcher woke us for work,
+            // or we found some before parking (either way counted as
+            // searching until we hold the GIL again).
             searching = py.detach(|| wait_for_work(shared));
         }
     });
@@ -269,8 +271,9 @@ fn wait_for_work(shared: &Shared) -> bool {
     // A request queued while this thread was counted as searching woke
     // nobody, and one queued before it was on the idle list found no one to
     // wake: either is in the queue now. (The dispatcher queues, fences, then
-    // reads `searching`; this thread decrements `searching`, then reads the
-    // queue, both SeqCst: at least one of the two sees the other.)
+    // reads `searching`; this thread decrements `searching`, fences, then
+    // reads the queue: at least one of the two sees the other.)
+    std::sync::atomic::fence(Ordering::SeqCst);
     if shared.jobs.is_empty() && !shared.closed.load(Ordering::SeqCst) {
         std::thread::park();
     }
