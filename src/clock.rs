@@ -58,13 +58,23 @@ const ORIGIN_PAIR_SPAN: Duration = Duration::from_micros(20);
 
 /// `CLOCK_MONOTONIC_COARSE`; `None` if refused (Linux has had it since 2.6.32).
 fn coarse() -> Option<Duration> {
+    read(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+/// `CLOCK_MONOTONIC`, the one clock every process of the machine shares
+/// (std's `Instant` reads it too, but cannot say its value).
+pub(crate) fn monotonic_now() -> Duration {
+    read(libc::CLOCK_MONOTONIC).unwrap_or_default()
+}
+
+/// The clock `id` as a time since its start; `None` if the kernel refuses it.
+fn read(id: libc::clockid_t) -> Option<Duration> {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `now` is a valid timespec to write to.
-    let refused = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) } != 0;
-    if refused {
+    // SAFETY: clock_gettime writes only the timespec we pass.
+    if unsafe { libc::clock_gettime(id, &mut now) } != 0 {
         return None;
     }
     Some(Duration::new(

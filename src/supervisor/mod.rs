@@ -45,6 +45,8 @@ use crate::logging;
 use crate::metrics::{MetricsBind, Restart, Scrape};
 use crate::net::{self, Listener};
 use crate::worker::Own;
+
+pub(crate) use crate::clock::monotonic_now;
 use balance::Balance;
 use metrics::Board;
 use pid_file::PidFile;
@@ -228,21 +230,6 @@ fn watch_changes(mut watcher: ReloadWatcher) -> mpsc::Receiver<Vec<PathBuf>> {
         }
     });
     receiver
-}
-
-/// `CLOCK_MONOTONIC`, the one clock every process of the machine shares
-/// (std's `Instant` reads it too, but cannot say its value).
-pub(crate) fn monotonic_now() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec we pass, and
-    // CLOCK_MONOTONIC exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
-    let nanos = u32::try_from(now.tv_nsec).unwrap_or(0);
-    Duration::new(secs, nanos)
 }
 
 /// The wait before retry number `attempt` (from 1) of something that keeps
