@@ -17,6 +17,7 @@ mod logging;
 mod metrics;
 mod net;
 mod print_config;
+mod stacks;
 mod supervisor;
 mod wake;
 mod worker;

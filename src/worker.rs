@@ -27,6 +27,7 @@ use crate::http::{serve, ServerState};
 use crate::metrics::process::ProcessStats;
 use crate::metrics::{self, Health, Report, Scrape, WorkerReport};
 use crate::net::{self, Listener};
+use crate::stacks::StackFile;
 use crate::supervisor::balance::{Balance, WorkerSeat};
 use crate::supervisor::pid_file::PidFile;
 use crate::supervisor::privileges::Credentials;
@@ -136,6 +137,20 @@ pub(crate) fn run(
             return Ok(1);
         }
     };
+    // Where faulthandler writes the Python stacks, to be logged as one event
+    // (by the supervisor when the loop is stuck, by the reactor for a WSGI
+    // thread past --timeout-request); without it they go to stderr.
+    let stacks = match &handoff {
+        Some(handoff) => handoff.stacks.map(StackFile::inherit),
+        None => config.timeout_request.map(|_| StackFile::create()),
+    }
+    .and_then(|file| {
+        file.inspect_err(|err| {
+            tracing::warn!("Cannot use a file for Python stack dumps ({err}): they go to stderr");
+        })
+        .ok()
+    })
+    .map(Arc::new);
     let supervised = match handoff {
         Some(handoff) => match Slot::inherit(handoff.slot_fd) {
             Ok(slot) => Some(Supervised {
@@ -180,7 +195,7 @@ pub(crate) fn run(
         listener: Mutex::new(metrics_listener),
         last_beat: Mutex::new(None),
     };
-    let worker = match Worker::new(config, listeners, supervised, notifier, metrics) {
+    let worker = match Worker::new(config, listeners, supervised, notifier, metrics, stacks) {
         Ok(worker) => Py::new(py, worker)?,
         Err(err) => {
             tracing::error!("Cannot create the worker's event channel: {err}");
@@ -226,6 +241,8 @@ pub(crate) struct Worker {
     /// Set once the loop is running; handles what the reactor sends.
     dispatcher: OnceLock<Dispatcher>,
     metrics: Metrics,
+    /// Where faulthandler writes the Python stacks (none: to stderr).
+    stacks: Option<Arc<StackFile>>,
 }
 
 impl Worker {
@@ -235,6 +252,7 @@ impl Worker {
         supervised: Option<Supervised>,
         notifier: Notifier,
         metrics: Metrics,
+        stacks: Option<Arc<StackFile>>,
     ) -> std::io::Result<Worker> {
         Ok(Worker {
             config: Arc::new(config),
@@ -248,6 +266,7 @@ impl Worker {
             wsgi_pool: Mutex::new(None),
             dispatcher: OnceLock::new(),
             metrics,
+            stacks,
         })
     }
 }
@@ -315,6 +334,13 @@ impl Worker {
     #[getter]
     fn timeout_request(&self) -> Option<f64> {
         self.config.timeout_request.map(|t| t.as_secs_f64())
+    }
+
+    /// The descriptor faulthandler writes the Python stacks to, or None for
+    /// stderr.
+    #[getter]
+    fn stack_dump_fd(&self) -> Option<i32> {
+        self.stacks.as_ref().map(|file| file.fd())
     }
 
     /// The supervisor's pid when a supervisor started this worker, else None.
@@ -472,6 +498,7 @@ impl Worker {
                 slot.clone(),
                 self.metrics.slot.clone(),
                 self.supervised.as_ref().and_then(|s| s.seat.clone()),
+                self.stacks.clone(),
             )
             .map_err(|err| PyRuntimeError::new_err(format!("cannot start serving: {err}")))?,
         );

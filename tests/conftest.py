@@ -93,6 +93,19 @@ def wait_for_log(server: Server, *needles: str, timeout: float = 10.0) -> str:
     return wait_for(found, timeout, message=f"{list(needles)!r} in the log", server=server)
 
 
+#: Where a log event starts: its timestamp (the lines of a multi-line message have none).
+LOG_EVENT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", re.M)
+
+
+def log_event(log: str, start: str) -> str:
+    """The first log event whose message begins with `start`: its line and the lines after
+    it, up to the next event. A line of another event written into its middle ends it."""
+    at = log.index(start)
+    begin = log.rfind("\n", 0, at) + 1
+    after = LOG_EVENT.search(log, at)
+    return log[begin : after.start() if after else len(log)]
+
+
 def freeze(pid: int) -> None:
     """Stop process `pid` with SIGSTOP and wait until every one of its threads has stopped.
 

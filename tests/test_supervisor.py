@@ -34,6 +34,7 @@ from conftest import (
     cli,
     free_port,
     freeze,
+    log_event,
     read_response,
     wait_for,
     wait_for_log,
@@ -642,6 +643,7 @@ def test_worker_blocking_its_event_loop_is_killed_after_its_stacks_are_logged(ru
         log = wait_for_log(
             server,
             f"worker {number} (pid {stuck}) is stuck: its event loop has not run for",
+            f"Python stacks of worker {number} (pid {stuck}):",
             f"Killing worker {number} (pid {stuck}) (after writing its stacks)",
             f"worker {number} (pid {stuck}) was killed (see above); replacing it",
         )
@@ -659,7 +661,10 @@ def test_worker_blocking_its_event_loop_is_killed_after_its_stacks_are_logged(ru
         load.wait_answers(30, server, after=killed)
     outcomes = load.stop()
 
-    stack = log[log.index(f"(pid {stuck}) is stuck") :]
+    # One event, written by the supervisor: the other worker, logging every request of the
+    # load meanwhile, cannot put a line inside it.
+    stack = log_event(log, f"Python stacks of worker {number} (pid {stuck}):")
+    assert log.index(f"(pid {stuck}) is stuck") < log.index(stack)
     assert re.search(
         r"^(Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):$", stack, re.M
     )

@@ -7,12 +7,14 @@ App: tests/apps/timeout_app.py.
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import read_response, wait_for, wait_for_log
+from conftest import log_event, read_response, wait_for, wait_for_log
 
 
 def test_asgi_request_past_the_limit_gets_504_and_its_task_is_cancelled(run_rsasgi, markers):
@@ -90,8 +92,12 @@ def test_stuck_wsgi_thread_gets_504_its_stack_logged_and_with_workers_a_new_work
     first = httpx.get(server.url, timeout=5).text
     response = httpx.get(f"{server.url}/stuck", timeout=10)
     assert response.status_code == 504
-    log = wait_for_log(server, "A WSGI thread cannot be stopped", "in stuck_in_a_loop")
-    assert "timeout_app.py" in log
+    log = wait_for_log(
+        server, "A WSGI thread cannot be stopped", "Python stacks of this worker's threads:"
+    )
+    # One event: the line logged next cannot land inside a frame.
+    stack = log_event(log, "Python stacks of this worker's threads:")
+    assert re.search(r'^  File ".*timeout_app\.py", line \d+ in stuck_in_a_loop$', stack, re.M)
     if workers:
         wait_for_log(server, "has a WSGI thread stuck past --timeout-request")
         old_pid = first.split()[1]
@@ -104,3 +110,16 @@ def test_stuck_wsgi_thread_gets_504_its_stack_logged_and_with_workers_a_new_work
         assert "run with --workers to have such a worker replaced" in log
         # The other threads serve on.
         assert httpx.get(server.url, timeout=5).status_code == 200
+
+
+def test_stuck_wsgi_thread_stacks_are_one_json_record(run_rsasgi):
+    """In --log-format json the stacks are a message like any other, not raw text between
+    the records."""
+    server = run_rsasgi("timeout_app:wsgi", "--timeout-request", "1", "--log-format", "json")
+    assert httpx.get(f"{server.url}/stuck", timeout=10).status_code == 504
+    wait_for_log(server, "Python stacks of this worker's threads:")
+    records = [json.loads(line) for line in server.output().splitlines()]
+    (stacks,) = [r for r in records if r["message"].startswith("Python stacks of this worker")]
+    assert stacks["level"] == "ERROR"
+    assert re.search(r'^  File ".*timeout_app\.py", line \d+ in stuck_in_a_loop$',
+                     stacks["message"], re.M)  # fmt: skip

@@ -49,8 +49,14 @@ def run(worker) -> int:
     if worker.supervisor_pid is not None or worker.timeout_request is not None:
         # Written from the signal handler in C, so it works while the app
         # blocks the loop (when the supervisor asks) or a WSGI thread is
-        # stuck past --timeout-request (when the reactor asks).
-        faulthandler.register(STACK_DUMP_SIGNAL, file=sys.stderr, all_threads=True)
+        # stuck past --timeout-request (when the reactor asks). Into a file
+        # that the asker logs as one event, when there is one.
+        dump_fd = worker.stack_dump_fd
+        faulthandler.register(
+            STACK_DUMP_SIGNAL,
+            file=sys.stderr if dump_fd is None else dump_fd,
+            all_threads=True,
+        )
     # SIGUSR1 (logrotate's postrotate) while the app loads would kill the process by its
     # default action: it is remembered, and the files are reopened once serving.
     signal.signal(signal.SIGUSR1, _remember_signal)

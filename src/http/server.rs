@@ -33,6 +33,7 @@ use crate::metrics::meter::MeteredIo;
 use crate::net::proxy_protocol::{self, Refused};
 use crate::net::tls::{TlsInfo, TlsServer, ALPN_H2, ALPN_HTTP11};
 use crate::net::{ConnectionInfo, Listener, Prefixed, Scheme, Sending, ServerAddr};
+use crate::stacks::StackFile;
 use crate::supervisor::balance::{WorkerSeat, DEFER_STEP, MAX_DEFER};
 use crate::supervisor::Slot;
 use crate::ws::{Registry, WsSettings};
@@ -74,6 +75,9 @@ pub(crate) struct ServerState {
     /// spread connections with.
     pub seat: Option<Arc<WorkerSeat>>,
     pub timeout_request: Option<Duration>,
+    /// Where the Python stacks are written for a WSGI thread past
+    /// `--timeout-request` (none: to stderr).
+    pub stacks: Option<Arc<StackFile>>,
     /// `--timeout-request-body`.
     pub timeout_request_body: Option<Duration>,
     /// Whose proxy headers are believed, and which (`None`: nobody's).
@@ -100,6 +104,7 @@ impl ServerState {
         slot: Option<Arc<Slot>>,
         metrics: Option<Arc<Slot>>,
         seat: Option<Arc<WorkerSeat>>,
+        stacks: Option<Arc<StackFile>>,
     ) -> std::io::Result<ServerState> {
         let wsgi_is_none = wsgi.is_none();
         let static_files = match &config.static_files {
@@ -132,6 +137,7 @@ impl ServerState {
             metrics,
             seat,
             timeout_request: config.timeout_request,
+            stacks,
             timeout_request_body: config.timeout_request_body,
             proxy: config.proxy.clone().map(|trusted| {
                 ProxyHeaders::new(

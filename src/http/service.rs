@@ -434,10 +434,6 @@ impl Http10 {
     }
 }
 
-/// How long the stacks of a worker with a stuck WSGI thread wait for the log
-/// line that announces them to be written.
-const STACK_DUMP_DELAY: Duration = Duration::from_millis(100);
-
 /// A request outlived `--timeout-request`: end it (504 when `started` is
 /// false, else the connection is cut), cancel the ASGI task, and for a WSGI
 /// app, whose thread cannot be stopped, log every thread's stack and ask the
@@ -467,13 +463,23 @@ pub(super) fn request_timed_out(state: &ServerState, exchange: &Arc<Exchange>, s
          be stopped: the Python stack of each thread follows, and {next}"
     );
     // faulthandler is registered for SIGUSR2 whenever --timeout-request is
-    // set, and writes the stacks straight to stderr from the signal handler:
-    // a moment later, so that the line above is out first.
-    tokio::spawn(async {
-        tokio::time::sleep(STACK_DUMP_DELAY).await;
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
-    });
+    // set, and writes the stacks of every thread from its signal handler.
+    // Sent to this very thread, the handler runs before the call returns:
+    // the dump is whole here, without waiting on a shutdown that may come
+    // first. Read back from the stack file and logged as one event, so that
+    // no other line lands inside a frame (without the file: on stderr).
+    // SAFETY: pthread_kill to the calling thread, with a signal whose handler
+    // (faulthandler's) only makes async-signal-safe calls.
+    unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2) };
+    if let Some(file) = &state.stacks {
+        match file.take() {
+            Ok(stacks) if !stacks.is_empty() => {
+                tracing::error!("Python stacks of this worker's threads:\n{stacks}");
+            }
+            Ok(_) => tracing::warn!("No Python stacks were written (is faulthandler registered?)"),
+            Err(err) => tracing::warn!("Cannot read the Python stacks written: {err}"),
+        }
+    }
     if let Some(slot) = &state.slot {
         slot.request_retirement();
     }

@@ -25,6 +25,10 @@ pub(crate) struct Handoff {
     /// The table the workers balance connections with, and this worker's
     /// seat in it (none when every seat was taken).
     pub balance: Option<(RawFd, usize)>,
+    /// The file its faulthandler writes Python stacks to, which the
+    /// supervisor reads when the worker is stuck (none if it could not be
+    /// created: the stacks then go to stderr).
+    pub stacks: Option<RawFd>,
 }
 
 impl Handoff {
@@ -41,6 +45,9 @@ impl Handoff {
         if let Some((fd, seat)) = self.balance {
             encoded.push_str(&format!(" balance={fd}:{seat}"));
         }
+        if let Some(fd) = self.stacks {
+            encoded.push_str(&format!(" stacks={fd}"));
+        }
         encoded
     }
 
@@ -52,6 +59,7 @@ impl Handoff {
             listener_fds: Vec::new(),
             workers: 0,
             balance: None,
+            stacks: None,
         };
         for field in raw.split_whitespace() {
             let (key, value) = field.split_once('=')?;
@@ -71,6 +79,7 @@ impl Handoff {
                     let (fd, seat) = value.split_once(':')?;
                     handoff.balance = Some((fd.parse().ok()?, seat.parse().ok()?));
                 }
+                "stacks" => handoff.stacks = Some(value.parse().ok()?),
                 // From a newer supervisor (a rolling restart onto an older
                 // rsasgi): what this build does not know of, it does without.
                 _ => {}
@@ -108,6 +117,7 @@ mod tests {
             listener_fds: vec![4, 5],
             workers: 4,
             balance: None,
+            stacks: None,
         };
         assert_eq!(Handoff::decode(&handoff.encode()), Some(handoff.clone()));
         let balanced = Handoff {
@@ -115,6 +125,11 @@ mod tests {
             ..handoff.clone()
         };
         assert_eq!(Handoff::decode(&balanced.encode()), Some(balanced));
+        let dumping = Handoff {
+            stacks: Some(9),
+            ..handoff.clone()
+        };
+        assert_eq!(Handoff::decode(&dumping.encode()), Some(dumping));
         let newer = format!("{} later=1", handoff.encode());
         assert_eq!(Handoff::decode(&newer), Some(handoff));
     }

@@ -62,11 +62,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// How often resident memory is read for `--limit-worker-memory`.
 const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long after announcing a hung worker's stacks they are asked for: the
-/// announcement goes through the log writer thread, the stacks do not.
-const STACK_DUMP_DELAY: Duration = Duration::from_millis(200);
-
-/// How long a hung worker gets to write its stacks before it is killed.
+/// How long a hung worker gets to write its stacks before they are read
+/// and it is killed. faulthandler writes them in a few ms; the rest is for a
+/// busy machine, where the worker may wait for a core meanwhile.
 const STACK_DUMP_WAIT: Duration = Duration::from_secs(1);
 
 /// Beyond `--timeout-graceful-shutdown`, what a stopping worker gets for its
@@ -234,6 +232,26 @@ fn watch_changes(mut watcher: ReloadWatcher) -> mpsc::Receiver<Vec<PathBuf>> {
 
 /// The wait before retry number `attempt` (from 1) of something that keeps
 /// failing: [`FIRST_RESPAWN_DELAY`], doubling up to [`MAX_RESPAWN_DELAY`].
+/// Logs what a hung worker wrote when asked for its stacks, as one event
+/// (the other workers' lines cannot land inside it); says how it went, for
+/// the line about killing it.
+fn log_stacks(worker: &WorkerProcess) -> &'static str {
+    let Some(file) = &worker.stacks else {
+        return "after writing its stacks to stderr";
+    };
+    match file.take() {
+        Ok(stacks) if !stacks.is_empty() => {
+            tracing::error!("Python stacks of {}:\n{stacks}", worker.name());
+            "after writing its stacks"
+        }
+        Ok(_) => "it wrote no stacks in time",
+        Err(err) => {
+            tracing::warn!("Cannot read the stacks {} wrote: {err}", worker.name());
+            "after writing its stacks"
+        }
+    }
+}
+
 fn backoff(attempt: u32) -> Duration {
     FIRST_RESPAWN_DELAY
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
@@ -831,29 +849,17 @@ impl Supervisor {
                     }
                     serving_now.push(worker.replaces.take());
                 }
-                State::Hung {
-                    stacks_at,
-                    stacks_asked: false,
-                    kill_at,
-                } if now >= stacks_at => {
-                    // The worker registered faulthandler for SIGUSR2, which
-                    // writes the stacks even while the loop is blocked.
-                    worker.signal(libc::SIGUSR2);
-                    worker.state = State::Hung {
-                        stacks_at,
-                        stacks_asked: true,
-                        kill_at,
-                    };
-                }
-                State::Stopping { deadline }
-                | State::Hung {
-                    kill_at: deadline, ..
-                } if now >= deadline => {
-                    let why = match worker.state {
-                        State::Hung { .. } => "after writing its stacks",
-                        _ => "still running after its stop deadline",
-                    };
+                State::Hung { kill_at } if now >= kill_at => {
+                    let why = log_stacks(worker);
                     tracing::warn!("Killing {} ({why})", worker.name());
+                    worker.signal(libc::SIGKILL);
+                    worker.state = State::Killed;
+                }
+                State::Stopping { deadline } if now >= deadline => {
+                    tracing::warn!(
+                        "Killing {} (still running after its stop deadline)",
+                        worker.name()
+                    );
                     worker.signal(libc::SIGKILL);
                     worker.state = State::Killed;
                 }
@@ -907,13 +913,11 @@ impl Supervisor {
                     if let Some(board) = &self.board {
                         board.restarting(Restart::HealthCheck);
                     }
-                    // The stacks are asked for a moment later, so that the
-                    // line above is written before them.
-                    let stacks_at = now + STACK_DUMP_DELAY;
+                    // The worker registered faulthandler for SIGUSR2, which
+                    // writes the stacks even while its loop is blocked.
+                    worker.signal(libc::SIGUSR2);
                     worker.state = State::Hung {
-                        stacks_at,
-                        stacks_asked: false,
-                        kill_at: stacks_at + STACK_DUMP_WAIT,
+                        kill_at: now + STACK_DUMP_WAIT,
                     };
                     continue;
                 }

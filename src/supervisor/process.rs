@@ -15,6 +15,7 @@ use super::privileges::Credentials;
 use super::slot::Slot;
 use super::systemd;
 use crate::config_file;
+use crate::stacks::StackFile;
 
 /// How the supervisor starts a worker: a fresh interpreter running
 /// `python -m rsasgi` with the user's own arguments, never a fork of the
@@ -57,11 +58,8 @@ pub(super) enum State {
         deadline: Instant,
     },
     /// Its event loop stopped beating, or it ran past its boot deadline:
-    /// asked for its stacks at `stacks_at` (unless `stacks_asked`), killed
-    /// at `kill_at`.
+    /// asked for its stacks, which are logged when it is killed at `kill_at`.
     Hung {
-        stacks_at: Instant,
-        stacks_asked: bool,
         kill_at: Instant,
     },
     /// Sent SIGKILL; only its exit is awaited.
@@ -91,6 +89,8 @@ pub(super) struct WorkerProcess {
     /// is sent once the worker serves (its files were opened before the
     /// rotation).
     pub reopen_pending: bool,
+    /// Where it writes its Python stacks when asked (SIGUSR2).
+    pub stacks: Option<StackFile>,
     /// Its seat in the connection table, freed with it once it is reaped.
     _seat: Option<TakenSeat>,
 }
@@ -111,6 +111,14 @@ impl WorkerProcess {
             .as_ref()
             .zip(seat.as_ref())
             .map(|(table, seat)| (table.fd(), seat.index()));
+        let stacks = StackFile::create()
+            .inspect_err(|err| {
+                tracing::warn!(
+                    "Cannot create the file worker {number}'s Python stacks are written to \
+                     ({err}): if it gets stuck, they go to stderr"
+                );
+            })
+            .ok();
         let handoff = Handoff {
             number,
             supervisor_pid: std::process::id(),
@@ -118,10 +126,12 @@ impl WorkerProcess {
             listener_fds: command.listener_fds.clone(),
             workers,
             balance,
+            stacks: stacks.as_ref().map(StackFile::fd),
         };
         let mut inherited = command.listener_fds.clone();
         inherited.push(slot.fd());
         inherited.extend(balance.map(|(fd, _)| fd));
+        inherited.extend(handoff.stacks);
         let credentials = command.credentials.clone();
         let mut process = Command::new(&command.program);
         process
@@ -170,6 +180,7 @@ impl WorkerProcess {
             retire_not_before: None,
             replacements_failed: 0,
             reopen_pending: false,
+            stacks,
             _seat: seat,
         })
     }

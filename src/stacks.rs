@@ -1,0 +1,166 @@
+//! Where a worker's Python stacks go when it is asked for them (a stuck event
+//! loop, a WSGI thread past `--timeout-request`): an anonymous `memfd` that
+//! `faulthandler` writes into from its signal handler, then read back whole
+//! and logged as one event.
+//!
+//! `faulthandler` writes a frame line in several small `write()`s. Straight to
+//! stderr, which the other workers share, their log lines landed inside the
+//! frames; and in `--log-format json` the dump was not JSON at all.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+
+/// The most of a dump that is logged. faulthandler itself stops at 100
+/// threads of 100 frames each, well under this.
+const MOST: usize = 1 << 20;
+
+pub(crate) struct StackFile {
+    file: File,
+}
+
+impl StackFile {
+    /// A new, empty file, closed on exec (a supervisor hands it down by
+    /// clearing that in the child).
+    pub(crate) fn create() -> io::Result<StackFile> {
+        // SAFETY: memfd_create takes a NUL-terminated name and flags, and
+        // returns a new descriptor or -1.
+        let fd = unsafe { libc::memfd_create(c"rsasgi-stacks".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just created and is owned by nothing else.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok(StackFile { file })
+    }
+
+    /// Worker side: takes descriptor `fd`, handed down by the supervisor
+    /// for this process to own.
+    pub(crate) fn inherit(fd: RawFd) -> io::Result<StackFile> {
+        // Not for the programs the app starts.
+        crate::net::set_cloexec(fd)?;
+        // SAFETY: fd was handed to this process to own (set_cloexec found it
+        // open); nothing else here uses it.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok(StackFile { file })
+    }
+
+    /// The descriptor faulthandler writes to, and the supervisor hands down.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Bytes written since the last [`take`](Self::take).
+    pub(crate) fn len(&self) -> u64 {
+        self.file.metadata().map_or(0, |meta| meta.len())
+    }
+
+    /// What was written since the last call, as text, and empties the file
+    /// for the next dump. Call it once the writer is done (or dead): bytes
+    /// written while it runs may be lost.
+    pub(crate) fn take(&self) -> io::Result<String> {
+        let len = usize::try_from(self.len()).unwrap_or(usize::MAX);
+        let mut dump = vec![0; len.min(MOST)];
+        let mut read = 0;
+        while read < dump.len() {
+            match self.file.read_at(&mut dump[read..], read as u64)? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        dump.truncate(read);
+        // faulthandler writes at the descriptor's offset, which every copy
+        // of it shares: back to the start, over an empty file.
+        self.file.set_len(0)?;
+        (&self.file).seek(SeekFrom::Start(0))?;
+        let mut text = String::from_utf8_lossy(&dump).trim_end().to_string();
+        if len > read {
+            text.push_str(&format!("\n… ({} more bytes not shown)", len - read));
+        }
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Writes through a second descriptor to the same open file, as a
+    /// worker's faulthandler does to the supervisor's.
+    fn writer(stacks: &StackFile) -> File {
+        // SAFETY: dup returns a new descriptor for the same open file, or -1.
+        let fd = unsafe { libc::dup(stacks.fd()) };
+        assert!(fd >= 0);
+        // SAFETY: fd was just created and is owned by nothing else.
+        File::from(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    #[test]
+    fn takes_what_was_written_and_starts_over() {
+        let stacks = StackFile::create().unwrap();
+        assert_eq!(stacks.take().unwrap(), "");
+        let mut out = writer(&stacks);
+        let lines: [&[u8]; 2] = [
+            b"Thread 0x1 (most recent call first):\n",
+            b"  File \"a.py\", line 3 in f\n\n",
+        ];
+        for line in lines {
+            out.write_all(line).unwrap();
+        }
+        assert_eq!(stacks.len(), (lines[0].len() + lines[1].len()) as u64);
+        assert_eq!(
+            stacks.take().unwrap(),
+            "Thread 0x1 (most recent call first):\n  File \"a.py\", line 3 in f"
+        );
+        assert_eq!(stacks.len(), 0);
+        // The shared offset went back too: the next dump starts at 0, with
+        // no hole of zeroes before it.
+        out.write_all(b"second\n").unwrap();
+        assert_eq!(stacks.take().unwrap(), "second");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_do_not_lose_the_dump() {
+        let stacks = StackFile::create().unwrap();
+        writer(&stacks)
+            .write_all(b"  File \"/srv/caf\xe9.py\", line 1 in f\n")
+            .unwrap();
+        assert_eq!(
+            stacks.take().unwrap(),
+            "  File \"/srv/caf\u{fffd}.py\", line 1 in f"
+        );
+    }
+
+    #[test]
+    fn a_huge_dump_is_cut_and_says_so() {
+        let stacks = StackFile::create().unwrap();
+        writer(&stacks).write_all(&vec![b'x'; MOST + 10]).unwrap();
+        let text = stacks.take().unwrap();
+        assert!(
+            text.ends_with("\n… (10 more bytes not shown)"),
+            "{}",
+            &text[MOST - 5..]
+        );
+        assert_eq!(stacks.len(), 0);
+    }
+
+    #[test]
+    fn is_closed_on_exec_and_inherits() {
+        let stacks = StackFile::create().unwrap();
+        // SAFETY: F_GETFD on an open descriptor.
+        let flags = unsafe { libc::fcntl(stacks.fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        let handed = writer(&stacks);
+        // SAFETY: clearing FD_CLOEXEC on an open descriptor, as a spawn does.
+        unsafe { libc::fcntl(handed.as_raw_fd(), libc::F_SETFD, 0) };
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(handed);
+        let inherited = StackFile::inherit(fd).unwrap();
+        // SAFETY: F_GETFD on an open descriptor.
+        let flags = unsafe { libc::fcntl(inherited.fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        writer(&inherited).write_all(b"x").unwrap();
+        assert_eq!(stacks.take().unwrap(), "x");
+    }
+}
