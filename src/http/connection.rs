@@ -36,7 +36,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -754,6 +754,7 @@ where
     let mut streams = None;
     let mut spawned = Vec::new();
     let watchers_woken = Arc::new(Woken::default());
+    let mut registered = None;
     loop {
         let (was_closing, drain_waiting) = (closing, drain_wait.is_some());
         let next = {
@@ -790,8 +791,8 @@ where
                 if let Poll::Ready(result) = polled {
                     return Poll::Ready(Err(result));
                 }
-                watchers_woken.task.register(cx.waker());
-                if watchers_woken.woken.swap(false, Ordering::AcqRel) {
+                watchers_woken.register(&mut registered, cx.waker());
+                if watchers_woken.take_woken() {
                     let mut watchers_cx = Context::from_waker(&watchers_waker);
                     if let Poll::Ready(woke) = watchers.as_mut().poll(&mut watchers_cx) {
                         return Poll::Ready(Ok(woke));
@@ -869,22 +870,114 @@ enum Woke {
 
 /// The waker [`drive`] gives its watchers: it notes that one of them was
 /// woken, then wakes the connection's task.
+///
+/// The task's waker is registered once, and again only after a wake took it
+/// (or the task's waker changed): `drive` checks on every poll, several a
+/// request, and `AtomicWaker::register` is two locked instructions each time.
 #[derive(Default)]
 struct Woken {
     woken: AtomicBool,
+    /// A wake took the registered waker: until it is registered again, the
+    /// slot is empty.
+    taken: AtomicBool,
     task: AtomicWaker,
+}
+
+impl Woken {
+    /// Registers `waker`, unless `registered` (the one registered last) is
+    /// still in the slot and wakes the same task.
+    fn register(&self, registered: &mut Option<Waker>, waker: &Waker) {
+        // A wake sets `taken` after it takes the waker and before it wakes
+        // the task: seen false here, either the slot still holds the waker,
+        // or the wake that emptied it has yet to wake the task, and the poll
+        // that follows sees it true.
+        let same = registered
+            .as_ref()
+            .is_some_and(|last| last.will_wake(waker));
+        if same && !self.taken.load(Ordering::Acquire) {
+            return;
+        }
+        // Cleared before registering: a wake in between leaves it set, and
+        // at worst the next poll registers once more.
+        self.taken.store(false, Ordering::Relaxed);
+        self.task.register(waker);
+        if !same {
+            *registered = Some(waker.clone());
+        }
+    }
+
+    /// Whether a watcher was woken since the last call.
+    fn take_woken(&self) -> bool {
+        // A plain load first: most polls come from the connection, not the
+        // watchers, and a swap is a locked instruction.
+        self.woken.load(Ordering::Acquire) && self.woken.swap(false, Ordering::AcqRel)
+    }
 }
 
 impl futures_util::task::ArcWake for Woken {
     fn wake_by_ref(arc_self: &Arc<Self>) {
+        let task = arc_self.task.take();
+        arc_self.taken.store(true, Ordering::Release);
         arc_self.woken.store(true, Ordering::Release);
-        arc_self.task.wake();
+        if let Some(task) = task {
+            task.wake();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the wakes of a task.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl futures_util::task::ArcWake for Wakes {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            arc_self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn watchers_wake_the_task_every_time_though_it_registers_once() {
+        let wakes = Arc::new(Wakes::default());
+        let task = futures_util::task::waker(Arc::clone(&wakes));
+        let woken = Arc::new(Woken::default());
+        let watchers = futures_util::task::waker(Arc::clone(&woken));
+        let count = || wakes.0.load(Ordering::SeqCst);
+        // A poll: register, then look.
+        let mut registered = None;
+        let mut poll = |waker: &Waker| {
+            woken.register(&mut registered, waker);
+            woken.take_woken()
+        };
+        assert!(!poll(&task));
+        watchers.wake_by_ref();
+        assert_eq!(count(), 1);
+        // The wake took the waker: the poll it causes puts it back.
+        assert!(poll(&task));
+        watchers.wake_by_ref();
+        assert_eq!(count(), 2);
+        assert!(poll(&task));
+        // Polls with no wake between them leave it registered.
+        assert!(!poll(&task));
+        assert!(!poll(&task));
+        watchers.wake_by_ref();
+        assert_eq!(count(), 3);
+        // Two wakes before a poll: one wake of the task, and one look.
+        assert!(poll(&task));
+        watchers.wake_by_ref();
+        watchers.wake_by_ref();
+        assert_eq!(count(), 4);
+        assert!(poll(&task));
+        assert!(!poll(&task));
+        // Another task's waker takes the place of the first.
+        let others = Arc::new(Wakes::default());
+        assert!(!poll(&futures_util::task::waker(Arc::clone(&others))));
+        watchers.wake_by_ref();
+        assert_eq!((count(), others.0.load(Ordering::SeqCst)), (4, 1));
+    }
 
     /// Runs `activity.watch(deadlines)` as a task of its own.
     fn spawn_watch(
