@@ -679,6 +679,32 @@ def test_worker_blocking_its_event_loop_is_killed_after_its_stacks_are_logged(ru
     assert stuck not in {pid for _, pid in load.answers(after=killed)}
 
 
+def test_a_stop_while_a_worker_is_hung_still_logs_its_stacks_and_kills_it(run_rsasgi, markers):
+    """An operator stops the server because it hangs: the stacks of the stuck worker, asked
+    for a moment before, are logged all the same, and the stop does not wait out the
+    graceful shutdown for a loop that cannot run."""
+    server = start_supervised(
+        run_rsasgi,
+        "--timeout-worker-healthcheck", "2", "--timeout-graceful-shutdown", "30",
+        workers=1,
+        env={"SUP_MARKERS": str(markers)},
+    )  # fmt: skip
+    blocker = server.connect()
+    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+    marker = wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
+    stuck = int(marker[0].name)
+    wait_for_log(server, f"worker 1 (pid {stuck}) is stuck")
+    server.proc.send_signal(signal.SIGTERM)
+    assert exit_code(server) == 0
+    log = server.output()
+    stack = log_event(log, f"Python stacks of worker 1 (pid {stuck}):")
+    app_file = re.escape(str(APPS / "sup_app.py"))
+    assert re.search(rf'^  File "{app_file}", line \d+ in block_the_event_loop$', stack, re.M)
+    assert f"Killing worker 1 (pid {stuck}) (after writing its stacks)" in log
+    assert log.rstrip().endswith("rsasgi.error: Stopped"), log
+    blocker.close()
+
+
 def test_worker_crashing_after_boot_is_replaced_with_backoff(run_rsasgi):
     server = start_supervised(run_rsasgi, workers=2)
     for _ in range(3):

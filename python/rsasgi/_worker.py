@@ -50,11 +50,13 @@ def run(worker) -> int:
         # Written from the signal handler in C, so it works while the app
         # blocks the loop (when the supervisor asks) or a WSGI thread is
         # stuck past --timeout-request (when the reactor asks). Into a file
-        # that the asker logs as one event, when there is one.
+        # that the asker logs as one event, when there is one: a copy of its
+        # descriptor, open as long as the process (faulthandler keeps the
+        # number, which the worker's own could give to another file once closed).
         dump_fd = worker.stack_dump_fd
         faulthandler.register(
             STACK_DUMP_SIGNAL,
-            file=sys.stderr if dump_fd is None else dump_fd,
+            file=sys.stderr if dump_fd is None else os.dup(dump_fd),
             all_threads=True,
         )
     # SIGUSR1 (logrotate's postrotate) while the app loads would kill the process by its

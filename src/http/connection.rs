@@ -871,42 +871,33 @@ enum Woke {
 /// The waker [`drive`] gives its watchers: it notes that one of them was
 /// woken, then wakes the connection's task.
 ///
-/// The task's waker is registered once, and again only after a wake took it
-/// (or the task's waker changed): `drive` checks on every poll, several a
-/// request, and `AtomicWaker::register` is two locked instructions each time.
+/// The task's waker stays in the slot (a wake uses it, never takes it), so
+/// `drive`, which checks on every poll, several a request, registers it once
+/// and again only if the task's waker changes: an `AtomicWaker` would cost two
+/// locked instructions each time. The lock is taken on the watchers' wakes,
+/// which are rare (a deadline, a shutdown), and by such a change.
 #[derive(Default)]
 struct Woken {
     woken: AtomicBool,
-    /// A wake took the registered waker: until it is registered again, the
-    /// slot is empty.
-    taken: AtomicBool,
-    task: AtomicWaker,
+    task: Mutex<Option<Waker>>,
 }
 
 impl Woken {
-    /// Registers `waker`, unless `registered` (the one registered last) is
-    /// still in the slot and wakes the same task.
+    /// Puts `waker` in the slot, unless `registered` (what this poller put
+    /// there last) wakes the same task.
     fn register(&self, registered: &mut Option<Waker>, waker: &Waker) {
-        // A wake sets `taken` after it takes the waker and before it wakes
-        // the task: seen false here, either the slot still holds the waker,
-        // or the wake that emptied it has yet to wake the task, and the poll
-        // that follows sees it true.
-        let same = registered
+        if registered
             .as_ref()
-            .is_some_and(|last| last.will_wake(waker));
-        if same && !self.taken.load(Ordering::Acquire) {
+            .is_some_and(|last| last.will_wake(waker))
+        {
             return;
         }
-        // Cleared before registering: a wake in between leaves it set, and
-        // at worst the next poll registers once more.
-        self.taken.store(false, Ordering::Relaxed);
-        self.task.register(waker);
-        if !same {
-            *registered = Some(waker.clone());
-        }
+        *self.task.lock() = Some(waker.clone());
+        *registered = Some(waker.clone());
     }
 
-    /// Whether a watcher was woken since the last call.
+    /// Whether a watcher was woken since the last call. After `register`: a
+    /// wake that this misses wakes the registered task, which looks again.
     fn take_woken(&self) -> bool {
         // A plain load first: most polls come from the connection, not the
         // watchers, and a swap is a locked instruction.
@@ -916,11 +907,9 @@ impl Woken {
 
 impl futures_util::task::ArcWake for Woken {
     fn wake_by_ref(arc_self: &Arc<Self>) {
-        let task = arc_self.task.take();
-        arc_self.taken.store(true, Ordering::Release);
         arc_self.woken.store(true, Ordering::Release);
-        if let Some(task) = task {
-            task.wake();
+        if let Some(task) = &*arc_self.task.lock() {
+            task.wake_by_ref();
         }
     }
 }
@@ -955,18 +944,14 @@ mod tests {
         assert!(!poll(&task));
         watchers.wake_by_ref();
         assert_eq!(count(), 1);
-        // The wake took the waker: the poll it causes puts it back.
         assert!(poll(&task));
         watchers.wake_by_ref();
         assert_eq!(count(), 2);
         assert!(poll(&task));
-        // Polls with no wake between them leave it registered.
+        // Polls with no wake between them see none.
         assert!(!poll(&task));
         assert!(!poll(&task));
-        watchers.wake_by_ref();
-        assert_eq!(count(), 3);
-        // Two wakes before a poll: one wake of the task, and one look.
-        assert!(poll(&task));
+        // Two wakes before a poll: one look.
         watchers.wake_by_ref();
         watchers.wake_by_ref();
         assert_eq!(count(), 4);
@@ -977,6 +962,28 @@ mod tests {
         assert!(!poll(&futures_util::task::waker(Arc::clone(&others))));
         watchers.wake_by_ref();
         assert_eq!((count(), others.0.load(Ordering::SeqCst)), (4, 1));
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_during_a_poll_is_never_lost() {
+        // Each round: a thread wakes the watchers while this one polls; after
+        // the poll either it saw the wake, or the wake reached the task.
+        let wakes = Arc::new(Wakes::default());
+        let task = futures_util::task::waker(Arc::clone(&wakes));
+        let woken = Arc::new(Woken::default());
+        let mut registered = None;
+        for round in 0..2000 {
+            let before = wakes.0.load(Ordering::SeqCst);
+            let watchers = futures_util::task::waker(Arc::clone(&woken));
+            let waker = std::thread::spawn(move || watchers.wake_by_ref());
+            woken.register(&mut registered, &task);
+            let seen = woken.take_woken();
+            waker.join().unwrap();
+            let reached = wakes.0.load(Ordering::SeqCst) > before;
+            assert!(seen || reached, "round {round}: the wake was lost");
+            // What the woken task's next poll does.
+            woken.take_woken();
+        }
     }
 
     /// Runs `activity.watch(deadlines)` as a task of its own.

@@ -88,9 +88,6 @@ impl<S: StreamSocket> AsyncWrite for Sending<S> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
-    // Kept out of its callers: its frame holds the room for joining, whose
-    // stack probes every poll of an inlining caller would pay.
-    #[inline(never)]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -98,22 +95,16 @@ impl<S: StreamSocket> AsyncWrite for Sending<S> {
     ) -> Poll<io::Result<usize>> {
         let socket = &self.get_mut().0;
         let bufs = &bufs[..bufs.len().min(MAX_BUFS)];
-        ready!(socket.poll_send_ready(cx))?;
-        let mut room = [MaybeUninit::<u8>::uninit(); COALESCE];
-        let joined = join(bufs, &mut room);
-        loop {
-            // MSG_NOSIGNAL: a peer gone away is an EPIPE error, never a signal.
-            let sent = socket.try_send(|| match joined {
-                Some(joined) => SockRef::from(socket).send_with_flags(joined, libc::MSG_NOSIGNAL),
-                None => SockRef::from(socket).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL),
-            });
-            match sent {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(socket.poll_send_ready(cx))?;
-                }
-                sent => return Poll::Ready(sent),
-            }
+        let total = bufs
+            .iter()
+            .try_fold(0, |sum: usize, buf| sum.checked_add(buf.len()));
+        if bufs.len() > 1 && total.is_some_and(|total| total <= COALESCE) {
+            return poll_send_joined(socket, cx, bufs);
         }
+        // MSG_NOSIGNAL: a peer gone away is an EPIPE error, never a signal.
+        poll_send(socket, cx, || {
+            SockRef::from(socket).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -129,12 +120,45 @@ impl<S: StreamSocket> AsyncWrite for Sending<S> {
     }
 }
 
-/// `bufs` copied one after the other into `room`, if they fit and are more
-/// than one.
-fn join<'a>(bufs: &[IoSlice<'_>], room: &'a mut [MaybeUninit<u8>]) -> Option<&'a [u8]> {
-    if bufs.len() < 2 {
-        return None;
+/// Sends with `send` once the socket is writable, as tokio's own writes do.
+fn poll_send<S: StreamSocket>(
+    socket: &S,
+    cx: &mut Context<'_>,
+    send: impl Fn() -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(socket.poll_send_ready(cx))?;
+        match socket.try_send(&send) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            sent => return Poll::Ready(sent),
+        }
     }
+}
+
+/// `bufs` (at most [`COALESCE`] bytes in all) copied together and sent with
+/// one `send`. Out of line: its frame holds the room for them, whose stack
+/// probes an inlining caller would pay on every call.
+#[inline(never)]
+fn poll_send_joined<S: StreamSocket>(
+    socket: &S,
+    cx: &mut Context<'_>,
+    bufs: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    ready!(socket.poll_send_ready(cx))?;
+    let mut room = [MaybeUninit::<u8>::uninit(); COALESCE];
+    let Some(joined) = join(bufs, &mut room) else {
+        // Not reached: the caller checked that they fit.
+        return poll_send(socket, cx, || {
+            SockRef::from(socket).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
+        });
+    };
+    poll_send(socket, cx, || {
+        SockRef::from(socket).send_with_flags(joined, libc::MSG_NOSIGNAL)
+    })
+}
+
+/// `bufs` copied one after the other into `room`, if they fit.
+fn join<'a>(bufs: &[IoSlice<'_>], room: &'a mut [MaybeUninit<u8>]) -> Option<&'a [u8]> {
     let mut len = 0;
     for buf in bufs {
         let end = len + buf.len();
@@ -169,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn small_writes_are_joined_and_large_ones_left_as_they_are() {
+    fn buffers_are_joined_when_they_fit() {
         let mut room = [MaybeUninit::uninit(); 8];
         let head = IoSlice::new(b"head");
         let body = IoSlice::new(b"body");
@@ -178,8 +202,6 @@ mod tests {
             join(&[head, IoSlice::new(b""), body], &mut room),
             Some(&b"headbody"[..])
         );
-        // One buffer needs no copy; too many bytes go with sendmsg.
-        assert_eq!(join(&[head], &mut room), None);
         assert_eq!(join(&[head, body, IoSlice::new(b"!")], &mut room), None);
     }
 
@@ -191,8 +213,10 @@ mod tests {
         let total = 4 * 1024 * 1024;
         let writer = async {
             let mut left = total;
+            // Large writes (sendmsg) and small ones (joined, send) in turn.
+            let mut sizes = [chunk.len(), 3000].into_iter().cycle();
             while left > 0 {
-                let part = &chunk[..left.min(chunk.len())];
+                let part = &chunk[..left.min(sizes.next().unwrap())];
                 let (head, tail) = part.split_at(part.len().min(10));
                 let sent = ours
                     .write_vectored(&[IoSlice::new(head), IoSlice::new(tail)])

@@ -230,8 +230,6 @@ fn watch_changes(mut watcher: ReloadWatcher) -> mpsc::Receiver<Vec<PathBuf>> {
     receiver
 }
 
-/// The wait before retry number `attempt` (from 1) of something that keeps
-/// failing: [`FIRST_RESPAWN_DELAY`], doubling up to [`MAX_RESPAWN_DELAY`].
 /// Logs what a hung worker wrote when asked for its stacks, as one event
 /// (the other workers' lines cannot land inside it); says how it went, for
 /// the line about killing it.
@@ -252,6 +250,8 @@ fn log_stacks(worker: &WorkerProcess) -> &'static str {
     }
 }
 
+/// The wait before retry number `attempt` (from 1) of something that keeps
+/// failing: [`FIRST_RESPAWN_DELAY`], doubling up to [`MAX_RESPAWN_DELAY`].
 fn backoff(attempt: u32) -> Duration {
     FIRST_RESPAWN_DELAY
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
@@ -611,7 +611,9 @@ impl Supervisor {
         };
         let deadline = Instant::now() + wait;
         for worker in &mut self.workers {
-            if matches!(worker.state, State::Killed) {
+            // A hung worker is killed within the second, once its stacks are
+            // logged; a stop signal would not reach its blocked loop anyway.
+            if matches!(worker.state, State::Killed | State::Hung { .. }) {
                 continue;
             }
             worker.signal(if forced { libc::SIGQUIT } else { libc::SIGTERM });
@@ -648,6 +650,10 @@ impl Supervisor {
         }
         let how = describe_exit(status);
         let name = worker.name();
+        if matches!(worker.state, State::Hung { .. }) {
+            // Gone before it was killed: what it wrote is all there is.
+            log_stacks(&worker);
+        }
         if let Some(stop) = self.stop {
             // Killed by the stop signal itself: before the worker's handlers
             // were installed (it was booting) or after they were removed.
