@@ -121,9 +121,7 @@ impl Callables {
 }
 
 /// The status code and, when it is not the standard one, the reason phrase.
-fn parse_status(
-    status: &Bound<'_, PyAny>,
-) -> PyResult<(StatusCode, Option<hyper::ext::ReasonPhrase>)> {
+fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<ParsedStatus> {
     let status = status.cast::<PyString>().map_err(|_| {
         PyTypeError::new_err(format!(
             "start_response() status must be a str like \"200 OK\", got {}",
@@ -183,10 +181,10 @@ const CACHE_SLOTS: usize = 32;
 /// The longest str (in code points) the header cache keeps.
 const CACHE_MAX_LEN: usize = 128;
 
-/// Response header names and values already checked and converted, found by
-/// the identity of the str the app passed. Apps mostly send the same
-/// literals ("Content-Type", "text/html; charset=utf-8") on every request,
-/// so most headers skip the conversion. A str never changes, and the cache
+/// Response header names and values (and the last status) already checked
+/// and converted, found by the identity of the str the app passed. Apps
+/// mostly send the same literals ("200 OK", "Content-Type",
+/// "text/html; charset=utf-8") on every request, so most skip the conversion. A str never changes, and the cache
 /// holds a reference to it, so its address cannot be taken by another
 /// object while its entry lives. Direct-mapped: a str the app makes anew
 /// each time just replaces an entry. Only plain `str` objects up to
@@ -196,7 +194,12 @@ const CACHE_MAX_LEN: usize = 128;
 pub(crate) struct HeaderCache {
     names: [Option<(Py<PyString>, HeaderName)>; CACHE_SLOTS],
     values: [Option<(Py<PyString>, HeaderValue)>; CACHE_SLOTS],
+    /// The last status str and what it parsed to: an app answers most
+    /// requests with the same `"200 OK"` literal.
+    status: Option<(Py<PyString>, ParsedStatus)>,
 }
+
+type ParsedStatus = (StatusCode, Option<hyper::ext::ReasonPhrase>);
 
 fn cache_slot(text: &Bound<'_, PyString>) -> usize {
     // Python objects are 16-byte aligned: the low bits say nothing.
@@ -208,6 +211,22 @@ fn cacheable(text: &Bound<'_, PyString>) -> bool {
 }
 
 impl HeaderCache {
+    fn status(&mut self, status: &Bound<'_, PyAny>) -> PyResult<ParsedStatus> {
+        if let Some((seen, parsed)) = &self.status {
+            if seen.as_ptr() == status.as_ptr() {
+                return Ok(parsed.clone());
+            }
+        }
+        let parsed = parse_status(status)?;
+        // parse_status accepted it, so it is a str.
+        if let Ok(text) = status.cast::<PyString>() {
+            if cacheable(text) {
+                self.status = Some((text.clone().unbind(), parsed.clone()));
+            }
+        }
+        Ok(parsed)
+    }
+
     fn name(&mut self, text: &Bound<'_, PyString>) -> PyResult<HeaderName> {
         remembered(&mut self.names, text, || header_name(text))
     }
@@ -362,8 +381,13 @@ impl StartResponse {
             }
             _ => {}
         }
-        let (status, reason) = parse_status(status)?;
-        let headers = parse_headers(headers, self.headers_seen.try_lock().as_deref_mut())?;
+        let mut seen = self.headers_seen.try_lock();
+        let (status, reason) = match seen.as_deref_mut() {
+            Some(cache) => cache.status(status)?,
+            None => parse_status(status)?,
+        };
+        let headers = parse_headers(headers, seen.as_deref_mut())?;
+        drop(seen);
         let start = ResponseStart::new(status, headers, reason)
             .map_err(|reason| PyValueError::new_err(format!("start_response(): {reason}")))?;
         // The GIL has been held since the check above, so the request cannot
@@ -618,6 +642,37 @@ mod tests {
             ] {
                 assert!(parse_status(&eval(py, bad)).is_err(), "{bad} accepted");
             }
+        });
+    }
+
+    #[test]
+    fn a_status_is_parsed_once_per_str_and_a_bad_one_never_kept() {
+        Python::initialize();
+        Python::attach(|py| {
+            let mut cache = HeaderCache::default();
+            let ok = eval(py, "'200 OK'");
+            assert_eq!(cache.status(&ok).unwrap().0, StatusCode::OK);
+            let kept = cache.status.as_ref().map(|(text, _)| text.as_ptr());
+            assert_eq!(kept, Some(ok.as_ptr()), "the str is kept by identity");
+            assert_eq!(cache.status(&ok).unwrap(), (StatusCode::OK, None));
+            // Another str, even of the same text, is parsed for itself.
+            let teapot = eval(py, "\"418 I'M A TEAPOT\"");
+            let (status, reason) = cache.status(&teapot).unwrap();
+            assert_eq!(status.as_u16(), 418);
+            assert_eq!(reason.unwrap().as_bytes(), b"I'M A TEAPOT");
+            let (_, reason) = cache.status(&teapot).unwrap();
+            assert_eq!(reason.unwrap().as_bytes(), b"I'M A TEAPOT");
+            // A refused status is an error every time, and leaves the last good one.
+            let bad = eval(py, "'200 OK\\r\\nX: y'");
+            assert!(cache.status(&bad).is_err());
+            assert!(cache.status(&bad).is_err());
+            let kept = cache.status.as_ref().map(|(text, _)| text.as_ptr());
+            assert_eq!(kept, Some(teapot.as_ptr()));
+            // A str subclass is parsed but not kept.
+            let subclass = eval(py, "type('S', (str,), {})('404 Not Found')");
+            assert_eq!(cache.status(&subclass).unwrap().0, StatusCode::NOT_FOUND);
+            let kept = cache.status.as_ref().map(|(text, _)| text.as_ptr());
+            assert_eq!(kept, Some(teapot.as_ptr()));
         });
     }
 
