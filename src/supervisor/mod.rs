@@ -242,7 +242,9 @@ fn log_stacks(worker: &WorkerProcess) -> &'static str {
             tracing::error!("Python stacks of {}:\n{stacks}", worker.name());
             "after writing its stacks"
         }
-        Ok(_) => "it wrote no stacks in time",
+        // Too slow to write them, or unable to use the file it was handed
+        // (it warned so when it started), in which case they went to stderr.
+        Ok(_) => "no stacks in its stack file in time: look for them in its stderr",
         Err(err) => {
             tracing::warn!("Cannot read the stacks {} wrote: {err}", worker.name());
             "after writing its stacks"
