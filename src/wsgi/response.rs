@@ -184,12 +184,13 @@ const CACHE_MAX_LEN: usize = 128;
 /// Response header names and values (and the last status) already checked
 /// and converted, found by the identity of the str the app passed. Apps
 /// mostly send the same literals ("200 OK", "Content-Type",
-/// "text/html; charset=utf-8") on every request, so most skip the conversion. A str never changes, and the cache
-/// holds a reference to it, so its address cannot be taken by another
-/// object while its entry lives. Direct-mapped: a str the app makes anew
-/// each time just replaces an entry. Only plain `str` objects up to
-/// [`CACHE_MAX_LEN`] are kept: a subclass may carry more than its text, and
-/// a long value would be held on to for nothing.
+/// "text/html; charset=utf-8") on every request, so most skip the
+/// conversion. A str never changes, and the cache holds a reference to it,
+/// so its address cannot be taken by another object while its entry lives.
+/// Direct-mapped: a str the app makes anew each time just replaces an entry.
+/// Only plain `str` objects up to [`CACHE_MAX_LEN`] are kept: a subclass may
+/// carry more than its text, and a long value would be held on to for
+/// nothing.
 #[derive(Default)]
 pub(crate) struct HeaderCache {
     names: [Option<(Py<PyString>, HeaderName)>; CACHE_SLOTS],
@@ -212,23 +213,17 @@ fn cacheable(text: &Bound<'_, PyString>) -> bool {
 
 impl HeaderCache {
     fn status(&mut self, status: &Bound<'_, PyAny>) -> PyResult<ParsedStatus> {
-        if let Some((seen, parsed)) = &self.status {
-            if seen.as_ptr() == status.as_ptr() {
-                return Ok(parsed.clone());
-            }
+        match status.cast::<PyString>() {
+            Ok(text) => remembered(&mut self.status, text, || parse_status(status)),
+            // Not a str: parse_status says so.
+            Err(_) => parse_status(status),
         }
-        let parsed = parse_status(status)?;
-        // parse_status accepted it, so it is a str.
-        if let Ok(text) = status.cast::<PyString>() {
-            if cacheable(text) {
-                self.status = Some((text.clone().unbind(), parsed.clone()));
-            }
-        }
-        Ok(parsed)
     }
 
     fn name(&mut self, text: &Bound<'_, PyString>) -> PyResult<HeaderName> {
-        remembered(&mut self.names, text, || header_name(text))
+        remembered(&mut self.names[cache_slot(text)], text, || {
+            header_name(text)
+        })
     }
 
     fn value(
@@ -236,18 +231,19 @@ impl HeaderCache {
         name: &Bound<'_, PyString>,
         text: &Bound<'_, PyString>,
     ) -> PyResult<HeaderValue> {
-        remembered(&mut self.values, text, || header_value(name, text))
+        remembered(&mut self.values[cache_slot(text)], text, || {
+            header_value(name, text)
+        })
     }
 }
 
-/// What `text` converted to: from its slot when the slot holds this very
-/// str, else converted now (and kept, if [`cacheable`]).
+/// What `text` converted to: from `entry` when it holds this very str,
+/// else converted now (and kept there, if [`cacheable`]).
 fn remembered<T: Clone>(
-    slots: &mut [Option<(Py<PyString>, T)>; CACHE_SLOTS],
+    entry: &mut Option<(Py<PyString>, T)>,
     text: &Bound<'_, PyString>,
     convert: impl FnOnce() -> PyResult<T>,
 ) -> PyResult<T> {
-    let entry = &mut slots[cache_slot(text)];
     if let Some((seen, converted)) = entry {
         if seen.as_ptr() == text.as_ptr() {
             return Ok(converted.clone());
