@@ -76,6 +76,29 @@ def chunked(pieces: list[bytes]) -> bytes:
 # --- the environ -----------------------------------------------------------------------------
 
 
+def test_each_response_has_its_own_status_line_when_statuses_alternate(server):
+    # start_response keeps the last status str it parsed: a literal sent again, a different
+    # one, and equal text in a new str must each come out as their own status line.
+    conn = raw(server)
+    try:
+        for ask, line in [
+            ("name=ok", "200 OK"),
+            ("name=teapot", "418 I'M A TEAPOT"),
+            ("name=teapot", "418 I'M A TEAPOT"),
+            ("name=ok", "200 OK"),
+            ("s=200+OK", "200 OK"),
+            ("s=299+Custom+Thing", "299 Custom Thing"),
+            ("name=gone", "410 Gone"),
+            ("name=ok", "200 OK"),
+        ]:
+            conn.send(f"GET /status?{ask} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            resp = conn.read_response("GET")
+            assert (resp.status, resp.reason) == (int(line[:3]), line[4:]), resp.status_line
+            assert resp.body == line.encode()
+    finally:
+        conn.sock.close()
+
+
 def test_every_key_present_with_its_type(server):
     r = httpx.get(f"{server.url}/env?x=1", timeout=10)
     assert r.status_code == 200, r.text

@@ -81,6 +81,12 @@ def app(environ, start_response):
     q = query(environ)
     inp = environ["wsgi.input"]
 
+    if path == "/status":
+        # The same literal on every request (as apps send them), or one made anew from ?s=.
+        literals = {"ok": "200 OK", "teapot": "418 I'M A TEAPOT", "gone": "410 Gone"}
+        status = literals[q["name"]] if "name" in q else q["s"]
+        return simple(start_response, status.encode(), status)
+
     if path == "/input":
         try:
             parts = apply_op(inp, q["op"], int(q.get("n", "0")))
