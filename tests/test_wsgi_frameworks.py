@@ -38,8 +38,8 @@ def served_as_wsgi(server) -> bool:
 
 
 @pytest.fixture
-def flask_server(run_rsasgi):
-    return run_rsasgi("wsgifw_flask:app")
+def flask_server(run_rsasgi, tmp_path):
+    return run_rsasgi("wsgifw_flask:app", env={"WSGIFW_DOWNLOAD_DIR": str(tmp_path)})
 
 
 def test_flask_app_is_detected_as_wsgi(flask_server):

@@ -100,7 +100,10 @@ def download_content(size: int) -> bytes:
 def download(size):
     # send_file hands an open file to wsgi.file_wrapper; conditional=True answers Range and
     # If-None-Match requests.
-    path = os.path.join(tempfile.gettempdir(), f"wsgifw-download-{os.getpid()}-{size}.bin")
+    # The test fixture points WSGIFW_DOWNLOAD_DIR at its own temporary directory, which
+    # pytest cleans up; files left in the system's would pile up run after run.
+    folder = os.environ.get("WSGIFW_DOWNLOAD_DIR") or tempfile.gettempdir()
+    path = os.path.join(folder, f"wsgifw-download-{os.getpid()}-{size}.bin")
     if not os.path.exists(path):
         with open(path + ".part", "wb") as file:
             file.write(download_content(size))
