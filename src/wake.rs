@@ -54,7 +54,10 @@ pub(crate) fn mark_pool_thread() {
 /// them: the next request it runs may block for as long as the app likes,
 /// and a finished response must not wait for it (nor can a thread that
 /// waits for the reactor hold the wake the reactor needs). Measured with
-/// the WSGI hello benchmark, holding them saved no context switches either.
+/// the WSGI hello benchmark, holding them saved no context switches either;
+/// holding them while requests are queued, with a 1 ms timer on the reactor
+/// as the bound, served 8-20% less (benches/README.md, "Profile-guided
+/// builds").
 /// On the reactor itself a wake is a push onto its run queue.
 pub(crate) fn wake(waker: Waker) {
     if ON_POOL.get() {
