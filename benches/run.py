@@ -956,6 +956,26 @@ def run_load(
     return result.stdout, cpu, elapsed
 
 
+def tree_context_switches(root: int) -> int:
+    """Context switches (voluntary and not, every thread) so far of `root` and the processes
+    under it that are alive; a thread that ended meanwhile takes its count with it."""
+    total = 0
+    for pid in [root, *descendants(root)]:
+        try:
+            tasks = list(Path("/proc", str(pid), "task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                status = (task / "status").read_text()
+            except OSError:  # the thread ended meanwhile
+                continue
+            for line in status.splitlines():
+                if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                    total += int(line.split()[1])
+    return total
+
+
 def tree_cpu_seconds(root: int) -> float:
     """CPU seconds (user + system, every thread) used so far by `root` and the processes under
     it that are alive."""
@@ -1285,10 +1305,12 @@ def run_scenarios(
                 # shares, the steal and the split.
                 before = _core_seconds_by_column()
                 server_cpu = tree_cpu_seconds(server.proc.pid)
+                switches = tree_context_switches(server.proc.pid)
                 output, client_cpu, elapsed = run_load(
                     args, server.port, scenario, args.duration, work, log
                 )
                 server_cpu = tree_cpu_seconds(server.proc.pid) - server_cpu
+                switches = tree_context_switches(server.proc.pid) - switches
                 after = _core_seconds_by_column()
                 split = core_split(before, after, args.server_cpu)
                 cores_before = core_seconds(before)
@@ -1368,6 +1390,12 @@ def run_scenarios(
             result["server_core_us_per_request"] = {
                 part: round(seconds / served * 1e6, 2) for part, seconds in split.items()
             }
+        # How often the server's threads gave up the CPU or were made to, per request. Where
+        # an app thread and the event loop share one core, a hand-over per request costs
+        # microseconds on a virtual machine; how often it happens moves with the host's speed
+        # (benches/README.md, "Profile-guided builds").
+        if served:
+            result["context_switches_per_request"] = round(switches / served, 3)
         result[f"{client}_cores"] = round(client_cpu / elapsed, 3)
         result[f"{client}_threads"] = args.threads
         # What other processes took of the server's core and of the client's (when each has one).
@@ -1567,14 +1595,22 @@ def split_table(label: str, results: dict, servers: list[str], scenarios: list) 
             split = results[name].get(scenario.name, {}).get("server_core_us_per_request")
             if split:
                 kernel = split["system"] + split["softirq"]
+                switches = results[name][scenario.name].get("context_switches_per_request")
                 rows.append(
                     f"{scenario.name:<{NAME_WIDTH}}{name:>18}{split['user']:>9.2f}"
                     f"{kernel:>9.2f}{split['idle']:>9.2f}{split['steal']:>9.2f}"
+                    + (f"{switches:>10.3f}" if switches is not None else f"{'-':>10}")
                 )
     if rows:
         print()
-        print(f"{label}: the server core's time per request, µs (kernel = system + softirq)")
-        print(f"{'':<{NAME_WIDTH}}{'':>18}{'user':>9}{'kernel':>9}{'idle':>9}{'steal':>9}")
+        print(
+            f"{label}: the server core's time per request, µs (kernel = system + softirq),"
+            " and the server's context switches per request"
+        )
+        print(
+            f"{'':<{NAME_WIDTH}}{'':>18}{'user':>9}{'kernel':>9}{'idle':>9}{'steal':>9}"
+            f"{'switches':>10}"
+        )
         for row in rows:
             print(row)
 
