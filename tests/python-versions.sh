@@ -12,9 +12,9 @@
 #
 # One wheel per version, not one abi3 wheel: abi3 costs about 3% more instructions per ASGI
 # request (README.md, "Platforms and Python versions"). The builds share one cargo target
-# directory, target/pyversions, apart from target/ so the main build stays warm: the
-# dependencies compile once, and each version recompiles only pyo3 and rsasgi (about a minute,
-# where a cold target directory per version would take two and a half). While one version's
+# directory, target/pyversions (or $PYVERSIONS_TARGET), apart from target/ so the main build
+# stays warm: the dependencies compile once, and each version recompiles only pyo3 and rsasgi
+# (about a minute, where a cold target directory per version would take two and a half). While one version's
 # tests run, the next version's wheel builds; the tests mostly wait on sockets. The wheels are
 # built without fat LTO and with parallel codegen (see build_wheel): they test compatibility, not
 # speed, and the release profile doubled this script's time (914 s against 440 s for the four
@@ -26,7 +26,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYENV_ROOT=${PYENV_ROOT:-/root/.pyenv}
-TARGET=target/pyversions
+# tests/run-all.sh passes target, where its own build (with the same settings as build_wheel)
+# left the dependencies compiled.
+TARGET=${PYVERSIONS_TARGET:-target/pyversions}
 # ASGI is covered by test_scope.py rather than test_http_protocol.py: the scope is built from
 # Python objects on every request, while HTTP/1.1 framing is hyper's and the same on every Python.
 TESTS=(tests/test_scope.py tests/test_wsgi.py tests/test_websocket.py tests/test_lifespan.py)

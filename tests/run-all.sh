@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 
+# Each stage's header says how long the run has taken so far, so a CI log shows where the time went.
+stage() { echo "== $* (at $((SECONDS / 60))m$((SECONDS % 60))s)"; }
+
 # The browser test drives Debian's Chromium; install it when we may.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing chromium for the browser test"
@@ -42,25 +45,27 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r tests/requirements.txt
 # The tests check behaviour, not speed (benches/ measures that), so this build skips the release
-# profile's fat LTO and single codegen unit: same code and optimisation level, a few minutes
-# less on a 2-core machine. `pip install .` and wheels keep the full release profile.
-echo "== building and installing rsasgi (release profile, without fat LTO)"
-CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-    .venv/bin/python -m pip install -q --force-reinstall --no-deps .
+# profile's fat LTO, single codegen unit and line tables: same code and optimisation level, a few
+# minutes less on a 2-core machine. `pip install .` and wheels keep the full release profile. The
+# Rust unit tests and the version matrix below build with the same settings in the same target
+# directory, so the dependencies compile once for all three.
+export CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=0
+stage "building and installing rsasgi (release profile, without fat LTO)"
+.venv/bin/python -m pip install -q --force-reinstall --no-deps .
 
-echo "== lint"
+stage "lint"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 .venv/bin/ruff check python tests examples benches scripts
 .venv/bin/ruff format --check python tests examples benches scripts
 
-echo "== Rust unit tests"
-PYO3_PYTHON="$PWD/.venv/bin/python" cargo test --quiet
+stage "Rust unit tests"
+PYO3_PYTHON="$PWD/.venv/bin/python" cargo test --release --quiet
 
-echo "== end-to-end tests"
+stage "end-to-end tests"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 
-echo "== Autobahn|Testsuite (WebSocket conformance, cases 1-13, permessage-deflate included)"
+stage "Autobahn|Testsuite (WebSocket conformance, cases 1-13, permessage-deflate included)"
 VENV="$PWD/.venv" bash tests/autobahn/run.sh
 
 # The whole suite above ran on .venv's interpreter: the other supported versions get the
@@ -70,5 +75,6 @@ others=()
 for version in 3.10 3.11 3.12 3.13; do
     [ "$version" = "$main" ] || others+=("$version")
 done
-echo "== CPython ${others[*]} (ASGI scope, WSGI, WebSocket, lifespan on each; $main ran everything above)"
-bash tests/python-versions.sh "${others[@]}"
+stage "CPython ${others[*]} (ASGI scope, WSGI, WebSocket, lifespan on each; $main ran everything above)"
+PYVERSIONS_TARGET=target bash tests/python-versions.sh "${others[@]}"
+stage "done"
