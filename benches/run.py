@@ -956,11 +956,11 @@ def run_load(
     return result.stdout, cpu, elapsed
 
 
-def tree_context_switches(root: int) -> int:
-    """Context switches (voluntary and not, every thread) so far of `root` and the processes
-    under it that are alive; a thread that ended meanwhile takes its count with it."""
+def _context_switches(pids: list[int]) -> int:
+    """Context switches (voluntary and not, every thread) so far of the processes `pids` that
+    are alive; a thread that ended meanwhile takes its count with it."""
     total = 0
-    for pid in [root, *descendants(root)]:
+    for pid in pids:
         try:
             tasks = list(Path("/proc", str(pid), "task").iterdir())
         except OSError:
@@ -976,11 +976,11 @@ def tree_context_switches(root: int) -> int:
     return total
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system, every thread) used so far by `root` and the processes under
-    it that are alive."""
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system, every thread) used so far by the processes `pids` that are
+    alive."""
     total = 0
-    for pid in [root, *descendants(root)]:
+    for pid in pids:
         try:
             stat = Path("/proc", str(pid), "stat").read_text()
         except OSError:
@@ -988,6 +988,18 @@ def tree_cpu_seconds(root: int) -> float:
         fields = stat.rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system, every thread) used so far by `root` and the processes under
+    it that are alive."""
+    return _cpu_seconds([root, *descendants(root)])
+
+
+def tree_usage(root: int) -> tuple[float, int]:
+    """`tree_cpu_seconds` and the context switches so far, from one walk of the process tree."""
+    pids = [root, *descendants(root)]
+    return _cpu_seconds(pids), _context_switches(pids)
 
 
 def _core_seconds_by_column() -> dict[str, list[float]]:
@@ -1304,13 +1316,12 @@ def run_scenarios(
                 # One reading of /proc/stat before the run and one after serve the core
                 # shares, the steal and the split.
                 before = _core_seconds_by_column()
-                server_cpu = tree_cpu_seconds(server.proc.pid)
-                switches = tree_context_switches(server.proc.pid)
+                server_cpu, switches = tree_usage(server.proc.pid)
                 output, client_cpu, elapsed = run_load(
                     args, server.port, scenario, args.duration, work, log
                 )
-                server_cpu = tree_cpu_seconds(server.proc.pid) - server_cpu
-                switches = tree_context_switches(server.proc.pid) - switches
+                cpu_after, switches_after = tree_usage(server.proc.pid)
+                server_cpu, switches = cpu_after - server_cpu, switches_after - switches
                 after = _core_seconds_by_column()
                 split = core_split(before, after, args.server_cpu)
                 cores_before = core_seconds(before)

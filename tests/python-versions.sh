@@ -14,11 +14,11 @@
 # request (README.md, "Platforms and Python versions"). The builds share one cargo target
 # directory, target/pyversions (or $PYVERSIONS_TARGET), apart from target/ so the main build
 # stays warm: the dependencies compile once, and each version recompiles only pyo3 and rsasgi
-# (about a minute, where a cold target directory per version would take two and a half). While one version's
-# tests run, the next version's wheel builds; the tests mostly wait on sockets. The wheels are
-# built without fat LTO and with parallel codegen (see build_wheel): they test compatibility, not
-# speed, and the release profile doubled this script's time (914 s against 440 s for the four
-# versions on the 2-core CI machine, cold target directory).
+# (about a minute, where a cold target directory per version would take two and a half). While
+# one version's tests run, the next version's wheel builds; the tests mostly wait on sockets. The
+# wheels are built without fat LTO and with parallel codegen (see build_wheel): they test
+# compatibility, not speed, and the release profile doubled this script's time (914 s against
+# 440 s for the four versions on the 2-core CI machine, cold target directory).
 #
 # Exit status: 0 when every version built and passed, 1 otherwise (the summary names them),
 # 2 for a bad command line or a missing interpreter.
