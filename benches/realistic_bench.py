@@ -18,7 +18,11 @@ each with 1 and then 2 worker processes. For each group and worker count the scr
    (each request's latency counts from when it was due, not from when oha got to send it, so
    a server that falls behind pays for the queue): p50 and p99, and the rate achieved.
 
-Each measured run follows a warm-up run on the same server process. PostgreSQL is the OS's
+Each measured run follows a warm-up run on the same server process. With --rounds N every
+server is measured N times, the servers taking turns in an order that rotates each round, and
+the table gives each one's median round (by req/s at saturation, by p99 at the fixed rate):
+a shared host's slow phases last minutes, long enough to rank the servers of one round by
+when each one ran. PostgreSQL is the OS's
 (Debian's `postgresql`; installed with apt-get when missing and the script runs as root): a
 throwaway cluster made with initdb in a temporary directory, owned by the `postgres` user when
 the script runs as root, listening on a Unix socket only, seeded, and removed at the end.
@@ -41,6 +45,7 @@ more CPUs, the server gets N CPUs and oha and PostgreSQL the next one.
     python benches/realistic_bench.py            # from the repository root, as root or not
     python benches/realistic_bench.py --workers 1 --group wsgi --servers rsasgi gunicorn
     python benches/realistic_bench.py --duration 10 --rate 1500
+    python benches/realistic_bench.py --rounds 3  # the table to quote; about 20 minutes
 
 Results also go to benches/results/realistic_latest.json.
 """
@@ -616,19 +621,30 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 LEGEND = f"""
-sat: saturation ({CONNECTIONS} connections); cpu: the server's CPU seconds per second; ms/req:
-its CPU milliseconds per request served (all its processes and threads); other: CPU seconds per
-second used meanwhile by processes other than the server, oha and PostgreSQL (the noise);
-rsasgi ÷: rsasgi's saturation req/s over the server's; rate: the offered rate; got: the rate
-served at it; p50 and p99 at the fixed rate count from when each request was due.
+sat: saturation ({CONNECTIONS} connections); ±: with --rounds, half the range of the rounds'
+req/s over their median (every figure is the median round's: by req/s at saturation, by p99
+at the fixed rate); cpu: the server's CPU seconds per second; ms/req: its CPU milliseconds per
+request served (all its processes and threads); other: CPU seconds per second used meanwhile
+by processes other than the server, oha and PostgreSQL (the noise); rsasgi ÷: rsasgi's
+saturation req/s over the server's; rate: the offered rate; got: the rate served at it; p50
+and p99 at the fixed rate count from when each request was due.
 {NO_SERVER}: the Django app called in-process one request at a time, no HTTP: requests per CPU
 second and CPU ms per request, the floor under every server's.
 """
 
 
+def spread(run: dict, key: str) -> str:
+    """How far the rounds' `key` lay apart: half their range over the median, in percent
+    ("" for one round)."""
+    values = run.get(f"rounds_{key}")
+    if not values or not run.get(key):
+        return ""
+    return f"{(max(values) - min(values)) / 2 / run[key]:.0%}"
+
+
 def print_table(results: list[dict]) -> None:
     header = (
-        f"{'group':<5} {'w':>1} {'server':<9} {'sat req/s':>10} {'sat p99':>9} {'cpu':>5} "
+        f"{'group':<5} {'w':>1} {'server':<9} {'sat req/s':>10} {'±':>4} {'sat p99':>9} {'cpu':>5} "
         f"{'ms/req':>6} {'other':>5} "
         f"{'rsasgi ÷':>8} | {'rate':>6} {'got':>7} {'p50':>8} {'p99':>9} {'errors':>6}"
     )
@@ -639,7 +655,9 @@ def print_table(results: list[dict]) -> None:
             floor = row["baseline"]
             print(
                 f"{row['group']:<5} {row['workers']:>1} {row['server']:<9} "
-                f"{fmt(floor['requests_per_cpu_second'], 0):>10} {'':>9} {'':>5} "
+                f"{fmt(floor['requests_per_cpu_second'], 0):>10} "
+                f"{spread(floor, 'requests_per_cpu_second'):>4} "
+                f"{'':>9} {'':>5} "
                 f"{fmt(floor['cpu_ms_per_request'], 2):>6}   (in-process, per CPU second)"
             )
             continue
@@ -654,13 +672,120 @@ def print_table(results: list[dict]) -> None:
         ratio = row.get("rsasgi_ratio")
         print(
             f"{row['group']:<5} {row['workers']:>1} {row['server']:<9} "
-            f"{fmt(sat.get('requests_per_sec'), 0):>10} {fmt(sat.get('p99_ms'), 2):>7}ms "
+            f"{fmt(sat.get('requests_per_sec'), 0):>10} {spread(sat, 'requests_per_sec'):>4} "
+            f"{fmt(sat.get('p99_ms'), 2):>7}ms "
             f"{fmt(sat.get('server_cpu'), 2):>5} {fmt(sat.get('cpu_ms_per_request'), 2):>6} "
             f"{fmt(sat.get('other_cpu'), 2):>5} "
             f"{fmt(ratio, 2):>8} | "
             f"{fmt(row.get('rate'), 0):>6} {fmt(fixed.get('requests_per_sec'), 0):>7} "
             f"{fmt(fixed.get('p50_ms'), 2):>6}ms {fmt(fixed.get('p99_ms'), 2):>7}ms {errors:>6}"
         )
+
+
+def median_run(runs: list[dict], key: str) -> dict:
+    """The run with the median `key` (the lower middle one for an even count), with every
+    round's value of it (and of requests/s, where there is one) beside it; one run as it is."""
+    if len(runs) == 1:
+        return runs[0]
+    ordered = sorted(runs, key=lambda run: run[key])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median["rounds"] = len(runs)
+    median[f"rounds_{key}"] = [run[key] for run in runs]
+    if all("requests_per_sec" in run for run in runs):
+        median["rounds_requests_per_sec"] = [run["requests_per_sec"] for run in runs]
+    return median
+
+
+def rotated(items: list, shift: int) -> list:
+    """`items` starting at `shift` (modulo its length): round r runs the servers in this
+    order, so that no server always runs first or right after the same one."""
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
+def run_case(
+    args, oha: str, group: str, workers: int, chosen: list[Server], place: Layout,
+    postgres: Postgres, work: Path, results: list[dict],
+) -> None:  # fmt: skip
+    """One group and worker count: the in-process floor, every server's saturation run and
+    then its run at the fixed rate, each `args.rounds` times, taking turns. The table's rows
+    (the median round of each) go into `results` at once and fill in as the runs end, so an
+    interrupted run still prints what it measured."""
+    print(f"\n== {group}, {workers} worker(s): {place.note}", flush=True)
+    rounds = args.rounds
+    floor_row = {"group": group, "workers": workers, "server": NO_SERVER}
+    if workers == 1 and not args.no_baseline:
+        results.append(floor_row)
+    rows: dict[str, dict] = {}
+    for server in chosen:
+        rows[server.name] = {"group": group, "workers": workers, "server": server.name,
+                             "notes": server.notes}  # fmt: skip
+        results.append(rows[server.name])
+    floors: list[dict] = []
+    saturation: dict[str, list[dict]] = {server.name: [] for server in chosen}
+
+    def of(number: int) -> str:
+        return f" (round {number + 1} of {rounds})" if rounds > 1 else ""
+
+    for number in range(rounds):
+        if workers == 1 and not args.no_baseline:
+            try:
+                floor = baseline(args, group, place, postgres)
+                floors.append(floor)
+                floor_row["baseline"] = median_run(floors, "requests_per_cpu_second")
+                print(f"  {NO_SERVER:<9} {floor['cpu_ms_per_request']:.2f} CPU ms per request, "
+                      f"the Django app called in-process (no server, no HTTP): "
+                      f"{floor['requests_per_cpu_second']:,.0f} requests per CPU second"
+                      f"{of(number)}", flush=True)  # fmt: skip
+            except (subprocess.SubprocessError, ValueError, KeyError) as error:
+                print(f"  {NO_SERVER} baseline failed: {error}", flush=True)
+        for server in rotated(chosen, number):
+            row = rows[server.name]
+            if "error" in row:
+                continue
+            try:
+                sat = measure(args, oha, server, workers, place, postgres, work, None)
+                saturation[server.name].append(sat)
+                row["saturation"] = median_run(saturation[server.name], "requests_per_sec")
+                print(f"  {server.name:<9} saturation {sat['requests_per_sec']:>8,.0f} "
+                      f"req/s  p99 {sat['p99_ms']:.2f} ms  server cpu "
+                      f"{sat['server_cpu']:.2f} postgres {sat['postgres_cpu']:.2f} "
+                      f"oha {sat['oha_cpu']:.2f} other {sat['other_cpu']:.2f}  "
+                      f"db connections {sat['db_connections']}{of(number)}",
+                      flush=True)  # fmt: skip
+            except Exception as error:  # noqa: BLE001 (reported, the run goes on)
+                row["error"] = str(error)
+                print(f"  {server.name:<9} FAILED: {error}", flush=True)
+    done = [row for row in rows.values() if "error" not in row]
+    if not done:
+        return
+    slowest = min(row["saturation"]["requests_per_sec"] for row in done)
+    rate = args.rate or max(1, round(slowest * RATE_SHARE, -1))
+    base = rows.get("rsasgi", {}).get("saturation", {}).get("requests_per_sec")
+    for row in done:
+        row["rate"] = rate
+        if base:
+            row["rsasgi_ratio"] = round(base / row["saturation"]["requests_per_sec"], 3)
+    print(f"  fixed rate: {rate:,.0f} req/s for every server", flush=True)
+    fixed: dict[str, list[dict]] = {row["server"]: [] for row in done}
+    servers = [server for server in chosen if server.name in fixed]
+    for number in range(rounds):
+        for server in rotated(servers, number):
+            row = rows[server.name]
+            if "error" in row:
+                continue
+            try:
+                run = measure(args, oha, server, workers, place, postgres, work, rate)
+                fixed[server.name].append(run)
+                row["fixed"] = median_run(fixed[server.name], "p99_ms")
+                print(f"  {server.name:<9} at {rate:,.0f} req/s: got "
+                      f"{run['requests_per_sec']:,.0f}  p50 {run['p50_ms']:.2f} ms"
+                      f"  p99 {run['p99_ms']:.2f} ms  server cpu "
+                      f"{run['server_cpu']:.2f} other {run['other_cpu']:.2f}{of(number)}",
+                      flush=True)  # fmt: skip
+            except Exception as error:  # noqa: BLE001
+                row["error"] = str(error)
+                print(f"  {server.name:<9} FAILED: {error}", flush=True)
 
 
 def main() -> int:
@@ -676,7 +801,15 @@ def main() -> int:
     parser.add_argument(
         "--rate", type=float, help="the fixed offered rate (default: 70%% of the slowest)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, metavar="N",
+        help="measure every server N times, taking turns in an order that rotates each round, "
+        "and report each one's median run (1); the host's slow phases last minutes, so one "
+        "round can rank the servers by when each ran",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     servers = [
         s for s in SERVERS if s.group in args.group and (not args.servers or s.name in args.servers)
@@ -715,63 +848,7 @@ def main() -> int:
             for workers in args.workers:
                 place = layout(workers)
                 chosen = [s for s in servers if s.group == group]
-                print(f"\n== {group}, {workers} worker(s): {place.note}", flush=True)
-                rows = {}
-                if workers == 1 and not args.no_baseline:
-                    try:
-                        floor = baseline(args, group, place, postgres)
-                        results.append({"group": group, "workers": workers,
-                                        "server": NO_SERVER, "baseline": floor})  # fmt: skip
-                        print(f"  {NO_SERVER:<9} {floor['cpu_ms_per_request']:.2f} CPU ms per "
-                              f"request, the Django app called in-process (no server, no "
-                              f"HTTP): {floor['requests_per_cpu_second']:,.0f} requests per "
-                              "CPU second", flush=True)  # fmt: skip
-                    except (subprocess.SubprocessError, ValueError, KeyError) as error:
-                        print(f"  {NO_SERVER} baseline failed: {error}", flush=True)
-                for server in chosen:
-                    row = {"group": group, "workers": workers, "server": server.name,
-                           "notes": server.notes}  # fmt: skip
-                    rows[server.name] = row
-                    results.append(row)
-                    try:
-                        row["saturation"] = measure(
-                            args, oha, server, workers, place, postgres, work, None
-                        )
-                        sat = row["saturation"]
-                        print(f"  {server.name:<9} saturation {sat['requests_per_sec']:>8,.0f} "
-                              f"req/s  p99 {sat['p99_ms']:.2f} ms  server cpu "
-                              f"{sat['server_cpu']:.2f} postgres {sat['postgres_cpu']:.2f} "
-                              f"oha {sat['oha_cpu']:.2f} other {sat['other_cpu']:.2f}  "
-                              f"db connections {sat['db_connections']}", flush=True)  # fmt: skip
-                    except Exception as error:  # noqa: BLE001 (reported, the run goes on)
-                        row["error"] = str(error)
-                        print(f"  {server.name:<9} FAILED: {error}", flush=True)
-                done = [r for r in rows.values() if "saturation" in r]
-                if not done:
-                    continue
-                slowest = min(r["saturation"]["requests_per_sec"] for r in done)
-                rate = args.rate or max(1, round(slowest * RATE_SHARE, -1))
-                base = rows.get("rsasgi", {}).get("saturation", {}).get("requests_per_sec")
-                for row in done:
-                    row["rate"] = rate
-                    if base:
-                        row["rsasgi_ratio"] = round(base / row["saturation"]["requests_per_sec"], 3)
-                print(f"  fixed rate: {rate:,.0f} req/s for every server", flush=True)
-                for row in done:
-                    server = next(s for s in chosen if s.name == row["server"])
-                    try:
-                        row["fixed"] = measure(
-                            args, oha, server, workers, place, postgres, work, rate
-                        )
-                        fixed = row["fixed"]
-                        print(f"  {server.name:<9} at {rate:,.0f} req/s: got "
-                              f"{fixed['requests_per_sec']:,.0f}  p50 {fixed['p50_ms']:.2f} ms"
-                              f"  p99 {fixed['p99_ms']:.2f} ms  server cpu "
-                              f"{fixed['server_cpu']:.2f} other {fixed['other_cpu']:.2f}",
-                              flush=True)  # fmt: skip
-                    except Exception as error:  # noqa: BLE001
-                        row["error"] = str(error)
-                        print(f"  {server.name:<9} FAILED: {error}", flush=True)
+                run_case(args, oha, group, workers, chosen, place, postgres, work, results)
     except KeyboardInterrupt:
         print("interrupted: stopping", flush=True)
     finally:
