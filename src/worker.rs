@@ -421,6 +421,7 @@ impl Worker {
             .lock()
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("the worker is already started"))?;
+        crate::allocator::settle_python_heap();
         let create_future = event_loop.getattr(intern!(py, "create_future"))?.unbind();
         let _ = CREATE_FUTURE.set(py, create_future);
         let call_soon = event_loop.getattr(intern!(py, "call_soon"))?.unbind();

@@ -4,6 +4,7 @@ must release it once written (see tests/test_memory.py).
 
 - `GET /big`  -> BIG (256 KiB), in one body message (`app`) or a one-item list (`wsgi_app`)
 - `GET /refs` -> sys.getrefcount(BIG)
+- `POST /echo` -> the request body, read whole into a new `bytes` object per request
 """
 
 import sys
@@ -18,7 +19,16 @@ def _answer(path: str) -> bytes:
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
-    body = _answer(scope["path"])
+    if scope["path"] == "/echo":
+        parts = []
+        while True:
+            message = await receive()
+            parts.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(parts)
+    else:
+        body = _answer(scope["path"])
     await send(
         {
             "type": "http.response.start",
@@ -30,6 +40,9 @@ async def app(scope, receive, send):
 
 
 def wsgi_app(environ, start_response):
-    body = _answer(environ["PATH_INFO"])
+    if environ["PATH_INFO"] == "/echo":
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    else:
+        body = _answer(environ["PATH_INFO"])
     start_response("200 OK", [("Content-Length", str(len(body)))])
     return [body]
