@@ -247,6 +247,12 @@ struct State {
     /// The app has called `receive()` at least once (hyper sends
     /// `100 Continue` only once the body is read).
     body_wanted: bool,
+    /// The app called `receive()` after it had the whole body, when the only
+    /// message left is `http.disconnect`: it listens for the client leaving
+    /// (Django's ASGI handler does, in a task beside the one that sends).
+    /// Such an app learns of a disconnect from `receive()`, and its `send()`
+    /// calls after it do nothing instead of raising (see [`State::closed_send`]).
+    listening: bool,
     pump: Option<Waker>,
     /// The `receive()` futures waiting for body or a disconnect: every one
     /// is handed back when something arrives (two tasks may wait at once,
@@ -308,6 +314,9 @@ impl State {
     /// The next thing `receive()` returns, if it need not wait: the buffered
     /// body (joined), the end of it, or a disconnect.
     fn try_receive(&mut self) -> Option<Received> {
+        if self.body_delivered {
+            self.listening = true;
+        }
         if self.closed && !self.body_complete {
             return Some(Received::Disconnect);
         }
@@ -337,6 +346,23 @@ impl State {
             return Some(Received::Disconnect);
         }
         None
+    }
+
+    /// What a `send()` gets once the client has left: `ClientDisconnected`
+    /// (an `OSError`, as ASGI 2.4 asks), so that an app streaming a response
+    /// stops; nothing (`None`: the message is dropped) when the app listens
+    /// for the disconnect through `receive()`. Django's ASGI handler is such
+    /// an app: it stops the view when `receive()` says the client left, but
+    /// an `OSError` from a `send()` made meanwhile skips its end of request
+    /// (`request_finished`), and the view's database connection was never
+    /// given back to Django's pool (four of eight lost in a few seconds of
+    /// aborted requests). uvicorn and granian drop such sends too.
+    fn closed_send(&self) -> Result<(), SendMisuse> {
+        if self.listening {
+            Ok(())
+        } else {
+            Err(SendMisuse::Closed)
+        }
     }
 
     /// What [`Exchange::hold`] kept, once both the app and the reactor are
@@ -482,9 +508,13 @@ impl Exchange {
         st.body_complete && st.body.is_empty()
     }
 
-    /// Whether the exchange is over (the client left, or the response ended).
-    pub(crate) fn is_closed(&self) -> bool {
-        self.state.lock().closed
+    /// Whether a `send()` waiting for room, woken by the client leaving,
+    /// raises `ClientDisconnected`: not when the reactor took the whole
+    /// response first (the client left after it), nor when the app listens
+    /// for the disconnect (see [`State::closed_send`]).
+    pub(crate) fn waiting_send_fails(&self) -> bool {
+        let st = self.state.lock();
+        st.closed && !(st.complete && st.chunks.is_empty()) && st.closed_send().is_err()
     }
 
     fn resolve(self: &Arc<Self>, futures: impl IntoIterator<Item = Py<PyAny>>, kind: WaitKind) {
@@ -744,7 +774,8 @@ impl Exchange {
                 return Err(SendMisuse::AlreadyStarted);
             }
             if st.closed {
-                return Err(SendMisuse::Closed);
+                st.started = true;
+                return st.closed_send();
             }
             st.started = true;
             st.bodiless = matches!(start.status.as_u16(), 204 | 304);
@@ -767,7 +798,16 @@ impl Exchange {
                 return Err(SendMisuse::AlreadyComplete);
             }
             if st.closed {
-                return Err(SendMisuse::Closed);
+                // Kept as if sent, so that the app's later mistakes are
+                // still told apart (a body after the last one).
+                if st.started && !more {
+                    if st.trailers_expected {
+                        st.body_done = true;
+                    } else {
+                        st.complete = true;
+                    }
+                }
+                return st.closed_send().map(|()| false);
             }
             if !st.started {
                 return Err(SendMisuse::BodyBeforeStart);
@@ -805,7 +845,7 @@ impl Exchange {
                 return Err(SendMisuse::AlreadyComplete);
             }
             if st.closed {
-                return Err(SendMisuse::Closed);
+                return st.closed_send();
             }
             if !st.body_done {
                 return Err(SendMisuse::TrailersBeforeBodyEnd);
@@ -1190,6 +1230,57 @@ mod tests {
             exchange.send_start(ok_start()),
             Err(SendMisuse::Closed),
             "send() after a disconnect raises"
+        );
+    }
+
+    #[test]
+    fn an_app_listening_for_the_disconnect_sends_into_nothing_after_it() {
+        // Django's ASGI handler: the whole body read, then a receive() that
+        // can only return http.disconnect, beside a task that sends.
+        let exchange = exchange(Method::GET, true);
+        assert!(matches!(
+            exchange.receive(),
+            Some(Received::Body { more: false, .. })
+        ));
+        assert!(
+            exchange.receive().is_none(),
+            "nothing but a disconnect is left"
+        );
+        exchange.close();
+        assert!(!exchange.waiting_send_fails());
+        assert_eq!(exchange.send_start(ok_start()), Ok(()));
+        assert_eq!(
+            exchange.send_body(Bytes::from_static(b"x"), true),
+            Ok(false)
+        );
+        assert_eq!(exchange.send_body(Bytes::new(), false), Ok(false));
+        assert_eq!(
+            exchange.send_body(Bytes::new(), false),
+            Err(SendMisuse::AlreadyComplete),
+            "a body after the last one is still the app's mistake"
+        );
+        assert!(matches!(exchange.receive(), Some(Received::Disconnect)));
+    }
+
+    #[test]
+    fn an_app_not_listening_is_told_by_send_that_the_client_left() {
+        // A streaming app that reads its body and never calls receive() again
+        // learns from send() (ASGI 2.4's OSError), and stops.
+        let exchange = exchange(Method::GET, true);
+        assert!(matches!(
+            exchange.receive(),
+            Some(Received::Body { more: false, .. })
+        ));
+        assert_eq!(exchange.send_start(ok_start()), Ok(()));
+        assert_eq!(
+            exchange.send_body(Bytes::from_static(b"x"), true),
+            Ok(false)
+        );
+        exchange.close();
+        assert!(exchange.waiting_send_fails());
+        assert_eq!(
+            exchange.send_body(Bytes::from_static(b"x"), true),
+            Err(SendMisuse::Closed)
         );
     }
 

@@ -87,6 +87,39 @@ def where(request):
     )
 
 
+def _marker_dir():
+    import os
+
+    return os.environ.get("DJANGO_MARKER_DIR")
+
+
+def _note_finished(sender, **kwargs):
+    """request_finished (what closes the request's database connections, or gives them back
+    to the pool): a line in DJANGO_MARKER_DIR/finished.log when that is set."""
+    if _marker_dir():
+        with open(f"{_marker_dir()}/finished.log", "a") as log:
+            log.write("finished\\n")
+
+
+from django.core.signals import request_finished  # noqa: E402
+
+request_finished.connect(_note_finished)
+
+
+class _NotedResponse(HttpResponse):
+    def close(self):
+        if _marker_dir():
+            open(f"{_marker_dir()}/big.closed", "w").close()
+        super().close()
+
+
+def big(request):
+    """8 MiB: more than the server buffers for a client that does not read."""
+    if _marker_dir():
+        open(f"{_marker_dir()}/big.started", "w").close()
+    return _NotedResponse(b"b" * (8 << 20), content_type="application/octet-stream")
+
+
 def sync_countdown(request):
     import time
 
@@ -109,6 +142,7 @@ urlpatterns += [
     path("countdown/", views.countdown),
     path("sync-countdown/", views.sync_countdown),
     path("where/", views.where, name="where"),
+    path("big/", views.big),
 ]
 """
 

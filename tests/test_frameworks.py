@@ -160,6 +160,41 @@ def test_django_page(django_server):
     assert "path: /hello/" in response.text
 
 
+def test_django_ends_a_request_whose_client_left_mid_response(run_rsasgi, django_project, tmp_path):
+    """A client takes none of an 8 MiB page and then resets the connection. Django's ASGI
+    handler hears of it from receive() while its other task waits in send(): that send must
+    not raise, or the handler's end of request is skipped (the response is not closed and
+    request_finished is not sent, which is what gives a request's database connection back
+    to Django's pool: four of eight were lost in seconds of aborted requests)."""
+    import socket
+    import time
+
+    from conftest import wait_for
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    server = run_rsasgi(
+        DJANGO_HANDLERS["asgi"],
+        "--app-dir",
+        str(django_project),
+        env={**DJANGO_ENV, "DJANGO_MARKER_DIR": str(markers)},
+    )
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((server.host, server.port))
+    try:
+        sock.sendall(b"GET /big/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        wait_for(lambda: (markers / "big.started").exists(), 30, message="the view ran")
+        time.sleep(0.5)  # the response fills the buffers; Django waits in send()
+        assert not (markers / "big.closed").exists(), "the whole response was taken"
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    wait_for(lambda: (markers / "big.closed").exists(), 10, message="Django closed the response")
+    wait_for(lambda: (markers / "finished.log").exists(), 10, message="request_finished was sent")
+    assert httpx.get(f"{server.url}/hello/", timeout=10).status_code == 200
+
+
 def test_django_unknown_path_is_404(django_server):
     response = httpx.get(f"{django_server.url}/no/such/page/")
     assert response.status_code == 404

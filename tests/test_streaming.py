@@ -230,16 +230,19 @@ def test_disconnect_delivered_in_the_middle_of_the_body(server, markers):
     still_serving(server)
 
 
-def test_send_after_disconnect_raises_oserror(server, markers):
+def test_send_after_the_app_heard_the_disconnect_does_nothing(server, markers):
+    """An app that got http.disconnect from receive() knows the client left, and its send()
+    calls after it are dropped without raising, as uvicorn's and granian's are. Django's ASGI
+    handler sends from one task while another listens: an OSError there skipped its end of
+    request, and a pooled database connection was never given back. An app that does not
+    listen still gets the OSError (the next test)."""
     sock = server.connect()
     sock.sendall(request("GET", "/send-after-disconnect?tag=late"))
     wait_for_file(markers / "late.started")
     time.sleep(0.2)
     sock.close()
     result = wait_for_file(markers / "late.result", timeout=10)
-    assert result != "no exception", "send() after http.disconnect did not raise"
-    info = json.loads(result)
-    assert info["oserror"], f"send() after disconnect raised {info}, not an OSError"
+    assert result == "no exception", f"send() after http.disconnect raised {result}"
     still_serving(server)
 
 

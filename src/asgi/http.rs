@@ -41,7 +41,7 @@ pub(crate) fn resolve_waiter(py: Python<'_>, waiter: Waiter) -> PyResult<()> {
         },
         // Closed after the reactor took the whole response (hyper ends the
         // body as it takes the last chunk) is not a disconnect.
-        WaitKind::Send if exchange.is_closed() && !exchange.response_finished() => set_exception(
+        WaitKind::Send if exchange.waiting_send_fails() => set_exception(
             py,
             &future,
             ClientDisconnected::new_err("client disconnected"),

@@ -13,8 +13,8 @@ Routes:
                           writes T.begun on entry and T.started once the body is complete, then
                           waits in receive(); writes T.disconnect with the message types it got
   GET  /send-after-disconnect?tag=T
-                          waits for http.disconnect, then calls send(); T.result holds the
-                          outcome
+                          waits for http.disconnect, then calls send() (which does nothing
+                          then); T.result holds the outcome
   GET  /stream-until-error?tag=T
                           streams 64 KiB messages until send() raises (or 30 s pass); T.result
                           holds the outcome
