@@ -722,10 +722,37 @@ def run_case(
                              "notes": server.notes}  # fmt: skip
         results.append(rows[server.name])
     floors: list[dict] = []
-    saturation: dict[str, list[dict]] = {server.name: [] for server in chosen}
+    # Each server's runs so far, by kind ("saturation", "fixed").
+    runs: dict[str, dict[str, list[dict]]] = {"saturation": {}, "fixed": {}}
 
     def of(number: int) -> str:
         return f" (round {number + 1} of {rounds})" if rounds > 1 else ""
+
+    def take_turn(server, number, rate, kind, median_of, describe) -> None:
+        """One measured run of `server` (at `rate`, or saturation): kept among its runs of
+        this `kind`, the row showing their median by `median_of`; a failure ends its turns."""
+        row = rows[server.name]
+        if "error" in row:
+            return
+        try:
+            run = measure(args, oha, server, workers, place, postgres, work, rate)
+            runs[kind].setdefault(server.name, []).append(run)
+            row[kind] = median_run(runs[kind][server.name], median_of)
+            print(f"  {server.name:<9} {describe(run)}{of(number)}", flush=True)
+        except Exception as error:  # noqa: BLE001 (reported, the run goes on)
+            row["error"] = str(error)
+            print(f"  {server.name:<9} FAILED: {error}", flush=True)
+
+    def saturated(run: dict) -> str:
+        return (f"saturation {run['requests_per_sec']:>8,.0f} req/s  p99 {run['p99_ms']:.2f} ms"
+                f"  server cpu {run['server_cpu']:.2f} postgres {run['postgres_cpu']:.2f} oha "
+                f"{run['oha_cpu']:.2f} other {run['other_cpu']:.2f}  db connections "
+                f"{run['db_connections']}")  # fmt: skip
+
+    def at_rate(run: dict) -> str:
+        return (f"at {rate:,.0f} req/s: got {run['requests_per_sec']:,.0f}  p50 "
+                f"{run['p50_ms']:.2f} ms  p99 {run['p99_ms']:.2f} ms  server cpu "
+                f"{run['server_cpu']:.2f} other {run['other_cpu']:.2f}")  # fmt: skip
 
     for number in range(rounds):
         if workers == 1 and not args.no_baseline:
@@ -740,22 +767,7 @@ def run_case(
             except (subprocess.SubprocessError, ValueError, KeyError) as error:
                 print(f"  {NO_SERVER} baseline failed: {error}", flush=True)
         for server in rotated(chosen, number):
-            row = rows[server.name]
-            if "error" in row:
-                continue
-            try:
-                sat = measure(args, oha, server, workers, place, postgres, work, None)
-                saturation[server.name].append(sat)
-                row["saturation"] = median_run(saturation[server.name], "requests_per_sec")
-                print(f"  {server.name:<9} saturation {sat['requests_per_sec']:>8,.0f} "
-                      f"req/s  p99 {sat['p99_ms']:.2f} ms  server cpu "
-                      f"{sat['server_cpu']:.2f} postgres {sat['postgres_cpu']:.2f} "
-                      f"oha {sat['oha_cpu']:.2f} other {sat['other_cpu']:.2f}  "
-                      f"db connections {sat['db_connections']}{of(number)}",
-                      flush=True)  # fmt: skip
-            except Exception as error:  # noqa: BLE001 (reported, the run goes on)
-                row["error"] = str(error)
-                print(f"  {server.name:<9} FAILED: {error}", flush=True)
+            take_turn(server, number, None, "saturation", "requests_per_sec", saturated)
     done = [row for row in rows.values() if "error" not in row]
     if not done:
         return
@@ -767,25 +779,10 @@ def run_case(
         if base:
             row["rsasgi_ratio"] = round(base / row["saturation"]["requests_per_sec"], 3)
     print(f"  fixed rate: {rate:,.0f} req/s for every server", flush=True)
-    fixed: dict[str, list[dict]] = {row["server"]: [] for row in done}
-    servers = [server for server in chosen if server.name in fixed]
+    servers = [server for server in chosen if "error" not in rows[server.name]]
     for number in range(rounds):
         for server in rotated(servers, number):
-            row = rows[server.name]
-            if "error" in row:
-                continue
-            try:
-                run = measure(args, oha, server, workers, place, postgres, work, rate)
-                fixed[server.name].append(run)
-                row["fixed"] = median_run(fixed[server.name], "p99_ms")
-                print(f"  {server.name:<9} at {rate:,.0f} req/s: got "
-                      f"{run['requests_per_sec']:,.0f}  p50 {run['p50_ms']:.2f} ms"
-                      f"  p99 {run['p99_ms']:.2f} ms  server cpu "
-                      f"{run['server_cpu']:.2f} other {run['other_cpu']:.2f}{of(number)}",
-                      flush=True)  # fmt: skip
-            except Exception as error:  # noqa: BLE001
-                row["error"] = str(error)
-                print(f"  {server.name:<9} FAILED: {error}", flush=True)
+            take_turn(server, number, rate, "fixed", "p99_ms", at_rate)
 
 
 def main() -> int:
