@@ -490,6 +490,13 @@ struct Args {
           help_heading = "WebSockets")]
     ws_ping_timeout: Seconds,
 
+    /// For this many seconds after a close, send() drops messages quietly
+    /// (a busy Channels consumer gets to its disconnect()); then it raises.
+    #[arg(long, env = "RSASGI_WS_CLOSED_SEND_GRACE", value_name = "SECONDS",
+          default_value_t = Seconds(config::DEFAULT_WS_CLOSED_SEND_GRACE), value_parser = seconds,
+          help_heading = "WebSockets")]
+    ws_closed_send_grace: Seconds,
+
     /// Log level (any case; "warn" means warning). Access lines are info:
     /// a higher level drops them too, unless --access-logfile gives them
     /// their own destination. rsasgi logs nothing at critical, so critical
@@ -1155,6 +1162,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
             ping_interval: (!ping_interval.is_zero()).then_some(ping_interval),
             ping_timeout: args.ws_ping_timeout.0,
             per_message_deflate: args.ws_per_message_deflate,
+            closed_send_grace: args.ws_closed_send_grace.0,
         }),
         metrics_bind: args.metrics_bind,
         compat_notes,

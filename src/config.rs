@@ -107,6 +107,11 @@ pub(crate) const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// uvicorn's ping timeout: a client that misses it is gone or far too slow.
 pub(crate) const DEFAULT_WS_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Daphne's `--application-close-timeout`: how long Channels' own server
+/// gives an app after the disconnect (its sends are dropped meanwhile) before
+/// it cancels it. A Channels handler has that long to get back to receive().
+pub(crate) const DEFAULT_WS_CLOSED_SEND_GRACE: Duration = Duration::from_secs(10);
+
 /// Read and write for everyone, so that nginx running as www-data on the same
 /// host can connect to `--uds`; uvicorn also uses 0666. Restrict access with
 /// the socket's directory or a tighter mode such as 660.

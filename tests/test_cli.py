@@ -69,6 +69,7 @@ OPTIONS = [
     "--ws-max-queue",
     "--ws-ping-interval",
     "--ws-ping-timeout",
+    "--ws-closed-send-grace",
     "--ws-per-message-deflate",
     "--config",
     "--print-config",

@@ -541,7 +541,10 @@ def test_abrupt_tcp_drop_is_disconnect_1006(ws_server, markers, how):
     assert message["code"] == 1006
 
 
-def test_send_after_disconnect_raises_oserror(ws_server, markers):
+def test_send_after_disconnect_is_dropped_quietly_within_the_grace(ws_server, markers):
+    """Within --ws-closed-send-grace (10 s) of the close, send() drops its message and returns,
+    as Daphne, Hypercorn and granian do."""
+
     async def client():
         async with ws_connect(ws_server, "/send-after-disconnect") as ws:
             await ws.close(1000)
@@ -549,9 +552,76 @@ def test_send_after_disconnect_raises_oserror(ws_server, markers):
     run(client())
     info = wait_marker(markers, "send_after_disconnect")
     assert info["disconnect"]["code"] == 1000
+    assert not info["raised"], info
+
+
+def test_send_after_disconnect_raises_oserror_without_a_grace(run_rsasgi, markers):
+    """--ws-closed-send-grace 0: send() on a closed connection raises at once, as uvicorn's does
+    (ASGI 2.4: a server-specific OSError)."""
+    server = run_rsasgi(APP, "--ws-closed-send-grace", "0", env={"WS_MARKER_DIR": str(markers)})
+
+    async def client():
+        async with ws_connect(server, "/send-after-disconnect") as ws:
+            await ws.close(1000)
+
+    run(client())
+    info = wait_marker(markers, "send_after_disconnect")
+    assert info["disconnect"]["code"] == 1000
     assert info["raised"], "send() after websocket.disconnect did not raise"
     assert info["is_oserror"], info
-    assert "Exception in ASGI application" not in ws_server.output()
+    assert info["module"] == "rsasgi", info
+    assert "Exception in ASGI application" not in server.output()
+
+
+@pytest.mark.parametrize("how", ["close-frame", "tcp-drop"])
+def test_a_handler_busy_when_the_client_left_gets_back_to_receive(
+    ws_server, markers, tmp_path, how
+):
+    """An app busy with a message when the client leaves (a Channels consumer replying) sends
+    without receiving in between: the sends return, and its next receive() is the
+    websocket.disconnect, so its disconnect handler runs. A send that raised would have ended
+    the consumer before it."""
+    gone = tmp_path / f"gone-{how}"
+    name = f"busy-{how}"
+    sock, reader = raw_handshake(ws_server, f"/busy-when-closed?id={name}&gone={gone}")
+    with sock:
+        sock.sendall(encode_frame(OP_TEXT, b"work"))
+        if how == "close-frame":
+            sock.sendall(encode_frame(OP_CLOSE, struct.pack("!H", 1001)))
+            assert reader.close_code()[0] == 1001
+    gone.touch()
+    info = wait_marker(markers, name)
+    assert not info["send"]["raised"], info
+    assert info["received"]["type"] == "websocket.disconnect", info
+    assert info["received"]["code"] == (1001 if how == "close-frame" else 1006), info
+
+
+def test_a_send_loop_after_the_close_leaves_the_worker_to_others_and_then_raises(
+    run_rsasgi, markers
+):
+    """An app that sends in a loop awaiting nothing else keeps sending after the client left:
+    its dropped sends give the event loop a turn each, so the worker's other connections are
+    served meanwhile, and once the grace is over send() raises ClientDisconnected and the app
+    ends."""
+    server = run_rsasgi(APP, "--ws-closed-send-grace", "3", env={"WS_MARKER_DIR": str(markers)})
+
+    async def client():
+        async with ws_connect(server, "/spin-after-close?id=spin") as spinning:
+            await spinning.send("go")
+            assert await spinning.recv() == "go"
+        # The app now spins on a closed connection; the worker still answers others.
+        for attempt in range(3):
+            async with ws_connect(server, "/echo") as other:
+                await other.send(f"still there {attempt}?")
+                assert await asyncio.wait_for(other.recv(), 5) == f"still there {attempt}?"
+            async with httpx.AsyncClient(timeout=5) as http:
+                assert (await http.get(f"{server.url}/ping")).text == "pong"
+            await asyncio.sleep(0.3)
+
+    run(client())
+    info = wait_marker(markers, "spin", timeout=30)
+    assert info["client_disconnected"], info
+    assert "Exception in ASGI application" not in server.output()
 
 
 def test_close_after_disconnect_returns_quietly(ws_server, markers):
@@ -570,10 +640,12 @@ def test_close_after_disconnect_returns_quietly(ws_server, markers):
 
 
 @pytest.mark.parametrize("how", ["close-frame", "tcp-drop"])
-def test_send_to_gone_client_raises_oserror(ws_server, markers, how):
-    """The app never calls receive(); it keeps sending after the client went away."""
+def test_send_to_gone_client_raises_oserror_after_the_grace(run_rsasgi, markers, how):
+    """The app never calls receive(); it keeps sending every 50 ms after the client went away.
+    Once --ws-closed-send-grace is over, send() raises and the app stops."""
+    server = run_rsasgi(APP, "--ws-closed-send-grace", "1", env={"WS_MARKER_DIR": str(markers)})
     name = f"gone-{how}"
-    sock, reader = raw_handshake(ws_server, f"/send-until-error?id={name}")
+    sock, reader = raw_handshake(server, f"/send-until-error?id={name}")
     opcode, _, payload = reader.frame()
     assert (opcode, payload) == (OP_TEXT, b"tick 0")
     if how == "close-frame":
@@ -589,13 +661,16 @@ def test_send_to_gone_client_raises_oserror(ws_server, markers, how):
 def test_client_that_stops_reading_is_closed_and_the_pending_send_raises(run_rsasgi, markers):
     """The client completes the handshake and never reads again: the TCP buffers fill, the
     app's send() waits, and the client cannot answer pings. The ping timeout ends it: the
-    pending send() raises rsasgi.ClientDisconnected and the server closes the connection."""
+    server closes the connection, and the app's sends raise rsasgi.ClientDisconnected (once
+    --ws-closed-send-grace is over: no grace here)."""
     server = run_rsasgi(
         APP,
         "--ws-ping-interval",
         "1",
         "--ws-ping-timeout",
         "1",
+        "--ws-closed-send-grace",
+        "0",
         env={"WS_MARKER_DIR": str(markers)},
     )
     sock, _ = raw_handshake(server, "/flood")

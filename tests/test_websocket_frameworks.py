@@ -77,7 +77,10 @@ CHAT_FILES = {
         ]
         """,
     "chat/consumers.py": """
+        import asyncio
         import json
+        import os
+        import time
 
         from asgiref.sync import async_to_sync
         from channels.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer
@@ -133,6 +136,48 @@ CHAT_FILES = {
             def chat_message(self, event):
                 message = {"message": event["message"], "user": event["user"]}
                 self.send(text_data=json.dumps(message))
+
+
+        # Not the tutorial's: a room's history, 100 messages 10 ms apart, sent when asked, so
+        # the consumer is still sending when a client that asked leaves. Its disconnect()
+        # notes the close code in DJANGO_MARKER_DIR/<kind>-<room>.disconnect.
+        def note_disconnect(kind, room, close_code):
+            markers = os.environ.get("DJANGO_MARKER_DIR")
+            if markers:
+                with open(f"{markers}/{kind}-{room}.disconnect", "w") as marker:
+                    marker.write(str(close_code))
+
+
+        class HistoryConsumer(AsyncWebsocketConsumer):
+            async def connect(self):
+                self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
+                await self.channel_layer.group_add(f"history_{self.room_name}", self.channel_name)
+                await self.accept()
+
+            async def receive(self, text_data):
+                for number in range(100):
+                    await self.send(text_data=json.dumps({"history": number}))
+                    await asyncio.sleep(0.01)
+
+            async def disconnect(self, close_code):
+                await self.channel_layer.group_discard(
+                    f"history_{self.room_name}", self.channel_name
+                )
+                note_disconnect("history", self.room_name, close_code)
+
+
+        class SyncHistoryConsumer(WebsocketConsumer):
+            def connect(self):
+                self.room_name = self.scope["url_route"]["kwargs"]["room_name"]
+                self.accept()
+
+            def receive(self, text_data):
+                for number in range(100):
+                    self.send(text_data=json.dumps({"history": number}))
+                    time.sleep(0.01)
+
+            def disconnect(self, close_code):
+                note_disconnect("synchistory", self.room_name, close_code)
         """,
     "chat/routing.py": """
         from django.urls import re_path
@@ -142,6 +187,10 @@ CHAT_FILES = {
         websocket_urlpatterns = [
             re_path(r"ws/chat/(?P<room_name>\\w+)/$", consumers.ChatConsumer.as_asgi()),
             re_path(r"ws/syncchat/(?P<room_name>\\w+)/$", consumers.SyncChatConsumer.as_asgi()),
+            re_path(r"ws/history/(?P<room_name>\\w+)/$", consumers.HistoryConsumer.as_asgi()),
+            re_path(
+                r"ws/synchistory/(?P<room_name>\\w+)/$", consumers.SyncHistoryConsumer.as_asgi()
+            ),
         ]
         """,
     "chat/templates/chat/index.html": """
@@ -329,6 +378,36 @@ def test_channels_many_messages_in_order(channels_server):
     expected = [f"m{number}" for number in range(200)]
     assert got_ann == expected
     assert got_bob == expected
+
+
+@pytest.mark.parametrize("kind", ["history", "synchistory"])
+def test_channels_consumer_busy_when_its_client_leaves_still_runs_disconnect(
+    run_rsasgi, channels_project, tmp_path, kind
+):
+    """The client asks for a room's history and leaves after the first message, while the
+    consumer is still sending. Its sends after the close must not raise: an exception there
+    ends the consumer before Channels calls its disconnect(), so what that cleans up (the group
+    membership, the app's own state) is never cleaned up (django/channels#1466)."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    server = run_rsasgi(
+        "mysite.asgi:application",
+        "--app-dir",
+        str(channels_project),
+        env={**DJANGO_ENV, "DJANGO_MARKER_DIR": str(markers)},
+    )
+
+    async def client():
+        async with ws_connect(server, f"/ws/{kind}/left/", additional_headers=origin(server)) as ws:
+            await ws.send(json.dumps({"message": "history please"}))
+            assert await recv_json(ws) == {"history": 0}
+            await ws.close(1000)
+
+    run(client())
+    marker = markers / f"{kind}-left.disconnect"
+    wait_for(marker.exists, 15, message="the consumer's disconnect() ran")
+    assert marker.read_text() == "1000"
+    assert "Exception in ASGI application" not in server.output()
 
 
 def test_channels_auth_middleware_sees_the_logged_in_user(channels_server):

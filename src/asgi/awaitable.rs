@@ -6,6 +6,7 @@
 //! Only a real wait creates a future, parked in the exchange (or WebSocket
 //! session) until the reactor hands it back as a [`Waiter`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::PyStopIteration;
@@ -89,23 +90,43 @@ pub(crate) fn set_exception(py: Python<'_>, future: &Py<PyAny>, error: PyErr) ->
 }
 
 /// Completes the first time it is resumed, with `value` as the result of `await`.
+///
+/// Or the second time, when made by [`Ready::after_a_turn`]: the first time it
+/// yields, which gives the event loop a turn (asyncio's bare `yield`: the task
+/// is run again on the loop's next turn).
 #[pyclass(module = "rsasgi", frozen)]
 pub(crate) struct Ready {
     value: Option<Py<PyAny>>,
+    turn_first: AtomicBool,
 }
 
 static DONE: PyOnceLock<Py<Ready>> = PyOnceLock::new();
 
 impl Ready {
-    pub(crate) fn new(value: Py<PyAny>) -> Ready {
-        Ready { value: Some(value) }
+    fn with(value: Option<Py<PyAny>>, turn_first: bool) -> Ready {
+        let turn_first = AtomicBool::new(turn_first);
+        Ready { value, turn_first }
     }
 
-    /// An awaitable whose result is `None`. It holds no state, so one shared
-    /// instance serves every `send()`.
+    pub(crate) fn new(value: Py<PyAny>) -> Ready {
+        Ready::with(Some(value), false)
+    }
+
+    /// An awaitable whose result is `None`. Nothing in it changes, so one
+    /// shared instance serves every `send()`.
     pub(crate) fn none(py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let done = DONE.get_or_try_init(py, || Py::new(py, Ready { value: None }))?;
+        let done = DONE.get_or_try_init(py, || Py::new(py, Ready::with(None, false)))?;
         Ok(done.clone_ref(py).into_any())
+    }
+
+    /// An awaitable whose result is `None` after the event loop has had a
+    /// turn: what a `send()` whose message was dropped (on a closed
+    /// connection) returns. Such a send never waits for the socket, so
+    /// without the turn an app that sends in a loop and awaits nothing else
+    /// would hold the loop, and every other connection of the worker, until
+    /// its sends start to raise.
+    pub(crate) fn after_a_turn(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(Py::new(py, Ready::with(None, true))?.into_any())
     }
 }
 
@@ -119,7 +140,13 @@ impl Ready {
         slf
     }
 
-    fn __next__(&self, py: Python<'_>) -> PyResult<Option<()>> {
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        // Loaded before the swap: the shared instance of `none` is never
+        // written.
+        if self.turn_first.load(Ordering::Relaxed) && self.turn_first.swap(false, Ordering::Relaxed)
+        {
+            return Ok(Some(py.None()));
+        }
         match &self.value {
             // Exhausting the iterator without an exception object is the
             // cheap way to make `await` evaluate to None.
@@ -130,9 +157,11 @@ impl Ready {
         }
     }
 
-    fn send(&self, py: Python<'_>, _value: Py<PyAny>) -> PyResult<()> {
-        self.__next__(py)?;
-        Err(PyStopIteration::new_err(()))
+    fn send(&self, py: Python<'_>, _value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        match self.__next__(py)? {
+            Some(yielded) => Ok(yielded),
+            None => Err(PyStopIteration::new_err(())),
+        }
     }
 
     #[pyo3(signature = (exc, _value=None, _traceback=None))]

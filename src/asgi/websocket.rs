@@ -22,7 +22,7 @@ use super::ClientDisconnected;
 use super::{is_done, set_exception, set_result, Ready, WaitKind, WsWaiter};
 use crate::exchange::ResponseStart;
 use crate::ws::session::{
-    is_sendable_close_code, AppMessage, Misuse, PeerMessage, Received, MAX_CLOSE_REASON,
+    is_sendable_close_code, AppMessage, Misuse, PeerMessage, Received, Sent, MAX_CLOSE_REASON,
 };
 use crate::ws::{code, WsSession};
 
@@ -73,7 +73,7 @@ pub(crate) fn resolve_ws_waiter(py: Python<'_>, waiter: WsWaiter) -> PyResult<()
             Ok(()) => Ok(()),
             Err((future, received)) => set_result(py, &future, received_message(py, received)?),
         },
-        WaitKind::Send if session.is_open() => set_result(py, &future, py.None()),
+        WaitKind::Send if session.waiting_send_returns() => set_result(py, &future, py.None()),
         WaitKind::Send => set_exception(
             py,
             &future,
@@ -280,22 +280,29 @@ impl WebSocketSend {
 impl WebSocketSend {
     fn __call__(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let session = &self.session;
-        let wait = match parse_message(message)? {
+        let waiting = |wait: bool| if wait { Sent::Full } else { Sent::Queued };
+        let sent = match parse_message(message)? {
             Outgoing::Accept {
                 subprotocol,
                 headers,
-            } => session.accept(subprotocol, headers).map(|()| false),
+            } => session.accept(subprotocol, headers).map(|()| Sent::Queued),
             Outgoing::Send(message) => session.send(message),
-            Outgoing::Close { code, reason } => session.close(code, reason),
-            Outgoing::DenyStart(start) => session.deny_start(start).map(|()| false),
-            Outgoing::DenyBody { body, more } => session.deny_body(&body, more).map(|()| false),
+            Outgoing::Close { code, reason } => session.close(code, reason).map(waiting),
+            Outgoing::DenyStart(start) => session.deny_start(start).map(|()| Sent::Queued),
+            Outgoing::DenyBody { body, more } => {
+                session.deny_body(&body, more).map(|()| Sent::Queued)
+            }
         }
         .map_err(misuse_error)?;
-        if wait {
-            let future = new_future(py)?.unbind();
-            if session.park_sender(py, future.clone_ref(py)).is_none() {
-                return Ok(future);
+        match sent {
+            Sent::Queued => {}
+            Sent::Full => {
+                let future = new_future(py)?.unbind();
+                if session.park_sender(py, future.clone_ref(py)).is_none() {
+                    return Ok(future);
+                }
             }
+            Sent::Dropped => return Ready::after_a_turn(py),
         }
         Ready::none(py)
     }

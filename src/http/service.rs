@@ -566,6 +566,7 @@ async fn open_websocket(
     let session = Arc::new(WsSession::new(
         Arc::clone(&state.bridge),
         settings.max_queue,
+        settings.closed_send_grace,
         path,
         info,
     ));

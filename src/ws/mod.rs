@@ -66,6 +66,9 @@ pub(crate) struct WsSettings {
     pub ping_timeout: Duration,
     /// Accept permessage-deflate (RFC 7692) when the client offers it.
     pub per_message_deflate: bool,
+    /// How long after the close the app's `send()` drops its message quietly
+    /// instead of raising `ClientDisconnected`.
+    pub closed_send_grace: Duration,
 }
 
 /// Open connections, so shutdown can wait for them and then close them.
@@ -801,6 +804,7 @@ mod tests {
             ping_interval: None,
             ping_timeout: Duration::ZERO,
             per_message_deflate: true,
+            closed_send_grace: Duration::ZERO,
         };
         assert_eq!(engine_options(&settings, None).1, None);
         let plain = Agreement::default();

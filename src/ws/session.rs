@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
@@ -108,6 +109,9 @@ struct WsState {
     senders: Vec<Py<PyAny>>,
     /// The app has sent (or been given) its close: no more sends.
     app_closed: bool,
+    /// When the app's close was sent or the connection ended, whichever came
+    /// first: the start of [`WsSession::closed_send_grace`].
+    closed_at: Option<Instant>,
     reactor: Option<Waker>,
     /// The reactor waits for the app to read before reading the socket.
     reactor_wants_room: bool,
@@ -181,6 +185,18 @@ pub(crate) enum Misuse {
     Closed,
 }
 
+/// What became of a `websocket.send`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    Queued,
+    /// Queued, and the queue is past [`OUTGOING_HIGH_WATER`]: the app waits
+    /// for it to drain ([`WsSession::park_sender`]).
+    Full,
+    /// Dropped: the connection is closed, and the app is within its grace
+    /// for sends after the close.
+    Dropped,
+}
+
 /// What the reactor hands over when a client asks to open a WebSocket.
 pub(crate) struct WsStart {
     pub session: Arc<WsSession>,
@@ -192,6 +208,9 @@ pub(crate) struct WsSession {
     state: Mutex<WsState>,
     bridge: Arc<EventBridge>,
     max_queue: usize,
+    /// How long after the close the app's `send()` drops its message quietly
+    /// (`--ws-closed-send-grace`); after it, `send()` raises.
+    closed_send_grace: Duration,
     /// The request target, escaped for log lines.
     pub path: String,
     pub connection: ConnectionInfo,
@@ -201,6 +220,7 @@ impl WsSession {
     pub(crate) fn new(
         bridge: Arc<EventBridge>,
         max_queue: usize,
+        closed_send_grace: Duration,
         path: String,
         connection: ConnectionInfo,
     ) -> WsSession {
@@ -208,6 +228,7 @@ impl WsSession {
             state: Mutex::new(WsState::default()),
             bridge,
             max_queue: max_queue.max(1),
+            closed_send_grace,
             path,
             connection,
         }
@@ -340,6 +361,7 @@ impl WsSession {
                 st.disconnect = Some((code, reason.to_string()));
             }
             st.app_closed = true;
+            st.closed_at.get_or_insert_with(Instant::now);
             (
                 std::mem::take(&mut st.receivers),
                 std::mem::take(&mut st.senders),
@@ -419,9 +441,22 @@ impl WsSession {
         })
     }
 
-    /// `websocket.send`; `Ok(true)` when the app should wait for the queue
-    /// to drain ([`WsSession::park_sender`]).
-    pub(crate) fn send(&self, message: AppMessage) -> Result<bool, Misuse> {
+    /// Whether the connection closed less than `--ws-closed-send-grace` ago.
+    fn in_closed_send_grace(&self, st: &WsState) -> bool {
+        st.closed_at
+            .is_some_and(|at| at.elapsed() < self.closed_send_grace)
+    }
+
+    /// `websocket.send`.
+    ///
+    /// On a closed connection the message is lost. Within the grace after the
+    /// close it is dropped quietly: an app busy in a handler when the client
+    /// left (a Channels consumer replying to a message, or to a group event)
+    /// then gets back to its `receive()`, which returns `websocket.disconnect`
+    /// and runs its disconnect handler, which an exception here would have
+    /// skipped. After the grace `send()` raises, as ASGI 2.4 asks, so that an
+    /// app that only sends, and so never hears of the disconnect, stops.
+    pub(crate) fn send(&self, message: AppMessage) -> Result<Sent, Misuse> {
         // Kept out here, so that a message refused is dropped (its data may
         // be the app's bytes) after the lock, not in the closure under it.
         let mut message = Some(message);
@@ -429,13 +464,17 @@ impl WsSession {
             // Before accept too: after a refused handshake, or a client that
             // left during it, there is no connection to send on.
             if st.app_closed || st.disconnect.is_some() {
-                return (Err(Misuse::Closed), false);
+                return if st.accepted && self.in_closed_send_grace(st) {
+                    (Ok(Sent::Dropped), false)
+                } else {
+                    (Err(Misuse::Closed), false)
+                };
             }
             if !st.accepted {
                 return (Err(Misuse::SendBeforeAccept), false);
             }
-            let queued = message.take().is_some_and(|message| st.queue(message));
-            (Ok(queued), true)
+            let full = message.take().is_some_and(|message| st.queue(message));
+            (Ok(if full { Sent::Full } else { Sent::Queued }), true)
         })
     }
 
@@ -443,9 +482,10 @@ impl WsSession {
     /// queues the close frame. `Ok(true)` when the app should wait.
     ///
     /// On a connection already closed (by the app, the peer, or a refused
-    /// handshake) it returns quietly, where `websocket.send` raises: a send
-    /// there loses its message, which the app must hear of, while a close
-    /// asks for what already holds. Closing in a `finally` after the
+    /// handshake) it returns quietly, whenever it comes, where
+    /// `websocket.send` raises once the grace is over: a send there loses its
+    /// message, which the app must hear of in the end, while a close asks for
+    /// what already holds. Closing in a `finally` after the
     /// disconnect is common (Starlette turns an `OSError` from it into
     /// `WebSocketDisconnect`, which would then escape the app).
     pub(crate) fn close(&self, code: u16, reason: String) -> Result<bool, Misuse> {
@@ -459,6 +499,7 @@ impl WsSession {
                 return (Ok(false), false);
             }
             st.app_closed = true;
+            st.closed_at = Some(Instant::now());
             (Ok(st.queue(AppMessage::Close(code, reason))), true)
         })
     }
@@ -508,10 +549,12 @@ impl WsSession {
         None
     }
 
-    /// Whether a `send()` that waited may go on; false when the connection
-    /// closed meanwhile (then it raises).
-    pub(crate) fn is_open(&self) -> bool {
-        self.state.lock().disconnect.is_none()
+    /// Whether a `send()` that waited for the queue to drain returns: the
+    /// connection is open, or closed within the grace for sends after the
+    /// close; otherwise it raises.
+    pub(crate) fn waiting_send_returns(&self) -> bool {
+        let st = self.state.lock();
+        st.disconnect.is_none() || self.in_closed_send_grace(&st)
     }
 
     /// The app returned or raised: answer the handshake (403, or 500 when it
@@ -562,9 +605,14 @@ mod tests {
     use crate::net::{Scheme, ServerAddr};
 
     fn session(max_queue: usize) -> Arc<WsSession> {
+        with_grace(max_queue, Duration::ZERO)
+    }
+
+    fn with_grace(max_queue: usize, closed_send_grace: Duration) -> Arc<WsSession> {
         Arc::new(WsSession::new(
             Arc::new(EventBridge::new().unwrap()),
             max_queue,
+            closed_send_grace,
             "/ws".into(),
             ConnectionInfo {
                 scheme: Scheme::Http,
@@ -662,7 +710,7 @@ mod tests {
             session.accept(None, HeaderMap::new()),
             Err(Misuse::HandshakeAnswered)
         );
-        assert_eq!(session.send(AppMessage::Text("x".into())), Ok(false));
+        assert_eq!(session.send(AppMessage::Text("x".into())), Ok(Sent::Queued));
         assert_eq!(session.close(code::NORMAL, String::new()), Ok(false));
         assert_eq!(
             session.send(AppMessage::Text("x".into())),
@@ -675,7 +723,59 @@ mod tests {
         let session = session(4);
         session.accept(None, HeaderMap::new()).unwrap();
         let big = Bytes::from(vec![0; OUTGOING_HIGH_WATER + 1]);
-        assert_eq!(session.send(AppMessage::Binary(big)), Ok(true));
+        assert_eq!(session.send(AppMessage::Binary(big)), Ok(Sent::Full));
+    }
+
+    #[test]
+    fn within_the_grace_a_send_after_the_close_is_dropped_quietly() {
+        let session = with_grace(4, Duration::from_secs(3600));
+        session.accept(None, HeaderMap::new()).unwrap();
+        session.finish(code::ABNORMAL, "");
+        assert_eq!(
+            session.send(AppMessage::Text("late".into())),
+            Ok(Sent::Dropped)
+        );
+        assert!(session.waiting_send_returns());
+        assert!(session.state.lock().outgoing.is_empty());
+        // The disconnect still reaches receive().
+        assert!(matches!(session.try_receive(), Some(Received::Connect)));
+        assert!(matches!(
+            session.try_receive(),
+            Some(Received::Disconnect(code::ABNORMAL, _))
+        ));
+
+        // The app's own close starts the grace too: the peer's reply may not
+        // have come yet when a handler sends.
+        let closing = with_grace(4, Duration::from_secs(3600));
+        closing.accept(None, HeaderMap::new()).unwrap();
+        closing.close(code::NORMAL, String::new()).unwrap();
+        assert_eq!(
+            closing.send(AppMessage::Text("late".into())),
+            Ok(Sent::Dropped)
+        );
+    }
+
+    #[test]
+    fn after_the_grace_a_send_after_the_close_raises() {
+        let session = with_grace(4, Duration::ZERO);
+        session.accept(None, HeaderMap::new()).unwrap();
+        assert!(session.waiting_send_returns());
+        session.finish(code::NORMAL, "");
+        assert_eq!(
+            session.send(AppMessage::Text("late".into())),
+            Err(Misuse::Closed)
+        );
+        assert!(!session.waiting_send_returns());
+    }
+
+    #[test]
+    fn a_refused_handshake_has_no_grace() {
+        let session = with_grace(4, Duration::from_secs(3600));
+        session.close(code::NORMAL, String::new()).unwrap();
+        assert_eq!(
+            session.send(AppMessage::Text("x".into())),
+            Err(Misuse::Closed)
+        );
     }
 
     #[test]

@@ -288,6 +288,62 @@ async def ws_send_after_disconnect(scope, receive, send):
     record(scope, "send_after_disconnect", {"disconnect": message, **_exception_info(None)})
 
 
+async def send_until_error(send, message: dict, seconds: float = 60) -> dict:
+    """Send `message` as fast as send() returns until it raises (for up to `seconds`); what it
+    raised, and how many sends were taken."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    error, sent = None, 0
+    while loop.time() < deadline:
+        try:
+            await send(message)
+        except BaseException as exc:  # noqa: BLE001 - recording whatever it is
+            error = exc
+            break
+        sent += 1
+    info = _exception_info(error)
+    info["client_disconnected"] = isinstance(error, rsasgi.ClientDisconnected)
+    info["sent"] = sent
+    return info
+
+
+async def ws_busy_when_closed(scope, receive, send):
+    """A handler busy when the client leaves (a Channels consumer's pattern): take one
+    message, wait until ?gone= names a file (the client wrote it after closing), send three
+    replies without receiving, then receive(). Record what the sends raised and what receive()
+    returned."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    await receive()
+    gone = parse_qs(scope["query_string"].decode())["gone"][0]
+    for _ in range(200):
+        if os.path.exists(gone):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # the close reaches the server
+    try:
+        for number in range(3):
+            await send({"type": "websocket.send", "text": f"reply {number}"})
+    except BaseException as exc:  # noqa: BLE001 - recording whatever it is
+        sent = _exception_info(exc)
+    else:
+        sent = _exception_info(None)
+    received = await asyncio.wait_for(receive(), 5)
+    record(scope, "busy_when_closed", {"send": sent, "received": received})
+
+
+async def ws_spin_after_close(scope, receive, send):
+    """Echo one message, then send in a loop that awaits nothing but send() until it raises
+    (for up to 60 s): once the client has gone, sends are dropped until the grace is over.
+    Record the error and how many sends were taken after the first reply."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    message = await receive()
+    await send({"type": "websocket.send", "text": message.get("text") or "bytes"})
+    info = await send_until_error(send, {"type": "websocket.send", "text": "spin"})
+    record(scope, "spin_after_close", info)
+
+
 async def ws_close_after_disconnect(scope, receive, send):
     """Wait for websocket.disconnect, then send websocket.close; record what it raised."""
     await receive()
@@ -321,20 +377,7 @@ async def ws_flood(scope, receive, send):
     and record what the first failing send() raised."""
     await receive()
     await send({"type": "websocket.accept"})
-    message = {"type": "websocket.send", "bytes": b"\x00" * 65536}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    error, sent = None, 0
-    while loop.time() < deadline:
-        try:
-            await send(message)
-        except BaseException as exc:  # noqa: BLE001 - recording whatever it is
-            error = exc
-            break
-        sent += 1
-    info = _exception_info(error)
-    info["client_disconnected"] = isinstance(error, rsasgi.ClientDisconnected)
-    info["sent"] = sent
+    info = await send_until_error(send, {"type": "websocket.send", "bytes": b"\x00" * 65536})
     record(scope, "flood", info)
 
 
@@ -482,6 +525,8 @@ WEBSOCKET_ROUTES = {
     "/return-after-accept": ws_return_after_accept,
     "/record-disconnect": ws_record_disconnect,
     "/send-after-disconnect": ws_send_after_disconnect,
+    "/busy-when-closed": ws_busy_when_closed,
+    "/spin-after-close": ws_spin_after_close,
     "/close-after-disconnect": ws_close_after_disconnect,
     "/send-until-error": ws_send_until_error,
     "/flood": ws_flood,
