@@ -353,7 +353,8 @@ impl WsSession {
     }
 
     /// The connection is over with `code`: the app's receive() returns
-    /// `websocket.disconnect`, its send() raises.
+    /// `websocket.disconnect`; its send() drops messages for the grace, then
+    /// raises.
     pub(crate) fn finish(self: &Arc<Self>, code: u16, reason: &str) {
         let (receiver, sender) = {
             let mut st = self.state.lock();
