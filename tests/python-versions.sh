@@ -111,7 +111,7 @@ run_tests() {
         "$TARGET/wheels/py${version//./}"/rsasgi-*.whl || return 1
     "$venv/bin/python" -c \
         "import os, rsasgi._rsasgi as m; print('   ', os.path.basename(m.__file__))" || return 1
-    "$venv/bin/python" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "${PYTEST_PROCESSES:-2}" "${TESTS[@]}"
 }
 
 started=$SECONDS

@@ -62,8 +62,12 @@ cargo clippy --all-targets --quiet -- -D warnings
 stage "Rust unit tests"
 PYO3_PYTHON="$PWD/.venv/bin/python" cargo test --release --quiet
 
+# Two processes (pytest-xdist): most tests wait on sockets and timers, so two at once take
+# about half the time of one (5.5 against 10.5 minutes on the 2-core CI machine). The tests do
+# not depend on each other: every server gets its own ephemeral port and temporary directory.
+# PYTEST_PROCESSES=0 runs them one at a time, in this process.
 stage "end-to-end tests"
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${PYTEST_PROCESSES:-2}" "$@"
 
 stage "Autobahn|Testsuite (WebSocket conformance, cases 1-13, permessage-deflate included)"
 VENV="$PWD/.venv" bash tests/autobahn/run.sh
