@@ -418,20 +418,28 @@ def test_a_worker_out_of_file_descriptors_is_passed_over(run_rsasgi):
 
 def test_a_single_worker_out_of_file_descriptors_serves_the_waiting_client_later(run_rsasgi):
     """Without a supervisor: accept() failing for want of descriptors is logged with what to
-    do, the worker keeps running, and the client waiting meanwhile is served once the worker
-    has descriptors again."""
+    do, once for the whole run of retries (ten a second) rather than once per retry, the
+    worker keeps running, the client waiting meanwhile is served once the worker has
+    descriptors again, and the log says when accepting works again."""
     server = run_rsasgi(APP)
     limits = _starve_of_descriptors(server.proc.pid)
     try:
         with socket.create_connection((server.host, server.port), timeout=10) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            wait_for_log(server, "accept() failed: Too many open files", "open-file limit")
+            wait_for_log(server, "accept() failed: Too many open files", "ulimit -n")
+            # Some fifteen more retries, each failing.
+            time.sleep(1.5)
             resource.prlimit(server.proc.pid, resource.RLIMIT_NOFILE, limits)
             response = read_response(sock)
     finally:
         resource.prlimit(server.proc.pid, resource.RLIMIT_NOFILE, limits)
     assert response.startswith(b"HTTP/1.1 200 "), response
     assert server.proc.poll() is None
+    log = wait_for_log(server, "accept() works again")
+    failed = [line for line in log.splitlines() if "accept() failed" in line]
+    assert len(failed) == 1, log
+    recovered = re.search(r"accept\(\) works again, after (\d+) failed attempts over", log)
+    assert recovered and int(recovered.group(1)) >= 5, log
 
 
 def test_a_burst_of_websockets_is_spread_over_the_workers(run_rsasgi):

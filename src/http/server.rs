@@ -19,6 +19,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::sync::watch;
 
+use super::accept_failures::{AcceptFailures, Report};
 use super::access_log::{self, AccessLog};
 use super::connection::{
     self, Activity, Deadlines, OpenConnection, OpenConnections, StreamExecutor, WatchedIo,
@@ -436,12 +437,16 @@ async fn accept_loop<A: Accept>(
     shutdown: &mut watch::Receiver<Option<Duration>>,
 ) {
     let seat = context.state.seat.as_deref();
+    let mut failures = AcceptFailures::default();
     let Some(gate) = &context.gate else {
         loop {
             tokio::select! {
                 accepted = listener.accept_one(seat) => match accepted {
-                    Ok((io, info)) => spawn_connection(context, io, info),
-                    Err(err) => accept_failed(err, seat).await,
+                    Ok((io, info)) => {
+                        accept_works(&mut failures);
+                        spawn_connection(context, io, info);
+                    }
+                    Err(err) => accept_failed(err, seat, &mut failures).await,
                 },
                 _ = shutdown.changed() => break,
             }
@@ -459,8 +464,11 @@ async fn accept_loop<A: Accept>(
         tokio::select! {
             // Accept is cancel-safe: a tick that wins loses no connection.
             accepted = listener.accept_one(seat), if open => match accepted {
-                Ok((io, info)) => spawn_connection(context, io, info),
-                Err(err) => accept_failed(err, seat).await,
+                Ok((io, info)) => {
+                    accept_works(&mut failures);
+                    spawn_connection(context, io, info);
+                }
+                Err(err) => accept_failed(err, seat, &mut failures).await,
             },
             _ = poll.tick() => {}
             _ = shutdown.changed() => break,
@@ -609,18 +617,68 @@ fn unusable_listener(err: std::io::Error) {
     tracing::error!("Cannot use the listening socket: {err}");
 }
 
-/// Logs a failed accept and pauses before the next. Meanwhile the worker's
-/// seat says it does not accept, so that the others take the connections
-/// instead of leaving them to it (out of file descriptors, it would fail
-/// each one).
-async fn accept_failed(err: std::io::Error, seat: Option<&WorkerSeat>) {
-    tracing::error!("accept() failed: {err}; retrying (raise the open-file limit if this says 'Too many open files')");
+/// Logs a failed accept (see [`accept_failures`]) and pauses before the
+/// next. Meanwhile the worker's seat says it does not accept, so that the
+/// others take the connections instead of leaving them to it (out of file
+/// descriptors, it would fail each one).
+async fn accept_failed(
+    err: std::io::Error,
+    seat: Option<&WorkerSeat>,
+    failures: &mut AcceptFailures,
+) {
+    match failures.failed(Instant::now()) {
+        Some(Report::First) => tracing::error!(
+            "accept() failed: {err}; retrying every {} ms{}",
+            ACCEPT_ERROR_PAUSE.as_millis(),
+            accept_error_hint(&err)
+        ),
+        Some(Report::StillFailing {
+            failures: more,
+            for_,
+        }) => tracing::error!(
+            "accept() failed: {err}; {more} more failures since the last line, failing \
+             for {:.0}s now; still retrying",
+            for_.as_secs_f64()
+        ),
+        _ => {}
+    }
     if let Some(seat) = seat {
         seat.set_accepting(false);
     }
     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
     if let Some(seat) = seat {
         seat.set_accepting(true);
+    }
+}
+
+/// What an operator can do about an accept error, for the log line.
+fn accept_error_hint(err: &std::io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EMFILE) => {
+            "; the worker has as many open files as its limit allows: raise the limit \
+             (ulimit -n, or LimitNOFILE= in a systemd unit)"
+        }
+        Some(libc::ENFILE) => "; the whole system is out of open files (fs.file-max)",
+        Some(libc::ENOBUFS | libc::ENOMEM) => "; the system is short of memory for sockets",
+        _ => "",
+    }
+}
+
+/// Logs the end of a run of failed accepts, if the accept that worked
+/// ended one.
+fn accept_works(failures: &mut AcceptFailures) {
+    if !failures.failing() {
+        return;
+    }
+    if let Some(Report::Recovered {
+        failures: count,
+        lasted,
+    }) = failures.succeeded(Instant::now())
+    {
+        tracing::info!(
+            "accept() works again, after {count} failed attempts over {:.1}s",
+            lasted.as_secs_f64()
+        );
     }
 }
 
