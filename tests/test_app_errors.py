@@ -208,8 +208,9 @@ def test_a_failed_request_held_in_a_reference_cycle_gives_back_its_place(run_rsa
 
     def status_once_free(client, path):
         # A request counts until its app has returned, which may be a moment after its client
-        # had the last byte (a WSGI app's close() comes after it): the next request may find
-        # the place still taken, and then gets 503. A place never given back stays taken.
+        # had the last byte (a WSGI app's close() comes after it): the next request on the
+        # connection waits 100 ms at most for it, and on a loaded machine may still find the
+        # place taken, and get 503. A place never given back stays taken.
         status = client.get(path).status_code
         return None if status == 503 else status
 

@@ -62,6 +62,39 @@ impl Drop for InFlight {
     }
 }
 
+/// The longest an HTTP/1 request that found no place under
+/// `--limit-concurrency` waits for the app of the request before it on the
+/// same connection to return, and how often it looks.
+const PREDECESSOR_WAIT: Duration = Duration::from_millis(100);
+const PREDECESSOR_POLL: Duration = Duration::from_millis(1);
+
+/// A place under `--limit-concurrency` for an HTTP/1 request that found
+/// none while the app of its connection's previous request still holds one.
+/// That response is complete (the client sent this request after it), and
+/// its app is returning: a WSGI app's `close()`, an ASGI app's last steps
+/// after its last `send()`. The client cannot know, so rather than refuse it
+/// for its own predecessor the request waits for that app to return, for
+/// [`PREDECESSOR_WAIT`] at most (a background task after the response still
+/// counts, and then the limit holds). `None`: no place.
+async fn place_after_predecessor(
+    state: Arc<ServerState>,
+    active: &ActiveRequest,
+) -> Option<InFlight> {
+    let until = tokio::time::Instant::now() + PREDECESSOR_WAIT;
+    loop {
+        // Read before the attempt: a predecessor that returns between the two
+        // gives its place back before the attempt, and is then not waited for.
+        let predecessor_running = active.app_tasks() > 0;
+        if let Some(place) = InFlight::acquire(&state) {
+            return Some(place);
+        }
+        if !predecessor_running || tokio::time::Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(PREDECESSOR_POLL).await;
+    }
+}
+
 /// Answers one request; `active` marks its connection busy until the
 /// response body is done (see `connection`).
 pub(crate) fn handle(
@@ -175,7 +208,14 @@ pub(crate) fn handle(
                 }
             }
 
-            let Some(in_flight) = InFlight::acquire(&state) else {
+            let mut in_flight = InFlight::acquire(&state);
+            if in_flight.is_none() && request.version() < Version::HTTP_2 && active.app_tasks() > 0
+            {
+                // Boxed: a rare path, whose timer would otherwise enlarge every
+                // request's future.
+                in_flight = Box::pin(place_after_predecessor(Arc::clone(&state), &active)).await;
+            }
+            let Some(in_flight) = in_flight else {
                 tracing::warn!(
                     "503: more than --limit-concurrency {} requests in flight",
                     state.limit_concurrency.unwrap_or_default()
