@@ -280,14 +280,13 @@ impl WebSocketSend {
 impl WebSocketSend {
     fn __call__(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let session = &self.session;
-        let waiting = |wait: bool| if wait { Sent::Full } else { Sent::Queued };
         let sent = match parse_message(message)? {
             Outgoing::Accept {
                 subprotocol,
                 headers,
             } => session.accept(subprotocol, headers).map(|()| Sent::Queued),
             Outgoing::Send(message) => session.send(message),
-            Outgoing::Close { code, reason } => session.close(code, reason).map(waiting),
+            Outgoing::Close { code, reason } => session.close(code, reason),
             Outgoing::DenyStart(start) => session.deny_start(start).map(|()| Sent::Queued),
             Outgoing::DenyBody { body, more } => {
                 session.deny_body(&body, more).map(|()| Sent::Queued)

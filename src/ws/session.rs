@@ -480,7 +480,8 @@ impl WsSession {
     }
 
     /// `websocket.close`: refuses the handshake (403) before accept, else
-    /// queues the close frame. `Ok(true)` when the app should wait.
+    /// queues the close frame. `Ok(Sent::Full)` when the app should wait for
+    /// the queue to drain.
     ///
     /// On a connection already closed (by the app, the peer, or a refused
     /// handshake) it returns quietly, whenever it comes, where
@@ -489,19 +490,20 @@ impl WsSession {
     /// what already holds. Closing in a `finally` after the
     /// disconnect is common (Starlette turns an `OSError` from it into
     /// `WebSocketDisconnect`, which would then escape the app).
-    pub(crate) fn close(&self, code: u16, reason: String) -> Result<bool, Misuse> {
+    pub(crate) fn close(&self, code: u16, reason: String) -> Result<Sent, Misuse> {
         self.update(|st| {
             if !st.handshake_done {
                 st.refuse(Handshake::Reject(StatusCode::FORBIDDEN));
-                return (Ok(false), true);
+                return (Ok(Sent::Queued), true);
             }
             if st.app_closed || st.disconnect.is_some() {
                 // Closing twice, or after the peer left: nothing to send.
-                return (Ok(false), false);
+                return (Ok(Sent::Queued), false);
             }
             st.app_closed = true;
             st.closed_at = Some(Instant::now());
-            (Ok(st.queue(AppMessage::Close(code, reason))), true)
+            let full = st.queue(AppMessage::Close(code, reason));
+            (Ok(if full { Sent::Full } else { Sent::Queued }), true)
         })
     }
 
@@ -712,7 +714,7 @@ mod tests {
             Err(Misuse::HandshakeAnswered)
         );
         assert_eq!(session.send(AppMessage::Text("x".into())), Ok(Sent::Queued));
-        assert_eq!(session.close(code::NORMAL, String::new()), Ok(false));
+        assert_eq!(session.close(code::NORMAL, String::new()), Ok(Sent::Queued));
         assert_eq!(
             session.send(AppMessage::Text("x".into())),
             Err(Misuse::Closed)
@@ -782,7 +784,7 @@ mod tests {
     #[test]
     fn close_before_accept_refuses_the_handshake() {
         let session = session(4);
-        assert_eq!(session.close(code::NORMAL, String::new()), Ok(false));
+        assert_eq!(session.close(code::NORMAL, String::new()), Ok(Sent::Queued));
         let st = session.state.lock();
         assert!(matches!(
             st.handshake,
