@@ -64,7 +64,9 @@ impl Drop for InFlight {
 
 /// The longest an HTTP/1 request that found no place under
 /// `--limit-concurrency` waits for the app of the request before it on the
-/// same connection to return, and how often it looks.
+/// same connection to return, and how soon it first looks again (then twice
+/// as long each time: a predecessor that is only returning is done within a
+/// millisecond or two, and one that works on is not polled a hundred times).
 const PREDECESSOR_WAIT: Duration = Duration::from_millis(100);
 const PREDECESSOR_POLL: Duration = Duration::from_millis(1);
 
@@ -81,6 +83,7 @@ async fn place_after_predecessor(
     active: &ActiveRequest,
 ) -> Option<InFlight> {
     let until = tokio::time::Instant::now() + PREDECESSOR_WAIT;
+    let mut pause = PREDECESSOR_POLL;
     loop {
         // Read before the attempt: a predecessor that returns between the two
         // gives its place back before the attempt, and is then not waited for.
@@ -88,10 +91,12 @@ async fn place_after_predecessor(
         if let Some(place) = InFlight::acquire(&state) {
             return Some(place);
         }
-        if !predecessor_running || tokio::time::Instant::now() >= until {
+        let now = tokio::time::Instant::now();
+        if !predecessor_running || now >= until {
             return None;
         }
-        tokio::time::sleep(PREDECESSOR_POLL).await;
+        tokio::time::sleep_until((now + pause).min(until)).await;
+        pause *= 2;
     }
 }
 
