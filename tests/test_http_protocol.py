@@ -470,6 +470,24 @@ def test_limit_concurrency_answers_503_beyond_the_limit(run_rsasgi, tmp_path):
     assert wait_for(answered, message="the slot to be free").content == b"hello world"
 
 
+def test_limit_concurrency_logs_a_burst_of_503s_once(run_rsasgi, tmp_path):
+    """Over the limit every request gets 503 and its access line, but the warning comes
+    once for the burst (then a count every 10 s while it lasts), not once per request: an
+    overloaded worker would otherwise write thousands of them a second."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    server = run_rsasgi("--limit-concurrency", "1", APP, env={"PROTO_MARKER_DIR": str(markers)})
+    slow = raw(server)
+    slow.send(request("GET", "/sleep?ms=3000&tag=slow"))
+    wait_for_file(markers / "slow.started")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        statuses = [client.get(f"/?n={n}").status_code for n in range(30)]
+    assert statuses == [503] * 30
+    log = wait_for_log(server, '"GET /?n=29 HTTP/1.1" 503')
+    assert log.count("more than --limit-concurrency 1 requests in flight") == 1, log
+    assert slow.read_response().status == 200
+
+
 @pytest.mark.parametrize(
     "app", ["proto_slow_return:app", "proto_slow_return:wsgi"], ids=["asgi", "wsgi"]
 )

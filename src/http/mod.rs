@@ -8,6 +8,7 @@ mod body;
 mod connection;
 mod preface;
 pub(crate) mod proxy_headers;
+mod refusals;
 pub(crate) mod request_id;
 mod server;
 mod service;

@@ -26,6 +26,7 @@ use super::connection::{
 };
 use super::preface::{self, BadPreface, Protocol};
 use super::proxy_headers::{ProxyHeaders, TrustedProxies};
+use super::refusals::Refusals;
 use super::service::handle;
 use super::static_files::StaticFiles;
 use crate::asgi::EventBridge;
@@ -57,6 +58,8 @@ pub(crate) struct ServerState {
     pub wsgi: Option<Arc<Pool>>,
     pub in_flight: AtomicUsize,
     pub limit_concurrency: Option<usize>,
+    /// The 503s of `--limit-concurrency`, for their log lines.
+    pub refusals: Arc<Refusals>,
     pub limit_request_body: Option<u64>,
     /// `None` with `--no-access-log`.
     pub access_log: Option<&'static AccessLog>,
@@ -125,6 +128,7 @@ impl ServerState {
             wsgi,
             in_flight: AtomicUsize::new(0),
             limit_concurrency: config.limit_concurrency,
+            refusals: Arc::default(),
             limit_request_body: config.limit_request_body,
             access_log: config
                 .access_log

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use super::access_log::{AccessLog, AccessRecord};
 use super::body::{read_chunk, FileStream, ResponseBody, Source};
 use super::connection::{ActiveRequest, AppTask};
+use super::refusals;
 use super::request_id;
 use super::server::ServerState;
 use super::static_files::{Lookup, CHUNK};
@@ -98,6 +99,34 @@ async fn place_after_predecessor(
         tokio::time::sleep_until((now + pause).min(until)).await;
         pause *= 2;
     }
+}
+
+/// Logs a 503 of `--limit-concurrency`: the first of a burst at once, the
+/// rest summed up every [`refusals::SUMMARY_EVERY`] by a task that ends with
+/// the burst (see [`refusals`]).
+fn log_refusal(state: &ServerState) {
+    if !state.refusals.refused() {
+        return;
+    }
+    let limit = state.limit_concurrency.unwrap_or_default();
+    tracing::warn!(
+        "503: more than --limit-concurrency {limit} requests in flight; the next ones are \
+         counted, and logged every {}s while they go on",
+        refusals::SUMMARY_EVERY.as_secs()
+    );
+    let refusals = Arc::clone(&state.refusals);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(refusals::SUMMARY_EVERY).await;
+            let Some(count) = refusals.period_ended() else {
+                break;
+            };
+            tracing::warn!(
+                "503: {count} more requests over --limit-concurrency {limit} in the last {}s",
+                refusals::SUMMARY_EVERY.as_secs()
+            );
+        }
+    });
 }
 
 /// Answers one request; `active` marks its connection busy until the
@@ -221,10 +250,7 @@ pub(crate) fn handle(
                 in_flight = Box::pin(place_after_predecessor(Arc::clone(&state), &active)).await;
             }
             let Some(in_flight) = in_flight else {
-                tracing::warn!(
-                    "503: more than --limit-concurrency {} requests in flight",
-                    state.limit_concurrency.unwrap_or_default()
-                );
+                log_refusal(&state);
                 let status = StatusCode::SERVICE_UNAVAILABLE;
                 break 'respond state.error_response(status, record(status), false);
             };
