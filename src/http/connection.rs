@@ -356,7 +356,10 @@ pub(crate) struct ActiveRequest {
 impl ActiveRequest {
     /// App tasks of this connection still running.
     pub(crate) fn app_tasks(&self) -> usize {
-        self.activity.app_tasks.load(Ordering::Relaxed)
+        // Acquire, with AppTask's Release: a count seen to fall comes with
+        // the release of the place under --limit-concurrency that the same
+        // exchange dropped before it (see service::place_after_predecessor).
+        self.activity.app_tasks.load(Ordering::Acquire)
     }
 
     /// Counts an app task of this connection until the guard is dropped
@@ -418,7 +421,7 @@ pub(crate) struct AppTask(Arc<Activity>);
 
 impl Drop for AppTask {
     fn drop(&mut self) {
-        self.0.app_tasks.fetch_sub(1, Ordering::Relaxed);
+        self.0.app_tasks.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -242,9 +242,11 @@ pub(crate) fn handle(
                 }
             }
 
+            // Read before the attempt, as in place_after_predecessor: a
+            // predecessor that returns in between has given its place back.
+            let predecessor_running = request.version() < Version::HTTP_2 && active.app_tasks() > 0;
             let mut in_flight = InFlight::acquire(&state);
-            if in_flight.is_none() && request.version() < Version::HTTP_2 && active.app_tasks() > 0
-            {
+            if in_flight.is_none() && predecessor_running {
                 // Boxed: a rare path, whose timer would otherwise enlarge every
                 // request's future.
                 in_flight = Box::pin(place_after_predecessor(Arc::clone(&state), &active)).await;
