@@ -450,13 +450,20 @@ def test_extra_headers_on_every_response(run_rsasgi):
 # --- limits ----------------------------------------------------------------------------------
 
 
-def test_limit_concurrency_answers_503_beyond_the_limit(run_rsasgi, tmp_path):
+def _hold_the_only_place(run_rsasgi, tmp_path, ms: int):
+    """A server with --limit-concurrency 1 whose one place a request sleeping `ms` holds;
+    returns the server and that request's connection."""
     markers = tmp_path / "markers"
     markers.mkdir()
     server = run_rsasgi("--limit-concurrency", "1", APP, env={"PROTO_MARKER_DIR": str(markers)})
     slow = raw(server)
-    slow.send(request("GET", "/sleep?ms=2500&tag=slow"))
+    slow.send(request("GET", f"/sleep?ms={ms}&tag=slow"))
     wait_for_file(markers / "slow.started")
+    return server, slow
+
+
+def test_limit_concurrency_answers_503_beyond_the_limit(run_rsasgi, tmp_path):
+    server, slow = _hold_the_only_place(run_rsasgi, tmp_path, 2500)
     r = get(server, "/")
     assert r.status_code == 503, (r.status_code, r.text)
     resp = slow.read_response()
@@ -474,12 +481,7 @@ def test_limit_concurrency_logs_a_burst_of_503s_once(run_rsasgi, tmp_path):
     """Over the limit every request gets 503 and its access line, but the warning comes
     once for the burst (then a count every 10 s while it lasts), not once per request: an
     overloaded worker would otherwise write thousands of them a second."""
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    server = run_rsasgi("--limit-concurrency", "1", APP, env={"PROTO_MARKER_DIR": str(markers)})
-    slow = raw(server)
-    slow.send(request("GET", "/sleep?ms=3000&tag=slow"))
-    wait_for_file(markers / "slow.started")
+    server, slow = _hold_the_only_place(run_rsasgi, tmp_path, 3000)
     with httpx.Client(base_url=server.url, timeout=10) as client:
         statuses = [client.get(f"/?n={n}").status_code for n in range(30)]
     assert statuses == [503] * 30

@@ -244,7 +244,10 @@ pub(crate) fn handle(
 
             // Read before the attempt, as in place_after_predecessor: a
             // predecessor that returns in between has given its place back.
-            let predecessor_running = request.version() < Version::HTTP_2 && active.app_tasks() > 0;
+            // Only with a limit, the one case an attempt can fail.
+            let predecessor_running = state.limit_concurrency.is_some()
+                && request.version() < Version::HTTP_2
+                && active.app_tasks() > 0;
             let mut in_flight = InFlight::acquire(&state);
             if in_flight.is_none() && predecessor_running {
                 // Boxed: a rare path, whose timer would otherwise enlarge every
