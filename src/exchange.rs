@@ -270,6 +270,12 @@ struct State {
     /// client takes DATA on such a response for a protocol error).
     bodiless: bool,
     chunks: VecDeque<Chunk>,
+    /// The app's `Content-Length` and how much of it is left (none for a bodiless
+    /// response or one without the header): the body is cut there, so what
+    /// goes out always matches the header, over HTTP/1 (where extra bytes
+    /// would pose as the next response) and HTTP/2 (where the client takes
+    /// them for a protocol error) alike.
+    length: Option<DeclaredLength>,
     /// Bytes of `Data` chunks queued: memory, which backpressure bounds.
     response_buffered: usize,
     /// Bytes of `File` chunks queued: not in memory, so not bounded.
@@ -365,6 +371,14 @@ impl State {
         }
     }
 
+    /// The app's `Content-Length`, when all of it has been queued: hyper
+    /// ends the response there, whatever the app sends after.
+    fn delivered(&self) -> Option<u64> {
+        self.length
+            .filter(|length| length.left == 0)
+            .map(|length| length.declared)
+    }
+
     /// What [`Exchange::hold`] kept, once both the app and the reactor are
     /// done (dropped by the caller, outside the lock).
     fn take_held(&mut self) -> Option<Box<dyn Send>> {
@@ -375,14 +389,49 @@ impl State {
         }
     }
 
+    /// Records the app's response head; its body is then held to its
+    /// `Content-Length` (see [`State::length_left`]).
+    fn start(&mut self, start: ResponseStart, is_head: bool) {
+        self.started = true;
+        self.bodiless = matches!(start.status.as_u16(), 204 | 304);
+        self.length = start
+            .content_length
+            .filter(|_| !self.bodiless && !is_head)
+            .map(|declared| DeclaredLength {
+                declared,
+                left: declared,
+            });
+        self.start = Some(start);
+    }
+
     /// Queues a response body chunk. A chunk with nothing to send (empty, or
     /// the body of a HEAD, 204 or 304, which hyper never sends) is handed
     /// back, for the caller to drop once the lock is let go: its data may be
     /// a Python object lent to us, and releasing that with the GIL held can
     /// run the app's code (a `__del__`), which must not run under this lock.
+    ///
+    /// A chunk that goes past the app's `Content-Length` is cut to it, and
+    /// ends the body: [`Pushed::overran`] says so, for the app to be told.
     #[must_use = "drop the unsent chunk after letting go of the lock"]
-    fn push_chunk(&mut self, chunk: Chunk, more: bool, is_head: bool) -> Option<Chunk> {
+    fn push_chunk(&mut self, mut chunk: Chunk, more: bool, is_head: bool) -> Pushed {
         self.body_began = true;
+        let mut overran = None;
+        if let Some(length) = &mut self.length {
+            let len = chunk.len();
+            if len > length.left {
+                overran = Some(Overrun {
+                    declared: length.declared,
+                    sent: length.declared - length.left + len,
+                });
+                match &mut chunk {
+                    // At most the chunk's length, which is a usize.
+                    Chunk::Data(data) => data.truncate(length.left as usize),
+                    Chunk::File(span) => span.len = length.left,
+                    Chunk::Trailers(_) => {}
+                }
+            }
+            length.left -= chunk.len();
+        }
         let keep = match &chunk {
             Chunk::Trailers(_) => true,
             other => other.len() > 0,
@@ -398,20 +447,69 @@ impl State {
         } else {
             Some(chunk)
         };
-        if !more && self.trailers_expected && !self.body_done {
+        if overran.is_some() {
+            // Cut short, the response ends here: without the trailers an
+            // app may have announced, as the app is told by an error.
+            self.body_done = true;
+            self.complete = true;
+        } else if !more && self.trailers_expected && !self.body_done {
             // The body is over; the response ends with the trailers.
             self.body_done = true;
         } else {
             self.complete = !more;
         }
-        unsent
+        Pushed { unsent, overran }
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DeclaredLength {
+    declared: u64,
+    left: u64,
+}
+
+/// What [`State::push_chunk`] did with a chunk.
+struct Pushed {
+    /// To be dropped once the lock is let go.
+    unsent: Option<Chunk>,
+    overran: Option<Overrun>,
+}
+
+/// A response body longer than the app's `Content-Length`: cut to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Overrun {
+    /// The app's `Content-Length`, which is what was sent.
+    pub declared: u64,
+    /// What the app had sent by the chunk that went past it: at least this
+    /// much was the body it meant.
+    pub sent: u64,
 }
 
 /// What ASGI `receive()` returns when it does not have to wait.
 pub(crate) enum Received {
     Body { data: Bytes, more: bool },
     Disconnect,
+}
+
+/// What became of an ASGI `http.response.body`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Queued for the client.
+    Queued,
+    /// Queued, and the buffer is over its high-water mark: wait for room.
+    Full,
+    /// Dropped: the client is gone, and the app listens for that through
+    /// `receive()` (see [`State::closed_send`]).
+    Dropped,
+}
+
+/// What became of a WSGI response chunk ([`Exchange::queue_response`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Queued {
+    /// The buffer is over its high-water mark: wait for room.
+    pub full: bool,
+    /// The chunk went past the app's `Content-Length`, and was cut to it.
+    pub overran: Option<Overrun>,
 }
 
 /// A `send()` the protocol does not allow at this point of the exchange.
@@ -426,6 +524,8 @@ pub(crate) enum SendMisuse {
     TrailersNotAnnounced,
     /// `http.response.trailers` before the body's `more_body=False`.
     TrailersBeforeBodyEnd,
+    /// A body longer than the app's `Content-Length`: sent up to it.
+    PastContentLength(Overrun),
 }
 
 /// How far the app got with its response, for the log line when it ends.
@@ -710,10 +810,11 @@ impl Exchange {
             .then_some(st.response_buffered as u64 + st.response_file_bytes)
     }
 
-    /// True once the app has sent its whole response and all of it was taken.
+    /// True once the app has sent its whole response and all of it was
+    /// taken: its last message, or as much as its Content-Length says.
     pub(crate) fn response_finished(&self) -> bool {
         let st = self.state.lock();
-        st.complete && st.chunks.is_empty()
+        (st.complete || st.delivered().is_some()) && st.chunks.is_empty()
     }
 
     // ---- ASGI side (the Python thread) ---------------------------------
@@ -777,19 +878,19 @@ impl Exchange {
                 st.started = true;
                 return st.closed_send();
             }
-            st.started = true;
-            st.bodiless = matches!(start.status.as_u16(), 204 | 304);
-            st.start = Some(start);
+            st.start(start, self.method == Method::HEAD);
         }
         // The reactor is not woken: it sends the head with the first body
         // message, which wakes it.
         Ok(())
     }
 
-    /// `http.response.body`; `Ok(true)` when the buffer is over its
-    /// high-water mark and the app should wait ([`Exchange::park_sender`]).
-    pub(crate) fn send_body(&self, data: impl Into<Chunk>, more: bool) -> Result<bool, SendMisuse> {
-        let (reactor, full, unsent) = {
+    /// `http.response.body`: whether the app may go on or should wait
+    /// ([`Exchange::park_sender`]), or, for a chunk that went past the app's
+    /// `Content-Length`, [`SendMisuse::PastContentLength`] (its bytes up to
+    /// that length are sent: the response is complete).
+    pub(crate) fn send_body(&self, data: impl Into<Chunk>, more: bool) -> Result<Sent, SendMisuse> {
+        let (reactor, full, pushed) = {
             let mut st = self.state.lock();
             // A body after the last one is the app's mistake, whether the
             // reactor has taken the last one (which closes the exchange)
@@ -798,6 +899,20 @@ impl Exchange {
                 return Err(SendMisuse::AlreadyComplete);
             }
             if st.closed {
+                let data = data.into();
+                // hyper ends a response once it has sent its Content-Length,
+                // before the app's last message: that message is no misuse.
+                if let Some(sent) = st.delivered() {
+                    st.complete = true;
+                    st.body_done = true;
+                    return match data.len() {
+                        0 => Ok(Sent::Queued),
+                        extra => Err(SendMisuse::PastContentLength(Overrun {
+                            declared: sent,
+                            sent: sent + extra,
+                        })),
+                    };
+                }
                 // Kept as if sent, so that the app's later mistakes are
                 // still told apart (a body after the last one).
                 if st.started && !more {
@@ -807,23 +922,27 @@ impl Exchange {
                         st.complete = true;
                     }
                 }
-                return st.closed_send().map(|()| false);
+                return st.closed_send().map(|()| Sent::Dropped);
             }
             if !st.started {
                 return Err(SendMisuse::BodyBeforeStart);
             }
-            let unsent = st.push_chunk(data.into(), more, self.method == Method::HEAD);
+            let pushed = st.push_chunk(data.into(), more, self.method == Method::HEAD);
             (
                 st.reactor.take(),
                 st.response_buffered > RESPONSE_HIGH_WATER,
-                unsent,
+                pushed,
             )
         };
-        drop(unsent);
+        drop(pushed.unsent);
         if let Some(waker) = reactor {
             wake(waker);
         }
-        Ok(full)
+        match pushed.overran {
+            Some(overrun) => Err(SendMisuse::PastContentLength(overrun)),
+            None if full => Ok(Sent::Full),
+            None => Ok(Sent::Queued),
+        }
     }
 
     /// `"trailers": True` in `http.response.start`: the response ends with
@@ -857,7 +976,10 @@ impl Exchange {
             let trailers = std::mem::take(&mut st.trailers);
             let is_head = self.method == Method::HEAD;
             // Trailers are plain Rust data: nothing of Python's to drop later.
-            drop(st.push_chunk(Chunk::Trailers(trailers), false, is_head));
+            drop(
+                st.push_chunk(Chunk::Trailers(trailers), false, is_head)
+                    .unsent,
+            );
             st.reactor.take()
         };
         if let Some(waker) = reactor {
@@ -936,37 +1058,56 @@ impl Exchange {
         }
     }
 
-    /// Queues the response head (once) and a body chunk. Returns whether the
-    /// client is still there and whether the buffer is now over its
-    /// high-water mark (then call [`Exchange::wait_for_room`]).
+    /// Queues the response head (once) and a body chunk (WSGI). `Err(())`
+    /// when the client is gone; else whether the buffer is now over its
+    /// high-water mark (then call [`Exchange::wait_for_room`]) and whether
+    /// the chunk went past the app's `Content-Length` (cut to it: the
+    /// response is complete).
     pub(crate) fn queue_response(
         &self,
         start: Option<ResponseStart>,
         data: impl Into<Chunk>,
         more: bool,
-    ) -> Result<bool, ()> {
-        let (reactor, full, unsent) = {
+    ) -> Result<Queued, ()> {
+        let (reactor, full, pushed) = {
             let mut st = self.state.lock();
             if st.closed {
+                // The whole Content-Length went out, and hyper ended the
+                // response there: the app's last chunk is no disconnect.
+                if let Some(sent) = st.delivered() {
+                    st.complete = true;
+                    return Ok(Queued {
+                        full: false,
+                        overran: match data.into().len() {
+                            0 => None,
+                            extra => Some(Overrun {
+                                declared: sent,
+                                sent: sent + extra,
+                            }),
+                        },
+                    });
+                }
                 return Err(());
             }
+            let is_head = self.method == Method::HEAD;
             if let Some(start) = start {
-                st.started = true;
-                st.bodiless = matches!(start.status.as_u16(), 204 | 304);
-                st.start = Some(start);
+                st.start(start, is_head);
             }
-            let unsent = st.push_chunk(data.into(), more, self.method == Method::HEAD);
+            let pushed = st.push_chunk(data.into(), more, is_head);
             (
                 st.reactor.take(),
                 st.response_buffered > RESPONSE_HIGH_WATER,
-                unsent,
+                pushed,
             )
         };
-        drop(unsent);
+        drop(pushed.unsent);
         if let Some(waker) = reactor {
             wake(waker);
         }
-        Ok(full)
+        Ok(Queued {
+            full,
+            overran: pushed.overran,
+        })
     }
 
     /// Waits while a slow client has more than the high-water mark buffered.
@@ -1251,9 +1392,9 @@ mod tests {
         assert_eq!(exchange.send_start(ok_start()), Ok(()));
         assert_eq!(
             exchange.send_body(Bytes::from_static(b"x"), true),
-            Ok(false)
+            Ok(Sent::Dropped)
         );
-        assert_eq!(exchange.send_body(Bytes::new(), false), Ok(false));
+        assert_eq!(exchange.send_body(Bytes::new(), false), Ok(Sent::Dropped));
         assert_eq!(
             exchange.send_body(Bytes::new(), false),
             Err(SendMisuse::AlreadyComplete),
@@ -1274,7 +1415,7 @@ mod tests {
         assert_eq!(exchange.send_start(ok_start()), Ok(()));
         assert_eq!(
             exchange.send_body(Bytes::from_static(b"x"), true),
-            Ok(false)
+            Ok(Sent::Queued)
         );
         exchange.close();
         assert!(exchange.waiting_send_fails());
@@ -1298,7 +1439,7 @@ mod tests {
         );
         assert_eq!(
             exchange.send_body(Bytes::from_static(b"x"), false),
-            Ok(false)
+            Ok(Sent::Queued)
         );
         assert_eq!(
             exchange.send_body(Bytes::new(), false),
@@ -1307,13 +1448,122 @@ mod tests {
         assert_eq!(exchange.complete_body_len(), Some(1));
     }
 
+    #[test]
+    fn a_body_past_its_content_length_is_cut_there_and_ends() {
+        let exchange = exchange(Method::GET, true);
+        exchange
+            .send_start(head(&[("content-length", "5")]).unwrap())
+            .unwrap();
+        assert_eq!(
+            exchange.send_body(Bytes::from_static(b"hel"), true),
+            Ok(Sent::Queued)
+        );
+        assert_eq!(
+            exchange.send_body(Bytes::from_static(b"lo wo"), true),
+            Err(SendMisuse::PastContentLength(Overrun {
+                declared: 5,
+                sent: 8
+            }))
+        );
+        assert_eq!(exchange.complete_body_len(), Some(5));
+        assert_eq!(
+            exchange.send_body(Bytes::from_static(b"rld!"), false),
+            Err(SendMisuse::AlreadyComplete)
+        );
+        let mut sent = Vec::new();
+        while let Poll::Ready(Some(Ok(Chunk::Data(data)))) =
+            poll(|cx| exchange.poll_response_chunk(cx))
+        {
+            sent.extend_from_slice(&data);
+        }
+        assert_eq!(sent, b"hello");
+        assert!(exchange.response_finished());
+    }
+
+    #[test]
+    fn the_last_message_after_the_whole_content_length_went_out_is_no_disconnect() {
+        // hyper ends the response once its Content-Length is sent, before
+        // the app's last (empty) message.
+        let exchange = exchange(Method::GET, true);
+        exchange
+            .send_start(head(&[("content-length", "2")]).unwrap())
+            .unwrap();
+        assert_eq!(
+            exchange.send_body(Bytes::from_static(b"ok"), true),
+            Ok(Sent::Queued)
+        );
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_chunk(cx)),
+            Poll::Ready(Some(Ok(Chunk::Data(_))))
+        ));
+        assert!(exchange.response_finished(), "all of the length was taken");
+        exchange.close();
+        assert_eq!(exchange.send_body(Bytes::new(), false), Ok(Sent::Queued));
+        // A WSGI app's more than the length, after it: cut, not a disconnect.
+        let wsgi = self::exchange(Method::GET, true);
+        let queued = wsgi.queue_response(
+            Some(head(&[("content-length", "2")]).unwrap()),
+            Bytes::from_static(b"ok"),
+            true,
+        );
+        assert_eq!(
+            queued,
+            Ok(Queued {
+                full: false,
+                overran: None
+            })
+        );
+        wsgi.close();
+        assert_eq!(
+            wsgi.queue_response(None, Bytes::from_static(b"!"), false),
+            Ok(Queued {
+                full: false,
+                overran: Some(Overrun {
+                    declared: 2,
+                    sent: 3
+                })
+            })
+        );
+        // Short of the length, a closed exchange is a client gone.
+        let short = self::exchange(Method::GET, true);
+        let queued = short.queue_response(
+            Some(head(&[("content-length", "3")]).unwrap()),
+            Bytes::from_static(b"ok"),
+            true,
+        );
+        assert!(queued.is_ok());
+        short.close();
+        assert_eq!(short.queue_response(None, Bytes::new(), false), Err(()));
+    }
+
+    #[test]
+    fn a_head_or_bodiless_response_has_no_length_to_hold_its_body_to() {
+        // Their bodies are dropped whole: nothing is cut, nothing overruns.
+        let head_request = exchange(Method::HEAD, true);
+        head_request
+            .send_start(head(&[("content-length", "2")]).unwrap())
+            .unwrap();
+        assert_eq!(
+            head_request.send_body(Bytes::from_static(b"a longer body"), false),
+            Ok(Sent::Queued)
+        );
+        let not_modified = exchange(Method::GET, true);
+        let mut start = head(&[("content-length", "1234")]).unwrap();
+        start.status = StatusCode::NOT_MODIFIED;
+        not_modified.send_start(start).unwrap();
+        assert_eq!(
+            not_modified.send_body(Bytes::from_static(b"null"), false),
+            Ok(Sent::Queued)
+        );
+    }
+
     /// An exchange whose app started its response and queued more than the
     /// high-water mark of it: its `send()` is told to wait.
     fn past_high_water(method: Method, body_complete: bool) -> Arc<Exchange> {
         let exchange = exchange(method, body_complete);
         exchange.send_start(ok_start()).unwrap();
         let big = Bytes::from(vec![0; RESPONSE_HIGH_WATER + 1]);
-        assert_eq!(exchange.send_body(big, true), Ok(true));
+        assert_eq!(exchange.send_body(big, true), Ok(Sent::Full));
         exchange
     }
 

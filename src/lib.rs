@@ -28,10 +28,38 @@ use std::io::Write;
 
 use pyo3::prelude::*;
 
+/// Puts `/dev/null` on any of descriptors 0, 1 and 2 that is closed (a
+/// service started with `>&-`, a careless daemonizer), before anything is
+/// opened. Otherwise the next descriptors the server opened would take those
+/// numbers, and the log, written to descriptor 2, would go into whatever got
+/// it: a listening socket, or the memory the workers share to spread
+/// connections. gunicorn's daemon mode does the same.
+fn open_closed_standard_descriptors() {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD reads a descriptor's flags; no memory is involved.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1 {
+            continue;
+        }
+        // The lowest free number, `fd` itself, as the lower ones are open.
+        // Inherited by the workers (no O_CLOEXEC): their standard streams too.
+        // SAFETY: a NUL-terminated path; the descriptor is the process's,
+        // kept open for its whole life as the standard one.
+        let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        if null >= 0 && null != fd {
+            // SAFETY: both descriptors are open; `null` was ours alone.
+            unsafe {
+                libc::dup2(null, fd);
+                libc::close(null);
+            }
+        }
+    }
+}
+
 /// Runs the server with `argv` (default: `sys.argv`); returns the exit code.
 #[pyfunction]
 #[pyo3(signature = (argv=None))]
 fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> {
+    open_closed_standard_descriptors();
     // As bytes, not text: Python decodes a command line that is not UTF-8
     // with surrogate escapes, which clap then names as a usage error.
     let mut argv = match argv {

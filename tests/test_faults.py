@@ -12,7 +12,7 @@ import time
 
 import httpx
 import pytest
-from conftest import APPS, LISTENING, access_log, kill_process_group, wait_for
+from conftest import APPS, LISTENING, access_log, free_port, kill_process_group, wait_for
 
 
 def read_until_listening(pipe, timeout: float = 20.0) -> int:
@@ -80,6 +80,46 @@ def test_requests_are_served_while_nobody_reads_the_log(piped_server):
     # Reading the log again lets the server write its last lines and exit.
     proc.stdout.read()
     assert proc.wait(20) == 0
+
+
+def test_closed_standard_streams_get_dev_null_not_the_server_s_descriptors(tmp_path):
+    """Started with stdout and stderr closed (`>&- 2>&-`): the descriptors the server opens
+    next must not take numbers 1 and 2, or every log line would be written into a listening
+    socket or the memory the workers share to spread connections. They get /dev/null."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rsasgi", "proto_http:app", "--app-dir", str(APPS)]
+        + ["--port", str(port), "--workers", "2"],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        # Closed in the child, after the pipes' set-up and before exec.
+        preexec_fn=lambda: (os.close(1), os.close(2)),
+        start_new_session=True,
+    )
+    try:
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(answers, timeout=20, message="the server to answer")
+        children = [
+            int(pid) for pid in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+        ]
+        assert len(children) == 2, children
+        for pid in [proc.pid, *children]:
+            for fd in (1, 2):
+                assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null", (pid, fd)
+        for number in range(20):
+            assert (
+                httpx.get(f"http://127.0.0.1:{port}/?n={number}", timeout=10).text == "hello world"
+            )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        kill_process_group(proc)
 
 
 def start_slow_request(server, sock, target: str, events) -> None:

@@ -58,6 +58,15 @@ def test_head_via_httpx(server):
 # --- a Content-Length the body disagrees with --------------------------------------------------
 
 
+#: What each app is told of a body that goes past its Content-Length: an ASGI app's send()
+#: raises, as uvicorn's does; a WSGI app's iterable is not asked for more (PEP 3333), and the
+#: cut is logged.
+PAST_LENGTH = {
+    "proto_length:app": "RuntimeError: response body longer than its Content-Length: 12 bytes",
+    "proto_length:wsgi": "the app's Content-Length is 5 but its body 12 bytes; sent the first 5",
+}
+
+
 @pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
 def test_a_body_longer_than_its_content_length_is_cut_to_it(run_rsasgi, app):
     """The declared length frames the response (PEP 3333, RFC 9112 6.3): the extra bytes are
@@ -71,7 +80,85 @@ def test_a_body_longer_than_its_content_length_is_cut_to_it(run_rsasgi, app):
     head = conn.read_head()
     assert (head.status, head.header("content-length")) == (200, "2"), head.status_line
     assert conn.read_exact(2) == b"ok"
-    wait_for_log(server, "the app's Content-Length is 5 but its body 12 bytes; sent the first 5")
+    wait_for_log(server, PAST_LENGTH[app])
+
+
+def outcome(server, path: str) -> str:
+    """What proto_length's app recorded of its sends for `path`."""
+    return get(server, f"/outcome?{path}").text
+
+
+@pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
+@pytest.mark.parametrize("path", ["/long", "/long-stream"])
+def test_over_http2_a_body_longer_than_its_content_length_is_cut_to_it(run_rsasgi, app, path):
+    """hyper's HTTP/2 side writes what it is given: the server cuts the body itself, or the
+    client, seeing more DATA than the header said, fails the stream (curl: PROTOCOL_ERROR;
+    httpx: InvalidBodyLengthError). The connection serves on."""
+    server = run_rsasgi(app)
+    with httpx.Client(http1=False, http2=True, timeout=10) as client:
+        response = client.get(f"{server.url}{path}")
+        assert (response.http_version, response.status_code) == ("HTTP/2", 200)
+        assert (response.headers["content-length"], response.content) == ("5", b"hello")
+        assert client.get(f"{server.url}/").text == "ok"
+    if path == "/long":
+        wait_for_log(server, PAST_LENGTH[app])
+
+
+@pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
+def test_a_streamed_body_longer_than_its_content_length_is_cut_and_the_app_told(run_rsasgi, app):
+    """Sent in pieces, the body is cut inside the piece that goes past the length, and the app
+    hears of it at once: the ASGI send() that carried it raises RuntimeError (not the
+    ClientDisconnected of a client that left: this one is still there); the WSGI iterable is
+    not asked for its next piece."""
+    server = run_rsasgi(app)
+    conn = raw(server)
+    conn.send(request("GET", "/long-stream") + request("GET", "/"))
+    head = conn.read_head()
+    assert (head.status, head.header("content-length")) == (200, "5")
+    assert conn.read_exact(5) == b"hello"
+    head = conn.read_head()
+    assert (head.status, head.header("content-length")) == (200, "2"), head.status_line
+    assert conn.read_exact(2) == b"ok"
+    if app == "proto_length:app":
+        assert outcome(server, "/long-stream") == (
+            "RuntimeError after 1: response body longer than its Content-Length: 8 bytes sent "
+            "so far against Content-Length 5; the first 5 were sent and the response ended there"
+        )
+    else:
+        assert outcome(server, "/long-stream") == "stopped after 1"
+        wait_for_log(server, "Content-Length is 5 but its body at least 8 bytes; sent the first 5")
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+@pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
+def test_a_streamed_body_of_its_content_length_ends_well(run_rsasgi, app, http2):
+    """hyper ends a response once its Content-Length is sent, before the app's last (empty)
+    message: that message must not fail as if the client had left (a Starlette FileResponse
+    of a file that is a whole number of chunks sends one; its background tasks would never
+    run), and the access log must not call the response incomplete."""
+    server = run_rsasgi(app)
+    with httpx.Client(http1=not http2, http2=http2, timeout=10) as client:
+        response = client.get(f"{server.url}/exact-stream")
+    assert (response.status_code, response.content) == (200, BODY)
+    expected = "all 2 sent" if app == "proto_length:app" else "all 2 given"
+    assert outcome(server, "/exact-stream") == expected
+    line = wait_for_log(server, '"GET /exact-stream HTTP/')
+    line = next(x for x in line.splitlines() if '"GET /exact-stream HTTP/' in x)
+    assert " 200 12 " in line and "incomplete" not in line, line
+
+
+def test_wsgi_write_past_the_content_length_or_to_head_is_dropped_without_an_error(run_rsasgi):
+    """write() past the length is cut and logged, as gunicorn drops it, rather than raising
+    into the app (which would skip its code after the write); to a HEAD request, whose body
+    is never sent, write() is no error either."""
+    server = run_rsasgi("proto_length:wsgi")
+    response = get(server, "/write-long")
+    assert (response.headers["content-length"], response.content) == ("5", b"hello")
+    assert outcome(server, "/write-long") == "all 3 written"
+    wait_for_log(server, '"GET /write-long HTTP/1.1": the app\'s Content-Length is 5 but')
+    response = httpx.head(f"{server.url}/write-head", timeout=10)
+    assert (response.status_code, response.headers["content-length"]) == (200, "12")
+    assert outcome(server, "/write-head") == "all 2 written"
 
 
 @pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])

@@ -333,6 +333,17 @@ def test_unknown_user_is_a_usage_error(workers):
 
 
 @needs_root
+def test_a_uid_without_a_passwd_entry_is_taken_as_a_number():
+    """Containers run as arbitrary uids that /etc/passwd does not name; --help says "name or
+    uid", and gunicorn takes such a number too."""
+    if 54321 in {entry.pw_uid for entry in pwd.getpwall()}:
+        pytest.skip("uid 54321 is taken on this machine")
+    result = run_to_exit(APP, "--app-dir", str(APPS), "--user", "54321", "--check-config")
+    assert result.returncode == 0, result.stdout
+    assert "no such user" not in result.stdout
+
+
+@needs_root
 def test_one_process_runs_the_app_as_the_user(run_rsasgi, public_app_dir):
     """Without a supervisor, the process binds as root, then switches to the user and
     imports the app."""

@@ -379,6 +379,28 @@ def test_a_task_waiting_in_receive_hears_of_the_disconnect_beside_a_cancelled_re
     assert httpx.get(f"{server.url}/watched", timeout=10).text == "disconnect seen"
 
 
+def test_sends_that_go_nowhere_still_let_the_event_loop_run(run_rsasgi):
+    """An app that listens for the disconnect through receive() (Django's ASGI handler) has
+    its send() calls after the client left dropped, not raised. Each must still give the
+    event loop a turn: an app streaming in a loop that awaits nothing else would otherwise
+    hold the worker, and no other request would be answered."""
+    server = run_rsasgi("proto_send_edges:app")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        conn = RawConn(sock)
+        conn.send(request("GET", "/spin"))
+        assert conn.read_head().status == 200
+        conn.read_exact(1024)
+    wait_for(
+        lambda: "499" in server.output() or '"GET /spin HTTP/1.1" 200' in server.output(),
+        message="the reactor done with /spin",
+    )
+    assert httpx.get(f"{server.url}/stop", timeout=10).text == "ok"
+    wait_for(
+        lambda: httpx.get(f"{server.url}/spun", timeout=10).text.startswith("stopped"),
+        message="the spinning app stopped",
+    )
+
+
 def test_an_app_streaming_to_a_head_request_stops_once_the_head_is_out(run_rsasgi):
     """HEAD gets no body: once its head is written, the app's send() raises, so a streaming
     endpoint (SSE behind FastAPI's GET, which answers HEAD too) ends and gives back its place

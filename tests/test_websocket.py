@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from apps.proto_raw import recv_until_closed
+from apps.proto_raw import RawConn, recv_until_closed, request
 from apps.ws_raw import (
     OP_BINARY,
     OP_CLOSE,
@@ -327,6 +327,28 @@ def test_http_response_extension(ws_server):
     assert response.headers.get("www-authenticate") == 'Bearer realm="ws"'
     assert response.headers.get("content-type") == "text/plain"
     assert response.body == b"auth required"
+
+
+@pytest.mark.parametrize(("declared", "sent"), [(5, b"auth "), (50, b"auth required")])
+def test_a_denial_response_is_framed_by_its_own_length(ws_server, declared, sent):
+    """A denial whose Content-Length disagrees with its body would mis-frame the keep-alive
+    connection: the client would read the rest of the body as the next response (a body the
+    app controls posing as one), or the next response as the rest of this one. The body is
+    cut to a shorter header; a longer header is put right. The next request is answered."""
+    key = base64.b64encode(os.urandom(16))
+    conn = RawConn(ws_server.connect())
+    conn.send(
+        b"GET /http-response?length=%d HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        % (declared, key)
+        + request("GET", "/ping")
+    )
+    head = conn.read_head()
+    assert (head.status, head.header("content-length")) == (401, str(len(sent)))
+    assert conn.read_exact(len(sent)) == sent
+    head = conn.read_head()
+    assert (head.status, conn.read_exact(4)) == (200, b"pong"), head.status_line
+    wait_for_log(ws_server, f"websocket.http.response has Content-Length {declared} but a body")
 
 
 @pytest.mark.parametrize(("how", "status"), [("close", 403), ("response", 401)])

@@ -15,7 +15,7 @@ import traceback
 import httpx
 import pytest
 from apps.proto_raw import recv_until_closed
-from conftest import Server
+from conftest import Server, wait_for
 
 APP = "life_app:app"
 SHUTTING_DOWN = "shutting down gracefully"
@@ -168,6 +168,22 @@ def test_a_module_that_exits_while_imported_fails_to_load(run_rsasgi, tmp_path, 
     server = run_rsasgi("life_exits:app", "--app-dir", str(tmp_path), *workers, wait=False)
     assert server.wait_exit() == 3
     assert 'Module "life_exits" called sys.exit(4) while being imported.' in server.output()
+
+
+def test_ctrl_c_while_the_app_is_imported_stops_without_a_traceback(run_rsasgi, tmp_path):
+    """A single process interrupted while it imports a slow app: one line and exit 0, as a
+    stop during the lifespan startup, not the app's code in a KeyboardInterrupt traceback."""
+    marker = tmp_path / "importing"
+    (tmp_path / "life_slow.py").write_text(
+        f"import pathlib\nimport time\n\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(30)\n"
+    )
+    server = run_rsasgi("life_slow:app", "--app-dir", str(tmp_path), wait=False)
+    wait_for(marker.exists, message="the import to begin", server=server)
+    server.proc.send_signal(signal.SIGINT)
+    assert server.wait_exit() == 0
+    output = server.output()
+    assert "Stopped by SIGINT while importing life_slow:app, before serving" in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
 
 
 def test_an_attribute_that_raises_fails_to_load(run_rsasgi, tmp_path):

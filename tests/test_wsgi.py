@@ -399,7 +399,19 @@ def test_changes_an_app_makes_to_its_environ_do_not_reach_later_requests(server)
 def test_wsgi_errors_lines_appear_in_the_log(server):
     r = httpx.get(f"{server.url}/errors", timeout=10)
     assert r.status_code == 200 and r.content == b"logged"
-    wait_for_log(server, "wsgi-errors-line-one from the app", "wsgi-errors-line-two via writelines")
+    wait_for_log(
+        server,
+        "wsgi-errors-line-one from the app",
+        "wsgi-errors-line-two via writelines",
+        "wsgi-errors-line-three from a generator",
+    )
+
+
+def test_server_protocol_over_http2_is_cgi_s_major_dot_minor(server):
+    """RFC 3875 4.1.16: "HTTP/" digit "." digit, as nginx and Apache's mod_http2 pass it."""
+    with httpx.Client(http1=False, http2=True, timeout=10) as client:
+        env = client.get(f"{server.url}/env").json()["environ"]
+    assert env["SERVER_PROTOCOL"] == "HTTP/2.0"
 
 
 @pytest.fixture

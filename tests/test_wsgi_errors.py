@@ -100,6 +100,19 @@ def test_raise_after_the_first_chunk_aborts_the_response(server):
     assert_worker_alive(server)
 
 
+def test_an_error_in_close_after_a_whole_response_is_logged_as_such(server):
+    """The client has its whole response; the log must not say the connection was aborted."""
+    conn = raw(server)
+    conn.send(request("GET", "/close-raises") + request("GET", "/ok"))
+    assert conn.read_response().body == b"whole-body"
+    assert conn.read_response().body == b"ok"
+    wait_for_log(
+        server,
+        '"GET /close-raises HTTP/1.1" (after the response was complete)',
+        "RuntimeError: wsgi-boom-in-close",
+    )
+
+
 def test_raise_after_the_first_chunk_via_httpx(server):
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.get(f"{server.url}/raise-midway", timeout=10)

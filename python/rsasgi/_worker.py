@@ -69,6 +69,11 @@ def run(worker) -> int:
     except AppLoadError as exc:
         log("error", str(exc))
         return EXIT_BOOT_FAILURE
+    except KeyboardInterrupt:
+        # CTRL+C while a slow app is imported: a stop asked for, not a crash to show
+        # a traceback of (the app's code, cut wherever the signal found it).
+        log("info", f"Stopped by SIGINT while importing {worker.app}, before serving")
+        return 0
     if interface == "asgi2":
         app = _asgi2_to_asgi3(app)
     try:

@@ -17,7 +17,9 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::ClientDisconnected;
 use super::{is_done, set_exception, set_result, Ready, WaitKind, Waiter};
-use crate::exchange::{Chunk, Exchange, FileSpan, Progress, Received, ResponseStart, SendMisuse};
+use crate::exchange::{
+    Chunk, Exchange, FileSpan, Overrun, Progress, Received, ResponseStart, SendMisuse, Sent,
+};
 
 /// `loop.create_future` of the worker's event loop, used when an awaitable
 /// really has to wait.
@@ -459,6 +461,12 @@ fn misuse_error(misuse: SendMisuse) -> PyErr {
             "unexpected ASGI message 'http.response.trailers' before the last \
              'http.response.body' (more_body=False)",
         ),
+        SendMisuse::PastContentLength(Overrun { declared, sent }) => {
+            PyRuntimeError::new_err(format!(
+                "response body longer than its Content-Length: {sent} bytes sent so far against \
+                 Content-Length {declared}; the first {declared} were sent and the response ended there"
+            ))
+        }
     }
 }
 
@@ -466,28 +474,35 @@ fn misuse_error(misuse: SendMisuse) -> PyErr {
 impl HttpSend {
     fn __call__(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let exchange = &self.exchange;
-        let wait = match parse_message(message)? {
+        let sent = match parse_message(message)? {
             Outgoing::Start(start, trailers) => exchange.send_start(start).map(|()| {
                 // Only for a start that was taken, not for a second one refused.
                 if trailers {
                     exchange.expect_trailers();
                 }
-                false
+                Sent::Queued
             }),
             Outgoing::Trailers { fields, more } => {
-                exchange.send_trailers(fields, more).map(|()| false)
+                exchange.send_trailers(fields, more).map(|()| Sent::Queued)
             }
             Outgoing::Body { data, more } => exchange.send_body(data, more),
             Outgoing::File { span, more } => exchange.send_body(Chunk::File(span), more),
         }
         .map_err(misuse_error)?;
-        if wait {
-            let future = new_future(py)?.unbind();
-            if exchange.park_sender(py, future.clone_ref(py)).is_none() {
-                return Ok(future);
+        match sent {
+            Sent::Full => {
+                let future = new_future(py)?.unbind();
+                if exchange.park_sender(py, future.clone_ref(py)).is_none() {
+                    return Ok(future);
+                }
+                Ready::none(py)
             }
+            Sent::Queued => Ready::none(py),
+            // Sends that go nowhere would otherwise complete at once: an app
+            // streaming in a loop that awaits nothing else would hold the
+            // event loop, and every other request of the worker.
+            Sent::Dropped => Ready::after_a_turn(py),
         }
-        Ready::none(py)
     }
 
     /// Called by the task wrapper when the app returns (`exc` is None) or raises

@@ -126,10 +126,11 @@ pub(crate) struct ResponseBody {
     file: Option<FileStream>,
     /// With `--metrics-bind`: counts the request once its body is done.
     meter: Option<RequestMeter>,
-    /// Whether a body the app finished before its head is written may give
-    /// hyper its exact length; not when the app's own Content-Length says
-    /// otherwise (see [`ResponseBody::length_from_header`]).
-    exact_length: bool,
+    /// The app's own Content-Length, which frames the response (see
+    /// [`ResponseBody::framed_by_header`]).
+    declared: Option<u64>,
+    /// hyper has had a data frame of this body.
+    sent_data: bool,
     /// The exchange of an app's response to HEAD, whose body hyper drops
     /// once the head is written: the app then hears that the response is
     /// over, as it does when a body is sent.
@@ -146,18 +147,13 @@ impl ResponseBody {
             abort_flushed: false,
             deadline: None,
             file: None,
-            exact_length: true,
+            declared: None,
+            sent_data: false,
             head_of: None,
             meter: None,
         }
     }
 
-    /// The app's Content-Length, not the length of the body it finished
-    /// early, frames the response: for a body longer than the header says.
-    /// hyper writes the app's header as it is and, given an exact length,
-    /// trusts the two to agree; given none, it counts against the header and
-    /// sends no more than it says, so the extra bytes cannot pose as the
-    /// next response on a keep-alive connection.
     /// For the response to HEAD of `exchange`'s app: the app hears the
     /// response is over once its head is written (its `send()` then raises
     /// and `receive()` says `http.disconnect`), so an app streaming to a
@@ -166,8 +162,17 @@ impl ResponseBody {
         self.head_of = Some(exchange);
     }
 
-    pub(crate) fn length_from_header(&mut self) {
-        self.exact_length = false;
+    /// The app's Content-Length, `declared`, frames the response: hyper is
+    /// given the body's exact length only when the two agree. hyper writes
+    /// the app's header as it is, and given an exact length trusts the two
+    /// to agree: a body that the app finished short of the header only
+    /// after the service looked (so with no `Connection: close` added)
+    /// would otherwise leave the client waiting on a keep-alive connection
+    /// for bytes that never come, or reading the next response into this
+    /// one. Given none, hyper counts against the header, and ends the
+    /// connection when the body ends short of it.
+    pub(crate) fn framed_by_header(&mut self, declared: u64) {
+        self.declared = Some(declared);
     }
 
     /// Ends the response (an aborted connection) if it is not done by `deadline`.
@@ -241,6 +246,7 @@ impl ResponseBody {
         };
         match polled {
             Poll::Ready(Some(Ok(chunk))) => {
+                this.sent_data = true;
                 if let Some(log) = &mut this.log {
                     log.bytes += chunk.len() as u64;
                 }
@@ -310,8 +316,15 @@ impl http_body::Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.source {
+            // Asked at the head, and after each frame: with nothing more to
+            // come, hyper ends the body with the frame it has (so it lets go
+            // of this body at once). Not at the head of an empty body the
+            // app's Content-Length says is not empty: hyper would send that
+            // head with no body, trusting the two to agree.
             Source::App(exchange) => {
-                self.exact_length && self.file.is_none() && exchange.complete_body_len() == Some(0)
+                self.file.is_none()
+                    && (self.sent_data || self.declared.unwrap_or(0) == 0)
+                    && exchange.complete_body_len() == Some(0)
             }
             Source::Head => true,
             Source::Fixed(body) => body.is_none(),
@@ -326,10 +339,12 @@ impl http_body::Body for ResponseBody {
             Source::File(stream) => SizeHint::with_exact(stream.remaining),
             // Asked once, when the head is written: a response the app has
             // finished by then is sent with a Content-Length.
-            Source::App(_) if self.file.is_some() || !self.exact_length => SizeHint::default(),
+            Source::App(_) if self.file.is_some() => SizeHint::default(),
             Source::App(exchange) => match exchange.complete_body_len() {
-                Some(len) => SizeHint::with_exact(len),
-                None => SizeHint::default(),
+                Some(len) if self.declared.is_none_or(|declared| declared == len) => {
+                    SizeHint::with_exact(len)
+                }
+                _ => SizeHint::default(),
             },
         }
     }

@@ -391,34 +391,25 @@ pub(crate) fn handle(
             // Content-Length (see ResponseBody::size_hint).
             let complete_len = exchange.complete_body_len();
             let body_len_known = complete_len.is_some();
-            // The app's own Content-Length against the body it already finished
-            // (HEAD, 204 and 304 send no body, whatever their Content-Length).
+            // The app's own Content-Length (HEAD, 204 and 304 send no body,
+            // whatever their Content-Length). A body longer than it was cut to
+            // it as the app sent it (Exchange::send_body): one it finished
+            // shorter goes out as it is, and then the connection closes
+            // (HTTP/1; an HTTP/2 stream's end says where its body ends), so
+            // the client sees the response is short.
             let bodiless = is_head || matches!(start.status.as_u16(), 204 | 304);
-            let wrong_length = complete_len.filter(|_| !bodiless).and_then(|actual| {
-                start
-                    .content_length
-                    .filter(|&declared| declared != actual)
-                    .map(|declared| (declared, actual))
-            });
-            if let Some((declared, actual)) = wrong_length {
+            let declared = start.content_length.filter(|_| !bodiless);
+            let short = complete_len
+                .zip(declared)
+                .filter(|&(actual, declared)| actual < declared);
+            if let Some((actual, declared)) = short {
                 let request = exchange.request_line();
-                if declared < actual {
-                    tracing::warn!(
-                        "\"{request}\": the app's Content-Length is {declared} but its body {actual} bytes; sent the first {declared}"
-                    );
-                } else {
-                    tracing::warn!(
-                        "\"{request}\": the app's Content-Length is {declared} but its body only {actual} bytes; \
-                         closed the connection after it, so the client sees the response is short"
-                    );
-                }
+                tracing::warn!(
+                    "\"{request}\": the app's Content-Length is {declared} but its body only {actual} bytes; \
+                     closed the connection after it, so the client sees the response is short"
+                );
             }
-            // Too long: hyper counts against the app's header and sends no more.
-            // Too short: what there is goes out, then the connection closes
-            // (HTTP/1; an HTTP/2 stream's end says where its body ends).
-            let cut_to_header = wrong_length.is_some_and(|(declared, actual)| declared < actual);
-            let close_after =
-                wrong_length.is_some_and(|(declared, actual)| declared > actual) && !http2;
+            let close_after = short.is_some() && !http2;
             let log = log.map(|log| log.with_status(start.status));
             let mut body = if is_head {
                 exchange.release_response();
@@ -428,8 +419,10 @@ pub(crate) fn handle(
             } else {
                 ResponseBody::new(Source::App(exchange), log)
             };
-            if cut_to_header {
-                body.length_from_header();
+            if short.is_none() {
+                if let Some(declared) = declared {
+                    body.framed_by_header(declared);
+                }
             }
             if let Some(deadline) = deadline {
                 body = body.until(deadline, Arc::clone(&state));
@@ -725,7 +718,26 @@ async fn open_websocket(
         Some(Handshake::Reject(status)) => {
             state.error_response(status, log.map(|l| l.with_status(status)), true)
         }
-        Some(Handshake::Respond(start, body)) => {
+        Some(Handshake::Respond(mut start, mut body)) => {
+            // The whole body is known: it goes out framed by its own length,
+            // never by a Content-Length of the app's that disagrees (hyper
+            // would write both, and the client read the rest of the body as
+            // the next response, or the next response as the rest of this
+            // one). A body longer than the header is cut to it, as an HTTP
+            // response's is; for a shorter one the header is put right.
+            let actual = body.len() as u64;
+            if let Some(declared) = start.content_length.filter(|&declared| declared != actual) {
+                if declared < actual {
+                    // Shorter than the body, so within usize.
+                    body.truncate(declared as usize);
+                } else {
+                    start.headers.remove(header::CONTENT_LENGTH);
+                }
+                tracing::warn!(
+                    "the app's websocket.http.response has Content-Length {declared} but a body of {actual} bytes; sent {} bytes",
+                    body.len()
+                );
+            }
             let mut response = Response::new(ResponseBody::new(
                 Source::Fixed(Some(body)),
                 log.map(|l| l.with_status(start.status)),

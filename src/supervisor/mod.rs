@@ -806,7 +806,11 @@ impl Supervisor {
         }
     }
 
-    /// Counts a crash; repeated crashes delay the next start, doubling.
+    /// Counts a crash; repeated crashes delay the next start, doubling. As
+    /// many crashes in the window as there are workers are replaced at once:
+    /// workers that die together (the OOM killer, `kill -9` of them all)
+    /// must not wait one behind the other while none serves. A worker that
+    /// crashes again and again uses that allowance up in a few rounds.
     fn crashed(&mut self) {
         let now = Instant::now();
         self.crashes.push_back(now);
@@ -817,7 +821,7 @@ impl Supervisor {
         {
             self.crashes.pop_front();
         }
-        let repeated = self.crashes.len().saturating_sub(1);
+        let repeated = self.crashes.len().saturating_sub(self.target.max(1));
         if repeated == 0 {
             return;
         }
@@ -876,7 +880,13 @@ impl Supervisor {
             if worker.is_active() {
                 let silent = worker.slot.since_beat();
                 let booting = worker.state == State::Booting;
-                let healthcheck = supervision.timeout_worker_healthcheck;
+                // A booting worker's event loop does not run while it imports
+                // the app: that is --timeout-worker-boot's to judge, when it is
+                // set (an import that loads a large model may take longer than
+                // the health check allows a running loop to be silent).
+                let healthcheck = supervision
+                    .timeout_worker_healthcheck
+                    .filter(|_| !(booting && supervision.timeout_worker_boot.is_some()));
                 let stuck = if let Some(limit) = healthcheck.filter(|limit| silent > *limit) {
                     let doing = if booting {
                         "has not finished booting and its event loop has not run"

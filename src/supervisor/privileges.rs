@@ -48,8 +48,8 @@ impl Credentials {
             (None, None) => 0,
         };
         let uid = account.as_ref().map_or(0, |account| account.uid);
-        let groups = match &account {
-            Some(account) => supplementary_groups(&account.name, gid)?,
+        let groups = match account.as_ref().and_then(|account| account.name.as_deref()) {
+            Some(name) => supplementary_groups(name, gid)?,
             None => vec![gid],
         };
         let description = format!(
@@ -84,7 +84,8 @@ impl Credentials {
 }
 
 struct Account {
-    name: CString,
+    /// None for a uid no passwd entry names (a container's arbitrary uid).
+    name: Option<CString>,
     uid: libc::uid_t,
     gid: libc::gid_t,
 }
@@ -127,12 +128,20 @@ fn lookup_user(user: &str) -> Result<Account, String> {
         };
         let account = (!found.is_null()).then(|| Account {
             // SAFETY: found points at `entry`, whose pw_name points into `buffer`.
-            name: unsafe { CStr::from_ptr(entry.pw_name) }.to_owned(),
+            name: Some(unsafe { CStr::from_ptr(entry.pw_name) }.to_owned()),
             uid: entry.pw_uid,
             gid: entry.pw_gid,
         });
         (code, account)
     })
+    // A number no passwd entry names is taken as it is (gunicorn's --user
+    // does too; containers run with arbitrary uids), in the group of the
+    // same number unless --group says otherwise: not root's.
+    .or(uid.map(|uid| Account {
+        name: None,
+        uid,
+        gid: uid,
+    }))
     .ok_or_else(|| format!("--user {user}: no such user on this system"))
 }
 
@@ -205,5 +214,26 @@ mod tests {
         let root = Credentials::resolve(Some("root"), None).unwrap().unwrap();
         assert_eq!((root.uid, root.gid), (0, 0));
         assert!(root.groups.contains(&0));
+    }
+
+    #[test]
+    fn a_uid_no_passwd_entry_names_is_taken_as_it_is() {
+        // SAFETY: geteuid has no preconditions; getpwuid's result is only
+        // compared with null (a test runs it alone on this uid).
+        if unsafe { libc::geteuid() } != 0 || !unsafe { libc::getpwuid(54_321) }.is_null() {
+            return;
+        }
+        let alone = Credentials::resolve(Some("54321"), None).unwrap().unwrap();
+        assert_eq!(
+            (alone.uid, alone.gid, alone.groups),
+            (54_321, 54_321, vec![54_321])
+        );
+        let grouped = Credentials::resolve(Some("54321"), Some("100"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (grouped.uid, grouped.gid, grouped.groups),
+            (54_321, 100, vec![100])
+        );
     }
 }

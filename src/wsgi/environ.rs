@@ -203,12 +203,14 @@ fn server_from_host<'a>(host: &'a [u8], scheme: &str) -> Option<(&'a [u8], &'a [
     })
 }
 
+/// `SERVER_PROTOCOL`: CGI's `HTTP/major.minor` (RFC 3875 §4.1.16) for
+/// every version, as nginx and Apache's mod_http2 pass HTTP/2 on.
 fn protocol(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "HTTP/0.9",
         Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_3 => "HTTP/3",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
         _ => "HTTP/1.1",
     }
 }

@@ -1,7 +1,9 @@
 //! `wsgi.errors`: a text stream whose lines go to the server log.
 
 use parking_lot::Mutex;
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 
 /// Collects writes and logs each complete line at error level.
 #[pyclass(module = "rsasgi", frozen)]
@@ -26,10 +28,18 @@ impl WsgiErrors {
         text.chars().count()
     }
 
-    fn writelines(&self, lines: Vec<String>) {
-        for line in lines {
-            self.write(&line);
+    /// Any iterable of str, as a file's `writelines` takes (a generator,
+    /// `map`), but not one str, whose characters it would write one by one.
+    fn writelines(&self, lines: &Bound<'_, PyAny>) -> PyResult<()> {
+        if lines.is_instance_of::<PyString>() {
+            return Err(PyTypeError::new_err(
+                "wsgi.errors.writelines() takes an iterable of str, not a str",
+            ));
         }
+        for line in lines.try_iter()? {
+            self.write(line?.cast::<PyString>()?.to_str()?);
+        }
+        Ok(())
     }
 
     pub(crate) fn flush(&self) {

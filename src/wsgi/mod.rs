@@ -313,8 +313,12 @@ fn run(
         if err.is_instance_of::<ClientDisconnected>(py) {
             tracing::debug!("client disconnected while the app handled \"{request}\"");
         } else {
-            let started = exchange.progress().head_sent;
-            let outcome = if started {
+            // An error from the iterable's close() may come after the whole
+            // response went out.
+            let progress = exchange.progress();
+            let outcome = if progress.complete {
+                "after the response was complete"
+            } else if progress.head_sent {
                 "connection aborted"
             } else {
                 "sent 500"

@@ -16,7 +16,7 @@ use pyo3::types::{PyList, PyString, PyTuple};
 
 use super::errors::WsgiErrors;
 use super::file_wrapper::FileWrapper;
-use crate::exchange::{Chunk, Exchange, FileSpan, ResponseStart};
+use crate::exchange::{Chunk, Exchange, FileSpan, Overrun, Queued, ResponseStart};
 
 /// What `start_response` recorded, shared with the `write` callable.
 #[derive(Default)]
@@ -27,6 +27,9 @@ pub(crate) struct ResponseState {
     pending: Option<ResponseStart>,
     headers_sent: bool,
     called: bool,
+    /// The body went past the app's Content-Length (and was cut to it):
+    /// logged once, whatever the app sends after.
+    overran: bool,
 }
 
 pub(crate) type SharedResponse = Arc<Mutex<ResponseState>>;
@@ -411,12 +414,15 @@ impl WsgiWrite {
                 "write() called after its request ended",
             ));
         };
-        if !send(py, &exchange, &self.state, data, true)? {
-            return Err(crate::asgi::ClientDisconnected::new_err(
+        match send(py, &exchange, &self.state, data, true)? {
+            Sent::Queued | Sent::PastLength => Ok(()),
+            // A HEAD response is over once its head is written: the rest of
+            // the body goes nowhere, as it would have anyway.
+            Sent::Gone if exchange.method == http::Method::HEAD => Ok(()),
+            Sent::Gone => Err(crate::asgi::ClientDisconnected::new_err(
                 "client disconnected",
-            ));
+            )),
         }
-        Ok(())
     }
 }
 
@@ -429,21 +435,34 @@ fn bytes_of(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     })
 }
 
-/// Sends `data` (and the headers first, if they are still pending). Returns
-/// false when the client has gone away.
+/// What became of a piece of a WSGI response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Queued,
+    /// The client has gone away.
+    Gone,
+    /// The app's Content-Length was reached: the body was cut to it (and the
+    /// cut logged, once), so the app may stop (PEP 3333: "the server should
+    /// not transmit more bytes to the client than the header allows, and
+    /// should stop iterating over the response when enough data has been
+    /// sent"). `write()` past it is dropped quietly, as gunicorn's is.
+    PastLength,
+}
+
+/// Sends `data` (and the headers first, if they are still pending).
 fn send(
     py: Python<'_>,
     exchange: &Arc<Exchange>,
     state: &SharedResponse,
     data: Bytes,
     more: bool,
-) -> PyResult<bool> {
+) -> PyResult<Sent> {
     let start = {
         let mut st = state.lock();
         if st.headers_sent {
             None
         } else if data.is_empty() && more {
-            return Ok(true);
+            return Ok(Sent::Queued);
         } else {
             let start = st.pending.take().ok_or_else(|| {
                 PyRuntimeError::new_err(
@@ -454,26 +473,55 @@ fn send(
             Some(start)
         }
     };
-    Ok(queue(py, exchange, start, data, more))
+    let sent = queue(py, exchange, start, data, more);
+    if let Some(overrun) = sent.1 {
+        if !std::mem::replace(&mut state.lock().overran, true) {
+            let request = exchange.request_line();
+            let Overrun { declared, sent } = overrun;
+            let body = if more {
+                format!("at least {sent} bytes")
+            } else {
+                format!("{sent} bytes")
+            };
+            tracing::warn!(
+                "\"{request}\": the app's Content-Length is {declared} but its body {body}; sent the first {declared}"
+            );
+        }
+    }
+    Ok(sent.0)
 }
 
-/// Hands a response part to the reactor; false when the client has gone
-/// away. The GIL stays held: releasing it would hand it to a thread waiting
-/// for it (with another request) and switch threads on every response. It
-/// is released only to wait while a slow client has too much buffered.
+/// Hands a response part to the reactor; with it, the app's Content-Length
+/// if the part went past it. The GIL stays held: releasing it would hand it
+/// to a thread waiting for it (with another request) and switch threads on
+/// every response. It is released only to wait while a slow client has too
+/// much buffered.
 fn queue(
     py: Python<'_>,
     exchange: &Arc<Exchange>,
     start: Option<ResponseStart>,
     data: impl Into<Chunk>,
     more: bool,
-) -> bool {
+) -> (Sent, Option<Overrun>) {
     match exchange.queue_response(start, data, more) {
-        Err(()) => false,
-        Ok(false) => true,
-        Ok(true) => {
+        Err(()) => (Sent::Gone, None),
+        Ok(Queued {
+            overran: Some(overrun),
+            ..
+        }) => (Sent::PastLength, Some(overrun)),
+        Ok(Queued {
+            full: false,
+            overran: None,
+        }) => (Sent::Queued, None),
+        Ok(Queued {
+            full: true,
+            overran: None,
+        }) => {
             let exchange = Arc::clone(exchange);
-            py.detach(move || exchange.wait_for_room()).is_ok()
+            match py.detach(move || exchange.wait_for_room()) {
+                Ok(()) => (Sent::Queued, None),
+                Err(()) => (Sent::Gone, None),
+            }
         }
     }
 }
@@ -519,9 +567,14 @@ fn stream(
     }
     for item in iterable.try_iter()? {
         let data = bytes_of(&item?)?;
-        if !send(py, exchange, state, data, true)? {
-            tracing::debug!("client went away during {}", exchange.request_line());
-            return Ok(());
+        match send(py, exchange, state, data, true)? {
+            Sent::Queued => {}
+            Sent::Gone => {
+                tracing::debug!("client went away during {}", exchange.request_line());
+                return Ok(());
+            }
+            // Enough was sent: the rest is not asked for.
+            Sent::PastLength => return Ok(()),
         }
     }
     finish(py, exchange, state, Bytes::new())
@@ -604,6 +657,7 @@ fn send_file(
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(span.len));
         }
     }
+    // The span is within the app's length: nothing to cut.
     queue(py, exchange, Some(start), Chunk::File(span), false);
     Ok(Some(Ok(())))
 }

@@ -12,6 +12,14 @@ ASGI `app` and WSGI `wsgi`, both:
     GET /te-cl         Transfer-Encoding: chunked and Content-Length 12
     GET /hop           Connection: close, Keep-Alive, Upgrade and TE, the 12 bytes
     GET /              "ok" with the right length
+
+and, sent in pieces, each app recording what became of its sends (read back with
+GET /outcome?PATH):
+    GET /long-stream   Content-Length 5: "hel", "lo wo", "rld!", then the end
+    GET /exact-stream  Content-Length 12: "hello ", "world!", then an empty last piece
+WSGI only, with the write() callable:
+    GET /write-long    Content-Length 5: write("hel"), write("lo wo"), write("rld!")
+    HEAD /write-head   Content-Length 12: write("hello "), write("world!")
 """
 
 from __future__ import annotations
@@ -35,14 +43,47 @@ FRAMING = {
 }
 
 
+STREAMS = {
+    "/long-stream": ("5", [b"hel", b"lo wo", b"rld!"]),
+    "/exact-stream": ("12", [b"hello ", b"world!"]),
+    "/write-long": ("5", [b"hel", b"lo wo", b"rld!"]),
+    "/write-head": ("12", [b"hello ", b"world!"]),
+}
+#: What became of each streamed response's sends, by path.
+OUTCOMES: dict[str, str] = {}
+
+
 def _response(path: str) -> tuple[list[tuple[str, str]], bytes]:
     if path in FRAMING:
         return FRAMING[path], BODY
     return [("Content-Length", "2")], b"ok"
 
 
+async def _stream(path: str, send) -> None:
+    length, pieces = STREAMS[path]
+    headers = [(b"content-type", b"text/plain"), (b"content-length", length.encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    sent = 0
+    try:
+        for piece in pieces:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            sent += 1
+        await send({"type": "http.response.body", "body": b""})
+        OUTCOMES[path] = f"all {sent} sent"
+    except Exception as exc:
+        OUTCOMES[path] = f"{type(exc).__name__} after {sent}: {exc}"
+
+
 async def app(scope, receive, send):
     if scope["type"] != "http":
+        return
+    if scope["path"] == "/outcome":
+        body = OUTCOMES.get(scope["query_string"].decode(), "none").encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+        return
+    if scope["path"] in STREAMS:
+        await _stream(scope["path"], send)
         return
     framing, body = _response(scope["path"])
     headers = [(b"content-type", b"text/plain")]
@@ -51,7 +92,42 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 
 
+def _pieces(path: str, pieces: list[bytes]):
+    given = 0
+    try:
+        for piece in pieces:
+            yield piece
+            given += 1
+        OUTCOMES[path] = f"all {given} given"
+    finally:
+        if given < len(pieces):
+            OUTCOMES[path] = f"stopped after {given}"
+
+
+def _writes(path: str, write, pieces: list[bytes]) -> None:
+    written = 0
+    try:
+        for piece in pieces:
+            write(piece)
+            written += 1
+        OUTCOMES[path] = f"all {written} written"
+    except Exception as exc:
+        OUTCOMES[path] = f"{type(exc).__name__} after {written}: {exc}"
+
+
 def wsgi(environ, start_response):
-    framing, body = _response(environ["PATH_INFO"])
+    path = environ["PATH_INFO"]
+    if path == "/outcome":
+        start_response("200 OK", [])
+        return [OUTCOMES.get(environ["QUERY_STRING"], "none").encode()]
+    if path in STREAMS:
+        length, pieces = STREAMS[path]
+        headers = [("Content-Type", "text/plain"), ("Content-Length", length)]
+        if path.startswith("/write"):
+            _writes(path, start_response("200 OK", headers), pieces)
+            return []
+        start_response("200 OK", headers)
+        return _pieces(path, pieces)
+    framing, body = _response(path)
     start_response("200 OK", [("Content-Type", "text/plain"), *framing])
     return [body]

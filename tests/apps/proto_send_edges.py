@@ -20,6 +20,10 @@ POST /finalizer        a receive() made while the body has not come, with a weak
                        response is b"from-finalizer\n" (sent by the finalizer) then
                        b"body:" + the request body
 GET /finalized         whether the last /finalizer's finalizer ran
+GET /spin              listens for the disconnect through receive() (as Django's handler
+                       does), then sends body messages in a loop that awaits nothing else,
+                       until GET /stop; each send after the client left goes nowhere
+GET /stop              ends /spin's loop; GET /spun says how many sends it made
 """
 
 from __future__ import annotations
@@ -28,7 +32,32 @@ import asyncio
 import weakref
 
 LARGE = b"z" * 200_000
-OUTCOME = {"large-final": "none", "watch": "none", "ticks": "none", "finalizer": "none"}
+OUTCOME = {
+    "large-final": "none",
+    "watch": "none",
+    "ticks": "none",
+    "finalizer": "none",
+    "spin": "none",
+}
+STOP_SPINNING = asyncio.Event()
+
+
+async def _spin(receive, send) -> None:
+    """Only send() awaits in the loop: if a send that goes nowhere never let the event loop
+    run, nothing else would, and GET /stop would never be answered."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await receive()  # the request's (empty) body
+    try:
+        # Listening: the next receive() could only say the client left.
+        await asyncio.wait_for(receive(), 0.01)
+    except asyncio.TimeoutError:
+        pass
+    sends = 0
+    OUTCOME["spin"] = "spinning"
+    while not STOP_SPINNING.is_set():
+        await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
+        sends += 1
+    OUTCOME["spin"] = f"stopped after {sends} sends"
 
 
 async def _ticks(send) -> None:
@@ -120,6 +149,11 @@ async def app(scope, receive, send):
     if path == "/finalizer":
         await _finalizer(receive, send)
         return
+    if path == "/spin":
+        await _spin(receive, send)
+        return
+    if path == "/stop":
+        STOP_SPINNING.set()
     if path == "/not-modified-length":
         headers = [(b"content-length", b"1234")]
         await send({"type": "http.response.start", "status": 304, "headers": headers})
@@ -135,6 +169,7 @@ async def app(scope, receive, send):
         "/watched": "watch",
         "/ticked": "ticks",
         "/finalized": "finalizer",
+        "/spun": "spin",
     }.get(path)
     body = OUTCOME[outcome].encode() if outcome else b"ok"
     await send({"type": "http.response.start", "status": 200, "headers": []})

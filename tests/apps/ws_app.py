@@ -207,21 +207,17 @@ async def ws_deny(scope, receive, send):
 
 
 async def ws_http_response(scope, receive, send):
-    """The websocket.http.response extension: answer the upgrade with a 401 of our own."""
+    """The websocket.http.response extension: answer the upgrade with a 401 of our own, its
+    body b"auth required" in two pieces (with ?length=N, under a Content-Length of N)."""
     await receive()
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": 1000})
         return
-    await send(
-        {
-            "type": "websocket.http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"text/plain"),
-                (b"www-authenticate", b'Bearer realm="ws"'),
-            ],
-        }
-    )
+    headers = [(b"content-type", b"text/plain"), (b"www-authenticate", b'Bearer realm="ws"')]
+    length = parse_qs(scope["query_string"].decode()).get("length")
+    if length:
+        headers.append((b"content-length", length[0].encode()))
+    await send({"type": "websocket.http.response.start", "status": 401, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": b"auth ", "more_body": True})
     await send({"type": "websocket.http.response.body", "body": b"required"})
 

@@ -14,7 +14,8 @@ Routes (by PATH_INFO, anything not listed below is /env):
   /ignore-body          answers "ignored" without reading the body
   /scribble             changes its environ (removes SERVER_NAME, replaces wsgi.url_scheme,
                         adds app.note), then answers "scribbled"
-  /errors               writes two lines to wsgi.errors (one with write, one with writelines)
+  /errors               writes two lines to wsgi.errors (one with write, one with writelines),
+                        then a third with writelines given a generator
   /errors-partial       writes "wsgi-errors-partial-line" to wsgi.errors: no newline, no flush
   /ids                  JSON {"start_response": id(start_response), "errors": id(wsgi.errors)}
   /start-then-raise     calls start_response("201 Created", [("X-Stale", "yes")]), then raises
@@ -141,6 +142,7 @@ def app(environ, start_response):
         errors = environ["wsgi.errors"]
         errors.write("wsgi-errors-line-one from the app\n")
         errors.writelines(["wsgi-errors-line-two ", "via writelines\n"])
+        errors.writelines(part for part in ("wsgi-errors-line-three ", "from a generator\n"))
         errors.flush()
         return simple(start_response, b"logged")
 

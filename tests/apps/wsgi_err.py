@@ -6,6 +6,7 @@ Markers go to $WSGI_MARKER_DIR. Routes (by PATH_INFO):
   /raise-after-start        calls start_response, then raises before returning
   /raise-first-yield        generator raising before its first chunk
   /raise-midway             generator: yields b"partial-body", then raises
+  /close-raises             b"whole-body" (with its Content-Length) in a list whose close() raises
   /return-none              start_response, then returns None
   /no-start-response        returns [b"never started"] without calling start_response
   /yield-str                start_response, then yields a str
@@ -93,6 +94,11 @@ def ok(start_response, body: bytes = b"ok"):
     return [body]
 
 
+class _CloseRaises(list):
+    def close(self):
+        raise RuntimeError("wsgi-boom-in-close")
+
+
 def app(environ, start_response):
     path = environ["PATH_INFO"]
     q = query(environ)
@@ -117,6 +123,9 @@ def app(environ, start_response):
 
         return gen()
 
+    if path == "/close-raises":
+        start_response("200 OK", [("Content-Length", "10")])
+        return _CloseRaises([b"whole-body"])
     if path == "/raise-midway":
         start_response("200 OK", [("Content-Type", "text/plain")])
 
