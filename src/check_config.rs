@@ -1,6 +1,7 @@
 //! `--check-config`: what startup checks, without binding a socket or
 //! serving: the options (already parsed), the TLS files, `--user` and
-//! `--group`, `--env-file`, `--log-config`, and that APP loads as a worker would load it
+//! `--group`, `--env-file`, `--log-config`, `--reload-dir`, that the log and
+//! pid files can be written, and that APP loads as a worker would load it
 //! (its module is imported, so its top-level code runs, as with gunicorn's
 //! `--check-config`).
 
@@ -11,6 +12,7 @@ use pyo3::prelude::*;
 
 use crate::config::Config;
 use crate::config_file::Shown;
+use crate::logging::AccessDestination;
 use crate::supervisor::privileges::Credentials;
 use crate::supervisor::EXIT_BOOT_FAILURE;
 
@@ -58,7 +60,54 @@ fn check(py: Python<'_>, config: &Config) -> Result<String, Failure> {
     if let Some(path) = &config.env_file {
         crate::worker::load_env_file(py, path).map_err(fail(1))?;
     }
+    if let Some(reload) = &config.supervision.reload {
+        reload.check().map_err(fail(1))?;
+    }
+    if let Some(path) = &config.log_file {
+        writable("--log-file", path, "open").map_err(fail(1))?;
+    }
+    if let Some(AccessDestination::File(path)) = &config.access_log_file {
+        writable("--access-logfile", path, "open").map_err(fail(1))?;
+    }
+    if let Some(path) = &config.pid_file {
+        writable("--pid", path, "write").map_err(fail(1))?;
+    }
     load_app(py, config).map_err(fail(EXIT_BOOT_FAILURE))
+}
+
+/// Whether startup could open `path` for writing (append or create),
+/// without creating it: the file is writable, or its directory is.
+fn writable(option: &str, path: &Path, verb: &str) -> Result<(), String> {
+    let shown = path.display();
+    let cannot = |why: &str| format!("Cannot {verb} {option} {shown}: {why}");
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_dir() {
+            return Err(cannot("it is a directory"));
+        }
+        return may_write(path).map_err(|err| cannot(&err.to_string()));
+    }
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(parent) {
+        Ok(meta) if meta.is_dir() => may_write(parent).map_err(|err| cannot(&err.to_string())),
+        Ok(_) => Err(cannot(&format!("{} is not a directory", parent.display()))),
+        Err(err) => Err(cannot(&format!("{}: {err}", parent.display()))),
+    }
+}
+
+/// `access(2)` with `W_OK`: whether this process may write to `path`.
+fn may_write(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Loads APP as a worker does (`rsasgi._worker.check_app`); returns its interface.

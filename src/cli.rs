@@ -344,9 +344,8 @@ struct Args {
           value_parser = seconds, help_heading = "Workers")]
     timeout_worker_healthcheck: Seconds,
 
-    /// Kill a worker still booting (importing the app, or in its lifespan
-    /// startup) after this many seconds (0: never; the health check then
-    /// judges the boot too) [default: 60, or --timeout-worker-healthcheck if longer].
+    /// Kill a worker still importing or starting the app after this many
+    /// seconds (0: never) [default: 60, or the health check's if longer].
     #[arg(long, env = "RSASGI_TIMEOUT_WORKER_BOOT", value_name = "SECONDS",
           value_parser = seconds, help_heading = "Workers")]
     timeout_worker_boot: Option<Seconds>,

@@ -11,6 +11,9 @@ use std::path::Path;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Command};
 
+use crate::config::{
+    parse_seconds, DEFAULT_TIMEOUT_WORKER_BOOT, DEFAULT_TIMEOUT_WORKER_HEALTHCHECK,
+};
 use crate::config_file::{self, ConfigFile, Kind, Shown};
 use crate::http::proxy_headers::DEFAULT_FORWARDED_ALLOW_IPS;
 
@@ -79,7 +82,7 @@ fn line(arg: &Arg, matches: &ArgMatches, file: Option<&ConfigFile>) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    let (raw, source) = match (raw.is_empty(), fallback(id)) {
+    let (raw, source) = match (raw.is_empty(), fallback(id, matches)) {
         (true, Some((value, fallback_source))) => (vec![value], fallback_source),
         _ => (raw, source),
     };
@@ -115,8 +118,9 @@ fn source_of<'a>(arg: &'a Arg, matches: &ArgMatches, file: Option<&'a ConfigFile
 }
 
 /// What an option that no source sets falls back to when it is not a clap
-/// default: the variables uvicorn and gunicorn read too.
-fn fallback(id: &str) -> Option<(String, Source<'static>)> {
+/// default: the variables uvicorn and gunicorn read too, and
+/// `--timeout-worker-boot`'s default, which follows the health check's.
+fn fallback(id: &str, matches: &ArgMatches) -> Option<(String, Source<'static>)> {
     let from_env = |name: &'static str| {
         std::env::var(name)
             .ok()
@@ -127,6 +131,19 @@ fn fallback(id: &str) -> Option<(String, Source<'static>)> {
         "workers" => from_env("WEB_CONCURRENCY"),
         "forwarded_allow_ips" => from_env("FORWARDED_ALLOW_IPS")
             .or_else(|| Some((DEFAULT_FORWARDED_ALLOW_IPS.to_owned(), Source::Default))),
+        // As cli.rs settles it: 60 s, or the health check if longer; none
+        // with no health check.
+        "timeout_worker_boot" => {
+            let healthcheck = matches
+                .get_raw("timeout_worker_healthcheck")
+                .and_then(|mut values| values.next())
+                .and_then(|raw| parse_seconds(&raw.to_string_lossy()).ok())
+                .unwrap_or(DEFAULT_TIMEOUT_WORKER_HEALTHCHECK);
+            (!healthcheck.is_zero()).then(|| {
+                let boot = DEFAULT_TIMEOUT_WORKER_BOOT.max(healthcheck);
+                (boot.as_secs_f64().to_string(), Source::Default)
+            })
+        }
         _ => None,
     }
 }

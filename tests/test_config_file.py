@@ -256,6 +256,11 @@ def test_print_config_shows_each_setting_and_where_it_comes_from(tmp_path):
     assert lines["port"] == "port = 9999 # command line"
     # Defaults are commented out, so the listing can serve as a configuration file.
     assert lines["backlog"] == "# backlog = 2048 # default"
+    # A default that follows another setting: 60 s, or the health check's if longer.
+    assert lines["timeout-worker-boot"] == "# timeout-worker-boot = 60 # default"
+    longer = cli(APP, "--timeout-worker-healthcheck", "90", "--print-config").stdout
+    assert "# timeout-worker-boot = 90 " in longer
+    assert "# timeout-worker-boot is not set" in cli(APP, "-t", "0", "--print-config").stdout
     assert "s3cret" not in result.stdout
     assert f"# configuration file: {config}" in result.stdout
     assert "Listening on" not in result.stdout + result.stderr
@@ -299,6 +304,32 @@ def test_check_config_fails_on_a_missing_certificate(tmp_path):
     assert result.returncode == 1, result.stderr
     assert_one_line(result.stderr, "--ssl-certfile", "nope.pem")
     assert "configuration OK" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [
+        ("--reload-dir", "--reload-dir {missing}: no such directory"),
+        ("--log-file", "Cannot open --log-file {missing}/x.log: {missing}: No such file"),
+        ("--access-logfile", "Cannot open --access-logfile {missing}/x.log: {missing}: No such"),
+        ("--pid", "Cannot write --pid {missing}/x.log: {missing}: No such file"),
+    ],
+)
+def test_check_config_fails_on_a_path_startup_cannot_use(tmp_path, option, needle):
+    """It "checks everything startup checks": a watched directory that is not there, or a
+    log or pid file whose directory is not, fails here as it would fail the start."""
+    missing = tmp_path / "missing"
+    value = str(missing) if option == "--reload-dir" else str(missing / "x.log")
+    reload = ["--reload"] if option == "--reload-dir" else []
+    result = cli("--app-dir", str(APPS), "--check-config", *reload, option, value, APP)
+    assert result.returncode == 1, result.stderr
+    assert_one_line(result.stderr, needle.format(missing=missing))
+    assert "configuration OK" not in result.stdout
+    # The same paths in a directory that exists are fine, and nothing is created.
+    value = str(tmp_path) if option == "--reload-dir" else str(tmp_path / "x.log")
+    result = cli("--app-dir", str(APPS), "--check-config", *reload, option, value, APP)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "x.log").exists()
 
 
 def test_check_config_fails_on_an_app_that_does_not_load(tmp_path):

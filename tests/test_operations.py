@@ -231,6 +231,33 @@ def test_pid_file_holds_the_main_pid_and_is_removed_at_exit(run_rsasgi, tmp_path
 
 
 @pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_a_second_server_on_a_live_pid_file_refuses_and_a_stale_one_is_replaced(
+    run_rsasgi, tmp_path, workers
+):
+    """As gunicorn: a second instance started by mistake must not take the pid file of one
+    that runs (`kill $(cat FILE)` would then miss it). A file whose process is gone is
+    stale, and replaced."""
+    pid_file = tmp_path / "rsasgi.pid"
+    first = run_rsasgi(APP, "--pid", str(pid_file), *workers)
+    wait_all_serving(first, workers)
+    result = run_to_exit(
+        APP, "--app-dir", str(APPS), "--port", "0", "--pid", str(pid_file), *workers
+    )
+    assert result.returncode == 1, result.stdout
+    assert (
+        f"Cannot write --pid {pid_file}: rsasgi is already running as pid {first.proc.pid}"
+    ) in result.stdout
+    assert pid_file.read_text() == f"{first.proc.pid}\n"
+    assert get(first.url + "/").status_code == 200
+
+    first.proc.kill()  # no clean-up: the file is left behind
+    first.proc.wait()
+    second = run_rsasgi(APP, "--pid", str(pid_file), *workers)
+    wait_all_serving(second, workers)
+    assert pid_file.read_text() == f"{second.proc.pid}\n"
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
 def test_pid_file_that_cannot_be_written_is_one_line_and_exit_1(tmp_path, workers):
     pid_file = tmp_path / "missing" / "rsasgi.pid"
     result = run_to_exit(

@@ -76,6 +76,28 @@ def test_socket_file_is_removed_on_sigterm(uds):
     assert not path.exists()
 
 
+def test_a_second_server_does_not_take_the_socket_of_one_that_listens(uds, run_rsasgi):
+    """A socket file nobody listens on is stale and replaced; one a server listens on is
+    not: a second instance started by mistake would leave the first unreachable."""
+    first, path = uds("proto_http:app")
+    second = run_rsasgi("proto_http:app", "--uds", str(path), wait=False)
+    assert second.wait_exit() == 1
+    assert f"Cannot bind --uds {path}: a server is listening on it" in second.output()
+    with uds_client(path) as client:
+        assert client.get("http://localhost/").content == b"hello world"
+    first.proc.kill()  # no clean-up: the socket file is left behind
+    first.proc.wait()
+    assert path.exists()
+    third = run_rsasgi("proto_http:app", "--uds", str(path), wait=False)
+    wait_for(
+        lambda: f"Listening on unix:{path}" in third.output(),
+        message="the stale socket replaced",
+        server=third,
+    )
+    with uds_client(path) as client:
+        assert client.get("http://localhost/").content == b"hello world"
+
+
 def test_asgi_scope_server_is_the_socket_path_and_client_is_none(uds):
     """ASGI: `server` is [path, None] for a Unix socket; `client` is None when unknown."""
     _, path = uds("proto_scope:app")

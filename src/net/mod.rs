@@ -182,9 +182,16 @@ fn backlog_of(backlog: u32) -> i32 {
 fn bind_unix(path: &Path, backlog: u32, permissions: u32) -> Result<Listener, String> {
     let shown = path.display();
     // A socket file left by a previous run would make bind fail; anything
-    // else at that path is not ours to remove.
+    // else at that path is not ours to remove, nor is the socket of a server
+    // that still listens on it (a second instance, started by mistake, would
+    // take its address, and leave it unreachable while it runs on).
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(format!(
+                    "Cannot bind --uds {shown}: a server is listening on it (another rsasgi,                      or the one this should replace, still runs); stop it first, or choose                      another path"
+                ));
+            }
             std::fs::remove_file(path)
                 .map_err(|err| format!("Could not remove stale socket {shown}: {err}"))?;
         } else {

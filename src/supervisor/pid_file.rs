@@ -12,17 +12,50 @@ pub(crate) struct PidFile {
 }
 
 impl PidFile {
+    /// Writes this process's pid to `path`, unless the file names another
+    /// rsasgi that still runs: as gunicorn does, a second instance started
+    /// by mistake refuses, rather than hide the first from `kill $(cat FILE)`.
+    /// A pid file left by a process that is gone (or whose pid another
+    /// program has since) is stale, and replaced.
     pub(crate) fn write(path: &Path) -> Result<PidFile, String> {
         let pid = std::process::id();
         let shown = path.display();
-        let mut file = std::fs::File::create(path)
-            .map_err(|err| format!("Cannot write --pid {shown}: {err}"))?;
-        writeln!(file, "{pid}").map_err(|err| format!("Cannot write --pid {shown}: {err}"))?;
+        if let Some(running) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|content| content.trim().parse::<u32>().ok())
+            .filter(|&other| other != pid && is_rsasgi(other))
+        {
+            return Err(format!(
+                "Cannot write --pid {shown}: rsasgi is already running as pid {running}; stop                  it first (or remove the file if that process is not the server it names)"
+            ));
+        }
+        // Written whole under another name, then renamed over the path: a
+        // reader never sees an empty or half-written file.
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let written = std::fs::File::create(&partial)
+            .and_then(|mut file| writeln!(file, "{pid}"))
+            .and_then(|()| std::fs::rename(&partial, path));
+        if let Err(err) = written {
+            let _ = std::fs::remove_file(&partial);
+            return Err(format!("Cannot write --pid {shown}: {err}"));
+        }
         Ok(PidFile {
             path: path.to_path_buf(),
             pid,
         })
     }
+}
+
+/// Whether process `pid` runs and is an rsasgi (its command line names it:
+/// `rsasgi ...` or `python -m rsasgi ...`).
+fn is_rsasgi(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline
+            .split(|&b| b == 0)
+            .any(|arg| arg == b"rsasgi" || arg.ends_with(b"/rsasgi"))
+    })
 }
 
 impl Drop for PidFile {
@@ -64,6 +97,8 @@ mod tests {
         std::fs::write(&path, "1\n").unwrap();
         drop(pid_file);
         assert!(path.exists(), "another process's pid file is left alone");
+        // Pid 1 is no rsasgi: a stale file, replaced.
+        drop(PidFile::write(&path).unwrap());
         let err = PidFile::write(&dir.path().join("missing/rsasgi.pid")).unwrap_err();
         assert!(err.starts_with("Cannot write --pid "), "{err}");
     }

@@ -93,15 +93,15 @@ pub(crate) struct ReloadWatcher {
     pending: BTreeSet<PathBuf>,
 }
 
-impl ReloadWatcher {
-    /// Starts watching; an Err is one line naming the bad directory or
-    /// pattern. Walks the trees once, on the calling thread.
-    pub(crate) fn new(settings: &ReloadSettings) -> Result<Self, String> {
+impl ReloadSettings {
+    /// What decides which changes count: the directories (which must exist)
+    /// and the patterns (which must parse).
+    fn filter(&self) -> Result<Filter, String> {
         let default_dir = [PathBuf::from(".")];
-        let dirs = if settings.dirs.is_empty() {
+        let dirs = if self.dirs.is_empty() {
             &default_dir[..]
         } else {
-            &settings.dirs
+            &self.dirs
         };
         let mut roots = Vec::new();
         for dir in dirs {
@@ -110,7 +110,21 @@ impl ReloadWatcher {
                 _ => return Err(format!("--reload-dir {}: no such directory", dir.display())),
             }
         }
-        let filter = Arc::new(Filter::new(roots, &settings.include, &settings.exclude)?);
+        Filter::new(roots, &self.include, &self.exclude)
+    }
+
+    /// Checks what [`ReloadWatcher::new`] would refuse, without watching
+    /// (`--check-config`).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        self.filter().map(drop)
+    }
+}
+
+impl ReloadWatcher {
+    /// Starts watching; an Err is one line naming the bad directory or
+    /// pattern. Walks the trees once, on the calling thread.
+    pub(crate) fn new(settings: &ReloadSettings) -> Result<Self, String> {
+        let filter = Arc::new(settings.filter()?);
         let (sender, notices) = unbounded_channel();
         let watcher = notify::recommended_watcher({
             let (filter, sender) = (Arc::clone(&filter), sender.clone());
