@@ -24,6 +24,9 @@ WSGI only, with the write() callable:
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 BODY = b"hello world!"
 FRAMING = {
     "/long": [("Content-Length", "5")],
@@ -68,6 +71,8 @@ async def _stream(path: str, send) -> None:
         for piece in pieces:
             await send({"type": "http.response.body", "body": piece, "more_body": True})
             sent += 1
+        # As a FileResponse reading its next chunk: the reactor meanwhile sends what it has.
+        await asyncio.sleep(0.1)
         await send({"type": "http.response.body", "body": b""})
         OUTCOMES[path] = f"all {sent} sent"
     except Exception as exc:
@@ -98,6 +103,7 @@ def _pieces(path: str, pieces: list[bytes]):
         for piece in pieces:
             yield piece
             given += 1
+        time.sleep(0.1)  # the reactor meanwhile sends what it has
         OUTCOMES[path] = f"all {given} given"
     finally:
         if given < len(pieces):
