@@ -371,6 +371,12 @@ impl State {
         }
     }
 
+    /// Whether the reactor has taken the whole response: the app sent its
+    /// last message, or as much as its Content-Length says.
+    fn all_taken(&self) -> bool {
+        (self.complete || self.delivered().is_some()) && self.chunks.is_empty()
+    }
+
     /// The app's `Content-Length`, when all of it has been queued: hyper
     /// ends the response there, whatever the app sends after.
     fn delivered(&self) -> Option<u64> {
@@ -390,7 +396,7 @@ impl State {
     }
 
     /// Records the app's response head; its body is then held to its
-    /// `Content-Length` (see [`State::length_left`]).
+    /// `Content-Length` (see [`State::length`]).
     fn start(&mut self, start: ResponseStart, is_head: bool) {
         self.started = true;
         self.bodiless = matches!(start.status.as_u16(), 204 | 304);
@@ -614,7 +620,7 @@ impl Exchange {
     /// for the disconnect (see [`State::closed_send`]).
     pub(crate) fn waiting_send_fails(&self) -> bool {
         let st = self.state.lock();
-        st.closed && !(st.complete && st.chunks.is_empty()) && st.closed_send().is_err()
+        st.closed && !st.all_taken() && st.closed_send().is_err()
     }
 
     fn resolve(self: &Arc<Self>, futures: impl IntoIterator<Item = Py<PyAny>>, kind: WaitKind) {
@@ -813,8 +819,7 @@ impl Exchange {
     /// True once the app has sent its whole response and all of it was
     /// taken: its last message, or as much as its Content-Length says.
     pub(crate) fn response_finished(&self) -> bool {
-        let st = self.state.lock();
-        (st.complete || st.delivered().is_some()) && st.chunks.is_empty()
+        self.state.lock().all_taken()
     }
 
     // ---- ASGI side (the Python thread) ---------------------------------
@@ -899,13 +904,19 @@ impl Exchange {
                 return Err(SendMisuse::AlreadyComplete);
             }
             if st.closed {
-                let data = data.into();
                 // hyper ends a response once it has sent its Content-Length,
                 // before the app's last message: that message is no misuse.
                 if let Some(sent) = st.delivered() {
-                    st.complete = true;
-                    st.body_done = true;
-                    return match data.len() {
+                    let data = data.into();
+                    let extra = data.len();
+                    if !more || extra > 0 {
+                        st.complete = true;
+                        st.body_done = true;
+                    }
+                    drop(st);
+                    // The app's object, let go of outside the lock.
+                    drop(data);
+                    return match extra {
                         0 => Ok(Sent::Queued),
                         extra => Err(SendMisuse::PastContentLength(Overrun {
                             declared: sent,
@@ -964,6 +975,15 @@ impl Exchange {
                 return Err(SendMisuse::AlreadyComplete);
             }
             if st.closed {
+                // The body filled its Content-Length and hyper ended the
+                // response: no disconnect, but the trailers cannot follow
+                // (HTTP/1 sends them only on a chunked body).
+                if st.body_done && st.delivered().is_some() {
+                    if !more {
+                        st.complete = true;
+                    }
+                    return Ok(());
+                }
                 return st.closed_send();
             }
             if !st.body_done {
@@ -1075,16 +1095,20 @@ impl Exchange {
                 // The whole Content-Length went out, and hyper ended the
                 // response there: the app's last chunk is no disconnect.
                 if let Some(sent) = st.delivered() {
-                    st.complete = true;
+                    let data = data.into();
+                    let extra = data.len();
+                    if !more || extra > 0 {
+                        st.complete = true;
+                    }
+                    drop(st);
+                    // The app's object, let go of outside the lock.
+                    drop(data);
                     return Ok(Queued {
                         full: false,
-                        overran: match data.into().len() {
-                            0 => None,
-                            extra => Some(Overrun {
-                                declared: sent,
-                                sent: sent + extra,
-                            }),
-                        },
+                        overran: (extra > 0).then_some(Overrun {
+                            declared: sent,
+                            sent: sent + extra,
+                        }),
                     });
                 }
                 return Err(());
@@ -1116,7 +1140,9 @@ impl Exchange {
         let mut st = self.state.lock();
         loop {
             if st.closed {
-                return Err(());
+                // hyper ends a response once its Content-Length is sent:
+                // that is no client gone.
+                return if st.all_taken() { Ok(()) } else { Err(()) };
             }
             if st.response_buffered <= RESPONSE_HIGH_WATER {
                 return Ok(());
@@ -1534,6 +1560,45 @@ mod tests {
         assert!(queued.is_ok());
         short.close();
         assert_eq!(short.queue_response(None, Bytes::new(), false), Err(()));
+    }
+
+    #[test]
+    fn a_full_length_body_ended_by_the_reactor_is_no_disconnect_for_a_waiting_send() {
+        // One chunk over the high-water mark: the send waits for room, and
+        // the reactor ends the response as it takes the chunk.
+        let exchange = exchange(Method::GET, true);
+        exchange
+            .send_start(head(&[("content-length", "70000")]).unwrap())
+            .unwrap();
+        let big = Bytes::from(vec![0; 70_000]);
+        assert_eq!(exchange.send_body(big, true), Ok(Sent::Full));
+        assert!(matches!(
+            poll(|cx| exchange.poll_response_chunk(cx)),
+            Poll::Ready(Some(Ok(Chunk::Data(_))))
+        ));
+        exchange.close();
+        assert!(!exchange.waiting_send_fails());
+        assert_eq!(exchange.wait_for_room(), Ok(()));
+        // An empty piece that says more is coming, then the last one.
+        assert_eq!(exchange.send_body(Bytes::new(), true), Ok(Sent::Queued));
+        assert_eq!(exchange.send_body(Bytes::new(), false), Ok(Sent::Queued));
+        assert_eq!(
+            exchange.send_body(Bytes::new(), false),
+            Err(SendMisuse::AlreadyComplete)
+        );
+        // Trailers after such a body have nowhere to go, and are no misuse.
+        let trailed = self::exchange(Method::GET, true);
+        trailed
+            .send_start(head(&[("content-length", "2")]).unwrap())
+            .unwrap();
+        trailed.expect_trailers();
+        assert_eq!(
+            trailed.send_body(Bytes::from_static(b"ok"), false),
+            Ok(Sent::Queued)
+        );
+        let _ = poll(|cx| trailed.poll_response_chunk(cx));
+        trailed.close();
+        assert_eq!(trailed.send_trailers(HeaderMap::new(), false), Ok(()));
     }
 
     #[test]

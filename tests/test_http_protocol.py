@@ -129,26 +129,49 @@ def test_a_streamed_body_longer_than_its_content_length_is_cut_and_the_app_told(
         wait_for_log(server, "Content-Length is 5 but its body at least 8 bytes; sent the first 5")
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "pieces"),
+    [
+        ("/exact-stream", BODY, 2),
+        # One piece over the buffer's high-water mark: the send waits for the reactor,
+        # which ends the response as it takes the last byte.
+        ("/big-exact", b"b" * 300_000, 1),
+        # An empty piece that says more is coming, after the length went out.
+        ("/exact-then-empty", BODY, 2),
+    ],
+)
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
 @pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
-def test_a_streamed_body_of_its_content_length_ends_well(run_rsasgi, app, http2):
+def test_a_streamed_body_of_its_content_length_ends_well(
+    run_rsasgi, app, http2, path, body, pieces
+):
     """hyper ends a response once its Content-Length is sent, before the app's last (empty)
     message: that message must not fail as if the client had left (a Starlette FileResponse
     of a file that is a whole number of chunks sends one; its background tasks would never
     run), and the access log must not call the response incomplete."""
     server = run_rsasgi(app)
     with httpx.Client(http1=not http2, http2=http2, timeout=10) as client:
-        response = client.get(f"{server.url}/exact-stream")
-    assert (response.status_code, response.content) == (200, BODY)
-    expected = "all 2 sent" if app == "proto_length:app" else "all 2 given"
+        response = client.get(f"{server.url}{path}")
+    assert (response.status_code, response.content) == (200, body)
+    expected = f"all {pieces} sent" if app == "proto_length:app" else f"all {pieces} given"
     # The app goes on a moment after the client has the whole body.
-    done = wait_for(
-        lambda: outcome(server, "/exact-stream").replace("none", ""), message="the app done"
-    )
+    done = wait_for(lambda: outcome(server, path).replace("none", ""), message="the app done")
     assert done == expected
-    line = wait_for_log(server, '"GET /exact-stream HTTP/')
-    line = next(x for x in line.splitlines() if '"GET /exact-stream HTTP/' in x)
-    assert " 200 12 " in line and "incomplete" not in line, line
+    line = wait_for_log(server, f'"GET {path} HTTP/')
+    line = next(x for x in line.splitlines() if f'"GET {path} HTTP/' in x)
+    assert f" 200 {len(body)} " in line and "incomplete" not in line, line
+
+
+def test_an_empty_body_short_of_its_content_length_is_not_sent_as_complete(run_rsasgi):
+    """The app's header stays, no bytes follow, and the connection closes: the client sees
+    the response is short (it was sent as a whole empty response, Content-Length: 0)."""
+    server = run_rsasgi("proto_length:app")
+    conn = raw(server)
+    conn.send(request("GET", "/empty-short"))
+    head = conn.read_head()
+    assert (head.status, head.header("content-length")) == (200, "10")
+    assert conn.read_until_closed() == b""
+    wait_for_log(server, "the app's Content-Length is 10 but its body only 0 bytes")
 
 
 def test_wsgi_write_past_the_content_length_or_to_head_is_dropped_without_an_error(run_rsasgi):
@@ -163,6 +186,11 @@ def test_wsgi_write_past_the_content_length_or_to_head_is_dropped_without_an_err
     response = httpx.head(f"{server.url}/write-head", timeout=10)
     assert (response.status_code, response.headers["content-length"]) == (200, "12")
     assert outcome(server, "/write-head") == "all 2 written"
+    # Over the buffer's high-water mark, write() waits for the reactor, which ends the
+    # response as it takes the last byte: no client gone.
+    response = get(server, "/write-big")
+    assert (response.status_code, len(response.content)) == (200, 300_000)
+    assert outcome(server, "/write-big") == "all 1 written"
 
 
 @pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])

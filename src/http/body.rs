@@ -129,6 +129,10 @@ pub(crate) struct ResponseBody {
     /// The app's own Content-Length, which frames the response (see
     /// [`ResponseBody::framed_by_header`]).
     declared: Option<u64>,
+    /// The app finished its body short of `declared` before the head was
+    /// written: hyper is given the body's own length, and the connection
+    /// closes after it.
+    short: bool,
     /// hyper has had a data frame of this body.
     sent_data: bool,
     /// The exchange of an app's response to HEAD, whose body hyper drops
@@ -148,6 +152,7 @@ impl ResponseBody {
             deadline: None,
             file: None,
             declared: None,
+            short: false,
             sent_data: false,
             head_of: None,
             meter: None,
@@ -171,8 +176,14 @@ impl ResponseBody {
     /// for bytes that never come, or reading the next response into this
     /// one. Given none, hyper counts against the header, and ends the
     /// connection when the body ends short of it.
-    pub(crate) fn framed_by_header(&mut self, declared: u64) {
+    ///
+    /// `short`: the service saw the body finished short of the header, and
+    /// closes the connection after it: hyper then sends the body's own
+    /// length of bytes under the app's header (which it keeps), so the
+    /// client has all there is before the connection ends.
+    pub(crate) fn framed_by_header(&mut self, declared: u64, short: bool) {
         self.declared = Some(declared);
+        self.short = short;
     }
 
     /// Ends the response (an aborted connection) if it is not done by `deadline`.
@@ -341,7 +352,7 @@ impl http_body::Body for ResponseBody {
             // finished by then is sent with a Content-Length.
             Source::App(_) if self.file.is_some() => SizeHint::default(),
             Source::App(exchange) => match exchange.complete_body_len() {
-                Some(len) if self.declared.is_none_or(|declared| declared == len) => {
+                Some(len) if self.short || self.declared.is_none_or(|declared| declared == len) => {
                     SizeHint::with_exact(len)
                 }
                 _ => SizeHint::default(),

@@ -404,9 +404,14 @@ pub(crate) fn handle(
                 .filter(|&(actual, declared)| actual < declared);
             if let Some((actual, declared)) = short {
                 let request = exchange.request_line();
+                let after = if http2 {
+                    "ended the stream after it"
+                } else {
+                    "closed the connection after it"
+                };
                 tracing::warn!(
                     "\"{request}\": the app's Content-Length is {declared} but its body only {actual} bytes; \
-                     closed the connection after it, so the client sees the response is short"
+                     {after}, so the client sees the response is short"
                 );
             }
             let close_after = short.is_some() && !http2;
@@ -419,10 +424,8 @@ pub(crate) fn handle(
             } else {
                 ResponseBody::new(Source::App(exchange), log)
             };
-            if short.is_none() {
-                if let Some(declared) = declared {
-                    body.framed_by_header(declared);
-                }
+            if let Some(declared) = declared {
+                body.framed_by_header(declared, short.is_some());
             }
             if let Some(deadline) = deadline {
                 body = body.until(deadline, Arc::clone(&state));

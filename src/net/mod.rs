@@ -179,6 +179,25 @@ fn backlog_of(backlog: u32) -> i32 {
     i32::try_from(backlog).unwrap_or(i32::MAX)
 }
 
+/// Whether a server listens on the Unix socket at `path`: a connection is
+/// accepted or queued, or the queue is full (a non-blocking connect says so
+/// at once rather than wait for room). Refused: a socket file left behind.
+fn someone_listens(path: &Path) -> bool {
+    let Ok(addr) = socket2::SockAddr::unix(path) else {
+        return false;
+    };
+    let Ok(socket) = Socket::new(Domain::UNIX, Type::STREAM, None) else {
+        return false;
+    };
+    if socket.set_nonblocking(true).is_err() {
+        return false;
+    }
+    match socket.connect(&addr) {
+        Ok(()) => true,
+        Err(err) => err.kind() == std::io::ErrorKind::WouldBlock,
+    }
+}
+
 fn bind_unix(path: &Path, backlog: u32, permissions: u32) -> Result<Listener, String> {
     let shown = path.display();
     // A socket file left by a previous run would make bind fail; anything
@@ -187,9 +206,11 @@ fn bind_unix(path: &Path, backlog: u32, permissions: u32) -> Result<Listener, St
     // take its address, and leave it unreachable while it runs on).
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if someone_listens(path) {
                 return Err(format!(
-                    "Cannot bind --uds {shown}: a server is listening on it (another rsasgi,                      or the one this should replace, still runs); stop it first, or choose                      another path"
+                    "Cannot bind --uds {shown}: a server is listening on it (another rsasgi, \
+                     or the one this should replace, still runs); stop it first, or choose \
+                     another path"
                 ));
             }
             std::fs::remove_file(path)

@@ -881,20 +881,15 @@ impl Supervisor {
                 let silent = worker.slot.since_beat();
                 let booting = worker.state == State::Booting;
                 // A booting worker's event loop does not run while it imports
-                // the app: that is --timeout-worker-boot's to judge, when it is
-                // set (an import that loads a large model may take longer than
-                // the health check allows a running loop to be silent).
-                let healthcheck = supervision
-                    .timeout_worker_healthcheck
-                    .filter(|_| !(booting && supervision.timeout_worker_boot.is_some()));
+                // the app: that is --timeout-worker-boot's to judge (an import
+                // that loads a large model may take longer than the health
+                // check allows a running loop to be silent; 0 lets it take as
+                // long as it likes).
+                let healthcheck = supervision.timeout_worker_healthcheck.filter(|_| !booting);
                 let stuck = if let Some(limit) = healthcheck.filter(|limit| silent > *limit) {
-                    let doing = if booting {
-                        "has not finished booting and its event loop has not run"
-                    } else {
-                        "is stuck: its event loop has not run"
-                    };
                     Some(format!(
-                        "{} {doing} for {:.1}s (--timeout-worker-healthcheck {}s)",
+                        "{} is stuck: its event loop has not run for {:.1}s \
+                         (--timeout-worker-healthcheck {}s)",
                         worker.name(),
                         silent.as_secs_f64(),
                         limit.as_secs_f64()

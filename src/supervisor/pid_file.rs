@@ -26,7 +26,8 @@ impl PidFile {
             .filter(|&other| other != pid && is_rsasgi(other))
         {
             return Err(format!(
-                "Cannot write --pid {shown}: rsasgi is already running as pid {running}; stop                  it first (or remove the file if that process is not the server it names)"
+                "Cannot write --pid {shown}: rsasgi is already running as pid {running}; stop \
+                 it first (or remove the file if that process is not the server it names)"
             ));
         }
         // Written whole under another name, then renamed over the path: a

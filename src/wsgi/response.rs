@@ -655,6 +655,7 @@ fn send_file(
             start
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(span.len));
+            start.content_length = Some(span.len);
         }
     }
     // The span is within the app's length: nothing to cut.

@@ -11,12 +11,17 @@ ASGI `app` and WSGI `wsgi`, both:
     GET /cl-text       Content-Length "twelve"
     GET /te-cl         Transfer-Encoding: chunked and Content-Length 12
     GET /hop           Connection: close, Keep-Alive, Upgrade and TE, the 12 bytes
+    GET /empty-short   declares Content-Length 10, sends an empty body
     GET /              "ok" with the right length
 
 and, sent in pieces, each app recording what became of its sends (read back with
 GET /outcome?PATH):
     GET /long-stream   Content-Length 5: "hel", "lo wo", "rld!", then the end
     GET /exact-stream  Content-Length 12: "hello ", "world!", then an empty last piece
+    GET /big-exact     Content-Length 300000: one piece of 300000 bytes (over the buffer's
+                       high-water mark, so the send waits for the reactor), then the end
+    GET /exact-then-empty  Content-Length 12: "hello world!", a pause, an empty piece that
+                       says more is coming, then the empty last one
 WSGI only, with the write() callable:
     GET /write-long    Content-Length 5: write("hel"), write("lo wo"), write("rld!")
     HEAD /write-head   Content-Length 12: write("hello "), write("world!")
@@ -49,14 +54,21 @@ FRAMING = {
 STREAMS = {
     "/long-stream": ("5", [b"hel", b"lo wo", b"rld!"]),
     "/exact-stream": ("12", [b"hello ", b"world!"]),
+    "/big-exact": ("300000", [b"b" * 300_000]),
+    "/exact-then-empty": ("12", [b"hello world!", None, b""]),
     "/write-long": ("5", [b"hel", b"lo wo", b"rld!"]),
     "/write-head": ("12", [b"hello ", b"world!"]),
+    "/write-big": ("300000", [b"b" * 300_000]),
 }
+#: A pause in a list of pieces: the reactor meanwhile sends what it has.
+PAUSE = 0.1
 #: What became of each streamed response's sends, by path.
 OUTCOMES: dict[str, str] = {}
 
 
 def _response(path: str) -> tuple[list[tuple[str, str]], bytes]:
+    if path == "/empty-short":
+        return [("Content-Length", "10")], b""
     if path in FRAMING:
         return FRAMING[path], BODY
     return [("Content-Length", "2")], b"ok"
@@ -69,10 +81,13 @@ async def _stream(path: str, send) -> None:
     sent = 0
     try:
         for piece in pieces:
+            if piece is None:
+                await asyncio.sleep(PAUSE)
+                continue
             await send({"type": "http.response.body", "body": piece, "more_body": True})
             sent += 1
         # As a FileResponse reading its next chunk: the reactor meanwhile sends what it has.
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(PAUSE)
         await send({"type": "http.response.body", "body": b""})
         OUTCOMES[path] = f"all {sent} sent"
     except Exception as exc:
@@ -101,12 +116,15 @@ def _pieces(path: str, pieces: list[bytes]):
     given = 0
     try:
         for piece in pieces:
+            if piece is None:
+                time.sleep(PAUSE)
+                continue
             yield piece
             given += 1
-        time.sleep(0.1)  # the reactor meanwhile sends what it has
+        time.sleep(PAUSE)  # the reactor meanwhile sends what it has
         OUTCOMES[path] = f"all {given} given"
     finally:
-        if given < len(pieces):
+        if given < len([piece for piece in pieces if piece is not None]):
             OUTCOMES[path] = f"stopped after {given}"
 
 
