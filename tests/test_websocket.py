@@ -329,6 +329,20 @@ def test_http_response_extension(ws_server):
     assert response.body == b"auth required"
 
 
+def test_a_denial_response_the_app_did_not_finish_is_a_500(ws_server):
+    """Not the 403 of an app that closed before accepting: it meant to answer, and failed
+    to (the denial goes out only once its last body message has come)."""
+
+    async def client():
+        with pytest.raises(InvalidStatus) as info:
+            async with ws_connect(ws_server, "/http-response-unfinished"):
+                pass
+        return info.value.response
+
+    assert run(client()).status_code == 500
+    wait_for_log(ws_server, "without finishing its websocket.http.response")
+
+
 @pytest.mark.parametrize(("declared", "sent"), [(5, b"auth "), (50, b"auth required")])
 def test_a_denial_response_is_framed_by_its_own_length(ws_server, declared, sent):
     """A denial whose Content-Length disagrees with its body would mis-frame the keep-alive

@@ -567,7 +567,16 @@ impl WsSession {
         self.update(|st| {
             st.held = None;
             if !st.handshake_done {
-                let status = if failed {
+                // A denial response the app began and did not end is a
+                // failure too: it is not the 403 of an app that just closed.
+                let unfinished = st.denial.take().is_some();
+                if unfinished && !failed {
+                    tracing::error!(
+                        "ASGI callable returned without finishing its websocket.http.response \
+                         (no body message with more_body=False); sent 500"
+                    );
+                }
+                let status = if failed || unfinished {
                     StatusCode::INTERNAL_SERVER_ERROR
                 } else {
                     StatusCode::FORBIDDEN

@@ -222,6 +222,14 @@ async def ws_http_response(scope, receive, send):
     await send({"type": "websocket.http.response.body", "body": b"required"})
 
 
+async def ws_http_response_unfinished(scope, receive, send):
+    """A denial response begun, one body message with more_body=True, and then the app
+    returns: it never finished its response."""
+    await receive()
+    await send({"type": "websocket.http.response.start", "status": 401, "headers": []})
+    await send({"type": "websocket.http.response.body", "body": b"auth ", "more_body": True})
+
+
 async def ws_raise_after_accept(scope, receive, send):
     await receive()
     await send({"type": "websocket.accept"})
@@ -515,6 +523,7 @@ WEBSOCKET_ROUTES = {
     "/app-close": ws_app_close,
     "/deny": ws_deny,
     "/http-response": ws_http_response,
+    "/http-response-unfinished": ws_http_response_unfinished,
     "/raise-after-accept": ws_raise_after_accept,
     "/cancel-after-accept": ws_cancel_after_accept,
     "/raise-before-accept": ws_raise_before_accept,
