@@ -508,6 +508,27 @@ def test_sleeping_app_does_not_block_the_reactor(run_rsasgi, markers):
     assert (second.status, second.body) == (200, b"after")
 
 
+def test_a_request_whose_client_left_while_queued_is_not_run(run_rsasgi, markers):
+    """Every thread busy, three clients give up while their requests wait for one: their app
+    is never run (its response could go nowhere), and the thread serves the live ones."""
+    server = run_rsasgi("--threads", "1", APP, env={"WSGI_MARKER_DIR": str(markers)})
+    holder = server.connect()
+    holder.sendall(b"GET /hold?tag=h HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: (markers / "h.started").exists(), message="the thread to be taken")
+    for tag in ("gone1", "gone2", "gone3"):
+        with server.connect() as sock:
+            sock.sendall(f"GET /sleep?s=0&tag={tag} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(0.2)  # read and queued by then; then the client gives up
+    wait_for(lambda: server.output().count(" 499 ") >= 3, message="three 499s", server=server)
+    (markers / "h.go").touch()
+    assert RawConn(holder).read_response().body == b"h"
+    holder.close()
+    assert httpx.get(f"{server.url}/sleep?s=0&tag=live", timeout=10).text == "live"
+    for tag in ("gone1", "gone2", "gone3"):
+        assert not (markers / f"{tag}.started").exists(), tag
+    assert json.loads(httpx.get(f"{server.url}/stats", timeout=10).text)["count"] == 1
+
+
 def test_pool_threads_are_reused(run_rsasgi, markers):
     server = run_rsasgi("--threads", "2", APP, env={"WSGI_MARKER_DIR": str(markers)})
     with httpx.Client(base_url=server.url, timeout=10) as client:

@@ -293,6 +293,18 @@ fn run(
     texts: &mut TextCache,
 ) {
     let RequestStart { exchange, head } = *job;
+    // Queued behind busy threads, its client gave up (or the reactor ended
+    // the request): no response of the app's could go anywhere. Running it
+    // anyway would spend a thread on it while live requests wait, just when
+    // the pool is short of them (clients that time out and retry).
+    if exchange.progress().closed {
+        tracing::debug!(
+            "not running the app for \"{}\": its client left while it waited for a thread",
+            exchange.request_line()
+        );
+        exchange.finish_app();
+        return;
+    }
     let outcome = Callables::bind(kept, py, &exchange).and_then(|callables| {
         let environ = environ::build(
             py,
