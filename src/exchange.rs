@@ -377,6 +377,23 @@ impl State {
         (self.complete || self.delivered().is_some()) && self.chunks.is_empty()
     }
 
+    /// A chunk of `extra` bytes the app sent once the exchange closed:
+    /// `None` when the Content-Length was not all sent (the client left).
+    /// Otherwise hyper ended the response on its length, which is no
+    /// disconnect: the last message (or bytes past the length) completes
+    /// the response, and bytes in it are past the length.
+    fn after_delivered(&mut self, extra: u64, more: bool) -> Option<Option<Overrun>> {
+        let declared = self.delivered()?;
+        if !more || extra > 0 {
+            self.complete = true;
+            self.body_done = true;
+        }
+        Some((extra > 0).then_some(Overrun {
+            declared,
+            sent: declared + extra,
+        }))
+    }
+
     /// The app's `Content-Length`, when all of it has been queued: hyper
     /// ends the response there, whatever the app sends after.
     fn delivered(&self) -> Option<u64> {
@@ -895,6 +912,8 @@ impl Exchange {
     /// `Content-Length`, [`SendMisuse::PastContentLength`] (its bytes up to
     /// that length are sent: the response is complete).
     pub(crate) fn send_body(&self, data: impl Into<Chunk>, more: bool) -> Result<Sent, SendMisuse> {
+        // Before the lock, so that a chunk not kept is let go of after it.
+        let data = data.into();
         let (reactor, full, pushed) = {
             let mut st = self.state.lock();
             // A body after the last one is the app's mistake, whether the
@@ -906,22 +925,10 @@ impl Exchange {
             if st.closed {
                 // hyper ends a response once it has sent its Content-Length,
                 // before the app's last message: that message is no misuse.
-                if let Some(sent) = st.delivered() {
-                    let data = data.into();
-                    let extra = data.len();
-                    if !more || extra > 0 {
-                        st.complete = true;
-                        st.body_done = true;
-                    }
-                    drop(st);
-                    // The app's object, let go of outside the lock.
-                    drop(data);
-                    return match extra {
-                        0 => Ok(Sent::Queued),
-                        extra => Err(SendMisuse::PastContentLength(Overrun {
-                            declared: sent,
-                            sent: sent + extra,
-                        })),
+                if let Some(overran) = st.after_delivered(data.len(), more) {
+                    return match overran {
+                        None => Ok(Sent::Queued),
+                        Some(overrun) => Err(SendMisuse::PastContentLength(overrun)),
                     };
                 }
                 // Kept as if sent, so that the app's later mistakes are
@@ -938,7 +945,7 @@ impl Exchange {
             if !st.started {
                 return Err(SendMisuse::BodyBeforeStart);
             }
-            let pushed = st.push_chunk(data.into(), more, self.method == Method::HEAD);
+            let pushed = st.push_chunk(data, more, self.method == Method::HEAD);
             (
                 st.reactor.take(),
                 st.response_buffered > RESPONSE_HIGH_WATER,
@@ -1089,35 +1096,26 @@ impl Exchange {
         data: impl Into<Chunk>,
         more: bool,
     ) -> Result<Queued, ()> {
+        // Before the lock, so that a chunk not kept is let go of after it.
+        let data = data.into();
         let (reactor, full, pushed) = {
             let mut st = self.state.lock();
             if st.closed {
                 // The whole Content-Length went out, and hyper ended the
                 // response there: the app's last chunk is no disconnect.
-                if let Some(sent) = st.delivered() {
-                    let data = data.into();
-                    let extra = data.len();
-                    if !more || extra > 0 {
-                        st.complete = true;
-                    }
-                    drop(st);
-                    // The app's object, let go of outside the lock.
-                    drop(data);
-                    return Ok(Queued {
+                return match st.after_delivered(data.len(), more) {
+                    Some(overran) => Ok(Queued {
                         full: false,
-                        overran: (extra > 0).then_some(Overrun {
-                            declared: sent,
-                            sent: sent + extra,
-                        }),
-                    });
-                }
-                return Err(());
+                        overran,
+                    }),
+                    None => Err(()),
+                };
             }
             let is_head = self.method == Method::HEAD;
             if let Some(start) = start {
                 st.start(start, is_head);
             }
-            let pushed = st.push_chunk(data.into(), more, is_head);
+            let pushed = st.push_chunk(data, more, is_head);
             (
                 st.reactor.take(),
                 st.response_buffered > RESPONSE_HIGH_WATER,

@@ -67,19 +67,25 @@ PAST_LENGTH = {
 }
 
 
-@pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
-def test_a_body_longer_than_its_content_length_is_cut_to_it(run_rsasgi, app):
-    """The declared length frames the response (PEP 3333, RFC 9112 6.3): the extra bytes are
-    not sent, so the next response on the keep-alive connection is whole."""
-    server = run_rsasgi(app)
+def cut_to_five_then_next(server, path: str) -> None:
+    """GET `path` (Content-Length 5, a longer body) then GET / on one connection: the first
+    response is the five bytes, and the second follows whole."""
     conn = raw(server)
-    conn.send(request("GET", "/long") + request("GET", "/"))
+    conn.send(request("GET", path) + request("GET", "/"))
     head = conn.read_head()
     assert (head.status, head.header("content-length")) == (200, "5")
     assert conn.read_exact(5) == b"hello"
     head = conn.read_head()
     assert (head.status, head.header("content-length")) == (200, "2"), head.status_line
     assert conn.read_exact(2) == b"ok"
+
+
+@pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
+def test_a_body_longer_than_its_content_length_is_cut_to_it(run_rsasgi, app):
+    """The declared length frames the response (PEP 3333, RFC 9112 6.3): the extra bytes are
+    not sent, so the next response on the keep-alive connection is whole."""
+    server = run_rsasgi(app)
+    cut_to_five_then_next(server, "/long")
     wait_for_log(server, PAST_LENGTH[app])
 
 
@@ -111,14 +117,7 @@ def test_a_streamed_body_longer_than_its_content_length_is_cut_and_the_app_told(
     ClientDisconnected of a client that left: this one is still there); the WSGI iterable is
     not asked for its next piece."""
     server = run_rsasgi(app)
-    conn = raw(server)
-    conn.send(request("GET", "/long-stream") + request("GET", "/"))
-    head = conn.read_head()
-    assert (head.status, head.header("content-length")) == (200, "5")
-    assert conn.read_exact(5) == b"hello"
-    head = conn.read_head()
-    assert (head.status, head.header("content-length")) == (200, "2"), head.status_line
-    assert conn.read_exact(2) == b"ok"
+    cut_to_five_then_next(server, "/long-stream")
     if app == "proto_length:app":
         assert outcome(server, "/long-stream") == (
             "RuntimeError after 1: response body longer than its Content-Length: 8 bytes sent "

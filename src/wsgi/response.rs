@@ -415,7 +415,7 @@ impl WsgiWrite {
             ));
         };
         match send(py, &exchange, &self.state, data, true)? {
-            Sent::Queued | Sent::PastLength => Ok(()),
+            Sent::Queued | Sent::PastLength(_) => Ok(()),
             // A HEAD response is over once its head is written: the rest of
             // the body goes nowhere, as it would have anyway.
             Sent::Gone if exchange.method == http::Method::HEAD => Ok(()),
@@ -446,7 +446,7 @@ enum Sent {
     /// not transmit more bytes to the client than the header allows, and
     /// should stop iterating over the response when enough data has been
     /// sent"). `write()` past it is dropped quietly, as gunicorn's is.
-    PastLength,
+    PastLength(Overrun),
 }
 
 /// Sends `data` (and the headers first, if they are still pending).
@@ -474,7 +474,7 @@ fn send(
         }
     };
     let sent = queue(py, exchange, start, data, more);
-    if let Some(overrun) = sent.1 {
+    if let Sent::PastLength(overrun) = sent {
         if !std::mem::replace(&mut state.lock().overran, true) {
             let request = exchange.request_line();
             let Overrun { declared, sent } = overrun;
@@ -488,11 +488,10 @@ fn send(
             );
         }
     }
-    Ok(sent.0)
+    Ok(sent)
 }
 
-/// Hands a response part to the reactor; with it, the app's Content-Length
-/// if the part went past it. The GIL stays held: releasing it would hand it
+/// Hands a response part to the reactor. The GIL stays held: releasing it would hand it
 /// to a thread waiting for it (with another request) and switch threads on
 /// every response. It is released only to wait while a slow client has too
 /// much buffered.
@@ -502,25 +501,19 @@ fn queue(
     start: Option<ResponseStart>,
     data: impl Into<Chunk>,
     more: bool,
-) -> (Sent, Option<Overrun>) {
+) -> Sent {
     match exchange.queue_response(start, data, more) {
-        Err(()) => (Sent::Gone, None),
+        Err(()) => Sent::Gone,
         Ok(Queued {
             overran: Some(overrun),
             ..
-        }) => (Sent::PastLength, Some(overrun)),
-        Ok(Queued {
-            full: false,
-            overran: None,
-        }) => (Sent::Queued, None),
-        Ok(Queued {
-            full: true,
-            overran: None,
-        }) => {
+        }) => Sent::PastLength(overrun),
+        Ok(Queued { full: false, .. }) => Sent::Queued,
+        Ok(Queued { full: true, .. }) => {
             let exchange = Arc::clone(exchange);
             match py.detach(move || exchange.wait_for_room()) {
-                Ok(()) => (Sent::Queued, None),
-                Err(()) => (Sent::Gone, None),
+                Ok(()) => Sent::Queued,
+                Err(()) => Sent::Gone,
             }
         }
     }
@@ -574,7 +567,7 @@ fn stream(
                 return Ok(());
             }
             // Enough was sent: the rest is not asked for.
-            Sent::PastLength => return Ok(()),
+            Sent::PastLength(_) => return Ok(()),
         }
     }
     finish(py, exchange, state, Bytes::new())
