@@ -166,7 +166,15 @@ pub(crate) fn load(
             }
             let table = read_table(&path)?;
             let table = if is_pyproject(&path) {
-                tool_table(&path, table)?.unwrap_or_default()
+                // Named on purpose, it is meant to hold settings: without
+                // the table (a typo in its name, say) every one of them
+                // would be dropped without a word.
+                tool_table(&path, table)?.ok_or_else(|| {
+                    format!(
+                        "--config {}: it has no [tool.rsasgi] table, so no settings to read",
+                        path.display()
+                    )
+                })?
             } else {
                 table
             };

@@ -195,6 +195,21 @@ def test_an_unknown_key_in_pyproject_names_the_table(tmp_path):
     )
 
 
+@pytest.mark.parametrize("check", [False, True], ids=["serve", "check-config"])
+def test_a_pyproject_named_without_a_tool_rsasgi_table_is_an_error(tmp_path, check):
+    """Named with --config, a pyproject.toml is meant to hold settings: one whose table is
+    misspelt gave a server on the defaults (plain HTTP on 127.0.0.1:8000, whatever TLS and
+    bind the file meant), and --check-config said OK."""
+    project = tmp_path / "project"
+    project.mkdir()
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text('[tools.rsasgi]\nport = 8443\nssl-certfile = "cert.pem"\n')
+    args = ["--check-config"] if check else []
+    result = cli("--config", str(pyproject), "--app-dir", str(APPS), *args, APP)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert_one_line(result.stderr, str(pyproject), "no [tool.rsasgi] table")
+
+
 @pytest.mark.parametrize(
     "line, needles",
     [

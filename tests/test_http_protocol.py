@@ -549,6 +549,12 @@ def test_no_date_header(run_rsasgi):
     r = get(server, "/")
     assert "date" not in r.headers
     assert "server" in r.headers
+    # hyper's HTTP/2 side adds its own Date unless told not to.
+    with httpx.Client(http1=False, http2=True, timeout=10) as client:
+        r = client.get(f"{server.url}/")
+    assert (r.http_version, r.status_code) == ("HTTP/2", 200)
+    assert "date" not in r.headers
+    assert "server" in r.headers
 
 
 def test_date_header_explicit_flag(run_rsasgi):

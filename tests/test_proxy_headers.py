@@ -17,7 +17,7 @@ import json
 
 import httpx
 import pytest
-from apps.proto_raw import RawConn
+from apps.proto_raw import RawConn, request
 from conftest import APPS, access_log, cli, wait_for_log
 from django_support import DJANGO_ENV, build_django_project
 from websockets.asyncio.client import connect
@@ -110,6 +110,45 @@ def test_a_client_s_own_forwarded_header_changes_nothing_behind_nginx(run_rsasgi
     assert scope["client"] == ["203.0.113.50", 0]
     assert scope["scheme"] == "http"
     assert header_values(scope, b"host") == [f"127.0.0.1:{server.port}".encode()]
+
+
+@pytest.mark.parametrize(
+    "format_, name, line",
+    [
+        ("x-forwarded", "X-Forwarded-For", "\xff\xfe, 203.0.113.9"),
+        ("forwarded", "Forwarded", 'for="\xff", for=203.0.113.9'),
+        ("forwarded", "Forwarded", 'for="[::1, for=203.0.113.9'),
+    ],
+    ids=["x-forwarded-for-obs-text", "forwarded-obs-text", "forwarded-open-quote"],
+)
+def test_a_client_s_junk_does_not_hide_the_proxy_s_entry(run_rsasgi, format_, name, line):
+    """nginx's $proxy_add_x_forwarded_for appends the address it saw to the client's own
+    X-Forwarded-For, on the same line. Bytes past ASCII, or a quote the client never closed,
+    cost the client's item alone: the line as a whole was dropped, and the client, with
+    nothing believed, passed for the proxy at 127.0.0.1 (an allow-list's "internal")."""
+    server = run_rsasgi("proto_scope:app", "--proxy-header-format", format_)
+    conn = open_raw(server)
+    try:
+        conn.send(request("GET", "/seen", [(name, line)]))
+        response = conn.read_response()
+    finally:
+        conn.sock.close()
+    assert response.status == 200, response
+    assert json.loads(response.body)["scope"]["client"] == ["203.0.113.9", 0]
+    wait_for_log(server, '"GET /seen HTTP/1.1" 200')
+    (record,) = access_log(server.output(), "/seen")
+    assert record["client"] == "203.0.113.9:0"
+
+
+def test_wsgi_remote_addr_behind_a_client_s_junk(run_rsasgi):
+    server = run_rsasgi("wsgi_env:app")
+    conn = open_raw(server)
+    try:
+        conn.send(request("GET", "/env", [("X-Forwarded-For", "\xff, 203.0.113.9")]))
+        response = conn.read_response()
+    finally:
+        conn.sock.close()
+    assert json.loads(response.body)["environ"]["REMOTE_ADDR"] == "203.0.113.9"
 
 
 def test_a_proxy_s_forwarded_host_does_not_stand_in_for_a_missing_host(run_rsasgi):

@@ -109,10 +109,22 @@ def test_v1_tcp6(proxied):
     assert scope["server"] == ["2001:db8::1", 8443]
 
 
-def test_v1_unknown_keeps_the_socket_addresses(proxied):
-    server = proxied()
-    scope = scope_after(server, b"PROXY UNKNOWN\r\n")
-    assert scope["client"][0] == "127.0.0.1"
+@pytest.mark.parametrize("header", ["v1-unknown", "v2-unspec"])
+def test_a_client_the_header_names_no_address_for_is_unnamed_and_not_trusted(proxied, header):
+    """v1 UNKNOWN (HAProxy's word where v2 says AF_UNIX) and a v2 PROXY with AF_UNSPEC relay a
+    client the balancer cannot name. It is not the balancer: no client address, and the
+    X-Forwarded-* it sent itself are not believed although the balancer is a trusted peer."""
+    server = proxied(version="v2" if header == "v2-unspec" else "v1")
+    sent = b"PROXY UNKNOWN\r\n" if header == "v1-unknown" else v2()
+    headers = [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "https")]
+    conn = open_conn(server)
+    try:
+        conn.send(sent + request("GET", "/", headers))
+        scope = json.loads(conn.read_response().body)["scope"]
+    finally:
+        conn.sock.close()
+    assert scope["client"] is None
+    assert scope["scheme"] == "http"
     assert scope["server"] == ["127.0.0.1", server.port]
 
 

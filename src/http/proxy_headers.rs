@@ -23,6 +23,7 @@
 //! client's `X-Forwarded-Host` through would let it choose the host of a
 //! password-reset link (the reason Django's `USE_X_FORWARDED_HOST` is off).
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::header::{HeaderName, HeaderValue, HOST};
@@ -163,8 +164,8 @@ impl Position {
     fn pick<'a>(self, headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
         let values = list(headers, name);
         match self.index {
-            Some(index) if values.len() == self.hops => values.get(index).copied(),
-            _ => values.last().copied(),
+            Some(index) if values.len() == self.hops => values.get(index).copied().flatten(),
+            _ => values.last().copied().flatten(),
         }
     }
 }
@@ -238,13 +239,13 @@ impl TrustedProxies {
     /// entry is for the other `X-Forwarded-*` lists.
     fn read_x_forwarded(&self, headers: &HeaderMap) -> (Said, Position) {
         let mut said = Said::default();
-        let hops: Vec<&str> = list(headers, &X_FORWARDED_FOR);
+        let hops = list(headers, &X_FORWARDED_FOR);
         let mut position = Position {
             index: None,
             hops: hops.len(),
         };
         for (index, hop) in hops.iter().enumerate().rev() {
-            let Some(address) = parse_node(hop) else {
+            let Some(address) = hop.and_then(parse_node) else {
                 break;
             };
             position.index = Some(index);
@@ -266,11 +267,16 @@ impl TrustedProxies {
     /// then stays the peer.
     fn read_forwarded(&self, headers: &HeaderMap) -> Said {
         let mut said = Said::default();
-        let elements: Vec<&str> = headers
+        // A byte past ASCII turns into U+FFFD, which no pair takes: like
+        // `list`, it costs its element and not the line the proxy appended to.
+        let lines: Vec<Cow<'_, str>> = headers
             .get_all(&FORWARDED)
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(split_outside_quotes(','))
+            .map(|value| String::from_utf8_lossy(value.as_bytes()))
+            .collect();
+        let elements: Vec<&str> = lines
+            .iter()
+            .flat_map(|line| split_outside_quotes(',')(line))
             .collect();
         for element in elements.iter().rev() {
             let pairs = parse_element(element);
@@ -296,15 +302,20 @@ struct Said {
     host: Option<HeaderValue>,
 }
 
-/// The comma-separated items of every `name` header, trimmed.
-fn list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Vec<&'a str> {
+/// The comma-separated items of every `name` header, trimmed; `None` for an
+/// item that is not text. Split as bytes, so that one item with a byte past
+/// ASCII costs only its own place: a proxy that appends to the client's line
+/// (nginx's `$proxy_add_x_forwarded_for`) puts the client's bytes and the
+/// address it saw on one line, and dropping the whole line would drop the
+/// proxy's entry with the client's.
+fn list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Vec<Option<&'a str>> {
     headers
         .get_all(name)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|item| !item.is_empty())
+        .map(|item| std::str::from_utf8(item).ok())
         .collect()
 }
 
@@ -335,6 +346,10 @@ fn parse_element(element: &str) -> Element {
 
 /// Splits on `separator` except inside a quoted string (RFC 7230 quoting,
 /// which `Forwarded` uses for IPv6 addresses and ports).
+///
+/// A quote that is never closed holds no separator: the rest of the text is
+/// split at every one. A client's `for="` would otherwise swallow the
+/// element a proxy appended to its line.
 fn split_outside_quotes(separator: char) -> impl Fn(&str) -> Vec<&str> {
     move |text: &str| {
         let mut parts = Vec::new();
@@ -351,7 +366,11 @@ fn split_outside_quotes(separator: char) -> impl Fn(&str) -> Vec<&str> {
                 _ => {}
             }
         }
-        parts.push(text[start..].trim());
+        if quoted {
+            parts.extend(text[start..].split(separator).map(str::trim));
+        } else {
+            parts.push(text[start..].trim());
+        }
         parts.retain(|part| !part.is_empty());
         parts
     }
@@ -613,6 +632,68 @@ mod tests {
                 ("x-forwarded-for", "203.0.113.9"),
             ],
         );
+        assert_eq!(client_of(&info), "203.0.113.9:0");
+    }
+
+    /// A client's bytes past ASCII in the line a proxy appended to cost only
+    /// the client's own item: the proxy's entry after it still counts.
+    #[test]
+    fn an_item_that_is_not_text_does_not_hide_the_proxys_entry() {
+        let proxy = ProxyHeaders::new(
+            TrustedProxies::parse("127.0.0.1").unwrap(),
+            ProxyHeaderFormat::XForwarded,
+            false,
+        );
+        let mut map = HeaderMap::new();
+        map.append(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.9").unwrap(),
+        );
+        map.append(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_bytes(b"\xff, https").unwrap(),
+        );
+        let mut info = info(Some(PEER));
+        proxy.apply(&mut info, &mut map);
+        assert_eq!(client_of(&info), "203.0.113.9:0");
+        assert_eq!(info.scheme, Scheme::Https);
+        // The same in the walk: a hop that is not text ends it there.
+        let mut map = HeaderMap::new();
+        map.append(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_bytes(b"203.0.113.7, \xff, 127.0.0.1").unwrap(),
+        );
+        let mut info = self::info(Some(PEER));
+        let trusting = ProxyHeaders::new(
+            TrustedProxies::parse("*").unwrap(),
+            ProxyHeaderFormat::XForwarded,
+            false,
+        );
+        trusting.apply(&mut info, &mut map);
+        assert_eq!(client_of(&info), "127.0.0.1:0");
+
+        let forwarded = ProxyHeaders::new(
+            TrustedProxies::parse("127.0.0.1").unwrap(),
+            ProxyHeaderFormat::Forwarded,
+            false,
+        );
+        let mut map = HeaderMap::new();
+        map.append(
+            FORWARDED.clone(),
+            HeaderValue::from_bytes(b"for=\"\xff\", for=203.0.113.9;proto=https").unwrap(),
+        );
+        let mut info = self::info(Some(PEER));
+        forwarded.apply(&mut info, &mut map);
+        assert_eq!(client_of(&info), "203.0.113.9:0");
+        assert_eq!(info.scheme, Scheme::Https);
+        // A quote the client opened and never closed.
+        let mut map = HeaderMap::new();
+        map.append(
+            FORWARDED.clone(),
+            HeaderValue::from_static("for=\"[::1, for=203.0.113.9;proto=https"),
+        );
+        let mut info = self::info(Some(PEER));
+        forwarded.apply(&mut info, &mut map);
         assert_eq!(client_of(&info), "203.0.113.9:0");
     }
 

@@ -181,6 +181,7 @@ fn connection_builder(config: &Config) -> auto::Builder<StreamExecutor> {
         .timer(TokioTimer::new())
         .keep_alive_interval(config.http2_keep_alive_interval)
         .keep_alive_timeout(config.http2_keep_alive_timeout)
+        .auto_date_header(config.date_header)
         .max_concurrent_streams(http2.max_concurrent_streams)
         // hyper's defaults, pinned so an upgrade cannot loosen them: streams a
         // peer may reset before they are served (rapid reset, CVE-2023-44487),

@@ -69,18 +69,20 @@ const PP2_CLIENT_SSL: u8 = 0x01;
 /// Whom a PROXY header says the connection is from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
-    /// v2 `LOCAL` (the proxy's own health check), v1 `UNKNOWN` or v2
-    /// `AF_UNSPEC`: the proxy speaks for itself, and the socket's own
-    /// addresses stay.
+    /// v2 `LOCAL` (the proxy's own health check): the proxy speaks for
+    /// itself, and the socket's own addresses stay.
     Proxy,
     /// A client that connected over TCP from `client` to `server`.
     Tcp {
         client: SocketAddr,
         server: SocketAddr,
     },
-    /// A client that connected to the proxy through a Unix socket, which
-    /// names no address.
-    Unix,
+    /// A client the header names no address for: one that reached the proxy
+    /// through a Unix socket (v2 `AF_UNIX`), or over something the header
+    /// has no words for (v1 `UNKNOWN`, which HAProxy sends where v2 says
+    /// `AF_UNIX`; v2 `PROXY` with `AF_UNSPEC`). It is not the proxy, so it
+    /// is not trusted as one.
+    Unnamed,
 }
 
 /// What a complete PROXY header says.
@@ -103,7 +105,7 @@ impl ProxyHeader {
                 info.server = ServerAddr::Tcp(server);
                 info.relayed = true;
             }
-            Source::Unix => {
+            Source::Unnamed => {
                 info.client = None;
                 info.relayed = true;
             }
@@ -214,7 +216,7 @@ fn parse_v1(input: &[u8]) -> Parsed {
                     (ip.source_address, ip.source_port),
                     (ip.destination_address, ip.destination_port),
                 ),
-                ppp::v1::Addresses::Unknown => Source::Proxy,
+                ppp::v1::Addresses::Unknown => Source::Unnamed,
             };
             Parsed::Complete {
                 header: ProxyHeader { source, tls: false },
@@ -240,7 +242,8 @@ fn parse_v2(input: &[u8]) -> Parsed {
         Err(err) => return Parsed::Invalid(format!("invalid v2 header: {err}")),
     };
     let source = match (header.command, header.addresses) {
-        (ppp::v2::Command::Local, _) | (_, ppp::v2::Addresses::Unspecified) => Source::Proxy,
+        (ppp::v2::Command::Local, _) => Source::Proxy,
+        (ppp::v2::Command::Proxy, ppp::v2::Addresses::Unspecified) => Source::Unnamed,
         (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(ip)) => tcp_source(
             (ip.source_address, ip.source_port),
             (ip.destination_address, ip.destination_port),
@@ -249,7 +252,7 @@ fn parse_v2(input: &[u8]) -> Parsed {
             (ip.source_address, ip.source_port),
             (ip.destination_address, ip.destination_port),
         ),
-        (ppp::v2::Command::Proxy, ppp::v2::Addresses::Unix(_)) => Source::Unix,
+        (ppp::v2::Command::Proxy, ppp::v2::Addresses::Unix(_)) => Source::Unnamed,
     };
     // Every other TLV is skipped; a malformed one ends the look.
     let tls = header.command == ppp::v2::Command::Proxy
@@ -311,9 +314,9 @@ mod tests {
             parse(line),
             complete(tcp("[2001:db8::17]:4711", "[2001:db8::1]:8443"), 47)
         );
-        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), complete(Source::Proxy, 15));
+        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), complete(Source::Unnamed, 15));
         let unknown = b"PROXY UNKNOWN ffff:: ffff:: 1 2\r\n";
-        assert_eq!(parse(unknown), complete(Source::Proxy, unknown.len()));
+        assert_eq!(parse(unknown), complete(Source::Unnamed, unknown.len()));
     }
 
     #[test]
@@ -385,11 +388,11 @@ mod tests {
         let unspec = v2(Command::Proxy, ppp::v2::Addresses::Unspecified)
             .build()
             .unwrap();
-        assert_eq!(parse(&unspec), complete(Source::Proxy, unspec.len()));
+        assert_eq!(parse(&unspec), complete(Source::Unnamed, unspec.len()));
         let unix = v2(Command::Proxy, ppp::v2::Unix::new([0; 108], [0; 108]))
             .build()
             .unwrap();
-        assert_eq!(parse(&unix), complete(Source::Unix, unix.len()));
+        assert_eq!(parse(&unix), complete(Source::Unnamed, unix.len()));
     }
 
     #[test]
@@ -546,7 +549,7 @@ mod tests {
         assert!(matches!(info.server, ServerAddr::Unix(_)));
         let mut info = socket.clone();
         ProxyHeader {
-            source: Source::Unix,
+            source: Source::Unnamed,
             tls: false,
         }
         .apply(&mut info);
