@@ -343,6 +343,57 @@ def test_a_denial_response_the_app_did_not_finish_is_a_500(ws_server):
     wait_for_log(ws_server, "without finishing its websocket.http.response")
 
 
+def upgrade_answer(server, path: str, key_lines: bytes | None = None):
+    """The head and body the server answers an upgrade request with (not a 101)."""
+    if key_lines is None:
+        key_lines = b"Sec-WebSocket-Key: %s\r\n" % base64.b64encode(os.urandom(16))
+    conn = RawConn(server.connect())
+    try:
+        conn.send(
+            b"GET %s HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            % path.encode()
+            + key_lines
+            + b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = conn.read_head()
+        return head, conn.read_exact(int(head.header("content-length")))
+    finally:
+        conn.sock.close()
+
+
+@pytest.mark.parametrize(
+    ("what", "status", "raised"),
+    [
+        ("after-denial", 401, "RuntimeError: the websocket handshake was already answered"),
+        ("subprotocol", 409, "ValueError: websocket.accept 'subprotocol' must be a token"),
+    ],
+)
+def test_an_accept_the_server_cannot_honour_raises(ws_server, what, status, raised):
+    """accept after a denial response began went out as a 101 after all; a subprotocol that
+    is not a token was left out of the 101 without a word. Both raise now, and the app's
+    denial (with the error as its body) is what the client gets."""
+    head, body = upgrade_answer(ws_server, f"/accept-misuse?what={what}")
+    assert head.status == status, (head.status_line, body)
+    assert body.decode().startswith(raised), body
+
+
+@pytest.mark.parametrize(
+    "key_lines",
+    [
+        b"Sec-WebSocket-Key: x\r\n",
+        b"Sec-WebSocket-Key: not base64 at all!\r\n",
+        b"Sec-WebSocket-Key: AAAAAAAAAAA=\r\n",
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" * 2,
+    ],
+    ids=["short", "not-base64", "8-bytes", "twice"],
+)
+def test_a_key_that_is_not_16_bytes_in_base64_is_a_400(ws_server, key_lines):
+    """RFC 6455 §4.2.1: the key is a random 16-byte value in base64, sent once; anything
+    else is not a handshake (the websockets library and wsproto answer 400 too)."""
+    head, body = upgrade_answer(ws_server, "/echo", key_lines)
+    assert head.status == 400, (head.status_line, body)
+
+
 @pytest.mark.parametrize(("declared", "sent"), [(5, b"auth "), (50, b"auth required")])
 def test_a_denial_response_is_framed_by_its_own_length(ws_server, declared, sent):
     """A denial whose Content-Length disagrees with its body would mis-frame the keep-alive
@@ -1110,6 +1161,54 @@ def test_raw_ping_gets_pong_with_same_payload(ws_server):
         assert reader.frame() == (OP_PONG, True, b"")
 
 
+def test_a_pong_over_125_bytes_closes_with_1002(ws_server):
+    """RFC 6455 §5.5: a control frame is 125 bytes at most. The engine refused such a ping
+    but took such a pong: a large frame read and dropped, which a client could use to make
+    the server's read buffer grow for nothing."""
+    sock, reader = raw_handshake(ws_server, "/echo")
+    with sock:
+        sock.sendall(encode_frame(OP_PONG, b"p" * 125))
+        sock.sendall(encode_frame(OP_TEXT, b"still open"))
+        assert reader.frame() == (OP_TEXT, True, b"still open")
+        sock.sendall(encode_frame(OP_PONG, b"p" * 126))
+        code, _ = reader.close_code()
+    assert code == 1002
+    wait_for_log(ws_server, "pong frame over 125 bytes")
+
+
+def test_a_ping_flood_from_a_client_that_reads_nothing_is_bounded(run_rsasgi):
+    """A client sends pings as fast as it can and reads none of the pongs. The engine queued
+    a pong per ping and wrote them only when a read found nothing, which never happened: the
+    worker took all 24 MB of pings and grew by hundreds of MiB. Now each pong goes out before
+    the next frame is read, so the server stops reading when the client's buffers are full,
+    and ends the connection as one that stopped reading (--ws-ping-timeout here)."""
+    server = run_rsasgi(APP, "--ws-ping-interval", "0", "--ws-ping-timeout", "2")
+    sock, _ = raw_handshake(server, "/echo")
+    before = memory_kib(server.proc.pid)
+    ping = encode_frame(OP_PING, b"")
+    batch = ping * 50_000
+    sent, stalled, ended = 0, False, False
+    with sock:
+        sock.settimeout(5)
+        started = time.monotonic()
+        while sent < 4_000_000 and time.monotonic() - started < 30:
+            try:
+                sock.sendall(batch)
+            except TimeoutError:
+                stalled = True
+                break
+            except (BrokenPipeError, ConnectionResetError):
+                ended = True
+                break
+            sent += 50_000
+        grown = memory_kib(server.proc.pid) - before
+        assert stalled or ended, f"the server took all {sent} pings from a client reading nothing"
+        assert grown < 64 * 1024, f"the worker grew by {grown} KiB"
+        # Reading now drains the pongs sent before the server gave up, then the end.
+        recv_until_closed(sock, timeout=20)
+    assert httpx.get(f"{server.url}/ping", timeout=10).text == "pong"
+
+
 def test_server_pings_and_closes_a_silent_peer_with_1011(run_rsasgi):
     """A raw client that never answers pings: the server pings it, then gives up with 1011."""
     server = run_rsasgi(APP, "--ws-ping-interval", "1", "--ws-ping-timeout", "1")
@@ -1118,6 +1217,23 @@ def test_server_pings_and_closes_a_silent_peer_with_1011(run_rsasgi):
         code, seen = reader.close_code(timeout=10)
     assert OP_PING in seen, f"no ping frame before the close; frames: {seen}"
     assert code == 1011, f"expected close 1011, got {code}"
+
+
+def test_a_pong_timeout_shorter_than_the_interval_is_kept(run_rsasgi):
+    """--ws-ping-interval 5 --ws-ping-timeout 1: a client that never answers is closed about
+    a second after the first ping, not at the next ping 5 s later, when the deadline was
+    looked at."""
+    server = run_rsasgi(APP, "--ws-ping-interval", "5", "--ws-ping-timeout", "1")
+    sock, reader = raw_handshake(server, "/never-read")
+    with sock:
+        opcode, _, _ = reader.frame()
+        assert opcode == OP_PING
+        pinged = time.monotonic()
+        code, seen = reader.close_code(timeout=20)
+        waited = time.monotonic() - pinged
+    assert code == 1011
+    assert OP_PING not in seen, "a second ping went out before the close"
+    assert waited < 4, f"closed {waited:.1f}s after the ping, at the next one"
 
 
 def test_server_pings_keep_a_live_peer_open(run_rsasgi):

@@ -179,6 +179,14 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
     match kind.as_str() {
         "websocket.accept" => {
             let subprotocol = optional_str(message, intern!(py, "subprotocol"))?;
+            if let Some(protocol) = subprotocol.as_deref().filter(|p| !is_token(p)) {
+                // Dropped from the 101, the client would see a handshake
+                // with no subprotocol and no error anywhere.
+                return Err(PyValueError::new_err(format!(
+                    "websocket.accept 'subprotocol' must be a token (RFC 6455 §4.1: \
+                     letters, digits and !#$%&'*+-.^_`|~), not {protocol:?}"
+                )));
+            }
             let mut headers = HeaderMap::new();
             if let Some(raw) = message.get_item(intern!(py, "headers"))? {
                 parse_headers(&raw, &mut headers)?;
@@ -247,6 +255,14 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
             "unexpected ASGI message type {other:?} for a websocket scope"
         ))),
     }
+}
+
+/// An RFC 9110 §5.6.2 token, which a subprotocol name is.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn misuse_error(misuse: Misuse) -> PyErr {

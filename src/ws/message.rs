@@ -36,6 +36,10 @@ impl AssemblyError {
     }
 }
 
+/// A binary message in one frame shorter than this is copied out of the
+/// engine's read buffer rather than sliced from it.
+const COPY_BELOW: usize = 64 * 1024;
+
 /// The message being received, frame by frame.
 pub(crate) struct Assembler {
     max_size: usize,
@@ -66,7 +70,16 @@ impl Assembler {
                     return Err(AssemblyError::TooBig);
                 }
                 if fin {
-                    // A message in one frame: no copy.
+                    // A message in one frame. Small binary is copied out:
+                    // as a slice it would keep the engine's whole read
+                    // buffer alive while it waits in the queue, which counts
+                    // only its own bytes (text is copied into its String
+                    // anyway). A large one is most of its buffer.
+                    let payload = if opcode == OpCode::Binary && payload.len() < COPY_BELOW {
+                        Bytes::copy_from_slice(&payload)
+                    } else {
+                        payload
+                    };
                     return message(opcode, payload).map(Some);
                 }
                 self.started = Some(opcode);
@@ -119,6 +132,27 @@ mod tests {
             assembler.push(Frame::binary(&b"\xff"[..])),
             Ok(Some(PeerMessage::Binary(data))) if &data[..] == b"\xff"
         ));
+    }
+
+    /// A small message is not a slice of the buffer its frame was read into
+    /// (it would keep all of it alive while queued); a large one is.
+    #[test]
+    fn a_small_binary_message_is_copied_out_of_the_read_buffer() {
+        let mut assembler = Assembler::new(1 << 20);
+        let buffer = Bytes::from(vec![7u8; 2 * COPY_BELOW]);
+        let small = buffer.slice(..16);
+        let Ok(Some(PeerMessage::Binary(data))) = assembler.push(Frame::binary(small.clone()))
+        else {
+            panic!("expected a binary message");
+        };
+        assert_eq!(data, small);
+        assert_ne!(data.as_ptr(), small.as_ptr());
+        let large = buffer.slice(..COPY_BELOW);
+        let Ok(Some(PeerMessage::Binary(data))) = assembler.push(Frame::binary(large.clone()))
+        else {
+            panic!("expected a binary message");
+        };
+        assert_eq!(data.as_ptr(), large.as_ptr());
     }
 
     #[test]

@@ -150,9 +150,20 @@ pub(crate) enum BadHandshake {
 /// Checks the handshake headers; returns the `Sec-WebSocket-Accept` value.
 pub(crate) fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, BadHandshake> {
     check_version(headers)?;
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let key = keys
+        .next()
         .ok_or(BadHandshake::Invalid("missing Sec-WebSocket-Key"))?;
+    if keys.next().is_some() {
+        return Err(BadHandshake::Invalid("more than one Sec-WebSocket-Key"));
+    }
+    // RFC 6455 §4.1: a random 16-byte value in base64.
+    let mut decoded = [0u8; 18];
+    if Base64::decode(key.as_bytes(), &mut decoded).map(<[u8]>::len) != Ok(16) {
+        return Err(BadHandshake::Invalid(
+            "Sec-WebSocket-Key is not 16 bytes in base64",
+        ));
+    }
     // RFC 6455 §4.2.2: base64 of the SHA-1 of the key and this GUID.
     let mut sha1 = Sha1::new();
     sha1.update(key.as_bytes());
@@ -464,6 +475,15 @@ pub(crate) async fn serve(
             _ => {}
         }
         let close_deadline = close_sent_at.map(|at| at + CLOSE_TIMEOUT);
+        // The pong is due --ws-ping-timeout after the ping (plus the time
+        // reads were paused), not at the next ping: with a timeout shorter
+        // than the interval, a dead client was closed an interval late.
+        let pong_due = match (awaiting_pong, reads_paused_at) {
+            (Some(sent), None) if !settings.ping_timeout.is_zero() => {
+                Some(tokio::time::Instant::from_std(sent + settings.ping_timeout))
+            }
+            _ => None,
+        };
         let mut inflated = false;
         // Every write below goes through `progress.bounded`: a write that
         // makes no progress for `stall_limit` ends the connection.
@@ -542,6 +562,22 @@ pub(crate) async fn serve(
                             }
                         }
                     }
+                    OpCode::Pong if frame.payload().len() > MAX_CONTROL_PAYLOAD => {
+                        // RFC 6455 §5.5: no control frame is over 125 bytes.
+                        // The engine refuses such a ping but takes such a
+                        // pong, a large frame read only to be dropped.
+                        let reason = "pong frame over 125 bytes";
+                        tracing::info!(
+                            "closing websocket {} with {}: {reason}",
+                            session.path,
+                            code::PROTOCOL_ERROR
+                        );
+                        let close = ws.send(close_frame(code::PROTOCOL_ERROR, reason));
+                        let _ = progress.bounded(stall_limit, close).await;
+                        outcome.get_or_insert((code::PROTOCOL_ERROR, reason.to_string()));
+                        closed_by.get_or_insert(ClosedBy::Server);
+                        break;
+                    }
                     OpCode::Pong => {
                         awaiting_pong = None;
                         Ok(())
@@ -576,8 +612,15 @@ pub(crate) async fn serve(
                         }
                         break;
                     }
-                    // The engine queued the pong; it goes out with the next read.
-                    OpCode::Ping => Ok(()),
+                    // The engine queued the pong, and would write it only
+                    // once a read finds nothing: a client that sends pings
+                    // without a pause, and reads nothing, grew that queue
+                    // without bound. It goes out now, or the connection ends
+                    // as one whose client stopped reading.
+                    OpCode::Ping => {
+                        let flushed = poll_fn(|cx| ws.poll_ready_unpin(cx));
+                        written(progress.bounded(stall_limit, flushed).await)
+                    }
                 },
                 Err(error) => {
                     let (code, reason) = close_code_of(&error);
@@ -601,14 +644,18 @@ pub(crate) async fn serve(
                 }
             },
             _ = async {
-                match ping.as_mut() {
-                    Some(interval) => { interval.tick().await; }
-                    None => std::future::pending::<()>().await,
+                match (ping.as_mut(), pong_due) {
+                    (Some(interval), Some(due)) => tokio::select! {
+                        _ = interval.tick() => {}
+                        () = tokio::time::sleep_until(due) => {}
+                    },
+                    (Some(interval), None) => { interval.tick().await; }
+                    (None, _) => std::future::pending::<()>().await,
                 }
             }, if close_sent_at.is_none() => {
                 let pong_overdue = reads_paused_at.is_none()
                     && awaiting_pong.is_some_and(|sent| sent.elapsed() >= settings.ping_timeout);
-                if pong_overdue {
+                if pong_overdue || pong_due.is_some_and(|due| due <= tokio::time::Instant::now()) {
                     tracing::info!(
                         "websocket {} sent no pong for {}s of reading after a ping (--ws-ping-timeout); closing with 1011",
                         session.path,
@@ -727,6 +774,20 @@ mod tests {
             accept_key(&headers(&[("sec-websocket-version", "13")])),
             Err(BadHandshake::Invalid(_))
         ));
+        // Not 16 bytes in base64, or two of them.
+        for key in [
+            &["x"][..],
+            &["not base64 at all!"],
+            &["AAAAAAAAAAA="],
+            &["dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ=="],
+        ] {
+            let mut fields: Vec<_> = key.iter().map(|k| ("sec-websocket-key", *k)).collect();
+            fields.push(("sec-websocket-version", "13"));
+            assert!(
+                matches!(accept_key(&headers(&fields)), Err(BadHandshake::Invalid(_))),
+                "{key:?}"
+            );
+        }
     }
 
     #[test]

@@ -429,7 +429,9 @@ impl WsSession {
         headers: HeaderMap,
     ) -> Result<(), Misuse> {
         self.update(|st| {
-            if st.handshake_done {
+            // A denial response begun answers the handshake too: accepted
+            // now, it would go out as a 101 after all.
+            if st.handshake_done || st.denial.is_some() {
                 return (Err(Misuse::HandshakeAnswered), false);
             }
             st.handshake = Some(Handshake::Accept {
@@ -848,6 +850,11 @@ mod tests {
             content_length: None,
         };
         session.deny_start(start).unwrap();
+        assert_eq!(
+            session.accept(None, HeaderMap::new()),
+            Err(Misuse::HandshakeAnswered),
+            "accepted after the denial began"
+        );
         session.deny_body(b"no ", true).unwrap();
         session.deny_body(b"entry", false).unwrap();
         match &session.state.lock().handshake {

@@ -222,6 +222,28 @@ async def ws_http_response(scope, receive, send):
     await send({"type": "websocket.http.response.body", "body": b"required"})
 
 
+async def ws_accept_misuse(scope, receive, send):
+    """?what=after-denial: accept once a denial response has begun; ?what=subprotocol: accept
+    naming a subprotocol that is not a token. The error the accept raised (or "accepted") is
+    the body of the denial response the app then sends."""
+    await receive()
+    what = parse_qs(scope["query_string"].decode())["what"][0]
+    started = False
+    try:
+        if what == "after-denial":
+            await send({"type": "websocket.http.response.start", "status": 401, "headers": []})
+            started = True
+            await send({"type": "websocket.accept"})
+        else:
+            await send({"type": "websocket.accept", "subprotocol": "chat\nx"})
+        outcome = "accepted"
+    except Exception as err:  # noqa: BLE001 - what was raised is the answer
+        outcome = f"{type(err).__name__}: {err}"
+    if not started:
+        await send({"type": "websocket.http.response.start", "status": 409, "headers": []})
+    await send({"type": "websocket.http.response.body", "body": outcome.encode()})
+
+
 async def ws_http_response_unfinished(scope, receive, send):
     """A denial response begun, one body message with more_body=True, and then the app
     returns: it never finished its response."""
@@ -524,6 +546,7 @@ WEBSOCKET_ROUTES = {
     "/deny": ws_deny,
     "/http-response": ws_http_response,
     "/http-response-unfinished": ws_http_response_unfinished,
+    "/accept-misuse": ws_accept_misuse,
     "/raise-after-accept": ws_raise_after_accept,
     "/cancel-after-accept": ws_cancel_after_accept,
     "/raise-before-accept": ws_raise_before_accept,
