@@ -1053,6 +1053,27 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
             "--forwarded-host-headers needs the proxy headers, which --no-proxy-headers turns off",
         ));
     }
+    for (index, mount) in args.static_map.iter().enumerate() {
+        if let Some(first) = args.static_map[..index]
+            .iter()
+            .find(|earlier| earlier.prefix == mount.prefix)
+        {
+            let prefix = if mount.prefix.is_empty() {
+                "/"
+            } else {
+                &mount.prefix
+            };
+            return Err(command.error(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "--static-map maps {prefix} twice ({} and {}); one prefix serves one \
+                     directory",
+                    first.dir.display(),
+                    mount.dir.display()
+                ),
+            ));
+        }
+    }
     let workers = match args.workers {
         Some(workers) => Some(workers),
         None => web_concurrency(command)?,

@@ -247,6 +247,9 @@ struct State {
     /// The app has called `receive()` at least once (hyper sends
     /// `100 Continue` only once the body is read).
     body_wanted: bool,
+    /// WSGI threads blocked in a read of the body (ASGI's waiting
+    /// `receive()` calls are in `receivers`).
+    body_readers: u32,
     /// The app called `receive()` after it had the whole body, when the only
     /// message left is `http.disconnect`: it listens for the client leaving
     /// (Django's ASGI handler does, in a task beside the one that sends).
@@ -678,6 +681,20 @@ impl Exchange {
         Poll::Pending
     }
 
+    /// Ready once the app waits for body that has not come: an ASGI
+    /// `receive()` or a WSGI read with nothing buffered. Only then does
+    /// `--timeout-request-body` run: a client that pauses its body while the
+    /// app does something else (streams its response) is not late.
+    pub(crate) fn poll_body_awaited(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.state.lock();
+        let waiting = !st.receivers.is_empty() || st.body_readers > 0;
+        if st.closed || (waiting && st.body.is_empty() && !st.body_complete) {
+            return Poll::Ready(());
+        }
+        st.pump = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
     /// Starts reading the body without waiting for the app's first `receive()`.
     pub(crate) fn want_body(&self) {
         self.state.lock().body_wanted = true;
@@ -1032,12 +1049,21 @@ impl Exchange {
     // ---- blocking side, for WSGI pool threads (call with the GIL released) --
 
     /// Parks the current thread until the reactor changes the state.
-    fn park(mut st: MutexGuard<'_, State>) {
+    fn park(st: MutexGuard<'_, State>) {
+        Exchange::park_waking(st, None);
+    }
+
+    /// Parks the current thread until the reactor changes the state, first
+    /// waking `waker` (outside the lock).
+    fn park_waking(mut st: MutexGuard<'_, State>, waker: Option<Waker>) {
         let current = std::thread::current();
         if !st.parked.iter().any(|parked| parked.id() == current.id()) {
             st.parked.push(current);
         }
         drop(st);
+        if let Some(waker) = waker {
+            wake(waker);
+        }
         std::thread::park();
     }
 
@@ -1078,9 +1104,14 @@ impl Exchange {
             if let Some(read) = self.try_read_body(max) {
                 return read;
             }
-            let st = self.state.lock();
+            let mut st = self.state.lock();
             if st.body.is_empty() && !st.body_complete && !st.closed {
-                Exchange::park(st);
+                // Counted while parked: the pump starts
+                // --timeout-request-body's clock.
+                st.body_readers += 1;
+                let pump = st.pump.take();
+                Exchange::park_waking(st, pump);
+                self.state.lock().body_readers -= 1;
             }
         }
     }

@@ -684,6 +684,65 @@ def test_a_stalled_response_does_not_hold_a_shutdown_past_the_send_timeout(run_r
 
 
 @pytest.mark.timeout(60)
+def test_responses_sent_whole_to_a_shut_window_are_reset_at_the_send_timeout(run_rsasgi):
+    """Each body is sent in one message (/whole), and the client never opens its window
+    while a request of its own (/hold) keeps the connection busy. hyper gave h2 the first
+    stream's 5 MiB whole, with one byte of window, and let go of the body: nothing timed
+    that stream again, and such streams held their bodies in the worker for as long as the
+    client liked. Handed over in pieces, every one of them is reset at --timeout-send."""
+    server = start(run_rsasgi, "--timeout-send", "2")
+    client = RawClient(server)
+    whole = (3, 5, 7)
+    client.send(client.request(1, "/hold", end_stream=False))
+    for stream in whole:
+        client.send(client.request(stream, f"/whole?size={5 * MIB}"))
+
+    def reset() -> set[int]:
+        return {frame.stream_id for frame in client.of_type(RstStreamFrame)}
+
+    client.read_until(lambda: set(whole) <= reset(), 20, "every /whole stream reset")
+    assert 1 not in reset()
+    codes = {frame.error_code for frame in client.of_type(RstStreamFrame)}
+    assert codes == {CANCEL}
+    wait_for_log(server, "the client took no bytes of the response for --timeout-send 2s")
+    client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_reader_gets_the_whole_of_a_response_sent_in_one_message(run_rsasgi):
+    """The client opens its window 64 KiB at a time, four times a second, for a 1 MiB body
+    the app sent in one message. Given to h2 whole, the response was done for the server at
+    once: the connection counted as idle, --timeout-keep-alive (1 s here) sent GOAWAY, and a
+    second later the connection was dropped under the download, half of it sent (while the
+    access log said 200 complete). The whole body arrives now."""
+    server = start(run_rsasgi)
+    client = RawClient(server)
+    size = MIB
+    client.send(client.request(1, f"/whole?size={size}"))
+    deadline = time.monotonic() + 30
+    acked, next_update, ended = 0, 0.0, False
+    while not ended:
+        client._parse()
+        data = [frame for frame in client.of_type(DataFrame) if frame.stream_id == 1]
+        received = sum(len(frame.data) for frame in data)
+        ended = any("END_STREAM" in frame.flags for frame in data)
+        if ended:
+            break
+        assert not client.closed, f"the connection closed after {received} of {size} bytes"
+        now = time.monotonic()
+        if received > acked and now >= next_update:
+            increment = received - acked
+            client.send(
+                WindowUpdateFrame(0, window_increment=increment).serialize()
+                + WindowUpdateFrame(1, window_increment=increment).serialize()
+            )
+            acked, next_update = received, now + 0.25
+        client._fill(min(deadline, now + 0.05), "the rest of the body")
+    assert received == size
+    client.close()
+
+
+@pytest.mark.timeout(60)
 def test_timeout_request_cuts_a_response_whose_window_never_opens(run_rsasgi):
     """--timeout-request cuts a response that has started by resetting its stream, though
     hyper never polls its body (no window): the connection's timer does it."""

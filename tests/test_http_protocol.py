@@ -562,6 +562,15 @@ def test_date_header_explicit_flag(run_rsasgi):
     assert DATE_RE.match(get(server, "/").headers["date"])
 
 
+def test_a_server_header_given_with_header_replaces_ours(run_rsasgi):
+    """RFC 9110 §10.2.4 has one Server field: --header "Server: ..." names the server in
+    place of rsasgi's own (it went out as a second field); the app's own still wins."""
+    server = run_rsasgi("--header", "Server: acme", APP)
+    assert get(server, "/").headers.get_list("server") == ["acme"]
+    assert get(server, "/missing").headers.get_list("server") == ["acme"]
+    assert get(server, "/app-server").headers.get_list("server") == ["custom-app"]
+
+
 def test_extra_headers_on_every_response(run_rsasgi):
     server = run_rsasgi("--header", "X-Foo:bar", "--header", "X-Other: two words", APP)
     for path in ("/", "/nolength", "/missing"):

@@ -853,6 +853,26 @@ def test_a_bad_static_map_is_a_usage_error(site, value, named):
     assert_one_clear_line(result.stderr, "--static-map", named)
 
 
+def test_one_prefix_mapped_twice_is_a_usage_error(site, tmp_path):
+    """The second mount of a prefix never served (a uWSGI habit, where mounts of one prefix
+    are tried in turn); it was taken without a word."""
+    other = tmp_path / "other"
+    other.mkdir()
+    result = cli(
+        "--app-dir",
+        str(APPS),
+        APP,
+        "--port",
+        "0",
+        "--static-map",
+        f"/static={site.root}",
+        "--static-map",
+        f"/static/={other}",
+    )
+    assert result.returncode == 2, result.stderr
+    assert_one_clear_line(result.stderr, "--static-map maps /static twice", str(other))
+
+
 # --- HTTP/2 ------------------------------------------------------------------------------------
 
 

@@ -216,6 +216,35 @@ def test_request_body_that_stops_is_answered_408_at_the_request_body_timeout(run
     assert "--timeout-request-body 2s" in log
 
 
+def test_a_body_paused_while_the_app_streams_its_response_is_not_timed(run_rsasgi):
+    """The app reads the first piece, then streams its answer for 4 s without asking for
+    more, while the client sends the rest of its body only after 3 s. --timeout-request-body
+    (1 s) is for an app waiting on its client: the body read ahead for an app that is busy
+    elsewhere ran the clock too, and the response was cut with a 408 in the log."""
+    server = run_rsasgi(COUNTING_APP, "--timeout-request-body", "1")
+    with server.connect() as sock:
+        conn = RawConn(sock)
+        conn.send(request("POST", "/duplex?s=4", [("Content-Length", "10")]) + b"first")
+        head = conn.read_head()
+        assert head.status == 200
+        time.sleep(3)
+        conn.send(b"later")
+        body = b"".join(conn.iter_body(head))
+    assert body == b"first 0 1 2 3 end"
+    assert "408" not in server.output()
+
+
+def test_wsgi_request_body_that_stops_is_answered_408(run_rsasgi):
+    """A WSGI thread blocked reading wsgi.input is an app waiting on its client."""
+    server = run_rsasgi("wsgi_env:app", "--timeout-request-body", "1")
+    with server.connect() as sock:
+        conn = RawConn(sock)
+        conn.send(request("POST", "/sha256", [("Content-Length", "100")]) + b"x" * 10)
+        response = conn.read_response()
+        assert response.status == 408
+    wait_for_log(server, "408: no bytes of the request body of POST /sha256")
+
+
 def test_slow_but_steady_upload_is_not_cut(run_rsasgi):
     """A byte every half second for five seconds: never two seconds without one."""
     server = run_rsasgi(COUNTING_APP, "--timeout-request-body", "2")

@@ -107,6 +107,10 @@ pub(crate) fn read_chunk(file: &File, position: u64, want: usize) -> std::io::Re
     Ok(buffer.freeze())
 }
 
+/// The most data an HTTP/2 response hands hyper at a time: h2's default
+/// frame size, so each piece is one DATA frame.
+const PIECE: usize = 16 * 1024;
+
 pub(crate) struct ResponseBody {
     source: Source,
     log: Option<AccessRecord>,
@@ -135,6 +139,14 @@ pub(crate) struct ResponseBody {
     short: bool,
     /// hyper has had a data frame of this body.
     sent_data: bool,
+    /// HTTP/2: data is handed to hyper at most [`PIECE`] bytes at a time
+    /// (see [`ResponseBody::in_pieces`]).
+    pieces: bool,
+    /// What is left of the chunk whose first piece hyper has.
+    rest: Bytes,
+    /// A chunk was cut into pieces: the body does not end with its last
+    /// one (see [`ResponseBody::in_pieces`]).
+    cut_up: bool,
     /// The exchange of an app's response to HEAD, whose body hyper drops
     /// once the head is written: the app then hears that the response is
     /// over, as it does when a body is sent.
@@ -154,9 +166,31 @@ impl ResponseBody {
             declared: None,
             short: false,
             sent_data: false,
+            pieces: false,
+            rest: Bytes::new(),
+            cut_up: false,
             head_of: None,
             meter: None,
         }
+    }
+
+    /// HTTP/2: hands hyper the data in pieces of [`PIECE`] bytes at most.
+    /// hyper gives h2 each chunk whole once the stream's window has a byte
+    /// of room, and h2 keeps what the window does not take; with the last
+    /// chunk hyper lets go of this body. A large chunk then sat in h2,
+    /// where nothing timed it: a client that kept its window shut held it
+    /// for ever (`--timeout-send` watches this body), and the connection,
+    /// its requests done, counted as idle and was closed by
+    /// `--timeout-keep-alive` or a shutdown with the body half sent. In
+    /// pieces, hyper asks for the next one only once the window has room,
+    /// so the rest waits here, timed, and h2 holds a piece at most beyond
+    /// the window. A body cut up does not end with its last piece either:
+    /// hyper asks once more when the window has taken all of it, and ends
+    /// the stream with an empty frame then, so the body (and the request,
+    /// for the connection) lasts until h2 holds none of it.
+    pub(crate) fn in_pieces(mut self, http2: bool) -> ResponseBody {
+        self.pieces = http2;
+        self
     }
 
     /// For the response to HEAD of `exchange`'s app: the app hears the
@@ -230,6 +264,10 @@ impl ResponseBody {
             }
         }
         let polled = match &mut this.source {
+            _ if !this.rest.is_empty() => {
+                let size = this.rest.len().min(PIECE);
+                Poll::Ready(Some(Ok(this.rest.split_to(size))))
+            }
             Source::App(exchange) => loop {
                 if let Some(stream) = &mut this.file {
                     match stream.poll_chunk(cx) {
@@ -256,7 +294,11 @@ impl ResponseBody {
             Source::File(stream) => stream.poll_chunk(cx),
         };
         match polled {
-            Poll::Ready(Some(Ok(chunk))) => {
+            Poll::Ready(Some(Ok(mut chunk))) => {
+                if this.pieces && chunk.len() > PIECE {
+                    this.rest = chunk.split_off(PIECE);
+                    this.cut_up = true;
+                }
                 this.sent_data = true;
                 if let Some(log) = &mut this.log {
                     log.bytes += chunk.len() as u64;
@@ -326,6 +368,9 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.cut_up {
+            return false;
+        }
         match &self.source {
             // Asked at the head, and after each frame: with nothing more to
             // come, hyper ends the body with the frame it has (so it lets go
@@ -371,7 +416,7 @@ impl Drop for ResponseBody {
         }
         if let Source::App(exchange) = &self.source {
             let file_left = self.file.as_ref().is_some_and(|file| file.remaining > 0);
-            if !exchange.response_finished() || file_left {
+            if !exchange.response_finished() || file_left || !self.rest.is_empty() {
                 if let Some(log) = &mut self.log {
                     log.incomplete = true;
                 }

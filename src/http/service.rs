@@ -154,6 +154,7 @@ pub(crate) fn handle(
         // stream is known to its connection's watcher only while the
         // executor first polls it.
         active.attach_stream();
+        let over_http2 = request.version() == Version::HTTP_2;
         let meter = state
             .metrics
             .as_ref()
@@ -459,7 +460,7 @@ pub(crate) fn handle(
             meter.answered(response.status());
             response = response.map(|body| body.metered(meter));
         }
-        Ok(response.map(|body| body.tracking(active)))
+        Ok(response.map(|body| body.tracking(active).in_pieces(over_http2)))
     }
 }
 
@@ -767,6 +768,21 @@ struct Pump {
 
 /// Reads the request body into the exchange as the app consumes it, never
 /// more than a high-water mark ahead.
+/// The body's next frame; `Err` when the app has waited for it for `limit`.
+async fn body_within(
+    body: &mut Incoming,
+    exchange: &Exchange,
+    limit: Duration,
+) -> Result<Option<Result<http_body::Frame<Bytes>, hyper::Error>>, tokio::time::error::Elapsed> {
+    let mut frame = std::pin::pin!(body.frame());
+    tokio::select! {
+        biased;
+        frame = &mut frame => return Ok(frame),
+        () = poll_fn(|cx| exchange.poll_body_awaited(cx)) => {}
+    }
+    tokio::time::timeout(limit, frame).await
+}
+
 async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
     let Pump {
         limit,
@@ -780,11 +796,13 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
         if matches!(room, BodyRoom::Stop) || drained > MAX_BODY_DRAIN {
             return;
         }
-        // The clock runs only while the body is awaited from the client, not
-        // while the app takes its time reading it.
+        // The clock runs only while the app waits for body the client has
+        // not sent: not while the app takes its time reading it, nor while
+        // it does something else (streams its response) and the body is
+        // read ahead for it.
         let frame = match timeout {
             None => body.frame().await,
-            Some(limit) => match tokio::time::timeout(limit, body.frame()).await {
+            Some(limit) => match body_within(&mut body, &exchange, limit).await {
                 Ok(frame) => frame,
                 Err(_elapsed) => {
                     tracing::info!(
@@ -1023,14 +1041,21 @@ impl ServerState {
     }
 
     fn add_server_headers(&self, headers: &mut http::HeaderMap) {
+        for (name, value) in self.extra_headers.iter() {
+            if name == header::SERVER {
+                // `--header "Server: ..."` names the server in place of our
+                // own (RFC 9110 §10.2.4 has one Server field); the app's
+                // own still wins, as over the default.
+                headers.entry(header::SERVER).or_insert(value.clone());
+            } else {
+                headers.append(name.clone(), value.clone());
+            }
+        }
         if self.server_header {
-            // One lookup: kept when the app sent its own.
+            // One lookup: kept when the app (or --header) named its own.
             headers
                 .entry(header::SERVER)
                 .or_insert(HeaderValue::from_static("rsasgi"));
-        }
-        for (name, value) in self.extra_headers.iter() {
-            headers.append(name.clone(), value.clone());
         }
     }
 }

@@ -16,6 +16,8 @@ Routes:
                   counted; streams N bytes in 64 KiB messages, no Content-Length
   /hold           counted; reads the body until it ends or the client goes, then answers
                   "done"
+  /duplex?s=N     counted; reads the first body message, answers it back and then a tick a
+                  second for N seconds, never reading again
   websocket /ws-slow?s=N
                   counted; running for N seconds before it answers the handshake (it
                   refuses it), whatever the client does
@@ -121,6 +123,16 @@ async def app(scope, receive, send):
         # response is done for the app at once, and hyper holds all of it.
         await read_body(receive)
         await respond(send, b"\x5a" * int(query.get("size", "0")), b"application/octet-stream")
+    elif path == "/duplex":
+        # Reads the first body message only, then streams a tick a second for s seconds
+        # without asking for more: its client may pause the body meanwhile.
+        first = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": first["body"], "more_body": True})
+        for tick in range(int(query.get("s", "3"))):
+            await asyncio.sleep(1)
+            await send({"type": "http.response.body", "body": b" %d" % tick, "more_body": True})
+        await send({"type": "http.response.body", "body": b" end"})
     elif path == "/hold":
         with Running():
             STATS["hold"] = await read_body(receive)
