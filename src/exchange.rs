@@ -20,7 +20,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::prelude::*;
 
-use crate::asgi::{park_future, Event, EventBridge, WaitKind, Waiter};
+use crate::asgi::{is_done, park_future, Event, EventBridge, WaitKind, Waiter};
 use crate::net::ConnectionInfo;
 use crate::wake::wake;
 
@@ -320,6 +320,12 @@ struct State {
 }
 
 impl State {
+    /// The app waits for body that has not come (or the exchange is over).
+    fn body_awaited(&self) -> bool {
+        let waiting = !self.receivers.is_empty() || self.body_readers > 0;
+        self.closed || (waiting && self.body.is_empty() && !self.body_complete)
+    }
+
     /// The next thing `receive()` returns, if it need not wait: the buffered
     /// body (joined), the end of it, or a disconnect.
     fn try_receive(&mut self) -> Option<Received> {
@@ -685,14 +691,36 @@ impl Exchange {
     /// `receive()` or a WSGI read with nothing buffered. Only then does
     /// `--timeout-request-body` run: a client that pauses its body while the
     /// app does something else (streams its response) is not late.
-    pub(crate) fn poll_body_awaited(&self, cx: &mut Context<'_>) -> Poll<()> {
+    ///
+    /// With `awaited` false, the other way round: ready once the app no
+    /// longer waits (its `receive()` was answered, or it stopped waiting).
+    pub(crate) fn poll_body_awaited(&self, cx: &mut Context<'_>, awaited: bool) -> Poll<()> {
         let mut st = self.state.lock();
-        let waiting = !st.receivers.is_empty() || st.body_readers > 0;
-        if st.closed || (waiting && st.body.is_empty() && !st.body_complete) {
+        if st.body_awaited() == awaited {
             return Poll::Ready(());
         }
         st.pump = Some(cx.waker().clone());
         Poll::Pending
+    }
+
+    /// Whether the app still waits for body, once `receive()` futures it
+    /// cancelled are taken out: the reactor learns of a cancel only from
+    /// the future, which takes the GIL, so this is for the rare moment
+    /// `--timeout-request-body` runs out, not for every look.
+    pub(crate) fn body_still_awaited(&self) -> bool {
+        Python::attach(|py| {
+            let (awaited, finished) = {
+                let mut st = self.state.lock();
+                let finished: Vec<Py<PyAny>> = st
+                    .receivers
+                    .extract_if(.., |waiter| is_done(py, waiter).unwrap_or(true))
+                    .collect();
+                (st.body_awaited(), finished)
+            };
+            // After the lock: releasing a future may run the app's code.
+            drop(finished);
+            awaited
+        })
     }
 
     /// Starts reading the body without waiting for the app's first `receive()`.

@@ -113,6 +113,27 @@ def test_http11_without_host_gives_400(run_rsasgi):
     assert_server_up(server)
 
 
+@pytest.mark.parametrize(
+    "host",
+    [b"a b", b"evil.example/x?y", b"user@evil.example", b"[::1", b"example.com:http"],
+    ids=["space", "path", "userinfo", "open-bracket", "named-port"],
+)
+def test_a_host_that_is_not_host_and_port_gives_400(run_rsasgi, host):
+    """RFC 9112 §3.2: a Host field value that is not `host[:port]` is a 400; the app, which
+    builds its links from it, never sees the request (it did before)."""
+    server = run_rsasgi(APP)
+    response = exchange(
+        server, b"GET /badhost HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+    )
+    assert status_of(response) == 400, response
+    assert counts(server) == {}
+    response = exchange(
+        server, b"GET /goodhost HTTP/1.1\r\nHost: [::1]:8000\r\nConnection: close\r\n\r\n"
+    )
+    assert status_of(response) == 200, response
+    assert_server_up(server)
+
+
 def test_http10_without_host_is_fine(run_rsasgi):
     server = run_rsasgi(APP)
     response = exchange(server, b"GET /old HTTP/1.0\r\n\r\n")

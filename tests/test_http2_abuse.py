@@ -743,6 +743,32 @@ def test_a_slow_reader_gets_the_whole_of_a_response_sent_in_one_message(run_rsas
 
 
 @pytest.mark.timeout(60)
+def test_the_last_byte_the_window_never_takes_keeps_the_request_going(run_rsasgi):
+    """The client opens its window for all of a 100,000-byte body sent in one message but its
+    last byte. Handed to h2 with the end of the stream, that byte ended the request for the
+    server: the connection, idle to it, was closed by --timeout-keep-alive (1 s) a byte short,
+    and the access log said complete. The last byte goes alone now, once the window has
+    taken the rest: the request lasts until then, and here --timeout-send resets the stream
+    (the client took none of it for 3 s) and the access log says incomplete."""
+    server = start(run_rsasgi, "--timeout-send", "3")
+    client = RawClient(server)
+    size = 100_000
+    client.send(client.request(1, f"/whole?size={size}"))
+    more = size - 65_535 - 1
+    client.send(
+        WindowUpdateFrame(0, window_increment=more).serialize()
+        + WindowUpdateFrame(1, window_increment=more).serialize()
+    )
+    client.read_until(lambda: client.of_type(RstStreamFrame), 20, "the stream reset")
+    (reset,) = client.of_type(RstStreamFrame)
+    assert (reset.stream_id, reset.error_code) == (1, CANCEL)
+    received = sum(len(f.data) for f in client.of_type(DataFrame) if f.stream_id == 1)
+    assert received == size - 1
+    wait_for_log(server, f'"GET /whole?size={size} HTTP/2.0" 200', "(incomplete)")
+    client.close()
+
+
+@pytest.mark.timeout(60)
 def test_timeout_request_cuts_a_response_whose_window_never_opens(run_rsasgi):
     """--timeout-request cuts a response that has started by resetting its stream, though
     hyper never polls its body (no window): the connection's timer does it."""

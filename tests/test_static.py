@@ -447,7 +447,11 @@ def test_an_unreadable_file_is_refused_by_the_server(run_rsasgi, site):
     assert b"LOCKED" not in resp.body
     assert str(site.root.parent).encode() not in resp.body
     assert "panicked" not in server.output()
+    # One warning says what to fix; more requests do not flood the log with it.
+    for _ in range(5):
+        assert fetch(server, "/static/locked.txt").status == 403
     still_serving(server)
+    assert server.output().count("check the permissions of the --static-map") == 1
 
 
 # --- conditional requests (RFC 9110 section 13) ----------------------------------------------

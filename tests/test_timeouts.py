@@ -11,6 +11,7 @@ import socket
 import time
 
 import httpx
+import pytest
 from apps.proto_raw import RawConn, recv_until_closed, request
 from conftest import wait_for_log
 
@@ -216,15 +217,19 @@ def test_request_body_that_stops_is_answered_408_at_the_request_body_timeout(run
     assert "--timeout-request-body 2s" in log
 
 
-def test_a_body_paused_while_the_app_streams_its_response_is_not_timed(run_rsasgi):
+@pytest.mark.parametrize("poll", [False, True], ids=["plain", "cancelled-receive"])
+def test_a_body_paused_while_the_app_streams_its_response_is_not_timed(run_rsasgi, poll):
     """The app reads the first piece, then streams its answer for 4 s without asking for
     more, while the client sends the rest of its body only after 3 s. --timeout-request-body
     (1 s) is for an app waiting on its client: the body read ahead for an app that is busy
-    elsewhere ran the clock too, and the response was cut with a 408 in the log."""
+    elsewhere ran the clock too, and the response was cut with a 408 in the log. With
+    `poll`, the app first looks for more with a receive() it cancels after 0.1 s: that it
+    waited then does not make it wait still."""
     server = run_rsasgi(COUNTING_APP, "--timeout-request-body", "1")
+    path = "/duplex?s=4&poll=1" if poll else "/duplex?s=4"
     with server.connect() as sock:
         conn = RawConn(sock)
-        conn.send(request("POST", "/duplex?s=4", [("Content-Length", "10")]) + b"first")
+        conn.send(request("POST", path, [("Content-Length", "10")]) + b"first")
         head = conn.read_head()
         assert head.status == 200
         time.sleep(3)

@@ -1176,6 +1176,21 @@ def test_a_pong_over_125_bytes_closes_with_1002(ws_server):
     wait_for_log(ws_server, "pong frame over 125 bytes")
 
 
+def test_a_pong_over_125_bytes_after_our_close_gets_no_second_close(ws_server):
+    """The app closed (4321); a client that answers with an oversized pong instead of its
+    close reply has its connection dropped. A second close frame would break the protocol
+    in turn (RFC 6455 §5.5.1: one close each way)."""
+    sock, reader = raw_handshake(ws_server, "/app-close")
+    with sock:
+        assert reader.frame() == (OP_TEXT, True, b"closing soon")
+        code, _ = reader.close_code()
+        assert code == 4321
+        sock.sendall(encode_frame(OP_PONG, b"p" * 200))
+        with pytest.raises((EOFError, ConnectionResetError)):
+            frame = reader.frame()
+            pytest.fail(f"a frame after our close: {frame}")
+
+
 def test_a_ping_flood_from_a_client_that_reads_nothing_is_bounded(run_rsasgi):
     """A client sends pings as fast as it can and reads none of the pongs. The engine queued
     a pong per ping and wrote them only when a read found nothing, which never happened: the

@@ -144,9 +144,11 @@ pub(crate) struct ResponseBody {
     pieces: bool,
     /// What is left of the chunk whose first piece hyper has.
     rest: Bytes,
-    /// A chunk was cut into pieces: the body does not end with its last
-    /// one (see [`ResponseBody::in_pieces`]).
-    cut_up: bool,
+    /// `rest` is the end of the body: its last byte goes alone (see
+    /// [`ResponseBody::in_pieces`]).
+    hold_last: bool,
+    /// Data handed to hyper so far, with `pieces`.
+    handed: u64,
     /// The exchange of an app's response to HEAD, whose body hyper drops
     /// once the head is written: the app then hears that the response is
     /// over, as it does when a body is sent.
@@ -168,7 +170,8 @@ impl ResponseBody {
             sent_data: false,
             pieces: false,
             rest: Bytes::new(),
-            cut_up: false,
+            hold_last: false,
+            handed: 0,
             head_of: None,
             meter: None,
         }
@@ -184,10 +187,12 @@ impl ResponseBody {
     /// `--timeout-keep-alive` or a shutdown with the body half sent. In
     /// pieces, hyper asks for the next one only once the window has room,
     /// so the rest waits here, timed, and h2 holds a piece at most beyond
-    /// the window. A body cut up does not end with its last piece either:
-    /// hyper asks once more when the window has taken all of it, and ends
-    /// the stream with an empty frame then, so the body (and the request,
-    /// for the connection) lasts until h2 holds none of it.
+    /// the window. The last byte of a body over a piece goes alone: hyper
+    /// asks for it only once the window has taken everything before it, so
+    /// the body (and the request, for the connection) lasts until h2 holds
+    /// none of it. (An empty last frame would not do: it needs no window,
+    /// and hyper sends it at once.) A body of a piece or less is not held:
+    /// h2 keeps at most that of it beyond the window, as before.
     pub(crate) fn in_pieces(mut self, http2: bool) -> ResponseBody {
         self.pieces = http2;
         self
@@ -265,8 +270,8 @@ impl ResponseBody {
         }
         let polled = match &mut this.source {
             _ if !this.rest.is_empty() => {
-                let size = this.rest.len().min(PIECE);
-                Poll::Ready(Some(Ok(this.rest.split_to(size))))
+                let piece = this.take_piece();
+                return Poll::Ready(Some(Ok(this.handing(piece))));
             }
             Source::App(exchange) => loop {
                 if let Some(stream) = &mut this.file {
@@ -295,15 +300,17 @@ impl ResponseBody {
         };
         match polled {
             Poll::Ready(Some(Ok(mut chunk))) => {
-                if this.pieces && chunk.len() > PIECE {
-                    this.rest = chunk.split_off(PIECE);
-                    this.cut_up = true;
+                if this.pieces {
+                    this.handed += chunk.len() as u64;
+                    let hold =
+                        chunk.len() > 1 && this.handed > PIECE as u64 && this.nothing_after();
+                    if hold || chunk.len() > PIECE {
+                        this.rest = chunk;
+                        this.hold_last = hold;
+                        chunk = this.take_piece();
+                    }
                 }
-                this.sent_data = true;
-                if let Some(log) = &mut this.log {
-                    log.bytes += chunk.len() as u64;
-                }
-                Poll::Ready(Some(Ok(Frame::data(chunk))))
+                Poll::Ready(Some(Ok(this.handing(chunk))))
             }
             Poll::Ready(Some(Err(_))) if !this.abort_flushed => {
                 // hyper drops its write buffer when a body fails: give it one
@@ -320,6 +327,36 @@ impl ResponseBody {
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// A data frame for hyper, counted.
+    fn handing(&mut self, data: Bytes) -> Frame<Bytes> {
+        self.sent_data = true;
+        if let Some(log) = &mut self.log {
+            log.bytes += data.len() as u64;
+        }
+        Frame::data(data)
+    }
+
+    /// The next piece of `rest`: [`PIECE`] bytes at most, and the last
+    /// byte of the body alone.
+    fn take_piece(&mut self) -> Bytes {
+        let keep = usize::from(self.hold_last && self.rest.len() > 1);
+        let size = (self.rest.len() - keep).min(PIECE);
+        self.rest.split_to(size)
+    }
+
+    /// Whether the source has nothing after the chunk just taken from it.
+    fn nothing_after(&self) -> bool {
+        match &self.source {
+            Source::App(exchange) => {
+                self.file.as_ref().is_none_or(|file| file.remaining == 0)
+                    && exchange.complete_body_len() == Some(0)
+            }
+            Source::Head => true,
+            Source::Fixed(body) => body.is_none(),
+            Source::File(stream) => stream.remaining == 0,
         }
     }
 
@@ -368,7 +405,7 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        if self.cut_up {
+        if !self.rest.is_empty() {
             return false;
         }
         match &self.source {
@@ -413,10 +450,23 @@ impl Drop for ResponseBody {
         }
         if let Some(cut) = self.active.as_ref().and_then(ActiveRequest::cut) {
             self.report_cut(cut);
+            if let Some(log) = &mut self.log {
+                log.incomplete = true;
+            }
+        }
+        let data_left = !self.rest.is_empty()
+            || match &self.source {
+                Source::File(stream) => stream.remaining > 0,
+                _ => false,
+            };
+        if data_left {
+            if let Some(log) = &mut self.log {
+                log.incomplete = true;
+            }
         }
         if let Source::App(exchange) = &self.source {
             let file_left = self.file.as_ref().is_some_and(|file| file.remaining > 0);
-            if !exchange.response_finished() || file_left || !self.rest.is_empty() {
+            if !exchange.response_finished() || file_left {
                 if let Some(log) = &mut self.log {
                     log.incomplete = true;
                 }

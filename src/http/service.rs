@@ -171,6 +171,10 @@ pub(crate) fn handle(
             // header. Counted before a proxy's `host` may replace them all.
             let hosts = (request.version() == Version::HTTP_11)
                 .then(|| request.headers().get_all(header::HOST).iter().count());
+            let host_is_valid = request
+                .headers()
+                .get(header::HOST)
+                .is_none_or(|host| valid_host(host.as_bytes()));
             if let Some(trusted) = &state.proxy {
                 trusted.apply(&mut info, request.headers_mut());
             }
@@ -194,16 +198,24 @@ pub(crate) fn handle(
             let record = |status| pending().map(|log| log.with_status(status));
 
             if let Some(hosts) = hosts {
-                if hosts != 1 {
-                    let reason = if hosts == 0 {
-                        "missing Host header"
-                    } else {
-                        "more than one Host header"
-                    };
+                let reason = match hosts {
+                    0 => Some("missing Host header"),
+                    1 => None,
+                    _ => Some("more than one Host header"),
+                };
+                if let Some(reason) = reason {
                     tracing::debug!(client = ?info.client, "400 Bad Request: {reason}");
                     let status = StatusCode::BAD_REQUEST;
                     break 'respond state.error_response(status, record(status), true);
                 }
+            }
+            // RFC 9112 §3.2: a Host that is not `host[:port]` is a 400 (a
+            // space, a path, userinfo: an app would build links from it).
+            // Checked as the client sent it, before a proxy's may stand in.
+            if !host_is_valid {
+                tracing::debug!(client = ?info.client, "400 Bad Request: invalid Host header");
+                let status = StatusCode::BAD_REQUEST;
+                break 'respond state.error_response(status, record(status), true);
             }
 
             // RFC 9110 §9.3.7: `OPTIONS *` asks about the server, not a resource, and
@@ -775,12 +787,28 @@ async fn body_within(
     limit: Duration,
 ) -> Result<Option<Result<http_body::Frame<Bytes>, hyper::Error>>, tokio::time::error::Elapsed> {
     let mut frame = std::pin::pin!(body.frame());
-    tokio::select! {
-        biased;
-        frame = &mut frame => return Ok(frame),
-        () = poll_fn(|cx| exchange.poll_body_awaited(cx)) => {}
+    loop {
+        tokio::select! {
+            biased;
+            frame = &mut frame => return Ok(frame),
+            () = poll_fn(|cx| exchange.poll_body_awaited(cx, true)) => {}
+        }
+        let timed = tokio::time::timeout(limit, async {
+            tokio::select! {
+                biased;
+                frame = &mut frame => Some(frame),
+                () = poll_fn(|cx| exchange.poll_body_awaited(cx, false)) => None,
+            }
+        });
+        match timed.await {
+            Ok(Some(frame)) => return Ok(frame),
+            // The app stopped waiting: the clock stops too.
+            Ok(None) => {}
+            Err(elapsed) if exchange.body_still_awaited() => return Err(elapsed),
+            // Only receive() calls it had cancelled were left.
+            Err(_) => {}
+        }
     }
-    tokio::time::timeout(limit, frame).await
 }
 
 async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
@@ -1060,8 +1088,75 @@ impl ServerState {
     }
 }
 
+/// Whether `value` is RFC 9110 §7.2's `uri-host [ ":" port ]` (RFC 3986: a
+/// reg-name or IPv4 address, or an IP literal in brackets; empty is allowed).
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(end) = literal.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let inside = &literal[..end];
+            let literal_char =
+                |b: &u8| b.is_ascii_alphanumeric() || b":.-_~!$&'()*+,;=".contains(b);
+            if inside.is_empty() || !inside.iter().all(literal_char) {
+                return false;
+            }
+            (&[][..], &literal[end + 1..])
+        }
+        None => match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &[][..]),
+        },
+    };
+    let name_char = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    host.iter().all(name_char) && port_ok
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hosts_are_host_and_port() {
+        for good in [
+            &b"example.com"[..],
+            b"example.com:8000",
+            b"my_host.local",
+            b"127.0.0.1:80",
+            b"[::1]",
+            b"[::1]:8000",
+            b"example.com:",
+            b"",
+        ] {
+            assert!(
+                super::valid_host(good),
+                "{:?}",
+                String::from_utf8_lossy(good)
+            );
+        }
+        for bad in [
+            &b"a b"[..],
+            b"evil.com/x?y",
+            b"a@b",
+            b"[::1",
+            b"[::1]x",
+            b"host:80:80",
+            b"host:http",
+            b"[]",
+            b"h\xc3\xa9",
+        ] {
+            assert!(
+                !super::valid_host(bad),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
     #[test]
     fn split_cookies_are_joined() {
         let mut headers = http::HeaderMap::new();

@@ -25,7 +25,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -174,7 +174,14 @@ pub(crate) struct StaticFiles {
     cache_control: HeaderValue,
     /// `openat2` is unavailable: resolve with `realpath` and a prefix check.
     fallback: AtomicBool,
+    /// When a 403 was last a warning (seconds of the monotonic clock): at
+    /// most one a minute, the rest at debug level, so that clients asking
+    /// under an unreadable directory cannot fill the log.
+    denied_warned: AtomicU64,
 }
+
+/// How often a 403 for a file this worker may not read is a warning.
+const DENIED_WARNING_EVERY: u64 = 60;
 
 /// What a request under a mapped prefix gets.
 pub(crate) enum Lookup {
@@ -245,6 +252,7 @@ impl StaticFiles {
             cache_control: HeaderValue::from_str(&format!("public, max-age={max_age}"))
                 .unwrap_or(HeaderValue::from_static("no-cache")),
             fallback: AtomicBool::new(fallback),
+            denied_warned: AtomicU64::new(0),
         })
     }
 
@@ -286,10 +294,19 @@ impl StaticFiles {
             Err(Refused::Denied) => {
                 // Debug-quoted: the decoded path is the client's bytes, and a
                 // line break in it must not start a forged log line.
-                tracing::warn!(
-                    "403 for {path:?}: this worker may not read {:?}",
-                    root.dir.join(OsStr::from_bytes(&relative))
-                );
+                let denied = root.dir.join(OsStr::from_bytes(&relative));
+                let now = crate::clock::monotonic_now().as_secs();
+                let last = self.denied_warned.load(Ordering::Relaxed);
+                if last == 0 || now >= last + DENIED_WARNING_EVERY {
+                    self.denied_warned.store(now.max(1), Ordering::Relaxed);
+                    tracing::warn!(
+                        "403 for {path:?}: this worker may not read {denied:?} (check the \
+                         permissions of the --static-map directory; further 403s for this \
+                         reason are logged at debug level for {DENIED_WARNING_EVERY}s)"
+                    );
+                } else {
+                    tracing::debug!("403 for {path:?}: this worker may not read {denied:?}");
+                }
                 return Lookup::Status(StatusCode::FORBIDDEN, HeaderMap::new());
             }
         };

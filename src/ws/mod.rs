@@ -572,8 +572,14 @@ pub(crate) async fn serve(
                             session.path,
                             code::PROTOCOL_ERROR
                         );
-                        let close = ws.send(close_frame(code::PROTOCOL_ERROR, reason));
-                        let _ = progress.bounded(stall_limit, close).await;
+                        if close_sent_at.is_none() {
+                            let close = ws.send(close_frame(code::PROTOCOL_ERROR, reason));
+                            let _ = progress.bounded(stall_limit, close).await;
+                        } else {
+                            // Our close went out already: a second would
+                            // break the protocol in turn. Just drop it.
+                            abandoned = true;
+                        }
                         outcome.get_or_insert((code::PROTOCOL_ERROR, reason.to_string()));
                         closed_by.get_or_insert(ClosedBy::Server);
                         break;

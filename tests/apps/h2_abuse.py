@@ -17,7 +17,8 @@ Routes:
   /hold           counted; reads the body until it ends or the client goes, then answers
                   "done"
   /duplex?s=N     counted; reads the first body message, answers it back and then a tick a
-                  second for N seconds, never reading again
+                  second for N seconds, never reading again (with &poll=1, after one more
+                  receive() it cancels after 0.1 s)
   websocket /ws-slow?s=N
                   counted; running for N seconds before it answers the handshake (it
                   refuses it), whatever the client does
@@ -127,6 +128,13 @@ async def app(scope, receive, send):
         # Reads the first body message only, then streams a tick a second for s seconds
         # without asking for more: its client may pause the body meanwhile.
         first = await receive()
+        if query.get("poll"):
+            # A look for more that gives up at once (asyncio.wait_for cancels the receive):
+            # the app is not waiting for the body after it.
+            try:
+                await asyncio.wait_for(receive(), 0.1)
+            except asyncio.TimeoutError:
+                pass
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": first["body"], "more_body": True})
         for tick in range(int(query.get("s", "3"))):
