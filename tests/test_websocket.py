@@ -1191,6 +1191,33 @@ def test_a_pong_over_125_bytes_after_our_close_gets_no_second_close(ws_server):
             pytest.fail(f"a frame after our close: {frame}")
 
 
+def test_a_client_that_pings_instead_of_answering_our_close_is_dropped_at_the_close_wait(
+    run_rsasgi,
+):
+    """The app closed; the client sends pings and reads nothing, so the pongs cannot go out.
+    The wait for a pong's room is bounded by the wait for the close reply (5 s), not by
+    --ws-ping-timeout (30 s here), which held the connection six times as long."""
+    server = run_rsasgi(APP, "--ws-ping-timeout", "30")
+    sock, reader = raw_handshake(server, "/app-close")
+    with sock:
+        assert reader.frame() == (OP_TEXT, True, b"closing soon")
+        code, _ = reader.close_code()
+        assert code == 4321
+        batch = encode_frame(OP_PING, b"") * 50_000
+        sock.settimeout(1)
+        started = time.monotonic()
+        ended = None
+        while time.monotonic() - started < 40:
+            try:
+                sock.sendall(batch)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                ended = time.monotonic() - started
+                break
+    assert ended is not None and ended < 20, f"still open after {time.monotonic() - started:.0f}s"
+
+
 def test_a_ping_flood_from_a_client_that_reads_nothing_is_bounded(run_rsasgi):
     """A client sends pings as fast as it can and reads none of the pongs. The engine queued
     a pong per ping and wrote them only when a read found nothing, which never happened: the

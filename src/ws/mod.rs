@@ -625,7 +625,13 @@ pub(crate) async fn serve(
                     // as one whose client stopped reading.
                     OpCode::Ping => {
                         let flushed = poll_fn(|cx| ws.poll_ready_unpin(cx));
-                        written(progress.bounded(stall_limit, flushed).await)
+                        // After our close, the wait for the reply bounds it.
+                        let limit = close_deadline.map_or(stall_limit, |deadline| {
+                            stall_limit.min(
+                                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                            )
+                        });
+                        written(progress.bounded(limit, flushed).await)
                     }
                 },
                 Err(error) => {
