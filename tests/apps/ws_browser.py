@@ -12,6 +12,7 @@ after the echo either way.
 """
 
 import asyncio
+import sys
 
 #: Seconds /wait holds its answer at most, should the websocket never close.
 WAIT_LIMIT = 10.0
@@ -93,3 +94,7 @@ async def app(scope, receive, send):
             if message["type"] == "websocket.disconnect":
                 return
             await send({"type": "websocket.send", "text": f"server echo: {message['text']}"})
+            # In the server log, so that a page dumped without the echo tells whether the
+            # server ever had the message (Chromium may hold a page's network activity while
+            # its virtual time waits).
+            print(f"ws_browser: echoed {message['text']!r}", file=sys.stderr, flush=True)
