@@ -107,9 +107,11 @@ pub(crate) fn read_chunk(file: &File, position: u64, want: usize) -> std::io::Re
     Ok(buffer.freeze())
 }
 
-/// The most data an HTTP/2 response hands hyper at a time: h2's default
-/// frame size, so each piece is one DATA frame.
-const PIECE: usize = 16 * 1024;
+/// The most data an HTTP/2 response hands hyper at a time: h2 holds at most
+/// this much of a stream beyond its window. Each piece is a turn of hyper's
+/// send loop: on loopback, 1 MiB downloads lost about 12% of their rate with
+/// 16 KiB pieces, and about 7% with these (h2load, alternating rounds).
+const PIECE: usize = 64 * 1024;
 
 pub(crate) struct ResponseBody {
     source: Source,
