@@ -59,17 +59,21 @@ def v2(
     return V2_SIGNATURE + bytes([command, family]) + struct.pack("!H", len(body)) + body
 
 
+#: What a client behind the balancer may claim of itself.
+CLIENT_SAYS = [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "https")]
+
+
 def open_conn(server) -> RawConn:
     sock = server.connect()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return RawConn(sock)
 
 
-def scope_after(server, header: bytes, path: str = "/") -> dict:
+def scope_after(server, header: bytes, path: str = "/", headers=None) -> dict:
     """Send `header` and one request in the same packet; the JSON the app answered."""
     conn = open_conn(server)
     try:
-        conn.send(header + request("GET", path))
+        conn.send(header + request("GET", path, headers))
         response = conn.read_response()
     finally:
         conn.sock.close()
@@ -116,13 +120,7 @@ def test_a_client_the_header_names_no_address_for_is_unnamed_and_not_trusted(pro
     X-Forwarded-* it sent itself are not believed although the balancer is a trusted peer."""
     server = proxied(version="v2" if header == "v2-unspec" else "v1")
     sent = b"PROXY UNKNOWN\r\n" if header == "v1-unknown" else v2()
-    headers = [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "https")]
-    conn = open_conn(server)
-    try:
-        conn.send(sent + request("GET", "/", headers))
-        scope = json.loads(conn.read_response().body)["scope"]
-    finally:
-        conn.sock.close()
+    scope = scope_after(server, sent, headers=CLIENT_SAYS)
     assert scope["client"] is None
     assert scope["scheme"] == "http"
     assert scope["server"] == ["127.0.0.1", server.port]
@@ -399,13 +397,7 @@ def test_a_client_of_the_balancer_s_unix_socket_is_not_trusted_as_a_unix_peer(pr
     its X-Forwarded-* believed."""
     server = proxied(version="v2")
     unix_source = V2_SIGNATURE + bytes([V2_PROXY, 0x31]) + struct.pack("!H", 216) + b"\x00" * 216
-    headers = [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "https")]
-    conn = open_conn(server)
-    try:
-        conn.send(unix_source + request("GET", "/", headers))
-        scope = json.loads(conn.read_response().body)["scope"]
-    finally:
-        conn.sock.close()
+    scope = scope_after(server, unix_source, headers=CLIENT_SAYS)
     assert scope["client"] is None
     assert scope["scheme"] == "http"
 
