@@ -26,6 +26,9 @@ struct Failure {
 /// Runs the checks; prints one "configuration OK" line on stdout, or the
 /// error on stderr. Returns the exit code.
 pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> i32 {
+    for warning in &config.warnings {
+        let _ = writeln!(std::io::stderr(), "rsasgi: warning: {warning}");
+    }
     match check(py, config) {
         Ok(interface) => {
             let settings = match file {

@@ -14,7 +14,9 @@ use std::path::Path;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
-use clap::{Arg, ArgAction, Command, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{
+    Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, Parser, ValueEnum,
+};
 use http::header::{HeaderName, HeaderValue};
 
 use crate::config::{
@@ -919,7 +921,8 @@ where
         .map_err(|err| blame_file(&mut command, err, file.as_ref()))?;
     let args = Args::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
     let (print_config, check_config) = (args.print_config, args.check_config);
-    let config = config_of(args, &mut command)?;
+    let mut config = config_of(args, &mut command)?;
+    config.warnings = ineffective_settings(&command, &matches, &config);
     let action = if print_config {
         Action::PrintConfig(print_config::listing(&command, &matches, file.as_ref()))
     } else if check_config {
@@ -1015,6 +1018,106 @@ fn blame_file(command: &mut Command, err: clap::Error, file: Option<&ConfigFile>
         _ => return err,
     };
     command.error(err.kind(), message)
+}
+
+/// Settings given (on the command line, in the environment or in the
+/// configuration file) that the rest of the configuration makes do nothing:
+/// each a warning at startup and in `--check-config`, rather than an error,
+/// since a variable set for a whole environment may meet a command line
+/// that turns its feature off.
+fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config) -> Vec<String> {
+    let given = |id: &str| {
+        matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    // As the user would write it: `--static-max-age`.
+    let flag = |id: &str| {
+        command
+            .get_arguments()
+            .find(|arg| arg.get_id() == id)
+            .and_then(|arg| arg.get_long())
+            .map_or_else(|| id.to_owned(), |long| format!("--{long}"))
+    };
+    let mut warnings = Vec::new();
+    let mut unused = |ids: &[&str], why: &str, instead: &str| {
+        let named: Vec<String> = ids
+            .iter()
+            .filter(|id| given(id))
+            .map(|id| flag(id))
+            .collect();
+        if !named.is_empty() {
+            let (list, verb) = match named.as_slice() {
+                [one] => (one.clone(), "does"),
+                [rest @ .., last] => (format!("{} and {last}", rest.join(", ")), "do"),
+                [] => unreachable!(),
+            };
+            warnings.push(format!("{list} {verb} nothing {why}; {instead}"));
+        }
+    };
+    if config.proxy.is_none() {
+        unused(
+            &["proxy_header_format"],
+            "with --no-proxy-headers: no proxy header is read",
+            "drop it, or --no-proxy-headers",
+        );
+        if config.proxy_protocol.is_none() {
+            unused(
+                &["forwarded_allow_ips"],
+                "with --no-proxy-headers and no --proxy-protocol: every client address \
+                 comes from the socket",
+                "drop it, or --no-proxy-headers",
+            );
+        }
+    }
+    if config.static_files.is_none() {
+        unused(
+            &["static_max_age"],
+            "without --static-map: no static files are served",
+            "add --static-map PREFIX=DIR, or drop it",
+        );
+    }
+    if !config
+        .binds
+        .iter()
+        .any(|bind| matches!(bind, Bind::Unix(_)))
+    {
+        unused(
+            &["uds_permissions"],
+            "without a Unix socket to listen on",
+            "add --uds PATH (or --bind unix:PATH), or drop it",
+        );
+    }
+    if config.supervision.max_requests.is_none() {
+        unused(
+            &["limit_max_requests_jitter"],
+            "without --limit-max-requests",
+            "add --limit-max-requests N, or drop it",
+        );
+    }
+    if config.ws.is_none() {
+        unused(
+            &[
+                "ws_max_size",
+                "ws_max_queue",
+                "ws_per_message_deflate",
+                "ws_ping_interval",
+                "ws_ping_timeout",
+                "ws_closed_send_grace",
+            ],
+            "with --ws none: WebSocket upgrades are refused",
+            "drop them, or --ws none",
+        );
+    }
+    if !config.access_log {
+        unused(
+            &["access_log_format", "access_logfile"],
+            "with --no-access-log: no access line is written",
+            "drop them, or --no-access-log",
+        );
+    }
+    warnings
 }
 
 /// Turns what clap parsed into a [`Config`], with the checks that span
@@ -1187,6 +1290,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         }),
         metrics_bind: args.metrics_bind,
         compat_notes,
+        warnings: Vec::new(),
     })
 }
 
@@ -1447,6 +1551,77 @@ mod tests {
             let config = parse(["rsasgi", "main:app", "--log-level", raw]).unwrap();
             assert_eq!(config.log_level, level, "{raw}");
         }
+    }
+
+    #[test]
+    fn settings_the_rest_makes_do_nothing_are_warned_of() {
+        let warnings = |argv: &[&str]| {
+            let mut full = vec!["rsasgi", "main:app"];
+            full.extend_from_slice(argv);
+            parse(full).unwrap().warnings
+        };
+        assert!(warnings(&[]).is_empty());
+        assert!(warnings(&["--static-map", "/s=/tmp", "--static-max-age", "60"]).is_empty());
+        assert!(warnings(&["--uds", "/run/a.sock", "--uds-permissions", "660"]).is_empty());
+        assert!(warnings(&["--bind", "unix:/run/a.sock", "--uds-permissions", "660"]).is_empty());
+        assert!(warnings(&[
+            "--no-proxy-headers",
+            "--proxy-protocol",
+            "v1",
+            "--forwarded-allow-ips",
+            "10.0.0.1"
+        ])
+        .is_empty());
+        assert_eq!(
+            warnings(&["--static-max-age", "60"]),
+            [
+                "--static-max-age does nothing without --static-map: no static files are served; \
+              add --static-map PREFIX=DIR, or drop it"
+            ]
+        );
+        assert_eq!(
+            warnings(&["--no-proxy-headers", "--forwarded-allow-ips", "10.0.0.1"]),
+            [
+                "--forwarded-allow-ips does nothing with --no-proxy-headers and no \
+              --proxy-protocol: every client address comes from the socket; drop it, or \
+              --no-proxy-headers"
+            ]
+        );
+        assert_eq!(
+            warnings(&[
+                "--ws",
+                "none",
+                "--ws-max-size",
+                "100",
+                "--ws-ping-interval",
+                "3"
+            ]),
+            [
+                "--ws-max-size and --ws-ping-interval do nothing with --ws none: WebSocket \
+              upgrades are refused; drop them, or --ws none"
+            ]
+        );
+        assert_eq!(warnings(&["--uds-permissions", "600"]).len(), 1);
+        assert_eq!(warnings(&["--limit-max-requests-jitter", "5"]).len(), 1);
+        assert_eq!(
+            warnings(&["--no-proxy-headers", "--proxy-header-format", "forwarded"]).len(),
+            1
+        );
+        assert_eq!(
+            warnings(&[
+                "--no-access-log",
+                "--access-log-format",
+                "%(h)s",
+                "--access-logfile",
+                "-"
+            ]),
+            [
+                "--access-log-format and --access-logfile do nothing with --no-access-log: no \
+              access line is written; drop them, or --no-access-log"
+            ]
+        );
+        // The defaults (a value clap filled in) are not the user's doing.
+        assert!(warnings(&["--ws", "none", "--no-access-log"]).is_empty());
     }
 
     #[test]

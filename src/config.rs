@@ -448,6 +448,9 @@ pub(crate) struct Config {
     /// What a value borrowed from another server (`--ws wsproto`,
     /// `--http h11`) means here, for the debug log.
     pub compat_notes: Vec<String>,
+    /// Settings given that the rest of the configuration makes do nothing
+    /// (`--static-max-age` without `--static-map`), each a startup warning.
+    pub warnings: Vec<String>,
 }
 
 impl Config {

@@ -158,6 +158,12 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
     for note in &config.compat_notes {
         tracing::debug!("{note}");
     }
+    if handoff.is_none() {
+        // Once, from the process the operator started, not from each worker.
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+    }
     if let (Some(tls), None) = (&config.tls, &handoff) {
         // Checked once here, so a bad file is one line and exit 1 before
         // anything listens; each worker then loads the files itself.

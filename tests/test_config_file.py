@@ -359,3 +359,34 @@ def test_check_config_fails_on_a_bad_setting(tmp_path):
     result = cli("--config", str(config), "--app-dir", str(APPS), "--check-config", APP)
     assert result.returncode == 2, result.stderr
     assert_one_line(result.stderr, "key 'threads'", str(config))
+
+
+def test_settings_that_do_nothing_are_warned_of_once(tmp_path, run_rsasgi):
+    """A setting the rest of the configuration turns off (a file's static-max-age
+    with no static-map, an environment's forwarded-allow-ips beside
+    --no-proxy-headers) used to be taken and ignored without a word."""
+    config = write_config(
+        tmp_path, f'app = "{APP}"\napp-dir = {toml_string(APPS)}\nstatic-max-age = 60\n'
+    )
+    env = {"RSASGI_FORWARDED_ALLOW_IPS": "10.0.0.1"}
+    result = cli("--config", str(config), "--no-proxy-headers", "--check-config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "rsasgi: warning: --forwarded-allow-ips does nothing with --no-proxy-headers and no "
+        "--proxy-protocol: every client address comes from the socket; drop it, or "
+        "--no-proxy-headers",
+        "rsasgi: warning: --static-max-age does nothing without --static-map: no static "
+        "files are served; add --static-map PREFIX=DIR, or drop it",
+    ]
+    # Served with workers: said once, by the supervisor, not by each worker.
+    server = run_rsasgi(
+        "--config", str(config), "--no-proxy-headers", "--workers", "2", "--port", "0", env=env
+    )
+    wait_for(lambda: len(STARTED.findall(server.output())) == 2, timeout=20)
+    assert httpx.get(server.url + "/", timeout=10).status_code == 200
+    output = server.output()
+    assert output.count("--static-max-age does nothing without --static-map") == 1, output
+    assert output.count("--forwarded-allow-ips does nothing") == 1, output
+    assert " WARN " in next(
+        line for line in output.splitlines() if "--static-max-age does nothing" in line
+    )
