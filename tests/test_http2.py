@@ -17,7 +17,7 @@ import h2.connection
 import h2.events
 import httpx
 import pytest
-from conftest import wait_for
+from conftest import wait_for, wait_for_log
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, PingFrame, SettingsFrame
 
 FRAME_HEADER = 9
@@ -166,9 +166,13 @@ def test_peer_that_never_acknowledges_pings_is_closed(run_rsasgi, tmp_path):
     assert "request-done" not in events.read_text().split()
 
 
-def h2_get(server, path: str, headers: list[tuple[str, str]]) -> tuple[int, bytes]:
-    """One GET over a fresh HTTP/2 connection, header fields sent exactly as given."""
-    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+def h2_get(
+    server, path: str, headers: list[tuple[str, str]], validate: bool = True
+) -> tuple[int, bytes]:
+    """One GET over a fresh HTTP/2 connection, header fields sent exactly as given
+    (with `validate=False` even those the h2 library would refuse to send)."""
+    config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=validate)
+    connection = h2.connection.H2Connection(config)
     connection.initiate_connection()
     authority = f"127.0.0.1:{server.port}"
     request = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", authority)]
@@ -188,6 +192,26 @@ def h2_get(server, path: str, headers: list[tuple[str, str]]) -> tuple[int, byte
                 elif isinstance(event, h2.events.StreamEnded):
                     return status, body
             sock.sendall(connection.data_to_send())
+
+
+@pytest.mark.parametrize("app", ["ws_app:app", "wsgi_env:app"], ids=["asgi", "wsgi"])
+def test_a_host_header_naming_another_host_than_the_authority_is_a_400(run_rsasgi, app):
+    """RFC 9113 8.3.1: a host field that names another entity than :authority makes the
+    request malformed. Before, the app got `host: evil.example` while the client had asked
+    for 127.0.0.1, and Django's ALLOWED_HOSTS or an app's links went by the wrong one."""
+    server = run_rsasgi(app, "--log-level", "debug")
+    authority = f"127.0.0.1:{server.port}"
+    for host in ["evil.example", f"127.0.0.1:{server.port + 1}"]:
+        status, _ = h2_get(server, "/scope", [("host", host)], validate=False)
+        assert status == 400, host
+    # Two host fields, even the same: which would the app read?
+    status, _ = h2_get(server, "/scope", [("host", authority)] * 2, validate=False)
+    assert status == 400
+    wait_for_log(server, "host header does not match :authority")
+    # The same host in another case, or without the port, is the same host.
+    for host in [authority, "127.0.0.1", authority.upper()]:
+        status, body = h2_get(server, "/scope", [("host", host)], validate=False)
+        assert status == 200, (host, body)
 
 
 @pytest.mark.parametrize(

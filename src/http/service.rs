@@ -163,9 +163,9 @@ pub(crate) fn handle(
             if let Some(slot) = &state.slot {
                 slot.count_request();
             }
-            if request.version() == Version::HTTP_2 {
-                add_host_from_authority(&mut request);
-            }
+            // RFC 9113 §8.3.1: over HTTP/2 a `host` must name the `:authority`.
+            let host_matches =
+                request.version() != Version::HTTP_2 || add_host_from_authority(&mut request);
             join_cookies(request.headers_mut());
             // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host
             // header. Counted before a proxy's `host` may replace them all.
@@ -214,6 +214,14 @@ pub(crate) fn handle(
             // Checked as the client sent it, before a proxy's may stand in.
             if !host_is_valid {
                 tracing::debug!(client = ?info.client, "400 Bad Request: invalid Host header");
+                let status = StatusCode::BAD_REQUEST;
+                break 'respond state.error_response(status, record(status), true);
+            }
+            if !host_matches {
+                tracing::debug!(
+                    client = ?info.client,
+                    "400 Bad Request: the host header does not match :authority"
+                );
                 let status = StatusCode::BAD_REQUEST;
                 break 'respond state.error_response(status, record(status), true);
             }
@@ -903,9 +911,21 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
 /// HTTP/2 carries the host in the `:authority` pseudo-header, which hyper
 /// keeps in the URI; ASGI apps (Django, Starlette) and WSGI's `HTTP_HOST`
 /// expect a `host` header, which the ASGI spec says servers should add.
-fn add_host_from_authority(request: &mut Request<Incoming>) {
-    if request.headers().contains_key(header::HOST) {
-        return;
+///
+/// Returns false when the request also has `host` fields that do not name
+/// the `:authority`'s host and port, or more than one: RFC 9113 §8.3.1 says
+/// treat that as malformed, and an app (or its allow-list) reading `host`
+/// would otherwise act on another name than the one the client asked for.
+fn add_host_from_authority(request: &mut Request<Incoming>) -> bool {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    if let Some(host) = hosts.next() {
+        if hosts.next().is_some() {
+            return false;
+        }
+        return request
+            .uri()
+            .authority()
+            .is_none_or(|authority| same_host(host.as_bytes(), authority.as_str().as_bytes()));
     }
     let host = request
         .uri()
@@ -914,6 +934,26 @@ fn add_host_from_authority(request: &mut Request<Incoming>) {
     if let Some(host) = host {
         request.headers_mut().insert(header::HOST, host);
     }
+    true
+}
+
+/// Whether two `host[:port]` values name the same host (in any case) and,
+/// where both give one, the same port.
+fn same_host(a: &[u8], b: &[u8]) -> bool {
+    fn split(value: &[u8]) -> (&[u8], Option<&[u8]>) {
+        // After an IP literal's `]`, or at the last colon of a name.
+        let start = value.iter().rposition(|&b| b == b']').unwrap_or(0);
+        match value[start..].iter().rposition(|&b| b == b':') {
+            Some(colon) => (&value[..start + colon], Some(&value[start + colon + 1..])),
+            None => (value, None),
+        }
+    }
+    let ((host_a, port_a), (host_b, port_b)) = (split(a), split(b));
+    host_a.eq_ignore_ascii_case(host_b)
+        && match (port_a, port_b) {
+            (Some(port_a), Some(port_b)) => port_a == port_b,
+            _ => true,
+        }
 }
 
 /// HTTP/2 clients may split the `cookie` header into one field per cookie
@@ -1120,6 +1160,27 @@ fn valid_host(value: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hosts_are_the_same_in_any_case_and_with_a_port_on_one_side_only() {
+        for (a, b) in [
+            (&b"example.com"[..], &b"EXAMPLE.com"[..]),
+            (b"example.com:8443", b"example.com:8443"),
+            (b"example.com", b"example.com:8443"),
+            (b"[::1]:80", b"[::1]"),
+            (b"[::1]", b"[::1]"),
+        ] {
+            assert!(super::same_host(a, b), "{a:?} {b:?}");
+        }
+        for (a, b) in [
+            (&b"example.com"[..], &b"evil.example"[..]),
+            (b"example.com:8443", b"example.com:443"),
+            (b"[::1]:80", b"[::2]:80"),
+            (b"", b"example.com"),
+        ] {
+            assert!(!super::same_host(a, b), "{a:?} {b:?}");
+        }
+    }
+
     #[test]
     fn hosts_are_host_and_port() {
         for good in [
