@@ -164,6 +164,42 @@ def test_client_gone_before_the_response_is_logged_as_499(run_rsasgi, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "app, target",
+    [("proto_stream:app", "/upload"), ("wsgi_env:app", "/sha256?chunk=1000")],
+    ids=["asgi", "wsgi"],
+)
+def test_client_gone_in_the_middle_of_its_body_is_logged_as_499(
+    run_rsasgi, tmp_path, app, target
+):
+    """A client that sends part of its body and leaves was logged as "503 19" (a response
+    it never got, with the status operators read as overload) and counted as a 5xx."""
+    metrics_port = free_port()
+    server = run_rsasgi(
+        app,
+        "--metrics-bind",
+        f"127.0.0.1:{metrics_port}",
+        env={"PROTO_MARKER_DIR": str(tmp_path)},
+    )
+    with server.connect() as sock:
+        sock.sendall(
+            f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode()
+            + b"x" * 5000
+        )
+        time.sleep(0.5)
+    lines = wait_for(
+        lambda: access_log(server.output(), target),
+        timeout=15,
+        message=f"an access log line for {target}",
+        server=server,
+    )
+    assert [line["status"] for line in lines] == ["499"], server.output()
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    counted = [line for line in metrics.splitlines() if line.startswith("rsasgi_requests_total")]
+    assert any('status="none"' in line and line.endswith(" 1") for line in counted), counted
+    assert not any('status="5xx"' in line for line in counted), counted
+
+
+@pytest.mark.parametrize(
     "app, target, marker",
     [
         ("proto_stream:app", "/wait-disconnect?tag=upload", "upload.begun"),

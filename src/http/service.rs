@@ -159,6 +159,7 @@ pub(crate) fn handle(
             .metrics
             .as_ref()
             .map(|slot| RequestMeter::start(slot, request.method(), started_at()));
+        let mut client_left = false;
         let mut response = 'respond: {
             if let Some(slot) = &state.slot {
                 slot.count_request();
@@ -402,9 +403,14 @@ pub(crate) fn handle(
                     break 'respond state.error_response(status, log, close);
                 }
                 Err(Refusal::Closed) => {
+                    // The client left before the response (in the middle of
+                    // its body, or it reset the stream): its line says 499 and
+                    // the metrics count no status. Something must still be
+                    // returned to hyper, which has nowhere to send it.
+                    drop(log);
+                    client_left = true;
                     let status = StatusCode::SERVICE_UNAVAILABLE;
-                    log = log.map(|log| log.with_status(status));
-                    break 'respond state.error_response(status, log, true);
+                    break 'respond state.error_response(status, None, true);
                 }
             };
 
@@ -477,7 +483,9 @@ pub(crate) fn handle(
             response = Response::from_parts(head, body);
         }
         if let Some(mut meter) = meter {
-            meter.answered(response.status());
+            if !client_left {
+                meter.answered(response.status());
+            }
             response = response.map(|body| body.metered(meter));
         }
         Ok(response.map(|body| body.tracking(active).in_pieces(over_http2)))
