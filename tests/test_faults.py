@@ -168,9 +168,7 @@ def test_client_gone_before_the_response_is_logged_as_499(run_rsasgi, tmp_path):
     [("proto_stream:app", "/upload"), ("wsgi_env:app", "/sha256?chunk=1000")],
     ids=["asgi", "wsgi"],
 )
-def test_client_gone_in_the_middle_of_its_body_is_logged_as_499(
-    run_rsasgi, tmp_path, app, target
-):
+def test_client_gone_in_the_middle_of_its_body_is_logged_as_499(run_rsasgi, tmp_path, app, target):
     """A client that sends part of its body and leaves was logged as "503 19" (a response
     it never got, with the status operators read as overload) and counted as a 5xx."""
     metrics_port = free_port()
