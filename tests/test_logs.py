@@ -32,6 +32,7 @@ from conftest import (
     cli,
     free_port,
     kill_process_group,
+    read_response,
     wait_for,
     wait_for_log,
 )
@@ -770,3 +771,29 @@ def test_a_custom_request_id_header_reaches_an_asgi_app(run_rsasgi):
     server = run_rsasgi(APP, "--request-id-header", "X-Correlation-ID")
     seen = httpx.get(f"{server.url}/headers").json()
     assert GENERATED_ID.fullmatch(seen["x-correlation-id"]) and "x-request-id" not in seen
+
+
+def test_long_lines_for_a_stalled_reader_are_bounded_in_bytes(piped_server):
+    """The queue for a reader that stalls was bounded in lines (16,384), not bytes, and a
+    client chooses how long its access lines are: a 30 KB User-Agent of bytes past ASCII is
+    written as 120 KB of escapes. 600 such requests grew the worker by some 70 MiB;
+    the queue now holds 8 MiB, and what does not fit is dropped and counted."""
+    from apps.proto_raw import rss_kib
+
+    proc, log, port = piped_server()
+    agent = b"\x80" * 30_000
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nUser-Agent: %s\r\n\r\n" % agent
+
+    def send() -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request)
+            assert read_response(sock).startswith(b"HTTP/1.1 200")
+
+    send()
+    before = rss_kib(proc.pid)
+    for _ in range(600):
+        send()
+    grown_mib = (rss_kib(proc.pid) - before) / 1024
+    assert grown_mib < 32, f"the worker grew by {grown_mib:.0f} MiB"
+    # Once read again, the log says what it dropped.
+    read_log_until(log, "log line(s) dropped because the process reading this log")

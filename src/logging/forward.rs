@@ -28,6 +28,10 @@ use super::{logger_name, SERVER};
 /// Lines queued for the Python thread at most.
 const CAPACITY: usize = 10_000;
 
+/// Bytes of text queued for the Python thread at most: a client chooses the
+/// length of the access records that carry its headers.
+const CAPACITY_BYTES: usize = 8 * 1024 * 1024;
+
 /// How long the last flush waits for the handlers to take the queued lines.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
@@ -57,9 +61,26 @@ struct Record {
     fields: Vec<(&'static str, Value)>,
 }
 
+impl Record {
+    /// The bytes of text it holds.
+    fn size(&self) -> usize {
+        let fields: usize = self
+            .fields
+            .iter()
+            .map(|(name, value)| match value {
+                Value::Str(text) => name.len() + text.len(),
+                _ => name.len() + 8,
+            })
+            .sum();
+        self.logger.len() + self.message.len() + fields
+    }
+}
+
 #[derive(Default)]
 struct Queue {
     records: VecDeque<Record>,
+    /// The text of `records`, in bytes.
+    bytes: usize,
     dropped: u64,
     /// The process is leaving: hand out what is queued, then stop.
     stopping: bool,
@@ -69,6 +90,7 @@ struct Queue {
 
 static QUEUE: Mutex<Queue> = Mutex::new(Queue {
     records: VecDeque::new(),
+    bytes: 0,
     dropped: 0,
     stopping: false,
     finished: false,
@@ -119,12 +141,15 @@ fn level_index(level: Level) -> u8 {
 }
 
 fn push(record: Record) {
+    let size = record.size();
     let mut queue = QUEUE.lock();
-    if queue.records.len() >= CAPACITY {
+    let first = queue.records.is_empty();
+    // A record alone always goes, however long.
+    if queue.records.len() >= CAPACITY || (!first && queue.bytes + size > CAPACITY_BYTES) {
         queue.dropped += 1;
         return;
     }
-    let first = queue.records.is_empty();
+    queue.bytes += size;
     queue.records.push_back(record);
     drop(queue);
     if first {
@@ -236,6 +261,7 @@ pub(crate) fn next_log_records(py: Python<'_>) -> PyResult<Option<Bound<'_, PyLi
         loop {
             if !queue.records.is_empty() || queue.dropped > 0 {
                 let dropped = std::mem::take(&mut queue.dropped);
+                queue.bytes = 0;
                 return Some((std::mem::take(&mut queue.records), dropped));
             }
             if queue.stopping {
@@ -441,6 +467,20 @@ mod tests {
         let mut queue = QUEUE.lock();
         assert_eq!((queue.records.len(), queue.dropped), (CAPACITY, 3));
         queue.records.clear();
+        queue.bytes = 0;
+        queue.dropped = 0;
+        drop(queue);
+        // In bytes too: a long record alone goes, then those that fit.
+        let long = |len: usize| Record {
+            message: "x".repeat(len),
+            ..record()
+        };
+        push(long(CAPACITY_BYTES * 2));
+        push(long(1));
+        let mut queue = QUEUE.lock();
+        assert_eq!((queue.records.len(), queue.dropped), (1, 1));
+        queue.records.clear();
+        queue.bytes = 0;
         queue.dropped = 0;
     }
 }

@@ -15,18 +15,106 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tracing::Metadata;
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::MakeWriter;
 
 use super::ACCESS;
 
-/// Log lines queued for a writer thread before new ones are dropped. At
-/// about 200 bytes a line this bounds the queue near 3 MiB, and it absorbs a
-/// burst of access-log lines while the reader catches up.
+/// Log lines queued for a writer thread before new ones are dropped: it
+/// absorbs a burst of access-log lines while the reader catches up.
 const QUEUED_LINES_LIMIT: usize = 16 * 1024;
+
+/// Bytes queued for a writer thread before new lines are dropped. Lines are
+/// some 200 bytes, but a client chooses the length of those that show its
+/// headers (a 30 KB `User-Agent` of non-ASCII bytes becomes 120 KB escaped):
+/// counted in lines alone, a stalled reader let a client grow the queue to
+/// gigabytes.
+const QUEUED_BYTES_LIMIT: usize = 8 * 1024 * 1024;
+
+/// What one output's queue holds, reserved by the threads that log before a
+/// line is queued and given back by the writer thread once it is written,
+/// and the lines dropped for want of room.
+#[derive(Default)]
+struct Budget {
+    lines: AtomicUsize,
+    bytes: AtomicUsize,
+    dropped: AtomicUsize,
+}
+
+impl Budget {
+    /// Takes room for a line of `len` bytes; false when there is none. A
+    /// line alone in the queue always fits, however long.
+    fn reserve(&self, len: usize) -> bool {
+        if self.lines.fetch_add(1, Ordering::AcqRel) >= QUEUED_LINES_LIMIT {
+            self.lines.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let before = self.bytes.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before + len > QUEUED_BYTES_LIMIT {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            self.lines.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, len: usize) {
+        self.bytes.fetch_sub(len, Ordering::AcqRel);
+        self.lines.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A writer for one line: queued for the writer thread if the budget has
+/// room for it, else dropped and counted.
+pub(super) struct Queued {
+    writer: NonBlocking,
+    budget: Arc<Budget>,
+}
+
+impl Write for Queued {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        if self.budget.reserve(line.len()) {
+            // The channel holds at most the lines reserved, so the lossy
+            // writer never finds it full and never drops one of them.
+            self.writer.write(line)
+        } else {
+            self.budget.dropped.fetch_add(1, Ordering::Relaxed);
+            Ok(line.len())
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+/// The writer thread's end: gives a line's room back once it is written,
+/// or failed to be (a reader that died).
+struct Drained<W> {
+    sink: W,
+    budget: Arc<Budget>,
+}
+
+impl<W: Write> Write for Drained<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.sink.write(buf)
+    }
+
+    /// The writer thread writes each line with one call to this.
+    fn write_all(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let written = self.sink.write_all(line);
+        self.budget.release(line.len());
+        written
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.sink.flush()
+    }
+}
 
 /// Keep the writer threads alive; dropped by [`flush`](super::flush) so that
 /// queued lines are written before the process exits.
@@ -59,19 +147,24 @@ pub(super) type DroppedNote = Box<dyn Fn(usize) -> String + Send + Sync>;
 /// logging gets through again, and to reopen its file.
 pub(super) struct Output {
     writer: NonBlocking,
-    dropped: ErrorCounter,
+    budget: Arc<Budget>,
     reported: AtomicUsize,
     note: DroppedNote,
     /// Where the note goes when not with the lines it reports: the server
-    /// log's writer and its drop counter (access lines in a format of the
+    /// log's writer and its budget (access lines in a format of the
     /// operator's, where a note of ours would break the file's parsers).
-    note_elsewhere: Option<(NonBlocking, ErrorCounter)>,
+    note_elsewhere: Option<(NonBlocking, Arc<Budget>)>,
     /// The file the writer thread appends to, by path and descriptor.
     file: Option<(PathBuf, RawFd)>,
 }
 
 impl Output {
     fn new(sink: impl Write + Send + 'static, name: &str, note: DroppedNote) -> Output {
+        let budget = Arc::new(Budget::default());
+        let sink = Drained {
+            sink,
+            budget: Arc::clone(&budget),
+        };
         let (writer, guard) = NonBlockingBuilder::default()
             .lossy(true)
             .buffered_lines_limit(QUEUED_LINES_LIMIT)
@@ -79,7 +172,7 @@ impl Output {
             .finish(sink);
         GUARDS.lock().push(guard);
         Output {
-            dropped: writer.error_counter(),
+            budget,
             writer,
             reported: AtomicUsize::new(0),
             note,
@@ -91,7 +184,7 @@ impl Output {
     /// Sends the note about this output's dropped lines to `server`'s
     /// stream instead of its own.
     pub(super) fn note_to(mut self, server: &Output, note: DroppedNote) -> Output {
-        self.note_elsewhere = Some((server.writer.clone(), server.dropped.clone()));
+        self.note_elsewhere = Some((server.writer.clone(), Arc::clone(&server.budget)));
         self.note = note;
         self
     }
@@ -120,8 +213,8 @@ impl Output {
 
     /// The writer for one line, preceded by a note when lines were dropped
     /// since the last one got through.
-    fn writer(&self) -> NonBlocking {
-        let dropped = self.dropped.dropped_lines();
+    fn writer(&self) -> Queued {
+        let dropped = self.budget.dropped.load(Ordering::Relaxed);
         let reported = self.reported.load(Ordering::Relaxed);
         if dropped > reported
             && self
@@ -129,11 +222,15 @@ impl Output {
                 .compare_exchange(reported, dropped, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let (mut writer, counter) = match &self.note_elsewhere {
-                Some((writer, counter)) => (writer.clone(), counter),
-                None => (self.writer.clone(), &self.dropped),
+            let (writer, budget) = match &self.note_elsewhere {
+                Some((writer, budget)) => (writer.clone(), budget),
+                None => (self.writer.clone(), &self.budget),
             };
-            let before = counter.dropped_lines();
+            let before = budget.dropped.load(Ordering::Relaxed);
+            let mut writer = Queued {
+                writer,
+                budget: Arc::clone(budget),
+            };
             let _ = writer.write_all((self.note)(dropped - reported).as_bytes());
             // The queue is lossy: a note that found it still full was
             // dropped too, and counted as a line of that queue. Its lines
@@ -142,13 +239,16 @@ impl Output {
             // thread dropped just now looks the same: if the note got
             // through, the next one repeats its number. The count may then
             // be too high, never too low.
-            if counter.dropped_lines() != before {
+            if budget.dropped.load(Ordering::Relaxed) != before {
                 let own = usize::from(self.note_elsewhere.is_none());
                 self.reported
                     .fetch_sub(dropped - reported - own, Ordering::Relaxed);
             }
         }
-        self.writer.clone()
+        Queued {
+            writer: self.writer.clone(),
+            budget: Arc::clone(&self.budget),
+        }
     }
 
     /// Opens the file again at its path (logrotate moved the old one away)
@@ -205,13 +305,13 @@ pub(super) struct Outputs {
 }
 
 impl<'a> MakeWriter<'a> for &'static Outputs {
-    type Writer = NonBlocking;
+    type Writer = Queued;
 
-    fn make_writer(&'a self) -> NonBlocking {
+    fn make_writer(&'a self) -> Queued {
         self.server.writer()
     }
 
-    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> NonBlocking {
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Queued {
         match &self.access {
             Some(access) if meta.target() == ACCESS => access.writer(),
             _ => self.server.writer(),
@@ -222,6 +322,25 @@ impl<'a> MakeWriter<'a> for &'static Outputs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_but_takes_one_long_line() {
+        let budget = Budget::default();
+        assert!(budget.reserve(QUEUED_BYTES_LIMIT * 2), "alone, it fits");
+        assert!(!budget.reserve(1));
+        budget.release(QUEUED_BYTES_LIMIT * 2);
+        assert!(budget.reserve(QUEUED_BYTES_LIMIT - 10));
+        assert!(budget.reserve(10));
+        assert!(!budget.reserve(1));
+        budget.release(10);
+        budget.release(QUEUED_BYTES_LIMIT - 10);
+        assert_eq!(budget.bytes.load(Ordering::Relaxed), 0);
+        for _ in 0..QUEUED_LINES_LIMIT {
+            assert!(budget.reserve(1));
+        }
+        assert!(!budget.reserve(1));
+        assert_eq!(budget.lines.load(Ordering::Relaxed), QUEUED_LINES_LIMIT);
+    }
 
     #[test]
     fn a_dash_is_standard_output() {
