@@ -1191,9 +1191,18 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         reuse_port: args.reuse_port,
         pid_file: args.pid_file,
         daemon: args.daemon,
-        // gunicorn's "-": stderr, where the log goes anyway.
-        log_file: args.log_file.filter(|path| path.as_os_str() != "-"),
-        access_log_file: args.access_logfile,
+        // gunicorn's "-": stderr, where the log goes anyway. Absolute, so
+        // that SIGUSR1 reopens the same file after the app changed directory.
+        log_file: args
+            .log_file
+            .filter(|path| path.as_os_str() != "-")
+            .map(|path| std::path::absolute(&path).unwrap_or(path)),
+        access_log_file: args.access_logfile.map(|destination| match destination {
+            AccessDestination::File(path) => {
+                AccessDestination::File(std::path::absolute(&path).unwrap_or(path))
+            }
+            stdout => stdout,
+        }),
         user: args.user,
         group: args.group,
         umask: args.umask.map(|mode| mode.0),

@@ -487,6 +487,106 @@ def test_files_reopened_by_the_supervisor_go_to_the_workers_group(run_rsasgi, tm
     assert (log_file.stat().st_uid, access_log.stat().st_uid) == (0, 0)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the danger is root following the link")
+def test_root_does_not_follow_a_link_planted_in_a_directory_another_account_writes(
+    run_rsasgi, tmp_path
+):
+    """A log directory the app's account may write (so that its workers can reopen the files)
+    let that account plant a link where logrotate had moved the file away: on SIGUSR1 root
+    appended to the link's target, and gave it to the account (CVE-2016-1247's pattern)."""
+    nobody = pwd.getpwnam("nobody")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    os.chown(logs, nobody.pw_uid, nobody.pw_gid)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    log_file, access_log = logs / "error.log", logs / "access.log"
+    # At start: a link is refused with a line that says why.
+    log_file.symlink_to(victim)
+    result = cli(APP, "--app-dir", str(APPS), "--port", "0", "--log-file", str(log_file))
+    assert result.returncode == 1
+    assert "symbolic link in a directory other accounts may write" in result.stderr
+    log_file.unlink()
+    # On SIGUSR1 after a rotation: the old file stays in use.
+    server = run_rsasgi(
+        APP,
+        *("--workers", "1", "--group", str(nobody.pw_gid)),
+        *("--log-file", str(log_file), "--access-logfile", str(access_log)),
+        wait=False,
+    )
+    wait_for_file(log_file, "Serving on")
+    log_file.rename(logs / "error.log.1")
+    log_file.symlink_to(victim)
+    access_log.rename(logs / "access.log.1")
+    access_log.symlink_to(tmp_path / "made-by-root")
+    os.kill(server.proc.pid, signal.SIGUSR1)
+    wait_for_file(logs / "error.log.1", "cannot reopen --log-file")
+    assert victim.read_text() == "precious\n"
+    assert (victim.stat().st_uid, victim.stat().st_gid, victim.stat().st_mode & 0o777) == (
+        0,
+        0,
+        0o600,
+    )
+    assert not (tmp_path / "made-by-root").exists()
+    assert server.proc.poll() is None
+
+
+def test_a_fifo_nobody_reads_is_an_error_not_a_hang(run_rsasgi, tmp_path):
+    """Opening a FIFO for writing waits for a reader: at start the server hung without a
+    word, and on SIGUSR1 (after the reader left) the event loop that reopens the file stopped
+    serving until a reader came back."""
+    fifo = tmp_path / "error.fifo"
+    os.mkfifo(fifo)
+    result = subprocess.run(
+        [sys.executable, "-m", "rsasgi", APP, "--app-dir", str(APPS), "--port", "0"]
+        + ["--log-file", str(fifo)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1
+    assert "a FIFO with no process reading it" in result.stderr
+    # The access log on a FIFO whose reader leaves, then SIGUSR1: still serving.
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    server = run_rsasgi(APP, "--access-logfile", str(fifo))
+    assert httpx.get(f"{server.url}/hello").status_code == 200
+    os.close(reader)
+    os.kill(server.proc.pid, signal.SIGUSR1)
+    wait_for_log(server, "cannot reopen --access-logfile")
+    assert httpx.get(f"{server.url}/hello", timeout=5).status_code == 200
+
+
+def test_relative_log_files_are_reopened_where_they_were_after_the_app_moved(run_rsasgi, tmp_path):
+    """The app changed directory at import: SIGUSR1 reopened `--log-file err.log` relative to
+    the app's directory, so the lines went to another file than the one rotated."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "moving_app.py").write_text(
+        "import os\n"
+        "os.chdir(os.path.join(os.path.dirname(__file__), 'elsewhere'))\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+    )
+    server = run_rsasgi(
+        "moving_app:app",
+        *("--app-dir", str(tmp_path), "--log-file", "err.log", "--access-logfile", "access.log"),
+        cwd=tmp_path,
+        wait=False,
+    )
+    url = url_in(tmp_path / "err.log")
+    (tmp_path / "err.log").rename(tmp_path / "err.log.1")
+    (tmp_path / "access.log").rename(tmp_path / "access.log.1")
+    os.kill(server.proc.pid, signal.SIGUSR1)
+    wait_for_file(tmp_path / "err.log", "Received SIGUSR1: reopened")
+    assert httpx.get(f"{url}/after").status_code == 200
+    wait_for_file(tmp_path / "access.log", "GET /after")
+    assert not (tmp_path / "elsewhere" / "access.log").exists()
+
+
 # A log reader that stalls: the queue of lines fills up, and later lines are dropped.
 
 

@@ -219,11 +219,15 @@ pub(crate) fn reopen(config: &Config) {
 }
 
 /// Gives the log files to the account the app runs as (`--user`), so that
-/// its workers can open them again on SIGUSR1, as gunicorn does. A file the
-/// account could not write to anyway (`/dev/null`, another owner's) is left
-/// as it is.
+/// its workers can open them again on SIGUSR1, as gunicorn does. Only a
+/// regular file of ours with one name: `/dev/null`, a FIFO, another owner's
+/// file or a hard link to one is left as it is.
 pub(crate) fn hand_files_to(config: &Config, uid: libc::uid_t, gid: libc::gid_t) {
-    if let Some(path) = &config.log_file {
+    if let Some(path) = config
+        .log_file
+        .as_ref()
+        .filter(|_| output::may_hand_over(libc::STDERR_FILENO))
+    {
         // SAFETY: fchown on stderr, which --error-logfile made the file.
         if unsafe { libc::fchown(libc::STDERR_FILENO, uid, gid) } != 0 {
             let err = std::io::Error::last_os_error();

@@ -269,6 +269,9 @@ impl Output {
         gid: libc::gid_t,
     ) -> Option<(&Path, std::io::Result<()>)> {
         let (path, fd) = self.file.as_ref()?;
+        if !may_hand_over(*fd) {
+            return None;
+        }
         // SAFETY: fchown on a descriptor this output keeps open.
         let result = if unsafe { libc::fchown(*fd, uid, gid) } == 0 {
             Ok(())
@@ -280,11 +283,73 @@ impl Output {
 }
 
 /// Opens `path` for appending, creating it when it is not there.
+///
+/// Without waiting: a FIFO nobody reads is an error at once (opening one for
+/// writing otherwise blocks until a reader comes, and SIGUSR1 reopens files
+/// on the event loop). As root, in a directory another account may write,
+/// not through a symbolic link: that directory is often the app's account's
+/// (so that its workers can reopen the file), and a link planted there would
+/// point root's writes, and the file [handed to that
+/// account](super::hand_files_to), at any file. A link in a directory only
+/// root writes (`/dev/stdout`) is followed.
 pub(super) fn open_appending(path: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new()
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir_is_roots =
+        std::fs::metadata(dir).is_ok_and(|meta| meta.uid() == 0 && meta.mode() & 0o022 == 0);
+    // SAFETY: geteuid has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    if as_root && !dir_is_roots {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(flags)
         .open(path)
+        .map_err(|err| match err.raw_os_error() {
+            Some(libc::ENXIO) => std::io::Error::new(
+                err.kind(),
+                format!("{err} (a FIFO with no process reading it)"),
+            ),
+            Some(libc::ELOOP) if flags & libc::O_NOFOLLOW != 0 => std::io::Error::new(
+                err.kind(),
+                format!(
+                    "{err}: it is a symbolic link in a directory other accounts may write, \
+                     which rsasgi running as root does not follow; give the file's real path"
+                ),
+            ),
+            _ => err,
+        })?;
+    // Writes block again (the writer thread's, on its own thread).
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor `file` keeps open.
+    unsafe {
+        let status = libc::fcntl(fd, libc::F_GETFL);
+        if status < 0 || libc::fcntl(fd, libc::F_SETFL, status & !libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(file)
+}
+
+/// Whether the file open at `fd` may be given to another account: a
+/// regular file with no other name (a hard link to another file would hand
+/// over that one) that this process owns.
+pub(super) fn may_hand_over(fd: RawFd) -> bool {
+    // SAFETY: fstat fills a zeroed struct for a descriptor kept open.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    stat.st_mode & libc::S_IFMT == libc::S_IFREG
+        && stat.st_nlink == 1
+        && stat.st_uid == unsafe { libc::geteuid() }
 }
 
 /// Makes descriptor `fd` refer to `file`'s open file (dup2 replaces it in
