@@ -250,12 +250,17 @@ struct State {
     /// WSGI threads blocked in a read of the body (ASGI's waiting
     /// `receive()` calls are in `receivers`).
     body_readers: u32,
-    /// The app called `receive()` after it had the whole body, when the only
-    /// message left is `http.disconnect`: it listens for the client leaving
-    /// (Django's ASGI handler does, in a task beside the one that sends).
-    /// Such an app learns of a disconnect from `receive()`, and its `send()`
-    /// calls after it do nothing instead of raising (see [`State::closed_send`]).
-    listening: bool,
+    /// The `receive()` futures the app parked after it had the whole body,
+    /// when the only message left is `http.disconnect`: while one of them
+    /// still waits, the app listens for the client leaving (Django's ASGI
+    /// handler does, in a task beside the one that sends), and its `send()`
+    /// calls after a disconnect do nothing instead of raising (see
+    /// [`State::closed_send`]). One the app cancelled (Starlette's
+    /// `is_disconnected`, a listener task stopped) listens no more.
+    listeners: Vec<Py<PyAny>>,
+    /// A `receive()` made after the whole body has handed the app
+    /// `http.disconnect` (one cut short by it is told by `send()` as well).
+    disconnect_handed: bool,
     pump: Option<Waker>,
     /// The `receive()` futures waiting for body or a disconnect: every one
     /// is handed back when something arrives (two tasks may wait at once,
@@ -329,9 +334,15 @@ impl State {
     /// The next thing `receive()` returns, if it need not wait: the buffered
     /// body (joined), the end of it, or a disconnect.
     fn try_receive(&mut self) -> Option<Received> {
-        if self.body_delivered {
-            self.listening = true;
+        let listening = self.body_delivered;
+        let received = self.try_receive_message();
+        if listening && matches!(received, Some(Received::Disconnect)) {
+            self.disconnect_handed = true;
         }
+        received
+    }
+
+    fn try_receive_message(&mut self) -> Option<Received> {
         if self.closed && !self.body_complete {
             return Some(Received::Disconnect);
         }
@@ -372,8 +383,25 @@ impl State {
     /// (`request_finished`), and the view's database connection was never
     /// given back to Django's pool (four of eight lost in a few seconds of
     /// aborted requests). uvicorn and granian drop such sends too.
+    ///
+    /// Only while the app is told or will be: it was handed the disconnect,
+    /// or a `receive()` of its still waits for it. A `receive()` it called
+    /// once and cancelled does not count: Starlette (for ASGI 2.4) stops
+    /// listening itself once its `is_disconnected()` has looked, and relies
+    /// on this error to stop a streaming response whose client left, which
+    /// would otherwise run, and hold its place under `--limit-concurrency`,
+    /// until the app ends it.
     fn closed_send(&self) -> Result<(), SendMisuse> {
-        if self.listening {
+        let waiting = || {
+            // Only here, after a disconnect: the GIL is held (send() is
+            // Python's call), and only a future knows whether it was cancelled.
+            Python::attach(|py| {
+                self.listeners
+                    .iter()
+                    .any(|future| !is_done(py, future).unwrap_or(true))
+            })
+        };
+        if self.disconnect_handed || (!self.listeners.is_empty() && waiting()) {
             Ok(())
         } else {
             Err(SendMisuse::Closed)
@@ -920,11 +948,17 @@ impl Exchange {
                 Some(received) => (Err((future, received)), Vec::new()),
                 None => {
                     st.body_wanted = true;
-                    (Ok(()), park_future(py, &mut st.receivers, future))
+                    let mut finished = Vec::new();
+                    if st.body_delivered {
+                        finished = park_future(py, &mut st.listeners, future.clone_ref(py));
+                    }
+                    finished.extend(park_future(py, &mut st.receivers, future));
+                    (Ok(()), finished)
                 }
             };
             (result, st.pump.take(), finished)
         };
+        // After the lock: releasing a future may run the app's code.
         drop(finished);
         if let Some(waker) = pump {
             wake(waker);
@@ -1471,7 +1505,12 @@ mod tests {
             "nothing but a disconnect is left"
         );
         exchange.close();
-        assert!(!exchange.waiting_send_fails());
+        assert!(
+            exchange.waiting_send_fails(),
+            "a receive() that parked no future is not listening"
+        );
+        assert!(matches!(exchange.receive(), Some(Received::Disconnect)));
+        assert!(!exchange.waiting_send_fails(), "told, the app listens");
         assert_eq!(exchange.send_start(ok_start()), Ok(()));
         assert_eq!(
             exchange.send_body(Bytes::from_static(b"x"), true),

@@ -379,6 +379,27 @@ def test_a_task_waiting_in_receive_hears_of_the_disconnect_beside_a_cancelled_re
     assert httpx.get(f"{server.url}/watched", timeout=10).text == "disconnect seen"
 
 
+def test_a_receive_the_app_cancelled_does_not_stop_send_from_saying_the_client_left(
+    run_rsasgi,
+):
+    """Starlette reads the body, looks once with is_disconnected() (a receive() made and
+    cancelled), then streams, counting on ASGI 2.4's send() raising once the client is gone.
+    That receive() used to count as listening for the disconnect for good: the sends were
+    dropped, the stream ran on for nobody and held its place under --limit-concurrency."""
+    server = run_rsasgi("proto_send_edges:app", "--limit-concurrency", "2")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        conn = RawConn(sock)
+        conn.send(request("GET", "/checked-ticks"))
+        assert conn.read_head().status == 200
+        conn.read_until(b"tick\n")
+    wait_for(
+        lambda: httpx.get(f"{server.url}/ticked", timeout=10).text != "ticking",
+        timeout=5,
+        message="the streaming app done",
+    )
+    assert httpx.get(f"{server.url}/ticked", timeout=10).text == "stopped: ClientDisconnected"
+
+
 def test_sends_that_go_nowhere_still_let_the_event_loop_run(run_rsasgi):
     """An app that listens for the disconnect through receive() (Django's ASGI handler) has
     its send() calls after the client left dropped, not raised. Each must still give the

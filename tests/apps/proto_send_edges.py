@@ -9,6 +9,8 @@ GET /watch             streams ticks while one task waits in receive() for the d
 GET /watched           what the last /watch's watcher saw
 GET /ticks             streams ticks until send() raises (a HEAD request: once its head is out)
 GET /ticked            how the last /ticks ended
+GET /checked-ticks     reads the body, makes one receive() and cancels it (Starlette's
+                       is_disconnected), then streams ticks as /ticks does
 GET /raise-after-start sends `http.response.start` (Content-Length 5), waits, then raises
                        before any body: nothing has gone out yet, so the client gets a 500
 GET /no-content        204 with a body (b"null", as JSONResponse(None, 204) sends)
@@ -47,17 +49,16 @@ async def _spin(receive, send) -> None:
     run, nothing else would, and GET /stop would never be answered."""
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await receive()  # the request's (empty) body
-    try:
-        # Listening: the next receive() could only say the client left.
-        await asyncio.wait_for(receive(), 0.01)
-    except asyncio.TimeoutError:
-        pass
+    # Listening, as Django's handler does: a receive() that waits for the disconnect.
+    listener = asyncio.ensure_future(receive())
+    await asyncio.sleep(0)
     sends = 0
     OUTCOME["spin"] = "spinning"
     while not STOP_SPINNING.is_set():
         await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
         sends += 1
     OUTCOME["spin"] = f"stopped after {sends} sends"
+    listener.cancel()
 
 
 async def _ticks(send) -> None:
@@ -136,6 +137,16 @@ async def app(scope, receive, send):
         OUTCOME["large-final"] = "returned"
         return
     if path == "/ticks":
+        await _ticks(send)
+        return
+    if path == "/checked-ticks":
+        # Starlette's `await request.body()` then one `is_disconnected()`: a receive()
+        # made and cancelled; no one listens afterwards.
+        await receive()
+        try:
+            await asyncio.wait_for(receive(), 0.01)
+        except asyncio.TimeoutError:
+            pass
         await _ticks(send)
         return
     if path == "/watch":
