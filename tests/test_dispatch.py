@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import httpx
 import pytest
 from conftest import wait_for_log
@@ -32,3 +34,24 @@ def test_request_tasks_go_through_the_loops_task_factory(run_rsasgi, loop):
         second = int(client.get("/factory-tasks").text)
     assert first >= 1
     assert second == first + 2
+
+
+def test_receive_and_send_pass_for_coroutine_functions(run_rsasgi):
+    """They act as coroutine functions (each call returns an awaitable) and now say so, as
+    uvicorn's `async def` ones do: asgiref's async_to_sync(send), which every Channels sync
+    consumer makes, printed a "non-async-marked callable" warning in every worker."""
+    import json
+
+    from websockets.sync.client import connect
+
+    server = run_rsasgi("coroutine_marks:app")
+    over_http = httpx.get(server.url + "/", timeout=10).json()
+    with connect(f"ws://127.0.0.1:{server.port}/") as websocket:
+        over_websocket = json.loads(websocket.recv(timeout=10))
+    for marks in (over_http, over_websocket):
+        assert marks["warnings"] == []
+        for name in ("receive", "send"):
+            assert marks[name]["asgiref"], marks
+            assert marks[name].get("asyncio", True), marks
+            # inspect knows of marks from 3.12 on (inspect.markcoroutinefunction).
+            assert marks[name]["inspect"] or sys.version_info < (3, 12), marks

@@ -89,6 +89,29 @@ pub(crate) fn set_exception(py: Python<'_>, future: &Py<PyAny>, error: PyErr) ->
     Ok(())
 }
 
+/// What marks `receive` and `send` as coroutine functions, which they act as
+/// (each call returns an awaitable): `inspect.iscoroutinefunction` looks for
+/// `_is_coroutine_marker` (Python 3.12+), asyncio's and asgiref's on older
+/// Pythons for `_is_coroutine`. asgiref's `async_to_sync(send)`, which every
+/// Channels sync consumer makes, warned of a "non-async-marked callable"
+/// without them. `None` where this Python has no such mark.
+pub(crate) fn coroutine_mark(py: Python<'_>, legacy: bool) -> PyResult<Py<PyAny>> {
+    static MARK: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
+    static LEGACY_MARK: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
+    let (cell, module, name) = if legacy {
+        (&LEGACY_MARK, "asyncio.coroutines", "_is_coroutine")
+    } else {
+        (&MARK, "inspect", "_is_coroutine_mark")
+    };
+    let mark = cell.get_or_try_init(py, || -> PyResult<_> {
+        Ok(py.import(module)?.getattr(name).ok().map(Bound::unbind))
+    })?;
+    match mark {
+        Some(mark) => Ok(mark.clone_ref(py)),
+        None => Err(pyo3::exceptions::PyAttributeError::new_err(name)),
+    }
+}
+
 /// Completes the first time it is resumed, with `value` as the result of `await`.
 ///
 /// Or the second time, when made by [`Ready::after_a_turn`]: the first time it

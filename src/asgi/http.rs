@@ -16,7 +16,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::ClientDisconnected;
-use super::{is_done, set_exception, set_result, Ready, WaitKind, Waiter};
+use super::{coroutine_mark, is_done, set_exception, set_result, Ready, WaitKind, Waiter};
 use crate::exchange::{
     Chunk, Exchange, FileSpan, Overrun, Progress, Received, ResponseStart, SendMisuse, Sent,
 };
@@ -88,6 +88,17 @@ impl HttpReceive {
 
 #[pymethods]
 impl HttpReceive {
+    /// Marks this callable as a coroutine function (see [`coroutine_mark`]).
+    #[getter(_is_coroutine_marker)]
+    fn coroutine_marker(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        coroutine_mark(py, false)
+    }
+
+    #[getter(_is_coroutine)]
+    fn legacy_coroutine_marker(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        coroutine_mark(py, true)
+    }
+
     fn __call__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         if let Some(received) = self.exchange.receive() {
             return ready(py, received);
@@ -472,6 +483,17 @@ fn misuse_error(misuse: SendMisuse) -> PyErr {
 
 #[pymethods]
 impl HttpSend {
+    /// Marks this callable as a coroutine function (see [`coroutine_mark`]).
+    #[getter(_is_coroutine_marker)]
+    fn coroutine_marker(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        coroutine_mark(py, false)
+    }
+
+    #[getter(_is_coroutine)]
+    fn legacy_coroutine_marker(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        coroutine_mark(py, true)
+    }
+
     fn __call__(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let exchange = &self.exchange;
         let sent = match parse_message(message)? {

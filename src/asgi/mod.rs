@@ -9,7 +9,8 @@ pub(crate) mod scope;
 pub(crate) mod websocket;
 
 pub(crate) use awaitable::{
-    is_done, park_future, set_exception, set_result, Ready, WaitKind, Waiter, WsWaiter,
+    coroutine_mark, is_done, park_future, set_exception, set_result, Ready, WaitKind, Waiter,
+    WsWaiter,
 };
 pub(crate) use dispatch::{Dispatcher, Spawn};
 pub(crate) use events::{Event, EventBridge};

@@ -19,7 +19,7 @@ use super::http::{
     bytes_of, format_exception, is_cancelled_error, new_future, parse_headers, parse_status,
 };
 use super::ClientDisconnected;
-use super::{is_done, set_exception, set_result, Ready, WaitKind, WsWaiter};
+use super::{coroutine_mark, is_done, set_exception, set_result, Ready, WaitKind, WsWaiter};
 use crate::exchange::ResponseStart;
 use crate::ws::session::{
     is_sendable_close_code, AppMessage, Misuse, PeerMessage, Received, Sent, MAX_CLOSE_REASON,
@@ -96,6 +96,17 @@ impl WebSocketReceive {
 
 #[pymethods]
 impl WebSocketReceive {
+    /// Marks this callable as a coroutine function (see [`coroutine_mark`]).
+    #[getter(_is_coroutine_marker)]
+    fn coroutine_marker(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        coroutine_mark(py, false)
+    }
+
+    #[getter(_is_coroutine)]
+    fn legacy_coroutine_marker(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        coroutine_mark(py, true)
+    }
+
     fn __call__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         if let Some(received) = self.session.try_receive() {
             return ready(py, received);
@@ -294,6 +305,17 @@ impl WebSocketSend {
 
 #[pymethods]
 impl WebSocketSend {
+    /// Marks this callable as a coroutine function (see [`coroutine_mark`]).
+    #[getter(_is_coroutine_marker)]
+    fn coroutine_marker(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        coroutine_mark(py, false)
+    }
+
+    #[getter(_is_coroutine)]
+    fn legacy_coroutine_marker(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        coroutine_mark(py, true)
+    }
+
     fn __call__(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let session = &self.session;
         let sent = match parse_message(message)? {
