@@ -12,7 +12,15 @@ import time
 
 import httpx
 import pytest
-from conftest import APPS, LISTENING, access_log, free_port, kill_process_group, wait_for
+from conftest import (
+    APPS,
+    LISTENING,
+    access_log,
+    free_port,
+    kill_process_group,
+    wait_for,
+    wait_for_log,
+)
 
 
 def read_until_listening(pipe, timeout: float = 20.0) -> int:
@@ -195,6 +203,24 @@ def test_client_gone_in_the_middle_of_its_body_is_logged_as_499(run_rsasgi, tmp_
     counted = [line for line in metrics.splitlines() if line.startswith("rsasgi_requests_total")]
     assert any('status="none"' in line and line.endswith(" 1") for line in counted), counted
     assert not any('status="5xx"' in line for line in counted), counted
+
+
+def test_a_large_body_the_client_left_before_reading_is_logged_incomplete(run_rsasgi):
+    """HTTP/1.1: hyper lets go of a body as it takes its last chunk, and a body the app sent in
+    one message (Starlette's Response, a WSGI [body]) is one chunk: its access line was written
+    at once, complete, and the metrics counted it done in a millisecond, though the client had
+    taken a few megabytes of 32 when it left. The last byte now waits until hyper has written
+    the rest to the socket."""
+    server = run_rsasgi("h2_abuse:app")
+    size = 32 * 1024 * 1024
+    target = f"/whole?size={size}"
+    with server.connect() as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(0.5)  # the socket's buffers fill; the rest waits in the server
+    wait_for_log(server, f'"GET {target} HTTP/1.1" 200')
+    line = next(line for line in server.output().splitlines() if target in line)
+    assert line.endswith("(incomplete)"), line
 
 
 @pytest.mark.parametrize(
