@@ -100,6 +100,18 @@ def test_first_chunk_reaches_the_client_before_the_app_continues(server, markers
     assert rest == b"second", "the app timed out waiting: the client saw nothing before"
 
 
+def test_an_empty_write_sends_the_head_before_the_app_continues(server, markers):
+    """PEP 3333: the head goes out at the first write() call, even write(b""), which is how an
+    app gets it to the client before a slow body (it waited for the body's first bytes)."""
+    conn = raw(server, timeout=5)
+    conn.send(request("GET", "/write-empty-wait?tag=e"))
+    resp = conn.read_head()
+    assert resp.status == 200
+    assert resp.header("content-type") == "text/event-stream", resp.headers
+    (markers / "e.go").write_text("go")
+    assert b"".join(conn.iter_body(resp)) == b"late", "the app timed out waiting for the head"
+
+
 # --- close() ---------------------------------------------------------------------------------
 
 

@@ -1,8 +1,9 @@
 //! `start_response`, `write()`, and sending the response iterable.
 //!
-//! Headers wait until the first non-empty body chunk (PEP 3333), so an app
-//! may still replace them with `exc_info` until then. Sending waits (with the
-//! GIL released) while a slow client has a high-water mark of data buffered.
+//! Headers wait until the first non-empty body chunk or the first `write()`
+//! call (PEP 3333), so an app may still replace them with `exc_info` until
+//! then. Sending waits (with the GIL released) while a slow client has a
+//! high-water mark of data buffered.
 
 use std::sync::Arc;
 
@@ -414,7 +415,7 @@ impl WsgiWrite {
                 "write() called after its request ended",
             ));
         };
-        match send(py, &exchange, &self.state, data, true)? {
+        match send(py, &exchange, &self.state, data, Source::Write)? {
             Sent::Queued | Sent::PastLength(_) => Ok(()),
             // A HEAD response is over once its head is written: the rest of
             // the body goes nowhere, as it would have anyway.
@@ -449,19 +450,37 @@ enum Sent {
     PastLength(Overrun),
 }
 
-/// Sends `data` (and the headers first, if they are still pending).
+/// Where a piece of the body comes from, which decides when the head goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The data of a `write()` call. The first call sends the head even with
+    /// no data (PEP 3333, as gunicorn does): it is how an app gets its
+    /// headers to the client before a body that is slow to come.
+    Write,
+    /// An item of the response iterable: the head waits for the first one
+    /// that is not empty, so the app may still replace it with `exc_info`
+    /// until then.
+    Item,
+    /// The last of the body: a one-item list's item, or nothing once the
+    /// iterable is exhausted.
+    End,
+}
+
+/// Sends `data` (and the headers first, if they are still pending and
+/// `source` calls for them).
 fn send(
     py: Python<'_>,
     exchange: &Arc<Exchange>,
     state: &SharedResponse,
     data: Bytes,
-    more: bool,
+    source: Source,
 ) -> PyResult<Sent> {
+    let more = source != Source::End;
     let start = {
         let mut st = state.lock();
         if st.headers_sent {
             None
-        } else if data.is_empty() && more {
+        } else if data.is_empty() && source == Source::Item {
             return Ok(Sent::Queued);
         } else {
             let start = st.pending.take().ok_or_else(|| {
@@ -560,7 +579,7 @@ fn stream(
     }
     for item in iterable.try_iter()? {
         let data = bytes_of(&item?)?;
-        match send(py, exchange, state, data, true)? {
+        match send(py, exchange, state, data, Source::Item)? {
             Sent::Queued => {}
             Sent::Gone => {
                 tracing::debug!("client went away during {}", exchange.request_line());
@@ -584,7 +603,7 @@ fn finish(
             "the WSGI app returned without calling start_response()",
         ));
     }
-    send(py, exchange, state, data, false)?;
+    send(py, exchange, state, data, Source::End)?;
     Ok(())
 }
 

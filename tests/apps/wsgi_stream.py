@@ -6,6 +6,8 @@ Routes (by PATH_INFO):
                         Content-Length, and an empty write before the data
   /write-wait?tag=T     write(b"first"), waits for the marker T.go, write(b"second")
   /yield-wait?tag=T     yields b"first", waits for the marker T.go, yields b"second"
+  /write-empty-wait?tag=T
+                        write(b""), waits for the marker T.go, returns [b"late"]
   /close?mode=full|raise|raise-first|disconnect|head&tag=T
                         returns an iterable object whose close() appends "close" to T.log;
                         every yielded chunk appends "yield N"; "raise" raises after 2 chunks,
@@ -136,6 +138,11 @@ def app(environ, start_response):
         ok = wait_marker(f"{tag}.go")
         write(b"second" if ok else b"timeout")
         return []
+
+    if path == "/write-empty-wait":
+        write = start_response("200 OK", [("Content-Type", "text/event-stream")])
+        write(b"")  # PEP 3333: the head goes out at the first write() call
+        return [b"late" if wait_marker(f"{tag}.go") else b"timeout"]
 
     if path == "/yield-wait":
         start_response("200 OK", [("Content-Type", "text/plain")])
