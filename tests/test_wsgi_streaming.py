@@ -551,6 +551,22 @@ def test_pool_threads_are_reused(run_rsasgi, markers):
     assert stats["threads"] <= 2, stats
 
 
+def test_pool_threads_are_named_and_run_the_threading_trace_and_profile_hooks(run_rsasgi, markers):
+    """threading.settrace()/setprofile() reach each pool thread, the first and one started on
+    demand, as they reach a threading.Thread (coverage.py measures threads through them), and
+    threading.current_thread() carries the thread's name rather than Dummy-N."""
+    server = run_rsasgi("--threads", "2", "wsgi_threads:app", env={"WSGI_MARKER_DIR": str(markers)})
+    holder = server.connect()
+    holder.sendall(b"GET /?tag=h HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: (markers / "h.started").exists(), message="the first thread to be taken")
+    second = httpx.get(server.url, timeout=10).json()
+    (markers / "h.go").touch()
+    first = json.loads(RawConn(holder).read_response().body)
+    holder.close()
+    assert first == {"thread": "rsasgi-wsgi-0", "trace": True, "profile": True, "traced": True}
+    assert second == {"thread": "rsasgi-wsgi-1", "trace": True, "profile": True, "traced": True}
+
+
 def test_slow_client_does_not_hold_the_gil(run_rsasgi, markers):
     """A pool thread blocked on a client that reads nothing leaves the other threads running."""
     server = run_rsasgi("--threads", "2", APP, env={"WSGI_MARKER_DIR": str(markers)})

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
+use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::asgi::http::format_error;
@@ -204,6 +205,12 @@ impl Pool {
 fn thread_main(shared: &Arc<Shared>) {
     mark_pool_thread();
     Python::attach(|py| {
+        if let Err(err) = adopt_thread(py) {
+            tracing::warn!(
+                "cannot name WSGI thread {} in Python or give it the threading.settrace() hooks: {err}",
+                std::thread::current().name().unwrap_or_default(),
+            );
+        }
         let mut searching = true;
         // start_response, write and wsgi.errors, reused from request to request.
         let mut callables = None;
@@ -242,6 +249,33 @@ fn thread_main(shared: &Arc<Shared>) {
             searching = py.detach(|| wait_for_work(shared));
         }
     });
+}
+
+/// Makes this pool thread what Python code expects of a thread, as
+/// `threading.Thread` does for the threads it starts: named after the Rust
+/// thread (logging's `%(threadName)s` said `Dummy-N`), and running the trace
+/// and profile functions set with `threading.settrace()` and
+/// `threading.setprofile()`. Coverage.py measures other threads through
+/// these (with its default core; its `sys.monitoring` one, on Python 3.12+,
+/// needs nothing per thread), as do profilers. A hook set after this thread
+/// started does not reach it, as it would not reach a running
+/// `threading.Thread`; `threading.settrace_all_threads()` (3.12+) reaches
+/// every thread by itself.
+fn adopt_thread(py: Python<'_>) -> PyResult<()> {
+    let threading = py.import(intern!(py, "threading"))?;
+    if let Some(name) = std::thread::current().name() {
+        threading
+            .call_method0(intern!(py, "current_thread"))?
+            .setattr(intern!(py, "name"), name)?;
+    }
+    let sys = py.import(intern!(py, "sys"))?;
+    for (get, set) in [("gettrace", "settrace"), ("getprofile", "setprofile")] {
+        let hook = threading.call_method0(get)?;
+        if !hook.is_none() {
+            sys.call_method1(set, (hook,))?;
+        }
+    }
+    Ok(())
 }
 
 /// Parks an idle pool thread until a request may be waiting; true when it
