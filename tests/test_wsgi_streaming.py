@@ -8,8 +8,11 @@ marker files in $WSGI_MARKER_DIR (see tests/apps/wsgi_common.py).
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import json
+import lzma
 import random
 import socket
 import struct
@@ -312,6 +315,47 @@ def test_file_wrapper_over_an_object_without_fileno(server):
     assert resp.status == 200
     assert resp.header("content-length") == str(size)
     assert resp.body == block(0, size)
+
+
+def test_file_wrapper_over_an_open_file_read_from_is_sent_from_its_position(server, big_file):
+    """open(path, "rb") is a BufferedReader: its descriptor is ahead of what was read, by what
+    the buffer holds; the response starts where read() would go on, with the server's own
+    Content-Length (the file is sent from its descriptor)."""
+    path, data = big_file
+    conn = raw(server, timeout=30)
+    conn.send(request("GET", f"/file-open?path={path}&open=rb&skip=10"))
+    resp = conn.read_response()
+    assert resp.header("content-length") == str(len(data) - 10), resp.headers
+    assert resp.body == data[10:]
+
+
+@pytest.mark.parametrize("opener", ["gzip", "bz2", "lzma"])
+def test_file_wrapper_over_a_compressed_file_sends_what_it_reads(server, tmp_path, opener):
+    """A gzip/bz2/lzma file's fileno() is the compressed file's: the wrapper must send what
+    read() returns, as PEP 3333 has it (it sent the compressed bytes)."""
+    text = b"".join(b"line %d of the text\n" % i for i in range(20000))
+    path = tmp_path / f"text.{opener}"
+    with {"gzip": gzip.open, "bz2": bz2.open, "lzma": lzma.open}[opener](path, "wb") as f:
+        f.write(text)
+    conn = raw(server)
+    conn.send(request("GET", f"/file-open?path={path}&open={opener}&skip=5&blk=4096"))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.body == text[5:]
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"ok"
+
+
+def test_file_wrapper_over_a_proc_file_sends_its_text(server):
+    """/proc files have a size of 0 whatever they hold: the wrapper must read them (it sent an
+    empty body)."""
+    with open("/proc/version", "rb") as f:
+        text = f.read()
+    conn = raw(server)
+    conn.send(request("GET", "/file-open?path=/proc/version&open=rb&blk=16"))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert text and resp.body == text
 
 
 def test_file_wrapper_head_has_no_body(server, markers, big_file):
