@@ -23,7 +23,7 @@ import httpx
 import pytest
 from apps.proto_raw import RawConn, request, rss_kib
 from apps.wsgi_common import block, read_lines, wait_for_line
-from conftest import wait_for
+from conftest import wait_for, wait_for_log
 
 APP = "wsgi_stream:app"
 MiB = 1 << 20
@@ -583,6 +583,30 @@ def test_a_request_whose_client_left_while_queued_is_not_run(run_rsasgi, markers
     for tag in ("gone1", "gone2", "gone3"):
         assert not (markers / f"{tag}.started").exists(), tag
     assert json.loads(httpx.get(f"{server.url}/stats", timeout=10).text)["count"] == 1
+
+
+def test_requests_stuck_behind_held_threads_are_warned_of(run_rsasgi, markers):
+    """Every thread held by a view that does not return, and a request waiting: the worker's
+    health check cannot see it, so the log says so (it said nothing, however long the wait),
+    naming what to check, and says when threads take requests again."""
+    server = run_rsasgi("--threads", "1", APP, env={"WSGI_MARKER_DIR": str(markers)})
+    holder = server.connect()
+    holder.sendall(b"GET /hold?tag=h HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: (markers / "h.started").exists(), message="the thread to be taken")
+    queued = server.connect()
+    queued.sendall(b"GET /sleep?s=0&tag=q HTTP/1.1\r\nHost: x\r\n\r\n")
+    log = wait_for_log(server, "WSGI requests are stuck", timeout=20)
+    warning = next(line for line in log.splitlines() if "WSGI requests are stuck" in line)
+    assert "WARN" in warning, warning
+    assert "1 waiting" in warning and "(1 of --threads 1 busy in the app)" in warning, warning
+    for option in ("--timeout-request", "--threads", "--limit-concurrency"):
+        assert option in warning, warning
+    (markers / "h.go").touch()
+    assert RawConn(holder).read_response().body == b"h"
+    assert RawConn(queued).read_response().body == b"q"
+    wait_for_log(server, "WSGI threads take requests again")
+    holder.close()
+    queued.close()
 
 
 def test_pool_threads_are_reused(run_rsasgi, markers):
