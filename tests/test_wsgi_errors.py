@@ -259,6 +259,19 @@ def test_second_start_response_with_exc_info_before_sending_replaces_the_status(
     assert conn.read_response().body == b"ok"
 
 
+def test_exc_info_after_an_empty_item_still_replaces_the_status(server):
+    # An empty item of the iterable sends nothing, the head included (unlike write(b"")).
+    conn = raw(server)
+    conn.send(request("GET", "/exc-after-empty"))
+    resp = conn.read_response()
+    assert resp.status_line == b"HTTP/1.1 500 Internal Server Error", resp.status_line
+    assert resp.body == b"error page"
+    assert resp.header("x-error-page") == "yes"
+    assert resp.header("x-first") is None, resp.headers
+    conn.send(request("GET", "/ok"))
+    assert conn.read_response().body == b"ok"
+
+
 def test_exc_info_after_the_first_chunk_is_reraised_and_aborts(server, markers):
     conn = raw(server)
     conn.send(request("GET", "/exc-after?tag=after"))

@@ -8,8 +8,11 @@ marker files in $WSGI_MARKER_DIR (see tests/apps/wsgi_common.py).
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import json
+import lzma
 import random
 import socket
 import struct
@@ -20,7 +23,7 @@ import httpx
 import pytest
 from apps.proto_raw import RawConn, request, rss_kib
 from apps.wsgi_common import block, read_lines, wait_for_line
-from conftest import wait_for
+from conftest import wait_for, wait_for_log
 
 APP = "wsgi_stream:app"
 MiB = 1 << 20
@@ -98,6 +101,18 @@ def test_first_chunk_reaches_the_client_before_the_app_continues(server, markers
     (markers / "w.go").write_text("go")
     rest = b"".join(body)
     assert rest == b"second", "the app timed out waiting: the client saw nothing before"
+
+
+def test_an_empty_write_sends_the_head_before_the_app_continues(server, markers):
+    """PEP 3333: the head goes out at the first write() call, even write(b""), which is how an
+    app gets it to the client before a slow body (it waited for the body's first bytes)."""
+    conn = raw(server, timeout=5)
+    conn.send(request("GET", "/write-empty-wait?tag=e"))
+    resp = conn.read_head()
+    assert resp.status == 200
+    assert resp.header("content-type") == "text/event-stream", resp.headers
+    (markers / "e.go").write_text("go")
+    assert b"".join(conn.iter_body(resp)) == b"late", "the app timed out waiting for the head"
 
 
 # --- close() ---------------------------------------------------------------------------------
@@ -300,6 +315,47 @@ def test_file_wrapper_over_an_object_without_fileno(server):
     assert resp.status == 200
     assert resp.header("content-length") == str(size)
     assert resp.body == block(0, size)
+
+
+def test_file_wrapper_over_an_open_file_read_from_is_sent_from_its_position(server, big_file):
+    """open(path, "rb") is a BufferedReader: its descriptor is ahead of what was read, by what
+    the buffer holds; the response starts where read() would go on, with the server's own
+    Content-Length (the file is sent from its descriptor)."""
+    path, data = big_file
+    conn = raw(server, timeout=30)
+    conn.send(request("GET", f"/file-open?path={path}&open=rb&skip=10"))
+    resp = conn.read_response()
+    assert resp.header("content-length") == str(len(data) - 10), resp.headers
+    assert resp.body == data[10:]
+
+
+@pytest.mark.parametrize("opener", ["gzip", "bz2", "lzma"])
+def test_file_wrapper_over_a_compressed_file_sends_what_it_reads(server, tmp_path, opener):
+    """A gzip/bz2/lzma file's fileno() is the compressed file's: the wrapper must send what
+    read() returns, as PEP 3333 has it (it sent the compressed bytes)."""
+    text = b"".join(b"line %d of the text\n" % i for i in range(20000))
+    path = tmp_path / f"text.{opener}"
+    with {"gzip": gzip.open, "bz2": bz2.open, "lzma": lzma.open}[opener](path, "wb") as f:
+        f.write(text)
+    conn = raw(server)
+    conn.send(request("GET", f"/file-open?path={path}&open={opener}&skip=5&blk=4096"))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.body == text[5:]
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"ok"
+
+
+def test_file_wrapper_over_a_proc_file_sends_its_text(server):
+    """/proc files have a size of 0 whatever they hold: the wrapper must read them (it sent an
+    empty body)."""
+    with open("/proc/version", "rb") as f:
+        text = f.read()
+    conn = raw(server)
+    conn.send(request("GET", "/file-open?path=/proc/version&open=rb&blk=16"))
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert text and resp.body == text
 
 
 def test_file_wrapper_head_has_no_body(server, markers, big_file):
@@ -529,6 +585,30 @@ def test_a_request_whose_client_left_while_queued_is_not_run(run_rsasgi, markers
     assert json.loads(httpx.get(f"{server.url}/stats", timeout=10).text)["count"] == 1
 
 
+def test_requests_stuck_behind_held_threads_are_warned_of(run_rsasgi, markers):
+    """Every thread held by a view that does not return, and a request waiting: the worker's
+    health check cannot see it, so the log says so (it said nothing, however long the wait),
+    naming what to check, and says when threads take requests again."""
+    server = run_rsasgi("--threads", "1", APP, env={"WSGI_MARKER_DIR": str(markers)})
+    holder = server.connect()
+    holder.sendall(b"GET /hold?tag=h HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: (markers / "h.started").exists(), message="the thread to be taken")
+    queued = server.connect()
+    queued.sendall(b"GET /sleep?s=0&tag=q HTTP/1.1\r\nHost: x\r\n\r\n")
+    log = wait_for_log(server, "WSGI requests are stuck", timeout=20)
+    warning = next(line for line in log.splitlines() if "WSGI requests are stuck" in line)
+    assert "WARN" in warning, warning
+    assert "1 waiting" in warning and "(1 of --threads 1 busy in the app)" in warning, warning
+    for option in ("--timeout-request", "--threads", "--limit-concurrency"):
+        assert option in warning, warning
+    (markers / "h.go").touch()
+    assert RawConn(holder).read_response().body == b"h"
+    assert RawConn(queued).read_response().body == b"q"
+    wait_for_log(server, "WSGI threads take requests again")
+    holder.close()
+    queued.close()
+
+
 def test_pool_threads_are_reused(run_rsasgi, markers):
     server = run_rsasgi("--threads", "2", APP, env={"WSGI_MARKER_DIR": str(markers)})
     with httpx.Client(base_url=server.url, timeout=10) as client:
@@ -537,6 +617,22 @@ def test_pool_threads_are_reused(run_rsasgi, markers):
     stats = httpx.get(f"{server.url}/stats", timeout=10).json()
     assert stats["count"] == 20
     assert stats["threads"] <= 2, stats
+
+
+def test_pool_threads_are_named_and_run_the_threading_trace_and_profile_hooks(run_rsasgi, markers):
+    """threading.settrace()/setprofile() reach each pool thread, the first and one started on
+    demand, as they reach a threading.Thread (coverage.py measures threads through them), and
+    threading.current_thread() carries the thread's name rather than Dummy-N."""
+    server = run_rsasgi("--threads", "2", "wsgi_threads:app", env={"WSGI_MARKER_DIR": str(markers)})
+    holder = server.connect()
+    holder.sendall(b"GET /?tag=h HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: (markers / "h.started").exists(), message="the first thread to be taken")
+    second = httpx.get(server.url, timeout=10).json()
+    (markers / "h.go").touch()
+    first = json.loads(RawConn(holder).read_response().body)
+    holder.close()
+    assert first == {"thread": "rsasgi-wsgi-0", "trace": True, "profile": True, "traced": True}
+    assert second == {"thread": "rsasgi-wsgi-1", "trace": True, "profile": True, "traced": True}
 
 
 def test_slow_client_does_not_hold_the_gil(run_rsasgi, markers):

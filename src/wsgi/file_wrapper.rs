@@ -7,9 +7,10 @@ use pyo3::prelude::*;
 /// PEP 3333's example block size for `wsgi.file_wrapper(filelike, blksize)`.
 const DEFAULT_BLOCK_SIZE: usize = 8192;
 
-/// Wraps a file-like object. The server reads a real file's descriptor
-/// directly; anything else (or a middleware iterating it) gets `blksize`
-/// reads through Python.
+/// Wraps a file-like object. The server reads the descriptor of a file open
+/// in binary mode (`open(path, "rb")`) directly; anything else (a
+/// `gzip.open()` file, a `BytesIO`, or a middleware iterating the wrapper)
+/// gets `blksize` reads through Python.
 #[pyclass(module = "rsasgi", frozen)]
 pub(crate) struct FileWrapper {
     pub filelike: Py<PyAny>,

@@ -12,16 +12,18 @@ mod errors;
 mod file_wrapper;
 mod input;
 mod response;
+mod stall;
 
 pub(crate) use file_wrapper::FileWrapper;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::thread::{JoinHandle, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
+use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::asgi::http::format_error;
@@ -31,6 +33,7 @@ use crate::supervisor::Slot;
 use crate::wake::mark_pool_thread;
 use environ::{EnvironContext, TextCache};
 use response::{respond, Callables};
+use stall::{Stall, StallWatch};
 
 /// How often shutdown checks whether the pool's threads have finished.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(10);
@@ -59,6 +62,11 @@ struct Shared {
     /// While one is on its way, new requests wake nobody else.
     searching: AtomicUsize,
     closed: AtomicBool,
+    /// Requests the threads have taken from the queue, for the reactor to
+    /// see whether they still do (see `stall`).
+    taken: AtomicU64,
+    /// The reactor watches the queue (from the first request on).
+    watched: AtomicBool,
     app: Py<PyAny>,
     ctx: EnvironContext,
     max_threads: usize,
@@ -147,6 +155,8 @@ impl Pool {
                 idle: Mutex::new(Vec::new()),
                 searching: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
+                taken: AtomicU64::new(0),
+                watched: AtomicBool::new(false),
                 app: app.clone().unbind(),
                 ctx: EnvironContext::new(
                     script_name,
@@ -176,7 +186,22 @@ impl Pool {
         // two must see the other (see `wait_for_work`).
         std::sync::atomic::fence(Ordering::SeqCst);
         shared.ensure_searcher();
+        if !shared.watched.load(Ordering::Relaxed) {
+            self.watch_for_stalls();
+        }
         Ok(())
+    }
+
+    /// Starts watching the queue on the reactor (the caller's runtime), if
+    /// nothing does yet; the watch ends with the pool.
+    fn watch_for_stalls(&self) {
+        let Ok(reactor) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.shared.watched.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        reactor.spawn(watch_for_stalls(Arc::downgrade(&self.shared)));
     }
 
     /// Stops taking requests and waits up to `timeout` for the threads to
@@ -198,12 +223,57 @@ impl Pool {
     }
 }
 
+/// Looks at the queue every [`stall::CHECK_EVERY`] while the pool takes
+/// requests, and logs what [`StallWatch`] makes of it.
+async fn watch_for_stalls(shared: Weak<Shared>) {
+    let mut every = tokio::time::interval(stall::CHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = StallWatch::default();
+    loop {
+        every.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let queued = shared.jobs.len();
+        let taken = shared.taken.load(Ordering::Relaxed);
+        match watch.look(Instant::now(), queued, taken) {
+            Some(Stall::Stuck { waited }) => {
+                let started = shared.threads.lock().len();
+                let busy = started.saturating_sub(shared.idle.lock().len());
+                tracing::warn!(
+                    "WSGI requests are stuck in the queue: {queued} waiting, the oldest for {}s or more, \
+                     and no thread has taken one meanwhile ({busy} of --threads {} busy in the app). The \
+                     health check (--timeout) does not see threads stuck in a view: --timeout-request logs \
+                     their stacks and, under a supervisor, replaces the worker; for a pool that is only \
+                     slow, raise --threads, or set --limit-concurrency to answer 503 rather than queue",
+                    waited.as_secs(),
+                    shared.max_threads
+                );
+            }
+            Some(Stall::Over { lasted }) => tracing::info!(
+                "WSGI threads take requests again, after none was taken for {}s",
+                lasted.as_secs()
+            ),
+            None => {}
+        }
+    }
+}
+
 /// A pool thread: run queued requests while holding the GIL, park (with the
 /// GIL released) when there are none. The thread keeps one Python thread
 /// state for its whole life rather than creating one per batch.
 fn thread_main(shared: &Arc<Shared>) {
     mark_pool_thread();
     Python::attach(|py| {
+        if let Err(err) = adopt_thread(py) {
+            tracing::warn!(
+                "cannot name WSGI thread {} in Python or give it the threading.settrace() hooks: {err}",
+                std::thread::current().name().unwrap_or_default(),
+            );
+        }
         let mut searching = true;
         // start_response, write and wsgi.errors, reused from request to request.
         let mut callables = None;
@@ -214,6 +284,7 @@ fn thread_main(shared: &Arc<Shared>) {
                     shared.searching.fetch_sub(1, Ordering::SeqCst);
                 }
                 while let Some(job) = shared.jobs.pop() {
+                    shared.taken.fetch_add(1, Ordering::Relaxed);
                     // If this request blocks in the app, the ones behind it
                     // need another thread.
                     if !shared.jobs.is_empty() {
@@ -242,6 +313,33 @@ fn thread_main(shared: &Arc<Shared>) {
             searching = py.detach(|| wait_for_work(shared));
         }
     });
+}
+
+/// Makes this pool thread what Python code expects of a thread, as
+/// `threading.Thread` does for the threads it starts: named after the Rust
+/// thread (logging's `%(threadName)s` said `Dummy-N`), and running the trace
+/// and profile functions set with `threading.settrace()` and
+/// `threading.setprofile()`. Coverage.py measures other threads through
+/// these (with its default core; its `sys.monitoring` one, on Python 3.12+,
+/// needs nothing per thread), as do profilers. A hook set after this thread
+/// started does not reach it, as it would not reach a running
+/// `threading.Thread`; `threading.settrace_all_threads()` (3.12+) reaches
+/// every thread by itself.
+fn adopt_thread(py: Python<'_>) -> PyResult<()> {
+    let threading = py.import(intern!(py, "threading"))?;
+    if let Some(name) = std::thread::current().name() {
+        threading
+            .call_method0(intern!(py, "current_thread"))?
+            .setattr(intern!(py, "name"), name)?;
+    }
+    let sys = py.import(intern!(py, "sys"))?;
+    for (get, set) in [("gettrace", "settrace"), ("getprofile", "setprofile")] {
+        let hook = threading.call_method0(get)?;
+        if !hook.is_none() {
+            sys.call_method1(set, (hook,))?;
+        }
+    }
+    Ok(())
 }
 
 /// Parks an idle pool thread until a request may be waiting; true when it

@@ -1,8 +1,9 @@
 //! `start_response`, `write()`, and sending the response iterable.
 //!
-//! Headers wait until the first non-empty body chunk (PEP 3333), so an app
-//! may still replace them with `exc_info` until then. Sending waits (with the
-//! GIL released) while a slow client has a high-water mark of data buffered.
+//! Headers wait until the first non-empty body chunk or the first `write()`
+//! call (PEP 3333), so an app may still replace them with `exc_info` until
+//! then. Sending waits (with the GIL released) while a slow client has a
+//! high-water mark of data buffered.
 
 use std::sync::Arc;
 
@@ -12,7 +13,8 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyList, PyString, PyTuple, PyType};
 
 use super::errors::WsgiErrors;
 use super::file_wrapper::FileWrapper;
@@ -414,7 +416,7 @@ impl WsgiWrite {
                 "write() called after its request ended",
             ));
         };
-        match send(py, &exchange, &self.state, data, true)? {
+        match send(py, &exchange, &self.state, data, Source::Write)? {
             Sent::Queued | Sent::PastLength(_) => Ok(()),
             // A HEAD response is over once its head is written: the rest of
             // the body goes nowhere, as it would have anyway.
@@ -449,19 +451,37 @@ enum Sent {
     PastLength(Overrun),
 }
 
-/// Sends `data` (and the headers first, if they are still pending).
+/// Where a piece of the body comes from, which decides when the head goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The data of a `write()` call. The first call sends the head even with
+    /// no data (PEP 3333, as gunicorn does): it is how an app gets its
+    /// headers to the client before a body that is slow to come.
+    Write,
+    /// An item of the response iterable: the head waits for the first one
+    /// that is not empty, so the app may still replace it with `exc_info`
+    /// until then.
+    Item,
+    /// The last of the body: a one-item list's item, or nothing once the
+    /// iterable is exhausted.
+    End,
+}
+
+/// Sends `data` (and the headers first, if they are still pending and
+/// `source` calls for them).
 fn send(
     py: Python<'_>,
     exchange: &Arc<Exchange>,
     state: &SharedResponse,
     data: Bytes,
-    more: bool,
+    source: Source,
 ) -> PyResult<Sent> {
+    let more = source != Source::End;
     let start = {
         let mut st = state.lock();
         if st.headers_sent {
             None
-        } else if data.is_empty() && more {
+        } else if data.is_empty() && source == Source::Item {
             return Ok(Sent::Queued);
         } else {
             let start = st.pending.take().ok_or_else(|| {
@@ -560,7 +580,7 @@ fn stream(
     }
     for item in iterable.try_iter()? {
         let data = bytes_of(&item?)?;
-        match send(py, exchange, state, data, true)? {
+        match send(py, exchange, state, data, Source::Item)? {
             Sent::Queued => {}
             Sent::Gone => {
                 tracing::debug!("client went away during {}", exchange.request_line());
@@ -584,15 +604,17 @@ fn finish(
             "the WSGI app returned without calling start_response()",
         ));
     }
-    send(py, exchange, state, data, false)?;
+    send(py, exchange, state, data, Source::End)?;
     Ok(())
 }
 
 /// Sends a `FileWrapper` around a real file from its descriptor: the reactor
 /// reads it as the client takes it (the same code as `--static-map` and
 /// ASGI's pathsend), so neither Python nor this thread copies it. `None`
-/// when the file has no descriptor or is not a regular file: iterate it
-/// instead.
+/// when reading the file-like is not reading a descriptor (see
+/// [`read_descriptor`]), or the descriptor is not a regular file with bytes
+/// left by its size: iterate it instead, as PEP 3333 has it
+/// (`iter(lambda: filelike.read(blksize), b"")`).
 fn send_file(
     py: Python<'_>,
     exchange: &Arc<Exchange>,
@@ -605,11 +627,7 @@ fn send_file(
         return Ok(None);
     }
     let filelike = wrapper.filelike.bind(py);
-    let Some(fd) = filelike
-        .call_method0(intern!(py, "fileno"))
-        .and_then(|fd| fd.extract::<i32>())
-        .ok()
-    else {
+    let Some(fd) = read_descriptor(py, filelike)? else {
         return Ok(None);
     };
     if filelike.hasattr(intern!(py, "flush"))? {
@@ -619,8 +637,11 @@ fn send_file(
         .call_method0(intern!(py, "tell"))
         .and_then(|pos| pos.extract())
         .unwrap_or(0);
-    let Ok(mut span) = FileSpan::from_descriptor(fd, offset, None) else {
-        return Ok(None);
+    let mut span = match FileSpan::from_descriptor(fd, offset, None) {
+        // Files of /proc have a size of 0 whatever they hold; the bytes of
+        // an empty file, or past the end, are no more read than sent.
+        Ok(span) if span.len > 0 => span,
+        _ => return Ok(None),
     };
 
     let mut start = {
@@ -656,6 +677,35 @@ fn send_file(
     Ok(Some(Ok(())))
 }
 
+/// The descriptor whose bytes `filelike.read()` returns: that of an
+/// `io.FileIO` (`open(path, "rb", buffering=0)`), or of the one under an
+/// `io.BufferedReader` or `io.BufferedRandom` (`open(path, "rb")`,
+/// `tempfile.TemporaryFile()`). Others' `fileno()` may read as something
+/// else: a `gzip.open()`, `bz2.open()` or `lzma.open()` file's is the
+/// compressed file, a text file's is the bytes before decoding.
+fn read_descriptor(py: Python<'_>, filelike: &Bound<'_, PyAny>) -> PyResult<Option<i32>> {
+    static FILE_IO: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static BUFFERED_READER: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    static BUFFERED_RANDOM: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let file_io = FILE_IO.import(py, "io", "FileIO")?;
+    let raw = if filelike.is_instance(file_io)? {
+        filelike.clone()
+    } else if filelike.is_instance(BUFFERED_READER.import(py, "io", "BufferedReader")?)?
+        || filelike.is_instance(BUFFERED_RANDOM.import(py, "io", "BufferedRandom")?)?
+    {
+        match filelike.getattr(intern!(py, "raw")) {
+            Ok(raw) if raw.is_instance(file_io)? => raw,
+            _ => return Ok(None),
+        }
+    } else {
+        return Ok(None);
+    };
+    Ok(raw
+        .call_method0(intern!(py, "fileno"))
+        .and_then(|fd| fd.extract::<i32>())
+        .ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,6 +713,38 @@ mod tests {
     fn eval<'py>(py: Python<'py>, code: &str) -> Bound<'py, PyAny> {
         py.eval(&std::ffi::CString::new(code).unwrap(), None, None)
             .unwrap()
+    }
+
+    #[test]
+    fn only_files_whose_reads_are_their_descriptors_bytes_are_sent_from_it() {
+        Python::initialize();
+        Python::attach(|py| {
+            let path = std::env::temp_dir().join(format!("rsasgi-fd-{}", std::process::id()));
+            std::fs::write(&path, b"bytes").unwrap();
+            let open = |code: &str| {
+                let code = code.replace("PATH", &format!("{:?}", path.to_str().unwrap()));
+                eval(py, &code)
+            };
+            for code in [
+                "open(PATH, 'rb')",
+                "open(PATH, 'rb', buffering=0)",
+                "open(PATH, 'r+b')",
+            ] {
+                let file = open(code);
+                assert!(read_descriptor(py, &file).unwrap().is_some(), "{code}");
+                file.call_method0("close").unwrap();
+            }
+            for code in [
+                "open(PATH, 'r')",
+                "__import__('gzip').GzipFile(fileobj=open(PATH, 'rb'))",
+                "__import__('io').BytesIO(b'x')",
+                "__import__('io').BufferedReader(__import__('io').BytesIO(b'x'))",
+            ] {
+                let file = open(code);
+                assert_eq!(read_descriptor(py, &file).unwrap(), None, "{code}");
+            }
+            std::fs::remove_file(&path).unwrap();
+        });
     }
 
     #[test]

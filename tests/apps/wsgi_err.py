@@ -16,6 +16,8 @@ Markers go to $WSGI_MARKER_DIR. Routes (by PATH_INFO):
   /status?case=C            start_response with a bad status (see BAD_STATUS)
   /exc-before               start_response(200, X-First), then on an exception a second call with
                             exc_info: "500 Internal Server Error" and the page b"error page"
+  /exc-after-empty          generator: yields b"", then on an exception start_response with
+                            exc_info: "500 Internal Server Error" and the page b"error page"
   /exc-after?tag=T          generator: yields b"partial-body", then calls start_response with
                             exc_info; T.log records whether it re-raised
   /exc-after-write?tag=T    write(b"written-body"), then start_response with exc_info; with
@@ -178,6 +180,23 @@ def app(environ, start_response):
                 sys.exc_info(),
             )
             return [b"error page"]
+
+    if path == "/exc-after-empty":
+        start_response("200 OK", [("Content-Type", "application/json"), ("X-First", "yes")])
+
+        def gen():
+            yield b""  # no body yet: the head is still the app's to replace
+            try:
+                raise KeyError("handled-by-error-handler")
+            except KeyError:
+                start_response(
+                    "500 Internal Server Error",
+                    [("Content-Type", "text/plain"), ("X-Error-Page", "yes")],
+                    sys.exc_info(),
+                )
+                yield b"error page"
+
+        return gen()
 
     if path == "/exc-after":
         start_response("200 OK", [("Content-Type", "text/plain")])

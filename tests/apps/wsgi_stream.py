@@ -6,6 +6,8 @@ Routes (by PATH_INFO):
                         Content-Length, and an empty write before the data
   /write-wait?tag=T     write(b"first"), waits for the marker T.go, write(b"second")
   /yield-wait?tag=T     yields b"first", waits for the marker T.go, yields b"second"
+  /write-empty-wait?tag=T
+                        write(b""), waits for the marker T.go, returns [b"late"]
   /close?mode=full|raise|raise-first|disconnect|head&tag=T
                         returns an iterable object whose close() appends "close" to T.log;
                         every yielded chunk appends "yield N"; "raise" raises after 2 chunks,
@@ -18,6 +20,9 @@ Routes (by PATH_INFO):
                         to the remaining size, cl=N (N > 1) sets Content-Length: N; write=W
                         write()s W before returning the wrapper
   /file-bytesio?size=N  wsgi.file_wrapper over an io.BytesIO (no fileno) of block(0, N)
+  /file-open?path=P&open=rb|gzip|bz2|lzma&skip=N&blk=B
+                        wsgi.file_wrapper over P opened with open(P, "rb") or gzip/bz2/lzma.open,
+                        after reading N bytes of it; no Content-Length
   /gen?size=N&chunk=C&tag=T
                         generator of N bytes (block(i, C) for the i-th chunk), no
                         Content-Length; T.progress holds the bytes yielded so far (every MiB)
@@ -31,8 +36,11 @@ Routes (by PATH_INFO):
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import json
+import lzma
 import threading
 import time
 
@@ -137,6 +145,11 @@ def app(environ, start_response):
         write(b"second" if ok else b"timeout")
         return []
 
+    if path == "/write-empty-wait":
+        write = start_response("200 OK", [("Content-Type", "text/event-stream")])
+        write(b"")  # PEP 3333: the head goes out at the first write() call
+        return [b"late" if wait_marker(f"{tag}.go") else b"timeout"]
+
     if path == "/yield-wait":
         start_response("200 OK", [("Content-Type", "text/plain")])
 
@@ -190,6 +203,13 @@ def app(environ, start_response):
             [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))],
         )
         return environ["wsgi.file_wrapper"](io.BytesIO(block(0, size)), 10000)
+
+    if path == "/file-open":
+        opener = {"rb": open, "gzip": gzip.open, "bz2": bz2.open, "lzma": lzma.open}[q["open"]]
+        f = opener(q["path"], "rb")
+        f.read(int(q.get("skip", "0")))
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](f, int(q.get("blk", "8192")))
 
     if path == "/gen":
         size = int(q["size"])
