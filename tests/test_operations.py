@@ -258,6 +258,27 @@ def test_a_second_server_on_a_live_pid_file_refuses_and_a_stale_one_is_replaced(
 
 
 @pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_pid_file_is_not_written_through_a_link_planted_beside_it(run_rsasgi, tmp_path, workers):
+    """The pid file often sits in a directory the app's user may write, and the server runs
+    as root: a link planted where the pid file is first written (its old temporary name
+    FILE.partial) must not make rsasgi overwrite the file it points to."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    pid_file = tmp_path / "rsasgi.pid"
+    (tmp_path / "rsasgi.pid.partial").symlink_to(victim)
+    server = run_rsasgi(APP, "--pid", str(pid_file), *workers)
+    wait_all_serving(server, workers)
+
+    assert victim.read_text() == "precious\n"
+    assert not pid_file.is_symlink()
+    assert pid_file.read_text() == f"{server.proc.pid}\n"
+    assert server.stop(signal.SIGTERM) == 0
+    assert sorted(path.name for path in tmp_path.iterdir() if "rsasgi.pid" in path.name) == [
+        "rsasgi.pid.partial"
+    ]
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
 def test_pid_file_that_cannot_be_written_is_one_line_and_exit_1(tmp_path, workers):
     pid_file = tmp_path / "missing" / "rsasgi.pid"
     result = run_to_exit(
