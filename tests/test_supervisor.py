@@ -878,6 +878,49 @@ def test_sighup_after_a_failed_reload_loads_the_fixed_code(run_rsasgi, tmp_path)
     assert {version for version, _ in load.answers()} == {2}
 
 
+#: An app whose import waits for a file named "go" beside it (having left "importing"
+#: there), then fails: a broken deploy that takes a while to fail.
+IMPORT_WAITS_THEN_FAILS = """
+import time
+from pathlib import Path
+
+here = Path(__file__).parent
+(here / "importing").touch()
+while not (here / "go").exists():
+    time.sleep(0.02)
+raise RuntimeError("broken deploy")
+"""
+
+
+def test_sighup_while_a_broken_reload_boots_loads_the_fixed_code(run_rsasgi, tmp_path):
+    """A broken deploy, HUP, and the code fixed and HUP'd again while the broken
+    replacement still imports: when that replacement fails, the latest reload goes on
+    with the fixed code (the old worker used to keep serving the old code, the second HUP
+    lost with the first one's failure)."""
+    module = reloadable_app(tmp_path)
+    server = start_one_reloadable(run_rsasgi, module)
+    (old,) = started_workers(server.output())
+
+    module.write_text(IMPORT_WAITS_THEN_FAILS)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: (module.parent / "importing").exists(), message="the broken import")
+    set_version(module, 2)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: server.output().count("Received SIGHUP") == 2,
+        message="the second SIGHUP",
+        server=server,
+    )
+    (module.parent / "go").touch()
+
+    log = wait_for_log(server, "Reload complete")
+    assert "RuntimeError: broken deploy" in log
+    assert "with the code of an earlier reload; the latest reload goes on" in log
+    assert "Reload failed" not in log
+    wait_gone({old}, server)
+    assert get(server.url).text.split()[0] == "2"
+
+
 #: An app whose import never ends: its event loop never beats.
 IMPORT_NEVER_ENDS = "import time\n\ntime.sleep(600)\n"
 

@@ -712,7 +712,8 @@ impl Supervisor {
     /// serving until its replacement does, would otherwise wait for it for
     /// ever (and a reload with it): it goes back to serving, and its own
     /// replacement is tried again after a backoff, or, for a reload, at the
-    /// next one. Returns false when no predecessor waits for `worker`.
+    /// next one (at once if a newer reload came while `worker` booted).
+    /// Returns false when no predecessor waits for `worker`.
     fn replacement_ended(&mut self, worker: &WorkerProcess, how: &str) -> bool {
         let Some(old_pid) = worker.replaces else {
             return false;
@@ -728,9 +729,20 @@ impl Supervisor {
             return false;
         };
         old.state = State::Serving;
-        old.replacements_failed = old.replacements_failed.saturating_add(1);
-        let delay = backoff(old.replacements_failed);
-        old.retire_not_before = Some(Instant::now() + delay);
+        // A newer reload (SIGHUP, or a change with --reload) came while this
+        // replacement booted the code of an earlier one: its failure says
+        // nothing of the code there now, and the newer reload goes on at
+        // once, this worker first.
+        let superseded = reason == Retirement::Reload && worker.generation < self.generation;
+        let delay = if superseded {
+            old.retire_not_before = None;
+            Duration::ZERO
+        } else {
+            old.replacements_failed = old.replacements_failed.saturating_add(1);
+            let delay = backoff(old.replacements_failed);
+            old.retire_not_before = Some(Instant::now() + delay);
+            delay
+        };
         let old_name = old.name();
         let name = worker.name();
         let ended = match worker.state {
@@ -741,7 +753,12 @@ impl Supervisor {
         if worker.state == State::Booting && worker.slot.is_serving() {
             self.count_restart(Restart::Crash);
         }
-        if reason == Retirement::Reload {
+        if superseded {
+            tracing::error!(
+                "The new {name} {ended}, with the code of an earlier reload; the latest reload \
+                 goes on, and {old_name} keeps serving until its replacement does"
+            );
+        } else if reason == Retirement::Reload {
             self.reloading = false;
             self.notifier.ready(&self.status());
             let retry = if self.config.supervision.reload.is_some() {
