@@ -32,7 +32,7 @@ use crate::supervisor::balance::{Balance, WorkerSeat};
 use crate::supervisor::pid_file::PidFile;
 use crate::supervisor::privileges::Credentials;
 use crate::supervisor::systemd::Notifier;
-use crate::supervisor::{handoff, Handoff, Slot};
+use crate::supervisor::{self, handoff, Handoff, Slot};
 use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON, REACTOR_WAKES};
 use crate::wsgi::{Pool, THREADS_WARNING};
 
@@ -90,10 +90,17 @@ pub(crate) fn run(
     for variable in [handoff::VARIABLE, config_file::INHERITED_VARIABLE] {
         environ.call_method1("pop", (variable, py.None()))?;
     }
+    // Whatever stops a worker before it serves (a missing --env-file, a
+    // TLS key its --user cannot read) stops the next one the same way: it is
+    // a boot failure, which the supervisor does not restart for ever.
+    let cannot_start = match sockets {
+        Sockets::Handoff(_) => supervisor::EXIT_BOOT_FAILURE,
+        Sockets::Own(_) => 1,
+    };
     if let Some(path) = &config.env_file {
         if let Err(message) = load_env_file(py, path) {
             tracing::error!("{message}");
-            return Ok(1);
+            return Ok(cannot_start);
         }
     }
     // Imported before --user takes effect: the account the app runs as may
@@ -134,7 +141,7 @@ pub(crate) fn run(
         Ok(listeners) => listeners,
         Err(message) => {
             tracing::error!("{message}");
-            return Ok(1);
+            return Ok(cannot_start);
         }
     };
     // Where faulthandler writes the Python stacks, to be logged as one event
@@ -172,7 +179,7 @@ pub(crate) fn run(
             }),
             Err(err) => {
                 tracing::error!("Cannot map the slot the supervisor handed down: {err}");
-                return Ok(1);
+                return Ok(cannot_start);
             }
         },
         None => None,
@@ -186,7 +193,7 @@ pub(crate) fn run(
             Ok(slot) => Some(Arc::new(slot)),
             Err(err) => {
                 tracing::error!("Cannot create the memory for --metrics-bind: {err}");
-                return Ok(1);
+                return Ok(cannot_start);
             }
         },
     };
@@ -199,7 +206,7 @@ pub(crate) fn run(
         Ok(worker) => Py::new(py, worker)?,
         Err(err) => {
             tracing::error!("Cannot create the worker's event channel: {err}");
-            return Ok(1);
+            return Ok(cannot_start);
         }
     };
     let code = run.call1((worker,))?.extract();
@@ -501,7 +508,7 @@ impl Worker {
                 self.supervised.as_ref().and_then(|s| s.seat.clone()),
                 self.stacks.clone(),
             )
-            .map_err(|err| PyRuntimeError::new_err(format!("cannot start serving: {err}")))?,
+            .map_err(|err| PyRuntimeError::new_err(err.to_string()))?,
         );
         let shutdown = self.shutdown.subscribe();
         let scrapes = match (self.metrics.listener.lock().take(), &self.metrics.slot) {

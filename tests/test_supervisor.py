@@ -764,9 +764,70 @@ def test_app_that_cannot_boot_stops_the_supervisor_with_exit_3(run_rsasgi, app, 
     assert exit_code(server) == 3, server.output()
     log = server.output()
     assert error in log
-    assert "could not load the app (exited with code 3, the error is above); stopping" in log
+    assert "could not boot (exited with code 3, the error is above); stopping" in log
     assert len(STARTED.findall(log)) <= 2, log
     assert log.rstrip().endswith("rsasgi.error: Stopped"), log
+
+
+#: An app whose import waits for a file named "go" beside it.
+IMPORT_WAITS_FOR_GO = """
+import time
+from pathlib import Path
+
+while not (Path(__file__).parent / "go").exists():
+    time.sleep(0.02)
+
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+"""
+
+
+def test_a_worker_that_cannot_read_its_env_file_stops_the_supervisor_with_exit_3(run_rsasgi):
+    """A worker reads --env-file itself: one that cannot is a boot failure, which the
+    next one would repeat, not a crash to restart for ever."""
+    server = run_rsasgi(APP, "--workers", "1", "--env-file", "/nonexistent/.env", wait=False)
+    assert exit_code(server) == 3, server.output()
+    log = server.output()
+    assert log.count("Cannot read --env-file /nonexistent/.env") == 1, log
+    assert "could not boot (exited with code 3, the error is above); stopping" in log
+    assert len(STARTED.findall(log)) == 1, log
+    assert log.rstrip().endswith("rsasgi.error: Stopped"), log
+
+
+def test_a_worker_that_cannot_load_its_tls_key_stops_the_supervisor_with_exit_3(
+    run_rsasgi, tmp_path
+):
+    """The supervisor checks the TLS files, each worker loads them again: one that cannot
+    (here the key is gone by then; in life, a key its --user may not read) cannot serve,
+    nor could the next one."""
+    trustme = pytest.importorskip("trustme")
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    (tmp_path / "slow_import.py").write_text(IMPORT_WAITS_FOR_GO)
+    tls = ["--ssl-certfile", str(tmp_path / "cert.pem"), "--ssl-keyfile", str(tmp_path / "key.pem")]
+    server = run_rsasgi(
+        "slow_import:app",
+        "--app-dir",
+        str(tmp_path),
+        "--lifespan",
+        "off",
+        "--workers",
+        "1",
+        *tls,
+        wait=False,
+    )
+    wait_for_log(server, "Started worker 1")
+    (tmp_path / "key.pem").unlink()
+    (tmp_path / "go").touch()
+
+    assert exit_code(server) == 3, server.output()
+    log = server.output()
+    assert log.count("Could not start serving: ") == 1, log
+    assert "could not boot (exited with code 3, the error is above); stopping" in log
+    assert len(STARTED.findall(log)) == 1, log
 
 
 # Replacing workers on purpose.

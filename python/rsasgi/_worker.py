@@ -24,7 +24,8 @@ import traceback
 from rsasgi._rsasgi import flush_logs, log
 
 #: Exit code when the app cannot be loaded or its lifespan startup fails (as
-#: gunicorn and uvicorn use): a supervisor stops instead of restarting it.
+#: gunicorn and uvicorn use), or a supervised worker cannot start serving: a
+#: supervisor stops instead of restarting it.
 EXIT_BOOT_FAILURE = 3
 
 #: The signal a supervisor sends a worker whose event loop is stuck, to have
@@ -558,7 +559,9 @@ async def _serve(worker, app, interface, loop) -> int:
             log("error", f"Could not start serving: {exc}")
             if lifespan is not None:
                 await lifespan.shutdown(forced)
-            return 1
+            # Under a supervisor the next worker would fail the same way (a TLS key its
+            # --user cannot read): a boot failure, not a crash to restart for ever.
+            return EXIT_BOOT_FAILURE if supervised else 1
         loop.add_reader(fd, worker.drain)
         try:
             await asyncio.wait(

@@ -86,8 +86,10 @@ const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(30);
 /// How often the status line systemd shows (`systemctl status`) is updated.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The exit code of a worker that could not load the app or whose lifespan
-/// startup failed, and the supervisor's own exit code then.
+/// The exit code of a worker that could not start serving (the app does not
+/// import, its lifespan startup failed, a setting it cannot use such as an
+/// `--env-file` or TLS key it cannot read), and the supervisor's own exit
+/// code then.
 pub(crate) const EXIT_BOOT_FAILURE: i32 = 3;
 
 /// What each worker is started with.
@@ -792,13 +794,13 @@ impl Supervisor {
             && self.config.supervision.reload.is_some()
         {
             tracing::error!(
-                "{name} could not load the app ({how}, the error is above); waiting for a \
+                "{name} could not boot ({how}, the error is above); waiting for a \
                  change to the files to try again (--reload)"
             );
             self.waiting_for_change = true;
         } else if status.code() == Some(EXIT_BOOT_FAILURE) && !others_serve {
             tracing::error!(
-                "{name} could not load the app ({how}, the error is above); stopping (exit code \
+                "{name} could not boot ({how}, the error is above); stopping (exit code \
                  {EXIT_BOOT_FAILURE})"
             );
             self.halt(EXIT_BOOT_FAILURE);
@@ -806,7 +808,7 @@ impl Supervisor {
             // The app's files changed under running workers: stopping them
             // would turn one failed start into an outage.
             tracing::error!(
-                "{name} could not load the app ({how}, the error is above); the other workers \
+                "{name} could not boot ({how}, the error is above); the other workers \
                  keep serving the code they loaded, and it is retried"
             );
             self.crashed();
