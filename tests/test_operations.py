@@ -279,6 +279,21 @@ def test_pid_file_is_not_written_through_a_link_planted_beside_it(run_rsasgi, tm
 
 
 @pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_sigusr2_is_refused_with_a_warning_and_the_server_serves_on(run_rsasgi, tmp_path, workers):
+    """gunicorn re-executes itself on USR2; rsasgi does not, and the signal's default
+    action would end it at once, leaving its pid file (and its workers) behind."""
+    pid_file = tmp_path / "rsasgi.pid"
+    server = run_rsasgi(APP, "--pid", str(pid_file), *workers)
+    wait_all_serving(server, workers)
+
+    os.kill(server.proc.pid, signal.SIGUSR2)
+    wait_for_log(server, "Received SIGUSR2: ignored, rsasgi does not re-execute itself")
+    assert answer(server)[0] == 1
+    assert server.stop(signal.SIGTERM) == 0
+    assert not pid_file.exists()
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
 def test_pid_file_that_cannot_be_written_is_one_line_and_exit_1(tmp_path, workers):
     pid_file = tmp_path / "missing" / "rsasgi.pid"
     result = run_to_exit(

@@ -546,6 +546,21 @@ async def _serve(worker, app, interface, loop) -> int:
         # A closed terminal, or `kill -HUP` from a gunicorn habit or a systemd unit's
         # ExecReload: its default action would end the process at once, mid-request.
         loop.add_signal_handler(signal.SIGHUP, on_signal, signal.SIGHUP)
+    # gunicorn's upgrade on the fly, whose default action too would end the process at
+    # once. Unless it is faulthandler's (see `run`): the supervisor's, or the reactor's
+    # for a WSGI thread stuck past --timeout-request, to have the stacks written.
+    usr2_dumps_stacks = supervised or worker.timeout_request is not None
+    if not usr2_dumps_stacks:
+
+        def on_upgrade() -> None:
+            log(
+                "warning",
+                "Received SIGUSR2: ignored, rsasgi does not re-execute itself on USR2 as "
+                "gunicorn does; restart it to load new code (or run with --workers, whose "
+                "SIGHUP replaces the workers one by one)",
+            )
+
+        loop.add_signal_handler(signal.SIGUSR2, on_upgrade)
     # The handlers stay until the very end, so that a second signal can cut
     # short any step of the shutdown, the lifespan shutdown included.
     try:
@@ -605,6 +620,9 @@ async def _serve(worker, app, interface, loop) -> int:
             for signum in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, signal.SIG_IGN)
+        if not usr2_dumps_stacks:
+            loop.remove_signal_handler(signal.SIGUSR2)
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         if supervised:
             # A late copy of the stop signal (CTRL+C reaches the whole process
             # group, then the supervisor sends SIGTERM) must not cut the exit short.

@@ -8,7 +8,8 @@
 //! told to stop, and one that never serves leaves its predecessor serving.
 //! Signals: TERM/INT stop gracefully (a second one, or QUIT, at once), HUP
 //! replaces every worker with fresh code one by one, TTIN and TTOU add or
-//! remove a worker.
+//! remove a worker, USR1 reopens the log files, USR2 is refused with a
+//! warning.
 //!
 //! What a worker may rely on, and what it owes the supervisor, is in
 //! [`handoff`] and [`slot`].
@@ -343,6 +344,9 @@ struct Signals {
     ttin: Signal,
     ttou: Signal,
     usr1: Signal,
+    /// Caught only to be refused: its default action would end the
+    /// supervisor at once, leaving its workers and the pid file behind.
+    usr2: Signal,
     child: Signal,
 }
 
@@ -370,6 +374,7 @@ impl Signals {
             ttin: signal(SignalKind::from_raw(libc::SIGTTIN))?,
             ttou: signal(SignalKind::from_raw(libc::SIGTTOU))?,
             usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
             child: signal(SignalKind::child())?,
         })
     }
@@ -456,6 +461,7 @@ impl Supervisor {
                     self.handle_ttou(TTOU_DELIVERIES.swap(0, Ordering::Relaxed));
                 }
                 _ = signals.usr1.recv() => self.handle_usr1(),
+                _ = signals.usr2.recv() => self.handle_usr2(),
                 _ = signals.child.recv() => {}
                 changed = next_change(&mut changes) => self.handle_change(&changed),
                 _ = tick.tick() => {}
@@ -597,6 +603,17 @@ impl Supervisor {
                 State::Hung { .. } | State::Stopping { .. } | State::Killed => {}
             }
         }
+    }
+
+    /// gunicorn's upgrade on the fly (a new master started from the new
+    /// binary, sharing the sockets): rsasgi has no such thing, and says what
+    /// does the job.
+    fn handle_usr2(&self) {
+        tracing::warn!(
+            "Received SIGUSR2: ignored, rsasgi does not re-execute itself on USR2 as gunicorn \
+             does; send SIGHUP for a rolling restart of the workers onto fresh code, or \
+             restart the service to run a new version of rsasgi"
+        );
     }
 
     // The workers.
