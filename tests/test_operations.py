@@ -457,6 +457,31 @@ def test_umask_sets_the_mode_of_files_the_app_creates(run_rsasgi, tmp_path, umas
     assert stat.S_IMODE(created.stat().st_mode) == mode
 
 
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_umask_sets_the_mode_of_the_log_and_pid_files(run_rsasgi, tmp_path, workers):
+    """The files the server creates for the operator are created under the mask too."""
+    log, access, pid_file = tmp_path / "error.log", tmp_path / "access.log", tmp_path / "pid"
+    server = run_rsasgi(
+        APP,
+        "--umask",
+        "077",
+        "--log-file",
+        str(log),
+        "--access-logfile",
+        str(access),
+        "--pid",
+        str(pid_file),
+        *workers,
+        wait=False,
+    )
+    wait_in_file(log, "Listening on")
+    wait_for(lambda: read_pid(pid_file), message="the pid file")
+
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (log, access, pid_file)}
+    assert modes == {"error.log": 0o600, "access.log": 0o600, "pid": 0o600}
+    assert server.stop(signal.SIGTERM) == 0
+
+
 # --daemon with --log-file and --pid.
 
 
