@@ -290,6 +290,7 @@ fn _rsasgi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logging::flush_logs, m)?)?;
     m.add_function(wrap_pyfunction!(logging::forward::next_log_records, m)?)?;
     m.add_function(wrap_pyfunction!(logging::forward::log_records_finished, m)?)?;
+    worker::add_stop_waits(m)?;
     m.add_class::<worker::Worker>()?;
     m.add_class::<asgi::http::HttpReceive>()?;
     m.add_class::<asgi::http::HttpSend>()?;

@@ -36,6 +36,50 @@ use crate::supervisor::{self, handoff, Handoff, Slot};
 use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON, REACTOR_WAKES};
 use crate::wsgi::{Pool, THREADS_WARNING};
 
+// A worker's graceful stop, after `--timeout-graceful-shutdown` has closed
+// the last connections: each of its own steps is bounded (their Python side
+// is `rsasgi._worker`, which takes these values from here), and a supervisor
+// waits for all of them before it kills a stopping worker.
+
+/// How long the request tasks still running get to end once their
+/// connections are closed (they see the disconnect), before they are cancelled.
+pub(crate) const REQUEST_TASKS_WAIT: Duration = Duration::from_secs(1);
+
+/// How long cancelled request tasks get for their clean-up (an `except
+/// CancelledError` that rolls a transaction back) before the worker goes on.
+pub(crate) const CANCELLED_TASKS_WAIT: Duration = Duration::from_secs(5);
+
+/// How long WSGI threads get to finish after every connection has closed
+/// (their clients are gone, so they stop at their next write).
+pub(crate) const WSGI_THREADS_WAIT: Duration = Duration::from_secs(5);
+
+/// What a supervisor allows, after the bounded steps, for the lifespan
+/// shutdown (closing database pools, flushing queues) and the exit.
+pub(crate) const LIFESPAN_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(5);
+
+/// How long a worker's graceful stop may run beyond
+/// `--timeout-graceful-shutdown`: its longest bounded steps (an ASGI app's
+/// request tasks, or a WSGI app's threads), then the lifespan shutdown.
+/// The reactor's own close handshake with WebSockets (a couple of seconds,
+/// in `http::server`) comes out of the lifespan's allowance.
+pub(crate) fn stop_after_grace() -> Duration {
+    let asgi = REQUEST_TASKS_WAIT + CANCELLED_TASKS_WAIT;
+    asgi.max(WSGI_THREADS_WAIT) + LIFESPAN_SHUTDOWN_ALLOWANCE
+}
+
+/// Adds the waits of the stop above to the extension module, in seconds,
+/// for `rsasgi._worker`.
+pub(crate) fn add_stop_waits(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    for (name, wait) in [
+        ("REQUEST_TASKS_WAIT", REQUEST_TASKS_WAIT),
+        ("CANCELLED_TASKS_WAIT", CANCELLED_TASKS_WAIT),
+        ("WSGI_THREADS_WAIT", WSGI_THREADS_WAIT),
+    ] {
+        module.add(name, wait.as_secs_f64())?;
+    }
+    Ok(())
+}
+
 /// Loads `--env-file` into `os.environ` (Python's copy of the environment),
 /// leaving variables that are already set alone.
 pub(crate) fn load_env_file(py: Python<'_>, path: &std::path::Path) -> Result<(), String> {

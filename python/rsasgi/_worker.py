@@ -21,7 +21,15 @@ import sys
 import threading
 import traceback
 
-from rsasgi._rsasgi import flush_logs, log
+# *_WAIT: the bounded steps of a stop after its grace period, in seconds, defined in
+# src/worker.rs, where a supervisor's deadline for a stopping worker is made of them.
+from rsasgi._rsasgi import (
+    CANCELLED_TASKS_WAIT,
+    REQUEST_TASKS_WAIT,
+    WSGI_THREADS_WAIT,
+    flush_logs,
+    log,
+)
 
 #: Exit code when the app cannot be loaded or its lifespan startup fails (as
 #: gunicorn and uvicorn use), or a supervised worker cannot start serving: a
@@ -31,10 +39,6 @@ EXIT_BOOT_FAILURE = 3
 #: The signal a supervisor sends a worker whose event loop is stuck, to have
 #: it write the Python stack of every thread before it is killed.
 STACK_DUMP_SIGNAL = signal.SIGUSR2
-
-#: Seconds WSGI threads get to finish after every connection has closed
-#: (their clients are gone, so they stop at their next write).
-WSGI_THREADS_GRACE = 5.0
 
 #: The name of every request's asyncio task (what `Task.get_name()` returns
 #: and asyncio's debug output shows).
@@ -593,7 +597,7 @@ async def _serve(worker, app, interface, loop) -> int:
         finally:
             loop.remove_reader(fd)
         if wsgi and not forced.is_set():
-            joined = loop.run_in_executor(None, worker.join, WSGI_THREADS_GRACE)
+            joined = loop.run_in_executor(None, worker.join, WSGI_THREADS_WAIT)
             threads_done = await _unless_forced(joined, forced) and joined.result()
         else:
             # `stopped` is done, so the reactor thread is ending and this
@@ -631,14 +635,14 @@ async def _serve(worker, app, interface, loop) -> int:
 
 
 async def _cancel_request_tasks(tasks: list, forced: asyncio.Event, cancelled: set) -> None:
-    """Gives request tasks still running a second to end, then cancels them (adding each
-    to ``cancelled``) and waits up to 5 s more; once ``forced`` is set, cancels them
-    without waiting."""
+    """Gives request tasks still running ``REQUEST_TASKS_WAIT`` to end, then cancels them
+    (adding each to ``cancelled``) and waits up to ``CANCELLED_TASKS_WAIT`` more; once
+    ``forced`` is set, cancels them without waiting."""
     running = [task for task in tasks if not task.done()]
     if not running:
         return
     if not forced.is_set():
-        await _unless_forced(asyncio.wait(running, timeout=1.0), forced)
+        await _unless_forced(asyncio.wait(running, timeout=REQUEST_TASKS_WAIT), forced)
     remaining = [task for task in running if not task.done()]
     if not remaining:
         return
@@ -647,7 +651,7 @@ async def _cancel_request_tasks(tasks: list, forced: asyncio.Event, cancelled: s
     for task in remaining:
         task.cancel()
     if not forced.is_set():
-        await _unless_forced(asyncio.wait(remaining, timeout=5.0), forced)
+        await _unless_forced(asyncio.wait(remaining, timeout=CANCELLED_TASKS_WAIT), forced)
 
 
 async def _unless_forced(awaitable, forced: asyncio.Event) -> bool:

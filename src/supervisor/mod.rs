@@ -45,7 +45,7 @@ use crate::config_file;
 use crate::logging;
 use crate::metrics::{MetricsBind, Restart, Scrape};
 use crate::net::{self, Listener};
-use crate::worker::Own;
+use crate::worker::{self, Own};
 
 pub(crate) use crate::clock::monotonic_now;
 use balance::Balance;
@@ -67,10 +67,6 @@ const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// and it is killed. faulthandler writes them in a few ms; the rest is for a
 /// busy machine, where the worker may wait for a core meanwhile.
 const STACK_DUMP_WAIT: Duration = Duration::from_secs(1);
-
-/// Beyond `--timeout-graceful-shutdown`, what a stopping worker gets for its
-/// lifespan shutdown and exit before it is killed.
-const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 /// After a forced stop (a second signal, SIGQUIT), how long workers get to
 /// exit before they are killed.
@@ -625,12 +621,12 @@ impl Supervisor {
         }
         self.stop = Some(Stop { forced });
         self.reloading = false;
-        let wait = if forced {
-            FORCED_STOP_WAIT
+        let now = Instant::now();
+        let deadline = if forced {
+            now + FORCED_STOP_WAIT
         } else {
-            self.config.timeout_graceful_shutdown + STOP_MARGIN
+            self.stop_deadline(now)
         };
-        let deadline = Instant::now() + wait;
         for worker in &mut self.workers {
             // A hung worker is killed within the second, once its stacks are
             // logged; a stop signal would not reach its blocked loop anyway.
@@ -640,6 +636,13 @@ impl Supervisor {
             worker.signal(if forced { libc::SIGQUIT } else { libc::SIGTERM });
             worker.state = State::Stopping { deadline };
         }
+    }
+
+    /// When a worker sent SIGTERM at `now` is killed if still there: after
+    /// `--timeout-graceful-shutdown` and the bounded steps of its own stop
+    /// that follow, so that its lifespan shutdown gets to run.
+    fn stop_deadline(&self, now: Instant) -> Instant {
+        now + self.config.timeout_graceful_shutdown + worker::stop_after_grace()
     }
 
     /// Stops everything because the app cannot boot; exits with `code`.
@@ -1117,7 +1120,7 @@ impl Supervisor {
 
     /// A replacement serves: its predecessor stops gracefully.
     fn retire_replaced(&mut self, pid: u32) {
-        let deadline = Instant::now() + self.config.timeout_graceful_shutdown + STOP_MARGIN;
+        let deadline = self.stop_deadline(Instant::now());
         if let Some(old) = self.workers.iter_mut().find(|w| w.pid == pid) {
             // Counted once the replacement serves: one that fails leaves the
             // old worker serving, and nothing was restarted.
@@ -1138,7 +1141,7 @@ impl Supervisor {
             return;
         }
         let now = Instant::now();
-        let deadline = now + self.config.timeout_graceful_shutdown + STOP_MARGIN;
+        let deadline = self.stop_deadline(now);
         for worker in &mut self.workers {
             if worker.number > self.target && worker.is_active() {
                 tracing::info!("Stopping {} gracefully (SIGTTOU)", worker.name());
