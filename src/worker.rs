@@ -6,6 +6,7 @@
 //! to start several processes, each building its own `Worker`.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -206,7 +207,10 @@ pub(crate) fn run(
         Some(handoff) => match Slot::inherit(handoff.slot_fd) {
             Ok(slot) => Some(Supervised {
                 slot: Arc::new(slot),
-                supervisor_pid: handoff.supervisor_pid,
+                supervisor: Arc::new(SupervisorLink {
+                    pid: handoff.supervisor_pid,
+                    gone: AtomicBool::new(false),
+                }),
                 workers: handoff.workers,
                 seat: handoff.balance.and_then(|(fd, index)| {
                     // Serving matters more: without a seat this worker
@@ -272,9 +276,87 @@ struct Metrics {
 /// What a worker started by a supervisor has beyond its config.
 struct Supervised {
     slot: Arc<Slot>,
-    supervisor_pid: u32,
+    supervisor: Arc<SupervisorLink>,
     workers: usize,
     seat: Option<Arc<WorkerSeat>>,
+}
+
+/// The supervisor that started this worker, which is its parent process.
+struct SupervisorLink {
+    pid: u32,
+    /// Set once this worker has noticed that the supervisor is gone.
+    gone: AtomicBool,
+}
+
+impl SupervisorLink {
+    /// Whether the supervisor is gone (killed with -9, it could not stop its
+    /// workers): this process then has another parent. Logged once, by
+    /// whichever asks first (the event loop at its heartbeat, the reactor).
+    fn is_gone(&self) -> bool {
+        if self.gone.load(Ordering::Relaxed) {
+            return true;
+        }
+        if std::os::unix::process::parent_id() == self.pid {
+            return false;
+        }
+        if !self.gone.swap(true, Ordering::Relaxed) {
+            tracing::warn!("The supervisor (pid {}) is gone; shutting down", self.pid);
+        }
+        true
+    }
+}
+
+/// How often the reactor checks that the supervisor is still there.
+const SUPERVISOR_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs on the reactor of a worker whose supervisor may die with -9. The
+/// kernel then sends the worker SIGTERM, and its event loop notices the new
+/// parent at its next heartbeat; either stops it gracefully. But both need
+/// the loop to run, and an app that blocks it (`time.sleep` in an async
+/// view) would keep the worker, and the listening sockets with it, for
+/// ever. So the reactor, once it sees the supervisor gone, begins the
+/// graceful stop itself (it stops accepting and closes its listeners at
+/// once, so that a new server can take the port, then drains), and the
+/// process leaves when such a stop would be over (the deadline the
+/// supervisor would have set), whether the loop came back or not.
+async fn leave_when_orphaned(
+    supervisor: Arc<SupervisorLink>,
+    shutdown: watch::Sender<Option<Duration>>,
+    grace: Duration,
+) {
+    let mut checks = tokio::time::interval(SUPERVISOR_CHECK_INTERVAL);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        checks.tick().await;
+        if supervisor.is_gone() {
+            break;
+        }
+    }
+    shutdown.send_if_modified(|stop| {
+        let begins = stop.is_none();
+        stop.get_or_insert(grace);
+        begins
+    });
+    let deadline = grace + stop_after_grace();
+    let leave = move || {
+        std::thread::sleep(deadline);
+        tracing::error!(
+            "Still running {}s after the supervisor died: the app blocks the event loop; exiting",
+            deadline.as_secs_f64()
+        );
+        crate::logging::flush();
+        // SAFETY: ends the process at once; nothing is touched after.
+        unsafe { libc::_exit(1) }
+    };
+    // A thread of its own: the reactor ends with the drain.
+    if let Err(err) = std::thread::Builder::new()
+        .name("rsasgi-orphaned".into())
+        .spawn(leave)
+    {
+        tracing::warn!(
+            "Cannot start the thread that ends this worker if its loop stays blocked: {err}"
+        );
+    }
 }
 
 #[pyclass(module = "rsasgi", frozen)]
@@ -397,7 +479,16 @@ impl Worker {
     /// The supervisor's pid when a supervisor started this worker, else None.
     #[getter]
     fn supervisor_pid(&self) -> Option<u32> {
-        self.supervised.as_ref().map(|s| s.supervisor_pid)
+        self.supervised.as_ref().map(|s| s.supervisor.pid)
+    }
+
+    /// Whether the supervisor that started this worker is gone (killed with
+    /// -9); says so in the log the first time. The event loop asks at each
+    /// heartbeat.
+    fn supervisor_gone(&self) -> bool {
+        self.supervised
+            .as_ref()
+            .is_some_and(|supervised| supervised.supervisor.is_gone())
     }
 
     /// Seconds between heartbeats of the event loop, or None when nobody
@@ -565,6 +656,13 @@ impl Worker {
             )),
             _ => None,
         };
+        let orphan_watch = self.supervised.as_ref().map(|supervised| {
+            leave_when_orphaned(
+                Arc::clone(&supervised.supervisor),
+                self.shutdown.clone(),
+                self.config.timeout_graceful_shutdown,
+            )
+        });
         let park_bridge = Arc::clone(&bridge);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -579,6 +677,9 @@ impl Worker {
                 // Polled only inside block_on, on this thread: the wakes it
                 // delivers are local to the runtime.
                 runtime.spawn(REACTOR_WAKES.deliver());
+                if let Some(orphan_watch) = orphan_watch {
+                    runtime.spawn(orphan_watch);
+                }
                 if let Some((listener, scrape)) = scrapes {
                     // Served while the connections drain, so /readyz says 503 then.
                     runtime.spawn(metrics::serve(listener, scrape));
@@ -632,10 +733,18 @@ impl Worker {
 
     /// Stops accepting, lets requests run up to `grace` seconds, then closes
     /// every connection; the `stopped` future given to `start` completes after that.
+    /// A graceful stop that the reactor began itself (its supervisor gone)
+    /// goes on as it is; a `grace` of 0 cuts any stop short.
     fn shutdown(&self, grace: f64) {
         self.notifier.stopping();
         let grace = Duration::try_from_secs_f64(grace).unwrap_or_default();
-        self.shutdown.send_replace(Some(grace));
+        self.shutdown.send_if_modified(|stop| {
+            if stop.is_some() && !grace.is_zero() {
+                return false;
+            }
+            *stop = Some(grace);
+            true
+        });
     }
 
     /// Waits for the reactor thread to exit (after `stopped` completed), then

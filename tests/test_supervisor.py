@@ -1334,6 +1334,41 @@ def test_workers_exit_when_the_supervisor_is_killed(run_rsasgi):
     wait_gone(workers, server)
 
 
+def test_a_worker_whose_loop_is_blocked_leaves_when_the_supervisor_is_killed(run_rsasgi, markers):
+    """The kernel's SIGTERM and the event loop's own check both need the loop: the reactor
+    notices the supervisor gone, closes the listening socket at once and ends the process
+    when a graceful stop would have ended (grace 0 here, then the worker's own stop steps
+    and its lifespan shutdown)."""
+    server = start_supervised(
+        run_rsasgi,
+        "--timeout-graceful-shutdown",
+        "0",
+        workers=1,
+        env={"SUP_MARKERS": str(markers)},
+    )
+    (worker,) = started_workers(server.output())
+    blocker = server.connect()
+    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
+
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+
+    def refused() -> bool:
+        try:
+            socket.create_connection((server.host, server.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    wait_for(refused, message="the listening socket to close", server=server)
+    assert alive(worker)
+    wait_gone({worker}, server, timeout=30)
+    log = server.output()
+    assert f"The supervisor (pid {server.proc.pid}) is gone; shutting down" in log
+    assert "after the supervisor died: the app blocks the event loop; exiting" in log
+
+
 # How many workers, and where they listen.
 
 

@@ -315,8 +315,8 @@ def _start_heartbeat(worker, loop, stop: asyncio.Event) -> None:
 
     def beat() -> None:
         worker.heartbeat()
-        if supervisor is not None and os.getppid() != supervisor and not stop.is_set():
-            log("warning", f"The supervisor (pid {supervisor}) is gone; shutting down")
+        # The worker logs it; its reactor checks too, in case the app blocks this loop.
+        if supervisor is not None and not stop.is_set() and worker.supervisor_gone():
             stop.set()
         loop.call_later(interval, beat)
 
@@ -586,7 +586,8 @@ async def _serve(worker, app, interface, loop) -> int:
             await asyncio.wait(
                 [asyncio.ensure_future(stop.wait()), stopped], return_when=asyncio.FIRST_COMPLETED
             )
-            if not stop.is_set():
+            # The reactor stops by itself when the supervisor is gone (see beat).
+            if not stop.is_set() and not worker.supervisor_gone():
                 log("error", "The server stopped unexpectedly; exiting")
             worker.shutdown(0.0 if forced.is_set() else worker.timeout_graceful_shutdown)
             await stopped
