@@ -118,6 +118,12 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
             return Ok(check_config::run(py, &invocation.config, file));
         }
     };
+    if let Some(mask) = config.umask {
+        // Before any file is created: --log-file, --access-logfile and --pid
+        // are the operator's too.
+        // SAFETY: umask has no preconditions.
+        unsafe { libc::umask(mask) };
+    }
     // These too read and clear their environment variables.
     let activated = supervisor::systemd::listen_fds();
     let notifier = supervisor::systemd::Notifier::from_env();
@@ -190,10 +196,6 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
             return Ok(1);
         }
     };
-    if let Some(mask) = config.umask {
-        // SAFETY: umask has no preconditions.
-        unsafe { libc::umask(mask) };
-    }
     let code = match handoff {
         Some(handoff) => worker::run(py, config, worker::Sockets::Handoff(handoff), notifier),
         None => {
@@ -288,6 +290,7 @@ fn _rsasgi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logging::flush_logs, m)?)?;
     m.add_function(wrap_pyfunction!(logging::forward::next_log_records, m)?)?;
     m.add_function(wrap_pyfunction!(logging::forward::log_records_finished, m)?)?;
+    worker::add_stop_waits(m)?;
     m.add_class::<worker::Worker>()?;
     m.add_class::<asgi::http::HttpReceive>()?;
     m.add_class::<asgi::http::HttpSend>()?;

@@ -6,6 +6,7 @@
 //! to start several processes, each building its own `Worker`.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,9 +33,53 @@ use crate::supervisor::balance::{Balance, WorkerSeat};
 use crate::supervisor::pid_file::PidFile;
 use crate::supervisor::privileges::Credentials;
 use crate::supervisor::systemd::Notifier;
-use crate::supervisor::{handoff, Handoff, Slot};
+use crate::supervisor::{self, handoff, Handoff, Slot};
 use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON, REACTOR_WAKES};
 use crate::wsgi::{Pool, THREADS_WARNING};
+
+// A worker's graceful stop, after `--timeout-graceful-shutdown` has closed
+// the last connections: each of its own steps is bounded (their Python side
+// is `rsasgi._worker`, which takes these values from here), and a supervisor
+// waits for all of them before it kills a stopping worker.
+
+/// How long the request tasks still running get to end once their
+/// connections are closed (they see the disconnect), before they are cancelled.
+pub(crate) const REQUEST_TASKS_WAIT: Duration = Duration::from_secs(1);
+
+/// How long cancelled request tasks get for their clean-up (an `except
+/// CancelledError` that rolls a transaction back) before the worker goes on.
+pub(crate) const CANCELLED_TASKS_WAIT: Duration = Duration::from_secs(5);
+
+/// How long WSGI threads get to finish after every connection has closed
+/// (their clients are gone, so they stop at their next write).
+pub(crate) const WSGI_THREADS_WAIT: Duration = Duration::from_secs(5);
+
+/// What a supervisor allows, after the bounded steps, for the lifespan
+/// shutdown (closing database pools, flushing queues) and the exit.
+pub(crate) const LIFESPAN_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(5);
+
+/// How long a worker's graceful stop may run beyond
+/// `--timeout-graceful-shutdown`: its longest bounded steps (an ASGI app's
+/// request tasks, or a WSGI app's threads), then the lifespan shutdown.
+/// The reactor's own close handshake with WebSockets (a couple of seconds,
+/// in `http::server`) comes out of the lifespan's allowance.
+pub(crate) fn stop_after_grace() -> Duration {
+    let asgi = REQUEST_TASKS_WAIT + CANCELLED_TASKS_WAIT;
+    asgi.max(WSGI_THREADS_WAIT) + LIFESPAN_SHUTDOWN_ALLOWANCE
+}
+
+/// Adds the waits of the stop above to the extension module, in seconds,
+/// for `rsasgi._worker`.
+pub(crate) fn add_stop_waits(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    for (name, wait) in [
+        ("REQUEST_TASKS_WAIT", REQUEST_TASKS_WAIT),
+        ("CANCELLED_TASKS_WAIT", CANCELLED_TASKS_WAIT),
+        ("WSGI_THREADS_WAIT", WSGI_THREADS_WAIT),
+    ] {
+        module.add(name, wait.as_secs_f64())?;
+    }
+    Ok(())
+}
 
 /// Loads `--env-file` into `os.environ` (Python's copy of the environment),
 /// leaving variables that are already set alone.
@@ -90,10 +135,17 @@ pub(crate) fn run(
     for variable in [handoff::VARIABLE, config_file::INHERITED_VARIABLE] {
         environ.call_method1("pop", (variable, py.None()))?;
     }
+    // Whatever stops a worker before it serves (a missing --env-file, a
+    // TLS key its --user cannot read) stops the next one the same way: it is
+    // a boot failure, which the supervisor does not restart for ever.
+    let cannot_start = match sockets {
+        Sockets::Handoff(_) => supervisor::EXIT_BOOT_FAILURE,
+        Sockets::Own(_) => 1,
+    };
     if let Some(path) = &config.env_file {
         if let Err(message) = load_env_file(py, path) {
             tracing::error!("{message}");
-            return Ok(1);
+            return Ok(cannot_start);
         }
     }
     // Imported before --user takes effect: the account the app runs as may
@@ -134,7 +186,7 @@ pub(crate) fn run(
         Ok(listeners) => listeners,
         Err(message) => {
             tracing::error!("{message}");
-            return Ok(1);
+            return Ok(cannot_start);
         }
     };
     // Where faulthandler writes the Python stacks, to be logged as one event
@@ -155,7 +207,10 @@ pub(crate) fn run(
         Some(handoff) => match Slot::inherit(handoff.slot_fd) {
             Ok(slot) => Some(Supervised {
                 slot: Arc::new(slot),
-                supervisor_pid: handoff.supervisor_pid,
+                supervisor: Arc::new(SupervisorLink {
+                    pid: handoff.supervisor_pid,
+                    gone: AtomicBool::new(false),
+                }),
                 workers: handoff.workers,
                 seat: handoff.balance.and_then(|(fd, index)| {
                     // Serving matters more: without a seat this worker
@@ -172,7 +227,7 @@ pub(crate) fn run(
             }),
             Err(err) => {
                 tracing::error!("Cannot map the slot the supervisor handed down: {err}");
-                return Ok(1);
+                return Ok(cannot_start);
             }
         },
         None => None,
@@ -186,7 +241,7 @@ pub(crate) fn run(
             Ok(slot) => Some(Arc::new(slot)),
             Err(err) => {
                 tracing::error!("Cannot create the memory for --metrics-bind: {err}");
-                return Ok(1);
+                return Ok(cannot_start);
             }
         },
     };
@@ -199,7 +254,7 @@ pub(crate) fn run(
         Ok(worker) => Py::new(py, worker)?,
         Err(err) => {
             tracing::error!("Cannot create the worker's event channel: {err}");
-            return Ok(1);
+            return Ok(cannot_start);
         }
     };
     let code = run.call1((worker,))?.extract();
@@ -221,9 +276,87 @@ struct Metrics {
 /// What a worker started by a supervisor has beyond its config.
 struct Supervised {
     slot: Arc<Slot>,
-    supervisor_pid: u32,
+    supervisor: Arc<SupervisorLink>,
     workers: usize,
     seat: Option<Arc<WorkerSeat>>,
+}
+
+/// The supervisor that started this worker, which is its parent process.
+struct SupervisorLink {
+    pid: u32,
+    /// Set once this worker has noticed that the supervisor is gone.
+    gone: AtomicBool,
+}
+
+impl SupervisorLink {
+    /// Whether the supervisor is gone (killed with -9, it could not stop its
+    /// workers): this process then has another parent. Logged once, by
+    /// whichever asks first (the event loop at its heartbeat, the reactor).
+    fn is_gone(&self) -> bool {
+        if self.gone.load(Ordering::Relaxed) {
+            return true;
+        }
+        if std::os::unix::process::parent_id() == self.pid {
+            return false;
+        }
+        if !self.gone.swap(true, Ordering::Relaxed) {
+            tracing::warn!("The supervisor (pid {}) is gone; shutting down", self.pid);
+        }
+        true
+    }
+}
+
+/// How often the reactor checks that the supervisor is still there.
+const SUPERVISOR_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs on the reactor of a worker whose supervisor may die with -9. The
+/// kernel then sends the worker SIGTERM, and its event loop notices the new
+/// parent at its next heartbeat; either stops it gracefully. But both need
+/// the loop to run, and an app that blocks it (`time.sleep` in an async
+/// view) would keep the worker, and the listening sockets with it, for
+/// ever. So the reactor, once it sees the supervisor gone, begins the
+/// graceful stop itself (it stops accepting and closes its listeners at
+/// once, so that a new server can take the port, then drains), and the
+/// process leaves when such a stop would be over (the deadline the
+/// supervisor would have set), whether the loop came back or not.
+async fn leave_when_orphaned(
+    supervisor: Arc<SupervisorLink>,
+    shutdown: watch::Sender<Option<Duration>>,
+    grace: Duration,
+) {
+    let mut checks = tokio::time::interval(SUPERVISOR_CHECK_INTERVAL);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        checks.tick().await;
+        if supervisor.is_gone() {
+            break;
+        }
+    }
+    shutdown.send_if_modified(|stop| {
+        let begins = stop.is_none();
+        stop.get_or_insert(grace);
+        begins
+    });
+    let deadline = grace + stop_after_grace();
+    let leave = move || {
+        std::thread::sleep(deadline);
+        tracing::error!(
+            "Still running {}s after the supervisor died: the app blocks the event loop; exiting",
+            deadline.as_secs_f64()
+        );
+        crate::logging::flush();
+        // SAFETY: ends the process at once; nothing is touched after.
+        unsafe { libc::_exit(1) }
+    };
+    // A thread of its own: the reactor ends with the drain.
+    if let Err(err) = std::thread::Builder::new()
+        .name("rsasgi-orphaned".into())
+        .spawn(leave)
+    {
+        tracing::warn!(
+            "Cannot start the thread that ends this worker if its loop stays blocked: {err}"
+        );
+    }
 }
 
 #[pyclass(module = "rsasgi", frozen)]
@@ -346,7 +479,16 @@ impl Worker {
     /// The supervisor's pid when a supervisor started this worker, else None.
     #[getter]
     fn supervisor_pid(&self) -> Option<u32> {
-        self.supervised.as_ref().map(|s| s.supervisor_pid)
+        self.supervised.as_ref().map(|s| s.supervisor.pid)
+    }
+
+    /// Whether the supervisor that started this worker is gone (killed with
+    /// -9); says so in the log the first time. The event loop asks at each
+    /// heartbeat.
+    fn supervisor_gone(&self) -> bool {
+        self.supervised
+            .as_ref()
+            .is_some_and(|supervised| supervised.supervisor.is_gone())
     }
 
     /// Seconds between heartbeats of the event loop, or None when nobody
@@ -501,7 +643,7 @@ impl Worker {
                 self.supervised.as_ref().and_then(|s| s.seat.clone()),
                 self.stacks.clone(),
             )
-            .map_err(|err| PyRuntimeError::new_err(format!("cannot start serving: {err}")))?,
+            .map_err(|err| PyRuntimeError::new_err(err.to_string()))?,
         );
         let shutdown = self.shutdown.subscribe();
         let scrapes = match (self.metrics.listener.lock().take(), &self.metrics.slot) {
@@ -514,6 +656,13 @@ impl Worker {
             )),
             _ => None,
         };
+        let orphan_watch = self.supervised.as_ref().map(|supervised| {
+            leave_when_orphaned(
+                Arc::clone(&supervised.supervisor),
+                self.shutdown.clone(),
+                self.config.timeout_graceful_shutdown,
+            )
+        });
         let park_bridge = Arc::clone(&bridge);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -528,6 +677,9 @@ impl Worker {
                 // Polled only inside block_on, on this thread: the wakes it
                 // delivers are local to the runtime.
                 runtime.spawn(REACTOR_WAKES.deliver());
+                if let Some(orphan_watch) = orphan_watch {
+                    runtime.spawn(orphan_watch);
+                }
                 if let Some((listener, scrape)) = scrapes {
                     // Served while the connections drain, so /readyz says 503 then.
                     runtime.spawn(metrics::serve(listener, scrape));
@@ -581,10 +733,18 @@ impl Worker {
 
     /// Stops accepting, lets requests run up to `grace` seconds, then closes
     /// every connection; the `stopped` future given to `start` completes after that.
+    /// A graceful stop that the reactor began itself (its supervisor gone)
+    /// goes on as it is; a `grace` of 0 cuts any stop short.
     fn shutdown(&self, grace: f64) {
         self.notifier.stopping();
         let grace = Duration::try_from_secs_f64(grace).unwrap_or_default();
-        self.shutdown.send_replace(Some(grace));
+        self.shutdown.send_if_modified(|stop| {
+            if stop.is_some() && !grace.is_zero() {
+                return false;
+            }
+            *stop = Some(grace);
+            true
+        });
     }
 
     /// Waits for the reactor thread to exit (after `stopped` completed), then

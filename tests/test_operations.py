@@ -258,6 +258,42 @@ def test_a_second_server_on_a_live_pid_file_refuses_and_a_stale_one_is_replaced(
 
 
 @pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_pid_file_is_not_written_through_a_link_planted_beside_it(run_rsasgi, tmp_path, workers):
+    """The pid file often sits in a directory the app's user may write, and the server runs
+    as root: a link planted where the pid file is first written (its old temporary name
+    FILE.partial) must not make rsasgi overwrite the file it points to."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    pid_file = tmp_path / "rsasgi.pid"
+    (tmp_path / "rsasgi.pid.partial").symlink_to(victim)
+    server = run_rsasgi(APP, "--pid", str(pid_file), *workers)
+    wait_all_serving(server, workers)
+
+    assert victim.read_text() == "precious\n"
+    assert not pid_file.is_symlink()
+    assert pid_file.read_text() == f"{server.proc.pid}\n"
+    assert server.stop(signal.SIGTERM) == 0
+    assert sorted(path.name for path in tmp_path.iterdir() if "rsasgi.pid" in path.name) == [
+        "rsasgi.pid.partial"
+    ]
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_sigusr2_is_refused_with_a_warning_and_the_server_serves_on(run_rsasgi, tmp_path, workers):
+    """gunicorn re-executes itself on USR2; rsasgi does not, and the signal's default
+    action would end it at once, leaving its pid file (and its workers) behind."""
+    pid_file = tmp_path / "rsasgi.pid"
+    server = run_rsasgi(APP, "--pid", str(pid_file), *workers)
+    wait_all_serving(server, workers)
+
+    os.kill(server.proc.pid, signal.SIGUSR2)
+    wait_for_log(server, "Received SIGUSR2: ignored, rsasgi does not re-execute itself")
+    assert answer(server)[0] == 1
+    assert server.stop(signal.SIGTERM) == 0
+    assert not pid_file.exists()
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
 def test_pid_file_that_cannot_be_written_is_one_line_and_exit_1(tmp_path, workers):
     pid_file = tmp_path / "missing" / "rsasgi.pid"
     result = run_to_exit(
@@ -419,6 +455,31 @@ def test_umask_sets_the_mode_of_files_the_app_creates(run_rsasgi, tmp_path, umas
 
     assert get(f"{server.url}/create?{quote(str(created))}").text == "created"
     assert stat.S_IMODE(created.stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_umask_sets_the_mode_of_the_log_and_pid_files(run_rsasgi, tmp_path, workers):
+    """The files the server creates for the operator are created under the mask too."""
+    log, access, pid_file = tmp_path / "error.log", tmp_path / "access.log", tmp_path / "pid"
+    server = run_rsasgi(
+        APP,
+        "--umask",
+        "077",
+        "--log-file",
+        str(log),
+        "--access-logfile",
+        str(access),
+        "--pid",
+        str(pid_file),
+        *workers,
+        wait=False,
+    )
+    wait_in_file(log, "Listening on")
+    wait_for(lambda: read_pid(pid_file), message="the pid file")
+
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (log, access, pid_file)}
+    assert modes == {"error.log": 0o600, "access.log": 0o600, "pid": 0o600}
+    assert server.stop(signal.SIGTERM) == 0
 
 
 # --daemon with --log-file and --pid.

@@ -98,3 +98,65 @@ def test_graceful_shutdown_timeout_bounds_the_wait(run_rsasgi, tmp_path):
     assert result.get("text") != "slept", result
     assert "request-done" not in events(record)
     assert events(record)[-1] == "shutdown"
+
+
+#: An app whose request, once cancelled, takes 4.5 s to clean up (it rolls a transaction
+#: back, say). Its events go, one per line, to events.txt beside it.
+SLOW_CLEANUP = """
+import asyncio
+from pathlib import Path
+
+
+def record(event):
+    with open(Path(__file__).parent / "events.txt", "a") as f:
+        f.write(event + "\\n")
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                record("shutdown")
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    record("request-start")
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        await asyncio.sleep(4.5)
+        record("cleaned-up")
+        raise
+"""
+
+
+def test_a_supervisor_waits_for_the_worker_s_own_stop_steps_and_lifespan_shutdown(
+    run_rsasgi, tmp_path
+):
+    """After the grace period a worker gives its request tasks 1 s, cancels them and gives
+    their clean-up 5 s more, then runs the lifespan shutdown: the supervisor, which kills a
+    worker still stopping past its deadline, must not cut those short (it killed the worker
+    5 s after the grace period, so its lifespan shutdown never ran)."""
+    (tmp_path / "slow_cleanup.py").write_text(SLOW_CLEANUP)
+    record = tmp_path / "events.txt"
+    server = run_rsasgi(
+        "slow_cleanup:app",
+        "--app-dir",
+        str(tmp_path),
+        "--workers",
+        "1",
+        "--timeout-graceful-shutdown",
+        "0",
+    )
+    wait_for(lambda: "All 1 worker" in server.output(), message="the worker to serve")
+    result: dict = {}
+    start_request(server.url + "/", result)
+    wait_for_event(record, "request-start")
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=30) == 0
+    output = server.output()
+    assert "Cancelling 1 request task(s) still running after shutdown" in output
+    assert "Killing worker" not in output
+    assert events(record) == ["request-start", "cleaned-up", "shutdown"], output

@@ -764,9 +764,70 @@ def test_app_that_cannot_boot_stops_the_supervisor_with_exit_3(run_rsasgi, app, 
     assert exit_code(server) == 3, server.output()
     log = server.output()
     assert error in log
-    assert "could not load the app (exited with code 3, the error is above); stopping" in log
+    assert "could not boot (exited with code 3, the error is above); stopping" in log
     assert len(STARTED.findall(log)) <= 2, log
     assert log.rstrip().endswith("rsasgi.error: Stopped"), log
+
+
+#: An app whose import waits for a file named "go" beside it.
+IMPORT_WAITS_FOR_GO = """
+import time
+from pathlib import Path
+
+while not (Path(__file__).parent / "go").exists():
+    time.sleep(0.02)
+
+
+async def app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+"""
+
+
+def test_a_worker_that_cannot_read_its_env_file_stops_the_supervisor_with_exit_3(run_rsasgi):
+    """A worker reads --env-file itself: one that cannot is a boot failure, which the
+    next one would repeat, not a crash to restart for ever."""
+    server = run_rsasgi(APP, "--workers", "1", "--env-file", "/nonexistent/.env", wait=False)
+    assert exit_code(server) == 3, server.output()
+    log = server.output()
+    assert log.count("Cannot read --env-file /nonexistent/.env") == 1, log
+    assert "could not boot (exited with code 3, the error is above); stopping" in log
+    assert len(STARTED.findall(log)) == 1, log
+    assert log.rstrip().endswith("rsasgi.error: Stopped"), log
+
+
+def test_a_worker_that_cannot_load_its_tls_key_stops_the_supervisor_with_exit_3(
+    run_rsasgi, tmp_path
+):
+    """The supervisor checks the TLS files, each worker loads them again: one that cannot
+    (here the key is gone by then; in life, a key its --user may not read) cannot serve,
+    nor could the next one."""
+    trustme = pytest.importorskip("trustme")
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    (tmp_path / "slow_import.py").write_text(IMPORT_WAITS_FOR_GO)
+    tls = ["--ssl-certfile", str(tmp_path / "cert.pem"), "--ssl-keyfile", str(tmp_path / "key.pem")]
+    server = run_rsasgi(
+        "slow_import:app",
+        "--app-dir",
+        str(tmp_path),
+        "--lifespan",
+        "off",
+        "--workers",
+        "1",
+        *tls,
+        wait=False,
+    )
+    wait_for_log(server, "Started worker 1")
+    (tmp_path / "key.pem").unlink()
+    (tmp_path / "go").touch()
+
+    assert exit_code(server) == 3, server.output()
+    log = server.output()
+    assert log.count("Could not start serving: ") == 1, log
+    assert "could not boot (exited with code 3, the error is above); stopping" in log
+    assert len(STARTED.findall(log)) == 1, log
 
 
 # Replacing workers on purpose.
@@ -876,6 +937,49 @@ def test_sighup_after_a_failed_reload_loads_the_fixed_code(run_rsasgi, tmp_path)
             server,
         )
     assert {version for version, _ in load.answers()} == {2}
+
+
+#: An app whose import waits for a file named "go" beside it (having left "importing"
+#: there), then fails: a broken deploy that takes a while to fail.
+IMPORT_WAITS_THEN_FAILS = """
+import time
+from pathlib import Path
+
+here = Path(__file__).parent
+(here / "importing").touch()
+while not (here / "go").exists():
+    time.sleep(0.02)
+raise RuntimeError("broken deploy")
+"""
+
+
+def test_sighup_while_a_broken_reload_boots_loads_the_fixed_code(run_rsasgi, tmp_path):
+    """A broken deploy, HUP, and the code fixed and HUP'd again while the broken
+    replacement still imports: when that replacement fails, the latest reload goes on
+    with the fixed code (the old worker used to keep serving the old code, the second HUP
+    lost with the first one's failure)."""
+    module = reloadable_app(tmp_path)
+    server = start_one_reloadable(run_rsasgi, module)
+    (old,) = started_workers(server.output())
+
+    module.write_text(IMPORT_WAITS_THEN_FAILS)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: (module.parent / "importing").exists(), message="the broken import")
+    set_version(module, 2)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: server.output().count("Received SIGHUP") == 2,
+        message="the second SIGHUP",
+        server=server,
+    )
+    (module.parent / "go").touch()
+
+    log = wait_for_log(server, "Reload complete")
+    assert "RuntimeError: broken deploy" in log
+    assert "with the code of an earlier reload; the latest reload goes on" in log
+    assert "Reload failed" not in log
+    wait_gone({old}, server)
+    assert get(server.url).text.split()[0] == "2"
 
 
 #: An app whose import never ends: its event loop never beats.
@@ -1228,6 +1332,41 @@ def test_workers_exit_when_the_supervisor_is_killed(run_rsasgi):
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)
     wait_gone(workers, server)
+
+
+def test_a_worker_whose_loop_is_blocked_leaves_when_the_supervisor_is_killed(run_rsasgi, markers):
+    """The kernel's SIGTERM and the event loop's own check both need the loop: the reactor
+    notices the supervisor gone, closes the listening socket at once and ends the process
+    when a graceful stop would have ended (grace 0 here, then the worker's own stop steps
+    and its lifespan shutdown)."""
+    server = start_supervised(
+        run_rsasgi,
+        "--timeout-graceful-shutdown",
+        "0",
+        workers=1,
+        env={"SUP_MARKERS": str(markers)},
+    )
+    (worker,) = started_workers(server.output())
+    blocker = server.connect()
+    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
+
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+
+    def refused() -> bool:
+        try:
+            socket.create_connection((server.host, server.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    wait_for(refused, message="the listening socket to close", server=server)
+    assert alive(worker)
+    wait_gone({worker}, server, timeout=30)
+    log = server.output()
+    assert f"The supervisor (pid {server.proc.pid}) is gone; shutting down" in log
+    assert "after the supervisor died: the app blocks the event loop; exiting" in log
 
 
 # How many workers, and where they listen.

@@ -21,19 +21,24 @@ import sys
 import threading
 import traceback
 
-from rsasgi._rsasgi import flush_logs, log
+# *_WAIT: the bounded steps of a stop after its grace period, in seconds, defined in
+# src/worker.rs, where a supervisor's deadline for a stopping worker is made of them.
+from rsasgi._rsasgi import (
+    CANCELLED_TASKS_WAIT,
+    REQUEST_TASKS_WAIT,
+    WSGI_THREADS_WAIT,
+    flush_logs,
+    log,
+)
 
 #: Exit code when the app cannot be loaded or its lifespan startup fails (as
-#: gunicorn and uvicorn use): a supervisor stops instead of restarting it.
+#: gunicorn and uvicorn use), or a supervised worker cannot start serving: a
+#: supervisor stops instead of restarting it.
 EXIT_BOOT_FAILURE = 3
 
 #: The signal a supervisor sends a worker whose event loop is stuck, to have
 #: it write the Python stack of every thread before it is killed.
 STACK_DUMP_SIGNAL = signal.SIGUSR2
-
-#: Seconds WSGI threads get to finish after every connection has closed
-#: (their clients are gone, so they stop at their next write).
-WSGI_THREADS_GRACE = 5.0
 
 #: The name of every request's asyncio task (what `Task.get_name()` returns
 #: and asyncio's debug output shows).
@@ -310,8 +315,8 @@ def _start_heartbeat(worker, loop, stop: asyncio.Event) -> None:
 
     def beat() -> None:
         worker.heartbeat()
-        if supervisor is not None and os.getppid() != supervisor and not stop.is_set():
-            log("warning", f"The supervisor (pid {supervisor}) is gone; shutting down")
+        # The worker logs it; its reactor checks too, in case the app blocks this loop.
+        if supervisor is not None and not stop.is_set() and worker.supervisor_gone():
             stop.set()
         loop.call_later(interval, beat)
 
@@ -545,6 +550,21 @@ async def _serve(worker, app, interface, loop) -> int:
         # A closed terminal, or `kill -HUP` from a gunicorn habit or a systemd unit's
         # ExecReload: its default action would end the process at once, mid-request.
         loop.add_signal_handler(signal.SIGHUP, on_signal, signal.SIGHUP)
+    # gunicorn's upgrade on the fly, whose default action too would end the process at
+    # once. Unless it is faulthandler's (see `run`): the supervisor's, or the reactor's
+    # for a WSGI thread stuck past --timeout-request, to have the stacks written.
+    usr2_dumps_stacks = supervised or worker.timeout_request is not None
+    if not usr2_dumps_stacks:
+
+        def on_upgrade() -> None:
+            log(
+                "warning",
+                "Received SIGUSR2: ignored, rsasgi does not re-execute itself on USR2 as "
+                "gunicorn does; restart it to load new code (or run with --workers, whose "
+                "SIGHUP replaces the workers one by one)",
+            )
+
+        loop.add_signal_handler(signal.SIGUSR2, on_upgrade)
     # The handlers stay until the very end, so that a second signal can cut
     # short any step of the shutdown, the lifespan shutdown included.
     try:
@@ -558,13 +578,16 @@ async def _serve(worker, app, interface, loop) -> int:
             log("error", f"Could not start serving: {exc}")
             if lifespan is not None:
                 await lifespan.shutdown(forced)
-            return 1
+            # Under a supervisor the next worker would fail the same way (a TLS key its
+            # --user cannot read): a boot failure, not a crash to restart for ever.
+            return EXIT_BOOT_FAILURE if supervised else 1
         loop.add_reader(fd, worker.drain)
         try:
             await asyncio.wait(
                 [asyncio.ensure_future(stop.wait()), stopped], return_when=asyncio.FIRST_COMPLETED
             )
-            if not stop.is_set():
+            # The reactor stops by itself when the supervisor is gone (see beat).
+            if not stop.is_set() and not worker.supervisor_gone():
                 log("error", "The server stopped unexpectedly; exiting")
             worker.shutdown(0.0 if forced.is_set() else worker.timeout_graceful_shutdown)
             await stopped
@@ -575,7 +598,7 @@ async def _serve(worker, app, interface, loop) -> int:
         finally:
             loop.remove_reader(fd)
         if wsgi and not forced.is_set():
-            joined = loop.run_in_executor(None, worker.join, WSGI_THREADS_GRACE)
+            joined = loop.run_in_executor(None, worker.join, WSGI_THREADS_WAIT)
             threads_done = await _unless_forced(joined, forced) and joined.result()
         else:
             # `stopped` is done, so the reactor thread is ending and this
@@ -602,6 +625,9 @@ async def _serve(worker, app, interface, loop) -> int:
             for signum in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
                 signal.signal(signum, signal.SIG_IGN)
+        if not usr2_dumps_stacks:
+            loop.remove_signal_handler(signal.SIGUSR2)
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         if supervised:
             # A late copy of the stop signal (CTRL+C reaches the whole process
             # group, then the supervisor sends SIGTERM) must not cut the exit short.
@@ -610,14 +636,14 @@ async def _serve(worker, app, interface, loop) -> int:
 
 
 async def _cancel_request_tasks(tasks: list, forced: asyncio.Event, cancelled: set) -> None:
-    """Gives request tasks still running a second to end, then cancels them (adding each
-    to ``cancelled``) and waits up to 5 s more; once ``forced`` is set, cancels them
-    without waiting."""
+    """Gives request tasks still running ``REQUEST_TASKS_WAIT`` to end, then cancels them
+    (adding each to ``cancelled``) and waits up to ``CANCELLED_TASKS_WAIT`` more; once
+    ``forced`` is set, cancels them without waiting."""
     running = [task for task in tasks if not task.done()]
     if not running:
         return
     if not forced.is_set():
-        await _unless_forced(asyncio.wait(running, timeout=1.0), forced)
+        await _unless_forced(asyncio.wait(running, timeout=REQUEST_TASKS_WAIT), forced)
     remaining = [task for task in running if not task.done()]
     if not remaining:
         return
@@ -626,7 +652,7 @@ async def _cancel_request_tasks(tasks: list, forced: asyncio.Event, cancelled: s
     for task in remaining:
         task.cancel()
     if not forced.is_set():
-        await _unless_forced(asyncio.wait(remaining, timeout=5.0), forced)
+        await _unless_forced(asyncio.wait(remaining, timeout=CANCELLED_TASKS_WAIT), forced)
 
 
 async def _unless_forced(awaitable, forced: asyncio.Event) -> bool:

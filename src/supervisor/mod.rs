@@ -8,7 +8,8 @@
 //! told to stop, and one that never serves leaves its predecessor serving.
 //! Signals: TERM/INT stop gracefully (a second one, or QUIT, at once), HUP
 //! replaces every worker with fresh code one by one, TTIN and TTOU add or
-//! remove a worker.
+//! remove a worker, USR1 reopens the log files, USR2 is refused with a
+//! warning.
 //!
 //! What a worker may rely on, and what it owes the supervisor, is in
 //! [`handoff`] and [`slot`].
@@ -44,7 +45,7 @@ use crate::config_file;
 use crate::logging;
 use crate::metrics::{MetricsBind, Restart, Scrape};
 use crate::net::{self, Listener};
-use crate::worker::Own;
+use crate::worker::{self, Own};
 
 pub(crate) use crate::clock::monotonic_now;
 use balance::Balance;
@@ -67,10 +68,6 @@ const MEMORY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// busy machine, where the worker may wait for a core meanwhile.
 const STACK_DUMP_WAIT: Duration = Duration::from_secs(1);
 
-/// Beyond `--timeout-graceful-shutdown`, what a stopping worker gets for its
-/// lifespan shutdown and exit before it is killed.
-const STOP_MARGIN: Duration = Duration::from_secs(5);
-
 /// After a forced stop (a second signal, SIGQUIT), how long workers get to
 /// exit before they are killed.
 const FORCED_STOP_WAIT: Duration = Duration::from_secs(5);
@@ -86,8 +83,10 @@ const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(30);
 /// How often the status line systemd shows (`systemctl status`) is updated.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The exit code of a worker that could not load the app or whose lifespan
-/// startup failed, and the supervisor's own exit code then.
+/// The exit code of a worker that could not start serving (the app does not
+/// import, its lifespan startup failed, a setting it cannot use such as an
+/// `--env-file` or TLS key it cannot read), and the supervisor's own exit
+/// code then.
 pub(crate) const EXIT_BOOT_FAILURE: i32 = 3;
 
 /// What each worker is started with.
@@ -341,6 +340,9 @@ struct Signals {
     ttin: Signal,
     ttou: Signal,
     usr1: Signal,
+    /// Caught only to be refused: its default action would end the
+    /// supervisor at once, leaving its workers and the pid file behind.
+    usr2: Signal,
     child: Signal,
 }
 
@@ -368,6 +370,7 @@ impl Signals {
             ttin: signal(SignalKind::from_raw(libc::SIGTTIN))?,
             ttou: signal(SignalKind::from_raw(libc::SIGTTOU))?,
             usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
             child: signal(SignalKind::child())?,
         })
     }
@@ -454,6 +457,7 @@ impl Supervisor {
                     self.handle_ttou(TTOU_DELIVERIES.swap(0, Ordering::Relaxed));
                 }
                 _ = signals.usr1.recv() => self.handle_usr1(),
+                _ = signals.usr2.recv() => self.handle_usr2(),
                 _ = signals.child.recv() => {}
                 changed = next_change(&mut changes) => self.handle_change(&changed),
                 _ = tick.tick() => {}
@@ -597,6 +601,17 @@ impl Supervisor {
         }
     }
 
+    /// gunicorn's upgrade on the fly (a new master started from the new
+    /// binary, sharing the sockets): rsasgi has no such thing, and says what
+    /// does the job.
+    fn handle_usr2(&self) {
+        tracing::warn!(
+            "Received SIGUSR2: ignored, rsasgi does not re-execute itself on USR2 as gunicorn \
+             does; send SIGHUP for a rolling restart of the workers onto fresh code, or \
+             restart the service to run a new version of rsasgi"
+        );
+    }
+
     // The workers.
 
     /// Sends every worker SIGTERM (graceful) or SIGQUIT (`forced`).
@@ -606,12 +621,12 @@ impl Supervisor {
         }
         self.stop = Some(Stop { forced });
         self.reloading = false;
-        let wait = if forced {
-            FORCED_STOP_WAIT
+        let now = Instant::now();
+        let deadline = if forced {
+            now + FORCED_STOP_WAIT
         } else {
-            self.config.timeout_graceful_shutdown + STOP_MARGIN
+            self.stop_deadline(now)
         };
-        let deadline = Instant::now() + wait;
         for worker in &mut self.workers {
             // A hung worker is killed within the second, once its stacks are
             // logged; a stop signal would not reach its blocked loop anyway.
@@ -621,6 +636,13 @@ impl Supervisor {
             worker.signal(if forced { libc::SIGQUIT } else { libc::SIGTERM });
             worker.state = State::Stopping { deadline };
         }
+    }
+
+    /// When a worker sent SIGTERM at `now` is killed if still there: after
+    /// `--timeout-graceful-shutdown` and the bounded steps of its own stop
+    /// that follow, so that its lifespan shutdown gets to run.
+    fn stop_deadline(&self, now: Instant) -> Instant {
+        now + self.config.timeout_graceful_shutdown + worker::stop_after_grace()
     }
 
     /// Stops everything because the app cannot boot; exits with `code`.
@@ -712,7 +734,8 @@ impl Supervisor {
     /// serving until its replacement does, would otherwise wait for it for
     /// ever (and a reload with it): it goes back to serving, and its own
     /// replacement is tried again after a backoff, or, for a reload, at the
-    /// next one. Returns false when no predecessor waits for `worker`.
+    /// next one (at once if a newer reload came while `worker` booted).
+    /// Returns false when no predecessor waits for `worker`.
     fn replacement_ended(&mut self, worker: &WorkerProcess, how: &str) -> bool {
         let Some(old_pid) = worker.replaces else {
             return false;
@@ -728,9 +751,20 @@ impl Supervisor {
             return false;
         };
         old.state = State::Serving;
-        old.replacements_failed = old.replacements_failed.saturating_add(1);
-        let delay = backoff(old.replacements_failed);
-        old.retire_not_before = Some(Instant::now() + delay);
+        // A newer reload (SIGHUP, or a change with --reload) came while this
+        // replacement booted the code of an earlier one: its failure says
+        // nothing of the code there now, and the newer reload goes on at
+        // once, this worker first.
+        let superseded = reason == Retirement::Reload && worker.generation < self.generation;
+        let delay = if superseded {
+            old.retire_not_before = None;
+            Duration::ZERO
+        } else {
+            old.replacements_failed = old.replacements_failed.saturating_add(1);
+            let delay = backoff(old.replacements_failed);
+            old.retire_not_before = Some(Instant::now() + delay);
+            delay
+        };
         let old_name = old.name();
         let name = worker.name();
         let ended = match worker.state {
@@ -741,7 +775,12 @@ impl Supervisor {
         if worker.state == State::Booting && worker.slot.is_serving() {
             self.count_restart(Restart::Crash);
         }
-        if reason == Retirement::Reload {
+        if superseded {
+            tracing::error!(
+                "The new {name} {ended}, with the code of an earlier reload; the latest reload \
+                 goes on, and {old_name} keeps serving until its replacement does"
+            );
+        } else if reason == Retirement::Reload {
             self.reloading = false;
             self.notifier.ready(&self.status());
             let retry = if self.config.supervision.reload.is_some() {
@@ -775,13 +814,13 @@ impl Supervisor {
             && self.config.supervision.reload.is_some()
         {
             tracing::error!(
-                "{name} could not load the app ({how}, the error is above); waiting for a \
+                "{name} could not boot ({how}, the error is above); waiting for a \
                  change to the files to try again (--reload)"
             );
             self.waiting_for_change = true;
         } else if status.code() == Some(EXIT_BOOT_FAILURE) && !others_serve {
             tracing::error!(
-                "{name} could not load the app ({how}, the error is above); stopping (exit code \
+                "{name} could not boot ({how}, the error is above); stopping (exit code \
                  {EXIT_BOOT_FAILURE})"
             );
             self.halt(EXIT_BOOT_FAILURE);
@@ -789,7 +828,7 @@ impl Supervisor {
             // The app's files changed under running workers: stopping them
             // would turn one failed start into an outage.
             tracing::error!(
-                "{name} could not load the app ({how}, the error is above); the other workers \
+                "{name} could not boot ({how}, the error is above); the other workers \
                  keep serving the code they loaded, and it is retried"
             );
             self.crashed();
@@ -1081,7 +1120,7 @@ impl Supervisor {
 
     /// A replacement serves: its predecessor stops gracefully.
     fn retire_replaced(&mut self, pid: u32) {
-        let deadline = Instant::now() + self.config.timeout_graceful_shutdown + STOP_MARGIN;
+        let deadline = self.stop_deadline(Instant::now());
         if let Some(old) = self.workers.iter_mut().find(|w| w.pid == pid) {
             // Counted once the replacement serves: one that fails leaves the
             // old worker serving, and nothing was restarted.
@@ -1102,7 +1141,7 @@ impl Supervisor {
             return;
         }
         let now = Instant::now();
-        let deadline = now + self.config.timeout_graceful_shutdown + STOP_MARGIN;
+        let deadline = self.stop_deadline(now);
         for worker in &mut self.workers {
             if worker.number > self.target && worker.is_active() {
                 tracing::info!("Stopping {} gracefully (SIGTTOU)", worker.name());

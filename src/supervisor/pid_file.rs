@@ -1,6 +1,7 @@
 //! `--pid FILE`: the main process's pid, for init scripts and `kill -HUP $(cat FILE)`.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// A pid file this process wrote; removed when dropped, unless another
@@ -31,15 +32,30 @@ impl PidFile {
             ));
         }
         // Written whole under another name, then renamed over the path: a
-        // reader never sees an empty or half-written file.
+        // reader never sees an empty or half-written file. The pid file
+        // usually sits in a directory others may write (/run, /tmp, the
+        // app's own), and the server may run as root: the temporary name is
+        // unpredictable and created exclusively without following a link,
+        // so that nothing planted there can turn this write into one on
+        // another file. rename() replaces a link at the path itself, never
+        // its target.
         let mut partial = path.as_os_str().to_owned();
-        partial.push(".partial");
+        partial.push(format!(".{pid}.{:016x}.partial", rand::random::<u64>()));
         let partial = PathBuf::from(partial);
-        let written = std::fs::File::create(&partial)
-            .and_then(|mut file| writeln!(file, "{pid}"))
-            .and_then(|()| std::fs::rename(&partial, path));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&partial)
+            .and_then(|mut file| {
+                let written =
+                    writeln!(file, "{pid}").and_then(|()| std::fs::rename(&partial, path));
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&partial);
+                }
+                written
+            });
         if let Err(err) = written {
-            let _ = std::fs::remove_file(&partial);
             return Err(format!("Cannot write --pid {shown}: {err}"));
         }
         Ok(PidFile {
@@ -102,5 +118,30 @@ mod tests {
         drop(PidFile::write(&path).unwrap());
         let err = PidFile::write(&dir.path().join("missing/rsasgi.pid")).unwrap_err();
         assert!(err.starts_with("Cannot write --pid "), "{err}");
+    }
+
+    #[test]
+    fn never_written_through_a_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let path = dir.path().join("rsasgi.pid");
+        // Where an earlier version wrote the pid first, and the pid file itself.
+        std::os::unix::fs::symlink(&victim, dir.path().join("rsasgi.pid.partial")).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+
+        let pid_file = PidFile::write(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(!path.symlink_metadata().unwrap().is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        drop(pid_file);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}"); // the victim and the planted link
     }
 }
