@@ -429,6 +429,16 @@ def test_factory(run_rsasgi):
     assert response.text == "from-factory"
 
 
+def test_a_factory_named_without_the_flag_is_called_with_a_warning(run_rsasgi):
+    """`rsasgi main:create_app` as uvicorn takes it: a function that takes no arguments can
+    only be a factory. It used to be taken for the app itself, the lifespan said it was not
+    supported, and every request got a 500."""
+    server = run_rsasgi("err_cli_app:make_app")
+    response = httpx.get(server.url + "/", timeout=10)
+    assert (response.status_code, response.text) == (200, "from-factory")
+    assert "taken for an application factory and called" in server.output()
+
+
 def test_dotted_attribute(run_rsasgi):
     server = run_rsasgi("err_cli_app:holder.inner.app")
     response = httpx.get(server.url + "/", timeout=10)

@@ -157,6 +157,14 @@ def load_app(target: str, factory: bool, app_dir: str):
             raise AppLoadError(
                 _failure(f'Error while getting "{attr_path}" from module "{module_name}": ', exc)
             ) from None
+    if not factory and _is_factory(app):
+        log(
+            "warning",
+            f'"{target}" is a function that takes no arguments, not an application: it is '
+            "taken for an application factory and called, as uvicorn does; add --factory "
+            "to say so",
+        )
+        factory = True
     if factory:
         if not callable(app):
             raise AppLoadError(f'--factory: "{target}" is not callable.')
@@ -170,6 +178,24 @@ def load_app(target: str, factory: bool, app_dir: str):
             "APP must name an ASGI application."
         )
     return app
+
+
+def _is_factory(app) -> bool:
+    """True for a plain function that can be called with no arguments (``create_app()``,
+    ``create_app(config=None)``): no application is (ASGI's takes a scope, WSGI's an environ),
+    so it can only be a factory named without ``--factory``. It used to be taken for the app:
+    an ASGI 3 one with no positional parameter, or ASGI 2 with one defaulted, and every
+    request got a 500."""
+    if not inspect.isfunction(app) or inspect.iscoroutinefunction(app):
+        return False
+    try:
+        parameters = inspect.signature(app).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return all(
+        p.kind is not p.VAR_POSITIONAL and (p.default is not p.empty or p.kind is p.VAR_KEYWORD)
+        for p in parameters
+    )
 
 
 def _is_the_module_itself(exc: Exception, module_name: str) -> bool:
