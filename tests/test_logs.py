@@ -647,6 +647,47 @@ def piped_server(tmp_path):
         os.close(log)
 
 
+def test_the_process_leaves_on_sigterm_with_the_apps_output_stuck_in_a_full_pipe(tmp_path):
+    """The app printed (Python buffers stdout when it is a pipe) and nobody reads the pipe,
+    which is full: the exit's flush of that buffer waited for good, and SIGTERM never ended
+    the process. Now the flush has a second."""
+    (tmp_path / "printing.py").write_text(
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    print('x' * 100)\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'printed'})\n"
+    )
+    log, write = os.pipe()
+    fcntl.fcntl(write, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
+    os.set_blocking(write, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"." * 4096)  # full before the server starts
+    os.set_blocking(write, True)
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rsasgi", "printing:app", "--app-dir", str(tmp_path)]
+        + ["--port", str(port), "--log-level", "warning"],
+        stdout=write,
+        stderr=write,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(write)
+    try:
+        response = get_when_up(f"http://127.0.0.1:{port}/", proc)
+        assert response.text == "printed"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        kill_process_group(proc)
+        os.close(log)
+
+
 @pytest.mark.parametrize("stdout", ["with-stderr", "closed"])
 def test_the_process_leaves_on_sigterm_with_its_log_queue_full(piped_server, stdout):
     """Nobody reads the log and its queue is full when SIGTERM comes: the process still exits

@@ -12,4 +12,13 @@ __all__ = ["ClientDisconnected", "__version__", "main"]
 
 def main() -> int:
     """Entry point of the ``rsasgi`` command: parses ``sys.argv`` and serves."""
-    return _main()
+    code = _main()
+    from rsasgi._worker import flush_streams
+
+    if not flush_streams():
+        # What the app printed is stuck behind a reader that stalled (a full pipe
+        # nobody reads): finalising would flush it again, and wait for good.
+        import os
+
+        os._exit(code)
+    return code

@@ -696,13 +696,31 @@ async def _unless_forced(awaitable, forced: asyncio.Event) -> bool:
     return False
 
 
+#: How long the exit waits for Python's buffered output to be written: a reader that
+#: stalled (a full pipe nobody reads) would otherwise keep the process for good.
+STREAMS_FLUSH_WAIT = 1.0
+
+
+def flush_streams() -> bool:
+    """Writes Python's buffered stdout and stderr, waiting at most STREAMS_FLUSH_WAIT;
+    False when that was not enough (the write still blocks, on its own thread)."""
+
+    def flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+
+    flusher = threading.Thread(target=flush, name="rsasgi-exit-flush", daemon=True)
+    flusher.start()
+    flusher.join(STREAMS_FLUSH_WAIT)
+    return not flusher.is_alive()
+
+
 def _exit_now() -> None:
     """Ends the process with code 0 without finalising, once Python's own buffered
-    output and the server's queued log lines are written."""
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
+    output and the server's queued log lines are written (or a while has passed)."""
+    flush_streams()
     flush_logs()
     os._exit(0)
 
