@@ -834,6 +834,25 @@ async def app_closes(url: str) -> int | None:
         return ws.close_code
 
 
+def test_with_a_format_of_the_operators_the_closing_line_goes_to_the_server_log(
+    run_rsasgi, tmp_path
+):
+    """The access file holds lines of the operator's --access-log-format alone, which log
+    analysers parse (GoAccess, AWStats); the closing line, in a format of ours, was written
+    there too."""
+    access = tmp_path / "access.log"
+    server = run_rsasgi(APP, "--access-log-format", "combined", "--access-logfile", str(access))
+    run(echo_then_close(f"ws://127.0.0.1:{server.port}/ws/echo?room=1"))
+    assert httpx.get(f"{server.url}/hello").status_code == 200
+    wait_for_log(server, "rsasgi.error: 127.0.0.1:", "WebSocket /ws/echo?room=1 closed by the")
+    lines = wait_for_file(access, "GET /hello").splitlines()
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert re.fullmatch(
+            r'127\.0\.0\.1 - - \[[^]]+\] "GET [^"]+" \d{3} \S+ "[^"]*" "[^"]*"', line
+        )
+
+
 def test_a_websocket_closed_by_the_client_gets_a_closing_line(run_rsasgi):
     server = run_rsasgi(APP)
     run(echo_then_close(f"ws://127.0.0.1:{server.port}/ws/echo?room=1"))

@@ -212,6 +212,7 @@ impl Record {
             uri: self.uri.clone(),
             request_id: self.request_id.clone(),
             opened_at: Instant::now(),
+            in_server_log: !matches!(self.log.format, AccessFormat::Default),
         }
     }
 }
@@ -223,6 +224,10 @@ pub(crate) struct WebSocketRecord {
     uri: Uri,
     request_id: Option<HeaderValue>,
     opened_at: Instant,
+    /// With `--access-log-format`, the line goes to the server log: the
+    /// access log's lines are the format alone, which log analysers parse,
+    /// and this one has no request of its own to fill the format with.
+    in_server_log: bool,
 }
 
 impl WebSocketRecord {
@@ -234,6 +239,15 @@ impl WebSocketRecord {
         let target = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let by = closed.by.as_str();
         let code = closed.code;
+        if self.in_server_log {
+            tracing::info!(
+                target: crate::logging::SERVER,
+                "{} - WebSocket {} closed by the {by} with {code} after {duration:.3}s",
+                self.client,
+                Escaped(target.as_bytes()),
+            );
+            return;
+        }
         tracing::info!(
             target: crate::logging::ACCESS,
             path = self.uri.path(),
