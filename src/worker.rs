@@ -60,11 +60,10 @@ pub(crate) const LIFESPAN_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(5);
 
 /// How long a worker's graceful stop may run beyond
 /// `--timeout-graceful-shutdown`: its longest bounded steps (an ASGI app's
-/// request tasks, or a WSGI app's threads), then the lifespan shutdown.
-/// The reactor's own close handshake with WebSockets (a couple of seconds,
-/// in `http::server`) comes out of the lifespan's allowance.
+/// request tasks, after the reactor's close handshake with the WebSockets
+/// still open, or a WSGI app's threads), then the lifespan shutdown.
 pub(crate) fn stop_after_grace() -> Duration {
-    let asgi = REQUEST_TASKS_WAIT + CANCELLED_TASKS_WAIT;
+    let asgi = crate::http::WEBSOCKET_CLOSE_WAIT + REQUEST_TASKS_WAIT + CANCELLED_TASKS_WAIT;
     asgi.max(WSGI_THREADS_WAIT) + LIFESPAN_SHUTDOWN_ALLOWANCE
 }
 

@@ -14,4 +14,4 @@ mod server;
 mod service;
 pub(crate) mod static_files;
 
-pub(crate) use server::{serve, ServerState};
+pub(crate) use server::{serve, ServerState, WEBSOCKET_CLOSE_WAIT};

@@ -49,7 +49,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
 
 /// How long WebSockets get to exchange close frames (1012) at shutdown.
-const WEBSOCKET_CLOSE_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const WEBSOCKET_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// What every connection of a worker shares.
 pub(crate) struct ServerState {
