@@ -799,6 +799,12 @@ impl Exchange {
         self.close();
     }
 
+    /// Whether the app has returned (or failed): what is left of its
+    /// response is the client's to take, no longer the app's to produce.
+    pub(crate) fn app_finished(&self) -> bool {
+        self.state.lock().app_finished
+    }
+
     /// The reactor is done with the response: what [`Exchange::hold`] keeps
     /// is let go of once the app is done too (else when the exchange is
     /// dropped).

@@ -412,7 +412,7 @@ def test_sends_that_go_nowhere_still_let_the_event_loop_run(run_rsasgi):
         assert conn.read_head().status == 200
         conn.read_exact(1024)
     wait_for(
-        lambda: "499" in server.output() or '"GET /spin HTTP/1.1" 200' in server.output(),
+        lambda: " 499 " in server.output() or '"GET /spin HTTP/1.1" 200' in server.output(),
         message="the reactor done with /spin",
     )
     assert httpx.get(f"{server.url}/stop", timeout=10).text == "ok"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -110,6 +111,27 @@ def test_stuck_wsgi_thread_gets_504_its_stack_logged_and_with_workers_a_new_work
         assert "run with --workers to have such a worker replaced" in log
         # The other threads serve on.
         assert httpx.get(server.url, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("app", ["timeout_app:app", "timeout_app:wsgi"], ids=["asgi", "wsgi"])
+def test_a_slow_client_of_an_app_long_done_is_not_timed_by_the_request_timeout(run_rsasgi, app):
+    """The app returned 16 MiB in one message at once, and the client takes them over 3 s:
+    the request is the app's no more, so --timeout-request (1 s) leaves it to --timeout-send.
+    Since the server holds the body's end until hyper has written the rest, the response was
+    cut at 1 s, the app's finished task said cancelled, and for WSGI every thread's stack was
+    dumped and, with workers, the worker replaced."""
+    server = run_rsasgi(app, "--timeout-request", "1")
+    with server.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = 0
+        deadline = time.monotonic() + 3
+        while data := sock.recv(64 * 1024):
+            received += len(data)
+            if time.monotonic() < deadline:
+                time.sleep(0.02)
+    assert received > 16 << 20, received
+    assert "--timeout-request" not in server.output()
 
 
 def test_stuck_wsgi_thread_stacks_are_one_json_record(run_rsasgi):

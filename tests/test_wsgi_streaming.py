@@ -329,6 +329,21 @@ def test_file_wrapper_over_an_open_file_read_from_is_sent_from_its_position(serv
     assert resp.body == data[10:]
 
 
+@pytest.mark.parametrize("opener", ["proxy", "named-temp"])
+def test_file_wrapper_over_a_file_reading_through_a_real_one_is_sent_from_it(
+    server, big_file, opener
+):
+    """Django's FileResponse over a storage's File, and tempfile's named files, read through a
+    real file: sent from its descriptor too (the server's Content-Length), not through Python,
+    where the thread would wait for a slow client to take the whole file."""
+    path, data = big_file
+    conn = raw(server, timeout=30)
+    conn.send(request("GET", f"/file-open?path={path}&open={opener}&skip=10"))
+    resp = conn.read_response()
+    assert resp.header("content-length") == str(len(data) - 10), resp.headers
+    assert resp.body == data[10:]
+
+
 @pytest.mark.parametrize("opener", ["gzip", "bz2", "lzma"])
 def test_file_wrapper_over_a_compressed_file_sends_what_it_reads(server, tmp_path, opener):
     """A gzip/bz2/lzma file's fileno() is the compressed file's: the wrapper must send what

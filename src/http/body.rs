@@ -270,6 +270,9 @@ impl ResponseBody {
     /// head now: the client's turn, for `--timeout-send`.
     pub(crate) fn tracking(mut self, active: ActiveRequest) -> ResponseBody {
         active.waiting(true);
+        if let (Source::App(exchange), Some(_)) = (&self.source, &self.deadline) {
+            active.for_app(Arc::clone(exchange));
+        }
         self.active = Some(active);
         self
     }
@@ -281,7 +284,14 @@ impl ResponseBody {
         if let (Source::App(exchange), Some((sleep, _))) = (&this.source, &mut this.deadline) {
             if sleep.as_mut().poll(cx).is_ready() {
                 if let Some((_, state)) = this.deadline.take() {
-                    request_timed_out(&state, exchange, true);
+                    // --timeout-request is for an app still at work. Once it
+                    // has returned, the rest of its response (held here in
+                    // pieces, or its last byte) is a slow client's to take,
+                    // which --timeout-send watches: no cut, and no stacks
+                    // dumped or worker replaced for a thread long free.
+                    if !exchange.app_finished() {
+                        request_timed_out(&state, exchange, true);
+                    }
                 }
             }
         }

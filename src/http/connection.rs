@@ -48,6 +48,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::clock::coarse_now;
+use crate::exchange::Exchange;
 use crate::supervisor::balance::{HeldConnection, WorkerSeat};
 
 /// How long a connection asked to close (idle, or the server draining) may
@@ -125,6 +126,9 @@ struct Watched {
     waiting_since: Option<Instant>,
     /// `--timeout-request`: when the response must be done.
     deadline: Option<Instant>,
+    /// The app's exchange: once the app has returned, the deadline is over
+    /// (what hyper still holds is a slow client's, for `--timeout-send`).
+    app: Option<Arc<Exchange>>,
     /// Resets the request's HTTP/2 stream; `None` on HTTP/1.
     stream: Option<Arc<StreamCut>>,
     /// Set once the timer has cut the response.
@@ -143,6 +147,7 @@ impl Watched {
             .map(|limit| (since + limit, Cut::Stalled(limit)));
         let timed_out = self
             .deadline
+            .filter(|_| !self.app.as_ref().is_some_and(|app| app.app_finished()))
             .map(|deadline| (deadline.max(since), Cut::TimedOut));
         match (stalled, timed_out) {
             (Some(a), Some(b)) => Some(if b.0 <= a.0 { b } else { a }),
@@ -207,6 +212,7 @@ impl Activity {
         let key = st.watched.insert(Watched {
             waiting_since: None,
             deadline,
+            app: None,
             stream: None,
             cut: None,
         });
@@ -378,6 +384,7 @@ impl ActiveRequest {
         let key = self.activity.state.lock().watched.insert(Watched {
             waiting_since: None,
             deadline: None,
+            app: None,
             stream: None,
             cut: None,
         });
@@ -406,6 +413,14 @@ impl ActiveRequest {
         let since = waiting.then(coarse_now);
         if let Some(watched) = self.activity.state.lock().watched.get_mut(self.key) {
             watched.waiting_since = since;
+        }
+    }
+
+    /// The response is the app's of `exchange`: `--timeout-request` holds
+    /// only while that app works on it.
+    pub(crate) fn for_app(&self, exchange: Arc<Exchange>) {
+        if let Some(watched) = self.activity.state.lock().watched.get_mut(self.key) {
+            watched.app = Some(exchange);
         }
     }
 

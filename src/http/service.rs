@@ -930,10 +930,13 @@ fn add_host_from_authority(request: &mut Request<Incoming>) -> bool {
         if hosts.next().is_some() {
             return false;
         }
-        return request
-            .uri()
-            .authority()
-            .is_none_or(|authority| same_host(host.as_bytes(), authority.as_str().as_bytes()));
+        let default_port: &[u8] = match request.uri().scheme_str() {
+            Some("https") => b"443",
+            _ => b"80",
+        };
+        return request.uri().authority().is_none_or(|authority| {
+            same_host(host.as_bytes(), authority.as_str().as_bytes(), default_port)
+        });
     }
     let host = request
         .uri()
@@ -945,9 +948,10 @@ fn add_host_from_authority(request: &mut Request<Incoming>) -> bool {
     true
 }
 
-/// Whether two `host[:port]` values name the same host (in any case) and,
-/// where both give one, the same port.
-fn same_host(a: &[u8], b: &[u8]) -> bool {
+/// Whether two `host[:port]` values name the same host (in any case) and
+/// port, a missing port being the scheme's `default_port` (RFC 3986 §6.2.3:
+/// `example.com` and `example.com:443` are one authority over https).
+fn same_host(a: &[u8], b: &[u8], default_port: &[u8]) -> bool {
     fn split(value: &[u8]) -> (&[u8], Option<&[u8]>) {
         // After an IP literal's `]`, or at the last colon of a name.
         let start = value.iter().rposition(|&b| b == b']').unwrap_or(0);
@@ -957,11 +961,18 @@ fn same_host(a: &[u8], b: &[u8]) -> bool {
         }
     }
     let ((host_a, port_a), (host_b, port_b)) = (split(a), split(b));
-    host_a.eq_ignore_ascii_case(host_b)
-        && match (port_a, port_b) {
-            (Some(port_a), Some(port_b)) => port_a == port_b,
-            _ => true,
-        }
+    let or_default = |port: Option<&[u8]>| match port {
+        Some(port) if !port.is_empty() => port == default_port,
+        _ => true,
+    };
+    let same_port = match (
+        port_a.filter(|p| !p.is_empty()),
+        port_b.filter(|p| !p.is_empty()),
+    ) {
+        (Some(port_a), Some(port_b)) => port_a == port_b,
+        (one, other) => or_default(one) && or_default(other),
+    };
+    host_a.eq_ignore_ascii_case(host_b) && same_port
 }
 
 /// HTTP/2 clients may split the `cookie` header into one field per cookie
@@ -1169,23 +1180,28 @@ fn valid_host(value: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn hosts_are_the_same_in_any_case_and_with_a_port_on_one_side_only() {
+    fn hosts_are_the_same_in_any_case_and_with_the_default_port_left_out() {
         for (a, b) in [
             (&b"example.com"[..], &b"EXAMPLE.com"[..]),
             (b"example.com:8443", b"example.com:8443"),
-            (b"example.com", b"example.com:8443"),
-            (b"[::1]:80", b"[::1]"),
+            (b"example.com", b"example.com:443"),
+            (b"example.com:", b"example.com"),
+            (b"[::1]:443", b"[::1]"),
             (b"[::1]", b"[::1]"),
         ] {
-            assert!(super::same_host(a, b), "{a:?} {b:?}");
+            assert!(super::same_host(a, b, b"443"), "{a:?} {b:?}");
+            assert!(super::same_host(b, a, b"443"), "{b:?} {a:?}");
         }
         for (a, b) in [
             (&b"example.com"[..], &b"evil.example"[..]),
             (b"example.com:8443", b"example.com:443"),
-            (b"[::1]:80", b"[::2]:80"),
+            (b"example.com", b"example.com:8443"),
+            (b"[::1]:80", b"[::1]"),
+            (b"[::1]:443", b"[::2]:443"),
             (b"", b"example.com"),
         ] {
-            assert!(!super::same_host(a, b), "{a:?} {b:?}");
+            assert!(!super::same_host(a, b, b"443"), "{a:?} {b:?}");
+            assert!(!super::same_host(b, a, b"443"), "{b:?} {a:?}");
         }
     }
 

@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -60,6 +60,12 @@ impl Budget {
             return false;
         }
         true
+    }
+
+    /// Whether the queue holds less than half of what it may.
+    fn below_half(&self) -> bool {
+        self.lines.load(Ordering::Acquire) < QUEUED_LINES_LIMIT / 2
+            && self.bytes.load(Ordering::Acquire) < QUEUED_BYTES_LIMIT / 2
     }
 
     fn release(&self, len: usize) {
@@ -216,7 +222,11 @@ impl Output {
     fn writer(&self) -> Queued {
         let dropped = self.budget.dropped.load(Ordering::Relaxed);
         let reported = self.reported.load(Ordering::Relaxed);
+        // Once the queue has drained to half: while it is about full, a short
+        // note would find room where the long lines it reports did not, and
+        // each dropped line would get a note of its own.
         if dropped > reported
+            && self.budget.below_half()
             && self
                 .reported
                 .compare_exchange(reported, dropped, Ordering::Relaxed, Ordering::Relaxed)
@@ -286,45 +296,73 @@ impl Output {
 ///
 /// Without waiting: a FIFO nobody reads is an error at once (opening one for
 /// writing otherwise blocks until a reader comes, and SIGUSR1 reopens files
-/// on the event loop). As root, in a directory another account may write,
-/// not through a symbolic link: that directory is often the app's account's
-/// (so that its workers can reopen the file), and a link planted there would
+/// on the event loop). As root, through no symbolic link at all when a
+/// directory on the way is one another account may write: that directory
+/// is often the app's account's (so that its workers can reopen the file),
+/// and a link planted there, at the file or at a directory under it, would
 /// point root's writes, and the file [handed to that
-/// account](super::hand_files_to), at any file. A link in a directory only
-/// root writes (`/dev/stdout`) is followed.
+/// account](super::hand_files_to), at any file. Links in directories only
+/// root writes (`/dev/stdout`, `/var/run`) are followed.
 pub(super) fn open_appending(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let dir_is_roots =
-        std::fs::metadata(dir).is_ok_and(|meta| meta.uid() == 0 && meta.mode() & 0o022 == 0);
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
     // SAFETY: geteuid has no preconditions.
     let as_root = unsafe { libc::geteuid() } == 0;
-    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
-    if as_root && !dir_is_roots {
-        flags |= libc::O_NOFOLLOW;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .custom_flags(flags)
-        .open(path)
-        .map_err(|err| match err.raw_os_error() {
-            Some(libc::ENXIO) => std::io::Error::new(
-                err.kind(),
-                format!("{err} (a FIFO with no process reading it)"),
+    let no_links = as_root && !only_root_writes_above(path);
+    let flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let opened = if no_links {
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: open_how is plain integers, for which zero is valid.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | flags) as u64;
+        how.mode = 0o666;
+        how.resolve = libc::RESOLVE_NO_SYMLINKS;
+        // SAFETY: openat2 reads a NUL-terminated path and an open_how of
+        // the size given; the descriptor it returns is ours to own.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                c_path.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        match fd {
+            // SAFETY: a descriptor openat2 just opened.
+            fd if fd >= 0 => Ok(unsafe { File::from_raw_fd(fd as RawFd) }),
+            _ => match std::io::Error::last_os_error() {
+                // A kernel before 5.6: at least not through a link at the file.
+                err if err.raw_os_error() == Some(libc::ENOSYS) => std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .custom_flags(flags | libc::O_NOFOLLOW)
+                    .open(path),
+                err => Err(err),
+            },
+        }
+    } else {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(flags)
+            .open(path)
+    };
+    let file = opened.map_err(|err| match err.raw_os_error() {
+        Some(libc::ENXIO) => std::io::Error::new(
+            err.kind(),
+            format!("{err} (a FIFO with no process reading it)"),
+        ),
+        Some(libc::ELOOP | libc::EXDEV) if no_links => std::io::Error::new(
+            err.kind(),
+            format!(
+                "{err}: the path goes through a symbolic link, and through a directory other \
+                 accounts may write, where rsasgi running as root follows no link; give the \
+                 file's real path"
             ),
-            Some(libc::ELOOP) if flags & libc::O_NOFOLLOW != 0 => std::io::Error::new(
-                err.kind(),
-                format!(
-                    "{err}: it is a symbolic link in a directory other accounts may write, \
-                     which rsasgi running as root does not follow; give the file's real path"
-                ),
-            ),
-            _ => err,
-        })?;
+        ),
+        _ => err,
+    })?;
     // Writes block again (the writer thread's, on its own thread).
     let fd = file.as_raw_fd();
     // SAFETY: fcntl on a descriptor `file` keeps open.
@@ -335,6 +373,18 @@ pub(super) fn open_appending(path: &Path) -> std::io::Result<File> {
         }
     }
     Ok(file)
+}
+
+/// Whether every directory above `path` belongs to root and is written by
+/// no other account (so no one else can have planted a link on the way).
+fn only_root_writes_above(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(path) = std::path::absolute(path) else {
+        return false;
+    };
+    path.ancestors().skip(1).all(|dir| {
+        std::fs::metadata(dir).is_ok_and(|meta| meta.uid() == 0 && meta.mode() & 0o022 == 0)
+    })
 }
 
 /// Whether the file open at `fd` may be given to another account: a

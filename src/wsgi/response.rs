@@ -626,8 +626,7 @@ fn send_file(
         // allows it before the iterable): the file follows as an iterable.
         return Ok(None);
     }
-    let filelike = wrapper.filelike.bind(py);
-    let Some(fd) = read_descriptor(py, filelike)? else {
+    let Some((filelike, fd)) = read_descriptor(py, wrapper.filelike.bind(py))? else {
         return Ok(None);
     };
     if filelike.hasattr(intern!(py, "flush"))? {
@@ -677,33 +676,60 @@ fn send_file(
     Ok(Some(Ok(())))
 }
 
-/// The descriptor whose bytes `filelike.read()` returns: that of an
-/// `io.FileIO` (`open(path, "rb", buffering=0)`), or of the one under an
-/// `io.BufferedReader` or `io.BufferedRandom` (`open(path, "rb")`,
-/// `tempfile.TemporaryFile()`). Others' `fileno()` may read as something
-/// else: a `gzip.open()`, `bz2.open()` or `lzma.open()` file's is the
-/// compressed file, a text file's is the bytes before decoding.
-fn read_descriptor(py: Python<'_>, filelike: &Bound<'_, PyAny>) -> PyResult<Option<i32>> {
+/// The file whose descriptor holds the bytes `filelike.read()` returns, and
+/// that descriptor: an `io.FileIO` (`open(path, "rb", buffering=0)`), or an
+/// `io.BufferedReader` or `io.BufferedRandom` over one (`open(path, "rb")`,
+/// `tempfile.TemporaryFile()`); or the one such a file-like reads through,
+/// its `read` being that file's (Django's `File` and `FieldFile`, whose
+/// `FileResponse` most media goes out by, and `tempfile`'s named files).
+/// Others' `fileno()` may read as something else: a `gzip.open()`,
+/// `bz2.open()` or `lzma.open()` file's is the compressed file, a text
+/// file's is the bytes before decoding.
+fn read_descriptor<'py>(
+    py: Python<'py>,
+    filelike: &Bound<'py, PyAny>,
+) -> PyResult<Option<(Bound<'py, PyAny>, i32)>> {
+    let file = if is_binary_file(py, filelike)? {
+        filelike.clone()
+    } else {
+        // The object `read` is bound to, under a wrapper's `__wrapped__`.
+        let mut read = match filelike.getattr(intern!(py, "read")) {
+            Ok(read) => read,
+            Err(_) => return Ok(None),
+        };
+        while let Ok(wrapped) = read.getattr(intern!(py, "__wrapped__")) {
+            read = wrapped;
+        }
+        match read.getattr(intern!(py, "__self__")) {
+            Ok(owner) if is_binary_file(py, &owner)? => owner,
+            _ => return Ok(None),
+        }
+    };
+    let fd = file
+        .call_method0(intern!(py, "fileno"))
+        .and_then(|fd| fd.extract::<i32>())
+        .ok();
+    Ok(fd.map(|fd| (file, fd)))
+}
+
+/// Whether reading `file` reads its descriptor's bytes: an `io.FileIO`, or
+/// a `BufferedReader` or `BufferedRandom` whose raw file is one.
+fn is_binary_file(py: Python<'_>, file: &Bound<'_, PyAny>) -> PyResult<bool> {
     static FILE_IO: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     static BUFFERED_READER: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     static BUFFERED_RANDOM: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     let file_io = FILE_IO.import(py, "io", "FileIO")?;
-    let raw = if filelike.is_instance(file_io)? {
-        filelike.clone()
-    } else if filelike.is_instance(BUFFERED_READER.import(py, "io", "BufferedReader")?)?
-        || filelike.is_instance(BUFFERED_RANDOM.import(py, "io", "BufferedRandom")?)?
+    if file.is_instance(file_io)? {
+        return Ok(true);
+    }
+    if file.is_instance(BUFFERED_READER.import(py, "io", "BufferedReader")?)?
+        || file.is_instance(BUFFERED_RANDOM.import(py, "io", "BufferedRandom")?)?
     {
-        match filelike.getattr(intern!(py, "raw")) {
-            Ok(raw) if raw.is_instance(file_io)? => raw,
-            _ => return Ok(None),
-        }
-    } else {
-        return Ok(None);
-    };
-    Ok(raw
-        .call_method0(intern!(py, "fileno"))
-        .and_then(|fd| fd.extract::<i32>())
-        .ok())
+        return Ok(file
+            .getattr(intern!(py, "raw"))
+            .is_ok_and(|raw| raw.is_instance(file_io).unwrap_or(false)));
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -729,6 +755,10 @@ mod tests {
                 "open(PATH, 'rb')",
                 "open(PATH, 'rb', buffering=0)",
                 "open(PATH, 'r+b')",
+                // Django's File: `read` is its file's.
+                "type('File', (), {'file': open(PATH, 'rb'), 'read': property(lambda self: \
+                 self.file.read), 'close': lambda self: self.file.close()})()",
+                "__import__('tempfile').NamedTemporaryFile()",
             ] {
                 let file = open(code);
                 assert!(read_descriptor(py, &file).unwrap().is_some(), "{code}");
@@ -739,9 +769,10 @@ mod tests {
                 "__import__('gzip').GzipFile(fileobj=open(PATH, 'rb'))",
                 "__import__('io').BytesIO(b'x')",
                 "__import__('io').BufferedReader(__import__('io').BytesIO(b'x'))",
+                "__import__('tempfile').SpooledTemporaryFile()",
             ] {
                 let file = open(code);
-                assert_eq!(read_descriptor(py, &file).unwrap(), None, "{code}");
+                assert!(read_descriptor(py, &file).unwrap().is_none(), "{code}");
             }
             std::fs::remove_file(&path).unwrap();
         });

@@ -3,11 +3,13 @@
 ASGI `app`:  GET /late    answers after 30 s (the server must answer 504 first)
              GET /stream  starts a response, then stalls for 30 s
              GET /block   blocks the event loop for 2 s (time.sleep), then answers
+             GET /big     16 MiB in one message: the app is done at once
              GET /        "ok PID" at once
 Each stalled ASGI request records, in the directory $TIMEOUT_MARKERS, "started-PATH" when it
 begins and "cancelled-PATH" when its task is cancelled.
 
 WSGI `wsgi`: GET /stuck   a thread busy for 30 s in `stuck_in_a_loop` (cannot be stopped)
+             GET /big     16 MiB as a one-item list: the app is done at once
              GET /        "ok PID" at once
 """
 
@@ -17,6 +19,8 @@ import asyncio
 import os
 import time
 from pathlib import Path
+
+BIG = b"x" * (16 << 20)
 
 
 def mark(name: str) -> None:
@@ -42,6 +46,10 @@ async def app(scope, receive, send):
     if path == "/block":
         mark("started-" + path)
         time.sleep(2)
+    if path == "/big":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": BIG})
+        return
     body = f"ok {os.getpid()}".encode()
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})
@@ -56,5 +64,8 @@ def stuck_in_a_loop() -> None:
 def wsgi(environ, start_response):
     if environ["PATH_INFO"] == "/stuck":
         stuck_in_a_loop()
+    if environ["PATH_INFO"] == "/big":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [BIG]
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [f"ok {os.getpid()}".encode()]

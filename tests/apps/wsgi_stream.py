@@ -20,9 +20,11 @@ Routes (by PATH_INFO):
                         to the remaining size, cl=N (N > 1) sets Content-Length: N; write=W
                         write()s W before returning the wrapper
   /file-bytesio?size=N  wsgi.file_wrapper over an io.BytesIO (no fileno) of block(0, N)
-  /file-open?path=P&open=rb|gzip|bz2|lzma&skip=N&blk=B
-                        wsgi.file_wrapper over P opened with open(P, "rb") or gzip/bz2/lzma.open,
-                        after reading N bytes of it; no Content-Length
+  /file-open?path=P&open=rb|proxy|named-temp|gzip|bz2|lzma&skip=N&blk=B
+                        wsgi.file_wrapper over P opened with open(P, "rb"), wrapped in a
+                        Django-like File (`proxy`: its read is the file's), copied into a
+                        tempfile.NamedTemporaryFile, or opened with gzip/bz2/lzma.open, after
+                        reading N bytes of it; no Content-Length
   /gen?size=N&chunk=C&tag=T
                         generator of N bytes (block(i, C) for the i-th chunk), no
                         Content-Length; T.progress holds the bytes yielded so far (every MiB)
@@ -41,10 +43,34 @@ import gzip
 import io
 import json
 import lzma
+import tempfile
 import threading
 import time
 
 from wsgi_common import block, mark, put, query, wait_marker
+
+
+class FileProxy:
+    """As Django's File (FileProxyMixin): its read, seek and tell are its file's."""
+
+    def __init__(self, file):
+        self.file = file
+
+    read = property(lambda self: self.file.read)
+    tell = property(lambda self: self.file.tell)
+    seek = property(lambda self: self.file.seek)
+
+    def close(self):
+        self.file.close()
+
+
+def named_temporary_copy(path, mode):
+    copy = tempfile.NamedTemporaryFile()
+    with open(path, mode) as original:
+        copy.write(original.read())
+    copy.seek(0)
+    return copy
+
 
 _lock = threading.Lock()
 _stats = {"inflight": 0, "max_inflight": 0, "threads": set(), "count": 0}
@@ -205,7 +231,14 @@ def app(environ, start_response):
         return environ["wsgi.file_wrapper"](io.BytesIO(block(0, size)), 10000)
 
     if path == "/file-open":
-        opener = {"rb": open, "gzip": gzip.open, "bz2": bz2.open, "lzma": lzma.open}[q["open"]]
+        opener = {
+            "rb": open,
+            "proxy": lambda path, mode: FileProxy(open(path, mode)),
+            "named-temp": named_temporary_copy,
+            "gzip": gzip.open,
+            "bz2": bz2.open,
+            "lzma": lzma.open,
+        }[q["open"]]
         f = opener(q["path"], "rb")
         f.read(int(q.get("skip", "0")))
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
