@@ -56,7 +56,11 @@ fn check(py: Python<'_>, config: &Config) -> Result<String, Failure> {
         tls.server_config(&config.alpn_protocols())
             .map_err(fail(1))?;
     }
-    Credentials::resolve(config.user.as_deref(), config.group.as_deref()).map_err(fail(2))?;
+    let credentials =
+        Credentials::resolve(config.user.as_deref(), config.group.as_deref()).map_err(fail(2))?;
+    if let Some(credentials) = &credentials {
+        reachable_as(credentials, config).map_err(fail(1))?;
+    }
     if let Some(path) = &config.log_config {
         crate::logging::forward::configure(py, path).map_err(fail(2))?;
     }
@@ -76,6 +80,46 @@ fn check(py: Python<'_>, config: &Config) -> Result<String, Failure> {
         writable("--pid", path, "write").map_err(fail(1))?;
     }
     load_app(py, config).map_err(fail(EXIT_BOOT_FAILURE))
+}
+
+/// Whether the workers, running as `credentials`, can read the files they
+/// load: the TLS files and the `--static-map` directories. The checks above
+/// run as root, which reads them all.
+pub(crate) fn reachable_as(credentials: &Credentials, config: &Config) -> Result<(), String> {
+    let mut paths: Vec<(&str, &Path, libc::c_int)> = Vec::new();
+    if let Some(tls) = &config.tls {
+        paths.push(("--ssl-certfile", &tls.certfile, libc::R_OK));
+        if let Some(keyfile) = &tls.keyfile {
+            paths.push(("--ssl-keyfile", keyfile, libc::R_OK));
+        }
+        if let Some(ca_certs) = &tls.ca_certs {
+            paths.push(("--ssl-ca-certs", ca_certs, libc::R_OK));
+        }
+    }
+    if let Some(settings) = &config.static_files {
+        for mount in &settings.mounts {
+            paths.push(("--static-map", &mount.dir, libc::R_OK | libc::X_OK));
+        }
+    }
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let asked: Vec<(&Path, libc::c_int)> =
+        paths.iter().map(|&(_, path, mode)| (path, mode)).collect();
+    let user = &credentials.description;
+    match credentials.unreachable(&asked) {
+        Ok(None) => Ok(()),
+        Ok(Some((index, err))) => {
+            let (option, path, _) = paths[index];
+            Err(format!(
+                "{option} {}: the workers run as {user} (--user/--group), which cannot read it: \
+                 {err}; make it readable by that account (its group, for a key: chgrp and \
+                 chmod 640)",
+                path.display()
+            ))
+        }
+        Err(err) => Err(format!("cannot check the files as {user}: {err}")),
+    }
 }
 
 /// Whether startup could open `path` for writing (append or create),

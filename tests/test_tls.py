@@ -27,6 +27,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -1119,3 +1120,34 @@ def test_http_1_in_cleartext_never_serves_http2(run_rsasgi):
             answer += chunk
     assert answer == b"" or answer.startswith(b"HTTP/1.1 "), answer[:80]
     assert httpx.get(server.url + "/", timeout=10).status_code == 200
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--user needs rsasgi started as root")
+def test_check_config_finds_a_key_the_workers_user_cannot_read(pki):
+    """--check-config read the files as root, which reads them all, and said OK; the workers,
+    running as --user, then failed on the key after the sockets were bound."""
+    # Where nobody may look (pytest's own directories are root's alone).
+    public = Path(tempfile.mkdtemp(prefix="rsasgi-tls-"))
+    try:
+        public.chmod(0o755)
+        cert, key = public / "cert.pem", public / "key.pem"
+        shutil.copy(pki.cert_file, cert)
+        shutil.copy(pki.key_file, key)
+        cert.chmod(0o644)
+        key.chmod(0o600)
+        args = ["--check-config", "--user", "nobody", "--app-dir", str(APPS), "proto_scope:app"]
+        tls = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+        result = cli(*args, *tls)
+        assert result.returncode == 1, result.stderr
+        assert f"--ssl-keyfile {key}: the workers run as nobody" in result.stderr
+        assert "Permission denied" in result.stderr
+        # Serving: the same line, before anything listens.
+        result = cli(*args[1:], *tls, "--workers", "1", "--port", "0")
+        assert result.returncode == 1, result.stderr
+        assert f"--ssl-keyfile {key}: the workers run as nobody" in result.stderr
+        assert "Listening" not in result.stderr
+        key.chmod(0o644)
+        result = cli(*args, *tls)
+        assert result.returncode == 0, result.stderr
+    finally:
+        shutil.rmtree(public)

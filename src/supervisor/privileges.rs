@@ -83,6 +83,72 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// The first of `paths` this account could not reach with the access
+    /// each asks for (`R_OK`, `R_OK | X_OK`), and why: a child process
+    /// takes the credentials and asks `access(2)`, so that a file only root
+    /// may read is found before the workers, which run as the account, fail
+    /// on it. `Ok(None)` when it reaches them all.
+    pub(crate) fn unreachable(
+        &self,
+        paths: &[(&std::path::Path, libc::c_int)],
+    ) -> io::Result<Option<(usize, io::Error)>> {
+        use std::os::unix::ffi::OsStrExt;
+        let c_paths = paths
+            .iter()
+            .map(|(path, mode)| Ok((CString::new(path.as_os_str().as_bytes())?, *mode)))
+            .collect::<Result<Vec<_>, std::ffi::NulError>>()?;
+        let mut pipe = [0; 2];
+        // SAFETY: pipe2 fills two descriptors into a live array.
+        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let [read_end, write_end] = pipe;
+        // SAFETY: the child makes only async-signal-safe calls (setgroups,
+        // setgid, setuid, access, write, _exit) on memory prepared before
+        // the fork, then leaves without unwinding or running destructors.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            unsafe {
+                let report = |index: i32| -> ! {
+                    let failure = [index, *libc::__errno_location()];
+                    libc::write(write_end, failure.as_ptr().cast(), 8);
+                    libc::_exit(1)
+                };
+                if self.apply().is_err() {
+                    report(-1);
+                }
+                for (index, (path, mode)) in c_paths.iter().enumerate() {
+                    if libc::access(path.as_ptr(), *mode) != 0 {
+                        report(index as i32);
+                    }
+                }
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: closing our copy of the child's end; the read fills at
+        // most the 8 bytes of a live array.
+        let mut failure = [0i32; 2];
+        let read = unsafe {
+            libc::close(write_end);
+            let read = libc::read(read_end, failure.as_mut_ptr().cast(), 8);
+            libc::close(read_end);
+            read
+        };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child just forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        match (read, failure) {
+            (8, [-1, errno]) => Err(io::Error::from_raw_os_error(errno)),
+            (8, [index, errno]) => Ok(Some((index as usize, io::Error::from_raw_os_error(errno)))),
+            _ => Ok(None),
+        }
+    }
+}
+
 struct Account {
     /// None for a uid no passwd entry names (a container's arbitrary uid).
     name: Option<CString>,
