@@ -1151,3 +1151,40 @@ def test_check_config_finds_a_key_the_workers_user_cannot_read(pki):
         assert result.returncode == 0, result.stderr
     finally:
         shutil.rmtree(public)
+
+
+def test_a_client_cannot_make_the_tls_library_write_warnings(serve_tls):
+    """rustls warns of what a peer did (an IP address or a malformed name as SNI, a
+    renegotiation), and its lines were passed on at their own level: any client could write a
+    warning line per connection, naming neither itself nor anything to do."""
+    server = serve_tls()
+    address = f"127.0.0.1:{server.port}"
+    for name in ["10.0.0.1", "bad name!"]:
+        subprocess.run(
+            ["openssl", "s_client", "-connect", address, "-servername", name],
+            input=b"",
+            capture_output=True,
+            timeout=10,
+        )
+    # openssl may wait on after rustls refuses the renegotiation.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(
+            ["openssl", "s_client", "-tls1_2", "-connect", address],
+            input=b"R\n",
+            capture_output=True,
+            timeout=5,
+        )
+    assert httpx.get(https(server), verify=False).status_code == 200
+    assert warnings_and_errors(server.output()) == []
+
+
+@pytest.mark.parametrize("sends", [b"", b"\x16\x03\x01"], ids=["nothing", "half-a-hello"])
+def test_a_silent_client_on_the_tls_port_does_not_hold_a_shutdown(serve_tls, sends):
+    """The wait for a ClientHello (and for the handshake) did not watch for shutdown, as the
+    wait for a first request in cleartext does: a client that connected and said nothing held
+    every stop for all of --timeout-request-header (30 s here)."""
+    server = serve_tls("--timeout-request-header", "30")
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(sends)
+        time.sleep(0.2)
+        assert server.stop(timeout=10) == 0

@@ -761,13 +761,16 @@ async fn serve_tls<I>(
         return serve_as(context, open, activity, io, info, deadline, served).await;
     };
     let mut first = bytes::BytesMut::with_capacity(4096);
-    match tokio::time::timeout_at(deadline, io.read_buf(&mut first)).await {
+    // Like the other first bytes of a connection: no longer than a request
+    // is waited for once the server shuts down.
+    match ready_by(context, deadline, io.read_buf(&mut first)).await {
         Ok(Ok(0)) | Ok(Err(_)) => {
             tracing::debug!(client = ?info.client, "closed before its TLS handshake");
             return;
         }
         Ok(Ok(_)) => {}
-        Err(_) => return handshake_timed_out(&info, context),
+        Err(NotReady::TimedOut) => return handshake_timed_out(&info, context),
+        Err(NotReady::ShuttingDown) => return shut_before_a_request(&info),
     }
     if first[0] != TLS_HANDSHAKE_RECORD && first[0].is_ascii_uppercase() {
         tracing::debug!(client = ?info.client, "plain HTTP sent to the TLS port; answered 400");
@@ -779,13 +782,14 @@ async fn serve_tls<I>(
         return;
     }
     let io = Prefixed::new(first.freeze(), io);
-    let stream = match tokio::time::timeout_at(deadline, tls.acceptor.accept(io)).await {
+    let stream = match ready_by(context, deadline, tls.acceptor.accept(io)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
             tracing::debug!(client = ?info.client, "TLS handshake failed: {err}");
             return;
         }
-        Err(_) => return handshake_timed_out(&info, context),
+        Err(NotReady::TimedOut) => return handshake_timed_out(&info, context),
+        Err(NotReady::ShuttingDown) => return shut_before_a_request(&info),
     };
     info.scheme = Scheme::Https;
     let session = stream.get_ref().1;
@@ -858,7 +862,7 @@ async fn serve_as<I>(
         }
         Served::Http2 => {}
     }
-    match tokio::time::timeout_at(deadline, preface::check(&mut io)).await {
+    match ready_by(context, deadline, preface::check(&mut io)).await {
         Ok(Ok(read)) => {
             let io = Prefixed::new(read, io);
             tokio::spawn(serve_connection(context, open, activity, io, info, served));
@@ -869,12 +873,21 @@ async fn serve_as<I>(
         Ok(Err(BadPreface::Closed)) => {
             tracing::debug!(client = ?info.client, "closed before its HTTP/2 connection preface");
         }
-        Err(_) => tracing::debug!(
+        Err(NotReady::TimedOut) => tracing::debug!(
             client = ?info.client,
             "no HTTP/2 connection preface within --timeout-request-header {}s; closed",
             context.deadlines.request_header.as_secs_f64()
         ),
+        Err(NotReady::ShuttingDown) => shut_before_a_request(&info),
     }
+}
+
+/// The debug line for a connection closed at shutdown before its first request.
+fn shut_before_a_request(info: &ConnectionInfo) {
+    tracing::debug!(
+        client = ?info.client,
+        "no request yet, and the server is shutting down; closed"
+    );
 }
 
 /// Hands `io` to hyper; the returned future serves it until it closes.

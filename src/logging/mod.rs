@@ -83,7 +83,10 @@ pub(crate) fn init(config: &Config, process: Process) -> Result<(), String> {
         // Every line goes to Python's logging (see `forward`), which
         // [`forward::start`] sets up next; until then lines wait in its queue.
         let _ = tracing_subscriber::registry()
-            .with(forward::ForwardLayer.with_filter(level))
+            .with(
+                forward::ForwardLayer
+                    .with_filter(quiet_peers(Targets::new().with_default(level), level)),
+            )
             .try_init();
         return Ok(());
     }
@@ -136,7 +139,7 @@ pub(crate) fn init(config: &Config, process: Process) -> Result<(), String> {
     // for there, as with gunicorn's --access-logfile: --log-level is the
     // server log's. With the server log, they follow its level, as with
     // uvicorn's.
-    let mut filter = Targets::new().with_default(level);
+    let mut filter = quiet_peers(Targets::new().with_default(level), level);
     let mut most_verbose = level;
     if access_destination.is_some() && level < LevelFilter::INFO {
         filter = filter.with_target(ACCESS, LevelFilter::INFO);
@@ -162,6 +165,20 @@ pub(crate) fn init(config: &Config, process: Process) -> Result<(), String> {
             .try_init(),
     };
     result
+}
+
+/// Below `--log-level debug`, nothing of rustls's or h2's own lines: they
+/// warn of what a peer did (an IP address as SNI, a renegotiation, a PING
+/// acknowledgement never asked for), so any client could write a warning
+/// line per connection, naming neither itself nor anything to do. rsasgi
+/// says what matters of a failed handshake or stream itself, at debug.
+fn quiet_peers(filter: Targets, level: LevelFilter) -> Targets {
+    if level >= LevelFilter::DEBUG {
+        return filter;
+    }
+    filter
+        .with_target("rustls", LevelFilter::OFF)
+        .with_target("h2", LevelFilter::OFF)
 }
 
 /// Points stderr and stdout at `path`, appending, for `--error-logfile`
