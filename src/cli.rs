@@ -1048,26 +1048,28 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
             .map(|id| flag(id))
             .collect();
         if !named.is_empty() {
-            let (list, verb) = match named.as_slice() {
-                [one] => (one.clone(), "does"),
-                [rest @ .., last] => (format!("{} and {last}", rest.join(", ")), "do"),
+            let (list, verb, them) = match named.as_slice() {
+                [one] => (one.clone(), "does", "it"),
+                [rest @ .., last] => (format!("{} and {last}", rest.join(", ")), "do", "them"),
                 [] => unreachable!(),
             };
-            warnings.push(format!("{list} {verb} nothing {why}; {instead}"));
+            warnings.push(format!(
+                "{list} {verb} nothing {why}; {instead}, or drop {them}"
+            ));
         }
     };
     if config.proxy.is_none() {
         unused(
             &["proxy_header_format"],
             "with --no-proxy-headers: no proxy header is read",
-            "drop it, or --no-proxy-headers",
+            "remove --no-proxy-headers",
         );
         if config.proxy_protocol.is_none() {
             unused(
                 &["forwarded_allow_ips"],
                 "with --no-proxy-headers and no --proxy-protocol: every client address \
                  comes from the socket",
-                "drop it, or --no-proxy-headers",
+                "remove --no-proxy-headers",
             );
         }
     }
@@ -1075,7 +1077,7 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
         unused(
             &["static_max_age"],
             "without --static-map: no static files are served",
-            "add --static-map PREFIX=DIR, or drop it",
+            "add --static-map PREFIX=DIR",
         );
     }
     if !config
@@ -1086,14 +1088,14 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
         unused(
             &["uds_permissions"],
             "without a Unix socket to listen on",
-            "add --uds PATH (or --bind unix:PATH), or drop it",
+            "add --uds PATH (or --bind unix:PATH)",
         );
     }
     if config.supervision.max_requests.is_none() {
         unused(
             &["limit_max_requests_jitter"],
             "without --limit-max-requests",
-            "add --limit-max-requests N, or drop it",
+            "add --limit-max-requests N",
         );
     }
     if config.ws.is_none() {
@@ -1107,15 +1109,36 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
                 "ws_closed_send_grace",
             ],
             "with --ws none: WebSocket upgrades are refused",
-            "drop them, or --ws none",
+            "remove --ws none",
+        );
+    }
+    if config
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_certs == ClientCerts::None)
+    {
+        unused(
+            &["ssl_ca_certs"],
+            "with --ssl-cert-reqs none: no client certificate is asked for",
+            "add --ssl-cert-reqs required (or optional)",
         );
     }
     if !config.access_log {
         unused(
             &["access_log_format", "access_logfile"],
             "with --no-access-log: no access line is written",
-            "drop them, or --no-access-log",
+            "remove --no-access-log",
         );
+    }
+    if let Some(ciphers) = config.tls.as_ref().and_then(|tls| tls.ciphers.as_deref()) {
+        let lacking = crate::net::tls::lacking_suites(ciphers);
+        if !lacking.is_empty() {
+            warnings.push(format!(
+                "--ssl-ciphers: rsasgi (rustls) has no {}: skipped; the other suites named are \
+                 used",
+                lacking.join(", ")
+            ));
+        }
     }
     warnings
 }
@@ -1592,8 +1615,8 @@ mod tests {
             warnings(&["--no-proxy-headers", "--forwarded-allow-ips", "10.0.0.1"]),
             [
                 "--forwarded-allow-ips does nothing with --no-proxy-headers and no \
-              --proxy-protocol: every client address comes from the socket; drop it, or \
-              --no-proxy-headers"
+              --proxy-protocol: every client address comes from the socket; remove \
+              --no-proxy-headers, or drop it"
             ]
         );
         assert_eq!(
@@ -1607,7 +1630,7 @@ mod tests {
             ]),
             [
                 "--ws-max-size and --ws-ping-interval do nothing with --ws none: WebSocket \
-              upgrades are refused; drop them, or --ws none"
+              upgrades are refused; remove --ws none, or drop them"
             ]
         );
         assert_eq!(warnings(&["--uds-permissions", "600"]).len(), 1);
@@ -1626,7 +1649,7 @@ mod tests {
             ]),
             [
                 "--access-log-format and --access-logfile do nothing with --no-access-log: no \
-              access line is written; drop them, or --no-access-log"
+              access line is written; remove --no-access-log, or drop them"
             ]
         );
         // The defaults (a value clap filled in) are not the user's doing.

@@ -373,8 +373,8 @@ def test_settings_that_do_nothing_are_warned_of_once(tmp_path, run_rsasgi):
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
         "rsasgi: warning: --forwarded-allow-ips does nothing with --no-proxy-headers and no "
-        "--proxy-protocol: every client address comes from the socket; drop it, or "
-        "--no-proxy-headers",
+        "--proxy-protocol: every client address comes from the socket; remove "
+        "--no-proxy-headers, or drop it",
         "rsasgi: warning: --static-max-age does nothing without --static-map: no static "
         "files are served; add --static-map PREFIX=DIR, or drop it",
     ]

@@ -1188,3 +1188,41 @@ def test_a_silent_client_on_the_tls_port_does_not_hold_a_shutdown(serve_tls, sen
         sock.sendall(sends)
         time.sleep(0.2)
         assert server.stop(timeout=10) == 0
+
+
+def test_a_ca_file_without_client_certificates_asked_for_is_checked_and_warned_of(pki):
+    """--ssl-ca-certs with the default --ssl-cert-reqs none was not even opened: a missing file
+    passed, and an operator who thought client certificates were enforced heard nothing."""
+    args = ["--check-config", "--app-dir", str(APPS), "proto_scope:app", *pki.args()]
+    result = cli(*args, "--ssl-ca-certs", "/nonexistent/ca.pem")
+    assert result.returncode == 1
+    assert "--ssl-ca-certs /nonexistent/ca.pem" in result.stderr
+    result = cli(*args, "--ssl-ca-certs", str(pki.client_ca_file))
+    assert result.returncode == 0, result.stderr
+    assert (
+        "rsasgi: warning: --ssl-ca-certs does nothing with --ssl-cert-reqs none: no client "
+        "certificate is asked for; add --ssl-cert-reqs required (or optional), or drop it"
+    ) in result.stderr
+
+
+def test_openssl_suites_rustls_lacks_are_skipped_from_a_list_with_others(serve_tls, pki):
+    """Mozilla's "intermediate" list, as gunicorn and uvicorn users have it, names DHE suites
+    rustls does not have: OpenSSL skips what it cannot use, and rsasgi refused to start."""
+    intermediate = (
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+        "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+        "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
+    )
+    server = serve_tls("--ssl-ciphers", intermediate)
+    assert httpx.get(https(server), verify=False).status_code == 200
+    wait_for_log(
+        server,
+        "--ssl-ciphers: rsasgi (rustls) has no DHE-RSA-AES128-GCM-SHA256, "
+        "DHE-RSA-AES256-GCM-SHA384: skipped",
+    )
+    # Nothing usable left, or an expression: still refused.
+    args = ["--check-config", "--app-dir", str(APPS), "proto_scope:app", *pki.args()]
+    for ciphers in ["DHE-RSA-AES128-GCM-SHA256", "HIGH:!aNULL"]:
+        result = cli(*args, "--ssl-ciphers", ciphers)
+        assert result.returncode == 1, ciphers
+        assert "--ssl-ciphers" in result.stderr

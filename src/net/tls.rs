@@ -157,7 +157,15 @@ impl TlsSettings {
                 )
             })?;
         let builder = match (&self.ca_certs, self.client_certs) {
-            (_, ClientCerts::None) => builder.with_no_client_auth(),
+            (ca, ClientCerts::None) => {
+                // Asked for no client certificate, the file is not used (a
+                // startup warning says so), but a wrong one is still an
+                // error, as gunicorn's and uvicorn's load it whatever.
+                if let Some(ca) = ca {
+                    load_certificates(ca, "--ssl-ca-certs")?;
+                }
+                builder.with_no_client_auth()
+            }
             (None, _) => {
                 return Err(
                     "--ssl-cert-reqs optional or required needs --ssl-ca-certs, the CA that signs client certificates"
@@ -217,7 +225,14 @@ impl TlsSettings {
         }
         let known = provider.cipher_suites.clone();
         let mut chosen: Vec<SupportedCipherSuite> = Vec::new();
+        let lacking = lacking_suites(self.ciphers.as_deref().unwrap_or_default());
         for name in names {
+            if lacking.iter().any(|lacking| lacking == name) {
+                // An OpenSSL suite rustls does not have (DHE, CBC): skipped,
+                // as OpenSSL skips what it cannot use in a list it was given
+                // (the startup warning names them).
+                continue;
+            }
             let suite = known
                 .iter()
                 .find(|suite| names_suite(name, suite))
@@ -237,9 +252,48 @@ impl TlsSettings {
                 chosen.push(*suite);
             }
         }
+        if chosen.is_empty() {
+            return Err(format!(
+                "--ssl-ciphers: rsasgi (rustls) has none of the suites named ({}); it has {}",
+                lacking.join(", "),
+                known
+                    .iter()
+                    .map(openssl_name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         provider.cipher_suites = chosen;
         Ok(provider)
     }
+}
+
+/// The names in an `--ssl-ciphers` list that are OpenSSL cipher suites
+/// rustls does not have: finite-field Diffie-Hellman (`DHE-RSA-AES128-GCM-SHA256`),
+/// CBC and the like, which a list carried over from gunicorn or uvicorn
+/// (Mozilla's "intermediate", say) names beside the ones rustls has. They
+/// are skipped with a warning rather than refused; a name that is not an
+/// OpenSSL suite's (an expression such as `HIGH:!aNULL`) is still an error.
+pub(crate) fn lacking_suites(ciphers: &str) -> Vec<String> {
+    let known = rustls::crypto::ring::default_provider().cipher_suites;
+    ciphers
+        .split([':', ',', ' '])
+        .map(str::trim)
+        .filter(|name| looks_like_openssl_suite(name))
+        .filter(|name| !known.iter().any(|suite| names_suite(name, suite)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// OpenSSL's suite names: upper case, digits and dashes, with a cipher in
+/// them (`ECDHE-RSA-AES128-SHA`, `DHE-RSA-CHACHA20-POLY1305`, `AES256-SHA`).
+fn looks_like_openssl_suite(name: &str) -> bool {
+    const CIPHERS: [&str; 6] = ["AES", "CHACHA20", "CAMELLIA", "ARIA", "DES", "SEED"];
+    name.contains('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+        && CIPHERS.iter().any(|cipher| name.contains(cipher))
 }
 
 /// What a TLS connection negotiated, for the ASGI `tls` extension and the
