@@ -448,8 +448,9 @@ struct Args {
     reload_exclude: Vec<String>,
 
     /// Seconds to wait for more changes before restarting.
-    #[arg(long, value_name = "SECONDS", default_value_t = Seconds(reload::DEFAULT_DELAY),
-          value_parser = seconds, requires = "reload", help_heading = "Development")]
+    #[arg(long, env = "RSASGI_RELOAD_DELAY", value_name = "SECONDS",
+          default_value_t = Seconds(reload::DEFAULT_DELAY), value_parser = seconds,
+          requires = "reload", help_heading = "Development")]
     reload_delay: Seconds,
 
     /// WebSocket support; "none" passes upgrade requests to the app as plain HTTP.
@@ -544,7 +545,7 @@ struct Args {
     access_log: bool,
 
     /// Do not log requests.
-    #[arg(long, help_heading = "Access log")]
+    #[arg(long, env = "RSASGI_NO_ACCESS_LOG", help_heading = "Access log")]
     no_access_log: bool,
 
     /// The line in gunicorn's atoms (%(h)s "%(r)s" %(s)s %({header}i)s ...),
@@ -570,7 +571,7 @@ struct Args {
     proxy_headers: bool,
 
     /// Ignore proxy headers: the client is the peer.
-    #[arg(long, help_heading = "Proxy")]
+    #[arg(long, env = "RSASGI_NO_PROXY_HEADERS", help_heading = "Proxy")]
     no_proxy_headers: bool,
 
     /// Peers whose proxy headers are believed: addresses, networks (10.0.0.0/8),
@@ -682,7 +683,7 @@ struct Args {
     server_header: bool,
 
     /// Do not send a server header.
-    #[arg(long, help_heading = "HTTP")]
+    #[arg(long, env = "RSASGI_NO_SERVER_HEADER", help_heading = "HTTP")]
     no_server_header: bool,
 
     /// Send a date header.
@@ -692,7 +693,7 @@ struct Args {
     date_header: bool,
 
     /// Do not send a date header.
-    #[arg(long, help_heading = "HTTP")]
+    #[arg(long, env = "RSASGI_NO_DATE_HEADER", help_heading = "HTTP")]
     no_date_header: bool,
 
     /// Add a header to every response (repeatable), e.g. --header "X-Frame-Options:DENY".

@@ -72,8 +72,16 @@ def test_x_forwarded_for_is_walked_past_trusted_hops(run_rsasgi):
         ([], {"FORWARDED_ALLOW_IPS": "10.0.0.1"}),
         (["--no-proxy-headers"], None),
         (["--proxy-headers=false"], None),
+        # Was ignored: the --no-* switches had no variable.
+        ([], {"RSASGI_NO_PROXY_HEADERS": "true", "FORWARDED_ALLOW_IPS": "*"}),
     ],
-    ids=["untrusted-peer", "env-FORWARDED_ALLOW_IPS", "no-proxy-headers", "proxy-headers-false"],
+    ids=[
+        "untrusted-peer",
+        "env-FORWARDED_ALLOW_IPS",
+        "no-proxy-headers",
+        "proxy-headers-false",
+        "env-RSASGI_NO_PROXY_HEADERS",
+    ],
 )
 def test_headers_change_nothing_when_not_believed(run_rsasgi, args, env):
     server = run_rsasgi("proto_scope:app", *args, env=env)

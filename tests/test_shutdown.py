@@ -78,6 +78,25 @@ def test_signal_lets_in_flight_request_finish(run_rsasgi, tmp_path, sig):
         ) in server.output()
 
 
+def test_with_workers_new_connections_are_refused_while_the_workers_drain(run_rsasgi, tmp_path):
+    """The supervisor kept its copies of the listening sockets until it left: the kernel
+    took new connections into a backlog no one accepted from, and reset each when the
+    supervisor left (a 502 from nginx after the whole drain; half of a --reuse-port
+    successor's connections lost)."""
+    record = tmp_path / "events.txt"
+    server = run_rsasgi(APP, "--workers", "2", env={"ERR_SLOW_FILE": str(record)})
+    wait_for(lambda: "All 2 workers" in server.output(), message="both workers serving")
+    result: dict = {}
+    thread = start_request(server.url + "/sleep?s=3", result)
+    wait_for_event(record, "request-start")
+    server.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: refused(server), timeout=2, message="new connections to be refused")
+    assert server.proc.poll() is None, "exited while a request was in flight"
+    thread.join(20)
+    assert result == {"status": 200, "text": "slept"}, server.output()
+    assert server.wait_exit() == 0
+
+
 def test_graceful_shutdown_timeout_bounds_the_wait(run_rsasgi, tmp_path):
     record = tmp_path / "events.txt"
     server = run_rsasgi(APP, "--timeout-graceful-shutdown", "1", env={"ERR_SLOW_FILE": str(record)})

@@ -29,7 +29,7 @@ pub(crate) use handoff::Handoff;
 pub(crate) use slot::Slot;
 
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -165,6 +165,19 @@ pub(crate) fn run(
         .iter()
         .map(|listener| listener.describe(config.listening_scheme()))
         .collect();
+    // The sockets go to the supervisor, which closes its copies when a stop
+    // begins; the paths of the Unix ones stay here, removed at the end.
+    let mut unix_paths = Vec::new();
+    let sockets: Vec<OwnedFd> = listeners
+        .into_iter()
+        .map(|listener| match listener {
+            Listener::Tcp(listener) => OwnedFd::from(listener),
+            Listener::Unix(listener, path) => {
+                unix_paths.push(path);
+                OwnedFd::from(listener)
+            }
+        })
+        .collect();
     let scrapes = match config.metrics_bind.as_ref().map(MetricsBind::listen) {
         None => None,
         Some(Ok(listener)) => Some(listener),
@@ -200,15 +213,13 @@ pub(crate) fn run(
                     Arc::clone(board) as Arc<dyn Scrape>,
                 ));
             }
-            Supervisor::new(config, command, notifier, board)
+            Supervisor::new(config, command, notifier, board, sockets)
                 .run()
                 .await
         })
     });
-    for listener in &listeners {
-        if let Listener::Unix(_, path) = listener {
-            path.remove_created();
-        }
+    for path in unix_paths {
+        path.remove_created();
     }
     drop(pid_file);
     Ok(code)
@@ -295,6 +306,9 @@ struct Stop {
 struct Supervisor {
     config: Arc<Config>,
     command: WorkerCommand,
+    /// The listening sockets the workers inherit (`command.listener_fds`),
+    /// until a stop begins.
+    sockets: Vec<OwnedFd>,
     /// Workers wanted now (`--workers`, changed by TTIN and TTOU).
     target: usize,
     workers: Vec<WorkerProcess>,
@@ -382,6 +396,7 @@ impl Supervisor {
         command: WorkerCommand,
         notifier: Notifier,
         board: Option<Arc<Board>>,
+        sockets: Vec<OwnedFd>,
     ) -> Supervisor {
         let target = config
             .supervision
@@ -406,6 +421,7 @@ impl Supervisor {
             next_watchdog: Instant::now(),
             past_requests: 0,
             board,
+            sockets,
         }
     }
 
@@ -619,6 +635,14 @@ impl Supervisor {
         if self.stop.is_none() {
             self.notifier.stopping();
         }
+        // The workers close theirs as they drain. Kept open here, the
+        // listening sockets went on taking connections that no one would
+        // accept, each reset when the supervisor left (a 502 from nginx, or
+        // half of a --reuse-port successor's connections lost); closed, a
+        // new connection is refused at once, or with socket activation waits
+        // in systemd's copy for the next start. No worker starts after this.
+        self.sockets.clear();
+        self.command.listener_fds.clear();
         self.stop = Some(Stop { forced });
         self.reloading = false;
         let now = Instant::now();
