@@ -47,11 +47,13 @@ use crate::ws::WsSettings;
 const AFTER_HELP: &str = "\
 Examples:
   Django, ASGI   rsasgi myproject.asgi:application
-  Django, WSGI   rsasgi myproject.wsgi:application --threads 16
+  Django, WSGI   rsasgi myproject.wsgi:application
   Flask          rsasgi app:app
   FastAPI        rsasgi main:app --host 0.0.0.0 --port 8080
-  Behind nginx   rsasgi myproject.asgi:application --uds /run/rsasgi.sock
-                 (nginx.conf: proxy_pass http://unix:/run/rsasgi.sock;)
+  Behind nginx   rsasgi myproject.asgi:application --workers 4 \\
+                   --uds /run/rsasgi/rsasgi.sock
+                 (deploy/nginx.conf in rsasgi's source: the proxy headers
+                 Django needs for its Host, client address and https)
 
 Every option can also be set as an environment variable named after it:
 --port as RSASGI_PORT, --timeout-keep-alive as RSASGI_TIMEOUT_KEEP_ALIVE;
@@ -1373,11 +1375,24 @@ pub(crate) fn usage_line(err: &clap::Error) -> String {
     format!("rsasgi: {what} (see 'rsasgi --help')")
 }
 
-/// Names what an unknown option is, without clap's guess at a similar one:
-/// for `--reload` that guess is `--threads`.
+/// Names what an unknown option is: another server's, or a misspelling of
+/// ours (by the file's measure, `--timeout-keepalive` for
+/// `--timeout-keep-alive`), rather than clap's guess at a similar one, which
+/// for `--reload` was `--threads`.
 fn unknown_option(arg: &str) -> String {
     let name = arg.split_once('=').map_or(arg, |(name, _)| name);
-    peer_option(name).unwrap_or_else(|| format!("unknown option '{name}'"))
+    peer_option(name).unwrap_or_else(|| {
+        // Closer than the file asks: a short word is like too many options
+        // (`--foo` like `--loop`).
+        let closest = name.strip_prefix("--").and_then(|key| {
+            config_file::closest_key(&command(), key)
+                .filter(|closest| strsim::jaro(&key.replace('_', "-"), closest) > 0.8)
+        });
+        match closest {
+            Some(closest) => format!("unknown option '{name}'; did you mean '--{closest}'?"),
+            None => format!("unknown option '{name}'"),
+        }
+    })
 }
 
 /// What another server's option `name` is here: ours under another name, or

@@ -371,7 +371,7 @@ fn unknown_key(command: &Command, key: &str, file: &str) -> String {
 
 /// The valid key most like `key`, spelt as `key` is (`_` or `-`), if any is
 /// like enough.
-fn closest_key(command: &Command, key: &str) -> Option<String> {
+pub(crate) fn closest_key(command: &Command, key: &str) -> Option<String> {
     let wanted = key.replace('_', "-");
     let best = command
         .get_arguments()

@@ -124,7 +124,7 @@ def test_help_says_asgi_and_wsgi_and_shows_examples_for_real_frameworks():
     first_line = result.stdout.splitlines()[0]
     assert "ASGI" in first_line and "WSGI" in first_line, first_line
     examples = "\n".join(help_groups(result.stdout)["Examples"])
-    for needle in ["Django, ASGI", "Django, WSGI", "Flask", "FastAPI", "--uds /run/rsasgi.sock"]:
+    for needle in ["Django, ASGI", "Django, WSGI", "Flask", "FastAPI", "--uds /run/rsasgi/rsasgi.sock", "deploy/nginx.conf"]:
         assert needle in examples, examples
 
 
@@ -310,7 +310,26 @@ def test_other_servers_option_under_another_name_points_to_ours():
     )
 
 
-@pytest.mark.parametrize("arg", ["--foo", "--foo=1", "--timeout-keep-alivex"])
+@pytest.mark.parametrize(
+    "arg, guess",
+    [
+        ("--timeout-keepalive", "--timeout-keep-alive"),
+        ("--worker=2", "--workers"),
+        ("--relaod", "--reload"),
+    ],
+)
+def test_a_misspelt_option_gets_the_closest_one(arg, guess):
+    """As the configuration file's keys do; clap's own guess (`--threads` for `--reload`)
+    was left out, and with it every suggestion."""
+    result = cli(arg, "--app-dir", str(APPS), APP)
+    assert result.returncode == 2, result.stderr
+    name = arg.split("=")[0]
+    assert result.stderr.strip() == (
+        f"rsasgi: unknown option '{name}'; did you mean '{guess}'? (see 'rsasgi --help')"
+    )
+
+
+@pytest.mark.parametrize("arg", ["--foo", "--foo=1", "--quux-frobnicate"])
 def test_unknown_option_gets_no_guess(arg):
     result = cli(arg, "--app-dir", str(APPS), APP)
     assert result.returncode == 2, result.stderr

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import random
+import re
 import time
 
 import httpx
@@ -130,6 +131,8 @@ def test_every_key_present_with_its_type(server):
     assert env["QUERY_STRING"] == "x=1"
     assert env["SERVER_PORT"] == str(server.port)
     assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    # CGI's, as gunicorn, uWSGI and waitress set it (it was missing).
+    assert re.fullmatch(r"rsasgi/\d+\.\d+\.\d+\S*", env["SERVER_SOFTWARE"])
     assert env["SERVER_NAME"] == "127.0.0.1"
     assert env["REMOTE_ADDR"] == "127.0.0.1"
     assert env["REMOTE_PORT"].isdigit() and 0 < int(env["REMOTE_PORT"]) < 65536

@@ -137,7 +137,22 @@ fn bind_tcp(host: &str, port: u16, options: BindOptions) -> Result<Listener, Str
     let host_for_lookup = host.trim_start_matches('[').trim_end_matches(']');
     let addr = (host_for_lookup, port)
         .to_socket_addrs()
-        .map_err(|err| format!("Cannot resolve --host {host:?}: {err}"))?
+        .map_err(|err| {
+            // `--host 0.0.0.0:8000`: a port belongs in --port, or in --bind.
+            let hint = match host_for_lookup.rsplit_once(':') {
+                Some((name, port))
+                    if !name.contains(':')
+                        && !port.is_empty()
+                        && port.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    format!(
+                        " (--host takes no port: --host {name} --port {port}, or --bind {host})"
+                    )
+                }
+                _ => String::new(),
+            };
+            format!("Cannot resolve --host {host:?}: {err}{hint}")
+        })?
         .next()
         .ok_or_else(|| format!("--host {host:?} resolves to no address"))?;
     let fail = |what: &str, err: std::io::Error| {

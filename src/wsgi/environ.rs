@@ -306,6 +306,11 @@ impl EnvironContext {
         }
         base.set_item(intern!(py, "SCRIPT_NAME"), self.script_name.as_str())?;
         base.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.1"))?;
+        // CGI's, which gunicorn, uWSGI and waitress set too.
+        base.set_item(
+            intern!(py, "SERVER_SOFTWARE"),
+            concat!("rsasgi/", env!("CARGO_PKG_VERSION")),
+        )?;
         if let Some(addr) = key.server {
             base.set_item(intern!(py, "SERVER_NAME"), host_text(py, addr.ip()))?;
             base.set_item(
