@@ -124,7 +124,14 @@ def test_help_says_asgi_and_wsgi_and_shows_examples_for_real_frameworks():
     first_line = result.stdout.splitlines()[0]
     assert "ASGI" in first_line and "WSGI" in first_line, first_line
     examples = "\n".join(help_groups(result.stdout)["Examples"])
-    for needle in ["Django, ASGI", "Django, WSGI", "Flask", "FastAPI", "--uds /run/rsasgi/rsasgi.sock", "deploy/nginx.conf"]:
+    for needle in [
+        "Django, ASGI",
+        "Django, WSGI",
+        "Flask",
+        "FastAPI",
+        "--uds /run/rsasgi/rsasgi.sock",
+        "deploy/nginx.conf",
+    ]:
         assert needle in examples, examples
 
 
