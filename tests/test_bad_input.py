@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 from apps.proto_raw import recv_until_closed
@@ -209,3 +211,17 @@ def test_body_over_limit_chunked_gives_413(run_rsasgi):
     response = exchange(server, head + over)
     assert status_of(response) == 413, response
     assert_server_up(server)
+
+
+def test_a_tls_handshake_on_the_plain_port_is_named_once(run_rsasgi):
+    """hyper answers it 400 "invalid HTTP method parsed", which does not say that a proxy (or
+    a browser) speaks https:// to a plain-HTTP port, the usual cause. The first one is a
+    warning that says so; later ones are debug lines (any client can send one)."""
+    server = run_rsasgi("proto_scope:app")
+    hello = bytes.fromhex("160301002e0100002a0303") + b"\x00" * 40
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(hello)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+    wait_for_log(server, "a TLS handshake came to this plain-HTTP port")
+    assert server.output().count("a TLS handshake came to this plain-HTTP port") == 1

@@ -765,7 +765,7 @@ async fn serve_tls<I>(
     // is waited for once the server shuts down.
     match ready_by(context, deadline, io.read_buf(&mut first)).await {
         Ok(Ok(0)) | Ok(Err(_)) => {
-            tracing::debug!(client = ?info.client, "closed before its TLS handshake");
+            tracing::debug!(client = %info.client_for_log(), "closed before its TLS handshake");
             return;
         }
         Ok(Ok(_)) => {}
@@ -773,7 +773,7 @@ async fn serve_tls<I>(
         Err(NotReady::ShuttingDown) => return shut_before_a_request(&info),
     }
     if first[0] != TLS_HANDSHAKE_RECORD && first[0].is_ascii_uppercase() {
-        tracing::debug!(client = ?info.client, "plain HTTP sent to the TLS port; answered 400");
+        tracing::debug!(client = %info.client_for_log(), "plain HTTP sent to the TLS port; answered 400");
         let answered = async {
             io.write_all(PLAIN_HTTP_TO_TLS).await?;
             io.shutdown().await
@@ -785,7 +785,7 @@ async fn serve_tls<I>(
     let stream = match ready_by(context, deadline, tls.acceptor.accept(io)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
-            tracing::debug!(client = ?info.client, "TLS handshake failed: {err}");
+            tracing::debug!(client = %info.client_for_log(), "TLS handshake failed: {err}");
             return;
         }
         Err(NotReady::TimedOut) => return handshake_timed_out(&info, context),
@@ -804,7 +804,7 @@ async fn serve_tls<I>(
 /// The debug line for a client that did not finish its TLS handshake in time.
 fn handshake_timed_out(info: &ConnectionInfo, context: &ConnectionContext) {
     tracing::debug!(
-        client = ?info.client,
+        client = %info.client_for_log(),
         "no TLS handshake within --timeout-request-header {}s; closed",
         context.deadlines.request_header.as_secs_f64()
     );
@@ -838,6 +838,9 @@ async fn serve_as<I>(
         Served::Either => {
             match ready_by(context, deadline, preface::sniff(&mut io)).await {
                 Ok(Ok((read, protocol))) => {
+                    if info.tls.is_none() && read.starts_with(&[TLS_HANDSHAKE_RECORD, 3]) {
+                        tls_on_plain_port(&info);
+                    }
                     let served = match protocol {
                         Protocol::Http1 => Served::Http1,
                         Protocol::Http2 => Served::Http2,
@@ -846,15 +849,15 @@ async fn serve_as<I>(
                     tokio::spawn(serve_connection(context, open, activity, io, info, served));
                 }
                 Ok(Err(_)) => {
-                    tracing::debug!(client = ?info.client, "closed before its first request");
+                    tracing::debug!(client = %info.client_for_log(), "closed before its first request");
                 }
                 Err(NotReady::TimedOut) => tracing::debug!(
-                    client = ?info.client,
+                    client = %info.client_for_log(),
                     "no request within --timeout-request-header {}s; closed",
                     context.deadlines.request_header.as_secs_f64()
                 ),
                 Err(NotReady::ShuttingDown) => tracing::debug!(
-                    client = ?info.client,
+                    client = %info.client_for_log(),
                     "no request yet, and the server is shutting down; closed"
                 ),
             }
@@ -868,13 +871,13 @@ async fn serve_as<I>(
             tokio::spawn(serve_connection(context, open, activity, io, info, served));
         }
         Ok(Err(BadPreface::Invalid)) => {
-            tracing::debug!(client = ?info.client, "not an HTTP/2 connection preface; sent GOAWAY");
+            tracing::debug!(client = %info.client_for_log(), "not an HTTP/2 connection preface; sent GOAWAY");
         }
         Ok(Err(BadPreface::Closed)) => {
-            tracing::debug!(client = ?info.client, "closed before its HTTP/2 connection preface");
+            tracing::debug!(client = %info.client_for_log(), "closed before its HTTP/2 connection preface");
         }
         Err(NotReady::TimedOut) => tracing::debug!(
-            client = ?info.client,
+            client = %info.client_for_log(),
             "no HTTP/2 connection preface within --timeout-request-header {}s; closed",
             context.deadlines.request_header.as_secs_f64()
         ),
@@ -885,7 +888,7 @@ async fn serve_as<I>(
 /// The debug line for a connection closed at shutdown before its first request.
 fn shut_before_a_request(info: &ConnectionInfo) {
     tracing::debug!(
-        client = ?info.client,
+        client = %info.client_for_log(),
         "no request yet, and the server is shutting down; closed"
     );
 }
@@ -975,13 +978,13 @@ where
                     Some(log) => {
                         access_log::refused_head(log, info.client_for_log(), status, &reason)
                     }
-                    None => tracing::debug!(client = ?info.client, "answered {status}: {reason}"),
+                    None => tracing::debug!(client = %info.client_for_log(), "answered {status}: {reason}"),
                 }
                 if let Some(slot) = &state.metrics {
                     slot.counters().record_refused(status);
                 }
             }
-            None => tracing::debug!(client = ?info.client, "connection ended: {err}"),
+            None => tracing::debug!(client = %info.client_for_log(), "connection ended: {err}"),
         }
     })
 }
@@ -1084,6 +1087,25 @@ async fn ready_by<F: std::future::Future>(
     tokio::select! {
         read = tokio::time::timeout_at(deadline, reading) => read.map_err(|_| NotReady::TimedOut),
         _ = shutting_down => Err(NotReady::ShuttingDown),
+    }
+}
+
+/// Set once a worker has warned of a TLS handshake on a plain-HTTP port.
+static WARNED_TLS_ON_PLAIN: AtomicBool = AtomicBool::new(false);
+
+/// A TLS ClientHello where rsasgi speaks plain HTTP: hyper answers it 400
+/// ("invalid HTTP method parsed"), which does not say what went wrong. Most
+/// often a proxy sends to an `https://` upstream (or a browser to an
+/// `https://` address) that rsasgi serves without --ssl-certfile: worth a
+/// warning the first time, debug after (any client can send one).
+fn tls_on_plain_port(info: &ConnectionInfo) {
+    let message = "a TLS handshake came to this plain-HTTP port and gets a 400: is a proxy's \
+                   upstream https:// (proxy_pass https://...) where rsasgi serves http://, or \
+                   should rsasgi have --ssl-certfile?";
+    if WARNED_TLS_ON_PLAIN.swap(true, Ordering::Relaxed) {
+        tracing::debug!(client = %info.client_for_log(), "{message}");
+    } else {
+        tracing::warn!(client = %info.client_for_log(), "{message} (said once; later ones at debug)");
     }
 }
 

@@ -205,7 +205,7 @@ pub(crate) fn handle(
                     _ => Some("more than one Host header"),
                 };
                 if let Some(reason) = reason {
-                    tracing::debug!(client = ?info.client, "400 Bad Request: {reason}");
+                    tracing::debug!(client = %info.client_for_log(), "400 Bad Request: {reason}");
                     let status = StatusCode::BAD_REQUEST;
                     break 'respond state.error_response(status, record(status), true);
                 }
@@ -214,13 +214,13 @@ pub(crate) fn handle(
             // space, a path, userinfo: an app would build links from it).
             // Checked as the client sent it, before a proxy's may stand in.
             if !host_is_valid {
-                tracing::debug!(client = ?info.client, "400 Bad Request: invalid Host header");
+                tracing::debug!(client = %info.client_for_log(), "400 Bad Request: invalid Host header");
                 let status = StatusCode::BAD_REQUEST;
                 break 'respond state.error_response(status, record(status), true);
             }
             if !host_matches {
                 tracing::debug!(
-                    client = ?info.client,
+                    client = %info.client_for_log(),
                     "400 Bad Request: the host header does not match :authority"
                 );
                 let status = StatusCode::BAD_REQUEST;
@@ -503,7 +503,7 @@ fn too_many_app_tasks(
     record: impl Fn(StatusCode) -> Option<AccessRecord>,
 ) -> Response<ResponseBody> {
     tracing::debug!(
-        client = ?info.client,
+        client = %info.client_for_log(),
         "503: {} app tasks of this HTTP/2 connection are still running \
          (streams reset while the app worked on them)",
         active.app_tasks()
@@ -638,7 +638,7 @@ async fn open_websocket(
     let accept = match accept {
         Ok(accept) => accept,
         Err(BadHandshake::UnsupportedVersion) => {
-            tracing::debug!(client = ?info.client, "426 Upgrade Required: websocket version is not 13");
+            tracing::debug!(client = %info.client_for_log(), "426 Upgrade Required: websocket version is not 13");
             let status = StatusCode::UPGRADE_REQUIRED;
             let mut response =
                 state.error_response(status, log.map(|l| l.with_status(status)), true);
@@ -649,7 +649,7 @@ async fn open_websocket(
             return response;
         }
         Err(BadHandshake::Invalid(reason)) => {
-            tracing::debug!(client = ?info.client, "400 Bad Request: websocket handshake: {reason}");
+            tracing::debug!(client = %info.client_for_log(), "400 Bad Request: websocket handshake: {reason}");
             let status = StatusCode::BAD_REQUEST;
             return state.error_response(status, log.map(|l| l.with_status(status)), true);
         }
