@@ -1837,16 +1837,27 @@ mod tests {
     }
 
     #[test]
-    fn unknown_options_get_no_suggestion() {
-        for args in [
-            &["--foo"][..],
-            &["--foo=1"],
-            &["--timeout-keep-alivex", "3"],
-        ] {
+    fn unknown_options_get_the_closest_one_or_none() {
+        for args in [&["--foo"][..], &["--foo=1"], &["--quux-frobnicate", "3"]] {
             let name = args[0].split('=').next().unwrap();
             assert_eq!(
                 error_line(args),
                 format!("rsasgi: unknown option '{name}' (see 'rsasgi --help')")
+            );
+        }
+        for (args, closest) in [
+            (&["--timeout-keep-alivex", "3"][..], "--timeout-keep-alive"),
+            (&["--timeout-keepalive=3"], "--timeout-keep-alive"),
+            // Not clap's own guess, which was --threads.
+            (&["--relaod"], "--reload"),
+        ] {
+            let name = args[0].split('=').next().unwrap();
+            assert_eq!(
+                error_line(args),
+                format!(
+                    "rsasgi: unknown option '{name}'; did you mean '{closest}'? \
+                     (see 'rsasgi --help')"
+                )
             );
         }
     }
