@@ -179,20 +179,6 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
             return Ok(1);
         }
     }
-    if handoff.is_none() {
-        // As root, the checks read every file: the workers, as --user, may not.
-        let credentials = supervisor::privileges::Credentials::resolve(
-            config.user.as_deref(),
-            config.group.as_deref(),
-        );
-        if let Ok(Some(credentials)) = credentials {
-            if let Err(message) = check_config::reachable_as(&credentials, &config) {
-                tracing::error!("{message}");
-                logging::flush();
-                return Ok(1);
-            }
-        }
-    }
     let activated: Vec<_> = match activated {
         Ok(activated) => activated
             .into_iter()
@@ -225,6 +211,15 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
                     return Ok(2);
                 }
             };
+            // As root, the checks above read every file: the workers, as
+            // --user, may not. Before anything listens.
+            if let Some(credentials) = &credentials {
+                if let Err(message) = check_config::reachable_as(credentials, &config) {
+                    tracing::error!("{message}");
+                    logging::flush();
+                    return Ok(1);
+                }
+            }
             let own = worker::Own {
                 activated,
                 credentials,

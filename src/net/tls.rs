@@ -225,29 +225,28 @@ impl TlsSettings {
         }
         let known = provider.cipher_suites.clone();
         let mut chosen: Vec<SupportedCipherSuite> = Vec::new();
-        let lacking = lacking_suites(self.ciphers.as_deref().unwrap_or_default());
+        let mut lacking = Vec::new();
         for name in names {
-            if lacking.iter().any(|lacking| lacking == name) {
+            let found = known.iter().find(|suite| names_suite(name, suite));
+            if found.is_none() && looks_like_openssl_suite(name) {
                 // An OpenSSL suite rustls does not have (DHE, CBC): skipped,
                 // as OpenSSL skips what it cannot use in a list it was given
-                // (the startup warning names them).
+                // (the startup warning names them: `lacking_suites`).
+                lacking.push(name);
                 continue;
             }
-            let suite = known
-                .iter()
-                .find(|suite| names_suite(name, suite))
-                .ok_or_else(|| {
-                    format!(
-                        "--ssl-ciphers: unknown cipher suite {name:?}; rsasgi (rustls) has {} \
+            let suite = found.ok_or_else(|| {
+                format!(
+                    "--ssl-ciphers: unknown cipher suite {name:?}; rsasgi (rustls) has {} \
                          (OpenSSL's names work too: {})",
-                        known.iter().map(suite_name).collect::<Vec<_>>().join(", "),
-                        known
-                            .iter()
-                            .map(openssl_name)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })?;
+                    known.iter().map(suite_name).collect::<Vec<_>>().join(", "),
+                    known
+                        .iter()
+                        .map(openssl_name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
             if !chosen.contains(suite) {
                 chosen.push(*suite);
             }
