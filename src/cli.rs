@@ -921,10 +921,16 @@ where
     full.extend(argv.iter().skip(1).cloned());
     let matches = command
         .try_get_matches_from_mut(full)
-        .map_err(|err| blame_file(&mut command, err, file.as_ref()))?;
+        .map_err(|err| blame_file(&mut command, err, file.as_ref()))
+        .map_err(|err| blame_environment(&mut command, err, &argv, &file_args))
+        .map_err(|err| blame_switch_value(&mut command, err, &argv))?;
     let args = Args::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
     let (print_config, check_config) = (args.print_config, args.check_config);
     let mut config = config_of(args, &mut command)?;
+    config.threads_given = matches!(
+        matches.value_source("threads"),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    );
     config.warnings = ineffective_settings(&command, &matches, &config);
     let action = if print_config {
         Action::PrintConfig(print_config::listing(&command, &matches, file.as_ref()))
@@ -1020,6 +1026,117 @@ fn blame_file(command: &mut Command, err: clap::Error, file: Option<&ConfigFile>
         }
         _ => return err,
     };
+    command.error(err.kind(), message)
+}
+
+/// `--access-log false APP`: a switch takes no value, so clap reads `false`
+/// as the APP and then calls the real APP unexpected (or `false` no APP),
+/// which says nothing of the switch. Say what was meant instead.
+fn blame_switch_value(command: &mut Command, err: clap::Error, argv: &[OsString]) -> clap::Error {
+    // Or, when the word cannot be an APP, clap says that.
+    let app_refused = err.kind() == ErrorKind::ValueValidation
+        && matches!(err.get(ContextKind::InvalidArg), Some(ContextValue::String(arg)) if arg == "<APP>");
+    if err.kind() != ErrorKind::UnknownArgument && !app_refused {
+        return err;
+    }
+    let boolean = |word: &str| {
+        matches!(
+            word.to_ascii_lowercase().as_str(),
+            "true" | "false" | "yes" | "no" | "on" | "off" | "0" | "1"
+        )
+    };
+    let found = argv.windows(2).skip(1).find_map(|pair| {
+        let (switch, value) = (pair[0].to_str()?, pair[1].to_str()?);
+        let long = switch.strip_prefix("--")?;
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(long))?;
+        let switch = !arg.get_action().takes_values() || arg.is_require_equals_set();
+        (switch && boolean(value)).then(|| (arg, long.to_owned(), value))
+    });
+    let Some((arg, long, value)) = found else {
+        return err;
+    };
+    if arg.get_action().takes_values() {
+        // `--access-log=false`: the value is optional, so it must be attached.
+        let message = format!(
+            "--{long} takes its value after '=', so '{value}' was read as the APP; write \
+             --{long}={value}"
+        );
+        return command.error(ErrorKind::UnknownArgument, message);
+    }
+    let has = |name: &str| {
+        command
+            .get_arguments()
+            .any(|arg| arg.get_long() == Some(name))
+    };
+    let (on, off) = match long.strip_prefix("no-") {
+        Some(positive) if has(positive) => (format!("--{positive}"), Some(format!("--{long}"))),
+        Some(_) => (format!("--{long}"), None),
+        None => {
+            let negative = format!("no-{long}");
+            (
+                format!("--{long}"),
+                has(&negative).then(|| format!("--{negative}")),
+            )
+        }
+    };
+    let choice = match off {
+        Some(off) => format!("write {on} alone to turn it on, {off} to turn it off"),
+        None => format!("write {on} alone, or leave it out"),
+    };
+    let message = format!(
+        "--{long} is a switch and takes no value, so '{value}' was read as the APP; {choice}"
+    );
+    command.error(ErrorKind::UnknownArgument, message)
+}
+
+/// A bad value that came from an environment variable names the variable:
+/// `RSASGI_PORT=abc` in a unit file or a container's environment is not on
+/// the command line the operator is looking at.
+fn blame_environment(
+    command: &mut Command,
+    err: clap::Error,
+    argv: &[OsString],
+    file_args: &[String],
+) -> clap::Error {
+    let Some(ContextValue::String(culprit)) = err.get(ContextKind::InvalidArg) else {
+        return err;
+    };
+    let Some((long, short, variable)) = command
+        .get_arguments()
+        .filter(|arg| arg.to_string() == *culprit)
+        .find_map(|arg| Some((arg.get_long()?, arg.get_short(), arg.get_env()?.to_str()?)))
+    else {
+        return err;
+    };
+    // The command line (and the file, whose settings come as arguments)
+    // wins over the variable: then the bad value is one of theirs.
+    let written = |word: &str| {
+        let long_form = word
+            .strip_prefix("--")
+            .and_then(|word| word.strip_prefix(long))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('='));
+        let short_form = short.is_some_and(|short| {
+            word.strip_prefix('-')
+                .is_some_and(|rest| !rest.starts_with('-') && rest.starts_with(short))
+        });
+        long_form || short_form
+    };
+    let on_command_line = argv
+        .iter()
+        .skip(1)
+        .any(|word| word.to_str().is_some_and(written))
+        || file_args.iter().any(|word| written(word));
+    if on_command_line || std::env::var_os(variable).is_none() {
+        return err;
+    }
+    let message = clap_message(&err);
+    if !message.contains(&format!("'{culprit}'")) {
+        return err;
+    }
+    let place = format!("the environment variable {variable} (--{long})");
+    let message = message.replacen(&format!("'{culprit}'"), &place, 1);
     command.error(err.kind(), message)
 }
 
@@ -1124,6 +1241,13 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
             &["ssl_ca_certs"],
             "with --ssl-cert-reqs none: no client certificate is asked for",
             "add --ssl-cert-reqs required (or optional)",
+        );
+    }
+    if matches!(config.interface, Interface::Asgi3 | Interface::Asgi2) {
+        unused(
+            &["threads"],
+            "with an ASGI --interface: its threads run WSGI apps only",
+            "use --interface wsgi if the app is one",
         );
     }
     if !config.access_log {
@@ -1314,6 +1438,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         uds_permissions: args.uds_permissions.0,
         env_file: args.env_file,
         threads: args.threads,
+        threads_given: false,
         gc_freeze: args.gc_freeze,
         ws: args.ws.serves().then(|| WsSettings {
             max_size: args.ws_max_size,

@@ -439,6 +439,9 @@ pub(crate) struct Config {
     pub env_file: Option<PathBuf>,
     /// Threads per worker running a WSGI app.
     pub threads: usize,
+    /// `--threads` was set (command line, environment or file), so an ASGI
+    /// app, which has no use for it, is worth a warning.
+    pub threads_given: bool,
     /// `--gc-freeze`: `gc.freeze()` once the app has started.
     pub gc_freeze: bool,
     /// WebSocket settings; `None` with `--ws none`.

@@ -205,6 +205,7 @@ pub(crate) fn run(
     let supervised = match handoff {
         Some(handoff) => match Slot::inherit(handoff.slot_fd) {
             Ok(slot) => Some(Supervised {
+                number: handoff.number,
                 slot: Arc::new(slot),
                 supervisor: Arc::new(SupervisorLink {
                     pid: handoff.supervisor_pid,
@@ -274,6 +275,8 @@ struct Metrics {
 
 /// What a worker started by a supervisor has beyond its config.
 struct Supervised {
+    /// 1-based; the replacement of a worker gets its number.
+    number: usize,
     slot: Arc<Slot>,
     supervisor: Arc<SupervisorLink>,
     workers: usize,
@@ -629,7 +632,21 @@ impl Worker {
                 *self.wsgi_pool.lock() = Some(Arc::clone(&pool));
                 Some(pool)
             }
-            None => None,
+            None => {
+                // Said once, by the single process or the first worker. With
+                // an ASGI --interface given, the start said it already.
+                let first = self.supervised.as_ref().is_none_or(|s| s.number == 1);
+                if config.threads_given && config.interface == Interface::Auto && first {
+                    tracing::warn!(
+                        "--threads {} does nothing: {} is an ASGI app, and the threads run WSGI \
+                         apps only (an ASGI app's sync code runs in threads of its own, such as \
+                         asgiref's); drop --threads",
+                        config.threads,
+                        config.app
+                    );
+                }
+                None
+            }
         };
         let slot = self.supervised.as_ref().map(|s| Arc::clone(&s.slot));
         let state = Arc::new(

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from conftest import APPS, Server, cli, free_port
+from conftest import APPS, Server, cli, free_port, wait_for
 
 APP = "err_cli_app:app"
 
@@ -342,6 +342,75 @@ def test_unknown_option_gets_no_guess(arg):
     assert result.returncode == 2, result.stderr
     name = arg.split("=")[0]
     assert result.stderr.strip() == f"rsasgi: unknown option '{name}' (see 'rsasgi --help')"
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["--no-access-log", "true"],
+            "--no-access-log is a switch and takes no value, so 'true' was read as the APP; "
+            "write --access-log alone to turn it on, --no-access-log to turn it off",
+        ),
+        (
+            ["--reload", "yes"],
+            "--reload is a switch and takes no value, so 'yes' was read as the APP; "
+            "write --reload alone, or leave it out",
+        ),
+        (
+            ["--access-log", "false"],
+            "--access-log takes its value after '=', so 'false' was read as the APP; "
+            "write --access-log=false",
+        ),
+    ],
+)
+def test_a_value_after_a_switch_is_named_not_the_app(args, expected):
+    """`--access-log false APP` read `false` as the APP and then called the real APP
+    unexpected, which said nothing of the switch."""
+    result = cli(*args, "--app-dir", str(APPS), APP)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"rsasgi: {expected} (see 'rsasgi --help')"
+
+
+def test_a_bad_value_from_the_environment_names_the_variable():
+    """`RSASGI_PORT=abc` in a unit file is not on the command line the operator reads."""
+    result = cli("--app-dir", str(APPS), APP, env={"RSASGI_PORT": "abc"})
+    assert result.returncode == 2, result.stderr
+    assert_one_clear_line(result.stderr, "'abc'", "the environment variable RSASGI_PORT (--port)")
+    # Given on the command line too, the bad value is the command line's.
+    result = cli("--port", "x", "--app-dir", str(APPS), APP, env={"RSASGI_PORT": "abc"})
+    assert result.returncode == 2, result.stderr
+    assert_one_clear_line(result.stderr, "'x'", "'--port <PORT>'")
+    assert "RSASGI_PORT" not in result.stderr
+
+
+def test_threads_with_an_asgi_interface_is_warned_of():
+    result = cli(
+        "--threads", "4", "--interface", "asgi3", "--check-config", "--app-dir", str(APPS), APP
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--threads does nothing with an ASGI --interface" in result.stderr, result.stderr
+
+
+def test_threads_with_an_app_found_to_be_asgi_is_warned_of_once(run_rsasgi):
+    """The interface is found when the app is imported: the first worker says it."""
+    server = run_rsasgi("sup_app:app", "--threads", "4", "--workers", "2")
+    wait_for(
+        lambda: (
+            server.output().count("Waiting for connections") + server.output().count("serving")
+            and "--threads 4 does nothing: sup_app:app is an ASGI app" in server.output()
+        ),
+        server=server,
+        message="the warning",
+    )
+    server.stop()
+    assert server.output().count("--threads 4 does nothing") == 1, server.output()
+
+
+def test_threads_with_a_wsgi_app_is_not_warned_of(run_rsasgi):
+    server = run_rsasgi("sup_wsgi:app", "--threads", "4")
+    server.stop()
+    assert "does nothing" not in server.output(), server.output()
 
 
 @pytest.mark.parametrize(
