@@ -11,6 +11,7 @@ mod cli;
 mod clock;
 mod config;
 mod config_file;
+mod daemon;
 mod exchange;
 mod http;
 mod logging;
@@ -254,39 +255,12 @@ fn detach(py: Python<'_>, config: &config::Config) -> Result<(), String> {
                 "rsasgi: --daemon without --log-file: the log is discarded"
             );
         }
-        daemonize(py).map_err(|err| format!("Cannot run as a daemon: {err}"))?;
+        daemon::daemonize(py, config.log_file.as_deref())
+            .map_err(|err| format!("Cannot run as a daemon: {err}"))?;
     }
     if let Some(path) = &config.log_file {
         logging::redirect_output(path, config)
             .map_err(|err| format!("Cannot open --log-file {}: {err}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// Detaches from the terminal the classic way: fork (the parent returns to
-/// the shell), start a session, fork again (so no terminal can be acquired),
-/// and read nothing from stdin. Python's own `os.fork` keeps the
-/// interpreter's state consistent in the child.
-fn daemonize(py: Python<'_>) -> PyResult<()> {
-    let os = py.import("os")?;
-    let fork_and_leave_parent = || -> PyResult<()> {
-        if os.call_method0("fork")?.extract::<i32>()? > 0 {
-            os.call_method1("_exit", (0,))?;
-        }
-        Ok(())
-    };
-    fork_and_leave_parent()?;
-    os.call_method0("setsid")?;
-    fork_and_leave_parent()?;
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?;
-    for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-        // SAFETY: dup2 onto the standard descriptors; `null` is open.
-        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) } < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
     }
     Ok(())
 }

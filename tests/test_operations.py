@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import APPS, LISTENING, Server, access_log, free_port, wait_for, wait_for_log
+from conftest import APPS, Server, access_log, free_port, wait_for, wait_for_log
 from test_supervisor import Load, alive, exit_code, failed, get, started_workers, wait_gone
 
 APP = "ops_app:app"
@@ -540,12 +540,13 @@ def test_daemon_logs_to_its_file_reopens_it_on_usr1_and_stops_on_sigterm(
     tmp_path, daemon_files, workers
 ):
     log, pid_file = daemon_files
+    port = free_port()
     result = run_to_exit(
         APP,
         "--app-dir",
         str(APPS),
         "--port",
-        "0",
+        str(port),
         "--daemon",
         "--log-file",
         str(log),
@@ -556,15 +557,17 @@ def test_daemon_logs_to_its_file_reopens_it_on_usr1_and_stops_on_sigterm(
     )
     assert result.returncode == 0, result.stdout
     assert result.stdout == ""
-    pid = wait_for(lambda: read_pid(pid_file), message="the pid file")
-    text = wait_in_file(log, "Listening on")
-    port = int(LISTENING.search(text).group(2))
+    # The command returned once the daemon served, not as soon as it forked.
     url = f"http://127.0.0.1:{port}/"
+    assert get(url).status_code == 200
+    pid = read_pid(pid_file)
+    assert pid is not None
+    text = wait_in_file(log, "Listening on")
     if workers:
         text = wait_in_file(log, "All 2 workers serving")
     processes = {pid, *started_workers(text)}
 
-    for _ in range(3):
+    for _ in range(2):
         assert get(url).status_code == 200
     wait_for(lambda: len(access_log(log.read_text(), "/")) == 3, message="3 access lines")
 
@@ -588,6 +591,43 @@ def test_daemon_logs_to_its_file_reopens_it_on_usr1_and_stops_on_sigterm(
         lambda: not any(alive(p) for p in processes), message="the daemon and its workers to exit"
     )
     assert "Stopped" in log.read_text()
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_a_daemon_that_cannot_start_makes_its_command_exit_1(tmp_path, daemon_files, workers):
+    """An init script (or a Type=forking unit) learns of a taken port from the exit code,
+    not from a log it does not read."""
+    log, pid_file = daemon_files
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_to_exit(
+            APP,
+            "--app-dir",
+            str(APPS),
+            "--port",
+            str(port),
+            "--daemon",
+            "--log-file",
+            str(log),
+            *workers,
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1, result.stdout
+    assert result.stdout.strip() == f"rsasgi: the server did not start; its log is in {log}"
+    assert f"127.0.0.1:{port}" in log.read_text()
+
+
+def test_a_daemon_without_a_log_file_that_cannot_start_says_how_to_see_why(tmp_path):
+    result = run_to_exit(
+        "no_such_module_here:app", "--app-dir", str(APPS), "--port", "0", "--daemon", cwd=tmp_path
+    )
+    assert result.returncode == 1, result.stdout
+    assert result.stdout.splitlines() == [
+        "rsasgi: --daemon without --log-file: the log is discarded",
+        "rsasgi: the server did not start; run it without --daemon, or with --log-file, to see why",
+    ]
 
 
 # systemd: socket activation.

@@ -192,6 +192,8 @@ impl Notifier {
 
     /// Startup or a reload is complete: `READY=1`, a status line and our pid.
     pub(crate) fn ready(&self, status: &str) {
+        // The command that started a --daemon waits for the same moment.
+        crate::daemon::started();
         let pid = std::process::id();
         self.send(&format!(
             "READY=1\nSTATUS={}\nMAINPID={pid}",
