@@ -8,12 +8,14 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use crate::net::SocketRole;
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START` in `sd-daemon.h`).
 const LISTEN_FDS_START: RawFd = 3;
@@ -60,8 +62,8 @@ pub(crate) fn listen_fds() -> Result<Vec<ListenFd>, String> {
         names?.as_deref(),
         std::process::id(),
     )?;
-    for (fd, _) in &passed {
-        prepare_fd(*fd)?;
+    for (fd, name) in &passed {
+        prepare_fd(*fd, name)?;
     }
     let take = |(fd, name)| ListenFd {
         // SAFETY: prepare_fd saw fd open; systemd passed it to this process
@@ -112,8 +114,12 @@ fn parse_listen_env(
     Ok(fds.zip(names).collect())
 }
 
-/// Checks that `fd` is an open socket and marks it close-on-exec.
-fn prepare_fd(fd: RawFd) -> Result<(), String> {
+/// Checks that `fd` is an open socket rsasgi can accept connections from,
+/// and marks it close-on-exec. `name` is its `FileDescriptorName=`.
+///
+/// Checked here, before anything is announced: a socket that cannot accept
+/// would otherwise be served, READY=1 sent, and every accept(2) fail.
+fn prepare_fd(fd: RawFd, name: &str) -> Result<(), String> {
     // SAFETY: fstat writes only the buffer we pass; a closed fd fails (EBADF).
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut stat) } != 0 {
@@ -122,6 +128,37 @@ fn prepare_fd(fd: RawFd) -> Result<(), String> {
     }
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(format!("LISTEN_FDS: fd {fd} is not a socket"));
+    }
+    // The unit's name tells which .socket unit to change when there are several.
+    let passed = match name {
+        UNNAMED_FD | "" => format!("systemd passed fd {fd}"),
+        name => format!("systemd passed fd {fd} ({name})"),
+    };
+    // SAFETY: fstat just saw a socket open at fd; it is borrowed for the
+    // checks only.
+    let role = crate::net::socket_role(unsafe { BorrowedFd::borrow_raw(fd) })
+        .map_err(|err| format!("{passed}, whose socket type cannot be read: {err}"))?;
+    match role {
+        SocketRole::Listening => {}
+        SocketRole::NotStream(kind) => {
+            return Err(format!(
+                "{passed} as a {kind} socket: rsasgi serves stream sockets; use ListenStream= \
+                 in the .socket unit"
+            ))
+        }
+        // Accept=yes: systemd accepts, and starts a service per connection.
+        SocketRole::Connected => {
+            return Err(format!(
+                "{passed} as one connection (Accept=yes): set Accept=no in the .socket unit; \
+                 rsasgi accepts the connections itself"
+            ))
+        }
+        SocketRole::Idle => {
+            return Err(format!(
+                "{passed} as a stream socket that is not listening: use ListenStream= with \
+                 Accept=no in the .socket unit"
+            ))
+        }
     }
     crate::net::set_cloexec(fd)
         .map_err(|err| format!("LISTEN_FDS: fd {fd}: cannot set close-on-exec: {err}"))
@@ -281,6 +318,8 @@ fn monotonic_usec() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::{UnixListener, UnixStream};
     use std::path::PathBuf;
 
     const PID: u32 = 4242;
@@ -344,24 +383,48 @@ mod tests {
     }
 
     #[test]
-    fn prepare_fd_marks_a_socket_close_on_exec() {
-        // SAFETY: socket() returns a new descriptor that the OwnedFd then owns.
-        let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) };
-        assert!(raw >= 0);
-        let socket = unsafe { OwnedFd::from_raw_fd(raw) };
-        assert_eq!(prepare_fd(raw), Ok(()));
+    fn prepare_fd_marks_a_listening_socket_close_on_exec() {
+        let dir = TempDir::new("cloexec");
+        let socket = UnixListener::bind(dir.0.join("listening")).expect("bind");
+        let raw = socket.as_raw_fd();
+        // SAFETY: F_SETFD on the descriptor `socket` keeps open.
+        unsafe { libc::fcntl(raw, libc::F_SETFD, 0) };
+        assert_eq!(prepare_fd(raw, UNNAMED_FD), Ok(()));
         // SAFETY: F_GETFD reads the flags of the fd `socket` keeps open.
         let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
         assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
-        drop(socket);
     }
 
     #[test]
     fn prepare_fd_says_which_fd_is_not_a_socket() {
         let file = std::fs::File::open("/dev/null").expect("open /dev/null");
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let fd = file.as_raw_fd();
         let expected = format!("LISTEN_FDS: fd {fd} is not a socket");
-        assert_eq!(prepare_fd(fd), Err(expected));
+        assert_eq!(prepare_fd(fd, UNNAMED_FD), Err(expected));
+    }
+
+    #[test]
+    fn prepare_fd_names_the_setting_that_passed_a_socket_no_one_can_accept_from() {
+        // Accept=yes hands over one connection.
+        let (connected, _peer) = UnixStream::pair().expect("a pair");
+        let fd = connected.as_raw_fd();
+        assert_eq!(
+            prepare_fd(fd, "web.socket"),
+            Err(format!(
+                "systemd passed fd {fd} (web.socket) as one connection (Accept=yes): set \
+                 Accept=no in the .socket unit; rsasgi accepts the connections itself"
+            ))
+        );
+        // ListenDatagram=.
+        let datagram = UnixDatagram::unbound().expect("a socket");
+        let fd = datagram.as_raw_fd();
+        assert_eq!(
+            prepare_fd(fd, UNNAMED_FD),
+            Err(format!(
+                "systemd passed fd {fd} as a datagram socket: rsasgi serves stream sockets; \
+                 use ListenStream= in the .socket unit"
+            ))
+        );
     }
 
     #[test]
