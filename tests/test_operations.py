@@ -809,6 +809,39 @@ def notify_socket(tmp_path):
     notify.close()
 
 
+def test_sd_notify_with_a_relative_notify_socket_is_a_warning(run_rsasgi):
+    """Read before logging starts: a line then was lost, and a Type=notify service was
+    stopped at TimeoutStartSec with nothing in the log to say why."""
+    server = run_rsasgi(APP, env={"NOTIFY_SOCKET": "notify.sock"})
+
+    (line,) = [line for line in server.output().splitlines() if "NOTIFY_SOCKET" in line]
+    assert " WARN " in line, line
+    assert (
+        'NOTIFY_SOCKET="notify.sock" is neither an absolute path nor an @abstract address; '
+        "sd_notify is off: systemd sees neither READY=1 nor watchdog pings"
+    ) in line
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_sd_notify_to_a_socket_no_one_reads_is_one_warning(run_rsasgi, tmp_path, workers):
+    # The socket file stays when the process that bound it is gone.
+    path = tmp_path / "gone.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gone:
+        gone.bind(str(path))
+    server = run_rsasgi(APP, *workers, env={"NOTIFY_SOCKET": str(path)})
+    wait_all_serving(server, workers)
+    wait_for_log(server, "sd_notify: cannot send")
+
+    # STOPPING=1 fails as READY=1 did: the same run of failures, not logged again.
+    assert server.stop(signal.SIGTERM) == 0
+    (line,) = [line for line in server.output().splitlines() if "NOTIFY_SOCKET" in line]
+    assert " WARN " in line, line
+    assert (
+        f"sd_notify: cannot send to NOTIFY_SOCKET={path}: Connection refused (os error 111); "
+        "until a send succeeds, systemd sees neither READY=1 nor watchdog pings"
+    ) in line
+
+
 def test_sd_notify_supervisor_is_ready_reloads_and_stops(run_rsasgi, notify_socket):
     server = run_rsasgi(APP, "-w", "2", env={"NOTIFY_SOCKET": str(notify_socket.path)})
     wait_for_log(server, "All 2 workers serving")
