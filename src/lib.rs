@@ -127,7 +127,7 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
     }
     // These too read and clear their environment variables.
     let activated = supervisor::systemd::listen_fds();
-    let notifier = supervisor::systemd::Notifier::from_env();
+    let (notifier, unusable_notify_socket) = supervisor::systemd::Notifier::from_env();
     if handoff.is_none() {
         if let Err(message) = detach(py, &config) {
             let _ = writeln!(std::io::stderr(), "rsasgi: {message}");
@@ -161,6 +161,10 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
                  --log-format and --access-logfile are ignored"
             );
         }
+    }
+    // Found before logging was set up, when a line would have been lost.
+    if let Some(problem) = &unusable_notify_socket {
+        tracing::warn!("{problem}");
     }
     for note in &config.compat_notes {
         tracing::debug!("{note}");

@@ -633,11 +633,18 @@ def test_a_daemon_without_a_log_file_that_cannot_start_says_how_to_see_why(tmp_p
 # systemd: socket activation.
 
 
-@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
-def test_socket_activation_serves_the_socket_systemd_passed(run_rsasgi, workers):
+def socket_activate(*options: str) -> list[str]:
+    """systemd-socket-activate with `options` (-l ADDRESS, --accept, --datagram, -E VAR=VALUE),
+    to run rsasgi. It starts its command with an empty environment: PYTHONPATH (the build
+    under test) and PYTHONUNBUFFERED are passed on by name."""
     activate = shutil.which("systemd-socket-activate")
     if activate is None:
         pytest.skip("systemd-socket-activate is not installed (Debian package systemd)")
+    return [activate, "-E", "PYTHONPATH", "-E", "PYTHONUNBUFFERED", *options]
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_socket_activation_serves_the_socket_systemd_passed(run_rsasgi, workers):
     port = free_port()
     # It passes the listening socket to the command on the first connection; the same
     # --port bound again would fail, so only the passed socket can serve.
@@ -646,7 +653,7 @@ def test_socket_activation_serves_the_socket_systemd_passed(run_rsasgi, workers)
         *workers,
         "--port",
         str(port),
-        prefix=[activate, "-l", f"127.0.0.1:{port}"],
+        prefix=socket_activate("-l", f"127.0.0.1:{port}"),
         wait=False,
     )
     server.port = port
@@ -660,6 +667,89 @@ def test_socket_activation_serves_the_socket_systemd_passed(run_rsasgi, workers)
     else:
         assert pid == server.proc.pid
     assert {answer(server)[0] for _ in range(4)} == {1}
+
+
+def test_socket_activation_of_one_connection_is_refused_naming_accept_no(run_rsasgi, notify_socket):
+    """Accept=yes: systemd accepts, and starts the service for each connection with that
+    connection as its socket. Taken as a listener, every accept() on it failed, for ever,
+    after READY=1."""
+    port = free_port()
+    server = run_rsasgi(
+        APP,
+        "--port",
+        str(port),
+        prefix=socket_activate(
+            "--accept", "-l", f"127.0.0.1:{port}", "-E", f"NOTIFY_SOCKET={notify_socket.path}"
+        ),
+        wait=False,
+    )
+    wait_for_log(server, f"Listening on 127.0.0.1:{port} as 3.")
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10):
+        child = int(re.search(r"as PID (\d+)\.", wait_for_log(server, "Spawned")).group(1))
+        log = wait_for_log(server, f"Child {child} died with code 1")
+    assert (
+        "Socket activation: systemd passed fd 3 as one connection (Accept=yes): "
+        "set Accept=no in the .socket unit; rsasgi accepts the connections itself"
+    ) in log
+    assert "Listening on http" not in log
+    assert notify_socket.with_field("READY") == []
+
+
+def test_socket_activation_of_a_datagram_socket_is_refused_before_workers_start(
+    run_rsasgi, notify_socket
+):
+    port = free_port()
+    server = run_rsasgi(
+        APP,
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        prefix=socket_activate(
+            "--datagram", "-l", f"127.0.0.1:{port}", "-E", f"NOTIFY_SOCKET={notify_socket.path}"
+        ),
+        wait=False,
+    )
+    wait_for_log(server, f"Listening on 127.0.0.1:{port} as 3.")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.sendto(b"start", ("127.0.0.1", port))
+
+    assert exit_code(server) == 1
+    log = server.output()
+    assert (
+        "Socket activation: systemd passed fd 3 as a datagram socket: rsasgi serves stream "
+        "sockets; use ListenStream= in the .socket unit"
+    ) in log
+    assert started_workers(log) == {}
+    assert notify_socket.with_field("READY") == []
+
+
+#: Runs the command after it with a TCP socket on descriptor 7 that is bound but was never
+#: listen()ed on (a launcher's mistake); argv[1] is the port.
+WITH_UNLISTENED_SOCKET_ON_FD_7 = (
+    "import os, socket, sys; "
+    "bound = socket.socket(); bound.bind(('127.0.0.1', int(sys.argv[1]))); "
+    "os.dup2(bound.fileno(), 7); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_an_fd_not_listening_is_refused_before_serving(run_rsasgi, workers):
+    server = run_rsasgi(
+        APP,
+        *workers,
+        "--fd",
+        "7",
+        prefix=[sys.executable, "-c", WITH_UNLISTENED_SOCKET_ON_FD_7, str(free_port())],
+        wait=False,
+    )
+
+    assert exit_code(server) == 1
+    log = server.output()
+    assert "--fd 7 is not listening: call listen() on it before starting rsasgi" in log
+    assert "Listening on" not in log
 
 
 # The app's own programs.
@@ -757,6 +847,39 @@ def notify_socket(tmp_path):
     notify = NotifySocket(tmp_path / "notify.sock")
     yield notify
     notify.close()
+
+
+def test_sd_notify_with_a_relative_notify_socket_is_a_warning(run_rsasgi):
+    """Read before logging starts: a line then was lost, and a Type=notify service was
+    stopped at TimeoutStartSec with nothing in the log to say why."""
+    server = run_rsasgi(APP, env={"NOTIFY_SOCKET": "notify.sock"})
+
+    (line,) = [line for line in server.output().splitlines() if "NOTIFY_SOCKET" in line]
+    assert " WARN " in line, line
+    assert (
+        'NOTIFY_SOCKET="notify.sock" is neither an absolute path nor an @abstract address; '
+        "sd_notify is off: systemd sees neither READY=1 nor watchdog pings"
+    ) in line
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_sd_notify_to_a_socket_no_one_reads_is_one_warning(run_rsasgi, tmp_path, workers):
+    # The socket file stays when the process that bound it is gone.
+    path = tmp_path / "gone.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as gone:
+        gone.bind(str(path))
+    server = run_rsasgi(APP, *workers, env={"NOTIFY_SOCKET": str(path)})
+    wait_all_serving(server, workers)
+    wait_for_log(server, "sd_notify: cannot send")
+
+    # STOPPING=1 fails as READY=1 did: the same run of failures, not logged again.
+    assert server.stop(signal.SIGTERM) == 0
+    (line,) = [line for line in server.output().splitlines() if "NOTIFY_SOCKET" in line]
+    assert " WARN " in line, line
+    assert (
+        f"sd_notify: cannot send to NOTIFY_SOCKET={path}: Connection refused (os error 111); "
+        "until a send succeeds, systemd sees neither READY=1 nor watchdog pings"
+    ) in line
 
 
 def test_sd_notify_supervisor_is_ready_reloads_and_stops(run_rsasgi, notify_socket):

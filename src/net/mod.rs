@@ -18,13 +18,13 @@ pub(crate) use prefixed::Prefixed;
 pub(crate) use sending::Sending;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::config::Bind;
 
@@ -274,6 +274,30 @@ fn inherit(fd: i32) -> Result<Listener, String> {
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(format!("--fd {fd} is not a socket"));
     }
+    // SAFETY: fstat just saw a socket open at fd; it is borrowed for the
+    // checks only.
+    let role = socket_role(unsafe { BorrowedFd::borrow_raw(fd) })
+        .map_err(|err| format!("--fd {fd}: cannot read its socket type: {err}"))?;
+    match role {
+        SocketRole::Listening => {}
+        SocketRole::NotStream(kind) => {
+            return Err(format!(
+                "--fd {fd} is a {kind} socket: rsasgi serves stream sockets (TCP, or Unix \
+                 SOCK_STREAM); pass one of those"
+            ))
+        }
+        SocketRole::Connected => {
+            return Err(format!(
+                "--fd {fd} is a connected socket (one client's connection): pass the \
+                 listening socket instead"
+            ))
+        }
+        SocketRole::Idle => {
+            return Err(format!(
+                "--fd {fd} is not listening: call listen() on it before starting rsasgi"
+            ))
+        }
+    }
     // The parent cleared close-on-exec to hand it down; a program the app
     // starts (`os.system("... &")`) would otherwise hold the port open after
     // we stop, and accept nothing on it.
@@ -301,6 +325,45 @@ fn inherit(fd: i32) -> Result<Listener, String> {
     }
 }
 
+/// What an inherited socket is, as far as serving it goes: only a listening
+/// one can be accepted from. The others fail every accept(2), so a server
+/// that took them would say it serves, and then never serve anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketRole {
+    /// A stream socket after listen(2).
+    Listening,
+    /// A stream socket with a peer: one client's connection (accept(2): EINVAL).
+    Connected,
+    /// A stream socket neither listening nor connected: bound at most
+    /// (accept(2): EINVAL).
+    Idle,
+    /// Datagram, sequenced-packet or raw: there are no connections to accept
+    /// (accept(2): EOPNOTSUPP). Holds the kind, in words.
+    NotStream(&'static str),
+}
+
+/// Reads what the socket at `fd` is (SO_TYPE, SO_ACCEPTCONN, and whether it
+/// has a peer).
+pub(crate) fn socket_role(fd: BorrowedFd<'_>) -> std::io::Result<SocketRole> {
+    let socket = SockRef::from(&fd);
+    let kind = socket.r#type()?;
+    if kind != Type::STREAM {
+        return Ok(SocketRole::NotStream(match kind {
+            Type::DGRAM => "datagram",
+            Type::SEQPACKET => "sequenced-packet",
+            Type::RAW => "raw",
+            _ => "non-stream",
+        }));
+    }
+    if socket.is_listener()? {
+        Ok(SocketRole::Listening)
+    } else if socket.peer_addr().is_ok() {
+        Ok(SocketRole::Connected)
+    } else {
+        Ok(SocketRole::Idle)
+    }
+}
+
 /// Marks `fd` close-on-exec: a descriptor this process was handed, now
 /// its own, stays out of the programs it starts.
 pub(crate) fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
@@ -316,6 +379,7 @@ pub(crate) fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     const TEST_OPTIONS: BindOptions = BindOptions {
         backlog: 16,
@@ -354,6 +418,48 @@ mod tests {
         // SAFETY: F_GETFD reads the flags of the descriptor the listener owns.
         let flags = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_GETFD) };
         assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+    }
+
+    #[test]
+    fn socket_role_tells_a_listener_from_the_rest() {
+        let role = |socket: &dyn AsFd| socket_role(socket.as_fd()).unwrap();
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0)).into();
+        let listening = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listening.bind(&loopback).unwrap();
+        listening.listen(1).unwrap();
+        assert_eq!(role(&listening), SocketRole::Listening);
+        let bound = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        bound.bind(&loopback).unwrap();
+        assert_eq!(role(&bound), SocketRole::Idle);
+        let (connected, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(role(&connected), SocketRole::Connected);
+        let datagram = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        assert_eq!(role(&datagram), SocketRole::NotStream("datagram"));
+        let packets = Socket::new(Domain::UNIX, Type::SEQPACKET, None).unwrap();
+        assert_eq!(role(&packets), SocketRole::NotStream("sequenced-packet"));
+    }
+
+    #[test]
+    fn an_fd_that_cannot_accept_is_refused_with_what_to_change() {
+        // Each socket stays owned here: `inherit` takes the fd only when it
+        // accepts it.
+        let refusal = |socket: &dyn AsRawFd| inherit(socket.as_raw_fd()).unwrap_err();
+        let bound = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        bound
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let fd = bound.as_raw_fd();
+        assert_eq!(
+            refusal(&bound),
+            format!("--fd {fd} is not listening: call listen() on it before starting rsasgi")
+        );
+        let (connected, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let err = refusal(&connected);
+        assert!(err.contains("is a connected socket"), "{err}");
+        assert!(err.ends_with("pass the listening socket instead"), "{err}");
+        let datagram = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        let err = refusal(&datagram);
+        assert!(err.contains("is a datagram socket"), "{err}");
     }
 
     #[test]

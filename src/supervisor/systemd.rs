@@ -8,12 +8,16 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tracing::Level;
+
+use crate::net::SocketRole;
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START` in `sd-daemon.h`).
 const LISTEN_FDS_START: RawFd = 3;
@@ -60,8 +64,8 @@ pub(crate) fn listen_fds() -> Result<Vec<ListenFd>, String> {
         names?.as_deref(),
         std::process::id(),
     )?;
-    for (fd, _) in &passed {
-        prepare_fd(*fd)?;
+    for (fd, name) in &passed {
+        prepare_fd(*fd, name)?;
     }
     let take = |(fd, name)| ListenFd {
         // SAFETY: prepare_fd saw fd open; systemd passed it to this process
@@ -112,8 +116,12 @@ fn parse_listen_env(
     Ok(fds.zip(names).collect())
 }
 
-/// Checks that `fd` is an open socket and marks it close-on-exec.
-fn prepare_fd(fd: RawFd) -> Result<(), String> {
+/// Checks that `fd` is an open socket rsasgi can accept connections from,
+/// and marks it close-on-exec. `name` is its `FileDescriptorName=`.
+///
+/// Checked here, before anything is announced: a socket that cannot accept
+/// would otherwise be served, READY=1 sent, and every accept(2) fail.
+fn prepare_fd(fd: RawFd, name: &str) -> Result<(), String> {
     // SAFETY: fstat writes only the buffer we pass; a closed fd fails (EBADF).
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut stat) } != 0 {
@@ -122,6 +130,37 @@ fn prepare_fd(fd: RawFd) -> Result<(), String> {
     }
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(format!("LISTEN_FDS: fd {fd} is not a socket"));
+    }
+    // The unit's name tells which .socket unit to change when there are several.
+    let passed = match name {
+        UNNAMED_FD | "" => format!("systemd passed fd {fd}"),
+        name => format!("systemd passed fd {fd} ({name})"),
+    };
+    // SAFETY: fstat just saw a socket open at fd; it is borrowed for the
+    // checks only.
+    let role = crate::net::socket_role(unsafe { BorrowedFd::borrow_raw(fd) })
+        .map_err(|err| format!("{passed}, whose socket type cannot be read: {err}"))?;
+    match role {
+        SocketRole::Listening => {}
+        SocketRole::NotStream(kind) => {
+            return Err(format!(
+                "{passed} as a {kind} socket: rsasgi serves stream sockets; use ListenStream= \
+                 in the .socket unit"
+            ))
+        }
+        // Accept=yes: systemd accepts, and starts a service per connection.
+        SocketRole::Connected => {
+            return Err(format!(
+                "{passed} as one connection (Accept=yes): set Accept=no in the .socket unit; \
+                 rsasgi accepts the connections itself"
+            ))
+        }
+        SocketRole::Idle => {
+            return Err(format!(
+                "{passed} as a stream socket that is not listening: use ListenStream= with \
+                 Accept=no in the .socket unit"
+            ))
+        }
     }
     crate::net::set_cloexec(fd)
         .map_err(|err| format!("LISTEN_FDS: fd {fd}: cannot set close-on-exec: {err}"))
@@ -136,12 +175,18 @@ fn env_var(name: &str) -> Result<Option<String>, String> {
     }
 }
 
+/// What is lost while systemd cannot be told: said with each warning that it cannot.
+const UNHEARD: &str = "systemd sees neither READY=1 nor watchdog pings, and stops a \
+                       Type=notify service at TimeoutStartSec (or WatchdogSec=)";
+
 /// Sends `sd_notify(3)` state changes to systemd.
 ///
 /// Without `NOTIFY_SOCKET` (not started by systemd) every method does
 /// nothing. Sends never block or panic: a message systemd's queue has no room
 /// for is dropped, since a late status is worth less than a stalled
-/// supervisor, and only the first of a run of failures is logged.
+/// supervisor. The first failure of the process is a warning, as it may cost
+/// the service its start; of each later run of failures only the first is
+/// logged, at debug level.
 #[derive(Debug)]
 pub(crate) struct Notifier {
     /// An unbound socket to send from and systemd's address; `None`: no-op.
@@ -150,43 +195,55 @@ pub(crate) struct Notifier {
     watchdog: Option<Duration>,
     /// Set by a failed send, cleared by a good one.
     failing: AtomicBool,
+    /// Set by the first failed send, for good.
+    warned: AtomicBool,
 }
 
 impl Notifier {
     /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`.
-    pub(crate) fn from_env() -> Notifier {
+    ///
+    /// When `NOTIFY_SOCKET` is set but cannot be used, the notifier does
+    /// nothing and the message says why, for the caller to log as a warning
+    /// once logging is set up: this runs before, when a line would be lost.
+    pub(crate) fn from_env() -> (Notifier, Option<String>) {
         let [usec, pid] =
             ["WATCHDOG_USEC", "WATCHDOG_PID"].map(|name| env_var(name).ok().flatten());
         let watchdog = parse_watchdog(usec.as_deref(), pid.as_deref(), std::process::id());
         let Some(value) = std::env::var_os("NOTIFY_SOCKET") else {
-            return Notifier::new(None, None);
+            return (Notifier::off(), None);
         };
-        match parse_notify_socket(&value) {
-            Ok(addr) => Notifier::new(Some(addr), watchdog),
-            Err(err) => {
-                tracing::debug!("sd_notify is off: {err}");
-                Notifier::new(None, None)
-            }
+        let notifier = parse_notify_socket(&value).and_then(|addr| {
+            Notifier::open(addr, watchdog).map_err(|err| {
+                format!("NOTIFY_SOCKET={value:?}: cannot open a socket to send from: {err}")
+            })
+        });
+        match notifier {
+            Ok(notifier) => (notifier, None),
+            Err(problem) => (
+                Notifier::off(),
+                Some(format!("{problem}; sd_notify is off: {UNHEARD}")),
+            ),
         }
     }
 
-    fn new(addr: Option<SocketAddr>, watchdog: Option<Duration>) -> Notifier {
-        let open = || {
-            let socket = UnixDatagram::unbound()?;
-            socket.set_nonblocking(true)?;
-            Ok::<_, io::Error>(socket)
-        };
-        let target = addr.and_then(|addr| match open() {
-            Ok(socket) => Some((socket, addr)),
-            Err(err) => {
-                tracing::debug!("sd_notify is off: cannot open a socket: {err}");
-                None
-            }
-        });
-        Notifier {
-            target,
+    /// A notifier that sends to `addr`, from a socket of its own.
+    fn open(addr: SocketAddr, watchdog: Option<Duration>) -> io::Result<Notifier> {
+        let socket = UnixDatagram::unbound()?;
+        socket.set_nonblocking(true)?;
+        Ok(Notifier {
+            target: Some((socket, addr)),
             watchdog,
+            ..Notifier::off()
+        })
+    }
+
+    /// A notifier that does nothing.
+    fn off() -> Notifier {
+        Notifier {
+            target: None,
+            watchdog: None,
             failing: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
         }
     }
 
@@ -232,14 +289,40 @@ impl Notifier {
         let Some((socket, addr)) = &self.target else {
             return;
         };
-        match socket.send_to_addr(message.as_bytes(), addr) {
-            Ok(_) => self.failing.store(false, Ordering::Relaxed),
-            Err(err) => {
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::debug!("sd_notify: could not send {message:?}: {err}");
-                }
-            }
+        let Err(err) = socket.send_to_addr(message.as_bytes(), addr) else {
+            self.failing.store(false, Ordering::Relaxed);
+            return;
+        };
+        match self.report_failure() {
+            Some(Level::WARN) => tracing::warn!(
+                "sd_notify: cannot send to NOTIFY_SOCKET={}: {err}; until a send succeeds, \
+                 {UNHEARD}",
+                shown(addr)
+            ),
+            Some(_) => tracing::debug!("sd_notify: could not send {message:?}: {err}"),
+            None => {}
         }
+    }
+
+    /// Records a failed send; returns the level to log it at, or `None` when
+    /// it continues a run of failures already logged.
+    fn report_failure(&self) -> Option<Level> {
+        if self.failing.swap(true, Ordering::Relaxed) {
+            None
+        } else if self.warned.swap(true, Ordering::Relaxed) {
+            Some(Level::DEBUG)
+        } else {
+            Some(Level::WARN)
+        }
+    }
+}
+
+/// `addr` as `NOTIFY_SOCKET` spells it: a path, or `@name`.
+fn shown(addr: &SocketAddr) -> String {
+    match (addr.as_pathname(), addr.as_abstract_name()) {
+        (Some(path), _) => path.display().to_string(),
+        (None, Some(name)) => format!("@{}", String::from_utf8_lossy(name)),
+        (None, None) => "(an unnamed address)".into(),
     }
 }
 
@@ -283,6 +366,8 @@ fn monotonic_usec() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::{UnixListener, UnixStream};
     use std::path::PathBuf;
 
     const PID: u32 = 4242;
@@ -346,24 +431,48 @@ mod tests {
     }
 
     #[test]
-    fn prepare_fd_marks_a_socket_close_on_exec() {
-        // SAFETY: socket() returns a new descriptor that the OwnedFd then owns.
-        let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) };
-        assert!(raw >= 0);
-        let socket = unsafe { OwnedFd::from_raw_fd(raw) };
-        assert_eq!(prepare_fd(raw), Ok(()));
+    fn prepare_fd_marks_a_listening_socket_close_on_exec() {
+        let dir = TempDir::new("cloexec");
+        let socket = UnixListener::bind(dir.0.join("listening")).expect("bind");
+        let raw = socket.as_raw_fd();
+        // SAFETY: F_SETFD on the descriptor `socket` keeps open.
+        unsafe { libc::fcntl(raw, libc::F_SETFD, 0) };
+        assert_eq!(prepare_fd(raw, UNNAMED_FD), Ok(()));
         // SAFETY: F_GETFD reads the flags of the fd `socket` keeps open.
         let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
         assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
-        drop(socket);
     }
 
     #[test]
     fn prepare_fd_says_which_fd_is_not_a_socket() {
         let file = std::fs::File::open("/dev/null").expect("open /dev/null");
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let fd = file.as_raw_fd();
         let expected = format!("LISTEN_FDS: fd {fd} is not a socket");
-        assert_eq!(prepare_fd(fd), Err(expected));
+        assert_eq!(prepare_fd(fd, UNNAMED_FD), Err(expected));
+    }
+
+    #[test]
+    fn prepare_fd_names_the_setting_that_passed_a_socket_no_one_can_accept_from() {
+        // Accept=yes hands over one connection.
+        let (connected, _peer) = UnixStream::pair().expect("a pair");
+        let fd = connected.as_raw_fd();
+        assert_eq!(
+            prepare_fd(fd, "web.socket"),
+            Err(format!(
+                "systemd passed fd {fd} (web.socket) as one connection (Accept=yes): set \
+                 Accept=no in the .socket unit; rsasgi accepts the connections itself"
+            ))
+        );
+        // ListenDatagram=.
+        let datagram = UnixDatagram::unbound().expect("a socket");
+        let fd = datagram.as_raw_fd();
+        assert_eq!(
+            prepare_fd(fd, UNNAMED_FD),
+            Err(format!(
+                "systemd passed fd {fd} as a datagram socket: rsasgi serves stream sockets; \
+                 use ListenStream= in the .socket unit"
+            ))
+        );
     }
 
     #[test]
@@ -387,7 +496,7 @@ mod tests {
         let path = dir.0.join("notify");
         let systemd = UnixDatagram::bind(&path).expect("bind");
         let addr = SocketAddr::from_pathname(&path).expect("address");
-        let notifier = Notifier::new(Some(addr), None);
+        let notifier = Notifier::open(addr, None).expect("a socket");
         notifier.ready("serving\n4 workers");
         let pid = std::process::id();
         let expected = format!("READY=1\nSTATUS=serving 4 workers\nMAINPID={pid}");
@@ -415,7 +524,7 @@ mod tests {
         let name = format!("rsasgi-systemd-test-{}", std::process::id());
         let addr = SocketAddr::from_abstract_name(&name).expect("address");
         let systemd = UnixDatagram::bind_addr(&addr).expect("bind");
-        let notifier = Notifier::new(Some(addr), None);
+        let notifier = Notifier::open(addr, None).expect("a socket");
         notifier.stopping();
         assert_eq!(receive(&systemd), "STOPPING=1");
     }
@@ -423,14 +532,31 @@ mod tests {
     #[test]
     fn notifier_without_a_listener_stays_quiet() {
         let dir = TempDir::new("nobody");
-        let addr = SocketAddr::from_pathname(dir.0.join("gone")).ok();
-        let notifier = Notifier::new(addr, Some(Duration::from_secs(10)));
+        let addr = SocketAddr::from_pathname(dir.0.join("gone")).expect("address");
+        let notifier = Notifier::open(addr, Some(Duration::from_secs(10))).expect("a socket");
         notifier.ready("up");
         notifier.watchdog();
         assert!(notifier.failing.load(Ordering::Relaxed));
-        let off = Notifier::new(None, Some(Duration::from_secs(10)));
+        assert!(notifier.warned.load(Ordering::Relaxed));
+        let off = Notifier::off();
         off.ready("up");
         assert_eq!(off.watchdog_interval(), None);
+    }
+
+    #[test]
+    fn only_the_first_failure_of_the_process_is_a_warning() {
+        let dir = TempDir::new("failures");
+        let path = dir.0.join("notify");
+        let addr = SocketAddr::from_pathname(&path).expect("address");
+        let notifier = Notifier::open(addr, None).expect("a socket");
+        assert_eq!(notifier.report_failure(), Some(Level::WARN));
+        assert_eq!(notifier.report_failure(), None);
+        // A send that succeeds ends the run of failures.
+        let systemd = UnixDatagram::bind(&path).expect("bind");
+        notifier.stopping();
+        assert_eq!(receive(&systemd), "STOPPING=1");
+        assert_eq!(notifier.report_failure(), Some(Level::DEBUG));
+        assert_eq!(notifier.report_failure(), None);
     }
 
     #[test]
