@@ -236,6 +236,16 @@ def test_a_denied_websocket_is_a_403_on_its_stream_only(run_rsasgi):
         ws.close()
 
 
+def test_a_subprotocol_that_is_not_a_token_is_a_400(run_rsasgi):
+    """As over HTTP/1.1: the app is not started (it would accept with a 200)."""
+    server = run_rsasgi("ws_app:app")
+    ws = H2WebSocket(server, "/subprotocol", [("sec-websocket-protocol", "a b, c")])
+    try:
+        assert ws.headers[":status"] == "400"
+    finally:
+        ws.close()
+
+
 @pytest.mark.parametrize("version, status", [("8", "426"), (None, "400")])
 def test_a_bad_version_is_refused(run_rsasgi, version, status):
     server = run_rsasgi("ws_app:app")
