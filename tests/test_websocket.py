@@ -394,6 +394,18 @@ def test_a_key_that_is_not_16_bytes_in_base64_is_a_400(ws_server, key_lines):
     assert head.status == 400, (head.status_line, body)
 
 
+@pytest.mark.parametrize("offer", [b"a b, c", b'x"y', b"chat, caf\xc3\xa9"])
+def test_a_subprotocol_that_is_not_a_token_is_a_400(ws_server, offer):
+    """RFC 6455 §4.1: each subprotocol is a token. `a b, c` reached the app as "a b", and an
+    app that accepted the first offer raised: a 500 and a traceback per request. The app is
+    not started (it would accept: none of these offers "b")."""
+    key = b"Sec-WebSocket-Key: %s\r\n" % base64.b64encode(os.urandom(16))
+    head, body = upgrade_answer(
+        ws_server, "/subprotocol", key + b"Sec-WebSocket-Protocol: " + offer + b"\r\n"
+    )
+    assert head.status == 400, (head.status_line, body)
+
+
 @pytest.mark.parametrize(("declared", "sent"), [(5, b"auth "), (50, b"auth required")])
 def test_a_denial_response_is_framed_by_its_own_length(ws_server, declared, sent):
     """A denial whose Content-Length disagrees with its body would mis-frame the keep-alive

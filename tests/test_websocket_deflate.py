@@ -13,7 +13,17 @@ import zlib
 
 import pytest
 from apps.proto_raw import rss_kib
-from apps.ws_raw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, FrameReader, encode_frame, upgrade
+from apps.ws_raw import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameReader,
+    encode_frame,
+    upgrade,
+)
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -484,6 +494,36 @@ def test_compressed_messages_for_an_app_that_never_reads_keep_memory_bounded(run
         peak = max(rss_kib(server.proc.pid), rss_kib(server.proc.pid, "VmHWM"))
     growth_mb = (peak - baseline) / 1024
     assert growth_mb < 100, f"server memory grew by {growth_mb:.0f} MB"
+
+
+def test_messages_queued_after_large_compressed_frames_hold_only_their_own_size(run_rsasgi):
+    """Each 64 KiB message follows a 4 MiB compressed frame that inflates to nothing (empty
+    stored blocks), so the server's read buffer grows to 4 MiB just before it. The app never
+    reads: its queue holds 15 x 64 KiB, and the server's memory must grow by about that, not
+    by a whole read buffer per queued message (60 MiB)."""
+    server = run_rsasgi(APP)
+    empty_blocks = b"\x00\x00\x00\xff\xff" * (4 * 1024 * 1024 // 5)
+
+    def masked_with_zeros(opcode: int, payload: bytes, rsv: int = 0) -> bytes:
+        # A zero masking key leaves the payload as it is: no masking loop over megabytes.
+        # Both payloads are over 65535 bytes: a 64-bit length.
+        first = 0x80 | rsv << 4 | opcode
+        return bytes([first, 0x80 | 127]) + struct.pack("!Q", len(payload)) + bytes(4) + payload
+
+    pair = masked_with_zeros(OP_BINARY, empty_blocks, rsv=4) + masked_with_zeros(
+        OP_BINARY, bytes(64 * 1024)
+    )
+    baseline = rss_kib(server.proc.pid)
+    sock, reader, agreed = offer_handshake(server, "permessage-deflate", "/never-read")
+    with sock:
+        assert agreed == "permessage-deflate; client_no_context_takeover"
+        for _ in range(15):
+            sock.sendall(pair)
+        # The pong comes once the server has read every frame before the ping.
+        sock.sendall(encode_frame(OP_PING, b"read all"))
+        assert reader.frame_rsv1() == (OP_PONG, True, False, b"read all")
+        growth_mib = (rss_kib(server.proc.pid) - baseline) / 1024
+    assert growth_mib < 24, f"server memory grew by {growth_mib:.0f} MiB"
 
 
 def test_compressed_message_over_the_limit_closes_with_1009(run_rsasgi):

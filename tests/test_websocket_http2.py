@@ -20,6 +20,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from conftest import wait_for_log
 from hyperframe.frame import DataFrame, Frame
 
 
@@ -183,6 +184,27 @@ def read_stream_data_raw(sock, stream: int, timeout: float = 20.0) -> bytes:
                 data += frame.data
 
 
+def test_a_websocket_dropped_for_a_stalled_client_ends_with_its_idle_connection(run_rsasgi):
+    """The client never opens its flow-control window, and the server drops the WebSocket
+    after --ws-ping-timeout. hyper does not reset the stream (it holds the data it was given
+    for it, see README), so what ends it is its connection: with nothing else in flight,
+    that closes after --timeout-keep-alive."""
+    server = run_rsasgi(
+        "ws_app:app",
+        "--ws-ping-interval", "0",
+        "--ws-ping-timeout", "1",
+        "--timeout-keep-alive", "1",
+    )  # fmt: skip
+    ws = H2WebSocket(server, "/flood")
+    try:
+        assert ws.headers[":status"] == "200"
+        # From here on nothing is acknowledged: the stream's window stays shut.
+        wait_for_log(server, "read nothing for 1s while the server was sending")
+        read_stream_data_raw(ws.sock, ws.stream, timeout=10)
+    finally:
+        ws.close()
+
+
 def test_permessage_deflate_over_http2(run_rsasgi):
     """RFC 8441 carries the same extension negotiation (§5): the server compresses its echo."""
     server = run_rsasgi("ws_app:app")
@@ -232,6 +254,16 @@ def test_a_denied_websocket_is_a_403_on_its_stream_only(run_rsasgi):
         other.send_frame(0x1, b"still here")
         assert other.recv_frame() == (0x1, b"still here")
         other.close()
+    finally:
+        ws.close()
+
+
+def test_a_subprotocol_that_is_not_a_token_is_a_400(run_rsasgi):
+    """As over HTTP/1.1: the app is not started (it would accept with a 200)."""
+    server = run_rsasgi("ws_app:app")
+    ws = H2WebSocket(server, "/subprotocol", [("sec-websocket-protocol", "a b, c")])
+    try:
+        assert ws.headers[":status"] == "400"
     finally:
         ws.close()
 

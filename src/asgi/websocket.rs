@@ -24,7 +24,7 @@ use crate::exchange::ResponseStart;
 use crate::ws::session::{
     is_sendable_close_code, AppMessage, Misuse, PeerMessage, Received, Sent, MAX_CLOSE_REASON,
 };
-use crate::ws::{code, WsSession};
+use crate::ws::{code, is_token, WsSession};
 
 fn received_message(py: Python<'_>, received: Received) -> PyResult<Bound<'_, PyDict>> {
     let message = PyDict::new(py);
@@ -266,14 +266,6 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
             "unexpected ASGI message type {other:?} for a websocket scope"
         ))),
     }
-}
-
-/// An RFC 9110 §5.6.2 token, which a subprotocol name is.
-fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn misuse_error(misuse: Misuse) -> PyErr {

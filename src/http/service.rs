@@ -627,7 +627,7 @@ async fn open_websocket(
     // RFC 8441: over HTTP/2 there is no key to answer, and success is a 200.
     let http2 = request.version() == Version::HTTP_2;
     let accept = if http2 {
-        ws::check_version(request.headers()).map(|()| None)
+        ws::check_handshake(request.headers()).map(|()| None)
     } else if request.version() != Version::HTTP_11 {
         // RFC 6455 §4.1: the handshake is HTTP/1.1; hyper has no upgrade
         // for an HTTP/1.0 request, so the app must not be started for one.

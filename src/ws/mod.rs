@@ -123,16 +123,49 @@ pub(crate) fn is_extended_connect<B>(request: &http::Request<B>) -> bool {
             .is_some_and(|protocol| protocol.as_str().eq_ignore_ascii_case("websocket"))
 }
 
-/// Checks an RFC 8441 handshake, which has no key to answer: only the
-/// version matters.
-pub(crate) fn check_version(headers: &HeaderMap) -> Result<(), BadHandshake> {
+/// Checks the fields of a handshake that both HTTP versions have: the
+/// version, and the subprotocols offered. RFC 8441's handshake has no key
+/// to answer, so for it that is the whole check.
+pub(crate) fn check_handshake(headers: &HeaderMap) -> Result<(), BadHandshake> {
     match headers.get(header::SEC_WEBSOCKET_VERSION) {
-        None => Err(BadHandshake::Invalid("missing Sec-WebSocket-Version")),
+        None => return Err(BadHandshake::Invalid("missing Sec-WebSocket-Version")),
         Some(version) if version.as_bytes() != VERSION.as_bytes() => {
-            Err(BadHandshake::UnsupportedVersion)
+            return Err(BadHandshake::UnsupportedVersion)
         }
-        Some(_) => Ok(()),
+        Some(_) => {}
     }
+    // RFC 6455 §4.1: each subprotocol is a token. The app would be given
+    // "a b" for `a b, c`, and accepting it raises; the websockets library
+    // (uvicorn's) answers 400 too.
+    let offers = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL).iter();
+    for value in offers {
+        let tokens = value
+            .to_str()
+            .is_ok_and(|value| subprotocol_list(value).all(is_token));
+        if !tokens {
+            return Err(BadHandshake::Invalid(
+                "Sec-WebSocket-Protocol offers a subprotocol that is not a token",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The elements of a `Sec-WebSocket-Protocol` list, less the empty ones a
+/// recipient ignores (RFC 9110 §5.6.1).
+fn subprotocol_list(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|proto| !proto.is_empty())
+}
+
+/// An RFC 9110 §5.6.2 token, which a subprotocol name is.
+pub(crate) fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The one WebSocket protocol version there is (RFC 6455 §4.1).
@@ -149,7 +182,7 @@ pub(crate) enum BadHandshake {
 
 /// Checks the handshake headers; returns the `Sec-WebSocket-Accept` value.
 pub(crate) fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, BadHandshake> {
-    check_version(headers)?;
+    check_handshake(headers)?;
     let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
     let key = keys
         .next()
@@ -172,15 +205,15 @@ pub(crate) fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, BadHandshak
     HeaderValue::from_str(&accept).map_err(|_| BadHandshake::Invalid("invalid Sec-WebSocket-Key"))
 }
 
-/// The subprotocols a client offers, in its order of preference.
+/// The subprotocols a client offers, in its order of preference (all
+/// tokens, once [`check_handshake`] has passed).
 pub(crate) fn offered_subprotocols(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|proto| proto.trim().to_string())
-        .filter(|proto| !proto.is_empty())
+        .flat_map(subprotocol_list)
+        .map(str::to_string)
         .collect()
 }
 
@@ -806,9 +839,32 @@ mod tests {
     fn subprotocols_keep_the_clients_order() {
         let h = headers(&[
             ("sec-websocket-protocol", "chat, superchat"),
-            ("sec-websocket-protocol", "v2"),
+            ("sec-websocket-protocol", " ,v2,,"),
+            ("sec-websocket-version", "13"),
         ]);
+        assert_eq!(check_handshake(&h), Ok(()));
         assert_eq!(offered_subprotocols(&h), ["chat", "superchat", "v2"]);
+    }
+
+    #[test]
+    fn a_subprotocol_that_is_not_a_token_is_a_bad_handshake() {
+        for offer in ["a b, c", "x\"y", "chat, v2/json", "chat;v=2"] {
+            let h = headers(&[
+                ("sec-websocket-protocol", "fine"),
+                ("sec-websocket-protocol", offer),
+                ("sec-websocket-version", "13"),
+            ]);
+            assert!(
+                matches!(check_handshake(&h), Err(BadHandshake::Invalid(_))),
+                "{offer:?}"
+            );
+        }
+        let mut h = headers(&[("sec-websocket-version", "13")]);
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        assert!(matches!(check_handshake(&h), Err(BadHandshake::Invalid(_))));
     }
 
     #[test]
