@@ -175,6 +175,65 @@ def test_sighup_while_reload_waits_for_a_fix_starts_the_workers_again(run_rsasgi
     assert "Reload complete" not in server.output()
 
 
+#: Appended to the app: the first worker to import it fails its boot (a database not up
+#: yet), and the others boot once the file `go` exists, so that one still boots then.
+FAILS_ONCE = """
+
+import time
+from pathlib import Path
+
+try:
+    Path(__file__).with_name("fail_once").unlink()
+except FileNotFoundError:
+    while not Path(__file__).with_name("go").exists():
+        time.sleep(0.02)
+else:
+    raise RuntimeError("not up yet")
+"""
+
+
+def test_reload_starts_a_worker_that_failed_to_boot_again_once_another_serves(run_rsasgi, tmp_path):
+    """The app boots after all: --reload's wait for a change ends, the failed worker is
+    started again, and the next change reloads every worker."""
+    module = reloadable_app(tmp_path)
+    module.write_text(module.read_text() + FAILS_ONCE)
+    (module.parent / "fail_once").touch()
+    server = start_reloading(run_rsasgi, module, "--workers", "2")
+    wait_for_log(server, "could not boot (exited with code 3, the error is above)")
+    (module.parent / "go").touch()
+    wait_for_log(server, "All 2 workers serving")
+
+    set_version(module, 2)
+    wait_for_log(server, "Reload complete")
+    with Load(server.url + "/", clients=4) as load:
+        load.wait(
+            lambda load: len({pid for _, pid in load.answers()}) == 2,
+            "both workers to answer",
+            server,
+        )
+    assert {version for version, _ in load.answers()} == {2}
+
+
+def test_reload_waits_for_a_fix_when_the_module_crashes_at_import(run_rsasgi, tmp_path):
+    """A crash rather than an exception (a C extension's segfault): no loop of starts, each
+    later than the last, that the fix would have to wait out."""
+    module = reloadable_app(tmp_path)
+    module.write_text("import ctypes\n\nctypes.string_at(0)\n")
+    server = start_reloading(run_rsasgi, module)
+    wait_for_log(
+        server,
+        "was killed by SIGSEGV (a crash in native code) before serving; waiting for a change "
+        "to the files to try again (--reload)",
+    )
+
+    set_version(module, 2)
+    wait_for_log(server, "All 1 worker serving")
+    assert answer(server)[0] == 2
+    log = server.output()
+    assert len(started_workers(log)) == 2, log
+    assert "Reload complete" not in log
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTTIN, signal.SIGTTOU])
 def test_ttin_to_one_process_is_a_warning_not_a_stopped_server(run_rsasgi, sig):
     """A gunicorn habit sent to rsasgi without --workers: the default action of TTIN and TTOU
