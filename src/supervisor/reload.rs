@@ -304,6 +304,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_virtual_environment_made_after_start_is_not_reported() {
+        let (_dir, root) = tree();
+        let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+        // `python -m venv env` makes the directories first: watched by the
+        // time pyvenv.cfg is written, as this file's report shows.
+        let lib = root.join("env/lib/python3.12");
+        fs::create_dir_all(&lib).expect("mkdir");
+        let early = write(lib.join("early.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![early]);
+        fs::write(root.join("env/pyvenv.cfg"), "home = /usr/bin\n").expect("write");
+        write(lib.join("os.py"));
+        fs::create_dir(lib.join("encodings")).expect("mkdir");
+        write(lib.join("encodings/utf_8.py"));
+        let app = write(root.join("app.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![app]);
+    }
+
+    #[tokio::test]
     async fn writes_within_the_delay_come_as_one_batch() {
         let (_dir, root) = tree();
         let mut settings = settings(&root);
