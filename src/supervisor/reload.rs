@@ -344,6 +344,38 @@ mod tests {
         assert!(next_batch(&mut watcher).await.contains(&other));
     }
 
+    #[tokio::test]
+    async fn directories_linked_into_the_tree_are_watched() {
+        let (_dir, root) = tree();
+        let (_elsewhere, elsewhere) = tree();
+        fs::create_dir(elsewhere.join("shared")).expect("mkdir");
+        fs::create_dir(elsewhere.join("later")).expect("mkdir");
+        std::os::unix::fs::symlink(elsewhere.join("shared"), root.join("shared")).expect("link");
+        let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+        let shared = write(root.join("shared/lib.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![shared]);
+
+        std::os::unix::fs::symlink(elsewhere.join("later"), root.join("later")).expect("link");
+        let later = write(root.join("later/lib.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![later]);
+    }
+
+    #[tokio::test]
+    async fn a_link_back_up_the_tree_ends_the_walk() {
+        let (_dir, root) = tree();
+        fs::create_dir(root.join("pkg")).expect("mkdir");
+        std::os::unix::fs::symlink("..", root.join("pkg/up")).expect("link");
+        let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+        let module = write(root.join("pkg/mod.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![module]);
+
+        // Made at runtime, it is walked from below the root; followed, the
+        // walk would report the files it found there by their new names.
+        std::os::unix::fs::symlink("..", root.join("pkg/top")).expect("link");
+        let app = write(root.join("app.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![app]);
+    }
+
     #[test]
     fn a_missing_directory_is_an_error_naming_it() {
         let (_dir, root) = tree();
