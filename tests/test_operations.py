@@ -234,6 +234,23 @@ def test_reload_waits_for_a_fix_when_the_module_crashes_at_import(run_rsasgi, tm
     assert "Reload complete" not in log
 
 
+def test_reload_logs_nothing_of_the_watcher_s_bookkeeping_when_a_tree_is_removed(
+    run_rsasgi, tmp_path
+):
+    """notify warned once for each directory of a tree removed (`rm -rf build`, a `git
+    checkout`): its own watches, nothing the operator can act on."""
+    module = reloadable_app(tmp_path)
+    for name in ("a/b", "a/c", "d"):
+        (module.parent / "pkg" / name).mkdir(parents=True)
+    server = start_reloading(run_rsasgi, module)
+    wait_for_log(server, "All 1 worker serving")
+
+    shutil.rmtree(module.parent / "pkg")
+    set_version(module, 2)  # its events come after the removal's
+    log = wait_for_log(server, f"Changes in {module}; restarting the workers")
+    assert "notify::" not in log
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTTIN, signal.SIGTTOU])
 def test_ttin_to_one_process_is_a_warning_not_a_stopped_server(run_rsasgi, sig):
     """A gunicorn habit sent to rsasgi without --workers: the default action of TTIN and TTOU
