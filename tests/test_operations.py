@@ -77,7 +77,7 @@ def set_version(module: Path, version: int) -> None:
     )
 
 
-def start_reloading(run_rsasgi, module: Path, *args: str) -> Server:
+def start_reloading(run_rsasgi, module: Path, *args: str, **kwargs) -> Server:
     """rsasgi --reload watching (and importing from) the module's directory."""
     # A rewrite that keeps the file's size within its mtime second would leave a
     # cached .pyc looking fresh.
@@ -90,7 +90,18 @@ def start_reloading(run_rsasgi, module: Path, *args: str) -> Server:
         str(module.parent),
         *args,
         env={"PYTHONDONTWRITEBYTECODE": "1"},
+        **kwargs,
     )
+
+
+def with_inotify_limit(limit: str, value: int) -> list[str]:
+    """A prefix that runs rsasgi in a user namespace of its own, where the inotify `limit`
+    (`max_inotify_watches`, `max_inotify_instances`) is `value`: nothing outside it sees
+    the limit."""
+    if subprocess.run(["unshare", "-U", "-r", "true"], capture_output=True).returncode:
+        pytest.skip("no user namespaces here")
+    set_limit = f'echo {value} > /proc/sys/user/{limit} && exec "$@"'
+    return ["unshare", "-U", "-r", "sh", "-c", set_limit, "sh"]
 
 
 def changes_lines(log: str) -> list[str]:
@@ -249,6 +260,34 @@ def test_reload_logs_nothing_of_the_watcher_s_bookkeeping_when_a_tree_is_removed
     set_version(module, 2)  # its events come after the removal's
     log = wait_for_log(server, f"Changes in {module}; restarting the workers")
     assert "notify::" not in log
+
+
+def test_reload_says_how_many_directories_the_inotify_watch_limit_leaves_unwatched(
+    run_rsasgi, tmp_path
+):
+    module = reloadable_app(tmp_path)
+    for number in range(10):
+        (module.parent / f"d{number}").mkdir()
+    prefix = with_inotify_limit("max_inotify_watches", 4)
+    server = start_reloading(run_rsasgi, module, prefix=prefix)
+    log = wait_for_log(server, "All 1 worker serving")
+    # The directory and 3 of the 10 below it are watched.
+    assert (
+        f"--reload: the inotify watch limit (fs.inotify.max_user_watches) is reached: "
+        f"watching stopped at {module.parent}/d"
+    ) in log
+    assert f", leaving 7 directories under {module.parent} unwatched, where changes" in log
+
+
+def test_reload_without_an_inotify_instance_left_names_the_limit(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    prefix = with_inotify_limit("max_inotify_instances", 0)
+    server = start_reloading(run_rsasgi, module, prefix=prefix, wait=False)
+    assert exit_code(server) == 1
+    assert (
+        "--reload: cannot start the file watcher: no inotify instance left: this user's "
+        "programs hold as many as fs.inotify.max_user_instances allows"
+    ) in server.output()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTTIN, signal.SIGTTOU])

@@ -130,7 +130,12 @@ impl ReloadWatcher {
             let (filter, sender) = (Arc::clone(&filter), sender.clone());
             move |event| on_event(&filter, &sender, event)
         })
-        .map_err(|err| format!("--reload: cannot start the file watcher: {err}"))?;
+        .map_err(|err| {
+            format!(
+                "--reload: cannot start the file watcher: {}",
+                why_no_watcher(&err)
+            )
+        })?;
         let watcher = Arc::new(Mutex::new(watcher));
         for root in &filter.roots {
             watch_tree(&watcher, &filter, root, None);
@@ -222,6 +227,23 @@ impl ReloadWatcher {
                 let _ = sender.send(Notice::Changed(path));
             }
         });
+    }
+}
+
+/// Why the watcher could not start, as the operator can act on it.
+/// `inotify_init` fails with EMFILE, "Too many open files", mostly when the
+/// user's inotify instances are used up (editors, IDEs and other watchers
+/// take one each), and only then when this process has no descriptor left.
+fn why_no_watcher(err: &notify::Error) -> String {
+    match &err.kind {
+        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
+            "no inotify instance left: this user's programs hold as many as \
+             fs.inotify.max_user_instances allows (raise it: sysctl \
+             fs.inotify.max_user_instances=1024), or rsasgi has as many files open as its \
+             limit allows (ulimit -n)"
+                .to_string()
+        }
+        _ => err.to_string(),
     }
 }
 

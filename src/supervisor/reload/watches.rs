@@ -94,6 +94,9 @@ pub(super) fn watch_tree(
         .collect();
     let linked = top.symlink_metadata().is_ok_and(|m| m.is_symlink());
     let mut dirs = vec![(top.to_path_buf(), linked)];
+    // Once the watch limit is reached, every further watch would fail the
+    // same way: the walk goes on only to count what is left unwatched.
+    let mut unwatched: Option<Unwatched> = None;
     while let Some((dir, linked)) = dirs.pop() {
         // None: gone since it was listed; its removal is an event of its own.
         let Some(id) = identity(&dir) else {
@@ -116,10 +119,16 @@ pub(super) fn watch_tree(
                 target.display()
             );
         }
-        if let Err(err) = watcher.lock().watch(&dir, RecursiveMode::NonRecursive) {
+        if let Some(unwatched) = &mut unwatched {
+            unwatched.count += 1;
+        } else if let Err(err) = watcher.lock().watch(&dir, RecursiveMode::NonRecursive) {
             match err.kind {
-                // Every further watch would fail the same way.
-                ErrorKind::MaxFilesWatch => return warn_watch_error(&err),
+                ErrorKind::MaxFilesWatch => {
+                    unwatched = Some(Unwatched {
+                        first: dir.clone(),
+                        count: 1,
+                    })
+                }
                 ErrorKind::PathNotFound => continue,
                 _ => warn_watch_error(&err),
             }
@@ -144,6 +153,28 @@ pub(super) fn watch_tree(
             }
         }
     }
+    if let Some(Unwatched { first, count }) = unwatched {
+        let directories = if count == 1 {
+            "directory"
+        } else {
+            "directories"
+        };
+        tracing::warn!(
+            "--reload: the inotify watch limit (fs.inotify.max_user_watches) is reached: \
+             watching stopped at {}, leaving {count} {directories} under {} unwatched, where \
+             changes are not seen; raise the limit (sysctl fs.inotify.max_user_watches=524288) \
+             or narrow --reload-dir / --reload-exclude",
+            first.display(),
+            top.display()
+        );
+    }
+}
+
+/// The directories a walk could not watch, once the inotify watch limit
+/// was reached: the first of them, and how many.
+struct Unwatched {
+    first: PathBuf,
+    count: usize,
 }
 
 /// What a directory is, whatever the path to it: device and inode.
@@ -152,9 +183,5 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
 }
 
 fn warn_watch_error(err: &notify::Error) {
-    if let ErrorKind::MaxFilesWatch = err.kind {
-        tracing::warn!("--reload: inotify watch limit reached at {:?}, changes below are not seen; raise it (sysctl fs.inotify.max_user_watches=524288) or narrow --reload-dir / --reload-exclude", err.paths);
-    } else {
-        tracing::warn!("--reload: file watcher: {err}");
-    }
+    tracing::warn!("--reload: file watcher: {err}");
 }
