@@ -452,7 +452,7 @@ struct Args {
     /// Seconds to wait for more changes before restarting.
     #[arg(long, env = "RSASGI_RELOAD_DELAY", value_name = "SECONDS",
           default_value_t = Seconds(reload::DEFAULT_DELAY), value_parser = seconds,
-          requires = "reload", help_heading = "Development")]
+          help_heading = "Development")]
     reload_delay: Seconds,
 
     /// WebSocket support; "none" passes upgrade requests to the app as plain HTTP.
@@ -1152,13 +1152,21 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         )
     };
-    // As the user would write it: `--static-max-age`.
+    // As the user wrote it: `--static-max-age`, or `RSASGI_STATIC_MAX_AGE
+    // (--static-max-age)` when the environment set it.
     let flag = |id: &str| {
-        command
-            .get_arguments()
-            .find(|arg| arg.get_id() == id)
-            .and_then(|arg| arg.get_long())
-            .map_or_else(|| id.to_owned(), |long| format!("--{long}"))
+        let arg = command.get_arguments().find(|arg| arg.get_id() == id);
+        let long = (arg.and_then(|arg| arg.get_long()))
+            .map_or_else(|| id.to_owned(), |long| format!("--{long}"));
+        let variable = arg
+            .and_then(|arg| arg.get_env())
+            .map(|name| name.to_string_lossy());
+        match variable {
+            Some(name) if matches.value_source(id) == Some(ValueSource::EnvVariable) => {
+                format!("{name} ({long})")
+            }
+            _ => long,
+        }
     };
     let mut warnings = Vec::new();
     let mut unused = |ids: &[&str], why: &str, instead: &str| {
@@ -1209,6 +1217,13 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
             &["uds_permissions"],
             "without a Unix socket to listen on",
             "add --uds PATH (or --bind unix:PATH)",
+        );
+    }
+    if config.supervision.reload.is_none() {
+        unused(
+            &["reload_delay"],
+            "without --reload: no file is watched",
+            "add --reload",
         );
     }
     if config.supervision.max_requests.is_none() {
@@ -1774,6 +1789,14 @@ mod tests {
               upgrades are refused; remove --ws none, or drop them"
             ]
         );
+        assert_eq!(
+            warnings(&["--reload-delay", "1"]),
+            [
+                "--reload-delay does nothing without --reload: no file is watched; add --reload, \
+              or drop it"
+            ]
+        );
+        assert!(warnings(&["--reload", "--reload-delay", "1"]).is_empty());
         assert_eq!(warnings(&["--uds-permissions", "600"]).len(), 1);
         assert_eq!(warnings(&["--limit-max-requests-jitter", "5"]).len(), 1);
         assert_eq!(

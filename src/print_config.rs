@@ -97,7 +97,8 @@ fn line(arg: &Arg, matches: &ArgMatches, file: Option<&ConfigFile>) -> String {
         return format!("# {key} is not set");
     };
     // A default is shown commented out: written into a file, it would count
-    // as set (and `reload-delay` alone would then need `reload`).
+    // as set (and `reload-delay` alone would then be warned of, as it does
+    // nothing without `reload`).
     let comment = if source == Source::Default { "# " } else { "" };
     let setting = format!("{comment}{key} = {value}");
     format!("{setting:<width$} # {source}", width = SOURCE_COLUMN - 1)

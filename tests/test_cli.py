@@ -392,6 +392,17 @@ def test_threads_with_an_asgi_interface_is_warned_of():
     assert "--threads does nothing with an ASGI --interface" in result.stderr, result.stderr
 
 
+def test_a_reload_delay_from_the_environment_without_reload_is_warned_of():
+    """A development setting left in the environment must not keep the server from
+    starting; the warning names the variable, which the command line does not show."""
+    result = cli("--check-config", "--app-dir", str(APPS), APP, env={"RSASGI_RELOAD_DELAY": "1"})
+    assert result.returncode == 0, result.stderr
+    assert (
+        "RSASGI_RELOAD_DELAY (--reload-delay) does nothing without --reload: no file is "
+        "watched; add --reload, or drop it"
+    ) in result.stderr, result.stderr
+
+
 def test_threads_with_an_app_found_to_be_asgi_is_warned_of_once(run_rsasgi):
     """The interface is found when the app is imported: the first worker says it."""
     server = run_rsasgi("sup_app:app", "--threads", "4", "--workers", "2")

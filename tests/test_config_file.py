@@ -372,7 +372,8 @@ def test_settings_that_do_nothing_are_warned_of_once(tmp_path, run_rsasgi):
     result = cli("--config", str(config), "--no-proxy-headers", "--check-config", env=env)
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
-        "rsasgi: warning: --forwarded-allow-ips does nothing with --no-proxy-headers and no "
+        "rsasgi: warning: RSASGI_FORWARDED_ALLOW_IPS (--forwarded-allow-ips) does nothing with "
+        "--no-proxy-headers and no "
         "--proxy-protocol: every client address comes from the socket; remove "
         "--no-proxy-headers, or drop it",
         "rsasgi: warning: --static-max-age does nothing without --static-map: no static "
@@ -386,7 +387,9 @@ def test_settings_that_do_nothing_are_warned_of_once(tmp_path, run_rsasgi):
     assert httpx.get(server.url + "/", timeout=10).status_code == 200
     output = server.output()
     assert output.count("--static-max-age does nothing without --static-map") == 1, output
-    assert output.count("--forwarded-allow-ips does nothing") == 1, output
+    assert output.count("RSASGI_FORWARDED_ALLOW_IPS (--forwarded-allow-ips) does nothing") == 1, (
+        output
+    )
     assert " WARN " in next(
         line for line in output.splitlines() if "--static-max-age does nothing" in line
     )

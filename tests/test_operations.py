@@ -77,7 +77,7 @@ def set_version(module: Path, version: int) -> None:
     )
 
 
-def start_reloading(run_rsasgi, module: Path, *args: str) -> Server:
+def start_reloading(run_rsasgi, module: Path, *args: str, **kwargs) -> Server:
     """rsasgi --reload watching (and importing from) the module's directory."""
     # A rewrite that keeps the file's size within its mtime second would leave a
     # cached .pyc looking fresh.
@@ -90,7 +90,18 @@ def start_reloading(run_rsasgi, module: Path, *args: str) -> Server:
         str(module.parent),
         *args,
         env={"PYTHONDONTWRITEBYTECODE": "1"},
+        **kwargs,
     )
+
+
+def with_inotify_limit(limit: str, value: int) -> list[str]:
+    """A prefix that runs rsasgi in a user namespace of its own, where the inotify `limit`
+    (`max_inotify_watches`, `max_inotify_instances`) is `value`: nothing outside it sees
+    the limit."""
+    if subprocess.run(["unshare", "-U", "-r", "true"], capture_output=True).returncode:
+        pytest.skip("no user namespaces here")
+    set_limit = f'echo {value} > /proc/sys/user/{limit} && exec "$@"'
+    return ["unshare", "-U", "-r", "sh", "-c", set_limit, "sh"]
 
 
 def changes_lines(log: str) -> list[str]:
@@ -173,6 +184,110 @@ def test_sighup_while_reload_waits_for_a_fix_starts_the_workers_again(run_rsasgi
     wait_for_log(server, "Received SIGHUP: starting the workers again", "All 1 worker serving")
     assert answer(server)[0] == 1
     assert "Reload complete" not in server.output()
+
+
+#: Appended to the app: the first worker to import it fails its boot (a database not up
+#: yet), and the others boot once the file `go` exists, so that one still boots then.
+FAILS_ONCE = """
+
+import time
+from pathlib import Path
+
+try:
+    Path(__file__).with_name("fail_once").unlink()
+except FileNotFoundError:
+    while not Path(__file__).with_name("go").exists():
+        time.sleep(0.02)
+else:
+    raise RuntimeError("not up yet")
+"""
+
+
+def test_reload_starts_a_worker_that_failed_to_boot_again_once_another_serves(run_rsasgi, tmp_path):
+    """The app boots after all: --reload's wait for a change ends, the failed worker is
+    started again, and the next change reloads every worker."""
+    module = reloadable_app(tmp_path)
+    module.write_text(module.read_text() + FAILS_ONCE)
+    (module.parent / "fail_once").touch()
+    server = start_reloading(run_rsasgi, module, "--workers", "2")
+    wait_for_log(server, "could not boot (exited with code 3, the error is above)")
+    (module.parent / "go").touch()
+    wait_for_log(server, "All 2 workers serving")
+
+    set_version(module, 2)
+    wait_for_log(server, "Reload complete")
+    with Load(server.url + "/", clients=4) as load:
+        load.wait(
+            lambda load: len({pid for _, pid in load.answers()}) == 2,
+            "both workers to answer",
+            server,
+        )
+    assert {version for version, _ in load.answers()} == {2}
+
+
+def test_reload_waits_for_a_fix_when_the_module_crashes_at_import(run_rsasgi, tmp_path):
+    """A crash rather than an exception (a C extension's segfault): no loop of starts, each
+    later than the last, that the fix would have to wait out."""
+    module = reloadable_app(tmp_path)
+    module.write_text("import ctypes\n\nctypes.string_at(0)\n")
+    server = start_reloading(run_rsasgi, module)
+    wait_for_log(
+        server,
+        "was killed by SIGSEGV (a crash in native code) before serving; waiting for a change "
+        "to the files to try again (--reload)",
+    )
+
+    set_version(module, 2)
+    wait_for_log(server, "All 1 worker serving")
+    assert answer(server)[0] == 2
+    log = server.output()
+    assert len(started_workers(log)) == 2, log
+    assert "Reload complete" not in log
+
+
+def test_reload_logs_nothing_of_the_watcher_s_bookkeeping_when_a_tree_is_removed(
+    run_rsasgi, tmp_path
+):
+    """notify warned once for each directory of a tree removed (`rm -rf build`, a `git
+    checkout`): its own watches, nothing the operator can act on."""
+    module = reloadable_app(tmp_path)
+    for name in ("a/b", "a/c", "d"):
+        (module.parent / "pkg" / name).mkdir(parents=True)
+    server = start_reloading(run_rsasgi, module)
+    wait_for_log(server, "All 1 worker serving")
+
+    shutil.rmtree(module.parent / "pkg")
+    set_version(module, 2)  # its events come after the removal's
+    log = wait_for_log(server, f"Changes in {module}; restarting the workers")
+    assert "notify::" not in log
+
+
+def test_reload_says_how_many_directories_the_inotify_watch_limit_leaves_unwatched(
+    run_rsasgi, tmp_path
+):
+    module = reloadable_app(tmp_path)
+    for number in range(10):
+        (module.parent / f"d{number}").mkdir()
+    prefix = with_inotify_limit("max_inotify_watches", 4)
+    server = start_reloading(run_rsasgi, module, prefix=prefix)
+    log = wait_for_log(server, "All 1 worker serving")
+    # The directory and 3 of the 10 below it are watched.
+    assert (
+        f"--reload: the inotify watch limit (fs.inotify.max_user_watches) is reached: "
+        f"watching stopped at {module.parent}/d"
+    ) in log
+    assert f", leaving 7 directories under {module.parent} unwatched, where changes" in log
+
+
+def test_reload_without_an_inotify_instance_left_names_the_limit(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    prefix = with_inotify_limit("max_inotify_instances", 0)
+    server = start_reloading(run_rsasgi, module, prefix=prefix, wait=False)
+    assert exit_code(server) == 1
+    assert (
+        "--reload: cannot start the file watcher: no inotify instance left: this user's "
+        "programs hold as many as fs.inotify.max_user_instances allows"
+    ) in server.output()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTTIN, signal.SIGTTOU])

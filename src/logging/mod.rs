@@ -167,11 +167,14 @@ pub(crate) fn init(config: &Config, process: Process) -> Result<(), String> {
     result
 }
 
-/// Below `--log-level debug`, nothing of rustls's or h2's own lines: they
-/// warn of what a peer did (an IP address as SNI, a renegotiation, a PING
-/// acknowledgement never asked for), so any client could write a warning
-/// line per connection, naming neither itself nor anything to do. rsasgi
-/// says what matters of a failed handshake or stream itself, at debug.
+/// Below `--log-level debug`, nothing of rustls's, h2's or notify's own
+/// lines. rustls and h2 warn of what a peer did (an IP address as SNI, a
+/// renegotiation, a PING acknowledgement never asked for), so any client
+/// could write a warning line per connection, naming neither itself nor
+/// anything to do; rsasgi says what matters of a failed handshake or stream
+/// itself, at debug. notify (`--reload`'s watcher) warns of its own
+/// bookkeeping, a line for each directory of a tree removed; rsasgi says
+/// what the operator can act on (a watched directory gone, a limit reached).
 fn quiet_peers(filter: Targets, level: LevelFilter) -> Targets {
     if level >= LevelFilter::DEBUG {
         return filter;
@@ -179,6 +182,7 @@ fn quiet_peers(filter: Targets, level: LevelFilter) -> Targets {
     filter
         .with_target("rustls", LevelFilter::OFF)
         .with_target("h2", LevelFilter::OFF)
+        .with_target("notify", LevelFilter::OFF)
 }
 
 /// Points stderr and stdout at `path`, appending, for `--error-logfile`

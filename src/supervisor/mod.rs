@@ -318,7 +318,9 @@ struct Supervisor {
     generation: u64,
     /// Whether a rolling restart is under way.
     reloading: bool,
-    /// `--reload` and the app failed to boot: nothing starts until a file changes.
+    /// `--reload`, and a worker ended before serving while none served:
+    /// nothing starts until a file changes, a HUP, or a worker still booting
+    /// then serves.
     waiting_for_change: bool,
     /// Recent crashes of serving workers, for the backoff.
     crashes: VecDeque<Instant>,
@@ -504,12 +506,13 @@ impl Supervisor {
         if self.stop.is_some() {
             return;
         }
-        if self.waiting_for_change {
-            // No worker runs: --reload waits for the files to change after a
-            // start that could not load the app. HUP tries again now (what
-            // was missing may be outside the watched files).
+        self.try_again();
+        if !self.workers.iter().any(WorkerProcess::is_active) {
+            // None runs: --reload waits for the files to change after a
+            // start that could not load the app, or a crash loop waits out
+            // its backoff. HUP tries again now (what was missing may be
+            // outside the watched files).
             tracing::info!("Received SIGHUP: starting the workers again");
-            self.try_again();
             return;
         }
         tracing::info!(
@@ -534,15 +537,18 @@ impl Supervisor {
             names.push(format!("and {} more", paths.len() - SHOWN));
         }
         tracing::info!("Changes in {}; restarting the workers", names.join(", "));
-        if self.waiting_for_change {
-            self.try_again();
-        } else {
+        self.try_again();
+        // With none running, the missing ones simply start; a reload would
+        // have nothing to replace, and report itself complete at once.
+        if self.workers.iter().any(WorkerProcess::is_active) {
             self.restart_all();
         }
     }
 
-    /// Ends the wait of `--reload` after a start that could not load the
-    /// app: the workers are started at once.
+    /// Forgets the failures of the code that was there (HUP, or a change
+    /// with `--reload`): the wait of `--reload` for a change ends, and so
+    /// does a crash loop's backoff, so that missing workers start at once
+    /// with the new code.
     fn try_again(&mut self) {
         self.waiting_for_change = false;
         self.respawn_at = None;
@@ -829,35 +835,45 @@ impl Supervisor {
     /// A worker exited before it served.
     fn boot_failed(&mut self, worker: &WorkerProcess, status: ExitStatus, how: &str) {
         let name = worker.name();
+        let could_not_boot = status.code() == Some(EXIT_BOOT_FAILURE);
+        let failed = if could_not_boot {
+            format!("could not boot ({how}, the error is above)")
+        } else {
+            format!("{how} before serving")
+        };
         let others_serve = self
             .workers
             .iter()
             .any(|w| matches!(w.state, State::Serving | State::Retiring(_)));
-        if status.code() == Some(EXIT_BOOT_FAILURE)
-            && !others_serve
-            && self.config.supervision.reload.is_some()
-        {
-            tracing::error!(
-                "{name} could not boot ({how}, the error is above); waiting for a \
-                 change to the files to try again (--reload)"
-            );
+        if !others_serve && self.config.supervision.reload.is_some() {
+            // Starting the same code again would fail the same way, a
+            // crash (a C extension's segfault at import) over and over,
+            // each start later than the last, and the fix would wait out
+            // that delay. A worker still booting may yet serve: then the
+            // app can boot after all (a failure of one start, such as a
+            // database not up yet), and the wait ends (check_workers).
+            let others_boot = self.workers.iter().any(|w| w.state == State::Booting);
+            let wait = if others_boot {
+                "it is started again if a worker still booting serves, else once the files \
+                 change (--reload)"
+            } else {
+                "waiting for a change to the files to try again (--reload)"
+            };
+            tracing::error!("{name} {failed}; {wait}");
             self.waiting_for_change = true;
-        } else if status.code() == Some(EXIT_BOOT_FAILURE) && !others_serve {
-            tracing::error!(
-                "{name} could not boot ({how}, the error is above); stopping (exit code \
-                 {EXIT_BOOT_FAILURE})"
-            );
+        } else if could_not_boot && !others_serve {
+            tracing::error!("{name} {failed}; stopping (exit code {EXIT_BOOT_FAILURE})");
             self.halt(EXIT_BOOT_FAILURE);
-        } else if status.code() == Some(EXIT_BOOT_FAILURE) {
+        } else if could_not_boot {
             // The app's files changed under running workers: stopping them
             // would turn one failed start into an outage.
             tracing::error!(
-                "{name} could not boot ({how}, the error is above); the other workers \
-                 keep serving the code they loaded, and it is retried"
+                "{name} {failed}; the other workers keep serving the code they loaded, and it \
+                 is retried"
             );
             self.crashed();
         } else {
-            tracing::error!("{name} {how} before serving");
+            tracing::error!("{name} {failed}");
             self.crashed();
         }
     }
@@ -1046,6 +1062,12 @@ impl Supervisor {
             if let Some((reason, why)) = reason {
                 retire.push((worker.pid, reason, why));
             }
+        }
+        if !serving_now.is_empty() {
+            // The app boots: --reload's wait after a failed start, which
+            // began while this worker booted, ends with the missing
+            // workers started again.
+            self.waiting_for_change = false;
         }
         for replaced in serving_now.into_iter().flatten() {
             self.retire_replaced(replaced);

@@ -130,7 +130,12 @@ impl ReloadWatcher {
             let (filter, sender) = (Arc::clone(&filter), sender.clone());
             move |event| on_event(&filter, &sender, event)
         })
-        .map_err(|err| format!("--reload: cannot start the file watcher: {err}"))?;
+        .map_err(|err| {
+            format!(
+                "--reload: cannot start the file watcher: {}",
+                why_no_watcher(&err)
+            )
+        })?;
         let watcher = Arc::new(Mutex::new(watcher));
         for root in &filter.roots {
             watch_tree(&watcher, &filter, root, None);
@@ -225,6 +230,23 @@ impl ReloadWatcher {
     }
 }
 
+/// Why the watcher could not start, as the operator can act on it.
+/// `inotify_init` fails with EMFILE, "Too many open files", mostly when the
+/// user's inotify instances are used up (editors, IDEs and other watchers
+/// take one each), and only then when this process has no descriptor left.
+fn why_no_watcher(err: &notify::Error) -> String {
+    match &err.kind {
+        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
+            "no inotify instance left: this user's programs hold as many as \
+             fs.inotify.max_user_instances allows (raise it: sysctl \
+             fs.inotify.max_user_instances=1024), or rsasgi has as many files open as its \
+             limit allows (ulimit -n)"
+                .to_string()
+        }
+        _ => err.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +326,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_virtual_environment_made_after_start_is_not_reported() {
+        let (_dir, root) = tree();
+        let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+        // `python -m venv env` makes the directories first: watched by the
+        // time pyvenv.cfg is written, as this file's report shows.
+        let lib = root.join("env/lib/python3.12");
+        fs::create_dir_all(&lib).expect("mkdir");
+        let early = write(lib.join("early.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![early]);
+        fs::write(root.join("env/pyvenv.cfg"), "home = /usr/bin\n").expect("write");
+        write(lib.join("os.py"));
+        fs::create_dir(lib.join("encodings")).expect("mkdir");
+        write(lib.join("encodings/utf_8.py"));
+        let app = write(root.join("app.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![app]);
+    }
+
+    #[tokio::test]
     async fn writes_within_the_delay_come_as_one_batch() {
         let (_dir, root) = tree();
         let mut settings = settings(&root);
@@ -324,6 +364,38 @@ mod tests {
         assert_eq!(next_batch(&mut watcher).await, vec![module.clone()]);
         let other = write(root.join("pkg/sub/other.py"));
         assert!(next_batch(&mut watcher).await.contains(&other));
+    }
+
+    #[tokio::test]
+    async fn directories_linked_into_the_tree_are_watched() {
+        let (_dir, root) = tree();
+        let (_elsewhere, elsewhere) = tree();
+        fs::create_dir(elsewhere.join("shared")).expect("mkdir");
+        fs::create_dir(elsewhere.join("later")).expect("mkdir");
+        std::os::unix::fs::symlink(elsewhere.join("shared"), root.join("shared")).expect("link");
+        let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+        let shared = write(root.join("shared/lib.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![shared]);
+
+        std::os::unix::fs::symlink(elsewhere.join("later"), root.join("later")).expect("link");
+        let later = write(root.join("later/lib.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![later]);
+    }
+
+    #[tokio::test]
+    async fn a_link_back_up_the_tree_ends_the_walk() {
+        let (_dir, root) = tree();
+        fs::create_dir(root.join("pkg")).expect("mkdir");
+        std::os::unix::fs::symlink("..", root.join("pkg/up")).expect("link");
+        let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+        let module = write(root.join("pkg/mod.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![module]);
+
+        // Made at runtime, it is walked from below the root; followed, the
+        // walk would report the files it found there by their new names.
+        std::os::unix::fs::symlink("..", root.join("pkg/top")).expect("link");
+        let app = write(root.join("app.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![app]);
     }
 
     #[test]

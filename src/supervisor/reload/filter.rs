@@ -7,10 +7,21 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 /// Directories never watched, whatever the patterns: they hold no source of
 /// the app, and can hold thousands of directories, each an inotify watch.
-const NEVER_WATCHED_DIRS: &[&str] = &["__pycache__", "node_modules"];
+/// `site-packages` (`dist-packages` on Debian) is where a virtual
+/// environment's packages go: a `pip install` there is no change to the app,
+/// even in an environment not (yet) known as one by [`VENV_MARKER`].
+const NEVER_WATCHED_DIRS: &[&str] = &[
+    "__pycache__",
+    "node_modules",
+    "site-packages",
+    "dist-packages",
+];
 
 /// A directory holding this file is a virtual environment (PEP 405):
-/// installed packages, not the app, so it is skipped even when not hidden.
+/// installed packages, not the app, so nothing below it counts, even when it
+/// is not hidden. `python -m venv` writes it after making the environment's
+/// directories, which may be watched by then: every directory between the
+/// watched one and a path is checked, not only the path's own.
 const VENV_MARKER: &str = "pyvenv.cfg";
 
 /// Compiled glob patterns, matched like uvicorn's `Path.match`: a pattern
@@ -132,14 +143,23 @@ impl Filter {
         self.include.matches(root, rel)
             && !self.excludes_any(root, parent)
             && (literal || !self.excludes(root, rel))
+            && !in_venv(root, parent)
     }
 
     /// Whether the directory at `path`, below a watched one, gets a watch.
     pub(super) fn watches_dir(&self, path: &Path) -> bool {
         self.locate(path)
-            .is_some_and(|(root, rel)| !self.excludes_any(root, rel))
-            && !path.join(VENV_MARKER).exists()
+            .is_some_and(|(root, rel)| !self.excludes_any(root, rel) && !in_venv(root, rel))
     }
+}
+
+/// Whether `rel` or a directory between it and `root` holds [`VENV_MARKER`].
+/// `root` itself does not count: a project made a virtual environment of
+/// (`python -m venv .`) is still watched, its `site-packages` excepted.
+fn in_venv(root: &Path, rel: &Path) -> bool {
+    (rel.ancestors())
+        .take_while(|dir| !dir.as_os_str().is_empty())
+        .any(|dir| root.join(dir).join(VENV_MARKER).exists())
 }
 
 #[cfg(test)]
@@ -177,6 +197,8 @@ mod tests {
         assert!(!filter.wants(Path::new("/srv/app/build/lib/views.py")));
         assert!(!filter.wants(Path::new("/srv/app/node_modules/x/gyp.py")));
         assert!(!filter.watches_dir(Path::new("/srv/app/shop/__pycache__")));
+        assert!(!filter.watches_dir(Path::new("/srv/app/env/lib/python3.12/site-packages")));
+        assert!(!filter.wants(Path::new("/srv/app/env/lib/python3/dist-packages/x/y.py")));
         assert!(filter.watches_dir(Path::new("/srv/app/shop")));
     }
 
