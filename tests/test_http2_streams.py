@@ -152,6 +152,33 @@ class H2Client:
             self.conn.end_stream(stream_id)
             self._flush()
 
+    def send_in_turn(self, bodies: dict[int, bytes], until: int) -> dict[int, bytes]:
+        """Send the streams' bodies in turn, each as far as its window allows, as browsers and
+        nghttp send parallel uploads: the connection's window goes to whichever stream comes
+        next, in the order of `bodies`. Once stream `until`'s body is all sent, end it; return
+        what is left of the others."""
+        left = {stream_id: memoryview(body) for stream_id, body in bodies.items()}
+
+        def send_rounds() -> bool:
+            """A frame per stream a round, until no window has room."""
+            sent = True
+            while sent and left[until]:
+                sent = False
+                for stream_id, view in left.items():
+                    window = self.conn.local_flow_control_window(stream_id)
+                    size = min(window, self.conn.max_outbound_frame_size, len(view))
+                    if size > 0:
+                        self.conn.send_data(stream_id, bytes(view[:size]))
+                        left[stream_id] = view[size:]
+                        sent = True
+                self._flush()
+            return not left[until]
+
+        self.wait(send_rounds, message=f"the server to take the body of stream {until}")
+        self.conn.end_stream(until)
+        self._flush()
+        return {stream_id: bytes(view) for stream_id, view in left.items() if stream_id != until}
+
     def reset(self, stream_id: int) -> None:
         """RST_STREAM with CANCEL, as a browser sends when a page no longer wants a response."""
         self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
@@ -292,6 +319,37 @@ def test_a_stream_whose_window_stays_closed_does_not_hold_back_another(
         resumed = client.response(stalled, timeout=60)
         assert (resumed.status, resumed.ended, len(resumed.data)) == (200, True, size)
         assert sha256(resumed.data) == download_sha(size, chunk)
+
+
+@pytest.mark.timeout(120)
+def test_uploads_waiting_for_a_wsgi_thread_do_not_stall_the_one_being_read(run_rsasgi):
+    """With one WSGI thread, stream 1's upload is read by the app while streams 3 and 5 wait
+    for the thread, their bodies unread. The client sends the three bodies in turn, as far
+    as the windows allow: what the waiting streams hold must not shut the connection's
+    window on stream 1 (with a connection window no larger than a stream's, it did, and
+    stream 1 got 408 after --timeout-request-body). Then 3 and 5 get the thread in turn."""
+    server = run_rsasgi("wsgi_env:app", "--threads", "1")
+    with H2Client(server) as client:
+        # The server's SETTINGS, then the WINDOW_UPDATE that opens its connection window.
+        client.wait(
+            lambda: client.conn.outbound_flow_control_window > 65_535,
+            message="the server to open its connection window",
+        )
+        reading = client.request("POST", "/sha256", end=False)
+        waiting = [client.request("POST", "/sha256", end=False) for _ in range(2)]
+        # The waiting streams' turns first: each round, they take what the connection's
+        # window has before stream 1 can.
+        bodies = {stream_id: random.randbytes(4 * MiB) for stream_id in [*waiting, reading]}
+        left = client.send_in_turn(bodies, until=reading)
+        read = client.response(reading)
+        assert read.status == 200, client.summary()
+        assert json.loads(read.data)["sha256"] == sha256(bodies[reading])
+
+        for stream_id in waiting:
+            client.send(stream_id, left[stream_id], end=True)
+            answer = client.response(stream_id)
+            assert answer.status == 200, client.summary()
+            assert json.loads(answer.data)["sha256"] == sha256(bodies[stream_id])
 
 
 # --- streaming both ways ---------------------------------------------------------------------

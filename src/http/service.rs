@@ -340,10 +340,12 @@ pub(crate) fn handle(
                         // with 100-continue, wait until the app asks for it.
                         exchange.want_body();
                     }
+                    let http2 = head.version == Version::HTTP_2;
                     let pump = Pump {
                         limit: body_limit,
                         timeout: state.timeout_request_body,
-                        http2: head.version == Version::HTTP_2,
+                        http2,
+                        starvable: http2 && state.http2_streams_can_starve,
                     };
                     tokio::spawn(pump_body(body, Arc::clone(&exchange), pump));
                 }
@@ -792,6 +794,11 @@ struct Pump {
     limit: Option<u64>,
     timeout: Option<Duration>,
     http2: bool,
+    /// Over HTTP/2, whether other streams' unread bodies can shut the
+    /// connection's window on this one, so that a body stalls through no
+    /// fault of its client's (`--http2-initial-connection-window-size` set
+    /// below every stream's window together).
+    starvable: bool,
 }
 
 /// Reads the request body into the exchange as the app consumes it, never
@@ -832,6 +839,7 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
         limit,
         timeout,
         http2,
+        starvable,
     } = pump;
     let mut received: u64 = 0;
     let mut drained: u64 = 0;
@@ -849,9 +857,19 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
             Some(limit) => match body_within(&mut body, &exchange, limit).await {
                 Ok(frame) => frame,
                 Err(_elapsed) => {
+                    // Only an operator's small connection window lets the
+                    // server itself hold a body back (see `Pump::starvable`).
+                    let why = if starvable {
+                        " (or the server's own window held it back: other streams' bodies, \
+                         unread, filled the connection's window, which \
+                         --http2-initial-connection-window-size sets below \
+                         --http2-max-concurrent-streams × --http2-initial-stream-window-size)"
+                    } else {
+                        ""
+                    };
                     tracing::info!(
-                        "408: no bytes of the request body of {} for --timeout-request-body {}s \
-                         (the app sees a disconnect if its response has started)",
+                        "408: no bytes of the request body of {} came for --timeout-request-body \
+                         {}s{why}; the app sees a disconnect if its response has started",
                         exchange.request_line(),
                         limit.as_secs_f64()
                     );
