@@ -466,6 +466,12 @@ pub(crate) fn handle(
             }
             let headers = response.headers_mut();
             *headers = start.headers;
+            // RFC 9110 §8.6 forbids a Content-Length in a 1xx or 204 response,
+            // and HTTP/2 clients refuse one (curl: PROTOCOL_ERROR). HEAD and
+            // 304 keep theirs: it is the length a GET would get.
+            if start.status == StatusCode::NO_CONTENT || start.status.is_informational() {
+                headers.remove(header::CONTENT_LENGTH);
+            }
             state.add_server_headers(headers);
             if let Some(http10) = http10 {
                 http10.answer(&mut response, body_len_known || is_head);
