@@ -277,3 +277,27 @@ def test_a_204_loses_the_apps_content_length_a_304_keeps_it(run_rsasgi, app, pat
     assert (got, body) == (status, b"")
     assert fields.get(b"content-length") == length
 
+
+def test_a_client_waiting_for_100_continue_over_http2_gets_408_that_says_why(run_rsasgi):
+    """hyper's HTTP/2 server cannot send a 100 Continue (hyperium/hyper#2743): a client that
+    waits for one before its body never sends it. The 408 says so, rather than blame the
+    client for a body that did not come."""
+    server = run_rsasgi("proto_stream:app", "--timeout-request-body", "1")
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    authority = f"127.0.0.1:{server.port}"
+    request = [(":method", "POST"), (":path", "/upload"), (":scheme", "http")]
+    expect = [("content-length", "5"), ("expect", "100-continue")]
+    connection.send_headers(1, [*request, (":authority", authority), *expect])
+    status = None
+    with server.connect() as sock:
+        sock.sendall(connection.data_to_send())
+        while status is None:
+            data = sock.recv(65536)
+            assert data, "the server closed the connection before the response"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+            sock.sendall(connection.data_to_send())
+    assert status == 408
+    wait_for_log(server, "(the client asked for a 100 Continue first, which rsasgi cannot send")

@@ -346,6 +346,7 @@ pub(crate) fn handle(
                         timeout: state.timeout_request_body,
                         http2,
                         starvable: http2 && state.http2_streams_can_starve,
+                        awaits_continue: http2 && expects_continue,
                     };
                     tokio::spawn(pump_body(body, Arc::clone(&exchange), pump));
                 }
@@ -805,6 +806,10 @@ struct Pump {
     /// fault of its client's (`--http2-initial-connection-window-size` set
     /// below every stream's window together).
     starvable: bool,
+    /// An HTTP/2 request with `Expect: 100-continue`, which hyper cannot
+    /// answer with a `100` (hyperium/hyper#2743): a client that waits for
+    /// one sends no body.
+    awaits_continue: bool,
 }
 
 /// Reads the request body into the exchange as the app consumes it, never
@@ -846,6 +851,7 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
         timeout,
         http2,
         starvable,
+        awaits_continue,
     } = pump;
     let mut received: u64 = 0;
     let mut drained: u64 = 0;
@@ -863,9 +869,14 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
             Some(limit) => match body_within(&mut body, &exchange, limit).await {
                 Ok(frame) => frame,
                 Err(_elapsed) => {
-                    // Only an operator's small connection window lets the
-                    // server itself hold a body back (see `Pump::starvable`).
-                    let why = if starvable {
+                    // Where the server may be the one holding the body back,
+                    // say so: the client is not always at fault.
+                    let why = if awaits_continue {
+                        " (the client asked for a 100 Continue first, which rsasgi cannot send \
+                         over HTTP/2)"
+                    } else if starvable {
+                        // Only an operator's small connection window lets that
+                        // happen (see `Pump::starvable`).
                         " (or the server's own window held it back: other streams' bodies, \
                          unread, filled the connection's window, which \
                          --http2-initial-connection-window-size sets below \
