@@ -457,6 +457,30 @@ def test_rst_stream_while_the_app_waits_in_receive_is_http_disconnect(stream_ser
         assert_connection_carries_on(client)
 
 
+def test_access_log_tells_a_reset_stream_from_a_closed_connection(stream_server, markers):
+    """A request left without a response is 499 either way; over HTTP/2 the line says
+    whether the client reset its stream (the connection carrying on) or closed the
+    connection."""
+    with H2Client(stream_server) as client:
+        reset = client.request("GET", "/wait-disconnect?tag=reset")
+        wait_for_file(markers / "reset.started")
+        client.reset(reset)
+        wait_for_file(markers / "reset.disconnect")
+        client.request("GET", "/wait-disconnect?tag=closed")
+        wait_for_file(markers / "closed.started")
+
+    def line(tag: str) -> str:
+        target = f"/wait-disconnect?tag={tag} HTTP/2.0"
+        return next((line for line in stream_server.output().splitlines() if target in line), "")
+
+    reset_line = wait_for(lambda: line("reset"), message="the reset request's line")
+    assert " 499 0 " in reset_line
+    assert reset_line.endswith("(client reset the stream before the response)")
+    closed_line = wait_for(lambda: line("closed"), message="the closed request's line")
+    assert " 499 0 " in closed_line
+    assert closed_line.endswith("(client closed the connection before the response)")
+
+
 def test_rst_stream_in_the_middle_of_the_body_is_http_disconnect(stream_server, markers):
     """Content-Length 100, 10 bytes sent, then RST_STREAM: the app never sees a complete
     body, and its receive() returns http.disconnect."""
