@@ -34,8 +34,6 @@ use crate::metrics::MetricsBind;
 use crate::net::tls::{ClientCerts, MinVersion, TlsSettings};
 use crate::print_config;
 
-/// The largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
-const MAX_WINDOW: u32 = (1 << 31) - 1;
 use crate::net::proxy_protocol::ProxyProtocol;
 
 /// The longest `--static-max-age`: ten years (a year is the usual maximum).
@@ -724,14 +722,16 @@ struct Args {
     /// HTTP/2 flow-control window of each stream, in bytes.
     #[arg(long, env = "RSASGI_HTTP2_INITIAL_STREAM_WINDOW_SIZE", value_name = "BYTES",
           default_value_t = config::DEFAULT_HTTP2_STREAM_WINDOW,
-          value_parser = |raw: &str| parse_count(raw, 65_535, MAX_WINDOW), help_heading = "HTTP/2")]
+          value_parser = |raw: &str| parse_count(raw, 65_535, config::HTTP2_MAX_WINDOW),
+          help_heading = "HTTP/2")]
     http2_initial_stream_window_size: u32,
 
-    /// HTTP/2 flow-control window of each connection, in bytes.
+    /// HTTP/2 flow-control window of each connection, in bytes [default:
+    /// --http2-max-concurrent-streams × --http2-initial-stream-window-size].
     #[arg(long, env = "RSASGI_HTTP2_INITIAL_CONNECTION_WINDOW_SIZE", value_name = "BYTES",
-          default_value_t = config::DEFAULT_HTTP2_CONNECTION_WINDOW,
-          value_parser = |raw: &str| parse_count(raw, 65_535, MAX_WINDOW), help_heading = "HTTP/2")]
-    http2_initial_connection_window_size: u32,
+          value_parser = |raw: &str| parse_count(raw, 65_535, config::HTTP2_MAX_WINDOW),
+          help_heading = "HTTP/2")]
+    http2_initial_connection_window_size: Option<u32>,
 
     /// Largest HTTP/2 header block, decoded, in bytes [default: --limit-request-head].
     #[arg(long, visible_alias = "http2-max-headers-size",

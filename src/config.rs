@@ -563,17 +563,57 @@ impl HttpEngine {
 pub(crate) struct Http2Settings {
     pub max_concurrent_streams: u32,
     pub initial_stream_window_size: u32,
-    pub initial_connection_window_size: u32,
+    /// `None`: room for every stream's window (see
+    /// [`connection_window`](Self::connection_window)).
+    pub initial_connection_window_size: Option<u32>,
     pub max_header_list_size: Option<u32>,
+}
+
+impl Http2Settings {
+    /// The connection's flow-control window.
+    ///
+    /// Every byte a peer sends counts against its stream's window and the
+    /// connection's until the app reads it. A request whose app has not read
+    /// its body yet (its ASGI app not there yet, its WSGI request waiting for
+    /// a thread) holds up to a stream window unread: were the connection's
+    /// window smaller than all the streams' together, a few such streams
+    /// would shut it, and the upload the app is reading on another stream
+    /// would get nothing more until `--timeout-request-body`. So by default
+    /// it has room for every stream's window, as nginx's (which is 2^31-1);
+    /// the stream windows bound what one connection can make the server
+    /// hold: `--http2-max-concurrent-streams` × the stream window.
+    pub(crate) fn connection_window(&self) -> u32 {
+        self.initial_connection_window_size
+            .unwrap_or_else(|| self.all_stream_windows())
+    }
+
+    /// Whether streams whose bodies wait unread can shut the connection's
+    /// window on a stream whose app reads (an operator's
+    /// `--http2-initial-connection-window-size` below the default).
+    pub(crate) fn streams_can_starve(&self) -> bool {
+        self.connection_window() < self.all_stream_windows()
+    }
+
+    /// Every stream's window together, within HTTP/2's largest window.
+    fn all_stream_windows(&self) -> u32 {
+        let all =
+            u64::from(self.max_concurrent_streams) * u64::from(self.initial_stream_window_size);
+        u32::try_from(all.min(u64::from(HTTP2_MAX_WINDOW))).unwrap_or(HTTP2_MAX_WINDOW)
+    }
 }
 
 /// Streams one HTTP/2 connection may have open at once: RFC 9113 §6.5.2
 /// recommends no fewer than 100.
 pub(crate) const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
-/// Flow-control windows (hyper's defaults): how much a peer may send
-/// before the app reads it.
-pub(crate) const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 1024 * 1024;
-pub(crate) const DEFAULT_HTTP2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// A stream's flow-control window: how much a peer may send on it before
+/// the app reads it. It bounds both what 100 streams whose bodies wait
+/// unread make the server hold (25 MiB) and one upload's speed, at most
+/// about a window per round trip (one 64 MiB upload: 18 MB/s at 10 ms, 4
+/// MB/s at 50 ms; with hyper's default of 1 MiB, 58 and 14 MB/s, for four
+/// times the memory).
+pub(crate) const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
+/// The largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
+pub(crate) const HTTP2_MAX_WINDOW: u32 = (1 << 31) - 1;
 
 /// Parses `NAME:VALUE` into a response header, as `--header` takes it.
 pub(crate) fn parse_header(raw: &str) -> Result<(HeaderName, HeaderValue), String> {
@@ -678,6 +718,29 @@ pub(crate) fn parse_mode(raw: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_http2_connection_window_holds_every_streams_window_by_default() {
+        let settings = |streams, window, connection| Http2Settings {
+            max_concurrent_streams: streams,
+            initial_stream_window_size: window,
+            initial_connection_window_size: connection,
+            max_header_list_size: None,
+        };
+        let default = settings(
+            DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+            DEFAULT_HTTP2_STREAM_WINDOW,
+            None,
+        );
+        assert_eq!(default.connection_window(), 100 * 256 * 1024);
+        assert!(!default.streams_can_starve());
+        let huge = settings(1000, HTTP2_MAX_WINDOW, None);
+        assert_eq!(huge.connection_window(), HTTP2_MAX_WINDOW);
+        assert!(!huge.streams_can_starve());
+        let set = settings(100, 1 << 20, Some(1 << 20));
+        assert_eq!(set.connection_window(), 1 << 20);
+        assert!(set.streams_can_starve());
+    }
 
     #[test]
     fn bind_takes_gunicorns_forms() {

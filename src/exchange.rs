@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
@@ -144,6 +145,70 @@ impl ResponseStart {
             headers.insert(CONNECTION, http::HeaderValue::from_static("close"));
         }
         Ok(length)
+    }
+}
+
+/// Whether a trailer section must not carry `name`: fields that frame the
+/// message or the connection (RFC 9113 §8.2.2 forbids them in any HTTP/2
+/// field block, and h2 refuses to send trailers with one: the stream is
+/// cancelled, the body queued before them lost), and fields a recipient
+/// needs before the content, which RFC 9110 §6.5.1 keeps out of trailers
+/// (hyper's HTTP/1 encoder drops the same ones). Dropped on both protocols,
+/// so that an app sees one behaviour.
+fn forbidden_in_trailers(name: &http::HeaderName) -> bool {
+    use http::header::*;
+    matches!(
+        *name,
+        CONNECTION
+            | TE
+            | TRANSFER_ENCODING
+            | UPGRADE
+            | TRAILER
+            | CONTENT_LENGTH
+            | CONTENT_ENCODING
+            | CONTENT_RANGE
+            | CONTENT_TYPE
+            | HOST
+            | MAX_FORWARDS
+            | AUTHORIZATION
+            | CACHE_CONTROL
+            | SET_COOKIE
+    ) || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
+/// Set once a worker has warned of a trailer field it dropped.
+static WARNED_FORBIDDEN_TRAILER: AtomicBool = AtomicBool::new(false);
+
+/// Drops the app's trailer fields that [`forbidden_in_trailers`], naming the
+/// first: worth a warning the first time (the app's author expects it to
+/// arrive), debug after (an app may send one on every response).
+fn drop_forbidden_trailers(fields: &mut HeaderMap, request_line: impl FnOnce() -> String) {
+    if !fields.keys().any(forbidden_in_trailers) {
+        return;
+    }
+    let forbidden: Vec<http::HeaderName> = fields
+        .keys()
+        .filter(|name| forbidden_in_trailers(name))
+        .cloned()
+        .collect();
+    for name in &forbidden {
+        fields.remove(name);
+    }
+    let message = format!(
+        "\"{}\": the app's trailers carry {}, which a trailer section must not \
+         (RFC 9110 §6.5.1); dropped, the other trailer fields go out",
+        request_line(),
+        forbidden
+            .iter()
+            .map(http::HeaderName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if WARNED_FORBIDDEN_TRAILER.swap(true, Ordering::Relaxed) {
+        tracing::debug!("{message}");
+    } else {
+        tracing::warn!("{message} (said once; later ones at debug)");
     }
 }
 
@@ -1056,7 +1121,12 @@ impl Exchange {
 
     /// `http.response.trailers`: fields gathered until `more=false`, then
     /// sent after the body.
-    pub(crate) fn send_trailers(&self, fields: HeaderMap, more: bool) -> Result<(), SendMisuse> {
+    pub(crate) fn send_trailers(
+        &self,
+        mut fields: HeaderMap,
+        more: bool,
+    ) -> Result<(), SendMisuse> {
+        drop_forbidden_trailers(&mut fields, || self.request_line());
         let reactor = {
             let mut st = self.state.lock();
             // The app's mistakes first, whether or not the client is still there.
@@ -1359,6 +1429,28 @@ mod tests {
             },
             body_complete,
         )
+    }
+
+    #[test]
+    fn trailers_lose_the_fields_a_trailer_section_must_not_carry() {
+        let mut fields = HeaderMap::new();
+        for (name, value) in [
+            ("x-checksum", "abc"),
+            ("connection", "close"),
+            ("te", "trailers"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "h2c"),
+            ("content-length", "4"),
+            ("grpc-status", "0"),
+        ] {
+            fields.append(name, http::HeaderValue::from_static(value));
+        }
+        drop_forbidden_trailers(&mut fields, || "GET / HTTP/2.0".into());
+        let kept: Vec<&str> = fields.keys().map(http::HeaderName::as_str).collect();
+        assert_eq!(kept, ["x-checksum", "grpc-status"]);
+        let mut clean = fields.clone();
+        drop_forbidden_trailers(&mut clean, || unreachable!("nothing to name"));
+        assert_eq!(clean, fields);
     }
 
     #[test]

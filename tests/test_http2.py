@@ -171,13 +171,24 @@ def h2_get(
 ) -> tuple[int, bytes]:
     """One GET over a fresh HTTP/2 connection, header fields sent exactly as given
     (with `validate=False` even those the h2 library would refuse to send)."""
-    config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=validate)
+    status, _, body = h2_response(server, path, headers, validate)
+    return status, body
+
+
+def h2_response(
+    server, path: str, headers: list[tuple[str, str]] = (), validate: bool = True
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """h2_get's status and body, with the response's header fields as they came (the h2
+    library checks none of them)."""
+    config = h2.config.H2Configuration(
+        client_side=True, validate_outbound_headers=validate, validate_inbound_headers=False
+    )
     connection = h2.connection.H2Connection(config)
     connection.initiate_connection()
     authority = f"127.0.0.1:{server.port}"
     request = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", authority)]
-    connection.send_headers(1, request + headers, end_stream=True)
-    status, body = 0, b""
+    connection.send_headers(1, request + list(headers), end_stream=True)
+    fields, body = {}, b""
     with server.connect() as sock:
         sock.sendall(connection.data_to_send())
         while True:
@@ -185,12 +196,12 @@ def h2_get(
             assert data, "the server closed the connection before the response ended"
             for event in connection.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived):
-                    status = int(dict(event.headers)[b":status"])
+                    fields = dict(event.headers)
                 elif isinstance(event, h2.events.DataReceived):
                     body += event.data
                     connection.acknowledge_received_data(event.flow_controlled_length, 1)
                 elif isinstance(event, h2.events.StreamEnded):
-                    return status, body
+                    return int(fields.get(b":status", 0)), fields, body
             sock.sendall(connection.data_to_send())
 
 
@@ -247,3 +258,46 @@ def test_a_body_sent_with_204_or_304_is_dropped_not_sent_as_data(run_rsasgi, pat
         assert response.content == b""
         # The connection goes on.
         assert client.get(server.url).text == "ok"
+
+
+@pytest.mark.parametrize(
+    "app, path, status, length",
+    [
+        ("proto_send_edges:app", "/no-content-length", 204, None),
+        ("wsgi_env:app", "/status?s=204%20No%20Content", 204, None),
+        ("proto_send_edges:app", "/not-modified-length", 304, b"1234"),
+    ],
+    ids=["asgi-204", "wsgi-204", "asgi-304"],
+)
+def test_a_204_loses_the_apps_content_length_a_304_keeps_it(run_rsasgi, app, path, status, length):
+    """RFC 9110 8.6: no Content-Length in a 204, which HTTP/2 clients refuse (curl: stream
+    PROTOCOL_ERROR). A 304's is the length a GET would get, and stays."""
+    server = run_rsasgi(app)
+    got, fields, body = h2_response(server, path)
+    assert (got, body) == (status, b"")
+    assert fields.get(b"content-length") == length
+
+
+def test_a_client_waiting_for_100_continue_over_http2_gets_408_that_says_why(run_rsasgi):
+    """hyper's HTTP/2 server cannot send a 100 Continue (hyperium/hyper#2743): a client that
+    waits for one before its body never sends it. The 408 says so, rather than blame the
+    client for a body that did not come."""
+    server = run_rsasgi("proto_stream:app", "--timeout-request-body", "1")
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    authority = f"127.0.0.1:{server.port}"
+    request = [(":method", "POST"), (":path", "/upload"), (":scheme", "http")]
+    expect = [("content-length", "5"), ("expect", "100-continue")]
+    connection.send_headers(1, [*request, (":authority", authority), *expect])
+    status = None
+    with server.connect() as sock:
+        sock.sendall(connection.data_to_send())
+        while status is None:
+            data = sock.recv(65536)
+            assert data, "the server closed the connection before the response"
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+            sock.sendall(connection.data_to_send())
+    assert status == 408
+    wait_for_log(server, "(the client asked for a 100 Continue first, which rsasgi cannot send")

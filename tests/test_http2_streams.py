@@ -152,6 +152,33 @@ class H2Client:
             self.conn.end_stream(stream_id)
             self._flush()
 
+    def send_in_turn(self, bodies: dict[int, bytes], until: int) -> dict[int, bytes]:
+        """Send the streams' bodies in turn, each as far as its window allows, as browsers and
+        nghttp send parallel uploads: the connection's window goes to whichever stream comes
+        next, in the order of `bodies`. Once stream `until`'s body is all sent, end it; return
+        what is left of the others."""
+        left = {stream_id: memoryview(body) for stream_id, body in bodies.items()}
+
+        def send_rounds() -> bool:
+            """A frame per stream a round, until no window has room."""
+            sent = True
+            while sent and left[until]:
+                sent = False
+                for stream_id, view in left.items():
+                    window = self.conn.local_flow_control_window(stream_id)
+                    size = min(window, self.conn.max_outbound_frame_size, len(view))
+                    if size > 0:
+                        self.conn.send_data(stream_id, bytes(view[:size]))
+                        left[stream_id] = view[size:]
+                        sent = True
+                self._flush()
+            return not left[until]
+
+        self.wait(send_rounds, message=f"the server to take the body of stream {until}")
+        self.conn.end_stream(until)
+        self._flush()
+        return {stream_id: bytes(view) for stream_id, view in left.items() if stream_id != until}
+
     def reset(self, stream_id: int) -> None:
         """RST_STREAM with CANCEL, as a browser sends when a page no longer wants a response."""
         self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
@@ -294,6 +321,37 @@ def test_a_stream_whose_window_stays_closed_does_not_hold_back_another(
         assert sha256(resumed.data) == download_sha(size, chunk)
 
 
+@pytest.mark.timeout(120)
+def test_uploads_waiting_for_a_wsgi_thread_do_not_stall_the_one_being_read(run_rsasgi):
+    """With one WSGI thread, stream 1's upload is read by the app while streams 3 and 5 wait
+    for the thread, their bodies unread. The client sends the three bodies in turn, as far
+    as the windows allow: what the waiting streams hold must not shut the connection's
+    window on stream 1 (with a connection window no larger than a stream's, it did, and
+    stream 1 got 408 after --timeout-request-body). Then 3 and 5 get the thread in turn."""
+    server = run_rsasgi("wsgi_env:app", "--threads", "1")
+    with H2Client(server) as client:
+        # The server's SETTINGS, then the WINDOW_UPDATE that opens its connection window.
+        client.wait(
+            lambda: client.conn.outbound_flow_control_window > 65_535,
+            message="the server to open its connection window",
+        )
+        reading = client.request("POST", "/sha256", end=False)
+        waiting = [client.request("POST", "/sha256", end=False) for _ in range(2)]
+        # The waiting streams' turns first: each round, they take what the connection's
+        # window has before stream 1 can.
+        bodies = {stream_id: random.randbytes(4 * MiB) for stream_id in [*waiting, reading]}
+        left = client.send_in_turn(bodies, until=reading)
+        read = client.response(reading)
+        assert read.status == 200, client.summary()
+        assert json.loads(read.data)["sha256"] == sha256(bodies[reading])
+
+        for stream_id in waiting:
+            client.send(stream_id, left[stream_id], end=True)
+            answer = client.response(stream_id)
+            assert answer.status == 200, client.summary()
+            assert json.loads(answer.data)["sha256"] == sha256(bodies[stream_id])
+
+
 # --- streaming both ways ---------------------------------------------------------------------
 
 
@@ -397,6 +455,30 @@ def test_rst_stream_while_the_app_waits_in_receive_is_http_disconnect(stream_ser
         types = json.loads(wait_for_file(markers / "idle.disconnect"))
         assert types == ["http.request", "http.disconnect"]
         assert_connection_carries_on(client)
+
+
+def test_access_log_tells_a_reset_stream_from_a_closed_connection(stream_server, markers):
+    """A request left without a response is 499 either way; over HTTP/2 the line says
+    whether the client reset its stream (the connection carrying on) or closed the
+    connection."""
+    with H2Client(stream_server) as client:
+        reset = client.request("GET", "/wait-disconnect?tag=reset")
+        wait_for_file(markers / "reset.started")
+        client.reset(reset)
+        wait_for_file(markers / "reset.disconnect")
+        client.request("GET", "/wait-disconnect?tag=closed")
+        wait_for_file(markers / "closed.started")
+
+    def line(tag: str) -> str:
+        target = f"/wait-disconnect?tag={tag} HTTP/2.0"
+        return next((line for line in stream_server.output().splitlines() if target in line), "")
+
+    reset_line = wait_for(lambda: line("reset"), message="the reset request's line")
+    assert " 499 0 " in reset_line
+    assert reset_line.endswith("(client reset the stream before the response)")
+    closed_line = wait_for(lambda: line("closed"), message="the closed request's line")
+    assert " 499 0 " in closed_line
+    assert closed_line.endswith("(client closed the connection before the response)")
 
 
 def test_rst_stream_in_the_middle_of_the_body_is_http_disconnect(stream_server, markers):

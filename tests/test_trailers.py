@@ -15,7 +15,9 @@ import h2.config
 import h2.connection
 import h2.events
 import httpx
+import pytest
 from apps.proto_raw import RawConn, request
+from conftest import wait_for_log
 
 EXPECTED_SHA = hashlib.sha256(b"hello, trailers").hexdigest()
 
@@ -26,15 +28,16 @@ def test_the_extension_is_advertised(run_rsasgi):
     assert "http.response.trailers" in extensions
 
 
-def test_trailers_over_http2(run_rsasgi):
-    server = run_rsasgi("trailers_app:app")
+def get_over_http2(server, path: str) -> tuple[bytes, dict[str, str] | None]:
+    """GET `path` on a new HTTP/2 connection: the body and the trailers; fails if the stream
+    is reset."""
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     conn.send_headers(
         1,
         [
             (":method", "GET"),
-            (":path", "/trailers"),
+            (":path", path),
             (":scheme", "http"),
             (":authority", f"127.0.0.1:{server.port}"),
             ("te", "trailers"),
@@ -56,9 +59,31 @@ def test_trailers_over_http2(run_rsasgi):
                     trailers = {k.decode(): v.decode() for k, v in event.headers}
                 elif isinstance(event, h2.events.StreamEnded):
                     ended = True
+                assert not isinstance(event, h2.events.StreamReset), (event, body, trailers)
             sock.sendall(conn.data_to_send())
+    return body, trailers
+
+
+def test_trailers_over_http2(run_rsasgi):
+    server = run_rsasgi("trailers_app:app")
+    body, trailers = get_over_http2(server, "/trailers")
     assert body == b"hello, trailers"
     assert trailers == {"grpc-status": "0", "x-sha": EXPECTED_SHA}
+
+
+@pytest.mark.parametrize(
+    "field", ["connection:close", "transfer-encoding:chunked", "content-length:15"]
+)
+def test_a_field_trailers_must_not_carry_is_dropped_with_a_warning(run_rsasgi, field):
+    """HTTP/2 forbids connection-specific fields in any field block: h2 refused the whole
+    trailer section, and the stream was cancelled, its body never sent. RFC 9110 §6.5.1
+    keeps framing fields such as content-length out of trailers too."""
+    server = run_rsasgi("trailers_app:app")
+    body, trailers = get_over_http2(server, f"/trailers?extra={field}")
+    assert body == b"hello, trailers"
+    assert trailers == {"grpc-status": "0", "x-sha": EXPECTED_SHA}
+    name = field.partition(":")[0]
+    wait_for_log(server, f"the app's trailers carry {name}, which a trailer section must not")
 
 
 def test_trailers_over_chunked_http1(run_rsasgi):

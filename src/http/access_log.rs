@@ -3,12 +3,13 @@
 //! keys of `--log-format json`.
 //!
 //! A request that never got a response still gets a line, with nginx's codes
-//! for what happened instead: 499 when the client closed the connection
-//! first, 444 when the server closed it at shutdown (the grace period ran
-//! out, or a second signal) while the app was still working.
+//! for what happened instead: 499 when the client closed the connection (or
+//! reset the HTTP/2 stream) first, 444 when the server closed it at shutdown
+//! (the grace period ran out, or a second signal) while the app was still
+//! working.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -36,6 +37,29 @@ static CUT_OFF: AtomicBool = AtomicBool::new(false);
 /// Shutdown is about to drop every connection still open.
 pub(crate) fn connections_cut_off() {
     CUT_OFF.store(true, Ordering::Relaxed);
+}
+
+thread_local! {
+    /// Set while a connection that ended drops its HTTP/2 streams (see
+    /// [`connection_ended`]).
+    static CONNECTION_ENDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `end`, which drops the requests of a connection that has ended, so
+/// that those without a response are logged as left with their connection.
+/// An HTTP/2 request dropped otherwise, its connection still open, had its
+/// stream reset by the client.
+pub(crate) fn connection_ended(end: impl FnOnce()) {
+    /// Clears the flag even if a drop panics.
+    struct Ended;
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            CONNECTION_ENDED.set(false);
+        }
+    }
+    CONNECTION_ENDED.set(true);
+    let _ended = Ended;
+    end();
 }
 
 /// A worker's access log settings: the format, and what a record must keep
@@ -192,6 +216,10 @@ impl Record {
             None if CUT_OFF.load(Ordering::Relaxed) => (
                 CLOSED_WITHOUT_RESPONSE,
                 " (closed at shutdown before a response)",
+            ),
+            None if self.version == Version::HTTP_2 && !CONNECTION_ENDED.get() => (
+                CLIENT_CLOSED_REQUEST,
+                " (client reset the stream before the response)",
             ),
             None => (
                 CLIENT_CLOSED_REQUEST,
@@ -594,6 +622,40 @@ mod tests {
         let mut cut = record(log, &[]).with_status(StatusCode::OK);
         cut.incomplete = true;
         assert_eq!(cut.outcome(), (200, " (incomplete)"));
+    }
+
+    #[test]
+    fn an_http2_request_without_a_response_had_its_stream_reset_unless_its_connection_ended() {
+        let log = default_log();
+        let http2 = || {
+            AccessRecord::new(
+                log,
+                LoggedClient::Address("127.0.0.1:5000".parse().unwrap()),
+                &Method::GET,
+                &Uri::from_static("/"),
+                Version::HTTP_2,
+                &HeaderMap::new(),
+                Instant::now(),
+            )
+        };
+        let reset = (
+            CLIENT_CLOSED_REQUEST,
+            " (client reset the stream before the response)",
+        );
+        let closed = (
+            CLIENT_CLOSED_REQUEST,
+            " (client closed the connection before the response)",
+        );
+        assert_eq!(http2().outcome(), reset);
+        let mut with_connection = None;
+        connection_ended(|| with_connection = Some(http2().outcome()));
+        assert_eq!(with_connection, Some(closed));
+        assert_eq!(
+            http2().outcome(),
+            reset,
+            "only while the connection's streams end"
+        );
+        assert_eq!(record(log, &[]).outcome(), closed, "HTTP/1");
     }
 
     #[test]

@@ -47,6 +47,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use super::access_log;
 use crate::clock::coarse_now;
 use crate::exchange::Exchange;
 use crate::supervisor::balance::{HeldConnection, WorkerSeat};
@@ -769,7 +770,7 @@ where
     // Draining with nothing in flight: the request count then, and until when
     // a new request may still start.
     let mut drain_wait: Option<(u64, Instant)> = None;
-    let mut streams = None;
+    let mut streams = Streams(None);
     let mut spawned = Vec::new();
     let watchers_woken = Arc::new(Woken::default());
     let mut registered = None;
@@ -802,7 +803,7 @@ where
             std::future::poll_fn(|cx| {
                 let polled = Pin::new(&mut WithStreams {
                     connection: connection.as_mut(),
-                    streams: &mut streams,
+                    streams: &mut streams.0,
                     spawned: &mut spawned,
                 })
                 .poll(cx);
@@ -870,6 +871,19 @@ where
                     return None;
                 }
             }
+        }
+    }
+}
+
+/// The HTTP/2 streams [`drive`] runs beside its connection, which end with
+/// it: a request of theirs still without a response is logged as left with
+/// the connection, not as a stream the client reset.
+struct Streams(Option<FuturesUnordered<StreamTask>>);
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        if let Some(streams) = self.0.take() {
+            access_log::connection_ended(|| drop(streams));
         }
     }
 }

@@ -98,6 +98,10 @@ pub(crate) struct ServerState {
     /// App tasks one HTTP/2 connection may have running at once
     /// (`--http2-max-concurrent-streams`).
     pub http2_max_streams: usize,
+    /// Whether HTTP/2 streams whose bodies wait unread can shut the
+    /// connection's window on one whose app reads (see
+    /// [`Http2Settings::connection_window`](crate::config::Http2Settings::connection_window)).
+    pub http2_streams_can_starve: bool,
 }
 
 impl ServerState {
@@ -156,6 +160,7 @@ impl ServerState {
             tls,
             http: config.http,
             http2_max_streams: config.http2.max_concurrent_streams as usize,
+            http2_streams_can_starve: config.http2.streams_can_starve(),
         })
     }
 }
@@ -193,7 +198,7 @@ fn connection_builder(config: &Config) -> auto::Builder<StreamExecutor> {
         // RFC 8441: WebSockets over HTTP/2 (extended CONNECT).
         .enable_connect_protocol()
         .initial_stream_window_size(http2.initial_stream_window_size)
-        .initial_connection_window_size(http2.initial_connection_window_size)
+        .initial_connection_window_size(http2.connection_window())
         .max_header_list_size(
             http2
                 .max_header_list_size

@@ -340,10 +340,13 @@ pub(crate) fn handle(
                         // with 100-continue, wait until the app asks for it.
                         exchange.want_body();
                     }
+                    let http2 = head.version == Version::HTTP_2;
                     let pump = Pump {
                         limit: body_limit,
                         timeout: state.timeout_request_body,
-                        http2: head.version == Version::HTTP_2,
+                        http2,
+                        starvable: http2 && state.http2_streams_can_starve,
+                        awaits_continue: http2 && expects_continue,
                     };
                     tokio::spawn(pump_body(body, Arc::clone(&exchange), pump));
                 }
@@ -464,6 +467,12 @@ pub(crate) fn handle(
             }
             let headers = response.headers_mut();
             *headers = start.headers;
+            // RFC 9110 §8.6 forbids a Content-Length in a 1xx or 204 response,
+            // and HTTP/2 clients refuse one (curl: PROTOCOL_ERROR). HEAD and
+            // 304 keep theirs: it is the length a GET would get.
+            if start.status == StatusCode::NO_CONTENT || start.status.is_informational() {
+                headers.remove(header::CONTENT_LENGTH);
+            }
             state.add_server_headers(headers);
             if let Some(http10) = http10 {
                 http10.answer(&mut response, body_len_known || is_head);
@@ -792,6 +801,15 @@ struct Pump {
     limit: Option<u64>,
     timeout: Option<Duration>,
     http2: bool,
+    /// Over HTTP/2, whether other streams' unread bodies can shut the
+    /// connection's window on this one, so that a body stalls through no
+    /// fault of its client's (`--http2-initial-connection-window-size` set
+    /// below every stream's window together).
+    starvable: bool,
+    /// An HTTP/2 request with `Expect: 100-continue`, which hyper cannot
+    /// answer with a `100` (hyperium/hyper#2743): a client that waits for
+    /// one sends no body.
+    awaits_continue: bool,
 }
 
 /// Reads the request body into the exchange as the app consumes it, never
@@ -832,6 +850,8 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
         limit,
         timeout,
         http2,
+        starvable,
+        awaits_continue,
     } = pump;
     let mut received: u64 = 0;
     let mut drained: u64 = 0;
@@ -849,9 +869,24 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
             Some(limit) => match body_within(&mut body, &exchange, limit).await {
                 Ok(frame) => frame,
                 Err(_elapsed) => {
+                    // Where the server may be the one holding the body back,
+                    // say so: the client is not always at fault.
+                    let why = if awaits_continue {
+                        " (the client asked for a 100 Continue first, which rsasgi cannot send \
+                         over HTTP/2)"
+                    } else if starvable {
+                        // Only an operator's small connection window lets that
+                        // happen (see `Pump::starvable`).
+                        " (or the server's own window held it back: other streams' bodies, \
+                         unread, filled the connection's window, which \
+                         --http2-initial-connection-window-size sets below \
+                         --http2-max-concurrent-streams × --http2-initial-stream-window-size)"
+                    } else {
+                        ""
+                    };
                     tracing::info!(
-                        "408: no bytes of the request body of {} for --timeout-request-body {}s \
-                         (the app sees a disconnect if its response has started)",
+                        "408: no bytes of the request body of {} came for --timeout-request-body \
+                         {}s{why}; the app sees a disconnect if its response has started",
                         exchange.request_line(),
                         limit.as_secs_f64()
                     );

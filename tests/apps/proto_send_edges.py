@@ -16,6 +16,7 @@ GET /raise-after-start sends `http.response.start` (Content-Length 5), waits, th
 GET /no-content        204 with a body (b"null", as JSONResponse(None, 204) sends)
 GET /not-modified      304 with a body
 GET /not-modified-length  304 with the Content-Length of the representation, and no body
+GET /no-content-length  204 with a Content-Length of 4 and a body (b"null")
 POST /finalizer        a receive() made while the body has not come, with a weakref.finalize
                        that calls send(), then cancelled and forgotten: the server's reference
                        is the last, and the next receive() that waits releases it; the
@@ -169,6 +170,11 @@ async def app(scope, receive, send):
         headers = [(b"content-length", b"1234")]
         await send({"type": "http.response.start", "status": 304, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+        return
+    if path == "/no-content-length":
+        headers = [(b"content-length", b"4")]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b"null"})
         return
     if path in ("/no-content", "/not-modified"):
         status = 204 if path == "/no-content" else 304

@@ -1,6 +1,7 @@
 """ASGI app for tests/test_trailers.py: the `http.response.trailers` extension.
 
-/trailers: body in two messages, then trailers in two messages (grpc-status, then a checksum).
+/trailers: body in two messages, then trailers in two messages (grpc-status, then a checksum);
+  ?extra=NAME:VALUE adds that field to the second.
 /misuse?case=...: sends trailers wrongly and reports what send() raised at /observed.
 """
 
@@ -51,7 +52,12 @@ async def app(scope, receive, send):
             }
         )
         digest = hashlib.sha256(b"".join(parts)).hexdigest().encode()
-        await send({"type": "http.response.trailers", "headers": [(b"x-sha", digest)]})
+        fields = [(b"x-sha", digest)]
+        extra = scope["query_string"].partition(b"extra=")[2]
+        if extra:
+            name, _, value = extra.partition(b":")
+            fields.append((name, value))
+        await send({"type": "http.response.trailers", "headers": fields})
         return
     if path == "/misuse":
         case = scope["query_string"].decode()
