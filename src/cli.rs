@@ -253,6 +253,8 @@ struct Args {
     #[arg(long, env = "RSASGI_APP_DIR", value_name = "DIR", default_value = config::DEFAULT_APP_DIR)]
     app_dir: PathBuf,
 
+    // The help text, not a doc link: `[IPV6]` is what the user types.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Listen on ADDRESS: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N;
     /// repeat for several sockets (overrides --host and --port).
     #[arg(long, short = 'b', env = "RSASGI_BIND", value_name = "ADDRESS",
@@ -437,6 +439,8 @@ struct Args {
     )]
     reload_include: Vec<String>,
 
+    // The help text, not a doc link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Ignore files and directories matching GLOB (repeatable)
     /// [default: .*, .py[cod], .sw.*, ~*].
     #[arg(
@@ -837,7 +841,7 @@ struct Args {
     check_config: bool,
 }
 
-/// The clap command behind [`parse`], with the presentation settings the
+/// The clap command behind [`parse_invocation`], with the presentation settings the
 /// derive cannot express.
 pub(crate) fn command() -> Command {
     Args::command()

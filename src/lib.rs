@@ -1,7 +1,7 @@
 //! rsasgi: an ASGI and WSGI application server written in Rust.
 //!
 //! This crate builds the `rsasgi._rsasgi` extension module. Its entry point is
-//! [`main`], which the `rsasgi` command calls with `sys.argv`.
+//! `main`, which the `rsasgi` command calls with `sys.argv`.
 
 mod allocator;
 mod asgi;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests need into .venv and runs every test:
-# lint (cargo fmt, clippy, ruff), Rust unit tests, and the end-to-end suite
+# lint (cargo fmt, clippy, rustdoc, ruff), Rust unit tests, and the end-to-end suite
 # against a release build of rsasgi installed with pip; then a representative
 # part of the suite on each supported CPython (tests/python-versions.sh).
 set -euo pipefail
@@ -56,6 +56,8 @@ stage "building and installing rsasgi (release profile, without fat LTO)"
 stage "lint"
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
+# The code's own documentation: a link to something renamed or gone fails here.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --quiet
 .venv/bin/ruff check python tests examples benches scripts
 .venv/bin/ruff format --check python tests examples benches scripts
 

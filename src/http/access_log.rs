@@ -104,7 +104,7 @@ impl AccessLog {
         }))
     }
 
-    /// Whether a record needs the response's headers ([`AccessRecord::keep_response_headers`]).
+    /// Whether a record needs the response's headers ([`Record::keep_response_headers`]).
     pub(crate) fn shows_response_headers(&self) -> bool {
         !self.response_headers.is_empty()
     }

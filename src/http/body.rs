@@ -33,7 +33,7 @@ pub(crate) enum Source {
     File(FileStream),
 }
 
-/// Part of a file, read in chunks of [`static_files::CHUNK`] on tokio's
+/// Part of a file, read in chunks of [`CHUNK`] on tokio's
 /// blocking pool, one chunk ahead of the socket: memory stays bounded
 /// whatever the file's size, and a slow disk stalls this response rather
 /// than the reactor.

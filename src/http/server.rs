@@ -627,7 +627,7 @@ fn unusable_listener(err: std::io::Error) {
     tracing::error!("Cannot use the listening socket: {err}");
 }
 
-/// Logs a failed accept (see [`accept_failures`]) and pauses before the
+/// Logs a failed accept (see [`super::accept_failures`]) and pauses before the
 /// next. Meanwhile the worker's seat says it does not accept, so that the
 /// others take the connections instead of leaving them to it (out of file
 /// descriptors, it would fail each one).
