@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import threading
 
 import httpx
@@ -409,12 +410,42 @@ def test_a_single_process_serves_its_own_metrics_and_probes(run_rsasgi, markers)
     assert server.wait_exit() == 0
 
 
+# The listener's own limits.
+
+
+def test_connections_over_the_cap_are_closed_at_once(run_rsasgi, markers):
+    """Clients that keep connections to the metrics port (or never read the answers) hold
+    64 of them at most, not every descriptor the supervisor has: one more is closed as
+    soon as it is accepted, once logged, and new ones are served again once some close."""
+    server, base = start(run_rsasgi, markers, workers=1)
+    address = ("127.0.0.1", int(base.rsplit(":", 1)[1]))
+    held = [socket.create_connection(address, timeout=10) for _ in range(64)]
+    try:
+        with socket.create_connection(address, timeout=10) as extra:
+            try:
+                extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed already
+            assert recv_until_closed(extra, timeout=5) == b""
+        wait_for_log(server, "--metrics-bind: 64 connections are open")
+    finally:
+        for sock in held:
+            sock.close()
+
+    def served() -> bool:
+        try:
+            return probe(base, "/healthz") == 200
+        except httpx.TransportError:  # closed at the cap: not every close is seen yet
+            return False
+
+    wait_for(served, message="/healthz served again")
+    wait_for_log(server, "--metrics-bind: new connections are served again, after 1 closed")
+
+
 # The option.
 
 
 def test_a_taken_metrics_port_is_one_clear_line(run_rsasgi, tmp_path):
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -442,6 +442,37 @@ def test_a_single_worker_out_of_file_descriptors_serves_the_waiting_client_later
     assert recovered and int(recovered.group(1)) >= 5, log
 
 
+def test_a_supervisor_out_of_file_descriptors_starts_the_worker_once_it_can(run_rsasgi):
+    """The supervisor cannot start a worker for want of descriptors (clients holding its
+    metrics port's took them, for one): it says so and what to do, and tries again, backing
+    off, where it used to stop with nothing serving; the worker starts once it can."""
+    server = start_supervised(run_rsasgi, workers=1)
+    (old,) = started_workers(server.output())
+    limits = _starve_of_descriptors(server.proc.pid)
+    try:
+        os.kill(old, signal.SIGKILL)
+        wait_for(
+            lambda: server.output().count("Cannot start worker 1") >= 2,
+            message="a second try at starting worker 1",
+            server=server,
+        )
+        assert server.proc.poll() is None
+    finally:
+        resource.prlimit(server.proc.pid, resource.RLIMIT_NOFILE, limits)
+    (new,) = wait_for(
+        lambda: set(started_workers(server.output())) - {old},
+        message="a new worker 1",
+        server=server,
+    )
+    log = wait_for_log(server, f"worker 1 (pid {new}) is serving")
+    assert re.search(
+        r"Cannot start worker 1 \(.* -m rsasgi\): Too many open files \(os error 24\); the "
+        r"supervisor has as many open files as its limit allows \(raise it: ulimit -n, or "
+        r"LimitNOFILE= in a systemd unit\); trying again",
+        log,
+    ), log
+
+
 def test_a_burst_of_websockets_is_spread_over_the_workers(run_rsasgi):
     """An upgraded connection is no longer hyper's, but its WebSocket still counts for the
     spreading: without that, each worker looked empty once its handshakes were done."""

@@ -13,7 +13,7 @@ pub(crate) mod process;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
@@ -21,17 +21,58 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
 
 use crate::config::Bind;
+use crate::http::accept_failures::{AcceptFailures, Report as Failures};
 pub(crate) use counters::Counters;
 pub(crate) use exposition::{Report, Restart, WorkerReport};
 
-/// How long a scraper gets to send its request head: the listener is
-/// meant for probes and Prometheus, which send theirs at once.
+/// How long a scraper gets to send its request head, the first one or the
+/// next on a kept-alive connection (hyper's timer runs while it waits for
+/// one): the listener is meant for probes and Prometheus, which send theirs
+/// at once.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the accept loop pauses after accept() fails (out of descriptors).
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Connections served at once; one more is closed as soon as it is
+/// accepted. Prometheus and a probing orchestrator need a few. Without a cap,
+/// clients that hold connections took every descriptor the process may open,
+/// and a supervisor out of descriptors cannot start a worker.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a connection may last in all. The header timeout bounds the wait
+/// for a request, but nothing bounded a response its client does not read:
+/// a client that sent requests and never read the answers held its
+/// connection, and the kernel's buffers, for ever. Prometheus reconnects
+/// when a kept-alive connection closes.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// After [`CONNECTION_LIFETIME`], how long the response under way, if any,
+/// gets to be written before the connection is closed anyway.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// The kernel's buffers for each connection, each way. Requests are a few
+/// hundred bytes, and a response larger than this is written in turns;
+/// left to grow, the buffers of a client that pipelined requests and read
+/// no answer held megabytes each until its connection ended.
+const SOCKET_BUFFER: usize = 64 * 1024;
+
+/// How many connections the listener serves at once, and for how long.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    connections: usize,
+    lifetime: Duration,
+    close_wait: Duration,
+}
+
+const LIMITS: Limits = Limits {
+    connections: MAX_CONNECTIONS,
+    lifetime: CONNECTION_LIFETIME,
+    close_wait: CLOSE_WAIT,
+};
 
 /// `--metrics-bind HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +104,11 @@ impl MetricsBind {
         let listener = std::net::TcpListener::bind(address)
             .and_then(|listener| {
                 listener.set_nonblocking(true)?;
+                // Set on the listening socket, so that each connection has
+                // them from its first byte.
+                let socket = socket2::SockRef::from(&listener);
+                socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+                socket.set_send_buffer_size(SOCKET_BUFFER)?;
                 Ok(listener)
             })
             .map_err(|err| format!("Cannot listen on --metrics-bind {}: {err}", self.describe()))?;
@@ -136,19 +182,42 @@ pub(crate) async fn serve(listener: std::net::TcpListener, scrape: Arc<dyn Scrap
             return;
         }
     };
+    serve_within(listener, scrape, LIMITS).await;
+}
+
+/// The accept loop of [`serve`], its connections held to `limits`.
+async fn serve_within(listener: tokio::net::TcpListener, scrape: Arc<dyn Scrape>, limits: Limits) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
+    let open = Arc::new(Semaphore::new(limits.connections));
+    // Runs of failed accepts, and of connections closed at the cap, are
+    // logged once and then summed up: each can come ten times a second.
+    let mut accept_failures = AcceptFailures::default();
+    let mut refusals = AcceptFailures::default();
     loop {
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                if accept_failures.failing() {
+                    log_accept_works(accept_failures.succeeded(Instant::now()));
+                }
+                stream
+            }
             Err(err) => {
-                tracing::warn!("--metrics-bind: accept() failed: {err}");
+                log_accept_failure(accept_failures.failed(Instant::now()), &err);
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
         };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            log_refusal(refusals.failed(Instant::now()), limits);
+            drop(stream);
+            continue;
+        };
+        if refusals.failing() {
+            log_refusal(refusals.succeeded(Instant::now()), limits);
+        }
         let scrape = Arc::clone(&scrape);
         let service = service_fn(move |request: Request<hyper::body::Incoming>| {
             let (status, content_type, body) =
@@ -165,15 +234,97 @@ pub(crate) async fn serve(listener: std::net::TcpListener, scrape: Arc<dyn Scrap
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let _permit = permit;
+            let mut connection = std::pin::pin!(connection);
+            let ended = match tokio::time::timeout(limits.lifetime, connection.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    // Closed once the response under way, if any, is out.
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(limits.close_wait, connection).await {
+                        Ok(ended) => ended,
+                        Err(_) => {
+                            tracing::debug!(
+                                "--metrics-bind connection closed: its client did not read \
+                                 its response"
+                            );
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(err) = ended {
                 tracing::debug!("--metrics-bind connection ended: {err}");
             }
         });
     }
 }
 
+/// Logs a failed accept, as [`AcceptFailures`] says: the first of a run
+/// at once, the rest summed up.
+fn log_accept_failure(report: Option<Failures>, err: &std::io::Error) {
+    match report {
+        Some(Failures::First) => tracing::warn!(
+            "--metrics-bind: accept() failed: {err}; retrying every {} ms{}",
+            ACCEPT_ERROR_PAUSE.as_millis(),
+            match err.raw_os_error() {
+                Some(libc::EMFILE) => {
+                    "; this process has as many open files as its limit allows: raise the \
+                     limit (ulimit -n, or LimitNOFILE= in a systemd unit)"
+                }
+                Some(libc::ENFILE) => "; the whole system is out of open files (fs.file-max)",
+                _ => "",
+            }
+        ),
+        Some(Failures::StillFailing { failures, for_ }) => tracing::warn!(
+            "--metrics-bind: accept() failed: {err}; {failures} more failures since the last \
+             line, failing for {:.0}s now; still retrying",
+            for_.as_secs_f64()
+        ),
+        _ => {}
+    }
+}
+
+/// Logs the end of a run of failed accepts.
+fn log_accept_works(report: Option<Failures>) {
+    if let Some(Failures::Recovered { failures, lasted }) = report {
+        tracing::info!(
+            "--metrics-bind: accept() works again, after {failures} failed attempts over {:.1}s",
+            lasted.as_secs_f64()
+        );
+    }
+}
+
+/// Logs connections closed at the cap, as [`AcceptFailures`] says of a run
+/// of failures: the first at once, the rest summed up, and the end.
+fn log_refusal(report: Option<Failures>, limits: Limits) {
+    let cap = limits.connections;
+    match report {
+        Some(Failures::First) => tracing::warn!(
+            "--metrics-bind: {cap} connections are open, as many as it serves at once; new ones \
+             are closed until some end (each within {}s): a client that opens connections and \
+             keeps them, or never reads its answers?",
+            (limits.lifetime + limits.close_wait).as_secs()
+        ),
+        Some(Failures::StillFailing { failures, for_ }) => tracing::warn!(
+            "--metrics-bind: {failures} more connections closed at the cap of {cap} since the \
+             last line, for {:.0}s now",
+            for_.as_secs_f64()
+        ),
+        Some(Failures::Recovered { failures, lasted }) => tracing::info!(
+            "--metrics-bind: new connections are served again, after {failures} closed at the \
+             cap of {cap} over {:.1}s",
+            lasted.as_secs_f64()
+        ),
+        None => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
     use super::*;
 
     struct Fixed(Health);
@@ -185,6 +336,88 @@ mod tests {
         fn report(&self) -> Report {
             Report::default()
         }
+    }
+
+    /// Serves `listener`'s scrapes within `limits` from a task of this
+    /// runtime; returns its address.
+    async fn serving(limits: Limits) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let serving = Health {
+            alive: true,
+            not_ready: None,
+        };
+        tokio::spawn(serve_within(listener, Arc::new(Fixed(serving)), limits));
+        address
+    }
+
+    /// Sends `GET /healthz` on `stream` and reads the status line, if the
+    /// server answers within 5 s.
+    async fn probe(stream: &mut TcpStream) -> Option<String> {
+        let exchange = async {
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .ok()?;
+            let mut head = vec![0; 1024];
+            let read = stream.read(&mut head).await.ok()?;
+            let head = String::from_utf8_lossy(&head[..read]).into_owned();
+            head.lines().next().map(str::to_string)
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_reads_is_cut_off() {
+        let address = serving(Limits {
+            connections: 4,
+            lifetime: Duration::from_millis(300),
+            close_wait: Duration::from_millis(200),
+        })
+        .await;
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        // Requests pipelined until both sides' buffers are full, the server
+        // stuck writing answers that are never read: only the server's
+        // closing the connection (a reset, as requests are left unread)
+        // ends the writes.
+        let requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(100);
+        let cut_off = async { while stream.write_all(&requests).await.is_ok() {} };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(10), cut_off)
+                .await
+                .is_ok(),
+            "the connection is still open"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_are_closed_at_once() {
+        let address = serving(Limits {
+            connections: 2,
+            ..LIMITS
+        })
+        .await;
+        let mut first = TcpStream::connect(address).await.unwrap();
+        let mut second = TcpStream::connect(address).await.unwrap();
+        assert_eq!(probe(&mut first).await.as_deref(), Some("HTTP/1.1 200 OK"));
+        assert_eq!(probe(&mut second).await.as_deref(), Some("HTTP/1.1 200 OK"));
+        let mut third = TcpStream::connect(address).await.unwrap();
+        assert_eq!(probe(&mut third).await, None);
+        drop(first);
+        // Its permit comes back once its task has seen the close.
+        let mut answer = None;
+        for _ in 0..100 {
+            let mut next = TcpStream::connect(address).await.unwrap();
+            answer = probe(&mut next).await;
+            if answer.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(answer.as_deref(), Some("HTTP/1.1 200 OK"));
     }
 
     #[test]
