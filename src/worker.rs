@@ -381,6 +381,13 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    /// The heartbeat's interval ([`Worker::heartbeat_interval`]), zero
+    /// when nothing listens to it.
+    fn beat_interval(&self) -> Duration {
+        self.heartbeat_interval()
+            .map_or(Duration::ZERO, Duration::from_secs_f64)
+    }
+
     fn new(
         config: Config,
         listeners: Vec<Listener>,
@@ -517,17 +524,23 @@ impl Worker {
     /// every `heartbeat_interval` seconds. A loop blocked by the app stops calling
     /// it, which is what the supervisor's health check looks for.
     fn heartbeat(&self) {
-        if let Some(supervised) = &self.supervised {
-            supervised.slot.beat();
+        // The supervisor's health check reads the beat in the slot it
+        // handed down; without one, this process's own --metrics-bind
+        // listener reads it in the slot of its metrics.
+        let beats = match &self.supervised {
+            Some(supervised) => Some(&supervised.slot),
+            None => self.metrics.slot.as_ref(),
+        };
+        if let Some(slot) = beats {
+            slot.beat();
         }
         if let Some(slot) = &self.metrics.slot {
             let now = Instant::now();
             let last = self.metrics.last_beat.lock().replace(now);
             if let Some(last) = last {
-                let interval = self
-                    .heartbeat_interval()
-                    .map_or(Duration::ZERO, Duration::from_secs_f64);
-                let lag = now.duration_since(last).saturating_sub(interval);
+                let lag = now
+                    .duration_since(last)
+                    .saturating_sub(self.beat_interval());
                 slot.counters().set_event_loop_lag(lag);
             }
         }
@@ -668,6 +681,7 @@ impl Worker {
                 Arc::new(SingleProcess {
                     slot: Arc::clone(slot),
                     shutdown: self.shutdown.subscribe(),
+                    heartbeat_interval: self.beat_interval(),
                 }) as Arc<dyn Scrape>,
             )),
             _ => None,
@@ -782,8 +796,10 @@ impl Worker {
 /// What `--metrics-bind` shows without `--workers`: this process is the
 /// only worker, and it serves until its graceful shutdown starts.
 struct SingleProcess {
+    /// Holds the counters and the event loop's heartbeat.
     slot: Arc<Slot>,
     shutdown: watch::Receiver<Option<Duration>>,
+    heartbeat_interval: Duration,
 }
 
 impl Scrape for SingleProcess {
@@ -798,9 +814,14 @@ impl Scrape for SingleProcess {
     }
 
     fn report(&self) -> Report {
-        let counters = self.slot.counters().snapshot();
+        let mut counters = self.slot.counters().snapshot();
         let process = ProcessStats::current();
         let draining = self.shutdown.borrow().is_some();
+        counters.event_loop_lag_micros = metrics::event_loop_lag(
+            counters.event_loop_lag_micros,
+            self.slot.since_beat(),
+            self.heartbeat_interval,
+        );
         Report {
             totals: counters.clone(),
             workers: vec![WorkerReport {

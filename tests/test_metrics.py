@@ -276,6 +276,31 @@ def test_a_failed_reload_counts_no_restart(run_rsasgi, tmp_path):
 # Gauges.
 
 
+def blocked_loop(server: Server, markers) -> threading.Thread:
+    """Starts a request to /block, which blocks the app's event loop until the test creates
+    the marker `release`; returns the thread waiting for its answer."""
+    blocked = threading.Thread(target=lambda: httpx.get(f"{server.url}/block", timeout=60))
+    blocked.start()
+    return blocked
+
+
+def test_the_lag_shows_a_loop_blocked_now(run_rsasgi, markers):
+    """The heartbeat measures its lag once the loop runs again, too late for a loop blocked
+    until the health check kills it: a scrape shows how long the loop has not run."""
+    server, base = start(run_rsasgi, markers, "--timeout-worker-healthcheck", "60", workers=1)
+    (pid,) = {pid for _, pid in STARTED.findall(server.output())}
+    blocked = blocked_loop(server, markers)
+    try:
+        wait_for(
+            lambda: scrape(base).value("rsasgi_event_loop_lag_seconds", pid=pid) >= 1.5,
+            message="a lag of 1.5 s shown while the loop is blocked",
+        )
+    finally:
+        (markers / "release").touch()
+        blocked.join()
+    assert scrape(base).value("rsasgi_worker_restarts_total", reason="health_check") == 0
+
+
 def test_requests_in_flight_show_while_the_app_works(run_rsasgi, markers):
     server, base = start(run_rsasgi, markers, workers=2)
     held = threading.Thread(target=lambda: httpx.get(f"{server.url}/hold", timeout=30))

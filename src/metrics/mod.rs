@@ -140,6 +140,16 @@ pub(crate) trait Scrape: Send + Sync + 'static {
     fn report(&self) -> Report;
 }
 
+/// A worker's event loop lag as a scrape shows it, in microseconds: the lag
+/// its last heartbeat measured (`measured`), or how long the loop has not
+/// run (`silent`, since that beat) beyond the heartbeat `interval`, if more.
+/// The heartbeat measures a blocked loop only once it runs again, which is
+/// after the health check has replaced the worker.
+pub(crate) fn event_loop_lag(measured: u64, silent: Duration, interval: Duration) -> u64 {
+    let late = silent.saturating_sub(interval);
+    measured.max(u64::try_from(late.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// The answer to `GET path`: status, content type and body.
 fn answer(method: &Method, path: &str, scrape: &dyn Scrape) -> (StatusCode, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
@@ -418,6 +428,27 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(answer.as_deref(), Some("HTTP/1.1 200 OK"));
+    }
+
+    #[test]
+    fn a_loop_blocked_now_shows_as_its_silence_beyond_the_interval() {
+        let second = Duration::from_secs(1);
+        // Beating on time: the measured lag stands.
+        assert_eq!(
+            event_loop_lag(2_000, Duration::from_millis(500), second),
+            2_000
+        );
+        assert_eq!(event_loop_lag(0, second, second), 0);
+        // Silent for 4.5 s, beating every second: 3.5 s late, and counting.
+        assert_eq!(
+            event_loop_lag(2_000, Duration::from_millis(4_500), second),
+            3_500_000
+        );
+        // A larger lag measured before still shows.
+        assert_eq!(
+            event_loop_lag(9_000_000, Duration::from_millis(4_500), second),
+            9_000_000
+        );
     }
 
     #[test]

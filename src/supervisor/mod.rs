@@ -186,7 +186,9 @@ pub(crate) fn run(
             return Ok(1);
         }
     };
-    let board = scrapes.as_ref().map(|_| Arc::new(Board::default()));
+    let board = scrapes
+        .as_ref()
+        .map(|_| Arc::new(Board::new(config.supervision.heartbeat_interval())));
     let config = Arc::new(config);
     let code = py.detach(|| {
         let runtime = match tokio::runtime::Builder::new_current_thread()
