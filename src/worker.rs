@@ -682,6 +682,7 @@ impl Worker {
                     slot: Arc::clone(slot),
                     shutdown: self.shutdown.subscribe(),
                     heartbeat_interval: self.beat_interval(),
+                    healthcheck: self.config.supervision.timeout_worker_healthcheck,
                 }) as Arc<dyn Scrape>,
             )),
             _ => None,
@@ -794,12 +795,18 @@ impl Worker {
 }
 
 /// What `--metrics-bind` shows without `--workers`: this process is the
-/// only worker, and it serves until its graceful shutdown starts.
+/// only worker, and it serves until its graceful shutdown starts (/readyz
+/// fails then, /healthz does not: a drain is no failure, here as under a
+/// supervisor). No supervisor replaces it when the app blocks its event
+/// loop: /healthz says so instead, for an orchestrator to restart it.
 struct SingleProcess {
     /// Holds the counters and the event loop's heartbeat.
     slot: Arc<Slot>,
     shutdown: watch::Receiver<Option<Duration>>,
     heartbeat_interval: Duration,
+    /// `--timeout-worker-healthcheck`: how long the loop may not run before
+    /// /healthz fails (none: never).
+    healthcheck: Option<Duration>,
 }
 
 impl Scrape for SingleProcess {
@@ -807,9 +814,21 @@ impl Scrape for SingleProcess {
         // The listener runs on the reactor, which starts once the app is
         // loaded and stops when the connections have drained.
         let draining = self.shutdown.borrow().is_some();
+        let silent = self.slot.since_beat();
+        let not_alive = self
+            .healthcheck
+            .filter(|limit| silent > *limit)
+            .map(|limit| {
+                format!(
+                    "the event loop has not run for {:.1}s (--timeout-worker-healthcheck {}s): \
+                     the app blocks it",
+                    silent.as_secs_f64(),
+                    limit.as_secs_f64()
+                )
+            });
         Health {
-            alive: true,
-            not_ready: draining.then_some("shutting down"),
+            not_alive,
+            not_ready: draining.then(|| "shutting down".to_string()),
         }
     }
 

@@ -400,6 +400,8 @@ def test_probes_answer_while_serving_and_readyz_fails_once_draining(run_rsasgi, 
         server.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: probe(base, "/readyz") == 503, message="/readyz 503 while draining")
         assert "shutting down" in httpx.get(f"{base}/readyz").text
+        # A drain is no failure: a liveness probe must not have the drain cut short.
+        assert probe(base, "/healthz") == 200
     finally:
         (markers / "release").touch()
         held.join()
@@ -429,10 +431,35 @@ def test_a_single_process_serves_its_own_metrics_and_probes(run_rsasgi, markers)
         wait_for(lambda: (markers / "held").exists(), message="the request reached the app")
         server.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: probe(base, "/readyz") == 503, message="/readyz 503 while draining")
+        assert probe(base, "/healthz") == 200
     finally:
         (markers / "release").touch()
         held.join()
     assert server.wait_exit() == 0
+
+
+def test_a_single_process_whose_loop_is_blocked_fails_healthz(run_rsasgi, markers):
+    """Without --workers no supervisor replaces a worker whose event loop the app blocks:
+    once it has not run for --timeout-worker-healthcheck, /healthz (and /readyz) fail, for
+    an orchestrator to restart the process, and the lag shows it; both pass again once the
+    loop runs."""
+    server, base = start(run_rsasgi, markers, "--timeout-worker-healthcheck", "2")
+    blocked = blocked_loop(server, markers)
+    try:
+        wait_for(lambda: probe(base, "/healthz") == 503, message="/healthz 503")
+        why = httpx.get(f"{base}/healthz", timeout=10).text
+        assert re.fullmatch(
+            r"the event loop has not run for \d+\.\d+s \(--timeout-worker-healthcheck 2s\): "
+            r"the app blocks it\n",
+            why,
+        ), why
+        assert probe(base, "/readyz") == 503
+        assert scrape(base).value("rsasgi_event_loop_lag_seconds", worker="1") >= 1
+    finally:
+        (markers / "release").touch()
+        blocked.join()
+    wait_for(lambda: probe(base, "/healthz") == 200, message="/healthz 200 again")
+    assert probe(base, "/readyz") == 200
 
 
 # The listener's own limits.

@@ -125,12 +125,13 @@ impl MetricsBind {
 }
 
 /// What the probes answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Health {
-    /// At least one worker serves.
-    pub alive: bool,
-    /// Why traffic should go elsewhere now, if it should.
-    pub not_ready: Option<&'static str>,
+    /// Why `/healthz` fails, if it does: no worker serves, or the one
+    /// process's event loop is blocked. A graceful drain is no failure.
+    pub not_alive: Option<String>,
+    /// Why traffic should go elsewhere now (`/readyz` fails), if it should.
+    pub not_ready: Option<String>,
 }
 
 /// Where the listener's answers come from: the supervisor, or the process
@@ -162,18 +163,18 @@ fn answer(method: &Method, path: &str, scrape: &dyn Scrape) -> (StatusCode, &'st
             exposition::CONTENT_TYPE,
             exposition::render(&scrape.report()),
         ),
-        "/healthz" => match scrape.health().alive {
-            true => (StatusCode::OK, TEXT, "ok\n".into()),
-            false => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                TEXT,
-                "no worker is serving\n".into(),
-            ),
-        },
-        "/readyz" => match scrape.health().not_ready {
-            None => (StatusCode::OK, TEXT, "ready\n".into()),
+        "/healthz" => match scrape.health().not_alive {
+            None => (StatusCode::OK, TEXT, "ok\n".into()),
             Some(why) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
         },
+        "/readyz" => {
+            // What cannot live cannot take traffic either.
+            let health = scrape.health();
+            match health.not_ready.or(health.not_alive) {
+                None => (StatusCode::OK, TEXT, "ready\n".into()),
+                Some(why) => (StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("{why}\n")),
+            }
+        }
         _ => (
             StatusCode::NOT_FOUND,
             TEXT,
@@ -341,7 +342,7 @@ mod tests {
 
     impl Scrape for Fixed {
         fn health(&self) -> Health {
-            self.0
+            self.0.clone()
         }
         fn report(&self) -> Report {
             Report::default()
@@ -353,11 +354,11 @@ mod tests {
     async fn serving(limits: Limits) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let serving = Health {
-            alive: true,
-            not_ready: None,
-        };
-        tokio::spawn(serve_within(listener, Arc::new(Fixed(serving)), limits));
+        tokio::spawn(serve_within(
+            listener,
+            Arc::new(Fixed(Health::default())),
+            limits,
+        ));
         address
     }
 
@@ -469,26 +470,44 @@ mod tests {
 
     #[test]
     fn probes_answer_as_health_says() {
-        let get = |health: Health, path: &str| answer(&Method::GET, path, &Fixed(health)).0;
-        let serving = Health {
-            alive: true,
-            not_ready: None,
+        let get = |health: &Health, path: &str| {
+            let (status, _, body) = answer(&Method::GET, path, &Fixed(health.clone()));
+            (status, body)
         };
+        let serving = Health::default();
         let draining = Health {
-            alive: true,
-            not_ready: Some("shutting down"),
+            not_alive: None,
+            not_ready: Some("shutting down".into()),
         };
         let dead = Health {
-            alive: false,
-            not_ready: Some("no worker is serving"),
+            not_alive: Some("no worker is serving".into()),
+            not_ready: Some("not every worker is serving".into()),
         };
-        assert_eq!(get(serving, "/healthz"), StatusCode::OK);
-        assert_eq!(get(serving, "/readyz"), StatusCode::OK);
-        assert_eq!(get(draining, "/healthz"), StatusCode::OK);
-        assert_eq!(get(draining, "/readyz"), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(get(dead, "/healthz"), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(get(serving, "/metrics"), StatusCode::OK);
-        assert_eq!(get(serving, "/"), StatusCode::NOT_FOUND);
+        let blocked = Health {
+            not_alive: Some("the event loop has not run for 5.0s".into()),
+            not_ready: None,
+        };
+        let ok = |body: &str| (StatusCode::OK, body.to_string());
+        let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
+        assert_eq!(get(&serving, "/healthz"), ok("ok\n"));
+        assert_eq!(get(&serving, "/readyz"), ok("ready\n"));
+        assert_eq!(get(&draining, "/healthz"), ok("ok\n"));
+        assert_eq!(get(&draining, "/readyz"), unavailable("shutting down"));
+        assert_eq!(get(&dead, "/healthz"), unavailable("no worker is serving"));
+        assert_eq!(
+            get(&dead, "/readyz"),
+            unavailable("not every worker is serving")
+        );
+        assert_eq!(
+            get(&blocked, "/healthz"),
+            unavailable("the event loop has not run for 5.0s")
+        );
+        assert_eq!(
+            get(&blocked, "/readyz"),
+            unavailable("the event loop has not run for 5.0s")
+        );
+        assert_eq!(get(&serving, "/metrics").0, StatusCode::OK);
+        assert_eq!(get(&serving, "/").0, StatusCode::NOT_FOUND);
         assert_eq!(
             answer(&Method::POST, "/metrics", &Fixed(serving)).0,
             StatusCode::METHOD_NOT_ALLOWED

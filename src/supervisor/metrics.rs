@@ -23,6 +23,8 @@ struct Listed {
     pid: u32,
     state: &'static str,
     slot: Arc<Slot>,
+    /// It serves, or drains the requests it has as it stops.
+    alive: bool,
     /// Its event loop should be beating: it serves, or was found stuck. A
     /// booting worker's loop does not run while the app imports, and a
     /// stopping one's ends before the process does.
@@ -86,6 +88,10 @@ impl Board {
                 pid: worker.pid,
                 state: state_label(worker.state),
                 slot: Arc::clone(&worker.slot),
+                alive: matches!(
+                    worker.state,
+                    State::Serving | State::Retiring(_) | State::Stopping { .. }
+                ),
                 beats: matches!(
                     worker.state,
                     State::Serving | State::Retiring(_) | State::Hung { .. } | State::Killed
@@ -132,9 +138,10 @@ impl Scrape for Board {
         } else {
             None
         };
+        let alive = published.workers.iter().any(|worker| worker.alive);
         Health {
-            alive: serving > 0,
-            not_ready,
+            not_alive: (!alive).then(|| "no worker is serving".to_string()),
+            not_ready: not_ready.map(str::to_string),
         }
     }
 
