@@ -273,6 +273,40 @@ def test_a_failed_reload_counts_no_restart(run_rsasgi, tmp_path):
     assert metrics.value("rsasgi_worker_restarts_total", reason="reload") == 0
 
 
+def test_a_reload_whose_new_worker_hangs_booting_counts_no_restart(run_rsasgi, tmp_path):
+    """The new worker of a reload never ends its import and is killed at --timeout-worker-boot:
+    the old one keeps serving, and no worker was replaced (by the health check or otherwise)."""
+    module = tmp_path / "metrics_reloaded.py"
+    module.write_text(
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+    )
+    metrics_port = free_port()
+    server = run_rsasgi(
+        "metrics_reloaded:app",
+        "--app-dir",
+        str(tmp_path),
+        "--metrics-bind",
+        f"127.0.0.1:{metrics_port}",
+        "--workers",
+        "1",
+        "--timeout-worker-boot",
+        "1",
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    wait_for_log(server, "All 1 worker")
+    module.write_text("import time\n\ntime.sleep(600)\n")
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for_log(server, "Reload failed")
+    metrics = scrape(f"http://127.0.0.1:{metrics_port}")
+    assert "is not serving" in server.output()
+    for reason in ("health_check", "reload", "crash"):
+        assert metrics.value("rsasgi_worker_restarts_total", reason=reason) == 0, reason
+
+
 # Gauges.
 
 

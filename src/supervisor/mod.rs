@@ -1011,7 +1011,10 @@ impl Supervisor {
                     tracing::error!(
                         "{stuck}; the Python stack of each of its threads follows, {then}"
                     );
-                    if let Some(board) = &self.board {
+                    // A worker that never served is not replaced but started
+                    // again (or, for a replacement, given up on: its
+                    // predecessor serves on), as after a failed boot.
+                    if let (Some(board), false) = (&self.board, booting) {
                         board.restarting(Restart::HealthCheck);
                     }
                     // The worker registered faulthandler for SIGUSR2, which
