@@ -144,6 +144,18 @@ def test_requests_are_counted_by_method_and_status_over_all_workers(run_rsasgi, 
     assert metrics.value("rsasgi_sent_bytes_total") >= len(b"HTTP/1.1 200 OK\r\n") * 14
 
 
+def test_request_series_are_shown_at_zero_before_the_first_request(run_rsasgi, markers):
+    """rate() and increase() take a series' first sample for its start: a series that
+    appeared with the first 5xx would show no increase, and an alert on it would not fire."""
+    _, base = start(run_rsasgi, markers)
+    family = scrape(base).families["rsasgi_requests"]
+    shown = {(sample.labels["method"], sample.labels["status"]) for sample in family.samples}
+    methods = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
+    statuses = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
+    assert shown == {(method, status) for method in methods for status in statuses}
+    assert all(sample.value == 0 for sample in family.samples)
+
+
 def test_heads_hyper_refuses_count_as_other_4xx(run_rsasgi, markers):
     server, base = start(run_rsasgi, markers)
     for request in (
