@@ -141,6 +141,15 @@ pub(crate) fn run(
         Sockets::Handoff(_) => supervisor::EXIT_BOOT_FAILURE,
         Sockets::Own(_) => 1,
     };
+    if let Sockets::Handoff(handoff) = &sockets {
+        // Before the slot is mapped: its layout is the supervisor's build's.
+        // The supervisor stops once no worker serves (a service manager then
+        // starts the new build), or keeps the old workers serving.
+        if let Err(message) = handoff.check_build() {
+            tracing::error!("{message}");
+            return Ok(cannot_start);
+        }
+    }
     if let Some(path) = &config.env_file {
         if let Err(message) = load_env_file(py, path) {
             tracing::error!("{message}");

@@ -17,6 +17,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -798,6 +799,44 @@ def test_app_that_cannot_boot_stops_the_supervisor_with_exit_3(run_rsasgi, app, 
     assert "could not boot (exited with code 3, the error is above); stopping" in log
     assert len(STARTED.findall(log)) <= 2, log
     assert log.rstrip().endswith("rsasgi.error: Stopped"), log
+
+
+def test_a_worker_of_another_build_than_its_supervisor_s_does_not_serve(tmp_path):
+    """rsasgi upgraded in place under a running supervisor: the next worker it starts is of
+    the new build, whose memory layout may differ. That worker exits as one that cannot
+    boot, saying to restart the service, before it maps the supervisor's memory. The test
+    plays the supervisor of another build: it is the worker's parent, and hands it a slot
+    and a listening socket."""
+    slot = os.memfd_create("rsasgi-test-slot")
+    os.ftruncate(slot, 1 << 20)
+    try:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            handoff = (
+                f"number=1 supervisor={os.getpid()} slot={slot} "
+                f"listeners={listener.fileno()} workers=1 build=0.0.1+0123456789abcdef"
+            )
+            result = subprocess.run(
+                [sys.executable, "-m", "rsasgi", APP, "--app-dir", str(APPS)],
+                env={**os.environ, "RSASGI_WORKER_HANDOFF": handoff},
+                pass_fds=(slot, listener.fileno()),
+                capture_output=True,
+                text=True,
+                timeout=15,
+                cwd=tmp_path,
+            )
+    finally:
+        os.close(slot)
+    log = result.stdout + result.stderr
+    assert result.returncode == 3, log
+    assert re.search(
+        rf"This worker is rsasgi \S+\+[0-9a-f]{{16}}, but its supervisor \(pid {os.getpid()}\) "
+        r"runs rsasgi 0\.0\.1\+0123456789abcdef: rsasgi was upgraded or reinstalled under the "
+        r"running service, .*; restart the service after an upgrade",
+        log,
+    ), log
+    assert "Serving on" not in log
 
 
 #: An app whose import waits for a file named "go" beside it.
