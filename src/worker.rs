@@ -141,6 +141,15 @@ pub(crate) fn run(
         Sockets::Handoff(_) => supervisor::EXIT_BOOT_FAILURE,
         Sockets::Own(_) => 1,
     };
+    if let Sockets::Handoff(handoff) = &sockets {
+        // Before the slot is mapped: its layout is the supervisor's build's.
+        // The supervisor stops once no worker serves (a service manager then
+        // starts the new build), or keeps the old workers serving.
+        if let Err(message) = handoff.check_build() {
+            tracing::error!("{message}");
+            return Ok(cannot_start);
+        }
+    }
     if let Some(path) = &config.env_file {
         if let Err(message) = load_env_file(py, path) {
             tracing::error!("{message}");
@@ -381,6 +390,13 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    /// The heartbeat's interval ([`Worker::heartbeat_interval`]), zero
+    /// when nothing listens to it.
+    fn beat_interval(&self) -> Duration {
+        self.heartbeat_interval()
+            .map_or(Duration::ZERO, Duration::from_secs_f64)
+    }
+
     fn new(
         config: Config,
         listeners: Vec<Listener>,
@@ -517,17 +533,23 @@ impl Worker {
     /// every `heartbeat_interval` seconds. A loop blocked by the app stops calling
     /// it, which is what the supervisor's health check looks for.
     fn heartbeat(&self) {
-        if let Some(supervised) = &self.supervised {
-            supervised.slot.beat();
+        // The supervisor's health check reads the beat in the slot it
+        // handed down; without one, this process's own --metrics-bind
+        // listener reads it in the slot of its metrics.
+        let beats = match &self.supervised {
+            Some(supervised) => Some(&supervised.slot),
+            None => self.metrics.slot.as_ref(),
+        };
+        if let Some(slot) = beats {
+            slot.beat();
         }
         if let Some(slot) = &self.metrics.slot {
             let now = Instant::now();
             let last = self.metrics.last_beat.lock().replace(now);
             if let Some(last) = last {
-                let interval = self
-                    .heartbeat_interval()
-                    .map_or(Duration::ZERO, Duration::from_secs_f64);
-                let lag = now.duration_since(last).saturating_sub(interval);
+                let lag = now
+                    .duration_since(last)
+                    .saturating_sub(self.beat_interval());
                 slot.counters().set_event_loop_lag(lag);
             }
         }
@@ -668,6 +690,8 @@ impl Worker {
                 Arc::new(SingleProcess {
                     slot: Arc::clone(slot),
                     shutdown: self.shutdown.subscribe(),
+                    heartbeat_interval: self.beat_interval(),
+                    healthcheck: self.config.supervision.timeout_worker_healthcheck,
                 }) as Arc<dyn Scrape>,
             )),
             _ => None,
@@ -780,10 +804,18 @@ impl Worker {
 }
 
 /// What `--metrics-bind` shows without `--workers`: this process is the
-/// only worker, and it serves until its graceful shutdown starts.
+/// only worker, and it serves until its graceful shutdown starts (/readyz
+/// fails then, /healthz does not: a drain is no failure, here as under a
+/// supervisor). No supervisor replaces it when the app blocks its event
+/// loop: /healthz says so instead, for an orchestrator to restart it.
 struct SingleProcess {
+    /// Holds the counters and the event loop's heartbeat.
     slot: Arc<Slot>,
     shutdown: watch::Receiver<Option<Duration>>,
+    heartbeat_interval: Duration,
+    /// `--timeout-worker-healthcheck`: how long the loop may not run before
+    /// /healthz fails (none: never).
+    healthcheck: Option<Duration>,
 }
 
 impl Scrape for SingleProcess {
@@ -791,16 +823,33 @@ impl Scrape for SingleProcess {
         // The listener runs on the reactor, which starts once the app is
         // loaded and stops when the connections have drained.
         let draining = self.shutdown.borrow().is_some();
+        let silent = self.slot.since_beat();
+        let not_alive = self
+            .healthcheck
+            .filter(|limit| silent > *limit)
+            .map(|limit| {
+                format!(
+                    "the event loop has not run for {:.1}s (--timeout-worker-healthcheck {}s): \
+                     the app blocks it",
+                    silent.as_secs_f64(),
+                    limit.as_secs_f64()
+                )
+            });
         Health {
-            alive: true,
-            not_ready: draining.then_some("shutting down"),
+            not_alive,
+            not_ready: draining.then(|| "shutting down".to_string()),
         }
     }
 
     fn report(&self) -> Report {
-        let counters = self.slot.counters().snapshot();
+        let mut counters = self.slot.counters().snapshot();
         let process = ProcessStats::current();
         let draining = self.shutdown.borrow().is_some();
+        counters.event_loop_lag_micros = metrics::event_loop_lag(
+            counters.event_loop_lag_micros,
+            self.slot.since_beat(),
+            self.heartbeat_interval,
+        );
         Report {
             totals: counters.clone(),
             workers: vec![WorkerReport {

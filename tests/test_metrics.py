@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import threading
 
 import httpx
@@ -143,6 +144,18 @@ def test_requests_are_counted_by_method_and_status_over_all_workers(run_rsasgi, 
     assert metrics.value("rsasgi_sent_bytes_total") >= len(b"HTTP/1.1 200 OK\r\n") * 14
 
 
+def test_request_series_are_shown_at_zero_before_the_first_request(run_rsasgi, markers):
+    """rate() and increase() take a series' first sample for its start: a series that
+    appeared with the first 5xx would show no increase, and an alert on it would not fire."""
+    _, base = start(run_rsasgi, markers)
+    family = scrape(base).families["rsasgi_requests"]
+    shown = {(sample.labels["method"], sample.labels["status"]) for sample in family.samples}
+    methods = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
+    statuses = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
+    assert shown == {(method, status) for method in methods for status in statuses}
+    assert all(sample.value == 0 for sample in family.samples)
+
+
 def test_heads_hyper_refuses_count_as_other_4xx(run_rsasgi, markers):
     server, base = start(run_rsasgi, markers)
     for request in (
@@ -272,7 +285,66 @@ def test_a_failed_reload_counts_no_restart(run_rsasgi, tmp_path):
     assert metrics.value("rsasgi_worker_restarts_total", reason="reload") == 0
 
 
+def test_a_reload_whose_new_worker_hangs_booting_counts_no_restart(run_rsasgi, tmp_path):
+    """The new worker of a reload never ends its import and is killed at --timeout-worker-boot:
+    the old one keeps serving, and no worker was replaced (by the health check or otherwise)."""
+    module = tmp_path / "metrics_reloaded.py"
+    module.write_text(
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+    )
+    metrics_port = free_port()
+    server = run_rsasgi(
+        "metrics_reloaded:app",
+        "--app-dir",
+        str(tmp_path),
+        "--metrics-bind",
+        f"127.0.0.1:{metrics_port}",
+        "--workers",
+        "1",
+        "--timeout-worker-boot",
+        "1",
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    wait_for_log(server, "All 1 worker")
+    module.write_text("import time\n\ntime.sleep(600)\n")
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for_log(server, "Reload failed")
+    metrics = scrape(f"http://127.0.0.1:{metrics_port}")
+    assert "is not serving" in server.output()
+    for reason in ("health_check", "reload", "crash"):
+        assert metrics.value("rsasgi_worker_restarts_total", reason=reason) == 0, reason
+
+
 # Gauges.
+
+
+def blocked_loop(server: Server, markers) -> threading.Thread:
+    """Starts a request to /block, which blocks the app's event loop until the test creates
+    the marker `release`; returns the thread waiting for its answer."""
+    blocked = threading.Thread(target=lambda: httpx.get(f"{server.url}/block", timeout=60))
+    blocked.start()
+    return blocked
+
+
+def test_the_lag_shows_a_loop_blocked_now(run_rsasgi, markers):
+    """The heartbeat measures its lag once the loop runs again, too late for a loop blocked
+    until the health check kills it: a scrape shows how long the loop has not run."""
+    server, base = start(run_rsasgi, markers, "--timeout-worker-healthcheck", "60", workers=1)
+    (pid,) = {pid for _, pid in STARTED.findall(server.output())}
+    blocked = blocked_loop(server, markers)
+    try:
+        wait_for(
+            lambda: scrape(base).value("rsasgi_event_loop_lag_seconds", pid=pid) >= 1.5,
+            message="a lag of 1.5 s shown while the loop is blocked",
+        )
+    finally:
+        (markers / "release").touch()
+        blocked.join()
+    assert scrape(base).value("rsasgi_worker_restarts_total", reason="health_check") == 0
 
 
 def test_requests_in_flight_show_while_the_app_works(run_rsasgi, markers):
@@ -374,6 +446,8 @@ def test_probes_answer_while_serving_and_readyz_fails_once_draining(run_rsasgi, 
         server.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: probe(base, "/readyz") == 503, message="/readyz 503 while draining")
         assert "shutting down" in httpx.get(f"{base}/readyz").text
+        # A drain is no failure: a liveness probe must not have the drain cut short.
+        assert probe(base, "/healthz") == 200
     finally:
         (markers / "release").touch()
         held.join()
@@ -403,18 +477,73 @@ def test_a_single_process_serves_its_own_metrics_and_probes(run_rsasgi, markers)
         wait_for(lambda: (markers / "held").exists(), message="the request reached the app")
         server.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: probe(base, "/readyz") == 503, message="/readyz 503 while draining")
+        assert probe(base, "/healthz") == 200
     finally:
         (markers / "release").touch()
         held.join()
     assert server.wait_exit() == 0
 
 
+def test_a_single_process_whose_loop_is_blocked_fails_healthz(run_rsasgi, markers):
+    """Without --workers no supervisor replaces a worker whose event loop the app blocks:
+    once it has not run for --timeout-worker-healthcheck, /healthz (and /readyz) fail, for
+    an orchestrator to restart the process, and the lag shows it; both pass again once the
+    loop runs."""
+    server, base = start(run_rsasgi, markers, "--timeout-worker-healthcheck", "2")
+    blocked = blocked_loop(server, markers)
+    try:
+        wait_for(lambda: probe(base, "/healthz") == 503, message="/healthz 503")
+        why = httpx.get(f"{base}/healthz", timeout=10).text
+        assert re.fullmatch(
+            r"the event loop has not run for \d+\.\d+s \(--timeout-worker-healthcheck 2s\): "
+            r"the app blocks it\n",
+            why,
+        ), why
+        assert probe(base, "/readyz") == 503
+        assert scrape(base).value("rsasgi_event_loop_lag_seconds", worker="1") >= 1
+    finally:
+        (markers / "release").touch()
+        blocked.join()
+    wait_for(lambda: probe(base, "/healthz") == 200, message="/healthz 200 again")
+    assert probe(base, "/readyz") == 200
+
+
+# The listener's own limits.
+
+
+def test_connections_over_the_cap_are_closed_at_once(run_rsasgi, markers):
+    """Clients that keep connections to the metrics port (or never read the answers) hold
+    64 of them at most, not every descriptor the supervisor has: one more is closed as
+    soon as it is accepted, once logged, and new ones are served again once some close."""
+    server, base = start(run_rsasgi, markers, workers=1)
+    address = ("127.0.0.1", int(base.rsplit(":", 1)[1]))
+    held = [socket.create_connection(address, timeout=10) for _ in range(64)]
+    try:
+        with socket.create_connection(address, timeout=10) as extra:
+            try:
+                extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed already
+            assert recv_until_closed(extra, timeout=5) == b""
+        wait_for_log(server, "--metrics-bind: 64 connections are open")
+    finally:
+        for sock in held:
+            sock.close()
+
+    def served() -> bool:
+        try:
+            return probe(base, "/healthz") == 200
+        except httpx.TransportError:  # closed at the cap: not every close is seen yet
+            return False
+
+    wait_for(served, message="/healthz served again")
+    wait_for_log(server, "--metrics-bind: new connections are served again, after 1 closed")
+
+
 # The option.
 
 
 def test_a_taken_metrics_port_is_one_clear_line(run_rsasgi, tmp_path):
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -17,6 +17,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -442,6 +443,37 @@ def test_a_single_worker_out_of_file_descriptors_serves_the_waiting_client_later
     assert recovered and int(recovered.group(1)) >= 5, log
 
 
+def test_a_supervisor_out_of_file_descriptors_starts_the_worker_once_it_can(run_rsasgi):
+    """The supervisor cannot start a worker for want of descriptors (clients holding its
+    metrics port's took them, for one): it says so and what to do, and tries again, backing
+    off, where it used to stop with nothing serving; the worker starts once it can."""
+    server = start_supervised(run_rsasgi, workers=1)
+    (old,) = started_workers(server.output())
+    limits = _starve_of_descriptors(server.proc.pid)
+    try:
+        os.kill(old, signal.SIGKILL)
+        wait_for(
+            lambda: server.output().count("Cannot start worker 1") >= 2,
+            message="a second try at starting worker 1",
+            server=server,
+        )
+        assert server.proc.poll() is None
+    finally:
+        resource.prlimit(server.proc.pid, resource.RLIMIT_NOFILE, limits)
+    (new,) = wait_for(
+        lambda: set(started_workers(server.output())) - {old},
+        message="a new worker 1",
+        server=server,
+    )
+    log = wait_for_log(server, f"worker 1 (pid {new}) is serving")
+    assert re.search(
+        r"Cannot start worker 1 \(.* -m rsasgi\): Too many open files \(os error 24\); the "
+        r"supervisor has as many open files as its limit allows \(raise it: ulimit -n, or "
+        r"LimitNOFILE= in a systemd unit\); trying again",
+        log,
+    ), log
+
+
 def test_a_burst_of_websockets_is_spread_over_the_workers(run_rsasgi):
     """An upgraded connection is no longer hyper's, but its WebSocket still counts for the
     spreading: without that, each worker looked empty once its handshakes were done."""
@@ -767,6 +799,44 @@ def test_app_that_cannot_boot_stops_the_supervisor_with_exit_3(run_rsasgi, app, 
     assert "could not boot (exited with code 3, the error is above); stopping" in log
     assert len(STARTED.findall(log)) <= 2, log
     assert log.rstrip().endswith("rsasgi.error: Stopped"), log
+
+
+def test_a_worker_of_another_build_than_its_supervisor_s_does_not_serve(tmp_path):
+    """rsasgi upgraded in place under a running supervisor: the next worker it starts is of
+    the new build, whose memory layout may differ. That worker exits as one that cannot
+    boot, saying to restart the service, before it maps the supervisor's memory. The test
+    plays the supervisor of another build: it is the worker's parent, and hands it a slot
+    and a listening socket."""
+    slot = os.memfd_create("rsasgi-test-slot")
+    os.ftruncate(slot, 1 << 20)
+    try:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            handoff = (
+                f"number=1 supervisor={os.getpid()} slot={slot} "
+                f"listeners={listener.fileno()} workers=1 build=0.0.1+0123456789abcdef"
+            )
+            result = subprocess.run(
+                [sys.executable, "-m", "rsasgi", APP, "--app-dir", str(APPS)],
+                env={**os.environ, "RSASGI_WORKER_HANDOFF": handoff},
+                pass_fds=(slot, listener.fileno()),
+                capture_output=True,
+                text=True,
+                timeout=15,
+                cwd=tmp_path,
+            )
+    finally:
+        os.close(slot)
+    log = result.stdout + result.stderr
+    assert result.returncode == 3, log
+    assert re.search(
+        rf"This worker is rsasgi \S+\+[0-9a-f]{{16}}, but its supervisor \(pid {os.getpid()}\) "
+        r"runs rsasgi 0\.0\.1\+0123456789abcdef: rsasgi was upgraded or reinstalled under the "
+        r"running service, .*; restart the service after an upgrade",
+        log,
+    ), log
+    assert "Serving on" not in log
 
 
 #: An app whose import waits for a file named "go" beside it.

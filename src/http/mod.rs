@@ -1,7 +1,7 @@
 //! The reactor's HTTP side: the accept loop, hyper connections, the service
 //! that turns each request into an ASGI exchange, and the access log.
 
-mod accept_failures;
+pub(crate) mod accept_failures;
 pub(crate) mod access_format;
 mod access_log;
 mod body;

@@ -79,6 +79,15 @@ pub(crate) struct Report {
     pub process: ProcessStats,
 }
 
+/// The methods of `rsasgi_requests_total` shown from the first scrape, at 0
+/// for each status class. `rate()` and `increase()` take a series' first
+/// sample for its start: a series that appeared with the first 5xx counted
+/// would show no increase, and an alert on it would not fire. CONNECT and
+/// TRACE, which few apps take, appear with their first request.
+const METHODS_SHOWN_AT_ZERO: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+
 /// A per-worker gauge's value, or none to leave the worker out.
 type WorkerValue = fn(&WorkerReport) -> Option<String>;
 
@@ -118,7 +127,7 @@ pub(crate) fn render(report: &Report) -> String {
     );
     for (method, row) in METHODS.iter().zip(&totals.requests) {
         for (status, count) in STATUS_CLASSES.iter().zip(row) {
-            if *count > 0 {
+            if *count > 0 || METHODS_SHOWN_AT_ZERO.contains(method) {
                 let _ = writeln!(
                     out,
                     "rsasgi_requests_total{{method=\"{}\",status=\"{status}\"}} {count}",
@@ -331,21 +340,40 @@ mod tests {
     }
 
     #[test]
-    fn requests_are_shown_by_method_and_status_when_counted() {
+    fn requests_are_shown_by_method_and_status() {
         let text = render(&report());
-        assert_eq!(
-            sample(&text, r#"rsasgi_requests_total{method="GET",status="2xx"}"#).as_deref(),
-            Some("7")
-        );
+        let requests = |method: &str, status: &str| {
+            let labels =
+                format!("rsasgi_requests_total{{method=\"{method}\",status=\"{status}\"}}");
+            sample(&text, &labels)
+        };
+        assert_eq!(requests("GET", "2xx").as_deref(), Some("7"));
+        assert_eq!(requests("POST", "5xx").as_deref(), Some("1"));
+        // The common methods from the start, for every class.
+        for status in STATUS_CLASSES {
+            assert_eq!(requests("PUT", status).as_deref(), Some("0"), "{status}");
+            assert_eq!(requests("other", status).as_deref(), Some("0"), "{status}");
+        }
+        assert!(!text.contains(r#"method="CONNECT""#));
+        assert!(!text.contains(r#"method="TRACE""#));
+    }
+
+    #[test]
+    fn connect_and_trace_appear_once_counted() {
+        let mut report = report();
+        let connect = METHODS.iter().position(|m| *m == "CONNECT").unwrap();
+        report.totals.requests[connect][3] = 2; // 4xx
+        let text = render(&report);
         assert_eq!(
             sample(
                 &text,
-                r#"rsasgi_requests_total{method="POST",status="5xx"}"#
+                r#"rsasgi_requests_total{method="CONNECT",status="4xx"}"#
             )
             .as_deref(),
-            Some("1")
+            Some("2")
         );
-        assert!(!text.contains(r#"method="PUT""#));
+        assert!(!text.contains(r#"method="CONNECT",status="2xx""#));
+        assert!(!text.contains(r#"method="TRACE""#));
     }
 
     #[test]

@@ -5,12 +5,49 @@
 //! It travels in one environment variable, which the worker removes at once
 //! so that processes the app starts do not take themselves for workers.
 //! It names the supervisor's pid: a copy that leaked to a process whose
-//! parent is not that supervisor is ignored.
+//! parent is not that supervisor is ignored. It names the supervisor's
+//! build too, which a worker must share (see [`build`]).
 
 use std::os::fd::RawFd;
 
 /// The variable the handoff travels in.
 pub(crate) const VARIABLE: &str = "RSASGI_WORKER_HANDOFF";
+
+/// This build, as a worker and its supervisor compare it: the version, and
+/// a fingerprint of the sources that lay out this handoff and the memory
+/// they share ("0.1.0+9f3c0a7e5d21b864"). Workers are started from the
+/// installed rsasgi: upgraded in place (`pip install -U`) under a running
+/// supervisor, the next worker it starts is of the new build, which may
+/// read and write that memory at other places.
+pub(crate) fn build() -> String {
+    format!("{}+{LAYOUT:016x}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The fingerprint of [`build`]: any change to these files changes it.
+const LAYOUT: u64 = fingerprint(&[
+    include_bytes!("handoff.rs"),
+    include_bytes!("shared_memory.rs"),
+    include_bytes!("slot.rs"),
+    include_bytes!("balance.rs"),
+    include_bytes!("../metrics/counters.rs"),
+]);
+
+/// FNV-1a over `sources`, at compile time.
+const fn fingerprint(sources: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut file = 0;
+    while file < sources.len() {
+        let bytes = sources[file];
+        let mut at = 0;
+        while at < bytes.len() {
+            hash ^= bytes[at] as u64;
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            at += 1;
+        }
+        file += 1;
+    }
+    hash
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Handoff {
@@ -29,6 +66,9 @@ pub(crate) struct Handoff {
     /// supervisor reads when the worker is stuck (none if it could not be
     /// created: the stacks then go to stderr).
     pub stacks: Option<RawFd>,
+    /// The supervisor's [`build`] (none from a supervisor older than the
+    /// check).
+    pub build: Option<String>,
 }
 
 impl Handoff {
@@ -48,6 +88,9 @@ impl Handoff {
         if let Some(fd) = self.stacks {
             encoded.push_str(&format!(" stacks={fd}"));
         }
+        if let Some(build) = &self.build {
+            encoded.push_str(&format!(" build={build}"));
+        }
         encoded
     }
 
@@ -60,6 +103,7 @@ impl Handoff {
             workers: 0,
             balance: None,
             stacks: None,
+            build: None,
         };
         for field in raw.split_whitespace() {
             let (key, value) = field.split_once('=')?;
@@ -80,6 +124,7 @@ impl Handoff {
                     handoff.balance = Some((fd.parse().ok()?, seat.parse().ok()?));
                 }
                 "stacks" => handoff.stacks = Some(value.parse().ok()?),
+                "build" => handoff.build = Some(value.to_string()),
                 // From a newer supervisor (a rolling restart onto an older
                 // rsasgi): what this build does not know of, it does without.
                 _ => {}
@@ -91,6 +136,24 @@ impl Handoff {
             && handoff.workers > 0
             && !handoff.listener_fds.is_empty();
         complete.then_some(handoff)
+    }
+
+    /// Whether this worker may serve under the supervisor that started it:
+    /// both must be the same [`build`]. Else the error to log before the
+    /// worker exits as one that cannot boot.
+    pub(crate) fn check_build(&self) -> Result<(), String> {
+        let mine = build();
+        let theirs = match &self.build {
+            Some(theirs) if *theirs == mine => return Ok(()),
+            Some(theirs) => format!("rsasgi {theirs}"),
+            None => "an older rsasgi".to_string(),
+        };
+        Err(format!(
+            "This worker is rsasgi {mine}, but its supervisor (pid {}) runs {theirs}: rsasgi \
+             was upgraded or reinstalled under the running service, and a worker of another \
+             build cannot share the supervisor's memory; restart the service after an upgrade",
+            self.supervisor_pid
+        ))
     }
 
     /// Reads and removes the handoff from the environment; `Some` only when
@@ -118,6 +181,7 @@ mod tests {
             workers: 4,
             balance: None,
             stacks: None,
+            build: Some(build()),
         };
         assert_eq!(Handoff::decode(&handoff.encode()), Some(handoff.clone()));
         let balanced = Handoff {
@@ -132,6 +196,44 @@ mod tests {
         assert_eq!(Handoff::decode(&dumping.encode()), Some(dumping));
         let newer = format!("{} later=1", handoff.encode());
         assert_eq!(Handoff::decode(&newer), Some(handoff));
+    }
+
+    #[test]
+    fn a_worker_serves_only_under_a_supervisor_of_its_own_build() {
+        let handoff = Handoff::decode(&format!(
+            "number=1 supervisor=42 slot=3 listeners=4 workers=1 build={}",
+            build()
+        ))
+        .unwrap();
+        assert_eq!(handoff.check_build(), Ok(()));
+
+        let newer = Handoff {
+            build: Some("99.0.0+0123456789abcdef".into()),
+            ..handoff.clone()
+        };
+        let refused = newer.check_build().unwrap_err();
+        assert!(refused.contains(&format!("This worker is rsasgi {}", build())));
+        assert!(refused.contains("supervisor (pid 42) runs rsasgi 99.0.0+0123456789abcdef"));
+        assert!(refused.contains("restart the service"));
+
+        // A supervisor from before the check says no build: its layout is unknown.
+        let older = Handoff::decode("number=1 supervisor=42 slot=3 listeners=4 workers=1").unwrap();
+        assert_eq!(older.build, None);
+        assert!(older
+            .check_build()
+            .unwrap_err()
+            .contains("runs an older rsasgi"));
+    }
+
+    #[test]
+    fn the_build_names_the_version_and_a_fingerprint_of_the_layout() {
+        let build = build();
+        let (version, layout) = build.split_once('+').unwrap();
+        assert_eq!(version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(layout.len(), 16);
+        assert!(!build.contains(char::is_whitespace));
+        assert_ne!(fingerprint(&[b"a"]), fingerprint(&[b"b"]));
+        assert_ne!(fingerprint(&[b"ab", b"c"]), fingerprint(&[b"ab", b"d"]));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! scrape never sees a worker both folded into the totals and still listed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -14,7 +15,7 @@ use super::process::{resident_bytes_of, Retirement, State, WorkerProcess};
 use super::slot::Slot;
 use crate::metrics::counters::Snapshot;
 use crate::metrics::process::ProcessStats;
-use crate::metrics::{Health, Report, Restart, Scrape, WorkerReport};
+use crate::metrics::{event_loop_lag, Health, Report, Restart, Scrape, WorkerReport};
 
 /// One worker as last published.
 struct Listed {
@@ -22,6 +23,12 @@ struct Listed {
     pid: u32,
     state: &'static str,
     slot: Arc<Slot>,
+    /// It serves, or drains the requests it has as it stops.
+    alive: bool,
+    /// Its event loop should be beating: it serves, or was found stuck. A
+    /// booting worker's loop does not run while the app imports, and a
+    /// stopping one's ends before the process does.
+    beats: bool,
 }
 
 #[derive(Default)]
@@ -35,8 +42,11 @@ struct Published {
     restarts: [u64; Restart::ALL.len()],
 }
 
-#[derive(Default)]
-pub(super) struct Board(Mutex<Published>);
+pub(super) struct Board {
+    published: Mutex<Published>,
+    /// How often the workers' event loops beat.
+    heartbeat_interval: Duration,
+}
 
 impl Restart {
     fn of(retirement: Retirement) -> Restart {
@@ -60,9 +70,17 @@ fn state_label(state: State) -> &'static str {
 }
 
 impl Board {
+    /// A board for workers whose event loops beat every `heartbeat_interval`.
+    pub(super) fn new(heartbeat_interval: Duration) -> Board {
+        Board {
+            published: Mutex::default(),
+            heartbeat_interval,
+        }
+    }
+
     /// The workers as they are now, after a turn of the loop.
     pub(super) fn publish(&self, workers: &[WorkerProcess], target: usize, stopping: bool) {
-        let mut published = self.0.lock();
+        let mut published = self.published.lock();
         published.workers = workers
             .iter()
             .map(|worker| Listed {
@@ -70,6 +88,14 @@ impl Board {
                 pid: worker.pid,
                 state: state_label(worker.state),
                 slot: Arc::clone(&worker.slot),
+                alive: matches!(
+                    worker.state,
+                    State::Serving | State::Retiring(_) | State::Stopping { .. }
+                ),
+                beats: matches!(
+                    worker.state,
+                    State::Serving | State::Retiring(_) | State::Hung { .. } | State::Killed
+                ),
             })
             .collect();
         published.target = target;
@@ -79,7 +105,7 @@ impl Board {
     /// A worker exited: its counts stay in the totals.
     pub(super) fn exited(&self, worker: &WorkerProcess) {
         let last = worker.slot.counters().snapshot();
-        let mut published = self.0.lock();
+        let mut published = self.published.lock();
         published.gone.add_counters(&last);
         published.workers.retain(|listed| listed.pid != worker.pid);
     }
@@ -88,7 +114,7 @@ impl Board {
     pub(super) fn restarting(&self, reason: Restart) {
         let index = Restart::ALL.iter().position(|r| *r == reason);
         if let Some(index) = index {
-            self.0.lock().restarts[index] += 1;
+            self.published.lock().restarts[index] += 1;
         }
     }
 
@@ -99,7 +125,7 @@ impl Board {
 
 impl Scrape for Board {
     fn health(&self) -> Health {
-        let published = self.0.lock();
+        let published = self.published.lock();
         let serving = published
             .workers
             .iter()
@@ -112,21 +138,29 @@ impl Scrape for Board {
         } else {
             None
         };
+        let alive = published.workers.iter().any(|worker| worker.alive);
         Health {
-            alive: serving > 0,
-            not_ready,
+            not_alive: (!alive).then(|| "no worker is serving".to_string()),
+            not_ready: not_ready.map(str::to_string),
         }
     }
 
     fn report(&self) -> Report {
-        let published = self.0.lock();
+        let published = self.published.lock();
         let mut totals = published.gone.clone();
         let workers: Vec<WorkerReport> = published
             .workers
             .iter()
             .map(|worker| {
-                let counters = worker.slot.counters().snapshot();
+                let mut counters = worker.slot.counters().snapshot();
                 totals.add_counters(&counters);
+                if worker.beats {
+                    counters.event_loop_lag_micros = event_loop_lag(
+                        counters.event_loop_lag_micros,
+                        worker.slot.since_beat(),
+                        self.heartbeat_interval,
+                    );
+                }
                 WorkerReport {
                     number: worker.number,
                     pid: worker.pid,

@@ -186,7 +186,9 @@ pub(crate) fn run(
             return Ok(1);
         }
     };
-    let board = scrapes.as_ref().map(|_| Arc::new(Board::default()));
+    let board = scrapes
+        .as_ref()
+        .map(|_| Arc::new(Board::new(config.supervision.heartbeat_interval())));
     let config = Arc::new(config);
     let code = py.detach(|| {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -268,6 +270,17 @@ fn backoff(attempt: u32) -> Duration {
     FIRST_RESPAWN_DELAY
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
         .min(MAX_RESPAWN_DELAY)
+}
+
+/// Whether a worker that could not be started may start on a later try:
+/// the supervisor was out of descriptors (clients holding the metrics
+/// port's, for one), processes or memory for a moment. Any other failure
+/// (the interpreter gone, not executable for --user) would fail again.
+fn is_transient(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
+    )
 }
 
 /// "", " 3 times": how many times a signal came, after its name.
@@ -891,6 +904,18 @@ impl Supervisor {
     /// must not wait one behind the other while none serves. A worker that
     /// crashes again and again uses that allowance up in a few rounds.
     fn crashed(&mut self) {
+        self.back_off("worker crashes");
+    }
+
+    /// A worker could not be started: counted with the crashes, so that
+    /// further tries back off as after them.
+    fn start_failed(&mut self) {
+        self.back_off("worker crashes and failed starts");
+    }
+
+    /// Counts one of `what` (crashes or failed starts) for the backoff of
+    /// [`Self::crashed`].
+    fn back_off(&mut self, what: &str) {
         let now = Instant::now();
         self.crashes.push_back(now);
         while self
@@ -907,7 +932,7 @@ impl Supervisor {
         let delay = backoff(u32::try_from(repeated).unwrap_or(u32::MAX));
         self.respawn_at = Some(now + delay);
         tracing::warn!(
-            "{} worker crashes in the last {}s; starting the next worker in {:.1}s",
+            "{} {what} in the last {}s; starting the next worker in {:.1}s",
             self.crashes.len(),
             CRASH_WINDOW.as_secs(),
             delay.as_secs_f64()
@@ -1002,7 +1027,10 @@ impl Supervisor {
                     tracing::error!(
                         "{stuck}; the Python stack of each of its threads follows, {then}"
                     );
-                    if let Some(board) = &self.board {
+                    // A worker that never served is not replaced but started
+                    // again (or, for a replacement, given up on: its
+                    // predecessor serves on), as after a failed boot.
+                    if let (Some(board), false) = (&self.board, booting) {
                         board.restarting(Restart::HealthCheck);
                     }
                     // The worker registered faulthandler for SIGUSR2, which
@@ -1147,7 +1175,7 @@ impl Supervisor {
         };
         let number = self.workers[index].number;
         match self.spawn(number) {
-            Some(mut replacement) => {
+            Ok(mut replacement) => {
                 replacement.replaces = Some(pid);
                 let old = &mut self.workers[index];
                 old.state = State::Retiring(reason);
@@ -1158,7 +1186,7 @@ impl Supervisor {
                 );
                 self.workers.push(replacement);
             }
-            None => {
+            Err(_) => {
                 self.workers[index].retire_not_before = Some(Instant::now() + MAX_RESPAWN_DELAY);
             }
         }
@@ -1206,21 +1234,27 @@ impl Supervisor {
                     && (w.is_active() || matches!(w.state, State::Hung { .. } | State::Killed))
             });
             if !present {
-                if let Some(worker) = self.spawn(number) {
-                    self.workers.push(worker);
-                } else if self.workers.iter().any(WorkerProcess::is_active) {
-                    self.crashed();
-                    return;
-                } else {
-                    // Nothing serves and nothing can: say so and stop.
-                    self.halt(1);
-                    return;
+                match self.spawn(number) {
+                    Ok(worker) => self.workers.push(worker),
+                    Err(err)
+                        if is_transient(&err)
+                            || self.workers.iter().any(WorkerProcess::is_active) =>
+                    {
+                        self.start_failed();
+                        return;
+                    }
+                    Err(_) => {
+                        // Nothing serves and nothing can: say so and stop.
+                        self.halt(1);
+                        return;
+                    }
                 }
             }
         }
     }
 
-    fn spawn(&mut self, number: usize) -> Option<WorkerProcess> {
+    /// Starts worker `number`; a failure is logged here.
+    fn spawn(&mut self, number: usize) -> std::io::Result<WorkerProcess> {
         let supervision = &self.config.supervision;
         let max_requests = supervision
             .max_requests
@@ -1234,10 +1268,16 @@ impl Supervisor {
         ) {
             Ok(worker) => {
                 tracing::info!("Started {}", worker.name());
-                Some(worker)
+                Ok(worker)
             }
             Err(err) => {
                 let hint = match &self.command.credentials {
+                    _ if err.raw_os_error() == Some(libc::EMFILE) => {
+                        "; the supervisor has as many open files as its limit allows (raise \
+                         it: ulimit -n, or LimitNOFILE= in a systemd unit); trying again"
+                            .to_string()
+                    }
+                    _ if is_transient(&err) => "; trying again".to_string(),
                     Some(credentials) if err.kind() == std::io::ErrorKind::PermissionDenied => {
                         format!(
                             " ({} must be able to run it and read every directory above it)",
@@ -1250,7 +1290,7 @@ impl Supervisor {
                     "Cannot start worker {number} ({} -m rsasgi): {err}{hint}",
                     self.command.program
                 );
-                None
+                Err(err)
             }
         }
     }

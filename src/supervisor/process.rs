@@ -127,6 +127,7 @@ impl WorkerProcess {
             workers,
             balance,
             stacks: stacks.as_ref().map(StackFile::fd),
+            build: Some(handoff::build()),
         };
         let mut inherited = command.listener_fds.clone();
         inherited.push(slot.fd());
