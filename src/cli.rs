@@ -1061,10 +1061,20 @@ fn blame_switch_value(command: &mut Command, err: clap::Error, argv: &[OsString]
     let Some((arg, long, value)) = found else {
         return err;
     };
+    // After the APP, the word is an extra argument, not the APP.
+    let extra = matches!(
+        err.get(ContextKind::InvalidArg),
+        Some(ContextValue::String(culprit)) if culprit == value
+    );
+    let read_as = if extra {
+        "taken as an extra argument"
+    } else {
+        "read as the APP"
+    };
     if arg.get_action().takes_values() {
         // `--access-log=false`: the value is optional, so it must be attached.
         let message = format!(
-            "--{long} takes its value after '=', so '{value}' was read as the APP; write \
+            "--{long} takes its value after '=', so '{value}' was {read_as}; write \
              --{long}={value}"
         );
         return command.error(ErrorKind::UnknownArgument, message);
@@ -1089,9 +1099,8 @@ fn blame_switch_value(command: &mut Command, err: clap::Error, argv: &[OsString]
         Some(off) => format!("write {on} alone to turn it on, {off} to turn it off"),
         None => format!("write {on} alone, or leave it out"),
     };
-    let message = format!(
-        "--{long} is a switch and takes no value, so '{value}' was read as the APP; {choice}"
-    );
+    let message =
+        format!("--{long} is a switch and takes no value, so '{value}' was {read_as}; {choice}");
     command.error(ErrorKind::UnknownArgument, message)
 }
 
@@ -1107,24 +1116,37 @@ fn blame_environment(
     let Some(ContextValue::String(culprit)) = err.get(ContextKind::InvalidArg) else {
         return err;
     };
-    let Some((long, short, variable)) = command
+    let Some(arg) = command
         .get_arguments()
-        .filter(|arg| arg.to_string() == *culprit)
-        .find_map(|arg| Some((arg.get_long()?, arg.get_short(), arg.get_env()?.to_str()?)))
+        .find(|arg| arg.to_string() == *culprit && arg.get_env().is_some())
+    else {
+        return err;
+    };
+    let (Some(long), Some(variable)) = (arg.get_long(), arg.get_env().and_then(|v| v.to_str()))
     else {
         return err;
     };
     // The command line (and the file, whose settings come as arguments)
-    // wins over the variable: then the bad value is one of theirs.
+    // wins over the variable: then the bad value is one of theirs, under
+    // any of the option's names (gunicorn's --max-requests, -t).
+    let longs: Vec<&str> = std::iter::once(long)
+        .chain(arg.get_all_aliases().into_iter().flatten())
+        .collect();
+    let shorts: Vec<char> = arg
+        .get_short()
+        .into_iter()
+        .chain(arg.get_all_short_aliases().into_iter().flatten())
+        .collect();
     let written = |word: &str| {
-        let long_form = word
-            .strip_prefix("--")
-            .and_then(|word| word.strip_prefix(long))
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('='));
-        let short_form = short.is_some_and(|short| {
-            word.strip_prefix('-')
-                .is_some_and(|rest| !rest.starts_with('-') && rest.starts_with(short))
+        let long_form = word.strip_prefix("--").is_some_and(|word| {
+            longs.iter().any(|long| {
+                word.strip_prefix(long)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+            })
         });
+        let short_form = word
+            .strip_prefix('-')
+            .is_some_and(|rest| !rest.starts_with('-') && rest.starts_with(shorts.as_slice()));
         long_form || short_form
     };
     let on_command_line = argv
@@ -1132,7 +1154,14 @@ fn blame_environment(
         .skip(1)
         .any(|word| word.to_str().is_some_and(written))
         || file_args.iter().any(|word| written(word));
-    if on_command_line || std::env::var_os(variable).is_none() {
+    // And only the variable's own value is blamed on it.
+    let refused = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => Some(value.clone()),
+        _ => None,
+    };
+    let from_variable = std::env::var(variable)
+        .is_ok_and(|value| refused.as_ref().is_none_or(|refused| *refused == value));
+    if on_command_line || !from_variable {
         return err;
     }
     let message = clap_message(&err);

@@ -10,18 +10,22 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use pyo3::prelude::*;
 
 /// After this long without news the waiting command says it is still waiting.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// The daemon's end of the pipe to the waiting command, until it serves.
-static WAITING: Mutex<Option<File>> = Mutex::new(None);
+/// The daemon's end of the pipe to the waiting command, until it serves
+/// (-1: none). A raw descriptor, so that a process the app forks can close
+/// its copy in an at-fork handler, where nothing may lock or allocate: a
+/// copy kept open there would keep the command waiting after the daemon
+/// failed, for as long as that process lives.
+static WAITING: AtomicI32 = AtomicI32::new(-1);
 
 /// Detaches the classic way: fork (the first process waits for the server to
 /// start, then exits), start a session, fork again (so no terminal can be
@@ -41,6 +45,10 @@ pub(crate) fn daemonize(py: Python<'_>, log_file: Option<&Path>) -> PyResult<()>
     if fork()? {
         leave(0);
     }
+    WAITING.store(waiting.into_raw_fd(), Ordering::SeqCst);
+    // SAFETY: registers a handler that only closes a descriptor, which is
+    // async-signal-safe, as a child of fork(2) requires.
+    unsafe { libc::pthread_atfork(None, None, Some(close_in_child)) };
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -51,8 +59,24 @@ pub(crate) fn daemonize(py: Python<'_>, log_file: Option<&Path>) -> PyResult<()>
             return Err(std::io::Error::last_os_error().into());
         }
     }
-    *WAITING.lock() = Some(waiting);
     Ok(())
+}
+
+/// In a child the daemon forks: its copy of the pipe must not keep the
+/// command waiting.
+extern "C" fn close_in_child() {
+    let fd = WAITING.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: the child's own copy of the descriptor, owned by no one else.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Takes the daemon's end of the pipe, once.
+fn take_pipe() -> Option<File> {
+    let fd: RawFd = WAITING.swap(-1, Ordering::SeqCst);
+    // SAFETY: the descriptor was ours, and the swap made this its only owner.
+    (fd >= 0).then(|| File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Ends a process of the fork at once, as `os._exit`: without the
@@ -65,10 +89,16 @@ fn leave(code: i32) -> ! {
 /// The server serves: lets the waiting command exit 0. Later calls (a
 /// reload's) and calls without `--daemon` do nothing.
 pub(crate) fn started() {
-    if let Some(mut waiting) = WAITING.lock().take() {
+    if let Some(mut waiting) = take_pipe() {
         // The command may have been killed meanwhile: nothing to tell then.
         let _ = waiting.write_all(b"1");
     }
+}
+
+/// The server could not start, though the process goes on (`--reload`
+/// waits for the files to change): lets the waiting command exit 1.
+pub(crate) fn failed() {
+    drop(take_pipe());
 }
 
 /// A pipe whose ends no worker inherits: (read, write).
@@ -86,6 +116,11 @@ fn pipe() -> std::io::Result<(File, File)> {
 /// In the first process: waits for the daemon's word, and returns the exit
 /// code for the shell.
 fn wait_for_start(mut started: File, log_file: Option<&Path>) -> i32 {
+    // CTRL+C ends the wait (the daemon, in a session of its own, goes on):
+    // Python's handler would only interrupt the calls below, and the
+    // command would carry on waiting.
+    // SAFETY: restores the default action; no handler of ours is involved.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let where_to_look = match log_file {
         Some(path) => format!("its log is in {}", path.display()),
         None => "run it without --daemon, or with --log-file, to see why".to_owned(),

@@ -259,6 +259,12 @@ fn detach(py: Python<'_>, config: &config::Config) -> Result<(), String> {
                 "rsasgi: --daemon without --log-file: the log is discarded"
             );
         }
+        if let Some(path) = &config.log_file {
+            // Tried before the standard outputs go to /dev/null, so that
+            // the error can still be seen.
+            logging::check_output(path)
+                .map_err(|err| format!("Cannot open --log-file {}: {err}", path.display()))?;
+        }
         daemon::daemonize(py, config.log_file.as_deref())
             .map_err(|err| format!("Cannot run as a daemon: {err}"))?;
     }

@@ -372,6 +372,32 @@ def test_a_value_after_a_switch_is_named_not_the_app(args, expected):
     assert result.stderr.strip() == f"rsasgi: {expected} (see 'rsasgi --help')"
 
 
+def test_a_value_after_a_switch_after_the_app_is_an_extra_argument():
+    result = cli("--app-dir", str(APPS), APP, "--reload", "yes")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "rsasgi: --reload is a switch and takes no value, so 'yes' was taken as an extra "
+        "argument; write --reload alone, or leave it out (see 'rsasgi --help')"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, variable",
+    [
+        (["--max-requests", "lots"], "RSASGI_LIMIT_MAX_REQUESTS"),
+        (["-t", "abc"], "RSASGI_TIMEOUT_WORKER_HEALTHCHECK"),
+        (["--timeout", "abc"], "RSASGI_TIMEOUT_WORKER_HEALTHCHECK"),
+    ],
+)
+def test_a_bad_value_under_another_name_is_not_blamed_on_the_variable(args, variable):
+    """gunicorn's names for an option are the command line's too, whatever the
+    environment holds."""
+    result = cli(*args, "--app-dir", str(APPS), APP, env={variable: "30"})
+    assert result.returncode == 2, result.stderr
+    assert f"'{args[1]}'" in result.stderr, result.stderr
+    assert variable not in result.stderr, result.stderr
+
+
 def test_a_bad_value_from_the_environment_names_the_variable():
     """`RSASGI_PORT=abc` in a unit file is not on the command line the operator reads."""
     result = cli("--app-dir", str(APPS), APP, env={"RSASGI_PORT": "abc"})
@@ -401,6 +427,14 @@ def test_a_reload_delay_from_the_environment_without_reload_is_warned_of():
         "RSASGI_RELOAD_DELAY (--reload-delay) does nothing without --reload: no file is "
         "watched; add --reload, or drop it"
     ) in result.stderr, result.stderr
+
+
+def test_threads_with_an_app_found_to_be_asgi_is_warned_of_by_check_config():
+    result = cli(
+        "--check-config", "--app-dir", str(APPS), "sup_app:app", env={"RSASGI_THREADS": "4"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--threads 4 does nothing: sup_app:app is an ASGI app" in result.stderr, result.stderr
 
 
 def test_threads_with_an_app_found_to_be_asgi_is_warned_of_once(run_rsasgi):

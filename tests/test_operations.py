@@ -745,6 +745,69 @@ def test_a_daemon_without_a_log_file_that_cannot_start_says_how_to_see_why(tmp_p
     ]
 
 
+def test_a_daemon_whose_log_file_cannot_be_opened_says_why(tmp_path):
+    log = tmp_path / "no-such-dir" / "rsasgi.log"
+    result = run_to_exit(
+        APP, "--app-dir", str(APPS), "--port", "0", "--daemon", "--log-file", str(log)
+    )
+    assert result.returncode == 1, result.stdout
+    assert f"Cannot open --log-file {log}: No such file or directory" in result.stdout, (
+        result.stdout
+    )
+
+
+def test_a_daemon_whose_app_forks_a_helper_still_reports_its_failed_start(tmp_path, daemon_files):
+    """A process the app forked (multiprocessing, a helper) kept the daemon's end of the
+    pipe, and the command waited for as long as it lived."""
+    log, _ = daemon_files
+    (tmp_path / "forking_app.py").write_text(
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    open('helper.pid', 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "raise RuntimeError('no start today')\n"
+    )
+    result = run_to_exit(
+        "forking_app:app",
+        "--app-dir",
+        str(tmp_path),
+        "--port",
+        "0",
+        "--daemon",
+        "--log-file",
+        str(log),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "the server did not start" in result.stdout
+    helper = wait_for(lambda: read_pid(tmp_path / "helper.pid"), message="the helper's pid")
+    os.kill(helper, signal.SIGKILL)
+
+
+def test_a_daemon_with_reload_that_cannot_boot_makes_its_command_exit_1(tmp_path, daemon_files):
+    """--reload waits for the files to change; the command that started it must not."""
+    log, _ = daemon_files
+    (tmp_path / "broken_app.py").write_text("raise RuntimeError('broken')\n")
+    result = run_to_exit(
+        "broken_app:app",
+        "--app-dir",
+        str(tmp_path),
+        "--port",
+        "0",
+        "--daemon",
+        "--reload",
+        "--reload-dir",
+        str(tmp_path),
+        "--log-file",
+        str(log),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "the server did not start" in result.stdout
+    wait_in_file(log, "waiting for a change")
+
+
 # systemd: socket activation.
 
 

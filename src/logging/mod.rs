@@ -198,6 +198,12 @@ pub(crate) fn redirect_output(path: &Path, config: &Config) -> std::io::Result<(
     output::put_in_place(&file, libc::STDERR_FILENO)
 }
 
+/// Whether `path` can be opened as `--log-file` (the check of `--daemon`,
+/// which must fail before its outputs are gone).
+pub(crate) fn check_output(path: &Path) -> std::io::Result<()> {
+    output::open_appending(path).map(drop)
+}
+
 /// SIGUSR1: opens `--error-logfile` and `--access-logfile` again (logrotate
 /// has moved them away), and says so in the log, in the new files.
 pub(crate) fn reopen(config: &Config) {

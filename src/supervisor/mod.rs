@@ -874,6 +874,10 @@ impl Supervisor {
             };
             tracing::error!("{name} {failed}; {wait}");
             self.waiting_for_change = true;
+            if !others_boot {
+                // A --daemon's command waits for the start, which failed.
+                crate::daemon::failed();
+            }
         } else if could_not_boot && !others_serve {
             tracing::error!("{name} {failed}; stopping (exit code {EXIT_BOOT_FAILURE})");
             self.halt(EXIT_BOOT_FAILURE);
