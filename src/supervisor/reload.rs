@@ -16,7 +16,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::{timeout_at, Instant};
 
 use filter::Filter;
-use watches::{on_event, watch_tree, Notice};
+use watches::{on_event, watch_tree, Notice, Watched};
 
 mod filter;
 mod watches;
@@ -81,6 +81,8 @@ impl ReloadSettings {
 /// Watches the `--reload-dir` trees and reports changes to wanted files.
 pub(crate) struct ReloadWatcher {
     watcher: Arc<Mutex<RecommendedWatcher>>,
+    /// The directories watched, by every walk and what notify drops.
+    watched: Arc<Mutex<Watched>>,
     filter: Arc<Filter>,
     notices: UnboundedReceiver<Notice>,
     /// Lets tree walks report the files they find; also keeps `notices` open.
@@ -126,9 +128,11 @@ impl ReloadWatcher {
     pub(crate) fn new(settings: &ReloadSettings) -> Result<Self, String> {
         let filter = Arc::new(settings.filter()?);
         let (sender, notices) = unbounded_channel();
+        let watched = Arc::new(Mutex::new(Watched::default()));
         let watcher = notify::recommended_watcher({
-            let (filter, sender) = (Arc::clone(&filter), sender.clone());
-            move |event| on_event(&filter, &sender, event)
+            let (filter, watched) = (Arc::clone(&filter), Arc::clone(&watched));
+            let sender = sender.clone();
+            move |event| on_event(&filter, &watched, &sender, event)
         })
         .map_err(|err| {
             format!(
@@ -138,10 +142,11 @@ impl ReloadWatcher {
         })?;
         let watcher = Arc::new(Mutex::new(watcher));
         for root in &filter.roots {
-            watch_tree(&watcher, &filter, root, None);
+            watch_tree(&watcher, &watched, &filter, root, None);
         }
         Ok(Self {
             watcher,
+            watched,
             filter,
             notices,
             sender,
@@ -202,32 +207,53 @@ impl ReloadWatcher {
             Notice::Changed(path) => {
                 self.pending.insert(path);
             }
-            Notice::NewDir(dir) => self.spawn_walk(dir, true),
+            Notice::NewDir(dir) => self.spawn_walk(vec![dir], Walk::New),
             Notice::Lost => {
                 tracing::warn!("--reload: the inotify event queue overflowed and changes were lost; restarting to be safe (raise fs.inotify.max_queued_events if this repeats)");
-                for root in self.filter.roots.clone() {
-                    self.spawn_walk(root.clone(), false);
-                    self.pending.insert(root);
-                }
+                self.spawn_walk(self.filter.roots.clone(), Walk::Lost);
+                self.pending.extend(self.filter.roots.iter().cloned());
             }
+            // What was watched through the link may be reachable by another
+            // path; what is not, is no change.
+            Notice::Unlinked => self.spawn_walk(self.filter.roots.clone(), Walk::Again),
         }
     }
 
-    /// Watches a new tree from the blocking pool, since a `git checkout`
-    /// can create many directories; with `report`, its wanted files count
-    /// as changed, as they may have been written before the watch was set.
-    fn spawn_walk(&self, top: PathBuf, report: bool) {
-        let (watcher, filter) = (Arc::clone(&self.watcher), Arc::clone(&self.filter));
+    /// Watches trees from the blocking pool, since a `git checkout` can
+    /// create many directories.
+    fn spawn_walk(&self, tops: Vec<PathBuf>, walk: Walk) {
+        let (watcher, watched) = (Arc::clone(&self.watcher), Arc::clone(&self.watched));
+        let filter = Arc::clone(&self.filter);
         let sender = self.sender.clone();
         tokio::task::spawn_blocking(move || {
+            if walk == Walk::Lost {
+                Watched::prune(&watched);
+            }
             let mut found = Vec::new();
-            watch_tree(&watcher, &filter, &top, report.then_some(&mut found));
+            for top in tops {
+                let report = (walk == Walk::New).then_some(&mut found);
+                watch_tree(&watcher, &watched, &filter, &top, report);
+            }
             for path in found {
                 // Fails only once the watcher is dropped: nobody is waiting.
                 let _ = sender.send(Notice::Changed(path));
             }
         });
     }
+}
+
+/// Why a tree is walked at runtime.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// A directory appeared: its wanted files count as changed, as they may
+    /// have been written before its watch was set.
+    New,
+    /// Events were lost: watches set for directories since removed are
+    /// forgotten first, and what was missed is found again.
+    Lost,
+    /// A link that watches were set through is gone: the directories still
+    /// there are watched again through another path.
+    Again,
 }
 
 /// Why the watcher could not start, as the operator can act on it.
@@ -396,6 +422,59 @@ mod tests {
         std::os::unix::fs::symlink("..", root.join("pkg/top")).expect("link");
         let app = write(root.join("app.py"));
         assert_eq!(next_batch(&mut watcher).await, vec![app]);
+    }
+
+    #[tokio::test]
+    async fn a_link_made_and_removed_leaves_its_directory_watched() {
+        let (_dir, root) = tree();
+        fs::create_dir_all(root.join("pkg/sub")).expect("mkdir");
+        write(root.join("pkg/sub/mod.py"));
+        let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+        // A second path to a watched directory is not walked: its files
+        // would be reported as changed, by their new names.
+        std::os::unix::fs::symlink("pkg/sub", root.join("short")).expect("link");
+        let app = write(root.join("app.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![app.clone()]);
+
+        fs::remove_file(root.join("short")).expect("unlink");
+        let module = write(root.join("pkg/sub/mod.py"));
+        write(app.clone());
+        assert_eq!(next_batch(&mut watcher).await, vec![app, module]);
+    }
+
+    #[tokio::test]
+    async fn a_removed_link_that_a_directory_was_watched_through_leaves_it_watched() {
+        // Whichever link the directory was watched through, the other is
+        // removed by one of the two rounds.
+        for removed in ["ext", "pkg/alias"] {
+            let (_dir, root) = tree();
+            let (_elsewhere, elsewhere) = tree();
+            fs::create_dir_all(elsewhere.join("ext/deep")).expect("mkdir");
+            fs::create_dir(root.join("pkg")).expect("mkdir");
+            std::os::unix::fs::symlink(elsewhere.join("ext"), root.join("ext")).expect("link");
+            std::os::unix::fs::symlink(elsewhere.join("ext"), root.join("pkg/alias"))
+                .expect("link");
+            let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+            fs::remove_file(root.join(removed)).expect("unlink");
+            // The removal is seen before the next change; watching through
+            // the other link follows on the blocking pool, so write until
+            // a change there is seen.
+            let app = root.join("app.py");
+            let seen = async {
+                loop {
+                    write(elsewhere.join("ext/deep/x.py"));
+                    write(app.clone());
+                    let batch = next_batch(&mut watcher).await;
+                    if batch.iter().any(|path| path.ends_with("deep/x.py")) {
+                        break batch;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            let batch = tokio::time::timeout(DEADLINE, seen).await;
+            let batch = batch.expect("the linked directory is no longer watched");
+            assert!(!batch[1].starts_with(root.join(removed)), "{batch:?}");
+        }
     }
 
     #[test]

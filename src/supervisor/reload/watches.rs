@@ -2,7 +2,8 @@
 //! and the callback that turns notify's events into notices for the
 //! watcher's async side.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,71 @@ pub(super) enum Notice {
     NewDir(PathBuf),
     /// The kernel's event queue overflowed, so changes were lost.
     Lost,
+    /// A link through which directories were watched is gone, and their
+    /// watches with it: the tree must be walked for another path to them.
+    Unlinked,
+}
+
+/// What a directory is, whatever the path to it: device and inode.
+type DirId = (u64, u64);
+
+/// The directories watched, shared by every walk and by [`on_event`]: each
+/// is watched once, by the first path found to it. A second `watch()` of the
+/// same directory returns the same inotify watch, which notify then reports
+/// under the second path, and drops (for both) once that path is removed:
+/// a link made and removed again would leave its target unwatched.
+#[derive(Default)]
+pub(super) struct Watched {
+    ids: HashSet<DirId>,
+    /// Each watch by the path it was set through, and whether that path
+    /// crosses a link.
+    paths: BTreeMap<PathBuf, (DirId, bool)>,
+}
+
+impl Watched {
+    /// Claims `dir` for a watch; false if it is watched already.
+    fn claim(&mut self, id: DirId, dir: &Path, linked: bool) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.paths.insert(dir.to_path_buf(), (id, linked));
+        true
+    }
+
+    /// Forgets the watches set through `path` or below it, as notify drops
+    /// them when that path is removed or moved away, so that a directory made
+    /// later with the same inode, or the same directory under another path,
+    /// is watched again. True if one of them was set through a link: its
+    /// directory may still be there, by another path.
+    pub(super) fn release(&mut self, path: &Path) -> bool {
+        let below: Vec<PathBuf> = (self.paths)
+            .range::<Path, _>((Bound::Included(path), Bound::Unbounded))
+            .map(|(dir, _)| dir)
+            .take_while(|dir| dir.starts_with(path))
+            .cloned()
+            .collect();
+        let mut linked = false;
+        for dir in below {
+            if let Some((id, through_link)) = self.paths.remove(&dir) {
+                self.ids.remove(&id);
+                linked |= through_link;
+            }
+        }
+        linked
+    }
+
+    /// Forgets the watches whose path no longer leads to their directory:
+    /// after lost events, their removal may not have been seen.
+    pub(super) fn prune(watched: &Mutex<Self>) {
+        let paths: Vec<(PathBuf, DirId)> = (watched.lock().paths.iter())
+            .map(|(dir, (id, _))| (dir.clone(), *id))
+            .collect();
+        for (dir, id) in paths {
+            if identity(&dir) != Some(id) {
+                watched.lock().release(&dir);
+            }
+        }
+    }
 }
 
 /// Runs on notify's thread for every event. It must neither block nor call
@@ -28,6 +94,7 @@ pub(super) enum Notice {
 /// async side to be watched.
 pub(super) fn on_event(
     filter: &Filter,
+    watched: &Mutex<Watched>,
     sender: &UnboundedSender<Notice>,
     event: notify::Result<Event>,
 ) {
@@ -50,6 +117,11 @@ pub(super) fn on_event(
         EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From))
     );
     for path in event.paths {
+        // Before any walk that the next events may start: a directory
+        // removed and made anew can get the same inode.
+        if gone && watched.lock().release(&path) {
+            let _ = sender.send(Notice::Unlinked);
+        }
         if gone && filter.roots.contains(&path) {
             tracing::warn!("--reload: watched directory {} was removed or moved; changes there are no longer seen until rsasgi restarts", path.display());
         }
@@ -77,41 +149,46 @@ pub(super) fn on_event(
 ///
 /// Links to directories are followed, as uvicorn's watcher (watchfiles)
 /// does: a package linked in from a checkout elsewhere is source too. Each
-/// directory is watched once, by the first path found to it, so a link
-/// back up the tree (`ln -s .. loop`) ends the walk instead of trapping it.
+/// directory is watched once, by the first path found to it (`watched`
+/// holds them all): a link to a directory watched already is not followed,
+/// so a link back up the tree (`ln -s .. loop`) ends the walk instead of
+/// trapping it. A directory watched already is walked through, not watched
+/// again, for what is new below it.
 pub(super) fn watch_tree(
     watcher: &Mutex<RecommendedWatcher>,
+    watched: &Mutex<Watched>,
     filter: &Filter,
     top: &Path,
     mut found: Option<&mut Vec<PathBuf>>,
 ) {
-    // A walk from a directory made at runtime starts below the root: the
-    // directories above it are watched already, and a link to one of them
-    // is a loop too.
-    let mut visited: HashSet<(u64, u64)> = (top.ancestors().skip(1))
-        .take_while(|dir| filter.roots.iter().any(|root| dir.starts_with(root)))
-        .filter_map(identity)
-        .collect();
+    // Breaks loops of real directories walked through (bind mounts).
+    let mut visited: HashSet<DirId> = HashSet::new();
     let linked = top.symlink_metadata().is_ok_and(|m| m.is_symlink());
-    let mut dirs = vec![(top.to_path_buf(), linked)];
+    // Roots are canonical, so a path below one crosses a link if it is not.
+    let through_link = std::fs::canonicalize(top).map_or(true, |real| real != top);
+    let mut dirs = vec![(top.to_path_buf(), linked, through_link)];
     // Once the watch limit is reached, every further watch would fail the
     // same way: the walk goes on only to count what is left unwatched.
     let mut unwatched: Option<Unwatched> = None;
-    while let Some((dir, linked)) = dirs.pop() {
+    while let Some((dir, linked, through_link)) = dirs.pop() {
         // None: gone since it was listed; its removal is an event of its own.
         let Some(id) = identity(&dir) else {
             continue;
         };
         if !visited.insert(id) {
-            if linked {
-                tracing::debug!(
-                    "--reload: not following the link {}: its directory is watched already",
-                    dir.display()
-                );
-            }
             continue;
         }
-        if linked {
+        // Not held across watch(), which waits on notify's thread, where
+        // on_event may be waiting for this lock.
+        let claimed = watched.lock().claim(id, &dir, through_link);
+        if !claimed && linked {
+            tracing::debug!(
+                "--reload: not following the link {}: its directory is watched already",
+                dir.display()
+            );
+            continue;
+        }
+        if claimed && linked {
             let target = std::fs::canonicalize(&dir).unwrap_or_default();
             tracing::debug!(
                 "--reload: following the link {} to {}",
@@ -119,9 +196,13 @@ pub(super) fn watch_tree(
                 target.display()
             );
         }
-        if let Some(unwatched) = &mut unwatched {
+        if !claimed {
+            // Watched already: walked through for what is new below.
+        } else if let Some(unwatched) = &mut unwatched {
+            watched.lock().release(&dir);
             unwatched.count += 1;
         } else if let Err(err) = watcher.lock().watch(&dir, RecursiveMode::NonRecursive) {
+            watched.lock().release(&dir);
             match err.kind {
                 ErrorKind::MaxFilesWatch => {
                     unwatched = Some(Unwatched {
@@ -144,7 +225,7 @@ pub(super) fn watch_tree(
             let link_to_dir = kind.is_symlink() && path.metadata().is_ok_and(|m| m.is_dir());
             if kind.is_dir() || link_to_dir {
                 if filter.watches_dir(&path) {
-                    dirs.push((path, link_to_dir));
+                    dirs.push((path, link_to_dir, through_link || link_to_dir));
                 }
             } else if let Some(found) = found.as_deref_mut() {
                 if filter.wants(&path) {
@@ -177,8 +258,7 @@ struct Unwatched {
     count: usize,
 }
 
-/// What a directory is, whatever the path to it: device and inode.
-fn identity(dir: &Path) -> Option<(u64, u64)> {
+fn identity(dir: &Path) -> Option<DirId> {
     std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
