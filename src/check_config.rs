@@ -31,18 +31,12 @@ pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> i32 {
     }
     match check(py, config) {
         Ok(interface) => {
-            if interface != "wsgi" && config.threads_given {
-                // As the first worker would say it (with an ASGI --interface
-                // given, the warnings above said it already).
-                if config.interface == crate::config::Interface::Auto {
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "rsasgi: warning: --threads {} does nothing: {} is an ASGI app, and the \
-                         threads run WSGI apps only; drop --threads",
-                        config.threads,
-                        config.app
-                    );
-                }
+            // As the first worker would say it.
+            if let Some(warning) = config
+                .threads_unused_by_asgi()
+                .filter(|_| interface != "wsgi")
+            {
+                let _ = writeln!(std::io::stderr(), "rsasgi: warning: {warning}");
             }
             let settings = match file {
                 Some(path) => format!("settings from {}", Shown(path)),

@@ -457,6 +457,20 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// For an app found to be ASGI on import: the warning that `--threads`
+    /// does nothing, unless an ASGI `--interface` was given (then the
+    /// start's configuration warnings said it already).
+    pub(crate) fn threads_unused_by_asgi(&self) -> Option<String> {
+        (self.threads_given && self.interface == Interface::Auto).then(|| {
+            format!(
+                "--threads {} does nothing: {} is an ASGI app, and the threads run WSGI apps \
+                 only (an ASGI app's sync code runs in threads of its own, such as asgiref's); \
+                 drop --threads",
+                self.threads, self.app
+            )
+        })
+    }
+
     /// The scheme the listeners serve, as the startup line shows them.
     pub(crate) fn listening_scheme(&self) -> crate::net::Scheme {
         match self.tls {

@@ -655,17 +655,10 @@ impl Worker {
                 Some(pool)
             }
             None => {
-                // Said once, by the single process or the first worker. With
-                // an ASGI --interface given, the start said it already.
+                // Said by the single process or the first worker only.
                 let first = self.supervised.as_ref().is_none_or(|s| s.number == 1);
-                if config.threads_given && config.interface == Interface::Auto && first {
-                    tracing::warn!(
-                        "--threads {} does nothing: {} is an ASGI app, and the threads run WSGI \
-                         apps only (an ASGI app's sync code runs in threads of its own, such as \
-                         asgiref's); drop --threads",
-                        config.threads,
-                        config.app
-                    );
+                if let Some(warning) = config.threads_unused_by_asgi().filter(|_| first) {
+                    tracing::warn!("{warning}");
                 }
                 None
             }

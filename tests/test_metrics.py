@@ -255,9 +255,9 @@ def test_sighup_counts_a_reload_restart_per_worker(run_rsasgi, markers):
     assert metrics.value("rsasgi_workers", state="serving") == 2
 
 
-def test_a_failed_reload_counts_no_restart(run_rsasgi, tmp_path):
-    """The new worker of a reload fails to import: the old one keeps serving, and nothing was
-    restarted."""
+def start_reloadable(run_rsasgi, tmp_path, *args: str):
+    """One worker serving an app from a module the test may break before a HUP; returns
+    (server, the module, the metrics port)."""
     module = tmp_path / "metrics_reloaded.py"
     module.write_text(
         "async def app(scope, receive, send):\n"
@@ -275,9 +275,17 @@ def test_a_failed_reload_counts_no_restart(run_rsasgi, tmp_path):
         f"127.0.0.1:{metrics_port}",
         "--workers",
         "1",
+        *args,
         env={"PYTHONDONTWRITEBYTECODE": "1"},
     )
     wait_for_log(server, "All 1 worker")
+    return server, module, metrics_port
+
+
+def test_a_failed_reload_counts_no_restart(run_rsasgi, tmp_path):
+    """The new worker of a reload fails to import: the old one keeps serving, and nothing was
+    restarted."""
+    server, module, metrics_port = start_reloadable(run_rsasgi, tmp_path)
     module.write_text("raise RuntimeError('broken deploy')\n")
     server.proc.send_signal(signal.SIGHUP)
     wait_for_log(server, "Reload failed")
@@ -288,28 +296,9 @@ def test_a_failed_reload_counts_no_restart(run_rsasgi, tmp_path):
 def test_a_reload_whose_new_worker_hangs_booting_counts_no_restart(run_rsasgi, tmp_path):
     """The new worker of a reload never ends its import and is killed at --timeout-worker-boot:
     the old one keeps serving, and no worker was replaced (by the health check or otherwise)."""
-    module = tmp_path / "metrics_reloaded.py"
-    module.write_text(
-        "async def app(scope, receive, send):\n"
-        "    if scope['type'] != 'http':\n"
-        "        return\n"
-        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
-        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+    server, module, metrics_port = start_reloadable(
+        run_rsasgi, tmp_path, "--timeout-worker-boot", "1"
     )
-    metrics_port = free_port()
-    server = run_rsasgi(
-        "metrics_reloaded:app",
-        "--app-dir",
-        str(tmp_path),
-        "--metrics-bind",
-        f"127.0.0.1:{metrics_port}",
-        "--workers",
-        "1",
-        "--timeout-worker-boot",
-        "1",
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
-    )
-    wait_for_log(server, "All 1 worker")
     module.write_text("import time\n\ntime.sleep(600)\n")
     server.proc.send_signal(signal.SIGHUP)
     wait_for_log(server, "Reload failed")

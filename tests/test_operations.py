@@ -650,26 +650,20 @@ def wait_in_file(path: Path, *needles: str) -> str:
     return wait_for(found, message=f"{list(needles)!r} in {path}")
 
 
+def run_daemon(log: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`rsasgi APP --daemon --log-file LOG ARGS` (APP from tests/apps), to its command's end."""
+    return run_to_exit(
+        APP, "--app-dir", str(APPS), "--daemon", "--log-file", str(log), *args, cwd=cwd
+    )
+
+
 @pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
 def test_daemon_logs_to_its_file_reopens_it_on_usr1_and_stops_on_sigterm(
     tmp_path, daemon_files, workers
 ):
     log, pid_file = daemon_files
     port = free_port()
-    result = run_to_exit(
-        APP,
-        "--app-dir",
-        str(APPS),
-        "--port",
-        str(port),
-        "--daemon",
-        "--log-file",
-        str(log),
-        "--pid",
-        str(pid_file),
-        *workers,
-        cwd=tmp_path,
-    )
+    result = run_daemon(log, "--port", str(port), "--pid", str(pid_file), *workers, cwd=tmp_path)
     assert result.returncode == 0, result.stdout
     assert result.stdout == ""
     # The command returned once the daemon served, not as soon as it forked.
@@ -717,18 +711,7 @@ def test_a_daemon_that_cannot_start_makes_its_command_exit_1(tmp_path, daemon_fi
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_to_exit(
-            APP,
-            "--app-dir",
-            str(APPS),
-            "--port",
-            str(port),
-            "--daemon",
-            "--log-file",
-            str(log),
-            *workers,
-            cwd=tmp_path,
-        )
+        result = run_daemon(log, "--port", str(port), *workers, cwd=tmp_path)
     assert result.returncode == 1, result.stdout
     assert result.stdout.strip() == f"rsasgi: the server did not start; its log is in {log}"
     assert f"127.0.0.1:{port}" in log.read_text()
