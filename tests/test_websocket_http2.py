@@ -200,7 +200,11 @@ def test_a_websocket_dropped_for_a_stalled_client_ends_with_its_idle_connection(
         assert ws.headers[":status"] == "200"
         # From here on nothing is acknowledged: the stream's window stays shut.
         wait_for_log(server, "read nothing for 1s while the server was sending")
-        read_stream_data_raw(ws.sock, ws.stream, timeout=10)
+        # Only the end matters. (Parsing frames from here would start wherever h2's own
+        # reads left off, possibly inside a frame.)
+        ws.sock.settimeout(10)
+        while ws.sock.recv(65536):
+            pass
     finally:
         ws.close()
 
