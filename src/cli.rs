@@ -1106,13 +1106,18 @@ fn blame_switch_value(command: &mut Command, err: clap::Error, argv: &[OsString]
 
 /// A bad value that came from an environment variable names the variable:
 /// `RSASGI_PORT=abc` in a unit file or a container's environment is not on
-/// the command line the operator is looking at.
+/// the command line the operator is looking at. So does an option that a
+/// variable needs and nothing gave (`RSASGI_SSL_KEYFILE` without a
+/// certificate).
 fn blame_environment(
     command: &mut Command,
     err: clap::Error,
     argv: &[OsString],
     file_args: &[String],
 ) -> clap::Error {
+    if err.kind() == ErrorKind::MissingRequiredArgument {
+        return blame_environment_for_missing(command, err, argv, file_args);
+    }
     let Some(ContextValue::String(culprit)) = err.get(ContextKind::InvalidArg) else {
         return err;
     };
@@ -1127,9 +1132,75 @@ fn blame_environment(
         return err;
     };
     // The command line (and the file, whose settings come as arguments)
-    // wins over the variable: then the bad value is one of theirs, under
-    // any of the option's names (gunicorn's --max-requests, -t).
-    let longs: Vec<&str> = std::iter::once(long)
+    // wins over the variable: then the bad value is one of theirs.
+    if written_as_argument(arg, argv, file_args) {
+        return err;
+    }
+    // And only the variable's own value is blamed on it.
+    let refused = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => Some(value.clone()),
+        _ => None,
+    };
+    let from_variable = std::env::var(variable)
+        .is_ok_and(|value| refused.as_ref().is_none_or(|refused| *refused == value));
+    if !from_variable {
+        return err;
+    }
+    let message = clap_message(&err);
+    if !message.contains(&format!("'{culprit}'")) {
+        return err;
+    }
+    let place = format!("the environment variable {variable} (--{long})");
+    let message = message.replacen(&format!("'{culprit}'"), &place, 1);
+    command.error(err.kind(), message)
+}
+
+/// An option required by another (`--ssl-certfile` by `--ssl-keyfile`) is
+/// missing: when options were set by variables alone, name them, since the
+/// one that needs it may be among them and the command line shows none.
+/// (clap does not say which option did the requiring.) The APP missing is
+/// clap's plain message.
+fn blame_environment_for_missing(
+    command: &mut Command,
+    err: clap::Error,
+    argv: &[OsString],
+    file_args: &[String],
+) -> clap::Error {
+    let missing_options = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::Strings(missing)) => {
+            !missing.is_empty() && missing.iter().all(|arg| arg.starts_with('-'))
+        }
+        _ => false,
+    };
+    if !missing_options {
+        return err;
+    }
+    let from_environment: Vec<String> = command
+        .get_arguments()
+        .filter(|arg| !written_as_argument(arg, argv, file_args))
+        .filter_map(|arg| {
+            let variable = arg.get_env()?.to_str()?;
+            std::env::var_os(variable)?;
+            Some(format!("{variable} (--{})", arg.get_long()?))
+        })
+        .collect();
+    if from_environment.is_empty() {
+        return err;
+    }
+    let message = format!(
+        "{} (set by the environment: {})",
+        clap_message(&err),
+        from_environment.join(", ")
+    );
+    command.error(err.kind(), message)
+}
+
+/// Whether `arg` is on the command line (or in the file, whose settings come
+/// as arguments) under any of its names (gunicorn's `--max-requests`, `-t`).
+fn written_as_argument(arg: &Arg, argv: &[OsString], file_args: &[String]) -> bool {
+    let longs: Vec<&str> = arg
+        .get_long()
+        .into_iter()
         .chain(arg.get_all_aliases().into_iter().flatten())
         .collect();
     let shorts: Vec<char> = arg
@@ -1144,33 +1215,15 @@ fn blame_environment(
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
             })
         });
-        let short_form = word
-            .strip_prefix('-')
-            .is_some_and(|rest| !rest.starts_with('-') && rest.starts_with(shorts.as_slice()));
+        let short_form = word.strip_prefix('-').is_some_and(|rest| {
+            !shorts.is_empty() && !rest.starts_with('-') && rest.starts_with(shorts.as_slice())
+        });
         long_form || short_form
     };
-    let on_command_line = argv
-        .iter()
+    argv.iter()
         .skip(1)
         .any(|word| word.to_str().is_some_and(written))
-        || file_args.iter().any(|word| written(word));
-    // And only the variable's own value is blamed on it.
-    let refused = match err.get(ContextKind::InvalidValue) {
-        Some(ContextValue::String(value)) => Some(value.clone()),
-        _ => None,
-    };
-    let from_variable = std::env::var(variable)
-        .is_ok_and(|value| refused.as_ref().is_none_or(|refused| *refused == value));
-    if on_command_line || !from_variable {
-        return err;
-    }
-    let message = clap_message(&err);
-    if !message.contains(&format!("'{culprit}'")) {
-        return err;
-    }
-    let place = format!("the environment variable {variable} (--{long})");
-    let message = message.replacen(&format!("'{culprit}'"), &place, 1);
-    command.error(err.kind(), message)
+        || file_args.iter().any(|word| written(word))
 }
 
 /// Settings given (on the command line, in the environment or in the

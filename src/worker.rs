@@ -214,7 +214,7 @@ pub(crate) fn run(
     let supervised = match handoff {
         Some(handoff) => match Slot::inherit(handoff.slot_fd) {
             Ok(slot) => Some(Supervised {
-                number: handoff.number,
+                speaks_for_all: handoff.speaks_for_all,
                 slot: Arc::new(slot),
                 supervisor: Arc::new(SupervisorLink {
                     pid: handoff.supervisor_pid,
@@ -284,8 +284,8 @@ struct Metrics {
 
 /// What a worker started by a supervisor has beyond its config.
 struct Supervised {
-    /// 1-based; the replacement of a worker gets its number.
-    number: usize,
+    /// See [`Handoff::speaks_for_all`].
+    speaks_for_all: bool,
     slot: Arc<Slot>,
     supervisor: Arc<SupervisorLink>,
     workers: usize,
@@ -655,8 +655,8 @@ impl Worker {
                 Some(pool)
             }
             None => {
-                // Said by the single process or the first worker only.
-                let first = self.supervised.as_ref().is_none_or(|s| s.number == 1);
+                // Said by the single process, or once by the workers.
+                let first = self.supervised.as_ref().is_none_or(|s| s.speaks_for_all);
                 if let Some(warning) = config.threads_unused_by_asgi().filter(|_| first) {
                     tracing::warn!("{warning}");
                 }

@@ -410,6 +410,26 @@ def test_a_bad_value_from_the_environment_names_the_variable():
     assert "RSASGI_PORT" not in result.stderr
 
 
+def test_an_option_a_variable_needs_names_the_variable():
+    """RSASGI_SSL_KEYFILE left in a unit file needs a certificate the command line never
+    mentions: the message names the variable that wants it."""
+    result = cli("--app-dir", str(APPS), APP, env={"RSASGI_SSL_KEYFILE": "/k.pem"})
+    assert result.returncode == 2, result.stderr
+    assert_one_clear_line(
+        result.stderr,
+        "--ssl-certfile",
+        "(set by the environment: RSASGI_SSL_KEYFILE (--ssl-keyfile))",
+    )
+    # Given on the command line, the option's requirement is plain to see.
+    result = cli("--ssl-keyfile", "/k.pem", "--app-dir", str(APPS), APP)
+    assert result.returncode == 2, result.stderr
+    assert "--ssl-certfile" in result.stderr and "environment" not in result.stderr
+    # A missing APP is not blamed on the variables.
+    result = cli(env={"RSASGI_PORT": "8001"})
+    assert result.returncode == 2, result.stderr
+    assert "RSASGI_PORT" not in result.stderr, result.stderr
+
+
 def test_threads_with_an_asgi_interface_is_warned_of():
     result = cli(
         "--threads", "4", "--interface", "asgi3", "--check-config", "--app-dir", str(APPS), APP
@@ -438,16 +458,20 @@ def test_threads_with_an_app_found_to_be_asgi_is_warned_of_by_check_config():
 
 
 def test_threads_with_an_app_found_to_be_asgi_is_warned_of_once(run_rsasgi):
-    """The interface is found when the app is imported: the first worker says it."""
-    server = run_rsasgi("sup_app:app", "--threads", "4", "--workers", "2")
-    wait_for(
-        lambda: (
-            server.output().count("Waiting for connections") + server.output().count("serving")
-            and "--threads 4 does nothing: sup_app:app is an ASGI app" in server.output()
-        ),
-        server=server,
-        message="the warning",
-    )
+    """The interface is found when the app is imported: the first worker 1 says it, not the
+    workers that replace it (here after --limit-max-requests)."""
+    server = run_rsasgi(
+        "sup_app:app", "--threads", "4", "--workers", "2", "--limit-max-requests", "2"
+    )  # fmt: skip
+    warning = "--threads 4 does nothing: sup_app:app is an ASGI app"
+    wait_for(lambda: warning in server.output(), server=server, message="the warning")
+
+    def worker_1_replaced():
+        # A fresh connection each time, so that both workers get requests and retire.
+        httpx.get(f"{server.url}/", headers={"connection": "close"})
+        return len(re.findall(r"worker 1 \(pid \d+\) is serving", server.output())) >= 2
+
+    wait_for(worker_1_replaced, server=server, message="a replacement of worker 1 serving")
     server.stop()
     assert server.output().count("--threads 4 does nothing") == 1, server.output()
 

@@ -69,6 +69,10 @@ pub(crate) struct Handoff {
     /// The supervisor's [`build`] (none from a supervisor older than the
     /// check).
     pub build: Option<String>,
+    /// Whether this worker says what is said once for all of them (a
+    /// setting the app makes useless): the first worker 1 of a generation,
+    /// not the ones that replace it after a crash or `--max-requests`.
+    pub speaks_for_all: bool,
 }
 
 impl Handoff {
@@ -91,6 +95,9 @@ impl Handoff {
         if let Some(build) = &self.build {
             encoded.push_str(&format!(" build={build}"));
         }
+        if self.speaks_for_all {
+            encoded.push_str(" speaks=1");
+        }
         encoded
     }
 
@@ -104,6 +111,7 @@ impl Handoff {
             balance: None,
             stacks: None,
             build: None,
+            speaks_for_all: false,
         };
         for field in raw.split_whitespace() {
             let (key, value) = field.split_once('=')?;
@@ -125,6 +133,7 @@ impl Handoff {
                 }
                 "stacks" => handoff.stacks = Some(value.parse().ok()?),
                 "build" => handoff.build = Some(value.to_string()),
+                "speaks" => handoff.speaks_for_all = value == "1",
                 // From a newer supervisor (a rolling restart onto an older
                 // rsasgi): what this build does not know of, it does without.
                 _ => {}
@@ -182,8 +191,14 @@ mod tests {
             balance: None,
             stacks: None,
             build: Some(build()),
+            speaks_for_all: false,
         };
         assert_eq!(Handoff::decode(&handoff.encode()), Some(handoff.clone()));
+        let speaking = Handoff {
+            speaks_for_all: true,
+            ..handoff.clone()
+        };
+        assert_eq!(Handoff::decode(&speaking.encode()), Some(speaking));
         let balanced = Handoff {
             balance: Some((8, 17)),
             ..handoff.clone()

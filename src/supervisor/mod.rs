@@ -329,6 +329,10 @@ struct Supervisor {
     exit_code: i32,
     /// Bumped by each SIGHUP; workers of an older generation are replaced.
     generation: u64,
+    /// The generation whose worker 1 has served, having said what is said
+    /// once (see [`Handoff::speaks_for_all`]): until one serves, each worker
+    /// 1 started says it, as a failed boot may not have got that far.
+    spoken_for: Option<u64>,
     /// Whether a rolling restart is under way.
     reloading: bool,
     /// `--reload`, and a worker ended before serving while none served:
@@ -425,6 +429,7 @@ impl Supervisor {
             stop: None,
             exit_code: 0,
             generation: 0,
+            spoken_for: None,
             reloading: false,
             waiting_for_change: false,
             crashes: VecDeque::new(),
@@ -967,6 +972,9 @@ impl Supervisor {
                     if std::mem::take(&mut worker.reopen_pending) {
                         worker.signal(libc::SIGUSR1);
                     }
+                    if worker.number == 1 && worker.generation == self.generation {
+                        self.spoken_for = Some(self.generation);
+                    }
                     serving_now.push(worker.replaces.take());
                 }
                 State::Hung { kill_at } if now >= kill_at => {
@@ -1263,12 +1271,14 @@ impl Supervisor {
         let max_requests = supervision
             .max_requests
             .map(|limit| (limit, supervision.max_requests_jitter));
+        let speaks_for_all = number == 1 && self.spoken_for != Some(self.generation);
         match WorkerProcess::spawn(
             &self.command,
             number,
             self.target,
             self.generation,
             max_requests,
+            speaks_for_all,
         ) {
             Ok(worker) => {
                 tracing::info!("Started {}", worker.name());

@@ -96,13 +96,15 @@ pub(super) struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts worker `number` of `workers` (the handoff goes in its environment).
+    /// Starts worker `number` of `workers` (the handoff goes in its
+    /// environment); `speaks_for_all`: see [`Handoff::speaks_for_all`].
     pub(super) fn spawn(
         command: &WorkerCommand,
         number: usize,
         workers: usize,
         generation: u64,
         max_requests: Option<(u64, u64)>,
+        speaks_for_all: bool,
     ) -> io::Result<WorkerProcess> {
         let slot = Slot::create()?;
         let seat = command.balance.as_ref().and_then(Balance::take_seat);
@@ -128,6 +130,7 @@ impl WorkerProcess {
             balance,
             stacks: stacks.as_ref().map(StackFile::fd),
             build: Some(handoff::build()),
+            speaks_for_all,
         };
         let mut inherited = command.listener_fds.clone();
         inherited.push(slot.fd());
