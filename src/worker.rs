@@ -673,6 +673,7 @@ impl Worker {
                 self.metrics.slot.clone(),
                 self.supervised.as_ref().and_then(|s| s.seat.clone()),
                 self.stacks.clone(),
+                self.shutdown.subscribe(),
             )
             .map_err(|err| PyRuntimeError::new_err(err.to_string()))?,
         );

@@ -8,6 +8,7 @@ import threading
 
 import httpx
 import pytest
+from apps.proto_raw import RawConn, request
 from conftest import wait_for
 
 APP = "err_slow:app"
@@ -94,6 +95,35 @@ def test_with_workers_new_connections_are_refused_while_the_workers_drain(run_rs
     assert server.proc.poll() is None, "exited while a request was in flight"
     thread.join(20)
     assert result == {"status": 200, "text": "slept"}, server.output()
+    assert server.wait_exit() == 0
+
+
+def test_a_request_on_a_kept_alive_connection_during_the_drain_is_answered_with_close(
+    run_rsasgi, tmp_path
+):
+    """A request that reaches an idle kept-alive connection once the drain has begun is
+    served, and its response says `Connection: close` (RFC 9112 §9.6). It used to go out
+    keep-alive when the app answered before the connection noticed the drain, and the
+    connection then closed under the client's next request (a 502 behind nginx, a lost POST
+    at every --max-requests recycle)."""
+    record = tmp_path / "events.txt"
+    server = run_rsasgi(APP, env={"ERR_SLOW_FILE": str(record)})
+    conn = RawConn(server.connect())
+    conn.send(request("GET", "/"))
+    assert conn.read_response().header("connection") is None
+    # A slow request elsewhere keeps the drain going.
+    result: dict = {}
+    thread = start_request(server.url + "/sleep?s=3", result)
+    wait_for(lambda: events(record).count("request-start") == 2, message="the slow request")
+    server.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: refused(server), timeout=2, message="new connections to be refused")
+    conn.send(request("GET", "/"))
+    response = conn.read_response()
+    assert response.status == 200, server.output()
+    assert response.header("connection") == "close", response.headers
+    assert conn.is_closed_by_peer(timeout=5)
+    thread.join(20)
+    assert result.get("status") == 200, result
     assert server.wait_exit() == 0
 
 

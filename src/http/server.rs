@@ -56,6 +56,12 @@ pub(crate) struct ServerState {
     pub bridge: Arc<EventBridge>,
     /// The WSGI pool's queue when the app is WSGI; ASGI requests go to the bridge.
     pub wsgi: Option<Arc<Pool>>,
+    /// Some once the worker stops (the grace): from then on an HTTP/1
+    /// response says `Connection: close`, since the connection closes
+    /// after it. Left to the connection's own drain, a fast response could
+    /// go out keep-alive before it noticed, and the connection then close
+    /// under the client's next request (a 502 behind nginx).
+    pub draining: watch::Receiver<Option<Duration>>,
     pub in_flight: AtomicUsize,
     pub limit_concurrency: Option<usize>,
     /// The 503s of `--limit-concurrency`, for their log lines.
@@ -105,6 +111,7 @@ pub(crate) struct ServerState {
 }
 
 impl ServerState {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: &Config,
         bridge: Arc<EventBridge>,
@@ -113,6 +120,7 @@ impl ServerState {
         metrics: Option<Arc<Slot>>,
         seat: Option<Arc<WorkerSeat>>,
         stacks: Option<Arc<StackFile>>,
+        draining: watch::Receiver<Option<Duration>>,
     ) -> std::io::Result<ServerState> {
         let wsgi_is_none = wsgi.is_none();
         let static_files = match &config.static_files {
@@ -130,6 +138,7 @@ impl ServerState {
         Ok(ServerState {
             bridge,
             wsgi,
+            draining,
             in_flight: AtomicUsize::new(0),
             limit_concurrency: config.limit_concurrency,
             refusals: Arc::default(),

@@ -444,7 +444,7 @@ pub(crate) fn handle(
                      {after}, so the client sees the response is short"
                 );
             }
-            let close_after = short.is_some() && !http2;
+            let close_after = !http2 && (short.is_some() || state.draining.borrow().is_some());
             let log = log.map(|log| log.with_status(start.status));
             let mut body = if is_head {
                 exchange.release_response();
