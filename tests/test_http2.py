@@ -301,3 +301,24 @@ def test_a_client_waiting_for_100_continue_over_http2_gets_408_that_says_why(run
             sock.sendall(connection.data_to_send())
     assert status == 408
     wait_for_log(server, "(the client asked for a 100 Continue first, which rsasgi cannot send")
+
+
+@pytest.mark.parametrize("app", ["wsgi_app", "asgi_app"])
+def test_response_header_values_lose_the_spaces_around_them(run_rsasgi, app):
+    """RFC 9113 §8.2.1: a field value must not begin or end with whitespace, and strict
+    clients (the h2 package, nghttp2, Node) refuse such a response. Django's WSGI handler
+    gives every Set-Cookie a leading space; the server strips it, as gunicorn does."""
+    server = run_rsasgi(f"padded_headers:{app}")
+    with h2_client() as client:
+        response = client.get(server.url + "/")
+    assert (response.http_version, response.status_code) == ("HTTP/2", 200)
+    assert response.headers["set-cookie"] == "c1=x; Path=/"
+    assert response.headers["x-tab"] == "v"
+    assert response.headers["x-blank"] == ""
+    with server.connect() as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        wire = b""
+        while chunk := sock.recv(65536):
+            wire += chunk
+    assert b"\r\nset-cookie: c1=x; Path=/\r\n" in wire, wire
+    assert b"\r\nx-tab: v\r\n" in wire, wire

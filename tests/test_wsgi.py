@@ -227,6 +227,8 @@ def test_content_type_and_length_only_when_sent(server):
 
     env = env_over(conn, request("POST", "/zero", headers=[("Content-Length", "0")]))["environ"]
     assert env["CONTENT_LENGTH"] == "0"
+    # A body of known length is not "terminated": Werkzeug then reads within the length.
+    assert "wsgi.input_terminated" not in env
     assert "CONTENT_TYPE" not in env
 
     env = env_over(conn, request("POST", "/type-only", headers=[("Content-Type", "a/b")]))[

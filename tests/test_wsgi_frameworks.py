@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_for
 from django_support import DJANGO_ENV, admin_walk, build_django_project
 
 pytest.importorskip("flask")
@@ -183,6 +184,36 @@ def test_flask_head_request(flask_server):
     assert response.status_code == 200
     assert response.headers["content-length"] == "16"
     assert response.content == b""
+
+
+def test_flask_upload_the_client_abandons_is_no_logged_error(flask_server):
+    """A client that leaves mid-upload (a phone losing signal): with a Content-Length the
+    server does not say wsgi.input_terminated, so Werkzeug reads within the length and turns
+    the short body into its own quiet 400, as under gunicorn. It used to read the raw input,
+    whose OSError made Flask log an ERROR with a traceback for every such client."""
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    length = len(head) + 5_000_000
+    with flask_server.connect() as sock:
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\n"
+            + f"Content-Type: multipart/form-data; boundary={boundary}\r\n".encode()
+            + f"Content-Length: {length}\r\n\r\n".encode()
+            + head
+            + b"x" * 1_000_000
+        )
+    wait_for(
+        lambda: "POST /upload" in flask_server.output(),
+        server=flask_server,
+        message="the upload's access line",
+    )
+    assert httpx.get(f"{flask_server.url}/items/1").status_code == 200
+    log = flask_server.output()
+    assert "Traceback" not in log, log
+    assert "Exception on /upload" not in log, log
 
 
 def test_flask_exception_is_500_and_logged(flask_server):

@@ -429,7 +429,15 @@ pub(crate) fn parse_headers(raw: &Bound<'_, PyAny>, headers: &mut HeaderMap) -> 
                 String::from_utf8_lossy(name.as_bytes())
             ))
         })?;
-        let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| {
+        // As for WSGI (see wsgi::response): no spaces or tabs around it.
+        let value = value.as_bytes();
+        let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'));
+        let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+        let value = match (start, end) {
+            (Some(start), Some(end)) => &value[start..=end],
+            _ => &[],
+        };
+        let value = HeaderValue::from_bytes(value).map_err(|_| {
             PyValueError::new_err(format!(
                 "invalid value for response header {:?}: control characters (CR, LF, NUL) are not allowed",
                 name.as_str()

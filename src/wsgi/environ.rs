@@ -429,6 +429,7 @@ pub(crate) fn build<'py>(
     // header only with the first, so each name is looked at once; a
     // repeated header's values are joined with ", ".
     let mut entries = headers.into_iter().peekable();
+    let mut has_length = false;
     while let Some((name, first)) = entries.next() {
         // Never None here: the values after a header's first are taken below.
         let Some(name) = name else { continue };
@@ -446,9 +447,20 @@ pub(crate) fn build<'py>(
             environ.set_item(intern!(py, "CONTENT_TYPE"), value)?;
         } else if name == header::CONTENT_LENGTH {
             environ.set_item(intern!(py, "CONTENT_LENGTH"), value)?;
+            has_length = true;
         } else if let Some(key) = header_key(py, name.as_str()) {
             environ.set_item(key, value)?;
         }
+    }
+
+    // `wsgi.input_terminated` is for a body with no length (chunked, or an
+    // HTTP/2 stream): it tells the app to read to the end. With a length,
+    // Werkzeug then wraps the input in its LimitedStream, which turns a
+    // client that left mid-upload into its quiet 400; told the input ends by
+    // itself, it read the stream as it is, and a Flask view failed with a
+    // logged 500 and traceback on every aborted upload (gunicorn: none).
+    if has_length {
+        environ.del_item(intern!(py, "wsgi.input_terminated"))?;
     }
 
     if let Some(tls) = &connection.tls {

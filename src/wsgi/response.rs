@@ -268,7 +268,10 @@ fn header_name(text: &Bound<'_, PyString>) -> PyResult<HeaderName> {
 }
 
 fn header_value(name: &Bound<'_, PyString>, text: &Bound<'_, PyString>) -> PyResult<HeaderValue> {
-    let value = text.to_str()?;
+    // The spaces and tabs around a value are not part of it (RFC 9110
+    // §5.5), and HTTP/2 clients refuse a field that keeps them (RFC 9113
+    // §8.2.1): Django's WSGI handler gives every Set-Cookie a leading space.
+    let value = text.to_str()?.trim_matches([' ', '\t']);
     let header_value = if value.is_ascii() {
         // Most values: their text is already their bytes, so no latin-1
         // byte vector is made on the way.
