@@ -18,6 +18,7 @@ import zlib
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import pytest
 from conftest import wait_for_log
@@ -56,7 +57,9 @@ class H2WebSocket:
     def _first(self, kind):
         return next((event for event in self.events if isinstance(event, kind)), None)
 
-    def _pump_until(self, done, limit: int = 200):
+    def _pump_until(self, done, limit: int = 200, acknowledge: bool = True):
+        """Reads events until `done()` returns something; `acknowledge=False` leaves the data
+        read unacknowledged, so the server's flow-control windows stay as they are."""
         for _ in range(limit):
             found = done()
             if found:
@@ -67,8 +70,12 @@ class H2WebSocket:
             for event in self.conn.receive_data(chunk):
                 self.events.append(event)
                 if isinstance(event, h2.events.DataReceived):
-                    self.data += event.data
-                    self.conn.acknowledge_received_data(event.flow_controlled_length, self.stream)
+                    if event.stream_id == self.stream:
+                        self.data += event.data
+                    if acknowledge:
+                        self.conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
                 if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
                     self.ended = True
             self.sock.sendall(self.conn.data_to_send())
@@ -184,27 +191,64 @@ def read_stream_data_raw(sock, stream: int, timeout: float = 20.0) -> bytes:
                 data += frame.data
 
 
-def test_a_websocket_dropped_for_a_stalled_client_ends_with_its_idle_connection(run_rsasgi):
-    """The client never opens its flow-control window, and the server drops the WebSocket
-    after --ws-ping-timeout. hyper does not reset the stream (it holds the data it was given
-    for it, see README), so what ends it is its connection: with nothing else in flight,
-    that closes after --timeout-keep-alive."""
+def test_a_websocket_dropped_for_a_stalled_client_is_reset_and_its_connection_goes_on(
+    run_rsasgi, tmp_path
+):
+    """The client never opens the WebSocket's flow-control window, and the server drops it
+    after --ws-ping-timeout: its stream is reset (RST_STREAM, CANCEL), which frees what hyper
+    held for it and its place under --http2-max-concurrent-streams (1 here), so the next
+    stream on the same connection is served. Before, hyper kept the stream open until the
+    connection ended."""
+    (tmp_path / "ping.txt").write_bytes(b"pong")
     server = run_rsasgi(
         "ws_app:app",
         "--ws-ping-interval", "0",
         "--ws-ping-timeout", "1",
-        "--timeout-keep-alive", "1",
+        "--http2-max-concurrent-streams", "1",
+        "--timeout-keep-alive", "60",
+        "--static-map", f"/static={tmp_path}",
     )  # fmt: skip
     ws = H2WebSocket(server, "/flood")
     try:
         assert ws.headers[":status"] == "200"
-        # From here on nothing is acknowledged: the stream's window stays shut.
-        wait_for_log(server, "read nothing for 1s while the server was sending")
-        # Only the end matters. (Parsing frames from here would start wherever h2's own
-        # reads left off, possibly inside a frame.)
+        # Room on the connection for the next stream's response; the WebSocket's own window
+        # stays shut, since none of its data is acknowledged.
+        ws.conn.increment_flow_control_window(1 << 20)
+        ws.sock.sendall(ws.conn.data_to_send())
         ws.sock.settimeout(10)
-        while ws.sock.recv(65536):
-            pass
+
+        # Without a reset this times out: hyper kept the stream until the connection ended.
+        event = ws._pump_until(
+            lambda: next((e for e in ws.events if isinstance(e, h2.events.StreamReset)), None),
+            acknowledge=False,
+        )
+        assert (event.stream_id, event.error_code) == (ws.stream, h2.errors.ErrorCodes.CANCEL)
+        wait_for_log(server, "read nothing for 1s while the server was sending")
+
+        # The next stream asks for a file the server answers itself: the flood app sends on
+        # for --ws-closed-send-grace and, as the app of any reset stream, counts against the
+        # connection's app tasks (no more than it may have streams) until it ends.
+        stream = ws.conn.get_next_available_stream_id()
+        request = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/static/ping.txt"),
+            (":authority", f"127.0.0.1:{server.port}"),
+        ]
+        ws.conn.send_headers(stream, request, end_stream=True)
+        ws.sock.sendall(ws.conn.data_to_send())
+
+        def ended():
+            return any(
+                isinstance(e, h2.events.StreamEnded) and e.stream_id == stream for e in ws.events
+            )
+
+        ws._pump_until(ended)
+        on_stream = [e for e in ws.events if getattr(e, "stream_id", None) == stream]
+        response = next(e for e in on_stream if isinstance(e, h2.events.ResponseReceived))
+        assert dict(response.headers)[b":status"] == b"200"
+        body = b"".join(e.data for e in on_stream if isinstance(e, h2.events.DataReceived))
+        assert body == b"pong"
     finally:
         ws.close()
 

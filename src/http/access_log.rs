@@ -766,6 +766,7 @@ mod tests {
             websocket.closed(Closed {
                 code: 1001,
                 by: ClosedBy::Client,
+                stalled: false,
             })
         });
         assert!(

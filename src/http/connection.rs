@@ -14,7 +14,9 @@
 //!   answers PINGs), or one so stalled past `--timeout-request`, is cut:
 //!   its HTTP/2 stream is reset (see [`StreamExecutor`]), an HTTP/1
 //!   connection closed. hyper polls a response body only when it can send,
-//!   so the body alone cannot notice.
+//!   so the body alone cannot notice. A WebSocket over HTTP/2 whose client
+//!   stopped reading has its stream reset the same way
+//!   ([`ActiveRequest::reset_stream`]).
 //! * A response is done for the app once hyper has taken its last bytes,
 //!   but hyper may still hold them, unsent, for a client that reads slowly
 //!   (a body sent in one message is handed over whole). The connection is
@@ -381,14 +383,28 @@ impl ActiveRequest {
     /// lives on after its request's (empty) response is done. The connection
     /// is then not idle (no keep-alive close under it) and a drain waits for
     /// it, as it waits for a request.
+    ///
+    /// The guard still knows the stream, for [`ActiveRequest::reset_stream`],
+    /// and the stream shares its handle with the task hyper starts to send
+    /// on it once upgraded (see [`StreamExecutor`]).
     pub(crate) fn keep_busy(&self) -> ActiveRequest {
-        let key = self.activity.state.lock().watched.insert(Watched {
+        let mut st = self.activity.state.lock();
+        let stream = st
+            .watched
+            .get(self.key)
+            .and_then(|watched| watched.stream.clone());
+        if let Some(stream) = &stream {
+            stream.upgrading.store(true, Ordering::Relaxed);
+        }
+        // With no deadline and never waiting, the timer never cuts it.
+        let key = st.watched.insert(Watched {
             waiting_since: None,
             deadline: None,
             app: None,
-            stream: None,
+            stream,
             cut: None,
         });
+        drop(st);
         ActiveRequest {
             activity: Arc::clone(&self.activity),
             key,
@@ -399,7 +415,7 @@ impl ActiveRequest {
     /// the timer can reset it; nothing on HTTP/1. Call from the request's
     /// service future, on its first poll.
     pub(crate) fn attach_stream(&self) {
-        if let Some(stream) = STARTING_STREAM.with_borrow(Option::clone) {
+        if let Some(stream) = POLLED_STREAM.with_borrow(Option::clone) {
             if let Some(watched) = self.activity.state.lock().watched.get_mut(self.key) {
                 watched.stream = Some(stream);
             }
@@ -422,6 +438,17 @@ impl ActiveRequest {
     pub(crate) fn for_app(&self, exchange: Arc<Exchange>) {
         if let Some(watched) = self.activity.state.lock().watched.get_mut(self.key) {
             watched.app = Some(exchange);
+        }
+    }
+
+    /// Resets the request's HTTP/2 stream now, ending its tasks (hyper's
+    /// send task of an upgraded stream too: see [`StreamExecutor`]), which
+    /// frees what hyper holds for it and its place under
+    /// `--http2-max-concurrent-streams`; nothing on HTTP/1.
+    pub(crate) fn reset_stream(&self) {
+        let st = self.activity.state.lock();
+        if let Some(stream) = st.watched.get(self.key).and_then(|w| w.stream.as_ref()) {
+            stream.cut();
         }
     }
 
@@ -456,8 +483,9 @@ impl Drop for ActiveRequest {
 }
 
 thread_local! {
-    /// The stream of the HTTP/2 stream task in its first poll on this thread.
-    static STARTING_STREAM: RefCell<Option<Arc<StreamCut>>> = const { RefCell::new(None) };
+    /// The HTTP/2 stream whose task is being polled on this thread, in its
+    /// first poll (and every poll, once it may be upgraded).
+    static POLLED_STREAM: RefCell<Option<Arc<StreamCut>>> = const { RefCell::new(None) };
 }
 
 /// Resets one HTTP/2 stream from outside its task: the task ends, and h2
@@ -466,6 +494,9 @@ thread_local! {
 pub(crate) struct StreamCut {
     cut: AtomicBool,
     task: AtomicWaker,
+    /// Its response may upgrade it (an HTTP/2 WebSocket); set by its own
+    /// task, in its first poll.
+    upgrading: AtomicBool,
 }
 
 impl StreamCut {
@@ -480,6 +511,13 @@ impl StreamCut {
 /// it (see [`WithStreams`]); one started elsewhere is a tokio task of its own,
 /// as with `TokioExecutor`. Either way its [`StreamCut`] can end it, and its
 /// service future finds the handle with [`ActiveRequest::attach_stream`].
+///
+/// A task started from a stream's task is that stream's, and shares its
+/// handle: hyper starts one for an upgraded stream (an HTTP/2 WebSocket),
+/// once its response is sent, and that task holds the stream's sending
+/// half. Dropped, the stream's last handle with the upgraded connection's,
+/// it makes h2 reset the stream. (The stream's own task ends as it starts
+/// that one, so the two never wait on the handle at once.)
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct StreamExecutor;
 
@@ -490,7 +528,7 @@ where
     fn execute(&self, stream: F) {
         let task = Cuttable {
             stream,
-            cut: Arc::new(StreamCut::default()),
+            cut: POLLED_STREAM.with_borrow(Option::clone).unwrap_or_default(),
             started: false,
         };
         let spawned = SPAWNED.with_borrow_mut(|spawned| match spawned {
@@ -590,17 +628,21 @@ impl<F: Future<Output = ()>> Future for Cuttable<F> {
         if this.cut.cut.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
+        // The first poll, for the service future to find the handle; every
+        // poll of a stream that may be upgraded, since hyper starts its send
+        // task from whichever poll sends the response.
         let first = !std::mem::replace(this.started, true);
-        if first {
-            STARTING_STREAM.set(Some(Arc::clone(this.cut)));
+        let shared = first || this.cut.upgrading.load(Ordering::Relaxed);
+        if shared {
+            POLLED_STREAM.set(Some(Arc::clone(this.cut)));
         }
         // A panic (a bug) ends this stream alone, as it would a task of its
         // own, rather than the connection task it shares with its siblings;
         // the stream is dropped, which resets it.
         let mut stream = this.stream;
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| stream.as_mut().poll(cx)));
-        if first {
-            STARTING_STREAM.set(None);
+        if shared {
+            POLLED_STREAM.set(None);
         }
         polled.unwrap_or_else(|_| {
             tracing::error!(
@@ -1262,7 +1304,7 @@ mod tests {
         // The panicked stream is gone; its sibling is still there.
         assert_eq!(streams.as_ref().map(FuturesUnordered::len), Some(1));
         // And the next stream's first poll does not see the dead one's handle.
-        assert!(STARTING_STREAM.with_borrow(Option::is_none));
+        assert!(POLLED_STREAM.with_borrow(Option::is_none));
     }
 
     #[tokio::test]
@@ -1303,6 +1345,50 @@ mod tests {
         let cut_at = Instant::now();
         assert_eq!(watching.await.unwrap(), Close::KeepAlive);
         assert_eq!(cut_at.elapsed(), DEADLINES.keep_alive);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_a_stream_starts_is_reset_with_that_stream_alone() {
+        use hyper::rt::Executor;
+        use tokio::sync::oneshot;
+        let activity = Activity::new(&DEADLINES);
+        let (answer, answered) = oneshot::channel::<()>();
+        let (busy_tx, busy_rx) = oneshot::channel();
+        let (upgrading, upgrading_rx) = oneshot::channel::<()>();
+        let (sent, sent_rx) = oneshot::channel::<()>();
+        let (sibling, sibling_rx) = oneshot::channel::<()>();
+        {
+            let activity = Arc::clone(&activity);
+            // hyper's task for an extended CONNECT: the service takes it for
+            // a WebSocket in its first poll and answers in a later one; the
+            // task then starts the upgraded stream's send task (which holds
+            // `sent`) and ends.
+            StreamExecutor.execute(async move {
+                let request = activity.begin(None);
+                request.attach_stream();
+                let busy = request.keep_busy();
+                let _ = upgrading.send(());
+                let _ = answered.await;
+                let _ = busy_tx.send(busy);
+                drop(request);
+                StreamExecutor.execute(async move {
+                    let _sent = sent;
+                    std::future::pending::<()>().await;
+                });
+            });
+        }
+        StreamExecutor.execute(async move {
+            let _sibling = sibling;
+            std::future::pending::<()>().await;
+        });
+        upgrading_rx.await.unwrap();
+        answer.send(()).unwrap();
+        let busy = busy_rx.await.unwrap();
+        busy.reset_stream();
+        let ended = tokio::time::timeout(Duration::from_secs(1), sent_rx).await;
+        assert!(matches!(ended, Ok(Err(_))), "the send task was not ended");
+        let sibling = tokio::time::timeout(Duration::from_secs(1), sibling_rx).await;
+        assert!(sibling.is_err(), "another stream's task was ended");
     }
 
     #[tokio::test]

@@ -733,7 +733,6 @@ async fn open_websocket(
             let metrics = state.metrics.clone();
             let seat = state.seat.clone();
             tokio::spawn(async move {
-                let _busy = busy;
                 match on_upgrade.await {
                     Ok(upgraded) => {
                         let _open = metrics.as_ref().map(|slot| WebSocketOpen::new(slot, http2));
@@ -744,6 +743,12 @@ async fn open_websocket(
                         let _held = seat.as_ref().filter(|_| !http2).map(WorkerSeat::hold);
                         let closed =
                             ws::serve(upgraded, session, settings, deflate, registry).await;
+                        // hyper would hold what the server last wrote, and
+                        // the stream's place on its connection, until the
+                        // client opens its window or the connection ends.
+                        if let Some(busy) = busy.as_ref().filter(|_| closed.stalled) {
+                            busy.reset_stream();
+                        }
                         if let Some(line) = closing_line {
                             line.closed(closed);
                         }

@@ -334,12 +334,16 @@ impl ClosedBy {
     }
 }
 
-/// How a WebSocket connection ended: the close code the app saw, and who
-/// closed it first.
+/// How a WebSocket connection ended: the close code the app saw, who
+/// closed it first, and whether its client had stopped reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Closed {
     pub code: u16,
     pub by: ClosedBy,
+    /// A write was given up on because the client read nothing for the
+    /// stall limit: what it wrote may still be held, unsent (over HTTP/2,
+    /// by hyper, until the stream is reset).
+    pub stalled: bool,
 }
 
 /// The deflate level the server compresses with: the fastest, since the
@@ -466,6 +470,7 @@ pub(crate) async fn serve(
             return Closed {
                 code: code::INTERNAL_ERROR,
                 by: ClosedBy::Server,
+                stalled: false,
             };
         }
     };
@@ -766,6 +771,7 @@ pub(crate) async fn serve(
     Closed {
         code,
         by: closed_by.unwrap_or(ClosedBy::Client),
+        stalled: progress.stalled(),
     }
 }
 

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,6 +27,8 @@ pub(crate) struct WriteProgress {
     origin: Instant,
     /// Nanoseconds after `origin` of the last write that took bytes.
     last: AtomicU64,
+    /// Set once a write stalled: what it wrote may be held, unsent.
+    stalled: AtomicBool,
 }
 
 impl WriteProgress {
@@ -34,7 +36,13 @@ impl WriteProgress {
         Arc::new(WriteProgress {
             origin: Instant::now(),
             last: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
         })
+    }
+
+    /// Whether a write was given up on for the peer not reading.
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {
@@ -61,6 +69,7 @@ impl WriteProgress {
                 output = &mut write => return Ok(output),
                 _ = tokio::time::sleep_until(deadline) => {
                     if self.last() + limit <= Instant::now() {
+                        self.stalled.store(true, Ordering::Relaxed);
                         return Err(Stalled);
                     }
                 }
@@ -130,6 +139,7 @@ mod tests {
         let written = progress.bounded(LIMIT, io.write_all(&[0; 64])).await;
         assert_eq!(written.err(), Some(Stalled));
         assert_eq!(started.elapsed(), LIMIT);
+        assert!(progress.stalled());
     }
 
     #[tokio::test(start_paused = true)]
@@ -149,6 +159,7 @@ mod tests {
         });
         let written = progress.bounded(LIMIT, io.write_all(&[0; 256])).await;
         assert!(matches!(written, Ok(Ok(()))));
+        assert!(!progress.stalled());
         reader.await.unwrap();
     }
 }
