@@ -229,8 +229,13 @@ pub(crate) fn handle(
 
             // RFC 9110 §9.3.7: `OPTIONS *` asks about the server, not a resource, and
             // its asterisk is no path an app could route (nor a valid PEP 3333
-            // PATH_INFO), so the server answers it.
-            if request.method() == Method::OPTIONS && request.uri() == "*" {
+            // PATH_INFO), so the server answers it. Over HTTP/2 (`:path` "*")
+            // hyper puts the scheme and authority in front, so the path is
+            // what tells; no origin-form path is "*".
+            if request.method() == Method::OPTIONS
+                && request.uri().path() == "*"
+                && request.uri().query().is_none()
+            {
                 let status = StatusCode::OK;
                 break 'respond state.options_asterisk_response(record(status));
             }
