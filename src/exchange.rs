@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
@@ -35,6 +36,15 @@ pub(crate) const RESPONSE_HIGH_WATER: usize = 64 * 1024;
 
 /// `send()` waiting on a full buffer resumes once the buffer drains below this.
 pub(crate) const RESPONSE_LOW_WATER: usize = 16 * 1024;
+
+/// How long after a `receive()` that waited for it handed the app
+/// `http.disconnect` the app's `send()` calls still do nothing (see
+/// [`State::closed_send`]). An app that listens so (Django's ASGI handler,
+/// Quart) cancels the task that sends within a few turns of its event loop;
+/// this leaves room for a loop that something else holds up. After it,
+/// `send()` raises, so that a stream whose app lost the message (a cancel
+/// scope that closed around the `receive()` as it was answered) still stops.
+pub(crate) const HEARD_DISCONNECT_SEND_GRACE: Duration = Duration::from_secs(10);
 
 /// What the reactor hands over when a request arrives.
 pub(crate) struct RequestStart {
@@ -323,9 +333,13 @@ struct State {
     /// [`State::closed_send`]). One the app cancelled (Starlette's
     /// `is_disconnected`, a listener task stopped) listens no more.
     listeners: Vec<Py<PyAny>>,
-    /// A `receive()` made after the whole body has handed the app
-    /// `http.disconnect` (one cut short by it is told by `send()` as well).
-    disconnect_handed: bool,
+    /// When one of the `listeners` was handed `http.disconnect`, woken by
+    /// the client leaving: the start of [`HEARD_DISCONNECT_SEND_GRACE`].
+    /// Not a `receive()` that the disconnect answered at once: that is how
+    /// Starlette's `is_disconnected()` looks, and behind its
+    /// `BaseHTTPMiddleware` the answer is thrown away (see
+    /// [`State::closed_send`]).
+    disconnect_heard: Option<Instant>,
     pump: Option<Waker>,
     /// The `receive()` futures waiting for body or a disconnect: every one
     /// is handed back when something arrives (two tasks may wait at once,
@@ -397,12 +411,14 @@ impl State {
     }
 
     /// The next thing `receive()` returns, if it need not wait: the buffered
-    /// body (joined), the end of it, or a disconnect.
-    fn try_receive(&mut self) -> Option<Received> {
-        let listening = self.body_delivered;
+    /// body (joined), the end of it, or a disconnect. `waited`: for a
+    /// `receive()` the reactor woke, which, after the whole body, was
+    /// listening for the disconnect (see [`State::disconnect_heard`]).
+    fn try_receive(&mut self, waited: bool) -> Option<Received> {
+        let listening = waited && self.body_delivered;
         let received = self.try_receive_message();
         if listening && matches!(received, Some(Received::Disconnect)) {
-            self.disconnect_handed = true;
+            self.disconnect_heard.get_or_insert_with(Instant::now);
         }
         received
     }
@@ -449,14 +465,26 @@ impl State {
     /// given back to Django's pool (four of eight lost in a few seconds of
     /// aborted requests). uvicorn and granian drop such sends too.
     ///
-    /// Only while the app is told or will be: it was handed the disconnect,
-    /// or a `receive()` of its still waits for it. A `receive()` it called
-    /// once and cancelled does not count: Starlette (for ASGI 2.4) stops
-    /// listening itself once its `is_disconnected()` has looked, and relies
-    /// on this error to stop a streaming response whose client left, which
-    /// would otherwise run, and hold its place under `--limit-concurrency`,
-    /// until the app ends it.
+    /// Only while the app is told or will be: a `receive()` of its still
+    /// waits for the disconnect, or one that waited was handed it less than
+    /// [`HEARD_DISCONNECT_SEND_GRACE`] ago. Not for a `receive()` the app
+    /// cancelled, nor for one the disconnect answered at once: Starlette (for
+    /// ASGI 2.4) looks so, with `is_disconnected()`, and relies on this error
+    /// to stop a streaming response whose client left. Its look is a
+    /// `receive()` inside a cancel scope already cancelled, which behind its
+    /// `BaseHTTPMiddleware` (FastAPI's `@app.middleware("http")`) throws the
+    /// answer away as it closes: the app never hears of the disconnect, and
+    /// with its sends dropped the stream would run on for nobody, holding its
+    /// place under `--limit-concurrency`, until the app ended it. Django's
+    /// listener is answered at once too when the client left before the
+    /// view ran; the handler then cancels the view at its first wait (its
+    /// database work waits on a thread), before it sends, unless it sends
+    /// without having waited for anything.
     fn closed_send(&self) -> Result<(), SendMisuse> {
+        let heard = || {
+            self.disconnect_heard
+                .is_some_and(|at| at.elapsed() < HEARD_DISCONNECT_SEND_GRACE)
+        };
         let waiting = || {
             // Only here, after a disconnect: the GIL is held (send() is
             // Python's call), and only a future knows whether it was cancelled.
@@ -466,7 +494,7 @@ impl State {
                     .any(|future| !is_done(py, future).unwrap_or(true))
             })
         };
-        if self.disconnect_handed || (!self.listeners.is_empty() && waiting()) {
+        if heard() || (!self.listeners.is_empty() && waiting()) {
             Ok(())
         } else {
             Err(SendMisuse::Closed)
@@ -994,7 +1022,7 @@ impl Exchange {
     pub(crate) fn receive(&self) -> Option<Received> {
         let (received, pump) = {
             let mut st = self.state.lock();
-            let received = st.try_receive();
+            let received = st.try_receive(false);
             if received.is_none() {
                 st.body_wanted = true;
             }
@@ -1013,9 +1041,28 @@ impl Exchange {
         py: Python<'_>,
         future: Py<PyAny>,
     ) -> Result<(), (Py<PyAny>, Received)> {
+        self.receive_or_park(py, future, false)
+    }
+
+    /// For a parked `future` the reactor handed back: what arrived, with
+    /// the future, or parks it again (another `receive()` took the body).
+    pub(crate) fn resume_receiver(
+        &self,
+        py: Python<'_>,
+        future: Py<PyAny>,
+    ) -> Result<(), (Py<PyAny>, Received)> {
+        self.receive_or_park(py, future, true)
+    }
+
+    fn receive_or_park(
+        &self,
+        py: Python<'_>,
+        future: Py<PyAny>,
+        waited: bool,
+    ) -> Result<(), (Py<PyAny>, Received)> {
         let (result, pump, finished) = {
             let mut st = self.state.lock();
-            let (result, finished) = match st.try_receive() {
+            let (result, finished) = match st.try_receive(waited) {
                 Some(received) => (Err((future, received)), Vec::new()),
                 None => {
                     st.body_wanted = true;
@@ -1589,38 +1636,107 @@ mod tests {
         );
     }
 
+    /// A future as `receive()` parks one: only its `done()` is asked.
+    fn future(py: Python<'_>) -> Py<PyAny> {
+        py.import("concurrent.futures")
+            .and_then(|module| module.getattr("Future")?.call0())
+            .unwrap()
+            .unbind()
+    }
+
     #[test]
     fn an_app_listening_for_the_disconnect_sends_into_nothing_after_it() {
         // Django's ASGI handler: the whole body read, then a receive() that
-        // can only return http.disconnect, beside a task that sends.
+        // waits for http.disconnect, beside a task that sends.
+        Python::initialize();
+        Python::attach(|py| {
+            let exchange = exchange(Method::GET, true);
+            assert!(matches!(
+                exchange.receive(),
+                Some(Received::Body { more: false, .. })
+            ));
+            let listener = future(py);
+            assert!(exchange.park_receiver(py, listener.clone_ref(py)).is_ok());
+            exchange.close();
+            assert!(
+                !exchange.waiting_send_fails(),
+                "the waiting receive() is about to tell the app"
+            );
+            let Err((listener, Received::Disconnect)) = exchange.resume_receiver(py, listener)
+            else {
+                panic!("the woken receive() is handed the disconnect");
+            };
+            listener
+                .call_method1(py, "set_result", (py.None(),))
+                .unwrap();
+            assert!(!exchange.waiting_send_fails(), "told, the app listens");
+            assert_eq!(exchange.send_start(ok_start()), Ok(()));
+            assert_eq!(
+                exchange.send_body(Bytes::from_static(b"x"), true),
+                Ok(Sent::Dropped)
+            );
+            assert_eq!(exchange.send_body(Bytes::new(), false), Ok(Sent::Dropped));
+            assert_eq!(
+                exchange.send_body(Bytes::new(), false),
+                Err(SendMisuse::AlreadyComplete),
+                "a body after the last one is still the app's mistake"
+            );
+            assert!(matches!(exchange.receive(), Some(Received::Disconnect)));
+        });
+    }
+
+    #[test]
+    fn sends_after_a_heard_disconnect_raise_once_its_grace_is_over() {
+        // The listener's answer was lost (a cancel scope closed around it
+        // as it came): the app's stream must still stop.
+        Python::initialize();
+        Python::attach(|py| {
+            let exchange = exchange(Method::GET, true);
+            exchange.receive();
+            let listener = future(py);
+            assert!(exchange.park_receiver(py, listener.clone_ref(py)).is_ok());
+            exchange.send_start(ok_start()).unwrap();
+            exchange.close();
+            let Err((listener, Received::Disconnect)) = exchange.resume_receiver(py, listener)
+            else {
+                panic!("the woken receive() is handed the disconnect");
+            };
+            listener.call_method0(py, "cancel").unwrap();
+            assert_eq!(
+                exchange.send_body(Bytes::from_static(b"x"), true),
+                Ok(Sent::Dropped)
+            );
+            exchange.state.lock().disconnect_heard =
+                Instant::now().checked_sub(HEARD_DISCONNECT_SEND_GRACE);
+            assert!(exchange.waiting_send_fails());
+            assert_eq!(
+                exchange.send_body(Bytes::from_static(b"x"), true),
+                Err(SendMisuse::Closed)
+            );
+        });
+    }
+
+    #[test]
+    fn a_disconnect_answered_at_once_leaves_send_to_say_the_client_left() {
+        // Starlette's is_disconnected(): a receive() in a cancel scope
+        // already cancelled, whose answer BaseHTTPMiddleware throws away.
         let exchange = exchange(Method::GET, true);
         assert!(matches!(
             exchange.receive(),
             Some(Received::Body { more: false, .. })
         ));
-        assert!(
-            exchange.receive().is_none(),
-            "nothing but a disconnect is left"
-        );
+        exchange.send_start(ok_start()).unwrap();
         exchange.close();
         assert!(
             exchange.waiting_send_fails(),
             "a receive() that parked no future is not listening"
         );
         assert!(matches!(exchange.receive(), Some(Received::Disconnect)));
-        assert!(!exchange.waiting_send_fails(), "told, the app listens");
-        assert_eq!(exchange.send_start(ok_start()), Ok(()));
+        assert!(exchange.waiting_send_fails());
         assert_eq!(
             exchange.send_body(Bytes::from_static(b"x"), true),
-            Ok(Sent::Dropped)
+            Err(SendMisuse::Closed)
         );
-        assert_eq!(exchange.send_body(Bytes::new(), false), Ok(Sent::Dropped));
-        assert_eq!(
-            exchange.send_body(Bytes::new(), false),
-            Err(SendMisuse::AlreadyComplete),
-            "a body after the last one is still the app's mistake"
-        );
-        assert!(matches!(exchange.receive(), Some(Received::Disconnect)));
     }
 
     #[test]

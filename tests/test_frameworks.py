@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from apps.proto_raw import wait_for_file
 from django_support import ADMIN_PASSWORD, DJANGO_ENV, build_django_project
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -127,6 +128,30 @@ def test_starlette_error_response_is_delivered_whole(run_rsasgi):
     # The server may close that connection (uvicorn does); a new one is served.
     assert httpx.get(f"{server.url}/items/1").status_code == 200
     assert "fw_starlette boom" in server.output()
+
+
+@pytest.mark.parametrize("app", ["app", "behind_middleware"])
+def test_starlette_event_stream_stops_when_its_client_leaves(run_rsasgi, markers, app):
+    """An event stream that looks with request.is_disconnected() before each event stops once
+    its client has left, and gives back its place under --limit-concurrency. Behind a
+    BaseHTTPMiddleware (FastAPI's @app.middleware("http")) that look never sees the disconnect:
+    the middleware's task group, inside the cancel scope the look runs in, throws the message
+    away as it closes. Only send() raising (ASGI 2.4) stops that stream: the look used to make
+    the server drop the sends instead, as for an app that listens, and the stream ran on for
+    nobody and held its place."""
+    server = run_rsasgi(
+        f"fw_starlette:{app}",
+        "--limit-concurrency",
+        "1",
+        env={"STARLETTE_MARKER_DIR": str(markers)},
+    )
+    with httpx.stream("GET", f"{server.url}/events", timeout=10) as response:
+        assert response.status_code == 200
+        events = response.iter_raw()
+        assert next(events).startswith(b"data: 0\n\n")
+        assert httpx.get(f"{server.url}/items/1", timeout=10).status_code == 503
+    wait_for_file(markers / "events.ended", timeout=10)
+    assert httpx.get(f"{server.url}/items/1", timeout=10).status_code == 200
 
 
 # --------------------------------------------------------------------------- Django

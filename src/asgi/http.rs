@@ -37,7 +37,7 @@ pub(crate) fn resolve_waiter(py: Python<'_>, waiter: Waiter) -> PyResult<()> {
         return Ok(());
     }
     match kind {
-        WaitKind::Receive => match exchange.park_receiver(py, future) {
+        WaitKind::Receive => match exchange.resume_receiver(py, future) {
             Ok(()) => Ok(()),
             Err((future, received)) => set_result(py, &future, received_message(py, received)?),
         },

@@ -1,10 +1,18 @@
-"""An ordinary Starlette application, written as its users write them, for test_frameworks.py."""
+"""An ordinary Starlette application, written as its users write them, for test_frameworks.py.
+
+`app` serves the routes; `behind_middleware` serves them behind a BaseHTTPMiddleware, which is
+what FastAPI's @app.middleware("http") makes. GET /events leaves events.ended in
+STARLETTE_MARKER_DIR, when that is set, once its stream has stopped.
+"""
 
 import asyncio
 import contextlib
 import hashlib
+import os
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
@@ -44,6 +52,26 @@ async def stream(request: Request) -> StreamingResponse:
     return StreamingResponse(chunks(), media_type="application/octet-stream")
 
 
+async def events(request: Request) -> StreamingResponse:
+    """Server-sent events until the client leaves, looking with is_disconnected() before each
+    one, as many SSE examples do."""
+
+    async def ticks():
+        number = 0
+        try:
+            while not await request.is_disconnected():
+                yield f"data: {number}\n\n"
+                number += 1
+                await asyncio.sleep(0.05)
+        finally:
+            markers = os.environ.get("STARLETTE_MARKER_DIR")
+            if markers:
+                with open(os.path.join(markers, "events.ended"), "w") as f:
+                    f.write(f"after {number} events")
+
+    return StreamingResponse(ticks(), media_type="text/event-stream")
+
+
 async def upload(request: Request) -> JSONResponse:
     async with request.form() as form:
         uploaded = form["file"]
@@ -73,9 +101,20 @@ app = Starlette(
         Route("/items/{item_id:int}", items),
         Route("/echo", echo_json, methods=["POST"]),
         Route("/stream", stream),
+        Route("/events", events),
         Route("/upload", upload, methods=["POST"]),
         Route("/login", login, methods=["POST"]),
         Route("/boom", boom),
     ],
     lifespan=lifespan,
+)
+
+
+class Passthrough(BaseHTTPMiddleware):
+    async def dispatch(self, request, call_next):
+        return await call_next(request)
+
+
+behind_middleware = Starlette(
+    routes=app.routes, middleware=[Middleware(Passthrough)], lifespan=lifespan
 )
