@@ -31,11 +31,13 @@ pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> i32 {
     }
     match check(py, config) {
         Ok(interface) => {
-            // As the first worker would say it.
-            if let Some(warning) = config
-                .threads_unused_by_asgi()
-                .filter(|_| interface != "wsgi")
-            {
+            // As the first worker would say them.
+            let found = if interface == "wsgi" {
+                config.lifespan_unused_by_wsgi()
+            } else {
+                config.threads_unused_by_asgi()
+            };
+            if let Some(warning) = found {
                 let _ = writeln!(std::io::stderr(), "rsasgi: warning: {warning}");
             }
             let settings = match file {

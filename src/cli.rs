@@ -1351,6 +1351,25 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
             "use --interface wsgi if the app is one",
         );
     }
+    if config.interface == Interface::Wsgi && config.lifespan == Lifespan::On {
+        // `auto` and `off` ask for nothing that a WSGI app lacks; `on` asks
+        // for a startup that must succeed.
+        unused(
+            &["lifespan"],
+            "with --interface wsgi: WSGI has no lifespan protocol, so no startup or shutdown \
+             runs",
+            "use an ASGI --interface if the app is one",
+        );
+    }
+    if !config.supervision.supervised() {
+        // Only a supervisor times a boot (a process cannot time its own
+        // import: it is the one stuck in it).
+        unused(
+            &["timeout_worker_boot"],
+            "without --workers: one process serves, and no supervisor watches its boot",
+            "add --workers 1 for a supervised worker",
+        );
+    }
     if !config.access_log {
         unused(
             &["access_log_format", "access_logfile"],
@@ -1902,6 +1921,26 @@ mod tests {
               access line is written; remove --no-access-log, or drop them"
             ]
         );
+        assert_eq!(
+            warnings(&["--interface", "wsgi", "--lifespan", "on"]),
+            [
+                "--lifespan does nothing with --interface wsgi: WSGI has no lifespan protocol, \
+              so no startup or shutdown runs; use an ASGI --interface if the app is one, or \
+              drop it"
+            ]
+        );
+        assert!(warnings(&["--interface", "wsgi", "--lifespan", "off"]).is_empty());
+        assert!(warnings(&["--lifespan", "on"]).is_empty());
+        assert_eq!(
+            warnings(&["--timeout-worker-boot", "5"]),
+            [
+                "--timeout-worker-boot does nothing without --workers: one process serves, and \
+              no supervisor watches its boot; add --workers 1 for a supervised worker, or drop \
+              it"
+            ]
+        );
+        assert!(warnings(&["--timeout-worker-boot", "5", "--workers", "1"]).is_empty());
+        assert!(warnings(&["--timeout-worker-boot", "5", "--reload"]).is_empty());
         // The defaults (a value clap filled in) are not the user's doing.
         assert!(warnings(&["--ws", "none", "--no-access-log"]).is_empty());
     }

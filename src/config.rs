@@ -471,6 +471,20 @@ impl Config {
         })
     }
 
+    /// For an app found to be WSGI on import: the warning that `--lifespan
+    /// on` does nothing, unless `--interface wsgi` was given (then the
+    /// start's configuration warnings said it already).
+    pub(crate) fn lifespan_unused_by_wsgi(&self) -> Option<String> {
+        (self.lifespan == Lifespan::On && self.interface == Interface::Auto).then(|| {
+            format!(
+                "--lifespan on does nothing: {} is a WSGI app, and WSGI has no lifespan \
+                 protocol (no startup or shutdown runs, and none can stop the start); serve \
+                 the app's ASGI entry point if it has one, or drop --lifespan on",
+                self.app
+            )
+        })
+    }
+
     /// The scheme the listeners serve, as the startup line shows them.
     pub(crate) fn listening_scheme(&self) -> crate::net::Scheme {
         match self.tls {

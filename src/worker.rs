@@ -630,8 +630,14 @@ impl Worker {
             .collect();
         let config = Arc::clone(&self.config);
         let bridge = Arc::clone(&self.bridge);
+        // What is found on import is said by the single process, or once by
+        // the workers.
+        let first = self.supervised.as_ref().is_none_or(|s| s.speaks_for_all);
         let jobs = match wsgi_app {
             Some(app) => {
+                if let Some(warning) = config.lifespan_unused_by_wsgi().filter(|_| first) {
+                    tracing::warn!("{warning}");
+                }
                 if config.threads > THREADS_WARNING {
                     tracing::warn!(
                         "--threads {} is a lot for one worker: the GIL lets one run Python at a time, \
@@ -655,8 +661,6 @@ impl Worker {
                 Some(pool)
             }
             None => {
-                // Said by the single process, or once by the workers.
-                let first = self.supervised.as_ref().is_none_or(|s| s.speaks_for_all);
                 if let Some(warning) = config.threads_unused_by_asgi().filter(|_| first) {
                     tracing::warn!("{warning}");
                 }

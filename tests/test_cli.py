@@ -476,6 +476,31 @@ def test_threads_with_an_app_found_to_be_asgi_is_warned_of_once(run_rsasgi):
     assert server.output().count("--threads 4 does nothing") == 1, server.output()
 
 
+def test_timeout_worker_boot_without_workers_is_warned_of():
+    """One process times no boot of its own: only a supervisor enforces the setting."""
+    result = cli("--timeout-worker-boot", "5", "--check-config", "--app-dir", str(APPS), APP)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "--timeout-worker-boot does nothing without --workers: one process serves, and no "
+        "supervisor watches its boot"
+    ) in result.stderr, result.stderr
+
+
+def test_lifespan_on_with_an_app_found_to_be_wsgi_is_warned_of_by_check_config():
+    result = cli("--check-config", "--app-dir", str(APPS), "sup_wsgi:app", "--lifespan", "on")
+    assert result.returncode == 0, result.stderr
+    assert "--lifespan on does nothing: sup_wsgi:app is a WSGI app" in result.stderr, result.stderr
+
+
+def test_lifespan_on_with_an_app_found_to_be_wsgi_is_warned_of_once(run_rsasgi):
+    """The interface is found when the app is imported: worker 1 says it, not worker 2."""
+    server = run_rsasgi("sup_wsgi:app", "--lifespan", "on", "--workers", "2")
+    wait_for(lambda: "All 2 workers serving" in server.output(), server=server, message="both")
+    server.stop()
+    warning = "--lifespan on does nothing: sup_wsgi:app is a WSGI app"
+    assert server.output().count(warning) == 1, server.output()
+
+
 def test_threads_with_a_wsgi_app_is_not_warned_of(run_rsasgi):
     server = run_rsasgi("sup_wsgi:app", "--threads", "4")
     server.stop()

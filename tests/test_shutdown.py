@@ -149,6 +149,29 @@ def test_graceful_shutdown_timeout_bounds_the_wait(run_rsasgi, tmp_path):
     assert events(record)[-1] == "shutdown"
 
 
+def test_sigquit_as_the_first_signal_says_the_shutdown_is_forced(run_rsasgi, tmp_path):
+    """No grace at all, and the log says why: not that --timeout-graceful-shutdown (30 s
+    here) ran out after 0 s."""
+    record = tmp_path / "events.txt"
+    server = run_rsasgi(
+        APP, "--timeout-graceful-shutdown", "30", env={"ERR_SLOW_FILE": str(record)}
+    )
+    result: dict = {}
+    thread = start_request(server.url + "/sleep?s=30", result)
+    wait_for_event(record, "request-start")
+
+    server.proc.send_signal(signal.SIGQUIT)
+    assert server.wait_exit(timeout=15) == 0
+    output = server.output()
+    assert (
+        "Closing the connections still open: the shutdown is forced (SIGQUIT, or a second "
+        "stop signal)"
+    ) in output, output
+    assert "after --timeout-graceful-shutdown" not in output, output
+    thread.join(15)
+    assert "request-done" not in events(record)
+
+
 #: An app whose request, once cancelled, takes 4.5 s to clean up (it rolls a transaction
 #: back, say). Its events go, one per line, to events.txt beside it.
 SLOW_CLEANUP = """

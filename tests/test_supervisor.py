@@ -745,6 +745,71 @@ def test_a_stop_while_a_worker_is_hung_still_logs_its_stacks_and_kills_it(run_rs
     blocker.close()
 
 
+def test_a_worker_still_there_at_its_stop_deadline_is_killed_after_its_stacks_are_logged(
+    run_rsasgi, markers
+):
+    """SIGQUIT gives the workers 5 s; one whose event loop the app blocks is still there
+    then. The log shows where it is stuck, and says that the supervisor killed it, not the
+    OOM killer."""
+    server = start_supervised(run_rsasgi, workers=1, env={"SUP_MARKERS": str(markers)})
+    blocker = server.connect()
+    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+    marker = wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
+    stuck = int(marker[0].name)
+
+    server.proc.send_signal(signal.SIGQUIT)
+    assert exit_code(server) == 0
+    log = server.output()
+    overdue = re.search(
+        rf"worker 1 \(pid {stuck}\) is still running [\d.]+s after it was told to stop at once "
+        r"\(SIGQUIT\): the app holds it",
+        log,
+    )
+    assert overdue, log
+    stack = log_event(log, f"Python stacks of worker 1 (pid {stuck}):")
+    assert overdue.start() < log.index(stack)
+    app_file = re.escape(str(APPS / "sup_app.py"))
+    assert re.search(rf'^  File "{app_file}", line \d+ in block_the_event_loop$', stack, re.M)
+    assert f"Killing worker 1 (pid {stuck}) (after writing its stacks)" in log
+    assert f"worker 1 (pid {stuck}) was killed at its stop deadline" in log
+    assert "OOM killer" not in log
+    assert log.rstrip().endswith("rsasgi.error: Stopped"), log
+    blocker.close()
+
+
+def test_a_recycled_worker_killed_at_its_stop_deadline_is_not_said_to_be_replaced(
+    run_rsasgi, markers
+):
+    """The request that retires the worker (--limit-max-requests 1) blocks its loop, so it
+    outlives its graceful stop (13 s with no grace). Its replacement serves already: the
+    line about its end says it was killed at its stop deadline, not 'replacing it'."""
+    server = start_supervised(
+        run_rsasgi,
+        "--limit-max-requests", "1", "--timeout-graceful-shutdown", "0",
+        workers=1,
+        env={"SUP_MARKERS": str(markers)},
+    )  # fmt: skip
+    blocker = server.connect()
+    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+    marker = wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
+    stuck = int(marker[0].name)
+
+    log = wait_for_log(
+        server, f"worker 1 (pid {stuck}) was killed at its stop deadline", timeout=30
+    )
+    assert re.search(
+        rf"worker 1 \(pid {stuck}\) is still running [\d.]+s after it was told to stop "
+        r"gracefully \(--timeout-graceful-shutdown 0s, then [\d.]+s for the rest of its "
+        r"shutdown\)",
+        log,
+    ), log
+    assert f"Python stacks of worker 1 (pid {stuck}):" in log
+    assert f"worker 1 (pid {stuck}) was killed (see above); replacing it" not in log
+    assert "OOM killer" not in log
+    assert len(started_workers(log)) == 2, log
+    blocker.close()
+
+
 def test_worker_crashing_after_boot_is_replaced_with_backoff(run_rsasgi):
     """As many crashes in the minute as there are workers are replaced at once; the next
     ones wait, longer each time."""

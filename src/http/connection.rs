@@ -763,6 +763,11 @@ impl OpenConnections {
         }
     }
 
+    /// How many are open.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
     /// Completes when no connection is open.
     pub(crate) async fn all_closed(&self) {
         loop {

@@ -545,19 +545,34 @@ pub(crate) async fn serve(
             tokio::time::sleep(SHUTDOWN_POLL).await;
         }
     };
-    let forced = tokio::select! {
-        _ = drained => {
-            tracing::debug!("all connections closed");
-            false
-        }
-        _ = tokio::time::sleep(grace) => {
+    // A stop forced from the start (SIGQUIT, or a second signal before the
+    // drain began) comes with no grace, short of --timeout-graceful-shutdown's:
+    // nothing is waited for, and the log must not blame that setting.
+    let forced = if grace < config.timeout_graceful_shutdown {
+        if context.open.count() > 0 || websockets.open_count() > 0 {
             tracing::warn!(
-                "Connections still open after --timeout-graceful-shutdown {}s; closing them",
-                grace.as_secs_f64()
+                "Closing the connections still open: the shutdown is forced (SIGQUIT, or a \
+                 second stop signal)"
             );
-            false
         }
-        _ = shutdown.changed() => true,
+        true
+    } else {
+        tokio::select! {
+            // With nothing open, a grace of 0 is no wait cut short.
+            biased;
+            _ = drained => {
+                tracing::debug!("all connections closed");
+                false
+            }
+            _ = tokio::time::sleep(grace) => {
+                tracing::warn!(
+                    "Connections still open after --timeout-graceful-shutdown {}s; closing them",
+                    grace.as_secs_f64()
+                );
+                false
+            }
+            _ = shutdown.changed() => true,
+        }
     };
     if !forced && websockets.open_count() > 0 {
         websockets.close_all();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::process::{resident_bytes_of, Retirement, State, WorkerProcess};
+use super::process::{resident_bytes_of, Kill, Retirement, State, WorkerProcess};
 use super::slot::Slot;
 use crate::metrics::counters::Snapshot;
 use crate::metrics::process::ProcessStats;
@@ -23,11 +23,13 @@ struct Listed {
     pid: u32,
     state: &'static str,
     slot: Arc<Slot>,
-    /// It serves, or drains the requests it has as it stops.
+    /// It serves, or drains the requests it has as it stops (until it is
+    /// killed at its stop deadline).
     alive: bool,
     /// Its event loop should be beating: it serves, or was found stuck. A
     /// booting worker's loop does not run while the app imports, and a
-    /// stopping one's ends before the process does.
+    /// stopping one's ends before the process does (also when it is
+    /// killed at its stop deadline).
     beats: bool,
 }
 
@@ -65,7 +67,7 @@ fn state_label(state: State) -> &'static str {
     match state {
         State::Booting => "booting",
         State::Serving | State::Retiring(_) => "serving",
-        State::Stopping { .. } | State::Hung { .. } | State::Killed => "stopping",
+        State::Stopping { .. } | State::Hung { .. } | State::Killed(_) => "stopping",
     }
 }
 
@@ -90,11 +92,23 @@ impl Board {
                 slot: Arc::clone(&worker.slot),
                 alive: matches!(
                     worker.state,
-                    State::Serving | State::Retiring(_) | State::Stopping { .. }
+                    State::Serving
+                        | State::Retiring(_)
+                        | State::Stopping { .. }
+                        | State::Hung {
+                            why: Kill::Overdue,
+                            ..
+                        }
                 ),
                 beats: matches!(
                     worker.state,
-                    State::Serving | State::Retiring(_) | State::Hung { .. } | State::Killed
+                    State::Serving
+                        | State::Retiring(_)
+                        | State::Hung {
+                            why: Kill::Stuck,
+                            ..
+                        }
+                        | State::Killed(Kill::Stuck)
                 ),
             })
             .collect();

@@ -6,7 +6,8 @@
 //! reaches `--limit-max-requests`, `--limit-worker-lifetime` or
 //! `--limit-worker-memory`; a replacement serves before its predecessor is
 //! told to stop, and one that never serves leaves its predecessor serving.
-//! Signals: TERM/INT stop gracefully (a second one, or QUIT, at once), HUP
+//! A worker told to stop that is still there at its deadline is killed,
+//! after logging its stacks too. Signals: TERM/INT stop gracefully (a second one, or QUIT, at once), HUP
 //! replaces every worker with fresh code one by one, TTIN and TTOU add or
 //! remove a worker, USR1 reopens the log files, USR2 is refused with a
 //! warning.
@@ -51,7 +52,7 @@ pub(crate) use crate::clock::monotonic_now;
 use balance::Balance;
 use metrics::Board;
 use pid_file::PidFile;
-use process::{describe_exit, Retirement, State, WorkerCommand, WorkerProcess};
+use process::{describe_exit, Kill, Retirement, State, WorkerCommand, WorkerProcess};
 use reload::ReloadWatcher;
 use systemd::Notifier;
 
@@ -261,6 +262,44 @@ fn log_stacks(worker: &WorkerProcess) -> &'static str {
             tracing::warn!("Cannot read the stacks {} wrote: {err}", worker.name());
             "after writing its stacks"
         }
+    }
+}
+
+/// "14s after it was told to stop (...)": how long a worker that is still
+/// there at its stop deadline was given, and why that long.
+fn stop_deadline_words(config: &Config, stop: Option<Stop>) -> String {
+    // A stop forced while a worker drained (a recycled one) moved its
+    // deadline to the forced stop's, so the supervisor's stop says which.
+    if stop.is_some_and(|stop| stop.forced) {
+        return format!(
+            "{}s after it was told to stop at once (SIGQUIT)",
+            FORCED_STOP_WAIT.as_secs_f64()
+        );
+    }
+    let grace = config.timeout_graceful_shutdown;
+    let rest = worker::stop_after_grace();
+    format!(
+        "{}s after it was told to stop gracefully (--timeout-graceful-shutdown {}s, then {}s \
+         for the rest of its shutdown)",
+        (grace + rest).as_secs_f64(),
+        grace.as_secs_f64(),
+        rest.as_secs_f64()
+    )
+}
+
+/// Whether a worker ended by the supervisor's hand at its stop deadline: by
+/// the SIGKILL then, or by the SIGUSR2 that asked for its stacks first, which
+/// a worker far enough into its exit no longer catches (faulthandler lets go
+/// of it as the interpreter finalises, and its default action ends the
+/// process).
+fn killed_at_stop_deadline(state: State, status: ExitStatus) -> bool {
+    let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+    match state {
+        State::Killed(Kill::Overdue) => signal == Some(libc::SIGKILL),
+        State::Hung {
+            why: Kill::Overdue, ..
+        } => signal == Some(libc::SIGUSR2),
+        _ => false,
     }
 }
 
@@ -636,7 +675,7 @@ impl Supervisor {
                 State::Booting if worker.slot.is_serving() => worker.signal(libc::SIGUSR1),
                 State::Booting => worker.reopen_pending = true,
                 // About to be killed, or leaving.
-                State::Hung { .. } | State::Stopping { .. } | State::Killed => {}
+                State::Hung { .. } | State::Stopping { .. } | State::Killed(_) => {}
             }
         }
     }
@@ -678,7 +717,7 @@ impl Supervisor {
         for worker in &mut self.workers {
             // A hung worker is killed within the second, once its stacks are
             // logged; a stop signal would not reach its blocked loop anyway.
-            if matches!(worker.state, State::Killed | State::Hung { .. }) {
+            if matches!(worker.state, State::Killed(_) | State::Hung { .. }) {
                 continue;
             }
             worker.signal(if forced { libc::SIGQUIT } else { libc::SIGTERM });
@@ -726,6 +765,12 @@ impl Supervisor {
             // Gone before it was killed: what it wrote is all there is.
             log_stacks(&worker);
         }
+        if killed_at_stop_deadline(worker.state, status) {
+            // It was on its way out: nothing replaces it, and the SIGKILL
+            // was ours, not the OOM killer's.
+            tracing::warn!("{name} was killed at its stop deadline");
+            return;
+        }
         if let Some(stop) = self.stop {
             // Killed by the stop signal itself: before the worker's handlers
             // were installed (it was booting) or after they were removed.
@@ -744,14 +789,21 @@ impl Supervisor {
             return;
         }
         match worker.state {
-            State::Stopping { .. } => {
+            State::Stopping { .. }
+            | State::Hung {
+                why: Kill::Overdue, ..
+            }
+            | State::Killed(Kill::Overdue) => {
                 if status.success() {
                     tracing::info!("{name} stopped");
                 } else {
                     tracing::warn!("{name} {how} while stopping");
                 }
             }
-            State::Hung { .. } | State::Killed => {
+            State::Hung {
+                why: Kill::Stuck, ..
+            }
+            | State::Killed(Kill::Stuck) => {
                 tracing::warn!("{name} was killed (see above); replacing it");
                 if !worker.slot.is_serving() {
                     // Killed before it ever served (the health check or
@@ -816,7 +868,7 @@ impl Supervisor {
         let old_name = old.name();
         let name = worker.name();
         let ended = match worker.state {
-            State::Killed => "was killed before serving (see above)".to_string(),
+            State::Killed(_) => "was killed before serving (see above)".to_string(),
             State::Booting if worker.slot.is_serving() => format!("{how} as it began serving"),
             _ => format!("{how} before serving"),
         };
@@ -958,6 +1010,7 @@ impl Supervisor {
         }
         let config = Arc::clone(&self.config);
         let supervision = &config.supervision;
+        let stop = self.stop;
         let mut retire = Vec::new();
         let mut serving_now = Vec::new();
         for worker in &mut self.workers {
@@ -977,19 +1030,28 @@ impl Supervisor {
                     }
                     serving_now.push(worker.replaces.take());
                 }
-                State::Hung { kill_at } if now >= kill_at => {
-                    let why = log_stacks(worker);
-                    tracing::warn!("Killing {} ({why})", worker.name());
+                State::Hung { kill_at, why } if now >= kill_at => {
+                    let stacks = log_stacks(worker);
+                    tracing::warn!("Killing {} ({stacks})", worker.name());
                     worker.signal(libc::SIGKILL);
-                    worker.state = State::Killed;
+                    worker.state = State::Killed(why);
                 }
                 State::Stopping { deadline } if now >= deadline => {
                     tracing::warn!(
-                        "Killing {} (still running after its stop deadline)",
-                        worker.name()
+                        "{} is still running {}: the app holds it (a thread that does not \
+                         end, such as a sync view's, or an event loop it blocks); the Python \
+                         stack of each of its threads follows, then it is killed",
+                        worker.name(),
+                        stop_deadline_words(&config, stop)
                     );
-                    worker.signal(libc::SIGKILL);
-                    worker.state = State::Killed;
+                    // As for a stuck worker (below): faulthandler writes them
+                    // whatever the app does, even while the interpreter waits
+                    // for the app's threads on its way out.
+                    worker.signal(libc::SIGUSR2);
+                    worker.state = State::Hung {
+                        kill_at: now + STACK_DUMP_WAIT,
+                        why: Kill::Overdue,
+                    };
                 }
                 _ => {}
             }
@@ -1050,6 +1112,7 @@ impl Supervisor {
                     worker.signal(libc::SIGUSR2);
                     worker.state = State::Hung {
                         kill_at: now + STACK_DUMP_WAIT,
+                        why: Kill::Stuck,
                     };
                     continue;
                 }
@@ -1243,7 +1306,14 @@ impl Supervisor {
             // A hung worker is replaced once it is gone.
             let present = self.workers.iter().any(|w| {
                 w.number == number
-                    && (w.is_active() || matches!(w.state, State::Hung { .. } | State::Killed))
+                    && (w.is_active()
+                        || matches!(
+                            w.state,
+                            State::Hung {
+                                why: Kill::Stuck,
+                                ..
+                            } | State::Killed(Kill::Stuck)
+                        ))
             });
             if !present {
                 match self.spawn(number) {
@@ -1321,5 +1391,43 @@ mod tests {
         assert_eq!(backoff(4), FIRST_RESPAWN_DELAY * 8);
         assert_eq!(backoff(40), MAX_RESPAWN_DELAY);
         assert_eq!(backoff(u32::MAX), MAX_RESPAWN_DELAY);
+    }
+
+    #[test]
+    fn a_kill_at_the_stop_deadline_is_the_supervisor_s_own() {
+        use std::os::unix::process::ExitStatusExt;
+        let sigkill = ExitStatus::from_raw(libc::SIGKILL);
+        let asked_for_stacks = State::Hung {
+            kill_at: Instant::now(),
+            why: Kill::Overdue,
+        };
+        assert!(killed_at_stop_deadline(
+            State::Killed(Kill::Overdue),
+            sigkill
+        ));
+        // Too far into its exit to catch the request for its stacks.
+        assert!(killed_at_stop_deadline(
+            asked_for_stacks,
+            ExitStatus::from_raw(libc::SIGUSR2)
+        ));
+        // It ended by itself meanwhile.
+        assert!(!killed_at_stop_deadline(
+            asked_for_stacks,
+            ExitStatus::from_raw(0)
+        ));
+        assert!(!killed_at_stop_deadline(
+            State::Killed(Kill::Overdue),
+            ExitStatus::from_raw(0)
+        ));
+        // Before its deadline, or stuck: the OOM killer's, kill -9, or the health check's.
+        let stopping = State::Stopping {
+            deadline: Instant::now(),
+        };
+        assert!(!killed_at_stop_deadline(stopping, sigkill));
+        assert!(!killed_at_stop_deadline(State::Serving, sigkill));
+        assert!(!killed_at_stop_deadline(
+            State::Killed(Kill::Stuck),
+            sigkill
+        ));
     }
 }

@@ -57,13 +57,27 @@ pub(super) enum State {
     Stopping {
         deadline: Instant,
     },
-    /// Its event loop stopped beating, or it ran past its boot deadline:
-    /// asked for its stacks, which are logged when it is killed at `kill_at`.
+    /// Stuck (`why`): asked for its stacks, which are logged when it is
+    /// killed at `kill_at`.
     Hung {
         kill_at: Instant,
+        why: Kill,
     },
-    /// Sent SIGKILL; only its exit is awaited.
-    Killed,
+    /// Sent SIGKILL (`why`); only its exit is awaited.
+    Killed(Kill),
+}
+
+/// Why the supervisor kills a worker: what its exit means, and what its
+/// log line says (the supervisor's SIGKILL is not the OOM killer's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kill {
+    /// Its event loop stopped beating, or it ran past its boot deadline: it
+    /// is replaced.
+    Stuck,
+    /// Told to stop, it is still there at its stop deadline (a thread of the
+    /// app that does not end, a loop the app blocks): it was on its way out,
+    /// and nothing replaces it.
+    Overdue,
 }
 
 pub(super) struct WorkerProcess {
