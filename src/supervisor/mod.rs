@@ -7,10 +7,10 @@
 //! `--limit-worker-memory`; a replacement serves before its predecessor is
 //! told to stop, and one that never serves leaves its predecessor serving.
 //! A worker told to stop that is still there at its deadline is killed,
-//! after logging its stacks too. Signals: TERM/INT stop gracefully (a second one, or QUIT, at once), HUP
-//! replaces every worker with fresh code one by one, TTIN and TTOU add or
-//! remove a worker, USR1 reopens the log files, USR2 is refused with a
-//! warning.
+//! after logging its stacks too. Signals: TERM/INT stop gracefully (a
+//! second one, or QUIT, at once), HUP replaces every worker with fresh code
+//! one by one, TTIN and TTOU add or remove a worker, USR1 reopens the log
+//! files, USR2 is refused with a warning.
 //!
 //! What a worker may rely on, and what it owes the supervisor, is in
 //! [`handoff`] and [`slot`].
