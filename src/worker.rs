@@ -266,7 +266,8 @@ pub(crate) fn run(
             return Ok(cannot_start);
         }
     };
-    let code = run.call1((worker,))?.extract();
+    let code = run.call1((worker.clone_ref(py),))?.extract();
+    worker.get().close_unserved_listeners();
     drop(pid_file);
     code
 }
@@ -390,6 +391,19 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    /// Closes the listening sockets of a worker that never served (stopped
+    /// or failed while the app loaded, or during its lifespan startup), and
+    /// removes the socket files it made for `--uds`: the reactor, which
+    /// does that as it stops accepting, never ran.
+    fn close_unserved_listeners(&self) {
+        for listener in self.listeners.lock().take().into_iter().flatten() {
+            if let Listener::Unix(socket, path) = listener {
+                drop(socket);
+                path.remove_created();
+            }
+        }
+    }
+
     /// The heartbeat's interval ([`Worker::heartbeat_interval`]), zero
     /// when nothing listens to it.
     fn beat_interval(&self) -> Duration {

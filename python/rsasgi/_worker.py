@@ -49,6 +49,15 @@ class AppLoadError(Exception):
     """The APP argument does not name a usable application."""
 
 
+class _StopWhileLoading(BaseException):
+    """Raised by a stop signal other than SIGINT while one process imports the app, as
+    SIGINT raises KeyboardInterrupt; ``args[0]`` is the signal."""
+
+
+def _stop_loading(signum: int, _frame) -> None:
+    raise _StopWhileLoading(signum)
+
+
 def run(worker) -> int:
     """Runs the worker until shutdown; returns the process exit code."""
     if worker.supervisor_pid is not None or worker.timeout_request is not None:
@@ -67,6 +76,14 @@ def run(worker) -> int:
     # SIGUSR1 (logrotate's postrotate) while the app loads would kill the process by its
     # default action: it is remembered, and the files are reopened once serving.
     signal.signal(signal.SIGUSR1, _remember_signal)
+    # One process: SIGTERM, SIGQUIT and SIGHUP (a stop here, as once serving) would end it
+    # by their default action, with no line said and its --pid and --uds files left behind;
+    # they stop it as SIGINT does. A supervisor's workers leave them be: the files are the
+    # supervisor's, and a worker killed by its stop signal is one that stopped.
+    stop_signals = (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP)
+    if worker.supervisor_pid is not None:
+        stop_signals = ()
+    before = {signum: signal.signal(signum, _stop_loading) for signum in stop_signals}
     app_dir = _add_to_path(worker.app_dir)
     try:
         app = load_app(worker.app, worker.factory, app_dir)
@@ -74,11 +91,21 @@ def run(worker) -> int:
     except AppLoadError as exc:
         log("error", str(exc))
         return EXIT_BOOT_FAILURE
-    except KeyboardInterrupt:
-        # CTRL+C while a slow app is imported: a stop asked for, not a crash to show
-        # a traceback of (the app's code, cut wherever the signal found it).
-        log("info", f"Stopped by SIGINT while importing {worker.app}, before serving")
+    except (KeyboardInterrupt, _StopWhileLoading) as exc:
+        # A slow app interrupted while imported: a stop asked for, not a crash to show a
+        # traceback of (the app's code, cut wherever the signal found it).
+        stopped_by = exc.args[0] if isinstance(exc, _StopWhileLoading) else signal.SIGINT
+        log(
+            "info",
+            f"Stopped by {signal.Signals(stopped_by).name} while importing {worker.app}, "
+            "before serving",
+        )
         return 0
+    finally:
+        for signum, handler in before.items():
+            # Unless the app's import put a handler of its own.
+            if signal.getsignal(signum) is _stop_loading:
+                signal.signal(signum, handler)
     if interface == "asgi2":
         app = _asgi2_to_asgi3(app)
     try:
