@@ -54,8 +54,9 @@ pub(crate) const CANCELLED_TASKS_WAIT: Duration = Duration::from_secs(5);
 /// (their clients are gone, so they stop at their next write).
 pub(crate) const WSGI_THREADS_WAIT: Duration = Duration::from_secs(5);
 
-/// What a supervisor allows, after the bounded steps, for the lifespan
-/// shutdown (closing database pools, flushing queues) and the exit.
+/// How long the lifespan shutdown (closing database pools, flushing queues)
+/// gets before the worker cancels it and exits; a supervisor allows it
+/// after the bounded steps above.
 pub(crate) const LIFESPAN_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(5);
 
 /// How long a worker's graceful stop may run beyond
@@ -74,6 +75,7 @@ pub(crate) fn add_stop_waits(module: &Bound<'_, PyModule>) -> PyResult<()> {
         ("REQUEST_TASKS_WAIT", REQUEST_TASKS_WAIT),
         ("CANCELLED_TASKS_WAIT", CANCELLED_TASKS_WAIT),
         ("WSGI_THREADS_WAIT", WSGI_THREADS_WAIT),
+        ("LIFESPAN_SHUTDOWN_ALLOWANCE", LIFESPAN_SHUTDOWN_ALLOWANCE),
     ] {
         module.add(name, wait.as_secs_f64())?;
     }

@@ -21,10 +21,11 @@ import sys
 import threading
 import traceback
 
-# *_WAIT: the bounded steps of a stop after its grace period, in seconds, defined in
+# The bounded steps of a stop after its grace period, in seconds, defined in
 # src/worker.rs, where a supervisor's deadline for a stopping worker is made of them.
 from rsasgi._rsasgi import (
     CANCELLED_TASKS_WAIT,
+    LIFESPAN_SHUTDOWN_ALLOWANCE,
     REQUEST_TASKS_WAIT,
     WSGI_THREADS_WAIT,
     flush_logs,
@@ -664,7 +665,7 @@ async def _serve(worker, app, interface, loop) -> int:
             _exit_now()
         if lifespan is not None:
             await lifespan.shutdown(forced)
-        if forced.is_set():
+        if forced.is_set() or (lifespan is not None and lifespan.cancelled):
             # What was cancelled gets one step to run its except and finally blocks.
             await asyncio.sleep(0)
         log("info", "Stopped")
@@ -708,13 +709,13 @@ async def _cancel_request_tasks(tasks: list, forced: asyncio.Event, cancelled: s
         await _unless_forced(asyncio.wait(remaining, timeout=CANCELLED_TASKS_WAIT), forced)
 
 
-async def _unless_forced(awaitable, forced: asyncio.Event) -> bool:
-    """Awaits ``awaitable`` until it ends or ``forced`` is set, whichever comes first;
-    returns False (and cancels it) in the second case."""
+async def _unless_forced(awaitable, forced: asyncio.Event, timeout: float | None = None) -> bool:
+    """Awaits ``awaitable`` until it ends or ``forced`` is set (or ``timeout`` seconds
+    pass), whichever comes first; returns False (and cancels it) unless it ended."""
     work = asyncio.ensure_future(awaitable)
     interrupt = asyncio.ensure_future(forced.wait())
     try:
-        await asyncio.wait((work, interrupt), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((work, interrupt), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         interrupt.cancel()
     if work.done():
@@ -795,14 +796,17 @@ class Lifespan:
             await asyncio.wait([self.task], timeout=1.0)
 
     async def shutdown(self, forced: asyncio.Event) -> None:
-        """Sends lifespan.shutdown and waits for the app's answer. A forced shutdown
-        (``forced`` set before or during the wait) cancels the app's lifespan task
-        instead, and does not report that as an error."""
+        """Sends lifespan.shutdown and waits for the app's answer, up to
+        LIFESPAN_SHUTDOWN_ALLOWANCE (a supervisor's deadline for a stopping worker counts
+        it). A forced shutdown (``forced`` set before or during the wait) cancels the app's
+        lifespan task instead, and does not report that as an error; one that does not
+        answer in time is cancelled with a warning."""
         if self.unsupported or self.error or self.task is None or self.task.done():
             return
         if not forced.is_set():
             await self.events.put({"type": "lifespan.shutdown"})
-            if await _unless_forced(self.shutdown_done.wait(), forced):
+            answered = self.shutdown_done.wait()
+            if await _unless_forced(answered, forced, LIFESPAN_SHUTDOWN_ALLOWANCE):
                 if self.shutdown_failed is not None:
                     log("error", f"Application shutdown failed: {self.shutdown_failed}")
                 elif self.error:
@@ -810,6 +814,13 @@ class Lifespan:
                 else:
                     log("info", "Application shutdown complete")
                 return
+            if not forced.is_set():
+                log(
+                    "warning",
+                    "The application's shutdown did not complete within "
+                    f"{LIFESPAN_SHUTDOWN_ALLOWANCE:g}s (lifespan.shutdown unanswered); "
+                    "cancelling it",
+                )
         self.cancelled = True
         self.task.cancel()
 
