@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 
 # The bounded steps of a stop after its grace period, in seconds, defined in
@@ -57,6 +58,11 @@ class _StopWhileLoading(BaseException):
 
 def _stop_loading(signum: int, _frame) -> None:
     raise _StopWhileLoading(signum)
+
+
+#: Set when threads of the app still run after the stop (a view stuck on a thread): the
+#: process then leaves without finalising (``rsasgi.main``), which would wait for them.
+leave_without_finalising = False
 
 
 def run(worker) -> int:
@@ -122,14 +128,21 @@ def run(worker) -> int:
         + f", loop {loop_name}, Python {sys.version.split()[0]}",
     )
     asyncio.set_event_loop(loop)
+    leaving = _Leaving()
     try:
-        return loop.run_until_complete(_serve(worker, app, interface, loop))
+        code = loop.run_until_complete(_serve(worker, app, interface, loop, leaving))
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             asyncio.set_event_loop(None)
             loop.close()
+    # Once the loop is closed: its thread pool, and anyio's (stopped as the task that ran
+    # the loop ends), have been told to stop their idle threads.
+    _wait_for_threads(leaving, supervised=worker.supervisor_pid is not None)
+    if leaving.stopped_serving:
+        log("info", "Stopped")
+    return code
 
 
 def check_app(target: str, factory: bool, app_dir: str, interface: str, loop_choice: str) -> str:
@@ -483,7 +496,7 @@ def _remember_signal(signum: int, _frame) -> None:
     _early_signals.add(signum)
 
 
-async def _serve(worker, app, interface, loop) -> int:
+async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
     state: dict = {}
     lifespan = None
     wsgi = interface == "wsgi"
@@ -645,6 +658,11 @@ async def _serve(worker, app, interface, loop) -> int:
                 log("error", "The server stopped unexpectedly; exiting")
             worker.shutdown(0.0 if forced.is_set() else worker.timeout_graceful_shutdown)
             await stopped
+            # The longest the steps below give the app's requests; its threads get what is
+            # left of it once the loop is closed.
+            leaving.threads_deadline = time.monotonic() + (
+                WSGI_THREADS_WAIT if wsgi else REQUEST_TASKS_WAIT + CANCELLED_TASKS_WAIT
+            )
             # The reactor has closed every connection; let apps see their
             # disconnects, then cancel what still runs.
             worker.drain()
@@ -662,15 +680,16 @@ async def _serve(worker, app, interface, loop) -> int:
             # A WSGI thread is stuck in the app; the interpreter cannot finalise
             # under it, so leave without finalising.
             log("warning", "WSGI threads still running after shutdown; exiting without waiting")
-            _exit_now()
+            _skip_finalising()
         if lifespan is not None:
             await lifespan.shutdown(forced)
         if forced.is_set() or (lifespan is not None and lifespan.cancelled):
             # What was cancelled gets one step to run its except and finally blocks.
             await asyncio.sleep(0)
-        log("info", "Stopped")
+        leaving.stopped_serving = True
         return 0
     finally:
+        leaving.forced = forced.is_set()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
         # A log rotation as the process leaves must not kill it: nothing is left to reopen.
@@ -751,6 +770,113 @@ def _exit_now() -> None:
     flush_streams()
     flush_logs()
     os._exit(0)
+
+
+class _Leaving:
+    """What the stop tells the steps after the event loop: when the app's threads must
+    have ended (on ``time.monotonic()``; None when the stop ended before serving), whether
+    it was forced, and whether the server had stopped serving (rather than starting)."""
+
+    def __init__(self) -> None:
+        self.threads_deadline: float | None = None
+        self.forced = False
+        self.stopped_serving = False
+
+
+#: How long threads that were only idle get to end once told to (a thread pool's), even
+#: when the stop was forced or has no time left.
+IDLE_THREADS_WAIT = 0.5
+
+#: How often the exit looks whether the app's threads have ended.
+THREADS_POLL = 0.05
+
+
+def _wait_for_threads(leaving: _Leaving, supervised: bool) -> None:
+    """Gives the threads that still run once the event loop is closed (a sync view that
+    asgiref or anyio runs on a thread, which cancelling its task does not stop) what is left
+    of the stop's time; then logs where each one is and has the process leave without
+    finalising, which would wait for them without bound (Python's exit joins every thread
+    that is not a daemon). A stop signal ends the wait."""
+    if not _running_threads():
+        return
+    _stop_idle_threads()
+    now = time.monotonic()
+    if leaving.forced:
+        deadline = now
+    elif leaving.threads_deadline is None:
+        # The startup was cancelled, or failed: what a cancelled task gets to clean up.
+        deadline = now + CANCELLED_TASKS_WAIT
+    else:
+        deadline = leaving.threads_deadline
+    deadline = max(deadline, now + IDLE_THREADS_WAIT)
+    forced: list[int] = []
+
+    def on_signal(signum: int, _frame) -> None:
+        if not forced:
+            forced.append(signum)
+            again = "" if signum == signal.SIGQUIT else " again"
+            log(
+                "warning",
+                f"Received {signal.Signals(signum).name}{again}: forcing the shutdown "
+                "(not waiting for the threads still running)",
+            )
+
+    # Under a supervisor, SIGINT and SIGTERM are ignored by now (see `_serve`).
+    signals = [signal.SIGQUIT] if supervised else [signal.SIGINT, signal.SIGTERM, signal.SIGQUIT]
+    before = {signum: signal.signal(signum, on_signal) for signum in signals}
+    try:
+        while (running := _running_threads()) and not forced and time.monotonic() < deadline:
+            time.sleep(THREADS_POLL)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    if not running:
+        return
+    frames = sys._current_frames()
+    stacks = "".join(
+        f'\nThread "{thread.name}" (most recent call last):\n'
+        + "".join(traceback.format_stack(frames[thread.ident])).rstrip()
+        for thread in running
+        if thread.ident in frames
+    )
+    log(
+        "warning",
+        f"{len(running)} thread(s) still running after shutdown; exiting without waiting "
+        f"for them. Where each one is:{stacks}",
+    )
+    _skip_finalising()
+
+
+def _skip_finalising() -> None:
+    global leave_without_finalising
+    leave_without_finalising = True
+
+
+def _running_threads() -> list[threading.Thread]:
+    """The threads that Python's exit would wait for."""
+    main = threading.main_thread()
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread is not main and not thread.daemon and thread.is_alive()
+    ]
+
+
+def _stop_idle_threads() -> None:
+    """Runs the steps of Python's exit that come before it waits for the threads, where
+    ``concurrent.futures`` tells every thread pool's idle threads to stop (else they would
+    look stuck); on a thread of its own, as they then wait for those threads without bound.
+    Python's exit runs them again, to no effect."""
+    steps = list(getattr(threading, "_threading_atexits", ()))
+    if not steps:
+        return
+
+    def run() -> None:
+        for step in reversed(steps):
+            with contextlib.suppress(Exception):
+                step()
+
+    threading.Thread(target=run, name="rsasgi-exit-pools", daemon=True).start()
 
 
 class Lifespan:
