@@ -54,8 +54,9 @@ pub(crate) const CANCELLED_TASKS_WAIT: Duration = Duration::from_secs(5);
 /// (their clients are gone, so they stop at their next write).
 pub(crate) const WSGI_THREADS_WAIT: Duration = Duration::from_secs(5);
 
-/// What a supervisor allows, after the bounded steps, for the lifespan
-/// shutdown (closing database pools, flushing queues) and the exit.
+/// How long the lifespan shutdown (closing database pools, flushing queues)
+/// gets before the worker cancels it and exits; a supervisor allows it
+/// after the bounded steps above.
 pub(crate) const LIFESPAN_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(5);
 
 /// How long a worker's graceful stop may run beyond
@@ -74,6 +75,7 @@ pub(crate) fn add_stop_waits(module: &Bound<'_, PyModule>) -> PyResult<()> {
         ("REQUEST_TASKS_WAIT", REQUEST_TASKS_WAIT),
         ("CANCELLED_TASKS_WAIT", CANCELLED_TASKS_WAIT),
         ("WSGI_THREADS_WAIT", WSGI_THREADS_WAIT),
+        ("LIFESPAN_SHUTDOWN_ALLOWANCE", LIFESPAN_SHUTDOWN_ALLOWANCE),
     ] {
         module.add(name, wait.as_secs_f64())?;
     }
@@ -266,7 +268,8 @@ pub(crate) fn run(
             return Ok(cannot_start);
         }
     };
-    let code = run.call1((worker,))?.extract();
+    let code = run.call1((worker.clone_ref(py),))?.extract();
+    worker.get().close_unserved_listeners();
     drop(pid_file);
     code
 }
@@ -390,6 +393,19 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    /// Closes the listening sockets of a worker that never served (stopped
+    /// or failed while the app loaded, or during its lifespan startup), and
+    /// removes the socket files it made for `--uds`: the reactor, which
+    /// does that as it stops accepting, never ran.
+    fn close_unserved_listeners(&self) {
+        for listener in self.listeners.lock().take().into_iter().flatten() {
+            if let Listener::Unix(socket, path) = listener {
+                drop(socket);
+                path.remove_created();
+            }
+        }
+    }
+
     /// The heartbeat's interval ([`Worker::heartbeat_interval`]), zero
     /// when nothing listens to it.
     fn beat_interval(&self) -> Duration {

@@ -148,3 +148,23 @@ def test_a_lifespan_shutdown_that_raises_is_reported_as_failed(run_rsasgi):
     assert "RuntimeError: the lifespan shutdown raised" in log
     assert "Application shutdown failed: the app raised (traceback above)" in log
     assert "Application shutdown complete" not in log
+
+
+def test_a_lifespan_shutdown_that_never_answers_is_cancelled(run_rsasgi, tmp_path):
+    """One process waited for ever for the app's answer, saying nothing; it now waits as
+    long as a supervisor would for a worker's (5 s), then says so and exits."""
+    record = tmp_path / "events.txt"
+    server = run_rsasgi(
+        "life_app:app", env={"LIFE_EVENTS": str(record), "LIFE_SHUTDOWN_HANGS": "1"}
+    )
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=15) == 0
+    log = server.output()
+    assert (
+        "The application's shutdown did not complete within 5s (lifespan.shutdown unanswered); "
+        "cancelling it"
+    ) in log
+    assert "Application shutdown complete" not in log
+    assert "Task was destroyed" not in log
+    assert log.rstrip().endswith("rsasgi.error: Stopped"), log
+    assert events(record) == ["startup", "shutdown-start"]

@@ -9,7 +9,7 @@ import threading
 import httpx
 import pytest
 from apps.proto_raw import RawConn, request
-from conftest import wait_for
+from conftest import log_event, wait_for, wait_for_log
 
 APP = "err_slow:app"
 
@@ -232,3 +232,59 @@ def test_a_supervisor_waits_for_the_worker_s_own_stop_steps_and_lifespan_shutdow
     assert "Cancelling 1 request task(s) still running after shutdown" in output
     assert "Killing worker" not in output
     assert events(record) == ["request-start", "cleaned-up", "shutdown"], output
+
+
+STUCK_THREADS = "1 thread(s) still running after shutdown"
+
+
+def test_threads_still_running_after_the_stop_get_what_is_left_of_it(run_rsasgi, tmp_path):
+    """A sync view runs on a thread, which cancelling its request's task does not stop
+    (Django's, through asgiref; Starlette's, through anyio). Python's exit waited for such
+    a thread without bound, after "Stopped": the threads now get what the stop gives
+    cancelled requests, then their stacks are logged and the process exits 0 all the same.
+    An idle pool thread is not one of them."""
+    record = tmp_path / "events.txt"
+    server = run_rsasgi(
+        "sync_views:app",
+        "--timeout-graceful-shutdown",
+        "0",
+        env={"SYNC_VIEWS_FILE": str(record)},
+    )
+    assert httpx.get(server.url + "/pool", timeout=10).status_code == 200
+    for seconds in ("4", "60"):
+        start_request(server.url + f"/sleep?s={seconds}", {})
+        wait_for_event(record, f"sleep-start {seconds}")
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=20) == 0
+    output = server.output()
+    assert "Cancelling 2 request task(s) still running after shutdown" in output
+    # The lifespan shutdown ran; the 4 s thread ended in time, the 60 s one was left.
+    assert "shutdown" in events(record)
+    assert "sleep-done 4" in events(record)
+    assert "sleep-done 60" not in events(record)
+    stacks = log_event(output, STUCK_THREADS)
+    assert "in sleep_view\n    time.sleep(float(seconds))" in stacks, output
+    assert output.rstrip().endswith("rsasgi.error: Stopped"), output
+
+
+@pytest.mark.parametrize("twice", [False, True], ids=["SIGQUIT", "SIGTERM-twice"])
+def test_a_forced_stop_does_not_wait_for_threads_still_running(run_rsasgi, tmp_path, twice):
+    """SIGQUIT, or a second SIGTERM, said "Stopped" at once, and the process then stayed
+    until the view's thread was done."""
+    record = tmp_path / "events.txt"
+    server = run_rsasgi("sync_views:app", env={"SYNC_VIEWS_FILE": str(record)})
+    start_request(server.url + "/sleep?s=60", {})
+    wait_for_event(record, "sleep-start 60")
+
+    if twice:
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for_log(server, "shutting down gracefully")
+        server.proc.send_signal(signal.SIGTERM)
+    else:
+        server.proc.send_signal(signal.SIGQUIT)
+    assert server.wait_exit(timeout=10) == 0
+    output = server.output()
+    assert "forcing the shutdown" in output
+    assert "in sleep_view" in log_event(output, STUCK_THREADS), output
+    assert events(record) == ["sleep-start 60"]

@@ -170,20 +170,40 @@ def test_a_module_that_exits_while_imported_fails_to_load(run_rsasgi, tmp_path, 
     assert 'Module "life_exits" called sys.exit(4) while being imported.' in server.output()
 
 
-def test_ctrl_c_while_the_app_is_imported_stops_without_a_traceback(run_rsasgi, tmp_path):
-    """A single process interrupted while it imports a slow app: one line and exit 0, as a
-    stop during the lifespan startup, not the app's code in a KeyboardInterrupt traceback."""
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP], ids=lambda s: s.name
+)
+def test_a_stop_signal_while_the_app_is_imported_stops_without_a_traceback(
+    run_rsasgi, tmp_path, sig
+):
+    """A single process stopped while it imports a slow app: one line and exit 0, as a
+    stop during the lifespan startup, not the app's code in a KeyboardInterrupt traceback;
+    its --pid and --uds files are removed. The others killed it silently, leaving both
+    behind, and SIGINT left the socket file."""
     marker = tmp_path / "importing"
     (tmp_path / "life_slow.py").write_text(
         f"import pathlib\nimport time\n\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(30)\n"
     )
-    server = run_rsasgi("life_slow:app", "--app-dir", str(tmp_path), wait=False)
+    pid_file, socket_file = tmp_path / "rsasgi.pid", tmp_path / "rsasgi.sock"
+    server = run_rsasgi(
+        "life_slow:app",
+        "--app-dir",
+        str(tmp_path),
+        "--pid",
+        str(pid_file),
+        "--uds",
+        str(socket_file),
+        wait=False,
+    )
     wait_for(marker.exists, message="the import to begin", server=server)
-    server.proc.send_signal(signal.SIGINT)
+    assert pid_file.exists() and socket_file.exists()
+    server.proc.send_signal(sig)
     assert server.wait_exit() == 0
     output = server.output()
-    assert "Stopped by SIGINT while importing life_slow:app, before serving" in output
+    assert f"Stopped by {sig.name} while importing life_slow:app, before serving" in output
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    assert not pid_file.exists()
+    assert not socket_file.exists()
 
 
 def test_an_attribute_that_raises_fails_to_load(run_rsasgi, tmp_path):

@@ -19,12 +19,14 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 
-# *_WAIT: the bounded steps of a stop after its grace period, in seconds, defined in
+# The bounded steps of a stop after its grace period, in seconds, defined in
 # src/worker.rs, where a supervisor's deadline for a stopping worker is made of them.
 from rsasgi._rsasgi import (
     CANCELLED_TASKS_WAIT,
+    LIFESPAN_SHUTDOWN_ALLOWANCE,
     REQUEST_TASKS_WAIT,
     WSGI_THREADS_WAIT,
     flush_logs,
@@ -49,6 +51,20 @@ class AppLoadError(Exception):
     """The APP argument does not name a usable application."""
 
 
+class _StopWhileLoading(BaseException):
+    """Raised by a stop signal other than SIGINT while one process imports the app, as
+    SIGINT raises KeyboardInterrupt; ``args[0]`` is the signal."""
+
+
+def _stop_loading(signum: int, _frame) -> None:
+    raise _StopWhileLoading(signum)
+
+
+#: Set when threads of the app still run after the stop (a view stuck on a thread): the
+#: process then leaves without finalising (``rsasgi.main``), which would wait for them.
+leave_without_finalising = False
+
+
 def run(worker) -> int:
     """Runs the worker until shutdown; returns the process exit code."""
     if worker.supervisor_pid is not None or worker.timeout_request is not None:
@@ -67,6 +83,14 @@ def run(worker) -> int:
     # SIGUSR1 (logrotate's postrotate) while the app loads would kill the process by its
     # default action: it is remembered, and the files are reopened once serving.
     signal.signal(signal.SIGUSR1, _remember_signal)
+    # One process: SIGTERM, SIGQUIT and SIGHUP (a stop here, as once serving) would end it
+    # by their default action, with no line said and its --pid and --uds files left behind;
+    # they stop it as SIGINT does. A supervisor's workers leave them be: the files are the
+    # supervisor's, and a worker killed by its stop signal is one that stopped.
+    stop_signals = (signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP)
+    if worker.supervisor_pid is not None:
+        stop_signals = ()
+    before = {signum: signal.signal(signum, _stop_loading) for signum in stop_signals}
     app_dir = _add_to_path(worker.app_dir)
     try:
         app = load_app(worker.app, worker.factory, app_dir)
@@ -74,11 +98,21 @@ def run(worker) -> int:
     except AppLoadError as exc:
         log("error", str(exc))
         return EXIT_BOOT_FAILURE
-    except KeyboardInterrupt:
-        # CTRL+C while a slow app is imported: a stop asked for, not a crash to show
-        # a traceback of (the app's code, cut wherever the signal found it).
-        log("info", f"Stopped by SIGINT while importing {worker.app}, before serving")
+    except (KeyboardInterrupt, _StopWhileLoading) as exc:
+        # A slow app interrupted while imported: a stop asked for, not a crash to show a
+        # traceback of (the app's code, cut wherever the signal found it).
+        stopped_by = exc.args[0] if isinstance(exc, _StopWhileLoading) else signal.SIGINT
+        log(
+            "info",
+            f"Stopped by {signal.Signals(stopped_by).name} while importing {worker.app}, "
+            "before serving",
+        )
         return 0
+    finally:
+        for signum, handler in before.items():
+            # Unless the app's import put a handler of its own.
+            if signal.getsignal(signum) is _stop_loading:
+                signal.signal(signum, handler)
     if interface == "asgi2":
         app = _asgi2_to_asgi3(app)
     try:
@@ -94,14 +128,21 @@ def run(worker) -> int:
         + f", loop {loop_name}, Python {sys.version.split()[0]}",
     )
     asyncio.set_event_loop(loop)
+    leaving = _Leaving()
     try:
-        return loop.run_until_complete(_serve(worker, app, interface, loop))
+        code = loop.run_until_complete(_serve(worker, app, interface, loop, leaving))
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             asyncio.set_event_loop(None)
             loop.close()
+    # Once the loop is closed: its thread pool, and anyio's (stopped as the task that ran
+    # the loop ends), have been told to stop their idle threads.
+    _wait_for_threads(leaving, supervised=worker.supervisor_pid is not None)
+    if leaving.stopped_serving:
+        log("info", "Stopped")
+    return code
 
 
 def check_app(target: str, factory: bool, app_dir: str, interface: str, loop_choice: str) -> str:
@@ -455,7 +496,7 @@ def _remember_signal(signum: int, _frame) -> None:
     _early_signals.add(signum)
 
 
-async def _serve(worker, app, interface, loop) -> int:
+async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
     state: dict = {}
     lifespan = None
     wsgi = interface == "wsgi"
@@ -617,6 +658,11 @@ async def _serve(worker, app, interface, loop) -> int:
                 log("error", "The server stopped unexpectedly; exiting")
             worker.shutdown(0.0 if forced.is_set() else worker.timeout_graceful_shutdown)
             await stopped
+            # The longest the steps below give the app's requests; its threads get what is
+            # left of it once the loop is closed.
+            leaving.threads_deadline = time.monotonic() + (
+                WSGI_THREADS_WAIT if wsgi else REQUEST_TASKS_WAIT + CANCELLED_TASKS_WAIT
+            )
             # The reactor has closed every connection; let apps see their
             # disconnects, then cancel what still runs.
             worker.drain()
@@ -634,15 +680,16 @@ async def _serve(worker, app, interface, loop) -> int:
             # A WSGI thread is stuck in the app; the interpreter cannot finalise
             # under it, so leave without finalising.
             log("warning", "WSGI threads still running after shutdown; exiting without waiting")
-            _exit_now()
+            _skip_finalising()
         if lifespan is not None:
             await lifespan.shutdown(forced)
-        if forced.is_set():
+        if forced.is_set() or (lifespan is not None and lifespan.cancelled):
             # What was cancelled gets one step to run its except and finally blocks.
             await asyncio.sleep(0)
-        log("info", "Stopped")
+        leaving.stopped_serving = True
         return 0
     finally:
+        leaving.forced = forced.is_set()
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
         # A log rotation as the process leaves must not kill it: nothing is left to reopen.
@@ -681,13 +728,13 @@ async def _cancel_request_tasks(tasks: list, forced: asyncio.Event, cancelled: s
         await _unless_forced(asyncio.wait(remaining, timeout=CANCELLED_TASKS_WAIT), forced)
 
 
-async def _unless_forced(awaitable, forced: asyncio.Event) -> bool:
-    """Awaits ``awaitable`` until it ends or ``forced`` is set, whichever comes first;
-    returns False (and cancels it) in the second case."""
+async def _unless_forced(awaitable, forced: asyncio.Event, timeout: float | None = None) -> bool:
+    """Awaits ``awaitable`` until it ends or ``forced`` is set (or ``timeout`` seconds
+    pass), whichever comes first; returns False (and cancels it) unless it ended."""
     work = asyncio.ensure_future(awaitable)
     interrupt = asyncio.ensure_future(forced.wait())
     try:
-        await asyncio.wait((work, interrupt), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((work, interrupt), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         interrupt.cancel()
     if work.done():
@@ -723,6 +770,113 @@ def _exit_now() -> None:
     flush_streams()
     flush_logs()
     os._exit(0)
+
+
+class _Leaving:
+    """What the stop tells the steps after the event loop: when the app's threads must
+    have ended (on ``time.monotonic()``; None when the stop ended before serving), whether
+    it was forced, and whether the server had stopped serving (rather than starting)."""
+
+    def __init__(self) -> None:
+        self.threads_deadline: float | None = None
+        self.forced = False
+        self.stopped_serving = False
+
+
+#: How long threads that were only idle get to end once told to (a thread pool's), even
+#: when the stop was forced or has no time left.
+IDLE_THREADS_WAIT = 0.5
+
+#: How often the exit looks whether the app's threads have ended.
+THREADS_POLL = 0.05
+
+
+def _wait_for_threads(leaving: _Leaving, supervised: bool) -> None:
+    """Gives the threads that still run once the event loop is closed (a sync view that
+    asgiref or anyio runs on a thread, which cancelling its task does not stop) what is left
+    of the stop's time; then logs where each one is and has the process leave without
+    finalising, which would wait for them without bound (Python's exit joins every thread
+    that is not a daemon). A stop signal ends the wait."""
+    if not _running_threads():
+        return
+    _stop_idle_threads()
+    now = time.monotonic()
+    if leaving.forced:
+        deadline = now
+    elif leaving.threads_deadline is None:
+        # The startup was cancelled, or failed: what a cancelled task gets to clean up.
+        deadline = now + CANCELLED_TASKS_WAIT
+    else:
+        deadline = leaving.threads_deadline
+    deadline = max(deadline, now + IDLE_THREADS_WAIT)
+    forced: list[int] = []
+
+    def on_signal(signum: int, _frame) -> None:
+        if not forced:
+            forced.append(signum)
+            again = "" if signum == signal.SIGQUIT else " again"
+            log(
+                "warning",
+                f"Received {signal.Signals(signum).name}{again}: forcing the shutdown "
+                "(not waiting for the threads still running)",
+            )
+
+    # Under a supervisor, SIGINT and SIGTERM are ignored by now (see `_serve`).
+    signals = [signal.SIGQUIT] if supervised else [signal.SIGINT, signal.SIGTERM, signal.SIGQUIT]
+    before = {signum: signal.signal(signum, on_signal) for signum in signals}
+    try:
+        while (running := _running_threads()) and not forced and time.monotonic() < deadline:
+            time.sleep(THREADS_POLL)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    if not running:
+        return
+    frames = sys._current_frames()
+    stacks = "".join(
+        f'\nThread "{thread.name}" (most recent call last):\n'
+        + "".join(traceback.format_stack(frames[thread.ident])).rstrip()
+        for thread in running
+        if thread.ident in frames
+    )
+    log(
+        "warning",
+        f"{len(running)} thread(s) still running after shutdown; exiting without waiting "
+        f"for them. Where each one is:{stacks}",
+    )
+    _skip_finalising()
+
+
+def _skip_finalising() -> None:
+    global leave_without_finalising
+    leave_without_finalising = True
+
+
+def _running_threads() -> list[threading.Thread]:
+    """The threads that Python's exit would wait for."""
+    main = threading.main_thread()
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread is not main and not thread.daemon and thread.is_alive()
+    ]
+
+
+def _stop_idle_threads() -> None:
+    """Runs the steps of Python's exit that come before it waits for the threads, where
+    ``concurrent.futures`` tells every thread pool's idle threads to stop (else they would
+    look stuck); on a thread of its own, as they then wait for those threads without bound.
+    Python's exit runs them again, to no effect."""
+    steps = list(getattr(threading, "_threading_atexits", ()))
+    if not steps:
+        return
+
+    def run() -> None:
+        for step in reversed(steps):
+            with contextlib.suppress(Exception):
+                step()
+
+    threading.Thread(target=run, name="rsasgi-exit-pools", daemon=True).start()
 
 
 class Lifespan:
@@ -768,14 +922,17 @@ class Lifespan:
             await asyncio.wait([self.task], timeout=1.0)
 
     async def shutdown(self, forced: asyncio.Event) -> None:
-        """Sends lifespan.shutdown and waits for the app's answer. A forced shutdown
-        (``forced`` set before or during the wait) cancels the app's lifespan task
-        instead, and does not report that as an error."""
+        """Sends lifespan.shutdown and waits for the app's answer, up to
+        LIFESPAN_SHUTDOWN_ALLOWANCE (a supervisor's deadline for a stopping worker counts
+        it). A forced shutdown (``forced`` set before or during the wait) cancels the app's
+        lifespan task instead, and does not report that as an error; one that does not
+        answer in time is cancelled with a warning."""
         if self.unsupported or self.error or self.task is None or self.task.done():
             return
         if not forced.is_set():
             await self.events.put({"type": "lifespan.shutdown"})
-            if await _unless_forced(self.shutdown_done.wait(), forced):
+            answered = self.shutdown_done.wait()
+            if await _unless_forced(answered, forced, LIFESPAN_SHUTDOWN_ALLOWANCE):
                 if self.shutdown_failed is not None:
                     log("error", f"Application shutdown failed: {self.shutdown_failed}")
                 elif self.error:
@@ -783,6 +940,13 @@ class Lifespan:
                 else:
                     log("info", "Application shutdown complete")
                 return
+            if not forced.is_set():
+                log(
+                    "warning",
+                    "The application's shutdown did not complete within "
+                    f"{LIFESPAN_SHUTDOWN_ALLOWANCE:g}s (lifespan.shutdown unanswered); "
+                    "cancelling it",
+                )
         self.cancelled = True
         self.task.cancel()
 
