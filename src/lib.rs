@@ -74,7 +74,12 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
     }
     // Read and cleared before any thread (the log writer is one) starts.
     let handoff = supervisor::Handoff::take_from_env();
+    let path_entry = supervisor::interpreter::take_path_entry();
     if handoff.is_some() {
+        // First: --log-config's handlers, and the app, import from sys.path.
+        if let Some(entry) = path_entry {
+            supervisor::interpreter::adopt_path_entry(py, entry)?;
+        }
         // Sent to the whole process group (a terminal closed, GNU timeout,
         // `kill -TTIN -PGID`), these reach the workers too: they are the
         // supervisor's to act on (HUP reloads, TTIN and TTOU change the

@@ -33,7 +33,7 @@ use crate::supervisor::balance::{Balance, WorkerSeat};
 use crate::supervisor::pid_file::PidFile;
 use crate::supervisor::privileges::Credentials;
 use crate::supervisor::systemd::Notifier;
-use crate::supervisor::{self, handoff, Handoff, Slot};
+use crate::supervisor::{self, handoff, interpreter, Handoff, Slot};
 use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON, REACTOR_WAKES};
 use crate::wsgi::{Pool, THREADS_WARNING};
 
@@ -133,7 +133,11 @@ pub(crate) fn run(
     // Python copied the environment at startup; the app must not see what
     // the supervisor handed down, nor a subprocess it starts inherit it.
     let environ = py.import("os")?.getattr("environ")?;
-    for variable in [handoff::VARIABLE, config_file::INHERITED_VARIABLE] {
+    for variable in [
+        handoff::VARIABLE,
+        config_file::INHERITED_VARIABLE,
+        interpreter::PATH_VARIABLE,
+    ] {
         environ.call_method1("pop", (variable, py.None()))?;
     }
     // Whatever stops a worker before it serves (a missing --env-file, a

@@ -144,6 +144,7 @@ class Server:
         log_path: Path,
         env: dict | None,
         prefix: list[str] | None = None,
+        command: list[str] | None = None,
     ):
         self.args = args
         self.log_path = log_path
@@ -153,7 +154,7 @@ class Server:
         if env:
             full_env.update(env)
         self.proc = subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "rsasgi", *args],
+            [*(prefix or []), *(command or [sys.executable, "-m", "rsasgi"]), *args],
             cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -229,7 +230,8 @@ def run_rsasgi(tmp_path, request):
 
     `wait=True` waits for the "Listening on" line. The app directory defaults to
     tests/apps so `run_rsasgi("scope_app:app")` finds tests/apps/scope_app.py. `prefix`
-    is a command that runs rsasgi (e.g. `["taskset", "-c", "0"]`).
+    is a command that runs rsasgi (e.g. `["taskset", "-c", "0"]`); `command` is rsasgi's
+    own (default `python -m rsasgi`).
     """
     servers: list[Server] = []
     request.node.rsasgi_servers = servers
@@ -240,6 +242,7 @@ def run_rsasgi(tmp_path, request):
         wait: bool = True,
         cwd: Path | None = None,
         prefix: list[str] | None = None,
+        command: list[str] | None = None,
     ):
         argv = list(args)
         if "--app-dir" not in argv:
@@ -247,7 +250,7 @@ def run_rsasgi(tmp_path, request):
         if not any(arg in argv for arg in ("--port", "--uds", "--fd", "--bind", "-b")):
             argv += ["--port", "0"]
         log_path = tmp_path / f"server-{len(servers)}.log"
-        server = Server(argv, cwd or tmp_path, log_path, env, prefix)
+        server = Server(argv, cwd or tmp_path, log_path, env, prefix, command)
         servers.append(server)
         if wait:
             server.wait_listening()

@@ -587,6 +587,76 @@ def test_wsgi_multiprocess_is_false_without_workers(run_rsasgi):
     assert get(server.url).text == "False"
 
 
+# The workers' interpreter.
+
+#: The `rsasgi` command as pip writes it into a virtualenv's bin/.
+CONSOLE_SCRIPT = """\
+import re
+import sys
+from rsasgi import main
+if __name__ == "__main__":
+    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
+    sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "1"]], ids=["single", "worker"])
+def test_workers_run_under_the_interpreter_options_of_the_supervisor(run_rsasgi, workers):
+    """`python -O -X dev -m rsasgi`: a worker is a fresh interpreter, given the same options
+    (and -W, -I, -E...), as one process without workers runs under them."""
+    server = run_rsasgi(
+        "sup_interpreter:app",
+        *workers,
+        command=[sys.executable, "-O", "-X", "dev", "-m", "rsasgi"],
+    )
+    assert get(server.url).text == "debug=False optimize=1 dev_mode=True"
+
+
+def test_each_interpreter_option_is_handed_to_the_workers_once():
+    """-X dev is read from sys.flags (PYTHONDEVMODE sets it too), every other -X option from
+    sys._xoptions (where multiprocessing hands down a few), and -u from the standard streams."""
+    options = subprocess.run(
+        [
+            *(sys.executable, "-u", "-X", "dev", "-X", "int_max_str_digits=5000"),
+            *("-c", "from rsasgi._interpreter import options; print(' '.join(options()))"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.split()
+    pairs = [f"-X {value}" for option, value in itertools.pairwise(options) if option == "-X"]
+    assert sorted(pairs) == ["-X dev", "-X int_max_str_digits=5000"], options
+    assert "-u" in options
+
+
+@pytest.mark.parametrize(
+    "mode", [[], ["--workers", "1"], ["--check-config"]], ids=["single", "worker", "check"]
+)
+def test_the_rsasgi_command_imports_as_its_workers_do(run_rsasgi, tmp_path, mode):
+    """The `rsasgi` command has its script's directory first on sys.path, not the current
+    one, which `python -m rsasgi` (how workers start) puts there: a module that is only in
+    the current directory, with --app-dir elsewhere, is not found by the workers either."""
+    script = tmp_path / "venv-bin" / "rsasgi"
+    script.parent.mkdir()
+    script.write_text(CONSOLE_SCRIPT)
+    project = tmp_path / "project"
+    (project / "elsewhere").mkdir(parents=True)
+    shutil.copy(APPS / "sup_app.py", project / "only_in_cwd.py")
+    # What the kernel runs for the script's `#!python` line.
+    server = run_rsasgi(
+        "only_in_cwd:app",
+        "--app-dir",
+        "elsewhere",
+        *mode,
+        command=[sys.executable, str(script)],
+        cwd=project,
+        wait=False,
+    )
+    assert exit_code(server) == 3, server.output()
+    assert 'Could not import module "only_in_cwd"' in server.output()
+
+
 # Workers that die or hang.
 
 

@@ -17,6 +17,7 @@
 
 pub(crate) mod balance;
 pub(crate) mod handoff;
+pub(crate) mod interpreter;
 mod metrics;
 pub(crate) mod pid_file;
 pub(crate) mod privileges;
@@ -50,6 +51,7 @@ use crate::worker::{self, Own};
 
 pub(crate) use crate::clock::monotonic_now;
 use balance::Balance;
+use interpreter::Interpreter;
 use metrics::Board;
 use pid_file::PidFile;
 use process::{describe_exit, Kill, Retirement, State, WorkerCommand, WorkerProcess};
@@ -132,11 +134,14 @@ pub(crate) fn run(
         tracing::info!("Workers run as {}", credentials.description);
         logging::hand_files_to(&config, credentials.uid, credentials.gid);
     }
-    let mut args = vec!["-m".into(), "rsasgi".into()];
+    let interpreter = Interpreter::of_this_process(py)?;
+    let mut args = interpreter.options;
+    args.extend(["-m".into(), "rsasgi".into()]);
     args.extend(worker_args.argv.into_iter().skip(1));
     let command = WorkerCommand {
         program,
         args,
+        path_entry: interpreter.path_entry,
         file_settings: (!worker_args.file_args.is_empty())
             .then(|| config_file::encode_inherited(&worker_args.file_args)),
         listener_fds: listeners.iter().map(AsRawFd::as_raw_fd).collect(),

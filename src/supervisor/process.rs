@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::balance::{Balance, TakenSeat};
 use super::handoff::{self, Handoff};
+use super::interpreter;
 use super::privileges::Credentials;
 use super::slot::Slot;
 use super::systemd;
@@ -22,7 +23,10 @@ use crate::stacks::StackFile;
 /// supervisor (whose threads and locks would be copied mid-state).
 pub(super) struct WorkerCommand {
     pub program: String,
+    /// The supervisor's interpreter options, `-m rsasgi`, the user's arguments.
     pub args: Vec<std::ffi::OsString>,
+    /// The supervisor's first `sys.path` entry, for [`interpreter::PATH_VARIABLE`].
+    pub path_entry: Option<std::ffi::OsString>,
     /// The configuration file's settings, for [`config_file::INHERITED_VARIABLE`].
     pub file_settings: Option<String>,
     /// The listening sockets every worker inherits, at the same numbers.
@@ -157,6 +161,9 @@ impl WorkerProcess {
             .env(handoff::VARIABLE, handoff.encode());
         if let Some(settings) = &command.file_settings {
             process.env(config_file::INHERITED_VARIABLE, settings);
+        }
+        if let Some(entry) = &command.path_entry {
+            process.env(interpreter::PATH_VARIABLE, entry);
         }
         for variable in systemd::NOTIFY_VARS {
             process.env_remove(variable);
