@@ -8,8 +8,10 @@ App: tests/apps/metrics_app.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
+import resource
 import signal
 import socket
 import threading
@@ -495,6 +497,29 @@ def test_a_single_process_whose_loop_is_blocked_fails_healthz(run_rsasgi, marker
         blocked.join()
     wait_for(lambda: probe(base, "/healthz") == 200, message="/healthz 200 again")
     assert probe(base, "/readyz") == 200
+
+
+def test_a_single_process_out_of_descriptors_still_answers_its_probes(run_rsasgi, markers):
+    """Client connections have taken every descriptor the process may open (a flood, or a
+    low ulimit -n): the probes, served by the same process, still answer, from descriptors
+    held in reserve, so that an orchestrator does not restart a server that is serving."""
+    server, base = start(run_rsasgi, markers)
+    pid = server.proc.pid
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    lowest_free = next(fd for fd in itertools.count() if fd not in used)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, limits[1]))
+    try:
+        # Client connections the server cannot accept wait in its backlog.
+        held = [socket.create_connection((server.host, server.port)) for _ in range(4)]
+        assert probe(base, "/healthz") == 200
+        assert probe(base, "/readyz") == 200
+        assert probe(base, "/healthz") == 200
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    for sock in held:
+        sock.close()
+    assert probe(base, "/healthz") == 200
 
 
 # The listener's own limits.

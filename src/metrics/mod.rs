@@ -74,6 +74,45 @@ const LIMITS: Limits = Limits {
     close_wait: CLOSE_WAIT,
 };
 
+/// Descriptors held in reserve for the probes. Without `--workers` one
+/// process serves the clients and `/healthz`, and a flood of client
+/// connections can take every descriptor its limit allows: the probes then
+/// failed, and an orchestrator restarted a server that was serving. An
+/// accept that fails for want of descriptors gives one of these back and
+/// takes the probe's connection in its place; the connection's end takes
+/// it back.
+const RESERVED_DESCRIPTORS: usize = 4;
+
+/// Open descriptors (of `/dev/null`) kept for [`RESERVED_DESCRIPTORS`].
+#[derive(Default)]
+struct Reserve {
+    spare: parking_lot::Mutex<Vec<std::fs::File>>,
+}
+
+impl Reserve {
+    fn filled() -> Reserve {
+        let reserve = Reserve::default();
+        reserve.refill();
+        reserve
+    }
+
+    /// Takes back what it gave, as far as descriptors allow.
+    fn refill(&self) {
+        let mut spare = self.spare.lock();
+        while spare.len() < RESERVED_DESCRIPTORS {
+            match std::fs::File::open("/dev/null") {
+                Ok(file) => spare.push(file),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Closes one, for an accept to use; false when none is left.
+    fn release_one(&self) -> bool {
+        self.spare.lock().pop().is_some()
+    }
+}
+
 /// `--metrics-bind HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MetricsBind {
@@ -207,6 +246,7 @@ async fn serve_within(listener: tokio::net::TcpListener, scrape: Arc<dyn Scrape>
     // logged once and then summed up: each can come ten times a second.
     let mut accept_failures = AcceptFailures::default();
     let mut refusals = AcceptFailures::default();
+    let reserve = Arc::new(Reserve::filled());
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => {
@@ -214,6 +254,11 @@ async fn serve_within(listener: tokio::net::TcpListener, scrape: Arc<dyn Scrape>
                     log_accept_works(accept_failures.succeeded(Instant::now()));
                 }
                 stream
+            }
+            // Again at once, with a descriptor given back for it.
+            Err(err) if err.raw_os_error() == Some(libc::EMFILE) && reserve.release_one() => {
+                tracing::debug!("--metrics-bind: out of descriptors; one held in reserve serves");
+                continue;
             }
             Err(err) => {
                 log_accept_failure(accept_failures.failed(Instant::now()), &err);
@@ -244,8 +289,11 @@ async fn serve_within(listener: tokio::net::TcpListener, scrape: Arc<dyn Scrape>
             std::future::ready(Ok::<_, Infallible>(response))
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let reserve = Arc::clone(&reserve);
         tokio::spawn(async move {
             let _permit = permit;
+            // The connection's descriptor, closed by then, goes back to the reserve.
+            let _refill = refill_on_drop(reserve);
             let mut connection = std::pin::pin!(connection);
             let ended = match tokio::time::timeout(limits.lifetime, connection.as_mut()).await {
                 Ok(ended) => ended,
@@ -269,6 +317,18 @@ async fn serve_within(listener: tokio::net::TcpListener, scrape: Arc<dyn Scrape>
             }
         });
     }
+}
+
+/// Refills `reserve` when dropped: at the end of a connection's task, after
+/// the connection (declared later, dropped first) has closed its descriptor.
+fn refill_on_drop(reserve: Arc<Reserve>) -> impl Drop {
+    struct Refill(Arc<Reserve>);
+    impl Drop for Refill {
+        fn drop(&mut self) {
+            self.0.refill();
+        }
+    }
+    Refill(reserve)
 }
 
 /// Logs a failed accept, as [`AcceptFailures`] says: the first of a run
