@@ -126,8 +126,27 @@ def load_app(target: str, factory: bool, app_dir: str):
     """Imports ``module:attr.attr`` and returns the object (called if ``factory``).
 
     ``app_dir`` is the directory searched first, named when the module is not found.
+
+    Whatever the app raises while it is imported, got or made (a ``SystemExit``, a
+    ``BaseException`` of its own) is an ``AppLoadError``: a worker that cannot load the
+    app exits 3, which stops a supervisor instead of having it restart the worker again
+    and again. Only ``KeyboardInterrupt`` passes, a stop asked for.
     """
+    # A crash from here on (a C extension's segfault at import, or later) writes the Python
+    # stack of every thread, where it happened: the process would vanish without a word.
+    with contextlib.suppress(AttributeError, OSError, RuntimeError, ValueError):
+        faulthandler.enable(file=sys.stderr, all_threads=True)
     module_name, _, attr_path = target.partition(":")
+    if not os.path.isdir(app_dir):
+        why = "not a directory" if os.path.exists(app_dir) else "no such directory"
+        raise AppLoadError(f"--app-dir {app_dir}: {why}; APP's module is looked for there")
+    named_file = _as_module(module_name, attr_path)
+    if named_file is not None and (
+        "/" in module_name or os.path.isfile(os.path.join(app_dir, module_name))
+    ):
+        raise AppLoadError(
+            f'"{target}" names a file, where APP takes a module name: did you mean {named_file}?'
+        )
     try:
         module = importlib.import_module(module_name)
     except SystemExit as exc:
@@ -136,11 +155,15 @@ def load_app(target: str, factory: bool, app_dir: str):
         raise AppLoadError(
             f'Module "{module_name}" called sys.exit({exc.code!r}) while being imported.'
         ) from None
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
         if _is_the_module_itself(exc, module_name):
+            hint = "is the name right?"
+            if named_file is not None:
+                hint = f"APP takes a module name, not a file name: did you mean {named_file}?"
             raise AppLoadError(
-                f'Could not import module "{module_name}" from {app_dir} (--app-dir); '
-                "is the name right?"
+                f'Could not import module "{module_name}" from {app_dir} (--app-dir); {hint}'
             ) from None
         raise AppLoadError(
             _failure(f'Error while importing module "{module_name}": ', exc)
@@ -153,7 +176,9 @@ def load_app(target: str, factory: bool, app_dir: str):
             raise AppLoadError(
                 f'Attribute "{attr_path}" not found in module "{module_name}".'
             ) from None
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             raise AppLoadError(
                 _failure(f'Error while getting "{attr_path}" from module "{module_name}": ', exc)
             ) from None
@@ -170,7 +195,11 @@ def load_app(target: str, factory: bool, app_dir: str):
             raise AppLoadError(f'--factory: "{target}" is not callable.')
         try:
             app = app()
-        except Exception as exc:
+        except SystemExit as exc:
+            raise AppLoadError(f'--factory: "{target}" called sys.exit({exc.code!r}).') from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             raise AppLoadError(_failure(f'--factory: calling "{target}" raised ', exc)) from None
     if not callable(app):
         raise AppLoadError(
@@ -178,6 +207,18 @@ def load_app(target: str, factory: bool, app_dir: str):
             "APP must name an ASGI application."
         )
     return app
+
+
+def _as_module(module_name: str, attr_path: str) -> str | None:
+    """What APP should say when its module part is a file's path (``main.py``,
+    ``mysite/asgi.py``), which Python's import does not take; else None."""
+    if "/" not in module_name and not module_name.endswith(".py"):
+        return None
+    path = os.path.normpath(module_name.removesuffix(".py"))
+    if os.path.isabs(path) or path.startswith(os.pardir):
+        directory, name = os.path.split(path)
+        return f'"{name}:{attr_path}" with --app-dir {directory}'
+    return f'"{path.replace(os.sep, ".")}:{attr_path}"'
 
 
 def _is_factory(app) -> bool:
@@ -198,7 +239,7 @@ def _is_factory(app) -> bool:
     )
 
 
-def _is_the_module_itself(exc: Exception, module_name: str) -> bool:
+def _is_the_module_itself(exc: BaseException, module_name: str) -> bool:
     """True when ``exc`` says ``module_name`` (or a package above it) does not exist,
     rather than that something the module imports is missing."""
     missing = getattr(exc, "name", None)
