@@ -30,11 +30,14 @@ pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> i32 {
         let _ = writeln!(std::io::stderr(), "rsasgi: warning: {warning}");
     }
     match check(py, config) {
-        Ok(interface) => {
+        Ok(app) => {
+            for warning in &app.warnings {
+                let _ = writeln!(std::io::stderr(), "rsasgi: warning: {warning}");
+            }
             // As the first worker would say it.
             if let Some(warning) = config
                 .threads_unused_by_asgi()
-                .filter(|_| interface != "wsgi")
+                .filter(|_| app.interface != "wsgi")
             {
                 let _ = writeln!(std::io::stderr(), "rsasgi: warning: {warning}");
             }
@@ -44,8 +47,9 @@ pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> i32 {
             };
             let _ = writeln!(
                 std::io::stdout(),
-                "rsasgi: configuration OK: {} ({interface}), {settings}",
-                config.app
+                "rsasgi: configuration OK: {} ({}), {settings}",
+                config.app,
+                app.interface
             );
             0
         }
@@ -56,8 +60,18 @@ pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> i32 {
     }
 }
 
-/// Each check in the order startup makes them; returns the app's interface.
-fn check(py: Python<'_>, config: &Config) -> Result<String, Failure> {
+/// What loading APP found.
+struct LoadedApp {
+    /// "asgi3", "asgi2" or "wsgi".
+    interface: String,
+    /// What a worker would warn of (an interface guessed from a signature
+    /// that does not tell, a factory named without `--factory`).
+    warnings: Vec<String>,
+}
+
+/// Each check in the order startup makes them; returns what loading the app
+/// found.
+fn check(py: Python<'_>, config: &Config) -> Result<LoadedApp, Failure> {
     let fail = |code: i32| move |message: String| Failure { code, message };
     if let Some(tls) = &config.tls {
         tls.server_config(&config.alpn_protocols())
@@ -164,8 +178,8 @@ fn may_write(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Loads APP as a worker does (`rsasgi._worker.check_app`); returns its interface.
-fn load_app(py: Python<'_>, config: &Config) -> Result<String, String> {
+/// Loads APP as a worker does (`rsasgi._worker.check_app`).
+fn load_app(py: Python<'_>, config: &Config) -> Result<LoadedApp, String> {
     let worker = py
         .import("rsasgi._worker")
         .map_err(|err| format!("cannot import rsasgi._worker: {err}"))?;
@@ -183,6 +197,10 @@ fn load_app(py: Python<'_>, config: &Config) -> Result<String, String> {
                 event_loop,
             ))
         })
-        .and_then(|interface| interface.extract::<String>())
+        .and_then(|loaded| loaded.extract::<(String, Vec<String>)>())
+        .map(|(interface, warnings)| LoadedApp {
+            interface,
+            warnings,
+        })
         .map_err(|err| err.value(py).to_string())
 }

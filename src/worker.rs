@@ -494,6 +494,13 @@ impl Worker {
         self.stacks.as_ref().map(|file| file.fd())
     }
 
+    /// Whether this process says what is said once for all workers (see
+    /// [`Handoff::speaks_for_all`]): a single process always does.
+    #[getter]
+    fn speaks_for_all(&self) -> bool {
+        self.supervised.as_ref().is_none_or(|s| s.speaks_for_all)
+    }
+
     /// The supervisor's pid when a supervisor started this worker, else None.
     #[getter]
     fn supervisor_pid(&self) -> Option<u32> {
@@ -656,7 +663,7 @@ impl Worker {
             }
             None => {
                 // Said by the single process, or once by the workers.
-                let first = self.supervised.as_ref().is_none_or(|s| s.speaks_for_all);
+                let first = self.speaks_for_all();
                 if let Some(warning) = config.threads_unused_by_asgi().filter(|_| first) {
                     tracing::warn!("{warning}");
                 }
