@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 
 use crate::config::Config;
@@ -24,12 +25,15 @@ struct Failure {
 }
 
 /// Runs the checks; prints one "configuration OK" line on stdout, or the
-/// error on stderr. Returns the exit code.
-pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> i32 {
+/// error on stderr; then ends the process with its exit code, at once.
+pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> ! {
     for warning in &config.warnings {
         let _ = writeln!(std::io::stderr(), "rsasgi: warning: {warning}");
     }
-    match check(py, config) {
+    let result = check(py, config);
+    // What the app printed while it was imported comes before the result.
+    flush_python_streams(py);
+    let code = match result {
         Ok(app) => {
             for warning in &app.warnings {
                 let _ = writeln!(std::io::stderr(), "rsasgi: warning: {warning}");
@@ -56,6 +60,27 @@ pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> i32 {
         Err(failure) => {
             let _ = writeln!(std::io::stderr(), "rsasgi: {}", failure.message);
             failure.code
+        }
+    };
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // Without finalising Python, as os._exit: a thread the app started at import
+    // and that is no daemon (a scheduler) would keep the exit waiting for it for
+    // ever, with the result printed.
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Writes what Python's `sys.stdout` and `sys.stderr` hold in their buffers.
+fn flush_python_streams(py: Python<'_>) {
+    let Ok(sys) = py.import("sys") else {
+        return;
+    };
+    for name in ["stdout", "stderr"] {
+        if let Some(stream) = sys.getattr(name).ok().filter(|stream| !stream.is_none()) {
+            // A stream that cannot be written is not worth a word: the
+            // result below is what the check is for.
+            let _ = stream.call_method0("flush");
         }
     }
 }
@@ -100,7 +125,7 @@ fn check(py: Python<'_>, config: &Config) -> Result<LoadedApp, Failure> {
     if let Some(path) = &config.pid_file {
         writable("--pid", path, "write").map_err(fail(1))?;
     }
-    load_app(py, config).map_err(fail(EXIT_BOOT_FAILURE))
+    load_app(py, config)
 }
 
 /// Whether the workers, running as `credentials`, can read the files they
@@ -179,14 +204,18 @@ fn may_write(path: &Path) -> std::io::Result<()> {
 }
 
 /// Loads APP as a worker does (`rsasgi._worker.check_app`).
-fn load_app(py: Python<'_>, config: &Config) -> Result<LoadedApp, String> {
+fn load_app(py: Python<'_>, config: &Config) -> Result<LoadedApp, Failure> {
+    let fail = |message: String| Failure {
+        code: EXIT_BOOT_FAILURE,
+        message,
+    };
     let worker = py
         .import("rsasgi._worker")
-        .map_err(|err| format!("cannot import rsasgi._worker: {err}"))?;
+        .map_err(|err| fail(format!("cannot import rsasgi._worker: {err}")))?;
     let app_dir = config.app_dir.to_string_lossy().into_owned();
     let interface = crate::worker::name_of(config.interface);
     let event_loop = crate::worker::name_of(config.event_loop);
-    worker
+    let loaded = worker
         .getattr("check_app")
         .and_then(|check| {
             check.call1((
@@ -197,10 +226,43 @@ fn load_app(py: Python<'_>, config: &Config) -> Result<LoadedApp, String> {
                 event_loop,
             ))
         })
-        .and_then(|loaded| loaded.extract::<(String, Vec<String>)>())
-        .map(|(interface, warnings)| LoadedApp {
+        .and_then(|loaded| loaded.extract::<(String, Vec<String>)>());
+    match loaded {
+        Ok((interface, warnings)) => Ok(LoadedApp {
             interface,
             warnings,
-        })
-        .map_err(|err| err.value(py).to_string())
+        }),
+        Err(err) if err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(Failure {
+            code: EXIT_INTERRUPTED,
+            message: format!(
+                "interrupted (SIGINT) while loading {}: the check did not complete",
+                config.app
+            ),
+        }),
+        Err(err) => Err(fail(describe(py, &worker, &err))),
+    }
+}
+
+/// Exit status of a check stopped by CTRL+C, as a shell reports a command
+/// that SIGINT ended: 128 + 2.
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// An `AppLoadError`'s message, which says all; for any other exception,
+/// `Type: message` (a message alone can be `0` or `'__name__'`).
+fn describe(py: Python<'_>, worker: &Bound<'_, PyModule>, err: &PyErr) -> String {
+    let value = err.value(py);
+    let message = value.to_string();
+    let load_error = worker.getattr("AppLoadError");
+    if load_error.is_ok_and(|kind| value.is_instance(&kind).unwrap_or(false)) {
+        return message;
+    }
+    let kind = err
+        .get_type(py)
+        .fully_qualified_name()
+        .map_or_else(|_| "exception".to_owned(), |name| name.to_string());
+    if message.is_empty() {
+        kind
+    } else {
+        format!("{kind}: {message}")
+    }
 }

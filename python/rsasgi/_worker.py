@@ -112,11 +112,39 @@ def check_app(
     (``--check-config``); returns the interface and what a worker would warn of. Raises
     ``AppLoadError``."""
     warnings: list[str] = []
-    app = load_app(target, factory, _add_to_path(app_dir), warnings.append)
-    interface = detect_interface(app, interface, target, warnings.append)
+    with _exit_fails_the_check(target):
+        app = load_app(target, factory, _add_to_path(app_dir), warnings.append)
+        interface = detect_interface(app, interface, target, warnings.append)
     loop, _ = new_event_loop(loop_choice)
     loop.close()
     return interface, warnings
+
+
+@contextlib.contextmanager
+def _exit_fails_the_check(target: str):
+    """While ``--check-config`` loads the app, ``os._exit`` from its code (in any thread)
+    says so and ends the check with exit code 3: it would end it with the app's own code,
+    0 included, and no result, which a script would take for a pass. A process the app
+    forks exits as it asks."""
+    real_exit = os._exit
+    checking = os.getpid()
+
+    def exit_while_checked(code: int) -> None:
+        if os.getpid() == checking:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            message = f'rsasgi: "{target}" called os._exit({code}) while being loaded\n'
+            with contextlib.suppress(OSError):
+                os.write(2, message.encode(errors="replace"))
+            code = EXIT_BOOT_FAILURE
+        real_exit(code)
+
+    os._exit = exit_while_checked
+    try:
+        yield
+    finally:
+        os._exit = real_exit
 
 
 def _add_to_path(app_dir: str) -> str:
