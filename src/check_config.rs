@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 
 use crate::config::Config;
@@ -24,15 +25,21 @@ struct Failure {
 }
 
 /// Runs the checks; prints one "configuration OK" line on stdout, or the
-/// error on stderr. Returns the exit code.
-pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> i32 {
+/// error on stderr; then ends the process with its exit code, at once.
+pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> ! {
     for warning in &config.warnings {
         let _ = writeln!(std::io::stderr(), "rsasgi: warning: {warning}");
     }
-    match check(py, config) {
-        Ok(interface) => {
+    let result = check(py, config);
+    // What the app printed while it was imported comes before the result.
+    flush_python_streams(py);
+    let code = match result {
+        Ok(app) => {
+            for warning in &app.warnings {
+                let _ = writeln!(std::io::stderr(), "rsasgi: warning: {warning}");
+            }
             // As the first worker would say them.
-            let found = if interface == "wsgi" {
+            let found = if app.interface == "wsgi" {
                 config.lifespan_unused_by_wsgi()
             } else {
                 config.threads_unused_by_asgi()
@@ -46,8 +53,9 @@ pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> i32 {
             };
             let _ = writeln!(
                 std::io::stdout(),
-                "rsasgi: configuration OK: {} ({interface}), {settings}",
-                config.app
+                "rsasgi: configuration OK: {} ({}), {settings}",
+                config.app,
+                app.interface
             );
             0
         }
@@ -55,11 +63,42 @@ pub(crate) fn run(py: Python<'_>, config: &Config, file: Option<&Path>) -> i32 {
             let _ = writeln!(std::io::stderr(), "rsasgi: {}", failure.message);
             failure.code
         }
+    };
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // Without finalising Python, as os._exit: a thread the app started at import
+    // and that is no daemon (a scheduler) would keep the exit waiting for it for
+    // ever, with the result printed.
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Writes what Python's `sys.stdout` and `sys.stderr` hold in their buffers.
+fn flush_python_streams(py: Python<'_>) {
+    let Ok(sys) = py.import("sys") else {
+        return;
+    };
+    for name in ["stdout", "stderr"] {
+        if let Some(stream) = sys.getattr(name).ok().filter(|stream| !stream.is_none()) {
+            // A stream that cannot be written is not worth a word: the
+            // result below is what the check is for.
+            let _ = stream.call_method0("flush");
+        }
     }
 }
 
-/// Each check in the order startup makes them; returns the app's interface.
-fn check(py: Python<'_>, config: &Config) -> Result<String, Failure> {
+/// What loading APP found.
+struct LoadedApp {
+    /// "asgi3", "asgi2" or "wsgi".
+    interface: String,
+    /// What a worker would warn of (an interface guessed from a signature
+    /// that does not tell, a factory named without `--factory`).
+    warnings: Vec<String>,
+}
+
+/// Each check in the order startup makes them; returns what loading the app
+/// found.
+fn check(py: Python<'_>, config: &Config) -> Result<LoadedApp, Failure> {
     let fail = |code: i32| move |message: String| Failure { code, message };
     if let Some(tls) = &config.tls {
         tls.server_config(&config.alpn_protocols())
@@ -88,7 +127,7 @@ fn check(py: Python<'_>, config: &Config) -> Result<String, Failure> {
     if let Some(path) = &config.pid_file {
         writable("--pid", path, "write").map_err(fail(1))?;
     }
-    load_app(py, config).map_err(fail(EXIT_BOOT_FAILURE))
+    load_app(py, config)
 }
 
 /// Whether the workers, running as `credentials`, can read the files they
@@ -166,15 +205,19 @@ fn may_write(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Loads APP as a worker does (`rsasgi._worker.check_app`); returns its interface.
-fn load_app(py: Python<'_>, config: &Config) -> Result<String, String> {
+/// Loads APP as a worker does (`rsasgi._worker.check_app`).
+fn load_app(py: Python<'_>, config: &Config) -> Result<LoadedApp, Failure> {
+    let fail = |message: String| Failure {
+        code: EXIT_BOOT_FAILURE,
+        message,
+    };
     let worker = py
         .import("rsasgi._worker")
-        .map_err(|err| format!("cannot import rsasgi._worker: {err}"))?;
+        .map_err(|err| fail(format!("cannot import rsasgi._worker: {err}")))?;
     let app_dir = config.app_dir.to_string_lossy().into_owned();
     let interface = crate::worker::name_of(config.interface);
     let event_loop = crate::worker::name_of(config.event_loop);
-    worker
+    let loaded = worker
         .getattr("check_app")
         .and_then(|check| {
             check.call1((
@@ -185,6 +228,43 @@ fn load_app(py: Python<'_>, config: &Config) -> Result<String, String> {
                 event_loop,
             ))
         })
-        .and_then(|interface| interface.extract::<String>())
-        .map_err(|err| err.value(py).to_string())
+        .and_then(|loaded| loaded.extract::<(String, Vec<String>)>());
+    match loaded {
+        Ok((interface, warnings)) => Ok(LoadedApp {
+            interface,
+            warnings,
+        }),
+        Err(err) if err.is_instance_of::<PyKeyboardInterrupt>(py) => Err(Failure {
+            code: EXIT_INTERRUPTED,
+            message: format!(
+                "interrupted (SIGINT) while loading {}: the check did not complete",
+                config.app
+            ),
+        }),
+        Err(err) => Err(fail(describe(py, &worker, &err))),
+    }
+}
+
+/// Exit status of a check stopped by CTRL+C, as a shell reports a command
+/// that SIGINT ended: 128 + 2.
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// An `AppLoadError`'s message, which says all; for any other exception,
+/// `Type: message` (a message alone can be `0` or `'__name__'`).
+fn describe(py: Python<'_>, worker: &Bound<'_, PyModule>, err: &PyErr) -> String {
+    let value = err.value(py);
+    let message = value.to_string();
+    let load_error = worker.getattr("AppLoadError");
+    if load_error.is_ok_and(|kind| value.is_instance(&kind).unwrap_or(false)) {
+        return message;
+    }
+    let kind = err
+        .get_type(py)
+        .fully_qualified_name()
+        .map_or_else(|_| "exception".to_owned(), |name| name.to_string());
+    if message.is_empty() {
+        kind
+    } else {
+        format!("{kind}: {message}")
+    }
 }

@@ -121,7 +121,7 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
         }
         cli::Action::CheckConfig => {
             let file = invocation.config_file.as_deref();
-            return Ok(check_config::run(py, &invocation.config, file));
+            check_config::run(py, &invocation.config, file)
         }
     };
     if let Some(mask) = config.umask {

@@ -514,6 +514,13 @@ impl Worker {
         self.stacks.as_ref().map(|file| file.fd())
     }
 
+    /// Whether this process says what is said once for all workers (see
+    /// [`Handoff::speaks_for_all`]): a single process always does.
+    #[getter]
+    fn speaks_for_all(&self) -> bool {
+        self.supervised.as_ref().is_none_or(|s| s.speaks_for_all)
+    }
+
     /// The supervisor's pid when a supervisor started this worker, else None.
     #[getter]
     fn supervisor_pid(&self) -> Option<u32> {
@@ -652,7 +659,7 @@ impl Worker {
         let bridge = Arc::clone(&self.bridge);
         // What is found on import is said by the single process, or once by
         // the workers.
-        let first = self.supervised.as_ref().is_none_or(|s| s.speaks_for_all);
+        let first = self.speaks_for_all();
         let jobs = match wsgi_app {
             Some(app) => {
                 if let Some(warning) = config.lifespan_unused_by_wsgi().filter(|_| first) {

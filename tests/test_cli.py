@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import httpx
@@ -640,3 +643,83 @@ def test_app_dir_env_var(bare_server):
     server = bare_server("err_cli_app:holder.inner.app", env=env)
     assert httpx.get(server.url + "/", timeout=10).text == "from-dotted"
     assert os.environ.get("RSASGI_APP_DIR") is None
+
+
+def check_config(app_dir, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rsasgi", "--check-config", "--app-dir", str(app_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize(
+    "source, args, message",
+    [
+        (
+            "import sys\n\n\ndef create():\n    sys.exit(0)\n",
+            ["--factory"],
+            '--factory: "check_app:create" called sys.exit(0).',
+        ),
+        (
+            "class Boom(BaseException):\n    pass\n\n\nraise Boom('base')\n",
+            [],
+            'Error while importing module "check_app": check_app.Boom: base',
+        ),
+    ],
+    ids=["sys-exit-in-factory", "base-exception"],
+)
+def test_check_config_says_what_the_app_raised(tmp_path, source, args, message):
+    """It printed the exception's message alone: "rsasgi: 0"."""
+    (tmp_path / "check_app.py").write_text(source)
+    result = check_config(tmp_path, "check_app:create" if args else "check_app:app", *args)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith(f"rsasgi: {message}\n"), result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_interrupted_says_the_check_did_not_complete(tmp_path):
+    """CTRL+C while the app is imported: it said "rsasgi: " and exit 3, a failed app."""
+    marker = tmp_path / "importing"
+    (tmp_path / "check_slow.py").write_text(
+        f"import pathlib\nimport time\n\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(30)\n"
+    )
+    command = [sys.executable, "-m", "rsasgi", "--check-config", "--app-dir", str(tmp_path)]
+    with subprocess.Popen(
+        [*command, "check_slow:app"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as check:
+        wait_for(marker.exists, message="the import to begin")
+        check.send_signal(signal.SIGINT)
+        stdout, stderr = check.communicate(timeout=10)
+    assert check.returncode == 130, stderr
+    assert stderr == (
+        "rsasgi: interrupted (SIGINT) while loading check_slow:app: the check did not complete\n"
+    )
+    assert stdout == ""
+
+
+def test_check_config_ends_once_it_has_said_ok_though_the_app_left_a_thread(tmp_path):
+    """A thread the import started, and no daemon, kept it running after "configuration OK",
+    for ever. What the app printed comes first."""
+    (tmp_path / "check_thread.py").write_text(
+        "import threading\n\n"
+        "threading.Thread(target=threading.Event().wait, name='scheduler').start()\n"
+        "print('imported')\n\n\n"
+        "async def app(scope, receive, send):\n    pass\n"
+    )
+    result = check_config(tmp_path, "check_thread:app", timeout=15)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "imported\nrsasgi: configuration OK: check_thread:app (asgi3), no configuration file\n"
+    )
+
+
+def test_check_config_fails_when_the_app_ends_the_process(tmp_path):
+    """os._exit(0) while imported ended the check with exit 0 and no result: a pass."""
+    (tmp_path / "check_exit.py").write_text("import os\n\nos._exit(0)\n")
+    result = check_config(tmp_path, "check_exit:app")
+    assert result.returncode == 3, result.stderr
+    assert result.stderr == 'rsasgi: "check_exit:app" called os._exit(0) while being loaded\n'
+    assert "configuration OK" not in result.stdout

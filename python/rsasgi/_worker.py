@@ -92,9 +92,10 @@ def run(worker) -> int:
         stop_signals = ()
     before = {signum: signal.signal(signum, _stop_loading) for signum in stop_signals}
     app_dir = _add_to_path(worker.app_dir)
+    warn = _warn if worker.speaks_for_all else _quiet
     try:
-        app = load_app(worker.app, worker.factory, app_dir)
-        interface = detect_interface(app, worker.interface)
+        app = load_app(worker.app, worker.factory, app_dir, warn)
+        interface = detect_interface(app, worker.interface, worker.app, warn)
     except AppLoadError as exc:
         log("error", str(exc))
         return EXIT_BOOT_FAILURE
@@ -145,14 +146,46 @@ def run(worker) -> int:
     return code
 
 
-def check_app(target: str, factory: bool, app_dir: str, interface: str, loop_choice: str) -> str:
+def check_app(
+    target: str, factory: bool, app_dir: str, interface: str, loop_choice: str
+) -> tuple[str, list[str]]:
     """Loads the app and makes its event loop as ``run`` would, without serving
-    (``--check-config``); returns the interface. Raises ``AppLoadError``."""
-    app = load_app(target, factory, _add_to_path(app_dir))
-    interface = detect_interface(app, interface)
+    (``--check-config``); returns the interface and what a worker would warn of. Raises
+    ``AppLoadError``."""
+    warnings: list[str] = []
+    with _exit_fails_the_check(target):
+        app = load_app(target, factory, _add_to_path(app_dir), warnings.append)
+        interface = detect_interface(app, interface, target, warnings.append)
     loop, _ = new_event_loop(loop_choice)
     loop.close()
-    return interface
+    return interface, warnings
+
+
+@contextlib.contextmanager
+def _exit_fails_the_check(target: str):
+    """While ``--check-config`` loads the app, ``os._exit`` from its code (in any thread)
+    says so and ends the check with exit code 3: it would end it with the app's own code,
+    0 included, and no result, which a script would take for a pass. A process the app
+    forks exits as it asks."""
+    real_exit = os._exit
+    checking = os.getpid()
+
+    def exit_while_checked(code: int) -> None:
+        if os.getpid() == checking:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            message = f'rsasgi: "{target}" called os._exit({code}) while being loaded\n'
+            with contextlib.suppress(OSError):
+                os.write(2, message.encode(errors="replace"))
+            code = EXIT_BOOT_FAILURE
+        real_exit(code)
+
+    os._exit = exit_while_checked
+    try:
+        yield
+    finally:
+        os._exit = real_exit
 
 
 def _add_to_path(app_dir: str) -> str:
@@ -163,12 +196,40 @@ def _add_to_path(app_dir: str) -> str:
     return app_dir
 
 
-def load_app(target: str, factory: bool, app_dir: str):
-    """Imports ``module:attr.attr`` and returns the object (called if ``factory``).
+def _warn(message: str) -> None:
+    log("warning", message)
+
+
+def _quiet(message: str) -> None:
+    """For what a worker other than the one that speaks for all would warn of again."""
+
+
+def load_app(target: str, factory: bool, app_dir: str, warn=_warn):
+    """Imports ``module:attr.attr`` and returns the object (called if ``factory``);
+    what is worth a warning goes to ``warn``.
 
     ``app_dir`` is the directory searched first, named when the module is not found.
+
+    Whatever the app raises while it is imported, got or made (a ``SystemExit``, a
+    ``BaseException`` of its own) is an ``AppLoadError``: a worker that cannot load the
+    app exits 3, which stops a supervisor instead of having it restart the worker again
+    and again. Only ``KeyboardInterrupt`` passes, a stop asked for.
     """
+    # A crash from here on (a C extension's segfault at import, or later) writes the Python
+    # stack of every thread, where it happened: the process would vanish without a word.
+    with contextlib.suppress(AttributeError, OSError, RuntimeError, ValueError):
+        faulthandler.enable(file=sys.stderr, all_threads=True)
     module_name, _, attr_path = target.partition(":")
+    if not os.path.isdir(app_dir):
+        why = "not a directory" if os.path.exists(app_dir) else "no such directory"
+        raise AppLoadError(f"--app-dir {app_dir}: {why}; APP's module is looked for there")
+    named_file = _as_module(module_name, attr_path)
+    if named_file is not None and (
+        "/" in module_name or os.path.isfile(os.path.join(app_dir, module_name))
+    ):
+        raise AppLoadError(
+            f'"{target}" names a file, where APP takes a module name: did you mean {named_file}?'
+        )
     try:
         module = importlib.import_module(module_name)
     except SystemExit as exc:
@@ -177,11 +238,15 @@ def load_app(target: str, factory: bool, app_dir: str):
         raise AppLoadError(
             f'Module "{module_name}" called sys.exit({exc.code!r}) while being imported.'
         ) from None
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
         if _is_the_module_itself(exc, module_name):
+            hint = "is the name right?"
+            if named_file is not None:
+                hint = f"APP takes a module name, not a file name: did you mean {named_file}?"
             raise AppLoadError(
-                f'Could not import module "{module_name}" from {app_dir} (--app-dir); '
-                "is the name right?"
+                f'Could not import module "{module_name}" from {app_dir} (--app-dir); {hint}'
             ) from None
         raise AppLoadError(
             _failure(f'Error while importing module "{module_name}": ', exc)
@@ -194,25 +259,37 @@ def load_app(target: str, factory: bool, app_dir: str):
             raise AppLoadError(
                 f'Attribute "{attr_path}" not found in module "{module_name}".'
             ) from None
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             raise AppLoadError(
                 _failure(f'Error while getting "{attr_path}" from module "{module_name}": ', exc)
             ) from None
-    if not factory and _is_factory(app):
-        log(
-            "warning",
-            f'"{target}" is a function that takes no arguments, not an application: it is '
-            "taken for an application factory and called, as uvicorn does; add --factory "
-            "to say so",
-        )
-        factory = True
+    if _is_factory(app):
+        if inspect.iscoroutinefunction(app):
+            raise AppLoadError(_async_factory(target))
+        if not factory:
+            warn(
+                f'"{target}" is a function that takes no arguments, not an application: it '
+                "is taken for an application factory and called, as uvicorn does; add "
+                "--factory to say so"
+            )
+            factory = True
     if factory:
         if not callable(app):
             raise AppLoadError(f'--factory: "{target}" is not callable.')
         try:
             app = app()
-        except Exception as exc:
+        except SystemExit as exc:
+            raise AppLoadError(f'--factory: "{target}" called sys.exit({exc.code!r}).') from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             raise AppLoadError(_failure(f'--factory: calling "{target}" raised ', exc)) from None
+        if inspect.isawaitable(app):
+            if inspect.iscoroutine(app):
+                app.close()
+            raise AppLoadError(_async_factory(target))
     if not callable(app):
         raise AppLoadError(
             f'"{target}" is not callable (it is a {type(app).__name__}); '
@@ -221,25 +298,46 @@ def load_app(target: str, factory: bool, app_dir: str):
     return app
 
 
+def _as_module(module_name: str, attr_path: str) -> str | None:
+    """What APP should say when its module part is a file's path (``main.py``,
+    ``mysite/asgi.py``), which Python's import does not take; else None."""
+    if "/" not in module_name and not module_name.endswith(".py"):
+        return None
+    path = os.path.normpath(module_name.removesuffix(".py"))
+    if os.path.isabs(path) or path.startswith(os.pardir):
+        directory, name = os.path.split(path)
+        return f'"{name}:{attr_path}" with --app-dir {directory}'
+    return f'"{path.replace(os.sep, ".")}:{attr_path}"'
+
+
 def _is_factory(app) -> bool:
     """True for a plain function that can be called with no arguments (``create_app()``,
     ``create_app(config=None)``): no application is (ASGI's takes a scope, WSGI's an environ),
     so it can only be a factory named without ``--factory``. It used to be taken for the app:
     an ASGI 3 one with no positional parameter, or ASGI 2 with one defaulted, and every
-    request got a 500."""
-    if not inspect.isfunction(app) or inspect.iscoroutinefunction(app):
+    request got a 500. An async one too, unless it can be called as an ASGI 3 app."""
+    if not inspect.isfunction(app):
         return False
-    try:
-        parameters = inspect.signature(app).parameters.values()
-    except (TypeError, ValueError):
+    signature = _signature(app)
+    if signature is None:
         return False
-    return all(
+    no_arguments = all(
         p.kind is not p.VAR_POSITIONAL and (p.default is not p.empty or p.kind is p.VAR_KEYWORD)
-        for p in parameters
+        for p in signature.parameters.values()
+    )
+    return no_arguments and not (inspect.iscoroutinefunction(app) and _takes(signature, 3))
+
+
+def _async_factory(target: str) -> str:
+    return (
+        f'"{target}" is an async application factory (a coroutine function that takes no '
+        "arguments), which rsasgi cannot await: it loads the app before the event loop runs; "
+        "make the factory a plain function (def, not async def) that returns the application, "
+        "and do the async setup in the lifespan startup"
     )
 
 
-def _is_the_module_itself(exc: Exception, module_name: str) -> bool:
+def _is_the_module_itself(exc: BaseException, module_name: str) -> bool:
     """True when ``exc`` says ``module_name`` (or a package above it) does not exist,
     rather than that something the module imports is missing."""
     missing = getattr(exc, "name", None)
@@ -289,40 +387,208 @@ def _is_loader_frame(filename: str) -> bool:
     return filename.startswith(_LOADER_FRAMES) or filename.startswith(_RSASGI_DIR)
 
 
-def detect_interface(app, requested: str) -> str:
-    """Returns "asgi3", "asgi2" or "wsgi" for ``app`` (``requested`` unless "auto")."""
+#: What each interface calls the application with.
+_ARGUMENTS = {
+    "asgi3": ("scope", "receive", "send"),
+    "asgi2": ("scope",),
+    "wsgi": ("environ", "start_response"),
+}
+_NAMES = {"asgi3": "ASGI 3", "asgi2": "ASGI 2", "wsgi": "WSGI"}
+
+
+def detect_interface(app, requested: str, target: str, warn=_warn) -> str:
+    """Returns "asgi3", "asgi2" or "wsgi" for ``app`` (``requested`` unless "auto"), once
+    its signature is seen to take that interface's arguments; what is worth a warning goes
+    to ``warn``.
+
+    Raises ``AppLoadError`` when the interface found does not fit (a class where its
+    instance was meant, an object whose ``__call__`` takes nothing): every request would
+    be a 500. A forced one that does not fit is only warned of, as a signature can mislead
+    (a decorator that copies another function's).
+    """
     if requested != "auto":
+        misfit = _misfit(app, requested)
+        if misfit is not None:
+            warn(
+                f'"{target}" {misfit}; served as {_NAMES[requested]} all the same, as '
+                f"--interface {requested} asks"
+            )
         return requested
+    interface, guess = _shape(app)
+    misfit = _misfit(app, interface)
+    if misfit is not None:
+        raise AppLoadError(f'"{target}" {misfit}; {_misfit_hint(app, interface)}')
+    if guess is not None:
+        warn(
+            f'"{target}" {guess}, which does not tell its interface: it is taken for '
+            f"{_NAMES[interface]} ({_argument_list(interface)}); if it is not, say which with "
+            "--interface asgi3, asgi2 or wsgi"
+        )
+    return interface
+
+
+def _shape(app) -> tuple[str, str | None]:
+    """The interface ``app``'s shape says, and why that is a guess (None when it is not)."""
     if inspect.isclass(app):
-        if hasattr(app, "__await__"):
-            return "asgi3"
+        if _has(app, "__await__"):
+            return "asgi3", None
         # Calling the class builds the instance: with the scope, ASGI 2; with environ and
         # start_response, an iterable, PEP 3333's own example of a WSGI application class.
-        wsgi_class = hasattr(app, "__iter__") and _positional_count(app) == 2
-        return "wsgi" if wsgi_class else "asgi2"
-    call = app if inspect.isfunction(app) or inspect.ismethod(app) else type(app).__call__
-    if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(app):
-        return "asgi3"
-    count = _positional_count(app)
-    if count == 2:
-        return "wsgi"
-    if count == 1:
-        return "asgi2"
-    return "asgi3"
+        wsgi_class = _has(app, "__iter__") and _positional_count(_signature(app)) == 2
+        return ("wsgi" if wsgi_class else "asgi2"), None
+    if _is_coroutine_function(app):
+        return "asgi3", None
+    signature = _signature(app)
+    if signature is None:
+        return "asgi3", "has a signature Python cannot read"
+    fits = [interface for interface in ("asgi2", "wsgi", "asgi3") if _fits(signature, interface)]
+    if len(fits) == 1:
+        return fits[0], None
+    if not fits:
+        return "asgi3", None  # which _misfit reports
+    # Parameters with defaults, or *args (a decorator's (*args, **kwargs), a middleware's
+    # (scope, *args)): two named ones are WSGI's (environ, start_response); anything else is
+    # taken for ASGI 3, the common case (one and *args is a middleware passing on what it is
+    # given, where an ASGI 2 app takes its scope alone).
+    named = _positional_count(signature)
+    return ("wsgi" if named == 2 else "asgi3"), f"takes {signature}"
 
 
-def _positional_count(app) -> int | None:
-    """How many positional arguments calling ``app`` takes; None when Python cannot
-    tell."""
-    try:
-        params = [
-            p
-            for p in inspect.signature(app).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
+def _misfit(app, interface: str) -> str | None:
+    """Why ``app`` cannot be called as ``interface`` calls an application, or None when
+    it can (or Python cannot tell)."""
+    name = _NAMES[interface]
+    if interface != "asgi3" and _is_coroutine_function(app):
+        return f"is async (calling it returns a coroutine), which only ASGI 3 can serve, not {name}"
+    signature = _signature(app)
+    if signature is None:
         return None
-    return len(params)
+    if not _fits(signature, interface):
+        what = "class" if inspect.isclass(app) else "callable"
+        return (
+            f"is a {what} that takes {signature}, which {name} cannot call with "
+            f"({_argument_list(interface)})"
+        )
+    if interface != "asgi2" or not inspect.isclass(app):
+        return None
+    # What the class returns, its instance, is called with (receive, send).
+    call = _instance_call(app)
+    if call is None:
+        return f"is a class taken for {name}, but its instances cannot be called"
+    if inspect.isfunction(call):
+        method = _signature(call)
+        if method is not None and not _takes(method, 3):
+            return (
+                f"is a class taken for {name}, which calls its instance with (receive, "
+                f"send), but their __call__ takes {method}"
+            )
+    return None
+
+
+def _misfit_hint(app, interface: str) -> str:
+    if inspect.isclass(app):
+        return (
+            "if an instance is the application, name one (app = "
+            f"{app.__qualname__}()), or add --factory to have rsasgi make it"
+        )
+    if _is_coroutine_function(app):
+        return f"an async application is ASGI 3's: async def app({_argument_list('asgi3')})"
+    return (
+        "if it makes the application, add --factory; if it is one, say which interface "
+        "with --interface asgi3, asgi2 or wsgi"
+    )
+
+
+def _argument_list(interface: str) -> str:
+    return ", ".join(_ARGUMENTS[interface])
+
+
+def _fits(signature: inspect.Signature, interface: str) -> bool:
+    return _takes(signature, len(_ARGUMENTS[interface]))
+
+
+def _takes(signature: inspect.Signature | None, count: int) -> bool:
+    """Whether a callable of ``signature`` can be called with ``count`` positional
+    arguments (True when the signature is unknown)."""
+    if signature is None:
+        return True
+    try:
+        signature.bind(*[None] * count)
+    except TypeError:
+        return False
+    return True
+
+
+def _positional_count(signature: inspect.Signature | None) -> int | None:
+    """How many named positional parameters ``signature`` has."""
+    if signature is None:
+        return None
+    return sum(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        for p in signature.parameters.values()
+    )
+
+
+# Inspection reads attributes of the app itself, and an object can raise anything from
+# its __getattr__ for a name it lacks (a KeyError from the settings it delegates to), which
+# `hasattr` passes on: whatever inspection raises means "cannot tell".
+
+
+def _signature(app) -> inspect.Signature | None:
+    """The signature calling ``app`` has, or None when Python cannot tell."""
+    try:
+        return inspect.signature(app)
+    except Exception:
+        pass
+    # inspect asks the object itself for __wrapped__ and __signature__ (see above), and
+    # before Python 3.13 could not read a __call__ kept in __slots__ (Sentry's middleware):
+    # the method a call runs has the same signature.
+    call = _call_method(app)
+    if call is None:
+        return None
+    try:
+        return inspect.signature(call)
+    except Exception:
+        return None
+
+
+def _call_method(app):
+    """What calling ``app`` runs, found on its type without asking ``app``: for an object,
+    its ``__call__`` bound to it; None when not found."""
+    if inspect.isfunction(app) or inspect.ismethod(app) or inspect.isclass(app):
+        return app
+    try:
+        call = inspect.getattr_static(type(app), "__call__")
+        bind = getattr(type(call), "__get__", None)
+        return call if bind is None else bind(call, app, type(app))
+    except Exception:
+        return None
+
+
+def _is_coroutine_function(app) -> bool:
+    for candidate in (app, _call_method(app)):
+        try:
+            if candidate is not None and inspect.iscoroutinefunction(candidate):
+                return True
+        except Exception:
+            pass
+    return False
+
+
+def _has(app, name: str) -> bool:
+    try:
+        return hasattr(app, name)
+    except Exception:
+        return False
+
+
+def _instance_call(cls):
+    """The ``__call__`` a class defines for its instances (from its bases too, but not
+    ``object``), or None."""
+    for klass in cls.__mro__:
+        if klass is not object and "__call__" in vars(klass):
+            return vars(klass)["__call__"]
+    return None
 
 
 def _asgi2_to_asgi3(app):
