@@ -213,7 +213,8 @@ def load_app(target: str, factory: bool, app_dir: str, warn=_warn):
     Whatever the app raises while it is imported, got or made (a ``SystemExit``, a
     ``BaseException`` of its own) is an ``AppLoadError``: a worker that cannot load the
     app exits 3, which stops a supervisor instead of having it restart the worker again
-    and again. Only ``KeyboardInterrupt`` passes, a stop asked for.
+    and again. Only a stop asked for passes (``KeyboardInterrupt``, a stop signal while
+    loading).
     """
     # A crash from here on (a C extension's segfault at import, or later) writes the Python
     # stack of every thread, where it happened: the process would vanish without a word.
@@ -238,7 +239,7 @@ def load_app(target: str, factory: bool, app_dir: str, warn=_warn):
         raise AppLoadError(
             f'Module "{module_name}" called sys.exit({exc.code!r}) while being imported.'
         ) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _StopWhileLoading):
         raise
     except BaseException as exc:
         if _is_the_module_itself(exc, module_name):
@@ -259,7 +260,7 @@ def load_app(target: str, factory: bool, app_dir: str, warn=_warn):
             raise AppLoadError(
                 f'Attribute "{attr_path}" not found in module "{module_name}".'
             ) from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _StopWhileLoading):
             raise
         except BaseException as exc:
             raise AppLoadError(
@@ -282,7 +283,7 @@ def load_app(target: str, factory: bool, app_dir: str, warn=_warn):
             app = app()
         except SystemExit as exc:
             raise AppLoadError(f'--factory: "{target}" called sys.exit({exc.code!r}).') from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _StopWhileLoading):
             raise
         except BaseException as exc:
             raise AppLoadError(_failure(f'--factory: calling "{target}" raised ', exc)) from None
