@@ -37,21 +37,28 @@ use crate::supervisor::{self, handoff, interpreter, Handoff, Slot};
 use crate::wake::{deliver_wakes, mark_loop_thread, CALL_SOON, REACTOR_WAKES};
 use crate::wsgi::{Pool, THREADS_WARNING};
 
-// A worker's graceful stop, after `--timeout-graceful-shutdown` has closed
-// the last connections: each of its own steps is bounded (their Python side
-// is `rsasgi._worker`, which takes these values from here), and a supervisor
-// waits for all of them before it kills a stopping worker.
+// A worker's graceful stop. `--timeout-graceful-shutdown`, counted from the
+// signal, covers the connections and the app's work still running once its
+// connection has closed (a BackgroundTask after the response, a WSGI
+// iterable's `close()`): both are waited for until it ends. The steps after
+// it are each bounded (their Python side is `rsasgi._worker`, which takes
+// these values from here), and a supervisor waits for all of them before it
+// kills a stopping worker.
 
-/// How long the request tasks still running get to end once their
-/// connections are closed (they see the disconnect), before they are cancelled.
+/// How long the request tasks still running get, at least, once the last
+/// connection has closed (those the grace period's end cut off see the
+/// disconnect), before they are cancelled; what is left of the grace
+/// period, when that is more.
 pub(crate) const REQUEST_TASKS_WAIT: Duration = Duration::from_secs(1);
 
 /// How long cancelled request tasks get for their clean-up (an `except
 /// CancelledError` that rolls a transaction back) before the worker goes on.
 pub(crate) const CANCELLED_TASKS_WAIT: Duration = Duration::from_secs(5);
 
-/// How long WSGI threads get to finish after every connection has closed
-/// (their clients are gone, so they stop at their next write).
+/// How long the WSGI threads still running get, at least, once the last
+/// connection has closed (their clients are gone, so they stop at their
+/// next write), before the worker leaves without them; what is left of the
+/// grace period, when that is more.
 pub(crate) const WSGI_THREADS_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the lifespan shutdown (closing database pools, flushing queues)
@@ -62,7 +69,10 @@ pub(crate) const LIFESPAN_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(5);
 /// How long a worker's graceful stop may run beyond
 /// `--timeout-graceful-shutdown`: its longest bounded steps (an ASGI app's
 /// request tasks, after the reactor's close handshake with the WebSockets
-/// still open, or a WSGI app's threads), then the lifespan shutdown.
+/// still open, or a WSGI app's threads), then the lifespan shutdown. The
+/// app's work waited for within the grace period adds nothing: the waits
+/// after the last connection closed end at the grace period's end or at
+/// these bounds, whichever comes later.
 pub(crate) fn stop_after_grace() -> Duration {
     let asgi = crate::http::WEBSOCKET_CLOSE_WAIT + REQUEST_TASKS_WAIT + CANCELLED_TASKS_WAIT;
     asgi.max(WSGI_THREADS_WAIT) + LIFESPAN_SHUTDOWN_ALLOWANCE
@@ -810,6 +820,14 @@ impl Worker {
             *stop = Some(grace);
             true
         });
+    }
+
+    /// How many WSGI threads are still in the app (none for an ASGI app).
+    fn wsgi_threads_running(&self) -> usize {
+        self.wsgi_pool
+            .lock()
+            .as_ref()
+            .map_or(0, |pool| pool.running())
     }
 
     /// Waits for the reactor thread to exit (after `stopped` completed), then

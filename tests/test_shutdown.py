@@ -149,6 +149,58 @@ def test_graceful_shutdown_timeout_bounds_the_wait(run_rsasgi, tmp_path):
     assert events(record)[-1] == "shutdown"
 
 
+def test_a_background_task_after_the_response_runs_to_its_end(run_rsasgi, tmp_path):
+    """Work a request's task does after its response (a Starlette or FastAPI
+    BackgroundTask) is waited for within --timeout-graceful-shutdown, as uvicorn does: the
+    wait ended with the response, and the task was cancelled 1 s later."""
+    record = tmp_path / "events.txt"
+    server = run_rsasgi("after_response:app", env={"AFTER_RESPONSE_FILE": str(record)})
+    assert httpx.get(server.url + "/?s=2", timeout=10).text == "ok"
+    wait_for_event(record, "background-start")
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=15) == 0
+    output = server.output()
+    assert events(record) == ["background-start", "background-done", "shutdown"], output
+    assert "Waiting for 1 request task(s) still running after their connection closed" in output
+
+
+def test_a_wsgi_iterable_s_slow_close_runs_to_its_end(run_rsasgi, tmp_path):
+    """A WSGI iterable's close() after a complete response is waited for within
+    --timeout-graceful-shutdown, as gunicorn does: the thread got 5 s after the
+    connection closed, then the process left without it. (It takes 6 s here: less would
+    have fitted in those 5 s.)"""
+    record = tmp_path / "events.txt"
+    server = run_rsasgi("after_response:wsgi_app", env={"AFTER_RESPONSE_FILE": str(record)})
+    assert httpx.get(server.url + "/?s=6", timeout=10).text == "ok"
+    wait_for_event(record, "close-start")
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=20) == 0
+    output = server.output()
+    assert events(record) == ["close-start", "close-done"], output
+    assert "Waiting for 1 WSGI thread(s) still running after their connection closed" in output
+    assert "WSGI threads still running after shutdown" not in output
+
+
+def test_a_background_task_is_cancelled_when_the_grace_period_ends(run_rsasgi, tmp_path):
+    record = tmp_path / "events.txt"
+    server = run_rsasgi(
+        "after_response:app",
+        "--timeout-graceful-shutdown",
+        "1",
+        env={"AFTER_RESPONSE_FILE": str(record)},
+    )
+    assert httpx.get(server.url + "/?s=30", timeout=10).text == "ok"
+    wait_for_event(record, "background-start")
+
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=15) == 0
+    output = server.output()
+    assert "Cancelling 1 request task(s) still running after shutdown" in output
+    assert events(record) == ["background-start", "background-cancelled", "shutdown"], output
+
+
 def test_sigquit_as_the_first_signal_says_the_shutdown_is_forced(run_rsasgi, tmp_path):
     """No grace at all, and the log says why: not that --timeout-graceful-shutdown (30 s
     here) ran out after 0 s."""

@@ -923,21 +923,40 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
             # The reactor stops by itself when the supervisor is gone (see beat).
             if not stop.is_set() and not worker.supervisor_gone():
                 log("error", "The server stopped unexpectedly; exiting")
-            worker.shutdown(0.0 if forced.is_set() else worker.timeout_graceful_shutdown)
+            grace = worker.timeout_graceful_shutdown
+            worker.shutdown(0.0 if forced.is_set() else grace)
+            # The grace period covers the app's work, not only its connections: what still
+            # runs once its connection has closed (a BackgroundTask after the response, a
+            # WSGI iterable's close()) is waited for until it ends, as uvicorn and gunicorn
+            # do; what the grace period's end cut off gets the bounded steps below.
+            grace_ends = time.monotonic() + grace
             await stopped
-            # The longest the steps below give the app's requests; its threads get what is
-            # left of it once the loop is closed.
-            leaving.threads_deadline = time.monotonic() + (
-                WSGI_THREADS_WAIT if wsgi else REQUEST_TASKS_WAIT + CANCELLED_TASKS_WAIT
-            )
+            closed = time.monotonic()
+            if wsgi:
+                app_work_ends = max(grace_ends, closed + WSGI_THREADS_WAIT)
+                # The threads get no more once the loop is closed.
+                leaving.threads_deadline = app_work_ends
+            else:
+                app_work_ends = max(grace_ends, closed + REQUEST_TASKS_WAIT)
+                # Then cancelled tasks get their clean-up; the threads (a sync view's,
+                # which cancelling its task does not stop) what is left of it once the
+                # loop is closed.
+                leaving.threads_deadline = app_work_ends + CANCELLED_TASKS_WAIT
+            waiting = _AppWorkWait(grace, grace_ends, supervised)
             # The reactor has closed every connection; let apps see their
             # disconnects, then cancel what still runs.
             worker.drain()
-            await _cancel_request_tasks(list(request_tasks.values()), forced, shutdown_cancels)
+            await _cancel_request_tasks(
+                list(request_tasks.values()), forced, shutdown_cancels, app_work_ends, waiting
+            )
         finally:
             loop.remove_reader(fd)
         if wsgi and not forced.is_set():
-            joined = loop.run_in_executor(None, worker.join, WSGI_THREADS_WAIT)
+            waiting.announce(
+                worker.wsgi_threads_running(), "WSGI thread(s)", "an iterable's close()"
+            )
+            wait = max(app_work_ends - time.monotonic(), 0.0)
+            joined = loop.run_in_executor(None, worker.join, wait)
             threads_done = await _unless_forced(joined, forced) and joined.result()
         else:
             # `stopped` is done, so the reactor thread is ending and this
@@ -975,15 +994,19 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
                 signal.signal(signum, signal.SIG_IGN)
 
 
-async def _cancel_request_tasks(tasks: list, forced: asyncio.Event, cancelled: set) -> None:
-    """Gives request tasks still running ``REQUEST_TASKS_WAIT`` to end, then cancels them
-    (adding each to ``cancelled``) and waits up to ``CANCELLED_TASKS_WAIT`` more; once
-    ``forced`` is set, cancels them without waiting."""
+async def _cancel_request_tasks(
+    tasks: list, forced: asyncio.Event, cancelled: set, until: float, waiting: _AppWorkWait
+) -> None:
+    """Gives request tasks still running until ``until`` (on ``time.monotonic()``) to
+    end, then cancels them (adding each to ``cancelled``) and waits up to
+    ``CANCELLED_TASKS_WAIT`` more; once ``forced`` is set, cancels them without waiting."""
     running = [task for task in tasks if not task.done()]
     if not running:
         return
     if not forced.is_set():
-        await _unless_forced(asyncio.wait(running, timeout=REQUEST_TASKS_WAIT), forced)
+        waiting.announce(len(running), "request task(s)", "a background task")
+        wait = max(until - time.monotonic(), 0.0)
+        await _unless_forced(asyncio.wait(running, timeout=wait), forced)
     remaining = [task for task in running if not task.done()]
     if not remaining:
         return
@@ -993,6 +1016,30 @@ async def _cancel_request_tasks(tasks: list, forced: asyncio.Event, cancelled: s
         task.cancel()
     if not forced.is_set():
         await _unless_forced(asyncio.wait(remaining, timeout=CANCELLED_TASKS_WAIT), forced)
+
+
+class _AppWorkWait:
+    """Says, once the connections have closed within the grace period, that the stop
+    waits for the app's work still running (uvicorn's "Waiting for background tasks to
+    complete"): the stop otherwise looks stuck for as long as that takes."""
+
+    def __init__(self, grace: float, grace_ends: float, supervised: bool) -> None:
+        self.grace = grace
+        self.grace_ends = grace_ends
+        self.supervised = supervised
+
+    def announce(self, count: int, what: str, examples: str) -> None:
+        left = self.grace_ends - time.monotonic()
+        if count == 0 or left <= 0:
+            return
+        # Under a supervisor a repeat of the signal is ignored: the supervisor forces.
+        force = "" if self.supervised else "; send the signal again to force"
+        log(
+            "info",
+            f"Waiting for {count} {what} still running after their connection closed "
+            f"({examples}, or a client that left), for up to {left:.1f}s more "
+            f"(--timeout-graceful-shutdown {self.grace:g}s){force}",
+        )
 
 
 async def _unless_forced(awaitable, forced: asyncio.Event, timeout: float | None = None) -> bool:

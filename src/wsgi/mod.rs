@@ -204,6 +204,22 @@ impl Pool {
         reactor.spawn(watch_for_stalls(Arc::downgrade(&self.shared)));
     }
 
+    /// How many threads are in the app: running a request, or its
+    /// iterable's `close()` after the response (not idle, nor on their way to
+    /// the queue).
+    pub(crate) fn running(&self) -> usize {
+        let idle = self.shared.idle.lock().len();
+        let searching = self.shared.searching.load(Ordering::SeqCst);
+        let alive = self
+            .shared
+            .threads
+            .lock()
+            .iter()
+            .filter(|thread| !thread.is_finished())
+            .count();
+        alive.saturating_sub(idle + searching)
+    }
+
     /// Stops taking requests and waits up to `timeout` for the threads to
     /// finish; false when some are still running.
     pub(crate) fn shutdown(&self, timeout: Duration) -> bool {
