@@ -98,26 +98,33 @@ def test_with_workers_new_connections_are_refused_while_the_workers_drain(run_rs
     assert server.wait_exit() == 0
 
 
+@pytest.mark.parametrize("path", ["/", "/static/a.txt"], ids=["app", "static"])
 def test_a_request_on_a_kept_alive_connection_during_the_drain_is_answered_with_close(
-    run_rsasgi, tmp_path
+    run_rsasgi, tmp_path, path
 ):
     """A request that reaches an idle kept-alive connection once the drain has begun is
-    served, and its response says `Connection: close` (RFC 9112 §9.6). It used to go out
-    keep-alive when the app answered before the connection noticed the drain, and the
-    connection then closed under the client's next request (a 502 behind nginx, a lost POST
-    at every --max-requests recycle)."""
+    served, and its response says `Connection: close` (RFC 9112 §9.6), the server's own (a
+    static file) too. It used to go out keep-alive when it was made before the connection
+    noticed the drain, and the connection then closed under the client's next request (a
+    502 behind nginx, a lost POST at every --max-requests recycle)."""
     record = tmp_path / "events.txt"
-    server = run_rsasgi(APP, env={"ERR_SLOW_FILE": str(record)})
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "a.txt").write_text("static")
+    server = run_rsasgi(
+        APP, "--static-map", f"/static={static}", env={"ERR_SLOW_FILE": str(record)}
+    )
     conn = RawConn(server.connect())
-    conn.send(request("GET", "/"))
+    conn.send(request("GET", path))
     assert conn.read_response().header("connection") is None
     # A slow request elsewhere keeps the drain going.
     result: dict = {}
     thread = start_request(server.url + "/sleep?s=3", result)
-    wait_for(lambda: events(record).count("request-start") == 2, message="the slow request")
+    started = 2 if path == "/" else 1
+    wait_for(lambda: events(record).count("request-start") == started, message="the slow one")
     server.proc.send_signal(signal.SIGTERM)
     wait_for(lambda: refused(server), timeout=2, message="new connections to be refused")
-    conn.send(request("GET", "/"))
+    conn.send(request("GET", path))
     response = conn.read_response()
     assert response.status == 200, server.output()
     assert response.header("connection") == "close", response.headers

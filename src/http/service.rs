@@ -449,7 +449,7 @@ pub(crate) fn handle(
                      {after}, so the client sees the response is short"
                 );
             }
-            let close_after = !http2 && (short.is_some() || state.draining.borrow().is_some());
+            let close_after = short.is_some() && !http2;
             let log = log.map(|log| log.with_status(start.status));
             let mut body = if is_head {
                 exchange.release_response();
@@ -488,6 +488,19 @@ pub(crate) fn handle(
             }
             response
         };
+        // While the worker drains, the connection closes after this response:
+        // say so (RFC 9112 §9.6), the server's own answers too (a static
+        // file, a 404). Left to the connection's own drain, a fast response
+        // could go out keep-alive before it noticed, and the connection then
+        // close under the client's next request (a 502 behind nginx). Not a
+        // 101, whose connection goes on as a WebSocket.
+        if !over_http2
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS
+            && state.draining.borrow().is_some()
+        {
+            let close = HeaderValue::from_static("close");
+            response.headers_mut().insert(header::CONNECTION, close);
+        }
         if state
             .access_log
             .is_some_and(AccessLog::shows_response_headers)
