@@ -1156,10 +1156,9 @@ fn blame_environment(
 }
 
 /// An option required by another (`--ssl-certfile` by `--ssl-keyfile`) is
-/// missing: when options were set by variables alone, name them, since the
-/// one that needs it may be among them and the command line shows none.
-/// (clap does not say which option did the requiring.) The APP missing is
-/// clap's plain message.
+/// missing: when the one that needs it was set by its variable alone, name
+/// the variable, since the command line shows no such option. The APP
+/// missing is clap's plain message.
 fn blame_environment_for_missing(
     command: &mut Command,
     err: clap::Error,
@@ -1175,13 +1174,27 @@ fn blame_environment_for_missing(
     if !missing_options {
         return err;
     }
+    let mut full: Vec<OsString> = argv.iter().take(1).cloned().collect();
+    full.extend(file_args.iter().map(OsString::from));
+    full.extend(argv.iter().skip(1).cloned());
+    // clap does not say which option requires the missing one: an option
+    // set by its variable alone is named if, without the variable, nothing
+    // is missing any more (a rare path: one parse per such option).
+    let requires_it = |arg: &Arg| {
+        let without_variable = command.clone().mut_arg(arg.get_id(), |arg| arg.env(None));
+        without_variable
+            .try_get_matches_from(full.clone())
+            .err()
+            .is_none_or(|err| err.kind() != ErrorKind::MissingRequiredArgument)
+    };
     let from_environment: Vec<String> = command
         .get_arguments()
         .filter(|arg| !written_as_argument(arg, argv, file_args))
         .filter_map(|arg| {
             let variable = arg.get_env()?.to_str()?;
             std::env::var_os(variable)?;
-            Some(format!("{variable} (--{})", arg.get_long()?))
+            let long = arg.get_long()?;
+            requires_it(arg).then(|| format!("{variable} (--{long})"))
         })
         .collect();
     if from_environment.is_empty() {

@@ -423,10 +423,17 @@ def test_an_option_a_variable_needs_names_the_variable():
         "--ssl-certfile",
         "(set by the environment: RSASGI_SSL_KEYFILE (--ssl-keyfile))",
     )
-    # Given on the command line, the option's requirement is plain to see.
-    result = cli("--ssl-keyfile", "/k.pem", "--app-dir", str(APPS), APP)
+    # Given on the command line, the option's requirement is plain to see, and variables
+    # that need nothing (a container's RSASGI_PORT) are not blamed.
+    result = cli(
+        "--ssl-keyfile", "/k.pem", "--app-dir", str(APPS), APP, env={"RSASGI_PORT": "8001"}
+    )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "--ssl-certfile" in result.stderr and "environment" not in result.stderr
+    result = cli(
+        "--app-dir", str(APPS), APP, env={"RSASGI_SSL_KEYFILE": "/k.pem", "RSASGI_PORT": "8001"}
+    )  # fmt: skip
+    assert "(set by the environment: RSASGI_SSL_KEYFILE (--ssl-keyfile))" in result.stderr
     # A missing APP is not blamed on the variables.
     result = cli(env={"RSASGI_PORT": "8001"})
     assert result.returncode == 2, result.stderr

@@ -1043,15 +1043,14 @@ impl Supervisor {
                 }
                 State::Stopping { deadline } if now >= deadline => {
                     tracing::warn!(
-                        "{} is still running {}: the app holds it (a thread that does not \
-                         end, such as a sync view's, or an event loop it blocks); the Python \
-                         stack of each of its threads follows, then it is killed",
+                        "{} is still running {}: the app holds it (an event loop it blocks, \
+                         a C call that does not return, an exit handler that waits); the \
+                         Python stack of each of its threads follows, then it is killed",
                         worker.name(),
                         stop_deadline_words(&config, stop)
                     );
                     // As for a stuck worker (below): faulthandler writes them
-                    // whatever the app does, even while the interpreter waits
-                    // for the app's threads on its way out.
+                    // whatever the app does, even while its loop is blocked.
                     worker.signal(libc::SIGUSR2);
                     worker.state = State::Hung {
                         kill_at: now + STACK_DUMP_WAIT,
