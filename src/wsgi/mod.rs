@@ -67,6 +67,10 @@ struct Shared {
     taken: AtomicU64,
     /// The reactor watches the queue (from the first request on).
     watched: AtomicBool,
+    /// Each request records when a thread takes it: `--timeout-request`
+    /// judges a thread stuck by how long it has run the request, not by
+    /// how long the request waited for it.
+    timed: bool,
     app: Py<PyAny>,
     ctx: EnvironContext,
     max_threads: usize,
@@ -113,6 +117,13 @@ impl Shared {
         }
     }
 
+    /// The threads not idle, and `--threads`.
+    fn busy_threads(&self) -> (usize, usize) {
+        let started = self.threads.lock().len();
+        let busy = started.saturating_sub(self.idle.lock().len());
+        (busy, self.max_threads)
+    }
+
     /// Starts a thread, which counts as searching until it holds the GIL.
     fn spawn_thread(self: &Arc<Self>, threads: &mut Vec<JoinHandle<()>>) -> std::io::Result<()> {
         let shared = Arc::clone(self);
@@ -140,7 +151,9 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// A pool for `app` with one thread started (so a failure shows at startup).
+    /// A pool for `app` with one thread started (so a failure shows at
+    /// startup). `timed`: with `--timeout-request`, which needs to know when
+    /// a thread took each request.
     pub(crate) fn start(
         py: Python<'_>,
         app: &Bound<'_, PyAny>,
@@ -148,6 +161,7 @@ impl Pool {
         script_name: String,
         multiprocess: bool,
         metrics: Option<Arc<Slot>>,
+        timed: bool,
     ) -> std::io::Result<Arc<Pool>> {
         let pool = Arc::new(Pool {
             shared: Arc::new(Shared {
@@ -157,6 +171,7 @@ impl Pool {
                 closed: AtomicBool::new(false),
                 taken: AtomicU64::new(0),
                 watched: AtomicBool::new(false),
+                timed,
                 app: app.clone().unbind(),
                 ctx: EnvironContext::new(
                     script_name,
@@ -204,6 +219,12 @@ impl Pool {
         reactor.spawn(watch_for_stalls(Arc::downgrade(&self.shared)));
     }
 
+    /// The threads busy in the app (or on their way to a request), and
+    /// `--threads`: for log lines.
+    pub(crate) fn busy_threads(&self) -> (usize, usize) {
+        self.shared.busy_threads()
+    }
+
     /// Stops taking requests and waits up to `timeout` for the threads to
     /// finish; false when some are still running.
     pub(crate) fn shutdown(&self, timeout: Duration) -> bool {
@@ -241,8 +262,7 @@ async fn watch_for_stalls(shared: Weak<Shared>) {
         let taken = shared.taken.load(Ordering::Relaxed);
         match watch.look(Instant::now(), queued, taken) {
             Some(Stall::Stuck { waited }) => {
-                let started = shared.threads.lock().len();
-                let busy = started.saturating_sub(shared.idle.lock().len());
+                let (busy, _) = shared.busy_threads();
                 tracing::warn!(
                     "WSGI requests are stuck in the queue: {queued} waiting, the oldest for {}s or more, \
                      and no thread has taken one meanwhile ({busy} of --threads {} busy in the app). The \
@@ -395,9 +415,9 @@ fn run(
     // the request): no response of the app's could go anywhere. Running it
     // anyway would spend a thread on it while live requests wait, just when
     // the pool is short of them (clients that time out and retry).
-    if exchange.progress().closed {
+    if !exchange.take_for_thread(shared.timed.then(Instant::now)) {
         tracing::debug!(
-            "not running the app for \"{}\": its client left while it waited for a thread",
+            "not running the app for \"{}\": it was closed while it waited for a thread",
             exchange.request_line()
         );
         exchange.finish_app();
