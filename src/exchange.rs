@@ -944,7 +944,7 @@ impl Exchange {
     /// as it closed (a thread takes it only while open: see
     /// [`Exchange::take_for_thread`]).
     fn close_seeing_thread(self: &Arc<Self>) -> ThreadStage {
-        let (receiver, sender, reactor, pump, stage) = {
+        let (receiver, sender, reactor, pump, held, stage) = {
             let mut st = self.state.lock();
             let stage = st.thread;
             if st.closed {
@@ -952,14 +952,30 @@ impl Exchange {
             }
             st.closed = true;
             unpark_all(&mut st.parked);
+            // Still queued, its app will never run (no thread takes a closed
+            // exchange): done with now rather than when a thread, or the
+            // queue's sweep, gets to it. Its body read ahead goes (up to
+            // REQUEST_BODY_HIGH_WATER, with all threads stuck held for as
+            // long), and with what `hold` kept its place under
+            // --limit-concurrency.
+            let held = if stage == ThreadStage::Queued {
+                st.body.clear();
+                st.body_buffered = 0;
+                st.app_finished = true;
+                st.take_held()
+            } else {
+                None
+            };
             (
                 std::mem::take(&mut st.receivers),
                 std::mem::take(&mut st.senders),
                 st.reactor.take(),
                 st.pump.take(),
+                held,
                 stage,
             )
         };
+        drop(held);
         self.resolve(receiver, WaitKind::Receive);
         self.resolve(sender, WaitKind::Send);
         if let Some(waker) = reactor {
@@ -982,6 +998,12 @@ impl Exchange {
         }
         st.thread = ThreadStage::Taken(at);
         true
+    }
+
+    /// Whether this is a WSGI request no pool thread has taken: still
+    /// waiting, or closed while it waited (then its app never runs).
+    pub(crate) fn waits_for_thread(&self) -> bool {
+        self.state.lock().thread == ThreadStage::Queued
     }
 
     /// Ready with the app's response head, or with the reason there is none.
@@ -1549,6 +1571,44 @@ mod tests {
         let exchange = Exchange::for_test(Method::POST, "/", false, true).0;
         exchange.want_body();
         exchange
+    }
+
+    /// Whether what [`Exchange::hold`] kept is let go of.
+    fn held_guard(exchange: &Exchange) -> Arc<()> {
+        let guard = Arc::new(());
+        exchange.hold(Arc::clone(&guard));
+        guard
+    }
+
+    #[test]
+    fn a_queued_request_closed_lets_go_of_its_body_and_places_and_is_never_taken() {
+        let exchange = queued();
+        let guard = held_guard(&exchange);
+        exchange.push_body(Bytes::from(vec![b'x'; 60_000]), false);
+        assert!(exchange.waits_for_thread());
+        exchange.close();
+        assert!(exchange.state.lock().body.is_empty());
+        assert_eq!(exchange.state.lock().body_buffered, 0);
+        exchange.release_response();
+        assert_eq!(Arc::strong_count(&guard), 1, "its places given back");
+        assert!(!exchange.take_for_thread(None));
+        assert!(exchange.waits_for_thread(), "never ran");
+    }
+
+    #[test]
+    fn a_taken_request_closed_keeps_its_body_for_the_app_to_finish_with() {
+        let exchange = queued();
+        let guard = held_guard(&exchange);
+        let at = Instant::now();
+        assert!(exchange.take_for_thread(Some(at)));
+        exchange.push_body(Bytes::from_static(b"abc"), true);
+        exchange.close();
+        exchange.release_response();
+        assert_eq!(exchange.state.lock().body_buffered, 3);
+        assert_eq!(Arc::strong_count(&guard), 2, "held while the app runs");
+        assert!(!exchange.waits_for_thread());
+        exchange.finish_app();
+        assert_eq!(Arc::strong_count(&guard), 1);
     }
 
     #[test]

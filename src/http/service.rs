@@ -30,14 +30,22 @@ use crate::ws::session::{Handshake, WsSession, WsStart};
 use crate::ws::{self, BadHandshake, WsSettings};
 
 /// Closes the exchange if hyper drops the service future before the response
-/// head is ready: the client went away while the app was working.
-struct CloseOnDrop(Option<Arc<Exchange>>);
+/// head is ready: the client went away while the app was working, or while
+/// its request waited for a WSGI thread, which the access line it holds
+/// meanwhile then says.
+struct CloseOnDrop {
+    exchange: Option<Arc<Exchange>>,
+    log: Option<AccessRecord>,
+}
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        if let Some(exchange) = self.0.take() {
+        if let Some(exchange) = self.exchange.take() {
             exchange.close();
             exchange.release_response();
+            if let Some(log) = &mut self.log {
+                log.never_ran = exchange.waits_for_thread();
+            }
         }
     }
 }
@@ -387,7 +395,10 @@ pub(crate) fn handle(
             let deadline = state
                 .timeout_request
                 .map(|limit| tokio::time::Instant::from_std(started_at() + limit));
-            let mut closer = CloseOnDrop(Some(Arc::clone(&exchange)));
+            let mut closer = CloseOnDrop {
+                exchange: Some(Arc::clone(&exchange)),
+                log: log.take(),
+            };
             let response_start = poll_fn(|cx| exchange.poll_response_start(cx));
             let start = match deadline {
                 None => response_start.await,
@@ -396,12 +407,13 @@ pub(crate) fn handle(
                     Err(_elapsed) => {
                         request_timed_out(&state, &exchange, false);
                         let status = StatusCode::GATEWAY_TIMEOUT;
-                        log = log.map(|log| log.with_status(status));
+                        let log = closer.log.take().map(|log| log.with_status(status));
                         break 'respond state.error_response(status, log, true);
                     }
                 },
             };
-            closer.0 = None;
+            closer.exchange = None;
+            let mut log = closer.log.take();
             if start.is_err() {
                 // No response of the app's will be sent: its place under
                 // --limit-concurrency goes as soon as the app is done too, not
@@ -421,6 +433,9 @@ pub(crate) fn handle(
                     // its body, or it reset the stream): its line says 499 and
                     // the metrics count no status. Something must still be
                     // returned to hyper, which has nowhere to send it.
+                    if let Some(log) = &mut log {
+                        log.never_ran = exchange.waits_for_thread();
+                    }
                     drop(log);
                     client_left = true;
                     let status = StatusCode::SERVICE_UNAVAILABLE;

@@ -1,16 +1,18 @@
 //! WSGI (PEP 3333): sync apps run on a pool of threads per worker.
 //!
-//! The reactor hands each request to the pool through a channel; a pool
+//! The reactor hands each request to the pool through a queue; a pool
 //! thread takes the GIL, builds the environ, calls the app and sends the
 //! response iterable chunk by chunk. Waiting for body data or for a slow
 //! client releases the GIL, so an app that sleeps or loops ties up one pool
-//! thread, never the reactor. Requests beyond the pool wait in the channel,
-//! bounded by `--limit-concurrency`.
+//! thread, never the reactor. Requests beyond the pool wait in the queue,
+//! bounded by `--limit-concurrency`; the reactor looks at it every second
+//! (see `watch_queue`).
 
 mod environ;
 mod errors;
 mod file_wrapper;
 mod input;
+mod queue;
 mod response;
 mod stall;
 
@@ -21,7 +23,6 @@ use std::sync::{Arc, Weak};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -32,6 +33,7 @@ use crate::exchange::RequestStart;
 use crate::supervisor::Slot;
 use crate::wake::mark_pool_thread;
 use environ::{EnvironContext, TextCache};
+use queue::Queue;
 use response::{respond, Callables};
 use stall::{Stall, StallWatch};
 
@@ -55,7 +57,7 @@ struct IdleSlot {
 
 /// What the reactor and the pool threads share.
 struct Shared {
-    jobs: SegQueue<Box<RequestStart>>,
+    jobs: Queue,
     idle: Mutex<Vec<Arc<IdleSlot>>>,
     /// Threads woken (or started) for queued requests that do not hold the
     /// GIL yet, and idle ones still looking for requests before they park.
@@ -165,7 +167,7 @@ impl Pool {
     ) -> std::io::Result<Arc<Pool>> {
         let pool = Arc::new(Pool {
             shared: Arc::new(Shared {
-                jobs: SegQueue::new(),
+                jobs: Queue::default(),
                 idle: Mutex::new(Vec::new()),
                 searching: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
@@ -202,21 +204,21 @@ impl Pool {
         std::sync::atomic::fence(Ordering::SeqCst);
         shared.ensure_searcher();
         if !shared.watched.load(Ordering::Relaxed) {
-            self.watch_for_stalls();
+            self.watch_queue();
         }
         Ok(())
     }
 
     /// Starts watching the queue on the reactor (the caller's runtime), if
     /// nothing does yet; the watch ends with the pool.
-    fn watch_for_stalls(&self) {
+    fn watch_queue(&self) {
         let Ok(reactor) = tokio::runtime::Handle::try_current() else {
             return;
         };
         if self.shared.watched.swap(true, Ordering::Relaxed) {
             return;
         }
-        reactor.spawn(watch_for_stalls(Arc::downgrade(&self.shared)));
+        reactor.spawn(watch_queue(Arc::downgrade(&self.shared)));
     }
 
     /// The threads busy in the app (or on their way to a request), and
@@ -245,11 +247,12 @@ impl Pool {
 }
 
 /// Looks at the queue every [`stall::CHECK_EVERY`] while the pool takes
-/// requests, and logs what [`StallWatch`] makes of it.
-async fn watch_for_stalls(shared: Weak<Shared>) {
+/// requests: sweeps out the requests closed while they waited (see
+/// [`Queue::sweep`]), and logs what [`StallWatch`] makes of it.
+async fn watch_queue(shared: Weak<Shared>) {
     let mut every = tokio::time::interval(stall::CHECK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut watch = StallWatch::default();
+    let mut stall = StallWatch::default();
     loop {
         every.tick().await;
         let Some(shared) = shared.upgrade() else {
@@ -258,19 +261,36 @@ async fn watch_for_stalls(shared: Weak<Shared>) {
         if shared.closed.load(Ordering::SeqCst) {
             return;
         }
-        let queued = shared.jobs.len();
+        let now = Instant::now();
+        let swept = if shared.jobs.is_empty() {
+            queue::Swept::default()
+        } else {
+            shared.jobs.sweep()
+        };
+        if swept.dropped > 0 {
+            tracing::debug!(
+                "took {} requests closed while they waited for a thread out of the queue",
+                swept.dropped
+            );
+        }
+        if swept.waiting > 0 {
+            // Put back: a thread that found the queue empty meanwhile may
+            // have gone idle (see `dispatch`).
+            std::sync::atomic::fence(Ordering::SeqCst);
+            shared.ensure_searcher();
+        }
+        let queued = swept.waiting;
         let taken = shared.taken.load(Ordering::Relaxed);
-        match watch.look(Instant::now(), queued, taken) {
+        let (busy, threads) = shared.busy_threads();
+        match stall.look(now, queued, taken, busy >= threads) {
             Some(Stall::Stuck { waited }) => {
-                let (busy, _) = shared.busy_threads();
                 tracing::warn!(
-                    "WSGI requests are stuck in the queue: {queued} waiting, the oldest for {}s or more, \
-                     and no thread has taken one meanwhile ({busy} of --threads {} busy in the app). The \
+                    "WSGI requests are stuck in the queue: {queued} waiting, and no thread has taken one \
+                     for {}s or more ({busy} of --threads {threads} busy in the app). The \
                      health check (--timeout) does not see threads stuck in a view: --timeout-request logs \
                      their stacks and, under a supervisor, replaces the worker; for a pool that is only \
                      slow, raise --threads, or set --limit-concurrency to answer 503 rather than queue",
                     waited.as_secs(),
-                    shared.max_threads
                 );
             }
             Some(Stall::Over { lasted }) => tracing::info!(
