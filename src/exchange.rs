@@ -1006,6 +1006,13 @@ impl Exchange {
         self.state.lock().thread == ThreadStage::Queued
     }
 
+    /// Whether the exchange closed because its client left, not because
+    /// the server ended it (`--timeout-request`, a bad body).
+    pub(crate) fn client_left(&self) -> bool {
+        let st = self.state.lock();
+        st.closed && !st.aborted && st.refused.is_none()
+    }
+
     /// Ready with the app's response head, or with the reason there is none.
     pub(crate) fn poll_response_start(
         &self,
@@ -1593,6 +1600,7 @@ mod tests {
         assert_eq!(Arc::strong_count(&guard), 1, "its places given back");
         assert!(!exchange.take_for_thread(None));
         assert!(exchange.waits_for_thread(), "never ran");
+        assert!(exchange.client_left());
     }
 
     #[test]
@@ -1616,6 +1624,7 @@ mod tests {
         let waiting = queued();
         assert_eq!(waiting.time_out(), ThreadStage::Queued);
         assert!(!waiting.take_for_thread(None), "not run after its 504");
+        assert!(!waiting.client_left(), "the server ended it");
         let running = queued();
         let at = Instant::now();
         running.take_for_thread(Some(at));

@@ -14,10 +14,12 @@ import hashlib
 import json
 import lzma
 import random
+import re
 import socket
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -654,6 +656,26 @@ def test_requests_whose_clients_left_leave_the_queue_and_are_not_counted_waiting
     queued.close()
     for tag in ("gone1", "gone2", "gone3"):
         assert not (markers / f"{tag}.started").exists(), tag
+
+
+def test_a_pool_short_of_threads_is_warned_of_while_it_moves(run_rsasgi, markers):
+    """One thread and eight 0.4 s views at once: the pool keeps taking requests (no stall),
+    but they wait seconds for it, and clients that give up first got nothing with nothing in
+    the error log. A warning says so, with what to change."""
+    server = run_rsasgi("--threads", "1", APP, env={"WSGI_MARKER_DIR": str(markers)})
+    with ThreadPoolExecutor(8) as pool:
+        views = [
+            pool.submit(httpx.get, f"{server.url}/sleep?s=0.4&tag=v{n}", timeout=20)
+            for n in range(8)
+        ]
+        assert [view.result().status_code for view in views] == [200] * 8
+    log = wait_for_log(server, "WSGI requests wait for a thread")
+    warning = next(line for line in log.splitlines() if "WSGI requests wait for a thread" in line)
+    assert "WARN" in warning, warning
+    assert re.search(r"the oldest for \d+s or more, with 1 of --threads 1 busy in the app", warning)
+    for option in ("--threads", "--workers", "--limit-concurrency"):
+        assert option in warning, warning
+    assert "WSGI requests are stuck" not in log
 
 
 def test_pool_threads_are_reused(run_rsasgi, markers):

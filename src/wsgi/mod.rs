@@ -8,6 +8,7 @@
 //! bounded by `--limit-concurrency`; the reactor looks at it every second
 //! (see `watch_queue`).
 
+mod backlog;
 mod environ;
 mod errors;
 mod file_wrapper;
@@ -32,6 +33,7 @@ use crate::asgi::ClientDisconnected;
 use crate::exchange::RequestStart;
 use crate::supervisor::Slot;
 use crate::wake::mark_pool_thread;
+use backlog::{Backlog, BacklogWatch};
 use environ::{EnvironContext, TextCache};
 use queue::Queue;
 use response::{respond, Callables};
@@ -67,6 +69,9 @@ struct Shared {
     /// Requests the threads have taken from the queue, for the reactor to
     /// see whether they still do (see `stall`).
     taken: AtomicU64,
+    /// Requests the threads found closed by their clients leaving, and did
+    /// not run, since the reactor last looked (see `backlog`).
+    left: AtomicU64,
     /// The reactor watches the queue (from the first request on).
     watched: AtomicBool,
     /// Each request records when a thread takes it: `--timeout-request`
@@ -172,6 +177,7 @@ impl Pool {
                 searching: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
                 taken: AtomicU64::new(0),
+                left: AtomicU64::new(0),
                 watched: AtomicBool::new(false),
                 timed,
                 app: app.clone().unbind(),
@@ -248,11 +254,13 @@ impl Pool {
 
 /// Looks at the queue every [`stall::CHECK_EVERY`] while the pool takes
 /// requests: sweeps out the requests closed while they waited (see
-/// [`Queue::sweep`]), and logs what [`StallWatch`] makes of it.
+/// [`Queue::sweep`]), sets the queue's gauge, and logs what [`StallWatch`]
+/// and [`BacklogWatch`] make of it.
 async fn watch_queue(shared: Weak<Shared>) {
     let mut every = tokio::time::interval(stall::CHECK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stall = StallWatch::default();
+    let mut backlog = BacklogWatch::default();
     loop {
         every.tick().await;
         let Some(shared) = shared.upgrade() else {
@@ -265,7 +273,7 @@ async fn watch_queue(shared: Weak<Shared>) {
         let swept = if shared.jobs.is_empty() {
             queue::Swept::default()
         } else {
-            shared.jobs.sweep()
+            shared.jobs.sweep(now)
         };
         if swept.dropped > 0 {
             tracing::debug!(
@@ -279,9 +287,43 @@ async fn watch_queue(shared: Weak<Shared>) {
             std::sync::atomic::fence(Ordering::SeqCst);
             shared.ensure_searcher();
         }
+        if let Some(slot) = &shared.metrics {
+            slot.counters().set_wsgi_queue_depth(swept.waiting);
+        }
         let queued = swept.waiting;
         let taken = shared.taken.load(Ordering::Relaxed);
+        let left = shared.left.swap(0, Ordering::Relaxed) + swept.left as u64;
+        let waited = swept.oldest_seen.map(|seen| now.duration_since(seen));
         let (busy, threads) = shared.busy_threads();
+        match backlog.look(now, queued, waited, taken, left) {
+            Some(Backlog::Began { waiting, waited }) => tracing::warn!(
+                "WSGI requests wait for a thread: {waiting} queued, the oldest for {}s or more, with \
+                 {busy} of --threads {threads} busy in the app. Each waits until a thread is free, and a \
+                 client that gives up first gets nothing (its access line says 499, never ran). Raise \
+                 --threads (for views that wait on I/O) or --workers, or set --limit-concurrency to \
+                 answer 503 at once rather than queue; summed up every {}s while it lasts",
+                waited.as_secs_f64().round(),
+                backlog::SUMMARY_EVERY.as_secs()
+            ),
+            Some(Backlog::Lasts {
+                most_waiting,
+                longest,
+                left,
+            }) => {
+                let gave_up = if left > 0 {
+                    format!("; {left} clients gave up first")
+                } else {
+                    String::new()
+                };
+                tracing::warn!(
+                    "WSGI requests still wait for a thread: up to {most_waiting} queued in the last {}s \
+                     (--threads {threads}), the longest for {}s or more{gave_up}",
+                    backlog::SUMMARY_EVERY.as_secs(),
+                    longest.as_secs_f64().round()
+                );
+            }
+            None => {}
+        }
         match stall.look(now, queued, taken, busy >= threads) {
             Some(Stall::Stuck { waited }) => {
                 tracing::warn!(
@@ -436,6 +478,9 @@ fn run(
     // anyway would spend a thread on it while live requests wait, just when
     // the pool is short of them (clients that time out and retry).
     if !exchange.take_for_thread(shared.timed.then(Instant::now)) {
+        if exchange.client_left() {
+            shared.left.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::debug!(
             "not running the app for \"{}\": it was closed while it waited for a thread",
             exchange.request_line()

@@ -4,62 +4,84 @@
 //! with nothing per request but the push and the pop. Once a second the
 //! reactor [sweeps](Queue::sweep) it: a request whose exchange closed (its
 //! client left, or `--timeout-request` answered it) leaves the queue there,
-//! not when a thread gets to it, which with every thread stuck is never.
+//! not when a thread gets to it, which with every thread stuck is never;
+//! and each one waiting is stamped with the first sweep that saw it, which
+//! tells how long the oldest has waited without a clock read per request.
+
+use std::time::Instant;
 
 use crossbeam_queue::SegQueue;
 
 use crate::exchange::RequestStart;
+
+/// A queued request, and when a sweep first saw it.
+struct Job {
+    start: Box<RequestStart>,
+    seen: Option<Instant>,
+}
 
 /// What a sweep found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Swept {
     /// Requests still waiting for a thread.
     pub waiting: usize,
+    /// When an earlier sweep first saw the oldest of them, if one did: it
+    /// has waited at least since.
+    pub oldest_seen: Option<Instant>,
     /// Requests taken out: closed while they waited, so never to be run.
     pub dropped: usize,
+    /// Of those, the ones whose client left.
+    pub left: usize,
 }
 
 #[derive(Default)]
 pub(super) struct Queue {
-    jobs: SegQueue<Box<RequestStart>>,
+    jobs: SegQueue<Job>,
 }
 
 impl Queue {
     pub(super) fn push(&self, start: Box<RequestStart>) {
-        self.jobs.push(start);
+        self.jobs.push(Job { start, seen: None });
     }
 
     pub(super) fn pop(&self) -> Option<Box<RequestStart>> {
-        self.jobs.pop()
+        self.jobs.pop().map(|job| job.start)
     }
 
     pub(super) fn is_empty(&self) -> bool {
         self.jobs.is_empty()
     }
 
-    /// Takes out the requests whose exchange closed. Only on the thread
-    /// that pushes (the reactor), so that the requests put back keep their
+    /// Takes out the requests whose exchange closed and stamps the others
+    /// with `now` if no sweep saw them before. Only on the thread that
+    /// pushes (the reactor), so that the requests put back keep their
     /// order; a thread that pops meanwhile may take one from behind them,
     /// or find the queue empty and go idle: the caller then makes sure a
     /// thread comes for those put back, as after a push.
-    pub(super) fn sweep(&self) -> Swept {
+    pub(super) fn sweep(&self, now: Instant) -> Swept {
         let mut swept = Swept::default();
         let mut kept = Vec::with_capacity(self.jobs.len());
-        while let Some(start) = self.jobs.pop() {
+        while let Some(mut job) = self.jobs.pop() {
             // A thread takes only an exchange that is open (under its lock,
             // with `take_for_thread`), so one seen closed here stays unrun.
-            if start.exchange.progress().closed {
+            let exchange = &job.start.exchange;
+            if exchange.progress().closed {
                 swept.dropped += 1;
+                swept.left += usize::from(exchange.client_left());
                 // Closing it let go of its body and its places already (see
                 // Exchange::close); its head goes with the job.
-                start.exchange.finish_app();
+                exchange.finish_app();
                 continue;
             }
-            kept.push(start);
+            let seen = *job.seen.get_or_insert(now);
+            if seen < now {
+                swept.oldest_seen = Some(swept.oldest_seen.map_or(seen, |s| s.min(seen)));
+            }
+            kept.push(job);
         }
         swept.waiting = kept.len();
-        for start in kept {
-            self.jobs.push(start);
+        for job in kept {
+            self.jobs.push(job);
         }
         swept
     }
@@ -68,6 +90,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use http::Method;
 
@@ -95,17 +118,34 @@ mod tests {
         }
         left.close();
         timed_out.time_out();
+        let first = Instant::now();
+        let swept = queue.sweep(first);
         assert_eq!(
-            queue.sweep(),
+            swept,
             Swept {
                 waiting: 2,
-                dropped: 2
+                oldest_seen: None,
+                dropped: 2,
+                left: 1
             }
         );
         assert_eq!(Arc::strong_count(&left), 1, "out of the queue");
+        let (e, _) = request("/e");
+        queue.push(e);
+        // The next sweep knows the first two have waited since the first.
+        let next = first + Duration::from_secs(1);
+        assert_eq!(
+            queue.sweep(next),
+            Swept {
+                waiting: 3,
+                oldest_seen: Some(first),
+                dropped: 0,
+                left: 0
+            }
+        );
         let order: Vec<String> = std::iter::from_fn(|| queue.pop())
             .map(|start| start.exchange.uri.path().to_string())
             .collect();
-        assert_eq!(order, ["/a", "/d"]);
+        assert_eq!(order, ["/a", "/d", "/e"]);
     }
 }
