@@ -401,6 +401,8 @@ struct State {
     app_finished: bool,
     /// The reactor is done with the response (sent, or the client left).
     response_released: bool,
+    /// Where a WSGI request stands with the pool's threads.
+    thread: ThreadStage,
 }
 
 impl State {
@@ -692,6 +694,22 @@ pub(crate) struct Progress {
     pub closed: bool,
 }
 
+/// Where a request stands with the WSGI pool: `--timeout-request` tells a
+/// thread stuck in the app from a request that only waited for one, and a
+/// request still waiting when its client leaves is done with at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum ThreadStage {
+    /// An ASGI request: no pool thread will take it.
+    #[default]
+    Unpooled,
+    /// Queued for a pool thread, none has taken it yet. Once the exchange
+    /// is closed, none will: its app never runs.
+    Queued,
+    /// A pool thread took it and runs its app; since when, if the pool
+    /// records it (with `--timeout-request`).
+    Taken(Option<Instant>),
+}
+
 /// The state of one request shared between the reactor and the app.
 pub(crate) struct Exchange {
     state: Mutex<State>,
@@ -705,12 +723,14 @@ pub(crate) struct Exchange {
 impl Exchange {
     /// A new exchange, written straight into its `Arc`'s allocation: at
     /// about 700 bytes, an `Exchange` that `Arc::new` took would be copied
-    /// twice on the way there, on every request.
+    /// twice on the way there, on every request. `pooled`: a WSGI request,
+    /// about to be queued for a pool thread.
     pub(crate) fn new(
         bridge: Arc<EventBridge>,
         head: &http::request::Parts,
         connection: ConnectionInfo,
         body_complete: bool,
+        pooled: bool,
     ) -> Arc<Exchange> {
         let mut shared = Arc::<Exchange>::new_uninit();
         Arc::get_mut(&mut shared)
@@ -718,6 +738,11 @@ impl Exchange {
             .write(Exchange {
                 state: Mutex::new(State {
                     body_complete,
+                    thread: if pooled {
+                        ThreadStage::Queued
+                    } else {
+                        ThreadStage::Unpooled
+                    },
                     ..State::default()
                 }),
                 bridge,
@@ -912,20 +937,45 @@ impl Exchange {
 
     /// The client went away or the connection ended: wake everyone waiting.
     pub(crate) fn close(self: &Arc<Self>) {
-        let (receiver, sender, reactor, pump) = {
+        self.close_seeing_thread();
+    }
+
+    /// [`Exchange::close`], and where the request stood with the WSGI pool
+    /// as it closed (a thread takes it only while open: see
+    /// [`Exchange::take_for_thread`]).
+    fn close_seeing_thread(self: &Arc<Self>) -> ThreadStage {
+        let (receiver, sender, reactor, pump, held, stage) = {
             let mut st = self.state.lock();
+            let stage = st.thread;
             if st.closed {
-                return;
+                return stage;
             }
             st.closed = true;
             unpark_all(&mut st.parked);
+            // Still queued, its app will never run (no thread takes a closed
+            // exchange): done with now rather than when a thread, or the
+            // queue's sweep, gets to it. Its body read ahead goes (up to
+            // REQUEST_BODY_HIGH_WATER, with all threads stuck held for as
+            // long), and with what `hold` kept its place under
+            // --limit-concurrency.
+            let held = if stage == ThreadStage::Queued {
+                st.body.clear();
+                st.body_buffered = 0;
+                st.app_finished = true;
+                st.take_held()
+            } else {
+                None
+            };
             (
                 std::mem::take(&mut st.receivers),
                 std::mem::take(&mut st.senders),
                 st.reactor.take(),
                 st.pump.take(),
+                held,
+                stage,
             )
         };
+        drop(held);
         self.resolve(receiver, WaitKind::Receive);
         self.resolve(sender, WaitKind::Send);
         if let Some(waker) = reactor {
@@ -934,6 +984,33 @@ impl Exchange {
         if let Some(waker) = pump {
             wake(waker);
         }
+        stage
+    }
+
+    /// A pool thread takes this WSGI request to run its app, `at` the time
+    /// if it is recorded: false when the exchange is closed (its client
+    /// left, or `--timeout-request` answered it while it waited), and then
+    /// its app is never run.
+    pub(crate) fn take_for_thread(&self, at: Option<Instant>) -> bool {
+        let mut st = self.state.lock();
+        if st.closed {
+            return false;
+        }
+        st.thread = ThreadStage::Taken(at);
+        true
+    }
+
+    /// Whether this is a WSGI request no pool thread has taken: still
+    /// waiting, or closed while it waited (then its app never runs).
+    pub(crate) fn waits_for_thread(&self) -> bool {
+        self.state.lock().thread == ThreadStage::Queued
+    }
+
+    /// Whether the exchange closed because its client left, not because
+    /// the server ended it (`--timeout-request`, a bad body).
+    pub(crate) fn client_left(&self) -> bool {
+        let st = self.state.lock();
+        st.closed && !st.aborted && st.refused.is_none()
     }
 
     /// Ready with the app's response head, or with the reason there is none.
@@ -1394,11 +1471,13 @@ impl Exchange {
     /// Past `--timeout-request`: the response is ended where it stands (an
     /// aborted connection once it has started), the app's `receive()` and
     /// `send()` see a disconnect, and its task is cancelled on the Python
-    /// thread.
-    pub(crate) fn time_out(self: &Arc<Self>) {
+    /// thread. Returns where a WSGI request stood with the pool: one still
+    /// queued is never run.
+    pub(crate) fn time_out(self: &Arc<Self>) -> ThreadStage {
         self.abort();
-        self.close();
+        let stage = self.close_seeing_thread();
         self.bridge.push(Event::Cancel(Arc::clone(self)));
+        stage
     }
 
     /// Ends the response without completing it: a 500 when nothing was sent
@@ -1414,6 +1493,41 @@ impl Exchange {
         if let Some(waker) = reactor {
             wake(waker);
         }
+    }
+}
+
+#[cfg(test)]
+impl Exchange {
+    /// An exchange for `method uri` on a plain connection, and its head;
+    /// `pooled` as for [`Exchange::new`].
+    pub(crate) fn for_test(
+        method: Method,
+        uri: &str,
+        body_complete: bool,
+        pooled: bool,
+    ) -> (Arc<Exchange>, http::request::Parts) {
+        use crate::net::{Scheme, ServerAddr};
+        let (head, ()) = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .expect("a valid test request")
+            .into_parts();
+        let exchange = Exchange::new(
+            Arc::new(EventBridge::new().expect("an event bridge")),
+            &head,
+            ConnectionInfo {
+                scheme: Scheme::Http,
+                client: None,
+                server: ServerAddr::Tcp(([127, 0, 0, 1], 80).into()),
+                tls: None,
+                forwarded_prefix: None,
+                relayed: false,
+            },
+            body_complete,
+            pooled,
+        );
+        (exchange, head)
     }
 }
 
@@ -1450,32 +1564,75 @@ pub(crate) enum BodyRead {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::{Scheme, ServerAddr};
 
     fn exchange(method: Method, body_complete: bool) -> Arc<Exchange> {
         exchange_for(method, "/path?q", body_complete)
     }
 
     fn exchange_for(method: Method, uri: &str, body_complete: bool) -> Arc<Exchange> {
-        let (head, ()) = http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(())
-            .unwrap()
-            .into_parts();
-        Exchange::new(
-            Arc::new(EventBridge::new().unwrap()),
-            &head,
-            ConnectionInfo {
-                scheme: Scheme::Http,
-                client: None,
-                server: ServerAddr::Tcp("127.0.0.1:80".parse().unwrap()),
-                tls: None,
-                forwarded_prefix: None,
-                relayed: false,
-            },
-            body_complete,
-        )
+        Exchange::for_test(method, uri, body_complete, false).0
+    }
+
+    /// A WSGI request queued for a pool thread, with its body to come.
+    fn queued() -> Arc<Exchange> {
+        let exchange = Exchange::for_test(Method::POST, "/", false, true).0;
+        exchange.want_body();
+        exchange
+    }
+
+    /// Whether what [`Exchange::hold`] kept is let go of.
+    fn held_guard(exchange: &Exchange) -> Arc<()> {
+        let guard = Arc::new(());
+        exchange.hold(Arc::clone(&guard));
+        guard
+    }
+
+    #[test]
+    fn a_queued_request_closed_lets_go_of_its_body_and_places_and_is_never_taken() {
+        let exchange = queued();
+        let guard = held_guard(&exchange);
+        exchange.push_body(Bytes::from(vec![b'x'; 60_000]), false);
+        assert!(exchange.waits_for_thread());
+        exchange.close();
+        assert!(exchange.state.lock().body.is_empty());
+        assert_eq!(exchange.state.lock().body_buffered, 0);
+        exchange.release_response();
+        assert_eq!(Arc::strong_count(&guard), 1, "its places given back");
+        assert!(!exchange.take_for_thread(None));
+        assert!(exchange.waits_for_thread(), "never ran");
+        assert!(exchange.client_left());
+    }
+
+    #[test]
+    fn a_taken_request_closed_keeps_its_body_for_the_app_to_finish_with() {
+        let exchange = queued();
+        let guard = held_guard(&exchange);
+        let at = Instant::now();
+        assert!(exchange.take_for_thread(Some(at)));
+        exchange.push_body(Bytes::from_static(b"abc"), true);
+        exchange.close();
+        exchange.release_response();
+        assert_eq!(exchange.state.lock().body_buffered, 3);
+        assert_eq!(Arc::strong_count(&guard), 2, "held while the app runs");
+        assert!(!exchange.waits_for_thread());
+        exchange.finish_app();
+        assert_eq!(Arc::strong_count(&guard), 1);
+    }
+
+    #[test]
+    fn a_time_out_says_where_the_request_stood_with_the_pool() {
+        let waiting = queued();
+        assert_eq!(waiting.time_out(), ThreadStage::Queued);
+        assert!(!waiting.take_for_thread(None), "not run after its 504");
+        assert!(!waiting.client_left(), "the server ended it");
+        let running = queued();
+        let at = Instant::now();
+        running.take_for_thread(Some(at));
+        assert_eq!(running.time_out(), ThreadStage::Taken(Some(at)));
+        assert_eq!(
+            exchange(Method::GET, true).time_out(),
+            ThreadStage::Unpooled
+        );
     }
 
     #[test]

@@ -690,6 +690,7 @@ impl Worker {
                     config.root_path.clone(),
                     multiprocess,
                     self.metrics.slot.clone(),
+                    config.timeout_request.is_some(),
                 )
                 .map_err(|err| {
                     PyRuntimeError::new_err(format!("cannot start a WSGI thread: {err}"))

@@ -15,6 +15,7 @@ import resource
 import signal
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -417,6 +418,34 @@ def test_busy_wsgi_threads_are_shown_per_worker(run_rsasgi, markers):
     metrics = wait_for_count(base, "rsasgi_requests_total", 1)
     assert metrics.total("rsasgi_wsgi_threads_busy") == 0
     assert metrics.value("rsasgi_requests_total", method="GET", status="2xx") == 1
+
+
+def test_requests_waiting_for_a_wsgi_thread_are_shown_and_leave_with_their_clients(
+    run_rsasgi, markers
+):
+    """The one thread held: two requests wait for it, and a third whose client gave up
+    does not count (the queue is looked at once a second, so the gauge follows within it)."""
+    metrics_port = free_port()
+    base = f"http://127.0.0.1:{metrics_port}"
+    server = run_rsasgi(
+        "metrics_wsgi:app", "--threads", "1", "--metrics-bind", f"127.0.0.1:{metrics_port}",
+        env={"METRICS_MARKERS": str(markers)},
+    )  # fmt: skip
+    depth = "rsasgi_wsgi_queue_depth"
+    with ThreadPoolExecutor(3) as pool:
+        held = pool.submit(httpx.get, f"{server.url}/hold", timeout=30)
+        try:
+            wait_for(lambda: (markers / "held").exists(), message="the request reached the app")
+            waiting = [pool.submit(httpx.get, server.url, timeout=30) for _ in range(2)]
+            with server.connect() as gone:
+                gone.sendall(b"GET /?gone HTTP/1.1\r\nHost: x\r\n\r\n")
+                wait_for(lambda: scrape(base).total(depth) == 3, message="three waiting")
+            wait_for(lambda: scrape(base).total(depth) == 2, message="two waiting")
+            assert scrape(base).kind(depth) == "gauge"
+        finally:
+            (markers / "release").touch()
+        assert [r.result().status_code for r in [held, *waiting]] == [200] * 3
+    wait_for(lambda: scrape(base).total(depth) == 0, message="none waiting")
 
 
 # Health and readiness.

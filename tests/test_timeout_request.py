@@ -145,3 +145,78 @@ def test_stuck_wsgi_thread_stacks_are_one_json_record(run_rsasgi):
     assert stacks["level"] == "ERROR"
     assert re.search(r'^  File ".*timeout_app\.py", line \d+ in stuck_in_a_loop$',
                      stacks["message"], re.M)  # fmt: skip
+
+
+def test_requests_that_only_waited_for_a_wsgi_thread_get_504_without_stacks_and_never_run(
+    run_rsasgi, markers
+):
+    """One thread, stuck past the limit, and three requests queued behind it: each gets its
+    504 at the limit, but only the thread that ran its request past it is stuck. Every 504
+    dumped every thread's stacks (four dumps, and under a supervisor four replacements asked
+    for); the queued ones get one warning saying they waited and were not run, and a thread
+    freed later skips them."""
+    server = run_rsasgi(
+        "timeout_app:wsgi", "--threads", "1", "--timeout-request", "1",
+        env={"TIMEOUT_MARKERS": str(markers)},
+    )  # fmt: skip
+    with ThreadPoolExecutor(4) as pool:
+        held = pool.submit(httpx.get, f"{server.url}/hold", timeout=10)
+        wait_for(lambda: (markers / "started-hold").exists(), message="the thread held")
+        queued = [pool.submit(httpx.get, f"{server.url}/?tag=q{n}", timeout=10) for n in range(3)]
+        assert held.result().status_code == 504
+        assert [response.result().status_code for response in queued] == [504] * 3
+    log = wait_for_log(server, "Python stacks of this worker's threads:", "is not run")
+    assert log.count("Python stacks of this worker's threads:") == 1, log
+    assert log.count("A WSGI thread cannot be stopped") == 1, log
+    warning = next(line for line in log.splitlines() if "is not run" in line)
+    assert "WARN" in warning, warning
+    assert "waited --timeout-request 1s for a WSGI thread (1 of --threads 1 busy)" in warning
+    # Freed, the thread goes through the queue (they are ahead of this request, or swept out
+    # already) without running them.
+    (markers / "go").touch()
+    assert httpx.get(server.url, timeout=10).status_code == 200
+    assert not list(markers.glob("ran-q*"))
+
+
+def test_a_wsgi_thread_that_took_its_request_late_is_judged_from_then(run_rsasgi):
+    """One thread and two 1.4 s views at once, under --timeout-request 2: the second waits
+    1.4 s for the thread, so its client gets 504 at 2 s while the view runs, but the thread
+    runs it for 1.4 s only. It was taken for a stuck thread: stacks logged and the worker
+    replaced."""
+    server = run_rsasgi(
+        "timeout_app:wsgi", "--workers", "1", "--threads", "1", "--timeout-request", "2"
+    )
+    wait_for_log(server, "All 1 worker serving")
+    pid = httpx.get(server.url, timeout=5).text.split()[1]
+    with ThreadPoolExecutor(2) as pool:
+        naps = [pool.submit(httpx.get, f"{server.url}/nap?s=1.4", timeout=10) for _ in range(2)]
+        assert sorted(nap.result().status_code for nap in naps) == [200, 504]
+    # Logged once the thread's own deadline has passed with the view long returned.
+    log = wait_for_log(server, '504 for "GET /nap?s=1.4 HTTP/1.1": it waited')
+    assert "no thread is stuck" in log
+    assert "Python stacks" not in log
+    assert "stuck past --timeout-request" not in log
+    assert httpx.get(server.url, timeout=5).text.split()[1] == pid
+
+
+def test_a_wsgi_thread_stuck_in_a_request_it_took_late_is_judged_at_its_own_deadline(
+    run_rsasgi, markers
+):
+    """A request that waited 1.2 s for the thread, and then never returns: its client gets
+    504 at the limit from its arrival, its thread is found stuck at the limit from when it
+    took it, and the line says how long it waited first."""
+    server = run_rsasgi(
+        "timeout_app:wsgi", "--threads", "1", "--timeout-request", "2",
+        env={"TIMEOUT_MARKERS": str(markers)},
+    )  # fmt: skip
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(httpx.get, f"{server.url}/nap?s=1.2", timeout=10)
+        wait_for(lambda: (markers / "started-nap").exists(), message="the thread taken")
+        held = pool.submit(httpx.get, f"{server.url}/hold", timeout=10)
+        assert first.result().status_code == 200
+        assert held.result().status_code == 504
+        log = wait_for_log(server, "Python stacks of this worker's threads:")
+        (markers / "go").touch()
+    line = next(line for line in log.splitlines() if '"GET /hold HTTP/1.1" ran longer' in line)
+    assert "on its WSGI thread, which took it after it waited 1." in line, line
+    assert "it was sent 504 then" in line, line

@@ -14,10 +14,12 @@ import hashlib
 import json
 import lzma
 import random
+import re
 import socket
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -622,6 +624,58 @@ def test_requests_stuck_behind_held_threads_are_warned_of(run_rsasgi, markers):
     wait_for_log(server, "WSGI threads take requests again")
     holder.close()
     queued.close()
+
+
+def test_requests_whose_clients_left_leave_the_queue_and_are_not_counted_waiting(
+    run_rsasgi, markers
+):
+    """Every thread held, three uploads whose clients give up, and one request that still
+    waits: the stall warning counts the one (it counted every request ever queued, and each
+    kept its head and 64 KiB of body read ahead until a thread got to it), and the access
+    lines of the three say they never ran."""
+    server = run_rsasgi("--threads", "1", APP, env={"WSGI_MARKER_DIR": str(markers)})
+    holder = server.connect()
+    holder.sendall(b"GET /hold?tag=h HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: (markers / "h.started").exists(), message="the thread to be taken")
+    body = b"x" * (64 * 1024)
+    for tag in ("gone1", "gone2", "gone3"):
+        with server.connect() as sock:
+            head = f"POST /sleep?s=0&tag={tag} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
+            sock.sendall(head.encode() + b"\r\n\r\n" + body)
+    wait_for(lambda: server.output().count(" 499 ") == 3, message="three 499s", server=server)
+    queued = server.connect()
+    queued.sendall(b"GET /sleep?s=0&tag=q HTTP/1.1\r\nHost: x\r\n\r\n")
+    log = wait_for_log(server, "WSGI requests are stuck", timeout=20)
+    warning = next(line for line in log.splitlines() if "WSGI requests are stuck" in line)
+    assert "stuck in the queue: 1 waiting" in warning, warning
+    assert log.count("before the response; never ran: waited for a WSGI thread)") == 3, log
+    (markers / "h.go").touch()
+    assert RawConn(holder).read_response().body == b"h"
+    assert RawConn(queued).read_response().body == b"q"
+    holder.close()
+    queued.close()
+    for tag in ("gone1", "gone2", "gone3"):
+        assert not (markers / f"{tag}.started").exists(), tag
+
+
+def test_a_pool_short_of_threads_is_warned_of_while_it_moves(run_rsasgi, markers):
+    """One thread and eight 0.4 s views at once: the pool keeps taking requests (no stall),
+    but they wait seconds for it, and clients that give up first got nothing with nothing in
+    the error log. A warning says so, with what to change."""
+    server = run_rsasgi("--threads", "1", APP, env={"WSGI_MARKER_DIR": str(markers)})
+    with ThreadPoolExecutor(8) as pool:
+        views = [
+            pool.submit(httpx.get, f"{server.url}/sleep?s=0.4&tag=v{n}", timeout=20)
+            for n in range(8)
+        ]
+        assert [view.result().status_code for view in views] == [200] * 8
+    log = wait_for_log(server, "WSGI requests wait for a thread")
+    warning = next(line for line in log.splitlines() if "WSGI requests wait for a thread" in line)
+    assert "WARN" in warning, warning
+    assert re.search(r"the oldest for \d+s or more, with 1 of --threads 1 busy in the app", warning)
+    for option in ("--threads", "--workers", "--limit-concurrency"):
+        assert option in warning, warning
+    assert "WSGI requests are stuck" not in log
 
 
 def test_pool_threads_are_reused(run_rsasgi, markers):

@@ -139,6 +139,9 @@ pub(crate) struct Record {
     pub bytes: u64,
     /// Set when the response ended before its last byte was sent.
     pub incomplete: bool,
+    /// Set when the client left while its request waited for a WSGI
+    /// thread: the app never ran.
+    pub never_ran: bool,
 }
 
 impl AccessRecord {
@@ -173,6 +176,7 @@ impl AccessRecord {
             started_at,
             bytes: 0,
             incomplete: false,
+            never_ran: false,
         }))
     }
 
@@ -219,11 +223,19 @@ impl Record {
             ),
             None if self.version == Version::HTTP_2 && !CONNECTION_ENDED.get() => (
                 CLIENT_CLOSED_REQUEST,
-                " (client reset the stream before the response)",
+                if self.never_ran {
+                    " (client reset the stream before the response; never ran: waited for a WSGI thread)"
+                } else {
+                    " (client reset the stream before the response)"
+                },
             ),
             None => (
                 CLIENT_CLOSED_REQUEST,
-                " (client closed the connection before the response)",
+                if self.never_ran {
+                    " (client closed the connection before the response; never ran: waited for a WSGI thread)"
+                } else {
+                    " (client closed the connection before the response)"
+                },
             ),
         }
     }
@@ -622,6 +634,15 @@ mod tests {
         let mut cut = record(log, &[]).with_status(StatusCode::OK);
         cut.incomplete = true;
         assert_eq!(cut.outcome(), (200, " (incomplete)"));
+        let mut unrun = record(log, &[]);
+        unrun.never_ran = true;
+        assert_eq!(
+            unrun.outcome(),
+            (
+                CLIENT_CLOSED_REQUEST,
+                " (client closed the connection before the response; never ran: waited for a WSGI thread)"
+            )
+        );
     }
 
     #[test]

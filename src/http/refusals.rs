@@ -1,4 +1,5 @@
-//! How the 503s of `--limit-concurrency` are logged.
+//! How the 503s of `--limit-concurrency` are logged, and the 504s of
+//! `--timeout-request` for WSGI requests that waited it out for a thread.
 //!
 //! A server over its limit refuses requests as fast as they come, and a
 //! warning for each would be thousands of lines a second, written just when

@@ -66,6 +66,9 @@ pub(crate) struct ServerState {
     pub limit_concurrency: Option<usize>,
     /// The 503s of `--limit-concurrency`, for their log lines.
     pub refusals: Arc<Refusals>,
+    /// The 504s of `--timeout-request` for WSGI requests that spent their
+    /// time waiting for a thread, for their log lines.
+    pub thread_waits: Arc<Refusals>,
     pub limit_request_body: Option<u64>,
     /// `None` with `--no-access-log`.
     pub access_log: Option<&'static AccessLog>,
@@ -142,6 +145,7 @@ impl ServerState {
             in_flight: AtomicUsize::new(0),
             limit_concurrency: config.limit_concurrency,
             refusals: Arc::default(),
+            thread_waits: Arc::default(),
             limit_request_body: config.limit_request_body,
             access_log: config
                 .access_log

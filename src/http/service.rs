@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -22,7 +22,7 @@ use super::request_id;
 use super::server::ServerState;
 use super::static_files::{Lookup, CHUNK};
 use crate::asgi::Event;
-use crate::exchange::{BodyRoom, Exchange, Refusal, RequestStart, MAX_BODY_DRAIN};
+use crate::exchange::{BodyRoom, Exchange, Refusal, RequestStart, ThreadStage, MAX_BODY_DRAIN};
 use crate::metrics::meter::{RequestMeter, WebSocketOpen};
 use crate::net::ConnectionInfo;
 use crate::supervisor::balance::WorkerSeat;
@@ -30,14 +30,22 @@ use crate::ws::session::{Handshake, WsSession, WsStart};
 use crate::ws::{self, BadHandshake, WsSettings};
 
 /// Closes the exchange if hyper drops the service future before the response
-/// head is ready: the client went away while the app was working.
-struct CloseOnDrop(Option<Arc<Exchange>>);
+/// head is ready: the client went away while the app was working, or while
+/// its request waited for a WSGI thread, which the access line it holds
+/// meanwhile then says.
+struct CloseOnDrop {
+    exchange: Option<Arc<Exchange>>,
+    log: Option<AccessRecord>,
+}
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        if let Some(exchange) = self.0.take() {
+        if let Some(exchange) = self.exchange.take() {
             exchange.close();
             exchange.release_response();
+            if let Some(log) = &mut self.log {
+                log.never_ran = exchange.waits_for_thread();
+            }
         }
     }
 }
@@ -332,7 +340,13 @@ pub(crate) fn handle(
                         started_at(),
                     )
                 });
-                let exchange = Exchange::new(Arc::clone(&state.bridge), &head, info, body_complete);
+                let exchange = Exchange::new(
+                    Arc::clone(&state.bridge),
+                    &head,
+                    info,
+                    body_complete,
+                    state.wsgi.is_some(),
+                );
                 // Both count until the app is done, not only until the response is:
                 // the app may work on after its client has gone.
                 exchange.hold((in_flight, active.app_task()));
@@ -381,7 +395,10 @@ pub(crate) fn handle(
             let deadline = state
                 .timeout_request
                 .map(|limit| tokio::time::Instant::from_std(started_at() + limit));
-            let mut closer = CloseOnDrop(Some(Arc::clone(&exchange)));
+            let mut closer = CloseOnDrop {
+                exchange: Some(Arc::clone(&exchange)),
+                log: log.take(),
+            };
             let response_start = poll_fn(|cx| exchange.poll_response_start(cx));
             let start = match deadline {
                 None => response_start.await,
@@ -390,12 +407,13 @@ pub(crate) fn handle(
                     Err(_elapsed) => {
                         request_timed_out(&state, &exchange, false);
                         let status = StatusCode::GATEWAY_TIMEOUT;
-                        log = log.map(|log| log.with_status(status));
+                        let log = closer.log.take().map(|log| log.with_status(status));
                         break 'respond state.error_response(status, log, true);
                     }
                 },
             };
-            closer.0 = None;
+            closer.exchange = None;
+            let mut log = closer.log.take();
             if start.is_err() {
                 // No response of the app's will be sent: its place under
                 // --limit-concurrency goes as soon as the app is done too, not
@@ -415,6 +433,9 @@ pub(crate) fn handle(
                     // its body, or it reset the stream): its line says 499 and
                     // the metrics count no status. Something must still be
                     // returned to hyper, which has nowhere to send it.
+                    if let Some(log) = &mut log {
+                        log.never_ran = exchange.waits_for_thread();
+                    }
                     drop(log);
                     client_left = true;
                     let status = StatusCode::SERVICE_UNAVAILABLE;
@@ -569,33 +590,95 @@ impl Http10 {
 }
 
 /// A request outlived `--timeout-request`: end it (504 when `started` is
-/// false, else the connection is cut), cancel the ASGI task, and for a WSGI
-/// app, whose thread cannot be stopped, log every thread's stack and ask the
-/// supervisor for a graceful replacement.
-pub(super) fn request_timed_out(state: &ServerState, exchange: &Arc<Exchange>, started: bool) {
-    let limit = state.timeout_request.unwrap_or_default().as_secs_f64();
-    let request = exchange.request_line();
-    let answered = if started {
-        "its response is cut"
-    } else {
-        "sent 504"
-    };
-    exchange.time_out();
-    if state.wsgi.is_none() {
+/// false, else the connection is cut) and cancel the ASGI task.
+///
+/// A WSGI thread cannot be stopped: one that has run the request for the
+/// whole limit is logged with every thread's stack and, under a supervisor,
+/// its worker replaced gracefully (see [`wsgi_thread_stuck`]). The limit
+/// counts from the request's arrival for its client, who waited all of it,
+/// but from when a thread took it for that thread: time the request spent
+/// queued behind busy threads says nothing of the thread that runs it. So a
+/// request still queued is answered and never run, and a thread that took
+/// one late is judged at its own deadline (see [`thread_wait_timed_out`]).
+pub(super) fn request_timed_out(state: &Arc<ServerState>, exchange: &Arc<Exchange>, started: bool) {
+    let stage = exchange.time_out();
+    let limit = state.timeout_request.unwrap_or_default();
+    let Some(pool) = &state.wsgi else {
+        let answered = if started {
+            "its response is cut"
+        } else {
+            "sent 504"
+        };
         tracing::error!(
-            "\"{request}\" ran longer than --timeout-request {limit}s; {answered} and the app's task cancelled"
+            "\"{}\" ran longer than --timeout-request {}s; {answered} and the app's task cancelled",
+            exchange.request_line(),
+            limit.as_secs_f64()
         );
         return;
+    };
+    match stage {
+        ThreadStage::Queued => thread_wait_timed_out(state, pool, exchange, None),
+        ThreadStage::Taken(Some(taken)) if taken + limit > Instant::now() => {
+            // Before the thread's own deadline, by as long as the request
+            // waited for it.
+            let thread_deadline = taken + limit;
+            let waited = thread_deadline - Instant::now();
+            let state = Arc::clone(state);
+            let exchange = Arc::clone(exchange);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(thread_deadline.into()).await;
+                if exchange.app_finished() {
+                    if let Some(pool) = &state.wsgi {
+                        thread_wait_timed_out(&state, pool, &exchange, Some(waited));
+                    }
+                } else {
+                    wsgi_thread_stuck(&state, &exchange, started, waited);
+                }
+            });
+        }
+        _ => wsgi_thread_stuck(state, exchange, started, Duration::ZERO),
     }
+}
+
+/// Below this, the time a request waited for its thread is left out of the
+/// stuck thread's line: the hand-over, not a queue.
+const QUEUED_NOTABLY: Duration = Duration::from_millis(10);
+
+/// A WSGI thread has run its request for the whole `--timeout-request`
+/// (whose client was answered at its own deadline, `waited` before): every
+/// thread's stack is logged, and under a supervisor the worker replaced
+/// gracefully.
+fn wsgi_thread_stuck(state: &ServerState, exchange: &Exchange, started: bool, waited: Duration) {
+    let limit = state.timeout_request.unwrap_or_default().as_secs_f64();
+    let request = exchange.request_line();
     let next = if state.slot.is_some() {
         "this worker is replaced gracefully"
     } else {
         "the thread stays busy until the app returns (run with --workers to have such a worker replaced)"
     };
-    tracing::error!(
-        "\"{request}\" ran longer than --timeout-request {limit}s; {answered}. A WSGI thread cannot \
-         be stopped: the Python stack of each thread follows, and {next}"
-    );
+    if waited < QUEUED_NOTABLY {
+        let answered = if started {
+            "its response is cut"
+        } else {
+            "sent 504"
+        };
+        tracing::error!(
+            "\"{request}\" ran longer than --timeout-request {limit}s; {answered}. A WSGI thread cannot \
+             be stopped: the Python stack of each thread follows, and {next}"
+        );
+    } else {
+        let answered = if started {
+            "its response was cut"
+        } else {
+            "it was sent 504"
+        };
+        tracing::error!(
+            "\"{request}\" ran longer than --timeout-request {limit}s on its WSGI thread, which took it \
+             after it waited {:.1}s for one ({answered} then, at the limit counted from its arrival). A \
+             WSGI thread cannot be stopped: the Python stack of each thread follows, and {next}",
+            waited.as_secs_f64()
+        );
+    }
     // faulthandler is registered for SIGUSR2 whenever --timeout-request is
     // set, and writes the stacks of every thread from its signal handler.
     // Sent to this very thread, the handler runs before the call returns:
@@ -628,6 +711,55 @@ pub(super) fn request_timed_out(state: &ServerState, exchange: &Arc<Exchange>, s
     if let Some(slot) = &state.slot {
         slot.request_retirement();
     }
+}
+
+/// A WSGI request reached `--timeout-request` for time it spent waiting for
+/// a thread: still queued (`waited` is `None`: it is never run), or taken
+/// `waited` before the limit by a thread that returned within the limit of
+/// taking it. No thread is stuck, so no stacks and no replacement: a warning
+/// for the first of a burst, then a count every
+/// [`refusals::SUMMARY_EVERY`] while they go on, as for the 503s of
+/// `--limit-concurrency`.
+fn thread_wait_timed_out(
+    state: &ServerState,
+    pool: &crate::wsgi::Pool,
+    exchange: &Exchange,
+    waited: Option<Duration>,
+) {
+    if !state.thread_waits.refused() {
+        return;
+    }
+    let limit = state.timeout_request.unwrap_or_default().as_secs_f64();
+    let request = exchange.request_line();
+    let (busy, threads) = pool.busy_threads();
+    let every = refusals::SUMMARY_EVERY.as_secs();
+    match waited {
+        None => tracing::warn!(
+            "504 for \"{request}\": it waited --timeout-request {limit}s for a WSGI thread ({busy} of \
+             --threads {threads} busy) and is not run; the next such 504s are counted, and logged \
+             every {every}s while they go on"
+        ),
+        Some(waited) => tracing::warn!(
+            "504 for \"{request}\": it waited {:.1}s for a WSGI thread ({busy} of --threads {threads} \
+             busy), and so ran past --timeout-request {limit}s counted from its arrival, though its \
+             thread returned within {limit}s of taking it (no thread is stuck); the next such 504s \
+             are counted, and logged every {every}s while they go on",
+            waited.as_secs_f64()
+        ),
+    }
+    let waits = Arc::clone(&state.thread_waits);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(refusals::SUMMARY_EVERY).await;
+            let Some(count) = waits.period_ended() else {
+                break;
+            };
+            tracing::warn!(
+                "504: {count} more requests reached --timeout-request {limit}s waiting for a WSGI thread \
+                 in the last {every}s (not run, or run by a thread within the limit: none is stuck)"
+            );
+        }
+    });
 }
 
 /// Marks a WebSocket session over if hyper drops the handshake (the client left).

@@ -107,6 +107,9 @@ pub(crate) struct Counters {
     wsgi_threads_busy: AtomicU64,
     /// How late the event loop ran its last heartbeat.
     event_loop_lag_micros: AtomicU64,
+    /// Requests waiting for a WSGI thread, as the reactor found them at its
+    /// last look (once a second).
+    wsgi_queue_depth: AtomicU64,
 }
 
 impl Counters {
@@ -171,6 +174,11 @@ impl Counters {
         self.wsgi_threads_busy.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Reactor thread: the requests waiting for a WSGI thread now.
+    pub(crate) fn set_wsgi_queue_depth(&self, depth: usize) {
+        self.wsgi_queue_depth.store(depth as u64, Ordering::Relaxed);
+    }
+
     /// Event loop thread: how late its last heartbeat ran.
     pub(crate) fn set_event_loop_lag(&self, lag: Duration) {
         let micros = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
@@ -193,6 +201,7 @@ impl Counters {
             connections_open: self.connections_open.each_ref().map(gauge),
             wsgi_threads_busy: gauge(&self.wsgi_threads_busy),
             event_loop_lag_micros: load(&self.event_loop_lag_micros),
+            wsgi_queue_depth: load(&self.wsgi_queue_depth),
         }
     }
 }
@@ -209,6 +218,7 @@ pub(crate) struct Snapshot {
     pub connections_open: [u64; Protocol::ALL.len()],
     pub wsgi_threads_busy: u64,
     pub event_loop_lag_micros: u64,
+    pub wsgi_queue_depth: u64,
 }
 
 impl Snapshot {

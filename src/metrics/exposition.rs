@@ -190,7 +190,7 @@ pub(crate) fn render(report: &Report) -> String {
         );
     }
 
-    let per_worker: [(&str, &str, WorkerValue); 4] = [
+    let per_worker: [(&str, &str, WorkerValue); 5] = [
         (
             "rsasgi_requests_in_flight",
             "Requests started and not finished, per worker.",
@@ -200,6 +200,11 @@ pub(crate) fn render(report: &Report) -> String {
             "rsasgi_wsgi_threads_busy",
             "WSGI threads running the app, per worker.",
             |w| Some(w.counters.wsgi_threads_busy.to_string()),
+        ),
+        (
+            "rsasgi_wsgi_queue_depth",
+            "Requests waiting for a WSGI thread, per worker (looked at once a second).",
+            |w| Some(w.counters.wsgi_queue_depth.to_string()),
         ),
         (
             "rsasgi_event_loop_lag_seconds",

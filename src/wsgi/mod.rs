@@ -1,16 +1,19 @@
 //! WSGI (PEP 3333): sync apps run on a pool of threads per worker.
 //!
-//! The reactor hands each request to the pool through a channel; a pool
+//! The reactor hands each request to the pool through a queue; a pool
 //! thread takes the GIL, builds the environ, calls the app and sends the
 //! response iterable chunk by chunk. Waiting for body data or for a slow
 //! client releases the GIL, so an app that sleeps or loops ties up one pool
-//! thread, never the reactor. Requests beyond the pool wait in the channel,
-//! bounded by `--limit-concurrency`.
+//! thread, never the reactor. Requests beyond the pool wait in the queue,
+//! bounded by `--limit-concurrency`; the reactor looks at it every second
+//! (see `watch_queue`).
 
+mod backlog;
 mod environ;
 mod errors;
 mod file_wrapper;
 mod input;
+mod queue;
 mod response;
 mod stall;
 
@@ -21,7 +24,6 @@ use std::sync::{Arc, Weak};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -31,7 +33,9 @@ use crate::asgi::ClientDisconnected;
 use crate::exchange::RequestStart;
 use crate::supervisor::Slot;
 use crate::wake::mark_pool_thread;
+use backlog::{Backlog, BacklogWatch};
 use environ::{EnvironContext, TextCache};
+use queue::Queue;
 use response::{respond, Callables};
 use stall::{Stall, StallWatch};
 
@@ -55,7 +59,7 @@ struct IdleSlot {
 
 /// What the reactor and the pool threads share.
 struct Shared {
-    jobs: SegQueue<Box<RequestStart>>,
+    jobs: Queue,
     idle: Mutex<Vec<Arc<IdleSlot>>>,
     /// Threads woken (or started) for queued requests that do not hold the
     /// GIL yet, and idle ones still looking for requests before they park.
@@ -65,8 +69,15 @@ struct Shared {
     /// Requests the threads have taken from the queue, for the reactor to
     /// see whether they still do (see `stall`).
     taken: AtomicU64,
+    /// Requests the threads found closed by their clients leaving, and did
+    /// not run, since the reactor last looked (see `backlog`).
+    left: AtomicU64,
     /// The reactor watches the queue (from the first request on).
     watched: AtomicBool,
+    /// Each request records when a thread takes it: `--timeout-request`
+    /// judges a thread stuck by how long it has run the request, not by
+    /// how long the request waited for it.
+    timed: bool,
     app: Py<PyAny>,
     ctx: EnvironContext,
     max_threads: usize,
@@ -113,6 +124,13 @@ impl Shared {
         }
     }
 
+    /// The threads not idle, and `--threads`.
+    fn busy_threads(&self) -> (usize, usize) {
+        let started = self.threads.lock().len();
+        let busy = started.saturating_sub(self.idle.lock().len());
+        (busy, self.max_threads)
+    }
+
     /// Starts a thread, which counts as searching until it holds the GIL.
     fn spawn_thread(self: &Arc<Self>, threads: &mut Vec<JoinHandle<()>>) -> std::io::Result<()> {
         let shared = Arc::clone(self);
@@ -140,7 +158,9 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// A pool for `app` with one thread started (so a failure shows at startup).
+    /// A pool for `app` with one thread started (so a failure shows at
+    /// startup). `timed`: with `--timeout-request`, which needs to know when
+    /// a thread took each request.
     pub(crate) fn start(
         py: Python<'_>,
         app: &Bound<'_, PyAny>,
@@ -148,15 +168,18 @@ impl Pool {
         script_name: String,
         multiprocess: bool,
         metrics: Option<Arc<Slot>>,
+        timed: bool,
     ) -> std::io::Result<Arc<Pool>> {
         let pool = Arc::new(Pool {
             shared: Arc::new(Shared {
-                jobs: SegQueue::new(),
+                jobs: Queue::default(),
                 idle: Mutex::new(Vec::new()),
                 searching: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
                 taken: AtomicU64::new(0),
+                left: AtomicU64::new(0),
                 watched: AtomicBool::new(false),
+                timed,
                 app: app.clone().unbind(),
                 ctx: EnvironContext::new(
                     script_name,
@@ -187,21 +210,27 @@ impl Pool {
         std::sync::atomic::fence(Ordering::SeqCst);
         shared.ensure_searcher();
         if !shared.watched.load(Ordering::Relaxed) {
-            self.watch_for_stalls();
+            self.watch_queue();
         }
         Ok(())
     }
 
     /// Starts watching the queue on the reactor (the caller's runtime), if
     /// nothing does yet; the watch ends with the pool.
-    fn watch_for_stalls(&self) {
+    fn watch_queue(&self) {
         let Ok(reactor) = tokio::runtime::Handle::try_current() else {
             return;
         };
         if self.shared.watched.swap(true, Ordering::Relaxed) {
             return;
         }
-        reactor.spawn(watch_for_stalls(Arc::downgrade(&self.shared)));
+        reactor.spawn(watch_queue(Arc::downgrade(&self.shared)));
+    }
+
+    /// The threads busy in the app (or on their way to a request), and
+    /// `--threads`: for log lines.
+    pub(crate) fn busy_threads(&self) -> (usize, usize) {
+        self.shared.busy_threads()
     }
 
     /// How many threads are in the app: running a request, or its
@@ -240,11 +269,14 @@ impl Pool {
 }
 
 /// Looks at the queue every [`stall::CHECK_EVERY`] while the pool takes
-/// requests, and logs what [`StallWatch`] makes of it.
-async fn watch_for_stalls(shared: Weak<Shared>) {
+/// requests: sweeps out the requests closed while they waited (see
+/// [`Queue::sweep`]), sets the queue's gauge, and logs what [`StallWatch`]
+/// and [`BacklogWatch`] make of it.
+async fn watch_queue(shared: Weak<Shared>) {
     let mut every = tokio::time::interval(stall::CHECK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut watch = StallWatch::default();
+    let mut stall = StallWatch::default();
+    let mut backlog = BacklogWatch::default();
     loop {
         every.tick().await;
         let Some(shared) = shared.upgrade() else {
@@ -253,20 +285,70 @@ async fn watch_for_stalls(shared: Weak<Shared>) {
         if shared.closed.load(Ordering::SeqCst) {
             return;
         }
-        let queued = shared.jobs.len();
+        let now = Instant::now();
+        let swept = if shared.jobs.is_empty() {
+            queue::Swept::default()
+        } else {
+            shared.jobs.sweep(now)
+        };
+        if swept.dropped > 0 {
+            tracing::debug!(
+                "took {} requests closed while they waited for a thread out of the queue",
+                swept.dropped
+            );
+        }
+        if swept.waiting > 0 {
+            // Put back: a thread that found the queue empty meanwhile may
+            // have gone idle (see `dispatch`).
+            std::sync::atomic::fence(Ordering::SeqCst);
+            shared.ensure_searcher();
+        }
+        if let Some(slot) = &shared.metrics {
+            slot.counters().set_wsgi_queue_depth(swept.waiting);
+        }
+        let queued = swept.waiting;
         let taken = shared.taken.load(Ordering::Relaxed);
-        match watch.look(Instant::now(), queued, taken) {
-            Some(Stall::Stuck { waited }) => {
-                let started = shared.threads.lock().len();
-                let busy = started.saturating_sub(shared.idle.lock().len());
+        let left = shared.left.swap(0, Ordering::Relaxed) + swept.left as u64;
+        let waited = swept.oldest_seen.map(|seen| now.duration_since(seen));
+        let (busy, threads) = shared.busy_threads();
+        match backlog.look(now, queued, waited, taken, left) {
+            Some(Backlog::Began { waiting, waited }) => tracing::warn!(
+                "WSGI requests wait for a thread: {waiting} queued, the oldest for {}s or more, with \
+                 {busy} of --threads {threads} busy in the app. Each waits until a thread is free, and a \
+                 client that gives up first gets nothing (its access line says 499, never ran). Raise \
+                 --threads (for views that wait on I/O) or --workers, or set --limit-concurrency to \
+                 answer 503 at once rather than queue; summed up every {}s while it lasts",
+                waited.as_secs_f64().round(),
+                backlog::SUMMARY_EVERY.as_secs()
+            ),
+            Some(Backlog::Lasts {
+                most_waiting,
+                longest,
+                left,
+            }) => {
+                let gave_up = if left > 0 {
+                    format!("; {left} clients gave up first")
+                } else {
+                    String::new()
+                };
                 tracing::warn!(
-                    "WSGI requests are stuck in the queue: {queued} waiting, the oldest for {}s or more, \
-                     and no thread has taken one meanwhile ({busy} of --threads {} busy in the app). The \
+                    "WSGI requests still wait for a thread: up to {most_waiting} queued in the last {}s \
+                     (--threads {threads}), the longest for {}s or more{gave_up}",
+                    backlog::SUMMARY_EVERY.as_secs(),
+                    longest.as_secs_f64().round()
+                );
+            }
+            None => {}
+        }
+        match stall.look(now, queued, taken, busy >= threads) {
+            Some(Stall::Stuck { waited }) => {
+                tracing::warn!(
+                    "WSGI requests are stuck in the queue: {queued} waiting, and no thread has taken one \
+                     for {}s or more ({busy} of --threads {threads} busy in the app). The \
                      health check (--timeout) does not see threads stuck in a view: --timeout-request logs \
                      their stacks and, under a supervisor, replaces the worker; for a pool that is only \
                      slow, raise --threads, or set --limit-concurrency to answer 503 rather than queue",
                     waited.as_secs(),
-                    shared.max_threads
                 );
             }
             Some(Stall::Over { lasted }) => tracing::info!(
@@ -411,9 +493,12 @@ fn run(
     // the request): no response of the app's could go anywhere. Running it
     // anyway would spend a thread on it while live requests wait, just when
     // the pool is short of them (clients that time out and retry).
-    if exchange.progress().closed {
+    if !exchange.take_for_thread(shared.timed.then(Instant::now)) {
+        if exchange.client_left() {
+            shared.left.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::debug!(
-            "not running the app for \"{}\": its client left while it waited for a thread",
+            "not running the app for \"{}\": it was closed while it waited for a thread",
             exchange.request_line()
         );
         exchange.finish_app();

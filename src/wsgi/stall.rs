@@ -7,7 +7,8 @@
 //! reactor looks at the queue every [`CHECK_EVERY`] and warns once requests
 //! have waited [`WARN_AFTER`] with no thread taking any, again every
 //! [`REPEAT_EVERY`] while that lasts, and says when threads take requests
-//! again. The pool threads only count the requests they take.
+//! again, or one is free. The pool threads only count the requests they
+//! take.
 
 use std::time::{Duration, Instant};
 
@@ -45,10 +46,23 @@ pub(crate) struct StallWatch {
 }
 
 impl StallWatch {
-    /// Takes a look: `queued` requests wait now, and the threads have taken
-    /// `taken` since the pool started. Returns what to log, if anything.
-    pub(crate) fn look(&mut self, now: Instant, queued: usize, taken: u64) -> Option<Stall> {
+    /// Takes a look: `queued` requests wait now, the threads have taken
+    /// `taken` since the pool started, and `all_busy`: no thread is free.
+    /// Returns what to log, if anything.
+    pub(crate) fn look(
+        &mut self,
+        now: Instant,
+        queued: usize,
+        taken: u64,
+        all_busy: bool,
+    ) -> Option<Stall> {
         let moved = std::mem::replace(&mut self.taken, taken) != taken;
+        if queued == 0 && !moved && all_busy {
+            // Nothing waits, as the clients of those that did left, but the
+            // threads are still held: the stall, if any, goes on, and the
+            // next request waits as the last did.
+            return None;
+        }
         if queued == 0 || moved {
             // The stall, if there was one, is over; requests waiting now
             // have waited since this look at least.
@@ -84,38 +98,64 @@ mod tests {
     fn requests_waiting_with_none_taken_warn_then_repeat_then_end() {
         let start = Instant::now();
         let mut watch = StallWatch::default();
-        assert_eq!(watch.look(start, 2, 10), None);
+        assert_eq!(watch.look(start, 2, 10, true), None);
         for n in 1..5 {
-            assert_eq!(watch.look(start + secs(n), 2, 10), None, "at {n}s");
+            assert_eq!(watch.look(start + secs(n), 2, 10, true), None, "at {n}s");
         }
         assert_eq!(
-            watch.look(start + secs(5), 3, 10),
+            watch.look(start + secs(5), 3, 10, true),
             Some(Stall::Stuck { waited: secs(5) })
         );
         for n in 6..35 {
-            assert_eq!(watch.look(start + secs(n), 3, 10), None, "at {n}s");
+            assert_eq!(watch.look(start + secs(n), 3, 10, true), None, "at {n}s");
         }
         assert_eq!(
-            watch.look(start + secs(35), 3, 10),
+            watch.look(start + secs(35), 3, 10, true),
             Some(Stall::Stuck { waited: secs(35) })
         );
         // A thread takes one: the stall is over, and the requests left
         // have waited only since now, as far as anyone can tell.
         assert_eq!(
-            watch.look(start + secs(36), 2, 11),
+            watch.look(start + secs(36), 2, 11, true),
             Some(Stall::Over { lasted: secs(36) })
         );
-        assert_eq!(watch.look(start + secs(40), 2, 11), None);
+        assert_eq!(watch.look(start + secs(40), 2, 11, true), None);
         assert_eq!(
-            watch.look(start + secs(41), 2, 11),
+            watch.look(start + secs(41), 2, 11, true),
             Some(Stall::Stuck { waited: secs(5) })
         );
-        // An empty queue ends it too.
+        // An empty queue with a thread free ends it too.
         assert_eq!(
-            watch.look(start + secs(42), 0, 11),
+            watch.look(start + secs(42), 0, 11, false),
             Some(Stall::Over { lasted: secs(6) })
         );
-        assert_eq!(watch.look(start + secs(43), 0, 11), None);
+        assert_eq!(watch.look(start + secs(43), 0, 11, false), None);
+    }
+
+    #[test]
+    fn a_queue_emptied_by_clients_leaving_while_the_threads_are_held_is_no_end() {
+        let start = Instant::now();
+        let mut watch = StallWatch::default();
+        assert_eq!(watch.look(start, 4, 1, true), None);
+        assert_eq!(
+            watch.look(start + secs(5), 4, 1, true),
+            Some(Stall::Stuck { waited: secs(5) })
+        );
+        // The clients leave; the threads are still held.
+        for n in 6..20 {
+            assert_eq!(watch.look(start + secs(n), 0, 1, true), None, "at {n}s");
+        }
+        // New requests wait behind the same threads: still the same stall.
+        assert_eq!(watch.look(start + secs(20), 1, 1, true), None);
+        assert_eq!(
+            watch.look(start + secs(35), 1, 1, true),
+            Some(Stall::Stuck { waited: secs(35) })
+        );
+        // A thread takes one at last.
+        assert_eq!(
+            watch.look(start + secs(36), 0, 2, false),
+            Some(Stall::Over { lasted: secs(36) })
+        );
     }
 
     #[test]
@@ -123,11 +163,11 @@ mod tests {
         let start = Instant::now();
         let mut watch = StallWatch::default();
         for n in 0..60 {
-            assert_eq!(watch.look(start + secs(n), 5, n), None, "at {n}s");
+            assert_eq!(watch.look(start + secs(n), 5, n, true), None, "at {n}s");
         }
         // Idle: nothing queued, nothing taken.
         for n in 60..120 {
-            assert_eq!(watch.look(start + secs(n), 0, 60), None, "at {n}s");
+            assert_eq!(watch.look(start + secs(n), 0, 60, false), None, "at {n}s");
         }
     }
 }

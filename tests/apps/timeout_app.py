@@ -9,8 +9,11 @@ Each stalled ASGI request records, in the directory $TIMEOUT_MARKERS, "started-P
 begins and "cancelled-PATH" when its task is cancelled.
 
 WSGI `wsgi`: GET /stuck   a thread busy for 30 s in `stuck_in_a_loop` (cannot be stopped)
+             GET /hold    records "started-hold", then holds its thread in `stuck_in_a_loop`
+                          until the marker "go" exists (30 s at most)
+             GET /nap?s=S records "started-nap", sleeps S seconds, then answers "napped"
              GET /big     16 MiB as a one-item list: the app is done at once
-             GET /        "ok PID" at once
+             GET /?tag=T  "ok PID" at once, recording "ran-T" when T is given
 """
 
 from __future__ import annotations
@@ -55,17 +58,34 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 
 
+def released() -> bool:
+    directory = os.environ.get("TIMEOUT_MARKERS")
+    return bool(directory) and (Path(directory) / "go").exists()
+
+
 def stuck_in_a_loop() -> None:
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not released():
         time.sleep(0.05)
 
 
 def wsgi(environ, start_response):
-    if environ["PATH_INFO"] == "/stuck":
+    path = environ["PATH_INFO"]
+    if path == "/stuck":
         stuck_in_a_loop()
-    if environ["PATH_INFO"] == "/big":
+    if path == "/hold":
+        mark("started-hold")
+        stuck_in_a_loop()
+    if path == "/nap":
+        mark("started-nap")
+        time.sleep(float(environ["QUERY_STRING"].removeprefix("s=")))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"napped"]
+    if path == "/big":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return [BIG]
+    tag = environ["QUERY_STRING"].removeprefix("tag=")
+    if tag:
+        mark("ran-" + tag)
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [f"ok {os.getpid()}".encode()]
