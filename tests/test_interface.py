@@ -94,6 +94,22 @@ def test_a_signature_that_does_not_tell_is_a_guess_said_in_a_warning(name, signa
     ) in result.stderr
 
 
+def test_a_wrapper_taking_anything_around_a_function_of_one_argument_is_a_guess(run_rsasgi):
+    """Werkzeug's @Request.application: inspect follows __wrapped__ to (request), which only
+    ASGI 2 fits, but the wrapper takes (*args) and is WSGI. No signature tells: the guess is
+    said, with how to choose, and --interface wsgi serves it."""
+    result = check("iface_shapes:werkzeug_request_app")
+    assert result.returncode == 0, result.stderr
+    assert (
+        '"iface_shapes:werkzeug_request_app" takes (*args), around a function that takes '
+        "(request), which does not tell its interface"
+    ) in result.stderr, result.stderr
+    assert "--interface asgi3, asgi2 or wsgi" in result.stderr
+    server = run_rsasgi("iface_shapes:werkzeug_request_app", "--interface", "wsgi")
+    response = httpx.get(f"{server.url}/x", timeout=10)
+    assert (response.status_code, response.text) == (200, "werkzeug /x")
+
+
 def test_the_guess_is_said_once_and_the_interface_chosen_is_served(run_rsasgi):
     server = run_rsasgi("iface_shapes:pass_through", "--workers", "2")
     wait_for(lambda: server.output().count("is serving") == 2, server=server)

@@ -443,16 +443,37 @@ def _shape(app) -> tuple[str, str | None]:
     if signature is None:
         return "asgi3", "has a signature Python cannot read"
     fits = [interface for interface in ("asgi2", "wsgi", "asgi3") if _fits(signature, interface)]
+    wrapper = _wrapper_signature(app, signature)
+    if wrapper is not None and fits == ["asgi2"]:
+        # A wrapper that takes anything need not call what it wraps with what it is given:
+        # Werkzeug's @Request.application, (*args) around a function of the request, is WSGI.
+        return "asgi2", f"takes {wrapper}, around a function that takes {signature}"
     if len(fits) == 1:
         return fits[0], None
     if not fits:
         return "asgi3", None  # which _misfit reports
+    return _guess(signature), f"takes {signature}"
+
+
+def _guess(signature: inspect.Signature) -> str:
+    """The interface taken for a signature more than one fits."""
     # Parameters with defaults, or *args (a decorator's (*args, **kwargs), a middleware's
     # (scope, *args)): two named ones are WSGI's (environ, start_response); anything else is
     # taken for ASGI 3, the common case (one and *args is a middleware passing on what it is
     # given, where an ASGI 2 app takes its scope alone).
-    named = _positional_count(signature)
-    return ("wsgi" if named == 2 else "asgi3"), f"takes {signature}"
+    return "wsgi" if _positional_count(signature) == 2 else "asgi3"
+
+
+def _wrapper_signature(app, signature: inspect.Signature) -> inspect.Signature | None:
+    """The signature of ``app`` itself when it differs from ``signature`` (that of the
+    function it wraps, which inspect follows through ``__wrapped__``) and takes ``*args``;
+    else None."""
+    try:
+        own = inspect.signature(app, follow_wrapped=False)
+    except Exception:
+        return None
+    takes_anything = any(p.kind is p.VAR_POSITIONAL for p in own.parameters.values())
+    return own if takes_anything and own != signature else None
 
 
 def _misfit(app, interface: str) -> str | None:

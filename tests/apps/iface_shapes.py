@@ -207,3 +207,16 @@ async def create_app():
 
 async def one_argument(scope):
     pass
+
+
+# Werkzeug's @Request.application: a wrapper taking (*args) around a function of the request,
+# which inspect reports as (request) through __wrapped__; it is a WSGI application.
+try:
+    from werkzeug.wrappers import Request as _WerkzeugRequest
+    from werkzeug.wrappers import Response as _WerkzeugResponse
+
+    @_WerkzeugRequest.application
+    def werkzeug_request_app(request):
+        return _WerkzeugResponse(f"werkzeug {request.path}")
+except ImportError:  # pragma: no cover - werkzeug comes with flask in the test setup
+    pass
