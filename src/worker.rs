@@ -167,10 +167,14 @@ pub(crate) fn run(
     let run = py.import("rsasgi._worker")?.getattr("run")?;
     let mut pid_file = None;
     let mut metrics_listener = None;
+    let owner = match &sockets {
+        Sockets::Own(own) => own.credentials.as_ref().map(Credentials::socket_owner),
+        Sockets::Handoff(_) => None,
+    };
     let (listeners, handoff) = match sockets {
         Sockets::Handoff(handoff) => (net::inherit_all(&handoff.listener_fds), Some(handoff)),
         Sockets::Own(own) => (
-            net::listen(&config.binds, config.bind_options(), own.activated).and_then(
+            net::listen(&config.binds, config.bind_options(owner), own.activated).and_then(
                 |listeners| {
                     if let Some(path) = &config.pid_file {
                         pid_file = Some(PidFile::write(path)?);

@@ -9,16 +9,25 @@ http when it names none), and without a Host header they are the socket path and
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import pwd
+import shutil
 import signal
 import socket
 import stat
+import tempfile
 from pathlib import Path
 
 import httpx
 import pytest
 from apps.proto_raw import RawConn, request
-from conftest import access_log, wait_for
+from conftest import access_log, wait_for, wait_for_log
+
+WORKERS = [[], ["--workers", "1"]]
+WORKER_IDS = ["one-process", "supervised"]
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="--user and --group need root")
 
 
 @pytest.fixture
@@ -139,3 +148,59 @@ def test_access_log_names_the_unix_socket_as_the_client(uds):
         lambda: access_log(server.output(), "/"), message="the access log line", server=server
     )
     assert [line["client"][: len("unix:")] for line in lines] == ["unix:"], server.output()
+
+
+@pytest.fixture
+def public_dir():
+    """A directory of root's that every account may enter (tmp_path is root's alone), and
+    none but root may write."""
+    directory = Path(tempfile.mkdtemp(prefix="rsasgi-uds-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)
+
+
+def connects_as(uid: int, gid: int, path: Path) -> int:
+    """Connects to the socket at `path` from a child process running as uid:gid alone (no
+    other group), as nginx's workers would; returns 0, or the errno of the failure."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(path))
+            code = 0
+        except OSError as error:
+            code = error.errno or 1
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@needs_root
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_with_group_the_socket_file_is_that_groups(run_rsasgi, public_dir, workers):
+    """`--uds-permissions 660 --group www-data` is how nginx's www-data alone may connect:
+    the file must be in that group (gunicorn chowns it to the workers' account). It stayed
+    root:root, and nginx got 502 (EACCES). --group alone keeps the process root, which may
+    run this interpreter; test_operations.py's --user tests need one the user can run."""
+    try:
+        www = pwd.getpwnam("www-data")
+    except KeyError:
+        pytest.skip("no www-data account here")
+    path = public_dir / "rsasgi.sock"
+    server = run_rsasgi(
+        "proto_http:app", "--uds", str(path), "--uds-permissions", "660",
+        "--group", "www-data", *workers, wait=False,
+    )  # fmt: skip
+    wait_for_log(server, f"Listening on unix:{path}", timeout=20)
+    meta = path.lstat()
+    assert (meta.st_uid, meta.st_gid) == (0, grp.getgrnam("www-data").gr_gid)
+    assert stat.S_IMODE(meta.st_mode) == 0o660
+    assert connects_as(www.pw_uid, www.pw_gid, path) == 0
+    assert connects_as(65534, 65534, path) == 13  # EACCES: in neither group nor owner
+    assert server.stop() == 0
+    assert not path.exists()

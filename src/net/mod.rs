@@ -10,19 +10,19 @@ mod prefixed;
 pub(crate) mod proxy_protocol;
 mod sending;
 pub(crate) mod tls;
+mod unix;
 
 pub(crate) use connection_info::{
     ConnectionInfo, ForwardedPrefix, LoggedClient, Scheme, ServerAddr,
 };
 pub(crate) use prefixed::Prefixed;
 pub(crate) use sending::Sending;
+pub(crate) use unix::{SocketOwner, UnixPath};
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use socket2::{Domain, SockRef, Socket, Type};
 
@@ -33,31 +33,6 @@ use crate::config::Bind;
 pub(crate) enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener, UnixPath),
-}
-
-/// The path of a listening Unix socket, and whether it is ours to remove.
-#[derive(Debug)]
-pub(crate) struct UnixPath {
-    pub path: Arc<Path>,
-    /// Device and inode of the socket file we created with `--uds`; an
-    /// inherited socket (`--fd`) has none and is left alone.
-    created: Option<(u64, u64)>,
-}
-
-impl UnixPath {
-    /// Removes the socket file at shutdown, unless it is no longer the one we
-    /// created (another server may have bound the same path since).
-    pub(crate) fn remove_created(&self) {
-        let Some(created) = self.created else { return };
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(meta) if (meta.dev(), meta.ino()) == created => {
-                if let Err(err) = std::fs::remove_file(&self.path) {
-                    tracing::warn!("Could not remove {}: {err}", self.path.display());
-                }
-            }
-            _ => {}
-        }
-    }
 }
 
 impl Listener {
@@ -92,6 +67,8 @@ pub(crate) struct BindOptions {
     pub uds_permissions: u32,
     /// SO_REUSEPORT on TCP sockets.
     pub reuse_port: bool,
+    /// The account Unix socket files are created for (`--user`, `--group`).
+    pub socket_owner: Option<SocketOwner>,
 }
 
 /// Binds every socket `binds` names, in order, with a one-line error a user
@@ -103,7 +80,13 @@ pub(crate) fn bind_all(binds: &[Bind], options: BindOptions) -> Result<Vec<Liste
 fn bind(bind: &Bind, options: BindOptions) -> Result<Listener, String> {
     match bind {
         Bind::Tcp { host, port } => bind_tcp(host, *port, options),
-        Bind::Unix(path) => bind_unix(path, options.backlog, options.uds_permissions),
+        Bind::Unix(path) => unix::bind(
+            path,
+            backlog_of(options.backlog),
+            options.uds_permissions,
+            options.socket_owner,
+        )
+        .map(|(listener, path)| Listener::Unix(listener, path)),
         Bind::Fd(fd) => inherit(*fd),
     }
 }
@@ -194,74 +177,6 @@ fn backlog_of(backlog: u32) -> i32 {
     i32::try_from(backlog).unwrap_or(i32::MAX)
 }
 
-/// Whether a server listens on the Unix socket at `path`: a connection is
-/// accepted or queued, or the queue is full (a non-blocking connect says so
-/// at once rather than wait for room). Refused: a socket file left behind.
-fn someone_listens(path: &Path) -> bool {
-    let Ok(addr) = socket2::SockAddr::unix(path) else {
-        return false;
-    };
-    let Ok(socket) = Socket::new(Domain::UNIX, Type::STREAM, None) else {
-        return false;
-    };
-    if socket.set_nonblocking(true).is_err() {
-        return false;
-    }
-    match socket.connect(&addr) {
-        Ok(()) => true,
-        Err(err) => err.kind() == std::io::ErrorKind::WouldBlock,
-    }
-}
-
-fn bind_unix(path: &Path, backlog: u32, permissions: u32) -> Result<Listener, String> {
-    let shown = path.display();
-    // A socket file left by a previous run would make bind fail; anything
-    // else at that path is not ours to remove, nor is the socket of a server
-    // that still listens on it (a second instance, started by mistake, would
-    // take its address, and leave it unreachable while it runs on).
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            if someone_listens(path) {
-                return Err(format!(
-                    "Cannot bind --uds {shown}: a server is listening on it (another rsasgi, \
-                     or the one this should replace, still runs); stop it first, or choose \
-                     another path"
-                ));
-            }
-            std::fs::remove_file(path)
-                .map_err(|err| format!("Could not remove stale socket {shown}: {err}"))?;
-        } else {
-            return Err(format!(
-                "Cannot bind --uds {shown}: a file that is not a socket is there"
-            ));
-        }
-    }
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
-        .map_err(|err| format!("Could not create a Unix socket: {err}"))?;
-    let addr = socket2::SockAddr::unix(path)
-        .map_err(|err| format!("Invalid --uds path {shown}: {err}"))?;
-    socket
-        .bind(&addr)
-        .map_err(|err| format!("Could not bind to {shown}: {err}"))?;
-    // bind() created the file with the umask applied; a proxy running as
-    // another user (nginx as www-data) needs write permission to connect.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(permissions))
-        .map_err(|err| format!("Could not set --uds-permissions on {shown}: {err}"))?;
-    let meta = std::fs::symlink_metadata(path)
-        .map_err(|err| format!("Could not stat {shown} after binding it: {err}"))?;
-    socket
-        .listen(backlog_of(backlog))
-        .map_err(|err| format!("Could not listen on {shown}: {err}"))?;
-    socket
-        .set_nonblocking(true)
-        .map_err(|err| format!("Could not configure {shown}: {err}"))?;
-    let unix = UnixPath {
-        path: Arc::from(path),
-        created: Some((meta.dev(), meta.ino())),
-    };
-    Ok(Listener::Unix(socket.into(), unix))
-}
-
 fn inherit(fd: i32) -> Result<Listener, String> {
     // SAFETY: fstat only reads the descriptor's metadata; it fails cleanly
     // (EBADF) when nothing is open there.
@@ -317,11 +232,7 @@ fn inherit(fd: i32) -> Result<Listener, String> {
             .as_pathname()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from(format!("fd:{fd}")));
-        let unix = UnixPath {
-            path: Arc::from(path),
-            created: None,
-        };
-        Ok(Listener::Unix(socket.into(), unix))
+        Ok(Listener::Unix(socket.into(), UnixPath::inherited(path)))
     }
 }
 
@@ -385,6 +296,7 @@ mod tests {
         backlog: 16,
         uds_permissions: 0o666,
         reuse_port: false,
+        socket_owner: None,
     };
 
     #[test]
