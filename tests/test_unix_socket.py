@@ -24,6 +24,7 @@ import httpx
 import pytest
 from apps.proto_raw import RawConn, request
 from conftest import access_log, wait_for, wait_for_log
+from test_supervisor import exit_code
 
 WORKERS = [[], ["--workers", "1"]]
 WORKER_IDS = ["one-process", "supervised"]
@@ -204,3 +205,34 @@ def test_with_group_the_socket_file_is_that_groups(run_rsasgi, public_dir, worke
     assert connects_as(65534, 65534, path) == 13  # EACCES: in neither group nor owner
     assert server.stop() == 0
     assert not path.exists()
+
+
+def test_a_live_socket_it_may_not_connect_to_is_left_alone(run_rsasgi, tmp_path):
+    """A socket that refuses this process the connection (another account's, mode 600) may
+    have a server behind it: it was taken for a stale file, removed and replaced, and the
+    server listening there became unreachable. Here the socket's mode is 000 and, as root,
+    rsasgi runs without the capability that overrides file modes."""
+    path = tmp_path / "rsasgi.sock"
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(path))
+    live.listen()
+    path.chmod(0)
+    inode = path.lstat().st_ino
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("no setpriv to drop CAP_DAC_OVERRIDE with")
+        dropped = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--bounding-set={dropped}", f"--inh-caps={dropped}"]
+    server = run_rsasgi("proto_http:app", "--uds", str(path), prefix=prefix, wait=False)
+    assert exit_code(server) == 1, server.output()
+    assert (
+        f"Cannot bind --uds {path}: cannot tell whether a server listens on it (connecting "
+        "to it: Permission denied"
+    ) in server.output()
+    assert path.lstat().st_ino == inode
+    path.chmod(0o600)
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(path))
+        live.accept()[0].close()
+    live.close()

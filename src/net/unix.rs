@@ -1,6 +1,6 @@
 //! Unix domain sockets rsasgi binds itself (`--uds`, `--bind unix:PATH`):
 //! the socket file is created with its mode and owner, a stale one replaced,
-//! and the file removed when the server stops.
+//! a live one left alone, and the file removed when the server stops.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -101,22 +101,33 @@ pub(crate) fn bind(
     Ok((socket.into(), unix))
 }
 
-/// Whether a server listens on the Unix socket at `path`: a connection is
-/// accepted or queued, or the queue is full (a non-blocking connect says so
-/// at once rather than wait for room). Refused: a socket file left behind.
-fn someone_listens(path: &Path) -> bool {
-    let Ok(addr) = SockAddr::unix(path) else {
-        return false;
+/// Who is behind a socket file, as a connection to it tells.
+#[derive(Debug)]
+enum Occupant {
+    /// A connection is accepted or queued, or the queue is full (a
+    /// non-blocking connect says so at once rather than wait for room).
+    Server,
+    /// Refused: a socket file left behind by a server that is gone.
+    Nobody,
+    /// The connection failed otherwise: not allowed to connect (a socket
+    /// of another account's, mode 600), or a socket of another kind.
+    Unknown(io::Error),
+}
+
+fn occupant(path: &Path) -> Occupant {
+    let connect = || {
+        let addr = SockAddr::unix(path)?;
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        socket.connect(&addr)
     };
-    let Ok(socket) = Socket::new(Domain::UNIX, Type::STREAM, None) else {
-        return false;
-    };
-    if socket.set_nonblocking(true).is_err() {
-        return false;
-    }
-    match socket.connect(&addr) {
-        Ok(()) => true,
-        Err(err) => err.kind() == io::ErrorKind::WouldBlock,
+    match connect() {
+        Ok(()) => Occupant::Server,
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Occupant::Server,
+        Err(err) if err.raw_os_error() == Some(libc::ECONNREFUSED) => Occupant::Nobody,
+        // Removed since it was seen.
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Occupant::Nobody,
+        Err(err) => Occupant::Unknown(err),
     }
 }
 
@@ -124,7 +135,7 @@ fn someone_listens(path: &Path) -> bool {
 /// bind fail. Anything else at that path is not ours to remove, nor is the
 /// socket of a server that still listens on it (a second instance, started
 /// by mistake, would take its address and leave it unreachable while it
-/// runs on).
+/// runs on), nor one we cannot tell about.
 fn remove_stale(path: &Path) -> Result<(), String> {
     let shown = path.display();
     let Ok(meta) = std::fs::symlink_metadata(path) else {
@@ -135,14 +146,30 @@ fn remove_stale(path: &Path) -> Result<(), String> {
             "Cannot bind --uds {shown}: a file that is not a socket is there"
         ));
     }
-    if someone_listens(path) {
-        return Err(format!(
+    match occupant(path) {
+        Occupant::Server => Err(format!(
             "Cannot bind --uds {shown}: a server is listening on it (another rsasgi, or the one \
              this should replace, still runs); stop it first, or choose another path"
-        ));
+        )),
+        Occupant::Unknown(err) => {
+            let hint = match err.kind() {
+                io::ErrorKind::PermissionDenied => {
+                    "; if no server uses it, have its owner or root remove it, else choose \
+                     another path"
+                }
+                _ => "; if no server uses it, remove it, else choose another path",
+            };
+            Err(format!(
+                "Cannot bind --uds {shown}: cannot tell whether a server listens on it \
+                 (connecting to it: {err}){hint}"
+            ))
+        }
+        Occupant::Nobody => match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(format!("Could not remove stale socket {shown}: {err}")),
+        },
     }
-    std::fs::remove_file(path)
-        .map_err(|err| format!("Could not remove stale socket {shown}: {err}"))
 }
 
 /// How the socket file was created.
@@ -344,5 +371,30 @@ mod tests {
         );
         assert_eq!(mode_of(&victim), 0o600);
         assert!(path.symlink_metadata().unwrap().is_symlink());
+    }
+
+    #[test]
+    fn a_socket_nobody_listens_on_is_stale_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(matches!(occupant(&path), Occupant::Nobody));
+        let (_listener, _unix) = bind(&path, 16, 0o666, None).unwrap();
+        assert!(matches!(occupant(&path), Occupant::Server));
+        let err = bind(&path, 16, 0o666, None).unwrap_err();
+        assert!(err.contains("a server is listening on it"), "{err}");
+    }
+
+    #[test]
+    fn a_socket_of_another_kind_is_not_called_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let _datagram = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let err = bind(&path, 16, 0o666, None).unwrap_err();
+        assert!(
+            err.contains("cannot tell whether a server listens on it"),
+            "{err}"
+        );
+        assert!(path.exists());
     }
 }
