@@ -1490,7 +1490,11 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         app_dir: args.app_dir,
         binds,
         reuse_port: args.reuse_port,
-        pid_file: args.pid_file,
+        // Absolute, so that the file is removed at exit after the app changed
+        // directory (os.chdir at import).
+        pid_file: args
+            .pid_file
+            .map(|path| std::path::absolute(&path).unwrap_or(path)),
         daemon: args.daemon,
         // gunicorn's "-": stderr, where the log goes anyway. Absolute, so
         // that SIGUSR1 reopens the same file after the app changed directory.

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from apps.proto_raw import RawConn, request
-from conftest import access_log, wait_for, wait_for_log
+from conftest import APPS, access_log, wait_for, wait_for_log
 from test_supervisor import exit_code
 
 WORKERS = [[], ["--workers", "1"]]
@@ -236,3 +236,60 @@ def test_a_live_socket_it_may_not_connect_to_is_left_alone(run_rsasgi, tmp_path)
         client.connect(str(path))
         live.accept()[0].close()
     live.close()
+
+
+def test_relative_paths_are_removed_after_the_app_changes_directory(run_rsasgi, tmp_path):
+    """Relative --uds and --pid paths name files in the directory rsasgi started in: an app
+    that changes directory as it is imported left both behind after a clean stop."""
+    (tmp_path / "moving.py").write_text(
+        f"import os\nimport sys\n\nos.chdir('/')\nsys.path.insert(0, {str(APPS)!r})\n\n"
+        "from proto_http import app  # noqa: E402, F401\n"
+    )
+    server = run_rsasgi(
+        "moving:app", "--app-dir", str(tmp_path), "--uds", "rsasgi.sock", "--pid", "rsasgi.pid",
+        cwd=tmp_path, wait=False,
+    )  # fmt: skip
+    socket_file, pid_file = tmp_path / "rsasgi.sock", tmp_path / "rsasgi.pid"
+    wait_for_log(server, "Listening on unix:", timeout=20)
+    assert pid_file.exists()
+    with uds_client(socket_file) as client:
+        assert client.get("http://localhost/").content == b"hello world"
+    assert server.stop() == 0, server.output()
+    assert not socket_file.exists()
+    assert not pid_file.exists()
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_a_start_refused_by_its_pid_file_leaves_no_socket_file(run_rsasgi, tmp_path, workers):
+    """The --pid check comes after the sockets are bound: the socket file a second instance
+    made was left behind when the first one's pid file stopped it."""
+    pid_file, path = tmp_path / "rsasgi.pid", tmp_path / "second.sock"
+    run_rsasgi("proto_http:app", "--pid", str(pid_file))
+    second = run_rsasgi(
+        "proto_http:app", "--uds", str(path), "--pid", str(pid_file), *workers, wait=False
+    )
+    assert second.wait_exit() == 1, second.output()
+    assert "rsasgi is already running as pid" in second.output()
+    assert not path.exists()
+
+
+@needs_root
+def test_a_socket_file_one_process_cannot_remove_says_why(run_rsasgi, public_dir):
+    """One process with --user drops root's rights to the socket's directory before it
+    stops: the warning that it cannot remove the file says what to change, as the pid
+    file's does. (Whether the user may run this interpreter and serve, then is stopped, or
+    the app's import fails as the user, the process tries to remove the file as the user.)"""
+    path = public_dir / "rsasgi.sock"
+    server = run_rsasgi("proto_http:app", "--uds", str(path), "--user", "nobody", wait=False)
+    wait_for(
+        lambda: server.proc.poll() is not None or "Listening on" in server.output(),
+        timeout=20,
+        message="the app to serve, or its import to fail",
+        server=server,
+    )
+    server.stop()
+    assert (
+        f"Could not remove --uds {path}: Permission denied (os error 13); the next start "
+        "replaces it, or remove it by hand (with --user, run with --workers, whose supervisor "
+        "keeps root's rights, or keep the socket in a directory that user may write)"
+    ) in server.output()

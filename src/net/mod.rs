@@ -72,7 +72,8 @@ pub(crate) struct BindOptions {
 }
 
 /// Binds every socket `binds` names, in order, with a one-line error a user
-/// can act on.
+/// can act on. On an error, the sockets already bound are closed and their
+/// files removed.
 pub(crate) fn bind_all(binds: &[Bind], options: BindOptions) -> Result<Vec<Listener>, String> {
     binds.iter().map(|bind| self::bind(bind, options)).collect()
 }

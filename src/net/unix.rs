@@ -11,6 +11,10 @@ use std::sync::Arc;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
+/// The longest path a socket can be bound at: Linux's `sun_path` holds 108
+/// bytes, the last of them the terminating NUL.
+pub(crate) const MAX_PATH_LEN: usize = 107;
+
 /// The account a socket file is created for: `--user` and `--group`, which
 /// the app runs as, so that a proxy in that group (nginx's `www-data`)
 /// can connect with `--uds-permissions 660`, as with gunicorn.
@@ -21,6 +25,10 @@ pub(crate) struct SocketOwner {
 }
 
 /// The path of a listening Unix socket, and whether it is ours to remove.
+/// The file a process created is removed when this is dropped: after its
+/// socket is closed (the fields of `Listener::Unix` drop in order), at a
+/// stop, or on a return before serving (a refused `--pid`, an app that does
+/// not import).
 #[derive(Debug)]
 pub(crate) struct UnixPath {
     pub path: Arc<Path>,
@@ -32,6 +40,9 @@ pub(crate) struct UnixPath {
 struct Created {
     dev: u64,
     ino: u64,
+    /// The process that bound it. A child the app forks holds a copy of
+    /// this; the file stays its parent's to remove.
+    by: u32,
 }
 
 impl UnixPath {
@@ -43,18 +54,35 @@ impl UnixPath {
             created: None,
         }
     }
+}
 
-    /// Removes the socket file at shutdown, unless it is no longer the one we
+impl Drop for UnixPath {
+    /// Removes the socket file we created, unless it is no longer the one we
     /// created (another server may have bound the same path since).
-    pub(crate) fn remove_created(&self) {
+    fn drop(&mut self) {
         let Some(created) = self.created else { return };
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(meta) if (meta.dev(), meta.ino()) == (created.dev, created.ino) => {
-                if let Err(err) = std::fs::remove_file(&self.path) {
-                    tracing::warn!("Could not remove {}: {err}", self.path.display());
-                }
-            }
-            _ => {}
+        if created.by != std::process::id() {
+            return;
+        }
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| (meta.dev(), meta.ino()) == (created.dev, created.ino));
+        if !ours {
+            return;
+        }
+        if let Err(err) = std::fs::remove_file(&self.path) {
+            // In one process with --user, the rights to the directory went
+            // with root's; a supervisor keeps them.
+            let hint = if err.kind() == io::ErrorKind::PermissionDenied {
+                " (with --user, run with --workers, whose supervisor keeps root's rights, or keep \
+                 the socket in a directory that user may write)"
+            } else {
+                ""
+            };
+            tracing::warn!(
+                "Could not remove --uds {}: {err}; the next start replaces it, or remove it by \
+                 hand{hint}",
+                self.path.display()
+            );
         }
     }
 }
@@ -67,11 +95,19 @@ pub(crate) fn bind(
     mode: u32,
     owner: Option<SocketOwner>,
 ) -> Result<(UnixListener, UnixPath), String> {
+    // Absolute, so that the file is found at shutdown after the app changed
+    // directory (os.chdir at import), and the log and the scope name it
+    // whole; as given when only that fits in sun_path (a rare long working
+    // directory, where that change would leave the file behind).
+    let path = match std::path::absolute(path) {
+        Ok(absolute) if absolute.as_os_str().len() <= MAX_PATH_LEN => absolute,
+        _ => path.to_path_buf(),
+    };
     let shown = path.display();
-    remove_stale(path)?;
+    remove_stale(&path)?;
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
         .map_err(|err| format!("Could not create a Unix socket: {err}"))?;
-    let addr = SockAddr::unix(path).map_err(|err| format!("Invalid --uds path {shown}: {err}"))?;
+    let addr = SockAddr::unix(&path).map_err(|err| format!("Invalid --uds path {shown}: {err}"))?;
     let created_as = bind_as(&socket, &addr, mode, owner)
         .map_err(|err| format!("Could not bind to {shown}: {err}"))?;
     if let (CreatedAs::Root, Some(owner)) = (created_as, owner) {
@@ -83,7 +119,7 @@ pub(crate) fn bind(
             owner.uid
         );
     }
-    let meta = std::fs::symlink_metadata(path)
+    let meta = std::fs::symlink_metadata(&path)
         .map_err(|err| format!("Could not stat {shown} after binding it: {err}"))?;
     socket
         .listen(backlog)
@@ -96,6 +132,7 @@ pub(crate) fn bind(
         created: Some(Created {
             dev: meta.dev(),
             ino: meta.ino(),
+            by: std::process::id(),
         }),
     };
     Ok((socket.into(), unix))
@@ -332,8 +369,11 @@ mod tests {
             assert_eq!(mode_of(&path), mode, "{mode:o}");
             std::fs::remove_file(&path).unwrap();
         }
-        let (_listener, _unix) = bind(&path, 16, 0o640, None).unwrap();
+        let (listener, unix) = bind(&path, 16, 0o640, None).unwrap();
         assert_eq!(mode_of(&path), 0o640);
+        drop(listener);
+        drop(unix);
+        assert!(!path.exists(), "removed when dropped");
     }
 
     #[test]
@@ -395,6 +435,16 @@ mod tests {
             err.contains("cannot tell whether a server listens on it"),
             "{err}"
         );
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn a_forked_copy_leaves_the_file_to_its_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let (_listener, mut unix) = bind(&path, 16, 0o666, None).unwrap();
+        unix.created.as_mut().unwrap().by += 1;
+        drop(unix);
         assert!(path.exists());
     }
 }

@@ -118,6 +118,8 @@ pub(crate) fn run(
         return Ok(1);
     }
     let options = config.bind_options(own.credentials.as_ref().map(Credentials::socket_owner));
+    // On a return before the end, the socket files made are removed as
+    // the listeners (or `unix_paths`) are dropped.
     let listeners = match net::listen(&config.binds, options, own.activated) {
         Ok(listeners) => listeners,
         Err(message) => {
@@ -228,9 +230,7 @@ pub(crate) fn run(
                 .await
         })
     });
-    for path in unix_paths {
-        path.remove_created();
-    }
+    drop(unix_paths);
     drop(pid_file);
     Ok(code)
 }
