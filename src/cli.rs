@@ -1287,6 +1287,32 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
             );
         }
     }
+    let unix_or_fd: Vec<&str> = [("bind", "--bind"), ("uds", "--uds"), ("fd", "--fd")]
+        .into_iter()
+        .filter(|(id, _)| given(id))
+        .map(|(_, option)| option)
+        .collect();
+    if !unix_or_fd.is_empty() {
+        unused(
+            &["host", "port"],
+            &format!(
+                "with {}, which names every socket to listen on",
+                unix_or_fd.join(" and ")
+            ),
+            "add --bind HOST:PORT to listen on a TCP port as well",
+        );
+    }
+    if !config
+        .binds
+        .iter()
+        .any(|bind| matches!(bind, Bind::Tcp { .. }))
+    {
+        unused(
+            &["reuse_port"],
+            "without a TCP port for rsasgi to bind: SO_REUSEPORT applies to those only",
+            "add --bind HOST:PORT",
+        );
+    }
     if config.static_files.is_none() {
         unused(
             &["static_max_age"],
@@ -1888,6 +1914,25 @@ mod tests {
             full.extend_from_slice(argv);
             parse(full).unwrap().warnings
         };
+        assert_eq!(
+            warnings(&["--uds", "/run/a.sock", "--port", "9000"]),
+            [
+                "--port does nothing with --uds, which names every socket to listen on; add \
+              --bind HOST:PORT to listen on a TCP port as well, or drop it"
+            ]
+        );
+        assert_eq!(
+            warnings(&["--bind", "127.0.0.1:9000", "--host", "0.0.0.0"]).len(),
+            1
+        );
+        assert!(warnings(&["--port", "9000", "--reuse-port"]).is_empty());
+        assert_eq!(
+            warnings(&["--uds", "/run/a.sock", "--reuse-port"]),
+            [
+                "--reuse-port does nothing without a TCP port for rsasgi to bind: SO_REUSEPORT \
+              applies to those only; add --bind HOST:PORT, or drop it"
+            ]
+        );
         let unix = ["--uds", "/run/a.sock", "--forwarded-allow-ips"];
         assert_eq!(
             warnings(&[&unix[..], &["10.0.0.5"]].concat()),

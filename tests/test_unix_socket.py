@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from apps.proto_raw import RawConn, request
-from conftest import APPS, access_log, wait_for, wait_for_log
+from conftest import APPS, access_log, cli, wait_for, wait_for_log
 from test_supervisor import exit_code
 
 WORKERS = [[], ["--workers", "1"]]
@@ -293,3 +293,26 @@ def test_a_socket_file_one_process_cannot_remove_says_why(run_rsasgi, public_dir
         "replaces it, or remove it by hand (with --user, run with --workers, whose supervisor "
         "keeps root's rights, or keep the socket in a directory that user may write)"
     ) in server.output()
+
+
+def test_check_config_refuses_a_socket_path_start_would_refuse(tmp_path):
+    """Too long for sun_path (107 bytes), or in a directory that does not exist: start
+    fails on both, and --check-config said "configuration OK"."""
+    long = tmp_path / ("x" * (108 - len(str(tmp_path))))
+    result = cli("proto_http:app", "--app-dir", str(APPS), "--uds", str(long), "--check-config")
+    assert result.returncode == 1, result.stdout
+    assert f"--uds {long} is {len(str(long))} bytes long" in result.stderr
+    missing = tmp_path / "missing" / "rsasgi.sock"
+    result = cli("proto_http:app", "--app-dir", str(APPS), "--uds", str(missing), "--check-config")
+    assert result.returncode == 1, result.stdout
+    assert (
+        f"Cannot bind --uds {missing}: its directory {missing.parent} does not exist"
+    ) in result.stderr
+
+
+def test_a_path_given_twice_says_so(run_rsasgi, tmp_path):
+    path = tmp_path / "rsasgi.sock"
+    server = run_rsasgi("proto_http:app", "--uds", str(path), "--bind", f"unix:{path}", wait=False)
+    assert server.wait_exit() == 1, server.output()
+    assert f"Cannot bind unix:{path}: it is given twice" in server.output()
+    assert not path.exists()

@@ -17,7 +17,7 @@ pub(crate) use connection_info::{
 };
 pub(crate) use prefixed::Prefixed;
 pub(crate) use sending::Sending;
-pub(crate) use unix::{SocketOwner, UnixPath};
+pub(crate) use unix::{check_path as check_unix_path, SocketOwner, UnixPath};
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -75,7 +75,13 @@ pub(crate) struct BindOptions {
 /// can act on. On an error, the sockets already bound are closed and their
 /// files removed.
 pub(crate) fn bind_all(binds: &[Bind], options: BindOptions) -> Result<Vec<Listener>, String> {
-    binds.iter().map(|bind| self::bind(bind, options)).collect()
+    let mut listeners = Vec::with_capacity(binds.len());
+    for bind in binds {
+        let listener = self::bind(bind, options)
+            .map_err(|err| given_twice(bind, &listeners).unwrap_or(err))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
 }
 
 fn bind(bind: &Bind, options: BindOptions) -> Result<Listener, String> {
@@ -90,6 +96,33 @@ fn bind(bind: &Bind, options: BindOptions) -> Result<Listener, String> {
         .map(|(listener, path)| Listener::Unix(listener, path)),
         Bind::Fd(fd) => inherit(*fd),
     }
+}
+
+/// Why `bind` failed when one of `listeners`, bound just before, is at its
+/// address: the same address given twice, which would otherwise read as
+/// another server holding the port, or the socket file.
+fn given_twice(bind: &Bind, listeners: &[Listener]) -> Option<String> {
+    let address = match bind {
+        Bind::Tcp { host, port } if *port != 0 => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let addr = (host, *port).to_socket_addrs().ok()?.next()?;
+            let bound = listeners.iter().any(|listener| {
+                matches!(listener, Listener::Tcp(tcp) if tcp.local_addr().ok() == Some(addr))
+            });
+            bound.then(|| addr.to_string())?
+        }
+        Bind::Unix(path) => {
+            let path = std::path::absolute(path).ok()?;
+            let bound = listeners
+                .iter()
+                .any(|listener| matches!(listener, Listener::Unix(_, unix) if *unix.path == *path));
+            bound.then(|| format!("unix:{}", path.display()))?
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "Cannot bind {address}: it is given twice (by --bind or --uds); drop one"
+    ))
 }
 
 /// The sockets to serve: those systemd passed (socket activation), else

@@ -87,6 +87,41 @@ impl Drop for UnixPath {
     }
 }
 
+/// Whether a socket could be bound at `path` as far as the path goes: it
+/// fits in `sun_path`, and its directory exists. Startup and
+/// `--check-config` both ask.
+pub(crate) fn check_path(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    let length = path.as_os_str().len();
+    if length == 0 {
+        return Err("--uds needs a path".into());
+    }
+    if length > MAX_PATH_LEN {
+        return Err(format!(
+            "--uds {shown} is {length} bytes long, and a Unix socket's path has at most \
+             {MAX_PATH_LEN}: choose a shorter one"
+        ));
+    }
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let cannot = |why: String| format!("Cannot bind --uds {shown}: {why}");
+    match std::fs::metadata(directory) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(cannot(format!(
+            "{} is not a directory",
+            directory.display()
+        ))),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Err(cannot(format!(
+            "its directory {} does not exist; create it first (under systemd: \
+             RuntimeDirectory=)",
+            directory.display()
+        ))),
+        Err(err) => Err(cannot(format!("{}: {err}", directory.display()))),
+    }
+}
+
 /// Binds a listening socket at `path`, its file of mode `mode` and, with
 /// `owner`, that account's.
 pub(crate) fn bind(
@@ -95,6 +130,7 @@ pub(crate) fn bind(
     mode: u32,
     owner: Option<SocketOwner>,
 ) -> Result<(UnixListener, UnixPath), String> {
+    check_path(path)?;
     // Absolute, so that the file is found at shutdown after the app changed
     // directory (os.chdir at import), and the log and the scope name it
     // whole; as given when only that fits in sun_path (a rare long working
@@ -411,6 +447,20 @@ mod tests {
         );
         assert_eq!(mode_of(&victim), 0o600);
         assert!(path.symlink_metadata().unwrap().is_symlink());
+    }
+
+    #[test]
+    fn a_long_path_or_a_missing_directory_is_named() {
+        let long = PathBuf::from(format!("/tmp/{}", "x".repeat(MAX_PATH_LEN)));
+        let err = check_path(&long).unwrap_err();
+        assert!(err.contains("bytes long"), "{err}");
+        assert!(check_path(&PathBuf::from("/tmp/".to_owned() + &"x".repeat(102))).is_ok());
+        let err = check_path(Path::new("/no/such/dir/a.sock")).unwrap_err();
+        assert_eq!(
+            err,
+            "Cannot bind --uds /no/such/dir/a.sock: its directory /no/such/dir does not exist; \
+             create it first (under systemd: RuntimeDirectory=)"
+        );
     }
 
     #[test]
