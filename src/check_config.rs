@@ -1,8 +1,9 @@
 //! `--check-config`: what startup checks, without binding a socket or
 //! serving: the options (already parsed), the TLS files, `--user` and
 //! `--group`, `--env-file`, `--log-config`, `--reload-dir`, that the log and
-//! pid files can be written, and that APP loads as a worker would load it
-//! (its module is imported, so its top-level code runs, as with gunicorn's
+//! pid files can be written, that a `--uds` path fits and its directory is
+//! there, and that APP loads as a worker would load it (its module is
+//! imported, so its top-level code runs, as with gunicorn's
 //! `--check-config`).
 
 use std::io::Write;
@@ -11,7 +12,7 @@ use std::path::Path;
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 
-use crate::config::Config;
+use crate::config::{Bind, Config};
 use crate::config_file::Shown;
 use crate::logging::AccessDestination;
 use crate::supervisor::privileges::Credentials;
@@ -123,6 +124,11 @@ fn check(py: Python<'_>, config: &Config) -> Result<LoadedApp, Failure> {
     }
     if let Some(AccessDestination::File(path)) = &config.access_log_file {
         writable("--access-logfile", path, "open").map_err(fail(1))?;
+    }
+    for bind in &config.binds {
+        if let Bind::Unix(path) = bind {
+            crate::net::check_unix_path(path).map_err(fail(1))?;
+        }
     }
     if let Some(path) = &config.pid_file {
         writable("--pid", path, "write").map_err(fail(1))?;

@@ -1300,6 +1300,32 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
             );
         }
     }
+    let unix_or_fd: Vec<&str> = [("bind", "--bind"), ("uds", "--uds"), ("fd", "--fd")]
+        .into_iter()
+        .filter(|(id, _)| given(id))
+        .map(|(_, option)| option)
+        .collect();
+    if !unix_or_fd.is_empty() {
+        unused(
+            &["host", "port"],
+            &format!(
+                "with {}, which names every socket to listen on",
+                unix_or_fd.join(" and ")
+            ),
+            "add --bind HOST:PORT to listen on a TCP port as well",
+        );
+    }
+    if !config
+        .binds
+        .iter()
+        .any(|bind| matches!(bind, Bind::Tcp { .. }))
+    {
+        unused(
+            &["reuse_port"],
+            "without a TCP port for rsasgi to bind: SO_REUSEPORT applies to those only",
+            "add --bind HOST:PORT",
+        );
+    }
     if config.static_files.is_none() {
         unused(
             &["static_max_age"],
@@ -1390,6 +1416,37 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
             "remove --no-access-log",
         );
     }
+    // The default list trusts a peer on a Unix socket, and a list given
+    // replaces it: behind nginx on a socket, naming the remote proxies
+    // alone stops believing the local one.
+    let only_unix = config
+        .binds
+        .iter()
+        .all(|bind| matches!(bind, Bind::Unix(_)));
+    let trusted = config.proxy.as_ref();
+    if only_unix && config.proxy_protocol.is_none() && trusted.is_some_and(|t| !t.trusts(None)) {
+        let (named, list) = match matches.get_raw("forwarded_allow_ips") {
+            Some(raw) => (
+                flag("forwarded_allow_ips"),
+                raw.map(|value| value.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            None => (
+                "FORWARDED_ALLOW_IPS".to_owned(),
+                std::env::var("FORWARDED_ALLOW_IPS").unwrap_or_default(),
+            ),
+        };
+        let with_unix = match list.trim() {
+            "" => "unix".to_owned(),
+            list => format!("{list},unix"),
+        };
+        warnings.push(format!(
+            "{named} {list:?} has no 'unix', and every socket here is a Unix socket: the proxy \
+             headers of every request are ignored (the client has no address, the scheme is \
+             http); add it: --forwarded-allow-ips {with_unix}"
+        ));
+    }
     if let Some(ciphers) = config.tls.as_ref().and_then(|tls| tls.ciphers.as_deref()) {
         let lacking = crate::net::tls::lacking_suites(ciphers);
         if !lacking.is_empty() {
@@ -1472,7 +1529,11 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         app_dir: args.app_dir,
         binds,
         reuse_port: args.reuse_port,
-        pid_file: args.pid_file,
+        // Absolute, so that the file is removed at exit after the app changed
+        // directory (os.chdir at import).
+        pid_file: args
+            .pid_file
+            .map(|path| std::path::absolute(&path).unwrap_or(path)),
         daemon: args.daemon,
         // gunicorn's "-": stderr, where the log goes anyway. Absolute, so
         // that SIGUSR1 reopens the same file after the app changed directory.
@@ -1857,6 +1918,49 @@ mod tests {
             let config = parse(["rsasgi", "main:app", "--log-level", raw]).unwrap();
             assert_eq!(config.log_level, level, "{raw}");
         }
+    }
+
+    #[test]
+    fn socket_settings_that_do_nothing_are_warned_of() {
+        let warnings = |argv: &[&str]| {
+            let mut full = vec!["rsasgi", "main:app"];
+            full.extend_from_slice(argv);
+            parse(full).unwrap().warnings
+        };
+        assert_eq!(
+            warnings(&["--uds", "/run/a.sock", "--port", "9000"]),
+            [
+                "--port does nothing with --uds, which names every socket to listen on; add \
+              --bind HOST:PORT to listen on a TCP port as well, or drop it"
+            ]
+        );
+        assert_eq!(
+            warnings(&["--bind", "127.0.0.1:9000", "--host", "0.0.0.0"]).len(),
+            1
+        );
+        assert!(warnings(&["--port", "9000", "--reuse-port"]).is_empty());
+        assert_eq!(
+            warnings(&["--uds", "/run/a.sock", "--reuse-port"]),
+            [
+                "--reuse-port does nothing without a TCP port for rsasgi to bind: SO_REUSEPORT \
+              applies to those only; add --bind HOST:PORT, or drop it"
+            ]
+        );
+        let unix = ["--uds", "/run/a.sock", "--forwarded-allow-ips"];
+        assert_eq!(
+            warnings(&[&unix[..], &["10.0.0.5"]].concat()),
+            [
+                "--forwarded-allow-ips \"10.0.0.5\" has no 'unix', and every socket here is a \
+              Unix socket: the proxy headers of every request are ignored (the client has no \
+              address, the scheme is http); add it: --forwarded-allow-ips 10.0.0.5,unix"
+            ]
+        );
+        assert!(warnings(&[&unix[..], &["10.0.0.5,unix"]].concat()).is_empty());
+        assert!(warnings(&[&unix[..], &["*"]].concat()).is_empty());
+        assert!(
+            warnings(&[&unix[..], &["10.0.0.5", "--proxy-protocol", "v2"]].concat()).is_empty()
+        );
+        assert!(warnings(&[&unix[..], &["10.0.0.5", "--bind", "0.0.0.0:80"]].concat()).is_empty());
     }
 
     #[test]

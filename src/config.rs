@@ -505,11 +505,17 @@ impl Config {
         protocols
     }
 
-    pub(crate) fn bind_options(&self) -> crate::net::BindOptions {
+    /// How the sockets are bound; Unix socket files are created for
+    /// `socket_owner` (the account `--user` and `--group` name).
+    pub(crate) fn bind_options(
+        &self,
+        socket_owner: Option<crate::net::SocketOwner>,
+    ) -> crate::net::BindOptions {
         crate::net::BindOptions {
             backlog: self.backlog,
             uds_permissions: self.uds_permissions,
             reuse_port: self.reuse_port,
+            socket_owner,
         }
     }
 }

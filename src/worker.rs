@@ -177,10 +177,15 @@ pub(crate) fn run(
     let run = py.import("rsasgi._worker")?.getattr("run")?;
     let mut pid_file = None;
     let mut metrics_listener = None;
+    let owner = match &sockets {
+        Sockets::Own(own) => own.credentials.as_ref().map(Credentials::socket_owner),
+        Sockets::Handoff(_) => None,
+    };
     let (listeners, handoff) = match sockets {
         Sockets::Handoff(handoff) => (net::inherit_all(&handoff.listener_fds), Some(handoff)),
         Sockets::Own(own) => (
-            net::listen(&config.binds, config.bind_options(), own.activated).and_then(
+            net::listen(&config.binds, config.bind_options(owner), own.activated).and_then(
+                // On an error, `listeners` are dropped: their files removed.
                 |listeners| {
                     if let Some(path) = &config.pid_file {
                         pid_file = Some(PidFile::write(path)?);
@@ -409,15 +414,10 @@ pub(crate) struct Worker {
 impl Worker {
     /// Closes the listening sockets of a worker that never served (stopped
     /// or failed while the app loaded, or during its lifespan startup), and
-    /// removes the socket files it made for `--uds`: the reactor, which
+    /// so removes the socket files it made for `--uds`: the reactor, which
     /// does that as it stops accepting, never ran.
     fn close_unserved_listeners(&self) {
-        for listener in self.listeners.lock().take().into_iter().flatten() {
-            if let Listener::Unix(socket, path) = listener {
-                drop(socket);
-                path.remove_created();
-            }
-        }
+        drop(self.listeners.lock().take());
     }
 
     /// The heartbeat's interval ([`Worker::heartbeat_interval`]), zero

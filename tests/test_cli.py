@@ -440,6 +440,34 @@ def test_an_option_a_variable_needs_names_the_variable():
     assert "RSASGI_PORT" not in result.stderr, result.stderr
 
 
+def test_an_address_given_twice_says_so(run_rsasgi):
+    """The second bind of the same address failed as if another server held the port."""
+    port = free_port()
+    server = run_rsasgi(
+        APP, "--bind", f"127.0.0.1:{port}", "--bind", f"localhost:{port}", wait=False
+    )
+    assert server.wait_exit() == 1, server.output()
+    assert_one_clear_line(
+        server.output(), f"Cannot bind 127.0.0.1:{port}: it is given twice (by --bind or --uds)"
+    )
+
+
+def test_host_port_and_reuse_port_with_only_a_unix_socket_are_warned_of(tmp_path):
+    """--uds names every socket: --port and --reuse-port (TCP only) were ignored silently."""
+    uds = str(tmp_path / "rsasgi.sock")
+    args = ["--check-config", "--app-dir", str(APPS), APP, "--uds", uds]
+    result = cli(*args, "--port", "9000", "--reuse-port")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "--port does nothing with --uds, which names every socket to listen on; add --bind "
+        "HOST:PORT to listen on a TCP port as well, or drop it"
+    ) in result.stderr, result.stderr
+    assert (
+        "--reuse-port does nothing without a TCP port for rsasgi to bind: SO_REUSEPORT applies "
+        "to those only; add --bind HOST:PORT, or drop it"
+    ) in result.stderr, result.stderr
+
+
 def test_threads_with_an_asgi_interface_is_warned_of():
     result = cli(
         "--threads", "4", "--interface", "asgi3", "--check-config", "--app-dir", str(APPS), APP

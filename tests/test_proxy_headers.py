@@ -228,6 +228,27 @@ def test_unix_socket_peers_are_trusted_by_default(run_rsasgi, tmp_path):
     assert scope["scheme"] == "https"
 
 
+def test_a_list_without_unix_on_unix_sockets_only_is_warned_of(run_rsasgi, tmp_path):
+    """A list given replaces the default, `unix` included: naming the remote proxies only
+    stops believing nginx on the socket (no client address, scheme http, and Django's
+    SECURE_SSL_REDIRECT loops), which went without a word."""
+    path = tmp_path / "rsasgi.sock"
+    warning = (
+        "--forwarded-allow-ips \"10.0.0.5\" has no 'unix', and every socket here is a Unix "
+        "socket: the proxy headers of every request are ignored (the client has no address, "
+        "the scheme is http); add it: --forwarded-allow-ips 10.0.0.5,unix"
+    )
+    args = ["proto_scope:app", "--uds", str(path), "--forwarded-allow-ips", "10.0.0.5"]
+    result = cli(*args, "--app-dir", str(APPS), "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert warning in result.stderr, result.stderr
+    server = run_rsasgi(*args, wait=False)
+    wait_for_log(server, f"Listening on unix:{path}")
+    assert warning in server.output()
+    result = cli(*args[:-1], "10.0.0.5,unix", "--app-dir", str(APPS), "--check-config")
+    assert "has no 'unix'" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("value", ["10.0.0.0/33", "nginx", "1.2.3"])
 def test_a_bad_allow_list_is_a_usage_error(value):
     result = cli("proto_scope:app", "--app-dir", str(APPS), "--forwarded-allow-ips", value)

@@ -9,16 +9,26 @@ http when it names none), and without a Host header they are the socket path and
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import pwd
+import shutil
 import signal
 import socket
 import stat
+import tempfile
 from pathlib import Path
 
 import httpx
 import pytest
 from apps.proto_raw import RawConn, request
-from conftest import access_log, wait_for
+from conftest import APPS, access_log, cli, wait_for, wait_for_log
+from test_supervisor import exit_code
+
+WORKERS = [[], ["--workers", "1"]]
+WORKER_IDS = ["one-process", "supervised"]
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="--user and --group need root")
 
 
 @pytest.fixture
@@ -139,3 +149,170 @@ def test_access_log_names_the_unix_socket_as_the_client(uds):
         lambda: access_log(server.output(), "/"), message="the access log line", server=server
     )
     assert [line["client"][: len("unix:")] for line in lines] == ["unix:"], server.output()
+
+
+@pytest.fixture
+def public_dir():
+    """A directory of root's that every account may enter (tmp_path is root's alone), and
+    none but root may write."""
+    directory = Path(tempfile.mkdtemp(prefix="rsasgi-uds-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)
+
+
+def connects_as(uid: int, gid: int, path: Path) -> int:
+    """Connects to the socket at `path` from a child process running as uid:gid alone (no
+    other group), as nginx's workers would; returns 0, or the errno of the failure."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(path))
+            code = 0
+        except OSError as error:
+            code = error.errno or 1
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@needs_root
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_with_group_the_socket_file_is_that_groups(run_rsasgi, public_dir, workers):
+    """`--uds-permissions 660 --group www-data` is how nginx's www-data alone may connect:
+    the file must be in that group (gunicorn chowns it to the workers' account). It stayed
+    root:root, and nginx got 502 (EACCES). --group alone keeps the process root, which may
+    run this interpreter; test_operations.py's --user tests need one the user can run."""
+    try:
+        www = pwd.getpwnam("www-data")
+    except KeyError:
+        pytest.skip("no www-data account here")
+    path = public_dir / "rsasgi.sock"
+    server = run_rsasgi(
+        "proto_http:app", "--uds", str(path), "--uds-permissions", "660",
+        "--group", "www-data", *workers, wait=False,
+    )  # fmt: skip
+    wait_for_log(server, f"Listening on unix:{path}", timeout=20)
+    meta = path.lstat()
+    assert (meta.st_uid, meta.st_gid) == (0, grp.getgrnam("www-data").gr_gid)
+    assert stat.S_IMODE(meta.st_mode) == 0o660
+    assert connects_as(www.pw_uid, www.pw_gid, path) == 0
+    assert connects_as(65534, 65534, path) == 13  # EACCES: in neither group nor owner
+    assert server.stop() == 0
+    assert not path.exists()
+
+
+def test_a_live_socket_it_may_not_connect_to_is_left_alone(run_rsasgi, tmp_path):
+    """A socket that refuses this process the connection (another account's, mode 600) may
+    have a server behind it: it was taken for a stale file, removed and replaced, and the
+    server listening there became unreachable. Here the socket's mode is 000 and, as root,
+    rsasgi runs without the capability that overrides file modes."""
+    path = tmp_path / "rsasgi.sock"
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(path))
+    live.listen()
+    path.chmod(0)
+    inode = path.lstat().st_ino
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("no setpriv to drop CAP_DAC_OVERRIDE with")
+        dropped = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--bounding-set={dropped}", f"--inh-caps={dropped}"]
+    server = run_rsasgi("proto_http:app", "--uds", str(path), prefix=prefix, wait=False)
+    assert exit_code(server) == 1, server.output()
+    assert (
+        f"Cannot bind --uds {path}: cannot tell whether a server listens on it (connecting "
+        "to it: Permission denied"
+    ) in server.output()
+    assert path.lstat().st_ino == inode
+    path.chmod(0o600)
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(path))
+        live.accept()[0].close()
+    live.close()
+
+
+def test_relative_paths_are_removed_after_the_app_changes_directory(run_rsasgi, tmp_path):
+    """Relative --uds and --pid paths name files in the directory rsasgi started in: an app
+    that changes directory as it is imported left both behind after a clean stop."""
+    (tmp_path / "moving.py").write_text(
+        f"import os\nimport sys\n\nos.chdir('/')\nsys.path.insert(0, {str(APPS)!r})\n\n"
+        "from proto_http import app  # noqa: E402, F401\n"
+    )
+    server = run_rsasgi(
+        "moving:app", "--app-dir", str(tmp_path), "--uds", "rsasgi.sock", "--pid", "rsasgi.pid",
+        cwd=tmp_path, wait=False,
+    )  # fmt: skip
+    socket_file, pid_file = tmp_path / "rsasgi.sock", tmp_path / "rsasgi.pid"
+    wait_for_log(server, "Listening on unix:", timeout=20)
+    assert pid_file.exists()
+    with uds_client(socket_file) as client:
+        assert client.get("http://localhost/").content == b"hello world"
+    assert server.stop() == 0, server.output()
+    assert not socket_file.exists()
+    assert not pid_file.exists()
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_a_start_refused_by_its_pid_file_leaves_no_socket_file(run_rsasgi, tmp_path, workers):
+    """The --pid check comes after the sockets are bound: the socket file a second instance
+    made was left behind when the first one's pid file stopped it."""
+    pid_file, path = tmp_path / "rsasgi.pid", tmp_path / "second.sock"
+    run_rsasgi("proto_http:app", "--pid", str(pid_file))
+    second = run_rsasgi(
+        "proto_http:app", "--uds", str(path), "--pid", str(pid_file), *workers, wait=False
+    )
+    assert second.wait_exit() == 1, second.output()
+    assert "rsasgi is already running as pid" in second.output()
+    assert not path.exists()
+
+
+@needs_root
+def test_a_socket_file_one_process_cannot_remove_says_why(run_rsasgi, public_dir):
+    """One process with --user drops root's rights to the socket's directory before it
+    stops: the warning that it cannot remove the file says what to change, as the pid
+    file's does. (Whether the user may run this interpreter and serve, then is stopped, or
+    the app's import fails as the user, the process tries to remove the file as the user.)"""
+    path = public_dir / "rsasgi.sock"
+    server = run_rsasgi("proto_http:app", "--uds", str(path), "--user", "nobody", wait=False)
+    wait_for(
+        lambda: server.proc.poll() is not None or "Listening on" in server.output(),
+        timeout=20,
+        message="the app to serve, or its import to fail",
+        server=server,
+    )
+    server.stop()
+    assert (
+        f"Could not remove --uds {path}: Permission denied (os error 13); the next start "
+        "replaces it, or remove it by hand (with --user, run with --workers, whose supervisor "
+        "keeps root's rights, or keep the socket in a directory that user may write)"
+    ) in server.output()
+
+
+def test_check_config_refuses_a_socket_path_start_would_refuse(tmp_path):
+    """Too long for sun_path (107 bytes), or in a directory that does not exist: start
+    fails on both, and --check-config said "configuration OK"."""
+    long = tmp_path / ("x" * (108 - len(str(tmp_path))))
+    result = cli("proto_http:app", "--app-dir", str(APPS), "--uds", str(long), "--check-config")
+    assert result.returncode == 1, result.stdout
+    assert f"--uds {long} is {len(str(long))} bytes long" in result.stderr
+    missing = tmp_path / "missing" / "rsasgi.sock"
+    result = cli("proto_http:app", "--app-dir", str(APPS), "--uds", str(missing), "--check-config")
+    assert result.returncode == 1, result.stdout
+    assert (
+        f"Cannot bind --uds {missing}: its directory {missing.parent} does not exist"
+    ) in result.stderr
+
+
+def test_a_path_given_twice_says_so(run_rsasgi, tmp_path):
+    path = tmp_path / "rsasgi.sock"
+    server = run_rsasgi("proto_http:app", "--uds", str(path), "--bind", f"unix:{path}", wait=False)
+    assert server.wait_exit() == 1, server.output()
+    assert f"Cannot bind unix:{path}: it is given twice" in server.output()
+    assert not path.exists()

@@ -628,8 +628,8 @@ async fn accept_from(
                 };
                 accept_loop(acceptor, context, shutdown).await;
                 // The listening socket is closed now: nothing can connect
-                // through the file any more.
-                unix.remove_created();
+                // through the file any more, which goes as `unix` is dropped.
+                drop(unix);
             }
             Err(err) => unusable_listener(err),
         },

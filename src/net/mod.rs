@@ -10,19 +10,19 @@ mod prefixed;
 pub(crate) mod proxy_protocol;
 mod sending;
 pub(crate) mod tls;
+mod unix;
 
 pub(crate) use connection_info::{
     ConnectionInfo, ForwardedPrefix, LoggedClient, Scheme, ServerAddr,
 };
 pub(crate) use prefixed::Prefixed;
 pub(crate) use sending::Sending;
+pub(crate) use unix::{check_path as check_unix_path, SocketOwner, UnixPath};
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use socket2::{Domain, SockRef, Socket, Type};
 
@@ -33,31 +33,6 @@ use crate::config::Bind;
 pub(crate) enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener, UnixPath),
-}
-
-/// The path of a listening Unix socket, and whether it is ours to remove.
-#[derive(Debug)]
-pub(crate) struct UnixPath {
-    pub path: Arc<Path>,
-    /// Device and inode of the socket file we created with `--uds`; an
-    /// inherited socket (`--fd`) has none and is left alone.
-    created: Option<(u64, u64)>,
-}
-
-impl UnixPath {
-    /// Removes the socket file at shutdown, unless it is no longer the one we
-    /// created (another server may have bound the same path since).
-    pub(crate) fn remove_created(&self) {
-        let Some(created) = self.created else { return };
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(meta) if (meta.dev(), meta.ino()) == created => {
-                if let Err(err) = std::fs::remove_file(&self.path) {
-                    tracing::warn!("Could not remove {}: {err}", self.path.display());
-                }
-            }
-            _ => {}
-        }
-    }
 }
 
 impl Listener {
@@ -92,20 +67,62 @@ pub(crate) struct BindOptions {
     pub uds_permissions: u32,
     /// SO_REUSEPORT on TCP sockets.
     pub reuse_port: bool,
+    /// The account Unix socket files are created for (`--user`, `--group`).
+    pub socket_owner: Option<SocketOwner>,
 }
 
 /// Binds every socket `binds` names, in order, with a one-line error a user
-/// can act on.
+/// can act on. On an error, the sockets already bound are closed and their
+/// files removed.
 pub(crate) fn bind_all(binds: &[Bind], options: BindOptions) -> Result<Vec<Listener>, String> {
-    binds.iter().map(|bind| self::bind(bind, options)).collect()
+    let mut listeners = Vec::with_capacity(binds.len());
+    for bind in binds {
+        let listener = self::bind(bind, options)
+            .map_err(|err| given_twice(bind, &listeners).unwrap_or(err))?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
 }
 
 fn bind(bind: &Bind, options: BindOptions) -> Result<Listener, String> {
     match bind {
         Bind::Tcp { host, port } => bind_tcp(host, *port, options),
-        Bind::Unix(path) => bind_unix(path, options.backlog, options.uds_permissions),
+        Bind::Unix(path) => unix::bind(
+            path,
+            backlog_of(options.backlog),
+            options.uds_permissions,
+            options.socket_owner,
+        )
+        .map(|(listener, path)| Listener::Unix(listener, path)),
         Bind::Fd(fd) => inherit(*fd),
     }
+}
+
+/// Why `bind` failed when one of `listeners`, bound just before, is at its
+/// address: the same address given twice, which would otherwise read as
+/// another server holding the port, or the socket file.
+fn given_twice(bind: &Bind, listeners: &[Listener]) -> Option<String> {
+    let address = match bind {
+        Bind::Tcp { host, port } if *port != 0 => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let addr = (host, *port).to_socket_addrs().ok()?.next()?;
+            let bound = listeners.iter().any(|listener| {
+                matches!(listener, Listener::Tcp(tcp) if tcp.local_addr().ok() == Some(addr))
+            });
+            bound.then(|| addr.to_string())?
+        }
+        Bind::Unix(path) => {
+            let path = std::path::absolute(path).ok()?;
+            let bound = listeners
+                .iter()
+                .any(|listener| matches!(listener, Listener::Unix(_, unix) if *unix.path == *path));
+            bound.then(|| format!("unix:{}", path.display()))?
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "Cannot bind {address}: it is given twice (by --bind or --uds); drop one"
+    ))
 }
 
 /// The sockets to serve: those systemd passed (socket activation), else
@@ -194,74 +211,6 @@ fn backlog_of(backlog: u32) -> i32 {
     i32::try_from(backlog).unwrap_or(i32::MAX)
 }
 
-/// Whether a server listens on the Unix socket at `path`: a connection is
-/// accepted or queued, or the queue is full (a non-blocking connect says so
-/// at once rather than wait for room). Refused: a socket file left behind.
-fn someone_listens(path: &Path) -> bool {
-    let Ok(addr) = socket2::SockAddr::unix(path) else {
-        return false;
-    };
-    let Ok(socket) = Socket::new(Domain::UNIX, Type::STREAM, None) else {
-        return false;
-    };
-    if socket.set_nonblocking(true).is_err() {
-        return false;
-    }
-    match socket.connect(&addr) {
-        Ok(()) => true,
-        Err(err) => err.kind() == std::io::ErrorKind::WouldBlock,
-    }
-}
-
-fn bind_unix(path: &Path, backlog: u32, permissions: u32) -> Result<Listener, String> {
-    let shown = path.display();
-    // A socket file left by a previous run would make bind fail; anything
-    // else at that path is not ours to remove, nor is the socket of a server
-    // that still listens on it (a second instance, started by mistake, would
-    // take its address, and leave it unreachable while it runs on).
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            if someone_listens(path) {
-                return Err(format!(
-                    "Cannot bind --uds {shown}: a server is listening on it (another rsasgi, \
-                     or the one this should replace, still runs); stop it first, or choose \
-                     another path"
-                ));
-            }
-            std::fs::remove_file(path)
-                .map_err(|err| format!("Could not remove stale socket {shown}: {err}"))?;
-        } else {
-            return Err(format!(
-                "Cannot bind --uds {shown}: a file that is not a socket is there"
-            ));
-        }
-    }
-    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
-        .map_err(|err| format!("Could not create a Unix socket: {err}"))?;
-    let addr = socket2::SockAddr::unix(path)
-        .map_err(|err| format!("Invalid --uds path {shown}: {err}"))?;
-    socket
-        .bind(&addr)
-        .map_err(|err| format!("Could not bind to {shown}: {err}"))?;
-    // bind() created the file with the umask applied; a proxy running as
-    // another user (nginx as www-data) needs write permission to connect.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(permissions))
-        .map_err(|err| format!("Could not set --uds-permissions on {shown}: {err}"))?;
-    let meta = std::fs::symlink_metadata(path)
-        .map_err(|err| format!("Could not stat {shown} after binding it: {err}"))?;
-    socket
-        .listen(backlog_of(backlog))
-        .map_err(|err| format!("Could not listen on {shown}: {err}"))?;
-    socket
-        .set_nonblocking(true)
-        .map_err(|err| format!("Could not configure {shown}: {err}"))?;
-    let unix = UnixPath {
-        path: Arc::from(path),
-        created: Some((meta.dev(), meta.ino())),
-    };
-    Ok(Listener::Unix(socket.into(), unix))
-}
-
 fn inherit(fd: i32) -> Result<Listener, String> {
     // SAFETY: fstat only reads the descriptor's metadata; it fails cleanly
     // (EBADF) when nothing is open there.
@@ -317,11 +266,7 @@ fn inherit(fd: i32) -> Result<Listener, String> {
             .as_pathname()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from(format!("fd:{fd}")));
-        let unix = UnixPath {
-            path: Arc::from(path),
-            created: None,
-        };
-        Ok(Listener::Unix(socket.into(), unix))
+        Ok(Listener::Unix(socket.into(), UnixPath::inherited(path)))
     }
 }
 
@@ -385,6 +330,7 @@ mod tests {
         backlog: 16,
         uds_permissions: 0o666,
         reuse_port: false,
+        socket_owner: None,
     };
 
     #[test]

@@ -54,6 +54,7 @@ use balance::Balance;
 use interpreter::Interpreter;
 use metrics::Board;
 use pid_file::PidFile;
+use privileges::Credentials;
 use process::{describe_exit, Kill, Retirement, State, WorkerCommand, WorkerProcess};
 use reload::ReloadWatcher;
 use systemd::Notifier;
@@ -116,7 +117,10 @@ pub(crate) fn run(
         tracing::error!("Cannot start workers: Python does not know its own executable (sys.executable is empty)");
         return Ok(1);
     }
-    let listeners = match net::listen(&config.binds, config.bind_options(), own.activated) {
+    let options = config.bind_options(own.credentials.as_ref().map(Credentials::socket_owner));
+    // On a return before the end, the socket files made are removed as
+    // the listeners (or `unix_paths`) are dropped.
+    let listeners = match net::listen(&config.binds, options, own.activated) {
         Ok(listeners) => listeners,
         Err(message) => {
             tracing::error!("{message}");
@@ -226,9 +230,7 @@ pub(crate) fn run(
                 .await
         })
     });
-    for path in unix_paths {
-        path.remove_created();
-    }
+    drop(unix_paths);
     drop(pid_file);
     Ok(code)
 }

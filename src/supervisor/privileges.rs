@@ -84,6 +84,14 @@ impl Credentials {
 }
 
 impl Credentials {
+    /// The owner of the Unix socket files bound for the app's account.
+    pub(crate) fn socket_owner(&self) -> crate::net::SocketOwner {
+        crate::net::SocketOwner {
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+
     /// The first of `paths` this account could not reach with the access
     /// each asks for (`R_OK`, `R_OK | X_OK`), and why: a child process
     /// takes the credentials and asks `access(2)`, so that a file only root
