@@ -287,7 +287,11 @@ pub(crate) fn run(
             return Ok(cannot_start);
         }
     };
-    let code = run.call1((worker.clone_ref(py),))?.extract();
+    let code = run
+        .call1((worker.clone_ref(py),))
+        .and_then(|code| code.extract());
+    // However run() ended: an exception out of it (a stop signal as it
+    // returned) leaves the socket files too.
     worker.get().close_unserved_listeners();
     drop(pid_file);
     code
