@@ -62,8 +62,9 @@ pub(crate) const CANCELLED_TASKS_WAIT: Duration = Duration::from_secs(5);
 pub(crate) const WSGI_THREADS_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the lifespan shutdown (closing database pools, flushing queues)
-/// gets before the worker cancels it and exits; a supervisor allows it
-/// after the bounded steps above.
+/// gets, at least, before the worker cancels it and exits; a supervisor
+/// allows it after the bounded steps above, so it gets what those left
+/// unused too (all of the grace period, with no connection open).
 pub(crate) const LIFESPAN_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(5);
 
 /// How long a worker's graceful stop may run beyond
@@ -79,13 +80,15 @@ pub(crate) fn stop_after_grace() -> Duration {
 }
 
 /// Adds the waits of the stop above to the extension module, in seconds,
-/// for `rsasgi._worker`.
+/// for `rsasgi._worker`, with their sum `STOP_AFTER_GRACE`: the lifespan
+/// shutdown gets what the steps before it left of that.
 pub(crate) fn add_stop_waits(module: &Bound<'_, PyModule>) -> PyResult<()> {
     for (name, wait) in [
         ("REQUEST_TASKS_WAIT", REQUEST_TASKS_WAIT),
         ("CANCELLED_TASKS_WAIT", CANCELLED_TASKS_WAIT),
         ("WSGI_THREADS_WAIT", WSGI_THREADS_WAIT),
         ("LIFESPAN_SHUTDOWN_ALLOWANCE", LIFESPAN_SHUTDOWN_ALLOWANCE),
+        ("STOP_AFTER_GRACE", stop_after_grace()),
     ] {
         module.add(name, wait.as_secs_f64())?;
     }

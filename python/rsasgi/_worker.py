@@ -28,6 +28,7 @@ from rsasgi._rsasgi import (
     CANCELLED_TASKS_WAIT,
     LIFESPAN_SHUTDOWN_ALLOWANCE,
     REQUEST_TASKS_WAIT,
+    STOP_AFTER_GRACE,
     WSGI_THREADS_WAIT,
     flush_logs,
     log,
@@ -911,7 +912,7 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
         except RuntimeError as exc:
             log("error", f"Could not start serving: {exc}")
             if lifespan is not None:
-                await lifespan.shutdown(forced)
+                await lifespan.shutdown(forced, None)
             # Under a supervisor the next worker would fail the same way (a TLS key its
             # --user cannot read): a boot failure, not a crash to restart for ever.
             return EXIT_BOOT_FAILURE if supervised else 1
@@ -968,7 +969,9 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
             log("warning", "WSGI threads still running after shutdown; exiting without waiting")
             _skip_finalising()
         if lifespan is not None:
-            await lifespan.shutdown(forced)
+            # What the steps before left of the stop's time (all of it after the grace
+            # period, with no connection open), less the exit's own steps.
+            await lifespan.shutdown(forced, grace_ends + STOP_AFTER_GRACE - EXIT_STEPS_WAIT)
         if forced.is_set() or (lifespan is not None and lifespan.cancelled):
             # What was cancelled gets one step to run its except and finally blocks.
             await asyncio.sleep(0)
@@ -1100,6 +1103,10 @@ class _Leaving:
 #: How long threads that were only idle get to end once told to (a thread pool's), even
 #: when the stop was forced or has no time left.
 IDLE_THREADS_WAIT = 0.5
+
+#: What the process needs once the lifespan shutdown is over, at most: the threads that
+#: were only idle end, and Python's buffered output is written.
+EXIT_STEPS_WAIT = IDLE_THREADS_WAIT + STREAMS_FLUSH_WAIT
 
 #: How often the exit looks whether the app's threads have ended.
 THREADS_POLL = 0.05
@@ -1235,18 +1242,21 @@ class Lifespan:
             self.task.cancel()
             await asyncio.wait([self.task], timeout=1.0)
 
-    async def shutdown(self, forced: asyncio.Event) -> None:
-        """Sends lifespan.shutdown and waits for the app's answer, up to
-        LIFESPAN_SHUTDOWN_ALLOWANCE (a supervisor's deadline for a stopping worker counts
-        it). A forced shutdown (``forced`` set before or during the wait) cancels the app's
-        lifespan task instead, and does not report that as an error; one that does not
-        answer in time is cancelled with a warning."""
+    async def shutdown(self, forced: asyncio.Event, until: float | None) -> None:
+        """Sends lifespan.shutdown and waits for the app's answer until ``until`` (on
+        ``time.monotonic()``; within a supervisor's deadline for a stopping worker), and
+        LIFESPAN_SHUTDOWN_ALLOWANCE at least. A forced shutdown (``forced`` set before or
+        during the wait) cancels the app's lifespan task instead, and does not report that
+        as an error; one that does not answer in time is cancelled with a warning."""
         if self.unsupported or self.error or self.task is None or self.task.done():
             return
         if not forced.is_set():
             await self.events.put({"type": "lifespan.shutdown"})
             answered = self.shutdown_done.wait()
-            if await _unless_forced(answered, forced, LIFESPAN_SHUTDOWN_ALLOWANCE):
+            allowed = LIFESPAN_SHUTDOWN_ALLOWANCE
+            if until is not None:
+                allowed = max(until - time.monotonic(), allowed)
+            if await _unless_forced(answered, forced, allowed):
                 if self.shutdown_failed is not None:
                     log("error", f"Application shutdown failed: {self.shutdown_failed}")
                 elif self.error:
@@ -1258,7 +1268,7 @@ class Lifespan:
                 log(
                     "warning",
                     "The application's shutdown did not complete within "
-                    f"{LIFESPAN_SHUTDOWN_ALLOWANCE:g}s (lifespan.shutdown unanswered); "
+                    f"{allowed:.3g}s (lifespan.shutdown unanswered); "
                     "cancelling it",
                 )
         self.cancelled = True
