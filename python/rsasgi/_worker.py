@@ -957,7 +957,7 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
                 worker.wsgi_threads_running(), "WSGI thread(s)", "an iterable's close()"
             )
             wait = max(app_work_ends - time.monotonic(), 0.0)
-            joined = loop.run_in_executor(None, worker.join, wait)
+            joined = _join_on_daemon(loop, worker, wait)
             threads_done = await _unless_forced(joined, forced) and joined.result()
         else:
             # `stopped` is done, so the reactor thread is ending and this
@@ -966,7 +966,11 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
         if not threads_done:
             # A WSGI thread is stuck in the app; the interpreter cannot finalise
             # under it, so leave without finalising.
-            log("warning", "WSGI threads still running after shutdown; exiting without waiting")
+            log(
+                "warning",
+                "WSGI threads still running after shutdown; exiting without waiting for "
+                f"them. Where each one is:{_foreign_thread_stacks()}",
+            )
             _skip_finalising()
         if lifespan is not None:
             # What the steps before left of the stop's time (all of it after the grace
@@ -995,6 +999,43 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
             # group, then the supervisor sends SIGTERM) must not cut the exit short.
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_IGN)
+
+
+def _join_on_daemon(loop, worker, timeout: float) -> asyncio.Future:
+    """Runs ``worker.join(timeout)`` on a daemon thread of its own; the future has its
+    answer. Not on the loop's executor: a forced stop leaves the join blocked until the
+    stuck WSGI threads or the timeout end, and the exit would take that thread of
+    rsasgi's for one of the app's still running (and wait for it)."""
+    joined = loop.create_future()
+
+    def answer(done: bool) -> None:
+        if not joined.done():
+            joined.set_result(done)
+
+    def join() -> None:
+        done = worker.join(timeout)
+        # The loop is closed by then when the stop was forced: nobody waits any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(answer, done)
+
+    threading.Thread(target=join, name="rsasgi-wsgi-join", daemon=True).start()
+    return joined
+
+
+def _foreign_thread_stacks() -> str:
+    """The Python stacks of the threads running Python code that ``threading`` did not
+    start (the WSGI pool's, which the reactor starts), one after the other."""
+    started = {
+        thread.ident
+        for thread in threading.enumerate()
+        if not isinstance(thread, threading._DummyThread)
+    }
+    return "".join(
+        f"\nThread {ident} (most recent call last):\n"
+        + "".join(traceback.format_stack(frame)).rstrip()
+        for ident, frame in sys._current_frames().items()
+        if ident not in started
+    )
 
 
 async def _cancel_request_tasks(
