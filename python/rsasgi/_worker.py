@@ -23,8 +23,10 @@ import time
 import traceback
 
 # The bounded steps of a stop after its grace period, in seconds, defined in
-# src/worker.rs, where a supervisor's deadline for a stopping worker is made of them.
+# src/worker.rs, where a supervisor's deadline for a stopping worker is made of them, and
+# how long a stop signal may go unanswered while the app blocks Python.
 from rsasgi._rsasgi import (
+    BLOCKED_STOP_WAIT,
     CANCELLED_TASKS_WAIT,
     LIFESPAN_SHUTDOWN_ALLOWANCE,
     REQUEST_TASKS_WAIT,
@@ -92,6 +94,11 @@ def run(worker) -> int:
     if worker.supervisor_pid is not None:
         stop_signals = ()
     before = {signum: signal.signal(signum, _stop_loading) for signum in stop_signals}
+    if stop_signals:
+        # Python acts on them (and on SIGINT) only between two bytecodes: an import that
+        # stays in C code would not see them until it returns. The process leaves without it
+        # BLOCKED_STOP_WAIT after the signal.
+        worker.watch_loading_stop([signal.SIGINT, *stop_signals])
     app_dir = _add_to_path(worker.app_dir)
     warn = _warn if worker.speaks_for_all else _quiet
     try:
@@ -111,6 +118,7 @@ def run(worker) -> int:
         )
         return 0
     finally:
+        worker.end_loading_stop_watch()
         for signum, handler in before.items():
             # Unless the app's import put a handler of its own.
             if signal.getsignal(signum) is _stop_loading:
@@ -704,8 +712,9 @@ async def _start_unless_stopped(
     return started
 
 
-#: Seconds a startup that blocks the event loop has to end once a stop signal came.
-STARTUP_STOP_GRACE = 5.0
+#: Seconds a startup that blocks the event loop has to end once a stop signal came (as an
+#: import that blocks has: see ``run``).
+STARTUP_STOP_GRACE = BLOCKED_STOP_WAIT
 
 
 class _StartupWatchdog:
