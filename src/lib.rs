@@ -14,6 +14,7 @@ mod config_file;
 mod daemon;
 mod exchange;
 mod http;
+mod loading_stop;
 mod logging;
 mod metrics;
 mod net;

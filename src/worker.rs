@@ -25,12 +25,13 @@ use crate::bridge::mark_reactor_thread;
 use crate::config::{Config, EventLoop, Interface, Lifespan};
 use crate::config_file;
 use crate::http::{serve, ServerState};
+use crate::loading_stop::{LoadingStopWatch, BLOCKED_STOP_WAIT};
 use crate::metrics::process::ProcessStats;
 use crate::metrics::{self, Health, Report, Scrape, WorkerReport};
 use crate::net::{self, Listener};
 use crate::stacks::StackFile;
 use crate::supervisor::balance::{Balance, WorkerSeat};
-use crate::supervisor::pid_file::PidFile;
+use crate::supervisor::pid_file::{self, PidFile};
 use crate::supervisor::privileges::Credentials;
 use crate::supervisor::systemd::Notifier;
 use crate::supervisor::{self, handoff, interpreter, Handoff, Slot};
@@ -62,8 +63,9 @@ pub(crate) const CANCELLED_TASKS_WAIT: Duration = Duration::from_secs(5);
 pub(crate) const WSGI_THREADS_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the lifespan shutdown (closing database pools, flushing queues)
-/// gets before the worker cancels it and exits; a supervisor allows it
-/// after the bounded steps above.
+/// gets, at least, before the worker cancels it and exits; a supervisor
+/// allows it after the bounded steps above, so it gets what those left
+/// unused too (all of the grace period, with no connection open).
 pub(crate) const LIFESPAN_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(5);
 
 /// How long a worker's graceful stop may run beyond
@@ -79,13 +81,16 @@ pub(crate) fn stop_after_grace() -> Duration {
 }
 
 /// Adds the waits of the stop above to the extension module, in seconds,
-/// for `rsasgi._worker`.
+/// for `rsasgi._worker`, with their sum `STOP_AFTER_GRACE`: the lifespan
+/// shutdown gets what the steps before it left of that.
 pub(crate) fn add_stop_waits(module: &Bound<'_, PyModule>) -> PyResult<()> {
     for (name, wait) in [
         ("REQUEST_TASKS_WAIT", REQUEST_TASKS_WAIT),
         ("CANCELLED_TASKS_WAIT", CANCELLED_TASKS_WAIT),
         ("WSGI_THREADS_WAIT", WSGI_THREADS_WAIT),
         ("LIFESPAN_SHUTDOWN_ALLOWANCE", LIFESPAN_SHUTDOWN_ALLOWANCE),
+        ("STOP_AFTER_GRACE", stop_after_grace()),
+        ("BLOCKED_STOP_WAIT", BLOCKED_STOP_WAIT),
     ] {
         module.add(name, wait.as_secs_f64())?;
     }
@@ -413,6 +418,9 @@ pub(crate) struct Worker {
     metrics: Metrics,
     /// Where faulthandler writes the Python stacks (none: to stderr).
     stacks: Option<Arc<StackFile>>,
+    /// While one process imports the app: ends it when a stop signal goes
+    /// unanswered (the import is in C code).
+    loading_stop: Mutex<Option<LoadingStopWatch>>,
 }
 
 impl Worker {
@@ -452,6 +460,7 @@ impl Worker {
             dispatcher: OnceLock::new(),
             metrics,
             stacks,
+            loading_stop: Mutex::new(None),
         })
     }
 }
@@ -465,6 +474,44 @@ pub(crate) fn name_of<T: clap::ValueEnum>(value: T) -> String {
 
 #[pymethods]
 impl Worker {
+    /// Called as one process starts to import the app, with the signals
+    /// that stop it then: one that Python has not acted on
+    /// `BLOCKED_STOP_WAIT` later (the import is in C code, where Python
+    /// handlers wait for the call to return) ends the process, its `--pid`
+    /// and `--uds` files removed, as the signal's default action did.
+    fn watch_loading_stop(slf: &Bound<'_, Self>, signals: Vec<i32>) {
+        let worker = slf.clone().unbind();
+        let leave = move |signal: &str| {
+            let worker = worker.get();
+            tracing::warn!(
+                "Stopped by {signal} while importing {}, before serving: the import had not \
+                 returned {}s after the signal (it is in C code, which Python's signal handlers \
+                 wait for); exiting now",
+                worker.config.app,
+                BLOCKED_STOP_WAIT.as_secs_f64()
+            );
+            worker.close_unserved_listeners();
+            if let Some(path) = &worker.config.pid_file {
+                pid_file::remove_ours(path);
+            }
+            crate::logging::flush();
+            // SAFETY: ends the process at once; nothing is touched after.
+            unsafe { libc::_exit(0) }
+        };
+        match LoadingStopWatch::start(&signals, leave) {
+            Ok(watch) => *slf.get().loading_stop.lock() = Some(watch),
+            Err(err) => tracing::warn!(
+                "Cannot watch the stop signals while the app is imported ({err}): an import \
+                 that stays in C code ignores them until it returns"
+            ),
+        }
+    }
+
+    /// The import is over (or Python acted on the stop signal).
+    fn end_loading_stop_watch(&self) {
+        self.loading_stop.lock().take();
+    }
+
     #[getter]
     fn app(&self) -> &str {
         &self.config.app

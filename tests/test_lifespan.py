@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 
 import httpx
@@ -152,19 +153,39 @@ def test_a_lifespan_shutdown_that_raises_is_reported_as_failed(run_rsasgi):
 
 def test_a_lifespan_shutdown_that_never_answers_is_cancelled(run_rsasgi, tmp_path):
     """One process waited for ever for the app's answer, saying nothing; it now waits as
-    long as a supervisor would for a worker's (5 s), then says so and exits."""
+    long as a supervisor would for a worker's (what the stop's steps left of grace + 13 s,
+    less the exit's own), then says so and exits."""
     record = tmp_path / "events.txt"
     server = run_rsasgi(
-        "life_app:app", env={"LIFE_EVENTS": str(record), "LIFE_SHUTDOWN_HANGS": "1"}
+        "life_app:app",
+        "--timeout-graceful-shutdown",
+        "0",
+        env={"LIFE_EVENTS": str(record), "LIFE_SHUTDOWN_HANGS": "1"},
     )
     server.proc.send_signal(signal.SIGTERM)
-    assert server.wait_exit(timeout=15) == 0
+    assert server.wait_exit(timeout=30) == 0
     log = server.output()
-    assert (
-        "The application's shutdown did not complete within 5s (lifespan.shutdown unanswered); "
-        "cancelling it"
-    ) in log
+    assert re.search(
+        r"The application's shutdown did not complete within 1\d(\.\d)?s "
+        r"\(lifespan.shutdown unanswered\); cancelling it",
+        log,
+    ), log
     assert "Application shutdown complete" not in log
     assert "Task was destroyed" not in log
     assert log.rstrip().endswith("rsasgi.error: Stopped"), log
     assert events(record) == ["startup", "shutdown-start"]
+
+
+def test_a_lifespan_shutdown_gets_the_grace_period_left_unused(run_rsasgi, tmp_path):
+    """With no connection open, the stop has its whole grace period (30 s) left for the
+    lifespan shutdown, as a supervisor's deadline allows: one that takes 7 s completes (it
+    was cancelled after 5 s)."""
+    record = tmp_path / "events.txt"
+    env = {"LIFE_EVENTS": str(record), "LIFE_SHUTDOWN_SECONDS": "7"}
+    server = run_rsasgi("life_app:app", env=env)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=30) == 0
+    log = server.output()
+    assert "Application shutdown complete" in log, log
+    assert "did not complete" not in log
+    assert events(record) == ["startup", "shutdown-start", "shutdown"]

@@ -190,6 +190,29 @@ def test_a_wsgi_iterable_s_slow_close_runs_to_its_end(run_rsasgi, tmp_path):
     assert "WSGI threads still running after shutdown" not in output
 
 
+def test_a_forced_stop_during_the_wait_for_wsgi_threads_shows_the_app_s_thread(
+    run_rsasgi, tmp_path
+):
+    """A second SIGTERM while the stop waits for a WSGI iterable's close(): the log showed
+    rsasgi's own thread, still joining the pool, as the one still running (and not the
+    app's, stuck in close())."""
+    record = tmp_path / "events.txt"
+    server = run_rsasgi("after_response:wsgi_app", env={"AFTER_RESPONSE_FILE": str(record)})
+    assert httpx.get(server.url + "/?s=30", timeout=10).text == "ok"
+    wait_for_event(record, "close-start")
+
+    server.proc.send_signal(signal.SIGTERM)
+    wait_for_log(server, "Waiting for 1 WSGI thread(s)")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=10) == 0
+    output = server.output()
+    stuck = log_event(output, "WSGI threads still running after shutdown")
+    assert "after_response.py" in stuck and "in close" in stuck, output
+    assert "thread(s) still running after shutdown" not in output, output
+    assert "concurrent/futures" not in output, output
+    assert output.rstrip().endswith("rsasgi.error: Stopped"), output
+
+
 def test_a_background_task_is_cancelled_when_the_grace_period_ends(run_rsasgi, tmp_path):
     record = tmp_path / "events.txt"
     server = run_rsasgi(

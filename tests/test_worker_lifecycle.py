@@ -206,6 +206,42 @@ def test_a_stop_signal_while_the_app_is_imported_stops_without_a_traceback(
     assert not socket_file.exists()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_while_the_import_is_in_c_code_ends_the_process(run_rsasgi, tmp_path, sig):
+    """Python acts on a signal only between two bytecodes: an import inside a long call into
+    C code (a key derivation here, a C database driver's connect elsewhere) ignored the
+    stop until the call returned (a minute here). The process now leaves 5 s after the
+    signal, saying why, with its --pid and --uds files removed."""
+    marker = tmp_path / "importing"
+    (tmp_path / "life_c_import.py").write_text(
+        "import hashlib\nimport pathlib\n\n"
+        f"pathlib.Path({str(marker)!r}).touch()\n"
+        'hashlib.pbkdf2_hmac("sha256", b"secret", b"salt", 300_000_000)\n'
+    )
+    pid_file, socket_file = tmp_path / "rsasgi.pid", tmp_path / "rsasgi.sock"
+    server = run_rsasgi(
+        "life_c_import:app",
+        "--app-dir",
+        str(tmp_path),
+        "--pid",
+        str(pid_file),
+        "--uds",
+        str(socket_file),
+        wait=False,
+    )
+    wait_for(marker.exists, message="the import to begin", server=server)
+    assert pid_file.exists() and socket_file.exists()
+    server.proc.send_signal(sig)
+    assert server.wait_exit(timeout=20) == 0, server.output()
+    output = server.output()
+    assert (
+        f"Stopped by {sig.name} while importing life_c_import:app, before serving: the import "
+        "had not returned 5s after the signal"
+    ) in output
+    assert not pid_file.exists()
+    assert not socket_file.exists()
+
+
 def test_an_attribute_that_raises_fails_to_load(run_rsasgi, tmp_path):
     (tmp_path / "life_prop.py").write_text(
         "class Holder:\n"

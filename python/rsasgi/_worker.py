@@ -23,11 +23,14 @@ import time
 import traceback
 
 # The bounded steps of a stop after its grace period, in seconds, defined in
-# src/worker.rs, where a supervisor's deadline for a stopping worker is made of them.
+# src/worker.rs, where a supervisor's deadline for a stopping worker is made of them, and
+# how long a stop signal may go unanswered while the app blocks Python.
 from rsasgi._rsasgi import (
+    BLOCKED_STOP_WAIT,
     CANCELLED_TASKS_WAIT,
     LIFESPAN_SHUTDOWN_ALLOWANCE,
     REQUEST_TASKS_WAIT,
+    STOP_AFTER_GRACE,
     WSGI_THREADS_WAIT,
     flush_logs,
     log,
@@ -91,6 +94,11 @@ def run(worker) -> int:
     if worker.supervisor_pid is not None:
         stop_signals = ()
     before = {signum: signal.signal(signum, _stop_loading) for signum in stop_signals}
+    if stop_signals:
+        # Python acts on them (and on SIGINT) only between two bytecodes: an import that
+        # stays in C code would not see them until it returns. The process leaves without it
+        # BLOCKED_STOP_WAIT after the signal.
+        worker.watch_loading_stop([signal.SIGINT, *stop_signals])
     app_dir = _add_to_path(worker.app_dir)
     warn = _warn if worker.speaks_for_all else _quiet
     try:
@@ -110,6 +118,7 @@ def run(worker) -> int:
         )
         return 0
     finally:
+        worker.end_loading_stop_watch()
         for signum, handler in before.items():
             # Unless the app's import put a handler of its own.
             if signal.getsignal(signum) is _stop_loading:
@@ -724,8 +733,9 @@ async def _start_unless_stopped(
     return started
 
 
-#: Seconds a startup that blocks the event loop has to end once a stop signal came.
-STARTUP_STOP_GRACE = 5.0
+#: Seconds a startup that blocks the event loop has to end once a stop signal came (as an
+#: import that blocks has: see ``run``).
+STARTUP_STOP_GRACE = BLOCKED_STOP_WAIT
 
 
 class _StartupWatchdog:
@@ -932,7 +942,7 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
         except RuntimeError as exc:
             log("error", f"Could not start serving: {exc}")
             if lifespan is not None:
-                await lifespan.shutdown(forced)
+                await lifespan.shutdown(forced, None)
             # Under a supervisor the next worker would fail the same way (a TLS key its
             # --user cannot read): a boot failure, not a crash to restart for ever.
             return EXIT_BOOT_FAILURE if supervised else 1
@@ -977,7 +987,7 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
                 worker.wsgi_threads_running(), "WSGI thread(s)", "an iterable's close()"
             )
             wait = max(app_work_ends - time.monotonic(), 0.0)
-            joined = loop.run_in_executor(None, worker.join, wait)
+            joined = _join_on_daemon(loop, worker, wait)
             threads_done = await _unless_forced(joined, forced) and joined.result()
         else:
             # `stopped` is done, so the reactor thread is ending and this
@@ -986,10 +996,16 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
         if not threads_done:
             # A WSGI thread is stuck in the app; the interpreter cannot finalise
             # under it, so leave without finalising.
-            log("warning", "WSGI threads still running after shutdown; exiting without waiting")
+            log(
+                "warning",
+                "WSGI threads still running after shutdown; exiting without waiting for "
+                f"them. Where each one is:{_foreign_thread_stacks()}",
+            )
             _skip_finalising()
         if lifespan is not None:
-            await lifespan.shutdown(forced)
+            # What the steps before left of the stop's time (all of it after the grace
+            # period, with no connection open), less the exit's own steps.
+            await lifespan.shutdown(forced, grace_ends + STOP_AFTER_GRACE - EXIT_STEPS_WAIT)
         if forced.is_set() or (lifespan is not None and lifespan.cancelled):
             # What was cancelled gets one step to run its except and finally blocks.
             await asyncio.sleep(0)
@@ -1013,6 +1029,43 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
             # group, then the supervisor sends SIGTERM) must not cut the exit short.
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, signal.SIG_IGN)
+
+
+def _join_on_daemon(loop, worker, timeout: float) -> asyncio.Future:
+    """Runs ``worker.join(timeout)`` on a daemon thread of its own; the future has its
+    answer. Not on the loop's executor: a forced stop leaves the join blocked until the
+    stuck WSGI threads or the timeout end, and the exit would take that thread of
+    rsasgi's for one of the app's still running (and wait for it)."""
+    joined = loop.create_future()
+
+    def answer(done: bool) -> None:
+        if not joined.done():
+            joined.set_result(done)
+
+    def join() -> None:
+        done = worker.join(timeout)
+        # The loop is closed by then when the stop was forced: nobody waits any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(answer, done)
+
+    threading.Thread(target=join, name="rsasgi-wsgi-join", daemon=True).start()
+    return joined
+
+
+def _foreign_thread_stacks() -> str:
+    """The Python stacks of the threads running Python code that ``threading`` did not
+    start (the WSGI pool's, which the reactor starts), one after the other."""
+    started = {
+        thread.ident
+        for thread in threading.enumerate()
+        if not isinstance(thread, threading._DummyThread)
+    }
+    return "".join(
+        f"\nThread {ident} (most recent call last):\n"
+        + "".join(traceback.format_stack(frame)).rstrip()
+        for ident, frame in sys._current_frames().items()
+        if ident not in started
+    )
 
 
 async def _cancel_request_tasks(
@@ -1121,6 +1174,10 @@ class _Leaving:
 #: How long threads that were only idle get to end once told to (a thread pool's), even
 #: when the stop was forced or has no time left.
 IDLE_THREADS_WAIT = 0.5
+
+#: What the process needs once the lifespan shutdown is over, at most: the threads that
+#: were only idle end, and Python's buffered output is written.
+EXIT_STEPS_WAIT = IDLE_THREADS_WAIT + STREAMS_FLUSH_WAIT
 
 #: How often the exit looks whether the app's threads have ended.
 THREADS_POLL = 0.05
@@ -1256,18 +1313,21 @@ class Lifespan:
             self.task.cancel()
             await asyncio.wait([self.task], timeout=1.0)
 
-    async def shutdown(self, forced: asyncio.Event) -> None:
-        """Sends lifespan.shutdown and waits for the app's answer, up to
-        LIFESPAN_SHUTDOWN_ALLOWANCE (a supervisor's deadline for a stopping worker counts
-        it). A forced shutdown (``forced`` set before or during the wait) cancels the app's
-        lifespan task instead, and does not report that as an error; one that does not
-        answer in time is cancelled with a warning."""
+    async def shutdown(self, forced: asyncio.Event, until: float | None) -> None:
+        """Sends lifespan.shutdown and waits for the app's answer until ``until`` (on
+        ``time.monotonic()``; within a supervisor's deadline for a stopping worker), and
+        LIFESPAN_SHUTDOWN_ALLOWANCE at least. A forced shutdown (``forced`` set before or
+        during the wait) cancels the app's lifespan task instead, and does not report that
+        as an error; one that does not answer in time is cancelled with a warning."""
         if self.unsupported or self.error or self.task is None or self.task.done():
             return
         if not forced.is_set():
             await self.events.put({"type": "lifespan.shutdown"})
             answered = self.shutdown_done.wait()
-            if await _unless_forced(answered, forced, LIFESPAN_SHUTDOWN_ALLOWANCE):
+            allowed = LIFESPAN_SHUTDOWN_ALLOWANCE
+            if until is not None:
+                allowed = max(until - time.monotonic(), allowed)
+            if await _unless_forced(answered, forced, allowed):
                 if self.shutdown_failed is not None:
                     log("error", f"Application shutdown failed: {self.shutdown_failed}")
                 elif self.error:
@@ -1279,7 +1339,7 @@ class Lifespan:
                 log(
                     "warning",
                     "The application's shutdown did not complete within "
-                    f"{LIFESPAN_SHUTDOWN_ALLOWANCE:g}s (lifespan.shutdown unanswered); "
+                    f"{allowed:.3g}s (lifespan.shutdown unanswered); "
                     "cancelling it",
                 )
         self.cancelled = True

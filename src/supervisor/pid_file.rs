@@ -75,22 +75,31 @@ fn is_rsasgi(pid: u32) -> bool {
     })
 }
 
+/// Removes the pid file at `path` if it names this process: for a process
+/// that must leave at once, without dropping its [`PidFile`].
+pub(crate) fn remove_ours(path: &Path) {
+    remove_if_names(path, std::process::id());
+}
+
+fn remove_if_names(path: &Path, pid: u32) {
+    let ours = std::fs::read_to_string(path).is_ok_and(|content| content.trim() == pid.to_string());
+    if ours {
+        if let Err(err) = std::fs::remove_file(path) {
+            // In one process with --user, the rights to the directory
+            // went with root's; a supervisor keeps them.
+            tracing::warn!(
+                "Could not remove --pid {}: {err}; remove it by hand (with --user, run with \
+                 --workers, whose supervisor keeps root's rights, or keep the file in a \
+                 directory that user may write)",
+                path.display()
+            );
+        }
+    }
+}
+
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let ours = std::fs::read_to_string(&self.path)
-            .is_ok_and(|content| content.trim() == self.pid.to_string());
-        if ours {
-            if let Err(err) = std::fs::remove_file(&self.path) {
-                // In one process with --user, the rights to the directory
-                // went with root's; a supervisor keeps them.
-                tracing::warn!(
-                    "Could not remove --pid {}: {err}; remove it by hand (with --user, run with \
-                     --workers, whose supervisor keeps root's rights, or keep the file in a \
-                     directory that user may write)",
-                    self.path.display()
-                );
-            }
-        }
+        remove_if_names(&self.path, self.pid);
     }
 }
 

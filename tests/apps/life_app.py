@@ -3,7 +3,8 @@
 Routes: /unreferenced awaits a future that nothing but the request task holds; /sleep sleeps
 60 s; /stubborn never ends, even when cancelled. Lifespan and request events go, one per line,
 to the file named by $LIFE_EVENTS; with $LIFE_SHUTDOWN_HANGS set, the lifespan shutdown never
-completes, and with $LIFE_SHUTDOWN_RAISES set it raises.
+completes, with $LIFE_SHUTDOWN_SECONDS it takes that long, and with $LIFE_SHUTDOWN_RAISES set
+it raises.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ async def lifespan(receive, send) -> None:
                 raise RuntimeError("the lifespan shutdown raised")
             if os.environ.get("LIFE_SHUTDOWN_HANGS"):
                 await asyncio.get_running_loop().create_future()
+            await asyncio.sleep(float(os.environ.get("LIFE_SHUTDOWN_SECONDS", "0")))
             record("shutdown")
             await send({"type": "lifespan.shutdown.complete"})
             return
