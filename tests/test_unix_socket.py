@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -106,6 +107,38 @@ def test_a_second_server_does_not_take_the_socket_of_one_that_listens(uds, run_r
     )
     with uds_client(path) as client:
         assert client.get("http://localhost/").content == b"hello world"
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=WORKER_IDS)
+def test_a_socket_is_bound_with_sigchld_ignored(run_rsasgi, tmp_path, workers):
+    """SIGCHLD ignored is inherited across exec (a shell's `trap '' CHLD`, some init
+    scripts): the kernel then reaps children by itself. The process that binds the socket
+    file says how it went on a pipe, so the start does not take the reaped child for a
+    failed bind (it said "No child processes" and left the file)."""
+    path = tmp_path / "rsasgi.sock"
+    ignoring = (
+        "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'rsasgi', *sys.argv[1:]])"
+    )
+    server = run_rsasgi(
+        "proto_http:app",
+        "--uds",
+        str(path),
+        *workers,
+        wait=False,
+        command=[sys.executable, "-c", ignoring],
+    )
+    wait_for(
+        lambda: f"Listening on unix:{path}" in server.output() or server.proc.poll(),
+        timeout=20,
+        message=f"rsasgi to listen on {path}",
+        server=server,
+    )
+    assert server.proc.poll() is None, server.output()
+    with uds_client(path) as client:
+        assert client.get("http://rsasgi/").status_code == 200
+    assert server.stop(signal.SIGTERM) == 0
+    assert not path.exists()
 
 
 def test_asgi_scope_server_is_the_socket_path_and_client_is_none(uds):

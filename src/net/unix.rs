@@ -280,12 +280,26 @@ fn bind_as(
     let (address, length) = (addr.as_ptr().cast::<libc::sockaddr>(), addr.len());
     let mask = !mode & 0o777;
     let as_user = owner.is_some_and(|owner| owner.uid != 0);
+    // The child says how it went on a pipe, not by its exit status: with
+    // SIGCHLD ignored (inherited so across exec), the kernel reaps it by
+    // itself and waitpid finds no child.
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 fills two descriptors into a live array.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let [read_end, write_end] = pipe;
     // SAFETY: the child makes only system calls, async-signal-safe, on
     // memory prepared before the fork (the address lives in `addr`), then
     // leaves with _exit, without unwinding or running destructors.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         unsafe {
+            let report = |outcome: i32| {
+                let bytes = outcome.to_ne_bytes();
+                libc::write(write_end, bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(0)
+            };
             libc::umask(mask);
             if let Some(owner) = owner {
                 libc::setfsgid(owner.gid);
@@ -295,7 +309,7 @@ fn bind_as(
                 }
             }
             if libc::bind(fd, address, length) == 0 {
-                libc::_exit(0);
+                report(0);
             }
             let mut errno = *libc::__errno_location();
             if as_user && matches!(errno, libc::EACCES | libc::EPERM) {
@@ -303,31 +317,53 @@ fn bind_as(
                 // may do here (its own directory, without CAP_DAC_OVERRIDE).
                 libc::setfsuid(0);
                 if libc::bind(fd, address, length) == 0 {
-                    libc::_exit(BOUND_AS_ROOT);
+                    report(BOUND_AS_ROOT);
                 }
                 errno = *libc::__errno_location();
             }
-            libc::_exit(errno);
+            report(errno);
         }
     }
+    let forked = io::Error::last_os_error();
+    // SAFETY: closing our copy of the child's end, which we own.
+    unsafe { libc::close(write_end) };
     if pid < 0 {
-        return Err(io::Error::last_os_error());
+        // SAFETY: the read end is ours, and unused.
+        unsafe { libc::close(read_end) };
+        return Err(forked);
     }
-    let mut status = 0;
-    // SAFETY: waiting for the child just forked, into a live integer.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+    let mut outcome = [0u8; 4];
+    let mut got = 0;
+    while got < outcome.len() {
+        // SAFETY: reading into the rest of a live array.
+        let read = unsafe {
+            libc::read(
+                read_end,
+                outcome[got..].as_mut_ptr().cast(),
+                outcome.len() - got,
+            )
+        };
+        match read {
+            n if n > 0 => got += n as usize,
+            0 => break,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => break,
         }
     }
-    if !libc::WIFEXITED(status) {
-        return Err(io::Error::other(format!(
-            "the process binding it was killed by signal {}",
-            libc::WTERMSIG(status)
-        )));
+    // SAFETY: the read end is ours.
+    unsafe { libc::close(read_end) };
+    let mut status = 0;
+    // SAFETY: waiting for the child just forked, into a live integer. It
+    // may be gone already (SIGCHLD ignored): ECHILD then, which is fine.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
+    if got < outcome.len() {
+        return Err(io::Error::other(
+            "the process binding it ended without saying how it went",
+        ));
     }
-    match libc::WEXITSTATUS(status) {
+    match i32::from_ne_bytes(outcome) {
         0 => Ok(CreatedAs::Asked),
         BOUND_AS_ROOT => Ok(CreatedAs::Root),
         errno => Err(io::Error::from_raw_os_error(errno)),
