@@ -1187,16 +1187,47 @@ fn blame_environment_for_missing(
             .err()
             .is_none_or(|err| err.kind() != ErrorKind::MissingRequiredArgument)
     };
-    let from_environment: Vec<String> = command
+    let set_by_variables: Vec<&Arg> = command
         .get_arguments()
         .filter(|arg| !written_as_argument(arg, argv, file_args))
-        .filter_map(|arg| {
-            let variable = arg.get_env()?.to_str()?;
-            std::env::var_os(variable)?;
-            let long = arg.get_long()?;
-            requires_it(arg).then(|| format!("{variable} (--{long})"))
+        .filter(|arg| {
+            arg.get_env().and_then(std::env::var_os).is_some() && arg.get_long().is_some()
         })
         .collect();
+    let named = |arg: &Arg| {
+        let variable = arg.get_env().and_then(|v| v.to_str()).unwrap_or_default();
+        format!("{variable} (--{})", arg.get_long().unwrap_or_default())
+    };
+    let mut from_environment: Vec<String> = set_by_variables
+        .iter()
+        .filter(|arg| requires_it(arg))
+        .map(|arg| named(arg))
+        .collect();
+    if from_environment.is_empty() {
+        // Two variables that need the same option (RSASGI_SSL_KEYFILE and
+        // its password): neither one's absence explains it. Each that brings
+        // the error back alone, the others' variables unread, is named.
+        let missing_with_only = |kept: Option<&Arg>| {
+            set_by_variables
+                .iter()
+                .filter(|arg| kept.is_none_or(|kept| arg.get_id() != kept.get_id()))
+                .fold(command.clone(), |cmd, arg| {
+                    cmd.mut_arg(arg.get_id(), |arg| arg.env(None))
+                })
+                .try_get_matches_from(full.clone())
+                .err()
+                .is_some_and(|err| err.kind() == ErrorKind::MissingRequiredArgument)
+        };
+        // Only if the variables are what the error is about at all (not an
+        // option on the command line).
+        if !missing_with_only(None) {
+            from_environment = set_by_variables
+                .iter()
+                .filter(|arg| missing_with_only(Some(arg)))
+                .map(|arg| named(arg))
+                .collect();
+        }
+    }
     if from_environment.is_empty() {
         return err;
     }

@@ -434,6 +434,16 @@ def test_an_option_a_variable_needs_names_the_variable():
         "--app-dir", str(APPS), APP, env={"RSASGI_SSL_KEYFILE": "/k.pem", "RSASGI_PORT": "8001"}
     )  # fmt: skip
     assert "(set by the environment: RSASGI_SSL_KEYFILE (--ssl-keyfile))" in result.stderr
+    # Two variables that need it: neither alone explains it, both are named.
+    both = {"RSASGI_SSL_KEYFILE": "/k.pem", "RSASGI_SSL_KEYFILE_PASSWORD": "x", "RSASGI_PORT": "1"}
+    result = cli("--app-dir", str(APPS), APP, env=both)
+    assert (
+        "(set by the environment: RSASGI_SSL_KEYFILE (--ssl-keyfile), "
+        "RSASGI_SSL_KEYFILE_PASSWORD (--ssl-keyfile-password))"
+    ) in result.stderr, result.stderr
+    # With the key on the command line, its password's variable is not what is missing.
+    result = cli("--ssl-keyfile", "/k.pem", "--app-dir", str(APPS), APP, env=both)
+    assert "environment" not in result.stderr, result.stderr
     # A missing APP is not blamed on the variables.
     result = cli(env={"RSASGI_PORT": "8001"})
     assert result.returncode == 2, result.stderr

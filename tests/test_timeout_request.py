@@ -199,18 +199,33 @@ def test_a_wsgi_thread_that_took_its_request_late_is_judged_from_then(run_rsasgi
     assert httpx.get(server.url, timeout=5).text.split()[1] == pid
 
 
+def test_a_streamed_response_cut_after_waiting_for_its_thread_is_not_called_a_504(run_rsasgi):
+    """A response that waited for the thread, then streamed past the limit from its
+    arrival, is cut where it stands: its line says so, not "504"."""
+    server = run_rsasgi("timeout_app:wsgi", "--threads", "1", "--timeout-request", "2")
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(httpx.get, f"{server.url}/nap?s=0.8", timeout=10)
+        time.sleep(0.2)
+        trickle = pool.submit(httpx.get, f"{server.url}/trickle", timeout=10)
+        assert first.result().status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            trickle.result()
+    log = wait_for_log(server, '"GET /trickle HTTP/1.1" had its response cut: it waited')
+    assert '504 for "GET /trickle' not in log, log
+
+
 def test_a_wsgi_thread_stuck_in_a_request_it_took_late_is_judged_at_its_own_deadline(
     run_rsasgi, markers
 ):
-    """A request that waited 1.2 s for the thread, and then never returns: its client gets
-    504 at the limit from its arrival, its thread is found stuck at the limit from when it
-    took it, and the line says how long it waited first."""
+    """A request that waited about 1.6 s for the thread, and then never returns: its client
+    gets 504 at the limit from its arrival, its thread is found stuck at the limit from when
+    it took it, and the line says how long it waited first."""
     server = run_rsasgi(
-        "timeout_app:wsgi", "--threads", "1", "--timeout-request", "2",
+        "timeout_app:wsgi", "--threads", "1", "--timeout-request", "3",
         env={"TIMEOUT_MARKERS": str(markers)},
     )  # fmt: skip
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(httpx.get, f"{server.url}/nap?s=1.2", timeout=10)
+        first = pool.submit(httpx.get, f"{server.url}/nap?s=1.6", timeout=10)
         wait_for(lambda: (markers / "started-nap").exists(), message="the thread taken")
         held = pool.submit(httpx.get, f"{server.url}/hold", timeout=10)
         assert first.result().status_code == 200
@@ -218,5 +233,6 @@ def test_a_wsgi_thread_stuck_in_a_request_it_took_late_is_judged_at_its_own_dead
         log = wait_for_log(server, "Python stacks of this worker's threads:")
         (markers / "go").touch()
     line = next(line for line in log.splitlines() if '"GET /hold HTTP/1.1" ran longer' in line)
-    assert "on its WSGI thread, which took it after it waited 1." in line, line
+    # How long it waited depends on when the client's request arrived, on a loaded machine.
+    assert re.search(r"on its WSGI thread, which took it after it waited \d", line), line
     assert "it was sent 504 then" in line, line

@@ -617,10 +617,13 @@ pub(super) fn request_timed_out(state: &Arc<ServerState>, exchange: &Arc<Exchang
         return;
     };
     match stage {
-        ThreadStage::Queued => thread_wait_timed_out(state, pool, exchange, None),
+        ThreadStage::Queued => {
+            thread_wait_timed_out(state, exchange, None, false, pool.busy_threads());
+        }
         ThreadStage::Taken(Some(taken)) if taken + limit > Instant::now() => {
             // Before the thread's own deadline, by as long as the request
-            // waited for it.
+            // waited for it. The threads busy now are what it waited for.
+            let busy = pool.busy_threads();
             let thread_deadline = taken + limit;
             let waited = thread_deadline - Instant::now();
             let state = Arc::clone(state);
@@ -628,9 +631,7 @@ pub(super) fn request_timed_out(state: &Arc<ServerState>, exchange: &Arc<Exchang
             tokio::spawn(async move {
                 tokio::time::sleep_until(thread_deadline.into()).await;
                 if exchange.app_finished() {
-                    if let Some(pool) = &state.wsgi {
-                        thread_wait_timed_out(&state, pool, &exchange, Some(waited));
-                    }
+                    thread_wait_timed_out(&state, &exchange, Some(waited), started, busy);
                 } else {
                     wsgi_thread_stuck(&state, &exchange, started, waited);
                 }
@@ -722,28 +723,34 @@ fn wsgi_thread_stuck(state: &ServerState, exchange: &Exchange, started: bool, wa
 /// `--limit-concurrency`.
 fn thread_wait_timed_out(
     state: &ServerState,
-    pool: &crate::wsgi::Pool,
     exchange: &Exchange,
     waited: Option<Duration>,
+    started: bool,
+    (busy, threads): (usize, usize),
 ) {
     if !state.thread_waits.refused() {
         return;
     }
     let limit = state.timeout_request.unwrap_or_default().as_secs_f64();
     let request = exchange.request_line();
-    let (busy, threads) = pool.busy_threads();
     let every = refusals::SUMMARY_EVERY.as_secs();
+    // A response already under way is cut where it stands, not a 504.
+    let answered = if started {
+        format!("\"{request}\" had its response cut")
+    } else {
+        format!("504 for \"{request}\"")
+    };
     match waited {
         None => tracing::warn!(
-            "504 for \"{request}\": it waited --timeout-request {limit}s for a WSGI thread ({busy} of \
+            "{answered}: it waited --timeout-request {limit}s for a WSGI thread ({busy} of \
              --threads {threads} busy) and is not run; the next such 504s are counted, and logged \
              every {every}s while they go on"
         ),
         Some(waited) => tracing::warn!(
-            "504 for \"{request}\": it waited {:.1}s for a WSGI thread ({busy} of --threads {threads} \
+            "{answered}: it waited {:.1}s for a WSGI thread ({busy} of --threads {threads} \
              busy), and so ran past --timeout-request {limit}s counted from its arrival, though its \
-             thread returned within {limit}s of taking it (no thread is stuck); the next such 504s \
-             are counted, and logged every {every}s while they go on",
+             thread returned within {limit}s of taking it (no thread is stuck); the next such \
+             requests are counted, and logged every {every}s while they go on",
             waited.as_secs_f64()
         ),
     }

@@ -84,8 +84,18 @@ def wsgi(environ, start_response):
     if path == "/big":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return [BIG]
+    if path == "/trickle":
+        # A response that streams for 3 s, a piece every 0.2 s.
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _trickle()
     tag = environ["QUERY_STRING"].removeprefix("tag=")
     if tag:
         mark("ran-" + tag)
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [f"ok {os.getpid()}".encode()]
+
+
+def _trickle():
+    for _ in range(15):
+        time.sleep(0.2)
+        yield b"."
