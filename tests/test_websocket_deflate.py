@@ -523,7 +523,10 @@ def test_messages_queued_after_large_compressed_frames_hold_only_their_own_size(
         sock.sendall(encode_frame(OP_PING, b"read all"))
         assert reader.frame_rsv1() == (OP_PONG, True, False, b"read all")
         growth_mib = (rss_kib(server.proc.pid) - baseline) / 1024
-    assert growth_mib < 24, f"server memory grew by {growth_mib:.0f} MiB"
+    # What the bug held is 15 read buffers (60 MiB and more). On a loaded machine the server
+    # reads more frames at once, and its read buffer (freed, but kept by the allocator) grows
+    # past one frame: 32 MiB was seen in CI, where 8 to 16 is usual.
+    assert growth_mib < 45, f"server memory grew by {growth_mib:.0f} MiB"
 
 
 def test_compressed_message_over_the_limit_closes_with_1009(run_rsasgi):
