@@ -170,6 +170,24 @@ def test_a_module_that_exits_while_imported_fails_to_load(run_rsasgi, tmp_path, 
     assert 'Module "life_exits" called sys.exit(4) while being imported.' in server.output()
 
 
+def start_importing(run_rsasgi, tmp_path, module: str, rest_of_import: str):
+    """Starts one process on module `module`, whose import marks that it began and then runs
+    `rest_of_import` (which does not return soon), with --pid and --uds; returns the server
+    and the two files, once the import has begun."""
+    marker = tmp_path / "importing"
+    (tmp_path / f"{module}.py").write_text(
+        f"import pathlib\n\npathlib.Path({str(marker)!r}).touch()\n{rest_of_import}"
+    )
+    pid_file, socket_file = tmp_path / "rsasgi.pid", tmp_path / "rsasgi.sock"
+    server = run_rsasgi(
+        f"{module}:app", "--app-dir", str(tmp_path), "--pid", str(pid_file),
+        "--uds", str(socket_file), wait=False,
+    )  # fmt: skip
+    wait_for(marker.exists, message="the import to begin", server=server)
+    assert pid_file.exists() and socket_file.exists()
+    return server, pid_file, socket_file
+
+
 @pytest.mark.parametrize(
     "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP], ids=lambda s: s.name
 )
@@ -180,23 +198,9 @@ def test_a_stop_signal_while_the_app_is_imported_stops_without_a_traceback(
     stop during the lifespan startup, not the app's code in a KeyboardInterrupt traceback;
     its --pid and --uds files are removed. The others killed it silently, leaving both
     behind, and SIGINT left the socket file."""
-    marker = tmp_path / "importing"
-    (tmp_path / "life_slow.py").write_text(
-        f"import pathlib\nimport time\n\npathlib.Path({str(marker)!r}).touch()\ntime.sleep(30)\n"
+    server, pid_file, socket_file = start_importing(
+        run_rsasgi, tmp_path, "life_slow", "import time\n\ntime.sleep(30)\n"
     )
-    pid_file, socket_file = tmp_path / "rsasgi.pid", tmp_path / "rsasgi.sock"
-    server = run_rsasgi(
-        "life_slow:app",
-        "--app-dir",
-        str(tmp_path),
-        "--pid",
-        str(pid_file),
-        "--uds",
-        str(socket_file),
-        wait=False,
-    )
-    wait_for(marker.exists, message="the import to begin", server=server)
-    assert pid_file.exists() and socket_file.exists()
     server.proc.send_signal(sig)
     assert server.wait_exit() == 0
     output = server.output()
@@ -212,25 +216,12 @@ def test_a_stop_signal_while_the_import_is_in_c_code_ends_the_process(run_rsasgi
     C code (a key derivation here, a C database driver's connect elsewhere) ignored the
     stop until the call returned (a minute here). The process now leaves 5 s after the
     signal, saying why, with its --pid and --uds files removed."""
-    marker = tmp_path / "importing"
-    (tmp_path / "life_c_import.py").write_text(
-        "import hashlib\nimport pathlib\n\n"
-        f"pathlib.Path({str(marker)!r}).touch()\n"
-        'hashlib.pbkdf2_hmac("sha256", b"secret", b"salt", 300_000_000)\n'
+    server, pid_file, socket_file = start_importing(
+        run_rsasgi,
+        tmp_path,
+        "life_c_import",
+        'import hashlib\n\nhashlib.pbkdf2_hmac("sha256", b"secret", b"salt", 300_000_000)\n',
     )
-    pid_file, socket_file = tmp_path / "rsasgi.pid", tmp_path / "rsasgi.sock"
-    server = run_rsasgi(
-        "life_c_import:app",
-        "--app-dir",
-        str(tmp_path),
-        "--pid",
-        str(pid_file),
-        "--uds",
-        str(socket_file),
-        wait=False,
-    )
-    wait_for(marker.exists, message="the import to begin", server=server)
-    assert pid_file.exists() and socket_file.exists()
     server.proc.send_signal(sig)
     assert server.wait_exit(timeout=20) == 0, server.output()
     output = server.output()
