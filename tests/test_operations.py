@@ -791,6 +791,46 @@ def test_a_daemon_with_reload_that_cannot_boot_makes_its_command_exit_1(tmp_path
     wait_in_file(log, "waiting for a change")
 
 
+def test_a_daemon_whose_second_worker_crashes_at_boot_returns_once_the_first_serves(
+    tmp_path, daemon_files
+):
+    """One worker crashing at every boot kept the command (and systemd's start job) waiting
+    for ever, while the other served."""
+    log, pid_file = daemon_files
+    (tmp_path / "first_only.py").write_text(
+        "import os\n"
+        "async def app(scope, receive, send):\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'first'})\n"
+        "try:\n"
+        "    os.close(os.open('served', os.O_CREAT | os.O_EXCL))\n"
+        "except FileExistsError:\n"
+        "    os._exit(1)\n"
+    )
+    port = free_port()
+    result = run_to_exit(
+        "first_only:app",
+        "--app-dir",
+        str(tmp_path),
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--lifespan",
+        "off",
+        "--daemon",
+        "--log-file",
+        str(log),
+        "--pid",
+        str(pid_file),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout
+    assert get(f"http://127.0.0.1:{port}/").text == "first"
+    text = wait_in_file(log, "Serving with 1 of 2 workers: the others failed to boot (see above)")
+    assert "All 2 workers serving" not in text
+
+
 # systemd: socket activation.
 
 

@@ -391,6 +391,11 @@ struct Supervisor {
     respawn_at: Option<Instant>,
     /// Whether every worker has served once since startup (for the log).
     all_served_once: bool,
+    /// Whether a worker failed its boot before every worker had served once.
+    failed_at_start: bool,
+    /// Whether the start was reported done short of workers: some serve, and
+    /// the others failed their first boot and are being retried.
+    started_short: bool,
     next_memory_check: Instant,
     notifier: Notifier,
     next_status: Instant,
@@ -481,6 +486,8 @@ impl Supervisor {
             crashes: VecDeque::new(),
             respawn_at: None,
             all_served_once: false,
+            failed_at_start: false,
+            started_short: false,
             next_memory_check: Instant::now(),
             notifier,
             next_status: Instant::now(),
@@ -957,6 +964,38 @@ impl Supervisor {
             tracing::error!("{name} {failed}");
             self.crashed();
         }
+        if !self.all_served_once {
+            self.failed_at_start = true;
+            self.settle_short_start();
+        }
+    }
+
+    /// Before every worker has served once: if a worker failed its boot and
+    /// another serves, the start is over, short of workers. Waiting for all
+    /// of them would keep systemd's start job and a `--daemon`'s command
+    /// waiting for as long as one crashes at boot (a start that would
+    /// then time out and stop the workers that serve), while the server
+    /// answers requests.
+    fn settle_short_start(&mut self) {
+        if self.all_served_once || self.started_short || !self.failed_at_start {
+            return;
+        }
+        let serving = self
+            .workers
+            .iter()
+            .filter(|w| w.state == State::Serving)
+            .count();
+        if serving == 0 {
+            return;
+        }
+        self.started_short = true;
+        tracing::warn!(
+            "Serving with {serving} of {}: the others failed to boot (see above) and are \
+             started again; the start is reported done (systemd READY=1, --daemon's command \
+             returns)",
+            workers(self.target)
+        );
+        self.notifier.ready(&self.status());
     }
 
     /// Counts a replacement for `/metrics`.
@@ -1189,6 +1228,7 @@ impl Supervisor {
             tracing::info!("All {} serving", workers(self.workers.len()));
             self.notifier.ready(&self.status());
         }
+        self.settle_short_start();
         let reload_in_progress = self
             .workers
             .iter()
