@@ -713,15 +713,23 @@ def test_a_signal_to_the_process_group_reaching_a_worker_is_the_supervisor_s(run
     assert get(server.url).status_code == 200
 
 
+def block_a_loop(server: Server, markers: Path) -> tuple[socket.socket, int]:
+    """Sends `GET /block` (sup_app's view that blocks its worker's event loop) on a connection
+    of its own; once the view has begun, returns that connection and the blocked worker's pid.
+    """
+    blocker = server.connect()
+    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+    marker = wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
+    return blocker, int(marker[0].name)
+
+
 def test_timeout_0_turns_the_health_check_off_as_in_gunicorn(run_rsasgi, markers):
     """gunicorn's --timeout 0: no worker is killed for a loop that does not run (and 0 is no
     usage error, nor a timeout of no time at all)."""
     server = start_supervised(
         run_rsasgi, "--timeout", "0", workers=1, env={"SUP_MARKERS": str(markers)}
     )
-    blocker = server.connect()
-    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
-    wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
+    blocker, _ = block_a_loop(server, markers)
     time.sleep(3)
     assert "is stuck" not in server.output()
     assert "killed" not in server.output()
@@ -737,10 +745,7 @@ def test_worker_blocking_its_event_loop_is_killed_after_its_stacks_are_logged(ru
         env={"SUP_MARKERS": str(markers)},
     )
     workers = started_workers(server.output())
-    blocker = server.connect()
-    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
-    marker = wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
-    stuck = int(marker[0].name)
+    blocker, stuck = block_a_loop(server, markers)
     number = workers[stuck]
     (other,) = set(workers) - {stuck}
 
@@ -799,10 +804,7 @@ def test_a_stop_while_a_worker_is_hung_still_logs_its_stacks_and_kills_it(run_rs
         workers=1,
         env={"SUP_MARKERS": str(markers)},
     )  # fmt: skip
-    blocker = server.connect()
-    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
-    marker = wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
-    stuck = int(marker[0].name)
+    blocker, stuck = block_a_loop(server, markers)
     wait_for_log(server, f"worker 1 (pid {stuck}) is stuck")
     server.proc.send_signal(signal.SIGTERM)
     assert exit_code(server) == 0
@@ -822,10 +824,7 @@ def test_a_worker_still_there_at_its_stop_deadline_is_killed_after_its_stacks_ar
     then. The log shows where it is stuck, and says that the supervisor killed it, not the
     OOM killer."""
     server = start_supervised(run_rsasgi, workers=1, env={"SUP_MARKERS": str(markers)})
-    blocker = server.connect()
-    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
-    marker = wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
-    stuck = int(marker[0].name)
+    blocker, stuck = block_a_loop(server, markers)
 
     server.proc.send_signal(signal.SIGQUIT)
     assert exit_code(server) == 0
@@ -859,10 +858,7 @@ def test_a_recycled_worker_killed_at_its_stop_deadline_is_not_said_to_be_replace
         workers=1,
         env={"SUP_MARKERS": str(markers)},
     )  # fmt: skip
-    blocker = server.connect()
-    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
-    marker = wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
-    stuck = int(marker[0].name)
+    blocker, stuck = block_a_loop(server, markers)
 
     log = wait_for_log(
         server, f"worker 1 (pid {stuck}) was killed at its stop deadline", timeout=30
@@ -1552,9 +1548,7 @@ def test_a_worker_whose_loop_is_blocked_leaves_when_the_supervisor_is_killed(run
         env={"SUP_MARKERS": str(markers)},
     )
     (worker,) = started_workers(server.output())
-    blocker = server.connect()
-    blocker.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
-    wait_for(lambda: list(markers.iterdir()), message="/block to start", server=server)
+    blocker, _ = block_a_loop(server, markers)
 
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)
