@@ -53,8 +53,9 @@ Examples:
                  (deploy/nginx.conf in rsasgi's source: the proxy headers
                  Django needs for its Host, client address and https)
 
-Every option can also be set as an environment variable named after it:
---port as RSASGI_PORT, --timeout-keep-alive as RSASGI_TIMEOUT_KEEP_ALIVE;
+Every option but the --reload-* lists can also be set as an environment
+variable named after it: --port as RSASGI_PORT, --timeout-keep-alive as
+RSASGI_TIMEOUT_KEEP_ALIVE;
 or as a key of a TOML file (--config, else [tool.rsasgi] in pyproject.toml):
 port = 8000, header = [\"X-Frame-Options: DENY\"], reload = true.
 The command line wins over the environment, and both over the file.";
@@ -366,9 +367,9 @@ struct Args {
           value_parser = |raw: &str| parse_count(raw, 0, u64::MAX), help_heading = "Workers")]
     limit_max_requests_jitter: u64,
 
-    /// Replace a worker gracefully after it has run this many seconds.
+    /// Replace a worker gracefully after this many seconds (0: never).
     #[arg(long, alias = "workers-lifetime", env = "RSASGI_LIMIT_WORKER_LIFETIME",
-          value_name = "SECONDS", value_parser = positive_seconds, help_heading = "Workers")]
+          value_name = "SECONDS", value_parser = seconds, help_heading = "Workers")]
     limit_worker_lifetime: Option<Seconds>,
 
     /// Replace a worker gracefully once its resident memory exceeds this many MiB.
@@ -775,9 +776,10 @@ struct Args {
     timeout_graceful_shutdown: Seconds,
 
     /// Answer 504 to a request still running after this many seconds (cut it
-    /// if its response has started) and cancel it.
+    /// if its response has started) and cancel it (0: never, as uWSGI's
+    /// --harakiri 0).
     #[arg(long, alias = "harakiri", env = "RSASGI_TIMEOUT_REQUEST", value_name = "SECONDS",
-          value_parser = positive_seconds, help_heading = "Timeouts")]
+          value_parser = seconds, help_heading = "Timeouts")]
     timeout_request: Option<Seconds>,
 
     /// Cut a response the client takes no bytes of for this many seconds (it
@@ -1399,7 +1401,7 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
                 "ws_ping_timeout",
                 "ws_closed_send_grace",
             ],
-            "with --ws none: WebSocket upgrades are refused",
+            "with --ws none: WebSocket upgrades reach the app as plain HTTP requests",
             "remove --ws none",
         );
     }
@@ -1592,7 +1594,10 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
             },
             max_requests: args.limit_max_requests,
             max_requests_jitter: args.limit_max_requests_jitter,
-            worker_lifetime: args.limit_worker_lifetime.map(|seconds| seconds.0),
+            worker_lifetime: args
+                .limit_worker_lifetime
+                .map(|seconds| seconds.0)
+                .filter(|lifetime| !lifetime.is_zero()),
             worker_memory_mib: args.limit_worker_memory,
             reload: args.reload.then(|| {
                 let mut settings = ReloadSettings::default();
@@ -1649,7 +1654,10 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         timeout_keep_alive: args.timeout_keep_alive.0,
         timeout_request_header: args.timeout_request_header.0,
         timeout_graceful_shutdown: args.timeout_graceful_shutdown.0,
-        timeout_request: args.timeout_request.map(|seconds| seconds.0),
+        timeout_request: args
+            .timeout_request
+            .map(|seconds| seconds.0)
+            .filter(|limit| !limit.is_zero()),
         timeout_send: (!args.timeout_send.0.is_zero()).then_some(args.timeout_send.0),
         timeout_request_body: (!args.timeout_request_body.0.is_zero())
             .then_some(args.timeout_request_body.0),
@@ -1888,6 +1896,35 @@ mod tests {
     }
 
     #[test]
+    fn a_request_timeout_or_worker_lifetime_of_0_is_none_as_uwsgis_harakiri_0() {
+        let config = parse([
+            "rsasgi",
+            "main:app",
+            "--timeout-request",
+            "0",
+            "--limit-worker-lifetime",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(config.timeout_request, None);
+        assert_eq!(config.supervision.worker_lifetime, None);
+        let config = parse([
+            "rsasgi",
+            "main:app",
+            "--timeout-request",
+            "2.5",
+            "--limit-worker-lifetime",
+            "600",
+        ])
+        .unwrap();
+        assert_eq!(config.timeout_request, Some(Duration::from_millis(2500)));
+        assert_eq!(
+            config.supervision.worker_lifetime,
+            Some(Duration::from_secs(600))
+        );
+    }
+
+    #[test]
     fn the_request_header_timeout_is_set_and_never_zero() {
         let config = parse(["rsasgi", "main:app", "--timeout-request-header", "2.5"]).unwrap();
         assert_eq!(config.timeout_request_header, Duration::from_millis(2500));
@@ -2039,7 +2076,7 @@ mod tests {
             ]),
             [
                 "--ws-max-size and --ws-ping-interval do nothing with --ws none: WebSocket \
-              upgrades are refused; remove --ws none, or drop them"
+              upgrades reach the app as plain HTTP requests; remove --ws none, or drop them"
             ]
         );
         assert_eq!(

@@ -175,6 +175,19 @@ pub(crate) fn load(
                         path.display()
                     )
                 })?
+            } else if table
+                .get("tool")
+                .and_then(toml::Value::as_table)
+                .is_some_and(|tool| tool.contains_key("rsasgi"))
+            {
+                // The README's pyproject.toml example, copied into a file
+                // of rsasgi's own.
+                return Err(format!(
+                    "--config {}: [tool.rsasgi] is how pyproject.toml holds rsasgi's \
+                     settings; a file of rsasgi's own has its keys at the top level \
+                     (port = 8000, without the table header)",
+                    path.display()
+                ));
             } else {
                 table
             };
@@ -662,6 +675,22 @@ mod tests {
         for bad in ["", "[1]", "\"a\"", "[\"a\""] {
             assert_eq!(decode_inherited(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_tool_rsasgi_table_in_a_config_file_of_its_own_says_where_keys_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rsasgi.toml");
+        std::fs::write(&file, "[tool.rsasgi]\nport = 1\n").unwrap();
+        assert_eq!(
+            load(&command(), Some(&file), dir.path()).map(|_| ()),
+            Err(format!(
+                "--config {}: [tool.rsasgi] is how pyproject.toml holds rsasgi's settings; a \
+                 file of rsasgi's own has its keys at the top level (port = 8000, without the \
+                 table header)",
+                file.display()
+            ))
+        );
     }
 
     #[test]
