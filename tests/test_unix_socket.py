@@ -317,6 +317,39 @@ def test_a_stale_socket_of_the_user_is_replaced_without_cap_dac_override(
     server.kill()
 
 
+@needs_root
+@pytest.mark.parametrize("account", ["--user", "--group"])
+def test_in_a_setgid_directory_the_socket_file_is_in_the_accounts_group(
+    run_rsasgi, public_dir, importing_app, account
+):
+    """A directory with the setgid bit gives a new file its own group, not the creator's:
+    the socket was in root's group there, not that of --group or --user's, so that
+    `--uds-permissions 660` shut out the proxy it was meant for."""
+    nobody = pwd.getpwnam("nobody")
+    nogroup = grp.getgrgid(nobody.pw_gid)
+    directory = public_dir / "run"
+    directory.mkdir()
+    os.chown(directory, nobody.pw_uid, 0)
+    directory.chmod(0o2770)
+    path = directory / "rsasgi.sock"
+    server = run_rsasgi(
+        *importing_app, "--uds", str(path), account, "nobody" if account == "--user" else
+        nogroup.gr_name, wait=False,
+    )  # fmt: skip
+    wait_for(
+        lambda: listening(path) or server.proc.poll() is not None,
+        timeout=20,
+        message=f"rsasgi to listen on {path}",
+        server=server,
+    )
+    assert server.proc.poll() is None, server.output()
+    owner = nobody.pw_uid if account == "--user" else 0
+    meta = path.lstat()
+    assert (meta.st_uid, meta.st_gid) == (owner, nogroup.gr_gid)
+    assert "is in group" not in server.output()
+    server.kill()
+
+
 def test_a_live_socket_it_may_not_connect_to_is_left_alone(run_rsasgi, tmp_path):
     """A socket that refuses this process the connection (another account's, mode 600) may
     have a server behind it: it was taken for a stale file, removed and replaced, and the

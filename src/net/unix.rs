@@ -192,6 +192,14 @@ pub(crate) fn bind(
                 bound.gid,
                 owner.uid
             );
+        } else if bound.gid != owner.gid {
+            tracing::warn!(
+                "--uds {shown} is in group {}, not {}: its directory gave it its own group \
+                 (setgid), which could not be changed; that group and --uds-permissions decide \
+                 who may connect",
+                bound.gid,
+                owner.gid
+            );
         }
     }
     socket
@@ -285,8 +293,8 @@ fn bind_as(
     let mask = !mode & 0o777;
     let as_user = owner.is_some_and(|owner| owner.uid != 0);
     // SAFETY: umask, setfsgid, setfsuid, capget/capset, lstat, socket,
-    // connect, close, unlink and bind are system calls, made on the address
-    // and path prepared above or on the child's stack.
+    // connect, close, unlink, bind and fchownat are system calls, made on
+    // the address and path prepared above or on the child's stack.
     let [outcome, errno, dev, ino, gid] = unsafe {
         crate::forked::run(|| {
             libc::umask(mask);
@@ -294,7 +302,7 @@ fn bind_as(
                 libc::setfsgid(owner.gid);
                 if owner.uid != 0 {
                     libc::setfsuid(owner.uid);
-                    raise_capabilities();
+                    set_capabilities(Capabilities::Permitted);
                 }
             }
             let mut outcome = make_room_and_bind(fd, address, length, path);
@@ -315,6 +323,29 @@ fn bind_as(
             let mut meta: libc::stat = std::mem::zeroed();
             if libc::lstat(path, &mut meta) != 0 {
                 return [CANNOT_STAT, crate::forked::errno(), 0, 0, 0];
+            }
+            // A directory with the setgid bit gives the file its own group,
+            // not the filesystem gid. Changed by path, without CAP_CHOWN:
+            // the kernel then changes only a file the filesystem uid owns,
+            // to a group it is in, so a path another account swapped
+            // meanwhile leads at worst to a file the account could put in
+            // its group itself. When that uid is root's (--group alone, or
+            // a directory the account may not write), fs.protected_hardlinks
+            // keeps others from linking in a file of root's they could not
+            // already read and write.
+            if let Some(owner) = owner.filter(|owner| meta.st_gid != owner.gid) {
+                set_capabilities(Capabilities::WithoutChown);
+                let unchanged = libc::uid_t::MAX;
+                if libc::fchownat(
+                    libc::AT_FDCWD,
+                    path,
+                    unchanged,
+                    owner.gid,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                ) == 0
+                {
+                    meta.st_gid = owner.gid;
+                }
             }
             let created = if as_root { BOUND_AS_ROOT } else { BOUND };
             [
@@ -417,12 +448,24 @@ struct CapabilitySets {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Makes every permitted capability effective again. Moving the filesystem
-/// uid off root drops those that let root create a file in any directory
-/// (CAP_DAC_OVERRIDE); the binding child takes them back, so that it creates
-/// the socket for the owner wherever root could. Raw system calls only: it
-/// runs between fork and _exit.
-unsafe fn raise_capabilities() {
+/// Which capabilities the binding child makes effective.
+#[derive(Clone, Copy)]
+enum Capabilities {
+    /// Every permitted one: moving the filesystem uid off root drops those
+    /// that let root create a file in any directory (CAP_DAC_OVERRIDE); the
+    /// child takes them back, so that it creates the socket for the owner
+    /// wherever root could.
+    Permitted,
+    /// Those there are, less CAP_CHOWN, which lets a chown change any file.
+    WithoutChown,
+}
+
+/// The bit of CAP_CHOWN in the first of `CapabilitySets`.
+const CAP_CHOWN: u32 = 1 << 0;
+
+/// Makes `which` capabilities effective. Raw system calls only: it runs
+/// between fork and _exit.
+unsafe fn set_capabilities(which: Capabilities) {
     let mut header = CapabilityHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
@@ -431,8 +474,13 @@ unsafe fn raise_capabilities() {
     // SAFETY: capget and capset read the header and two sets, all live.
     unsafe {
         if libc::syscall(libc::SYS_capget, &mut header, sets.as_mut_ptr()) == 0 {
-            for set in &mut sets {
-                set.effective = set.permitted;
+            match which {
+                Capabilities::Permitted => {
+                    for set in &mut sets {
+                        set.effective = set.permitted;
+                    }
+                }
+                Capabilities::WithoutChown => sets[0].effective &= !CAP_CHOWN,
             }
             libc::syscall(libc::SYS_capset, &mut header, sets.as_ptr());
         }
@@ -497,6 +545,26 @@ mod tests {
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (65_534, 65_533));
         assert_eq!(mode_of(&path), 0o660);
+    }
+
+    #[test]
+    fn in_a_setgid_directory_the_socket_file_is_in_the_owners_group() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        // One the owner may write, so that it creates the file; its group
+        // (root's) would be the file's.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o2777)).unwrap();
+        let path = dir.path().join("a.sock");
+        let owner = SocketOwner {
+            uid: 65_534,
+            gid: 65_533,
+        };
+        let (_listener, _unix) = bind(&path, 16, 0o660, Some(owner)).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65_534, 65_533));
     }
 
     #[test]
