@@ -318,6 +318,29 @@ def test_a_stale_socket_of_the_user_is_replaced_without_cap_dac_override(
 
 
 @needs_root
+def test_a_supervisor_without_cap_dac_override_removes_the_socket_of_the_user(
+    run_rsasgi, public_dir
+):
+    """The supervisor keeps root's rights to remove the socket file at its stop; without
+    CAP_DAC_OVERRIDE those no longer reach into the --user account's own directory, and the
+    file was left behind without a word. The account removes it, as it created it. (Whether
+    the stop is asked for, or comes when the workers cannot run as the user.)"""
+    nobody = pwd.getpwnam("nobody")
+    directory = public_dir / "run"
+    directory.mkdir()
+    os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    directory.chmod(0o700)
+    path = directory / "rsasgi.sock"
+    server = run_rsasgi(
+        "proto_http:app", "--uds", str(path), "--user", "nobody", "--workers", "1",
+        prefix=without_dac_override(), wait=False,
+    )  # fmt: skip
+    wait_for_log(server, f"Listening on unix:{path}", timeout=20)
+    server.stop()
+    assert not path.exists(), server.output()
+
+
+@needs_root
 @pytest.mark.parametrize("account", ["--user", "--group"])
 def test_in_a_setgid_directory_the_socket_file_is_in_the_accounts_group(
     run_rsasgi, public_dir, importing_app, account

@@ -45,6 +45,9 @@ struct Created {
     /// The process that bound it. A child the app forks holds a copy of
     /// this; the file stays its parent's to remove.
     by: u32,
+    /// The account it was created for, which may remove it where root may
+    /// not look.
+    owner: Option<SocketOwner>,
 }
 
 impl UnixPath {
@@ -66,12 +69,20 @@ impl Drop for UnixPath {
         if created.by != std::process::id() {
             return;
         }
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|meta| (meta.dev(), meta.ino()) == (created.dev, created.ino));
-        if !ours {
-            return;
-        }
-        if let Err(err) = std::fs::remove_file(&self.path) {
+        let removed = match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == (created.dev, created.ino) => {
+                std::fs::remove_file(&self.path)
+            }
+            // Root without CAP_DAC_OVERRIDE (a container that drops it) may
+            // not look into the account's own directory (mode 700), where
+            // the account created the file.
+            Err(err) if err.kind() == io::ErrorKind::PermissionDenied => match created.owner {
+                Some(owner) => remove_as(owner, &self.path, created),
+                None => return,
+            },
+            _ => return,
+        };
+        if let Err(err) = removed {
             // In one process with --user, the rights to the directory went
             // with root's; a supervisor keeps them.
             let hint = if err.kind() == io::ErrorKind::PermissionDenied {
@@ -214,9 +225,38 @@ pub(crate) fn bind(
             dev: bound.dev,
             ino: bound.ino,
             by: std::process::id(),
+            owner,
         }),
     };
     Ok((socket.into(), unix))
+}
+
+/// Removes the socket file `created` at `path` from a child process with
+/// `owner`'s filesystem ids, if it is still that file.
+fn remove_as(owner: SocketOwner, path: &Path, created: Created) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let path = c_path.as_ptr();
+    // SAFETY: setfsgid, setfsuid, capget/capset, lstat and unlink are
+    // system calls, made on the path prepared above or the child's stack.
+    let [errno] = unsafe {
+        crate::forked::run(|| {
+            take_ids(owner);
+            let mut meta: libc::stat = std::mem::zeroed();
+            if libc::lstat(path, &mut meta) != 0 {
+                return [crate::forked::errno()];
+            }
+            let ours = (meta.st_dev as u64, meta.st_ino as u64) == (created.dev, created.ino);
+            if ours && libc::unlink(path) != 0 {
+                return [crate::forked::errno()];
+            }
+            [0]
+        })
+    }?;
+    match errno {
+        0 => Ok(()),
+        errno if errno == i64::from(libc::ENOENT) => Ok(()),
+        errno => Err(crate::forked::error(errno)),
+    }
 }
 
 /// How binding went, as the binding child found.
@@ -299,11 +339,7 @@ fn bind_as(
         crate::forked::run(|| {
             libc::umask(mask);
             if let Some(owner) = owner {
-                libc::setfsgid(owner.gid);
-                if owner.uid != 0 {
-                    libc::setfsuid(owner.uid);
-                    set_capabilities(Capabilities::Permitted);
-                }
+                take_ids(owner);
             }
             let mut outcome = make_room_and_bind(fd, address, length, path);
             let mut as_root = false;
@@ -312,7 +348,8 @@ fn bind_as(
                 && matches!(outcome.1 as i32, libc::EACCES | libc::EPERM)
             {
                 // Back to root's filesystem uid, which gives back what root
-                // may do here (its own directory, without CAP_DAC_OVERRIDE).
+                // may do here (its own directory, or stale socket, without
+                // CAP_DAC_OVERRIDE).
                 libc::setfsuid(0);
                 as_root = true;
                 outcome = make_room_and_bind(fd, address, length, path);
@@ -372,6 +409,19 @@ fn bind_as(
         CANNOT_STAT => Binding::CannotStat(error()),
         _ => Binding::CannotBind(error()),
     })
+}
+
+/// Takes `owner`'s filesystem uid and gid, with the capabilities root had.
+/// Raw system calls only: it runs between fork and _exit.
+unsafe fn take_ids(owner: SocketOwner) {
+    // SAFETY: system calls on plain integers.
+    unsafe {
+        libc::setfsgid(owner.gid);
+        if owner.uid != 0 {
+            libc::setfsuid(owner.uid);
+            set_capabilities(Capabilities::Permitted);
+        }
+    }
 }
 
 /// Makes room at `path` and binds `fd` there; returns what happened and an
