@@ -13,6 +13,7 @@ mod config;
 mod config_file;
 mod daemon;
 mod exchange;
+mod forked;
 mod http;
 mod loading_stop;
 mod logging;

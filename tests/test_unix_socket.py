@@ -240,6 +240,139 @@ def test_with_group_the_socket_file_is_that_groups(run_rsasgi, public_dir, worke
     assert not path.exists()
 
 
+def without_dac_override() -> list[str]:
+    """A command prefix that runs root without the capabilities that override file modes,
+    as a container that drops them does; skips the test when no tool here can."""
+    if shutil.which("setpriv"):  # util-linux, in every Debian
+        dropped = "-dac_override,-dac_read_search"
+        return ["setpriv", f"--bounding-set={dropped}", f"--inh-caps={dropped}"]
+    if shutil.which("capsh"):
+        drop = "--drop=cap_dac_override,cap_dac_read_search"
+        return ["capsh", drop, "--", "-c", 'exec "$0" "$@"']
+    pytest.skip("neither setpriv nor capsh to drop CAP_DAC_OVERRIDE with")
+
+
+@pytest.fixture
+def importing_app(public_dir):
+    """An app whose import never ends, as an account with no access to the interpreter's
+    own library can run it: its process stays up, its socket bound, until killed."""
+    (public_dir / "importing.py").write_text("import time\n\ntime.sleep(600)\n")
+    (public_dir / "importing.py").chmod(0o644)
+    return ["importing:app", "--app-dir", str(public_dir)]
+
+
+def listening(path: Path) -> bool:
+    """Whether a connection to `path` is accepted or queued."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def bound_as_nobody(run_rsasgi, app: list[str], path: Path, *args: str, prefix=None):
+    """Starts rsasgi with --uds `path` --user nobody; returns it once it listens there."""
+    server = run_rsasgi(
+        *app, "--uds", str(path), "--user", "nobody", *args, prefix=prefix, wait=False
+    )
+    wait_for(
+        lambda: listening(path) or server.proc.poll() is not None,
+        timeout=20,
+        message=f"rsasgi to listen on {path}",
+        server=server,
+    )
+    assert server.proc.poll() is None, server.output()
+    return server
+
+
+@needs_root
+@pytest.mark.parametrize(
+    "directory_mode, args",
+    [
+        pytest.param(0o700, [], id="private-directory"),
+        pytest.param(0o755, ["--uds-permissions", "600"], id="private-socket"),
+    ],
+)
+def test_a_stale_socket_of_the_user_is_replaced_without_cap_dac_override(
+    run_rsasgi, public_dir, importing_app, directory_mode, args
+):
+    """A server killed with -9 leaves its socket file, the --user account's. Root without
+    CAP_DAC_OVERRIDE (a container that drops it) may neither connect to it nor remove it
+    when the directory or the file is that account's alone, and the next start failed
+    ("Address already in use", or "cannot tell whether a server listens on it"). The
+    account, which binds the socket, probes and removes it too."""
+    nobody = pwd.getpwnam("nobody")
+    directory = public_dir / "run"
+    directory.mkdir()
+    os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    directory.chmod(directory_mode)
+    path = directory / "rsasgi.sock"
+    killed = bound_as_nobody(run_rsasgi, importing_app, path, *args)
+    killed.proc.kill()
+    killed.wait_exit()
+    assert path.exists() and not listening(path)
+    server = bound_as_nobody(run_rsasgi, importing_app, path, *args, prefix=without_dac_override())
+    assert path.lstat().st_uid == nobody.pw_uid
+    server.kill()
+
+
+@needs_root
+def test_a_supervisor_without_cap_dac_override_removes_the_socket_of_the_user(
+    run_rsasgi, public_dir
+):
+    """The supervisor keeps root's rights to remove the socket file at its stop; without
+    CAP_DAC_OVERRIDE those no longer reach into the --user account's own directory, and the
+    file was left behind without a word. The account removes it, as it created it. (Whether
+    the stop is asked for, or comes when the workers cannot run as the user.)"""
+    nobody = pwd.getpwnam("nobody")
+    directory = public_dir / "run"
+    directory.mkdir()
+    os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    directory.chmod(0o700)
+    path = directory / "rsasgi.sock"
+    server = run_rsasgi(
+        "proto_http:app", "--uds", str(path), "--user", "nobody", "--workers", "1",
+        prefix=without_dac_override(), wait=False,
+    )  # fmt: skip
+    wait_for_log(server, f"Listening on unix:{path}", timeout=20)
+    server.stop()
+    assert not path.exists(), server.output()
+
+
+@needs_root
+@pytest.mark.parametrize("account", ["--user", "--group"])
+def test_in_a_setgid_directory_the_socket_file_is_in_the_accounts_group(
+    run_rsasgi, public_dir, importing_app, account
+):
+    """A directory with the setgid bit gives a new file its own group, not the creator's:
+    the socket was in root's group there, not that of --group or --user's, so that
+    `--uds-permissions 660` shut out the proxy it was meant for."""
+    nobody = pwd.getpwnam("nobody")
+    nogroup = grp.getgrgid(nobody.pw_gid)
+    directory = public_dir / "run"
+    directory.mkdir()
+    os.chown(directory, nobody.pw_uid, 0)
+    directory.chmod(0o2770)
+    path = directory / "rsasgi.sock"
+    server = run_rsasgi(
+        *importing_app, "--uds", str(path), account, "nobody" if account == "--user" else
+        nogroup.gr_name, wait=False,
+    )  # fmt: skip
+    wait_for(
+        lambda: listening(path) or server.proc.poll() is not None,
+        timeout=20,
+        message=f"rsasgi to listen on {path}",
+        server=server,
+    )
+    assert server.proc.poll() is None, server.output()
+    owner = nobody.pw_uid if account == "--user" else 0
+    meta = path.lstat()
+    assert (meta.st_uid, meta.st_gid) == (owner, nogroup.gr_gid)
+    assert "is in group" not in server.output()
+    server.kill()
+
+
 def test_a_live_socket_it_may_not_connect_to_is_left_alone(run_rsasgi, tmp_path):
     """A socket that refuses this process the connection (another account's, mode 600) may
     have a server behind it: it was taken for a stale file, removed and replaced, and the
@@ -251,12 +384,7 @@ def test_a_live_socket_it_may_not_connect_to_is_left_alone(run_rsasgi, tmp_path)
     live.listen()
     path.chmod(0)
     inode = path.lstat().st_ino
-    prefix = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("no setpriv to drop CAP_DAC_OVERRIDE with")
-        dropped = "-dac_override,-dac_read_search"
-        prefix = ["setpriv", f"--bounding-set={dropped}", f"--inh-caps={dropped}"]
+    prefix = without_dac_override() if os.geteuid() == 0 else []
     server = run_rsasgi("proto_http:app", "--uds", str(path), prefix=prefix, wait=False)
     assert exit_code(server) == 1, server.output()
     assert (

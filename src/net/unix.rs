@@ -2,9 +2,11 @@
 //! the socket file is created with its mode and owner, a stale one replaced,
 //! a live one left alone, and the file removed when the server stops.
 
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +45,9 @@ struct Created {
     /// The process that bound it. A child the app forks holds a copy of
     /// this; the file stays its parent's to remove.
     by: u32,
+    /// The account it was created for, which may remove it where root may
+    /// not look.
+    owner: Option<SocketOwner>,
 }
 
 impl UnixPath {
@@ -64,12 +69,20 @@ impl Drop for UnixPath {
         if created.by != std::process::id() {
             return;
         }
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|meta| (meta.dev(), meta.ino()) == (created.dev, created.ino));
-        if !ours {
-            return;
-        }
-        if let Err(err) = std::fs::remove_file(&self.path) {
+        let removed = match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == (created.dev, created.ino) => {
+                std::fs::remove_file(&self.path)
+            }
+            // Root without CAP_DAC_OVERRIDE (a container that drops it) may
+            // not look into the account's own directory (mode 700), where
+            // the account created the file.
+            Err(err) if err.kind() == io::ErrorKind::PermissionDenied => match created.owner {
+                Some(owner) => remove_as(owner, &self.path, created),
+                None => return,
+            },
+            _ => return,
+        };
+        if let Err(err) = removed {
             // In one process with --user, the rights to the directory went
             // with root's; a supervisor keeps them.
             let hint = if err.kind() == io::ErrorKind::PermissionDenied {
@@ -140,23 +153,66 @@ pub(crate) fn bind(
         _ => path.to_path_buf(),
     };
     let shown = path.display();
-    remove_stale(&path)?;
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
         .map_err(|err| format!("Could not create a Unix socket: {err}"))?;
     let addr = SockAddr::unix(&path).map_err(|err| format!("Invalid --uds path {shown}: {err}"))?;
-    let created_as = bind_as(&socket, &addr, mode, owner)
-        .map_err(|err| format!("Could not bind to {shown}: {err}"))?;
-    if let (CreatedAs::Root, Some(owner)) = (created_as, owner) {
-        tracing::warn!(
-            "--uds {shown} belongs to root (group {}), not to uid {}: that account may not \
-             create files in its directory, and without CAP_DAC_OVERRIDE rsasgi cannot create \
-             it there for that account; its group and --uds-permissions decide who may connect",
-            owner.gid,
-            owner.uid
-        );
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("Invalid --uds path {shown}: it holds a NUL byte"))?;
+    let cannot = |why: String| format!("Cannot bind --uds {shown}: {why}");
+    let bound = match bind_as(&socket, &addr, &c_path, mode, owner) {
+        Ok(Binding::Bound(bound)) => bound,
+        Ok(Binding::NotASocket) => {
+            return Err(cannot("a file that is not a socket is there".into()))
+        }
+        Ok(Binding::Live) => {
+            return Err(cannot(
+                "a server is listening on it (another rsasgi, or the one this should replace, \
+                 still runs); stop it first, or choose another path"
+                    .into(),
+            ))
+        }
+        Ok(Binding::CannotTell(err)) => {
+            let hint = match err.kind() {
+                io::ErrorKind::PermissionDenied => {
+                    "; if no server uses it, have its owner or root remove it, else choose \
+                     another path"
+                }
+                _ => "; if no server uses it, remove it, else choose another path",
+            };
+            return Err(cannot(format!(
+                "cannot tell whether a server listens on it (connecting to it: {err}){hint}"
+            )));
+        }
+        Ok(Binding::CannotRemove(err)) => {
+            return Err(format!("Could not remove stale socket {shown}: {err}"))
+        }
+        Ok(Binding::CannotStat(err)) => {
+            return Err(format!("Could not stat {shown} after binding it: {err}"))
+        }
+        Ok(Binding::CannotBind(err)) | Err(err) => {
+            return Err(format!("Could not bind to {shown}: {err}"))
+        }
+    };
+    if let Some(owner) = owner {
+        if bound.as_root {
+            tracing::warn!(
+                "--uds {shown} belongs to root (group {}), not to uid {}: that account may not \
+                 create files in its directory, and without CAP_DAC_OVERRIDE rsasgi cannot \
+                 create it there for that account; its group and --uds-permissions decide who \
+                 may connect",
+                bound.gid,
+                owner.uid
+            );
+        } else if bound.gid != owner.gid {
+            tracing::warn!(
+                "--uds {shown} is in group {}, not {}: its directory gave it its own group \
+                 (setgid), which could not be changed; that group and --uds-permissions decide \
+                 who may connect",
+                bound.gid,
+                owner.gid
+            );
+        }
     }
-    let meta = std::fs::symlink_metadata(&path)
-        .map_err(|err| format!("Could not stat {shown} after binding it: {err}"))?;
     socket
         .listen(backlog)
         .map_err(|err| format!("Could not listen on {shown}: {err}"))?;
@@ -166,207 +222,260 @@ pub(crate) fn bind(
     let unix = UnixPath {
         path: Arc::from(path),
         created: Some(Created {
-            dev: meta.dev(),
-            ino: meta.ino(),
+            dev: bound.dev,
+            ino: bound.ino,
             by: std::process::id(),
+            owner,
         }),
     };
     Ok((socket.into(), unix))
 }
 
-/// Who is behind a socket file, as a connection to it tells.
+/// Removes the socket file `created` at `path` from a child process with
+/// `owner`'s filesystem ids, if it is still that file.
+fn remove_as(owner: SocketOwner, path: &Path, created: Created) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let path = c_path.as_ptr();
+    // SAFETY: setfsgid, setfsuid, capget/capset, lstat and unlink are
+    // system calls, made on the path prepared above or the child's stack.
+    let [errno] = unsafe {
+        crate::forked::run(|| {
+            take_ids(owner);
+            let mut meta: libc::stat = std::mem::zeroed();
+            if libc::lstat(path, &mut meta) != 0 {
+                return [crate::forked::errno()];
+            }
+            let ours = (meta.st_dev as u64, meta.st_ino as u64) == (created.dev, created.ino);
+            if ours && libc::unlink(path) != 0 {
+                return [crate::forked::errno()];
+            }
+            [0]
+        })
+    }?;
+    match errno {
+        0 => Ok(()),
+        errno if errno == i64::from(libc::ENOENT) => Ok(()),
+        errno => Err(crate::forked::error(errno)),
+    }
+}
+
+/// How binding went, as the binding child found.
 #[derive(Debug)]
-enum Occupant {
-    /// A connection is accepted or queued, or the queue is full (a
-    /// non-blocking connect says so at once rather than wait for room).
-    Server,
-    /// Refused: a socket file left behind by a server that is gone.
-    Nobody,
-    /// The connection failed otherwise: not allowed to connect (a socket
-    /// of another account's, mode 600), or a socket of another kind.
-    Unknown(io::Error),
+enum Binding {
+    Bound(Bound),
+    /// Something other than a socket is at the path: not ours to remove.
+    NotASocket,
+    /// A server listens on the socket there: a connection is accepted or
+    /// queued, or the queue is full (a non-blocking connect says so at once
+    /// rather than wait for room). A second instance, started by mistake,
+    /// would take its address and leave it unreachable while it runs on.
+    Live,
+    /// Connecting to the socket there failed other than by a refusal: not
+    /// allowed to connect (another account's, mode 600), or a socket of
+    /// another kind. A server may be behind it.
+    CannotTell(io::Error),
+    /// The socket there is stale (refused), and could not be removed.
+    CannotRemove(io::Error),
+    CannotBind(io::Error),
+    /// Bound, but the file could not be found afterwards.
+    CannotStat(io::Error),
 }
 
-fn occupant(path: &Path) -> Occupant {
-    let connect = || {
-        let addr = SockAddr::unix(path)?;
-        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-        socket.set_nonblocking(true)?;
-        socket.connect(&addr)
-    };
-    match connect() {
-        Ok(()) => Occupant::Server,
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Occupant::Server,
-        Err(err) if err.raw_os_error() == Some(libc::ECONNREFUSED) => Occupant::Nobody,
-        // Removed since it was seen.
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Occupant::Nobody,
-        Err(err) => Occupant::Unknown(err),
-    }
+/// The socket file made.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    /// Created by root, as the owner given may not create it there and
+    /// this process lacks the capability to do it for that account.
+    as_root: bool,
+    dev: u64,
+    ino: u64,
+    gid: libc::gid_t,
 }
 
-/// Makes room at `path`: a socket file left by a previous run would make
-/// bind fail. Anything else at that path is not ours to remove, nor is the
-/// socket of a server that still listens on it (a second instance, started
-/// by mistake, would take its address and leave it unreachable while it
-/// runs on), nor one we cannot tell about.
-fn remove_stale(path: &Path) -> Result<(), String> {
-    let shown = path.display();
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return Ok(());
-    };
-    if !meta.file_type().is_socket() {
-        return Err(format!(
-            "Cannot bind --uds {shown}: a file that is not a socket is there"
-        ));
-    }
-    match occupant(path) {
-        Occupant::Server => Err(format!(
-            "Cannot bind --uds {shown}: a server is listening on it (another rsasgi, or the one \
-             this should replace, still runs); stop it first, or choose another path"
-        )),
-        Occupant::Unknown(err) => {
-            let hint = match err.kind() {
-                io::ErrorKind::PermissionDenied => {
-                    "; if no server uses it, have its owner or root remove it, else choose \
-                     another path"
-                }
-                _ => "; if no server uses it, remove it, else choose another path",
-            };
-            Err(format!(
-                "Cannot bind --uds {shown}: cannot tell whether a server listens on it \
-                 (connecting to it: {err}){hint}"
-            ))
-        }
-        Occupant::Nobody => match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(format!("Could not remove stale socket {shown}: {err}")),
-        },
-    }
-}
+/// What the binding child reports first; then an error number, or the
+/// file's device, inode and group.
+const BOUND: i64 = 0;
+const BOUND_AS_ROOT: i64 = 1;
+const NOT_A_SOCKET: i64 = 2;
+const LIVE: i64 = 3;
+const CANNOT_TELL: i64 = 4;
+const CANNOT_REMOVE: i64 = 5;
+const CANNOT_BIND: i64 = 6;
+const CANNOT_STAT: i64 = 7;
 
-/// How the socket file was created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CreatedAs {
-    /// As asked: by the owner given, or by this process's account.
-    Asked,
-    /// By root, as the owner given may not create it there and this
-    /// process lacks the capability to do it for that account.
-    Root,
-}
-
-/// The exit status of a binding child that created the file as root.
-const BOUND_AS_ROOT: i32 = 255;
-
-/// Binds `socket` to `addr` from a child process that creates the file as
-/// `owner` (its filesystem uid and gid), under the umask that leaves exactly
-/// `mode`: the file has its mode and owner from the moment it exists.
+/// Binds `socket` to `addr` (`path`) from a child process that makes room
+/// there and creates the file as `owner` (its filesystem uid and gid),
+/// under the umask that leaves exactly `mode`: the file has its mode and
+/// owner from the moment it exists.
 ///
 /// Set afterwards, by path, they would land on whatever the path leads to
 /// by then: in a directory another account may write (the app's own), that
 /// account can rename a symbolic link over the socket in between, and have
 /// root chmod or chown the file it points at. Linux gives the new file the
 /// socket inode's mode (0777) under the umask, and the filesystem uid and
-/// gid; a child changes those for itself alone, where this process's umask
-/// is every thread's (the log writers', any a site hook of the interpreter
-/// started). The child shares the socket, so its bind is ours.
+/// gid; a child changes those for itself alone. The child shares the
+/// socket, so its bind is ours.
+///
+/// Room is made with the same ids: a socket file left by a killed server
+/// in the account's own directory (mode 700) is one root cannot connect to
+/// nor remove without CAP_DAC_OVERRIDE, as in a container that drops it,
+/// where the account can.
 fn bind_as(
     socket: &Socket,
     addr: &SockAddr,
+    path: &CStr,
     mode: u32,
     owner: Option<SocketOwner>,
-) -> io::Result<CreatedAs> {
+) -> io::Result<Binding> {
     let fd = socket.as_raw_fd();
     let (address, length) = (addr.as_ptr().cast::<libc::sockaddr>(), addr.len());
+    let path = path.as_ptr();
     let mask = !mode & 0o777;
     let as_user = owner.is_some_and(|owner| owner.uid != 0);
-    // The child says how it went on a pipe, not by its exit status: with
-    // SIGCHLD ignored (inherited so across exec), the kernel reaps it by
-    // itself and waitpid finds no child.
-    let mut pipe = [0; 2];
-    // SAFETY: pipe2 fills two descriptors into a live array.
-    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let [read_end, write_end] = pipe;
-    // SAFETY: the child makes only system calls, async-signal-safe, on
-    // memory prepared before the fork (the address lives in `addr`), then
-    // leaves with _exit, without unwinding or running destructors.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        unsafe {
-            let report = |outcome: i32| {
-                let bytes = outcome.to_ne_bytes();
-                libc::write(write_end, bytes.as_ptr().cast(), bytes.len());
-                libc::_exit(0)
-            };
+    // SAFETY: umask, setfsgid, setfsuid, capget/capset, lstat, socket,
+    // connect, close, unlink, bind and fchownat are system calls, made on
+    // the address and path prepared above or on the child's stack.
+    let [outcome, errno, dev, ino, gid] = unsafe {
+        crate::forked::run(|| {
             libc::umask(mask);
             if let Some(owner) = owner {
-                libc::setfsgid(owner.gid);
-                if owner.uid != 0 {
-                    libc::setfsuid(owner.uid);
-                    raise_capabilities();
-                }
+                take_ids(owner);
             }
-            if libc::bind(fd, address, length) == 0 {
-                report(0);
-            }
-            let mut errno = *libc::__errno_location();
-            if as_user && matches!(errno, libc::EACCES | libc::EPERM) {
+            let mut outcome = make_room_and_bind(fd, address, length, path);
+            let mut as_root = false;
+            if as_user
+                && outcome.0 != BOUND
+                && matches!(outcome.1 as i32, libc::EACCES | libc::EPERM)
+            {
                 // Back to root's filesystem uid, which gives back what root
-                // may do here (its own directory, without CAP_DAC_OVERRIDE).
+                // may do here (its own directory, or stale socket, without
+                // CAP_DAC_OVERRIDE).
                 libc::setfsuid(0);
-                if libc::bind(fd, address, length) == 0 {
-                    report(BOUND_AS_ROOT);
-                }
-                errno = *libc::__errno_location();
+                as_root = true;
+                outcome = make_room_and_bind(fd, address, length, path);
             }
-            report(errno);
+            if outcome.0 != BOUND {
+                return [outcome.0, outcome.1, 0, 0, 0];
+            }
+            let mut meta: libc::stat = std::mem::zeroed();
+            if libc::lstat(path, &mut meta) != 0 {
+                return [CANNOT_STAT, crate::forked::errno(), 0, 0, 0];
+            }
+            // A directory with the setgid bit gives the file its own group,
+            // not the filesystem gid. Changed by path, without CAP_CHOWN:
+            // the kernel then changes only a file the filesystem uid owns,
+            // to a group it is in, so a path another account swapped
+            // meanwhile leads at worst to a file the account could put in
+            // its group itself. When that uid is root's (--group alone, or
+            // a directory the account may not write), fs.protected_hardlinks
+            // keeps others from linking in a file of root's they could not
+            // already read and write.
+            if let Some(owner) = owner.filter(|owner| meta.st_gid != owner.gid) {
+                set_capabilities(Capabilities::WithoutChown);
+                let unchanged = libc::uid_t::MAX;
+                if libc::fchownat(
+                    libc::AT_FDCWD,
+                    path,
+                    unchanged,
+                    owner.gid,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                ) == 0
+                {
+                    meta.st_gid = owner.gid;
+                }
+            }
+            let created = if as_root { BOUND_AS_ROOT } else { BOUND };
+            [
+                created,
+                0,
+                meta.st_dev as i64,
+                meta.st_ino as i64,
+                i64::from(meta.st_gid),
+            ]
+        })
+    }?;
+    let error = || crate::forked::error(errno);
+    Ok(match outcome {
+        BOUND | BOUND_AS_ROOT => Binding::Bound(Bound {
+            as_root: outcome == BOUND_AS_ROOT,
+            dev: dev as u64,
+            ino: ino as u64,
+            gid: gid as libc::gid_t,
+        }),
+        NOT_A_SOCKET => Binding::NotASocket,
+        LIVE => Binding::Live,
+        CANNOT_TELL => Binding::CannotTell(error()),
+        CANNOT_REMOVE => Binding::CannotRemove(error()),
+        CANNOT_STAT => Binding::CannotStat(error()),
+        _ => Binding::CannotBind(error()),
+    })
+}
+
+/// Takes `owner`'s filesystem uid and gid, with the capabilities root had.
+/// Raw system calls only: it runs between fork and _exit.
+unsafe fn take_ids(owner: SocketOwner) {
+    // SAFETY: system calls on plain integers.
+    unsafe {
+        libc::setfsgid(owner.gid);
+        if owner.uid != 0 {
+            libc::setfsuid(owner.uid);
+            set_capabilities(Capabilities::Permitted);
         }
     }
-    let forked = io::Error::last_os_error();
-    // SAFETY: closing our copy of the child's end, which we own.
-    unsafe { libc::close(write_end) };
-    if pid < 0 {
-        // SAFETY: the read end is ours, and unused.
-        unsafe { libc::close(read_end) };
-        return Err(forked);
-    }
-    let mut outcome = [0u8; 4];
-    let mut got = 0;
-    while got < outcome.len() {
-        // SAFETY: reading into the rest of a live array.
-        let read = unsafe {
-            libc::read(
-                read_end,
-                outcome[got..].as_mut_ptr().cast(),
-                outcome.len() - got,
-            )
-        };
-        match read {
-            n if n > 0 => got += n as usize,
-            0 => break,
-            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            _ => break,
+}
+
+/// Makes room at `path` and binds `fd` there; returns what happened and an
+/// error number. A socket file nobody listens on (connecting to it is
+/// refused) was left by a server that is gone, and would make bind fail:
+/// it is removed. Anything else there is left alone.
+///
+/// # Safety
+///
+/// System calls only, on a live address and path: it runs between fork and
+/// _exit.
+unsafe fn make_room_and_bind(
+    fd: libc::c_int,
+    address: *const libc::sockaddr,
+    length: libc::socklen_t,
+    path: *const libc::c_char,
+) -> (i64, i64) {
+    use crate::forked::errno;
+    // SAFETY: as the function's; `meta` is on this stack.
+    unsafe {
+        let mut meta: libc::stat = std::mem::zeroed();
+        if libc::lstat(path, &mut meta) == 0 {
+            if meta.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+                return (NOT_A_SOCKET, 0);
+            }
+            let probe = libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            );
+            if probe < 0 {
+                return (CANNOT_TELL, errno());
+            }
+            let connected = libc::connect(probe, address, length) == 0;
+            let refused = errno();
+            libc::close(probe);
+            match refused as i32 {
+                _ if connected => return (LIVE, 0),
+                libc::EAGAIN => return (LIVE, 0),
+                // Refused: left by a server that is gone; or removed since
+                // it was seen.
+                libc::ECONNREFUSED | libc::ENOENT => {
+                    if libc::unlink(path) != 0 && errno() != i64::from(libc::ENOENT) {
+                        return (CANNOT_REMOVE, errno());
+                    }
+                }
+                _ => return (CANNOT_TELL, refused),
+            }
         }
-    }
-    // SAFETY: the read end is ours.
-    unsafe { libc::close(read_end) };
-    let mut status = 0;
-    // SAFETY: waiting for the child just forked, into a live integer. It
-    // may be gone already (SIGCHLD ignored): ECHILD then, which is fine.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
-        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-    {}
-    if got < outcome.len() {
-        return Err(io::Error::other(
-            "the process binding it ended without saying how it went",
-        ));
-    }
-    match i32::from_ne_bytes(outcome) {
-        0 => Ok(CreatedAs::Asked),
-        BOUND_AS_ROOT => Ok(CreatedAs::Root),
-        errno => Err(io::Error::from_raw_os_error(errno)),
+        if libc::bind(fd, address, length) == 0 {
+            (BOUND, 0)
+        } else {
+            (CANNOT_BIND, errno())
+        }
     }
 }
 
@@ -389,12 +498,24 @@ struct CapabilitySets {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Makes every permitted capability effective again. Moving the filesystem
-/// uid off root drops those that let root create a file in any directory
-/// (CAP_DAC_OVERRIDE); the binding child takes them back, so that it creates
-/// the socket for the owner wherever root could. Raw system calls only: it
-/// runs between fork and _exit.
-unsafe fn raise_capabilities() {
+/// Which capabilities the binding child makes effective.
+#[derive(Clone, Copy)]
+enum Capabilities {
+    /// Every permitted one: moving the filesystem uid off root drops those
+    /// that let root create a file in any directory (CAP_DAC_OVERRIDE); the
+    /// child takes them back, so that it creates the socket for the owner
+    /// wherever root could.
+    Permitted,
+    /// Those there are, less CAP_CHOWN, which lets a chown change any file.
+    WithoutChown,
+}
+
+/// The bit of CAP_CHOWN in the first of `CapabilitySets`.
+const CAP_CHOWN: u32 = 1 << 0;
+
+/// Makes `which` capabilities effective. Raw system calls only: it runs
+/// between fork and _exit.
+unsafe fn set_capabilities(which: Capabilities) {
     let mut header = CapabilityHeader {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
@@ -403,8 +524,13 @@ unsafe fn raise_capabilities() {
     // SAFETY: capget and capset read the header and two sets, all live.
     unsafe {
         if libc::syscall(libc::SYS_capget, &mut header, sets.as_mut_ptr()) == 0 {
-            for set in &mut sets {
-                set.effective = set.permitted;
+            match which {
+                Capabilities::Permitted => {
+                    for set in &mut sets {
+                        set.effective = set.permitted;
+                    }
+                }
+                Capabilities::WithoutChown => sets[0].effective &= !CAP_CHOWN,
             }
             libc::syscall(libc::SYS_capset, &mut header, sets.as_ptr());
         }
@@ -415,6 +541,7 @@ unsafe fn raise_capabilities() {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::UnixStream;
 
     fn mode_of(path: &Path) -> u32 {
         std::fs::symlink_metadata(path)
@@ -434,9 +561,11 @@ mod tests {
         for mode in [0o600, 0o660, 0o666, 0o777] {
             let socket = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
             let addr = SockAddr::unix(&path).unwrap();
-            assert_eq!(
-                bind_as(&socket, &addr, mode, None).unwrap(),
-                CreatedAs::Asked
+            let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
+            let binding = bind_as(&socket, &addr, &c_path, mode, None).unwrap();
+            assert!(
+                matches!(binding, Binding::Bound(Bound { as_root: false, .. })),
+                "{binding:?}"
             );
             assert_eq!(mode_of(&path), mode, "{mode:o}");
             std::fs::remove_file(&path).unwrap();
@@ -466,6 +595,26 @@ mod tests {
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (65_534, 65_533));
         assert_eq!(mode_of(&path), 0o660);
+    }
+
+    #[test]
+    fn in_a_setgid_directory_the_socket_file_is_in_the_owners_group() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        // One the owner may write, so that it creates the file; its group
+        // (root's) would be the file's.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o2777)).unwrap();
+        let path = dir.path().join("a.sock");
+        let owner = SocketOwner {
+            uid: 65_534,
+            gid: 65_533,
+        };
+        let (_listener, _unix) = bind(&path, 16, 0o660, Some(owner)).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65_534, 65_533));
     }
 
     #[test]
@@ -504,9 +653,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.sock");
         drop(UnixListener::bind(&path).unwrap());
-        assert!(matches!(occupant(&path), Occupant::Nobody));
+        assert!(UnixStream::connect(&path).is_err());
         let (_listener, _unix) = bind(&path, 16, 0o666, None).unwrap();
-        assert!(matches!(occupant(&path), Occupant::Server));
+        UnixStream::connect(&path).unwrap();
         let err = bind(&path, 16, 0o666, None).unwrap_err();
         assert!(err.contains("a server is listening on it"), "{err}");
     }

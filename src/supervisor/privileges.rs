@@ -106,53 +106,26 @@ impl Credentials {
             .iter()
             .map(|(path, mode)| Ok((CString::new(path.as_os_str().as_bytes())?, *mode)))
             .collect::<Result<Vec<_>, std::ffi::NulError>>()?;
-        let mut pipe = [0; 2];
-        // SAFETY: pipe2 fills two descriptors into a live array.
-        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let [read_end, write_end] = pipe;
-        // SAFETY: the child makes only async-signal-safe calls (setgroups,
-        // setgid, setuid, access, write, _exit) on memory prepared before
-        // the fork, then leaves without unwinding or running destructors.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            unsafe {
-                let report = |index: i32| -> ! {
-                    let failure = [index, *libc::__errno_location()];
-                    libc::write(write_end, failure.as_ptr().cast(), 8);
-                    libc::_exit(1)
-                };
+        let all = paths.len() as i64;
+        // SAFETY: apply (setgroups, setgid, setuid) and access are system
+        // calls, on the credentials and paths prepared before.
+        let [index, errno] = unsafe {
+            crate::forked::run(|| {
                 if self.apply().is_err() {
-                    report(-1);
+                    return [-1, crate::forked::errno()];
                 }
                 for (index, (path, mode)) in c_paths.iter().enumerate() {
                     if libc::access(path.as_ptr(), *mode) != 0 {
-                        report(index as i32);
+                        return [index as i64, crate::forked::errno()];
                     }
                 }
-                libc::_exit(0);
-            }
-        }
-        // SAFETY: closing our copy of the child's end; the read fills at
-        // most the 8 bytes of a live array.
-        let mut failure = [0i32; 2];
-        let read = unsafe {
-            libc::close(write_end);
-            let read = libc::read(read_end, failure.as_mut_ptr().cast(), 8);
-            libc::close(read_end);
-            read
-        };
-        if pid < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut status = 0;
-        // SAFETY: waiting for the child just forked.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        match (read, failure) {
-            (8, [-1, errno]) => Err(io::Error::from_raw_os_error(errno)),
-            (8, [index, errno]) => Ok(Some((index as usize, io::Error::from_raw_os_error(errno)))),
-            _ => Ok(None),
+                [all, 0]
+            })
+        }?;
+        match usize::try_from(index) {
+            Ok(index) if index < paths.len() => Ok(Some((index, crate::forked::error(errno)))),
+            Ok(_) => Ok(None),
+            Err(_) => Err(crate::forked::error(errno)),
         }
     }
 }
