@@ -26,10 +26,11 @@ use super::watches::{identity, DirId, Notice};
 /// would leave an edit unseen for longer than it takes to make the next.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A pass that takes longer than [`POLL_INTERVAL`] (a huge tree, a slow
-/// network file system) is followed by a pause this many times its length:
-/// polling then keeps at most a fifth of a core busy, and changes are seen
-/// that much later.
+/// The pause after a pass is this many times as long as the pass at least:
+/// polling keeps at most a fifth of a core busy, however big the tree or
+/// slow the file system. A pass over a tree of a few thousand files takes
+/// milliseconds, so only a huge one (100,000 files: 0.6 s, cache warm) waits
+/// longer than [`POLL_INTERVAL`], and has its changes seen that much later.
 const PAUSE_PER_PASS: u32 = 4;
 
 /// What tells that a file changed: a write changes its modification time
@@ -67,6 +68,7 @@ impl Snapshot {
     /// directory, in the order of their paths, so that a directory two
     /// paths lead to is found by the same one at every pass, preferably
     /// not through a link: found by another, its files would look new.
+    /// Every directory walked is one the filter keeps, or a root.
     pub(super) fn take(filter: &Filter) -> Self {
         let started = Instant::now();
         let mut snapshot = Snapshot {
@@ -106,7 +108,7 @@ impl Snapshot {
                     } else {
                         dirs.push(path);
                     }
-                } else if filter.wants(&path) {
+                } else if filter.wants_in_kept_dir(&path) {
                     // Err: gone since it was listed, or a dangling link.
                     if let Ok(metadata) = path.metadata() {
                         snapshot.files.insert(path, Stamp::of(&metadata));
@@ -171,7 +173,7 @@ struct Poller {
 
 impl Poller {
     /// How long to wait after `pass` before the next: logs its size, and
-    /// warns (once) when it took longer than the interval.
+    /// warns (once) when it took too long to poll every interval.
     fn pause_after(&mut self, pass: &Snapshot) -> Duration {
         tracing::debug!(
             "--reload: polled {} wanted files ({} entries in {} directories) in {:.1?}",
@@ -185,15 +187,17 @@ impl Poller {
             self.warned_slow = true;
             tracing::warn!(
                 "--reload: reading the watched trees took {:.1?} ({} entries in {} \
-                 directories), longer than the {} s between passes: each pass now waits {} \
-                 times as long as the last took, so changes are seen that much later; narrow \
-                 --reload-dir / --reload-exclude, or use inotify (--reload-engine inotify) \
-                 where the file system supports it",
+                 directories), too long to poll every {} s: polling waits {} times as long as \
+                 a pass takes, {:.1?} after this one, so that it keeps at most a fifth of a \
+                 core busy, and changes are seen that much later; narrow --reload-dir / \
+                 --reload-exclude, or use inotify (--reload-engine inotify) where the file \
+                 system supports it",
                 pass.took,
                 pass.entries,
                 pass.dirs,
                 POLL_INTERVAL.as_secs(),
-                PAUSE_PER_PASS
+                PAUSE_PER_PASS,
+                pause
             );
         }
         pause
@@ -303,6 +307,10 @@ mod tests {
     #[test]
     fn a_slow_pass_is_followed_by_a_longer_pause() {
         assert_eq!(pause_after(Duration::from_millis(20)), POLL_INTERVAL);
+        assert_eq!(
+            pause_after(Duration::from_millis(600)),
+            Duration::from_millis(2400)
+        );
         assert_eq!(pause_after(Duration::from_secs(2)), Duration::from_secs(8));
     }
 }
