@@ -38,7 +38,7 @@ use crate::net::proxy_protocol::ProxyProtocol;
 
 /// The longest `--static-max-age`: ten years (a year is the usual maximum).
 const MAX_STATIC_MAX_AGE: u64 = 10 * 365 * 24 * 3600;
-use crate::supervisor::reload::{self, ReloadSettings};
+use crate::supervisor::reload::{self, ReloadEngine, ReloadSettings};
 use crate::ws::WsSettings;
 
 /// Shown after the options by `--help`; every line fits 80 columns.
@@ -65,7 +65,6 @@ The command line wins over the environment, and both over the file.";
 /// or a clap guess at a similar name (`--reload` is not `--threads`).
 const UNSUPPORTED: &[&str] = &[
     // Processes: workers, reloading, daemons, privileges.
-    "--reload-engine",
     "--reload-extra-file",
     "--reload-paths",
     "--reload-ignore-dirs",
@@ -457,6 +456,19 @@ struct Args {
           default_value_t = Seconds(reload::DEFAULT_DELAY), value_parser = seconds,
           help_heading = "Development")]
     reload_delay: Seconds,
+
+    /// How --reload finds changes: "auto" polls when inotify cannot be set up;
+    /// "poll" reads the watched directories every second, for mounts inotify
+    /// hears nothing from (Docker Desktop, WSL2's /mnt, NFS)
+    /// [default: auto; WATCHFILES_FORCE_POLLING=true means poll].
+    #[arg(
+        long,
+        env = "RSASGI_RELOAD_ENGINE",
+        value_name = "ENGINE",
+        value_enum,
+        help_heading = "Development"
+    )]
+    reload_engine: Option<ReloadEngine>,
 
     /// WebSocket support; "none" passes upgrade requests to the app as plain HTTP.
     #[arg(long, env = "RSASGI_WS", value_enum, default_value_t = WsMode::Auto,
@@ -1379,7 +1391,7 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
     }
     if config.supervision.reload.is_none() {
         unused(
-            &["reload_delay"],
+            &["reload_delay", "reload_engine"],
             "without --reload: no file is watched",
             "add --reload",
         );
@@ -1606,6 +1618,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
                 }
                 settings.add_patterns(&args.reload_include, &args.reload_exclude);
                 settings.delay = args.reload_delay.0;
+                settings.engine = args.reload_engine.unwrap_or_else(ReloadEngine::unset);
                 settings
             }),
         },
@@ -2187,7 +2200,7 @@ mod tests {
                 "{args:?}"
             );
         }
-        for option in ["--reload-engine", "--preload", "--paste", "-k"] {
+        for option in ["--reload-tick", "--preload", "--paste", "-k"] {
             assert_eq!(
                 error_line(&[option]),
                 format!(

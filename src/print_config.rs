@@ -16,6 +16,7 @@ use crate::config::{
 };
 use crate::config_file::{self, ConfigFile, Kind, Shown};
 use crate::http::proxy_headers::DEFAULT_FORWARDED_ALLOW_IPS;
+use crate::supervisor::reload::{ReloadEngine, WATCHFILES_FORCE_POLLING};
 
 /// The column where sources start, so that they line up.
 const SOURCE_COLUMN: usize = 44;
@@ -119,7 +120,7 @@ fn source_of<'a>(arg: &'a Arg, matches: &ArgMatches, file: Option<&'a ConfigFile
 }
 
 /// What an option that no source sets falls back to when it is not a clap
-/// default: the variables uvicorn and gunicorn read too, and
+/// default: the variables uvicorn (and its watchfiles) and gunicorn read too, and
 /// `--timeout-worker-boot`'s default, which follows the health check's.
 fn fallback(id: &str, matches: &ArgMatches) -> Option<(String, Source<'static>)> {
     let from_env = |name: &'static str| {
@@ -130,6 +131,13 @@ fn fallback(id: &str, matches: &ArgMatches) -> Option<(String, Source<'static>)>
     };
     match id {
         "workers" => from_env("WEB_CONCURRENCY"),
+        "reload_engine" => Some(match ReloadEngine::unset() {
+            ReloadEngine::Poll => (
+                "poll".to_owned(),
+                Source::Environment(WATCHFILES_FORCE_POLLING),
+            ),
+            _ => ("auto".to_owned(), Source::Default),
+        }),
         "forwarded_allow_ips" => from_env("FORWARDED_ALLOW_IPS")
             .or_else(|| Some((DEFAULT_FORWARDED_ALLOW_IPS.to_owned(), Source::Default))),
         // As cli.rs settles it: 60 s, or the health check if longer; none

@@ -295,7 +295,7 @@ def test_other_servers_values_are_accepted(run_rsasgi, args):
     [
         (["--chdir", "/srv"], "--chdir"),
         (["--preload"], "--preload"),
-        (["--reload-engine", "watchfiles"], "--reload-engine"),
+        (["--reload-extra-file", "settings.ini"], "--reload-extra-file"),
         (["--paste", "development.ini"], "--paste"),
         (["--static-path-mount", "/srv/static"], "--static-path-mount"),
         (["--worker-class=gthread"], "--worker-class"),

@@ -281,6 +281,26 @@ def test_print_config_shows_each_setting_and_where_it_comes_from(tmp_path):
     assert "Listening on" not in result.stdout + result.stderr
 
 
+def test_watchfiles_force_polling_stands_in_for_an_unset_reload_engine(tmp_path):
+    """As uvicorn's watcher reads it: set and not "false", it means poll; a --reload-engine
+    from any source wins over it."""
+
+    def engine_line(*args: str, polling: str) -> str:
+        result = cli(APP, *args, "--print-config", env={"WATCHFILES_FORCE_POLLING": polling})
+        assert result.returncode == 0, result.stderr
+        (line,) = [line for line in result.stdout.splitlines() if "reload-engine" in line]
+        return " ".join(line.split())
+
+    assert engine_line(polling="true") == (
+        'reload-engine = "poll" # environment WATCHFILES_FORCE_POLLING'
+    )
+    assert engine_line(polling="false") == '# reload-engine = "auto" # default'
+    config = write_config(tmp_path, 'reload-engine = "inotify"\n')
+    assert engine_line("--config", str(config), polling="1") == (
+        f'reload-engine = "inotify" # file {config}'
+    )
+
+
 def test_print_config_output_is_a_configuration_file(tmp_path):
     """Fed back with --config, the listing gives the same settings."""
     tomllib = pytest.importorskip("tomllib")

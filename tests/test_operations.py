@@ -77,7 +77,9 @@ def set_version(module: Path, version: int) -> None:
     )
 
 
-def start_reloading(run_rsasgi, module: Path, *args: str, **kwargs) -> Server:
+def start_reloading(
+    run_rsasgi, module: Path, *args: str, env: dict | None = None, **kwargs
+) -> Server:
     """rsasgi --reload watching (and importing from) the module's directory."""
     # A rewrite that keeps the file's size within its mtime second would leave a
     # cached .pyc looking fresh.
@@ -89,7 +91,7 @@ def start_reloading(run_rsasgi, module: Path, *args: str, **kwargs) -> Server:
         "--app-dir",
         str(module.parent),
         *args,
-        env={"PYTHONDONTWRITEBYTECODE": "1"},
+        env={"PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
         **kwargs,
     )
 
@@ -262,14 +264,14 @@ def test_reload_logs_nothing_of_the_watcher_s_bookkeeping_when_a_tree_is_removed
     assert "notify::" not in log
 
 
-def test_reload_says_how_many_directories_the_inotify_watch_limit_leaves_unwatched(
+def test_reload_engine_inotify_says_how_many_directories_its_watch_limit_leaves_unwatched(
     run_rsasgi, tmp_path
 ):
     module = reloadable_app(tmp_path)
     for number in range(10):
         (module.parent / f"d{number}").mkdir()
     prefix = with_inotify_limit("max_inotify_watches", 4)
-    server = start_reloading(run_rsasgi, module, prefix=prefix)
+    server = start_reloading(run_rsasgi, module, "--reload-engine", "inotify", prefix=prefix)
     log = wait_for_log(server, "All 1 worker serving")
     # The directory and 3 of the 10 below it are watched.
     assert (
@@ -279,15 +281,165 @@ def test_reload_says_how_many_directories_the_inotify_watch_limit_leaves_unwatch
     assert f", leaving 7 directories under {module.parent} unwatched, where changes" in log
 
 
-def test_reload_without_an_inotify_instance_left_names_the_limit(run_rsasgi, tmp_path):
+def test_reload_engine_inotify_without_an_instance_left_names_the_limit(run_rsasgi, tmp_path):
     module = reloadable_app(tmp_path)
     prefix = with_inotify_limit("max_inotify_instances", 0)
-    server = start_reloading(run_rsasgi, module, prefix=prefix, wait=False)
+    server = start_reloading(
+        run_rsasgi, module, "--reload-engine", "inotify", prefix=prefix, wait=False
+    )
     assert exit_code(server) == 1
     assert (
         "--reload: cannot start the file watcher: no inotify instance left: this user's "
         "programs hold as many as fs.inotify.max_user_instances allows"
     ) in server.output()
+
+
+#: The start of the warning of --reload-engine auto when it polls instead of using inotify.
+POLLING_INSTEAD = "--reload: cannot watch with inotify, so polling instead: "
+
+
+def test_reload_polls_when_no_inotify_instance_is_left(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    prefix = with_inotify_limit("max_inotify_instances", 0)
+    server = start_reloading(run_rsasgi, module, prefix=prefix)
+    log = wait_for_log(server, "All 1 worker serving")
+    assert (
+        f"{POLLING_INSTEAD}no inotify instance left: this user's programs hold as many as "
+        "fs.inotify.max_user_instances allows"
+    ) in log
+    assert f"Polling every 1 s for changes in {module.parent} (*.py)" in log
+
+    set_version(module, 2)
+    wait_for_log(server, f"Changes in {module}; restarting the workers")
+    wait_version(server, 2)
+
+
+def test_reload_polls_when_the_inotify_watch_limit_is_reached_at_start(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    for number in range(10):
+        (module.parent / f"d{number}").mkdir()
+    prefix = with_inotify_limit("max_inotify_watches", 4)
+    server = start_reloading(run_rsasgi, module, prefix=prefix)
+    log = wait_for_log(server, "All 1 worker serving")
+    stopped_at = re.search(
+        re.escape(
+            f"{POLLING_INSTEAD}the inotify watch limit (fs.inotify.max_user_watches) is "
+            f"reached: watching stopped at {module.parent}/"
+        )
+        + r"(d\d),",
+        log,
+    )
+    assert stopped_at, log
+    assert f"Polling every 1 s for changes in {module.parent} (*.py)" in log
+
+    # The first directory inotify had no watch left for.
+    new = module.parent / stopped_at[1] / "views.py"
+    new.write_text("x = 1\n")
+    wait_for_log(server, f"Changes in {new}; restarting the workers")
+
+
+def test_reload_polls_once_directories_made_at_runtime_use_up_the_inotify_watches(
+    run_rsasgi, tmp_path
+):
+    """What changed in a directory no watch was left for went unseen: the workers restart
+    to be safe, and from then on every directory is polled."""
+    module = reloadable_app(tmp_path)
+    prefix = with_inotify_limit("max_inotify_watches", 2)
+    server = start_reloading(run_rsasgi, module, prefix=prefix)
+    wait_for_log(server, f"Watching for changes in {module.parent} (*.py)", "All 1 worker serving")
+
+    # The directory and one of the two take the 2 watches.
+    for name in ("d0", "d1"):
+        (module.parent / name).mkdir()
+    log = wait_for_log(
+        server,
+        f"Polling every 1 s for changes in {module.parent} (*.py)",
+        f"Changes in {module.parent}; restarting the workers",
+    )
+    stopped_at = re.search(
+        re.escape(
+            f"{POLLING_INSTEAD}the inotify watch limit (fs.inotify.max_user_watches) is "
+            f"reached: watching stopped at {module.parent}/"
+        )
+        + r"(d\d), leaving 1 directory under ",
+        log,
+    )
+    assert stopped_at, log
+
+    late = module.parent / stopped_at[1] / "late.py"
+    late.write_text("x = 1\n")
+    wait_for_log(server, f"Changes in {late}; restarting the workers")
+
+
+# --reload-engine poll: the same changes, found by reading the watched directories every
+# second, for the mounts inotify hears nothing from (Docker Desktop, WSL2, NFS).
+
+
+def test_reload_engine_poll_serves_the_edited_module_from_a_new_worker(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    server = start_reloading(run_rsasgi, module, "--reload-engine", "poll")
+    log = wait_for_log(server, "All 1 worker serving")
+    assert f"Polling every 1 s for changes in {module.parent} (*.py)" in log
+    first = set(started_workers(log))
+
+    set_version(module, 2)
+    wait_for_log(server, f"Changes in {module}; restarting the workers")
+    assert wait_version(server, 2) in set(started_workers(server.output())) - first
+
+
+def test_reload_engine_poll_ignores_excluded_files_and_directories(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    (module.parent / "build").mkdir()
+    server = start_reloading(
+        run_rsasgi,
+        module,
+        "--reload-engine",
+        "poll",
+        "--reload-exclude",
+        "build",
+        "--reload-exclude",
+        "scratch_*.py",
+    )
+    wait_for_log(server, "All 1 worker serving")
+
+    # Written before the module: were they watched, they would be named in the same
+    # restart, or in one before it.
+    for excluded in ("build/generated.py", "scratch_1.py", ".hidden.py", "notes.txt"):
+        (module.parent / excluded).write_text("x = 1\n")
+    set_version(module, 2)
+    wait_for(
+        lambda: any(str(module) in line for line in changes_lines(server.output())),
+        message="the change to the module to be noticed",
+        server=server,
+    )
+
+    assert changes_lines(server.output()) == [f"Changes in {module}; restarting the workers"]
+
+
+def test_reload_engine_poll_sees_a_new_file_in_a_watched_directory(run_rsasgi, tmp_path):
+    module = reloadable_app(tmp_path)
+    (module.parent / "pkg").mkdir()
+    server = start_reloading(run_rsasgi, module, "--reload-engine", "poll")
+    wait_for_log(server, "All 1 worker serving")
+    first = set(started_workers(server.output()))
+
+    new = module.parent / "pkg" / "views.py"
+    new.write_text("x = 1\n")
+    wait_for_log(server, f"Changes in {new}; restarting the workers", "Reload complete")
+
+    assert answer(server)[1] in set(started_workers(server.output())) - first
+
+
+def test_watchfiles_force_polling_makes_reload_poll(run_rsasgi, tmp_path):
+    """What uvicorn users set in their Docker Compose files already."""
+    module = reloadable_app(tmp_path)
+    server = start_reloading(run_rsasgi, module, env={"WATCHFILES_FORCE_POLLING": "true"})
+    log = wait_for_log(server, "All 1 worker serving")
+    assert f"Polling every 1 s for changes in {module.parent} (*.py)" in log
+
+    set_version(module, 2)
+    wait_for_log(server, f"Changes in {module}; restarting the workers")
+    wait_version(server, 2)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTTIN, signal.SIGTTOU])

@@ -4,6 +4,9 @@
 //! notify's inotify backend runs its own thread. Its callback filters each
 //! event there and passes only what matters over a tokio channel, so the
 //! runtime never waits on the file system and ignored files never cross.
+//! Polling (`--reload-engine poll`, or `auto` when inotify cannot be set
+//! up) sends over the same channel from a thread of its own, so both are
+//! debounced and logged alike.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -16,9 +19,11 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::time::{timeout_at, Instant};
 
 use filter::Filter;
-use watches::{on_event, watch_tree, Notice, Watched};
+use poll::{Snapshot, POLL_INTERVAL};
+use watches::{on_event, watch_tree, Notice, Unwatched, Watched};
 
 mod filter;
+mod poll;
 mod watches;
 
 /// Files watched when `--reload-include` adds nothing (uvicorn's default).
@@ -37,6 +42,41 @@ pub(crate) const DEFAULT_DELAY: Duration = Duration::from_millis(250);
 /// rewritten without pause must not hold the restart back for ever.
 const MAX_BATCH: Duration = Duration::from_secs(2);
 
+/// The variable uvicorn's watcher, watchfiles, reads to poll rather than
+/// use inotify: `poll` when no `--reload-engine` is given.
+pub(crate) const WATCHFILES_FORCE_POLLING: &str = "WATCHFILES_FORCE_POLLING";
+
+/// `--reload-engine`: how changes are found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ReloadEngine {
+    /// inotify, and polling when inotify cannot be set up (no instance or
+    /// watch left), with a warning.
+    Auto,
+    /// inotify only: an error when no instance is left, a warning naming the
+    /// directories left unwatched when no watch is.
+    Inotify,
+    /// Reading the watched directories every second, for file systems whose
+    /// changes inotify never hears of.
+    Poll,
+}
+
+impl ReloadEngine {
+    /// The engine when no one chose one: `poll` if [`WATCHFILES_FORCE_POLLING`]
+    /// asks for it, as watchfiles reads it (set, and not "false", "disable"
+    /// or "disabled"), else `auto`.
+    pub(crate) fn unset() -> Self {
+        let forced = std::env::var(WATCHFILES_FORCE_POLLING).is_ok_and(|value| {
+            !value.is_empty()
+                && !["false", "disable", "disabled"].contains(&&*value.to_ascii_lowercase())
+        });
+        if forced {
+            Self::Poll
+        } else {
+            Self::Auto
+        }
+    }
+}
+
 /// What `--reload` watches; the CLI fills it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ReloadSettings {
@@ -48,6 +88,7 @@ pub(crate) struct ReloadSettings {
     pub(crate) exclude: Vec<String>,
     /// Quiet time after the last change before the restart.
     pub(crate) delay: Duration,
+    pub(crate) engine: ReloadEngine,
 }
 
 impl Default for ReloadSettings {
@@ -57,6 +98,7 @@ impl Default for ReloadSettings {
             include: DEFAULT_INCLUDE.iter().map(|p| p.to_string()).collect(),
             exclude: DEFAULT_EXCLUDE.iter().map(|p| p.to_string()).collect(),
             delay: DEFAULT_DELAY,
+            engine: ReloadEngine::Auto,
         }
     }
 }
@@ -80,9 +122,10 @@ impl ReloadSettings {
 
 /// Watches the `--reload-dir` trees and reports changes to wanted files.
 pub(crate) struct ReloadWatcher {
-    watcher: Arc<Mutex<RecommendedWatcher>>,
-    /// The directories watched, by every walk and what notify drops.
-    watched: Arc<Mutex<Watched>>,
+    engine: Engine,
+    /// `--reload-engine auto`: inotify running out of watches at runtime
+    /// makes way for polling.
+    may_poll: bool,
     filter: Arc<Filter>,
     notices: UnboundedReceiver<Notice>,
     /// Lets tree walks report the files they find; also keeps `notices` open.
@@ -122,31 +165,90 @@ impl ReloadSettings {
     }
 }
 
+/// What finds the changes.
+enum Engine {
+    /// One inotify watch per directory.
+    Inotify {
+        watcher: Arc<Mutex<RecommendedWatcher>>,
+        /// The directories watched, by every walk and what notify drops.
+        watched: Arc<Mutex<Watched>>,
+    },
+    /// A thread reading the trees every [`POLL_INTERVAL`]; it ends once the
+    /// watcher is dropped.
+    Poll,
+}
+
+impl Engine {
+    /// Sets an inotify watch on every wanted directory; an Err if inotify
+    /// cannot start, and what its watch limit left unwatched, if anything.
+    fn inotify(
+        filter: &Arc<Filter>,
+        sender: &UnboundedSender<Notice>,
+    ) -> Result<(Self, Vec<Unwatched>), notify::Error> {
+        let watched = Arc::new(Mutex::new(Watched::default()));
+        let watcher = notify::recommended_watcher({
+            let (filter, watched) = (Arc::clone(filter), Arc::clone(&watched));
+            let sender = sender.clone();
+            move |event| on_event(&filter, &watched, &sender, event)
+        })?;
+        let watcher = Arc::new(Mutex::new(watcher));
+        let unwatched = (filter.roots.iter())
+            .filter_map(|root| watch_tree(&watcher, &watched, filter, root, None))
+            .collect();
+        Ok((Self::Inotify { watcher, watched }, unwatched))
+    }
+
+    /// Starts polling from `baseline`, a pass over the trees as they are.
+    fn poll(
+        filter: &Arc<Filter>,
+        sender: &UnboundedSender<Notice>,
+        baseline: Snapshot,
+    ) -> Result<Self, String> {
+        poll::spawn(Arc::clone(filter), sender.clone(), baseline)
+            .map(|()| Self::Poll)
+            .map_err(|err| {
+                format!("--reload: cannot start the thread that polls for changes: {err}")
+            })
+    }
+}
+
 impl ReloadWatcher {
     /// Starts watching; an Err is one line naming the bad directory or
-    /// pattern. Walks the trees once, on the calling thread.
+    /// pattern, or why the engine cannot start. Walks the trees once, on the
+    /// calling thread.
     pub(crate) fn new(settings: &ReloadSettings) -> Result<Self, String> {
         let filter = Arc::new(settings.filter()?);
         let (sender, notices) = unbounded_channel();
-        let watched = Arc::new(Mutex::new(Watched::default()));
-        let watcher = notify::recommended_watcher({
-            let (filter, watched) = (Arc::clone(&filter), Arc::clone(&watched));
-            let sender = sender.clone();
-            move |event| on_event(&filter, &watched, &sender, event)
-        })
-        .map_err(|err| {
-            format!(
-                "--reload: cannot start the file watcher: {}",
-                why_no_watcher(&err)
-            )
-        })?;
-        let watcher = Arc::new(Mutex::new(watcher));
-        for root in &filter.roots {
-            watch_tree(&watcher, &watched, &filter, root, None);
-        }
+        let may_poll = settings.engine == ReloadEngine::Auto;
+        let engine = if settings.engine == ReloadEngine::Poll {
+            Engine::poll(&filter, &sender, Snapshot::take(&filter))?
+        } else {
+            match Engine::inotify(&filter, &sender) {
+                Ok((engine, unwatched)) if unwatched.is_empty() => engine,
+                Ok((engine, unwatched)) if !may_poll => {
+                    unwatched.iter().for_each(Unwatched::warn);
+                    engine
+                }
+                // Dropping the watcher frees the watches it holds.
+                Ok((_, unwatched)) => {
+                    warn_polling_instead(&unwatched[0].why());
+                    Engine::poll(&filter, &sender, Snapshot::take(&filter))?
+                }
+                Err(err) if may_poll => {
+                    warn_polling_instead(&why_no_watcher(&err));
+                    Engine::poll(&filter, &sender, Snapshot::take(&filter))?
+                }
+                Err(err) => {
+                    return Err(format!(
+                        "--reload: cannot start the file watcher: {}",
+                        why_no_watcher(&err)
+                    ))
+                }
+            }
+        };
         Ok(Self {
-            watcher,
-            watched,
+            engine,
+            may_poll,
             filter,
             notices,
             sender,
@@ -156,7 +258,8 @@ impl ReloadWatcher {
         })
     }
 
-    /// For the startup log, e.g. "Watching for changes in /srv/app (*.py)".
+    /// For the startup log, e.g. "Watching for changes in /srv/app (*.py)",
+    /// or "Polling every 1 s for changes in /srv/app (*.py)".
     pub(crate) fn describe(&self) -> String {
         let dirs: Vec<_> = self
             .filter
@@ -164,11 +267,11 @@ impl ReloadWatcher {
             .iter()
             .map(|r| r.display().to_string())
             .collect();
-        format!(
-            "Watching for changes in {} ({})",
-            dirs.join(", "),
-            self.include.join(", ")
-        )
+        let how = match self.engine {
+            Engine::Inotify { .. } => "Watching for changes".to_string(),
+            Engine::Poll => format!("Polling every {} s for changes", POLL_INTERVAL.as_secs()),
+        };
+        format!("{how} in {} ({})", dirs.join(", "), self.include.join(", "))
     }
 
     /// Waits for a change to a wanted file, then collects more until none has
@@ -216,15 +319,21 @@ impl ReloadWatcher {
             // What was watched through the link may be reachable by another
             // path; what is not, is no change.
             Notice::Unlinked => self.spawn_walk(self.filter.roots.clone(), Walk::Again),
+            Notice::OutOfWatches(why) => self.poll_instead(&why),
         }
     }
 
     /// Watches trees from the blocking pool, since a `git checkout` can
-    /// create many directories.
+    /// create many directories. Once the engine polls, a walk has nothing
+    /// to do: the next pass finds what is new.
     fn spawn_walk(&self, tops: Vec<PathBuf>, walk: Walk) {
-        let (watcher, watched) = (Arc::clone(&self.watcher), Arc::clone(&self.watched));
+        let Engine::Inotify { watcher, watched } = &self.engine else {
+            return;
+        };
+        let (watcher, watched) = (Arc::clone(watcher), Arc::clone(watched));
         let filter = Arc::clone(&self.filter);
         let sender = self.sender.clone();
+        let may_poll = self.may_poll;
         tokio::task::spawn_blocking(move || {
             if walk == Walk::Lost {
                 Watched::prune(&watched);
@@ -232,7 +341,13 @@ impl ReloadWatcher {
             let mut found = Vec::new();
             for top in tops {
                 let report = (walk == Walk::New).then_some(&mut found);
-                watch_tree(&watcher, &watched, &filter, &top, report);
+                match watch_tree(&watcher, &watched, &filter, &top, report) {
+                    Some(unwatched) if may_poll => {
+                        let _ = sender.send(Notice::OutOfWatches(unwatched.why()));
+                    }
+                    Some(unwatched) => unwatched.warn(),
+                    None => {}
+                }
             }
             for path in found {
                 // Fails only once the watcher is dropped: nobody is waiting.
@@ -240,6 +355,45 @@ impl ReloadWatcher {
             }
         });
     }
+
+    /// `--reload-engine auto`, once inotify runs out of watches at runtime
+    /// (a `git checkout` or an unpacked archive made many directories):
+    /// drops the inotify watches and polls instead. What changed where no
+    /// watch was set went unseen, so the workers restart to be safe, as
+    /// after lost events.
+    fn poll_instead(&mut self, why: &str) {
+        if !matches!(self.engine, Engine::Inotify { .. }) {
+            return;
+        }
+        warn_polling_instead(why);
+        // Dropping the watcher frees its watches; walks still running on
+        // the blocking pool hold it until they end.
+        self.engine = Engine::Poll;
+        self.pending.extend(self.filter.roots.iter().cloned());
+        let (filter, sender) = (Arc::clone(&self.filter), self.sender.clone());
+        let polling = self.describe();
+        tokio::task::spawn_blocking(move || {
+            let baseline = Snapshot::take(&filter);
+            match Engine::poll(&filter, &sender, baseline) {
+                Ok(_) => tracing::info!("{polling}"),
+                Err(message) => {
+                    tracing::error!("{message}; changes are no longer seen until rsasgi restarts")
+                }
+            }
+        });
+    }
+}
+
+/// Says once why `--reload-engine auto` polls, and what that costs.
+fn warn_polling_instead(why: &str) {
+    tracing::warn!(
+        "--reload: cannot watch with inotify, so polling instead: {why}. Polling reads the \
+         watched directories every {} s, which costs CPU time in proportion to their size, \
+         and sees a change up to {} s later; --reload-engine poll chooses it without this \
+         warning",
+        POLL_INTERVAL.as_secs(),
+        POLL_INTERVAL.as_secs()
+    );
 }
 
 /// Why a tree is walked at runtime.
@@ -312,6 +466,22 @@ mod tests {
     async fn a_written_python_file_is_reported() {
         let (_dir, root) = tree();
         let mut watcher = ReloadWatcher::new(&settings(&root)).expect("watcher");
+        let app = write(root.join("app.py"));
+        assert_eq!(next_batch(&mut watcher).await, vec![app]);
+    }
+
+    #[tokio::test]
+    async fn polling_reports_a_written_file_and_not_an_excluded_one() {
+        let (_dir, root) = tree();
+        fs::create_dir(root.join("build")).expect("mkdir");
+        let mut settings = settings(&root);
+        settings.add_patterns(&[], &["build".into()]);
+        settings.engine = ReloadEngine::Poll;
+        let mut watcher = ReloadWatcher::new(&settings).expect("watcher");
+        assert!(watcher
+            .describe()
+            .starts_with("Polling every 1 s for changes in"));
+        write(root.join("build/generated.py"));
         let app = write(root.join("app.py"));
         assert_eq!(next_batch(&mut watcher).await, vec![app]);
     }

@@ -146,6 +146,21 @@ impl Filter {
             && !in_venv(root, parent)
     }
 
+    /// [`wants`](Self::wants) for a file in a directory that
+    /// [`watches_dir`](Self::watches_dir) kept, or a watched one: what it
+    /// checked of the directories above is not checked again, which would
+    /// look for a `pyvenv.cfg` in each of them for each file.
+    pub(super) fn wants_in_kept_dir(&self, path: &Path) -> bool {
+        let Some((root, rel)) = self.locate(path) else {
+            return false;
+        };
+        let Some(name) = rel.file_name() else {
+            return false;
+        };
+        let literal = self.literal_includes.iter().any(|l| name == l.as_str());
+        self.include.matches(root, rel) && (literal || !self.excludes(root, rel))
+    }
+
     /// Whether the directory at `path`, below a watched one, gets a watch.
     pub(super) fn watches_dir(&self, path: &Path) -> bool {
         self.locate(path)
@@ -207,6 +222,28 @@ mod tests {
         let filter = filter(&["*.py", ".env"], &[".*"]);
         assert!(filter.wants(Path::new("/srv/app/.env")));
         assert!(!filter.wants(Path::new("/srv/app/.hidden.py")));
+    }
+
+    #[test]
+    fn in_a_kept_directory_a_file_is_wanted_as_anywhere() {
+        let filter = filter(&["*.py", ".env", "templates/*.html"], &[".*", "*_test.py"]);
+        for path in [
+            "/srv/app/views.py",
+            "/srv/app/shop/views.py",
+            "/srv/app/shop/views_test.py",
+            "/srv/app/.env",
+            "/srv/app/.hidden.py",
+            "/srv/app/notes.txt",
+            "/srv/app/shop/templates/cart.html",
+            "/srv/other/views.py",
+        ] {
+            let path = Path::new(path);
+            assert_eq!(
+                filter.wants_in_kept_dir(path),
+                filter.wants(path),
+                "{path:?}"
+            );
+        }
     }
 
     #[test]

@@ -25,10 +25,13 @@ pub(super) enum Notice {
     /// A link through which directories were watched is gone, and their
     /// watches with it: the tree must be walked for another path to them.
     Unlinked,
+    /// A walk ran out of inotify watches, why in words: with
+    /// `--reload-engine auto`, polling takes over.
+    OutOfWatches(String),
 }
 
 /// What a directory is, whatever the path to it: device and inode.
-type DirId = (u64, u64);
+pub(super) type DirId = (u64, u64);
 
 /// The directories watched, shared by every walk and by [`on_event`]: each
 /// is watched once, by the first path found to it. A second `watch()` of the
@@ -154,13 +157,16 @@ pub(super) fn on_event(
 /// so a link back up the tree (`ln -s .. loop`) ends the walk instead of
 /// trapping it. A directory watched already is walked through, not watched
 /// again, for what is new below it.
+///
+/// Returns what the inotify watch limit left unwatched, if it was reached:
+/// the caller warns, or polls instead.
 pub(super) fn watch_tree(
     watcher: &Mutex<RecommendedWatcher>,
     watched: &Mutex<Watched>,
     filter: &Filter,
     top: &Path,
     mut found: Option<&mut Vec<PathBuf>>,
-) {
+) -> Option<Unwatched> {
     // Breaks loops of real directories walked through (bind mounts).
     let mut visited: HashSet<DirId> = HashSet::new();
     let linked = top.symlink_metadata().is_ok_and(|m| m.is_symlink());
@@ -206,6 +212,7 @@ pub(super) fn watch_tree(
             match err.kind {
                 ErrorKind::MaxFilesWatch => {
                     unwatched = Some(Unwatched {
+                        top: top.to_path_buf(),
                         first: dir.clone(),
                         count: 1,
                     })
@@ -234,31 +241,53 @@ pub(super) fn watch_tree(
             }
         }
     }
-    if let Some(Unwatched { first, count }) = unwatched {
-        let directories = if count == 1 {
-            "directory"
-        } else {
-            "directories"
-        };
-        tracing::warn!(
-            "--reload: the inotify watch limit (fs.inotify.max_user_watches) is reached: \
-             watching stopped at {}, leaving {count} {directories} under {} unwatched, where \
-             changes are not seen; raise the limit (sysctl fs.inotify.max_user_watches=524288) \
-             or narrow --reload-dir / --reload-exclude",
-            first.display(),
-            top.display()
-        );
-    }
+    unwatched
 }
 
 /// The directories a walk could not watch, once the inotify watch limit
 /// was reached: the first of them, and how many.
-struct Unwatched {
+pub(super) struct Unwatched {
+    /// The top of the walk.
+    top: PathBuf,
     first: PathBuf,
     count: usize,
 }
 
-fn identity(dir: &Path) -> Option<DirId> {
+impl Unwatched {
+    /// With `--reload-engine inotify`: the changes there are not seen.
+    pub(super) fn warn(&self) {
+        tracing::warn!(
+            "--reload: {}, where changes are not seen; raise the limit (sysctl \
+             fs.inotify.max_user_watches=524288) or narrow --reload-dir / --reload-exclude",
+            self.what()
+        );
+    }
+
+    /// Why `--reload-engine auto` polls instead.
+    pub(super) fn why(&self) -> String {
+        format!(
+            "{} (raise the limit: sysctl fs.inotify.max_user_watches=524288)",
+            self.what()
+        )
+    }
+
+    fn what(&self) -> String {
+        let directories = if self.count == 1 {
+            "directory"
+        } else {
+            "directories"
+        };
+        format!(
+            "the inotify watch limit (fs.inotify.max_user_watches) is reached: watching \
+             stopped at {}, leaving {} {directories} under {} unwatched",
+            self.first.display(),
+            self.count,
+            self.top.display()
+        )
+    }
+}
+
+pub(super) fn identity(dir: &Path) -> Option<DirId> {
     std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
