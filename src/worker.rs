@@ -418,8 +418,8 @@ pub(crate) struct Worker {
     metrics: Metrics,
     /// Where faulthandler writes the Python stacks (none: to stderr).
     stacks: Option<Arc<StackFile>>,
-    /// While one process imports the app: ends it when a stop signal goes
-    /// unanswered (the import is in C code).
+    /// While one process imports the app, or runs its lifespan startup:
+    /// ends it when a stop signal goes unanswered (a call into C code).
     loading_stop: Mutex<Option<LoadingStopWatch>>,
 }
 
@@ -463,6 +463,42 @@ impl Worker {
             loading_stop: Mutex::new(None),
         })
     }
+
+    /// Watches `signals` while Python cannot act on them (see
+    /// [`LoadingStopWatch`]): `say` explains, from the watch's thread, why
+    /// the process leaves without it.
+    fn watch_blocked_stop(
+        slf: &Bound<'_, Self>,
+        signals: &[i32],
+        while_: &str,
+        say: impl FnOnce(&Worker, &str) + Send + 'static,
+    ) {
+        let worker = slf.clone().unbind();
+        let leave = move |signal: &str| {
+            let worker = worker.get();
+            say(worker, signal);
+            worker.leave_unserved(0);
+        };
+        match LoadingStopWatch::start(signals, BLOCKED_STOP_WAIT, leave) {
+            Ok(watch) => *slf.get().loading_stop.lock() = Some(watch),
+            Err(err) => tracing::warn!(
+                "Cannot watch the stop signals while {while_} ({err}): a call into C code \
+                 there ignores them until it returns"
+            ),
+        }
+    }
+
+    /// Ends a process that never served, at once, with `code`: its `--uds`
+    /// socket files and `--pid` file removed, its log written.
+    fn leave_unserved(&self, code: i32) -> ! {
+        self.close_unserved_listeners();
+        if let Some(path) = &self.config.pid_file {
+            pid_file::remove_ours(path);
+        }
+        crate::logging::flush();
+        // SAFETY: ends the process at once; nothing is touched after.
+        unsafe { libc::_exit(code) }
+    }
 }
 
 pub(crate) fn name_of<T: clap::ValueEnum>(value: T) -> String {
@@ -480,9 +516,7 @@ impl Worker {
     /// handlers wait for the call to return) ends the process, its `--pid`
     /// and `--uds` files removed, as the signal's default action did.
     fn watch_loading_stop(slf: &Bound<'_, Self>, signals: Vec<i32>) {
-        let worker = slf.clone().unbind();
-        let leave = move |signal: &str| {
-            let worker = worker.get();
+        Worker::watch_blocked_stop(slf, &signals, "the app is imported", |worker, signal| {
             tracing::warn!(
                 "Stopped by {signal} while importing {}, before serving: the import had not \
                  returned {}s after the signal (it is in C code, which Python's signal handlers \
@@ -490,24 +524,27 @@ impl Worker {
                 worker.config.app,
                 BLOCKED_STOP_WAIT.as_secs_f64()
             );
-            worker.close_unserved_listeners();
-            if let Some(path) = &worker.config.pid_file {
-                pid_file::remove_ours(path);
-            }
-            crate::logging::flush();
-            // SAFETY: ends the process at once; nothing is touched after.
-            unsafe { libc::_exit(0) }
-        };
-        match LoadingStopWatch::start(&signals, leave) {
-            Ok(watch) => *slf.get().loading_stop.lock() = Some(watch),
-            Err(err) => tracing::warn!(
-                "Cannot watch the stop signals while the app is imported ({err}): an import \
-                 that stays in C code ignores them until it returns"
-            ),
-        }
+        });
     }
 
-    /// The import is over (or Python acted on the stop signal).
+    /// Called as one process starts its lifespan startup, once the event
+    /// loop has its handlers for `signals`: as for the import, one that the
+    /// loop has not acted on `BLOCKED_STOP_WAIT` later (the startup blocks
+    /// it, in a call into C code that Python's handlers wait for too) ends
+    /// the process. Not in a supervisor's worker, whose stop deadline
+    /// bounds it, with its stacks logged.
+    fn watch_startup_stop(slf: &Bound<'_, Self>, signals: Vec<i32>) {
+        Worker::watch_blocked_stop(slf, &signals, "the application starts", |_, signal| {
+            tracing::warn!(
+                "The application's startup has not stopped {}s after {signal} (it blocks the \
+                 event loop, in a call Python's signal handlers wait for); exiting now",
+                BLOCKED_STOP_WAIT.as_secs_f64()
+            );
+        });
+    }
+
+    /// The import or the startup is over (or Python acted on the stop
+    /// signal).
     fn end_loading_stop_watch(&self) {
         self.loading_stop.lock().take();
     }
