@@ -233,6 +233,42 @@ def test_a_stop_signal_while_the_import_is_in_c_code_ends_the_process(run_rsasgi
     assert not socket_file.exists()
 
 
+@pytest.mark.parametrize("step", ["import", "startup"])
+def test_one_process_past_its_boot_deadline_logs_its_stacks_and_exits(
+    run_rsasgi, tmp_path, step
+):
+    """--timeout-worker-boot given to one process: an import or a lifespan startup that
+    does not end is ended at the deadline, with the Python stacks of its threads (where it
+    is stuck) and exit code 3, for systemd or Kubernetes to start it again. It was only
+    warned of, and the process hung for ever."""
+    module = tmp_path / "life_boot_hangs.py"
+    if step == "import":
+        module.write_text("import time\n\ntime.sleep(3600)\n")
+    else:
+        module.write_text(
+            "import time\n\n\n"
+            "async def app(scope, receive, send):\n"
+            "    await receive()\n"
+            "    time.sleep(3600)\n"
+        )
+    pid_file, socket_file = tmp_path / "rsasgi.pid", tmp_path / "rsasgi.sock"
+    server = run_rsasgi(
+        "life_boot_hangs:app", "--app-dir", str(tmp_path), "--timeout-worker-boot", "1",
+        "--pid", str(pid_file), "--uds", str(socket_file), wait=False,
+    )  # fmt: skip
+    assert exit_code(server, timeout=20) == 3
+    output = server.output()
+    assert (
+        "after it started (--timeout-worker-boot 1s): its import or lifespan startup does not "
+        "end; the Python stack of each of its threads follows, then it exits with code 3"
+    ) in output
+    stacks = log_lines_after(output, "Python stacks of this worker's threads:")
+    assert any(f'File "{module}", line' in line for line in stacks), output
+    assert "does nothing without --workers" not in output
+    assert not pid_file.exists()
+    assert not socket_file.exists()
+
+
 def test_an_attribute_that_raises_fails_to_load(run_rsasgi, tmp_path):
     (tmp_path / "life_prop.py").write_text(
         "class Holder:\n"

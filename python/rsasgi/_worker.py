@@ -70,10 +70,15 @@ leave_without_finalising = False
 
 def run(worker) -> int:
     """Runs the worker until shutdown; returns the process exit code."""
-    if worker.supervisor_pid is not None or worker.timeout_request is not None:
+    if (
+        worker.supervisor_pid is not None
+        or worker.timeout_request is not None
+        or worker.times_own_boot
+    ):
         # Written from the signal handler in C, so it works while the app
-        # blocks the loop (when the supervisor asks) or a WSGI thread is
-        # stuck past --timeout-request (when the reactor asks). Into a file
+        # blocks the loop (when the supervisor asks), a WSGI thread is stuck
+        # past --timeout-request (when the reactor asks) or the boot is past
+        # --timeout-worker-boot (when this process asks). Into a file
         # that the asker logs as one event, when there is one: a copy of its
         # descriptor, open as long as the process (faulthandler keeps the
         # number, which the worker's own could give to another file once closed).
@@ -83,6 +88,9 @@ def run(worker) -> int:
             file=sys.stderr if dump_fd is None else os.dup(dump_fd),
             all_threads=True,
         )
+    # One process with --timeout-worker-boot times its own boot from a thread of its own,
+    # which writes the stacks above when it is over.
+    worker.watch_boot_deadline()
     # SIGUSR1 (logrotate's postrotate) while the app loads would kill the process by its
     # default action: it is remembered, and the files are reopened once serving.
     signal.signal(signal.SIGUSR1, _remember_signal)
