@@ -349,7 +349,8 @@ struct Args {
     timeout_worker_healthcheck: Seconds,
 
     /// Kill a worker still importing or starting the app after this many
-    /// seconds (0: never) [default: 60, or the health check's if longer].
+    /// seconds (0: never) [default: 60, or the health check's if longer];
+    /// one process exits 3 then, only if it is given.
     #[arg(long, env = "RSASGI_TIMEOUT_WORKER_BOOT", value_name = "SECONDS",
           value_parser = seconds, help_heading = "Workers")]
     timeout_worker_boot: Option<Seconds>,
@@ -371,7 +372,7 @@ struct Args {
           value_name = "SECONDS", value_parser = seconds, help_heading = "Workers")]
     limit_worker_lifetime: Option<Seconds>,
 
-    /// Replace a worker gracefully once its resident memory exceeds this many MiB.
+    /// Replace a worker gracefully once its memory (RSS) passes this many MiB.
     #[arg(long, alias = "workers-max-rss", env = "RSASGI_LIMIT_WORKER_MEMORY", value_name = "MIB",
           value_parser = |raw: &str| parse_count(raw, 1, config::MAX_WORKER_MEMORY_MIB),
           help_heading = "Workers")]
@@ -951,7 +952,12 @@ where
     );
     config.warnings = ineffective_settings(&command, &matches, &config);
     let action = if print_config {
-        Action::PrintConfig(print_config::listing(&command, &matches, file.as_ref()))
+        Action::PrintConfig(print_config::listing(
+            &command,
+            &matches,
+            file.as_ref(),
+            &config,
+        ))
     } else if check_config {
         Action::CheckConfig
     } else {
@@ -1445,15 +1451,6 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
             "use an ASGI --interface if the app is one",
         );
     }
-    if !config.supervision.supervised() {
-        // Only a supervisor times a boot (a process cannot time its own
-        // import: it is the one stuck in it).
-        unused(
-            &["timeout_worker_boot"],
-            "without --workers: one process serves, and no supervisor watches its boot",
-            "add --workers 1 for a supervised worker",
-        );
-    }
     if !config.access_log {
         unused(
             &["access_log_format", "access_logfile"],
@@ -1568,6 +1565,39 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
     };
     let ping_interval = args.ws_ping_interval.0;
     let healthcheck = Some(args.timeout_worker_healthcheck.0).filter(|limit| !limit.is_zero());
+    let mut supervision = Supervision {
+        workers,
+        timeout_worker_healthcheck: healthcheck,
+        // With no health check (gunicorn's --timeout 0), no boot deadline
+        // unless asked for: gunicorn's one timeout covers both.
+        timeout_worker_boot: match args.timeout_worker_boot {
+            None => healthcheck.map(|limit| config::DEFAULT_TIMEOUT_WORKER_BOOT.max(limit)),
+            Some(Seconds(limit)) => (!limit.is_zero()).then_some(limit),
+        },
+        max_requests: args.limit_max_requests,
+        max_requests_jitter: args.limit_max_requests_jitter,
+        worker_lifetime: args
+            .limit_worker_lifetime
+            .map(|seconds| seconds.0)
+            .filter(|lifetime| !lifetime.is_zero()),
+        worker_memory_mib: args.limit_worker_memory,
+        reload: args.reload.then(|| {
+            let mut settings = ReloadSettings::default();
+            if !args.reload_dirs.is_empty() {
+                settings.dirs = args.reload_dirs;
+            }
+            settings.add_patterns(&args.reload_include, &args.reload_exclude);
+            settings.delay = args.reload_delay.0;
+            settings.engine = args.reload_engine.unwrap_or_else(ReloadEngine::unset);
+            settings
+        }),
+    };
+    // A lone process times its own boot only when asked to: the default is
+    // a supervisor's, which starts a worker again, where the process would
+    // exit (with its service manager, if any, to start it again).
+    if args.timeout_worker_boot.is_none() && !supervision.supervised() {
+        supervision.timeout_worker_boot = None;
+    }
     Ok(Config {
         app: args.app,
         factory: args.factory,
@@ -1595,33 +1625,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         user: args.user,
         group: args.group,
         umask: args.umask.map(|mode| mode.0),
-        supervision: Supervision {
-            workers,
-            timeout_worker_healthcheck: healthcheck,
-            // With no health check (gunicorn's --timeout 0), no boot deadline
-            // unless asked for: gunicorn's one timeout covers both.
-            timeout_worker_boot: match args.timeout_worker_boot {
-                None => healthcheck.map(|limit| config::DEFAULT_TIMEOUT_WORKER_BOOT.max(limit)),
-                Some(Seconds(limit)) => (!limit.is_zero()).then_some(limit),
-            },
-            max_requests: args.limit_max_requests,
-            max_requests_jitter: args.limit_max_requests_jitter,
-            worker_lifetime: args
-                .limit_worker_lifetime
-                .map(|seconds| seconds.0)
-                .filter(|lifetime| !lifetime.is_zero()),
-            worker_memory_mib: args.limit_worker_memory,
-            reload: args.reload.then(|| {
-                let mut settings = ReloadSettings::default();
-                if !args.reload_dirs.is_empty() {
-                    settings.dirs = args.reload_dirs;
-                }
-                settings.add_patterns(&args.reload_include, &args.reload_exclude);
-                settings.delay = args.reload_delay.0;
-                settings.engine = args.reload_engine.unwrap_or_else(ReloadEngine::unset);
-                settings
-            }),
-        },
+        supervision,
         interface: args.interface,
         lifespan: args.lifespan,
         event_loop: args.event_loop,
@@ -2129,18 +2133,31 @@ mod tests {
         );
         assert!(warnings(&["--interface", "wsgi", "--lifespan", "off"]).is_empty());
         assert!(warnings(&["--lifespan", "on"]).is_empty());
-        assert_eq!(
-            warnings(&["--timeout-worker-boot", "5"]),
-            [
-                "--timeout-worker-boot does nothing without --workers: one process serves, and \
-              no supervisor watches its boot; add --workers 1 for a supervised worker, or drop \
-              it"
-            ]
-        );
+        // One process times its own boot (a thread of its own, while its
+        // main thread is stuck in the import or the startup).
+        assert!(warnings(&["--timeout-worker-boot", "5"]).is_empty());
         assert!(warnings(&["--timeout-worker-boot", "5", "--workers", "1"]).is_empty());
         assert!(warnings(&["--timeout-worker-boot", "5", "--reload"]).is_empty());
         // The defaults (a value clap filled in) are not the user's doing.
         assert!(warnings(&["--ws", "none", "--no-access-log"]).is_empty());
+    }
+
+    #[test]
+    fn one_process_times_its_boot_only_when_asked() {
+        let boot = |args: &[&str]| {
+            let argv = ["rsasgi", "main:app"].iter().chain(args);
+            parse(argv).unwrap().supervision.timeout_worker_boot
+        };
+        let default = Some(config::DEFAULT_TIMEOUT_WORKER_BOOT);
+        assert_eq!(boot(&[]), None);
+        assert_eq!(
+            boot(&["--timeout-worker-boot", "2"]),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(boot(&["--timeout-worker-boot", "0"]), None);
+        assert_eq!(boot(&["--workers", "1"]), default);
+        assert_eq!(boot(&["--reload"]), default);
+        assert_eq!(boot(&["--limit-max-requests", "100"]), default);
     }
 
     #[test]

@@ -11,9 +11,7 @@ use std::path::Path;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Command};
 
-use crate::config::{
-    parse_seconds, DEFAULT_TIMEOUT_WORKER_BOOT, DEFAULT_TIMEOUT_WORKER_HEALTHCHECK,
-};
+use crate::config::Config;
 use crate::config_file::{self, ConfigFile, Kind, Shown};
 use crate::http::proxy_headers::DEFAULT_FORWARDED_ALLOW_IPS;
 use crate::supervisor::reload::{ReloadEngine, WATCHFILES_FORCE_POLLING};
@@ -46,11 +44,13 @@ impl fmt::Display for Source<'_> {
 }
 
 /// The listing `--print-config` prints: `matches` is what clap parsed with
-/// the file's settings in it, `file` the file they came from.
+/// the file's settings in it, `file` the file they came from, `config` what
+/// was made of them.
 pub(crate) fn listing(
     command: &Command,
     matches: &ArgMatches,
     file: Option<&ConfigFile>,
+    config: &Config,
 ) -> String {
     let mut out = String::from(
         "# rsasgi --print-config: the settings in effect, each with where it comes from\n",
@@ -63,14 +63,14 @@ pub(crate) fn listing(
         .get_arguments()
         .filter(|arg| config_file::is_setting(arg))
     {
-        out += &line(arg, matches, file);
+        out += &line(arg, matches, file, config);
         out.push('\n');
     }
     out
 }
 
 /// One setting's line: `key = value  # source`, or a comment when unset.
-fn line(arg: &Arg, matches: &ArgMatches, file: Option<&ConfigFile>) -> String {
+fn line(arg: &Arg, matches: &ArgMatches, file: Option<&ConfigFile>, config: &Config) -> String {
     let id = arg.get_id().as_str();
     let key = config_file::key_of(arg);
     let kind = Kind::of(arg);
@@ -83,7 +83,7 @@ fn line(arg: &Arg, matches: &ArgMatches, file: Option<&ConfigFile>) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    let (raw, source) = match (raw.is_empty(), fallback(id, matches)) {
+    let (raw, source) = match (raw.is_empty(), fallback(id, config)) {
         (true, Some((value, fallback_source))) => (vec![value], fallback_source),
         _ => (raw, source),
     };
@@ -120,9 +120,10 @@ fn source_of<'a>(arg: &'a Arg, matches: &ArgMatches, file: Option<&'a ConfigFile
 }
 
 /// What an option that no source sets falls back to when it is not a clap
-/// default: the variables uvicorn (and its watchfiles) and gunicorn read too, and
-/// `--timeout-worker-boot`'s default, which follows the health check's.
-fn fallback(id: &str, matches: &ArgMatches) -> Option<(String, Source<'static>)> {
+/// default: the variables uvicorn (and its watchfiles) and gunicorn read
+/// too, and `--timeout-worker-boot`'s default, which follows the health
+/// check's (and is none for one process).
+fn fallback(id: &str, config: &Config) -> Option<(String, Source<'static>)> {
     let from_env = |name: &'static str| {
         std::env::var(name)
             .ok()
@@ -140,19 +141,11 @@ fn fallback(id: &str, matches: &ArgMatches) -> Option<(String, Source<'static>)>
         }),
         "forwarded_allow_ips" => from_env("FORWARDED_ALLOW_IPS")
             .or_else(|| Some((DEFAULT_FORWARDED_ALLOW_IPS.to_owned(), Source::Default))),
-        // As cli.rs settles it: 60 s, or the health check if longer; none
-        // with no health check.
-        "timeout_worker_boot" => {
-            let healthcheck = matches
-                .get_raw("timeout_worker_healthcheck")
-                .and_then(|mut values| values.next())
-                .and_then(|raw| parse_seconds(&raw.to_string_lossy()).ok())
-                .unwrap_or(DEFAULT_TIMEOUT_WORKER_HEALTHCHECK);
-            (!healthcheck.is_zero()).then(|| {
-                let boot = DEFAULT_TIMEOUT_WORKER_BOOT.max(healthcheck);
-                (boot.as_secs_f64().to_string(), Source::Default)
-            })
-        }
+        // As cli.rs settled it.
+        "timeout_worker_boot" => config
+            .supervision
+            .timeout_worker_boot
+            .map(|boot| (boot.as_secs_f64().to_string(), Source::Default)),
         _ => None,
     }
 }

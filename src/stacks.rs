@@ -1,5 +1,6 @@
 //! Where a worker's Python stacks go when it is asked for them (a stuck event
-//! loop, a WSGI thread past `--timeout-request`): an anonymous `memfd` that
+//! loop, a WSGI thread past `--timeout-request`, a boot past
+//! `--timeout-worker-boot`): an anonymous `memfd` that
 //! `faulthandler` writes into from its signal handler, then read back whole
 //! and logged as one event.
 //!
@@ -79,6 +80,37 @@ impl StackFile {
             text.push_str(&format!("\n… ({} more bytes not shown)", len - read));
         }
         Ok(text)
+    }
+}
+
+/// Has faulthandler, registered for SIGUSR2 by the worker, write the Python
+/// stack of every thread, and logs them from `file` as one event (without
+/// it, they went to stderr).
+pub(crate) fn log_this_process(file: Option<&StackFile>) {
+    // Sent to this very thread, the handler runs before the call returns:
+    // the dump is whole here, without waiting on a shutdown that may come
+    // first. Unblocked meanwhile, in case the thread that started this one
+    // had it blocked (the mask is inherited).
+    // SAFETY: sigset calls on a local set; pthread_sigmask and pthread_kill on
+    // the calling thread, with a signal whose handler (faulthandler's) only
+    // makes async-signal-safe calls; the old mask is put back.
+    unsafe {
+        let mut usr2 = std::mem::zeroed::<libc::sigset_t>();
+        let mut before = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut usr2);
+        libc::sigaddset(&mut usr2, libc::SIGUSR2);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &usr2, &mut before);
+        libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+    }
+    if let Some(file) = file {
+        match file.take() {
+            Ok(stacks) if !stacks.is_empty() => {
+                tracing::error!("Python stacks of this worker's threads:\n{stacks}");
+            }
+            Ok(_) => tracing::warn!("No Python stacks were written (is faulthandler registered?)"),
+            Err(err) => tracing::warn!("Cannot read the Python stacks written: {err}"),
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -29,7 +29,7 @@ use crate::loading_stop::{LoadingStopWatch, BLOCKED_STOP_WAIT};
 use crate::metrics::process::ProcessStats;
 use crate::metrics::{self, Health, Report, Scrape, WorkerReport};
 use crate::net::{self, Listener};
-use crate::stacks::StackFile;
+use crate::stacks::{self, StackFile};
 use crate::supervisor::balance::{Balance, WorkerSeat};
 use crate::supervisor::pid_file::{self, PidFile};
 use crate::supervisor::privileges::Credentials;
@@ -225,10 +225,16 @@ pub(crate) fn run(
     };
     // Where faulthandler writes the Python stacks, to be logged as one event
     // (by the supervisor when the loop is stuck, by the reactor for a WSGI
-    // thread past --timeout-request); without it they go to stderr.
+    // thread past --timeout-request, by this process when its boot passes
+    // its --timeout-worker-boot); without it they go to stderr.
     let stacks = match &handoff {
         Some(handoff) => handoff.stacks.map(StackFile::inherit),
-        None => config.timeout_request.map(|_| StackFile::create()),
+        None if config.timeout_request.is_some()
+            || config.supervision.timeout_worker_boot.is_some() =>
+        {
+            Some(StackFile::create())
+        }
+        None => None,
     }
     .and_then(|file| {
         file.inspect_err(|err| {
@@ -418,9 +424,21 @@ pub(crate) struct Worker {
     metrics: Metrics,
     /// Where faulthandler writes the Python stacks (none: to stderr).
     stacks: Option<Arc<StackFile>>,
-    /// While one process imports the app: ends it when a stop signal goes
-    /// unanswered (the import is in C code).
+    /// While one process imports the app, or runs its lifespan startup:
+    /// ends it when a stop signal goes unanswered (a call into C code).
     loading_stop: Mutex<Option<LoadingStopWatch>>,
+    /// Until the worker starts serving.
+    boot: Arc<Boot>,
+}
+
+/// A worker's boot: its import, its event loop's start and its lifespan
+/// startup, until it starts serving.
+struct Boot {
+    started: Instant,
+    /// Set once it serves (or fails to), under the lock that a boot past
+    /// `--timeout-worker-boot` holds until the process has left.
+    over: Mutex<bool>,
+    ended: Condvar,
 }
 
 impl Worker {
@@ -461,7 +479,64 @@ impl Worker {
             metrics,
             stacks,
             loading_stop: Mutex::new(None),
+            boot: Arc::new(Boot {
+                started: Instant::now(),
+                over: Mutex::new(false),
+                ended: Condvar::new(),
+            }),
         })
+    }
+
+    /// Watches `signals` while Python cannot act on them (see
+    /// [`LoadingStopWatch`]): `say` explains, from the watch's thread, why
+    /// the process leaves without it.
+    fn watch_blocked_stop(
+        slf: &Bound<'_, Self>,
+        signals: &[i32],
+        while_: &str,
+        say: impl FnOnce(&Worker, &str) + Send + 'static,
+    ) {
+        let worker = slf.clone().unbind();
+        let leave = move |signal: &str| {
+            let worker = worker.get();
+            say(worker, signal);
+            worker.leave_unserved(0);
+        };
+        match LoadingStopWatch::start(signals, BLOCKED_STOP_WAIT, leave) {
+            Ok(watch) => *slf.get().loading_stop.lock() = Some(watch),
+            Err(err) => tracing::warn!(
+                "Cannot watch the stop signals while {while_} ({err}): a call into C code \
+                 there ignores them until it returns"
+            ),
+        }
+    }
+
+    /// Ends a process that never served, at once, with `code`: its `--uds`
+    /// socket files and `--pid` file removed, its log written.
+    fn leave_unserved(&self, code: i32) -> ! {
+        self.close_unserved_listeners();
+        if let Some(path) = &self.config.pid_file {
+            pid_file::remove_ours(path);
+        }
+        crate::logging::flush();
+        // SAFETY: ends the process at once; nothing is touched after.
+        unsafe { libc::_exit(code) }
+    }
+
+    /// `--timeout-worker-boot` when this process must time its own boot:
+    /// no supervisor does, and it was given (its default is a supervisor's,
+    /// and must not end a single process that boots slowly).
+    fn boot_deadline(&self) -> Option<Duration> {
+        self.supervised
+            .is_none()
+            .then_some(self.config.supervision.timeout_worker_boot)
+            .flatten()
+    }
+
+    /// The boot is over: the worker starts serving, or fails to.
+    fn end_boot(&self) {
+        *self.boot.over.lock() = true;
+        self.boot.ended.notify_all();
     }
 }
 
@@ -480,9 +555,7 @@ impl Worker {
     /// handlers wait for the call to return) ends the process, its `--pid`
     /// and `--uds` files removed, as the signal's default action did.
     fn watch_loading_stop(slf: &Bound<'_, Self>, signals: Vec<i32>) {
-        let worker = slf.clone().unbind();
-        let leave = move |signal: &str| {
-            let worker = worker.get();
+        Worker::watch_blocked_stop(slf, &signals, "the app is imported", |worker, signal| {
             tracing::warn!(
                 "Stopped by {signal} while importing {}, before serving: the import had not \
                  returned {}s after the signal (it is in C code, which Python's signal handlers \
@@ -490,26 +563,79 @@ impl Worker {
                 worker.config.app,
                 BLOCKED_STOP_WAIT.as_secs_f64()
             );
-            worker.close_unserved_listeners();
-            if let Some(path) = &worker.config.pid_file {
-                pid_file::remove_ours(path);
-            }
-            crate::logging::flush();
-            // SAFETY: ends the process at once; nothing is touched after.
-            unsafe { libc::_exit(0) }
-        };
-        match LoadingStopWatch::start(&signals, leave) {
-            Ok(watch) => *slf.get().loading_stop.lock() = Some(watch),
-            Err(err) => tracing::warn!(
-                "Cannot watch the stop signals while the app is imported ({err}): an import \
-                 that stays in C code ignores them until it returns"
-            ),
-        }
+        });
     }
 
-    /// The import is over (or Python acted on the stop signal).
+    /// Called as one process starts its lifespan startup, once the event
+    /// loop has its handlers for `signals`: as for the import, one that the
+    /// loop has not acted on `BLOCKED_STOP_WAIT` later (the startup blocks
+    /// it, in a call into C code that Python's handlers wait for too) ends
+    /// the process. Not in a supervisor's worker, whose stop deadline
+    /// bounds it, with its stacks logged.
+    fn watch_startup_stop(slf: &Bound<'_, Self>, signals: Vec<i32>) {
+        Worker::watch_blocked_stop(slf, &signals, "the application starts", |_, signal| {
+            tracing::warn!(
+                "The application's startup has not stopped {}s after {signal} (it blocks the \
+                 event loop, in a call Python's signal handlers wait for); exiting now",
+                BLOCKED_STOP_WAIT.as_secs_f64()
+            );
+        });
+    }
+
+    /// The import or the startup is over (or Python acted on the stop
+    /// signal).
     fn end_loading_stop_watch(&self) {
         self.loading_stop.lock().take();
+    }
+
+    /// Without a supervisor, with `--timeout-worker-boot` given: a process
+    /// not serving that long after it started (its import or lifespan
+    /// startup does not end) logs its threads' Python stacks and exits 3,
+    /// for its service manager to start it anew, as a supervisor kills such
+    /// a worker. Called once faulthandler writes the stacks on SIGUSR2.
+    fn watch_boot_deadline(slf: &Bound<'_, Self>) {
+        let worker = slf.get();
+        let Some(limit) = worker.boot_deadline() else {
+            return;
+        };
+        let boot = Arc::clone(&worker.boot);
+        let deadline = boot.started + limit;
+        let worker = slf.clone().unbind();
+        let watch = move || {
+            let mut over = boot.over.lock();
+            while !*over {
+                if boot.ended.wait_until(&mut over, deadline).timed_out() {
+                    break;
+                }
+            }
+            if *over {
+                return;
+            }
+            // The lock stays held until the exit: the worker cannot start
+            // serving meanwhile (see `start`).
+            let worker = worker.get();
+            tracing::error!(
+                "rsasgi (pid {}) is not serving {:.1}s after it started (--timeout-worker-boot \
+                 {}s): its import or lifespan startup does not end; the Python stack of each of \
+                 its threads follows, then it exits with code 3, for its service manager \
+                 (systemd, Kubernetes) to start it again; raise --timeout-worker-boot if the \
+                 app only boots slowly",
+                std::process::id(),
+                boot.started.elapsed().as_secs_f64(),
+                limit.as_secs_f64()
+            );
+            stacks::log_this_process(worker.stacks.as_deref());
+            worker.leave_unserved(3);
+        };
+        if let Err(err) = std::thread::Builder::new()
+            .name("rsasgi-boot-deadline".into())
+            .spawn(watch)
+        {
+            tracing::warn!(
+                "Cannot time the boot ({err}): --timeout-worker-boot {}s is not enforced",
+                limit.as_secs_f64()
+            );
+        }
     }
 
     #[getter]
@@ -573,6 +699,13 @@ impl Worker {
     #[getter]
     fn stack_dump_fd(&self) -> Option<i32> {
         self.stacks.as_ref().map(|file| file.fd())
+    }
+
+    /// Whether this process times its own boot (`--timeout-worker-boot`
+    /// given, and no supervisor), writing its stacks when it is over.
+    #[getter]
+    fn times_own_boot(&self) -> bool {
+        self.boot_deadline().is_some()
     }
 
     /// Whether this process says what is said once for all workers (see
@@ -670,6 +803,9 @@ impl Worker {
         wsgi_app: Option<Bound<'_, PyAny>>,
         task_parts: Option<(Py<PyAny>, Py<PyAny>, Py<PyDict>, Py<PyDict>)>,
     ) -> PyResult<i32> {
+        // Before the listeners are taken: a boot past its deadline that is
+        // leaving removes their socket files.
+        self.end_boot();
         let listeners = self
             .listeners
             .lock()

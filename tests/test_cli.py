@@ -524,14 +524,13 @@ def test_threads_with_an_app_found_to_be_asgi_is_warned_of_once(run_rsasgi):
     assert server.output().count("--threads 4 does nothing") == 1, server.output()
 
 
-def test_timeout_worker_boot_without_workers_is_warned_of():
-    """One process times no boot of its own: only a supervisor enforces the setting."""
+def test_timeout_worker_boot_without_workers_is_not_warned_of():
+    """One process times its own boot when the option is given (it was warned of as doing
+    nothing without --workers)."""
     result = cli("--timeout-worker-boot", "5", "--check-config", "--app-dir", str(APPS), APP)
     assert result.returncode == 0, result.stderr
-    assert (
-        "--timeout-worker-boot does nothing without --workers: one process serves, and no "
-        "supervisor watches its boot"
-    ) in result.stderr, result.stderr
+    assert "configuration OK" in result.stdout + result.stderr
+    assert "--timeout-worker-boot" not in result.stderr, result.stderr
 
 
 def test_lifespan_on_with_an_app_found_to_be_wsgi_is_warned_of_by_check_config():

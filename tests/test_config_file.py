@@ -271,11 +271,17 @@ def test_print_config_shows_each_setting_and_where_it_comes_from(tmp_path):
     assert lines["port"] == "port = 9999 # command line"
     # Defaults are commented out, so the listing can serve as a configuration file.
     assert lines["backlog"] == "# backlog = 2048 # default"
-    # A default that follows another setting: 60 s, or the health check's if longer.
-    assert lines["timeout-worker-boot"] == "# timeout-worker-boot = 60 # default"
-    longer = cli(APP, "--timeout-worker-healthcheck", "90", "--print-config").stdout
+    # A default that follows other settings: none for one process, which times its boot
+    # only when told to; with workers, 60 s, or the health check's if longer.
+    assert "# timeout-worker-boot is not set" in result.stdout
+    workers = cli(APP, "--workers", "2", "--print-config").stdout
+    assert "# timeout-worker-boot = 60 " in workers
+    longer = cli(APP, "-w", "2", "--timeout-worker-healthcheck", "90", "--print-config").stdout
     assert "# timeout-worker-boot = 90 " in longer
-    assert "# timeout-worker-boot is not set" in cli(APP, "-t", "0", "--print-config").stdout
+    assert (
+        "# timeout-worker-boot is not set"
+        in cli(APP, "-w", "2", "-t", "0", "--print-config").stdout
+    )
     assert "s3cret" not in result.stdout
     assert f"# configuration file: {config}" in result.stdout
     assert "Listening on" not in result.stdout + result.stderr

@@ -101,6 +101,27 @@ def test_a_stop_signal_ends_a_startup_that_blocks_the_loop(run_rsasgi, tmp_path)
     assert "Listening on" not in log
 
 
+def test_a_stop_signal_ends_a_startup_in_c_code(run_rsasgi, tmp_path):
+    """A startup inside a long call into C code (a key derivation here) never lets Python
+    run the signal's handler: SIGTERM did nothing until the call returned (minutes here).
+    The signal is heard at the C level, and the process leaves 5 s later, with its --pid
+    and --uds files removed."""
+    record = tmp_path / "events.txt"
+    pid_file, socket_file = tmp_path / "rsasgi.pid", tmp_path / "rsasgi.sock"
+    env = {"LIFE_HANG_FILE": str(record), "LIFE_HANG_MODE": "c"}
+    server = run_rsasgi(
+        "life_hang:app", "--pid", str(pid_file), "--uds", str(socket_file), env=env, wait=False
+    )
+    wait_for(lambda: events(record) == ["startup"], message="the startup to begin", server=server)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=20) == 0, server.output()
+    log = server.output()
+    assert "The application's startup has not stopped 5s after SIGTERM" in log
+    assert "Listening on" not in log
+    assert not pid_file.exists()
+    assert not socket_file.exists()
+
+
 def test_a_signal_as_the_startup_completes_leaves_a_started_app_shut_down(run_rsasgi, tmp_path):
     """The app completes its startup just as SIGTERM arrives: its answer stands, so the
     server starts and at once shuts down gracefully, sending the lifespan shutdown (the

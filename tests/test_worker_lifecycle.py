@@ -7,6 +7,7 @@ Apps: tests/apps/life_*.py. Events go to the file named by $LIFE_EVENTS.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -210,6 +211,14 @@ def test_a_stop_signal_while_the_app_is_imported_stops_without_a_traceback(
     assert not socket_file.exists()
 
 
+def main_thread_cpu_seconds(pid: int) -> float:
+    """The CPU time the main thread of process `pid` has used."""
+    with open(f"/proc/{pid}/task/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime, fields 14 and 15 of stat(5), counted after the ")" from field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_stop_signal_while_the_import_is_in_c_code_ends_the_process(run_rsasgi, tmp_path, sig):
     """Python acts on a signal only between two bytecodes: an import inside a long call into
@@ -222,6 +231,14 @@ def test_a_stop_signal_while_the_import_is_in_c_code_ends_the_process(run_rsasgi
         "life_c_import",
         'import hashlib\n\nhashlib.pbkdf2_hmac("sha256", b"secret", b"salt", 300_000_000)\n',
     )
+    # Sent before the key derivation begins, the signal is acted on by Python at once:
+    # only the derivation makes the main thread use CPU time for long after the marker.
+    begun = main_thread_cpu_seconds(server.proc.pid)
+    wait_for(
+        lambda: main_thread_cpu_seconds(server.proc.pid) > begun + 0.2,
+        message="the key derivation to run",
+        server=server,
+    )
     server.proc.send_signal(sig)
     assert server.wait_exit(timeout=20) == 0, server.output()
     output = server.output()
@@ -229,6 +246,40 @@ def test_a_stop_signal_while_the_import_is_in_c_code_ends_the_process(run_rsasgi
         f"Stopped by {sig.name} while importing life_c_import:app, before serving: the import "
         "had not returned 5s after the signal"
     ) in output
+    assert not pid_file.exists()
+    assert not socket_file.exists()
+
+
+@pytest.mark.parametrize("step", ["import", "startup"])
+def test_one_process_past_its_boot_deadline_logs_its_stacks_and_exits(run_rsasgi, tmp_path, step):
+    """--timeout-worker-boot given to one process: an import or a lifespan startup that
+    does not end is ended at the deadline, with the Python stacks of its threads (where it
+    is stuck) and exit code 3, for systemd or Kubernetes to start it again. It was only
+    warned of, and the process hung for ever."""
+    module = tmp_path / "life_boot_hangs.py"
+    if step == "import":
+        module.write_text("import time\n\ntime.sleep(3600)\n")
+    else:
+        module.write_text(
+            "import time\n\n\n"
+            "async def app(scope, receive, send):\n"
+            "    await receive()\n"
+            "    time.sleep(3600)\n"
+        )
+    pid_file, socket_file = tmp_path / "rsasgi.pid", tmp_path / "rsasgi.sock"
+    server = run_rsasgi(
+        "life_boot_hangs:app", "--app-dir", str(tmp_path), "--timeout-worker-boot", "1",
+        "--pid", str(pid_file), "--uds", str(socket_file), wait=False,
+    )  # fmt: skip
+    assert exit_code(server, timeout=20) == 3
+    output = server.output()
+    assert (
+        "after it started (--timeout-worker-boot 1s): its import or lifespan startup does not "
+        "end; the Python stack of each of its threads follows, then it exits with code 3"
+    ) in output
+    stacks = log_lines_after(output, "Python stacks of this worker's threads:")
+    assert any(f'File "{module}", line' in line for line in stacks), output
+    assert "does nothing without --workers" not in output
     assert not pid_file.exists()
     assert not socket_file.exists()
 

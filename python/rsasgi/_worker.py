@@ -70,10 +70,15 @@ leave_without_finalising = False
 
 def run(worker) -> int:
     """Runs the worker until shutdown; returns the process exit code."""
-    if worker.supervisor_pid is not None or worker.timeout_request is not None:
+    if (
+        worker.supervisor_pid is not None
+        or worker.timeout_request is not None
+        or worker.times_own_boot
+    ):
         # Written from the signal handler in C, so it works while the app
-        # blocks the loop (when the supervisor asks) or a WSGI thread is
-        # stuck past --timeout-request (when the reactor asks). Into a file
+        # blocks the loop (when the supervisor asks), a WSGI thread is stuck
+        # past --timeout-request (when the reactor asks) or the boot is past
+        # --timeout-worker-boot (when this process asks). Into a file
         # that the asker logs as one event, when there is one: a copy of its
         # descriptor, open as long as the process (faulthandler keeps the
         # number, which the worker's own could give to another file once closed).
@@ -83,6 +88,9 @@ def run(worker) -> int:
             file=sys.stderr if dump_fd is None else os.dup(dump_fd),
             all_threads=True,
         )
+    # One process with --timeout-worker-boot times its own boot from a thread of its own,
+    # which writes the stacks above when it is over.
+    worker.watch_boot_deadline()
     # SIGUSR1 (logrotate's postrotate) while the app loads would kill the process by its
     # default action: it is remembered, and the files are reopened once serving.
     signal.signal(signal.SIGUSR1, _remember_signal)
@@ -688,7 +696,7 @@ def _start_heartbeat(worker, loop, stop: asyncio.Event) -> None:
 
 
 async def _start_unless_stopped(
-    lifespan, loop, stop: asyncio.Event, signals: tuple[int, ...]
+    worker, lifespan, loop, stop: asyncio.Event, signals: tuple[int, ...]
 ) -> bool | None:
     """Runs the lifespan startup; returns its answer, or None when a stop signal
     (``signals``: SIGINT, SIGTERM, SIGQUIT, and SIGHUP for one process) or a vanished
@@ -698,9 +706,12 @@ async def _start_unless_stopped(
     The app's lifespan task is cancelled then, and no lifespan shutdown is sent. Once
     the app has answered, its answer stands: a signal that comes as the startup ends
     leaves ``stop`` set, and the server shuts down gracefully as soon as it has started.
-    A startup that blocks the loop (a synchronous connect) never sees the signal: the
-    process then leaves after STARTUP_STOP_GRACE seconds, as the signal's default
-    action would have ended it at once."""
+    A startup that blocks the loop (a synchronous connect, a long call into C code)
+    never lets it see the signal: one process then leaves STARTUP_STOP_GRACE seconds
+    after the signal, which it hears at the C level (as while importing: see ``run``),
+    as the signal's default action would have ended it at once. A supervisor's worker
+    does so when Python runs to see the signal, and is otherwise left to the
+    supervisor's stop deadline, which logs its stacks."""
 
     def on_signal(signum: int) -> None:
         if not stop.is_set():
@@ -708,18 +719,28 @@ async def _start_unless_stopped(
             log("info", f"Received {name} during the application's startup: stopping")
             stop.set()
 
+    alone = worker.supervisor_pid is None
     watchdog = _StartupWatchdog()
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
-        # Runs (then the loop's own handler) even while the startup blocks the loop in
-        # a system call, where the loop's callback above would never run.
-        watchdog.watch(signum)
+    if alone:
+        # Heard even while the startup blocks the loop, where the loop's callback above
+        # would never run: in a system call, or in a call into C code, which Python's
+        # own handler waits for.
+        worker.watch_startup_stop(list(signals))
+    else:
+        for signum in signals:
+            # Runs (then the loop's own handler) even while the startup blocks the loop
+            # in a system call.
+            watchdog.watch(signum)
     startup = asyncio.ensure_future(lifespan.startup())
     interrupt = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait((startup, interrupt), return_when=asyncio.FIRST_COMPLETED)
     finally:
         interrupt.cancel()
+        if alone:
+            worker.end_loading_stop_watch()
         watchdog.end()
     if not startup.done() and not lifespan.startup_done.is_set():
         startup.cancel()
@@ -739,8 +760,10 @@ STARTUP_STOP_GRACE = BLOCKED_STOP_WAIT
 
 
 class _StartupWatchdog:
-    """Ends the process STARTUP_STOP_GRACE seconds after a stop signal that came during
-    the lifespan startup, unless the startup has ended by then."""
+    """Ends a supervisor's worker STARTUP_STOP_GRACE seconds after a stop signal that
+    came during the lifespan startup, unless the startup has ended by then. Python must
+    run to see the signal: a startup in a long call into C code is the supervisor's stop
+    deadline's."""
 
     def __init__(self) -> None:
         self.timer: threading.Timer | None = None
@@ -807,7 +830,7 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
         signals = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)
         if worker.supervisor_pid is None:
             signals += (signal.SIGHUP,)
-        started = await _start_unless_stopped(lifespan, loop, stop, signals)
+        started = await _start_unless_stopped(worker, lifespan, loop, stop, signals)
         if started is None:
             return 0
         if not started:

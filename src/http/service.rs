@@ -681,34 +681,8 @@ fn wsgi_thread_stuck(state: &ServerState, exchange: &Exchange, started: bool, wa
         );
     }
     // faulthandler is registered for SIGUSR2 whenever --timeout-request is
-    // set, and writes the stacks of every thread from its signal handler.
-    // Sent to this very thread, the handler runs before the call returns:
-    // the dump is whole here, without waiting on a shutdown that may come
-    // first. Read back from the stack file and logged as one event, so that
-    // no other line lands inside a frame (without the file: on stderr).
-    // Unblocked meanwhile, in case the thread that started this one had it
-    // blocked (the mask is inherited).
-    // SAFETY: sigset calls on a local set; pthread_sigmask and pthread_kill on
-    // the calling thread, with a signal whose handler (faulthandler's) only
-    // makes async-signal-safe calls; the old mask is put back.
-    unsafe {
-        let mut usr2 = std::mem::zeroed::<libc::sigset_t>();
-        let mut before = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut usr2);
-        libc::sigaddset(&mut usr2, libc::SIGUSR2);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &usr2, &mut before);
-        libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
-    }
-    if let Some(file) = &state.stacks {
-        match file.take() {
-            Ok(stacks) if !stacks.is_empty() => {
-                tracing::error!("Python stacks of this worker's threads:\n{stacks}");
-            }
-            Ok(_) => tracing::warn!("No Python stacks were written (is faulthandler registered?)"),
-            Err(err) => tracing::warn!("Cannot read the Python stacks written: {err}"),
-        }
-    }
+    // set.
+    crate::stacks::log_this_process(state.stacks.as_deref());
     if let Some(slot) = &state.slot {
         slot.request_retirement();
     }

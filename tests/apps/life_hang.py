@@ -3,6 +3,8 @@
 - "async" (the default): it awaits something that never comes (a database that does not
   answer); if cancelled, it writes "cancelled";
 - "sync": it blocks the event loop in a system call (a synchronous connect);
+- "c": it blocks the event loop in a long call into C code (a key derivation), which
+  Python's signal handlers wait for;
 - "signal": it sends its own process SIGTERM, then completes the startup at once, before
   the loop can act on the signal; it writes "shutdown" when asked to shut down.
 
@@ -11,6 +13,7 @@ Each writes "startup" to $LIFE_HANG_FILE first."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import time
@@ -28,6 +31,8 @@ async def app(scope, receive, send):
         mode = os.environ.get("LIFE_HANG_MODE", "async")
         if mode == "sync":
             time.sleep(3600)
+        elif mode == "c":
+            hashlib.pbkdf2_hmac("sha256", b"secret", b"salt", 300_000_000)
         elif mode == "signal":
             os.kill(os.getpid(), signal.SIGTERM)
             await send({"type": "lifespan.startup.complete"})
