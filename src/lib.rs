@@ -153,7 +153,7 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
         return Ok(if handoff.is_some() { 3 } else { 1 });
     }
     if let Some(path) = &config.log_config {
-        if let Err(message) = logging::forward::start(py, path) {
+        if let Err(message) = logging::forward::start(py, path, config.log_level.as_tracing()) {
             let _ = writeln!(std::io::stderr(), "rsasgi: {message}");
             return Ok(if handoff.is_some() {
                 supervisor::EXIT_BOOT_FAILURE
