@@ -688,6 +688,14 @@ fn wsgi_thread_stuck(state: &ServerState, exchange: &Exchange, started: bool, wa
     // no other line lands inside a frame (without the file: on stderr).
     // Unblocked meanwhile, in case the thread that started this one had it
     // blocked (the mask is inherited).
+    if let Some(file) = &state.stacks {
+        if let Err(err) = file.discard() {
+            tracing::warn!(
+                "Cannot empty the Python stack file ({err}): stacks written before, on a \
+                 SIGUSR2 sent from outside, may precede those that follow"
+            );
+        }
+    }
     // SAFETY: sigset calls on a local set; pthread_sigmask and pthread_kill on
     // the calling thread, with a signal whose handler (faulthandler's) only
     // makes async-signal-safe calls; the old mask is put back.
