@@ -207,6 +207,11 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
             return Ok(1);
         }
     };
+    if !activated.is_empty() {
+        if let Some(warning) = config.sockets_unused_by_activation(activated.len()) {
+            tracing::warn!("{warning}");
+        }
+    }
     let code = match handoff {
         Some(handoff) => worker::run(py, config, worker::Sockets::Handoff(handoff), notifier),
         None => {
