@@ -111,7 +111,8 @@ fn check(py: Python<'_>, config: &Config) -> Result<LoadedApp, Failure> {
         reachable_as(credentials, config).map_err(fail(1))?;
     }
     if let Some(path) = &config.log_config {
-        crate::logging::forward::configure(py, path).map_err(fail(2))?;
+        crate::logging::forward::configure(py, path, config.log_level.as_tracing())
+            .map_err(fail(2))?;
     }
     if let Some(path) = &config.env_file {
         crate::worker::load_env_file(py, path).map_err(fail(1))?;

@@ -950,6 +950,13 @@ where
         matches.value_source("threads"),
         Some(ValueSource::CommandLine | ValueSource::EnvVariable)
     );
+    config.sockets_given = ["bind", "uds", "fd"]
+        .into_iter()
+        .flat_map(|id| {
+            let values = matches.get_raw(id).into_iter().flatten();
+            values.map(move |raw| format!("--{id} {}", raw.to_string_lossy()))
+        })
+        .collect();
     config.warnings = ineffective_settings(&command, &matches, &config);
     let action = if print_config {
         Action::PrintConfig(print_config::listing(
@@ -1689,6 +1696,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
         env_file: args.env_file,
         threads: args.threads,
         threads_given: false,
+        sockets_given: Vec::new(),
         gc_freeze: args.gc_freeze,
         ws: args.ws.serves().then(|| WsSettings {
             max_size: args.ws_max_size,
@@ -2003,6 +2011,33 @@ mod tests {
             let config = parse(["rsasgi", "main:app", "--log-level", raw]).unwrap();
             assert_eq!(config.log_level, level, "{raw}");
         }
+    }
+
+    #[test]
+    fn sockets_given_are_warned_of_under_socket_activation() {
+        let config = parse([
+            "rsasgi",
+            "main:app",
+            "--uds",
+            "/run/a.sock",
+            "-b",
+            "[::1]:9000",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.sockets_unused_by_activation(2).unwrap(),
+            "--bind [::1]:9000 and --uds /run/a.sock do nothing with socket activation: the 2 \
+             socket(s) systemd passed are served instead, and nothing else is bound or \
+             created; name them in the .socket unit (ListenStream=), or drop them"
+        );
+        let config = parse(["rsasgi", "main:app", "--fd", "3"]).unwrap();
+        assert!(config
+            .sockets_unused_by_activation(1)
+            .unwrap()
+            .starts_with("--fd 3 does nothing with socket activation: "));
+        // --host and --port name what is bound without activation, and are no news.
+        let config = parse(["rsasgi", "main:app", "--port", "9000"]).unwrap();
+        assert_eq!(config.sockets_unused_by_activation(1), None);
     }
 
     #[test]

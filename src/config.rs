@@ -357,6 +357,9 @@ pub(crate) struct Config {
     pub app_dir: PathBuf,
     /// Every socket to listen on, in the order given.
     pub binds: Vec<Bind>,
+    /// `--bind`, `--uds` and `--fd` as given ("--uds /run/app.sock"), each
+    /// of them: socket activation serves its own sockets instead.
+    pub sockets_given: Vec<String>,
     /// Set SO_REUSEPORT on TCP sockets.
     pub reuse_port: bool,
     /// Where the main process writes its pid.
@@ -469,6 +472,23 @@ impl Config {
                 self.threads, self.app
             )
         })
+    }
+
+    /// With `passed` sockets from systemd (socket activation), served instead
+    /// of any other: the warning that `--bind`, `--uds` and `--fd` do nothing,
+    /// when given. The shipped unit names `--uds`: a `.socket` unit added to
+    /// it left the path the proxy uses never created, without a word.
+    pub(crate) fn sockets_unused_by_activation(&self, passed: usize) -> Option<String> {
+        let (list, verb, them) = match self.sockets_given.as_slice() {
+            [] => return None,
+            [one] => (one.clone(), "does", "it"),
+            [rest @ .., last] => (format!("{} and {last}", rest.join(", ")), "do", "them"),
+        };
+        Some(format!(
+            "{list} {verb} nothing with socket activation: the {passed} socket(s) systemd \
+             passed are served instead, and nothing else is bound or created; name {them} in \
+             the .socket unit (ListenStream=), or drop {them}"
+        ))
     }
 
     /// For an app found to be WSGI on import: the warning that `--lifespan

@@ -154,7 +154,7 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
         return Ok(if handoff.is_some() { 3 } else { 1 });
     }
     if let Some(path) = &config.log_config {
-        if let Err(message) = logging::forward::start(py, path) {
+        if let Err(message) = logging::forward::start(py, path, config.log_level.as_tracing()) {
             let _ = writeln!(std::io::stderr(), "rsasgi: {message}");
             return Ok(if handoff.is_some() {
                 supervisor::EXIT_BOOT_FAILURE
@@ -208,6 +208,11 @@ fn main(py: Python<'_>, argv: Option<Vec<std::ffi::OsString>>) -> PyResult<i32> 
             return Ok(1);
         }
     };
+    if !activated.is_empty() {
+        if let Some(warning) = config.sockets_unused_by_activation(activated.len()) {
+            tracing::warn!("{warning}");
+        }
+    }
     let code = match handoff {
         Some(handoff) => worker::run(py, config, worker::Sockets::Handoff(handoff), notifier),
         None => {

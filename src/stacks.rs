@@ -57,9 +57,20 @@ impl StackFile {
         self.file.metadata().map_or(0, |meta| meta.len())
     }
 
-    /// What was written since the last call, as text, and empties the file
-    /// for the next dump. Call it once the writer is done (or dead): bytes
-    /// written while it runs may be lost.
+    /// Empties the file. Call it just before asking for a dump, so that
+    /// [`take`](Self::take) then returns that dump alone: faulthandler
+    /// answers a SIGUSR2 from anyone (`kill -USR2` from a gunicorn habit),
+    /// and what it wrote then would come out inside the next dump asked for.
+    pub(crate) fn discard(&self) -> io::Result<()> {
+        // faulthandler writes at the descriptor's offset, which every copy
+        // of it shares: back to the start, over an empty file.
+        self.file.set_len(0)?;
+        (&self.file).seek(SeekFrom::Start(0)).map(drop)
+    }
+
+    /// What was written since the last call (or [`discard`](Self::discard)),
+    /// as text, and empties the file for the next dump. Call it once the
+    /// writer is done (or dead): bytes written while it runs may be lost.
     pub(crate) fn take(&self) -> io::Result<String> {
         let len = usize::try_from(self.len()).unwrap_or(usize::MAX);
         let mut dump = vec![0; len.min(MOST)];
@@ -71,10 +82,7 @@ impl StackFile {
             }
         }
         dump.truncate(read);
-        // faulthandler writes at the descriptor's offset, which every copy
-        // of it shares: back to the start, over an empty file.
-        self.file.set_len(0)?;
-        (&self.file).seek(SeekFrom::Start(0))?;
+        self.discard()?;
         let mut text = String::from_utf8_lossy(&dump).trim_end().to_string();
         if len > read {
             text.push_str(&format!("\n… ({} more bytes not shown)", len - read));
@@ -87,6 +95,16 @@ impl StackFile {
 /// stack of every thread, and logs them from `file` as one event (without
 /// it, they went to stderr).
 pub(crate) fn log_this_process(file: Option<&StackFile>) {
+    // Only what this call asks for: stacks a SIGUSR2 from outside had
+    // written would otherwise come out here, stale, before them.
+    if let Some(file) = file {
+        if let Err(err) = file.discard() {
+            tracing::warn!(
+                "Cannot empty the Python stack file ({err}): stacks written before, on a \
+                 SIGUSR2 sent from outside, may precede those that follow"
+            );
+        }
+    }
     // Sent to this very thread, the handler runs before the call returns:
     // the dump is whole here, without waiting on a shutdown that may come
     // first. Unblocked meanwhile, in case the thread that started this one
@@ -151,6 +169,17 @@ mod tests {
         // no hole of zeroes before it.
         out.write_all(b"second\n").unwrap();
         assert_eq!(stacks.take().unwrap(), "second");
+    }
+
+    #[test]
+    fn a_discard_leaves_only_what_is_written_after_it() {
+        let stacks = StackFile::create().unwrap();
+        let mut out = writer(&stacks);
+        out.write_all(b"written unasked\n").unwrap();
+        stacks.discard().unwrap();
+        assert_eq!(stacks.len(), 0);
+        out.write_all(b"asked for\n").unwrap();
+        assert_eq!(stacks.take().unwrap(), "asked for");
     }
 
     #[test]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import APPS, cli, free_port, kill_process_group, wait_for
+from conftest import APPS, cli, free_port, kill_process_group, wait_for, wait_for_log
 
 APP = "log_config_app:app"
 WSGI_APP = "log_config_app:wsgi_app"
@@ -118,6 +118,36 @@ def test_a_logger_level_in_the_file_filters_rsasgi_lines(run_rsasgi, tmp_path):
     lines_of(server_log, "a line from the app")
     # The access line of /hello came before the app's line, and was filtered out.
     assert "/hello" not in server_log.read_text()
+
+
+def readme_example() -> dict:
+    """The --log-config example of README.md, as the operator copies it."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    after = readme[readme.index("**`--log-config FILE`**") :]
+    start = after.index('    {"version": 1,')
+    return json.loads(after[start : after.index("\n\n", start)])
+
+
+@pytest.mark.parametrize("access_level", [None, "WARNING"], ids=["readme", "access-warning"])
+def test_loggers_the_file_leaves_be_keep_working(run_rsasgi, tmp_path, access_level):
+    """The README's file names only rsasgi.access, with a handler and no level: its lines
+    take --log-level's level (they took root's WARNING, so none was written), and
+    rsasgi.error, which meets no handler on its way to root, still writes to stderr (its INFO
+    lines, "Listening on" among them, met Python's last resort, which writes WARNING and
+    above). A level the file gives is kept."""
+    config = readme_example()
+    if access_level:
+        config["loggers"]["rsasgi.access"]["level"] = access_level
+    server = run_rsasgi(APP, "--log-config", str(write_json(tmp_path / "logging.json", config)))
+    assert httpx.get(f"{server.url}/hello?x=1").status_code == 200
+    if access_level is None:
+        access = wait_for_log(server, " GET /hello 200 ")
+        assert re.search(r"127\.0\.0\.1:\d+ GET /hello 200 \d+\.\d{4}$", access, re.M), access
+    assert server.stop() == 0
+    log = server.output()
+    assert re.search(r" INFO rsasgi\.error: Listening on http://127\.0\.0\.1:\d+ ", log), log
+    assert " INFO rsasgi.error: Stopped" in log, log
+    assert ("/hello" in log) is (access_level is None), log
 
 
 def test_ini_config_in_every_worker_and_the_supervisor(run_rsasgi, tmp_path):

@@ -1022,6 +1022,30 @@ def test_socket_activation_serves_the_socket_systemd_passed(run_rsasgi, workers)
     assert {answer(server)[0] for _ in range(4)} == {1}
 
 
+def test_socket_activation_warns_that_the_sockets_given_are_not_bound(run_rsasgi, tmp_path):
+    """The shipped unit listens on --uds: with a .socket unit added, systemd's socket is
+    served and the --uds path, the one the proxy uses, is never created. That was said by
+    nothing but an info line about --bind/--host/--port."""
+    port, bind = free_port(), f"127.0.0.1:{free_port()}"
+    uds = tmp_path / "app.sock"
+    server = run_rsasgi(
+        APP,
+        *("--uds", str(uds), "--bind", bind),
+        prefix=socket_activate("-l", f"127.0.0.1:{port}"),
+        wait=False,
+    )
+    server.port = port
+    wait_for_log(server, f"Listening on 127.0.0.1:{port} as 3.")
+    answer(server)
+    log = wait_for_log(server, "Listening on http")
+    assert (
+        f"--bind {bind} and --uds {uds} do nothing with socket "
+        "activation: the 1 socket(s) systemd passed are served instead, and nothing else is "
+        "bound or created; name them in the .socket unit (ListenStream=), or drop them"
+    ) in log
+    assert not uds.exists()
+
+
 def test_socket_activation_of_one_connection_is_refused_naming_accept_no(run_rsasgi, notify_socket):
     """Accept=yes: systemd accepts, and starts the service for each connection with that
     connection as its socket. Taken as a listener, every accept() on it failed, for ever,

@@ -8,10 +8,13 @@ App: tests/apps/timeout_app.py.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -111,6 +114,38 @@ def test_stuck_wsgi_thread_gets_504_its_stack_logged_and_with_workers_a_new_work
         assert "run with --workers to have such a worker replaced" in log
         # The other threads serve on.
         assert httpx.get(server.url, timeout=5).status_code == 200
+
+
+def stack_file_size(pid: int) -> int:
+    """The size of the memory file process `pid`'s faulthandler writes its stacks to."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith("/memfd:rsasgi-stacks"):
+                return fd.stat().st_size
+        except FileNotFoundError:  # closed meanwhile
+            continue
+    raise AssertionError(f"pid {pid} has no stack file")
+
+
+@pytest.mark.parametrize("workers", [None, "1"], ids=["alone", "supervised"])
+def test_stacks_written_on_a_sigusr2_from_outside_are_not_in_the_next_dump(run_rsasgi, workers):
+    """faulthandler answers a SIGUSR2 from anyone: the stacks it wrote into the stack file
+    then came out, stale, inside the next dump asked for, each thread shown once per signal."""
+    args = ["timeout_app:wsgi", "--timeout-request", "1"]
+    if workers:
+        args += ["--workers", workers]
+    server = run_rsasgi(*args)
+    pid = int(httpx.get(server.url, timeout=5).text.split()[1])
+    # One at a time: two pending at once would be delivered as one.
+    for _ in range(2):
+        before = stack_file_size(pid)
+        os.kill(pid, signal.SIGUSR2)
+        wait_for(lambda size=before: stack_file_size(pid) > size, message="the stacks written")
+    assert httpx.get(f"{server.url}/stuck", timeout=10).status_code == 504
+    log = wait_for_log(server, "Python stacks of this worker's threads:")
+    stack = log_event(log, "Python stacks of this worker's threads:")
+    threads = re.findall(r"^(?:Current thread|Thread) (0x[0-9a-f]+)", stack, re.M)
+    assert threads and len(threads) == len(set(threads)), stack
 
 
 @pytest.mark.parametrize("app", ["timeout_app:app", "timeout_app:wsgi"], ids=["asgi", "wsgi"])

@@ -456,6 +456,41 @@ def test_a_socket_file_one_process_cannot_remove_says_why(run_rsasgi, public_dir
     ) in server.output()
 
 
+@needs_root
+@pytest.mark.parametrize("owner", ["root", "nobody"])
+def test_a_pid_file_only_root_may_read_is_removed_or_said_to_stay(run_rsasgi, public_dir, owner):
+    """With --umask 077 the pid file is root's alone to read: one process running as --user
+    took it for another process's, and left it without a word. It is the file it wrote, so
+    it is removed where that user may (a directory it owns), else a warning says it stays."""
+    if owner == "nobody":
+        nobody = pwd.getpwnam("nobody")
+        os.chown(public_dir, nobody.pw_uid, nobody.pw_gid)
+    pid_file = public_dir / "rsasgi.pid"
+    server = run_rsasgi(
+        "proto_http:app",
+        *("--pid", str(pid_file), "--user", "nobody", "--umask", "077"),
+        wait=False,
+    )
+    wait_for(
+        lambda: server.proc.poll() is not None or "Listening on" in server.output(),
+        timeout=20,
+        message="the app to serve, or its import to fail",
+        server=server,
+    )
+    server.stop()
+    if owner == "nobody":
+        assert not pid_file.exists(), server.output()
+        assert "Could not remove" not in server.output()
+    else:
+        assert pid_file.stat().st_mode & 0o777 == 0o600
+        assert (
+            f"Could not remove --pid {pid_file}: Permission denied (os error 13); it stays, "
+            "remove it by hand (with --user, one process gives up root's rights before it "
+            "exits: run with --workers, whose supervisor keeps them, or keep the file in a "
+            "directory that user owns)"
+        ) in server.output()
+
+
 def test_check_config_refuses_a_socket_path_start_would_refuse(tmp_path):
     """Too long for sun_path (107 bytes), or in a directory that does not exist: start
     fails on both, and --check-config said "configuration OK"."""

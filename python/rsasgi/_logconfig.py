@@ -3,7 +3,8 @@
 The file is read as uvicorn reads it: ``.json`` and ``.yaml``/``.yml`` files hold a
 ``dictConfig`` dictionary (YAML needs PyYAML), any other file is an INI file for
 ``fileConfig``. Loggers the file does not name keep working (``disable_existing_loggers``
-is false unless the file says otherwise).
+is false unless the file says otherwise), rsasgi's own among them: those the file leaves
+without a level take ``--log-level``'s, and those left with no handler write to stderr.
 
 rsasgi's own lines (``rsasgi.error``, ``rsasgi.access``, ``wsgi.errors``) are then made into
 ``logging`` records and handed to the configured handlers by one thread, ``rsasgi-log``, which
@@ -57,8 +58,13 @@ class LogConfigError(Exception):
     """The file cannot be read or applied; the message says why, in one line."""
 
 
-def configure(path: str) -> None:
-    """Applies the logging configuration in `path`."""
+#: The loggers rsasgi's lines go to.
+LOGGERS = ("rsasgi.error", "rsasgi.access", "wsgi.errors")
+
+
+def configure(path: str, level: int = logging.INFO) -> None:
+    """Applies the logging configuration in `path`, then keeps rsasgi's loggers working where
+    the file leaves them be: `level` is ``--log-level``, as Python's number."""
     try:
         if path.endswith(".json"):
             with open(path, encoding="utf-8") as file:
@@ -79,6 +85,25 @@ def configure(path: str) -> None:
         raise
     except Exception as exc:  # every failure is one line for the operator
         raise LogConfigError(_describe(exc)) from None
+    _keep_rsasgi_loggers_working(level)
+
+
+def _keep_rsasgi_loggers_working(level: int) -> None:
+    """A file that names only some loggers (the README's, which names only ``rsasgi.access``)
+    would otherwise silence the others: a logger without a level takes root's (WARNING unless
+    the file sets it), which dropped every access line and "Listening on", and a record that
+    meets no handler on its way to root goes to Python's last resort, which writes WARNING
+    and above only. Levels and handlers the file gives are left as they are."""
+    # On the parent, so that a file setting "rsasgi" alone still governs both children.
+    parent = logging.getLogger("rsasgi")
+    if parent.level == logging.NOTSET:
+        parent.setLevel(level)
+    unhandled = [name for name in LOGGERS if not logging.getLogger(name).hasHandlers()]
+    if unhandled:
+        stderr = logging.StreamHandler(sys.stderr)
+        stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in unhandled:
+            logging.getLogger(name).addHandler(stderr)
 
 
 def _with_defaults(config) -> dict:

@@ -210,8 +210,8 @@ impl Visit for Collect {
 
 /// Applies the file (`rsasgi._logconfig.configure`) and starts the thread
 /// that hands the queued lines to its handlers. The error is one line.
-pub(crate) fn start(py: Python<'_>, path: &Path) -> Result<(), String> {
-    configure(py, path)?
+pub(crate) fn start(py: Python<'_>, path: &Path, level: Level) -> Result<(), String> {
+    configure(py, path, level)?
         .call_method0("start")
         .map_err(|err| format!("Cannot start the --log-config thread: {err}"))?;
     RUNNING.store(true, Ordering::SeqCst);
@@ -236,11 +236,21 @@ pub(crate) fn reopen_files() -> (Vec<String>, Vec<String>) {
 }
 
 /// Applies the file (`--check-config` stops there); returns the module.
-pub(crate) fn configure<'py>(py: Python<'py>, path: &Path) -> Result<Bound<'py, PyModule>, String> {
+/// `level` is `--log-level`'s, which rsasgi's loggers take where the file
+/// gives them none.
+pub(crate) fn configure<'py>(
+    py: Python<'py>,
+    path: &Path,
+    level: Level,
+) -> Result<Bound<'py, PyModule>, String> {
     let module = py
         .import("rsasgi._logconfig")
         .map_err(|err| format!("Cannot load rsasgi._logconfig for --log-config: {err}"))?;
-    match module.call_method1("configure", (path.to_string_lossy(),)) {
+    let python_level = module
+        .getattr("LEVELS")
+        .and_then(|levels| levels.get_item(level_index(level)))
+        .map_err(|err| format!("Cannot load rsasgi._logconfig for --log-config: {err}"))?;
+    match module.call_method1("configure", (path.to_string_lossy(), python_level)) {
         Ok(_) => Ok(module),
         // A LogConfigError's message is already one line for the operator.
         Err(err) => Err(format!(

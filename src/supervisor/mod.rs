@@ -1092,7 +1092,7 @@ impl Supervisor {
                     );
                     // As for a stuck worker (below): faulthandler writes them
                     // whatever the app does, even while its loop is blocked.
-                    worker.signal(libc::SIGUSR2);
+                    worker.ask_for_stacks();
                     worker.state = State::Hung {
                         kill_at: now + STACK_DUMP_WAIT,
                         why: Kill::Overdue,
@@ -1154,7 +1154,7 @@ impl Supervisor {
                     }
                     // The worker registered faulthandler for SIGUSR2, which
                     // writes the stacks even while its loop is blocked.
-                    worker.signal(libc::SIGUSR2);
+                    worker.ask_for_stacks();
                     worker.state = State::Hung {
                         kill_at: now + STACK_DUMP_WAIT,
                         why: Kill::Stuck,

@@ -1,7 +1,7 @@
 //! `--pid FILE`: the main process's pid, for init scripts and `kill -HUP $(cat FILE)`.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// A pid file this process wrote; removed when dropped, unless another
@@ -10,7 +10,12 @@ use std::path::{Path, PathBuf};
 pub(crate) struct PidFile {
     path: PathBuf,
     pid: u32,
+    /// The file written, as (device, inode): another process writing its
+    /// pid there renames a file of its own over it.
+    written: Written,
 }
+
+type Written = (u64, u64);
 
 impl PidFile {
     /// Writes this process's pid to `path`, unless the file names another
@@ -48,20 +53,25 @@ impl PidFile {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&partial)
             .and_then(|mut file| {
-                let written =
-                    writeln!(file, "{pid}").and_then(|()| std::fs::rename(&partial, path));
+                let written = writeln!(file, "{pid}")
+                    .and_then(|()| file.metadata())
+                    .and_then(|meta| {
+                        std::fs::rename(&partial, path)?;
+                        Ok((meta.dev(), meta.ino()))
+                    });
                 if written.is_err() {
                     let _ = std::fs::remove_file(&partial);
                 }
                 written
             });
-        if let Err(err) = written {
-            return Err(format!("Cannot write --pid {shown}: {err}"));
+        match written {
+            Ok(written) => Ok(PidFile {
+                path: path.to_path_buf(),
+                pid,
+                written,
+            }),
+            Err(err) => Err(format!("Cannot write --pid {shown}: {err}")),
         }
-        Ok(PidFile {
-            path: path.to_path_buf(),
-            pid,
-        })
     }
 }
 
@@ -78,20 +88,38 @@ fn is_rsasgi(pid: u32) -> bool {
 /// Removes the pid file at `path` if it names this process: for a process
 /// that must leave at once, without dropping its [`PidFile`].
 pub(crate) fn remove_ours(path: &Path) {
-    remove_if_names(path, std::process::id());
+    remove_if_names(path, std::process::id(), None);
 }
 
-fn remove_if_names(path: &Path, pid: u32) {
-    let ours = std::fs::read_to_string(path).is_ok_and(|content| content.trim() == pid.to_string());
+/// Removes the pid file at `path` if it names `pid`, or, when it cannot be
+/// read, if it is still the file `written`.
+fn remove_if_names(path: &Path, pid: u32, written: Option<Written>) {
+    let shown = path.display();
+    const WHY: &str = "with --user, one process gives up root's rights before it exits: run \
+                       with --workers, whose supervisor keeps them, or keep the file in a \
+                       directory that user owns";
+    let ours = match std::fs::read_to_string(path) {
+        Ok(content) => content.trim() == pid.to_string(),
+        // Written by root, with a umask that lets no one else read it, by
+        // a process now running as --user: still ours if it is the file we
+        // wrote (a process writing its own pid renames a new file there).
+        Err(err) if err.kind() == ErrorKind::PermissionDenied => match written {
+            Some(written) => std::fs::symlink_metadata(path)
+                .is_ok_and(|meta| (meta.dev(), meta.ino()) == written),
+            None => {
+                tracing::warn!(
+                    "Could not remove --pid {shown}: cannot read it to see that it still names \
+                     this process ({err}); it stays, remove it by hand ({WHY})"
+                );
+                false
+            }
+        },
+        Err(_) => false,
+    };
     if ours {
         if let Err(err) = std::fs::remove_file(path) {
-            // In one process with --user, the rights to the directory
-            // went with root's; a supervisor keeps them.
             tracing::warn!(
-                "Could not remove --pid {}: {err}; remove it by hand (with --user, run with \
-                 --workers, whose supervisor keeps root's rights, or keep the file in a \
-                 directory that user may write)",
-                path.display()
+                "Could not remove --pid {shown}: {err}; it stays, remove it by hand ({WHY})"
             );
         }
     }
@@ -99,7 +127,7 @@ fn remove_if_names(path: &Path, pid: u32) {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        remove_if_names(&self.path, self.pid);
+        remove_if_names(&self.path, self.pid, Some(self.written));
     }
 }
 

@@ -233,6 +233,20 @@ impl WorkerProcess {
         }
     }
 
+    /// Asks it for its Python stacks (its faulthandler writes them on
+    /// SIGUSR2), which [`StackFile::take`] then returns: these alone, not
+    /// those a SIGUSR2 sent to it from outside had it write before.
+    pub(super) fn ask_for_stacks(&self) {
+        if let Some(Err(err)) = self.stacks.as_ref().map(StackFile::discard) {
+            tracing::warn!(
+                "Cannot empty the file {}'s Python stacks are written to ({err}): stacks it \
+                 wrote before, on a SIGUSR2 sent from outside, may precede those asked for now",
+                self.name()
+            );
+        }
+        self.signal(libc::SIGUSR2);
+    }
+
     /// Its exit status, once it has exited (reaping it).
     pub(super) fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
