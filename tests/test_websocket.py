@@ -1348,6 +1348,54 @@ def test_sigterm_closes_open_websocket_with_1012(run_rsasgi, markers):
     assert wait_marker(markers, "hold", timeout=2)["code"] == 1012
 
 
+def test_sigterm_closes_websockets_at_once_and_waits_for_the_apps_clean_up(run_rsasgi, markers):
+    """As uvicorn does: the drain begins by closing open WebSockets (1012), and the app hears
+    of it at once. Its clean-up (1.5 s) runs while the client already has its close frame, and
+    the stop waits for it to finish instead of cancelling it. Before, the WebSocket stayed open
+    until --timeout-graceful-shutdown had passed, and its clean-up was cancelled 1 s later."""
+    server = run_rsasgi(
+        APP, "--timeout-graceful-shutdown", "5", env={"WS_MARKER_DIR": str(markers)}
+    )
+
+    async def client():
+        async with ws_connect(server, "/clean-up-on-disconnect") as ws:
+            assert await ws.recv() == "holding"
+            server.proc.send_signal(signal.SIGTERM)
+            code, _ = await expect_close(ws, timeout=15)
+            (markers / "client_closed").touch()
+            return code
+
+    assert run(client()) == 1012
+    started = wait_marker(markers, "clean_up_started")
+    assert started == {"type": "websocket.disconnect", "code": 1012, "reason": started["reason"]}
+    assert server.wait_exit(20) == 0, server.output()
+    done = wait_marker(markers, "clean_up_done", timeout=2)
+    assert done == {"client_closed": True}, "the client had no close before the clean-up ended"
+    output = server.output()
+    assert "Waiting for 1 request task(s) still running" in output, output
+    assert "Connections still open after --timeout-graceful-shutdown" not in output, output
+    assert "Cancelling" not in output, output
+
+
+def test_sigterm_tells_the_app_even_when_the_client_never_answers_the_close(run_rsasgi, markers):
+    """A client that never answers the 1012 close frame (a peer gone quiet): the app hears
+    `websocket.disconnect` with 1012 all the same, and the access log has the WebSocket's
+    closing line, though the connection is cut at the end of the stop with its close handshake
+    still under way. Before, the app never heard of the disconnect, and no line was written."""
+    server = run_rsasgi(
+        APP, "--timeout-graceful-shutdown", "1", env={"WS_MARKER_DIR": str(markers)}
+    )
+    sock, reader = raw_handshake(server, "/hold")
+    with sock:
+        assert reader.frame() == (OP_TEXT, True, b"holding")
+        server.proc.send_signal(signal.SIGTERM)
+        code, _ = reader.close_code(timeout=15)
+        assert code == 1012
+        assert wait_marker(markers, "hold")["code"] == 1012
+        assert server.wait_exit(20) == 0, server.output()
+    wait_for_log(server, "WebSocket /hold closed by the server with 1012")
+
+
 def test_sigterm_with_idle_websocket_does_not_hang(run_rsasgi):
     """An app that never reads: shutdown still closes the connection and exits."""
     server = run_rsasgi(APP, "--timeout-graceful-shutdown", "1")

@@ -536,6 +536,22 @@ async def ws_hold(scope, receive, send):
     record(scope, "hold", message)
 
 
+async def ws_clean_up_on_disconnect(scope, receive, send):
+    """Accept and wait for the disconnect; then a clean-up that takes 1.5 s (a Channels
+    `disconnect()` leaving its groups): it records the disconnect as it starts, and at its end
+    whether the client had its close frame by then (the test leaves `client_closed` in the
+    marker directory when it has)."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": "holding"})
+    message = await wait_disconnect(receive)
+    record(scope, "clean_up_started", message)
+    directory = os.environ["WS_MARKER_DIR"]
+    await asyncio.sleep(1.5)
+    client_closed = os.path.exists(os.path.join(directory, "client_closed"))
+    record(scope, "clean_up_done", {"client_closed": client_closed})
+
+
 WEBSOCKET_ROUTES = {
     "/echo": ws_echo,
     "/describe": ws_describe,
@@ -561,6 +577,7 @@ WEBSOCKET_ROUTES = {
     "/close-attempts": ws_close_attempts,
     "/never-read": ws_never_read,
     "/hold": ws_hold,
+    "/clean-up-on-disconnect": ws_clean_up_on_disconnect,
     "/close-then-count": ws_close_then_count,
     "/refuse-then-use": ws_refuse_then_use,
     "/slow-reader": ws_slow_reader,
