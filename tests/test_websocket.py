@@ -315,6 +315,46 @@ def test_close_before_accept_is_403(ws_server):
     assert httpx.get(f"{ws_server.url}/ping", timeout=10).text == "pong"
 
 
+UNSENDABLE_CLOSES = [
+    "list-reason",
+    "long-reason",
+    "bytes-reason",
+    "code-1005",
+    "code-1006",
+    "code-1015",
+    "bytes-code",
+]
+
+
+def test_a_close_before_accept_is_403_whatever_its_code_and_reason(ws_server):
+    """Before accept no close frame goes out, so a code or reason no frame could carry is no
+    error: the handshake gets its 403, quietly, as from uvicorn. FastAPI closes with a list of
+    errors for the reason on every WebSocket validation error: that was a 500 and an ERROR
+    traceback."""
+
+    async def status(variant: str) -> int:
+        with pytest.raises(InvalidStatus) as info:
+            async with ws_connect(ws_server, f"/unsendable-close?variant={variant}"):
+                pass
+        return info.value.response.status_code
+
+    statuses = {variant: run(status(variant)) for variant in UNSENDABLE_CLOSES}
+    assert statuses == dict.fromkeys(UNSENDABLE_CLOSES, 403)
+    output = ws_server.output()
+    assert "ERROR" not in output, output
+    assert "Exception in ASGI application" not in output, output
+
+
+def test_after_accept_a_close_no_frame_can_carry_still_raises(ws_server):
+    async def client():
+        async with ws_connect(ws_server, "/unsendable-close?variant=long-reason&accept=1") as ws:
+            return await expect_close(ws)
+
+    code, _ = run(client())
+    assert code == 1011
+    wait_for_log(ws_server, "ValueError: websocket.close 'reason' is 124 bytes")
+
+
 def test_http_response_extension(ws_server):
     async def client():
         with pytest.raises(InvalidStatus) as info:

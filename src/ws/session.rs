@@ -444,6 +444,12 @@ impl WsSession {
         })
     }
 
+    /// Whether the app accepted the handshake: only then does a close it
+    /// sends go out as a close frame.
+    pub(crate) fn accepted(&self) -> bool {
+        self.state.lock().accepted
+    }
+
     /// Whether the connection closed less than `--ws-closed-send-grace` ago.
     fn in_closed_send_grace(&self, st: &WsState) -> bool {
         st.closed_at

@@ -552,6 +552,28 @@ async def ws_clean_up_on_disconnect(scope, receive, send):
     record(scope, "clean_up_done", {"client_closed": client_closed})
 
 
+#: `websocket.close` messages whose code or reason no close frame could carry.
+UNSENDABLE_CLOSES = {
+    # FastAPI's handler for a WebSocket's validation error.
+    "list-reason": {"code": 1008, "reason": [{"loc": ["query", "q"], "msg": "field required"}]},
+    "long-reason": {"code": 1008, "reason": "x" * 124},
+    "bytes-reason": {"code": 1000, "reason": b"bye"},
+    "code-1005": {"code": 1005},
+    "code-1006": {"code": 1006},
+    "code-1015": {"code": 1015},
+    "bytes-code": {"code": b"1000"},
+}
+
+
+async def ws_unsendable_close(scope, receive, send):
+    """Send the `variant` of UNSENDABLE_CLOSES, before accept (after it with `accept=1`)."""
+    query = parse_qs(scope["query_string"].decode())
+    await receive()
+    if "accept" in query:
+        await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", **UNSENDABLE_CLOSES[query["variant"][0]]})
+
+
 WEBSOCKET_ROUTES = {
     "/echo": ws_echo,
     "/describe": ws_describe,
@@ -577,6 +599,7 @@ WEBSOCKET_ROUTES = {
     "/close-attempts": ws_close_attempts,
     "/never-read": ws_never_read,
     "/hold": ws_hold,
+    "/unsendable-close": ws_unsendable_close,
     "/clean-up-on-disconnect": ws_clean_up_on_disconnect,
     "/close-then-count": ws_close_then_count,
     "/refuse-then-use": ws_refuse_then_use,
