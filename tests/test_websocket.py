@@ -835,6 +835,12 @@ def test_max_size_closes_with_1009(run_rsasgi):
 
     code, _ = run(client())
     assert code == 1009
+    # The line names the setting to raise: it said only "Frame too large".
+    wait_for_log(
+        server,
+        "closing websocket /echo with 1009: a message over --ws-max-size 1024 bytes; "
+        "raise --ws-max-size",
+    )
 
 
 def test_max_size_counts_the_whole_fragmented_message(run_rsasgi):
@@ -846,6 +852,7 @@ def test_max_size_counts_the_whole_fragmented_message(run_rsasgi):
 
     code, _ = run(client())
     assert code == 1009
+    wait_for_log(server, "with 1009: a message (1200 bytes so far) over --ws-max-size 1024 bytes")
 
 
 def test_default_max_size_is_16_mib(ws_server):

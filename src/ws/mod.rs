@@ -32,7 +32,7 @@ use yawc::{
 };
 
 use deflate::Agreement;
-use message::Assembler;
+use message::{Assembler, AssemblyError};
 use progress::{ProgressIo, Stalled, WriteProgress};
 pub(crate) use session::WsSession;
 use session::{AppEvent, AppMessage};
@@ -243,6 +243,19 @@ fn close_code_of(error: &WsError) -> (u16, &'static str) {
         // The peer dropped the TCP connection without a close frame.
         _ => (code::ABNORMAL, ""),
     }
+}
+
+/// Logs a message refused for its size, naming the setting to raise
+/// (`received`: how much of it had come, when known). The client's close
+/// frame says only that it was too big: for a frame over the limit, the
+/// engine writes it ("Frame too large").
+fn log_too_big(path: &str, received: Option<usize>, max_size: usize) {
+    let received = received.map_or(String::new(), |size| format!(" ({size} bytes so far)"));
+    tracing::info!(
+        "closing websocket {path} with {}: a message{received} over --ws-max-size {max_size} \
+         bytes; raise --ws-max-size if the app expects messages this large",
+        code::TOO_BIG
+    );
 }
 
 /// Lets the worker's other connections run, in the middle of a long stretch
@@ -651,10 +664,14 @@ pub(crate) async fn serve(
                             Ok(None) => Ok(()),
                             Err(error) => {
                                 let (code, reason) = error.close_code();
-                                tracing::info!(
-                                    "closing websocket {} with {code}: {reason}",
-                                    session.path
-                                );
+                                if let AssemblyError::TooBig { received } = error {
+                                    log_too_big(&session.path, Some(received), settings.max_size);
+                                } else {
+                                    tracing::info!(
+                                        "closing websocket {} with {code}: {reason}",
+                                        session.path
+                                    );
+                                }
                                 let close = ws.send(close_frame(code, reason));
                                 let _ = progress.bounded(stall_limit, close).await;
                                 ending.outcome.get_or_insert((code, reason.to_string()));
@@ -738,10 +755,16 @@ pub(crate) async fn serve(
                 Err(error) => {
                     let (code, reason) = close_code_of(&error);
                     if code != code::ABNORMAL && close_sent_at.is_none() {
-                        tracing::info!(
-                            "closing websocket {} with {code}: {error}",
-                            session.path
-                        );
+                        if matches!(error, WsError::FrameTooLarge) {
+                            // The engine does not say how large the frame
+                            // was (or what it decompressed to, so far).
+                            log_too_big(&session.path, None, settings.max_size);
+                        } else {
+                            tracing::info!(
+                                "closing websocket {} with {code}: {error}",
+                                session.path
+                            );
+                        }
                         // The engine queued its close frame; reading once
                         // more sends it.
                         let close = poll_fn(|cx| ws.poll_next_frame(cx));
