@@ -562,6 +562,22 @@ def test_app_exception_after_accept_is_1011(ws_server):
     assert httpx.get(f"{ws_server.url}/ping", timeout=10).text == "pong"
 
 
+def test_an_app_that_raises_after_the_client_closed_is_not_said_to_close_with_1011(ws_server):
+    """The client closed first (4000): the line says so, where it said "(closed with 1011)" of
+    a connection that was over, perhaps long before."""
+
+    async def client():
+        async with ws_connect(ws_server, "/raise-after-disconnect") as ws:
+            await ws.close(4000)
+
+    run(client())
+    log = wait_for_log(ws_server, "ws_app boom after the disconnect")
+    assert (
+        'Exception in ASGI application on websocket "/raise-after-disconnect" '
+        "(the connection had already closed with 4000)"
+    ) in log, log
+
+
 def test_a_cancelled_error_the_app_raises_is_logged_as_its_error(ws_server):
     """It was not logged at all, as if a shutdown had cancelled the app."""
 

@@ -22,7 +22,8 @@ use super::ClientDisconnected;
 use super::{coroutine_mark, is_done, set_exception, set_result, Ready, WaitKind, WsWaiter};
 use crate::exchange::ResponseStart;
 use crate::ws::session::{
-    is_sendable_close_code, AppMessage, Misuse, PeerMessage, Received, Sent, MAX_CLOSE_REASON,
+    is_sendable_close_code, AppEnd, AppMessage, Misuse, PeerMessage, Received, Sent,
+    MAX_CLOSE_REASON,
 };
 use crate::ws::{code, is_token, WsSession};
 
@@ -361,7 +362,7 @@ impl WebSocketSend {
         shutdown: bool,
     ) -> PyResult<()> {
         let session = &self.session;
-        let accepted = session.finish_app(exc.is_some());
+        let ended = session.finish_app(exc.is_some());
         if let Some(exc) = exc {
             let disconnected = exc.is_instance_of::<ClientDisconnected>();
             // A CancelledError the app raised itself is its error like any other.
@@ -371,10 +372,16 @@ impl WebSocketSend {
             } else if cancelled && shutdown {
                 tracing::debug!("websocket {} was cancelled at shutdown", session.path);
             } else {
-                let outcome = if accepted {
-                    "closed with 1011"
-                } else {
-                    "sent 500"
+                let outcome = match ended {
+                    AppEnd::Refused(status) => format!("sent {}", status.as_u16()),
+                    AppEnd::AnsweredBefore => "after its answer to the handshake".to_string(),
+                    AppEnd::Closed(code) => format!("closed with {code}"),
+                    AppEnd::ClosedBefore => "after its websocket.close".to_string(),
+                    // The app raised at its next receive() or send(), or in
+                    // its disconnect handler, long after the end perhaps.
+                    AppEnd::AlreadyClosed(code) => {
+                        format!("the connection had already closed with {code}")
+                    }
                 };
                 tracing::error!(
                     "Exception in ASGI application on websocket \"{}\" ({outcome})\n{}",

@@ -271,6 +271,13 @@ async def ws_raise_before_accept(scope, receive, send):
     raise RuntimeError("ws_app boom before accept")
 
 
+async def ws_raise_after_disconnect(scope, receive, send):
+    await receive()
+    await send({"type": "websocket.accept"})
+    await wait_disconnect(receive)
+    raise RuntimeError("ws_app boom after the disconnect")
+
+
 async def ws_return_after_accept(scope, receive, send):
     await receive()
     await send({"type": "websocket.accept"})
@@ -588,6 +595,7 @@ WEBSOCKET_ROUTES = {
     "/raise-after-accept": ws_raise_after_accept,
     "/cancel-after-accept": ws_cancel_after_accept,
     "/raise-before-accept": ws_raise_before_accept,
+    "/raise-after-disconnect": ws_raise_after_disconnect,
     "/return-after-accept": ws_return_after_accept,
     "/record-disconnect": ws_record_disconnect,
     "/send-after-disconnect": ws_send_after_disconnect,
