@@ -1459,6 +1459,56 @@ def test_sigterm_tells_the_app_even_when_the_client_never_answers_the_close(run_
     wait_for_log(server, "WebSocket /hold closed by the server with 1012")
 
 
+def test_a_handshake_answered_during_the_drain_gets_a_101_with_connection_upgrade(
+    run_rsasgi, markers
+):
+    """The app accepts a handshake that was waiting for it when SIGTERM came: its 101 says
+    `Connection: Upgrade`, not `Upgrade, close` (hyper adds `close` to every response once a
+    drain has turned its connection's keep-alive off), and the WebSocket is closed with 1012
+    as it opens."""
+    server = run_rsasgi(
+        APP, "--timeout-graceful-shutdown", "5", env={"WS_MARKER_DIR": str(markers)}
+    )
+    sock = server.connect()
+    with sock:
+        sock.settimeout(10)
+        sock.sendall(
+            b"GET /accept-on-marker HTTP/1.1\r\n"
+            b"Host: 127.0.0.1\r\n"
+            b"Upgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        wait_marker(markers, "accept_on_marker_connect")
+        server.proc.send_signal(signal.SIGTERM)
+
+        def draining() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        # The listener closes as the drain begins.
+        wait_for(draining, message="the drain to begin")
+        (markers / "accept").touch()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(65536)
+            assert chunk, head
+            head += chunk
+        head, rest = head.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        assert lines[0].startswith(b"HTTP/1.1 101"), head
+        connection = [line for line in lines if line.lower().startswith(b"connection:")]
+        assert connection == [b"connection: Upgrade"], head
+        code, _ = FrameReader(sock, rest).close_code(timeout=15)
+    assert code == 1012
+    assert wait_marker(markers, "accept_on_marker")["code"] == 1012
+    assert server.wait_exit(20) == 0, server.output()
+
+
 def test_sigterm_with_idle_websocket_does_not_hang(run_rsasgi):
     """An app that never reads: shutdown still closes the connection and exits."""
     server = run_rsasgi(APP, "--timeout-graceful-shutdown", "1")

@@ -262,6 +262,9 @@ pub(crate) fn handle(
                     // that must not count as idle while it is open, and its app
                     // counts against the connection as a request's does.
                     let busy = http2.then(|| (active.keep_busy(), active.app_task()));
+                    // Until the answer goes to hyper, a drain leaves the
+                    // connection's keep-alive alone (see `DrainWait`).
+                    let _answering = (!http2).then(|| active.answering_handshake());
                     // Boxed: the handshake's future is large, and inline it would
                     // make every request's future as large, copied whole each
                     // time hyper or tokio moves it.

@@ -581,6 +581,20 @@ async def ws_unsendable_close(scope, receive, send):
     await send({"type": "websocket.close", **UNSENDABLE_CLOSES[query["variant"][0]]})
 
 
+async def ws_accept_on_marker(scope, receive, send):
+    """Record the handshake, accept it once the test leaves `accept` in the marker directory,
+    then record the disconnect."""
+    await receive()
+    record(scope, "accept_on_marker_connect", {})
+    accept = os.path.join(os.environ["WS_MARKER_DIR"], "accept")
+    for _ in range(1000):
+        if os.path.exists(accept):
+            break
+        await asyncio.sleep(0.02)
+    await send({"type": "websocket.accept"})
+    record(scope, "accept_on_marker", await wait_disconnect(receive))
+
+
 WEBSOCKET_ROUTES = {
     "/echo": ws_echo,
     "/describe": ws_describe,
@@ -607,6 +621,7 @@ WEBSOCKET_ROUTES = {
     "/close-attempts": ws_close_attempts,
     "/never-read": ws_never_read,
     "/hold": ws_hold,
+    "/accept-on-marker": ws_accept_on_marker,
     "/unsendable-close": ws_unsendable_close,
     "/clean-up-on-disconnect": ws_clean_up_on_disconnect,
     "/close-then-count": ws_close_then_count,
