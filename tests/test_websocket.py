@@ -1459,6 +1459,26 @@ def test_sigterm_tells_the_app_even_when_the_client_never_answers_the_close(run_
     wait_for_log(server, "WebSocket /hold closed by the server with 1012")
 
 
+def test_a_client_that_never_answers_the_close_holds_the_stop_2_s_not_the_grace(
+    run_rsasgi, markers
+):
+    """The close handshake of a shutdown waits 2 s for the client's answer, where it waited
+    5 s: with --timeout-graceful-shutdown 4 the connection is closed before the grace period
+    ends (no line says connections were still open), with its closing line."""
+    server = run_rsasgi(
+        APP, "--timeout-graceful-shutdown", "4", env={"WS_MARKER_DIR": str(markers)}
+    )
+    sock, reader = raw_handshake(server, "/hold")
+    with sock:
+        assert reader.frame() == (OP_TEXT, True, b"holding")
+        server.proc.send_signal(signal.SIGTERM)
+        code, _ = reader.close_code(timeout=15)
+        assert code == 1012
+        assert server.wait_exit(20) == 0, server.output()
+    output = wait_for_log(server, "WebSocket /hold closed by the server with 1012")
+    assert "Connections still open after --timeout-graceful-shutdown" not in output, output
+
+
 def test_a_handshake_answered_during_the_drain_gets_a_101_with_connection_upgrade(
     run_rsasgi, markers
 ):

@@ -43,6 +43,11 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long to wait for it after the 1012 of a shutdown, which waits for
+/// the connection: a client gone quiet held every stop for 5 s (or the
+/// whole grace period, when shorter), where uvicorn waits for none.
+const SHUTDOWN_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Close codes the server sends (RFC 6455 §7.4.1).
 pub(crate) mod code {
     pub const NORMAL: u16 = 1000;
@@ -571,6 +576,7 @@ pub(crate) async fn serve(
     let mut reads_paused_at: Option<Instant> = None;
     // Set once we sent a close frame: wait (bounded) for the peer's reply.
     let mut close_sent_at: Option<tokio::time::Instant> = None;
+    let mut close_timeout = CLOSE_TIMEOUT;
     // Set when nothing more may be written: the peer stopped reading, or
     // broke the protocol in a way the engine would answer wrongly.
     let mut abandoned = false;
@@ -588,7 +594,7 @@ pub(crate) async fn serve(
             }
             _ => {}
         }
-        let close_deadline = close_sent_at.map(|at| at + CLOSE_TIMEOUT);
+        let close_deadline = close_sent_at.map(|at| at + close_timeout);
         // The pong is due --ws-ping-timeout after the ping (plus the time
         // reads were paused), not at the next ping: with a timeout shorter
         // than the interval, a dead client was closed an interval late.
@@ -814,6 +820,7 @@ pub(crate) async fn serve(
                 ending.outcome.get_or_insert((code::SERVICE_RESTART, reason.to_string()));
                 ending.by.get_or_insert(ClosedBy::Server);
                 close_sent_at = Some(tokio::time::Instant::now());
+                close_timeout = SHUTDOWN_CLOSE_TIMEOUT;
                 // The app hears of it now, not once the client answers (or
                 // the wait for its answer ends): its clean-up gets the rest
                 // of the grace period, and does not depend on the client.
