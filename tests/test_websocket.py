@@ -315,6 +315,46 @@ def test_close_before_accept_is_403(ws_server):
     assert httpx.get(f"{ws_server.url}/ping", timeout=10).text == "pong"
 
 
+UNSENDABLE_CLOSES = [
+    "list-reason",
+    "long-reason",
+    "bytes-reason",
+    "code-1005",
+    "code-1006",
+    "code-1015",
+    "bytes-code",
+]
+
+
+def test_a_close_before_accept_is_403_whatever_its_code_and_reason(ws_server):
+    """Before accept no close frame goes out, so a code or reason no frame could carry is no
+    error: the handshake gets its 403, quietly, as from uvicorn. FastAPI closes with a list of
+    errors for the reason on every WebSocket validation error: that was a 500 and an ERROR
+    traceback."""
+
+    async def status(variant: str) -> int:
+        with pytest.raises(InvalidStatus) as info:
+            async with ws_connect(ws_server, f"/unsendable-close?variant={variant}"):
+                pass
+        return info.value.response.status_code
+
+    statuses = {variant: run(status(variant)) for variant in UNSENDABLE_CLOSES}
+    assert statuses == dict.fromkeys(UNSENDABLE_CLOSES, 403)
+    output = ws_server.output()
+    assert "ERROR" not in output, output
+    assert "Exception in ASGI application" not in output, output
+
+
+def test_after_accept_a_close_no_frame_can_carry_still_raises(ws_server):
+    async def client():
+        async with ws_connect(ws_server, "/unsendable-close?variant=long-reason&accept=1") as ws:
+            return await expect_close(ws)
+
+    code, _ = run(client())
+    assert code == 1011
+    wait_for_log(ws_server, "ValueError: websocket.close 'reason' is 124 bytes")
+
+
 def test_http_response_extension(ws_server):
     async def client():
         with pytest.raises(InvalidStatus) as info:
@@ -520,6 +560,22 @@ def test_app_exception_after_accept_is_1011(ws_server):
     wait_for_log(ws_server, "ws_app boom after accept")
     # The server is still serving.
     assert httpx.get(f"{ws_server.url}/ping", timeout=10).text == "pong"
+
+
+def test_an_app_that_raises_after_the_client_closed_is_not_said_to_close_with_1011(ws_server):
+    """The client closed first (4000): the line says so, where it said "(closed with 1011)" of
+    a connection that was over, perhaps long before."""
+
+    async def client():
+        async with ws_connect(ws_server, "/raise-after-disconnect") as ws:
+            await ws.close(4000)
+
+    run(client())
+    log = wait_for_log(ws_server, "ws_app boom after the disconnect")
+    assert (
+        'Exception in ASGI application on websocket "/raise-after-disconnect" '
+        "(the connection had already closed with 4000)"
+    ) in log, log
 
 
 def test_a_cancelled_error_the_app_raises_is_logged_as_its_error(ws_server):
@@ -795,6 +851,12 @@ def test_max_size_closes_with_1009(run_rsasgi):
 
     code, _ = run(client())
     assert code == 1009
+    # The line names the setting to raise: it said only "Frame too large".
+    wait_for_log(
+        server,
+        "closing websocket /echo with 1009: a message over --ws-max-size 1024 bytes; "
+        "raise --ws-max-size",
+    )
 
 
 def test_max_size_counts_the_whole_fragmented_message(run_rsasgi):
@@ -806,6 +868,7 @@ def test_max_size_counts_the_whole_fragmented_message(run_rsasgi):
 
     code, _ = run(client())
     assert code == 1009
+    wait_for_log(server, "with 1009: a message (1200 bytes so far) over --ws-max-size 1024 bytes")
 
 
 def test_default_max_size_is_16_mib(ws_server):
@@ -1346,6 +1409,124 @@ def test_sigterm_closes_open_websocket_with_1012(run_rsasgi, markers):
     assert code == 1012, f"expected close 1012 on shutdown, got {code}"
     assert server.wait_exit(20) == 0, server.output()
     assert wait_marker(markers, "hold", timeout=2)["code"] == 1012
+
+
+def test_sigterm_closes_websockets_at_once_and_waits_for_the_apps_clean_up(run_rsasgi, markers):
+    """As uvicorn does: the drain begins by closing open WebSockets (1012), and the app hears
+    of it at once. Its clean-up (1.5 s) runs while the client already has its close frame, and
+    the stop waits for it to finish instead of cancelling it. Before, the WebSocket stayed open
+    until --timeout-graceful-shutdown had passed, and its clean-up was cancelled 1 s later."""
+    server = run_rsasgi(
+        APP, "--timeout-graceful-shutdown", "5", env={"WS_MARKER_DIR": str(markers)}
+    )
+
+    async def client():
+        async with ws_connect(server, "/clean-up-on-disconnect") as ws:
+            assert await ws.recv() == "holding"
+            server.proc.send_signal(signal.SIGTERM)
+            code, _ = await expect_close(ws, timeout=15)
+            (markers / "client_closed").touch()
+            return code
+
+    assert run(client()) == 1012
+    started = wait_marker(markers, "clean_up_started")
+    assert started == {"type": "websocket.disconnect", "code": 1012, "reason": started["reason"]}
+    assert server.wait_exit(20) == 0, server.output()
+    done = wait_marker(markers, "clean_up_done", timeout=2)
+    assert done == {"client_closed": True}, "the client had no close before the clean-up ended"
+    output = server.output()
+    assert "Waiting for 1 request task(s) still running" in output, output
+    assert "Connections still open after --timeout-graceful-shutdown" not in output, output
+    assert "Cancelling" not in output, output
+
+
+def test_sigterm_tells_the_app_even_when_the_client_never_answers_the_close(run_rsasgi, markers):
+    """A client that never answers the 1012 close frame (a peer gone quiet): the app hears
+    `websocket.disconnect` with 1012 all the same, and the access log has the WebSocket's
+    closing line, though the connection is cut at the end of the stop with its close handshake
+    still under way. Before, the app never heard of the disconnect, and no line was written."""
+    server = run_rsasgi(
+        APP, "--timeout-graceful-shutdown", "1", env={"WS_MARKER_DIR": str(markers)}
+    )
+    sock, reader = raw_handshake(server, "/hold")
+    with sock:
+        assert reader.frame() == (OP_TEXT, True, b"holding")
+        server.proc.send_signal(signal.SIGTERM)
+        code, _ = reader.close_code(timeout=15)
+        assert code == 1012
+        assert wait_marker(markers, "hold")["code"] == 1012
+        assert server.wait_exit(20) == 0, server.output()
+    wait_for_log(server, "WebSocket /hold closed by the server with 1012")
+
+
+def test_a_client_that_never_answers_the_close_holds_the_stop_2_s_not_the_grace(
+    run_rsasgi, markers
+):
+    """The close handshake of a shutdown waits 2 s for the client's answer, where it waited
+    5 s: with --timeout-graceful-shutdown 4 the connection is closed before the grace period
+    ends (no line says connections were still open), with its closing line."""
+    server = run_rsasgi(
+        APP, "--timeout-graceful-shutdown", "4", env={"WS_MARKER_DIR": str(markers)}
+    )
+    sock, reader = raw_handshake(server, "/hold")
+    with sock:
+        assert reader.frame() == (OP_TEXT, True, b"holding")
+        server.proc.send_signal(signal.SIGTERM)
+        code, _ = reader.close_code(timeout=15)
+        assert code == 1012
+        assert server.wait_exit(20) == 0, server.output()
+    output = wait_for_log(server, "WebSocket /hold closed by the server with 1012")
+    assert "Connections still open after --timeout-graceful-shutdown" not in output, output
+
+
+def test_a_handshake_answered_during_the_drain_gets_a_101_with_connection_upgrade(
+    run_rsasgi, markers
+):
+    """The app accepts a handshake that was waiting for it when SIGTERM came: its 101 says
+    `Connection: Upgrade`, not `Upgrade, close` (hyper adds `close` to every response once a
+    drain has turned its connection's keep-alive off), and the WebSocket is closed with 1012
+    as it opens."""
+    server = run_rsasgi(
+        APP, "--timeout-graceful-shutdown", "5", env={"WS_MARKER_DIR": str(markers)}
+    )
+    sock = server.connect()
+    with sock:
+        sock.settimeout(10)
+        sock.sendall(
+            b"GET /accept-on-marker HTTP/1.1\r\n"
+            b"Host: 127.0.0.1\r\n"
+            b"Upgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        wait_marker(markers, "accept_on_marker_connect")
+        server.proc.send_signal(signal.SIGTERM)
+
+        def draining() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        # The listener closes as the drain begins.
+        wait_for(draining, message="the drain to begin")
+        (markers / "accept").touch()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(65536)
+            assert chunk, head
+            head += chunk
+        head, rest = head.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        assert lines[0].startswith(b"HTTP/1.1 101"), head
+        connection = [line for line in lines if line.lower().startswith(b"connection:")]
+        assert connection == [b"connection: Upgrade"], head
+        code, _ = FrameReader(sock, rest).close_code(timeout=15)
+    assert code == 1012
+    assert wait_marker(markers, "accept_on_marker")["code"] == 1012
+    assert server.wait_exit(20) == 0, server.output()
 
 
 def test_sigterm_with_idle_websocket_does_not_hang(run_rsasgi):

@@ -155,7 +155,7 @@ def test_an_open_websocket_keeps_its_connection_past_the_keep_alive_timeout(run_
 def test_shutdown_closes_a_websocket_over_http2_with_1012(run_rsasgi):
     """A drain waits for the WebSocket as for a request (before, its connection was dropped
     as idle and the client saw no close), and the WebSocket gets the close every WebSocket
-    gets once --timeout-graceful-shutdown has passed: 1012 (service restart)."""
+    gets as the drain begins: 1012 (service restart)."""
     server = run_rsasgi("ws_app:app", "--timeout-graceful-shutdown", "1")
     ws = H2WebSocket(server, "/echo")
     try:

@@ -1101,7 +1101,9 @@ async def _cancel_request_tasks(
     if not running:
         return
     if not forced.is_set():
-        waiting.announce(len(running), "request task(s)", "a background task")
+        waiting.announce(
+            len(running), "request task(s)", "a background task, a WebSocket's disconnect handler"
+        )
         wait = max(until - time.monotonic(), 0.0)
         await _unless_forced(asyncio.wait(running, timeout=wait), forced)
     remaining = [task for task in running if not task.done()]

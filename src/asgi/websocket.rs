@@ -22,7 +22,8 @@ use super::ClientDisconnected;
 use super::{coroutine_mark, is_done, set_exception, set_result, Ready, WaitKind, WsWaiter};
 use crate::exchange::ResponseStart;
 use crate::ws::session::{
-    is_sendable_close_code, AppMessage, Misuse, PeerMessage, Received, Sent, MAX_CLOSE_REASON,
+    is_sendable_close_code, AppEnd, AppMessage, Misuse, PeerMessage, Received, Sent,
+    MAX_CLOSE_REASON,
 };
 use crate::ws::{code, is_token, WsSession};
 
@@ -126,10 +127,9 @@ enum Outgoing {
         headers: HeaderMap,
     },
     Send(AppMessage),
-    Close {
-        code: u16,
-        reason: String,
-    },
+    /// The code and reason, checked: an error matters only after accept
+    /// (see [`WebSocketSend::__call__`]).
+    Close(PyResult<(u16, String)>),
     DenyStart(ResponseStart),
     DenyBody {
         body: Bytes,
@@ -175,6 +175,20 @@ fn close_code(message: &Bound<'_, PyDict>) -> PyResult<u16> {
              1016-2999 are reserved)"
         ))),
     }
+}
+
+/// The code and reason of `websocket.close`, checked as a close frame's.
+fn close_frame_fields(message: &Bound<'_, PyDict>) -> PyResult<(u16, String)> {
+    let code = close_code(message)?;
+    let reason = optional_str(message, intern!(message.py(), "reason"))?.unwrap_or_default();
+    if reason.len() > MAX_CLOSE_REASON {
+        return Err(PyValueError::new_err(format!(
+            "websocket.close 'reason' is {} bytes of UTF-8; RFC 6455 §5.5 allows at most \
+             {MAX_CLOSE_REASON} in a close frame",
+            reason.len()
+        )));
+    }
+    Ok((code, reason))
 }
 
 fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
@@ -224,18 +238,7 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
                 )),
             }
         }
-        "websocket.close" => {
-            let code = close_code(message)?;
-            let reason = optional_str(message, intern!(py, "reason"))?.unwrap_or_default();
-            if reason.len() > MAX_CLOSE_REASON {
-                return Err(PyValueError::new_err(format!(
-                    "websocket.close 'reason' is {} bytes of UTF-8; RFC 6455 §5.5 allows at most \
-                     {MAX_CLOSE_REASON} in a close frame",
-                    reason.len()
-                )));
-            }
-            Ok(Outgoing::Close { code, reason })
-        }
+        "websocket.close" => Ok(Outgoing::Close(close_frame_fields(message))),
         "websocket.http.response.start" => {
             let status = message.get_item(intern!(py, "status"))?.ok_or_else(|| {
                 PyValueError::new_err("websocket.http.response.start has no 'status'")
@@ -316,7 +319,19 @@ impl WebSocketSend {
                 headers,
             } => session.accept(subprotocol, headers).map(|()| Sent::Queued),
             Outgoing::Send(message) => session.send(message),
-            Outgoing::Close { code, reason } => session.close(code, reason),
+            Outgoing::Close(Ok((code, reason))) => session.close(code, reason),
+            // Before accept the close is a 403, and its code and reason go
+            // nowhere: whatever they are, the handshake is refused quietly,
+            // as uvicorn does. FastAPI's handler for a WebSocket's
+            // validation error closes with a list of errors for the reason.
+            Outgoing::Close(Err(err)) if !session.accepted() => {
+                tracing::debug!(
+                    "websocket {}: websocket.close before accept ({err}); answering 403",
+                    session.path
+                );
+                session.close(code::NORMAL, String::new())
+            }
+            Outgoing::Close(Err(err)) => return Err(err),
             Outgoing::DenyStart(start) => session.deny_start(start).map(|()| Sent::Queued),
             Outgoing::DenyBody { body, more } => {
                 session.deny_body(&body, more).map(|()| Sent::Queued)
@@ -347,7 +362,7 @@ impl WebSocketSend {
         shutdown: bool,
     ) -> PyResult<()> {
         let session = &self.session;
-        let accepted = session.finish_app(exc.is_some());
+        let ended = session.finish_app(exc.is_some());
         if let Some(exc) = exc {
             let disconnected = exc.is_instance_of::<ClientDisconnected>();
             // A CancelledError the app raised itself is its error like any other.
@@ -357,10 +372,16 @@ impl WebSocketSend {
             } else if cancelled && shutdown {
                 tracing::debug!("websocket {} was cancelled at shutdown", session.path);
             } else {
-                let outcome = if accepted {
-                    "closed with 1011"
-                } else {
-                    "sent 500"
+                let outcome = match ended {
+                    AppEnd::Refused(status) => format!("sent {}", status.as_u16()),
+                    AppEnd::AnsweredBefore => "after its answer to the handshake".to_string(),
+                    AppEnd::Closed(code) => format!("closed with {code}"),
+                    AppEnd::ClosedBefore => "after its websocket.close".to_string(),
+                    // The app raised at its next receive() or send(), or in
+                    // its disconnect handler, long after the end perhaps.
+                    AppEnd::AlreadyClosed(code) => {
+                        format!("the connection had already closed with {code}")
+                    }
                 };
                 tracing::error!(
                     "Exception in ASGI application on websocket \"{}\" ({outcome})\n{}",

@@ -182,6 +182,9 @@ pub(crate) struct Activity {
     went_idle: Notify,
     /// Whether `unsent_since` is set, read on every write without the lock.
     output_blocked: AtomicBool,
+    /// WebSocket handshakes over HTTP/1 waiting for the app's answer, which
+    /// a drain lets through before it closes the connection (see [`drive`]).
+    handshakes: AtomicUsize,
     /// Whether the watcher must be woken when the connection goes idle.
     /// It never sleeps longer than a recheck, so when the recheck is no
     /// longer than the keep-alive timeout it wakes by the keep-alive
@@ -200,6 +203,7 @@ impl Activity {
                 unsent_since: None,
             }),
             app_tasks: AtomicUsize::new(0),
+            handshakes: AtomicUsize::new(0),
             output_blocked: AtomicBool::new(false),
             went_idle: Notify::new(),
             wake_on_idle: deadlines.recheck() > deadlines.keep_alive,
@@ -378,6 +382,13 @@ impl ActiveRequest {
         AppTask(Arc::clone(&self.activity))
     }
 
+    /// Counts a WebSocket handshake over HTTP/1 until the guard is dropped,
+    /// as its answer goes to hyper.
+    pub(crate) fn answering_handshake(&self) -> AnsweringHandshake {
+        self.activity.handshakes.fetch_add(1, Ordering::Relaxed);
+        AnsweringHandshake(Arc::clone(&self.activity))
+    }
+
     /// Keeps the connection busy until the guard is dropped, with no
     /// deadline of a request's: for a WebSocket over an HTTP/2 stream, which
     /// lives on after its request's (empty) response is done. The connection
@@ -456,6 +467,16 @@ impl ActiveRequest {
     pub(crate) fn cut(&self) -> Option<Cut> {
         let st = self.activity.state.lock();
         st.watched.get(self.key).and_then(|watched| watched.cut)
+    }
+}
+
+/// A WebSocket handshake of a connection waiting for its answer, counted
+/// until dropped.
+pub(crate) struct AnsweringHandshake(Arc<Activity>);
+
+impl Drop for AnsweringHandshake {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -814,9 +835,8 @@ where
     C: Future,
 {
     let mut closing = false;
-    // Draining with nothing in flight: the request count then, and until when
-    // a new request may still start.
-    let mut drain_wait: Option<(u64, Instant)> = None;
+    // Draining, what the connection waits for before it is asked to close.
+    let mut drain_wait: Option<DrainWait> = None;
     let mut streams = Streams(None);
     let mut spawned = Vec::new();
     let watchers_woken = Arc::new(Woken::default());
@@ -893,19 +913,31 @@ where
                 closing = true;
             }
             Ok(Woke::Draining) => {
-                if activity.in_flight() > 0 {
+                drain_wait = if activity.handshakes.load(Ordering::Relaxed) > 0 {
+                    Some(DrainWait::Handshake)
+                } else if activity.in_flight() > 0 {
                     graceful_shutdown(connection.as_mut());
                     closing = true;
+                    None
                 } else {
-                    drain_wait = Some((activity.requests(), Instant::now() + DRAIN_REQUEST_WAIT));
-                }
+                    Some(DrainWait::NextRequest {
+                        requests: activity.requests(),
+                        until: Instant::now() + DRAIN_REQUEST_WAIT,
+                    })
+                };
             }
             Ok(Woke::DrainPoll) => {
-                if let Some((requests, until)) = drain_wait {
-                    if activity.requests() > requests || Instant::now() >= until {
-                        graceful_shutdown(connection.as_mut());
-                        closing = true;
+                // A request that began meanwhile may be a handshake too.
+                let wait = match drain_wait {
+                    _ if activity.handshakes.load(Ordering::Relaxed) > 0 => true,
+                    Some(DrainWait::NextRequest { requests, until }) => {
+                        activity.requests() == requests && Instant::now() < until
                     }
+                    Some(DrainWait::Handshake) | None => false,
+                };
+                if !wait {
+                    graceful_shutdown(connection.as_mut());
+                    closing = true;
                 }
             }
             Ok(Woke::CloseGrace) => {
@@ -933,6 +965,21 @@ impl Drop for Streams {
             access_log::connection_ended(|| drop(streams));
         }
     }
+}
+
+/// What a draining connection waits for before it is asked to close.
+#[derive(Clone, Copy)]
+enum DrainWait {
+    /// With nothing in flight, a request already sent: one more than
+    /// `requests` begun, or `until` passed.
+    NextRequest { requests: u64, until: Instant },
+    /// A WebSocket handshake's answer. Asked to close, hyper turns off the
+    /// connection's keep-alive, and then adds `close` to the `Connection`
+    /// header of every response, a 101's too, which must say `Upgrade`
+    /// only (RFC 9110 §7.8): the close waits until the answer is written.
+    /// A 101 ends the connection's HTTP; another answer says `close` by
+    /// itself, or is the app's, after which the connection is idle.
+    Handshake,
 }
 
 /// What woke [`drive`] other than its connection.

@@ -48,7 +48,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How often shutdown checks whether the last WebSocket has closed.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(20);
 
-/// How long WebSockets get to exchange close frames (1012) at shutdown.
+/// How long WebSockets whose close handshake (1012, sent as the drain
+/// began) is still under way at the end of the grace period get to finish it.
 pub(crate) const WEBSOCKET_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// What every connection of a worker shares.
@@ -543,6 +544,13 @@ pub(crate) async fn serve(
     }
     let grace = (*shutdown.borrow_and_update()).unwrap_or_default();
     let websockets = Arc::clone(&state.websockets);
+    // As uvicorn does: WebSockets have no end of their own to wait for, so
+    // they are closed (1012) as the drain begins, and their apps hear of it
+    // at once; what the grace period has left goes to their clean-up (a
+    // Channels `disconnect()`), which the worker waits for as for any task
+    // still running after its connection closed. One opened during the
+    // drain (its handshake was waiting for the app) is closed as it opens.
+    websockets.close_all();
     let drained = async {
         context.open.all_closed().await;
         while websockets.open_count() > 0 {
@@ -578,8 +586,9 @@ pub(crate) async fn serve(
             _ = shutdown.changed() => true,
         }
     };
+    // Close handshakes still under way (a client slow to answer, or one
+    // opened late in a short grace period) get a bounded while more.
     if !forced && websockets.open_count() > 0 {
-        websockets.close_all();
         let closed = async {
             while websockets.open_count() > 0 {
                 tokio::time::sleep(SHUTDOWN_POLL).await;

@@ -262,6 +262,9 @@ pub(crate) fn handle(
                     // that must not count as idle while it is open, and its app
                     // counts against the connection as a request's does.
                     let busy = http2.then(|| (active.keep_busy(), active.app_task()));
+                    // Until the answer goes to hyper, a drain leaves the
+                    // connection's keep-alive alone (see `DrainWait`).
+                    let _answering = (!http2).then(|| active.answering_handshake());
                     // Boxed: the handshake's future is large, and inline it would
                     // make every request's future as large, copied whole each
                     // time hyper or tokio moves it.
@@ -863,6 +866,19 @@ async fn open_websocket(
             let registry = Arc::clone(&state.websockets);
             let metrics = state.metrics.clone();
             let seat = state.seat.clone();
+            // Created before the first await, so that the app hears of the
+            // end and the closing line is written however the task ends.
+            let mut ending = ws::Ending::new(session, move |closed| {
+                // hyper would hold what the server last wrote, and the
+                // stream's place on its connection, until the client opens
+                // its window or the connection ends.
+                if let Some(busy) = busy.as_ref().filter(|_| closed.stalled) {
+                    busy.reset_stream();
+                }
+                if let Some(line) = closing_line {
+                    line.closed(closed);
+                }
+            });
             tokio::spawn(async move {
                 match on_upgrade.await {
                     Ok(upgraded) => {
@@ -872,21 +888,11 @@ async fn open_websocket(
                         // connections instead. An HTTP/2 connection stays
                         // open under its WebSockets and counts already.
                         let _held = seat.as_ref().filter(|_| !http2).map(WorkerSeat::hold);
-                        let closed =
-                            ws::serve(upgraded, session, settings, deflate, registry).await;
-                        // hyper would hold what the server last wrote, and
-                        // the stream's place on its connection, until the
-                        // client opens its window or the connection ends.
-                        if let Some(busy) = busy.as_ref().filter(|_| closed.stalled) {
-                            busy.reset_stream();
-                        }
-                        if let Some(line) = closing_line {
-                            line.closed(closed);
-                        }
+                        ws::serve(upgraded, ending, settings, deflate, registry).await;
                     }
                     Err(err) => {
                         tracing::debug!("websocket upgrade failed: {err}");
-                        session.finish(ws::code::ABNORMAL, "");
+                        ending.client_left();
                     }
                 }
             });

@@ -19,8 +19,9 @@ pub(crate) enum AssemblyError {
     /// A continuation frame with no message started, or a new message
     /// before the last one ended (§5.4).
     OutOfOrder,
-    /// The message is larger than `--ws-max-size`.
-    TooBig,
+    /// The message is larger than `--ws-max-size`: `received` bytes of it
+    /// had come when it went past.
+    TooBig { received: usize },
     /// A text message that is not UTF-8 (§8.1).
     InvalidUtf8,
 }
@@ -30,7 +31,7 @@ impl AssemblyError {
     pub(crate) fn close_code(self) -> (u16, &'static str) {
         match self {
             AssemblyError::OutOfOrder => (code::PROTOCOL_ERROR, "unexpected continuation"),
-            AssemblyError::TooBig => (code::TOO_BIG, "message too big"),
+            AssemblyError::TooBig { .. } => (code::TOO_BIG, "message too big"),
             AssemblyError::InvalidUtf8 => (code::INVALID_DATA, "invalid UTF-8 in text message"),
         }
     }
@@ -63,7 +64,9 @@ impl Assembler {
             }
             (OpCode::Text | OpCode::Binary, None) => {
                 if payload.len() > self.max_size {
-                    return Err(AssemblyError::TooBig);
+                    return Err(AssemblyError::TooBig {
+                        received: payload.len(),
+                    });
                 }
                 if fin {
                     // Every message is copied into an allocation of its own
@@ -83,8 +86,9 @@ impl Assembler {
                 Ok(None)
             }
             (OpCode::Continuation, Some(started)) => {
-                if self.parts.len() + payload.len() > self.max_size {
-                    return Err(AssemblyError::TooBig);
+                let received = self.parts.len() + payload.len();
+                if received > self.max_size {
+                    return Err(AssemblyError::TooBig { received });
                 }
                 self.parts.extend_from_slice(&payload);
                 if !fin {
@@ -185,7 +189,7 @@ mod tests {
         assert!(assembler.push(Frame::binary(&b"1234"[..])).is_ok());
         assert_eq!(
             assembler.push(Frame::binary(&b"12345"[..])),
-            Err(AssemblyError::TooBig)
+            Err(AssemblyError::TooBig { received: 5 })
         );
         let mut assembler = Assembler::new(4);
         assembler
@@ -193,7 +197,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             assembler.push(Frame::continuation(&b"45"[..])),
-            Err(AssemblyError::TooBig)
+            Err(AssemblyError::TooBig { received: 5 })
         );
     }
 

@@ -32,7 +32,7 @@ use yawc::{
 };
 
 use deflate::Agreement;
-use message::Assembler;
+use message::{Assembler, AssemblyError};
 use progress::{ProgressIo, Stalled, WriteProgress};
 pub(crate) use session::WsSession;
 use session::{AppEvent, AppMessage};
@@ -42,6 +42,11 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long to wait for it after the 1012 of a shutdown, which waits for
+/// the connection: a client gone quiet held every stop for 5 s (or the
+/// whole grace period, when shorter), where uvicorn waits for none.
+const SHUTDOWN_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Close codes the server sends (RFC 6455 §7.4.1).
 pub(crate) mod code {
@@ -245,6 +250,19 @@ fn close_code_of(error: &WsError) -> (u16, &'static str) {
     }
 }
 
+/// Logs a message refused for its size, naming the setting to raise
+/// (`received`: how much of it had come, when known). The client's close
+/// frame says only that it was too big: for a frame over the limit, the
+/// engine writes it ("Frame too large").
+fn log_too_big(path: &str, received: Option<usize>, max_size: usize) {
+    let received = received.map_or(String::new(), |size| format!(" ({size} bytes so far)"));
+    tracing::info!(
+        "closing websocket {path} with {}: a message{received} over --ws-max-size {max_size} \
+         bytes; raise --ws-max-size if the app expects messages this large",
+        code::TOO_BIG
+    );
+}
+
 /// Lets the worker's other connections run, in the middle of a long stretch
 /// of compression work. The reactor signals the Python thread about queued
 /// events only when it runs out of work and parks, and a task that yields
@@ -346,6 +364,74 @@ pub(crate) struct Closed {
     pub stalled: bool,
 }
 
+/// Reports a connection's end to its app (`websocket.disconnect`) and to
+/// `report` (its closing access line), however its future ends: returned
+/// from, or dropped, as the end of a stop drops the connections still open.
+/// Dropped before the connection loop knew how it ended, the app hears 1006.
+pub(crate) struct Ending {
+    session: Arc<WsSession>,
+    /// The close code and reason the app sees, once known.
+    outcome: Option<(u16, String)>,
+    /// Who closed first, once known.
+    by: Option<ClosedBy>,
+    stalled: bool,
+    report: Option<Box<dyn FnOnce(Closed) + Send>>,
+}
+
+impl Ending {
+    pub(crate) fn new(
+        session: Arc<WsSession>,
+        report: impl FnOnce(Closed) + Send + 'static,
+    ) -> Ending {
+        Ending {
+            session,
+            outcome: None,
+            by: None,
+            stalled: false,
+            report: Some(Box::new(report)),
+        }
+    }
+
+    /// The connection never opened: the upgrade failed, its client gone.
+    pub(crate) fn client_left(&mut self) {
+        self.by.get_or_insert(ClosedBy::Client);
+    }
+
+    /// Hands the app its `websocket.disconnect` (the first code it is given
+    /// is the one it sees).
+    fn tell_app(&self) {
+        let (code, reason) = match &self.outcome {
+            Some((code, reason)) => (*code, reason.as_str()),
+            None => (code::ABNORMAL, ""),
+        };
+        self.session.finish(code, reason);
+    }
+
+    /// Tells the app and the log; `by` when nobody is known to have closed.
+    fn end(&mut self, by: ClosedBy) {
+        let Some(report) = self.report.take() else {
+            return;
+        };
+        self.tell_app();
+        report(Closed {
+            code: self
+                .outcome
+                .as_ref()
+                .map_or(code::ABNORMAL, |(code, _)| *code),
+            by: self.by.unwrap_or(by),
+            stalled: self.stalled,
+        });
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        // Returned from, it has ended already; dropped, the server cut the
+        // connection off (the end of a stop drops the tasks still running).
+        self.end(ClosedBy::Server);
+    }
+}
+
 /// The deflate level the server compresses with: the fastest, since the
 /// reactor thread does the work (see [`serve`]).
 const COMPRESSION_LEVEL: u32 = 1;
@@ -428,7 +514,7 @@ fn engine_options(settings: &WsSettings, deflate: Option<&Agreement>) -> (Option
     }
 }
 
-/// Runs an upgraded connection until it closes; says how it ended.
+/// Runs an upgraded connection until it closes; `ending` says how it ended.
 ///
 /// `deflate` holds the permessage-deflate terms the handshake answered with.
 /// Compression and decompression run here, on the reactor thread, at the
@@ -438,11 +524,12 @@ fn engine_options(settings: &WsSettings, deflate: Option<&Agreement>) -> (Option
 /// limit, so a small compressed message cannot grow past it).
 pub(crate) async fn serve(
     upgraded: Upgraded,
-    session: Arc<WsSession>,
+    mut ending: Ending,
     settings: WsSettings,
     deflate: Option<Agreement>,
     registry: Arc<Registry>,
-) -> Closed {
+) {
+    let session = Arc::clone(&ending.session);
     registry.open.fetch_add(1, Ordering::Relaxed);
     let _registered = Registered(&registry);
     let mut closing = registry.closing.subscribe();
@@ -466,12 +553,9 @@ pub(crate) async fn serve(
         Ok(ws) => ws.into_streaming(),
         Err(error) => {
             tracing::error!("websocket {}: {error}", session.path);
-            session.finish(code::INTERNAL_ERROR, "");
-            return Closed {
-                code: code::INTERNAL_ERROR,
-                by: ClosedBy::Server,
-                stalled: false,
-            };
+            ending.outcome = Some((code::INTERNAL_ERROR, String::new()));
+            ending.by = Some(ClosedBy::Server);
+            return;
         }
     };
 
@@ -490,11 +574,9 @@ pub(crate) async fn serve(
     // the client's pong may wait in the socket behind its messages, so a slow
     // app must not get a live client closed for a missed ping.
     let mut reads_paused_at: Option<Instant> = None;
-    // The close code and reason the app will see, and who closed first.
-    let mut outcome: Option<(u16, String)> = None;
-    let mut closed_by: Option<ClosedBy> = None;
     // Set once we sent a close frame: wait (bounded) for the peer's reply.
     let mut close_sent_at: Option<tokio::time::Instant> = None;
+    let mut close_timeout = CLOSE_TIMEOUT;
     // Set when nothing more may be written: the peer stopped reading, or
     // broke the protocol in a way the engine would answer wrongly.
     let mut abandoned = false;
@@ -512,7 +594,7 @@ pub(crate) async fn serve(
             }
             _ => {}
         }
-        let close_deadline = close_sent_at.map(|at| at + CLOSE_TIMEOUT);
+        let close_deadline = close_sent_at.map(|at| at + close_timeout);
         // The pong is due --ws-ping-timeout after the ping (plus the time
         // reads were paused), not at the next ping: with a timeout shorter
         // than the interval, a dead client was closed an interval late.
@@ -540,8 +622,8 @@ pub(crate) async fn serve(
                                     push_data(&mut frames, OpCode::Binary, data, fragment);
                                 }
                                 AppMessage::Close(code, reason) => {
-                                    outcome.get_or_insert((code, reason.clone()));
-                                    closed_by.get_or_insert(ClosedBy::App);
+                                    ending.outcome.get_or_insert((code, reason.clone()));
+                                    ending.by.get_or_insert(ClosedBy::App);
                                     close_sent_at = Some(tokio::time::Instant::now());
                                     frames.push(close_frame(code, &reason));
                                 }
@@ -588,14 +670,18 @@ pub(crate) async fn serve(
                             Ok(None) => Ok(()),
                             Err(error) => {
                                 let (code, reason) = error.close_code();
-                                tracing::info!(
-                                    "closing websocket {} with {code}: {reason}",
-                                    session.path
-                                );
+                                if let AssemblyError::TooBig { received } = error {
+                                    log_too_big(&session.path, Some(received), settings.max_size);
+                                } else {
+                                    tracing::info!(
+                                        "closing websocket {} with {code}: {reason}",
+                                        session.path
+                                    );
+                                }
                                 let close = ws.send(close_frame(code, reason));
                                 let _ = progress.bounded(stall_limit, close).await;
-                                outcome.get_or_insert((code, reason.to_string()));
-                                closed_by.get_or_insert(ClosedBy::Server);
+                                ending.outcome.get_or_insert((code, reason.to_string()));
+                                ending.by.get_or_insert(ClosedBy::Server);
                                 break;
                             }
                         }
@@ -618,8 +704,8 @@ pub(crate) async fn serve(
                             // break the protocol in turn. Just drop it.
                             abandoned = true;
                         }
-                        outcome.get_or_insert((code::PROTOCOL_ERROR, reason.to_string()));
-                        closed_by.get_or_insert(ClosedBy::Server);
+                        ending.outcome.get_or_insert((code::PROTOCOL_ERROR, reason.to_string()));
+                        ending.by.get_or_insert(ClosedBy::Server);
                         break;
                     }
                     OpCode::Pong => {
@@ -633,8 +719,8 @@ pub(crate) async fn serve(
                             "websocket {}: a close frame over 125 bytes; dropping the connection",
                             session.path
                         );
-                        outcome.get_or_insert((code::PROTOCOL_ERROR, "protocol error".into()));
-                        closed_by.get_or_insert(ClosedBy::Server);
+                        ending.outcome.get_or_insert((code::PROTOCOL_ERROR, "protocol error".into()));
+                        ending.by.get_or_insert(ClosedBy::Server);
                         abandoned = true;
                         break;
                     }
@@ -646,8 +732,8 @@ pub(crate) async fn serve(
                             ),
                             None => (code::NO_STATUS, String::new()),
                         };
-                        outcome.get_or_insert((code, reason));
-                        closed_by.get_or_insert(ClosedBy::Client);
+                        ending.outcome.get_or_insert((code, reason));
+                        ending.by.get_or_insert(ClosedBy::Client);
                         if close_sent_at.is_none() {
                             // The engine queued the close reply; reading once
                             // more sends it and reports the end.
@@ -675,17 +761,23 @@ pub(crate) async fn serve(
                 Err(error) => {
                     let (code, reason) = close_code_of(&error);
                     if code != code::ABNORMAL && close_sent_at.is_none() {
-                        tracing::info!(
-                            "closing websocket {} with {code}: {error}",
-                            session.path
-                        );
+                        if matches!(error, WsError::FrameTooLarge) {
+                            // The engine does not say how large the frame
+                            // was (or what it decompressed to, so far).
+                            log_too_big(&session.path, None, settings.max_size);
+                        } else {
+                            tracing::info!(
+                                "closing websocket {} with {code}: {error}",
+                                session.path
+                            );
+                        }
                         // The engine queued its close frame; reading once
                         // more sends it.
                         let close = poll_fn(|cx| ws.poll_next_frame(cx));
                         let _ = progress.bounded(stall_limit, close).await;
                     }
-                    outcome.get_or_insert((code, reason.to_string()));
-                    closed_by.get_or_insert(if code == code::ABNORMAL {
+                    ending.outcome.get_or_insert((code, reason.to_string()));
+                    ending.by.get_or_insert(if code == code::ABNORMAL {
                         ClosedBy::Client
                     } else {
                         ClosedBy::Server
@@ -714,8 +806,8 @@ pub(crate) async fn serve(
                     let reason = "keepalive ping timeout";
                     let close = ws.send(close_frame(code::INTERNAL_ERROR, reason));
                     let _ = progress.bounded(stall_limit, close).await;
-                    outcome.get_or_insert((code::INTERNAL_ERROR, reason.to_string()));
-                    closed_by.get_or_insert(ClosedBy::Server);
+                    ending.outcome.get_or_insert((code::INTERNAL_ERROR, reason.to_string()));
+                    ending.by.get_or_insert(ClosedBy::Server);
                     break;
                 }
                 if awaiting_pong.is_none() {
@@ -725,9 +817,14 @@ pub(crate) async fn serve(
             }
             _ = async { closing.wait_for(|closing| *closing).await.map(drop) }, if close_sent_at.is_none() => {
                 let reason = "server shutting down";
-                outcome.get_or_insert((code::SERVICE_RESTART, reason.to_string()));
-                closed_by.get_or_insert(ClosedBy::Server);
+                ending.outcome.get_or_insert((code::SERVICE_RESTART, reason.to_string()));
+                ending.by.get_or_insert(ClosedBy::Server);
                 close_sent_at = Some(tokio::time::Instant::now());
+                close_timeout = SHUTDOWN_CLOSE_TIMEOUT;
+                // The app hears of it now, not once the client answers (or
+                // the wait for its answer ends): its clean-up gets the rest
+                // of the grace period, and does not depend on the client.
+                session.finish(code::SERVICE_RESTART, reason);
                 let close = ws.send(close_frame(code::SERVICE_RESTART, reason));
                 written(progress.bounded(stall_limit, close).await)
             }
@@ -746,13 +843,13 @@ pub(crate) async fn serve(
                         session.path,
                         stall_limit.as_secs_f64()
                     );
-                    closed_by = Some(ClosedBy::Server);
+                    ending.by = Some(ClosedBy::Server);
                 }
                 WriteFailed::Closed => {
-                    closed_by.get_or_insert(ClosedBy::Client);
+                    ending.by.get_or_insert(ClosedBy::Client);
                 }
             }
-            outcome = Some((code::ABNORMAL, String::new()));
+            ending.outcome = Some((code::ABNORMAL, String::new()));
             abandoned = true;
             break;
         }
@@ -763,16 +860,12 @@ pub(crate) async fn serve(
             yield_to_others(&session).await;
         }
     }
-    let (code, reason) = outcome.unwrap_or((code::ABNORMAL, String::new()));
-    session.finish(code, &reason);
+    ending.tell_app();
     if !abandoned {
         let _ = progress.bounded(stall_limit, ws.close()).await;
     }
-    Closed {
-        code,
-        by: closed_by.unwrap_or(ClosedBy::Client),
-        stalled: progress.stalled(),
-    }
+    ending.stalled = progress.stalled();
+    ending.end(ClosedBy::Client);
 }
 
 #[cfg(test)]

@@ -444,6 +444,12 @@ impl WsSession {
         })
     }
 
+    /// Whether the app accepted the handshake: only then does a close it
+    /// sends go out as a close frame.
+    pub(crate) fn accepted(&self) -> bool {
+        self.state.lock().accepted
+    }
+
     /// Whether the connection closed less than `--ws-closed-send-grace` ago.
     fn in_closed_send_grace(&self, st: &WsState) -> bool {
         st.closed_at
@@ -564,8 +570,7 @@ impl WsSession {
 
     /// The app returned or raised: answer the handshake (403, or 500 when it
     /// failed) or close the connection (1000, or 1011 when it failed).
-    /// Returns whether the handshake had been accepted.
-    pub(crate) fn finish_app(&self, failed: bool) -> bool {
+    pub(crate) fn finish_app(&self, failed: bool) -> AppEnd {
         self.update(|st| {
             st.held = None;
             if !st.handshake_done {
@@ -584,21 +589,44 @@ impl WsSession {
                     StatusCode::FORBIDDEN
                 };
                 st.refuse(Handshake::Reject(status));
-                return (false, true);
+                return (AppEnd::Refused(status), true);
             }
-            if st.accepted && !st.app_closed && st.disconnect.is_none() {
-                let (code, reason) = if failed {
-                    (code::INTERNAL_ERROR, "internal server error")
-                } else {
-                    (code::NORMAL, "")
-                };
-                st.app_closed = true;
-                st.queue(AppMessage::Close(code, reason.to_string()));
-                return (true, true);
+            if !st.accepted {
+                return (AppEnd::AnsweredBefore, false);
             }
-            (st.accepted, false)
+            if let Some((code, _)) = &st.disconnect {
+                return (AppEnd::AlreadyClosed(*code), false);
+            }
+            if st.app_closed {
+                return (AppEnd::ClosedBefore, false);
+            }
+            let (code, reason) = if failed {
+                (code::INTERNAL_ERROR, "internal server error")
+            } else {
+                (code::NORMAL, "")
+            };
+            st.app_closed = true;
+            st.queue(AppMessage::Close(code, reason.to_string()));
+            (AppEnd::Closed(code), true)
         })
     }
+}
+
+/// What the app's end did to its WebSocket (see [`WsSession::finish_app`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AppEnd {
+    /// The handshake was unanswered: refused with this status.
+    Refused(StatusCode),
+    /// The handshake was answered already without a connection (a 403,
+    /// or the app's own response).
+    AnsweredBefore,
+    /// The connection was open: closed with this code.
+    Closed(u16),
+    /// The app had sent its close already.
+    ClosedBefore,
+    /// The connection had closed already, with this code: the client's,
+    /// 1006 when it left, or the server's (1012 at shutdown).
+    AlreadyClosed(u16),
 }
 
 /// Whether an endpoint may send `code` in a close frame (RFC 6455 §7.4.1,
@@ -822,18 +850,44 @@ mod tests {
     fn the_app_ending_closes_with_1000_or_1011() {
         let ok = session(4);
         ok.accept(None, HeaderMap::new()).unwrap();
-        assert!(ok.finish_app(false));
+        assert_eq!(ok.finish_app(false), AppEnd::Closed(code::NORMAL));
         assert!(matches!(
             ok.state.lock().outgoing.back(),
             Some(AppMessage::Close(code::NORMAL, _))
         ));
         let failed = session(4);
         failed.accept(None, HeaderMap::new()).unwrap();
-        failed.finish_app(true);
+        assert_eq!(
+            failed.finish_app(true),
+            AppEnd::Closed(code::INTERNAL_ERROR)
+        );
         assert!(matches!(
             failed.state.lock().outgoing.back(),
             Some(AppMessage::Close(code::INTERNAL_ERROR, _))
         ));
+    }
+
+    #[test]
+    fn an_app_ending_after_the_close_says_who_closed() {
+        let gone = session(4);
+        gone.accept(None, HeaderMap::new()).unwrap();
+        gone.finish(code::ABNORMAL, "");
+        assert_eq!(gone.finish_app(true), AppEnd::AlreadyClosed(code::ABNORMAL));
+        assert!(gone.state.lock().outgoing.is_empty());
+
+        let closed = session(4);
+        closed.accept(None, HeaderMap::new()).unwrap();
+        closed.close(4000, String::new()).unwrap();
+        assert_eq!(closed.finish_app(true), AppEnd::ClosedBefore);
+
+        let refused = session(4);
+        assert_eq!(
+            refused.finish_app(true),
+            AppEnd::Refused(StatusCode::INTERNAL_SERVER_ERROR)
+        );
+        let denied = session(4);
+        denied.close(code::NORMAL, String::new()).unwrap();
+        assert_eq!(denied.finish_app(true), AppEnd::AnsweredBefore);
     }
 
     #[test]

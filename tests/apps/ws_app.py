@@ -271,6 +271,13 @@ async def ws_raise_before_accept(scope, receive, send):
     raise RuntimeError("ws_app boom before accept")
 
 
+async def ws_raise_after_disconnect(scope, receive, send):
+    await receive()
+    await send({"type": "websocket.accept"})
+    await wait_disconnect(receive)
+    raise RuntimeError("ws_app boom after the disconnect")
+
+
 async def ws_return_after_accept(scope, receive, send):
     await receive()
     await send({"type": "websocket.accept"})
@@ -536,6 +543,58 @@ async def ws_hold(scope, receive, send):
     record(scope, "hold", message)
 
 
+async def ws_clean_up_on_disconnect(scope, receive, send):
+    """Accept and wait for the disconnect; then a clean-up that takes 1.5 s (a Channels
+    `disconnect()` leaving its groups): it records the disconnect as it starts, and at its end
+    whether the client had its close frame by then (the test leaves `client_closed` in the
+    marker directory when it has)."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": "holding"})
+    message = await wait_disconnect(receive)
+    record(scope, "clean_up_started", message)
+    directory = os.environ["WS_MARKER_DIR"]
+    await asyncio.sleep(1.5)
+    client_closed = os.path.exists(os.path.join(directory, "client_closed"))
+    record(scope, "clean_up_done", {"client_closed": client_closed})
+
+
+#: `websocket.close` messages whose code or reason no close frame could carry.
+UNSENDABLE_CLOSES = {
+    # FastAPI's handler for a WebSocket's validation error.
+    "list-reason": {"code": 1008, "reason": [{"loc": ["query", "q"], "msg": "field required"}]},
+    "long-reason": {"code": 1008, "reason": "x" * 124},
+    "bytes-reason": {"code": 1000, "reason": b"bye"},
+    "code-1005": {"code": 1005},
+    "code-1006": {"code": 1006},
+    "code-1015": {"code": 1015},
+    "bytes-code": {"code": b"1000"},
+}
+
+
+async def ws_unsendable_close(scope, receive, send):
+    """Send the `variant` of UNSENDABLE_CLOSES, before accept (after it with `accept=1`)."""
+    query = parse_qs(scope["query_string"].decode())
+    await receive()
+    if "accept" in query:
+        await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", **UNSENDABLE_CLOSES[query["variant"][0]]})
+
+
+async def ws_accept_on_marker(scope, receive, send):
+    """Record the handshake, accept it once the test leaves `accept` in the marker directory,
+    then record the disconnect."""
+    await receive()
+    record(scope, "accept_on_marker_connect", {})
+    accept = os.path.join(os.environ["WS_MARKER_DIR"], "accept")
+    for _ in range(1000):
+        if os.path.exists(accept):
+            break
+        await asyncio.sleep(0.02)
+    await send({"type": "websocket.accept"})
+    record(scope, "accept_on_marker", await wait_disconnect(receive))
+
+
 WEBSOCKET_ROUTES = {
     "/echo": ws_echo,
     "/describe": ws_describe,
@@ -550,6 +609,7 @@ WEBSOCKET_ROUTES = {
     "/raise-after-accept": ws_raise_after_accept,
     "/cancel-after-accept": ws_cancel_after_accept,
     "/raise-before-accept": ws_raise_before_accept,
+    "/raise-after-disconnect": ws_raise_after_disconnect,
     "/return-after-accept": ws_return_after_accept,
     "/record-disconnect": ws_record_disconnect,
     "/send-after-disconnect": ws_send_after_disconnect,
@@ -561,6 +621,9 @@ WEBSOCKET_ROUTES = {
     "/close-attempts": ws_close_attempts,
     "/never-read": ws_never_read,
     "/hold": ws_hold,
+    "/accept-on-marker": ws_accept_on_marker,
+    "/unsendable-close": ws_unsendable_close,
+    "/clean-up-on-disconnect": ws_clean_up_on_disconnect,
     "/close-then-count": ws_close_then_count,
     "/refuse-then-use": ws_refuse_then_use,
     "/slow-reader": ws_slow_reader,
