@@ -145,9 +145,69 @@ def test_loggers_the_file_leaves_be_keep_working(run_rsasgi, tmp_path, access_le
         assert re.search(r"127\.0\.0\.1:\d+ GET /hello 200 \d+\.\d{4}$", access, re.M), access
     assert server.stop() == 0
     log = server.output()
-    assert re.search(r" INFO rsasgi\.error: Listening on http://127\.0\.0\.1:\d+ ", log), log
-    assert " INFO rsasgi.error: Stopped" in log, log
+    pid = server.proc.pid
+    listening = rf" INFO \[pid {pid}\] rsasgi\.error: Listening on http://127\.0\.0\.1:\d+ "
+    assert re.search(listening, log), log
+    assert f" INFO [pid {pid}] rsasgi.error: Stopped" in log, log
     assert ("/hello" in log) is (access_level is None), log
+
+
+APP_CONFIGURING_LOGGING = {
+    # Django's LOGGING without disable_existing_loggers: dictConfig's default, true, disables
+    # every logger that exists when the app is imported, rsasgi.access (the file made it)
+    # among them.
+    "django": "import logging.config\n"
+    "logging.config.dictConfig({'version': 1, 'handlers': {'console': {'class': "
+    "'logging.StreamHandler'}}, 'loggers': {'django': {'handlers': ['console']}}})\n",
+    # Flask's quick start: a root handler, added after the file was applied.
+    "basic": "import logging, sys\n"
+    "logging.basicConfig(stream=sys.stderr, level=logging.INFO, format='APP-ROOT %(message)s')\n",
+}
+
+
+@pytest.mark.parametrize("configures", sorted(APP_CONFIGURING_LOGGING))
+def test_an_app_configuring_logging_at_import_neither_silences_nor_doubles_rsasgi_lines(
+    run_rsasgi, tmp_path, configures
+):
+    """With the README's file: the app's dictConfig disabled rsasgi's loggers, and nothing
+    of the server's was written again, access lines and tracebacks included; the app's root
+    handler came on top of rsasgi's fallback to stderr, and every line was written twice."""
+    (tmp_path / "configuring_app.py").write_text(
+        APP_CONFIGURING_LOGGING[configures] + "async def app(scope, receive, send):\n"
+        "    if scope['path'] == '/boom':\n"
+        "        raise RuntimeError('boom from the app')\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'hello'})\n"
+    )
+    config = write_json(tmp_path / "logging.json", readme_example())
+    server = run_rsasgi(
+        "configuring_app:app", "--app-dir", str(tmp_path), "--lifespan", "off",
+        "--log-config", str(config),
+    )  # fmt: skip
+    assert httpx.get(f"{server.url}/hello").status_code == 200
+    assert httpx.get(f"{server.url}/boom").status_code == 500
+    wait_for_log(server, " GET /hello 200 ", "RuntimeError: boom from the app")
+    assert server.stop() == 0
+    log = server.output()
+    assert log.count("Listening on http://127.0.0.1:") == 1, log
+    assert log.count("Exception in ASGI application") == 1, log
+    assert log.count(" GET /hello 200 ") == 1, log
+
+
+def test_a_logger_the_file_leaves_without_handlers_and_propagation_stays_silent(
+    run_rsasgi, tmp_path
+):
+    """uvicorn's idiom for turning access lines off in a log config: no handlers, no
+    propagation. rsasgi's fallback to stderr is for loggers the file does not name."""
+    server_log = tmp_path / "server.log"
+    config = dict_config(server_log)
+    config["loggers"] = {"rsasgi.access": {"handlers": [], "propagate": False}}
+    server = run_rsasgi(APP, "--log-config", str(write_json(tmp_path / "logging.json", config)))
+    assert httpx.get(f"{server.url}/hello").status_code == 200
+    assert httpx.get(f"{server.url}/app-log").status_code == 200
+    lines_of(server_log, "a line from the app")
+    assert server.stop() == 0
+    assert "/hello" not in server.output() + server_log.read_text()
 
 
 def test_ini_config_in_every_worker_and_the_supervisor(run_rsasgi, tmp_path):

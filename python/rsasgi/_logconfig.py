@@ -88,22 +88,56 @@ def configure(path: str, level: int = logging.INFO) -> None:
     _keep_rsasgi_loggers_working(level)
 
 
+#: rsasgi's loggers and their parents, as the file may name them.
+_FAMILY = frozenset(("rsasgi", "wsgi", *LOGGERS))
+
+#: Those of `_FAMILY` the file configured: where one of them stops its records on their way
+#: to root (``propagate: false``) without a handler, the file silenced them on purpose.
+_configured: frozenset[str] = frozenset()
+
+#: Where a line of rsasgi's that meets no handler goes, once a file is applied.
+_fallback: logging.Handler | None = None
+
+
 def _keep_rsasgi_loggers_working(level: int) -> None:
     """A file that names only some loggers (the README's, which names only ``rsasgi.access``)
     would otherwise silence the others: a logger without a level takes root's (WARNING unless
     the file sets it), which dropped every access line and "Listening on", and a record that
     meets no handler on its way to root goes to Python's last resort, which writes WARNING
     and above only. Levels and handlers the file gives are left as they are."""
+    global _configured, _fallback
+    # Nothing of rsasgi's made these loggers before the file was applied: those that exist,
+    # it named.
+    _configured = frozenset(
+        name
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if name in _FAMILY and isinstance(logger, logging.Logger)
+    )
     # On the parent, so that a file setting "rsasgi" alone still governs both children.
+    # The children are left unmade until their first line: an app's logging configuration
+    # at import (Django's LOGGING, whose disable_existing_loggers is true by default)
+    # disables the loggers that exist when it runs.
     parent = logging.getLogger("rsasgi")
     if parent.level == logging.NOTSET:
         parent.setLevel(level)
-    unhandled = [name for name in LOGGERS if not logging.getLogger(name).hasHandlers()]
-    if unhandled:
-        stderr = logging.StreamHandler(sys.stderr)
-        stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        for name in unhandled:
-            logging.getLogger(name).addHandler(stderr)
+    _fallback = logging.StreamHandler(sys.stderr)
+    _fallback.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s")
+    )
+
+
+def _reaches_a_handler(logger: logging.Logger) -> bool:
+    """Whether a record of `logger` meets a handler on its way to root, or a logger of ours
+    the file made a dead end of (its silence is the file's choice). Asked at each record: the
+    app may add handlers when it is imported (``logging.basicConfig``), after the file."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.handlers:
+            return True
+        if not current.propagate:
+            return current.name in _configured
+        current = current.parent
+    return False
 
 
 def _with_defaults(config) -> dict:
@@ -181,6 +215,11 @@ def _pump() -> None:
 
 def _emit(created: float, level: int, name: str, message: str, fields) -> None:
     logger = logging.getLogger(name)
+    if logger.disabled:
+        # An app's logging configuration disabled it (Django's LOGGING, whose
+        # disable_existing_loggers is true by default, disables the loggers the file made):
+        # these are the server's lines, which the file asked for, not the app's.
+        logger.disabled = False
     if not logger.isEnabledFor(level):
         return
     record = logger.makeRecord(name, level, "(rsasgi)", 0, message, (), None)
@@ -192,4 +231,9 @@ def _emit(created: float, level: int, name: str, message: str, fields) -> None:
     for key, value in fields:
         if key not in _RESERVED:
             setattr(record, key, value)
+    if _fallback is not None and not _reaches_a_handler(logger):
+        # Python's last resort would write WARNING and above only, without a time.
+        if logger.filter(record):
+            _fallback.handle(record)
+        return
     logger.handle(record)
