@@ -804,8 +804,10 @@ impl Worker {
         task_parts: Option<(Py<PyAny>, Py<PyAny>, Py<PyDict>, Py<PyDict>)>,
     ) -> PyResult<i32> {
         // Before the listeners are taken: a boot past its deadline that is
-        // leaving removes their socket files.
-        self.end_boot();
+        // leaving removes their socket files. Waited for without the GIL:
+        // the deadline's thread, holding the boot's lock as it leaves, needs
+        // it to write the log (--log-config's handlers are Python's).
+        py.detach(|| self.end_boot());
         let listeners = self
             .listeners
             .lock()

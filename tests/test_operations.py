@@ -943,11 +943,19 @@ def test_a_daemon_with_reload_that_cannot_boot_makes_its_command_exit_1(tmp_path
     wait_in_file(log, "waiting for a change")
 
 
-def test_a_daemon_whose_second_worker_crashes_at_boot_returns_once_the_first_serves(
-    tmp_path, daemon_files
+SECOND_WORKER_FAILS = {
+    "crashes": "    os._exit(1)\n",
+    # Killed at --timeout-worker-boot, as a hung import is.
+    "hangs": "    import time\n    time.sleep(3600)\n",
+}
+
+
+@pytest.mark.parametrize("fails", sorted(SECOND_WORKER_FAILS))
+def test_a_daemon_whose_second_worker_fails_its_boot_returns_once_the_first_serves(
+    tmp_path, daemon_files, fails
 ):
-    """One worker crashing at every boot kept the command (and systemd's start job) waiting
-    for ever, while the other served."""
+    """One worker crashing at every boot, or hanging there until --timeout-worker-boot, kept
+    the command (and systemd's start job) waiting for ever, while the other served."""
     log, pid_file = daemon_files
     (tmp_path / "first_only.py").write_text(
         "import os\n"
@@ -956,8 +964,7 @@ def test_a_daemon_whose_second_worker_crashes_at_boot_returns_once_the_first_ser
         "    await send({'type': 'http.response.body', 'body': b'first'})\n"
         "try:\n"
         "    os.close(os.open('served', os.O_CREAT | os.O_EXCL))\n"
-        "except FileExistsError:\n"
-        "    os._exit(1)\n"
+        "except FileExistsError:\n" + SECOND_WORKER_FAILS[fails]
     )
     port = free_port()
     result = run_to_exit(
@@ -970,6 +977,8 @@ def test_a_daemon_whose_second_worker_crashes_at_boot_returns_once_the_first_ser
         "2",
         "--lifespan",
         "off",
+        "--timeout-worker-boot",
+        "2",
         "--daemon",
         "--log-file",
         str(log),

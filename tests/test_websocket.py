@@ -1578,3 +1578,57 @@ def test_ws_auto_still_serves_plain_http(ws_server):
     response = httpx.get(f"{ws_server.url}/ping", timeout=10)
     assert response.status_code == 200
     assert response.text == "pong"
+
+
+BURST_APP = """\
+import asyncio, pathlib
+
+async def app(scope, receive, send):
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    sent = 0
+    async def hear():
+        await receive()
+        pathlib.Path(scope["query_string"].decode()).write_text(str(sent))
+    heard = asyncio.ensure_future(hear())
+    while not heard.done():
+        await send({"type": "websocket.send", "text": f"{sent:08d}" + "x" * 4000})
+        sent += 1
+        if sent % 5 == 0:
+            await asyncio.sleep(0)
+"""
+
+
+def test_what_the_app_sent_before_a_shutdown_goes_out_before_its_1012(run_rsasgi, tmp_path):
+    """The shutdown's close raced the app's queued messages, and won half the time: messages
+    whose send() had returned (a full --ws-max-queue of them) were dropped, and the close
+    went out in their place. RFC 6455 lets nothing follow a close frame, and all that came
+    before it should be written. Clients that read nothing for a second fill their queues;
+    each then gets what the app sent before it heard of the disconnect (less the few sends
+    of the app's last turn, dropped as they come after it), then 1012."""
+    (tmp_path / "burst_app.py").write_text(BURST_APP)
+    server = run_rsasgi(
+        "burst_app:app", "--app-dir", str(tmp_path), "--lifespan", "off",
+        "--ws-max-queue", "200", "--timeout-graceful-shutdown", "10",
+    )  # fmt: skip
+    counts = [tmp_path / f"sent-{i}" for i in range(4)]
+    clients = [raw_handshake(server, f"/?{count}") for count in counts]
+    time.sleep(1)  # the clients read nothing meanwhile: their queues fill
+    server.proc.send_signal(signal.SIGTERM)
+    for (sock, reader), count in zip(clients, counts, strict=True):
+        with sock:
+            received = 0
+            while True:
+                opcode, _, payload = reader.frame()
+                if opcode == OP_CLOSE:
+                    assert struct.unpack("!H", payload[:2])[0] == 1012
+                    break
+                assert int(payload[:8]) == received
+                received += 1
+        sent = int(wait_for(lambda count=count: count.exists() and count.read_text()))
+        # One more may arrive than counted: a send waiting for room in the queue returns
+        # only after the shutdown took the queue, behind the app's hearing of it.
+        assert -1 <= sent - received <= 5, (received, sent)
+    assert server.wait_exit(20) == 0, server.output()

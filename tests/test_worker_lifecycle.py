@@ -7,6 +7,7 @@ Apps: tests/apps/life_*.py. Events go to the file named by $LIFE_EVENTS.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -282,6 +283,46 @@ def test_one_process_past_its_boot_deadline_logs_its_stacks_and_exits(run_rsasgi
     assert "does nothing without --workers" not in output
     assert not pid_file.exists()
     assert not socket_file.exists()
+
+
+def test_a_boot_ending_as_its_deadline_passes_with_log_config_does_not_deadlock(
+    run_rsasgi, tmp_path
+):
+    """The deadline's thread held the boot's lock while it waited for the GIL to write the
+    log through --log-config's handlers (slow ones here); the main thread, its import just
+    over, held the GIL while it waited for that lock. Neither moved again, and SIGTERM did
+    nothing: only SIGKILL ended the process. Either end is fine, serving or exit 3."""
+    (tmp_path / "slow_log.py").write_text(
+        "import logging, time\n\n\n"
+        "class SlowHandler(logging.StreamHandler):\n"
+        "    def emit(self, record):\n"
+        "        time.sleep(0.2)\n"
+        "        super().emit(record)\n"
+    )
+    (tmp_path / "boot_at_deadline.py").write_text(
+        "import time\n\ntime.sleep(1)\n\n\n"
+        "async def app(scope, receive, send):\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+    )
+    log_config = tmp_path / "logging.json"
+    log_config.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "handlers": {"slow": {"()": "slow_log.SlowHandler", "stream": "ext://sys.stderr"}},
+                "root": {"handlers": ["slow"], "level": "INFO"},
+            }
+        )
+    )
+    server = run_rsasgi(
+        "boot_at_deadline:app", "--app-dir", str(tmp_path), "--lifespan", "off",
+        "--timeout-worker-boot", "1", "--log-config", str(log_config), wait=False,
+        env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])},
+    )  # fmt: skip
+    time.sleep(3)  # past the deadline and the end of the import, whichever came first
+    server.proc.send_signal(signal.SIGTERM)
+    assert exit_code(server, timeout=20) in (0, 3), server.output()
 
 
 def test_an_attribute_that_raises_fails_to_load(run_rsasgi, tmp_path):

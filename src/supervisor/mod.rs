@@ -825,6 +825,10 @@ impl Supervisor {
                     // would most likely end the same way, so it waits, as
                     // after a crash.
                     self.crashed();
+                    if !self.all_served_once {
+                        self.failed_at_start = true;
+                        self.settle_short_start();
+                    }
                 }
             }
             // Serving already, though the last look at its slot was earlier.

@@ -306,6 +306,34 @@ fn push_data(frames: &mut Vec<Frame>, opcode: OpCode, payload: Bytes, fragment: 
     }
 }
 
+/// The frames of what the app sent, in order. Its `websocket.close`, if
+/// among them, is the connection's outcome, and sets `close_sent_at`.
+fn frames_of(
+    messages: Vec<AppMessage>,
+    fragment: Option<usize>,
+    ending: &mut Ending,
+    close_sent_at: &mut Option<tokio::time::Instant>,
+) -> Vec<Frame> {
+    let mut frames = Vec::with_capacity(messages.len());
+    for message in messages {
+        match message {
+            AppMessage::Text(text) => {
+                push_data(&mut frames, OpCode::Text, text.into(), fragment);
+            }
+            AppMessage::Binary(data) => {
+                push_data(&mut frames, OpCode::Binary, data, fragment);
+            }
+            AppMessage::Close(code, reason) => {
+                ending.outcome.get_or_insert((code, reason.clone()));
+                ending.by.get_or_insert(ClosedBy::App);
+                *close_sent_at = Some(tokio::time::Instant::now());
+                frames.push(close_frame(code, &reason));
+            }
+        }
+    }
+    frames
+}
+
 fn close_frame(code: u16, reason: &str) -> Frame {
     Frame::close(CloseCode::from(code), reason)
 }
@@ -612,23 +640,7 @@ pub(crate) async fn serve(
                 match event {
                     AppEvent::Room => Ok(()),
                     AppEvent::Send(messages) => {
-                        let mut frames = Vec::with_capacity(messages.len());
-                        for message in messages {
-                            match message {
-                                AppMessage::Text(text) => {
-                                    push_data(&mut frames, OpCode::Text, text.into(), fragment);
-                                }
-                                AppMessage::Binary(data) => {
-                                    push_data(&mut frames, OpCode::Binary, data, fragment);
-                                }
-                                AppMessage::Close(code, reason) => {
-                                    ending.outcome.get_or_insert((code, reason.clone()));
-                                    ending.by.get_or_insert(ClosedBy::App);
-                                    close_sent_at = Some(tokio::time::Instant::now());
-                                    frames.push(close_frame(code, &reason));
-                                }
-                            }
-                        }
+                        let frames = frames_of(messages, fragment, &mut ending, &mut close_sent_at);
                         let send_all = async {
                             let mut fed = 0;
                             for frame in frames {
@@ -817,16 +829,29 @@ pub(crate) async fn serve(
             }
             _ = async { closing.wait_for(|closing| *closing).await.map(drop) }, if close_sent_at.is_none() => {
                 let reason = "server shutting down";
-                ending.outcome.get_or_insert((code::SERVICE_RESTART, reason.to_string()));
-                ending.by.get_or_insert(ClosedBy::Server);
-                close_sent_at = Some(tokio::time::Instant::now());
                 close_timeout = SHUTDOWN_CLOSE_TIMEOUT;
                 // The app hears of it now, not once the client answers (or
                 // the wait for its answer ends): its clean-up gets the rest
                 // of the grace period, and does not depend on the client.
+                // From here its sends are dropped.
                 session.finish(code::SERVICE_RESTART, reason);
-                let close = ws.send(close_frame(code::SERVICE_RESTART, reason));
-                written(progress.bounded(stall_limit, close).await)
+                // What it sent before goes out first, its own close included:
+                // nothing may follow a close frame (RFC 6455 §5.5.1).
+                let mut frames =
+                    frames_of(session.take_outgoing(), fragment, &mut ending, &mut close_sent_at);
+                if close_sent_at.is_none() {
+                    ending.outcome.get_or_insert((code::SERVICE_RESTART, reason.to_string()));
+                    ending.by.get_or_insert(ClosedBy::Server);
+                    close_sent_at = Some(tokio::time::Instant::now());
+                    frames.push(close_frame(code::SERVICE_RESTART, reason));
+                }
+                let send_all = async {
+                    for frame in frames {
+                        ws.feed(frame).await?;
+                    }
+                    ws.flush().await
+                };
+                written(progress.bounded(stall_limit, send_all).await)
             }
             _ = async {
                 match close_deadline {

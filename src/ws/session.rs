@@ -318,7 +318,7 @@ impl WsSession {
         cx: &mut Context<'_>,
         want_room: bool,
     ) -> Poll<AppEvent> {
-        let (messages, sender) = {
+        {
             let mut st = self.state.lock();
             if st.outgoing.is_empty() {
                 if want_room && st.has_room(self.max_queue) {
@@ -329,12 +329,22 @@ impl WsSession {
                 st.reactor = Some(cx.waker().clone());
                 return Poll::Pending;
             }
+        }
+        // Only this connection's task takes from the queue: it is not empty.
+        Poll::Ready(AppEvent::Send(self.take_outgoing()))
+    }
+
+    /// What the app has sent that is not written yet, all of it, now: the
+    /// shutdown's close frame goes out after it.
+    pub(crate) fn take_outgoing(self: &Arc<Self>) -> Vec<AppMessage> {
+        let (messages, sender) = {
+            let mut st = self.state.lock();
             let messages: Vec<AppMessage> = st.outgoing.drain(..).collect();
             st.outgoing_bytes = 0;
             (messages, std::mem::take(&mut st.senders))
         };
         self.resolve(sender, WaitKind::Send);
-        Poll::Ready(AppEvent::Send(messages))
+        messages
     }
 
     /// A data message arrived from the peer. Once the app has closed it reads
