@@ -457,14 +457,17 @@ def test_a_socket_file_one_process_cannot_remove_says_why(run_rsasgi, public_dir
 
 
 @needs_root
-@pytest.mark.parametrize("owner", ["root", "nobody"])
+@pytest.mark.parametrize("owner", ["root", "nobody", "root-private"])
 def test_a_pid_file_only_root_may_read_is_removed_or_said_to_stay(run_rsasgi, public_dir, owner):
     """With --umask 077 the pid file is root's alone to read: one process running as --user
     took it for another process's, and left it without a word. It is the file it wrote, so
-    it is removed where that user may (a directory it owns), else a warning says it stays."""
+    it is removed where that user may (a directory it owns), else a warning says it stays,
+    also when the user may not even look into the directory (root's, mode 700)."""
     if owner == "nobody":
         nobody = pwd.getpwnam("nobody")
         os.chown(public_dir, nobody.pw_uid, nobody.pw_gid)
+    elif owner == "root-private":
+        public_dir.chmod(0o700)
     pid_file = public_dir / "rsasgi.pid"
     server = run_rsasgi(
         "proto_http:app",
@@ -481,6 +484,12 @@ def test_a_pid_file_only_root_may_read_is_removed_or_said_to_stay(run_rsasgi, pu
     if owner == "nobody":
         assert not pid_file.exists(), server.output()
         assert "Could not remove" not in server.output()
+    elif owner == "root-private":
+        assert pid_file.exists()
+        assert (
+            f"Could not remove --pid {pid_file}: cannot look into its directory (Permission "
+            "denied (os error 13)); it stays, remove it by hand"
+        ) in server.output()
     else:
         assert pid_file.stat().st_mode & 0o777 == 0o600
         assert (

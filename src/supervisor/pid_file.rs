@@ -17,6 +17,10 @@ pub(crate) struct PidFile {
 
 type Written = (u64, u64);
 
+/// The file this process wrote last, for [`remove_ours`], which runs where
+/// the [`PidFile`] is out of reach (a process leaving at once).
+static LAST_WRITTEN: std::sync::Mutex<Option<Written>> = std::sync::Mutex::new(None);
+
 impl PidFile {
     /// Writes this process's pid to `path`, unless the file names another
     /// rsasgi that still runs: as gunicorn does, a second instance started
@@ -65,11 +69,16 @@ impl PidFile {
                 written
             });
         match written {
-            Ok(written) => Ok(PidFile {
-                path: path.to_path_buf(),
-                pid,
-                written,
-            }),
+            Ok(written) => {
+                *LAST_WRITTEN
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(written);
+                Ok(PidFile {
+                    path: path.to_path_buf(),
+                    pid,
+                    written,
+                })
+            }
             Err(err) => Err(format!("Cannot write --pid {shown}: {err}")),
         }
     }
@@ -88,7 +97,10 @@ fn is_rsasgi(pid: u32) -> bool {
 /// Removes the pid file at `path` if it names this process: for a process
 /// that must leave at once, without dropping its [`PidFile`].
 pub(crate) fn remove_ours(path: &Path) {
-    remove_if_names(path, std::process::id(), None);
+    let written = *LAST_WRITTEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    remove_if_names(path, std::process::id(), written);
 }
 
 /// Removes the pid file at `path` if it names `pid`, or, when it cannot be
@@ -104,8 +116,17 @@ fn remove_if_names(path: &Path, pid: u32, written: Option<Written>) {
         // a process now running as --user: still ours if it is the file we
         // wrote (a process writing its own pid renames a new file there).
         Err(err) if err.kind() == ErrorKind::PermissionDenied => match written {
-            Some(written) => std::fs::symlink_metadata(path)
-                .is_ok_and(|meta| (meta.dev(), meta.ino()) == written),
+            Some(written) => match std::fs::symlink_metadata(path) {
+                Ok(meta) => (meta.dev(), meta.ino()) == written,
+                Err(err) if err.kind() == ErrorKind::PermissionDenied => {
+                    tracing::warn!(
+                        "Could not remove --pid {shown}: cannot look into its directory \
+                         ({err}); it stays, remove it by hand ({WHY})"
+                    );
+                    false
+                }
+                Err(_) => false,
+            },
             None => {
                 tracing::warn!(
                     "Could not remove --pid {shown}: cannot read it to see that it still names \

@@ -59,6 +59,8 @@ pub(super) struct Snapshot {
     dirs: usize,
     entries: usize,
     took: Duration,
+    /// Directories that could not be read (not those gone meanwhile).
+    unreadable: Vec<(PathBuf, std::io::Error)>,
 }
 
 impl Snapshot {
@@ -76,6 +78,7 @@ impl Snapshot {
             dirs: 0,
             entries: 0,
             took: Duration::ZERO,
+            unreadable: Vec::new(),
         };
         let mut visited: HashSet<DirId> = HashSet::new();
         let mut dirs: Vec<PathBuf> = filter.roots.iter().rev().cloned().collect();
@@ -88,8 +91,14 @@ impl Snapshot {
             if !visited.insert(id) {
                 continue;
             }
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(err) => {
+                    if err.kind() != std::io::ErrorKind::NotFound {
+                        snapshot.unreadable.push((dir, err));
+                    }
+                    continue;
+                }
             };
             snapshot.dirs += 1;
             for entry in entries.flatten() {
@@ -142,6 +151,7 @@ pub(super) fn spawn(
         filter,
         sender,
         warned_slow: false,
+        warned_unreadable: HashSet::new(),
     };
     std::thread::Builder::new()
         .name("rsasgi-reload-poll".into())
@@ -169,6 +179,8 @@ struct Poller {
     sender: UnboundedSender<Notice>,
     /// Whether the first pass longer than the interval was warned of.
     warned_slow: bool,
+    /// Directories said to be unreadable, each once.
+    warned_unreadable: HashSet<PathBuf>,
 }
 
 impl Poller {
@@ -182,6 +194,14 @@ impl Poller {
             pass.dirs,
             pass.took
         );
+        for (dir, err) in &pass.unreadable {
+            if self.warned_unreadable.insert(dir.clone()) {
+                tracing::warn!(
+                    "--reload: cannot read {} ({err}): changes in it are not seen",
+                    dir.display()
+                );
+            }
+        }
         let pause = pause_after(pass.took);
         if pause > POLL_INTERVAL && !self.warned_slow {
             self.warned_slow = true;
@@ -302,6 +322,24 @@ mod tests {
         fs::rename(&saved, &app).expect("rename");
         let changes = Snapshot::take(&filter).changes_since(&before);
         assert_eq!(names(root, changes), ["app.py"]);
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_read_is_noted_and_one_gone_is_not() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Root reads any directory: a root that is no directory fails to read as one
+        // without rights would.
+        let not_a_dir = dir.path().join("file");
+        fs::write(&not_a_dir, "").expect("file");
+        let pass = Snapshot::take(&filter(&not_a_dir));
+        assert_eq!(pass.unreadable.len(), 1);
+        assert_eq!(pass.unreadable[0].0, not_a_dir.canonicalize().unwrap());
+        fs::remove_file(&not_a_dir).expect("removed");
+        let gone = dir.path().join("gone");
+        fs::create_dir(&gone).expect("dir");
+        let filter = filter(&gone);
+        fs::remove_dir(&gone).expect("removed");
+        assert!(Snapshot::take(&filter).unreadable.is_empty());
     }
 
     #[test]
