@@ -1596,8 +1596,7 @@ async def app(scope, receive, send):
     while not heard.done():
         await send({"type": "websocket.send", "text": f"{sent:08d}" + "x" * 4000})
         sent += 1
-        if sent % 5 == 0:
-            await asyncio.sleep(0)
+        await asyncio.sleep(0)
 """
 
 
@@ -1607,13 +1606,14 @@ def test_what_the_app_sent_before_a_shutdown_goes_out_before_its_1012(run_rsasgi
     went out in their place. RFC 6455 lets nothing follow a close frame, and all that came
     before it should be written. Clients that read nothing for a second fill their queues;
     each then gets what the app sent before it heard of the disconnect (less the few sends
-    of the app's last turn, dropped as they come after it), then 1012."""
+    the app made before its disconnect task ran, dropped as they come after it), then
+    1012. Before, a whole queue's worth (some 64 of these messages) went missing."""
     (tmp_path / "burst_app.py").write_text(BURST_APP)
     server = run_rsasgi(
         "burst_app:app", "--app-dir", str(tmp_path), "--lifespan", "off",
         "--ws-max-queue", "200", "--timeout-graceful-shutdown", "10",
     )  # fmt: skip
-    counts = [tmp_path / f"sent-{i}" for i in range(4)]
+    counts = [tmp_path / f"sent-{i}" for i in range(8)]
     clients = [raw_handshake(server, f"/?{count}") for count in counts]
     time.sleep(1)  # the clients read nothing meanwhile: their queues fill
     server.proc.send_signal(signal.SIGTERM)
@@ -1630,5 +1630,5 @@ def test_what_the_app_sent_before_a_shutdown_goes_out_before_its_1012(run_rsasgi
         sent = int(wait_for(lambda count=count: count.exists() and count.read_text()))
         # One more may arrive than counted: a send waiting for room in the queue returns
         # only after the shutdown took the queue, behind the app's hearing of it.
-        assert -1 <= sent - received <= 5, (received, sent)
+        assert -1 <= sent - received <= 16, (received, sent)
     assert server.wait_exit(20) == 0, server.output()
