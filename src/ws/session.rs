@@ -128,6 +128,16 @@ impl WsState {
         self.outgoing_bytes > OUTGOING_HIGH_WATER
     }
 
+    /// Empties the outgoing queue: its messages, and the app's sends that
+    /// waited for room in it, to be resolved once the lock is let go.
+    fn take_outgoing(&mut self) -> (Vec<AppMessage>, Vec<Py<PyAny>>) {
+        self.outgoing_bytes = 0;
+        (
+            self.outgoing.drain(..).collect(),
+            std::mem::take(&mut self.senders),
+        )
+    }
+
     /// Whether the incoming queue takes another peer message: under
     /// `max_queue` messages and [`INCOMING_HIGH_WATER`] bytes, or empty.
     fn has_room(&self, max_queue: usize) -> bool {
@@ -318,7 +328,7 @@ impl WsSession {
         cx: &mut Context<'_>,
         want_room: bool,
     ) -> Poll<AppEvent> {
-        {
+        let (messages, sender) = {
             let mut st = self.state.lock();
             if st.outgoing.is_empty() {
                 if want_room && st.has_room(self.max_queue) {
@@ -329,20 +339,16 @@ impl WsSession {
                 st.reactor = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-        }
-        // Only this connection's task takes from the queue: it is not empty.
-        Poll::Ready(AppEvent::Send(self.take_outgoing()))
+            st.take_outgoing()
+        };
+        self.resolve(sender, WaitKind::Send);
+        Poll::Ready(AppEvent::Send(messages))
     }
 
     /// What the app has sent that is not written yet, all of it, now: the
     /// shutdown's close frame goes out after it.
     pub(crate) fn take_outgoing(self: &Arc<Self>) -> Vec<AppMessage> {
-        let (messages, sender) = {
-            let mut st = self.state.lock();
-            let messages: Vec<AppMessage> = st.outgoing.drain(..).collect();
-            st.outgoing_bytes = 0;
-            (messages, std::mem::take(&mut st.senders))
-        };
+        let (messages, sender) = self.state.lock().take_outgoing();
         self.resolve(sender, WaitKind::Send);
         messages
     }
