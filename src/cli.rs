@@ -958,6 +958,8 @@ where
         })
         .collect();
     config.warnings = ineffective_settings(&command, &matches, &config);
+    let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    config.warnings.extend(unknown_variables(&command, names));
     let action = if print_config {
         Action::PrintConfig(print_config::listing(
             &command,
@@ -1507,6 +1509,64 @@ fn ineffective_settings(command: &Command, matches: &ArgMatches, config: &Config
         }
     }
     warnings
+}
+
+/// Variables named like ours that no setting reads (`RSASGI_WORKER=4`,
+/// `RSASGI_KEEPALIVE`): clap passes over them, so a misspelt one changed
+/// nothing without a word. Each is a warning, with the variable meant when
+/// one is close; not an error, since an environment shared with other tools
+/// may hold a name of theirs that happens to start so.
+fn unknown_variables(command: &Command, names: impl Iterator<Item = String>) -> Vec<String> {
+    // What one rsasgi process hands the next (a worker, the re-executed
+    // supervisor), set in the environment on purpose.
+    const INTERNAL: [&str; 3] = [
+        config_file::INHERITED_VARIABLE,
+        crate::supervisor::handoff::VARIABLE,
+        crate::supervisor::interpreter::PATH_VARIABLE,
+    ];
+    let ours: Vec<(String, Option<&str>)> = command
+        .get_arguments()
+        .filter_map(|arg| {
+            let variable = arg.get_env()?.to_str()?;
+            Some((variable.to_owned(), arg.get_long()))
+        })
+        .collect();
+    let mut unknown: Vec<String> = names
+        .filter(|name| name.starts_with("RSASGI_"))
+        .filter(|name| !INTERNAL.contains(&name.as_str()))
+        .filter(|name| ours.iter().all(|(variable, _)| variable != name))
+        .collect();
+    unknown.sort();
+    let tail = |name: &str| name.trim_start_matches("RSASGI_").to_owned();
+    unknown
+        .into_iter()
+        .map(|name| {
+            let closest = ours
+                .iter()
+                .map(|(variable, long)| {
+                    (strsim::jaro(&tail(&name), &tail(variable)), variable, long)
+                })
+                // As for a misspelt option: without the shared prefix, which
+                // would make every name look like every other.
+                .filter(|(similarity, ..)| *similarity > 0.8)
+                .max_by(|(a, ..), (b, ..)| a.total_cmp(b));
+            match closest {
+                Some((_, variable, Some(long))) => format!(
+                    "{name} is not a variable rsasgi reads, and is ignored; did you mean \
+                     {variable} (--{long})?"
+                ),
+                Some((_, variable, None)) => format!(
+                    "{name} is not a variable rsasgi reads, and is ignored; did you mean \
+                     {variable}?"
+                ),
+                None => format!(
+                    "{name} is not a variable rsasgi reads, and is ignored (each option's \
+                     variable is RSASGI_ and its long name: --timeout-keep-alive is \
+                     RSASGI_TIMEOUT_KEEP_ALIVE)"
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Turns what clap parsed into a [`Config`], with the checks that span
@@ -2356,6 +2416,40 @@ mod tests {
         assert_eq!(
             error_line(&["--proxy-allow-from", "10.0.0.1"]),
             "rsasgi: --proxy-allow-from is --forwarded-allow-ips in rsasgi (see 'rsasgi --help')"
+        );
+    }
+
+    #[test]
+    fn unknown_variables_are_named_with_the_one_meant() {
+        let warnings = |names: &[&str]| {
+            unknown_variables(&command(), names.iter().map(|name| name.to_string()))
+        };
+        assert!(warnings(&[
+            "RSASGI_WORKERS",
+            "RSASGI_TIMEOUT_KEEP_ALIVE",
+            "RSASGI_CONFIG",
+            "RSASGI_WORKER_HANDOFF",
+            "RSASGI_WORKER_FILE_SETTINGS",
+            "RSASGI_WORKER_SYS_PATH0",
+            "PATH",
+            "UVICORN_WORKERS",
+        ])
+        .is_empty());
+        assert_eq!(
+            warnings(&[
+                "RSASGI_WORKER",
+                "RSASGI_TIMEOUT_KEEPALIVE",
+                "RSASGI_FROBNICATE"
+            ]),
+            [
+                "RSASGI_FROBNICATE is not a variable rsasgi reads, and is ignored (each option's \
+                 variable is RSASGI_ and its long name: --timeout-keep-alive is \
+                 RSASGI_TIMEOUT_KEEP_ALIVE)",
+                "RSASGI_TIMEOUT_KEEPALIVE is not a variable rsasgi reads, and is ignored; did \
+                 you mean RSASGI_TIMEOUT_KEEP_ALIVE (--timeout-keep-alive)?",
+                "RSASGI_WORKER is not a variable rsasgi reads, and is ignored; did you mean \
+                 RSASGI_WORKERS (--workers)?",
+            ]
         );
     }
 

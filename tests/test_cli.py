@@ -497,6 +497,32 @@ def test_a_reload_delay_from_the_environment_without_reload_is_warned_of():
     ) in result.stderr, result.stderr
 
 
+def test_a_misspelt_variable_is_warned_of_with_the_one_meant():
+    """clap passes over an RSASGI_ variable no option reads, so a typo changed nothing
+    without a word."""
+    result = cli("--check-config", "--app-dir", str(APPS), APP, env={"RSASGI_WORKER": "4"})
+    assert result.returncode == 0, result.stderr
+    assert (
+        "RSASGI_WORKER is not a variable rsasgi reads, and is ignored; did you mean "
+        "RSASGI_WORKERS (--workers)?"
+    ) in result.stderr, result.stderr
+
+
+def test_an_unknown_variable_is_warned_of_once_by_the_supervisor(run_rsasgi):
+    """The supervisor hands its workers variables of its own (RSASGI_WORKER_HANDOFF, ...):
+    none of them is warned of, and the operator's is, once."""
+    server = run_rsasgi("sup_app:app", "--workers", "2", env={"RSASGI_KEEPALIVE": "5"})
+    wait_for(
+        lambda: len(re.findall(r"worker \d \(pid \d+\) is serving", server.output())) >= 2,
+        server=server,
+        message="both workers serving",
+    )
+    server.stop()
+    output = server.output()
+    assert output.count("RSASGI_KEEPALIVE is not a variable rsasgi reads") == 1, output
+    assert "RSASGI_WORKER_" not in output, output
+
+
 def test_threads_with_an_app_found_to_be_asgi_is_warned_of_by_check_config():
     result = cli(
         "--check-config", "--app-dir", str(APPS), "sup_app:app", env={"RSASGI_THREADS": "4"}
