@@ -1665,6 +1665,19 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
     if args.timeout_worker_boot.is_none() && !supervision.supervised() {
         supervision.timeout_worker_boot = None;
     }
+    let tls = args.ssl_certfile.map(|certfile| TlsSettings {
+        certfile,
+        keyfile: args.ssl_keyfile,
+        password: args.ssl_keyfile_password,
+        ca_certs: args.ssl_ca_certs,
+        client_certs: args.ssl_cert_reqs,
+        ciphers: args.ssl_ciphers,
+        min_version: args.ssl_min_version,
+    });
+    // Before any file is read: a setting's error is exit 2, a file's 1.
+    if let Some(message) = tls.as_ref().and_then(|tls| tls.check_settings().err()) {
+        return Err(command.error(ErrorKind::ArgumentConflict, message));
+    }
     Ok(Config {
         app: args.app,
         factory: args.factory,
@@ -1716,15 +1729,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
             initial_connection_window_size: args.http2_initial_connection_window_size,
             max_header_list_size: args.http2_max_header_list_size,
         },
-        tls: args.ssl_certfile.map(|certfile| TlsSettings {
-            certfile,
-            keyfile: args.ssl_keyfile,
-            password: args.ssl_keyfile_password,
-            ca_certs: args.ssl_ca_certs,
-            client_certs: args.ssl_cert_reqs,
-            ciphers: args.ssl_ciphers,
-            min_version: args.ssl_min_version,
-        }),
+        tls,
         proxy_protocol: (args.proxy_protocol != ProxyProtocol::Off).then(|| trusted.clone()),
         proxy: proxy_headers.then_some(trusted),
         proxy_header_format: args.proxy_header_format,

@@ -459,22 +459,11 @@ BAD_FILES = {
         + ["--ssl-keyfile-password", PASSWORD],
         ["--ssl-keyfile", f.legacy_rsa, "openssl pkcs8"],
     ),
-    "unknown-cipher": lambda f: (
-        ["--ssl-certfile", f.cert, "--ssl-keyfile", f.key] + ["--ssl-ciphers", "HIGH:!aNULL"],
-        # The known ones are listed, by rustls's names and OpenSSL's.
-        ["--ssl-ciphers", '"HIGH"']
-        + ["TLS13_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]
-        + ["ECDHE-RSA-AES128-GCM-SHA256"],
-    ),
     # The test certificate's key is ECDSA: an RSA-only TLS 1.2 suite could never be used.
     "ciphers-for-another-key": lambda f: (
         ["--ssl-certfile", f.cert, "--ssl-keyfile", f.key]
         + ["--ssl-ciphers", "ECDHE-RSA-AES128-GCM-SHA256"],
         ["--ssl-ciphers", "ECDHE-RSA-AES128-GCM-SHA256", "--ssl-keyfile", f.key, "RSA key"],
-    ),
-    "required-without-ca-certs": lambda f: (
-        ["--ssl-certfile", f.cert, "--ssl-keyfile", f.key, "--ssl-cert-reqs", "required"],
-        ["--ssl-cert-reqs", "--ssl-ca-certs"],
     ),
 }
 
@@ -489,6 +478,39 @@ def test_a_bad_tls_file_is_one_line_and_exit_1(files, case, workers):
     assert result.returncode == 1, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert_one_clear_line(result.stderr, *map(str, needles))
+
+
+# TLS settings wrong whatever the files hold: settings errors, exit 2 as any other's.
+BAD_SETTINGS = {
+    "unknown-cipher": (
+        ["--ssl-ciphers", "HIGH:!aNULL"],
+        # The known ones are listed, by rustls's names and OpenSSL's.
+        ["--ssl-ciphers", '"HIGH"']
+        + ["TLS13_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]
+        + ["ECDHE-RSA-AES128-GCM-SHA256"],
+    ),
+    "tls12-suites-with-tls13-only": (
+        ["--ssl-ciphers", "ECDHE-RSA-AES128-GCM-SHA256", "--ssl-min-version", "1.3"],
+        ["--ssl-ciphers", "ECDHE-RSA-AES128-GCM-SHA256", "no suite for TLS 1.3"],
+    ),
+    "required-without-ca-certs": (
+        ["--ssl-cert-reqs", "required"],
+        ["--ssl-cert-reqs", "--ssl-ca-certs"],
+    ),
+}
+
+
+@pytest.mark.parametrize("check", [[], ["--check-config"]], ids=["start", "check-config"])
+@pytest.mark.parametrize("case", list(BAD_SETTINGS))
+def test_a_bad_tls_setting_is_one_line_and_exit_2(files, case, check):
+    """As README says of every setting; it was exit 1, as for a file, and the files are
+    not read: a missing key file is not what gets named."""
+    args, needles = BAD_SETTINGS[case]
+    tls = ["--ssl-certfile", str(files.cert), "--ssl-keyfile", "/nonexistent/key.pem"]
+    result = cli(*tls, *args, *check, "--app-dir", str(APPS), "proto_scope:app", "--port", "0")
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert_one_clear_line(result.stderr, *needles)
 
 
 @pytest.mark.parametrize("kind", [*PLAIN_KEYS, "pkcs8-encrypted"])
@@ -1220,9 +1242,9 @@ def test_openssl_suites_rustls_lacks_are_skipped_from_a_list_with_others(serve_t
         "--ssl-ciphers: rsasgi (rustls) has no DHE-RSA-AES128-GCM-SHA256, "
         "DHE-RSA-AES256-GCM-SHA384: skipped",
     )
-    # Nothing usable left, or an expression: still refused.
+    # Nothing usable left, or an expression: still refused, as settings are.
     args = ["--check-config", "--app-dir", str(APPS), "proto_scope:app", *pki.args()]
     for ciphers in ["DHE-RSA-AES128-GCM-SHA256", "HIGH:!aNULL"]:
         result = cli(*args, "--ssl-ciphers", ciphers)
-        assert result.returncode == 1, ciphers
+        assert result.returncode == 2, ciphers
         assert "--ssl-ciphers" in result.stderr

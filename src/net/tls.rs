@@ -77,6 +77,9 @@ pub(crate) struct TlsSettings {
     pub min_version: MinVersion,
 }
 
+const NO_CA: &str =
+    "--ssl-cert-reqs optional or required needs --ssl-ca-certs, the CA that signs client certificates";
+
 /// Protocols offered by ALPN, best first.
 pub(crate) const ALPN_H2: &[u8] = b"h2";
 pub(crate) const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -114,10 +117,7 @@ impl TlsSettings {
             None => (self.certfile.as_path(), "--ssl-certfile"),
         };
         let key = load_key(key_path, key_option, self.password.as_deref())?;
-        let versions: &[&SupportedProtocolVersion] = match self.min_version {
-            MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-            MinVersion::Tls13 => &[&rustls::version::TLS13],
-        };
+        let versions = self.versions();
         if let Some(ciphers) = &self.ciphers {
             // A TLS 1.2 suite names the kind of key it signs with
             // (ECDHE-RSA-…): with none that fits this key, and no TLS 1.3
@@ -149,13 +149,7 @@ impl TlsSettings {
         }
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(versions)
-            .map_err(|err| {
-                format!(
-                    "--ssl-ciphers {:?} has no suite for TLS {} or newer: {err}",
-                    self.ciphers.as_deref().unwrap_or_default(),
-                    self.min_version
-                )
-            })?;
+            .map_err(|err| self.versions_error(err))?;
         let builder = match (&self.ca_certs, self.client_certs) {
             (ca, ClientCerts::None) => {
                 // Asked for no client certificate, the file is not used (a
@@ -166,17 +160,15 @@ impl TlsSettings {
                 }
                 builder.with_no_client_auth()
             }
-            (None, _) => {
-                return Err(
-                    "--ssl-cert-reqs optional or required needs --ssl-ca-certs, the CA that signs client certificates"
-                        .into(),
-                )
-            }
+            (None, _) => return Err(NO_CA.into()),
             (Some(ca), reqs) => {
                 let mut roots = RootCertStore::empty();
                 for cert in load_certificates(ca, "--ssl-ca-certs")? {
                     roots.add(cert).map_err(|err| {
-                        format!("--ssl-ca-certs {}: a certificate is not usable as a CA: {err}", ca.display())
+                        format!(
+                            "--ssl-ca-certs {}: a certificate is not usable as a CA: {err}",
+                            ca.display()
+                        )
                     })?;
                 }
                 let verifier =
@@ -203,6 +195,40 @@ impl TlsSettings {
         // One TLS 1.3 ticket: resumption without a stateful cache per worker.
         config.send_tls13_tickets = 1;
         Ok((Arc::new(config), server_cert))
+    }
+
+    /// What can be wrong with the settings alone, found before any file is
+    /// read, so that it is a settings error (exit 2) like any other: a
+    /// suite `--ssl-ciphers` names that rustls does not know, suites that
+    /// leave no version `--ssl-min-version` allows, client certificates
+    /// asked for without the CA that signs them. `build` meets each again.
+    pub(crate) fn check_settings(&self) -> Result<(), String> {
+        let provider = Arc::new(self.provider()?);
+        ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(self.versions())
+            .map_err(|err| self.versions_error(err))?;
+        if self.client_certs != ClientCerts::None && self.ca_certs.is_none() {
+            return Err(NO_CA.into());
+        }
+        Ok(())
+    }
+
+    fn versions(&self) -> &'static [&'static SupportedProtocolVersion] {
+        static FROM_TLS12: [&SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        static TLS13_ONLY: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        match self.min_version {
+            MinVersion::Tls12 => &FROM_TLS12,
+            MinVersion::Tls13 => &TLS13_ONLY,
+        }
+    }
+
+    fn versions_error(&self, err: rustls::Error) -> String {
+        format!(
+            "--ssl-ciphers {:?} has no suite for TLS {} or newer: {err}",
+            self.ciphers.as_deref().unwrap_or_default(),
+            self.min_version
+        )
     }
 
     /// ring's provider, with only the suites `--ssl-ciphers` names.
