@@ -20,7 +20,7 @@ use clap::{
 use http::header::{HeaderName, HeaderValue};
 
 use crate::config::{
-    self, parse_app, parse_count, parse_header, parse_mode, parse_positive_seconds,
+    self, parse_app, parse_count, parse_header, parse_lifetime, parse_mode, parse_positive_seconds,
     parse_root_path, parse_seconds, Bind, Config, EventLoop, Http2Settings, HttpEngine, Interface,
     Lifespan, LogFormat, LogLevel, Supervision, Workers, WsMode,
 };
@@ -367,9 +367,10 @@ struct Args {
           value_parser = |raw: &str| parse_count(raw, 0, u64::MAX), help_heading = "Workers")]
     limit_max_requests_jitter: u64,
 
-    /// Replace a worker gracefully after this many seconds (0: never).
+    /// Replace a worker gracefully after this many seconds, up to 30 days (0: never).
     #[arg(long, alias = "workers-lifetime", env = "RSASGI_LIMIT_WORKER_LIFETIME",
-          value_name = "SECONDS", value_parser = seconds, help_heading = "Workers")]
+          value_name = "SECONDS", value_parser = |raw: &str| parse_lifetime(raw).map(Seconds),
+          help_heading = "Workers")]
     limit_worker_lifetime: Option<Seconds>,
 
     /// Replace a worker gracefully once its memory (RSS) passes this many MiB.
@@ -1983,6 +1984,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_worker_lifetime_may_be_a_week() {
+        let invocation = parse(["rsasgi", "main:app", "--limit-worker-lifetime", "604800"]);
+        assert_eq!(
+            invocation.unwrap().supervision.worker_lifetime,
+            Some(Duration::from_secs(604_800))
+        );
+        let err = parse(["rsasgi", "main:app", "--limit-worker-lifetime", "2592001"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(usage_line(&err).contains("2592000 (30 days)"), "{err}");
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub(crate) const DEFAULT_TIMEOUT_GRACEFUL_SHUTDOWN: Duration = Duration::from_se
 /// meaningful beyond that, and the bound keeps every `Instant::now() + timeout`
 /// far from overflowing (with 1e19 seconds the first request would panic).
 pub(crate) const MAX_SECONDS: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest `--limit-worker-lifetime`.
+pub(crate) const MAX_WORKER_LIFETIME: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// uvicorn's (and the `websockets` library's) largest message, 16 MiB.
 pub(crate) const DEFAULT_WS_MAX_SIZE: usize = 16 * 1024 * 1024;
@@ -732,10 +734,26 @@ pub(crate) fn parse_positive_seconds(raw: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("expected seconds above 0, up to {}", MAX_SECONDS.as_secs()))
 }
 
+/// `--limit-worker-lifetime`: seconds from 0 (never) to
+/// [`MAX_WORKER_LIFETIME`]; a week is a reasonable lifetime where a day is
+/// a long timeout.
+pub(crate) fn parse_lifetime(raw: &str) -> Result<Duration, String> {
+    seconds_up_to(raw, MAX_WORKER_LIFETIME).ok_or_else(|| {
+        format!(
+            "expected seconds from 0 (never) to {} (30 days)",
+            MAX_WORKER_LIFETIME.as_secs()
+        )
+    })
+}
+
 fn seconds_from(raw: &str) -> Option<Duration> {
+    seconds_up_to(raw, MAX_SECONDS)
+}
+
+fn seconds_up_to(raw: &str, max: Duration) -> Option<Duration> {
     let secs: f64 = raw.trim().parse().ok()?;
     // The range check also refuses NaN and the infinities.
-    if !(0.0..=MAX_SECONDS.as_secs_f64()).contains(&secs) {
+    if !(0.0..=max.as_secs_f64()).contains(&secs) {
         return None;
     }
     Duration::try_from_secs_f64(secs).ok()
@@ -872,6 +890,14 @@ mod tests {
     #[test]
     fn seconds_stop_at_one_day() {
         assert_eq!(parse_seconds("86400").unwrap(), MAX_SECONDS);
+        assert_eq!(
+            parse_lifetime("604800").unwrap(),
+            Duration::from_secs(604_800)
+        );
+        assert_eq!(parse_lifetime("2592000").unwrap(), MAX_WORKER_LIFETIME);
+        assert_eq!(parse_lifetime("0").unwrap(), Duration::ZERO);
+        assert!(parse_lifetime("2592001").is_err());
+        assert!(parse_lifetime("-1").is_err());
         for raw in ["86400.5", "1e19", "1e20", "1e400", "inf", "NaN", "-0.5"] {
             assert_eq!(
                 parse_seconds(raw).unwrap_err(),
