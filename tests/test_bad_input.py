@@ -180,6 +180,30 @@ def test_malformed_chunked_body_gives_400_and_drops_pipelined_request(run_rsasgi
     assert_server_up(server)
 
 
+@pytest.mark.parametrize(
+    "trailer_end", [b"X-T: 1\n\n", b"\n"], ids=["after-a-field", "without-fields"]
+)
+def test_a_bare_lf_in_the_trailer_section_gives_400_and_smuggles_nothing(run_rsasgi, trailer_end):
+    """A front end that takes a bare LF as a line end sees two requests, /one and /two,
+    and /two's body as its body. hyper before 1.13 ended trailer lines at CR LF only, took
+    /two's head for trailers and ran its body, GET /admin, as a request of its own."""
+    server = run_rsasgi(APP)
+    inner = b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = (
+        b"POST /one HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"5\r\nhello\r\n0\r\n"
+        + trailer_end
+        + b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(inner)
+        + inner
+    )
+    response = exchange(server, request)
+    assert status_of(response) == 400, response
+    assert response.count(b"HTTP/1.1 ") == 1, response
+    seen = counts(server)
+    assert "/admin" not in seen and "/two" not in seen, seen
+    assert_server_up(server)
+
+
 def test_body_over_limit_with_content_length_gives_413(run_rsasgi):
     server = run_rsasgi(APP, "--limit-request-body", "1000")
     at_limit = (
