@@ -225,3 +225,24 @@ def test_a_tls_handshake_on_the_plain_port_is_named_once(run_rsasgi):
             assert sock.recv(65536).startswith(b"HTTP/1.1 400")
     wait_for_log(server, "a TLS handshake came to this plain-HTTP port")
     assert server.output().count("a TLS handshake came to this plain-HTTP port") == 1
+
+
+def padded_head(size: int, target: bytes = b"/pad") -> bytes:
+    """A GET whose head (request line through the blank line) is exactly `size` bytes."""
+    base = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: "
+    return base + b"a" * (size - len(base) - 4) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(("http", "limit"), [("1", 65_536), ("auto", 70_000)])
+def test_limit_request_head_is_exact(run_rsasgi, http, limit):
+    """A head of --limit-request-head bytes is served, one byte more is a 431. hyper's bound
+    on its read buffer, checked only while the head is partial, let a head over the limit
+    through whenever its end came in the read that crossed the limit: with --http 1 at the
+    default, and with --http auto (whose HTTP/1 connections read the sniffed preface
+    first, then 8 KiB at a time) at a limit that is no multiple of 8 KiB."""
+    server = run_rsasgi(APP, "--http", http, "--limit-request-head", str(limit))
+    for size in (limit, limit + 1, limit + 536, limit + 7_000, limit + 30_000):
+        response = exchange(server, padded_head(size, b"/pad%d" % size))
+        assert status_of(response) == (200 if size <= limit else 431), (size, response[:200])
+    assert counts(server) == {f"/pad{limit}": 1}
+    assert_server_up(server)

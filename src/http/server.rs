@@ -240,6 +240,10 @@ fn http1_builder(config: &Config) -> http1::Builder {
         .keep_alive(true)
         .header_read_timeout(None)
         .max_buf_size(config.limit_request_head)
+        // max_buf_size bounds the read buffer, not the head: a head over the
+        // limit that arrives with the buffer's last read parses, and reaches
+        // the app. This measures the parsed head itself, as the limit means.
+        .max_header_size(config.limit_request_head)
         .auto_date_header(config.date_header);
     builder
 }
