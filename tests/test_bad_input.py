@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 from apps.proto_raw import recv_until_closed
@@ -246,3 +250,61 @@ def test_limit_request_head_is_exact(run_rsasgi, http, limit):
         assert status_of(response) == (200 if size <= limit else 431), (size, response[:200])
     assert counts(server) == {f"/pad{limit}": 1}
     assert_server_up(server)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+        b"CONNECT /tunnel HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["authority-form", "origin-form"],
+)
+def test_connect_gets_501_and_never_reaches_the_app(run_rsasgi, request_bytes):
+    """RFC 9110 §9.3.6: rsasgi makes no tunnels. The app got CONNECT with path "/", and any
+    2xx it answered made hyper hand the connection over as a tunnel: the client saw it
+    close, with no response."""
+    server = run_rsasgi(APP)
+    response = exchange(server, request_bytes)
+    assert status_of(response) == 501, response
+    assert response.count(b"HTTP/1.1 ") == 1, response
+    assert counts(server) == {}
+    assert_server_up(server)
+    wait_for_log(server, "501: CONNECT ", "asks for a tunnel, which rsasgi does not make")
+    wait_for_log(server, '"CONNECT ')
+
+
+def test_connect_over_http2_gets_501_on_its_stream_only(run_rsasgi):
+    """A CONNECT without :protocol reached the app as "/", and the app's 200 had hyper reset
+    the stream, with no access line. A WebSocket's extended CONNECT is not one of these (see
+    test_websocket_http2.py)."""
+    server = run_rsasgi(APP)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+
+    def exchange_h2(sock, stream_id: int, headers: list, end_stream: bool) -> tuple[bytes, bytes]:
+        conn.send_headers(stream_id, headers, end_stream=end_stream)
+        sock.sendall(conn.data_to_send())
+        status, body = b"", b""
+        while True:
+            data = sock.recv(65536)
+            assert data, "connection closed"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+                elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
+                    return b"reset", body
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
+                    return status, body
+            sock.sendall(conn.data_to_send())
+
+    with server.connect() as sock:
+        connect = [(":method", "CONNECT"), (":authority", "a.example:443")]
+        assert exchange_h2(sock, 1, connect, False)[0] == b"501", server.output()
+        get = [(":method", "GET"), (":path", "/count"), (":scheme", "http"), (":authority", "x")]
+        status, seen = exchange_h2(sock, 3, get, True)
+    assert (status, json.loads(seen)) == (b"200", {}), server.output()
+    wait_for_log(server, "501: CONNECT a.example:443 asks for a tunnel")

@@ -235,6 +235,24 @@ pub(crate) fn handle(
                 break 'respond state.error_response(status, record(status), true);
             }
 
+            // RFC 9110 §9.3.6: CONNECT asks for a tunnel, which rsasgi does
+            // not make, and an app could not: a 2xx to it makes hyper hand
+            // the connection over as a tunnel no one serves (the client saw
+            // it close), and an HTTP/1 CONNECT's target, an authority, is no
+            // path to route. Only RFC 8441's extended CONNECT, a WebSocket
+            // over HTTP/2, goes on (to the WebSocket handshake below).
+            if request.method() == Method::CONNECT
+                && !(state.ws.is_some() && ws::is_extended_connect(&request))
+            {
+                tracing::info!(
+                    client = %info.client_for_log(),
+                    "501: CONNECT {} asks for a tunnel, which rsasgi does not make",
+                    super::access_format::Escaped(request.uri().to_string().as_bytes())
+                );
+                let status = StatusCode::NOT_IMPLEMENTED;
+                break 'respond state.error_response(status, record(status), true);
+            }
+
             // RFC 9110 §9.3.7: `OPTIONS *` asks about the server, not a resource, and
             // its asterisk is no path an app could route (nor a valid PEP 3333
             // PATH_INFO), so the server answers it. Over HTTP/2 (`:path` "*")
