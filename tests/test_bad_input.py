@@ -274,6 +274,27 @@ def test_connect_gets_501_and_never_reaches_the_app(run_rsasgi, request_bytes):
     wait_for_log(server, '"CONNECT ')
 
 
+@pytest.mark.parametrize(
+    ("request_bytes", "target"),
+    [
+        (b"GET a.example:443 HTTP/1.1\r\nHost: a.example\r\n\r\n", "a.example:443"),
+        (b"GET admin HTTP/1.1\r\nHost: a.example\r\n\r\n", "admin"),
+        (b"GET * HTTP/1.1\r\nHost: a.example\r\n\r\n", "*"),
+        (b"POST * HTTP/1.0\r\nContent-Length: 0\r\n\r\n", "*"),
+    ],
+    ids=["authority-form", "bare-name", "asterisk", "asterisk-http10"],
+)
+def test_a_target_neither_a_path_nor_a_url_gives_400(run_rsasgi, request_bytes, target):
+    """RFC 9112 §3.2: only CONNECT has an authority-form target, only OPTIONS an asterisk;
+    the app was handed them as "/" or "*"."""
+    server = run_rsasgi(APP)
+    response = exchange(server, request_bytes)
+    assert status_of(response) == 400, response
+    assert counts(server) == {}
+    assert_server_up(server)
+    wait_for_log(server, f'400: the target "{target}" of a ')
+
+
 def test_connect_over_http2_gets_501_on_its_stream_only(run_rsasgi):
     """A CONNECT without :protocol reached the app as "/", and the app's 200 had hyper reset
     the stream, with no access line. A WebSocket's extended CONNECT is not one of these (see

@@ -184,6 +184,11 @@ pub(crate) fn handle(
                 .headers()
                 .get(header::HOST)
                 .is_none_or(|host| valid_host(host.as_bytes()));
+            let bad_target = if over_http2 {
+                None
+            } else {
+                check_http1_target(&request)
+            };
             if let Some(trusted) = &state.proxy {
                 trusted.apply(&mut info, request.headers_mut());
             }
@@ -230,6 +235,18 @@ pub(crate) fn handle(
                 tracing::debug!(
                     client = %info.client_for_log(),
                     "400 Bad Request: the host header does not match :authority"
+                );
+                let status = StatusCode::BAD_REQUEST;
+                break 'respond state.error_response(status, record(status), true);
+            }
+
+            if let Some(form) = bad_target {
+                tracing::info!(
+                    client = %info.client_for_log(),
+                    "400: the target \"{}\" of a {} request is in {form} (RFC 9112 §3.2: a \
+                     path, or an absolute URL); the app is not called",
+                    super::access_format::Escaped(request.uri().to_string().as_bytes()),
+                    request.method()
                 );
                 let status = StatusCode::BAD_REQUEST;
                 break 'respond state.error_response(status, record(status), true);
@@ -1109,6 +1126,28 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
             }
         }
     }
+}
+
+/// Checks an HTTP/1 request's target against the forms RFC 9112 §3.2
+/// allows it; returns the form of one that is refused (a 400).
+///
+/// Origin-form (`/path?query`), the common case, is settled by its missing
+/// authority; absolute-form (`http://host/path`) has a scheme. hyper parses
+/// an authority-form (`host:port`, CONNECT's alone) and a lone `*`
+/// (`OPTIONS *`'s alone) into URIs an app would be handed as `/` or `*`.
+fn check_http1_target(request: &Request<Incoming>) -> Option<&'static str> {
+    let uri = request.uri();
+    if uri.authority().is_none() {
+        let asterisk = uri.path() == "*" && request.method() != Method::OPTIONS;
+        return asterisk.then_some("asterisk-form, which only OPTIONS may use");
+    }
+    if request.method() == Method::CONNECT {
+        // Answered 501 whatever its target.
+        return None;
+    }
+    uri.scheme()
+        .is_none()
+        .then_some("authority-form, which only CONNECT may use")
 }
 
 /// HTTP/2 carries the host in the `:authority` pseudo-header, which hyper
