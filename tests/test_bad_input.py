@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 
@@ -293,6 +294,45 @@ def test_a_target_neither_a_path_nor_a_url_gives_400(run_rsasgi, request_bytes, 
     assert counts(server) == {}
     assert_server_up(server)
     wait_for_log(server, f'400: the target "{target}" of a ')
+
+
+def test_two_host_headers_give_400_over_http10_too(run_rsasgi):
+    """RFC 9112 §3.2: any request with more than one Host is a 400 (HTTP/1.0 may have none)."""
+    server = run_rsasgi(APP)
+    response = exchange(
+        server, b"GET /twohosts10 HTTP/1.0\r\nHost: a.example\r\nHost: b.example\r\n\r\n"
+    )
+    assert status_of(response) == 400, response
+    assert counts(server) == {}
+    assert_server_up(server)
+
+
+def body_json(response: bytes) -> dict:
+    assert status_of(response) == 200, response
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+def test_an_absolute_form_target_names_the_host_over_the_host_header(run_rsasgi):
+    """RFC 9112 §3.2.2: with an absolute-form target the server uses its authority and
+    ignores Host; the app, whose allow-list and links read Host (ASGI's host, WSGI's
+    HTTP_HOST), saw the other name."""
+    request = (
+        b"GET http://good.example:8080/x?q=1 HTTP/1.1\r\nHost: evil.example\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    server = run_rsasgi("proto_scope:app")
+    scope = body_json(exchange(server, request))["scope"]
+    hosts = [
+        base64.b64decode(value["b64"])
+        for name, value in scope["headers"]
+        if base64.b64decode(name["b64"]) == b"host"
+    ]
+    assert hosts == [b"good.example:8080"], scope["headers"]
+    assert scope["path"] == "/x"
+
+    wsgi = run_rsasgi("wsgi_env:app")
+    environ = body_json(exchange(wsgi, request))["environ"]
+    assert environ["HTTP_HOST"] == "good.example:8080"
 
 
 def test_connect_over_http2_gets_501_on_its_stream_only(run_rsasgi):

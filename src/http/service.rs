@@ -176,18 +176,20 @@ pub(crate) fn handle(
             let host_matches =
                 request.version() != Version::HTTP_2 || add_host_from_authority(&mut request);
             join_cookies(request.headers_mut());
-            // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host
-            // header. Counted before a proxy's `host` may replace them all.
-            let hosts = (request.version() == Version::HTTP_11)
-                .then(|| request.headers().get_all(header::HOST).iter().count());
+            // RFC 9112 §3.2: an HTTP/1 request carries at most one Host
+            // header, and an HTTP/1.1 one exactly one. Counted before a
+            // proxy's `host` may replace them all.
+            let hosts =
+                (!over_http2).then(|| request.headers().get_all(header::HOST).iter().count());
             let host_is_valid = request
                 .headers()
                 .get(header::HOST)
                 .is_none_or(|host| valid_host(host.as_bytes()));
+            // Before a proxy's `host` may stand in for the target's.
             let bad_target = if over_http2 {
                 None
             } else {
-                check_http1_target(&request)
+                check_http1_target(&mut request)
             };
             if let Some(trusted) = &state.proxy {
                 trusted.apply(&mut info, request.headers_mut());
@@ -213,8 +215,8 @@ pub(crate) fn handle(
 
             if let Some(hosts) = hosts {
                 let reason = match hosts {
-                    0 => Some("missing Host header"),
-                    1 => None,
+                    0 if request.version() == Version::HTTP_11 => Some("missing Host header"),
+                    0 | 1 => None,
                     _ => Some("more than one Host header"),
                 };
                 if let Some(reason) = reason {
@@ -1132,22 +1134,34 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
 /// allows it; returns the form of one that is refused (a 400).
 ///
 /// Origin-form (`/path?query`), the common case, is settled by its missing
-/// authority; absolute-form (`http://host/path`) has a scheme. hyper parses
-/// an authority-form (`host:port`, CONNECT's alone) and a lone `*`
-/// (`OPTIONS *`'s alone) into URIs an app would be handed as `/` or `*`.
-fn check_http1_target(request: &Request<Incoming>) -> Option<&'static str> {
+/// authority. An absolute-form target (`http://host/path`, as sent to a
+/// proxy) names the host the request is for: RFC 9112 §3.2.2 says the
+/// server must use it and ignore the Host header, so the app, which reads
+/// `host` (ASGI) or `HTTP_HOST` (WSGI), sees the target's. hyper parses an
+/// authority-form (`host:port`, CONNECT's alone) and a lone `*` (`OPTIONS
+/// *`'s alone) into URIs an app would be handed as `/` or `*`.
+fn check_http1_target(request: &mut Request<Incoming>) -> Option<&'static str> {
     let uri = request.uri();
-    if uri.authority().is_none() {
+    let Some(authority) = uri.authority() else {
         let asterisk = uri.path() == "*" && request.method() != Method::OPTIONS;
         return asterisk.then_some("asterisk-form, which only OPTIONS may use");
-    }
+    };
     if request.method() == Method::CONNECT {
         // Answered 501 whatever its target.
         return None;
     }
-    uri.scheme()
-        .is_none()
-        .then_some("authority-form, which only CONNECT may use")
+    if uri.scheme().is_none() {
+        return Some("authority-form, which only CONNECT may use");
+    }
+    // host[:port], without a userinfo (RFC 9110 §4.2.4 deprecates it).
+    let host = match authority.port() {
+        Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+        None => HeaderValue::from_str(authority.host()),
+    };
+    if let Ok(host) = host {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    None
 }
 
 /// HTTP/2 carries the host in the `:authority` pseudo-header, which hyper
