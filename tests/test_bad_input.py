@@ -73,7 +73,11 @@ def test_header_over_default_head_limit_gives_431(run_rsasgi):
     assert status_of(response) == 431, response
     assert counts(server) == {}
     assert_server_up(server)
-    wait_for_log(server, '"-" 431 0 "-" "-" - (request refused: message head is too large)')
+    wait_for_log(
+        server,
+        '"-" 431 0 "-" "-" - (request refused: message head is too large: over '
+        "--limit-request-head 65536 bytes",
+    )
 
 
 def test_a_target_over_hypers_64k_gives_414_and_a_line(run_rsasgi):
@@ -333,6 +337,29 @@ def test_an_absolute_form_target_names_the_host_over_the_host_header(run_rsasgi)
     wsgi = run_rsasgi("wsgi_env:app")
     environ = body_json(exchange(wsgi, request))["environ"]
     assert environ["HTTP_HOST"] == "good.example:8080"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /many HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(100)),
+        b"POST /huge HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551615\r\n",
+    ],
+    ids=["101-fields", "content-length-2^64-1"],
+)
+def test_a_431_line_names_what_may_be_too_large(run_rsasgi, head):
+    """hyper refuses more than 100 header fields, and a Content-Length it cannot count, with
+    the same 431 as a head over the limit, and its text said only "message head is too
+    large": the line names all three, and the option."""
+    server = run_rsasgi(APP)
+    response = exchange(server, head + b"\r\n")
+    assert status_of(response) == 431, response
+    assert counts(server) == {}
+    wait_for_log(
+        server,
+        "(request refused: message head is too large: over --limit-request-head 65536 "
+        "bytes, over 100 header fields, or a Content-Length over 2^64 - 3)",
+    )
 
 
 def test_connect_over_http2_gets_501_on_its_stream_only(run_rsasgi):
