@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import time
 
 import h2.config
 import h2.connection
@@ -360,6 +361,29 @@ def test_a_431_line_names_what_may_be_too_large(run_rsasgi, head):
         "(request refused: message head is too large: over --limit-request-head 65536 "
         "bytes, over 100 header fields, or a Content-Length over 2^64 - 3)",
     )
+
+
+def test_a_malformed_chunked_body_is_logged_with_its_cause(run_rsasgi):
+    """hyper's error says where ("error reading a body from connection"), its cause what
+    ("Invalid chunk size line"); and the app's end on the disconnect it then sees is not
+    the client's doing."""
+    server = run_rsasgi("wsgi_env:app", "--log-level", "debug")
+    with server.connect() as sock:
+        sock.sendall(
+            b"POST /env HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        # The rest once a thread runs the app (else it is never run: nothing to say then).
+        time.sleep(0.5)
+        sock.sendall(b"zz\r\nworld\r\n0\r\n\r\n")
+        response = recv_until_closed(sock)
+    assert status_of(response) == 400, response
+    wait_for_log(
+        server,
+        "400: malformed body in POST /env HTTP/1.1: error reading a body from connection: "
+        "Invalid chunk size line",
+        "ended on the disconnect it saw when the server refused the request body",
+    )
+    assert "client disconnected while the app handled" not in server.output()
 
 
 def test_connect_over_http2_gets_501_on_its_stream_only(run_rsasgi):

@@ -1121,7 +1121,11 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
                     );
                     exchange.close();
                 } else {
-                    tracing::info!("400: malformed body in {}: {err}", exchange.request_line());
+                    tracing::info!(
+                        "400: malformed body in {}: {}",
+                        exchange.request_line(),
+                        WithCauses(&err)
+                    );
                     exchange.refuse_body(StatusCode::BAD_REQUEST);
                 }
                 return;
@@ -1246,6 +1250,23 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
     if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, value);
+    }
+}
+
+/// An error with its causes, as "error: cause: its cause": hyper's own text
+/// says only where it failed ("error reading a body from connection"), its
+/// source what was wrong ("Invalid chunk size line").
+struct WithCauses<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for WithCauses<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }
 
