@@ -386,6 +386,29 @@ def test_a_malformed_chunked_body_is_logged_with_its_cause(run_rsasgi):
     assert "client disconnected while the app handled" not in server.output()
 
 
+@pytest.mark.parametrize(
+    "codings",
+    [
+        [b"gzip, chunked"],
+        [b"gzip", b"chunked"],
+        [b"identity, chunked"],
+    ],
+    ids=["one-field", "two-fields", "identity"],
+)
+def test_a_transfer_coding_other_than_chunked_gives_501(run_rsasgi, codings):
+    """RFC 9112 §6.1: hyper reads a body whose last coding is chunked and passed it on with
+    the others still applied; the app took gzip bytes for the body."""
+    server = run_rsasgi(APP)
+    fields = b"".join(b"Transfer-Encoding: " + coding + b"\r\n" for coding in codings)
+    request = b"POST /gz HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n5\r\nhello\r\n0\r\n\r\n"
+    response = exchange(server, request)
+    assert status_of(response) == 501, response
+    assert counts(server) == {}
+    assert_server_up(server)
+    coding = codings[0].split(b",")[0].decode()
+    wait_for_log(server, f'501: the body of POST /gz has the transfer coding "{coding}"')
+
+
 def test_connect_over_http2_gets_501_on_its_stream_only(run_rsasgi):
     """A CONNECT without :protocol reached the app as "/", and the app's 200 had hyper reset
     the stream, with no access line. A WebSocket's extended CONNECT is not one of these (see

@@ -285,6 +285,22 @@ pub(crate) fn handle(
                 break 'respond state.options_asterisk_response(record(status));
             }
 
+            // Only a chunked body (no exact length) has a Transfer-Encoding
+            // hyper let through: one test for the rest.
+            if !over_http2 && request.body().size_hint().exact().is_none() {
+                if let Some(coding) = unknown_transfer_coding(request.headers()) {
+                    tracing::info!(
+                        client = %info.client_for_log(),
+                        "501: the body of {} {} has the transfer coding \"{coding}\", which rsasgi \
+                         does not decode (only chunked)",
+                        request.method(),
+                        super::access_format::Escaped(request.uri().path().as_bytes())
+                    );
+                    let status = StatusCode::NOT_IMPLEMENTED;
+                    break 'respond state.error_response(status, record(status), true);
+                }
+            }
+
             if let Some(settings) = &state.ws {
                 if ws::is_upgrade(request.method(), request.headers())
                     || ws::is_extended_connect(&request)
@@ -1268,6 +1284,23 @@ impl std::fmt::Display for WithCauses<'_> {
         }
         Ok(())
     }
+}
+
+/// The first transfer coding of a chunked HTTP/1 request other than
+/// `chunked`. hyper reads any body whose last coding is `chunked` (`gzip,
+/// chunked`) and hands it on with the others still applied, which the app
+/// (the ASGI and WSGI specs know of no transfer coding) would take for the
+/// body: RFC 9112 §6.1 has a server answer 501 to a coding it does not
+/// decode. `identity` is none (RFC 9112 dropped it).
+fn unknown_transfer_coding(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        // RFC 9110 §5.6.1: empty list elements are no codings.
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
+        .map(|coding| super::access_format::Escaped(coding).to_string())
 }
 
 /// Whether a body read failed because the client went away (closed or reset
