@@ -391,6 +391,9 @@ struct State {
     /// The reactor refused the request body (malformed, too large) before the
     /// response started: answer with this status instead of the app's.
     refused: Option<StatusCode>,
+    /// The reactor refused the request body, before the response started
+    /// or after: the server ended the exchange, not the client.
+    body_refused: bool,
     /// The app's asyncio task, kept only with `--timeout-request`, so that a
     /// request past its deadline can be cancelled.
     task: Option<Py<PyAny>>,
@@ -898,6 +901,7 @@ impl Exchange {
             if !st.body_began {
                 st.refused = Some(status);
             }
+            st.body_refused = true;
         }
         self.close();
     }
@@ -1006,11 +1010,17 @@ impl Exchange {
         self.state.lock().thread == ThreadStage::Queued
     }
 
+    /// Whether the reactor refused the request body (malformed, too large,
+    /// too slow), which the app sees as a disconnect.
+    pub(crate) fn body_refused(&self) -> bool {
+        self.state.lock().body_refused
+    }
+
     /// Whether the exchange closed because its client left, not because
     /// the server ended it (`--timeout-request`, a bad body).
     pub(crate) fn client_left(&self) -> bool {
         let st = self.state.lock();
-        st.closed && !st.aborted && st.refused.is_none()
+        st.closed && !st.aborted && !st.body_refused
     }
 
     /// Ready with the app's response head, or with the reason there is none.

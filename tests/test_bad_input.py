@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
+import time
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 from apps.proto_raw import recv_until_closed
@@ -68,7 +74,11 @@ def test_header_over_default_head_limit_gives_431(run_rsasgi):
     assert status_of(response) == 431, response
     assert counts(server) == {}
     assert_server_up(server)
-    wait_for_log(server, '"-" 431 0 "-" "-" - (request refused: message head is too large)')
+    wait_for_log(
+        server,
+        '"-" 431 0 "-" "-" - (request refused: message head is too large: over '
+        "--limit-request-head 65536 bytes",
+    )
 
 
 def test_a_target_over_hypers_64k_gives_414_and_a_line(run_rsasgi):
@@ -249,3 +259,211 @@ def test_a_tls_handshake_on_the_plain_port_is_named_once(run_rsasgi):
             assert sock.recv(65536).startswith(b"HTTP/1.1 400")
     wait_for_log(server, "a TLS handshake came to this plain-HTTP port")
     assert server.output().count("a TLS handshake came to this plain-HTTP port") == 1
+
+
+def padded_head(size: int, target: bytes = b"/pad") -> bytes:
+    """A GET whose head (request line through the blank line) is exactly `size` bytes."""
+    base = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: "
+    return base + b"a" * (size - len(base) - 4) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(("http", "limit"), [("1", 65_536), ("auto", 70_000)])
+def test_limit_request_head_is_exact(run_rsasgi, http, limit):
+    """A head of --limit-request-head bytes is served, one byte more is a 431. hyper's bound
+    on its read buffer, checked only while the head is partial, let a head over the limit
+    through whenever its end came in the read that crossed the limit: with --http 1 at the
+    default, and with --http auto (whose HTTP/1 connections read the sniffed preface
+    first, then 8 KiB at a time) at a limit that is no multiple of 8 KiB."""
+    server = run_rsasgi(APP, "--http", http, "--limit-request-head", str(limit))
+    for size in (limit, limit + 1, limit + 536, limit + 7_000, limit + 30_000):
+        response = exchange(server, padded_head(size, b"/pad%d" % size))
+        assert status_of(response) == (200 if size <= limit else 431), (size, response[:200])
+    assert counts(server) == {f"/pad{limit}": 1}
+    assert_server_up(server)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+        b"CONNECT /tunnel HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["authority-form", "origin-form"],
+)
+def test_connect_gets_501_and_never_reaches_the_app(run_rsasgi, request_bytes):
+    """RFC 9110 §9.3.6: rsasgi makes no tunnels. The app got CONNECT with path "/", and any
+    2xx it answered made hyper hand the connection over as a tunnel: the client saw it
+    close, with no response."""
+    server = run_rsasgi(APP)
+    response = exchange(server, request_bytes)
+    assert status_of(response) == 501, response
+    assert response.count(b"HTTP/1.1 ") == 1, response
+    assert counts(server) == {}
+    assert_server_up(server)
+    wait_for_log(server, "501: CONNECT ", "asks for a tunnel, which rsasgi does not make")
+    wait_for_log(server, '"CONNECT ')
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "target"),
+    [
+        (b"GET a.example:443 HTTP/1.1\r\nHost: a.example\r\n\r\n", "a.example:443"),
+        (b"GET admin HTTP/1.1\r\nHost: a.example\r\n\r\n", "admin"),
+        (b"GET * HTTP/1.1\r\nHost: a.example\r\n\r\n", "*"),
+        (b"POST * HTTP/1.0\r\nContent-Length: 0\r\n\r\n", "*"),
+    ],
+    ids=["authority-form", "bare-name", "asterisk", "asterisk-http10"],
+)
+def test_a_target_neither_a_path_nor_a_url_gives_400(run_rsasgi, request_bytes, target):
+    """RFC 9112 §3.2: only CONNECT has an authority-form target, only OPTIONS an asterisk;
+    the app was handed them as "/" or "*"."""
+    server = run_rsasgi(APP)
+    response = exchange(server, request_bytes)
+    assert status_of(response) == 400, response
+    assert counts(server) == {}
+    assert_server_up(server)
+    wait_for_log(server, f'400: the target "{target}" of a ')
+
+
+def test_two_host_headers_give_400_over_http10_too(run_rsasgi):
+    """RFC 9112 §3.2: any request with more than one Host is a 400 (HTTP/1.0 may have none)."""
+    server = run_rsasgi(APP)
+    response = exchange(
+        server, b"GET /twohosts10 HTTP/1.0\r\nHost: a.example\r\nHost: b.example\r\n\r\n"
+    )
+    assert status_of(response) == 400, response
+    assert counts(server) == {}
+    assert_server_up(server)
+
+
+def body_json(response: bytes) -> dict:
+    assert status_of(response) == 200, response
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+def test_an_absolute_form_target_names_the_host_over_the_host_header(run_rsasgi):
+    """RFC 9112 §3.2.2: with an absolute-form target the server uses its authority and
+    ignores Host; the app, whose allow-list and links read Host (ASGI's host, WSGI's
+    HTTP_HOST), saw the other name."""
+    request = (
+        b"GET http://good.example:8080/x?q=1 HTTP/1.1\r\nHost: evil.example\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    server = run_rsasgi("proto_scope:app")
+    scope = body_json(exchange(server, request))["scope"]
+    hosts = [
+        base64.b64decode(value["b64"])
+        for name, value in scope["headers"]
+        if base64.b64decode(name["b64"]) == b"host"
+    ]
+    assert hosts == [b"good.example:8080"], scope["headers"]
+    assert scope["path"] == "/x"
+
+    wsgi = run_rsasgi("wsgi_env:app")
+    environ = body_json(exchange(wsgi, request))["environ"]
+    assert environ["HTTP_HOST"] == "good.example:8080"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /many HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(100)),
+        b"POST /huge HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551615\r\n",
+    ],
+    ids=["101-fields", "content-length-2^64-1"],
+)
+def test_a_431_line_names_what_may_be_too_large(run_rsasgi, head):
+    """hyper refuses more than 100 header fields, and a Content-Length it cannot count, with
+    the same 431 as a head over the limit, and its text said only "message head is too
+    large": the line names all three, and the option."""
+    server = run_rsasgi(APP)
+    response = exchange(server, head + b"\r\n")
+    assert status_of(response) == 431, response
+    assert counts(server) == {}
+    wait_for_log(
+        server,
+        "(request refused: message head is too large: over --limit-request-head 65536 "
+        "bytes, over 100 header fields, or a Content-Length over 2^64 - 3)",
+    )
+
+
+def test_a_malformed_chunked_body_is_logged_with_its_cause(run_rsasgi):
+    """hyper's error says where ("error reading a body from connection"), its cause what
+    ("Invalid chunk size line"); and the app's end on the disconnect it then sees is not
+    the client's doing."""
+    server = run_rsasgi("wsgi_env:app", "--log-level", "debug")
+    with server.connect() as sock:
+        sock.sendall(
+            b"POST /env HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        )
+        # The rest once a thread runs the app (else it is never run: nothing to say then).
+        time.sleep(0.5)
+        sock.sendall(b"zz\r\nworld\r\n0\r\n\r\n")
+        response = recv_until_closed(sock)
+    assert status_of(response) == 400, response
+    wait_for_log(
+        server,
+        "400: malformed body in POST /env HTTP/1.1: error reading a body from connection: "
+        "Invalid chunk size line",
+        "ended on the disconnect it saw when the server refused the request body",
+    )
+    assert "client disconnected while the app handled" not in server.output()
+
+
+@pytest.mark.parametrize(
+    "codings",
+    [
+        [b"gzip, chunked"],
+        [b"gzip", b"chunked"],
+        [b"identity, chunked"],
+    ],
+    ids=["one-field", "two-fields", "identity"],
+)
+def test_a_transfer_coding_other_than_chunked_gives_501(run_rsasgi, codings):
+    """RFC 9112 §6.1: hyper reads a body whose last coding is chunked and passed it on with
+    the others still applied; the app took gzip bytes for the body."""
+    server = run_rsasgi(APP)
+    fields = b"".join(b"Transfer-Encoding: " + coding + b"\r\n" for coding in codings)
+    request = b"POST /gz HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n5\r\nhello\r\n0\r\n\r\n"
+    response = exchange(server, request)
+    assert status_of(response) == 501, response
+    assert counts(server) == {}
+    assert_server_up(server)
+    coding = codings[0].split(b",")[0].decode()
+    wait_for_log(server, f'501: the body of POST /gz has the transfer coding "{coding}"')
+
+
+def test_connect_over_http2_gets_501_on_its_stream_only(run_rsasgi):
+    """A CONNECT without :protocol reached the app as "/", and the app's 200 had hyper reset
+    the stream, with no access line. A WebSocket's extended CONNECT is not one of these (see
+    test_websocket_http2.py)."""
+    server = run_rsasgi(APP)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+
+    def exchange_h2(sock, stream_id: int, headers: list, end_stream: bool) -> tuple[bytes, bytes]:
+        conn.send_headers(stream_id, headers, end_stream=end_stream)
+        sock.sendall(conn.data_to_send())
+        status, body = b"", b""
+        while True:
+            data = sock.recv(65536)
+            assert data, "connection closed"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+                elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
+                    return b"reset", body
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
+                    return status, body
+            sock.sendall(conn.data_to_send())
+
+    with server.connect() as sock:
+        connect = [(":method", "CONNECT"), (":authority", "a.example:443")]
+        assert exchange_h2(sock, 1, connect, False)[0] == b"501", server.output()
+        get = [(":method", "GET"), (":path", "/count"), (":scheme", "http"), (":authority", "x")]
+        status, seen = exchange_h2(sock, 3, get, True)
+    assert (status, json.loads(seen)) == (b"200", {}), server.output()
+    wait_for_log(server, "501: CONNECT a.example:443 asks for a tunnel")

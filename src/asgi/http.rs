@@ -592,7 +592,14 @@ impl HttpSend {
                 // One the app raised itself, with no shutdown and no timeout behind
                 // it, is its error like any other (uvicorn logs it so too).
                 let cancelled = is_cancelled_error(&exc)?;
-                if disconnected {
+                if disconnected && exchange.body_refused() {
+                    // The server ended it, and has said why (a 400 or 413 line).
+                    tracing::debug!(
+                        "the app of \"{}\" ended on the disconnect it saw when the server \
+                         refused the request body",
+                        request()
+                    );
+                } else if disconnected {
                     tracing::debug!(
                         "client disconnected while the app handled \"{}\"",
                         request()

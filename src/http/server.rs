@@ -71,6 +71,8 @@ pub(crate) struct ServerState {
     /// time waiting for a thread, for their log lines.
     pub thread_waits: Arc<Refusals>,
     pub limit_request_body: Option<u64>,
+    /// `--limit-request-head`, for the line of a 431.
+    pub limit_request_head: usize,
     /// `None` with `--no-access-log`.
     pub access_log: Option<&'static AccessLog>,
     /// `--request-id`: the header every request's ID travels in.
@@ -148,6 +150,7 @@ impl ServerState {
             refusals: Arc::default(),
             thread_waits: Arc::default(),
             limit_request_body: config.limit_request_body,
+            limit_request_head: config.limit_request_head,
             access_log: config
                 .access_log
                 .then(|| AccessLog::leak(&config.access_log_format, config.request_id.clone())),
@@ -240,6 +243,10 @@ fn http1_builder(config: &Config) -> http1::Builder {
         .keep_alive(true)
         .header_read_timeout(None)
         .max_buf_size(config.limit_request_head)
+        // max_buf_size bounds the read buffer, not the head: a head over the
+        // limit that arrives with the buffer's last read parses, and reaches
+        // the app. This measures the parsed head itself, as the limit means.
+        .max_header_size(config.limit_request_head)
         .auto_date_header(config.date_header);
     builder
 }
@@ -1014,7 +1021,7 @@ where
         let Some(Err(err)) = driven else {
             return;
         };
-        match refused_head(&*err) {
+        match refused_head(&*err, state.limit_request_head) {
             Some((status, reason)) => {
                 match state.access_log {
                     Some(log) => {
@@ -1039,7 +1046,16 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// over hyper's own 64 KiB. `None` when the connection ended some other
 /// way, hyper having sent nothing (an HTTP/2 preface on a connection served
 /// as HTTP/1 only is one).
-fn refused_head(error: &(dyn std::error::Error + 'static)) -> Option<(StatusCode, String)> {
+///
+/// hyper's 431 has three causes it tells apart neither in its error nor in
+/// its text, and whose bytes are gone by then: a head over `limit` bytes,
+/// more than its fixed 100 header fields, and a Content-Length too large to
+/// count (over 2^64 - 3; one too long to be a number at all is a 400). The
+/// line names all three, for the operator to know which option to look at.
+fn refused_head(
+    error: &(dyn std::error::Error + 'static),
+    limit: usize,
+) -> Option<(StatusCode, String)> {
     let error = error.downcast_ref::<hyper::Error>()?;
     if !error.is_parse() || error.is_parse_version_h2() || error.is_parse_status() {
         return None;
@@ -1055,7 +1071,13 @@ fn refused_head(error: &(dyn std::error::Error + 'static)) -> Option<(StatusCode
         // hyper tells this one from a head over the limit only in its text.
         StatusCode::URI_TOO_LONG
     } else {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "{reason}: over --limit-request-head {limit} bytes, over 100 header fields, or a \
+                 Content-Length over 2^64 - 3"
+            ),
+        ));
     };
     Some((status, reason))
 }

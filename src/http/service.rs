@@ -176,14 +176,21 @@ pub(crate) fn handle(
             let host_matches =
                 request.version() != Version::HTTP_2 || add_host_from_authority(&mut request);
             join_cookies(request.headers_mut());
-            // RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host
-            // header. Counted before a proxy's `host` may replace them all.
-            let hosts = (request.version() == Version::HTTP_11)
-                .then(|| request.headers().get_all(header::HOST).iter().count());
+            // RFC 9112 §3.2: an HTTP/1 request carries at most one Host
+            // header, and an HTTP/1.1 one exactly one. Counted before a
+            // proxy's `host` may replace them all.
+            let hosts =
+                (!over_http2).then(|| request.headers().get_all(header::HOST).iter().count());
             let host_is_valid = request
                 .headers()
                 .get(header::HOST)
                 .is_none_or(|host| valid_host(host.as_bytes()));
+            // Before a proxy's `host` may stand in for the target's.
+            let bad_target = if over_http2 {
+                None
+            } else {
+                check_http1_target(&mut request)
+            };
             if let Some(trusted) = &state.proxy {
                 trusted.apply(&mut info, request.headers_mut());
             }
@@ -208,8 +215,8 @@ pub(crate) fn handle(
 
             if let Some(hosts) = hosts {
                 let reason = match hosts {
-                    0 => Some("missing Host header"),
-                    1 => None,
+                    0 if request.version() == Version::HTTP_11 => Some("missing Host header"),
+                    0 | 1 => None,
                     _ => Some("more than one Host header"),
                 };
                 if let Some(reason) = reason {
@@ -235,6 +242,36 @@ pub(crate) fn handle(
                 break 'respond state.error_response(status, record(status), true);
             }
 
+            if let Some(form) = bad_target {
+                tracing::info!(
+                    client = %info.client_for_log(),
+                    "400: the target \"{}\" of a {} request is in {form} (RFC 9112 §3.2: a \
+                     path, or an absolute URL); the app is not called",
+                    super::access_format::Escaped(request.uri().to_string().as_bytes()),
+                    request.method()
+                );
+                let status = StatusCode::BAD_REQUEST;
+                break 'respond state.error_response(status, record(status), true);
+            }
+
+            // RFC 9110 §9.3.6: CONNECT asks for a tunnel, which rsasgi does
+            // not make, and an app could not: a 2xx to it makes hyper hand
+            // the connection over as a tunnel no one serves (the client saw
+            // it close), and an HTTP/1 CONNECT's target, an authority, is no
+            // path to route. Only RFC 8441's extended CONNECT, a WebSocket
+            // over HTTP/2, goes on (to the WebSocket handshake below).
+            if request.method() == Method::CONNECT
+                && !(state.ws.is_some() && ws::is_extended_connect(&request))
+            {
+                tracing::info!(
+                    client = %info.client_for_log(),
+                    "501: CONNECT {} asks for a tunnel, which rsasgi does not make",
+                    super::access_format::Escaped(request.uri().to_string().as_bytes())
+                );
+                let status = StatusCode::NOT_IMPLEMENTED;
+                break 'respond state.error_response(status, record(status), true);
+            }
+
             // RFC 9110 §9.3.7: `OPTIONS *` asks about the server, not a resource, and
             // its asterisk is no path an app could route (nor a valid PEP 3333
             // PATH_INFO), so the server answers it. Over HTTP/2 (`:path` "*")
@@ -246,6 +283,22 @@ pub(crate) fn handle(
             {
                 let status = StatusCode::OK;
                 break 'respond state.options_asterisk_response(record(status));
+            }
+
+            // Only a chunked body (no exact length) has a Transfer-Encoding
+            // hyper let through: one test for the rest.
+            if !over_http2 && request.body().size_hint().exact().is_none() {
+                if let Some(coding) = unknown_transfer_coding(request.headers()) {
+                    tracing::info!(
+                        client = %info.client_for_log(),
+                        "501: the body of {} {} has the transfer coding \"{coding}\", which rsasgi \
+                         does not decode (only chunked)",
+                        request.method(),
+                        super::access_format::Escaped(request.uri().path().as_bytes())
+                    );
+                    let status = StatusCode::NOT_IMPLEMENTED;
+                    break 'respond state.error_response(status, record(status), true);
+                }
             }
 
             if let Some(settings) = &state.ws {
@@ -1084,13 +1137,51 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
                     );
                     exchange.close();
                 } else {
-                    tracing::info!("400: malformed body in {}: {err}", exchange.request_line());
+                    tracing::info!(
+                        "400: malformed body in {}: {}",
+                        exchange.request_line(),
+                        WithCauses(&err)
+                    );
                     exchange.refuse_body(StatusCode::BAD_REQUEST);
                 }
                 return;
             }
         }
     }
+}
+
+/// Checks an HTTP/1 request's target against the forms RFC 9112 §3.2
+/// allows it; returns the form of one that is refused (a 400).
+///
+/// Origin-form (`/path?query`), the common case, is settled by its missing
+/// authority. An absolute-form target (`http://host/path`, as sent to a
+/// proxy) names the host the request is for: RFC 9112 §3.2.2 says the
+/// server must use it and ignore the Host header, so the app, which reads
+/// `host` (ASGI) or `HTTP_HOST` (WSGI), sees the target's. hyper parses an
+/// authority-form (`host:port`, CONNECT's alone) and a lone `*` (`OPTIONS
+/// *`'s alone) into URIs an app would be handed as `/` or `*`.
+fn check_http1_target(request: &mut Request<Incoming>) -> Option<&'static str> {
+    let uri = request.uri();
+    let Some(authority) = uri.authority() else {
+        let asterisk = uri.path() == "*" && request.method() != Method::OPTIONS;
+        return asterisk.then_some("asterisk-form, which only OPTIONS may use");
+    };
+    if request.method() == Method::CONNECT {
+        // Answered 501 whatever its target.
+        return None;
+    }
+    if uri.scheme().is_none() {
+        return Some("authority-form, which only CONNECT may use");
+    }
+    // host[:port], without a userinfo (RFC 9110 §4.2.4 deprecates it).
+    let host = match authority.port() {
+        Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+        None => HeaderValue::from_str(authority.host()),
+    };
+    if let Ok(host) = host {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    None
 }
 
 /// HTTP/2 carries the host in the `:authority` pseudo-header, which hyper
@@ -1176,6 +1267,40 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, value);
     }
+}
+
+/// An error with its causes, as "error: cause: its cause": hyper's own text
+/// says only where it failed ("error reading a body from connection"), its
+/// source what was wrong ("Invalid chunk size line").
+struct WithCauses<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for WithCauses<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// The first transfer coding of a chunked HTTP/1 request other than
+/// `chunked`. hyper reads any body whose last coding is `chunked` (`gzip,
+/// chunked`) and hands it on with the others still applied, which the app
+/// (the ASGI and WSGI specs know of no transfer coding) would take for the
+/// body: RFC 9112 §6.1 has a server answer 501 to a coding it does not
+/// decode. `identity` is none (RFC 9112 dropped it).
+fn unknown_transfer_coding(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        // RFC 9110 §5.6.1: empty list elements are no codings.
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
+        .map(|coding| super::access_format::Escaped(coding).to_string())
 }
 
 /// Whether a body read failed because the client went away (closed or reset

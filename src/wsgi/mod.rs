@@ -521,7 +521,13 @@ fn run(
     });
     if let Err(err) = outcome {
         let request = exchange.request_line();
-        if err.is_instance_of::<ClientDisconnected>(py) {
+        if err.is_instance_of::<ClientDisconnected>(py) && exchange.body_refused() {
+            // The server ended it, and has said why (a 400 or 413 line).
+            tracing::debug!(
+                "the app of \"{request}\" ended on the disconnect it saw when the server \
+                 refused the request body"
+            );
+        } else if err.is_instance_of::<ClientDisconnected>(py) {
             tracing::debug!("client disconnected while the app handled \"{request}\"");
         } else {
             // An error from the iterable's close() may come after the whole
