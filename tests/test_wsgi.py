@@ -434,6 +434,45 @@ def test_a_partial_wsgi_errors_line_is_logged_when_its_request_ends(one_thread):
     assert any(line.endswith("wsgi-errors-partial-line") for line in log.splitlines()), log
 
 
+def test_each_complete_write_to_wsgi_errors_is_one_record(run_rsasgi):
+    """A record ends with a write that leaves the text ending in a newline (print writes the
+    newline on its own), inner newlines kept; text past 64 KiB without one is logged as it is,
+    the rest on flush(), and what is unfinished at the end of the request then."""
+    server = run_rsasgi(APP, "--log-format", "json", "--no-access-log")
+    r = httpx.get(f"{server.url}/errors-records", timeout=10)
+    assert r.status_code == 200 and r.content == b"logged"
+    wait_for_log(server, "wsgi-errors-unended")
+    records = [
+        json.loads(line)
+        for line in server.output().splitlines()
+        if line.startswith("{") and '"wsgi.errors"' in line
+    ]
+    assert all(record["level"] == "ERROR" for record in records), records
+    assert [record["message"] for record in records] == [
+        "wsgi-errors-printed 42",
+        "wsgi-errors-record first line\n  second line",
+        "wsgi-errors-writelines one\nwsgi-errors-writelines two",
+        "x" * 66_000,
+        "x" * 34_000,
+        "wsgi-errors-unended",
+    ]
+
+
+def test_text_written_to_wsgi_errors_between_requests_is_not_the_next_ones(one_thread, tmp_path):
+    """An app's thread writes to a request's wsgi.errors after it ended, and lets it go: the pool
+    thread reuses the stream, but the next request's records do not begin with that text."""
+    server = one_thread
+    go = tmp_path / "late-go"
+    assert httpx.get(f"{server.url}/errors-late?{go}", timeout=10).text == "started"
+    go.touch()
+    wait_for(lambda: (tmp_path / "late-go.done").exists(), timeout=10)
+    assert httpx.get(f"{server.url}/errors", timeout=10).status_code == 200
+    log = wait_for_log(server, "wsgi-errors-late-partial", "wsgi-errors-line-one from the app")
+    lines = log.splitlines()
+    assert any(line.endswith(" wsgi-errors-late-partial") for line in lines), log
+    assert any(line.endswith(" wsgi-errors-line-one from the app") for line in lines), log
+
+
 def test_a_pool_thread_reuses_its_callables_and_starts_each_request_afresh(one_thread):
     server = one_thread
     first = httpx.get(f"{server.url}/ids", timeout=10).json()

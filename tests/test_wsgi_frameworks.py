@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import wait_for
+from conftest import wait_for, wait_for_log
 from django_support import DJANGO_ENV, admin_walk, build_django_project
 
 pytest.importorskip("flask")
@@ -225,6 +225,28 @@ def test_flask_exception_is_500_and_logged(flask_server):
     log = flask_server.output()
     assert "wsgifw_flask boom" in log
     assert "Traceback" in log
+
+
+def test_flask_log_records_are_one_json_record_each(run_rsasgi):
+    """Flask's default handler writes each record, traceback and all, to wsgi.errors in one
+    write: each is one JSON record, as is a print() to the stream (its text, then "\n")."""
+    server = run_rsasgi("wsgifw_flask:app", "--log-format", "json", "--no-access-log")
+    assert httpx.get(f"{server.url}/log-exception").text == "logged"
+    assert httpx.get(f"{server.url}/boom").status_code == 500
+    wait_for_log(server, "wsgifw_flask boom")
+    records = [
+        json.loads(line)
+        for line in server.output().splitlines()
+        if line.startswith("{") and '"wsgi.errors"' in line
+    ]
+    assert len(records) == 3, records
+    printed, logged, boom = (record["message"] for record in records)
+    assert printed == "wsgifw_flask printed"
+    assert "wsgifw_flask logged\nTraceback (most recent call last):\n" in logged, logged
+    assert logged.endswith("ZeroDivisionError: wsgifw_flask caught"), logged
+    assert "Exception on /boom [GET]\nTraceback (most recent call last):\n" in boom, boom
+    assert boom.endswith("RuntimeError: wsgifw_flask boom"), boom
+    assert all(record["level"] == "ERROR" for record in records), records
 
 
 def test_flask_propagated_exception_is_500_from_the_server(run_rsasgi):

@@ -47,8 +47,8 @@ pub(crate) type SharedResponse = Arc<Mutex<ResponseState>>;
 /// otherwise it gets new ones, and the kept ones, unbound, raise.
 /// `wsgi.errors` is reused on the same terms, as an app that kept it (with
 /// its environ) and wrote from another thread would otherwise run its
-/// partial lines into the next request's; the partial line left when a
-/// request ends is logged then.
+/// unfinished records into the next request's; the text left unfinished
+/// when a request ends is logged then.
 pub(crate) struct Callables {
     state: SharedResponse,
     start_response: Py<StartResponse>,
@@ -96,7 +96,12 @@ impl Callables {
             Some(callables) if callables.unshared(py) => kept.insert(callables),
             _ => kept.insert(Callables::new(py)?),
         };
-        if !only_ours(py, &callables.errors) {
+        if only_ours(py, &callables.errors) {
+            // Text an app's own thread wrote after the last request ended
+            // (and then let the stream go) is logged as its own record, not
+            // as the start of this request's first one.
+            callables.errors.get().flush();
+        } else {
             callables.errors = Py::new(py, WsgiErrors::default())?;
         }
         callables.state.lock().exchange = Some(Arc::clone(exchange));
@@ -116,7 +121,7 @@ impl Callables {
     }
 
     /// Ends the request: unbinds the callables (so one the app kept raises)
-    /// and logs what is left of a line written to `wsgi.errors`.
+    /// and logs what is left of a record written to `wsgi.errors`.
     pub(crate) fn release(&self) {
         // Taken under the lock, dropped (the exchange, a head never sent) after it.
         let finished = std::mem::take(&mut *self.state.lock());

@@ -17,6 +17,10 @@ Routes (by PATH_INFO, anything not listed below is /env):
   /errors               writes two lines to wsgi.errors (one with write, one with writelines),
                         then a third with writelines given a generator
   /errors-partial       writes "wsgi-errors-partial-line" to wsgi.errors: no newline, no flush
+  /errors-records       writes to wsgi.errors what test_wsgi.py's records test expects, record
+                        by record (print, multi-line writes, writelines, 100,000 "x" unbroken)
+  /errors-late?PATH     starts a thread that, once PATH exists, writes "wsgi-errors-late-partial"
+                        (no newline) to wsgi.errors, lets go of it, then creates PATH.done
   /ids                  JSON {"start_response": id(start_response), "errors": id(wsgi.errors)}
   /start-then-raise     calls start_response("201 Created", [("X-Stale", "yes")]), then raises
   /keep                 keeps its start_response and write callables, answers "kept"
@@ -32,6 +36,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import time
 
 from wsgi_common import apply_op, put, query
@@ -149,6 +155,32 @@ def app(environ, start_response):
     if path == "/errors-partial":
         environ["wsgi.errors"].write("wsgi-errors-partial-line")
         return simple(start_response, b"logged")
+
+    if path == "/errors-records":
+        errors = environ["wsgi.errors"]
+        print("wsgi-errors-printed", 42, file=errors)
+        errors.write("wsgi-errors-record first line\n  second line\n")
+        errors.writelines(["wsgi-errors-writelines one\n", "wsgi-errors-writelines two\n"])
+        for _ in range(100):
+            errors.write("x" * 1000)
+        errors.flush()
+        errors.write("wsgi-errors-unended")
+        return simple(start_response, b"logged")
+
+    if path == "/errors-late":
+        go = environ["QUERY_STRING"]
+        held = [environ["wsgi.errors"]]
+
+        def late() -> None:
+            while not os.path.exists(go):
+                time.sleep(0.01)
+            errors = held.pop()
+            errors.write("wsgi-errors-late-partial")
+            del errors
+            open(go + ".done", "w").close()
+
+        threading.Thread(target=late, daemon=True).start()
+        return simple(start_response, b"started")
 
     if path == "/ids":
         ids = {"start_response": id(start_response), "errors": id(environ["wsgi.errors"])}

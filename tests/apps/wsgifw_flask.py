@@ -127,6 +127,16 @@ def teapot():
     abort(418)
 
 
+@app.get("/log-exception")
+def log_exception():
+    print("wsgifw_flask printed", file=request.environ["wsgi.errors"])
+    try:
+        raise ZeroDivisionError("wsgifw_flask caught")
+    except ZeroDivisionError:
+        app.logger.exception("wsgifw_flask logged")
+    return "logged"
+
+
 @app.get("/boom")
 def boom():
     raise RuntimeError("wsgifw_flask boom")
