@@ -810,9 +810,11 @@ def test_a_note_about_dropped_access_lines_of_a_custom_format_goes_to_the_server
                     chunk = sock.recv(1 << 20)
                     if not chunk:
                         return
+                    # A status line split between two reads is counted once: the tail
+                    # kept is one byte short of a whole one.
                     received += chunk
-                    answered += chunk.count(b"HTTP/1.1 200 OK")
-                    received = received[-20:]
+                    answered += received.count(b"HTTP/1.1 200 OK")
+                    received = received[-(len(b"HTTP/1.1 200 OK") - 1) :]
 
             reader = threading.Thread(target=read_answers, daemon=True)
             reader.start()
