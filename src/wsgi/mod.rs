@@ -480,7 +480,10 @@ fn wait_for_work(shared: &Shared) -> bool {
     slot.woken.load(Ordering::SeqCst)
 }
 
-/// Runs the app for one request on the current (pool) thread.
+/// Runs the app for one request on the current (pool) thread. The request
+/// comes boxed as the queue carries it (a pointer through the channel), and
+/// is unboxed here once.
+#[allow(clippy::boxed_local)]
 fn run(
     py: Python<'_>,
     shared: &Shared,
