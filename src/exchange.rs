@@ -1170,9 +1170,14 @@ impl Exchange {
             if st.started {
                 return Err(SendMisuse::AlreadyStarted);
             }
+            // A head for a client that has left is dropped without a word
+            // (so is a last body, below): raising here would skip what the
+            // app does once its response is sent, Starlette's (FastAPI's)
+            // background tasks among them, which uvicorn runs. Only a body
+            // with more to come raises, so that a stream stops.
             if st.closed {
                 st.started = true;
-                return st.closed_send();
+                return Ok(());
             }
             st.start(start, self.method == Method::HEAD);
         }
@@ -1213,6 +1218,12 @@ impl Exchange {
                     } else {
                         st.complete = true;
                     }
+                }
+                // The last body ends the app's response, and the app goes on
+                // to whatever follows it (see `send_start`); only a stream,
+                // with more to send, needs telling that nobody reads it.
+                if st.started && !more {
+                    return Ok(Sent::Dropped);
                 }
                 return st.closed_send().map(|()| Sent::Dropped);
             }
@@ -1268,6 +1279,11 @@ impl Exchange {
                     if !more {
                         st.complete = true;
                     }
+                    return Ok(());
+                }
+                // The last trailers end the response, as a last body does.
+                if st.body_done && !more {
+                    st.complete = true;
                     return Ok(());
                 }
                 return st.closed_send();
@@ -1788,9 +1804,51 @@ mod tests {
         assert!(matches!(exchange.receive(), Some(Received::Disconnect)));
         assert_eq!(
             exchange.send_start(ok_start()),
-            Err(SendMisuse::Closed),
-            "send() after a disconnect raises"
+            Ok(()),
+            "a head for nobody is dropped: the app goes on to its background tasks"
         );
+        assert_eq!(
+            exchange.send_body(Bytes::from_static(b"x"), true),
+            Err(SendMisuse::Closed),
+            "a stream for nobody is told, and stops"
+        );
+    }
+
+    #[test]
+    fn the_messages_that_end_a_response_for_nobody_are_dropped_quietly() {
+        let exchange = exchange(Method::GET, true);
+        exchange.receive();
+        exchange.close();
+        assert_eq!(
+            exchange.send_body(Bytes::new(), false),
+            Err(SendMisuse::Closed),
+            "a body before the head is still no response"
+        );
+        assert_eq!(exchange.send_start(ok_start()), Ok(()));
+        assert_eq!(
+            exchange.send_body(Bytes::from_static(b"all of it"), false),
+            Ok(Sent::Dropped)
+        );
+        assert_eq!(
+            exchange.send_body(Bytes::new(), false),
+            Err(SendMisuse::AlreadyComplete),
+            "a body after the last one is still the app's mistake"
+        );
+    }
+
+    #[test]
+    fn the_last_trailers_for_nobody_are_dropped_quietly() {
+        let exchange = exchange(Method::GET, true);
+        exchange.receive();
+        exchange.send_start(ok_start()).unwrap();
+        exchange.expect_trailers();
+        exchange.close();
+        assert_eq!(exchange.send_body(Bytes::new(), false), Ok(Sent::Dropped));
+        assert_eq!(
+            exchange.send_trailers(HeaderMap::new(), true),
+            Err(SendMisuse::Closed)
+        );
+        assert_eq!(exchange.send_trailers(HeaderMap::new(), false), Ok(()));
     }
 
     /// A future as `receive()` parks one: only its `done()` is asked.
