@@ -57,7 +57,8 @@ pub(crate) struct ResponseStart {
     pub status: StatusCode,
     pub headers: HeaderMap,
     /// A reason phrase other than the status code's standard one (WSGI apps
-    /// choose theirs, e.g. Werkzeug's "418 I'M A TEAPOT").
+    /// choose theirs, e.g. Werkzeug's "418 I'M A TEAPOT"), or an empty one
+    /// for a code that has none.
     pub reason: Option<hyper::ext::ReasonPhrase>,
     /// The number in the app's `Content-Length`, once checked.
     pub content_length: Option<u64>,
@@ -72,6 +73,17 @@ impl ResponseStart {
         reason: Option<hyper::ext::ReasonPhrase>,
     ) -> Result<Self, String> {
         let content_length = Self::check_framing(&mut headers)?;
+        // hyper writes a code it knows no reason for (420, 299, 599) as
+        // "420 <none>"; uvicorn leaves the reason empty ("420 "), as RFC
+        // 9112 §4 allows. ASGI has no reason, and a WSGI app's "420" or
+        // "420 " has none either. A code with a standard reason needs no
+        // extension: hyper writes that reason itself.
+        let reason = reason.or_else(|| {
+            status
+                .canonical_reason()
+                .is_none()
+                .then(|| hyper::ext::ReasonPhrase::from_static(b""))
+        });
         Ok(Self {
             status,
             headers,
