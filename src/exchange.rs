@@ -57,7 +57,8 @@ pub(crate) struct ResponseStart {
     pub status: StatusCode,
     pub headers: HeaderMap,
     /// A reason phrase other than the status code's standard one (WSGI apps
-    /// choose theirs, e.g. Werkzeug's "418 I'M A TEAPOT").
+    /// choose theirs, e.g. Werkzeug's "418 I'M A TEAPOT"), or an empty one
+    /// for a code that has none.
     pub reason: Option<hyper::ext::ReasonPhrase>,
     /// The number in the app's `Content-Length`, once checked.
     pub content_length: Option<u64>,
@@ -72,6 +73,17 @@ impl ResponseStart {
         reason: Option<hyper::ext::ReasonPhrase>,
     ) -> Result<Self, String> {
         let content_length = Self::check_framing(&mut headers)?;
+        // hyper writes a code it knows no reason for (420, 299, 599) as
+        // "420 <none>"; uvicorn leaves the reason empty ("420 "), as RFC
+        // 9112 §4 allows. ASGI has no reason, and a WSGI app's "420" or
+        // "420 " has none either. A code with a standard reason needs no
+        // extension: hyper writes that reason itself.
+        let reason = reason.or_else(|| {
+            status
+                .canonical_reason()
+                .is_none()
+                .then(|| hyper::ext::ReasonPhrase::from_static(b""))
+        });
         Ok(Self {
             status,
             headers,
@@ -1180,9 +1192,14 @@ impl Exchange {
             if st.started {
                 return Err(SendMisuse::AlreadyStarted);
             }
+            // A head for a client that has left is dropped without a word
+            // (so is a last body, below): raising here would skip what the
+            // app does once its response is sent, Starlette's (FastAPI's)
+            // background tasks among them, which uvicorn runs. Only a body
+            // with more to come raises, so that a stream stops.
             if st.closed {
                 st.started = true;
-                return st.closed_send();
+                return Ok(());
             }
             st.start(start, self.method == Method::HEAD);
         }
@@ -1223,6 +1240,12 @@ impl Exchange {
                     } else {
                         st.complete = true;
                     }
+                }
+                // The last body ends the app's response, and the app goes on
+                // to whatever follows it (see `send_start`); only a stream,
+                // with more to send, needs telling that nobody reads it.
+                if st.started && !more {
+                    return Ok(Sent::Dropped);
                 }
                 return st.closed_send().map(|()| Sent::Dropped);
             }
@@ -1278,6 +1301,11 @@ impl Exchange {
                     if !more {
                         st.complete = true;
                     }
+                    return Ok(());
+                }
+                // The last trailers end the response, as a last body does.
+                if st.body_done && !more {
+                    st.complete = true;
                     return Ok(());
                 }
                 return st.closed_send();
@@ -1798,9 +1826,51 @@ mod tests {
         assert!(matches!(exchange.receive(), Some(Received::Disconnect)));
         assert_eq!(
             exchange.send_start(ok_start()),
-            Err(SendMisuse::Closed),
-            "send() after a disconnect raises"
+            Ok(()),
+            "a head for nobody is dropped: the app goes on to its background tasks"
         );
+        assert_eq!(
+            exchange.send_body(Bytes::from_static(b"x"), true),
+            Err(SendMisuse::Closed),
+            "a stream for nobody is told, and stops"
+        );
+    }
+
+    #[test]
+    fn the_messages_that_end_a_response_for_nobody_are_dropped_quietly() {
+        let exchange = exchange(Method::GET, true);
+        exchange.receive();
+        exchange.close();
+        assert_eq!(
+            exchange.send_body(Bytes::new(), false),
+            Err(SendMisuse::Closed),
+            "a body before the head is still no response"
+        );
+        assert_eq!(exchange.send_start(ok_start()), Ok(()));
+        assert_eq!(
+            exchange.send_body(Bytes::from_static(b"all of it"), false),
+            Ok(Sent::Dropped)
+        );
+        assert_eq!(
+            exchange.send_body(Bytes::new(), false),
+            Err(SendMisuse::AlreadyComplete),
+            "a body after the last one is still the app's mistake"
+        );
+    }
+
+    #[test]
+    fn the_last_trailers_for_nobody_are_dropped_quietly() {
+        let exchange = exchange(Method::GET, true);
+        exchange.receive();
+        exchange.send_start(ok_start()).unwrap();
+        exchange.expect_trailers();
+        exchange.close();
+        assert_eq!(exchange.send_body(Bytes::new(), false), Ok(Sent::Dropped));
+        assert_eq!(
+            exchange.send_trailers(HeaderMap::new(), true),
+            Err(SendMisuse::Closed)
+        );
+        assert_eq!(exchange.send_trailers(HeaderMap::new(), false), Ok(()));
     }
 
     /// A future as `receive()` parks one: only its `done()` is asked.

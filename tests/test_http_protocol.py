@@ -55,6 +55,35 @@ def test_head_via_httpx(server):
     assert r.content == b""
 
 
+# --- the status line -------------------------------------------------------------------------
+
+
+def test_a_status_without_a_standard_reason_has_an_empty_one(server):
+    """ASGI sends no reason phrase; for a code hyper knows none for, it wrote "<none>" (the
+    line "HTTP/1.1 420 <none>"). uvicorn leaves it empty, as RFC 9112 allows;
+    a code with a standard reason keeps it."""
+    conn = raw(server)
+    for code, line in [
+        (420, b"HTTP/1.1 420 "),
+        (299, b"HTTP/1.1 299 "),
+        (599, b"HTTP/1.1 599 "),
+        (418, b"HTTP/1.1 418 I'm a teapot"),
+        (200, b"HTTP/1.1 200 OK"),
+    ]:
+        conn.send(request("GET", f"/status?code={code}"))
+        response = conn.read_response("GET")
+        assert response.status_line == line
+        assert response.body == b"status %d" % code
+
+
+def test_a_wsgi_status_without_a_reason_has_an_empty_one(run_rsasgi):
+    """A WSGI app's "420" (no reason, which start_response takes) likewise."""
+    conn = raw(run_rsasgi("wsgi_env:app"))
+    for status, line in [("420", b"HTTP/1.1 420 "), ("599+", b"HTTP/1.1 599 ")]:
+        conn.send(request("GET", f"/status?s={status}"))
+        assert conn.read_response("GET").status_line == line
+
+
 # --- a Content-Length the body disagrees with --------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 from apps.proto_raw import RawConn, read_slowly_then_fast, request, rss_kib, wait_for_file
-from conftest import wait_for, wait_for_log
+from conftest import access_log, wait_for, wait_for_log
 
 APP = "proto_stream:app"
 MiB = 1 << 20
@@ -203,6 +203,55 @@ def test_echo_10mb_full_duplex(server):
 
 
 # --- disconnects -----------------------------------------------------------------------------
+
+
+def leave_before_the_response(server, markers, target: str, tag: str) -> None:
+    """GET `target` and close the connection while the app works; once the server has logged
+    the 499, let the app answer (tests/apps/late_response.py)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request("GET", target))
+        wait_for_file(markers / f"{tag}.started", timeout=10)
+    wait_for(lambda: " 499 " in server.output(), message="the 499 line", server=server)
+    (markers / f"{tag}.go").write_text("")
+
+
+@pytest.mark.parametrize(
+    ("stream", "outcome"),
+    [
+        # The head and the last body reach nobody, and are dropped: the app goes on to what
+        # it does after its response, as under uvicorn (it used to stop at the head).
+        (
+            "0",
+            [
+                "http.response.start: sent",
+                "http.response.body: sent",
+                "after the response",
+            ],
+        ),
+        # A body with more to come is a stream for nobody: it is told (ASGI 2.4's OSError).
+        ("1", ["http.response.start: sent", "http.response.body: ClientDisconnected"]),
+    ],
+    ids=["whole", "stream"],
+)
+def test_an_answer_after_the_client_left_is_dropped_and_a_stream_is_told(
+    run_rsasgi, markers, stream, outcome
+):
+    server = run_rsasgi("late_response:app", env={"PROTO_MARKER_DIR": str(markers)})
+    leave_before_the_response(server, markers, f"/late?tag=late&stream={stream}", "late")
+    assert wait_for_file(markers / "late.outcome", timeout=10).splitlines() == outcome
+    assert [line["status"] for line in access_log(server.output())] == ["499"]
+
+
+def test_a_starlette_background_task_runs_when_the_client_left_before_the_response(
+    run_rsasgi, markers
+):
+    """FastAPI's BackgroundTasks (Starlette's BackgroundTask) run after the response is sent:
+    an endpoint slower than its client's timeout still sends its mail, as under uvicorn.
+    The head used to raise ClientDisconnected, and the task never ran."""
+    server = run_rsasgi("late_response:starlette_app", env={"PROTO_MARKER_DIR": str(markers)})
+    leave_before_the_response(server, markers, "/slowbg?tag=bg", "bg")
+    assert wait_for_file(markers / "bg.background", timeout=10) == "ran"
+    assert "Traceback" not in server.output()
 
 
 def test_disconnect_delivered_while_app_waits_in_receive(server, markers):

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::{ffi, intern};
 
 use super::ClientDisconnected;
 use super::{coroutine_mark, is_done, set_exception, set_result, Ready, WaitKind, Waiter};
@@ -177,9 +178,9 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
         "http.response.body" => {
             let data = match message.get_item(intern!(py, "body"))? {
                 None => Bytes::new(),
-                Some(body) => bytes_of(&body).ok_or_else(|| {
+                Some(body) => buffer_of(&body)?.ok_or_else(|| {
                     PyTypeError::new_err(format!(
-                        "http.response.body 'body' must be bytes, got {}",
+                        "http.response.body 'body' must be bytes or another buffer, got {}",
                         type_name(&body)
                     ))
                 })?,
@@ -354,6 +355,39 @@ pub(crate) fn bytes_of(value: &Bound<'_, PyAny>) -> Option<Bytes> {
         return Some(Bytes::from(array.to_vec()));
     }
     None
+}
+
+/// The data of a body or WebSocket message an ASGI app sent: `bytes` and
+/// `bytearray` as [`bytes_of`] takes them, and any other object with the
+/// buffer protocol (a `memoryview`, which Starlette's `Response` and
+/// `StreamingResponse` pass on; an `array`, a NumPy array) as the bytes
+/// `bytes(obj)` gives, which is what uvicorn's transport writes. `None` for
+/// an object that is no buffer.
+///
+/// The memory behind a buffer may belong to something mutable (a
+/// `bytearray`, an `mmap`) and change once `send()` returns, so it is
+/// copied, as a `bytearray` is.
+pub(crate) fn buffer_of(value: &Bound<'_, PyAny>) -> PyResult<Option<Bytes>> {
+    if let Some(data) = bytes_of(value) {
+        return Ok(Some(data));
+    }
+    let py = value.py();
+    // Checked first: `PyBytes_FromObject` below also takes an iterable of
+    // ints (`[104, 105]` is b"hi"), which no app means as a body.
+    // SAFETY: `value` is a live object and the GIL is held.
+    if unsafe { ffi::PyObject_CheckBuffer(value.as_ptr()) } == 0 {
+        return Ok(None);
+    }
+    // Unsigned bytes, the format of a memoryview of bytes: one copy, in C
+    // order when the view is strided.
+    if let Ok(buffer) = PyBuffer::<u8>::get(value) {
+        return Ok(Some(Bytes::from(buffer.to_vec(py)?)));
+    }
+    // Wider or signed items (`array('i')`): their memory byte for byte.
+    // SAFETY: as above; the call returns a new reference or sets an error.
+    let copy =
+        unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyBytes_FromObject(value.as_ptr())) }?;
+    Ok(bytes_of(&copy))
 }
 
 pub(crate) fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {

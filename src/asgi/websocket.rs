@@ -16,7 +16,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
 use super::http::{
-    bytes_of, format_exception, is_cancelled_error, new_future, parse_headers, parse_status,
+    buffer_of, format_exception, is_cancelled_error, new_future, parse_headers, parse_status,
+    type_name,
 };
 use super::ClientDisconnected;
 use super::{coroutine_mark, is_done, set_exception, set_result, Ready, WaitKind, WsWaiter};
@@ -223,13 +224,15 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
         }
         "websocket.send" => {
             let text = optional_str(message, intern!(py, "text"))?;
-            let data =
-                match message.get_item(intern!(py, "bytes"))? {
-                    Some(value) if !value.is_none() => Some(bytes_of(&value).ok_or_else(|| {
-                        PyTypeError::new_err("websocket.send 'bytes' must be bytes")
-                    })?),
-                    _ => None,
-                };
+            let data = match message.get_item(intern!(py, "bytes"))? {
+                Some(value) if !value.is_none() => Some(buffer_of(&value)?.ok_or_else(|| {
+                    PyTypeError::new_err(format!(
+                        "websocket.send 'bytes' must be bytes or another buffer, got {}",
+                        type_name(&value)
+                    ))
+                })?),
+                _ => None,
+            };
             match (text, data) {
                 (Some(text), None) => Ok(Outgoing::Send(AppMessage::Text(text))),
                 (None, Some(data)) => Ok(Outgoing::Send(AppMessage::Binary(data))),
@@ -255,8 +258,11 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
         }
         "websocket.http.response.body" => {
             let body = match message.get_item(intern!(py, "body"))? {
-                Some(body) => bytes_of(&body).ok_or_else(|| {
-                    PyTypeError::new_err("websocket.http.response.body 'body' must be bytes")
+                Some(body) => buffer_of(&body)?.ok_or_else(|| {
+                    PyTypeError::new_err(format!(
+                        "websocket.http.response.body 'body' must be bytes or another buffer, got {}",
+                        type_name(&body)
+                    ))
                 })?,
                 None => Bytes::new(),
             };

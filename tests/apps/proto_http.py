@@ -11,6 +11,7 @@ Routes:
   /echo           reads the whole request body, answers it with Content-Length
   /app-server     sets its own "server: custom-app" header
   /port           answers the scope's server port
+  /status?code=N  status N, with "status N" as the body
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ async def app(scope, receive, send):
     if path == "/":
         await read_body(receive)
         await respond(send, b"hello world", text)
+    elif path == "/status":
+        code = int(query["code"])
+        await respond(send, b"status %d" % code, text, status=code)
     elif path == "/noread":
         await respond(send, b"not read", text)
     elif path in ("/nolength", "/nolength-fast"):
