@@ -393,6 +393,9 @@ struct State {
     /// The `send()` futures waiting for room in the buffer.
     senders: Vec<Py<PyAny>>,
     reactor: Option<Waker>,
+    /// A WSGI thread waits in [`Exchange::wait_for_room`] for a slow client
+    /// to take the response (left set once the exchange closes under it).
+    waiting_for_client: bool,
     /// The WSGI threads blocked on this exchange (for body or buffer room):
     /// the app's own threads may read the body in one while another waits
     /// in `write()`, and a wake-up for one must not be lost to the other.
@@ -1474,11 +1477,19 @@ impl Exchange {
                 return if st.all_taken() { Ok(()) } else { Err(()) };
             }
             if st.response_buffered <= RESPONSE_HIGH_WATER {
+                st.waiting_for_client = false;
                 return Ok(());
             }
+            st.waiting_for_client = true;
             Exchange::park(st);
             st = self.state.lock();
         }
+    }
+
+    /// Whether the app's thread is held by the client, not by the app: it
+    /// waits for room in the response that the client does not make.
+    pub(crate) fn thread_waits_for_client(&self) -> bool {
+        self.state.lock().waiting_for_client
     }
 
     /// Keeps `guard` (a count of requests or tasks in flight) until both the

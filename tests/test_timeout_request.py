@@ -169,6 +169,23 @@ def test_a_slow_client_of_an_app_long_done_is_not_timed_by_the_request_timeout(r
     assert "--timeout-request" not in server.output()
 
 
+def test_a_wsgi_thread_held_by_a_client_that_does_not_read_is_not_called_stuck(run_rsasgi):
+    """At --timeout-request the app's thread waits in the server for room in the response,
+    which a client that reads nothing never makes: the cut frees it. It was reported stuck,
+    with every thread's stack, and the worker replaced: a slow client recycled workers."""
+    server = run_rsasgi("timeout_app:wsgi", "--timeout-request", "1", "--workers", "1")
+    wait_for_log(server, "is serving")
+    with server.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.sendall(b"GET /many HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for_log(server, "while its client took too little of the response", timeout=10)
+    assert httpx.get(server.url, timeout=5).text.startswith("ok ")
+    output = server.output()
+    assert "cannot be stopped" not in output, output
+    assert "Python stack" not in output, output
+    assert "replaced gracefully" not in output, output
+
+
 def test_stuck_wsgi_thread_stacks_are_one_json_record(run_rsasgi):
     """In --log-format json the stacks are a message like any other, not raw text between
     the records."""

@@ -708,6 +708,18 @@ const QUEUED_NOTABLY: Duration = Duration::from_millis(10);
 fn wsgi_thread_stuck(state: &ServerState, exchange: &Exchange, started: bool, waited: Duration) {
     let limit = state.timeout_request.unwrap_or_default().as_secs_f64();
     let request = exchange.request_line();
+    if exchange.thread_waits_for_client() {
+        // Not the app's time: its thread waits in the server for a client
+        // that takes none of the response, and the cut frees it (its write
+        // raises, the iterable is closed). No stacks, no replacement: a
+        // slow client must not recycle a worker.
+        tracing::info!(
+            "\"{request}\" ran longer than --timeout-request {limit}s while its client took \
+             too little of the response for the app's thread to go on; the response is cut and \
+             the thread freed"
+        );
+        return;
+    }
     let next = if state.slot.is_some() {
         "this worker is replaced gracefully"
     } else {

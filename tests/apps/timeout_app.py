@@ -84,6 +84,10 @@ def wsgi(environ, start_response):
     if path == "/big":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return [BIG]
+    if path == "/many":
+        # Far more than the socket and the server's buffer hold: the thread waits for room.
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return (b"x" * 65536 for _ in range(2000))
     if path == "/trickle":
         # A response that streams for 3 s, a piece every 0.2 s.
         start_response("200 OK", [("Content-Type", "text/plain")])
