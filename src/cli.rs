@@ -367,7 +367,7 @@ struct Args {
           value_parser = |raw: &str| parse_count(raw, 0, u64::MAX), help_heading = "Workers")]
     limit_max_requests_jitter: u64,
 
-    /// Replace a worker gracefully after this many seconds, up to 30 days (0: never).
+    /// Replace a worker gracefully after this many seconds (0: never).
     #[arg(long, alias = "workers-lifetime", env = "RSASGI_LIMIT_WORKER_LIFETIME",
           value_name = "SECONDS", value_parser = |raw: &str| parse_lifetime(raw).map(Seconds),
           help_heading = "Workers")]
