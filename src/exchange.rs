@@ -403,6 +403,11 @@ struct State {
 
     /// The client went away, or the reactor ended the exchange on a bad body.
     closed: bool,
+    /// The client half-closed its connection after the whole request: it
+    /// sends nothing more but still reads, so the response is written, and
+    /// a `receive()` past the body hears `http.disconnect`, as for a client
+    /// that left (see `connection::Activity::half_closed`).
+    client_done: bool,
     /// The reactor refused the request body (malformed, too large) before the
     /// response started: answer with this status instead of the app's.
     refused: Option<StatusCode>,
@@ -469,7 +474,7 @@ impl State {
                 more: false,
             });
         }
-        if self.closed || self.complete {
+        if self.closed || self.complete || self.client_done {
             return Some(Received::Disconnect);
         }
         None
@@ -952,6 +957,28 @@ impl Exchange {
             st.take_held()
         };
         drop(held);
+    }
+
+    /// Whether the whole request has arrived: a half-close now is the
+    /// client done sending, not one that left mid-request. (The exchange
+    /// may be closed by then, its app done: a client that reset the
+    /// connection makes the read fail, not end.)
+    pub(crate) fn request_whole(&self) -> bool {
+        self.state.lock().body_complete
+    }
+
+    /// The client half-closed after the whole request: `receive()` calls
+    /// waiting past the body hear `http.disconnect`; the response goes on.
+    pub(crate) fn client_done_sending(self: &Arc<Self>) {
+        let receivers = {
+            let mut st = self.state.lock();
+            if st.closed || st.client_done {
+                return;
+            }
+            st.client_done = true;
+            std::mem::take(&mut st.receivers)
+        };
+        self.resolve(receivers, WaitKind::Receive);
     }
 
     /// The client went away or the connection ended: wake everyone waiting.

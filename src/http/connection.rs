@@ -136,6 +136,14 @@ struct Watched {
     stream: Option<Arc<StreamCut>>,
     /// Set once the timer has cut the response.
     cut: Option<Cut>,
+    /// When the request's head arrived (coarse), and its exchange with an
+    /// app (HTTP/1), for [`Activity::half_closed`].
+    since: Instant,
+    /// Whether the request was whole as its head came (no body), which
+    /// says until it has an exchange, or when it has none (a static file,
+    /// a refusal answered by the server).
+    whole: bool,
+    exchange: Option<Arc<Exchange>>,
 }
 
 impl Watched {
@@ -169,6 +177,15 @@ struct ActivityState {
     /// Since when the socket has taken none of the output hyper holds;
     /// `None` when it took the last write (see [`WatchedIo`]).
     unsent_since: Option<Instant>,
+    /// hyper's read, put off by a half-close (see [`WatchedIo`]): woken
+    /// once no request is in flight, for hyper to find the end of input
+    /// and close.
+    read_after_half_close: Option<Waker>,
+    /// A half-close was looked at once with a body incomplete (see
+    /// [`Activity::half_closed`]).
+    half_close_looked: bool,
+    /// The client half-closed: an exchange that comes after is told at once.
+    half_closed: bool,
 }
 
 /// The requests in flight on one connection, and since when it is idle.
@@ -201,6 +218,9 @@ impl Activity {
                 requests: 0,
                 idle_since: Instant::now(),
                 unsent_since: None,
+                read_after_half_close: None,
+                half_close_looked: false,
+                half_closed: false,
             }),
             app_tasks: AtomicUsize::new(0),
             handshakes: AtomicUsize::new(0),
@@ -212,8 +232,9 @@ impl Activity {
 
     /// A request head arrived; the returned guard ends the request when
     /// dropped (when its response body is done). `deadline`: when
-    /// `--timeout-request` says it must be done.
-    pub(crate) fn begin(self: &Arc<Self>, deadline: Option<Instant>) -> ActiveRequest {
+    /// `--timeout-request` says it must be done; `whole`: whether the head
+    /// is all of it (no body to come).
+    pub(crate) fn begin(self: &Arc<Self>, deadline: Option<Instant>, whole: bool) -> ActiveRequest {
         let mut st = self.state.lock();
         st.requests += 1;
         let key = st.watched.insert(Watched {
@@ -222,6 +243,9 @@ impl Activity {
             app: None,
             stream: None,
             cut: None,
+            since: coarse_now(),
+            whole,
+            exchange: None,
         });
         ActiveRequest {
             activity: Arc::clone(self),
@@ -231,6 +255,59 @@ impl Activity {
 
     fn in_flight(&self) -> usize {
         self.state.lock().watched.len()
+    }
+
+    /// The client's side of an HTTP/1 connection ended (hyper's read found
+    /// the end of input): whether that is a half-close, the client saying
+    /// it has sent all it will and waits for its answers (`nc -N`, `printf
+    /// ... | ncat`, health checks; RFC 9112 §9.6), rather than a client that
+    /// left. It is taken for one when every request in flight is whole and
+    /// an app's, and came less than [`HALF_CLOSE_WITHIN`] before: such a
+    /// client sends its end with its request. Then the apps' `receive()`
+    /// listeners hear `http.disconnect` (as they would of a client that
+    /// left), their responses are still written, and `waker` (hyper's read)
+    /// is woken once none is in flight, to find the end of input again and
+    /// close. Otherwise the end of input ends the connection, as it did.
+    ///
+    /// hyper decodes a body into a channel that the body's own task empties
+    /// into the exchange: a body whose last bytes came with the end of
+    /// input may not be the exchange's yet. So a first look that finds one
+    /// incomplete looks again, once, after that task has had its turn
+    /// (hyper's read is woken at once); a body still incomplete then was
+    /// cut short by the end of input.
+    pub(crate) fn half_closed(&self, waker: &Waker) -> bool {
+        let exchanges: Vec<Arc<Exchange>> = {
+            let mut st = self.state.lock();
+            let now = coarse_now();
+            let mut incomplete = false;
+            let recent = !st.watched.is_empty()
+                && st.watched.iter().all(|(_, watched)| {
+                    let whole = (watched.exchange.as_ref())
+                        .map_or(watched.whole, |app| app.request_whole());
+                    incomplete |= !whole;
+                    now.saturating_duration_since(watched.since) < HALF_CLOSE_WITHIN
+                });
+            if !recent {
+                return false;
+            }
+            if incomplete {
+                if std::mem::replace(&mut st.half_close_looked, true) {
+                    return false;
+                }
+                waker.wake_by_ref();
+                return true;
+            }
+            st.read_after_half_close = Some(waker.clone());
+            st.half_closed = true;
+            st.watched
+                .iter()
+                .filter_map(|(_, watched)| watched.exchange.clone())
+                .collect()
+        };
+        for exchange in exchanges {
+            exchange.client_done_sending();
+        }
+        true
     }
 
     /// Whether hyper holds output the socket has not taken.
@@ -414,6 +491,9 @@ impl ActiveRequest {
             app: None,
             stream,
             cut: None,
+            since: coarse_now(),
+            whole: false,
+            exchange: None,
         });
         drop(st);
         ActiveRequest {
@@ -449,6 +529,22 @@ impl ActiveRequest {
     pub(crate) fn for_app(&self, exchange: Arc<Exchange>) {
         if let Some(watched) = self.activity.state.lock().watched.get_mut(self.key) {
             watched.app = Some(exchange);
+        }
+    }
+
+    /// The request goes to an app through `exchange` (HTTP/1): see
+    /// [`Activity::half_closed`].
+    pub(crate) fn to_app(&self, exchange: Arc<Exchange>) {
+        let mut st = self.activity.state.lock();
+        // hyper may find the end of input before the request's future has
+        // made its exchange.
+        let half_closed = st.half_closed.then(|| Arc::clone(&exchange));
+        if let Some(watched) = st.watched.get_mut(self.key) {
+            watched.exchange = Some(exchange);
+        }
+        drop(st);
+        if let Some(exchange) = half_closed {
+            exchange.client_done_sending();
         }
     }
 
@@ -495,7 +591,11 @@ impl Drop for ActiveRequest {
         st.watched.try_remove(self.key);
         if st.watched.is_empty() {
             st.idle_since = coarse_now();
+            let read = st.read_after_half_close.take();
             drop(st);
+            if let Some(read) = read {
+                read.wake();
+            }
             if self.activity.wake_on_idle {
                 self.activity.went_idle.notify_one();
             }
@@ -674,17 +774,34 @@ impl<F: Future<Output = ()>> Future for Cuttable<F> {
     }
 }
 
+/// How soon after a request's head the end of its client's input is taken
+/// for a half-close rather than for a client that left (see
+/// [`Activity::half_closed`]). A client that gives up on a slow answer
+/// does so later than this, and its request, still queued for a WSGI
+/// thread, is dropped unrun as before.
+const HALF_CLOSE_WITHIN: Duration = Duration::from_secs(1);
+
 /// A connection's socket, telling its [`Activity`] whether the output hyper
 /// holds is moving: hyper finishes a response (and the request stops being
 /// in flight) once it holds all of it, which is not once the client has it.
+///
+/// On HTTP/1 it also keeps a half-close from hyper while requests are in
+/// flight: hyper reads once a request is whole, to notice a client that
+/// left, and takes the end of input for one, dropping the requests
+/// unanswered; see [`Activity::half_closed`].
 pub(crate) struct WatchedIo<I> {
     io: I,
     activity: Arc<Activity>,
+    http1: bool,
 }
 
 impl<I> WatchedIo<I> {
-    pub(crate) fn new(io: I, activity: Arc<Activity>) -> WatchedIo<I> {
-        WatchedIo { io, activity }
+    pub(crate) fn new(io: I, activity: Arc<Activity>, http1: bool) -> WatchedIo<I> {
+        WatchedIo {
+            io,
+            activity,
+            http1,
+        }
     }
 
     fn note<T>(&self, polled: Poll<T>) -> Poll<T> {
@@ -702,7 +819,15 @@ impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let end_of_input = matches!(polled, Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && buf.remaining() > 0;
+        if end_of_input && self.http1 && self.activity.half_closed(cx.waker()) {
+            return Poll::Pending;
+        }
+        polled
     }
 }
 
@@ -1134,7 +1259,7 @@ mod tests {
         // the client does not take: not idle at 5 s, closed at 60 s.
         let activity = Activity::new(&DEADLINES);
         let started = Instant::now();
-        drop(activity.begin(None));
+        drop(activity.begin(None, false));
         activity.output_refused();
         let waiting = spawn_watch(&activity, DEADLINES);
         assert_eq!(
@@ -1147,7 +1272,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_from_when_the_client_took_its_output() {
         let activity = Activity::new(&DEADLINES);
-        drop(activity.begin(None));
+        drop(activity.begin(None, false));
         activity.output_refused();
         let waiting = spawn_watch(&activity, DEADLINES);
         tokio::time::sleep(Duration::from_secs(8)).await;
@@ -1171,7 +1296,7 @@ mod tests {
         let started = Instant::now();
         let waiting = spawn_watch(&activity, DEADLINES);
         tokio::task::yield_now().await;
-        let request = activity.begin(None);
+        let request = activity.begin(None, false);
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(request);
         assert_eq!(waiting.await.unwrap(), Close::KeepAlive);
@@ -1190,7 +1315,7 @@ mod tests {
         let activity = Activity::new(&deadlines);
         let waiting = spawn_watch(&activity, deadlines);
         tokio::task::yield_now().await;
-        let request = activity.begin(None);
+        let request = activity.begin(None, false);
         tokio::time::sleep(Duration::from_millis(1050)).await;
         drop(request);
         let ended = Instant::now();
@@ -1209,7 +1334,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn keep_alive_counts_from_the_end_of_the_last_request() {
         let activity = Activity::new(&DEADLINES);
-        let request = activity.begin(None);
+        let request = activity.begin(None, false);
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(activity.deadline(DEADLINES).is_none(), "busy, not idle");
         drop(request);
@@ -1221,7 +1346,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_long_request_is_never_idle() {
         let activity = Activity::new(&DEADLINES);
-        let _request = activity.begin(None);
+        let _request = activity.begin(None, false);
         let idle = tokio::time::timeout(Duration::from_secs(3600), activity.watch(DEADLINES)).await;
         assert!(idle.is_err());
     }
@@ -1229,7 +1354,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_response_the_client_takes_nothing_of_is_cut_after_the_send_timeout() {
         let activity = Activity::new(&DEADLINES);
-        let request = activity.begin(None);
+        let request = activity.begin(None, false);
         tokio::time::sleep(Duration::from_secs(100)).await;
         // Waiting on the app costs nothing; waiting on the client is timed.
         request.waiting(true);
@@ -1245,7 +1370,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_response_that_makes_progress_is_never_cut() {
         let activity = Activity::new(&DEADLINES);
-        let request = activity.begin(None);
+        let request = activity.begin(None, false);
         let watching = spawn_watch(&activity, DEADLINES);
         for _ in 0..100 {
             request.waiting(true);
@@ -1266,7 +1391,7 @@ mod tests {
         };
         let activity = Activity::new(&DEADLINES);
         let started = Instant::now();
-        let request = activity.begin(Some(started + Duration::from_secs(2)));
+        let request = activity.begin(Some(started + Duration::from_secs(2)), false);
         request.waiting(true);
         assert_eq!(activity.watch(deadlines).await, Close::Cut(Cut::TimedOut));
         assert!(started.elapsed() >= Duration::from_secs(2));
@@ -1381,7 +1506,7 @@ mod tests {
             // response; it holds `ended` until the task is dropped.
             StreamExecutor.execute(async move {
                 let _ended = ended;
-                let request = activity.begin(None);
+                let request = activity.begin(None, false);
                 request.attach_stream();
                 request.waiting(true);
                 let _ = attached.send(());
@@ -1416,7 +1541,7 @@ mod tests {
             // task then starts the upgraded stream's send task (which holds
             // `sent`) and ends.
             StreamExecutor.execute(async move {
-                let request = activity.begin(None);
+                let request = activity.begin(None, false);
                 request.attach_stream();
                 let busy = request.keep_busy();
                 let _ = upgrading.send(());

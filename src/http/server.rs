@@ -959,11 +959,11 @@ where
         let state = Arc::clone(&context.state);
         let activity = Arc::clone(&activity);
         let info = info.clone();
-        move |request| {
+        move |request: hyper::Request<hyper::body::Incoming>| {
             let deadline = state
                 .timeout_request
                 .map(|limit| tokio::time::Instant::now() + limit);
-            let active = activity.begin(deadline);
+            let active = activity.begin(deadline, hyper::body::Body::is_end_stream(request.body()));
             handle(request, info.clone(), Arc::clone(&state), active)
         }
     };
@@ -972,6 +972,7 @@ where
     let io = WatchedIo::new(
         MeteredIo::new(io, context.state.metrics.clone()),
         Arc::clone(&activity),
+        served == Served::Http1,
     );
     let driven = if served == Served::Http1 {
         let connection = Box::pin(

@@ -406,6 +406,10 @@ pub(crate) fn handle(
                 // Both count until the app is done, not only until the response is:
                 // the app may work on after its client has gone.
                 exchange.hold((in_flight, active.app_task()));
+                if head.version != Version::HTTP_2 {
+                    // For a half-close to be told from a client that left.
+                    active.to_app(Arc::clone(&exchange));
+                }
                 if !body_complete {
                     let expects_continue = head.headers.get(header::EXPECT).is_some_and(|value| {
                         value.as_bytes().eq_ignore_ascii_case(b"100-continue")
