@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -52,6 +53,14 @@ def cli(*args: str, cwd=None, env: dict | None = None) -> subprocess.CompletedPr
         stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
+
+
+def resets_on_close(sock: socket.socket) -> socket.socket:
+    """Make `sock`'s close a reset (RST), a client that left beyond doubt: a plain close
+    soon after a request is taken for a half-close, a client done sending that still reads
+    its answer (tests/test_half_close.py)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return sock
 
 
 def free_port() -> int:

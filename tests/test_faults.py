@@ -18,6 +18,7 @@ from conftest import (
     access_log,
     free_port,
     kill_process_group,
+    resets_on_close,
     wait_for,
     wait_for_log,
 )
@@ -160,7 +161,7 @@ def test_client_gone_before_the_response_is_logged_as_499(run_rsasgi, tmp_path):
     events = tmp_path / "events.txt"
     server = run_rsasgi("err_slow:app", env={"ERR_SLOW_FILE": str(events)})
     target = "/sleep?s=2"
-    with server.connect() as sock:
+    with resets_on_close(server.connect()) as sock:
         start_slow_request(server, sock, target, events)
     lines = wait_for(
         lambda: access_log(server.output(), target),

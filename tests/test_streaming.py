@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 from apps.proto_raw import RawConn, read_slowly_then_fast, request, rss_kib, wait_for_file
-from conftest import access_log, wait_for, wait_for_log
+from conftest import access_log, resets_on_close, wait_for, wait_for_log
 
 APP = "proto_stream:app"
 MiB = 1 << 20
@@ -208,7 +208,7 @@ def test_echo_10mb_full_duplex(server):
 def leave_before_the_response(server, markers, target: str, tag: str) -> None:
     """GET `target` and close the connection while the app works; once the server has logged
     the 499, let the app answer (tests/apps/late_response.py)."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+    with resets_on_close(socket.create_connection(("127.0.0.1", server.port), timeout=10)) as sock:
         sock.sendall(request("GET", target))
         wait_for_file(markers / f"{tag}.started", timeout=10)
     wait_for(lambda: " 499 " in server.output(), message="the 499 line", server=server)

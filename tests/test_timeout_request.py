@@ -186,6 +186,17 @@ def test_a_wsgi_thread_held_by_a_client_that_does_not_read_is_not_called_stuck(r
     assert "replaced gracefully" not in output, output
 
 
+def test_a_wsgi_thread_held_by_a_client_then_stuck_in_its_clean_up_is_called_stuck(run_rsasgi):
+    """The cut frees a thread that waited for its client only if the app then lets go: one
+    whose iterable's close() blocks is stuck after all, and reported so."""
+    server = run_rsasgi("timeout_app:wsgi", "--timeout-request", "1")
+    with server.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.sendall(b"GET /many?close=4 HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for_log(server, "A WSGI thread cannot be stopped", timeout=10)
+    assert "the thread freed" not in server.output(), server.output()
+
+
 def test_stuck_wsgi_thread_stacks_are_one_json_record(run_rsasgi):
     """In --log-format json the stacks are a message like any other, not raw text between
     the records."""

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from apps.proto_raw import RawConn, request, rss_kib
 from apps.wsgi_common import block, read_lines, wait_for_line
-from conftest import wait_for, wait_for_log
+from conftest import resets_on_close, wait_for, wait_for_log
 
 APP = "wsgi_stream:app"
 MiB = 1 << 20
@@ -589,7 +589,7 @@ def test_a_request_whose_client_left_while_queued_is_not_run(run_rsasgi, markers
     holder.sendall(b"GET /hold?tag=h HTTP/1.1\r\nHost: x\r\n\r\n")
     wait_for(lambda: (markers / "h.started").exists(), message="the thread to be taken")
     for tag in ("gone1", "gone2", "gone3"):
-        with server.connect() as sock:
+        with resets_on_close(server.connect()) as sock:
             sock.sendall(f"GET /sleep?s=0&tag={tag} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             time.sleep(0.2)  # read and queued by then; then the client gives up
     wait_for(lambda: server.output().count(" 499 ") >= 3, message="three 499s", server=server)
@@ -639,7 +639,7 @@ def test_requests_whose_clients_left_leave_the_queue_and_are_not_counted_waiting
     wait_for(lambda: (markers / "h.started").exists(), message="the thread to be taken")
     body = b"x" * (64 * 1024)
     for tag in ("gone1", "gone2", "gone3"):
-        with server.connect() as sock:
+        with resets_on_close(server.connect()) as sock:
             head = f"POST /sleep?s=0&tag={tag} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
             sock.sendall(head.encode() + b"\r\n\r\n" + body)
     wait_for(lambda: server.output().count(" 499 ") == 3, message="three 499s", server=server)

@@ -262,12 +262,13 @@ impl Activity {
     /// it has sent all it will and waits for its answers (`nc -N`, `printf
     /// ... | ncat`, health checks; RFC 9112 §9.6), rather than a client that
     /// left. It is taken for one when every request in flight is whole and
-    /// an app's, and came less than [`HALF_CLOSE_WITHIN`] before: such a
-    /// client sends its end with its request. Then the apps' `receive()`
-    /// listeners hear `http.disconnect` (as they would of a client that
-    /// left), their responses are still written, and `waker` (hyper's read)
-    /// is woken once none is in flight, to find the end of input again and
-    /// close. Otherwise the end of input ends the connection, as it did.
+    /// came less than [`HALF_CLOSE_WITHIN`] before: such a client sends its
+    /// end with its request. Then the apps' `receive()` listeners hear
+    /// `http.disconnect` (as they would of a client that left), their
+    /// responses are still written however long they take, and `waker`
+    /// (hyper's read) is woken once none is in flight, to find the end of
+    /// input again and close. Otherwise the end of input ends the
+    /// connection, as it did.
     ///
     /// hyper decodes a body into a channel that the body's own task empties
     /// into the exchange: a body whose last bytes came with the end of
@@ -278,6 +279,15 @@ impl Activity {
     pub(crate) fn half_closed(&self, waker: &Waker) -> bool {
         let exchanges: Vec<Arc<Exchange>> = {
             let mut st = self.state.lock();
+            if st.half_closed {
+                // Settled at the first look: the requests in flight, and any
+                // pipelined behind them, are answered however long they take.
+                if st.watched.is_empty() {
+                    return false;
+                }
+                st.read_after_half_close = Some(waker.clone());
+                return true;
+            }
             let now = coarse_now();
             let mut incomplete = false;
             let recent = !st.watched.is_empty()

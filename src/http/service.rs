@@ -693,12 +693,53 @@ pub(super) fn request_timed_out(state: &Arc<ServerState>, exchange: &Arc<Exchang
                 if exchange.app_finished() {
                     thread_wait_timed_out(&state, &exchange, Some(waited), started, busy);
                 } else {
-                    wsgi_thread_stuck(&state, &exchange, started, waited);
+                    thread_held_or_stuck(&state, &exchange, started, waited);
                 }
             });
         }
-        _ => wsgi_thread_stuck(state, exchange, started, Duration::ZERO),
+        _ => thread_held_or_stuck(state, exchange, started, Duration::ZERO),
     }
+}
+
+/// How long a WSGI thread that waited for its client is given, once its
+/// response is cut, to come out of the app (its write raises, the iterable
+/// is closed) before it is taken for stuck.
+const HELD_BY_CLIENT_RECHECK: Duration = Duration::from_secs(1);
+
+/// A WSGI request past `--timeout-request` whose thread is still busy: in
+/// the app, it is stuck ([`wsgi_thread_stuck`]); waiting in the server for
+/// room in the response, which a client that reads nothing never makes, it
+/// is the client's time, not the app's, and the cut frees it. That is
+/// checked a moment later rather than taken on trust: an iterable's
+/// `close()` may itself block.
+fn thread_held_or_stuck(
+    state: &Arc<ServerState>,
+    exchange: &Arc<Exchange>,
+    started: bool,
+    waited: Duration,
+) {
+    if !exchange.thread_waits_for_client() {
+        wsgi_thread_stuck(state, exchange, started, waited);
+        return;
+    }
+    let state = Arc::clone(state);
+    let exchange = Arc::clone(exchange);
+    tokio::spawn(async move {
+        tokio::time::sleep(HELD_BY_CLIENT_RECHECK).await;
+        if !exchange.app_finished() {
+            wsgi_thread_stuck(&state, &exchange, started, waited);
+            return;
+        }
+        // Not the app's time: no stacks, no replacement; a slow client
+        // must not recycle a worker.
+        tracing::info!(
+            "\"{}\" ran longer than --timeout-request {}s while its client took too little of \
+             the response for the app's thread to go on; the response is cut and the thread \
+             freed",
+            exchange.request_line(),
+            state.timeout_request.unwrap_or_default().as_secs_f64()
+        );
+    });
 }
 
 /// Below this, the time a request waited for its thread is left out of the
@@ -712,18 +753,6 @@ const QUEUED_NOTABLY: Duration = Duration::from_millis(10);
 fn wsgi_thread_stuck(state: &ServerState, exchange: &Exchange, started: bool, waited: Duration) {
     let limit = state.timeout_request.unwrap_or_default().as_secs_f64();
     let request = exchange.request_line();
-    if exchange.thread_waits_for_client() {
-        // Not the app's time: its thread waits in the server for a client
-        // that takes none of the response, and the cut frees it (its write
-        // raises, the iterable is closed). No stacks, no replacement: a
-        // slow client must not recycle a worker.
-        tracing::info!(
-            "\"{request}\" ran longer than --timeout-request {limit}s while its client took \
-             too little of the response for the app's thread to go on; the response is cut and \
-             the thread freed"
-        );
-        return;
-    }
     let next = if state.slot.is_some() {
         "this worker is replaced gracefully"
     } else {

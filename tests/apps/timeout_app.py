@@ -87,7 +87,7 @@ def wsgi(environ, start_response):
     if path == "/many":
         # Far more than the socket and the server's buffer hold: the thread waits for room.
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
-        return (b"x" * 65536 for _ in range(2000))
+        return _many(close_takes=float(environ["QUERY_STRING"].removeprefix("close=") or 0))
     if path == "/trickle":
         # A response that streams for 3 s, a piece every 0.2 s.
         start_response("200 OK", [("Content-Type", "text/plain")])
@@ -97,6 +97,15 @@ def wsgi(environ, start_response):
         mark("ran-" + tag)
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [f"ok {os.getpid()}".encode()]
+
+
+def _many(close_takes: float):
+    try:
+        for _ in range(2000):
+            yield b"x" * 65536
+    finally:
+        # A clean-up that blocks, once the response is cut.
+        time.sleep(close_takes)
 
 
 def _trickle():
