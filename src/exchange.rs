@@ -403,6 +403,10 @@ struct State {
 
     /// The client went away, or the reactor ended the exchange on a bad body.
     closed: bool,
+    /// hyper's read put off by a half-close while the body was incomplete,
+    /// woken once the whole body has arrived (see
+    /// [`Exchange::wake_when_whole`]).
+    when_whole: Option<Waker>,
     /// The client half-closed its connection after the whole request: it
     /// sends nothing more but still reads, so the response is written, and
     /// a `receive()` past the body hears `http.disconnect`, as for a client
@@ -741,6 +745,10 @@ pub(crate) struct Exchange {
     pub uri: Uri,
     pub version: Version,
     pub connection: ConnectionInfo,
+    /// The body's task waits for hyper to decode more of the body: were
+    /// the client's input to end now, the body would be cut short (see
+    /// `connection::Activity::half_closed`).
+    body_read_pending: AtomicBool,
 }
 
 impl Exchange {
@@ -773,6 +781,7 @@ impl Exchange {
                 uri: head.uri.clone(),
                 version: head.version,
                 connection,
+                body_read_pending: AtomicBool::new(false),
             });
         // SAFETY: the value was written just above.
         unsafe { shared.assume_init() }
@@ -899,7 +908,7 @@ impl Exchange {
 
     /// A chunk of request body arrived (`last` when it is the final one).
     pub(crate) fn push_body(self: &Arc<Self>, data: Bytes, last: bool) {
-        let receiver = {
+        let (receiver, whole) = {
             let mut st = self.state.lock();
             if !data.is_empty() {
                 st.body_buffered += data.len();
@@ -907,9 +916,36 @@ impl Exchange {
             }
             st.body_complete |= last;
             unpark_all(&mut st.parked);
-            std::mem::take(&mut st.receivers)
+            let whole = if last { st.when_whole.take() } else { None };
+            (std::mem::take(&mut st.receivers), whole)
         };
+        if let Some(waker) = whole {
+            wake(waker);
+        }
         self.resolve(receiver, WaitKind::Receive);
+    }
+
+    /// The body's task awaits hyper for more of the body (`true`), or has
+    /// what it asked for (`false`).
+    pub(crate) fn body_read_pending(&self, pending: bool) {
+        self.body_read_pending.store(pending, Ordering::Relaxed);
+    }
+
+    /// Whether the end of the client's input now cuts the body short: the
+    /// body's task waits for hyper to decode more of it.
+    pub(crate) fn body_cut_by_end_of_input(&self) -> bool {
+        self.body_read_pending.load(Ordering::Relaxed)
+    }
+
+    /// Wakes `waker` once the whole body has arrived (at once if it has).
+    pub(crate) fn wake_when_whole(&self, waker: &Waker) {
+        let mut st = self.state.lock();
+        if st.body_complete {
+            drop(st);
+            waker.wake_by_ref();
+        } else {
+            st.when_whole = Some(waker.clone());
+        }
     }
 
     /// The request body was bad (`status` is 400 or 413): the app sees a

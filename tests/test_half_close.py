@@ -64,6 +64,16 @@ def test_a_post_then_a_half_close_is_answered(run_rsasgi, interface):
 
 
 @pytest.mark.parametrize("interface", list(APPS))
+def test_a_large_post_then_a_half_close_is_answered(run_rsasgi, interface):
+    """A body larger than the server reads ahead (64 KiB) is not the app's yet when the
+    end of input comes: it is a half-close all the same once the app has read the rest."""
+    server = run_rsasgi(*APPS[interface], *KEEP_ALIVE)
+    body = b"x" * 300_000
+    head = b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    assert responses(half_closed_exchange(server, head + body)) == [b"/big 300000"]
+
+
+@pytest.mark.parametrize("interface", list(APPS))
 def test_a_slow_answer_to_a_half_closed_client_is_written(run_rsasgi, interface):
     """The app is still at work when the end of input comes, and answers after it, however
     long after (the server's own wake-ups meanwhile must not take the end of input again, now

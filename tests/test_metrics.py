@@ -21,7 +21,7 @@ import httpx
 import pytest
 import websockets
 from apps.proto_raw import recv_until_closed
-from conftest import Server, cli, free_port, wait_for, wait_for_log
+from conftest import Server, cli, free_port, resets_on_close, wait_for, wait_for_log
 from prometheus_client.parser import text_string_to_metric_families
 
 APP = "metrics_app:app"
@@ -437,7 +437,7 @@ def test_requests_waiting_for_a_wsgi_thread_are_shown_and_leave_with_their_clien
         try:
             wait_for(lambda: (markers / "held").exists(), message="the request reached the app")
             waiting = [pool.submit(httpx.get, server.url, timeout=30) for _ in range(2)]
-            with server.connect() as gone:
+            with resets_on_close(server.connect()) as gone:
                 gone.sendall(b"GET /?gone HTTP/1.1\r\nHost: x\r\n\r\n")
                 wait_for(lambda: scrape(base).total(depth) == 3, message="three waiting")
             wait_for(lambda: scrape(base).total(depth) == 2, message="two waiting")

@@ -271,11 +271,11 @@ impl Activity {
     /// connection, as it did.
     ///
     /// hyper decodes a body into a channel that the body's own task empties
-    /// into the exchange: a body whose last bytes came with the end of
-    /// input may not be the exchange's yet. So a first look that finds one
-    /// incomplete looks again, once, after that task has had its turn
-    /// (hyper's read is woken at once); a body still incomplete then was
-    /// cut short by the end of input.
+    /// into the exchange as the app reads: a body whose last bytes came
+    /// with the end of input may not be the exchange's yet. It was cut
+    /// short if that task waits for hyper to decode more of it; otherwise
+    /// the end of input is kept from hyper until the body is whole, and
+    /// looked at again then.
     pub(crate) fn half_closed(&self, waker: &Waker) -> bool {
         let exchanges: Vec<Arc<Exchange>> = {
             let mut st = self.state.lock();
@@ -289,22 +289,40 @@ impl Activity {
                 return true;
             }
             let now = coarse_now();
-            let mut incomplete = false;
             let recent = !st.watched.is_empty()
                 && st.watched.iter().all(|(_, watched)| {
-                    let whole = (watched.exchange.as_ref())
-                        .map_or(watched.whole, |app| app.request_whole());
-                    incomplete |= !whole;
                     now.saturating_duration_since(watched.since) < HALF_CLOSE_WITHIN
                 });
             if !recent {
                 return false;
             }
-            if incomplete {
-                if std::mem::replace(&mut st.half_close_looked, true) {
-                    return false;
+            // A body not yet the exchange's: cut short if its task waits
+            // for hyper to decode more of it; else (it waits for the app to
+            // read, or has yet to run) looked at again once it is whole.
+            let mut incomplete = false;
+            for (_, watched) in st.watched.iter() {
+                match &watched.exchange {
+                    Some(app) if !app.request_whole() => {
+                        if app.body_cut_by_end_of_input() {
+                            return false;
+                        }
+                        app.wake_when_whole(waker);
+                        incomplete = true;
+                    }
+                    Some(_) => {}
+                    None if watched.whole => {}
+                    // No exchange yet to ask: looked at again once the
+                    // request's future has run, once.
+                    None => {
+                        if std::mem::replace(&mut st.half_close_looked, true) {
+                            return false;
+                        }
+                        waker.wake_by_ref();
+                        return true;
+                    }
                 }
-                waker.wake_by_ref();
+            }
+            if incomplete {
                 return true;
             }
             st.read_after_half_close = Some(waker.clone());

@@ -1104,6 +1104,10 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
         // not sent: not while the app takes its time reading it, nor while
         // it does something else (streams its response) and the body is
         // read ahead for it.
+        // Marked while hyper has yet to decode the frame: an end of the
+        // client's input then cuts the body short (not a half-close).
+        exchange.body_read_pending(true);
+        let _decoded = BodyReadDone(&exchange);
         let frame = match timeout {
             None => body.frame().await,
             Some(limit) => match body_within(&mut body, &exchange, limit).await {
@@ -1192,6 +1196,16 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
                 return;
             }
         }
+    }
+}
+
+/// Clears the body's task's "waiting for hyper" mark, however its wait
+/// ends (a frame, a timeout, the task dropped).
+struct BodyReadDone<'a>(&'a Exchange);
+
+impl Drop for BodyReadDone<'_> {
+    fn drop(&mut self) {
+        self.0.body_read_pending(false);
     }
 }
 
