@@ -9,11 +9,11 @@ import time
 
 import h2.config
 import h2.connection
-import h2.events
 import httpx
 import pytest
 from apps.proto_raw import recv_until_closed
 from conftest import wait_for_log
+from h2_support import h2_exchange
 
 APP = "err_count:app"
 
@@ -441,29 +441,10 @@ def test_connect_over_http2_gets_501_on_its_stream_only(run_rsasgi):
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
 
-    def exchange_h2(sock, stream_id: int, headers: list, end_stream: bool) -> tuple[bytes, bytes]:
-        conn.send_headers(stream_id, headers, end_stream=end_stream)
-        sock.sendall(conn.data_to_send())
-        status, body = b"", b""
-        while True:
-            data = sock.recv(65536)
-            assert data, "connection closed"
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    status = dict(event.headers)[b":status"]
-                elif isinstance(event, h2.events.DataReceived):
-                    body += event.data
-                    conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
-                elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
-                    return b"reset", body
-                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
-                    return status, body
-            sock.sendall(conn.data_to_send())
-
     with server.connect() as sock:
         connect = [(":method", "CONNECT"), (":authority", "a.example:443")]
-        assert exchange_h2(sock, 1, connect, False)[0] == b"501", server.output()
+        assert h2_exchange(conn, sock, 1, connect, end_stream=False)[0] == b"501", server.output()
         get = [(":method", "GET"), (":path", "/count"), (":scheme", "http"), (":authority", "x")]
-        status, seen = exchange_h2(sock, 3, get, True)
+        status, seen = h2_exchange(conn, sock, 3, get)
     assert (status, json.loads(seen)) == (b"200", {}), server.output()
     wait_for_log(server, "501: CONNECT a.example:443 asks for a tunnel")

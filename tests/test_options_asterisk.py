@@ -8,9 +8,9 @@ import json
 
 import h2.config
 import h2.connection
-import h2.events
 import pytest
 from apps.proto_raw import RawConn, request
+from h2_support import h2_exchange
 
 
 @pytest.mark.parametrize(
@@ -38,6 +38,10 @@ def test_options_asterisk_is_answered_by_the_server(run_rsasgi, app, calls_path,
     assert json.loads(calls.body) == one_call
 
 
+def request_headers(method: str, path: str) -> list:
+    return [(":method", method), (":path", path), (":scheme", "http"), (":authority", "x")]
+
+
 def test_options_asterisk_over_http2_is_answered_by_the_server(run_rsasgi):
     """RFC 9113 §8.3.1: `:path` is "*" for OPTIONS * over HTTP/2, which hyper gives as a URI
     with the authority in front: the server still answers it, not the app."""
@@ -45,26 +49,10 @@ def test_options_asterisk_over_http2_is_answered_by_the_server(run_rsasgi):
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
 
-    def exchange(sock, stream_id: int, method: str, path: str) -> tuple[bytes, bytes]:
-        headers = [(":method", method), (":path", path), (":scheme", "http"), (":authority", "x")]
-        conn.send_headers(stream_id, headers, end_stream=True)
-        sock.sendall(conn.data_to_send())
-        status, body = b"", b""
-        while True:
-            data = sock.recv(65536)
-            assert data, "connection closed"
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    status = dict(event.headers)[b":status"]
-                elif isinstance(event, h2.events.DataReceived):
-                    body += event.data
-                    conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
-                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
-                    return status, body
-            sock.sendall(conn.data_to_send())
-
     with server.connect() as sock:
-        assert exchange(sock, 1, "OPTIONS", "*")[0] == b"200", server.output()
-        status, counts = exchange(sock, 3, "GET", "/count")
+        assert h2_exchange(conn, sock, 1, request_headers("OPTIONS", "*"))[0] == b"200", (
+            server.output()
+        )
+        status, counts = h2_exchange(conn, sock, 3, request_headers("GET", "/count"))
     # The app was never called for OPTIONS *.
     assert (status, json.loads(counts)) == (b"200", {}), server.output()
