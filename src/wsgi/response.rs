@@ -52,6 +52,11 @@ pub(crate) type SharedResponse = Arc<Mutex<ResponseState>>;
 pub(crate) struct Callables {
     state: SharedResponse,
     start_response: Py<StartResponse>,
+    /// `start_response.start_response`, the bound method the app is given:
+    /// CPython calls a builtin method with its arguments in place
+    /// (vectorcall), where calling the object itself (`__call__`, a type
+    /// slot) packs them into a tuple first.
+    call: Py<PyAny>,
     errors: Py<WsgiErrors>,
 }
 
@@ -72,17 +77,23 @@ impl Callables {
                 headers_seen: Mutex::default(),
             },
         )?;
+        let call = start_response
+            .bind(py)
+            .getattr(intern!(py, "start_response"))?
+            .unbind();
         Ok(Callables {
             state,
             start_response,
+            call,
             errors: Py::new(py, WsgiErrors::default())?,
         })
     }
 
-    /// Whether only the pool holds `start_response` and its `write`.
+    /// Whether only the pool holds `start_response` and its `write`: the
+    /// bound method only here, its object only here and in the method.
     fn unshared(&self, py: Python<'_>) -> bool {
         let write = &self.start_response.get().write;
-        only_ours(py, &self.start_response) && only_ours(py, write)
+        only_ours(py, &self.call) && refcount(py, &self.start_response) == 2 && only_ours(py, write)
     }
 
     /// This thread's callables bound to `exchange`: the kept ones when no
@@ -108,8 +119,9 @@ impl Callables {
         Ok(callables)
     }
 
-    pub(crate) fn start_response(&self, py: Python<'_>) -> Py<StartResponse> {
-        self.start_response.clone_ref(py)
+    /// The `start_response` the app is called with.
+    pub(crate) fn start_response<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
+        self.call.bind(py)
     }
 
     pub(crate) fn errors(&self) -> &Py<WsgiErrors> {
@@ -177,11 +189,16 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<ParsedStatus> {
 }
 
 /// Whether `object` has no holder but the one reference we have.
-fn only_ours<T>(_py: Python<'_>, object: &Py<T>) -> bool {
+fn only_ours<T>(py: Python<'_>, object: &Py<T>) -> bool {
+    refcount(py, object) == 1
+}
+
+/// How many references `object` has.
+fn refcount<T>(_py: Python<'_>, object: &Py<T>) -> isize {
     // SAFETY: `object` is a live object we hold a reference to, and with
     // the GIL held (`_py`) no other thread changes its count meanwhile
     // (rsasgi does not support free-threaded CPython builds).
-    unsafe { pyo3::ffi::Py_REFCNT(object.as_ptr()) == 1 }
+    unsafe { pyo3::ffi::Py_REFCNT(object.as_ptr()) }
 }
 
 /// How many header names, and as many values, a pool thread's
@@ -358,7 +375,7 @@ pub(crate) struct StartResponse {
 #[pymethods]
 impl StartResponse {
     #[pyo3(signature = (status, headers, exc_info=None))]
-    fn __call__(
+    fn start_response(
         &self,
         py: Python<'_>,
         status: &Bound<'_, PyAny>,
