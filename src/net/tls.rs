@@ -231,9 +231,11 @@ impl TlsSettings {
         )
     }
 
-    /// ring's provider, with only the suites `--ssl-ciphers` names.
+    /// aws-lc-rs's provider (rustls's default, which offers post-quantum key
+    /// exchange, X25519MLKEM768, first), with only the suites `--ssl-ciphers`
+    /// names.
     fn provider(&self) -> Result<CryptoProvider, String> {
-        let mut provider = rustls::crypto::ring::default_provider();
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
         let Some(names) = &self.ciphers else {
             return Ok(provider);
         };
@@ -300,7 +302,7 @@ impl TlsSettings {
 /// are skipped with a warning rather than refused; a name that is not an
 /// OpenSSL suite's (an expression such as `HIGH:!aNULL`) is still an error.
 pub(crate) fn lacking_suites(ciphers: &str) -> Vec<String> {
-    let known = rustls::crypto::ring::default_provider().cipher_suites;
+    let known = rustls::crypto::aws_lc_rs::default_provider().cipher_suites;
     ciphers
         .split([':', ',', ' '])
         .map(str::trim)
@@ -385,7 +387,7 @@ pub(crate) fn suite_name(suite: &SupportedCipherSuite) -> String {
     id.as_str().map_or_else(|| format!("{id:?}"), str::to_owned)
 }
 
-/// OpenSSL's name for each suite of ring's provider: what mod_ssl's
+/// OpenSSL's name for each suite of aws-lc-rs's provider: what mod_ssl's
 /// `SSL_CIPHER` holds and what uvicorn's `--ssl-ciphers` takes. TLS 1.3
 /// suites have their IANA names there.
 const OPENSSL_NAMES: [(CipherSuite, &str); 9] = [
@@ -711,7 +713,7 @@ mod tests {
         let server_cert = CertificateDer::from_pem_file(&files.cert).unwrap();
         roots.add(server_cert).unwrap();
         let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -754,6 +756,31 @@ mod tests {
             info.client_cert_name.as_deref(),
             Some("CN=alice,O=Example\\, Inc")
         );
+    }
+
+    #[tokio::test]
+    async fn a_client_offering_post_quantum_key_exchange_gets_it() {
+        let files = files();
+        let (settings, client_config) = mutual(&files, ClientCerts::Optional);
+        let acceptor = tokio_rustls::TlsAcceptor::from(settings.server_config(&[ALPN_H2]).unwrap());
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (client, server) = tokio::join!(
+            connector.connect(name, client_io),
+            acceptor.accept(server_io)
+        );
+        client.unwrap();
+        let server = server.unwrap();
+        let group = server
+            .get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|group| group.name());
+        // The hybrid of X25519 and ML-KEM-768 that browsers offer first: a
+        // recording of today's traffic cannot be read later with a quantum
+        // computer.
+        assert_eq!(group, Some(rustls::NamedGroup::X25519MLKEM768));
     }
 
     #[test]
