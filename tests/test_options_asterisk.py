@@ -56,3 +56,19 @@ def test_options_asterisk_over_http2_is_answered_by_the_server(run_rsasgi):
         status, counts = h2_exchange(conn, sock, 3, request_headers("GET", "/count"))
     # The app was never called for OPTIONS *.
     assert (status, json.loads(counts)) == (b"200", {}), server.output()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_an_asterisk_path_on_another_method_over_http2_gives_400(run_rsasgi, method):
+    """RFC 9113 §8.3.1: only OPTIONS has "*" for `:path`. Another method with it reached the
+    app with path "*", where over HTTP/1 it is a 400 (tests/test_bad_input.py); the stream is
+    answered 400 and the connection goes on."""
+    server = run_rsasgi("err_count:app")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    with server.connect() as sock:
+        status, _ = h2_exchange(conn, sock, 1, request_headers(method, "*"))
+        assert status == b"400", server.output()
+        status, counts = h2_exchange(conn, sock, 3, request_headers("GET", "/count"))
+    assert (status, json.loads(counts)) == (b"200", {}), server.output()
+    assert f'400: the target "*" of a {method} request is in asterisk-form' in server.output()

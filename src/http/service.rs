@@ -187,7 +187,7 @@ pub(crate) fn handle(
                 .is_none_or(|host| valid_host(host.as_bytes()));
             // Before a proxy's `host` may stand in for the target's.
             let bad_target = if over_http2 {
-                None
+                check_http2_target(&request)
             } else {
                 check_http1_target(&mut request)
             };
@@ -243,11 +243,17 @@ pub(crate) fn handle(
             }
 
             if let Some(form) = bad_target {
+                // As the client sent it: HTTP/2's `:path` (hyper's URI
+                // also holds `:scheme` and `:authority`), HTTP/1's target.
+                let target = match request.uri().path_and_query() {
+                    Some(path) if over_http2 => path.to_string(),
+                    _ => request.uri().to_string(),
+                };
                 tracing::info!(
                     client = %info.client_for_log(),
-                    "400: the target \"{}\" of a {} request is in {form} (RFC 9112 §3.2: a \
-                     path, or an absolute URL); the app is not called",
-                    super::access_format::Escaped(request.uri().to_string().as_bytes()),
+                    "400: the target \"{}\" of a {} request is in {form} (RFC 9112 §3.2, RFC \
+                     9113 §8.3.1: a path, or an absolute URL); the app is not called",
+                    super::access_format::Escaped(target.as_bytes()),
                     request.method()
                 );
                 let status = StatusCode::BAD_REQUEST;
@@ -1241,6 +1247,14 @@ fn check_http1_target(request: &mut Request<Incoming>) -> Option<&'static str> {
         request.headers_mut().insert(header::HOST, host);
     }
     None
+}
+
+/// An HTTP/2 request's `:path` in a form its method may not use: `*` is
+/// for OPTIONS only (RFC 9113 §8.3.1), as over HTTP/1. (h2 refuses an
+/// empty `:path` itself; CONNECT has none.)
+fn check_http2_target(request: &Request<Incoming>) -> Option<&'static str> {
+    (request.uri().path() == "*" && request.method() != Method::OPTIONS)
+        .then_some("asterisk-form, which only OPTIONS may use")
 }
 
 /// HTTP/2 carries the host in the `:authority` pseudo-header, which hyper
