@@ -240,9 +240,14 @@ impl Record {
         }
     }
 
-    /// The request target as sent: path and query.
+    /// The request target as sent: path and query, or a CONNECT's
+    /// authority (`host:port`, which has neither).
     fn target(&self) -> &str {
-        self.uri.path_and_query().map_or("/", |pq| pq.as_str())
+        match (self.uri.path_and_query(), self.uri.authority()) {
+            (Some(pq), _) => pq.as_str(),
+            (None, Some(authority)) => authority.as_str(),
+            (None, None) => "/",
+        }
     }
 
     /// What the closing line of the WebSocket this request opens needs.
