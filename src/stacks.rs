@@ -12,6 +12,12 @@ use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use pyo3::Python;
 
 /// The most of a dump that is logged. faulthandler itself stops at 100
 /// threads of 100 frames each, well under this.
@@ -94,7 +100,15 @@ impl StackFile {
 /// Has faulthandler, registered for SIGUSR2 by the worker, write the Python
 /// stack of every thread, and logs them from `file` as one event (without
 /// it, they went to stderr).
-pub(crate) fn log_this_process(file: Option<&StackFile>) {
+///
+/// faulthandler walks every thread's frames without a lock: a thread that
+/// runs Python meanwhile may free a frame under it, and the worker dies of
+/// a segmentation fault instead of logging (CI saw it once, at a boot
+/// deadline that came as the import ended). So the dump is taken by a
+/// thread that holds the GIL, while the others wait at a safe point; when
+/// the GIL cannot be had within `gil_wait` (C code holding it, which the
+/// stacks are then most wanted for), it is taken without, as before.
+pub(crate) fn log_this_process(file: Option<&StackFile>, gil_wait: Duration) {
     // Only what this call asks for: stacks a SIGUSR2 from outside had
     // written would otherwise come out here, stale, before them.
     if let Some(file) = file {
@@ -105,10 +119,140 @@ pub(crate) fn log_this_process(file: Option<&StackFile>) {
             );
         }
     }
-    // Sent to this very thread, the handler runs before the call returns:
-    // the dump is whole here, without waiting on a shutdown that may come
-    // first. Unblocked meanwhile, in case the thread that started this one
-    // had it blocked (the mask is inherited).
+    match dump_holding_the_gil(gil_wait) {
+        GilDump::Done => tracing::debug!("Python stacks taken holding the GIL"),
+        GilDump::NotHad => {
+            tracing::warn!(
+                "The GIL was not free within {:.1}s: a thread holds it (C code that does not \
+                 release it, or a long computation), so the stacks that follow are read \
+                 without it",
+                gil_wait.as_secs_f64()
+            );
+            raise_dump_signal();
+        }
+        GilDump::Unavailable => raise_dump_signal(),
+    }
+    if let Some(file) = file {
+        let helper = HELPER_THREAD.load(Ordering::SeqCst);
+        match file.take().map(|stacks| without_helper(&stacks, helper)) {
+            Ok(stacks) if !stacks.is_empty() => {
+                tracing::error!("Python stacks of this worker's threads:\n{stacks}");
+            }
+            Ok(_) => tracing::warn!("No Python stacks were written (is faulthandler registered?)"),
+            Err(err) => tracing::warn!("Cannot read the Python stacks written: {err}"),
+        }
+    }
+}
+
+/// The dump without the entry of rsasgi's thread that waited for the GIL
+/// to take it (`thread`, as faulthandler names threads): it has no Python
+/// frame, and would only puzzle.
+fn without_helper(stacks: &str, thread: u64) -> String {
+    let id = format!("thread 0x{thread:016x} ");
+    let mut kept = String::with_capacity(stacks.len());
+    let mut lines = stacks.split_inclusive('\n').peekable();
+    while let Some(line) = lines.next() {
+        let header = line.to_ascii_lowercase();
+        if (header.starts_with(&id) || header.starts_with(&format!("current {id}")))
+            && lines
+                .peek()
+                .is_some_and(|next| next.trim() == "<no Python frame>")
+        {
+            lines.next();
+            // And the blank line that ends the entry.
+            lines.next_if(|next| next.trim().is_empty());
+            continue;
+        }
+        kept.push_str(line);
+    }
+    kept
+}
+
+/// The thread that last waited for the GIL to take a dump (see
+/// [`without_helper`]); 0 before any.
+static HELPER_THREAD: AtomicU64 = AtomicU64::new(0);
+
+enum GilDump {
+    Done,
+    /// The GIL was not had in time.
+    NotHad,
+    /// No thread could be started to wait for it, or one still waits from
+    /// an earlier dump.
+    Unavailable,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Waiting,
+    Dumping,
+    Done,
+    Abandoned,
+}
+
+/// A thread still waiting for the GIL for a dump given up on: the next
+/// dump does not start another (one blocked thread at most).
+static WAITING_FOR_GIL: AtomicBool = AtomicBool::new(false);
+
+/// Raises the dump signal on a thread that holds the GIL: this one if it
+/// does, else a new one, waited for up to `wait`.
+fn dump_holding_the_gil(wait: Duration) -> GilDump {
+    // SAFETY: reads this thread's own state only.
+    if unsafe { pyo3::ffi::PyGILState_Check() } == 1 {
+        raise_dump_signal();
+        return GilDump::Done;
+    }
+    if WAITING_FOR_GIL.swap(true, Ordering::SeqCst) {
+        return GilDump::Unavailable;
+    }
+    let shared = Arc::new((Mutex::new(Stage::Waiting), Condvar::new()));
+    let theirs = Arc::clone(&shared);
+    let spawned = std::thread::Builder::new()
+        .name("rsasgi-stacks".into())
+        .spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            HELPER_THREAD.store(unsafe { libc::pthread_self() } as u64, Ordering::SeqCst);
+            let (stage, changed) = &*theirs;
+            Python::attach(|_py| {
+                let mut st = stage.lock();
+                if *st != Stage::Waiting {
+                    return;
+                }
+                *st = Stage::Dumping;
+                drop(st);
+                raise_dump_signal();
+                *stage.lock() = Stage::Done;
+                changed.notify_all();
+            });
+            WAITING_FOR_GIL.store(false, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        WAITING_FOR_GIL.store(false, Ordering::SeqCst);
+        return GilDump::Unavailable;
+    }
+    let (stage, changed) = &*shared;
+    let deadline = Instant::now() + wait;
+    let mut st = stage.lock();
+    loop {
+        match *st {
+            Stage::Done => return GilDump::Done,
+            // It holds the GIL and is writing: a dump takes milliseconds.
+            Stage::Dumping => changed.wait(&mut st),
+            Stage::Waiting => {
+                if changed.wait_until(&mut st, deadline).timed_out() && *st == Stage::Waiting {
+                    *st = Stage::Abandoned;
+                    return GilDump::NotHad;
+                }
+            }
+            Stage::Abandoned => unreachable!("only this thread abandons"),
+        }
+    }
+}
+
+/// Sent to this very thread, the handler runs before the call returns:
+/// the dump is whole here, without waiting on a shutdown that may come
+/// first. Unblocked meanwhile, in case the thread that started this one
+/// had it blocked (the mask is inherited).
+fn raise_dump_signal() {
     // SAFETY: sigset calls on a local set; pthread_sigmask and pthread_kill on
     // the calling thread, with a signal whose handler (faulthandler's) only
     // makes async-signal-safe calls; the old mask is put back.
@@ -120,15 +264,6 @@ pub(crate) fn log_this_process(file: Option<&StackFile>) {
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &usr2, &mut before);
         libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2);
         libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
-    }
-    if let Some(file) = file {
-        match file.take() {
-            Ok(stacks) if !stacks.is_empty() => {
-                tracing::error!("Python stacks of this worker's threads:\n{stacks}");
-            }
-            Ok(_) => tracing::warn!("No Python stacks were written (is faulthandler registered?)"),
-            Err(err) => tracing::warn!("Cannot read the Python stacks written: {err}"),
-        }
     }
 }
 
@@ -145,6 +280,26 @@ mod tests {
         assert!(fd >= 0);
         // SAFETY: fd was just created and is owned by nothing else.
         File::from(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    #[test]
+    fn the_entry_of_the_helper_thread_is_left_out() {
+        let dump = "Thread 0x00007f0000000001 (most recent call first):\n  File \"app.py\", line 3 in <module>\n\n\
+                    Current thread 0x00007f0000000002 (most recent call first):\n  <no Python frame>\n\n\
+                    Thread 0x00007f0000000003 (most recent call first):\n  <no Python frame>\n";
+        assert_eq!(
+            without_helper(dump, 0x7f00_0000_0002),
+            "Thread 0x00007f0000000001 (most recent call first):\n  File \"app.py\", line 3 in <module>\n\n\
+             Thread 0x00007f0000000003 (most recent call first):\n  <no Python frame>\n"
+        );
+        // Waiting for the GIL, it is not the current thread.
+        assert_eq!(
+            without_helper(dump, 0x7f00_0000_0003),
+            "Thread 0x00007f0000000001 (most recent call first):\n  File \"app.py\", line 3 in <module>\n\n\
+             Current thread 0x00007f0000000002 (most recent call first):\n  <no Python frame>\n\n"
+        );
+        // Another thread's entry stays, even with no frame.
+        assert_eq!(without_helper(dump, 0x7f00_0000_0009), dump);
     }
 
     #[test]

@@ -632,7 +632,7 @@ impl Worker {
                 boot.started.elapsed().as_secs_f64(),
                 limit.as_secs_f64()
             );
-            stacks::log_this_process(worker.stacks.as_deref());
+            stacks::log_this_process(worker.stacks.as_deref(), Duration::from_secs(1));
             worker.leave_unserved(3);
         };
         if let Err(err) = std::thread::Builder::new()

@@ -285,6 +285,64 @@ def test_one_process_past_its_boot_deadline_logs_its_stacks_and_exits(run_rsasgi
     assert not socket_file.exists()
 
 
+CHURN_BOOT = """\
+import threading
+
+
+def leaf(n):
+    return n + 1
+
+
+def churn():
+    n = 0
+    while True:
+        n = (leaf(n) + leaf(n)) % 1000
+
+
+for _ in range(3):
+    threading.Thread(target=churn, daemon=True).start()
+churn()
+"""
+
+
+def test_a_boot_deadline_reads_the_stacks_holding_the_gil(run_rsasgi, tmp_path):
+    """faulthandler reads every thread's frames without a lock, so a thread running Python
+    meanwhile can free a frame under it: CI saw a worker die of a segmentation fault,
+    stacks unlogged, at a boot deadline that came as the import ended. The stacks are now
+    read by a thread holding the GIL, while the app's threads (four, calling functions as
+    fast as they can here) wait at a safe point; that thread's own frameless entry is left
+    out of the dump."""
+    (tmp_path / "churn_boot.py").write_text(CHURN_BOOT)
+    server = run_rsasgi(
+        "churn_boot:app", "--app-dir", str(tmp_path), "--lifespan", "off",
+        "--timeout-worker-boot", "1", "--log-level", "debug", wait=False,
+    )  # fmt: skip
+    assert exit_code(server, timeout=20) == 3, server.output()
+    output = server.output()
+    assert "Python stacks taken holding the GIL" in output
+    assert "The GIL was not free" not in output
+    stacks = log_lines_after(output, "Python stacks of this worker's threads:")
+    assert sum('churn_boot.py", line' in line and "in leaf" not in line for line in stacks) >= 4
+    assert "<no Python frame>" not in "\n".join(stacks), output
+
+
+def test_a_boot_deadline_with_the_gil_held_still_logs_the_stacks(run_rsasgi, tmp_path):
+    """An import that holds the GIL in C (a long sum over a range here; a C extension's
+    call, in life) keeps the GIL from the thread that would read the stacks: after a second
+    they are read without it, as before, and the log says why."""
+    (tmp_path / "hog_boot.py").write_text("total = sum(range(3 * 10**8))\n")
+    server = run_rsasgi(
+        "hog_boot:app", "--app-dir", str(tmp_path), "--lifespan", "off",
+        "--timeout-worker-boot", "1", wait=False,
+    )  # fmt: skip
+    assert exit_code(server, timeout=20) == 3, server.output()
+    output = server.output()
+    assert "The GIL was not free within 1.0s: a thread holds it" in output
+    stacks = log_lines_after(output, "Python stacks of this worker's threads:")
+    assert any('hog_boot.py", line 1 in <module>' in line for line in stacks), output
+    assert "<no Python frame>" not in "\n".join(stacks), output
+
+
 def test_a_boot_ending_as_its_deadline_passes_with_log_config_does_not_deadlock(
     run_rsasgi, tmp_path
 ):

@@ -788,8 +788,9 @@ fn wsgi_thread_stuck(state: &ServerState, exchange: &Exchange, started: bool, wa
         );
     }
     // faulthandler is registered for SIGUSR2 whenever --timeout-request is
-    // set.
-    crate::stacks::log_this_process(state.stacks.as_deref());
+    // set. On the reactor: the GIL is waited for briefly (a running Python
+    // thread gives it up within the switch interval, 5 ms).
+    crate::stacks::log_this_process(state.stacks.as_deref(), Duration::from_millis(200));
     if let Some(slot) = &state.slot {
         slot.request_retirement();
     }
