@@ -506,6 +506,26 @@ def test_callables_kept_from_an_ended_request_raise_and_touch_no_other(one_threa
     assert httpx.get(f"{server.url}/framing/cl", timeout=10).content == b"hello world"
 
 
+def test_a_weak_reference_to_start_response_never_reaches_a_later_request(one_thread):
+    """start_response is a bound method, and a method can be referred to weakly, which the
+    reuse check (strong references only) missed: a weak reference kept by one request (a
+    WeakKeyDictionary of per-request context, say) resolved to the next request's
+    start_response and answered it. Now a weakly held one is not reused either: gunicorn
+    makes one per request, whose weak references die with it."""
+    server = one_thread
+    for _ in range(3):
+        r = httpx.get(f"{server.url}/keep-weak", timeout=10)
+        assert r.status_code == 200 and r.content == b"kept"
+        r = httpx.get(f"{server.url}/use-weak-kept", timeout=10)
+        assert r.status_code == 200
+        out = r.json()
+        assert out["same"] is False, out
+        assert out == {"alive": False, "same": False, "call": None} or out["call"] == (
+            "RuntimeError('start_response() called after its request ended')"
+        ), out
+    assert httpx.get(f"{server.url}/framing/cl", timeout=10).content == b"hello world"
+
+
 def test_access_log_line_for_a_wsgi_request(server):
     r = httpx.get(f"{server.url}/framing/cl", timeout=10)
     assert r.status_code == 200

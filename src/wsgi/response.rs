@@ -81,6 +81,13 @@ impl Callables {
             .bind(py)
             .getattr(intern!(py, "start_response"))?
             .unbind();
+        // `weakly_held` reads it as a builtin method's object.
+        // SAFETY: `call` is a live object; the check reads its type only.
+        if unsafe { pyo3::ffi::PyCFunction_Check(call.as_ptr()) } == 0 {
+            return Err(PyRuntimeError::new_err(
+                "start_response is not a builtin method (unexpected on this Python)",
+            ));
+        }
         Ok(Callables {
             state,
             start_response,
@@ -90,10 +97,16 @@ impl Callables {
     }
 
     /// Whether only the pool holds `start_response` and its `write`: the
-    /// bound method only here, its object only here and in the method.
+    /// bound method only here, and not weakly either (a method can be
+    /// referred to weakly: a `WeakKeyDictionary` of per-request context
+    /// would then reach the next request's), its object only here and in
+    /// the method.
     fn unshared(&self, py: Python<'_>) -> bool {
         let write = &self.start_response.get().write;
-        only_ours(py, &self.call) && refcount(py, &self.start_response) == 2 && only_ours(py, write)
+        only_ours(py, &self.call)
+            && !weakly_held(py, &self.call)
+            && refcount(py, &self.start_response) == 2
+            && only_ours(py, write)
     }
 
     /// This thread's callables bound to `exchange`: the kept ones when no
@@ -191,6 +204,17 @@ fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<ParsedStatus> {
 /// Whether `object` has no holder but the one reference we have.
 fn only_ours<T>(py: Python<'_>, object: &Py<T>) -> bool {
     refcount(py, object) == 1
+}
+
+/// Whether a weak reference to `method`, a builtin method, is alive.
+fn weakly_held(_py: Python<'_>, method: &Py<PyAny>) -> bool {
+    // SAFETY: `method` is the bound builtin method made in `Callables::new`
+    // (`PyCFunction_Check` holds), so its object is a PyCFunctionObject; the
+    // GIL is held (`_py`), so no weak reference is made or dropped meanwhile.
+    unsafe {
+        let function = method.as_ptr().cast::<pyo3::ffi::PyCFunctionObject>();
+        !(*function).m_weakreflist.is_null()
+    }
 }
 
 /// How many references `object` has.

@@ -24,6 +24,9 @@ Routes (by PATH_INFO, anything not listed below is /env):
   /ids                  JSON {"start_response": id(start_response), "errors": id(wsgi.errors)}
   /start-then-raise     calls start_response("201 Created", [("X-Stale", "yes")]), then raises
   /keep                 keeps its start_response and write callables, answers "kept"
+  /keep-weak            keeps a weak reference to its start_response, answers "kept"
+  /use-weak-kept        JSON {"alive": the weak reference's start_response lives, "same": it
+                        is this request's, "call": error repr of calling it, or null}
   /use-kept             calls the callables /keep kept; JSON {"write": error repr or null,
                         "start_response": error repr or null, "same": whether its own
                         start_response is the kept one}
@@ -39,6 +42,7 @@ import json
 import os
 import threading
 import time
+import weakref
 
 from wsgi_common import apply_op, put, query
 
@@ -194,6 +198,20 @@ def app(environ, start_response):
         KEPT["start_response"] = start_response
         KEPT["write"] = start_response("200 OK", [("Content-Length", "4")])
         return [b"kept"]
+
+    if path == "/keep-weak":
+        KEPT["weak"] = weakref.ref(start_response)
+        return simple(start_response, b"kept")
+
+    if path == "/use-weak-kept":
+        kept = KEPT["weak"]()
+        out = {"alive": kept is not None, "same": kept is start_response, "call": None}
+        if kept is not None:
+            try:
+                kept("500 Leaked", [])
+            except Exception as exc:  # noqa: BLE001 - reported to the test
+                out["call"] = repr(exc)
+        return send_json(start_response, out)
 
     if path == "/use-kept":
         out = {"same": start_response is KEPT["start_response"]}
