@@ -68,14 +68,6 @@ pub(crate) const WSGI_THREADS_WAIT: Duration = Duration::from_secs(5);
 /// unused too (all of the grace period, with no connection open).
 pub(crate) const LIFESPAN_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(5);
 
-/// The most threads the reactor's blocking pool keeps, which read the
-/// chunks of files being sent (`--static-map`, pathsend, zerocopy,
-/// `wsgi.file_wrapper`): a burst of downloads that clients abandon starts a
-/// read per response, and tokio's default (512) let them pile up as
-/// threads. Past this, reads wait their turn; nginx's own pool of file
-/// readers has 32 threads too.
-const FILE_READERS: usize = 32;
-
 /// How long a worker's graceful stop may run beyond
 /// `--timeout-graceful-shutdown`: its longest bounded steps (an ASGI app's
 /// request tasks, after the reactor's close handshake with the WebSockets
@@ -939,7 +931,6 @@ impl Worker {
         let park_bridge = Arc::clone(&bridge);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .max_blocking_threads(FILE_READERS)
             .on_thread_park(move || park_bridge.flush())
             .thread_name("rsasgi-reactor")
             .build()

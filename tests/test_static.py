@@ -17,7 +17,6 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -26,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from apps.proto_raw import RawConn, Response, request, rss_kib
-from conftest import APPS, access_log, cli, resets_on_close, wait_for, wait_for_log
+from conftest import APPS, access_log, cli, wait_for, wait_for_log
 from test_cli import assert_one_clear_line
 
 APP = "static_app:app"
@@ -744,49 +743,6 @@ def test_a_stalled_client_gets_50_mib_whole_without_blocking_or_buffering(run_rs
     conn.send(request("GET", "/static/style.css"))
     assert conn.read_response().body == FILES["style.css"]
     conn.sock.close()
-
-
-def thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-@pytest.mark.timeout(90)
-def test_a_burst_of_abandoned_downloads_keeps_the_file_readers_bounded(run_rsasgi, site):
-    """Each response of a file has one read of it at a time on the reactor's blocking pool;
-    clients that ask for a large file at once and leave start a read each, and tokio would
-    keep starting threads for them up to 512. The server keeps at most 32 file readers, and
-    serves again once the burst is over."""
-    data = random_file(site.path("big.bin"), 8 * MiB, 8)
-    server = serve(run_rsasgi, site)
-    assert_serves(server, "/static/style.css", FILES["style.css"])
-    pid = server.proc.pid
-    before = thread_count(pid)
-    counts = [before]
-    bursting = threading.Event()
-    bursting.set()
-
-    def sample() -> None:
-        while bursting.is_set():
-            counts.append(thread_count(pid))
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        for _ in range(10):
-            socks = [server.connect() for _ in range(200)]
-            for sock in socks:
-                sock.sendall(request("GET", "/static/big.bin"))
-            for sock in socks:
-                sock.recv(65536)
-                resets_on_close(sock).close()
-        time.sleep(0.5)
-    finally:
-        bursting.clear()
-        sampler.join()
-    peak = max(counts)
-    assert peak <= before + 32, f"{before} threads before the burst, {peak} during it"
-    assert_serves(server, "/static/big.bin", data)
 
 
 @pytest.mark.timeout(60)
