@@ -287,8 +287,9 @@ def test_limit_request_head_is_exact(run_rsasgi, http, limit):
     [
         (b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", "a.example:443"),
         (b"CONNECT /tunnel HTTP/1.1\r\nHost: x\r\n\r\n", "/tunnel"),
+        (b"CONNECT http://a.example:443/ HTTP/1.1\r\nHost: a.example\r\n\r\n", "a.example:443"),
     ],
-    ids=["authority-form", "origin-form"],
+    ids=["authority-form", "origin-form", "absolute-form"],
 )
 def test_connect_gets_501_and_never_reaches_the_app(run_rsasgi, request_bytes, target):
     """RFC 9110 §9.3.6: rsasgi makes no tunnels. The app got CONNECT with path "/", and any
@@ -301,7 +302,7 @@ def test_connect_gets_501_and_never_reaches_the_app(run_rsasgi, request_bytes, t
     assert counts(server) == {}
     assert_server_up(server)
     wait_for_log(server, "501: CONNECT ", "asks for a tunnel, which rsasgi does not make")
-    # The access line names the target as sent (it said "/" for an authority).
+    # The access line names what it asks to reach (it said "/" for an authority).
     wait_for_log(server, f'"CONNECT {target} HTTP/1.1" 501')
 
 
@@ -324,6 +325,15 @@ def test_a_target_neither_a_path_nor_a_url_gives_400(run_rsasgi, request_bytes, 
     assert counts(server) == {}
     assert_server_up(server)
     wait_for_log(server, f'400: the target "{target}" of a ')
+
+
+def test_an_absolute_url_without_a_path_is_logged_with_its_slash(run_rsasgi):
+    """RFC 9112 §3.2.2: `GET http://a.example?x=1` asks for `/?x=1`, as the app sees it; the
+    access line said `GET ?x=1`."""
+    server = run_rsasgi(APP)
+    response = exchange(server, b"GET http://a.example?x=1 HTTP/1.1\r\nHost: a.example\r\n\r\n")
+    assert status_of(response) == 200, response
+    wait_for_log(server, '"GET /?x=1 HTTP/1.1" 200')
 
 
 def test_two_host_headers_give_400_over_http10_too(run_rsasgi):

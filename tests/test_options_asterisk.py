@@ -72,3 +72,19 @@ def test_an_asterisk_path_on_another_method_over_http2_gives_400(run_rsasgi, met
         status, counts = h2_exchange(conn, sock, 3, request_headers("GET", "/count"))
     assert (status, json.loads(counts)) == (b"200", {}), server.output()
     assert f'400: the target "*" of a {method} request is in asterisk-form' in server.output()
+
+
+def test_a_path_that_is_not_absolute_over_http2_gives_400(run_rsasgi):
+    """RFC 9113 §8.3.1: `:path` is an absolute path (with a query), or "*". A `:path` of
+    "?x=1" reached the app as path "/" with the query; over HTTP/1 `GET ?x=1` is a 400."""
+    server = run_rsasgi("err_count:app")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    with server.connect() as sock:
+        status, _ = h2_exchange(conn, sock, 1, request_headers("GET", "?x=1"))
+        assert status == b"400", server.output()
+        status, counts = h2_exchange(conn, sock, 3, request_headers("GET", "/count"))
+    assert (status, json.loads(counts)) == (b"200", {}), server.output()
+    assert '400: the target "?x=1" of a GET request is in a form no :path may have' in (
+        server.output()
+    )

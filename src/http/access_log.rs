@@ -240,13 +240,20 @@ impl Record {
         }
     }
 
-    /// The request target as sent: path and query, or a CONNECT's
-    /// authority (`host:port`, which has neither).
-    fn target(&self) -> &str {
-        match (self.uri.path_and_query(), self.uri.authority()) {
-            (Some(pq), _) => pq.as_str(),
-            (None, Some(authority)) => authority.as_str(),
-            (None, None) => "/",
+    /// The request target: a CONNECT's authority (`host:port`, what it
+    /// asks to reach, however it was written), else the path and query
+    /// (`/` for an absolute URL with no path: `http://a.example?x=1` is
+    /// `/?x=1`).
+    fn target(&self) -> Cow<'_, str> {
+        if self.method == Method::CONNECT {
+            if let Some(authority) = self.uri.authority() {
+                return Cow::Borrowed(authority.as_str());
+            }
+        }
+        match self.uri.path_and_query().map(|pq| pq.as_str()) {
+            Some(target) if target.starts_with('?') => Cow::Owned(format!("/{target}")),
+            Some(target) => Cow::Borrowed(target),
+            None => Cow::Borrowed("/"),
         }
     }
 

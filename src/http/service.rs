@@ -246,7 +246,7 @@ pub(crate) fn handle(
                 // As the client sent it: HTTP/2's `:path` (hyper's URI
                 // also holds `:scheme` and `:authority`), HTTP/1's target.
                 let target = match request.uri().path_and_query() {
-                    Some(path) if over_http2 => path.to_string(),
+                    Some(path) if over_http2 => path.as_str().to_owned(),
                     _ => request.uri().to_string(),
                 };
                 tracing::info!(
@@ -1250,12 +1250,17 @@ fn check_http1_target(request: &mut Request<Incoming>) -> Option<&'static str> {
     None
 }
 
-/// An HTTP/2 request's `:path` in a form its method may not use: `*` is
-/// for OPTIONS only (RFC 9113 §8.3.1), as over HTTP/1. (h2 refuses an
-/// empty `:path` itself; CONNECT has none.)
+/// An HTTP/2 request's `:path` in a form RFC 9113 §8.3.1 does not allow:
+/// `*` is for OPTIONS only, as over HTTP/1, and anything else must be an
+/// absolute path (`?x=1` reached the app as `/` with a query). h2 refuses
+/// an empty `:path` itself; a CONNECT has none.
 fn check_http2_target(request: &Request<Incoming>) -> Option<&'static str> {
-    (request.uri().path() == "*" && request.method() != Method::OPTIONS)
-        .then_some("asterisk-form, which only OPTIONS may use")
+    let path = request.uri().path_and_query()?.as_str();
+    if path == "*" {
+        return (request.method() != Method::OPTIONS)
+            .then_some("asterisk-form, which only OPTIONS may use");
+    }
+    (!path.starts_with('/')).then_some("a form no :path may have (it must start with \"/\")")
 }
 
 /// HTTP/2 carries the host in the `:authority` pseudo-header, which hyper
