@@ -68,6 +68,12 @@ pub(crate) const WSGI_THREADS_WAIT: Duration = Duration::from_secs(5);
 /// unused too (all of the grace period, with no connection open).
 pub(crate) const LIFESPAN_SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(5);
 
+/// How long a stopping worker waits, once its connections are closed, for
+/// file reads still running on the reactor's blocking pool (their
+/// responses are gone): a read from the page cache or a disk ends within
+/// it; one on a hung filesystem would never end.
+const FILE_READS_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a worker's graceful stop may run beyond
 /// `--timeout-graceful-shutdown`: its longest bounded steps (an ASGI app's
 /// request tasks, after the reactor's close handshake with the WebSockets
@@ -953,9 +959,22 @@ impl Worker {
                     tokio::spawn(crate::allocator::give_back_memory());
                     serve(listeners, config, state, shutdown).await;
                 });
-                // Dropping the runtime drops every connection still open, which
-                // closes their exchanges before Python hears that we stopped.
-                drop(runtime);
+                // Shutting the runtime down drops every connection still
+                // open, which closes their exchanges before Python hears that
+                // we stopped. A file read on its blocking pool cannot be
+                // cancelled: one stuck on a hung filesystem held the exit for
+                // as long as the filesystem did, whatever the grace period.
+                runtime.shutdown_timeout(FILE_READS_WAIT);
+                let stuck = crate::http::file_reads_in_flight();
+                if stuck > 0 {
+                    tracing::warn!(
+                        "{stuck} file read(s) still blocked {}s after the last connection \
+                         closed (a hung filesystem, or a very slow disk?); the worker stops \
+                         without them, but the kernel keeps the process from exiting until \
+                         the filesystem answers them",
+                        FILE_READS_WAIT.as_secs()
+                    );
+                }
                 bridge.push(Event::Stopped);
                 bridge.flush();
             })

@@ -15,6 +15,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -25,7 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 from apps.proto_raw import RawConn, Response, request, rss_kib
-from conftest import APPS, access_log, cli, wait_for, wait_for_log
+from conftest import APPS, access_log, cli, resets_on_close, wait_for, wait_for_log
+from fuse_support import hung_filesystem
 from test_cli import assert_one_clear_line
 
 APP = "static_app:app"
@@ -743,6 +745,45 @@ def test_a_stalled_client_gets_50_mib_whole_without_blocking_or_buffering(run_rs
     conn.send(request("GET", "/static/style.css"))
     assert conn.read_response().body == FILES["style.css"]
     conn.sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_small_file_on_a_hung_filesystem_holds_its_own_response_only(run_rsasgi, site, tmp_path):
+    """A file of 64 KiB or less was read on the reactor, with its head: a read that a hung
+    network filesystem never answers froze every connection of the worker (the app's, the
+    other files'). It is now read there only when the page cache holds it all (a read that
+    cannot block), else on the blocking pool, as a large file is."""
+    with hung_filesystem(tmp_path, "small.txt", 1000) as hung:
+        server = serve(run_rsasgi, site, "--static-map", f"/hung={hung}")
+        stuck = server.connect()
+        stuck.sendall(request("GET", "/hung/small.txt"))
+        time.sleep(0.5)
+        assert_serves(server, "/static/style.css", FILES["style.css"])
+        assert_from_app(fetch(server, "/x"), "GET", "/x")
+        resets_on_close(stuck).close()
+
+
+@pytest.mark.timeout(60)
+def test_a_read_stuck_on_a_hung_filesystem_does_not_hold_the_stop(run_rsasgi, site, tmp_path):
+    """A file read cannot be cancelled, and the worker waited for the reads on its blocking
+    pool as it stopped: one stuck on a hung filesystem held the stop (the app's lifespan
+    shutdown, the "Stopped" line) for as long as the filesystem did, whatever
+    --timeout-graceful-shutdown said. It now waits a second for them and goes on, saying so.
+    The process itself exits only once the filesystem answers: the kernel keeps a thread
+    whose read a filesystem has taken until it is answered."""
+    with hung_filesystem(tmp_path, "big.bin", MiB) as hung:
+        server = serve(run_rsasgi, site, "--static-map", f"/hung={hung}",
+                       "--timeout-graceful-shutdown", "2")  # fmt: skip
+        stuck = server.connect()
+        stuck.sendall(request("GET", "/hung/big.bin"))
+        time.sleep(0.5)
+        resets_on_close(stuck).close()
+        server.proc.send_signal(signal.SIGTERM)
+        # Well within the filesystem's 60 s, which the stop waited for before.
+        wait_for_log(server, "still blocked 1s after the last connection closed", timeout=20)
+        wait_for_log(server, "Stopped", timeout=10)
+    # The filesystem gone, its reads fail and the process exits.
+    assert server.wait_exit(timeout=20) == 0, server.output()
 
 
 @pytest.mark.timeout(60)

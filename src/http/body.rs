@@ -3,10 +3,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use bytes::{Bytes, BytesMut};
@@ -63,7 +65,10 @@ impl FileStream {
         let reading = self.reading.get_or_insert_with(|| {
             let file = Arc::clone(&self.file);
             let (position, want) = (self.position, self.remaining.min(CHUNK as u64) as usize);
-            tokio::task::spawn_blocking(move || read_chunk(&file, position, want))
+            tokio::task::spawn_blocking(move || {
+                let _counted = ReadInFlight::start();
+                read_chunk(&file, position, want)
+            })
         });
         let read = match Pin::new(reading).poll(cx) {
             Poll::Pending => return Poll::Pending,
@@ -89,6 +94,66 @@ impl FileStream {
             }
         }
     }
+}
+
+/// File reads running on the blocking pool now.
+static FILE_READS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many file reads are running on the blocking pool: at a worker's
+/// stop, the ones a hung filesystem holds.
+pub(crate) fn file_reads_in_flight() -> usize {
+    FILE_READS.load(Ordering::SeqCst)
+}
+
+/// Counts a file read in [`FILE_READS`] while it lives.
+struct ReadInFlight;
+
+impl ReadInFlight {
+    fn start() -> ReadInFlight {
+        FILE_READS.fetch_add(1, Ordering::SeqCst);
+        ReadInFlight
+    }
+}
+
+impl Drop for ReadInFlight {
+    fn drop(&mut self) {
+        FILE_READS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The `len` bytes at `position`, if the page cache holds all of them: a
+/// read that cannot block (`RWF_NOWAIT`), so it may be made on the reactor.
+/// `None` when some would have to come from the disk, when the filesystem
+/// cannot tell (FUSE, a kernel before 4.14) or the file is shorter: the
+/// caller then reads on the blocking pool, where a slow disk or a hung
+/// network filesystem holds that response only.
+pub(crate) fn read_cached(file: &File, position: u64, len: usize) -> Option<Bytes> {
+    if len == 0 {
+        return Some(Bytes::new());
+    }
+    let position = libc::c_long::try_from(position).ok()?;
+    let mut buffer = BytesMut::zeroed(len);
+    let iov = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    // The system call, not glibc's wrapper, which older glibcs lack. On a
+    // 64-bit kernel the position is whole in its low word; the high word
+    // is ignored.
+    // SAFETY: `iov` describes `buffer`, which outlives the call; the
+    // descriptor is the open file's.
+    let read = unsafe {
+        libc::syscall(
+            libc::SYS_preadv2,
+            file.as_raw_fd(),
+            &iov as *const libc::iovec,
+            1 as libc::c_long,
+            position,
+            0 as libc::c_long,
+            libc::RWF_NOWAIT as libc::c_long,
+        )
+    };
+    (usize::try_from(read).ok() == Some(len)).then(|| buffer.freeze())
 }
 
 /// Reads up to `want` bytes at `position`; fewer only at the end of the file.
@@ -505,5 +570,28 @@ impl Drop for ResponseBody {
             exchange.close();
             exchange.release_response();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn a_file_in_the_page_cache_is_read_at_once_and_a_short_one_is_not() {
+        let mut file = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        file.write_all(&data).unwrap();
+        // Just written: in the page cache.
+        assert_eq!(read_cached(&file, 0, 10_000).as_deref(), Some(&data[..]));
+        assert_eq!(
+            read_cached(&file, 100, 50).as_deref(),
+            Some(&data[100..150])
+        );
+        assert_eq!(read_cached(&file, 0, 0).as_deref(), Some(&b""[..]));
+        // Fewer bytes than asked for (the file shrank): the caller reads it the slow way.
+        assert_eq!(read_cached(&file, 9_990, 20), None);
     }
 }

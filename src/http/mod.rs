@@ -14,4 +14,5 @@ mod server;
 mod service;
 pub(crate) mod static_files;
 
+pub(crate) use body::file_reads_in_flight;
 pub(crate) use server::{serve, ServerState, WEBSOCKET_CLOSE_WAIT};

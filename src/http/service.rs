@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::access_log::{AccessLog, AccessRecord};
-use super::body::{read_chunk, FileStream, ResponseBody, Source};
+use super::body::{read_cached, FileStream, ResponseBody, Source};
 use super::connection::{ActiveRequest, AppTask};
 use super::refusals;
 use super::request_id;
@@ -1439,20 +1439,14 @@ impl ServerState {
                 let source = if is_head {
                     Source::Head
                 } else if served.len <= CHUNK as u64 {
-                    match read_chunk(&served.file, served.offset, served.len as usize) {
-                        Ok(body) if body.len() as u64 == served.len => Source::Fixed(Some(body)),
-                        Ok(_) | Err(_) => {
-                            tracing::warn!(
-                                "{} {}: the file changed or could not be read while being sent",
-                                request.method(),
-                                request.uri().path()
-                            );
-                            let status = StatusCode::INTERNAL_SERVER_ERROR;
-                            return self.error_response(
-                                status,
-                                log.map(|log| log.with_status(status)),
-                                false,
-                            );
+                    // Small, and in the page cache: sent with the head. Else
+                    // read on the blocking pool as a large file is: a read
+                    // on the reactor that a slow disk or a hung filesystem
+                    // held froze every connection of the worker.
+                    match read_cached(&served.file, served.offset, served.len as usize) {
+                        Some(body) => Source::Fixed(Some(body)),
+                        None => {
+                            Source::File(FileStream::new(served.file, served.offset, served.len))
                         }
                     }
                 } else {
