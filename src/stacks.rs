@@ -130,7 +130,21 @@ pub(crate) fn log_this_process(file: Option<&StackFile>, gil_wait: Duration) {
             );
             raise_dump_signal();
         }
-        GilDump::Unavailable => raise_dump_signal(),
+        GilDump::Unavailable => {
+            tracing::warn!(
+                "The stacks that follow are read without the GIL: a thread that waits for it \
+                 since an earlier dump still does (a thread holds it: C code that does not \
+                 release it, or a long computation)"
+            );
+            raise_dump_signal();
+        }
+        GilDump::NoHelper => {
+            tracing::warn!(
+                "Cannot start a thread to take the stacks holding the GIL: they are read \
+                 without it"
+            );
+            raise_dump_signal();
+        }
     }
     if let Some(file) = file {
         let helper = HELPER_THREAD.load(Ordering::SeqCst);
@@ -176,9 +190,10 @@ enum GilDump {
     Done,
     /// The GIL was not had in time.
     NotHad,
-    /// No thread could be started to wait for it, or one still waits from
-    /// an earlier dump.
+    /// A thread still waits for it from an earlier dump.
     Unavailable,
+    /// No thread could be started to wait for it.
+    NoHelper,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -227,7 +242,7 @@ fn dump_holding_the_gil(wait: Duration) -> GilDump {
         });
     if spawned.is_err() {
         WAITING_FOR_GIL.store(false, Ordering::SeqCst);
-        return GilDump::Unavailable;
+        return GilDump::NoHelper;
     }
     let (stage, changed) = &*shared;
     let deadline = Instant::now() + wait;

@@ -88,3 +88,4 @@ def test_a_path_that_is_not_absolute_over_http2_gives_400(run_rsasgi):
     assert '400: the target "?x=1" of a GET request is in a form no :path may have' in (
         server.output()
     )
+    assert '"GET ?x=1 HTTP/2.0" 400' in server.output()

@@ -123,7 +123,9 @@ class H2WebSocket:
 
 def test_echo_over_http2(run_rsasgi):
     server = run_rsasgi("ws_app:app")
-    ws = H2WebSocket(server, "/echo")
+    ws = H2WebSocket(server, "/echo?x=1")
+    # The access line names the path opened (an extended CONNECT has one), not the host.
+    wait_for_log(server, '"CONNECT /echo?x=1 HTTP/2.0" 200')
     try:
         assert ws.headers[":status"] == "200"
         assert "sec-websocket-accept" not in ws.headers

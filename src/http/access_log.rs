@@ -240,18 +240,24 @@ impl Record {
         }
     }
 
-    /// The request target: a CONNECT's authority (`host:port`, what it
-    /// asks to reach, however it was written), else the path and query
-    /// (`/` for an absolute URL with no path: `http://a.example?x=1` is
-    /// `/?x=1`).
+    /// The request target: the path and query; a plain CONNECT's authority
+    /// (`host:port`, what it asks to reach, however it was written: an
+    /// HTTP/2 WebSocket's extended CONNECT has a path, which is what it
+    /// opens); `/` in front of a bare query of an HTTP/1 absolute URL
+    /// (`http://a.example?x=1` asks for `/?x=1`; an HTTP/2 `:path` of `?x=1`
+    /// is logged as sent, with the 400 it gets).
     fn target(&self) -> Cow<'_, str> {
-        if self.method == Method::CONNECT {
+        let plain_connect = self.method == Method::CONNECT
+            && (self.version != Version::HTTP_2 || self.uri.path_and_query().is_none());
+        if plain_connect {
             if let Some(authority) = self.uri.authority() {
                 return Cow::Borrowed(authority.as_str());
             }
         }
         match self.uri.path_and_query().map(|pq| pq.as_str()) {
-            Some(target) if target.starts_with('?') => Cow::Owned(format!("/{target}")),
+            Some(target) if target.starts_with('?') && self.version != Version::HTTP_2 => {
+                Cow::Owned(format!("/{target}"))
+            }
             Some(target) => Cow::Borrowed(target),
             None => Cow::Borrowed("/"),
         }

@@ -86,10 +86,13 @@ impl FileStream {
                     "a file shrank while it was being sent ({} bytes short); the response is cut",
                     self.remaining
                 );
+                // Said once: the body may be polled again after its error.
+                self.remaining = 0;
                 Poll::Ready(Some(Err(Aborted)))
             }
             Err(err) => {
                 tracing::warn!("reading a file being sent failed: {err}; the response is cut");
+                self.remaining = 0;
                 Poll::Ready(Some(Err(Aborted)))
             }
         }
