@@ -726,10 +726,13 @@ mod tests {
         (settings, client_config)
     }
 
-    #[tokio::test]
-    async fn a_handshake_reports_what_was_negotiated() {
+    /// The server's side of a handshake with a client that has a
+    /// certificate, over an in-memory pipe.
+    async fn handshake(
+        reqs: ClientCerts,
+    ) -> tokio_rustls::server::TlsStream<tokio::io::DuplexStream> {
         let files = files();
-        let (settings, client_config) = mutual(&files, ClientCerts::Required);
+        let (settings, client_config) = mutual(&files, reqs);
         let acceptor = tokio_rustls::TlsAcceptor::from(settings.server_config(&[ALPN_H2]).unwrap());
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
@@ -739,7 +742,12 @@ mod tests {
             acceptor.accept(server_io)
         );
         client.unwrap();
-        let server = server.unwrap();
+        server.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_handshake_reports_what_was_negotiated() {
+        let server = handshake(ClientCerts::Required).await;
         let info = TlsInfo::of(server.get_ref().1, Some(Arc::from("PEM")));
         assert_eq!(info.tls_version, 0x0304);
         assert_eq!(info.protocol_name(), "TLSv1.3");
@@ -760,18 +768,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_offering_post_quantum_key_exchange_gets_it() {
-        let files = files();
-        let (settings, client_config) = mutual(&files, ClientCerts::Optional);
-        let acceptor = tokio_rustls::TlsAcceptor::from(settings.server_config(&[ALPN_H2]).unwrap());
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let (client, server) = tokio::join!(
-            connector.connect(name, client_io),
-            acceptor.accept(server_io)
-        );
-        client.unwrap();
-        let server = server.unwrap();
+        let server = handshake(ClientCerts::Optional).await;
         let group = server
             .get_ref()
             .1
