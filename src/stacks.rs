@@ -119,30 +119,28 @@ pub(crate) fn log_this_process(file: Option<&StackFile>, gil_wait: Duration) {
             );
         }
     }
-    match dump_holding_the_gil(gil_wait) {
-        GilDump::Done => tracing::debug!("Python stacks taken holding the GIL"),
-        GilDump::NotHad => {
-            tracing::warn!(
-                "The GIL was not free within {:.1}s: a thread holds it (C code that does not \
-                 release it, or a long computation), so the stacks that follow are read \
-                 without it",
-                gil_wait.as_secs_f64()
-            );
-            raise_dump_signal();
-        }
-        GilDump::Unavailable => {
-            tracing::warn!(
-                "The stacks that follow are read without the GIL: a thread that waits for it \
-                 since an earlier dump still does (a thread holds it: C code that does not \
-                 release it, or a long computation)"
-            );
-            raise_dump_signal();
-        }
-        GilDump::NoHelper => {
-            tracing::warn!(
-                "Cannot start a thread to take the stacks holding the GIL: they are read \
-                 without it"
-            );
+    let without_gil = match dump_holding_the_gil(gil_wait) {
+        GilDump::Done => None,
+        GilDump::NotHad => Some(format!(
+            "The GIL was not free within {:.1}s: a thread holds it (C code that does not \
+             release it, or a long computation), so the stacks that follow are read without it",
+            gil_wait.as_secs_f64()
+        )),
+        GilDump::Unavailable => Some(
+            "The stacks that follow are read without the GIL: a thread that waits for it since \
+             an earlier dump still does (a thread holds it: C code that does not release it, or \
+             a long computation)"
+                .to_owned(),
+        ),
+        GilDump::NoHelper => Some(
+            "Cannot start a thread to take the stacks holding the GIL: they are read without it"
+                .to_owned(),
+        ),
+    };
+    match without_gil {
+        None => tracing::debug!("Python stacks taken holding the GIL"),
+        Some(why) => {
+            tracing::warn!("{why}");
             raise_dump_signal();
         }
     }
@@ -162,12 +160,13 @@ pub(crate) fn log_this_process(file: Option<&StackFile>, gil_wait: Duration) {
 /// to take it (`thread`, as faulthandler names threads): it has no Python
 /// frame, and would only puzzle.
 fn without_helper(stacks: &str, thread: u64) -> String {
-    let id = format!("thread 0x{thread:016x} ");
+    let other = format!("thread 0x{thread:016x} ");
+    let current = format!("current {other}");
     let mut kept = String::with_capacity(stacks.len());
     let mut lines = stacks.split_inclusive('\n').peekable();
     while let Some(line) = lines.next() {
         let header = line.to_ascii_lowercase();
-        if (header.starts_with(&id) || header.starts_with(&format!("current {id}")))
+        if (header.starts_with(&other) || header.starts_with(&current))
             && lines
                 .peek()
                 .is_some_and(|next| next.trim() == "<no Python frame>")
