@@ -745,10 +745,11 @@ pub(crate) struct Exchange {
     pub uri: Uri,
     pub version: Version,
     pub connection: ConnectionInfo,
-    /// The body's task waits for hyper to decode more of the body: were
-    /// the client's input to end now, the body would be cut short (see
-    /// `connection::Activity::half_closed`).
-    body_read_pending: AtomicBool,
+    /// The body can become whole only with more of the client's input:
+    /// its task found hyper's channel empty (and hyper has not put a frame
+    /// there since), or ended. Were the input to end now, the body would be
+    /// cut short (see `connection::Activity::half_closed`).
+    body_needs_input: AtomicBool,
 }
 
 impl Exchange {
@@ -781,7 +782,7 @@ impl Exchange {
                 uri: head.uri.clone(),
                 version: head.version,
                 connection,
-                body_read_pending: AtomicBool::new(false),
+                body_needs_input: AtomicBool::new(false),
             });
         // SAFETY: the value was written just above.
         unsafe { shared.assume_init() }
@@ -925,16 +926,29 @@ impl Exchange {
         self.resolve(receiver, WaitKind::Receive);
     }
 
-    /// The body's task awaits hyper for more of the body (`true`), or has
-    /// what it asked for (`false`).
-    pub(crate) fn body_read_pending(&self, pending: bool) {
-        self.body_read_pending.store(pending, Ordering::Relaxed);
+    /// The body's task found no frame of the body in hyper's channel, or
+    /// ended: what is missing of the body can come only from the client. A
+    /// half-close looked at while the body's task had a frame to take is
+    /// looked at again, now that the answer is known.
+    pub(crate) fn body_needs_input(&self) {
+        self.body_needs_input.store(true, Ordering::Relaxed);
+        let look = self.state.lock().when_whole.take();
+        if let Some(waker) = look {
+            wake(waker);
+        }
+    }
+
+    /// hyper put a frame of the body in its channel (or ended it), or the
+    /// body's task took one.
+    pub(crate) fn body_frame_ready(&self) {
+        self.body_needs_input.store(false, Ordering::Relaxed);
     }
 
     /// Whether the end of the client's input now cuts the body short: the
-    /// body's task waits for hyper to decode more of it.
+    /// body's task has taken all hyper had of it and waits for more, or
+    /// ended without it.
     pub(crate) fn body_cut_by_end_of_input(&self) -> bool {
-        self.body_read_pending.load(Ordering::Relaxed)
+        self.body_needs_input.load(Ordering::Relaxed)
     }
 
     /// Wakes `waker` once the whole body has arrived (at once if it has).

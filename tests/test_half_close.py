@@ -124,6 +124,17 @@ def test_a_body_cut_short_by_the_end_of_input_is_not_a_half_close(run_rsasgi, in
     assert "/cut" not in done(server)
 
 
+@pytest.mark.parametrize("interface", list(APPS))
+def test_a_large_body_cut_short_by_the_end_of_input_is_not_a_half_close(run_rsasgi, interface):
+    """As above with a body the server reads in many pieces, the end of input coming after
+    some of them: the connection still ends at once, and no complete body reaches the app."""
+    server = run_rsasgi(*APPS[interface], *KEEP_ALIVE)
+    head = b"POST /cut HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n"
+    raw = half_closed_exchange(server, head + b"x" * 200_000)
+    assert b"/cut 300000" not in raw and b"/cut 200000" not in raw, raw
+    assert "/cut" not in done(server)
+
+
 def test_a_wsgi_client_that_gives_up_after_a_while_is_one_that_left(run_rsasgi):
     """An end of input that comes a second or more after the request is a client giving up
     on a slow answer (nginx closes its upstream connection so): its request, still queued

@@ -273,9 +273,10 @@ impl Activity {
     /// hyper decodes a body into a channel that the body's own task empties
     /// into the exchange as the app reads: a body whose last bytes came
     /// with the end of input may not be the exchange's yet. It was cut
-    /// short if that task waits for hyper to decode more of it; otherwise
-    /// the end of input is kept from hyper until the body is whole, and
-    /// looked at again then.
+    /// short if that task has taken all hyper had of it and waits for
+    /// more (or ended without it); otherwise the end of input is kept from
+    /// hyper until the body is whole, or that task finds it needs more,
+    /// and looked at again then.
     pub(crate) fn half_closed(&self, waker: &Waker) -> bool {
         let exchanges: Vec<Arc<Exchange>> = {
             let mut st = self.state.lock();
@@ -297,8 +298,9 @@ impl Activity {
                 return false;
             }
             // A body not yet the exchange's: cut short if its task waits
-            // for hyper to decode more of it; else (it waits for the app to
-            // read, or has yet to run) looked at again once it is whole.
+            // for input hyper has not had; else (it waits for the app to
+            // read, or has a frame to take) looked at again once it is
+            // whole or that task finds it needs more.
             let mut incomplete = false;
             for (_, watched) in st.watched.iter() {
                 match &watched.exchange {

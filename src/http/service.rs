@@ -3,16 +3,18 @@
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use parking_lot::Mutex;
 
 use super::access_log::{AccessLog, AccessRecord};
 use super::body::{read_cached, FileStream, ResponseBody, Source};
@@ -1064,10 +1066,11 @@ struct Pump {
 /// The body's next frame; `Err` when the app has waited for it for `limit`.
 async fn body_within(
     body: &mut Incoming,
-    exchange: &Exchange,
+    watch: &BodyWatch,
     limit: Duration,
 ) -> Result<Option<Result<http_body::Frame<Bytes>, hyper::Error>>, tokio::time::error::Elapsed> {
-    let mut frame = std::pin::pin!(body.frame());
+    let exchange = &*watch.state.exchange;
+    let mut frame = std::pin::pin!(watch.frame(body));
     loop {
         tokio::select! {
             biased;
@@ -1102,6 +1105,7 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
     } = pump;
     let mut received: u64 = 0;
     let mut drained: u64 = 0;
+    let watch = BodyWatch::new(&exchange);
     loop {
         let room = poll_fn(|cx| exchange.poll_body_room(cx)).await;
         if matches!(room, BodyRoom::Stop) || drained > MAX_BODY_DRAIN {
@@ -1111,13 +1115,9 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
         // not sent: not while the app takes its time reading it, nor while
         // it does something else (streams its response) and the body is
         // read ahead for it.
-        // Marked while hyper has yet to decode the frame: an end of the
-        // client's input then cuts the body short (not a half-close).
-        exchange.body_read_pending(true);
-        let _decoded = BodyReadDone(&exchange);
         let frame = match timeout {
-            None => body.frame().await,
-            Some(limit) => match body_within(&mut body, &exchange, limit).await {
+            None => watch.frame(&mut body).await,
+            Some(limit) => match body_within(&mut body, &watch, limit).await {
                 Ok(frame) => frame,
                 Err(_elapsed) => {
                     // Where the server may be the one holding the body back,
@@ -1206,13 +1206,79 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
     }
 }
 
-/// Clears the body's task's "waiting for hyper" mark, however its wait
-/// ends (a frame, a timeout, the task dropped).
-struct BodyReadDone<'a>(&'a Exchange);
+/// Tells the exchange whether its body can become whole without more of
+/// the client's input, for a half-close (see `Activity::half_closed`).
+///
+/// hyper reads the socket again once it has put the last frame of a body
+/// in its channel, before the body's task takes that frame: an end of input
+/// found then is a half-close after the whole body. One found as the task
+/// waits on an empty channel cut the body short. The body's frames are
+/// polled with a waker of this watch's own, which hyper wakes as it puts a
+/// frame in the channel, so the exchange knows which, without a race.
+struct BodyWatch {
+    state: Arc<WatchState>,
+    waker: Waker,
+}
 
-impl Drop for BodyReadDone<'_> {
+struct WatchState {
+    exchange: Arc<Exchange>,
+    /// The body's task, to be woken in turn.
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for WatchState {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.exchange.body_frame_ready();
+        if let Some(task) = &*self.task.lock() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl BodyWatch {
+    fn new(exchange: &Arc<Exchange>) -> BodyWatch {
+        let state = Arc::new(WatchState {
+            exchange: Arc::clone(exchange),
+            task: Mutex::new(None),
+        });
+        BodyWatch {
+            waker: Waker::from(Arc::clone(&state)),
+            state,
+        }
+    }
+
+    /// The body's next frame from hyper.
+    fn frame<'a>(
+        &'a self,
+        body: &'a mut Incoming,
+    ) -> impl Future<Output = Option<Result<http_body::Frame<Bytes>, hyper::Error>>> + 'a {
+        poll_fn(move |cx| {
+            {
+                let mut task = self.state.task.lock();
+                if !task.as_ref().is_some_and(|task| task.will_wake(cx.waker())) {
+                    *task = Some(cx.waker().clone());
+                }
+            }
+            let polled = Pin::new(&mut *body).poll_frame(&mut Context::from_waker(&self.waker));
+            match polled {
+                Poll::Pending => self.state.exchange.body_needs_input(),
+                Poll::Ready(_) => self.state.exchange.body_frame_ready(),
+            }
+            polled
+        })
+    }
+}
+
+impl Drop for BodyWatch {
+    /// The body's task ended: whatever it did not take stays hyper's.
     fn drop(&mut self) {
-        self.0.body_read_pending(false);
+        if !self.state.exchange.request_whole() {
+            self.state.exchange.body_needs_input();
+        }
     }
 }
 
