@@ -407,6 +407,9 @@ struct State {
     /// woken once the whole body has arrived (see
     /// [`Exchange::wake_when_whole`]).
     when_whole: Option<Waker>,
+    /// The body's task ended without the whole body (see
+    /// [`Exchange::body_abandoned`]).
+    body_abandoned: bool,
     /// The client half-closed its connection after the whole request: it
     /// sends nothing more but still reads, so the response is written, and
     /// a `receive()` past the body hears `http.disconnect`, as for a client
@@ -746,9 +749,9 @@ pub(crate) struct Exchange {
     pub version: Version,
     pub connection: ConnectionInfo,
     /// The body can become whole only with more of the client's input:
-    /// its task found hyper's channel empty (and hyper has not put a frame
-    /// there since), or ended. Were the input to end now, the body would be
-    /// cut short (see `connection::Activity::half_closed`).
+    /// its task found hyper's channel empty, and hyper has not put a frame
+    /// there since. Were the input to end now, the body would be cut short
+    /// (see `connection::Activity::half_closed`).
     body_needs_input: AtomicBool,
 }
 
@@ -926,8 +929,8 @@ impl Exchange {
         self.resolve(receiver, WaitKind::Receive);
     }
 
-    /// The body's task found no frame of the body in hyper's channel, or
-    /// ended: what is missing of the body can come only from the client. A
+    /// The body's task found no frame of the body in hyper's channel:
+    /// what is missing of the body can come only from the client. A
     /// half-close looked at while the body's task had a frame to take is
     /// looked at again, now that the answer is known.
     pub(crate) fn body_needs_input(&self) {
@@ -945,8 +948,7 @@ impl Exchange {
     }
 
     /// Whether the end of the client's input now cuts the body short: the
-    /// body's task has taken all hyper had of it and waits for more, or
-    /// ended without it.
+    /// body's task has taken all hyper had of it and waits for more.
     pub(crate) fn body_cut_by_end_of_input(&self) -> bool {
         self.body_needs_input.load(Ordering::Relaxed)
     }
@@ -1009,12 +1011,31 @@ impl Exchange {
         drop(held);
     }
 
-    /// Whether the whole request has arrived: a half-close now is the
-    /// client done sending, not one that left mid-request. (The exchange
-    /// may be closed by then, its app done: a client that reset the
-    /// connection makes the read fail, not end.)
+    /// Whether the whole request has arrived, or the body no longer
+    /// matters (its task ended without it: the app finished without reading
+    /// it all, or it was refused): a half-close now is the client done
+    /// sending, not one that left mid-request, and the response is written.
+    /// (The exchange may be closed by then, its app done: a client that
+    /// reset the connection makes the read fail, not end.)
     pub(crate) fn request_whole(&self) -> bool {
-        self.state.lock().body_complete
+        let st = self.state.lock();
+        st.body_complete || st.body_abandoned
+    }
+
+    /// The body's task ended without the whole body. hyper may still read
+    /// the rest (to keep the connection) and find the end of input after
+    /// it: the response the app or the server has for the request is
+    /// written all the same. A half-close looked at while the body was to
+    /// come is looked at again.
+    pub(crate) fn body_abandoned(&self) {
+        let look = {
+            let mut st = self.state.lock();
+            st.body_abandoned = true;
+            st.when_whole.take()
+        };
+        if let Some(waker) = look {
+            wake(waker);
+        }
     }
 
     /// The client half-closed after the whole request: `receive()` calls

@@ -74,6 +74,27 @@ def test_a_large_post_then_a_half_close_is_answered(run_rsasgi, interface):
 
 
 @pytest.mark.parametrize("interface", list(APPS))
+def test_a_body_refused_then_a_half_close_is_answered(run_rsasgi, interface):
+    """The server refuses a body over --limit-request-body as it comes, and hyper reads the
+    rest (its end, here) to keep the connection: the end of input after it is a half-close
+    all the same, and the 413 is written."""
+    server = run_rsasgi(*APPS[interface], *KEEP_ALIVE, "--limit-request-body", "1000")
+    head = b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    body = b"1f4\r\n" + b"x" * 500 + b"\r\n1f5\r\n" + b"y" * 501 + b"\r\n0\r\n\r\n"
+    raw = half_closed_exchange(server, head + body)
+    assert raw.startswith(b"HTTP/1.1 413 "), raw
+
+
+@pytest.mark.parametrize("interface", list(APPS))
+def test_an_unread_body_then_a_half_close_is_answered(run_rsasgi, interface):
+    """The app answers without reading the body: the end of input that follows the whole body
+    is a half-close, and the answer is written."""
+    server = run_rsasgi(*APPS[interface], *KEEP_ALIVE)
+    head = b"POST /unread HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+    assert responses(half_closed_exchange(server, head + b"x" * 100_000)) == [b"/unread"]
+
+
+@pytest.mark.parametrize("interface", list(APPS))
 def test_a_slow_answer_to_a_half_closed_client_is_written(run_rsasgi, interface):
     """The app is still at work when the end of input comes, and answers after it, however
     long after (the server's own wake-ups meanwhile must not take the end of input again, now

@@ -1214,7 +1214,10 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
 /// found then is a half-close after the whole body. One found as the task
 /// waits on an empty channel cut the body short. The body's frames are
 /// polled with a waker of this watch's own, which hyper wakes as it puts a
-/// frame in the channel, so the exchange knows which, without a race.
+/// frame in the channel (or ends it), so the exchange knows which. That
+/// holds because hyper and this task run on the one reactor thread: no
+/// wake-up can come between the poll that finds the channel empty and the
+/// mark it sets.
 struct BodyWatch {
     state: Arc<WatchState>,
     waker: Waker,
@@ -1274,10 +1277,9 @@ impl BodyWatch {
 }
 
 impl Drop for BodyWatch {
-    /// The body's task ended: whatever it did not take stays hyper's.
     fn drop(&mut self) {
         if !self.state.exchange.request_whole() {
-            self.state.exchange.body_needs_input();
+            self.state.exchange.body_abandoned();
         }
     }
 }

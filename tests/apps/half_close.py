@@ -4,6 +4,7 @@ ASGI `app` and WSGI `wsgi_app`, the same routes:
 - any path: "<path> <body length>" once the whole body is read;
 - /slow?S: the same after S seconds;
 - /listen (ASGI only): after the body, waits for the next message and answers with its type;
+- /unread: "<path>" without reading the body;
 - /done: the paths whose response the app sent, as JSON.
 """
 
@@ -27,7 +28,7 @@ async def app(scope, receive, send):
                 return
     path = scope["path"]
     size = 0
-    while True:
+    while path != "/unread":
         message = await receive()
         if message["type"] == "http.disconnect":
             return
@@ -39,6 +40,8 @@ async def app(scope, receive, send):
     elif path == "/listen":
         heard = await receive()
         body = heard["type"].encode()
+    elif path == "/unread":
+        body = path.encode()
     else:
         if path == "/slow":
             await asyncio.sleep(float(scope["query_string"] or 0))
@@ -56,6 +59,10 @@ async def app(scope, receive, send):
 
 def wsgi_app(environ, start_response):
     path = environ["PATH_INFO"]
+    if path == "/unread":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "7")])
+        done.append(path)
+        return [path.encode()]
     size = len(environ["wsgi.input"].read())
     if path == "/done":
         body = json.dumps(done).encode()
