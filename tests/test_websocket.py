@@ -1629,6 +1629,8 @@ def test_what_the_app_sent_before_a_shutdown_goes_out_before_its_1012(run_rsasgi
                 received += 1
         sent = int(wait_for(lambda count=count: count.exists() and count.read_text()))
         # One more may arrive than counted: a send waiting for room in the queue returns
-        # only after the shutdown took the queue, behind the app's hearing of it.
-        assert -1 <= sent - received <= 16, (received, sent)
+        # only after the shutdown took the queue, behind the app's hearing of it. How many
+        # sends the eight apps make before their disconnect tasks run is the event loop's
+        # scheduling (17 seen once in CI on Python 3.10); the bug dropped a queue's worth.
+        assert -1 <= sent - received <= 32, (received, sent)
     assert server.wait_exit(20) == 0, server.output()
