@@ -241,9 +241,23 @@ KEYS = {
         + ["-passout", f"pass:{PASSWORD}"],
         "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED",
     ),
+    # Well formed, and refused by aws-lc-rs: too short, or restricted to PSS signatures.
+    "rsa-1024-pkcs1": (
+        ["genrsa", "-traditional", "-out", "{key}", "1024"],
+        "-----BEGIN RSA PRIVATE KEY-----",
+    ),
+    "rsa-1024-pkcs8": (
+        ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", "{key}"],
+        "-----BEGIN PRIVATE KEY-----",
+    ),
+    "rsa-pss": (
+        ["genpkey", "-algorithm", "RSA-PSS", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "{key}"],
+        "-----BEGIN PRIVATE KEY-----",
+    ),
 }
-# Kinds without a password.
+# Kinds without a password, that rsasgi serves with.
 PLAIN_KEYS = ("pkcs8-rsa", "pkcs8-ec", "pkcs1", "sec1")
+ENCRYPTED_KEYS = ("pkcs8-encrypted", "legacy-genrsa", "legacy-rsa")
 
 
 @dataclass
@@ -262,7 +276,7 @@ def keys(tmp_path_factory) -> dict[str, KeyFile]:
         key = directory / f"{kind}.key"
         openssl(*(part.format(key=key, plain=plain) for part in command))
         assert key.read_text().startswith(beginning), (kind, key.read_text()[:80])
-        password = None if kind in PLAIN_KEYS else PASSWORD
+        password = PASSWORD if kind in ENCRYPTED_KEYS else None
         made[kind] = KeyFile(key, self_signed(key, directory / f"{kind}.crt", password))
     return made
 
@@ -393,6 +407,7 @@ class Files:
     encrypted: Path
     legacy_genrsa: Path
     legacy_rsa: Path
+    refused: dict[str, KeyFile]  # well formed, and of a size or kind aws-lc-rs refuses
 
 
 @pytest.fixture
@@ -405,6 +420,7 @@ def files(pki, keys, tmp_path) -> Files:
         encrypted=keys["pkcs8-encrypted"].key,
         legacy_genrsa=keys["legacy-genrsa"].key,
         legacy_rsa=keys["legacy-rsa"].key,
+        refused={kind: keys[kind] for kind in ("rsa-1024-pkcs1", "rsa-1024-pkcs8", "rsa-pss")},
     )
 
 
@@ -459,6 +475,18 @@ BAD_FILES = {
         + ["--ssl-keyfile-password", PASSWORD],
         ["--ssl-keyfile", f.legacy_rsa, "openssl pkcs8"],
     ),
+    # rustls says "failed to parse private key" of all three: the reason is the size or kind.
+    **{
+        f"{kind}-key": lambda f, kind=kind, needle=needle: (
+            ["--ssl-certfile", f.refused[kind].cert, "--ssl-keyfile", f.refused[kind].key],
+            ["--ssl-keyfile", f.refused[kind].key, needle, "make a"],
+        )
+        for kind, needle in [
+            ("rsa-1024-pkcs1", "shorter than 2048 bits"),
+            ("rsa-1024-pkcs8", "shorter than 2048 bits"),
+            ("rsa-pss", "RSA-PSS key"),
+        ]
+    },
     # The test certificate's key is ECDSA: an RSA-only TLS 1.2 suite could never be used.
     "ciphers-for-another-key": lambda f: (
         ["--ssl-certfile", f.cert, "--ssl-keyfile", f.key]

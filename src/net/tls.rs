@@ -183,12 +183,18 @@ impl TlsSettings {
                 builder.with_client_cert_verifier(verifier)
             }
         };
+        // Kept to say why rustls could not use it, if it cannot.
+        let key_copy = key.clone_key();
         let mut config = builder.with_single_cert(chain, key).map_err(|err| {
+            let why = match &err {
+                rustls::Error::General(_) => why_key_unusable(&key_copy).map(str::to_owned),
+                _ => None,
+            };
             format!(
                 "--ssl-certfile {} and {key_option} {}: {}",
                 self.certfile.display(),
                 key_path.display(),
-                describe_key_error(&err)
+                why.unwrap_or_else(|| describe_key_error(&err))
             )
         })?;
         config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
@@ -536,6 +542,48 @@ fn describe_pem_error(err: &pem::Error) -> String {
         pem::Error::IllegalSectionStart { .. } => "a malformed PEM BEGIN line".into(),
         pem::Error::Base64Decode(_) => "invalid base64 in a PEM section".into(),
         other => format!("not valid PEM ({other:?})"),
+    }
+}
+
+/// Why a key that rustls could not load is unusable, where the reason is
+/// one to act on; its own message ("failed to parse private key as RSA,
+/// ECDSA, or EdDSA") is the same for a key that is well formed but of a
+/// size or kind aws-lc-rs refuses, which an operator would take for a
+/// damaged file.
+fn why_key_unusable(key: &PrivateKeyDer<'_>) -> Option<&'static str> {
+    // id-RSASSA-PSS (1.2.840.113549.1.1.10), DER-encoded: the algorithm of
+    // a PKCS#8 key restricted to PSS signatures, which comes in its first
+    // bytes, after the version.
+    const RSA_PSS: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a,
+    ];
+    let rsa = match key {
+        PrivateKeyDer::Pkcs1(der) => aws_lc_rs::rsa::KeyPair::from_der(der.secret_pkcs1_der()),
+        PrivateKeyDer::Pkcs8(der) => {
+            let der = der.secret_pkcs8_der();
+            if contains(&der[..der.len().min(24)], RSA_PSS) {
+                return Some(
+                    "it is an RSA-PSS key (one restricted to PSS signatures), which rsasgi's TLS \
+                     (rustls with aws-lc-rs) cannot use; make a plain RSA key ('openssl genpkey \
+                     -algorithm RSA -pkeyopt rsa_keygen_bits:2048') or an EC one, and a \
+                     certificate for it",
+                );
+            }
+            aws_lc_rs::rsa::KeyPair::from_pkcs8(der)
+        }
+        _ => return None,
+    };
+    match rsa.err()?.description_() {
+        "TooSmall" => Some(
+            "the RSA key is shorter than 2048 bits, the least rsasgi's TLS (aws-lc-rs) accepts; \
+             make a key of 2048 bits or more ('openssl genrsa -out KEY 2048') and a certificate \
+             for it",
+        ),
+        "TooLarge" => Some(
+            "the RSA key is longer than 8192 bits, the most rsasgi's TLS (aws-lc-rs) accepts; \
+             make a key of 2048 to 8192 bits and a certificate for it",
+        ),
+        _ => None,
     }
 }
 
