@@ -74,6 +74,35 @@ def test_a_large_post_then_a_half_close_is_answered(run_rsasgi, interface):
 
 
 @pytest.mark.parametrize("interface", list(APPS))
+def test_a_large_post_read_late_then_a_half_close_is_answered(run_rsasgi, interface):
+    """The app starts reading a body larger than the read-ahead over a second after it all
+    came, with the end of input: that end came with the request, and is a half-close still
+    (its age is counted to when it came, not to when the body became whole)."""
+    server = run_rsasgi(*APPS[interface], *KEEP_ALIVE)
+    head = b"POST /late?1.5 HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n"
+    raw = half_closed_exchange(server, head + b"x" * 300_000)
+    assert responses(raw) == [b"/late 300000"]
+
+
+@pytest.mark.parametrize("pause", [0, 0.2])
+@pytest.mark.parametrize("interface", list(APPS))
+def test_a_slow_upload_then_a_half_close_is_answered(run_rsasgi, interface, pause):
+    """The body takes longer than a second to come, and the end of input follows its last
+    bytes (with them, or a moment after): it came with the request all the same."""
+    server = run_rsasgi(*APPS[interface], *KEEP_ALIVE)
+    with server.connect() as sock:
+        # The app answers half a second after the body: the end of input comes before.
+        sock.sendall(b"POST /slow?0.5 HTTP/1.1\r\nHost: x\r\nContent-Length: 30000\r\n\r\n")
+        for _ in range(3):
+            time.sleep(0.6)
+            sock.sendall(b"x" * 10_000)
+        time.sleep(pause)
+        sock.shutdown(socket.SHUT_WR)
+        raw = recv_until_closed(sock, timeout=20)
+    assert responses(raw) == [b"/slow 30000"]
+
+
+@pytest.mark.parametrize("interface", list(APPS))
 def test_a_body_refused_then_a_half_close_is_answered(run_rsasgi, interface):
     """The server refuses a body over --limit-request-body as it comes, and hyper reads the
     rest (its end, here) to keep the connection: the end of input after it is a half-close

@@ -186,6 +186,9 @@ struct ActivityState {
     half_close_looked: bool,
     /// The client half-closed: an exchange that comes after is told at once.
     half_closed: bool,
+    /// The end of input came with a body not yet the app's, and is looked
+    /// at again once it is (see [`Activity::half_closed`]).
+    end_with_body: bool,
 }
 
 /// The requests in flight on one connection, and since when it is idle.
@@ -221,6 +224,7 @@ impl Activity {
                 read_after_half_close: None,
                 half_close_looked: false,
                 half_closed: false,
+                end_with_body: false,
             }),
             app_tasks: AtomicUsize::new(0),
             handshakes: AtomicUsize::new(0),
@@ -261,9 +265,10 @@ impl Activity {
     /// the end of input): whether that is a half-close, the client saying
     /// it has sent all it will and waits for its answers (`nc -N`, `printf
     /// ... | ncat`, health checks; RFC 9112 §9.6), rather than a client that
-    /// left. It is taken for one when every request in flight is whole and
-    /// came less than [`HALF_CLOSE_WITHIN`] before: such a client sends its
-    /// end with its request. Then the apps' `receive()` listeners hear
+    /// left. It is taken for one when every request in flight came less
+    /// than [`HALF_CLOSE_WITHIN`] before, or has a body still on its way to
+    /// the app, and is whole: such a client sends its end with its request.
+    /// Then the apps' `receive()` listeners hear
     /// `http.disconnect` (as they would of a client that left), their
     /// responses are still written however long they take, and `waker`
     /// (hyper's read) is woken once none is in flight, to find the end of
@@ -274,9 +279,11 @@ impl Activity {
     /// into the exchange as the app reads: a body whose last bytes came
     /// with the end of input may not be the exchange's yet. It was cut
     /// short if that task has taken all hyper had of it and waits for
-    /// more (or ended without it); otherwise the end of input is kept from
-    /// hyper until the body is whole, or that task finds it needs more,
-    /// and looked at again then.
+    /// more; otherwise the end of input is kept from hyper until the body
+    /// is whole, or that task finds it needs more or ends without it (the
+    /// app finished without reading it all, or the body was refused: the
+    /// body no longer matters, and the response is written), and looked at
+    /// again then.
     pub(crate) fn half_closed(&self, waker: &Waker) -> bool {
         let exchanges: Vec<Arc<Exchange>> = {
             let mut st = self.state.lock();
@@ -289,18 +296,33 @@ impl Activity {
                 st.read_after_half_close = Some(waker.clone());
                 return true;
             }
+            // A request is as old as its last byte: its body may come long
+            // after its head (a slow upload). One whose body is still on its
+            // way to the app is as recent as the end of input: hyper reads
+            // the socket past a body only once it has decoded all of it,
+            // which, for an app that reads late, hyper reading no further
+            // ahead of it than the body's high-water mark, is late too. Once
+            // so judged, the looks that follow wait on that body alone.
             let now = coarse_now();
-            let recent = !st.watched.is_empty()
-                && st.watched.iter().all(|(_, watched)| {
-                    now.saturating_duration_since(watched.since) < HALF_CLOSE_WITHIN
-                });
+            let recent = st.end_with_body
+                || (!st.watched.is_empty()
+                    && st.watched.iter().all(|(_, watched)| {
+                        let since = match &watched.exchange {
+                            Some(app) if !app.request_whole() => return true,
+                            Some(app) => app
+                                .whole_at()
+                                .map_or(watched.since, |at| at.max(watched.since)),
+                            None => watched.since,
+                        };
+                        now.saturating_duration_since(since) < HALF_CLOSE_WITHIN
+                    }));
             if !recent {
                 return false;
             }
             // A body not yet the exchange's: cut short if its task waits
             // for input hyper has not had; else (it waits for the app to
             // read, or has a frame to take) looked at again once it is
-            // whole or that task finds it needs more.
+            // whole, or that task finds it needs more or abandons it.
             let mut incomplete = false;
             for (_, watched) in st.watched.iter() {
                 match &watched.exchange {
@@ -325,6 +347,7 @@ impl Activity {
                 }
             }
             if incomplete {
+                st.end_with_body = true;
                 return true;
             }
             st.read_after_half_close = Some(waker.clone());

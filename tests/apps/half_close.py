@@ -5,6 +5,7 @@ ASGI `app` and WSGI `wsgi_app`, the same routes:
 - /slow?S: the same after S seconds;
 - /listen (ASGI only): after the body, waits for the next message and answers with its type;
 - /unread: "<path>" without reading the body;
+- /late?S: the same as any path, reading the body only after S seconds;
 - /done: the paths whose response the app sent, as JSON.
 """
 
@@ -28,6 +29,8 @@ async def app(scope, receive, send):
                 return
     path = scope["path"]
     size = 0
+    if path == "/late":
+        await asyncio.sleep(float(scope["query_string"] or 0))
     while path != "/unread":
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -63,6 +66,8 @@ def wsgi_app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "7")])
         done.append(path)
         return [path.encode()]
+    if path == "/late":
+        time.sleep(float(environ.get("QUERY_STRING") or 0))
     size = len(environ["wsgi.input"].read())
     if path == "/done":
         body = json.dumps(done).encode()
