@@ -410,8 +410,6 @@ struct State {
     /// The body's task ended without the whole body (see
     /// [`Exchange::body_abandoned`]).
     body_abandoned: bool,
-    /// When the last of a body that came after its head arrived (coarse).
-    whole_at: Option<tokio::time::Instant>,
     /// The client half-closed its connection after the whole request: it
     /// sends nothing more but still reads, so the response is written, and
     /// a `receive()` past the body hears `http.disconnect`, as for a client
@@ -920,10 +918,7 @@ impl Exchange {
                 st.body_buffered += data.len();
                 st.body.push_back(data);
             }
-            if last && !st.body_complete {
-                st.body_complete = true;
-                st.whole_at = Some(crate::clock::coarse_now());
-            }
+            st.body_complete |= last;
             unpark_all(&mut st.parked);
             let whole = if last { st.when_whole.take() } else { None };
             (std::mem::take(&mut st.receivers), whole)
@@ -1025,12 +1020,6 @@ impl Exchange {
     pub(crate) fn request_whole(&self) -> bool {
         let st = self.state.lock();
         st.body_complete || st.body_abandoned
-    }
-
-    /// When the last of its body arrived, for a request whose body came
-    /// after its head: the request was whole then.
-    pub(crate) fn whole_at(&self) -> Option<tokio::time::Instant> {
-        self.state.lock().whole_at
     }
 
     /// The body's task ended without the whole body. hyper may still read

@@ -76,8 +76,8 @@ def test_a_large_post_then_a_half_close_is_answered(run_rsasgi, interface):
 @pytest.mark.parametrize("interface", list(APPS))
 def test_a_large_post_read_late_then_a_half_close_is_answered(run_rsasgi, interface):
     """The app starts reading a body larger than the read-ahead over a second after it all
-    came, with the end of input: that end came with the request, and is a half-close still
-    (its age is counted to when it came, not to when the body became whole)."""
+    came, with the end of input: the server reads the body's last bytes and the end of input
+    after them only then, together, and that is a half-close still."""
     server = run_rsasgi(*APPS[interface], *KEEP_ALIVE)
     head = b"POST /late?1.5 HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n"
     raw = half_closed_exchange(server, head + b"x" * 300_000)
@@ -185,18 +185,32 @@ def test_a_large_body_cut_short_by_the_end_of_input_is_not_a_half_close(run_rsas
     assert "/cut" not in done(server)
 
 
-def test_a_wsgi_client_that_gives_up_after_a_while_is_one_that_left(run_rsasgi):
-    """An end of input that comes a second or more after the request is a client giving up
-    on a slow answer (nginx closes its upstream connection so): its request, still queued
-    behind a busy thread, is dropped unrun as before, not run for no one."""
+# A body the server reads ahead whole before its app asks (64 KiB), and one that hyper decodes
+# to its end as the app's read-ahead fills: either way the server has read all of it.
+GIVE_UP_REQUESTS = {
+    "get": b"GET /queued HTTP/1.1\r\nHost: x\r\n\r\n",
+    "post-30k": b"POST /queued HTTP/1.1\r\nHost: x\r\nContent-Length: 30000\r\n\r\n"
+    + b"x" * 30_000,
+    "post-150k": b"POST /queued HTTP/1.1\r\nHost: x\r\nContent-Length: 150000\r\n\r\n"
+    + b"x" * 150_000,
+}
+
+
+@pytest.mark.parametrize("request_kind", list(GIVE_UP_REQUESTS))
+def test_a_wsgi_client_that_gives_up_after_a_while_is_one_that_left(run_rsasgi, request_kind):
+    """An end of input that comes a second or more after the client's last bytes is a client
+    giving up on a slow answer (nginx closes its upstream connection so): its request, still
+    queued behind a busy thread, is dropped unrun as before, not run for no one."""
     server = run_rsasgi(*APPS["wsgi"], "--threads", "1", *KEEP_ALIVE)
+    request = GIVE_UP_REQUESTS[request_kind]
     with server.connect() as busy:
         busy.sendall(b"GET /slow?3 HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.3)
-        raw = half_closed_exchange(server, b"GET /queued HTTP/1.1\r\nHost: x\r\n\r\n", pause=1.5)
+        raw = half_closed_exchange(server, request, pause=1.5)
         assert raw == b"", raw
         assert responses(recv_until_closed_or(busy)) == [b"/slow 0"]
-    wait_for_log(server, '"GET /queued HTTP/1.1" 499')
+    method = request.split(b" ", 1)[0].decode()
+    wait_for_log(server, f'"{method} /queued HTTP/1.1" 499')
     assert "/queued" not in done(server)
 
 

@@ -136,13 +136,12 @@ struct Watched {
     stream: Option<Arc<StreamCut>>,
     /// Set once the timer has cut the response.
     cut: Option<Cut>,
-    /// When the request's head arrived (coarse), and its exchange with an
-    /// app (HTTP/1), for [`Activity::half_closed`].
-    since: Instant,
     /// Whether the request was whole as its head came (no body), which
     /// says until it has an exchange, or when it has none (a static file,
     /// a refusal answered by the server).
     whole: bool,
+    /// The request's exchange with an app (HTTP/1), for
+    /// [`Activity::half_closed`].
     exchange: Option<Arc<Exchange>>,
 }
 
@@ -247,7 +246,6 @@ impl Activity {
             app: None,
             stream: None,
             cut: None,
-            since: coarse_now(),
             whole,
             exchange: None,
         });
@@ -265,10 +263,14 @@ impl Activity {
     /// the end of input): whether that is a half-close, the client saying
     /// it has sent all it will and waits for its answers (`nc -N`, `printf
     /// ... | ncat`, health checks; RFC 9112 §9.6), rather than a client that
-    /// left. It is taken for one when every request in flight came less
-    /// than [`HALF_CLOSE_WITHIN`] before, or has a body still on its way to
-    /// the app, and is whole: such a client sends its end with its request.
-    /// Then the apps' `receive()` listeners hear
+    /// left. It is taken for one when requests are in flight, each whole,
+    /// and hyper read the client's last bytes (`last_input`) less than
+    /// [`HALF_CLOSE_WITHIN`] before: such a client sends its end with its
+    /// request, a client that gives up on a slow answer later. (hyper reads
+    /// no further ahead of an app than a body's high-water mark, so a
+    /// body's last bytes and the end of input after them are read together
+    /// however late the app reads them.) Then the apps' `receive()`
+    /// listeners hear
     /// `http.disconnect` (as they would of a client that left), their
     /// responses are still written however long they take, and `waker`
     /// (hyper's read) is woken once none is in flight, to find the end of
@@ -284,7 +286,7 @@ impl Activity {
     /// app finished without reading it all, or the body was refused: the
     /// body no longer matters, and the response is written), and looked at
     /// again then.
-    pub(crate) fn half_closed(&self, waker: &Waker) -> bool {
+    pub(crate) fn half_closed(&self, waker: &Waker, last_input: Instant) -> bool {
         let exchanges: Vec<Arc<Exchange>> = {
             let mut st = self.state.lock();
             if st.half_closed {
@@ -296,26 +298,12 @@ impl Activity {
                 st.read_after_half_close = Some(waker.clone());
                 return true;
             }
-            // A request is as old as its last byte: its body may come long
-            // after its head (a slow upload). One whose body is still on its
-            // way to the app is as recent as the end of input: hyper reads
-            // the socket past a body only once it has decoded all of it,
-            // which, for an app that reads late, hyper reading no further
-            // ahead of it than the body's high-water mark, is late too. Once
-            // so judged, the looks that follow wait on that body alone.
-            let now = coarse_now();
-            let recent = st.end_with_body
-                || (!st.watched.is_empty()
-                    && st.watched.iter().all(|(_, watched)| {
-                        let since = match &watched.exchange {
-                            Some(app) if !app.request_whole() => return true,
-                            Some(app) => app
-                                .whole_at()
-                                .map_or(watched.since, |at| at.max(watched.since)),
-                            None => watched.since,
-                        };
-                        now.saturating_duration_since(since) < HALF_CLOSE_WITHIN
-                    }));
+            // Once judged a half-close with a body still to become the
+            // app's, the looks that follow wait on that body alone, however
+            // long the app takes to read it.
+            let recent = !st.watched.is_empty()
+                && (st.end_with_body
+                    || coarse_now().saturating_duration_since(last_input) < HALF_CLOSE_WITHIN);
             if !recent {
                 return false;
             }
@@ -544,7 +532,6 @@ impl ActiveRequest {
             app: None,
             stream,
             cut: None,
-            since: coarse_now(),
             whole: false,
             exchange: None,
         });
@@ -827,11 +814,13 @@ impl<F: Future<Output = ()>> Future for Cuttable<F> {
     }
 }
 
-/// How soon after a request's head the end of its client's input is taken
+/// How soon after the client's last bytes the end of its input is taken
 /// for a half-close rather than for a client that left (see
 /// [`Activity::half_closed`]). A client that gives up on a slow answer
 /// does so later than this, and its request, still queued for a WSGI
-/// thread, is dropped unrun as before.
+/// thread, is dropped unrun as before, unless hyper had yet to read the
+/// end of its body (a body larger than the read-ahead): then the two
+/// cannot be told apart, and the request is answered.
 const HALF_CLOSE_WITHIN: Duration = Duration::from_secs(1);
 
 /// A connection's socket, telling its [`Activity`] whether the output hyper
@@ -846,6 +835,8 @@ pub(crate) struct WatchedIo<I> {
     io: I,
     activity: Arc<Activity>,
     http1: bool,
+    /// When a read last brought bytes (HTTP/1; coarse).
+    last_input: Instant,
 }
 
 impl<I> WatchedIo<I> {
@@ -854,6 +845,7 @@ impl<I> WatchedIo<I> {
             io,
             activity,
             http1,
+            last_input: coarse_now(),
         }
     }
 
@@ -874,10 +866,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        let end_of_input = matches!(polled, Poll::Ready(Ok(())))
-            && buf.filled().len() == before
-            && buf.remaining() > 0;
-        if end_of_input && self.http1 && self.activity.half_closed(cx.waker()) {
+        if !self.http1 || !matches!(polled, Poll::Ready(Ok(()))) {
+            return polled;
+        }
+        if buf.filled().len() > before {
+            self.last_input = coarse_now();
+        } else if buf.remaining() > 0 && self.activity.half_closed(cx.waker(), self.last_input) {
             return Poll::Pending;
         }
         polled
@@ -1220,6 +1214,9 @@ impl futures_util::task::ArcWake for Woken {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use http::Method;
+
     use super::*;
 
     /// Counts the wakes of a task.
@@ -1636,5 +1633,85 @@ mod tests {
         assert!(!waiter.is_finished());
         drop(second);
         waiter.await.unwrap();
+    }
+
+    /// A request with a body still to come, its exchange, and a waker
+    /// counting hyper's read's wakes.
+    fn half_close_setup() -> (
+        Arc<Activity>,
+        ActiveRequest,
+        Arc<Exchange>,
+        Arc<Wakes>,
+        Waker,
+    ) {
+        let activity = Activity::new(&DEADLINES);
+        let request = activity.begin(None, false);
+        let (exchange, _) = Exchange::for_test(Method::POST, "/", false, false);
+        request.to_app(Arc::clone(&exchange));
+        let wakes = Arc::new(Wakes::default());
+        let read = futures_util::task::waker(Arc::clone(&wakes));
+        (activity, request, exchange, wakes, read)
+    }
+
+    #[test]
+    fn an_end_of_input_right_after_the_last_bytes_waits_for_the_body_then_is_a_half_close() {
+        let (activity, request, exchange, wakes, read) = half_close_setup();
+        let now = coarse_now();
+        // The body's last frame is in hyper's channel: looked at again once whole.
+        assert!(activity.half_closed(&read, now));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        exchange.push_body(Bytes::from_static(b"end"), true);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        // However much later the app read it: a half-close, until the request ends.
+        assert!(activity.half_closed(&read, now - Duration::from_secs(5)));
+        assert!(activity.half_closed(&read, now));
+        drop(request);
+        assert!(
+            wakes.0.load(Ordering::SeqCst) >= 2,
+            "hyper's read is woken to close"
+        );
+        assert!(!activity.half_closed(&read, now));
+    }
+
+    #[test]
+    fn an_end_of_input_long_after_the_last_bytes_is_a_client_that_left() {
+        let (activity, _request, exchange, _wakes, read) = half_close_setup();
+        exchange.push_body(Bytes::new(), true);
+        assert!(!activity.half_closed(&read, coarse_now() - Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn an_end_of_input_while_the_body_waits_for_more_cuts_it_short() {
+        let (activity, _request, exchange, _wakes, read) = half_close_setup();
+        exchange.body_needs_input();
+        assert!(!activity.half_closed(&read, coarse_now()));
+    }
+
+    #[test]
+    fn a_body_found_to_need_more_after_the_look_cuts_it_short_at_the_next() {
+        let (activity, _request, exchange, wakes, read) = half_close_setup();
+        assert!(activity.half_closed(&read, coarse_now()));
+        // The body's task took the frame there was and found no more.
+        exchange.body_needs_input();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(!activity.half_closed(&read, coarse_now()));
+    }
+
+    #[test]
+    fn a_body_abandoned_after_the_look_is_a_half_close() {
+        let (activity, _request, exchange, wakes, read) = half_close_setup();
+        assert!(activity.half_closed(&read, coarse_now()));
+        exchange.body_abandoned();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(activity.half_closed(&read, coarse_now() - Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_look_after_the_request_ended_closes_though_its_body_was_awaited() {
+        let (activity, request, _exchange, _wakes, read) = half_close_setup();
+        assert!(activity.half_closed(&read, coarse_now()));
+        // The response went out before the body became whole.
+        drop(request);
+        assert!(!activity.half_closed(&read, coarse_now()));
     }
 }
