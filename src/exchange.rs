@@ -410,6 +410,9 @@ struct State {
     /// The body's task ended without the whole body (see
     /// [`Exchange::body_abandoned`]).
     body_abandoned: bool,
+    /// When hyper last put a piece of the body in its channel, or ended
+    /// it (coarse; see [`Exchange::body_decoded`]).
+    decoded_at: Option<tokio::time::Instant>,
     /// The client half-closed its connection after the whole request: it
     /// sends nothing more but still reads, so the response is written, and
     /// a `receive()` past the body hears `http.disconnect`, as for a client
@@ -941,10 +944,24 @@ impl Exchange {
         }
     }
 
-    /// hyper put a frame of the body in its channel (or ended it), or the
-    /// body's task took one.
+    /// The body's task took a frame of the body.
     pub(crate) fn body_frame_ready(&self) {
         self.body_needs_input.store(false, Ordering::Relaxed);
+    }
+
+    /// hyper put a frame of the body in its channel, or ended it: it
+    /// decodes a body from its buffer as the app reads, which may be long
+    /// after the socket read that brought those bytes, and only then reads
+    /// on to the end of the client's input (see
+    /// `connection::Activity::half_closed`).
+    pub(crate) fn body_decoded(&self) {
+        self.body_needs_input.store(false, Ordering::Relaxed);
+        self.state.lock().decoded_at = Some(crate::clock::coarse_now());
+    }
+
+    /// When hyper last decoded a piece of the body, if it has.
+    pub(crate) fn decoded_at(&self) -> Option<tokio::time::Instant> {
+        self.state.lock().decoded_at
     }
 
     /// Whether the end of the client's input now cuts the body short: the

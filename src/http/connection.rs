@@ -188,6 +188,10 @@ struct ActivityState {
     /// The end of input came with a body not yet the app's, and is looked
     /// at again once it is (see [`Activity::half_closed`]).
     end_with_body: bool,
+    /// When the last request head arrived (coarse): hyper parses pipelined
+    /// heads from its buffer, long after the read that brought them if the
+    /// requests before take long.
+    last_begin: Instant,
 }
 
 /// The requests in flight on one connection, and since when it is idle.
@@ -224,6 +228,7 @@ impl Activity {
                 half_close_looked: false,
                 half_closed: false,
                 end_with_body: false,
+                last_begin: Instant::now(),
             }),
             app_tasks: AtomicUsize::new(0),
             handshakes: AtomicUsize::new(0),
@@ -240,6 +245,7 @@ impl Activity {
     pub(crate) fn begin(self: &Arc<Self>, deadline: Option<Instant>, whole: bool) -> ActiveRequest {
         let mut st = self.state.lock();
         st.requests += 1;
+        st.last_begin = coarse_now();
         let key = st.watched.insert(Watched {
             waiting_since: None,
             deadline,
@@ -264,13 +270,16 @@ impl Activity {
     /// it has sent all it will and waits for its answers (`nc -N`, `printf
     /// ... | ncat`, health checks; RFC 9112 §9.6), rather than a client that
     /// left. It is taken for one when requests are in flight, each whole,
-    /// and hyper read the client's last bytes (`last_input`) less than
+    /// and hyper took in the client's last bytes less than
     /// [`HALF_CLOSE_WITHIN`] before: such a client sends its end with its
-    /// request, a client that gives up on a slow answer later. (hyper reads
-    /// no further ahead of an app than a body's high-water mark, so a
-    /// body's last bytes and the end of input after them are read together
-    /// however late the app reads them.) Then the apps' `receive()`
-    /// listeners hear
+    /// request, a client that gives up on a slow answer later. Taken in:
+    /// read from the socket (`last_input`, the last read that brought
+    /// bytes), or, later, parsed as a request head or decoded as a piece of
+    /// a body from hyper's buffer. (hyper reads no further ahead of an app
+    /// than a body's high-water mark, and parses and decodes from its
+    /// buffer only as the requests before and the app's reads let it, so
+    /// the last of a request and the end of input after it are taken in
+    /// together however late.) Then the apps' `receive()` listeners hear
     /// `http.disconnect` (as they would of a client that left), their
     /// responses are still written however long they take, and `waker`
     /// (hyper's read) is woken once none is in flight, to find the end of
@@ -301,9 +310,17 @@ impl Activity {
             // Once judged a half-close with a body still to become the
             // app's, the looks that follow wait on that body alone, however
             // long the app takes to read it.
+            // The client's last bytes, as far as hyper has taken them in:
+            // read from the socket, parsed as a head from its buffer, or
+            // decoded as a piece of a body.
+            let last_taken = st
+                .watched
+                .iter()
+                .filter_map(|(_, watched)| watched.exchange.as_ref()?.decoded_at())
+                .fold(last_input.max(st.last_begin), Instant::max);
             let recent = !st.watched.is_empty()
                 && (st.end_with_body
-                    || coarse_now().saturating_duration_since(last_input) < HALF_CLOSE_WITHIN);
+                    || coarse_now().saturating_duration_since(last_taken) < HALF_CLOSE_WITHIN);
             if !recent {
                 return false;
             }
@@ -1673,11 +1690,41 @@ mod tests {
         assert!(!activity.half_closed(&read, now));
     }
 
-    #[test]
-    fn an_end_of_input_long_after_the_last_bytes_is_a_client_that_left() {
+    #[tokio::test(start_paused = true)]
+    async fn an_end_of_input_long_after_the_last_bytes_is_a_client_that_left() {
         let (activity, _request, exchange, _wakes, read) = half_close_setup();
+        let read_at = coarse_now();
+        exchange.body_decoded();
         exchange.push_body(Bytes::new(), true);
-        assert!(!activity.half_closed(&read, coarse_now() - Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!activity.half_closed(&read, read_at));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pipelined_head_parsed_late_counts_from_when_it_was() {
+        // Both heads came in one read; the second was parsed once the
+        // first's slow answer was done.
+        let activity = Activity::new(&DEADLINES);
+        let read_at = coarse_now();
+        drop(activity.begin(None, true));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let _second = activity.begin(None, true);
+        let read = futures_util::task::waker(Arc::new(Wakes::default()));
+        assert!(activity.half_closed(&read, read_at));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_decoded_late_counts_from_its_last_piece() {
+        // hyper decodes a chunked body's end from its buffer as the app
+        // reads, here 3 s after the read that brought it.
+        let (activity, _request, exchange, wakes, read) = half_close_setup();
+        let read_at = coarse_now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        exchange.body_decoded();
+        assert!(activity.half_closed(&read, read_at));
+        exchange.push_body(Bytes::new(), true);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(activity.half_closed(&read, read_at));
     }
 
     #[test]

@@ -1235,7 +1235,7 @@ impl Wake for WatchState {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.exchange.body_frame_ready();
+        self.exchange.body_decoded();
         if let Some(task) = &*self.task.lock() {
             task.wake_by_ref();
         }
