@@ -938,7 +938,14 @@ impl Exchange {
     /// looked at again, now that the answer is known.
     pub(crate) fn body_needs_input(&self) {
         self.body_needs_input.store(true, Ordering::Relaxed);
-        let look = self.state.lock().when_whole.take();
+        Self::look_again(self.state.lock());
+    }
+
+    /// Wakes a half-close look waiting for the body (see
+    /// [`Exchange::wake_when_whole`]), once `st` is unlocked.
+    fn look_again(mut st: MutexGuard<'_, State>) {
+        let look = st.when_whole.take();
+        drop(st);
         if let Some(waker) = look {
             wake(waker);
         }
@@ -1045,14 +1052,9 @@ impl Exchange {
     /// written all the same. A half-close looked at while the body was to
     /// come is looked at again.
     pub(crate) fn body_abandoned(&self) {
-        let look = {
-            let mut st = self.state.lock();
-            st.body_abandoned = true;
-            st.when_whole.take()
-        };
-        if let Some(waker) = look {
-            wake(waker);
-        }
+        let mut st = self.state.lock();
+        st.body_abandoned = true;
+        Self::look_again(st);
     }
 
     /// The client half-closed after the whole request: `receive()` calls

@@ -307,9 +307,6 @@ impl Activity {
                 st.read_after_half_close = Some(waker.clone());
                 return true;
             }
-            // Once judged a half-close with a body still to become the
-            // app's, the looks that follow wait on that body alone, however
-            // long the app takes to read it.
             // The client's last bytes, as far as hyper has taken them in:
             // read from the socket, parsed as a head from its buffer, or
             // decoded as a piece of a body.
@@ -318,6 +315,9 @@ impl Activity {
                 .iter()
                 .filter_map(|(_, watched)| watched.exchange.as_ref()?.decoded_at())
                 .fold(last_input.max(st.last_begin), Instant::max);
+            // Once judged a half-close with a body still to become the
+            // app's, the looks that follow wait on that body alone, however
+            // long the app takes to read it.
             let recent = !st.watched.is_empty()
                 && (st.end_with_body
                     || coarse_now().saturating_duration_since(last_taken) < HALF_CLOSE_WITHIN);
