@@ -438,6 +438,58 @@ fn header_pair<'py>(pair: &Bound<'py, PyAny>) -> Option<[Bound<'py, PyAny>; 2]> 
     <[_; 2]>::try_from(items).ok()
 }
 
+/// How many response header names [`header_name`] remembers.
+const NAME_SLOTS: usize = 32;
+
+/// The longest name (in bytes) it keeps.
+const NAME_MAX_LEN: usize = 64;
+
+/// Response header names already checked and converted, found by the
+/// identity of the bytes object the app passed. Starlette, FastAPI and
+/// hand-written apps send the same literals (`b"content-type"`) on every
+/// response, so they skip the parse; a name made anew each time (Django's
+/// ASGI handler encodes its names per response) just replaces its slot.
+/// As for WSGI's cache (`wsgi::response::HeaderCache`): a bytes object never
+/// changes, and its entry holds a reference to it, so its address cannot be
+/// taken by another object while the entry lives; only exact `bytes` are
+/// kept, as a subclass may carry more than its bytes. One table for the
+/// worker: messages are parsed with the GIL held, so the lock is never
+/// contended, and it is held for one slot's look-up only (iterating the
+/// app's headers may run its code).
+static NAMES: parking_lot::Mutex<[Option<NameEntry>; NAME_SLOTS]> =
+    parking_lot::Mutex::new([const { None }; NAME_SLOTS]);
+
+/// A name the app sent, and what it converted to.
+type NameEntry = (Py<PyBytes>, HeaderName);
+
+fn name_slot(name: &Bound<'_, PyBytes>) -> usize {
+    // Python objects are 16-byte aligned: the low bits say nothing.
+    (name.as_ptr() as usize >> 4) % NAME_SLOTS
+}
+
+/// The header name `name` holds, from [`NAMES`] when it was seen before.
+fn header_name(name: &Bound<'_, PyBytes>) -> PyResult<HeaderName> {
+    let slot = name_slot(name);
+    if let Some((seen, converted)) = &NAMES.lock()[slot] {
+        if seen.as_ptr() == name.as_ptr() {
+            return Ok(converted.clone());
+        }
+    }
+    let bytes = name.as_bytes();
+    let converted = HeaderName::from_bytes(bytes).map_err(|_| {
+        PyValueError::new_err(format!(
+            "invalid response header name {:?}",
+            String::from_utf8_lossy(bytes)
+        ))
+    })?;
+    if bytes.len() <= NAME_MAX_LEN && name.is_exact_instance_of::<PyBytes>() {
+        let entry = Some((name.clone().unbind(), converted.clone()));
+        // The entry replaced is dropped once the lock is released.
+        let _replaced = std::mem::replace(&mut NAMES.lock()[slot], entry);
+    }
+    Ok(converted)
+}
+
 pub(crate) fn parse_headers(raw: &Bound<'_, PyAny>, headers: &mut HeaderMap) -> PyResult<()> {
     let iter = raw.try_iter().map_err(|_| {
         PyTypeError::new_err("http.response.start 'headers' must be an iterable of [name, value]")
@@ -457,12 +509,7 @@ pub(crate) fn parse_headers(raw: &Bound<'_, PyAny>, headers: &mut HeaderMap) -> 
                 type_name(&value)
             )));
         };
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            PyValueError::new_err(format!(
-                "invalid response header name {:?}",
-                String::from_utf8_lossy(name.as_bytes())
-            ))
-        })?;
+        let name = header_name(name)?;
         // As for WSGI (see wsgi::response): no spaces or tabs around it.
         let value = value.as_bytes();
         let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'));
@@ -769,6 +816,56 @@ mod tests {
                     "{bad} accepted"
                 );
             }
+        });
+    }
+
+    #[test]
+    fn header_names_are_remembered_by_identity() {
+        with_py(|py| {
+            let eval = |code: &str| {
+                py.eval(&std::ffi::CString::new(code).unwrap(), None, None)
+                    .unwrap()
+            };
+            let held = |name: &Bound<'_, PyBytes>| {
+                NAMES.lock()[name_slot(name)]
+                    .as_ref()
+                    .is_some_and(|(seen, _)| seen.as_ptr() == name.as_ptr())
+            };
+            let headers = eval("[(b'Content-Type', b'text/plain'), (b'X-Mine', b'1')]");
+            let mut first = HeaderMap::new();
+            parse_headers(&headers, &mut first).unwrap();
+            for index in 0..2 {
+                let pair = headers.get_item(index).unwrap();
+                let name = pair.get_item(0).unwrap();
+                assert!(
+                    held(name.cast::<PyBytes>().unwrap()),
+                    "name {index} not kept"
+                );
+            }
+            let mut again = HeaderMap::new();
+            parse_headers(&headers, &mut again).unwrap();
+            assert_eq!(first, again);
+            assert_eq!(again["x-mine"], "1");
+            // A bytes subclass or a long name is converted, never kept.
+            let odd =
+                eval("[(type('B', (bytes,), {})(b'x-sub'), b'1'), (b'x-' + b'n' * 100, b'2')]");
+            let mut map = HeaderMap::new();
+            parse_headers(&odd, &mut map).unwrap();
+            assert_eq!(map["x-sub"], "1");
+            assert_eq!(map.len(), 2);
+            for index in 0..2 {
+                let pair = odd.get_item(index).unwrap();
+                let name = pair.get_item(0).unwrap();
+                assert!(!held(name.cast::<PyBytes>().unwrap()), "name {index} kept");
+            }
+            // A bad name fails each time and is not kept.
+            let bad = eval("[(b'bad name', b'1')]");
+            for _ in 0..2 {
+                assert!(parse_headers(&bad, &mut HeaderMap::new()).is_err());
+            }
+            let pair = bad.get_item(0).unwrap();
+            let name = pair.get_item(0).unwrap();
+            assert!(!held(name.cast::<PyBytes>().unwrap()));
         });
     }
 
