@@ -776,15 +776,19 @@ mod tests {
         Python::attach(f)
     }
 
+    /// The value of the Python expression `code`.
+    fn eval<'py>(py: Python<'py>, code: &str) -> Bound<'py, PyAny> {
+        py.eval(&std::ffi::CString::new(code).unwrap(), None, None)
+            .unwrap()
+    }
+
     #[test]
     fn status_must_be_an_int_in_range() {
         with_py(|py| {
             let ok = 204i64.into_pyobject(py).unwrap().into_any();
             assert_eq!(parse_status(&ok).unwrap(), StatusCode::NO_CONTENT);
             for bad in ["'200'", "True", "1000", "99", "101", "200.0"] {
-                let value = py
-                    .eval(&std::ffi::CString::new(bad).unwrap(), None, None)
-                    .unwrap();
+                let value = eval(py, bad);
                 assert!(parse_status(&value).is_err(), "{bad} accepted");
             }
         });
@@ -793,12 +797,8 @@ mod tests {
     #[test]
     fn headers_must_be_valid_byte_pairs() {
         with_py(|py| {
-            let eval = |code: &str| {
-                py.eval(&std::ffi::CString::new(code).unwrap(), None, None)
-                    .unwrap()
-            };
             let mut headers = HeaderMap::new();
-            parse_headers(&eval("[(b'x-a', b'1'), [b'x-a', b'2']]"), &mut headers).unwrap();
+            parse_headers(&eval(py, "[(b'x-a', b'1'), [b'x-a', b'2']]"), &mut headers).unwrap();
             let values: Vec<_> = headers.get_all("x-a").iter().collect();
             assert_eq!(values, ["1", "2"], "duplicates kept in order");
             for bad in [
@@ -812,7 +812,7 @@ mod tests {
             ] {
                 let mut headers = HeaderMap::new();
                 assert!(
-                    parse_headers(&eval(bad), &mut headers).is_err(),
+                    parse_headers(&eval(py, bad), &mut headers).is_err(),
                     "{bad} accepted"
                 );
             }
@@ -822,16 +822,12 @@ mod tests {
     #[test]
     fn header_names_are_remembered_by_identity() {
         with_py(|py| {
-            let eval = |code: &str| {
-                py.eval(&std::ffi::CString::new(code).unwrap(), None, None)
-                    .unwrap()
-            };
             let held = |name: &Bound<'_, PyBytes>| {
                 NAMES.lock()[name_slot(name)]
                     .as_ref()
                     .is_some_and(|(seen, _)| seen.as_ptr() == name.as_ptr())
             };
-            let headers = eval("[(b'Content-Type', b'text/plain'), (b'X-Mine', b'1')]");
+            let headers = eval(py, "[(b'Content-Type', b'text/plain'), (b'X-Mine', b'1')]");
             let mut first = HeaderMap::new();
             parse_headers(&headers, &mut first).unwrap();
             for index in 0..2 {
@@ -847,8 +843,10 @@ mod tests {
             assert_eq!(first, again);
             assert_eq!(again["x-mine"], "1");
             // A bytes subclass or a long name is converted, never kept.
-            let odd =
-                eval("[(type('B', (bytes,), {})(b'x-sub'), b'1'), (b'x-' + b'n' * 100, b'2')]");
+            let odd = eval(
+                py,
+                "[(type('B', (bytes,), {})(b'x-sub'), b'1'), (b'x-' + b'n' * 100, b'2')]",
+            );
             let mut map = HeaderMap::new();
             parse_headers(&odd, &mut map).unwrap();
             assert_eq!(map["x-sub"], "1");
@@ -859,7 +857,7 @@ mod tests {
                 assert!(!held(name.cast::<PyBytes>().unwrap()), "name {index} kept");
             }
             // A bad name fails each time and is not kept.
-            let bad = eval("[(b'bad name', b'1')]");
+            let bad = eval(py, "[(b'bad name', b'1')]");
             for _ in 0..2 {
                 assert!(parse_headers(&bad, &mut HeaderMap::new()).is_err());
             }
@@ -872,23 +870,20 @@ mod tests {
     #[test]
     fn messages_are_checked_by_type() {
         with_py(|py| {
-            let eval = |code: &str| {
-                py.eval(&std::ffi::CString::new(code).unwrap(), None, None)
-                    .unwrap()
-            };
             assert!(matches!(
                 parse_message(&eval(
+                    py,
                     "{'type': 'http.response.body', 'body': b'x', 'more_body': True}"
                 ))
                 .unwrap(),
                 Outgoing::Body { more: true, .. }
             ));
-            assert!(parse_message(&eval("{'type': 'http.response.bogus'}")).is_err());
+            assert!(parse_message(&eval(py, "{'type': 'http.response.bogus'}")).is_err());
             assert!(
-                parse_message(&eval("{'type': 'http.response.body', 'body': 'text'}")).is_err()
+                parse_message(&eval(py, "{'type': 'http.response.body', 'body': 'text'}")).is_err()
             );
-            assert!(parse_message(&eval("{'status': 200}")).is_err());
-            assert!(parse_message(&eval("[('type', 'http.response.start')]")).is_err());
+            assert!(parse_message(&eval(py, "{'status': 200}")).is_err());
+            assert!(parse_message(&eval(py, "[('type', 'http.response.start')]")).is_err());
         });
     }
 }
