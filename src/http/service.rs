@@ -690,10 +690,19 @@ pub(super) fn request_timed_out(state: &Arc<ServerState>, exchange: &Arc<Exchang
         }
         ThreadStage::Taken(Some(taken)) if taken + limit > Instant::now() => {
             // Before the thread's own deadline, by as long as the request
-            // waited for it. The threads busy now are what it waited for.
-            let busy = pool.busy_threads();
+            // waited for it.
             let thread_deadline = taken + limit;
             let waited = thread_deadline - Instant::now();
+            if waited < QUEUED_NOTABLY && exchange.thread_waits_for_client() {
+                // Taken at once (the hand-over, not a queue) and held by its
+                // client now: the cut frees the thread before its own
+                // deadline, which would then blame a wait of 0.0s for a
+                // thread rather than the client that does not read.
+                thread_held_or_stuck(state, exchange, started, waited);
+                return;
+            }
+            // The threads busy now are what it waited for.
+            let busy = pool.busy_threads();
             let state = Arc::clone(state);
             let exchange = Arc::clone(exchange);
             tokio::spawn(async move {
