@@ -39,7 +39,7 @@ model puts at a quarter fewer instruction-cache misses per WSGI request (benches
 "Profile-guided builds"). The library then carries no debug information (BOLT drops it): a
 panic's backtrace names functions without file and line. BOLT reads machine code, not LLVM's
 bitcode, so any recent version will do; Debian has it as `bolt-19` and its instrumentation
-runtime as `libbolt-19-dev`. About five minutes more.
+runtime as `libbolt-19-dev`. About two minutes more.
 
 The wheel is a normal release wheel: `pip install dist/rsasgi-*.whl`. Its speed against a
 plain `pip install .` build is measured by the benchmarks as usual (benches/README.md).
