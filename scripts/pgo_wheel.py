@@ -281,6 +281,15 @@ def build_wheel(python: str, out: Path, target: Path, rustflags: str) -> Path:
     return max(made, key=lambda p: p.stat().st_mtime)
 
 
+def install_site(python: str, wheel: Path, site: Path) -> None:
+    """Installs `wheel` alone into a fresh `site` directory, for PYTHONPATH."""
+    shutil.rmtree(site, ignore_errors=True)
+    subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+    )
+
+
 def busy_share(seconds: float = 2.0) -> float:
     """The share of all cores' time spent busy over `seconds` (from /proc/stat)."""
 
@@ -359,10 +368,12 @@ BOLT_OPTIMISATIONS = [
 
 def find_llvm_bolt(given: str | None) -> tuple[Path, Path] | None:
     """`llvm-bolt` with its instrumentation runtime beside it, and `merge-fdata`; or None."""
-    names = [given] if given else []
-    names += ["llvm-bolt", *(f"llvm-bolt-{n}" for n in range(30, 16, -1))]
-    found = [shutil.which(name) for name in names]
-    found += sorted(glob.glob("/usr/lib/llvm-*/bin/llvm-bolt"), reverse=True)
+    if given:
+        found = [shutil.which(given)]
+    else:
+        names = ["llvm-bolt", *(f"llvm-bolt-{n}" for n in range(30, 16, -1))]
+        found = [shutil.which(name) for name in names]
+        found += sorted(glob.glob("/usr/lib/llvm-*/bin/llvm-bolt"), reverse=True)
     for tool in filter(None, found):
         # Resolved: Debian's llvm-bolt-N is a link into /usr/lib/llvm-N/bin, and llvm-bolt
         # looks for its runtime library relative to where it really is.
@@ -372,8 +383,6 @@ def find_llvm_bolt(given: str | None) -> tuple[Path, Path] | None:
         if merge.exists() and runtime.exists():
             return bolt, merge
         print(f"   {tool}: no merge-fdata or libbolt_rt_instr.a beside it: passed over")
-        if given:
-            break
     return None
 
 
@@ -414,11 +423,7 @@ def bolt(python: str, wheel: Path, tools: tuple[Path, Path], work: Path, seconds
     with zipfile.ZipFile(wheel) as archive:
         original.write_bytes(archive.read(name))
     site = work / "bolt-site"
-    shutil.rmtree(site, ignore_errors=True)
-    subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
-        check=True,
-    )
+    install_site(python, wheel, site)
     counts = work / "bolt-counts"
     shutil.rmtree(counts, ignore_errors=True)
     counts.mkdir()
@@ -574,11 +579,7 @@ def build(
     # Build scripts ran instrumented too and left their counts: only the server's count.
     shutil.rmtree(raw, ignore_errors=True)
     site = work / "site"
-    shutil.rmtree(site, ignore_errors=True)
-    subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), instrumented],
-        check=True,
-    )
+    install_site(python, instrumented, site)
     train(python, site, seconds, work)
     merged = work / "merged.profdata"
     subprocess.run([profdata, "merge", "-o", str(merged), str(raw)], check=True)
