@@ -2,30 +2,16 @@
 websocket to /ws, sends "hello", and writes the reply into the page; /ws answers each text
 message with "server echo: <message>" (so the reply cannot come from the page itself).
 
-The page also fetches /wait, which the app answers only once the page has shown the echo
-and fetched /done (or after 10 s). Headless Chromium's --virtual-time-budget does not count
-an open websocket as pending network activity, so without that fetch it may dump the page
-before the echo arrived; a pending fetch holds virtual time until the exchange is over.
-Chromium sometimes holds the page's later network activity (the /done fetch, the websocket
-close) while virtual time waits, so /wait then answers after its limit: the page is dumped
-after the echo either way.
+The page then reports what it shows: it fetches /shown with the text of its two elements in
+the query, and the app writes them to its log ("ws_browser: page shows ..."), which the test
+waits for. The browser runs in real time: headless Chromium's --dump-dom with
+--virtual-time-budget does not count an open websocket as pending work, and it held the
+page's websocket traffic while virtual time waited, so a dumped page could lack an echo the
+server had sent.
 """
 
-import asyncio
 import sys
-
-#: Seconds /wait holds its answer at most, should the websocket never close.
-WAIT_LIMIT = 10.0
-
-_shown: asyncio.Event | None = None
-
-
-def _echo_shown() -> asyncio.Event:
-    global _shown
-    if _shown is None:
-        _shown = asyncio.Event()
-    return _shown
-
+from urllib.parse import parse_qs
 
 PAGE = b"""<!DOCTYPE html>
 <html>
@@ -36,18 +22,24 @@ PAGE = b"""<!DOCTYPE html>
 <script>
   const status = document.getElementById("status");
   const out = document.getElementById("out");
-  fetch("/wait");
+  let reported = false;
+  const report = () => {
+    if (reported) return;
+    reported = true;
+    const shown = new URLSearchParams({out: out.textContent, status: status.textContent});
+    fetch(`/shown?${shown}`);
+  };
   status.textContent = "connecting";
   const ws = new WebSocket(`ws://${location.host}/ws?from=browser`);
   ws.onopen = () => { status.textContent = "open"; ws.send("hello"); };
   ws.onmessage = (event) => {
     out.textContent = event.data;
     status.textContent = "received";
-    fetch("/done");
+    report();
     ws.close(1000, "done");
   };
   ws.onerror = () => { status.textContent = "error"; };
-  ws.onclose = (event) => { status.textContent += " closed:" + event.code; };
+  ws.onclose = (event) => { status.textContent += " closed:" + event.code; report(); };
 </script>
 </body>
 </html>
@@ -64,14 +56,12 @@ async def app(scope, receive, send):
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     elif scope["type"] == "http":
-        if scope["path"] == "/done":
-            _echo_shown().set()
-        if scope["path"] in ("/wait", "/done"):
-            if scope["path"] == "/wait":
-                try:
-                    await asyncio.wait_for(_echo_shown().wait(), WAIT_LIMIT)
-                except TimeoutError:
-                    pass
+        if scope["path"] == "/shown":
+            shown = parse_qs(scope["query_string"].decode(), keep_blank_values=True)
+            out, status = shown.get("out", ["?"])[0], shown.get("status", ["?"])[0]
+            print(
+                f"ws_browser: page shows out={out!r} status={status!r}", file=sys.stderr, flush=True
+            )
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
             return
@@ -94,7 +84,6 @@ async def app(scope, receive, send):
             if message["type"] == "websocket.disconnect":
                 return
             await send({"type": "websocket.send", "text": f"server echo: {message['text']}"})
-            # In the server log, so that a page dumped without the echo tells whether the
-            # server ever had the message (Chromium may hold a page's network activity while
-            # its virtual time waits).
+            # In the server log, so that a page that shows no echo tells whether the server
+            # ever had the message.
             print(f"ws_browser: echoed {message['text']!r}", file=sys.stderr, flush=True)
