@@ -55,3 +55,38 @@ def test_receive_and_send_pass_for_coroutine_functions(run_rsasgi):
             assert marks[name].get("asyncio", True), marks
             # inspect knows of marks from 3.12 on (inspect.markcoroutinefunction).
             assert marks[name]["inspect"] or sys.version_info < (3, 12), marks
+
+
+def test_an_app_that_returns_an_awaitable_is_awaited(run_rsasgi):
+    """`await app(scope, receive, send)`: what calling the app gives need not be a
+    coroutine, only awaitable."""
+    server = run_rsasgi("awaitable_apps:awaitable_app", "--interface", "asgi3", "--lifespan", "off")
+    response = httpx.get(server.url, timeout=10)
+    assert (response.status_code, response.text) == (200, "awaited")
+
+
+@pytest.mark.parametrize(
+    "app, error",
+    [
+        ("not_awaitable_app", "TypeError: object NoneType can't be used in 'await' expression"),
+        ("raising_app", "LookupError: raised before any await"),
+    ],
+)
+def test_an_app_that_fails_when_called_gets_a_500(run_rsasgi, app, error):
+    server = run_rsasgi(f"awaitable_apps:{app}", "--interface", "asgi3", "--lifespan", "off")
+    response = httpx.get(f"{server.url}/called", timeout=10)
+    assert response.status_code == 500
+    log = wait_for_log(server, error)
+    assert "Exception in ASGI application" in log, log
+    # The worker goes on.
+    assert httpx.get(f"{server.url}/again", timeout=10).status_code == 500
+    assert server.proc.poll() is None
+
+
+def test_an_app_can_look_at_its_own_task(run_rsasgi):
+    """anyio's cancel scopes format the running task, debuggers ask for its stack and its
+    coroutine's state: all of it works from inside the app."""
+    server = run_rsasgi("awaitable_apps:introspecting_app", "--lifespan", "off")
+    response = httpx.get(server.url, timeout=10)
+    assert response.status_code == 200, server.output()
+    assert response.text == "task CORO_RUNNING stack CORO_RUNNING"
