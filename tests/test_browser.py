@@ -9,6 +9,7 @@ otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import wait_for_log
+from conftest import kill_process_group, wait_for_log
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -85,6 +86,7 @@ def browsing(chromium: str, url: str, profile: str):
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            start_new_session=True,
         )
     try:
         yield proc
@@ -93,11 +95,10 @@ def browsing(chromium: str, url: str, profile: str):
         raise AssertionError(f"{e}\n--- chromium's stderr ---\n{tail}") from None
     finally:
         proc.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        # Its renderer and helper processes too, should any outlive it.
+        kill_process_group(proc)
 
 
 def test_browser_websocket_echo(run_rsasgi, chromium, tmp_path):
