@@ -1786,8 +1786,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rounds", type=int, default=1, metavar="N",
-        help="run every server N times, taking turns, and report each one's median run (1); "
-        "on a shared machine a single run can be off by 20%% or more",
+        help="run every server N times, taking turns (in the reverse order every other round), "
+        "and report each one's median run (1); on a shared machine a single run can be off by "
+        "20%% or more",
     )  # fmt: skip
     add_steal_options(parser, 0.05, "the server's core")
     parser.add_argument(
@@ -2001,7 +2002,10 @@ def main(argv: list[str] | None = None) -> int:
             results[group], commands[group], memory[group] = {}, {}, {}
             rounds: dict[str, list[dict]] = {name: [] for name in servers}
             for round_number in range(args.rounds):
-                for name in servers:
+                # Every other round in the reverse order (A B, B A, A B...): a host that
+                # slows or speeds up over the run then weighs on each server alike, where
+                # always going first would give one server the start of every round.
+                for name in servers if round_number % 2 == 0 else servers[::-1]:
                     spec = SERVERS[group][name]
                     of = f", round {round_number + 1} of {args.rounds}" if args.rounds > 1 else ""
                     print(f"\n{group} {name} ({spec.notes}{of})", flush=True)
