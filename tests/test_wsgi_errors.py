@@ -113,6 +113,25 @@ def test_an_error_in_close_after_a_whole_response_is_logged_as_such(server):
     )
 
 
+def test_an_error_in_close_after_an_error_midway_logs_both(server):
+    """Iteration raises, then close() raises too: the log shows both, close()'s with the
+    iteration's as its context, as Python (and gunicorn, which calls close() in a `finally`)
+    chains them. close()'s error was dropped."""
+    conn = raw(server)
+    conn.send(request("GET", "/midway-and-close-raise"))
+    assert_aborted(conn.read_until_closed(), b"partial-body")
+    log = wait_for_log(
+        server,
+        "RuntimeError: wsgi-boom-midway-before-close",
+        "During handling of the above exception, another exception occurred",
+        "RuntimeError: wsgi-boom-in-close-after-midway",
+    )
+    assert log.index("wsgi-boom-midway-before-close") < log.index(
+        "wsgi-boom-in-close-after-midway"
+    ), log[-3000:]
+    assert_worker_alive(server)
+
+
 def test_raise_after_the_first_chunk_via_httpx(server):
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.get(f"{server.url}/raise-midway", timeout=10)

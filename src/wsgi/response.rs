@@ -605,7 +605,16 @@ pub(crate) fn respond(
     } else {
         Ok(())
     };
-    sent.and(closed)
+    match (sent, closed) {
+        // Both failed: close()'s error, with the iteration's as its context, as
+        // Python chains an error raised in a `finally` (gunicorn calls close()
+        // in one): the traceback logged shows both.
+        (Err(sent), Err(closed)) => {
+            closed.set_context(py, Some(sent));
+            Err(closed)
+        }
+        (sent, closed) => sent.and(closed),
+    }
 }
 
 fn stream(

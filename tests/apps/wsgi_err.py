@@ -7,6 +7,7 @@ Markers go to $WSGI_MARKER_DIR. Routes (by PATH_INFO):
   /raise-first-yield        generator raising before its first chunk
   /raise-midway             generator: yields b"partial-body", then raises
   /close-raises             b"whole-body" (with its Content-Length) in a list whose close() raises
+  /midway-and-close-raise   iterable: yields b"partial-body", then raises; its close() raises too
   /return-none              start_response, then returns None
   /no-start-response        returns [b"never started"] without calling start_response
   /yield-str                start_response, then yields a str
@@ -101,6 +102,15 @@ class _CloseRaises(list):
         raise RuntimeError("wsgi-boom-in-close")
 
 
+class _MidwayAndCloseRaise:
+    def __iter__(self):
+        yield b"partial-body"
+        raise RuntimeError("wsgi-boom-midway-before-close")
+
+    def close(self):
+        raise RuntimeError("wsgi-boom-in-close-after-midway")
+
+
 def app(environ, start_response):
     path = environ["PATH_INFO"]
     q = query(environ)
@@ -128,6 +138,9 @@ def app(environ, start_response):
     if path == "/close-raises":
         start_response("200 OK", [("Content-Length", "10")])
         return _CloseRaises([b"whole-body"])
+    if path == "/midway-and-close-raise":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _MidwayAndCloseRaise()
     if path == "/raise-midway":
         start_response("200 OK", [("Content-Type", "text/plain")])
 
