@@ -1,5 +1,5 @@
 """Files an app asks the server to send: the ASGI http.response.pathsend and
-http.response.zerocopy extensions (by hand, and through Starlette's FileResponse), and WSGI's
+http.response.zerocopysend extensions (by hand, and through Starlette's FileResponse), and WSGI's
 wsgi.file_wrapper; each delivers the file's bytes under the app's own status and headers.
 
 Apps: tests/apps/file_send.py (pathsend and zerocopy messages, and what send() raised),
@@ -74,7 +74,7 @@ def sha(data: bytes) -> str:
 def test_http_scope_advertises_pathsend_and_zerocopy(server):
     extensions = httpx.get(f"{server.url}/extensions", timeout=10).json()
     assert extensions["http.response.pathsend"] == {}
-    assert extensions["http.response.zerocopy"] == {}
+    assert extensions["http.response.zerocopysend"] == {}
 
 
 # --- http.response.pathsend ------------------------------------------------------------------
@@ -128,7 +128,7 @@ def test_pathsend_of_a_file_it_cannot_send_raises_in_the_app(server, tmp_path, c
     assert httpx.get(f"{server.url}/", timeout=10).text == "ok"
 
 
-# --- http.response.zerocopy ------------------------------------------------------------------
+# --- http.response.zerocopysend ------------------------------------------------------------------
 
 
 def test_zerocopy_sends_the_whole_file(server, data_file):

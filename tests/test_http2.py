@@ -110,6 +110,18 @@ def test_authority_is_the_host_header(run_rsasgi, app, host_of):
     assert host_of(response.json()) == [f"127.0.0.1:{server.port}"]
 
 
+def test_the_host_made_from_the_authority_comes_first_in_the_scope(run_rsasgi):
+    """The ASGI spec: over HTTP/2 the :authority's value "must be added to the start of the
+    iterable with host as the header name". It came after the request's own headers."""
+    server = run_rsasgi("ws_app:app")
+    with h2_client() as client:
+        response = client.get(f"{server.url}/scope", headers={"x-first": "1"})
+    assert response.http_version == "HTTP/2"
+    names = [name for name, _ in response.json()["headers"]]
+    assert names[0] == "host" and names.count("host") == 1, names
+    assert "x-first" in names and "user-agent" in names, names
+
+
 def test_connection_that_never_sends_a_request_gets_goaway(run_rsasgi):
     """Preface and SETTINGS exchanged, no stream ever opened: no request head arrived, so
     the request-header timeout governs it (the keep-alive one is set high to show which)."""

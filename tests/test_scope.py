@@ -264,7 +264,7 @@ def test_state_from_lifespan_is_copied_per_request(server):
         # ["extensions"] after answering: a copy per request means the next request never
         # sees it.
         assert scope["state"] == {"from_lifespan": "yes"}
-        assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+        assert scope["asgi"] == {"version": "3.0", "spec_version": "2.5"}
         assert "mutated_by_request" not in scope["extensions"]
 
 

@@ -129,7 +129,7 @@ enum Outgoing {
         data: Bytes,
         more: bool,
     },
-    /// `http.response.pathsend` (always the last) or `http.response.zerocopy`.
+    /// `http.response.pathsend` (always the last) or `http.response.zerocopysend`.
     File {
         span: FileSpan,
         more: bool,
@@ -211,7 +211,7 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
                 more: false,
             })
         }
-        "http.response.zerocopy" => {
+        "http.response.zerocopysend" => {
             let more = flag(message, intern!(py, "more_body"))?;
             Ok(Outgoing::File {
                 span: zerocopy_span(message)?,
@@ -220,8 +220,8 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
         }
         other => Err(PyRuntimeError::new_err(format!(
             "unexpected ASGI message type {other:?} for an http scope (expected \
-             'http.response.start', 'http.response.body', 'http.response.pathsend' \
-             or 'http.response.zerocopy')"
+             'http.response.start', 'http.response.body', 'http.response.trailers', \
+             'http.response.pathsend' or 'http.response.zerocopysend')"
         ))),
     }
 }
@@ -260,7 +260,7 @@ fn os_error(err: std::io::Error, path: &std::path::Path) -> PyErr {
     pyo3::exceptions::PyOSError::new_err((errno, text, path.to_path_buf()))
 }
 
-/// The region of an `http.response.zerocopy`: `file` (a file object with a
+/// The region of an `http.response.zerocopysend`: `file` (a file object with a
 /// descriptor), from `offset` (else its current position, which then
 /// advances past what is sent, as `os.sendfile` without an offset would),
 /// `count` bytes (else to the end).
@@ -268,13 +268,13 @@ fn zerocopy_span(message: &Bound<'_, PyDict>) -> PyResult<FileSpan> {
     let py = message.py();
     let file = message
         .get_item(intern!(py, "file"))?
-        .ok_or_else(|| PyValueError::new_err("http.response.zerocopy has no 'file'"))?;
+        .ok_or_else(|| PyValueError::new_err("http.response.zerocopysend has no 'file'"))?;
     let fd: i32 = file
         .call_method0(intern!(py, "fileno"))
         .and_then(|fd| fd.extract())
         .map_err(|_| {
             PyTypeError::new_err(format!(
-                "http.response.zerocopy 'file' must be a file object with a descriptor, got {}",
+                "http.response.zerocopysend 'file' must be a file object with a descriptor, got {}",
                 type_name(&file)
             ))
         })?;
@@ -282,7 +282,7 @@ fn zerocopy_span(message: &Bound<'_, PyDict>) -> PyResult<FileSpan> {
         match message.get_item(key)? {
             Some(value) if !value.is_none() => value.extract().map(Some).map_err(|_| {
                 PyValueError::new_err(format!(
-                    "http.response.zerocopy '{key}' must be a non-negative int, got {}",
+                    "http.response.zerocopysend '{key}' must be a non-negative int, got {}",
                     type_name(&value)
                 ))
             }),
@@ -301,7 +301,7 @@ fn zerocopy_span(message: &Bound<'_, PyDict>) -> PyResult<FileSpan> {
     };
     let span = FileSpan::from_descriptor(fd, start, count).map_err(|err| {
         PyValueError::new_err(format!(
-            "http.response.zerocopy 'file' cannot be sent: {err}"
+            "http.response.zerocopysend 'file' cannot be sent: {err}"
         ))
     })?;
     if offset.is_none() {

@@ -1,4 +1,4 @@
-//! Building the `http` connection scope (ASGI 3, spec version 2.4).
+//! Building the `http` connection scope (ASGI 3, spec version 2.5).
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -18,7 +18,7 @@ use crate::ws::offered_subprotocols;
 use crate::ws::session::WsStart;
 
 /// The ASGI spec version this server implements.
-pub(crate) const SPEC_VERSION: &str = "2.4";
+pub(crate) const SPEC_VERSION: &str = "2.5";
 
 /// What every scope of a worker shares.
 pub(crate) struct ScopeContext {
@@ -196,6 +196,7 @@ fn fill_request_keys<'py>(
     scope: &Bound<'py, PyDict>,
     ctx: &ScopeContext,
     uri: &http::Uri,
+    version: http::Version,
     headers: &http::HeaderMap,
     connection: &ConnectionInfo,
 ) -> PyResult<()> {
@@ -240,7 +241,7 @@ fn fill_request_keys<'py>(
     }
 
     let list = PyList::empty(py);
-    for (name, value) in headers {
+    let append = |name: &http::HeaderName, value: &http::HeaderValue| -> PyResult<()> {
         let pair = PyTuple::new(
             py,
             [
@@ -248,7 +249,20 @@ fn fill_request_keys<'py>(
                 PyBytes::new(py, value.as_bytes()),
             ],
         )?;
-        list.append(untracked(pair))?;
+        list.append(untracked(pair))
+    };
+    // Over HTTP/2 the `host` made from `:authority` comes first, as the spec
+    // asks ("added to the start of the iterable"); the server added it last.
+    let host_first = version == http::Version::HTTP_2;
+    if host_first {
+        for value in headers.get_all(http::header::HOST) {
+            append(&http::header::HOST, value)?;
+        }
+    }
+    for (name, value) in headers {
+        if !(host_first && name == http::header::HOST) {
+            append(name, value)?;
+        }
     }
     scope.set_item(intern!(py, "headers"), list)?;
     scope.set_item(intern!(py, "client"), address(py, connection.client)?)?;
@@ -293,6 +307,7 @@ pub(crate) fn http_scope<'py>(
         &scope,
         ctx,
         &exchange.uri,
+        exchange.version,
         headers,
         &exchange.connection,
     )?;
@@ -364,7 +379,7 @@ fn http_extensions(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let template = EXTENSIONS.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
         let extensions = PyDict::new(py);
         extensions.set_item("http.response.pathsend", PyDict::new(py))?;
-        extensions.set_item("http.response.zerocopy", PyDict::new(py))?;
+        extensions.set_item("http.response.zerocopysend", PyDict::new(py))?;
         extensions.set_item("http.response.trailers", PyDict::new(py))?;
         Ok(extensions.unbind())
     })?;
@@ -391,6 +406,7 @@ pub(crate) fn websocket_scope<'py>(
         &scope,
         ctx,
         &start.head.uri,
+        start.head.version,
         &start.head.headers,
         connection,
     )?;

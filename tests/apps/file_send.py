@@ -1,5 +1,5 @@
 """ASGI app for tests/test_file_responses.py: the http.response.pathsend and
-http.response.zerocopy extensions, sent by hand.
+http.response.zerocopysend extensions, sent by hand.
 
 Routes (query values are URL-encoded):
   /extensions           JSON: scope["extensions"] (null when absent)
@@ -9,7 +9,7 @@ Routes (query values are URL-encoded):
                         size of P), then {"type": "http.response.pathsend", "path": P}
   /zerocopy?path=P&seek=S&offset=O&count=C&length=N&wrap=1&tag=T
                         opens P, seeks to S, sends http.response.start (Content-Length N only when
-                        given), then {"type": "http.response.zerocopy", "file": the file} with
+                        given), then {"type": "http.response.zerocopysend", "file": the file} with
                         "offset" O and "count" C only when given; with wrap=1 a body "head-"
                         comes before it and a body "-tail" ends the response after it
   /observed             JSON {T: "ExceptionType: message", or "NO-EXCEPTION" when every send()
@@ -59,7 +59,7 @@ async def zerocopy(send, q: dict[str, str]) -> None:
         await send(start(200, int(q["length"]) if "length" in q else None))
         if wrap:
             await send({"type": "http.response.body", "body": b"head-", "more_body": True})
-        message = {"type": "http.response.zerocopy", "file": file, "more_body": wrap}
+        message = {"type": "http.response.zerocopysend", "file": file, "more_body": wrap}
         for key in ("offset", "count"):
             if key in q:
                 message[key] = int(q[key])
