@@ -244,7 +244,7 @@ pub(crate) enum Refusal {
 }
 
 /// Part of a file the response sends from its descriptor (ASGI
-/// `http.response.pathsend` and `http.response.zerocopy`, WSGI's
+/// `http.response.pathsend` and `http.response.zerocopysend`, WSGI's
 /// `wsgi.file_wrapper`): read by the reactor as the client takes it, never
 /// copied through Python.
 #[derive(Debug)]
@@ -911,6 +911,15 @@ impl Exchange {
     /// Starts reading the body without waiting for the app's first `receive()`.
     pub(crate) fn want_body(&self) {
         self.state.lock().body_wanted = true;
+    }
+
+    /// Whether the body is still to come and was never asked for: a request
+    /// with `Expect: 100-continue` that the app answers without reading it.
+    /// The client was not told to send the body, so the connection cannot
+    /// carry another request after the response (see `poll_body_room`).
+    pub(crate) fn body_never_asked(&self) -> bool {
+        let st = self.state.lock();
+        !st.body_complete && !st.body_wanted
     }
 
     /// A chunk of request body arrived (`last` when it is the final one).

@@ -444,6 +444,24 @@ def test_a_transfer_coding_other_than_chunked_gives_501(run_rsasgi, codings):
     wait_for_log(server, f'501: the body of POST /gz has the transfer coding "{coding}"')
 
 
+@pytest.mark.parametrize(
+    "codings",
+    [[b"chunked, chunked"], [b"chunked", b"Chunked"]],
+    ids=["one-field", "two-fields"],
+)
+def test_chunked_twice_is_a_400(run_rsasgi, codings):
+    """RFC 9112 §6.1: a sender must not apply chunked more than once. hyper decoded the outer
+    coding only and served the request; nginx, HAProxy and h11 refuse it."""
+    server = run_rsasgi(APP)
+    fields = b"".join(b"Transfer-Encoding: " + coding + b"\r\n" for coding in codings)
+    request = b"POST /gz HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n5\r\nhello\r\n0\r\n\r\n"
+    response = exchange(server, request)
+    assert status_of(response) == 400, response
+    assert counts(server) == {}
+    assert_server_up(server)
+    wait_for_log(server, "400: the body of POST /gz is declared chunked more than once")
+
+
 def test_connect_over_http2_gets_501_on_its_stream_only(run_rsasgi):
     """A CONNECT without :protocol reached the app as "/", and the app's 200 had hyper reset
     the stream, with no access line. A WebSocket's extended CONNECT is not one of these (see

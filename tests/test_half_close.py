@@ -177,10 +177,13 @@ def test_a_listening_app_hears_a_client_that_left(run_rsasgi):
 @pytest.mark.parametrize("interface", list(APPS))
 def test_a_body_cut_short_by_the_end_of_input_is_not_a_half_close(run_rsasgi, interface):
     """The end of input before the whole body is a client that left mid-request: nothing
-    reaches the app as a complete body, and the connection ends at once."""
+    reaches the app as a complete body, and the connection ends at once. A client that only
+    shut its sending side still reads: it is told its request was bad (it was a 503, which
+    says the server is overloaded and invites a retry)."""
     server = run_rsasgi(*APPS[interface], *KEEP_ALIVE)
     request = b"POST /cut HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello"
     raw = half_closed_exchange(server, request)
+    assert raw.startswith(b"HTTP/1.1 400 "), raw
     assert b"/cut 10" not in raw and b"/cut 5" not in raw, raw
     assert "/cut" not in done(server)
 

@@ -417,6 +417,7 @@ def test_expect_100_continue(server):
     resp = conn.read_response()
     assert resp.status == 200
     assert resp.body == b"hello"
+    assert resp.header("connection") != "close", resp.headers
     # keep-alive still works afterwards
     conn.send(request("GET", "/"))
     assert conn.read_response().body == b"hello world"
@@ -425,7 +426,9 @@ def test_expect_100_continue(server):
 def test_expect_100_continue_for_a_body_the_app_never_asks_for(server):
     """The app answers without reading the body: no 100 Continue is sent, and the connection
     closes after the response, since the client, never asked for its body, may not send it
-    (or may send its next request in its place: it must not be read as this body)."""
+    (or may send its next request in its place: it must not be read as this body). The
+    response says so (RFC 9110 §10.1.1): without `Connection: close` a client would send its
+    next request on a connection about to close."""
     conn = raw(server)
     conn.send(
         b"POST /noread HTTP/1.1\r\nHost: testserver\r\nContent-Length: 20\r\n"
@@ -434,6 +437,7 @@ def test_expect_100_continue_for_a_body_the_app_never_asks_for(server):
     resp = conn.read_response()
     assert resp.status == 200, resp.status_line
     assert resp.body == b"not read"
+    assert resp.header("connection") == "close", resp.headers
     # The next request in place of the body: not answered on this connection.
     conn.send(request("GET", "/"))
     assert conn.read_until_closed(timeout=10) == b""

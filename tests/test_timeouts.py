@@ -220,6 +220,26 @@ def test_request_body_that_stops_is_answered_408_at_the_request_body_timeout(run
     assert "--timeout-request-body 2s" in log
 
 
+def test_an_unread_body_that_stops_after_the_response_is_not_logged_as_a_408(run_rsasgi):
+    """The app answers without reading the body, and the rest of it never comes: the server,
+    reading it only so the connection could carry another request, closes the connection at
+    the request body timeout. The client had its 200; the log said "408: no bytes of the
+    request body came", as if the app had waited for it and the client been told so."""
+    server = run_rsasgi("proto_http:app", "--timeout-request-body", "1")
+    with server.connect() as sock:
+        conn = RawConn(sock)
+        conn.send(request("POST", "/noread", [("Content-Length", "100")]) + b"x" * 10)
+        response = conn.read_response()
+        assert (response.status, response.body) == (200, b"not read")
+        assert conn.read_until_closed(timeout=10) == b""
+    log = wait_for_log(
+        server,
+        "the rest of the request body of POST /noread HTTP/1.1 did not come for "
+        "--timeout-request-body 1s after its complete response; closing the connection",
+    )
+    assert "408:" not in log, log
+
+
 @pytest.mark.parametrize("poll", [False, True], ids=["plain", "cancelled-receive"])
 def test_a_body_paused_while_the_app_streams_its_response_is_not_timed(run_rsasgi, poll):
     """The app reads the first piece, then streams its answer for 4 s without asking for

@@ -296,16 +296,32 @@ pub(crate) fn handle(
             // Only a chunked body (no exact length) has a Transfer-Encoding
             // hyper let through: one test for the rest.
             if !over_http2 && request.body().size_hint().exact().is_none() {
-                if let Some(coding) = unknown_transfer_coding(request.headers()) {
-                    tracing::info!(
-                        client = %info.client_for_log(),
-                        "501: the body of {} {} has the transfer coding \"{coding}\", which rsasgi \
-                         does not decode (only chunked)",
-                        request.method(),
-                        super::access_format::Escaped(request.uri().path().as_bytes())
-                    );
-                    let status = StatusCode::NOT_IMPLEMENTED;
-                    break 'respond state.error_response(status, record(status), true);
+                match transfer_coding_problem(request.headers()) {
+                    None => {}
+                    Some(CodingProblem::Unknown(coding)) => {
+                        tracing::info!(
+                            client = %info.client_for_log(),
+                            "501: the body of {} {} has the transfer coding \"{coding}\", which \
+                             rsasgi does not decode (only chunked)",
+                            request.method(),
+                            super::access_format::Escaped(request.uri().path().as_bytes())
+                        );
+                        let status = StatusCode::NOT_IMPLEMENTED;
+                        break 'respond state.error_response(status, record(status), true);
+                    }
+                    Some(CodingProblem::ChunkedTwice) => {
+                        // hyper decodes the outer chunked only; the message is
+                        // malformed (RFC 9112 §6.1), and proxies refuse it too.
+                        tracing::info!(
+                            client = %info.client_for_log(),
+                            "400: the body of {} {} is declared chunked more than once \
+                             (Transfer-Encoding), which RFC 9112 §6.1 forbids",
+                            request.method(),
+                            super::access_format::Escaped(request.uri().path().as_bytes())
+                        );
+                        let status = StatusCode::BAD_REQUEST;
+                        break 'respond state.error_response(status, record(status), true);
+                    }
                 }
             }
 
@@ -390,7 +406,7 @@ pub(crate) fn handle(
 
             // The head and body end in this block: moved out, their slots would
             // still take room in the future across its awaits.
-            let (exchange, mut log, is_head, http2, http10) = {
+            let (exchange, mut log, is_head, http2, http10, awaits_continue) = {
                 let (head, body) = request.into_parts();
                 let body_complete = body.is_end_stream();
                 let log = state.access_log.map(|access_log| {
@@ -418,10 +434,11 @@ pub(crate) fn handle(
                     // For a half-close to be told from a client that left.
                     active.to_app(Arc::clone(&exchange));
                 }
-                if !body_complete {
-                    let expects_continue = head.headers.get(header::EXPECT).is_some_and(|value| {
+                let expects_continue = !body_complete
+                    && head.headers.get(header::EXPECT).is_some_and(|value| {
                         value.as_bytes().eq_ignore_ascii_case(b"100-continue")
                     });
+                if !body_complete {
                     if !expects_continue {
                         // Read ahead so the app's first receive() finds the body waiting;
                         // with 100-continue, wait until the app asks for it.
@@ -457,7 +474,7 @@ pub(crate) fn handle(
                     }
                     None => state.bridge.push(Event::Request(start)),
                 }
-                (exchange, log, is_head, http2, http10)
+                (exchange, log, is_head, http2, http10, expects_continue)
             };
 
             let deadline = state
@@ -500,13 +517,16 @@ pub(crate) fn handle(
                     // The client left before the response (in the middle of
                     // its body, or it reset the stream): its line says 499 and
                     // the metrics count no status. Something must still be
-                    // returned to hyper, which has nowhere to send it.
+                    // returned to hyper. Mostly it has nowhere to send it, but
+                    // a client that only shut its sending side mid-body still
+                    // reads: it is told its request was incomplete, not that
+                    // the server is overloaded (503 invites a retry).
                     if let Some(log) = &mut log {
                         log.never_ran = exchange.waits_for_thread();
                     }
                     drop(log);
                     client_left = true;
-                    let status = StatusCode::SERVICE_UNAVAILABLE;
+                    let status = StatusCode::BAD_REQUEST;
                     break 'respond state.error_response(status, None, true);
                 }
             };
@@ -538,7 +558,12 @@ pub(crate) fn handle(
                      {after}, so the client sees the response is short"
                 );
             }
-            let close_after = short.is_some() && !http2;
+            // A body never asked for under `Expect: 100-continue` is not read after
+            // the response (the client was not told to send it), so the connection
+            // closes then: say so (RFC 9110 §10.1.1, RFC 9112 §9.6), or a client
+            // would send its next request on it.
+            let close_after =
+                !http2 && (short.is_some() || (awaits_continue && exchange.body_never_asked()));
             let log = log.map(|log| log.with_status(start.status));
             let mut body = if is_head {
                 exchange.release_response();
@@ -1044,6 +1069,13 @@ async fn open_websocket(
             *response.status_mut() = start.status;
             *response.headers_mut() = start.headers;
             state.add_server_headers(response.headers_mut());
+            // The spec's denial response ends the connection ("send a HTTP
+            // response and then close the connection"), as uvicorn's does. An
+            // HTTP/2 stream ends by itself, and the connection carries others.
+            if !http2 {
+                let close = HeaderValue::from_static("close");
+                response.headers_mut().insert(header::CONNECTION, close);
+            }
             response
         }
         None => {
@@ -1128,6 +1160,21 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
             None => watch.frame(&mut body).await,
             Some(limit) => match body_within(&mut body, &watch, limit).await {
                 Ok(frame) => frame,
+                Err(_elapsed) if exchange.progress().complete => {
+                    // The response is complete (the app answered without
+                    // reading the whole body): the rest is read only so the
+                    // connection could carry the next request. No 408 can go
+                    // out, and no app waits for it.
+                    tracing::info!(
+                        "the rest of the request body of {} did not come for \
+                         --timeout-request-body {}s after its complete response; closing the \
+                         connection",
+                        exchange.request_line(),
+                        limit.as_secs_f64()
+                    );
+                    exchange.refuse_body(StatusCode::REQUEST_TIMEOUT);
+                    return;
+                }
                 Err(_elapsed) => {
                     // Where the server may be the one holding the body back,
                     // say so: the client is not always at fault.
@@ -1442,21 +1489,38 @@ impl std::fmt::Display for WithCauses<'_> {
     }
 }
 
-/// The first transfer coding of a chunked HTTP/1 request other than
-/// `chunked`. hyper reads any body whose last coding is `chunked` (`gzip,
-/// chunked`) and hands it on with the others still applied, which the app
-/// (the ASGI and WSGI specs know of no transfer coding) would take for the
-/// body: RFC 9112 §6.1 has a server answer 501 to a coding it does not
-/// decode. `identity` is none (RFC 9112 dropped it).
-fn unknown_transfer_coding(headers: &http::HeaderMap) -> Option<String> {
-    headers
+/// What is wrong with the transfer codings of a chunked HTTP/1 request.
+#[derive(Debug, PartialEq, Eq)]
+enum CodingProblem {
+    /// A coding other than `chunked`, as the log shows it. hyper reads any
+    /// body whose last coding is `chunked` (`gzip, chunked`) and hands it on
+    /// with the others still applied, which the app (the ASGI and WSGI specs
+    /// know of no transfer coding) would take for the body: RFC 9112 §6.1
+    /// has a server answer 501 to a coding it does not decode. `identity` is
+    /// none (RFC 9112 dropped it).
+    Unknown(String),
+    /// `chunked` more than once (`chunked, chunked`), which a sender must
+    /// not apply (RFC 9112 §6.1): hyper would decode the outer one only.
+    ChunkedTwice,
+}
+
+fn transfer_coding_problem(headers: &http::HeaderMap) -> Option<CodingProblem> {
+    let mut chunked = 0;
+    for coding in headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|value| value.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        // RFC 9110 §5.6.1: empty list elements are no codings.
-        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
-        .map(|coding| super::access_format::Escaped(coding).to_string())
+    {
+        if coding.eq_ignore_ascii_case(b"chunked") {
+            chunked += 1;
+        } else if !coding.is_empty() {
+            // RFC 9110 §5.6.1: empty list elements are no codings.
+            let coding = super::access_format::Escaped(coding).to_string();
+            return Some(CodingProblem::Unknown(coding));
+        }
+    }
+    (chunked > 1).then_some(CodingProblem::ChunkedTwice)
 }
 
 /// Whether a body read failed because the client went away (closed or reset
@@ -1631,6 +1695,31 @@ fn valid_host(value: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn transfer_codings_other_than_one_chunked_are_found() {
+        use super::CodingProblem::{ChunkedTwice, Unknown};
+        let problem = |values: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for value in values {
+                headers.append(
+                    http::header::TRANSFER_ENCODING,
+                    http::HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            super::transfer_coding_problem(&headers)
+        };
+        assert_eq!(problem(&["chunked"]), None);
+        assert_eq!(problem(&["Chunked"]), None);
+        assert_eq!(problem(&[", chunked,"]), None);
+        assert_eq!(problem(&["chunked, chunked"]), Some(ChunkedTwice));
+        assert_eq!(problem(&["chunked", "CHUNKED"]), Some(ChunkedTwice));
+        assert_eq!(problem(&["gzip, chunked"]), Some(Unknown("gzip".into())));
+        assert_eq!(
+            problem(&["chunked, chunked", "br"]),
+            Some(Unknown("br".into()))
+        );
+    }
+
     #[test]
     fn hosts_are_the_same_in_any_case_and_with_the_default_port_left_out() {
         for (a, b) in [
