@@ -217,6 +217,124 @@ def h2_response(
             sock.sendall(connection.data_to_send())
 
 
+def h2_exchange_fields(
+    server, request: list[tuple[str, str]], body: bytes | None = None
+) -> tuple[int, bytes, int | None]:
+    """One request, its header fields sent exactly as given (pseudo-headers included) and
+    then `body` if any: the status, the body, and the error code of a RST_STREAM that ended
+    the stream (None when it ended with END_STREAM)."""
+    config = h2.config.H2Configuration(
+        client_side=True,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,  # it would strip the values' whitespace
+        validate_inbound_headers=False,
+    )
+    connection = h2.connection.H2Connection(config)
+    connection.initiate_connection()
+    connection.send_headers(1, request, end_stream=body is None)
+    if body is not None:
+        connection.send_data(1, body, end_stream=True)
+    status, data = 0, b""
+    with server.connect() as sock:
+        sock.settimeout(10)
+        sock.sendall(connection.data_to_send())
+        while True:
+            received = sock.recv(65536)
+            assert received, "the server closed the connection before the stream ended"
+            for event in connection.receive_data(received):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers).get(b":status", 0))
+                elif isinstance(event, h2.events.DataReceived):
+                    data += event.data
+                    connection.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, h2.events.StreamEnded):
+                    return status, data, None
+                elif isinstance(event, h2.events.StreamReset):
+                    return status, data, event.error_code
+            sock.sendall(connection.data_to_send())
+
+
+@pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
+def test_a_body_short_of_its_content_length_resets_the_stream(run_rsasgi, app):
+    """RFC 9113 §8.1.1: data that ends short of the content-length makes the response
+    malformed. The stream ended cleanly (END_STREAM) under the app's header, which a client
+    could take for the whole response; it is reset, after the bytes there are."""
+    server = run_rsasgi(app)
+    authority = f"127.0.0.1:{server.port}"
+    request = [
+        (":method", "GET"),
+        (":path", "/short"),
+        (":scheme", "http"),
+        (":authority", authority),
+    ]
+    status, body, reset = h2_exchange_fields(server, request)
+    assert (status, body) == (200, b"hello world!")
+    assert reset is not None
+    wait_for_log(
+        server, "the app's Content-Length is 20 but its body only 12 bytes; reset the stream"
+    )
+    # The same app's right length ends its stream as it should.
+    request = [(name, "/" if name == ":path" else value) for name, value in request]
+    assert h2_exchange_fields(server, request) == (200, b"ok", None)
+
+
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        ([("x-padded", " value")], "a header value begins or ends with whitespace"),
+        ([("x-padded", "value\t")], "a header value begins or ends with whitespace"),
+        ([("content-length", "5"), ("content-length", "6")], None),
+    ],
+    ids=["leading-space", "trailing-tab", "content-lengths-differ"],
+)
+def test_malformed_fields_the_h2_library_lets_through_are_a_400(run_rsasgi, fields, reason):
+    """RFC 9113 §8.2.1 (a value with whitespace at either end) and RFC 9110 §8.6 (content-length
+    fields that disagree): malformed. The app got the value as it was (HTTP/1 trims it)."""
+    server = run_rsasgi("wsgi_env:app", "--log-level", "debug")
+    authority = f"127.0.0.1:{server.port}"
+    request = [
+        (":method", "POST"),
+        (":path", "/scope"),
+        (":scheme", "http"),
+        (":authority", authority),
+    ]
+    status, _, reset = h2_exchange_fields(server, request + fields, b"hello")
+    # Content-lengths that disagree may be refused by the h2 library already, with a reset.
+    assert status == 400 or (reason is None and reset is not None), (status, reset)
+    if reason:
+        wait_for_log(server, f"400 Bad Request: {reason}")
+
+
+def test_equal_content_length_fields_are_one(run_rsasgi):
+    """RFC 9110 §8.6 lets a server take them as one: a WSGI app read CONTENT_LENGTH "5, 5",
+    which Django takes for no body at all."""
+    server = run_rsasgi("wsgi_env:app")
+    authority = f"127.0.0.1:{server.port}"
+    request = [
+        (":method", "POST"),
+        (":path", "/scope"),
+        (":scheme", "http"),
+        (":authority", authority),
+    ]
+    twice = [("content-length", "5"), ("content-length", "5")]
+    status, body, reset = h2_exchange_fields(server, request + twice, b"hello")
+    assert (status, reset) == (200, None), body
+    assert json.loads(body)["environ"]["CONTENT_LENGTH"] == "5"
+
+
+def test_a_request_with_neither_authority_nor_host_is_a_400(run_rsasgi):
+    """RFC 9113 §8.3.1: an http or https request names its authority, in :authority or in
+    host. It was served with no host at all (HTTP/1.1 without Host is a 400)."""
+    server = run_rsasgi("ws_app:app", "--log-level", "debug")
+    request = [(":method", "GET"), (":path", "/scope"), (":scheme", "http")]
+    status, _, _ = h2_exchange_fields(server, request)
+    assert status == 400
+    wait_for_log(server, "400 Bad Request: an HTTP/2 request with neither :authority nor host")
+    # A host field in its place will do.
+    host = [("host", f"127.0.0.1:{server.port}")]
+    assert h2_exchange_fields(server, request + host)[0] == 200
+
+
 @pytest.mark.parametrize("app", ["ws_app:app", "wsgi_env:app"], ids=["asgi", "wsgi"])
 def test_a_host_header_naming_another_host_than_the_authority_is_a_400(run_rsasgi, app):
     """RFC 9113 8.3.1: a host field that names another entity than :authority makes the

@@ -443,6 +443,23 @@ def test_expect_100_continue_for_a_body_the_app_never_asks_for(server):
     assert conn.read_until_closed(timeout=10) == b""
 
 
+@pytest.mark.parametrize(
+    "app, path",
+    [("proto_http:app", "/status?code=205"), ("wsgi_env:app", "/status?s=205%20Reset%20Content")],
+    ids=["asgi", "wsgi"],
+)
+def test_a_205_goes_out_without_the_app_s_body(run_rsasgi, app, path):
+    """RFC 9110 §15.3.6: a server must not send content in a 205. hyper strips 204 and 304
+    bodies itself; a 205 went out with the app's body. The connection goes on."""
+    server = run_rsasgi(app)
+    conn = raw(server)
+    conn.send(request("GET", path) + request("GET", path))
+    for _ in range(2):
+        response = conn.read_response()
+        assert (response.status, response.body) == (205, b""), response
+        assert response.header("content-length") == "0", response.headers
+
+
 # --- framing chosen from the app's headers ---------------------------------------------------
 
 # The same framing rules hold for an ASGI app (tests/apps/proto_http.py) and a WSGI app

@@ -385,6 +385,14 @@ impl ResponseBody {
                         return Poll::Ready(Some(Ok(Frame::trailers(fields))));
                     }
                     Poll::Ready(Some(Err(aborted))) => Poll::Ready(Some(Err(aborted))),
+                    // HTTP/2: a stream whose data ends short of its
+                    // content-length is malformed (RFC 9113 §8.1.1); it is
+                    // reset, not ended, so the client knows it is short.
+                    Poll::Ready(None)
+                        if short_of_header(this.pieces, this.declared, this.handed) =>
+                    {
+                        Poll::Ready(Some(Err(Aborted)))
+                    }
                     Poll::Ready(None) => Poll::Ready(None),
                     Poll::Pending => Poll::Pending,
                 };
@@ -483,6 +491,12 @@ impl ResponseBody {
     }
 }
 
+/// Whether an HTTP/2 body (`pieces`), `handed` bytes of it so far, is short
+/// of the app's Content-Length, `declared`.
+fn short_of_header(http2: bool, declared: Option<u64>, handed: u64) -> bool {
+    http2 && declared.is_some_and(|declared| handed < declared)
+}
+
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
     type Error = Aborted;
@@ -515,6 +529,7 @@ impl http_body::Body for ResponseBody {
                 self.file.is_none()
                     && (self.sent_data || self.declared.unwrap_or(0) == 0)
                     && exchange.complete_body_len() == Some(0)
+                    && !short_of_header(self.pieces, self.declared, self.handed)
             }
             Source::Head => true,
             Source::Fixed(body) => body.is_none(),

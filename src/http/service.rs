@@ -174,9 +174,13 @@ pub(crate) fn handle(
             if let Some(slot) = &state.slot {
                 slot.count_request();
             }
-            // RFC 9113 §8.3.1: over HTTP/2 a `host` must name the `:authority`.
-            let host_matches =
-                request.version() != Version::HTTP_2 || add_host_from_authority(&mut request);
+            // RFC 9113 §8.2.1 and §8.3.1: what makes an HTTP/2 request malformed
+            // that the h2 crate lets through (and a `host` made from `:authority`).
+            let http2_malformed = if request.version() == Version::HTTP_2 {
+                check_http2_fields(&mut request)
+            } else {
+                None
+            };
             join_cookies(request.headers_mut());
             // RFC 9112 §3.2: an HTTP/1 request carries at most one Host
             // header, and an HTTP/1.1 one exactly one. Counted before a
@@ -235,11 +239,8 @@ pub(crate) fn handle(
                 let status = StatusCode::BAD_REQUEST;
                 break 'respond state.error_response(status, record(status), true);
             }
-            if !host_matches {
-                tracing::debug!(
-                    client = %info.client_for_log(),
-                    "400 Bad Request: the host header does not match :authority"
-                );
+            if let Some(reason) = http2_malformed {
+                tracing::debug!(client = %info.client_for_log(), "400 Bad Request: {reason}");
                 let status = StatusCode::BAD_REQUEST;
                 break 'respond state.error_response(status, record(status), true);
             }
@@ -541,7 +542,11 @@ pub(crate) fn handle(
             // shorter goes out as it is, and then the connection closes
             // (HTTP/1; an HTTP/2 stream's end says where its body ends), so
             // the client sees the response is short.
-            let bodiless = is_head || matches!(start.status.as_u16(), 204 | 304);
+            // RFC 9110 §15.3.6: a 205 has no content. hyper strips the body of
+            // a 204 or 304 itself; a 205's is dropped here, as for HEAD, and
+            // the response says it has none (Content-Length: 0).
+            let reset_content = start.status == StatusCode::RESET_CONTENT;
+            let bodiless = is_head || reset_content || matches!(start.status.as_u16(), 204 | 304);
             let declared = start.content_length.filter(|_| !bodiless);
             let short = complete_len
                 .zip(declared)
@@ -549,7 +554,7 @@ pub(crate) fn handle(
             if let Some((actual, declared)) = short {
                 let request = exchange.request_line();
                 let after = if http2 {
-                    "ended the stream after it"
+                    "reset the stream after it"
                 } else {
                     "closed the connection after it"
                 };
@@ -565,7 +570,7 @@ pub(crate) fn handle(
             let close_after =
                 !http2 && (short.is_some() || (awaits_continue && exchange.body_never_asked()));
             let log = log.map(|log| log.with_status(start.status));
-            let mut body = if is_head {
+            let mut body = if is_head || reset_content {
                 exchange.release_response();
                 let mut body = ResponseBody::new(Source::Head, log);
                 body.closes_with_head(exchange);
@@ -592,9 +597,12 @@ pub(crate) fn handle(
             if start.status == StatusCode::NO_CONTENT || start.status.is_informational() {
                 headers.remove(header::CONTENT_LENGTH);
             }
+            if reset_content {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
             state.add_server_headers(headers);
             if let Some(http10) = http10 {
-                http10.answer(&mut response, body_len_known || is_head);
+                http10.answer(&mut response, body_len_known || is_head || reset_content);
             }
             if close_after {
                 let close = HeaderValue::from_static("close");
@@ -1417,6 +1425,44 @@ fn add_host_from_authority(request: &mut Request<Incoming>) -> bool {
         request.headers_mut().insert(header::HOST, host);
     }
     true
+}
+
+/// Why an HTTP/2 request is malformed in ways the h2 crate lets through, if
+/// it is; on the way, the `host` made from `:authority` (see
+/// [`add_host_from_authority`]) and repeated equal `content-length` fields
+/// made one, as HTTP/1 has them (a WSGI app read `CONTENT_LENGTH` "5, 5").
+fn check_http2_fields(request: &mut Request<Incoming>) -> Option<&'static str> {
+    // RFC 9113 §8.3.1: an http or https request names its authority.
+    if request.uri().authority().is_none() && !request.headers().contains_key(header::HOST) {
+        return Some("an HTTP/2 request with neither :authority nor host");
+    }
+    if !add_host_from_authority(request) {
+        return Some("the host header does not match :authority");
+    }
+    // RFC 9113 §8.2.1: a field value must not begin or end with a space or a tab.
+    let padded = |value: &HeaderValue| {
+        let bytes = value.as_bytes();
+        matches!(bytes.first(), Some(b' ' | b'\t')) || matches!(bytes.last(), Some(b' ' | b'\t'))
+    };
+    if request.headers().values().any(padded) {
+        return Some("a header value begins or ends with whitespace (RFC 9113 §8.2.1)");
+    }
+    // RFC 9110 §8.6: several content-length fields of one value are that
+    // value; differing ones make the message invalid.
+    let mut lengths = request.headers().get_all(header::CONTENT_LENGTH).iter();
+    if let (Some(first), Some(_)) = (lengths.next(), lengths.next()) {
+        let first = first.clone();
+        if request
+            .headers()
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|other| *other != first)
+        {
+            return Some("content-length fields that disagree");
+        }
+        request.headers_mut().insert(header::CONTENT_LENGTH, first);
+    }
+    None
 }
 
 /// Whether two `host[:port]` values name the same host (in any case) and
