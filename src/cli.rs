@@ -355,9 +355,10 @@ struct Args {
           value_parser = seconds, help_heading = "Workers")]
     timeout_worker_boot: Option<Seconds>,
 
-    /// Replace a worker gracefully after it has served this many requests.
+    /// Replace a worker gracefully after it has served this many requests
+    /// (0: never, as gunicorn's --max-requests 0).
     #[arg(long, visible_alias = "max-requests", env = "RSASGI_LIMIT_MAX_REQUESTS", value_name = "N",
-          value_parser = |raw: &str| parse_count(raw, 1, u64::MAX), help_heading = "Workers")]
+          value_parser = |raw: &str| parse_count(raw, 0, u64::MAX), help_heading = "Workers")]
     limit_max_requests: Option<u64>,
 
     /// Add up to this many requests (random per worker) to --limit-max-requests,
@@ -818,7 +819,8 @@ struct Args {
           help_heading = "Limits")]
     limit_concurrency: Option<usize>,
 
-    /// Answer 413 to request bodies larger than this [default: no limit].
+    /// Answer 413 to request bodies larger than this (0: no limit, as nginx's
+    /// client_max_body_size 0) [default: no limit].
     #[arg(long, env = "RSASGI_LIMIT_REQUEST_BODY", value_name = "BYTES",
           value_parser = |raw: &str| parse_count(raw, 0, config::MAX_REQUEST_BODY),
           help_heading = "Limits")]
@@ -1532,6 +1534,19 @@ fn unknown_variables(command: &Command, names: impl Iterator<Item = String>) -> 
             Some((variable.to_owned(), arg.get_long()))
         })
         .collect();
+    // An option's alias as a variable (RSASGI_TIMEOUT for gunicorn's --timeout):
+    // the variable of the option it names, whatever the spelling says.
+    let by_alias = |name: &str| {
+        let option = name
+            .trim_start_matches("RSASGI_")
+            .to_ascii_lowercase()
+            .replace('_', "-");
+        command.get_arguments().find_map(|arg| {
+            let aliased = arg.get_all_aliases()?.contains(&option.as_str());
+            let variable = arg.get_env()?.to_str()?;
+            aliased.then(|| (variable.to_owned(), arg.get_long(), option.clone()))
+        })
+    };
     let mut unknown: Vec<String> = names
         .filter(|name| name.starts_with("RSASGI_"))
         .filter(|name| !INTERNAL.contains(&name.as_str()))
@@ -1542,6 +1557,12 @@ fn unknown_variables(command: &Command, names: impl Iterator<Item = String>) -> 
     unknown
         .into_iter()
         .map(|name| {
+            if let Some((variable, Some(long), alias)) = by_alias(&name) {
+                return format!(
+                    "{name} is not a variable rsasgi reads, and is ignored; did you mean \
+                     {variable} (--{long}, which --{alias} stands for)?"
+                );
+            }
             let closest = ours
                 .iter()
                 .map(|(variable, long)| {
@@ -1642,7 +1663,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
             None => healthcheck.map(|limit| config::DEFAULT_TIMEOUT_WORKER_BOOT.max(limit)),
             Some(Seconds(limit)) => (!limit.is_zero()).then_some(limit),
         },
-        max_requests: args.limit_max_requests,
+        max_requests: args.limit_max_requests.filter(|&requests| requests > 0),
         max_requests_jitter: args.limit_max_requests_jitter,
         worker_lifetime: args
             .limit_worker_lifetime
@@ -1755,7 +1776,7 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
             .then_some(args.http2_keep_alive_interval.0),
         http2_keep_alive_timeout: args.http2_keep_alive_timeout.0,
         limit_concurrency: args.limit_concurrency,
-        limit_request_body: args.limit_request_body,
+        limit_request_body: args.limit_request_body.filter(|&bytes| bytes > 0),
         limit_request_head: args.limit_request_head,
         backlog: args.backlog,
         uds_permissions: args.uds_permissions.0,
@@ -1881,6 +1902,19 @@ mod tests {
     fn error_line(args: &[&str]) -> String {
         let argv = ["rsasgi", "main:app"].iter().chain(args);
         usage_line(&parse(argv).unwrap_err())
+    }
+
+    #[test]
+    fn zero_max_requests_and_body_limit_mean_none() {
+        // gunicorn's --max-requests 0 and nginx's client_max_body_size 0.
+        let argv = ["rsasgi", "main:app", "--max-requests", "0"];
+        let config = parse(argv.into_iter().chain(["--limit-request-body", "0"])).unwrap();
+        assert_eq!(config.supervision.max_requests, None);
+        assert_eq!(config.limit_request_body, None);
+        let argv = ["rsasgi", "main:app", "--max-requests", "7"];
+        let config = parse(argv.into_iter().chain(["--limit-request-body", "1"])).unwrap();
+        assert_eq!(config.supervision.max_requests, Some(7));
+        assert_eq!(config.limit_request_body, Some(1));
     }
 
     #[test]
@@ -2457,12 +2491,17 @@ mod tests {
             warnings(&[
                 "RSASGI_WORKER",
                 "RSASGI_TIMEOUT_KEEPALIVE",
-                "RSASGI_FROBNICATE"
+                "RSASGI_FROBNICATE",
+                "RSASGI_TIMEOUT",
             ]),
             [
                 "RSASGI_FROBNICATE is not a variable rsasgi reads, and is ignored (each option's \
                  variable is RSASGI_ and its long name: --timeout-keep-alive is \
                  RSASGI_TIMEOUT_KEEP_ALIVE)",
+                // gunicorn's --timeout, an alias: not RSASGI_TIMEOUT_SEND, the closest spelling.
+                "RSASGI_TIMEOUT is not a variable rsasgi reads, and is ignored; did you mean \
+                 RSASGI_TIMEOUT_WORKER_HEALTHCHECK (--timeout-worker-healthcheck, which \
+                 --timeout stands for)?",
                 "RSASGI_TIMEOUT_KEEPALIVE is not a variable rsasgi reads, and is ignored; did \
                  you mean RSASGI_TIMEOUT_KEEP_ALIVE (--timeout-keep-alive)?",
                 "RSASGI_WORKER is not a variable rsasgi reads, and is ignored; did you mean \

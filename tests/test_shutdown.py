@@ -254,6 +254,19 @@ def test_sigquit_as_the_first_signal_says_the_shutdown_is_forced(run_rsasgi, tmp
     assert "request-done" not in events(record)
 
 
+def test_sigquit_to_an_idle_wsgi_server_does_not_report_stuck_threads(run_rsasgi):
+    """Its pool threads run no request: they leave as soon as they are told. Judged with no
+    time at all, they were reported as "WSGI threads still running after shutdown", with no
+    stack to show, and the interpreter exited without finalising (atexit skipped)."""
+    server = run_rsasgi("wsgi_env:app")
+    assert httpx.get(f"{server.url}/status?name=ok", timeout=10).status_code == 200
+    server.proc.send_signal(signal.SIGQUIT)
+    assert server.wait_exit(timeout=15) == 0
+    output = server.output()
+    assert "still running after shutdown" not in output, output
+    assert "Stopped" in output, output
+
+
 #: An app whose request, once cancelled, takes 4.5 s to clean up (it rolls a transaction
 #: back, say). Its events go, one per line, to events.txt beside it.
 SLOW_CLEANUP = """

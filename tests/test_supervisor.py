@@ -894,6 +894,31 @@ def test_worker_crashing_after_boot_is_replaced_with_backoff(run_rsasgi):
     assert answering.isdisjoint(int(pid) for pid in crashed)
 
 
+def test_a_worker_stopped_by_its_own_sigterm_is_replaced_without_backoff(run_rsasgi):
+    """gunicorn's way to restart one worker, `kill -TERM WORKER`: the worker stops gracefully
+    and exits 0. It was logged as an ERROR ("exited with code 0") and counted as a crash, so
+    the third such restart within a minute waited behind the crash backoff, with the one
+    worker gone and nothing accepting."""
+    server = start_supervised(run_rsasgi, workers=1)
+    seen = set(started_workers(server.output()))
+    for round_number in range(3):
+        (pid,) = pids_answering(server, 1)
+        time.sleep(1.2)  # served for over a second: a stop, not a start that failed
+        os.kill(pid, signal.SIGTERM)
+        wait_for_log(server, f"(pid {pid}) stopped on its own (exit code 0")
+        new = wait_for(
+            lambda before=frozenset(seen): set(started_workers(server.output())) - before,
+            message=f"a new worker after round {round_number + 1}",
+            server=server,
+        )
+        wait_for_log(server, *(f"(pid {new_pid}) is serving" for new_pid in new))
+        seen |= new
+    assert pids_answering(server, 1) <= seen
+    output = server.output()
+    assert "worker crashes in the last" not in output, output
+    assert "exited with code 0" not in output, output
+
+
 def test_workers_killed_together_are_all_replaced_at_once(run_rsasgi):
     """The OOM killer or an operator's `kill -9` takes every worker at once: each is replaced
     at once, not one after the other behind a crash backoff while none serves."""

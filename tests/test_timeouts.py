@@ -204,6 +204,21 @@ def test_a_client_that_stops_taking_a_response_sent_whole_is_closed_at_the_send_
     assert httpx.get(f"{server.url}/", timeout=10).text == "ok"
 
 
+def test_keep_alive_timeout_zero_says_each_connection_closes(run_rsasgi):
+    """--timeout-keep-alive 0 turns keep-alive off: each response says Connection: close,
+    as gunicorn's keepalive 0 does. The connection closed after each response unannounced,
+    and a client's next request on it failed (http.client: 7 of 20 keep-alive POSTs)."""
+    server = run_rsasgi("proto_http:app", "--timeout-keep-alive", "0")
+    for _ in range(3):
+        with server.connect() as sock:
+            conn = RawConn(sock)
+            conn.send(request("GET", "/"))
+            response = conn.read_response()
+            assert (response.status, response.body) == (200, b"hello world")
+            assert response.header("connection") == "close", response.headers
+            assert conn.read_until_closed(timeout=10) == b""
+
+
 def test_request_body_that_stops_is_answered_408_at_the_request_body_timeout(run_rsasgi):
     """Ten of the hundred promised bytes, then silence: 408 and Connection: close, and the
     app, waiting in receive(), gets http.disconnect."""

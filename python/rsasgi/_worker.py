@@ -36,6 +36,11 @@ from rsasgi._rsasgi import (
     log,
 )
 
+#: How long a forced stop waits for WSGI threads that run no request: told to leave,
+#: idle ones are gone in a few milliseconds, and judged at once they were reported as
+#: threads stuck in the app.
+IDLE_WSGI_THREADS_WAIT = 0.2
+
 #: Exit code when the app cannot be loaded or its lifespan startup fails (as
 #: gunicorn and uvicorn use), or a supervised worker cannot start serving: a
 #: supervisor stops instead of restarting it.
@@ -309,9 +314,11 @@ def load_app(target: str, factory: bool, app_dir: str, warn=_warn):
                 app.close()
             raise AppLoadError(_async_factory(target))
     if not callable(app):
+        kind = type(app).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
         raise AppLoadError(
-            f'"{target}" is not callable (it is a {type(app).__name__}); '
-            "APP must name an ASGI application."
+            f'"{target}" is not callable (it is {article} {kind}); '
+            "APP must name an ASGI or WSGI application."
         )
     return app
 
@@ -1014,8 +1021,10 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
             threads_done = await _unless_forced(joined, forced) and joined.result()
         else:
             # `stopped` is done, so the reactor thread is ending and this
-            # returns at once; WSGI threads get no time when forced.
-            threads_done = worker.join(0.0)
+            # returns at once; WSGI threads busy in the app get no time when
+            # forced, idle ones the moment they need to leave.
+            busy = worker.wsgi_threads_running() if wsgi else 0
+            threads_done = worker.join(0.0 if busy else IDLE_WSGI_THREADS_WAIT)
         if not threads_done:
             # A WSGI thread is stuck in the app; the interpreter cannot finalise
             # under it, so leave without finalising.

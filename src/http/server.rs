@@ -187,7 +187,7 @@ fn connection_builder(config: &Config) -> auto::Builder<StreamExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .keep_alive(true)
+        .keep_alive(!config.timeout_keep_alive.is_zero())
         // Our own deadlines (see `connection`) bound a head: the first by
         // --timeout-request-header from accept, later ones by
         // --timeout-keep-alive from the end of the request before, as the
@@ -240,7 +240,7 @@ fn http1_builder(config: &Config) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .keep_alive(true)
+        .keep_alive(!config.timeout_keep_alive.is_zero())
         .header_read_timeout(None)
         .max_buf_size(config.limit_request_head)
         // max_buf_size bounds the read buffer, not the head: a head over the

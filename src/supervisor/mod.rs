@@ -84,6 +84,10 @@ const CRASH_WINDOW: Duration = Duration::from_secs(60);
 const FIRST_RESPAWN_DELAY: Duration = Duration::from_millis(500);
 const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(30);
 
+/// A serving worker that exits with code 0 after at least this long stopped
+/// gracefully (a SIGTERM sent to it), not crashed: replaced without backoff.
+const CLEAN_EXIT_UPTIME: Duration = Duration::from_secs(1);
+
 /// How often the status line systemd shows (`systemctl status`) is updated.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -838,6 +842,19 @@ impl Supervisor {
                 self.crashed();
             }
             State::Booting => self.boot_failed(&worker, status, &how),
+            // Stopped gracefully, not by us: a SIGTERM sent to the worker itself
+            // (gunicorn's way to restart one worker), or the app's sys.exit(0). No
+            // crash, so no backoff; one that served only briefly still counts, so
+            // that a worker exiting as soon as it starts cannot spin.
+            State::Serving | State::Retiring(_)
+                if status.success() && worker.started.elapsed() >= CLEAN_EXIT_UPTIME =>
+            {
+                tracing::warn!(
+                    "{name} stopped on its own (exit code 0: a stop signal sent to the worker \
+                     itself, or the app's sys.exit(0)); replacing it"
+                );
+                self.count_restart(Restart::Crash);
+            }
             State::Serving | State::Retiring(_) => {
                 tracing::error!("{name} {how}; replacing it");
                 self.count_restart(Restart::Crash);
