@@ -187,46 +187,46 @@ def h2_get(
     return status, body
 
 
+def pseudo_headers(server, method: str, path: str) -> list[tuple[str, str]]:
+    """The pseudo-header fields of a request for `path` on `server`."""
+    authority = f"127.0.0.1:{server.port}"
+    return [(":method", method), (":path", path), (":scheme", "http"), (":authority", authority)]
+
+
 def h2_response(
     server, path: str, headers: list[tuple[str, str]] = (), validate: bool = True
 ) -> tuple[int, dict[bytes, bytes], bytes]:
     """h2_get's status and body, with the response's header fields as they came (the h2
     library checks none of them)."""
-    config = h2.config.H2Configuration(
-        client_side=True, validate_outbound_headers=validate, validate_inbound_headers=False
-    )
-    connection = h2.connection.H2Connection(config)
-    connection.initiate_connection()
-    authority = f"127.0.0.1:{server.port}"
-    request = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", authority)]
-    connection.send_headers(1, request + list(headers), end_stream=True)
-    fields, body = {}, b""
-    with server.connect() as sock:
-        sock.sendall(connection.data_to_send())
-        while True:
-            data = sock.recv(65536)
-            assert data, "the server closed the connection before the response ended"
-            for event in connection.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    fields = dict(event.headers)
-                elif isinstance(event, h2.events.DataReceived):
-                    body += event.data
-                    connection.acknowledge_received_data(event.flow_controlled_length, 1)
-                elif isinstance(event, h2.events.StreamEnded):
-                    return int(fields.get(b":status", 0)), fields, body
-            sock.sendall(connection.data_to_send())
+    request = pseudo_headers(server, "GET", path) + list(headers)
+    status, fields, body, _ = h2_exchange(server, request, validate=validate)
+    return status, fields, body
 
 
 def h2_exchange_fields(
     server, request: list[tuple[str, str]], body: bytes | None = None
 ) -> tuple[int, bytes, int | None]:
-    """One request, its header fields sent exactly as given (pseudo-headers included) and
-    then `body` if any: the status, the body, and the error code of a RST_STREAM that ended
-    the stream (None when it ended with END_STREAM)."""
+    """One request, its header fields sent exactly as given (pseudo-headers included, values
+    not even stripped of whitespace) and then `body` if any: the status, the body, and the
+    error code of a RST_STREAM that ended the stream (None when it ended with END_STREAM)."""
+    status, _, data, reset = h2_exchange(server, request, body, validate=False, normalize=False)
+    return status, data, reset
+
+
+def h2_exchange(
+    server,
+    request: list[tuple[str, str]],
+    body: bytes | None = None,
+    validate: bool = True,
+    normalize: bool = True,
+) -> tuple[int, dict[bytes, bytes], bytes, int | None]:
+    """One request on stream 1 of a fresh connection (`validate` and `normalize`: whether the
+    h2 library checks and tidies the fields first): the response's status, header fields and
+    body, and the error code of a RST_STREAM that ended the stream (None after END_STREAM)."""
     config = h2.config.H2Configuration(
         client_side=True,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,  # it would strip the values' whitespace
+        validate_outbound_headers=validate,
+        normalize_outbound_headers=normalize,
         validate_inbound_headers=False,
     )
     connection = h2.connection.H2Connection(config)
@@ -234,7 +234,7 @@ def h2_exchange_fields(
     connection.send_headers(1, request, end_stream=body is None)
     if body is not None:
         connection.send_data(1, body, end_stream=True)
-    status, data = 0, b""
+    fields, data = {}, b""
     with server.connect() as sock:
         sock.settimeout(10)
         sock.sendall(connection.data_to_send())
@@ -243,14 +243,13 @@ def h2_exchange_fields(
             assert received, "the server closed the connection before the stream ended"
             for event in connection.receive_data(received):
                 if isinstance(event, h2.events.ResponseReceived):
-                    status = int(dict(event.headers).get(b":status", 0))
+                    fields = dict(event.headers)
                 elif isinstance(event, h2.events.DataReceived):
                     data += event.data
                     connection.acknowledge_received_data(event.flow_controlled_length, 1)
-                elif isinstance(event, h2.events.StreamEnded):
-                    return status, data, None
-                elif isinstance(event, h2.events.StreamReset):
-                    return status, data, event.error_code
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    reset = getattr(event, "error_code", None)
+                    return int(fields.get(b":status", 0)), fields, data, reset
             sock.sendall(connection.data_to_send())
 
 
@@ -260,13 +259,7 @@ def test_a_body_short_of_its_content_length_resets_the_stream(run_rsasgi, app):
     malformed. The stream ended cleanly (END_STREAM) under the app's header, which a client
     could take for the whole response; it is reset, after the bytes there are."""
     server = run_rsasgi(app)
-    authority = f"127.0.0.1:{server.port}"
-    request = [
-        (":method", "GET"),
-        (":path", "/short"),
-        (":scheme", "http"),
-        (":authority", authority),
-    ]
+    request = pseudo_headers(server, "GET", "/short")
     status, body, reset = h2_exchange_fields(server, request)
     assert (status, body) == (200, b"hello world!")
     assert reset is not None
@@ -291,13 +284,7 @@ def test_malformed_fields_the_h2_library_lets_through_are_a_400(run_rsasgi, fiel
     """RFC 9113 §8.2.1 (a value with whitespace at either end) and RFC 9110 §8.6 (content-length
     fields that disagree): malformed. The app got the value as it was (HTTP/1 trims it)."""
     server = run_rsasgi("wsgi_env:app", "--log-level", "debug")
-    authority = f"127.0.0.1:{server.port}"
-    request = [
-        (":method", "POST"),
-        (":path", "/scope"),
-        (":scheme", "http"),
-        (":authority", authority),
-    ]
+    request = pseudo_headers(server, "POST", "/scope")
     status, _, reset = h2_exchange_fields(server, request + fields, b"hello")
     # Content-lengths that disagree may be refused by the h2 library already, with a reset.
     assert status == 400 or (reason is None and reset is not None), (status, reset)
@@ -309,13 +296,7 @@ def test_equal_content_length_fields_are_one(run_rsasgi):
     """RFC 9110 §8.6 lets a server take them as one: a WSGI app read CONTENT_LENGTH "5, 5",
     which Django takes for no body at all."""
     server = run_rsasgi("wsgi_env:app")
-    authority = f"127.0.0.1:{server.port}"
-    request = [
-        (":method", "POST"),
-        (":path", "/scope"),
-        (":scheme", "http"),
-        (":authority", authority),
-    ]
+    request = pseudo_headers(server, "POST", "/scope")
     twice = [("content-length", "5"), ("content-length", "5")]
     status, body, reset = h2_exchange_fields(server, request + twice, b"hello")
     assert (status, reset) == (200, None), body
