@@ -843,15 +843,16 @@ impl Supervisor {
             }
             State::Booting => self.boot_failed(&worker, status, &how),
             // Stopped gracefully, not by us: a SIGTERM sent to the worker itself
-            // (gunicorn's way to restart one worker), or the app's sys.exit(0). No
-            // crash, so no backoff; one that served only briefly still counts, so
-            // that a worker exiting as soon as it starts cannot spin.
+            // (gunicorn's way to restart one worker), or the app ending the process
+            // with code 0 (`os._exit(0)`; a view's `sys.exit()` is an error the worker
+            // survives). No crash, so no backoff; one that served only briefly still
+            // counts, so that a worker exiting as soon as it starts cannot spin.
             State::Serving | State::Retiring(_)
                 if status.success() && worker.started.elapsed() >= CLEAN_EXIT_UPTIME =>
             {
                 tracing::warn!(
                     "{name} stopped on its own (exit code 0: a stop signal sent to the worker \
-                     itself, or the app's sys.exit(0)); replacing it"
+                     itself, or the app ended the process); replacing it"
                 );
                 self.count_restart(Restart::Crash);
             }
