@@ -297,32 +297,16 @@ pub(crate) fn handle(
             // Only a chunked body (no exact length) has a Transfer-Encoding
             // hyper let through: one test for the rest.
             if !over_http2 && request.body().size_hint().exact().is_none() {
-                match transfer_coding_problem(request.headers()) {
-                    None => {}
-                    Some(CodingProblem::Unknown(coding)) => {
-                        tracing::info!(
-                            client = %info.client_for_log(),
-                            "501: the body of {} {} has the transfer coding \"{coding}\", which \
-                             rsasgi does not decode (only chunked)",
-                            request.method(),
-                            super::access_format::Escaped(request.uri().path().as_bytes())
-                        );
-                        let status = StatusCode::NOT_IMPLEMENTED;
-                        break 'respond state.error_response(status, record(status), true);
-                    }
-                    Some(CodingProblem::ChunkedTwice) => {
-                        // hyper decodes the outer chunked only; the message is
-                        // malformed (RFC 9112 §6.1), and proxies refuse it too.
-                        tracing::info!(
-                            client = %info.client_for_log(),
-                            "400: the body of {} {} is declared chunked more than once \
-                             (Transfer-Encoding), which RFC 9112 §6.1 forbids",
-                            request.method(),
-                            super::access_format::Escaped(request.uri().path().as_bytes())
-                        );
-                        let status = StatusCode::BAD_REQUEST;
-                        break 'respond state.error_response(status, record(status), true);
-                    }
+                if let Some(problem) = transfer_coding_problem(request.headers()) {
+                    tracing::info!(
+                        client = %info.client_for_log(),
+                        "{}: the body of {} {} {problem}",
+                        problem.status().as_u16(),
+                        request.method(),
+                        super::access_format::Escaped(request.uri().path().as_bytes())
+                    );
+                    let status = problem.status();
+                    break 'respond state.error_response(status, record(status), true);
                 }
             }
 
@@ -546,7 +530,9 @@ pub(crate) fn handle(
             // a 204 or 304 itself; a 205's is dropped here, as for HEAD, and
             // the response says it has none (Content-Length: 0).
             let reset_content = start.status == StatusCode::RESET_CONTENT;
-            let bodiless = is_head || reset_content || matches!(start.status.as_u16(), 204 | 304);
+            // Responses whose app body is dropped here, not sent.
+            let dropped_body = is_head || reset_content;
+            let bodiless = dropped_body || matches!(start.status.as_u16(), 204 | 304);
             let declared = start.content_length.filter(|_| !bodiless);
             let short = complete_len
                 .zip(declared)
@@ -570,7 +556,7 @@ pub(crate) fn handle(
             let close_after =
                 !http2 && (short.is_some() || (awaits_continue && exchange.body_never_asked()));
             let log = log.map(|log| log.with_status(start.status));
-            let mut body = if is_head || reset_content {
+            let mut body = if dropped_body {
                 exchange.release_response();
                 let mut body = ResponseBody::new(Source::Head, log);
                 body.closes_with_head(exchange);
@@ -602,7 +588,7 @@ pub(crate) fn handle(
             }
             state.add_server_headers(headers);
             if let Some(http10) = http10 {
-                http10.answer(&mut response, body_len_known || is_head || reset_content);
+                http10.answer(&mut response, body_len_known || dropped_body);
             }
             if close_after {
                 let close = HeaderValue::from_static("close");
@@ -1548,6 +1534,31 @@ enum CodingProblem {
     /// `chunked` more than once (`chunked, chunked`), which a sender must
     /// not apply (RFC 9112 §6.1): hyper would decode the outer one only.
     ChunkedTwice,
+}
+
+impl CodingProblem {
+    fn status(&self) -> StatusCode {
+        match self {
+            CodingProblem::Unknown(_) => StatusCode::NOT_IMPLEMENTED,
+            CodingProblem::ChunkedTwice => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl std::fmt::Display for CodingProblem {
+    /// What the log says of the body, after "the body of METHOD PATH".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodingProblem::Unknown(coding) => write!(
+                f,
+                "has the transfer coding \"{coding}\", which rsasgi does not decode (only chunked)"
+            ),
+            CodingProblem::ChunkedTwice => f.write_str(
+                "is declared chunked more than once (Transfer-Encoding), which RFC 9112 §6.1 \
+                 forbids",
+            ),
+        }
+    }
 }
 
 fn transfer_coding_problem(headers: &http::HeaderMap) -> Option<CodingProblem> {
