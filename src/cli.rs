@@ -1648,14 +1648,18 @@ fn config_of(args: Args, command: &mut Command) -> Result<Config, clap::Error> {
             ));
         }
     }
-    let workers = match args.workers {
-        Some(workers) => Some(workers),
-        None => web_concurrency(command)?,
+    let (workers, workers_from_env) = match args.workers {
+        Some(workers) => (Some(workers), false),
+        None => {
+            let workers = web_concurrency(command)?;
+            (workers, workers.is_some())
+        }
     };
     let ping_interval = args.ws_ping_interval.0;
     let healthcheck = Some(args.timeout_worker_healthcheck.0).filter(|limit| !limit.is_zero());
     let mut supervision = Supervision {
         workers,
+        workers_from_env,
         timeout_worker_healthcheck: healthcheck,
         // With no health check (gunicorn's --timeout 0), no boot deadline
         // unless asked for: gunicorn's one timeout covers both.

@@ -245,6 +245,8 @@ impl Workers {
 pub(crate) struct Supervision {
     /// `None`: no supervisor, this process is the one worker.
     pub workers: Option<Workers>,
+    /// `workers` came from `WEB_CONCURRENCY`, not `--workers`.
+    pub workers_from_env: bool,
     /// A worker whose event loop has not run for this long is replaced;
     /// `None` (gunicorn's `--timeout 0`): never.
     pub timeout_worker_healthcheck: Option<Duration>,

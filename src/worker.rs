@@ -1039,6 +1039,14 @@ impl Worker {
             .map_or(0, |pool| pool.running())
     }
 
+    /// How many of those threads were found stuck past `--timeout-request`.
+    fn wsgi_threads_stuck(&self) -> usize {
+        self.wsgi_pool
+            .lock()
+            .as_ref()
+            .map_or(0, |pool| pool.stuck())
+    }
+
     /// Waits for the reactor thread to exit (after `stopped` completed), then
     /// up to `timeout` seconds for WSGI threads to finish their requests.
     /// Returns false when some are still running.

@@ -1604,10 +1604,19 @@ def test_workers_auto_counts_the_cpus_the_process_may_use(run_rsasgi):
 
 
 def test_web_concurrency_sets_the_worker_count(run_rsasgi):
+    """The log says where the count came from: a variable the platform set is not one
+    the operator may know of."""
     server = run_rsasgi(APP, env={"WEB_CONCURRENCY": "2"})
     log = wait_for_log(server, "All 2 workers serving")
-    assert "Starting 2 workers\n" in log
+    assert "Starting 2 workers (WEB_CONCURRENCY; --workers overrides it)\n" in log
     assert pids_answering(server, 2) == set(started_workers(log))
+
+
+def test_workers_overrides_web_concurrency(run_rsasgi):
+    server = run_rsasgi(APP, "--workers", "1", env={"WEB_CONCURRENCY": "2"})
+    log = wait_for_log(server, "All 1 worker serving")
+    assert "Starting 1 worker\n" in log
+    assert len(started_workers(log)) == 1
 
 
 @pytest.mark.parametrize("value", ["0", "x"])

@@ -110,6 +110,12 @@ def test_stuck_wsgi_thread_gets_504_its_stack_logged_and_with_workers_a_new_work
             message="a new worker answering",
             server=server,
         )
+        # The old worker's stop says what it waits for: not a close() or a client.
+        wait_for_log(
+            server,
+            "Waiting for 1 WSGI thread(s) still running after their connection closed (1 stuck "
+            "in the app past --timeout-request, whose stacks are logged above)",
+        )
     else:
         assert "run with --workers to have such a worker replaced" in log
         # The other threads serve on.

@@ -491,6 +491,23 @@ def test_factory_error_shows_the_error_then_the_user_frames(run_rsasgi):
     assert lines[-1] == "KeyError: 'database_url'", output
 
 
+def test_a_factory_called_with_too_few_arguments_is_told_once(run_rsasgi):
+    """The call itself raised: no frame of the user's to show, so the error is the one
+    line (it was repeated under it as a traceback of nothing)."""
+    server = run_rsasgi("life_factory:make_app_for", "--factory", wait=False)
+    assert server.wait_exit() == 3
+    output = server.output()
+    lines = log_lines_after(
+        output, '--factory: calling "life_factory:make_app_for" raised TypeError'
+    )
+    assert lines[0].endswith(
+        "missing 1 required positional argument: 'settings'. --factory calls APP with no "
+        'arguments to make the application; if "life_factory:make_app_for" is the '
+        "application itself, leave out --factory"
+    ), output
+    assert not any("TypeError" in line for line in lines[1:]), output
+
+
 @pytest.mark.parametrize("target", ["life_gc:app", "life_gc:wsgi_app"])
 def test_objects_of_the_started_app_are_frozen_out_of_garbage_collection(run_rsasgi, target):
     """By default what the app holds once started (at import, in the lifespan startup)

@@ -308,7 +308,14 @@ def load_app(target: str, factory: bool, app_dir: str, warn=_warn):
         except (KeyboardInterrupt, _StopWhileLoading):
             raise
         except BaseException as exc:
-            raise AppLoadError(_failure(f'--factory: calling "{target}" raised ', exc)) from None
+            failure = _failure(f'--factory: calling "{target}" raised ', exc)
+            if isinstance(exc, TypeError) and exc.__traceback__.tb_next is None:
+                # Its signature refused the call: no code of its own ran.
+                failure += (
+                    ". --factory calls APP with no arguments to make the application; if "
+                    f'"{target}" is the application itself, leave out --factory'
+                )
+            raise AppLoadError(failure) from None
         if inspect.isawaitable(app):
             if inspect.iscoroutine(app):
                 app.close()
@@ -383,7 +390,23 @@ def _failure(intro: str, exc: BaseException) -> str:
     headline = f"{intro}{name}: {message}" if message else intro + name
     report = traceback.TracebackException.from_exception(exc)
     _drop_loader_frames(report)
+    if _says_nothing_more(report) and not isinstance(exc, SyntaxError):
+        # Raised by the call itself (a factory's missing argument): the
+        # traceback would only repeat the headline. (A SyntaxError's shows
+        # the file, line and caret.)
+        return headline
     return headline + "\n" + "".join(report.format()).rstrip()
+
+
+def _says_nothing_more(report: traceback.TracebackException) -> bool:
+    """True when ``report`` has no frame, chained error or note to show."""
+    chained = report.__cause__ or (None if report.__suppress_context__ else report.__context__)
+    return (
+        not report.stack
+        and chained is None
+        and not getattr(report, "__notes__", None)
+        and not getattr(report, "exceptions", None)
+    )
 
 
 #: Frames of Python's import machinery (which Python itself hides from import
@@ -1013,8 +1036,13 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
         finally:
             loop.remove_reader(fd)
         if wsgi and not forced.is_set():
+            stuck = worker.wsgi_threads_stuck()
             waiting.announce(
-                worker.wsgi_threads_running(), "WSGI thread(s)", "an iterable's close()"
+                worker.wsgi_threads_running(),
+                "WSGI thread(s)",
+                f"{stuck} stuck in the app past --timeout-request, whose stacks are logged above"
+                if stuck
+                else "an iterable's close(), or a client that left",
             )
             wait = max(app_work_ends - time.monotonic(), 0.0)
             joined = _join_on_daemon(loop, worker, wait)
@@ -1111,7 +1139,9 @@ async def _cancel_request_tasks(
         return
     if not forced.is_set():
         waiting.announce(
-            len(running), "request task(s)", "a background task, a WebSocket's disconnect handler"
+            len(running),
+            "request task(s)",
+            "a background task, a WebSocket's disconnect handler, or a client that left",
         )
         wait = max(until - time.monotonic(), 0.0)
         await _unless_forced(asyncio.wait(running, timeout=wait), forced)
@@ -1145,7 +1175,7 @@ class _AppWorkWait:
         log(
             "info",
             f"Waiting for {count} {what} still running after their connection closed "
-            f"({examples}, or a client that left), for up to {left:.1f}s more "
+            f"({examples}), for up to {left:.1f}s more "
             f"(--timeout-graceful-shutdown {self.grace:g}s){force}",
         )
 

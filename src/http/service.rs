@@ -786,7 +786,12 @@ const QUEUED_NOTABLY: Duration = Duration::from_millis(10);
 /// (whose client was answered at its own deadline, `waited` before): every
 /// thread's stack is logged, and under a supervisor the worker replaced
 /// gracefully.
-fn wsgi_thread_stuck(state: &ServerState, exchange: &Exchange, started: bool, waited: Duration) {
+fn wsgi_thread_stuck(
+    state: &ServerState,
+    exchange: &Arc<Exchange>,
+    started: bool,
+    waited: Duration,
+) {
     let limit = state.timeout_request.unwrap_or_default().as_secs_f64();
     let request = exchange.request_line();
     let next = if state.slot.is_some() {
@@ -821,6 +826,9 @@ fn wsgi_thread_stuck(state: &ServerState, exchange: &Exchange, started: bool, wa
     // set. On the reactor: the GIL is waited for briefly (a running Python
     // thread gives it up within the switch interval, 5 ms).
     crate::stacks::log_this_process(state.stacks.as_deref(), Duration::from_millis(200));
+    if let Some(pool) = &state.wsgi {
+        pool.mark_stuck(exchange);
+    }
     if let Some(slot) = &state.slot {
         slot.request_retirement();
     }

@@ -525,7 +525,14 @@ impl Supervisor {
         };
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tracing::info!("Starting {}", workers(self.target));
+        if self.config.supervision.workers_from_env {
+            tracing::info!(
+                "Starting {} (WEB_CONCURRENCY; --workers overrides it)",
+                workers(self.target)
+            );
+        } else {
+            tracing::info!("Starting {}", workers(self.target));
+        }
         loop {
             self.reap();
             if self.stop.is_some() && self.workers.is_empty() {

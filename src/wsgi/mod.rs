@@ -30,7 +30,7 @@ use pyo3::prelude::*;
 
 use crate::asgi::http::format_error;
 use crate::asgi::ClientDisconnected;
-use crate::exchange::RequestStart;
+use crate::exchange::{Exchange, RequestStart};
 use crate::supervisor::Slot;
 use crate::wake::mark_pool_thread;
 use backlog::{Backlog, BacklogWatch};
@@ -155,6 +155,9 @@ impl Shared {
 /// large `--threads` costs nothing until used.
 pub(crate) struct Pool {
     shared: Arc<Shared>,
+    /// The requests whose threads were found stuck past `--timeout-request`,
+    /// for the stop to say what it waits for.
+    stuck: Mutex<Vec<Weak<Exchange>>>,
 }
 
 impl Pool {
@@ -190,6 +193,7 @@ impl Pool {
                 threads: Mutex::new(Vec::new()),
                 metrics,
             }),
+            stuck: Mutex::new(Vec::new()),
         });
         pool.shared.searching.fetch_add(1, Ordering::SeqCst);
         pool.shared.spawn_thread(&mut pool.shared.threads.lock())?;
@@ -247,6 +251,24 @@ impl Pool {
             .filter(|thread| !thread.is_finished())
             .count();
         alive.saturating_sub(idle + searching)
+    }
+
+    /// Records that the thread running `exchange` is stuck in the app past
+    /// `--timeout-request`.
+    pub(crate) fn mark_stuck(&self, exchange: &Arc<Exchange>) {
+        let mut stuck = self.stuck.lock();
+        stuck.retain(|earlier| earlier.upgrade().is_some_and(|it| !it.app_finished()));
+        stuck.push(Arc::downgrade(exchange));
+    }
+
+    /// How many of the threads in the app were found stuck past
+    /// `--timeout-request` (and are still in it).
+    pub(crate) fn stuck(&self) -> usize {
+        self.stuck
+            .lock()
+            .iter()
+            .filter(|exchange| exchange.upgrade().is_some_and(|it| !it.app_finished()))
+            .count()
     }
 
     /// Stops taking requests and waits up to `timeout` for the threads to
