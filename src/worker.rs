@@ -350,13 +350,34 @@ impl SupervisorLink {
         if self.gone.load(Ordering::Relaxed) {
             return true;
         }
-        if std::os::unix::process::parent_id() == self.pid {
+        if std::os::unix::process::parent_id() == self.pid && !main_thread_exited(self.pid) {
             return false;
         }
         if !self.gone.swap(true, Ordering::Relaxed) {
             tracing::warn!("The supervisor (pid {}) is gone; shutting down", self.pid);
         }
         true
+    }
+}
+
+/// Whether the main thread of process `pid` has exited while another of its
+/// threads lives on. The kernel's SIGTERM for the supervisor's death
+/// (`PR_SET_PDEATHSIG`) comes as the supervisor's main thread, which started
+/// the worker, exits; the worker is then handed to the supervisor's log
+/// thread, still ending, so that its parent is still the supervisor's pid for
+/// a moment. A live supervisor's main thread is never a zombie.
+fn main_thread_exited(pid: u32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the command's closing parenthesis: "pid (comm) S ...".
+            let state = stat
+                .iter()
+                .rposition(|&byte| byte == b')')
+                .and_then(|end| stat.get(end + 2));
+            matches!(state, Some(b'Z' | b'X'))
+        }
+        // Any other failure (out of file descriptors) tells nothing.
+        Err(err) => err.kind() == std::io::ErrorKind::NotFound,
     }
 }
 

@@ -1558,6 +1558,10 @@ def test_workers_exit_when_the_supervisor_is_killed(run_rsasgi):
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)
     wait_gone(workers, server)
+    # The kernel's SIGTERM for the supervisor's death is not told as one sent.
+    log = server.output()
+    assert log.count(f"The supervisor (pid {server.proc.pid}) is gone; shutting down") == 2, log
+    assert "Received SIGTERM" not in log, log
 
 
 def test_a_worker_whose_loop_is_blocked_leaves_when_the_supervisor_is_killed(run_rsasgi, markers):

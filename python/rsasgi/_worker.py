@@ -745,8 +745,10 @@ async def _start_unless_stopped(
 
     def on_signal(signum: int) -> None:
         if not stop.is_set():
-            name = signal.Signals(signum).name
-            log("info", f"Received {name} during the application's startup: stopping")
+            # The kernel's for a supervisor's death is logged as that (see `_serve`).
+            if not (signum == signal.SIGTERM and worker.supervisor_gone()):
+                name = signal.Signals(signum).name
+                log("info", f"Received {name} during the application's startup: stopping")
             stop.set()
 
     alone = worker.supervisor_pid is None
@@ -926,6 +928,11 @@ async def _serve(worker, app, interface, loop, leaving: _Leaving) -> int:
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
         if not stop.is_set():
+            if supervised and signum == signal.SIGTERM and worker.supervisor_gone():
+                # The kernel's, for the supervisor's death (PR_SET_PDEATHSIG), which
+                # supervisor_gone() has logged: nobody sent it.
+                stop.set()
+                return
             again = "" if supervised else " (send it again to force)"
             if signum == signal.SIGHUP:
                 # Only when one process serves: under a supervisor, HUP is its own.
