@@ -946,7 +946,18 @@ where
         .map_err(|err| blame_file(&mut command, err, file.as_ref()))
         .map_err(|err| blame_environment(&mut command, err, &argv, &file_args))
         .map_err(|err| blame_switch_value(&mut command, err, &argv))?;
-    let args = Args::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+    let mut args = Args::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+    // Each switch as its --no- form and the sources of the two leave it.
+    args.access_log = switch_in_effect(&matches, "access_log", "no_access_log");
+    args.proxy_headers = switch_in_effect(&matches, "proxy_headers", "no_proxy_headers");
+    args.server_header = switch_in_effect(&matches, "server_header", "no_server_header");
+    args.date_header = switch_in_effect(&matches, "date_header", "no_date_header");
+    (
+        args.no_access_log,
+        args.no_proxy_headers,
+        args.no_server_header,
+        args.no_date_header,
+    ) = (false, false, false, false);
     let (print_config, check_config) = (args.print_config, args.check_config);
     let mut config = config_of(args, &mut command)?;
     config.threads_given = matches!(
@@ -981,6 +992,66 @@ where
         config_file: file.map(|file| file.path),
         file_args,
     })
+}
+
+/// The switches that have a `--no-` form, each with it: set in different
+/// places, the one of the stronger source decides (the command line, then
+/// the environment; the file's settings count as the command line's,
+/// before it); on the command line, the last one given. (clap's
+/// `overrides_with` would do the last, but takes a variable and an option
+/// for a conflict.)
+pub(crate) const SWITCH_PAIRS: [(&str, &str); 4] = [
+    ("access_log", "no_access_log"),
+    ("proxy_headers", "no_proxy_headers"),
+    ("server_header", "no_server_header"),
+    ("date_header", "no_date_header"),
+];
+
+/// How strongly a setting was given: on the command line (or in the file),
+/// in the environment, or not at all.
+fn strength(matches: &ArgMatches, id: &str) -> u8 {
+    match matches.value_source(id) {
+        Some(ValueSource::CommandLine) => 2,
+        Some(ValueSource::EnvVariable) => 1,
+        _ => 0,
+    }
+}
+
+/// Whether setting `a` decides over `b`, its other form: given more
+/// strongly, or both on the command line and `a` last.
+fn decides(matches: &ArgMatches, a: &str, b: &str) -> bool {
+    match strength(matches, a).cmp(&strength(matches, b)) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => {
+            strength(matches, a) == 2 && matches.index_of(a) > matches.index_of(b)
+        }
+    }
+}
+
+/// Whether the switch `on` is on, given it and its `--no-` form `off`.
+fn switch_in_effect(matches: &ArgMatches, on: &str, off: &str) -> bool {
+    let on_value = matches.get_one::<bool>(on).copied().unwrap_or(true);
+    let off_value = matches.get_flag(off);
+    if decides(matches, on, off) {
+        on_value
+    } else if decides(matches, off, on) {
+        !off_value
+    } else {
+        // Neither given, or both variables set: a contradiction, and off is
+        // the safe reading.
+        on_value && !off_value
+    }
+}
+
+/// The id of a switch's other form when that overrides the switch given
+/// (`RSASGI_NO_PROXY_HEADERS` under `--proxy-headers`).
+pub(crate) fn overridden_switch(matches: &ArgMatches, id: &str) -> Option<&'static str> {
+    let (on, off) = SWITCH_PAIRS
+        .into_iter()
+        .find(|(on, off)| *on == id || *off == id)?;
+    let (mine, other) = if on == id { (on, off) } else { (off, on) };
+    (strength(matches, mine) > 0 && decides(matches, other, mine)).then_some(other)
 }
 
 /// Parses a command line alone, reading no configuration file.
@@ -1026,6 +1097,17 @@ fn read_config_file(
             on_command_line || in_environment
         })
         .map(|arg| arg.get_id().to_string())
+        .collect();
+    // A switch given in either form decides both of the file's.
+    let decided: HashSet<String> = decided
+        .iter()
+        .flat_map(|id| {
+            let partner = SWITCH_PAIRS
+                .iter()
+                .find_map(|&(on, off)| (on == id).then_some(off).or((off == id).then_some(on)));
+            [Some(id.clone()), partner.map(str::to_string)]
+        })
+        .flatten()
         .collect();
     file.settings = config_file::without_overridden(file.settings, &decided);
     Ok(Some(file))

@@ -99,10 +99,20 @@ fn line(arg: &Arg, matches: &ArgMatches, file: Option<&ConfigFile>, config: &Con
     };
     // A default is shown commented out: written into a file, it would count
     // as set (and `reload-delay` alone would then be warned of, as it does
-    // nothing without `reload`).
-    let comment = if source == Source::Default { "# " } else { "" };
+    // nothing without `reload`). So is a switch its other form overrides.
+    let overridden = crate::cli::overridden_switch(matches, id)
+        .map(|other| format!(", overridden by {}", other.replace('_', "-")));
+    let comment = if source == Source::Default || overridden.is_some() {
+        "# "
+    } else {
+        ""
+    };
     let setting = format!("{comment}{key} = {value}");
-    format!("{setting:<width$} # {source}", width = SOURCE_COLUMN - 1)
+    format!(
+        "{setting:<width$} # {source}{}",
+        overridden.unwrap_or_default(),
+        width = SOURCE_COLUMN - 1
+    )
 }
 
 fn source_of<'a>(arg: &'a Arg, matches: &ArgMatches, file: Option<&'a ConfigFile>) -> Source<'a> {

@@ -419,3 +419,51 @@ def test_settings_that_do_nothing_are_warned_of_once(tmp_path, run_rsasgi):
     assert " WARN " in next(
         line for line in output.splitlines() if "--static-max-age does nothing" in line
     )
+
+
+def switch_lines(*args: str, env: dict | None = None, cwd=None) -> dict[str, str]:
+    """The --print-config lines of server-header and no-server-header, spaces squeezed."""
+    result = cli(*args, "--print-config", env=env, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return {
+        line.removeprefix("# ").split(" = ")[0]: " ".join(line.split())
+        for line in result.stdout.splitlines()
+        if "server-header = " in line
+    }
+
+
+def test_a_switch_and_its_no_form_follow_the_precedence_of_their_sources(tmp_path, run_rsasgi):
+    """RSASGI_NO_SERVER_HEADER=true beat --server-header on the command line, against the
+    rule that the command line wins, and --print-config listed both as in effect; both
+    forms on the command line gave off whatever their order."""
+    env = {"RSASGI_NO_SERVER_HEADER": "true"}
+    lines = switch_lines(APP, "--server-header", env=env)
+    assert lines["server-header"] == "server-header = true # command line"
+    assert lines["no-server-header"] == (
+        "# no-server-header = true # environment RSASGI_NO_SERVER_HEADER, overridden by "
+        "server-header"
+    )
+    server = run_rsasgi(APP, "--server-header", env=env)
+    assert httpx.get(server.url, timeout=5).headers.get("server") == "rsasgi"
+
+    # On the command line, the last one given.
+    last_off = switch_lines(APP, "--server-header", "--no-server-header")
+    assert last_off["no-server-header"] == "no-server-header = true # command line"
+    assert last_off["server-header"] == (
+        "# server-header = true # command line, overridden by no-server-header"
+    )
+    last_on = switch_lines(APP, "--no-server-header", "--server-header")
+    assert last_on["server-header"] == "server-header = true # command line"
+    assert last_on["no-server-header"] == (
+        "# no-server-header = true # command line, overridden by server-header"
+    )
+    server = run_rsasgi(APP, "--server-header", "--no-server-header")
+    assert "server" not in httpx.get(server.url, timeout=5).headers
+
+    # The environment over the file, in either form.
+    config = write_config(tmp_path, "no-server-header = true\n")
+    from_env = switch_lines(
+        "--config", str(config), APP, env={"RSASGI_SERVER_HEADER": "true"}, cwd=tmp_path
+    )
+    assert from_env["server-header"] == "server-header = true # environment RSASGI_SERVER_HEADER"
+    assert from_env["no-server-header"].startswith("# no-server-header = false # default")
