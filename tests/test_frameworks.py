@@ -154,6 +154,19 @@ def test_starlette_event_stream_stops_when_its_client_leaves(run_rsasgi, markers
     assert httpx.get(f"{server.url}/items/1", timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize("app", ["app", "behind_middleware"])
+def test_a_quiet_starlette_stream_ends_as_its_client_leaves(run_rsasgi, markers, app):
+    """A StreamingResponse whose generator waits for its next event (a pub/sub feed on its
+    queue) is cancelled as its client leaves, as under uvicorn: Starlette listens for the
+    disconnect beside it when the scope's spec_version is below 2.4. Told 2.5, it left the
+    stream to send() raising, which a feed with nothing to send never reached: the
+    generator, and all it held, stayed until the stop's grace ran out."""
+    server = run_rsasgi(f"fw_starlette:{app}", env={"STARLETTE_MARKER_DIR": str(markers)})
+    with httpx.stream("GET", f"{server.url}/quiet-events", timeout=10) as response:
+        assert next(response.iter_raw()) == b"data: hello\n\n"
+    wait_for_file(markers / "quiet.ended", timeout=10)
+
+
 # --------------------------------------------------------------------------- Django
 
 DJANGO_HANDLERS = {"asgi": "mysite.asgi:application", "wsgi": "mysite.wsgi:application"}

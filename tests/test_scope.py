@@ -86,8 +86,9 @@ def test_every_key_present_with_its_type(server):
 
     assert scope["type"] == "http"
     assert scope["asgi"]["version"] == "3.0"
-    spec = tuple(int(p) for p in scope["asgi"]["spec_version"].split("."))
-    assert spec >= (2, 4), scope["asgi"]
+    # uvicorn's: told 2.4, Starlette stops listening for the disconnect beside a stream
+    # (see test_frameworks.py's quiet stream).
+    assert scope["asgi"]["spec_version"] == "2.3", scope["asgi"]
     assert scope["http_version"] == "1.1"
     assert scope["method"] == "GET"
     assert scope["scheme"] == "http"
@@ -264,7 +265,7 @@ def test_state_from_lifespan_is_copied_per_request(server):
         # ["extensions"] after answering: a copy per request means the next request never
         # sees it.
         assert scope["state"] == {"from_lifespan": "yes"}
-        assert scope["asgi"] == {"version": "3.0", "spec_version": "2.5"}
+        assert scope["asgi"] == {"version": "3.0", "spec_version": "2.3"}
         assert "mutated_by_request" not in scope["extensions"]
 
 

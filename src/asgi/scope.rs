@@ -17,8 +17,18 @@ use crate::net::{ConnectionInfo, ServerAddr};
 use crate::ws::offered_subprotocols;
 use crate::ws::session::WsStart;
 
-/// The ASGI spec version this server implements.
+/// The ASGI spec version a `websocket` scope says: the server does all of
+/// 2.5 (a `websocket.disconnect` with its `reason`).
 pub(crate) const SPEC_VERSION: &str = "2.5";
+
+/// The version an `http` scope says, as uvicorn's does: 2.3, though the
+/// server does what 2.4 adds (`send()` raises once the client has gone).
+/// Told 2.4, Starlette stops listening for the disconnect beside a
+/// `StreamingResponse` and leaves it to that `send()`: an event stream that
+/// waits for its next event would then run on after its client left, with
+/// whatever it holds, until that event came (or the stop's grace ran out).
+/// Told 2.3, it listens, and cancels the stream as the client leaves.
+pub(crate) const HTTP_SPEC_VERSION: &str = "2.3";
 
 /// What every scope of a worker shares.
 pub(crate) struct ScopeContext {
@@ -200,8 +210,6 @@ fn fill_request_keys<'py>(
     headers: &http::HeaderMap,
     connection: &ConnectionInfo,
 ) -> PyResult<()> {
-    scope.set_item(intern!(py, "asgi"), asgi_info(py)?)?;
-
     let raw_path = uri.path();
     let raw_path = if raw_path.is_empty() { "/" } else { raw_path };
     // A prefix a trusted proxy forwarded goes in front of --root-path; a
@@ -276,12 +284,18 @@ fn fill_request_keys<'py>(
 
 /// The scope's `asgi` dict, `{"version": "3.0", "spec_version": ...}`: a
 /// copy of one built once (each scope gets its own, as an app may change it).
-fn asgi_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-    static ASGI: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
-    let template = ASGI.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
+fn asgi_info(py: Python<'_>, http: bool) -> PyResult<Bound<'_, PyDict>> {
+    static HTTP: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+    static WEBSOCKET: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+    let (cell, spec_version) = if http {
+        (&HTTP, HTTP_SPEC_VERSION)
+    } else {
+        (&WEBSOCKET, SPEC_VERSION)
+    };
+    let template = cell.get_or_try_init(py, || -> PyResult<Py<PyDict>> {
         let asgi = PyDict::new(py);
         asgi.set_item(intern!(py, "version"), intern!(py, "3.0"))?;
-        asgi.set_item(intern!(py, "spec_version"), intern!(py, SPEC_VERSION))?;
+        asgi.set_item(intern!(py, "spec_version"), spec_version)?;
         Ok(asgi.unbind())
     })?;
     template.bind(py).copy()
@@ -302,6 +316,7 @@ pub(crate) fn http_scope<'py>(
     scope.set_item(intern!(py, "method"), method(py, &exchange.method))?;
     let scheme = exchange.connection.scheme.http();
     scope.set_item(intern!(py, "scheme"), intern_scheme(py, scheme))?;
+    scope.set_item(intern!(py, "asgi"), asgi_info(py, true)?)?;
     fill_request_keys(
         py,
         &scope,
@@ -401,6 +416,7 @@ pub(crate) fn websocket_scope<'py>(
     let connection = &start.session.connection;
     let scheme = connection.scheme.websocket();
     scope.set_item(intern!(py, "scheme"), intern_scheme(py, scheme))?;
+    scope.set_item(intern!(py, "asgi"), asgi_info(py, false)?)?;
     fill_request_keys(
         py,
         &scope,

@@ -199,7 +199,18 @@ impl TrustedProxies {
             } else if item.eq_ignore_ascii_case(UNIX_PEERS) {
                 trusted.unix = true;
             } else if let Ok(network) = item.parse::<IpNet>() {
-                trusted.networks.push(network.trunc());
+                // As Python's ipaddress.ip_network() and gunicorn: an address
+                // under a prefix is more likely a slip than a whole network.
+                if network.trunc() != network {
+                    return Err(format!(
+                        "{item:?} has address bits set past its /{} prefix: write the network \
+                         as {}, or the one address as {}",
+                        network.prefix_len(),
+                        network.trunc(),
+                        network.addr()
+                    ));
+                }
+                trusted.networks.push(network);
             } else if let Ok(address) = item.parse::<IpAddr>() {
                 trusted.networks.push(IpNet::from(address));
             } else {
@@ -605,6 +616,15 @@ mod tests {
             "{err}"
         );
         assert!(TrustedProxies::parse("nginx").is_err());
+        // It trusted all of 10.0.0.0/8, where one address was more likely meant.
+        let err = TrustedProxies::parse("10.1.2.3/8").unwrap_err();
+        assert_eq!(
+            err,
+            "\"10.1.2.3/8\" has address bits set past its /8 prefix: write the network as \
+             10.0.0.0/8, or the one address as 10.1.2.3"
+        );
+        assert!(TrustedProxies::parse("fd00::1/64").is_err());
+        assert!(TrustedProxies::parse("10.1.2.3/32,fd00::/64").is_ok());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 """An ordinary Starlette application, written as its users write them, for test_frameworks.py.
 
 `app` serves the routes; `behind_middleware` serves them behind a BaseHTTPMiddleware, which is
-what FastAPI's @app.middleware("http") makes. GET /events leaves events.ended in
-STARLETTE_MARKER_DIR, when that is set, once its stream has stopped.
+what FastAPI's @app.middleware("http") makes. GET /events and /quiet-events leave events.ended
+and quiet.ended in STARLETTE_MARKER_DIR, when that is set, once their streams have stopped.
 """
 
 import asyncio
@@ -72,6 +72,24 @@ async def events(request: Request) -> StreamingResponse:
     return StreamingResponse(ticks(), media_type="text/event-stream")
 
 
+async def quiet_events(request: Request) -> StreamingResponse:
+    """One event, then none until one is published (never, here), as a pub/sub feed waits
+    on its queue: only a listen for the disconnect can end the stream once its client
+    leaves. Leaves quiet.ended in STARLETTE_MARKER_DIR when it ends."""
+
+    async def feed():
+        try:
+            yield "data: hello\n\n"
+            await asyncio.Event().wait()
+        finally:
+            markers = os.environ.get("STARLETTE_MARKER_DIR")
+            if markers:
+                with open(os.path.join(markers, "quiet.ended"), "w") as f:
+                    f.write("ended")
+
+    return StreamingResponse(feed(), media_type="text/event-stream")
+
+
 async def upload(request: Request) -> JSONResponse:
     async with request.form() as form:
         uploaded = form["file"]
@@ -102,6 +120,7 @@ app = Starlette(
         Route("/echo", echo_json, methods=["POST"]),
         Route("/stream", stream),
         Route("/events", events),
+        Route("/quiet-events", quiet_events),
         Route("/upload", upload, methods=["POST"]),
         Route("/login", login, methods=["POST"]),
         Route("/boom", boom),
