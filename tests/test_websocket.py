@@ -1205,6 +1205,9 @@ def test_invalid_utf8_split_across_fragments_closes_with_1007(ws_server):
         pytest.param(encode_frame(OP_TEXT, b"rsv1", rsv=4), id="rsv-bit"),
         pytest.param(encode_frame(OP_CONT, b"nothing to continue"), id="orphan-continuation"),
         pytest.param(encode_frame(OP_PING, b"p" * 126), id="long-control-frame"),
+        # RFC 6455 §5.2 and RFC 7692 §6: the engine took RSV1 on control frames.
+        pytest.param(encode_frame(OP_PING, b"p", rsv=4), id="rsv1-ping"),
+        pytest.param(encode_frame(OP_CLOSE, struct.pack("!H", 1000), rsv=4), id="rsv1-close"),
         pytest.param(encode_frame(OP_PING, b"frag", fin=False), id="fragmented-control-frame"),
         pytest.param(encode_frame(OP_CLOSE, b"\x03"), id="one-byte-close-payload"),
         pytest.param(encode_frame(OP_CLOSE, struct.pack("!H", 1005)), id="close-code-1005"),
@@ -1219,14 +1222,17 @@ def test_protocol_violation_closes_with_1002(ws_server, frame):
     assert code == 1002, f"expected close 1002, got {code} after frames {seen}"
 
 
-def test_close_frame_over_125_bytes_drops_the_connection(ws_server):
-    """A control frame carries at most 125 bytes (RFC 6455 §5.5); echoing such a close back
-    would be invalid too, so the server drops the TCP connection without a close frame."""
+def test_close_frame_over_125_bytes_closes_with_1002(ws_server):
+    """A control frame carries at most 125 bytes (RFC 6455 §5.5). The engine would echo such
+    a close back, so the server dropped the connection with no close frame (while its access
+    line said 1002); it now fails the connection with 1002, as for other protocol errors
+    (§7.1.7)."""
     sock, reader = raw_handshake(ws_server, "/echo")
     with sock:
         sock.sendall(encode_frame(OP_CLOSE, struct.pack("!H", 1000) + b"r" * 124))
         code, seen = reader.close_code()
-    assert (code, seen) == (None, [])
+    assert (code, seen) == (1002, [])
+    wait_for_log(ws_server, "with 1002: control frame over 125 bytes")
 
 
 def test_reserved_opcode_closes_with_1003(ws_server):
@@ -1272,7 +1278,7 @@ def test_a_pong_over_125_bytes_closes_with_1002(ws_server):
         sock.sendall(encode_frame(OP_PONG, b"p" * 126))
         code, _ = reader.close_code()
     assert code == 1002
-    wait_for_log(ws_server, "pong frame over 125 bytes")
+    wait_for_log(ws_server, "with 1002: control frame over 125 bytes")
 
 
 def test_a_pong_over_125_bytes_after_our_close_gets_no_second_close(ws_server):

@@ -24,6 +24,7 @@ from apps.ws_raw import (
     encode_frame,
     upgrade,
 )
+from conftest import wait_for_log
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -271,6 +272,24 @@ def test_fragmented_compressed_frames_from_a_raw_client(ws_server):
         opcode, rsv1, payload = reader.message_rsv1()
         assert (opcode, rsv1) == (OP_TEXT, True)
         assert inflate(payload, zlib.decompressobj(wbits=-15)) == COMPRESSIBLE.encode()
+
+
+@pytest.mark.parametrize("first_compressed", [False, True], ids=["plain-first", "compressed-first"])
+def test_rsv1_on_a_continuation_frame_fails_the_connection(ws_server, first_compressed):
+    """RFC 7692 §6: only a message's first frame carries RSV1, and an endpoint receiving it on
+    another MUST fail the connection. The engine inflated such a fragment on its own and
+    spliced it into the message: a plain "ab" then a compressed "XYZ" reached the app as
+    "abXYZ"."""
+    sock, reader, _ = offer_handshake(ws_server, "permessage-deflate")
+    head = deflate(b"ab") if first_compressed else b"ab"
+    with sock:
+        sock.sendall(
+            encode_frame(OP_TEXT, head, fin=False, rsv=4 if first_compressed else 0)
+            + encode_frame(OP_CONT, deflate(b"XYZ"), rsv=4)
+        )
+        code, seen = reader.close_code()
+    assert (code, seen) == (1002, [])
+    wait_for_log(ws_server, "with 1002: compressed bit (RSV1) set on a continuation frame")
 
 
 def test_server_max_window_bits_is_honoured(ws_server):

@@ -7,6 +7,7 @@
 //! connection through its [`WsSession`].
 
 pub(crate) mod deflate;
+mod guard;
 mod message;
 mod progress;
 pub(crate) mod session;
@@ -32,13 +33,11 @@ use yawc::{
 };
 
 use deflate::Agreement;
+use guard::{Breaches, GuardedIo};
 use message::{Assembler, AssemblyError};
 use progress::{ProgressIo, Stalled, WriteProgress};
 pub(crate) use session::WsSession;
 use session::{AppEvent, AppMessage};
-
-/// The largest payload of a control frame (RFC 6455 §5.5).
-const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// How long to wait for the peer's close frame after sending ours.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -568,7 +567,11 @@ pub(crate) async fn serve(
     } else {
         settings.ping_timeout
     };
-    let io = ProgressIo::new(TokioIo::new(upgraded), Arc::clone(&progress));
+    let breaches = Breaches::default();
+    let io = GuardedIo::new(
+        ProgressIo::new(TokioIo::new(upgraded), Arc::clone(&progress)),
+        breaches.clone(),
+    );
     let (options, extensions) = engine_options(&settings, deflate.as_ref());
     // The engine's streaming layer: frames one by one (control frames
     // answered, data frames decompressed), joined into messages here.
@@ -698,43 +701,9 @@ pub(crate) async fn serve(
                             }
                         }
                     }
-                    OpCode::Pong if frame.payload().len() > MAX_CONTROL_PAYLOAD => {
-                        // RFC 6455 §5.5: no control frame is over 125 bytes.
-                        // The engine refuses such a ping but takes such a
-                        // pong, a large frame read only to be dropped.
-                        let reason = "pong frame over 125 bytes";
-                        tracing::info!(
-                            "closing websocket {} with {}: {reason}",
-                            session.path,
-                            code::PROTOCOL_ERROR
-                        );
-                        if close_sent_at.is_none() {
-                            let close = ws.send(close_frame(code::PROTOCOL_ERROR, reason));
-                            let _ = progress.bounded(stall_limit, close).await;
-                        } else {
-                            // Our close went out already: a second would
-                            // break the protocol in turn. Just drop it.
-                            abandoned = true;
-                        }
-                        ending.outcome.get_or_insert((code::PROTOCOL_ERROR, reason.to_string()));
-                        ending.by.get_or_insert(ClosedBy::Server);
-                        break;
-                    }
                     OpCode::Pong => {
                         awaiting_pong = None;
                         Ok(())
-                    }
-                    OpCode::Close if frame.payload().len() > MAX_CONTROL_PAYLOAD => {
-                        // The engine would echo this invalid frame back as
-                        // its close reply: drop the connection instead.
-                        tracing::info!(
-                            "websocket {}: a close frame over 125 bytes; dropping the connection",
-                            session.path
-                        );
-                        ending.outcome.get_or_insert((code::PROTOCOL_ERROR, "protocol error".into()));
-                        ending.by.get_or_insert(ClosedBy::Server);
-                        abandoned = true;
-                        break;
                     }
                     OpCode::Close => {
                         let (code, reason) = match frame.close_code() {
@@ -771,12 +740,21 @@ pub(crate) async fn serve(
                     }
                 },
                 Err(error) => {
-                    let (code, reason) = close_code_of(&error);
+                    let (code, mut reason) = close_code_of(&error);
+                    // A frame the guard marked for the engine to refuse.
+                    let breach = breaches
+                        .first()
+                        .filter(|_| matches!(error, WsError::ReservedBitsNotZero));
+                    if let Some(breach) = breach {
+                        reason = breach.reason();
+                    }
                     if code != code::ABNORMAL && close_sent_at.is_none() {
                         if matches!(error, WsError::FrameTooLarge) {
                             // The engine does not say how large the frame
                             // was (or what it decompressed to, so far).
                             log_too_big(&session.path, None, settings.max_size);
+                        } else if breach.is_some() {
+                            tracing::info!("closing websocket {} with {code}: {reason}", session.path);
                         } else {
                             tracing::info!(
                                 "closing websocket {} with {code}: {error}",
