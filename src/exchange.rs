@@ -327,6 +327,8 @@ struct State {
     // Request body: reactor → app.
     body: VecDeque<Bytes>,
     body_buffered: usize,
+    /// Bytes of the body that have arrived from the client, in all.
+    body_received: u64,
     /// The last body chunk has arrived from the client.
     body_complete: bool,
     /// The app has seen `more_body=False`.
@@ -917,6 +919,17 @@ impl Exchange {
     /// with `Expect: 100-continue` that the app answers without reading it.
     /// The client was not told to send the body, so the connection cannot
     /// carry another request after the response (see `poll_body_room`).
+    /// Of a request body of `length` bytes, how many have not arrived yet
+    /// (0 once it is complete).
+    pub(crate) fn body_to_come(&self, length: u64) -> u64 {
+        let st = self.state.lock();
+        if st.body_complete {
+            0
+        } else {
+            length.saturating_sub(st.body_received)
+        }
+    }
+
     pub(crate) fn body_never_asked(&self) -> bool {
         let st = self.state.lock();
         !st.body_complete && !st.body_wanted
@@ -928,6 +941,7 @@ impl Exchange {
             let mut st = self.state.lock();
             if !data.is_empty() {
                 st.body_buffered += data.len();
+                st.body_received += data.len() as u64;
                 st.body.push_back(data);
             }
             st.body_complete |= last;

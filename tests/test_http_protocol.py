@@ -443,6 +443,29 @@ def test_expect_100_continue_for_a_body_the_app_never_asks_for(server):
     assert conn.read_until_closed(timeout=10) == b""
 
 
+def test_a_response_before_more_body_than_is_drained_says_the_connection_closes(server):
+    """The app answers (a 413 on an upload it judged by its headers) with more of the body
+    still to come than the server reads and throws away to keep the connection (1 MiB): the
+    connection closes after the response, and the response now says so (RFC 9112 §9.6). nginx
+    kept such a connection for its next request, which then failed (a 502 for a POST)."""
+    conn = raw(server)
+    conn.send(b"POST /noread HTTP/1.1\r\nHost: testserver\r\nContent-Length: 20000000\r\n\r\n")
+    conn.send(b"x" * 100_000)
+    resp = conn.read_response()
+    assert (resp.status, resp.body) == (200, b"not read"), resp.status_line
+    assert resp.header("connection") == "close", resp.headers
+    # Within what is drained: the connection carries the next request, and says nothing.
+    conn = raw(server)
+    conn.send(
+        b"POST /noread HTTP/1.1\r\nHost: testserver\r\nContent-Length: 500000\r\n\r\n"
+        + b"x" * 500_000
+        + request("GET", "/")
+    )
+    resp = conn.read_response()
+    assert resp.status == 200 and resp.header("connection") is None, resp.headers
+    assert conn.read_response().body == b"hello world"
+
+
 @pytest.mark.parametrize(
     "app, path",
     [("proto_http:app", "/status?code=205"), ("wsgi_env:app", "/status?s=205%20Reset%20Content")],

@@ -391,8 +391,9 @@ pub(crate) fn handle(
 
             // The head and body end in this block: moved out, their slots would
             // still take room in the future across its awaits.
-            let (exchange, mut log, is_head, http2, http10, awaits_continue) = {
+            let (exchange, mut log, is_head, http2, http10, awaits_continue, body_length) = {
                 let (head, body) = request.into_parts();
+                let body_length = body.size_hint().exact();
                 let body_complete = body.is_end_stream();
                 let log = state.access_log.map(|access_log| {
                     AccessRecord::new(
@@ -459,7 +460,15 @@ pub(crate) fn handle(
                     }
                     None => state.bridge.push(Event::Request(start)),
                 }
-                (exchange, log, is_head, http2, http10, expects_continue)
+                (
+                    exchange,
+                    log,
+                    is_head,
+                    http2,
+                    http10,
+                    expects_continue,
+                    body_length,
+                )
             };
 
             let deadline = state
@@ -550,11 +559,18 @@ pub(crate) fn handle(
                 );
             }
             // A body never asked for under `Expect: 100-continue` is not read after
-            // the response (the client was not told to send it), so the connection
-            // closes then: say so (RFC 9110 §10.1.1, RFC 9112 §9.6), or a client
-            // would send its next request on it.
-            let close_after =
-                !http2 && (short.is_some() || (awaits_continue && exchange.body_never_asked()));
+            // the response (the client was not told to send it), nor more of one
+            // still to come than is read and thrown away to keep the connection
+            // (a 413 for an upload the app looked at only by its headers): the
+            // connection closes then, so say so (RFC 9110 §10.1.1, RFC 9112 §9.6),
+            // or a client (nginx, keeping the upstream connection) would send its
+            // next request on it.
+            let unread_body_closes = || {
+                (awaits_continue && exchange.body_never_asked())
+                    || body_length
+                        .is_some_and(|length| exchange.body_to_come(length) > MAX_BODY_DRAIN)
+            };
+            let close_after = !http2 && (short.is_some() || unread_body_closes());
             let log = log.map(|log| log.with_status(start.status));
             let mut body = if dropped_body {
                 exchange.release_response();
