@@ -784,7 +784,9 @@ struct Args {
           value_parser = positive_seconds, help_heading = "HTTP/2")]
     http2_keep_alive_timeout: Seconds,
 
-    /// On SIGTERM/SIGINT, let in-flight requests run this long before closing them.
+    /// On SIGTERM/SIGINT, let in-flight requests run this long before closing
+    /// them; the clean-up after (cancelled tasks, the lifespan shutdown) may
+    /// take up to 13 s more: give a process manager's kill timeout that too.
     #[arg(long, visible_alias = "graceful-timeout", env = "RSASGI_TIMEOUT_GRACEFUL_SHUTDOWN", value_name = "SECONDS",
           default_value_t = Seconds(config::DEFAULT_TIMEOUT_GRACEFUL_SHUTDOWN),
           value_parser = seconds, help_heading = "Timeouts")]
@@ -1988,6 +1990,18 @@ mod tests {
     fn error_line(args: &[&str]) -> String {
         let argv = ["rsasgi", "main:app"].iter().chain(args);
         usage_line(&parse(argv).unwrap_err())
+    }
+
+    #[test]
+    fn the_graceful_shutdown_help_gives_the_time_a_stop_may_take_after_it() {
+        let command = command();
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "timeout_graceful_shutdown")
+            .unwrap();
+        let help = arg.get_help().unwrap().to_string();
+        let after = crate::worker::stop_after_grace().as_secs();
+        assert!(help.contains(&format!("up to {after} s more")), "{help}");
     }
 
     #[test]

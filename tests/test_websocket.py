@@ -430,6 +430,13 @@ def upgrade_answer(server, path: str, key_lines: bytes | None = None):
     [
         ("after-denial", 401, "RuntimeError: the websocket handshake was already answered"),
         ("subprotocol", 409, "ValueError: websocket.accept 'subprotocol' must be a token"),
+        # The message named was http.response.start.
+        (
+            "status-101",
+            409,
+            "ValueError: websocket.http.response.start 'status' must be between 200 and 599, "
+            "got 101",
+        ),
     ],
 )
 def test_an_accept_the_server_cannot_honour_raises(ws_server, what, status, raised):
@@ -439,6 +446,18 @@ def test_an_accept_the_server_cannot_honour_raises(ws_server, what, status, rais
     head, body = upgrade_answer(ws_server, f"/accept-misuse?what={what}")
     assert head.status == status, (head.status_line, body)
     assert body.decode().startswith(raised), body
+
+
+def test_text_with_a_lone_surrogate_raises_the_encoding_error(ws_server):
+    """No UTF-8 carries a lone surrogate: send() raised "text must be a str" for a str."""
+
+    async def client():
+        async with ws_connect(ws_server, "/send-surrogate") as ws:
+            return await ws.recv()
+
+    assert run(client()).startswith(
+        "UnicodeEncodeError: 'utf-8' codec can't encode character '\\ud800'"
+    )
 
 
 @pytest.mark.parametrize(
@@ -1144,6 +1163,15 @@ def test_bad_ws_option_values_exit_2(run_rsasgi, args):
             426,
             "13",
             id="version-8",
+        ),
+        # Sent once, as the key (RFC 6455 §11.3.5); it was read from the first field only.
+        pytest.param(
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Version: 13\r\n",
+            400,
+            None,
+            id="version-twice",
         ),
     ],
 )

@@ -152,7 +152,7 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
             let status = message
                 .get_item(intern!(py, "status"))?
                 .ok_or_else(|| PyValueError::new_err("http.response.start has no 'status'"))?;
-            let status = parse_status(&status)?;
+            let status = parse_status(&status, "http.response.start")?;
             let raw = message.get_item(intern!(py, "headers"))?;
             // Sized for a list's headers and the `Server` header the reactor
             // adds, as growing the map rehashes it; other iterables start
@@ -390,12 +390,14 @@ pub(crate) fn buffer_of(value: &Bound<'_, PyAny>) -> PyResult<Option<Bytes>> {
     Ok(bytes_of(&copy))
 }
 
-pub(crate) fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
+/// The `status` of a response start message, `kind` naming the message
+/// (`http.response.start`, `websocket.http.response.start`) in errors.
+pub(crate) fn parse_status(status: &Bound<'_, PyAny>, kind: &str) -> PyResult<StatusCode> {
     if status.is_instance_of::<pyo3::types::PyBool>()
         || !status.is_instance_of::<pyo3::types::PyInt>()
     {
         return Err(PyTypeError::new_err(format!(
-            "http.response.start 'status' must be an int, got {} {}",
+            "{kind} 'status' must be an int, got {} {}",
             type_name(status),
             status.repr()?
         )));
@@ -408,7 +410,7 @@ pub(crate) fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<StatusCode> {
     {
         Some(status) => Ok(status),
         None => Err(PyValueError::new_err(format!(
-            "http.response.start 'status' must be between 200 and 599, got {code}"
+            "{kind} 'status' must be between 200 and 599, got {code}"
         ))),
     }
 }
@@ -786,10 +788,16 @@ mod tests {
     fn status_must_be_an_int_in_range() {
         with_py(|py| {
             let ok = 204i64.into_pyobject(py).unwrap().into_any();
-            assert_eq!(parse_status(&ok).unwrap(), StatusCode::NO_CONTENT);
+            assert_eq!(
+                parse_status(&ok, "http.response.start").unwrap(),
+                StatusCode::NO_CONTENT
+            );
             for bad in ["'200'", "True", "1000", "99", "101", "200.0"] {
                 let value = eval(py, bad);
-                assert!(parse_status(&value).is_err(), "{bad} accepted");
+                assert!(
+                    parse_status(&value, "http.response.start").is_err(),
+                    "{bad} accepted"
+                );
             }
         });
     }

@@ -143,8 +143,14 @@ fn optional_str(
     key: &Bound<'_, PyString>,
 ) -> PyResult<Option<String>> {
     match message.get_item(key)? {
-        Some(value) if !value.is_none() => Ok(Some(value.extract::<String>().map_err(|_| {
-            PyTypeError::new_err(format!("websocket message {key} must be a str"))
+        Some(value) if !value.is_none() => Ok(Some(value.extract::<String>().map_err(|err| {
+            if value.is_instance_of::<PyString>() {
+                // A str that is no UTF-8 (a lone surrogate): Python's
+                // UnicodeEncodeError says which character, and where.
+                err
+            } else {
+                PyTypeError::new_err(format!("websocket message {key} must be a str"))
+            }
         })?)),
         _ => Ok(None),
     }
@@ -246,7 +252,7 @@ fn parse_message(message: &Bound<'_, PyAny>) -> PyResult<Outgoing> {
             let status = message.get_item(intern!(py, "status"))?.ok_or_else(|| {
                 PyValueError::new_err("websocket.http.response.start has no 'status'")
             })?;
-            let status = parse_status(&status)?;
+            let status = parse_status(&status, "websocket.http.response.start")?;
             let mut headers = HeaderMap::new();
             if let Some(raw) = message.get_item(intern!(py, "headers"))? {
                 parse_headers(&raw, &mut headers)?;

@@ -131,6 +131,18 @@ pub(crate) fn is_extended_connect<B>(request: &http::Request<B>) -> bool {
 /// version, and the subprotocols offered. RFC 8441's handshake has no key
 /// to answer, so for it that is the whole check.
 pub(crate) fn check_handshake(headers: &HeaderMap) -> Result<(), BadHandshake> {
+    // Sent once, as the key is (RFC 6455 §4.1, §11.3.5); a second field
+    // would otherwise go unread.
+    if headers
+        .get_all(header::SEC_WEBSOCKET_VERSION)
+        .iter()
+        .count()
+        > 1
+    {
+        return Err(BadHandshake::Invalid(
+            "more than one Sec-WebSocket-Version field",
+        ));
+    }
     match headers.get(header::SEC_WEBSOCKET_VERSION) {
         None => return Err(BadHandshake::Invalid("missing Sec-WebSocket-Version")),
         Some(version) if version.as_bytes() != VERSION.as_bytes() => {
@@ -226,7 +238,11 @@ pub(crate) fn offered_subprotocols(headers: &HeaderMap) -> Vec<String> {
 fn close_code_of(error: &WsError) -> (u16, &'static str) {
     match error {
         WsError::FrameTooLarge => (code::TOO_BIG, "message too big"),
-        WsError::InvalidUTF8 => (code::INVALID_DATA, "invalid UTF-8 in text message"),
+        // In a text message, or in a close frame's reason.
+        WsError::InvalidUTF8 => (
+            code::INVALID_DATA,
+            "invalid UTF-8 in a text message or close reason",
+        ),
         WsError::InvalidOpCode(_) => (code::UNSUPPORTED_DATA, "unknown opcode"),
         WsError::ReservedBitsNotZero
         | WsError::ControlFrameFragmented

@@ -224,8 +224,9 @@ async def ws_http_response(scope, receive, send):
 
 async def ws_accept_misuse(scope, receive, send):
     """?what=after-denial: accept once a denial response has begun; ?what=subprotocol: accept
-    naming a subprotocol that is not a token. The error the accept raised (or "accepted") is
-    the body of the denial response the app then sends."""
+    naming a subprotocol that is not a token; ?what=status-101: a denial response of status
+    101. The error the accept raised (or "accepted") is the body of the denial response the
+    app then sends."""
     await receive()
     what = parse_qs(scope["query_string"].decode())["what"][0]
     started = False
@@ -234,6 +235,8 @@ async def ws_accept_misuse(scope, receive, send):
             await send({"type": "websocket.http.response.start", "status": 401, "headers": []})
             started = True
             await send({"type": "websocket.accept"})
+        elif what == "status-101":
+            await send({"type": "websocket.http.response.start", "status": 101, "headers": []})
         else:
             await send({"type": "websocket.accept", "subprotocol": "chat\nx"})
         outcome = "accepted"
@@ -242,6 +245,20 @@ async def ws_accept_misuse(scope, receive, send):
     if not started:
         await send({"type": "websocket.http.response.start", "status": 409, "headers": []})
     await send({"type": "websocket.http.response.body", "body": outcome.encode()})
+
+
+async def ws_send_surrogate(scope, receive, send):
+    """Accepts, sends text with a lone surrogate (no UTF-8 can carry it), then sends what
+    that raised as a message of its own."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    try:
+        await send({"type": "websocket.send", "text": "a\ud800b"})
+        outcome = "sent"
+    except Exception as err:  # noqa: BLE001 - what was raised is the answer
+        outcome = f"{type(err).__name__}: {err}"
+    await send({"type": "websocket.send", "text": outcome})
+    await send({"type": "websocket.close"})
 
 
 async def ws_http_response_unfinished(scope, receive, send):
@@ -606,6 +623,7 @@ WEBSOCKET_ROUTES = {
     "/http-response": ws_http_response,
     "/http-response-unfinished": ws_http_response_unfinished,
     "/accept-misuse": ws_accept_misuse,
+    "/send-surrogate": ws_send_surrogate,
     "/raise-after-accept": ws_raise_after_accept,
     "/cancel-after-accept": ws_cancel_after_accept,
     "/raise-before-accept": ws_raise_before_accept,
