@@ -114,8 +114,7 @@ pub(crate) fn load_env_file(py: Python<'_>, path: &std::path::Path) -> Result<()
         .and_then(|os| os.getattr("environ"))
         .map_err(|err| err.to_string())?;
     for entry in entries {
-        let (key, value) =
-            entry.map_err(|err| format!("Cannot parse --env-file {shown}: {err}"))?;
+        let (key, value) = entry.map_err(|err| env_file_error(path, err))?;
         let present = environ.contains(&key).map_err(|err| err.to_string())?;
         if !present {
             environ
@@ -124,6 +123,44 @@ pub(crate) fn load_env_file(py: Python<'_>, path: &std::path::Path) -> Result<()
         }
     }
     Ok(())
+}
+
+/// What is wrong with `--env-file`, by its line number. dotenvy gives the
+/// rest of the line from where its parsing failed (the value, for
+/// `KEY=two words`), and a place within that which reads like a line number.
+fn env_file_error(path: &std::path::Path, err: dotenvy::Error) -> String {
+    let shown = path.display();
+    let dotenvy::Error::LineParse(rest, _) = &err else {
+        return format!("Cannot parse --env-file {shown}: {err}");
+    };
+    let rest = rest.lines().next().unwrap_or_default().trim();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let Some((index, line)) = text
+        .lines()
+        .enumerate()
+        .find(|(_, line)| !line.trim_start().starts_with('#') && line.contains(rest))
+    else {
+        return format!("Cannot parse --env-file {shown}: {err}");
+    };
+    let number = index + 1;
+    // `KEY=two words`: python-dotenv, Docker and systemd take it; dotenvy
+    // wants the value quoted.
+    let unquoted_spaces = line.split_once('=').is_some_and(|(key, value)| {
+        let value = value.trim();
+        !key.trim().is_empty()
+            && !key.trim().contains(char::is_whitespace)
+            && !value.starts_with(['"', '\''])
+            && value.contains(char::is_whitespace)
+    });
+    let hint = if unquoted_spaces {
+        "a value with spaces must be quoted (KEY=\"two words\")"
+    } else {
+        "each line must be KEY=VALUE, a comment (#) or blank"
+    };
+    format!(
+        "Cannot parse --env-file {shown}, line {number}: {:?}: {hint}",
+        line.trim()
+    )
 }
 
 /// Where a worker's listening sockets come from.

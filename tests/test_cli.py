@@ -642,6 +642,23 @@ def test_missing_env_file_exits_1(run_rsasgi, tmp_path):
     assert_one_clear_line(server.output(), "err-missing.env")
 
 
+@pytest.mark.parametrize(
+    "line, said",
+    [
+        ("ERR_CLI_X=two words", '"ERR_CLI_X=two words": a value with spaces must be quoted'),
+        ("not a valid line", '"not a valid line": each line must be KEY=VALUE'),
+    ],
+)
+def test_a_bad_env_file_line_is_named_by_its_number(run_rsasgi, tmp_path, line, said):
+    """dotenvy's error gave the line's text and "error at line index: 5", a place within it
+    that read like a line number."""
+    env_file = tmp_path / "bad.env"
+    env_file.write_text(f"# settings\nERR_CLI_FOO=bar\n{line}\n")
+    server = run_rsasgi(APP, "--env-file", str(env_file), wait=False)
+    assert server.wait_exit() == 1
+    assert_one_clear_line(server.output(), f"Cannot parse --env-file {env_file}, line 3: {said}")
+
+
 def test_env_file_values_reach_the_app(run_rsasgi, tmp_path):
     env_file = tmp_path / "app.env"
     env_file.write_text('# a comment\nERR_CLI_FOO=bar\nERR_CLI_QUOTED="hello world"\n')
