@@ -974,6 +974,9 @@ where
         })
         .collect();
     config.warnings = ineffective_settings(&command, &matches, &config);
+    config
+        .warnings
+        .extend(config.tls.as_ref().and_then(TlsSettings::unused_password));
     let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
     config.warnings.extend(unknown_variables(&command, names));
     let action = if print_config {

@@ -1255,6 +1255,19 @@ def test_a_ca_file_without_client_certificates_asked_for_is_checked_and_warned_o
     ) in result.stderr
 
 
+def test_a_password_for_a_key_that_is_not_encrypted_is_warned_of(pki):
+    """--ssl-keyfile-password given for a plain key did nothing, and said nothing: the key is
+    more likely another file than the one meant."""
+    args = ["--check-config", "--app-dir", str(APPS), "proto_scope:app", *pki.args()]
+    result = cli(*args, "--ssl-keyfile-password", "s3cret")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "rsasgi: warning: --ssl-keyfile-password does nothing: the key in --ssl-keyfile "
+    ) in result.stderr
+    assert "is not encrypted (is it the file meant?)" in result.stderr
+    assert "warning" not in cli(*args).stderr
+
+
 def test_openssl_suites_rustls_lacks_are_skipped_from_a_list_with_others(serve_tls, pki):
     """Mozilla's "intermediate" list, as gunicorn and uvicorn users have it, names DHE suites
     rustls does not have: OpenSSL skips what it cannot use, and rsasgi refused to start."""

@@ -208,6 +208,28 @@ impl TlsSettings {
     /// suite `--ssl-ciphers` names that rustls does not know, suites that
     /// leave no version `--ssl-min-version` allows, client certificates
     /// asked for without the CA that signs them. `build` meets each again.
+    /// A warning when `--ssl-keyfile-password` is given for a key that is
+    /// not encrypted: it does nothing, and more likely than not the key is
+    /// another file than the one meant. (Unreadable files are the load's to
+    /// report.)
+    pub(crate) fn unused_password(&self) -> Option<String> {
+        self.password.as_ref()?;
+        let (path, option) = match &self.keyfile {
+            Some(path) => (path, "--ssl-keyfile"),
+            None => (&self.certfile, "--ssl-certfile"),
+        };
+        let text = std::fs::read(path).ok()?;
+        let encrypted = contains(&text, b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+            || contains(&text, b"Proc-Type: 4,ENCRYPTED");
+        (!encrypted && contains(&text, b"PRIVATE KEY-----")).then(|| {
+            format!(
+                "--ssl-keyfile-password does nothing: the key in {option} {} is not encrypted \
+                 (is it the file meant?)",
+                path.display()
+            )
+        })
+    }
+
     pub(crate) fn check_settings(&self) -> Result<(), String> {
         let provider = Arc::new(self.provider()?);
         ServerConfig::builder_with_provider(provider)
