@@ -280,6 +280,35 @@ def test_subprotocol_negotiation(ws_server):
     assert header == "b"
 
 
+def test_a_subprotocol_the_client_did_not_offer_goes_out_with_a_warning(ws_server):
+    """RFC 6455 §4.2.2: the server picks one of the client's offers, and a client that keeps
+    to §4.1 fails a connection whose 101 names another. It goes out as the app asked (as
+    uvicorn sends it), and the log says why such clients fail, once."""
+    for _ in range(2):
+        sock = ws_server.connect()
+        with sock:
+            sock.sendall(
+                b"GET /subprotocol?force=other HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Protocol: chat\r\n\r\n"
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                assert chunk, head
+                head += chunk
+        lines = head.split(b"\r\n\r\n")[0].decode().lower().split("\r\n")
+        assert lines[0].startswith("http/1.1 101"), lines
+        assert "sec-websocket-protocol: other" in lines, lines
+    log = wait_for_log(
+        ws_server,
+        'websocket /subprotocol?force=other: the app accepted with subprotocol "other", which '
+        "the client did not offer (it offered chat)",
+    )
+    assert log.count("which the client did not offer") == 1, log
+
+
 def test_no_subprotocol_header_when_app_picks_none(ws_server):
     async def client():
         async with ws_connect(ws_server, "/subprotocol", subprotocols=["x"]) as ws:

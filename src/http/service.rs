@@ -962,6 +962,7 @@ async fn open_websocket(
         None
     };
     let (mut head, _body) = request.into_parts();
+    let offered = ws::offered_subprotocols(&head.headers);
     let on_upgrade = head.extensions.remove::<hyper::upgrade::OnUpgrade>();
     // For log lines only, escaped as the access log's: a `"` must not end a quoted field.
     let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -1009,6 +1010,12 @@ async fn open_websocket(
                 response_headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
                 response_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
                 response_headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            }
+            if let Some(chosen) = subprotocol
+                .as_deref()
+                .filter(|p| !offered.iter().any(|o| o == p))
+            {
+                not_offered(&session.path, chosen, &offered);
             }
             if let Some(protocol) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
                 response_headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
@@ -1772,6 +1779,29 @@ fn valid_host(value: &[u8]) -> bool {
         Some(_) => false,
     };
     host.iter().all(name_char) && port_ok
+}
+
+/// An app accepted a WebSocket with a subprotocol its client did not offer:
+/// it goes out in the 101 as the app asked (as uvicorn sends it), but RFC
+/// 6455 §4.2.2 has the server choose among the client's, and a client that
+/// keeps to §4.1 then fails the connection. Logged once per worker, as a
+/// warning; then at debug.
+fn not_offered(path: &str, chosen: &str, offered: &[String]) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let offers = if offered.is_empty() {
+        "none".to_string()
+    } else {
+        offered.join(", ")
+    };
+    let line = format!(
+        "websocket {path}: the app accepted with subprotocol {chosen:?}, which the client did not \
+         offer (it offered {offers}); a client that keeps to RFC 6455 fails such a connection"
+    );
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!("{line}");
+    } else {
+        tracing::warn!("{line} (said once; later ones at debug)");
+    }
 }
 
 #[cfg(test)]

@@ -158,10 +158,12 @@ async def ws_describe(scope, receive, send):
 
 
 async def ws_subprotocol(scope, receive, send):
-    """Pick "b" when the client offers it; tell the client what was offered."""
+    """Pick "b" when the client offers it (or ?force=NAME, whatever the offer); tell the
+    client what was offered."""
     await receive()
     offered = scope.get("subprotocols") or []
-    chosen = "b" if "b" in offered else None
+    forced = parse_qs(scope["query_string"].decode()).get("force")
+    chosen = forced[0] if forced else "b" if "b" in offered else None
     await send({"type": "websocket.accept", "subprotocol": chosen})
     await send({"type": "websocket.send", "text": json.dumps(offered)})
     await wait_disconnect(receive)
