@@ -251,9 +251,18 @@ impl TlsSettings {
         }
     }
 
+    /// rustls refused the versions for want of a suite: its own words
+    /// ("unexpected error: no usable cipher suites configured") read like a
+    /// fault of the server's, so they are left out.
     fn versions_error(&self, err: rustls::Error) -> String {
+        tracing::debug!("rustls: {err}");
+        let or_tls12 = match self.min_version {
+            MinVersion::Tls13 => ", or allow TLS 1.2 with --ssl-min-version 1.2",
+            MinVersion::Tls12 => "",
+        };
         format!(
-            "--ssl-ciphers {:?} has no suite for TLS {} or newer: {err}",
+            "--ssl-ciphers {:?} has no suite for TLS {} or newer: add a TLS 1.3 suite \
+             (TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256){or_tls12}",
             self.ciphers.as_deref().unwrap_or_default(),
             self.min_version
         )
@@ -740,10 +749,12 @@ mod tests {
         // TLS 1.2 suites only, but TLS 1.3 required.
         some.ciphers = Some("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".into());
         some.min_version = MinVersion::Tls13;
+        let err = error(&some);
         assert!(
-            error(&some).contains("no suite for TLS 1.3"),
-            "{}",
-            error(&some)
+            err.contains("no suite for TLS 1.3 or newer: add a TLS 1.3 suite")
+                && err.ends_with("or allow TLS 1.2 with --ssl-min-version 1.2")
+                && !err.contains("unexpected error"),
+            "{err}"
         );
         // Suites that cannot sign with the key (an ECDSA one here).
         some.ciphers = Some("ECDHE-RSA-AES128-GCM-SHA256".into());
