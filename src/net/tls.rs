@@ -171,8 +171,10 @@ impl TlsSettings {
                         )
                     })?;
                 }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    Arc::clone(&provider),
+                );
                 let verifier = match reqs {
                     ClientCerts::Optional => verifier.allow_unauthenticated(),
                     _ => verifier,
@@ -183,11 +185,15 @@ impl TlsSettings {
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        // Kept to say why rustls could not use it, if it cannot.
+        // Kept to say why rustls could not use them, if it cannot.
         let key_copy = key.clone_key();
+        let chain_copy = chain.clone();
         let mut config = builder.with_single_cert(chain, key).map_err(|err| {
             let why = match &err {
                 rustls::Error::General(_) => why_key_unusable(&key_copy).map(str::to_owned),
+                rustls::Error::InconsistentKeys(_) => {
+                    certificate_out_of_order(&chain_copy, &key_copy, &provider)
+                }
                 _ => None,
             };
             format!(
@@ -618,6 +624,24 @@ fn why_key_unusable(key: &PrivateKeyDer<'_>) -> Option<&'static str> {
     }
 }
 
+/// When the key belongs to a certificate of the chain file other than the
+/// first (a chain written CA first), which one: the server's own must come
+/// first, as rustls takes it.
+fn certificate_out_of_order(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+) -> Option<String> {
+    let position = chain.iter().skip(1).position(|cert| {
+        rustls::sign::CertifiedKey::from_der(vec![cert.clone()], key.clone_key(), provider).is_ok()
+    })?;
+    Some(format!(
+        "the private key belongs to certificate {} of the file, not to the first: the server's \
+         own certificate must come first, then the intermediates that sign it",
+        position + 2
+    ))
+}
+
 fn describe_key_error(err: &rustls::Error) -> String {
     match err {
         rustls::Error::InconsistentKeys(_) => {
@@ -637,6 +661,7 @@ mod tests {
         cert: PathBuf,
         key: PathBuf,
         other_key: PathBuf,
+        other_cert: PathBuf,
     }
 
     fn files() -> Files {
@@ -647,6 +672,10 @@ mod tests {
             .self_signed(&key)
             .unwrap();
         let other = rcgen::KeyPair::generate().unwrap();
+        let other_cert = rcgen::CertificateParams::new(vec!["other".into()])
+            .unwrap()
+            .self_signed(&other)
+            .unwrap();
         let path = |name: &str, text: String| {
             let path = dir.path().join(name);
             std::fs::write(&path, text).unwrap();
@@ -656,6 +685,7 @@ mod tests {
             cert: path("cert.pem", cert.pem()),
             key: path("key.pem", key.serialize_pem()),
             other_key: path("other.pem", other.serialize_pem()),
+            other_cert: path("other-cert.pem", other_cert.pem()),
             _dir: dir,
         }
     }
@@ -696,6 +726,20 @@ mod tests {
         let err = error(&wrong);
         assert!(err.contains("does not belong to the certificate"), "{err}");
         assert!(err.contains("--ssl-keyfile"), "{err}");
+
+        // A chain written CA first: the key's certificate is the second.
+        let mut reordered = settings(&files);
+        let dir = tempfile::tempdir().unwrap();
+        let chain = dir.path().join("chain.pem");
+        let cert = std::fs::read_to_string(&files.cert).unwrap();
+        let other = std::fs::read_to_string(&files.other_cert).unwrap();
+        std::fs::write(&chain, format!("{other}{cert}")).unwrap();
+        reordered.certfile = chain;
+        let err = error(&reordered);
+        assert!(
+            err.contains("the private key belongs to certificate 2 of the file, not to the first"),
+            "{err}"
+        );
 
         let mut missing = settings(&files);
         missing.certfile = "/does/not/exist.pem".into();
