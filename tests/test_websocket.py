@@ -1216,6 +1216,9 @@ def test_bad_upgrade_request_is_refused(ws_server, headers, status, version_head
         got_status, response_headers, body = read_http_response(sock)
     assert got_status == status, (got_status, response_headers, body)
     assert response_headers.get("sec-websocket-version") == version_header, response_headers
+    if status == 400:
+        # What was wrong, for the client's developer, who cannot read the server's log.
+        assert body.startswith(b"Bad Request: websocket handshake: "), body
 
 
 def test_upgrade_request_over_http_1_0_is_refused_with_400(ws_server):

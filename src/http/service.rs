@@ -953,7 +953,13 @@ async fn open_websocket(
         Err(BadHandshake::Invalid(reason)) => {
             tracing::debug!(client = %info.client_for_log(), "400 Bad Request: websocket handshake: {reason}");
             let status = StatusCode::BAD_REQUEST;
-            return state.error_response(status, log.map(|l| l.with_status(status)), true);
+            let why = format!("websocket handshake: {reason}");
+            return state.error_response_saying(
+                status,
+                &why,
+                log.map(|l| l.with_status(status)),
+                true,
+            );
         }
     };
     let deflate = if settings.per_message_deflate {
@@ -1713,17 +1719,39 @@ impl ServerState {
         close: bool,
     ) -> Response<ResponseBody> {
         let reason = status.canonical_reason().unwrap_or("Error");
-        let mut response = Response::new(ResponseBody::new(
-            Source::Fixed(Some(Bytes::from(reason))),
-            log,
-        ));
+        self.explained_error_response(status, Bytes::from(reason), log, close)
+    }
+
+    /// One whose body says what was wrong after the status's reason: for a
+    /// client's developer, who has no access to the server's log.
+    pub(crate) fn error_response_saying(
+        &self,
+        status: StatusCode,
+        why: &str,
+        log: Option<AccessRecord>,
+        close: bool,
+    ) -> Response<ResponseBody> {
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let body = Bytes::from(format!("{reason}: {why}"));
+        self.explained_error_response(status, body, log, close)
+    }
+
+    fn explained_error_response(
+        &self,
+        status: StatusCode,
+        body: Bytes,
+        log: Option<AccessRecord>,
+        close: bool,
+    ) -> Response<ResponseBody> {
+        let length = body.len();
+        let mut response = Response::new(ResponseBody::new(Source::Fixed(Some(body)), log));
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(reason.len()));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
         if close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
