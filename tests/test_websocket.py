@@ -33,6 +33,7 @@ from apps.ws_raw import (
     encode_frame,
     raw_handshake,
     read_http_response,
+    upgrade,
 )
 from conftest import wait_for, wait_for_log
 from websockets.asyncio.client import connect
@@ -285,22 +286,11 @@ def test_a_subprotocol_the_client_did_not_offer_goes_out_with_a_warning(ws_serve
     to §4.1 fails a connection whose 101 names another. It goes out as the app asked (as
     uvicorn sends it), and the log says why such clients fail, once."""
     for _ in range(2):
-        sock = ws_server.connect()
-        with sock:
-            sock.sendall(
-                b"GET /subprotocol?force=other HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                b"Sec-WebSocket-Protocol: chat\r\n\r\n"
-            )
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(4096)
-                assert chunk, head
-                head += chunk
-        lines = head.split(b"\r\n\r\n")[0].decode().lower().split("\r\n")
-        assert lines[0].startswith("http/1.1 101"), lines
-        assert "sec-websocket-protocol: other" in lines, lines
+        sock, _, headers = upgrade(
+            ws_server, "/subprotocol?force=other", b"Sec-WebSocket-Protocol: chat\r\n"
+        )
+        sock.close()
+        assert headers.get(b"sec-websocket-protocol") == b"other", headers
     log = wait_for_log(
         ws_server,
         'websocket /subprotocol?force=other: the app accepted with subprotocol "other", which '
