@@ -567,8 +567,10 @@ pub(crate) fn handle(
             // next request on it.
             let unread_body_closes = || {
                 (awaits_continue && exchange.body_never_asked())
-                    || body_length
-                        .is_some_and(|length| exchange.body_to_come(length) > MAX_BODY_DRAIN)
+                    || body_length.is_some_and(|length| {
+                        // No lock for a body that is drained whole at most.
+                        length > MAX_BODY_DRAIN && exchange.body_to_come(length) > MAX_BODY_DRAIN
+                    })
             };
             let close_after = !http2 && (short.is_some() || unread_body_closes());
             let log = log.map(|log| log.with_status(start.status));
