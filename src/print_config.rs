@@ -63,14 +63,20 @@ pub(crate) fn listing(
         .get_arguments()
         .filter(|arg| config_file::is_setting(arg))
     {
-        out += &line(arg, matches, file, config);
+        out += &line(command, arg, matches, file, config);
         out.push('\n');
     }
     out
 }
 
 /// One setting's line: `key = value  # source`, or a comment when unset.
-fn line(arg: &Arg, matches: &ArgMatches, file: Option<&ConfigFile>, config: &Config) -> String {
+fn line(
+    command: &Command,
+    arg: &Arg,
+    matches: &ArgMatches,
+    file: Option<&ConfigFile>,
+    config: &Config,
+) -> String {
     let id = arg.get_id().as_str();
     let key = config_file::key_of(arg);
     let kind = Kind::of(arg);
@@ -101,7 +107,8 @@ fn line(arg: &Arg, matches: &ArgMatches, file: Option<&ConfigFile>, config: &Con
     // as set (and `reload-delay` alone would then be warned of, as it does
     // nothing without `reload`). So is a switch its other form overrides.
     let overridden = crate::cli::overridden_switch(matches, id)
-        .map(|other| format!(", overridden by {}", other.replace('_', "-")));
+        .and_then(|other| command.get_arguments().find(|arg| arg.get_id() == other))
+        .map(|other| format!(", overridden by {}", config_file::key_of(other)));
     let comment = if source == Source::Default || overridden.is_some() {
         "# "
     } else {
