@@ -576,6 +576,12 @@ pub(crate) async fn serve(
     registry.open.fetch_add(1, Ordering::Relaxed);
     let _registered = Registered(&registry);
     let mut closing = registry.closing.subscribe();
+    // Made once and polled on each turn of the loop below: made anew per
+    // turn, it joined and left the watch's list of waiters for every
+    // message. Never polled again once it is ready, as the close it starts
+    // sets `close_sent_at` for good.
+    let shutdown = async move { closing.wait_for(|closing| *closing).await.map(drop) };
+    tokio::pin!(shutdown);
     let progress = WriteProgress::new();
     // A peer that reads nothing for this long while we write is dropped.
     let stall_limit = if settings.ping_timeout.is_zero() {
@@ -606,11 +612,17 @@ pub(crate) async fn serve(
         }
     };
 
-    let mut ping = settings.ping_interval.map(|every| {
-        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval
-    });
+    // When the next ping goes out: --ws-ping-interval after the last one
+    // (a late one delays the rest, as an interval's `Delay` would).
+    let mut next_ping = settings
+        .ping_interval
+        .map(|every| tokio::time::Instant::now() + every);
+    // One timer for whichever comes first of the next ping, the pong's
+    // deadline and the end of the wait for the peer's close: reset only when
+    // that moment changes, it stays registered from turn to turn of the loop
+    // (timers made anew per turn cost more than the rest of a small message).
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
     let mut assembler = Assembler::new(settings.max_size);
     // Compressed messages over this size go out in fragments of it.
     let fragment = deflate.is_some().then_some(DEFLATE_FRAGMENT);
@@ -651,6 +663,15 @@ pub(crate) async fn serve(
             }
             _ => None,
         };
+        let wake_at = match close_deadline {
+            Some(deadline) => Some(deadline),
+            None => next_ping.into_iter().chain(pong_due).min(),
+        };
+        if let Some(at) = wake_at {
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+        }
         let mut inflated = false;
         // Every write below goes through `progress.bounded`: a write that
         // makes no progress for `stall_limit` ends the connection.
@@ -791,19 +812,15 @@ pub(crate) async fn serve(
                     break;
                 }
             },
-            _ = async {
-                match (ping.as_mut(), pong_due) {
-                    (Some(interval), Some(due)) => tokio::select! {
-                        _ = interval.tick() => {}
-                        () = tokio::time::sleep_until(due) => {}
-                    },
-                    (Some(interval), None) => { interval.tick().await; }
-                    (None, _) => std::future::pending::<()>().await,
+            () = &mut timer, if wake_at.is_some() => {
+                if close_sent_at.is_some() {
+                    // The peer did not answer our close in time.
+                    break;
                 }
-            }, if close_sent_at.is_none() => {
+                let now = tokio::time::Instant::now();
                 let pong_overdue = reads_paused_at.is_none()
                     && awaiting_pong.is_some_and(|sent| sent.elapsed() >= settings.ping_timeout);
-                if pong_overdue || pong_due.is_some_and(|due| due <= tokio::time::Instant::now()) {
+                if pong_overdue || pong_due.is_some_and(|due| due <= now) {
                     tracing::info!(
                         "websocket {} sent no pong for {}s of reading after a ping (--ws-ping-timeout); closing with 1011",
                         session.path,
@@ -816,12 +833,18 @@ pub(crate) async fn serve(
                     ending.by.get_or_insert(ClosedBy::Server);
                     break;
                 }
-                if awaiting_pong.is_none() {
-                    awaiting_pong = Some(Instant::now());
+                match (next_ping, settings.ping_interval) {
+                    (Some(due), Some(every)) if due <= now => {
+                        next_ping = Some(now + every);
+                        if awaiting_pong.is_none() {
+                            awaiting_pong = Some(Instant::now());
+                        }
+                        written(progress.bounded(stall_limit, ws.send(Frame::ping(Bytes::new()))).await)
+                    }
+                    _ => Ok(()),
                 }
-                written(progress.bounded(stall_limit, ws.send(Frame::ping(Bytes::new()))).await)
             }
-            _ = async { closing.wait_for(|closing| *closing).await.map(drop) }, if close_sent_at.is_none() => {
+            _ = &mut shutdown, if close_sent_at.is_none() => {
                 let reason = "server shutting down";
                 close_timeout = SHUTDOWN_CLOSE_TIMEOUT;
                 // The app hears of it now, not once the client answers (or
@@ -847,12 +870,6 @@ pub(crate) async fn serve(
                 };
                 written(progress.bounded(stall_limit, send_all).await)
             }
-            _ = async {
-                match close_deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
-                    None => std::future::pending::<()>().await,
-                }
-            } => break,
         };
         if let Err(failed) = result {
             match failed {

@@ -65,7 +65,10 @@ impl WriteProgress {
         tokio::pin!(write);
         loop {
             let deadline = self.last() + limit;
+            // The write first: most complete at once, and then the deadline
+            // is never polled, so no timer is registered for them.
             tokio::select! {
+                biased;
                 output = &mut write => return Ok(output),
                 _ = tokio::time::sleep_until(deadline) => {
                     if self.last() + limit <= Instant::now() {
