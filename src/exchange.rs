@@ -230,7 +230,7 @@ fn drop_forbidden_trailers(fields: &mut HeaderMap, request_line: impl FnOnce() -
     if WARNED_FORBIDDEN_TRAILER.swap(true, Ordering::Relaxed) {
         tracing::debug!("{message}");
     } else {
-        tracing::warn!("{message} (said once; later ones at debug)");
+        tracing::warn!("{message} (said once per worker; later ones at debug)");
     }
 }
 

@@ -226,6 +226,10 @@ def test_body_over_limit_with_content_length_gives_413(run_rsasgi):
     over = b"POST /over HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\nConnection: close\r\n\r\n"
     response = exchange(server, over + b"x" * 1001)
     assert status_of(response) == 413, response
+    # The log names the client, as for the other refused requests.
+    wait_for_log(server, "413: request body of 1001 bytes is over --limit-request-body 1000")
+    (line,) = [line for line in server.output().splitlines() if "413: request body" in line]
+    assert "client=127.0.0.1:" in line, line
     assert_server_up(server)
 
 
@@ -244,6 +248,9 @@ def test_body_over_limit_chunked_gives_413(run_rsasgi):
     # The app reads the whole body before it starts its response, so a 413 is still possible.
     response = exchange(server, head + over)
     assert status_of(response) == 413, response
+    wait_for_log(server, "413: request body of POST /chunks HTTP/1.1 is over --limit-request-body")
+    (line,) = [line for line in server.output().splitlines() if "413: request body" in line]
+    assert "client=127.0.0.1:" in line, line
     assert_server_up(server)
 
 
@@ -418,6 +425,9 @@ def test_a_malformed_chunked_body_is_logged_with_its_cause(run_rsasgi):
         "Invalid chunk size line",
         "ended on the disconnect it saw when the server refused the request body",
     )
+    # Which client sent it, as the other lines of a refused request say.
+    (line,) = [line for line in server.output().splitlines() if "malformed body" in line]
+    assert "client=127.0.0.1:" in line, line
     assert "client disconnected while the app handled" not in server.output()
 
 

@@ -1170,7 +1170,7 @@ fn tls_on_plain_port(info: &ConnectionInfo) {
     if WARNED_TLS_ON_PLAIN.swap(true, Ordering::Relaxed) {
         tracing::debug!(client = %info.client_for_log(), "{message}");
     } else {
-        tracing::warn!(client = %info.client_for_log(), "{message} (said once; later ones at debug)");
+        tracing::warn!(client = %info.client_for_log(), "{message} (said once per worker; later ones at debug)");
     }
 }
 

@@ -382,6 +382,7 @@ pub(crate) fn handle(
             if let (Some(limit), Some(length)) = (body_limit, request.body().size_hint().exact()) {
                 if length > limit {
                     tracing::info!(
+                        client = %info.client_for_log(),
                         "413: request body of {length} bytes is over --limit-request-body {limit}"
                     );
                     let status = StatusCode::PAYLOAD_TOO_LARGE;
@@ -1199,6 +1200,7 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
                     // connection could carry the next request. No 408 can go
                     // out, and no app waits for it.
                     tracing::info!(
+                        client = %exchange.connection.client_for_log(),
                         "the rest of the request body of {} did not come for \
                          --timeout-request-body {}s after its complete response; closing the \
                          connection",
@@ -1225,6 +1227,7 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
                         ""
                     };
                     tracing::info!(
+                        client = %exchange.connection.client_for_log(),
                         "408: no bytes of the request body of {} came for --timeout-request-body \
                          {}s{why}; the app sees a disconnect if its response has started",
                         exchange.request_line(),
@@ -1262,6 +1265,7 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
                 received += data.len() as u64;
                 if let Some(limit) = limit.filter(|&limit| received > limit) {
                     tracing::info!(
+                        client = %exchange.connection.client_for_log(),
                         "413: request body of {} is over --limit-request-body {limit}",
                         exchange.request_line()
                     );
@@ -1283,6 +1287,7 @@ async fn pump_body(mut body: Incoming, exchange: Arc<Exchange>, pump: Pump) {
                     exchange.close();
                 } else {
                     tracing::info!(
+                        client = %exchange.connection.client_for_log(),
                         "400: malformed body in {}: {}",
                         exchange.request_line(),
                         WithCauses(&err)
@@ -1830,7 +1835,7 @@ fn not_offered(path: &str, chosen: &str, offered: &[String]) {
     if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tracing::debug!("{line}");
     } else {
-        tracing::warn!("{line} (said once; later ones at debug)");
+        tracing::warn!("{line} (said once per worker; later ones at debug)");
     }
 }
 
