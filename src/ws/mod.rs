@@ -47,6 +47,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// whole grace period, when shorter), where uvicorn waits for none.
 const SHUTDOWN_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A ping sent later than this after it was due (the loop was busy) puts
+/// the next one an interval from when it went out; one on time, an interval
+/// from when it was due, so pings do not drift by the timer's millisecond.
+/// (tokio's `Interval` with `MissedTickBehavior::Delay` does the same.)
+const PING_LATE: Duration = Duration::from_millis(5);
+
 /// Close codes the server sends (RFC 6455 §7.4.1).
 pub(crate) mod code {
     pub const NORMAL: u16 = 1000;
@@ -612,8 +618,8 @@ pub(crate) async fn serve(
         }
     };
 
-    // When the next ping goes out: --ws-ping-interval after the last one
-    // (a late one delays the rest, as an interval's `Delay` would).
+    // When the next ping is due: --ws-ping-interval after the last one was
+    // (or after it went out, when that was late: see PING_LATE).
     let mut next_ping = settings
         .ping_interval
         .map(|every| tokio::time::Instant::now() + every);
@@ -835,7 +841,8 @@ pub(crate) async fn serve(
                 }
                 match (next_ping, settings.ping_interval) {
                     (Some(due), Some(every)) if due <= now => {
-                        next_ping = Some(now + every);
+                        let late = now > due + PING_LATE;
+                        next_ping = Some(if late { now + every } else { due + every });
                         if awaiting_pong.is_none() {
                             awaiting_pong = Some(Instant::now());
                         }
