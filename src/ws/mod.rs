@@ -841,8 +841,7 @@ pub(crate) async fn serve(
                 }
                 match (next_ping, settings.ping_interval) {
                     (Some(due), Some(every)) if due <= now => {
-                        let late = now > due + PING_LATE;
-                        next_ping = Some(if late { now + every } else { due + every });
+                        next_ping = Some(ping_after(due, now, every));
                         if awaiting_pong.is_none() {
                             awaiting_pong = Some(Instant::now());
                         }
@@ -911,9 +910,36 @@ pub(crate) async fn serve(
     ending.end(ClosedBy::Client);
 }
 
+/// When the ping after one due at `due` and sent at `now` is due (see
+/// [`PING_LATE`]).
+fn ping_after(
+    due: tokio::time::Instant,
+    now: tokio::time::Instant,
+    every: Duration,
+) -> tokio::time::Instant {
+    if now > due + PING_LATE {
+        now + every
+    } else {
+        due + every
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pings_sent_on_time_keep_their_rhythm_and_a_late_one_moves_the_rest() {
+        let start = tokio::time::Instant::now();
+        let every = Duration::from_secs(20);
+        // The timer woke a millisecond or two after the ping was due: the
+        // next is still due an interval after this one was, not after the wake.
+        let on_time = ping_after(start, start + Duration::from_millis(2), every);
+        assert_eq!(on_time, start + every);
+        // Late past PING_LATE (the loop was busy): an interval from when it went out.
+        let sent = start + Duration::from_millis(50);
+        assert_eq!(ping_after(start, sent, every), sent + every);
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
