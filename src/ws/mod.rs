@@ -669,10 +669,7 @@ pub(crate) async fn serve(
             }
             _ => None,
         };
-        let wake_at = match close_deadline {
-            Some(deadline) => Some(deadline),
-            None => next_ping.into_iter().chain(pong_due).min(),
-        };
+        let wake_at = close_deadline.or_else(|| next_ping.into_iter().chain(pong_due).min());
         if let Some(at) = wake_at {
             if timer.deadline() != at {
                 timer.as_mut().reset(at);
