@@ -441,6 +441,23 @@ struct State {
 }
 
 impl State {
+    /// A WSGI app whose response is complete while it still runs (its
+    /// iterable's `close()`, a generator's code after its last chunk) may
+    /// read the body it left unread: PEP 3333 sets no end to reading
+    /// `wsgi.input`, and gunicorn hands the whole body over then. The body
+    /// is read for it, not thrown away, until it returns; only a body the
+    /// server stopped reading (the client left, or it was refused) makes
+    /// such a read fail.
+    fn app_reads_after_response(&self) -> bool {
+        self.closed
+            && self.response_done()
+            && !self.aborted
+            && !self.app_finished
+            && !self.body_abandoned
+            && !self.body_refused
+            && self.thread != ThreadStage::Unpooled
+    }
+
     /// The app waits for body that has not come (or the exchange is over).
     fn body_awaited(&self) -> bool {
         let waiting = !self.receivers.is_empty() || self.body_readers > 0;
@@ -538,10 +555,16 @@ impl State {
         }
     }
 
-    /// Whether the reactor has taken the whole response: the app sent its
-    /// last message, or as much as its Content-Length says.
+    /// Whether the app has sent its whole response: its last message, or
+    /// as much as its Content-Length says (hyper ends the response there,
+    /// and may close the exchange before that last message comes).
+    fn response_done(&self) -> bool {
+        self.complete || self.delivered().is_some()
+    }
+
+    /// Whether the reactor has taken the whole response.
     fn all_taken(&self) -> bool {
-        (self.complete || self.delivered().is_some()) && self.chunks.is_empty()
+        self.response_done() && self.chunks.is_empty()
     }
 
     /// A chunk of `extra` bytes the app sent once the exchange closed:
@@ -725,6 +748,8 @@ pub(crate) struct Progress {
     pub started: bool,
     /// The head went out, or goes out: the app sent a body message too.
     pub head_sent: bool,
+    /// The whole response is in: the app's last message, or as much as
+    /// its Content-Length says.
     pub complete: bool,
     pub closed: bool,
 }
@@ -814,7 +839,9 @@ impl Exchange {
         Progress {
             started: st.started,
             head_sent: st.started && st.body_began,
-            complete: st.complete,
+            // All of the app's Content-Length queued: hyper ends the response
+            // there, whether or not the app's last message says so.
+            complete: st.response_done(),
             closed: st.closed,
         }
     }
@@ -860,7 +887,17 @@ impl Exchange {
             // now would send a late 100 Continue), so it may not come, or
             // come as the next request; hyper then closes the connection
             // after the response (RFC 9110 §10.1.1).
-            let drain = st.complete && !st.aborted && !st.body_complete && st.body_wanted;
+            let drain = st.response_done() && !st.aborted && !st.body_complete && st.body_wanted;
+            if drain && st.app_reads_after_response() {
+                // Not yet: the app may still read it (see
+                // `State::app_reads_after_response`). `finish_app` wakes the
+                // pump to drain what it left.
+                if st.body_buffered < REQUEST_BODY_HIGH_WATER {
+                    return Poll::Ready(BodyRoom::Read);
+                }
+                st.pump = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
             return Poll::Ready(if drain {
                 BodyRoom::Drain
             } else {
@@ -915,10 +952,6 @@ impl Exchange {
         self.state.lock().body_wanted = true;
     }
 
-    /// Whether the body is still to come and was never asked for: a request
-    /// with `Expect: 100-continue` that the app answers without reading it.
-    /// The client was not told to send the body, so the connection cannot
-    /// carry another request after the response (see `poll_body_room`).
     /// Of a request body of `length` bytes, how many have not arrived yet
     /// (0 once it is complete).
     pub(crate) fn body_to_come(&self, length: u64) -> u64 {
@@ -930,6 +963,22 @@ impl Exchange {
         }
     }
 
+    /// Whether more of the request body is to come that the app will not
+    /// read: it has returned, or has taken none of the body nor waits for
+    /// it (it answered without looking at the body). Not an app that
+    /// streams its response as it reads (a full-duplex echo).
+    pub(crate) fn body_to_come_untouched(&self) -> bool {
+        let st = self.state.lock();
+        // A returned app's buffered body was let go of: its count says nothing.
+        let taken = st.body_received > st.body_buffered as u64;
+        let waiting = !st.receivers.is_empty() || st.body_readers > 0;
+        !st.body_complete && (st.app_finished || (!taken && !waiting))
+    }
+
+    /// Whether the body is still to come and was never asked for: a request
+    /// with `Expect: 100-continue` that the app answers without reading it.
+    /// The client was not told to send the body, so the connection cannot
+    /// carry another request after the response (see `poll_body_room`).
     pub(crate) fn body_never_asked(&self) -> bool {
         let st = self.state.lock();
         !st.body_complete && !st.body_wanted
@@ -1029,15 +1078,25 @@ impl Exchange {
     /// read and discarded (up to [`MAX_BODY_DRAIN`]) so the connection can
     /// carry the next request.
     pub(crate) fn finish_app(self: &Arc<Self>) {
-        let held = {
+        let (held, pump) = {
             let mut st = self.state.lock();
             st.body.clear();
             st.body_buffered = 0;
             st.app_finished = true;
-            st.take_held()
+            // Closed already (a complete response), `close` wakes no one:
+            // a pump that kept the body for the app drains it now.
+            (st.take_held(), st.pump.take())
         };
         drop(held);
+        if let Some(waker) = pump {
+            wake(waker);
+        }
         self.close();
+    }
+
+    /// Whether the app's response is a 204 or 304, whose body is dropped.
+    pub(crate) fn response_is_bodiless(&self) -> bool {
+        self.state.lock().bodiless
     }
 
     /// Whether the app has returned (or failed): what is left of its
@@ -1077,6 +1136,8 @@ impl Exchange {
     pub(crate) fn body_abandoned(&self) {
         let mut st = self.state.lock();
         st.body_abandoned = true;
+        // A WSGI thread reading after its complete response hears it.
+        unpark_all(&mut st.parked);
         Self::look_again(st);
     }
 
@@ -1514,7 +1575,7 @@ impl Exchange {
     /// without waiting: `None` means a read would have to wait.
     pub(crate) fn try_read_body(&self, max: usize) -> Option<BodyRead> {
         let mut st = self.state.lock();
-        if st.closed && !st.body_complete {
+        if st.closed && !st.body_complete && !st.app_reads_after_response() {
             return Some(BodyRead::Closed);
         }
         if let Some(front) = st.body.front_mut() {
@@ -1548,7 +1609,10 @@ impl Exchange {
                 return read;
             }
             let mut st = self.state.lock();
-            if st.body.is_empty() && !st.body_complete && !st.closed {
+            if st.body.is_empty()
+                && !st.body_complete
+                && (!st.closed || st.app_reads_after_response())
+            {
                 // Counted while parked: the pump starts
                 // --timeout-request-body's clock.
                 st.body_readers += 1;
@@ -1674,7 +1738,8 @@ impl Exchange {
     pub(crate) fn abort(self: &Arc<Self>) {
         let reactor = {
             let mut st = self.state.lock();
-            if !st.complete {
+            // Not a response whose whole Content-Length went out: it ended well.
+            if !st.response_done() {
                 st.aborted = true;
             }
             st.reactor.take()

@@ -111,6 +111,27 @@ def test_an_oserror_after_a_complete_response_is_logged(run_rsasgi):
     assert_worker_alive(server)
 
 
+def test_an_app_that_sent_its_whole_length_ended_no_connection(run_rsasgi):
+    """All of its Content-Length sent, the app returned (or raised) without its last message:
+    the response is complete by its length and the connection carries the next request, but
+    the log said "connection aborted". It logs nothing for the return, and "response was
+    already complete" for the error."""
+    server = run_rsasgi(APP)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for path in ("/whole-length-then-return", "/whole-length-then-raise"):
+            response = client.get(path)
+            assert (response.status_code, response.text) == (200, "hello"), path
+        assert client.get("/oserror-after-response").text == "done"
+    log = wait_for_log(server, "err-after-the-whole-length")
+    assert (
+        'Exception in ASGI application while handling "GET /whole-length-then-raise HTTP/1.1" '
+        "(response was already complete)" in log
+    ), log
+    assert "connection aborted" not in log, log
+    assert "returned without completing the response" not in log, log
+    assert_worker_alive(server)
+
+
 def test_a_body_after_a_complete_response_raises_runtime_error_either_way(run_rsasgi):
     """Whether or not the reactor has taken the last body yet, one more is a RuntimeError:
     the second used to be a ClientDisconnected, as if the client had left."""

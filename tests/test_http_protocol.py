@@ -287,6 +287,24 @@ def test_the_app_s_hop_by_hop_headers_are_the_server_s(run_rsasgi, app):
     assert conn.read_until_closed() == BODY
 
 
+@pytest.mark.parametrize("app", ["proto_length:app", "proto_length:wsgi"], ids=["asgi", "wsgi"])
+def test_an_http10_keep_alive_does_not_override_the_app_s_close(run_rsasgi, app):
+    """An HTTP/1.0 client asking for keep-alive got `Connection: keep-alive` even when the app
+    said close, and the connection carried its next request. The app's close stands, as it
+    does over HTTP/1.1 (RFC 9112 §9.6)."""
+    server = run_rsasgi(app)
+    conn = raw(server)
+    ka = [("Connection", "keep-alive")]
+    conn.send(
+        request("GET", "/hop", headers=ka, version="HTTP/1.0", host=False)
+        + request("GET", "/", headers=ka, version="HTTP/1.0", host=False)
+    )
+    head = conn.read_head()
+    assert head.status == 200, head.status_line
+    assert head.header_all("connection") == ["close"], head.headers
+    assert conn.read_until_closed() == BODY
+
+
 # --- HTTP/1.0 --------------------------------------------------------------------------------
 
 
@@ -443,26 +461,76 @@ def test_expect_100_continue_for_a_body_the_app_never_asks_for(server):
     assert conn.read_until_closed(timeout=10) == b""
 
 
-def test_a_response_before_more_body_than_is_drained_says_the_connection_closes(server):
-    """The app answers (a 413 on an upload it judged by its headers) with more of the body
-    still to come than the server reads and throws away to keep the connection (1 MiB): the
-    connection closes after the response, and the response now says so (RFC 9112 §9.6). nginx
-    kept such a connection for its next request, which then failed (a 502 for a POST)."""
+def test_an_http10_expect_100_continue_is_ignored(server):
+    """RFC 9110 §10.1.1: a server MUST ignore a 100-continue expectation in an HTTP/1.0
+    request. rsasgi held such a body back as if never asked for, and closed a keep-alive
+    connection whose app did not read it although the body was all there. It is read ahead
+    now like any other, so the connection carries the next request."""
     conn = raw(server)
-    conn.send(b"POST /noread HTTP/1.1\r\nHost: testserver\r\nContent-Length: 20000000\r\n\r\n")
-    conn.send(b"x" * 100_000)
+    conn.send(
+        b"POST /noread HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\n\r\nhello"
+        + request(
+            "GET", "/", headers=[("Connection", "keep-alive")], version="HTTP/1.0", host=False
+        )
+    )
+    resp = conn.read_response()
+    assert (resp.status, resp.body) == (200, b"not read"), resp.status_line
+    assert resp.header("connection") == "keep-alive", resp.headers
+    assert conn.read_response().body == b"hello world"
+
+
+# The request body to come after the app's answer (a 413 on an upload it judged by its
+# headers), and a whole one followed by a pipelined GET, by Content-Length and chunked.
+UNREAD_BODIES = {
+    "length": (
+        b"Content-Length: 20000000\r\n\r\n" + b"x" * 100_000,
+        b"/noread", b"Content-Length: 500000\r\n\r\n" + b"x" * 500_000, b"not read",
+    ),
+    "chunked": (
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (65536, b"x" * 65536),
+        b"/echo", b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"hello",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("framing", sorted(UNREAD_BODIES))
+def test_a_response_before_more_body_than_is_drained_says_the_connection_closes(server, framing):
+    """The app answers with more of the body still to come than the server reads and throws
+    away to keep the connection (1 MiB): the connection closes after the response, and the
+    response now says so (RFC 9112 §9.6). nginx kept such a connection for its next request,
+    which then failed (a 502 for a POST). A chunked body tells how much of it is left only at
+    its end: a response before the end of one the app has not begun to read says so too
+    (nginx sends chunked bodies upstream with `proxy_request_buffering off`); a full-duplex
+    echo's does not (test_streaming.py). A body within what is drained, or whole before the
+    answer, leaves the connection to carry the next request, and the response says nothing."""
+    partial, path, whole, answer = UNREAD_BODIES[framing]
+    head = b"POST %s HTTP/1.1\r\nHost: testserver\r\n"
+    conn = raw(server)
+    conn.send(head % b"/noread" + partial)
     resp = conn.read_response()
     assert (resp.status, resp.body) == (200, b"not read"), resp.status_line
     assert resp.header("connection") == "close", resp.headers
-    # Within what is drained: the connection carries the next request, and says nothing.
     conn = raw(server)
-    conn.send(
-        b"POST /noread HTTP/1.1\r\nHost: testserver\r\nContent-Length: 500000\r\n\r\n"
-        + b"x" * 500_000
-        + request("GET", "/")
-    )
+    conn.send(head % path + whole + request("GET", "/"))
     resp = conn.read_response()
-    assert resp.status == 200 and resp.header("connection") is None, resp.headers
+    assert (resp.status, resp.body) == (200, answer), resp.status_line
+    assert resp.header("connection") is None, resp.headers
+    assert conn.read_response().body == b"hello world"
+
+
+def test_a_body_left_unread_by_a_response_complete_by_its_length_is_drained(server):
+    """The app sent all of its Content-Length but its last message only later: the response
+    was complete when hyper ended it, yet the request body still to come was not read and
+    thrown away (the server judged the response unfinished), so the connection closed under
+    the client's next request. The body is drained and the next request answered."""
+    conn = raw(server)
+    conn.send(b"POST /late-end HTTP/1.1\r\nHost: testserver\r\nContent-Length: 200000\r\n\r\n")
+    conn.send(b"x" * 1000)
+    resp = conn.read_response()
+    assert (resp.status, resp.body) == (200, b"hello"), resp.status_line
+    assert resp.header("connection") is None, resp.headers
+    conn.send(b"x" * 199_000 + request("GET", "/"))
     assert conn.read_response().body == b"hello world"
 
 
@@ -681,6 +749,27 @@ def test_limit_concurrency_answers_503_beyond_the_limit(run_rsasgi, tmp_path):
         return response if response.status_code == 200 else None
 
     assert wait_for(answered, message="the slot to be free").content == b"hello world"
+
+
+def test_a_503_at_the_limit_before_the_request_body_says_the_connection_closes(
+    run_rsasgi, tmp_path
+):
+    """The server's own answers leave a request body unread, and hyper closes the connection
+    after them unless all of the body was already in its buffer. A 503 from
+    --limit-concurrency went out to a POST whose body had not come yet without saying so,
+    and the client's body then met a closed connection. It says `Connection: close` now."""
+    server, slow = _hold_the_only_place(run_rsasgi, tmp_path, 2500)
+    conn = raw(server)
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: testserver\r\nContent-Length: 5\r\n\r\n")
+    resp = conn.read_response()
+    assert resp.status == 503, resp.status_line
+    assert resp.header("connection") == "close", resp.headers
+    # A bodiless request keeps its connection.
+    conn = raw(server)
+    conn.send(request("GET", "/"))
+    resp = conn.read_response()
+    assert resp.status == 503 and resp.header("connection") is None, resp.headers
+    assert slow.read_response().body == b"slow"
 
 
 def test_limit_concurrency_logs_a_burst_of_503s_once(run_rsasgi, tmp_path):

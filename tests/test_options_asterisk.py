@@ -91,3 +91,15 @@ def test_a_path_that_is_not_absolute_over_http2_gives_400(run_rsasgi):
         server.output()
     )
     assert '"GET ?x=1 HTTP/2.0" 400' in server.output()
+
+
+def test_options_asterisk_with_a_body_still_to_come_says_the_connection_closes(run_rsasgi):
+    """The server answers `OPTIONS *` without reading a body: with one still to come, hyper
+    closes the connection after the answer, which now says so (RFC 9112 §9.6)."""
+    server = run_rsasgi("err_count:app")
+    with server.connect() as sock:
+        conn = RawConn(sock)
+        conn.send(b"OPTIONS * HTTP/1.1\r\nHost: testserver\r\nContent-Length: 5\r\n\r\n")
+        response = conn.read_response()
+    assert response.status == 200, (response, server.output())
+    assert response.header("connection") == "close", response.headers

@@ -47,6 +47,11 @@ def still_serving(server) -> None:
     assert "panicked" not in out, out[-3000:]
 
 
+def first_line(path) -> str:
+    """The first line the app marks in `path`, once it has."""
+    return wait_for(lambda: next(iter(read_lines(path)), None), message=f"a line in {path}")
+
+
 def stable_lines(path, settle: float = 0.5) -> list[str]:
     """The marker file's lines once nothing has been added for `settle` s."""
     lines = read_lines(path)
@@ -141,6 +146,62 @@ def test_close_called_on_a_list_subclass(server, markers):
     assert r.content == b"list-body"
     wait_for_line(markers / "lst.log", "close")
     assert stable_lines(markers / "lst.log") == ["close"]
+
+
+def test_the_body_read_in_close_after_a_complete_response_is_whole(server, markers):
+    """An app that answers without reading the body and reads it in its iterable's close()
+    (PEP 3333 sets no end to reading wsgi.input) got a truncated body with no error, or a
+    ClientDisconnected from a client still sending, as the reactor threw the rest away once
+    the response was complete. It gets the whole body, as under gunicorn, and the connection
+    carries the next request."""
+    body = random.Random(7).randbytes(1_000_000)
+    conn = raw(server, timeout=30)
+    head = b"POST /read-in-close?tag=ric HTTP/1.1\r\nHost: testserver\r\n"
+    conn.send(head + b"Content-Length: %d\r\n\r\n" % len(body))
+    sender = threading.Thread(target=conn.send, args=(body + request("GET", "/"),))
+    sender.start()
+    resp = conn.read_response()
+    assert (resp.status, resp.body) == (200, b"ok"), resp.status_line
+    sender.join(30)
+    assert conn.read_response().body == b"ok"
+    line = first_line(markers / "ric.log")
+    assert line == f"read {len(body)} {hashlib.sha256(body).hexdigest()}", line
+
+
+@pytest.mark.parametrize("data", ["", "late"], ids=["empty", "data"])
+def test_a_write_after_the_iterable_leaves_the_response_complete(server, markers, data):
+    """A write() from close(), after the iterable was exhausted, reopened the complete
+    response: its chunked end never went out (curl: "transfer closed with outstanding read
+    data remaining"). The response stays complete; an empty write does nothing and one with
+    data raises RuntimeError, as data after the body's end has nowhere to go."""
+    conn = raw(server)
+    conn.send(request("GET", f"/write-in-close?data={data}&tag=wic") + request("GET", "/"))
+    resp = conn.read_response()
+    assert (resp.status, resp.body) == (200, b"ab"), resp.status_line
+    assert conn.read_response().body == b"ok"
+    line = first_line(markers / "wic.log")
+    if data:
+        assert line.startswith("error RuntimeError: write() called after the response"), line
+    else:
+        assert line == "write ok", line
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_write_on_a_bodiless_response_does_not_raise(server, markers, status):
+    """A 204 or 304 is over once its head is written, as a HEAD response is: a later write()
+    raised ClientDisconnected with the client still there. It returns, as for HEAD."""
+    conn = raw(server)
+    conn.send(request("GET", f"/write-bodiless?status={status}&tag=wb{status}"))
+    assert conn.read_response().status == status
+    assert first_line(markers / f"wb{status}.log") == "done"
+    conn.send(request("GET", "/"))
+    assert conn.read_response().body == b"ok"
+
+
+def test_a_one_item_list_subclass_is_iterated(server):
+    """PEP 3333 has the server iterate the iterable: a one-item list subclass with its own
+    __iter__ was sent from its item without calling it."""
+    assert httpx.get(f"{server.url}/upper-list", timeout=10).content == b"LOWER"
 
 
 def test_close_called_after_head(server, markers):

@@ -291,7 +291,8 @@ pub(crate) fn handle(
                 && request.uri().query().is_none()
             {
                 let status = StatusCode::OK;
-                break 'respond state.options_asterisk_response(record(status));
+                let close = !over_http2 && !request.body().is_end_stream();
+                break 'respond state.options_asterisk_response(record(status), close);
             }
 
             // Only a chunked body (no exact length) has a Transfer-Encoding
@@ -357,7 +358,12 @@ pub(crate) fn handle(
             let Some(in_flight) = in_flight else {
                 log_refusal(&state);
                 let status = StatusCode::SERVICE_UNAVAILABLE;
-                break 'respond state.error_response(status, record(status), false);
+                // The server's own answers below leave a request body unread:
+                // hyper then closes the connection after them unless all of it
+                // was already in its buffer, so say so (RFC 9112 §9.6), or a
+                // client would send its next request on it.
+                let close = !over_http2 && !request.body().is_end_stream();
+                break 'respond state.error_response(status, record(status), close);
             };
 
             if let Some(files) = &state.static_files {
@@ -421,7 +427,10 @@ pub(crate) fn handle(
                     // For a half-close to be told from a client that left.
                     active.to_app(Arc::clone(&exchange));
                 }
+                // RFC 9110 §10.1.1: a 100-continue in an HTTP/1.0 request is
+                // ignored (hyper sends no 100 for one): its body is read ahead.
                 let expects_continue = !body_complete
+                    && head.version >= Version::HTTP_11
                     && head.headers.get(header::EXPECT).is_some_and(|value| {
                         value.as_bytes().eq_ignore_ascii_case(b"100-continue")
                     });
@@ -501,10 +510,33 @@ pub(crate) fn handle(
                 // app may hold it until the garbage collector runs).
                 exchange.release_response();
             }
+            // A body never asked for under `Expect: 100-continue` is not read after
+            // the response (the client was not told to send it), nor more of one
+            // still to come than is read and thrown away to keep the connection
+            // (a 413 for an upload the app looked at only by its headers): the
+            // connection closes then, so say so (RFC 9110 §10.1.1, RFC 9112 §9.6),
+            // or a client (nginx, keeping the upstream connection) would send its
+            // next request on it. A chunked body tells how much of it is left
+            // only at its end: one still to come, that the app has not begun to
+            // read, may be more than is drained. (One the app reads as it
+            // answers is left to it: should it stop reading past what is
+            // drained, the connection closes unannounced.)
+            let unread_body_closes = || {
+                (awaits_continue && exchange.body_never_asked())
+                    || match body_length {
+                        // No lock for a body that is drained whole at most.
+                        Some(length) => {
+                            length > MAX_BODY_DRAIN
+                                && exchange.body_to_come(length) > MAX_BODY_DRAIN
+                        }
+                        None => exchange.body_to_come_untouched(),
+                    }
+            };
             let start = match start {
                 Ok(start) => start,
                 Err(Refusal::Status(status)) => {
-                    let close = status != StatusCode::INTERNAL_SERVER_ERROR;
+                    let close = status != StatusCode::INTERNAL_SERVER_ERROR
+                        || (!http2 && unread_body_closes());
                     log = log.map(|log| log.with_status(status));
                     break 'respond state.error_response(status, log, close);
                 }
@@ -559,20 +591,6 @@ pub(crate) fn handle(
                      {after}, so the client sees the response is short"
                 );
             }
-            // A body never asked for under `Expect: 100-continue` is not read after
-            // the response (the client was not told to send it), nor more of one
-            // still to come than is read and thrown away to keep the connection
-            // (a 413 for an upload the app looked at only by its headers): the
-            // connection closes then, so say so (RFC 9110 §10.1.1, RFC 9112 §9.6),
-            // or a client (nginx, keeping the upstream connection) would send its
-            // next request on it.
-            let unread_body_closes = || {
-                (awaits_continue && exchange.body_never_asked())
-                    || body_length.is_some_and(|length| {
-                        // No lock for a body that is drained whole at most.
-                        length > MAX_BODY_DRAIN && exchange.body_to_come(length) > MAX_BODY_DRAIN
-                    })
-            };
             let close_after = !http2 && (short.is_some() || unread_body_closes());
             let log = log.map(|log| log.with_status(start.status));
             let mut body = if dropped_body {
@@ -684,11 +702,13 @@ impl Http10 {
 
     /// Answers in the client's version: hyper then closes the connection
     /// after the response unless it says keep-alive, which it may only do
-    /// when the body has a length (`length_known`, or a Content-Length).
+    /// when the body has a length (`length_known`, or a Content-Length), and
+    /// not when the app said `Connection: close` (the one Connection value
+    /// an app's response keeps, see `ResponseStart::check_framing`).
     fn answer(self, response: &mut Response<ResponseBody>, length_known: bool) {
         let headers = response.headers_mut();
         let has_length = length_known || headers.contains_key(header::CONTENT_LENGTH);
-        if self.keep_alive && has_length {
+        if self.keep_alive && has_length && !headers.contains_key(header::CONNECTION) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         }
         *response.version_mut() = Version::HTTP_10;
@@ -1702,6 +1722,11 @@ impl ServerState {
                 response
             }
         };
+        // A request body this answer leaves unread: see the 503 in `handle`.
+        if request.version() < Version::HTTP_2 && !request.body().is_end_stream() {
+            let close = HeaderValue::from_static("close");
+            response.headers_mut().insert(header::CONNECTION, close);
+        }
         if let Some(http10) = Http10::of(request.version(), request.headers()) {
             http10.answer(&mut response, true);
         }
@@ -1709,12 +1734,19 @@ impl ServerState {
     }
 
     /// The server's own answer to `OPTIONS *`: 200 with no body.
-    fn options_asterisk_response(&self, log: Option<AccessRecord>) -> Response<ResponseBody> {
+    /// `close`: the request has a body this answer leaves unread.
+    fn options_asterisk_response(
+        &self,
+        log: Option<AccessRecord>,
+        close: bool,
+    ) -> Response<ResponseBody> {
         let mut response = Response::new(ResponseBody::new(Source::Fixed(None), log));
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        self.add_server_headers(response.headers_mut());
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        self.add_server_headers(headers);
         response
     }
 

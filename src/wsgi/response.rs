@@ -29,6 +29,10 @@ pub(crate) struct ResponseState {
     pending: Option<ResponseStart>,
     headers_sent: bool,
     called: bool,
+    /// The iterable is exhausted and the end of the response queued: a
+    /// `write()` after it (from the iterable's `close()`) has no body left
+    /// to add to.
+    ended: bool,
     /// The body went past the app's Content-Length (and was cut to it):
     /// logged once, whatever the app sends after.
     overran: bool,
@@ -465,11 +469,27 @@ impl WsgiWrite {
                 "write() called after its request ended",
             ));
         };
+        if self.state.lock().ended {
+            // PEP 3333 ends the body with the iterable. Queued, more data
+            // would reopen a complete response and leave it cut short.
+            return if data.is_empty() {
+                Ok(())
+            } else {
+                Err(PyRuntimeError::new_err(
+                    "write() called after the response iterable was exhausted: \
+                     the response is complete",
+                ))
+            };
+        }
         match send(py, &exchange, &self.state, data, Source::Write)? {
             Sent::Queued | Sent::PastLength(_) => Ok(()),
-            // A HEAD response is over once its head is written: the rest of
-            // the body goes nowhere, as it would have anyway.
-            Sent::Gone if exchange.method == http::Method::HEAD => Ok(()),
+            // A HEAD, 204 or 304 response is over once its head is written:
+            // the rest of the body goes nowhere, as it would have anyway.
+            Sent::Gone
+                if exchange.method == http::Method::HEAD || exchange.response_is_bodiless() =>
+            {
+                Ok(())
+            }
             Sent::Gone => Err(crate::asgi::ClientDisconnected::new_err(
                 "client disconnected",
             )),
@@ -628,7 +648,8 @@ fn stream(
             return done;
         }
     }
-    if let Ok(list) = iterable.cast::<PyList>() {
+    // Not a subclass, whose own `__iter__` must make the body.
+    if let Ok(list) = iterable.cast_exact::<PyList>() {
         if list.len() == 1 {
             // The whole body is known: send it with the head, so it goes out
             // with a Content-Length.
@@ -663,6 +684,7 @@ fn finish(
         ));
     }
     send(py, exchange, state, data, Source::End)?;
+    state.lock().ended = true;
     Ok(())
 }
 
@@ -731,6 +753,7 @@ fn send_file(
     }
     // The span is within the app's length: nothing to cut.
     queue(py, exchange, Some(start), Chunk::File(span), false);
+    state.lock().ended = true;
     Ok(Some(Ok(())))
 }
 

@@ -73,6 +73,15 @@ async def app(scope, receive, send):
     elif path == "/cancel":
         # The app's own CancelledError (an anyio scope's leaking out, say), not a shutdown.
         raise asyncio.CancelledError("err-cancelled-by-the-app")
+    elif path in ("/whole-length-then-raise", "/whole-length-then-return"):
+        # All of the Content-Length sent, but never the last message: the response is
+        # complete by its length, whatever the app does next.
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"5")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+        await asyncio.sleep(0.2)
+        if path.endswith("raise"):
+            raise RuntimeError("err-after-the-whole-length")
     elif path == "/oserror-after-response":
         # A background task's failure, after a complete response.
         await _respond(send, 200, b"done")

@@ -12,6 +12,8 @@ Routes:
   /app-server     sets its own "server: custom-app" header
   /port           answers the scope's server port
   /status?code=N  status N, with "status N" as the body
+  /late-end       without reading the body: Content-Length 5, "hello" with more_body, and the
+                  last (empty) message 300 ms later
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ async def app(scope, receive, send):
     elif path == "/status":
         code = int(query["code"])
         await respond(send, b"status %d" % code, text, status=code)
+    elif path == "/late-end":
+        headers = text + [(b"content-length", b"5")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+        await asyncio.sleep(0.3)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
     elif path == "/noread":
         await respond(send, b"not read", text)
     elif path in ("/nolength", "/nolength-fast"):

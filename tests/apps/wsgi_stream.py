@@ -14,6 +14,16 @@ Routes (by PATH_INFO):
                         "raise-first" before the first, "disconnect" yields 64 KiB forever
                         (up to 60 s), "head" yields "hello world" with Content-Length
   /close-list?tag=T     returns a list subclass with a close() method
+  /read-in-close?tag=T  answers "ok" (Content-Length: 2) without reading the body, then reads
+                        all of wsgi.input in the iterable's close(): T.log gets "read N SHA256"
+                        or the error
+  /write-in-close?data=D&tag=T
+                        yields b"a" and b"b" (no Content-Length); close() calls write(D) and
+                        logs "write ok" or the error to T.log
+  /write-bodiless?status=204|304&tag=T
+                        write(b"") twice, 50 ms apart, on a bodiless status; T.log gets "done"
+                        or the error
+  /upper-list           a one-item list subclass whose __iter__ upper-cases its items
   /file?path=P&cl=0|1|N&seek=S&blk=B&tag=T
                         wsgi.file_wrapper over the file P (an io.FileIO subclass whose close()
                         appends "file-close" to T.log), seeked to S; cl=1 sets Content-Length
@@ -40,6 +50,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
 import json
 import lzma
@@ -125,6 +136,51 @@ class TrackedList(list):
         mark(f"{self.tag}.log", "close")
 
 
+class ReadInClose:
+    """A complete response whose close() reads the request body the app left unread."""
+
+    def __init__(self, environ, tag: str):
+        self.environ = environ
+        self.tag = tag
+
+    def __iter__(self):
+        yield b"ok"
+
+    def close(self):
+        try:
+            body = self.environ["wsgi.input"].read()
+        except Exception as exc:  # noqa: BLE001 - recorded for the test to see
+            mark(f"{self.tag}.log", f"error {type(exc).__name__}: {exc}")
+            return
+        mark(f"{self.tag}.log", f"read {len(body)} {hashlib.sha256(body).hexdigest()}")
+
+
+class WriteInClose:
+    """Two chunks, then a write() from close(), after the iterable is exhausted."""
+
+    def __init__(self, write, data: bytes, tag: str):
+        self.write = write
+        self.data = data
+        self.tag = tag
+
+    def __iter__(self):
+        yield b"a"
+        yield b"b"
+
+    def close(self):
+        try:
+            self.write(self.data)
+        except Exception as exc:  # noqa: BLE001 - recorded for the test to see
+            mark(f"{self.tag}.log", f"error {type(exc).__name__}: {exc}")
+        else:
+            mark(f"{self.tag}.log", "write ok")
+
+
+class UpperList(list):
+    def __iter__(self):
+        return (item.upper() for item in super().__iter__())
+
+
 class RecordingFile(io.FileIO):
     tag = ""
 
@@ -193,6 +249,31 @@ def app(environ, start_response):
             headers.append(("Content-Length", "11"))
         start_response("200 OK", headers)
         return Tracked(tag, mode)
+
+    if path == "/read-in-close":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return ReadInClose(environ, tag)
+
+    if path == "/write-in-close":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        return WriteInClose(write, q.get("data", "").encode(), tag)
+
+    if path == "/write-bodiless":
+        status = {"204": "204 No Content", "304": "304 Not Modified"}[q["status"]]
+        write = start_response(status, [])
+        try:
+            write(b"")
+            time.sleep(0.05)
+            write(b"")
+        except Exception as exc:  # noqa: BLE001 - recorded for the test to see
+            mark(f"{tag}.log", f"error {type(exc).__name__}: {exc}")
+        else:
+            mark(f"{tag}.log", "done")
+        return []
+
+    if path == "/upper-list":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return UpperList([b"lower"])
 
     if path == "/close-list":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "9")])
