@@ -132,6 +132,22 @@ def test_an_error_in_close_after_an_error_midway_logs_both(server):
     assert_worker_alive(server)
 
 
+def test_an_error_looking_up_close_is_chained_to_the_iteration_s(server):
+    """An iterable whose `__getattr__` raises: the error from looking its close() up replaced
+    the iteration's, which never reached the log. Both are logged, chained as above."""
+    conn = raw(server)
+    conn.send(request("GET", "/midway-and-getattr-raise"))
+    assert_aborted(conn.read_until_closed(), b"partial-body")
+    log = wait_for_log(
+        server,
+        "RuntimeError: wsgi-boom-midway-before-getattr",
+        "During handling of the above exception, another exception occurred",
+        "ValueError: wsgi-boom-getattr-close",
+    )
+    assert log.index("wsgi-boom-midway-before-getattr") < log.index("wsgi-boom-getattr-close")
+    assert_worker_alive(server)
+
+
 def test_raise_after_the_first_chunk_via_httpx(server):
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.get(f"{server.url}/raise-midway", timeout=10)

@@ -620,10 +620,20 @@ pub(crate) fn respond(
     // made and dropped on each request.
     let plain =
         iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<PyTuple>();
-    let closed = if !plain && iterable.hasattr(intern!(py, "close"))? {
-        iterable.call_method0(intern!(py, "close")).map(drop)
-    } else {
+    // An error looking for close() (a `__getattr__` that raises) is
+    // chained like one from close(), not put in place of the iteration's.
+    let closed = if plain {
         Ok(())
+    } else {
+        iterable
+            .hasattr(intern!(py, "close"))
+            .and_then(|has_close| {
+                if has_close {
+                    iterable.call_method0(intern!(py, "close")).map(drop)
+                } else {
+                    Ok(())
+                }
+            })
     };
     match (sent, closed) {
         // Both failed: close()'s error, with the iteration's as its context, as

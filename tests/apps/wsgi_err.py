@@ -8,6 +8,7 @@ Markers go to $WSGI_MARKER_DIR. Routes (by PATH_INFO):
   /raise-midway             generator: yields b"partial-body", then raises
   /close-raises             b"whole-body" (with its Content-Length) in a list whose close() raises
   /midway-and-close-raise   iterable: yields b"partial-body", then raises; its close() raises too
+  /midway-and-getattr-raise the same, but looking its close() up raises (a __getattr__)
   /return-none              start_response, then returns None
   /no-start-response        returns [b"never started"] without calling start_response
   /yield-str                start_response, then yields a str
@@ -111,6 +112,15 @@ class _MidwayAndCloseRaise:
         raise RuntimeError("wsgi-boom-in-close-after-midway")
 
 
+class _MidwayAndGetattrRaise:
+    def __iter__(self):
+        yield b"partial-body"
+        raise RuntimeError("wsgi-boom-midway-before-getattr")
+
+    def __getattr__(self, name):
+        raise ValueError(f"wsgi-boom-getattr-{name}")
+
+
 def app(environ, start_response):
     path = environ["PATH_INFO"]
     q = query(environ)
@@ -138,6 +148,10 @@ def app(environ, start_response):
     if path == "/close-raises":
         start_response("200 OK", [("Content-Length", "10")])
         return _CloseRaises([b"whole-body"])
+    if path == "/midway-and-getattr-raise":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _MidwayAndGetattrRaise()
+
     if path == "/midway-and-close-raise":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return _MidwayAndCloseRaise()
