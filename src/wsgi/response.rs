@@ -548,6 +548,7 @@ fn send(
     let more = source != Source::End;
     let start = {
         let mut st = state.lock();
+        st.ended |= !more;
         if st.headers_sent {
             None
         } else if data.is_empty() && source == Source::Item {
@@ -694,7 +695,6 @@ fn finish(
         ));
     }
     send(py, exchange, state, data, Source::End)?;
-    state.lock().ended = true;
     Ok(())
 }
 
@@ -738,6 +738,8 @@ fn send_file(
         match st.pending.take() {
             Some(start) if !st.headers_sent => {
                 st.headers_sent = true;
+                // The file is the whole body (see `WsgiWrite::__call__`).
+                st.ended = true;
                 start
             }
             _ => {
@@ -763,7 +765,6 @@ fn send_file(
     }
     // The span is within the app's length: nothing to cut.
     queue(py, exchange, Some(start), Chunk::File(span), false);
-    state.lock().ended = true;
     Ok(Some(Ok(())))
 }
 
