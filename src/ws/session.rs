@@ -546,7 +546,14 @@ impl WsSession {
     pub(crate) fn deny_body(&self, body: &[u8], more: bool) -> Result<(), Misuse> {
         self.update(|st| {
             let Some((_, collected)) = st.denial.as_mut() else {
-                return (Err(Misuse::DenialBodyBeforeStart), false);
+                // After the denial's last body (or an accept or a close), the
+                // handshake is answered; before anything, the start is missing.
+                let misuse = if st.handshake_done {
+                    Misuse::HandshakeAnswered
+                } else {
+                    Misuse::DenialBodyBeforeStart
+                };
+                return (Err(misuse), false);
             };
             collected.extend_from_slice(body);
             if more {
@@ -934,5 +941,10 @@ mod tests {
             }
             _ => panic!("expected the denial response"),
         };
+        assert_eq!(
+            session.deny_body(b"more", false),
+            Err(Misuse::HandshakeAnswered),
+            "a body after the denial's last one"
+        );
     }
 }
