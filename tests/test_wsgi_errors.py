@@ -113,38 +113,39 @@ def test_an_error_in_close_after_a_whole_response_is_logged_as_such(server):
     )
 
 
-def test_an_error_in_close_after_an_error_midway_logs_both(server):
+@pytest.mark.parametrize(
+    "path, iteration_error, close_error",
+    [
+        (
+            "/midway-and-close-raise",
+            "RuntimeError: wsgi-boom-midway-before-close",
+            "RuntimeError: wsgi-boom-in-close-after-midway",
+        ),
+        (
+            "/midway-and-getattr-raise",
+            "RuntimeError: wsgi-boom-midway-before-getattr",
+            "ValueError: wsgi-boom-getattr-close",
+        ),
+    ],
+    ids=["close-raises", "getattr-raises"],
+)
+def test_an_error_in_close_after_an_error_midway_logs_both(
+    server, path, iteration_error, close_error
+):
     """Iteration raises, then close() raises too: the log shows both, close()'s with the
     iteration's as its context, as Python (and gunicorn, which calls close() in a `finally`)
-    chains them. close()'s error was dropped."""
+    chains them. close()'s error was dropped. Likewise when looking close() up raises (a
+    `__getattr__`): that error replaced the iteration's, which never reached the log."""
     conn = raw(server)
-    conn.send(request("GET", "/midway-and-close-raise"))
+    conn.send(request("GET", path))
     assert_aborted(conn.read_until_closed(), b"partial-body")
     log = wait_for_log(
         server,
-        "RuntimeError: wsgi-boom-midway-before-close",
+        iteration_error,
         "During handling of the above exception, another exception occurred",
-        "RuntimeError: wsgi-boom-in-close-after-midway",
+        close_error,
     )
-    assert log.index("wsgi-boom-midway-before-close") < log.index(
-        "wsgi-boom-in-close-after-midway"
-    ), log[-3000:]
-    assert_worker_alive(server)
-
-
-def test_an_error_looking_up_close_is_chained_to_the_iteration_s(server):
-    """An iterable whose `__getattr__` raises: the error from looking its close() up replaced
-    the iteration's, which never reached the log. Both are logged, chained as above."""
-    conn = raw(server)
-    conn.send(request("GET", "/midway-and-getattr-raise"))
-    assert_aborted(conn.read_until_closed(), b"partial-body")
-    log = wait_for_log(
-        server,
-        "RuntimeError: wsgi-boom-midway-before-getattr",
-        "During handling of the above exception, another exception occurred",
-        "ValueError: wsgi-boom-getattr-close",
-    )
-    assert log.index("wsgi-boom-midway-before-getattr") < log.index("wsgi-boom-getattr-close")
+    assert log.index(iteration_error) < log.index(close_error), log[-3000:]
     assert_worker_alive(server)
 
 

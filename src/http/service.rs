@@ -291,7 +291,7 @@ pub(crate) fn handle(
                 && request.uri().query().is_none()
             {
                 let status = StatusCode::OK;
-                let close = !over_http2 && !request.body().is_end_stream();
+                let close = leaves_body_unread(&request);
                 break 'respond state.options_asterisk_response(record(status), close);
             }
 
@@ -358,11 +358,7 @@ pub(crate) fn handle(
             let Some(in_flight) = in_flight else {
                 log_refusal(&state);
                 let status = StatusCode::SERVICE_UNAVAILABLE;
-                // The server's own answers below leave a request body unread:
-                // hyper then closes the connection after them unless all of it
-                // was already in its buffer, so say so (RFC 9112 §9.6), or a
-                // client would send its next request on it.
-                let close = !over_http2 && !request.body().is_end_stream();
+                let close = leaves_body_unread(&request);
                 break 'respond state.error_response(status, record(status), close);
             };
 
@@ -682,6 +678,14 @@ fn too_many_app_tasks(
     );
     let status = StatusCode::SERVICE_UNAVAILABLE;
     state.error_response(status, record(status), false)
+}
+
+/// Whether an answer of the server's own to `request` leaves a body unread
+/// on an HTTP/1 connection: hyper then closes the connection after it
+/// unless all of the body was already in its buffer, so the answer says so
+/// (RFC 9112 §9.6), or a client would send its next request on it.
+fn leaves_body_unread(request: &Request<Incoming>) -> bool {
+    request.version() < Version::HTTP_2 && !request.body().is_end_stream()
 }
 
 /// An HTTP/1.0 request: whether it asked to keep the connection alive.
@@ -1722,8 +1726,7 @@ impl ServerState {
                 response
             }
         };
-        // A request body this answer leaves unread: see the 503 in `handle`.
-        if request.version() < Version::HTTP_2 && !request.body().is_end_stream() {
+        if leaves_body_unread(request) {
             let close = HeaderValue::from_static("close");
             response.headers_mut().insert(header::CONNECTION, close);
         }
